@@ -1,0 +1,1 @@
+"""CUDA C++ sources of the fused kernels, shipped as package data and built on first use."""

@@ -1,0 +1,159 @@
+"""SVDQuant for one linear layer: smooth, split off a 16-bit low-rank branch, quantize the residual."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import SVDQuantOptions
+from ..formats.int4 import dequantize_int4, pack_int4, quantize_int4
+from ..formats.nvfp4 import dequantize_nvfp4, pack_e2m1, quantize_nvfp4
+from ..ops.reference import nvfp4_linear_ref, quantize_act_ref, w4a4_gemm_ref, w4a16_linear_ref
+from .gptq import gptq_int4
+from .lowrank import lowrank_factors, lowrank_weight_smoothed, top_singular
+from .smoothing import smoothing_factors
+
+
+class QuantizationError(ValueError):
+    """Bad input to the quantizer; the message names the layer and the tensor."""
+
+
+@dataclass
+class QuantizedWeights:
+    """The tensors of one SVDQuantLinear (layouts in docs/format.md)."""
+
+    qweight: torch.Tensor  # int8 [N, K/2], two 4-bit values per byte
+    wscales: torch.Tensor  # [K/G, N] 16-bit (int4) or float8_e4m3fn (nvfp4)
+    smooth_factor: torch.Tensor  # [K]
+    proj_down: torch.Tensor  # [K, R], applies to the unsmoothed input
+    proj_up: torch.Tensor  # [N, R]
+    wtscale: torch.Tensor | None = None  # fp32 [] (nvfp4 only)
+    alpha: float | None = None
+    error: float | None = None  # relative output error on calibration rows, when measured
+
+
+def check_weight(weight: torch.Tensor, options: SVDQuantOptions, name: str) -> None:
+    if not weight.is_floating_point():
+        raise QuantizationError(f"layer {name!r}: weight has dtype {weight.dtype}; SVDQuant needs a float weight")
+    if weight.dim() != 2:
+        raise QuantizationError(f"layer {name!r}: weight must be 2-D, got shape {tuple(weight.shape)}")
+    n, k = weight.shape
+    g = options.effective_group_size
+    if k % g:
+        raise QuantizationError(
+            f"layer {name!r}: in_features={k} is not a multiple of group_size={g} (skip the layer with "
+            f"modules_to_not_convert or choose another group size)"
+        )
+    if options.rank > min(n, k):
+        raise QuantizationError(f"layer {name!r}: rank={options.rank} exceeds min(out, in) = {min(n, k)}")
+    if not torch.isfinite(weight).all():
+        raise QuantizationError(f"layer {name!r}: weight contains NaN or Inf")
+
+
+def _quantize_residual(
+    residual: torch.Tensor, options: SVDQuantOptions, dtype: torch.dtype, hessian: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(packed qweight, wscales [K/G, N], wtscale, dequantized residual fp32)."""
+    if options.quant_format == "nvfp4":
+        codes, gs, ts = quantize_nvfp4(residual, what="weight residual")
+        return pack_e2m1(codes), gs.t().contiguous(), ts, dequantize_nvfp4(codes, gs, ts)
+    g = options.group_size
+    if hessian is not None:
+        q, s = gptq_int4(residual, hessian, g, dtype)
+    else:
+        q, s = quantize_int4(residual, g, dtype, what="weight residual")
+    return pack_int4(q), s.t().contiguous(), None, dequantize_int4(q, s, g)
+
+
+def quantize_weight(
+    weight: torch.Tensor,
+    options: SVDQuantOptions,
+    dtype: torch.dtype,
+    act_absmax: torch.Tensor | None = None,
+    alpha: float | None = None,
+    hessian: torch.Tensor | None = None,
+    name: str = "<linear>",
+) -> QuantizedWeights:
+    """SVDQuant one weight [N, K] with a given smoothing exponent (None: data-free rule)."""
+    check_weight(weight, options, name)
+    w = weight.float()
+    if options.weight_only:
+        smooth = torch.ones(w.shape[1], dtype=dtype, device=w.device)
+    else:
+        smooth = smoothing_factors(w, act_absmax, alpha, dtype)
+    w_s = w * smooth.float().unsqueeze(0)
+    proj_down, proj_up = lowrank_factors(w_s, smooth, options.rank, dtype)
+    residual = w_s - lowrank_weight_smoothed(proj_down, proj_up, smooth)
+    h = None
+    if hessian is not None and options.quant_format == "int4":
+        inv = 1.0 / smooth.float()
+        h = hessian * inv.unsqueeze(0) * inv.unsqueeze(1)  # Hessian of the smoothed inputs
+    qweight, wscales, wtscale, deq = _quantize_residual(residual, options, dtype, h)
+    best = (torch.linalg.matrix_norm(w_s - lowrank_weight_smoothed(proj_down, proj_up, smooth) - deq), proj_down, proj_up, qweight, wscales, wtscale)
+    for _ in range(options.refine_iters if options.rank else 0):
+        # fit the branch to what the quantized residual misses, then re-quantize the rest
+        u, s, vh = top_singular(w_s - deq, options.rank)
+        root = s.sqrt()
+        pu = (u * root).to(dtype)
+        pd = (vh.t() * root / smooth.float().unsqueeze(1)).to(dtype)
+        lr = lowrank_weight_smoothed(pd, pu, smooth)
+        qw, ws, wt, deq = _quantize_residual(w_s - lr, options, dtype, h)
+        err = torch.linalg.matrix_norm(w_s - lr - deq)
+        if err < best[0]:
+            best = (err, pd, pu, qw, ws, wt)
+    _, proj_down, proj_up, qweight, wscales, wtscale = best
+    return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, wtscale, alpha)
+
+
+def reference_forward(qw: QuantizedWeights, x: torch.Tensor, bias: torch.Tensor | None, options: SVDQuantOptions) -> torch.Tensor:
+    """The layer's output for 2-D ``x`` through the reference numerics."""
+    if options.quant_format == "nvfp4":
+        return nvfp4_linear_ref(
+            x, qw.qweight, qw.wscales, qw.wtscale, qw.smooth_factor, qw.proj_down, qw.proj_up, bias,
+            act_quant=not options.weight_only,
+        )
+    if options.weight_only:
+        return w4a16_linear_ref(x, qw.qweight, qw.wscales, qw.proj_down, qw.proj_up, bias, options.group_size)
+    xq, asc, lr = quantize_act_ref(x, qw.smooth_factor, qw.proj_down, options.group_size)
+    return w4a4_gemm_ref(xq, asc, qw.qweight, qw.wscales, lr, qw.proj_up, bias, options.group_size)
+
+
+def relative_output_error(
+    qw: QuantizedWeights, weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, options: SVDQuantOptions
+) -> float:
+    ref = x.float() @ weight.float().t()
+    if bias is not None:
+        ref = ref + bias.float()
+    out = reference_forward(qw, x, bias, options).float()
+    return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
+
+
+def search_alpha(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    options: SVDQuantOptions,
+    dtype: torch.dtype,
+    act_absmax: torch.Tensor,
+    calib_x: torch.Tensor,
+    hessian: torch.Tensor | None = None,
+    name: str = "<linear>",
+) -> QuantizedWeights:
+    """Grid search of alpha in [0, 1] (low-rank branch in the loop) minimising the output error."""
+    x = calib_x.to(device=weight.device, dtype=dtype)
+    best: QuantizedWeights | None = None
+    if options.alpha is not None:
+        grid = [float(options.alpha)]
+    else:
+        grid = torch.linspace(0.0, 1.0, options.alpha_grid).tolist()
+    for a in grid:
+        qw = quantize_weight(weight, options, dtype, act_absmax, a, None, name)
+        qw.error = relative_output_error(qw, weight, bias, x, options)
+        if best is None or qw.error < best.error:
+            best = qw
+    assert best is not None
+    if hessian is not None and options.gptq:
+        qw = quantize_weight(weight, options, dtype, act_absmax, best.alpha, hessian, name)
+        qw.error = relative_output_error(qw, weight, bias, x, options)
+        if qw.error < best.error:
+            best = qw
+    return best

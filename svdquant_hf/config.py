@@ -1,0 +1,94 @@
+"""The plain-Python SVDQuant options. The host-library configs in quantizers/ extend this class."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .formats.int4 import SUPPORTED_GROUP_SIZES
+
+QUANT_FORMATS = ("int4", "nvfp4")
+
+
+@dataclass
+class SVDQuantOptions:
+    """What to quantize and how.
+
+    rank: rank of the 16-bit low-rank branch (0 disables it).
+    group_size: INT4 group along K (32, 64 or 128); NVFP4 always uses 16.
+    quant_format: "int4" (the kernels' format) or "nvfp4" (reference path, for quality comparison).
+    weight_only: quantize weights only (W4A16); activations stay 16-bit and no smoothing is applied.
+    alpha: fixed smoothing exponent in [0, 1]. None: grid search when calibration data is given,
+        otherwise the data-free rule (no smoothing; the low-rank branch absorbs weight outliers).
+    alpha_grid: number of grid points for the calibrated search of alpha.
+    refine_iters: extra rounds fitting the low-rank branch to the quantized residual's error.
+    gptq: quantize the residual with GPTQ (needs calibration data).
+    calib_tokens: input rows cached per layer for the alpha search / GPTQ.
+    modules_to_not_convert: module-name patterns left in 16 bits (exact name, dotted component
+        sequence, or fnmatch glob).
+    """
+
+    rank: int = 32
+    group_size: int = 64
+    quant_format: str = "int4"
+    weight_only: bool = False
+    alpha: float | None = None
+    alpha_grid: int = 20
+    refine_iters: int = 0
+    gptq: bool = False
+    calib_tokens: int = 1024
+    modules_to_not_convert: list[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.quant_format not in QUANT_FORMATS:
+            raise ValueError(f"SVDQuant option quant_format={self.quant_format!r}: expected one of {QUANT_FORMATS}")
+        if self.quant_format == "int4" and self.group_size not in SUPPORTED_GROUP_SIZES:
+            raise ValueError(
+                f"SVDQuant option group_size={self.group_size}: INT4 supports {SUPPORTED_GROUP_SIZES}"
+            )
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise ValueError(f"SVDQuant option rank={self.rank!r}: expected an integer >= 0")
+        if self.alpha is not None and not (0.0 <= float(self.alpha) <= 1.0):
+            raise ValueError(f"SVDQuant option alpha={self.alpha!r}: expected a number in [0, 1] or None")
+        if self.alpha_grid < 2:
+            raise ValueError(f"SVDQuant option alpha_grid={self.alpha_grid}: expected >= 2")
+        if self.refine_iters < 0:
+            raise ValueError(f"SVDQuant option refine_iters={self.refine_iters}: expected >= 0")
+        if self.calib_tokens < 1:
+            raise ValueError(f"SVDQuant option calib_tokens={self.calib_tokens}: expected >= 1")
+        if self.modules_to_not_convert is not None and not all(
+            isinstance(p, str) for p in self.modules_to_not_convert
+        ):
+            raise ValueError("SVDQuant option modules_to_not_convert: expected a list of strings")
+
+    @property
+    def effective_group_size(self) -> int:
+        return 16 if self.quant_format == "nvfp4" else self.group_size
+
+    def is_skipped(self, module_name: str, extra_patterns: list[str] | tuple[str, ...] = ()) -> bool:
+        patterns = list(self.modules_to_not_convert or []) + list(extra_patterns)
+        return any(name_matches(module_name, p) for p in patterns)
+
+    def options_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(SVDQuantOptions)}
+
+    @classmethod
+    def from_options_dict(cls, d: dict[str, Any]) -> "SVDQuantOptions":
+        known = {f.name for f in fields(SVDQuantOptions)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown SVDQuant option(s): {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """True if ``pattern`` names ``name``: exact, a dotted component run inside it, or a glob."""
+    if name == pattern or fnmatch.fnmatchcase(name, pattern):
+        return True
+    return f".{pattern}." in f".{name}."
+
+
+__all__ = ["SVDQuantOptions", "QUANT_FORMATS", "name_matches", "asdict"]

@@ -1,0 +1,112 @@
+"""SVDQuantLinear: the drop-in replacement for nn.Linear."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .algorithm.svdquant import QuantizedWeights
+from .config import SVDQuantOptions
+from .ops import library as ops
+from .ops.reference import nvfp4_linear_ref, w4a16_linear_ref
+
+
+class SVDQuantLinear(nn.Module):
+    """W4A4 linear with a 16-bit low-rank branch.
+
+    y = sum_g sx[m,g] sw[n,g] (xq . wq)_g + (x @ proj_down) @ proj_up^T + bias   (fp32 accumulation)
+
+    Buffers (docs/format.md): qweight int8 [N, K/2], wscales [K/G, N], smooth_factor [K],
+    proj_down [K, R], proj_up [N, R], bias [N]; NVFP4 adds wtscale (fp32 scalar).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        rank: int = 32,
+        group_size: int = 64,
+        quant_format: str = "int4",
+        weight_only: bool = False,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.quant_format = quant_format
+        self.weight_only = weight_only
+        self.group_size = 16 if quant_format == "nvfp4" else group_size
+        self.layer_name = ""
+        if in_features % self.group_size or in_features % 2:
+            raise ValueError(
+                f"SVDQuantLinear: in_features={in_features} is not a multiple of group_size={self.group_size}"
+            )
+        ngroups = in_features // self.group_size
+        scale_dtype = torch.float8_e4m3fn if quant_format == "nvfp4" else dtype
+        kw = {"device": device}
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.int8, **kw))
+        self.register_buffer("wscales", torch.zeros(ngroups, out_features, dtype=scale_dtype, **kw))
+        self.register_buffer("smooth_factor", torch.ones(in_features, dtype=dtype, **kw))
+        self.register_buffer("proj_down", torch.zeros(in_features, rank, dtype=dtype, **kw))
+        self.register_buffer("proj_up", torch.zeros(out_features, rank, dtype=dtype, **kw))
+        if quant_format == "nvfp4":
+            self.register_buffer("wtscale", torch.ones((), dtype=torch.float32, **kw))
+        else:
+            self.wtscale = None
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, **kw), requires_grad=False) if bias else None
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.proj_up.dtype
+
+    @classmethod
+    def from_quantized(
+        cls, qw: QuantizedWeights, bias: torch.Tensor | None, options: SVDQuantOptions, dtype: torch.dtype
+    ) -> "SVDQuantLinear":
+        n = qw.qweight.shape[0]
+        k = qw.smooth_factor.shape[0]
+        dev = qw.qweight.device
+        mod = cls(
+            k, n, bias is not None, options.rank, options.group_size, options.quant_format,
+            options.weight_only, dtype, device="meta",
+        )
+        mod.qweight = qw.qweight
+        mod.wscales = qw.wscales
+        mod.smooth_factor = qw.smooth_factor
+        mod.proj_down = qw.proj_down
+        mod.proj_up = qw.proj_up
+        if qw.wtscale is not None:
+            mod.wtscale = qw.wtscale.float().reshape(())
+        if bias is not None:
+            mod.bias = nn.Parameter(bias.detach().to(device=dev, dtype=dtype), requires_grad=False)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"SVDQuantLinear {self.layer_name or ''}: input has {x.shape[-1]} features, "
+                f"expected in_features={self.in_features}"
+            )
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        bias = self.bias
+        if self.quant_format == "nvfp4":
+            y = nvfp4_linear_ref(
+                x2, self.qweight, self.wscales, self.wtscale, self.smooth_factor, self.proj_down,
+                self.proj_up, bias, act_quant=not self.weight_only,
+            )
+        elif self.weight_only:
+            y = w4a16_linear_ref(x2, self.qweight, self.wscales, self.proj_down, self.proj_up, bias, self.group_size)
+        else:
+            xq, ascales, lr = ops.quantize_act(x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size)
+            y = ops.w4a4_gemm(xq, ascales, self.qweight, self.wscales, lr, self.proj_up, bias, self.group_size)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        mode = "W4A16" if self.weight_only else "W4A4"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"{mode} {self.quant_format} g{self.group_size}, rank={self.rank}"
+        )
