@@ -1,0 +1,275 @@
+"""End-to-end FLUX.1-size transformer forward: latency and peak memory, side by side in one run.
+
+Builds a FluxTransformer2DModel with the FLUX.1-dev configuration and random weights (no download),
+and for each variant (bf16 eager / compiled, torchao fp8 dynamic eager / compiled, bitsandbytes NF4,
+SVDQuant eager / compiled) times one transformer forward at each resolution and batch size, with
+CUDA events (median of --iters after --warmup). Prints a table of ratios to bf16 eager, writes JSON,
+and a bar chart when matplotlib is present.
+
+  python benchmarks/flux_e2e.py --out docs/perf/flux_e2e.json
+  python benchmarks/flux_e2e.py --variants bf16,svdq --res 1024 --batch 1
+  python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
+  python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+FLUX_DEV = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
+            joint_attention_dim=128, pooled_projection_dim=64, axes_dims_rope=(8, 12, 12))
+TXT_TOKENS = 512
+ALL_VARIANTS = ("bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "bf16_offload")
+
+
+def build_model(config: dict, device: str, seed: int = 0, home: str | None = None) -> nn.Module:
+    """Random-weight transformer; weights drawn on ``device`` and stored on ``home`` (default device)."""
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**config)
+    home = home or device
+    nn.Module.to(model, dtype=torch.bfloat16)  # on meta: free, and skips diffusers' fp32-modules warning
+    model = model.to_empty(device=home)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            std = 0.02 if p.dim() > 1 else 0.01
+            val = torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32) * std
+            if name.endswith("norm.weight") or "norm_q" in name or "norm_k" in name:
+                val = val + 1.0
+            p.copy_(val.to(torch.bfloat16))
+        for _, b in model.named_buffers():
+            if b.is_floating_point():
+                b.zero_()
+    return model.eval()
+
+
+def make_inputs(config: dict, res: int, batch: int, device: str) -> dict:
+    h = w = res // 16  # 8x VAE downsampling, then 2x2 patches packed into 64 channels
+    n_img = h * w
+    gen = torch.Generator(device=device).manual_seed(1)
+    rnd = lambda *s: torch.randn(*s, generator=gen, device=device, dtype=torch.bfloat16)  # noqa: E731
+    img_ids = torch.zeros(h, w, 3, device=device)
+    img_ids[..., 1] = torch.arange(h, device=device)[:, None]
+    img_ids[..., 2] = torch.arange(w, device=device)[None, :]
+    return dict(
+        hidden_states=rnd(batch, n_img, config["in_channels"]),
+        encoder_hidden_states=rnd(batch, TXT_TOKENS if res >= 256 else 16, config["joint_attention_dim"]),
+        pooled_projections=rnd(batch, config["pooled_projection_dim"]),
+        timestep=torch.full((batch,), 0.5, device=device, dtype=torch.bfloat16),
+        guidance=torch.full((batch,), 3.5, device=device, dtype=torch.bfloat16),
+        img_ids=img_ids.reshape(n_img, 3),
+        txt_ids=torch.zeros(TXT_TOKENS if res >= 256 else 16, 3, device=device),
+        return_dict=False,
+    )
+
+
+def skip_patterns() -> list[str]:
+    try:
+        from svdquant_hf.quantizers.common import default_skip_patterns  # type: ignore
+
+        from diffusers import FluxTransformer2DModel
+
+        with torch.device("meta"):
+            m = FluxTransformer2DModel(**TINY)
+        return list(default_skip_patterns(m))
+    except Exception:  # the integration may not define it: FLUX's usual 16-bit layers
+        return ["x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"]
+
+
+def to_svdquant(model: nn.Module, work_device: str) -> nn.Module:
+    import svdquant_hf
+
+    return svdquant_hf.quantize_model(
+        model, svdquant_hf.SVDQuantOptions(), device=work_device, extra_skip=skip_patterns(), progress=False
+    )
+
+
+def to_fp8(model: nn.Module) -> nn.Module:
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return model
+
+
+def to_nf4(model: nn.Module) -> nn.Module:
+    import bitsandbytes as bnb
+
+    for name, mod in list(model.named_modules()):
+        for cname, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear):
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, child.bias is not None,
+                                      compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    q.bias = nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(mod, cname, q.to(child.weight.device))
+    return model
+
+
+def state_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen or t.device.type == "meta":
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def time_forward(model: nn.Module, inputs: dict, warmup: int, iters: int, device: str) -> tuple[float, float]:
+    """(median ms, first-call seconds incl. compile)."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(**inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        for _ in range(warmup):
+            model(**inputs)
+        times = []
+        for _ in range(iters):
+            if device == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                model(**inputs)
+                b.record()
+                torch.cuda.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                t = time.perf_counter()
+                model(**inputs)
+                times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), first
+
+
+def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
+    if name == "bf16_offload":
+        model = build_model(config, device, home="cpu")
+        model.enable_group_offload(torch.device(device), offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+        return model
+    if name.startswith("svdq"):
+        # stream: 16-bit weights stay on the host when memory is capped; one layer at a time on the GPU
+        model = build_model(config, device, home="cpu" if cap else device)
+        model = to_svdquant(model, device)
+        model = model.to(device)
+    elif name.startswith("fp8"):
+        model = to_fp8(build_model(config, device))
+    elif name == "nf4":
+        model = to_nf4(build_model(config, device, home="cpu" if cap else device)).to(device)
+    else:
+        model = build_model(config, device)
+    if name.endswith("_compile"):
+        model = torch.compile(model)
+    return model
+
+
+def plot(results: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    keys = sorted({(r["res"], r["batch"]) for r in results if r.get("ms")})
+    variants = [v for v in ALL_VARIANTS if any(r["variant"] == v and r.get("ms") for r in results)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / max(len(variants), 1)
+    for i, v in enumerate(variants):
+        ms = [next((r["ms"] for r in results if r["variant"] == v and (r["res"], r["batch"]) == k), 0) for k in keys]
+        mem = [next((r["peak_gib"] for r in results if r["variant"] == v and (r["res"], r["batch"]) == k), 0) for k in keys]
+        xs = [j + i * width for j in range(len(keys))]
+        axes[0].bar(xs, ms, width, label=v)
+        axes[1].bar(xs, mem, width, label=v)
+    for ax, title in zip(axes, ("ms per transformer forward", "peak GiB")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+        ax.set_xticklabels([f"{r}px b{b}" for r, b in keys])
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="bf16,bf16_compile,fp8,fp8_compile,nf4,svdq,svdq_compile")
+    ap.add_argument("--res", default="1024,512")
+    ap.add_argument("--batch", default="1,4")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=8)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--memory-cap-gib", type=float, default=None)
+    ap.add_argument("--tiny", action="store_true", help="a 2-block model with small widths (smoke test)")
+    ap.add_argument("--out", default=None, help="JSON path (a PNG chart is written beside it)")
+    args = ap.parse_args(argv)
+    config = TINY if args.tiny else FLUX_DEV
+    dev = args.device
+    cap = args.memory_cap_gib is not None
+    if cap and dev == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
+    results: list[dict] = []
+    gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    for variant in args.variants.split(","):
+        row_base = dict(variant=variant, device=gpu, cap_gib=args.memory_cap_gib)
+        try:
+            model = build_variant(variant, config, dev, cap)
+        except Exception as e:  # a missing peer library, or out of memory under the cap
+            results.append(dict(row_base, error=f"{type(e).__name__}: {e}"[:300]))
+            print(f"{variant}: build failed: {results[-1]['error']}", flush=True)
+            continue
+        wbytes = state_bytes(model)
+        for res in [int(r) for r in args.res.split(",")]:
+            for batch in [int(b) for b in args.batch.split(",")]:
+                row = dict(row_base, res=res, batch=batch, weight_gib=wbytes / 2**30)
+                try:
+                    inputs = make_inputs(config, res, batch, dev)
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                    ms, first = time_forward(model, inputs, args.warmup, args.iters, dev)
+                    row.update(ms=ms, first_call_s=first)
+                    if dev == "cuda":
+                        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                except Exception as e:
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                del inputs
+        del model
+        gc.collect()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    base = {(r["res"], r["batch"]): r["ms"] for r in results if r["variant"] == "bf16" and r.get("ms")}
+    print(f"\n{'variant':14s} {'res':>5s} {'b':>2s} {'ms':>9s} {'x bf16':>7s} {'peak GiB':>9s} {'weights GiB':>11s}")
+    for r in results:
+        if not r.get("ms"):
+            print(f"{r['variant']:14s} error: {r.get('error', '')[:80]}")
+            continue
+        ratio = r["ms"] / base[(r["res"], r["batch"])] if (r["res"], r["batch"]) in base else float("nan")
+        print(f"{r['variant']:14s} {r['res']:5d} {r['batch']:2d} {r['ms']:9.2f} {ratio:7.3f} "
+              f"{r.get('peak_gib', float('nan')):9.2f} {r['weight_gib']:11.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+        plot(results, args.out.rsplit(".", 1)[0] + ".png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
