@@ -1,0 +1,44 @@
+"""Adapters of SVDQuant to the Hugging Face quantizer APIs (installed as ``svdquant_hf.quantizers``).
+
+``register()`` runs on ``import svdquant_hf``: it adds quant_method "svdquant" to diffusers (always,
+when installed) and to transformers (through ``svdquant_hf.quantizers.transformers.register`` when that
+module exists). Missing host libraries are not an error.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .common import default_skip_patterns, quantizable_linears, replace_with_svdquant_linear
+from .config import QUANT_METHOD, SVDQuantConfig, SVDQuantMethod
+
+REGISTERED: dict[str, bool] = {"diffusers": False, "transformers": False}
+
+
+def _register_submodule(name: str) -> bool:
+    full = f"{__name__}.{name}"
+    try:
+        mod = importlib.import_module(full)
+    except ModuleNotFoundError as e:
+        if e.name in (full, name):  # the adapter itself, or its host library, is absent
+            return False
+        raise
+    return bool(mod.register())
+
+
+def register() -> dict[str, bool]:
+    """Register "svdquant" with diffusers and transformers; returns which succeeded."""
+    REGISTERED["diffusers"] = _register_submodule("diffusers")
+    REGISTERED["transformers"] = _register_submodule("transformers")
+    return dict(REGISTERED)
+
+
+__all__ = [
+    "QUANT_METHOD",
+    "REGISTERED",
+    "SVDQuantConfig",
+    "SVDQuantMethod",
+    "default_skip_patterns",
+    "quantizable_linears",
+    "register",
+    "replace_with_svdquant_linear",
+]

@@ -101,5 +101,10 @@ def collect_statistics(
         n = run_calibration(model, data)
     stats = collector.finalize()
     if n == 0 or all(st.seen_tokens == 0 for st in stats.values()):
-        raise QuantizationError("calibration data is empty: no forward pass reached a layer to quantize")
+        names = list(stats)
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise QuantizationError(
+            f"calibration data is empty: {n} batch(es) ran and no forward pass reached the layers to "
+            f"quantize ({shown})"
+        )
     return stats

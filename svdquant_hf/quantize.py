@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .algorithm.svdquant import QuantizationError, quantize_weight, search_alpha
+from .algorithm.svdquant import QuantizationError, check_weight, quantize_weight, search_alpha
 from .calibration import CalibrationData, LayerStats, collect_statistics
 from .config import SVDQuantOptions
 from .modules import SVDQuantLinear
@@ -93,6 +93,8 @@ def quantize_model(
     if not targets:
         warnings.warn("quantize_model: no nn.Linear layer to quantize (all skipped or none present)")
         return model
+    for name, lin in targets.items():  # fail before calibration and before any layer is replaced
+        check_weight(lin.weight, options, name)
     stats: dict[str, LayerStats] = {}
     if calibration_data is not None:
         stats = collect_statistics(model, targets, calibration_data, options.calib_tokens)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats.int4 import INT4_MAX, INT4_MIN
+from ..formats.int4 import INT4_MAX, INT4_MIN, round_scale
 
 
 def gptq_int4(
@@ -30,7 +30,7 @@ def gptq_int4(
         for i in range(b1 - b0):
             col = b0 + i
             if col % group_size == 0:
-                s16 = (w1[:, i : i + group_size].abs().amax(dim=1) / INT4_MAX).to(scale_dtype)
+                s16 = round_scale(w1[:, i : i + group_size].abs().amax(dim=1) / INT4_MAX, scale_dtype)
                 scales[:, col // group_size] = s16
                 s = s16.float()
             wc = w1[:, i]

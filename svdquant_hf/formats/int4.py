@@ -1,6 +1,7 @@
 """Signed INT4 with one 16-bit scale per group of ``group_size`` along the last axis.
 
-scale = absmax(group) / 7, computed in fp32 and rounded to the 16-bit scale dtype;
+scale = absmax(group) / 7, computed in fp32, saturated to the scale dtype's largest finite value
+and rounded to the 16-bit scale dtype;
 q = clamp(round_half_even(x / scale), -8, 7), the division in fp32 by the *rounded* scale;
 an all-zero group has scale 0 and q = 0. Dequantized value: q * scale.
 Packing: two values per byte along the last axis, element 2j in the low nibble and 2j+1 in
@@ -22,6 +23,11 @@ def _check_groups(x: torch.Tensor, group_size: int, what: str) -> None:
         )
 
 
+def round_scale(scale_f32: torch.Tensor, scale_dtype: torch.dtype) -> torch.Tensor:
+    """Round fp32 scales to ``scale_dtype``, saturating (fp16 would overflow to inf, and 0 * inf = NaN)."""
+    return scale_f32.clamp(max=torch.finfo(scale_dtype).max).to(scale_dtype)
+
+
 def quantize_int4(
     x: torch.Tensor, group_size: int, scale_dtype: torch.dtype = torch.bfloat16, what: str = "tensor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +35,7 @@ def quantize_int4(
     _check_groups(x, group_size, what)
     xf = x.float()
     groups = xf.reshape(*xf.shape[:-1], xf.shape[-1] // group_size, group_size)
-    scale = (groups.abs().amax(dim=-1) / INT4_MAX).to(scale_dtype)
+    scale = round_scale(groups.abs().amax(dim=-1) / INT4_MAX, scale_dtype)
     sf = scale.float().unsqueeze(-1)
     safe = torch.where(sf > 0, sf, torch.ones_like(sf))
     q = torch.where(sf > 0, groups / safe, torch.zeros_like(groups))

@@ -44,3 +44,7 @@ def w4a4_gemm(
 @w4a4_gemm.register_fake
 def _(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size):
     return lr_act.new_empty((xq.shape[0], qweight.shape[0]))
+
+
+# CUDA implementations (csrc/ kernels, compiled lazily on first use on a GPU; never on CPU-only machines).
+from . import cuda as _cuda  # noqa: E402,F401

@@ -54,7 +54,7 @@ def w4a4_group_dots(xq: torch.Tensor, qweight: torch.Tensor, group_size: int) ->
     G = K // group_size
     xg = xq.to(torch.int32).reshape(M, 1, G, group_size)
     wg = wq.reshape(1, -1, G, group_size)
-    return (xg * wg).sum(-1)
+    return (xg * wg).sum(-1, dtype=torch.int32)
 
 
 def w4a16_linear_ref(

@@ -1,0 +1,139 @@
+"""Fused W4A4 + low-rank (ours: quantize_act + w4a4_gemm) vs cuBLAS bf16, fp8 rowwise and NF4.
+
+usage: python benchmarks/gemm_bench.py [--json OUT.json] [--rank 32] [--reps 50]
+Builds the extension (svdquant_hf.ops.build), then for M = 4608 and M in {256, 1024} on the FLUX.1
+linear shapes prints the median CUDA-event time of each variant, TFLOP/s (2MNK / t) and the speedup
+of ours over each peer (peer time / our time; > 1 means ours is faster). Inputs rotate over several
+buffers so that repeated runs do not measure the L2 cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 9216), (15360, 3072)]
+MS = [4608, 1024, 256]
+
+
+def _time(fn, args_list, reps: int, warmup: int = 5) -> float:
+    """Median milliseconds of fn(*args) over reps, cycling through args_list."""
+    for i in range(warmup):
+        fn(*args_list[i % len(args_list)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        a = args_list[i % len(args_list)]
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn(*a)
+        e.record()
+        times.append((s, e))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in times)
+
+
+def _nbuf(bytes_per_set: int) -> int:
+    return max(2, min(8, (200 << 20) // max(bytes_per_set, 1) + 1))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default=None)
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--ms", default=",".join(map(str, MS)))
+    args = p.parse_args()
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    from svdquant_hf.formats.int4 import pack_int4
+    from svdquant_hf.ops import build
+
+    ext = build.load_extension()
+    assert ext is not None, "kernel build failed"
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import quantize_4bit
+    except Exception as exc:  # noqa: BLE001
+        print(f"bitsandbytes not importable ({exc}); NF4 column skipped", file=sys.stderr)
+        bnb = None
+    dev = torch.cuda.get_device_name()
+    dt = torch.bfloat16
+    R, gs = args.rank, 64
+    rows = []
+    for M in [int(m) for m in args.ms.split(",")]:
+        for K, N in FLUX_SHAPES:
+            torch.manual_seed(M + K + N)
+            nb = _nbuf(M * K * 2)
+            xs = [torch.randn(M, K, device="cuda", dtype=dt) for _ in range(nb)]
+            smooth = (torch.rand(K, device="cuda") + 0.5).to(dt)
+            pd = (torch.randn(K, R, device="cuda") / K**0.5).to(dt)
+            pu = (torch.randn(N, R, device="cuda") / R**0.5).to(dt)
+            qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", dtype=torch.int8))
+            wsc = (torch.rand(K // gs, N, device="cuda") * 0.01).to(dt)
+            bias = torch.randn(N, device="cuda", dtype=dt)
+            w = torch.randn(N, K, device="cuda", dtype=dt) / K**0.5
+            flops = 2.0 * M * N * K
+
+            def ours(x):
+                xq, asc, lr = ext.quantize_act(x, smooth, pd, gs)
+                return ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
+
+            t_ours = _time(ours, [(x,) for x in xs], args.reps)
+            qs = [ext.quantize_act(x, smooth, pd, gs) for x in xs]
+            t_q = _time(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
+            t_g = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
+            del qs
+            t_bf16 = _time(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
+            # fp8 rowwise GEMM alone (activations pre-quantized: the ceiling of a dynamic fp8 linear)
+            w8 = w.to(torch.float8_e4m3fn)
+            sb = torch.rand(1, N, device="cuda", dtype=torch.float32) + 0.5
+            x8s = [(x.to(torch.float8_e4m3fn), torch.rand(M, 1, device="cuda", dtype=torch.float32) + 0.5) for x in xs]
+            try:
+                t_fp8 = _time(
+                    lambda a, sa: torch._scaled_mm(a, w8.t(), scale_a=sa, scale_b=sb, out_dtype=dt, use_fast_accum=True),
+                    x8s, args.reps,
+                )
+            except Exception as exc:  # noqa: BLE001
+                print(f"_scaled_mm failed: {exc}", file=sys.stderr)
+                t_fp8 = float("nan")
+            del x8s, w8
+            t_nf4 = float("nan")
+            if bnb is not None:
+                try:
+                    wq4, st = quantize_4bit(w, quant_type="nf4")
+                    t_nf4 = _time(lambda x: bnb.matmul_4bit(x, wq4.t(), bias=bias, quant_state=st), [(x,) for x in xs],
+                                  args.reps)
+                    del wq4
+                except Exception as exc:  # noqa: BLE001
+                    print(f"bnb NF4 failed: {exc}", file=sys.stderr)
+            row = dict(M=M, K=K, N=N, R=R, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
+                       fp8_ms=t_fp8, nf4_ms=t_nf4, ours_tflops=flops / t_ours / 1e9,
+                       gemm_tflops=flops / t_g / 1e9, bf16_tflops=flops / t_bf16 / 1e9,
+                       fp8_tflops=flops / t_fp8 / 1e9, speedup_vs_bf16=t_bf16 / t_ours,
+                       speedup_vs_fp8=t_fp8 / t_ours, speedup_vs_nf4=t_nf4 / t_ours)
+            rows.append(row)
+            del xs, w
+            torch.cuda.empty_cache()
+    print(f"\ndevice: {dev}, torch {torch.__version__}, rank {R}, group {gs}, median of {args.reps} CUDA-event timings")
+    print("speedup = peer time / our fused time (>1: ours faster); fp8 = _scaled_mm alone (no act quant)")
+    hdr = (f"{'M':>5} {'K':>6} {'N':>6} | {'ours us':>8} {'quant':>6} {'gemm':>7} {'gemmTF':>6} | {'bf16 us':>8} "
+           f"{'bf16TF':>6} | {'fp8 us':>7} {'nf4 us':>8} | {'x bf16':>6} {'x fp8':>6} {'x nf4':>6}")
+    print(hdr)
+    for r in rows:
+        print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} | {r['ours_ms']*1e3:>8.1f} {r['quant_ms']*1e3:>6.1f} "
+              f"{r['gemm_ms']*1e3:>7.1f} {r['gemm_tflops']:>6.0f} | {r['bf16_ms']*1e3:>8.1f} {r['bf16_tflops']:>6.0f} | "
+              f"{r['fp8_ms']*1e3:>7.1f} {r['nf4_ms']*1e3:>8.1f} | {r['speedup_vs_bf16']:>6.2f} "
+              f"{r['speedup_vs_fp8']:>6.2f} {r['speedup_vs_nf4']:>6.2f}")
+    out = args.json or (os.path.join(os.environ["OUT"], "gemm_bench.json") if os.environ.get("OUT") else None)
+    if out:
+        with open(out, "w") as f:
+            json.dump(dict(device=dev, torch=torch.__version__, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+// Host launchers of the svdquant kernels: raw pointers + stream, no torch types (the torch
+// binding in bindings.cpp checks shapes/dtypes/devices and calls these).
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace svdq {
+
+enum class DType : int { kBF16 = 0, kFP16 = 1 };
+
+struct QuantizeActArgs {
+  DType dtype;
+  const void* x;          // [M, K]
+  const void* smooth;     // [K]
+  const void* proj_down;  // [K, R]
+  int8_t* xq;             // [M, K] values in [-8, 7]
+  void* ascales;          // [M, K / group_size]
+  void* lr;               // [M, R]
+  int M, K, R, group_size;
+};
+
+struct W4A4GemmArgs {
+  DType dtype;
+  const int8_t* xq;       // [M, K]
+  const void* ascales;    // [M, K / G]
+  const int8_t* qweight;  // [N, K / 2]
+  const void* wscales;    // [K / G, N]
+  const void* lr;         // [M, R]
+  const void* proj_up;    // [N, R]
+  const void* bias;       // [N] or nullptr
+  void* y;                // [M, N]
+  int M, N, K, R, group_size;
+};
+
+// Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
+constexpr int kMaxFusedRank = 128;
+
+cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream);
+cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream);
+
+}  // namespace svdq

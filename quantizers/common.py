@@ -1,0 +1,195 @@
+"""Host-library-neutral helpers for the quantizer adapters: which linears to quantize, module swapping.
+
+Two kinds of skip pattern exist:
+- family defaults (``default_skip_patterns``): fnmatch globs matched against the FULL module name
+  (anchored), so ``"proj_out"`` means the top-level ``proj_out`` only;
+- user patterns (``SVDQuantOptions.modules_to_not_convert``): exact name, dotted component run, or glob
+  (``svdquant_hf.config.name_matches``). A user list REPLACES the family defaults (``[]`` quantizes every
+  quantizable linear); ``None`` keeps them.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..config import SVDQuantOptions, name_matches
+from ..modules import SVDQuantLinear
+
+logger = logging.getLogger(__name__)
+
+# Anchored globs over full module names, by model class name. Embedders, time/text conditioning,
+# the output norm and the final projection stay 16-bit: they are small, see few tokens, and are
+# the most sensitive to quantization (and their widths often are not multiples of the group size).
+FAMILY_SKIPS: dict[str, tuple[str, ...]] = {
+    "FluxTransformer2DModel": (
+        "x_embedder", "context_embedder", "time_text_embed.*", "norm_out.*", "proj_out",
+    ),
+    "PixArtTransformer2DModel": ("pos_embed.*", "caption_projection.*", "adaln_single.*", "proj_out", "proj_out_*"),
+    "UNet2DConditionModel": (
+        "time_embedding.*", "add_embedding.*", "class_embedding.*", "encoder_hid_proj*", "*.time_emb_proj",
+    ),
+    "SD3Transformer2DModel": ("pos_embed.*", "time_text_embed.*", "context_embedder", "norm_out.*", "proj_out"),
+    "SanaTransformer2DModel": (
+        "patch_embed.*", "time_embed.*", "caption_projection.*", "norm_out.*", "proj_out",
+    ),
+}
+
+# For any other model: the same roles under their usual diffusers names.
+GENERIC_SKIPS: tuple[str, ...] = (
+    "x_embedder", "context_embedder", "pos_embed.*", "patch_embed.*", "time_text_embed.*", "time_embed.*",
+    "time_embedding.*", "add_embedding.*", "caption_projection.*", "adaln_single.*", "norm_out.*",
+    "proj_out", "lm_head", "*.time_emb_proj",
+)
+
+
+def register_default_skips(class_name: str, patterns: Iterable[str]) -> None:
+    """Set the family default skip patterns (anchored globs) for models of class ``class_name``."""
+    FAMILY_SKIPS[class_name] = tuple(patterns)
+
+
+def default_skip_patterns(model: nn.Module | type) -> list[str]:
+    """Anchored fnmatch globs of the modules that stay 16-bit by default for this model family."""
+    cls = model if isinstance(model, type) else type(model)
+    for klass in cls.__mro__:
+        if klass.__name__ in FAMILY_SKIPS:
+            return list(FAMILY_SKIPS[klass.__name__])
+    return list(GENERIC_SKIPS)
+
+
+def matches_default(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def is_fp32_module(name: str, keep_in_fp32_modules: Iterable[str]) -> bool:
+    """diffusers' rule for ``_keep_in_fp32_modules``: a pattern equal to one dotted component."""
+    parts = name.split(".")
+    return any(m in parts for m in keep_in_fp32_modules)
+
+
+def skip_reason(
+    name: str,
+    linear: nn.Linear,
+    options: SVDQuantOptions,
+    default_skips: Iterable[str] = (),
+    keep_in_fp32_modules: Iterable[str] = (),
+) -> str | None:
+    """Why ``linear`` stays 16-bit (None: it is quantized)."""
+    if options.modules_to_not_convert is not None:
+        if options.is_skipped(name):
+            return "modules_to_not_convert"
+    elif matches_default(name, default_skips):
+        return "default skip list"
+    if is_fp32_module(name, keep_in_fp32_modules):
+        return "_keep_in_fp32_modules"
+    g = options.effective_group_size
+    n, k = linear.out_features, linear.in_features
+    if k % g:
+        return f"in_features={k} is not a multiple of group_size={g}"
+    if options.rank > min(n, k):
+        return f"rank={options.rank} exceeds min(out_features, in_features)={min(n, k)}"
+    return None
+
+
+def quantizable_linears(
+    model: nn.Module,
+    options: SVDQuantOptions,
+    default_skips: Iterable[str] | None = None,
+    keep_in_fp32_modules: Iterable[str] = (),
+) -> dict[str, nn.Linear]:
+    """The nn.Linear modules of ``model`` that SVDQuant replaces, by qualified name.
+
+    default_skips None: ``default_skip_patterns(model)``. Layers whose shape cannot be quantized
+    (in_features not a multiple of the group, rank too large) are left 16-bit and logged.
+    """
+    skips = default_skip_patterns(model) if default_skips is None else list(default_skips)
+    fp32 = list(keep_in_fp32_modules or ())
+    out: dict[str, nn.Linear] = {}
+    for name, mod in model.named_modules():
+        if not name or not isinstance(mod, nn.Linear) or isinstance(mod, SVDQuantLinear):
+            continue
+        why = skip_reason(name, mod, options, skips, fp32)
+        if why is None:
+            out[name] = mod
+        else:
+            logger.debug("SVDQuant: %s stays 16-bit (%s)", name, why)
+    return out
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def empty_svdquant_linear(
+    linear: nn.Linear,
+    options: SVDQuantOptions,
+    name: str,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "meta",
+) -> SVDQuantLinear:
+    """An uninitialised SVDQuantLinear with the shapes ``linear`` would quantize to."""
+    mod = SVDQuantLinear(
+        linear.in_features, linear.out_features, linear.bias is not None, options.rank, options.group_size,
+        options.quant_format, options.weight_only, dtype, device=device,
+    )
+    mod.layer_name = name
+    return mod
+
+
+def replace_with_svdquant_linear(
+    model: nn.Module,
+    options: SVDQuantOptions,
+    names: Iterable[str] | None = None,
+    default_skips: Iterable[str] | None = None,
+    keep_in_fp32_modules: Iterable[str] = (),
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "meta",
+) -> list[str]:
+    """Swap nn.Linear modules for empty SVDQuantLinear (on ``device``, meta by default), in place.
+
+    names: exactly these modules (e.g. found from a pre-quantized checkpoint's keys); each must be
+    an nn.Linear of ``model``. None: every quantizable linear (``quantizable_linears``).
+    Returns the replaced names. Compute dtype of the new modules: ``dtype`` (16-bit).
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"SVDQuant compute dtype must be bfloat16 or float16, got {dtype}")
+    if names is None:
+        targets = quantizable_linears(model, options, default_skips, keep_in_fp32_modules)
+    else:
+        modules = dict(model.named_modules())
+        targets = {}
+        for name in names:
+            mod = modules.get(name)
+            if mod is None:
+                raise ValueError(f"SVDQuant: module {name!r} not found in {type(model).__name__}")
+            if isinstance(mod, SVDQuantLinear):
+                continue
+            if not isinstance(mod, nn.Linear):
+                raise ValueError(
+                    f"SVDQuant: module {name!r} of {type(model).__name__} is a {type(mod).__name__}, not nn.Linear"
+                )
+            targets[name] = mod
+    for name, lin in targets.items():
+        set_submodule(model, name, empty_svdquant_linear(lin, options, name, dtype, device))
+    return list(targets)
+
+
+__all__ = [
+    "FAMILY_SKIPS",
+    "GENERIC_SKIPS",
+    "default_skip_patterns",
+    "empty_svdquant_linear",
+    "is_fp32_module",
+    "matches_default",
+    "name_matches",
+    "quantizable_linears",
+    "register_default_skips",
+    "replace_with_svdquant_linear",
+    "set_submodule",
+    "skip_reason",
+]

@@ -1,0 +1,303 @@
+"""The diffusers quantizer for quant_method "svdquant": quantize on load, or load pre-quantized checkpoints.
+
+Quantize on load: the model is built on meta; each targeted nn.Linear stays a meta skeleton until its
+weight streams in, is quantized on the work device (CUDA when available, one layer at a time) and
+replaced by an SVDQuantLinear on its final device. The 16-bit model is never materialised.
+
+Pre-quantized: the SVDQuant layers are found from the checkpoint keys (``<layer>.qweight``), swapped in
+as empty SVDQuantLinear before loading, and every tensor is validated (shape, dtype) against the
+config and assigned in its stored dtype (diffusers' torch_dtype cast is bypassed: nothing is lost).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import torch
+from diffusers.quantizers.base import DiffusersQuantizer
+from torch import nn
+
+from ...algorithm import QuantizationError
+from ...algorithm.svdquant import quantize_weight
+from ...modules import SVDQuantLinear
+from ..common import quantizable_linears, replace_with_svdquant_linear
+from ..config import SVDQuantConfig
+from .utils import SVDQUANT_TENSORS, atomic_save, read_headers, svdquant_module_names, warn_reference_path
+
+logger = logging.getLogger(__name__)
+
+
+def _compute_dtype(torch_dtype: torch.dtype | None) -> torch.dtype:
+    return torch_dtype if torch_dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
+    """diffusers ``DiffusersQuantizer`` for SVDQuant W4A4 (registered as "svdquant")."""
+
+    requires_calibration = False
+    required_packages = None
+    use_keep_in_fp32_modules = True
+
+    def __init__(self, quantization_config: SVDQuantConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.torch_dtype: torch.dtype | None = None
+        self.targets: dict[str, bool] = {}  # module name -> has bias
+        self.headers: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        self._raw: dict[str, torch.Tensor] = {}
+        self._pending_bias: dict[str, torch.Tensor] = {}
+        self._warned = False
+
+    # ---- environment ----
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        if "torch_dtype" in kwargs:
+            self.torch_dtype = kwargs["torch_dtype"]
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, dict) and "disk" in {str(v) for v in device_map.values()}:
+            raise ValueError(
+                "SVDQuant: device_map places modules on 'disk', which is not supported for SVDQuant layers; "
+                "use CPU offload (enable_model_cpu_offload) instead"
+            )
+
+    def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+        self.torch_dtype = torch_dtype
+        return torch_dtype
+
+    def adjust_target_dtype(self, torch_dtype: torch.dtype) -> Any:
+        if self.pre_quantized:
+            return torch_dtype
+        try:
+            from accelerate.utils import CustomDtype
+
+            return CustomDtype.INT4
+        except ImportError:  # pragma: no cover
+            return torch.int8
+
+    @property
+    def supports_parallel_loading(self) -> bool:
+        return False  # shards may split a layer's weight and bias; state is kept across tensors
+
+    def get_cuda_warm_up_factor(self) -> int:
+        return 4 if self.pre_quantized else 8
+
+    @property
+    def options(self) -> SVDQuantConfig:
+        return self.quantization_config
+
+    # ---- before loading ----
+    def maybe_update_loaded_keys(self, loaded_keys: list[str], checkpoint_files: list[str]) -> list[str]:
+        self.headers = read_headers(checkpoint_files)  # also rejects truncated shards
+        svd_modules = svdquant_module_names(loaded_keys)
+        if not self.pre_quantized:
+            if svd_modules:
+                raise QuantizationError(
+                    f"the checkpoint already stores SVDQuant tensors (e.g. of layer {svd_modules[0]!r}: qweight, "
+                    "wscales, ...) but its config.json has no quantization_config; cannot quantize it again"
+                )
+            return loaded_keys
+        if not svd_modules:
+            raise QuantizationError(
+                "config.json says quant_method 'svdquant' but the checkpoint has no SVDQuant tensor "
+                "('<layer>.qweight', '<layer>.wscales', ...)"
+            )
+        self.targets = {name: f"{name}.bias" in loaded_keys for name in svd_modules}
+        self._check_keys_against_config(loaded_keys)
+        return loaded_keys
+
+    def _check_keys_against_config(self, loaded_keys: list[str]) -> None:
+        opts = self.options
+        keyset = set(loaded_keys)
+        for name in self.targets:
+            for t in ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up"):
+                if f"{name}.{t}" not in keyset:
+                    raise QuantizationError(f"checkpoint is missing tensor {name + '.' + t!r} of SVDQuant layer {name!r}")
+            has_wt = f"{name}.wtscale" in keyset
+            if has_wt and opts.quant_format != "nvfp4":
+                raise QuantizationError(
+                    f"tensor {name + '.wtscale'!r} exists only in NVFP4 checkpoints, but the config says "
+                    f"quant_format={opts.quant_format!r}"
+                )
+            if not has_wt and opts.quant_format == "nvfp4":
+                raise QuantizationError(
+                    f"checkpoint is missing tensor {name + '.wtscale'!r} required by quant_format='nvfp4'"
+                )
+
+    def _stored_dtype(self, name: str) -> torch.dtype:
+        info = self.headers.get(f"{name}.proj_up") or self.headers.get(f"{name}.smooth_factor")
+        dt = info[0] if info else None
+        if isinstance(dt, torch.dtype) and dt in (torch.bfloat16, torch.float16):
+            return dt
+        if dt is None:
+            return _compute_dtype(self.torch_dtype)
+        raise QuantizationError(
+            f"tensor {name + '.proj_up'!r} has dtype {dt}; SVDQuant checkpoints store it in bfloat16 or float16"
+        )
+
+    def _process_model_before_weight_loading(
+        self, model: nn.Module, device_map: Any = None, keep_in_fp32_modules: list[str] | None = None, **kwargs: Any
+    ) -> nn.Module:
+        if not torch.cuda.is_available() and not self._warned:
+            self._warned = True
+            warn_reference_path("loading this SVDQuant model" if self.pre_quantized else "quantize-on-load")
+        opts = self.options
+        if self.pre_quantized:
+            by_dtype: dict[torch.dtype, list[str]] = {}
+            for name in self.targets:
+                by_dtype.setdefault(self._stored_dtype(name), []).append(name)
+            for dtype, names in by_dtype.items():
+                try:
+                    replace_with_svdquant_linear(model, opts, names=names, dtype=dtype, device="meta")
+                except ValueError as e:
+                    raise QuantizationError(f"checkpoint does not match the model: {e}") from e
+        else:
+            fp32 = list(keep_in_fp32_modules or [])
+            targets = quantizable_linears(model, opts, keep_in_fp32_modules=fp32)
+            if not targets:
+                logger.warning("SVDQuant: no nn.Linear layer of %s is targeted; nothing is quantized", type(model).__name__)
+            self.targets = {name: lin.bias is not None for name, lin in targets.items()}
+        self.modules_to_not_convert = [
+            n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in self.targets
+        ]
+        return model
+
+    def update_missing_keys(self, model: nn.Module, missing_keys: list[str], prefix: str) -> list[str]:
+        ours = sorted(k for k in missing_keys if k.rpartition(".")[0] in self.targets)
+        if ours:
+            more = f" (and {len(ours) - 5} more)" if len(ours) > 5 else ""
+            raise QuantizationError(f"checkpoint is missing tensor(s) of SVDQuant layers: {ours[:5]}{more}")
+        return missing_keys
+
+    def maybe_update_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        # keep the tensors as stored: diffusers casts floats to torch_dtype before create_quantized_param
+        for key, value in state_dict.items():
+            module, _, tensor = key.rpartition(".")
+            if module in self.targets and isinstance(value, torch.Tensor):
+                if self.pre_quantized or tensor == "weight":
+                    self._raw[key] = value
+        return state_dict
+
+    # ---- per tensor ----
+    def check_if_quantized_param(
+        self, model: nn.Module, param_value: torch.Tensor, param_name: str, state_dict: dict[str, Any], **kwargs: Any
+    ) -> bool:
+        module, _, tensor = param_name.rpartition(".")
+        if module not in self.targets:
+            return False
+        return tensor in SVDQUANT_TENSORS if self.pre_quantized else tensor in ("weight", "bias")
+
+    def check_quantized_param_shape(self, param_name: str, current_param: torch.Tensor, loaded_param: torch.Tensor) -> bool:
+        self._raise_shape(param_name, tuple(current_param.shape), tuple(loaded_param.shape))
+        return True
+
+    def _raise_shape(self, param_name: str, expected: tuple[int, ...], got: tuple[int, ...]) -> None:
+        if expected == got:
+            return
+        o = self.options
+        raise QuantizationError(
+            f"tensor {param_name!r} has shape {got}, but the model and the quantization config (rank={o.rank}, "
+            f"group_size={o.effective_group_size}, quant_format={o.quant_format!r}) imply {expected}"
+        )
+
+    def create_quantized_param(
+        self,
+        model: nn.Module,
+        param_value: torch.Tensor,
+        param_name: str,
+        target_device: Any,
+        state_dict: dict[str, Any] | None = None,
+        unexpected_keys: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        module_name, _, tensor = param_name.rpartition(".")
+        raw = self._raw.pop(param_name, None)
+        value = raw if raw is not None else param_value
+        device = torch.device(target_device) if not isinstance(target_device, torch.device) else target_device
+        if self.pre_quantized:
+            self._load_tensor(model.get_submodule(module_name), module_name, tensor, value, device)
+        elif tensor == "bias":
+            mod = model.get_submodule(module_name)
+            if isinstance(mod, SVDQuantLinear):
+                mod.bias = nn.Parameter(value.to(device=device, dtype=mod.compute_dtype), requires_grad=False)
+            else:
+                self._pending_bias[module_name] = value
+        else:
+            self._quantize_layer(model, module_name, value, device)
+
+    def _load_tensor(self, mod: nn.Module, module_name: str, tensor: str, value: torch.Tensor, device: torch.device) -> None:
+        name = f"{module_name}.{tensor}"
+        if not isinstance(mod, SVDQuantLinear):  # pragma: no cover - guarded by the key scan
+            raise QuantizationError(f"tensor {name!r}: module {module_name!r} is not an SVDQuant layer")
+        expected = getattr(mod, tensor, None)
+        if expected is None:
+            raise QuantizationError(f"unexpected tensor {name!r}: layer {module_name!r} has no {tensor!r}")
+        self._raise_shape(name, tuple(expected.shape), tuple(value.shape))
+        if value.dtype != expected.dtype:
+            raise QuantizationError(
+                f"tensor {name!r} has dtype {value.dtype}, expected {expected.dtype} (layer compute dtype "
+                f"{mod.compute_dtype}, quant_format={self.options.quant_format!r})"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value.float()).all()):
+            raise QuantizationError(f"tensor {name!r} contains NaN or Inf")
+        value = value.to(device).contiguous()
+        if tensor == "bias":
+            mod.bias = nn.Parameter(value, requires_grad=False)
+        else:
+            mod._buffers[tensor] = value
+
+    def _quantize_layer(self, model: nn.Module, name: str, weight: torch.Tensor, device: torch.device) -> None:
+        lin = model.get_submodule(name)
+        if not isinstance(lin, nn.Linear):  # pragma: no cover
+            raise QuantizationError(f"layer {name!r}: expected nn.Linear, found {type(lin).__name__}")
+        self._raise_shape(f"{name}.weight", (lin.out_features, lin.in_features), tuple(weight.shape))
+        work = torch.device("cuda") if torch.cuda.is_available() else device
+        dtype = _compute_dtype(self.torch_dtype)
+        qw = quantize_weight(weight.to(work), self.options, dtype, name=name)
+        bias = self._pending_bias.pop(name, None)
+        mod = SVDQuantLinear.from_quantized(qw, None if bias is None else bias.to(work), self.options, dtype)
+        mod.layer_name = name
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, mod.to(device))
+        del qw, weight
+
+    # ---- after loading ----
+    def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
+        modules = dict(model.named_modules())
+        for name, has_bias in self.targets.items():
+            mod = modules.get(name)
+            if not isinstance(mod, SVDQuantLinear):
+                raise QuantizationError(f"layer {name!r}: its weight never arrived from the checkpoint")
+            if has_bias and mod.bias is None:
+                raise QuantizationError(f"checkpoint is missing tensor {name + '.bias'!r}")
+            for t, v in [*mod.named_buffers(recurse=False), *mod.named_parameters(recurse=False)]:
+                if v.is_meta:
+                    raise QuantizationError(f"checkpoint is missing tensor {name + '.' + t!r}")
+        self._pending_bias.clear()
+        self._raw.clear()
+        if "save_pretrained" not in vars(model):
+            model.save_pretrained = functools.partial(atomic_save, type(model).save_pretrained.__get__(model))
+        return model
+
+    def get_state_dict_and_metadata(
+        self, state_dict: dict[str, Any], safe_serialization: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not safe_serialization:
+            raise ValueError("SVDQuant models are saved as safetensors only (safe_serialization=True)")
+        for k, v in state_dict.items():
+            if isinstance(v, torch.Tensor) and v.is_meta:
+                raise QuantizationError(f"cannot save: tensor {k!r} was never loaded (meta)")
+        return {k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in state_dict.items()}, {}
+
+    @property
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+__all__ = ["SVDQuantDiffusersQuantizer"]

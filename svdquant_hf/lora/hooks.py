@@ -1,0 +1,173 @@
+"""Plug SVDQuantLinear into PEFT and diffusers' LoRA loaders, without importing either eagerly.
+
+Two small patches, applied when (and only if) the library in question is imported:
+
+* PEFT (``peft.tuners.lora.model``): ``LoraModel._create_new_module`` registers
+  ``SVDQuantLinear -> SVDQuantLoraLinear`` through PEFT's custom-module API
+  (``LoraConfig._register_custom_module``) whenever a target is an SVDQuantLinear. This covers
+  every path that builds a LoraConfig internally (diffusers ``load_lora_weights`` for all
+  pipelines, ``add_adapter``, ``get_peft_model``). Other layer types are untouched.
+* diffusers (``diffusers.loaders.lora_pipeline``): ``FluxLoraLoaderMixin._maybe_expand_lora_state_dict``
+  reads ``<module>.weight`` from the transformer's state dict, which a 4-bit layer does not have;
+  the patch checks SVDQuant targets itself (clear error on a width mismatch) and passes the rest on.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+
+from ..modules import SVDQuantLinear
+
+_PATCHED = "_svdquant_lora_patched"
+_lock = threading.Lock()
+
+
+# ---- PEFT ----------------------------------------------------------------------------------------
+def patch_peft(model_module: ModuleType) -> None:
+    lora_model = model_module.LoraModel
+    original = lora_model.__dict__["_create_new_module"].__func__
+    if getattr(original, _PATCHED, False):
+        return
+
+    def _create_new_module(lora_config, adapter_name, target, **kwargs):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, SVDQuantLinear):
+            from .layer import SVDQuantLoraLinear
+
+            custom = lora_config._custom_modules or {}
+            if not any(issubclass(SVDQuantLinear, k) for k in custom):
+                lora_config._register_custom_module({SVDQuantLinear: SVDQuantLoraLinear})
+        return original(lora_config, adapter_name, target, **kwargs)
+
+    setattr(_create_new_module, _PATCHED, True)
+    _create_new_module.__wrapped__ = original
+    lora_model._create_new_module = staticmethod(_create_new_module)
+
+
+# ---- diffusers -----------------------------------------------------------------------------------
+def _svdquant_lora_modules(transformer, lora_state_dict: dict, prefix: str) -> dict[str, SVDQuantLinear]:
+    names = {k[len(prefix):-len(".lora_A.weight")] for k in lora_state_dict if k.startswith(prefix) and k.endswith(".lora_A.weight")}
+    found = {}
+    for name in names:
+        try:
+            mod = transformer.get_submodule(name)
+        except AttributeError:
+            continue
+        base = mod.get_base_layer() if hasattr(mod, "get_base_layer") else mod
+        if isinstance(base, SVDQuantLinear):
+            found[name] = base
+    return found
+
+
+def patch_diffusers_lora_pipeline(lp_module: ModuleType) -> None:
+    mixin = lp_module.FluxLoraLoaderMixin
+    original = mixin.__dict__["_maybe_expand_lora_state_dict"].__func__
+    if getattr(original, _PATCHED, False):
+        return
+
+    def _maybe_expand_lora_state_dict(cls, transformer, lora_state_dict):
+        prefix = f"{cls.transformer_name}."
+        quantized = _svdquant_lora_modules(transformer, lora_state_dict, prefix)
+        held = {}
+        for name, base in quantized.items():
+            a_key, b_key = f"{prefix}{name}.lora_A.weight", f"{prefix}{name}.lora_B.weight"
+            a, b = lora_state_dict[a_key], lora_state_dict.get(b_key)
+            if a.ndim != 2 or a.shape[1] != base.in_features:
+                raise ValueError(
+                    f"LoRA tensor {a_key} has shape {tuple(a.shape)} but SVDQuant layer {name} has "
+                    f"in_features={base.in_features}; this LoRA does not fit this model"
+                )
+            if b is not None and (b.ndim != 2 or b.shape[0] != base.out_features or b.shape[1] != a.shape[0]):
+                raise ValueError(
+                    f"LoRA tensor {b_key} has shape {tuple(b.shape)}, expected ({base.out_features}, {a.shape[0]}) "
+                    f"for SVDQuant layer {name} (out_features={base.out_features}, rank of lora_A={a.shape[0]})"
+                )
+            held[a_key] = lora_state_dict.pop(a_key)
+        try:
+            out = original(cls, transformer, lora_state_dict)
+        finally:
+            lora_state_dict.update(held)
+        out.update(held)
+        return out
+
+    setattr(_maybe_expand_lora_state_dict, _PATCHED, True)
+    _maybe_expand_lora_state_dict.__wrapped__ = original
+    mixin._maybe_expand_lora_state_dict = classmethod(_maybe_expand_lora_state_dict)
+
+
+# ---- post-import hooks ---------------------------------------------------------------------------
+_HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "peft.tuners.lora.model": patch_peft,
+    "diffusers.loaders.lora_pipeline": patch_diffusers_lora_pipeline,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]) -> None:
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        try:
+            self._callback(module)
+        except Exception as exc:  # a changed PEFT/diffusers internals must not break their import
+            warnings.warn(f"svdquant_hf.lora: could not hook into {module.__name__} ({exc!r}); LoRA on SVDQuant layers is unavailable")
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    """Runs a patch right after one of the modules in _HOOKS has been executed."""
+
+    def __init__(self) -> None:
+        self._busy: set[str] = set()
+
+    def find_spec(self, fullname, path, target=None):
+        callback = _HOOKS.get(fullname)
+        if callback is None or fullname in self._busy:
+            return None
+        self._busy.add(fullname)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._busy.discard(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None
+        spec.loader = _PatchingLoader(spec.loader, callback)
+        return spec
+
+
+_finder = _PostImportFinder()
+
+
+def install() -> None:
+    """Enable LoRA on SVDQuant layers: patch PEFT/diffusers now if imported, else when they are."""
+    with _lock:
+        for name, callback in _HOOKS.items():
+            mod = sys.modules.get(name)
+            if mod is not None and getattr(mod, "__spec__", None) is not None:
+                callback(mod)
+        if _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+
+
+def is_installed() -> bool:
+    return _finder in sys.meta_path
+
+
+__all__ = ["install", "is_installed", "patch_peft", "patch_diffusers_lora_pipeline"]

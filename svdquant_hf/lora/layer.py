@@ -1,0 +1,167 @@
+"""PEFT LoRA layer for SVDQuantLinear: adapters ride on the layer's own low-rank branch.
+
+The LoRA factors stay in PEFT's usual ``lora_A`` / ``lora_B`` modules (so the diffusers/PEFT
+controls keep working), but the forward pass never runs them as separate matmuls: the active
+adapters are concatenated onto ``proj_down`` / ``proj_up`` (rank padded to 16) and the quantized
+layer runs once with the extended branch. The concatenation is cached and rebuilt only when the
+adapters, their strengths or their weights change. The base factors are never modified, except by
+``merge`` (``fuse_lora``), which makes the concatenation the layer's own branch and keeps the
+originals so ``unmerge`` restores them exactly.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import check_adapters_to_merge
+from torch import nn
+
+from ..modules import SVDQuantLinear
+from .branch import RANK_GRANULARITY, extend_branch
+
+
+@contextmanager
+def branch_override(layer: SVDQuantLinear, proj_down: torch.Tensor, proj_up: torch.Tensor):
+    """Run ``layer`` with another low-rank branch, restoring its own buffers afterwards."""
+    buffers = layer._buffers
+    saved = buffers["proj_down"], buffers["proj_up"]
+    buffers["proj_down"], buffers["proj_up"] = proj_down, proj_up
+    try:
+        yield
+    finally:
+        buffers["proj_down"], buffers["proj_up"] = saved
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
+class SVDQuantLoraLinear(nn.Module, LoraLayer):
+    """LoRA adapters on an SVDQuantLinear, folded into its low-rank branch."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: Any,
+        r: int = 0,
+        lora_alpha: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = False
+        self._active_adapter = adapter_name
+        self._branch_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._unmerged_branch: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
+
+    def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
+        return module.in_features, module.out_features
+
+    @property
+    def _layer_name(self) -> str:
+        return getattr(self.get_base_layer(), "layer_name", "") or "?"
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: Any, **kwargs: Any) -> None:
+        unsupported = [
+            opt for opt in ("use_dora", "lora_bias") if getattr(config, opt, False)
+        ]
+        if unsupported:
+            raise ValueError(
+                f"LoRA adapter {adapter_name!r} on SVDQuant layer {self._layer_name}: {', '.join(unsupported)} "
+                "is not supported on 4-bit layers (only plain LoRA folds into the low-rank branch)"
+            )
+        super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
+
+    # ---- the folded branch -------------------------------------------------------------------
+    def _active_factors(self, adapters: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        out = []
+        for name in adapters:
+            if name not in self.lora_A or self.scaling.get(name, 0) == 0:
+                continue
+            out.append((self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name])))
+        return out
+
+    def _branch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The extended (proj_down, proj_up) for the active, unmerged adapters; None if there are none."""
+        adapters = [a for a in self.active_adapters if a not in self.merged_adapters]
+        factors = self._active_factors(adapters)
+        if not factors:
+            return None
+        base = self.get_base_layer()
+        key = (
+            _tensor_key(base.proj_down),
+            _tensor_key(base.proj_up),
+            tuple((_tensor_key(a), _tensor_key(b), s) for a, b, s in factors),
+        )
+        if self._branch_cache is None or self._branch_cache[0] != key:
+            with torch.no_grad():
+                down, up = extend_branch(base.proj_down, base.proj_up, factors, RANK_GRANULARITY, self._layer_name)
+            self._branch_cache = (key, down, up)
+        return self._branch_cache[1], self._branch_cache[2]
+
+    def branch_rank(self) -> int:
+        """Rank of the low-rank branch the kernels run with now (base + active adapters, padded)."""
+        branch = None if self.disable_adapters else self._branch()
+        return (branch[0] if branch is not None else self.get_base_layer().proj_down).shape[1]
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        branch = self._branch()
+        if branch is None:
+            return self.base_layer(x, *args, **kwargs)
+        with branch_override(self.get_base_layer(), *branch):
+            return self.base_layer(x, *args, **kwargs)
+
+    # ---- fuse / unfuse -----------------------------------------------------------------------
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Make the concatenation permanent: the adapters become part of the layer's own branch."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        factors = self._active_factors(adapter_names)
+        if safe_merge:
+            for a, b, _ in factors:
+                if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                    raise ValueError(
+                        f"NaNs detected in the LoRA weights of SVDQuant layer {self._layer_name}; not fusing"
+                    )
+        if self._unmerged_branch is None:
+            self._unmerged_branch = (base.proj_down, base.proj_up, base.rank)
+        if factors:
+            with torch.no_grad():
+                down, up = extend_branch(base.proj_down, base.proj_up, factors, RANK_GRANULARITY, self._layer_name)
+            base.proj_down, base.proj_up, base.rank = down, up, down.shape[1]
+        self.merged_adapters.extend(a for a in adapter_names if a in self.lora_A)
+
+    def unmerge(self) -> None:
+        """Give the layer back its own branch (bit-exact: the original tensors are restored)."""
+        if not self.merged:
+            return
+        base = self.get_base_layer()
+        if self._unmerged_branch is not None:
+            down, up, rank = self._unmerged_branch
+            base.proj_down, base.proj_up, base.rank = down.to(base.qweight.device), up.to(base.qweight.device), rank
+        self._unmerged_branch = None
+        self.merged_adapters.clear()
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
+        return (b.float() @ a.float()) * self.scaling[adapter]
+
+    def __repr__(self) -> str:
+        return "svdquant_lora." + super().__repr__()
+
+
+__all__ = ["SVDQuantLoraLinear", "branch_override"]

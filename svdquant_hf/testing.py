@@ -1,0 +1,296 @@
+"""Offline builders of tiny random diffusers models and pipelines (no network), for tests and examples.
+
+Linear layers of the denoisers have in/out features that are multiples of 64, so they are all
+quantizable with the default INT4 group size and rank 32. Everything is seeded and deterministic.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+_WORDS = (
+    "a photo of an astronaut riding horse on the moon cat dog sitting under red blue green tree "
+    "painting city at night with lights river mountain sunset portrait woman man robot castle"
+).split()
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins GPT-2 style byte-level BPE uses for raw bytes."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(shifted)) for b in range(256)]
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    return (model.to(dtype) if dtype != torch.float32 else model).eval()
+
+
+def clip_tokenizer():
+    """A byte-level CLIPTokenizer with an in-memory vocab (every byte symbol, no merges)."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    """A unigram T5 tokenizer with a small in-memory vocab (characters plus a few words)."""
+    from transformers import T5TokenizerFast
+
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"
+    pieces += [(c, -5.0) for c in chars]
+    pieces += [("\u2581" + c, -4.5) for c in chars]
+    pieces += [("\u2581" + w, -3.0) for w in sorted(set(_WORDS))]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def tiny_clip_text_model(seed: int = 0, vocab_size: int = 600):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(cfg).eval()
+
+
+def tiny_t5_encoder(seed: int = 0, vocab_size: int = 160):
+    from transformers import T5Config, T5EncoderModel
+
+    _seeded(seed)
+    cfg = T5Config(
+        vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )
+    return T5EncoderModel(cfg).eval()
+
+
+def tiny_vae(seed: int = 0, latent_channels: int = 4):
+    from diffusers import AutoencoderKL
+
+    _seeded(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels, norm_num_groups=8, sample_size=64,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+
+
+def tiny_flux_transformer(seed: int = 0, in_channels: int = 16, dtype: torch.dtype = torch.float32):
+    """FluxTransformer2DModel: width 64 (2 heads x 32), 1 double + 1 single block."""
+    from diffusers import FluxTransformer2DModel
+
+    _seeded(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=in_channels, num_layers=1, num_single_layers=1, attention_head_dim=32,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
+        axes_dims_rope=(8, 12, 12),
+    )
+    return _cast(model, dtype)
+
+
+def tiny_pixart_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """PixArtTransformer2DModel (PixArt-Sigma style: ada_norm_single, caption projection)."""
+    from diffusers import PixArtTransformer2DModel
+
+    _seeded(seed)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=64, sample_size=8, patch_size=2, caption_channels=64,
+        use_additional_conditions=False, norm_num_groups=32,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_sdxl_unet(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """UNet2DConditionModel with the SDXL structure (text_time added conditioning, linear projections)."""
+    from diffusers import UNet2DConditionModel
+
+    _seeded(seed)
+    model = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=64 + 6 * 8, cross_attention_dim=64, norm_num_groups=32,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_sd3_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    from diffusers import SD3Transformer2DModel
+
+    _seeded(seed)
+    model = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=32,
+        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=64, pooled_projection_dim=64,
+        out_channels=4, pos_embed_max_size=16,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_sana_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    from diffusers import SanaTransformer2DModel
+
+    _seeded(seed)
+    model = SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64, caption_channels=64,
+        mlp_ratio=2.5, sample_size=16, patch_size=1,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A complete random FluxPipeline (CLIP + T5 + transformer + VAE + scheduler) built offline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    vae = tiny_vae(seed)
+    in_channels = vae.config.latent_channels * 4
+    tok = clip_tokenizer()
+    tok2 = t5_tokenizer()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=tiny_clip_text_model(seed + 1, vocab_size=len(tok)),
+        tokenizer=tok,
+        text_encoder_2=tiny_t5_encoder(seed + 2, vocab_size=len(tok2)),
+        tokenizer_2=tok2,
+        transformer=tiny_flux_transformer(seed + 3, in_channels=in_channels),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype) if dtype != torch.float32 else pipe
+
+
+def flux_inputs(seed: int = 0, steps: int = 2, size: int = 64) -> dict:
+    """Call arguments for a deterministic tiny Flux generation (numpy output)."""
+    return {
+        "prompt": "a photo of a cat",
+        "num_inference_steps": steps,
+        "height": size,
+        "width": size,
+        "guidance_scale": 3.5,
+        "max_sequence_length": 16,
+        "output_type": "np",
+        "generator": torch.Generator("cpu").manual_seed(seed),
+    }
+
+
+def save_tiny_flux_pipeline(path: str | os.PathLike, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """Build the tiny Flux pipeline and save it (safetensors) to ``path``; returns the path."""
+    path = Path(path)
+    tiny_flux_pipeline(seed, dtype).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def save_tiny_model(model: torch.nn.Module, path: str | os.PathLike | None = None, **save_kwargs) -> Path:
+    """save_pretrained a tiny model into ``path`` (a new temporary directory when None)."""
+    path = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="svdquant_tiny_"))
+    model.save_pretrained(path, safe_serialization=True, **save_kwargs)
+    return path
+
+
+def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
+    """Deterministic random forward kwargs for the tiny denoisers above (by class name)."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    name = type(model).__name__
+    cfg = model.config
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    t = torch.full((batch,), 500.0)
+    if name == "FluxTransformer2DModel":
+        n_img, n_txt = 16, 7
+        img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
+        return {
+            "hidden_states": rnd(batch, n_img, cfg.in_channels),
+            "encoder_hidden_states": rnd(batch, n_txt, cfg.joint_attention_dim),
+            "pooled_projections": rnd(batch, cfg.pooled_projection_dim),
+            "timestep": t / 1000,
+            "img_ids": img_ids.reshape(-1, 3),
+            "txt_ids": torch.zeros(n_txt, 3),
+            "return_dict": False,
+        }
+    if name == "PixArtTransformer2DModel":
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": rnd(batch, 5, cfg.caption_channels),
+            "timestep": t.long(),
+            "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
+            "return_dict": False,
+        }
+    if name == "UNet2DConditionModel":
+        return {
+            "sample": rnd(batch, cfg.in_channels, 16, 16),
+            "timestep": t,
+            "encoder_hidden_states": rnd(batch, 7, cfg.cross_attention_dim),
+            "added_cond_kwargs": {"text_embeds": rnd(batch, 64), "time_ids": rnd(batch, 6)},
+            "return_dict": False,
+        }
+    if name == "SD3Transformer2DModel":
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": rnd(batch, 7, cfg.joint_attention_dim),
+            "pooled_projections": rnd(batch, cfg.pooled_projection_dim),
+            "timestep": t,
+            "return_dict": False,
+        }
+    if name == "SanaTransformer2DModel":
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": rnd(batch, 7, cfg.caption_channels),
+            "timestep": t,
+            "return_dict": False,
+        }
+    raise ValueError(f"model_inputs: no inputs known for {name}")
+
+
+TINY_BUILDERS = {
+    "flux": tiny_flux_transformer,
+    "pixart": tiny_pixart_transformer,
+    "sdxl": tiny_sdxl_unet,
+    "sd3": tiny_sd3_transformer,
+    "sana": tiny_sana_transformer,
+}
+
+__all__ = [
+    "TINY_BUILDERS",
+    "clip_tokenizer",
+    "flux_inputs",
+    "model_inputs",
+    "save_tiny_flux_pipeline",
+    "save_tiny_model",
+    "t5_tokenizer",
+    "tiny_clip_text_model",
+    "tiny_flux_pipeline",
+    "tiny_flux_transformer",
+    "tiny_pixart_transformer",
+    "tiny_sana_transformer",
+    "tiny_sd3_transformer",
+    "tiny_sdxl_unet",
+    "tiny_t5_encoder",
+    "tiny_vae",
+]

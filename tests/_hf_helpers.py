@@ -1,0 +1,59 @@
+"""Shared helpers for the diffusers-integration tests (not a test module)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from svdquant_hf.modules import SVDQuantLinear
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """Copy every parameter/buffer into fresh memory.
+
+    CPU fp32 GEMMs can round differently depending on the data pointer's alignment, and loaded
+    tensors live inside mmap'd safetensors files. Bit-identity claims compare models whose tensors
+    are equal, so both sides are re-materialised the same way first.
+    """
+    with torch.no_grad():
+        for mod in model.modules():
+            for name, p in list(mod._parameters.items()):
+                if p is not None:
+                    p.data = p.data.clone()
+            for name, b in list(mod._buffers.items()):
+                if b is not None:
+                    mod._buffers[name] = b.clone()
+    return model
+
+
+def svd_layers(model: nn.Module) -> dict[str, SVDQuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)}
+
+
+def plain_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    return {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm())
+
+
+def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (same interpreter, repo root as cwd); raise on failure."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"fresh process failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc

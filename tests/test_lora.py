@@ -1,0 +1,220 @@
+"""LoRA on SVDQuant-quantized Flux through the standard diffusers API (issue 5).
+
+Every test compares a quantized tiny Flux transformer with LoRA against the 16-bit one with the same
+LoRA (loaded through the same diffusers call), or against itself before loading (bitwise).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import svdquant_hf
+from svdquant_hf import SVDQuantConfig, SVDQuantLinear
+from svdquant_hf import testing as T
+from svdquant_hf.lora import testing as LT
+from svdquant_hf.quantize import quantize_linear, set_submodule
+from svdquant_hf.quantizers.common import quantizable_linears
+
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+from svdquant_hf.lora.layer import SVDQuantLoraLinear  # noqa: E402
+
+
+def quantize(model: nn.Module, options: SVDQuantConfig | None = None) -> nn.Module:
+    opts = options or SVDQuantConfig()
+    for name, lin in quantizable_linears(model, opts).items():
+        set_submodule(model, name, quantize_linear(lin, opts, name))
+    return model
+
+
+def bare_pipeline(transformer: nn.Module):
+    return diffusers.FluxPipeline(
+        scheduler=None, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        transformer=transformer,
+    )
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.fixture(scope="module")
+def models():
+    ref = T.tiny_flux_transformer(3, in_channels=16)
+    q = quantize(copy.deepcopy(ref))
+    inputs = T.model_inputs(ref, seed=5, batch=2)
+    return ref, q, inputs
+
+
+@pytest.fixture
+def pair(models):
+    """Fresh (16-bit pipeline, quantized pipeline, inputs) for one test."""
+    ref, q, inputs = models
+    return bare_pipeline(copy.deepcopy(ref)), bare_pipeline(copy.deepcopy(q)), inputs
+
+
+def run(pipe, inputs, **kw) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.transformer(**inputs, **kw)[0]
+
+
+FORMATS = {
+    "peft": lambda m: LT.peft_lora(m, rank=4, seed=11, strength=0.15),
+    "kohya": lambda m: LT.flux_kohya_lora(m, rank=4, seed=12, strength=0.5),
+    "comfyui": lambda m: LT.flux_kohya_lora(m, rank=8, seed=13, strength=0.5, alpha=4.0, comfy_prefix=True),
+    "xlabs": lambda m: LT.flux_xlabs_lora(m, rank=4, seed=14, strength=0.8),
+}
+
+
+def separate_branch_forward(self, x, *args, **kwargs):
+    """The unfused LoRA (an extra fp32 matmul per layer): what folding must reproduce."""
+    y = self.base_layer(x)
+    for name in self.active_adapters:
+        a, b = self.lora_A[name].weight.float(), self.lora_B[name].weight.float()
+        y = y + ((x.float() @ a.t()) @ b.t() * self.scaling[name]).to(y.dtype)
+    return y
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_lora_formats_match_16bit_within_quantization_error(pair, fmt, monkeypatch):
+    ref, q, inputs = pair
+    y_ref, y_q = run(ref, inputs), run(q, inputs)
+    err_base = rel(y_q, y_ref)
+    lora = FORMATS[fmt](ref.transformer)
+    ref.load_lora_weights(dict(lora), adapter_name="style")
+    q.load_lora_weights(dict(lora), adapter_name="style")
+    y_ref_l, y_q_l = run(ref, inputs), run(q, inputs)
+    effect = rel(y_ref_l, y_ref)
+    err_lora = rel(y_q_l, y_ref_l)
+    with monkeypatch.context() as mp:
+        mp.setattr(SVDQuantLoraLinear, "forward", separate_branch_forward)
+        fold_err = rel(y_q_l, run(q, inputs))
+    print(f"{fmt}: lora effect {effect:.4f}, quant err alone {err_base:.4f}, quant+lora err {err_lora:.4f}, "
+          f"folded vs separate LoRA matmul {fold_err:.4f}")
+    assert effect > 3 * err_base  # the LoRA visibly changes the output
+    assert err_lora < 2 * err_base  # the LoRA'd model quantizes about as well as the base
+    assert fold_err < 0.5 * err_base  # folding into the branch costs nothing beyond bf16 rounding
+    wrapped = [m for m in q.transformer.modules() if isinstance(m, SVDQuantLoraLinear)]
+    assert wrapped, "no quantized layer received the LoRA"
+    for m in wrapped:
+        base = m.get_base_layer()
+        assert base.proj_down.shape[1] == 32  # the base branch is untouched
+        assert m.branch_rank() == 32 + 16  # rank 4 or 8 LoRA padded to 16
+
+
+def test_strength_zero_disable_and_unload_are_bitwise(pair):
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=1, strength=0.2), adapter_name="a")
+    y1 = run(q, inputs)
+    assert rel(y1, y0) > 0.05
+    q.set_adapters(["a"], [0.0])
+    assert torch.equal(run(q, inputs), y0)
+    q.set_adapters(["a"], [1.0])
+    assert torch.equal(run(q, inputs), y1)
+    q.disable_lora()
+    assert torch.equal(run(q, inputs), y0)
+    q.enable_lora()
+    assert torch.equal(run(q, inputs), y1)
+    q.unload_lora_weights()
+    assert not any(isinstance(m, SVDQuantLoraLinear) for m in q.transformer.modules())
+    assert torch.equal(run(q, inputs), y0)
+
+
+def test_two_adapters_with_weights_match_16bit(pair):
+    ref, q, inputs = pair
+    err_base = rel(run(q, inputs), run(ref, inputs))
+    la = LT.peft_lora(ref.transformer, rank=4, seed=21, strength=0.12)
+    lb = LT.peft_lora(ref.transformer, rank=12, seed=22, strength=0.12, include=("transformer_blocks",))
+    for p in (ref, q):
+        p.load_lora_weights(dict(la), adapter_name="a")
+        p.load_lora_weights(dict(lb), adapter_name="b")
+        p.set_adapters(["a", "b"], [0.7, -1.3])
+    y_ref, y_q = run(ref, inputs), run(q, inputs)
+    err = rel(y_q, y_ref)
+    print(f"two adapters: quant err alone {err_base:.4f}, with (0.7 a, -1.3 b) {err:.4f}")
+    assert err < 2 * err_base
+    to_q = q.transformer.transformer_blocks[0].attn.to_q
+    assert to_q.branch_rank() == 32 + 16  # 4 + 12 = 16: one granule
+    # only b, at another strength
+    for p in (ref, q):
+        p.set_adapters(["b"], [0.5])
+    assert rel(run(q, inputs), run(ref, inputs)) < 2 * err_base
+    assert to_q.branch_rank() == 32 + 16
+
+
+def test_lora_scale_in_joint_attention_kwargs(pair):
+    ref, q, inputs = pair
+    lora = LT.peft_lora(ref.transformer, rank=4, seed=31, strength=0.2)
+    for p in (ref, q):
+        p.load_lora_weights(dict(lora), adapter_name="a")
+    y_full = run(q, inputs)
+    y_half = run(q, inputs, joint_attention_kwargs={"scale": 0.5})
+    assert torch.equal(run(q, inputs), y_full)  # the scale is undone after the call
+    q.set_adapters(["a"], [0.5])
+    assert torch.equal(run(q, inputs), y_half)
+    err_base = rel(run(q, inputs, joint_attention_kwargs={"scale": 0.0}), run(ref, inputs, joint_attention_kwargs={"scale": 0.0}))
+    y_ref_half = run(ref, inputs, joint_attention_kwargs={"scale": 0.5})
+    assert rel(y_half, y_ref_half) < 2 * err_base
+
+
+def test_delete_adapters_keeps_the_others(pair):
+    _, q, inputs = pair
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=41), adapter_name="a")
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=42), adapter_name="b")
+    q.set_adapters(["b"], [1.0])
+    y_b = run(q, inputs)
+    q.set_adapters(["a", "b"], [1.0, 1.0])
+    q.delete_adapters("a")
+    assert torch.equal(run(q, inputs), y_b)
+    assert "a" not in q.transformer.peft_config
+
+
+def test_fuse_unfuse_and_permanent_fold(pair):
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    # only quantized layers: fusing into a 16-bit nn.Linear weight would round differently
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=51, include=("transformer_blocks",)), adapter_name="a")
+    y1 = run(q, inputs)
+    to_q = q.transformer.transformer_blocks[0].attn.to_q
+    q.fuse_lora(lora_scale=1.0)
+    assert to_q.get_base_layer().proj_down.shape[1] == 48
+    assert torch.equal(run(q, inputs), y1)  # same concatenation, now the layer's own
+    q.unfuse_lora()
+    assert to_q.get_base_layer().proj_down.shape[1] == 32
+    assert torch.equal(run(q, inputs), y1)
+    q.fuse_lora()
+    q.unload_lora_weights()  # the fused LoRA stays: a plain SVDQuantLinear of rank 48
+    layer = q.transformer.transformer_blocks[0].attn.to_q
+    assert type(layer) is SVDQuantLinear and layer.rank == 48 and layer.proj_up.shape[1] == 48
+    assert torch.equal(run(q, inputs), y1)
+    assert not torch.equal(y1, y0)
+
+
+def test_no_extra_kernel_launches(pair, monkeypatch):
+    from svdquant_hf.ops import library
+
+    _, q, inputs = pair
+    calls: list[int] = []
+    real = library.quantize_act
+
+    def counting(x, smooth, proj_down, group_size):
+        calls.append(proj_down.shape[1])
+        return real(x, smooth, proj_down, group_size)
+
+    monkeypatch.setattr(library, "quantize_act", counting)
+    run(q, inputs)
+    n_before = len(calls)
+    assert n_before > 0 and set(calls) == {32}
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=61), adapter_name="a")
+    lora_calls = []
+    for m in q.transformer.modules():
+        if isinstance(m, SVDQuantLoraLinear):
+            m.lora_A["a"].register_forward_hook(lambda *a: lora_calls.append(1))
+    calls.clear()
+    run(q, inputs)
+    assert len(calls) == n_before and set(calls) == {48}  # same launches, extended rank
+    assert lora_calls == []  # the LoRA matrices never run as separate matmuls
