@@ -122,12 +122,12 @@ def plot(results: dict[str, float], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     names = list(results)
     ax.barh(names[::-1], [results[n] for n in names[::-1]], color="tab:blue")
     ax.set_xscale("log")
     ax.set_xlabel("relative squared output error (log scale, lower is better)")
-    ax.set_title("SVDQuant ablation, synthetic layers with outlier channels (256x512)")
+    ax.set_title("SVDQuant ablation: synthetic 256x512 layers with outlier channels", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -20,8 +20,8 @@ FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 9216), (15360,
 MS = [4608, 1024, 256]
 
 
-def _time(fn, args_list, reps: int, warmup: int = 5) -> float:
-    """Median milliseconds of fn(*args) over reps, cycling through args_list."""
+def _time_eager(fn, args_list, reps: int, warmup: int = 5) -> float:
+    """Median milliseconds of one eager call (host dispatch included), cycling through args_list."""
     for i in range(warmup):
         fn(*args_list[i % len(args_list)])
     torch.cuda.synchronize()
@@ -35,6 +35,36 @@ def _time(fn, args_list, reps: int, warmup: int = 5) -> float:
         times.append((s, e))
     torch.cuda.synchronize()
     return statistics.median(s.elapsed_time(e) for s, e in times)
+
+
+def _time(fn, args_list, reps: int, warmup: int = 3) -> float:
+    """Median device milliseconds per call: one CUDA graph holds one call per input set (so the host
+    launch cost is out, as under torch.compile's CUDA graphs); each replay is timed with events."""
+    for i in range(warmup):
+        fn(*args_list[i % len(args_list)])
+    torch.cuda.synchronize()
+    try:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for a in args_list:
+                fn(*a)
+    except Exception as exc:  # noqa: BLE001 - not capturable: eager timing
+        print(f"graph capture failed ({type(exc).__name__}); eager timing", file=sys.stderr)
+        torch.cuda.synchronize()
+        return _time_eager(fn, args_list, reps)
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(3, reps // len(args_list))):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        g.replay()
+        e.record()
+        times.append((s, e))
+    torch.cuda.synchronize()
+    t = statistics.median(s.elapsed_time(e) for s, e in times) / len(args_list)
+    del g
+    return t
 
 
 def _nbuf(bytes_per_set: int) -> int:
@@ -83,11 +113,18 @@ def main() -> int:
                 return ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
 
             t_ours = _time(ours, [(x,) for x in xs], args.reps)
+            t_ours_eager = _time_eager(ours, [(x,) for x in xs], args.reps)
             qs = [ext.quantize_act(x, smooth, pd, gs) for x in xs]
             t_q = _time(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
             t_g = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
+            t_g64 = float("nan")
+            if M >= 4096:  # the other tile height, for the record
+                ext.set_gemm_tile_rows(64)
+                t_g64 = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
+                ext.set_gemm_tile_rows(0)
             del qs
             t_bf16 = _time(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
+            t_bf16_eager = _time_eager(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             # fp8 rowwise GEMM alone (activations pre-quantized: the ceiling of a dynamic fp8 linear)
             w8 = w.to(torch.float8_e4m3fn)
             sb = torch.rand(1, N, device="cuda", dtype=torch.float32) + 0.5
@@ -111,6 +148,7 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001
                     print(f"bnb NF4 failed: {exc}", file=sys.stderr)
             row = dict(M=M, K=K, N=N, R=R, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
+                       ours_eager_ms=t_ours_eager, bf16_eager_ms=t_bf16_eager, gemm_bm64_ms=t_g64,
                        fp8_ms=t_fp8, nf4_ms=t_nf4, ours_tflops=flops / t_ours / 1e9,
                        gemm_tflops=flops / t_g / 1e9, bf16_tflops=flops / t_bf16 / 1e9,
                        fp8_tflops=flops / t_fp8 / 1e9, speedup_vs_bf16=t_bf16 / t_ours,
@@ -118,7 +156,8 @@ def main() -> int:
             rows.append(row)
             del xs, w
             torch.cuda.empty_cache()
-    print(f"\ndevice: {dev}, torch {torch.__version__}, rank {R}, group {gs}, median of {args.reps} CUDA-event timings")
+    print(f"\ndevice: {dev}, torch {torch.__version__}, rank {R}, group {gs}; device time per call from CUDA-graph "
+          f"replays (median); 'eager' = one eager call incl. host dispatch")
     print("speedup = peer time / our fused time (>1: ours faster); fp8 = _scaled_mm alone (no act quant)")
     hdr = (f"{'M':>5} {'K':>6} {'N':>6} | {'ours us':>8} {'quant':>6} {'gemm':>7} {'gemmTF':>6} | {'bf16 us':>8} "
            f"{'bf16TF':>6} | {'fp8 us':>7} {'nf4 us':>8} | {'x bf16':>6} {'x fp8':>6} {'x nf4':>6}")
@@ -127,7 +166,11 @@ def main() -> int:
         print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} | {r['ours_ms']*1e3:>8.1f} {r['quant_ms']*1e3:>6.1f} "
               f"{r['gemm_ms']*1e3:>7.1f} {r['gemm_tflops']:>6.0f} | {r['bf16_ms']*1e3:>8.1f} {r['bf16_tflops']:>6.0f} | "
               f"{r['fp8_ms']*1e3:>7.1f} {r['nf4_ms']*1e3:>8.1f} | {r['speedup_vs_bf16']:>6.2f} "
-              f"{r['speedup_vs_fp8']:>6.2f} {r['speedup_vs_nf4']:>6.2f}")
+              f"{r['speedup_vs_fp8']:>6.2f} {r['speedup_vs_nf4']:>6.2f} | {r['ours_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f}")
+    for r in rows:
+        if r["gemm_bm64_ms"] == r["gemm_bm64_ms"]:
+            print(f"gemm with 64-row tiles forced, M={r['M']} K={r['K']} N={r['N']}: {r['gemm_bm64_ms']*1e3:.1f} us "
+                  f"(default {r['gemm_ms']*1e3:.1f} us)")
     out = args.json or (os.path.join(os.environ["OUT"], "gemm_bench.json") if os.environ.get("OUT") else None)
     if out:
         with open(out, "w") as f:

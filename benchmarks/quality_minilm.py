@@ -63,9 +63,9 @@ BUILTIN_SENTENCES = [
 ]
 
 
-def load_sentences(n_calib: int, n_eval: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Disjoint (calibration, evaluation) sentence lists."""
-    if PARTI.exists():
+def load_sentences(n_calib: int, n_eval: int, seed: int = 0, builtin: bool = False) -> tuple[list[str], list[str]]:
+    """Disjoint (calibration, evaluation) sentence lists (PartiPrompts when present unless ``builtin``)."""
+    if PARTI.exists() and not builtin:
         with PARTI.open(newline="", encoding="utf-8") as f:
             prompts = [row["Prompt"].strip() for row in csv.DictReader(f, delimiter="\t") if row.get("Prompt")]
         prompts = list(dict.fromkeys(p for p in prompts if p))
@@ -129,9 +129,11 @@ def to_w8a8(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_methods(calib_fn: Callable[[nn.Module], None]) -> dict[str, Callable[[nn.Module], nn.Module]]:
+def make_methods(
+    calib_fn: Callable[[nn.Module], None], overrides: dict | None = None
+) -> dict[str, Callable[[nn.Module], nn.Module]]:
     def svdq(calibrated: bool, **kw) -> Callable[[nn.Module], nn.Module]:
-        opts = SVDQuantOptions(modules_to_not_convert=SKIP, **kw)
+        opts = SVDQuantOptions(modules_to_not_convert=SKIP, **{**(overrides or {}), **kw})
         return lambda m: quantize_model(m, opts, calib_fn if calibrated else None, progress=False)
 
     return {
@@ -141,6 +143,7 @@ def make_methods(calib_fn: Callable[[nn.Module], None]) -> dict[str, Callable[[n
         "SmoothQuant W4A4 (alpha 0.5, rank 0)": svdq(True, rank=0, alpha=0.5),
         "SmoothQuant W4A4 (alpha searched, rank 0)": svdq(True, rank=0),
         "SVDQuant W4A4 data-free (rank 32; = low-rank only)": svdq(False, rank=32),
+        "SVDQuant W4A4 calibrated (rank 32, alpha 0.5)": svdq(True, rank=32, alpha=0.5),
         "SVDQuant W4A4 calibrated (rank 32, alpha searched)": svdq(True, rank=32),
         "SVDQuant W4A4 calibrated + GPTQ (rank 32)": svdq(True, rank=32, gptq=True),
         "SVDQuant NVFP4 calibrated (rank 32)": svdq(True, rank=32, quant_format="nvfp4"),
@@ -152,19 +155,23 @@ def run_quality(
     n_calib: int = 64,
     n_eval: int = 256,
     methods: list[str] | None = None,
-    calib_tokens: int | None = None,
+    overrides: dict | None = None,
+    builtin_sentences: bool = False,
     verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """{method: {"mean_cos", "min_cos", "seconds"}} for the requested methods (default: all)."""
+    """{method: {"mean_cos", "min_cos", "seconds"}} for the requested methods (default: all).
+
+    overrides: SVDQuantOptions fields applied to every SVDQuant method (e.g. a smaller alpha_grid).
+    """
     torch.manual_seed(0)
     model, tok = load_minilm()
-    calib, evals = load_sentences(n_calib, n_eval)
+    calib, evals = load_sentences(n_calib, n_eval, builtin=builtin_sentences)
     ref = embed(model, tok, evals)
 
     def calib_fn(m: nn.Module) -> None:
-        embed(m, tok, calib, batch=16)
+        embed(m, tok, calib, batch=1)  # no padding: pad tokens would skew the statistics
 
-    table = make_methods(calib_fn)
+    table = make_methods(calib_fn, overrides)
     results: dict[str, dict[str, float]] = {}
     for name in methods or list(table):
         t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|all]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all]   (carry .bnbwhl for NF4 + diffusers)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -13,15 +13,15 @@ export PYTHONUNBUFFERED=1 SVDQUANT_HF_CACHE=/tmp/svdq_cache
 [ -e svdquant_hf/hub_scripts ] || ln -s ../hub_scripts svdquant_hf/hub_scripts
 if [ -d .bnbwhl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .bnbwhl/*.whl \
-    > "$OUT/pip.log" 2>&1 || echo "wheel install failed (see pip.log)"
+    > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -3 /tmp/pip.log; }
   export PYTHONPATH=$PWD:/tmp/site
 else
   export PYTHONPATH=$PWD
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$OUT/env.log" 2>&1
-python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" >> "$OUT/env.log" 2>&1
-nvcc --version | tail -1 >> "$OUT/env.log"
-cat "$OUT/env.log"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > /tmp/env.log 2>&1
+python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" >> /tmp/env.log 2>&1
+nvcc --version | tail -1 >> /tmp/env.log
+cat /tmp/env.log
 
 t0=$(date +%s)
 python3 -m svdquant_hf.ops.build --aot --verbose > "$OUT/build.log" 2>&1
@@ -30,20 +30,37 @@ grep -iE "error|warning C75" "$OUT/build.log" | head -20
 so=$(ls /tmp/svdq_cache/kernels/*/svdquant_hf_kernels.so 2>/dev/null | head -1)
 if [ -n "$so" ]; then
   cuobjdump -res-usage "$so" 2>/dev/null | grep -E "Function|REG" | paste - - | sed -E 's/Function ([^:]*):.*REG:([0-9]+).*SHARED:([0-9]+).*LOCAL:([0-9]+).*/\1 REG=\2 SHARED=\3 LOCAL=\4/' \
-    | sed -E 's/_ZN4svdq[^_]*_GLOBAL__N__[0-9a-f_]*//' > "$OUT/resusage.log"
-  cuobjdump -sass "$so" > "$OUT/sass.txt" 2>/dev/null
-  echo "sass: IMMA=$(grep -c IMMA "$OUT/sass.txt") HMMA=$(grep -c HMMA "$OUT/sass.txt") I2F=$(grep -c I2F "$OUT/sass.txt") LDL=$(grep -c LDL "$OUT/sass.txt")"
+    | sed -E 's/_ZN4svdq[^_]*_GLOBAL__N__[0-9a-f_]*//' > /tmp/resusage.log
+  grep -E "Li128ELi2E|Li2ELi2E|Li64ELi2E" /tmp/resusage.log
+  cuobjdump -sass "$so" > /tmp/sass.txt 2>/dev/null
+  # SASS of the two kernels that the benchmark's main shape uses (bf16, group 64, rank 32, 128-row tiles)
+  awk '/Function : .*w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/{f=1} /Function : /{if(!/w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/)f=0} f' /tmp/sass.txt > "$OUT/sass_gemm.txt"
+  awk '/Function : .*quantize_act_kernelI13__nv_bfloat16Li2ELi2E/{f=1} /Function : /{if(!/quantize_act_kernelI13__nv_bfloat16Li2ELi2E/)f=0} f' /tmp/sass.txt > "$OUT/sass_quant.txt"
+  for k in gemm quant; do
+    echo "sass $k: $(wc -l < "$OUT/sass_$k.txt") lines; $(grep -oE '^\s+/\*[0-9a-f]+\*/\s+[A-Z0-9_.]+' "$OUT/sass_$k.txt" | awk '{print $2}' | sed 's/\..*//' | sort | uniq -c | sort -rn | head -14 | awk '{printf "%s=%s ", $2, $1}')"
+  done
+  echo "sass all: LDL=$(grep -c LDL /tmp/sass.txt) I2F=$(grep -c I2F /tmp/sass.txt)"
 fi
 
-if [ "$what" = tests ] || [ "$what" = all ]; then
+if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = tb ]; then
   t0=$(date +%s)
-  timeout 280 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 270 \
+  timeout 240 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
     -o addopts="" > "$OUT/tests.log" 2>&1
   echo "tests rc=$? in $(( $(date +%s) - t0 )) s"
   grep -E "passed|failed|error|Error|assert" "$OUT/tests.log" | tail -15
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
+if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = tb ]; then
   timeout 170 python3 benchmarks/gemm_bench.py --json "$OUT/gemm_bench.json" > "$OUT/bench.log" 2>&1
   echo "bench rc=$?"
   tail -22 "$OUT/bench.log"
+fi
+if [ "$what" = ncu ] || [ "$what" = all ]; then
+  for shape in "4608 3072 3072" "256 3072 3072"; do
+    timeout 120 ncu --kernel-name regex:"quantize_act_kernel|w4a4_gemm_kernel" --launch-skip 2 --launch-count 2 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+      python3 benchmarks/profile_kernels.py $shape > /tmp/ncu_one.txt 2>&1
+    echo "ncu $shape rc=$?"; cat /tmp/ncu_one.txt >> "$OUT/ncu.txt"
+    grep -E "w4a4_gemm_kernel|quantize_act_kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Executed Ipc A|No Eligible|Warp Cycles Per Issued|Executed Instructions  " /tmp/ncu_one.txt | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1<\2>/' | head -30
+  done
 fi

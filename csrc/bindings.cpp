@@ -3,54 +3,99 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 #include <tuple>
 
 #include "launch.h"
 
 namespace {
 
+// Errors are reported by returning undefined tensors (None in Python) plus last_error().
+// KNOWN ISSUE: on the lent H100 image (torch 2.11, /opt/gcc toolchain) a call that these checks reject
+// crashed the process (segfault), both with TORCH_CHECK and with this non-throwing path; cause not
+// found. svdquant_hf/ops/cuda.py validates shapes/dtypes/devices before calling, so the ops never
+// reach these checks; call the extension through torch.ops.svdquant.* only.
+thread_local std::string g_last_error;
+
+std::string last_error() { return g_last_error; }
+
+#define SVDQ_REQUIRE(cond, ...)                 \
+  do {                                          \
+    if (!(cond)) {                              \
+      g_last_error = c10::str(__VA_ARGS__);     \
+      return {};                                \
+    }                                           \
+  } while (0)
+
+bool is_16bit(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf; }
+
 svdq::DType dtype_of(const at::Tensor& t, const char* name) {
-  if (t.scalar_type() == at::kBFloat16) return svdq::DType::kBF16;
-  if (t.scalar_type() == at::kHalf) return svdq::DType::kFP16;
-  TORCH_CHECK(false, "svdquant kernels: ", name, " must be bfloat16 or float16, got ", t.scalar_type());
+  (void)name;
+  return t.scalar_type() == at::kBFloat16 ? svdq::DType::kBF16 : svdq::DType::kFP16;
 }
 
-// Contiguous and 16-byte aligned (the kernels use 16-byte vector loads).
-at::Tensor prep(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.device() == like.device(), "svdquant kernels: ", name, " is on ", t.device(), ", expected ",
-              like.device());
-  TORCH_CHECK(t.scalar_type() == dtype, "svdquant kernels: ", name, " has dtype ", t.scalar_type(), ", expected ",
-              dtype);
+// Same device and dtype as expected (else an error message), then contiguous and 16-byte aligned.
+std::string mismatch(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype, const char* name) {
+  if (t.device() != like.device())
+    return c10::str("svdquant kernels: ", name, " is on ", t.device(), ", expected ", like.device());
+  if (t.scalar_type() != dtype)
+    return c10::str("svdquant kernels: ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+  return "";
+}
+
+at::Tensor prep(const at::Tensor& t) {
   at::Tensor c = t.contiguous();
   if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
   return c;
 }
 
-void check(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, "svdquant kernels: ", what, " failed: ", cudaGetErrorString(e));
+// Per-device arrival counters of the K-split low-rank reduction: zeroed once, reset by the kernel.
+at::Tensor lr_counters(const at::Tensor& like, int64_t n) {
+  static std::vector<at::Tensor> per_device(64);
+  at::Tensor& c = per_device.at(like.device().index());
+  if (!c.defined() || c.numel() < n) c = at::zeros({std::max<int64_t>(n, 4096)}, like.options().dtype(at::kInt));
+  return c;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const at::Tensor& x_in, const at::Tensor& smooth_in,
                                                             const at::Tensor& pd_in, int64_t group_size) {
-  TORCH_CHECK(x_in.is_cuda() && x_in.dim() == 2, "svdquant quantize_act: x must be a 2-D CUDA tensor");
+  SVDQ_REQUIRE(x_in.is_cuda() && x_in.dim() == 2, "svdquant quantize_act: x must be a 2-D CUDA tensor");
+  SVDQ_REQUIRE(is_16bit(x_in), "svdquant quantize_act: x must be bfloat16 or float16, got ", x_in.scalar_type());
   const auto dt = x_in.scalar_type();
   const svdq::DType kd = dtype_of(x_in, "x");
   const int64_t M = x_in.size(0), K = x_in.size(1);
-  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128,
+  SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
               "svdquant quantize_act: group_size must be 32, 64 or 128, got ", group_size);
-  TORCH_CHECK(K % group_size == 0, "svdquant quantize_act: K=", K, " is not a multiple of group_size=", group_size);
-  TORCH_CHECK(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act: smooth must be [", K, "]");
-  TORCH_CHECK(pd_in.dim() == 2 && pd_in.size(0) == K, "svdquant quantize_act: proj_down must be [", K, ", R]");
+  SVDQ_REQUIRE(K % group_size == 0, "svdquant quantize_act: K=", K, " is not a multiple of group_size=", group_size);
+  SVDQ_REQUIRE(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act: smooth must be [", K, "]");
+  SVDQ_REQUIRE(pd_in.dim() == 2 && pd_in.size(0) == K, "svdquant quantize_act: proj_down must be [", K, ", R]");
   c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor x = prep(x_in, x_in, dt, "x");
-  at::Tensor smooth = prep(smooth_in, x_in, dt, "smooth");
-  at::Tensor pd = prep(pd_in, x_in, dt, "proj_down");
+  for (auto& [t, name] : {std::pair<const at::Tensor&, const char*>{smooth_in, "smooth"}, {pd_in, "proj_down"}}) {
+    const std::string e = mismatch(t, x_in, dt, name);
+    SVDQ_REQUIRE(e.empty(), e);
+  }
+  at::Tensor x = prep(x_in);
+  at::Tensor smooth = prep(smooth_in);
+  at::Tensor pd = prep(pd_in);
   const int64_t R = pd.size(1);
+  if (R % 2 == 1 && R <= svdq::kMaxFusedRank) {  // the kernel loads rank pairs: pad odd ranks with a zero column
+    auto [xq2, asc2, lr2] = quantize_act(x, smooth, at::constant_pad_nd(pd, {0, 1}), group_size);
+    if (!xq2.defined()) return {};
+    return {xq2, asc2, lr2.narrow(1, 0, R).contiguous()};
+  }
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto ascales = at::empty({M, K / group_size}, x.options());
   auto lr = at::empty({M, R}, x.options());
   const bool fused = R <= svdq::kMaxFusedRank;
+  const int rf = fused ? (int)R : 0;
+  const int splits = svdq::quantize_act_splits((int)M, (int)K, (int)group_size, rf);
+  at::Tensor ws, cnt;
+  if (splits > 1 && rf > 0) {
+    ws = at::empty({(int64_t)svdq::quantize_act_workspace_floats((int)M, rf, splits)}, x.options().dtype(at::kFloat));
+    cnt = lr_counters(x, (M + 15) / 16);
+  }
   svdq::QuantizeActArgs a{kd,
                           x.data_ptr(),
                           smooth.data_ptr(),
@@ -60,9 +105,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const at::Tensor& x_
                           lr.data_ptr(),
                           (int)M,
                           (int)K,
-                          fused ? (int)R : 0,
-                          (int)group_size};
-  check(svdq::launch_quantize_act(a, c10::cuda::getCurrentCUDAStream().stream()), "quantize_act launch");
+                          rf,
+                          (int)group_size,
+                          splits,
+                          ws.defined() ? ws.data_ptr<float>() : nullptr,
+                          cnt.defined() ? cnt.data_ptr<int>() : nullptr};
+  const cudaError_t err = svdq::launch_quantize_act(a, c10::cuda::getCurrentCUDAStream().stream());
+  SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act: launch failed: ", cudaGetErrorString(err));
   if (!fused && R > 0) lr.copy_(at::matmul(x.to(at::kFloat), pd.to(at::kFloat)));
   return {xq, ascales, lr};
 }
@@ -70,36 +119,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act(const at::Tensor& x_
 at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at::Tensor& qw_in,
                      const at::Tensor& wsc_in, const at::Tensor& lr_in, const at::Tensor& pu_in,
                      const c10::optional<at::Tensor>& bias_in, int64_t group_size) {
-  TORCH_CHECK(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
+  SVDQ_REQUIRE(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
               "svdquant w4a4_gemm: xq must be a 2-D int8 CUDA tensor");
+  SVDQ_REQUIRE(is_16bit(lr_in), "svdquant w4a4_gemm: lr_act must be bfloat16 or float16, got ", lr_in.scalar_type());
   const auto dt = lr_in.scalar_type();
   const svdq::DType kd = dtype_of(lr_in, "lr_act");
   const int64_t M = xq_in.size(0), K = xq_in.size(1), N = qw_in.size(0), R = lr_in.size(1);
-  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128,
+  SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
               "svdquant w4a4_gemm: group_size must be 32, 64 or 128, got ", group_size);
-  TORCH_CHECK(K % group_size == 0, "svdquant w4a4_gemm: K=", K, " is not a multiple of group_size=", group_size);
-  TORCH_CHECK(N % 8 == 0, "svdquant w4a4_gemm: N=", N, " must be a multiple of 8");
-  TORCH_CHECK(qw_in.dim() == 2 && qw_in.size(1) * 2 == K && qw_in.scalar_type() == at::kChar,
+  SVDQ_REQUIRE(K % group_size == 0, "svdquant w4a4_gemm: K=", K, " is not a multiple of group_size=", group_size);
+  SVDQ_REQUIRE(N % 8 == 0, "svdquant w4a4_gemm: N=", N, " must be a multiple of 8");
+  SVDQ_REQUIRE(qw_in.dim() == 2 && qw_in.size(1) * 2 == K && qw_in.scalar_type() == at::kChar,
               "svdquant w4a4_gemm: qweight must be int8 [N, K/2] = [", N, ", ", K / 2, "]");
-  TORCH_CHECK(asc_in.dim() == 2 && asc_in.size(0) == M && asc_in.size(1) == K / group_size,
+  SVDQ_REQUIRE(asc_in.dim() == 2 && asc_in.size(0) == M && asc_in.size(1) == K / group_size,
               "svdquant w4a4_gemm: ascales must be [", M, ", ", K / group_size, "]");
-  TORCH_CHECK(wsc_in.dim() == 2 && wsc_in.size(0) == K / group_size && wsc_in.size(1) == N,
+  SVDQ_REQUIRE(wsc_in.dim() == 2 && wsc_in.size(0) == K / group_size && wsc_in.size(1) == N,
               "svdquant w4a4_gemm: wscales must be [", K / group_size, ", ", N, "]");
-  TORCH_CHECK(lr_in.dim() == 2 && lr_in.size(0) == M, "svdquant w4a4_gemm: lr_act must be [", M, ", R]");
-  TORCH_CHECK(pu_in.dim() == 2 && pu_in.size(0) == N && pu_in.size(1) == R,
+  SVDQ_REQUIRE(lr_in.dim() == 2 && lr_in.size(0) == M, "svdquant w4a4_gemm: lr_act must be [", M, ", R]");
+  SVDQ_REQUIRE(pu_in.dim() == 2 && pu_in.size(0) == N && pu_in.size(1) == R,
               "svdquant w4a4_gemm: proj_up must be [", N, ", ", R, "]");
   c10::cuda::CUDAGuard guard(xq_in.device());
-  at::Tensor xq = prep(xq_in, xq_in, at::kChar, "xq");
-  at::Tensor qw = prep(qw_in, xq_in, at::kChar, "qweight");
-  at::Tensor asc = prep(asc_in, xq_in, dt, "ascales");
-  at::Tensor wsc = prep(wsc_in, xq_in, dt, "wscales");
-  at::Tensor lr = prep(lr_in, xq_in, dt, "lr_act");
-  at::Tensor pu = prep(pu_in, xq_in, dt, "proj_up");
+  for (auto& [t, name, want] :
+       {std::tuple<const at::Tensor&, const char*, at::ScalarType>{qw_in, "qweight", at::kChar},
+        {asc_in, "ascales", dt}, {wsc_in, "wscales", dt}, {lr_in, "lr_act", dt}, {pu_in, "proj_up", dt}}) {
+    const std::string e = mismatch(t, xq_in, want, name);
+    SVDQ_REQUIRE(e.empty(), e);
+  }
   at::Tensor bias;
   if (bias_in.has_value()) {
-    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == N, "svdquant w4a4_gemm: bias must be [", N, "]");
-    bias = prep(*bias_in, xq_in, dt, "bias");
+    SVDQ_REQUIRE(bias_in->dim() == 1 && bias_in->size(0) == N, "svdquant w4a4_gemm: bias must be [", N, "]");
+    const std::string e = mismatch(*bias_in, xq_in, dt, "bias");
+    SVDQ_REQUIRE(e.empty(), e);
+    bias = prep(*bias_in);
   }
+  at::Tensor xq = prep(xq_in);
+  at::Tensor qw = prep(qw_in);
+  at::Tensor asc = prep(asc_in);
+  at::Tensor wsc = prep(wsc_in);
+  at::Tensor lr = prep(lr_in);
+  at::Tensor pu = prep(pu_in);
   auto y = at::empty({M, N}, lr.options());
   svdq::W4A4GemmArgs a{kd,
                        xq.data_ptr<int8_t>(),
@@ -115,7 +173,8 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
                        (int)K,
                        (int)R,
                        (int)group_size};
-  check(svdq::launch_w4a4_gemm(a, c10::cuda::getCurrentCUDAStream().stream()), "w4a4_gemm launch");
+  const cudaError_t err = svdq::launch_w4a4_gemm(a, c10::cuda::getCurrentCUDAStream().stream());
+  SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm: launch failed: ", cudaGetErrorString(err));
   return y;
 }
 
@@ -125,5 +184,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "svdquant-hf fused W4A4 kernels";
   m.def("quantize_act", &quantize_act, "x, smooth, proj_down, group_size -> (xq, ascales, lr)");
   m.def("w4a4_gemm", &w4a4_gemm, "xq, ascales, qweight, wscales, lr, proj_up, bias, group_size -> y");
+  m.def("set_gemm_tile_rows", &svdq::set_gemm_tile_rows, "force 64/128-row GEMM tiles (0: heuristic)");
+  m.def("last_error", &last_error, "message of the last rejected call (calls return None on error)");
   m.attr("max_fused_rank") = svdq::kMaxFusedRank;
 }

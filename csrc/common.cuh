@@ -79,15 +79,19 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   return d;
 }
 
-// Correctly rounded a / b given rb = RN(1 / b) (Markstein: one FMA residual and one FMA correction);
-// falls back to the IEEE division where the residual trick may not hold (huge/tiny quotients).
-__device__ __forceinline__ float div_rn_with_rcp(float a, float b, float rb) {
-  const float q0 = a * rb;
-  const float rem = fmaf(-q0, b, a);
-  const float q = fmaf(rem, rb, q0);
-  const float aq = fabsf(q0);
-  if (__builtin_expect(!(aq < 1.0e30f && aq > 1.0e-30f), 0) && a != 0.f) return __fdiv_rn(a, b);
-  return q;
+// Reciprocal refined to the accuracy the division below needs (nvcc's own div.rn fast path).
+__device__ __forceinline__ float rcp_refined(float b) {
+  float y;
+  asm("rcp.approx.f32 %0, %1;" : "=f"(y) : "f"(b));
+  return fmaf(fmaf(-b, y, 1.0f), y, y);
+}
+
+// a / b correctly rounded (IEEE div.rn) given y = rcp_refined(b), valid while b, a and the quotient
+// stay well inside the normal range (the callers check the ranges and use __fdiv_rn otherwise).
+__device__ __forceinline__ float div_fast(float a, float b, float y) {
+  const float q = a * y;
+  const float r = fmaf(-b, q, a);
+  return fmaf(r, y, q);
 }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {

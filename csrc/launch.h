@@ -17,6 +17,9 @@ struct QuantizeActArgs {
   void* ascales;          // [M, K / group_size]
   void* lr;               // [M, R]
   int M, K, R, group_size;
+  int splits;             // blocks along K (quantize_act_splits); > 1 needs the two buffers below
+  float* lr_ws;           // quantize_act_workspace_floats(M, R, splits) floats
+  int* lr_cnt;            // ceil(M / 16) ints, zero before the first launch (the kernel resets them)
 };
 
 struct W4A4GemmArgs {
@@ -35,7 +38,10 @@ struct W4A4GemmArgs {
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
 constexpr int kMaxFusedRank = 128;
 
+int quantize_act_splits(int M, int K, int group_size, int R);
+size_t quantize_act_workspace_floats(int M, int R, int splits);
 cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream);
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream);
+void set_gemm_tile_rows(int bm);  // 64 or 128 forces the tile height (benchmarks); 0 restores the heuristic
 
 }  // namespace svdq

@@ -18,10 +18,21 @@ constexpr int kQThreads = 256;
 constexpr int kQWarps = kQThreads / 32;
 constexpr int kQRows = 16;
 
+// Rank tiles of 16 the kernel is instantiated for (R is padded up to one of them; -1: too large).
+int padded_nr16(int R) {
+  const int n = (R + 15) / 16;
+  if (n <= 2) return n;
+  if (n <= 4) return 4;
+  if (n <= 6) return 6;
+  if (n <= 8) return 8;
+  return -1;
+}
+
 template <typename T, int GK, int NR16>
 __global__ void __launch_bounds__(kQThreads)
 quantize_act_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
-                    int8_t* __restrict__ xq, T* __restrict__ ascales, T* __restrict__ lr, int M, int K, int R) {
+                    int8_t* __restrict__ xq, T* __restrict__ ascales, T* __restrict__ lr, float* __restrict__ lr_ws,
+                    int* __restrict__ lr_cnt, int M, int K, int R) {
   constexpr int NT = NR16 * 2;  // n8 tiles of the rank
   extern __shared__ __align__(16) float red[];
   const int tid = threadIdx.x;
@@ -30,14 +41,18 @@ quantize_act_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const
   const int m0 = blockIdx.x * kQRows;
   const int G = 32 * GK;
   const int ngroups = K / G;
+  // blockIdx.y splits the groups (small M: more blocks); the low-rank partials are then summed by
+  // the last block of the row block to finish, in split order (deterministic)
+  const int splits = gridDim.y;
+  const int gps = (ngroups + splits - 1) / splits;
+  const int g_begin = blockIdx.y * gps, g_end = min(ngroups, g_begin + gps);
   const bool row_ok[2] = {m0 + r < M, m0 + r + 8 < M};
-  const bool r_even = (R & 1) == 0;
 
   float lacc[NT > 0 ? NT : 1][4];
 #pragma unroll
   for (int i = 0; i < (NT > 0 ? NT : 1); ++i) lacc[i][0] = lacc[i][1] = lacc[i][2] = lacc[i][3] = 0.f;
 
-  for (int g = warp; g < ngroups; g += kQWarps) {
+  for (int g = g_begin + warp; g < g_end; g += kQWarps) {
     uint4 xv[GK][2], sv[GK];
 #pragma unroll
     for (int s = 0; s < GK; ++s) {
@@ -64,32 +79,40 @@ quantize_act_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const
           const unsigned short* p0 = reinterpret_cast<const unsigned short*>(pd) + (size_t)krow0 * R;
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
+            // R is even (the binding pads odd ranks): clamped, branch-free pair loads, zeroed past R
             const int n = nt * 8 + 2 * t;
-            uint32_t v0 = 0, v1 = 0;
-            if (r_even && n < R) {
-              v0 = __ldg(reinterpret_cast<const uint32_t*>(p0 + n));
-              v1 = __ldg(reinterpret_cast<const uint32_t*>(p0 + 2 * R + n));
-            } else if (n < R) {
-              const bool n1 = n + 1 < R;
-              v0 = (uint32_t)__ldg(p0 + n) | (n1 ? (uint32_t)__ldg(p0 + n + 1) << 16 : 0u);
-              v1 = (uint32_t)__ldg(p0 + 2 * R + n) | (n1 ? (uint32_t)__ldg(p0 + 2 * R + n + 1) << 16 : 0u);
-            }
+            const bool live = (nt + 1) * 8 <= R || n < R;
+            const int nc = live ? n : 0;
+            uint32_t v0 = __ldg(reinterpret_cast<const uint32_t*>(p0 + nc));
+            uint32_t v1 = __ldg(reinterpret_cast<const uint32_t*>(p0 + 2 * R + nc));
+            v0 = live ? v0 : 0u;
+            v1 = live ? v1 : 0u;
             mma_16816<T>(lacc[nt], a, movmatrix_trans(v0), movmatrix_trans(v1));
           }
         }
       }
     }
 
-    float sm[GK][8], srcp[GK][8];  // smoothing factors and their correctly rounded reciprocals
+    // x / smooth and xs / scale by the division fast path of nvcc's div.rn (3 FMAs on a refined
+    // reciprocal), checked per group: where the operands leave the safe range, __fdiv_rn redoes it.
+    float sm[GK][8], srcp[GK][8];
+    float smin = 3.0e38f, smax = 0.f;
 #pragma unroll
     for (int s = 0; s < GK; ++s) {
       const T* sp = reinterpret_cast<const T*>(&sv[s]);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         sm[s][e] = Dt<T>::to_f(sp[e]);
-        srcp[s][e] = __frcp_rn(sm[s][e]);
+        srcp[s][e] = rcp_refined(sm[s][e]);
+        smin = fminf(smin, sm[s][e]);
+        smax = fmaxf(smax, sm[s][e]);
       }
     }
+    smin = fminf(smin, __shfl_xor_sync(0xffffffffu, smin, 1));
+    smin = fminf(smin, __shfl_xor_sync(0xffffffffu, smin, 2));
+    smax = fmaxf(smax, __shfl_xor_sync(0xffffffffu, smax, 1));
+    smax = fmaxf(smax, __shfl_xor_sync(0xffffffffu, smax, 2));
+    const bool smooth_ok = smin >= 0x1p-30f && smax <= 0x1p30f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float v[GK][8];
@@ -99,27 +122,46 @@ quantize_act_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const
         const T* xp = reinterpret_cast<const T*>(&xv[s][h]);
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          v[s][e] = div_rn_with_rcp(Dt<T>::to_f(xp[e]), sm[s][e], srcp[s][e]);
+          v[s][e] = div_fast(Dt<T>::to_f(xp[e]), sm[s][e], srcp[s][e]);
           amax = fmaxf(amax, fabsf(v[s][e]));
         }
       }
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      // quad-uniform condition (smin/smax/amax are quad reductions), so the shuffles below see all 4 lanes
+      if (!(smooth_ok && (amax == 0.f || (amax >= 0x1p-80f && amax <= 0x1p80f)))) {
+        amax = 0.f;
+#pragma unroll
+        for (int s = 0; s < GK; ++s) {
+          const T* xp = reinterpret_cast<const T*>(&xv[s][h]);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            v[s][e] = __fdiv_rn(Dt<T>::to_f(xp[e]), sm[s][e]);
+            amax = fmaxf(amax, fabsf(v[s][e]));
+          }
+        }
+        const unsigned mask = __activemask();
+        amax = fmaxf(amax, __shfl_xor_sync(mask, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(mask, amax, 2));
+      }
       const T sc = Dt<T>::from_f(fminf(__fdiv_rn(amax, 7.0f), Dt<T>::kMax));
       const float sf = Dt<T>::to_f(sc);
-      const float rsf = __frcp_rn(sf);
+      // |xs / sf| <= ~7.03: the quotient cannot overflow; tiny quotients round to 0 either way
+      const bool sf_fast = sf >= 0x1p-100f && sf <= 0x1p100f;
+      const float rsf = rcp_refined(sf);
       const int row = m0 + r + 8 * h;
       if (!row_ok[h]) continue;
 #pragma unroll
       for (int s = 0; s < GK; ++s) {
-        uint32_t packed[2] = {0u, 0u};
+        int qi[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          int q = 0;
-          if (sf > 0.f) q = (int)fminf(fmaxf(rintf(div_rn_with_rcp(v[s][e], sf, rsf)), -8.f), 7.f);
-          packed[e >> 2] |= ((uint32_t)q & 0xFFu) << (8 * (e & 3));
+          const float qf = sf_fast ? div_fast(v[s][e], sf, rsf) : (sf > 0.f ? __fdiv_rn(v[s][e], sf) : 0.f);
+          qi[e] = __float2int_rn(fminf(fmaxf(qf, -8.f), 7.f));
         }
-        *reinterpret_cast<uint2*>(xq + (size_t)row * K + g * G + s * 32 + t * 8) = make_uint2(packed[0], packed[1]);
+        const uint32_t lo = __byte_perm(__byte_perm(qi[0], qi[1], 0x0040), __byte_perm(qi[2], qi[3], 0x0040), 0x5410);
+        const uint32_t hi = __byte_perm(__byte_perm(qi[4], qi[5], 0x0040), __byte_perm(qi[6], qi[7], 0x0040), 0x5410);
+        *reinterpret_cast<uint2*>(xq + (size_t)row * K + g * G + s * 32 + t * 8) = make_uint2(lo, hi);
       }
       if (t == 0) ascales[(size_t)row * ngroups + g] = sc;
     }
@@ -137,14 +179,40 @@ quantize_act_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const
       mine[(r + 8) * RP + c + 1] = lacc[nt][3];
     }
     __syncthreads();
+    if (splits == 1) {
+      for (int i = tid; i < kQRows * RP; i += kQThreads) {
+        const int row = i / RP, c = i % RP;
+        if (m0 + row >= M || c >= R) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int w = 0; w < kQWarps; ++w) s += red[w * (kQRows * RP) + i];
+        lr[(size_t)(m0 + row) * R + c] = Dt<T>::from_f(s);
+      }
+      return;
+    }
+    float* part = lr_ws + ((size_t)blockIdx.x * splits + blockIdx.y) * (kQRows * RP);
+    for (int i = tid; i < kQRows * RP; i += kQThreads) {
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < kQWarps; ++w) s += red[w * (kQRows * RP) + i];
+      part[i] = s;
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int is_last;
+    if (tid == 0) is_last = atomicAdd(lr_cnt + blockIdx.x, 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const float* parts = lr_ws + (size_t)blockIdx.x * splits * (kQRows * RP);
     for (int i = tid; i < kQRows * RP; i += kQThreads) {
       const int row = i / RP, c = i % RP;
       if (m0 + row >= M || c >= R) continue;
       float s = 0.f;
-#pragma unroll
-      for (int w = 0; w < kQWarps; ++w) s += red[w * (kQRows * RP) + i];
+      for (int sp = 0; sp < splits; ++sp) s += __ldcg(parts + (size_t)sp * (kQRows * RP) + i);
       lr[(size_t)(m0 + row) * R + c] = Dt<T>::from_f(s);
     }
+    if (tid == 0) lr_cnt[blockIdx.x] = 0;  // ready for the next launch
   }
 }
 
@@ -152,27 +220,30 @@ template <typename T, int GK, int NR16>
 cudaError_t launch_q(const QuantizeActArgs& a, cudaStream_t stream) {
   auto kern = quantize_act_kernel<T, GK, NR16>;
   const int smem = NR16 * 16 * kQRows * kQWarps * (int)sizeof(float);
-  if (smem > 48 * 1024) {
+  static bool configured = false;
+  if (smem > 48 * 1024 && !configured) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return e;
+    configured = true;
   }
-  dim3 grid((a.M + kQRows - 1) / kQRows);
+  dim3 grid((a.M + kQRows - 1) / kQRows, a.splits);
   kern<<<grid, kQThreads, smem, stream>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.smooth),
                                            static_cast<const T*>(a.proj_down), a.xq, static_cast<T*>(a.ascales),
-                                           static_cast<T*>(a.lr), a.M, a.K, a.R);
+                                           static_cast<T*>(a.lr), a.lr_ws, a.lr_cnt, a.M, a.K, a.R);
   return cudaGetLastError();
 }
 
 template <typename T, int GK>
 cudaError_t launch_rank(const QuantizeActArgs& a, cudaStream_t stream) {
-  const int nr16 = (a.R + 15) / 16;
-  if (nr16 == 0) return launch_q<T, GK, 0>(a, stream);
-  if (nr16 <= 1) return launch_q<T, GK, 1>(a, stream);
-  if (nr16 <= 2) return launch_q<T, GK, 2>(a, stream);
-  if (nr16 <= 4) return launch_q<T, GK, 4>(a, stream);
-  if (nr16 <= 6) return launch_q<T, GK, 6>(a, stream);
-  if (nr16 <= 8) return launch_q<T, GK, 8>(a, stream);
-  return cudaErrorInvalidValue;
+  switch (padded_nr16(a.R)) {
+    case 0: return launch_q<T, GK, 0>(a, stream);
+    case 1: return launch_q<T, GK, 1>(a, stream);
+    case 2: return launch_q<T, GK, 2>(a, stream);
+    case 4: return launch_q<T, GK, 4>(a, stream);
+    case 6: return launch_q<T, GK, 6>(a, stream);
+    case 8: return launch_q<T, GK, 8>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 template <typename T>
@@ -187,9 +258,39 @@ cudaError_t launch_group(const QuantizeActArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
+int quantize_act_splits(int M, int K, int group_size, int R) {
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) sms = 132;
+  }
+  const int row_blocks = (M + kQRows - 1) / kQRows;
+  const int ngroups = K / group_size;
+  if (row_blocks <= 0) return 1;
+  const int most = ngroups / kQWarps > 1 ? ngroups / kQWarps : 1;  // at least one group per warp
+  // Pick the split that minimises the number of block waves per unit of work (two resident blocks
+  // per SM at rank <= 32): 288 row blocks on 264 slots is 2 waves unsplit, 7/6 waves split 6 ways.
+  const int slots = (R <= 32 ? 2 : 1) * sms;
+  int best = 1;
+  double best_cost = 1e30;
+  for (int s = 1; s <= most && s <= 64; ++s) {
+    const long blocks = (long)row_blocks * s;
+    const double cost = (double)((blocks + slots - 1) / slots) / s;
+    if (cost < best_cost - 1e-9) best = s, best_cost = cost;
+  }
+  return best;
+}
+
+size_t quantize_act_workspace_floats(int M, int R, int splits) {
+  if (splits <= 1 || R <= 0) return 0;
+  return (size_t)((M + kQRows - 1) / kQRows) * splits * kQRows * padded_nr16(R) * 16;
+}
+
 cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream) {
   if (a.M <= 0) return cudaSuccess;
-  if (a.K % a.group_size || a.R > kMaxFusedRank || a.R < 0) return cudaErrorInvalidValue;
+  if (a.K % a.group_size || a.R > kMaxFusedRank || a.R < 0 || (a.R & 1) || a.splits < 1) return cudaErrorInvalidValue;
+  if (a.splits > 1 && a.R > 0 && (a.lr_ws == nullptr || a.lr_cnt == nullptr)) return cudaErrorInvalidValue;
   if (a.dtype == DType::kBF16) return launch_group<__nv_bfloat16>(a, stream);
   return launch_group<__half>(a, stream);
 }

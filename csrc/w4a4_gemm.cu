@@ -31,12 +31,9 @@ struct GemmCfg {
   static constexpr int SMEM = kStages * STAGE_BYTES;
 };
 
-// Does the k32 step `kq` (global index) end a group?  GK = group_size / 32.
-template <int GK>
-__device__ __forceinline__ bool ends_group(int kq) { return (kq + 1) % GK == 0; }
-
+// 128-row tiles: one block per SM (240 registers); 64-row tiles: two blocks per SM (<= 128 registers).
 template <typename T, int BM, int GK>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, BM == 64 ? 2 : 1)
 w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, const int8_t* __restrict__ qw,
                  const T* __restrict__ wscales, const T* __restrict__ lr, const T* __restrict__ pu,
                  const T* __restrict__ bias, T* __restrict__ y, int M, int N, int K, int R) {
@@ -53,54 +50,57 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
   const int KT = (K + kBK - 1) / kBK;
   const uint32_t smem_base = smem_u32(smem);
 
-  // ---- async tile loads (activations swizzled by 16-byte chunk, weights by 16-byte half-row)
+  // ---- async tile loads (activations: 32-byte halves of each row swizzled; weights: 16-byte halves)
+  const int8_t* a_src[BM * 4 / kThreads];
+  uint32_t a_dst[BM * 4 / kThreads];
+  int a_kc[BM * 4 / kThreads];
+#pragma unroll
+  for (int j = 0; j < BM * 4 / kThreads; ++j) {
+    const int i = tid + j * kThreads;
+    const int row = i >> 2, c = i & 3;
+    a_src[j] = (m0 + row < M) ? xq + (size_t)(m0 + row) * K + c * 16 : nullptr;
+    a_kc[j] = c * 16;
+    // the fragment reads (32 bytes per row, 4 rows per half-warp) then hit 32 distinct banks
+    a_dst[j] = row * 64 + ((((c >> 1) ^ ((row >> 1) & 1)) << 5) | ((c & 1) << 4));
+  }
+  const int b_n = tid >> 1, b_c = tid & 1;
+  const int8_t* b_src = (n0 + b_n < N) ? qw + (size_t)(n0 + b_n) * (K / 2) + b_c * 16 : nullptr;
+  const uint32_t b_dst = b_n * 32 + ((b_c ^ ((b_n >> 2) & 1)) << 4);
   auto load_tile = [&](int stage, int kt) {
     const int k0 = kt * kBK;
     const uint32_t sA = smem_base + stage * C::STAGE_BYTES;
     const uint32_t sB = sA + C::A_BYTES;
 #pragma unroll
     for (int j = 0; j < BM * 4 / kThreads; ++j) {
-      const int i = tid + j * kThreads;
-      const int row = i >> 2, c = i & 3;
-      const bool ok = (m0 + row < M) && (k0 + c * 16 < K);
-      const int8_t* src = ok ? xq + (size_t)(m0 + row) * K + k0 + c * 16 : xq;
-      // 32-byte halves of each 64-byte row swap on bit 1 of the row: the fragment reads (32 bytes per
-      // row, 4 rows per half-warp) then hit 32 distinct banks.
-      cp_async16(sA + row * 64 + ((((c >> 1) ^ ((row >> 1) & 1)) << 5) | ((c & 1) << 4)), src, ok ? 16 : 0);
+      const bool ok = a_src[j] != nullptr && k0 + a_kc[j] < K;
+      cp_async16(sA + a_dst[j], ok ? a_src[j] + k0 : xq, ok ? 16 : 0);
     }
-    {
-      const int n = tid >> 1, c = tid & 1;
-      const bool ok = (n0 + n < N) && (k0 + c * 32 < K);
-      const int8_t* src = ok ? qw + (size_t)(n0 + n) * (K / 2) + k0 / 2 + c * 16 : qw;
-      cp_async16(sB + n * 32 + ((c ^ ((n >> 2) & 1)) << 4), src, ok ? 16 : 0);
-    }
+    const bool ok = b_src != nullptr && k0 + b_c * 32 < K;
+    cp_async16(sB + b_dst, ok ? b_src + k0 / 2 : qw, ok ? 16 : 0);
   };
 
-  // ---- scale prefetch (raw 16-bit patterns; converted at promotion so the loads never stall issue)
+  // ---- scale prefetch (raw 16-bit patterns; converted at promotion so the loads never stall issue).
+  // Indices are clamped instead of guarded: rows >= M / cols >= N are computed but never stored.
+  int sx_off[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) sx_off[mt][h] = min(m0 + wm * C::WM + mt * 16 + r + h * 8, M - 1) * ngroups;
+  const unsigned short* sx_ptr = reinterpret_cast<const unsigned short*>(ascales);
+  const uint32_t* sw_ptr = reinterpret_cast<const uint32_t*>(wscales) + (min(n0 + wn * 32 + t * 2, N - 2) >> 1);
+  const int sw_ncols = min(4, (N - (n0 + wn * 32) + 7) / 8);  // live n8 tiles of this warp (>= 1 or dead)
   uint32_t sx_n[NP][MT][2], sw_n[NP][NT];
   auto load_scales = [&](int kt) {
 #pragma unroll
     for (int p = 0; p < NP; ++p) {
-      const int kq = 2 * kt + (GK == 1 ? p : 1);
-      const int g = kq / GK;
-      const bool live = ends_group<GK>(kq) && g < ngroups;
+      const int g = min((2 * kt + (GK == 1 ? p : 1)) / GK, ngroups - 1);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = m0 + wm * C::WM + mt * 16 + r + h * 8;
-          sx_n[p][mt][h] = (live && row < M)
-              ? (uint32_t) __ldg(reinterpret_cast<const unsigned short*>(ascales) + (size_t)row * ngroups + g)
-              : 0u;
-        }
-      }
+        for (int h = 0; h < 2; ++h) sx_n[p][mt][h] = __ldg(sx_ptr + sx_off[mt][h] + g);
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int col = n0 + wn * 32 + nt * 8 + t * 2;
-        sw_n[p][nt] = (live && col < N)
-            ? __ldg(reinterpret_cast<const uint32_t*>(wscales + (size_t)g * N + col))
-            : 0u;
-      }
+      for (int nt = 0; nt < NT; ++nt)
+        sw_n[p][nt] = __ldg(sw_ptr + (size_t)g * (N >> 1) + (nt < sw_ncols ? nt * 4 : 0));
     }
   };
 
@@ -171,8 +171,9 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
         bf[nt][0] = (w << 4) & 0xF0F0F0F0u;  // even k
         bf[nt][1] = w & 0xF0F0F0F0u;         // odd k
       }
-      const int kq = 2 * kt + ks;
-      if (kq % GK == 0) {  // first k32 step of a group: accumulators start at the magic constant
+      const bool group_start = GK == 1 || (ks == 0 && (GK == 2 || (kt & 1) == 0));
+      const bool group_end = GK == 1 || (ks == 1 && (GK == 2 || (kt & 1) == 1));
+      if (group_start) {  // first k32 step of a group: accumulators start at the magic constant
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -184,7 +185,7 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
           for (int nt = 0; nt < NT; ++nt) mma_s8_16832(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
       }
 
-      if (ends_group<GK>(kq)) {
+      if (group_end) {
         const int p = GK == 1 ? ks : 0;
         float sxf[MT][2], swf[NT][2];
 #pragma unroll
@@ -293,8 +294,12 @@ cudaError_t launch_bm(const W4A4GemmArgs& a, cudaStream_t stream) {
   }
 }
 
+int g_force_bm = 0;  // 0: heuristic; 64 / 128: forced (benchmarks)
+
 template <typename T>
 cudaError_t launch_dtype(const W4A4GemmArgs& a, cudaStream_t stream, int num_sms) {
+  if (g_force_bm == 64) return launch_bm<T, 64>(a, stream);
+  if (g_force_bm == 128) return launch_bm<T, 128>(a, stream);
   // Small M: 64-row tiles so that more blocks fill the SMs.
   const long tiles128 = (long)((a.M + 127) / 128) * ((a.N + kBN - 1) / kBN);
   if (tiles128 < 2L * num_sms) return launch_bm<T, 64>(a, stream);
@@ -302,6 +307,8 @@ cudaError_t launch_dtype(const W4A4GemmArgs& a, cudaStream_t stream, int num_sms
 }
 
 }  // namespace
+
+void set_gemm_tile_rows(int bm) { g_force_bm = (bm == 64 || bm == 128) ? bm : 0; }
 
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;

@@ -16,9 +16,6 @@ from typing import Any
 
 SIDE_CAR = "svdquant_hf.json"  # written by `svdquant-hf quantize`: base model and calibration facts
 QUANT_SUFFIXES = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up")
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
 
 class NotACheckpointError(ValueError):
     """The path or repo holds no diffusers/transformers checkpoint (config + safetensors)."""
@@ -130,26 +127,33 @@ def _read_sidecar(folder: Path) -> dict[str, Any]:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def single_file_component(name: str, filename: str, header: dict[str, Any]) -> ComponentInfo:
+    """A standalone safetensors file (e.g. Nunchaku's), described from its header and metadata."""
+    comp = ComponentInfo(name, None)
+    _summarize(comp, header)
+    comp.files.append(filename)
+    comp.ranks = sorted(set(comp.ranks))
+    meta = comp.metadata
+    try:
+        cfg = json.loads(meta.get("config", "{}"))
+        qc = json.loads(meta.get("quantization_config", "{}"))
+    except json.JSONDecodeError:
+        cfg, qc = {}, {}
+    comp.class_name = (cfg.get("_class_name") if isinstance(cfg, dict) else None) or meta.get("model_class")
+    if comp.quantized_layers:
+        qc = qc if isinstance(qc, dict) else {}
+        comp.quant_method = qc.get("method") or qc.get("quant_method") or "unknown"
+        comp.options = {k: v for k, v in qc.items() if k not in ("method", "quant_method")}
+    comp.metadata = {k: v for k, v in meta.items() if k not in ("config", "comfy_config")}
+    return comp
+
+
 def describe_local(path: str | os.PathLike) -> CheckpointInfo:
     p = Path(path)
     if p.is_file():
         if p.suffix not in (".safetensors", ".sft"):
             raise NotACheckpointError(f"{p}: not a safetensors file")
-        comp = ComponentInfo("", None)
-        _summarize(comp, read_header(p))
-        comp.files.append(p.name)
-        comp.ranks = sorted(set(comp.ranks))
-        meta = comp.metadata
-        try:
-            cfg = json.loads(meta.get("config", "{}"))
-            qc = json.loads(meta.get("quantization_config", "{}"))
-        except json.JSONDecodeError:
-            cfg, qc = {}, {}
-        comp.class_name = cfg.get("_class_name") or meta.get("model_class")
-        if comp.quantized_layers:
-            comp.quant_method = qc.get("method") or qc.get("quant_method") or "unknown"
-            comp.options = {k: v for k, v in qc.items() if k not in ("method", "quant_method")}
-        comp.metadata = {k: v for k, v in meta.items() if k not in ("config", "comfy_config")}
+        comp = single_file_component("", p.name, read_header(p))
         return CheckpointInfo(str(p), "single-file", comp.class_name, [comp])
     if not p.is_dir():
         raise NotACheckpointError(f"{p}: no such file or folder")
@@ -186,8 +190,17 @@ def describe_hub(repo_id: str, revision: str | None = None, token: str | bool | 
         return json.loads(Path(path).read_text())
 
     side = load_json(SIDE_CAR) if SIDE_CAR in files else {}
-    st_meta = api.get_safetensors_metadata(repo_id, revision=revision, token=token)
-    per_file = getattr(st_meta, "files_metadata", {}) or {}
+
+    def headers(folder: str) -> list[tuple[str, dict[str, Any]]]:
+        """Each safetensors file of ``folder``: its header, read by huggingface_hub with HTTP range requests."""
+        out = []
+        for fname in sorted(f for f in files if f.endswith(".safetensors") and (os.path.dirname(f) or "") == folder):
+            fm = api.parse_safetensors_file_metadata(repo_id, fname, revision=revision, token=token)
+            header: dict[str, Any] = {"__metadata__": dict(fm.metadata or {})}
+            for tname, ti in fm.tensors.items():
+                header[tname] = {"dtype": ti.dtype, "shape": list(ti.shape), "data_offsets": list(ti.data_offsets)}
+            out.append((fname, header))
+        return out
 
     def component(folder: str, name: str) -> ComponentInfo:
         cfg_name = f"{folder}/config.json" if folder else "config.json"
@@ -195,15 +208,7 @@ def describe_hub(repo_id: str, revision: str | None = None, token: str | bool | 
         qc = config.get("quantization_config") or {}
         comp = ComponentInfo(name, config.get("_class_name") or (config.get("architectures") or [None])[0],
                              qc.get("quant_method"), {k: v for k, v in qc.items() if k != "quant_method"})
-        for fname, fm in sorted(per_file.items()):
-            if (os.path.dirname(fname) or "") != folder:
-                continue
-            header = {"__metadata__": dict(fm.metadata or {})}
-            offset = 0
-            for tname, ti in fm.tensors.items():
-                nbytes = math.prod(ti.shape) * _DTYPE_BYTES.get(ti.dtype, 1)
-                header[tname] = {"dtype": ti.dtype, "shape": list(ti.shape), "data_offsets": [offset, offset + nbytes]}
-                offset += nbytes
+        for fname, header in headers(folder):
             _summarize(comp, header)
             comp.files.append(fname)
         comp.ranks = sorted(set(comp.ranks))
@@ -217,7 +222,11 @@ def describe_hub(repo_id: str, revision: str | None = None, token: str | bool | 
     if "config.json" in files:
         comp = component("", "")
         return CheckpointInfo(repo_id, "model", comp.class_name, [comp], side.get("base_model"))
-    raise NotACheckpointError(f"Hub repo {repo_id!r} has no model_index.json or config.json")
+    singles = headers("")
+    if singles:  # e.g. a Nunchaku repo: standalone files with config + quantization_config in their metadata
+        comps = [single_file_component(f, f, h) for f, h in singles]
+        return CheckpointInfo(repo_id, "single-files", None, comps, side.get("base_model"))
+    raise NotACheckpointError(f"Hub repo {repo_id!r} has no model_index.json, config.json or safetensors file")
 
 
 def human_bytes(n: float) -> str:
@@ -226,6 +235,14 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n:.2f} TiB"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list) and len(v) > 4:
+        return f"[{len(v)} items]"
+    return str(v)
 
 
 def format_info(info: CheckpointInfo) -> str:
@@ -238,7 +255,7 @@ def format_info(info: CheckpointInfo) -> str:
         head = f"  [{label}] {c.class_name or '?'}: {human_bytes(c.bytes)} in {len(c.files)} file(s), {c.tensors} tensors"
         lines.append(head)
         if c.quant_method:
-            opts = ", ".join(f"{k}={v}" for k, v in sorted(c.options.items()) if v is not None)
+            opts = ", ".join(f"{k}={_short(v)}" for k, v in sorted(c.options.items()) if v is not None)
             lines.append(f"      quantization: {c.quant_method}" + (f" ({opts})" if opts else ""))
             lines.append(
                 f"      {c.quantized_layers} quantized layers, ranks {c.ranks or '-'}, "

@@ -1,6 +1,7 @@
 """Model cards (README.md with YAML metadata) for SVDQuant checkpoints, built on huggingface_hub.ModelCard."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ def loading_snippet(repo_id: str, info: CheckpointInfo) -> str:
         "import torch\n"
         "import svdquant_hf  # registers the \"svdquant\" quantization backend with diffusers\n"
         f"from diffusers import {cls}\n\n"
-        f"{var} = {cls}.from_pretrained({repo_id!r}, dtype=torch.bfloat16, use_safetensors=True)\n"
+        f"{var} = {cls}.from_pretrained({json.dumps(repo_id)}, dtype=torch.bfloat16, use_safetensors=True)\n"
     )
 
 
@@ -139,8 +140,8 @@ def build_model_card(
         _usage_snippet(info).rstrip("\n"),
         "```",
         "",
-        "`pip install svdquant-hf` first. On GPUs the fused CUDA kernels run; elsewhere a pure-PyTorch reference path "
-        "(slow, same numerics) is used.",
+        "`pip install svdquant-hf` first. On CUDA GPUs svdquant-hf's fused kernels are used when they are available; "
+        "otherwise a pure-PyTorch reference path (same numerics, slow) runs.",
         "",
         "## Size",
         "",
@@ -149,6 +150,11 @@ def build_model_card(
         + (f", vs {human_bytes(base_size_bytes)} for the 16-bit original ({base_size_bytes / max(info.total_bytes, 1):.2f}x smaller)."
            if base_size_bytes else "."),
     ]
+    originals = dict(side.get("original_bytes") or {})
+    compared = [(c, originals[c.name]) for c in quantized if c.name in originals and c.bytes]
+    if compared:
+        lines += ["", "| component | 16-bit | SVDQuant | smaller by |", "|---|---|---|---|"]
+        lines += [f"| {c.name} | {human_bytes(b)} | {human_bytes(c.bytes)} | {b / c.bytes:.2f}x |" for c, b in compared]
     if quality:
         lines += ["", "## Quality", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in quality.items()]

@@ -41,7 +41,8 @@ def _options(args: argparse.Namespace) -> Any:
 
     return SVDQuantConfig(
         rank=args.rank, group_size=args.group_size, quant_format=args.format, weight_only=args.weight_only,
-        modules_to_not_convert=args.skip or None,
+        modules_to_not_convert=args.skip or None, alpha=args.alpha, alpha_grid=args.alpha_grid,
+        calib_tokens=args.calib_tokens,
     )
 
 
@@ -82,6 +83,40 @@ def _diffusers_class(name: str | None) -> Any:
     return cls
 
 
+_LIBRARIES = ("diffusers", "transformers", "tokenizers")
+_DENOISERS = ("transformer", "unet", "prior", "decoder")
+
+
+def _dense_bytes(module: Any) -> int:
+    """The size ``module`` has with every SVDQuantLinear replaced by the dense 16-bit nn.Linear it came from."""
+    from .modules import SVDQuantLinear
+
+    sd = module.state_dict()
+    total = sum(t.numel() * t.element_size() for t in sd.values())
+    for name, m in module.named_modules():
+        if isinstance(m, SVDQuantLinear):
+            own = [t for k, t in sd.items() if k.rpartition(".")[0] == name]
+            total -= sum(t.numel() * t.element_size() for t in own)
+            item = m.proj_up.element_size()
+            total += (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0)) * item
+    return total
+
+
+def _check_known_classes(kind: str, cfg: dict[str, Any], model: str) -> None:
+    """Refuse checkpoints whose classes would come from code shipped with the checkpoint."""
+    _diffusers_class(cfg.get("_class_name"))
+    if kind != "pipeline":
+        return
+    for name, spec in cfg.items():
+        if name.startswith("_") or not isinstance(spec, list) or not spec or spec[0] is None:
+            continue
+        if spec[0] not in _LIBRARIES:
+            raise CLIError(
+                f"{model}: component {name!r} is {spec[0]}.{spec[1] if len(spec) > 1 else '?'}, not a diffusers/"
+                f"transformers class; svdquant-hf never runs code shipped with a checkpoint"
+            )
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
@@ -95,35 +130,44 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} exists and is not empty; choose another --out or pass --force")
     dtype = getattr(torch, _DTYPES[args.dtype])
     kind, cfg = _resolve_kind(args.model, args.revision, None)
+    _check_known_classes(kind, cfg, args.model)
     options = _options(args)
-    load_kw = {"dtype": dtype, "use_safetensors": True}
+    load_kw = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": False}
     if args.revision:
         load_kw["revision"] = args.revision
     calibration = None
+    original_bytes: dict[str, int] = {}
     if kind == "pipeline":
         from diffusers import DiffusionPipeline
 
-        from .pipeline import load_prompts, quantize_pipeline, quantize_pipeline_components
+        from . import SVDQuantConfig
+        from .pipeline import load_prompts, quantize_pipeline
 
-        print(f"Loading pipeline {args.model} ({cfg.get('_class_name')}) in {args.dtype} ...", file=sys.stderr)
-        pipe = DiffusionPipeline.from_pretrained(args.model, **load_kw)
-        comps = args.components or []
-        denoiser = next((c for c in ("transformer", "unet", "prior", "decoder") if getattr(pipe, c, None) is not None), None)
+        comps = list(args.components or [])
+        denoiser = next((c for c in _DENOISERS if isinstance(cfg.get(c), list) and cfg[c][0]), None)
+        if denoiser is None and not comps:
+            raise CLIError(f"{args.model}: no denoiser ({'/'.join(_DENOISERS)}) found; name --components")
+        target = (comps[0] if comps else denoiser) if args.calibrate else None
+        on_load = [c for c in (comps or [denoiser]) if c != target]  # data-free: quantized while loading
+        kw = dict(load_kw)
+        if on_load:
+            kw["quantization_config"] = SVDQuantConfig(**options.options_dict(), components_to_quantize=on_load)
+        print(f"Loading pipeline {args.model} ({cfg.get('_class_name')}) in {args.dtype}"
+              + (f", quantizing {', '.join(on_load)} data-free" if on_load else "") + " ...", file=sys.stderr)
+        pipe = DiffusionPipeline.from_pretrained(args.model, **kw)
         if args.calibrate:
             n_prompts = len(load_prompts(args.calibrate, args.num_prompts))
-            target = comps[0] if comps else denoiser
             quantize_pipeline(
                 pipe, options, prompts_path=args.calibrate, num_prompts=args.num_prompts,
                 num_inference_steps=args.steps, component=target, device=args.device,
                 **({"height": args.size, "width": args.size} if args.size else {}),
             )
-            rest = [c for c in comps if c != target]
-            if rest:
-                quantize_pipeline_components(pipe, rest, options)
             calibration = {"dataset": Path(args.calibrate).name, "num_prompts": n_prompts,
                            "num_inference_steps": args.steps, "component": target}
-        else:
-            quantize_pipeline_components(pipe, comps or [denoiser], options)
+        for c in comps or [denoiser]:
+            module = getattr(pipe, c, None)
+            if isinstance(module, torch.nn.Module):
+                original_bytes[c] = _dense_bytes(module)
         pipe.save_pretrained(out, safe_serialization=True)
     else:
         if args.calibrate:
@@ -135,6 +179,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     side = {
         "base_model": args.base_model or (args.model if is_hub_id(args.model) and not Path(args.model).exists() else None),
         "calibration": calibration,
+        "original_bytes": original_bytes or None,  # 16-bit size (in --dtype) of each quantized component
         "svdquant_hf_version": __version__,
     }
     (out / SIDE_CAR).write_text(json.dumps(side, indent=2) + "\n")
@@ -202,11 +247,37 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_nunchaku(repo_id: str, filename: str | None, revision: str | None) -> Path:
+    """Fetch only the safetensors (and config.json) a Nunchaku import needs from a Hub repo."""
+    from huggingface_hub import hf_hub_download
+
+    from .interop.nunchaku import LEGACY_FILES
+
+    if filename:
+        if not filename.endswith(".safetensors"):
+            raise CLIError(f"--filename {filename}: only .safetensors files are read")
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    paths = [Path(hf_hub_download(repo_id, f, revision=revision)) for f in LEGACY_FILES]
+    try:
+        hf_hub_download(repo_id, "config.json", revision=revision)
+    except Exception as e:  # legacy repos may lack it: then --config is needed
+        if type(e).__name__ not in ("EntryNotFoundError", "RemoteEntryNotFoundError"):
+            raise
+    return paths[0].parent
+
+
 def cmd_import_nunchaku(args: argparse.Namespace) -> int:
+    from svdquant_hf.hub_scripts.model_card import is_hub_id
+
     from .interop.nunchaku import import_nunchaku
 
     config = json.loads(Path(args.config).read_text()) if args.config else None
-    out = import_nunchaku(args.src, args.out, config=config)
+    src = Path(args.src)
+    if not src.exists():
+        if not is_hub_id(args.src):
+            raise CLIError(f"{args.src}: no such file or folder, and not a Hub repo id")
+        src = _download_nunchaku(args.src, args.filename, args.revision)
+    out = import_nunchaku(src, args.out, config=config, validate=not args.no_validate)
     print(f"Wrote {out}")
     return 0
 
@@ -221,13 +292,10 @@ def cmd_export_nunchaku(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from .demo import run_demo
+        from . import demo
     except ImportError as e:
         raise CLIError(f"the demo is not available in this installation ({e})") from None
-    result = run_demo(model=args.model, out_dir=args.out_dir)
-    if result is not None:
-        print(result)
-    return 0
+    return int(demo.main(args.args) or 0)
 
 
 def _benchmarks_dir() -> Path | None:
@@ -278,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=64, help="INT4 group size: 32, 64 or 128 (default 64)")
     q.add_argument("--format", default="int4", choices=("int4", "nvfp4"), help="4-bit format (default int4)")
     q.add_argument("--weight-only", action="store_true", help="W4A16: quantize weights only")
+    q.add_argument("--alpha", type=float, default=None,
+                   help="fixed smoothing exponent in [0, 1] (default: searched per layer when calibrating)")
+    q.add_argument("--alpha-grid", type=int, default=20, help="grid points of the per-layer alpha search (default 20)")
+    q.add_argument("--calib-tokens", type=int, default=1024, help="activation rows kept per layer (default 1024)")
     q.add_argument("--skip", nargs="+", metavar="PATTERN", help="module names/globs to keep in 16 bits")
     q.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES), help="compute dtype (default bf16)")
     q.add_argument("--device", default=None, help="device for quantizing layers (default: cuda when available)")
@@ -323,21 +395,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("import-nunchaku", help="convert a Nunchaku checkpoint to svdquant-hf", formatter_class=fmt,
                        description="SRC: Nunchaku single-file .safetensors, legacy folder (transformer_blocks + "
-                                   "unquantized_layers), or a diffusers nunchaku_lite folder. INT4 only.")
-    n.add_argument("src")
+                                   "unquantized_layers), or a diffusers nunchaku_lite folder; or a Hub repo id. "
+                                   "INT4 only.",
+                       epilog="examples:\n  svdquant-hf import-nunchaku svdq-int4_r32-flux.1-dev.safetensors --out flux-dev\n"
+                              "  svdquant-hf import-nunchaku some-org/svdq-int4-model --filename model.safetensors --out m")
+    n.add_argument("src", help="local file/folder, or a Hub repo id (downloads only the safetensors + config)")
     n.add_argument("--out", required=True)
+    n.add_argument("--filename", default=None, help="with a Hub repo id: the single-file checkpoint to fetch, "
+                   "e.g. svdq-int4_r32-flux.1-dev.safetensors (default: the legacy folder files)")
+    n.add_argument("--revision", default=None)
     n.add_argument("--config", default=None, help="diffusers config.json, when SRC carries none")
+    n.add_argument("--no-validate", action="store_true",
+                   help="skip checking the converted tensors against the diffusers model of the config")
     n.set_defaults(func=cmd_import_nunchaku)
 
-    e = sub.add_parser("export-nunchaku", help="convert an svdquant-hf model folder to diffusers' nunchaku_lite layout",
+    e = sub.add_parser("export-nunchaku", help="convert an svdquant-hf model or pipeline folder to diffusers' "
+                       "nunchaku_lite layout",
                        formatter_class=fmt)
-    e.add_argument("src", help="model folder (e.g. PIPELINE/transformer) quantized INT4 group 64")
+    e.add_argument("src", help="model folder (e.g. PIPELINE/transformer) or pipeline folder, INT4 group 64; "
+                   "in a pipeline the SVDQuant components are converted and the others copied")
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export_nunchaku)
 
-    d = sub.add_parser("demo", help="run the quality/speed demo (svdquant_hf.demo)")
-    d.add_argument("--model", default=None)
-    d.add_argument("--out-dir", default=None)
+    d = sub.add_parser("demo", add_help=False, help="quantize, save, reload and compare a pipeline "
+                       "(default: a small random one, offline); `svdquant-hf demo --help` for its options")
+    d.add_argument("args", nargs=argparse.REMAINDER)
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="run a script of benchmarks/ (source checkout)")
@@ -358,7 +440,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # every option belongs to the demo's own parser
+        args = argparse.Namespace(command="demo", func=cmd_demo, args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def find_denoiser(pipe: Any, component: str | None = None) -> tuple[str, nn.Modu
     names = [component] if component else [n for n in DENOISER_NAMES if isinstance(comps.get(n), nn.Module)]
     if not names or not isinstance(comps.get(names[0]), nn.Module):
         raise ValueError(
-            f"quantize_pipeline: no denoiser component {component or DENOISER_NAMES} in "
+            f"quantize_pipeline: no denoiser component {component if component else DENOISER_NAMES!r} in "
             f"{type(pipe).__name__} (components: {sorted(comps)})"
         )
     return names[0], comps[names[0]]
@@ -102,11 +102,23 @@ def as_options(config: Any) -> SVDQuantOptions:
 
 
 def target_linears(model: nn.Module, options: SVDQuantOptions) -> dict[str, nn.Linear]:
-    """The linears quantize-on-load would replace: same family default skips, same shape rules."""
+    """The linears quantize-on-load would replace: same default skips, same shape rules."""
+    if _is_transformers_model(model):
+        from .quantizers.transformers.layers import target_linears as transformers_targets
+
+        return transformers_targets(model, options)[0]
     from .quantizers.common import quantizable_linears
 
     keep_fp32 = getattr(model, "_keep_in_fp32_modules", None) or ()
     return quantizable_linears(model, options, keep_in_fp32_modules=keep_fp32)
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PreTrainedModel)
 
 
 class StepStatsCollector(StatsCollector):
@@ -156,11 +168,7 @@ def _mark_diffusers(model: nn.Module, options: SVDQuantOptions) -> None:
 
 def _mark_quantized(model: nn.Module, options: SVDQuantOptions) -> None:
     """Make save_pretrained of ``model`` write an SVDQuant pre-quantized checkpoint."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover
-        PreTrainedModel = ()  # type: ignore[assignment]
-    if PreTrainedModel and isinstance(model, PreTrainedModel):
+    if _is_transformers_model(model):
         from .quantizers.transformers import attach_transformers_quantizer
 
         attach_transformers_quantizer(model, options)
@@ -211,6 +219,10 @@ def quantize_pipeline(
     if num_inference_steps is not None and num_inference_steps < 1:
         raise ValueError(f"quantize_pipeline: num_inference_steps={num_inference_steps}, expected >= 1")
     name, denoiser = find_denoiser(pipe, component)
+    if getattr(denoiser, "hf_quantizer", None) is not None or any(
+        type(m).__name__ == "SVDQuantLinear" for m in denoiser.modules()
+    ):
+        raise QuantizationError(f"quantize_pipeline: component {name!r} is already quantized; load it in 16 bits")
     targets = target_linears(denoiser, options)
     if not targets:
         raise QuantizationError(f"quantize_pipeline: component {name!r} has no nn.Linear layer to quantize")
@@ -263,18 +275,4 @@ def quantize_pipeline(
     return pipe
 
 
-def quantize_pipeline_components(pipe: Any, components: Iterable[str], config: Any = None) -> Any:
-    """Data-free SVDQuant of extra components (e.g. "text_encoder_2"), marked as pre-quantized."""
-    options = as_options(config)
-    for comp in components:
-        model = getattr(pipe, comp, None)
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"quantize_pipeline_components: pipeline has no module component {comp!r}")
-        targets = target_linears(model, options)
-        for lname, lin in targets.items():
-            set_submodule(model, lname, quantize_linear(lin, options, lname))
-        _mark_quantized(model, options)
-    return pipe
-
-
-__all__ = ["BUILTIN_PROMPTS", "load_prompts", "quantize_pipeline", "quantize_pipeline_components", "resolve_prompts"]
+__all__ = ["BUILTIN_PROMPTS", "load_prompts", "quantize_pipeline", "resolve_prompts"]

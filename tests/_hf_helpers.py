@@ -50,6 +50,7 @@ def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process (same interpreter, repo root as cwd); raise on failure."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    env["PYTHONSAFEPATH"] = "1"  # import the installed svdquant_hf, not the source folder in cwd
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=timeout,

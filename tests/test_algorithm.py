@@ -187,17 +187,36 @@ def test_alpha_search_picks_the_grid_minimum(quant_format: str) -> None:
     opts = SVDQuantOptions(rank=8, alpha_grid=7, quant_format=quant_format)
     absmax = x.abs().amax(0)
     best = search_alpha(w, bias, opts, torch.bfloat16, absmax, x)
-    grid = np.linspace(0, 1, 7)
+    grid = [None, *np.linspace(0, 1, 7).tolist()]  # None: no smoothing (the data-free solution)
     errs = []
     for a in grid:
-        qw = quantize_weight(w, opts, torch.bfloat16, absmax, float(a))
+        qw = quantize_weight(w, opts, torch.bfloat16, absmax, a)
         errs.append(relative_output_error(qw, w, bias, x.to(torch.bfloat16), opts))
-    assert best.alpha == pytest.approx(grid[int(np.argmin(errs))])
+    i = int(np.argmin(errs))
+    assert i > 0  # smoothing helps on this layer (activation outlier channels)
+    assert best.alpha == pytest.approx(grid[i])
     assert best.error == pytest.approx(min(errs), rel=1e-6)
     assert max(errs) > 1.2 * min(errs)  # the search matters on this layer
     # a fixed alpha bypasses the search
     fixed = search_alpha(w, bias, SVDQuantOptions(rank=8, alpha=0.3, quant_format=quant_format), torch.bfloat16, absmax, x)
     assert fixed.alpha == 0.3
+
+
+def test_search_falls_back_to_no_smoothing_when_it_is_best() -> None:
+    # flat cached rows, but the absmax saw a rare token 1000x larger on 8 channels: smoothing hurts
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(32, 128, generator=g) * 0.05
+    x = torch.randn(256, 128, generator=g)
+    absmax = x.abs().amax(0)
+    absmax[:8] *= 1e3
+    opts = SVDQuantOptions(rank=0, alpha_grid=5)
+    best = search_alpha(w, None, opts, torch.bfloat16, absmax, x)
+    data_free = quantize_weight(w, opts, torch.bfloat16)
+    assert best.alpha is None and torch.equal(best.smooth_factor, data_free.smooth_factor)
+    xb = x.to(torch.bfloat16)  # search_alpha evaluates on rows in the compute dtype
+    assert best.error == pytest.approx(relative_output_error(data_free, w, None, xb, opts), rel=1e-6)
+    smoothed = quantize_weight(w, opts, torch.bfloat16, absmax, 0.0)
+    assert best.error < relative_output_error(smoothed, w, None, xb, opts)
 
 
 def test_calibrated_search_with_gptq_keeps_the_better_result() -> None:

@@ -28,6 +28,19 @@ def quantized(tiny_dir) -> Path:
     return out
 
 
+def _fresh_memory(model: torch.nn.Module) -> torch.nn.Module:
+    """Copy every tensor into fresh memory: CPU GEMM rounding can depend on data alignment (mmap'd files)."""
+    with torch.no_grad():
+        for mod in model.modules():
+            for k, v in list(mod._parameters.items()):
+                if v is not None:
+                    v.data = v.data.clone()
+            for k, v in list(mod._buffers.items()):
+                if v is not None:
+                    mod._buffers[k] = v.clone()
+    return model
+
+
 def _count_svdq(model: torch.nn.Module) -> int:
     from svdquant_hf.modules import SVDQuantLinear
 
@@ -66,7 +79,7 @@ def test_help_teaches_with_examples(capsys):
 def test_quantize_writes_a_folder_that_reloads_identically(tiny_dir, quantized):
     from diffusers import DiffusionPipeline
 
-    from svdquant_hf.pipeline import quantize_pipeline_components
+    from svdquant_hf import SVDQuantConfig
     from svdquant_hf.testing import model_inputs
 
     side = json.loads((quantized / "svdquant_hf.json").read_text())
@@ -76,9 +89,12 @@ def test_quantize_writes_a_folder_that_reloads_identically(tiny_dir, quantized):
     loaded = DiffusionPipeline.from_pretrained(quantized, dtype=torch.bfloat16, use_safetensors=True)
     assert _count_svdq(loaded.transformer) > 5 and _count_svdq(loaded.text_encoder) == 0
     # the same data-free quantization done in memory gives bit-identical transformer outputs
-    ref = DiffusionPipeline.from_pretrained(tiny_dir, dtype=torch.bfloat16)
-    quantize_pipeline_components(ref, ["transformer"], {"rank": 16})
+    plain = DiffusionPipeline.from_pretrained(tiny_dir, dtype=torch.bfloat16)
+    size16 = sum(t.numel() * t.element_size() for t in plain.transformer.state_dict().values())
+    assert side["original_bytes"] == {"transformer": size16}
+    ref = DiffusionPipeline.from_pretrained(tiny_dir, dtype=torch.bfloat16, quantization_config=SVDQuantConfig(rank=16))
     inputs = model_inputs(ref.transformer, seed=3)
+    _fresh_memory(loaded.transformer), _fresh_memory(ref.transformer)  # mmap'd vs fresh tensors: same alignment
     with torch.no_grad():
         a = loaded.transformer(**inputs)[0]
         b = ref.transformer(**model_inputs(ref.transformer, seed=3))[0]
@@ -120,6 +136,10 @@ def test_push_through_the_cli_calls_the_hub_as_expected(quantized, monkeypatch, 
     (card,) = cards
     assert card.data.base_model == "acme/tiny-flux" and card.data.base_model_relation == "quantized"
     assert card.data.license == "apache-2.0" and "| PSNR (dB) | 21.25 |" in card.text
+    side = json.loads((quantized / "svdquant_hf.json").read_text())
+    from svdquant_hf.hub_scripts.info import human_bytes
+
+    assert f"| transformer | {human_bytes(side['original_bytes']['transformer'])} |" in card.text
     out = capsys.readouterr()
     assert "Uploaded: https://hub.example/c/1" in out.out and SECRET not in out.out + out.err
 
@@ -145,7 +165,7 @@ def test_calibrated_quantize_records_the_calibration(tiny_dir, tmp_path):
     prompts.write_text("a red cat\na blue dog on a hill\na third prompt that is not used\n")
     out = tmp_path / "calib"
     rc = main(["quantize", str(tiny_dir), "--out", str(out), "--calibrate", str(prompts), "--num-prompts", "2",
-               "--steps", "1", "--size", "32", "--rank", "16"])
+               "--steps", "1", "--size", "32", "--rank", "16", "--alpha-grid", "3", "--calib-tokens", "64"])
     assert rc == 0
     side = json.loads((out / "svdquant_hf.json").read_text())
     assert side["calibration"] == {"dataset": "prompts.txt", "num_prompts": 2, "num_inference_steps": 1,
@@ -171,6 +191,14 @@ def test_bad_input_gives_clear_errors(tmp_path, quantized, monkeypatch, capsys):
     assert "not a Hub repo id" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a diffusers folder" in capsys.readouterr().err
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": ["my_code", "Evil"]}))
+    assert main(["quantize", str(custom), "--out", str(tmp_path / "o")]) == 2
+    assert "never runs code shipped with a checkpoint" in capsys.readouterr().err
+    (custom / "model_index.json").write_text(json.dumps({"_class_name": "EvilPipeline"}))
+    assert main(["quantize", str(custom), "--out", str(tmp_path / "o")]) == 2
+    assert "'EvilPipeline' is not a diffusers class" in capsys.readouterr().err
     # the tiny transformer's 64-wide layers do not fit Nunchaku's 128x128 tiles
     assert main(["export-nunchaku", str(quantized / "transformer"), "--out", str(tmp_path / "lite")]) == 2
     assert "not a multiple of Nunchaku's 128x128 tiles" in capsys.readouterr().err
@@ -182,3 +210,75 @@ def test_bench_lists_scripts(capsys):
     assert main(["bench"]) == 0
     assert "flux_e2e" in capsys.readouterr().out
     assert main(["bench", "nope"]) == 2
+
+
+def test_quantize_a_single_model_folder(tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    from svdquant_hf.testing import model_inputs, tiny_flux_transformer
+
+    tiny_flux_transformer(seed=5).save_pretrained(tmp_path / "tr")
+    assert main(["quantize", str(tmp_path / "tr"), "--out", str(tmp_path / "q"), "--rank", "8",
+                 "--skip", "proj_out"]) == 0
+    model = FluxTransformer2DModel.from_pretrained(tmp_path / "q", dtype=torch.bfloat16)
+    assert _count_svdq(model) > 5 and not hasattr(model.proj_out, "qweight")
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["rank"] == 8
+    with torch.no_grad():
+        assert torch.isfinite(model(**model_inputs(model))[0]).all()
+
+
+def test_card_command_writes_a_valid_card_once(quantized, tmp_path, capsys):
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / "copy"
+    shutil.copytree(quantized, folder)
+    assert main(["card", str(folder), "--repo-id", "me/tiny-svdq", "--license", "mit"]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "mit" and card.data.base_model == "acme/tiny-flux" and "me/tiny-svdq" in card.text
+    assert main(["card", str(folder), "--repo-id", "me/tiny-svdq"]) == 2
+    assert "README.md exists; pass --force" in capsys.readouterr().err
+
+
+def test_hub_model_kind_reads_only_the_index_files(monkeypatch, tmp_path):
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from svdquant_hf import cli
+
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append(filename)
+        if filename == "model_index.json":
+            raise EntryNotFoundError("missing")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    kind, cfg = cli._resolve_kind("acme/tiny-transformer", None, None)
+    assert (kind, cfg["_class_name"], asked) == ("model", "FluxTransformer2DModel", ["model_index.json", "config.json"])
+
+
+def test_demo_passes_its_arguments_through(monkeypatch, capsys):
+    import svdquant_hf.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: seen.update(args=a, kw=kw) or {"ok": 1})
+    assert main(["demo", "--data-free", "--steps", "1", "--size", "32"]) == 0
+    assert seen["args"] == (None, None) and seen["kw"]["calibrate"] is False and seen["kw"]["steps"] == 1
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--help"])
+    assert e.value.code == 0 and "--data-free" in capsys.readouterr().out
+
+
+def test_quantize_extra_components_data_free(tiny_dir, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_dir), "--out", str(out), "--components", "transformer", "text_encoder_2",
+                 "--rank", "8"]) == 0
+    pipe = DiffusionPipeline.from_pretrained(out, dtype=torch.bfloat16)
+    assert _count_svdq(pipe.transformer) > 5 and _count_svdq(pipe.text_encoder_2) > 5 and _count_svdq(pipe.text_encoder) == 0
+    side = json.loads((out / "svdquant_hf.json").read_text())
+    assert set(side["original_bytes"]) == {"transformer", "text_encoder_2"}

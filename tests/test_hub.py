@@ -10,7 +10,6 @@ from unittest import mock
 import pytest
 import torch
 
-from svdquant_hf.hub_scripts import push as push_mod
 from svdquant_hf.hub_scripts.info import NotACheckpointError, describe_hub, describe_local, format_info, read_header
 from svdquant_hf.hub_scripts.model_card import build_model_card, is_hub_id
 from svdquant_hf.hub_scripts.push import PushError, plan_upload, publish
@@ -19,12 +18,15 @@ from svdquant_hf.hub_scripts.push import PushError, plan_upload, publish
 @pytest.fixture(scope="module")
 def quantized_dir(tmp_path_factory) -> Path:
     """A tiny FluxPipeline with its transformer SVDQuant-quantized (data-free), saved pre-quantized."""
-    from svdquant_hf.pipeline import quantize_pipeline_components
-    from svdquant_hf.testing import tiny_flux_pipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = tiny_flux_pipeline(seed=1, dtype=torch.bfloat16)
-    quantize_pipeline_components(pipe, ["transformer"], {"rank": 16})
-    out = tmp_path_factory.mktemp("hub") / "tiny-svdq"
+    from svdquant_hf import SVDQuantConfig
+    from svdquant_hf.testing import save_tiny_flux_pipeline
+
+    root = tmp_path_factory.mktemp("hub")
+    save_tiny_flux_pipeline(root / "tiny", seed=1)
+    pipe = DiffusionPipeline.from_pretrained(root / "tiny", dtype=torch.bfloat16, quantization_config=SVDQuantConfig(rank=16))
+    out = root / "tiny-svdq"
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "svdquant_hf.json").write_text(json.dumps({
         "base_model": "acme/tiny-flux", "calibration": {"dataset": "PartiPrompts.tsv", "num_prompts": 8,
@@ -72,16 +74,21 @@ def test_info_on_hub_uses_configs_and_headers_only(quantized_dir):
     api = mock.MagicMock()
     api.list_repo_files.return_value = files
     api.hf_hub_download.side_effect = lambda repo, name, **kw: str(quantized_dir / name)
-    header = read_header(quantized_dir / "transformer" / "diffusion_pytorch_model.safetensors")
-    tensors = {k: types.SimpleNamespace(dtype=v["dtype"], shape=v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    api.get_safetensors_metadata.return_value = types.SimpleNamespace(files_metadata={
-        "transformer/diffusion_pytorch_model.safetensors": types.SimpleNamespace(metadata={}, tensors=tensors)})
+
+    def parse(repo, filename, **kw):  # what huggingface_hub returns from its range-request header read
+        header = read_header(quantized_dir / filename)
+        tensors = {k: types.SimpleNamespace(dtype=v["dtype"], shape=v["shape"], data_offsets=v["data_offsets"])
+                   for k, v in header.items() if k != "__metadata__"}
+        return types.SimpleNamespace(metadata=header.get("__metadata__", {}), tensors=tensors)
+
+    api.parse_safetensors_file_metadata.side_effect = parse
     info = describe_hub("acme/tiny-svdq", api=api)
     downloaded = {c.args[1] for c in api.hf_hub_download.call_args_list}
     assert all(name.endswith(".json") for name in downloaded)  # configs only, never weights
-    (tr,) = [c for c in info.components if c.name == "transformer"]
-    local = [c for c in describe_local(quantized_dir).components if c.name == "transformer"][0]
-    assert (tr.quantized_layers, tr.ranks, tr.bytes) == (local.quantized_layers, local.ranks, local.bytes)
+    local = describe_local(quantized_dir)
+    assert [(c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes) for c in info.components] == [
+        (c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes) for c in local.components]
+    assert info.kind == "pipeline" and info.base_model == "acme/tiny-flux"
 
 
 def test_info_rejects_non_checkpoints(tmp_path):
@@ -235,3 +242,26 @@ def test_not_a_checkpoint_and_unsafe_files(tmp_path, quantized_dir):
     (bad / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(PushError, match="pytorch_model.bin: refusing to upload"):
         plan_upload(bad, "me/x")
+
+
+def test_publish_script_dry_run_without_token(quantized_dir, monkeypatch, capsys):
+    from svdquant_hf.hub_scripts.publish import run
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    assert run([str(quantized_dir), "me/tiny-svdq", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Upload to me/tiny-svdq (repo unknown)" in out and "Dry run: nothing was uploaded." in out
+    assert "transformer/diffusion_pytorch_model.safetensors" in out
+
+
+def test_push_to_a_new_branch_of_an_existing_repo(quantized_dir):
+    class RevisionNotFoundError(Exception):  # huggingface_hub's error for a missing branch, matched by name
+        pass
+
+    api = _api(existing=["model_index.json"])
+    api.list_repo_files.side_effect = RevisionNotFoundError("no branch")
+    plan, _ = publish(quantized_dir, "me/tiny-svdq", api=api, revision="int4-r16")
+    assert plan.conflicts == [] and plan.repo_exists
+    api.create_branch.assert_called_once_with("me/tiny-svdq", branch="int4-r16", exist_ok=True)
+    assert api.upload_folder.call_args.kwargs["revision"] == "int4-r16"

@@ -45,14 +45,16 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def models():
     ref = T.tiny_flux_transformer(3, in_channels=16)
     q = quantize(copy.deepcopy(ref))
-    inputs = T.model_inputs(ref, seed=5, batch=2)
-    return ref, q, inputs
+    inputs = T.model_inputs(ref, seed=5, batch=1)
+    with torch.no_grad():
+        err_base = rel(q(**inputs)[0], ref(**inputs)[0])
+    return ref, q, inputs, err_base
 
 
 @pytest.fixture
 def pair(models):
     """Fresh (16-bit pipeline, quantized pipeline, inputs) for one test."""
-    ref, q, inputs = models
+    ref, q, inputs, _ = models
     return bare_pipeline(copy.deepcopy(ref)), bare_pipeline(copy.deepcopy(q)), inputs
 
 
@@ -63,9 +65,10 @@ def run(pipe, inputs, **kw) -> torch.Tensor:
 
 FORMATS = {
     "peft": lambda m: LT.peft_lora(m, rank=4, seed=11, strength=0.15),
-    "kohya": lambda m: LT.flux_kohya_lora(m, rank=4, seed=12, strength=0.5),
-    "comfyui": lambda m: LT.flux_kohya_lora(m, rank=8, seed=13, strength=0.5, alpha=4.0, comfy_prefix=True),
+    "kohya": lambda m: LT.flux_kohya_lora(m, rank=4, seed=12, strength=0.35),
+    "comfyui": lambda m: LT.flux_kohya_lora(m, rank=8, seed=13, strength=0.35, alpha=4.0, comfy_prefix=True),
     "xlabs": lambda m: LT.flux_xlabs_lora(m, rank=4, seed=14, strength=0.8),
+    "kohya-diffusers-names": lambda m: LT.flux_mixture_lora(m, rank=4, seed=15, strength=0.8),
 }
 
 
@@ -218,3 +221,77 @@ def test_no_extra_kernel_launches(pair, monkeypatch):
     run(q, inputs)
     assert len(calls) == n_before and set(calls) == {48}  # same launches, extended rank
     assert lora_calls == []  # the LoRA matrices never run as separate matmuls
+
+
+# ---- bad LoRAs: clear error, model unchanged -----------------------------------------------------
+def assert_untouched(q, inputs, y0):
+    assert not any(isinstance(m, SVDQuantLoraLinear) and m.lora_A for m in q.transformer.modules())
+    assert not getattr(q.transformer, "peft_config", None)
+    assert torch.equal(run(q, inputs), y0)
+
+
+def test_lora_for_missing_modules_is_refused(pair):
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    bad = {
+        "transformer.transformer_blocks.7.attn.to_q.lora_A.weight": torch.randn(4, 64),
+        "transformer.transformer_blocks.7.attn.to_q.lora_B.weight": torch.randn(64, 4),
+    }
+    with pytest.raises(ValueError, match="transformer_blocks.7.attn.to_q"):
+        q.load_lora_weights(bad, adapter_name="bad")
+    assert_untouched(q, inputs, y0)
+
+
+def test_rank_mismatched_tensor_is_refused(pair):
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    lora = LT.peft_lora(q.transformer, rank=4, seed=71, include=("transformer_blocks",))
+    key = "transformer.transformer_blocks.0.attn.to_k.lora_B.weight"
+    lora[key] = torch.randn(64, 6)  # lora_A has rank 4
+    with pytest.raises((ValueError, RuntimeError), match="transformer_blocks.0.attn.to_k"):
+        q.load_lora_weights(lora, adapter_name="bad")
+    assert_untouched(q, inputs, y0)
+
+
+def test_width_mismatched_tensor_names_the_layer(pair):
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    lora = LT.peft_lora(q.transformer, rank=4, seed=72, include=("transformer_blocks",))
+    key = "transformer.transformer_blocks.0.ff.net.2.lora_A.weight"
+    lora[key] = torch.randn(4, 512)  # ff.net.2 has in_features=256
+    with pytest.raises(ValueError, match=r"transformer_blocks.0.ff.net.2.*in_features=256"):
+        q.load_lora_weights(lora, adapter_name="bad")
+    assert_untouched(q, inputs, y0)
+
+
+def test_corrupted_lora_file_is_refused(pair, tmp_path):
+    from safetensors.torch import save_file
+
+    _, q, inputs = pair
+    y0 = run(q, inputs)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    save_file(LT.peft_lora(q.transformer, rank=4, seed=73), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated download
+    with pytest.raises(Exception, match="(?i)safetensor|deserializ|incomplete|header|invalid"):
+        q.load_lora_weights(str(tmp_path), weight_name=path.name, adapter_name="bad")
+    assert_untouched(q, inputs, y0)
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage" + data[16:64])
+    with pytest.raises(Exception, match="(?i)safetensor|deserializ|header|invalid|json"):
+        q.load_lora_weights(str(path), adapter_name="bad")
+    assert_untouched(q, inputs, y0)
+
+
+def test_hotswap_replaces_the_adapter_in_place(pair):
+    ref, q, inputs = pair
+    first = LT.peft_lora(q.transformer, rank=4, seed=81, include=("transformer_blocks",))
+    second = LT.peft_lora(q.transformer, rank=4, seed=82, include=("transformer_blocks",))
+    q.load_lora_weights(dict(second), adapter_name="s")
+    y_second = run(q, inputs)
+    q.delete_adapters("s")
+    q.load_lora_weights(dict(first), adapter_name="a")
+    y_first = run(q, inputs)
+    q.load_lora_weights(dict(second), adapter_name="a", hotswap=True)  # new weights, same modules
+    y_swapped = run(q, inputs)
+    assert not torch.equal(y_swapped, y_first)
+    assert torch.equal(y_swapped, y_second)  # the cached concatenation was rebuilt from the new weights

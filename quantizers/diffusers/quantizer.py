@@ -10,7 +10,6 @@ config and assigned in its stored dtype (diffusers' torch_dtype cast is bypassed
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -23,7 +22,7 @@ from ...algorithm.svdquant import quantize_weight
 from ...modules import SVDQuantLinear
 from ..common import quantizable_linears, replace_with_svdquant_linear
 from ..config import SVDQuantConfig
-from .utils import SVDQUANT_TENSORS, atomic_save, read_headers, svdquant_module_names, warn_reference_path
+from .utils import SVDQUANT_TENSORS, AtomicSave, read_headers, svdquant_module_names, warn_reference_path
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +148,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
                     replace_with_svdquant_linear(model, opts, names=names, dtype=dtype, device="meta")
                 except ValueError as e:
                     raise QuantizationError(f"checkpoint does not match the model: {e}") from e
+            self._use_checkpoint_ranks(model)
         else:
             fp32 = list(keep_in_fp32_modules or [])
             targets = quantizable_linears(model, opts, keep_in_fp32_modules=fp32)
@@ -159,6 +159,22 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
             n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in self.targets
         ]
         return model
+
+    def _use_checkpoint_ranks(self, model: nn.Module) -> None:
+        """Per-layer branch rank from the checkpoint (a folded LoRA makes it differ from config.rank)."""
+        for name in self.targets:
+            down = self.headers.get(f"{name}.proj_down")
+            up = self.headers.get(f"{name}.proj_up")
+            mod = model.get_submodule(name)
+            if not down or not up or len(down[1]) != 2 or len(up[1]) != 2:
+                continue
+            rank = down[1][1]
+            # a folded LoRA only adds rank; anything else is left to the shape check (names the tensor)
+            if rank != up[1][1] or rank <= mod.rank:
+                continue
+            mod.rank = rank
+            mod._buffers["proj_down"] = torch.empty(mod.in_features, rank, dtype=mod.proj_down.dtype, device="meta")
+            mod._buffers["proj_up"] = torch.empty(mod.out_features, rank, dtype=mod.proj_up.dtype, device="meta")
 
     def update_missing_keys(self, model: nn.Module, missing_keys: list[str], prefix: str) -> list[str]:
         ours = sorted(k for k in missing_keys if k.rpartition(".")[0] in self.targets)
@@ -274,7 +290,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         self._pending_bias.clear()
         self._raw.clear()
         if "save_pretrained" not in vars(model):
-            model.save_pretrained = functools.partial(atomic_save, type(model).save_pretrained.__get__(model))
+            model.save_pretrained = AtomicSave(model)
         return model
 
     def get_state_dict_and_metadata(

@@ -1,6 +1,7 @@
 """Checkpoint helpers for the diffusers quantizer: safetensors header reading, validation, atomic saves."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -111,6 +112,25 @@ def atomic_save(save_fn: Callable[..., Any], save_directory: str | os.PathLike, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class AtomicSave:
+    """Instance-level ``save_pretrained`` of a quantized model that saves through ``atomic_save``.
+
+    Keeps the original method's signature (diffusers' pipeline inspects it to pass safe_serialization,
+    variant and max_shard_size) and stays picklable.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(type(self.model).save_pretrained.__get__(self.model))
+
+    def __call__(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        original = type(self.model).save_pretrained.__get__(self.model)
+        return atomic_save(original, save_directory, *args, **kwargs)
+
+
 def warn_reference_path(what: str) -> None:
     warnings.warn(
         f"SVDQuant: no CUDA device available; {what} uses the slow pure-PyTorch reference path "
@@ -121,6 +141,7 @@ def warn_reference_path(what: str) -> None:
 
 
 __all__ = [
+    "AtomicSave",
     "ReferencePathWarning",
     "SVDQUANT_TENSORS",
     "atomic_save",

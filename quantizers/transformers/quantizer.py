@@ -8,6 +8,7 @@ are SVDQuant layers (and their dtype); every tensor is validated before anything
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -19,8 +20,10 @@ from transformers.quantizers.base import HfQuantizer
 from ...algorithm.svdquant import QuantizationError, quantize_weight
 from ...config import SVDQuantOptions
 from ...modules import SVDQuantLinear
+from ..diffusers.utils import atomic_save, warn_reference_path
 from .config import SVDQuantTransformersConfig
 from .layers import (
+    QUANT_TENSORS,
     add_weight_probe,
     compute_dtype,
     new_layer,
@@ -91,11 +94,20 @@ class SVDQuantHfQuantizer(HfQuantizer):
         self.swapped: set[str] = set()
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        if not self.pre_quantized and not torch.cuda.is_available():
-            warnings.warn(
-                "SVDQuant: no CUDA device; quantizing on load runs the slow reference path on the CPU",
-                stacklevel=2,
-            )
+        if not torch.cuda.is_available():
+            warn_reference_path("loading this SVDQuant model" if self.pre_quantized else "quantize-on-load")
+
+    def preprocess_model(self, model: nn.Module, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+        self.dtype = dtype  # HfQuantizer.preprocess_model does not pass it on
+        return super().preprocess_model(model, dtype=dtype, **kwargs)
+
+    def get_new_dtype(self, converter: Any, param: Any, dtype: torch.dtype | None) -> torch.dtype | None:
+        """Pre-quantized SVDQuant tensors load in their stored dtype (no torch_dtype / keep-in-fp32 cast)."""
+        targets = getattr(converter, "target_patterns", None) or ()
+        layer, _, tensor = (targets[0] if targets else "").rpartition(".")
+        if layer in self.swapped and tensor in QUANT_TENSORS + ("bias", "wtscale"):
+            return None
+        return super().get_new_dtype(converter, param, dtype)
 
     def param_needs_quantization(self, model: nn.Module, param_name: str, **kwargs: Any) -> bool:
         if self.pre_quantized:
@@ -107,7 +119,7 @@ class SVDQuantHfQuantizer(HfQuantizer):
         return SVDQuantQuantizeOp(self)
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
-        dtype = kwargs.get("dtype")
+        dtype = getattr(self, "dtype", None) or kwargs.get("dtype")
         if self.pre_quantized:
             infos = read_checkpoint_tensors(kwargs.get("checkpoint_files"))
             layers = prequantized_layers(model, infos, self.options)
@@ -116,6 +128,10 @@ class SVDQuantHfQuantizer(HfQuantizer):
                     "the model's config says quant_method='svdquant' but its checkpoint holds no SVDQuant "
                     "layer (no '<linear>.qweight' tensor in the safetensors files)"
                 )
+            self.stored_dtypes = {
+                f"{name}.{t}": infos[f"{name}.{t}"].dtype
+                for name in layers for t in QUANT_TENSORS + ("bias", "wtscale") if f"{name}.{t}" in infos
+            }
             for name, (lin, dt, rank) in layers.items():
                 mod = new_layer(lin, self.options, dt, rank)
                 add_weight_probe(mod)
@@ -151,13 +167,23 @@ class SVDQuantHfQuantizer(HfQuantizer):
                     f"SVDQuant: the checkpoint had no weight for {len(left)} layer(s) to quantize, e.g. "
                     f"{left[0]}.weight"
                 )
+        stored = getattr(self, "stored_dtypes", {})
         for name in self.swapped:
             mod = model.get_submodule(name)
-            for t, buf in mod.named_buffers(recurse=False):
+            for t, buf in [*mod.named_buffers(recurse=False), *mod.named_parameters(recurse=False)]:
                 if buf is not None and buf.is_meta:
                     raise QuantizationError(f"SVDQuant layer {name!r}: tensor {t!r} was not loaded from the checkpoint")
+                want = stored.get(f"{name}.{t}")
+                if want is not None and buf.dtype != want:
+                    # transformers versions without get_new_dtype cast floats (keep-in-fp32 rules): undo it
+                    fixed = buf.detach().to(want)
+                    if t == "bias":
+                        mod.bias = nn.Parameter(fixed, requires_grad=False)
+                    else:
+                        mod._buffers[t] = fixed
         # pre-quantized from now on: a save_pretrained / from_pretrained round trip loads the tensors as is
         self.pre_quantized = True
+        make_save_atomic(model)
         return model
 
     def is_serializable(self, *args: Any, **kwargs: Any) -> bool:
@@ -170,6 +196,12 @@ class SVDQuantHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+def make_save_atomic(model: nn.Module) -> None:
+    """save_pretrained writes into a temporary folder first: a failed save leaves nothing half-written."""
+    if "save_pretrained" not in vars(model):
+        model.save_pretrained = functools.partial(atomic_save, type(model).save_pretrained.__get__(model))
 
 
 def attach_transformers_quantizer(model: nn.Module, options: SVDQuantOptions) -> None:
@@ -186,3 +218,4 @@ def attach_transformers_quantizer(model: nn.Module, options: SVDQuantOptions) ->
     model.is_quantized = True
     model.quantization_method = cfg.quant_method
     model.config.quantization_config = cfg
+    make_save_atomic(model)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..formats.int4 import dequantize_int4, pack_int4, unpack_int4
+from ..formats.int4 import dequantize_int4, unpack_int4
 from . import nunchaku_layout as L
 from .checkpoint_io import (
     CONFIG_NAME,
@@ -129,7 +129,7 @@ def read_nunchaku(path: str | os.PathLike) -> NunchakuCheckpoint:
 
 def _check_float(t: torch.Tensor, what: str) -> None:
     if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise NunchakuFormatError(f"{what}: expected a 16-bit float tensor, got {t.dtype}")
+        raise NunchakuFormatError(f"{what}: expected a float tensor, got {t.dtype}")
 
 
 def convert_layer(parts: Mapping[str, torch.Tensor], name: str, input_shift: float | None = None) -> ConvertedLayer:
@@ -167,7 +167,7 @@ def convert_layer(parts: Mapping[str, torch.Tensor], name: str, input_shift: flo
             f"match [in={k}, rank] / [out={n}, rank]"
         )
     try:
-        codes = L.unpack_weight(qw, f"{name}.qweight")
+        qweight = L.untile_qweight(qw, f"{name}.qweight")
         scales = L.unpack_scales(ws, f"{name}.wscales")
         smooth = L.unpack_vector(parts["smooth"], f"{name}.smooth")
         bias = L.unpack_vector(parts["bias"], f"{name}.bias") if "bias" in parts else torch.zeros(n, dtype=dtype)
@@ -178,12 +178,62 @@ def convert_layer(parts: Mapping[str, torch.Tensor], name: str, input_shift: flo
     notes = []
     if input_shift is not None:
         # residual (smoothed domain) applied to the shift vector: sum_k W[n,k] * shift / smooth[k]
-        w = dequantize_int4(codes, scales.t(), L.GROUP)
+        w = dequantize_int4(unpack_int4(qweight), scales.t(), L.GROUP)
         corr = w @ (torch.full((k,), input_shift) / smooth.float())
         bias = (bias.float() + corr).to(bias.dtype)
         notes.append(f"unsigned input shift {input_shift} folded back into the bias (rounded to {bias.dtype})")
-    return ConvertedLayer(pack_int4(codes), scales.to(dtype), smooth.to(dtype), proj_down.to(dtype),
+    return ConvertedLayer(qweight, scales.to(dtype), smooth.to(dtype), proj_down.to(dtype),
                           proj_up.to(dtype), bias.to(dtype), notes)
+
+
+_AWQ_ROLES = {"qweight", "wscales", "wzeros", "bias"}
+# Nunchaku's FLUX AdaNorm linears: outputs interleaved by chunk, and +1 folded into the "scale" chunks' bias
+_ADANORM_SPLITS = {("transformer_blocks", "norm1.linear"): 6, ("transformer_blocks", "norm1_context.linear"): 6,
+                   ("single_transformer_blocks", "norm.linear"): 3}
+
+
+def adanorm_splits(name: str) -> int:
+    parts = name.split(".")
+    return _ADANORM_SPLITS.get((parts[0], ".".join(parts[2:])), 1) if len(parts) > 2 else 1
+
+
+def dequantize_awq_layer(parts: Mapping[str, torch.Tensor], name: str, splits: int = 1) -> dict[str, torch.Tensor]:
+    """A Nunchaku AWQ W4A16 layer -> a 16-bit nn.Linear ``weight``/``bias`` (w = q * scale + zero, in fp32).
+
+    splits > 1 (FLUX AdaNorm): undo Nunchaku's output interleaving and the +1 it folds into the bias of the
+    "scale" chunks (chunk 1 and chunk splits-2), giving diffusers' AdaLayerNorm semantics.
+    """
+    extra = set(parts) - _AWQ_ROLES
+    if extra or not {"qweight", "wscales", "wzeros"} <= set(parts):
+        raise NunchakuFormatError(
+            f"layer {name!r}: AWQ W4A16 layer needs qweight/wscales/wzeros(/bias), got {sorted(parts)}"
+        )
+    try:
+        codes = L.unpack_awq_weight(parts["qweight"], f"{name}.qweight")
+    except L.LayoutError as e:
+        raise NunchakuFormatError(f"layer {name!r}: {e}") from e
+    n, k = codes.shape
+    g = k // 64
+    ws, wz = parts["wscales"], parts["wzeros"]
+    for what, t in (("wscales", ws), ("wzeros", wz)):
+        _check_float(t, f"layer {name!r} {what}")
+        if t.dim() != 2 or t.shape[1] != n or t.shape[0] < g:
+            raise NunchakuFormatError(f"layer {name!r}: {what} has shape {tuple(t.shape)}, expected [{g}, {n}]")
+    w = codes.float().reshape(n, g, 64) * ws[:g].t().float().unsqueeze(-1) + wz[:g].t().float().unsqueeze(-1)
+    w = w.reshape(n, k)
+    bias = parts["bias"].float() if "bias" in parts else torch.zeros(n)
+    if bias.shape != (n,):
+        raise NunchakuFormatError(f"layer {name!r}: bias has shape {tuple(bias.shape)}, expected ({n},)")
+    if splits > 1:
+        if n % splits:
+            raise NunchakuFormatError(f"layer {name!r}: {n} outputs cannot hold {splits} interleaved chunks")
+        m = n // splits
+        w = w.reshape(m, splits, k).transpose(0, 1).reshape(n, k)
+        delta = torch.zeros(splits)
+        delta[1] = delta[splits - 2] = 1.0
+        bias = (bias.reshape(m, splits) - delta).t().reshape(n)
+    dtype = ws.dtype
+    return {f"{name}.weight": w.to(dtype), f"{name}.bias": bias.to(dtype)}
 
 
 def split_output(layer: ConvertedLayer, parts: int) -> list[ConvertedLayer]:
@@ -341,7 +391,12 @@ def convert_nunchaku(ckpt: NunchakuCheckpoint, progress: bool = True) -> tuple[d
     out_layers: dict[str, ConvertedLayer] = {}
     slices: dict[str, dict[int, ConvertedLayer]] = {}
     notes: list[str] = []
+    dense: dict[str, torch.Tensor] = {}
     for name in tqdm(sorted(layers), desc="Converting Nunchaku layers", disable=not progress):
+        if "wzeros" in layers[name] or layers[name]["qweight"].dtype == torch.int32:
+            dense.update(dequantize_awq_layer(layers[name], name, adanorm_splits(name) if flux else 1))
+            notes.append(f"{name}: AWQ W4A16 layer dequantized to a 16-bit weight")
+            continue
         shift = GELU_SHIFT if ckpt.source_format != "nunchaku_lite" and _is_shifted(name) else None
         layer = convert_layer(layers[name], name, shift)
         notes += [f"{name}: {n}" for n in layer.notes]
@@ -357,11 +412,13 @@ def convert_nunchaku(ckpt: NunchakuCheckpoint, progress: bool = True) -> tuple[d
         if sorted(parts) != list(range(len(parts))):
             raise NunchakuFormatError(f"layer {t!r}: input slices {sorted(parts)} are incomplete")
         out_layers[t] = parts[0] if len(parts) == 1 else concat_input([parts[i] for i in range(len(parts))])
+    if not out_layers:
+        raise NunchakuFormatError("no SVDQ W4A4 layer found (only AWQ W4A16 layers): nothing to hold in SVDQuant form")
     rank = max(ly.rank for ly in out_layers.values())
     result: dict[str, torch.Tensor] = {}
     for name, ly in out_layers.items():
         result.update(pad_rank(ly, rank).tensors(name))
-    for key, t in others.items():
+    for key, t in [*others.items(), *dense.items()]:
         prefix, _, suffix = key.rpartition(".")
         target = _flux_target(prefix) if flux else None
         new = f"{target}.{suffix}" if isinstance(target, str) else key
@@ -371,19 +428,76 @@ def convert_nunchaku(ckpt: NunchakuCheckpoint, progress: bool = True) -> tuple[d
     return result, notes
 
 
+def validate_against_model(config: Mapping[str, Any], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Check converted tensors against the diffusers model the config describes (built on the meta device).
+
+    Only classes that diffusers itself defines are instantiated (never code from a checkpoint). A zero
+    bias of a layer whose diffusers module has none is dropped. Returns notes; raises on a mismatch.
+    """
+    import diffusers
+    from accelerate import init_empty_weights
+
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        return [f"not validated: {config.get('_class_name')!r} is not a diffusers model class"]
+    with init_empty_weights():
+        model = cls.from_config({k: v for k, v in config.items() if k != "quantization_config"})
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    problems: list[str] = []
+    covered: set[str] = set()
+    for name in quantized_layers(tensors.keys()):
+        mod = modules.get(name)
+        n, k = tensors[f"{name}.qweight"].shape[0], tensors[f"{name}.qweight"].shape[1] * 2
+        if not isinstance(mod, torch.nn.Linear) or (mod.out_features, mod.in_features) != (n, k):
+            problems.append(f"quantized layer {name!r} [{n} out, {k} in] has no matching nn.Linear in {cls.__name__}")
+            continue
+        covered |= {f"{name}.weight", f"{name}.bias"}
+        if mod.bias is None and f"{name}.bias" in tensors:
+            if torch.count_nonzero(tensors[f"{name}.bias"]):
+                problems.append(f"layer {name!r}: checkpoint has a non-zero bias, the diffusers module has none")
+            else:
+                del tensors[f"{name}.bias"]
+        elif mod.bias is not None and f"{name}.bias" not in tensors:
+            problems.append(f"layer {name!r}: bias missing")
+    layer_keys = {f"{n}.{s}" for n in quantized_layers(tensors.keys()) for s in
+                  ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "bias")}
+    for key, t in tensors.items():
+        if key in layer_keys:
+            continue
+        if key not in expected:
+            problems.append(f"unexpected tensor {key!r} (not in {cls.__name__})")
+        elif tuple(t.shape) != expected[key]:
+            problems.append(f"tensor {key!r} has shape {tuple(t.shape)}, {cls.__name__} expects {expected[key]}")
+    missing = sorted(set(expected) - set(tensors) - covered)
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) of {cls.__name__} missing, e.g. {missing[:5]}")
+    if problems:
+        raise NunchakuFormatError("converted checkpoint does not match its config: " + "; ".join(problems[:8]))
+    return []
+
+
 def import_nunchaku(
-    src: str | os.PathLike, out_dir: str | os.PathLike, config: Mapping[str, Any] | None = None, progress: bool = True
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    validate: bool = True,
 ) -> Path:
     """Convert a local Nunchaku checkpoint into a svdquant-hf model folder (config.json + safetensors).
 
     config: the diffusers model config, needed when the checkpoint carries none (legacy folder without
-    config.json). Layers in formats we cannot hold exactly (AWQ W4A16, NVFP4) raise NunchakuFormatError.
+    config.json). NVFP4 layers raise NunchakuFormatError; AWQ W4A16 layers (FLUX AdaNorm) become 16-bit
+    weights. validate: check every tensor against the diffusers model of the config (see
+    validate_against_model); turn off only for partial checkpoints.
     """
     ckpt = read_nunchaku(src)
     model_config = dict(config or ckpt.config or {})
     if not model_config:
         raise NunchakuFormatError(f"{src}: the checkpoint has no diffusers config; pass config=...")
     tensors, notes = convert_nunchaku(ckpt, progress)
+    if validate:
+        notes += validate_against_model(model_config, tensors)
     rank = next(t.shape[1] for k, t in tensors.items() if k.endswith(".proj_down"))
     model_config["quantization_config"] = _ours_quantization_config(rank)
     meta = {"svdquant_hf_source": f"nunchaku:{ckpt.source_format}"}
@@ -418,7 +532,7 @@ def nunchaku_lite_layer(tensors: Mapping[str, torch.Tensor], name: str, rank: in
         down = torch.cat([down, down.new_zeros(k, pad)], 1)
         up = torch.cat([up, up.new_zeros(n, pad)], 1)
     out = {
-        f"{name}.qweight": L.pack_weight(unpack_int4(qweight), f"{name}.qweight"),
+        f"{name}.qweight": L.tile_qweight(qweight, f"{name}.qweight"),
         f"{name}.wscales": L.pack_scales(ws, f"{name}.wscales"),
         f"{name}.smooth_factor": L.pack_vector(tensors[f"{name}.smooth_factor"].to(dtype), f"{name}.smooth_factor"),
         f"{name}.proj_down": L.pack_proj_down(down.to(dtype), f"{name}.proj_down"),
@@ -465,9 +579,7 @@ def to_nunchaku_lite(
     return new_config, out
 
 
-def export_nunchaku_lite(src: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """Convert a svdquant-hf model folder into a folder that diffusers' nunchaku_lite backend loads."""
-    p = Path(src)
+def _export_model_folder(p: Path, out_dir: str | os.PathLike, progress: bool) -> Path:
     if not (p / CONFIG_NAME).is_file():
         raise CheckpointError(f"{p}: not a model folder (no {CONFIG_NAME})")
     files = safetensors_files(p)
@@ -475,6 +587,34 @@ def export_nunchaku_lite(src: str | os.PathLike, out_dir: str | os.PathLike, pro
         raise CheckpointError(f"{p}: no *.safetensors weights")
     config, tensors = to_nunchaku_lite(read_json(p / CONFIG_NAME), load_tensors(files), progress)
     return write_model_folder(out_dir, config, tensors, {"svdquant_hf_export": "nunchaku_lite"})
+
+
+def export_nunchaku_lite(src: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """Convert a svdquant-hf model folder, or a pipeline folder, into what diffusers' nunchaku_lite loads.
+
+    For a pipeline (model_index.json), every SVDQuant component is converted and the others are copied.
+    """
+    import shutil
+
+    p, out = Path(src), Path(out_dir)
+    if not (p / "model_index.json").is_file():
+        return _export_model_folder(p, out, progress)
+    index = read_json(p / "model_index.json")
+    converted = 0
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(p.iterdir()):
+        target = out / entry.name
+        qc = read_json(entry / CONFIG_NAME).get("quantization_config") if (entry / CONFIG_NAME).is_file() else None
+        if entry.is_dir() and entry.name in index and (qc or {}).get("quant_method") == "svdquant":
+            _export_model_folder(entry, target, progress)
+            converted += 1
+        elif entry.is_dir():
+            shutil.copytree(entry, target, dirs_exist_ok=True)
+        elif entry.name != "svdquant_hf.json":
+            shutil.copy2(entry, target)
+    if not converted:
+        raise NunchakuFormatError(f"{p}: no component of this pipeline is SVDQuant-quantized")
+    return out
 
 
 __all__ = [

@@ -50,26 +50,48 @@ def _w_shape(n: int, k: int) -> tuple[int, ...]:
     return (n // 128, 8, 2, 8, k // 64, 2, 4, 8)
 
 
-def pack_weight(codes: torch.Tensor, what: str = "qweight") -> torch.Tensor:
-    """INT4 codes [N, K] (int8 storage, -8..7) in logical order -> Nunchaku's tiled int8 [N, K/2]."""
-    _check(codes.dim() == 2, f"{what}: expected a 2-D code matrix, got shape {tuple(codes.shape)}")
-    n, k = codes.shape
+def _w_bytes_shape(n: int, k: int) -> tuple[int, ...]:
+    # the 8 codes of register r are 4 bytes (2 codes each, first code in the low nibble) in both layouts,
+    # so the tiling is a permutation of whole bytes: r -> (byte rb, nibble) with the nibble innermost
+    return (n // 128, 8, 2, 8, k // 64, 2, 4, 4)
+
+
+def _check_wshape(n: int, k: int, what: str) -> None:
     _check(n % TILE_N == 0 and k % TILE_K == 0,
            f"{what}: shape [{n}, {k}] must have out % {TILE_N} == 0 and in % {TILE_K} == 0 for Nunchaku's tiles")
-    tiled = codes.reshape(_w_shape(n, k)).permute(_W_TILED).reshape(n, k)
-    return pack_int4(tiled)
 
 
-def unpack_weight(packed: torch.Tensor, what: str = "qweight") -> torch.Tensor:
-    """Nunchaku's tiled int8 [N, K/2] -> INT4 codes [N, K] (int8 storage) in logical order."""
+def tile_qweight(qweight: torch.Tensor, what: str = "qweight") -> torch.Tensor:
+    """Our qweight int8 [N, K/2] (row-major nibbles) -> Nunchaku's tiled int8 [N, K/2]."""
+    _check(qweight.dim() == 2 and qweight.dtype in (torch.int8, torch.uint8),
+           f"{what}: expected int8 [out, in/2], got {qweight.dtype} {tuple(qweight.shape)}")
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    _check_wshape(n, k, what)
+    b = qweight.view(torch.int8).reshape(_w_bytes_shape(n, k)).permute(_W_TILED)
+    return b.reshape(n, k // 2).contiguous()
+
+
+def untile_qweight(packed: torch.Tensor, what: str = "qweight") -> torch.Tensor:
+    """Nunchaku's tiled int8 [N, K/2] -> our qweight int8 [N, K/2] (row-major nibbles)."""
     _check(packed.dim() == 2 and packed.dtype in (torch.int8, torch.uint8),
            f"{what}: expected int8 [out, in/2], got {packed.dtype} {tuple(packed.shape)}")
     n, k = packed.shape[0], packed.shape[1] * 2
     _check(n % TILE_N == 0 and k % TILE_K == 0,
            f"{what}: shape [{n}, {k // 2}] is not a whole number of Nunchaku tiles ({TILE_N} x {TILE_K // 2})")
-    tiled = unpack_int4(packed.view(torch.int8)).reshape(n // 128, k // 64, 8, 8, 4, 2, 2, 8)
-    inverse = [_W_TILED.index(i) for i in range(8)]
-    return tiled.permute(inverse).reshape(n, k).contiguous()
+    tiled = packed.view(torch.int8).reshape(n // 128, k // 64, 8, 8, 4, 2, 2, 4)
+    return tiled.permute([_W_TILED.index(i) for i in range(8)]).reshape(n, k // 2).contiguous()
+
+
+def pack_weight(codes: torch.Tensor, what: str = "qweight") -> torch.Tensor:
+    """INT4 codes [N, K] (int8 storage, -8..7) in logical order -> Nunchaku's tiled int8 [N, K/2]."""
+    _check(codes.dim() == 2, f"{what}: expected a 2-D code matrix, got shape {tuple(codes.shape)}")
+    _check_wshape(codes.shape[0], codes.shape[1], what)
+    return tile_qweight(pack_int4(codes), what)
+
+
+def unpack_weight(packed: torch.Tensor, what: str = "qweight") -> torch.Tensor:
+    """Nunchaku's tiled int8 [N, K/2] -> INT4 codes [N, K] (int8 storage) in logical order."""
+    return unpack_int4(untile_qweight(packed, what))
 
 
 # --- scales and per-channel vectors --------------------------------------------------------------
@@ -182,8 +204,42 @@ def unpack_proj_up(packed: torch.Tensor, what: str = "lora_up") -> torch.Tensor:
     return _frag_unpack(packed.reshape(-1), n, r, rank_is_n=False).contiguous()
 
 
+# --- AWQ W4A16 (TinyChat layout), used by Nunchaku for FLUX's AdaNorm linears ------------------------
+# codes q in 0..15, dequantized w = q * wscales + wzeros (zeros stored negated and pre-scaled), groups of 64.
+# Within each row, every 32 consecutive inputs i = a*8 + b become 8 uint16 words, word b holding input a*8+b
+# at bits 4a; rows are taken 4 at a time and, per 64 inputs, the 4 rows' 16 words are laid out row after row.
+# qweight is stored as int32 [out/4, in/2] (the uint16 words viewed two at a time).
+
+
+def unpack_awq_weight(qweight: torch.Tensor, what: str = "qweight") -> torch.Tensor:
+    """Nunchaku/TinyChat int32 [N/4, K/2] -> codes [N, K] (int16 storage, values 0..15)."""
+    _check(qweight.dim() == 2 and qweight.dtype == torch.int32,
+           f"{what}: expected int32 [out/4, in/2], got {qweight.dtype} {tuple(qweight.shape)}")
+    n4, k = qweight.shape[0], qweight.shape[1] * 2
+    _check(k % 64 == 0, f"{what}: in_features={k} must be a multiple of 64")
+    words = qweight.view(torch.int16).to(torch.int32) & 0xFFFF  # [N/4, K]
+    words = words.reshape(n4, k // 64, 4, 16).permute(0, 2, 1, 3).reshape(n4 * 4, k // 32, 8)
+    nibbles = torch.stack([(words >> (4 * a)) & 0xF for a in range(4)], dim=2)  # [N, K/32, a, b]
+    return nibbles.reshape(n4 * 4, k).to(torch.int16)
+
+
+def pack_awq_weight(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, K] in 0..15 -> Nunchaku/TinyChat int32 [N/4, K/2] (inverse of unpack_awq_weight)."""
+    n, k = codes.shape
+    _check(n % 4 == 0 and k % 64 == 0, f"AWQ codes [{n}, {k}]: need out % 4 == 0 and in % 64 == 0")
+    c = codes.to(torch.int32).reshape(n, k // 32, 4, 8)
+    words = sum(c[:, :, a] << (4 * a) for a in range(4))  # [N, K/32, 8]
+    words = words.reshape(n // 4, 4, k // 64, 16).permute(0, 2, 1, 3).reshape(n // 4, k)
+    return _u16_to_i16(words).view(torch.int32)
+
+
+def _u16_to_i16(x: torch.Tensor) -> torch.Tensor:
+    return (x - ((x & 0x8000) << 1)).to(torch.int16).contiguous()
+
+
 __all__ = [
-    "LayoutError", "GROUP", "TILE_N", "TILE_K", "pack_weight", "unpack_weight", "pack_scales", "unpack_scales",
+    "unpack_awq_weight", "pack_awq_weight",
+    "LayoutError", "GROUP", "TILE_N", "TILE_K", "pack_weight", "unpack_weight", "tile_qweight", "untile_qweight", "pack_scales", "unpack_scales",
     "pack_vector", "unpack_vector", "pack_proj_down", "unpack_proj_down", "pack_proj_up", "unpack_proj_up",
     "padded_rank",
 ]

@@ -8,7 +8,7 @@ LoRA factors are concatenated onto each 4-bit layer's low-rank branch (no extra 
 from __future__ import annotations
 
 from .branch import RANK_GRANULARITY, extend_branch, padded_rank
-from .hooks import install, is_installed
+from .hooks import install, is_installed, refresh
 from .save import lora_folded, without_lora
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "padded_rank",
     "install",
     "is_installed",
+    "refresh",
     "lora_folded",
     "without_lora",
 ]

@@ -1,25 +1,33 @@
 """Plug SVDQuantLinear into PEFT and diffusers' LoRA loaders, without importing either eagerly.
 
-Two small patches, applied when (and only if) the library in question is imported:
+Small patches, applied when (and only if) the library in question is imported:
 
 * PEFT (``peft.tuners.lora.model``): ``LoraModel._create_new_module`` registers
   ``SVDQuantLinear -> SVDQuantLoraLinear`` through PEFT's custom-module API
   (``LoraConfig._register_custom_module``) whenever a target is an SVDQuantLinear. This covers
   every path that builds a LoraConfig internally (diffusers ``load_lora_weights`` for all
   pipelines, ``add_adapter``, ``get_peft_model``). Other layer types are untouched.
+* PEFT (``peft.utils.hotswap``): ``hotswap_adapter_from_state_dict`` writes weights through
+  ``.data``; the wrapper drops the cached folded branches afterwards.
 * diffusers (``diffusers.loaders.lora_pipeline``): ``FluxLoraLoaderMixin._maybe_expand_lora_state_dict``
   reads ``<module>.weight`` from the transformer's state dict, which a 4-bit layer does not have;
   the patch checks SVDQuant targets itself (clear error on a width mismatch) and passes the rest on.
+  Its ``_load_lora_into_text_encoder`` casts the whole encoder to ``encoder.dtype`` afterwards; the
+  patch gives the 4-bit layers back their compute dtype (exact round trip).
 """
 from __future__ import annotations
 
 import importlib.abc
+import inspect
 import importlib.util
 import sys
 import threading
 import warnings
 from collections.abc import Callable
 from types import ModuleType
+
+import torch
+from torch import nn
 
 from ..modules import SVDQuantLinear
 
@@ -49,6 +57,34 @@ def patch_peft(model_module: ModuleType) -> None:
     setattr(_create_new_module, _PATCHED, True)
     _create_new_module.__wrapped__ = original
     lora_model._create_new_module = staticmethod(_create_new_module)
+
+
+def refresh(model) -> None:
+    """Drop the cached folded branches of ``model``'s SVDQuant LoRA layers (rebuilt on the next forward).
+
+    Only needed after writing LoRA weights in place through ``.data`` (which PyTorch does not count as
+    a modification); loading, set_adapters, hotswap and device moves are tracked automatically.
+    """
+    for mod in model.modules():
+        if hasattr(mod, "_branch_cache"):
+            mod._branch_cache = None
+
+
+def patch_peft_hotswap(hotswap_module: ModuleType) -> None:
+    original = hotswap_module.hotswap_adapter_from_state_dict
+    if getattr(original, _PATCHED, False):
+        return
+
+    def hotswap_adapter_from_state_dict(model, *args, **kwargs):
+        try:
+            return original(model, *args, **kwargs)
+        finally:  # PEFT writes the new weights through .data, invisible to the cache's version check
+            refresh(model)
+
+    setattr(hotswap_adapter_from_state_dict, _PATCHED, True)
+    hotswap_adapter_from_state_dict.__wrapped__ = original
+    hotswap_adapter_from_state_dict.__doc__ = original.__doc__
+    hotswap_module.hotswap_adapter_from_state_dict = hotswap_adapter_from_state_dict
 
 
 # ---- diffusers -----------------------------------------------------------------------------------
@@ -100,11 +136,56 @@ def patch_diffusers_lora_pipeline(lp_module: ModuleType) -> None:
     setattr(_maybe_expand_lora_state_dict, _PATCHED, True)
     _maybe_expand_lora_state_dict.__wrapped__ = original
     mixin._maybe_expand_lora_state_dict = classmethod(_maybe_expand_lora_state_dict)
+    _patch_text_encoder_loader(lp_module)
+
+
+def _float_dtypes(model) -> dict[int, tuple[SVDQuantLinear, dict[str, torch.dtype]]]:
+    out = {}
+    for mod in model.modules():
+        if isinstance(mod, SVDQuantLinear):
+            tensors = {**dict(mod.named_buffers(recurse=False)), **dict(mod.named_parameters(recurse=False))}
+            out[id(mod)] = (mod, {n: t.dtype for n, t in tensors.items() if t is not None and t.is_floating_point()})
+    return out
+
+
+def _restore_dtypes(saved: dict[int, tuple[SVDQuantLinear, dict[str, torch.dtype]]]) -> None:
+    for mod, dtypes in saved.values():
+        for name, dtype in dtypes.items():
+            t = getattr(mod, name, None)
+            if t is None or t.dtype == dtype:
+                continue
+            if isinstance(t, nn.Parameter):
+                t.data = t.data.to(dtype)
+            else:
+                mod._buffers[name] = t.to(dtype)
+
+
+def _patch_text_encoder_loader(lp_module: ModuleType) -> None:
+    """diffusers casts a text encoder to ``text_encoder.dtype`` after loading a LoRA into it; for an
+    fp32 encoder that would turn 4-bit layers' bf16 tensors into fp32 (another compute dtype, the
+    kernels' fallback). Cast them back: the bf16 -> fp32 -> bf16 round trip is exact."""
+    original = getattr(lp_module, "_load_lora_into_text_encoder", None)
+    if original is None or getattr(original, _PATCHED, False):
+        return
+    signature = inspect.signature(original)
+
+    def _load_lora_into_text_encoder(*args, **kwargs):
+        encoder = signature.bind_partial(*args, **kwargs).arguments.get("text_encoder")
+        saved = _float_dtypes(encoder) if isinstance(encoder, nn.Module) else {}
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _restore_dtypes(saved)
+
+    setattr(_load_lora_into_text_encoder, _PATCHED, True)
+    _load_lora_into_text_encoder.__wrapped__ = original
+    lp_module._load_lora_into_text_encoder = _load_lora_into_text_encoder
 
 
 # ---- post-import hooks ---------------------------------------------------------------------------
 _HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "peft.tuners.lora.model": patch_peft,
+    "peft.utils.hotswap": patch_peft_hotswap,
     "diffusers.loaders.lora_pipeline": patch_diffusers_lora_pipeline,
 }
 
@@ -170,4 +251,4 @@ def is_installed() -> bool:
     return _finder in sys.meta_path
 
 
-__all__ = ["install", "is_installed", "patch_peft", "patch_diffusers_lora_pipeline"]
+__all__ = ["install", "is_installed", "refresh", "patch_peft", "patch_peft_hotswap", "patch_diffusers_lora_pipeline"]

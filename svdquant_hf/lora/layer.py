@@ -10,7 +10,6 @@ originals so ``unmerge`` restores them exactly.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,24 +17,7 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ..modules import SVDQuantLinear
 from .branch import RANK_GRANULARITY, extend_branch
-
-
-@contextmanager
-def branch_override(layer: SVDQuantLinear, proj_down: torch.Tensor, proj_up: torch.Tensor):
-    """Run ``layer`` with another low-rank branch, restoring its own buffers afterwards."""
-    buffers = layer._buffers
-    saved = buffers["proj_down"], buffers["proj_up"]
-    buffers["proj_down"], buffers["proj_up"] = proj_down, proj_up
-    try:
-        yield
-    finally:
-        buffers["proj_down"], buffers["proj_up"] = saved
-
-
-def _tensor_key(t: torch.Tensor) -> tuple:
-    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
 
 
 class SVDQuantLoraLinear(nn.Module, LoraLayer):
@@ -54,7 +36,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         LoraLayer.__init__(self, base_layer, **kwargs)
         self.fan_in_fan_out = False
         self._active_adapter = adapter_name
-        self._branch_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._branch_cache: tuple | None = None
         self._unmerged_branch: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
@@ -66,9 +48,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         return getattr(self.get_base_layer(), "layer_name", "") or "?"
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: Any, **kwargs: Any) -> None:
-        unsupported = [
-            opt for opt in ("use_dora", "lora_bias") if getattr(config, opt, False)
-        ]
+        unsupported = [opt for opt in ("use_dora", "lora_bias") if getattr(config, opt, False)]
         if unsupported:
             raise ValueError(
                 f"LoRA adapter {adapter_name!r} on SVDQuant layer {self._layer_name}: {', '.join(unsupported)} "
@@ -87,21 +67,20 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
 
     def _branch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The extended (proj_down, proj_up) for the active, unmerged adapters; None if there are none."""
-        adapters = [a for a in self.active_adapters if a not in self.merged_adapters]
-        factors = self._active_factors(adapters)
+        merged = self.merged_adapters
+        factors = self._active_factors([a for a in self.active_adapters if a not in merged] if merged else self.active_adapters)
         if not factors:
             return None
         base = self.get_base_layer()
-        key = (
-            _tensor_key(base.proj_down),
-            _tensor_key(base.proj_up),
-            tuple((_tensor_key(a), _tensor_key(b), s) for a, b, s in factors),
-        )
-        if self._branch_cache is None or self._branch_cache[0] != key:
+        tensors = (base.proj_down, base.proj_up, *(t for a, b, _ in factors for t in (a, b)))
+        # ids are stable while the cache holds the tensors; _version counts in-place writes (loading, hotswap)
+        key = (tuple((id(t), t._version) for t in tensors), tuple(s for _, _, s in factors))
+        cache = self._branch_cache
+        if cache is None or cache[0] != key:
             with torch.no_grad():
                 down, up = extend_branch(base.proj_down, base.proj_up, factors, RANK_GRANULARITY, self._layer_name)
-            self._branch_cache = (key, down, up)
-        return self._branch_cache[1], self._branch_cache[2]
+            cache = self._branch_cache = (key, down, up, tensors)
+        return cache[1], cache[2]
 
     def branch_rank(self) -> int:
         """Rank of the low-rank branch the kernels run with now (base + active adapters, padded)."""
@@ -109,19 +88,26 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         return (branch[0] if branch is not None else self.get_base_layer().proj_down).shape[1]
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_forward_args(x, *args, **kwargs)
-        adapter_names = kwargs.pop("adapter_names", None)
+        if kwargs:
+            self._check_forward_args(x, *args, **kwargs)
+            adapter_names = kwargs.pop("adapter_names", None)
+            if adapter_names is not None and not self.disable_adapters:
+                return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        base = self.base_layer
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if adapter_names is not None:
-            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+            return base(x, *args, **kwargs)
         branch = self._branch()
         if branch is None:
-            return self.base_layer(x, *args, **kwargs)
-        with branch_override(self.get_base_layer(), *branch):
-            return self.base_layer(x, *args, **kwargs)
+            return base(x, *args, **kwargs)
+        buffers = base._buffers
+        saved = buffers["proj_down"], buffers["proj_up"]
+        buffers["proj_down"], buffers["proj_up"] = branch
+        try:
+            return base(x, *args, **kwargs)
+        finally:
+            buffers["proj_down"], buffers["proj_up"] = saved
 
     # ---- fuse / unfuse -----------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -164,4 +150,4 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         return "svdquant_lora." + super().__repr__()
 
 
-__all__ = ["SVDQuantLoraLinear", "branch_override"]
+__all__ = ["SVDQuantLoraLinear"]

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modules import SVDQuantLinear
 
 
 def _modules_of(obj: Any) -> list[nn.Module]:
@@ -111,7 +110,15 @@ def lora_folded(model_or_pipeline: Any) -> Iterator[None]:
             layers = _tuner_layers(model)
             for parent, name, wrapper in layers:
                 base = _detach(stack, parent, name, wrapper)
-                if wrapper.disable_adapters:
+                if wrapper.disable_adapters:  # a disabled LoRA folds nothing, even if fused
+                    if isinstance(wrapper, SVDQuantLoraLinear) and wrapper._unmerged_branch is not None:
+                        down, up, rank = wrapper._unmerged_branch
+                        stack.enter_context(_swap_attrs(base, proj_down=down, proj_up=up, rank=rank))
+                    elif wrapper.merged:
+                        raise ValueError(
+                            f"lora_folded: the 16-bit layer {name!r} has a fused but disabled LoRA; "
+                            "call unfuse_lora() or enable_lora() first"
+                        )
                     continue
                 if isinstance(wrapper, SVDQuantLoraLinear):
                     branch = wrapper._branch()
@@ -124,6 +131,8 @@ def lora_folded(model_or_pipeline: Any) -> Iterator[None]:
                         a for a in wrapper.active_adapters
                         if a in wrapper.lora_A and a not in wrapper.merged_adapters
                     ]
+                    if any(wrapper.lora_bias.get(a, False) for a in pending):
+                        raise ValueError(f"lora_folded: layer {name!r} has a LoRA bias, which is not supported")
                     if pending:
                         with torch.no_grad():
                             w = base.weight.detach().float()
@@ -131,8 +140,6 @@ def lora_folded(model_or_pipeline: Any) -> Iterator[None]:
                                 w = w + wrapper.get_delta_weight(a).float()
                         new = nn.Parameter(w.to(base.weight.dtype), requires_grad=base.weight.requires_grad)
                         stack.enter_context(_swap_attrs(base, weight=new))
-                    if any(wrapper.lora_bias.get(a, False) for a in pending):
-                        raise ValueError(f"lora_folded: layer {name!r} has a LoRA bias, which is not supported")
                 else:
                     raise ValueError(f"lora_folded: cannot fold a LoRA into {type(base).__name__} layer {name!r}")
             if layers:
@@ -140,4 +147,4 @@ def lora_folded(model_or_pipeline: Any) -> Iterator[None]:
         yield
 
 
-__all__ = ["without_lora", "lora_folded", "SVDQuantLinear"]
+__all__ = ["without_lora", "lora_folded"]

@@ -85,6 +85,28 @@ def flux_kohya_lora(
     return sd
 
 
+def flux_mixture_lora(
+    model: nn.Module, rank: int = 4, seed: int = 0, strength: float = 0.1, alpha: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """kohya-style LoRA with diffusers module names (lora_transformer_transformer_blocks_0_attn_to_q.lora_down.weight).
+
+    Attention layers only: those are the ones diffusers' converter maps for this format.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, mod in model.named_modules():
+        k, n = getattr(mod, "in_features", None), getattr(mod, "out_features", None)
+        if k is None or not name.startswith(("transformer_blocks.", "single_transformer_blocks.")) or ".attn." not in name:
+            continue  # diffusers converts the attention layers of this format only
+        if "lora_" in name or name.endswith("base_layer"):
+            continue
+        a, b = _pair(g, rank, k, n, strength * rank / alpha)
+        key = "lora_transformer_" + name.replace(".", "_")
+        sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = a, b
+        sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+    return sd
+
+
 def flux_xlabs_lora(model: nn.Module, rank: int = 4, seed: int = 0, strength: float = 0.1) -> dict[str, torch.Tensor]:
     """XLabs-AI Flux LoRA (double_blocks.0.processor.qkv_lora1.down.weight, ...)."""
     g = torch.Generator().manual_seed(seed)
@@ -98,4 +120,4 @@ def flux_xlabs_lora(model: nn.Module, rank: int = 4, seed: int = 0, strength: fl
     return sd
 
 
-__all__ = ["peft_lora", "flux_bfl_layers", "flux_kohya_lora", "flux_xlabs_lora"]
+__all__ = ["peft_lora", "flux_bfl_layers", "flux_kohya_lora", "flux_mixture_lora", "flux_xlabs_lora"]

@@ -91,7 +91,10 @@ def quantize_act_cuda(
     ext = build.load_extension()
     if ext is None or not _quantize_supported(x, smooth, proj_down, group_size):
         return quantize_act_ref(x, smooth, proj_down, group_size)
-    return tuple(ext.quantize_act(x, smooth, proj_down, group_size))  # type: ignore[return-value]
+    out = ext.quantize_act(x, smooth, proj_down, group_size)
+    if out[0] is None:
+        raise ValueError(ext.last_error())
+    return tuple(out)  # type: ignore[return-value]
 
 
 @torch.library.register_kernel("svdquant::w4a4_gemm", "cuda")
@@ -111,4 +114,7 @@ def w4a4_gemm_cuda(
     ext = build.load_extension()
     if ext is None or not _gemm_supported(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size):
         return w4a4_gemm_ref(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
-    return ext.w4a4_gemm(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
+    y = ext.w4a4_gemm(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
+    if y is None:
+        raise ValueError(ext.last_error())
+    return y

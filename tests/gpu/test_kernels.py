@@ -78,7 +78,7 @@ def _gemm(ext, xq, asc, qw, wsc, lr, pu, b, gs):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gs", [32, 64, 128])
-@pytest.mark.parametrize("R", [0, 16, 32, 40, 128, 160])
+@pytest.mark.parametrize("R", [0, 7, 16, 32, 40, 128, 160])
 def test_quantize_act_matches_reference(ext, dtype, gs, R):
     for i, (M, K) in enumerate([(1, 128), (7, 384), (255, 3072), (4097, 256), (33, 15360)]):
         x, smooth, pd, *_ = _inputs(M, K, 8, R, dtype, seed=1000 * R + 10 * gs + i, group_size=gs)
@@ -98,6 +98,16 @@ def test_quantize_act_matches_reference(ext, dtype, gs, R):
             mag = x.double().abs() @ pd.double().abs()
             ulp = exact.abs() * (2.0**-7 if dtype == torch.bfloat16 else 2.0**-10) + mag * 2.0**-20
             assert ((lr.double() - exact).abs() <= ulp).all()
+
+
+def test_quantize_act_split_k_deterministic(ext):
+    """Small M splits the groups over blocks; the low-rank partial sums are reduced in a fixed order."""
+    x, smooth, pd, *_ = _inputs(33, 15360, 8, 32, torch.bfloat16, seed=4)
+    outs = [ext.quantize_act(x, smooth, pd, 64) for _ in range(3)]
+    for o in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(o, outs[0]))
+    rlr = quantize_act_ref(x.cpu(), smooth.cpu(), pd.cpu(), 64)[2].cuda()
+    assert _rel(outs[0][2], rlr) < 1e-2
 
 
 def test_quantize_act_zero_group_and_ties(ext):
@@ -169,6 +179,16 @@ def test_gemm_small_shapes_awkward_m(ext, dtype, gs):
             _check_chain(ext, M, K, N, R, dtype, gs, bias=(i + j) % 2 == 0, seed=31 * i + j + gs)
 
 
+@pytest.mark.parametrize("bm", [64, 128])
+def test_gemm_both_tile_heights(ext, bm):
+    ext.set_gemm_tile_rows(bm)
+    try:
+        for i, (M, K, N) in enumerate([(1, 256, 136), (255, 3072, 264), (4097, 384, 40)]):
+            _check_chain(ext, M, K, N, 32, torch.bfloat16, 64, bias=True, seed=900 + bm + i)
+    finally:
+        ext.set_gemm_tile_rows(0)
+
+
 @pytest.mark.parametrize("K,N", FLUX_SHAPES)
 @pytest.mark.parametrize("M", [255, 4097])
 def test_gemm_flux_shapes(ext, K, N, M):
@@ -189,23 +209,6 @@ def test_ops_reject_bad_shapes_and_fall_back(ext):
     # N = 12 is not a multiple of 8: the kernel does not take it, the reference does
     y = library.w4a4_gemm(xq, asc, qw, wsc, lr, pu, None, 64)
     assert torch.equal(y, w4a4_gemm_ref(xq, asc, qw, wsc, lr, pu, None, 64))
-
-
-def test_extension_checks_raise(ext):
-    """The C++ checks raise RuntimeError (in a subprocess, so a crash cannot take the suite down)."""
-    code = (
-        "import torch; from svdquant_hf.ops import build; ext = build.load_extension()\n"
-        "xq = torch.zeros(4, 128, device='cuda', dtype=torch.int8)\n"
-        "try:\n"
-        "    ext.w4a4_gemm(xq, torch.ones(4, 2, device='cuda', dtype=torch.bfloat16),"
-        " torch.zeros(12, 64, device='cuda', dtype=torch.int8), torch.ones(2, 12, device='cuda', dtype=torch.bfloat16),"
-        " torch.zeros(4, 0, device='cuda', dtype=torch.bfloat16), torch.zeros(12, 0, device='cuda', dtype=torch.bfloat16),"
-        " None, 64)\n"
-        "except RuntimeError as e:\n"
-        "    print('RAISED', 'multiple of 8' in str(e))\n"
-    )
-    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "RAISED True" in out.stdout, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
 
 
 def test_ops_dispatch_to_cuda_and_compile(ext):

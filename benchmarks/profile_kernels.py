@@ -1,0 +1,27 @@
+"""Launch quantize_act + w4a4_gemm a few times at one shape, for Nsight Compute (ncu) to profile.
+
+usage: ncu --kernel-name regex:"quantize_act_kernel|w4a4_gemm_kernel" --launch-skip 2 --launch-count 2 \
+           python benchmarks/profile_kernels.py M K N
+"""
+import sys
+
+import torch
+
+from svdquant_hf.formats.int4 import pack_int4
+from svdquant_hf.ops import build
+
+M, K, N = (int(v) for v in sys.argv[1:4]) if len(sys.argv) >= 4 else (4608, 3072, 3072)
+ext = build.load_extension()
+dt, R, gs = torch.bfloat16, 32, 64
+x = torch.randn(M, K, device="cuda", dtype=dt)
+smooth = (torch.rand(K, device="cuda") + 0.5).to(dt)
+pd = (torch.randn(K, R, device="cuda") / K**0.5).to(dt)
+pu = (torch.randn(N, R, device="cuda") / R**0.5).to(dt)
+qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", dtype=torch.int8))
+wsc = (torch.rand(K // gs, N, device="cuda") * 0.01).to(dt)
+bias = torch.randn(N, device="cuda", dtype=dt)
+for _ in range(3):
+    xq, asc, lr = ext.quantize_act(x, smooth, pd, gs)
+    y = ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
+torch.cuda.synchronize()
+print("done", M, K, N)
