@@ -77,25 +77,16 @@ def make_inputs(config: dict, res: int, batch: int, device: str) -> dict:
     )
 
 
-def skip_patterns() -> list[str]:
-    try:
-        from svdquant_hf.quantizers.common import default_skip_patterns  # type: ignore
-
-        from diffusers import FluxTransformer2DModel
-
-        with torch.device("meta"):
-            m = FluxTransformer2DModel(**TINY)
-        return list(default_skip_patterns(m))
-    except Exception:  # the integration may not define it: FLUX's usual 16-bit layers
-        return ["x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"]
-
-
 def to_svdquant(model: nn.Module, work_device: str) -> nn.Module:
-    import svdquant_hf
+    """Data-free SVDQuant of the layers the diffusers integration targets (its default skip list)."""
+    from svdquant_hf import SVDQuantOptions
+    from svdquant_hf.quantize import quantize_linear, set_submodule
+    from svdquant_hf.quantizers.common import quantizable_linears
 
-    return svdquant_hf.quantize_model(
-        model, svdquant_hf.SVDQuantOptions(), device=work_device, extra_skip=skip_patterns(), progress=False
-    )
+    options = SVDQuantOptions()
+    for name, lin in list(quantizable_linears(model, options).items()):
+        set_submodule(model, name, quantize_linear(lin, options, name, None, torch.device(work_device)))
+    return model
 
 
 def to_fp8(model: nn.Module) -> nn.Module:

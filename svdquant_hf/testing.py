@@ -128,11 +128,11 @@ def tiny_sdxl_unet(seed: int = 0, dtype: torch.dtype = torch.float32):
 
     _seeded(seed)
     model = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(64, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 2), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=64 + 6 * 8, cross_attention_dim=64, norm_num_groups=32,
     )
     return _cast(model, dtype)

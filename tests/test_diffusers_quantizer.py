@@ -16,7 +16,7 @@ from torch import nn
 import svdquant_hf
 from svdquant_hf import SVDQuantConfig, SVDQuantLinear, SVDQuantOptions
 from svdquant_hf.quantizers.common import default_skip_patterns, quantizable_linears
-from svdquant_hf.quantizers.diffusers.quantizer import SVDQuantDiffusersQuantizer
+from svdquant_hf.quantizers.diffusers.quantizer import SVDQuantDiffusersQuantizer, _single_cpu_thread
 from svdquant_hf.quantizers.diffusers.utils import ReferencePathWarning
 from svdquant_hf.testing import model_inputs, save_tiny_model, tiny_flux_transformer
 
@@ -121,10 +121,12 @@ def test_quantize_on_load_matches_offline_quantization(flux_dir, flux_q, flux_re
     from svdquant_hf.quantize import quantize_linear
 
     model = FluxTransformer2DModel.from_pretrained(flux_dir)  # fp32, as stored
+    work = torch.device("cuda") if torch.cuda.is_available() else None  # where the streamed path works
 
     for name in svd_layers(flux_q):
         lin = model.get_submodule(name)
-        offline = quantize_linear(lin, SVDQuantConfig(), name)
+        with _single_cpu_thread(True):  # as the streamed path does for small CPU layers (LAPACK results
+            offline = quantize_linear(lin, SVDQuantConfig(), name, work_device=work)  # depend on threads)
         online = flux_q.get_submodule(name)
         for t in ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "bias"):
             assert torch.equal(getattr(offline, t), getattr(online, t)), (name, t)

@@ -42,7 +42,7 @@ MAX_REL_ERR = {"flux": 0.03, "pixart": 0.04, "sdxl": 0.2, "sd3": 0.03, "sana": 0
 MUST_QUANTIZE = {
     "flux": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.net.2", "single_transformer_blocks.0.proj_out"],
     "pixart": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_k", "transformer_blocks.0.ff.net.2"],
-    "sdxl": ["down_blocks.1.attentions.0.proj_in", "up_blocks.0.attentions.0.transformer_blocks.1.attn2.to_v"],
+    "sdxl": ["down_blocks.1.attentions.0.proj_in", "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"],
     "sd3": ["transformer_blocks.0.attn.add_k_proj", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"],
     "sana": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_out.0"],
 }

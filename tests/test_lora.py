@@ -295,3 +295,20 @@ def test_hotswap_replaces_the_adapter_in_place(pair):
     y_swapped = run(q, inputs)
     assert not torch.equal(y_swapped, y_first)
     assert torch.equal(y_swapped, y_second)  # the cached concatenation was rebuilt from the new weights
+
+
+def test_save_lora_weights_round_trip(models, tmp_path):
+    """The LoRA itself is saved as usual (not tied to the quantized model) and reloads bit-exactly."""
+    from peft.utils import get_peft_model_state_dict
+
+    _, q_model, inputs, _ = models
+    q, fresh = bare_pipeline(copy.deepcopy(q_model)), bare_pipeline(copy.deepcopy(q_model))
+    q.load_lora_weights(LT.flux_kohya_lora(q.transformer, rank=4, seed=91, strength=0.4), adapter_name="a")
+    y = run(q, inputs)
+    diffusers.FluxPipeline.save_lora_weights(
+        tmp_path,
+        transformer_lora_layers=get_peft_model_state_dict(q.transformer, adapter_name="a"),
+        transformer_lora_adapter_metadata=q.transformer.peft_config["a"].to_dict(),
+    )
+    fresh.load_lora_weights(str(tmp_path), adapter_name="a")
+    assert torch.equal(run(fresh, inputs), y)

@@ -35,17 +35,27 @@ def test_extend_branch_rejects_a_misfit_with_the_layer_name():
         extend_branch(down, up, [(torch.zeros(4, 64), torch.zeros(48, 5), 1.0)], name="x")
 
 
-def test_hooks_apply_when_peft_was_imported_first():
-    code = (
-        "import peft.tuners.lora.model as m, peft.utils.hotswap as h\n"
-        "assert not getattr(m.LoraModel._create_new_module, '_svdquant_lora_patched', False)\n"
-        "import svdquant_hf\n"
-        "assert m.LoraModel._create_new_module._svdquant_lora_patched\n"
-        "assert h.hotswap_adapter_from_state_dict._svdquant_lora_patched\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+def test_install_patches_modules_that_are_already_imported():
+    pytest.importorskip("peft")
+    import peft.tuners.lora.model as m
+    import peft.utils.hotswap as h
+
+    from svdquant_hf.lora import install
+
+    patched = m.LoraModel._create_new_module
+    swap = h.hotswap_adapter_from_state_dict
+    assert patched._svdquant_lora_patched and swap._svdquant_lora_patched
+    try:  # as if peft had been imported before svdquant_hf
+        m.LoraModel._create_new_module = staticmethod(patched.__wrapped__)
+        h.hotswap_adapter_from_state_dict = swap.__wrapped__
+        install()
+        assert m.LoraModel._create_new_module._svdquant_lora_patched
+        assert h.hotswap_adapter_from_state_dict._svdquant_lora_patched
+        install()  # idempotent: no double wrapping
+        assert m.LoraModel._create_new_module.__wrapped__ is patched.__wrapped__
+    finally:
+        m.LoraModel._create_new_module = staticmethod(patched)
+        h.hotswap_adapter_from_state_dict = swap
 
 
 def test_import_svdquant_hf_does_not_import_peft_but_patches_it_later():

@@ -210,3 +210,21 @@ def test_offloaded_calibration_on_cuda(offload):
     mods = [m for m in pipe.transformer.modules() if isinstance(m, SVDQuantLinear)]
     assert mods and any(float(m.smooth_factor.float().std()) > 0 for m in mods)
     assert torch.isfinite(latents(pipe).float()).all()
+
+
+def test_calibrate_t5_text_encoder_component(tmp_path):
+    """component="text_encoder_2": the T5 encoder is calibrated on the prompts and saves pre-quantized."""
+    from transformers import T5EncoderModel
+
+    pipe = testing.tiny_flux_pipeline(seed=7)
+    quantize_pipeline(pipe, dict(rank=16, alpha_grid=3), prompts=["a cat", "a dog"], num_inference_steps=1,
+                      component="text_encoder_2", progress=False, **CALL)
+    te = pipe.text_encoder_2
+    mods = [m for m in te.modules() if isinstance(m, SVDQuantLinear)]
+    assert len(mods) == 14 and any(float(m.smooth_factor.float().std()) > 0 for m in mods)
+    assert not any(isinstance(m, SVDQuantLinear) for m in pipe.transformer.modules())
+    te.save_pretrained(tmp_path / "te")
+    again = T5EncoderModel.from_pretrained(tmp_path / "te")
+    ids = pipe.tokenizer_2(["a red tree at night"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(again(ids).last_hidden_state, te(ids).last_hidden_state)

@@ -300,3 +300,11 @@ def test_t5_on_load_and_prequantized_on_cuda(t5_dir, t5_ref, ids, tmp_path):
     again = T5EncoderModel.from_pretrained(tmp_path / "q", device_map="cuda")
     with torch.no_grad():
         assert torch.equal(again(ids.cuda()).last_hidden_state, out)
+
+
+def test_diffusers_side_config_accepted_by_transformers(t5_dir):
+    """svdquant_hf.SVDQuantConfig (the diffusers config) also works for a transformers model."""
+    model = T5EncoderModel.from_pretrained(t5_dir, quantization_config=svdquant_hf.SVDQuantConfig(rank=16, weight_only=True))
+    assert isinstance(model.config.quantization_config, SVDQuantTransformersConfig)
+    mods = [m for m in model.modules() if isinstance(m, SVDQuantLinear)]
+    assert len(mods) == 14 and all(m.weight_only and m.rank == 16 for m in mods)

@@ -18,8 +18,8 @@ Small patches, applied when (and only if) the library in question is imported:
 from __future__ import annotations
 
 import importlib.abc
-import inspect
 import importlib.util
+import inspect
 import sys
 import threading
 import warnings
