@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import SVDQuantOptions, name_matches
 from ..modules import SVDQuantLinear
+from ..quantize import set_submodule  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,6 @@ def quantizable_linears(
         else:
             logger.debug("SVDQuant: %s stays 16-bit (%s)", name, why)
     return out
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def empty_svdquant_linear(

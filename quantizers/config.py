@@ -94,16 +94,10 @@ class SVDQuantConfig(SVDQuantOptions, _DiffusersConfigBase, _PipelineConfigBase)
             )
         if str(getattr(quant_method, "value", quant_method)) != QUANT_METHOD.value:
             raise ValueError(f"SVDQuantConfig: quant_method={quant_method!r}, expected {QUANT_METHOD.value!r}")
-        self.rank = rank
-        self.group_size = group_size
-        self.quant_format = quant_format
-        self.weight_only = weight_only
-        self.alpha = alpha
-        self.alpha_grid = alpha_grid
-        self.refine_iters = refine_iters
-        self.gptq = gptq
-        self.calib_tokens = calib_tokens
-        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        SVDQuantOptions.__init__(
+            self, rank, group_size, quant_format, weight_only, alpha, alpha_grid, refine_iters, gptq,
+            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None,
+        )
         if isinstance(components_to_quantize, str):
             components_to_quantize = [components_to_quantize]
         if components_to_quantize is not None and not all(isinstance(c, str) for c in components_to_quantize):

@@ -72,11 +72,12 @@ class SVDQuantLinear(nn.Module):
             k, n, bias is not None, options.rank, options.group_size, options.quant_format,
             options.weight_only, dtype, device="meta",
         )
-        mod.qweight = qw.qweight
-        mod.wscales = qw.wscales
-        mod.smooth_factor = qw.smooth_factor
-        mod.proj_down = qw.proj_down
-        mod.proj_up = qw.proj_up
+        # contiguous, as a reloaded checkpoint's tensors are (SVD factors may come back transposed)
+        mod.qweight = qw.qweight.contiguous()
+        mod.wscales = qw.wscales.contiguous()
+        mod.smooth_factor = qw.smooth_factor.contiguous()
+        mod.proj_down = qw.proj_down.contiguous()
+        mod.proj_up = qw.proj_up.contiguous()
         if qw.wtscale is not None:
             mod.wtscale = qw.wtscale.float().reshape(())
         if bias is not None:

@@ -49,17 +49,10 @@ class SVDQuantTransformersConfig(SVDQuantOptions, QuantizationConfigMixin):
             known = sorted(self.option_names())
             raise ValueError(f"Unknown SVDQuant option(s): {sorted(kwargs)}; known: {known}")
         self.quant_method = SVDQuantMethod.SVDQUANT
-        self.rank = rank
-        self.group_size = group_size
-        self.quant_format = quant_format
-        self.weight_only = weight_only
-        self.alpha = alpha
-        self.alpha_grid = alpha_grid
-        self.refine_iters = refine_iters
-        self.gptq = gptq
-        self.calib_tokens = calib_tokens
-        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
-        self.validate()
+        SVDQuantOptions.__init__(  # assigns every option and validates
+            self, rank, group_size, quant_format, weight_only, alpha, alpha_grid, refine_iters, gptq,
+            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None,
+        )
 
     @staticmethod
     def option_names() -> list[str]:

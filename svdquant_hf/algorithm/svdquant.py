@@ -1,6 +1,7 @@
 """SVDQuant for one linear layer: smooth, split off a 16-bit low-rank branch, quantize the residual."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,17 +53,22 @@ def check_weight(weight: torch.Tensor, options: SVDQuantOptions, name: str) -> N
 
 def _quantize_residual(
     residual: torch.Tensor, options: SVDQuantOptions, dtype: torch.dtype, hessian: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(packed qweight, wscales [K/G, N], wtscale, dequantized residual fp32)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Callable[[], torch.Tensor]]:
+    """(packed qweight, wscales [K/G, N], wtscale, a thunk giving the dequantized residual in fp32)."""
     if options.quant_format == "nvfp4":
         codes, gs, ts = quantize_nvfp4(residual, what="weight residual")
-        return pack_e2m1(codes), gs.t().contiguous(), ts, dequantize_nvfp4(codes, gs, ts)
+        return pack_e2m1(codes), gs.t().contiguous(), ts, lambda: dequantize_nvfp4(codes, gs, ts)
     g = options.group_size
     if hessian is not None:
         q, s = gptq_int4(residual, hessian, g, dtype)
     else:
         q, s = quantize_int4(residual, g, dtype, what="weight residual")
-    return pack_int4(q), s.t().contiguous(), None, dequantize_int4(q, s, g)
+    return pack_int4(q), s.t().contiguous(), None, lambda: dequantize_int4(q, s, g)
+
+
+def _subtract_lowrank_(w_s: torch.Tensor, proj_down: torch.Tensor, proj_up: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """w_s -= the 16-bit branch in the smoothed space, in place (no N x K temporary)."""
+    return w_s.addmm_(proj_up.float(), (proj_down.float() * smooth.float().unsqueeze(1)).t(), alpha=-1.0)
 
 
 def quantize_weight(
@@ -74,31 +80,41 @@ def quantize_weight(
     hessian: torch.Tensor | None = None,
     name: str = "<linear>",
 ) -> QuantizedWeights:
-    """SVDQuant one weight [N, K] with a given smoothing exponent (None: data-free rule)."""
+    """SVDQuant one weight [N, K] with a given smoothing exponent (None: data-free rule).
+
+    Memory: about two fp32 copies of the weight at a time (more with refine_iters), so quantizing
+    on load needs the quantized model plus a few layers' worth of scratch on the device.
+    """
     check_weight(weight, options, name)
-    w = weight.float()
     if options.weight_only:
-        smooth = torch.ones(w.shape[1], dtype=dtype, device=w.device)
+        smooth = torch.ones(weight.shape[1], dtype=dtype, device=weight.device)
     else:
-        smooth = smoothing_factors(w, act_absmax, alpha, dtype)
-    w_s = w * smooth.float().unsqueeze(0)
+        smooth = smoothing_factors(weight, act_absmax, alpha, dtype)
+    w_s = weight.to(torch.float32, copy=True).mul_(smooth.float().unsqueeze(0))
     proj_down, proj_up = lowrank_factors(w_s, smooth, options.rank, dtype)
-    residual = w_s - lowrank_weight_smoothed(proj_down, proj_up, smooth)
+    refine = options.refine_iters if options.rank else 0
+    w_keep = w_s.clone() if refine else None
+    residual = _subtract_lowrank_(w_s, proj_down, proj_up, smooth)
     h = None
     if hessian is not None and options.quant_format == "int4":
         inv = 1.0 / smooth.float()
         h = hessian * inv.unsqueeze(0) * inv.unsqueeze(1)  # Hessian of the smoothed inputs
-    qweight, wscales, wtscale, deq = _quantize_residual(residual, options, dtype, h)
-    best = (torch.linalg.matrix_norm(w_s - lowrank_weight_smoothed(proj_down, proj_up, smooth) - deq), proj_down, proj_up, qweight, wscales, wtscale)
-    for _ in range(options.refine_iters if options.rank else 0):
+    qweight, wscales, wtscale, dequant = _quantize_residual(residual, options, dtype, h)
+    if not refine:
+        return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, wtscale, alpha)
+    assert w_keep is not None
+    deq = dequant()
+    best = (torch.linalg.matrix_norm(residual - deq), proj_down, proj_up, qweight, wscales, wtscale)
+    for _ in range(refine):
         # fit the branch to what the quantized residual misses, then re-quantize the rest
-        u, s, vh = top_singular(w_s - deq, options.rank)
+        u, s, vh = top_singular(w_keep - deq, options.rank)
         root = s.sqrt()
         pu = (u * root).to(dtype)
         pd = (vh.t() * root / smooth.float().unsqueeze(1)).to(dtype)
-        lr = lowrank_weight_smoothed(pd, pu, smooth)
-        qw, ws, wt, deq = _quantize_residual(w_s - lr, options, dtype, h)
-        err = torch.linalg.matrix_norm(w_s - lr - deq)
+        residual = _subtract_lowrank_(w_keep.clone(), pd, pu, smooth)
+        qw, ws, wt, dequant = _quantize_residual(residual, options, dtype, h)
+        deq = dequant()
+        err = torch.linalg.matrix_norm(residual - deq)
         if err < best[0]:
             best = (err, pd, pu, qw, ws, wt)
     _, proj_down, proj_up, qweight, wscales, wtscale = best

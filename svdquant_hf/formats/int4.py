@@ -38,8 +38,8 @@ def quantize_int4(
     scale = round_scale(groups.abs().amax(dim=-1) / INT4_MAX, scale_dtype)
     sf = scale.float().unsqueeze(-1)
     safe = torch.where(sf > 0, sf, torch.ones_like(sf))
-    q = torch.where(sf > 0, groups / safe, torch.zeros_like(groups))
-    q = torch.round(q).clamp_(INT4_MIN, INT4_MAX).to(torch.int8)
+    # a zero scale means |x| < 7 * (smallest 16-bit scale): x / 1 then rounds to 0 as well
+    q = (groups / safe).round_().clamp_(INT4_MIN, INT4_MAX).to(torch.int8)
     return q.reshape(x.shape), scale
 
 
