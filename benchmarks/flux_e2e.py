@@ -18,7 +18,6 @@ import gc
 import json
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn

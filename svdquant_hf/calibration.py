@@ -44,17 +44,23 @@ class StatsCollector:
             amax = x2.float().abs().amax(dim=0)
             st.absmax = amax if st.absmax is None else torch.maximum(st.absmax, amax.to(st.absmax.device))
             st.seen_tokens += x2.shape[0]
-            take = min(x2.shape[0], self.max_rows)
-            idx = torch.randperm(x2.shape[0], generator=self._gen)[:take].to(x2.device)
-            st.rows.append(x2.index_select(0, idx).to("cpu"))
-            st.n_rows += take
-            if st.n_rows > 2 * self.max_rows:  # keep memory bounded: resample to max_rows
-                allr = torch.cat(st.rows, 0)
-                keep = torch.randperm(allr.shape[0], generator=self._gen)[: self.max_rows]
-                st.rows = [allr[keep]]
-                st.n_rows = self.max_rows
+            self._keep_rows(st, x2)
 
         return hook
+
+    def _append_sample(self, st: LayerStats, x2: torch.Tensor, take: int) -> None:
+        idx = torch.randperm(x2.shape[0], generator=self._gen)[:take].to(x2.device)
+        st.rows.append(x2.index_select(0, idx).to("cpu"))
+        st.n_rows += take
+
+    def _keep_rows(self, st: LayerStats, x2: torch.Tensor) -> None:
+        """Row sample of one forward call; resampled to max_rows when it grows past twice that."""
+        self._append_sample(st, x2, min(x2.shape[0], self.max_rows))
+        if st.n_rows > 2 * self.max_rows:
+            allr = torch.cat(st.rows, 0)
+            keep = torch.randperm(allr.shape[0], generator=self._gen)[: self.max_rows]
+            st.rows = [allr[keep]]
+            st.n_rows = self.max_rows
 
     def __enter__(self) -> "StatsCollector":
         for name, mod in self.targets.items():

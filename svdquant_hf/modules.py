@@ -61,6 +61,22 @@ class SVDQuantLinear(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         return self.proj_up.dtype
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        """Device moves apply; dtype casts do not: the stored tensors keep their dtypes.
+
+        A model-wide ``.to(torch.float16)`` or ``.float()`` would otherwise re-round the 16-bit scales
+        and low-rank factors (or move the layer to the slow fp32 path); inputs are cast to the
+        compute dtype in forward and outputs back to the input's dtype.
+        """
+
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            if not t.is_floating_point():
+                return fn(t)
+            probe = fn(t.new_empty(0))  # what fn does to dtype and device, without touching data
+            return fn(t) if probe.dtype == t.dtype else t.to(device=probe.device)
+
+        return super()._apply(keep_dtype, recurse)
+
     @classmethod
     def from_quantized(
         cls, qw: QuantizedWeights, bias: torch.Tensor | None, options: SVDQuantOptions, dtype: torch.dtype

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,22 +132,8 @@ class StepStatsCollector(StatsCollector):
         super().__init__(targets, max_rows, seed)
         self.rows_per_call = max(1, int(rows_per_call))
 
-    def _hook(self, name: str) -> Callable:
-        def hook(_mod: nn.Module, args: tuple, _kwargs: dict | None = None) -> None:
-            x = args[0].detach()
-            x2 = x.reshape(-1, x.shape[-1])
-            if not torch.isfinite(x2).all():
-                raise QuantizationError(f"layer {name!r}: calibration input contains NaN or Inf")
-            st = self.stats[name]
-            amax = x2.float().abs().amax(dim=0)
-            st.absmax = amax if st.absmax is None else torch.maximum(st.absmax, amax.to(st.absmax.device))
-            st.seen_tokens += x2.shape[0]
-            take = min(x2.shape[0], self.rows_per_call)
-            idx = torch.randperm(x2.shape[0], generator=self._gen)[:take].to(x2.device)
-            st.rows.append(x2.index_select(0, idx).to("cpu"))
-            st.n_rows += take
-
-        return hook
+    def _keep_rows(self, st: LayerStats, x2: torch.Tensor) -> None:
+        self._append_sample(st, x2, min(x2.shape[0], self.rows_per_call))
 
 
 def _mark_diffusers(model: nn.Module, options: SVDQuantOptions) -> None:

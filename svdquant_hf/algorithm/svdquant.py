@@ -11,7 +11,7 @@ from ..formats.int4 import dequantize_int4, pack_int4, quantize_int4
 from ..formats.nvfp4 import dequantize_nvfp4, pack_e2m1, quantize_nvfp4
 from ..ops.reference import nvfp4_linear_ref, quantize_act_ref, w4a4_gemm_ref, w4a16_linear_ref
 from .gptq import gptq_int4
-from .lowrank import lowrank_factors, lowrank_weight_smoothed, top_singular
+from .lowrank import lowrank_factors, top_singular
 from .smoothing import smoothing_factors
 
 
