@@ -120,6 +120,27 @@ def quantizable_linears(
     return out
 
 
+def realign_cpu_tensors(model: nn.Module, alignment: int = 64) -> int:
+    """Copy CPU tensors that sit unaligned inside memory-mapped checkpoint files into fresh memory.
+
+    CPU GEMMs take another (differently rounding) code path on unaligned data, so without this a
+    reloaded model is not bit-identical to the one that was saved. Returns how many were copied.
+    """
+    copied = 0
+    with torch.no_grad():
+        for mod in model.modules():
+            for group in (mod._parameters, mod._buffers):
+                for key, t in group.items():
+                    if t is None or t.device.type != "cpu" or t.is_meta or t.data_ptr() % alignment == 0:
+                        continue
+                    if isinstance(t, nn.Parameter):
+                        t.data = t.data.clone()
+                    else:
+                        group[key] = t.clone()
+                    copied += 1
+    return copied
+
+
 def empty_svdquant_linear(
     linear: nn.Linear,
     options: SVDQuantOptions,
@@ -185,6 +206,7 @@ __all__ = [
     "quantizable_linears",
     "register_default_skips",
     "replace_with_svdquant_linear",
+    "realign_cpu_tensors",
     "set_submodule",
     "skip_reason",
 ]

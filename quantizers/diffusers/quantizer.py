@@ -21,7 +21,7 @@ from torch import nn
 from ...algorithm import QuantizationError
 from ...algorithm.svdquant import quantize_weight
 from ...modules import SVDQuantLinear
-from ..common import quantizable_linears, replace_with_svdquant_linear
+from ..common import quantizable_linears, realign_cpu_tensors, replace_with_svdquant_linear
 from ..config import SVDQuantConfig
 from .utils import SVDQUANT_TENSORS, AtomicSave, read_headers, svdquant_module_names, warn_reference_path
 
@@ -312,6 +312,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
                     raise QuantizationError(f"checkpoint is missing tensor {name + '.' + t!r}")
         self._pending_bias.clear()
         self._raw.clear()
+        realign_cpu_tensors(model)
         if "save_pretrained" not in vars(model):
             model.save_pretrained = AtomicSave(model)
         return model

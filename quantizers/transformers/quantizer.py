@@ -20,6 +20,7 @@ from transformers.quantizers.base import HfQuantizer
 from ...algorithm.svdquant import QuantizationError, quantize_weight
 from ...config import SVDQuantOptions
 from ...modules import SVDQuantLinear
+from ..common import realign_cpu_tensors
 from ..diffusers.utils import atomic_save, warn_reference_path
 from .config import SVDQuantTransformersConfig
 from .layers import (
@@ -183,6 +184,7 @@ class SVDQuantHfQuantizer(HfQuantizer):
                         mod._buffers[t] = fixed
         # pre-quantized from now on: a save_pretrained / from_pretrained round trip loads the tensors as is
         self.pre_quantized = True
+        realign_cpu_tensors(model)
         make_save_atomic(model)
         return model
 
