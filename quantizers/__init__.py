@@ -7,6 +7,7 @@ module exists). Missing host libraries are not an error.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from .common import default_skip_patterns, quantizable_linears, replace_with_svdquant_linear
 from .config import QUANT_METHOD, SVDQuantConfig, SVDQuantMethod
@@ -22,6 +23,9 @@ def _register_submodule(name: str) -> bool:
         if e.name in (full, name):  # the adapter itself, or its host library, is absent
             return False
         raise
+    except ImportError as e:  # the host library is there but too old / incompatible
+        warnings.warn(f"svdquant_hf: {name} integration unavailable ({e})", stacklevel=3)
+        return False
     return bool(mod.register())
 
 

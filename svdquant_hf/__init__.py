@@ -1,27 +1,21 @@
 """svdquant-hf: SVDQuant 4-bit (W4A4) quantization for diffusion models, native to Hugging Face."""
-from .algorithm import QuantizationError
-from .config import SVDQuantOptions
-from .modules import SVDQuantLinear
-from .quantize import quantize_model
 from .lora import install as _install_lora_hooks
 
-_install_lora_hooks()  # lazy: patches PEFT/diffusers only when they get imported (svdquant_hf/lora)
+# LoRA patches for PEFT / diffusers, applied when (and only if) those libraries get imported:
+# installed first so that every later import of them is seen (svdquant_hf/lora/hooks.py).
+_install_lora_hooks()
 
-from .quantizers.config import SVDQuantConfig  # diffusers QuantizationConfigMixin (quantizers/config.py)
-from .quantizers.diffusers import register as _register_diffusers
+from .algorithm import QuantizationError  # noqa: E402
+from .config import SVDQuantOptions  # noqa: E402
+from .modules import SVDQuantLinear  # noqa: E402
+from .pipeline import quantize_pipeline  # noqa: E402
+from .quantize import quantize_model  # noqa: E402
+from .quantizers import register as _register_integrations  # noqa: E402
+from .quantizers.config import SVDQuantConfig  # noqa: E402  (a diffusers QuantizationConfigMixin)
 
-_register_diffusers()  # quant_method "svdquant" in diffusers' mappings (no-op without diffusers)
-
-from .pipeline import quantize_pipeline
-
-try:  # transformers integration: registers quant_method "svdquant" (never fails the import)
-    from .quantizers.transformers import register as _register_transformers
-
-    _register_transformers()
-except Exception as _e:  # pragma: no cover - transformers missing or incompatible
-    import warnings as _w
-
-    _w.warn(f"svdquant_hf: transformers integration unavailable ({_e})", stacklevel=2)
+# quant_method "svdquant" in diffusers' and transformers' mappings; a missing or incompatible host
+# library is skipped (with a warning when it is present but incompatible), never an import error.
+_register_integrations()
 
 __version__ = "0.1.0"
 __all__ = ["SVDQuantConfig", "SVDQuantOptions", "SVDQuantLinear", "QuantizationError", "quantize_model", "quantize_pipeline"]
