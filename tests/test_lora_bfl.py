@@ -18,17 +18,16 @@ import pytest
 import torch
 from torch import nn
 
-from svdquant_hf import SVDQuantConfig, SVDQuantLinear
+from svdquant_hf import SVDQuantLinear
 from svdquant_hf import testing as T
 from svdquant_hf.lora import testing as LT
-from svdquant_hf.quantize import quantize_linear, set_submodule
-from svdquant_hf.quantizers.common import quantizable_linears
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 from diffusers.loaders import lora_conversion_utils  # noqa: E402
 
 from svdquant_hf.lora.layer import SVDQuantLoraLinear  # noqa: E402
+from test_lora import bare_pipeline, quantize, rel  # noqa: E402  (shared LoRA test helpers)
 
 HEADS, HEAD_DIM = 2, 32
 D = HEADS * HEAD_DIM
@@ -47,24 +46,6 @@ def tiny_wide_flux(seed: int = 0) -> nn.Module:
         num_attention_heads=HEADS, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
         axes_dims_rope=(8, 12, 12),
     ).eval()
-
-
-def quantize(model: nn.Module, options: SVDQuantConfig | None = None) -> nn.Module:
-    opts = options or SVDQuantConfig()
-    for name, lin in quantizable_linears(model, opts).items():
-        set_submodule(model, name, quantize_linear(lin, opts, name))
-    return model
-
-
-def bare_pipeline(transformer: nn.Module):
-    return diffusers.FluxPipeline(
-        scheduler=None, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-        transformer=transformer,
-    )
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def run(pipe, inputs, **kw) -> torch.Tensor:
