@@ -7,7 +7,10 @@ from typing import Any
 
 from .formats.int4 import SUPPORTED_GROUP_SIZES
 
-QUANT_FORMATS = ("int4", "nvfp4")
+QUANT_FORMATS = ("int4", "int4_2l", "nvfp4")
+INT4_FORMATS = ("int4", "int4_2l")  # formats whose group size is an option (32, 64 or 128)
+# tensors that only layers of one format have (besides qweight, wscales, smooth_factor, proj_*, bias)
+FORMAT_TENSORS = {"wtscale": "nvfp4", "wchannel": "int4_2l"}
 
 
 @dataclass
@@ -15,8 +18,11 @@ class SVDQuantOptions:
     """What to quantize and how.
 
     rank: rank of the 16-bit low-rank branch (0 disables it).
-    group_size: INT4 group along K (32, 64 or 128); NVFP4 always uses 16.
-    quant_format: "int4" (the kernels' format) or "nvfp4" (reference path, for quality comparison).
+    group_size: INT4 group along K (32, 64 or 128, for "int4" and "int4_2l"); NVFP4 always uses 16.
+    quant_format: "int4" (per-group 16-bit scales, the paper's format and the kernels' default),
+        "int4_2l" (INT4 with two-level scales: an fp32 scale per row and a 4-bit integer multiplier
+        per group, so the GEMM is one exact integer sum; made for Hopper's int8 wgmma; see
+        docs/format.md), or "nvfp4" (reference path, for quality comparison).
     weight_only: quantize weights only (W4A16); activations stay 16-bit and no smoothing is applied.
     alpha: fixed smoothing exponent in [0, 1]. None: grid search when calibration data is given,
         otherwise the data-free rule (no smoothing; the low-rank branch absorbs weight outliers).
@@ -45,9 +51,10 @@ class SVDQuantOptions:
     def validate(self) -> None:
         if self.quant_format not in QUANT_FORMATS:
             raise ValueError(f"SVDQuant option quant_format={self.quant_format!r}: expected one of {QUANT_FORMATS}")
-        if self.quant_format == "int4" and self.group_size not in SUPPORTED_GROUP_SIZES:
+        if self.quant_format in INT4_FORMATS and self.group_size not in SUPPORTED_GROUP_SIZES:
             raise ValueError(
-                f"SVDQuant option group_size={self.group_size}: INT4 supports {SUPPORTED_GROUP_SIZES}"
+                f"SVDQuant option group_size={self.group_size}: quant_format={self.quant_format!r} supports "
+                f"{SUPPORTED_GROUP_SIZES}"
             )
         if not isinstance(self.rank, int) or self.rank < 0:
             raise ValueError(f"SVDQuant option rank={self.rank!r}: expected an integer >= 0")
@@ -91,4 +98,4 @@ def name_matches(name: str, pattern: str) -> bool:
     return f".{pattern}." in f".{name}."
 
 
-__all__ = ["SVDQuantOptions", "QUANT_FORMATS", "name_matches", "asdict"]
+__all__ = ["SVDQuantOptions", "QUANT_FORMATS", "INT4_FORMATS", "FORMAT_TENSORS", "name_matches", "asdict"]

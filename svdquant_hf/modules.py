@@ -7,7 +7,7 @@ from torch import nn
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
-from .ops.reference import nvfp4_linear_ref, w4a16_linear_ref
+from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref
 
 
 class SVDQuantLinear(nn.Module):
@@ -17,6 +17,8 @@ class SVDQuantLinear(nn.Module):
 
     Buffers (docs/format.md): qweight int8 [N, K/2], wscales [K/G, N], smooth_factor [K],
     proj_down [K, R], proj_up [N, R], bias [N]; NVFP4 adds wtscale (fp32 scalar).
+    int4_2l (INT4 with two-level scales): wscales is uint8 (s_int in [1, 16]) and wchannel fp32 [N]
+    holds the per-output-channel scale; y = (int_acc * wchannel[n]) * xscale[m] + branch + bias.
     """
 
     def __init__(
@@ -44,7 +46,7 @@ class SVDQuantLinear(nn.Module):
                 f"SVDQuantLinear: in_features={in_features} is not a multiple of group_size={self.group_size}"
             )
         ngroups = in_features // self.group_size
-        scale_dtype = torch.float8_e4m3fn if quant_format == "nvfp4" else dtype
+        scale_dtype = {"nvfp4": torch.float8_e4m3fn, "int4_2l": torch.uint8}.get(quant_format, dtype)
         kw = {"device": device}
         self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.int8, **kw))
         self.register_buffer("wscales", torch.zeros(ngroups, out_features, dtype=scale_dtype, **kw))
@@ -55,6 +57,10 @@ class SVDQuantLinear(nn.Module):
             self.register_buffer("wtscale", torch.ones((), dtype=torch.float32, **kw))
         else:
             self.wtscale = None
+        if quant_format == "int4_2l":
+            self.register_buffer("wchannel", torch.zeros(out_features, dtype=torch.float32, **kw))
+        else:
+            self.wchannel = None
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, **kw), requires_grad=False) if bias else None
 
     @property
@@ -96,6 +102,8 @@ class SVDQuantLinear(nn.Module):
         mod.proj_up = qw.proj_up.contiguous()
         if qw.wtscale is not None:
             mod.wtscale = qw.wtscale.float().reshape(())
+        if qw.wchannel is not None:
+            mod.wchannel = qw.wchannel.float().contiguous()
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().to(device=dev, dtype=dtype), requires_grad=False)
         return mod
@@ -114,6 +122,18 @@ class SVDQuantLinear(nn.Module):
                 x2, self.qweight, self.wscales, self.wtscale, self.smooth_factor, self.proj_down,
                 self.proj_up, bias, act_quant=not self.weight_only,
             )
+        elif self.quant_format == "int4_2l":
+            if self.weight_only:
+                y = w4a16_2l_linear_ref(
+                    x2, self.qweight, self.wscales, self.wchannel, self.proj_down, self.proj_up, bias, self.group_size
+                )
+            else:
+                xq, xscale, lr = ops.quantize_act_2l(
+                    x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size
+                )
+                y = ops.w4a4_gemm_2l(
+                    xq, xscale, self.qweight, self.wscales, self.wchannel, lr, self.proj_up, bias, self.group_size
+                )
         elif self.weight_only:
             y = w4a16_linear_ref(x2, self.qweight, self.wscales, self.proj_down, self.proj_up, bias, self.group_size)
         else:

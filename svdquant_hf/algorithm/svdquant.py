@@ -8,9 +8,19 @@ import torch
 
 from ..config import SVDQuantOptions
 from ..formats.int4 import dequantize_int4, pack_int4, quantize_int4
+from ..formats.int4_2l import dequantize_int4_2l
 from ..formats.nvfp4 import dequantize_nvfp4, pack_e2m1, quantize_nvfp4
-from ..ops.reference import nvfp4_linear_ref, quantize_act_ref, w4a4_gemm_ref, w4a16_linear_ref
-from .gptq import gptq_int4
+from ..ops.reference import (
+    nvfp4_linear_ref,
+    quantize_act_2l_ref,
+    quantize_act_ref,
+    w4a4_gemm_2l_ref,
+    w4a4_gemm_ref,
+    w4a16_2l_linear_ref,
+    w4a16_linear_ref,
+)
+from .gptq import gptq_int4, gptq_int4_2l
+from .twolevel import quantize_weight_2l
 from .lowrank import lowrank_factors, top_singular
 from .smoothing import smoothing_factors
 
@@ -24,13 +34,14 @@ class QuantizedWeights:
     """The tensors of one SVDQuantLinear (layouts in docs/format.md)."""
 
     qweight: torch.Tensor  # int8 [N, K/2], two 4-bit values per byte
-    wscales: torch.Tensor  # [K/G, N] 16-bit (int4) or float8_e4m3fn (nvfp4)
+    wscales: torch.Tensor  # [K/G, N] 16-bit (int4), uint8 s_int in [1, 16] (int4_2l) or float8_e4m3fn (nvfp4)
     smooth_factor: torch.Tensor  # [K]
     proj_down: torch.Tensor  # [K, R], applies to the unsmoothed input
     proj_up: torch.Tensor  # [N, R]
     wtscale: torch.Tensor | None = None  # fp32 [] (nvfp4 only)
     alpha: float | None = None
     error: float | None = None  # relative output error on calibration rows, when measured
+    wchannel: torch.Tensor | None = None  # fp32 [N], the per-output-channel scale s_row (int4_2l only)
 
 
 def check_weight(weight: torch.Tensor, options: SVDQuantOptions, name: str) -> None:
@@ -53,17 +64,26 @@ def check_weight(weight: torch.Tensor, options: SVDQuantOptions, name: str) -> N
 
 def _quantize_residual(
     residual: torch.Tensor, options: SVDQuantOptions, dtype: torch.dtype, hessian: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Callable[[], torch.Tensor]]:
-    """(packed qweight, wscales [K/G, N], wtscale, a thunk giving the dequantized residual in fp32)."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Callable[[], torch.Tensor]]:
+    """(packed qweight, wscales [K/G, N], the format's extra tensors by QuantizedWeights field
+    (wtscale for nvfp4, wchannel for int4_2l), a thunk giving the dequantized residual in fp32)."""
     if options.quant_format == "nvfp4":
         codes, gs, ts = quantize_nvfp4(residual, what="weight residual")
-        return pack_e2m1(codes), gs.t().contiguous(), ts, lambda: dequantize_nvfp4(codes, gs, ts)
+        return pack_e2m1(codes), gs.t().contiguous(), {"wtscale": ts}, lambda: dequantize_nvfp4(codes, gs, ts)
     g = options.group_size
+    if options.quant_format == "int4_2l":
+        q, s_int, s_row = quantize_weight_2l(residual, g)
+        if hessian is not None:  # GPTQ on the searched first level; second level re-chosen per group
+            q, s_int = gptq_int4_2l(residual, hessian, g, s_row)
+        return (
+            pack_int4(q), s_int.t().contiguous(), {"wchannel": s_row.float().contiguous()},
+            lambda: dequantize_int4_2l(q, s_int, s_row, g),
+        )
     if hessian is not None:
         q, s = gptq_int4(residual, hessian, g, dtype)
     else:
         q, s = quantize_int4(residual, g, dtype, what="weight residual")
-    return pack_int4(q), s.t().contiguous(), None, lambda: dequantize_int4(q, s, g)
+    return pack_int4(q), s.t().contiguous(), {}, lambda: dequantize_int4(q, s, g)
 
 
 def _subtract_lowrank_(w_s: torch.Tensor, proj_down: torch.Tensor, proj_up: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
@@ -96,15 +116,15 @@ def quantize_weight(
     w_keep = w_s.clone() if refine else None
     residual = _subtract_lowrank_(w_s, proj_down, proj_up, smooth)
     h = None
-    if hessian is not None and options.quant_format == "int4":
+    if hessian is not None and options.quant_format in ("int4", "int4_2l"):
         inv = 1.0 / smooth.float()
         h = hessian * inv.unsqueeze(0) * inv.unsqueeze(1)  # Hessian of the smoothed inputs
-    qweight, wscales, wtscale, dequant = _quantize_residual(residual, options, dtype, h)
+    qweight, wscales, extra, dequant = _quantize_residual(residual, options, dtype, h)
     if not refine:
-        return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, wtscale, alpha)
+        return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, alpha=alpha, **extra)
     assert w_keep is not None
     deq = dequant()
-    best = (torch.linalg.matrix_norm(residual - deq), proj_down, proj_up, qweight, wscales, wtscale)
+    best = (torch.linalg.matrix_norm(residual - deq), proj_down, proj_up, qweight, wscales, extra)
     for _ in range(refine):
         # fit the branch to what the quantized residual misses, then re-quantize the rest
         u, s, vh = top_singular(w_keep - deq, options.rank)
@@ -112,13 +132,13 @@ def quantize_weight(
         pu = (u * root).to(dtype)
         pd = (vh.t() * root / smooth.float().unsqueeze(1)).to(dtype)
         residual = _subtract_lowrank_(w_keep.clone(), pd, pu, smooth)
-        qw, ws, wt, dequant = _quantize_residual(residual, options, dtype, h)
+        qw, ws, ex, dequant = _quantize_residual(residual, options, dtype, h)
         deq = dequant()
         err = torch.linalg.matrix_norm(residual - deq)
         if err < best[0]:
-            best = (err, pd, pu, qw, ws, wt)
-    _, proj_down, proj_up, qweight, wscales, wtscale = best
-    return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, wtscale, alpha)
+            best = (err, pd, pu, qw, ws, ex)
+    _, proj_down, proj_up, qweight, wscales, extra = best
+    return QuantizedWeights(qweight, wscales, smooth, proj_down, proj_up, alpha=alpha, **extra)
 
 
 def reference_forward(qw: QuantizedWeights, x: torch.Tensor, bias: torch.Tensor | None, options: SVDQuantOptions) -> torch.Tensor:
@@ -128,6 +148,12 @@ def reference_forward(qw: QuantizedWeights, x: torch.Tensor, bias: torch.Tensor 
             x, qw.qweight, qw.wscales, qw.wtscale, qw.smooth_factor, qw.proj_down, qw.proj_up, bias,
             act_quant=not options.weight_only,
         )
+    g = options.group_size
+    if options.quant_format == "int4_2l":
+        if options.weight_only:
+            return w4a16_2l_linear_ref(x, qw.qweight, qw.wscales, qw.wchannel, qw.proj_down, qw.proj_up, bias, g)
+        xq, xscale, lr = quantize_act_2l_ref(x, qw.smooth_factor, qw.proj_down, g)
+        return w4a4_gemm_2l_ref(xq, xscale, qw.qweight, qw.wscales, qw.wchannel, lr, qw.proj_up, bias, g)
     if options.weight_only:
         return w4a16_linear_ref(x, qw.qweight, qw.wscales, qw.proj_down, qw.proj_up, bias, options.group_size)
     xq, asc, lr = quantize_act_ref(x, qw.smooth_factor, qw.proj_down, options.group_size)

@@ -1,4 +1,4 @@
-"""Quantized tensor formats: INT4 (the SVDQuant default) and NVFP4 (reference only).
+"""Quantized tensor formats: INT4 (the SVDQuant default), INT4 with two-level scales, NVFP4 (reference only).
 
 The formats are defined here once; docs/format.md describes the same bits in prose.
 """
@@ -9,6 +9,12 @@ from .int4 import (
     pack_int4,
     quantize_int4,
     unpack_int4,
+)
+from .int4_2l import (
+    combine_2l,
+    dequantize_int4_2l,
+    quantize_int4_2l,
+    quantize_with_scales_2l,
 )
 from .nvfp4 import (
     E2M1_VALUES,
@@ -25,6 +31,10 @@ __all__ = [
     "dequantize_int4",
     "pack_int4",
     "unpack_int4",
+    "quantize_int4_2l",
+    "dequantize_int4_2l",
+    "quantize_with_scales_2l",
+    "combine_2l",
     "E2M1_VALUES",
     "quantize_nvfp4",
     "dequantize_nvfp4",

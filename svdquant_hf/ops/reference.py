@@ -6,12 +6,20 @@ Numerics (the CUDA kernels reproduce them):
   w4a4_gemm:    y = round16( sum_g sx[m,g] sw[n,g] (xq . wq)_g + lr_f32 @ proj_up_f32^T + bias_f32 ).
 Every product sx*sw*xq*wq is exact in fp32 for bf16 scales, so one fp32 matmul of the
 dequantized operands equals the group-wise sum up to fp32 summation order.
+
+INT4 with two-level scales (quant_format "int4_2l", formats/int4_2l.py):
+  quantize_act_2l: lr as above; xs = x_f32 * (1 / smooth_f32) (fp32 reciprocal, then a multiply);
+                   per token: xq = q * s_int (int8 in [-128, 112]), xscale = s_row (fp32).
+  w4a4_gemm_2l:    acc = sum_k xq[m,k] * (q_w * s_int_w)[n,k], an EXACT integer (int32 range for
+                   K <= 65536); y = round16( (float32(acc) * wchannel[n]) * xscale[m]
+                   + lr_f32 @ proj_up_f32^T + bias_f32 ).
 """
 from __future__ import annotations
 
 import torch
 
 from ..formats.int4 import dequantize_int4, quantize_int4, unpack_int4
+from ..formats.int4_2l import combine_2l, quantize_int4_2l
 from ..formats.nvfp4 import dequantize_nvfp4, quantize_nvfp4, unpack_e2m1
 
 
@@ -39,12 +47,18 @@ def w4a4_gemm_ref(
     """y [M, N] in lr_act.dtype; qweight [N, K/2] packed, wscales [K/G, N]."""
     x_dq = dequantize_int4(xq, ascales, group_size)
     w_dq = dequantize_int4(unpack_int4(qweight), wscales.t(), group_size)
-    y = x_dq @ w_dq.t()
+    return _add_branch_and_bias(x_dq @ w_dq.t(), lr_act, proj_up, bias).to(lr_act.dtype)
+
+
+def _add_branch_and_bias(
+    y: torch.Tensor, lr_act: torch.Tensor, proj_up: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """fp32 y + float32(lr_act) @ float32(proj_up)^T + float32(bias), in that order."""
     if lr_act.shape[-1]:
         y = y + lr_act.float() @ proj_up.float().t()
     if bias is not None:
         y = y + bias.float()
-    return y.to(lr_act.dtype)
+    return y
 
 
 def w4a4_group_dots(xq: torch.Tensor, qweight: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -67,15 +81,21 @@ def w4a16_linear_ref(
     group_size: int,
 ) -> torch.Tensor:
     """Weight-only 4-bit linear: y = x @ dequant(W)^T + (x @ proj_down) @ proj_up^T + bias."""
-    xf = x.float()
     w = dequantize_int4(unpack_int4(qweight), wscales.t(), group_size)
-    y = xf @ w.t()
-    if proj_down.shape[-1]:
-        lr = (xf @ proj_down.float()).to(x.dtype)
-        y = y + lr.float() @ proj_up.float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    return dense_weight_linear_ref(x, w, proj_down, proj_up, bias)
+
+
+def dense_weight_linear_ref(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    proj_down: torch.Tensor,
+    proj_up: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """W4A16 given the dequantized fp32 weight w [N, K]: y = x @ w^T + round16(x @ proj_down) @ proj_up^T + bias."""
+    xf = x.float()
+    lr = (xf @ proj_down.float()).to(x.dtype)
+    return _add_branch_and_bias(xf @ w.t(), lr, proj_up, bias).to(x.dtype)
 
 
 def nvfp4_linear_ref(
@@ -96,10 +116,107 @@ def nvfp4_linear_ref(
         codes, gs, ts = quantize_nvfp4(xs, what="activations")
         xs = dequantize_nvfp4(codes, gs, ts)
     w = dequantize_nvfp4(unpack_e2m1(qweight), wscales.t(), wtscale)
-    y = xs @ w.t()
-    if proj_down.shape[-1]:
-        lr = (xf @ proj_down.float()).to(x.dtype)
-        y = y + lr.float() @ proj_up.float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    lr = (xf @ proj_down.float()).to(x.dtype)
+    return _add_branch_and_bias(xs @ w.t(), lr, proj_up, bias).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- INT4 with two-level scales
+
+MAX_K_2L = 65536  # |xq|, |w8| <= 128: |acc| <= 2^14 K stays inside int32 up to K = 131072; half of it is allowed
+
+
+def check_k_2l(k: int, op: str = "svdquant::w4a4_gemm_2l") -> None:
+    """Reject reductions whose exact integer sum could leave the guaranteed int32 range."""
+    if k > MAX_K_2L:
+        raise ValueError(
+            f"{op}: K={k} exceeds {MAX_K_2L}, the largest reduction whose exact int32 accumulation the "
+            "int4_2l format guarantees (|q * s_int| <= 128 on both sides); keep this layer in 16 bits "
+            "(modules_to_not_convert) or use quant_format='int4'"
+        )
+
+
+def int_dot_exact(xq: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
+    """acc[m, n] = sum_k xq[m, k] * w8[n, k] as an exact int32 [M, N]; xq int8 [M, K], w8 int8 [N, K].
+
+    CPU: a float64 matmul of the integer values (exact: every partial sum is an integer below 2^31,
+    far inside float64's 2^53). CUDA: torch._int_mm (int8 x int8 -> int32 on tensor cores) where it
+    applies (M > 16, K and N multiples of 8), otherwise the same float64 matmul.
+    """
+    if xq.dtype != torch.int8 or w8.dtype != torch.int8:
+        raise ValueError(f"int_dot_exact: expected int8 operands, got {xq.dtype} and {w8.dtype}")
+    if xq.dim() != 2 or w8.dim() != 2 or xq.shape[1] != w8.shape[1]:
+        raise ValueError(
+            f"int_dot_exact: expected xq [M, K] and w8 [N, K], got {tuple(xq.shape)} and {tuple(w8.shape)}"
+        )
+    m, k = xq.shape
+    n = w8.shape[0]
+    check_k_2l(k, "int_dot_exact")
+    if xq.is_cuda and m > 16 and k % 8 == 0 and n % 8 == 0 and k > 0:
+        return torch._int_mm(xq.contiguous(), w8.contiguous().t())
+    return (xq.double() @ w8.double().t()).to(torch.int32)
+
+
+def weight_operand_2l(qweight: torch.Tensor, wscales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """w8[n, k] = q_w[n, k] * s_int_w[n, k // G] (int8 [N, K]) from qweight [N, K/2] and wscales uint8 [K/G, N]."""
+    return combine_2l(unpack_int4(qweight), wscales.t(), group_size)
+
+
+def quantize_act_2l_ref(
+    x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (xq int8 [M, K] = q * s_int in [-128, 112], xscale fp32 [M] = s_row, lr [M, R] x.dtype)."""
+    xf = x.float()
+    lr = (xf @ proj_down.float()).to(x.dtype)
+    xs = xf * torch.reciprocal(smooth.float())  # a multiply by the fp32 reciprocal (not a division)
+    q, s_int, s_row = quantize_int4_2l(xs, group_size, what="activations")
+    return combine_2l(q, s_int, group_size), s_row, lr
+
+
+def _check_gemm_2l_dtypes(xq, xscale, qweight, wscales, wchannel) -> None:
+    expected = {
+        "xq": (xq, torch.int8), "xscale": (xscale, torch.float32), "qweight": (qweight, torch.int8),
+        "wscales": (wscales, torch.uint8), "wchannel": (wchannel, torch.float32),
+    }
+    for name, (t, dt) in expected.items():
+        if t.dtype != dt:
+            raise ValueError(f"svdquant::w4a4_gemm_2l: {name} has dtype {t.dtype}, expected {dt}")
+
+
+def w4a4_gemm_2l_ref(
+    xq: torch.Tensor,
+    xscale: torch.Tensor,
+    qweight: torch.Tensor,
+    wscales: torch.Tensor,
+    wchannel: torch.Tensor,
+    lr_act: torch.Tensor,
+    proj_up: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """y [M, N] in lr_act.dtype: (float32(exact int acc) * wchannel[n]) * xscale[m] + branch + bias."""
+    _check_gemm_2l_dtypes(xq, xscale, qweight, wscales, wchannel)
+    check_k_2l(xq.shape[-1])
+    acc = int_dot_exact(xq, weight_operand_2l(qweight, wscales, group_size))
+    y = (acc.float() * wchannel.float().unsqueeze(0)) * xscale.float().unsqueeze(1)
+    return _add_branch_and_bias(y, lr_act, proj_up, bias).to(lr_act.dtype)
+
+
+def dequantize_weight_2l(
+    qweight: torch.Tensor, wscales: torch.Tensor, wchannel: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """The int4_2l weight in fp32 [N, K]: float32(q * s_int) * wchannel[n]."""
+    return weight_operand_2l(qweight, wscales, group_size).float() * wchannel.float().unsqueeze(1)
+
+
+def w4a16_2l_linear_ref(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    wscales: torch.Tensor,
+    wchannel: torch.Tensor,
+    proj_down: torch.Tensor,
+    proj_up: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    """Weight-only int4_2l linear (W4A16), reference path: activations stay 16-bit."""
+    return dense_weight_linear_ref(x, dequantize_weight_2l(qweight, wscales, wchannel, group_size), proj_down, proj_up, bias)
