@@ -1,6 +1,6 @@
-"""Fused W4A4 + low-rank (ours: quantize_act + w4a4_gemm) vs cuBLAS bf16, fp8 rowwise and NF4.
+"""Fused W4A4 + low-rank (ours: quantize_act + w4a4_gemm, and the int4_2l pair) vs cuBLAS bf16, fp8 rowwise, NF4.
 
-usage: python benchmarks/gemm_bench.py [--json OUT.json] [--rank 32] [--reps 50]
+usage: python benchmarks/gemm_bench.py [--json OUT.json] [--rank 32] [--reps 50] [--ms 4608,256] [--formats int4,int4_2l]
 Builds the extension (svdquant_hf.ops.build), then for M = 4608 and M in {256, 1024} on the FLUX.1
 linear shapes prints the median CUDA-event time of each variant, TFLOP/s (2MNK / t) and the speedup
 of ours over each peer (peer time / our time; > 1 means ours is faster). Inputs rotate over several
@@ -77,6 +77,7 @@ def main() -> int:
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--ms", default=",".join(map(str, MS)))
+    p.add_argument("--formats", default="int4,int4_2l", help="which of our formats to time (comma list)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     from svdquant_hf.formats.int4 import pack_int4
@@ -91,6 +92,7 @@ def main() -> int:
         print(f"bitsandbytes not importable ({exc}); NF4 column skipped", file=sys.stderr)
         bnb = None
     dev = torch.cuda.get_device_name()
+    formats = set(args.formats.split(","))
     dt = torch.bfloat16
     R, gs = args.rank, 64
     rows = []
@@ -112,17 +114,32 @@ def main() -> int:
                 xq, asc, lr = ext.quantize_act(x, smooth, pd, gs)
                 return ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
 
-            t_ours = _time(ours, [(x,) for x in xs], args.reps)
-            t_ours_eager = _time_eager(ours, [(x,) for x in xs], args.reps)
-            qs = [ext.quantize_act(x, smooth, pd, gs) for x in xs]
-            t_q = _time(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
-            t_g = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
-            t_g64 = float("nan")
-            if M >= 4096:  # the other tile height, for the record
-                ext.set_gemm_tile_rows(64)
-                t_g64 = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
-                ext.set_gemm_tile_rows(0)
-            del qs
+            nan = float("nan")
+            t_ours = t_ours_eager = t_q = t_g = t_g64 = nan
+            if "int4" in formats:
+                t_ours = _time(ours, [(x,) for x in xs], args.reps)
+                t_ours_eager = _time_eager(ours, [(x,) for x in xs], args.reps)
+                qs = [ext.quantize_act(x, smooth, pd, gs) for x in xs]
+                t_q = _time(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
+                t_g = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
+                del qs
+            # two-level INT4 (int4_2l): quantize_act_2l + the wgmma GEMM (Hopper)
+            t2 = t2_eager = t2_q = t2_g = nan
+            if "int4_2l" in formats and getattr(ext, "sm90a_built", False):
+                wsc2 = torch.randint(1, 17, (K // gs, N), device="cuda", dtype=torch.uint8)
+                wch = torch.rand(N, device="cuda") * 1e-3
+
+                def ours2(x):
+                    xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+                    return ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs)
+
+                t2 = _time(ours2, [(x,) for x in xs], args.reps)
+                t2_eager = _time_eager(ours2, [(x,) for x in xs], args.reps)
+                qs = [ext.quantize_act_2l(x, smooth, pd, gs) for x in xs]
+                t2_q = _time(lambda x: ext.quantize_act_2l(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
+                t2_g = _time(lambda xq, xsc, lr: ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs), qs,
+                             args.reps)
+                del qs
             t_bf16 = _time(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             t_bf16_eager = _time_eager(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             # fp8 rowwise GEMM alone (activations pre-quantized: the ceiling of a dynamic fp8 linear)
@@ -147,7 +164,9 @@ def main() -> int:
                     del wq4
                 except Exception as exc:  # noqa: BLE001
                     print(f"bnb NF4 failed: {exc}", file=sys.stderr)
-            row = dict(M=M, K=K, N=N, R=R, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
+            row = dict(M=M, K=K, N=N, R=R, ours2l_ms=t2, ours2l_eager_ms=t2_eager, quant2l_ms=t2_q, gemm2l_ms=t2_g,
+                       gemm2l_tflops=flops / t2_g / 1e9, speedup2l_vs_bf16=t_bf16 / t2, speedup2l_vs_fp8=t_fp8 / t2,
+                       speedup2l_vs_nf4=t_nf4 / t2, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
                        ours_eager_ms=t_ours_eager, bf16_eager_ms=t_bf16_eager, gemm_bm64_ms=t_g64,
                        fp8_ms=t_fp8, nf4_ms=t_nf4, ours_tflops=flops / t_ours / 1e9,
                        gemm_tflops=flops / t_g / 1e9, bf16_tflops=flops / t_bf16 / 1e9,
@@ -167,10 +186,14 @@ def main() -> int:
               f"{r['gemm_ms']*1e3:>7.1f} {r['gemm_tflops']:>6.0f} | {r['bf16_ms']*1e3:>8.1f} {r['bf16_tflops']:>6.0f} | "
               f"{r['fp8_ms']*1e3:>7.1f} {r['nf4_ms']*1e3:>8.1f} | {r['speedup_vs_bf16']:>6.2f} "
               f"{r['speedup_vs_fp8']:>6.2f} {r['speedup_vs_nf4']:>6.2f} | {r['ours_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f}")
+    print("\nint4_2l (two-level scales, wgmma on sm_90a): quantize_act_2l + w4a4_gemm_2l")
+    print(f"{'M':>5} {'K':>6} {'N':>6} | {'2l us':>8} {'quant':>6} {'gemm':>7} {'gemmTF':>6} | {'bf16 us':>8} "
+          f"{'fp8 us':>7} {'nf4 us':>8} | {'x bf16':>6} {'x fp8':>6} {'x nf4':>6} | eager 2l/bf16")
     for r in rows:
-        if r["gemm_bm64_ms"] == r["gemm_bm64_ms"]:
-            print(f"gemm with 64-row tiles forced, M={r['M']} K={r['K']} N={r['N']}: {r['gemm_bm64_ms']*1e3:.1f} us "
-                  f"(default {r['gemm_ms']*1e3:.1f} us)")
+        print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} | {r['ours2l_ms']*1e3:>8.1f} {r['quant2l_ms']*1e3:>6.1f} "
+              f"{r['gemm2l_ms']*1e3:>7.1f} {r['gemm2l_tflops']:>6.0f} | {r['bf16_ms']*1e3:>8.1f} {r['fp8_ms']*1e3:>7.1f} "
+              f"{r['nf4_ms']*1e3:>8.1f} | {r['speedup2l_vs_bf16']:>6.2f} {r['speedup2l_vs_fp8']:>6.2f} "
+              f"{r['speedup2l_vs_nf4']:>6.2f} | {r['ours2l_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f}")
     out = args.json or (os.path.join(os.environ["OUT"], "gemm_bench.json") if os.environ.get("OUT") else None)
     if out:
         with open(out, "w") as f:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l]   (carry .bnbwhl for NF4 + diffusers)
+#   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, then the benchmark's int4_2l rows)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -48,6 +49,17 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = tb ]; then
     -o addopts="" > "$OUT/tests.log" 2>&1
   echo "tests rc=$? in $(( $(date +%s) - t0 )) s"
   grep -E "passed|failed|error|Error|assert" "$OUT/tests.log" | tail -15
+fi
+if [ "$what" = 2l ]; then
+  t0=$(date +%s)
+  timeout 300 python3 -m pytest -q -x --maxfail=5 -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" > "$OUT/tests_2l.log" 2>&1
+  echo "tests 2l rc=$? in $(( $(date +%s) - t0 )) s"
+  grep -E "passed|failed|error|Error|assert" "$OUT/tests_2l.log" | tail -15
+  timeout 200 python3 benchmarks/gemm_bench.py --formats int4_2l --ms ${BENCH_MS:-4608,256} --json "$OUT/gemm_bench_2l.json" \
+    > "$OUT/bench_2l.log" 2>&1
+  echo "bench rc=$?"
+  tail -14 "$OUT/bench_2l.log"
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = tb ]; then
   timeout 170 python3 benchmarks/gemm_bench.py --json "$OUT/gemm_bench.json" > "$OUT/bench.log" 2>&1

@@ -1,5 +1,6 @@
 // Thin torch binding of the svdquant kernels: checks, allocation, stream; the kernels live in *.cu.
 #include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
@@ -178,6 +179,81 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
   return y;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor& x_in, const at::Tensor& smooth_in,
+                                                               const at::Tensor& pd_in, int64_t group_size) {
+  SVDQ_REQUIRE(x_in.is_cuda() && x_in.dim() == 2 && is_16bit(x_in),
+               "svdquant quantize_act_2l: x must be a 2-D bfloat16/float16 CUDA tensor");
+  const int64_t M = x_in.size(0), K = x_in.size(1);
+  SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
+               "svdquant quantize_act_2l: group_size must be 32, 64 or 128, got ", group_size);
+  SVDQ_REQUIRE(svdq::quantize_act_2l_vectors((int)K) > 0, "svdquant quantize_act_2l: K=", K, " not supported");
+  SVDQ_REQUIRE(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act_2l: smooth must be [", K, "]");
+  SVDQ_REQUIRE(pd_in.dim() == 2 && pd_in.size(0) == K, "svdquant quantize_act_2l: proj_down must be [", K, ", R]");
+  c10::cuda::CUDAGuard guard(x_in.device());
+  for (auto& [t, name] : {std::pair<const at::Tensor&, const char*>{smooth_in, "smooth"}, {pd_in, "proj_down"}}) {
+    const std::string e = mismatch(t, x_in, x_in.scalar_type(), name);
+    SVDQ_REQUIRE(e.empty(), e);
+  }
+  at::Tensor x = prep(x_in);
+  at::Tensor smooth = prep(smooth_in);
+  auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
+  auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
+  svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), xq.data_ptr<int8_t>(),
+                            xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
+  const cudaError_t err = svdq::launch_quantize_act_2l(a, c10::cuda::getCurrentCUDAStream().stream());
+  SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
+  // the low-rank down projection on cuBLAS (fp32 accumulation, rounded to the compute dtype)
+  at::Tensor lr = pd_in.size(1) ? at::matmul(x, pd_in.contiguous()) : at::empty({M, 0}, x.options());
+  return {xq, xscale, lr};
+}
+
+at::Tensor w4a4_gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::Tensor& qw_in,
+                        const at::Tensor& wsc_in, const at::Tensor& wch_in, const at::Tensor& lr_in,
+                        const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size) {
+  SVDQ_REQUIRE(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
+               "svdquant w4a4_gemm_2l: xq must be a 2-D int8 CUDA tensor");
+  SVDQ_REQUIRE(is_16bit(lr_in), "svdquant w4a4_gemm_2l: lr_act must be bfloat16 or float16");
+  const auto dt = lr_in.scalar_type();
+  const int64_t M = xq_in.size(0), K = xq_in.size(1), N = qw_in.size(0), R = lr_in.size(1);
+  SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
+               "svdquant w4a4_gemm_2l: group_size must be 32, 64 or 128, got ", group_size);
+  SVDQ_REQUIRE(K % 128 == 0 && N % 128 == 0 && K <= 65536, "svdquant w4a4_gemm_2l: needs K % 128 == 0, N % 128 == 0");
+  SVDQ_REQUIRE(R % 16 == 0 && R <= svdq::kMaxRank2l, "svdquant w4a4_gemm_2l: rank ", R, " must be a multiple of 16");
+  SVDQ_REQUIRE(qw_in.dim() == 2 && qw_in.size(1) * 2 == K, "svdquant w4a4_gemm_2l: qweight must be [N, K/2]");
+  SVDQ_REQUIRE(wsc_in.dim() == 2 && wsc_in.size(0) == K / group_size && wsc_in.size(1) == N,
+               "svdquant w4a4_gemm_2l: wscales must be [", K / group_size, ", ", N, "]");
+  SVDQ_REQUIRE(xs_in.numel() == M && wch_in.numel() == N && lr_in.size(0) == M && pu_in.size(0) == N &&
+                   pu_in.size(1) == R,
+               "svdquant w4a4_gemm_2l: xscale/wchannel/lr_act/proj_up shapes");
+  c10::cuda::CUDAGuard guard(xq_in.device());
+  for (auto& [t, name, want] :
+       {std::tuple<const at::Tensor&, const char*, at::ScalarType>{qw_in, "qweight", at::kChar},
+        {xs_in, "xscale", at::kFloat}, {wsc_in, "wscales", at::kByte}, {wch_in, "wchannel", at::kFloat},
+        {lr_in, "lr_act", dt}, {pu_in, "proj_up", dt}}) {
+    const std::string e = mismatch(t, xq_in, want, name);
+    SVDQ_REQUIRE(e.empty(), e);
+  }
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    SVDQ_REQUIRE(bias_in->dim() == 1 && bias_in->size(0) == N, "svdquant w4a4_gemm_2l: bias must be [", N, "]");
+    const std::string e = mismatch(*bias_in, xq_in, dt, "bias");
+    SVDQ_REQUIRE(e.empty(), e);
+    bias = prep(*bias_in);
+  }
+  auto y = at::empty({M, N}, lr_in.options());
+  if (M == 0) return y;
+  at::Tensor xq = prep(xq_in), xs = prep(xs_in), qw = prep(qw_in), wsc = prep(wsc_in), wch = prep(wch_in);
+  at::Tensor lr = prep(lr_in), pu = prep(pu_in);
+  svdq::W4A4Gemm2lArgs a{dtype_of(lr, "lr_act"), xq.data_ptr<int8_t>(), xs.data_ptr<float>(), qw.data_ptr<int8_t>(),
+                         wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
+                         bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), (int)M, (int)N, (int)K, (int)R,
+                         (int)group_size};
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
+  SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -187,4 +263,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_tile_rows", &svdq::set_gemm_tile_rows, "force 64/128-row GEMM tiles (0: heuristic)");
   m.def("last_error", &last_error, "message of the last rejected call (calls return None on error)");
   m.attr("max_fused_rank") = svdq::kMaxFusedRank;
+  m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
+  m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
+        "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
+  m.def("quantize_act_2l_vectors", &svdq::quantize_act_2l_vectors, "K -> vectors per thread (0: unsupported K)");
+  m.def("gemm_2l_tile_tokens", &svdq::gemm_2l_tile_tokens, "M, N, num_sms -> token tile of the 2l GEMM");
+  m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/256-token tiles (0: heuristic)");
+#ifdef SVDQ_BUILT_SM90A
+  m.attr("sm90a_built") = true;
+#else
+  m.attr("sm90a_built") = false;
+#endif
+  m.attr("max_rank_2l") = svdq::kMaxRank2l;
 }

@@ -35,6 +35,30 @@ struct W4A4GemmArgs {
   int M, N, K, R, group_size;
 };
 
+// Two-level INT4 (int4_2l): activations as int8 q * s_int with one fp32 scale per token.
+struct QuantizeAct2lArgs {
+  DType dtype;
+  const void* x;       // [M, K]
+  const void* smooth;  // [K]
+  int8_t* xq;          // [M, K] values q * s_int in [-128, 112]
+  float* xscale;       // [M]
+  int M, K, group_size;
+};
+
+struct W4A4Gemm2lArgs {
+  DType dtype;
+  const int8_t* xq;         // [M, K]
+  const float* xscale;      // [M]
+  const int8_t* qweight;    // [N, K / 2]
+  const uint8_t* wscales;   // [K / G, N] integer group scales in [1, 16]
+  const float* wchannel;    // [N]
+  const void* lr;           // [M, R], R % 16 == 0
+  const void* proj_up;      // [N, R]
+  const void* bias;         // [N] or nullptr
+  void* y;                  // [M, N]
+  int M, N, K, R, group_size;
+};
+
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
 constexpr int kMaxFusedRank = 128;
 
@@ -43,5 +67,13 @@ size_t quantize_act_workspace_floats(int M, int R, int splits);
 cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream);
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream);
 void set_gemm_tile_rows(int bm);  // 64 or 128 forces the tile height (benchmarks); 0 restores the heuristic
+
+int quantize_act_2l_vectors(int K);  // 0: K not supported by the kernel
+cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
+// sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
+cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);
+int gemm_2l_tile_tokens(int M, int N, int num_sms);
+void set_gemm_2l_tile_tokens(int bt);  // 64/128/256 forces the token tile (benchmarks); 0: heuristic
+constexpr int kMaxRank2l = 256;
 
 }  // namespace svdq

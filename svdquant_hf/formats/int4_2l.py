@@ -66,7 +66,8 @@ def quantize_int4_2l(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize x [..., K] -> (q int8 [..., K] in [-8, 7], s_int uint8 [..., K/G] in [1, 16], s_row fp32 [...])."""
     amax_g, amax = group_absmax(x, group_size, what)
-    s_row = amax / ROW_DIVISOR
+    # a tensor divisor: torch divides by a Python scalar as a multiply by its reciprocal on CUDA (1 ulp off)
+    s_row = amax / torch.full_like(amax, float(ROW_DIVISOR))
     s_int = second_level_scales(amax_g, amax)
     return quantize_with_scales_2l(x, s_int, s_row, group_size), s_int, s_row
 

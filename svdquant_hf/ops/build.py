@@ -27,8 +27,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 EXT_NAME = "svdquant_hf_kernels"
-SOURCES = ("bindings.cpp", "quantize_act.cu", "w4a4_gemm.cu")
-HEADERS = ("common.cuh", "launch.h")
+SOURCES = ("bindings.cpp", "quantize_act.cu", "w4a4_gemm.cu", "quantize_act_2l.cu", "w4a4_gemm_2l_sm90.cu")
+HEADERS = ("common.cuh", "launch.h", "wgmma_s8.cuh")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "module": None}
@@ -87,12 +87,19 @@ def _load_prebuilt() -> ModuleType | None:
     return None
 
 
+def with_arch_features(arch_list: list[str]) -> list[str]:
+    """Hopper is built as sm_90a: the two-level GEMM uses wgmma, which plain sm_90 code cannot."""
+    return [a + "a" if a == "9.0" else a for a in arch_list]
+
+
 def build(arch_list: list[str], build_dir: Path, verbose: bool = False) -> ModuleType:
     """Compile (or reuse) the extension for ``arch_list`` in ``build_dir`` and import it."""
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
     src = csrc_dir()
+    arch_list = with_arch_features(arch_list)
+    defines = ["-DSVDQ_BUILT_SM90A"] if "9.0a" in arch_list else []
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(arch_list)
     try:
@@ -100,8 +107,8 @@ def build(arch_list: list[str], build_dir: Path, verbose: bool = False) -> Modul
             name=EXT_NAME,
             sources=[str(src / s) for s in SOURCES],
             extra_include_paths=[str(src)],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=_cuda_flags(),
+            extra_cflags=["-O3", *defines],
+            extra_cuda_cflags=_cuda_flags() + defines,
             build_directory=str(build_dir),
             verbose=verbose,
             with_cuda=True,

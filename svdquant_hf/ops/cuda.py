@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import build
-from .reference import quantize_act_ref, w4a4_gemm_ref
+from .reference import quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _KERNEL_GROUPS = (32, 64, 128)
@@ -51,26 +51,28 @@ def _gemm_supported(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_
     )
 
 
-def _check_gemm_shapes(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size) -> None:
-    """Clear errors naming the tensor, before anything reaches the kernels."""
-    M, K = xq.shape
-    N = qweight.shape[0]
-    G = K // group_size
-    expected = {
-        "ascales": (ascales, (M, G)),
-        "qweight": (qweight, (N, K // 2)),
-        "wscales": (wscales, (G, N)),
-        "lr_act": (lr_act, (M, lr_act.shape[-1] if lr_act.dim() == 2 else -1)),
-        "proj_up": (proj_up, (N, lr_act.shape[-1] if lr_act.dim() == 2 else -1)),
-    }
-    if bias is not None:
-        expected["bias"] = (bias, (N,))
+def _require_shapes(op: str, expected: dict, M: int, K: int, N: int, group_size: int) -> None:
+    """Clear errors naming the op and the tensor, before anything reaches the kernels."""
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
             raise ValueError(
-                f"svdquant::w4a4_gemm: {name} has shape {tuple(t.shape)}, expected {shape} "
+                f"svdquant::{op}: {name} has shape {tuple(t.shape)}, expected {shape} "
                 f"(M={M}, K={K}, N={N}, group_size={group_size})"
             )
+
+
+def _check_gemm_shapes(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size) -> None:
+    M, K = xq.shape
+    N = qweight.shape[0]
+    G = K // group_size
+    R = lr_act.shape[-1] if lr_act.dim() == 2 else -1
+    expected = {
+        "ascales": (ascales, (M, G)), "qweight": (qweight, (N, K // 2)), "wscales": (wscales, (G, N)),
+        "lr_act": (lr_act, (M, R)), "proj_up": (proj_up, (N, R)),
+    }
+    if bias is not None:
+        expected["bias"] = (bias, (N,))
+    _require_shapes("w4a4_gemm", expected, M, K, N, group_size)
 
 
 def _check_quantize_shapes(x, smooth, proj_down) -> None:
@@ -83,18 +85,24 @@ def _check_quantize_shapes(x, smooth, proj_down) -> None:
         raise ValueError(f"svdquant::quantize_act: proj_down has shape {tuple(proj_down.shape)}, expected ({K}, R)")
 
 
+def _dispatch(name: str, supported, ref, *args):
+    """The extension's ``name`` when it is built and ``supported(ext)``, else the reference ``ref``."""
+    ext = build.load_extension()
+    if ext is None or not hasattr(ext, name) or not supported(ext):
+        return ref(*args)
+    out = getattr(ext, name)(*args)
+    if out is None or (isinstance(out, (tuple, list)) and out[0] is None):
+        raise ValueError(ext.last_error())
+    return tuple(out) if isinstance(out, (tuple, list)) else out
+
+
 @torch.library.register_kernel("svdquant::quantize_act", "cuda")
 def quantize_act_cuda(
     x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_quantize_shapes(x, smooth, proj_down)
-    ext = build.load_extension()
-    if ext is None or not _quantize_supported(x, smooth, proj_down, group_size):
-        return quantize_act_ref(x, smooth, proj_down, group_size)
-    out = ext.quantize_act(x, smooth, proj_down, group_size)
-    if out[0] is None:
-        raise ValueError(ext.last_error())
-    return tuple(out)  # type: ignore[return-value]
+    supported = lambda ext: _quantize_supported(x, smooth, proj_down, group_size)  # noqa: E731
+    return _dispatch("quantize_act", supported, quantize_act_ref, x, smooth, proj_down, group_size)
 
 
 @torch.library.register_kernel("svdquant::w4a4_gemm", "cuda")
@@ -111,10 +119,101 @@ def w4a4_gemm_cuda(
     if xq.dim() != 2 or qweight.dim() != 2:
         raise ValueError("svdquant::w4a4_gemm: xq and qweight must be 2-D")
     _check_gemm_shapes(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
+    args = (xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
+    return _dispatch("w4a4_gemm", lambda ext: _gemm_supported(*args), w4a4_gemm_ref, *args)
+
+
+# --- two-level INT4 (int4_2l) ------------------------------------------------------------------------
+
+
+def _quantize_2l_supported(ext, x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int) -> bool:
+    return (
+        x.dtype in _KERNEL_DTYPES
+        and smooth.dtype == x.dtype
+        and proj_down.dtype == x.dtype
+        and group_size in _KERNEL_GROUPS
+        and x.dim() == 2
+        and smooth.is_cuda
+        and proj_down.is_cuda
+        and ext.quantize_act_2l_vectors(x.shape[1]) > 0
+    )
+
+
+def gemm_2l_kernel_usable(ext, device: torch.device) -> bool:
+    """The wgmma kernel exists only for Hopper (sm_90a); other GPUs take the exact int8 fallback."""
+    return bool(getattr(ext, "sm90a_built", False)) and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def _gemm_2l_supported(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> bool:
+    dt = lr_act.dtype
+    M, K = xq.shape
+    N = qweight.shape[0]
+    return (
+        dt in _KERNEL_DTYPES
+        and proj_up.dtype == dt
+        and (bias is None or bias.dtype == dt)
+        and group_size in _KERNEL_GROUPS
+        and xq.dtype == torch.int8
+        and qweight.dtype == torch.int8
+        and wscales.dtype == torch.uint8
+        and xscale.dtype == torch.float32
+        and wchannel.dtype == torch.float32
+        and K % 128 == 0
+        and N % 128 == 0
+        and K <= 65536
+        and lr_act.shape[-1] <= ext.max_rank_2l
+        and all(t.is_cuda for t in (xscale, qweight, wscales, wchannel, lr_act, proj_up))
+        and gemm_2l_kernel_usable(ext, xq.device)
+    )
+
+
+def _pad_rank16(lr_act: torch.Tensor, proj_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel reads the rank in steps of 16: zero columns are exact no-ops."""
+    r = lr_act.shape[-1]
+    pad = -r % 16
+    if pad == 0:
+        return lr_act, proj_up
+    return torch.nn.functional.pad(lr_act, (0, pad)), torch.nn.functional.pad(proj_up, (0, pad))
+
+
+@torch.library.register_kernel("svdquant::quantize_act_2l", "cuda")
+def quantize_act_2l_cuda(
+    x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_quantize_shapes(x, smooth, proj_down)
+    supported = lambda ext: _quantize_2l_supported(ext, x, smooth, proj_down, group_size)  # noqa: E731
+    return _dispatch("quantize_act_2l", supported, quantize_act_2l_ref, x, smooth, proj_down, group_size)
+
+
+@torch.library.register_kernel("svdquant::w4a4_gemm_2l", "cuda")
+def w4a4_gemm_2l_cuda(
+    xq: torch.Tensor,
+    xscale: torch.Tensor,
+    qweight: torch.Tensor,
+    wscales: torch.Tensor,
+    wchannel: torch.Tensor,
+    lr_act: torch.Tensor,
+    proj_up: torch.Tensor,
+    bias: torch.Tensor | None,
+    group_size: int,
+) -> torch.Tensor:
+    if xq.dim() != 2 or qweight.dim() != 2:
+        raise ValueError("svdquant::w4a4_gemm_2l: xq and qweight must be 2-D")
+    M, K = xq.shape
+    N = qweight.shape[0]
+    G = K // group_size
+    R = lr_act.shape[-1] if lr_act.dim() == 2 else -1
+    expected = {
+        "xscale": (xscale, (M,)), "qweight": (qweight, (N, K // 2)), "wscales": (wscales, (G, N)),
+        "wchannel": (wchannel, (N,)), "lr_act": (lr_act, (M, R)), "proj_up": (proj_up, (N, R)),
+    }
+    if bias is not None:
+        expected["bias"] = (bias, (N,))
+    _require_shapes("w4a4_gemm_2l", expected, M, K, N, group_size)
     ext = build.load_extension()
-    if ext is None or not _gemm_supported(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size):
-        return w4a4_gemm_ref(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
-    y = ext.w4a4_gemm(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size)
-    if y is None:
-        raise ValueError(ext.last_error())
-    return y
+    args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+    if ext is None or not hasattr(ext, "w4a4_gemm_2l") or not _gemm_2l_supported(ext, *args):
+        return w4a4_gemm_2l_ref(*args)
+    lr_k, pu_k = _pad_rank16(lr_act, proj_up)
+    return _dispatch("w4a4_gemm_2l", lambda ext: True, w4a4_gemm_2l_ref,
+                     xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)

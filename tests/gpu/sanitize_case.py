@@ -23,3 +23,23 @@ for dtype, gs, (M, K, N, R) in [
     y = ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, b, gs)
 torch.cuda.synchronize()
 print("sanitize case done", float(y.float().abs().sum()))
+
+# two-level INT4: quantize on any GPU, the wgmma GEMM on Hopper (tails in M, every token tile)
+from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
+
+for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128)]:
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+    pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
+    xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+    if gemm_2l_kernel_usable(ext, x.device):
+        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+        wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
+        wch = torch.rand(N, device="cuda", generator=g)
+        pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
+        for bt in (64, 128, 256):
+            ext.set_gemm_2l_tile_tokens(bt)
+            y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+        ext.set_gemm_2l_tile_tokens(0)
+torch.cuda.synchronize()
+print("sanitize case 2l done")

@@ -1,0 +1,324 @@
+// W4A4 GEMM for the two-level INT4 format (int4_2l) on Hopper: int8 wgmma, exact int32 over all of K.
+//
+//   y[m, n] = (float(sum_k xq[m, k] * wq[n, k] * s_int[n, k / G]) * wchannel[n]) * xscale[m]
+//             + lr[m, :] . proj_up[n, :] + bias[n]
+//
+// xq already holds q * s_int of the activations (int8 in [-128, 112]); the weights stay packed INT4 in
+// memory and are widened to int8 (q * s_int) in registers, where they are the wgmma A operand. So the
+// main loop has no floating-point promotion at all: the per-group scales are integers folded into the
+// operands and the int32 accumulator is exact (|sum| < 2^31 for K <= 65536).
+//
+// CTA tile: 128 weight rows (two warpgroups of 64) x BT tokens (the wgmma N: 64, 128 or 256), K in
+// stages of 128. Per stage, cp.async brings the activation tile (BT x 128 bytes, 128-byte swizzle, the
+// wgmma B operand), the packed weight tile (128 rows x 64 bytes, chunk-swizzled for conflict-free
+// loads) and the stage's integer group scales into shared memory. Each thread widens its share of the
+// weight nibbles to int8 q * s_int (unsigned nibble x s_int with one IMUL per four bytes, then a
+// per-byte subtraction of 8 s_int) into its warpgroup's A tile (double-buffered, 128-byte swizzle)
+// while the previous stage's wgmmas run. (A in registers would be one store fewer, but ptxas then
+// serializes the wgmmas: the next stage's fragments are written while the current ones are in flight.) Epilogue: int32 -> fp32,
+// the two scales, the low-rank branch as mma.sync bf16/fp16 on the same registers (lr from shared
+// memory by ldmatrix), bias, and stores transposed by movmatrix (the accumulator is [weight row, token]).
+#include "common.cuh"
+#include "launch.h"
+#include "wgmma_s8.cuh"
+
+namespace svdq {
+
+// The kernel body exists only in the sm_90a device pass; other architectures get an empty kernel (the
+// Python dispatcher never launches it there: see gemm_2l_built()).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SVDQ_SM90A_BODY 1
+#else
+#define SVDQ_SM90A_BODY 0
+#endif
+
+namespace {
+
+constexpr int kBK = 128;     // K (bytes of activations) per stage
+constexpr int kRows = 128;   // weight rows per CTA
+constexpr int kThreads = 256;
+constexpr int kSmemLimit = 227 * 1024;
+
+template <int BT>
+struct Tile2l {
+  static constexpr int kActBytes = BT * kBK;
+  static constexpr int kWBytes = kRows * kBK / 2;
+  static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
+  static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
+  static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - 4 * kABytes) / kStageBytes;
+  static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + 1024;  // + alignment slack
+  static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
+};
+
+// Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
+__device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
+  uint64_t d = 0;
+  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);  // start address
+  d |= (uint64_t)1 << 16;                   // leading byte offset (unused for swizzled K-major)
+  d |= (uint64_t)(1024 >> 4) << 32;         // stride byte offset: next 8-row atom
+  d |= (uint64_t)1 << 62;                   // 128-byte swizzle
+  return d;
+}
+
+// Four packed bytes of (unsigned nibble x s) minus 8 s per byte (mod 256): the signed products q x s.
+__device__ __forceinline__ uint32_t sub_bytes(uint32_t x, uint32_t c_lo7, uint32_t c_hi) {
+  const uint32_t t = (x | 0x80808080u) - c_lo7;
+  return t ^ (x & 0x80808080u) ^ c_hi;
+}
+
+template <typename T, int BT, int G>
+__global__ void __launch_bounds__(kThreads, 1)
+    w4a4_gemm_2l_sm90_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xscale,
+                             const int8_t* __restrict__ qweight, const uint8_t* __restrict__ wscales,
+                             const float* __restrict__ wchannel, const T* __restrict__ lr,
+                             const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
+                             int N, int K, int R) {
+#if SVDQ_SM90A_BODY
+  using Cfg = Tile2l<BT>;
+  constexpr int S = Cfg::kStages;
+  constexpr int GPS = kBK / G;  // groups per stage
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t sbase = smem_u32(smem);
+
+  const int tid = threadIdx.x;
+  const int wg = tid >> 7;
+  const int warp = (tid >> 5) & 3;
+  const int lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * kRows;
+  const int m0 = blockIdx.y * BT;
+  const int KT = K / kBK;
+  const int64_t kh = K / 2;
+
+  auto load_stage = [&](int kt) {
+    const int buf = kt % S;
+    const uint32_t act = sbase + buf * Cfg::kStageBytes;
+    const uint32_t wt = act + Cfg::kActBytes;
+    const uint32_t sc = wt + Cfg::kWBytes;
+    const int k0 = kt * kBK;
+#pragma unroll
+    for (int j = 0; j < BT * 8 / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int row = i >> 3, c = i & 7;
+      const int m = m0 + row;
+      const int8_t* src = xq + (int64_t)min(m, M - 1) * K + k0 + c * 16;
+      cp_async16(act + row * 128 + ((c ^ (row & 7)) << 4), src, m < M ? 16 : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < kRows * 4 / kThreads; ++j) {
+      const int i = tid + j * kThreads;
+      const int row = i >> 2, c = i & 3;
+      cp_async16(wt + row * 64 + ((c ^ ((row >> 1) & 3)) << 4), qweight + (int64_t)(n0 + row) * kh + k0 / 2 + c * 16,
+                 16);
+    }
+    if (tid < GPS * (kRows / 16)) {
+      const int gi = tid / (kRows / 16), c = tid % (kRows / 16);
+      cp_async16(sc + gi * kRows + c * 16, wscales + (int64_t)(k0 / G + gi) * N + n0 + c * 16, 16);
+    }
+  };
+
+  int acc[Cfg::kAcc];
+#pragma unroll
+  for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
+
+  // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
+  const int rA = wg * 64 + warp * 16 + g;
+  const int rB = rA + 8;
+  const int swzA = (rA >> 1) & 3, swzB = (rB >> 1) & 3;
+  const uint32_t sel = (t & 1) ? 0x7632u : 0x5410u;
+  // two int8 A tiles per warpgroup (double buffer), after the stages
+  const uint32_t a_base = sbase + S * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
+
+#pragma unroll
+  for (int s = 0; s < S - 2; ++s) {
+    if (s < KT) load_stage(s);
+    cp_async_commit();
+  }
+
+  // Widen this thread's nibbles of stage kt to int8 q * s_int and store them into the A tile (K-major,
+  // 128-byte swizzle, so the stores are conflict-free: 8 rows x 4 words hit 32 distinct banks).
+  auto convert_stage = [&](int kt, uint32_t a_tile) {
+    const int buf = kt % S;
+    const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
+    const uint8_t* sc = wt + Cfg::kWBytes;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int gi = (j * 32) / G;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = h ? rB : rA;
+        const int swz = h ? swzB : swzA;
+        const uint8_t* chunk = wt + r * 64 + ((j ^ swz) << 4);
+        const uint32_t w_lo = *reinterpret_cast<const uint32_t*>(chunk + 4 * (t >> 1));
+        const uint32_t w_hi = *reinterpret_cast<const uint32_t*>(chunk + 8 + 4 * (t >> 1));
+        // nibbles: k = 4t..4t+3, then 16+4t..16+4t+3 of k-step j; signed -> offset binary
+        const uint32_t p = __byte_perm(w_lo, w_hi, sel) ^ 0x88888888u;
+        const uint32_t s_int = sc[gi * kRows + r];
+        const uint32_t c = (8u * s_int) * 0x01010101u;
+        const uint32_t c_lo7 = c & 0x7F7F7F7Fu, c_hi = ~c & 0x80808080u;
+        const uint32_t lo = sub_bytes((p & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);         // k 0, 2, 16, 18
+        const uint32_t hi = sub_bytes(((p >> 4) & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);  // k 1, 3, 17, 19
+        const int rw = r & 63;  // row inside the warpgroup's tile
+        const uint32_t row_addr = a_tile + rw * 128 + 4 * t;
+        const uint32_t w0 = __byte_perm(lo, hi, 0x5140), w1 = __byte_perm(lo, hi, 0x7362);
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row_addr + (((2 * j) ^ (rw & 7)) << 4)), "r"(w0));
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row_addr + (((2 * j + 1) ^ (rw & 7)) << 4)), "r"(w1));
+      }
+    }
+  };
+
+  auto stage_step = [&](int kt, uint32_t a_tile) {
+    cp_async_wait<S - 3>();
+    fence_proxy_async_smem();
+    __syncthreads();
+    // every thread is past the previous step, so the wgmmas of stage kt-2 (both warpgroups) are complete
+    if (kt + S - 2 < KT) load_stage(kt + S - 2);
+    cp_async_commit();
+    convert_stage(kt, a_tile);
+    fence_proxy_async_smem();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
+    const uint64_t da0 = desc_k128(a_tile);
+    const uint64_t db0 = desc_k128(sbase + (kt % S) * Cfg::kStageBytes);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      // +32 bytes per k-step, in the descriptors' 16-byte address units
+      if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+      else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+      else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
+  };
+  for (int kt = 0; kt < KT; kt += 2) {
+    stage_step(kt, a_base);
+    if (kt + 1 < KT) stage_step(kt + 1, a_base + Cfg::kABytes);
+  }
+  wgmma_wait<0>();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes
+  const int lr_stride = R * 2 + 16;
+  const uint32_t lr_s = sbase;
+  {
+    const int chunks = R / 8;
+    for (int i = tid; i < BT * chunks; i += kThreads) {
+      const int row = i / chunks, c = i % chunks;
+      const int m = m0 + row;
+      cp_async16(lr_s + row * lr_stride + c * 16, lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
+    }
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int rowA = n0 + rA, rowB = n0 + rB;
+  const float wchA = wchannel[rowA], wchB = wchannel[rowB];
+  // acc now holds fp32 bit patterns
+#pragma unroll
+  for (int j = 0; j < BT / 8; ++j) {
+    const int m = m0 + j * 8 + 2 * t;
+    const float x0 = xscale[min(m, M - 1)], x1 = xscale[min(m + 1, M - 1)];
+    acc[4 * j + 0] = __float_as_int((__int2float_rn(acc[4 * j + 0]) * wchA) * x0);
+    acc[4 * j + 1] = __float_as_int((__int2float_rn(acc[4 * j + 1]) * wchA) * x1);
+    acc[4 * j + 2] = __float_as_int((__int2float_rn(acc[4 * j + 2]) * wchB) * x0);
+    acc[4 * j + 3] = __float_as_int((__int2float_rn(acc[4 * j + 3]) * wchB) * x1);
+  }
+  for (int ks = 0; ks < R / 16; ++ks) {
+    const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
+    const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
+    uint32_t a[4];
+    a[0] = *reinterpret_cast<const uint32_t*>(puA);
+    a[1] = *reinterpret_cast<const uint32_t*>(puB);
+    a[2] = *reinterpret_cast<const uint32_t*>(puA + 8);
+    a[3] = *reinterpret_cast<const uint32_t*>(puB + 8);
+    // ldmatrix.x2: lanes 0-7 address rows of the r-block ks*16, lanes 8-15 of ks*16 + 8
+    const int lrow = lane & 7, lmat = (lane >> 3) & 1;
+#pragma unroll
+    for (int j = 0; j < BT / 8; ++j) {
+      uint32_t b0, b1;
+      const uint32_t addr = lr_s + (j * 8 + lrow) * lr_stride + (ks * 16 + lmat * 8) * 2;
+      asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+      float d[4] = {__int_as_float(acc[4 * j]), __int_as_float(acc[4 * j + 1]), __int_as_float(acc[4 * j + 2]),
+                    __int_as_float(acc[4 * j + 3])};
+      mma_16816<T>(d, a, b0, b1);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[4 * j + e] = __float_as_int(d[e]);
+    }
+  }
+  const float bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
+  const float bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
+  const int nbase = n0 + wg * 64 + warp * 16;
+#pragma unroll
+  for (int j = 0; j < BT / 8; ++j) {
+    const uint32_t p0 = Dt<T>::pack2(__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA);
+    const uint32_t p1 = Dt<T>::pack2(__int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB);
+    const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
+    const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
+    const int m = m0 + j * 8 + g;
+    if (m < M) {
+      T* dst = y + (int64_t)m * N + nbase + 2 * t;
+      *reinterpret_cast<uint32_t*>(dst) = q0;
+      *reinterpret_cast<uint32_t*>(dst + 8) = q1;
+    }
+  }
+#endif
+}
+
+template <typename T, int BT, int G>
+cudaError_t launch_2l(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G>;
+  constexpr int smem = Tile2l<BT>::kSmem;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return e;
+  dim3 grid(a.N / kRows, (a.M + BT - 1) / BT);
+  kern<<<grid, kThreads, smem, stream>>>(
+      a.xq, a.xscale, a.qweight, a.wscales, a.wchannel, static_cast<const T*>(a.lr),
+      static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y), a.M, a.N, a.K, a.R);
+  return cudaGetLastError();
+}
+
+template <typename T, int G>
+cudaError_t launch_2l_bt(const W4A4Gemm2lArgs& a, int bt, cudaStream_t stream) {
+  if (bt == 256) return launch_2l<T, 256, G>(a, stream);
+  if (bt == 128) return launch_2l<T, 128, G>(a, stream);
+  return launch_2l<T, 64, G>(a, stream);
+}
+
+int g_force_bt = 0;
+
+}  // namespace
+
+// Token-tile width: fewest waves of (tile work + a fixed per-tile cost of ~48 tokens).
+int gemm_2l_tile_tokens(int M, int N, int num_sms) {
+  if (g_force_bt) return g_force_bt;
+  int best = 256;
+  long best_cost = -1;
+  for (int bt : {256, 128, 64}) {
+    const long ctas = (long)(N / kRows) * ((M + bt - 1) / bt);
+    const long waves = (ctas + num_sms - 1) / num_sms;
+    const long cost = waves * (bt + 48);
+    if (best_cost < 0 || cost < best_cost) best = bt, best_cost = cost;
+  }
+  return best;
+}
+
+void set_gemm_2l_tile_tokens(int bt) { g_force_bt = (bt == 64 || bt == 128 || bt == 256) ? bt : 0; }
+
+
+cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
+  const int bt = gemm_2l_tile_tokens(a.M, a.N, num_sms);
+  const bool bf = a.dtype == DType::kBF16;
+  switch (a.group_size) {
+    case 32: return bf ? launch_2l_bt<__nv_bfloat16, 32>(a, bt, stream) : launch_2l_bt<__half, 32>(a, bt, stream);
+    case 64: return bf ? launch_2l_bt<__nv_bfloat16, 64>(a, bt, stream) : launch_2l_bt<__half, 64>(a, bt, stream);
+    case 128: return bf ? launch_2l_bt<__nv_bfloat16, 128>(a, bt, stream) : launch_2l_bt<__half, 128>(a, bt, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace svdq

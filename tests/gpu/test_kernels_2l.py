@@ -1,0 +1,155 @@
+"""CUDA kernels of the two-level INT4 format (int4_2l) against the reference ops.
+
+quantize_act_2l runs on every CUDA GPU; the wgmma GEMM on Hopper (sm_90a) only (elsewhere the op
+takes the exact int8 fallback, which these tests then check instead). Outputs are poisoned first.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdquant_hf.formats.int4 import pack_int4
+from svdquant_hf.ops import library
+from svdquant_hf.ops.cuda import gemm_2l_kernel_usable
+from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref
+
+from test_kernels import AWKWARD_M, FLUX_SHAPES, _poison, _rel, ext  # noqa: F401  (ext: the fixture)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def hopper(ext):  # noqa: F811
+    if not gemm_2l_kernel_usable(ext, torch.device("cuda")):
+        pytest.skip("the int4_2l wgmma GEMM needs sm_90a (Hopper)")
+    return ext
+
+
+def _acts(M, K, R, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = (torch.randn(M, K, device="cuda", generator=g) * 2).to(dtype)
+    x[:, torch.randint(0, K, (4,), device="cuda", generator=g)] *= 30  # outlier channels
+    if M > 3:
+        x[2] = 0  # an all-zero token
+    smooth = (torch.rand(K, device="cuda", generator=g) * 3 + 0.25).to(dtype)
+    pd = (torch.randn(K, R, device="cuda", generator=g) / K**0.5).to(dtype)
+    return x, smooth, pd
+
+
+def _weights(N, K, R, dtype, gs, seed, bias=True):
+    g = torch.Generator(device="cuda").manual_seed(seed + 1)
+    qweight = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+    wscales = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
+    wchannel = torch.rand(N, device="cuda", generator=g) * 1e-3 + 1e-5
+    pu = (torch.randn(N, R, device="cuda", generator=g) / max(R, 1) ** 0.5).to(dtype)
+    b = torch.randn(N, device="cuda", generator=g).to(dtype) if bias else None
+    return qweight, wscales, wchannel, pu, b
+
+
+def _quantize(ext, x, smooth, pd, gs):
+    M, K = x.shape
+    _poison(2 * M * K + 8 * M + 2 * M * pd.shape[1], 0x7F)  # 127 is not a q * s_int value
+    return ext.quantize_act_2l(x, smooth, pd, gs)
+
+
+def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
+    _poison(4 * xq.shape[0] * qw.shape[0], 0xFF)  # NaN in bf16/fp16
+    return ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K", [(1, 256), (7, 3072), (255, 15360), (4097, 3072), (33, 12288), (64, 768)])
+def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
+    x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + gs)
+    xq, xs, lr = _quantize(ext, x, smooth, pd, gs)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xs, rs), "per-token scales differ"
+    assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    assert _rel(lr, rl) < 1e-2
+
+
+def test_quantize_act_2l_unsupported_k_falls_back(ext):
+    x, smooth, pd = _acts(5, 192, 16, torch.bfloat16, seed=3)  # K % 256 != 0: reference path
+    assert ext.quantize_act_2l_vectors(192) == 0
+    out = library.quantize_act_2l(x, smooth, pd, 64)
+    ref = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert all(torch.equal(a, b) for a, b in zip(out[:2], ref[:2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 256, 128), (7, 3072, 384), (255, 1024, 256), (4097, 3072, 3072), (300, 15360, 128)])
+def test_gemm_2l_integer_part_exact(hopper, dtype, gs, M, K, N):
+    """No branch, no bias: y = round16((float(acc) * wchannel) * xscale) bit for bit."""
+    x, smooth, pd = _acts(M, K, 0, dtype, seed=M + N)
+    qw, wsc, wch, pu, _ = _weights(N, K, 0, dtype, gs, seed=K)
+    xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+    y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("R", [16, 32, 48])
+@pytest.mark.parametrize("M", AWKWARD_M)
+def test_gemm_2l_chain_awkward_m(hopper, dtype, R, M):
+    K, N, gs = 1024, 384, 64
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M * 7 + R)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    ref = w4a4_gemm_2l_ref(*quantize_act_2l_ref(x, smooth, pd, gs)[:2], qw, wsc, wch, lr, pu, b, gs)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("bt", [64, 128, 256])
+def test_gemm_2l_every_token_tile(hopper, bt):
+    M, K, N, R, gs = 515, 2048, 512, 32, 128
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=bt)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    try:
+        y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    finally:
+        hopper.set_gemm_2l_tile_tokens(0)
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    assert torch.isfinite(y).all()
+    assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("K,N", FLUX_SHAPES)
+@pytest.mark.parametrize("M", [256, 4608])
+def test_gemm_2l_flux_shapes(hopper, K, N, M):
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N + M)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert torch.isfinite(y).all()
+    assert _rel(y, ref) < 1e-2
+
+
+def test_ops_2l_dispatch_pad_fallback_and_compile(ext):
+    """Library ops on CUDA: odd rank (padded to 16), N not a multiple of 128 (exact int8 fallback),
+    and torch.compile(fullgraph=True) of a function calling both ops."""
+    for M, K, N, R in [(37, 512, 256, 20), (37, 512, 200, 32)]:
+        x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=N + R)
+        qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=R)
+
+        def f(x):
+            xq, xs, lr = library.quantize_act_2l(x, smooth, pd, 64)
+            return library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, 64)
+
+        y = f(x)
+        cpu = [t.cpu() if t is not None else None for t in (x, smooth, pd, qw, wsc, wch, pu, b)]
+        xq_c, xs_c, lr_c = quantize_act_2l_ref(cpu[0], cpu[1], cpu[2], 64)
+        ref = w4a4_gemm_2l_ref(xq_c, xs_c, cpu[3], cpu[4], cpu[5], lr_c, cpu[6], cpu[7], 64)
+        assert _rel(y.cpu(), ref) < 1e-2
+        yc = torch.compile(f, fullgraph=True)(x)
+        assert _rel(yc.cpu(), ref) < 1e-2
