@@ -93,7 +93,7 @@ def _summarize(comp: ComponentInfo, header: dict[str, Any]) -> None:
         comp.bytes += nbytes
         dtypes[info["dtype"]] += nbytes
         prefix, _, suffix = key.rpartition(".")
-        if prefix in layers and suffix in (*QUANT_SUFFIXES, "bias", "wtscale", "smooth", "lora_down", "lora_up",
+        if prefix in layers and suffix in (*QUANT_SUFFIXES, "bias", "wtscale", "wchannel", "smooth", "lora_down", "lora_up",
                                            "smooth_orig", "smooth_factor_orig", "wcscales", "wzeros"):
             comp.quantized_bytes += nbytes
             if suffix == "qweight":

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .config import QUANT_FORMATS
+
 DESCRIPTION = """SVDQuant 4-bit (W4A4) quantization for diffusion models, native to Hugging Face.
 
 Typical flow:  quantize -> info -> push.  Checkpoints are diffusers folders (safetensors only) that
@@ -344,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--components", nargs="+", help="pipeline components to quantize (default: the denoiser)")
     q.add_argument("--rank", type=int, default=32, help="low-rank branch rank (default 32)")
     q.add_argument("--group-size", type=int, default=64, help="INT4 group size: 32, 64 or 128 (default 64)")
-    q.add_argument("--format", default="int4", choices=("int4", "nvfp4"), help="4-bit format (default int4)")
+    q.add_argument("--format", default="int4", choices=QUANT_FORMATS,
+                   help="4-bit format (default int4): int4 = per-group 16-bit scales; int4_2l = INT4 with "
+                        "two-level scales (fp32 per channel x 4-bit integer per group, for Hopper's exact int8 "
+                        "GEMM); nvfp4 = reference path only")
     q.add_argument("--weight-only", action="store_true", help="W4A16: quantize weights only")
     q.add_argument("--alpha", type=float, default=None,
                    help="fixed smoothing exponent in [0, 1] (default: searched per layer when calibrating)")

@@ -37,6 +37,26 @@ def svd_layers(model: nn.Module) -> dict[str, SVDQuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)}
 
 
+def fullgraph_targets(model: nn.Module, inputs: dict) -> tuple[torch.Tensor, list[str]]:
+    """Compile ``model`` with fullgraph=True and a recording backend: (output, the one graph's call targets).
+
+    Fails if dynamo produced more than one graph (a graph break).
+    """
+    import torch._dynamo as dynamo
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, fullgraph=True, backend=backend)(**inputs)[0]
+    assert len(graphs) == 1, f"{len(graphs)} graphs"
+    return out, [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+
+
 def plain_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
 

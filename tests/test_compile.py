@@ -9,7 +9,7 @@ from diffusers import FluxTransformer2DModel
 from svdquant_hf import SVDQuantConfig
 from svdquant_hf.testing import model_inputs, save_tiny_model, tiny_flux_transformer
 
-from _hf_helpers import svd_layers
+from _hf_helpers import fullgraph_targets, svd_layers
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +26,7 @@ def test_fullgraph_compile_has_no_graph_break_and_keeps_custom_ops(q_model):
     inp = model_inputs(q_model, seed=4)
     with torch.no_grad():
         eager = q_model(**inp)[0]
-    graphs: list[torch.fx.GraphModule] = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    dynamo.reset()
-    compiled = torch.compile(q_model, fullgraph=True, backend=backend)
-    with torch.no_grad():
-        out = compiled(**inp)[0]
-    assert len(graphs) == 1
-    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    out, targets = fullgraph_targets(q_model, inp)
     n_layers = len(svd_layers(q_model))
     assert sum("svdquant.quantize_act" in t for t in targets) == n_layers
     assert sum("svdquant.w4a4_gemm" in t for t in targets) == n_layers

@@ -20,6 +20,8 @@ from torch import nn
 
 from ...algorithm import QuantizationError
 from ...algorithm.svdquant import quantize_weight
+from ...config import FORMAT_TENSORS
+from ...formats.int4_2l import invalid_2l_tensor
 from ...modules import SVDQuantLinear
 from ..common import quantizable_linears, realign_cpu_tensors, replace_with_svdquant_linear
 from ..config import SVDQuantConfig
@@ -129,16 +131,17 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
             for t in ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up"):
                 if f"{name}.{t}" not in keyset:
                     raise QuantizationError(f"checkpoint is missing tensor {name + '.' + t!r} of SVDQuant layer {name!r}")
-            has_wt = f"{name}.wtscale" in keyset
-            if has_wt and opts.quant_format != "nvfp4":
-                raise QuantizationError(
-                    f"tensor {name + '.wtscale'!r} exists only in NVFP4 checkpoints, but the config says "
-                    f"quant_format={opts.quant_format!r}"
-                )
-            if not has_wt and opts.quant_format == "nvfp4":
-                raise QuantizationError(
-                    f"checkpoint is missing tensor {name + '.wtscale'!r} required by quant_format='nvfp4'"
-                )
+            for t, fmt in FORMAT_TENSORS.items():
+                has = f"{name}.{t}" in keyset
+                if has and opts.quant_format != fmt:
+                    raise QuantizationError(
+                        f"tensor {name + '.' + t!r} exists only in quant_format={fmt!r} checkpoints, but the "
+                        f"config says quant_format={opts.quant_format!r}"
+                    )
+                if not has and opts.quant_format == fmt:
+                    raise QuantizationError(
+                        f"checkpoint is missing tensor {name + '.' + t!r} required by quant_format={fmt!r}"
+                    )
 
     def _stored_dtype(self, name: str) -> torch.dtype:
         info = self.headers.get(f"{name}.proj_up") or self.headers.get(f"{name}.smooth_factor")
@@ -273,6 +276,9 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
             )
         if value.is_floating_point() and not bool(torch.isfinite(value.float()).all()):
             raise QuantizationError(f"tensor {name!r} contains NaN or Inf")
+        why = invalid_2l_tensor(tensor, value) if mod.quant_format == "int4_2l" else None
+        if why:
+            raise QuantizationError(f"tensor {name!r} of layer {module_name!r} {why}")
         value = value.to(device).contiguous()
         if tensor == "bias":
             mod.bias = nn.Parameter(value, requires_grad=False)

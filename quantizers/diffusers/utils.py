@@ -16,7 +16,7 @@ import torch
 
 from ...algorithm import QuantizationError
 
-SVDQUANT_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "bias", "wtscale")
+SVDQUANT_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "bias", "wtscale", "wchannel")
 
 _ST_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
@@ -69,7 +69,7 @@ def read_headers(files: Iterable[str | os.PathLike]) -> dict[str, tuple[torch.dt
     return headers
 
 
-QUANT_ONLY_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "wtscale")
+QUANT_ONLY_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up", "wtscale", "wchannel")
 
 
 def svdquant_module_names(keys: Iterable[str]) -> list[str]:

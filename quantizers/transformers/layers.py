@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from ...algorithm.svdquant import QuantizationError
-from ...config import SVDQuantOptions, name_matches
+from ...config import FORMAT_TENSORS, SVDQuantOptions, name_matches
 from ...modules import SVDQuantLinear
 
 QUANT_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up")
+# the other tensors an SVDQuant layer may store: bias and the format-specific ones (wtscale, wchannel)
+OPTIONAL_TENSORS = ("bias", *FORMAT_TENSORS)
 
 # Output projections kept in 16 bits by default (small, and they shape the pooled embedding).
 DEFAULT_TRANSFORMERS_SKIP = ("text_projection", "visual_projection", "lm_head")
@@ -136,9 +138,16 @@ def prequantized_layers(
             raise QuantizationError(
                 f"checkpoint tensor {key!r}: the model has no nn.Linear named {name!r} to hold it"
             )
-        for t in QUANT_TENSORS + (("wtscale",) if options.quant_format == "nvfp4" else ()):
+        own = tuple(t for t, fmt in FORMAT_TENSORS.items() if fmt == options.quant_format)
+        for t in QUANT_TENSORS + own:
             if f"{ck_name}.{t}" not in infos:
                 raise QuantizationError(f"checkpoint is missing tensor {ck_name}.{t} (layer {name!r})")
+        for t, fmt in FORMAT_TENSORS.items():
+            if fmt != options.quant_format and f"{ck_name}.{t}" in infos:
+                raise QuantizationError(
+                    f"checkpoint tensor {ck_name}.{t} exists only in quant_format={fmt!r} checkpoints, but the "
+                    f"config says quant_format={options.quant_format!r} (layer {name!r})"
+                )
         n, k = lin.out_features, lin.in_features
         g = options.effective_group_size
         rank = infos[f"{ck_name}.proj_down"].shape[-1] if len(infos[f"{ck_name}.proj_down"].shape) == 2 else -1
@@ -149,6 +158,8 @@ def prequantized_layers(
             "proj_down": (k, options.rank),
             "proj_up": (n, options.rank),
         }
+        if options.quant_format == "int4_2l":
+            expected["wchannel"] = (n,)
         for t, shape in expected.items():
             got = infos[f"{ck_name}.{t}"].shape
             if got != shape:
@@ -164,6 +175,14 @@ def prequantized_layers(
         qdt = infos[f"{ck_name}.qweight"].dtype
         if qdt not in (torch.int8, torch.uint8):
             raise QuantizationError(f"checkpoint tensor {ck_name}.qweight has dtype {qdt}, expected int8")
+        if options.quant_format == "int4_2l":
+            for t, want in (("wscales", torch.uint8), ("wchannel", torch.float32)):
+                got = infos[f"{ck_name}.{t}"].dtype
+                if got != want:
+                    raise QuantizationError(
+                        f"checkpoint tensor {ck_name}.{t} has dtype {got}, expected {want} for "
+                        f"quant_format='int4_2l' (layer {name!r})"
+                    )
         dt = infos[f"{ck_name}.proj_up"].dtype
         if dt not in (torch.float16, torch.bfloat16, torch.float32):
             raise QuantizationError(f"checkpoint tensor {ck_name}.proj_up has dtype {dt}, expected a float dtype")

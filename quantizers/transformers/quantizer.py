@@ -19,11 +19,13 @@ from transformers.quantizers.base import HfQuantizer
 
 from ...algorithm.svdquant import QuantizationError, quantize_weight
 from ...config import SVDQuantOptions
+from ...formats.int4_2l import invalid_2l_tensor
 from ...modules import SVDQuantLinear
 from ..common import realign_cpu_tensors
 from ..diffusers.utils import atomic_save, warn_reference_path
 from .config import SVDQuantTransformersConfig
 from .layers import (
+    OPTIONAL_TENSORS,
     QUANT_TENSORS,
     add_weight_probe,
     compute_dtype,
@@ -68,9 +70,11 @@ class SVDQuantQuantizeOp(ConversionOps):
         work = torch.device("cuda") if torch.cuda.is_available() else value.device
         qw = quantize_weight(value.to(work), options, mod.compute_dtype, name=layer)
         home = value.device
-        out = {f"{layer}.{t}": getattr(qw, t).to(home) for t in ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up")}
+        out = {f"{layer}.{t}": getattr(qw, t).to(home) for t in QUANT_TENSORS}
         if qw.wtscale is not None:
             out[f"{layer}.wtscale"] = qw.wtscale.float().reshape(()).to(home)
+        if qw.wchannel is not None:
+            out[f"{layer}.wchannel"] = qw.wchannel.float().to(home)
         add_weight_probe(mod)
         if missing_keys is not None:
             missing_keys.discard(full_layer_name)
@@ -106,7 +110,7 @@ class SVDQuantHfQuantizer(HfQuantizer):
         """Pre-quantized SVDQuant tensors load in their stored dtype (no torch_dtype / keep-in-fp32 cast)."""
         targets = getattr(converter, "target_patterns", None) or ()
         layer, _, tensor = (targets[0] if targets else "").rpartition(".")
-        if layer in self.swapped and tensor in QUANT_TENSORS + ("bias", "wtscale"):
+        if layer in self.swapped and tensor in QUANT_TENSORS + OPTIONAL_TENSORS:
             return None
         return super().get_new_dtype(converter, param, dtype)
 
@@ -131,7 +135,7 @@ class SVDQuantHfQuantizer(HfQuantizer):
                 )
             self.stored_dtypes = {
                 f"{name}.{t}": infos[f"{name}.{t}"].dtype
-                for name in layers for t in QUANT_TENSORS + ("bias", "wtscale") if f"{name}.{t}" in infos
+                for name in layers for t in QUANT_TENSORS + OPTIONAL_TENSORS if f"{name}.{t}" in infos
             }
             for name, (lin, dt, rank) in layers.items():
                 mod = new_layer(lin, self.options, dt, rank)
@@ -174,6 +178,9 @@ class SVDQuantHfQuantizer(HfQuantizer):
             for t, buf in [*mod.named_buffers(recurse=False), *mod.named_parameters(recurse=False)]:
                 if buf is not None and buf.is_meta:
                     raise QuantizationError(f"SVDQuant layer {name!r}: tensor {t!r} was not loaded from the checkpoint")
+                why = invalid_2l_tensor(t, buf) if mod.quant_format == "int4_2l" else None
+                if why:
+                    raise QuantizationError(f"tensor {name + '.' + t!r} of SVDQuant layer {name!r} {why}")
                 want = stored.get(f"{name}.{t}")
                 if want is not None and buf.dtype != want:
                     # transformers versions without get_new_dtype cast floats (keep-in-fp32 rules): undo it

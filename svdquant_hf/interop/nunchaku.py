@@ -551,6 +551,12 @@ def to_nunchaku_lite(
     method = qc.get("quant_method")
     if method not in (None, "svdquant"):
         raise NunchakuFormatError(f"quantization_config.quant_method={method!r}: not a svdquant-hf checkpoint")
+    if qc.get("quant_format") == "int4_2l":
+        raise NunchakuFormatError(
+            "quant_format='int4_2l' (INT4 with two-level scales: uint8 group multipliers and an fp32 scale per "
+            "output channel) has no nunchaku_lite equivalent: Nunchaku's kernels take 16-bit per-group scales. "
+            "Quantize with quant_format='int4', group_size=64 to export"
+        )
     if qc.get("quant_format", "int4") != "int4" or qc.get("group_size", L.GROUP) != L.GROUP:
         raise NunchakuFormatError(
             f"nunchaku_lite loads INT4 group 64 only; this checkpoint is {qc.get('quant_format')} "
