@@ -92,7 +92,7 @@ def skip_reason(
         return f"in_features={k} is not a multiple of group_size={g}"
     if options.rank > min(n, k):
         return f"rank={options.rank} exceeds min(out_features, in_features)={min(n, k)}"
-    return None
+    return options.in_features_problem(k)
 
 
 def quantizable_linears(

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .formats.int4 import SUPPORTED_GROUP_SIZES
+from .formats.int4_2l import MAX_K_2L
 
 QUANT_FORMATS = ("int4", "int4_2l", "nvfp4")
 INT4_FORMATS = ("int4", "int4_2l")  # formats whose group size is an option (32, 64 or 128)
@@ -74,6 +75,15 @@ class SVDQuantOptions:
     @property
     def effective_group_size(self) -> int:
         return 16 if self.quant_format == "nvfp4" else self.group_size
+
+    def in_features_problem(self, in_features: int) -> str | None:
+        """Why a layer with this many inputs cannot use the format (besides the group size), or None."""
+        if self.quant_format == "int4_2l" and in_features > MAX_K_2L:
+            return (
+                f"in_features={in_features} exceeds {MAX_K_2L}, the largest reduction whose exact int32 "
+                "accumulation quant_format='int4_2l' guarantees"
+            )
+        return None
 
     def is_skipped(self, module_name: str, extra_patterns: list[str] | tuple[str, ...] = ()) -> bool:
         patterns = list(self.modules_to_not_convert or []) + list(extra_patterns)

@@ -482,3 +482,18 @@ def test_int4_2l_layer_error_close_to_int4_g64() -> None:
         errs[f"{fmt} g{g}"] = sum(es) / len(es)
     print("relative squared output error:", {k: f"{v:.3e}" for k, v in errs.items()})
     assert errs["int4_2l g64"] < 1.5 * errs["int4 g64"], errs
+
+
+def test_layers_wider_than_the_int32_bound_are_refused_or_skipped() -> None:
+    from torch import nn
+
+    from svdquant_hf.algorithm import QuantizationError
+    from svdquant_hf.quantizers.common import skip_reason
+
+    opts = SVDQuantOptions(quant_format="int4_2l", rank=0)
+    wide = torch.empty(8, MAX_K_2L + 64, device="meta")
+    with pytest.raises(QuantizationError, match=r"'wide': in_features=65600 exceeds 65536.*quant_format='int4'"):
+        quantize_weight(wide, opts, torch.bfloat16, name="wide")
+    lin = nn.Linear(MAX_K_2L + 64, 8, device="meta")
+    assert "in_features=65600 exceeds 65536" in skip_reason("wide", lin, opts)
+    assert skip_reason("wide", lin, SVDQuantOptions(rank=0)) is None  # int4 has no such bound

@@ -98,7 +98,11 @@ def target_linears(
                 continue
         elif any(name_matches(name, p) for p in extra_skip):
             continue
-        if mod.in_features % g or options.rank > min(mod.in_features, mod.out_features):
+        if (
+            mod.in_features % g
+            or options.rank > min(mod.in_features, mod.out_features)
+            or options.in_features_problem(mod.in_features)
+        ):
             unfit.append(name)
             continue
         targets[name] = mod

@@ -19,7 +19,7 @@ from transformers.quantizers.base import HfQuantizer
 
 from ...algorithm.svdquant import QuantizationError, quantize_weight
 from ...config import SVDQuantOptions
-from ...formats.int4_2l import invalid_2l_tensor
+from ...formats.int4_2l import MAX_K_2L, invalid_2l_tensor
 from ...modules import SVDQuantLinear
 from ..common import realign_cpu_tensors
 from ..diffusers.utils import atomic_save, warn_reference_path
@@ -148,7 +148,8 @@ class SVDQuantHfQuantizer(HfQuantizer):
         if unfit:
             warnings.warn(
                 f"SVDQuant: {len(unfit)} linear layer(s) kept in 16 bits because in_features is not a multiple "
-                f"of group_size={self.options.effective_group_size} or rank={self.options.rank} is too large: "
+                f"of group_size={self.options.effective_group_size}, rank={self.options.rank} is too large, or "
+                f"(int4_2l) in_features exceeds {MAX_K_2L}: "
                 f"{unfit[:8]}{' ...' if len(unfit) > 8 else ''}",
                 stacklevel=2,
             )

@@ -58,6 +58,11 @@ def check_weight(weight: torch.Tensor, options: SVDQuantOptions, name: str) -> N
         )
     if options.rank > min(n, k):
         raise QuantizationError(f"layer {name!r}: rank={options.rank} exceeds min(out, in) = {min(n, k)}")
+    why = options.in_features_problem(k)
+    if why:
+        raise QuantizationError(
+            f"layer {name!r}: {why} (skip the layer with modules_to_not_convert or use quant_format='int4')"
+        )
     if not weight.is_meta and not torch.isfinite(weight).all():
         raise QuantizationError(f"layer {name!r}: weight contains NaN or Inf")
 

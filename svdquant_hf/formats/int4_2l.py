@@ -26,6 +26,9 @@ from .int4 import INT4_MAX, INT4_MIN, _check_groups
 
 S_INT_MAX = 16  # the largest second-level multiplier; 4 bits of information, stored as uint8
 ROW_DIVISOR = INT4_MAX * S_INT_MAX  # 112: s_row = amax / 112
+# |q * s_int| <= 128 on both GEMM operands: |acc| <= 2^14 K stays inside int32 up to K = 131072;
+# half of that is the guaranteed bound (K > MAX_K_2L is rejected)
+MAX_K_2L = 65536
 
 
 def group_absmax(x: torch.Tensor, group_size: int, what: str = "tensor") -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..formats.int4 import dequantize_int4, quantize_int4, unpack_int4
-from ..formats.int4_2l import combine_2l, quantize_int4_2l
+from ..formats.int4_2l import MAX_K_2L, combine_2l, quantize_int4_2l
 from ..formats.nvfp4 import dequantize_nvfp4, quantize_nvfp4, unpack_e2m1
 
 
@@ -121,8 +121,6 @@ def nvfp4_linear_ref(
 
 
 # ----------------------------------------------------------------------------- INT4 with two-level scales
-
-MAX_K_2L = 65536  # |xq|, |w8| <= 128: |acc| <= 2^14 K stays inside int32 up to K = 131072; half of it is allowed
 
 
 def check_k_2l(k: int, op: str = "svdquant::w4a4_gemm_2l") -> None:
