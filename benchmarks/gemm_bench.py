@@ -78,6 +78,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--ms", default=",".join(map(str, MS)))
     p.add_argument("--formats", default="int4,int4_2l", help="which of our formats to time (comma list)")
+    p.add_argument("--bt", type=int, default=0, help="force the int4_2l GEMM's token tile (64/128/256)")
     args = p.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     from svdquant_hf.formats.int4 import pack_int4
@@ -93,6 +94,8 @@ def main() -> int:
         bnb = None
     dev = torch.cuda.get_device_name()
     formats = set(args.formats.split(","))
+    if args.bt and hasattr(ext, "set_gemm_2l_tile_tokens"):
+        ext.set_gemm_2l_tile_tokens(args.bt)
     dt = torch.bfloat16
     R, gs = args.rank, 64
     rows = []

@@ -1,7 +1,7 @@
 """Launch quantize_act + w4a4_gemm a few times at one shape, for Nsight Compute (ncu) to profile.
 
 usage: ncu --kernel-name regex:"quantize_act_kernel|w4a4_gemm_kernel" --launch-skip 2 --launch-count 2 \
-           python benchmarks/profile_kernels.py M K N
+           python benchmarks/profile_kernels.py M K N [int4|int4_2l]
 """
 import sys
 
@@ -20,8 +20,15 @@ pu = (torch.randn(N, R, device="cuda") / R**0.5).to(dt)
 qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", dtype=torch.int8))
 wsc = (torch.rand(K // gs, N, device="cuda") * 0.01).to(dt)
 bias = torch.randn(N, device="cuda", dtype=dt)
+fmt = sys.argv[4] if len(sys.argv) >= 5 else "int4"
+wsc2 = torch.randint(1, 17, (K // gs, N), device="cuda", dtype=torch.uint8)
+wch = torch.rand(N, device="cuda") * 1e-3
 for _ in range(3):
-    xq, asc, lr = ext.quantize_act(x, smooth, pd, gs)
-    y = ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
+    if fmt == "int4_2l":
+        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+        y = ext.w4a4_gemm_2l(xq, xs, qw, wsc2, wch, lr, pu, bias, gs)
+    else:
+        xq, asc, lr = ext.quantize_act(x, smooth, pd, gs)
+        y = ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
 torch.cuda.synchronize()
 print("done", M, K, N)

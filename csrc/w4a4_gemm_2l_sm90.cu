@@ -9,15 +9,20 @@
 // operands and the int32 accumulator is exact (|sum| < 2^31 for K <= 65536).
 //
 // CTA tile: 128 weight rows (two warpgroups of 64) x BT tokens (the wgmma N: 64, 128 or 256), K in
-// stages of 128. Per stage, cp.async brings the activation tile (BT x 128 bytes, 128-byte swizzle, the
-// wgmma B operand), the packed weight tile (128 rows x 64 bytes, chunk-swizzled for conflict-free
-// loads) and the stage's integer group scales into shared memory. Each thread widens its share of the
+// stages of 128. Per stage, one thread's TMA copies (completing on the stage's mbarrier) bring the
+// activation tile (BT x 128 bytes, 128-byte swizzle: the wgmma B operand), the packed weight tile (128
+// rows x 64 bytes, 64-byte swizzle: conflict-free nibble loads) and the stage's integer group scales
+// into shared memory. (cp.async instead needs a proxy fence before wgmma reads, which compiles to
+// MEMBAR.ALL.CTA and waits for the loads still in flight for later stages: 35 % of peak.) Each thread widens its share of the
 // weight nibbles to int8 q * s_int (unsigned nibble x s_int with one IMUL per four bytes, then a
 // per-byte subtraction of 8 s_int) into its warpgroup's A tile (double-buffered, 128-byte swizzle)
 // while the previous stage's wgmmas run. (A in registers would be one store fewer, but ptxas then
 // serializes the wgmmas: the next stage's fragments are written while the current ones are in flight.) Epilogue: int32 -> fp32,
 // the two scales, the low-rank branch as mma.sync bf16/fp16 on the same registers (lr from shared
 // memory by ldmatrix), bias, and stores transposed by movmatrix (the accumulator is [weight row, token]).
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 #include "common.cuh"
 #include "launch.h"
 #include "wgmma_s8.cuh"
@@ -46,9 +51,9 @@ struct Tile2l {
   static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - 4 * kABytes) / kStageBytes;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + 1024;  // + alignment slack
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + 8 * kStages + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
@@ -62,6 +67,25 @@ __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
   return d;
 }
 
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
 // Four packed bytes of (unsigned nibble x s) minus 8 s per byte (mod 256): the signed products q x s.
 __device__ __forceinline__ uint32_t sub_bytes(uint32_t x, uint32_t c_lo7, uint32_t c_hi) {
   const uint32_t t = (x | 0x80808080u) - c_lo7;
@@ -70,8 +94,8 @@ __device__ __forceinline__ uint32_t sub_bytes(uint32_t x, uint32_t c_lo7, uint32
 
 template <typename T, int BT, int G>
 __global__ void __launch_bounds__(kThreads, 1)
-    w4a4_gemm_2l_sm90_kernel(const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                             const int8_t* __restrict__ qweight, const uint8_t* __restrict__ wscales,
+    w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                             const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R) {
@@ -80,7 +104,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int S = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  // 1024-byte alignment for the swizzled tiles; indexing smem_raw keeps the loads in the shared window (LDS)
+  uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const uint32_t sbase = smem_u32(smem);
 
   const int tid = threadIdx.x;
@@ -91,34 +116,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int n0 = blockIdx.x * kRows;
   const int m0 = blockIdx.y * BT;
   const int KT = K / kBK;
-  const int64_t kh = K / 2;
 
-  auto load_stage = [&](int kt) {
+  // one full-barrier per stage, after the stages and the A tiles
+  const uint32_t bars = sbase + S * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
+  auto load_stage = [&](int kt) {  // one thread
     const int buf = kt % S;
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
-    const uint32_t wt = act + Cfg::kActBytes;
-    const uint32_t sc = wt + Cfg::kWBytes;
-    const int k0 = kt * kBK;
-#pragma unroll
-    for (int j = 0; j < BT * 8 / kThreads; ++j) {
-      const int i = tid + j * kThreads;
-      const int row = i >> 3, c = i & 7;
-      const int m = m0 + row;
-      const int8_t* src = xq + (int64_t)min(m, M - 1) * K + k0 + c * 16;
-      cp_async16(act + row * 128 + ((c ^ (row & 7)) << 4), src, m < M ? 16 : 0);
-    }
-#pragma unroll
-    for (int j = 0; j < kRows * 4 / kThreads; ++j) {
-      const int i = tid + j * kThreads;
-      const int row = i >> 2, c = i & 3;
-      cp_async16(wt + row * 64 + ((c ^ ((row >> 1) & 3)) << 4), qweight + (int64_t)(n0 + row) * kh + k0 / 2 + c * 16,
-                 16);
-    }
-    if (tid < GPS * (kRows / 16)) {
-      const int gi = tid / (kRows / 16), c = tid % (kRows / 16);
-      cp_async16(sc + gi * kRows + c * 16, wscales + (int64_t)(k0 / G + gi) * N + n0 + c * 16, 16);
-    }
+    const uint32_t bar = bars + 8 * buf;
+    mbar_expect_tx(bar, kTxBytes);
+    tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
+    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (kBK / 2), n0, bar);
+    tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) mbar_init(bars + 8 * s, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
 
   int acc[Cfg::kAcc];
 #pragma unroll
@@ -132,11 +147,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // two int8 A tiles per warpgroup (double buffer), after the stages
   const uint32_t a_base = sbase + S * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
 
-#pragma unroll
-  for (int s = 0; s < S - 2; ++s) {
-    if (s < KT) load_stage(s);
-    cp_async_commit();
-  }
+  if (tid == 0)
+    for (int s = 0; s < S - 2 && s < KT; ++s) load_stage(s);
 
   // Widen this thread's nibbles of stage kt to int8 q * s_int and store them into the A tile (K-major,
   // 128-byte swizzle, so the stores are conflict-free: 8 rows x 4 words hit 32 distinct banks).
@@ -171,12 +183,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   auto stage_step = [&](int kt, uint32_t a_tile) {
-    cp_async_wait<S - 3>();
-    fence_proxy_async_smem();
     __syncthreads();
     // every thread is past the previous step, so the wgmmas of stage kt-2 (both warpgroups) are complete
-    if (kt + S - 2 < KT) load_stage(kt + S - 2);
-    cp_async_commit();
+    if (tid == 0 && kt + S - 2 < KT) load_stage(kt + S - 2);
+    mbar_wait(bars + 8 * (kt % S), (kt / S) & 1);
     convert_stage(kt, a_tile);
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
@@ -198,7 +208,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kt + 1 < KT) stage_step(kt + 1, a_base + Cfg::kABytes);
   }
   wgmma_wait<0>();
-  cp_async_wait<0>();
   __syncthreads();
 
   // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes
@@ -269,16 +278,47 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Row-major uint8 matrix [rows, cols] (cols contiguous), tiles of box_rows x box_cols.
+bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint32_t box_rows, uint32_t box_cols,
+              CUtensorMapSwizzle swizzle) {
+  auto fn = encode_fn();
+  if (!fn) return false;
+  const cuuint64_t dims[2] = {cols, rows};
+  const cuuint64_t strides[1] = {cols};
+  const cuuint32_t box[2] = {box_cols, box_rows};
+  const cuuint32_t elem[2] = {1, 1};
+  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem,
+            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 template <typename T, int BT, int G>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G>;
   constexpr int smem = Tile2l<BT>::kSmem;
+  CUtensorMap tm_x, tm_w, tm_s;
+  if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
+      !make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE))
+    return cudaErrorInvalidValue;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
   dim3 grid(a.N / kRows, (a.M + BT - 1) / BT);
-  kern<<<grid, kThreads, smem, stream>>>(
-      a.xq, a.xscale, a.qweight, a.wscales, a.wchannel, static_cast<const T*>(a.lr),
-      static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y), a.M, a.N, a.K, a.R);
+  kern<<<grid, kThreads, smem, stream>>>(tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
+                                         static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias),
+                                         static_cast<T*>(a.y), a.M, a.N, a.K, a.R);
   return cudaGetLastError();
 }
 
