@@ -2,12 +2,13 @@
 
 Builds a FluxTransformer2DModel with the FLUX.1-dev configuration and random weights (no download),
 and for each variant (bf16 eager / compiled, torchao fp8 dynamic eager / compiled, bitsandbytes NF4,
-SVDQuant eager / compiled) times one transformer forward at each resolution and batch size, with
+SVDQuant int4 and int4_2l, eager / compiled) times one transformer forward at each resolution and batch size, with
 CUDA events (median of --iters after --warmup). Prints a table of ratios to bf16 eager, writes JSON,
 and a bar chart when matplotlib is present.
 
   python benchmarks/flux_e2e.py --out docs/perf/flux_e2e.json
   python benchmarks/flux_e2e.py --variants bf16,svdq --res 1024 --batch 1
+  python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
@@ -30,7 +31,10 @@ FLUX_DEV = dict(
 TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
             joint_attention_dim=128, pooled_projection_dim=64, axes_dims_rope=(8, 12, 12))
 TXT_TOKENS = 512
-ALL_VARIANTS = ("bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "bf16_offload")
+ALL_VARIANTS = (
+    "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
+    "bf16_offload",
+)
 
 
 def build_model(config: dict, device: str, seed: int = 0, home: str | None = None) -> nn.Module:
@@ -76,13 +80,13 @@ def make_inputs(config: dict, res: int, batch: int, device: str) -> dict:
     )
 
 
-def to_svdquant(model: nn.Module, work_device: str) -> nn.Module:
+def to_svdquant(model: nn.Module, work_device: str, quant_format: str = "int4") -> nn.Module:
     """Data-free SVDQuant of the layers the diffusers integration targets (its default skip list)."""
     from svdquant_hf import SVDQuantOptions
     from svdquant_hf.quantize import quantize_linear, set_submodule
     from svdquant_hf.quantizers.common import quantizable_linears
 
-    options = SVDQuantOptions()
+    options = SVDQuantOptions(quant_format=quant_format)
     for name, lin in list(quantizable_linears(model, options).items()):
         set_submodule(model, name, quantize_linear(lin, options, name, None, torch.device(work_device)))
     return model
@@ -155,7 +159,7 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
     if name.startswith("svdq"):
         # stream: 16-bit weights stay on the host when memory is capped; one layer at a time on the GPU
         model = build_model(config, device, home="cpu" if cap else device)
-        model = to_svdquant(model, device)
+        model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4")
         model = model.to(device)
     elif name.startswith("fp8"):
         model = to_fp8(build_model(config, device))

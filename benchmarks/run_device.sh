@@ -12,8 +12,9 @@ export PYTHONUNBUFFERED=1 SVDQUANT_HF_CACHE=/tmp/svdq_cache
 [ -e svdquant_hf/quantizers ] || ln -s ../quantizers svdquant_hf/quantizers
 [ -e svdquant_hf/_csrc ] || ln -s ../csrc svdquant_hf/_csrc
 [ -e svdquant_hf/hub_scripts ] || ln -s ../hub_scripts svdquant_hf/hub_scripts
-if [ -d .bnbwhl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .bnbwhl/*.whl \
+WHEELS=${WHEELS:-.bnbwhl}
+if [ -d "$WHEELS" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
     > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -3 /tmp/pip.log; }
   export PYTHONPATH=$PWD:/tmp/site
 else

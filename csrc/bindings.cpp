@@ -186,20 +186,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const int64_t M = x_in.size(0), K = x_in.size(1);
   SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
                "svdquant quantize_act_2l: group_size must be 32, 64 or 128, got ", group_size);
-  SVDQ_REQUIRE(svdq::quantize_act_2l_vectors((int)K) > 0, "svdquant quantize_act_2l: K=", K, " not supported");
   SVDQ_REQUIRE(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act_2l: smooth must be [", K, "]");
   SVDQ_REQUIRE(pd_in.dim() == 2 && pd_in.size(0) == K, "svdquant quantize_act_2l: proj_down must be [", K, ", R]");
+  SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   c10::cuda::CUDAGuard guard(x_in.device());
   for (auto& [t, name] : {std::pair<const at::Tensor&, const char*>{smooth_in, "smooth"}, {pd_in, "proj_down"}}) {
     const std::string e = mismatch(t, x_in, x_in.scalar_type(), name);
     SVDQ_REQUIRE(e.empty(), e);
   }
-  at::Tensor x = prep(x_in);
-  at::Tensor smooth = prep(smooth_in);
+  at::Tensor x = prep(x_in), smooth = prep(smooth_in);
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
-  svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), xq.data_ptr<int8_t>(),
-                            xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
+  auto rcp = at::empty({K}, x.options().dtype(at::kFloat));
+  svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), rcp.data_ptr<float>(),
+                            xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
   const cudaError_t err = svdq::launch_quantize_act_2l(a, c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
   // the low-rank down projection on cuBLAS (fp32 accumulation, rounded to the compute dtype)
@@ -266,7 +266,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
   m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
         "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
-  m.def("quantize_act_2l_vectors", &svdq::quantize_act_2l_vectors, "K -> vectors per thread (0: unsupported K)");
+  m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
   m.def("gemm_2l_tile_tokens", &svdq::gemm_2l_tile_tokens, "M, N, num_sms -> token tile of the 2l GEMM");
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/256-token tiles (0: heuristic)");
 #ifdef SVDQ_BUILT_SM90A

@@ -40,6 +40,7 @@ struct QuantizeAct2lArgs {
   DType dtype;
   const void* x;       // [M, K]
   const void* smooth;  // [K]
+  float* rcp;          // workspace [K]: 1 / smooth
   int8_t* xq;          // [M, K] values q * s_int in [-128, 112]
   float* xscale;       // [M]
   int M, K, group_size;
@@ -68,7 +69,7 @@ cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream);
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream);
 void set_gemm_tile_rows(int bm);  // 64 or 128 forces the tile height (benchmarks); 0 restores the heuristic
 
-int quantize_act_2l_vectors(int K);  // 0: K not supported by the kernel
+bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
 // sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);

@@ -1,22 +1,42 @@
 // Activation quantization for the two-level INT4 format (int4_2l), any architecture.
 //
-// One CTA per token row: the row is read once into registers (V 16-byte vectors per thread, strided
-// by the block size, so a group of G values sits in G/8 consecutive threads), smoothed by a multiply
-// with the IEEE reciprocal of the smoothing factor, reduced to group and row maxima, and written as
-// int8 q * s_int with the per-token fp32 scale. The exact numerics are ops/reference.py's
-// quantize_act_2l_ref (formats/int4_2l.py): s_row = amax / 112, s_int = clamp(ceil(amax_g / amax * 16),
-// 1, 16), q = clamp(rne(xs * (1 / (s_row * s_int))), -8, 7).
+// The per-token scale needs the whole row's absmax before any value can be quantized, so one CTA owns
+// a token row and holds it in registers: V 16-byte vectors per thread, strided by the block size, so a
+// group of G values sits in G/8 consecutive lanes. x is read once, multiplied by the fp32 reciprocal
+// of the smoothing factor (one small prep launch computes 1 / smooth for the whole call), reduced to
+// group and row maxima, and written as int8 q * s_int with the per-token fp32 scale. (A 16-row variant
+// with the low-rank down projection fused on mma.sync had to read x twice and ran 1.7-2x slower:
+// too few CTAs for the row-max dependency. The down projection stays on cuBLAS, in the binding.)
+// Exact numerics: ops/reference.py quantize_act_2l_ref: s_row = amax / 112, s_int = clamp(ceil(amax_g /
+// amax * 16), 1, 16), q = clamp(rne(fl(fl(x * rcp) * (1 / (s_row * s_int)))), -8, 7).
 #include "common.cuh"
 #include "launch.h"
 
 namespace svdq {
 namespace {
 
+template <typename T>
+__global__ void rcp_kernel(const T* __restrict__ smooth, float* __restrict__ rcp, int K) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k < K) rcp[k] = __frcp_rn(Dt<T>::to_f(smooth[k]));
+}
+
+template <typename T>
+__device__ __forceinline__ float half_lo(uint32_t w) {
+  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w << 16);  // bfloat16: the high half of an fp32
+  else return Dt<T>::bits_to_f(w & 0xFFFFu);
+}
+template <typename T>
+__device__ __forceinline__ float half_hi(uint32_t w) {
+  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w & 0xFFFF0000u);
+  else return Dt<T>::bits_to_f(w >> 16);
+}
+
 template <typename T, int V, int G>
-__global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const T* __restrict__ smooth,
+__global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
                                                                int K) {
-  constexpr int VPG = G / 8;  // 16-byte vectors per group = consecutive threads sharing a group
+  constexpr int VPG = G / 8;  // 16-byte vectors per group = consecutive lanes sharing a group
   __shared__ float red[32];
   const int m = blockIdx.x;
   const int nthr = blockDim.x;
@@ -29,15 +49,15 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
   for (int i = 0; i < V; ++i) {
     const int v = tid + i * nthr;
     const uint4 xv = *reinterpret_cast<const uint4*>(xr + v * 8);
-    const uint4 sv = __ldg(reinterpret_cast<const uint4*>(smooth + v * 8));
+    const float4 r0 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8));
+    const float4 r1 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8 + 4));
     const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-    const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w};
+    const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
     float amax = 0.f;
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const float xe = Dt<T>::bits_to_f(e & 1 ? xw[e >> 1] >> 16 : xw[e >> 1] & 0xFFFFu);
-      const float se = Dt<T>::bits_to_f(e & 1 ? sw[e >> 1] >> 16 : sw[e >> 1] & 0xFFFFu);
-      xs[i][e] = __fmul_rn(xe, __frcp_rn(se));
+      const float xe = e & 1 ? half_hi<T>(xw[e >> 1]) : half_lo<T>(xw[e >> 1]);
+      xs[i][e] = __fmul_rn(xe, rc[e]);
       amax = fmaxf(amax, fabsf(xs[i][e]));
     }
 #pragma unroll
@@ -65,14 +85,19 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
     int s_int = 1;
     if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gmax[i], amax) * 16.f)));
     const float scale = __fmul_rn(s_row, (float)s_int);
-    const float inv = scale > 0.f ? __frcp_rn(scale) : 0.f;
-    uint32_t w[2] = {0u, 0u};
+    float inv = __frcp_rn(scale);
+    if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
+    int b[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const int q = min(7, max(-8, __float2int_rn(__fmul_rn(xs[i][e], inv))));
-      w[e >> 2] |= (uint32_t)((q * s_int) & 0xFF) << (8 * (e & 3));
+      // clamp, then round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's
+      // complement), and (that word * s_int) has q * s_int in its low byte
+      const float p = fminf(7.f, fmaxf(-8.f, __fmul_rn(xs[i][e], inv)));
+      b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
     }
-    *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w[0], w[1]);
+    const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+    const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+    *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
   }
 }
 
@@ -80,10 +105,9 @@ template <typename T, int G>
 cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_t s) {
   dim3 grid(a.M);
   const T* x = static_cast<const T*>(a.x);
-  const T* sm = static_cast<const T*>(a.smooth);
   switch (v) {
 #define SVDQ_Q2L_CASE(VV) \
-  case VV: quantize_act_2l_kernel<T, VV, G><<<grid, threads, 0, s>>>(x, sm, a.xq, a.xscale, a.K); break;
+  case VV: quantize_act_2l_kernel<T, VV, G><<<grid, threads, 0, s>>>(x, a.rcp, a.xq, a.xscale, a.K); break;
     SVDQ_Q2L_CASE(1)
     SVDQ_Q2L_CASE(2)
     SVDQ_Q2L_CASE(3)
@@ -98,11 +122,9 @@ cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_
   return cudaGetLastError();
 }
 
-}  // namespace
-
 // Vectors per thread for a row of K values: the smallest V <= 8 with K / (8 V) threads a multiple of 32
-// and at most 256 (else at most 512); 0 when no such block exists (the caller uses the reference).
-int quantize_act_2l_vectors(int K) {
+// and at most 256 (else at most 512); 0 when no such block exists.
+int vectors_per_thread(int K) {
   if (K <= 0 || K % 256) return 0;
   for (int limit : {256, 512})
     for (int v = 1; v <= 8; ++v)
@@ -110,11 +132,19 @@ int quantize_act_2l_vectors(int K) {
   return 0;
 }
 
+}  // namespace
+
+bool quantize_act_2l_supported(int K) { return vectors_per_thread(K) > 0; }
+
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream) {
-  const int v = quantize_act_2l_vectors(a.K);
-  if (v == 0 || a.M == 0) return a.M == 0 ? cudaSuccess : cudaErrorInvalidValue;
-  const int threads = a.K / 8 / v;
+  const int v = vectors_per_thread(a.K);
+  if (v == 0) return cudaErrorInvalidValue;
+  if (a.M == 0) return cudaSuccess;
   const bool bf = a.dtype == DType::kBF16;
+  if (bf) rcp_kernel<__nv_bfloat16><<<(a.K + 255) / 256, 256, 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(a.smooth), a.rcp, a.K);
+  else rcp_kernel<__half><<<(a.K + 255) / 256, 256, 0, stream>>>(static_cast<const __half*>(a.smooth), a.rcp, a.K);
+  const int threads = a.K / 8 / v;
   switch (a.group_size) {
     case 32: return bf ? launch_v<__nv_bfloat16, 32>(a, v, threads, stream) : launch_v<__half, 32>(a, v, threads, stream);
     case 64: return bf ? launch_v<__nv_bfloat16, 64>(a, v, threads, stream) : launch_v<__half, 64>(a, v, threads, stream);

@@ -135,7 +135,8 @@ def _quantize_2l_supported(ext, x: torch.Tensor, smooth: torch.Tensor, proj_down
         and x.dim() == 2
         and smooth.is_cuda
         and proj_down.is_cuda
-        and ext.quantize_act_2l_vectors(x.shape[1]) > 0
+        and proj_down.dim() == 2
+        and ext.quantize_act_2l_supported(x.shape[1])
     )
 
 

@@ -72,9 +72,18 @@ def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
     assert _rel(lr, rl) < 1e-2
 
 
+@pytest.mark.parametrize("R", [0, 8, 20, 48, 64])
+def test_quantize_act_2l_ranks(ext, R):
+    x, smooth, pd = _acts(45, 1536, R, torch.bfloat16, seed=R)
+    xq, xs, lr = _quantize(ext, x, smooth, pd, 64)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs)
+    assert lr.shape == (45, R) and (R == 0 or _rel(lr, rl) < 1e-2)
+
+
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
     x, smooth, pd = _acts(5, 192, 16, torch.bfloat16, seed=3)  # K % 256 != 0: reference path
-    assert ext.quantize_act_2l_vectors(192) == 0
+    assert not ext.quantize_act_2l_supported(192)
     out = library.quantize_act_2l(x, smooth, pd, 64)
     ref = quantize_act_2l_ref(x, smooth, pd, 64)
     assert all(torch.equal(a, b) for a, b in zip(out[:2], ref[:2]))
