@@ -5,13 +5,16 @@ few outlier channels (tens of times larger than the rest, as in real transformer
 random correlation. Calibration rows (2048, 4x K: GPTQ overfits a Hessian of fewer rows) and evaluation rows
 (512) are disjoint draws.
 The metric is the relative squared output error ||Y_q - Y||^2 / ||Y||^2 on the evaluation rows.
+Rows without a format name use INT4 with group 64 ("int4"); "int4_2l" is INT4 with two-level
+scales (docs/format.md); the "plain weight rule" row is a diagnostic with the weight search off.
 
     python benchmarks/ablation_synthetic.py [--plot docs/ablation_synthetic.png]
 """
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +84,27 @@ def _method(options: SVDQuantOptions, calibrated: bool) -> Callable[[SyntheticLa
     return run
 
 
+@contextmanager
+def plain_2l_weights() -> Iterator[None]:
+    """Diagnostic: int4_2l weights by the plain activation rule (no per-group / per-row search)."""
+    from svdquant_hf.algorithm import svdquant as sq
+
+    searched = sq.quantize_weight_2l
+    sq.quantize_weight_2l = lambda w, group_size: searched(w, group_size, search=False)
+    try:
+        yield
+    finally:
+        sq.quantize_weight_2l = searched
+
+
+def _plain_2l(run: Callable[[SyntheticLayer], float]) -> Callable[[SyntheticLayer], float]:
+    def wrapped(layer: SyntheticLayer) -> float:
+        with plain_2l_weights():
+            return run(layer)
+
+    return wrapped
+
+
 METHODS: dict[str, Callable[[SyntheticLayer], float]] = {
     "naive W4A4 (no smoothing, rank 0)": _method(SVDQuantOptions(rank=0), calibrated=False),
     "SmoothQuant W4A4 (alpha 0.5, rank 0)": _method(SVDQuantOptions(rank=0, alpha=0.5), calibrated=True),
@@ -89,6 +113,23 @@ METHODS: dict[str, Callable[[SyntheticLayer], float]] = {
     "SVDQuant W4A4 (alpha 0.5, rank 32)": _method(SVDQuantOptions(rank=32, alpha=0.5), calibrated=True),
     "SVDQuant W4A4 (alpha searched, rank 32)": _method(SVDQuantOptions(rank=32), calibrated=True),
     "SVDQuant W4A4 + GPTQ (rank 32)": _method(SVDQuantOptions(rank=32, gptq=True), calibrated=True),
+    "SVDQuant W4A4 int4 g128 (alpha searched, rank 32)": _method(SVDQuantOptions(rank=32, group_size=128), calibrated=True),
+    "SVDQuant W4A4 int4_2l g64 (alpha searched, rank 32)": _method(
+        SVDQuantOptions(rank=32, quant_format="int4_2l"), calibrated=True
+    ),
+    "SVDQuant W4A4 int4_2l g64, plain weight rule (alpha searched, rank 32)": _plain_2l(
+        _method(SVDQuantOptions(rank=32, quant_format="int4_2l"), calibrated=True)
+    ),
+    "SVDQuant W4A4 int4_2l g64 + GPTQ (rank 32)": _method(
+        SVDQuantOptions(rank=32, quant_format="int4_2l", gptq=True), calibrated=True
+    ),
+    "SVDQuant W4A4 int4_2l g128 (alpha searched, rank 32)": _method(
+        SVDQuantOptions(rank=32, group_size=128, quant_format="int4_2l"), calibrated=True
+    ),
+    "SVDQuant W4A4 int4 g32 (alpha searched, rank 32)": _method(SVDQuantOptions(rank=32, group_size=32), calibrated=True),
+    "SVDQuant W4A4 int4_2l g32 (alpha searched, rank 32)": _method(
+        SVDQuantOptions(rank=32, group_size=32, quant_format="int4_2l"), calibrated=True
+    ),
     "SVDQuant NVFP4 (alpha searched, rank 32)": _method(SVDQuantOptions(rank=32, quant_format="nvfp4"), calibrated=True),
     "W8A8 reference (per-channel / per-token int8)": _w8a8_error,
 }
@@ -122,7 +163,7 @@ def plot(results: dict[str, float], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.32 * len(results)))
     names = list(results)
     ax.barh(names[::-1], [results[n] for n in names[::-1]], color="tab:blue")
     ax.set_xscale("log")

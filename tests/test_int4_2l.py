@@ -353,6 +353,19 @@ def test_weight_search_is_valid_and_never_worse_than_the_plain_rule(group: int) 
     assert bool((e_search <= e_plain * (1 + 1e-6)).all())
     assert float(e_search.sum()) < 0.95 * float(e_plain.sum())  # the search buys something real
     print(f"g{group}: weight squared error plain {float(e_plain.sum()):.4e} -> searched {float(e_search.sum()):.4e}")
+    # a first-level grid only adds candidates: never worse per row
+    e_grid = row_err(quantize_weight_2l(w, group, row_grid=(1.0, 0.9, 0.8)))
+    assert bool((e_grid <= e_search * (1 + 1e-6)).all())
+
+
+def test_weight_search_in_row_chunks_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import svdquant_hf.algorithm.twolevel as twolevel
+
+    w = _randn(11, 37, 256) * torch.exp(_randn(12, 1, 256))
+    whole = quantize_weight_2l(w, 64)
+    monkeypatch.setattr(twolevel, "_CHUNK_ELEMENTS", 3 * 256)  # 3 rows per chunk, a ragged last chunk
+    chunked = quantize_weight_2l(w, 64)
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked))
 
 
 def _outlier_layer(n: int, k: int, seed: int, rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
