@@ -14,6 +14,7 @@ NAIVE = "naive W4A4 (no smoothing, rank 0)"
 SMOOTH = "SmoothQuant W4A4 (alpha 0.5, rank 0)"
 LOWRANK = "low-rank only (rank 32, no smoothing)"
 SVDQ = "SVDQuant W4A4 (alpha searched, rank 32)"
+SVDQ_2L = "SVDQuant W4A4 int4_2l g64 (alpha searched, rank 32)"
 
 
 def test_svdquant_beats_smoothquant_beats_naive() -> None:
@@ -24,3 +25,9 @@ def test_svdquant_beats_smoothquant_beats_naive() -> None:
     assert res[SVDQ] * 1.3 <= res[LOWRANK], res  # smoothing and the branch are complementary
     table = ablation.format_table(res)
     assert NAIVE in table and SVDQ in table
+
+
+def test_int4_2l_is_as_accurate_as_int4_g64() -> None:
+    res = ablation.run_ablation(seeds=(7,), n=128, k=256, methods=[SVDQ, SVDQ_2L], calib_rows=512)
+    print(res)
+    assert res[SVDQ_2L] < 1.2 * res[SVDQ], res  # docs/quality.md: 3.0e-4 vs 3.3e-4 on the 256 x 512 layers
