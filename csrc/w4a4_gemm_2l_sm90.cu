@@ -11,15 +11,18 @@
 // CTA tile: 128 weight rows (two warpgroups of 64) x BT tokens (the wgmma N: 64, 128 or 256), K in
 // stages of 128. Per stage, one thread's TMA copies (completing on the stage's mbarrier) bring the
 // activation tile (BT x 128 bytes, 128-byte swizzle: the wgmma B operand), the packed weight tile (128
-// rows x 64 bytes, 64-byte swizzle: conflict-free nibble loads) and the stage's integer group scales
-// into shared memory. (cp.async instead needs a proxy fence before wgmma reads, which compiles to
-// MEMBAR.ALL.CTA and waits for the loads still in flight for later stages: 35 % of peak.) Each thread widens its share of the
-// weight nibbles to int8 q * s_int (unsigned nibble x s_int with one IMUL per four bytes, then a
-// per-byte subtraction of 8 s_int) into its warpgroup's A tile (double-buffered, 128-byte swizzle)
-// while the previous stage's wgmmas run. (A in registers would be one store fewer, but ptxas then
-// serializes the wgmmas: the next stage's fragments are written while the current ones are in flight.) Epilogue: int32 -> fp32,
-// the two scales, the low-rank branch as mma.sync bf16/fp16 on the same registers (lr from shared
-// memory by ldmatrix), bias, and stores transposed by movmatrix (the accumulator is [weight row, token]).
+// rows x 64 bytes, 64-byte swizzle) and the stage's integer group scales into shared memory. Each
+// warpgroup widens its 64 weight rows to int8 q * s_int (unsigned nibble x s_int with one IMUL per four
+// bytes, then a per-byte subtraction of 8 s_int) into its own A tile (double-buffered, 128-byte
+// swizzle) while the previous stage's wgmmas run, then issues four wgmmas from shared memory.
+// Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
+// registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
+// accumulator is [weight row, token]).
+// What was tried and measured on H100 (docs/perf-notes.md): cp.async instead of TMA needs a proxy
+// fence that compiles to MEMBAR.ALL.CTA and waits for the loads in flight (556-688 TOP/s); A in
+// registers makes ptxas serialize the wgmmas; a warp-specialised variant (one producer warpgroup
+// widening for two consumer warpgroups) was slower (487-582 TOP/s): the widening is the critical path
+// and needs all eight warps.
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -142,43 +145,46 @@ __global__ void __launch_bounds__(kThreads, 1)
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
   const int rA = wg * 64 + warp * 16 + g;
   const int rB = rA + 8;
-  const int swzA = (rA >> 1) & 3, swzB = (rB >> 1) & 3;
-  const uint32_t sel = (t & 1) ? 0x7632u : 0x5410u;
   // two int8 A tiles per warpgroup (double buffer), after the stages
   const uint32_t a_base = sbase + S * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
 
   if (tid == 0)
     for (int s = 0; s < S - 2 && s < KT; ++s) load_stage(s);
 
-  // Widen this thread's nibbles of stage kt to int8 q * s_int and store them into the A tile (K-major,
-  // 128-byte swizzle, so the stores are conflict-free: 8 rows x 4 words hit 32 distinct banks).
+  // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
+  // swizzle). A thread takes k32-chunk jj of rows rp and rp + 32: 16 packed bytes in, 32 bytes out, so
+  // loads and stores are 16-byte vectors and the scale constants serve 32 weights (2.5 instructions per
+  // weight; gathering the wgmma register-fragment layout instead cost 4.3).
+  const int wtid = tid & 127, jj = wtid & 3, rp = wtid >> 2;
+  const int gi_base = (jj * 32) / G;
   auto convert_stage = [&](int kt, uint32_t a_tile) {
     const int buf = kt % S;
     const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
     const uint8_t* sc = wt + Cfg::kWBytes;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int gi = (j * 32) / G;
+    for (int i = 0; i < 2; ++i) {
+      const int rw = rp + 32 * i;  // row inside the warpgroup's tile
+      const int r = wg * 64 + rw;  // row inside the CTA tile
+      const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
+      const uint32_t s_int = sc[gi_base * kRows + r];
+      const uint32_t c = (8u * s_int) * 0x01010101u;
+      const uint32_t c_lo7 = c & 0x7F7F7F7Fu, c_hi = ~c & 0x80808080u;
+      const uint32_t words[4] = {pk.x, pk.y, pk.z, pk.w};
+      uint32_t o[8];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = h ? rB : rA;
-        const int swz = h ? swzB : swzA;
-        const uint8_t* chunk = wt + r * 64 + ((j ^ swz) << 4);
-        const uint32_t w_lo = *reinterpret_cast<const uint32_t*>(chunk + 4 * (t >> 1));
-        const uint32_t w_hi = *reinterpret_cast<const uint32_t*>(chunk + 8 + 4 * (t >> 1));
-        // nibbles: k = 4t..4t+3, then 16+4t..16+4t+3 of k-step j; signed -> offset binary
-        const uint32_t p = __byte_perm(w_lo, w_hi, sel) ^ 0x88888888u;
-        const uint32_t s_int = sc[gi * kRows + r];
-        const uint32_t c = (8u * s_int) * 0x01010101u;
-        const uint32_t c_lo7 = c & 0x7F7F7F7Fu, c_hi = ~c & 0x80808080u;
-        const uint32_t lo = sub_bytes((p & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);         // k 0, 2, 16, 18
-        const uint32_t hi = sub_bytes(((p >> 4) & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);  // k 1, 3, 17, 19
-        const int rw = r & 63;  // row inside the warpgroup's tile
-        const uint32_t row_addr = a_tile + rw * 128 + 4 * t;
-        const uint32_t w0 = __byte_perm(lo, hi, 0x5140), w1 = __byte_perm(lo, hi, 0x7362);
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row_addr + (((2 * j) ^ (rw & 7)) << 4)), "r"(w0));
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row_addr + (((2 * j + 1) ^ (rw & 7)) << 4)), "r"(w1));
+      for (int w = 0; w < 4; ++w) {
+        // 8 nibbles = k 8w .. 8w+7 of the chunk (low nibble first); signed -> offset binary
+        const uint32_t p = words[w] ^ 0x88888888u;
+        const uint32_t lo = sub_bytes((p & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);         // k 0, 2, 4, 6
+        const uint32_t hi = sub_bytes(((p >> 4) & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);  // k 1, 3, 5, 7
+        o[2 * w] = __byte_perm(lo, hi, 0x5140);
+        o[2 * w + 1] = __byte_perm(lo, hi, 0x7362);
       }
+      const uint32_t row = a_tile + rw * 128;
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + (((2 * jj) ^ (rw & 7)) << 4)),
+                   "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3]));
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + (((2 * jj + 1) ^ (rw & 7)) << 4)),
+                   "r"(o[4]), "r"(o[5]), "r"(o[6]), "r"(o[7]));
     }
   };
 
