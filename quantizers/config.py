@@ -4,7 +4,7 @@ Contract for the transformers-side config (quantizers/transformers/): subclass `
 with transformers' ``QuantizationConfigMixin`` and do NOT override ``__init__``, so that
 ``PipelineQuantizationConfig(quant_backend="svdquant", quant_kwargs=...)`` sees identical parameters:
 
-    SVDQuantConfig(rank=32, group_size=64, quant_format="int4", weight_only=False, alpha=None,
+    SVDQuantConfig(rank=32, group_size=64, quant_format="auto", weight_only=False, alpha=None,
                    alpha_grid=20, refine_iters=0, gptq=False, calib_tokens=1024,
                    modules_to_not_convert=None, **kwargs)
 
@@ -74,7 +74,7 @@ class SVDQuantConfig(SVDQuantOptions, _DiffusersConfigBase, _PipelineConfigBase)
         self,
         rank: int = 32,
         group_size: int = 64,
-        quant_format: str = "int4",
+        quant_format: str = "auto",
         weight_only: bool = False,
         alpha: float | None = None,
         alpha_grid: int = 20,

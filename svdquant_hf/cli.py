@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--components", nargs="+", help="pipeline components to quantize (default: the denoiser)")
     q.add_argument("--rank", type=int, default=32, help="low-rank branch rank (default 32)")
     q.add_argument("--group-size", type=int, default=64, help="INT4 group size: 32, 64 or 128 (default 64)")
-    q.add_argument("--format", default="int4", choices=QUANT_FORMATS,
-                   help="4-bit format (default int4): int4 = per-group 16-bit scales; int4_2l = INT4 with "
+    q.add_argument("--format", default="auto", choices=(*QUANT_FORMATS, "auto"),
+                   help="4-bit format (default auto: int4_2l on Hopper GPUs, else int4): int4 = per-group 16-bit scales; int4_2l = INT4 with "
                         "two-level scales (fp32 per channel x 4-bit integer per group, for Hopper's exact int8 "
                         "GEMM); nvfp4 = reference path only")
     q.add_argument("--weight-only", action="store_true", help="W4A16: quantize weights only")

@@ -9,9 +9,26 @@ from .formats.int4 import SUPPORTED_GROUP_SIZES
 from .formats.int4_2l import MAX_K_2L
 
 QUANT_FORMATS = ("int4", "int4_2l", "nvfp4")
+AUTO_FORMAT = "auto"  # resolved when the options are made: see auto_quant_format
 INT4_FORMATS = ("int4", "int4_2l")  # formats whose group size is an option (32, 64 or 128)
 # tensors that only layers of one format have (besides qweight, wscales, smooth_factor, proj_*, bias)
 FORMAT_TENSORS = {"wtscale": "nvfp4", "wchannel": "int4_2l"}
+
+
+def auto_quant_format() -> str:
+    """The format measured fastest on the GPUs visible now, at equal quality (docs/performance.md, docs/quality.md).
+
+    Hopper (compute capability 9.0): "int4_2l", whose exact int8 wgmma GEMM beats cuBLAS bf16 there while
+    the per-group-scale "int4" kernel runs at a quarter of it. Anything else (other GPUs, no GPU):
+    "int4", the paper's format, which Nunchaku checkpoints use too.
+    """
+    import torch
+
+    if torch.cuda.is_available() and any(
+        torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count())
+    ):
+        return "int4_2l"
+    return "int4"
 
 
 @dataclass
@@ -20,7 +37,9 @@ class SVDQuantOptions:
 
     rank: rank of the 16-bit low-rank branch (0 disables it).
     group_size: INT4 group along K (32, 64 or 128, for "int4" and "int4_2l"); NVFP4 always uses 16.
-    quant_format: "int4" (per-group 16-bit scales, the paper's format and the kernels' default),
+    quant_format: "auto" (default: resolved at once by auto_quant_format, "int4_2l" on Hopper, else
+        "int4"; the resolved name is what configs and checkpoints record),
+        "int4" (per-group 16-bit scales, the paper's format),
         "int4_2l" (INT4 with two-level scales: an fp32 scale per row and a 4-bit integer multiplier
         per group, so the GEMM is one exact integer sum; made for Hopper's int8 wgmma; see
         docs/format.md), or "nvfp4" (reference path, for quality comparison).
@@ -37,7 +56,7 @@ class SVDQuantOptions:
 
     rank: int = 32
     group_size: int = 64
-    quant_format: str = "int4"
+    quant_format: str = AUTO_FORMAT
     weight_only: bool = False
     alpha: float | None = None
     alpha_grid: int = 20
@@ -50,8 +69,10 @@ class SVDQuantOptions:
         self.validate()
 
     def validate(self) -> None:
+        if self.quant_format == AUTO_FORMAT:
+            self.quant_format = auto_quant_format()
         if self.quant_format not in QUANT_FORMATS:
-            raise ValueError(f"SVDQuant option quant_format={self.quant_format!r}: expected one of {QUANT_FORMATS}")
+            raise ValueError(f"SVDQuant option quant_format={self.quant_format!r}: expected one of {QUANT_FORMATS} or {AUTO_FORMAT!r}")
         if self.quant_format in INT4_FORMATS and self.group_size not in SUPPORTED_GROUP_SIZES:
             raise ValueError(
                 f"SVDQuant option group_size={self.group_size}: quant_format={self.quant_format!r} supports "

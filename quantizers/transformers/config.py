@@ -32,7 +32,7 @@ class SVDQuantTransformersConfig(SVDQuantOptions, QuantizationConfigMixin):
         self,
         rank: int = 32,
         group_size: int = 64,
-        quant_format: str = "int4",
+        quant_format: str = "auto",
         weight_only: bool = False,
         alpha: float | None = None,
         alpha_grid: int = 20,
