@@ -68,3 +68,12 @@ def test_disable_env(fresh_state, monkeypatch):
     monkeypatch.setenv("SVDQUANT_HF_DISABLE_KERNELS", "1")
     monkeypatch.setattr(build, "_build_with_progress", _no_compile)
     assert build.load_extension() is None
+
+
+def test_hopper_builds_as_sm90a():
+    """wgmma needs the arch-specific target: 9.0 in the arch list becomes 9.0a, others stay."""
+    from svdquant_hf.ops.build import SOURCES, with_arch_features
+
+    assert with_arch_features(["8.0", "8.9", "9.0"]) == ["8.0", "8.9", "9.0a"]
+    assert with_arch_features(["8.6"]) == ["8.6"]
+    assert "w4a4_gemm_2l_sm90.cu" in SOURCES and "quantize_act_2l.cu" in SOURCES
