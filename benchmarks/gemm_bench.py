@@ -11,60 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 
+from cuda_timing import time_eager, time_graph
+
 FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 9216), (15360, 3072)]
 MS = [4608, 1024, 256]
-
-
-def _time_eager(fn, args_list, reps: int, warmup: int = 5) -> float:
-    """Median milliseconds of one eager call (host dispatch included), cycling through args_list."""
-    for i in range(warmup):
-        fn(*args_list[i % len(args_list)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        a = args_list[i % len(args_list)]
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn(*a)
-        e.record()
-        times.append((s, e))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in times)
-
-
-def _time(fn, args_list, reps: int, warmup: int = 3) -> float:
-    """Median device milliseconds per call: one CUDA graph holds one call per input set (so the host
-    launch cost is out, as under torch.compile's CUDA graphs); each replay is timed with events."""
-    for i in range(warmup):
-        fn(*args_list[i % len(args_list)])
-    torch.cuda.synchronize()
-    try:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for a in args_list:
-                fn(*a)
-    except Exception as exc:  # noqa: BLE001 - not capturable: eager timing
-        print(f"graph capture failed ({type(exc).__name__}); eager timing", file=sys.stderr)
-        torch.cuda.synchronize()
-        return _time_eager(fn, args_list, reps)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(max(3, reps // len(args_list))):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        times.append((s, e))
-    torch.cuda.synchronize()
-    t = statistics.median(s.elapsed_time(e) for s, e in times) / len(args_list)
-    del g
-    return t
 
 
 def _nbuf(bytes_per_set: int) -> int:
@@ -118,13 +72,13 @@ def main() -> int:
                 return ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs)
 
             nan = float("nan")
-            t_ours = t_ours_eager = t_q = t_g = t_g64 = nan
+            t_ours = t_ours_eager = t_q = t_g = nan
             if "int4" in formats:
-                t_ours = _time(ours, [(x,) for x in xs], args.reps)
-                t_ours_eager = _time_eager(ours, [(x,) for x in xs], args.reps)
+                t_ours = time_graph(ours, [(x,) for x in xs], args.reps)
+                t_ours_eager = time_eager(ours, [(x,) for x in xs], args.reps)
                 qs = [ext.quantize_act(x, smooth, pd, gs) for x in xs]
-                t_q = _time(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
-                t_g = _time(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
+                t_q = time_graph(lambda x: ext.quantize_act(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
+                t_g = time_graph(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
                 del qs
             # two-level INT4 (int4_2l): quantize_act_2l + the wgmma GEMM (Hopper)
             t2 = t2_eager = t2_q = t2_g = nan
@@ -136,21 +90,21 @@ def main() -> int:
                     xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                     return ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs)
 
-                t2 = _time(ours2, [(x,) for x in xs], args.reps)
-                t2_eager = _time_eager(ours2, [(x,) for x in xs], args.reps)
+                t2 = time_graph(ours2, [(x,) for x in xs], args.reps)
+                t2_eager = time_eager(ours2, [(x,) for x in xs], args.reps)
                 qs = [ext.quantize_act_2l(x, smooth, pd, gs) for x in xs]
-                t2_q = _time(lambda x: ext.quantize_act_2l(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
-                t2_g = _time(lambda xq, xsc, lr: ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs), qs,
+                t2_q = time_graph(lambda x: ext.quantize_act_2l(x, smooth, pd, gs), [(x,) for x in xs], args.reps)
+                t2_g = time_graph(lambda xq, xsc, lr: ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs), qs,
                              args.reps)
                 del qs
-            t_bf16 = _time(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
-            t_bf16_eager = _time_eager(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
+            t_bf16 = time_graph(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
+            t_bf16_eager = time_eager(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             # fp8 rowwise GEMM alone (activations pre-quantized: the ceiling of a dynamic fp8 linear)
             w8 = w.to(torch.float8_e4m3fn)
             sb = torch.rand(1, N, device="cuda", dtype=torch.float32) + 0.5
             x8s = [(x.to(torch.float8_e4m3fn), torch.rand(M, 1, device="cuda", dtype=torch.float32) + 0.5) for x in xs]
             try:
-                t_fp8 = _time(
+                t_fp8 = time_graph(
                     lambda a, sa: torch._scaled_mm(a, w8.t(), scale_a=sa, scale_b=sb, out_dtype=dt, use_fast_accum=True),
                     x8s, args.reps,
                 )
@@ -162,15 +116,15 @@ def main() -> int:
             if bnb is not None:
                 try:
                     wq4, st = quantize_4bit(w, quant_type="nf4")
-                    t_nf4 = _time(lambda x: bnb.matmul_4bit(x, wq4.t(), bias=bias, quant_state=st), [(x,) for x in xs],
-                                  args.reps)
+                    t_nf4 = time_graph(lambda x: bnb.matmul_4bit(x, wq4.t(), bias=bias, quant_state=st), [(x,) for x in xs],
+                                       args.reps)
                     del wq4
                 except Exception as exc:  # noqa: BLE001
                     print(f"bnb NF4 failed: {exc}", file=sys.stderr)
             row = dict(M=M, K=K, N=N, R=R, ours2l_ms=t2, ours2l_eager_ms=t2_eager, quant2l_ms=t2_q, gemm2l_ms=t2_g,
                        gemm2l_tflops=flops / t2_g / 1e9, speedup2l_vs_bf16=t_bf16 / t2, speedup2l_vs_fp8=t_fp8 / t2,
                        speedup2l_vs_nf4=t_nf4 / t2, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
-                       ours_eager_ms=t_ours_eager, bf16_eager_ms=t_bf16_eager, gemm_bm64_ms=t_g64,
+                       ours_eager_ms=t_ours_eager, bf16_eager_ms=t_bf16_eager,
                        fp8_ms=t_fp8, nf4_ms=t_nf4, ours_tflops=flops / t_ours / 1e9,
                        gemm_tflops=flops / t_g / 1e9, bf16_tflops=flops / t_bf16 / 1e9,
                        fp8_tflops=flops / t_fp8 / 1e9, speedup_vs_bf16=t_bf16 / t_ours,

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cuda_timing import time_eager, time_graph
+
 D, MLP, HEADS, HEAD_DIM = 3072, 12288, 24, 128
 IMG, TXT = 4096, 512
 # (name, N, K, M, occurrences per forward)
@@ -75,42 +77,6 @@ def with_lora(layer: nn.Module, lora_rank: int) -> nn.Module:
     return wrapped
 
 
-def time_eager(fn, inputs, reps: int) -> float:
-    for x in inputs:
-        fn(x)
-    torch.cuda.synchronize()
-    events = []
-    for i in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn(inputs[i % len(inputs)])
-        e.record()
-        events.append((s, e))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
-def time_graph(fn, inputs, reps: int) -> float:
-    for x in inputs:
-        fn(x)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for x in inputs:
-            fn(x)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(max(3, reps // len(inputs))):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / len(inputs))
-    return statistics.median(times)
-
-
 def host_overhead_us(wrapped: nn.Module, n: int = 2000) -> float:
     """Python cost of the wrapper's cache check (the part a LoRA adds to each eager call)."""
     wrapped._branch()
@@ -122,7 +88,7 @@ def host_overhead_us(wrapped: nn.Module, n: int = 2000) -> float:
 
 def attention_ms(reps: int) -> float:
     q, k, v = (torch.randn(1, HEADS, IMG + TXT, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    return time_graph(lambda x: F.scaled_dot_product_attention(x, k, v), [q], reps)
+    return time_graph(lambda x: F.scaled_dot_product_attention(x, k, v), [(q,)], reps)
 
 
 def main() -> int:
@@ -156,17 +122,18 @@ def main() -> int:
         inputs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
         with torch.no_grad():
             y_base = base(inputs[0])
-            tb_g, tb_e = time_graph(base, inputs, args.reps), time_eager(base, inputs, args.reps)
+            sets = [(x,) for x in inputs]
+            tb_g, tb_e = time_graph(base, sets, args.reps), time_eager(base, sets, args.reps)
             wrapped = with_lora(base, args.lora_rank)
             assert wrapped.branch_rank() == ext_rank, wrapped.branch_rank()
             y_lora = wrapped(inputs[0])
             a, b = wrapped.lora_A["bench"].weight.float(), wrapped.lora_B["bench"].weight.float()
             want = y_base.float() + (inputs[0].float() @ a.t()) @ b.t() * wrapped.scaling["bench"]
             err = float((y_lora.float() - want).norm() / want.norm())
-            tl_g, tl_e = time_graph(wrapped, inputs, args.reps), time_eager(wrapped, inputs, args.reps)
+            tl_g, tl_e = time_graph(wrapped, sets, args.reps), time_eager(wrapped, sets, args.reps)
             host.append(host_overhead_us(wrapped))
             plain = random_layer(n, k, rank=ext_rank)  # the kernels alone at the extended rank, no wrapper
-            tp_g = time_graph(plain, inputs, args.reps)
+            tp_g = time_graph(plain, sets, args.reps)
             del plain
         for key, (tb, tl) in {"graph": (tb_g, tl_g), "eager": (tb_e, tl_e), "graph_plain": (tb_g, tp_g)}.items():
             tot[key][0] += count * tb

@@ -16,12 +16,7 @@ from svdquant_hf.optimum import SVDQuantizer  # noqa: E402
 CALL = dict(height=64, width=64, guidance_scale=3.5, max_sequence_length=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_svd(model) -> int:

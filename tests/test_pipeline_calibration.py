@@ -27,13 +27,7 @@ CALL = dict(height=64, width=64, guidance_scale=3.5, max_sequence_length=16)
 OPTS = dict(rank=16, alpha_grid=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and immune to oversubscription on a loaded 2-core runner."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inject_outlier_channels(model: nn.Module, factor: float = 50.0, n: int = 4, seed: int = 0) -> None:

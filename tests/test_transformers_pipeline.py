@@ -14,12 +14,7 @@ from diffusers import FluxPipeline  # noqa: E402
 from diffusers.quantizers import PipelineQuantizationConfig  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

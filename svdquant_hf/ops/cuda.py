@@ -215,6 +215,8 @@ def w4a4_gemm_2l_cuda(
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
     if ext is None or not hasattr(ext, "w4a4_gemm_2l") or not _gemm_2l_supported(ext, *args):
         return w4a4_gemm_2l_ref(*args)
-    lr_k, pu_k = _pad_rank16(lr_act, proj_up)
-    return _dispatch("w4a4_gemm_2l", lambda ext: True, w4a4_gemm_2l_ref,
-                     xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
+    lr_k, pu_k = _pad_rank16(lr_act, proj_up)  # the kernel's rank steps of 16; zero columns add exactly 0
+    y = ext.w4a4_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
+    if y is None:
+        raise ValueError(ext.last_error())
+    return y
