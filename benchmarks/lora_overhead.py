@@ -1,6 +1,6 @@
 """Overhead of a LoRA folded into the SVDQuant low-rank branch, on the FLUX.1 linear shapes (GPU).
 
-usage: python benchmarks/lora_overhead.py [--lora-rank 32] [--reps 30] [--json OUT.json]
+usage: python benchmarks/lora_overhead.py [--lora-rank 32] [--reps 30] [--format int4|int4_2l] [--json OUT.json]
 
 Every 4-bit linear layer of one FLUX.1 transformer forward at 1024x1024 (4096 image + 512 text tokens,
 batch 1: 19 double blocks, 38 single blocks) is timed once without LoRA (rank-32 branch) and once as
@@ -49,13 +49,17 @@ FLUX1_LINEARS = [
 N_ATTN = 19 + 38
 
 
-def random_layer(n: int, k: int, rank: int = 32, dtype=torch.bfloat16):
+def random_layer(n: int, k: int, rank: int = 32, dtype=torch.bfloat16, quant_format: str = "int4"):
     from svdquant_hf import SVDQuantLinear
 
     dev = "cuda"
-    layer = SVDQuantLinear(k, n, bias=True, rank=rank, dtype=dtype, device=dev)
+    layer = SVDQuantLinear(k, n, bias=True, rank=rank, quant_format=quant_format, dtype=dtype, device=dev)
     layer.qweight = torch.randint(-128, 128, (n, k // 2), dtype=torch.int8, device=dev)
-    layer.wscales = (torch.rand(k // 64, n, device=dev) * 1e-3).to(dtype)
+    if quant_format == "int4_2l":
+        layer.wscales = torch.randint(1, 17, (k // 64, n), dtype=torch.uint8, device=dev)
+        layer.wchannel = torch.rand(n, device=dev) * 1e-4
+    else:
+        layer.wscales = (torch.rand(k // 64, n, device=dev) * 1e-3).to(dtype)
     layer.smooth_factor = (torch.rand(k, device=dev) + 0.5).to(dtype)
     layer.proj_down = (torch.randn(k, rank, device=dev) / k**0.5).to(dtype)
     layer.proj_up = (torch.randn(n, rank, device=dev) / rank**0.5).to(dtype)
@@ -95,6 +99,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--format", default="int4", choices=["int4", "int4_2l"], help="the layers' quant_format")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -115,10 +120,10 @@ def main() -> int:
     host = []
     hdr = (f"{'layer':34s} {'M':>5s} {'N':>6s} {'K':>6s} {'x':>4s} | graph ms: base  +LoRA   ovh "
            "| eager ms: base  +LoRA   ovh | graph ms, no wrapper")
-    print(f"LoRA rank {args.lora_rank}: branch rank 32 -> {ext_rank}\n{hdr}")
+    print(f"format {args.format}, LoRA rank {args.lora_rank}: branch rank 32 -> {ext_rank}\n{hdr}")
     for name, n, k, m, count in FLUX1_LINEARS:
         torch.manual_seed(0)
-        base = random_layer(n, k)
+        base = random_layer(n, k, quant_format=args.format)
         inputs = [torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
         with torch.no_grad():
             y_base = base(inputs[0])
@@ -132,7 +137,7 @@ def main() -> int:
             err = float((y_lora.float() - want).norm() / want.norm())
             tl_g, tl_e = time_graph(wrapped, sets, args.reps), time_eager(wrapped, sets, args.reps)
             host.append(host_overhead_us(wrapped))
-            plain = random_layer(n, k, rank=ext_rank)  # the kernels alone at the extended rank, no wrapper
+            plain = random_layer(n, k, rank=ext_rank, quant_format=args.format)  # the kernels alone at the extended rank, no wrapper
             tp_g = time_graph(plain, sets, args.reps)
             del plain
         for key, (tb, tl) in {"graph": (tb_g, tl_g), "eager": (tb_e, tl_e), "graph_plain": (tb_g, tp_g)}.items():
@@ -158,7 +163,8 @@ def main() -> int:
     print(f"wrapper cache check: median {statistics.median(host):.1f} us per layer call on the host")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "lora_rank": args.lora_rank, "branch_rank": ext_rank,
+            json.dump({"device": torch.cuda.get_device_name(), "format": args.format, "lora_rank": args.lora_rank,
+                       "branch_rank": ext_rank,
                        "rows": rows, "attention_ms": attn, "summary": summary,
                        "host_check_us": statistics.median(host)}, f, indent=1)
     return 0

@@ -2,7 +2,8 @@
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
 # usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l]   (carry .bnbwhl for NF4 + diffusers)
-#   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, then the benchmark's int4_2l rows)
+#   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
+#       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -57,10 +58,19 @@ if [ "$what" = 2l ]; then
     -o addopts="" > "$OUT/tests_2l.log" 2>&1
   echo "tests 2l rc=$? in $(( $(date +%s) - t0 )) s"
   grep -E "passed|failed|error|Error|assert" "$OUT/tests_2l.log" | tail -15
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+    > "$OUT/sanitize_2l.log" 2>&1
+  echo "compute-sanitizer rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_2l.log" | tail -1)"
   timeout 200 python3 benchmarks/gemm_bench.py --formats int4_2l --ms ${BENCH_MS:-4608,256} --json "$OUT/gemm_bench_2l.json" \
     > "$OUT/bench_2l.log" 2>&1
   echo "bench rc=$?"
   tail -14 "$OUT/bench_2l.log"
+  if [ -n "${LORA:-}" ]; then
+    timeout 200 python3 benchmarks/lora_overhead.py --format int4_2l --json "$OUT/lora_overhead_2l.json" \
+      > "$OUT/lora_2l.log" 2>&1
+    echo "lora rc=$?"
+    tail -4 "$OUT/lora_2l.log"
+  fi
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = tb ]; then
   timeout 170 python3 benchmarks/gemm_bench.py --json "$OUT/gemm_bench.json" > "$OUT/bench.log" 2>&1

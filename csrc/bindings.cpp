@@ -52,6 +52,16 @@ at::Tensor prep(const at::Tensor& t) {
   return c;
 }
 
+// The sm_90 cluster kernels exist in this build and run on x's device.
+bool on_hopper(const at::Tensor& x) {
+#ifdef SVDQ_BUILT_SM90A
+  return at::cuda::getDeviceProperties(x.device().index())->major == 9;
+#else
+  (void)x;
+  return false;
+#endif
+}
+
 // Per-device arrival counters of the K-split low-rank reduction: zeroed once, reset by the kernel.
 at::Tensor lr_counters(const at::Tensor& like, int64_t n) {
   static std::vector<at::Tensor> per_device(64);
@@ -188,7 +198,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
                "svdquant quantize_act_2l: group_size must be 32, 64 or 128, got ", group_size);
   SVDQ_REQUIRE(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act_2l: smooth must be [", K, "]");
   SVDQ_REQUIRE(pd_in.dim() == 2 && pd_in.size(0) == K, "svdquant quantize_act_2l: proj_down must be [", K, ", R]");
-  SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   c10::cuda::CUDAGuard guard(x_in.device());
   for (auto& [t, name] : {std::pair<const at::Tensor&, const char*>{smooth_in, "smooth"}, {pd_in, "proj_down"}}) {
     const std::string e = mismatch(t, x_in, x_in.scalar_type(), name);
@@ -197,6 +206,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   at::Tensor x = prep(x_in), smooth = prep(smooth_in);
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
+  const int64_t R = pd_in.size(1);
+  if (on_hopper(x) && svdq::quantize_act_2l_fused_supported((int)K, (int)R)) {
+    at::Tensor pd = prep(pd_in);
+    auto lr = at::empty({M, R}, x.options());
+    svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), nullptr, xq.data_ptr<int8_t>(),
+                              xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size, pd.data_ptr(),
+                              lr.data_ptr(), (int)R};
+    const cudaError_t err = svdq::launch_quantize_act_2l_fused(a, c10::cuda::getCurrentCUDAStream().stream());
+    SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
+    return {xq, xscale, lr};
+  }
+  SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   auto rcp = at::empty({K}, x.options().dtype(at::kFloat));
   svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), rcp.data_ptr<float>(),
                             xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
@@ -267,7 +288,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
         "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
-  m.def("gemm_2l_tile_tokens", &svdq::gemm_2l_tile_tokens, "M, N, num_sms -> token tile of the 2l GEMM");
+  m.def("quantize_act_2l_fused_supported", &svdq::quantize_act_2l_fused_supported,
+        "K, R -> whether the fused (cluster) 2l quantizer takes this shape on Hopper");
+  m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused,
+        "false: per-row quantizer + cuBLAS down projection instead of the fused cluster kernel");
+  m.def(
+      "gemm_2l_plan",
+      [](int M, int N, int K, int sms) {
+        const svdq::Gemm2lPlan p = svdq::gemm_2l_plan(M, N, K, sms);
+        return std::make_tuple(p.tile_tokens, p.splits);
+      },
+      "M, N, K, num_sms -> (token tile, K splits) of the 2l GEMM");
+  m.def("set_gemm_2l_splits", &svdq::set_gemm_2l_splits, "force a 1/2/4/8-way K split (0: heuristic)");
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/256-token tiles (0: heuristic)");
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;

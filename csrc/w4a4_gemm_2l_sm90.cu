@@ -15,6 +15,10 @@
 // warpgroup widens its 64 weight rows to int8 q * s_int (unsigned nibble x s_int with one IMUL per four
 // bytes, then a per-byte subtraction of 8 s_int) into its own A tile (double-buffered, 128-byte
 // swizzle) while the previous stage's wgmmas run, then issues four wgmmas from shared memory.
+// Small M (fewer tiles than SMs): split-K over a thread-block cluster of S CTAs along z. Each CTA sums
+// its K range; the int32 partials meet in distributed shared memory, where CTA z adds the others' share
+// of token columns z BT / S .. (z + 1) BT / S and runs the epilogue for those only. The sums are exact
+// integers, so the output is bit-identical to the unsplit kernel's, with no workspace and no atomics.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
@@ -23,6 +27,7 @@
 // registers makes ptxas serialize the wgmmas; a warp-specialised variant (one producer warpgroup
 // widening for two consumer warpgroups) was slower (487-582 TOP/s): the widening is the critical path
 // and needs all eight warps.
+#include <cooperative_groups.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -104,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              int N, int K, int R) {
 #if SVDQ_SM90A_BODY
   using Cfg = Tile2l<BT>;
-  constexpr int S = Cfg::kStages;
+  constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
   // 1024-byte alignment for the swizzled tiles; indexing smem_raw keeps the loads in the shared window (LDS)
@@ -119,12 +124,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int n0 = blockIdx.x * kRows;
   const int m0 = blockIdx.y * BT;
   const int KT = K / kBK;
+  const int splits = gridDim.z, z = blockIdx.z;  // cluster (1, 1, splits): rank z
+  const int kt_lo = (int)((int64_t)z * KT / splits);
+  const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
   // one full-barrier per stage, after the stages and the A tiles
-  const uint32_t bars = sbase + S * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
-  auto load_stage = [&](int kt) {  // one thread
-    const int buf = kt % S;
+  auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
+    const int buf = i % NS, kt = kt_lo + i;
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kTxBytes);
@@ -133,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
   if (tid == 0) {
-    for (int s = 0; s < S; ++s) mbar_init(bars + 8 * s, 1);
+    for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -146,10 +154,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rA = wg * 64 + warp * 16 + g;
   const int rB = rA + 8;
   // two int8 A tiles per warpgroup (double buffer), after the stages
-  const uint32_t a_base = sbase + S * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
+  const uint32_t a_base = sbase + NS * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
 
   if (tid == 0)
-    for (int s = 0; s < S - 2 && s < KT; ++s) load_stage(s);
+    for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
 
   // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
   // swizzle). A thread takes k32-chunk jj of rows rp and rp + 32: 16 packed bytes in, 32 bytes out, so
@@ -157,8 +165,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // weight; gathering the wgmma register-fragment layout instead cost 4.3).
   const int wtid = tid & 127, jj = wtid & 3, rp = wtid >> 2;
   const int gi_base = (jj * 32) / G;
-  auto convert_stage = [&](int kt, uint32_t a_tile) {
-    const int buf = kt % S;
+  auto convert_stage = [&](int i, uint32_t a_tile) {
+    const int buf = i % NS;
     const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
     const uint8_t* sc = wt + Cfg::kWBytes;
 #pragma unroll
@@ -188,16 +196,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  auto stage_step = [&](int kt, uint32_t a_tile) {
+  auto stage_step = [&](int i, uint32_t a_tile) {
     __syncthreads();
-    // every thread is past the previous step, so the wgmmas of stage kt-2 (both warpgroups) are complete
-    if (tid == 0 && kt + S - 2 < KT) load_stage(kt + S - 2);
-    mbar_wait(bars + 8 * (kt % S), (kt / S) & 1);
-    convert_stage(kt, a_tile);
+    // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
+    if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
+    mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+    convert_stage(i, a_tile);
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
     const uint64_t da0 = desc_k128(a_tile);
-    const uint64_t db0 = desc_k128(sbase + (kt % S) * Cfg::kStageBytes);
+    const uint64_t db0 = desc_k128(sbase + (i % NS) * Cfg::kStageBytes);
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -209,12 +217,37 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_commit();
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
   };
-  for (int kt = 0; kt < KT; kt += 2) {
-    stage_step(kt, a_base);
-    if (kt + 1 < KT) stage_step(kt + 1, a_base + Cfg::kABytes);
+  for (int i = 0; i < NK; i += 2) {
+    stage_step(i, a_base);
+    if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
   }
   wgmma_wait<0>();
   __syncthreads();
+
+  constexpr int JB = BT / 8;  // 8-token column blocks of the tile
+  int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
+  if (splits > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    int* red = reinterpret_cast<int*>(smem);  // [kAcc][kThreads]: the stages are drained
+#pragma unroll
+    for (int i = 0; i < Cfg::kAcc; ++i) red[i * kThreads + tid] = acc[i];
+    cluster.sync();
+    jlo = z * JB / splits;
+    jhi = (z + 1) * JB / splits;
+    for (int q = 0; q < splits; ++q) {
+      if (q == z) continue;
+      const int* other = cluster.map_shared_rank(red, q);
+#pragma unroll
+      for (int j = 0; j < JB; ++j) {
+        if (j >= jlo && j < jhi) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[4 * j + e] += other[(4 * j + e) * kThreads + tid];
+        }
+      }
+    }
+    cluster.sync();  // nobody reads this CTA's shared memory any more: the epilogue may reuse it
+  }
 
   // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes
   const int lr_stride = R * 2 + 16;
@@ -275,7 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
     const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
     const int m = m0 + j * 8 + g;
-    if (m < M) {
+    if (m < M && j >= jlo && j < jhi) {
       T* dst = y + (int64_t)m * N + nbase + 2 * t;
       *reinterpret_cast<uint32_t*>(dst) = q0;
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
@@ -311,7 +344,7 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 }
 
 template <typename T, int BT, int G>
-cudaError_t launch_2l(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
+cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, cudaStream_t stream) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G>;
   constexpr int smem = Tile2l<BT>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
@@ -321,48 +354,67 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return e;
-  dim3 grid(a.N / kRows, (a.M + BT - 1) / BT);
-  kern<<<grid, kThreads, smem, stream>>>(tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
-                                         static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias),
-                                         static_cast<T*>(a.y), a.M, a.N, a.K, a.R);
-  return cudaGetLastError();
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(a.N / kRows, (a.M + BT - 1) / BT, splits);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = splits;
+  cfg.attrs = attr;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
+                            static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
+                            a.M, a.N, a.K, a.R);
 }
 
 template <typename T, int G>
-cudaError_t launch_2l_bt(const W4A4Gemm2lArgs& a, int bt, cudaStream_t stream) {
-  if (bt == 256) return launch_2l<T, 256, G>(a, stream);
-  if (bt == 128) return launch_2l<T, 128, G>(a, stream);
-  return launch_2l<T, 64, G>(a, stream);
+cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G>(a, p.splits, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G>(a, p.splits, stream);
+  return launch_2l<T, 64, G>(a, p.splits, stream);
 }
 
-int g_force_bt = 0;
+int g_force_bt = 0, g_force_splits = 0;
 
 }  // namespace
 
-// Token-tile width: fewest waves of (tile work + a fixed per-tile cost of ~48 tokens).
-int gemm_2l_tile_tokens(int M, int N, int num_sms) {
-  if (g_force_bt) return g_force_bt;
-  int best = 256;
+// Token tile and K split: fewest waves x stages x (tile work + a fixed per-stage cost of ~48 tokens).
+// A split costs ~2 stages (the cluster exchange, a second pipeline fill) and is considered only while
+// the unsplit tiles leave SMs idle (small M), with at least 4 stages per CTA.
+Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
+  const int KT = K / kBK;
+  Gemm2lPlan best{g_force_bt ? g_force_bt : 256, 1};
   long best_cost = -1;
   for (int bt : {256, 128, 64}) {
-    const long ctas = (long)(N / kRows) * ((M + bt - 1) / bt);
-    const long waves = (ctas + num_sms - 1) / num_sms;
-    const long cost = waves * (bt + 48);
-    if (best_cost < 0 || cost < best_cost) best = bt, best_cost = cost;
+    if (g_force_bt && bt != g_force_bt) continue;
+    const long tiles = (long)(N / kRows) * ((M + bt - 1) / bt);
+    for (int s : {1, 2, 4, 8}) {
+      if (s > KT) continue;
+      if (g_force_splits ? s != g_force_splits : s > 1 && (tiles >= num_sms || KT / s < 4)) continue;
+      const long waves = (tiles * s + num_sms - 1) / num_sms;
+      const long cost = waves * ((KT + s - 1) / s + (s > 1 ? 2 : 0)) * (bt + 48);
+      if (best_cost < 0 || cost < best_cost) best = {bt, s}, best_cost = cost;
+    }
   }
   return best;
 }
 
 void set_gemm_2l_tile_tokens(int bt) { g_force_bt = (bt == 64 || bt == 128 || bt == 256) ? bt : 0; }
+void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
-  const int bt = gemm_2l_tile_tokens(a.M, a.N, num_sms);
+  const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
   switch (a.group_size) {
-    case 32: return bf ? launch_2l_bt<__nv_bfloat16, 32>(a, bt, stream) : launch_2l_bt<__half, 32>(a, bt, stream);
-    case 64: return bf ? launch_2l_bt<__nv_bfloat16, 64>(a, bt, stream) : launch_2l_bt<__half, 64>(a, bt, stream);
-    case 128: return bf ? launch_2l_bt<__nv_bfloat16, 128>(a, bt, stream) : launch_2l_bt<__half, 128>(a, bt, stream);
+    case 32: return bf ? launch_2l_plan<__nv_bfloat16, 32>(a, p, stream) : launch_2l_plan<__half, 32>(a, p, stream);
+    case 64: return bf ? launch_2l_plan<__nv_bfloat16, 64>(a, p, stream) : launch_2l_plan<__half, 64>(a, p, stream);
+    case 128:
+      return bf ? launch_2l_plan<__nv_bfloat16, 128>(a, p, stream) : launch_2l_plan<__half, 128>(a, p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

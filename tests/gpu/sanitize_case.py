@@ -24,10 +24,11 @@ for dtype, gs, (M, K, N, R) in [
 torch.cuda.synchronize()
 print("sanitize case done", float(y.float().abs().sum()))
 
-# two-level INT4: quantize on any GPU, the wgmma GEMM on Hopper (tails in M, every token tile)
+# two-level INT4: quantize on any GPU (the cluster kernel on Hopper), the wgmma GEMM on Hopper (tails in M,
+# every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
 
-for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128)]:
+for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64)]:
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
@@ -39,7 +40,10 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
         pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
         for bt in (64, 128, 256):
             ext.set_gemm_2l_tile_tokens(bt)
-            y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+            for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
+                ext.set_gemm_2l_splits(splits)
+                y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+        ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
 torch.cuda.synchronize()
 print("sanitize case 2l done")

@@ -81,6 +81,36 @@ def test_quantize_act_2l_ranks(ext, R):
     assert lr.shape == (45, R) and (R == 0 or _rel(lr, rl) < 1e-2)
 
 
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("R", [0, 16, 48, 256])
+@pytest.mark.parametrize("M,K", [(1, 128), (7, 640), (33, 1280), (300, 3072), (4097, 3072), (45, 12288), (17, 15360)])
+def test_quantize_act_2l_fused_cluster_kernel(hopper, gs, R, M, K):
+    """The cluster kernel (down projection fused): xq and xscale bit-exact against the reference and
+    against the per-row kernel, lr within bf16 rounding of the fp32 product."""
+    if K % gs:
+        pytest.skip("K not a multiple of the group")
+    assert hopper.quantize_act_2l_fused_supported(K, R)
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + K + R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs)
+    assert lr.shape == (M, R) and (R == 0 or _rel(lr, rl) < 1e-2)
+    if K % 256 == 0:
+        hopper.set_quantize_act_2l_fused(False)
+        try:
+            pq, ps, pl = _quantize(hopper, x, smooth, pd, gs)
+        finally:
+            hopper.set_quantize_act_2l_fused(True)
+        assert torch.equal(xq, pq) and torch.equal(xs, ps)
+        assert R == 0 or _rel(lr, pl) < 1e-2
+
+
+def test_quantize_act_2l_fused_deterministic(hopper):
+    x, smooth, pd = _acts(515, 3072, 32, torch.bfloat16, seed=11)
+    outs = [_quantize(hopper, x, smooth, pd, 64) for _ in range(3)]
+    assert all(torch.equal(a, b) for o in outs[1:] for a, b in zip(o, outs[0]))
+
+
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
     x, smooth, pd = _acts(5, 192, 16, torch.bfloat16, seed=3)  # K % 256 != 0: reference path
     assert not ext.quantize_act_2l_supported(192)
@@ -130,6 +160,36 @@ def test_gemm_2l_every_token_tile(hopper, bt):
     ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs)
     assert torch.isfinite(y).all()
     assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("splits", [2, 4, 8])
+@pytest.mark.parametrize("bt", [64, 128, 256])
+@pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (7, 3072, 384), (255, 3072, 256), (300, 15360, 128), (513, 1536, 256)])
+def test_gemm_2l_split_k_bit_identical(hopper, splits, bt, M, K, N):
+    """The cluster K split sums exact int32 partials: bit-identical to the unsplit kernel, every element written."""
+    R, gs = 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + splits)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    try:
+        hopper.set_gemm_2l_splits(1)
+        y1 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        hopper.set_gemm_2l_splits(splits)
+        ys = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    finally:
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.isfinite(ys).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(ys, y1), f"{(ys != y1).sum().item()} of {ys.numel()} outputs differ"
+
+
+def test_gemm_2l_plan_splits_small_m_only(hopper):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert hopper.gemm_2l_plan(256, 3072, 3072, sms)[1] > 1  # 24 tiles: split K
+    assert hopper.gemm_2l_plan(256, 3072, 12288, sms)[1] > 1
+    for K, N in FLUX_SHAPES:
+        assert hopper.gemm_2l_plan(4608, N, K, sms)[1] == 1  # full waves already
 
 
 @pytest.mark.parametrize("K,N", FLUX_SHAPES)
