@@ -9,6 +9,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --out docs/perf/flux_e2e.json
   python benchmarks/flux_e2e.py --variants bf16,svdq --res 1024 --batch 1
   python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
+  python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
@@ -33,7 +34,7 @@ TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, 
 TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
-    "bf16_offload",
+    "svdq2l_lora", "bf16_offload",
 )
 
 
@@ -89,6 +90,25 @@ def to_svdquant(model: nn.Module, work_device: str, quant_format: str = "int4") 
     options = SVDQuantOptions(quant_format=quant_format)
     for name, lin in list(quantizable_linears(model, options).items()):
         set_submodule(model, name, quantize_linear(lin, options, name, None, torch.device(work_device)))
+    return model
+
+
+def add_random_lora(model: nn.Module, rank: int = 32, seed: int = 0) -> nn.Module:
+    """A rank-``rank`` LoRA on every 4-bit linear, injected by PEFT as diffusers' load_lora_weights does
+    (svdquant_hf's hooks fold it into the layers' low-rank branch)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from svdquant_hf import SVDQuantLinear
+
+    targets = [n for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), model, "bench")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "lora_A") and "bench" in m.lora_A:
+                a, b = m.lora_A["bench"].weight, m.lora_B["bench"].weight
+                a.copy_(torch.randn(a.shape, generator=gen) * a.shape[1] ** -0.5)
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.02)
     return model
 
 
@@ -161,6 +181,8 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = build_model(config, device, home="cpu" if cap else device)
         model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4")
         model = model.to(device)
+        if name.endswith("_lora"):
+            model = add_random_lora(model)
     elif name.startswith("fp8"):
         model = to_fp8(build_model(config, device))
     elif name == "nf4":

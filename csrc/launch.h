@@ -44,9 +44,6 @@ struct QuantizeAct2lArgs {
   int8_t* xq;          // [M, K] values q * s_int in [-128, 112]
   float* xscale;       // [M]
   int M, K, group_size;
-  const void* proj_down = nullptr;  // [K, R]: the fused (cluster) kernel only
-  void* lr = nullptr;               // [M, R]
-  int R = 0;
 };
 
 struct W4A4Gemm2lArgs {
@@ -74,10 +71,6 @@ void set_gemm_tile_rows(int bm);  // 64 or 128 forces the tile height (benchmark
 
 bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
-// sm_90 thread-block clusters: quantization and the down projection in one launch (R % 16 == 0)
-bool quantize_act_2l_fused_supported(int K, int R);
-cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, cudaStream_t stream);
-void set_quantize_act_2l_fused(bool on);  // false: the per-row kernel + cuBLAS (benchmarks, tests)
 // sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);
 struct Gemm2lPlan {

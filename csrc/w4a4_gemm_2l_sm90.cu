@@ -382,21 +382,20 @@ int g_force_bt = 0, g_force_splits = 0;
 
 }  // namespace
 
-// Token tile and K split: fewest waves x stages x (tile work + a fixed per-stage cost of ~48 tokens).
-// A split costs ~2 stages (the cluster exchange, a second pipeline fill) and is considered only while
-// the unsplit tiles leave SMs idle (small M), with at least 4 stages per CTA.
+// Token tile and K split from a cost model fitted on H100 (benchmarks/gemm_2l_plan_sweep.py): a CTA costs
+// ~0.72 us per 128-deep K stage plus a fixed ~0.035 us per token of its tile (prologue, epilogue stores),
+// ~0.065 us per token when split (the cluster exchange); CTAs run in waves of one per SM.
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   const int KT = K / kBK;
-  Gemm2lPlan best{g_force_bt ? g_force_bt : 256, 1};
+  Gemm2lPlan best{g_force_bt ? g_force_bt : 256, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
   for (int bt : {256, 128, 64}) {
     if (g_force_bt && bt != g_force_bt) continue;
     const long tiles = (long)(N / kRows) * ((M + bt - 1) / bt);
     for (int s : {1, 2, 4, 8}) {
-      if (s > KT) continue;
-      if (g_force_splits ? s != g_force_splits : s > 1 && (tiles >= num_sms || KT / s < 4)) continue;
+      if (s > KT || (g_force_splits && s != g_force_splits)) continue;
       const long waves = (tiles * s + num_sms - 1) / num_sms;
-      const long cost = waves * ((KT + s - 1) / s + (s > 1 ? 2 : 0)) * (bt + 48);
+      const long cost = waves * ((s > 1 ? 65 : 35) * bt + 720 * ((KT + s - 1) / s));
       if (best_cost < 0 || cost < best_cost) best = {bt, s}, best_cost = cost;
     }
   }
@@ -411,8 +410,10 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
   switch (a.group_size) {
-    case 32: return bf ? launch_2l_plan<__nv_bfloat16, 32>(a, p, stream) : launch_2l_plan<__half, 32>(a, p, stream);
-    case 64: return bf ? launch_2l_plan<__nv_bfloat16, 64>(a, p, stream) : launch_2l_plan<__half, 64>(a, p, stream);
+    case 32:
+      return bf ? launch_2l_plan<__nv_bfloat16, 32>(a, p, stream) : launch_2l_plan<__half, 32>(a, p, stream);
+    case 64:
+      return bf ? launch_2l_plan<__nv_bfloat16, 64>(a, p, stream) : launch_2l_plan<__half, 64>(a, p, stream);
     case 128:
       return bf ? launch_2l_plan<__nv_bfloat16, 128>(a, p, stream) : launch_2l_plan<__half, 128>(a, p, stream);
     default: return cudaErrorInvalidValue;

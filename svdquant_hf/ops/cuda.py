@@ -136,16 +136,8 @@ def _quantize_2l_supported(ext, x: torch.Tensor, smooth: torch.Tensor, proj_down
         and smooth.is_cuda
         and proj_down.is_cuda
         and proj_down.dim() == 2
-        and (
-            ext.quantize_act_2l_supported(x.shape[1])
-            or (_fused_quantizer(ext, x.device) and ext.quantize_act_2l_fused_supported(x.shape[1], proj_down.shape[1]))
-        )
+        and ext.quantize_act_2l_supported(x.shape[1])
     )
-
-
-def _fused_quantizer(ext, device: torch.device) -> bool:
-    """The cluster quantizer (down projection fused) runs on Hopper builds (sm_90a)."""
-    return hasattr(ext, "quantize_act_2l_fused_supported") and gemm_2l_kernel_usable(ext, device)
 
 
 def gemm_2l_kernel_usable(ext, device: torch.device) -> bool:

@@ -28,7 +28,8 @@ print("sanitize case done", float(y.float().abs().sum()))
 # every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
 
-for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64)]:
+for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
+                          (700, 256, 3072, 32, 64)]:
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)

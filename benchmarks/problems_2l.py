@@ -1,0 +1,39 @@
+"""Random int4_2l layer problems on the FLUX.1 linear shapes, shared by the int4_2l benchmark scripts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 9216), (15360, 3072)]  # (K, N)
+
+
+@dataclass
+class Problem2l:
+    xs: list[torch.Tensor]  # input sets [M, K] (several, so repeated runs do not all hit L2)
+    smooth: torch.Tensor
+    proj_down: torch.Tensor
+    proj_up: torch.Tensor
+    qweight: torch.Tensor
+    wscales: torch.Tensor
+    wchannel: torch.Tensor
+    bias: torch.Tensor
+    group_size: int
+
+
+def random_2l(M: int, K: int, N: int, rank: int = 32, group_size: int = 64, sets: int = 3,
+              dtype: torch.dtype = torch.bfloat16) -> Problem2l:
+    from svdquant_hf.formats.int4 import pack_int4
+
+    torch.manual_seed(M + K + N)
+    return Problem2l(
+        xs=[torch.randn(M, K, device="cuda", dtype=dtype) for _ in range(sets)],
+        smooth=(torch.rand(K, device="cuda") + 0.5).to(dtype),
+        proj_down=(torch.randn(K, rank, device="cuda") / K**0.5).to(dtype),
+        proj_up=(torch.randn(N, rank, device="cuda") / rank**0.5).to(dtype),
+        qweight=pack_int4(torch.randint(-8, 8, (N, K), device="cuda", dtype=torch.int8)),
+        wscales=torch.randint(1, 17, (K // group_size, N), device="cuda", dtype=torch.uint8),
+        wchannel=torch.rand(N, device="cuda") * 1e-3,
+        bias=torch.randn(N, device="cuda", dtype=dtype),
+        group_size=group_size,
+    )
