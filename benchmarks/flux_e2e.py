@@ -11,6 +11,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
   python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
+  python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -170,6 +171,14 @@ def time_forward(model: nn.Module, inputs: dict, warmup: int, iters: int, device
     return statistics.median(times), first
 
 
+def gpu_busy_ms(model: nn.Module, inputs: dict) -> float:
+    """Sum of the kernel times of one forward: the latency if the host never kept the GPU waiting."""
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model(**inputs)
+        torch.cuda.synchronize()
+    return sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+
+
 def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
     if name == "bf16_offload":
         model = build_model(config, device, home="cpu")
@@ -232,6 +241,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--memory-cap-gib", type=float, default=None)
     ap.add_argument("--tiny", action="store_true", help="a 2-block model with small widths (smoke test)")
     ap.add_argument("--out", default=None, help="JSON path (a PNG chart is written beside it)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also the summed kernel time of one forward (torch.profiler): how far eager is host-bound")
     args = ap.parse_args(argv)
     config = TINY if args.tiny else FLUX_DEV
     dev = args.device
@@ -262,6 +273,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     row.update(ms=ms, first_call_s=first)
                     if dev == "cuda":
                         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                        if args.profile:
+                            row["gpu_busy_ms"] = gpu_busy_ms(model, inputs)
                 except Exception as e:
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
                 results.append(row)
@@ -272,14 +285,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if dev == "cuda":
             torch.cuda.empty_cache()
     base = {(r["res"], r["batch"]): r["ms"] for r in results if r["variant"] == "bf16" and r.get("ms")}
-    print(f"\n{'variant':14s} {'res':>5s} {'b':>2s} {'ms':>9s} {'x bf16':>7s} {'peak GiB':>9s} {'weights GiB':>11s}")
+    print(f"\n{'variant':14s} {'res':>5s} {'b':>2s} {'ms':>9s} {'x bf16':>7s} {'peak GiB':>9s} {'weights GiB':>11s} "
+          f"{'GPU busy ms':>11s}")
     for r in results:
         if not r.get("ms"):
             print(f"{r['variant']:14s} error: {r.get('error', '')[:80]}")
             continue
         ratio = r["ms"] / base[(r["res"], r["batch"])] if (r["res"], r["batch"]) in base else float("nan")
         print(f"{r['variant']:14s} {r['res']:5d} {r['batch']:2d} {r['ms']:9.2f} {ratio:7.3f} "
-              f"{r.get('peak_gib', float('nan')):9.2f} {r['weight_gib']:11.2f}")
+              f"{r.get('peak_gib', float('nan')):9.2f} {r['weight_gib']:11.2f} "
+              f"{r.get('gpu_busy_ms', float('nan')):11.1f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -66,19 +66,35 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         return out
 
     def _branch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The extended (proj_down, proj_up) for the active, unmerged adapters; None if there are none."""
-        merged = self.merged_adapters
-        factors = self._active_factors([a for a in self.active_adapters if a not in merged] if merged else self.active_adapters)
-        if not factors:
+        """The extended (proj_down, proj_up) for the active, unmerged adapters; None if there are none.
+
+        Runs before every forward (a FLUX.1 forward has ~500 such layers), so it reads the modules'
+        attribute dicts directly: each nn.Module attribute lookup costs about a microsecond.
+        """
+        d, mods = self.__dict__, self._modules
+        active = d["_active_adapter"]
+        merged, scaling = d["merged_adapters"], d["scaling"]
+        lora_a, lora_b = mods["lora_A"]._modules, mods["lora_B"]._modules
+        names = [
+            n for n in ([active] if isinstance(active, str) else active)
+            if n in lora_a and n not in merged and scaling.get(n, 0) != 0
+        ]
+        if not names:
             return None
-        base = self.get_base_layer()
-        tensors = (base.proj_down, base.proj_up, *(t for a, b, _ in factors for t in (a, b)))
+        base = mods["base_layer"]
+        while "base_layer" in base._modules:  # get_base_layer(): the innermost layer
+            base = base._modules["base_layer"]
+        bufs = base._buffers
+        weights = [(lora_a[n]._parameters["weight"], lora_b[n]._parameters["weight"]) for n in names]
+        tensors = (bufs["proj_down"], bufs["proj_up"], *(t for pair in weights for t in pair))
+        scales = tuple(float(scaling[n]) for n in names)
         # ids are stable while the cache holds the tensors; _version counts in-place writes (loading, hotswap)
-        key = (tuple((id(t), t._version) for t in tensors), tuple(s for _, _, s in factors))
-        cache = self._branch_cache
+        key = (tuple(map(id, tensors)), tuple(t._version for t in tensors), scales)
+        cache = d["_branch_cache"]
         if cache is None or cache[0] != key:
+            factors = [(a, b, s) for (a, b), s in zip(weights, scales)]
             with torch.no_grad():
-                down, up = extend_branch(base.proj_down, base.proj_up, factors, RANK_GRANULARITY, self._layer_name)
+                down, up = extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
             cache = self._branch_cache = (key, down, up, tensors)
         return cache[1], cache[2]
 
@@ -93,7 +109,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             adapter_names = kwargs.pop("adapter_names", None)
             if adapter_names is not None and not self.disable_adapters:
                 return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
-        base = self.base_layer
+        base = self._modules["base_layer"]
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()

@@ -162,7 +162,9 @@ def test_gemm_2l_every_token_tile(hopper, bt):
 
 @pytest.mark.parametrize("splits", [2, 4, 8])
 @pytest.mark.parametrize("bt", [64, 128, 256])
-@pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (7, 3072, 384), (255, 3072, 256), (300, 15360, 128), (513, 1536, 256)])
+@pytest.mark.parametrize(
+    "M,K,N", [(1, 1024, 128), (7, 3072, 384), (255, 3072, 256), (300, 15360, 128), (513, 1536, 256)]
+)
 def test_gemm_2l_split_k_bit_identical(hopper, splits, bt, M, K, N):
     """The cluster K split sums exact int32 partials: bit-identical to the unsplit kernel, every element written."""
     R, gs = 32, 64
@@ -200,6 +202,30 @@ def test_gemm_2l_flux_shapes(hopper, K, N, M):
     ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
     assert torch.isfinite(y).all()
     assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("dtype,R,M,bias", [(torch.bfloat16, 32, 300, True), (torch.float16, 20, 1, False),
+                                              (torch.bfloat16, 64, 4097, True)])
+def test_linear_2l_eager_fast_path_matches_ops(hopper, dtype, R, M, bias):
+    """SVDQuantLinear's eager path straight into the extension = the torch.library ops, bit for bit."""
+    import copy
+
+    from svdquant_hf import SVDQuantLinear
+
+    K, N, gs = 3072, 384, 64
+    x, smooth, pd = _acts(M, K, R, dtype, seed=R + M)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=R, bias=bias)
+    layer = SVDQuantLinear(K, N, bias=bias, rank=R, quant_format="int4_2l", dtype=dtype, device="cuda")
+    layer.qweight, layer.wscales, layer.wchannel, layer.smooth_factor = qw, wsc, wch, smooth
+    layer.proj_down, layer.proj_up = pd, pu
+    if bias:
+        layer.bias.data.copy_(b)
+    y = layer(x)
+    assert layer.__dict__["_fused_2l"][1] is True  # the fast path was taken
+    xq, xs, lr = library.quantize_act_2l(x, smooth, pd, gs)
+    ref = library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, layer.bias, gs)
+    assert torch.equal(y, ref)
+    copy.deepcopy(layer)  # the cached decision is a plain flag
 
 
 def test_ops_2l_dispatch_pad_fallback_and_compile(ext):
