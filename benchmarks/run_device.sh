@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab]   (carry .bnbwhl for NF4 + diffusers)
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
+#   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -71,6 +72,12 @@ if [ "$what" = 2l ]; then
     echo "lora rc=$?"
     tail -4 "$OUT/lora_2l.log"
   fi
+fi
+if [ "$what" = ab ]; then  # int4_2l: interleaved A/B against the previous version, and the tile/split sweep
+  timeout 260 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds 5 > "$OUT/ab_2l.log" 2>&1
+  echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
+  timeout 150 python3 benchmarks/gemm_2l_plan_sweep.py --ms 256,1024 --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
+  echo "sweep rc=$?"; grep "^M=" "$OUT/sweep.log" | cut -d'|' -f1-2
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = tb ]; then
   timeout 170 python3 benchmarks/gemm_bench.py --json "$OUT/gemm_bench.json" > "$OUT/bench.log" 2>&1
