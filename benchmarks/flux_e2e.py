@@ -12,6 +12,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
+  python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, 
 TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
-    "svdq2l_lora", "bf16_offload",
+    "svdq2l_lora", "bf16_graphs", "svdq2l_graphs", "bf16_offload",
 )
 
 
@@ -200,6 +201,8 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = build_model(config, device)
     if name.endswith("_compile"):
         model = torch.compile(model)
+    elif name.endswith("_graphs"):  # compiled and replayed as CUDA graphs: no host cost per kernel
+        model = torch.compile(model, mode="reduce-overhead")
     return model
 
 
