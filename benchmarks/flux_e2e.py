@@ -220,7 +220,8 @@ def plot(results: list[dict], path: str) -> None:
     width = 0.8 / max(len(variants), 1)
     for i, v in enumerate(variants):
         ms = [next((r["ms"] for r in results if r["variant"] == v and (r["res"], r["batch"]) == k), 0) for k in keys]
-        mem = [next((r["peak_gib"] for r in results if r["variant"] == v and (r["res"], r["batch"]) == k), 0) for k in keys]
+        mem = [next((r.get("peak_gib", 0) for r in results if r["variant"] == v and (r["res"], r["batch"]) == k), 0)
+               for k in keys]  # no peak memory on CPU
         xs = [j + i * width for j in range(len(keys))]
         axes[0].bar(xs, ms, width, label=v)
         axes[1].bar(xs, mem, width, label=v)

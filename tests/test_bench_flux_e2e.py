@@ -1,0 +1,38 @@
+"""benchmarks/flux_e2e.py stays runnable: the tiny config on CPU, including the LoRA variant."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import flux_e2e  # noqa: E402
+
+
+def test_lora_variant_wraps_every_4bit_layer_and_changes_the_output():
+    from svdquant_hf import SVDQuantLinear
+    from svdquant_hf.lora.layer import SVDQuantLoraLinear
+
+    inputs = flux_e2e.make_inputs(flux_e2e.TINY, 64, 1, "cpu")
+    plain = flux_e2e.build_variant("svdq2l", flux_e2e.TINY, "cpu", cap=False)
+    lora = flux_e2e.build_variant("svdq2l_lora", flux_e2e.TINY, "cpu", cap=False)
+    wrapped = [m for m in lora.modules() if isinstance(m, SVDQuantLoraLinear)]
+    n_quant = sum(isinstance(m, SVDQuantLinear) for m in plain.modules())
+    assert n_quant > 0 and len(wrapped) == n_quant
+    assert all(m.branch_rank() == 64 for m in wrapped)  # rank 32 + LoRA 32, folded into one branch
+    with torch.inference_mode():
+        a = plain(**inputs)[0]
+        b = lora(**inputs)[0]
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_main_writes_rows_and_json(tmp_path):
+    out = tmp_path / "e2e.json"
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16,svdq2l", "--res", "64", "--batch", "1",
+                          "--iters", "1", "--warmup", "0", "--out", str(out)])
+    assert [r["variant"] for r in rows] == ["bf16", "svdq2l"] and all(r["ms"] > 0 for r in rows)
+    assert out.exists()
