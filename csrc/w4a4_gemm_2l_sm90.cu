@@ -15,10 +15,11 @@
 // warpgroup widens its 64 weight rows to int8 q * s_int (unsigned nibble x s_int with one IMUL per four
 // bytes, then a per-byte subtraction of 8 s_int) into its own A tile (double-buffered, 128-byte
 // swizzle) while the previous stage's wgmmas run, then issues four wgmmas from shared memory.
-// Small M (fewer tiles than SMs): split-K over a thread-block cluster of S CTAs along z. Each CTA sums
-// its K range; the int32 partials meet in distributed shared memory, where CTA z adds the others' share
-// of token columns z BT / S .. (z + 1) BT / S and runs the epilogue for those only. The sums are exact
-// integers, so the output is bit-identical to the unsplit kernel's, with no workspace and no atomics.
+// Small M (too few tiles to fill the SMs; gemm_2l_plan decides): split-K over a thread-block cluster of
+// S CTAs along z. Each CTA sums its K range; the int32 partials meet in distributed shared memory, where
+// CTA z adds the others' share of token columns z BT / S .. (z + 1) BT / S and runs the epilogue for
+// those only. The sums are exact integers, so the output is bit-identical to the unsplit kernel's, with
+// no workspace and no atomics.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
