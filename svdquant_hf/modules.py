@@ -130,7 +130,8 @@ class SVDQuantLinear(nn.Module):
                 )
             else:
                 y = None
-                if x2.is_cuda and not torch.compiler.is_compiling():
+                grad = x2.requires_grad and torch.is_grad_enabled()  # the ops keep autograd's rules
+                if x2.is_cuda and not grad and not torch.compiler.is_compiling():
                     y = fused_linear_2l(self, x2.contiguous())  # eager: no op dispatch (None: not taken)
                 if y is None:
                     xq, xscale, lr = ops.quantize_act_2l(
