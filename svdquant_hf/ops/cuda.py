@@ -215,6 +215,11 @@ def w4a4_gemm_2l_cuda(
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
     if ext is None or not hasattr(ext, "w4a4_gemm_2l") or not _gemm_2l_supported(ext, *args):
         return w4a4_gemm_2l_ref(*args)
+    return _gemm_2l_kernel(ext, *args)
+
+
+def _gemm_2l_kernel(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
+    """The wgmma GEMM on inputs already known to suit it."""
     lr_k, pu_k = _pad_rank16(lr_act, proj_up)  # the kernel's rank steps of 16; zero columns add exactly 0
     y = ext.w4a4_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
     if y is None:
@@ -259,9 +264,5 @@ def fused_linear_2l(layer, x: torch.Tensor) -> torch.Tensor | None:
     xq, xscale, lr = ext.quantize_act_2l(x, layer.smooth_factor, layer.proj_down, layer.group_size)
     if xq is None:
         raise ValueError(ext.last_error())
-    lr, pu = _pad_rank16(lr, layer.proj_up)
-    y = ext.w4a4_gemm_2l(xq, xscale, layer.qweight, layer.wscales, layer.wchannel, lr, pu, layer.bias,
-                         layer.group_size)
-    if y is None:
-        raise ValueError(ext.last_error())
-    return y
+    return _gemm_2l_kernel(ext, xq, xscale, layer.qweight, layer.wscales, layer.wchannel, lr, layer.proj_up,
+                           layer.bias, layer.group_size)
