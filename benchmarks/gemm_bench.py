@@ -81,7 +81,7 @@ def main() -> int:
                 t_g = time_graph(lambda xq, asc, lr: ext.w4a4_gemm(xq, asc, qw, wsc, lr, pu, bias, gs), qs, args.reps)
                 del qs
             # two-level INT4 (int4_2l): quantize_act_2l + the wgmma GEMM (Hopper)
-            t2 = t2_eager = t2_q = t2_g = nan
+            t2 = t2_eager = t2_q = t2_g = t2_prev = t2_prev_q = nan
             if "int4_2l" in formats and getattr(ext, "sm90a_built", False):
                 wsc2 = torch.randint(1, 17, (K // gs, N), device="cuda", dtype=torch.uint8)
                 wch = torch.rand(N, device="cuda") * 1e-3
@@ -97,6 +97,16 @@ def main() -> int:
                 t2_g = time_graph(lambda xq, xsc, lr: ext.w4a4_gemm_2l(xq, xsc, qw, wsc2, wch, lr, pu, bias, gs), qs,
                              args.reps)
                 del qs
+                if hasattr(ext, "set_quantize_act_2l_overlap"):  # the previous version (v2.4) side by side:
+                    ext.set_quantize_act_2l_overlap(False)     # down projection after the quantizer,
+                    ext.set_gemm_2l_splits(1)                  # no K split
+                    try:
+                        t2_prev = time_graph(ours2, [(x,) for x in xs], args.reps)
+                        t2_prev_q = time_graph(lambda x: ext.quantize_act_2l(x, smooth, pd, gs), [(x,) for x in xs],
+                                               args.reps)
+                    finally:
+                        ext.set_quantize_act_2l_overlap(True)
+                        ext.set_gemm_2l_splits(0)
             t_bf16 = time_graph(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             t_bf16_eager = time_eager(lambda x: torch.nn.functional.linear(x, w, bias), [(x,) for x in xs], args.reps)
             # fp8 rowwise GEMM alone (activations pre-quantized: the ceiling of a dynamic fp8 linear)
@@ -122,6 +132,7 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001
                     print(f"bnb NF4 failed: {exc}", file=sys.stderr)
             row = dict(M=M, K=K, N=N, R=R, ours2l_ms=t2, ours2l_eager_ms=t2_eager, quant2l_ms=t2_q, gemm2l_ms=t2_g,
+                       ours2l_v24_ms=t2_prev, quant2l_v24_ms=t2_prev_q,
                        gemm2l_tflops=flops / t2_g / 1e9, speedup2l_vs_bf16=t_bf16 / t2, speedup2l_vs_fp8=t_fp8 / t2,
                        speedup2l_vs_nf4=t_nf4 / t2, ours_ms=t_ours, quant_ms=t_q, gemm_ms=t_g, bf16_ms=t_bf16,
                        ours_eager_ms=t_ours_eager, bf16_eager_ms=t_bf16_eager,
@@ -145,12 +156,14 @@ def main() -> int:
               f"{r['speedup_vs_fp8']:>6.2f} {r['speedup_vs_nf4']:>6.2f} | {r['ours_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f}")
     print("\nint4_2l (two-level scales, wgmma on sm_90a): quantize_act_2l + w4a4_gemm_2l")
     print(f"{'M':>5} {'K':>6} {'N':>6} | {'2l us':>8} {'quant':>6} {'gemm':>7} {'gemmTF':>6} | {'bf16 us':>8} "
-          f"{'fp8 us':>7} {'nf4 us':>8} | {'x bf16':>6} {'x fp8':>6} {'x nf4':>6} | eager 2l/bf16")
+          f"{'fp8 us':>7} {'nf4 us':>8} | {'x bf16':>6} {'x fp8':>6} {'x nf4':>6} | eager 2l/bf16     | "
+          f"v2.4 us (quant) new/v2.4")
     for r in rows:
         print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} | {r['ours2l_ms']*1e3:>8.1f} {r['quant2l_ms']*1e3:>6.1f} "
               f"{r['gemm2l_ms']*1e3:>7.1f} {r['gemm2l_tflops']:>6.0f} | {r['bf16_ms']*1e3:>8.1f} {r['fp8_ms']*1e3:>7.1f} "
               f"{r['nf4_ms']*1e3:>8.1f} | {r['speedup2l_vs_bf16']:>6.2f} {r['speedup2l_vs_fp8']:>6.2f} "
-              f"{r['speedup2l_vs_nf4']:>6.2f} | {r['ours2l_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f}")
+              f"{r['speedup2l_vs_nf4']:>6.2f} | {r['ours2l_eager_ms']*1e3:>8.1f}/{r['bf16_eager_ms']*1e3:<8.1f} | "
+              f"{r['ours2l_v24_ms']*1e3:>7.1f} ({r['quant2l_v24_ms']*1e3:>5.1f}) {r['ours2l_ms']/r['ours2l_v24_ms']:.2f}")
     out = args.json or (os.path.join(os.environ["OUT"], "gemm_bench.json") if os.environ.get("OUT") else None)
     if out:
         with open(out, "w") as f:
