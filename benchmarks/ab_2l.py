@@ -4,9 +4,10 @@ usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
-Configurations: "v2.4" = down projection after the quantizer on one stream and no K split (the code of
-the 2l.4 table); "split" = K split over a cluster at small M; "now" = split + the down projection on a
-side stream while x fits in L2 (the defaults).
+Configurations: "v2.4" = down projection after the quantizer on one stream, no K split, token tiles
+64/128/256 (the code of the 2l.4 table); "v2.5" = K split over a cluster at small M and the down
+projection on a side stream while x fits in L2, same tiles; "now" = v2.5 with the 224-token tile
+(the defaults).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, random_2l
 
-CONFIGS = {"v2.4": (False, 1), "split": (False, 0), "now": (True, 0)}  # (side-stream overlap, forced splits)
+# (side-stream overlap, forced splits, token tiles the plan may pick)
+CONFIGS = {"v2.4": (False, 1, [64, 128, 256]), "v2.5": (True, 0, [64, 128, 256]), "now": (True, 0, [])}
 
 
 def main() -> int:
@@ -37,7 +39,7 @@ def main() -> int:
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T timed in the same rounds")
-    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in CONFIGS) + f" {'bf16':>8} | now/v2.4 bf16/now")
+    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in CONFIGS) + f" {'bf16':>8} | now/v2.5 bf16/now")
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
             p = random_2l(M, K, N, R, gs)
@@ -52,19 +54,21 @@ def main() -> int:
 
             times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "bf16"]}
             for _ in range(args.rounds):
-                for name, (overlap, splits) in CONFIGS.items():
+                for name, (overlap, splits, tiles) in CONFIGS.items():
                     ext.set_quantize_act_2l_overlap(overlap)
                     ext.set_gemm_2l_splits(splits)
+                    ext.set_gemm_2l_plan_tiles(tiles)
                     try:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
                         ext.set_quantize_act_2l_overlap(True)
                         ext.set_gemm_2l_splits(0)
+                        ext.set_gemm_2l_plan_tiles([])
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
             med = {c: statistics.median(v) for c, v in times.items()}
             print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "bf16"])
-                  + f" | {med['now'] / med['v2.4']:>8.2f} {med['bf16'] / med['now']:>8.2f}")
+                  + f" | {med['now'] / med['v2.5']:>8.2f} {med['bf16'] / med['now']:>8.2f}")
             del xs, w, p
             torch.cuda.empty_cache()
     return 0

@@ -2,7 +2,7 @@
 
 usage: python benchmarks/gemm_2l_plan_sweep.py [--ms 256,1024,4608] [--reps 30] [--json OUT.json]
 
-Times w4a4_gemm_2l alone (CUDA-graph device time, inputs pre-quantized) for token tiles 64/128/256 and
+Times w4a4_gemm_2l alone (CUDA-graph device time, inputs pre-quantized) for token tiles 64/128/224/256 and
 K splits 1/2/4/8 over a thread-block cluster, and prints per shape the best plan, the heuristic's plan
 (svdquant_hf's gemm_2l_plan) and how far the heuristic is from the best (1.00 = it picked the best).
 """
@@ -43,7 +43,7 @@ def main() -> int:
             qw, wsc, wch = p.qweight, p.wscales, p.wchannel
             qs = [ext.quantize_act_2l(x, smooth, pd, gs) for x in xs]
             times = {}
-            for bt in (64, 128, 256):
+            for bt in ext.gemm_2l_tiles:
                 for s in (1, 2, 4, 8):
                     if s > K // 128:
                         continue

@@ -5,6 +5,7 @@
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
+#   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -53,7 +54,7 @@ if [ "$what" = tests ] || [ "$what" = all ] || [ "$what" = tb ]; then
   echo "tests rc=$? in $(( $(date +%s) - t0 )) s"
   grep -E "passed|failed|error|Error|assert" "$OUT/tests.log" | tail -15
 fi
-if [ "$what" = 2l ]; then
+if [ "$what" = 2l ] || [ "$what" = cpp ]; then
   t0=$(date +%s)
   timeout 300 python3 -m pytest -q -x --maxfail=5 -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
     -o addopts="" > "$OUT/tests_2l.log" 2>&1
@@ -62,10 +63,12 @@ if [ "$what" = 2l ]; then
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
     > "$OUT/sanitize_2l.log" 2>&1
   echo "compute-sanitizer rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_2l.log" | tail -1)"
-  timeout 200 python3 benchmarks/gemm_bench.py --formats int4_2l --ms ${BENCH_MS:-4608,256} --json "$OUT/gemm_bench_2l.json" \
-    > "$OUT/bench_2l.log" 2>&1
-  echo "bench rc=$?"
-  tail -14 "$OUT/bench_2l.log"
+  if [ "$what" = 2l ]; then
+    timeout 200 python3 benchmarks/gemm_bench.py --formats int4_2l --ms ${BENCH_MS:-4608,256} --json "$OUT/gemm_bench_2l.json" \
+      > "$OUT/bench_2l.log" 2>&1
+    echo "bench rc=$?"
+    tail -14 "$OUT/bench_2l.log"
+  fi
   if [ -n "${LORA:-}" ]; then
     timeout 200 python3 benchmarks/lora_overhead.py --format int4_2l --json "$OUT/lora_overhead_2l.json" \
       > "$OUT/lora_2l.log" 2>&1
@@ -73,10 +76,14 @@ if [ "$what" = 2l ]; then
     tail -4 "$OUT/lora_2l.log"
   fi
 fi
-if [ "$what" = ab ]; then  # int4_2l: interleaved A/B against the previous version, and the tile/split sweep
+if [ "$what" = cpp ]; then
+  timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1
+  echo "op_host rc=$?"; tail -4 "$OUT/op_host.log"
+fi
+if [ "$what" = ab ] || [ "$what" = cpp ]; then  # int4_2l: interleaved A/B against the previous version, and the tile/split sweep
   timeout 260 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds 5 > "$OUT/ab_2l.log" 2>&1
   echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
-  timeout 150 python3 benchmarks/gemm_2l_plan_sweep.py --ms 256,1024 --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
+  timeout 170 python3 benchmarks/gemm_2l_plan_sweep.py --ms ${SWEEP_MS:-256,1024} --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
   echo "sweep rc=$?"; grep "^M=" "$OUT/sweep.log" | cut -d'|' -f1-2
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = tb ]; then

@@ -4,6 +4,7 @@
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <mutex>
@@ -15,11 +16,12 @@
 
 namespace {
 
-// Errors are reported by returning undefined tensors (None in Python) plus last_error().
-// KNOWN ISSUE: on the lent H100 image (torch 2.11, /opt/gcc toolchain) a call that these checks reject
-// crashed the process (segfault), both with TORCH_CHECK and with this non-throwing path; cause not
-// found. svdquant_hf/ops/cuda.py validates shapes/dtypes/devices before calling, so the ops never
-// reach these checks; call the extension through torch.ops.svdquant.* only.
+// The pybind functions report errors by returning undefined tensors (None in Python) plus last_error().
+// KNOWN ISSUE: on the lent H100 image (torch 2.11, /opt/gcc toolchain) a pybind call that these checks
+// rejected crashed the process (segfault), both with TORCH_CHECK and with this non-throwing path; cause
+// not found. svdquant_hf/ops/cuda.py validates inputs before calling them, and the dispatcher kernels
+// below only call them on inputs they have checked; errors raised in the dispatcher kernels (the
+// Python fallback's ValueError, rethrown as c10::ValueError) do reach the caller (tested there).
 thread_local std::string g_last_error;
 
 std::string last_error() { return g_last_error; }
@@ -64,6 +66,20 @@ c10::cuda::CUDAStream side_stream(c10::DeviceIndex device) {
   auto& s = streams.at(device);
   if (!s.has_value()) s = c10::cuda::getStreamFromPool(false, device);
   return *s;
+}
+
+// Two events per device that fork the side stream off the main stream and join it back; reused by
+// every call (a wait binds to the event's latest record when it is enqueued, also under graph capture).
+std::pair<cudaEvent_t, cudaEvent_t> fork_join_events(c10::DeviceIndex device) {
+  static std::mutex mu;
+  static std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events(64, {nullptr, nullptr});
+  std::lock_guard<std::mutex> lock(mu);
+  auto& e = events.at(device);
+  if (e.first == nullptr) {
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.first, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.second, cudaEventDisableTiming));
+  }
+  return e;
 }
 
 bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side stream
@@ -225,27 +241,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   } else if (g_lr_overlap && M * K * 2 <= kOverlapMaxBytes) {
     // the low-rank down projection (cuBLAS, fp32 accumulation) on a side stream, concurrent with the
     // quantizer: both stream x, so while x fits in L2 the later reader finds it there (measured on H100:
-    // -8 % at 4608 x 3072, -33 % at M = 256..1024; no gain once x outgrows L2); joined back before return
+    // -8 % at 4608 x 3072, -33 % at M = 256..1024; no gain once x outgrows L2). Every tensor belongs to
+    // the main stream (lr included: allocated here, written by mm_out) and the main stream waits for the
+    // side stream before returning, so no later main-stream work can reuse their memory early: no
+    // record_stream (whose deferred frees cost host time per call) is needed.
+    lr = at::empty({M, pd.size(1)}, x.options());
     const c10::cuda::CUDAStream side = side_stream(x.device().index());
-    at::cuda::CUDAEvent fork, join;
-    fork.record(main);
-    fork.block(side);
+    const auto [fork, join] = fork_join_events(x.device().index());
+    C10_CUDA_CHECK(cudaEventRecord(fork, main.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
     {
       c10::cuda::CUDAStreamGuard on_side(side);
-      lr = at::matmul(x, pd);
+      at::mm_out(lr, x, pd);
     }
-    x.record_stream(side);
-    pd.record_stream(side);
-    lr.record_stream(main);
     const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
-    join.record(side);
-    join.block(main);
+    C10_CUDA_CHECK(cudaEventRecord(join, side.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), join, 0));
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
     return {xq, xscale, lr};
   }
   const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
-  if (pd.size(1)) lr = at::matmul(x, pd);
+  if (pd.size(1)) lr = at::mm(x, pd);
   return {xq, xscale, lr};
 }
 
@@ -296,7 +313,103 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const 
   return y;
 }
 
+// --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
+// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l} on CUDA tensors land here (registered below when
+// this library loads), so a compiled graph calls the kernels without passing through Python. Inputs
+// these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
+// register_fallbacks): it raises the clear errors and runs the reference where needed.
+
+py::object* g_fallbacks = new py::object[2];  // leaked: no destructor runs after the interpreter is gone
+
+template <typename Ret, typename... Args>
+Ret python_fallback(int which, const char* op, const Args&... args) {
+  py::gil_scoped_acquire gil;
+  TORCH_CHECK(g_fallbacks[which] && !g_fallbacks[which].is_none(), "svdquant::", op,
+              ": the Python fallback is not registered (import svdquant_hf before calling the op)");
+  try {
+    return g_fallbacks[which](args...).template cast<Ret>();
+  } catch (py::error_already_set& e) {  // the Python path's clear errors keep their type (ValueError)
+    const std::string msg = py::str(e.value());
+    if (e.matches(PyExc_ValueError)) TORCH_CHECK_VALUE(false, msg);
+    TORCH_CHECK(false, "svdquant::", op, ": ", msg);
+  }
+}
+
+bool on(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
+  return t.device() == like.device() && t.scalar_type() == dtype;
+}
+
+bool quantize_2l_takes(const at::Tensor& x, const at::Tensor& smooth, const at::Tensor& pd, int64_t gs) {
+  if (!(x.is_cuda() && x.dim() == 2 && is_16bit(x))) return false;
+  const int64_t K = x.size(1);
+  return (gs == 32 || gs == 64 || gs == 128) && smooth.dim() == 1 && smooth.size(0) == K && pd.dim() == 2 &&
+         pd.size(0) == K && on(smooth, x, x.scalar_type()) && on(pd, x, x.scalar_type()) &&
+         svdq::quantize_act_2l_supported((int)K);
+}
+
+bool is_sm90(const at::Tensor& t) {
+  const cudaDeviceProp* p = at::cuda::getDeviceProperties(t.device().index());
+  return p->major == 9 && p->minor == 0;
+}
+
+bool gemm_2l_takes(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                   const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                   const c10::optional<at::Tensor>& bias, int64_t gs) {
+#ifdef SVDQ_BUILT_SM90A
+  constexpr bool kBuilt = true;
+#else
+  constexpr bool kBuilt = false;
+#endif
+  if (!(kBuilt && xq.is_cuda() && xq.dim() == 2 && xq.scalar_type() == at::kChar && qw.dim() == 2 && lr.dim() == 2 &&
+        is_16bit(lr)))
+    return false;
+  const auto dt = lr.scalar_type();
+  const int64_t M = xq.size(0), K = xq.size(1), N = qw.size(0), R = lr.size(1);
+  if (!(gs == 32 || gs == 64 || gs == 128) || K % 128 != 0 || N % 128 != 0 || K > 65536 ||
+      (R + 15) / 16 * 16 > svdq::kMaxRank2l)
+    return false;
+  const bool shapes = qw.size(1) * 2 == K && wsc.dim() == 2 && wsc.size(0) == K / gs && wsc.size(1) == N &&
+                      xs.dim() == 1 && xs.size(0) == M && wch.dim() == 1 && wch.size(0) == N && lr.size(0) == M &&
+                      pu.dim() == 2 && pu.size(0) == N && pu.size(1) == R &&
+                      (!bias.has_value() || (bias->dim() == 1 && bias->size(0) == N && on(*bias, xq, dt)));
+  return shapes && on(qw, xq, at::kChar) && on(wsc, xq, at::kByte) && on(xs, xq, at::kFloat) &&
+         on(wch, xq, at::kFloat) && on(lr, xq, dt) && on(pu, xq, dt) && is_sm90(xq);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tensor& x, const at::Tensor& smooth,
+                                                                  const at::Tensor& pd, int64_t gs) {
+  using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  if (quantize_2l_takes(x, smooth, pd, gs)) {
+    Out out = quantize_act_2l(x, smooth, pd, gs);
+    if (std::get<0>(out).defined()) return out;
+  }
+  return python_fallback<Out>(0, "quantize_act_2l", x, smooth, pd, gs);
+}
+
+at::Tensor w4a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                           const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                           const c10::optional<at::Tensor>& bias, int64_t gs) {
+  if (gemm_2l_takes(xq, xs, qw, wsc, wch, lr, pu, bias, gs)) {
+    const int64_t pad = -lr.size(1) & 15;  // the kernel reads the rank in steps of 16; zero columns add 0
+    const at::Tensor lr16 = pad ? at::constant_pad_nd(lr, {0, pad}) : lr;
+    const at::Tensor pu16 = pad ? at::constant_pad_nd(pu, {0, pad}) : pu;
+    at::Tensor y = w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs);
+    if (y.defined()) return y;
+  }
+  return python_fallback<at::Tensor>(1, "w4a4_gemm_2l", xq, xs, qw, wsc, wch, lr, pu, bias, gs);
+}
+
+void register_fallbacks(py::object quantize_2l, py::object gemm_2l) {
+  g_fallbacks[0] = std::move(quantize_2l);
+  g_fallbacks[1] = std::move(gemm_2l);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(svdquant, CUDA, m) {
+  m.impl("quantize_act_2l", TORCH_FN(quantize_act_2l_op));
+  m.impl("w4a4_gemm_2l", TORCH_FN(w4a4_gemm_2l_op));
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "svdquant-hf fused W4A4 kernels";
@@ -320,11 +433,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "M, N, K, num_sms -> (token tile, K splits) of the 2l GEMM");
   m.def("set_gemm_2l_splits", &svdq::set_gemm_2l_splits, "force a 1/2/4/8-way K split (0: heuristic)");
-  m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/256-token tiles (0: heuristic)");
+  m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/224/256-token tiles (0: heuristic)");
+  m.def("set_gemm_2l_plan_tiles", &svdq::set_gemm_2l_plan_tiles, "the token tiles the plan may pick ([]: all)");
+  m.attr("gemm_2l_tiles") = std::vector<int>{64, 128, 224, 256};
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;
 #else
   m.attr("sm90a_built") = false;
 #endif
   m.attr("max_rank_2l") = svdq::kMaxRank2l;
+  m.def("register_fallbacks", &register_fallbacks,
+        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l) for inputs the C++ op kernels do not take");
 }

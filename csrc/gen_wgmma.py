@@ -44,4 +44,4 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 """
 
 if __name__ == "__main__":
-    print(HEAD + "".join(wrapper(n) for n in (64, 128, 256)) + TAIL, end="")
+    print(HEAD + "".join(wrapper(n) for n in (64, 128, 224, 256)) + TAIL, end="")

@@ -1,6 +1,7 @@
 // Host launchers of the svdquant kernels: raw pointers + stream, no torch types (the torch
 // binding in bindings.cpp checks shapes/dtypes/devices and calls these).
 #pragma once
+#include <vector>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -74,11 +75,12 @@ cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stre
 // sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);
 struct Gemm2lPlan {
-  int tile_tokens;  // 64, 128 or 256
+  int tile_tokens;  // 64, 128, 224 or 256
   int splits;       // K split over a cluster of this many CTAs (1, 2, 4, 8)
 };
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms);
-void set_gemm_2l_tile_tokens(int bt);  // 64/128/256 forces the token tile (benchmarks, tests); 0: heuristic
+void set_gemm_2l_plan_tiles(const std::vector<int>& tiles);  // the tiles the plan may pick ({}: all)
+void set_gemm_2l_tile_tokens(int bt);  // 64/128/224/256 forces the token tile (benchmarks, tests); 0: heuristic
 void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heuristic
 constexpr int kMaxRank2l = 256;
 

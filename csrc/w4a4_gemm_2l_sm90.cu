@@ -8,7 +8,7 @@
 // main loop has no floating-point promotion at all: the per-group scales are integers folded into the
 // operands and the int32 accumulator is exact (|sum| < 2^31 for K <= 65536).
 //
-// CTA tile: 128 weight rows (two warpgroups of 64) x BT tokens (the wgmma N: 64, 128 or 256), K in
+// CTA tile: 128 weight rows (two warpgroups of 64) x BT tokens (the wgmma N: 64, 128, 224 or 256), K in
 // stages of 128. Per stage, one thread's TMA copies (completing on the stage's mbarrier) bring the
 // activation tile (BT x 128 bytes, 128-byte swizzle: the wgmma B operand), the packed weight tile (128
 // rows x 64 bytes, 64-byte swizzle) and the stage's integer group scales into shared memory. Each
@@ -212,6 +212,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 4; ++j) {
       // +32 bytes per k-step, in the descriptors' 16-byte address units
       if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+      else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
       else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
       else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
     }
@@ -353,8 +354,15 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, cudaStream_t stream) 
       !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
       !make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
-  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  static bool smem_set[64] = {};  // the attribute is per device: set once on each
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
+  if (dev >= 64 || !smem_set[dev]) {
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return e;
+    if (dev < 64) smem_set[dev] = true;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(a.N / kRows, (a.M + BT - 1) / BT, splits);
   cfg.blockDim = dim3(kThreads);
@@ -375,23 +383,29 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, cudaStream_t stream) 
 template <typename T, int G>
 cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
   if (p.tile_tokens == 256) return launch_2l<T, 256, G>(a, p.splits, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G>(a, p.splits, stream);
   if (p.tile_tokens == 128) return launch_2l<T, 128, G>(a, p.splits, stream);
   return launch_2l<T, 64, G>(a, p.splits, stream);
 }
 
 int g_force_bt = 0, g_force_splits = 0;
+constexpr int tile_bit(int bt) { return bt == 64 ? 1 : bt == 128 ? 2 : bt == 224 ? 4 : 8; }
+int g_plan_tiles = 15;  // the token tiles the plan may choose (benchmarks compare subsets)
 
 }  // namespace
 
 // Token tile and K split from a cost model fitted on H100 (benchmarks/gemm_2l_plan_sweep.py): a CTA costs
-// ~0.72 us per 128-deep K stage plus a fixed ~0.035 us per token of its tile (prologue, epilogue stores),
-// ~0.065 us per token when split (the cluster exchange); CTAs run in waves of one per SM.
+// ~0.72 us per 128-deep K stage whatever its token tile (the widening and the barriers, not the wgmmas,
+// set a stage's pace) plus a fixed ~0.035 us per token of its tile (prologue, epilogue stores), ~0.065 us
+// per token when split (the cluster exchange); CTAs run in waves of one per SM. The 224-token tile is for
+// wave quantisation: 4608 tokens x 24 weight tiles are 432 tiles of 256 (3.3 waves of 132, so 4) or 504
+// of 224 (3.8: also 4, each shorter by the fixed part).
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   const int KT = K / kBK;
   Gemm2lPlan best{g_force_bt ? g_force_bt : 256, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
-  for (int bt : {256, 128, 64}) {
-    if (g_force_bt && bt != g_force_bt) continue;
+  for (int bt : {256, 224, 128, 64}) {
+    if ((g_force_bt && bt != g_force_bt) || !(g_plan_tiles & tile_bit(bt))) continue;
     const long tiles = (long)(N / kRows) * ((M + bt - 1) / bt);
     for (int s : {1, 2, 4, 8}) {
       if (s > KT || (g_force_splits && s != g_force_splits)) continue;
@@ -403,7 +417,12 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   return best;
 }
 
-void set_gemm_2l_tile_tokens(int bt) { g_force_bt = (bt == 64 || bt == 128 || bt == 256) ? bt : 0; }
+void set_gemm_2l_tile_tokens(int bt) { g_force_bt = (bt == 64 || bt == 128 || bt == 224 || bt == 256) ? bt : 0; }
+void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
+  int mask = 0;
+  for (int bt : tiles) mask |= (bt == 64 || bt == 128 || bt == 224 || bt == 256) ? tile_bit(bt) : 0;
+  g_plan_tiles = mask ? mask : 15;
+}
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 
 

@@ -21,6 +21,7 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import torch
 
@@ -32,6 +33,14 @@ HEADERS = ("common.cuh", "launch.h", "wgmma_s8.cuh")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "module": None}
+_on_load: list[Callable[[ModuleType], None]] = []
+
+
+def on_load(callback: Callable[[ModuleType], None]) -> None:
+    """Run ``callback(module)`` once the extension is loaded (at once if it already is)."""
+    _on_load.append(callback)
+    if _state["module"] is not None:
+        callback(_state["module"])  # type: ignore[arg-type]
 
 
 def csrc_dir() -> Path:
@@ -175,6 +184,9 @@ def load_extension() -> ModuleType | None:
                     stacklevel=2,
                 )
                 mod = None
+        if mod is not None:
+            for callback in _on_load:
+                callback(mod)
         _state["module"] = mod
         _state["tried"] = True
         return mod

@@ -1,9 +1,10 @@
-"""CUDA implementations of ``svdquant::quantize_act`` and ``svdquant::w4a4_gemm`` (csrc/ kernels).
+"""The Python CUDA path of the svdquant ops: checks, then the csrc/ kernels or the reference.
 
-Registered for the "cuda" dispatch key when this module is imported (library.py does that); the
-extension is compiled lazily on the first call on a CUDA tensor (see build.py). Inputs the kernels
-do not cover (fp32 compute dtype, group sizes other than 32/64/128, mixed dtypes) and machines where
-the build failed take the reference implementation, which has the same semantics.
+library.py registers these for CUDA tensors. The extension is compiled lazily on the first call on a
+CUDA tensor (see build.py). Inputs the kernels do not cover (fp32 compute dtype, group sizes other
+than 32/64/128, mixed dtypes) and machines where the build failed take the reference implementation,
+which has the same semantics. Once the extension is loaded, its C++ kernels serve the int4_2l ops'
+CUDA calls and hand back here (``register_fallbacks``) only the inputs they do not take.
 """
 from __future__ import annotations
 
@@ -75,14 +76,14 @@ def _check_gemm_shapes(xq, ascales, qweight, wscales, lr_act, proj_up, bias, gro
     _require_shapes("w4a4_gemm", expected, M, K, N, group_size)
 
 
-def _check_quantize_shapes(x, smooth, proj_down) -> None:
+def _check_quantize_shapes(x, smooth, proj_down, op: str = "quantize_act") -> None:
     if x.dim() != 2:
-        raise ValueError(f"svdquant::quantize_act: x must be 2-D [M, K], got shape {tuple(x.shape)}")
+        raise ValueError(f"svdquant::{op}: x must be 2-D [M, K], got shape {tuple(x.shape)}")
     K = x.shape[1]
     if tuple(smooth.shape) != (K,):
-        raise ValueError(f"svdquant::quantize_act: smooth has shape {tuple(smooth.shape)}, expected ({K},)")
+        raise ValueError(f"svdquant::{op}: smooth has shape {tuple(smooth.shape)}, expected ({K},)")
     if proj_down.dim() != 2 or proj_down.shape[0] != K:
-        raise ValueError(f"svdquant::quantize_act: proj_down has shape {tuple(proj_down.shape)}, expected ({K}, R)")
+        raise ValueError(f"svdquant::{op}: proj_down has shape {tuple(proj_down.shape)}, expected ({K}, R)")
 
 
 def _dispatch(name: str, supported, ref, *args):
@@ -96,7 +97,6 @@ def _dispatch(name: str, supported, ref, *args):
     return tuple(out) if isinstance(out, (tuple, list)) else out
 
 
-@torch.library.register_kernel("svdquant::quantize_act", "cuda")
 def quantize_act_cuda(
     x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,7 +105,6 @@ def quantize_act_cuda(
     return _dispatch("quantize_act", supported, quantize_act_ref, x, smooth, proj_down, group_size)
 
 
-@torch.library.register_kernel("svdquant::w4a4_gemm", "cuda")
 def w4a4_gemm_cuda(
     xq: torch.Tensor,
     ascales: torch.Tensor,
@@ -177,16 +176,14 @@ def _pad_rank16(lr_act: torch.Tensor, proj_up: torch.Tensor) -> tuple[torch.Tens
     return torch.nn.functional.pad(lr_act, (0, pad)), torch.nn.functional.pad(proj_up, (0, pad))
 
 
-@torch.library.register_kernel("svdquant::quantize_act_2l", "cuda")
 def quantize_act_2l_cuda(
     x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_quantize_shapes(x, smooth, proj_down)
+    _check_quantize_shapes(x, smooth, proj_down, "quantize_act_2l")
     supported = lambda ext: _quantize_2l_supported(ext, x, smooth, proj_down, group_size)  # noqa: E731
     return _dispatch("quantize_act_2l", supported, quantize_act_2l_ref, x, smooth, proj_down, group_size)
 
 
-@torch.library.register_kernel("svdquant::w4a4_gemm_2l", "cuda")
 def w4a4_gemm_2l_cuda(
     xq: torch.Tensor,
     xscale: torch.Tensor,
@@ -225,6 +222,15 @@ def _gemm_2l_kernel(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up
     if y is None:
         raise ValueError(ext.last_error())
     return y
+
+
+def _hand_over_fallbacks(ext) -> None:
+    """The extension's C++ op kernels send the inputs they do not take to these Python paths."""
+    if hasattr(ext, "register_fallbacks"):
+        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda)
+
+
+build.on_load(_hand_over_fallbacks)
 
 
 # --- eager fast path ---------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The fused ops as torch.library custom ops (schemas + fake implementations).
+"""The fused ops as torch.library ops (schemas + fake implementations).
 
 Ops: ``svdquant::quantize_act`` / ``svdquant::w4a4_gemm`` (INT4, per-group 16-bit scales) and
 ``svdquant::quantize_act_2l`` / ``svdquant::w4a4_gemm_2l`` (INT4 with two-level scales, quant_format
-"int4_2l"). The default implementation is the reference; csrc kernels register a CUDA implementation
-under the same names (see svdquant_hf/ops/cuda.py), so torch.compile traces the ops without graph breaks.
+"int4_2l"). Off CUDA the implementation is the reference; on CUDA the Python path in cuda.py, and for
+the int4_2l ops the extension's C++ kernels once it is loaded. The fake implementations let
+torch.compile trace the ops without graph breaks.
 """
 from __future__ import annotations
 
 import torch
 
+from . import cuda as _cuda  # CUDA implementations (csrc/ kernels, built lazily on first use on a GPU)
 from .reference import check_k_2l, quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref
 
 
@@ -30,6 +32,9 @@ def _(x, smooth, proj_down, group_size):
     return _fake_activations(x, proj_down, x.new_empty((x.shape[0], x.shape[1] // group_size)))
 
 
+quantize_act.register_kernel("cuda")(_cuda.quantize_act_cuda)
+
+
 @torch.library.custom_op("svdquant::w4a4_gemm", mutates_args=())
 def w4a4_gemm(
     xq: torch.Tensor,
@@ -49,40 +54,55 @@ def _(xq, ascales, qweight, wscales, lr_act, proj_up, bias, group_size):
     return lr_act.new_empty((xq.shape[0], qweight.shape[0]))
 
 
-@torch.library.custom_op("svdquant::quantize_act_2l", mutates_args=())
-def quantize_act_2l(
-    x: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype)."""
+w4a4_gemm.register_kernel("cuda")(_cuda.w4a4_gemm_cuda)
+
+# The int4_2l ops are declared with torch.library.define rather than custom_op: custom_op adds Python
+# kernels for the Autograd and device keys, so every call from a compiled graph would pass through
+# Python two or three times. Declared this way, the extension's C++ kernels (TORCH_LIBRARY_IMPL in
+# csrc/bindings.cpp, registered when it loads) take CUDA calls from the dispatcher directly; inputs they
+# do not cover come back to the Python CUDA path in cuda.py (checks, clear errors, reference fallback).
+_TAGS = (torch.Tag.pt2_compliant_tag,)
+torch.library.define(
+    "svdquant::quantize_act_2l",
+    "(Tensor x, Tensor smooth, Tensor proj_down, int group_size) -> (Tensor, Tensor, Tensor)",
+    tags=_TAGS,
+)
+torch.library.define(
+    "svdquant::w4a4_gemm_2l",
+    "(Tensor xq, Tensor xscale, Tensor qweight, Tensor wscales, Tensor wchannel, Tensor lr_act, "
+    "Tensor proj_up, Tensor? bias, int group_size) -> Tensor",
+    tags=_TAGS,
+)
+
+
+@torch.library.impl("svdquant::quantize_act_2l", "CompositeExplicitAutograd")
+def _quantize_act_2l_impl(x, smooth, proj_down, group_size):
+    if x.is_cuda:
+        return _cuda.quantize_act_2l_cuda(x, smooth, proj_down, group_size)
     return quantize_act_2l_ref(x, smooth, proj_down, group_size)
 
 
-@quantize_act_2l.register_fake
+@torch.library.register_fake("svdquant::quantize_act_2l")
 def _(x, smooth, proj_down, group_size):
     return _fake_activations(x, proj_down, x.new_empty((x.shape[0],), dtype=torch.float32))
 
 
-@torch.library.custom_op("svdquant::w4a4_gemm_2l", mutates_args=())
-def w4a4_gemm_2l(
-    xq: torch.Tensor,
-    xscale: torch.Tensor,
-    qweight: torch.Tensor,
-    wscales: torch.Tensor,
-    wchannel: torch.Tensor,
-    lr_act: torch.Tensor,
-    proj_up: torch.Tensor,
-    bias: torch.Tensor | None,
-    group_size: int,
-) -> torch.Tensor:
-    """int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias."""
-    return w4a4_gemm_2l_ref(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+@torch.library.impl("svdquant::w4a4_gemm_2l", "CompositeExplicitAutograd")
+def _w4a4_gemm_2l_impl(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
+    args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+    return _cuda.w4a4_gemm_2l_cuda(*args) if xq.is_cuda else w4a4_gemm_2l_ref(*args)
 
 
-@w4a4_gemm_2l.register_fake
+@torch.library.register_fake("svdquant::w4a4_gemm_2l")
 def _(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
     check_k_2l(xq.shape[1])
     return lr_act.new_empty((xq.shape[0], qweight.shape[0]))
 
 
-# CUDA implementations (csrc/ kernels, compiled lazily on first use on a GPU; never on CPU-only machines).
-from . import cuda as _cuda  # noqa: E402,F401
+#: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
+quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
+#: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
+w4a4_gemm_2l = torch.ops.svdquant.w4a4_gemm_2l.default
+
+
+

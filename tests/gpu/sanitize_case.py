@@ -39,7 +39,7 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
         wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
         wch = torch.rand(N, device="cuda", generator=g)
         pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
-        for bt in (64, 128, 256):
+        for bt in ext.gemm_2l_tiles:
             ext.set_gemm_2l_tile_tokens(bt)
             for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
                 ext.set_gemm_2l_splits(splits)

@@ -144,8 +144,9 @@ def test_gemm_2l_chain_awkward_m(hopper, dtype, R, M):
     assert _rel(y, ref) < 1e-2
 
 
-@pytest.mark.parametrize("bt", [64, 128, 256])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
 def test_gemm_2l_every_token_tile(hopper, bt):
+    assert bt in hopper.gemm_2l_tiles
     M, K, N, R, gs = 515, 2048, 512, 32, 128
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=bt)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt)
@@ -161,7 +162,7 @@ def test_gemm_2l_every_token_tile(hopper, bt):
 
 
 @pytest.mark.parametrize("splits", [2, 4, 8])
-@pytest.mark.parametrize("bt", [64, 128, 256])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
 @pytest.mark.parametrize(
     "M,K,N", [(1, 1024, 128), (7, 3072, 384), (255, 3072, 256), (300, 15360, 128), (513, 1536, 256)]
 )
@@ -246,3 +247,33 @@ def test_ops_2l_dispatch_pad_fallback_and_compile(ext):
         assert _rel(y.cpu(), ref) < 1e-2
         yc = torch.compile(f, fullgraph=True)(x)
         assert _rel(yc.cpu(), ref) < 1e-2
+
+
+def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
+    """Once the extension is loaded, the int4_2l ops' CUDA calls reach its C++ kernels (no Python in
+    between); inputs those kernels do not take come back to the Python path, which raises clear errors
+    (through the C++ kernel) and runs the reference."""
+    from svdquant_hf.ops import cuda
+
+    for op in ("svdquant::quantize_act_2l", "svdquant::w4a4_gemm_2l"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
+    M, K, N, gs = 300, 3072, 384, 64
+    for R in (32, 20):  # 20: the C++ kernel pads the rank to 16
+        x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=R + 7)
+        qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=R)
+        q_op = library.quantize_act_2l(x, smooth, pd, gs)
+        q_py = cuda.quantize_act_2l_cuda(x, smooth, pd, gs)
+        assert all(torch.equal(a, c) for a, c in zip(q_op, q_py))
+        xq, xs, lr = q_op
+        y_op = library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        assert torch.equal(y_op, cuda.w4a4_gemm_2l_cuda(xq, xs, qw, wsc, wch, lr, pu, b, gs))
+    # fp32 activations: the kernels do not take them; the Python path runs the reference
+    x32 = x.float()
+    out = library.quantize_act_2l(x32, smooth.float(), pd.float(), gs)
+    ref = quantize_act_2l_ref(x32, smooth.float(), pd.float(), gs)
+    assert all(torch.equal(a, c) for a, c in zip(out, ref))
+    # malformed inputs: the Python path's ValueError surfaces through the C++ kernel, naming the tensor
+    with pytest.raises(ValueError, match=r"w4a4_gemm_2l: wscales has shape"):
+        library.w4a4_gemm_2l(xq, xs, qw, wsc[:-1], wch, lr, pu, b, gs)
+    with pytest.raises(ValueError, match=r"quantize_act_2l: smooth has shape"):
+        library.quantize_act_2l(x, smooth[:-1], pd, gs)
