@@ -10,6 +10,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16,svdq --res 1024 --batch 1
   python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
   python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
+  python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lora_compile  # the same, compiled
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
@@ -36,7 +37,7 @@ TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, 
 TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
-    "svdq2l_lora", "bf16_graphs", "svdq2l_graphs", "bf16_offload",
+    "svdq2l_lora", "svdq2l_lora_compile", "bf16_graphs", "svdq2l_graphs", "bf16_offload",
 )
 
 
@@ -191,7 +192,7 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = build_model(config, device, home="cpu" if cap else device)
         model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4")
         model = model.to(device)
-        if name.endswith("_lora"):
+        if "_lora" in name:
             model = add_random_lora(model)
     elif name.startswith("fp8"):
         model = to_fp8(build_model(config, device))

@@ -36,3 +36,11 @@ def test_main_writes_rows_and_json(tmp_path):
                           "--iters", "1", "--warmup", "0", "--out", str(out)])
     assert [r["variant"] for r in rows] == ["bf16", "svdq2l"] and all(r["ms"] > 0 for r in rows)
     assert out.exists()
+
+
+def test_compiled_lora_variant_is_lora_wrapped():
+    from svdquant_hf.lora.layer import SVDQuantLoraLinear
+
+    model = flux_e2e.build_variant("svdq2l_lora_compile", flux_e2e.TINY, "cpu", cap=False)
+    assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+    assert any(isinstance(m, SVDQuantLoraLinear) for m in model.modules())

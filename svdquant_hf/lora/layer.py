@@ -70,7 +70,8 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
 
         Runs before every forward (a FLUX.1 forward has ~500 such layers), so submodules, buffers and
         parameters are read from their dicts: each of those lookups through nn.Module.__getattr__ costs
-        about a microsecond (plain attributes are found directly).
+        about a microsecond (plain attributes are found directly). Under torch.compile the branch is
+        built in the graph instead (no cache).
         """
         mods = self._modules
         active, merged, scaling = self._active_adapter, self.merged_adapters, self.scaling
@@ -86,6 +87,11 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             base = base._modules["base_layer"]
         bufs = base._buffers
         weights = [(lora_a[n]._parameters["weight"], lora_b[n]._parameters["weight"]) for n in names]
+        if torch.compiler.is_compiling():
+            # traced into the graph instead of cached: the cache key (tensor ids, in-place versions) would
+            # make dynamo break the graph and recompile per layer; the concatenation is a few small copies
+            factors = [(a, b, float(scaling[n])) for (a, b), n in zip(weights, names)]
+            return extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
         tensors = (bufs["proj_down"], bufs["proj_up"], *(t for pair in weights for t in pair))
         scales = tuple(float(scaling[n]) for n in names)
         # ids are stable while the cache holds the tensors; _version counts in-place writes (loading, hotswap)
