@@ -77,3 +77,20 @@ def test_hopper_builds_as_sm90a():
     assert with_arch_features(["8.0", "8.9", "9.0"]) == ["8.0", "8.9", "9.0a"]
     assert with_arch_features(["8.6"]) == ["8.6"]
     assert "w4a4_gemm_2l_sm90.cu" in SOURCES and "quantize_act_2l.cu" in SOURCES
+
+
+def test_loaded_extension_gets_the_python_fallbacks(fresh_state, monkeypatch):
+    """When the extension loads, its C++ op kernels are handed the Python CUDA paths (for the inputs they
+    do not take); a callback registered after loading runs at once."""
+    from types import SimpleNamespace
+
+    calls = []
+    fake = SimpleNamespace(register_fallbacks=lambda q, g: calls.append((q, g)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "_load_prebuilt", lambda: fake)
+    monkeypatch.setattr(build, "_on_load", list(build._on_load))
+    assert build.load_extension() is fake
+    assert calls == [(cuda.quantize_act_2l_cuda, cuda.w4a4_gemm_2l_cuda)]
+    seen = []
+    build.on_load(seen.append)
+    assert seen == [fake]
