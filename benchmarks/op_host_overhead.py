@@ -6,7 +6,8 @@ A compiled graph calls torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l} about 
 forward. On a problem so small that the GPU never sets the pace (M = 8, K = 256, N = 128), this times
 back-to-back calls on the host, in one run, of: the ops through the dispatcher (the extension's C++
 kernels take them), the Python CUDA path those calls went through before (svdquant_hf/ops/cuda.py:
-checks, then the extension), and the extension's pybind functions alone (the eager fast path).
+checks, then the extension), and the extension's pybind functions alone (what the eager shortcut of
+v2.5 called).
 Prints microseconds per quantize + GEMM pair; --profile adds the host time per pair of each CUDA
 runtime / driver call and operator (torch.profiler) on the dispatcher path.
 """

@@ -7,7 +7,6 @@ from torch import nn
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
-from .ops.cuda import fused_linear_2l
 from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref
 
 
@@ -128,18 +127,13 @@ class SVDQuantLinear(nn.Module):
                 y = w4a16_2l_linear_ref(
                     x2, self.qweight, self.wscales, self.wchannel, self.proj_down, self.proj_up, bias, self.group_size
                 )
-            else:
-                y = None
-                grad = x2.requires_grad and torch.is_grad_enabled()  # the ops keep autograd's rules
-                if x2.is_cuda and not grad and not torch.compiler.is_compiling():
-                    y = fused_linear_2l(self, x2.contiguous())  # eager: no op dispatch (None: not taken)
-                if y is None:
-                    xq, xscale, lr = ops.quantize_act_2l(
-                        x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size
-                    )
-                    y = ops.w4a4_gemm_2l(
-                        xq, xscale, self.qweight, self.wscales, self.wchannel, lr, self.proj_up, bias, self.group_size
-                    )
+            else:  # on CUDA the dispatcher calls the extension's C++ kernels directly (ops/library.py)
+                xq, xscale, lr = ops.quantize_act_2l(
+                    x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size
+                )
+                y = ops.w4a4_gemm_2l(
+                    xq, xscale, self.qweight, self.wscales, self.wchannel, lr, self.proj_up, bias, self.group_size
+                )
         elif self.weight_only:
             y = w4a16_linear_ref(x2, self.qweight, self.wscales, self.proj_down, self.proj_up, bias, self.group_size)
         else:

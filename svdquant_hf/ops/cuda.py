@@ -212,11 +212,6 @@ def w4a4_gemm_2l_cuda(
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
     if ext is None or not hasattr(ext, "w4a4_gemm_2l") or not _gemm_2l_supported(ext, *args):
         return w4a4_gemm_2l_ref(*args)
-    return _gemm_2l_kernel(ext, *args)
-
-
-def _gemm_2l_kernel(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
-    """The wgmma GEMM on inputs already known to suit it."""
     lr_k, pu_k = _pad_rank16(lr_act, proj_up)  # the kernel's rank steps of 16; zero columns add exactly 0
     y = ext.w4a4_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
     if y is None:
@@ -231,44 +226,3 @@ def _hand_over_fallbacks(ext) -> None:
 
 
 build.on_load(_hand_over_fallbacks)
-
-
-# --- eager fast path ---------------------------------------------------------------------------------
-# In eager mode each torch.library op call costs tens of microseconds of Python dispatch and checks, and
-# FLUX.1's eager forward has ~500 quantized linears: at 512 tokens the host, not the GPU, sets the pace.
-# An int4_2l layer whose inputs the kernels take (decided once per layer and input signature) calls the
-# extension directly; torch.compile and everything else go through the ops.
-
-
-def _signature_2l(layer, x: torch.Tensor) -> tuple:
-    pd, pu, b = layer.proj_down, layer.proj_up, layer.bias
-    return (x.dtype, x.device, x.shape[1], pd.shape, pd.dtype, pd.device, pu.shape, pu.dtype, pu.device,
-            layer.qweight.device, layer.wscales.device, layer.wchannel.device, layer.smooth_factor.dtype,
-            layer.smooth_factor.device, None if b is None else (b.dtype, b.device), layer.group_size)
-
-
-def fused_linear_2l(layer, x: torch.Tensor) -> torch.Tensor | None:
-    """y = layer(x) for a CUDA int4_2l SVDQuantLinear straight through the extension, or None when the
-    kernels do not take these inputs (the caller then uses the ops, which fall back to the reference)."""
-    sig = _signature_2l(layer, x)
-    cached = layer.__dict__.get("_fused_2l")
-    if cached is None or cached[0] != sig:
-        ext = build.load_extension()
-        m_probe = x[:0]  # shapes and dtypes are what the checks read; M does not matter to them
-        ok = ext is not None and hasattr(ext, "w4a4_gemm_2l")
-        if ok:
-            lr_probe = m_probe.new_empty((0, layer.proj_down.shape[1]))
-            ok = _quantize_2l_supported(ext, x, layer.smooth_factor, layer.proj_down, layer.group_size) and (
-                _gemm_2l_supported(ext, m_probe.to(torch.int8), m_probe.new_empty(0, dtype=torch.float32),
-                                   layer.qweight, layer.wscales, layer.wchannel, lr_probe, layer.proj_up,
-                                   layer.bias, layer.group_size)
-            )
-        cached = layer.__dict__["_fused_2l"] = (sig, ok)  # a plain flag: the layer stays deep-copyable
-    if not cached[1]:
-        return None
-    ext = build.load_extension()
-    xq, xscale, lr = ext.quantize_act_2l(x, layer.smooth_factor, layer.proj_down, layer.group_size)
-    if xq is None:
-        raise ValueError(ext.last_error())
-    return _gemm_2l_kernel(ext, xq, xscale, layer.qweight, layer.wscales, layer.wchannel, lr, layer.proj_up,
-                           layer.bias, layer.group_size)
