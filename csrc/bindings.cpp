@@ -1,7 +1,6 @@
 // Thin torch binding of the svdquant kernels: checks, allocation, stream; the kernels live in *.cu.
 #include <c10/cuda/CUDAStream.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -56,30 +55,27 @@ at::Tensor prep(const at::Tensor& t) {
   return c;
 }
 
-// One side stream per device for the down projection. A fresh pool stream per call cycles through the
-// pool's streams, each with its own cuBLAS workspace and allocator pool; with that the FLUX.1 forward's
-// peak memory rose by 1 GiB on H100 (this fix is not yet re-measured there).
-c10::cuda::CUDAStream side_stream(c10::DeviceIndex device) {
-  static std::mutex mu;
-  static std::vector<c10::optional<c10::cuda::CUDAStream>> streams(64);
-  std::lock_guard<std::mutex> lock(mu);
-  auto& s = streams.at(device);
-  if (!s.has_value()) s = c10::cuda::getStreamFromPool(false, device);
-  return *s;
-}
+// One side stream per device for the down projection, and two events that fork it off the caller's
+// stream and join it back, reused by every call (a wait binds to the event's latest record when it is
+// enqueued, also under graph capture). A fresh pool stream per call cycled through the pool's streams,
+// each with its own cuBLAS workspace and allocator pool: the FLUX.1 forward's peak memory was 1 GiB higher.
+struct SideStream {
+  c10::cuda::CUDAStream stream;
+  cudaEvent_t fork, join;
+};
 
-// Two events per device that fork the side stream off the main stream and join it back; reused by
-// every call (a wait binds to the event's latest record when it is enqueued, also under graph capture).
-std::pair<cudaEvent_t, cudaEvent_t> fork_join_events(c10::DeviceIndex device) {
+const SideStream& side_stream(c10::DeviceIndex device) {
   static std::mutex mu;
-  static std::vector<std::pair<cudaEvent_t, cudaEvent_t>> events(64, {nullptr, nullptr});
+  static std::vector<c10::optional<SideStream>> per_device(64);
   std::lock_guard<std::mutex> lock(mu);
-  auto& e = events.at(device);
-  if (e.first == nullptr) {
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.first, cudaEventDisableTiming));
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&e.second, cudaEventDisableTiming));
+  auto& s = per_device.at(device);
+  if (!s.has_value()) {
+    SideStream made{c10::cuda::getStreamFromPool(false, device), nullptr, nullptr};
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&made.fork, cudaEventDisableTiming));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&made.join, cudaEventDisableTiming));
+    s = made;
   }
-  return e;
+  return *s;
 }
 
 bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side stream
@@ -226,10 +222,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     const std::string e = mismatch(t, x_in, x_in.scalar_type(), name);
     SVDQ_REQUIRE(e.empty(), e);
   }
+  SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   at::Tensor x = prep(x_in), smooth = prep(smooth_in);
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
-  SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   auto rcp = at::empty({K}, x.options().dtype(at::kFloat));
   svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), rcp.data_ptr<float>(),
                             xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
@@ -246,17 +242,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     // side stream before returning, so no later main-stream work can reuse their memory early: no
     // record_stream (whose deferred frees cost host time per call) is needed.
     lr = at::empty({M, pd.size(1)}, x.options());
-    const c10::cuda::CUDAStream side = side_stream(x.device().index());
-    const auto [fork, join] = fork_join_events(x.device().index());
-    C10_CUDA_CHECK(cudaEventRecord(fork, main.stream()));
-    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
+    const SideStream& side = side_stream(x.device().index());
+    C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
     {
-      c10::cuda::CUDAStreamGuard on_side(side);
+      c10::cuda::CUDAStreamGuard on_side(side.stream);
       at::mm_out(lr, x, pd);
     }
     const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
-    C10_CUDA_CHECK(cudaEventRecord(join, side.stream()));
-    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), join, 0));
+    C10_CUDA_CHECK(cudaEventRecord(side.join, side.stream.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), side.join, 0));
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
     return {xq, xscale, lr};
   }
@@ -315,8 +310,9 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const 
 
 // --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
 // torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l} on CUDA tensors land here (registered below when
-// this library loads), so a compiled graph calls the kernels without passing through Python. Inputs
-// these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
+// this library loads), so a compiled graph calls the kernels without passing through Python. The GEMM
+// checks the device and pads the rank first (the pybind function leaves both to its Python caller).
+// Inputs these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
 // register_fallbacks): it raises the clear errors and runs the reference where needed.
 
 py::object* g_fallbacks = new py::object[2];  // leaked: no destructor runs after the interpreter is gone
@@ -337,14 +333,6 @@ Ret python_fallback(int which, const char* op, const Args&... args) {
 
 bool on(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
   return t.device() == like.device() && t.scalar_type() == dtype;
-}
-
-bool quantize_2l_takes(const at::Tensor& x, const at::Tensor& smooth, const at::Tensor& pd, int64_t gs) {
-  if (!(x.is_cuda() && x.dim() == 2 && is_16bit(x))) return false;
-  const int64_t K = x.size(1);
-  return (gs == 32 || gs == 64 || gs == 128) && smooth.dim() == 1 && smooth.size(0) == K && pd.dim() == 2 &&
-         pd.size(0) == K && on(smooth, x, x.scalar_type()) && on(pd, x, x.scalar_type()) &&
-         svdq::quantize_act_2l_supported((int)K);
 }
 
 bool is_sm90(const at::Tensor& t) {
@@ -379,10 +367,8 @@ bool gemm_2l_takes(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tensor& x, const at::Tensor& smooth,
                                                                   const at::Tensor& pd, int64_t gs) {
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-  if (quantize_2l_takes(x, smooth, pd, gs)) {
-    Out out = quantize_act_2l(x, smooth, pd, gs);
-    if (std::get<0>(out).defined()) return out;
-  }
+  Out out = quantize_act_2l(x, smooth, pd, gs);  // its checks decide: undefined outputs = not taken
+  if (std::get<0>(out).defined()) return out;
   return python_fallback<Out>(0, "quantize_act_2l", x, smooth, pd, gs);
 }
 

@@ -388,9 +388,14 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
   return launch_2l<T, 64, G>(a, p.splits, stream);
 }
 
-int g_force_bt = 0, g_force_splits = 0;
-constexpr int tile_bit(int bt) { return bt == 64 ? 1 : bt == 128 ? 2 : bt == 224 ? 4 : 8; }
-int g_plan_tiles = 15;  // the token tiles the plan may choose (benchmarks compare subsets)
+int g_force_splits = 0;
+constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
+int tile_bit(int bt) {
+  for (int i = 0; i < 4; ++i)
+    if (kTiles[i] == bt) return 1 << i;
+  return 0;
+}
+int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
 
 }  // namespace
 
@@ -402,10 +407,11 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (benchmarks compa
 // of 224 (3.8: also 4, each shorter by the fixed part).
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   const int KT = K / kBK;
-  Gemm2lPlan best{g_force_bt ? g_force_bt : 256, g_force_splits ? g_force_splits : 1};
+  Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
-  for (int bt : {256, 224, 128, 64}) {
-    if ((g_force_bt && bt != g_force_bt) || !(g_plan_tiles & tile_bit(bt))) continue;
+  for (int bt : kTiles) {
+    if (!(g_plan_tiles & tile_bit(bt))) continue;
+    if (!best.tile_tokens) best.tile_tokens = bt;  // kept if no split fits (a forced split > K stages)
     const long tiles = (long)(N / kRows) * ((M + bt - 1) / bt);
     for (int s : {1, 2, 4, 8}) {
       if (s > KT || (g_force_splits && s != g_force_splits)) continue;
@@ -417,10 +423,10 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   return best;
 }
 
-void set_gemm_2l_tile_tokens(int bt) { g_force_bt = (bt == 64 || bt == 128 || bt == 224 || bt == 256) ? bt : 0; }
+void set_gemm_2l_tile_tokens(int bt) { g_plan_tiles = tile_bit(bt) ? tile_bit(bt) : 15; }
 void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
   int mask = 0;
-  for (int bt : tiles) mask |= (bt == 64 || bt == 128 || bt == 224 || bt == 256) ? tile_bit(bt) : 0;
+  for (int bt : tiles) mask |= tile_bit(bt);
   g_plan_tiles = mask ? mask : 15;
 }
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }

@@ -87,13 +87,13 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             base = base._modules["base_layer"]
         bufs = base._buffers
         weights = [(lora_a[n]._parameters["weight"], lora_b[n]._parameters["weight"]) for n in names]
+        scales = tuple(float(scaling[n]) for n in names)
         if torch.compiler.is_compiling():
             # traced into the graph instead of cached: the cache key (tensor ids, in-place versions) would
             # make dynamo break the graph and recompile per layer; the concatenation is a few small copies
-            factors = [(a, b, float(scaling[n])) for (a, b), n in zip(weights, names)]
+            factors = [(a, b, s) for (a, b), s in zip(weights, scales)]
             return extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
         tensors = (bufs["proj_down"], bufs["proj_up"], *(t for pair in weights for t in pair))
-        scales = tuple(float(scaling[n]) for n in names)
         # ids are stable while the cache holds the tensors; _version counts in-place writes (loading, hotswap)
         key = (tuple(map(id, tensors)), tuple(t._version for t in tensors), scales)
         cache = self._branch_cache
