@@ -102,6 +102,7 @@ def add_random_lora(model: nn.Module, rank: int = 32, seed: int = 0) -> nn.Modul
     from peft import LoraConfig, inject_adapter_in_model
 
     from svdquant_hf import SVDQuantLinear
+    from svdquant_hf.lora import refresh
 
     targets = [n for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)]
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), model, "bench")
@@ -112,6 +113,7 @@ def add_random_lora(model: nn.Module, rank: int = 32, seed: int = 0) -> nn.Modul
                 a, b = m.lora_A["bench"].weight, m.lora_B["bench"].weight
                 a.copy_(torch.randn(a.shape, generator=gen) * a.shape[1] ** -0.5)
                 b.copy_(torch.randn(b.shape, generator=gen) * 0.02)
+    refresh(model)  # in-place writes outside PEFT's controls: rebuild the cached branches (lora.md)
     return model
 
 

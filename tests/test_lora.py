@@ -335,3 +335,51 @@ def test_torch_compile_with_lora_is_one_graph_and_follows_strength(pair):
         q.set_adapters(["a"], [0.5])  # dynamo guards on the strength: recompiles, no stale branch
         assert torch.equal(compiled(**inputs)[0], y_half)
     dynamo.reset()
+
+
+def recording_backend(graphs: list):
+    """A dynamo backend that runs the graph as traced and records which functions each graph calls."""
+
+    def backend(gm, example_inputs):
+        graphs.append([n.target for n in gm.graph.nodes if n.op == "call_function"])
+        return gm.forward
+
+    return backend
+
+
+def test_compiled_lora_reads_the_live_branch_and_follows_the_controls(pair):
+    """Compiled with live adapters, the graph reads the cached concatenation (no torch.cat in it), a
+    hotswap reaches the compiled model without a recompile, a strength change recompiles once and still
+    reads the cache, and lora_scale inside the forward (cache not current) builds it in the graph (two
+    concatenations per LoRA layer on top of the model's own)."""
+    import torch._dynamo as dynamo
+
+    _, q, inputs = pair
+    first = LT.peft_lora(q.transformer, rank=4, seed=41, strength=0.3)
+    second = LT.peft_lora(q.transformer, rank=4, seed=42, strength=0.3)
+    q.load_lora_weights(dict(first), adapter_name="a")
+    dynamo.reset()
+    graphs: list = []
+    compiled = torch.compile(q.transformer, fullgraph=True, backend=recording_backend(graphs))
+    with torch.no_grad():
+        y_compiled = compiled(**inputs)[0]  # compiled before any eager forward: the load built the cache
+        assert torch.equal(y_compiled, run(q, inputs))
+        assert len(graphs) == 1
+
+        q.load_lora_weights(dict(second), adapter_name="a", hotswap=True)
+        y_swapped = compiled(**inputs)[0]
+        assert len(graphs) == 1, "hotswap recompiled"
+        assert not torch.equal(y_swapped, y_compiled)
+        assert torch.equal(y_swapped, run(q, inputs))
+
+        q.set_adapters(["a"], [0.5])
+        y_half = compiled(**inputs)[0]
+        assert len(graphs) == 2 and graphs[1].count(torch.cat) == graphs[0].count(torch.cat)
+        assert torch.equal(y_half, run(q, inputs))
+
+        q.set_adapters(["a"], [1.0])
+        y_scaled = compiled(**inputs, joint_attention_kwargs={"scale": 0.5})[0]
+        assert torch.equal(y_scaled, y_half)  # strength 1.0 x lora_scale 0.5 == strength 0.5
+    lora_layers = sum(isinstance(m, SVDQuantLoraLinear) for m in q.transformer.modules())
+    assert lora_layers > 0 and graphs[-1].count(torch.cat) == graphs[0].count(torch.cat) + 2 * lora_layers
+    dynamo.reset()

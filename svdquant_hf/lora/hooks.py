@@ -60,14 +60,16 @@ def patch_peft(model_module: ModuleType) -> None:
 
 
 def refresh(model) -> None:
-    """Drop the cached folded branches of ``model``'s SVDQuant LoRA layers (rebuilt on the next forward).
+    """Rebuild the cached folded branches of ``model``'s SVDQuant LoRA layers from their current weights.
 
-    Only needed after writing LoRA weights in place through ``.data`` (which PyTorch does not count as
-    a modification); loading, set_adapters, hotswap and device moves are tracked automatically.
+    Needed after writing LoRA weights in place outside PEFT's and diffusers' controls (``.data`` writes,
+    which PyTorch does not count, or any in-place write when the model is compiled); loading,
+    set_adapters, fuse/unfuse, hotswap and device moves are tracked automatically.
     """
     for mod in model.modules():
-        if hasattr(mod, "_branch_cache"):
+        if hasattr(mod, "_branch_cache") and hasattr(mod, "sync_branch"):
             mod._branch_cache = None
+            mod.sync_branch()
 
 
 def patch_peft_hotswap(hotswap_module: ModuleType) -> None:

@@ -7,6 +7,13 @@ layer runs once with the extended branch. The concatenation is cached and rebuil
 adapters, their strengths or their weights change. The base factors are never modified, except by
 ``merge`` (``fuse_lora``), which makes the concatenation the layer's own branch and keeps the
 originals so ``unmerge`` restores them exactly.
+
+Under torch.compile the cache is read, not checked: the concatenation lives in two non-persistent
+buffers (graph inputs, so a rebuilt one needs no recompile) next to the (adapters, strengths) it was
+built for (Python values dynamo guards on). The controls (loading, ``set_adapter``, ``set_scale``,
+``delete_adapter``, fuse/unfuse, hotswap, ``refresh``) rebuild it eagerly, so a compiled forward
+finds it current; where it is not (e.g. ``lora_scale`` applied inside the forward), the graph builds
+the concatenation itself.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
 from .branch import RANK_GRANULARITY, extend_branch
+
+_LIVE_DOWN, _LIVE_UP = "_lora_live_down", "_lora_live_up"
 
 
 class SVDQuantLoraLinear(nn.Module, LoraLayer):
@@ -38,6 +47,10 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         self._active_adapter = adapter_name
         self._branch_cache: tuple | None = None
         self._unmerged_branch: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._live_spec: tuple | None = None  # (adapter names, strengths) of the live buffers
+        self.register_buffer(_LIVE_DOWN, None, persistent=False)
+        self.register_buffer(_LIVE_UP, None, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.sync_branch())
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
@@ -55,6 +68,20 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
                 "is not supported on 4-bit layers (only plain LoRA folds into the low-rank branch)"
             )
         super().update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
+        self.sync_branch()
+
+    # PEFT's controls, followed by an eager rebuild of the live branch (a no-op while compiling)
+    def set_adapter(self, adapter_names: str | list[str], *args: Any, **kwargs: Any) -> None:
+        super().set_adapter(adapter_names, *args, **kwargs)
+        self.sync_branch()
+
+    def set_scale(self, adapter: str, scale: float) -> None:
+        super().set_scale(adapter, scale)
+        self.sync_branch()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        self.sync_branch()
 
     # ---- the folded branch -------------------------------------------------------------------
     def _active_factors(self, adapters: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
@@ -70,8 +97,8 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
 
         Runs before every forward (a FLUX.1 forward has ~500 such layers), so submodules, buffers and
         parameters are read from their dicts: each of those lookups through nn.Module.__getattr__ costs
-        about a microsecond (plain attributes are found directly). Under torch.compile the branch is
-        built in the graph instead (no cache).
+        about a microsecond (plain attributes are found directly). Under torch.compile the live buffers
+        are used when they were built for the active adapters and strengths, else the graph builds it.
         """
         mods = self._modules
         active, merged, scaling = self._active_adapter, self.merged_adapters, self.scaling
@@ -89,8 +116,11 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         weights = [(lora_a[n]._parameters["weight"], lora_b[n]._parameters["weight"]) for n in names]
         scales = tuple(float(scaling[n]) for n in names)
         if torch.compiler.is_compiling():
-            # traced into the graph instead of cached: the cache key (tensor ids, in-place versions) would
-            # make dynamo break the graph and recompile per layer; the concatenation is a few small copies
+            # the cache key (tensor ids, in-place versions) would make dynamo break the graph and recompile
+            # per layer; the live buffers are guarded by (names, strengths) only, kept current by the controls
+            if self._live_spec == (tuple(names), scales):
+                own = self._buffers
+                return own[_LIVE_DOWN], own[_LIVE_UP]
             factors = [(a, b, s) for (a, b), s in zip(weights, scales)]
             return extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
         tensors = (bufs["proj_down"], bufs["proj_up"], *(t for pair in weights for t in pair))
@@ -102,7 +132,23 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             with torch.no_grad():
                 down, up = extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
             cache = self._branch_cache = (key, down, up, tensors)
+            self._buffers[_LIVE_DOWN], self._buffers[_LIVE_UP] = down, up
+            self._live_spec = (tuple(names), scales)
         return cache[1], cache[2]
+
+    def sync_branch(self) -> None:
+        """Rebuild the cached branch now if the adapters, strengths or weights changed (eager only)."""
+        if torch.compiler.is_compiling():
+            return
+        if self.get_base_layer().proj_down.is_meta or any(p.is_meta for p in self.lora_A.parameters()):
+            return
+        try:
+            branch = self._branch()
+        except ValueError:  # a factor that does not fit: the forward raises the same error, naming the layer
+            branch = None
+        if branch is None:  # nothing active: drop the cache rather than keep it alive
+            self._branch_cache = self._live_spec = None
+            self._buffers[_LIVE_DOWN] = self._buffers[_LIVE_UP] = None
 
     def branch_rank(self) -> int:
         """Rank of the low-rank branch the kernels run with now (base + active adapters, padded)."""
@@ -152,6 +198,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
                 down, up = extend_branch(base.proj_down, base.proj_up, factors, RANK_GRANULARITY, self._layer_name)
             base.proj_down, base.proj_up, base.rank = down, up, down.shape[1]
         self.merged_adapters.extend(a for a in adapter_names if a in self.lora_A)
+        self.sync_branch()
 
     def unmerge(self) -> None:
         """Give the layer back its own branch (bit-exact: the original tensors are restored)."""
@@ -163,6 +210,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             base.proj_down, base.proj_up, base.rank = down.to(base.qweight.device), up.to(base.qweight.device), rank
         self._unmerged_branch = None
         self.merged_adapters.clear()
+        self.sync_branch()
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
