@@ -6,6 +6,7 @@
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
+#   trace: FIRST_TEST alone (-k), the other 2l tests, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -39,10 +40,11 @@ if [ -n "$so" ]; then
   grep -E "Li128ELi2E|Li2ELi2E|Li64ELi2E" /tmp/resusage.log
   cuobjdump -sass "$so" > /tmp/sass.txt 2>/dev/null
   # SASS of the two kernels that the benchmark's main shape uses (bf16, group 64, rank 32, 128-row tiles)
-  awk '/Function : .*w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/{f=1} /Function : /{if(!/w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/)f=0} f' /tmp/sass.txt > "$OUT/sass_gemm.txt"
-  awk '/Function : .*quantize_act_kernelI13__nv_bfloat16Li2ELi2E/{f=1} /Function : /{if(!/quantize_act_kernelI13__nv_bfloat16Li2ELi2E/)f=0} f' /tmp/sass.txt > "$OUT/sass_quant.txt"
+  SASS_OUT=$OUT; [ "$what" = all ] || [ "$what" = ncu ] || SASS_OUT=/tmp
+  awk '/Function : .*w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/{f=1} /Function : /{if(!/w4a4_gemm_kernelI13__nv_bfloat16Li128ELi2E/)f=0} f' /tmp/sass.txt > "$SASS_OUT/sass_gemm.txt"
+  awk '/Function : .*quantize_act_kernelI13__nv_bfloat16Li2ELi2E/{f=1} /Function : /{if(!/quantize_act_kernelI13__nv_bfloat16Li2ELi2E/)f=0} f' /tmp/sass.txt > "$SASS_OUT/sass_quant.txt"
   for k in gemm quant; do
-    echo "sass $k: $(wc -l < "$OUT/sass_$k.txt") lines; $(grep -oE '^\s+/\*[0-9a-f]+\*/\s+[A-Z0-9_.]+' "$OUT/sass_$k.txt" | awk '{print $2}' | sed 's/\..*//' | sort | uniq -c | sort -rn | head -14 | awk '{printf "%s=%s ", $2, $1}')"
+    echo "sass $k: $(wc -l < "$SASS_OUT/sass_$k.txt") lines; $(grep -oE '^\s+/\*[0-9a-f]+\*/\s+[A-Z0-9_.]+' "$SASS_OUT/sass_$k.txt" | awk '{print $2}' | sed 's/\..*//' | sort | uniq -c | sort -rn | head -14 | awk '{printf "%s=%s ", $2, $1}')"
   done
   echo "sass all: LDL=$(grep -c LDL /tmp/sass.txt) I2F=$(grep -c I2F /tmp/sass.txt)"
 fi
@@ -75,6 +77,18 @@ if [ "$what" = 2l ] || [ "$what" = cpp ]; then
     echo "lora rc=$?"
     tail -4 "$OUT/lora_2l.log"
   fi
+fi
+if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then benchmarks/gemm_2l_trace.py
+  timeout 120 python3 -X faulthandler -m pytest -v -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "${FIRST_TEST:-unsupported_k_falls_back}" > "$OUT/first_test.log" 2>&1
+  echo "first test rc=$?"; grep -vE "^\s*$" "$OUT/first_test.log" | tail -25
+  timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" --deselect "tests/gpu/test_kernels_2l.py::test_quantize_act_2l_unsupported_k_falls_back" \
+    > "$OUT/tests_2l.log" 2>&1
+  echo "tests 2l rc=$?"; grep -E "passed|failed|Error|File" "$OUT/tests_2l.log" | tail -15
+  timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --rounds 3 --json "$OUT/trace.json" \
+    > "$OUT/trace.log" 2>&1
+  echo "trace rc=$?"; tail -40 "$OUT/trace.log"
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1

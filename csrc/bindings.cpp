@@ -421,6 +421,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_splits", &svdq::set_gemm_2l_splits, "force a 1/2/4/8-way K split (0: heuristic)");
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/224/256-token tiles (0: heuristic)");
   m.def("set_gemm_2l_plan_tiles", &svdq::set_gemm_2l_plan_tiles, "the token tiles the plan may pick ([]: all)");
+  m.def(
+      "set_gemm_2l_variant",
+      [](int a_buffers, int64_t trace_ptr) {
+        svdq::set_gemm_2l_variant(a_buffers, reinterpret_cast<long long*>(trace_ptr));
+      },
+      "benchmarks: A-tile buffers (2 or 3) and the address of an int64 trace buffer (0: none)");
   m.attr("gemm_2l_tiles") = std::vector<int>{64, 128, 224, 256};
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;
