@@ -6,7 +6,7 @@
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
-#   trace: FIRST_TEST alone (-k), the other 2l tests, benchmarks/gemm_2l_trace.py (TRACE_MS)
+#   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -83,10 +83,13 @@ if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then b
     -o addopts="" -k "${FIRST_TEST:-unsupported_k_falls_back}" > "$OUT/first_test.log" 2>&1
   echo "first test rc=$?"; grep -vE "^\s*$" "$OUT/first_test.log" | tail -25
   timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" --deselect "tests/gpu/test_kernels_2l.py::test_quantize_act_2l_unsupported_k_falls_back" \
+    -o addopts="" --deselect "tests/gpu/test_kernels_2l.py::test_quantize_act_2l_${FIRST_TEST:-unsupported_k_falls_back}" \
     > "$OUT/tests_2l.log" 2>&1
   echo "tests 2l rc=$?"; grep -E "passed|failed|Error|File" "$OUT/tests_2l.log" | tail -15
-  timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --rounds 3 --json "$OUT/trace.json" \
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+    > /tmp/sanitize_2l.log 2>&1
+  echo "compute-sanitizer rc=$? $(grep -E 'ERROR SUMMARY' /tmp/sanitize_2l.log | tail -1)"
+  timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \
     > "$OUT/trace.log" 2>&1
   echo "trace rc=$?"; tail -40 "$OUT/trace.log"
 fi

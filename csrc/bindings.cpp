@@ -364,11 +364,24 @@ bool gemm_2l_takes(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor&
          on(wch, xq, at::kFloat) && on(lr, xq, dt) && on(pu, xq, dt) && is_sm90(xq);
 }
 
+// Decided before calling the binding: letting the binding's own checks decide (undefined outputs = not
+// taken) crashed the process on H100 for inputs that failed a check after the first one (K = 192, a
+// short smooth), while the same inputs through this pre-check and the same fallback ran; not understood.
+bool quantize_2l_takes(const at::Tensor& x, const at::Tensor& smooth, const at::Tensor& pd, int64_t gs) {
+  if (!(x.is_cuda() && x.dim() == 2 && is_16bit(x))) return false;
+  const int64_t K = x.size(1);
+  return (gs == 32 || gs == 64 || gs == 128) && smooth.dim() == 1 && smooth.size(0) == K && pd.dim() == 2 &&
+         pd.size(0) == K && on(smooth, x, x.scalar_type()) && on(pd, x, x.scalar_type()) &&
+         svdq::quantize_act_2l_supported((int)K);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tensor& x, const at::Tensor& smooth,
                                                                   const at::Tensor& pd, int64_t gs) {
   using Out = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-  Out out = quantize_act_2l(x, smooth, pd, gs);  // its checks decide: undefined outputs = not taken
-  if (std::get<0>(out).defined()) return out;
+  if (quantize_2l_takes(x, smooth, pd, gs)) {
+    Out out = quantize_act_2l(x, smooth, pd, gs);
+    if (std::get<0>(out).defined()) return out;
+  }
   return python_fallback<Out>(0, "quantize_act_2l", x, smooth, pd, gs);
 }
 
@@ -422,11 +435,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/224/256-token tiles (0: heuristic)");
   m.def("set_gemm_2l_plan_tiles", &svdq::set_gemm_2l_plan_tiles, "the token tiles the plan may pick ([]: all)");
   m.def(
-      "set_gemm_2l_variant",
-      [](int a_buffers, int64_t trace_ptr) {
-        svdq::set_gemm_2l_variant(a_buffers, reinterpret_cast<long long*>(trace_ptr));
-      },
-      "benchmarks: A-tile buffers (2 or 3) and the address of an int64 trace buffer (0: none)");
+      "set_gemm_2l_trace", [](int64_t ptr) { svdq::set_gemm_2l_trace(reinterpret_cast<long long*>(ptr)); },
+      "benchmarks: record per-stage timestamps into the int64 buffer at this address (0: off)");
   m.attr("gemm_2l_tiles") = std::vector<int>{64, 128, 224, 256};
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;

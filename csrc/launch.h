@@ -82,8 +82,8 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms);
 void set_gemm_2l_plan_tiles(const std::vector<int>& tiles);  // the tiles the plan may pick ({}: all)
 void set_gemm_2l_tile_tokens(int bt);  // 64/128/224/256 forces the token tile (benchmarks, tests); 0: heuristic
 void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heuristic
-// benchmarks/gemm_2l_trace.py: A-tile buffers (2, or 3 for bfloat16 / group 64) and a trace buffer (or nullptr)
-void set_gemm_2l_variant(int a_buffers, long long* trace);
+// benchmarks/gemm_2l_trace.py: launch the tracing kernel (bfloat16, group 64) writing to `trace`; nullptr: off
+void set_gemm_2l_trace(long long* trace);
 constexpr int kMaxRank2l = 256;
 
 }  // namespace svdq

@@ -55,16 +55,16 @@ constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
-template <int BT, int AB>
+template <int BT>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = kRows * kBK / 2;
   static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 2 * AB * kABytes) / kStageBytes;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kSmem = kStages * kStageBytes + 2 * AB * kABytes + 8 * kStages + 1024;  // + alignment slack
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + 8 * kStages + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
@@ -103,10 +103,9 @@ __device__ __forceinline__ uint32_t sub_bytes(uint32_t x, uint32_t c_lo7, uint32
   return t ^ (x & 0x80808080u) ^ c_hi;
 }
 
-// AB: A-tile buffers per warpgroup. The wgmmas of a stage may still run while the next AB - 1 stages are
-// widened (the widening waits for the wgmmas of stage i - AB only). TR: record per-stage timestamps of CTA
-// (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); never in the dispatched kernels.
-template <typename T, int BT, int G, int AB, bool TR>
+// TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
+// dispatched kernels are built with TR = false.
+template <typename T, int BT, int G, bool TR>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
@@ -114,7 +113,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
-  using Cfg = Tile2l<BT, AB>;
+  using Cfg = Tile2l<BT>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -135,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
   // one full-barrier per stage, after the stages and the A tiles
-  const uint32_t bars = sbase + NS * Cfg::kStageBytes + 2 * AB * Cfg::kABytes;
+  const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
@@ -159,8 +158,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
   const int rA = wg * 64 + warp * 16 + g;
   const int rB = rA + 8;
-  // AB int8 A tiles per warpgroup, after the stages
-  const uint32_t a_base = sbase + NS * Cfg::kStageBytes + wg * AB * Cfg::kABytes;
+  // two int8 A tiles per warpgroup (double buffer), after the stages
+  const uint32_t a_base = sbase + NS * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
   // trace: CTA (0, 0, 0), lane 0 of each warpgroup's first warp; 8 clock64 per stage
   const bool tracer = TR && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && (tid & 127) == 0;
   long long* tr = trace + (int64_t)wg * (K / kBK) * 8;
@@ -179,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   if (tid == 0)
-    for (int s = 0; s < NS - AB && s < NK; ++s) load_stage(s);
+    for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
 
   // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
   // swizzle). A thread takes k32-chunk jj of rows rp and rp + 32: 16 packed bytes in, 32 bytes out, so
@@ -222,8 +221,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     mark(i, 0);
     __syncthreads();
     mark(i, 1);
-    // every thread is past the previous step, so the wgmmas of stage i - AB (both warpgroups) are complete
-    if (tid == 0 && i + NS - AB < NK) load_stage(i + NS - AB);
+    // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
+    if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
     convert_stage(i, a_tile);
@@ -244,16 +243,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     wgmma_commit();
     mark(i, 5);
-    wgmma_wait<AB - 1>();  // the wgmmas of stage i - AB + 1 are done: its A tile may be rewritten
+    wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
-  if constexpr (AB == 2) {
-    for (int i = 0; i < NK; i += 2) {
-      stage_step(i, a_base);
-      if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
-    }
-  } else {
-    for (int i = 0; i < NK; ++i) stage_step(i, a_base + (i % AB) * Cfg::kABytes);
+  for (int i = 0; i < NK; i += 2) {
+    stage_step(i, a_base);
+    if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
   }
   wgmma_wait<0>();
   __syncthreads();
@@ -385,10 +380,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, int AB, bool TR>
+template <typename T, int BT, int G, bool TR>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, AB, TR>;
-  constexpr int smem = Tile2l<BT, AB>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR>;
+  constexpr int smem = Tile2l<BT>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
   if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
       !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
@@ -420,25 +415,22 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
                             a.M, a.N, a.K, a.R, trace);
 }
 
-int g_a_buffers = 2;             // A-tile buffers (2 or 3); 3 is built for bfloat16, group 64 only
-long long* g_trace = nullptr;    // set: launch the tracing kernel (bfloat16, group 64)
+long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, int AB, bool TR>
+template <typename T, int G, bool TR>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, AB, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, AB, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, AB, TR>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, AB, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G>
 cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 64) {  // the experiment's variants
-    if (g_trace) return g_a_buffers == 3 ? launch_2l_tile<T, G, 3, true>(a, p, stream)
-                                         : launch_2l_tile<T, G, 2, true>(a, p, stream);
-    if (g_a_buffers == 3) return launch_2l_tile<T, G, 3, false>(a, p, stream);
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 64) {
+    if (g_trace) return launch_2l_tile<T, G, true>(a, p, stream);
   }
-  return launch_2l_tile<T, G, 2, false>(a, p, stream);
+  return launch_2l_tile<T, G, false>(a, p, stream);
 }
 
 int g_force_splits = 0;
@@ -483,10 +475,7 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
   g_plan_tiles = mask ? mask : 15;
 }
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
-void set_gemm_2l_variant(int a_buffers, long long* trace) {
-  g_a_buffers = a_buffers == 3 ? 3 : 2;
-  g_trace = trace;
-}
+void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
