@@ -37,7 +37,7 @@ TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, 
 TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
-    "svdq2l_lora", "svdq2l_lora_compile", "bf16_graphs", "svdq2l_graphs", "bf16_offload",
+    "svdq2l_lora", "svdq2l_lora_compile", "bf16_graphs", "svdq2l_graphs", "svdq2l_lora_graphs", "bf16_offload",
 )
 
 

@@ -109,6 +109,10 @@ class SVDQuantLinear(nn.Module):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_branch(x, self.proj_down, self.proj_up)
+
+    def forward_with_branch(self, x: torch.Tensor, proj_down: torch.Tensor, proj_up: torch.Tensor) -> torch.Tensor:
+        """The forward pass with the given low-rank branch instead of the layer's own (LoRA folding)."""
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"SVDQuantLinear {self.layer_name or ''}: input has {x.shape[-1]} features, "
@@ -119,26 +123,26 @@ class SVDQuantLinear(nn.Module):
         bias = self.bias
         if self.quant_format == "nvfp4":
             y = nvfp4_linear_ref(
-                x2, self.qweight, self.wscales, self.wtscale, self.smooth_factor, self.proj_down,
-                self.proj_up, bias, act_quant=not self.weight_only,
+                x2, self.qweight, self.wscales, self.wtscale, self.smooth_factor, proj_down,
+                proj_up, bias, act_quant=not self.weight_only,
             )
         elif self.quant_format == "int4_2l":
             if self.weight_only:
                 y = w4a16_2l_linear_ref(
-                    x2, self.qweight, self.wscales, self.wchannel, self.proj_down, self.proj_up, bias, self.group_size
+                    x2, self.qweight, self.wscales, self.wchannel, proj_down, proj_up, bias, self.group_size
                 )
             else:  # on CUDA the dispatcher calls the extension's C++ kernels directly (ops/library.py)
                 xq, xscale, lr = ops.quantize_act_2l(
-                    x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size
+                    x2.contiguous(), self.smooth_factor, proj_down, self.group_size
                 )
                 y = ops.w4a4_gemm_2l(
-                    xq, xscale, self.qweight, self.wscales, self.wchannel, lr, self.proj_up, bias, self.group_size
+                    xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
                 )
         elif self.weight_only:
-            y = w4a16_linear_ref(x2, self.qweight, self.wscales, self.proj_down, self.proj_up, bias, self.group_size)
+            y = w4a16_linear_ref(x2, self.qweight, self.wscales, proj_down, proj_up, bias, self.group_size)
         else:
-            xq, ascales, lr = ops.quantize_act(x2.contiguous(), self.smooth_factor, self.proj_down, self.group_size)
-            y = ops.w4a4_gemm(xq, ascales, self.qweight, self.wscales, lr, self.proj_up, bias, self.group_size)
+            xq, ascales, lr = ops.quantize_act(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
+            y = ops.w4a4_gemm(xq, ascales, self.qweight, self.wscales, lr, proj_up, bias, self.group_size)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -383,3 +383,19 @@ def test_compiled_lora_reads_the_live_branch_and_follows_the_controls(pair):
     lora_layers = sum(isinstance(m, SVDQuantLoraLinear) for m in q.transformer.modules())
     assert lora_layers > 0 and graphs[-1].count(torch.cat) == graphs[0].count(torch.cat) + 2 * lora_layers
     dynamo.reset()
+
+
+def test_hooked_base_layer_is_called_as_a_module(pair):
+    """A 4-bit layer with a forward hook (accelerate offloading installs such hooks) is entered through its
+    __call__ with the branch swapped in, so the hook runs; the outputs are those of the hook-free model."""
+    _, q, inputs = pair
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=51, strength=0.3), adapter_name="a")
+    y = run(q, inputs)
+    layer = next(m for m in q.transformer.modules() if isinstance(m, SVDQuantLoraLinear))
+    seen = []
+    handle = layer.get_base_layer().register_forward_pre_hook(lambda mod, args: seen.append(mod.proj_down.shape[1]))
+    try:
+        assert torch.equal(run(q, inputs), y)
+    finally:
+        handle.remove()
+    assert seen == [layer.branch_rank()] and layer.branch_rank() > layer.get_base_layer().rank

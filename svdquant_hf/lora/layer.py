@@ -24,9 +24,15 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
+from ..modules import SVDQuantLinear
 from .branch import RANK_GRANULARITY, extend_branch
 
 _LIVE_DOWN, _LIVE_UP = "_lora_live_down", "_lora_live_up"
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Forward hooks or an accelerate hook (offloading): calling the module is the only correct way in."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(module, "_hf_hook", None) is not None)
 
 
 class SVDQuantLoraLinear(nn.Module, LoraLayer):
@@ -169,6 +175,10 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         branch = self._branch()
         if branch is None:
             return base(x, *args, **kwargs)
+        if isinstance(base, SVDQuantLinear) and not (_has_hooks(base) or args or kwargs):
+            # the branch as arguments: nothing to swap and restore (under torch.compile, a swap is a side
+            # effect that dynamo replays after every call of the graph)
+            return base.forward_with_branch(x, *branch)
         buffers = base._buffers
         saved = buffers["proj_down"], buffers["proj_up"]
         buffers["proj_down"], buffers["proj_up"] = branch
