@@ -119,7 +119,7 @@ class SVDQuantLinear(nn.Module):
                 f"expected in_features={self.in_features}"
             )
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        x2 = x.reshape(-1, self.in_features).to(proj_up.dtype)  # the compute dtype, without a guard on the buffer
         bias = self.bias
         if self.quant_format == "nvfp4":
             y = nvfp4_linear_ref(

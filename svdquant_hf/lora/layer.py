@@ -54,6 +54,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         self._branch_cache: tuple | None = None
         self._unmerged_branch: tuple[torch.Tensor, torch.Tensor, int] | None = None
         self._live_spec: tuple | None = None  # (adapter names, strengths) of the live buffers
+        self._live_ok = False  # the live buffers are current (set by an eager build, cleared by scale_layer)
         self.register_buffer(_LIVE_DOWN, None, persistent=False)
         self.register_buffer(_LIVE_UP, None, persistent=False)
         self.register_load_state_dict_post_hook(lambda module, _keys: module.sync_branch())
@@ -89,6 +90,24 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         super().delete_adapter(adapter_name)
         self.sync_branch()
 
+    # lora_scale (joint_attention_kwargs) scales the strengths for one forward: no eager rebuild, but a
+    # compiled forward must not take the live buffers while the strengths differ from theirs
+    def scale_layer(self, scale: float) -> None:
+        super().scale_layer(scale)
+        self._live_ok = False
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        super().unscale_layer(scale)
+        self._live_ok = self._live_spec is not None and self._live_spec == self._active_spec()
+
+    def _active_spec(self) -> tuple:
+        active, scaling = self._active_adapter, self.scaling
+        names = tuple(
+            n for n in ([active] if isinstance(active, str) else active)
+            if n in self.lora_A and n not in self.merged_adapters and scaling.get(n, 0) != 0
+        )
+        return names, tuple(float(scaling[n]) for n in names)
+
     # ---- the folded branch -------------------------------------------------------------------
     def _active_factors(self, adapters: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
         out = []
@@ -106,6 +125,9 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         about a microsecond (plain attributes are found directly). Under torch.compile the live buffers
         are used when they were built for the active adapters and strengths, else the graph builds it.
         """
+        if self._live_ok and torch.compiler.is_compiling():  # one guard instead of the adapter state's
+            own = self._buffers
+            return own[_LIVE_DOWN], own[_LIVE_UP]
         mods = self._modules
         active, merged, scaling = self._active_adapter, self.merged_adapters, self.scaling
         lora_a, lora_b = mods["lora_A"]._modules, mods["lora_B"]._modules
@@ -140,6 +162,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             cache = self._branch_cache = (key, down, up, tensors)
             self._buffers[_LIVE_DOWN], self._buffers[_LIVE_UP] = down, up
             self._live_spec = (tuple(names), scales)
+        self._live_ok = True
         return cache[1], cache[2]
 
     def sync_branch(self) -> None:
@@ -154,6 +177,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             branch = None
         if branch is None:  # nothing active: drop the cache rather than keep it alive
             self._branch_cache = self._live_spec = None
+            self._live_ok = False
             self._buffers[_LIVE_DOWN] = self._buffers[_LIVE_UP] = None
 
     def branch_rank(self) -> int:
