@@ -399,3 +399,38 @@ def test_hooked_base_layer_is_called_as_a_module(pair):
     finally:
         handle.remove()
     assert seen == [layer.branch_rank()] and layer.branch_rank() > layer.get_base_layer().rank
+
+
+def test_compiled_lora_forward_adds_no_per_call_python_work(pair):
+    """Per call, a compiled LoRA model runs the same Python as the compiled model without LoRA (same function
+    calls under cProfile, no nn.Module.__getattr__): its guards are dict lookups, not failing getattrs."""
+    import cProfile
+    import pstats
+
+    import torch._dynamo as dynamo
+
+    _, q, inputs = pair
+
+    def frozen(gm, example_inputs):  # the graph's cost out of the picture: only dynamo's per-call work remains
+        out = gm(*example_inputs)
+        return lambda *args: out
+
+    def python_calls(model) -> tuple[int, int]:
+        dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend=frozen)
+        with torch.no_grad():
+            compiled(**inputs)
+            prof = cProfile.Profile()
+            prof.enable()
+            compiled(**inputs)
+            prof.disable()
+        stats = pstats.Stats(prof).stats
+        getattrs = sum(v[0] for k, v in stats.items() if k[2] == "__getattr__" and k[0].endswith("module.py"))
+        return sum(v[0] for v in stats.values()), getattrs
+
+    plain = python_calls(q.transformer)
+    q.load_lora_weights(LT.peft_lora(q.transformer, rank=4, seed=61, strength=0.3,
+                                     include=("transformer_blocks",)), adapter_name="a")
+    assert any(isinstance(m, SVDQuantLoraLinear) for m in q.transformer.modules())
+    assert python_calls(q.transformer) == plain
+    dynamo.reset()

@@ -31,8 +31,12 @@ _LIVE_DOWN, _LIVE_UP = "_lora_live_down", "_lora_live_up"
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    """Forward hooks or an accelerate hook (offloading): calling the module is the only correct way in."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(module, "_hf_hook", None) is not None)
+    """Forward hooks or an accelerate hook (offloading): calling the module is the only correct way in.
+
+    accelerate sets ``_hf_hook`` as a plain attribute: looked up in ``__dict__`` (a failed getattr goes
+    through nn.Module.__getattr__ and raises, and under torch.compile that runs on every call as a guard).
+    """
+    return bool(module._forward_hooks or module._forward_pre_hooks or "_hf_hook" in module.__dict__)
 
 
 class SVDQuantLoraLinear(nn.Module, LoraLayer):
