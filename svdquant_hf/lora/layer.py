@@ -9,11 +9,10 @@ adapters, their strengths or their weights change. The base factors are never mo
 originals so ``unmerge`` restores them exactly.
 
 Under torch.compile the cache is read, not checked: the concatenation lives in two non-persistent
-buffers (graph inputs, so a rebuilt one needs no recompile) next to the (adapters, strengths) it was
-built for (Python values dynamo guards on). The controls (loading, ``set_adapter``, ``set_scale``,
-``delete_adapter``, fuse/unfuse, hotswap, ``refresh``) rebuild it eagerly, so a compiled forward
-finds it current; where it is not (e.g. ``lora_scale`` applied inside the forward), the graph builds
-the concatenation itself.
+buffers (graph inputs, so a rebuilt one needs no recompile), and one flag, which dynamo guards on,
+says they are current. The controls (loading, ``set_adapter``, ``set_scale``, ``delete_adapter``,
+fuse/unfuse, hotswap, ``refresh``) rebuild them eagerly, so a compiled forward finds them current;
+where they are not (``lora_scale`` applied inside the forward), the graph builds the concatenation.
 """
 from __future__ import annotations
 
@@ -104,13 +103,18 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         super().unscale_layer(scale)
         self._live_ok = self._live_spec is not None and self._live_spec == self._active_spec()
 
-    def _active_spec(self) -> tuple:
-        active, scaling = self._active_adapter, self.scaling
-        names = tuple(
+    def _active_names(self) -> tuple[str, ...]:
+        """The active, unmerged adapters with a nonzero strength (submodules read from their dict)."""
+        active, merged, scaling = self._active_adapter, self.merged_adapters, self.scaling
+        lora_a = self._modules["lora_A"]._modules
+        return tuple(
             n for n in ([active] if isinstance(active, str) else active)
-            if n in self.lora_A and n not in self.merged_adapters and scaling.get(n, 0) != 0
+            if n in lora_a and n not in merged and scaling.get(n, 0) != 0
         )
-        return names, tuple(float(scaling[n]) for n in names)
+
+    def _active_spec(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        names = self._active_names()
+        return names, tuple(float(self.scaling[n]) for n in names)
 
     # ---- the folded branch -------------------------------------------------------------------
     def _active_factors(self, adapters: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
@@ -127,18 +131,14 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         Runs before every forward (a FLUX.1 forward has ~500 such layers), so submodules, buffers and
         parameters are read from their dicts: each of those lookups through nn.Module.__getattr__ costs
         about a microsecond (plain attributes are found directly). Under torch.compile the live buffers
-        are used when they were built for the active adapters and strengths, else the graph builds it.
+        are used while they are current (``_live_ok``), else the graph builds the branch.
         """
         if self._live_ok and torch.compiler.is_compiling():  # one guard instead of the adapter state's
             own = self._buffers
             return own[_LIVE_DOWN], own[_LIVE_UP]
         mods = self._modules
-        active, merged, scaling = self._active_adapter, self.merged_adapters, self.scaling
         lora_a, lora_b = mods["lora_A"]._modules, mods["lora_B"]._modules
-        names = [
-            n for n in ([active] if isinstance(active, str) else active)
-            if n in lora_a and n not in merged and scaling.get(n, 0) != 0
-        ]
+        names, scales = self._active_spec()
         if not names:
             return None
         base = mods["base_layer"]
@@ -146,13 +146,9 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             base = base._modules["base_layer"]
         bufs = base._buffers
         weights = [(lora_a[n]._parameters["weight"], lora_b[n]._parameters["weight"]) for n in names]
-        scales = tuple(float(scaling[n]) for n in names)
         if torch.compiler.is_compiling():
-            # the cache key (tensor ids, in-place versions) would make dynamo break the graph and recompile
-            # per layer; the live buffers are guarded by (names, strengths) only, kept current by the controls
-            if self._live_spec == (tuple(names), scales):
-                own = self._buffers
-                return own[_LIVE_DOWN], own[_LIVE_UP]
+            # not current (the cache key, tensor ids and in-place versions, would make dynamo break the
+            # graph and recompile per layer): built in the graph
             factors = [(a, b, s) for (a, b), s in zip(weights, scales)]
             return extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
         tensors = (bufs["proj_down"], bufs["proj_up"], *(t for pair in weights for t in pair))
@@ -165,7 +161,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
                 down, up = extend_branch(bufs["proj_down"], bufs["proj_up"], factors, RANK_GRANULARITY, self._layer_name)
             cache = self._branch_cache = (key, down, up, tensors)
             self._buffers[_LIVE_DOWN], self._buffers[_LIVE_UP] = down, up
-            self._live_spec = (tuple(names), scales)
+            self._live_spec = (names, scales)
         self._live_ok = True
         return cache[1], cache[2]
 
