@@ -415,6 +415,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act", &quantize_act, "x, smooth, proj_down, group_size -> (xq, ascales, lr)");
   m.def("w4a4_gemm", &w4a4_gemm, "xq, ascales, qweight, wscales, lr, proj_up, bias, group_size -> y");
   m.def("set_gemm_tile_rows", &svdq::set_gemm_tile_rows, "force 64/128-row GEMM tiles (0: heuristic)");
+  m.def("set_gemm_int4_mma", &svdq::set_gemm_int4_mma,
+        "int4 GEMM MMA: 0 native 4-bit where the GPU has it (sm_80/86/87/89), 1 4-bit everywhere, 2 int8");
+  m.def("gemm_int4_mma", &svdq::gemm_int4_mma, "whether the int4 GEMM runs the 4-bit MMA for this group size");
   m.def("last_error", &last_error, "message of the last rejected call (calls return None on error)");
   m.attr("max_fused_rank") = svdq::kMaxFusedRank;
   m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");

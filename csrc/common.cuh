@@ -72,6 +72,34 @@ __device__ __forceinline__ void mma_s8_16832_init(int (&d)[4], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
 }
 
+// Native 4-bit tensor-core MMA (sm_80+; emulated, slowly, on sm_90): D = A * B + D over k = 64, A and B as
+// packed signed nibbles, element 0 in the low bits. The fragments hold the bytes that m16n8k32 s8 holds.
+__device__ __forceinline__ void mma_s4_16864(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_s4_16864_init(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                                  int c) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
+}
+
+// Eight int8 values in [-8, 7] (bytes of lo, then hi) -> eight packed nibbles, element 0 in the low bits.
+__device__ __forceinline__ uint32_t pack_s4x8(uint32_t lo, uint32_t hi) {
+  lo &= 0x0F0F0F0Fu;
+  hi &= 0x0F0F0F0Fu;
+  lo |= lo >> 4;  // bytes 0 and 2 now hold (e0, e1) and (e2, e3)
+  hi |= hi >> 4;
+  return __byte_perm(lo, hi, 0x6420);
+}
+
 // 8x8 b16 transpose across the warp (thread holds row lane/4, cols 2*(lane%4)..+1 before and after).
 __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   uint32_t d;

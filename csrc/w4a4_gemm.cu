@@ -1,4 +1,5 @@
-// W4A4 GEMM with per-group scales, fused low-rank up projection and bias (int8 mma.sync, sm_80+).
+// W4A4 GEMM with per-group scales, fused low-rank up projection and bias (mma.sync, sm_80+): native 4-bit
+// MMA (m16n8k64 s4) where the GPU has it (sm_80/86/87/89) and the group is 64 or 128, else int8 MMA.
 //
 // y[m,n] = round16( sum_g sx[m,g] sw[n,g] (xq[m,g*G:(g+1)*G] . wq[n, same])
 //                   + lr[m,:] . proj_up[n,:] + bias[n] )
@@ -32,7 +33,10 @@ struct GemmCfg {
 };
 
 // 128-row tiles: one block per SM (240 registers); 64-row tiles: two blocks per SM (<= 128 registers).
-template <typename T, int BM, int GK>
+// S4: one m16n8k64 s4 MMA per 64-wide K tile (GK >= 2: a tile never straddles a group), the activations
+// packed to nibbles from the int8 tile in registers, the packed weights used as stored; the integer group
+// dots are the int8 path's divided by 16, so with the same promotion the outputs are bit-identical.
+template <typename T, int BM, int GK, bool S4>
 __global__ void __launch_bounds__(kThreads, BM == 64 ? 2 : 1)
 w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, const int8_t* __restrict__ qw,
                  const T* __restrict__ wscales, const T* __restrict__ lr, const T* __restrict__ pu,
@@ -116,6 +120,31 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
         acc[mt][nt][i] = 0.f;
       }
 
+  // a finished group's exact integer dots into the fp32 accumulators; x_unit undoes the x16 of the int8
+  // path's nibble trick (1 on the s4 path)
+  auto promote = [&](const uint32_t (&sx)[MT][2], const uint32_t (&sw)[NT], float x_unit) {
+    float sxf[MT][2], swf[NT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      sxf[mt][0] = Dt<T>::bits_to_f(sx[mt][0]) * x_unit;
+      sxf[mt][1] = Dt<T>::bits_to_f(sx[mt][1]) * x_unit;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      swf[nt][0] = Dt<T>::bits_to_f(sw[nt] & 0xFFFFu);
+      swf[nt][1] = Dt<T>::bits_to_f(sw[nt] >> 16);
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float d = __int_as_float(iacc[mt][nt][i]) - kMagic;  // exact integer dot
+          acc[mt][nt][i] = fmaf(d, sxf[mt][i >> 1] * swf[nt][i & 1], acc[mt][nt][i]);
+        }
+  };
+
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < KT) load_tile(s, s);
@@ -144,6 +173,42 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
     const int stage = kt % kStages;
     const uint8_t* sA = smem + stage * C::STAGE_BYTES;
     const uint8_t* sB = sA + C::A_BYTES;
+    if constexpr (S4) {
+      // a0 / a1: rows r / r + 8, k 8t..8t+7; a2 / a3: the same at k 32 + 8t (the int8 tile's second half)
+      uint32_t af[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row = wm * C::WM + mt * 16 + r;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          const uint8_t* p0 = sA + row * 64 + ((ks ^ ((row >> 1) & 1)) << 5) + t * 8;
+          const uint2 v0 = *reinterpret_cast<const uint2*>(p0);
+          const uint2 v1 = *reinterpret_cast<const uint2*>(p0 + 8 * 64);
+          af[mt][2 * ks] = pack_s4x8(v0.x, v0.y);
+          af[mt][2 * ks + 1] = pack_s4x8(v1.x, v1.y);
+        }
+      }
+      uint32_t bf[NT][2];  // b0: k 8t..8t+7, b1: k 32 + 8t..: the packed bytes as stored
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = wn * 32 + nt * 8 + r;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks)
+          bf[nt][ks] = *reinterpret_cast<const uint32_t*>(sB + n * 32 + ((ks ^ ((n >> 2) & 1)) << 4) + t * 4);
+      }
+      if (GK == 2 || (kt & 1) == 0) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_s4_16864_init(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1], kMagicBits);
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_s4_16864(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+      }
+      if (GK == 2 || (kt & 1) == 1) promote(sx_c[0], sw_c[0], 1.f);
+    } else {
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {
       // A: thread (r,t) takes bytes 8t..8t+7 of its row's k32 slice and de-interleaves them:
@@ -185,29 +250,8 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
           for (int nt = 0; nt < NT; ++nt) mma_s8_16832(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
       }
 
-      if (group_end) {
-        const int p = GK == 1 ? ks : 0;
-        float sxf[MT][2], swf[NT][2];
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          sxf[mt][0] = Dt<T>::bits_to_f(sx_c[p][mt][0]) * 0.0625f;  // undo the x16 of the nibble trick
-          sxf[mt][1] = Dt<T>::bits_to_f(sx_c[p][mt][1]) * 0.0625f;
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          swf[nt][0] = Dt<T>::bits_to_f(sw_c[p][nt] & 0xFFFFu);
-          swf[nt][1] = Dt<T>::bits_to_f(sw_c[p][nt] >> 16);
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              const float d = __int_as_float(iacc[mt][nt][i]) - kMagic;  // exact integer dot
-              acc[mt][nt][i] = fmaf(d, sxf[mt][i >> 1] * swf[nt][i & 1], acc[mt][nt][i]);
-            }
-      }
+      if (group_end) promote(sx_c[GK == 1 ? ks : 0], sw_c[GK == 1 ? ks : 0], 0.0625f);
+    }
     }
   }
   cp_async_wait<0>();
@@ -266,10 +310,10 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
   }
 }
 
-template <typename T, int BM, int GK>
+template <typename T, int BM, int GK, bool S4>
 cudaError_t launch_typed(const W4A4GemmArgs& a, cudaStream_t stream) {
   using C = GemmCfg<T, BM, GK>;
-  auto kern = w4a4_gemm_kernel<T, BM, GK>;
+  auto kern = w4a4_gemm_kernel<T, BM, GK, S4>;
   static bool configured = false;  // per instantiation; the attribute is per device context
   if (!configured) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
@@ -284,12 +328,33 @@ cudaError_t launch_typed(const W4A4GemmArgs& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+int g_int4_mma = 0;  // 0: the 4-bit MMA where it is native; 1: also elsewhere (tests on sm_90); 2: never
+
+bool s4_native() {  // sm_80 / 86 / 87 / 89: 4-bit mma.sync at twice the int8 rate (sm_90 emulates it)
+  static int cc[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64) return false;
+  if (!cc[dev]) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cc[dev] = 10 * major + minor;
+  }
+  return cc[dev] >= 80 && cc[dev] < 90;
+}
+
+bool use_s4(int group_size) {
+  if (group_size != 64 && group_size != 128) return false;  // k64 MMAs need whole groups of >= 64
+  return g_int4_mma == 1 || (g_int4_mma == 0 && s4_native());
+}
+
 template <typename T, int BM>
 cudaError_t launch_bm(const W4A4GemmArgs& a, cudaStream_t stream) {
+  const bool s4 = use_s4(a.group_size);
   switch (a.group_size) {
-    case 32: return launch_typed<T, BM, 1>(a, stream);
-    case 64: return launch_typed<T, BM, 2>(a, stream);
-    case 128: return launch_typed<T, BM, 4>(a, stream);
+    case 32: return launch_typed<T, BM, 1, false>(a, stream);
+    case 64: return s4 ? launch_typed<T, BM, 2, true>(a, stream) : launch_typed<T, BM, 2, false>(a, stream);
+    case 128: return s4 ? launch_typed<T, BM, 4, true>(a, stream) : launch_typed<T, BM, 4, false>(a, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -309,6 +374,8 @@ cudaError_t launch_dtype(const W4A4GemmArgs& a, cudaStream_t stream, int num_sms
 }  // namespace
 
 void set_gemm_tile_rows(int bm) { g_force_bm = (bm == 64 || bm == 128) ? bm : 0; }
+void set_gemm_int4_mma(int mode) { g_int4_mma = (mode == 1 || mode == 2) ? mode : 0; }
+bool gemm_int4_mma(int group_size) { return use_s4(group_size); }
 
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return cudaSuccess;

@@ -195,6 +195,46 @@ def test_gemm_flux_shapes(ext, K, N, M):
     _check_chain(ext, M, K, N, 32, torch.bfloat16, 64, bias=True, seed=K + N + M)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [64, 128])
+def test_gemm_native_int4_mma_is_bit_identical_to_the_int8_path(ext, dtype, gs):
+    """The 4-bit MMA path (m16n8k64 s4: native on sm_80/86/87/89, forced here on any GPU) returns the int8
+    MMA path's outputs bit for bit (its integer group dots are those divided by 16, promoted alike), on
+    awkward M, small and FLUX.1 shapes and both tile heights, every element written."""
+    shapes = [(1, 256, 136), (7, 384, 40), (255, 3072, 264), (4097, 128, 24), (300, 3072, 3072)]
+    try:
+        for bm in (64, 128):
+            ext.set_gemm_tile_rows(bm)
+            for i, (M, K, N) in enumerate(shapes):
+                x, smooth, pd, pu, qw, wsc, b = _inputs(M, K, N, 32, dtype, 500 + 7 * i + bm + gs, gs, i % 2 == 0)
+                xq, asc, lr = _quantize(ext, x, smooth, pd, gs)
+                ext.set_gemm_int4_mma(2)
+                assert not ext.gemm_int4_mma(gs)
+                y8 = _gemm(ext, xq, asc, qw, wsc, lr, pu, b, gs)
+                ext.set_gemm_int4_mma(1)
+                assert ext.gemm_int4_mma(gs)
+                y4 = _gemm(ext, xq, asc, qw, wsc, lr, pu, b, gs)
+                assert torch.isfinite(y4).all(), f"M={M} K={K} N={N}: unwritten outputs"
+                assert torch.equal(y4, y8), f"M={M} K={K} N={N} bm={bm}: max diff {(y4 - y8).abs().max()}"
+            ext.set_gemm_int4_mma(1)
+            _check_chain(ext, 255, 3072, 264, 32, dtype, gs, bias=True, seed=700 + bm + gs)  # against the reference
+    finally:
+        ext.set_gemm_int4_mma(0)
+        ext.set_gemm_tile_rows(0)
+
+
+def test_gemm_int4_mma_choice_follows_the_gpu(ext):
+    """Auto mode takes the 4-bit MMA exactly where it is native (sm_80/86/87/89) and for groups of 64 / 128."""
+    native = (8, 0) <= torch.cuda.get_device_capability() < (9, 0)
+    assert ext.gemm_int4_mma(64) == native and ext.gemm_int4_mma(128) == native
+    assert not ext.gemm_int4_mma(32)
+    ext.set_gemm_int4_mma(1)
+    try:
+        assert ext.gemm_int4_mma(64) and not ext.gemm_int4_mma(32)
+    finally:
+        ext.set_gemm_int4_mma(0)
+
+
 def test_ops_reject_bad_shapes_and_fall_back(ext):
     xq = torch.randint(-8, 8, (4, 128), device="cuda", dtype=torch.int8)
     qw = torch.randint(-128, 127, (12, 64), device="cuda", dtype=torch.int8)
