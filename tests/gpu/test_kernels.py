@@ -202,6 +202,7 @@ def test_gemm_native_int4_mma_is_bit_identical_to_the_int8_path(ext, dtype, gs):
     MMA path's outputs bit for bit (its integer group dots are those divided by 16, promoted alike), on
     awkward M, small and FLUX.1 shapes and both tile heights, every element written."""
     shapes = [(1, 256, 136), (7, 384, 40), (255, 3072, 264), (4097, 128, 24), (300, 3072, 3072)]
+    mode = ext.gemm_int4_mma_mode()
     try:
         for bm in (64, 128):
             ext.set_gemm_tile_rows(bm)
@@ -219,20 +220,23 @@ def test_gemm_native_int4_mma_is_bit_identical_to_the_int8_path(ext, dtype, gs):
             ext.set_gemm_int4_mma(1)
             _check_chain(ext, 255, 3072, 264, 32, dtype, gs, bias=True, seed=700 + bm + gs)  # against the reference
     finally:
-        ext.set_gemm_int4_mma(0)
+        ext.set_gemm_int4_mma(mode)
         ext.set_gemm_tile_rows(0)
 
 
 def test_gemm_int4_mma_choice_follows_the_gpu(ext):
-    """Auto mode takes the 4-bit MMA exactly where it is native (sm_80/86/87/89) and for groups of 64 / 128."""
+    """The int8 MMA by default (until the 4-bit path has run here); auto mode takes the 4-bit MMA exactly where
+    it is native (sm_80/86/87/89) and for groups of 64 / 128; forced mode everywhere for those groups."""
+    assert ext.gemm_int4_mma_mode() == 2 and not ext.gemm_int4_mma(64)
     native = (8, 0) <= torch.cuda.get_device_capability() < (9, 0)
-    assert ext.gemm_int4_mma(64) == native and ext.gemm_int4_mma(128) == native
-    assert not ext.gemm_int4_mma(32)
-    ext.set_gemm_int4_mma(1)
     try:
+        ext.set_gemm_int4_mma(0)
+        assert ext.gemm_int4_mma(64) == native and ext.gemm_int4_mma(128) == native
+        assert not ext.gemm_int4_mma(32)
+        ext.set_gemm_int4_mma(1)
         assert ext.gemm_int4_mma(64) and not ext.gemm_int4_mma(32)
     finally:
-        ext.set_gemm_int4_mma(0)
+        ext.set_gemm_int4_mma(2)
 
 
 def test_ops_reject_bad_shapes_and_fall_back(ext):
