@@ -11,6 +11,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
   python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lora_compile  # the same, compiled
+  python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lorafused_compile  # fused before compiling
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
@@ -37,7 +38,8 @@ TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, 
 TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
-    "svdq2l_lora", "svdq2l_lora_compile", "bf16_graphs", "svdq2l_graphs", "svdq2l_lora_graphs", "bf16_offload",
+    "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
+    "svdq2l_lora_graphs", "bf16_offload",
 )
 
 
@@ -196,6 +198,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = model.to(device)
         if "_lora" in name:
             model = add_random_lora(model)
+        if "_lorafused" in name:  # fuse_lora(): the adapters become the layers' own branch
+            for m in model.modules():
+                if hasattr(m, "merge") and hasattr(m, "lora_A"):
+                    m.merge()
     elif name.startswith("fp8"):
         model = to_fp8(build_model(config, device))
     elif name == "nf4":

@@ -44,3 +44,17 @@ def test_compiled_lora_variant_is_lora_wrapped():
     model = flux_e2e.build_variant("svdq2l_lora_compile", flux_e2e.TINY, "cpu", cap=False)
     assert isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
     assert any(isinstance(m, SVDQuantLoraLinear) for m in model.modules())
+
+
+def test_fused_lora_variant_runs_the_folded_branch():
+    """svdq2l_lorafused_*: the same random LoRA, fused (merged) into every 4-bit layer's own branch: the
+    outputs of the live-adapter variant, bit for bit."""
+    from svdquant_hf.lora.layer import SVDQuantLoraLinear
+
+    inputs = flux_e2e.make_inputs(flux_e2e.TINY, 64, 1, "cpu")
+    live = flux_e2e.build_variant("svdq2l_lora", flux_e2e.TINY, "cpu", cap=False)
+    fused = flux_e2e.build_variant("svdq2l_lorafused", flux_e2e.TINY, "cpu", cap=False)
+    layers = [m for m in fused.modules() if isinstance(m, SVDQuantLoraLinear)]
+    assert layers and all(m.merged and m.get_base_layer().proj_down.shape[1] == 64 for m in layers)
+    with torch.inference_mode():
+        assert torch.equal(fused(**inputs)[0], live(**inputs)[0])
