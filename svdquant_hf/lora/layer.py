@@ -38,6 +38,11 @@ def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or "_hf_hook" in module.__dict__)
 
 
+def _sync_after_load(module: "SVDQuantLoraLinear", incompatible_keys: Any) -> None:
+    """State-dict post hook (a module-level function, so the layer stays picklable)."""
+    module.sync_branch()
+
+
 class SVDQuantLoraLinear(nn.Module, LoraLayer):
     """LoRA adapters on an SVDQuantLinear, folded into its low-rank branch."""
 
@@ -60,7 +65,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         self._live_ok = False  # the live buffers are current (set by an eager build, cleared by scale_layer)
         self.register_buffer(_LIVE_DOWN, None, persistent=False)
         self.register_buffer(_LIVE_UP, None, persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.sync_branch())
+        self.register_load_state_dict_post_hook(_sync_after_load)
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
