@@ -18,7 +18,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import FLUX_SHAPES, random_2l
+from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
 
 # (side-stream overlap, forced splits, token tiles the plan may pick)
 CONFIGS = {"v2.4": (False, 1, [64, 128, 256]), "v2.5": (True, 0, [64, 128, 256]), "now": (True, 0, [])}
@@ -30,11 +30,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
-    from svdquant_hf.ops import build
-
-    ext = build.load_extension()
-    if ext is None or not getattr(ext, "sm90a_built", False) or torch.cuda.get_device_capability() != (9, 0):
-        print("ab_2l: needs the sm_90a build on a Hopper GPU", file=sys.stderr)
+    ext = hopper_extension("ab_2l")
+    if ext is None:
         return 2
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "

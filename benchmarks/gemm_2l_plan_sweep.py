@@ -15,7 +15,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import FLUX_SHAPES, random_2l
+from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
 
 
 
@@ -25,11 +25,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from svdquant_hf.ops import build
-
-    ext = build.load_extension()
-    if ext is None or not getattr(ext, "sm90a_built", False) or torch.cuda.get_device_capability() != (9, 0):
-        print("gemm_2l_plan_sweep: needs the sm_90a build on a Hopper GPU", file=sys.stderr)
+    ext = hopper_extension("gemm_2l_plan_sweep")
+    if ext is None:
         return 2
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     R, gs = 32, 64

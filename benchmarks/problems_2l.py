@@ -37,3 +37,17 @@ def random_2l(M: int, K: int, N: int, rank: int = 32, group_size: int = 64, sets
         bias=torch.randn(N, device="cuda", dtype=dtype),
         group_size=group_size,
     )
+
+
+def hopper_extension(script: str):
+    """The built extension if it has the sm_90a kernels and this is a Hopper GPU, else None (says why)."""
+    import sys
+
+    from svdquant_hf.ops import build
+
+    ext = build.load_extension()
+    if ext is None or not getattr(ext, "sm90a_built", False) or torch.cuda.get_device_capability() != (9, 0):
+        print(f"{script}: needs the sm_90a build on a Hopper GPU", file=sys.stderr)
+        return None
+    return ext
+

@@ -145,6 +145,27 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
         }
   };
 
+  // one MMA per (m16, n8) tile of the warp; the first of a group starts from the magic constant
+  auto mma_tiles = [&](const uint32_t (&af)[MT][4], const uint32_t (&bf)[NT][2], bool group_start) {
+    if (group_start) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (S4) mma_s4_16864_init(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1], kMagicBits);
+          else mma_s8_16832_init(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1], kMagicBits);
+        }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (S4) mma_s4_16864(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+          else mma_s8_16832(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+        }
+    }
+  };
+
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < KT) load_tile(s, s);
@@ -196,17 +217,7 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
         for (int ks = 0; ks < 2; ++ks)
           bf[nt][ks] = *reinterpret_cast<const uint32_t*>(sB + n * 32 + ((ks ^ ((n >> 2) & 1)) << 4) + t * 4);
       }
-      if (GK == 2 || (kt & 1) == 0) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_s4_16864_init(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1], kMagicBits);
-      } else {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_s4_16864(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
-      }
+      mma_tiles(af, bf, GK == 2 || (kt & 1) == 0);
       if (GK == 2 || (kt & 1) == 1) promote(sx_c[0], sw_c[0], 1.f);
     } else {
 #pragma unroll
@@ -238,17 +249,7 @@ w4a4_gemm_kernel(const int8_t* __restrict__ xq, const T* __restrict__ ascales, c
       }
       const bool group_start = GK == 1 || (ks == 0 && (GK == 2 || (kt & 1) == 0));
       const bool group_end = GK == 1 || (ks == 1 && (GK == 2 || (kt & 1) == 1));
-      if (group_start) {  // first k32 step of a group: accumulators start at the magic constant
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_s8_16832_init(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1], kMagicBits);
-      } else {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mma_s8_16832(iacc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
-      }
+      mma_tiles(af, bf, group_start);
 
       if (group_end) promote(sx_c[GK == 1 ? ks : 0], sw_c[GK == 1 ? ks : 0], 0.0625f);
     }

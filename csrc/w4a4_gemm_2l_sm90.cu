@@ -168,14 +168,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (tracer) tr[i * 8 + e] = clock64();
     }
   };
-  if constexpr (TR) {
-    if (tracer && wg == 0) {
-      uint64_t ns;
-      asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
-      trace[2 * (K / kBK) * 8 + 0] = clock64();
-      trace[2 * (K / kBK) * 8 + 1] = (long long)ns;
+  // kernel start (slot 0) and end (slot 2): clock64 and %globaltimer, after the per-stage records
+  auto stamp = [&](int slot) {
+    if constexpr (TR) {
+      if (tracer && wg == 0) {
+        uint64_t ns;
+        asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
+        trace[2 * (K / kBK) * 8 + slot] = clock64();
+        trace[2 * (K / kBK) * 8 + slot + 1] = (long long)ns;
+      }
     }
-  }
+  };
+  stamp(0);
 
   if (tid == 0)
     for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
@@ -343,14 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
     }
   }
-  if constexpr (TR) {
-    if (tracer && wg == 0) {
-      uint64_t ns;
-      asm volatile("mov.u64 %0, %globaltimer;" : "=l"(ns));
-      trace[2 * (K / kBK) * 8 + 2] = clock64();
-      trace[2 * (K / kBK) * 8 + 3] = (long long)ns;
-    }
-  }
+  stamp(2);
 #endif
 }
 
