@@ -1,13 +1,15 @@
 """Where a K stage of the int4_2l GEMM spends its time (sm_90a).
 
-usage: python benchmarks/gemm_2l_trace.py [--ms 256,1024,4608] [--reps 20] [--json OUT.json]
+usage: python benchmarks/gemm_2l_trace.py [--ms 256,1024,4608] [--variants ss,rs] [--reps 20] [--json OUT.json]
 
 One CTA of the plan's kernel (bfloat16, group 64, rank 32; a separately built tracing instance) records
 clock64() at seven points of every K stage, per warpgroup. Printed: the GEMM's time (CUDA graph), the
 tracing kernel's output checked bit-identical to the dispatched kernel's, the SM clock (clock64 against
 %globaltimer over the kernel), and the median cycles per segment over the middle stages against the
 wgmma work of a stage (tile x 128 x 128 MACs at 4096 int8 MACs per clock per SM). No split-K plans
-(only CTA z = 0 would record).
+(only CTA z = 0 would record). Variants: "ss" = the main loop with the widened weights in shared-memory A
+tiles (the default), "rs" = in wgmma register fragments with the two warpgroups in ping-pong
+(set_gemm_2l_rs); their segments differ (SEGMENTS).
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
 
-SEGMENTS = ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"]
+SEGMENTS = {
+    "ss": ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"],
+    "rs": ["tma issue", "data wait", "widen", "turn wait", "wgmma issue", "wgmma wait"],
+}
 
 
-def trace_stages(ext, run, K: int) -> tuple[dict, torch.Tensor]:
+def trace_stages(ext, run, K: int, segments: list[str]) -> tuple[dict, torch.Tensor]:
     nk = K // 128
     buf = torch.zeros(2 * nk * 8 + 4, dtype=torch.int64, device="cuda")
     ext.set_gemm_2l_trace(buf.data_ptr())
@@ -40,14 +45,14 @@ def trace_stages(ext, run, K: int) -> tuple[dict, torch.Tensor]:
     mid = range(nk // 4, max(nk // 4 + 1, 3 * nk // 4))  # steady state
     for wg in range(2):
         seg = {name: statistics.median(float(stages[wg, i, e + 1] - stages[wg, i, e]) for i in mid)
-               for e, name in enumerate(SEGMENTS)}
+               for e, name in enumerate(segments)}
         per = [float(stages[wg, i + 1, 0] - stages[wg, i, 0]) for i in mid if i + 1 < nk]
         seg["stage"] = statistics.median(per) if per else float("nan")
         out[f"wg{wg}"] = seg
     return out, y
 
 
-def trace_shape(ext, M: int, K: int, N: int, R: int, gs: int, sms: int, reps: int) -> dict | None:
+def trace_shape(ext, M: int, K: int, N: int, R: int, gs: int, sms: int, reps: int, variant: str) -> dict | None:
     p = random_2l(M, K, N, R, gs)
     qs = [ext.quantize_act_2l(x, p.smooth, p.proj_down, gs) for x in p.xs]
 
@@ -58,21 +63,27 @@ def trace_shape(ext, M: int, K: int, N: int, R: int, gs: int, sms: int, reps: in
     if splits > 1:
         print(f"M={M:5d} K={K:5d} N={N:5d} plan ({bt}, {splits}): split-K, not traced")
         return None
-    us = 1e3 * time_graph(call, qs, reps)
-    tr, y_traced = trace_stages(ext, lambda: call(*qs[0]), K)
-    identical = torch.equal(y_traced, call(*qs[0]))
+    y_ss = call(*qs[0])  # the default main loop: the reference for both variants
+    ext.set_gemm_2l_rs(variant == "rs")
+    try:
+        us = 1e3 * time_graph(call, qs, reps)
+        tr, y_traced = trace_stages(ext, lambda: call(*qs[0]), K, SEGMENTS[variant])
+        identical = torch.equal(y_traced, y_ss) and torch.equal(call(*qs[0]), y_ss)
+    finally:
+        ext.set_gemm_2l_rs(False)
     wgmma_cycles = bt * 128 * 128 / 4096  # both warpgroups' wgmmas of one stage on one SM
-    segs = " ".join(f"{k}={tr['wg0'][k]:.0f}" for k in SEGMENTS)
-    print(f"M={M:5d} K={K:5d} N={N:5d} tile {bt}: {us:7.1f} us | {tr['ghz']:.2f} GHz, stage "
+    segs = " ".join(f"{k}={tr['wg0'][k]:.0f}" for k in SEGMENTS[variant])
+    print(f"{variant} M={M:5d} K={K:5d} N={N:5d} tile {bt}: {us:7.1f} us | {tr['ghz']:.2f} GHz, stage "
           f"{tr['wg0']['stage']:.0f} / {tr['wg1']['stage']:.0f} cycles (wgmma work {wgmma_cycles:.0f}) | "
           f"wg0 {segs}{'' if identical else ' | TRACED OUTPUT DIFFERS'}")
-    return {"M": M, "K": K, "N": N, "tile": bt, "us": us, "identical": identical, "wgmma_cycles": wgmma_cycles,
-            "trace": tr}
+    return {"variant": variant, "M": M, "K": K, "N": N, "tile": bt, "us": us, "identical": identical,
+            "wgmma_cycles": wgmma_cycles, "trace": tr}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="256,1024,4608")
+    ap.add_argument("--variants", default="ss,rs")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -85,14 +96,15 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l GEMM alone, bf16, group {gs}, rank {R}")
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
-            row = trace_shape(ext, M, K, N, R, gs, sms, args.reps)
-            if row is not None:
-                rows.append(row)
+            for variant in args.variants.split(","):
+                row = trace_shape(ext, M, K, N, R, gs, sms, args.reps, variant)
+                if row is not None:
+                    rows.append(row)
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
-    return 0
+    return 0 if all(r["identical"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-SEGMENTS = ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"]
+from gemm_2l_trace import SEGMENTS  # per main-loop variant; rows without "variant" are the shared-memory one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +22,13 @@ def main(argv: list[str] | None = None) -> int:
 
     run = json.load(open(args.json))
     rows = run["rows"]
-    labels = [f"{r['M']}x{r['K']}x{r['N']}\n(tile {r['tile']})" for r in rows]
+    variants = [r.get("variant", "ss") for r in rows]
+    labels = [f"{r['M']}x{r['K']}x{r['N']}\n(tile {r['tile']}, {v})" for r, v in zip(rows, variants)]
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4.5))
     bottom = [0.0] * len(rows)
-    for name in SEGMENTS:
-        vals = [r["trace"]["wg0"][name] for r in rows]
+    for e in range(len(SEGMENTS["ss"])):
+        vals = [r["trace"]["wg0"][SEGMENTS[v][e]] for r, v in zip(rows, variants)]
+        name = " / ".join(dict.fromkeys(SEGMENTS[v][e] for v in variants))
         ax.bar(range(len(rows)), vals, bottom=bottom, label=name, width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, r in enumerate(rows):

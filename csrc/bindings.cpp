@@ -441,6 +441,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_gemm_2l_trace", [](int64_t ptr) { svdq::set_gemm_2l_trace(reinterpret_cast<long long*>(ptr)); },
       "benchmarks: record per-stage timestamps into the int64 buffer at this address (0: off)");
+  m.def("set_gemm_2l_rs", &svdq::set_gemm_2l_rs,
+        "the 2l GEMM's main loop: True = weights widened into wgmma register fragments, two warpgroups in "
+        "ping-pong; False (default) = widened into shared-memory A tiles");
+  m.def("gemm_2l_rs", &svdq::gemm_2l_rs, "whether the 2l GEMM runs the register-fragment main loop");
   m.attr("gemm_2l_tiles") = std::vector<int>{64, 128, 224, 256};
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;

@@ -90,6 +90,10 @@ void set_gemm_2l_tile_tokens(int bt);  // 64/128/224/256 forces the token tile (
 void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heuristic
 // benchmarks/gemm_2l_trace.py: launch the tracing kernel (bfloat16, group 64) writing to `trace`; nullptr: off
 void set_gemm_2l_trace(long long* trace);
+// the GEMM's main loop: A (the widened weights) as wgmma register fragments (true) or from a shared-memory
+// tile (false, the default until the register path's GPU tests have run)
+void set_gemm_2l_rs(bool on);
+bool gemm_2l_rs();
 constexpr int kMaxRank2l = 256;
 
 }  // namespace svdq

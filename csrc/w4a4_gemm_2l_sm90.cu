@@ -23,11 +23,13 @@
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
+// A second main loop (RS, set_gemm_2l_rs) keeps the widened weights in registers as the wgmma A fragments,
+// the two warpgroups alternating (see stage_step_rs); off by default until its GPU tests have run.
 // What was tried and measured on H100 (docs/perf-notes.md): cp.async instead of TMA needs a proxy
 // fence that compiles to MEMBAR.ALL.CTA and waits for the loads in flight (556-688 TOP/s); A in
-// registers makes ptxas serialize the wgmmas; a warp-specialised variant (one producer warpgroup
-// widening for two consumer warpgroups) was slower (487-582 TOP/s): the widening is the critical path
-// and needs all eight warps.
+// registers widened under the same warpgroup's wgmmas makes ptxas serialize them; a warp-specialised
+// variant (one producer warpgroup widening for two consumer warpgroups) was slower (487-582 TOP/s): the
+// widening is the critical path and needs all eight warps.
 #include <cooperative_groups.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -37,6 +39,7 @@
 #include "common.cuh"
 #include "launch.h"
 #include "wgmma_s8.cuh"
+#include "widen_2l.cuh"
 
 namespace svdq {
 
@@ -55,18 +58,29 @@ constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
-template <int BT>
+// RS: the widened weights stay in registers as the wgmma A fragments (no A tiles in shared memory).
+template <int BT, bool RS>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = kRows * kBK / 2;
   static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kABytes = RS ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
   static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + 8 * kStages + 1024;  // + alignment slack
+  static constexpr int kBarBytes = (RS ? 16 : 8) * kStages;  // full (+ empty, RS) mbarriers
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kBarBytes + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
+
+// Ties the fragments' definitions to this point (CUTLASS's warpgroup_fence_operand): widening code that the
+// compiler sinks past wgmma.fence would make ptxas serialize the wgmmas (C7513).
+__device__ __forceinline__ void fence_fragments(uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
+}
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
 __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
@@ -84,6 +98,9 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT_%=:\n"
@@ -97,15 +114,9 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-// Four packed bytes of (unsigned nibble x s) minus 8 s per byte (mod 256): the signed products q x s.
-__device__ __forceinline__ uint32_t sub_bytes(uint32_t x, uint32_t c_lo7, uint32_t c_hi) {
-  const uint32_t t = (x | 0x80808080u) - c_lo7;
-  return t ^ (x & 0x80808080u) ^ c_hi;
-}
-
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false.
-template <typename T, int BT, int G, bool TR>
+// dispatched kernels are built with TR = false. RS: A from registers (see Tile2l).
+template <typename T, int BT, int G, bool TR, bool RS>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
@@ -113,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
-  using Cfg = Tile2l<BT>;
+  using Cfg = Tile2l<BT, RS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -133,8 +144,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
-  // one full-barrier per stage, after the stages and the A tiles
+  // one full-barrier per stage (TMA bytes arrived), after the stages and the A tiles; RS adds one empty-barrier
+  // per stage (its 8 warps are done with it)
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
@@ -147,6 +160,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
+    if constexpr (RS)
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, 8);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -199,20 +214,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int rw = rp + 32 * i;  // row inside the warpgroup's tile
       const int r = wg * 64 + rw;  // row inside the CTA tile
       const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
-      const uint32_t s_int = sc[gi_base * kRows + r];
-      const uint32_t c = (8u * s_int) * 0x01010101u;
-      const uint32_t c_lo7 = c & 0x7F7F7F7Fu, c_hi = ~c & 0x80808080u;
+      const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
       const uint32_t words[4] = {pk.x, pk.y, pk.z, pk.w};
       uint32_t o[8];
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        // 8 nibbles = k 8w .. 8w+7 of the chunk (low nibble first); signed -> offset binary
-        const uint32_t p = words[w] ^ 0x88888888u;
-        const uint32_t lo = sub_bytes((p & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);         // k 0, 2, 4, 6
-        const uint32_t hi = sub_bytes(((p >> 4) & 0x0F0F0F0Fu) * s_int, c_lo7, c_hi);  // k 1, 3, 5, 7
-        o[2 * w] = __byte_perm(lo, hi, 0x5140);
-        o[2 * w + 1] = __byte_perm(lo, hi, 0x7362);
-      }
+      for (int w = 0; w < 4; ++w) widen8(words[w], wc, o[2 * w], o[2 * w + 1]);  // k 8w .. 8w+7 of the chunk
       const uint32_t row = a_tile + rw * 128;
       asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + (((2 * jj) ^ (rw & 7)) << 4)),
                    "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3]));
@@ -221,6 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
+  // SS: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
   auto stage_step = [&](int i, uint32_t a_tile) {
     mark(i, 0);
     __syncthreads();
@@ -250,9 +257,57 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
-  for (int i = 0; i < NK; i += 2) {
-    stage_step(i, a_base);
-    if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
+  // RS: A from registers, the two warpgroups in ping-pong. ptxas serializes wgmmas whenever an instruction
+  // defines a wgmma input register while an earlier wgmma group is still in flight (C7513, even for other
+  // registers), so a warpgroup cannot widen its next stage under its own wgmmas: each stage is widen ->
+  // 4 wgmmas -> wait<0>, and the other warpgroup's wgmmas fill the tensor core meanwhile. Named barriers
+  // make the two warpgroups issue alternately (WG0 stage i, WG1 stage i, WG0 stage i+1, ...), so one
+  // widens while the other's wgmmas run instead of both widening at once; per-stage empty-barriers (no
+  // CTA-wide barrier in the loop) tell the TMA thread when a buffer may be refilled.
+  auto stage_step_rs = [&](int i, uint32_t (&a)[4][4]) {
+    const int buf = i % NS;
+    mark(i, 0);
+    if (tid == 0 && i + NS - 2 < NK) {
+      const int s = i + NS - 2;  // refills the buffer of stage s - NS: wait until all 8 warps are done with it
+      if (s >= NS) mbar_wait(empty_bars + 8 * (s % NS), ((s / NS) - 1) & 1);
+      load_stage(s);
+    }
+    mark(i, 1);
+    mbar_wait(bars + 8 * buf, (i / NS) & 1);
+    mark(i, 2);
+    const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) gather_frag<G, kRows>(wt, wt + Cfg::kWBytes, wg * 64 + warp * 16 + g, t, j, a[j]);
+    fence_fragments(a);
+    mark(i, 3);
+    if (wg == 1) asm volatile("bar.sync 4, 256;\n" ::: "memory");            // WG0 has issued stage i
+    else if (i > 0) asm volatile("bar.sync 3, 256;\n" ::: "memory");         // WG1 has issued stage i - 1
+    mark(i, 4);
+    const uint64_t db0 = desc_k128(sbase + buf * Cfg::kStageBytes);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (BT == 256) wgmma_s8_m64n256k32_rs(acc, a[j], db0 + 2 * j);
+      else if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, a[j], db0 + 2 * j);
+      else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, a[j], db0 + 2 * j);
+      else wgmma_s8_m64n64k32_rs(acc, a[j], db0 + 2 * j);
+    }
+    wgmma_commit();
+    if (wg == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
+    else if (i + 1 < NK) asm volatile("bar.arrive 3, 256;\n" ::: "memory");
+    mark(i, 5);
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(empty_bars + 8 * buf);
+    mark(i, 6);
+  };
+  if constexpr (RS) {
+    uint32_t fa[4][4];
+    for (int i = 0; i < NK; ++i) stage_step_rs(i, fa);
+  } else {
+    for (int i = 0; i < NK; i += 2) {
+      stage_step(i, a_base);
+      if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
+    }
   }
   wgmma_wait<0>();
   __syncthreads();
@@ -377,10 +432,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, bool TR>
+template <typename T, int BT, int G, bool TR, bool RS>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR>;
-  constexpr int smem = Tile2l<BT>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, RS>;
+  constexpr int smem = Tile2l<BT, RS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
   if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
       !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
@@ -413,21 +468,27 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
+bool g_rs = false;             // A from registers (set_gemm_2l_rs); off until its GPU tests have run
+
+template <typename T, int G, bool TR, bool RS>
+cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, RS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, RS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, RS>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR, RS>(a, p.splits, g_trace, stream);
+}
 
 template <typename T, int G, bool TR>
-cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR>(a, p.splits, g_trace, stream);
+cudaError_t launch_2l_main_loop(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
+  return g_rs ? launch_2l_tile<T, G, TR, true>(a, p, stream) : launch_2l_tile<T, G, TR, false>(a, p, stream);
 }
 
 template <typename T, int G>
 cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 64) {
-    if (g_trace) return launch_2l_tile<T, G, true>(a, p, stream);
+    if (g_trace) return launch_2l_main_loop<T, G, true>(a, p, stream);
   }
-  return launch_2l_tile<T, G, false>(a, p, stream);
+  return launch_2l_main_loop<T, G, false>(a, p, stream);
 }
 
 int g_force_splits = 0;
@@ -473,6 +534,8 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
 }
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
+void set_gemm_2l_rs(bool on) { g_rs = on; }
+bool gemm_2l_rs() { return g_rs; }
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {

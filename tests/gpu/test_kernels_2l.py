@@ -276,3 +276,89 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
         library.w4a4_gemm_2l(xq, xs, qw, wsc[:-1], wch, lr, pu, b, gs)
     with pytest.raises(ValueError, match=r"quantize_act_2l: smooth has shape"):
         library.quantize_act_2l(x, smooth[:-1], pd, gs)
+
+
+# --- the register-fragment main loop (set_gemm_2l_rs): widened weights as wgmma A registers, warpgroup ping-pong
+
+
+def _gemm_both(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
+    """(shared-memory A tiles, register fragments): the same call under both main loops, outputs poisoned."""
+    y_ss = _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    ext.set_gemm_2l_rs(True)
+    try:
+        assert ext.gemm_2l_rs()
+        y_rs = _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    finally:
+        ext.set_gemm_2l_rs(False)
+    assert not ext.gemm_2l_rs()
+    return y_ss, y_rs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 128, 128), (7, 3072, 384), (255, 1024, 256), (4097, 3072, 3072)])
+def test_gemm_2l_rs_integer_part_exact(hopper, dtype, gs, M, K, N):
+    """No branch, no bias: the register-fragment loop's y equals the reference bit for bit (K = 128: one stage)."""
+    x, smooth, pd = _acts(M, K, 0, dtype, seed=M + N + 1)
+    qw, wsc, wch, pu, _ = _weights(N, K, 0, dtype, gs, seed=K + 1)
+    xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+    _, y = _gemm_both(hopper, xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("splits", [1, 2, 8])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (33, 256, 128), (300, 15360, 128), (515, 2048, 512)])
+def test_gemm_2l_rs_bit_identical_every_tile_and_split(hopper, splits, bt, M, K, N):
+    """Both main loops compute the same exact int32 sums: bit-identical with the branch and bias, for every
+    token tile and K split (K = 256 split 8 ways: CTAs with one stage, and with none left over)."""
+    R, gs = 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + splits)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    hopper.set_gemm_2l_splits(splits)
+    try:
+        y_ss, y_rs = _gemm_both(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    finally:
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.isfinite(y_rs).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y_rs, y_ss), f"{(y_rs != y_ss).sum().item()} of {y_rs.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("K,N", FLUX_SHAPES)
+def test_gemm_2l_rs_flux_shapes(hopper, K, N):
+    M = 4608
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N + 1)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    y_ss, y_rs = _gemm_both(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert torch.equal(y_rs, y_ss)
+    assert _rel(y_rs, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)) < 1e-2
+
+
+def test_gemm_2l_rs_repeated_launches_and_graph_capture(hopper):
+    """The loop's named barriers and empty-barriers leave nothing behind: many launches in a row, and replays
+    of a captured graph, give the same output."""
+    M, K, N, R, gs = 700, 3072, 384, 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=5)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=5)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_rs(True)
+    try:
+        first = hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        for _ in range(50):
+            assert torch.equal(hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs), first)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        for _ in range(5):
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, first)
+    finally:
+        hopper.set_gemm_2l_rs(False)
+    assert torch.equal(first, hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs))
