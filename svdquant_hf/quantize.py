@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .algorithm.groups import concat_group, split_outputs
 from .algorithm.svdquant import QuantizationError, check_weight, quantize_weight, search_alpha
 from .calibration import CalibrationData, LayerStats, collect_statistics
 from .config import SVDQuantOptions
@@ -46,6 +47,40 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+# sibling projections that read one input, by the names models give them
+QKV_NAMES = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"), ("query", "key", "value"),
+             ("q_proj", "k_proj", "v_proj"), ("q", "k", "v"))
+
+
+def qkv_groups(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, ...]]:
+    """The (q, k, v) linears of each attention module (QKV_NAMES), among ``names`` when given."""
+    allowed = None if names is None else set(names)
+    groups = []
+    for parent, mod in model.named_modules():
+        for triple in QKV_NAMES:
+            if all(isinstance(getattr(mod, c, None), nn.Linear) for c in triple):
+                full = tuple(f"{parent}.{c}" if parent else c for c in triple)
+                if allowed is None or all(f in allowed for f in full):
+                    groups.append(full)
+                break
+    return groups
+
+
+def _quantize(
+    w: torch.Tensor, b: torch.Tensor | None, options: SVDQuantOptions, dtype: torch.dtype, name: str,
+    stats: LayerStats | None,
+):
+    dev = w.device
+    if stats is not None and stats.absmax is not None and not options.weight_only:
+        rows = stats.sample().to(dev)
+        hessian = None
+        if options.gptq:
+            xf = rows.float()
+            hessian = xf.t() @ xf
+        return search_alpha(w, b, options, dtype, stats.absmax.to(dev), rows, hessian, name)
+    return quantize_weight(w, options, dtype, name=name)
+
+
 def quantize_linear(
     linear: nn.Linear,
     options: SVDQuantOptions,
@@ -59,18 +94,56 @@ def quantize_linear(
     w = linear.weight.detach().to(dev)
     b = None if linear.bias is None else linear.bias.detach().to(dev)
     dtype = compute_dtype_for(linear.weight)
-    if stats is not None and stats.absmax is not None and not options.weight_only:
-        rows = stats.sample().to(dev)
-        hessian = None
-        if options.gptq:
-            xf = rows.float()
-            hessian = xf.t() @ xf
-        qw = search_alpha(w, b, options, dtype, stats.absmax.to(dev), rows, hessian, name)
-    else:
-        qw = quantize_weight(w, options, dtype, name=name)
+    qw = _quantize(w, b, options, dtype, name, stats)
     mod = SVDQuantLinear.from_quantized(qw, b, options, dtype).to(home)
     mod.layer_name = name
     return mod
+
+
+def quantize_linear_group(
+    linears: Sequence[nn.Linear],
+    options: SVDQuantOptions,
+    names: Sequence[str],
+    stats: LayerStats | None = None,
+    work_device: torch.device | None = None,
+) -> list[SVDQuantLinear]:
+    """SVDQuant linears that read the same input as one layer (their concatenation: one smoothing vector,
+    one rank-r branch, alpha searched on the joint output), split back into one module per linear.
+    The modules share ``smooth_factor`` and ``proj_down`` (algorithm/groups.py)."""
+    home = linears[0].weight.device
+    dev = work_device or home
+    dtype = compute_dtype_for(linears[0].weight)
+    w, b = concat_group([lin.weight.detach().to(dev) for lin in linears],
+                        [None if lin.bias is None else lin.bias.detach().to(dev) for lin in linears], names)
+    label = "+".join(names)
+    check_weight(w, options, label)
+    qw = _quantize(w, b, options, dtype, label, stats)
+    mods = []
+    for lin, name, part in zip(linears, names, split_outputs(qw, [lin.out_features for lin in linears], names)):
+        bias = None if lin.bias is None else lin.bias.detach().to(dev)
+        mod = SVDQuantLinear.from_quantized(part, bias, options, dtype).to(home)
+        mod.layer_name = name
+        mods.append(mod)
+    return mods
+
+
+def _check_groups(groups: Sequence[Sequence[str]], targets: dict[str, nn.Linear]) -> list[tuple[str, ...]]:
+    seen: set[str] = set()
+    out = []
+    for group in groups:
+        group = tuple(group)
+        if len(group) < 2:
+            raise ValueError(f"shared_input_groups: {group!r} has fewer than two layers")
+        for name in group:
+            if name not in targets:
+                raise ValueError(f"shared_input_groups: {name!r} is not a linear layer being quantized")
+            if name in seen:
+                raise ValueError(f"shared_input_groups: {name!r} is in more than one group")
+            seen.add(name)
+        if len({targets[n].in_features for n in group}) != 1:
+            raise ValueError(f"shared_input_groups: {group!r} have different in_features")
+        out.append(group)
+    return out
 
 
 def quantize_model(
@@ -81,12 +154,15 @@ def quantize_model(
     device: torch.device | str | None = None,
     extra_skip: Iterable[str] = (),
     progress: bool = True,
+    shared_input_groups: Iterable[Sequence[str]] = (),
 ) -> nn.Module:
     """Quantize every nn.Linear of ``model`` (except skipped names) with SVDQuant, in place.
 
     calibration_data: an iterable of inputs (tensor, tuple of args, or dict of kwargs) or a
     callable ``f(model)`` that runs forward passes. Without it, the data-free rule is used.
     Layers are processed one at a time on ``device`` (default: CUDA when available).
+    shared_input_groups: tuples of layer names that read the same input (e.g. ``qkv_groups(model)``),
+    each quantized jointly (``quantize_linear_group``); calibration statistics of the first member.
     """
     options = as_options(config)
     targets = find_target_linears(model, options, extra_skip)
@@ -95,17 +171,30 @@ def quantize_model(
         return model
     for name, lin in targets.items():  # fail before calibration and before any layer is replaced
         check_weight(lin.weight, options, name)
+    groups = _check_groups(list(shared_input_groups), targets)
+    grouped = {n for g in groups for n in g}
     stats: dict[str, LayerStats] = {}
     if calibration_data is not None:
         stats = collect_statistics(model, targets, calibration_data, options.calib_tokens)
     work = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available() else None)
-    for name, lin in tqdm(list(targets.items()), desc="SVDQuant layers", disable=not progress):
+    def layer_stats(name: str) -> LayerStats | None:
         st = stats.pop(name, None)
         if calibration_data is not None and (st is None or st.seen_tokens == 0):
             warnings.warn(f"layer {name!r} saw no calibration input; using the data-free rule")
             st = None
-        set_submodule(model, name, quantize_linear(lin, options, name, st, work))
+        return st
+
+    units: list[tuple[str, ...]] = [(n,) for n in targets if n not in grouped] + groups
+    for unit in tqdm(units, desc="SVDQuant layers", disable=not progress):
+        if len(unit) == 1:
+            set_submodule(model, unit[0], quantize_linear(targets[unit[0]], options, unit[0], layer_stats(unit[0]), work))
+            continue
+        st = next((x for x in [layer_stats(n) for n in unit] if x is not None), None)
+        mods = quantize_linear_group([targets[n] for n in unit], options, unit, st, work)
+        for name, mod in zip(unit, mods):
+            set_submodule(model, name, mod)
     return model
 
 
-__all__ = ["quantize_model", "quantize_linear", "find_target_linears", "QuantizationError"]
+__all__ = ["quantize_model", "quantize_linear", "quantize_linear_group", "qkv_groups", "find_target_linears",
+           "QuantizationError"]
