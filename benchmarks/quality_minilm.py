@@ -152,12 +152,14 @@ def _ablation():
 def make_methods(
     calib_fn: Callable[[nn.Module], None], overrides: dict | None = None
 ) -> dict[str, Callable[[nn.Module], nn.Module]]:
-    def svdq(calibrated: bool, joint_qkv: bool = False, **kw) -> Callable[[nn.Module], nn.Module]:
+    def svdq(calibrated: bool, joint_qkv: bool = False, group_rank: int | None = None,
+             **kw) -> Callable[[nn.Module], nn.Module]:
         """joint_qkv: each attention's query/key/value quantized as one layer (one smoothing, one rank-32
         branch: what a fused QKV GEMM would run), split back."""
         opts = SVDQuantOptions(modules_to_not_convert=SKIP, **{**(overrides or {}), **kw})
         return lambda m: quantize_model(m, opts, calib_fn if calibrated else None, progress=False,
-                                        shared_input_groups=qkv_groups(m) if joint_qkv else ())
+                                        shared_input_groups=qkv_groups(m) if joint_qkv else (),
+                                        group_rank=group_rank)
 
     return {
         "bf16 (16-bit, no quantization)": lambda m: m.to(torch.bfloat16),
@@ -177,6 +179,9 @@ def make_methods(
         "SVDQuant W4A4 calibrated, joint QKV (rank 32, alpha searched)": svdq(True, joint_qkv=True, rank=32),
         "SVDQuant W4A4 int4_2l g64 calibrated, joint QKV (rank 32, alpha searched)": svdq(
             True, joint_qkv=True, rank=32, quant_format="int4_2l"
+        ),
+        "SVDQuant W4A4 int4_2l g64 calibrated, joint QKV at rank 96 (rank 32 elsewhere, alpha searched)": svdq(
+            True, joint_qkv=True, group_rank=96, rank=32, quant_format="int4_2l"
         ),
         "SVDQuant W4A4 int4_2l g64 calibrated, plain weight rule (rank 32, alpha searched)": plain_2l(
             svdq(True, rank=32, quant_format="int4_2l")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -155,6 +156,7 @@ def quantize_model(
     extra_skip: Iterable[str] = (),
     progress: bool = True,
     shared_input_groups: Iterable[Sequence[str]] = (),
+    group_rank: int | None = None,
 ) -> nn.Module:
     """Quantize every nn.Linear of ``model`` (except skipped names) with SVDQuant, in place.
 
@@ -163,6 +165,8 @@ def quantize_model(
     Layers are processed one at a time on ``device`` (default: CUDA when available).
     shared_input_groups: tuples of layer names that read the same input (e.g. ``qkv_groups(model)``),
     each quantized jointly (``quantize_linear_group``); calibration statistics of the first member.
+    group_rank: the groups' branch rank (default: the options' rank; a fused layer at 3x the rank costs the
+    branch work of three separate layers).
     """
     options = as_options(config)
     targets = find_target_linears(model, options, extra_skip)
@@ -172,6 +176,9 @@ def quantize_model(
     for name, lin in targets.items():  # fail before calibration and before any layer is replaced
         check_weight(lin.weight, options, name)
     groups = _check_groups(list(shared_input_groups), targets)
+    if group_rank is not None and group_rank < 0:
+        raise ValueError(f"group_rank must be >= 0, got {group_rank}")
+    group_options = options if group_rank is None else replace(options, rank=group_rank)
     grouped = {n for g in groups for n in g}
     stats: dict[str, LayerStats] = {}
     if calibration_data is not None:
@@ -190,7 +197,7 @@ def quantize_model(
             set_submodule(model, unit[0], quantize_linear(targets[unit[0]], options, unit[0], layer_stats(unit[0]), work))
             continue
         st = next((x for x in [layer_stats(n) for n in unit] if x is not None), None)
-        mods = quantize_linear_group([targets[n] for n in unit], options, unit, st, work)
+        mods = quantize_linear_group([targets[n] for n in unit], group_options, unit, st, work)
         for name, mod in zip(unit, mods):
             set_submodule(model, name, mod)
     return model

@@ -110,6 +110,16 @@ def test_quantize_model_groups_share_smoothing_and_down_projection(fmt, calibrat
             assert _rel(m(x), r) < 1.5 * _rel(m_alone(x), r) + 0.01, m.layer_name
 
 
+def test_group_rank_sets_the_groups_branch_only():
+    net = _net()
+    quantize_model(net, SVDQuantOptions(rank=8), progress=False, shared_input_groups=qkv_groups(net), group_rank=24)
+    assert net.a.to_q.proj_down.shape[1] == 24 and net.a.to_v.proj_up.shape[1] == 24
+    assert net.a.to_out.proj_down.shape[1] == 8
+    with pytest.raises(ValueError, match="group_rank must be >= 0"):
+        quantize_model(_net(), SVDQuantOptions(rank=8), progress=False, shared_input_groups=qkv_groups(net),
+                       group_rank=-1)
+
+
 def test_bad_groups_are_refused_before_anything_is_replaced():
     for groups, msg in [
         ([("a.to_q", "a.nope")], r"'a.nope' is not a linear layer being quantized"),
