@@ -16,6 +16,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_rs_compile  # the GEMM's register-fragment loop
+  python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_rs", "svdq2l_rs_compile", "svdq2l_rs_graphs",
+    "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
 )
 
 
@@ -97,15 +99,32 @@ def make_inputs(config: dict, res: int, batch: int, device: str) -> dict:
     )
 
 
-def to_svdquant(model: nn.Module, work_device: str, quant_format: str = "int4") -> nn.Module:
-    """Data-free SVDQuant of the layers the diffusers integration targets (its default skip list)."""
-    from svdquant_hf import SVDQuantOptions
-    from svdquant_hf.quantize import quantize_linear, set_submodule
+def to_svdquant(model: nn.Module, work_device: str, quant_format: str = "int4", fused_qkv: bool = False) -> nn.Module:
+    """Data-free SVDQuant of the layers the diffusers integration targets (its default skip list).
+
+    fused_qkv: each attention's q/k/v (and add_q/k/v) quantized jointly at 3x the rank and run as one layer
+    (svdquant_hf.fusion)."""
+    from dataclasses import replace
+
+    from svdquant_hf import SVDQuantOptions, fuse_shared_input_projections, qkv_groups
+    from svdquant_hf.quantize import quantize_linear, quantize_linear_group, set_submodule
     from svdquant_hf.quantizers.common import quantizable_linears
 
     options = SVDQuantOptions(quant_format=quant_format)
-    for name, lin in list(quantizable_linears(model, options).items()):
-        set_submodule(model, name, quantize_linear(lin, options, name, None, torch.device(work_device)))
+    targets = quantizable_linears(model, options)
+    groups = qkv_groups(model, targets) if fused_qkv else []
+    grouped = {n for g in groups for n in g}
+    dev = torch.device(work_device)
+    for name, lin in list(targets.items()):
+        if name not in grouped:
+            set_submodule(model, name, quantize_linear(lin, options, name, None, dev))
+    for group in groups:
+        rank = min(3 * options.rank, targets[group[0]].in_features)  # the tiny smoke-test model is narrower
+        mods = quantize_linear_group([targets[n] for n in group], replace(options, rank=rank), group, None, dev)
+        for name, mod in zip(group, mods):
+            set_submodule(model, name, mod)
+    if fused_qkv:
+        fuse_shared_input_projections(model)
     return model
 
 
@@ -205,7 +224,7 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
     if name.startswith("svdq"):
         # stream: 16-bit weights stay on the host when memory is capped; one layer at a time on the GPU
         model = build_model(config, device, home="cpu" if cap else device)
-        model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4")
+        model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4", "_fused" in name)
         model = model.to(device)
         if "_lora" in name:
             model = add_random_lora(model)

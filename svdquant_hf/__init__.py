@@ -9,6 +9,7 @@ from .algorithm import QuantizationError  # noqa: E402
 from .config import SVDQuantOptions  # noqa: E402
 from .modules import SVDQuantLinear  # noqa: E402
 from .pipeline import quantize_pipeline  # noqa: E402
+from .fusion import fuse_shared_input_projections, unfuse_shared_input_projections  # noqa: E402
 from .quantize import qkv_groups, quantize_model  # noqa: E402
 from .quantizers import register as _register_integrations  # noqa: E402
 from .quantizers.config import SVDQuantConfig  # noqa: E402  (a diffusers QuantizationConfigMixin)
@@ -18,4 +19,5 @@ from .quantizers.config import SVDQuantConfig  # noqa: E402  (a diffusers Quanti
 _register_integrations()
 
 __version__ = "0.1.0"
-__all__ = ["SVDQuantConfig", "SVDQuantOptions", "SVDQuantLinear", "QuantizationError", "quantize_model", "qkv_groups", "quantize_pipeline"]
+__all__ = ["SVDQuantConfig", "SVDQuantOptions", "SVDQuantLinear", "QuantizationError", "quantize_model", "qkv_groups", "quantize_pipeline",
+           "fuse_shared_input_projections", "unfuse_shared_input_projections"]

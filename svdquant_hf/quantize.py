@@ -54,7 +54,8 @@ QKV_NAMES = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"
 
 
 def qkv_groups(model: nn.Module, names: Iterable[str] | None = None) -> list[tuple[str, ...]]:
-    """The (q, k, v) linears of each attention module (QKV_NAMES), among ``names`` when given."""
+    """The (q, k, v) linears of each attention module (every QKV_NAMES triple it has: a joint attention's
+    to_q/to_k/to_v and add_q/k/v_proj are two groups), among ``names`` when given."""
     allowed = None if names is None else set(names)
     groups = []
     for parent, mod in model.named_modules():
@@ -63,7 +64,6 @@ def qkv_groups(model: nn.Module, names: Iterable[str] | None = None) -> list[tup
                 full = tuple(f"{parent}.{c}" if parent else c for c in triple)
                 if allowed is None or all(f in allowed for f in full):
                     groups.append(full)
-                break
     return groups
 
 

@@ -32,11 +32,20 @@ def test_lora_variant_wraps_every_4bit_layer_and_changes_the_output():
 
 def test_main_writes_rows_and_json(tmp_path):
     out = tmp_path / "e2e.json"
-    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16,svdq2l,svdq2l_rs", "--res", "64",
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16,svdq2l,svdq2l_rs,svdq2l_fused", "--res", "64",
                           "--batch", "1",
                           "--iters", "1", "--warmup", "0", "--out", str(out)])
-    assert [r["variant"] for r in rows] == ["bf16", "svdq2l", "svdq2l_rs"] and all(r["ms"] > 0 for r in rows)
+    assert [r["variant"] for r in rows] == ["bf16", "svdq2l", "svdq2l_rs", "svdq2l_fused"]
+    assert all(r["ms"] > 0 for r in rows)
     assert out.exists()
+
+
+def test_fused_variant_runs_each_attention_as_fused_layers():
+    model = flux_e2e.build_variant("svdq2l_fused", flux_e2e.TINY, "cpu", cap=False)
+    for block in [*model.transformer_blocks, *model.single_transformer_blocks]:
+        assert block.attn.fused_projections and not hasattr(block.attn, "to_q")
+    attn = model.transformer_blocks[0].attn
+    assert attn.to_qkv.rank == min(96, attn.to_qkv.in_features) and attn.to_added_qkv.out_features == 3 * attn.inner_dim
 
 
 def test_compiled_lora_variant_is_lora_wrapped():

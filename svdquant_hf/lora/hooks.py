@@ -104,6 +104,22 @@ def _svdquant_lora_modules(transformer, lora_state_dict: dict, prefix: str) -> d
     return found
 
 
+def _refuse_fused_targets(transformer, lora_state_dict: dict, prefix: str) -> None:
+    """A LoRA for to_q/to_k/to_v of a model whose q/k/v run fused (svdquant_hf.fusion): a clear error."""
+    from ..fusion import fused_member_names
+
+    fused = fused_member_names(transformer)
+    if not fused:
+        return
+    hit = sorted({k[len(prefix):].rsplit(".lora_", 1)[0] for k in lora_state_dict if k.startswith(prefix)} & set(fused))
+    if hit:
+        raise ValueError(
+            f"LoRA targets {hit[0]!r}{f' and {len(hit) - 1} more layers' if len(hit) > 1 else ''}, which runs "
+            f"fused in {fused[hit[0]]!r}; call svdquant_hf.unfuse_shared_input_projections(pipe.transformer) "
+            f"before load_lora_weights (fuse again after fuse_lora)"
+        )
+
+
 def patch_diffusers_lora_pipeline(lp_module: ModuleType) -> None:
     mixin = lp_module.FluxLoraLoaderMixin
     original = mixin.__dict__["_maybe_expand_lora_state_dict"].__func__
@@ -112,6 +128,7 @@ def patch_diffusers_lora_pipeline(lp_module: ModuleType) -> None:
 
     def _maybe_expand_lora_state_dict(cls, transformer, lora_state_dict):
         prefix = f"{cls.transformer_name}."
+        _refuse_fused_targets(transformer, lora_state_dict, prefix)
         quantized = _svdquant_lora_modules(transformer, lora_state_dict, prefix)
         held = {}
         for name, base in quantized.items():

@@ -1,0 +1,188 @@
+"""Run jointly quantized q/k/v layers as one SVDQuantLinear (one quantizer call, one GEMM).
+
+Layers that share ``smooth_factor`` and ``proj_down`` (``quantize_model(..., shared_input_groups=...)``)
+quantize their common input identically, so their concatenation is one layer with the same numerics.
+``fuse_shared_input_projections`` builds it for diffusers attention modules that have a fused path
+(``fused_projections``: ``to_qkv`` for to_q/to_k/to_v, ``to_added_qkv`` for the add_*_proj layers) and
+removes the members; ``unfuse_shared_input_projections`` splits it back exactly. A fused model's
+state_dict keeps the member keys (checkpoints do not change); LoRA loading needs the members, so it
+asks for unfusing first.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .modules import SVDQuantLinear
+
+FUSIONS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
+_SPLIT_ROWS = ("qweight", "proj_up", "wchannel", "bias")  # one entry per output channel
+_SHARED = ("smooth_factor", "proj_down", "wtscale")
+
+
+def _shares_input(mods: Sequence[nn.Module]) -> bool:
+    if not all(type(m) is SVDQuantLinear for m in mods):  # a PEFT-wrapped layer is not fused
+        return False
+    a = mods[0]
+    same = [(m.in_features, m.quant_format, m.group_size, m.weight_only, m.rank, m.compute_dtype) for m in mods]
+    return (
+        len(set(same)) == 1
+        and all(torch.equal(m.smooth_factor, a.smooth_factor) and torch.equal(m.proj_down, a.proj_down) for m in mods)
+        and (a.wtscale is None or all(torch.equal(m.wtscale, a.wtscale) for m in mods))
+    )
+
+
+def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinear:
+    a = mods[0]
+    has_bias = any(m.bias is not None for m in mods)
+    fused = SVDQuantLinear(a.in_features, sum(m.out_features for m in mods), has_bias, a.rank, a.group_size,
+                           a.quant_format, a.weight_only, a.compute_dtype, device="meta")
+    fused.qweight = torch.cat([m.qweight for m in mods])
+    fused.wscales = torch.cat([m.wscales for m in mods], 1)
+    fused.proj_up = torch.cat([m.proj_up for m in mods])
+    fused.smooth_factor, fused.proj_down, fused.wtscale = a.smooth_factor, a.proj_down, a.wtscale
+    if a.wchannel is not None:
+        fused.wchannel = torch.cat([m.wchannel for m in mods])
+    if has_bias:
+        fused.bias = nn.Parameter(
+            torch.cat([m.bias if m.bias is not None else a.proj_up.new_zeros(m.out_features) for m in mods]),
+            requires_grad=False,
+        )
+    fused.layer_name = "+".join(m.layer_name or n for m, n in zip(mods, names))
+    fused.fused_members = tuple((n, m.out_features, m.bias is not None, m.layer_name) for n, m in zip(names, mods))
+    return fused
+
+
+def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
+    out, start = [], 0
+    for name, n, has_bias, layer_name in fused.fused_members:
+        rows = slice(start, start + n)
+        m = SVDQuantLinear(fused.in_features, n, has_bias, fused.rank, fused.group_size, fused.quant_format,
+                           fused.weight_only, fused.compute_dtype, device="meta")
+        m.qweight = fused.qweight[rows].contiguous()
+        m.wscales = fused.wscales[:, rows].contiguous()
+        m.proj_up = fused.proj_up[rows].contiguous()
+        m.smooth_factor, m.proj_down, m.wtscale = fused.smooth_factor, fused.proj_down, fused.wtscale
+        if fused.wchannel is not None:
+            m.wchannel = fused.wchannel[rows].contiguous()
+        if has_bias:
+            m.bias = nn.Parameter(fused.bias[rows].contiguous(), requires_grad=False)
+        m.layer_name = layer_name
+        out.append((name, m))
+        start += n
+    return out
+
+
+def _reorder_children(module: nn.Module, order: Sequence[str]) -> None:
+    mods = module._modules
+    new = {k: mods[k] for k in order if k in mods}
+    new.update({k: v for k, v in mods.items() if k not in new})
+    mods.clear()
+    mods.update(new)
+
+
+def _member_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict hook of a module holding fused layers: their tensors are saved under the member names."""
+    for fused_name, _ in FUSIONS:
+        fused = module._modules.get(fused_name)
+        if not isinstance(fused, SVDQuantLinear) or not hasattr(fused, "fused_members"):
+            continue
+        head = f"{prefix}{fused_name}."
+        mine = {k[len(head):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(head)]}
+        start = 0
+        for name, n, has_bias, _ in fused.fused_members:
+            for key, t in mine.items():
+                if key in _SHARED:
+                    part = t
+                elif key == "wscales":
+                    part = t[:, start : start + n]
+                elif key in _SPLIT_ROWS:
+                    if key == "bias" and not has_bias:
+                        continue
+                    part = t[start : start + n]
+                else:
+                    raise RuntimeError(f"fused layer {head[:-1]}: no rule to split tensor {key!r}")
+                state_dict[f"{prefix}{name}.{key}"] = part.contiguous()
+            start += n
+
+
+def fuse_shared_input_projections(model: nn.Module) -> list[str]:
+    """Fuse every attention's jointly quantized q/k/v (and add_q/k/v) into one layer; returns the fused names.
+
+    Only modules with diffusers' fused path (a ``fused_projections`` attribute) and members that share
+    their input quantization are fused; others are left as they are.
+    """
+    fused_names = []
+    for parent_name, module in list(model.named_modules()):
+        if not hasattr(module, "fused_projections") or getattr(module, "fused_projections", False):
+            continue
+        present = [(f, ms, [module._modules.get(n) for n in ms]) for f, ms in FUSIONS]
+        present = [(f, ms, mods) for f, ms, mods in present if all(m is not None for m in mods)]
+        for _, members, mods in present:
+            if any(hasattr(m, "base_layer") for m in mods):
+                raise ValueError(
+                    f"{parent_name}: LoRA adapters are loaded on {', '.join(members)}; fuse_lora() or "
+                    f"unload_lora_weights() before fuse_shared_input_projections"
+                )
+        # diffusers' fused path computes every projection of the module from the fused layers: all or none
+        if not present or not all(_shares_input(mods) for _, _, mods in present):
+            continue
+        module._svdq_child_order = list(module._modules)
+        for fused_name, members, mods in present:
+            setattr(module, fused_name, _fuse(mods, members))
+            for n in members:
+                delattr(module, n)
+            fused_names.append(f"{parent_name}.{fused_name}" if parent_name else fused_name)
+        # each fused layer where its first member was
+        order = []
+        for k in module._svdq_child_order:
+            f = next((f for f, ms, _ in present if ms[0] == k), None)
+            if f is not None:
+                order.append(f)
+            elif not any(k in ms for _, ms, _ in present):
+                order.append(k)
+        _reorder_children(module, order)
+        if not any(h is _member_state_dict for h in module._state_dict_hooks.values()):
+            module._register_state_dict_hook(_member_state_dict)
+        module.fused_projections = True
+    return fused_names
+
+
+def unfuse_shared_input_projections(model: nn.Module) -> list[str]:
+    """Split every fused layer back into its members (exact); returns the unfused names."""
+    names = []
+    for parent_name, module in model.named_modules():
+        found = False
+        for fused_name, _ in FUSIONS:
+            fused = module._modules.get(fused_name)
+            if isinstance(fused, SVDQuantLinear) and hasattr(fused, "fused_members"):
+                for name, m in _split(fused):
+                    setattr(module, name, m)
+                delattr(module, fused_name)
+                names.append(f"{parent_name}.{fused_name}" if parent_name else fused_name)
+                found = True
+        if found:
+            _reorder_children(module, getattr(module, "_svdq_child_order", []))
+            module.fused_projections = False
+            for key, hook in list(module._state_dict_hooks.items()):
+                if hook is _member_state_dict:
+                    del module._state_dict_hooks[key]
+    return names
+
+
+def fused_member_names(model: nn.Module) -> dict[str, str]:
+    """{member layer name: fused layer name} for every fused layer of ``model``."""
+    out = {}
+    for parent_name, module in model.named_modules():
+        for fused_name, _ in FUSIONS:
+            fused = module._modules.get(fused_name)
+            if isinstance(fused, SVDQuantLinear) and hasattr(fused, "fused_members"):
+                base = f"{parent_name}." if parent_name else ""
+                for name, *_ in fused.fused_members:
+                    out[base + name] = base + fused_name
+    return out
+
+
+__all__ = ["fuse_shared_input_projections", "unfuse_shared_input_projections", "fused_member_names"]

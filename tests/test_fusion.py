@@ -1,0 +1,120 @@
+"""Jointly quantized q/k/v run fused (svdquant_hf.fusion) on a tiny Flux transformer: same outputs, same
+checkpoint keys, exact unfuse, and LoRA asks for unfusing."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from svdquant_hf import (
+    SVDQuantConfig,
+    SVDQuantLinear,
+    fuse_shared_input_projections,
+    qkv_groups,
+    quantize_model,
+    unfuse_shared_input_projections,
+)
+from svdquant_hf import testing as T
+from svdquant_hf.lora import testing as LT
+from svdquant_hf.quantizers.common import quantizable_linears
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    model = T.tiny_flux_transformer(3, in_channels=16)
+    opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
+    names = list(quantizable_linears(model, opts))
+    skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
+    quantize_model(model, opts, progress=False, extra_skip=skip, shared_input_groups=qkv_groups(model, names),
+                   group_rank=48)
+    return model, T.model_inputs(model, seed=5, batch=1)
+
+
+def test_fused_model_computes_the_same_and_keeps_its_checkpoint_keys(quantized):
+    model, inputs = quantized
+    fused = copy.deepcopy(model)
+    sd_before = model.state_dict()
+    names = fuse_shared_input_projections(fused)
+    attn = fused.transformer_blocks[0].attn
+    assert "transformer_blocks.0.attn.to_qkv" in names and "transformer_blocks.0.attn.to_added_qkv" in names
+    assert "single_transformer_blocks.0.attn.to_qkv" in names
+    assert attn.fused_projections and not hasattr(attn, "to_q") and isinstance(attn.to_qkv, SVDQuantLinear)
+    assert attn.to_qkv.out_features == 3 * attn.inner_dim
+    with torch.no_grad():
+        y0, y1 = model(**inputs)[0], fused(**inputs)[0]
+    assert _rel(y1, y0) < 1e-3
+    sd_after = fused.state_dict()
+    assert sd_after.keys() == sd_before.keys()
+    assert all(torch.equal(sd_after[k], sd_before[k]) for k in sd_before)
+    # and the fused layer is one quantizer call instead of three
+    calls = []
+    orig = SVDQuantLinear.forward_with_branch
+
+    def count(self, x, pd, pu):
+        calls.append(self.layer_name)
+        return orig(self, x, pd, pu)
+
+    SVDQuantLinear.forward_with_branch = count
+    try:
+        with torch.no_grad():
+            fused(**inputs)
+        n_fused = len(calls)
+        calls.clear()
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        SVDQuantLinear.forward_with_branch = orig
+    n_blocks = len(model.transformer_blocks) * 2 + len(model.single_transformer_blocks)
+    assert len(calls) - n_fused == 2 * n_blocks
+
+
+def test_unfuse_restores_the_layers_exactly(quantized):
+    model, inputs = quantized
+    fused = copy.deepcopy(model)
+    fuse_shared_input_projections(fused)
+    assert unfuse_shared_input_projections(fused)
+    attn = fused.transformer_blocks[0].attn
+    assert not attn.fused_projections and not hasattr(attn, "to_qkv")
+    for (n0, m0), (n1, m1) in zip(model.named_modules(), fused.named_modules()):
+        assert n0 == n1
+        if isinstance(m0, SVDQuantLinear):
+            assert all(torch.equal(a, b) for a, b in zip(m0.state_dict().values(), m1.state_dict().values())), n0
+    assert fused.state_dict().keys() == model.state_dict().keys()
+
+
+def test_layers_quantized_one_by_one_are_not_fused():
+    model = T.tiny_flux_transformer(3, in_channels=16)
+    quantize_model(model, SVDQuantConfig(rank=16), progress=False,
+                   extra_skip=[n for n in dict(model.named_modules()) if "norm" in n or "embed" in n])
+    assert fuse_shared_input_projections(model) == []  # different smoothing: nothing is fused
+
+
+def test_lora_on_a_fused_model_asks_for_unfusing(quantized):
+    model, _ = quantized
+    fused = copy.deepcopy(model)
+    fuse_shared_input_projections(fused)
+    pipe = diffusers.FluxPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None,
+                                  text_encoder_2=None, tokenizer_2=None, transformer=fused)
+    lora = LT.peft_lora(model, rank=4, seed=1, include=("attn.to_q",))
+    with pytest.raises(ValueError, match=r"runs fused in .*to_qkv.*unfuse_shared_input_projections"):
+        pipe.load_lora_weights(lora)
+    unfuse_shared_input_projections(fused)
+    pipe.load_lora_weights(lora)  # unfused: loads
+
+
+def test_fused_model_compiles_as_one_graph(quantized):
+    model, inputs = quantized
+    fused = copy.deepcopy(model)
+    fuse_shared_input_projections(fused)
+    with torch.no_grad():
+        ref = fused(**inputs)[0]
+        out = torch.compile(fused, fullgraph=True, backend="aot_eager")(**inputs)[0]
+    assert _rel(out, ref) < 1e-3
