@@ -111,13 +111,14 @@ def _member_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_m
 def fuse_shared_input_projections(model: nn.Module) -> list[str]:
     """Fuse every attention's jointly quantized q/k/v (and add_q/k/v) into one layer; returns the fused names.
 
-    Only modules with diffusers' fused path (a ``fused_projections`` attribute) and members that share
-    their input quantization are fused; others are left as they are.
+    Only diffusers attention classes that support the fused path (``_supports_qkv_fusion``; tested with
+    FLUX's FluxAttention) whose members share their input quantization are fused; others are left as
+    they are.
     """
     fused_names = []
     for parent_name, module in list(model.named_modules()):
-        if not hasattr(module, "fused_projections") or getattr(module, "fused_projections", False):
-            continue
+        if getattr(type(module), "_supports_qkv_fusion", False) is not True or getattr(module, "fused_projections", True):
+            continue  # only diffusers attention classes whose processors take the fused path
         present = [(f, ms, [module._modules.get(n) for n in ms]) for f, ms in FUSIONS]
         present = [(f, ms, mods) for f, ms, mods in present if all(m is not None for m in mods)]
         for _, members, mods in present:

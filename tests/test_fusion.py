@@ -118,3 +118,19 @@ def test_fused_model_compiles_as_one_graph(quantized):
         ref = fused(**inputs)[0]
         out = torch.compile(fused, fullgraph=True, backend="aot_eager")(**inputs)[0]
     assert _rel(out, ref) < 1e-3
+
+
+def test_modules_without_diffusers_fused_path_are_left_alone():
+    """A module with q/k/v siblings but no fused path in its forward (here a plain module, as for diffusers'
+    legacy Attention class) is not fused, even when its siblings share their input quantization."""
+    from torch import nn
+
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_q, self.to_k, self.to_v = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 64)
+            self.fused_projections = False
+
+    m = nn.Sequential(Plain())
+    quantize_model(m, SVDQuantConfig(rank=8), progress=False, shared_input_groups=qkv_groups(m))
+    assert fuse_shared_input_projections(m) == [] and hasattr(m[0], "to_q")
