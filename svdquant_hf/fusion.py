@@ -64,7 +64,8 @@ def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
         m.qweight = fused.qweight[rows].contiguous()
         m.wscales = fused.wscales[:, rows].contiguous()
         m.proj_up = fused.proj_up[rows].contiguous()
-        m.smooth_factor, m.proj_down, m.wtscale = fused.smooth_factor, fused.proj_down, fused.wtscale
+        m.smooth_factor, m.proj_down = fused.smooth_factor.clone(), fused.proj_down.clone()
+        m.wtscale = None if fused.wtscale is None else fused.wtscale.clone()
         if fused.wchannel is not None:
             m.wchannel = fused.wchannel[rows].contiguous()
         if has_bias:
@@ -95,7 +96,7 @@ def _member_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_m
         for name, n, has_bias, _ in fused.fused_members:
             for key, t in mine.items():
                 if key in _SHARED:
-                    part = t
+                    part = t.clone()  # one copy per member: safetensors refuses shared memory
                 elif key == "wscales":
                     part = t[:, start : start + n]
                 elif key in _SPLIT_ROWS:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .algorithm.svdquant import QuantizationError
 from .calibration import LayerStats, StatsCollector
 from .config import SVDQuantOptions
-from .quantize import quantize_linear, set_submodule
+from .quantize import check_groups, qkv_groups, quantize_targets
 
 # Used when neither prompts nor a prompts file are given (tests, smoke runs): varied subjects,
 # styles and lengths. Real calibration should use many more (e.g. PartiPrompts).
@@ -185,6 +185,8 @@ def quantize_pipeline(
     offload: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    joint_qkv: bool = False,
+    group_rank: int | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
     """Calibrate and SVDQuant the denoiser of a diffusers pipeline in place; returns the pipeline.
@@ -196,6 +198,9 @@ def quantize_pipeline(
     device: where each layer is quantized (default: CUDA when available, else where it lives).
     offload: None (run the pipeline as placed), "model" (enable_model_cpu_offload) or "block"
         (enable_group_offload, block level: for a 16-bit denoiser that does not fit the GPU).
+    joint_qkv: quantize each attention's q/k/v (and add_q/k/v) jointly, so that
+        ``fuse_shared_input_projections`` can run them as one layer; group_rank: their branch rank
+        (default 3x the options' rank: the branch work of three separate layers).
     pipe_kwargs: passed to every pipeline call (height, width, guidance_scale, ...).
     """
     options = as_options(config)
@@ -212,6 +217,11 @@ def quantize_pipeline(
     targets = target_linears(denoiser, options)
     if not targets:
         raise QuantizationError(f"quantize_pipeline: component {name!r} has no nn.Linear layer to quantize")
+    groups = check_groups(qkv_groups(denoiser, targets), targets) if joint_qkv else []
+    if group_rank is None and groups:  # 3x the rank, as far as the groups' widths allow
+        group_rank = min([3 * options.rank] + [targets[g[0]].in_features for g in groups])
+    elif group_rank is not None and group_rank < 0:
+        raise ValueError(f"quantize_pipeline: group_rank={group_rank}, expected >= 0")
     meta = [n for n, m in targets.items() if m.weight.is_meta]
     if meta:
         raise QuantizationError(
@@ -249,13 +259,15 @@ def quantize_pipeline(
             raise QuantizationError(f"quantize_pipeline: the calibration runs never reached a linear layer of {name!r}")
 
     work = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available() else None)
-    for lname, lin in tqdm(list(targets.items()), desc="SVDQuant layers", disable=not progress):
+
+    def layer_stats(lname: str) -> LayerStats | None:
         st = stats.pop(lname, None)
         if not options.weight_only and (st is None or st.seen_tokens == 0):
             warnings.warn(f"quantize_pipeline: layer {lname!r} saw no calibration input; using the data-free rule")
             st = None
-        set_submodule(denoiser, lname, quantize_linear(lin, options, lname, st, work))
-        del lin, st
+        return st
+
+    quantize_targets(denoiser, targets, options, layer_stats, work, groups, group_rank, progress)
     _refresh_group_offloading(denoiser)
     _mark_quantized(denoiser, options)
     return pipe

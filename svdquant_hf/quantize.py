@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -128,7 +128,8 @@ def quantize_linear_group(
     return mods
 
 
-def _check_groups(groups: Sequence[Sequence[str]], targets: dict[str, nn.Linear]) -> list[tuple[str, ...]]:
+def check_groups(groups: Sequence[Sequence[str]], targets: dict[str, nn.Linear]) -> list[tuple[str, ...]]:
+    """The groups as tuples, after checking that each names >= 2 targets of one in_features, none twice."""
     seen: set[str] = set()
     out = []
     for group in groups:
@@ -175,15 +176,14 @@ def quantize_model(
         return model
     for name, lin in targets.items():  # fail before calibration and before any layer is replaced
         check_weight(lin.weight, options, name)
-    groups = _check_groups(list(shared_input_groups), targets)
+    groups = check_groups(list(shared_input_groups), targets)
     if group_rank is not None and group_rank < 0:
         raise ValueError(f"group_rank must be >= 0, got {group_rank}")
-    group_options = options if group_rank is None else replace(options, rank=group_rank)
-    grouped = {n for g in groups for n in g}
     stats: dict[str, LayerStats] = {}
     if calibration_data is not None:
         stats = collect_statistics(model, targets, calibration_data, options.calib_tokens)
     work = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available() else None)
+
     def layer_stats(name: str) -> LayerStats | None:
         st = stats.pop(name, None)
         if calibration_data is not None and (st is None or st.seen_tokens == 0):
@@ -191,7 +191,24 @@ def quantize_model(
             st = None
         return st
 
-    units: list[tuple[str, ...]] = [(n,) for n in targets if n not in grouped] + groups
+    quantize_targets(model, targets, options, layer_stats, work, groups, group_rank, progress)
+    return model
+
+
+def quantize_targets(
+    model: nn.Module,
+    targets: dict[str, nn.Linear],
+    options: SVDQuantOptions,
+    layer_stats: Callable[[str], LayerStats | None],
+    work: torch.device | None,
+    groups: Sequence[tuple[str, ...]] = (),
+    group_rank: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Replace each target (and each checked group, jointly) by its SVDQuantLinear, one unit at a time."""
+    group_options = options if group_rank is None else replace(options, rank=group_rank)
+    grouped = {n for g in groups for n in g}
+    units: list[tuple[str, ...]] = [(n,) for n in targets if n not in grouped] + list(groups)
     for unit in tqdm(units, desc="SVDQuant layers", disable=not progress):
         if len(unit) == 1:
             set_submodule(model, unit[0], quantize_linear(targets[unit[0]], options, unit[0], layer_stats(unit[0]), work))
@@ -200,7 +217,6 @@ def quantize_model(
         mods = quantize_linear_group([targets[n] for n in unit], group_options, unit, st, work)
         for name, mod in zip(unit, mods):
             set_submodule(model, name, mod)
-    return model
 
 
 __all__ = ["quantize_model", "quantize_linear", "quantize_linear_group", "qkv_groups", "find_target_linears",

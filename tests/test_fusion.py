@@ -134,3 +134,42 @@ def test_modules_without_diffusers_fused_path_are_left_alone():
     m = nn.Sequential(Plain())
     quantize_model(m, SVDQuantConfig(rank=8), progress=False, shared_input_groups=qkv_groups(m))
     assert fuse_shared_input_projections(m) == [] and hasattr(m[0], "to_q")
+
+
+def test_calibrated_joint_pipeline_saves_reloads_and_fuses(tmp_path):
+    """quantize_pipeline(joint_qkv=True) -> save_pretrained -> from_pretrained: the reloaded q/k/v still share
+    their input quantization, so they fuse, and the fused pipeline gives the same latents."""
+    from diffusers import FluxPipeline
+
+    from svdquant_hf.pipeline import quantize_pipeline
+
+    call = dict(height=64, width=64, guidance_scale=3.5, max_sequence_length=16, num_inference_steps=2,
+                output_type="latent")
+    pipe = T.tiny_flux_pipeline(seed=1)
+    quantize_pipeline(pipe, SVDQuantConfig(rank=8, alpha_grid=3), ["a red tree", "a blue car"],
+                      num_inference_steps=2, progress=False, joint_qkv=True, **{k: v for k, v in call.items()
+                                                                                   if k not in ("num_inference_steps", "output_type")})
+    attn = pipe.transformer.transformer_blocks[0].attn
+    assert torch.equal(attn.to_q.proj_down, attn.to_v.proj_down) and attn.to_q.rank == min(24, attn.to_q.in_features)
+    pipe.save_pretrained(tmp_path / "q")
+    again = FluxPipeline.from_pretrained(tmp_path / "q")
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    ref = again(prompt="a cat", generator=gen(), **call).images
+    assert fuse_shared_input_projections(again.transformer)
+    out = again(prompt="a cat", generator=gen(), **call).images
+    assert _rel(out, ref) < 1e-3
+
+
+def test_a_fused_model_saves_with_safetensors(quantized, tmp_path):
+    """The member tensors a fused model's state_dict produces are separate copies (safetensors refuses shared
+    memory) and load back into the unfused model."""
+    from safetensors.torch import load_file, save_file
+
+    model, inputs = quantized
+    fused = copy.deepcopy(model)
+    fuse_shared_input_projections(fused)
+    save_file(fused.state_dict(), tmp_path / "m.safetensors")
+    again = copy.deepcopy(model)
+    again.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(again(**inputs)[0], model(**inputs)[0])

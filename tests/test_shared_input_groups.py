@@ -69,7 +69,7 @@ def test_split_members_compute_what_one_fused_layer_computes(fmt):
     members = [SVDQuantLinear.from_quantized(p, bias[a:b], opts, torch.bfloat16)
                for p, (a, b) in zip(parts, [(0, 128), (128, 192), (192, 256)])]
     for m in members:
-        assert m.smooth_factor is qw.smooth_factor or torch.equal(m.smooth_factor, qw.smooth_factor)
+        assert torch.equal(m.smooth_factor, qw.smooth_factor) and torch.equal(m.proj_down, qw.proj_down)
     x = _x().to(torch.bfloat16)
     with torch.no_grad():
         y_members = torch.cat([m(x) for m in members], -1)

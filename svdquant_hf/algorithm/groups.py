@@ -32,9 +32,9 @@ def split_outputs(qw: QuantizedWeights, sizes: Sequence[int], names: Sequence[st
                 wscales=qw.wscales[:, rows].contiguous(),
                 proj_up=qw.proj_up[rows].contiguous(),
                 wchannel=None if qw.wchannel is None else qw.wchannel[rows].contiguous(),
-                # shared by construction: the same tensors in every part
-                smooth_factor=qw.smooth_factor,
-                proj_down=qw.proj_down,
+                # equal in every part; copies, since checkpoints (safetensors) refuse tensors sharing memory
+                smooth_factor=qw.smooth_factor.clone(),
+                proj_down=qw.proj_down.clone(),
             )
         )
         start += size
