@@ -176,9 +176,10 @@ def make_methods(
         "SVDQuant W4A4 int4_2l g64 data-free (rank 32)": svdq(False, rank=32, quant_format="int4_2l"),
         "SVDQuant W4A4 int4_2l g64 calibrated (rank 32, alpha 0.5)": svdq(True, rank=32, alpha=0.5, quant_format="int4_2l"),
         "SVDQuant W4A4 int4_2l g64 calibrated (rank 32, alpha searched)": svdq(True, rank=32, quant_format="int4_2l"),
-        "SVDQuant W4A4 calibrated, joint QKV (rank 32, alpha searched)": svdq(True, joint_qkv=True, rank=32),
+        "SVDQuant W4A4 calibrated, joint QKV (rank 32, alpha searched)": svdq(True, joint_qkv=True, group_rank=32,
+                                                                              rank=32),
         "SVDQuant W4A4 int4_2l g64 calibrated, joint QKV (rank 32, alpha searched)": svdq(
-            True, joint_qkv=True, rank=32, quant_format="int4_2l"
+            True, joint_qkv=True, group_rank=32, rank=32, quant_format="int4_2l"
         ),
         "SVDQuant W4A4 int4_2l g64 calibrated, joint QKV at rank 96 (rank 32 elsewhere, alpha searched)": svdq(
             True, joint_qkv=True, group_rank=96, rank=32, quant_format="int4_2l"

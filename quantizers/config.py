@@ -6,7 +6,7 @@ with transformers' ``QuantizationConfigMixin`` and do NOT override ``__init__``,
 
     SVDQuantConfig(rank=32, group_size=64, quant_format="auto", weight_only=False, alpha=None,
                    alpha_grid=20, refine_iters=0, gptq=False, calib_tokens=1024,
-                   modules_to_not_convert=None, **kwargs)
+                   modules_to_not_convert=None, joint_qkv=False, **kwargs)
 
 The named parameters are the ``SVDQuantOptions`` fields (an SVDQuantConfig IS an SVDQuantOptions, so
 it can be passed straight to ``quantize_model``). ``**kwargs`` accepts only ``quant_method`` (must be
@@ -82,6 +82,7 @@ class SVDQuantConfig(SVDQuantOptions, _DiffusersConfigBase, _PipelineConfigBase)
         gptq: bool = False,
         calib_tokens: int = 1024,
         modules_to_not_convert: list[str] | None = None,
+        joint_qkv: bool = False,
         **kwargs: Any,
     ) -> None:
         # quant_method (written in config.json) and components_to_quantize (pipeline level) come
@@ -96,7 +97,7 @@ class SVDQuantConfig(SVDQuantOptions, _DiffusersConfigBase, _PipelineConfigBase)
             raise ValueError(f"SVDQuantConfig: quant_method={quant_method!r}, expected {QUANT_METHOD.value!r}")
         SVDQuantOptions.__init__(
             self, rank, group_size, quant_format, weight_only, alpha, alpha_grid, refine_iters, gptq,
-            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None,
+            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None, joint_qkv,
         )
         if isinstance(components_to_quantize, str):
             components_to_quantize = [components_to_quantize]

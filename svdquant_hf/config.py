@@ -52,6 +52,9 @@ class SVDQuantOptions:
     calib_tokens: input rows cached per layer for the alpha search / GPTQ.
     modules_to_not_convert: module-name patterns left in 16 bits (exact name, dotted component
         sequence, or fnmatch glob).
+    joint_qkv: quantize each attention's q/k/v (and add_q/k/v) jointly at 3x the rank (one smoothing and
+        branch, split back into the usual layers), so that ``fuse_shared_input_projections`` can run
+        them as one layer (docs/algorithm.md).
     """
 
     rank: int = 32
@@ -64,6 +67,7 @@ class SVDQuantOptions:
     gptq: bool = False
     calib_tokens: int = 1024
     modules_to_not_convert: list[str] | None = field(default=None)
+    joint_qkv: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +92,8 @@ class SVDQuantOptions:
             raise ValueError(f"SVDQuant option refine_iters={self.refine_iters}: expected >= 0")
         if self.calib_tokens < 1:
             raise ValueError(f"SVDQuant option calib_tokens={self.calib_tokens}: expected >= 1")
+        if not isinstance(self.joint_qkv, bool):
+            raise ValueError(f"SVDQuant option joint_qkv={self.joint_qkv!r}: expected True or False")
         if self.modules_to_not_convert is not None and not all(
             isinstance(p, str) for p in self.modules_to_not_convert
         ):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .algorithm.svdquant import QuantizationError
 from .calibration import LayerStats, StatsCollector
 from .config import SVDQuantOptions
-from .quantize import check_groups, qkv_groups, quantize_targets
+from .quantize import check_groups, default_group_rank, qkv_groups, quantize_targets
 
 # Used when neither prompts nor a prompts file are given (tests, smoke runs): varied subjects,
 # styles and lengths. Real calibration should use many more (e.g. PartiPrompts).
@@ -185,7 +185,7 @@ def quantize_pipeline(
     offload: str | None = None,
     seed: int = 0,
     progress: bool = True,
-    joint_qkv: bool = False,
+    joint_qkv: bool | None = None,
     group_rank: int | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
@@ -199,8 +199,9 @@ def quantize_pipeline(
     offload: None (run the pipeline as placed), "model" (enable_model_cpu_offload) or "block"
         (enable_group_offload, block level: for a 16-bit denoiser that does not fit the GPU).
     joint_qkv: quantize each attention's q/k/v (and add_q/k/v) jointly, so that
-        ``fuse_shared_input_projections`` can run them as one layer; group_rank: their branch rank
-        (default 3x the options' rank: the branch work of three separate layers).
+        ``fuse_shared_input_projections`` can run them as one layer (None: ``config.joint_qkv``);
+        group_rank: their branch rank (default 3x the options' rank: the branch work of three separate
+        layers).
     pipe_kwargs: passed to every pipeline call (height, width, guidance_scale, ...).
     """
     options = as_options(config)
@@ -217,9 +218,10 @@ def quantize_pipeline(
     targets = target_linears(denoiser, options)
     if not targets:
         raise QuantizationError(f"quantize_pipeline: component {name!r} has no nn.Linear layer to quantize")
-    groups = check_groups(qkv_groups(denoiser, targets), targets) if joint_qkv else []
-    if group_rank is None and groups:  # 3x the rank, as far as the groups' widths allow
-        group_rank = min([3 * options.rank] + [targets[g[0]].in_features for g in groups])
+    joint = options.joint_qkv if joint_qkv is None else joint_qkv
+    groups = check_groups(qkv_groups(denoiser, targets), targets) if joint else []
+    if group_rank is None and groups:
+        group_rank = default_group_rank(options, groups, {n: m.in_features for n, m in targets.items()})
     elif group_rank is not None and group_rank < 0:
         raise ValueError(f"quantize_pipeline: group_rank={group_rank}, expected >= 0")
     meta = [n for n, m in targets.items() if m.weight.is_meta]

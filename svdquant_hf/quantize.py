@@ -128,6 +128,12 @@ def quantize_linear_group(
     return mods
 
 
+def default_group_rank(options: SVDQuantOptions, groups: Sequence[tuple[str, ...]], widths: dict[str, int]) -> int:
+    """3x the options' rank (the branch work of three separate layers, no quality loss on MiniLM:
+    docs/quality.md), as far as the groups' in_features allow."""
+    return min([3 * options.rank] + [widths[g[0]] for g in groups])
+
+
 def check_groups(groups: Sequence[Sequence[str]], targets: dict[str, nn.Linear]) -> list[tuple[str, ...]]:
     """The groups as tuples, after checking that each names >= 2 targets of one in_features, none twice."""
     seen: set[str] = set()
@@ -166,8 +172,8 @@ def quantize_model(
     Layers are processed one at a time on ``device`` (default: CUDA when available).
     shared_input_groups: tuples of layer names that read the same input (e.g. ``qkv_groups(model)``),
     each quantized jointly (``quantize_linear_group``); calibration statistics of the first member.
-    group_rank: the groups' branch rank (default: the options' rank; a fused layer at 3x the rank costs the
-    branch work of three separate layers).
+    With ``options.joint_qkv`` and no groups given: ``qkv_groups(model)``.
+    group_rank: the groups' branch rank (default: ``default_group_rank``, 3x the options' rank).
     """
     options = as_options(config)
     targets = find_target_linears(model, options, extra_skip)
@@ -176,9 +182,12 @@ def quantize_model(
         return model
     for name, lin in targets.items():  # fail before calibration and before any layer is replaced
         check_weight(lin.weight, options, name)
-    groups = check_groups(list(shared_input_groups), targets)
+    requested = list(shared_input_groups) or (qkv_groups(model, targets) if options.joint_qkv else [])
+    groups = check_groups(requested, targets)
     if group_rank is not None and group_rank < 0:
         raise ValueError(f"group_rank must be >= 0, got {group_rank}")
+    if group_rank is None and groups:
+        group_rank = default_group_rank(options, groups, {n: m.in_features for n, m in targets.items()})
     stats: dict[str, LayerStats] = {}
     if calibration_data is not None:
         stats = collect_statistics(model, targets, calibration_data, options.calib_tokens)

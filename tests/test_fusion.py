@@ -173,3 +173,56 @@ def test_a_fused_model_saves_with_safetensors(quantized, tmp_path):
     again.load_state_dict(load_file(tmp_path / "m.safetensors"))
     with torch.no_grad():
         assert torch.equal(again(**inputs)[0], model(**inputs)[0])
+
+
+# ---- quantize on load: SVDQuantConfig(joint_qkv=True) through diffusers' from_pretrained
+
+
+@pytest.fixture(scope="module")
+def sharded_16bit(tmp_path_factory):
+    ref = T.tiny_flux_transformer(seed=3)
+    path = T.save_tiny_model(ref, tmp_path_factory.mktemp("flux16") / "m", max_shard_size="60KB")
+    assert len(list(path.glob("*.safetensors"))) > 3  # q, k and v of a block land in different shards
+    return ref, path
+
+
+def test_quantize_on_load_joint_qkv_across_shards_saves_reloads_and_fuses(sharded_16bit, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    ref, path = sharded_16bit
+    plain = FluxTransformer2DModel.from_pretrained(path, quantization_config=SVDQuantConfig(rank=8),
+                                                   torch_dtype=torch.bfloat16)
+    joint = FluxTransformer2DModel.from_pretrained(path, quantization_config=SVDQuantConfig(rank=8, joint_qkv=True),
+                                                   torch_dtype=torch.bfloat16)
+    for attn in (joint.transformer_blocks[0].attn, joint.single_transformer_blocks[0].attn):
+        assert torch.equal(attn.to_q.proj_down, attn.to_k.proj_down) and torch.equal(attn.to_q.proj_down, attn.to_v.proj_down)
+        assert attn.to_q.rank == 24
+    a = joint.transformer_blocks[0].attn
+    assert torch.equal(a.add_q_proj.proj_down, a.add_v_proj.proj_down) and a.to_out[0].rank == 8
+    ref = copy.deepcopy(ref).to(torch.bfloat16)
+    inputs = T.model_inputs(ref, seed=5)
+    with torch.no_grad():
+        y_ref, y_plain, y_joint = (m(**inputs)[0] for m in (ref, plain, joint))
+    assert _rel(y_joint, y_ref) < 1.5 * _rel(y_plain, y_ref) + 0.01
+    joint.save_pretrained(tmp_path / "q")
+    again = FluxTransformer2DModel.from_pretrained(tmp_path / "q", torch_dtype=torch.bfloat16)
+    assert again.config.quantization_config.joint_qkv is True
+    assert again.transformer_blocks[0].attn.to_q.rank == 24
+    assert fuse_shared_input_projections(again)
+    with torch.no_grad():
+        assert _rel(again(**inputs)[0], y_joint) < 1e-3
+
+
+def test_quantize_on_load_joint_qkv_names_a_missing_member(sharded_16bit, tmp_path):
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file, save_file
+
+    ref, _ = sharded_16bit
+    path = T.save_tiny_model(ref, tmp_path / "m")
+    f = next(path.glob("*.safetensors"))
+    sd = load_file(f)
+    del sd["transformer_blocks.0.attn.to_k.weight"]
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(Exception, match=r"transformer_blocks\.0\.attn\.to_k"):
+        FluxTransformer2DModel.from_pretrained(path, quantization_config=SVDQuantConfig(rank=8, joint_qkv=True),
+                                               torch_dtype=torch.bfloat16)

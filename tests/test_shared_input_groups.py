@@ -100,6 +100,7 @@ def test_quantize_model_groups_share_smoothing_and_down_projection(fmt, calibrat
     assert torch.equal(q.smooth_factor, k.smooth_factor) and torch.equal(q.smooth_factor, v.smooth_factor)
     assert torch.equal(q.proj_down, k.proj_down) and torch.equal(q.proj_down, v.proj_down)
     assert (q.out_features, k.out_features, v.out_features) == (128, 64, 64)
+    assert q.rank == 48 and net.a.to_out.rank == 16  # the groups' default: 3x the rank
     assert k.bias is None and q.bias is not None and v.bias is not None
     assert not torch.equal(net.a.to_q.proj_down, net.b.to_q.proj_down)  # one group per attention
     # the joint quantization costs little against each layer quantized alone (same options and data)
@@ -108,6 +109,16 @@ def test_quantize_model_groups_share_smoothing_and_down_projection(fmt, calibrat
     with torch.no_grad():
         for m, m_alone, r in zip((q, k, v), (alone.a.to_q, alone.a.to_k, alone.a.to_v), ref):
             assert _rel(m(x), r) < 1.5 * _rel(m_alone(x), r) + 0.01, m.layer_name
+
+
+def test_joint_qkv_option_groups_every_attention():
+    net = _net()
+    quantize_model(net, SVDQuantOptions(rank=8, joint_qkv=True), progress=False)
+    for attn in (net.a, net.b):
+        assert torch.equal(attn.to_q.proj_down, attn.to_v.proj_down) and attn.to_q.rank == 24
+    assert not torch.equal(net.a.to_q.proj_down, net.b.to_q.proj_down)
+    with pytest.raises(ValueError, match="joint_qkv"):
+        SVDQuantOptions(joint_qkv="yes")
 
 
 def test_group_rank_sets_the_groups_branch_only():

@@ -19,10 +19,12 @@ from diffusers.quantizers.base import DiffusersQuantizer
 from torch import nn
 
 from ...algorithm import QuantizationError
+from ...algorithm.groups import concat_group, split_outputs
 from ...algorithm.svdquant import quantize_weight
 from ...config import FORMAT_TENSORS
 from ...formats.int4_2l import invalid_2l_tensor
 from ...modules import SVDQuantLinear
+from ...quantize import default_group_rank, qkv_groups
 from ..common import quantizable_linears, realign_cpu_tensors, replace_with_svdquant_linear
 from ..config import SVDQuantConfig
 from .utils import SVDQUANT_TENSORS, AtomicSave, read_headers, svdquant_module_names, warn_reference_path
@@ -66,6 +68,9 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         self.headers: dict[str, tuple[Any, tuple[int, ...]]] = {}
         self._raw: dict[str, torch.Tensor] = {}
         self._pending_bias: dict[str, torch.Tensor] = {}
+        self._group_of: dict[str, tuple[str, ...]] = {}  # joint_qkv: member -> its group
+        self._group_rank = 0
+        self._group_weights: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}  # members waiting for the rest
         self._warned = False
 
     # ---- environment ----
@@ -177,6 +182,11 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
             if not targets:
                 logger.warning("SVDQuant: no nn.Linear layer of %s is targeted; nothing is quantized", type(model).__name__)
             self.targets = {name: lin.bias is not None for name, lin in targets.items()}
+            if opts.joint_qkv:
+                groups = qkv_groups(model, targets)
+                self._group_of = {n: g for g in groups for n in g}
+                if groups:
+                    self._group_rank = default_group_rank(opts, groups, {n: m.in_features for n, m in targets.items()})
         self.modules_to_not_convert = [
             n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in self.targets
         ]
@@ -258,6 +268,8 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
                 mod.bias = nn.Parameter(value.to(device=device, dtype=mod.compute_dtype), requires_grad=False)
             else:
                 self._pending_bias[module_name] = value
+        elif module_name in self._group_of:
+            self._quantize_group_member(model, module_name, value, device)
         else:
             self._quantize_layer(model, module_name, value, device)
 
@@ -285,6 +297,44 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         else:
             mod._buffers[tensor] = value
 
+    def _quantize_group_member(self, model: nn.Module, name: str, weight: torch.Tensor, device: torch.device) -> None:
+        """joint_qkv: hold the member's weight until its group is complete (shards may split a group), then
+        quantize the group as one layer at the group rank and install one SVDQuantLinear per member."""
+        group = self._group_of[name]
+        lins = [model.get_submodule(n) for n in group]
+        lin = lins[group.index(name)]
+        self._raise_shape(f"{name}.weight", (lin.out_features, lin.in_features), tuple(weight.shape))
+        waiting = self._group_weights.setdefault(group, {})
+        waiting[name] = weight
+        if len(waiting) < len(group):
+            return
+        del self._group_weights[group]
+        work = torch.device("cuda") if torch.cuda.is_available() else device
+        dtype = _compute_dtype(self.torch_dtype)
+        label = "+".join(group)
+        w, _ = concat_group([waiting[n].to(work) for n in group], [None] * len(group), group)
+        opts = SVDQuantConfig(**{**self.options.options_dict(), "rank": self._group_rank})
+        with _single_cpu_thread(work.type == "cpu" and w.numel() <= _SMALL_LAYER):
+            qw = quantize_weight(w, opts, dtype, name=label)
+        for n, part in zip(group, split_outputs(qw, [m.out_features for m in lins], group)):
+            bias = self._pending_bias.pop(n, None)
+            self._install(model, n, part, None if bias is None else bias.to(work), opts, dtype, device)
+
+    def _install(self, model: nn.Module, name: str, qw, bias: torch.Tensor | None, opts: SVDQuantConfig,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        mod = SVDQuantLinear.from_quantized(qw, bias, opts, dtype)
+        mod.layer_name = name
+        for key, buf in mod._buffers.items():  # the layout a reload gives (SVD factors can come transposed)
+            if buf is not None:
+                mod._buffers[key] = buf.contiguous()
+        mod = mod.to(device)
+        if bias is None and self.targets.get(name):
+            # the bias is in a later shard: a placeholder keeps the key in the model's state_dict, or diffusers
+            # would skip the bias as unexpected; it is filled when it arrives (a left-over meta tensor is an error)
+            mod.bias = nn.Parameter(torch.empty(mod.out_features, dtype=dtype, device="meta"), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, mod)
+
     def _quantize_layer(self, model: nn.Module, name: str, weight: torch.Tensor, device: torch.device) -> None:
         lin = model.get_submodule(name)
         if not isinstance(lin, nn.Linear):  # pragma: no cover
@@ -295,18 +345,18 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         with _single_cpu_thread(work.type == "cpu" and weight.numel() <= _SMALL_LAYER):
             qw = quantize_weight(weight.to(work), self.options, dtype, name=name)
         bias = self._pending_bias.pop(name, None)
-        mod = SVDQuantLinear.from_quantized(qw, None if bias is None else bias.to(work), self.options, dtype)
-        mod.layer_name = name
-        for key, buf in mod._buffers.items():  # the layout a reload gives (SVD factors can come transposed)
-            if buf is not None:
-                mod._buffers[key] = buf.contiguous()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, mod.to(device))
+        self._install(model, name, qw, None if bias is None else bias.to(work), self.options, dtype, device)
         del qw, weight
 
     # ---- after loading ----
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         modules = dict(model.named_modules())
+        for group, waiting in self._group_weights.items():
+            missing = [n for n in group if n not in waiting]
+            raise QuantizationError(
+                f"joint_qkv: the checkpoint has no weight for {missing[0]!r}, so its group {'+'.join(group)!r} "
+                f"could not be quantized"
+            )
         for name, has_bias in self.targets.items():
             mod = modules.get(name)
             if not isinstance(mod, SVDQuantLinear):
@@ -318,6 +368,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
                     raise QuantizationError(f"checkpoint is missing tensor {name + '.' + t!r}")
         self._pending_bias.clear()
         self._raw.clear()
+        self._group_weights.clear()
         realign_cpu_tensors(model)
         if "save_pretrained" not in vars(model):
             model.save_pretrained = AtomicSave(model)

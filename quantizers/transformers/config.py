@@ -40,6 +40,7 @@ class SVDQuantTransformersConfig(SVDQuantOptions, QuantizationConfigMixin):
         gptq: bool = False,
         calib_tokens: int = 1024,
         modules_to_not_convert: list[str] | None = None,
+        joint_qkv: bool = False,
         **kwargs: Any,
     ) -> None:
         method = kwargs.pop("quant_method", QUANT_METHOD)
@@ -51,7 +52,7 @@ class SVDQuantTransformersConfig(SVDQuantOptions, QuantizationConfigMixin):
         self.quant_method = SVDQuantMethod.SVDQUANT
         SVDQuantOptions.__init__(  # assigns every option and validates
             self, rank, group_size, quant_format, weight_only, alpha, alpha_grid, refine_iters, gptq,
-            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None,
+            calib_tokens, list(modules_to_not_convert) if modules_to_not_convert is not None else None, joint_qkv,
         )
 
     @staticmethod
