@@ -44,7 +44,7 @@ def _options(args: argparse.Namespace) -> Any:
     return SVDQuantConfig(
         rank=args.rank, group_size=args.group_size, quant_format=args.format, weight_only=args.weight_only,
         modules_to_not_convert=args.skip or None, alpha=args.alpha, alpha_grid=args.alpha_grid,
-        calib_tokens=args.calib_tokens,
+        calib_tokens=args.calib_tokens, joint_qkv=args.joint_qkv,
     )
 
 
@@ -351,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "two-level scales (fp32 per channel x 4-bit integer per group, for Hopper's exact int8 "
                         "GEMM); nvfp4 = reference path only")
     q.add_argument("--weight-only", action="store_true", help="W4A16: quantize weights only")
+    q.add_argument("--joint-qkv", action="store_true",
+                   help="quantize each attention's q/k/v as one layer at 3x the rank, so that "
+                        "svdquant_hf.fuse_shared_input_projections can run them as one GEMM after loading")
     q.add_argument("--alpha", type=float, default=None,
                    help="fixed smoothing exponent in [0, 1] (default: searched per layer when calibrating)")
     q.add_argument("--alpha-grid", type=int, default=20, help="grid points of the per-layer alpha search (default 20)")

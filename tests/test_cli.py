@@ -87,6 +87,21 @@ def test_quantize_writes_a_folder_that_reloads_identically(tiny_dir, quantized):
     assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
+def test_quantize_joint_qkv_writes_fusable_layers(tiny_dir, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from svdquant_hf import fuse_shared_input_projections
+
+    out = tmp_path / "joint"
+    assert main(["quantize", str(tiny_dir), "--out", str(out), "--rank", "8", "--joint-qkv"]) == 0
+    cfg = json.loads((out / "transformer" / "config.json").read_text())
+    assert cfg["quantization_config"]["joint_qkv"] is True
+    pipe = DiffusionPipeline.from_pretrained(out, dtype=torch.bfloat16, use_safetensors=True)
+    attn = pipe.transformer.transformer_blocks[0].attn
+    assert torch.equal(attn.to_q.proj_down, attn.to_k.proj_down) and attn.to_q.rank > 8
+    assert fuse_shared_input_projections(pipe.transformer)
+
+
 def test_info_describes_the_quantized_folder(quantized, capsys):
     assert main(["info", str(quantized), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
