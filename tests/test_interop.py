@@ -541,3 +541,12 @@ def test_complete_legacy_flux_checkpoint_imports_validates_and_loads(tmp_path):
         got = model.transformer_blocks[0].attn.add_k_proj(x)
         assert torch.isfinite(model(**model_inputs(model))[0]).all()
     assert torch.equal(got, reference_forward(logical[f"{d}.qkv_proj_context"], x)[:, 128:256])
+    # Nunchaku's fused QKV, split on import, runs fused again (svdquant_hf.fusion): same outputs
+    from svdquant_hf import fuse_shared_input_projections
+
+    inputs = model_inputs(model)
+    with torch.no_grad():
+        unfused = model(**inputs)[0]
+    assert set(fuse_shared_input_projections(model)) == {f"{d}.attn.to_qkv", f"{d}.attn.to_added_qkv", f"{s}.attn.to_qkv"}
+    with torch.no_grad():
+        assert (model(**inputs)[0] - unfused).float().norm() <= 1e-3 * unfused.float().norm()
