@@ -104,25 +104,15 @@ def to_svdquant(model: nn.Module, work_device: str, quant_format: str = "int4", 
 
     fused_qkv: each attention's q/k/v (and add_q/k/v) quantized jointly at 3x the rank and run as one layer
     (svdquant_hf.fusion)."""
-    from dataclasses import replace
-
     from svdquant_hf import SVDQuantOptions, fuse_shared_input_projections, qkv_groups
-    from svdquant_hf.quantize import quantize_linear, quantize_linear_group, set_submodule
+    from svdquant_hf.quantize import default_group_rank, quantize_targets
     from svdquant_hf.quantizers.common import quantizable_linears
 
     options = SVDQuantOptions(quant_format=quant_format)
     targets = quantizable_linears(model, options)
     groups = qkv_groups(model, targets) if fused_qkv else []
-    grouped = {n for g in groups for n in g}
-    dev = torch.device(work_device)
-    for name, lin in list(targets.items()):
-        if name not in grouped:
-            set_submodule(model, name, quantize_linear(lin, options, name, None, dev))
-    for group in groups:
-        rank = min(3 * options.rank, targets[group[0]].in_features)  # the tiny smoke-test model is narrower
-        mods = quantize_linear_group([targets[n] for n in group], replace(options, rank=rank), group, None, dev)
-        for name, mod in zip(group, mods):
-            set_submodule(model, name, mod)
+    rank = default_group_rank(options, groups, {n: m.in_features for n, m in targets.items()}) if groups else None
+    quantize_targets(model, targets, options, lambda _: None, torch.device(work_device), groups, rank, progress=False)
     if fused_qkv:
         fuse_shared_input_projections(model)
     return model

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .algorithm.groups import split_outputs
+from .algorithm.svdquant import QuantizedWeights
+from .config import SVDQuantOptions
 from .modules import SVDQuantLinear
 
 FUSIONS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
-_SPLIT_ROWS = ("qweight", "proj_up", "wchannel", "bias")  # one entry per output channel
-_SHARED = ("smooth_factor", "proj_down", "wtscale")
 
 
 def _shares_input(mods: Sequence[nn.Module]) -> bool:
@@ -56,24 +57,28 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
 
 
 def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
+    """The members back, by split_outputs (the rule the joint quantization split them by)."""
+    qw = QuantizedWeights(fused.qweight, fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
+                          wtscale=fused.wtscale, wchannel=fused.wchannel)
+    members = fused.fused_members
+    opts = SVDQuantOptions(rank=fused.rank, group_size=fused.group_size,
+                           quant_format=fused.quant_format, weight_only=fused.weight_only)
     out, start = [], 0
-    for name, n, has_bias, layer_name in fused.fused_members:
-        rows = slice(start, start + n)
-        m = SVDQuantLinear(fused.in_features, n, has_bias, fused.rank, fused.group_size, fused.quant_format,
-                           fused.weight_only, fused.compute_dtype, device="meta")
-        m.qweight = fused.qweight[rows].contiguous()
-        m.wscales = fused.wscales[:, rows].contiguous()
-        m.proj_up = fused.proj_up[rows].contiguous()
-        m.smooth_factor, m.proj_down = fused.smooth_factor.clone(), fused.proj_down.clone()
-        m.wtscale = None if fused.wtscale is None else fused.wtscale.clone()
-        if fused.wchannel is not None:
-            m.wchannel = fused.wchannel[rows].contiguous()
-        if has_bias:
-            m.bias = nn.Parameter(fused.bias[rows].contiguous(), requires_grad=False)
+    for (name, n, has_bias, layer_name), part in zip(members, split_outputs(qw, [n for _, n, _, _ in members])):
+        bias = fused.bias[start : start + n] if has_bias else None
+        m = SVDQuantLinear.from_quantized(part, bias, opts, fused.compute_dtype)
         m.layer_name = layer_name
         out.append((name, m))
         start += n
     return out
+
+
+def _fused_layers(module: nn.Module):
+    """(name, fused layer) of the fused children of ``module``."""
+    for fused_name, _ in FUSIONS:
+        fused = module._modules.get(fused_name)
+        if isinstance(fused, SVDQuantLinear) and hasattr(fused, "fused_members"):
+            yield fused_name, fused
 
 
 def _reorder_children(module: nn.Module, order: Sequence[str]) -> None:
@@ -86,27 +91,12 @@ def _reorder_children(module: nn.Module, order: Sequence[str]) -> None:
 
 def _member_state_dict(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """state_dict hook of a module holding fused layers: their tensors are saved under the member names."""
-    for fused_name, _ in FUSIONS:
-        fused = module._modules.get(fused_name)
-        if not isinstance(fused, SVDQuantLinear) or not hasattr(fused, "fused_members"):
-            continue
+    for fused_name, fused in _fused_layers(module):
         head = f"{prefix}{fused_name}."
-        mine = {k[len(head):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(head)]}
-        start = 0
-        for name, n, has_bias, _ in fused.fused_members:
-            for key, t in mine.items():
-                if key in _SHARED:
-                    part = t.clone()  # one copy per member: safetensors refuses shared memory
-                elif key == "wscales":
-                    part = t[:, start : start + n]
-                elif key in _SPLIT_ROWS:
-                    if key == "bias" and not has_bias:
-                        continue
-                    part = t[start : start + n]
-                else:
-                    raise RuntimeError(f"fused layer {head[:-1]}: no rule to split tensor {key!r}")
-                state_dict[f"{prefix}{name}.{key}"] = part.contiguous()
-            start += n
+        for k in [k for k in state_dict if k.startswith(head)]:
+            del state_dict[k]
+        for name, member in _split(fused):
+            state_dict.update({f"{prefix}{name}.{k}": v for k, v in member.state_dict().items()})
 
 
 def fuse_shared_input_projections(model: nn.Module) -> list[str]:
@@ -156,15 +146,12 @@ def unfuse_shared_input_projections(model: nn.Module) -> list[str]:
     """Split every fused layer back into its members (exact); returns the unfused names."""
     names = []
     for parent_name, module in model.named_modules():
-        found = False
-        for fused_name, _ in FUSIONS:
-            fused = module._modules.get(fused_name)
-            if isinstance(fused, SVDQuantLinear) and hasattr(fused, "fused_members"):
-                for name, m in _split(fused):
-                    setattr(module, name, m)
-                delattr(module, fused_name)
-                names.append(f"{parent_name}.{fused_name}" if parent_name else fused_name)
-                found = True
+        found = list(_fused_layers(module))
+        for fused_name, fused in found:
+            for name, m in _split(fused):
+                setattr(module, name, m)
+            delattr(module, fused_name)
+            names.append(f"{parent_name}.{fused_name}" if parent_name else fused_name)
         if found:
             _reorder_children(module, getattr(module, "_svdq_child_order", []))
             module.fused_projections = False
@@ -178,12 +165,9 @@ def fused_member_names(model: nn.Module) -> dict[str, str]:
     """{member layer name: fused layer name} for every fused layer of ``model``."""
     out = {}
     for parent_name, module in model.named_modules():
-        for fused_name, _ in FUSIONS:
-            fused = module._modules.get(fused_name)
-            if isinstance(fused, SVDQuantLinear) and hasattr(fused, "fused_members"):
-                base = f"{parent_name}." if parent_name else ""
-                for name, *_ in fused.fused_members:
-                    out[base + name] = base + fused_name
+        base = f"{parent_name}." if parent_name else ""
+        for fused_name, fused in _fused_layers(module):
+            out.update({base + name: base + fused_name for name, *_ in fused.fused_members})
     return out
 
 

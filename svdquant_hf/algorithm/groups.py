@@ -35,6 +35,7 @@ def split_outputs(qw: QuantizedWeights, sizes: Sequence[int], names: Sequence[st
                 # equal in every part; copies, since checkpoints (safetensors) refuse tensors sharing memory
                 smooth_factor=qw.smooth_factor.clone(),
                 proj_down=qw.proj_down.clone(),
+                wtscale=None if qw.wtscale is None else qw.wtscale.clone(),
             )
         )
         start += size
