@@ -4,12 +4,12 @@ usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
-Configurations: "v2.4" = down projection after the quantizer on one stream, no K split, token tiles
-64/128/256 (the code of the 2l.4 table); "v2.5" = K split over a cluster at small M and the down
-projection on a side stream while x fits in L2, same tiles; "now" = v2.5 with the 224-token tile
-(the defaults); "rs" = now with the GEMM's register-fragment main loop (set_gemm_2l_rs: the widened
-weights as wgmma A registers, the two warpgroups in ping-pong). Bit-identity of "rs" and "now" is
-checked on every shape before timing.
+Configurations: "v2.5" = K split over a cluster at small M and the down projection on a side stream
+while x fits in L2, token tiles 64/128/256; "v2.8" = v2.5 with the 224-token tile; "now" = v2.8 with the
+activation tile multicast over CTA pairs in unsplit GEMMs (set_gemm_2l_multicast; the defaults). Peers
+timed in the same rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast
+accumulation; the activation cast not counted). Bit-identity of every configuration with "now" is checked
+on every shape before timing.
 """
 from __future__ import annotations
 
@@ -22,13 +22,25 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
 
-# (side-stream overlap, forced splits, token tiles the plan may pick, register-fragment main loop)
+# (side-stream overlap, forced splits, token tiles the plan may pick, activation multicast)
 CONFIGS = {
-    "v2.4": (False, 1, [64, 128, 256], False),
     "v2.5": (True, 0, [64, 128, 256], False),
-    "now": (True, 0, [], False),
-    "rs": (True, 0, [], True),
+    "v2.8": (True, 0, [], False),
+    "now": (True, 0, [], True),
 }
+
+
+def configure(ext, overlap: bool, splits: int, tiles: list[int], multicast: bool) -> None:
+    ext.set_quantize_act_2l_overlap(overlap)
+    ext.set_gemm_2l_splits(splits)
+    ext.set_gemm_2l_plan_tiles(tiles)
+    ext.set_gemm_2l_multicast(multicast)
+
+
+def rowwise_e4m3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """t as float8 e4m3 with one fp32 scale per row ([rows, 1])."""
+    s = t.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
+    return (t.float() / s).to(torch.float8_e4m3fn), s
 
 
 def main() -> int:
@@ -42,9 +54,10 @@ def main() -> int:
         return 2
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
-          f"interleaved rounds; bf16 = cuBLAS x @ w.T timed in the same rounds")
-    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in CONFIGS) + f" {'bf16':>8} |"
-          f" now/v2.5  rs/now bf16/now bf16/rs")
+          f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
+    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in CONFIGS) + f" {'bf16':>8} {'fp8':>8} |"
+          f" now/v2.8 bf16/now fp8/now")
+    default = CONFIGS["now"]
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
@@ -58,36 +71,38 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w4a4_gemm_2l(xq, xsc, qw, wsc, wch, lr, pu, bias, gs)
 
-            y_now = chain(p.xs[0])
-            ext.set_gemm_2l_rs(True)
-            try:
-                y_rs = chain(p.xs[0])
-            finally:
-                ext.set_gemm_2l_rs(False)
-            if not torch.equal(y_now, y_rs):
-                bad += 1
-                print(f"  rs differs from now at M={M} K={K} N={N}: {(y_now != y_rs).sum().item()} outputs")
-            times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "bf16"]}
+            outs = {}
+            for name, cfg in CONFIGS.items():
+                configure(ext, *cfg)
+                try:
+                    outs[name] = chain(p.xs[0])
+                finally:
+                    configure(ext, *default)
+            for name, y in outs.items():
+                if not torch.equal(y, outs["now"]):
+                    bad += 1
+                    print(f"  {name} differs from now at M={M} K={K} N={N}: {(y != outs['now']).sum().item()} outputs")
+            w8, sw = rowwise_e4m3(w)
+            x8s = [rowwise_e4m3(x) for x in p.xs]
+
+            def fp8(x8, sx, w8=w8, sw=sw):
+                return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
+
+            times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "bf16", "fp8"]}
             for _ in range(args.rounds):
-                for name, (overlap, splits, tiles, rs) in CONFIGS.items():
-                    ext.set_quantize_act_2l_overlap(overlap)
-                    ext.set_gemm_2l_splits(splits)
-                    ext.set_gemm_2l_plan_tiles(tiles)
-                    ext.set_gemm_2l_rs(rs)
+                for name, cfg in CONFIGS.items():
+                    configure(ext, *cfg)
                     try:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
-                        ext.set_quantize_act_2l_overlap(True)
-                        ext.set_gemm_2l_splits(0)
-                        ext.set_gemm_2l_plan_tiles([])
-                        ext.set_gemm_2l_rs(False)
+                        configure(ext, *default)
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
+                times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
             med = {c: statistics.median(v) for c, v in times.items()}
-            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "bf16"])
-                  + f" | {med['now'] / med['v2.5']:>8.2f} {med['rs'] / med['now']:>7.2f} {med['bf16'] / med['now']:>8.2f}"
-                  f" {med['bf16'] / med['rs']:>7.2f}")
-            del xs, w, p
+            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "bf16", "fp8"])
+                  + f" | {med['now'] / med['v2.8']:>8.2f} {med['bf16'] / med['now']:>8.2f} {med['fp8'] / med['now']:>7.2f}")
+            del xs, w, p, x8s, w8
             torch.cuda.empty_cache()
     return 1 if bad else 0
 

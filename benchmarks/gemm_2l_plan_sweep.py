@@ -58,7 +58,7 @@ def main() -> int:
                         ext.set_gemm_2l_splits(0)
                         ext.set_gemm_2l_tile_tokens(0)
             best = min(times, key=times.get)
-            pick = tuple(ext.gemm_2l_plan(M, N, K, sms))
+            pick = tuple(ext.gemm_2l_plan(M, N, K, sms))[:2]  # (tile, splits); the multicast follows
             row = {"M": M, "K": K, "N": N, "best": best, "best_us": times[best], "pick": pick,
                    "pick_us": times[pick], "times": {f"{b}x{s}": t for (b, s), t in times.items()}}
             rows.append(row)

@@ -23,6 +23,10 @@
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
+// Large M (no split): a cluster of two CTAs along the weight rows shares one activation tile, each CTA's TMA
+// multicasting half of it into both (MC, set_gemm_2l_multicast): the activation tile is 3/4 of a stage's
+// bytes, and at 224-256-token tiles the stages were waiting on L2 (perf-notes v2.9). A per-stage
+// empty-barrier in each CTA, arrived on by both CTAs' TMA threads, says when a buffer may be refilled.
 // A second main loop (RS, set_gemm_2l_rs) keeps the widened weights in registers as the wgmma A fragments,
 // the two warpgroups alternating (see stage_step_rs); off by default until its GPU tests have run.
 // What was tried and measured on H100 (docs/perf-notes.md): cp.async instead of TMA needs a proxy
@@ -66,9 +70,9 @@ struct Tile2l {
   static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = RS ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - 96 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kBarBytes = (RS ? 16 : 8) * kStages;  // full (+ empty, RS) mbarriers
+  static constexpr int kBarBytes = 16 * kStages;  // full and empty (RS, MC) mbarriers
   static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kBarBytes + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
@@ -101,6 +105,25 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// arrive on the mbarrier at shared-memory offset `bar` of CTA `rank` of the cluster
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar), "r"(rank) : "memory");
+}
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT_%=:\n"
@@ -114,9 +137,20 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
+// 2-D tile load written to the same shared-memory offsets (and completing on the same mbarrier) in every
+// CTA of the cluster named in `ctas`.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                                      uint32_t bar, uint16_t ctas) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(ctas) : "memory");
+}
+
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false. RS: A from registers (see Tile2l).
-template <typename T, int BT, int G, bool TR, bool RS>
+// dispatched kernels are built with TR = false. RS: A from registers (see Tile2l). MC: the activation tile
+// multicast over a cluster of two CTAs along the weight rows (shared-memory loop only, no K split).
+template <typename T, int BT, int G, bool TR, bool RS, bool MC>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
@@ -124,6 +158,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
+  static_assert(!(RS && MC), "the multicast is built for the shared-memory main loop");
   using Cfg = Tile2l<BT, RS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
@@ -144,8 +179,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
-  // one full-barrier per stage (TMA bytes arrived), after the stages and the A tiles; RS adds one empty-barrier
-  // per stage (its 8 warps are done with it)
+  // one full-barrier per stage (TMA bytes arrived), after the stages and the A tiles, then one empty-barrier
+  // per stage: RS, its 8 warps are done with it; MC, both CTAs of the cluster are
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
@@ -154,17 +189,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kTxBytes);
-    tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
+    if constexpr (MC) {  // this CTA's half of the token rows, into both CTAs
+      const uint32_t r = cluster_ctarank();
+      tma_load_2d_multicast(act + r * (Cfg::kActBytes / 2), &tm_x, kt * kBK, m0 + r * (BT / 2), bar, 0x3);
+    } else {
+      tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
+    }
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (kBK / 2), n0, bar);
     tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
-    if constexpr (RS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, 8);
+    if constexpr (RS || MC)
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, RS ? 8 : 2);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (MC) {  // the peer's barriers exist before this CTA's first multicast reaches them
+    cluster_arrive();
+    cluster_wait();
+  } else {
+    __syncthreads();
+  }
 
   int acc[Cfg::kAcc];
 #pragma unroll
@@ -233,7 +278,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     mark(i, 1);
     // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
-    if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
+    if (tid == 0 && i + NS - 2 < NK) {
+      const int s = i + NS - 2;  // into the buffer of stage i - 2
+      if constexpr (MC) {        // which both CTAs must be done with: tell both, wait for both
+        if (s >= NS) {
+          const uint32_t eb = empty_bars + 8 * (s % NS);
+          mbar_arrive_cluster(eb, 0);
+          mbar_arrive_cluster(eb, 1);
+          mbar_wait_cluster(eb, ((s / NS) - 1) & 1);
+        }
+      }
+      load_stage(s);
+    }
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
     convert_stage(i, a_tile);
@@ -311,6 +367,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   wgmma_wait<0>();
   __syncthreads();
+  if constexpr (MC) cluster_arrive();  // the waits at the end keep both CTAs alive while the other may signal
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
@@ -403,6 +460,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   stamp(2);
+  if constexpr (MC) cluster_wait();
 #endif
 }
 
@@ -432,12 +490,12 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, bool TR, bool RS>
+template <typename T, int BT, int G, bool TR, bool RS, bool MC>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, RS>;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, RS, MC>;
   constexpr int smem = Tile2l<BT, RS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
-  if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
+  if (!make_map(&tm_x, a.xq, a.M, a.K, MC ? BT / 2 : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
       !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
       !make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
@@ -457,30 +515,33 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.x = MC ? 2 : 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cfg.numAttrs = (MC || splits > 1) ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
-bool g_rs = false;             // A from registers (set_gemm_2l_rs); off until its GPU tests have run
+bool g_rs = false;             // A from registers (set_gemm_2l_rs): measured slower, kept for the record
+bool g_mc = true;              // the activation-tile multicast where the plan allows it (set_gemm_2l_multicast)
 
-template <typename T, int G, bool TR, bool RS>
+template <typename T, int G, bool TR, bool RS, bool MC>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, RS>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, RS>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, RS>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR, RS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, RS, MC>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, RS, MC>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, RS, MC>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR, RS, MC>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G, bool TR>
 cudaError_t launch_2l_main_loop(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  return g_rs ? launch_2l_tile<T, G, TR, true>(a, p, stream) : launch_2l_tile<T, G, TR, false>(a, p, stream);
+  if (g_rs) return launch_2l_tile<T, G, TR, true, false>(a, p, stream);
+  if (p.multicast) return launch_2l_tile<T, G, TR, false, true>(a, p, stream);
+  return launch_2l_tile<T, G, TR, false, false>(a, p, stream);
 }
 
 template <typename T, int G>
@@ -510,7 +571,7 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 // of 224 (3.8: also 4, each shorter by the fixed part).
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   const int KT = K / kBK;
-  Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1};
+  Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1, false};
   long best_cost = -1;
   for (int bt : kTiles) {
     if (!(g_plan_tiles & tile_bit(bt))) continue;
@@ -520,9 +581,10 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
       if (s > KT || (g_force_splits && s != g_force_splits)) continue;
       const long waves = (tiles * s + num_sms - 1) / num_sms;
       const long cost = waves * ((s > 1 ? 65 : 35) * bt + 720 * ((KT + s - 1) / s));
-      if (best_cost < 0 || cost < best_cost) best = {bt, s}, best_cost = cost;
+      if (best_cost < 0 || cost < best_cost) best = {bt, s, false}, best_cost = cost;
     }
   }
+  best.multicast = g_mc && best.splits == 1 && (N / kRows) % 2 == 0;
   return best;
 }
 
@@ -535,6 +597,8 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
 void set_gemm_2l_rs(bool on) { g_rs = on; }
+void set_gemm_2l_multicast(bool on) { g_mc = on; }
+bool gemm_2l_multicast() { return g_mc; }
 bool gemm_2l_rs() { return g_rs; }
 
 

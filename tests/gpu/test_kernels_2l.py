@@ -339,6 +339,22 @@ def test_gemm_2l_rs_flux_shapes(hopper, K, N):
     assert _rel(y_rs, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)) < 1e-2
 
 
+def _launch_repeatedly_and_replayed(ext, *args) -> torch.Tensor:
+    """The output of one launch, asserted equal over 50 more launches and 5 replays of a captured graph."""
+    first = ext.w4a4_gemm_2l(*args)
+    for _ in range(50):
+        assert torch.equal(ext.w4a4_gemm_2l(*args), first)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ext.w4a4_gemm_2l(*args)
+    for _ in range(5):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, first)
+    return first
+
+
 def test_gemm_2l_rs_repeated_launches_and_graph_capture(hopper):
     """The loop's named barriers and empty-barriers leave nothing behind: many launches in a row, and replays
     of a captured graph, give the same output."""
@@ -348,17 +364,103 @@ def test_gemm_2l_rs_repeated_launches_and_graph_capture(hopper):
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     hopper.set_gemm_2l_rs(True)
     try:
-        first = hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
-        for _ in range(50):
-            assert torch.equal(hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs), first)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
-        for _ in range(5):
-            out.fill_(float("nan"))
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, first)
+        first = _launch_repeatedly_and_replayed(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
     finally:
         hopper.set_gemm_2l_rs(False)
     assert torch.equal(first, hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs))
+
+
+# --- the activation-tile multicast (set_gemm_2l_multicast): unsplit GEMMs on CTA pairs along the weight rows, each
+# CTA's TMA writing half of the shared activation tile into both
+
+
+def _gemm_single_and_pair(ext, *args):
+    """(one CTA per tile, CTA pairs with the multicast): the same call both ways, outputs poisoned."""
+    assert ext.gemm_2l_multicast(), "the multicast is the default"
+    ext.set_gemm_2l_multicast(False)
+    try:
+        y_one = _gemm(ext, *args)
+    finally:
+        ext.set_gemm_2l_multicast(True)
+    return y_one, _gemm(ext, *args)
+
+
+def test_gemm_2l_plan_multicast_where_unsplit_and_paired(hopper):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for K, N in FLUX_SHAPES:
+        assert hopper.gemm_2l_plan(4608, N, K, sms)[1:] == (1, True)
+    assert hopper.gemm_2l_plan(256, 3072, 3072, sms)[2] is False  # split K: no pairs
+    assert hopper.gemm_2l_plan(8192, 384, 3072, sms)[2] is False  # 3 weight tiles: no pairs
+    hopper.set_gemm_2l_multicast(False)
+    try:
+        assert hopper.gemm_2l_plan(4608, 3072, 3072, sms)[2] is False
+    finally:
+        hopper.set_gemm_2l_multicast(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(4097, 3072, 3072), (2000, 1024, 768), (9000, 256, 512)])
+def test_gemm_2l_multicast_integer_part_exact(hopper, dtype, gs, M, K, N):
+    """No branch, no bias: the paired kernel's y equals the reference bit for bit."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    x, smooth, pd = _acts(M, K, 0, dtype, seed=M + N + 2)
+    qw, wsc, wch, pu, _ = _weights(N, K, 0, dtype, gs, seed=K + 2)
+    xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+    hopper.set_gemm_2l_splits(1)
+    try:
+        assert hopper.gemm_2l_plan(M, N, K, sms)[2], "this shape must take the multicast"
+        _, y = _gemm_single_and_pair(hopper, xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    finally:
+        hopper.set_gemm_2l_splits(0)
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("M,K,N", [(1, 1024, 256), (7, 128, 512), (100, 2048, 256), (113, 256, 768),
+                                   (300, 15360, 256), (4097, 384, 1280)])
+def test_gemm_2l_multicast_bit_identical_every_tile(hopper, bt, M, K, N):
+    """Forced unsplit, every token tile: the pairs compute what single CTAs compute, with the branch and bias,
+    including tiles whose second half (the other CTA's load) lies wholly past M, and K of one stage."""
+    R, gs = 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 3)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + 3)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    hopper.set_gemm_2l_splits(1)
+    try:
+        y_one, y_pair = _gemm_single_and_pair(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    finally:
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.isfinite(y_pair).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y_pair, y_one), f"{(y_pair != y_one).sum().item()} of {y_pair.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("K,N", FLUX_SHAPES)
+def test_gemm_2l_multicast_flux_shapes(hopper, K, N):
+    M = 4608
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N + 4)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N + 4)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    y_one, y_pair = _gemm_single_and_pair(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert torch.equal(y_pair, y_one)
+    assert _rel(y_pair, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)) < 1e-2
+
+
+def test_gemm_2l_multicast_repeated_launches_and_graph_capture(hopper):
+    """The pairs' empty-barriers flip phase every NS stages (K = 15360: 120 stages): many launches in a row, and
+    replays of a captured graph, give the same output."""
+    M, K, N, R, gs = 1500, 15360, 512, 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=6)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=6)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_splits(1)
+    try:
+        first = _launch_repeatedly_and_replayed(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        hopper.set_gemm_2l_multicast(False)
+        assert torch.equal(hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs), first)
+    finally:
+        hopper.set_gemm_2l_multicast(True)
+        hopper.set_gemm_2l_splits(0)
