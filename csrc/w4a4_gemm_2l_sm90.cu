@@ -26,7 +26,8 @@
 // Large M (no split): a cluster of two CTAs along the weight rows shares one activation tile, each CTA's TMA
 // multicasting half of it into both (MC, set_gemm_2l_multicast): the activation tile is 3/4 of a stage's
 // bytes, and at 224-256-token tiles the stages were waiting on L2 (perf-notes v2.9). A per-stage
-// empty-barrier in each CTA, arrived on by both CTAs' TMA threads, says when a buffer may be refilled.
+// empty-barrier in each CTA, arrived on by both CTAs' TMA threads, says when a buffer may be refilled
+// (see refill_paired).
 // A second main loop (RS, set_gemm_2l_rs) keeps the widened weights in registers as the wgmma A fragments,
 // the two warpgroups alternating (see stage_step_rs); off by default until its GPU tests have run.
 // What was tried and measured on H100 (docs/perf-notes.md): cp.async instead of TMA needs a proxy
@@ -116,6 +117,13 @@ __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity)
       "{\n.reg .pred done;\nWAIT_%=:\n"
       "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ bool mbar_test_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  return done != 0;
 }
 __device__ __forceinline__ uint32_t cluster_ctarank() {
   uint32_t r;
@@ -272,23 +280,36 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
+  // MC: the buffer of stage i - 2 gets stage s = i + NS - 2 once both CTAs are done with it. Both tell both
+  // now; the load goes out now if the other CTA has told already, else at the next stage (a blocking wait
+  // here would put the other CTA's progress on this warp's critical path: measured 1.6x slower per stage).
+  int pending = -1;  // thread 0: a stage whose load waits for the other CTA
+  auto refill_paired = [&](int i) {
+    if (pending >= 0) {
+      mbar_wait_cluster(empty_bars + 8 * (pending % NS), ((pending / NS) - 1) & 1);
+      load_stage(pending);
+      pending = -1;
+    }
+    const int s = i + NS - 2;
+    if (s >= NK) return;
+    if (s < NS) return load_stage(s);  // a buffer not used yet
+    const uint32_t eb = empty_bars + 8 * (s % NS);
+    mbar_arrive_cluster(eb, 0);
+    mbar_arrive_cluster(eb, 1);
+    if (mbar_test_cluster(eb, ((s / NS) - 1) & 1)) load_stage(s);
+    else pending = s;
+  };
+
   // SS: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
   auto stage_step = [&](int i, uint32_t a_tile) {
     mark(i, 0);
     __syncthreads();
     mark(i, 1);
     // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
-    if (tid == 0 && i + NS - 2 < NK) {
-      const int s = i + NS - 2;  // into the buffer of stage i - 2
-      if constexpr (MC) {        // which both CTAs must be done with: tell both, wait for both
-        if (s >= NS) {
-          const uint32_t eb = empty_bars + 8 * (s % NS);
-          mbar_arrive_cluster(eb, 0);
-          mbar_arrive_cluster(eb, 1);
-          mbar_wait_cluster(eb, ((s / NS) - 1) & 1);
-        }
-      }
-      load_stage(s);
+    if constexpr (MC) {
+      if (tid == 0) refill_paired(i);
+    } else {
+      if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
     }
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
@@ -527,7 +548,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 bool g_rs = false;             // A from registers (set_gemm_2l_rs): measured slower, kept for the record
-bool g_mc = true;              // the activation-tile multicast where the plan allows it (set_gemm_2l_multicast)
+bool g_mc = false;             // the activation-tile multicast where the plan allows it: measured 1.3x slower (v2.9)
 
 template <typename T, int G, bool TR, bool RS, bool MC>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
