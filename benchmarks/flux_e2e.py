@@ -15,7 +15,6 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
-  python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_rs_compile  # the GEMM's register-fragment loop
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
@@ -41,19 +40,8 @@ TXT_TOKENS = 512
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
-    "svdq2l_lora_graphs", "bf16_offload", "svdq2l_rs", "svdq2l_rs_compile", "svdq2l_rs_graphs",
-    "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
+    "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
 )
-
-
-def set_gemm_2l_rs(on: bool) -> None:
-    """Variants with "_rs": the int4_2l GEMM's register-fragment main loop (a launch-time switch of the
-    extension, so it stays on while the variant is built, compiled, captured and timed)."""
-    from svdquant_hf.ops import build
-
-    ext = build.load_extension()
-    if ext is not None:
-        ext.set_gemm_2l_rs(on)
 
 
 def build_model(config: dict, device: str, seed: int = 0, home: str | None = None) -> nn.Module:
@@ -287,7 +275,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     for variant in args.variants.split(","):
         row_base = dict(variant=variant, device=gpu, cap_gib=args.memory_cap_gib)
-        set_gemm_2l_rs("_rs" in variant)
         try:
             model = build_variant(variant, config, dev, cap)
         except Exception as e:  # a missing peer library, or out of memory under the cap
@@ -315,7 +302,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(json.dumps(row), flush=True)
                 del inputs
         del model
-        set_gemm_2l_rs(False)
         gc.collect()
         if dev == "cuda":
             torch.cuda.empty_cache()

@@ -1,11 +1,10 @@
 """Every (token tile, K split) of the int4_2l GEMM on the FLUX.1 shapes, against the heuristic's pick (sm_90a).
 
-usage: python benchmarks/gemm_2l_plan_sweep.py [--ms 256,1024,4608] [--reps 30] [--rs] [--json OUT.json]
+usage: python benchmarks/gemm_2l_plan_sweep.py [--ms 256,1024,4608] [--reps 30] [--json OUT.json]
 
 Times w4a4_gemm_2l alone (CUDA-graph device time, inputs pre-quantized) for token tiles 64/128/224/256 and
 K splits 1/2/4/8 over a thread-block cluster, and prints per shape the best plan, the heuristic's plan
 (svdquant_hf's gemm_2l_plan) and how far the heuristic is from the best (1.00 = it picked the best).
---rs sweeps the register-fragment main loop (set_gemm_2l_rs) instead: the data to refit the plan for it.
 """
 from __future__ import annotations
 
@@ -25,17 +24,14 @@ def main() -> int:
     ap.add_argument("--ms", default="256,1024,4608")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--rs", action="store_true")
     args = ap.parse_args()
     ext = hopper_extension("gemm_2l_plan_sweep")
     if ext is None:
         return 2
-    ext.set_gemm_2l_rs(args.rs)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     R, gs = 32, 64
     rows = []
-    print(f"{torch.cuda.get_device_name()}: int4_2l GEMM alone ({'register' if args.rs else 'shared-memory'}-A main "
-          f"loop), us per call (CUDA graph), rank {R}, group {gs}")
+    print(f"{torch.cuda.get_device_name()}: int4_2l GEMM alone, us per call (CUDA graph), rank {R}, group {gs}")
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
             p = random_2l(M, K, N, R, gs)
@@ -58,7 +54,7 @@ def main() -> int:
                         ext.set_gemm_2l_splits(0)
                         ext.set_gemm_2l_tile_tokens(0)
             best = min(times, key=times.get)
-            pick = tuple(ext.gemm_2l_plan(M, N, K, sms))[:2]  # (tile, splits); the multicast follows
+            pick = tuple(ext.gemm_2l_plan(M, N, K, sms))
             row = {"M": M, "K": K, "N": N, "best": best, "best_us": times[best], "pick": pick,
                    "pick_us": times[pick], "times": {f"{b}x{s}": t for (b, s), t in times.items()}}
             rows.append(row)

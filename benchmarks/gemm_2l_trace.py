@@ -1,16 +1,13 @@
 """Where a K stage of the int4_2l GEMM spends its time (sm_90a).
 
-usage: python benchmarks/gemm_2l_trace.py [--ms 256,1024,4608] [--variants ss,mc] [--reps 20] [--json OUT.json]
+usage: python benchmarks/gemm_2l_trace.py [--ms 256,1024,4608] [--reps 20] [--json OUT.json]
 
 One CTA of the plan's kernel (bfloat16, group 64, rank 32; a separately built tracing instance) records
 clock64() at seven points of every K stage, per warpgroup. Printed: the GEMM's time (CUDA graph), the
 tracing kernel's output checked bit-identical to the dispatched kernel's, the SM clock (clock64 against
 %globaltimer over the kernel), and the median cycles per segment over the middle stages against the
 wgmma work of a stage (tile x 128 x 128 MACs at 4096 int8 MACs per clock per SM). No split-K plans
-(only CTA z = 0 would record). Variants: "ss" = the main loop with the widened weights in shared-memory A
-tiles, one CTA per tile; "mc" = the same loop on CTA pairs that share the activation tile by TMA multicast
-(set_gemm_2l_multicast, the default where the plan allows it); "rs" = the weights in wgmma register
-fragments with the two warpgroups in ping-pong (set_gemm_2l_rs); their segments differ (SEGMENTS).
+(only CTA z = 0 would record). Thread 0 issues the TMA loads, so warpgroup 0's "data wait" includes them.
 """
 from __future__ import annotations
 
@@ -23,11 +20,7 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
 
-SEGMENTS = {
-    "ss": ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"],
-    "mc": ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"],
-    "rs": ["tma issue", "data wait", "widen", "turn wait", "wgmma issue", "wgmma wait"],
-}
+SEGMENTS = ["syncthreads", "data wait", "widen+fence", "wg barrier", "wgmma issue", "wgmma wait"]
 
 
 def trace_stages(ext, run, K: int, segments: list[str]) -> tuple[dict, torch.Tensor]:
@@ -54,41 +47,33 @@ def trace_stages(ext, run, K: int, segments: list[str]) -> tuple[dict, torch.Ten
     return out, y
 
 
-def trace_shape(ext, M: int, K: int, N: int, R: int, gs: int, sms: int, reps: int, variant: str) -> dict | None:
+def trace_shape(ext, M: int, K: int, N: int, R: int, gs: int, sms: int, reps: int) -> dict | None:
     p = random_2l(M, K, N, R, gs)
     qs = [ext.quantize_act_2l(x, p.smooth, p.proj_down, gs) for x in p.xs]
 
     def call(xq, xsc, lr):
         return ext.w4a4_gemm_2l(xq, xsc, p.qweight, p.wscales, p.wchannel, lr, p.proj_up, p.bias, gs)
 
-    bt, splits, _ = ext.gemm_2l_plan(M, N, K, sms)
+    bt, splits = ext.gemm_2l_plan(M, N, K, sms)
     if splits > 1:
         print(f"M={M:5d} K={K:5d} N={N:5d} plan ({bt}, {splits}): split-K, not traced")
         return None
-    ext.set_gemm_2l_multicast(False)
-    y_ss = call(*qs[0])  # one CTA per tile, A tiles in shared memory: the reference for every variant
-    ext.set_gemm_2l_rs(variant == "rs")
-    ext.set_gemm_2l_multicast(variant == "mc")
-    try:
-        us = 1e3 * time_graph(call, qs, reps)
-        tr, y_traced = trace_stages(ext, lambda: call(*qs[0]), K, SEGMENTS[variant])
-        identical = torch.equal(y_traced, y_ss) and torch.equal(call(*qs[0]), y_ss)
-    finally:
-        ext.set_gemm_2l_rs(False)
-        ext.set_gemm_2l_multicast(True)
+    y = call(*qs[0])
+    us = 1e3 * time_graph(call, qs, reps)
+    tr, y_traced = trace_stages(ext, lambda: call(*qs[0]), K, SEGMENTS)
+    identical = torch.equal(y_traced, y)
     wgmma_cycles = bt * 128 * 128 / 4096  # both warpgroups' wgmmas of one stage on one SM
-    segs = " ".join(f"{k}={tr['wg0'][k]:.0f}" for k in SEGMENTS[variant])
-    print(f"{variant} M={M:5d} K={K:5d} N={N:5d} tile {bt}: {us:7.1f} us | {tr['ghz']:.2f} GHz, stage "
+    segs = " ".join(f"{k}={tr['wg0'][k]:.0f}" for k in SEGMENTS)
+    print(f"M={M:5d} K={K:5d} N={N:5d} tile {bt}: {us:7.1f} us | {tr['ghz']:.2f} GHz, stage "
           f"{tr['wg0']['stage']:.0f} / {tr['wg1']['stage']:.0f} cycles (wgmma work {wgmma_cycles:.0f}) | "
           f"wg0 {segs}{'' if identical else ' | TRACED OUTPUT DIFFERS'}")
-    return {"variant": variant, "M": M, "K": K, "N": N, "tile": bt, "us": us, "identical": identical,
+    return {"M": M, "K": K, "N": N, "tile": bt, "us": us, "identical": identical,
             "wgmma_cycles": wgmma_cycles, "trace": tr}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="256,1024,4608")
-    ap.add_argument("--variants", default="ss,mc")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -101,10 +86,9 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l GEMM alone, bf16, group {gs}, rank {R}")
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
-            for variant in args.variants.split(","):
-                row = trace_shape(ext, M, K, N, R, gs, sms, args.reps, variant)
-                if row is not None:
-                    rows.append(row)
+            row = trace_shape(ext, M, K, N, R, gs, sms, args.reps)
+            if row is not None:
+                rows.append(row)
             torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|rs|mc]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace]   (carry .bnbwhl for NF4 + diffusers)
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
-#   rs: the 2l GEMM's register-fragment main loop: its tests first (-k rs), the int4 tests (4-bit MMA forced), the other
-#       2l tests, compute-sanitizer memcheck + synccheck, gemm_2l_trace.py --variants ss,rs (TRACE_MS, default 4608)
-#   mc: the activation multicast over CTA pairs: its tests first (-k multicast), the other 2l tests, compute-sanitizer,
-#       gemm_2l_trace.py --variants ss,mc, then ab_2l.py (BENCH_MS, ROUNDS)
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -96,41 +92,6 @@ if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then b
   timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \
     > "$OUT/trace.log" 2>&1
   echo "trace rc=$?"; tail -40 "$OUT/trace.log"
-fi
-if [ "$what" = rs ]; then
-  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k rs --timeout 60 > "$OUT/tests_rs.log" 2>&1
-  echo "rs tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rs.log" | tail -12
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels.py -m "gpu or not gpu" -o addopts="" \
-    -k "not sanitizer" > "$OUT/tests_int4.log" 2>&1
-  echo "int4 tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_int4.log" | tail -8
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-    -k "not rs" > "$OUT/tests_2l.log" 2>&1
-  echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
-  for tool in memcheck synccheck; do
-    timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-      > "$OUT/sanitize_$tool.log" 2>&1
-    echo "compute-sanitizer $tool rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
-  done
-  timeout 200 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-4608} --variants ss,rs --json "$OUT/trace_rs.json" \
-    > "$OUT/trace_rs.log" 2>&1
-  echo "trace rc=$?"; tail -12 "$OUT/trace_rs.log"
-fi
-if [ "$what" = mc ]; then  # the activation multicast over CTA pairs: its tests, the rest, sanitizer, trace, A/B
-  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k multicast --timeout 60 > "$OUT/tests_mc.log" 2>&1
-  echo "multicast tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_mc.log" | tail -12
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-    -k "not multicast" --timeout 60 > "$OUT/tests_2l.log" 2>&1
-  echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-    > "$OUT/sanitize_memcheck.log" 2>&1
-  echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
-  timeout 120 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-4608} --variants ss,mc --json "$OUT/trace_mc.json" \
-    > "$OUT/trace_mc.log" 2>&1
-  echo "trace rc=$?"; tail -10 "$OUT/trace_mc.log"
-  timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} > "$OUT/ab_2l.log" 2>&1
-  echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1

@@ -432,22 +432,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "gemm_2l_plan",
       [](int M, int N, int K, int sms) {
         const svdq::Gemm2lPlan p = svdq::gemm_2l_plan(M, N, K, sms);
-        return std::make_tuple(p.tile_tokens, p.splits, p.multicast);
+        return std::make_tuple(p.tile_tokens, p.splits);
       },
-      "M, N, K, num_sms -> (token tile, K splits, activation multicast over CTA pairs) of the 2l GEMM");
+      "M, N, K, num_sms -> (token tile, K splits) of the 2l GEMM");
   m.def("set_gemm_2l_splits", &svdq::set_gemm_2l_splits, "force a 1/2/4/8-way K split (0: heuristic)");
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/224/256-token tiles (0: heuristic)");
   m.def("set_gemm_2l_plan_tiles", &svdq::set_gemm_2l_plan_tiles, "the token tiles the plan may pick ([]: all)");
   m.def(
       "set_gemm_2l_trace", [](int64_t ptr) { svdq::set_gemm_2l_trace(reinterpret_cast<long long*>(ptr)); },
       "benchmarks: record per-stage timestamps into the int64 buffer at this address (0: off)");
-  m.def("set_gemm_2l_rs", &svdq::set_gemm_2l_rs,
-        "the 2l GEMM's main loop: True = weights widened into wgmma register fragments, two warpgroups in "
-        "ping-pong; False (default) = widened into shared-memory A tiles");
-  m.def("gemm_2l_rs", &svdq::gemm_2l_rs, "whether the 2l GEMM runs the register-fragment main loop");
-  m.def("set_gemm_2l_multicast", &svdq::set_gemm_2l_multicast,
-        "True (default): unsplit 2l GEMMs run on CTA pairs that share the activation tile by TMA multicast");
-  m.def("gemm_2l_multicast", &svdq::gemm_2l_multicast, "whether the 2l GEMM may multicast the activation tile");
   m.attr("gemm_2l_tiles") = std::vector<int>{64, 128, 224, 256};
 #ifdef SVDQ_BUILT_SM90A
   m.attr("sm90a_built") = true;

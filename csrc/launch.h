@@ -83,7 +83,6 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
 struct Gemm2lPlan {
   int tile_tokens;  // 64, 128, 224 or 256
   int splits;       // K split over a cluster of this many CTAs (1, 2, 4, 8)
-  bool multicast;   // no split: CTA pairs along the weight rows share the activation tile (TMA multicast)
 };
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms);
 void set_gemm_2l_plan_tiles(const std::vector<int>& tiles);  // the tiles the plan may pick ({}: all)
@@ -91,13 +90,6 @@ void set_gemm_2l_tile_tokens(int bt);  // 64/128/224/256 forces the token tile (
 void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heuristic
 // benchmarks/gemm_2l_trace.py: launch the tracing kernel (bfloat16, group 64) writing to `trace`; nullptr: off
 void set_gemm_2l_trace(long long* trace);
-// the GEMM's main loop: A (the widened weights) as wgmma register fragments (true) or from a shared-memory
-// tile (false, the default: the register loop measured 11-18 % slower on H200, perf-notes v2.9)
-void set_gemm_2l_rs(bool on);
-bool gemm_2l_rs();
-// the activation-tile multicast over CTA pairs where the plan allows it (default on; off: one CTA per tile)
-void set_gemm_2l_multicast(bool on);
-bool gemm_2l_multicast();
 constexpr int kMaxRank2l = 256;
 
 }  // namespace svdq

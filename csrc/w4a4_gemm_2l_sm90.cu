@@ -23,18 +23,14 @@
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
-// Large M (no split): a cluster of two CTAs along the weight rows shares one activation tile, each CTA's TMA
-// multicasting half of it into both (MC, set_gemm_2l_multicast): the activation tile is 3/4 of a stage's
-// bytes, and at 224-256-token tiles the stages were waiting on L2 (perf-notes v2.9). A per-stage
-// empty-barrier in each CTA, arrived on by both CTAs' TMA threads, says when a buffer may be refilled
-// (see refill_paired).
-// A second main loop (RS, set_gemm_2l_rs) keeps the widened weights in registers as the wgmma A fragments,
-// the two warpgroups alternating (see stage_step_rs); off by default until its GPU tests have run.
-// What was tried and measured on H100 (docs/perf-notes.md): cp.async instead of TMA needs a proxy
-// fence that compiles to MEMBAR.ALL.CTA and waits for the loads in flight (556-688 TOP/s); A in
-// registers widened under the same warpgroup's wgmmas makes ptxas serialize them; a warp-specialised
-// variant (one producer warpgroup widening for two consumer warpgroups) was slower (487-582 TOP/s): the
-// widening is the critical path and needs all eight warps.
+// What was tried and measured (docs/perf-notes.md): cp.async instead of TMA needs a proxy fence that
+// compiles to MEMBAR.ALL.CTA and waits for the loads in flight (556-688 TOP/s on H100); A in registers
+// widened under the same warpgroup's wgmmas makes ptxas serialize them; a warp-specialised variant (one
+// producer warpgroup widening for two consumer warpgroups) was slower (487-582 TOP/s): the widening is the
+// critical path and needs all eight warps; A as register fragments with the two warpgroups in ping-pong
+// (v2.8) was 11-18 % slower on H200 (a stage is widen -> wgmmas -> wait with nothing to overlap the
+// widening), and CTA pairs sharing the activation tile by TMA multicast (v2.9) 1.3x slower (the data
+// waits grew fourfold); both are in the history at commit 2baa9f2.
 #include <cooperative_groups.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -63,29 +59,19 @@ constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
-// RS: the widened weights stay in registers as the wgmma A fragments (no A tiles in shared memory).
-template <int BT, bool RS>
+template <int BT>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = kRows * kBK / 2;
   static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = RS ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - 96 - 4 * kABytes) / kStageBytes;
+  static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kBarBytes = 16 * kStages;  // full and empty (RS, MC) mbarriers
+  static constexpr int kBarBytes = 8 * kStages;  // one mbarrier per stage
   static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kBarBytes + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
-
-// Ties the fragments' definitions to this point (CUTLASS's warpgroup_fence_operand): widening code that the
-// compiler sinks past wgmma.fence would make ptxas serialize the wgmmas (C7513).
-__device__ __forceinline__ void fence_fragments(uint32_t (&a)[4][4]) {
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[j][e])::"memory");
-}
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
 __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
@@ -103,35 +89,6 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// arrive on the mbarrier at shared-memory offset `bar` of CTA `rank` of the cluster
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar), "r"(rank) : "memory");
-}
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
-}
-__device__ __forceinline__ bool mbar_test_cluster(uint32_t bar, uint32_t parity) {
-  uint32_t done;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  return done != 0;
-}
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT_%=:\n"
@@ -145,20 +102,9 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-// 2-D tile load written to the same shared-memory offsets (and completing on the same mbarrier) in every
-// CTA of the cluster named in `ctas`.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                                      uint32_t bar, uint16_t ctas) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(ctas) : "memory");
-}
-
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false. RS: A from registers (see Tile2l). MC: the activation tile
-// multicast over a cluster of two CTAs along the weight rows (shared-memory loop only, no K split).
-template <typename T, int BT, int G, bool TR, bool RS, bool MC>
+// dispatched kernels are built with TR = false.
+template <typename T, int BT, int G, bool TR>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
@@ -166,8 +112,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
-  static_assert(!(RS && MC), "the multicast is built for the shared-memory main loop");
-  using Cfg = Tile2l<BT, RS>;
+  using Cfg = Tile2l<BT>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -187,37 +132,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
-  // one full-barrier per stage (TMA bytes arrived), after the stages and the A tiles, then one empty-barrier
-  // per stage: RS, its 8 warps are done with it; MC, both CTAs of the cluster are
+  // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
-  const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kTxBytes);
-    if constexpr (MC) {  // this CTA's half of the token rows, into both CTAs
-      const uint32_t r = cluster_ctarank();
-      tma_load_2d_multicast(act + r * (Cfg::kActBytes / 2), &tm_x, kt * kBK, m0 + r * (BT / 2), bar, 0x3);
-    } else {
-      tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
-    }
+    tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (kBK / 2), n0, bar);
     tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
-    if constexpr (RS || MC)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, RS ? 8 : 2);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (MC) {  // the peer's barriers exist before this CTA's first multicast reaches them
-    cluster_arrive();
-    cluster_wait();
-  } else {
-    __syncthreads();
-  }
+  __syncthreads();
 
   int acc[Cfg::kAcc];
 #pragma unroll
@@ -280,37 +211,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  // MC: the buffer of stage i - 2 gets stage s = i + NS - 2 once both CTAs are done with it. Both tell both
-  // now; the load goes out now if the other CTA has told already, else at the next stage (a blocking wait
-  // here would put the other CTA's progress on this warp's critical path: measured 1.6x slower per stage).
-  int pending = -1;  // thread 0: a stage whose load waits for the other CTA
-  auto refill_paired = [&](int i) {
-    if (pending >= 0) {
-      mbar_wait_cluster(empty_bars + 8 * (pending % NS), ((pending / NS) - 1) & 1);
-      load_stage(pending);
-      pending = -1;
-    }
-    const int s = i + NS - 2;
-    if (s >= NK) return;
-    if (s < NS) return load_stage(s);  // a buffer not used yet
-    const uint32_t eb = empty_bars + 8 * (s % NS);
-    mbar_arrive_cluster(eb, 0);
-    mbar_arrive_cluster(eb, 1);
-    if (mbar_test_cluster(eb, ((s / NS) - 1) & 1)) load_stage(s);
-    else pending = s;
-  };
-
-  // SS: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
+  // One K stage: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
   auto stage_step = [&](int i, uint32_t a_tile) {
     mark(i, 0);
     __syncthreads();
     mark(i, 1);
     // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
-    if constexpr (MC) {
-      if (tid == 0) refill_paired(i);
-    } else {
-      if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
-    }
+    if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
     convert_stage(i, a_tile);
@@ -334,61 +241,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
-  // RS: A from registers, the two warpgroups in ping-pong. ptxas serializes wgmmas whenever an instruction
-  // defines a wgmma input register while an earlier wgmma group is still in flight (C7513, even for other
-  // registers), so a warpgroup cannot widen its next stage under its own wgmmas: each stage is widen ->
-  // 4 wgmmas -> wait<0>, and the other warpgroup's wgmmas fill the tensor core meanwhile. Named barriers
-  // make the two warpgroups issue alternately (WG0 stage i, WG1 stage i, WG0 stage i+1, ...), so one
-  // widens while the other's wgmmas run instead of both widening at once; per-stage empty-barriers (no
-  // CTA-wide barrier in the loop) tell the TMA thread when a buffer may be refilled.
-  auto stage_step_rs = [&](int i, uint32_t (&a)[4][4]) {
-    const int buf = i % NS;
-    mark(i, 0);
-    if (tid == 0 && i + NS - 2 < NK) {
-      const int s = i + NS - 2;  // refills the buffer of stage s - NS: wait until all 8 warps are done with it
-      if (s >= NS) mbar_wait(empty_bars + 8 * (s % NS), ((s / NS) - 1) & 1);
-      load_stage(s);
-    }
-    mark(i, 1);
-    mbar_wait(bars + 8 * buf, (i / NS) & 1);
-    mark(i, 2);
-    const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) gather_frag<G, kRows>(wt, wt + Cfg::kWBytes, wg * 64 + warp * 16 + g, t, j, a[j]);
-    fence_fragments(a);
-    mark(i, 3);
-    if (wg == 1) asm volatile("bar.sync 4, 256;\n" ::: "memory");            // WG0 has issued stage i
-    else if (i > 0) asm volatile("bar.sync 3, 256;\n" ::: "memory");         // WG1 has issued stage i - 1
-    mark(i, 4);
-    const uint64_t db0 = desc_k128(sbase + buf * Cfg::kStageBytes);
-    wgmma_fence();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if constexpr (BT == 256) wgmma_s8_m64n256k32_rs(acc, a[j], db0 + 2 * j);
-      else if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, a[j], db0 + 2 * j);
-      else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, a[j], db0 + 2 * j);
-      else wgmma_s8_m64n64k32_rs(acc, a[j], db0 + 2 * j);
-    }
-    wgmma_commit();
-    if (wg == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
-    else if (i + 1 < NK) asm volatile("bar.arrive 3, 256;\n" ::: "memory");
-    mark(i, 5);
-    wgmma_wait<0>();
-    if (lane == 0) mbar_arrive(empty_bars + 8 * buf);
-    mark(i, 6);
-  };
-  if constexpr (RS) {
-    uint32_t fa[4][4];
-    for (int i = 0; i < NK; ++i) stage_step_rs(i, fa);
-  } else {
-    for (int i = 0; i < NK; i += 2) {
-      stage_step(i, a_base);
-      if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
-    }
+  for (int i = 0; i < NK; i += 2) {
+    stage_step(i, a_base);
+    if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
   }
   wgmma_wait<0>();
   __syncthreads();
-  if constexpr (MC) cluster_arrive();  // the waits at the end keep both CTAs alive while the other may signal
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
@@ -481,7 +339,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   stamp(2);
-  if constexpr (MC) cluster_wait();
 #endif
 }
 
@@ -511,12 +368,12 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, bool TR, bool RS, bool MC>
+template <typename T, int BT, int G, bool TR>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, RS, MC>;
-  constexpr int smem = Tile2l<BT, RS>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR>;
+  constexpr int smem = Tile2l<BT>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
-  if (!make_map(&tm_x, a.xq, a.M, a.K, MC ? BT / 2 : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
+  if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
       !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
       !make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
@@ -536,41 +393,32 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = MC ? 2 : 1;
+  attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = (MC || splits > 1) ? 1 : 0;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
-bool g_rs = false;             // A from registers (set_gemm_2l_rs): measured slower, kept for the record
-bool g_mc = false;             // the activation-tile multicast where the plan allows it: measured 1.3x slower (v2.9)
-
-template <typename T, int G, bool TR, bool RS, bool MC>
-cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, RS, MC>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, RS, MC>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, RS, MC>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR, RS, MC>(a, p.splits, g_trace, stream);
-}
 
 template <typename T, int G, bool TR>
-cudaError_t launch_2l_main_loop(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (g_rs) return launch_2l_tile<T, G, TR, true, false>(a, p, stream);
-  if (p.multicast) return launch_2l_tile<T, G, TR, false, true>(a, p, stream);
-  return launch_2l_tile<T, G, TR, false, false>(a, p, stream);
+cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G>
 cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 64) {
-    if (g_trace) return launch_2l_main_loop<T, G, true>(a, p, stream);
+    if (g_trace) return launch_2l_tile<T, G, true>(a, p, stream);
   }
-  return launch_2l_main_loop<T, G, false>(a, p, stream);
+  return launch_2l_tile<T, G, false>(a, p, stream);
 }
 
 int g_force_splits = 0;
@@ -592,7 +440,7 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 // of 224 (3.8: also 4, each shorter by the fixed part).
 Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   const int KT = K / kBK;
-  Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1, false};
+  Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
   for (int bt : kTiles) {
     if (!(g_plan_tiles & tile_bit(bt))) continue;
@@ -602,10 +450,9 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
       if (s > KT || (g_force_splits && s != g_force_splits)) continue;
       const long waves = (tiles * s + num_sms - 1) / num_sms;
       const long cost = waves * ((s > 1 ? 65 : 35) * bt + 720 * ((KT + s - 1) / s));
-      if (best_cost < 0 || cost < best_cost) best = {bt, s, false}, best_cost = cost;
+      if (best_cost < 0 || cost < best_cost) best = {bt, s}, best_cost = cost;
     }
   }
-  best.multicast = g_mc && best.splits == 1 && (N / kRows) % 2 == 0;
   return best;
 }
 
@@ -617,10 +464,7 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
 }
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
-void set_gemm_2l_rs(bool on) { g_rs = on; }
-void set_gemm_2l_multicast(bool on) { g_mc = on; }
-bool gemm_2l_multicast() { return g_mc; }
-bool gemm_2l_rs() { return g_rs; }
+
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {

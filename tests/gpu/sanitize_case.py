@@ -39,18 +39,11 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
         wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
         wch = torch.rand(N, device="cuda", generator=g)
         pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
-        # main loop: A tiles in shared memory (CTA pairs sharing the activation tile where N allows, or not), or
-        # register fragments
-        for rs, mc in ((False, True), (False, False), (True, False)):
-            ext.set_gemm_2l_rs(rs)
-            ext.set_gemm_2l_multicast(mc)
-            for bt in ext.gemm_2l_tiles:
-                ext.set_gemm_2l_tile_tokens(bt)
-                for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
-                    ext.set_gemm_2l_splits(splits)
-                    y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
-        ext.set_gemm_2l_rs(False)
-        ext.set_gemm_2l_multicast(True)
+        for bt in ext.gemm_2l_tiles:
+            ext.set_gemm_2l_tile_tokens(bt)
+            for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
+                ext.set_gemm_2l_splits(splits)
+                y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
 torch.cuda.synchronize()
