@@ -416,7 +416,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_gemm", &w4a4_gemm, "xq, ascales, qweight, wscales, lr, proj_up, bias, group_size -> y");
   m.def("set_gemm_tile_rows", &svdq::set_gemm_tile_rows, "force 64/128-row GEMM tiles (0: heuristic)");
   m.def("set_gemm_int4_mma", &svdq::set_gemm_int4_mma,
-        "int4 GEMM MMA: 0 native 4-bit where the GPU has it (sm_80/86/87/89), 1 4-bit everywhere, 2 int8 (default)");
+        "int4 GEMM MMA: 0 native 4-bit where the GPU has it (sm_80/86/87/89; default), 1 4-bit everywhere, 2 int8");
   m.def("gemm_int4_mma_mode", &svdq::gemm_int4_mma_mode, "the int4 GEMM's MMA mode (see set_gemm_int4_mma)");
   m.def("gemm_int4_mma", &svdq::gemm_int4_mma, "whether the int4 GEMM runs the 4-bit MMA for this group size");
   m.def("last_error", &last_error, "message of the last rejected call (calls return None on error)");

@@ -70,7 +70,7 @@ cudaError_t launch_quantize_act(const QuantizeActArgs& a, cudaStream_t stream);
 cudaError_t launch_w4a4_gemm(const W4A4GemmArgs& a, cudaStream_t stream);
 void set_gemm_tile_rows(int bm);  // 64 or 128 forces the tile height (benchmarks); 0 restores the heuristic
 // The int4 GEMM's MMA: 0 = native 4-bit where the GPU has it (sm_80/86/87/89), 1 = 4-bit everywhere (tests;
-// emulated on sm_90), 2 = int8 everywhere (the default for now). gemm_int4_mma(G): whether the next launch
+// emulated on sm_90), 2 = int8 everywhere; 0 is the default. gemm_int4_mma(G): whether the next launch
 // uses the 4-bit MMA.
 void set_gemm_int4_mma(int mode);
 int gemm_int4_mma_mode();

@@ -225,18 +225,19 @@ def test_gemm_native_int4_mma_is_bit_identical_to_the_int8_path(ext, dtype, gs):
 
 
 def test_gemm_int4_mma_choice_follows_the_gpu(ext):
-    """The int8 MMA by default (until the 4-bit path has run here); auto mode takes the 4-bit MMA exactly where
-    it is native (sm_80/86/87/89) and for groups of 64 / 128; forced mode everywhere for those groups."""
-    assert ext.gemm_int4_mma_mode() == 2 and not ext.gemm_int4_mma(64)
+    """Auto mode by default: the 4-bit MMA exactly where it is native (sm_80/86/87/89) and for groups of 64 /
+    128; forced mode everywhere for those groups; mode 2 never."""
+    assert ext.gemm_int4_mma_mode() == 0
     native = (8, 0) <= torch.cuda.get_device_capability() < (9, 0)
     try:
-        ext.set_gemm_int4_mma(0)
         assert ext.gemm_int4_mma(64) == native and ext.gemm_int4_mma(128) == native
         assert not ext.gemm_int4_mma(32)
         ext.set_gemm_int4_mma(1)
         assert ext.gemm_int4_mma(64) and not ext.gemm_int4_mma(32)
-    finally:
         ext.set_gemm_int4_mma(2)
+        assert not ext.gemm_int4_mma(64)
+    finally:
+        ext.set_gemm_int4_mma(0)
 
 
 def test_ops_reject_bad_shapes_and_fall_back(ext):
