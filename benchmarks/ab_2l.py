@@ -8,8 +8,9 @@ Configurations: "v2.4" = the down projection after the quantizer on one stream, 
 64/128/256; "v2.5" = K split over a cluster at small M and the down projection on a side stream while x
 fits in L2, same tiles; "now" = v2.5 with the 224-token tile (the defaults). Peers timed in the same
 rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast accumulation; the
-activation cast not counted). Bit-identity of every configuration with "now" is checked on every shape
-before timing.
+activation cast not counted). "w8" = now with the weights stored widened to int8 (w8a4_gemm_2l: 2x the
+weight bytes, no widening in the GEMM). Bit-identity of every configuration and of w8 with "now" is
+checked on every shape before timing.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import torch
 
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
+
+from svdquant_hf.ops.reference import weight_operand_2l
 
 # (side-stream overlap, forced splits, token tiles the plan may pick)
 CONFIGS = {
@@ -54,8 +57,8 @@ def main() -> int:
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
-    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in CONFIGS) + f" {'bf16':>8} {'fp8':>8} |"
-          f" now/v2.5 bf16/now fp8/now")
+    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in [*CONFIGS, "w8", "bf16", "fp8"]) +
+          " | now/v2.5 bf16/now fp8/now bf16/w8 fp8/w8")
     default = CONFIGS["now"]
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
@@ -65,10 +68,15 @@ def main() -> int:
             smooth, pd, pu, bias = p.smooth, p.proj_down, p.proj_up, p.bias
             qw, wsc, wch = p.qweight, p.wscales, p.wchannel
             w = torch.randn(N, K, device="cuda", dtype=dt) / K**0.5
+            w8 = weight_operand_2l(qw, wsc, gs)
 
             def chain(x):
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w4a4_gemm_2l(xq, xsc, qw, wsc, wch, lr, pu, bias, gs)
+
+            def chain_w8(x, w8=w8):
+                xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+                return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
             outs = {}
             for name, cfg in CONFIGS.items():
@@ -77,17 +85,18 @@ def main() -> int:
                     outs[name] = chain(p.xs[0])
                 finally:
                     configure(ext, *default)
+            outs["w8"] = chain_w8(p.xs[0])
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
                     print(f"  {name} differs from now at M={M} K={K} N={N}: {(y != outs['now']).sum().item()} outputs")
-            w8, sw = rowwise_e4m3(w)
+            wf8, sw = rowwise_e4m3(w)
             x8s = [rowwise_e4m3(x) for x in p.xs]
 
-            def fp8(x8, sx, w8=w8, sw=sw):
-                return torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
+            def fp8(x8, sx, wf8=wf8, sw=sw):
+                return torch._scaled_mm(x8, wf8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
 
-            times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "bf16", "fp8"]}
+            times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "w8", "bf16", "fp8"]}
             for _ in range(args.rounds):
                 for name, cfg in CONFIGS.items():
                     configure(ext, *cfg)
@@ -95,13 +104,15 @@ def main() -> int:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
                         configure(ext, *default)
+                times["w8"].append(1e3 * time_graph(chain_w8, xs, args.reps))
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
                 times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
             med = {c: statistics.median(v) for c, v in times.items()}
-            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "bf16", "fp8"])
-                  + f" | {med['now'] / med['v2.5']:>8.2f} {med['bf16'] / med['now']:>8.2f} {med['fp8'] / med['now']:>7.2f}")
-            del xs, w, p, x8s, w8
+            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "w8", "bf16", "fp8"])
+                  + f" | {med['now'] / med['v2.5']:>8.2f} {med['bf16'] / med['now']:>8.2f} {med['fp8'] / med['now']:>7.2f}"
+                  f" {med['bf16'] / med['w8']:>7.2f} {med['fp8'] / med['w8']:>6.2f}")
+            del xs, w, p, x8s, w8, wf8
             torch.cuda.empty_cache()
     return 1 if bad else 0
 

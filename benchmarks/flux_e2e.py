@@ -16,6 +16,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
+  python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
+    "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
 )
 
 
@@ -220,6 +222,8 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = torch.compile(model)
     elif name.endswith("_graphs"):  # compiled and replayed as CUDA graphs: no host cost per kernel
         model = torch.compile(model, mode="reduce-overhead")
+    elif name.endswith("_regional"):  # diffusers' regional compilation: one graph per block class, reused
+        model.compile_repeated_blocks(fullgraph=True)
     return model
 
 

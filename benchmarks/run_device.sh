@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|w8]   (carry .bnbwhl for NF4 + diffusers)
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
+#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l): its tests (-k int8_weights), the other 2l tests,
+#       compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with its w8 column
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}
@@ -92,6 +94,19 @@ if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then b
   timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \
     > "$OUT/trace.log" 2>&1
   echo "trace rc=$?"; tail -40 "$OUT/trace.log"
+fi
+if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tests, the rest, sanitizer, A/B
+  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k int8_weights --timeout 60 > "$OUT/tests_w8.log" 2>&1
+  echo "int8-weight tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_w8.log" | tail -12
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
+  echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+    > "$OUT/sanitize_memcheck.log" 2>&1
+  echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
+  timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} > "$OUT/ab_2l.log" 2>&1
+  echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1

@@ -261,28 +261,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   return {xq, xscale, lr};
 }
 
-at::Tensor w4a4_gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::Tensor& qw_in,
-                        const at::Tensor& wsc_in, const at::Tensor& wch_in, const at::Tensor& lr_in,
-                        const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size) {
+// The int4_2l GEMM; group_size 0: qweight holds the weights widened to int8 q * s_int [N, K] (wscales unused).
+at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::Tensor& qw_in,
+                   const at::Tensor& wsc_in, const at::Tensor& wch_in, const at::Tensor& lr_in,
+                   const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size) {
   SVDQ_REQUIRE(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
                "svdquant w4a4_gemm_2l: xq must be a 2-D int8 CUDA tensor");
   SVDQ_REQUIRE(is_16bit(lr_in), "svdquant w4a4_gemm_2l: lr_act must be bfloat16 or float16");
   const auto dt = lr_in.scalar_type();
   const int64_t M = xq_in.size(0), K = xq_in.size(1), N = qw_in.size(0), R = lr_in.size(1);
-  SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
+  const bool w8 = group_size == 0;
+  SVDQ_REQUIRE(w8 || group_size == 32 || group_size == 64 || group_size == 128,
                "svdquant w4a4_gemm_2l: group_size must be 32, 64 or 128, got ", group_size);
   SVDQ_REQUIRE(K % 128 == 0 && N % 128 == 0 && K <= 65536, "svdquant w4a4_gemm_2l: needs K % 128 == 0, N % 128 == 0");
   SVDQ_REQUIRE(R % 16 == 0 && R <= svdq::kMaxRank2l, "svdquant w4a4_gemm_2l: rank ", R, " must be a multiple of 16");
-  SVDQ_REQUIRE(qw_in.dim() == 2 && qw_in.size(1) * 2 == K, "svdquant w4a4_gemm_2l: qweight must be [N, K/2]");
-  SVDQ_REQUIRE(wsc_in.dim() == 2 && wsc_in.size(0) == K / group_size && wsc_in.size(1) == N,
-               "svdquant w4a4_gemm_2l: wscales must be [", K / group_size, ", ", N, "]");
+  SVDQ_REQUIRE(qw_in.dim() == 2 && qw_in.size(1) * (w8 ? 1 : 2) == K, "svdquant w4a4_gemm_2l: qweight must be [N, ",
+               w8 ? "K" : "K/2", "]");
+  SVDQ_REQUIRE(w8 || (wsc_in.dim() == 2 && wsc_in.size(0) == K / group_size && wsc_in.size(1) == N),
+               "svdquant w4a4_gemm_2l: wscales must be [", w8 ? 0 : K / group_size, ", ", N, "]");
   SVDQ_REQUIRE(xs_in.numel() == M && wch_in.numel() == N && lr_in.size(0) == M && pu_in.size(0) == N &&
                    pu_in.size(1) == R,
                "svdquant w4a4_gemm_2l: xscale/wchannel/lr_act/proj_up shapes");
   c10::cuda::CUDAGuard guard(xq_in.device());
   for (auto& [t, name, want] :
        {std::tuple<const at::Tensor&, const char*, at::ScalarType>{qw_in, "qweight", at::kChar},
-        {xs_in, "xscale", at::kFloat}, {wsc_in, "wscales", at::kByte}, {wch_in, "wchannel", at::kFloat},
+        {xs_in, "xscale", at::kFloat}, {wsc_in, "wscales", w8 ? at::kChar : at::kByte}, {wch_in, "wchannel", at::kFloat},
         {lr_in, "lr_act", dt}, {pu_in, "proj_up", dt}}) {
     const std::string e = mismatch(t, xq_in, want, name);
     SVDQ_REQUIRE(e.empty(), e);
@@ -299,13 +302,29 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const 
   at::Tensor xq = prep(xq_in), xs = prep(xs_in), qw = prep(qw_in), wsc = prep(wsc_in), wch = prep(wch_in);
   at::Tensor lr = prep(lr_in), pu = prep(pu_in);
   svdq::W4A4Gemm2lArgs a{dtype_of(lr, "lr_act"), xq.data_ptr<int8_t>(), xs.data_ptr<float>(), qw.data_ptr<int8_t>(),
-                         wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
+                         w8 ? nullptr : wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
                          bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), (int)M, (int)N, (int)K, (int)R,
                          (int)group_size};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
   return y;
+}
+
+at::Tensor w4a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                        const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                        const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  if (group_size == 0) {  // 0 is the int8 layout's marker, not a group size
+    g_last_error = c10::str("svdquant w4a4_gemm_2l: group_size must be 32, 64 or 128, got 0");
+    return {};
+  }
+  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size);
+}
+
+// The int4_2l GEMM on weights stored widened (int8 q * s_int, [N, K]; benchmarks/expanded layout experiments).
+at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& wq8, const at::Tensor& wch,
+                        const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
+  return gemm_2l(xq, xs, wq8, wq8, wch, lr, pu, bias, 0);
 }
 
 // --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
@@ -424,6 +443,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
   m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
         "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
+  m.def("w8a4_gemm_2l", &w8a4_gemm_2l,
+        "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
+        "on weights widened once, so its main loop has no widening");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
   m.def(
       "set_quantize_act_2l_overlap", [](bool on) { g_lr_overlap = on; },

@@ -59,13 +59,15 @@ constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
-template <int BT>
+// W8: the weights are stored widened (int8 q * s_int, [N, K]) and loaded by TMA straight into the stage as
+// the wgmma A tiles: no group scales, no widening, no separate A tiles.
+template <int BT, bool W8 = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
-  static constexpr int kWBytes = kRows * kBK / 2;
-  static constexpr int kScBytes = 4 * kRows;  // up to kBK / 32 groups per stage
+  static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
+  static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
   static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kBarBytes = 8 * kStages;  // one mbarrier per stage
@@ -103,8 +105,8 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 }
 
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false.
-template <typename T, int BT, int G, bool TR>
+// dispatched kernels are built with TR = false. W8: int8 weights (see Tile2l; G is then unused).
+template <typename T, int BT, int G, bool TR, bool W8>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
-  using Cfg = Tile2l<BT>;
+  using Cfg = Tile2l<BT, W8>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -134,15 +136,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
-  constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + GPS * kRows;
+  constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kTxBytes);
     tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
-    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (kBK / 2), n0, bar);
-    tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
+    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), n0, bar);
+    if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
@@ -220,10 +222,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
-    convert_stage(i, a_tile);
-    fence_proxy_async_smem();
-    mark(i, 3);
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
+    if constexpr (W8) {  // this warpgroup's 64 rows of the stage's weight tile, as TMA wrote them
+      a_tile = sbase + (i % NS) * Cfg::kStageBytes + Cfg::kActBytes + wg * 64 * kBK;
+    } else {
+      convert_stage(i, a_tile);
+      fence_proxy_async_smem();
+      mark(i, 3);
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
+    }
     mark(i, 4);
     const uint64_t da0 = desc_k128(a_tile);
     const uint64_t db0 = desc_k128(sbase + (i % NS) * Cfg::kStageBytes);
@@ -368,15 +374,17 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, bool TR>
+template <typename T, int BT, int G, bool TR, bool W8>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR>;
-  constexpr int smem = Tile2l<BT>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8>;
+  constexpr int smem = Tile2l<BT, W8>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
-  if (!make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) ||
-      !make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) ||
-      !make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE))
-    return cudaErrorInvalidValue;
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+                    (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+                              make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
+                        : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
+                              make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE));
+  if (!maps) return cudaErrorInvalidValue;
   static bool smem_set[64] = {};  // the attribute is per device: set once on each
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -405,12 +413,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR>
+template <typename T, int G, bool TR, bool W8 = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR, W8>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G>
@@ -470,6 +478,9 @@ void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
+  if (a.group_size == 0)  // int8 weights
+    return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true>(a, p, stream)
+              : launch_2l_tile<__half, 64, false, true>(a, p, stream);
   switch (a.group_size) {
     case 32:
       return bf ? launch_2l_plan<__nv_bfloat16, 32>(a, p, stream) : launch_2l_plan<__half, 32>(a, p, stream);

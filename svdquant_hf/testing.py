@@ -96,13 +96,17 @@ def tiny_vae(seed: int = 0, latent_channels: int = 4):
     ).eval()
 
 
-def tiny_flux_transformer(seed: int = 0, in_channels: int = 16, dtype: torch.dtype = torch.float32):
-    """FluxTransformer2DModel: width 64 (2 heads x 32), 1 double + 1 single block."""
+def tiny_flux_transformer(
+    seed: int = 0, in_channels: int = 16, dtype: torch.dtype = torch.float32, num_layers: int = 1,
+    num_single_layers: int = 1,
+):
+    """FluxTransformer2DModel: width 64 (2 heads x 32), 1 double + 1 single block by default."""
     from diffusers import FluxTransformer2DModel
 
     _seeded(seed)
     model = FluxTransformer2DModel(
-        patch_size=1, in_channels=in_channels, num_layers=1, num_single_layers=1, attention_head_dim=32,
+        patch_size=1, in_channels=in_channels, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=32,
         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
         axes_dims_rope=(8, 12, 12),
     )

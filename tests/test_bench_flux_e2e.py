@@ -68,3 +68,10 @@ def test_fused_lora_variant_runs_the_folded_branch():
     assert layers and all(m.merged and m.get_base_layer().proj_down.shape[1] == 64 for m in layers)
     with torch.inference_mode():
         assert torch.equal(fused(**inputs)[0], live(**inputs)[0])
+
+
+def test_regional_variant_compiles_each_block_and_nothing_else():
+    model = flux_e2e.build_variant("svdq2l_regional", flux_e2e.TINY, "cpu", cap=False)
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert model._compiled_call_impl is None and not hasattr(model, "_orig_mod")

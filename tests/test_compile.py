@@ -53,3 +53,32 @@ def test_fullgraph_compile_inductor(q_model):
     assert out.shape == eager.shape and out.dtype == eager.dtype
     # inductor fuses the 16-bit ops around the custom ops: bf16 rounding may differ slightly
     assert (out.float() - eager.float()).abs().max() < 0.05
+
+
+def _unique_graphs(model, inp, **compile_kwargs) -> tuple[torch.Tensor, int]:
+    from torch._dynamo.utils import counters
+
+    dynamo.reset()
+    counters.clear()
+    model.compile_repeated_blocks(fullgraph=True, **compile_kwargs)
+    with torch.no_grad():
+        out = model(**inp)[0]
+    return out, counters["stats"]["unique_graphs"]
+
+
+def test_regional_compile_reuses_one_graph_per_block_class(tmp_path):
+    """diffusers' compile_repeated_blocks (regional compilation: each block class compiled once, the graph reused
+    by every block) on a quantized FLUX with 3 + 3 blocks: the 4-bit layers cause no per-block recompile (as many
+    graphs as the 16-bit model, fewer than blocks) and the outputs equal eager."""
+    blocks = dict(num_layers=3, num_single_layers=3)
+    src = save_tiny_model(tiny_flux_transformer(seed=13, **blocks), tmp_path / "fp")
+    plain = FluxTransformer2DModel.from_pretrained(src, torch_dtype=torch.bfloat16)
+    quant = FluxTransformer2DModel.from_pretrained(src, quantization_config=SVDQuantConfig(), torch_dtype=torch.bfloat16)
+    inp = model_inputs(quant, seed=7)
+    with torch.no_grad():
+        eager = quant(**inp)[0]
+    out, graphs = _unique_graphs(quant, inp, backend="aot_eager")
+    _, plain_graphs = _unique_graphs(plain, inp, backend="aot_eager")
+    assert torch.equal(out, eager)
+    assert graphs == plain_graphs < 6, (graphs, plain_graphs)
+    dynamo.reset()

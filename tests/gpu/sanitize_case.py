@@ -27,6 +27,7 @@ print("sanitize case done", float(y.float().abs().sum()))
 # two-level INT4: quantize on any GPU (the cluster kernel on Hopper), the wgmma GEMM on Hopper (tails in M,
 # every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
+from svdquant_hf.ops.reference import weight_operand_2l  # noqa: E402
 
 for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
                           (700, 256, 3072, 32, 64)]:
@@ -39,11 +40,13 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
         wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
         wch = torch.rand(N, device="cuda", generator=g)
         pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
+        w8 = weight_operand_2l(qw, wsc, gs)  # the weights stored widened: w8a4_gemm_2l
         for bt in ext.gemm_2l_tiles:
             ext.set_gemm_2l_tile_tokens(bt)
             for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
                 ext.set_gemm_2l_splits(splits)
                 y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+                y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
 torch.cuda.synchronize()

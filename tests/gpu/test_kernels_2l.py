@@ -11,7 +11,7 @@ import torch
 from svdquant_hf.formats.int4 import pack_int4
 from svdquant_hf.ops import library
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable
-from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref
+from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref, weight_operand_2l
 
 from test_kernels import AWKWARD_M, FLUX_SHAPES, _poison, _rel, ext  # noqa: F401  (ext: the fixture)
 
@@ -276,3 +276,55 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
         library.w4a4_gemm_2l(xq, xs, qw, wsc[:-1], wch, lr, pu, b, gs)
     with pytest.raises(ValueError, match=r"quantize_act_2l: smooth has shape"):
         library.quantize_act_2l(x, smooth[:-1], pd, gs)
+
+
+# --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 8])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (33, 256, 384), (300, 15360, 128), (515, 2048, 512)])
+def test_gemm_2l_int8_weights_bit_identical_every_tile_and_split(hopper, splits, bt, M, K, N):
+    """The same exact int32 sums from the widened weights: bit-identical to the packed kernel with the branch and
+    bias, for every token tile and K split (incl. CTAs with one stage and with none)."""
+    R, gs = 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + splits + 7)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + 7)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    w8 = weight_operand_2l(qw, wsc, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    hopper.set_gemm_2l_splits(splits)
+    try:
+        y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        _poison(4 * M * N, 0xFF)
+        y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
+    finally:
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 128])
+def test_gemm_2l_int8_weights_integer_part_exact(hopper, dtype, gs):
+    """No branch, no bias: y equals the reference bit for bit (K = 128: one stage; M = 4097: a partial tile)."""
+    for M, K, N in [(4097, 3072, 3072), (7, 128, 256)]:
+        x, smooth, pd = _acts(M, K, 0, dtype, seed=M + N + 8)
+        qw, wsc, wch, pu, _ = _weights(N, K, 0, dtype, gs, seed=K + 8)
+        xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w8a4_gemm_2l(xq, xs, weight_operand_2l(qw, wsc, gs), wch, lr, pu, None)
+        ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+        assert torch.equal(y, ref), f"M={M}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("K,N", FLUX_SHAPES)
+def test_gemm_2l_int8_weights_flux_shapes(hopper, K, N):
+    M = 4608
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N + 9)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N + 9)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    y8 = hopper.w8a4_gemm_2l(xq, xs, weight_operand_2l(qw, wsc, 64), wch, lr, pu, b)
+    assert torch.equal(y8, y4)
