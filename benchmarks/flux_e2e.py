@@ -17,6 +17,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
+  python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 
 import torch
 from torch import nn
+
+from svdquant_hf.ops import set_trace_quantizer
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -43,6 +46,7 @@ ALL_VARIANTS = (
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
     "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
+    "svdq2l_tq_compile", "svdq2l_tq_regional",
 )
 
 
@@ -279,6 +283,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     for variant in args.variants.split(","):
         row_base = dict(variant=variant, device=gpu, cap_gib=args.memory_cap_gib)
+        set_trace_quantizer("_tq" in variant)  # read when the compiled graph is traced (first call)
         try:
             model = build_variant(variant, config, dev, cap)
         except Exception as e:  # a missing peer library, or out of memory under the cap
@@ -306,6 +311,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(json.dumps(row), flush=True)
                 del inputs
         del model
+        set_trace_quantizer(False)
         gc.collect()
         if dev == "cuda":
             torch.cuda.empty_cache()

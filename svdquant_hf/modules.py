@@ -8,6 +8,7 @@ from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
 from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref
+from .ops.traced import quantize_act_2l_traced, trace_quantizer
 
 
 class SVDQuantLinear(nn.Module):
@@ -132,9 +133,8 @@ class SVDQuantLinear(nn.Module):
                     x2, self.qweight, self.wscales, self.wchannel, proj_down, proj_up, bias, self.group_size
                 )
             else:  # on CUDA the dispatcher calls the extension's C++ kernels directly (ops/library.py)
-                xq, xscale, lr = ops.quantize_act_2l(
-                    x2.contiguous(), self.smooth_factor, proj_down, self.group_size
-                )
+                quantize = quantize_act_2l_traced if trace_quantizer() else ops.quantize_act_2l
+                xq, xscale, lr = quantize(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
                 y = ops.w4a4_gemm_2l(
                     xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
                 )

@@ -75,3 +75,12 @@ def test_regional_variant_compiles_each_block_and_nothing_else():
     blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
     assert all(b._compiled_call_impl is not None for b in blocks)
     assert model._compiled_call_impl is None and not hasattr(model, "_orig_mod")
+
+
+def test_traced_quantizer_variant_runs_and_switches_back(tmp_path):
+    from svdquant_hf.ops import traced
+
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "svdq2l_tq_regional", "--res", "64", "--batch", "1",
+                          "--iters", "1", "--warmup", "0", "--out", str(tmp_path / "e2e.json")])
+    assert rows[0]["variant"] == "svdq2l_tq_regional" and rows[0]["ms"] > 0
+    assert not traced._enabled

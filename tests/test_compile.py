@@ -82,3 +82,49 @@ def test_regional_compile_reuses_one_graph_per_block_class(tmp_path):
     assert torch.equal(out, eager)
     assert graphs == plain_graphs < 6, (graphs, plain_graphs)
     dynamo.reset()
+
+
+def test_traced_quantizer_matches_the_reference_rule():
+    """quantize_act_2l_traced: xq and xscale bit-identical to the reference quantizer (awkward values: outlier
+    channels, an all-zero token), lr the plain matmul."""
+    from svdquant_hf.ops import quantize_act_2l_ref, quantize_act_2l_traced
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(37, 512, generator=g) * 2).to(torch.bfloat16)
+    x[:, [5, 300]] *= 40
+    x[4] = 0
+    smooth = (torch.rand(512, generator=g) * 3 + 0.25).to(torch.bfloat16)
+    pd = (torch.randn(512, 32, generator=g) / 512**0.5).to(torch.bfloat16)
+    for gs in (32, 64, 128):
+        xq, xs, lr = quantize_act_2l_traced(x, smooth, pd, gs)
+        rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+        assert torch.equal(xq, rq) and torch.equal(xs, rs)
+        assert lr.dtype == x.dtype and torch.allclose(lr.float(), rl.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_traced_quantizer_replaces_the_quantize_op_under_compile_only(tmp_path):
+    """set_trace_quantizer(True): the compiled graph holds the GEMM ops but no quantize op (the quantizer is torch
+    ops that Inductor can fuse with the norm before it), and matches eager; eager and the default are unchanged."""
+    from svdquant_hf.ops import set_trace_quantizer
+
+    src = save_tiny_model(tiny_flux_transformer(seed=14), tmp_path / "fp")
+    model = FluxTransformer2DModel.from_pretrained(
+        src, quantization_config=SVDQuantConfig(quant_format="int4_2l"), torch_dtype=torch.bfloat16
+    )
+    inp = model_inputs(model, seed=8)
+    n_layers = len(svd_layers(model))
+    with torch.no_grad():
+        eager = model(**inp)[0]
+    _, default_targets = fullgraph_targets(model, inp)
+    assert sum("svdquant.quantize_act_2l" in t for t in default_targets) == n_layers
+    set_trace_quantizer(True)
+    try:
+        with torch.no_grad():
+            assert torch.equal(model(**inp)[0], eager)  # eager always calls the op
+        out, targets = fullgraph_targets(model, inp)
+    finally:
+        set_trace_quantizer(False)
+        dynamo.reset()
+    assert not any("svdquant.quantize_act_2l" in t for t in targets)
+    assert sum("svdquant.w4a4_gemm_2l" in t for t in targets) == n_layers
+    assert torch.equal(out, eager)  # on the CPU the traced ops are the reference's own

@@ -12,6 +12,7 @@ from .reference import (
     w4a16_2l_linear_ref,
     w4a16_linear_ref,
 )
+from .traced import quantize_act_2l_traced, set_trace_quantizer
 
 __all__ = [
     "quantize_act",
@@ -28,4 +29,6 @@ __all__ = [
     "int_dot_exact",
     "dequantize_weight_2l",
     "w4a16_2l_linear_ref",
+    "quantize_act_2l_traced",
+    "set_trace_quantizer",
 ]

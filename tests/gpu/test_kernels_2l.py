@@ -328,3 +328,21 @@ def test_gemm_2l_int8_weights_flux_shapes(hopper, K, N):
     y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
     y8 = hopper.w8a4_gemm_2l(xq, xs, weight_operand_2l(qw, wsc, 64), wch, lr, pu, b)
     assert torch.equal(y8, y4)
+
+
+# --- the quantizer traced as torch ops under torch.compile (svdquant_hf.ops.set_trace_quantizer)
+
+
+@pytest.mark.parametrize("M,K", [(1, 256), (255, 3072), (4097, 3072), (33, 15360)])
+def test_traced_quantizer_compiled_by_inductor_matches_the_kernel(ext, M, K):
+    """Inductor's code for the traced quantizer against the CUDA kernel: the same per-token scales and int8
+    operand up to rare rounding-boundary flips (Triton's fp32 division may differ by an ulp), lr as cuBLAS."""
+    from svdquant_hf.ops import quantize_act_2l_traced
+
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K + 11)
+    kq, ks, kl = _quantize(ext, x, smooth, pd, 64)
+    torch._dynamo.reset()
+    tq, ts, tl = torch.compile(quantize_act_2l_traced, fullgraph=True)(x, smooth, pd, 64)
+    assert torch.allclose(ts, ks, rtol=1e-6, atol=0)
+    assert (tq != kq).float().mean().item() < 1e-3, f"{(tq != kq).sum().item()} of {tq.numel()} bytes differ"
+    assert _rel(tl, kl) < 1e-2
