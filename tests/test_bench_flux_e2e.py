@@ -84,3 +84,12 @@ def test_traced_quantizer_variant_runs_and_switches_back(tmp_path):
                           "--iters", "1", "--warmup", "0", "--out", str(tmp_path / "e2e.json")])
     assert rows[0]["variant"] == "svdq2l_tq_regional" and rows[0]["ms"] > 0
     assert not traced._enabled
+
+
+def test_loop_timing_is_recorded(tmp_path):
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16", "--res", "64", "--batch", "1",
+                          "--iters", "3", "--warmup", "0", "--loop", "--out", str(tmp_path / "e2e.json")])
+    assert rows[0]["timing"] == "loop" and rows[0]["ms"] > 0
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16", "--res", "64", "--batch", "1",
+                          "--iters", "1", "--warmup", "0", "--out", str(tmp_path / "e2e2.json")])
+    assert rows[0]["timing"] == "each"
