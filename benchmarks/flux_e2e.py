@@ -270,7 +270,7 @@ def plot(results: list[dict], path: str) -> None:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
         ax.set_xticklabels([f"{r}px b{b}" for r, b in keys])
         ax.set_title(title)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(len(variants), 4))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
