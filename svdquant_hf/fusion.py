@@ -2,15 +2,18 @@
 
 Layers that share ``smooth_factor`` and ``proj_down`` (``quantize_model(..., shared_input_groups=...)``)
 quantize their common input identically, so their concatenation is one layer with the same numerics.
+Columns a member has beyond the shared ``proj_down`` (a LoRA merged by ``fuse_lora``) join the fused
+branch as its own block: its rows of ``proj_up`` read them, the other members' rows hold zeros there.
 ``fuse_shared_input_projections`` builds it for diffusers attention modules that have a fused path
 (``fused_projections``: ``to_qkv`` for to_q/to_k/to_v, ``to_added_qkv`` for the add_*_proj layers) and
 removes the members; ``unfuse_shared_input_projections`` splits it back exactly. A fused model's
-state_dict keeps the member keys (checkpoints do not change); LoRA loading needs the members, so it
-asks for unfusing first.
+state_dict keeps the member keys (checkpoints do not change); loading a LoRA needs the members, so it
+asks for unfusing first (``fuse_lora`` + ``unload_lora_weights`` make it part of the members, which then fuse).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -27,23 +30,44 @@ def _shares_input(mods: Sequence[nn.Module]) -> bool:
     if not all(type(m) is SVDQuantLinear for m in mods):  # a PEFT-wrapped layer is not fused
         return False
     a = mods[0]
-    same = [(m.in_features, m.quant_format, m.group_size, m.weight_only, m.rank, m.compute_dtype) for m in mods]
+    same = [(m.in_features, m.quant_format, m.group_size, m.weight_only, m.compute_dtype) for m in mods]
     return (
         len(set(same)) == 1
-        and all(torch.equal(m.smooth_factor, a.smooth_factor) and torch.equal(m.proj_down, a.proj_down) for m in mods)
+        and all(torch.equal(m.smooth_factor, a.smooth_factor) for m in mods)
         and (a.wtscale is None or all(torch.equal(m.wtscale, a.wtscale) for m in mods))
     )
+
+
+def _shared_rank(mods: Sequence[SVDQuantLinear]) -> int:
+    """How many leading columns of proj_down all members have in common (their joint branch)."""
+    a = mods[0]
+    r = min(m.proj_down.shape[1] for m in mods)
+    for m in mods[1:]:
+        same = (m.proj_down[:, :r] == a.proj_down[:, :r]).all(0)
+        r = int(same.logical_not().nonzero()[0]) if not bool(same.all()) else r
+    return r
 
 
 def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinear:
     a = mods[0]
     has_bias = any(m.bias is not None for m in mods)
-    fused = SVDQuantLinear(a.in_features, sum(m.out_features for m in mods), has_bias, a.rank, a.group_size,
+    shared = _shared_rank(mods)
+    own = [m.proj_down.shape[1] - shared for m in mods]  # each member's columns after the shared ones
+    rank = shared + sum(own)
+    fused = SVDQuantLinear(a.in_features, sum(m.out_features for m in mods), has_bias, rank, a.group_size,
                            a.quant_format, a.weight_only, a.compute_dtype, device="meta")
     fused.qweight = torch.cat([m.qweight for m in mods])
     fused.wscales = torch.cat([m.wscales for m in mods], 1)
-    fused.proj_up = torch.cat([m.proj_up for m in mods])
-    fused.smooth_factor, fused.proj_down, fused.wtscale = a.smooth_factor, a.proj_down, a.wtscale
+    fused.proj_down = torch.cat([a.proj_down[:, :shared], *(m.proj_down[:, shared:] for m in mods)], 1)
+    ups, start = [], shared
+    for m, n_own in zip(mods, own):
+        up = m.proj_up.new_zeros(m.out_features, rank)
+        up[:, :shared] = m.proj_up[:, :shared]
+        up[:, start : start + n_own] = m.proj_up[:, shared:]
+        ups.append(up)
+        start += n_own
+    fused.proj_up = torch.cat(ups)
+    fused.smooth_factor, fused.wtscale = a.smooth_factor, a.wtscale
     if a.wchannel is not None:
         fused.wchannel = torch.cat([m.wchannel for m in mods])
     if has_bias:
@@ -52,7 +76,10 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
             requires_grad=False,
         )
     fused.layer_name = "+".join(m.layer_name or n for m, n in zip(mods, names))
-    fused.fused_members = tuple((n, m.out_features, m.bias is not None, m.layer_name) for n, m in zip(names, mods))
+    fused.fused_members = tuple(
+        (n, m.out_features, m.bias is not None, m.layer_name, n_own) for n, m, n_own in zip(names, mods, own)
+    )
+    fused.fused_shared_rank = shared
     return fused
 
 
@@ -60,16 +87,19 @@ def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
     """The members back, by split_outputs (the rule the joint quantization split them by)."""
     qw = QuantizedWeights(fused.qweight, fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
                           wtscale=fused.wtscale, wchannel=fused.wchannel)
-    members = fused.fused_members
-    opts = SVDQuantOptions(rank=fused.rank, group_size=fused.group_size,
-                           quant_format=fused.quant_format, weight_only=fused.weight_only)
-    out, start = [], 0
-    for (name, n, has_bias, layer_name), part in zip(members, split_outputs(qw, [n for _, n, _, _ in members])):
+    members, shared = fused.fused_members, fused.fused_shared_rank
+    out, start, col = [], 0, shared
+    for (name, n, has_bias, layer_name, n_own), part in zip(members, split_outputs(qw, [m[1] for m in members])):
+        cols = torch.cat([torch.arange(shared), torch.arange(col, col + n_own)]).to(fused.proj_down.device)
+        part = replace(part, proj_down=fused.proj_down[:, cols].contiguous(), proj_up=part.proj_up[:, cols].contiguous())
+        opts = SVDQuantOptions(rank=shared + n_own, group_size=fused.group_size,
+                               quant_format=fused.quant_format, weight_only=fused.weight_only)
         bias = fused.bias[start : start + n] if has_bias else None
         m = SVDQuantLinear.from_quantized(part, bias, opts, fused.compute_dtype)
         m.layer_name = layer_name
         out.append((name, m))
         start += n
+        col += n_own
     return out
 
 
@@ -115,8 +145,9 @@ def fuse_shared_input_projections(model: nn.Module) -> list[str]:
         for _, members, mods in present:
             if any(hasattr(m, "base_layer") for m in mods):
                 raise ValueError(
-                    f"{parent_name}: LoRA adapters are loaded on {', '.join(members)}; fuse_lora() or "
-                    f"unload_lora_weights() before fuse_shared_input_projections"
+                    f"{parent_name}: LoRA adapters are loaded on {', '.join(members)}; fuse_lora() then "
+                    f"unload_lora_weights() (the merged adapters fuse along), or unload_lora_weights(), before "
+                    f"fuse_shared_input_projections"
                 )
         # diffusers' fused path computes every projection of the module from the fused layers: all or none
         if not present or not all(_shares_input(mods) for _, _, mods in present):

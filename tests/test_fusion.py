@@ -90,11 +90,56 @@ def test_unfuse_restores_the_layers_exactly(quantized):
     assert fused.state_dict().keys() == model.state_dict().keys()
 
 
-def test_layers_quantized_one_by_one_are_not_fused():
+def test_layers_quantized_one_by_one_fuse_with_their_branches_side_by_side():
+    """Data-free quantization smooths nothing (every smooth_factor is 1), so q/k/v quantized one by one quantize
+    their input alike: they fuse, each member's branch a block of the fused one (rank 3 x 16, nothing shared),
+    with the same outputs, and split back exactly. Different smoothing is never fused."""
     model = T.tiny_flux_transformer(3, in_channels=16)
-    quantize_model(model, SVDQuantConfig(rank=16), progress=False,
+    quantize_model(model, SVDQuantConfig(quant_format="int4_2l", rank=16), progress=False,
                    extra_skip=[n for n in dict(model.named_modules()) if "norm" in n or "embed" in n])
-    assert fuse_shared_input_projections(model) == []  # different smoothing: nothing is fused
+    inputs = T.model_inputs(model, seed=6, batch=1)
+    fused = copy.deepcopy(model)
+    assert "transformer_blocks.0.attn.to_qkv" in fuse_shared_input_projections(fused)
+    qkv = fused.transformer_blocks[0].attn.to_qkv
+    assert qkv.fused_shared_rank == 0 and qkv.rank == qkv.proj_down.shape[1] == 48
+    with torch.no_grad():
+        assert _rel(fused(**inputs)[0], model(**inputs)[0]) < 1e-3
+    unfuse_shared_input_projections(fused)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fused.state_dict().values()))
+
+    other = copy.deepcopy(model)
+    for block in [*other.transformer_blocks, *other.single_transformer_blocks]:
+        block.attn.to_k.smooth_factor = block.attn.to_k.smooth_factor * 2
+    for block in other.transformer_blocks:
+        block.attn.add_k_proj.smooth_factor = block.attn.add_k_proj.smooth_factor * 2
+    assert fuse_shared_input_projections(other) == []
+
+
+def test_merged_lora_members_fuse_and_split_back(quantized):
+    """fuse_lora() + unload_lora_weights() leave LoRA columns after the members' shared branch (a LoRA on to_q and
+    to_k, none on to_v): the members still fuse (shared columns once, each member's LoRA columns its own
+    block), compute what they computed, and split back to exactly those tensors."""
+    model, inputs = quantized
+    base = copy.deepcopy(model)
+    pipe = diffusers.FluxPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None,
+                                  text_encoder_2=None, tokenizer_2=None, transformer=base)
+    pipe.load_lora_weights(LT.peft_lora(model, rank=4, seed=2, strength=0.3, include=("attn.to_q", "attn.to_k")))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    attn = base.transformer_blocks[0].attn
+    assert attn.to_q.rank == attn.to_v.rank + 16  # the merged LoRA, padded to 16 columns
+    with torch.no_grad():
+        merged_out = base(**inputs)[0]
+        assert _rel(merged_out, model(**inputs)[0]) > 1e-3  # the LoRA changed the outputs
+    fused = copy.deepcopy(base)
+    assert "transformer_blocks.0.attn.to_qkv" in fuse_shared_input_projections(fused)
+    qkv = fused.transformer_blocks[0].attn.to_qkv
+    assert qkv.fused_shared_rank == attn.to_v.rank and qkv.rank == attn.to_v.rank + 32
+    with torch.no_grad():
+        assert _rel(fused(**inputs)[0], merged_out) < 1e-3
+    unfuse_shared_input_projections(fused)
+    assert fused.state_dict().keys() == base.state_dict().keys()
+    assert all(torch.equal(fused.state_dict()[k], v) for k, v in base.state_dict().items())
 
 
 def test_lora_on_a_fused_model_asks_for_unfusing(quantized):

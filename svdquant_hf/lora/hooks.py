@@ -116,7 +116,8 @@ def _refuse_fused_targets(transformer, lora_state_dict: dict, prefix: str) -> No
         raise ValueError(
             f"LoRA targets {hit[0]!r}{f' and {len(hit) - 1} more layers' if len(hit) > 1 else ''}, which runs "
             f"fused in {fused[hit[0]]!r}; call svdquant_hf.unfuse_shared_input_projections(pipe.transformer) "
-            f"before load_lora_weights (fuse again after fuse_lora)"
+            f"before load_lora_weights (to run them fused with the LoRA: fuse_lora(), unload_lora_weights(), "
+            f"then fuse_shared_input_projections again)"
         )
 
 
