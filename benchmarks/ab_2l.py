@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--ms", default="4608,256")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernel (w8a4_gemm_2l)")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
@@ -57,6 +58,7 @@ def main() -> int:
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
+    w8_on = not args.no_w8
     print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in [*CONFIGS, "w8", "bf16", "fp8"]) +
           " | now/v2.5 bf16/now fp8/now bf16/w8 fp8/w8")
     default = CONFIGS["now"]
@@ -85,7 +87,8 @@ def main() -> int:
                     outs[name] = chain(p.xs[0])
                 finally:
                     configure(ext, *default)
-            outs["w8"] = chain_w8(p.xs[0])
+            if w8_on:
+                outs["w8"] = chain_w8(p.xs[0])
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
@@ -104,7 +107,7 @@ def main() -> int:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
                         configure(ext, *default)
-                times["w8"].append(1e3 * time_graph(chain_w8, xs, args.reps))
+                times["w8"].append(1e3 * time_graph(chain_w8, xs, args.reps) if w8_on else float("nan"))
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
                 times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
