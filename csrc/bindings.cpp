@@ -16,19 +16,38 @@
 namespace {
 
 // The pybind functions report errors by returning undefined tensors (None in Python) plus last_error().
-// KNOWN ISSUE: on the lent H100 image (torch 2.11, /opt/gcc toolchain) a pybind call that these checks
-// rejected crashed the process (segfault), both with TORCH_CHECK and with this non-throwing path; cause
-// not found. svdquant_hf/ops/cuda.py validates inputs before calling them, and the dispatcher kernels
+// KNOWN ISSUE: on the lent H100/H200 image (torch 2.11, /opt/gcc toolchain) a pybind call that these checks
+// rejected crashed the process (segfault), both with TORCH_CHECK and with this non-throwing path, always
+// on a message holding a number (see msg below). svdquant_hf/ops/cuda.py validates inputs before calling
+// them, and the dispatcher kernels
 // below only call them on inputs they have checked; errors raised in the dispatcher kernels (the
 // Python fallback's ValueError, rethrown as c10::ValueError) do reach the caller (tested there).
 thread_local std::string g_last_error;
 
 std::string last_error() { return g_last_error; }
 
+// Error messages without iostreams (c10::str formats through std::ostringstream). Every crash on rejected
+// input so far came from a message with a number in it, and the first checks, whose messages hold only
+// text, reported cleanly: the lent image builds extensions with another GCC than the libstdc++ the process
+// runs, and the stream's number formatting is the suspect (not confirmed on the GPU yet).
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, c10::ScalarType v) { s += c10::toString(v); }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+inline void append(std::string& s, T v) {
+  s += std::to_string(v);
+}
+template <typename... A>
+std::string msg(const A&... parts) {
+  std::string s;
+  (append(s, parts), ...);
+  return s;
+}
+
 #define SVDQ_REQUIRE(cond, ...)                 \
   do {                                          \
     if (!(cond)) {                              \
-      g_last_error = c10::str(__VA_ARGS__);     \
+      g_last_error = msg(__VA_ARGS__);          \
       return {};                                \
     }                                           \
   } while (0)
@@ -43,9 +62,9 @@ svdq::DType dtype_of(const at::Tensor& t, const char* name) {
 // Same device and dtype as expected (else an error message), then contiguous and 16-byte aligned.
 std::string mismatch(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype, const char* name) {
   if (t.device() != like.device())
-    return c10::str("svdquant kernels: ", name, " is on ", t.device(), ", expected ", like.device());
+    return msg("svdquant kernels: ", name, " is on ", t.device().str(), ", expected ", like.device().str());
   if (t.scalar_type() != dtype)
-    return c10::str("svdquant kernels: ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
+    return msg("svdquant kernels: ", name, " has dtype ", t.scalar_type(), ", expected ", dtype);
   return "";
 }
 
@@ -315,7 +334,7 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
                         const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
                         const c10::optional<at::Tensor>& bias, int64_t group_size) {
   if (group_size == 0) {  // 0 is the int8 layout's marker, not a group size
-    g_last_error = c10::str("svdquant w4a4_gemm_2l: group_size must be 32, 64 or 128, got 0");
+    g_last_error = "svdquant w4a4_gemm_2l: group_size must be 32, 64 or 128, got 0";
     return {};
   }
   return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size);

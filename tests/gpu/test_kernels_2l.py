@@ -346,3 +346,31 @@ def test_traced_quantizer_compiled_by_inductor_matches_the_kernel(ext, M, K):
     assert torch.allclose(ts, ks, rtol=1e-6, atol=0)
     assert (tq != kq).float().mean().item() < 1e-3, f"{(tq != kq).sum().item()} of {tq.numel()} bytes differ"
     assert _rel(tl, kl) < 1e-2
+
+
+# --- the raw extension on input its checks reject: None and a message, in a process that survives
+
+_REJECTED = """
+import torch
+from svdquant_hf.ops import build
+ext = build.load_extension()
+x = torch.randn(4, 192, device="cuda", dtype=torch.bfloat16)
+s = torch.ones(192, device="cuda", dtype=torch.bfloat16)
+pd = torch.zeros(192, 16, device="cuda", dtype=torch.bfloat16)
+for args in [(x, s, pd, 64), (x, s[:-1], pd, 64)]:
+    out = ext.quantize_act_2l(*args)
+    print("REJECTED", out is None or out[0] is None, ext.last_error())
+"""
+
+
+def test_raw_extension_rejects_bad_input_with_a_message(ext):  # noqa: F811
+    """The checks' messages carry numbers (K, shapes): formatted without iostreams since a message with a number
+    in it crashed the process on the lent H100 image. Run in a child process, so a crash fails this test only."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _REJECTED], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the process died with {r.returncode}: {r.stderr[-800:]}"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("REJECTED")]
+    assert lines == ["REJECTED True svdquant quantize_act_2l: K=192 not supported",
+                     "REJECTED True svdquant quantize_act_2l: smooth must be [192]"], r.stdout
