@@ -1,9 +1,10 @@
 """Run jointly quantized q/k/v layers as one SVDQuantLinear (one quantizer call, one GEMM).
 
-Layers that share ``smooth_factor`` and ``proj_down`` (``quantize_model(..., shared_input_groups=...)``)
-quantize their common input identically, so their concatenation is one layer with the same numerics.
-Columns a member has beyond the shared ``proj_down`` (a LoRA merged by ``fuse_lora``) join the fused
-branch as its own block: its rows of ``proj_up`` read them, the other members' rows hold zeros there.
+Layers that share ``smooth_factor`` quantize their common input identically, so their concatenation is
+one layer with the same numerics. The columns of ``proj_down`` they have in common (all of them after
+``quantize_model(..., shared_input_groups=...)``) enter the fused branch once; a member's own columns (its
+branch when the layers were quantized one by one with no smoothing, as on load; a LoRA merged by
+``fuse_lora``) enter as its block: its rows of ``proj_up`` read them, the other members' rows hold zeros.
 ``fuse_shared_input_projections`` builds it for diffusers attention modules that have a fused path
 (``fused_projections``: ``to_qkv`` for to_q/to_k/to_v, ``to_added_qkv`` for the add_*_proj layers) and
 removes the members; ``unfuse_shared_input_projections`` splits it back exactly. A fused model's
@@ -43,8 +44,9 @@ def _shared_rank(mods: Sequence[SVDQuantLinear]) -> int:
     a = mods[0]
     r = min(m.proj_down.shape[1] for m in mods)
     for m in mods[1:]:
-        same = (m.proj_down[:, :r] == a.proj_down[:, :r]).all(0)
-        r = int(same.logical_not().nonzero()[0]) if not bool(same.all()) else r
+        differ = (m.proj_down[:, :r] != a.proj_down[:, :r]).any(0).nonzero()
+        if len(differ):
+            r = int(differ[0])
     return r
 
 
@@ -84,7 +86,8 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
 
 
 def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
-    """The members back, by split_outputs (the rule the joint quantization split them by)."""
+    """The members back: rows by split_outputs (the rule the joint quantization split them by), branch columns
+    the shared ones and the member's own."""
     qw = QuantizedWeights(fused.qweight, fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
                           wtscale=fused.wtscale, wchannel=fused.wchannel)
     members, shared = fused.fused_members, fused.fused_shared_rank
