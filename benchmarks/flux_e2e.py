@@ -13,7 +13,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lora_compile  # the same, compiled
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lorafused_compile  # fused before compiling
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
-  python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + summed kernel time (host-bound?)
+  python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + kernel time by category, span (host-bound?)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
@@ -207,12 +207,43 @@ def time_forward(
     return statistics.median(times), first
 
 
-def gpu_busy_ms(model: nn.Module, inputs: dict) -> float:
-    """Sum of the kernel times of one forward: the latency if the host never kept the GPU waiting."""
+# kernel-name substrings -> category, first match wins (our ops first: their names also contain "gemm")
+KERNEL_CATEGORIES = (
+    ("w4a4_gemm_2l", "svdq gemm 2l"), ("quantize_act_2l", "svdq quantize 2l"), ("w4a4_gemm", "svdq gemm int4"),
+    ("quantize_act", "svdq quantize int4"), ("flash", "attention"), ("fmha", "attention"),
+    ("attention", "attention"), ("triton", "triton (inductor)"), ("gemm", "cublas/cutlass gemm"),
+    ("nvjet", "cublas/cutlass gemm"), ("xmma", "cublas/cutlass gemm"), ("cutlass", "cublas/cutlass gemm"),
+)
+
+
+def kernel_breakdown(kernels: list[tuple[str, float, float, float]], top: int = 12) -> dict:
+    """From (name, duration us, start us, end us) per kernel of one forward: busy ms (sum of durations), span ms
+    (first start to last end: busy < span means the GPU waited, busy > span means streams overlapped), ms per
+    category (KERNEL_CATEGORIES, else "other"), and the ``top`` kernel names by total time."""
+    cats: dict[str, float] = {}
+    names: dict[str, list[float]] = {}
+    for name, dur, _, _ in kernels:
+        cat = next((c for key, c in KERNEL_CATEGORIES if key in name), "other")
+        cats[cat] = cats.get(cat, 0.0) + dur / 1e3
+        names.setdefault(name, []).append(dur)
+    span = (max(k[3] for k in kernels) - min(k[2] for k in kernels)) / 1e3 if kernels else 0.0
+    ranked = sorted(names.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"busy_ms": sum(k[1] for k in kernels) / 1e3, "span_ms": span,
+            "categories_ms": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:120], "ms": sum(d) / 1e3, "count": len(d)} for n, d in ranked]}
+
+
+def gpu_profile(model: nn.Module, inputs: dict) -> dict:
+    """kernel_breakdown of one forward (torch.profiler): busy is the latency if the host never kept the GPU waiting."""
     with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         model(**inputs)
         torch.cuda.synchronize()
-    return sum(e.device_time for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+    kernels = []
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            span = getattr(e, "time_range", None)  # kernel start / end on the profiler's clock (us)
+            kernels.append((e.name, e.device_time, span.start if span else 0.0, span.end if span else 0.0))
+    return kernel_breakdown(kernels)
 
 
 def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
@@ -323,7 +354,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if dev == "cuda":
                         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                         if args.profile:
-                            row["gpu_busy_ms"] = gpu_busy_ms(model, inputs)
+                            prof = gpu_profile(model, inputs)
+                            row.update(gpu_busy_ms=prof["busy_ms"], gpu_span_ms=prof["span_ms"], kernels=prof)
                 except Exception as e:
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
                 results.append(row)
@@ -345,6 +377,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{r['variant']:14s} {r['res']:5d} {r['batch']:2d} {r['ms']:9.2f} {ratio:7.3f} "
               f"{r.get('peak_gib', float('nan')):9.2f} {r['weight_gib']:11.2f} "
               f"{r.get('gpu_busy_ms', float('nan')):11.1f}")
+    for r in results:  # --profile: where each forward's GPU time went
+        if "kernels" in r:
+            cats = ", ".join(f"{c} {ms:.1f}" for c, ms in r["kernels"]["categories_ms"].items())
+            print(f"{r['variant']} {r['res']} b{r['batch']}: span {r['kernels']['span_ms']:.1f} ms, busy "
+                  f"{r['kernels']['busy_ms']:.1f} | {cats}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -93,3 +93,21 @@ def test_loop_timing_is_recorded(tmp_path):
     rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16", "--res", "64", "--batch", "1",
                           "--iters", "1", "--warmup", "0", "--out", str(tmp_path / "e2e2.json")])
     assert rows[0]["timing"] == "each"
+
+
+def test_kernel_breakdown_categories_span_and_top():
+    kernels = [  # (name, duration us, start us, end us)
+        ("void svdq::w4a4_gemm_2l_sm90_kernel<...>", 100.0, 0.0, 100.0),
+        ("void svdq::quantize_act_2l_kernel<...>", 20.0, 100.0, 120.0),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32", 30.0, 110.0, 140.0),  # overlaps the quantizer (side stream)
+        ("flash_fwd_kernel", 50.0, 200.0, 250.0),  # after a 60 us gap
+        ("triton_poi_fused_add_mul_0", 5.0, 250.0, 255.0),
+        ("void svdq::w4a4_gemm_2l_sm90_kernel<...>", 100.0, 255.0, 355.0),
+        ("elementwise_kernel", 1.0, 355.0, 356.0),
+    ]
+    out = flux_e2e.kernel_breakdown(kernels, top=2)
+    assert out["busy_ms"] == 0.306 and out["span_ms"] == 0.356
+    assert out["categories_ms"] == {"svdq gemm 2l": 0.2, "attention": 0.05, "cublas/cutlass gemm": 0.03,
+                                    "svdq quantize 2l": 0.02, "triton (inductor)": 0.005, "other": 0.001}
+    assert [k["name"] for k in out["top_kernels"]] == ["void svdq::w4a4_gemm_2l_sm90_kernel<...>", "flash_fwd_kernel"]
+    assert out["top_kernels"][0]["count"] == 2
