@@ -18,6 +18,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
+  python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ ALL_VARIANTS = (
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
     "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
-    "svdq2l_tq_compile", "svdq2l_tq_regional",
+    "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
 )
 
 
@@ -257,6 +258,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = build_model(config, device, home="cpu" if cap else device)
         model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4", "_fused" in name)
         model = model.to(device)
+        if "_w8" in name:  # int8 copies of the weights: the GEMM without widening (set_int8_weights)
+            from svdquant_hf import set_int8_weights
+
+            set_int8_weights(model)
         if "_lora" in name:
             model = add_random_lora(model)
         if "_lorafused" in name:  # fuse_lora(): the adapters become the layers' own branch

@@ -7,8 +7,10 @@ from torch import nn
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
-from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref
+from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref, weight_operand_2l
 from .ops.traced import quantize_act_2l_traced, trace_quantizer
+
+_INT8_WEIGHTS = "qweight_i8"  # SVDQuantLinear.set_int8_weights: the widened weights, a non-persistent buffer
 
 
 class SVDQuantLinear(nn.Module):
@@ -135,9 +137,13 @@ class SVDQuantLinear(nn.Module):
             else:  # on CUDA the dispatcher calls the extension's C++ kernels directly (ops/library.py)
                 quantize = quantize_act_2l_traced if trace_quantizer() else ops.quantize_act_2l
                 xq, xscale, lr = quantize(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
-                y = ops.w4a4_gemm_2l(
-                    xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
-                )
+                w8 = self._buffers.get(_INT8_WEIGHTS)
+                if w8 is not None:  # set_int8_weights: the same sums from the weights widened once
+                    y = ops.w8a4_gemm_2l(xq, xscale, w8, self.wchannel, lr, proj_up, bias)
+                else:
+                    y = ops.w4a4_gemm_2l(
+                        xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
+                    )
         elif self.weight_only:
             y = w4a16_linear_ref(x2, self.qweight, self.wscales, proj_down, proj_up, bias, self.group_size)
         else:
@@ -145,9 +151,27 @@ class SVDQuantLinear(nn.Module):
             y = ops.w4a4_gemm(xq, ascales, self.qweight, self.wscales, lr, proj_up, bias, self.group_size)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
+    def set_int8_weights(self, enabled: bool = True) -> bool:
+        """Keep (or drop) an int8 copy of an int4_2l W4A4 layer's weights, q * s_int [N, K], for the GEMM on
+        widened weights (no widening in its main loop). Outputs are unchanged; the copy costs 1 byte per
+        weight on top of the packed 0.5 and is not saved. An experiment: its speed is not measured yet.
+        Returns whether the layer now has the copy."""
+        if not enabled or self.quant_format != "int4_2l" or self.weight_only:
+            self._buffers.pop(_INT8_WEIGHTS, None)
+            self._non_persistent_buffers_set.discard(_INT8_WEIGHTS)
+            return False
+        self.register_buffer(_INT8_WEIGHTS, weight_operand_2l(self.qweight, self.wscales, self.group_size),
+                             persistent=False)
+        return True
+
     def extra_repr(self) -> str:
         mode = "W4A16" if self.weight_only else "W4A4"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"{mode} {self.quant_format} g{self.group_size}, rank={self.rank}"
         )
+
+
+def set_int8_weights(model: nn.Module, enabled: bool = True) -> int:
+    """``SVDQuantLinear.set_int8_weights`` on every layer of ``model``; returns how many hold the int8 copy."""
+    return sum(m.set_int8_weights(enabled) for m in model.modules() if isinstance(m, SVDQuantLinear))

@@ -266,3 +266,43 @@ def test_cli_quantize_int4_2l_and_info(fp_dir, tmp_path, capsys):
         assert torch.isfinite(model(**T.model_inputs(model))[0]).all()
     with pytest.raises(SystemExit):
         main(["quantize", str(fp_dir), "--out", str(tmp_path / "x"), "--format", "int3"])
+
+
+def test_int8_weights_give_the_same_outputs_and_are_not_saved(tmp_path):
+    """set_int8_weights: each int4_2l layer keeps its weights widened once (a non-persistent int8 buffer) and runs
+    the GEMM on them: outputs bit-identical, state_dict unchanged, one graph under torch.compile with that op,
+    and turning it off drops the copy."""
+    from svdquant_hf import set_int8_weights
+    from svdquant_hf.ops.reference import weight_operand_2l
+
+    src = T.save_tiny_model(T.tiny_flux_transformer(seed=15), tmp_path / "fp")
+    model = FluxTransformer2DModel.from_pretrained(
+        src, quantization_config=SVDQuantConfig(quant_format="int4_2l"), torch_dtype=torch.bfloat16
+    )
+    inp = T.model_inputs(model, seed=9)
+    layers = [m for m in model.modules() if isinstance(m, SVDQuantLinear)]
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        before = model(**inp)[0]
+    assert set_int8_weights(model) == len(layers)
+    layer = layers[0]
+    assert torch.equal(layer.qweight_i8, weight_operand_2l(layer.qweight, layer.wscales, layer.group_size))
+    assert set(model.state_dict()) == keys
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.no_grad():
+        assert torch.equal(model(**inp)[0], before)
+        dynamo.reset()
+        out = torch.compile(model, fullgraph=True, backend=backend)(**inp)[0]
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert torch.equal(out, before) and len(graphs) == 1
+    assert sum("svdquant.w8a4_gemm_2l" in t for t in targets) == len(layers)
+    assert not any("svdquant.w4a4_gemm_2l" in t for t in targets)
+    dynamo.reset()
+    assert set_int8_weights(model, False) == 0 and not hasattr(layer, "qweight_i8")
+    with torch.no_grad():
+        assert torch.equal(model(**inp)[0], before)

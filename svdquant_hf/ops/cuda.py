@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import build
-from .reference import quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref
+from .reference import quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref, w8a4_gemm_2l_ref
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _KERNEL_GROUPS = (32, 64, 128)
@@ -144,26 +144,33 @@ def gemm_2l_kernel_usable(ext, device: torch.device) -> bool:
     return bool(getattr(ext, "sm90a_built", False)) and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def _gemm_2l_supported(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> bool:
+def _gemm_2l_operands_ok(ext, xq, xscale, weight, wchannel, lr_act, proj_up, bias) -> bool:
+    """What the int4_2l GEMM kernels need of everything but the weights' own layout."""
     dt = lr_act.dtype
-    M, K = xq.shape
-    N = qweight.shape[0]
+    K, N = xq.shape[1], weight.shape[0]
     return (
         dt in _KERNEL_DTYPES
         and proj_up.dtype == dt
         and (bias is None or bias.dtype == dt)
-        and group_size in _KERNEL_GROUPS
         and xq.dtype == torch.int8
-        and qweight.dtype == torch.int8
-        and wscales.dtype == torch.uint8
+        and weight.dtype == torch.int8
         and xscale.dtype == torch.float32
         and wchannel.dtype == torch.float32
         and K % 128 == 0
         and N % 128 == 0
         and K <= 65536
         and lr_act.shape[-1] <= ext.max_rank_2l
-        and all(t.is_cuda for t in (xscale, qweight, wscales, wchannel, lr_act, proj_up))
+        and all(t.is_cuda for t in (xscale, weight, wchannel, lr_act, proj_up))
         and gemm_2l_kernel_usable(ext, xq.device)
+    )
+
+
+def _gemm_2l_supported(ext, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> bool:
+    return (
+        group_size in _KERNEL_GROUPS
+        and wscales.dtype == torch.uint8
+        and wscales.is_cuda
+        and _gemm_2l_operands_ok(ext, xq, xscale, qweight, wchannel, lr_act, proj_up, bias)
     )
 
 
@@ -214,6 +221,30 @@ def w4a4_gemm_2l_cuda(
         return w4a4_gemm_2l_ref(*args)
     lr_k, pu_k = _pad_rank16(lr_act, proj_up)  # the kernel's rank steps of 16; zero columns add exactly 0
     y = ext.w4a4_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
+    if y is None:
+        raise ValueError(ext.last_error())
+    return y
+
+
+def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, wchannel: torch.Tensor,
+                      lr_act: torch.Tensor, proj_up: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The int4_2l GEMM on weights stored widened (int8 q * s_int [N, K]): the kernel when it applies."""
+    if xq.dim() != 2 or w8.dim() != 2:
+        raise ValueError("svdquant::w8a4_gemm_2l: xq and w8 must be 2-D")
+    M, K = xq.shape
+    N = w8.shape[0]
+    R = lr_act.shape[-1] if lr_act.dim() == 2 else -1
+    expected = {"xscale": (xscale, (M,)), "w8": (w8, (N, K)), "wchannel": (wchannel, (N,)),
+                "lr_act": (lr_act, (M, R)), "proj_up": (proj_up, (N, R))}
+    if bias is not None:
+        expected["bias"] = (bias, (N,))
+    _require_shapes("w8a4_gemm_2l", expected, M, K, N, 0)
+    ext = build.load_extension()
+    args = (xq, xscale, w8, wchannel, lr_act, proj_up, bias)
+    if ext is None or not hasattr(ext, "w8a4_gemm_2l") or not _gemm_2l_operands_ok(ext, *args):
+        return w8a4_gemm_2l_ref(*args)
+    lr_k, pu_k = _pad_rank16(lr_act, proj_up)
+    y = ext.w8a4_gemm_2l(xq, xscale, w8, wchannel, lr_k, pu_k, bias)
     if y is None:
         raise ValueError(ext.last_error())
     return y

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 
 from . import cuda as _cuda  # CUDA implementations (csrc/ kernels, built lazily on first use on a GPU)
-from .reference import check_k_2l, quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref
+from .reference import (
+    check_k_2l,
+    quantize_act_2l_ref,
+    quantize_act_ref,
+    w4a4_gemm_2l_ref,
+    w4a4_gemm_ref,
+    w8a4_gemm_2l_ref,
+)
 
 
 @torch.library.custom_op("svdquant::quantize_act", mutates_args=())
@@ -99,10 +106,32 @@ def _(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
     return lr_act.new_empty((xq.shape[0], qweight.shape[0]))
 
 
+# The int4_2l GEMM on weights stored widened (int8 q * s_int [N, K]; SVDQuantLinear.set_int8_weights).
+torch.library.define(
+    "svdquant::w8a4_gemm_2l",
+    "(Tensor xq, Tensor xscale, Tensor w8, Tensor wchannel, Tensor lr_act, Tensor proj_up, Tensor? bias) -> Tensor",
+    tags=_TAGS,
+)
+
+
+@torch.library.impl("svdquant::w8a4_gemm_2l", "CompositeExplicitAutograd")
+def _w8a4_gemm_2l_impl(xq, xscale, w8, wchannel, lr_act, proj_up, bias):
+    args = (xq, xscale, w8, wchannel, lr_act, proj_up, bias)
+    return _cuda.w8a4_gemm_2l_cuda(*args) if xq.is_cuda else w8a4_gemm_2l_ref(*args)
+
+
+@torch.library.register_fake("svdquant::w8a4_gemm_2l")
+def _(xq, xscale, w8, wchannel, lr_act, proj_up, bias):
+    check_k_2l(xq.shape[1])
+    return lr_act.new_empty((xq.shape[0], w8.shape[0]))
+
+
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
 quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
 #: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
 w4a4_gemm_2l = torch.ops.svdquant.w4a4_gemm_2l.default
+#: the same GEMM on the weights widened once: w8 = weight_operand_2l(qweight, wscales, G).
+w8a4_gemm_2l = torch.ops.svdquant.w8a4_gemm_2l.default
 
 
 

@@ -193,8 +193,21 @@ def w4a4_gemm_2l_ref(
 ) -> torch.Tensor:
     """y [M, N] in lr_act.dtype: (float32(exact int acc) * wchannel[n]) * xscale[m] + branch + bias."""
     _check_gemm_2l_dtypes(xq, xscale, qweight, wscales, wchannel)
+    return w8a4_gemm_2l_ref(xq, xscale, weight_operand_2l(qweight, wscales, group_size), wchannel, lr_act, proj_up, bias)
+
+
+def w8a4_gemm_2l_ref(
+    xq: torch.Tensor,
+    xscale: torch.Tensor,
+    w8: torch.Tensor,
+    wchannel: torch.Tensor,
+    lr_act: torch.Tensor,
+    proj_up: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """w4a4_gemm_2l_ref with the weights given widened (w8 = weight_operand_2l(qweight, wscales, G))."""
     check_k_2l(xq.shape[-1])
-    acc = int_dot_exact(xq, weight_operand_2l(qweight, wscales, group_size))
+    acc = int_dot_exact(xq, w8)
     y = (acc.float() * wchannel.float().unsqueeze(0)) * xscale.float().unsqueeze(1)
     return _add_branch_and_bias(y, lr_act, proj_up, bias).to(lr_act.dtype)
 

@@ -374,3 +374,16 @@ def test_raw_extension_rejects_bad_input_with_a_message(ext):  # noqa: F811
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("REJECTED")]
     assert lines == ["REJECTED True svdquant quantize_act_2l: K=192 not supported",
                      "REJECTED True svdquant quantize_act_2l: smooth must be [192]"], r.stdout
+
+
+@pytest.mark.parametrize("R", [0, 20, 32])
+def test_w8a4_op_equals_the_packed_op(hopper, R):
+    """The torch op on widened weights (what SVDQuantLinear.set_int8_weights runs) against the packed op, through
+    the dispatcher's CUDA paths, rank padding included: bit-identical."""
+    M, K, N, gs = 777, 3072, 384, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=R + 12)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=R + 12)
+    xq, xs, lr = library.quantize_act_2l(x, smooth, pd, gs)
+    y4 = library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    y8 = library.w8a4_gemm_2l(xq, xs, weight_operand_2l(qw, wsc, gs), wch, lr, pu, b)
+    assert torch.equal(y8, y4)
