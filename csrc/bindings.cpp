@@ -347,13 +347,13 @@ at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
 }
 
 // --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
-// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l} on CUDA tensors land here (registered below when
+// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l} on CUDA tensors land here (registered below when
 // this library loads), so a compiled graph calls the kernels without passing through Python. The GEMM
 // checks the device and pads the rank first (the pybind function leaves both to its Python caller).
 // Inputs these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
 // register_fallbacks): it raises the clear errors and runs the reference where needed.
 
-py::object* g_fallbacks = new py::object[2];  // leaked: no destructor runs after the interpreter is gone
+py::object* g_fallbacks = new py::object[3];  // leaked: no destructor runs after the interpreter is gone
 
 template <typename Ret, typename... Args>
 Ret python_fallback(int which, const char* op, const Args&... args) {
@@ -378,6 +378,7 @@ bool is_sm90(const at::Tensor& t) {
   return p->major == 9 && p->minor == 0;
 }
 
+// gs 0: qw holds the weights widened to int8 [N, K] (w8a4_gemm_2l), wsc is not read.
 bool gemm_2l_takes(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
                    const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
                    const c10::optional<at::Tensor>& bias, int64_t gs) {
@@ -391,14 +392,17 @@ bool gemm_2l_takes(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor&
     return false;
   const auto dt = lr.scalar_type();
   const int64_t M = xq.size(0), K = xq.size(1), N = qw.size(0), R = lr.size(1);
-  if (!(gs == 32 || gs == 64 || gs == 128) || K % 128 != 0 || N % 128 != 0 || K > 65536 ||
+  const bool w8 = gs == 0;
+  if (!(w8 || gs == 32 || gs == 64 || gs == 128) || K % 128 != 0 || N % 128 != 0 || K > 65536 ||
       (R + 15) / 16 * 16 > svdq::kMaxRank2l)
     return false;
-  const bool shapes = qw.size(1) * 2 == K && wsc.dim() == 2 && wsc.size(0) == K / gs && wsc.size(1) == N &&
-                      xs.dim() == 1 && xs.size(0) == M && wch.dim() == 1 && wch.size(0) == N && lr.size(0) == M &&
+  const bool weights = w8 ? qw.size(1) == K
+                          : qw.size(1) * 2 == K && wsc.dim() == 2 && wsc.size(0) == K / gs && wsc.size(1) == N &&
+                                on(wsc, xq, at::kByte);
+  const bool shapes = weights && xs.dim() == 1 && xs.size(0) == M && wch.dim() == 1 && wch.size(0) == N && lr.size(0) == M &&
                       pu.dim() == 2 && pu.size(0) == N && pu.size(1) == R &&
                       (!bias.has_value() || (bias->dim() == 1 && bias->size(0) == N && on(*bias, xq, dt)));
-  return shapes && on(qw, xq, at::kChar) && on(wsc, xq, at::kByte) && on(xs, xq, at::kFloat) &&
+  return shapes && on(qw, xq, at::kChar) && on(xs, xq, at::kFloat) &&
          on(wch, xq, at::kFloat) && on(lr, xq, dt) && on(pu, xq, dt) && is_sm90(xq);
 }
 
@@ -423,22 +427,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tens
   return python_fallback<Out>(0, "quantize_act_2l", x, smooth, pd, gs);
 }
 
+// gs 0: the int8-weight GEMM (qw [N, K], wsc unused); undefined when the kernel does not take the inputs.
+at::Tensor gemm_2l_if_taken(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                            const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                            const c10::optional<at::Tensor>& bias, int64_t gs) {
+  if (!gemm_2l_takes(xq, xs, qw, wsc, wch, lr, pu, bias, gs)) return {};
+  const int64_t pad = -lr.size(1) & 15;  // the kernel reads the rank in steps of 16; zero columns add 0
+  const at::Tensor lr16 = pad ? at::constant_pad_nd(lr, {0, pad}) : lr;
+  const at::Tensor pu16 = pad ? at::constant_pad_nd(pu, {0, pad}) : pu;
+  return gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs);
+}
+
 at::Tensor w4a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
                            const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
                            const c10::optional<at::Tensor>& bias, int64_t gs) {
-  if (gemm_2l_takes(xq, xs, qw, wsc, wch, lr, pu, bias, gs)) {
-    const int64_t pad = -lr.size(1) & 15;  // the kernel reads the rank in steps of 16; zero columns add 0
-    const at::Tensor lr16 = pad ? at::constant_pad_nd(lr, {0, pad}) : lr;
-    const at::Tensor pu16 = pad ? at::constant_pad_nd(pu, {0, pad}) : pu;
-    at::Tensor y = w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs);
+  if (gs != 0) {  // 0 is the int8 layout's marker, not a group size: the Python path rejects it
+    at::Tensor y = gemm_2l_if_taken(xq, xs, qw, wsc, wch, lr, pu, bias, gs);
     if (y.defined()) return y;
   }
   return python_fallback<at::Tensor>(1, "w4a4_gemm_2l", xq, xs, qw, wsc, wch, lr, pu, bias, gs);
 }
 
-void register_fallbacks(py::object quantize_2l, py::object gemm_2l) {
+at::Tensor w8a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& w8, const at::Tensor& wch,
+                           const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
+  at::Tensor y = gemm_2l_if_taken(xq, xs, w8, w8, wch, lr, pu, bias, 0);
+  if (y.defined()) return y;
+  return python_fallback<at::Tensor>(2, "w8a4_gemm_2l", xq, xs, w8, wch, lr, pu, bias);
+}
+
+// The Python CUDA paths, in the order of g_fallbacks.
+void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object gemm_2l_w8) {
   g_fallbacks[0] = std::move(quantize_2l);
   g_fallbacks[1] = std::move(gemm_2l);
+  g_fallbacks[2] = std::move(gemm_2l_w8);
 }
 
 }  // namespace
@@ -446,6 +467,7 @@ void register_fallbacks(py::object quantize_2l, py::object gemm_2l) {
 TORCH_LIBRARY_IMPL(svdquant, CUDA, m) {
   m.impl("quantize_act_2l", TORCH_FN(quantize_act_2l_op));
   m.impl("w4a4_gemm_2l", TORCH_FN(w4a4_gemm_2l_op));
+  m.impl("w8a4_gemm_2l", TORCH_FN(w8a4_gemm_2l_op));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -490,5 +512,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("max_rank_2l") = svdq::kMaxRank2l;
   m.def("register_fallbacks", &register_fallbacks,
-        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l) for inputs the C++ op kernels do not take");
+        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l) for inputs the C++ op kernels do not take");
 }

@@ -253,7 +253,7 @@ def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, 
 def _hand_over_fallbacks(ext) -> None:
     """The extension's C++ op kernels send the inputs they do not take to these Python paths."""
     if hasattr(ext, "register_fallbacks"):
-        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda)
+        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda, w8a4_gemm_2l_cuda)
 
 
 build.on_load(_hand_over_fallbacks)

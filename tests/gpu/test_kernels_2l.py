@@ -11,7 +11,7 @@ import torch
 from svdquant_hf.formats.int4 import pack_int4
 from svdquant_hf.ops import library
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable
-from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref, weight_operand_2l
+from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref, w8a4_gemm_2l_ref, weight_operand_2l
 
 from test_kernels import AWKWARD_M, FLUX_SHAPES, _poison, _rel, ext  # noqa: F401  (ext: the fixture)
 
@@ -254,7 +254,7 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
     (through the C++ kernel) and runs the reference."""
     from svdquant_hf.ops import cuda
 
-    for op in ("svdquant::quantize_act_2l", "svdquant::w4a4_gemm_2l"):
+    for op in ("svdquant::quantize_act_2l", "svdquant::w4a4_gemm_2l", "svdquant::w8a4_gemm_2l"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
     M, K, N, gs = 300, 3072, 384, 64
     for R in (32, 20):  # 20: the C++ kernel pads the rank to 16
@@ -266,6 +266,14 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
         xq, xs, lr = q_op
         y_op = library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
         assert torch.equal(y_op, cuda.w4a4_gemm_2l_cuda(xq, xs, qw, wsc, wch, lr, pu, b, gs))
+        w8 = weight_operand_2l(qw, wsc, gs)
+        assert torch.equal(library.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b), y_op)
+    # N = 200 (not a multiple of 128): the int8-weight op's C++ kernel hands over, the Python path runs the reference
+    w8_200, wch200, pu200, b200 = w8[:200].contiguous(), wch[:200].contiguous(), pu[:200].contiguous(), b[:200].contiguous()
+    y200 = library.w8a4_gemm_2l(xq, xs, w8_200, wch200, lr, pu200, b200)
+    assert _rel(y200.cpu(), w8a4_gemm_2l_ref(*(t.cpu() for t in (xq, xs, w8_200, wch200, lr, pu200, b200)))) < 1e-2
+    with pytest.raises(ValueError, match=r"w8a4_gemm_2l: w8 has shape"):
+        library.w8a4_gemm_2l(xq, xs, w8[:, :-128], wch, lr, pu, b)
     # fp32 activations: the kernels do not take them; the Python path runs the reference
     x32 = x.float()
     out = library.quantize_act_2l(x32, smooth.float(), pd.float(), gs)
