@@ -165,11 +165,12 @@ def _storage_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     return [t]
 
 
-def state_bytes(model: nn.Module) -> int:
+def state_bytes(model: nn.Module, device: str | None = None) -> int:
+    """Bytes of the model's parameters and buffers (on ``device``'s type only, when given)."""
     seen, total = set(), 0
     for p in list(model.parameters()) + list(model.buffers()):
         for t in _storage_tensors(p):
-            if t.device.type == "meta" or (t.device, t.data_ptr()) in seen:
+            if t.device.type == "meta" or (device and t.device.type != device) or (t.device, t.data_ptr()) in seen:
                 continue
             seen.add((t.device, t.data_ptr()))
             total += t.numel() * t.element_size()
@@ -269,10 +270,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = build_model(config, device, home="cpu" if cap else device)
         model = to_svdquant(model, device, "int4_2l" if name.startswith("svdq2l") else "int4", "_fused" in name)
         model = model.to(device)
-        if "_w8" in name:  # int8 copies of the weights: the GEMM without widening (set_int8_weights)
+        if "_w8" in name:  # weights widened once to int8 (the GEMM without widening), packed ones on the host
             from svdquant_hf import set_int8_weights
 
-            set_int8_weights(model)
+            set_int8_weights(model, packed_on_host=True)
         if "_lora" in name:
             model = add_random_lora(model)
         if "_lorafused" in name:  # fuse_lora(): the adapters become the layers' own branch
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             results.append(dict(row_base, error=f"{type(e).__name__}: {e}"[:300]))
             print(f"{variant}: build failed: {results[-1]['error']}", flush=True)
             continue
-        wbytes = state_bytes(model)
+        wbytes = state_bytes(model, dev)  # on the GPU: set_int8_weights may park the packed weights on the host
         for res in [int(r) for r in args.res.split(",")]:
             for batch in [int(b) for b in args.batch.split(",")]:
                 row = dict(row_base, res=res, batch=batch, weight_gib=wbytes / 2**30)

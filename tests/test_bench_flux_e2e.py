@@ -127,3 +127,4 @@ def test_state_bytes_counts_the_inner_tensors_of_wrapper_subclasses():
     m.register_buffer("shared", a)  # the same storage once
     m.register_buffer("extra", torch.zeros(10, dtype=torch.float64))
     assert flux_e2e.state_bytes(m) == 2 * a.numel() * 4 + 10 * 8
+    assert flux_e2e.state_bytes(m, "cpu") == flux_e2e.state_bytes(m) and flux_e2e.state_bytes(m, "cuda") == 0

@@ -306,3 +306,9 @@ def test_int8_weights_give_the_same_outputs_and_are_not_saved(tmp_path):
     assert set_int8_weights(model, False) == 0 and not hasattr(layer, "qweight_i8")
     with torch.no_grad():
         assert torch.equal(model(**inp)[0], before)
+    # packed_on_host (on the CPU the host is the device: the layer keeps working and saving the same state)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert set_int8_weights(model, packed_on_host=True) == len(layers)
+    with torch.no_grad():
+        assert torch.equal(model(**inp)[0], before)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

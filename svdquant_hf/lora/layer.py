@@ -246,7 +246,8 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         base = self.get_base_layer()
         if self._unmerged_branch is not None:
             down, up, rank = self._unmerged_branch
-            base.proj_down, base.proj_up, base.rank = down.to(base.qweight.device), up.to(base.qweight.device), rank
+            dev = base.smooth_factor.device  # not qweight's: set_int8_weights may park the packed weights on the host
+            base.proj_down, base.proj_up, base.rank = down.to(dev), up.to(dev), rank
         self._unmerged_branch = None
         self.merged_adapters.clear()
         self.sync_branch()

@@ -384,6 +384,34 @@ def test_raw_extension_rejects_bad_input_with_a_message(ext):  # noqa: F811
                      "REJECTED True svdquant quantize_act_2l: smooth must be [192]"], r.stdout
 
 
+def test_int8_weights_with_packed_on_host_keep_outputs_and_free_gpu_memory(hopper):
+    """set_int8_weights(packed_on_host=True): the layer's outputs stay bit-identical, its packed weights and
+    scales sit in host memory (the GPU holds only the int8 copy), its state_dict still holds them, and turning
+    the copy off brings them back to the GPU."""
+    from svdquant_hf import SVDQuantLinear
+
+    K, N, R, gs = 3072, 640, 32, 64
+    x, smooth, pd = _acts(333, K, R, torch.bfloat16, seed=41)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=41)
+    layer = SVDQuantLinear(K, N, bias=True, rank=R, quant_format="int4_2l", dtype=torch.bfloat16, device="cuda")
+    layer.qweight, layer.wscales, layer.wchannel, layer.smooth_factor = qw, wsc, wch, smooth
+    layer.proj_down, layer.proj_up = pd, pu
+    layer.bias.data.copy_(b)
+    del qw, wsc
+    with torch.no_grad():
+        before = layer(x)
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
+        assert layer.set_int8_weights(packed_on_host=True)
+        assert layer.qweight.device.type == "cpu" and layer.wscales.device.type == "cpu"
+        assert layer.qweight_i8.is_cuda and layer.proj_up.is_cuda
+        assert torch.equal(layer(x), before)
+        after = layer.state_dict()
+        assert set(after) == set(state) and all(torch.equal(after[k].cpu(), v.cpu()) for k, v in state.items())
+        assert not layer.set_int8_weights(False)
+        assert layer.qweight.is_cuda and layer.wscales.is_cuda and not hasattr(layer, "qweight_i8")
+        assert torch.equal(layer(x), before)
+
+
 @pytest.mark.parametrize("R", [0, 20, 32])
 def test_w8a4_op_equals_the_packed_op(hopper, R):
     """The torch op on widened weights (what SVDQuantLinear.set_int8_weights runs) against the packed op, through
