@@ -4,12 +4,12 @@ usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
-Configurations: "v2.4" = the down projection after the quantizer on one stream, no K split, token tiles
-64/128/256; "v2.5" = K split over a cluster at small M and the down projection on a side stream while x
-fits in L2, same tiles; "now" = v2.5 with the 224-token tile (the defaults). Peers timed in the same
+Configurations: "v2.5" = K split over a cluster at small M and the down projection on a side stream while
+x fits in L2, token tiles 64/128/256; "now" = v2.5 with the 224-token tile (the defaults). Peers timed in the same
 rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast accumulation; the
 activation cast not counted). "w8" = now with the weights stored widened to int8 (w8a4_gemm_2l: 2x the
-weight bytes, no widening in the GEMM). Bit-identity of every configuration and of w8 with "now" is
+weight bytes, no widening in the GEMM), "w8p" = the same with its producer-warpgroup main loop (full/empty
+barriers per stage, no CTA barrier in the loop). Bit-identity of every configuration and of w8 with "now" is
 checked on every shape before timing.
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ from svdquant_hf.ops.reference import weight_operand_2l
 
 # (side-stream overlap, forced splits, token tiles the plan may pick)
 CONFIGS = {
-    "v2.4": (False, 1, [64, 128, 256]),
     "v2.5": (True, 0, [64, 128, 256]),
     "now": (True, 0, []),
 }
@@ -50,7 +49,7 @@ def main() -> int:
     ap.add_argument("--ms", default="4608,256")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernel (w8a4_gemm_2l)")
+    ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernels (w8a4_gemm_2l)")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
@@ -59,8 +58,9 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
-    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in [*CONFIGS, "w8", "bf16", "fp8"]) +
-          " | now/v2.5 bf16/now fp8/now bf16/w8 fp8/w8")
+    cols = [*CONFIGS, "w8", "w8p", "bf16", "fp8"]
+    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) +
+          " | now/v2.5 bf16/now fp8/now bf16/w8 fp8/w8 fp8/w8p w8p/w8")
     default = CONFIGS["now"]
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
@@ -80,6 +80,15 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
+            def time_w8(producer: bool, xs=xs) -> float:
+                if not w8_on:
+                    return float("nan")
+                ext.set_gemm_2l_w8_producer(producer)
+                try:
+                    return 1e3 * time_graph(chain_w8, xs, args.reps)
+                finally:
+                    ext.set_gemm_2l_w8_producer(False)
+
             outs = {}
             for name, cfg in CONFIGS.items():
                 configure(ext, *cfg)
@@ -89,6 +98,11 @@ def main() -> int:
                     configure(ext, *default)
             if w8_on:
                 outs["w8"] = chain_w8(p.xs[0])
+                ext.set_gemm_2l_w8_producer(True)
+                try:
+                    outs["w8p"] = chain_w8(p.xs[0])
+                finally:
+                    ext.set_gemm_2l_w8_producer(False)
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
@@ -99,7 +113,7 @@ def main() -> int:
             def fp8(x8, sx, wf8=wf8, sw=sw):
                 return torch._scaled_mm(x8, wf8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
 
-            times: dict[str, list[float]] = {c: [] for c in [*CONFIGS, "w8", "bf16", "fp8"]}
+            times: dict[str, list[float]] = {c: [] for c in cols}
             for _ in range(args.rounds):
                 for name, cfg in CONFIGS.items():
                     configure(ext, *cfg)
@@ -107,14 +121,16 @@ def main() -> int:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
                         configure(ext, *default)
-                times["w8"].append(1e3 * time_graph(chain_w8, xs, args.reps) if w8_on else float("nan"))
+                times["w8"].append(time_w8(False))
+                times["w8p"].append(time_w8(True))
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
                 times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
             med = {c: statistics.median(v) for c, v in times.items()}
-            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in [*CONFIGS, "w8", "bf16", "fp8"])
+            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in cols)
                   + f" | {med['now'] / med['v2.5']:>8.2f} {med['bf16'] / med['now']:>8.2f} {med['fp8'] / med['now']:>7.2f}"
-                  f" {med['bf16'] / med['w8']:>7.2f} {med['fp8'] / med['w8']:>6.2f}")
+                  f" {med['bf16'] / med['w8']:>7.2f} {med['fp8'] / med['w8']:>6.2f} {med['fp8'] / med['w8p']:>7.2f}"
+                  f" {med['w8p'] / med['w8']:>6.2f}")
             del xs, w, p, x8s, w8, wf8
             torch.cuda.empty_cache()
     return 1 if bad else 0

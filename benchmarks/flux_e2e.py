@@ -19,6 +19,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
   python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
+  python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ ALL_VARIANTS = (
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
     "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
     "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
+    "svdq2l_w8p_regional", "svdq2l_w8p_graphs",
 )
 
 
@@ -272,8 +274,12 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = model.to(device)
         if "_w8" in name:  # weights widened once to int8 (the GEMM without widening), packed ones on the host
             from svdquant_hf import set_int8_weights
+            from svdquant_hf.ops import build
 
             set_int8_weights(model, packed_on_host=True)
+            ext = build.load_extension()  # _w8p: the int8-weight GEMM's producer-warpgroup loop (a global switch)
+            if ext is not None and hasattr(ext, "set_gemm_2l_w8_producer"):
+                ext.set_gemm_2l_w8_producer("_w8p" in name)
         if "_lora" in name:
             model = add_random_lora(model)
         if "_lorafused" in name:  # fuse_lora(): the adapters become the layers' own branch

@@ -6,8 +6,8 @@
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
-#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l): its tests (-k int8_weights), the other 2l tests,
-#       compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with its w8 column
+#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, both main loops): its tests (-k int8_weights), the other
+#       2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with its w8 and w8p columns
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}

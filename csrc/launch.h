@@ -90,6 +90,8 @@ void set_gemm_2l_tile_tokens(int bt);  // 64/128/224/256 forces the token tile (
 void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heuristic
 // benchmarks/gemm_2l_trace.py: launch the tracing kernel (bfloat16, group 64) writing to `trace`; nullptr: off
 void set_gemm_2l_trace(long long* trace);
+void set_gemm_2l_w8_producer(bool on);  // the int8-weight GEMM's producer-warp main loop (default off)
+bool gemm_2l_w8_producer();
 constexpr int kMaxRank2l = 256;
 
 }  // namespace svdq

@@ -20,6 +20,10 @@
 // CTA z adds the others' share of token columns z BT / S .. (z + 1) BT / S and runs the epilogue for
 // those only. The sums are exact integers, so the output is bit-identical to the unsplit kernel's, with
 // no workspace and no atomics.
+// int8-stored weights (W8, an opt-in layout: q * s_int widened once at load): the weight tile is TMA-loaded
+// straight into the stage as the wgmma A operand, no widening. Its producer-warpgroup loop (WS) hands the
+// loads to a third warpgroup that refills a stage once all eight consumer warps have released it (full and
+// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]).
@@ -60,17 +64,20 @@ constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
 // W8: the weights are stored widened (int8 q * s_int, [N, K]) and loaded by TMA straight into the stage as
-// the wgmma A tiles: no group scales, no widening, no separate A tiles.
-template <int BT, bool W8 = false>
+// the wgmma A tiles: no group scales, no widening, no separate A tiles. WS (with W8): a third warpgroup
+// issues the loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the
+// loop; it gives its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168).
+template <int BT, bool W8 = false, bool WS = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - 64 - 4 * kABytes) / kStageBytes;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kBarBytes = 8 * kStages;  // one mbarrier per stage
+  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
+  static constexpr int kThreads = WS ? 256 + 128 : 256;
   static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kBarBytes + 1024;  // + alignment slack
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
@@ -91,6 +98,9 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT_%=:\n"
@@ -105,16 +115,18 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 }
 
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false. W8: int8 weights (see Tile2l; G is then unused).
-template <typename T, int BT, int G, bool TR, bool W8>
-__global__ void __launch_bounds__(kThreads, 1)
+// dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
+// G is then unused).
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace) {
 #if SVDQ_SM90A_BODY
-  using Cfg = Tile2l<BT, W8>;
+  static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
+  using Cfg = Tile2l<BT, W8, WS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -122,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const uint32_t sbase = smem_u32(smem);
 
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x;  // 0..255: the two consumer warpgroups; WS: warpgroup 2 (tid 256..383) loads
   const int wg = tid >> 7;
   const int warp = (tid >> 5) & 3;
   const int lane = tid & 31;
@@ -134,8 +146,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
-  // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles
+  // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
+  // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
@@ -148,9 +162,30 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
+    if constexpr (WS)
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  if constexpr (WS) {
+    if (tid >= kThreads) {  // the producer: stage i into buffer i % NS once the consumers released it, then
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");  // the consumers' CTA and cluster barriers, and out
+      if (tid == kThreads) {
+        for (int i = 0; i < NK; ++i) {
+          if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
+          load_stage(i);
+        }
+      }
+      __syncthreads();
+      if (gridDim.z > 1) {
+        cooperative_groups::this_cluster().sync();
+        cooperative_groups::this_cluster().sync();
+      }
+      __syncthreads();
+      return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  }
 
   int acc[Cfg::kAcc];
 #pragma unroll
@@ -182,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   stamp(0);
 
-  if (tid == 0)
+  if (!WS && tid == 0)
     for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
 
   // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
@@ -247,9 +282,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
-  for (int i = 0; i < NK; i += 2) {
-    stage_step(i, a_base);
-    if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
+  if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
+    for (int i = 0; i < NK; ++i) {
+      const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;
+      mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+      const uint64_t da0 = desc_k128(stage + Cfg::kActBytes + wg * 64 * kBK);
+      const uint64_t db0 = desc_k128(stage);
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+        else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+        else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+        else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
+      if (i > 0 && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
+    }
+  } else {
+    for (int i = 0; i < NK; i += 2) {
+      stage_step(i, a_base);
+      if (i + 1 < NK) stage_step(i + 1, a_base + Cfg::kABytes);
+    }
   }
   wgmma_wait<0>();
   __syncthreads();
@@ -374,10 +429,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename T, int BT, int G, bool TR, bool W8>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8>;
-  constexpr int smem = Tile2l<BT, W8>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS>;
+  constexpr int smem = Tile2l<BT, W8, WS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -396,7 +451,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(a.N / kRows, (a.M + BT - 1) / BT, splits);
-  cfg.blockDim = dim3(kThreads);
+  cfg.blockDim = dim3(Tile2l<BT, W8, WS>::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -413,12 +468,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR, W8>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR, W8, WS>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G>
@@ -430,6 +485,7 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
 }
 
 int g_force_splits = 0;
+bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
   for (int i = 0; i < 4; ++i)
@@ -472,15 +528,21 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
 }
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
+void set_gemm_2l_w8_producer(bool on) { g_w8_producer = on; }
+bool gemm_2l_w8_producer() { return g_w8_producer; }
 
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
-  if (a.group_size == 0)  // int8 weights
+  if (a.group_size == 0) {  // int8 weights
+    if (g_w8_producer)
+      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true>(a, p, stream)
+                : launch_2l_tile<__half, 64, false, true, true>(a, p, stream);
     return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true>(a, p, stream)
               : launch_2l_tile<__half, 64, false, true>(a, p, stream);
+  }
   switch (a.group_size) {
     case 32:
       return bf ? launch_2l_plan<__nv_bfloat16, 32>(a, p, stream) : launch_2l_plan<__half, 32>(a, p, stream);

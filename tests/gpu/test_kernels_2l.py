@@ -289,10 +289,18 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
 # --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
 
 
+@pytest.fixture(params=["shared_loop", "producer_warp"])
+def w8_loop(request, hopper):
+    """Both main loops of the int8-weight GEMM: the shared one and the producer warpgroup's (WS)."""
+    hopper.set_gemm_2l_w8_producer(request.param == "producer_warp")
+    yield request.param
+    hopper.set_gemm_2l_w8_producer(False)
+
+
 @pytest.mark.parametrize("splits", [1, 2, 8])
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
 @pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (33, 256, 384), (300, 15360, 128), (515, 2048, 512)])
-def test_gemm_2l_int8_weights_bit_identical_every_tile_and_split(hopper, splits, bt, M, K, N):
+def test_gemm_2l_int8_weights_bit_identical_every_tile_and_split(hopper, w8_loop, splits, bt, M, K, N):
     """The same exact int32 sums from the widened weights: bit-identical to the packed kernel with the branch and
     bias, for every token tile and K split (incl. CTAs with one stage and with none)."""
     R, gs = 32, 64
@@ -315,7 +323,7 @@ def test_gemm_2l_int8_weights_bit_identical_every_tile_and_split(hopper, splits,
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gs", [32, 128])
-def test_gemm_2l_int8_weights_integer_part_exact(hopper, dtype, gs):
+def test_gemm_2l_int8_weights_integer_part_exact(hopper, w8_loop, dtype, gs):
     """No branch, no bias: y equals the reference bit for bit (K = 128: one stage; M = 4097: a partial tile)."""
     for M, K, N in [(4097, 3072, 3072), (7, 128, 256)]:
         x, smooth, pd = _acts(M, K, 0, dtype, seed=M + N + 8)
@@ -328,7 +336,7 @@ def test_gemm_2l_int8_weights_integer_part_exact(hopper, dtype, gs):
 
 
 @pytest.mark.parametrize("K,N", FLUX_SHAPES)
-def test_gemm_2l_int8_weights_flux_shapes(hopper, K, N):
+def test_gemm_2l_int8_weights_flux_shapes(hopper, w8_loop, K, N):
     M = 4608
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N + 9)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N + 9)
