@@ -114,6 +114,21 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
+// One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
+template <int BT>
+__device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, uint64_t db0) {
+  wgmma_fence();
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    // +32 bytes per k-step, in the descriptors' 16-byte address units
+    if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+    else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+    else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+    else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+  }
+  wgmma_commit();
+}
+
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
 // G is then unused).
@@ -268,16 +283,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     mark(i, 4);
     const uint64_t da0 = desc_k128(a_tile);
     const uint64_t db0 = desc_k128(sbase + (i % NS) * Cfg::kStageBytes);
-    wgmma_fence();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      // +32 bytes per k-step, in the descriptors' 16-byte address units
-      if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-      else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-      else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-      else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-    }
-    wgmma_commit();
+    wgmma_stage<BT>(acc, da0, db0);
     mark(i, 5);
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
@@ -288,15 +294,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
       mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
       const uint64_t da0 = desc_k128(stage + Cfg::kActBytes + wg * 64 * kBK);
       const uint64_t db0 = desc_k128(stage);
-      wgmma_fence();
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-        else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-        else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-        else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-      }
-      wgmma_commit();
+      wgmma_stage<BT>(acc, da0, db0);
       wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
       if (i > 0 && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
     }
