@@ -128,3 +128,42 @@ def test_traced_quantizer_replaces_the_quantize_op_under_compile_only(tmp_path):
     assert not any("svdquant.quantize_act_2l" in t for t in targets)
     assert sum("svdquant.w4a4_gemm_2l" in t for t in targets) == n_layers
     assert torch.equal(out, eager)  # on the CPU the traced ops are the reference's own
+
+
+def test_regional_compile_with_lora_and_int8_weights_adds_no_graphs(tmp_path):
+    """The variants the FLUX.1 benchmark compiles regionally: int4_2l with a rank-8 LoRA on every 4-bit layer
+    (PEFT-injected, folded into the branch) and with the int8 weight copy (packed weights parked): still one
+    graph per block class (a per-layer guard would compile one per block), outputs equal to eager."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from svdquant_hf import SVDQuantLinear, set_int8_weights
+    from svdquant_hf.lora import refresh
+
+    blocks = dict(num_layers=3, num_single_layers=3)
+    src = save_tiny_model(tiny_flux_transformer(seed=17, **blocks), tmp_path / "fp")
+    plain = FluxTransformer2DModel.from_pretrained(src, torch_dtype=torch.bfloat16)
+    inp = model_inputs(plain, seed=8)
+    _, plain_graphs = _unique_graphs(plain, inp, backend="aot_eager")
+    for variant in ("lora", "int8"):
+        quant = FluxTransformer2DModel.from_pretrained(
+            src, quantization_config=SVDQuantConfig(quant_format="int4_2l"), torch_dtype=torch.bfloat16
+        )
+        with torch.no_grad():
+            base = quant(**inp)[0]
+        if variant == "lora":
+            targets = [n for n, m in quant.named_modules() if isinstance(m, SVDQuantLinear)]
+            inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=targets), quant, "t")
+            with torch.no_grad():
+                for m in quant.modules():
+                    if hasattr(m, "lora_B") and "t" in m.lora_B:
+                        m.lora_B["t"].weight.normal_(0, 0.05)
+            refresh(quant)
+        else:
+            assert set_int8_weights(quant, packed_on_host=True) > 0
+        with torch.no_grad():
+            eager = quant(**inp)[0]
+        out, graphs = _unique_graphs(quant, inp, backend="aot_eager")
+        assert torch.equal(out, eager), variant
+        assert torch.equal(eager, base) == (variant == "int8"), variant  # the LoRA is live, the copy exact
+        assert graphs == plain_graphs < 6, (variant, graphs, plain_graphs)
+    dynamo.reset()
