@@ -14,6 +14,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_lorafused_compile  # fused before compiling
   python benchmarks/flux_e2e.py --memory-cap-gib 12 --variants svdq,nf4,bf16_offload
   python benchmarks/flux_e2e.py --variants bf16,svdq2l --profile  # + kernel time by category, span (host-bound?)
+  python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional --loop-too  # + back-to-back ms (loop_ms)
   python benchmarks/flux_e2e.py --variants bf16_graphs,svdq2l_graphs  # torch.compile(mode="reduce-overhead")
   python benchmarks/flux_e2e.py --variants svdq2l_compile,svdq2l_fused_compile  # q/k/v jointly quantized, one GEMM
   python benchmarks/flux_e2e.py --variants bf16_regional,svdq2l_regional  # compile_repeated_blocks: ~2 block graphs
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--loop", action="store_true",
                     help="time the forwards back to back with one sync, as a denoising loop runs them (default: "
                          "each forward timed alone, its host time before the first kernel included)")
+    ap.add_argument("--loop-too", action="store_true",
+                    help="each forward timed alone (ms) and back to back (loop_ms) from the same model: one build")
     ap.add_argument("--profile", action="store_true",
                     help="also the summed kernel time of one forward (torch.profiler): how far eager is host-bound")
     args = ap.parse_args(argv)
@@ -377,6 +380,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         torch.cuda.reset_peak_memory_stats()
                     ms, first = time_forward(model, inputs, args.warmup, args.iters, dev, args.loop)
                     row.update(ms=ms, first_call_s=first)
+                    if args.loop_too and not args.loop:
+                        row["loop_ms"] = time_forward(model, inputs, 0, args.iters, dev, loop=True)[0]
                     if dev == "cuda":
                         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                         if args.profile:
@@ -394,7 +399,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             torch.cuda.empty_cache()
     base = {(r["res"], r["batch"]): r["ms"] for r in results if r["variant"] == "bf16" and r.get("ms")}
     print(f"\n{'variant':14s} {'res':>5s} {'b':>2s} {'ms':>9s} {'x bf16':>7s} {'peak GiB':>9s} {'weights GiB':>11s} "
-          f"{'GPU busy ms':>11s}")
+          f"{'GPU busy ms':>11s} {'loop ms':>8s}")
     for r in results:
         if not r.get("ms"):
             print(f"{r['variant']:14s} error: {r.get('error', '')[:80]}")
@@ -402,7 +407,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ratio = r["ms"] / base[(r["res"], r["batch"])] if (r["res"], r["batch"]) in base else float("nan")
         print(f"{r['variant']:14s} {r['res']:5d} {r['batch']:2d} {r['ms']:9.2f} {ratio:7.3f} "
               f"{r.get('peak_gib', float('nan')):9.2f} {r['weight_gib']:11.2f} "
-              f"{r.get('gpu_busy_ms', float('nan')):11.1f}")
+              f"{r.get('gpu_busy_ms', float('nan')):11.1f} {r.get('loop_ms', float('nan')):8.2f}")
     for r in results:  # --profile: where each forward's GPU time went
         if "kernels" in r:
             cats = ", ".join(f"{c} {ms:.1f}" for c, ms in r["kernels"]["categories_ms"].items())

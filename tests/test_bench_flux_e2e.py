@@ -92,7 +92,10 @@ def test_loop_timing_is_recorded(tmp_path):
     assert rows[0]["timing"] == "loop" and rows[0]["ms"] > 0
     rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16", "--res", "64", "--batch", "1",
                           "--iters", "1", "--warmup", "0", "--out", str(tmp_path / "e2e2.json")])
-    assert rows[0]["timing"] == "each"
+    assert rows[0]["timing"] == "each" and "loop_ms" not in rows[0]
+    rows = flux_e2e.main(["--tiny", "--device", "cpu", "--variants", "bf16", "--res", "64", "--batch", "1",
+                          "--iters", "2", "--warmup", "0", "--loop-too"])
+    assert rows[0]["timing"] == "each" and rows[0]["ms"] > 0 and rows[0]["loop_ms"] > 0
 
 
 def test_kernel_breakdown_categories_span_and_top():
