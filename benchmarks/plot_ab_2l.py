@@ -1,0 +1,61 @@
+"""Bar chart of an ab_2l.py log: per shape, speed relative to cuBLAS bf16 in the same rounds (> 1: faster).
+
+usage: python benchmarks/plot_ab_2l.py docs/perf/ab_2l_w8_h200.txt [--out docs/perf/ab_2l_w8_h200.png]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+# column name in the log -> label in the chart (the columns a log lacks are left out)
+SERIES = {"now": "int4_2l packed (default)", "w8": "int4_2l, int8 weight copy", "w8p": "int8 copy, producer loop",
+          "fp8": "fp8 _scaled_mm (GEMM only)"}
+
+
+def parse(text: str) -> tuple[str, list[dict]]:
+    """(device, rows of {M, K, N, column: us}) from ab_2l.py's printed table."""
+    lines = text.splitlines()
+    device = lines[0].split(":")[0] if lines else ""
+    header = next((ln for ln in lines if re.match(r"\s*M\s+K\s+N\s+\|", ln)), None)
+    if header is None:
+        raise ValueError("no ab_2l.py table in the log")
+    cols = header.split("|")[1].split()
+    rows = []
+    for ln in lines[lines.index(header) + 1:]:
+        parts = ln.split("|")
+        if len(parts) < 2 or not re.match(r"\s*\d+\s+\d+\s+\d+\s*$", parts[0]):
+            continue
+        m, k, n = (int(v) for v in parts[0].split())
+        rows.append({"M": m, "K": k, "N": n, **{c: float(v) for c, v in zip(cols, parts[1].split())}})
+    return device, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device, rows = parse(open(args.log).read())
+    series = [c for c in SERIES if rows and c in rows[0] and rows[0][c] == rows[0][c]]  # present and not NaN
+    fig, ax = plt.subplots(figsize=(12, 4))
+    width = 0.8 / len(series)
+    for i, c in enumerate(series):
+        ax.bar([j + i * width for j in range(len(rows))], [r["bf16"] / r[c] for r in rows], width, label=SERIES[c])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    ax.set_xticklabels([f"M={r['M']}\n{r['K']}x{r['N']}" for r in rows], fontsize=7)
+    ax.set_ylabel("speed vs cuBLAS bf16 (x)")
+    ax.set_title(f"quantize + GEMM + low-rank, {device} (CUDA graphs, same rounds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out or args.log.rsplit(".", 1)[0] + ".png", dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
