@@ -156,8 +156,8 @@ class SVDQuantLinear(nn.Module):
         widened weights (no widening in its main loop: 0.77-0.85x the packed chain's time at 4608 tokens on
         H200). Outputs are unchanged and the copy is not saved. ``packed_on_host``: the packed weights and
         scales move to host memory while the copy is on (GPU weights ~0.5x bf16 instead of 0.28x + 0.5x);
-        they still save, and go back to the copy's device when it is dropped. Returns whether the layer now
-        has the copy."""
+        they still save, and go back to the copy's device when it is dropped or when called again without
+        ``packed_on_host``. Returns whether the layer now has the copy."""
         w8 = self._buffers.get(_INT8_WEIGHTS)
         if not enabled or self.quant_format != "int4_2l" or self.weight_only:
             if w8 is not None:
@@ -168,8 +168,8 @@ class SVDQuantLinear(nn.Module):
         if w8 is None:
             w8 = weight_operand_2l(self.qweight, self.wscales, self.group_size)
             self.register_buffer(_INT8_WEIGHTS, w8, persistent=False)
-        if packed_on_host:
-            self.qweight, self.wscales = self.qweight.cpu(), self.wscales.cpu()
+        home = torch.device("cpu") if packed_on_host else w8.device
+        self.qweight, self.wscales = self.qweight.to(home), self.wscales.to(home)
         return True
 
     def extra_repr(self) -> str:

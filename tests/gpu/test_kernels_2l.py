@@ -415,6 +415,8 @@ def test_int8_weights_with_packed_on_host_keep_outputs_and_free_gpu_memory(hoppe
         assert torch.equal(layer(x), before)
         after = layer.state_dict()
         assert set(after) == set(state) and all(torch.equal(after[k].cpu(), v.cpu()) for k, v in state.items())
+        assert layer.set_int8_weights() and layer.qweight.is_cuda and layer.wscales.is_cuda  # back, copy kept
+        assert layer.set_int8_weights(packed_on_host=True) and layer.qweight.device.type == "cpu"
         assert not layer.set_int8_weights(False)
         assert layer.qweight.is_cuda and layer.wscales.is_cuda and not hasattr(layer, "qweight_i8")
         assert torch.equal(layer(x), before)
