@@ -9,7 +9,8 @@ x fits in L2, token tiles 64/128/256; "now" = v2.5 with the 224-token tile (the 
 rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast accumulation; the
 activation cast not counted). "w8" = now with the weights stored widened to int8 (w8a4_gemm_2l: 2x the
 weight bytes, no widening in the GEMM), "w8p" = the same with its producer-warpgroup main loop (full/empty
-barriers per stage, no CTA barrier in the loop). Bit-identity of every configuration and of w8 with "now" is
+barriers per stage, no CTA barrier in the loop); "ts" = now with the epilogue's output written by TMA store,
+"w8pts" = w8p with it. Bit-identity of every configuration and of w8 with "now" is
 checked on every shape before timing.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernels (w8a4_gemm_2l)")
+    ap.add_argument("--no-ts", action="store_true", help="leave out the TMA-store epilogue")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
@@ -58,9 +60,11 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
-    cols = [*CONFIGS, "w8", "w8p", "bf16", "fp8"]
-    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) +
-          " | now/v2.5 bf16/now fp8/now bf16/w8 fp8/w8 fp8/w8p w8p/w8")
+    cols = [*CONFIGS, "ts", "w8", "w8p", "w8pts", "bf16", "fp8"]
+    ratios = [("now", "v2.5"), ("bf16", "now"), ("bf16", "ts"), ("fp8", "now"), ("bf16", "w8"), ("fp8", "w8"),
+              ("fp8", "w8p"), ("fp8", "w8pts"), ("ts", "now"), ("w8p", "w8")]
+    print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) + " | " +
+          " ".join(f"{a + '/' + b:>9}" for a, b in ratios))
     default = CONFIGS["now"]
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
@@ -80,14 +84,19 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
-            def time_w8(producer: bool, xs=xs) -> float:
-                if not w8_on:
-                    return float("nan")
+            def flagged(fn, producer: bool, tma_store: bool, *a):
                 ext.set_gemm_2l_w8_producer(producer)
+                ext.set_gemm_2l_tma_store(tma_store)
                 try:
-                    return 1e3 * time_graph(chain_w8, xs, args.reps)
+                    return fn(*a)
                 finally:
                     ext.set_gemm_2l_w8_producer(False)
+                    ext.set_gemm_2l_tma_store(False)
+
+            def time_w8(producer: bool, tma_store: bool = False, xs=xs) -> float:
+                if not w8_on or (tma_store and args.no_ts):
+                    return float("nan")
+                return flagged(lambda: 1e3 * time_graph(chain_w8, xs, args.reps), producer, tma_store)
 
             outs = {}
             for name, cfg in CONFIGS.items():
@@ -96,13 +105,13 @@ def main() -> int:
                     outs[name] = chain(p.xs[0])
                 finally:
                     configure(ext, *default)
+            if not args.no_ts:
+                outs["ts"] = flagged(chain, False, True, p.xs[0])
             if w8_on:
                 outs["w8"] = chain_w8(p.xs[0])
-                ext.set_gemm_2l_w8_producer(True)
-                try:
-                    outs["w8p"] = chain_w8(p.xs[0])
-                finally:
-                    ext.set_gemm_2l_w8_producer(False)
+                outs["w8p"] = flagged(chain_w8, True, False, p.xs[0])
+                if not args.no_ts:
+                    outs["w8pts"] = flagged(chain_w8, True, True, p.xs[0])
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
@@ -121,16 +130,17 @@ def main() -> int:
                         times[name].append(1e3 * time_graph(chain, xs, args.reps))
                     finally:
                         configure(ext, *default)
+                times["ts"].append(float("nan") if args.no_ts else
+                                   flagged(lambda xs=xs: 1e3 * time_graph(chain, xs, args.reps), False, True))
                 times["w8"].append(time_w8(False))
                 times["w8p"].append(time_w8(True))
+                times["w8pts"].append(time_w8(True, True))
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
                 times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
             med = {c: statistics.median(v) for c, v in times.items()}
-            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in cols)
-                  + f" | {med['now'] / med['v2.5']:>8.2f} {med['bf16'] / med['now']:>8.2f} {med['fp8'] / med['now']:>7.2f}"
-                  f" {med['bf16'] / med['w8']:>7.2f} {med['fp8'] / med['w8']:>6.2f} {med['fp8'] / med['w8p']:>7.2f}"
-                  f" {med['w8p'] / med['w8']:>6.2f}")
+            print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in cols) + " | " +
+                  " ".join(f"{med[a] / med[b]:>9.2f}" for a, b in ratios))
             del xs, w, p, x8s, w8, wf8
             torch.cuda.empty_cache()
     return 1 if bad else 0

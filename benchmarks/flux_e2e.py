@@ -21,6 +21,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
   python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
+  python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -50,7 +51,8 @@ ALL_VARIANTS = (
     "svdq2l_lora_graphs", "bf16_offload", "svdq2l_fused", "svdq2l_fused_compile", "svdq2l_fused_graphs",
     "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
     "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
-    "svdq2l_w8p_regional", "svdq2l_w8p_graphs",
+    "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
+    "svdq2l_fused_w8p_ts_regional",
 )
 
 
@@ -262,6 +264,17 @@ def gpu_profile(model: nn.Module, inputs: dict) -> dict:
     return kernel_breakdown(kernels)
 
 
+def set_kernel_switches(name: str) -> None:
+    """The int4_2l GEMM's global switches from the variant's name: _w8p the int8-weight GEMM's producer-warpgroup
+    loop, _ts the epilogue's TMA store (both off otherwise)."""
+    from svdquant_hf.ops import build
+
+    ext = build.load_extension() if torch.cuda.is_available() else None
+    if ext is not None and hasattr(ext, "set_gemm_2l_w8_producer"):
+        ext.set_gemm_2l_w8_producer("_w8p" in name)
+        ext.set_gemm_2l_tma_store("_ts" in name)
+
+
 def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
     if name == "bf16_offload":
         model = build_model(config, device, home="cpu")
@@ -275,12 +288,9 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         model = model.to(device)
         if "_w8" in name:  # weights widened once to int8 (the GEMM without widening), packed ones on the host
             from svdquant_hf import set_int8_weights
-            from svdquant_hf.ops import build
 
             set_int8_weights(model, packed_on_host=True)
-            ext = build.load_extension()  # _w8p: the int8-weight GEMM's producer-warpgroup loop (a global switch)
-            if ext is not None and hasattr(ext, "set_gemm_2l_w8_producer"):
-                ext.set_gemm_2l_w8_producer("_w8p" in name)
+        set_kernel_switches(name)
         if "_lora" in name:
             model = add_random_lora(model)
         if "_lorafused" in name:  # fuse_lora(): the adapters become the layers' own branch

@@ -8,7 +8,8 @@ import argparse
 import re
 
 # column name in the log -> label in the chart (the columns a log lacks are left out)
-SERIES = {"now": "int4_2l packed (default)", "w8": "int4_2l, int8 weight copy", "w8p": "int8 copy, producer loop",
+SERIES = {"now": "int4_2l packed (default)", "ts": "packed, TMA-store epilogue", "w8": "int4_2l, int8 weight copy",
+          "w8p": "int8 copy, producer loop", "w8pts": "int8 copy, producer loop, TMA store",
           "fp8": "fp8 _scaled_mm (GEMM only)"}
 
 

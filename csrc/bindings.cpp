@@ -502,6 +502,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_w8_producer", &svdq::set_gemm_2l_w8_producer,
         "int8-weight GEMM: a producer warp on full/empty barriers per stage (True) or the shared loop (False)");
   m.def("gemm_2l_w8_producer", &svdq::gemm_2l_w8_producer, "whether the int8-weight GEMM runs the producer-warp loop");
+  m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
+        "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");
+  m.def("gemm_2l_tma_store", &svdq::gemm_2l_tma_store, "whether the int4_2l GEMMs store their output by TMA");
   m.def("set_gemm_2l_tile_tokens", &svdq::set_gemm_2l_tile_tokens, "force 64/128/224/256-token tiles (0: heuristic)");
   m.def("set_gemm_2l_plan_tiles", &svdq::set_gemm_2l_plan_tiles, "the token tiles the plan may pick ([]: all)");
   m.def(

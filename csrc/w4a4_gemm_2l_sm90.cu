@@ -26,7 +26,8 @@
 // empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
-// accumulator is [weight row, token]).
+// accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
+// and out by one TMA store per warpgroup instead of 4-byte stores that fill half of each 32-byte sector.
 // What was tried and measured (docs/perf-notes.md): cp.async instead of TMA needs a proxy fence that
 // compiles to MEMBAR.ALL.CTA and waits for the loads in flight (556-688 TOP/s on H100); A in registers
 // widened under the same warpgroup's wgmmas makes ptxas serialize them; a warp-specialised variant (one
@@ -107,6 +108,13 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
+// 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(src) : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the shared memory is read: the CTA may exit
+}
 // 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
   asm volatile(
@@ -135,10 +143,11 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
-                             const __grid_constant__ CUtensorMap tm_s, const float* __restrict__ xscale,
+                             const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
+                             const float* __restrict__ xscale,
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
-                             int N, int K, int R, long long* __restrict__ trace) {
+                             int N, int K, int R, long long* __restrict__ trace, int tma_store) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
   using Cfg = Tile2l<BT, W8, WS>;
@@ -384,18 +393,36 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
   const float bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
   const float bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
   const int nbase = n0 + wg * 64 + warp * 16;
+  // tma_store: each warpgroup's 64 weight rows x BT tokens go to shared memory as [token][64] bf16 rows of 128
+  // bytes (128-byte swizzle: conflict-free, since a warp's 8 tokens g hit 8 different 16-byte chunks), and one
+  // TMA store writes them (full lines, rows past M clipped). Split tiles, and ranks whose branch leaves no
+  // room after the low-rank tile, keep the per-thread stores.
+  const int lr_bytes = (BT * lr_stride + 1023) / 1024 * 1024;
+  const bool ts = tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes;
+  const uint32_t stage_out = sbase + lr_bytes + wg * BT * 128;
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
     const uint32_t p0 = Dt<T>::pack2(__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA);
     const uint32_t p1 = Dt<T>::pack2(__int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
     const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
+    if (ts) {
+      const uint32_t row = stage_out + (j * 8 + g) * 128 + 4 * t;  // chunk 2 warp (+1) of the row, swizzled by g
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + (((2 * warp) ^ g) << 4)), "r"(q0) : "memory");
+      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + (((2 * warp + 1) ^ g) << 4)), "r"(q1) : "memory");
+      continue;
+    }
     const int m = m0 + j * 8 + g;
     if (m < M && j >= jlo && j < jhi) {
       T* dst = y + (int64_t)m * N + nbase + 2 * t;
       *reinterpret_cast<uint32_t*>(dst) = q0;
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
     }
+  }
+  if (ts) {
+    fence_proxy_async_smem();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
+    if ((tid & 127) == 0) tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
   }
   stamp(2);
 #endif
@@ -427,12 +454,15 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
+
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS>;
   constexpr int smem = Tile2l<BT, W8, WS>::kSmem;
-  CUtensorMap tm_x, tm_w, tm_s;
-  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  CUtensorMap tm_x, tm_w, tm_s, tm_y;
+  // the output as bytes [M, 2 N]: boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle (tma_store)
+  const bool maps = make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B) && make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
@@ -459,9 +489,9 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
   cfg.numAttrs = splits > 1 ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
+  return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
-                            a.M, a.N, a.K, a.R, trace);
+                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -527,6 +557,8 @@ void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
 void set_gemm_2l_splits(int s) { g_force_splits = (s == 1 || s == 2 || s == 4 || s == 8) ? s : 0; }
 void set_gemm_2l_trace(long long* trace) { g_trace = trace; }
 void set_gemm_2l_w8_producer(bool on) { g_w8_producer = on; }
+void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
+bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 
 

@@ -45,11 +45,14 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
             ext.set_gemm_2l_tile_tokens(bt)
             for splits in (1, 2, 8):  # the cluster K split (distributed shared memory)
                 ext.set_gemm_2l_splits(splits)
-                y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
-                for producer in (False, True):  # both int8-weight main loops
-                    ext.set_gemm_2l_w8_producer(producer)
-                    y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)
+                for tma_store in (False, True):  # both epilogue stores
+                    ext.set_gemm_2l_tma_store(tma_store)
+                    y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+                    for producer in (False, True):  # both int8-weight main loops
+                        ext.set_gemm_2l_w8_producer(producer)
+                        y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)
                 ext.set_gemm_2l_w8_producer(False)
+                ext.set_gemm_2l_tma_store(False)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
 torch.cuda.synchronize()

@@ -286,6 +286,43 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
         library.quantize_act_2l(x, smooth[:-1], pd, gs)
 
 
+# --- the epilogue's output by TMA store (set_gemm_2l_tma_store: [token][64] tiles in shared memory, one TMA store)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (255, 1024, 384, 0), (300, 3072, 256, 256), (4097, 512, 128, 48)])
+def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
+    """The output written by TMA store equals the per-thread stores bit for bit, every element written (poisoned
+    first), rows past M untouched; unsplit and split (which keeps the per-thread stores), the packed and the
+    int8-weight kernels (both loops), rank 256 (no room left: the per-thread stores)."""
+    gs = 64
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + bt + 3)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=bt + R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    w8 = weight_operand_2l(qw, wsc, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    try:
+        for splits in (1, 2):
+            hopper.set_gemm_2l_splits(splits)
+            hopper.set_gemm_2l_tma_store(False)
+            ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+            hopper.set_gemm_2l_tma_store(True)
+            y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+            assert torch.isfinite(y).all(), f"splits={splits}: unwritten (NaN-poisoned) outputs"
+            assert torch.equal(y, ref), f"splits={splits}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
+            for producer in (False, True):
+                hopper.set_gemm_2l_w8_producer(producer)
+                _poison(4 * M * N, 0xFF)
+                y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
+                assert torch.equal(y8, ref), f"int8 weights, producer={producer}, splits={splits}"
+    finally:
+        hopper.set_gemm_2l_tma_store(False)
+        hopper.set_gemm_2l_w8_producer(False)
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
+
+
 # --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
 
 
