@@ -460,9 +460,12 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS>;
   constexpr int smem = Tile2l<BT, W8, WS>::kSmem;
-  CUtensorMap tm_x, tm_w, tm_s, tm_y;
-  // the output as bytes [M, 2 N]: boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle (tma_store)
-  const bool maps = make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B) && make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
+  // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
+  // (encoded only when used: each encoding is host time per call)
+  if (g_tma_store && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+    return cudaErrorInvalidValue;
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
