@@ -22,6 +22,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
+  python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ ALL_VARIANTS = (
     "bf16_regional", "fp8_regional", "svdq2l_regional", "svdq2l_lora_regional", "svdq2l_fused_regional",
     "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
     "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
-    "svdq2l_fused_w8p_ts_regional",
+    "svdq2l_fused_w8p_ts_regional", "fp8mm", "fp8mm_regional", "fp8mm_graphs",
 )
 
 
@@ -143,6 +144,41 @@ def to_fp8(model: nn.Module) -> nn.Module:
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return model
+
+
+class Fp8RowwiseLinear(nn.Module):
+    """torchao's ``Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`` in plain torch ops: e4m3
+    weights with one fp32 scale per output row (amax / 448), each call's activations cast per token the same
+    way, ``torch._scaled_mm`` (fast accumulation, bias in its epilogue). Under torch.compile Inductor fuses
+    the activation cast; the fp8 peer for torch versions where torchao's tensor subclass does not compile."""
+
+    def __init__(self, lin: nn.Linear) -> None:
+        super().__init__()
+        w = lin.weight.detach()
+        q, s = _rowwise_e4m3(w)
+        self.register_buffer("qweight", q)  # [N, K]; passed transposed: the column-major operand _scaled_mm wants
+        self.register_buffer("wscale", s.t().contiguous())  # [1, N]
+        self.bias = None if lin.bias is None else nn.Parameter(lin.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        xq, xs = _rowwise_e4m3(x2)
+        y = torch._scaled_mm(xq, self.qweight.t(), scale_a=xs, scale_b=self.wscale, bias=self.bias,
+                             out_dtype=x.dtype, use_fast_accum=True)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _rowwise_e4m3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = t.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
+    return (t.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), scale
+
+
+def to_fp8_scaled_mm(model: nn.Module) -> nn.Module:
+    for mod in list(model.modules()):
+        for cname, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0:
+                setattr(mod, cname, Fp8RowwiseLinear(child))
     return model
 
 
@@ -297,6 +333,8 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
             for m in model.modules():
                 if hasattr(m, "merge") and hasattr(m, "lora_A"):
                     m.merge()
+    elif name.startswith("fp8mm"):
+        model = to_fp8_scaled_mm(build_model(config, device))
     elif name.startswith("fp8"):
         model = to_fp8(build_model(config, device))
     elif name == "nf4":

@@ -131,3 +131,48 @@ def test_state_bytes_counts_the_inner_tensors_of_wrapper_subclasses():
     m.register_buffer("extra", torch.zeros(10, dtype=torch.float64))
     assert flux_e2e.state_bytes(m) == 2 * a.numel() * 4 + 10 * 8
     assert flux_e2e.state_bytes(m, "cpu") == flux_e2e.state_bytes(m) and flux_e2e.state_bytes(m, "cuda") == 0
+
+
+def _fp8_scaled_mm_on_cpu() -> bool:
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        one = torch.ones(16, 1)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one.t(), out_dtype=torch.bfloat16)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.skipif(not _fp8_scaled_mm_on_cpu(), reason="this torch has no CPU _scaled_mm with rowwise scales")
+def test_fp8_scaled_mm_linear_is_the_rowwise_dequantized_product():
+    """The plain-torch fp8 peer: per-row e4m3 weights and per-token e4m3 activations, scales amax / 448."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 48).to(torch.bfloat16)
+    x = torch.randn(3, 5, 96, dtype=torch.bfloat16) * torch.linspace(0.1, 8, 96).to(torch.bfloat16)
+    fp8 = flux_e2e.Fp8RowwiseLinear(lin)
+    assert fp8.qweight.dtype == torch.float8_e4m3fn and fp8.wscale.shape == (1, 48)
+    y = fp8(x)
+    x2 = x.reshape(-1, 96).float()
+    sx = x2.abs().amax(1, keepdim=True) / 448
+    w = lin.weight.float()
+    sw = w.abs().amax(1, keepdim=True) / 448
+    xd = (x2 / sx).to(torch.float8_e4m3fn).float() * sx
+    wd = (w / sw).to(torch.float8_e4m3fn).float() * sw
+    want = (xd @ wd.t() + lin.bias.float()).reshape(3, 5, 48)
+    assert y.shape == (3, 5, 48) and y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want, rtol=1e-2, atol=1e-2)
+    exact = lin(x).float()
+    err = ((y.float() - exact).norm() / exact.norm()).item()
+    assert 1e-3 < err < 0.08  # fp8's rounding: visible, but small
+
+
+@pytest.mark.skipif(not _fp8_scaled_mm_on_cpu(), reason="this torch has no CPU _scaled_mm with rowwise scales")
+def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
+    model = flux_e2e.build_variant("fp8mm", flux_e2e.TINY, "cpu", cap=False)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert sum(isinstance(m, flux_e2e.Fp8RowwiseLinear) for m in model.modules()) > 10
+    inputs = flux_e2e.make_inputs(flux_e2e.TINY, 64, 1, "cpu")
+    with torch.inference_mode():
+        out = model(**inputs)[0]
+    assert torch.isfinite(out).all()
+
