@@ -6,9 +6,9 @@
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
-#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, both main loops) and the TMA-store epilogue: their tests
+#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, its three main loops) and the TMA-store epilogue: their tests
 #       (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with
-#       its ts, w8, w8p and w8pts columns
+#       its ts, w8, w8p, w8pts and w8mc columns
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}
@@ -97,7 +97,7 @@ if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then b
   echo "trace rc=$?"; tail -40 "$OUT/trace.log"
 fi
 if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tests, the rest, sanitizer, A/B
-  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
     -o addopts="" -k "int8_weights or tma_store" --timeout 60 > "$OUT/tests_w8.log" 2>&1
   w8rc=$?; echo "int8-weight tests rc=$w8rc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_w8.log" | tail -12
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
@@ -108,7 +108,7 @@ if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tes
       > "$OUT/sanitize_memcheck.log" 2>&1
     echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
   fi
-  timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} \
+  timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} \
     $([ "$w8rc" = 0 ] || echo --no-w8 --no-ts) > "$OUT/ab_2l.log" 2>&1
   echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
 fi

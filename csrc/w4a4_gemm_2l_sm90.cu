@@ -23,7 +23,10 @@
 // int8-stored weights (W8, an opt-in layout: q * s_int widened once at load): the weight tile is TMA-loaded
 // straight into the stage as the wgmma A operand, no widening. Its producer-warpgroup loop (WS) hands the
 // loads to a third warpgroup that refills a stage once all eight consumer warps have released it (full and
-// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop.
+// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop. With MC
+// (set_gemm_2l_w8_multicast), CTA pairs of one token tile (a (2, 1, 1) cluster along the weight rows) share
+// the activation tile: each producer loads half of it with a TMA multicast into both CTAs, so a CTA reads
+// ~2/3 of the bytes per stage from L2; a stage is refilled once the consumers of both CTAs released it.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
@@ -108,6 +111,17 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
+// Arrive on the mbarrier at the same shared-memory offset in CTA `cta` of the cluster.
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar), "r"(cta) : "memory");
+}
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
@@ -120,6 +134,15 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+// The same load multicast into the CTAs of `mask`, each at offset dst and completing on its mbarrier at offset bar.
+__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
+                                               uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%2, %3}], [%4], %5;\n"
+      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
 }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
@@ -139,8 +162,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
-// G is then unused).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
+// G is then unused), MC: its activation tile shared by a CTA pair (cluster (2, 1, 1), unsplit).
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool MC = false>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
@@ -150,6 +173,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
                              int N, int K, int R, long long* __restrict__ trace, int tma_store) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
+  static_assert(!MC || WS, "the multicast runs in the producer-warp loop");
   using Cfg = Tile2l<BT, W8, WS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
@@ -175,22 +199,29 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
   const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
+  const uint32_t crank = MC ? cluster_ctarank() : 0;
   auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
     const int buf = i % NS, kt = kt_lo + i;
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
-    mbar_expect_tx(bar, kTxBytes);
-    tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
+    mbar_expect_tx(bar, kTxBytes);  // MC: the pair's two halves of the activation tile both land here
+    if constexpr (MC)
+      tma_load_2d_mc(act + crank * (BT / 2) * kBK, &tm_x, kt * kBK, m0 + crank * (BT / 2), bar, 0x3);
+    else
+      tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), n0, bar);
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
   };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, (MC ? 2 : 1) * kThreads / 32);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (MC)
+    cooperative_groups::this_cluster().sync();  // the pair's barriers exist before either loads into both
+  else
+    __syncthreads();
   if constexpr (WS) {
     if (tid >= kThreads) {  // the producer: stage i into buffer i % NS once the consumers released it, then
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");  // the consumers' CTA and cluster barriers, and out
@@ -206,6 +237,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
         cooperative_groups::this_cluster().sync();
       }
       __syncthreads();
+      if constexpr (MC) cooperative_groups::this_cluster().sync();  // matches the consumers' last barrier
       return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
@@ -305,7 +337,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
       const uint64_t db0 = desc_k128(stage);
       wgmma_stage<BT>(acc, da0, db0);
       wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
-      if (i > 0 && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
+      if (i > 0 && lane == 0) {
+        mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
+        if constexpr (MC) mbar_arrive_cluster(empty_bars + 8 * ((i - 1) % NS), crank ^ 1);  // the peer refills it too
+      }
     }
   } else {
     for (int i = 0; i < NK; i += 2) {
@@ -424,6 +459,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
     if ((tid & 127) == 0) tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
   }
+  // MC: no CTA of the pair exits while the other may still arrive on its empty barriers
+  if constexpr (MC) cooperative_groups::this_cluster().sync();
   stamp(2);
 #endif
 }
@@ -456,16 +493,17 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool MC = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS>;
+  static_assert(!MC || WS, "the multicast runs in the producer-warp loop");
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, MC>;
   constexpr int smem = Tile2l<BT, W8, WS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
   if (g_tma_store && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
     return cudaErrorInvalidValue;
-  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, MC ? BT / 2 : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
@@ -487,11 +525,11 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.x = MC ? 2 : 1;  // MC: the launcher asks for it unsplit, with an even number of row tiles
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cfg.numAttrs = splits > 1 || MC ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0);
@@ -499,12 +537,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool MC = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
+  return launch_2l<T, 64, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
 }
 
 template <typename T, int G>
@@ -517,6 +555,7 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
 
 int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
+bool g_w8_multicast = false;  // with it, CTA pairs sharing the activation tile (MC); off until measured
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
   for (int i = 0; i < 4; ++i)
@@ -563,6 +602,8 @@ void set_gemm_2l_w8_producer(bool on) { g_w8_producer = on; }
 void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
 bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
+void set_gemm_2l_w8_multicast(bool on) { g_w8_multicast = on; }
+bool gemm_2l_w8_multicast() { return g_w8_multicast; }
 
 
 
@@ -570,6 +611,10 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
   if (a.group_size == 0) {  // int8 weights
+    // MC pairs row tiles 2j, 2j + 1 of one token tile; split plans and odd tile counts run unpaired
+    if (g_w8_producer && g_w8_multicast && p.splits == 1 && (a.N / kRows) % 2 == 0)
+      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, p, stream)
+                : launch_2l_tile<__half, 64, false, true, true, true>(a, p, stream);
     if (g_w8_producer)
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true>(a, p, stream)
                 : launch_2l_tile<__half, 64, false, true, true>(a, p, stream);

@@ -176,3 +176,25 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
         out = model(**inputs)[0]
     assert torch.isfinite(out).all()
 
+
+
+@pytest.mark.parametrize("name,producer,multicast,ts", [
+    ("svdq2l_regional", False, False, False), ("svdq2l_w8p_regional", True, False, False),
+    ("svdq2l_w8mc_regional", True, True, False), ("svdq2l_w8p_ts_regional", True, False, True)])
+def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, multicast, ts):
+    from svdquant_hf.ops import build
+
+    class FakeExt:
+        def __init__(self):
+            self.calls = {}
+
+        def __getattr__(self, attr):
+            if not attr.startswith("set_gemm_2l_"):
+                raise AttributeError(attr)
+            return lambda on: self.calls.__setitem__(attr[len("set_gemm_2l_"):], on)
+
+    fake = FakeExt()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "load_extension", lambda: fake)
+    flux_e2e.set_kernel_switches(name)
+    assert fake.calls == {"w8_producer": producer, "w8_multicast": multicast, "tma_store": ts}
