@@ -21,7 +21,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
   python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
-  python benchmarks/flux_e2e.py --variants svdq2l_w8p_regional,svdq2l_w8mc_regional  # with CTA pairs (multicast)
+  python benchmarks/flux_e2e.py --variants svdq2l_w8p_regional,svdq2l_w8ps_regional  # that loop persistent
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
@@ -55,7 +55,7 @@ ALL_VARIANTS = (
     "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
     "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
     "svdq2l_fused_w8p_ts_regional", "fp8mm", "fp8mm_regional", "fp8mm_graphs",
-    "svdq2l_w8mc_regional",
+    "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs",
 )
 
 
@@ -304,14 +304,13 @@ def gpu_profile(model: nn.Module, inputs: dict) -> dict:
 
 def set_kernel_switches(name: str) -> None:
     """The int4_2l GEMM's global switches from the variant's name: _w8p the int8-weight GEMM's producer-warpgroup
-    loop, _w8mc that loop with CTA pairs sharing the activation tile by multicast, _ts the epilogue's TMA store
-    (all off otherwise)."""
+    loop, _w8ps that loop persistent, _ts the epilogue's TMA store (all off otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
     if ext is not None and hasattr(ext, "set_gemm_2l_w8_producer"):
-        ext.set_gemm_2l_w8_producer("_w8p" in name or "_w8mc" in name)
-        ext.set_gemm_2l_w8_multicast("_w8mc" in name)
+        ext.set_gemm_2l_w8_producer("_w8p" in name)
+        ext.set_gemm_2l_w8_persistent("_w8ps" in name)
         ext.set_gemm_2l_tma_store("_ts" in name)
 
 

@@ -8,7 +8,7 @@
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
 #   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, its three main loops) and the TMA-store epilogue: their tests
 #       (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with
-#       its ts, w8, w8p, w8pts and w8mc columns
+#       its ts, w8, w8p, w8pts and w8ps columns
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}

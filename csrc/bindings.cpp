@@ -502,10 +502,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_w8_producer", &svdq::set_gemm_2l_w8_producer,
         "int8-weight GEMM: a producer warp on full/empty barriers per stage (True) or the shared loop (False)");
   m.def("gemm_2l_w8_producer", &svdq::gemm_2l_w8_producer, "whether the int8-weight GEMM runs the producer-warp loop");
-  m.def("set_gemm_2l_w8_multicast", &svdq::set_gemm_2l_w8_multicast,
-        "int8-weight GEMM, producer loop: CTA pairs share the activation tile by TMA multicast (unsplit plans, even "
-        "row-tile counts)");
-  m.def("gemm_2l_w8_multicast", &svdq::gemm_2l_w8_multicast, "whether the producer loop pairs CTAs by multicast");
+  m.def("set_gemm_2l_w8_persistent", &svdq::set_gemm_2l_w8_persistent,
+        "int8-weight GEMM: the producer-warp loop as a persistent kernel (unsplit plans, branch rank <= 64)");
+  m.def("gemm_2l_w8_persistent", &svdq::gemm_2l_w8_persistent, "whether the int8-weight GEMM runs persistent");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");
   m.def("gemm_2l_tma_store", &svdq::gemm_2l_tma_store, "whether the int4_2l GEMMs store their output by TMA");

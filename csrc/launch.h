@@ -92,8 +92,8 @@ void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heurist
 void set_gemm_2l_trace(long long* trace);
 void set_gemm_2l_w8_producer(bool on);  // the int8-weight GEMM's producer-warp main loop (default off)
 bool gemm_2l_w8_producer();
-void set_gemm_2l_w8_multicast(bool on);  // with the producer loop: CTA pairs share the activation tile by TMA multicast (default off)
-bool gemm_2l_w8_multicast();
+void set_gemm_2l_w8_persistent(bool on);  // the producer loop persistent: one CTA per SM walks the tiles (default off)
+bool gemm_2l_w8_persistent();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;

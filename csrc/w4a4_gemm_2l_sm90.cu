@@ -23,10 +23,10 @@
 // int8-stored weights (W8, an opt-in layout: q * s_int widened once at load): the weight tile is TMA-loaded
 // straight into the stage as the wgmma A operand, no widening. Its producer-warpgroup loop (WS) hands the
 // loads to a third warpgroup that refills a stage once all eight consumer warps have released it (full and
-// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop. With MC
-// (set_gemm_2l_w8_multicast), CTA pairs of one token tile (a (2, 1, 1) cluster along the weight rows) share
-// the activation tile: each producer loads half of it with a TMA multicast into both CTAs, so a CTA reads
-// ~2/3 of the bytes per stage from L2; a stage is refilled once the consumers of both CTAs released it.
+// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop. Persistent (PS,
+// set_gemm_2l_w8_persistent, unsplit plans): one CTA per SM walks the tiles t = blockIdx.x, + gridDim.x, ...;
+// the producer's stage count runs on across tiles, so it loads the next tile's stages while the consumers
+// run this tile's epilogue (whose low-rank tile then has shared memory of its own).
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
@@ -71,18 +71,20 @@ constexpr int kSmemLimit = 227 * 1024;
 // the wgmma A tiles: no group scales, no widening, no separate A tiles. WS (with W8): a third warpgroup
 // issues the loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the
 // loop; it gives its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168).
-template <int BT, bool W8 = false, bool WS = false>
+template <int BT, bool W8 = false, bool WS = false, bool PS = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes) / kStageBytes;
+  static constexpr int kLrRank = 64;  // PS: the largest branch rank whose low-rank tile has its own memory
+  static constexpr int kLrBytes = PS ? (BT * (kLrRank * 2 + 16) + 1023) / 1024 * 1024 : 0;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
   static constexpr int kThreads = WS ? 256 + 128 : 256;
-  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kBarBytes + 1024;  // + alignment slack
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
@@ -111,17 +113,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
-// Arrive on the mbarrier at the same shared-memory offset in CTA `cta` of the cluster.
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar), "r"(cta) : "memory");
-}
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
@@ -134,15 +125,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
-}
-
-// The same load multicast into the CTAs of `mask`, each at offset dst and completing on its mbarrier at offset bar.
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
-                                               uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
 }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
@@ -162,9 +144,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
-// G is then unused), MC: its activation tile shared by a CTA pair (cluster (2, 1, 1), unsplit).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool MC = false>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
+// G is then unused), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -173,8 +155,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
                              int N, int K, int R, long long* __restrict__ trace, int tma_store) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
-  static_assert(!MC || WS, "the multicast runs in the producer-warp loop");
-  using Cfg = Tile2l<BT, W8, WS>;
+  static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
+  using Cfg = Tile2l<BT, W8, WS, PS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -187,65 +169,69 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
   const int warp = (tid >> 5) & 3;
   const int lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int n0 = blockIdx.x * kRows;
-  const int m0 = blockIdx.y * BT;
+  int n0 = blockIdx.x * kRows;  // PS: set per tile
+  int m0 = blockIdx.y * BT;
   const int KT = K / kBK;
+  const int row_tiles = N / kRows;
+  const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
   const int splits = gridDim.z, z = blockIdx.z;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
-  const uint32_t bars = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  // (PS: the low-rank tile's own memory between the stages and the barriers)
+  const uint32_t lr_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
-  const uint32_t crank = MC ? cluster_ctarank() : 0;
-  auto load_stage = [&](int i) {  // one thread; i counts this CTA's stages
-    const int buf = i % NS, kt = kt_lo + i;
+  auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
-    mbar_expect_tx(bar, kTxBytes);  // MC: the pair's two halves of the activation tile both land here
-    if constexpr (MC)
-      tma_load_2d_mc(act + crank * (BT / 2) * kBK, &tm_x, kt * kBK, m0 + crank * (BT / 2), bar, 0x3);
-    else
-      tma_load_2d(act, &tm_x, kt * kBK, m0, bar);
-    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), n0, bar);
-    if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, n0, kt * GPS, bar);
+    mbar_expect_tx(bar, kTxBytes);
+    tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
+    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
+    if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
   };
+  auto load_stage = [&](int i) { load_at(i % NS, kt_lo + i, m0, n0); };  // i counts this CTA's stages
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, (MC ? 2 : 1) * kThreads / 32);
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (MC)
-    cooperative_groups::this_cluster().sync();  // the pair's barriers exist before either loads into both
-  else
-    __syncthreads();
+  __syncthreads();
   if constexpr (WS) {
     if (tid >= kThreads) {  // the producer: stage i into buffer i % NS once the consumers released it, then
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");  // the consumers' CTA and cluster barriers, and out
       if (tid == kThreads) {
-        for (int i = 0; i < NK; ++i) {
-          if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
-          load_stage(i);
+        if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
+          int i = 0;
+          for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
+            for (int kt = 0; kt < KT; ++kt, ++i) {
+              if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
+              load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kRows);
+            }
+        } else {
+          for (int i = 0; i < NK; ++i) {
+            if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
+            load_stage(i);
+          }
         }
       }
+      if constexpr (PS) return;  // the consumers meet only each other (named barrier 3)
       __syncthreads();
       if (gridDim.z > 1) {
         cooperative_groups::this_cluster().sync();
         cooperative_groups::this_cluster().sync();
       }
       __syncthreads();
-      if constexpr (MC) cooperative_groups::this_cluster().sync();  // matches the consumers' last barrier
       return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   }
 
   int acc[Cfg::kAcc];
-#pragma unroll
-  for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
 
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
   const int rA = wg * 64 + warp * 16 + g;
@@ -329,18 +315,23 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
+  int done = 0;  // PS: stages consumed by this CTA's earlier tiles
+  for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
+  if constexpr (PS) {
+    n0 = (tile % row_tiles) * kRows;
+    m0 = (tile / row_tiles) * BT;
+  }
+#pragma unroll
+  for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
   if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
-    for (int i = 0; i < NK; ++i) {
+    for (int i = done; i < done + NK; ++i) {
       const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;
       mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
       const uint64_t da0 = desc_k128(stage + Cfg::kActBytes + wg * 64 * kBK);
       const uint64_t db0 = desc_k128(stage);
       wgmma_stage<BT>(acc, da0, db0);
       wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
-      if (i > 0 && lane == 0) {
-        mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
-        if constexpr (MC) mbar_arrive_cluster(empty_bars + 8 * ((i - 1) % NS), crank ^ 1);  // the peer refills it too
-      }
+      if (i > done && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
     }
   } else {
     for (int i = 0; i < NK; i += 2) {
@@ -349,7 +340,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     }
   }
   wgmma_wait<0>();
-  __syncthreads();
+  if constexpr (PS) {
+    done += NK;
+    if (lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
+    // every consumer is past its previous epilogue, whose reads of the low-rank tile are then complete
+    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+  } else {
+    __syncthreads();
+  }
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
@@ -376,9 +374,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     cluster.sync();  // nobody reads this CTA's shared memory any more: the epilogue may reuse it
   }
 
-  // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes
+  // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes (PS: memory of
+  // its own, the stages are the next tile's)
   const int lr_stride = R * 2 + 16;
-  const uint32_t lr_s = sbase;
+  const uint32_t lr_s = PS ? lr_region : sbase;
   {
     const int chunks = R / 8;
     for (int i = tid; i < BT * chunks; i += kThreads) {
@@ -389,7 +388,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     cp_async_commit();
   }
   cp_async_wait<0>();
-  __syncthreads();
+  if constexpr (PS)
+    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+  else
+    __syncthreads();
 
   const int rowA = n0 + rA, rowB = n0 + rB;
   const float wchA = wchannel[rowA], wchB = wchannel[rowB];
@@ -433,7 +435,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
   // TMA store writes them (full lines, rows past M clipped). Split tiles, and ranks whose branch leaves no
   // room after the low-rank tile, keep the per-thread stores.
   const int lr_bytes = (BT * lr_stride + 1023) / 1024 * 1024;
-  const bool ts = tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes;
+  const bool ts = !PS && tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes;
   const uint32_t stage_out = sbase + lr_bytes + wg * BT * 128;
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
@@ -459,8 +461,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS>::kThreads, 1)
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
     if ((tid & 127) == 0) tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
   }
-  // MC: no CTA of the pair exits while the other may still arrive on its empty barriers
-  if constexpr (MC) cooperative_groups::this_cluster().sync();
+  }  // tiles
   stamp(2);
 #endif
 }
@@ -493,17 +494,16 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool MC = false>
-cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream) {
-  static_assert(!MC || WS, "the multicast runs in the producer-warp loop");
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, MC>;
-  constexpr int smem = Tile2l<BT, W8, WS>::kSmem;
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
+cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS>;
+  constexpr int smem = Tile2l<BT, W8, WS, PS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
   if (g_tma_store && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
     return cudaErrorInvalidValue;
-  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, MC ? BT / 2 : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
@@ -520,16 +520,20 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(a.N / kRows, (a.M + BT - 1) / BT, splits);
-  cfg.blockDim = dim3(Tile2l<BT, W8, WS>::kThreads);
+  if constexpr (PS) {  // unsplit; one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...
+    const long tiles = (long)(a.N / kRows) * ((a.M + BT - 1) / BT);
+    cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
+  }
+  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS>::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = MC ? 2 : 1;  // MC: the launcher asks for it unsplit, with an even number of row tiles
+  attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 || MC ? 1 : 0;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0);
@@ -537,12 +541,14 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool MC = false>
-cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
-  if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
-  return launch_2l<T, 64, G, TR, W8, WS, MC>(a, p.splits, g_trace, stream);
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false>
+cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
+  if constexpr (!PS) {  // PS plans leave out 256 (its accumulators and loop state would spill)
+    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+  }
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
@@ -555,7 +561,7 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
 
 int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
-bool g_w8_multicast = false;  // with it, CTA pairs sharing the activation tile (MC); off until measured
+bool g_w8_persistent = false;  // that loop persistent (PS); off until measured
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
   for (int i = 0; i < 4; ++i)
@@ -572,12 +578,12 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 // per token when split (the cluster exchange); CTAs run in waves of one per SM. The 224-token tile is for
 // wave quantisation: 4608 tokens x 24 weight tiles are 432 tiles of 256 (3.3 waves of 132, so 4) or 504
 // of 224 (3.8: also 4, each shorter by the fixed part).
-Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
+static Gemm2lPlan plan_among(int M, int N, int K, int num_sms, int tile_mask) {
   const int KT = K / kBK;
   Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
   for (int bt : kTiles) {
-    if (!(g_plan_tiles & tile_bit(bt))) continue;
+    if (!(tile_mask & tile_bit(bt))) continue;
     if (!best.tile_tokens) best.tile_tokens = bt;  // kept if no split fits (a forced split > K stages)
     const long tiles = (long)(N / kRows) * ((M + bt - 1) / bt);
     for (int s : {1, 2, 4, 8}) {
@@ -589,6 +595,8 @@ Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) {
   }
   return best;
 }
+
+Gemm2lPlan gemm_2l_plan(int M, int N, int K, int num_sms) { return plan_among(M, N, K, num_sms, g_plan_tiles); }
 
 void set_gemm_2l_tile_tokens(int bt) { g_plan_tiles = tile_bit(bt) ? tile_bit(bt) : 15; }
 void set_gemm_2l_plan_tiles(const std::vector<int>& tiles) {
@@ -602,8 +610,8 @@ void set_gemm_2l_w8_producer(bool on) { g_w8_producer = on; }
 void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
 bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
-void set_gemm_2l_w8_multicast(bool on) { g_w8_multicast = on; }
-bool gemm_2l_w8_multicast() { return g_w8_multicast; }
+void set_gemm_2l_w8_persistent(bool on) { g_w8_persistent = on; }
+bool gemm_2l_w8_persistent() { return g_w8_persistent; }
 
 
 
@@ -611,10 +619,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
   if (a.group_size == 0) {  // int8 weights
-    // MC pairs row tiles 2j, 2j + 1 of one token tile; split plans and odd tile counts run unpaired
-    if (g_w8_producer && g_w8_multicast && p.splits == 1 && (a.N / kRows) % 2 == 0)
-      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, p, stream)
-                : launch_2l_tile<__half, 64, false, true, true, true>(a, p, stream);
+    // persistent: unsplit plans, and branches whose low-rank tile fits the memory set aside for it
+    if (g_w8_persistent && a.R <= Tile2l<64, true, true, true>::kLrRank) {
+      const int mask = g_plan_tiles & ~tile_bit(256);
+      const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
+      if (pp.splits == 1)
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
+    }
     if (g_w8_producer)
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true>(a, p, stream)
                 : launch_2l_tile<__half, 64, false, true, true>(a, p, stream);

@@ -311,16 +311,16 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
             y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
             assert torch.isfinite(y).all(), f"splits={splits}: unwritten (NaN-poisoned) outputs"
             assert torch.equal(y, ref), f"splits={splits}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
-            for producer, multicast in ((False, False), (True, False), (True, True)):
+            for producer, persistent in ((False, False), (True, False), (True, True)):
                 hopper.set_gemm_2l_w8_producer(producer)
-                hopper.set_gemm_2l_w8_multicast(multicast)
+                hopper.set_gemm_2l_w8_persistent(persistent)  # which keeps the per-thread stores
                 _poison(4 * M * N, 0xFF)
                 y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
-                assert torch.equal(y8, ref), f"int8 weights, producer={producer}, multicast={multicast}, splits={splits}"
+                assert torch.equal(y8, ref), f"int8 weights, producer={producer}, persistent={persistent}, splits={splits}"
     finally:
         hopper.set_gemm_2l_tma_store(False)
         hopper.set_gemm_2l_w8_producer(False)
-        hopper.set_gemm_2l_w8_multicast(False)
+        hopper.set_gemm_2l_w8_persistent(False)
         hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
 
@@ -328,25 +328,27 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
 # --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
 
 
-@pytest.fixture(params=["shared_loop", "producer_warp", "producer_multicast"])
+@pytest.fixture(params=["shared_loop", "producer_warp", "persistent"])
 def w8_loop(request, hopper):
-    """The main loops of the int8-weight GEMM: the shared one, the producer warpgroup's (WS), and WS with CTA pairs
-    sharing the activation tile by TMA multicast (MC: unsplit plans with an even number of 128-row tiles)."""
+    """The main loops of the int8-weight GEMM: the shared one, the producer warpgroup's (WS), and WS persistent (PS:
+    unsplit plans with branch rank <= 64; the others fall back to WS)."""
     hopper.set_gemm_2l_w8_producer(request.param != "shared_loop")
-    hopper.set_gemm_2l_w8_multicast(request.param == "producer_multicast")
+    hopper.set_gemm_2l_w8_persistent(request.param == "persistent")
     yield request.param
     hopper.set_gemm_2l_w8_producer(False)
-    hopper.set_gemm_2l_w8_multicast(False)
+    hopper.set_gemm_2l_w8_persistent(False)
 
 
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
-@pytest.mark.parametrize("M,K,N,R", [(1, 256, 256, 32), (97, 1024, 512, 0), (515, 2048, 768, 48), (4097, 3072, 256, 32)])
-def test_gemm_2l_int8_weights_multicast_pairs_bit_identical(hopper, bt, M, K, N, R):
-    """CTA pairs (even row-tile counts, unsplit) sharing the activation tile: bit-identical to the packed kernel,
-    every element written, including token tiles whose second half lies wholly past M (M = 1, 97, 515)."""
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 0), (2000, 256, 3072, 64),
+                                     (4097, 512, 1024, 32), (515, 2048, 768, 96)])
+def test_gemm_2l_int8_weights_persistent_bit_identical(hopper, bt, M, K, N, R):
+    """One CTA per SM walking tiles (216 and 152 tiles for 132 SMs at the two big shapes: several per CTA, the
+    stage count running on across tiles): bit-identical to the packed kernel, every element written, relaunched;
+    rank 96 (no room for its low-rank tile) and forced 256-token tiles (224 instead) take the other paths."""
     gs = 64
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 17)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 17)
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 19)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 19)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     w8 = weight_operand_2l(qw, wsc, gs)
     hopper.set_gemm_2l_tile_tokens(bt)
@@ -354,15 +356,15 @@ def test_gemm_2l_int8_weights_multicast_pairs_bit_identical(hopper, bt, M, K, N,
     try:
         y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
         hopper.set_gemm_2l_w8_producer(True)
-        hopper.set_gemm_2l_w8_multicast(True)
-        for _ in range(3):  # relaunched: the pair's barriers start fresh every time
+        hopper.set_gemm_2l_w8_persistent(True)
+        for _ in range(3):
             _poison(4 * M * N, 0xFF)
             y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
             assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
             assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
     finally:
         hopper.set_gemm_2l_w8_producer(False)
-        hopper.set_gemm_2l_w8_multicast(False)
+        hopper.set_gemm_2l_w8_persistent(False)
         hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
 
