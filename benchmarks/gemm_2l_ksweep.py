@@ -1,0 +1,87 @@
+"""What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
+
+usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20]
+
+The activations are quantized once outside the timing; each GEMM (packed, int8 weights with the shared
+loop, the producer loop, persistent) and torch._scaled_mm fp8 rowwise is timed under a CUDA graph. A
+least-squares line through time(K) gives, per 128-deep K stage and per tile, slope / waves and intercept /
+waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
+intercept, one paced by per-tile work (prologue, epilogue) a large one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from cuda_timing import time_graph
+from problems_2l import hopper_extension, random_2l
+
+from svdquant_hf.ops.reference import weight_operand_2l
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ks", default="768,1536,3072,6144,12288")
+    ap.add_argument("--m", type=int, default=4608)
+    ap.add_argument("--n", type=int, default=3072)
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    ext = hopper_extension("gemm_2l_ksweep")
+    if ext is None:
+        return 2
+    M, N, gs = args.m, args.n, 64
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
+    waves = -(-((N // 128) * -(-M // bt)) // sms)
+    ks = [int(k) for k in args.ks.split(",")]
+    cols = ["packed", "w8", "w8p", "w8ps", "fp8"]
+    rows: dict[str, list[float]] = {c: [] for c in cols}
+    print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
+          f"{waves} waves of {sms} SMs")
+    print(f"{'K':>6} | " + " ".join(f"{c:>8}" for c in cols))
+    for K in ks:
+        p = random_2l(M, K, N, 32, gs)
+        q = [ext.quantize_act_2l(x, p.smooth, p.proj_down, gs) for x in p.xs]
+        w8 = weight_operand_2l(p.qweight, p.wscales, gs)
+        packed = lambda xq, xs, lr: ext.w4a4_gemm_2l(xq, xs, p.qweight, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
+                                                     p.bias, gs)
+        wide = lambda xq, xs, lr: ext.w8a4_gemm_2l(xq, xs, w8, p.wchannel, lr, p.proj_up, p.bias)  # noqa: E731
+        t = {"packed": time_graph(packed, q, args.reps)}
+        for name, prod, pers in (("w8", False, False), ("w8p", True, False), ("w8ps", True, True)):
+            ext.set_gemm_2l_w8_producer(prod)
+            ext.set_gemm_2l_w8_persistent(pers)
+            try:
+                t[name] = time_graph(wide, q, args.reps)
+            finally:
+                ext.set_gemm_2l_w8_producer(False)
+                ext.set_gemm_2l_w8_persistent(False)
+        w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
+        x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
+        one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")
+        t["fp8"] = time_graph(lambda a: torch._scaled_mm(a, w.t(), scale_a=one_a, scale_b=one_b,
+                                                         out_dtype=torch.bfloat16, use_fast_accum=True), x8, args.reps)
+        for c in cols:
+            rows[c].append(1e3 * t[c])
+        print(f"{K:>6} | " + " ".join(f"{1e3 * t[c]:>8.1f}" for c in cols))
+        del p, q, w8, w, x8
+        torch.cuda.empty_cache()
+    print(f"\nline through time(K): per 128-deep stage and per tile (ours: / {waves} waves; fp8 per its whole K)")
+    for c in cols:
+        a, b = fit([k / 128 for k in ks], rows[c])
+        per = waves if c != "fp8" else 1
+        print(f"{c:>8}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
+              + ("" if c != "fp8" else " (whole GEMM)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
