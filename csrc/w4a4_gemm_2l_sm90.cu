@@ -80,36 +80,13 @@ struct Tile2l {
   static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
   static constexpr int kLrRank = 64;  // PS: the largest branch rank whose low-rank tile has its own memory
   static constexpr int kLrBytes = PS ? (BT * (kLrRank * 2 + 16) + 1023) / 1024 * 1024 : 0;
-  static constexpr int kXsBytes = ((PS ? 2 : 1) * BT * 4 + 127) / 128 * 128;  // the tile's token scales (PS: x2)
-  static constexpr int kStagesFit =
-      (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kXsBytes) / kStageBytes;
+  static constexpr int kStagesFit = (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
   static constexpr int kThreads = WS ? 256 + 128 : 256;
-  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kLrBytes + kXsBytes + kBarBytes + 1024;
+  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
-
-// Loads issued where they stand (volatile), read-only path; the thread waits only where the value is used.
-__device__ __forceinline__ float ldg_nc_f32(const float* p) {
-  float v;
-  asm volatile("ld.global.nc.f32 %0, [%1];\n" : "=f"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint32_t ldg_nc_u32(const void* p) {
-  uint32_t v;
-  asm volatile("ld.global.nc.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
-  return v;
-}
-template <typename T>
-__device__ __forceinline__ uint32_t ldg_nc_u16(const T* p) {
-  unsigned short v;
-  asm volatile("ld.global.nc.b16 %0, [%1];\n" : "=h"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
-}
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
 __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
@@ -205,8 +182,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
   // (PS: the low-rank tile's own memory between the stages and the barriers)
   const uint32_t lr_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
-  const uint32_t xs_region = lr_region + Cfg::kLrBytes;  // the token scales, requested at the tile's start
-  const uint32_t bars = xs_region + Cfg::kXsBytes;
+  const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
@@ -340,34 +316,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     mark(i, 6);
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
-  int tiles_done = 0;
-  for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1, ++tiles_done) {
+  for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
   if constexpr (PS) {
     n0 = (tile % row_tiles) * kRows;
     m0 = (tile / row_tiles) * BT;
   }
-  // The epilogue's operands, requested before the main loop so that no load latency is left for the epilogue
-  // (v2.12: ~6 us per tile went to a chain of global loads there): the token scales by cp.async into shared
-  // memory (PS: double-buffered by tile), the rows' channel scales, bias and first two proj_up steps into
-  // registers (volatile loads: issued here, waited for at their first use).
-  const uint32_t xs_s = xs_region + (PS ? (tiles_done & 1) * BT * 4 : 0);
-  if (tid < BT) cp_async4(xs_s + tid * 4, xscale + min(m0 + tid, M - 1));
-  cp_async_commit();
-  const int rowA = n0 + rA, rowB = n0 + rB;
-  const float wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
-  const float bA = bias ? Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)) : 0.f;
-  const float bB = bias ? Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB)) : 0.f;
-  auto load_up = [&](int ks, uint32_t (&a)[4]) {  // proj_up rows rowA / rowB, ranks ks*16 + 2t (+1, +8, +9)
-    const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
-    const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
-    a[0] = ldg_nc_u32(puA);
-    a[1] = ldg_nc_u32(puB);
-    a[2] = ldg_nc_u32(puA + 8);
-    a[3] = ldg_nc_u32(puB + 8);
-  };
-  uint32_t up0[4] = {}, up1[4] = {};
-  if (R >= 16) load_up(0, up0);
-  if (R >= 32) load_up(1, up1);
 #pragma unroll
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
   if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
@@ -440,17 +393,26 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   else
     __syncthreads();
 
+  const int rowA = n0 + rA, rowB = n0 + rB;
+  const float wchA = wchannel[rowA], wchB = wchannel[rowB];
   // acc now holds fp32 bit patterns
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
-    float x0, x1;  // tokens j*8 + 2t, + 1
-    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(x0), "=f"(x1) : "r"(xs_s + (j * 8 + 2 * t) * 4));
+    const int m = m0 + j * 8 + 2 * t;
+    const float x0 = xscale[min(m, M - 1)], x1 = xscale[min(m + 1, M - 1)];
     acc[4 * j + 0] = __float_as_int((__int2float_rn(acc[4 * j + 0]) * wchA) * x0);
     acc[4 * j + 1] = __float_as_int((__int2float_rn(acc[4 * j + 1]) * wchA) * x1);
     acc[4 * j + 2] = __float_as_int((__int2float_rn(acc[4 * j + 2]) * wchB) * x0);
     acc[4 * j + 3] = __float_as_int((__int2float_rn(acc[4 * j + 3]) * wchB) * x1);
   }
-  auto lowrank_step = [&](int ks, const uint32_t (&a)[4]) {
+  for (int ks = 0; ks < R / 16; ++ks) {
+    const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
+    const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
+    uint32_t a[4];
+    a[0] = *reinterpret_cast<const uint32_t*>(puA);
+    a[1] = *reinterpret_cast<const uint32_t*>(puB);
+    a[2] = *reinterpret_cast<const uint32_t*>(puA + 8);
+    a[3] = *reinterpret_cast<const uint32_t*>(puB + 8);
     // ldmatrix.x2: lanes 0-7 address rows of the r-block ks*16, lanes 8-15 of ks*16 + 8
     const int lrow = lane & 7, lmat = (lane >> 3) & 1;
 #pragma unroll
@@ -464,14 +426,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[4 * j + e] = __float_as_int(d[e]);
     }
-  };
-  if (R >= 16) lowrank_step(0, up0);
-  if (R >= 32) lowrank_step(1, up1);
-  for (int ks = 2; ks < R / 16; ++ks) {  // ranks past 32 (LoRA): loaded here
-    uint32_t a[4];
-    load_up(ks, a);
-    lowrank_step(ks, a);
   }
+  const float bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
+  const float bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
   const int nbase = n0 + wg * 64 + warp * 16;
   // tma_store: each warpgroup's 64 weight rows x BT tokens go to shared memory as [token][64] bf16 rows of 128
   // bytes (128-byte swizzle: conflict-free, since a warp's 8 tokens g hit 8 different 16-byte chunks), and one
