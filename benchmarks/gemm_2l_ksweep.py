@@ -1,6 +1,7 @@
 """What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
 
 usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20]
+       python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
 The activations are quantized once outside the timing; each GEMM (packed, int8 weights with the shared
 loop, the producer loop, persistent) and torch._scaled_mm fp8 rowwise is timed under a CUDA graph. A
@@ -28,13 +29,58 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def main() -> int:
+def parse(text: str) -> tuple[str, dict[str, list[tuple[int, float]]]]:
+    """A printed run -> (title line, {kernel: [(K, us), ...]})."""
+    lines = text.splitlines()
+    head = next((i for i, ln in enumerate(lines) if ln.split("|")[0].strip() == "K"), None)
+    if head is None:
+        raise ValueError("no gemm_2l_ksweep.py table in the text")
+    cols = lines[head].split("|")[1].split()
+    series: dict[str, list[tuple[int, float]]] = {c: [] for c in cols}
+    for ln in lines[head + 1:]:
+        if "|" not in ln:
+            break
+        k, vals = ln.split("|")
+        for c, v in zip(cols, vals.split()):
+            series[c].append((int(k), float(v)))
+    return lines[head - 1], series
+
+
+def plot(log: str, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title, series = parse(open(log).read())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in series.items():
+        ks, us = [k for k, _ in pts], [u for _, u in pts]
+        a, b = fit([k / 128 for k in ks], us)
+        line = ax.plot(ks, us, "o", label=f"{name}: {a:.0f} us + {b:.2f} us per 128 of K")[0]
+        ax.plot([0, max(ks)], [a, a + b * max(ks) / 128], "-", color=line.get_color(), lw=1)
+    ax.set_xlabel("K")
+    ax.set_ylabel("us per GEMM (CUDA graph)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title.split(",")[0] + ": M = 4608, N = 3072; the intercept is the per-tile part", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plot", default=None, help="chart a stored run's log instead of measuring")
+    ap.add_argument("--out", default=None, help="PNG path for --plot (default: beside the log)")
     ap.add_argument("--ks", default="768,1536,3072,6144,12288")
     ap.add_argument("--m", type=int, default=4608)
     ap.add_argument("--n", type=int, default=3072)
     ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.plot:
+        plot(args.plot, args.out or args.plot.rsplit(".", 1)[0] + ".png")
+        return 0
     ext = hopper_extension("gemm_2l_ksweep")
     if ext is None:
         return 2

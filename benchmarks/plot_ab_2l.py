@@ -10,13 +10,15 @@ import re
 # column name in the log -> label in the chart (the columns a log lacks are left out)
 SERIES = {"now": "int4_2l packed (default)", "ts": "packed, TMA-store epilogue", "w8": "int4_2l, int8 weight copy",
           "w8p": "int8 copy, producer loop", "w8pts": "int8 copy, producer loop, TMA store",
+          "w8ps": "int8 copy, persistent", "w8mc": "int8 copy, CTA pairs (multicast)",
           "fp8": "fp8 _scaled_mm (GEMM only)"}
 
 
 def parse(text: str) -> tuple[str, list[dict]]:
     """(device, rows of {M, K, N, column: us}) from ab_2l.py's printed table."""
     lines = text.splitlines()
-    device = lines[0].split(":")[0] if lines else ""
+    title = next((ln for ln in lines if ": int4_2l chain" in ln), "")  # warnings may come first
+    device = title.split(":")[0]
     header = next((ln for ln in lines if re.match(r"\s*M\s+K\s+N\s+\|", ln)), None)
     if header is None:
         raise ValueError("no ab_2l.py table in the log")

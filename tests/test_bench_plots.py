@@ -39,10 +39,28 @@ def test_plot_ab_2l_reads_the_stored_logs(tmp_path):
     first = rows[0]
     assert (first["M"], first["K"], first["N"]) == (4608, 3072, 3072)
     assert (first["now"], first["w8"], first["bf16"], first["fp8"]) == (124.1, 102.1, 112.4, 61.2)
+    device, ps = plot_ab_2l.parse((PERF / "ab_2l_w8ps_h200.txt").read_text())  # torchao's warnings come first
+    assert device == "NVIDIA H200" and ps[0]["w8ps"] == 101.1 and len(ps) == 10
     _, old = plot_ab_2l.parse((PERF / "ab_2l_multicast_h200.txt").read_text())
     assert "w8" not in old[0] and old[0]["now"] == 161.8
     with pytest.raises(ValueError, match="no ab_2l.py table"):
         plot_ab_2l.parse("nothing here\n")
     out = tmp_path / "ab.png"
     assert plot_ab_2l.main([str(PERF / "ab_2l_w8_h200.txt"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ksweep_log_parses_and_fits_the_stored_run(tmp_path):
+    """gemm_2l_ksweep.py's table -> per-kernel (K, us) series; the line through them recovers the printed fit."""
+    import gemm_2l_ksweep
+
+    title, series = gemm_2l_ksweep.parse((PERF / "gemm_2l_ksweep_h200.txt").read_text())
+    assert title.startswith("NVIDIA H200") and set(series) == {"packed", "w8", "w8p", "w8ps", "fp8"}
+    assert series["w8"][0] == (768, 42.3) and [k for k, _ in series["fp8"]] == [768, 1536, 3072, 6144, 12288]
+    a, b = gemm_2l_ksweep.fit([k / 128 for k, _ in series["w8"]], [u for _, u in series["w8"]])
+    assert abs(b / 4 - 0.527) < 1e-3 and abs(a / 4 - 7.30) < 1e-2  # the log's "per stage" and "fixed per tile"
+    with pytest.raises(ValueError, match="no gemm_2l_ksweep.py table"):
+        gemm_2l_ksweep.parse("nothing\n")
+    out = tmp_path / "k.png"
+    assert gemm_2l_ksweep.main(["--plot", str(PERF / "gemm_2l_ksweep_h200.txt"), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
