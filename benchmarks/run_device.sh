@@ -8,7 +8,7 @@
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
 #   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, its three main loops) and the TMA-store epilogue: their tests
 #       (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with
-#       its ts, w8, w8p, w8pts and w8ps columns
+#       its ts, w8, w8p, w8pts and w8ps columns, then benchmarks/gemm_2l_ksweep.py
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 set -uo pipefail
 what=${1:-all}
@@ -111,6 +111,8 @@ if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tes
   timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} \
     $([ "$w8rc" = 0 ] || echo --no-w8 --no-ts) > "$OUT/ab_2l.log" 2>&1
   echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
+  (cd benchmarks && timeout 90 python3 gemm_2l_ksweep.py > "$OUT/ksweep.log" 2>&1)  # per K stage vs per tile
+  echo "ksweep rc=$?"; tail -6 "$OUT/ksweep.log"
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1
