@@ -169,8 +169,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   const int warp = (tid >> 5) & 3;
   const int lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  int n0 = blockIdx.x * kRows;  // PS: set per tile
-  int m0 = blockIdx.y * BT;
+  const int n0_blk = blockIdx.x * kRows;  // the CTA's tile (PS: its first)
+  const int m0_blk = blockIdx.y * BT;
   const int KT = K / kBK;
   const int row_tiles = N / kRows;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
   };
-  auto load_stage = [&](int i) { load_at(i % NS, kt_lo + i, m0, n0); };  // i counts this CTA's stages
+  auto load_stage = [&](int i) { load_at(i % NS, kt_lo + i, m0_blk, n0_blk); };  // i counts this CTA's stages
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
@@ -246,7 +246,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
       if (tracer) tr[i * 8 + e] = clock64();
     }
   };
-  // kernel start (slot 0) and end (slot 2): clock64 and %globaltimer, after the per-stage records
+  // kernel start (slot 0) and end (slot 2): clock64 and %globaltimer, after the per-stage records; the
+  // epilogue's steps in slots 4, 6, 8, 10 (after the accumulators of `acc` it names are final)
   auto stamp = [&](int slot) {
     if constexpr (TR) {
       if (tracer && wg == 0) {
@@ -258,6 +259,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     }
   };
   stamp(0);
+  auto stamp_acc = [&](int slot) {  // an epilogue step: not before the accumulators' last writes
+    if constexpr (TR) asm volatile("" ::"r"(acc[0]), "r"(acc[Cfg::kAcc - 1]));
+    stamp(slot);
+  };
 
   if (!WS && tid == 0)
     for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
@@ -317,21 +322,20 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
-  if constexpr (PS) {
-    n0 = (tile % row_tiles) * kRows;
-    m0 = (tile / row_tiles) * BT;
-  }
+  const int n0 = PS ? (tile % row_tiles) * kRows : n0_blk;
+  const int m0 = PS ? (tile / row_tiles) * BT : m0_blk;
 #pragma unroll
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
   if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
-    for (int i = done; i < done + NK; ++i) {
+    const int base = PS ? done : 0;
+    for (int i = base; i < base + NK; ++i) {
       const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;
       mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
       const uint64_t da0 = desc_k128(stage + Cfg::kActBytes + wg * 64 * kBK);
       const uint64_t db0 = desc_k128(stage);
       wgmma_stage<BT>(acc, da0, db0);
       wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
-      if (i > done && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
+      if (i > base && lane == 0) mbar_arrive(empty_bars + 8 * ((i - 1) % NS));
     }
   } else {
     for (int i = 0; i < NK; i += 2) {
@@ -340,6 +344,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     }
   }
   wgmma_wait<0>();
+  stamp_acc(4);  // main loop done
   if constexpr (PS) {
     done += NK;
     if (lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
@@ -392,6 +397,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     asm volatile("bar.sync 3, 256;\n" ::: "memory");
   else
     __syncthreads();
+  stamp_acc(6);  // low-rank tile in shared memory
 
   const int rowA = n0 + rA, rowB = n0 + rB;
   const float wchA = wchannel[rowA], wchB = wchannel[rowB];
@@ -405,6 +411,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     acc[4 * j + 2] = __float_as_int((__int2float_rn(acc[4 * j + 2]) * wchB) * x0);
     acc[4 * j + 3] = __float_as_int((__int2float_rn(acc[4 * j + 3]) * wchB) * x1);
   }
+  stamp_acc(8);  // scales applied (their loads arrived)
   for (int ks = 0; ks < R / 16; ++ks) {
     const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
     const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
@@ -427,6 +434,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
       for (int e = 0; e < 4; ++e) acc[4 * j + e] = __float_as_int(d[e]);
     }
   }
+  stamp_acc(10);  // low-rank branch added
   const float bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
   const float bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
   const int nbase = n0 + wg * 64 + warp * 16;

@@ -1,0 +1,29 @@
+"""gemm_2l_trace.py's reading of the tracing kernel's buffer, on a synthetic buffer (CPU)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gemm_2l_trace  # noqa: E402
+
+
+def test_parse_trace_splits_the_tile_into_prologue_stages_and_epilogue_steps():
+    nk, seg = 8, gemm_2l_trace.SEGMENTS
+    t = torch.zeros(2 * nk * 8 + 12, dtype=torch.int64)
+    stages = t[: 2 * nk * 8].view(2, nk, 8)
+    for wg in range(2):
+        for i in range(nk):  # stage i starts at 1000 + 900 i; its marks 10 cycles apart
+            stages[wg, i] = torch.arange(8) * 10 + 1000 + 900 * i + 3 * wg
+    head = t[2 * nk * 8:]
+    start, loop_end = 100, 1000 + 900 * nk
+    head[0], head[1] = start, 50_000  # clock64, globaltimer (ns) at the start
+    head[4], head[6], head[8], head[10] = loop_end, loop_end + 700, loop_end + 1000, loop_end + 1300
+    head[2], head[3] = loop_end + 2000, 50_000 + (loop_end + 2000 - start) // 2  # 2 GHz
+    out = gemm_2l_trace.parse_trace(t, nk, seg)
+    assert out["tile"] == {"to first data": 1020 - start, "stages": loop_end - 1020, "lr tile": 700,
+                           "scales": 300, "low-rank": 300, "bias+stores": 700}
+    assert abs(out["ghz"] - 2.0) < 1e-3 and out["wg0"]["stage"] == 900 and out["wg1"]["data wait"] == 10
+    assert set(out["wg0"]) == {*seg, "stage"}
