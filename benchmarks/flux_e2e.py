@@ -6,7 +6,7 @@ SVDQuant int4 and int4_2l, eager / compiled) times one transformer forward at ea
 CUDA events (median of --iters after --warmup). Prints a table of ratios to bf16 eager, writes JSON,
 and a bar chart when matplotlib is present.
 
-  python benchmarks/flux_e2e.py --out docs/perf/flux_e2e.json
+  python benchmarks/flux_e2e.py --out docs/perf/flux_e2e.json   # DEFAULT_VARIANTS at 1024/512 px, batch 1/4
   python benchmarks/flux_e2e.py --variants bf16,svdq --res 1024 --batch 1
   python benchmarks/flux_e2e.py --variants bf16,svdq2l,svdq2l_compile   # int4_2l (the Hopper kernels)
   python benchmarks/flux_e2e.py --variants svdq2l,svdq2l_lora           # a rank-32 LoRA on every 4-bit layer
@@ -47,6 +47,9 @@ FLUX_DEV = dict(
 TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
             joint_attention_dim=128, pooled_projection_dim=64, axes_dims_rope=(8, 12, 12))
 TXT_TOKENS = 512
+# bf16, torchao fp8 and NF4 eager; bf16, fp8 and SVDQuant (int4_2l, the Hopper default) compiled the way that
+# works under torch 2.11 (regional; torchao's fp8 subclass does not compile, so its plain-torch peer fp8mm)
+DEFAULT_VARIANTS = ("bf16", "bf16_regional", "fp8", "fp8mm_regional", "nf4", "svdq2l", "svdq2l_regional")
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
@@ -383,7 +386,7 @@ def plot(results: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="bf16,bf16_compile,fp8,fp8_compile,nf4,svdq,svdq_compile")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     ap.add_argument("--res", default="1024,512")
     ap.add_argument("--batch", default="1,4")
     ap.add_argument("--warmup", type=int, default=2)

@@ -198,3 +198,12 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     monkeypatch.setattr(build, "load_extension", lambda: fake)
     flux_e2e.set_kernel_switches(name)
     assert fake.calls == {"w8_producer": producer, "w8_persistent": persistent, "tma_store": ts}
+
+
+def test_default_variants_cover_the_comparison_and_exist():
+    """bf16 eager and compiled, torchao fp8 eager, an fp8 compiled peer, NF4, SVDQuant eager and compiled."""
+    d = flux_e2e.DEFAULT_VARIANTS
+    assert set(d) <= set(flux_e2e.ALL_VARIANTS)
+    assert {"bf16", "fp8", "nf4", "svdq2l"} <= set(d)
+    compiled = [v for v in d if v.endswith(("_regional", "_compile", "_graphs"))]
+    assert {v.split("_")[0] for v in compiled} == {"bf16", "fp8mm", "svdq2l"}
