@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     M, N, gs = args.m, args.n, 64
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
-    waves = -(-((N // 128) * -(-M // bt)) // sms)
+    waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
     cols = ["packed", "w8", "w8p", "w8ps", "fp8"]
     rows: dict[str, list[float]] = {c: [] for c in cols}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|w8]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|tile|w8]   (carry .bnbwhl for NF4 + diffusers)
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
@@ -10,6 +10,7 @@
 #       (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with
 #       its ts, w8, w8p, w8pts and w8ps columns, then benchmarks/gemm_2l_ksweep.py
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
+#   tile: gemm_2l_trace.py (a tile's life: stages, then the epilogue's steps) and gemm_2l_ksweep.py at M = 4608 and 256
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -80,6 +81,15 @@ if [ "$what" = 2l ] || [ "$what" = cpp ]; then
     echo "lora rc=$?"
     tail -4 "$OUT/lora_2l.log"
   fi
+fi
+if [ "$what" = tile ]; then  # where a tile's time goes, no tests (the trace checks its output against the kernel's)
+  timeout 200 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \
+    > "$OUT/trace.log" 2>&1
+  echo "trace rc=$?"; grep -E "^M=|tile, cycles" "$OUT/trace.log" | tail -20
+  for m in 4608 256; do
+    (cd benchmarks && timeout 90 python3 gemm_2l_ksweep.py --m $m > "$OUT/ksweep_$m.log" 2>&1)
+    echo "ksweep M=$m rc=$?"; tail -6 "$OUT/ksweep_$m.log"
+  done
 fi
 if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then benchmarks/gemm_2l_trace.py
   timeout 120 python3 -X faulthandler -m pytest -v -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
