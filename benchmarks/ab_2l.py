@@ -10,7 +10,8 @@ rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast
 activation cast not counted). "w8" = now with the weights stored widened to int8 (w8a4_gemm_2l: 2x the
 weight bytes, no widening in the GEMM), "w8p" = the same with its producer-warpgroup main loop (full/empty
 barriers per stage, no CTA barrier in the loop); "ts" = now with the epilogue's output written by TMA store,
-"w8pts" = w8p with it, "w8ps" = w8p persistent (one CTA per SM walking the tiles). Bit-identity of every configuration and of w8 with "now" is
+"w8pts" = w8p with it, "w8ps" = w8p persistent (one CTA per SM walking the tiles), "w8d" = w8 with two CTAs per SM (128/64-token
+tiles). Bit-identity of every configuration and of w8 with "now" is
 checked on every shape before timing.
 """
 from __future__ import annotations
@@ -60,10 +61,10 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
-    cols = [*CONFIGS, "ts", "w8", "w8p", "w8pts", "w8ps", "bf16", "fp8"]
+    cols = [*CONFIGS, "ts", "w8", "w8p", "w8pts", "w8ps", "w8d", "bf16", "fp8"]
     ratios = [("now", "v2.5"), ("bf16", "now"), ("bf16", "ts"), ("fp8", "now"), ("bf16", "w8"), ("fp8", "w8"),
               ("fp8", "w8p"), ("fp8", "w8pts"), ("fp8", "w8ps"), ("bf16", "w8ps"), ("ts", "now"), ("w8p", "w8"),
-              ("w8ps", "w8p")]
+              ("w8ps", "w8p"), ("fp8", "w8d"), ("w8d", "w8")]
     print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) + " | " +
           " ".join(f"{a + '/' + b:>9}" for a, b in ratios))
     default = CONFIGS["now"]
@@ -85,22 +86,25 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
-            def flagged(fn, producer: bool, tma_store: bool, *a, persistent: bool = False):
+            def flagged(fn, producer: bool, tma_store: bool, *a, persistent: bool = False, dual: bool = False):
                 ext.set_gemm_2l_w8_producer(producer)
                 ext.set_gemm_2l_w8_persistent(persistent)
+                ext.set_gemm_2l_w8_dual(dual)
                 ext.set_gemm_2l_tma_store(tma_store)
                 try:
                     return fn(*a)
                 finally:
                     ext.set_gemm_2l_w8_producer(False)
                     ext.set_gemm_2l_w8_persistent(False)
+                    ext.set_gemm_2l_w8_dual(False)
                     ext.set_gemm_2l_tma_store(False)
 
-            def time_w8(producer: bool, tma_store: bool = False, persistent: bool = False, xs=xs) -> float:
+            def time_w8(producer: bool, tma_store: bool = False, persistent: bool = False, dual: bool = False,
+                        xs=xs) -> float:
                 if not w8_on or (tma_store and args.no_ts):
                     return float("nan")
                 return flagged(lambda: 1e3 * time_graph(chain_w8, xs, args.reps), producer, tma_store,
-                               persistent=persistent)
+                               persistent=persistent, dual=dual)
 
             outs = {}
             for name, cfg in CONFIGS.items():
@@ -117,6 +121,7 @@ def main() -> int:
                 if not args.no_ts:
                     outs["w8pts"] = flagged(chain_w8, True, True, p.xs[0])
                 outs["w8ps"] = flagged(chain_w8, True, False, p.xs[0], persistent=True)
+                outs["w8d"] = flagged(chain_w8, False, False, p.xs[0], dual=True)
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
@@ -141,6 +146,7 @@ def main() -> int:
                 times["w8p"].append(time_w8(True))
                 times["w8pts"].append(time_w8(True, True))
                 times["w8ps"].append(time_w8(True, persistent=True))
+                times["w8d"].append(time_w8(False, dual=True))
                 dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
                 times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
                 times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))

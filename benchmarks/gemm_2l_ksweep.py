@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = ["packed", "w8", "w8p", "w8ps", "fp8"]
+    cols = ["packed", "w8", "w8p", "w8ps", "w8d", "fp8"]
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
           f"{waves} waves of {sms} SMs")
@@ -102,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
                                                      p.bias, gs)
         wide = lambda xq, xs, lr: ext.w8a4_gemm_2l(xq, xs, w8, p.wchannel, lr, p.proj_up, p.bias)  # noqa: E731
         t = {"packed": time_graph(packed, q, args.reps)}
-        for name, prod, pers in (("w8", False, False), ("w8p", True, False), ("w8ps", True, True)):
+        for name, prod, pers, dual in (("w8", False, False, False), ("w8p", True, False, False),
+                                       ("w8ps", True, True, False), ("w8d", False, False, True)):
             ext.set_gemm_2l_w8_producer(prod)
             ext.set_gemm_2l_w8_persistent(pers)
+            ext.set_gemm_2l_w8_dual(dual)
             try:
                 t[name] = time_graph(wide, q, args.reps)
             finally:
                 ext.set_gemm_2l_w8_producer(False)
                 ext.set_gemm_2l_w8_persistent(False)
+                ext.set_gemm_2l_w8_dual(False)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
         x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
         one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")

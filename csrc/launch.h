@@ -94,6 +94,8 @@ void set_gemm_2l_w8_producer(bool on);  // the int8-weight GEMM's producer-warp 
 bool gemm_2l_w8_producer();
 void set_gemm_2l_w8_persistent(bool on);  // the producer loop persistent: one CTA per SM walks the tiles (default off)
 bool gemm_2l_w8_persistent();
+void set_gemm_2l_w8_dual(bool on);  // the int8-weight shared loop with two CTAs per SM (default off)
+bool gemm_2l_w8_dual();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;

@@ -71,7 +71,9 @@ constexpr int kSmemLimit = 227 * 1024;
 // the wgmma A tiles: no group scales, no widening, no separate A tiles. WS (with W8): a third warpgroup
 // issues the loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the
 // loop; it gives its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168).
-template <int BT, bool W8 = false, bool WS = false, bool PS = false>
+// DUAL (with W8, the shared loop): two CTAs per SM (half the shared memory each, 128 registers), so one CTA's
+// epilogue runs while the other's wgmmas do; each step waits for all its wgmmas and loads one stage further.
+template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool DUAL = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
@@ -80,8 +82,11 @@ struct Tile2l {
   static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
   static constexpr int kLrRank = 64;  // PS: the largest branch rank whose low-rank tile has its own memory
   static constexpr int kLrBytes = PS ? (BT * (kLrRank * 2 + 16) + 1023) / 1024 * 1024 : 0;
-  static constexpr int kStagesFit = (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes) / kStageBytes;
+  static constexpr int kLimit = DUAL ? 113 * 1024 : kSmemLimit;  // DUAL: two CTAs' worth in 228 KB
+  static constexpr int kStagesFit = (kLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes) / kStageBytes;
+  static constexpr int kMinBlocks = DUAL ? 2 : 1;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
+  static constexpr int kAhead = DUAL ? kStages - 1 : kStages - 2;  // the shared loop's stages loaded ahead
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
   static constexpr int kThreads = WS ? 256 + 128 : 256;
   static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kLrBytes + kBarBytes + 1024;  // + alignment
@@ -145,8 +150,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
 // G is then unused), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool DUAL = false>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l<BT, W8, WS, PS, DUAL>::kMinBlocks)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -156,7 +161,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
 #if SVDQ_SM90A_BODY
   static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
-  using Cfg = Tile2l<BT, W8, WS, PS>;
+  static_assert(!DUAL || (W8 && !WS && !TR), "two CTAs per SM: the int8-weight shared loop, untraced");
+  using Cfg = Tile2l<BT, W8, WS, PS, DUAL>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -265,7 +271,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   };
 
   if (!WS && tid == 0)
-    for (int s = 0; s < NS - 2 && s < NK; ++s) load_stage(s);
+    for (int s = 0; s < Cfg::kAhead && s < NK; ++s) load_stage(s);
 
   // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
   // swizzle). A thread takes k32-chunk jj of rows rp and rp + 32: 16 packed bytes in, 32 bytes out, so
@@ -300,8 +306,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     mark(i, 0);
     __syncthreads();
     mark(i, 1);
-    // every thread is past the previous step, so the wgmmas of stage i-2 (both warpgroups) are complete
-    if (tid == 0 && i + NS - 2 < NK) load_stage(i + NS - 2);
+    // every thread is past the previous step, so the wgmmas of stage i-2 (DUAL: i-1), both warpgroups', are
+    // complete and their buffer may be refilled
+    if (tid == 0 && i + Cfg::kAhead < NK) load_stage(i + Cfg::kAhead);
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
     if constexpr (W8) {  // this warpgroup's 64 rows of the stage's weight tile, as TMA wrote them
@@ -317,7 +324,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     const uint64_t db0 = desc_k128(sbase + (i % NS) * Cfg::kStageBytes);
     wgmma_stage<BT>(acc, da0, db0);
     mark(i, 5);
-    wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
+    if constexpr (DUAL)
+      wgmma_wait<0>();  // this stage's too: the other CTA on the SM keeps the tensor cores busy meanwhile
+    else
+      wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
@@ -502,10 +512,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool DUAL = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS>;
-  constexpr int smem = Tile2l<BT, W8, WS, PS>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, DUAL>;
+  constexpr int smem = Tile2l<BT, W8, WS, PS, DUAL>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
@@ -523,6 +533,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (e != cudaSuccess) return e;
   if (dev >= 64 || !smem_set[dev]) {
     e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e == cudaSuccess && DUAL)  // all of the SM's memory as shared memory: room for two CTAs
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (e != cudaSuccess) return e;
     if (dev < 64) smem_set[dev] = true;
   }
@@ -532,7 +544,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
     const long tiles = (long)(a.N / kRows) * ((a.M + BT - 1) / BT);
     cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
   }
-  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS>::kThreads);
+  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS, DUAL>::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -570,6 +582,7 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
 int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
 bool g_w8_persistent = false;  // that loop persistent (PS); off until measured
+bool g_w8_dual = false;  // the shared loop with two CTAs per SM (DUAL); off until measured
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
   for (int i = 0; i < 4; ++i)
@@ -620,6 +633,8 @@ bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_w8_persistent(bool on) { g_w8_persistent = on; }
 bool gemm_2l_w8_persistent() { return g_w8_persistent; }
+void set_gemm_2l_w8_dual(bool on) { g_w8_dual = on; }
+bool gemm_2l_w8_dual() { return g_w8_dual; }
 
 
 
@@ -627,6 +642,16 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
   if (a.group_size == 0) {  // int8 weights
+    // two CTAs per SM: 128- or 64-token tiles (the larger ones do not fit twice), planned over twice the slots
+    const int dual_mask = g_plan_tiles & (tile_bit(128) | tile_bit(64));
+    if (g_w8_dual && !g_w8_producer && !g_w8_persistent && dual_mask) {
+      const Gemm2lPlan pd = plan_among(a.M, a.N, a.K, 2 * num_sms, dual_mask);
+      if (pd.tile_tokens == 128)
+        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream)
+                  : launch_2l<__half, 128, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream);
+      return bf ? launch_2l<__nv_bfloat16, 64, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream)
+                : launch_2l<__half, 64, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream);
+    }
     // persistent: unsplit plans, and branches whose low-rank tile fits the memory set aside for it
     if (g_w8_persistent && a.R <= Tile2l<64, true, true, true>::kLrRank) {
       const int mask = g_plan_tiles & ~tile_bit(256);

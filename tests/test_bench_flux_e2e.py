@@ -178,10 +178,11 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
 
 
 
-@pytest.mark.parametrize("name,producer,persistent,ts", [
-    ("svdq2l_regional", False, False, False), ("svdq2l_w8p_regional", True, False, False),
-    ("svdq2l_w8ps_regional", True, True, False), ("svdq2l_w8p_ts_regional", True, False, True)])
-def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts):
+@pytest.mark.parametrize("name,producer,persistent,dual,ts", [
+    ("svdq2l_regional", False, False, False, False), ("svdq2l_w8p_regional", True, False, False, False),
+    ("svdq2l_w8ps_regional", True, True, False, False), ("svdq2l_w8p_ts_regional", True, False, False, True),
+    ("svdq2l_w8d_regional", False, False, True, False)])
+def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, dual, ts):
     from svdquant_hf.ops import build
 
     class FakeExt:
@@ -197,7 +198,7 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(build, "load_extension", lambda: fake)
     flux_e2e.set_kernel_switches(name)
-    assert fake.calls == {"w8_producer": producer, "w8_persistent": persistent, "tma_store": ts}
+    assert fake.calls == {"w8_producer": producer, "w8_persistent": persistent, "w8_dual": dual, "tma_store": ts}
 
 
 def test_default_variants_cover_the_comparison_and_exist():

@@ -311,16 +311,20 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
             y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
             assert torch.isfinite(y).all(), f"splits={splits}: unwritten (NaN-poisoned) outputs"
             assert torch.equal(y, ref), f"splits={splits}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
-            for producer, persistent in ((False, False), (True, False), (True, True)):
+            for producer, persistent, dual in ((False, False, False), (True, False, False), (True, True, False),
+                                               (False, False, True)):
                 hopper.set_gemm_2l_w8_producer(producer)
                 hopper.set_gemm_2l_w8_persistent(persistent)  # which keeps the per-thread stores
+                hopper.set_gemm_2l_w8_dual(dual)
                 _poison(4 * M * N, 0xFF)
                 y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
-                assert torch.equal(y8, ref), f"int8 weights, producer={producer}, persistent={persistent}, splits={splits}"
+                assert torch.equal(y8, ref), (f"int8 weights, producer={producer}, persistent={persistent}, "
+                                              f"dual={dual}, splits={splits}")
     finally:
         hopper.set_gemm_2l_tma_store(False)
         hopper.set_gemm_2l_w8_producer(False)
         hopper.set_gemm_2l_w8_persistent(False)
+        hopper.set_gemm_2l_w8_dual(False)
         hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
 
@@ -328,15 +332,43 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
 # --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
 
 
-@pytest.fixture(params=["shared_loop", "producer_warp", "persistent"])
+@pytest.fixture(params=["shared_loop", "producer_warp", "persistent", "two_per_sm"])
 def w8_loop(request, hopper):
-    """The main loops of the int8-weight GEMM: the shared one, the producer warpgroup's (WS), and WS persistent (PS:
-    unsplit plans with branch rank <= 64; the others fall back to WS)."""
-    hopper.set_gemm_2l_w8_producer(request.param != "shared_loop")
+    """The main loops of the int8-weight GEMM: the shared one, the producer warpgroup's (WS), WS persistent (PS:
+    unsplit plans with branch rank <= 64; the others fall back to WS), and the shared loop with two CTAs per SM
+    (DUAL: 128- and 64-token tiles; forced larger tiles fall back to the shared loop)."""
+    hopper.set_gemm_2l_w8_producer(request.param in ("producer_warp", "persistent"))
     hopper.set_gemm_2l_w8_persistent(request.param == "persistent")
+    hopper.set_gemm_2l_w8_dual(request.param == "two_per_sm")
     yield request.param
     hopper.set_gemm_2l_w8_producer(False)
     hopper.set_gemm_2l_w8_persistent(False)
+    hopper.set_gemm_2l_w8_dual(False)
+
+
+@pytest.mark.parametrize("bt", [64, 128])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (255, 1024, 384, 0), (4097, 3072, 3072, 32),
+                                     (515, 2048, 768, 96)])
+def test_gemm_2l_int8_weights_two_per_sm_bit_identical(hopper, bt, M, K, N, R):
+    """Two CTAs per SM (each step waits for all its wgmmas, one more stage in flight): bit-identical to the packed
+    kernel, every element written, relaunched; 3072 x 3072 at 4097 tokens puts several CTAs on each SM."""
+    gs = 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 23)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 23)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    w8 = weight_operand_2l(qw, wsc, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    try:
+        y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        hopper.set_gemm_2l_w8_dual(True)
+        for _ in range(3):
+            _poison(4 * M * N, 0xFF)
+            y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
+            assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
+            assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
+    finally:
+        hopper.set_gemm_2l_w8_dual(False)
+        hopper.set_gemm_2l_tile_tokens(0)
 
 
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
