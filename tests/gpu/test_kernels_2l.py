@@ -346,29 +346,39 @@ def w8_loop(request, hopper):
     hopper.set_gemm_2l_w8_dual(False)
 
 
-@pytest.mark.parametrize("bt", [64, 128])
-@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (255, 1024, 384, 0), (4097, 3072, 3072, 32),
-                                     (515, 2048, 768, 96)])
-def test_gemm_2l_int8_weights_two_per_sm_bit_identical(hopper, bt, M, K, N, R):
-    """Two CTAs per SM (each step waits for all its wgmmas, one more stage in flight): bit-identical to the packed
-    kernel, every element written, relaunched; 3072 x 3072 at 4097 tokens puts several CTAs on each SM."""
+def _w8_loop_matches_packed(hopper, bt, M, K, N, R, seed, switches, splits=0):
+    """With `switches` (set_gemm_2l_w8_<name>: True) on, the int8-weight GEMM equals the packed kernel bit for bit,
+    every element written (poisoned first), over three launches; all switches and forced plans reset after."""
     gs = 64
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 23)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 23)
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + seed)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + seed)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     w8 = weight_operand_2l(qw, wsc, gs)
     hopper.set_gemm_2l_tile_tokens(bt)
+    hopper.set_gemm_2l_splits(splits)
     try:
         y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
-        hopper.set_gemm_2l_w8_dual(True)
+        for name in switches:
+            getattr(hopper, f"set_gemm_2l_w8_{name}")(True)
         for _ in range(3):
             _poison(4 * M * N, 0xFF)
             y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
             assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
             assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
     finally:
-        hopper.set_gemm_2l_w8_dual(False)
+        for name in ("producer", "persistent", "dual"):
+            getattr(hopper, f"set_gemm_2l_w8_{name}")(False)
+        hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
+
+
+@pytest.mark.parametrize("bt", [64, 128])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (255, 1024, 384, 0), (4097, 3072, 3072, 32),
+                                     (515, 2048, 768, 96)])
+def test_gemm_2l_int8_weights_two_per_sm_bit_identical(hopper, bt, M, K, N, R):
+    """Two CTAs per SM (each step waits for all its wgmmas, one more stage in flight); 3072 x 3072 at 4097 tokens
+    puts several CTAs on each SM."""
+    _w8_loop_matches_packed(hopper, bt, M, K, N, R, 23, ["dual"])
 
 
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
@@ -376,29 +386,9 @@ def test_gemm_2l_int8_weights_two_per_sm_bit_identical(hopper, bt, M, K, N, R):
                                      (4097, 512, 1024, 32), (515, 2048, 768, 96)])
 def test_gemm_2l_int8_weights_persistent_bit_identical(hopper, bt, M, K, N, R):
     """One CTA per SM walking tiles (216 and 152 tiles for 132 SMs at the two big shapes: several per CTA, the
-    stage count running on across tiles): bit-identical to the packed kernel, every element written, relaunched;
-    rank 96 (no room for its low-rank tile) and forced 256-token tiles (224 instead) take the other paths."""
-    gs = 64
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + 19)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 19)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
-    w8 = weight_operand_2l(qw, wsc, gs)
-    hopper.set_gemm_2l_tile_tokens(bt)
-    hopper.set_gemm_2l_splits(1)
-    try:
-        y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
-        hopper.set_gemm_2l_w8_producer(True)
-        hopper.set_gemm_2l_w8_persistent(True)
-        for _ in range(3):
-            _poison(4 * M * N, 0xFF)
-            y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
-            assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
-            assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
-    finally:
-        hopper.set_gemm_2l_w8_producer(False)
-        hopper.set_gemm_2l_w8_persistent(False)
-        hopper.set_gemm_2l_splits(0)
-        hopper.set_gemm_2l_tile_tokens(0)
+    stage count running on across tiles); rank 96 (no room for its low-rank tile) and forced 256-token tiles
+    (224 instead) take the other paths."""
+    _w8_loop_matches_packed(hopper, bt, M, K, N, R, 19, ["producer", "persistent"], splits=1)
 
 
 @pytest.mark.parametrize("splits", [1, 2, 8])
