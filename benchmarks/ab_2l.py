@@ -23,7 +23,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import FLUX_SHAPES, hopper_extension, random_2l
+from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 
 from svdquant_hf.ops.reference import weight_operand_2l
 
@@ -87,17 +87,8 @@ def main() -> int:
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
             def flagged(fn, producer: bool, tma_store: bool, *a, persistent: bool = False, dual: bool = False):
-                ext.set_gemm_2l_w8_producer(producer)
-                ext.set_gemm_2l_w8_persistent(persistent)
-                ext.set_gemm_2l_w8_dual(dual)
-                ext.set_gemm_2l_tma_store(tma_store)
-                try:
+                with gemm_switches(ext, producer, persistent, dual, tma_store):
                     return fn(*a)
-                finally:
-                    ext.set_gemm_2l_w8_producer(False)
-                    ext.set_gemm_2l_w8_persistent(False)
-                    ext.set_gemm_2l_w8_dual(False)
-                    ext.set_gemm_2l_tma_store(False)
 
             def time_w8(producer: bool, tma_store: bool = False, persistent: bool = False, dual: bool = False,
                         xs=xs) -> float:

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import hopper_extension, random_2l
+from problems_2l import gemm_switches, hopper_extension, random_2l
 
 from svdquant_hf.ops.reference import weight_operand_2l
 
@@ -104,15 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         t = {"packed": time_graph(packed, q, args.reps)}
         for name, prod, pers, dual in (("w8", False, False, False), ("w8p", True, False, False),
                                        ("w8ps", True, True, False), ("w8d", False, False, True)):
-            ext.set_gemm_2l_w8_producer(prod)
-            ext.set_gemm_2l_w8_persistent(pers)
-            ext.set_gemm_2l_w8_dual(dual)
-            try:
+            with gemm_switches(ext, prod, pers, dual):
                 t[name] = time_graph(wide, q, args.reps)
-            finally:
-                ext.set_gemm_2l_w8_producer(False)
-                ext.set_gemm_2l_w8_persistent(False)
-                ext.set_gemm_2l_w8_dual(False)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
         x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
         one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")

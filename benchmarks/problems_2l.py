@@ -1,6 +1,8 @@
 """Random int4_2l layer problems on the FLUX.1 linear shapes, shared by the int4_2l benchmark scripts."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,3 +53,16 @@ def hopper_extension(script: str):
         return None
     return ext
 
+
+@contextmanager
+def gemm_switches(ext, producer: bool = False, persistent: bool = False, dual: bool = False,
+                  tma_store: bool = False) -> Iterator[None]:
+    """The int4_2l GEMM's global loop and epilogue switches on for a block of calls, all off after it."""
+    flags = {"w8_producer": producer, "w8_persistent": persistent, "w8_dual": dual, "tma_store": tma_store}
+    for name, on in flags.items():
+        getattr(ext, f"set_gemm_2l_{name}")(on)
+    try:
+        yield
+    finally:
+        for name in flags:
+            getattr(ext, f"set_gemm_2l_{name}")(False)

@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   }
 
-  int acc[Cfg::kAcc];
+  int acc[Cfg::kAcc] = {};  // zeroed per tile below; initialised here for the tracing stamps' reads
 
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
   const int rA = wg * 64 + warp * 16 + g;
@@ -561,14 +561,18 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool DUAL = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
-  if constexpr (!PS) {  // PS plans leave out 256 (its accumulators and loop state would spill)
+  if constexpr (!PS && !DUAL) {  // PS plans leave out 256 (its accumulators and loop state would spill)
     if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
   }
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
-  return launch_2l<T, 64, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  if constexpr (!DUAL) {  // DUAL plans: 128 and 64 tokens only (two CTAs' memory per SM)
+    if (p.tile_tokens == 224)
+      return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  }
+  if (p.tile_tokens == 128)
+    return launch_2l<T, 128, G, TR, W8, WS, PS, DUAL>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS, DUAL>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
@@ -646,11 +650,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     const int dual_mask = g_plan_tiles & (tile_bit(128) | tile_bit(64));
     if (g_w8_dual && !g_w8_producer && !g_w8_persistent && dual_mask) {
       const Gemm2lPlan pd = plan_among(a.M, a.N, a.K, 2 * num_sms, dual_mask);
-      if (pd.tile_tokens == 128)
-        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream)
-                  : launch_2l<__half, 128, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream);
-      return bf ? launch_2l<__nv_bfloat16, 64, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream)
-                : launch_2l<__half, 64, 64, false, true, false, false, true>(a, pd.splits, nullptr, stream);
+      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, false, false, true>(a, pd, stream)
+                : launch_2l_tile<__half, 64, false, true, false, false, true>(a, pd, stream);
     }
     // persistent: unsplit plans, and branches whose low-rank tile fits the memory set aside for it
     if (g_w8_persistent && a.R <= Tile2l<64, true, true, true>::kLrRank) {

@@ -27,3 +27,24 @@ def test_parse_trace_splits_the_tile_into_prologue_stages_and_epilogue_steps():
                            "scales": 300, "low-rank": 300, "bias+stores": 700}
     assert abs(out["ghz"] - 2.0) < 1e-3 and out["wg0"]["stage"] == 900 and out["wg1"]["data wait"] == 10
     assert set(out["wg0"]) == {*seg, "stage"}
+
+
+def test_gemm_switches_are_on_inside_the_block_and_all_off_after_it():
+    import problems_2l
+
+    class Ext:
+        def __init__(self):
+            self.state = {}
+
+        def __getattr__(self, attr):
+            return lambda on: self.state.__setitem__(attr, on)
+
+    ext = Ext()
+    try:
+        with problems_2l.gemm_switches(ext, producer=True, dual=True):
+            assert ext.state == {"set_gemm_2l_w8_producer": True, "set_gemm_2l_w8_persistent": False,
+                                 "set_gemm_2l_w8_dual": True, "set_gemm_2l_tma_store": False}
+            raise RuntimeError("a failing call")
+    except RuntimeError:
+        pass
+    assert set(ext.state.values()) == {False} and len(ext.state) == 4

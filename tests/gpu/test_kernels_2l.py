@@ -346,14 +346,19 @@ def w8_loop(request, hopper):
     hopper.set_gemm_2l_w8_dual(False)
 
 
+def _w8_problem(hopper, M, K, N, R, act_seed, weight_seed):
+    """Quantized bf16 activations and group-64 weights, packed and widened: (xq, xs, lr, qw, wsc, wch, pu, b, w8)."""
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=act_seed)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=weight_seed)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    return xq, xs, lr, qw, wsc, wch, pu, b, weight_operand_2l(qw, wsc, 64)
+
+
 def _w8_loop_matches_packed(hopper, bt, M, K, N, R, seed, switches, splits=0):
     """With `switches` (set_gemm_2l_w8_<name>: True) on, the int8-weight GEMM equals the packed kernel bit for bit,
     every element written (poisoned first), over three launches; all switches and forced plans reset after."""
     gs = 64
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + seed)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + seed)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
-    w8 = weight_operand_2l(qw, wsc, gs)
+    xq, xs, lr, qw, wsc, wch, pu, b, w8 = _w8_problem(hopper, M, K, N, R, M + bt + seed, bt + R + seed)
     hopper.set_gemm_2l_tile_tokens(bt)
     hopper.set_gemm_2l_splits(splits)
     try:
@@ -397,11 +402,8 @@ def test_gemm_2l_int8_weights_persistent_bit_identical(hopper, bt, M, K, N, R):
 def test_gemm_2l_int8_weights_bit_identical_every_tile_and_split(hopper, w8_loop, splits, bt, M, K, N):
     """The same exact int32 sums from the widened weights: bit-identical to the packed kernel with the branch and
     bias, for every token tile and K split (incl. CTAs with one stage and with none)."""
-    R, gs = 32, 64
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + splits + 7)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + 7)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
-    w8 = weight_operand_2l(qw, wsc, gs)
+    gs = 64
+    xq, xs, lr, qw, wsc, wch, pu, b, w8 = _w8_problem(hopper, M, K, N, 32, M + bt + splits + 7, bt + 7)
     hopper.set_gemm_2l_tile_tokens(bt)
     hopper.set_gemm_2l_splits(splits)
     try:
