@@ -1,18 +1,24 @@
 """Interleaved A/B timing of the int4_2l chain (quantize_act_2l + w4a4_gemm_2l): earlier versions vs now.
 
-usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30]
+usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30] [--no-w8] [--no-ts]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
-Configurations: "v2.5" = K split over a cluster at small M and the down projection on a side stream while
-x fits in L2, token tiles 64/128/256; "now" = v2.5 with the 224-token tile (the defaults). Peers timed in the same
-rounds: cuBLAS bf16 x @ w.T + bias, and torch._scaled_mm fp8 rowwise (e4m3, fast accumulation; the
-activation cast not counted). "w8" = now with the weights stored widened to int8 (w8a4_gemm_2l: 2x the
-weight bytes, no widening in the GEMM), "w8p" = the same with its producer-warpgroup main loop (full/empty
-barriers per stage, no CTA barrier in the loop); "ts" = now with the epilogue's output written by TMA store,
-"w8pts" = w8p with it, "w8ps" = w8p persistent (one CTA per SM walking the tiles), "w8d" = w8 with two CTAs per SM (128/64-token
-tiles). Bit-identity of every configuration and of w8 with "now" is
-checked on every shape before timing.
+Columns (us per call, CUDA graph):
+  "v2.5"  K split over a cluster at small M and the down projection on a side stream while x fits in L2,
+          token tiles 64/128/256, no persistent kernel;
+  "now"   the defaults: v2.5 with the 224-token tile, the persistent kernel on auto (where it applies and
+          K <= 5120; packed weights: group 64, branch rank <= 32, unsplit plans);
+  "np"    now with the persistent kernel off (set_gemm_2l_persistent(0)); "ps" with it wherever it applies (1);
+  "ts"    now with the non-persistent epilogue's output written by TMA store;
+  "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
+          shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
+          per stage, no CTA barrier in the loop); "w8ps" int8 weights persistent wherever it applies (one CTA
+          per SM walking the tiles; branch rank <= 64); "w8a" int8 weights with the default switches (auto);
+  peers in the same rounds: "bf16" cuBLAS x @ w.T + bias, "fp8" torch._scaled_mm rowwise (e4m3, fast
+          accumulation; the activation cast not counted).
+Then ratios of the medians (a/b > 1: b faster). Bit-identity of every configuration with "now" is checked on
+every shape before timing.
 """
 from __future__ import annotations
 
@@ -27,17 +33,31 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 
 from svdquant_hf.ops.reference import weight_operand_2l
 
-# (side-stream overlap, forced splits, token tiles the plan may pick)
+# (side-stream overlap, forced splits, token tiles the plan may pick, persistent kernels: 1, 0 or -1 auto)
 CONFIGS = {
-    "v2.5": (True, 0, [64, 128, 256]),
-    "now": (True, 0, []),
+    "v2.5": (True, 0, [64, 128, 256], 0),
+    "now": (True, 0, [], -1),
 }
+# the columns timed under gemm_switches: (int8 weights?, gemm_switches' keywords)
+SWITCHED = {
+    "np": (False, {"persistent": 0}),
+    "ps": (False, {"persistent": 1}),
+    "ts": (False, {"tma_store": True}),
+    "w8": (True, {"persistent": 0}),
+    "w8p": (True, {"producer": True, "persistent": 0}),
+    "w8ps": (True, {"persistent": 1}),
+    "w8a": (True, {}),
+}
+COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8"]
+RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("bf16", "w8a"),
+          ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 
-def configure(ext, overlap: bool, splits: int, tiles: list[int]) -> None:
+def configure(ext, overlap: bool, splits: int, tiles: list[int], persistent: int) -> None:
     ext.set_quantize_act_2l_overlap(overlap)
     ext.set_gemm_2l_splits(splits)
     ext.set_gemm_2l_plan_tiles(tiles)
+    ext.set_gemm_2l_persistent(persistent)
 
 
 def rowwise_e4m3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,15 +79,14 @@ def main() -> int:
         return 2
     dt, R, gs = torch.bfloat16, 32, 64
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
-          f"interleaved rounds; bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
+          f"interleaved rounds (odd ones in reverse order); bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
-    cols = [*CONFIGS, "ts", "w8", "w8p", "w8pts", "w8ps", "w8d", "bf16", "fp8"]
-    ratios = [("now", "v2.5"), ("bf16", "now"), ("bf16", "ts"), ("fp8", "now"), ("bf16", "w8"), ("fp8", "w8"),
-              ("fp8", "w8p"), ("fp8", "w8pts"), ("fp8", "w8ps"), ("bf16", "w8ps"), ("ts", "now"), ("w8p", "w8"),
-              ("w8ps", "w8p"), ("fp8", "w8d"), ("w8d", "w8")]
+    cols, ratios = COLS, RATIOS  # the table's columns and ratio columns
     print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) + " | " +
           " ".join(f"{a + '/' + b:>9}" for a, b in ratios))
     default = CONFIGS["now"]
+    switched = {name: (w8, kw) for name, (w8, kw) in SWITCHED.items()
+                if (w8_on or not w8) and not (args.no_ts and kw.get("tma_store"))}
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
@@ -86,16 +105,11 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
-            def flagged(fn, producer: bool, tma_store: bool, *a, persistent: bool = False, dual: bool = False):
-                with gemm_switches(ext, producer, persistent, dual, tma_store):
-                    return fn(*a)
-
-            def time_w8(producer: bool, tma_store: bool = False, persistent: bool = False, dual: bool = False,
-                        xs=xs) -> float:
-                if not w8_on or (tma_store and args.no_ts):
-                    return float("nan")
-                return flagged(lambda: 1e3 * time_graph(chain_w8, xs, args.reps), producer, tma_store,
-                               persistent=persistent, dual=dual)
+            def run_switched(name: str, fn_of):
+                """fn_of(the column's chain) under the column's switches (gemm_switches: defaults after)."""
+                int8, kw = switched[name]
+                with gemm_switches(ext, **kw):
+                    return fn_of(chain_w8 if int8 else chain)
 
             outs = {}
             for name, cfg in CONFIGS.items():
@@ -104,15 +118,8 @@ def main() -> int:
                     outs[name] = chain(p.xs[0])
                 finally:
                     configure(ext, *default)
-            if not args.no_ts:
-                outs["ts"] = flagged(chain, False, True, p.xs[0])
-            if w8_on:
-                outs["w8"] = chain_w8(p.xs[0])
-                outs["w8p"] = flagged(chain_w8, True, False, p.xs[0])
-                if not args.no_ts:
-                    outs["w8pts"] = flagged(chain_w8, True, True, p.xs[0])
-                outs["w8ps"] = flagged(chain_w8, True, False, p.xs[0], persistent=True)
-                outs["w8d"] = flagged(chain_w8, False, False, p.xs[0], dual=True)
+            for name in switched:
+                outs[name] = run_switched(name, lambda fn: fn(p.xs[0]))
             for name, y in outs.items():
                 if not torch.equal(y, outs["now"]):
                     bad += 1
@@ -123,24 +130,25 @@ def main() -> int:
             def fp8(x8, sx, wf8=wf8, sw=sw):
                 return torch._scaled_mm(x8, wf8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
 
-            times: dict[str, list[float]] = {c: [] for c in cols}
-            for _ in range(args.rounds):
-                for name, cfg in CONFIGS.items():
-                    configure(ext, *cfg)
+            dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
+
+            def timed(name: str) -> float:
+                """us per call of column `name`, under its configuration or switches."""
+                if name in CONFIGS:
+                    configure(ext, *CONFIGS[name])
                     try:
-                        times[name].append(1e3 * time_graph(chain, xs, args.reps))
+                        return 1e3 * time_graph(chain, xs, args.reps)
                     finally:
                         configure(ext, *default)
-                times["ts"].append(float("nan") if args.no_ts else
-                                   flagged(lambda xs=xs: 1e3 * time_graph(chain, xs, args.reps), False, True))
-                times["w8"].append(time_w8(False))
-                times["w8p"].append(time_w8(True))
-                times["w8pts"].append(time_w8(True, True))
-                times["w8ps"].append(time_w8(True, persistent=True))
-                times["w8d"].append(time_w8(False, dual=True))
-                dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
-                times["bf16"].append(1e3 * time_graph(dense, xs, args.reps))
-                times["fp8"].append(1e3 * time_graph(fp8, x8s, args.reps))
+                if name in SWITCHED:
+                    return (float("nan") if name not in switched else
+                            run_switched(name, lambda fn: 1e3 * time_graph(fn, xs, args.reps)))
+                return 1e3 * (time_graph(dense, xs, args.reps) if name == "bf16" else time_graph(fp8, x8s, args.reps))
+
+            times: dict[str, list[float]] = {c: [] for c in cols}
+            for r in range(args.rounds):  # odd rounds in reverse: no column always follows the same one
+                for name in (cols if r % 2 == 0 else cols[::-1]):
+                    times[name].append(timed(name))
             med = {c: statistics.median(v) for c, v in times.items()}
             print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in cols) + " | " +
                   " ".join(f"{med[a] / med[b]:>9.2f}" for a, b in ratios))

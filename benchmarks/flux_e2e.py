@@ -21,8 +21,8 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_tq_regional  # quantizer traced, fused by Inductor
   python benchmarks/flux_e2e.py --variants svdq2l_graphs,svdq2l_w8_graphs  # weights widened once to int8
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
-  python benchmarks/flux_e2e.py --variants svdq2l_w8p_regional,svdq2l_w8ps_regional  # that loop persistent
-  python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8d_regional  # two CTAs per SM
+  python benchmarks/flux_e2e.py --variants svdq2l_w8_np_regional,svdq2l_w8ps_regional  # persistent off / always
+  python benchmarks/flux_e2e.py --variants svdq2l_np_regional,svdq2l_regional  # packed: not persistent / auto
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
@@ -59,7 +59,7 @@ ALL_VARIANTS = (
     "svdq2l_tq_compile", "svdq2l_tq_regional", "svdq2l_w8_graphs", "svdq2l_w8_regional",
     "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
     "svdq2l_fused_w8p_ts_regional", "fp8mm", "fp8mm_regional", "fp8mm_graphs",
-    "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs", "svdq2l_w8d_regional",
+    "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs", "svdq2l_np_regional", "svdq2l_w8_np_regional",
 )
 
 
@@ -307,16 +307,16 @@ def gpu_profile(model: nn.Module, inputs: dict) -> dict:
 
 
 def set_kernel_switches(name: str) -> None:
-    """The int4_2l GEMM's global switches from the variant's name: _w8p the int8-weight GEMM's producer-warpgroup
-    loop, _w8ps that loop persistent, _w8d the shared loop with two CTAs per SM, _ts the epilogue's TMA store (all
-    off otherwise)."""
+    """The int4_2l GEMMs' global switches from the variant's name: _w8p the int8-weight GEMM's producer-warpgroup
+    loop (non-persistent), _w8ps the persistent kernels wherever they apply (set_gemm_2l_persistent(1); it contains
+    _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default: where K <= 5120),
+    _ts the epilogue's TMA store (off otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
-    if ext is not None and hasattr(ext, "set_gemm_2l_w8_producer"):
+    if ext is not None and hasattr(ext, "set_gemm_2l_persistent"):
         ext.set_gemm_2l_w8_producer("_w8p" in name)
-        ext.set_gemm_2l_w8_persistent("_w8ps" in name)
-        ext.set_gemm_2l_w8_dual("_w8d" in name)
+        ext.set_gemm_2l_persistent(1 if "_w8ps" in name else 0 if "_np" in name else -1)
         ext.set_gemm_2l_tma_store("_ts" in name)
 
 

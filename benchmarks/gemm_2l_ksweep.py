@@ -3,8 +3,10 @@
 usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20]
        python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
-The activations are quantized once outside the timing; each GEMM (packed, int8 weights with the shared
-loop, the producer loop, persistent) and torch._scaled_mm fp8 rowwise is timed under a CUDA graph. A
+The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
+under a CUDA graph: "packed" (w4a4_gemm_2l, not persistent: set_gemm_2l_persistent(0)), "packed_ps" (packed,
+persistent: 1), "w8" (int8 weights, the shared loop, not persistent), "w8p" (the producer loop, not persistent),
+"w8ps" (int8 weights, persistent), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
 least-squares line through time(K) gives, per 128-deep K stage and per tile, slope / waves and intercept /
 waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
 intercept, one paced by per-tile work (prologue, epilogue) a large one.
@@ -89,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = ["packed", "w8", "w8p", "w8ps", "w8d", "fp8"]
+    cols = ["packed", "packed_ps", "w8", "w8p", "w8ps", "fp8"]
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
           f"{waves} waves of {sms} SMs")
-    print(f"{'K':>6} | " + " ".join(f"{c:>8}" for c in cols))
+    print(f"{'K':>6} | " + " ".join(f"{c:>9}" for c in cols))
     for K in ks:
         p = random_2l(M, K, N, 32, gs)
         q = [ext.quantize_act_2l(x, p.smooth, p.proj_down, gs) for x in p.xs]
@@ -101,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         packed = lambda xq, xs, lr: ext.w4a4_gemm_2l(xq, xs, p.qweight, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
                                                      p.bias, gs)
         wide = lambda xq, xs, lr: ext.w8a4_gemm_2l(xq, xs, w8, p.wchannel, lr, p.proj_up, p.bias)  # noqa: E731
-        t = {"packed": time_graph(packed, q, args.reps)}
-        for name, prod, pers, dual in (("w8", False, False, False), ("w8p", True, False, False),
-                                       ("w8ps", True, True, False), ("w8d", False, False, True)):
-            with gemm_switches(ext, prod, pers, dual):
-                t[name] = time_graph(wide, q, args.reps)
+        t = {}
+        for name, fn, prod, pers in (("packed", packed, False, 0), ("packed_ps", packed, False, 1),
+                                     ("w8", wide, False, 0), ("w8p", wide, True, 0), ("w8ps", wide, False, 1)):
+            with gemm_switches(ext, producer=prod, persistent=pers):
+                t[name] = time_graph(fn, q, args.reps)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
         x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
         one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")
@@ -113,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                                                          out_dtype=torch.bfloat16, use_fast_accum=True), x8, args.reps)
         for c in cols:
             rows[c].append(1e3 * t[c])
-        print(f"{K:>6} | " + " ".join(f"{1e3 * t[c]:>8.1f}" for c in cols))
+        print(f"{K:>6} | " + " ".join(f"{1e3 * t[c]:>9.1f}" for c in cols))
         del p, q, w8, w, x8
         torch.cuda.empty_cache()
     print(f"\nline through time(K): per 128-deep stage and per tile (ours: / {waves} waves; fp8 per its whole K)")
     for c in cols:
         a, b = fit([k / 128 for k in ks], rows[c])
         per = waves if c != "fp8" else 1
-        print(f"{c:>8}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
+        print(f"{c:>9}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
               + ("" if c != "fp8" else " (whole GEMM)"))
     return 0
 

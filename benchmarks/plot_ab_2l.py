@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import re
 
-# column name in the log -> label in the chart (the columns a log lacks are left out)
-SERIES = {"now": "int4_2l packed (default)", "ts": "packed, TMA-store epilogue", "w8": "int4_2l, int8 weight copy",
-          "w8p": "int8 copy, producer loop", "w8pts": "int8 copy, producer loop, TMA store",
-          "w8ps": "int8 copy, persistent", "w8mc": "int8 copy, CTA pairs (multicast)", "w8d": "int8 copy, 2 CTAs per SM",
+# column name in the log -> label in the chart (the columns a log lacks are left out; w8pts and w8mc: older logs)
+SERIES = {"now": "int4_2l packed (default)", "np": "packed, not persistent", "ps": "packed, persistent",
+          "ts": "packed, TMA-store epilogue", "w8": "int4_2l, int8 weight copy", "w8p": "int8 copy, producer loop",
+          "w8pts": "int8 copy, producer loop, TMA store", "w8ps": "int8 copy, persistent",
+          "w8a": "int8 copy (default switches)", "w8mc": "int8 copy, CTA pairs (multicast)",
           "fp8": "fp8 _scaled_mm (GEMM only)"}
 
 

@@ -55,14 +55,21 @@ def hopper_extension(script: str):
 
 
 @contextmanager
-def gemm_switches(ext, producer: bool = False, persistent: bool = False, dual: bool = False,
-                  tma_store: bool = False) -> Iterator[None]:
-    """The int4_2l GEMM's global loop and epilogue switches on for a block of calls, all off after it."""
-    flags = {"w8_producer": producer, "w8_persistent": persistent, "w8_dual": dual, "tma_store": tma_store}
-    for name, on in flags.items():
-        getattr(ext, f"set_gemm_2l_{name}")(on)
+def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False) -> Iterator[None]:
+    """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
+
+    producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
+    persistent: the persistent kernels (packed group 64 with rank <= 32, int8 weights with rank <= 64; unsplit
+    plans; elsewhere the non-persistent ones run): 1 wherever they apply, 0 never, -1 auto (the default: where
+    K <= 5120). tma_store: the non-persistent epilogue's output by TMA store (the persistent kernels always use it).
+    After the block: producer and tma_store off, persistent -1 (auto).
+    """
+    ext.set_gemm_2l_w8_producer(producer)
+    ext.set_gemm_2l_persistent(persistent)
+    ext.set_gemm_2l_tma_store(tma_store)
     try:
         yield
     finally:
-        for name in flags:
-            getattr(ext, f"set_gemm_2l_{name}")(False)
+        ext.set_gemm_2l_w8_producer(False)
+        ext.set_gemm_2l_persistent(-1)
+        ext.set_gemm_2l_tma_store(False)

@@ -6,9 +6,9 @@
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
 #   cpp: the 2l tests + compute-sanitizer, benchmarks/op_host_overhead.py, then what ab does
-#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l, its three main loops) and the TMA-store epilogue: their tests
-#       (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS) with
-#       its ts, w8, w8p, w8pts and w8ps columns, then benchmarks/gemm_2l_ksweep.py
+#   w8: the GEMM on int8-stored weights (w8a4_gemm_2l: shared loop, producer loop, persistent) and the TMA-store
+#       epilogue: their tests (-k "int8_weights or tma_store"), the other 2l tests, compute-sanitizer, ab_2l.py
+#       (BENCH_MS, ROUNDS) with its np, ps, ts, w8, w8p, w8ps and w8a columns, then benchmarks/gemm_2l_ksweep.py
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 #   tile: gemm_2l_trace.py (a tile's life: stages, then the epilogue's steps) and gemm_2l_ksweep.py at M = 4608 and 256
 set -uo pipefail

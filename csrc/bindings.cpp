@@ -502,12 +502,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_w8_producer", &svdq::set_gemm_2l_w8_producer,
         "int8-weight GEMM: a producer warp on full/empty barriers per stage (True) or the shared loop (False)");
   m.def("gemm_2l_w8_producer", &svdq::gemm_2l_w8_producer, "whether the int8-weight GEMM runs the producer-warp loop");
-  m.def("set_gemm_2l_w8_persistent", &svdq::set_gemm_2l_w8_persistent,
-        "int8-weight GEMM: the producer-warp loop as a persistent kernel (unsplit plans, branch rank <= 64)");
-  m.def("gemm_2l_w8_persistent", &svdq::gemm_2l_w8_persistent, "whether the int8-weight GEMM runs persistent");
-  m.def("set_gemm_2l_w8_dual", &svdq::set_gemm_2l_w8_dual,
-        "int8-weight GEMM: the shared loop with two CTAs per SM (128/64-token tiles; one's epilogue under the other's wgmmas)");
-  m.def("gemm_2l_w8_dual", &svdq::gemm_2l_w8_dual, "whether the int8-weight GEMM runs two CTAs per SM");
+  m.def("set_gemm_2l_persistent", &svdq::set_gemm_2l_persistent,
+        "the persistent GEMM kernels (int8 weights with rank <= 64, packed group 64 with rank <= 32; unsplit plans): "
+        "1 wherever they apply, 0 never, -1 (default) where the plan is unsplit with >= 2 tiles per SM (int8 weights: "
+        "and K <= 5120)");
+  m.def("gemm_2l_persistent", &svdq::gemm_2l_persistent, "the persistent kernels' mode: 1, 0 or -1 (auto)");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");
   m.def("gemm_2l_tma_store", &svdq::gemm_2l_tma_store, "whether the int4_2l GEMMs store their output by TMA");

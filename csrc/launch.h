@@ -92,10 +92,11 @@ void set_gemm_2l_splits(int s);        // 1/2/4/8 forces the K split; 0: heurist
 void set_gemm_2l_trace(long long* trace);
 void set_gemm_2l_w8_producer(bool on);  // the int8-weight GEMM's producer-warp main loop (default off)
 bool gemm_2l_w8_producer();
-void set_gemm_2l_w8_persistent(bool on);  // the producer loop persistent: one CTA per SM walks the tiles (default off)
-bool gemm_2l_w8_persistent();
-void set_gemm_2l_w8_dual(bool on);  // the int8-weight shared loop with two CTAs per SM (default off)
-bool gemm_2l_w8_dual();
+// the persistent kernels (int8 weights, or packed group 64; unsplit plans): one CTA per SM walks the tiles.
+// 1: wherever they apply, 0: never, -1 (default): where the plan is unsplit with >= 2 tiles per SM (int8
+// weights: and K <= 5120)
+void set_gemm_2l_persistent(int mode);
+int gemm_2l_persistent();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;

@@ -23,10 +23,14 @@
 // int8-stored weights (W8, an opt-in layout: q * s_int widened once at load): the weight tile is TMA-loaded
 // straight into the stage as the wgmma A operand, no widening. Its producer-warpgroup loop (WS) hands the
 // loads to a third warpgroup that refills a stage once all eight consumer warps have released it (full and
-// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop. Persistent (PS,
-// set_gemm_2l_w8_persistent, unsplit plans): one CTA per SM walks the tiles t = blockIdx.x, + gridDim.x, ...;
-// the producer's stage count runs on across tiles, so it loads the next tile's stages while the consumers
-// run this tile's epilogue (whose low-rank tile then has shared memory of its own).
+// empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop.
+// Persistent (PS: that loop, for int8 weights and for packed ones, whose consumers widen each stage into
+// their A tiles; set_gemm_2l_persistent, by default where K <= 5120; unsplit plans): one CTA per SM walks the
+// tiles t = blockIdx.x, + gridDim.x, ...; the producer's stage count runs on across tiles, so it loads the
+// next tile's stages while the consumers run this tile's epilogue. The epilogue's operands (low-rank tile
+// and token scales by cp.async into memory of their own, channel scales, bias and proj_up into registers)
+// are requested at the tile's start, and the output goes to a staging tile and out by TMA stores left in
+// flight under the next tile's stages, so the tensor cores wait only for the epilogue's arithmetic.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
@@ -68,30 +72,53 @@ constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
 // W8: the weights are stored widened (int8 q * s_int, [N, K]) and loaded by TMA straight into the stage as
-// the wgmma A tiles: no group scales, no widening, no separate A tiles. WS (with W8): a third warpgroup
-// issues the loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the
-// loop; it gives its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168).
-// DUAL (with W8, the shared loop): two CTAs per SM (half the shared memory each, 128 registers), so one CTA's
-// epilogue runs while the other's wgmmas do; each step waits for all its wgmmas and loads one stage further.
-template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool DUAL = false>
+// the wgmma A tiles: no group scales, no widening, no separate A tiles. WS: a third warpgroup issues the
+// loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the loop; it gives
+// its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168). PS (with WS):
+// persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
+template <int BT, bool W8 = false, bool WS = false, bool PS = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
-  static constexpr int kLrRank = 64;  // PS: the largest branch rank whose low-rank tile has its own memory
-  static constexpr int kLrBytes = PS ? (BT * (kLrRank * 2 + 16) + 1023) / 1024 * 1024 : 0;
-  static constexpr int kLimit = DUAL ? 113 * 1024 : kSmemLimit;  // DUAL: two CTAs' worth in 228 KB
-  static constexpr int kStagesFit = (kLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes) / kStageBytes;
-  static constexpr int kMinBlocks = DUAL ? 2 : 1;
+  // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
+  static constexpr int kLrRank = W8 ? 64 : 32;
+  static constexpr int kXsOff = BT * (kLrRank * 2 + 16);  // PS: the tile's token scales, after its low-rank tile
+  static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
+  static constexpr int kOutBytes = PS ? BT * 256 : 0;  // PS: the output tile's staging for its TMA stores
+  static constexpr int kStagesFit =
+      (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
-  static constexpr int kAhead = DUAL ? kStages - 1 : kStages - 2;  // the shared loop's stages loaded ahead
+  static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
   static constexpr int kThreads = WS ? 256 + 128 : 256;
-  static constexpr int kSmem = kStages * kStageBytes + 4 * kABytes + kLrBytes + kBarBytes + 1024;  // + alignment
+  static constexpr int kSmem =
+      kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
+
+// Loads issued where they stand (volatile), read-only path; the thread waits only where the value is used.
+__device__ __forceinline__ float ldg_nc_f32(const float* p) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];\n" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t ldg_nc_u32(const void* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ uint32_t ldg_nc_u16(const T* p) {
+  unsigned short v;
+  asm volatile("ld.global.nc.b16 %0, [%1];\n" : "=h"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
 
 // Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
 __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
@@ -125,6 +152,15 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
   asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the shared memory is read: the CTA may exit
 }
+// The same, left in flight (PS: waited for before the staging is rewritten, and before exit).
+__device__ __forceinline__ void tma_store_2d_async(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(src) : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void tma_store_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
 // 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
   asm volatile(
@@ -148,10 +184,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 }
 
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
-// dispatched kernels are built with TR = false. W8: int8 weights, WS: their producer-warp loop (see Tile2l;
-// G is then unused), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool DUAL = false>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l<BT, W8, WS, PS, DUAL>::kMinBlocks)
+// dispatched kernels are built with TR = false. W8: int8 weights (G is then unused), WS: the producer-warp loop
+// (see Tile2l), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -159,10 +195,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace, int tma_store) {
 #if SVDQ_SM90A_BODY
-  static_assert(!WS || (W8 && !TR), "the producer-warp loop is for int8 weights, untraced");
+  static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
-  static_assert(!DUAL || (W8 && !WS && !TR), "two CTAs per SM: the int8-weight shared loop, untraced");
-  using Cfg = Tile2l<BT, W8, WS, PS, DUAL>;
+  static_assert(!WS || W8 || PS, "packed weights take the producer-warp loop only persistent");
+  using Cfg = Tile2l<BT, W8, WS, PS>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -186,8 +222,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
-  // (PS: the low-rank tile's own memory between the stages and the barriers)
-  const uint32_t lr_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  // (PS: the output tile's staging, then the low-rank tile's own memory, between the stages and the barriers)
+  const uint32_t out_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
+  const uint32_t lr_region = out_region + Cfg::kOutBytes;
   const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
@@ -306,8 +343,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     mark(i, 0);
     __syncthreads();
     mark(i, 1);
-    // every thread is past the previous step, so the wgmmas of stage i-2 (DUAL: i-1), both warpgroups', are
-    // complete and their buffer may be refilled
+    // every thread is past the previous step, so the wgmmas of stage i-2, both warpgroups', are complete and
+    // their buffer may be refilled
     if (tid == 0 && i + Cfg::kAhead < NK) load_stage(i + Cfg::kAhead);
     mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
     mark(i, 2);
@@ -324,16 +361,55 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     const uint64_t db0 = desc_k128(sbase + (i % NS) * Cfg::kStageBytes);
     wgmma_stage<BT>(acc, da0, db0);
     mark(i, 5);
-    if constexpr (DUAL)
-      wgmma_wait<0>();  // this stage's too: the other CTA on the SM keeps the tensor cores busy meanwhile
-    else
-      wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
+    wgmma_wait<1>();  // the previous stage's wgmmas are done: its A tile may be rewritten
     mark(i, 6);
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
   const int n0 = PS ? (tile % row_tiles) * kRows : n0_blk;
   const int m0 = PS ? (tile / row_tiles) * BT : m0_blk;
+  // the low-rank activations into shared memory: [BT][R], rows padded by 16 bytes (PS: memory of its own, the
+  // stages are the next tile's)
+  const int lr_stride = R * 2 + 16;
+  const uint32_t lr_s = PS ? lr_region : sbase;
+  auto load_lr_tile = [&] {
+    const int chunks = R / 8;
+    for (int i = tid; i < BT * chunks; i += kThreads) {
+      const int row = i / chunks, c = i % chunks;
+      const int m = m0 + row;
+      cp_async16(lr_s + row * lr_stride + c * 16, lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
+    }
+  };
+  const int rowA = n0 + rA, rowB = n0 + rB;
+  auto load_up = [&](int ks, uint32_t (&a)[4]) {  // proj_up rows rowA / rowB, ranks ks*16 + 2t (+1, +8, +9)
+    const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
+    const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
+    if constexpr (PS) {
+      a[0] = ldg_nc_u32(puA), a[1] = ldg_nc_u32(puB), a[2] = ldg_nc_u32(puA + 8), a[3] = ldg_nc_u32(puB + 8);
+    } else {
+      a[0] = *reinterpret_cast<const uint32_t*>(puA);
+      a[1] = *reinterpret_cast<const uint32_t*>(puB);
+      a[2] = *reinterpret_cast<const uint32_t*>(puA + 8);
+      a[3] = *reinterpret_cast<const uint32_t*>(puB + 8);
+    }
+  };
+  // PS: the epilogue's operands are requested before the main loop, which hides their latency (v2.13: ~40 % of
+  // a tile's time outside its stages went to these waits): the low-rank tile and the token scales by cp.async
+  // (once every consumer is past the previous tile's low-rank step), the rows' channel scales, bias and the
+  // first two proj_up steps into registers (volatile loads: issued here, waited for at their first use)
+  float wchA = 0.f, wchB = 0.f, bA = 0.f, bB = 0.f;
+  uint32_t up0[4] = {}, up1[4] = {};
+  if constexpr (PS) {
+    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+    load_lr_tile();
+    for (int i = tid; i < BT; i += kThreads)
+      cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
+    cp_async_commit();
+    wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
+    if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
+    if (R >= 16) load_up(0, up0);
+    if (R >= 32) load_up(1, up1);
+  }
 #pragma unroll
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
   if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
@@ -341,7 +417,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     for (int i = base; i < base + NK; ++i) {
       const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;
       mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
-      const uint64_t da0 = desc_k128(stage + Cfg::kActBytes + wg * 64 * kBK);
+      uint32_t a_tile = stage + Cfg::kActBytes + wg * 64 * kBK;  // W8: the weights as TMA wrote them
+      if constexpr (!W8) {  // packed: widened into the warpgroup's A tile i & 1, once every warp of the warpgroup
+        a_tile = a_base + (i & 1) * Cfg::kABytes;  // is past its wait for stage i - 2's wgmmas (which read it)
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));
+        convert_stage(i, a_tile);
+        fence_proxy_async_smem();
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
+      }
+      const uint64_t da0 = desc_k128(a_tile);
       const uint64_t db0 = desc_k128(stage);
       wgmma_stage<BT>(acc, da0, db0);
       wgmma_wait<1>();  // stage i - 1's wgmmas (this warp's share) are done: release its buffer
@@ -358,8 +442,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
   if constexpr (PS) {
     done += NK;
     if (lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
-    // every consumer is past its previous epilogue, whose reads of the low-rank tile are then complete
-    asm volatile("bar.sync 3, 256;\n" ::: "memory");
   } else {
     __syncthreads();
   }
@@ -389,17 +471,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     cluster.sync();  // nobody reads this CTA's shared memory any more: the epilogue may reuse it
   }
 
-  // the low-rank activations into (now free) shared memory: [BT][R], rows padded by 16 bytes (PS: memory of
-  // its own, the stages are the next tile's)
-  const int lr_stride = R * 2 + 16;
-  const uint32_t lr_s = PS ? lr_region : sbase;
-  {
-    const int chunks = R / 8;
-    for (int i = tid; i < BT * chunks; i += kThreads) {
-      const int row = i / chunks, c = i % chunks;
-      const int m = m0 + row;
-      cp_async16(lr_s + row * lr_stride + c * 16, lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
-    }
+  if constexpr (!PS) {  // the stages are drained: the low-rank tile goes where they were
+    load_lr_tile();
     cp_async_commit();
   }
   cp_async_wait<0>();
@@ -409,13 +482,18 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     __syncthreads();
   stamp_acc(6);  // low-rank tile in shared memory
 
-  const int rowA = n0 + rA, rowB = n0 + rB;
-  const float wchA = wchannel[rowA], wchB = wchannel[rowB];
+  if constexpr (!PS) wchA = wchannel[rowA], wchB = wchannel[rowB];
   // acc now holds fp32 bit patterns
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
-    const int m = m0 + j * 8 + 2 * t;
-    const float x0 = xscale[min(m, M - 1)], x1 = xscale[min(m + 1, M - 1)];
+    float x0, x1;  // tokens j*8 + 2t, + 1
+    if constexpr (PS) {
+      asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n"
+                   : "=f"(x0), "=f"(x1) : "r"(lr_region + Cfg::kXsOff + (j * 8 + 2 * t) * 4));
+    } else {
+      const int m = m0 + j * 8 + 2 * t;
+      x0 = xscale[min(m, M - 1)], x1 = xscale[min(m + 1, M - 1)];
+    }
     acc[4 * j + 0] = __float_as_int((__int2float_rn(acc[4 * j + 0]) * wchA) * x0);
     acc[4 * j + 1] = __float_as_int((__int2float_rn(acc[4 * j + 1]) * wchA) * x1);
     acc[4 * j + 2] = __float_as_int((__int2float_rn(acc[4 * j + 2]) * wchB) * x0);
@@ -423,13 +501,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
   }
   stamp_acc(8);  // scales applied (their loads arrived)
   for (int ks = 0; ks < R / 16; ++ks) {
-    const T* puA = proj_up + (int64_t)rowA * R + ks * 16 + 2 * t;
-    const T* puB = proj_up + (int64_t)rowB * R + ks * 16 + 2 * t;
     uint32_t a[4];
-    a[0] = *reinterpret_cast<const uint32_t*>(puA);
-    a[1] = *reinterpret_cast<const uint32_t*>(puB);
-    a[2] = *reinterpret_cast<const uint32_t*>(puA + 8);
-    a[3] = *reinterpret_cast<const uint32_t*>(puB + 8);
+    if (PS && ks < 2) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[e] = ks == 0 ? up0[e] : up1[e];
+    } else {
+      load_up(ks, a);
+    }
     // ldmatrix.x2: lanes 0-7 address rows of the r-block ks*16, lanes 8-15 of ks*16 + 8
     const int lrow = lane & 7, lmat = (lane >> 3) & 1;
 #pragma unroll
@@ -445,16 +523,23 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
     }
   }
   stamp_acc(10);  // low-rank branch added
-  const float bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
-  const float bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
+  if constexpr (!PS) {
+    bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
+    bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
+  }
   const int nbase = n0 + wg * 64 + warp * 16;
   // tma_store: each warpgroup's 64 weight rows x BT tokens go to shared memory as [token][64] bf16 rows of 128
   // bytes (128-byte swizzle: conflict-free, since a warp's 8 tokens g hit 8 different 16-byte chunks), and one
   // TMA store writes them (full lines, rows past M clipped). Split tiles, and ranks whose branch leaves no
-  // room after the low-rank tile, keep the per-thread stores.
+  // room after the low-rank tile, keep the per-thread stores. PS always stores so, from staging of its own, and
+  // leaves the store in flight under the next tile's stages (waited for before the staging is rewritten).
   const int lr_bytes = (BT * lr_stride + 1023) / 1024 * 1024;
-  const bool ts = !PS && tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes;
-  const uint32_t stage_out = sbase + lr_bytes + wg * BT * 128;
+  const bool ts = PS || (tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes);
+  const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128;
+  if constexpr (PS) {  // the previous tile's store has read the staging
+    if ((tid & 127) == 0) tma_store_wait_read();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+  }
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
     const uint32_t p0 = Dt<T>::pack2(__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA);
@@ -477,9 +562,17 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, DUAL>::kThreads, Tile2l
   if (ts) {
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
-    if ((tid & 127) == 0) tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
+    if ((tid & 127) == 0) {
+      if constexpr (PS)
+        tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
+      else
+        tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
+    }
   }
   }  // tiles
+  if constexpr (PS) {  // the last store has read the staging: the CTA may exit
+    if ((tid & 127) == 0) tma_store_wait_read();
+  }
   stamp(2);
 #endif
 }
@@ -512,14 +605,14 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool DUAL = false>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, DUAL>;
-  constexpr int smem = Tile2l<BT, W8, WS, PS, DUAL>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS>;
+  constexpr int smem = Tile2l<BT, W8, WS, PS>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
-  if (g_tma_store && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -533,8 +626,6 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (e != cudaSuccess) return e;
   if (dev >= 64 || !smem_set[dev]) {
     e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e == cudaSuccess && DUAL)  // all of the SM's memory as shared memory: room for two CTAs
-      e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
     if (e != cudaSuccess) return e;
     if (dev < 64) smem_set[dev] = true;
   }
@@ -544,7 +635,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
     const long tiles = (long)(a.N / kRows) * ((a.M + BT - 1) / BT);
     cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
   }
-  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS, DUAL>::kThreads);
+  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS>::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -561,18 +652,14 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool DUAL = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
-  if constexpr (!PS && !DUAL) {  // PS plans leave out 256 (its accumulators and loop state would spill)
+  if constexpr (!PS) {  // PS plans leave out 256 (its accumulators and loop state would spill)
     if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
   }
-  if constexpr (!DUAL) {  // DUAL plans: 128 and 64 tokens only (two CTAs' memory per SM)
-    if (p.tile_tokens == 224)
-      return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
-  }
-  if (p.tile_tokens == 128)
-    return launch_2l<T, 128, G, TR, W8, WS, PS, DUAL>(a, p.splits, g_trace, stream, num_sms);
-  return launch_2l<T, 64, G, TR, W8, WS, PS, DUAL>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
@@ -585,8 +672,12 @@ cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t s
 
 int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
-bool g_w8_persistent = false;  // that loop persistent (PS); off until measured
-bool g_w8_dual = false;  // the shared loop with two CTAs per SM (DUAL); off until measured
+int g_persistent = -1;  // the persistent kernels (PS): 1 wherever they apply, 0 never, -1 where they pay
+// A persistent tile's epilogue runs under the next tile's loads (~2.5-3 us less per tile), but its output
+// staging and low-rank tile leave fewer stages: packed +0.03 us per stage (a gain at every K measured),
+// int8 weights +0.07 (break-even near 45 stages of K); H200, docs/perf-notes.md v2.13
+
+constexpr int kPsMaxK = 5120;
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
   for (int i = 0; i < 4; ++i)
@@ -635,32 +726,34 @@ void set_gemm_2l_w8_producer(bool on) { g_w8_producer = on; }
 void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
 bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
-void set_gemm_2l_w8_persistent(bool on) { g_w8_persistent = on; }
-bool gemm_2l_w8_persistent() { return g_w8_persistent; }
-void set_gemm_2l_w8_dual(bool on) { g_w8_dual = on; }
-bool gemm_2l_w8_dual() { return g_w8_dual; }
+void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
+int gemm_2l_persistent() { return g_persistent; }
 
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
   const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
   const bool bf = a.dtype == DType::kBF16;
-  if (a.group_size == 0) {  // int8 weights
-    // two CTAs per SM: 128- or 64-token tiles (the larger ones do not fit twice), planned over twice the slots
-    const int dual_mask = g_plan_tiles & (tile_bit(128) | tile_bit(64));
-    if (g_w8_dual && !g_w8_producer && !g_w8_persistent && dual_mask) {
-      const Gemm2lPlan pd = plan_among(a.M, a.N, a.K, 2 * num_sms, dual_mask);
-      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, false, false, true>(a, pd, stream)
-                : launch_2l_tile<__half, 64, false, true, false, false, true>(a, pd, stream);
-    }
-    // persistent: unsplit plans, and branches whose low-rank tile fits the memory set aside for it
-    if (g_w8_persistent && a.R <= Tile2l<64, true, true, true>::kLrRank) {
-      const int mask = g_plan_tiles & ~tile_bit(256);
-      const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
-      if (pp.splits == 1)
+  // persistent (int8 weights, or packed with group 64): unsplit plans, and branches whose low-rank tile fits
+  // the memory set aside for it
+  // auto: where the plan is unsplit anyway, at least two tiles per SM (a persistent CTA's first tile gains
+  // nothing), and for int8 weights K <= kPsMaxK
+  const bool w8 = a.group_size == 0;
+  const int lr_rank = w8 ? Tile2l<64, true, true, true>::kLrRank : Tile2l<64, false, true, true>::kLrRank;
+  if (g_persistent != 0 && (w8 || (a.group_size == 64 && !g_trace)) && a.R <= lr_rank) {
+    const int mask = g_plan_tiles & ~tile_bit(256);
+    const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
+    const long tiles = (long)(a.N / kRows) * ((a.M + pp.tile_tokens - 1) / pp.tile_tokens);
+    const bool pays = p.splits == 1 && tiles >= 2L * num_sms && (!w8 || a.K <= kPsMaxK);
+    if (pp.splits == 1 && (g_persistent > 0 || pays)) {
+      if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
+      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true>(a, pp, stream, num_sms)
+                : launch_2l_tile<__half, 64, false, false, true, true>(a, pp, stream, num_sms);
     }
+  }
+  if (w8) {  // int8 weights
     if (g_w8_producer)
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true>(a, p, stream)
                 : launch_2l_tile<__half, 64, false, true, true>(a, p, stream);

@@ -178,11 +178,12 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
 
 
 
-@pytest.mark.parametrize("name,producer,persistent,dual,ts", [
-    ("svdq2l_regional", False, False, False, False), ("svdq2l_w8p_regional", True, False, False, False),
-    ("svdq2l_w8ps_regional", True, True, False, False), ("svdq2l_w8p_ts_regional", True, False, False, True),
-    ("svdq2l_w8d_regional", False, False, True, False)])
-def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, dual, ts):
+@pytest.mark.parametrize("name,producer,persistent,ts", [
+    ("svdq2l_regional", False, -1, False), ("svdq2l_w8p_regional", True, -1, False),
+    ("svdq2l_w8ps_regional", True, 1, False), ("svdq2l_w8p_ts_regional", True, -1, True),
+    ("svdq2l_np_regional", False, 0, False), ("svdq2l_w8_np_regional", False, 0, False),
+    ("svdq2l_w8_regional", False, -1, False)])
+def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts):
     from svdquant_hf.ops import build
 
     class FakeExt:
@@ -198,7 +199,13 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(build, "load_extension", lambda: fake)
     flux_e2e.set_kernel_switches(name)
-    assert fake.calls == {"w8_producer": producer, "w8_persistent": persistent, "w8_dual": dual, "tma_store": ts}
+    assert fake.calls == {"w8_producer": producer, "persistent": persistent, "tma_store": ts}
+    assert type(fake.calls["persistent"]) is int
+
+
+def test_the_non_persistent_variants_are_known():
+    assert {"svdq2l_np_regional", "svdq2l_w8_np_regional"} <= set(flux_e2e.ALL_VARIANTS)
+    assert len(set(flux_e2e.ALL_VARIANTS)) == len(flux_e2e.ALL_VARIANTS)
 
 
 def test_default_variants_cover_the_comparison_and_exist():

@@ -64,3 +64,16 @@ def test_ksweep_log_parses_and_fits_the_stored_run(tmp_path):
     out = tmp_path / "k.png"
     assert gemm_2l_ksweep.main(["--plot", str(PERF / "gemm_2l_ksweep_h200.txt"), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tile_trace_parts_add_up_to_the_tile_and_chart(tmp_path):
+    import plot_tile_trace
+
+    device, rows = plot_tile_trace.tile_parts(PERF / "gemm_2l_trace_tile_h200.json")
+    run = json.loads((PERF / "gemm_2l_trace_tile_h200.json").read_text())
+    assert device == "NVIDIA H200" and len(rows) == len(run["rows"]) == 7
+    label, parts = rows[2]  # M = 4608, 3072 x 3072: 24 stages of 224 tokens
+    assert label.startswith("M=4608 3072x3072") and list(parts) == plot_tile_trace.PARTS
+    assert parts["stages"] > 3 * parts["bias+stores"] > 0  # the stages dominate; every part was stamped
+    out = tmp_path / "tile.png"
+    assert plot_tile_trace.main([str(PERF / "gemm_2l_trace_tile_h200.json"), "--out", str(out)]) == 0 and out.read_bytes()[:4] == b"\x89PNG"

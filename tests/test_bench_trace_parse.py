@@ -29,7 +29,7 @@ def test_parse_trace_splits_the_tile_into_prologue_stages_and_epilogue_steps():
     assert set(out["wg0"]) == {*seg, "stage"}
 
 
-def test_gemm_switches_are_on_inside_the_block_and_all_off_after_it():
+def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it():
     import problems_2l
 
     class Ext:
@@ -41,10 +41,18 @@ def test_gemm_switches_are_on_inside_the_block_and_all_off_after_it():
 
     ext = Ext()
     try:
-        with problems_2l.gemm_switches(ext, producer=True, dual=True):
-            assert ext.state == {"set_gemm_2l_w8_producer": True, "set_gemm_2l_w8_persistent": False,
-                                 "set_gemm_2l_w8_dual": True, "set_gemm_2l_tma_store": False}
+        with problems_2l.gemm_switches(ext, producer=True, persistent=1):
+            assert ext.state == {"set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1,
+                                 "set_gemm_2l_tma_store": False}
             raise RuntimeError("a failing call")
     except RuntimeError:
         pass
-    assert set(ext.state.values()) == {False} and len(ext.state) == 4
+    # producer loop and TMA store off, the persistent kernels back to auto (-1), not off
+    assert ext.state == {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1,
+                         "set_gemm_2l_tma_store": False}
+    with problems_2l.gemm_switches(ext, persistent=0, tma_store=True):
+        assert ext.state == {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": 0,
+                             "set_gemm_2l_tma_store": True}
+    with problems_2l.gemm_switches(ext):
+        assert ext.state["set_gemm_2l_persistent"] == -1
+    assert ext.state["set_gemm_2l_persistent"] == -1 and ext.state["set_gemm_2l_tma_store"] is False

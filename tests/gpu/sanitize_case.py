@@ -47,16 +47,14 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
                 ext.set_gemm_2l_splits(splits)
                 for tma_store in (False, True):  # both epilogue stores
                     ext.set_gemm_2l_tma_store(tma_store)
-                    y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
-                    for producer, persistent, dual in ((False, False, False), (True, False, False), (True, True, False),
-                                                       (False, False, True)):  # the int8-weight loops
-                        ext.set_gemm_2l_w8_producer(producer)
-                        ext.set_gemm_2l_w8_persistent(persistent)
-                        ext.set_gemm_2l_w8_dual(dual)
-                        y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)
+                    for persistent in (0, 1):  # the persistent kernels where they apply (unsplit; packed: group 64)
+                        ext.set_gemm_2l_persistent(persistent)
+                        y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+                        for producer in (False, True):  # the int8-weight loops (non-persistent)
+                            ext.set_gemm_2l_w8_producer(producer)
+                            y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)
                 ext.set_gemm_2l_w8_producer(False)
-                ext.set_gemm_2l_w8_persistent(False)
-                ext.set_gemm_2l_w8_dual(False)
+                ext.set_gemm_2l_persistent(-1)
                 ext.set_gemm_2l_tma_store(False)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)

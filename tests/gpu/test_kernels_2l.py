@@ -295,7 +295,8 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
 def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
     """The output written by TMA store equals the per-thread stores bit for bit, every element written (poisoned
     first), rows past M untouched; unsplit and split (which keeps the per-thread stores), the packed and the
-    int8-weight kernels (both loops), rank 256 (no room left: the per-thread stores)."""
+    int8-weight kernels (both loops, not persistent), rank 256 (no room left: the per-thread stores); and the
+    persistent kernels (which always store by TMA, where they apply: unsplit, packed rank <= 32, int8 rank <= 64)."""
     gs = 64
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + bt + 3)
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=bt + R)
@@ -305,26 +306,27 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
     try:
         for splits in (1, 2):
             hopper.set_gemm_2l_splits(splits)
+            hopper.set_gemm_2l_persistent(0)  # the plain kernel's two epilogue stores
             hopper.set_gemm_2l_tma_store(False)
             ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
             hopper.set_gemm_2l_tma_store(True)
             y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
             assert torch.isfinite(y).all(), f"splits={splits}: unwritten (NaN-poisoned) outputs"
             assert torch.equal(y, ref), f"splits={splits}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
-            for producer, persistent, dual in ((False, False, False), (True, False, False), (True, True, False),
-                                               (False, False, True)):
+            hopper.set_gemm_2l_persistent(1)
+            y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+            assert torch.equal(y, ref), f"packed, persistent, splits={splits}"
+            for producer, persistent in ((False, 0), (True, 0), (False, 1), (True, 1)):
                 hopper.set_gemm_2l_w8_producer(producer)
-                hopper.set_gemm_2l_w8_persistent(persistent)  # which keeps the per-thread stores
-                hopper.set_gemm_2l_w8_dual(dual)
+                hopper.set_gemm_2l_persistent(persistent)
                 _poison(4 * M * N, 0xFF)
                 y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
                 assert torch.equal(y8, ref), (f"int8 weights, producer={producer}, persistent={persistent}, "
-                                              f"dual={dual}, splits={splits}")
+                                              f"splits={splits}")
     finally:
         hopper.set_gemm_2l_tma_store(False)
         hopper.set_gemm_2l_w8_producer(False)
-        hopper.set_gemm_2l_w8_persistent(False)
-        hopper.set_gemm_2l_w8_dual(False)
+        hopper.set_gemm_2l_persistent(-1)
         hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
 
@@ -332,18 +334,16 @@ def test_gemm_2l_tma_store_bit_identical(hopper, dtype, bt, M, K, N, R):
 # --- weights stored widened (w8a4_gemm_2l: int8 q * s_int [N, K] by TMA straight into the wgmma A tiles)
 
 
-@pytest.fixture(params=["shared_loop", "producer_warp", "persistent", "two_per_sm"])
+@pytest.fixture(params=["shared_loop", "producer_warp", "persistent"])
 def w8_loop(request, hopper):
-    """The main loops of the int8-weight GEMM: the shared one, the producer warpgroup's (WS), WS persistent (PS:
-    unsplit plans with branch rank <= 64; the others fall back to WS), and the shared loop with two CTAs per SM
-    (DUAL: 128- and 64-token tiles; forced larger tiles fall back to the shared loop)."""
-    hopper.set_gemm_2l_w8_producer(request.param in ("producer_warp", "persistent"))
-    hopper.set_gemm_2l_w8_persistent(request.param == "persistent")
-    hopper.set_gemm_2l_w8_dual(request.param == "two_per_sm")
+    """The main loops of the int8-weight GEMM: the shared one and the producer warpgroup's (WS), both with the
+    persistent kernel off (0; the default is auto), and the persistent kernel wherever it applies (1: unsplit plans
+    with branch rank <= 64; the others fall back to the shared loop)."""
+    hopper.set_gemm_2l_w8_producer(request.param == "producer_warp")
+    hopper.set_gemm_2l_persistent(1 if request.param == "persistent" else 0)
     yield request.param
     hopper.set_gemm_2l_w8_producer(False)
-    hopper.set_gemm_2l_w8_persistent(False)
-    hopper.set_gemm_2l_w8_dual(False)
+    hopper.set_gemm_2l_persistent(-1)
 
 
 def _w8_problem(hopper, M, K, N, R, act_seed, weight_seed):
@@ -355,35 +355,28 @@ def _w8_problem(hopper, M, K, N, R, act_seed, weight_seed):
 
 
 def _w8_loop_matches_packed(hopper, bt, M, K, N, R, seed, switches, splits=0):
-    """With `switches` (set_gemm_2l_w8_<name>: True) on, the int8-weight GEMM equals the packed kernel bit for bit,
-    every element written (poisoned first), over three launches; all switches and forced plans reset after."""
+    """With `switches` ({name: value} for set_gemm_2l_<name>) set, the int8-weight GEMM equals the packed kernel (not
+    persistent) bit for bit, every element written (poisoned first), over three launches; all switches and forced
+    plans reset after."""
     gs = 64
     xq, xs, lr, qw, wsc, wch, pu, b, w8 = _w8_problem(hopper, M, K, N, R, M + bt + seed, bt + R + seed)
     hopper.set_gemm_2l_tile_tokens(bt)
     hopper.set_gemm_2l_splits(splits)
     try:
+        hopper.set_gemm_2l_persistent(0)
         y4 = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
-        for name in switches:
-            getattr(hopper, f"set_gemm_2l_w8_{name}")(True)
+        for name, value in switches.items():
+            getattr(hopper, f"set_gemm_2l_{name}")(value)
         for _ in range(3):
             _poison(4 * M * N, 0xFF)
             y8 = hopper.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, b)
             assert torch.isfinite(y8).all(), "unwritten (NaN-poisoned) outputs"
             assert torch.equal(y8, y4), f"{(y8 != y4).sum().item()} of {y8.numel()} outputs differ"
     finally:
-        for name in ("producer", "persistent", "dual"):
-            getattr(hopper, f"set_gemm_2l_w8_{name}")(False)
+        hopper.set_gemm_2l_w8_producer(False)
+        hopper.set_gemm_2l_persistent(-1)
         hopper.set_gemm_2l_splits(0)
         hopper.set_gemm_2l_tile_tokens(0)
-
-
-@pytest.mark.parametrize("bt", [64, 128])
-@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (255, 1024, 384, 0), (4097, 3072, 3072, 32),
-                                     (515, 2048, 768, 96)])
-def test_gemm_2l_int8_weights_two_per_sm_bit_identical(hopper, bt, M, K, N, R):
-    """Two CTAs per SM (each step waits for all its wgmmas, one more stage in flight); 3072 x 3072 at 4097 tokens
-    puts several CTAs on each SM."""
-    _w8_loop_matches_packed(hopper, bt, M, K, N, R, 23, ["dual"])
 
 
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
@@ -393,7 +386,47 @@ def test_gemm_2l_int8_weights_persistent_bit_identical(hopper, bt, M, K, N, R):
     """One CTA per SM walking tiles (216 and 152 tiles for 132 SMs at the two big shapes: several per CTA, the
     stage count running on across tiles); rank 96 (no room for its low-rank tile) and forced 256-token tiles
     (224 instead) take the other paths."""
-    _w8_loop_matches_packed(hopper, bt, M, K, N, R, 19, ["producer", "persistent"], splits=1)
+    _w8_loop_matches_packed(hopper, bt, M, K, N, R, 19, {"persistent": 1}, splits=1)
+
+
+def test_gemm_2l_persistent_mode_defaults_to_auto(hopper):
+    """set_gemm_2l_persistent: -1 (auto) at import and after every test here; other values clamp to 1 / 0 / -1."""
+    assert hopper.gemm_2l_persistent() == -1
+    try:
+        for mode, want in ((1, 1), (0, 0), (5, 1), (-3, -1)):
+            hopper.set_gemm_2l_persistent(mode)
+            assert hopper.gemm_2l_persistent() == want
+    finally:
+        hopper.set_gemm_2l_persistent(-1)
+
+
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 0), (2000, 256, 3072, 16),
+                                     (4097, 512, 1024, 32), (515, 2048, 768, 64)])
+def test_gemm_2l_packed_persistent_bit_identical(hopper, bt, gs, M, K, N, R):
+    """The packed GEMM's persistent kernel (group 64, branch rank <= 32, unsplit) equals the non-persistent one bit
+    for bit, every element written (poisoned first), over three launches (several tiles per CTA at the big shapes,
+    the stage count running on across tiles); groups 32 and 128, rank 64 and forced 256-token tiles (224 instead)
+    take the other paths."""
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + gs + 29)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 29)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    hopper.set_gemm_2l_tile_tokens(bt)
+    hopper.set_gemm_2l_splits(1)
+    try:
+        hopper.set_gemm_2l_persistent(0)
+        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, not persistent"
+        hopper.set_gemm_2l_persistent(1)
+        for _ in range(3):
+            y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)  # poisons first
+            assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+            assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+    finally:
+        hopper.set_gemm_2l_persistent(-1)
+        hopper.set_gemm_2l_splits(0)
+        hopper.set_gemm_2l_tile_tokens(0)
 
 
 @pytest.mark.parametrize("splits", [1, 2, 8])
