@@ -56,3 +56,14 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1
     assert ext.state["set_gemm_2l_persistent"] == -1 and ext.state["set_gemm_2l_tma_store"] is False
+
+
+def test_ab_rounds_alternate_the_column_order():
+    import ab_2l
+
+    cols = ab_2l.COLS
+    orders = [ab_2l.round_order(cols, r) for r in range(4)]
+    assert orders[0] == orders[2] == cols and orders[1] == orders[3] == cols[::-1]
+    # over two rounds every column is timed once right after each of its two neighbours
+    followers = {(o[i - 1], o[i]) for o in orders[:2] for i in range(1, len(o))}
+    assert all((a, b) in followers and (b, a) in followers for a, b in zip(cols, cols[1:]))
