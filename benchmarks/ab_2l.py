@@ -7,8 +7,8 @@ GEMM load); here each configuration is timed in alternation, --rounds times, and
 Columns (us per call, CUDA graph):
   "v2.5"  K split over a cluster at small M and the down projection on a side stream while x fits in L2,
           token tiles 64/128/256, no persistent kernel;
-  "now"   the defaults: v2.5 with the 224-token tile, the persistent kernel on auto (where it applies and
-          K <= 5120; packed weights: group 64, branch rank <= 32, unsplit plans);
+  "now"   the defaults: v2.5 with the 224-token tile, the persistent kernel on auto (where it applies: packed
+          weights with group 64 and branch rank <= 32; and pays: unsplit plans with >= 2 tiles per SM);
   "np"    now with the persistent kernel off (set_gemm_2l_persistent(0)); "ps" with it wherever it applies (1);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the

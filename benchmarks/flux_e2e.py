@@ -309,7 +309,8 @@ def gpu_profile(model: nn.Module, inputs: dict) -> dict:
 def set_kernel_switches(name: str) -> None:
     """The int4_2l GEMMs' global switches from the variant's name: _w8p the int8-weight GEMM's producer-warpgroup
     loop (non-persistent), _w8ps the persistent kernels wherever they apply (set_gemm_2l_persistent(1); it contains
-    _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default: where K <= 5120),
+    _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
+    problems_2l.gemm_switches),
     _ts the epilogue's TMA store (off otherwise)."""
     from svdquant_hf.ops import build
 

@@ -60,8 +60,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
     persistent: the persistent kernels (packed group 64 with rank <= 32, int8 weights with rank <= 64; unsplit
-    plans; elsewhere the non-persistent ones run): 1 wherever they apply, 0 never, -1 auto (the default: where
-    K <= 5120). tma_store: the non-persistent epilogue's output by TMA store (the persistent kernels always use it).
+    plans; elsewhere the non-persistent ones run): 1 wherever they apply, 0 never, -1 auto (the default: unsplit
+    plans with at least two tiles per SM, and for int8 weights K <= 5120). tma_store: the non-persistent epilogue's output by TMA store (the persistent kernels always use it).
     After the block: producer and tma_store off, persistent -1 (auto).
     """
     ext.set_gemm_2l_w8_producer(producer)

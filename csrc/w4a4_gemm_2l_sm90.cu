@@ -25,7 +25,7 @@
 // loads to a third warpgroup that refills a stage once all eight consumer warps have released it (full and
 // empty mbarrier per stage), so the consumers never meet at a CTA barrier inside the loop.
 // Persistent (PS: that loop, for int8 weights and for packed ones, whose consumers widen each stage into
-// their A tiles; set_gemm_2l_persistent, by default where K <= 5120; unsplit plans): one CTA per SM walks the
+// their A tiles; set_gemm_2l_persistent, by default where it pays: see g_persistent; unsplit plans): one CTA per SM walks the
 // tiles t = blockIdx.x, + gridDim.x, ...; the producer's stage count runs on across tiles, so it loads the
 // next tile's stages while the consumers run this tile's epilogue. The epilogue's operands (low-rank tile
 // and token scales by cp.async into memory of their own, channel scales, bias and proj_up into registers)
@@ -146,20 +146,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(src) : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the shared memory is read: the CTA may exit
-}
-// The same, left in flight (PS: waited for before the staging is rewritten, and before exit).
+// (left in flight: PS waits for it before the staging is rewritten, and before exit)
 __device__ __forceinline__ void tma_store_2d_async(const CUtensorMap* map, uint32_t src, int c0, int c1) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
                ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(src) : "memory");
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
+// The shared memory of the bulk stores in flight has been read: it may be rewritten, or the CTA may exit.
 __device__ __forceinline__ void tma_store_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
+  tma_store_2d_async(map, src, c0, c1);
+  tma_store_wait_read();
 }
 // 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
@@ -674,9 +673,8 @@ int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
 int g_persistent = -1;  // the persistent kernels (PS): 1 wherever they apply, 0 never, -1 where they pay
 // A persistent tile's epilogue runs under the next tile's loads (~2.5-3 us less per tile), but its output
-// staging and low-rank tile leave fewer stages: packed +0.03 us per stage (a gain at every K measured),
-// int8 weights +0.07 (break-even near 45 stages of K); H200, docs/perf-notes.md v2.13
-
+// staging and low-rank tile leave fewer stages: packed +0.03 us per stage (-6 % at 4608 x 3072 x 3072, within
+// +-3 % at the larger FLUX.1 shapes), int8 weights +0.07 (break-even near 45 stages of K); H200, perf-notes v2.13
 constexpr int kPsMaxK = 5120;
 constexpr int kTiles[4] = {256, 224, 128, 64};  // the plan's candidates, in order of preference
 int tile_bit(int bt) {
