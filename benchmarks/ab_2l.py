@@ -10,6 +10,8 @@ Columns (us per call, CUDA graph):
   "now"   the defaults: v2.5 with the 224-token tile, the persistent kernel on auto (where it applies: packed
           weights with group 64 and branch rank <= 32; and pays: unsplit plans with >= 2 tiles per SM);
   "np"    now with the persistent kernel off (set_gemm_2l_persistent(0)); "ps" with it wherever it applies (1);
+  "fo"    the packed weights in fragment order (ops/layout_2l.py: SVDQuantLinear.set_fragment_order) through
+          w4a4_gemm_2l_fo, default switches: the persistent kernel's register-fragment loop where it runs;
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -31,6 +33,7 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 
+from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import weight_operand_2l
 
 # (side-stream overlap, forced splits, token tiles the plan may pick, persistent kernels: 1, 0 or -1 auto)
@@ -38,18 +41,20 @@ CONFIGS = {
     "v2.5": (True, 0, [64, 128, 256], 0),
     "now": (True, 0, [], -1),
 }
-# the columns timed under gemm_switches: (int8 weights?, gemm_switches' keywords)
+# the columns timed under gemm_switches: (weights: packed, int8 or frag, gemm_switches' keywords)
 SWITCHED = {
-    "np": (False, {"persistent": 0}),
-    "ps": (False, {"persistent": 1}),
-    "ts": (False, {"tma_store": True}),
-    "w8": (True, {"persistent": 0}),
-    "w8p": (True, {"producer": True, "persistent": 0}),
-    "w8ps": (True, {"persistent": 1}),
-    "w8a": (True, {}),
+    "np": ("packed", {"persistent": 0}),
+    "ps": ("packed", {"persistent": 1}),
+    "fo": ("frag", {}),
+    "ts": ("packed", {"tma_store": True}),
+    "w8": ("int8", {"persistent": 0}),
+    "w8p": ("int8", {"producer": True, "persistent": 0}),
+    "w8ps": ("int8", {"persistent": 1}),
+    "w8a": ("int8", {}),
 }
 COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8"]
-RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("bf16", "w8a"),
+RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"),
+          ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 
@@ -91,8 +96,8 @@ def main() -> int:
     print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) + " | " +
           " ".join(f"{a + '/' + b:>9}" for a, b in ratios))
     default = CONFIGS["now"]
-    switched = {name: (w8, kw) for name, (w8, kw) in SWITCHED.items()
-                if (w8_on or not w8) and not (args.no_ts and kw.get("tma_store"))}
+    switched = {name: (wt, kw) for name, (wt, kw) in SWITCHED.items()
+                if (w8_on or wt != "int8") and not (args.no_ts and kw.get("tma_store"))}
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
@@ -102,6 +107,7 @@ def main() -> int:
             qw, wsc, wch = p.qweight, p.wscales, p.wchannel
             w = torch.randn(N, K, device="cuda", dtype=dt) / K**0.5
             w8 = weight_operand_2l(qw, wsc, gs)
+            qf = fragment_order(qw)
 
             def chain(x):
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
@@ -111,11 +117,15 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
+            def chain_rf(x, qf=qf):
+                xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+                return ext.w4a4_gemm_2l_fo(xq, xsc, qf, wsc, wch, lr, pu, bias, gs)
+
             def run_switched(name: str, fn_of):
                 """fn_of(the column's chain) under the column's switches (gemm_switches: defaults after)."""
-                int8, kw = switched[name]
+                wt, kw = switched[name]
                 with gemm_switches(ext, **kw):
-                    return fn_of(chain_w8 if int8 else chain)
+                    return fn_of({"packed": chain, "int8": chain_w8, "frag": chain_rf}[wt])
 
             outs = {}
             for name, cfg in CONFIGS.items():
@@ -158,7 +168,7 @@ def main() -> int:
             med = {c: statistics.median(v) for c, v in times.items()}
             print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{med[c]:>8.1f}" for c in cols) + " | " +
                   " ".join(f"{med[a] / med[b]:>9.2f}" for a, b in ratios))
-            del xs, w, p, x8s, w8, wf8
+            del xs, w, p, x8s, w8, wf8, qf
             torch.cuda.empty_cache()
     return 1 if bad else 0
 

@@ -23,6 +23,7 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
   python benchmarks/flux_e2e.py --variants svdq2l_w8_np_regional,svdq2l_w8ps_regional  # persistent off / always
   python benchmarks/flux_e2e.py --variants svdq2l_np_regional,svdq2l_regional  # packed: not persistent / auto
+  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional  # packed weights in fragment order (set_fragment_order)
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
@@ -60,6 +61,7 @@ ALL_VARIANTS = (
     "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
     "svdq2l_fused_w8p_ts_regional", "fp8mm", "fp8mm_regional", "fp8mm_graphs",
     "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs", "svdq2l_np_regional", "svdq2l_w8_np_regional",
+    "svdq2l_fo_regional", "svdq2l_fo_lora_regional",
 )
 
 
@@ -336,6 +338,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
             from svdquant_hf import set_int8_weights
 
             set_int8_weights(model, packed_on_host=True)
+        if "_fo" in name:  # the packed weights in the GEMM's fragment order on the GPU, the canonical ones on the host
+            from svdquant_hf import set_fragment_order
+
+            set_fragment_order(model)
         set_kernel_switches(name)
         if "_lora" in name:
             model = add_random_lora(model)

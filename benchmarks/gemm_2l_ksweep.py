@@ -6,7 +6,8 @@ usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--re
 The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
 under a CUDA graph: "packed" (w4a4_gemm_2l, not persistent: set_gemm_2l_persistent(0)), "packed_ps" (packed,
 persistent: 1), "w8" (int8 weights, the shared loop, not persistent), "w8p" (the producer loop, not persistent),
-"w8ps" (int8 weights, persistent), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
+"w8ps" (int8 weights, persistent), "packed_rf" (w4a4_gemm_2l_fo: weights in fragment order, the persistent
+kernel's register-fragment loop), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
 least-squares line through time(K) gives, per 128-deep K stage and per tile, slope / waves and intercept /
 waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
 intercept, one paced by per-tile work (prologue, epilogue) a large one.
@@ -21,6 +22,7 @@ import torch
 from cuda_timing import time_graph
 from problems_2l import gemm_switches, hopper_extension, random_2l
 
+from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import weight_operand_2l
 
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = ["packed", "packed_ps", "w8", "w8p", "w8ps", "fp8"]
+    cols = ["packed", "packed_ps", "packed_rf", "w8", "w8p", "w8ps", "fp8"]
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
           f"{waves} waves of {sms} SMs")
@@ -103,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         packed = lambda xq, xs, lr: ext.w4a4_gemm_2l(xq, xs, p.qweight, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
                                                      p.bias, gs)
         wide = lambda xq, xs, lr: ext.w8a4_gemm_2l(xq, xs, w8, p.wchannel, lr, p.proj_up, p.bias)  # noqa: E731
+        qf = fragment_order(p.qweight)
+        frag = lambda xq, xs, lr: ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
+                                                      p.bias, gs)
         t = {}
         for name, fn, prod, pers in (("packed", packed, False, 0), ("packed_ps", packed, False, 1),
-                                     ("w8", wide, False, 0), ("w8p", wide, True, 0), ("w8ps", wide, False, 1)):
+                                     ("packed_rf", frag, False, 1), ("w8", wide, False, 0), ("w8p", wide, True, 0),
+                                     ("w8ps", wide, False, 1)):
             with gemm_switches(ext, producer=prod, persistent=pers):
                 t[name] = time_graph(fn, q, args.reps)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in cols:
             rows[c].append(1e3 * t[c])
         print(f"{K:>6} | " + " ".join(f"{1e3 * t[c]:>9.1f}" for c in cols))
-        del p, q, w8, w, x8
+        del p, q, w8, w, x8, qf
         torch.cuda.empty_cache()
     print(f"\nline through time(K): per 128-deep stage and per tile (ours: / {waves} waves; fp8 per its whole K)")
     for c in cols:

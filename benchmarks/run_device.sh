@@ -11,6 +11,8 @@
 #       (BENCH_MS, ROUNDS) with its np, ps, ts, w8, w8p, w8ps and w8a columns, then benchmarks/gemm_2l_ksweep.py
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 #   tile: gemm_2l_trace.py (a tile's life: stages, then the epilogue's steps) and gemm_2l_ksweep.py at M = 4608 and 256
+#   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
+#       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
@@ -123,6 +125,24 @@ if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tes
   echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
   (cd benchmarks && timeout 90 python3 gemm_2l_ksweep.py > "$OUT/ksweep.log" 2>&1)  # per K stage vs per tile
   echo "ksweep rc=$?"; tail -6 "$OUT/ksweep.log"
+fi
+if [ "$what" = rf ]; then
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "fragment_order or packed_persistent" --timeout 60 > "$OUT/tests_rf.log" 2>&1
+  rfrc=$?; echo "fragment-order tests rc=$rfrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
+  if [ "$rfrc" = 0 ]; then  # a hanging kernel would take the rest of the call with it
+    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+      > "$OUT/sanitize_memcheck.log" 2>&1
+    echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
+    (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py > "$OUT/ksweep.log" 2>&1)
+    echo "ksweep rc=$?"; tail -8 "$OUT/ksweep.log"
+    timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} --no-ts \
+      > "$OUT/ab_2l.log" 2>&1
+    echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
+  fi
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "not fragment_order and not packed_persistent" --timeout 60 > "$OUT/tests_2l.log" 2>&1
+  echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1

@@ -280,10 +280,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   return {xq, xscale, lr};
 }
 
-// The int4_2l GEMM; group_size 0: qweight holds the weights widened to int8 q * s_int [N, K] (wscales unused).
+// The int4_2l GEMM; group_size 0: qweight holds the weights widened to int8 q * s_int [N, K] (wscales unused);
+// frag: the packed qweight is in fragment order (svdquant_hf/ops/layout_2l.py).
 at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::Tensor& qw_in,
                    const at::Tensor& wsc_in, const at::Tensor& wch_in, const at::Tensor& lr_in,
-                   const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size) {
+                   const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size,
+                   bool frag = false) {
   SVDQ_REQUIRE(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
                "svdquant w4a4_gemm_2l: xq must be a 2-D int8 CUDA tensor");
   SVDQ_REQUIRE(is_16bit(lr_in), "svdquant w4a4_gemm_2l: lr_act must be bfloat16 or float16");
@@ -323,7 +325,7 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
   svdq::W4A4Gemm2lArgs a{dtype_of(lr, "lr_act"), xq.data_ptr<int8_t>(), xs.data_ptr<float>(), qw.data_ptr<int8_t>(),
                          w8 ? nullptr : wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
                          bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), (int)M, (int)N, (int)K, (int)R,
-                         (int)group_size};
+                         (int)group_size, frag && !w8};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
@@ -340,6 +342,17 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
   return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size);
 }
 
+// The same GEMM on packed weights in fragment order (SVDQuantLinear.set_fragment_order).
+at::Tensor w4a4_gemm_2l_fo(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                           const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                           const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  if (group_size == 0) {
+    g_last_error = "svdquant w4a4_gemm_2l_fo: group_size must be 32, 64 or 128, got 0";
+    return {};
+  }
+  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true);
+}
+
 // The int4_2l GEMM on weights stored widened (int8 q * s_int, [N, K]; benchmarks/expanded layout experiments).
 at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& wq8, const at::Tensor& wch,
                         const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
@@ -347,13 +360,13 @@ at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
 }
 
 // --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
-// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l} on CUDA tensors land here (registered below when
+// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo} on CUDA tensors land here (registered below when
 // this library loads), so a compiled graph calls the kernels without passing through Python. The GEMM
 // checks the device and pads the rank first (the pybind function leaves both to its Python caller).
 // Inputs these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
 // register_fallbacks): it raises the clear errors and runs the reference where needed.
 
-py::object* g_fallbacks = new py::object[3];  // leaked: no destructor runs after the interpreter is gone
+py::object* g_fallbacks = new py::object[4];  // leaked: no destructor runs after the interpreter is gone
 
 template <typename Ret, typename... Args>
 Ret python_fallback(int which, const char* op, const Args&... args) {
@@ -430,12 +443,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tens
 // gs 0: the int8-weight GEMM (qw [N, K], wsc unused); undefined when the kernel does not take the inputs.
 at::Tensor gemm_2l_if_taken(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
                             const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
-                            const c10::optional<at::Tensor>& bias, int64_t gs) {
+                            const c10::optional<at::Tensor>& bias, int64_t gs, bool frag = false) {
   if (!gemm_2l_takes(xq, xs, qw, wsc, wch, lr, pu, bias, gs)) return {};
   const int64_t pad = -lr.size(1) & 15;  // the kernel reads the rank in steps of 16; zero columns add 0
   const at::Tensor lr16 = pad ? at::constant_pad_nd(lr, {0, pad}) : lr;
   const at::Tensor pu16 = pad ? at::constant_pad_nd(pu, {0, pad}) : pu;
-  return gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs);
+  return gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs, frag);
 }
 
 at::Tensor w4a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
@@ -448,6 +461,16 @@ at::Tensor w4a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at:
   return python_fallback<at::Tensor>(1, "w4a4_gemm_2l", xq, xs, qw, wsc, wch, lr, pu, bias, gs);
 }
 
+at::Tensor w4a4_gemm_2l_fo_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                              const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                              const c10::optional<at::Tensor>& bias, int64_t gs) {
+  if (gs != 0) {
+    at::Tensor y = gemm_2l_if_taken(xq, xs, qw, wsc, wch, lr, pu, bias, gs, true);
+    if (y.defined()) return y;
+  }
+  return python_fallback<at::Tensor>(3, "w4a4_gemm_2l_fo", xq, xs, qw, wsc, wch, lr, pu, bias, gs);
+}
+
 at::Tensor w8a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& w8, const at::Tensor& wch,
                            const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
   at::Tensor y = gemm_2l_if_taken(xq, xs, w8, w8, wch, lr, pu, bias, 0);
@@ -456,10 +479,11 @@ at::Tensor w8a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at:
 }
 
 // The Python CUDA paths, in the order of g_fallbacks.
-void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object gemm_2l_w8) {
+void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object gemm_2l_w8, py::object gemm_2l_fo) {
   g_fallbacks[0] = std::move(quantize_2l);
   g_fallbacks[1] = std::move(gemm_2l);
   g_fallbacks[2] = std::move(gemm_2l_w8);
+  g_fallbacks[3] = std::move(gemm_2l_fo);
 }
 
 }  // namespace
@@ -468,6 +492,7 @@ TORCH_LIBRARY_IMPL(svdquant, CUDA, m) {
   m.impl("quantize_act_2l", TORCH_FN(quantize_act_2l_op));
   m.impl("w4a4_gemm_2l", TORCH_FN(w4a4_gemm_2l_op));
   m.impl("w8a4_gemm_2l", TORCH_FN(w8a4_gemm_2l_op));
+  m.impl("w4a4_gemm_2l_fo", TORCH_FN(w4a4_gemm_2l_fo_op));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -484,6 +509,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
   m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
         "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
+  m.def("w4a4_gemm_2l_fo", &w4a4_gemm_2l_fo,
+        "w4a4_gemm_2l with qweight in fragment order (svdquant_hf.ops.layout_2l.fragment_order; sm_90a): the "
+        "persistent kernel widens the weights into registers");
   m.def("w8a4_gemm_2l", &w8a4_gemm_2l,
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");
@@ -523,5 +551,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("max_rank_2l") = svdq::kMaxRank2l;
   m.def("register_fallbacks", &register_fallbacks,
-        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l) for inputs the C++ op kernels do not take");
+        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo) for inputs the C++ op "
+        "kernels do not take");
 }

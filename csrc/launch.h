@@ -59,6 +59,7 @@ struct W4A4Gemm2lArgs {
   const void* bias;         // [N] or nullptr
   void* y;                  // [M, N]
   int M, N, K, R, group_size;
+  bool frag = false;        // qweight in fragment order (svdquant_hf/ops/layout_2l.py), else canonical
 };
 
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.

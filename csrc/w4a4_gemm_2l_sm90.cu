@@ -76,13 +76,13 @@ constexpr int kSmemLimit = 227 * 1024;
 // loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the loop; it gives
 // its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168). PS (with WS):
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
-template <int BT, bool W8 = false, bool WS = false, bool PS = false>
+template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false>
 struct Tile2l {
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = W8 ? 0 : 64 * kBK;  // one warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 weight tile (wgmma A), per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = W8 ? 64 : 32;
   static constexpr int kXsOff = BT * (kLrRank * 2 + 16);  // PS: the tile's token scales, after its low-rank tile
@@ -185,8 +185,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights (G is then unused), WS: the producer-warp loop
 // (see Tile2l), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -197,7 +197,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
   static_assert(!WS || W8 || PS, "packed weights take the producer-warp loop only persistent");
-  using Cfg = Tile2l<BT, W8, WS, PS>;
+  static_assert(!FO || !W8, "fragment order is a layout of packed weights");
+  constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
+  using Cfg = Tile2l<BT, W8, WS, PS, FO>;
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -240,6 +242,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
       for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
+
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -312,7 +315,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   // Widen this warpgroup's 64 weight rows of stage kt to int8 q * s_int into its A tile (K-major, 128-byte
   // swizzle). A thread takes k32-chunk jj of rows rp and rp + 32: 16 packed bytes in, 32 bytes out, so
   // loads and stores are 16-byte vectors and the scale constants serve 32 weights (2.5 instructions per
-  // weight; gathering the wgmma register-fragment layout instead cost 4.3).
+  // weight; gathering the wgmma register-fragment layout instead cost 4.3). FO (fragment order): the same k's
+  // are word jj of the row's four 16-byte chunks (k 32 jj + 4 t .. + 3 and 32 jj + 16 + 4 t .. in chunk t), four
+  // 4-byte loads (conflict-free under the swizzle) instead of one 16-byte load.
   const int wtid = tid & 127, jj = wtid & 3, rp = wtid >> 2;
   const int gi_base = (jj * 32) / G;
   auto convert_stage = [&](int i, uint32_t a_tile) {
@@ -323,12 +328,21 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
     for (int i = 0; i < 2; ++i) {
       const int rw = rp + 32 * i;  // row inside the warpgroup's tile
       const int r = wg * 64 + rw;  // row inside the CTA tile
-      const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
-      const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
-      const uint32_t words[4] = {pk.x, pk.y, pk.z, pk.w};
       uint32_t o[8];
+      if constexpr (FO) {
+        const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
 #pragma unroll
-      for (int w = 0; w < 4; ++w) widen8(words[w], wc, o[2 * w], o[2 * w + 1]);  // k 8w .. 8w+7 of the chunk
+        for (int t = 0; t < 4; ++t) {  // o[0..3]: k 32 jj .. 32 jj + 15, o[4..7]: the next 16
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(wt + r * 64 + ((t ^ ((r >> 1) & 3)) << 4) + 4 * jj);
+          widen8(w, wc, o[t], o[4 + t]);
+        }
+      } else {
+        const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
+        const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
+        const uint32_t words[4] = {pk.x, pk.y, pk.z, pk.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) widen8(words[w], wc, o[2 * w], o[2 * w + 1]);  // k 8w .. 8w+7 of the chunk
+      }
       const uint32_t row = a_tile + rw * 128;
       asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + (((2 * jj) ^ (rw & 7)) << 4)),
                    "r"(o[0]), "r"(o[1]), "r"(o[2]), "r"(o[3]));
@@ -411,7 +425,42 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   }
 #pragma unroll
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
-  if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
+  if constexpr (RF) {
+    // Register fragments (weights in fragment order only, ops/layout_2l.py: frag_stage loads a row's words for the
+    // whole stage at once): A is widened into registers, so a stage moves 32 KB less through shared memory than
+    // with A tiles. ptxas serializes a warpgroup's wgmmas
+    // when it defines a wgmma input while an earlier group is in flight (v2.8), so each warpgroup runs widen ->
+    // 4 wgmmas -> wait<0>, and the two take turns (named barriers 4 and 5: WG0 stage i, WG1 stage i, WG0 stage
+    // i + 1, ...) so one widens while the other's wgmmas run. The turns run on across this CTA's tiles.
+    const bool more = tile + (int)gridDim.x < num_tiles;
+    for (int i = done; i < done + NK; ++i) {
+      const int buf = i % NS;
+      const uint32_t stage = sbase + buf * Cfg::kStageBytes;
+      mbar_wait(bars + 8 * buf, (i / NS) & 1);
+      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
+      uint32_t fa[4][4];
+      frag_stage<G, kRows>(wt, wt + Cfg::kWBytes, rA, t, fa);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(fa[j][e])::"memory");
+      if (wg == 1) asm volatile("bar.sync 4, 256;\n" ::: "memory");             // WG0 has issued stage i
+      else if (i > 0) asm volatile("bar.sync 5, 256;\n" ::: "memory");          // WG1 has issued stage i - 1
+      const uint64_t db0 = desc_k128(stage);
+      wgmma_fence();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, fa[j], db0 + 2 * j);
+        else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, fa[j], db0 + 2 * j);
+        else wgmma_s8_m64n64k32_rs(acc, fa[j], db0 + 2 * j);
+      }
+      wgmma_commit();
+      if (wg == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
+      else if (i + 1 < done + NK || more) asm volatile("bar.arrive 5, 256;\n" ::: "memory");
+      wgmma_wait<0>();
+      if (lane == 0) mbar_arrive(empty_bars + 8 * buf);  // this warp is done with the stage
+    }
+  } else if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
     const int base = PS ? done : 0;
     for (int i = base; i < base + NK; ++i) {
       const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;
@@ -440,7 +489,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS>::kThreads, 1)
   stamp_acc(4);  // main loop done
   if constexpr (PS) {
     done += NK;
-    if (lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
+    if (!RF && lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
   } else {
     __syncthreads();
   }
@@ -604,10 +653,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS>;
-  constexpr int smem = Tile2l<BT, W8, WS, PS>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO>;
+  constexpr int smem = Tile2l<BT, W8, WS, PS, FO>::kSmem;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
@@ -634,7 +683,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
     const long tiles = (long)(a.N / kRows) * ((a.M + BT - 1) / BT);
     cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
   }
-  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS>::kThreads);
+  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS, FO>::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -651,27 +700,32 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
   if constexpr (!PS) {  // PS plans leave out 256 (its accumulators and loop state would spill)
-    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS>(a, p.splits, g_trace, stream);
+    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, false, FO>(a, p.splits, g_trace, stream);
   }
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
-  return launch_2l<T, 64, G, TR, W8, WS, PS>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
 cudaError_t launch_2l_plan(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 64) {
-    if (g_trace) return launch_2l_tile<T, G, true>(a, p, stream);
+    if (g_trace && !a.frag) return launch_2l_tile<T, G, true>(a, p, stream);
   }
+  if (a.frag) return launch_2l_tile<T, G, false, false, false, false, true>(a, p, stream);
   return launch_2l_tile<T, G, false>(a, p, stream);
 }
 
 int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
 int g_persistent = -1;  // the persistent kernels (PS): 1 wherever they apply, 0 never, -1 where they pay
+// Packed weights in fragment order (a.frag): the persistent kernel runs its register-fragment loop (RF), the others
+// widen from that order into their A tiles. H200, perf-notes v2.14: an RF stage 0.678 us against 0.742 for the
+// A-tile loop (the chain 0.93-0.95x at M = 4608); RF on canonical weights reordered in shared memory by the
+// producer's warps gained nothing.
 // A persistent tile's epilogue runs under the next tile's loads (~2.5-3 us less per tile), but its output
 // staging and low-rank tile leave fewer stages: packed +0.03 us per stage (-6 % at 4608 x 3072 x 3072, within
 // +-3 % at the larger FLUX.1 shapes), int8 weights +0.07 (break-even near 45 stages of K); H200, perf-notes v2.13
@@ -725,6 +779,7 @@ void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
 bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
+
 int gemm_2l_persistent() { return g_persistent; }
 
 
@@ -747,6 +802,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
+      if (a.frag)  // fragment order: the register-fragment loop
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, pp, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, false, true, true, true>(a, pp, stream, num_sms);
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true>(a, pp, stream, num_sms)
                 : launch_2l_tile<__half, 64, false, false, true, true>(a, pp, stream, num_sms);
     }

@@ -76,4 +76,29 @@ SVDQ_HD void gather_frag(const uint8_t* wt, const uint8_t* sc, int r0, int t, in
   }
 }
 
+// The packed weight tile in fragment order (the persistent register-fragment loop's layout): within each
+// row's 64 bytes of a stage, byte 16 t + 4 j + b holds the canonical byte that gather_frag takes as byte b
+// of k-step j's word for lane t % 4 == t (canonical 16 j + 2 t + {0, 1, 8, 9}[b]); TMA's 64-byte swizzle on
+// top. So a thread's words for all four k-steps are one 16-byte load per row. frag_stage: the thread's
+// fragments a[j][0..3] (as gather_frag's a for k-step j) of rows r0 and r0 + 8.
+template <int G, int kRows>
+SVDQ_HD void frag_stage(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const uint8_t* c = wt + packed_chunk_offset(r, t);
+    uint32_t words[4];
+#if defined(__CUDA_ARCH__)
+    const uint4 v = *reinterpret_cast<const uint4*>(c);
+    words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
+#else
+    for (int j = 0; j < 4; ++j)
+      words[j] = (uint32_t)c[4 * j] | ((uint32_t)c[4 * j + 1] << 8) | ((uint32_t)c[4 * j + 2] << 16) |
+                 ((uint32_t)c[4 * j + 3] << 24);
+#endif
+#pragma unroll
+    for (int j = 0; j < 4; ++j) widen8(words[j], widen_const(sc[((32 * j) / G) * kRows + r]), a[j][h], a[j][2 + h]);
+  }
+}
+
 }  // namespace svdq

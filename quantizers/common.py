@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from collections.abc import Iterable
 
 import torch
@@ -120,6 +121,25 @@ def quantizable_linears(
     return out
 
 
+FRAGMENT_ORDER_ENV = "SVDQUANT_HF_FRAGMENT_ORDER"  # "0": loaded int4_2l layers keep the canonical order on Hopper
+
+
+def hopper_present() -> bool:
+    """Whether a CUDA device of this machine is a Hopper GPU (sm_90)."""
+    return torch.cuda.is_available() and any(
+        torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count())
+    )
+
+
+def hopper_fragment_order(model: nn.Module) -> int:
+    """After loading: on a machine with a Hopper GPU (where the GEMM's register-fragment loop runs) the int4_2l
+    layers hold their packed weights in fragment order (SVDQuantLinear.set_fragment_order; the canonical bytes move
+    to host memory). Off with SVDQUANT_HF_FRAGMENT_ORDER=0. Returns how many layers hold it."""
+    if os.environ.get(FRAGMENT_ORDER_ENV, "1") == "0" or not hopper_present():
+        return 0
+    return sum(m.set_fragment_order() for m in model.modules() if isinstance(m, SVDQuantLinear))
+
+
 def realign_cpu_tensors(model: nn.Module, alignment: int = 64) -> int:
     """Copy CPU tensors that sit unaligned inside memory-mapped checkpoint files into fresh memory.
 
@@ -207,6 +227,9 @@ __all__ = [
     "register_default_skips",
     "replace_with_svdquant_linear",
     "realign_cpu_tensors",
+    "hopper_fragment_order",
+    "hopper_present",
+    "FRAGMENT_ORDER_ENV",
     "set_submodule",
     "skip_reason",
 ]

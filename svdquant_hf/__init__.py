@@ -7,7 +7,7 @@ _install_lora_hooks()
 
 from .algorithm import QuantizationError  # noqa: E402
 from .config import SVDQuantOptions  # noqa: E402
-from .modules import SVDQuantLinear, set_int8_weights  # noqa: E402
+from .modules import SVDQuantLinear, set_fragment_order, set_int8_weights  # noqa: E402
 from .pipeline import quantize_pipeline  # noqa: E402
 from .fusion import fuse_shared_input_projections, unfuse_shared_input_projections  # noqa: E402
 from .quantize import qkv_groups, quantize_model  # noqa: E402
@@ -20,4 +20,5 @@ _register_integrations()
 
 __version__ = "0.1.0"
 __all__ = ["SVDQuantConfig", "SVDQuantOptions", "SVDQuantLinear", "QuantizationError", "quantize_model", "qkv_groups", "quantize_pipeline",
-           "fuse_shared_input_projections", "unfuse_shared_input_projections", "set_int8_weights"]
+           "fuse_shared_input_projections", "unfuse_shared_input_projections", "set_int8_weights",
+           "set_fragment_order"]

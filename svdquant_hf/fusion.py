@@ -58,7 +58,7 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
     rank = shared + sum(own)
     fused = SVDQuantLinear(a.in_features, sum(m.out_features for m in mods), has_bias, rank, a.group_size,
                            a.quant_format, a.weight_only, a.compute_dtype, device="meta")
-    fused.qweight = torch.cat([m.qweight for m in mods])
+    fused.qweight = torch.cat([m.qweight.to(m.wscales.device) for m in mods])  # canonical (host with set_fragment_order)
     fused.wscales = torch.cat([m.wscales for m in mods], 1)
     fused.proj_down = torch.cat([a.proj_down[:, :shared], *(m.proj_down[:, shared:] for m in mods)], 1)
     ups, start = [], shared
@@ -82,13 +82,14 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
         (n, m.out_features, m.bias is not None, m.layer_name, n_own) for n, m, n_own in zip(names, mods, own)
     )
     fused.fused_shared_rank = shared
+    fused.set_fragment_order(any(m.holds_fragment_order for m in mods))
     return fused
 
 
 def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
     """The members back: rows by split_outputs (the rule the joint quantization split them by), branch columns
     the shared ones and the member's own."""
-    qw = QuantizedWeights(fused.qweight, fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
+    qw = QuantizedWeights(fused.qweight.to(fused.wscales.device), fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
                           wtscale=fused.wtscale, wchannel=fused.wchannel)
     members, shared = fused.fused_members, fused.fused_shared_rank
     out, start, col = [], 0, shared
@@ -100,6 +101,7 @@ def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
         bias = fused.bias[start : start + n] if has_bias else None
         m = SVDQuantLinear.from_quantized(part, bias, opts, fused.compute_dtype)
         m.layer_name = layer_name
+        m.set_fragment_order(fused.holds_fragment_order)
         out.append((name, m))
         start += n
         col += n_own

@@ -7,10 +7,12 @@ from torch import nn
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
+from .ops.layout_2l import STAGE_K, fragment_order
 from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref, weight_operand_2l
 from .ops.traced import quantize_act_2l_traced, trace_quantizer
 
 _INT8_WEIGHTS = "qweight_i8"  # SVDQuantLinear.set_int8_weights: the widened weights, a non-persistent buffer
+_FRAG_WEIGHTS = "qweight_fo"  # SVDQuantLinear.set_fragment_order: the packed weights in fragment order, the same
 
 
 class SVDQuantLinear(nn.Module):
@@ -84,7 +86,13 @@ class SVDQuantLinear(nn.Module):
             probe = fn(t.new_empty(0))  # what fn does to dtype and device, without touching data
             return fn(t) if probe.dtype == t.dtype else t.to(device=probe.device)
 
-        return super()._apply(keep_dtype, recurse)
+        if _FRAG_WEIGHTS not in self._buffers:
+            return super()._apply(keep_dtype, recurse)
+        canonical = self._buffers.pop("qweight")  # set_fragment_order: the canonical bytes stay in host memory
+        try:
+            return super()._apply(keep_dtype, recurse)
+        finally:
+            self._buffers["qweight"] = canonical
 
     @classmethod
     def from_quantized(
@@ -138,8 +146,14 @@ class SVDQuantLinear(nn.Module):
                 quantize = quantize_act_2l_traced if trace_quantizer() else ops.quantize_act_2l
                 xq, xscale, lr = quantize(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
                 w8 = self._buffers.get(_INT8_WEIGHTS)
+                fo = self._buffers.get(_FRAG_WEIGHTS)
                 if w8 is not None:  # set_int8_weights: the same sums from the weights widened once
                     y = ops.w8a4_gemm_2l(xq, xscale, w8, self.wchannel, lr, proj_up, bias)
+                elif fo is not None and fo.device == x2.device:  # set_fragment_order: the weights in the kernel's
+                    # order (an offloading hook that brought only the canonical weights takes the branch below)
+                    y = ops.w4a4_gemm_2l_fo(
+                        xq, xscale, fo, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
+                    )
                 else:
                     y = ops.w4a4_gemm_2l(
                         xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
@@ -158,6 +172,7 @@ class SVDQuantLinear(nn.Module):
         scales move to host memory while the copy is on (GPU weights ~0.5x bf16 instead of 0.28x + 0.5x);
         they still save, and go back to the copy's device when it is dropped or when called again without
         ``packed_on_host``. Returns whether the layer now has the copy."""
+        self.set_fragment_order(False)  # the int8 copy replaces the fragment order
         w8 = self._buffers.get(_INT8_WEIGHTS)
         if not enabled or self.quant_format != "int4_2l" or self.weight_only:
             if w8 is not None:
@@ -172,12 +187,55 @@ class SVDQuantLinear(nn.Module):
         self.qweight, self.wscales = self.qweight.to(home), self.wscales.to(home)
         return True
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        """A state dict holds canonical weights: the fragment-order copy is rebuilt from what was loaded."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        fo = self._buffers.get(_FRAG_WEIGHTS)
+        if fo is not None and prefix + "qweight" in state_dict:
+            self._buffers[_FRAG_WEIGHTS] = fragment_order(self.qweight).to(fo.device)
+            self.qweight = self.qweight.cpu()
+
+    @property
+    def holds_fragment_order(self) -> bool:
+        """Whether the layer's GEMM reads its packed weights in fragment order (set_fragment_order)."""
+        return _FRAG_WEIGHTS in self._buffers
+
+    def set_fragment_order(self, enabled: bool = True) -> bool:
+        """Hold an int4_2l W4A4 layer's packed weights in fragment order (ops/layout_2l.py): the order in which the
+        Hopper GEMM's persistent kernel widens them straight into its wgmma registers (a K stage 0.68 instead of
+        0.74 us on H200; docs/perf-notes.md v2.14). Outputs are unchanged. The reordered copy (a non-persistent
+        buffer, same bytes as ``qweight``) takes the weights' place on their device; the canonical ``qweight``
+        moves to host memory, where ``state_dict()``, saving and the reference path keep reading it, and stays
+        there across ``.to()``. Layers whose in_features is not a multiple of 128 keep the canonical order.
+        A layer holding the int8 copy (set_int8_weights) keeps it instead. Returns whether the layer now holds
+        the fragment order."""
+        fo = self._buffers.get(_FRAG_WEIGHTS)
+        usable = (self.quant_format == "int4_2l" and not self.weight_only and self.in_features % STAGE_K == 0
+                  and _INT8_WEIGHTS not in self._buffers)
+        if not enabled or not usable:
+            if fo is not None:
+                self._buffers.pop(_FRAG_WEIGHTS)
+                self._non_persistent_buffers_set.discard(_FRAG_WEIGHTS)
+                self.qweight = self.qweight.to(fo.device)
+            return False
+        if fo is None:
+            self.register_buffer(_FRAG_WEIGHTS, fragment_order(self.qweight), persistent=False)
+            if not self.qweight.is_meta:
+                self.qweight = self.qweight.cpu()
+        return True
+
     def extra_repr(self) -> str:
         mode = "W4A16" if self.weight_only else "W4A4"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"{mode} {self.quant_format} g{self.group_size}, rank={self.rank}"
         )
+
+
+def set_fragment_order(model: nn.Module, enabled: bool = True) -> int:
+    """``SVDQuantLinear.set_fragment_order`` on every layer of ``model``; returns how many hold the fragment order.
+    Call it after fusing or loading LoRAs into the layers (a fused layer is a new layer, in canonical order)."""
+    return sum(m.set_fragment_order(enabled) for m in model.modules() if isinstance(m, SVDQuantLinear))
 
 
 def set_int8_weights(model: nn.Module, enabled: bool = True, packed_on_host: bool = False) -> int:

@@ -24,6 +24,7 @@ from svdquant_hf.formats import (
     unpack_int4,
 )
 from svdquant_hf.ops import library as ops
+from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import (
     MAX_K_2L,
     int_dot_exact,
@@ -328,6 +329,10 @@ def test_custom_ops_pass_opcheck() -> None:
     up = _randn(4, n, r).to(torch.bfloat16)
     for bias in (None, _randn(5, n).to(torch.bfloat16)):
         torch.library.opcheck(ops.w4a4_gemm_2l, (xq, xscale, pack_int4(q), s_int.t().contiguous(), s_row, lr, up, bias, g))
+        args = (xq, xscale, pack_int4(q), s_int.t().contiguous(), s_row, lr, up, bias, g)
+        fo = (xq, xscale, fragment_order(pack_int4(q)), *args[3:])
+        torch.library.opcheck(ops.w4a4_gemm_2l_fo, fo)
+        assert torch.equal(ops.w4a4_gemm_2l_fo(*fo), ops.w4a4_gemm_2l(*args))
 
 
 # ----------------------------------------------------------------------------- the weight path

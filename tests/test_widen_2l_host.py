@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from svdquant_hf.formats.int4 import pack_int4
+from svdquant_hf.ops.layout_2l import canonical_order, fragment_order
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 ROWS, BK = 128, 128  # weight rows per CTA, K per stage (the kernel's kRows, kBK)
@@ -33,7 +34,13 @@ int main() {
     for (int lane = 0; lane < 32; ++lane)
       for (int j = 0; j < 4; ++j) {
         uint32_t a[4];
+#ifdef HFRAG  // the tile is in fragment order: one frag_stage call per thread gives all four k-steps
+        uint32_t f[4][4];
+        svdq::frag_stage<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, f);
+        for (int e = 0; e < 4; ++e) a[e] = f[j][e];
+#else
         svdq::gather_frag<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, j, a);
+#endif
         printf("%u %u %u %u\n", a[0], a[1], a[2], a[3]);
       }
   return 0;
@@ -73,14 +80,17 @@ def _expected(q: np.ndarray, s: np.ndarray, G: int) -> np.ndarray:
 
 
 @pytest.mark.skipif(_compiler() is None, reason="needs a C++ compiler")
+@pytest.mark.parametrize("frag", [False, True], ids=["gather_frag", "frag_stage"])
 @pytest.mark.parametrize("G", [32, 64, 128])
-def test_gather_frag_matches_the_wgmma_a_fragment_layout(tmp_path, G):
+def test_fragments_match_the_wgmma_a_fragment_layout(tmp_path, G, frag):
+    """gather_frag on the canonical tile, and frag_stage on the tile in fragment order (ops/layout_2l.py), both
+    give every thread the wgmma A fragments of the layout derived above."""
     exe = tmp_path / f"widen_{G}"
     src = tmp_path / "harness.cpp"
     src.write_text(HARNESS)
     subprocess.run(
         [_compiler(), "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-DHG={G}", f"-DHROWS={ROWS}", f"-I{CSRC}",
-         str(src), "-o", str(exe)],
+         *(["-DHFRAG"] if frag else []), str(src), "-o", str(exe)],
         check=True, capture_output=True, text=True,
     )
     rng = np.random.default_rng(G)
@@ -92,13 +102,34 @@ def test_gather_frag_matches_the_wgmma_a_fragment_layout(tmp_path, G):
         s = rng.integers(1, 17, size=(BK // G, ROWS), dtype=np.uint8)
         if trial == 2:
             s[:] = 16
-        packed = pack_int4(torch.from_numpy(q)).numpy().view(np.uint8)  # [128, 64], canonical checkpoint bytes
-        stdin = _tma_swizzle64(packed).tobytes() + s.tobytes()
+        packed = pack_int4(torch.from_numpy(q))  # [128, 64], canonical checkpoint bytes
+        if frag:
+            packed = fragment_order(packed)
+        stdin = _tma_swizzle64(packed.numpy().view(np.uint8)).tobytes() + s.tobytes()
         out = subprocess.run([str(exe)], input=stdin, capture_output=True, check=True).stdout.decode()
         got = np.array(out.split(), dtype=np.uint64).astype(np.uint32).reshape(8, 32, 4, 4)
         exp = _expected(q, s, G)
         bad = np.argwhere(got != exp)
         assert bad.size == 0, f"G={G} trial {trial}: {len(bad)} fragment registers differ, first (warp, lane, j, reg) {bad[0]}"
+
+
+def test_fragment_order_round_trip_and_row_slices():
+    """canonical_order inverts fragment_order; the order permutes bytes inside each row's 64-byte stage only (so
+    row slices and concatenations commute with it); bad shapes are refused with the tensor named."""
+    g = torch.Generator().manual_seed(3)
+    qw = torch.randint(-128, 128, (40, 3 * 64), generator=g, dtype=torch.int8)
+    fo = fragment_order(qw)
+    assert not torch.equal(fo, qw)
+    assert torch.equal(canonical_order(fo), qw)
+    assert torch.equal(fragment_order(qw[8:24]), fo[8:24])
+    for r in (0, 17):
+        for st in range(3):
+            seg = slice(64 * st, 64 * st + 64)
+            assert sorted(fo[r, seg].tolist()) == sorted(qw[r, seg].tolist())
+    # byte 16 t + 4 j + 2 h + b <- canonical 16 j + 8 h + 2 t + b
+    assert fo[0, 16 * 1 + 4 * 2 + 2 * 1 + 0].item() == qw[0, 16 * 2 + 8 * 1 + 2 * 1 + 0].item()
+    with pytest.raises(ValueError, match="qweight"):
+        fragment_order(torch.zeros(4, 48, dtype=torch.int8))
 
 
 def test_expected_layout_covers_every_weight_once():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import build
+from .layout_2l import canonical_order
 from .reference import quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref, w8a4_gemm_2l_ref
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16)
@@ -191,19 +192,11 @@ def quantize_act_2l_cuda(
     return _dispatch("quantize_act_2l", supported, quantize_act_2l_ref, x, smooth, proj_down, group_size)
 
 
-def w4a4_gemm_2l_cuda(
-    xq: torch.Tensor,
-    xscale: torch.Tensor,
-    qweight: torch.Tensor,
-    wscales: torch.Tensor,
-    wchannel: torch.Tensor,
-    lr_act: torch.Tensor,
-    proj_up: torch.Tensor,
-    bias: torch.Tensor | None,
-    group_size: int,
-) -> torch.Tensor:
+def _packed_gemm_2l_cuda(op: str, fragment_order: bool, xq: torch.Tensor, xscale: torch.Tensor, qweight: torch.Tensor,
+                         wscales: torch.Tensor, wchannel: torch.Tensor, lr_act: torch.Tensor, proj_up: torch.Tensor,
+                         bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
     if xq.dim() != 2 or qweight.dim() != 2:
-        raise ValueError("svdquant::w4a4_gemm_2l: xq and qweight must be 2-D")
+        raise ValueError(f"svdquant::{op}: xq and qweight must be 2-D")
     M, K = xq.shape
     N = qweight.shape[0]
     G = K // group_size
@@ -214,16 +207,30 @@ def w4a4_gemm_2l_cuda(
     }
     if bias is not None:
         expected["bias"] = (bias, (N,))
-    _require_shapes("w4a4_gemm_2l", expected, M, K, N, group_size)
+    _require_shapes(op, expected, M, K, N, group_size)
     ext = build.load_extension()
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
-    if ext is None or not hasattr(ext, "w4a4_gemm_2l") or not _gemm_2l_supported(ext, *args):
+    if ext is None or not hasattr(ext, op) or not _gemm_2l_supported(ext, *args):
+        if fragment_order:
+            return w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), *args[3:])
         return w4a4_gemm_2l_ref(*args)
     lr_k, pu_k = _pad_rank16(lr_act, proj_up)  # the kernel's rank steps of 16; zero columns add exactly 0
-    y = ext.w4a4_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
+    y = getattr(ext, op)(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size)
     if y is None:
         raise ValueError(ext.last_error())
     return y
+
+
+def w4a4_gemm_2l_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> torch.Tensor:
+    """The int4_2l GEMM on canonical packed weights: the kernel when it applies, else the reference."""
+    return _packed_gemm_2l_cuda("w4a4_gemm_2l", False, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias,
+                                group_size)
+
+
+def w4a4_gemm_2l_fo_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> torch.Tensor:
+    """The same on packed weights in fragment order (ops/layout_2l.py)."""
+    return _packed_gemm_2l_cuda("w4a4_gemm_2l_fo", True, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up,
+                                bias, group_size)
 
 
 def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, wchannel: torch.Tensor,
@@ -253,7 +260,7 @@ def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, 
 def _hand_over_fallbacks(ext) -> None:
     """The extension's C++ op kernels send the inputs they do not take to these Python paths."""
     if hasattr(ext, "register_fallbacks"):
-        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda, w8a4_gemm_2l_cuda)
+        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda, w8a4_gemm_2l_cuda, w4a4_gemm_2l_fo_cuda)
 
 
 build.on_load(_hand_over_fallbacks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import cuda as _cuda  # CUDA implementations (csrc/ kernels, built lazily on first use on a GPU)
+from .layout_2l import canonical_order
 from .reference import (
     check_k_2l,
     quantize_act_2l_ref,
@@ -74,12 +75,9 @@ torch.library.define(
     "(Tensor x, Tensor smooth, Tensor proj_down, int group_size) -> (Tensor, Tensor, Tensor)",
     tags=_TAGS,
 )
-torch.library.define(
-    "svdquant::w4a4_gemm_2l",
-    "(Tensor xq, Tensor xscale, Tensor qweight, Tensor wscales, Tensor wchannel, Tensor lr_act, "
-    "Tensor proj_up, Tensor? bias, int group_size) -> Tensor",
-    tags=_TAGS,
-)
+_GEMM_2L_SCHEMA = ("(Tensor xq, Tensor xscale, Tensor qweight, Tensor wscales, Tensor wchannel, Tensor lr_act, "
+                   "Tensor proj_up, Tensor? bias, int group_size) -> Tensor")
+torch.library.define("svdquant::w4a4_gemm_2l", _GEMM_2L_SCHEMA, tags=_TAGS)
 
 
 @torch.library.impl("svdquant::quantize_act_2l", "CompositeExplicitAutograd")
@@ -101,7 +99,7 @@ def _w4a4_gemm_2l_impl(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, 
 
 
 @torch.library.register_fake("svdquant::w4a4_gemm_2l")
-def _(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
+def _fake_gemm_2l(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
     check_k_2l(xq.shape[1])
     return lr_act.new_empty((xq.shape[0], qweight.shape[0]))
 
@@ -126,12 +124,26 @@ def _(xq, xscale, w8, wchannel, lr_act, proj_up, bias):
     return lr_act.new_empty((xq.shape[0], w8.shape[0]))
 
 
+# The int4_2l GEMM on packed weights in fragment order (ops/layout_2l.py; SVDQuantLinear.set_fragment_order).
+torch.library.define("svdquant::w4a4_gemm_2l_fo", _GEMM_2L_SCHEMA, tags=_TAGS)
+torch.library.register_fake("svdquant::w4a4_gemm_2l_fo")(_fake_gemm_2l)
+
+
+@torch.library.impl("svdquant::w4a4_gemm_2l_fo", "CompositeExplicitAutograd")
+def _w4a4_gemm_2l_fo_impl(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size):
+    if xq.is_cuda:
+        return _cuda.w4a4_gemm_2l_fo_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+    return w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), wscales, wchannel, lr_act, proj_up, bias, group_size)
+
+
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
 quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
 #: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
 w4a4_gemm_2l = torch.ops.svdquant.w4a4_gemm_2l.default
 #: the same GEMM on the weights widened once: w8 = weight_operand_2l(qweight, wscales, G).
 w8a4_gemm_2l = torch.ops.svdquant.w8a4_gemm_2l.default
+#: the same GEMM on packed weights in fragment order: qweight = layout_2l.fragment_order(canonical qweight).
+w4a4_gemm_2l_fo = torch.ops.svdquant.w4a4_gemm_2l_fo.default
 
 
 

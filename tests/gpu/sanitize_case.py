@@ -27,6 +27,7 @@ print("sanitize case done", float(y.float().abs().sum()))
 # two-level INT4: quantize on any GPU (the cluster kernel on Hopper), the wgmma GEMM on Hopper (tails in M,
 # every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
+from svdquant_hf.ops.layout_2l import fragment_order  # noqa: E402
 from svdquant_hf.ops.reference import weight_operand_2l  # noqa: E402
 
 for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
@@ -50,6 +51,8 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
                     for persistent in (0, 1):  # the persistent kernels where they apply (unsplit; packed: group 64)
                         ext.set_gemm_2l_persistent(persistent)
                         y = ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, None, gs)
+                        # the weights in fragment order (the register-fragment loop where the persistent kernel runs)
+                        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, gs)
                         for producer in (False, True):  # the int8-weight loops (non-persistent)
                             ext.set_gemm_2l_w8_producer(producer)
                             y = ext.w8a4_gemm_2l(xq, xs, w8, wch, lr, pu, None)

@@ -5,12 +5,16 @@ takes the exact int8 fallback, which these tests then check instead). Outputs ar
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import pytest
 import torch
 
 from svdquant_hf.formats.int4 import pack_int4
 from svdquant_hf.ops import library
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable
+from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref, w8a4_gemm_2l_ref, weight_operand_2l
 
 from test_kernels import AWKWARD_M, FLUX_SHAPES, _poison, _rel, ext  # noqa: F401  (ext: the fixture)
@@ -53,6 +57,19 @@ def _quantize(ext, x, smooth, pd, gs):
     M, K = x.shape
     _poison(2 * M * K + 8 * M + 2 * M * pd.shape[1], 0x7F)  # 127 is not a q * s_int value
     return ext.quantize_act_2l(x, smooth, pd, gs)
+
+
+@contextlib.contextmanager
+def _forced_plan(ext, tile: int = 0, splits: int = 0):
+    """Token tile and K split forced for a block; the plan, and the persistent kernels' auto mode, after it."""
+    ext.set_gemm_2l_tile_tokens(tile)
+    ext.set_gemm_2l_splits(splits)
+    try:
+        yield
+    finally:
+        ext.set_gemm_2l_persistent(-1)
+        ext.set_gemm_2l_splits(0)
+        ext.set_gemm_2l_tile_tokens(0)
 
 
 def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
@@ -254,7 +271,7 @@ def test_ops_2l_cpp_kernels_and_python_fallbacks(hopper):
     (through the C++ kernel) and runs the reference."""
     from svdquant_hf.ops import cuda
 
-    for op in ("svdquant::quantize_act_2l", "svdquant::w4a4_gemm_2l", "svdquant::w8a4_gemm_2l"):
+    for op in ("svdquant::quantize_act_2l", "svdquant::w4a4_gemm_2l", "svdquant::w8a4_gemm_2l", "svdquant::w4a4_gemm_2l_fo"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
     M, K, N, gs = 300, 3072, 384, 64
     for R in (32, 20):  # 20: the C++ kernel pads the rank to 16
@@ -412,9 +429,7 @@ def test_gemm_2l_packed_persistent_bit_identical(hopper, bt, gs, M, K, N, R):
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + bt + gs + 29)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=bt + R + 29)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
-    hopper.set_gemm_2l_tile_tokens(bt)
-    hopper.set_gemm_2l_splits(1)
-    try:
+    with _forced_plan(hopper, bt, 1):
         hopper.set_gemm_2l_persistent(0)
         ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
         assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, not persistent"
@@ -423,10 +438,81 @@ def test_gemm_2l_packed_persistent_bit_identical(hopper, bt, gs, M, K, N, R):
             y = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)  # poisons first
             assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
             assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
-    finally:
-        hopper.set_gemm_2l_persistent(-1)
-        hopper.set_gemm_2l_splits(0)
-        hopper.set_gemm_2l_tile_tokens(0)
+
+
+@pytest.mark.parametrize("bt", [64, 128, 224])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 0), (2000, 256, 3072, 16),
+                                     (4097, 512, 1024, 32), (300, 1280, 896, 32), (4608, 3072, 3072, 32)])
+def test_gemm_2l_fragment_order_register_loop_bit_identical(hopper, bt, dtype, M, K, N, R):
+    """w4a4_gemm_2l_fo (weights in fragment order) through the persistent kernel's register-fragment loop equals the
+    persistent shared-memory kernel on the canonical weights bit for bit, every element written (poisoned first),
+    over three launches (several tiles per CTA at the big shapes: the warpgroups' turns run on across tiles), and
+    the reference within bf16 / fp16 rounding."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + bt + 31)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=bt + R + 31, bias=R != 16)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    with _forced_plan(hopper, bt, 1):
+        hopper.set_gemm_2l_persistent(1)
+        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+        assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, shared-memory loop"
+        for _ in range(3):
+            _poison(4 * M * N, 0xFF)
+            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+            assert y is not None, hopper.last_error()
+            assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+            assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+    want = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert _rel(y, want) < 1e-2
+
+
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 64), (515, 2048, 768, 0), (2000, 512, 256, 96)])
+def test_gemm_2l_fragment_order_every_kernel_bit_identical(hopper, gs, M, K, N, R):
+    """Weights in fragment order give the canonical weights' outputs bit for bit in every kernel that can run them:
+    each token tile, K splits 1 / 2 / 8 (the shared loop widening from fragment order into its A tiles), persistent
+    or not (the register-fragment loop where it applies), groups 32 / 64 / 128, ranks 0-96."""
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + gs + R)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=gs + R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    qf = fragment_order(qw)
+    for bt, splits, persistent in itertools.product(hopper.gemm_2l_tiles, (1, 2, 8), (0, 1)):
+        with _forced_plan(hopper, bt, splits):
+            hopper.set_gemm_2l_persistent(persistent)
+            ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+            _poison(4 * M * N, 0xFF)
+            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+        assert y is not None, hopper.last_error()
+        where = f"tile {bt}, splits {splits}, persistent {persistent}"
+        assert torch.isfinite(ref).all() and torch.isfinite(y).all(), where
+        assert torch.equal(y, ref), f"{where}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("M", [1, 300, 4608])
+def test_linear_2l_fragment_order_same_outputs_compiled_too(hopper, M):
+    """SVDQuantLinear.set_fragment_order on the GPU: the layer's outputs are bit-identical (eager and compiled, the
+    op dispatched to the C++ kernel), the canonical bytes sit in host memory and the state dict is unchanged."""
+    from svdquant_hf import SVDQuantLinear
+
+    K, N, R, gs = 3072, 3072, 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + 3)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=M)
+    layer = SVDQuantLinear(K, N, rank=R, quant_format="int4_2l", device="cuda")
+    layer.qweight, layer.wscales, layer.wchannel, layer.smooth_factor = qw, wsc, wch, smooth
+    layer.proj_down, layer.proj_up = pd, pu
+    layer.bias.data.copy_(b)
+    with torch.no_grad():
+        before = layer(x)
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
+        assert layer.set_fragment_order()
+        assert layer.qweight.device.type == "cpu" and layer.qweight_fo.is_cuda
+        assert torch.equal(layer(x), before)
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(layer, fullgraph=True)(x), before)
+        torch._dynamo.reset()
+    sd = layer.state_dict()
+    assert all(torch.equal(sd[k].cpu(), v.cpu()) for k, v in state.items())
 
 
 @pytest.mark.parametrize("splits", [1, 2, 8])
