@@ -31,6 +31,10 @@
 // and token scales by cp.async into memory of their own, channel scales, bias and proj_up into registers)
 // are requested at the tile's start, and the output goes to a staging tile and out by TMA stores left in
 // flight under the next tile's stages, so the tensor cores wait only for the epilogue's arithmetic.
+// Fragment order (FO: the packed weights' bytes regrouped per row and stage, svdquant_hf/ops/layout_2l.py): the
+// persistent kernel widens them straight into registers as the wgmma A operand (RF: no A tiles, the two consumer
+// warpgroups taking turns, the next stage's bytes loaded under the current stage's wgmmas); the other kernels
+// widen from that order into their A tiles.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
@@ -432,14 +436,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
     // when it defines a wgmma input while an earlier group is in flight (v2.8), so each warpgroup runs widen ->
     // 4 wgmmas -> wait<0>, and the two take turns (named barriers 4 and 5: WG0 stage i, WG1 stage i, WG0 stage
     // i + 1, ...) so one widens while the other's wgmmas run. The turns run on across this CTA's tiles.
+    // The next stage's bytes are loaded into registers before this stage's wgmmas are waited for (registers the
+    // wgmmas do not read: no serialization), so the widening after the wait starts from registers.
     const bool more = tile + (int)gridDim.x < num_tiles;
+    uint32_t nw[2][4], nsc[2][128 / G];
+    auto fetch = [&](int i) {
+      const int buf = i % NS;
+      mbar_wait(bars + 8 * buf, (i / NS) & 1);
+      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
+      frag_load<G, kRows>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
+    };
+    fetch(done);
     for (int i = done; i < done + NK; ++i) {
       const int buf = i % NS;
       const uint32_t stage = sbase + buf * Cfg::kStageBytes;
-      mbar_wait(bars + 8 * buf, (i / NS) & 1);
-      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       uint32_t fa[4][4];
-      frag_stage<G, kRows>(wt, wt + Cfg::kWBytes, rA, t, fa);
+      frag_widen<G>(nw, nsc, fa);
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -457,6 +469,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       wgmma_commit();
       if (wg == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
       else if (i + 1 < done + NK || more) asm volatile("bar.arrive 5, 256;\n" ::: "memory");
+      if (i + 1 < done + NK) fetch(i + 1);
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(empty_bars + 8 * buf);  // this warp is done with the stage
     }

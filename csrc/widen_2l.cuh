@@ -76,6 +76,37 @@ SVDQ_HD void gather_frag(const uint8_t* wt, const uint8_t* sc, int r0, int t, in
   }
 }
 
+// frag_stage in two steps, so a kernel can load the next stage's bytes while its wgmmas run: frag_load, the
+// thread's words (w[h][j]: row r0 + 8 h, k-step j) and group scales (sc[h][g]: row r0 + 8 h, group g of the
+// stage); frag_widen, the fragments from them.
+template <int G, int kRows>
+SVDQ_HD void frag_load(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint32_t (&w)[2][4],
+                       uint32_t (&s)[2][128 / G]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = r0 + 8 * h;
+    const uint8_t* c = wt + packed_chunk_offset(r, t);
+#if defined(__CUDA_ARCH__)
+    const uint4 v = *reinterpret_cast<const uint4*>(c);
+    w[h][0] = v.x, w[h][1] = v.y, w[h][2] = v.z, w[h][3] = v.w;
+#else
+    for (int j = 0; j < 4; ++j)
+      w[h][j] = (uint32_t)c[4 * j] | ((uint32_t)c[4 * j + 1] << 8) | ((uint32_t)c[4 * j + 2] << 16) |
+                ((uint32_t)c[4 * j + 3] << 24);
+#endif
+#pragma unroll
+    for (int g = 0; g < 128 / G; ++g) s[h][g] = sc[g * kRows + r];
+  }
+}
+
+template <int G>
+SVDQ_HD void frag_widen(const uint32_t (&w)[2][4], const uint32_t (&s)[2][128 / G], uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) widen8(w[h][j], widen_const(s[h][(32 * j) / G]), a[j][h], a[j][2 + h]);
+}
+
 // The packed weight tile in fragment order (the persistent register-fragment loop's layout): within each
 // row's 64 bytes of a stage, byte 16 t + 4 j + b holds the canonical byte that gather_frag takes as byte b
 // of k-step j's word for lane t % 4 == t (canonical 16 j + 2 t + {0, 1, 8, 9}[b]); TMA's 64-byte swizzle on
@@ -83,22 +114,8 @@ SVDQ_HD void gather_frag(const uint8_t* wt, const uint8_t* sc, int r0, int t, in
 // fragments a[j][0..3] (as gather_frag's a for k-step j) of rows r0 and r0 + 8.
 template <int G, int kRows>
 SVDQ_HD void frag_stage(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint32_t (&a)[4][4]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = r0 + 8 * h;
-    const uint8_t* c = wt + packed_chunk_offset(r, t);
-    uint32_t words[4];
-#if defined(__CUDA_ARCH__)
-    const uint4 v = *reinterpret_cast<const uint4*>(c);
-    words[0] = v.x, words[1] = v.y, words[2] = v.z, words[3] = v.w;
-#else
-    for (int j = 0; j < 4; ++j)
-      words[j] = (uint32_t)c[4 * j] | ((uint32_t)c[4 * j + 1] << 8) | ((uint32_t)c[4 * j + 2] << 16) |
-                 ((uint32_t)c[4 * j + 3] << 24);
-#endif
-#pragma unroll
-    for (int j = 0; j < 4; ++j) widen8(words[j], widen_const(sc[((32 * j) / G) * kRows + r]), a[j][h], a[j][2 + h]);
-  }
+  uint32_t w[2][4], s[2][128 / G];
+  frag_load<G, kRows>(wt, sc, r0, t, w, s);
+  frag_widen<G>(w, s, a);
 }
-
 }  // namespace svdq
