@@ -86,7 +86,7 @@ struct Tile2l {
   static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 weight tile (wgmma A), per buffer
+  static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = W8 ? 64 : 32;
   static constexpr int kXsOff = BT * (kLrRank * 2 + 16);  // PS: the tile's token scales, after its low-rank tile
@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(empty_bars + 8 * buf);  // this warp is done with the stage
     }
-  } else if constexpr (WS) {  // consumers: no CTA barrier in the loop; each warp releases a stage when its wgmmas are done
+  } else if constexpr (WS) {  // consumers: no CTA barrier in the loop; a warp releases a stage when its wgmmas are done
     const int base = PS ? done : 0;
     for (int i = base; i < base + NK; ++i) {
       const uint32_t stage = sbase + (i % NS) * Cfg::kStageBytes;

@@ -89,8 +89,8 @@ def _fuse(mods: Sequence[SVDQuantLinear], names: Sequence[str]) -> SVDQuantLinea
 def _split(fused: SVDQuantLinear) -> list[tuple[str, SVDQuantLinear]]:
     """The members back: rows by split_outputs (the rule the joint quantization split them by), branch columns
     the shared ones and the member's own."""
-    qw = QuantizedWeights(fused.qweight.to(fused.wscales.device), fused.wscales, fused.smooth_factor, fused.proj_down, fused.proj_up,
-                          wtscale=fused.wtscale, wchannel=fused.wchannel)
+    qw = QuantizedWeights(fused.qweight.to(fused.wscales.device), fused.wscales, fused.smooth_factor,  # canonical
+                          fused.proj_down, fused.proj_up, wtscale=fused.wtscale, wchannel=fused.wchannel)
     members, shared = fused.fused_members, fused.fused_shared_rank
     out, start, col = [], 0, shared
     for (name, n, has_bias, layer_name, n_own), part in zip(members, split_outputs(qw, [m[1] for m in members])):

@@ -12,7 +12,7 @@ from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_r
 from .ops.traced import quantize_act_2l_traced, trace_quantizer
 
 _INT8_WEIGHTS = "qweight_i8"  # SVDQuantLinear.set_int8_weights: the widened weights, a non-persistent buffer
-_FRAG_WEIGHTS = "qweight_fo"  # SVDQuantLinear.set_fragment_order: the packed weights in fragment order, the same
+_FRAG_WEIGHTS = "qweight_fo"  # SVDQuantLinear.set_fragment_order: the packed weights in the GEMM's order, non-persistent
 
 
 class SVDQuantLinear(nn.Module):
@@ -202,7 +202,7 @@ class SVDQuantLinear(nn.Module):
 
     def set_fragment_order(self, enabled: bool = True) -> bool:
         """Hold an int4_2l W4A4 layer's packed weights in fragment order (ops/layout_2l.py): the order in which the
-        Hopper GEMM's persistent kernel widens them straight into its wgmma registers (a K stage 0.68 instead of
+        Hopper GEMM's persistent kernel widens them straight into its wgmma registers (a K stage 0.63 instead of
         0.74 us on H200; docs/perf-notes.md v2.14). Outputs are unchanged. The reordered copy (a non-persistent
         buffer, same bytes as ``qweight``) takes the weights' place on their device; the canonical ``qweight``
         moves to host memory, where ``state_dict()``, saving and the reference path keep reading it, and stays
@@ -234,7 +234,8 @@ class SVDQuantLinear(nn.Module):
 
 def set_fragment_order(model: nn.Module, enabled: bool = True) -> int:
     """``SVDQuantLinear.set_fragment_order`` on every layer of ``model``; returns how many hold the fragment order.
-    Call it after fusing or loading LoRAs into the layers (a fused layer is a new layer, in canonical order)."""
+    Fused layers keep their members' order (fuse_shared_input_projections); layers made later (quantize_model)
+    start in canonical order."""
     return sum(m.set_fragment_order(enabled) for m in model.modules() if isinstance(m, SVDQuantLinear))
 
 
