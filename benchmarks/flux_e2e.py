@@ -23,7 +23,8 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
   python benchmarks/flux_e2e.py --variants svdq2l_w8_np_regional,svdq2l_w8ps_regional  # persistent off / always
   python benchmarks/flux_e2e.py --variants svdq2l_np_regional,svdq2l_regional  # packed: not persistent / auto
-  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional  # packed weights in fragment order (set_fragment_order)
+  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional  # packed weights in fragment order (set_fragment_order:
+      what from_pretrained gives on a machine with a Hopper GPU; the other svdq2l variants are in canonical order)
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
