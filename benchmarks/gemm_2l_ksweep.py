@@ -1,6 +1,6 @@
 """What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
 
-usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20]
+usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20] [--tile 64|128|224|256]
        python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
 The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
@@ -10,7 +10,9 @@ persistent: 1), "w8" (int8 weights, the shared loop, not persistent), "w8p" (the
 kernel's register-fragment loop), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
 least-squares line through time(K) gives, per 128-deep K stage and per tile, slope / waves and intercept /
 waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
-intercept, one paced by per-tile work (prologue, epilogue) a large one.
+intercept, one paced by per-tile work (prologue, epilogue) a large one. --tile forces every kernel's token tile:
+a register-fragment stage minus its warpgroup's own wgmma time (BT / 2 cycles at 4096 int8 MACs per clock) is the
+fixed part of a warpgroup's turn (perf-notes v2.14).
 """
 from __future__ import annotations
 
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m", type=int, default=4608)
     ap.add_argument("--n", type=int, default=3072)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--tile", type=int, default=0, help="force this token tile in every kernel (0: their plans)")
     args = ap.parse_args(argv)
     if args.plot:
         plot(args.plot, args.out or args.plot.rsplit(".", 1)[0] + ".png")
@@ -90,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     M, N, gs = args.m, args.n, 64
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    ext.set_gemm_2l_tile_tokens(args.tile)
+    try:
+        return sweep(ext, args, M, N, gs, sms)
+    finally:
+        ext.set_gemm_2l_tile_tokens(0)
+
+
+def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
