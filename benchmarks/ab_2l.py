@@ -117,7 +117,7 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w8a4_gemm_2l(xq, xsc, w8, wch, lr, pu, bias)
 
-            def chain_rf(x, qf=qf):
+            def chain_fo(x, qf=qf):
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w4a4_gemm_2l_fo(xq, xsc, qf, wsc, wch, lr, pu, bias, gs)
 
@@ -125,7 +125,7 @@ def main() -> int:
                 """fn_of(the column's chain) under the column's switches (gemm_switches: defaults after)."""
                 wt, kw = switched[name]
                 with gemm_switches(ext, **kw):
-                    return fn_of({"packed": chain, "int8": chain_w8, "frag": chain_rf}[wt])
+                    return fn_of({"packed": chain, "int8": chain_w8, "frag": chain_fo}[wt])
 
             outs = {}
             for name, cfg in CONFIGS.items():

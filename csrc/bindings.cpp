@@ -360,9 +360,9 @@ at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
 }
 
 // --- the int4_2l ops' CUDA kernels for the dispatcher ----------------------------------------------
-// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo} on CUDA tensors land here (registered below when
-// this library loads), so a compiled graph calls the kernels without passing through Python. The GEMM
-// checks the device and pads the rank first (the pybind function leaves both to its Python caller).
+// torch.ops.svdquant.{quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo} on CUDA tensors land here
+// (registered below when this library loads), so a compiled graph calls the kernels without passing through
+// Python. The GEMM checks the device and pads the rank first (the pybind function leaves both to its Python caller).
 // Inputs these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
 // register_fallbacks): it raises the clear errors and runs the reference where needed.
 

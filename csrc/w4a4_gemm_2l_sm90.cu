@@ -246,7 +246,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
       for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
-
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -430,14 +429,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
 #pragma unroll
   for (int i = 0; i < Cfg::kAcc; ++i) acc[i] = 0;
   if constexpr (RF) {
-    // Register fragments (weights in fragment order only, ops/layout_2l.py: frag_stage loads a row's words for the
-    // whole stage at once): A is widened into registers, so a stage moves 32 KB less through shared memory than
-    // with A tiles. ptxas serializes a warpgroup's wgmmas
-    // when it defines a wgmma input while an earlier group is in flight (v2.8), so each warpgroup runs widen ->
-    // 4 wgmmas -> wait<0>, and the two take turns (named barriers 4 and 5: WG0 stage i, WG1 stage i, WG0 stage
-    // i + 1, ...) so one widens while the other's wgmmas run. The turns run on across this CTA's tiles.
-    // The next stage's bytes are loaded into registers before this stage's wgmmas are waited for (registers the
-    // wgmmas do not read: no serialization), so the widening after the wait starts from registers.
+    // Register fragments (weights in fragment order, ops/layout_2l.py: a row's words for the whole stage are one
+    // 16-byte load): A is widened into registers, so a stage moves 32 KB less through shared memory than with A
+    // tiles. ptxas serializes a warpgroup's wgmmas when it defines a wgmma input while an earlier group is in
+    // flight (v2.8), so each warpgroup runs widen -> 4 wgmmas -> wait<0>, and the two take turns (named barriers
+    // 4 and 5: WG0 stage i, WG1 stage i, WG0 stage i + 1, ...) so one widens while the other's wgmmas run; the
+    // turns run on across this CTA's tiles. The next stage's bytes are loaded before this stage's wgmmas are
+    // waited for (registers no wgmma reads: no serialization), so the widening after the wait starts from them.
     const bool more = tile + (int)gridDim.x < num_tiles;
     uint32_t nw[2][4], nsc[2][128 / G];
     auto fetch = [&](int i) {
@@ -736,8 +734,8 @@ int g_force_splits = 0;
 bool g_w8_producer = false;  // the int8-weight GEMM's producer-warp loop (WS); off until measured
 int g_persistent = -1;  // the persistent kernels (PS): 1 wherever they apply, 0 never, -1 where they pay
 // Packed weights in fragment order (a.frag): the persistent kernel runs its register-fragment loop (RF), the others
-// widen from that order into their A tiles. H200, perf-notes v2.14: an RF stage 0.678 us against 0.742 for the
-// A-tile loop (the chain 0.93-0.95x at M = 4608); RF on canonical weights reordered in shared memory by the
+// widen from that order into their A tiles. H200, perf-notes v2.14: an RF stage 0.630 us against 0.740 for the
+// A-tile loop (the chain 0.90-0.93x at M = 4608); RF on canonical weights reordered in shared memory by the
 // producer's warps gained nothing.
 // A persistent tile's epilogue runs under the next tile's loads (~2.5-3 us less per tile), but its output
 // staging and low-rank tile leave fewer stages: packed +0.03 us per stage (-6 % at 4608 x 3072 x 3072, within
@@ -792,7 +790,6 @@ void set_gemm_2l_tma_store(bool on) { g_tma_store = on; }
 bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
-
 int gemm_2l_persistent() { return g_persistent; }
 
 

@@ -78,3 +78,19 @@ def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
     if proc.returncode != 0:
         raise AssertionError(f"fresh process failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def inject_random_lora(model: nn.Module, rank: int = 8, adapter: str = "t", std: float = 0.05) -> None:
+    """A PEFT LoRA of ``rank`` on every SVDQuantLinear, B drawn from N(0, std) (PEFT starts it at zero), folded into
+    the layers' branches by lora.refresh."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from svdquant_hf.lora import refresh
+
+    targets = [n for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), model, adapter)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "lora_B") and adapter in m.lora_B:
+                m.lora_B[adapter].weight.normal_(0, std)
+    refresh(model)

@@ -9,7 +9,7 @@ from diffusers import FluxTransformer2DModel
 from svdquant_hf import SVDQuantConfig
 from svdquant_hf.testing import model_inputs, save_tiny_model, tiny_flux_transformer
 
-from _hf_helpers import fullgraph_targets, svd_layers
+from _hf_helpers import fullgraph_targets, inject_random_lora, svd_layers
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +134,7 @@ def test_regional_compile_with_lora_and_int8_weights_adds_no_graphs(tmp_path):
     """The variants the FLUX.1 benchmark compiles regionally: int4_2l with a rank-8 LoRA on every 4-bit layer
     (PEFT-injected, folded into the branch) and with the int8 weight copy (packed weights parked): still one
     graph per block class (a per-layer guard would compile one per block), outputs equal to eager."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    from svdquant_hf import SVDQuantLinear, set_int8_weights
-    from svdquant_hf.lora import refresh
+    from svdquant_hf import set_int8_weights
 
     blocks = dict(num_layers=3, num_single_layers=3)
     src = save_tiny_model(tiny_flux_transformer(seed=17, **blocks), tmp_path / "fp")
@@ -151,13 +148,7 @@ def test_regional_compile_with_lora_and_int8_weights_adds_no_graphs(tmp_path):
         with torch.no_grad():
             base = quant(**inp)[0]
         if variant == "lora":
-            targets = [n for n, m in quant.named_modules() if isinstance(m, SVDQuantLinear)]
-            inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=targets), quant, "t")
-            with torch.no_grad():
-                for m in quant.modules():
-                    if hasattr(m, "lora_B") and "t" in m.lora_B:
-                        m.lora_B["t"].weight.normal_(0, 0.05)
-            refresh(quant)
+            inject_random_lora(quant)
         else:
             assert set_int8_weights(quant, packed_on_host=True) > 0
         with torch.no_grad():

@@ -23,7 +23,7 @@ from svdquant_hf import testing as T
 from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.quantizers.common import quantizable_linears
 
-from _hf_helpers import fullgraph_targets
+from _hf_helpers import fullgraph_targets, inject_random_lora
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,24 +184,14 @@ def test_a_hook_that_brings_only_the_canonical_weights_still_computes_right(quan
 def test_a_lora_on_layers_holding_it_matches_the_canonical_model(quantized):
     """A PEFT LoRA folded into the branch (rank 16 + 8) runs on the fragment-order weights exactly as on the
     canonical ones (the GEMM with the wider branch is the same op)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    from svdquant_hf.lora import refresh
-
     base, inp = quantized
     outs = []
     for fo in (False, True):
         model = copy.deepcopy(base)
         if fo:
             assert set_fragment_order(model) > 0
-        targets = [n for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)]
         torch.manual_seed(0)  # the same adapters both times
-        inject_adapter_in_model(LoraConfig(r=8, lora_alpha=8, target_modules=targets), model, "t")
-        with torch.no_grad():
-            for m in model.modules():
-                if hasattr(m, "lora_B") and "t" in m.lora_B:
-                    m.lora_B["t"].weight.normal_(0, 0.05)
-        refresh(model)
+        inject_random_lora(model)
         with torch.no_grad():
             outs.append(model(**inp)[0])
     with torch.no_grad():
