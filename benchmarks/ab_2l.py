@@ -11,7 +11,8 @@ Columns (us per call, CUDA graph):
           weights with group 64 and branch rank <= 32; and pays: unsplit plans with >= 2 tiles per SM);
   "np"    now with the persistent kernel off (set_gemm_2l_persistent(0)); "ps" with it wherever it applies (1);
   "fo"    the packed weights in fragment order (ops/layout_2l.py: SVDQuantLinear.set_fragment_order) through
-          w4a4_gemm_2l_fo, default switches: the persistent kernel's register-fragment loop where it runs;
+          w4a4_gemm_2l_fo, default switches: the persistent kernel's register-fragment loop where it runs, with two
+          or three consumer warpgroups as its cost model picks; "fo2" the same with two warpgroups only (v2.14);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -46,6 +47,7 @@ SWITCHED = {
     "np": ("packed", {"persistent": 0}),
     "ps": ("packed", {"persistent": 1}),
     "fo": ("frag", {}),
+    "fo2": ("frag", {"rf_warpgroups": 2}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -53,7 +55,7 @@ SWITCHED = {
     "w8a": ("int8", {}),
 }
 COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8"]
-RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"),
+RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 

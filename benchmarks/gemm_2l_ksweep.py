@@ -7,7 +7,8 @@ The activations are quantized once outside the timing; each GEMM and torch._scal
 under a CUDA graph: "packed" (w4a4_gemm_2l, not persistent: set_gemm_2l_persistent(0)), "packed_ps" (packed,
 persistent: 1), "w8" (int8 weights, the shared loop, not persistent), "w8p" (the producer loop, not persistent),
 "w8ps" (int8 weights, persistent), "packed_rf" (w4a4_gemm_2l_fo: weights in fragment order, the persistent
-kernel's register-fragment loop), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
+kernel's register-fragment loop, two consumer warpgroups), "packed_rf3" (the same with three: 192-row tiles of
+--tile tokens if 128 or 192, else 192), "fp8". The persistent kernels pick their own plan (no 256-token tile). A
 least-squares line through time(K) gives, per 128-deep K stage and per tile, slope / waves and intercept /
 waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
 intercept, one paced by per-tile work (prologue, epilogue) a large one. --tile forces every kernel's token tile:
@@ -104,7 +105,7 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = ["packed", "packed_ps", "packed_rf", "w8", "w8p", "w8ps", "fp8"]
+    cols = ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"]
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
           f"{waves} waves of {sms} SMs")
@@ -120,10 +121,12 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
         frag = lambda xq, xs, lr: ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
                                                       p.bias, gs)
         t = {}
-        for name, fn, prod, pers in (("packed", packed, False, 0), ("packed_ps", packed, False, 1),
-                                     ("packed_rf", frag, False, 1), ("w8", wide, False, 0), ("w8p", wide, True, 0),
-                                     ("w8ps", wide, False, 1)):
-            with gemm_switches(ext, producer=prod, persistent=pers):
+        rf3_tile = args.tile if args.tile in (128, 192) else 192
+        for name, fn, prod, pers, cw in (("packed", packed, False, 0, 0), ("packed_ps", packed, False, 1, 0),
+                                         ("packed_rf", frag, False, 1, 2), ("packed_rf3", frag, False, 1, 3),
+                                         ("w8", wide, False, 0, 0), ("w8p", wide, True, 0, 0),
+                                         ("w8ps", wide, False, 1, 0)):
+            with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile):
                 t[name] = time_graph(fn, q, args.reps)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
         x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
@@ -136,9 +139,11 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
         del p, q, w8, w, x8, qf
         torch.cuda.empty_cache()
     print(f"\nline through time(K): per 128-deep stage and per tile (ours: / {waves} waves; fp8 per its whole K)")
+    rf3_tile = args.tile if args.tile in (128, 192) else 192
+    waves3 = -(-((N // 192) * -(-M // rf3_tile)) // sms)  # tiles per CTA of the three-warpgroup loop
     for c in cols:
         a, b = fit([k / 128 for k in ks], rows[c])
-        per = waves if c != "fp8" else 1
+        per = {"fp8": 1, "packed_rf3": waves3}.get(c, waves)
         print(f"{c:>9}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
               + ("" if c != "fp8" else " (whole GEMM)"))
     return 0

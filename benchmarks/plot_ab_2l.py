@@ -12,6 +12,7 @@ SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persiste
           "ts": "packed, TMA-store epilogue", "w8": "int4_2l, int8 weight copy", "w8p": "int8 copy, producer loop",
           "w8pts": "int8 copy, producer loop, TMA store", "w8ps": "int8 copy, persistent",
           "w8a": "int8 copy (default switches)", "fo": "packed, fragment order (default on Hopper)",
+          "fo2": "fragment order, two consumer warpgroups only",
           "w8mc": "int8 copy, CTA pairs (multicast)",
           "fp8": "fp8 _scaled_mm (GEMM only)"}
 

@@ -55,21 +55,26 @@ def hopper_extension(script: str):
 
 
 @contextmanager
-def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False) -> Iterator[None]:
+def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False,
+                  rf_warpgroups: int = 0, rf3_tile: int = 0) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
     persistent: the persistent kernels (packed group 64 with rank <= 32, int8 weights with rank <= 64; unsplit
     plans; elsewhere the non-persistent ones run): 1 wherever they apply, 0 never, -1 auto (the default: unsplit
     plans with at least two tiles per SM, and for int8 weights K <= 5120). tma_store: the non-persistent epilogue's output by TMA store (the persistent kernels always use it).
-    After the block: producer and tma_store off, persistent -1 (auto).
+    rf_warpgroups: weights in fragment order, the register-fragment loop's consumer warpgroups (0 the cost model,
+    2, or 3 wherever N % 192 == 0), rf3_tile: the three-warpgroup loop's token tile (128 / 192; 0 the model).
+    After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto).
     """
     ext.set_gemm_2l_w8_producer(producer)
     ext.set_gemm_2l_persistent(persistent)
     ext.set_gemm_2l_tma_store(tma_store)
+    ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile)
     try:
         yield
     finally:
         ext.set_gemm_2l_w8_producer(False)
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_tma_store(False)
+        ext.set_gemm_2l_rf_warpgroups(0, 0)

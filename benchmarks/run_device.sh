@@ -11,6 +11,9 @@
 #       (BENCH_MS, ROUNDS) with its np, ps, ts, w8, w8p, w8ps and w8a columns, then benchmarks/gemm_2l_ksweep.py
 #   trace: test_quantize_act_2l_$FIRST_TEST alone, the other 2l tests, compute-sanitizer, benchmarks/gemm_2l_trace.py (TRACE_MS)
 #   tile: gemm_2l_trace.py (a tile's life: stages, then the epilogue's steps) and gemm_2l_ksweep.py at M = 4608 and 256
+#   verify: the fragment-order and persistent tests, compute-sanitizer, benchmarks/chain_breakdown.py (PROBE_MS)
+#   probe: no tests; benchmarks/chain_breakdown.py (PROBE_MS, default 256,1024), gemm_2l_plan_sweep.py at M = 256,
+#       gemm_2l_ksweep.py with the token tile forced to 128 and to 64 (KSWEEP_TILES)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -139,10 +142,32 @@ if [ "$what" = rf ]; then
     timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} --no-ts \
       > "$OUT/ab_2l.log" 2>&1
     echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
+    timeout 100 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,4608} > "$OUT/chain_breakdown.log" 2>&1
+    echo "breakdown rc=$?"; tail -12 "$OUT/chain_breakdown.log"
   fi
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
     -k "not fragment_order and not packed_persistent" --timeout 60 > "$OUT/tests_2l.log" 2>&1
   echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
+fi
+if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part
+  timeout 200 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "fragment_order or packed_persistent" --timeout 60 > "$OUT/tests_rf.log" 2>&1
+  echo "fragment-order tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+    > "$OUT/sanitize_memcheck.log" 2>&1
+  echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
+  timeout 150 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,1024,4608} > "$OUT/chain_breakdown.log" 2>&1
+  echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
+fi
+if [ "$what" = probe ]; then  # where the time goes, no kernel change: chain parts, plans at M = 256, forced tiles
+  timeout 150 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,1024} > "$OUT/chain_breakdown.log" 2>&1
+  echo "breakdown rc=$?"; tail -12 "$OUT/chain_breakdown.log"
+  timeout 150 python3 benchmarks/gemm_2l_plan_sweep.py --ms 256 --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
+  echo "sweep rc=$?"; grep "^M=" "$OUT/sweep.log" | cut -d'|' -f1-2
+  for t in ${KSWEEP_TILES:-128 64}; do
+    (cd benchmarks && timeout 100 python3 gemm_2l_ksweep.py --tile $t > "$OUT/ksweep_tile$t.log" 2>&1)
+    echo "ksweep tile $t rc=$?"; tail -8 "$OUT/ksweep_tile$t.log"
+  done
 fi
 if [ "$what" = cpp ]; then
   timeout 60 python3 benchmarks/op_host_overhead.py > "$OUT/op_host.log" 2>&1

@@ -535,6 +535,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "1 wherever they apply, 0 never, -1 (default) where the plan is unsplit with >= 2 tiles per SM (int8 weights: "
         "and K <= 5120)");
   m.def("gemm_2l_persistent", &svdq::gemm_2l_persistent, "the persistent kernels' mode: 1, 0 or -1 (auto)");
+  m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
+        "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
+        "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile");
+  m.def("gemm_2l_rf_warpgroups", &svdq::gemm_2l_rf_warpgroups, "the register-fragment loop's warpgroups: 0 (auto), 2, 3");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");
   m.def("gemm_2l_tma_store", &svdq::gemm_2l_tma_store, "whether the int4_2l GEMMs store their output by TMA");

@@ -64,4 +64,4 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 """
 
 if __name__ == "__main__":
-    print(HEAD + "".join(wrapper(n) + wrapper_rs(n) for n in (64, 128, 224, 256)) + TAIL, end="")
+    print(HEAD + "".join(wrapper(n) + wrapper_rs(n) for n in (64, 128, 192, 224, 256)) + TAIL, end="")

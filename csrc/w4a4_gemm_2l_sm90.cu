@@ -72,7 +72,6 @@ namespace {
 
 constexpr int kBK = 128;     // K (bytes of activations) per stage
 constexpr int kRows = 128;   // weight rows per CTA
-constexpr int kThreads = 256;
 constexpr int kSmemLimit = 227 * 1024;
 
 // W8: the weights are stored widened (int8 q * s_int, [N, K]) and loaded by TMA straight into the stage as
@@ -80,24 +79,27 @@ constexpr int kSmemLimit = 227 * 1024;
 // loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the loop; it gives
 // its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168). PS (with WS):
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
-template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false>
+// CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles).
+template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
 struct Tile2l {
+  static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
+  static constexpr int kConsumers = 128 * CW;  // consumer threads
   static constexpr int kActBytes = BT * kBK;
-  static constexpr int kWBytes = W8 ? kRows * kBK : kRows * kBK / 2;
-  static constexpr int kScBytes = W8 ? 0 : 4 * kRows;  // up to kBK / 32 groups per stage
+  static constexpr int kWBytes = W8 ? kTileRows * kBK : kTileRows * kBK / 2;
+  static constexpr int kScBytes = W8 ? 0 : 4 * kTileRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = W8 ? 64 : 32;
   static constexpr int kXsOff = BT * (kLrRank * 2 + 16);  // PS: the tile's token scales, after its low-rank tile
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
-  static constexpr int kOutBytes = PS ? BT * 256 : 0;  // PS: the output tile's staging for its TMA stores
+  static constexpr int kOutBytes = PS ? BT * 128 * CW : 0;  // PS: the output tile's staging for its TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
-  static constexpr int kThreads = WS ? 256 + 128 : 256;
+  static constexpr int kThreads = WS ? kConsumers + 128 : kConsumers;
   static constexpr int kSmem =
       kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
@@ -180,6 +182,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
     // +32 bytes per k-step, in the descriptors' 16-byte address units
     if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
     else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
+    else if constexpr (BT == 192) wgmma_s8_m64n192k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
     else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
     else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
   }
@@ -189,8 +192,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights (G is then unused), WS: the producer-warp loop
 // (see Tile2l), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -203,7 +206,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   static_assert(!WS || W8 || PS, "packed weights take the producer-warp loop only persistent");
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
-  using Cfg = Tile2l<BT, W8, WS, PS, FO>;
+  static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
+  constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
+  constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
@@ -211,15 +217,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const uint32_t sbase = smem_u32(smem);
 
-  const int tid = threadIdx.x;  // 0..255: the two consumer warpgroups; WS: warpgroup 2 (tid 256..383) loads
+  const int tid = threadIdx.x;  // 0..kCT-1: the consumer warpgroups; WS: warpgroup CW (the last 128) loads
   const int wg = tid >> 7;
   const int warp = (tid >> 5) & 3;
   const int lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int n0_blk = blockIdx.x * kRows;  // the CTA's tile (PS: its first)
+  const int n0_blk = blockIdx.x * kTR;  // the CTA's tile (PS: its first)
   const int m0_blk = blockIdx.y * BT;
   const int KT = K / kBK;
-  const int row_tiles = N / kRows;
+  const int row_tiles = N / kTR;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
   const int splits = gridDim.z, z = blockIdx.z;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
@@ -232,7 +238,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   const uint32_t lr_region = out_region + Cfg::kOutBytes;
   const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
-  constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kRows);
+  constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
@@ -245,20 +251,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kThreads / 32);
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
   if constexpr (WS) {
-    if (tid >= kThreads) {  // the producer: stage i into buffer i % NS once the consumers released it, then
-      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");  // the consumers' CTA and cluster barriers, and out
-      if (tid == kThreads) {
+    if (tid >= kCT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
+      // the consumers' CTA and cluster barriers, and out
+      if constexpr (CW == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+      else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+      if (tid == kCT) {
         if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
             for (int kt = 0; kt < KT; ++kt, ++i) {
               if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
-              load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kRows);
+              load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kTR);
             }
         } else {
           for (int i = 0; i < NK; ++i) {
@@ -267,7 +275,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
           }
         }
       }
-      if constexpr (PS) return;  // the consumers meet only each other (named barrier 3)
+      if constexpr (PS) return;  // the consumers meet only each other (named barrier kBarAll)
       __syncthreads();
       if (gridDim.z > 1) {
         cooperative_groups::this_cluster().sync();
@@ -276,7 +284,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       __syncthreads();
       return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    // CW = 3: 512 threads, 128 x 24 + 384 x 160 registers
+    if constexpr (CW == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n");
+    else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   }
 
   int acc[Cfg::kAcc] = {};  // zeroed per tile below; initialised here for the tracing stamps' reads
@@ -333,7 +343,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       const int r = wg * 64 + rw;  // row inside the CTA tile
       uint32_t o[8];
       if constexpr (FO) {
-        const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
+        const WidenConst wc = widen_const(sc[gi_base * kTR + r]);
 #pragma unroll
         for (int t = 0; t < 4; ++t) {  // o[0..3]: k 32 jj .. 32 jj + 15, o[4..7]: the next 16
           const uint32_t w = *reinterpret_cast<const uint32_t*>(wt + r * 64 + ((t ^ ((r >> 1) & 3)) << 4) + 4 * jj);
@@ -341,7 +351,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
         }
       } else {
         const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
-        const WidenConst wc = widen_const(sc[gi_base * kRows + r]);
+        const WidenConst wc = widen_const(sc[gi_base * kTR + r]);
         const uint32_t words[4] = {pk.x, pk.y, pk.z, pk.w};
 #pragma unroll
         for (int w = 0; w < 4; ++w) widen8(words[w], wc, o[2 * w], o[2 * w + 1]);  // k 8w .. 8w+7 of the chunk
@@ -382,7 +392,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
-  const int n0 = PS ? (tile % row_tiles) * kRows : n0_blk;
+  const int n0 = PS ? (tile % row_tiles) * kTR : n0_blk;
   const int m0 = PS ? (tile / row_tiles) * BT : m0_blk;
   // the low-rank activations into shared memory: [BT][R], rows padded by 16 bytes (PS: memory of its own, the
   // stages are the next tile's)
@@ -390,7 +400,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   const uint32_t lr_s = PS ? lr_region : sbase;
   auto load_lr_tile = [&] {
     const int chunks = R / 8;
-    for (int i = tid; i < BT * chunks; i += kThreads) {
+    for (int i = tid; i < BT * chunks; i += kCT) {
       const int row = i / chunks, c = i % chunks;
       const int m = m0 + row;
       cp_async16(lr_s + row * lr_stride + c * 16, lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
@@ -416,9 +426,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   float wchA = 0.f, wchB = 0.f, bA = 0.f, bB = 0.f;
   uint32_t up0[4] = {}, up1[4] = {};
   if constexpr (PS) {
-    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
     load_lr_tile();
-    for (int i = tid; i < BT; i += kThreads)
+    for (int i = tid; i < BT; i += kCT)
       cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
     cp_async_commit();
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
@@ -437,12 +447,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
     // turns run on across this CTA's tiles. The next stage's bytes are loaded before this stage's wgmmas are
     // waited for (registers no wgmma reads: no serialization), so the widening after the wait starts from them.
     const bool more = tile + (int)gridDim.x < num_tiles;
+    constexpr int kTurn = kBarAll + 1;  // CW turn barriers after the consumers' (4, 5 with two warpgroups)
     uint32_t nw[2][4], nsc[2][128 / G];
     auto fetch = [&](int i) {
       const int buf = i % NS;
       mbar_wait(bars + 8 * buf, (i / NS) & 1);
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
-      frag_load<G, kRows>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
+      frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
@@ -454,19 +465,26 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(fa[j][e])::"memory");
-      if (wg == 1) asm volatile("bar.sync 4, 256;\n" ::: "memory");             // WG0 has issued stage i
-      else if (i > 0) asm volatile("bar.sync 5, 256;\n" ::: "memory");          // WG1 has issued stage i - 1
+      // turn barrier kTurn + w: warpgroup w has issued its wgmmas (w < CW - 1: of stage i for w + 1; the last
+      // one: of stage i - 1 for warpgroup 0)
+      if (wg > 0) {
+        if constexpr (CW == 2) asm volatile("bar.sync %0, 256;\n" ::"n"(kTurn) : "memory");
+        else asm volatile("bar.sync %0, 256;\n" ::"r"(kTurn + wg - 1) : "memory");
+      } else if (i > 0) asm volatile("bar.sync %0, 256;\n" ::"n"(kTurn + CW - 1) : "memory");
       const uint64_t db0 = desc_k128(stage);
       wgmma_fence();
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, fa[j], db0 + 2 * j);
+        else if constexpr (BT == 192) wgmma_s8_m64n192k32_rs(acc, fa[j], db0 + 2 * j);
         else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, fa[j], db0 + 2 * j);
         else wgmma_s8_m64n64k32_rs(acc, fa[j], db0 + 2 * j);
       }
       wgmma_commit();
-      if (wg == 0) asm volatile("bar.arrive 4, 256;\n" ::: "memory");
-      else if (i + 1 < done + NK || more) asm volatile("bar.arrive 5, 256;\n" ::: "memory");
+      if (wg < CW - 1) {
+        if constexpr (CW == 2) asm volatile("bar.arrive %0, 256;\n" ::"n"(kTurn) : "memory");
+        else asm volatile("bar.arrive %0, 256;\n" ::"r"(kTurn + wg) : "memory");
+      } else if (i + 1 < done + NK || more) asm volatile("bar.arrive %0, 256;\n" ::"n"(kTurn + CW - 1) : "memory");
       if (i + 1 < done + NK) fetch(i + 1);
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(empty_bars + 8 * buf);  // this warp is done with the stage
@@ -510,9 +528,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   if (splits > 1) {
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    int* red = reinterpret_cast<int*>(smem);  // [kAcc][kThreads]: the stages are drained
+    int* red = reinterpret_cast<int*>(smem);  // [kAcc][kCT]: the stages are drained
 #pragma unroll
-    for (int i = 0; i < Cfg::kAcc; ++i) red[i * kThreads + tid] = acc[i];
+    for (int i = 0; i < Cfg::kAcc; ++i) red[i * kCT + tid] = acc[i];
     cluster.sync();
     jlo = z * JB / splits;
     jhi = (z + 1) * JB / splits;
@@ -523,7 +541,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
       for (int j = 0; j < JB; ++j) {
         if (j >= jlo && j < jhi) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[4 * j + e] += other[(4 * j + e) * kThreads + tid];
+          for (int e = 0; e < 4; ++e) acc[4 * j + e] += other[(4 * j + e) * kCT + tid];
         }
       }
     }
@@ -536,7 +554,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO>::kThreads, 1)
   }
   cp_async_wait<0>();
   if constexpr (PS)
-    asm volatile("bar.sync 3, 256;\n" ::: "memory");
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
   else
     __syncthreads();
   stamp_acc(6);  // low-rank tile in shared memory
@@ -664,20 +682,21 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO>;
-  constexpr int smem = Tile2l<BT, W8, WS, PS, FO>::kSmem;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
+  constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
   if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
-                    (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
-                              make_map(&tm_s, a.qweight, a.N, a.K, kRows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
-                        : make_map(&tm_w, a.qweight, a.N, a.K / 2, kRows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
-                              make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, kRows, CU_TENSOR_MAP_SWIZZLE_NONE));
+                    (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+                              make_map(&tm_s, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
+                        : make_map(&tm_w, a.qweight, a.N, a.K / 2, rows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
+                              make_map(&tm_s, a.wscales, a.K / G, a.N, kBK / G, rows, CU_TENSOR_MAP_SWIZZLE_NONE));
   if (!maps) return cudaErrorInvalidValue;
   static bool smem_set[64] = {};  // the attribute is per device: set once on each
   int dev = 0;
@@ -689,12 +708,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
     if (dev < 64) smem_set[dev] = true;
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(a.N / kRows, (a.M + BT - 1) / BT, splits);
+  cfg.gridDim = dim3(a.N / rows, (a.M + BT - 1) / BT, splits);
   if constexpr (PS) {  // unsplit; one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...
-    const long tiles = (long)(a.N / kRows) * ((a.M + BT - 1) / BT);
+    const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT);
     cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
   }
-  cfg.blockDim = dim3(Tile2l<BT, W8, WS, PS, FO>::kThreads);
+  cfg.blockDim = dim3(Cfg::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -748,6 +767,20 @@ int tile_bit(int bt) {
   return 0;
 }
 int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
+int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
+int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
+
+// The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
+// warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
+// tiles), a stage ~1525 at 192 tokens (~1290 at 128) and ~11600 fixed (~7800), so per MAC no faster than two:
+// they pay only where 192-row tiles fill the SMs better (M ~ 256, N = 9216 / 12288). One CTA per SM walks
+// ceil(tiles / SMs) tiles at most.
+long rf_cost(int M, int N, int K, int num_sms, int cw, int bt) {
+  const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt);
+  const long stage = cw == 3 ? (bt == 192 ? 1525 : 1290) : 2L * bt + 700;
+  const long fixed = cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt;
+  return (tiles + num_sms - 1) / num_sms * ((K / kBK) * stage + fixed);
+}
 
 }  // namespace
 
@@ -757,7 +790,7 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 // per token when split (the cluster exchange); CTAs run in waves of one per SM. The 224-token tile is for
 // wave quantisation: 4608 tokens x 24 weight tiles are 432 tiles of 256 (3.3 waves of 132, so 4) or 504
 // of 224 (3.8: also 4, each shorter by the fixed part).
-static Gemm2lPlan plan_among(int M, int N, int K, int num_sms, int tile_mask) {
+static Gemm2lPlan plan_among(int M, int N, int K, int num_sms, int tile_mask, long* cost_ns = nullptr) {
   const int KT = K / kBK;
   Gemm2lPlan best{0, g_force_splits ? g_force_splits : 1};
   long best_cost = -1;
@@ -772,6 +805,7 @@ static Gemm2lPlan plan_among(int M, int N, int K, int num_sms, int tile_mask) {
       if (best_cost < 0 || cost < best_cost) best = {bt, s}, best_cost = cost;
     }
   }
+  if (cost_ns) *cost_ns = best_cost;
   return best;
 }
 
@@ -791,11 +825,17 @@ bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
 int gemm_2l_persistent() { return g_persistent; }
+void set_gemm_2l_rf_warpgroups(int cw, int tile) {
+  g_rf_warpgroups = cw == 2 || cw == 3 ? cw : 0;
+  g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
+}
+int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
-  const Gemm2lPlan p = gemm_2l_plan(a.M, a.N, a.K, num_sms);
+  long plan_ns = 0;
+  const Gemm2lPlan p = plan_among(a.M, a.N, a.K, num_sms, g_plan_tiles, &plan_ns);
   const bool bf = a.dtype == DType::kBF16;
   // persistent (int8 weights, or packed with group 64): unsplit plans, and branches whose low-rank tile fits
   // the memory set aside for it
@@ -808,7 +848,28 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
     const long tiles = (long)(a.N / kRows) * ((a.M + pp.tile_tokens - 1) / pp.tile_tokens);
     const bool pays = p.splits == 1 && tiles >= 2L * num_sms && (!w8 || a.K <= kPsMaxK);
-    if (pp.splits == 1 && (g_persistent > 0 || pays)) {
+    const bool persistent = pp.splits == 1 && (g_persistent > 0 || pays);
+    // fragment order, N a multiple of 192: three consumer warpgroups (192-row tiles) where the model says they
+    // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
+    // each)
+    // (a plan restricted to some token tiles by a test or benchmark keeps two, unless three are forced)
+    if (a.frag && a.N % 192 == 0 && (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15))) {
+      int bt3 = 0;
+      long c3 = -1;
+      for (int bt : {192, 128}) {
+        const long c = rf_cost(a.M, a.N, a.K, num_sms, 3, bt);
+        if ((!g_rf3_tile || bt == g_rf3_tile) && (c3 < 0 || c < c3)) bt3 = bt, c3 = c;
+      }
+      const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, pp.tile_tokens) : plan_ns * 177 / 100;
+      if (g_rf_warpgroups == 3 || c3 * 20 < now * 19) {
+        if (bt3 == 192)
+          return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
+                    : launch_2l<__half, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms);
+        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
+                  : launch_2l<__half, 128, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms);
+      }
+    }
+    if (persistent) {
       if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);

@@ -31,7 +31,7 @@ from svdquant_hf.ops.layout_2l import fragment_order  # noqa: E402
 from svdquant_hf.ops.reference import weight_operand_2l  # noqa: E402
 
 for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
-                          (700, 256, 3072, 32, 64)]:
+                          (700, 256, 3072, 32, 64), (201, 512, 768, 32, 64)]:
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
@@ -61,5 +61,10 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
                 ext.set_gemm_2l_tma_store(False)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
+        if N % 192 == 0:  # the register-fragment loop with three consumer warpgroups (192-row tiles)
+            for bt in (128, 192):
+                ext.set_gemm_2l_rf_warpgroups(3, bt)
+                ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, gs)
+            ext.set_gemm_2l_rf_warpgroups(0, 0)
 torch.cuda.synchronize()
 print("sanitize case 2l done")

@@ -70,6 +70,7 @@ def _forced_plan(ext, tile: int = 0, splits: int = 0):
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
+        ext.set_gemm_2l_rf_warpgroups(0, 0)
 
 
 def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
@@ -440,6 +441,18 @@ def test_gemm_2l_packed_persistent_bit_identical(hopper, bt, gs, M, K, N, R):
             assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 
 
+def _fo_launches_match(hopper, ref, xq, xs, qf, wsc, wch, lr, pu, b):
+    """Three launches of w4a4_gemm_2l_fo (group 64), the output poisoned before each: every element written and
+    equal to `ref` bit for bit. Returns the last output."""
+    for _ in range(3):
+        _poison(4 * ref.numel(), 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+        assert y is not None, hopper.last_error()
+        assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+        assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+    return y
+
+
 @pytest.mark.parametrize("bt", [64, 128, 224])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 0), (2000, 256, 3072, 16),
@@ -457,14 +470,62 @@ def test_gemm_2l_fragment_order_register_loop_bit_identical(hopper, bt, dtype, M
         hopper.set_gemm_2l_persistent(1)
         ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
         assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, shared-memory loop"
-        for _ in range(3):
-            _poison(4 * M * N, 0xFF)
-            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
-            assert y is not None, hopper.last_error()
-            assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
-            assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+        y = _fo_launches_match(hopper, ref, xq, xs, qf, wsc, wch, lr, pu, b)
     want = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
     assert _rel(y, want) < 1e-2
+
+
+@pytest.mark.parametrize("bt", [128, 192])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K,N,R", [(1, 256, 384, 32), (97, 1024, 384, 0), (2000, 256, 3072, 16),
+                                     (4097, 512, 1152, 32), (300, 1280, 768, 32), (4608, 3072, 3072, 32),
+                                     (256, 3072, 12288, 32)])
+def test_gemm_2l_fragment_order_three_warpgroups_bit_identical(hopper, bt, dtype, M, K, N, R):
+    """The register-fragment loop with three consumer warpgroups (192-row tiles, N % 192 == 0, turns of three)
+    equals the canonical persistent kernel bit for bit, every element written (poisoned first), over three
+    launches (several tiles per CTA at the big shapes), and the reference within bf16 / fp16 rounding."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + bt + 37)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=bt + R + 37, bias=R != 16)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    with _forced_plan(hopper, 128, 1):
+        hopper.set_gemm_2l_persistent(1)
+        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+        assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, canonical kernel"
+        hopper.set_gemm_2l_rf_warpgroups(3, bt)
+        assert hopper.gemm_2l_rf_warpgroups() == 3
+        y = _fo_launches_match(hopper, ref, xq, xs, qf, wsc, wch, lr, pu, b)
+    assert hopper.gemm_2l_rf_warpgroups() == 0
+    want = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert _rel(y, want) < 1e-2
+
+
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4608, 15360, 3072), (256, 3072, 12288), (1, 3072, 3072),
+                                   (4608, 3072, 1152), (1024, 3072, 640)])
+def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
+    """Default switches: whatever the cost model picks (two or three warpgroups, or a non-persistent plan; N = 640
+    has no 192-row tiles) gives the canonical default kernel's outputs bit for bit."""
+    R = 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N + 41)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=K + 41)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    _poison(4 * M * N, 0xFF)
+    y = hopper.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, b, 64)
+    assert y is not None, hopper.last_error()
+    assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+def test_gemm_2l_rf_warpgroups_mode(hopper):
+    """set_gemm_2l_rf_warpgroups: 0 (auto) by default; 2 and 3 kept, anything else back to auto."""
+    assert hopper.gemm_2l_rf_warpgroups() == 0
+    try:
+        for cw, want in ((3, 3), (2, 2), (4, 0), (1, 0), (-1, 0)):
+            hopper.set_gemm_2l_rf_warpgroups(cw, 192)
+            assert hopper.gemm_2l_rf_warpgroups() == want
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
 
 
 @pytest.mark.parametrize("gs", [32, 64, 128])
