@@ -33,8 +33,9 @@
 // flight under the next tile's stages, so the tensor cores wait only for the epilogue's arithmetic.
 // Fragment order (FO: the packed weights' bytes regrouped per row and stage, svdquant_hf/ops/layout_2l.py): the
 // persistent kernel widens them straight into registers as the wgmma A operand (RF: no A tiles, the two consumer
-// warpgroups taking turns, the next stage's bytes loaded under the current stage's wgmmas); the other kernels
-// widen from that order into their A tiles.
+// warpgroups taking turns, the next stage's bytes loaded under the current stage's wgmmas; or three on 192-row
+// tiles, CW = 3, where rf_cost says they fill the SMs better); the other kernels widen from that order into their
+// A tiles.
 // Epilogue: int32 -> fp32, the two scales, the low-rank branch as mma.sync bf16/fp16 on the same
 // registers (lr from shared memory by ldmatrix), bias, and stores transposed by movmatrix (the
 // accumulator is [weight row, token]); optionally (set_gemm_2l_tma_store) the tile goes to shared memory
