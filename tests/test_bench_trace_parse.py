@@ -37,25 +37,26 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
             self.state = {}
 
         def __getattr__(self, attr):
-            return lambda on: self.state.__setitem__(attr, on)
+            return lambda *args: self.state.__setitem__(attr, args[0] if len(args) == 1 else args)
 
     ext = Ext()
+    defaults = {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1, "set_gemm_2l_tma_store": False,
+                "set_gemm_2l_rf_warpgroups": (0, 0)}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
-            assert ext.state == {"set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1,
-                                 "set_gemm_2l_tma_store": False}
+            assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
             raise RuntimeError("a failing call")
     except RuntimeError:
         pass
-    # producer loop and TMA store off, the persistent kernels back to auto (-1), not off
-    assert ext.state == {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1,
-                         "set_gemm_2l_tma_store": False}
-    with problems_2l.gemm_switches(ext, persistent=0, tma_store=True):
-        assert ext.state == {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": 0,
-                             "set_gemm_2l_tma_store": True}
+    # producer loop and TMA store off, the persistent kernels and the warpgroup choice back to auto, not off
+    assert ext.state == defaults
+    with problems_2l.gemm_switches(ext, persistent=0, tma_store=True, rf_warpgroups=3, rf3_tile=192):
+        assert ext.state == {**defaults, "set_gemm_2l_persistent": 0, "set_gemm_2l_tma_store": True,
+                             "set_gemm_2l_rf_warpgroups": (3, 192)}
+    assert ext.state == defaults
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1
-    assert ext.state["set_gemm_2l_persistent"] == -1 and ext.state["set_gemm_2l_tma_store"] is False
+    assert ext.state == defaults
 
 
 def test_ab_rounds_alternate_the_column_order():
