@@ -20,6 +20,21 @@ set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
 mkdir -p "$OUT"
+memcheck() {  # compute-sanitizer memcheck of tests/gpu/sanitize_case.py into the log $1
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py > "$1" 2>&1
+  echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$1" | tail -1)"
+}
+rf_tests() {  # the fragment-order and persistent int4_2l tests (extra pytest flags: $@); returns their rc
+  timeout 200 python3 -X faulthandler -m pytest -q "$@" -p no:cacheprovider tests/gpu/test_kernels_2l.py \
+    -m "gpu or not gpu" -o addopts="" -k "fragment_order or packed_persistent" --timeout 60 > "$OUT/tests_rf.log" 2>&1
+  local rc=$?
+  echo "fragment-order tests rc=$rc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
+  return $rc
+}
+chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
+  timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
+  echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
+}
 export PYTHONUNBUFFERED=1 SVDQUANT_HF_CACHE=/tmp/svdq_cache
 # package layout without installing: the setuptools package-dir mapping, by symlinks in this copy
 [ -e svdquant_hf/quantizers ] || ln -s ../quantizers svdquant_hf/quantizers
@@ -71,9 +86,7 @@ if [ "$what" = 2l ] || [ "$what" = cpp ]; then
     -o addopts="" > "$OUT/tests_2l.log" 2>&1
   echo "tests 2l rc=$? in $(( $(date +%s) - t0 )) s"
   grep -E "passed|failed|error|Error|assert" "$OUT/tests_2l.log" | tail -15
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-    > "$OUT/sanitize_2l.log" 2>&1
-  echo "compute-sanitizer rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_2l.log" | tail -1)"
+  memcheck "$OUT/sanitize_2l.log"
   if [ "$what" = 2l ]; then
     timeout 200 python3 benchmarks/gemm_bench.py --formats int4_2l --ms ${BENCH_MS:-4608,256} --json "$OUT/gemm_bench_2l.json" \
       > "$OUT/bench_2l.log" 2>&1
@@ -104,9 +117,7 @@ if [ "$what" = trace ]; then  # the int4_2l tests (one test alone first), then b
     -o addopts="" --deselect "tests/gpu/test_kernels_2l.py::test_quantize_act_2l_${FIRST_TEST:-unsupported_k_falls_back}" \
     > "$OUT/tests_2l.log" 2>&1
   echo "tests 2l rc=$?"; grep -E "passed|failed|Error|File" "$OUT/tests_2l.log" | tail -15
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-    > /tmp/sanitize_2l.log 2>&1
-  echo "compute-sanitizer rc=$? $(grep -E 'ERROR SUMMARY' /tmp/sanitize_2l.log | tail -1)"
+  memcheck /tmp/sanitize_2l.log
   timeout 240 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \
     > "$OUT/trace.log" 2>&1
   echo "trace rc=$?"; tail -40 "$OUT/trace.log"
@@ -119,9 +130,7 @@ if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tes
     -k "not int8_weights and not tma_store" --timeout 60 > "$OUT/tests_2l.log" 2>&1
   echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
   if [ "$w8rc" = 0 ]; then  # a failing (or hanging) int8-weight kernel would take the rest of the call with it
-    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-      > "$OUT/sanitize_memcheck.log" 2>&1
-    echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
+    memcheck "$OUT/sanitize_memcheck.log"
   fi
   timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} \
     $([ "$w8rc" = 0 ] || echo --no-w8 --no-ts) > "$OUT/ab_2l.log" 2>&1
@@ -130,38 +139,27 @@ if [ "$what" = w8 ]; then  # the GEMM on weights stored widened to int8: its tes
   echo "ksweep rc=$?"; tail -6 "$OUT/ksweep.log"
 fi
 if [ "$what" = rf ]; then
-  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k "fragment_order or packed_persistent" --timeout 60 > "$OUT/tests_rf.log" 2>&1
-  rfrc=$?; echo "fragment-order tests rc=$rfrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
+  rf_tests -x; rfrc=$?
   if [ "$rfrc" = 0 ]; then  # a hanging kernel would take the rest of the call with it
-    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-      > "$OUT/sanitize_memcheck.log" 2>&1
-    echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
+    memcheck "$OUT/sanitize_memcheck.log"
     (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py > "$OUT/ksweep.log" 2>&1)
     echo "ksweep rc=$?"; tail -8 "$OUT/ksweep.log"
     timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --rounds ${ROUNDS:-3} --no-ts \
       > "$OUT/ab_2l.log" 2>&1
     echo "ab rc=$?"; tail -12 "$OUT/ab_2l.log"
-    timeout 100 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,4608} > "$OUT/chain_breakdown.log" 2>&1
-    echo "breakdown rc=$?"; tail -12 "$OUT/chain_breakdown.log"
+    chain_breakdown "${PROBE_MS:-256,4608}"
   fi
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
     -k "not fragment_order and not packed_persistent" --timeout 60 > "$OUT/tests_2l.log" 2>&1
   echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part
-  timeout 200 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k "fragment_order or packed_persistent" --timeout 60 > "$OUT/tests_rf.log" 2>&1
-  echo "fragment-order tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
-    > "$OUT/sanitize_memcheck.log" 2>&1
-  echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_memcheck.log" | tail -1)"
-  timeout 150 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,1024,4608} > "$OUT/chain_breakdown.log" 2>&1
-  echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
+  rf_tests
+  memcheck "$OUT/sanitize_memcheck.log"
+  chain_breakdown "${PROBE_MS:-256,1024,4608}"
 fi
 if [ "$what" = probe ]; then  # where the time goes, no kernel change: chain parts, plans at M = 256, forced tiles
-  timeout 150 python3 benchmarks/chain_breakdown.py --ms ${PROBE_MS:-256,1024} > "$OUT/chain_breakdown.log" 2>&1
-  echo "breakdown rc=$?"; tail -12 "$OUT/chain_breakdown.log"
+  chain_breakdown "${PROBE_MS:-256,1024}"
   timeout 150 python3 benchmarks/gemm_2l_plan_sweep.py --ms 256 --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
   echo "sweep rc=$?"; grep "^M=" "$OUT/sweep.log" | cut -d'|' -f1-2
   for t in ${KSWEEP_TILES:-128 64}; do

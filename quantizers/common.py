@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..config import SVDQuantOptions, name_matches
-from ..modules import SVDQuantLinear
+from ..config import SVDQuantOptions, hopper_present, name_matches
+from ..modules import SVDQuantLinear, set_fragment_order
 from ..quantize import set_submodule  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -124,20 +124,13 @@ def quantizable_linears(
 FRAGMENT_ORDER_ENV = "SVDQUANT_HF_FRAGMENT_ORDER"  # "0": loaded int4_2l layers keep the canonical order on Hopper
 
 
-def hopper_present() -> bool:
-    """Whether a CUDA device of this machine is a Hopper GPU (sm_90)."""
-    return torch.cuda.is_available() and any(
-        torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count())
-    )
-
-
 def hopper_fragment_order(model: nn.Module) -> int:
     """After loading: on a machine with a Hopper GPU (where the GEMM's register-fragment loop runs) the int4_2l
     layers hold their packed weights in fragment order (SVDQuantLinear.set_fragment_order; the canonical bytes move
     to host memory). Off with SVDQUANT_HF_FRAGMENT_ORDER=0. Returns how many layers hold it."""
     if os.environ.get(FRAGMENT_ORDER_ENV, "1") == "0" or not hopper_present():
         return 0
-    return sum(m.set_fragment_order() for m in model.modules() if isinstance(m, SVDQuantLinear))
+    return set_fragment_order(model)
 
 
 def realign_cpu_tensors(model: nn.Module, alignment: int = 64) -> int:

@@ -15,6 +15,15 @@ INT4_FORMATS = ("int4", "int4_2l")  # formats whose group size is an option (32,
 FORMAT_TENSORS = {"wtscale": "nvfp4", "wchannel": "int4_2l"}
 
 
+def hopper_present() -> bool:
+    """Whether a CUDA device of this machine is a Hopper GPU (compute capability 9.0)."""
+    import torch
+
+    return torch.cuda.is_available() and any(
+        torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count())
+    )
+
+
 def auto_quant_format() -> str:
     """The format measured fastest on the GPUs visible now, at equal quality (docs/performance.md, docs/quality.md).
 
@@ -22,13 +31,7 @@ def auto_quant_format() -> str:
     the per-group-scale "int4" kernel runs at a quarter of it. Anything else (other GPUs, no GPU):
     "int4", the paper's format, which Nunchaku checkpoints use too.
     """
-    import torch
-
-    if torch.cuda.is_available() and any(
-        torch.cuda.get_device_capability(i) == (9, 0) for i in range(torch.cuda.device_count())
-    ):
-        return "int4_2l"
-    return "int4"
+    return "int4_2l" if hopper_present() else "int4"
 
 
 @dataclass
