@@ -6,13 +6,15 @@ Single timings of the fused chain drifted by up to 20 % within one run on H100 (
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
 Columns (us per call, CUDA graph):
   "v2.5"  K split over a cluster at small M and the down projection on a side stream while x fits in L2,
-          token tiles 64/128/256, no persistent kernel;
+          token tiles 64/128/256, no persistent kernel, the per-row quantizer;
   "now"   the defaults: v2.5 with the 224-token tile, the persistent kernel on auto (where it applies: packed
           weights with group 64 and branch rank <= 32; and pays: unsplit plans with >= 2 tiles per SM);
   "np"    now with the persistent kernel off (set_gemm_2l_persistent(0)); "ps" with it wherever it applies (1);
   "fo"    the packed weights in fragment order (ops/layout_2l.py: SVDQuantLinear.set_fragment_order) through
           w4a4_gemm_2l_fo, default switches: the persistent kernel's register-fragment loop where it runs, with two
           or three consumer warpgroups as its cost model picks; "fo2" the same with two warpgroups only (v2.14);
+          "fo_fq" fo with the quantizer that fuses the down projection (x read once; set_quantize_act_2l_fused: its lr
+          differs from cuBLAS's in fp32 rounding, so fo_fq is checked within 1e-2 of now, not for bit identity);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -37,10 +39,10 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import weight_operand_2l
 
-# (side-stream overlap, forced splits, token tiles the plan may pick, persistent kernels: 1, 0 or -1 auto)
+# (side-stream overlap, forced splits, token tiles the plan may pick, persistent kernels: 1, 0 or -1 auto, fused quantizer)
 CONFIGS = {
-    "v2.5": (True, 0, [64, 128, 256], 0),
-    "now": (True, 0, [], -1),
+    "v2.5": (True, 0, [64, 128, 256], 0, 0),
+    "now": (True, 0, [], -1, 0),
 }
 # the columns timed under gemm_switches: (weights: packed, int8 or frag, gemm_switches' keywords)
 SWITCHED = {
@@ -48,6 +50,7 @@ SWITCHED = {
     "ps": ("packed", {"persistent": 1}),
     "fo": ("frag", {}),
     "fo2": ("frag", {"rf_warpgroups": 2}),
+    "fo_fq": ("frag", {"fused_quant": 1}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -55,7 +58,9 @@ SWITCHED = {
     "w8a": ("int8", {}),
 }
 COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8"]
+APPROX = {"fo_fq"}  # the fused quantizer's lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
+          ("fo", "fo_fq"),
           ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
@@ -66,8 +71,9 @@ def round_order(cols: list[str], r: int) -> list[str]:
     return list(cols) if r % 2 == 0 else list(cols)[::-1]
 
 
-def configure(ext, overlap: bool, splits: int, tiles: list[int], persistent: int) -> None:
+def configure(ext, overlap: bool, splits: int, tiles: list[int], persistent: int, fused: int) -> None:
     ext.set_quantize_act_2l_overlap(overlap)
+    ext.set_quantize_act_2l_fused(fused, 0)
     ext.set_gemm_2l_splits(splits)
     ext.set_gemm_2l_plan_tiles(tiles)
     ext.set_gemm_2l_persistent(persistent)
@@ -139,7 +145,12 @@ def main() -> int:
             for name in switched:
                 outs[name] = run_switched(name, lambda fn: fn(p.xs[0]))
             for name, y in outs.items():
-                if not torch.equal(y, outs["now"]):
+                if name in APPROX:
+                    rel = ((y.float() - outs["now"].float()).norm() / outs["now"].float().norm()).item()
+                    if not rel < 1e-2:
+                        bad += 1
+                        print(f"  {name} off now by {rel:.2e} (relative) at M={M} K={K} N={N}")
+                elif not torch.equal(y, outs["now"]):
                     bad += 1
                     print(f"  {name} differs from now at M={M} K={K} N={N}: {(y != outs['now']).sum().item()} outputs")
             wf8, sw = rowwise_e4m3(w)

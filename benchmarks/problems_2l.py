@@ -56,7 +56,8 @@ def hopper_extension(script: str):
 
 @contextmanager
 def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False,
-                  rf_warpgroups: int = 0, rf3_tile: int = 0) -> Iterator[None]:
+                  rf_warpgroups: int = 0, rf3_tile: int = 0, fused_quant: int | None = None,
+                  quant_cluster: int = 0) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -65,12 +66,17 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     plans with at least two tiles per SM, and for int8 weights K <= 5120). tma_store: the non-persistent epilogue's output by TMA store (the persistent kernels always use it).
     rf_warpgroups: weights in fragment order, the register-fragment loop's consumer warpgroups (0 the cost model,
     2, or 3 wherever N % 192 == 0), rf3_tile: the three-warpgroup loop's token tile (128 / 192; 0 the model).
-    After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto).
+    fused_quant: quantize_act_2l with the down projection fused (1) or the per-row kernel and cuBLAS's down
+    projection (0); None: as it is; quant_cluster: the fused quantizer's cluster size (0: its cost model).
+    After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
+    mode as before the block.
     """
     ext.set_gemm_2l_w8_producer(producer)
     ext.set_gemm_2l_persistent(persistent)
     ext.set_gemm_2l_tma_store(tma_store)
     ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile)
+    fused_before = ext.quantize_act_2l_fused_mode()
+    ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
         yield
     finally:
@@ -78,3 +84,4 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_tma_store(False)
         ext.set_gemm_2l_rf_warpgroups(0, 0)
+        ext.set_quantize_act_2l_fused(fused_before, 0)

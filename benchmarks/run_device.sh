@@ -14,6 +14,8 @@
 #   verify: the fragment-order and persistent tests, compute-sanitizer, benchmarks/chain_breakdown.py (PROBE_MS)
 #   probe: no tests; benchmarks/chain_breakdown.py (PROBE_MS, default 256,1024), gemm_2l_plan_sweep.py at M = 256,
 #       gemm_2l_ksweep.py with the token tile forced to 128 and to 64 (KSWEEP_TILES)
+#   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
+#       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -99,6 +101,29 @@ if [ "$what" = 2l ] || [ "$what" = cpp ]; then
     echo "lora rc=$?"
     tail -4 "$OUT/lora_2l.log"
   fi
+fi
+if [ "$what" = q ]; then  # the fused quantizer: its tests first (a hang or fault there stops the call early)
+  grep -E "quantize_act_2l_fused" /tmp/resusage.log | sed -E 's/.*kernelI//' | head -24
+  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "quantize_act_2l" --timeout 60 > "$OUT/tests_q.log" 2>&1
+  qrc=$?; echo "quantizer tests rc=$qrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -12
+  if [ "$qrc" = 0 ]; then
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+      -k "not quantize_act_2l and not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
+    echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
+    memcheck "$OUT/sanitize_memcheck.log"
+    chain_breakdown "${PROBE_MS:-4608,256}"
+  fi
+fi
+if [ "$what" = qncu ]; then  # Nsight Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py)
+  for k in ${QNCU_K:-12288 3072}; do
+    (cd benchmarks && timeout 120 ncu --kernel-name regex:"quantize_act_2l" --launch-skip 1 --launch-count 3 \
+      --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
+      --section MemoryWorkloadAnalysis --section SchedulerStats python3 quantize_2l_ncu.py --k "$k" > "$OUT/ncu_q_$k.txt" 2>&1)
+    echo "ncu K=$k rc=$?"
+    grep -E "quantize_act_2l|fused shape|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Issued Warp" \
+      "$OUT/ncu_q_$k.txt" | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1<\2>/' | head -32
+  done
 fi
 if [ "$what" = tile ]; then  # where a tile's time goes, no tests (the trace checks its output against the kernel's)
   timeout 200 python3 benchmarks/gemm_2l_trace.py --ms ${TRACE_MS:-256,4608} --json "$OUT/trace.json" \

@@ -251,6 +251,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   const at::Tensor pd = pd_in.contiguous();
   at::Tensor lr;
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const int R = (int)pd.size(1);
+  const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0;
+  if (R > 0 && prop->major == 9 && aligned &&
+      svdq::quantize_act_2l_fused_supported((int)M, (int)K, R, (int)group_size, prop->multiProcessorCount)) {
+    // Hopper: one kernel reads x once for both the quantization and the down projection
+    lr = at::empty({M, R}, x.options());
+    a.proj_down = pd.data_ptr();
+    a.lr = lr.data_ptr();
+    a.R = R;
+    const cudaError_t err = svdq::launch_quantize_act_2l_fused(a, prop->multiProcessorCount, main.stream());
+    SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: fused launch failed: ", cudaGetErrorString(err));
+    return {xq, xscale, lr};
+  }
   if (pd.size(1) == 0) {
     lr = at::empty({M, 0}, x.options());
   } else if (g_lr_overlap && M * K * 2 <= kOverlapMaxBytes) {
@@ -516,6 +531,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
+  m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
+        "Hopper: the quantizer with the down projection fused (mode 1, default) or the per-row kernel + cuBLAS (0); "
+        "cluster > 0 forces that many CTAs per cluster where a shape exists (benchmarks)");
+  m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
+  m.def(
+      "quantize_act_2l_fused_shape",
+      [](int M, int K, int R, int G, int sms) {
+        const svdq::Q2lfShape s = svdq::q2lf_shape(M, K, R, G, sms);
+        return std::make_tuple(s.C, s.W, s.NC, (int64_t)s.smem);
+      },
+      "M, K, R, group_size, num_sms -> (cluster CTAs, warps, chunks per warp, shared bytes) of the fused quantizer "
+      "(cluster 0: it does not apply)");
   m.def(
       "set_quantize_act_2l_overlap", [](bool on) { g_lr_overlap = on; },
       "false: the down projection after the quantizer on the same stream (benchmarks)");

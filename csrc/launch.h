@@ -45,6 +45,9 @@ struct QuantizeAct2lArgs {
   int8_t* xq;          // [M, K] values q * s_int in [-128, 112]
   float* xscale;       // [M]
   int M, K, group_size;
+  const void* proj_down = nullptr;  // [K, R]: the fused kernel (Hopper) computes lr = x @ proj_down too
+  void* lr = nullptr;               // [M, R]
+  int R = 0;
 };
 
 struct W4A4Gemm2lArgs {
@@ -79,6 +82,16 @@ bool gemm_int4_mma(int group_size);
 
 bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
+// Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)
+bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int num_sms);
+cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);
+void set_quantize_act_2l_fused(int mode, int cluster);  // mode 0 off, 1 where a shape exists; cluster 0: model
+int quantize_act_2l_fused_mode();
+struct Q2lfShape {
+  int C = 0, W = 0, NC = 0;  // cluster size, warps per CTA, 32-value chunks per warp (C = 0: no shape)
+  size_t smem = 0;
+};
+Q2lfShape q2lf_shape(int M, int K, int R, int group_size, int num_sms);
 // sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);
 struct Gemm2lPlan {

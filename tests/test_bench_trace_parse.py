@@ -37,11 +37,13 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
             self.state = {}
 
         def __getattr__(self, attr):
+            if attr == "quantize_act_2l_fused_mode":
+                return lambda: self.state.get("set_quantize_act_2l_fused", (0, 0))[0]
             return lambda *args: self.state.__setitem__(attr, args[0] if len(args) == 1 else args)
 
     ext = Ext()
     defaults = {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1, "set_gemm_2l_tma_store": False,
-                "set_gemm_2l_rf_warpgroups": (0, 0)}
+                "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0)}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -53,6 +55,9 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext, persistent=0, tma_store=True, rf_warpgroups=3, rf3_tile=192):
         assert ext.state == {**defaults, "set_gemm_2l_persistent": 0, "set_gemm_2l_tma_store": True,
                              "set_gemm_2l_rf_warpgroups": (3, 192)}
+    assert ext.state == defaults
+    with problems_2l.gemm_switches(ext, fused_quant=1, quant_cluster=4):
+        assert ext.state == {**defaults, "set_quantize_act_2l_fused": (1, 4)}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1

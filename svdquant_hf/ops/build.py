@@ -28,7 +28,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 EXT_NAME = "svdquant_hf_kernels"
-SOURCES = ("bindings.cpp", "quantize_act.cu", "w4a4_gemm.cu", "quantize_act_2l.cu", "w4a4_gemm_2l_sm90.cu")
+SOURCES = ("bindings.cpp", "quantize_act.cu", "w4a4_gemm.cu", "quantize_act_2l.cu", "quantize_act_2l_fused_sm90.cu",
+           "w4a4_gemm_2l_sm90.cu")
 HEADERS = ("common.cuh", "launch.h", "wgmma_s8.cuh", "widen_2l.cuh")
 
 _lock = threading.Lock()

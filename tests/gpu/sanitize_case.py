@@ -68,3 +68,21 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
             ext.set_gemm_2l_rf_warpgroups(0, 0)
 torch.cuda.synchronize()
 print("sanitize case 2l done")
+
+# the fused quantizer (Hopper: x read once, the down projection on mma.sync, clusters) at every cluster size with a
+# shape, awkward M, both dtypes, ranks 16 / 48
+if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == (9, 0):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for dtype, (M, K, R) in [(torch.bfloat16, (37, 3072, 32)), (torch.float16, (19, 1536, 48)),
+                             (torch.bfloat16, (5, 768, 16))]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
+        pd = torch.randn(K, R, device="cuda", generator=g).to(dtype)
+        for C in range(1, 9):
+            ext.set_quantize_act_2l_fused(1, C)
+            if ext.quantize_act_2l_fused_shape(M, K, R, 64, sms)[0] == C:
+                ext.quantize_act_2l(x, smooth, pd, 64)
+        ext.set_quantize_act_2l_fused(1, 0)
+    torch.cuda.synchronize()
+    print("sanitize case: fused quantizer done")
+

@@ -110,21 +110,27 @@ def test_quantize_act_2l_side_stream_overlap_and_graph_capture(ext):
     finally:
         ext.set_quantize_act_2l_overlap(True)
     assert all(torch.equal(a, b) for a, b in zip(on, off))
+    _check_graph_replay(ext, x, smooth, pd, seed=22)
+
+
+def _check_graph_replay(ext, x, smooth, pd, seed):
+    """quantize_act_2l captured in a CUDA graph (after a warm-up on a side stream), replayed on new inputs."""
     static_x = x.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        ext.quantize_act_2l(static_x, smooth, pd, 64)  # warm-up outside capture
+        ext.quantize_act_2l(static_x, smooth, pd, 64)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = ext.quantize_act_2l(static_x, smooth, pd, 64)
-    x2 = _acts(300, 3072, 32, torch.bfloat16, seed=22)[0]
+    x2 = _acts(*x.shape, pd.shape[1], x.dtype, seed=seed)[0]
     static_x.copy_(x2)
     graph.replay()
     torch.cuda.synchronize()
     ref = quantize_act_2l_ref(x2, smooth, pd, 64)
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1]) and _rel(out[2], ref[2]) < 1e-2
+    return x2, ref
 
 
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
@@ -133,6 +139,92 @@ def test_quantize_act_2l_unsupported_k_falls_back(ext):
     out = library.quantize_act_2l(x, smooth, pd, 64)
     ref = quantize_act_2l_ref(x, smooth, pd, 64)
     assert all(torch.equal(a, b) for a, b in zip(out[:2], ref[:2]))
+
+
+@contextlib.contextmanager
+def _fused_quant(ext, mode: int, cluster: int = 0):
+    """The fused quantizer on (1) or off (0) for a block, its cluster size forced (0: its cost model); the mode
+    before it restored after it."""
+    before = ext.quantize_act_2l_fused_mode()
+    ext.set_quantize_act_2l_fused(mode, cluster)
+    try:
+        yield
+    finally:
+        ext.set_quantize_act_2l_fused(before, 0)
+
+
+def _sms() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (7, 3072, 32), (255, 15360, 32), (4097, 3072, 32), (33, 12288, 32),
+                                   (300, 12288, 16), (129, 3072, 64), (64, 768, 48), (17, 256, 32), (1000, 1536, 64)])
+def test_quantize_act_2l_fused_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
+    """The quantizer with the down projection fused (x read once, thread-block clusters): xq and xscale bit for
+    bit those of the reference and of the per-row kernel, lr within 16-bit rounding of the fp32 reference."""
+    C = hopper.quantize_act_2l_fused_shape(M, K, R, gs, _sms())[0]
+    if gs == 64 or (gs == 32 and K != 15360):
+        assert C > 0, f"no fused shape for M={M} K={K} R={R} G={gs}"
+    if C == 0:
+        pytest.skip("no fused shape: the per-row kernel runs (checked by test_quantize_act_2l_bit_exact)")
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + gs + R)
+    with _fused_quant(hopper, 1):
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xs, rs), "per-token scales differ"
+    assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    assert lr.shape == (M, R) and _rel(lr, rl) < 1e-2
+    with _fused_quant(hopper, 0):
+        pq, ps, pl = _quantize(hopper, x, smooth, pd, gs)
+    assert torch.equal(pq, xq) and torch.equal(ps, xs) and _rel(lr, pl) < 1e-2
+
+
+@pytest.mark.parametrize("M,K,R", [(100, 3072, 32), (45, 6144, 32), (3, 1536, 64)])
+def test_quantize_act_2l_fused_every_cluster_size(hopper, M, K, R):
+    """Each cluster size with a shape (the row maxima and low-rank partials meet over 2 to 8 CTAs): same bytes."""
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=K + R)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    ran = []
+    for C in range(1, 9):
+        with _fused_quant(hopper, 1, C):
+            if hopper.quantize_act_2l_fused_shape(M, K, R, 64, _sms())[0] != C:
+                continue
+            xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+        ran.append(C)
+        assert torch.equal(xq, rq) and torch.equal(xs, rs), f"cluster of {C}"
+        assert _rel(lr, rl) < 1e-2, f"cluster of {C}"
+    assert len(ran) >= 2, ran
+
+
+def test_quantize_act_2l_fused_cost_model_and_limits(hopper):
+    """Where the fused kernel applies: rank a multiple of 16 up to 64, a K slice per CTA whose proj_down fits in
+    shared memory; FLUX.1's shapes all get one; elsewhere (rank 0, 8, 20, 128) the per-row kernel runs."""
+    sms = _sms()
+    for K in (3072, 12288, 15360):
+        C, W, NC, smem = hopper.quantize_act_2l_fused_shape(4608, K, 32, 64, sms)
+        assert C * W * NC * 32 == K and 1 <= C <= 8 and W * 32 <= 320 and smem <= 227 * 1024, (K, C, W, NC)
+    for R in (0, 8, 20, 128):
+        assert hopper.quantize_act_2l_fused_shape(4608, 3072, R, 64, sms)[0] == 0, R
+    before = hopper.quantize_act_2l_fused_mode()
+    with _fused_quant(hopper, 1 - before):
+        assert hopper.quantize_act_2l_fused_mode() == 1 - before
+    assert hopper.quantize_act_2l_fused_mode() == before
+
+
+def test_quantize_act_2l_fused_graph_capture_and_unaligned_proj_down(hopper):
+    """Captured in a CUDA graph and replayed on new inputs; a proj_down view that is not 16-byte aligned takes the
+    per-row path with the same results."""
+    x, smooth, pd = _acts(200, 3072, 32, torch.bfloat16, seed=5)
+    with _fused_quant(hopper, 1):
+        x2, ref = _check_graph_replay(hopper, x, smooth, pd, seed=6)
+        wide = torch.empty(3072 * 32 + 1, device="cuda", dtype=torch.bfloat16)
+        odd = wide[1:].view(3072, 32)
+        odd.copy_(pd)
+        assert odd.data_ptr() % 16 != 0
+        got = hopper.quantize_act_2l(x2, smooth, odd, 64)
+    assert torch.equal(got[0], ref[0]) and _rel(got[2], ref[2]) < 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
