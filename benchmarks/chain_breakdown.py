@@ -4,10 +4,10 @@ usage: python benchmarks/chain_breakdown.py [--ms 256] [--reps 30]
 
 Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order, default switches):
   "chain"  quantize_act_2l + w4a4_gemm_2l_fo (what SVDQuantLinear runs on Hopper);
-  "quant"  quantize_act_2l alone (the per-row quantizer: its 1 / smooth launch, the quantizer and, on a side stream
-           while x fits in L2, cuBLAS's down projection);
-  "q_fq"   the quantizer that fuses the down projection (x read once; set_quantize_act_2l_fused(1)), "chain_fq" the
-           chain with it;
+  "chain_fq" / "chain_pr": the chain with the fused quantizer forced on / off (set_quantize_act_2l_fused);
+  "q_fq"   quantize_act_2l alone, fused (x read once for the quantization and the down projection);
+  "q_pr"   quantize_act_2l alone, per-row (its 1 / smooth launch, the quantizer and, on a side stream while x fits
+           in L2, cuBLAS's down projection);
   "q_only" the per-row quantizer alone (rank 0: no down projection); "down" cuBLAS x @ proj_down alone;
   "gemm"   w4a4_gemm_2l_fo alone (its plan: two or three consumer warpgroups as the cost model picks, or not
            persistent); "gemm2" the same with two warpgroups only (set_gemm_2l_rf_warpgroups(2));
@@ -25,7 +25,7 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 
 from svdquant_hf.ops.layout_2l import fragment_order
 
-COLS = ["chain", "chain_fq", "quant", "q_fq", "q_only", "down", "gemm", "gemm2", "empty", "bf16"]
+COLS = ["chain", "chain_fq", "chain_pr", "q_fq", "q_pr", "q_only", "down", "gemm", "gemm2", "empty", "bf16"]
 
 
 def main() -> int:
@@ -65,9 +65,10 @@ def main() -> int:
             t = {c: 1e3 * time_graph(fn, a, args.reps) for c, (fn, a) in fns.items()}
             with gemm_switches(ext, rf_warpgroups=2):
                 t["gemm2"] = 1e3 * time_graph(fns["gemm"][0], pre, args.reps)
-            with gemm_switches(ext, fused_quant=1):
-                t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
-                t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
+            for tag, on in (("fq", 1), ("pr", 0)):
+                with gemm_switches(ext, fused_quant=on):
+                    t["q_" + tag] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
+                    t["chain_" + tag] = 1e3 * time_graph(chain, xs, args.reps)
             moved = M * K * 3 + M * (4 + 2 * p.proj_down.shape[1])  # x in, int8 out, scales and lr out
             print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{t[c]:7.1f}" for c in COLS)
                   + f" | {t['quant'] + t['gemm']:9.1f}  {t['bf16'] / t['chain']:9.2f}  {moved / t['q_fq'] / 1e3:7.2f}")

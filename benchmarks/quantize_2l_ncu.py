@@ -25,7 +25,7 @@ def main() -> int:
     smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, 32, device="cuda", dtype=torch.bfloat16) / K**0.5
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print("fused shape (C, W, NC, smem):", ext.quantize_act_2l_fused_shape(M, K, 32, 64, sms))
+    print("fused shape (C, S, smem):", ext.quantize_act_2l_fused_shape(M, K, 32, 64, sms))
     for fused in (1, 0):
         with gemm_switches(ext, fused_quant=fused):
             for _ in range(args.calls):

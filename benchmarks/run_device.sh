@@ -14,6 +14,8 @@
 #   verify: the fragment-order and persistent tests, compute-sanitizer, benchmarks/chain_breakdown.py (PROBE_MS)
 #   probe: no tests; benchmarks/chain_breakdown.py (PROBE_MS, default 256,1024), gemm_2l_plan_sweep.py at M = 256,
 #       gemm_2l_ksweep.py with the token tile forced to 128 and to 64 (KSWEEP_TILES)
+#   qsweep: benchmarks/quantize_2l_sweep.py (the fused quantizer's cluster size forced, M swept); qncu: Nsight
+#       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
@@ -114,6 +116,10 @@ if [ "$what" = q ]; then  # the fused quantizer: its tests first (a hang or faul
     memcheck "$OUT/sanitize_memcheck.log"
     chain_breakdown "${PROBE_MS:-4608,256}"
   fi
+fi
+if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)
+  timeout 200 python3 benchmarks/quantize_2l_sweep.py > "$OUT/quantize_2l_sweep.log" 2>&1
+  echo "sweep rc=$?"; tail -60 "$OUT/quantize_2l_sweep.log"
 fi
 if [ "$what" = qncu ]; then  # Nsight Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py)
   for k in ${QNCU_K:-12288 3072}; do

@@ -535,14 +535,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Hopper: the quantizer with the down projection fused (mode 1, default) or the per-row kernel + cuBLAS (0); "
         "cluster > 0 forces that many CTAs per cluster where a shape exists (benchmarks)");
   m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
+  m.def("quantize_act_2l_fused_last_grid", &svdq::quantize_act_2l_fused_last_grid,
+        "CTAs of the last fused quantizer launch (the clusters that fit at once, times the cluster size)");
   m.def(
       "quantize_act_2l_fused_shape",
       [](int M, int K, int R, int G, int sms) {
         const svdq::Q2lfShape s = svdq::q2lf_shape(M, K, R, G, sms);
-        return std::make_tuple(s.C, s.W, s.NC, (int64_t)s.smem);
+        return std::make_tuple(s.C, s.S, (int64_t)s.smem);
       },
-      "M, K, R, group_size, num_sms -> (cluster CTAs, warps, chunks per warp, shared bytes) of the fused quantizer "
-      "(cluster 0: it does not apply)");
+      "M, K, R, group_size, num_sms -> (cluster CTAs, x stages, shared bytes) of the fused quantizer (cluster 0: it "
+      "does not apply)");
   m.def(
       "set_quantize_act_2l_overlap", [](bool on) { g_lr_overlap = on; },
       "false: the down projection after the quantizer on the same stream (benchmarks)");

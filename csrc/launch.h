@@ -87,8 +87,9 @@ bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int nu
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);
 void set_quantize_act_2l_fused(int mode, int cluster);  // mode 0 off, 1 where a shape exists; cluster 0: model
 int quantize_act_2l_fused_mode();
+int quantize_act_2l_fused_last_grid();  // CTAs of the last fused launch (benchmarks)
 struct Q2lfShape {
-  int C = 0, W = 0, NC = 0;  // cluster size, warps per CTA, 32-value chunks per warp (C = 0: no shape)
+  int C = 0, S = 0;  // cluster size (C = 0: no shape), x stages in shared memory
   size_t smem = 0;
 };
 Q2lfShape q2lf_shape(int M, int K, int R, int group_size, int num_sms);

@@ -199,12 +199,14 @@ def test_quantize_act_2l_fused_every_cluster_size(hopper, M, K, R):
 
 
 def test_quantize_act_2l_fused_cost_model_and_limits(hopper):
-    """Where the fused kernel applies: rank a multiple of 16 up to 64, a K slice per CTA whose proj_down fits in
-    shared memory; FLUX.1's shapes all get one; elsewhere (rank 0, 8, 20, 128) the per-row kernel runs."""
+    """Where the fused kernel applies: rank a multiple of 16 up to 64, a K slice per CTA (a multiple of 64) whose
+    proj_down and one x stage fit in shared memory; FLUX.1's shapes all get one, with two stages at least where
+    K <= 12288; elsewhere (rank 0, 8, 20, 128) the per-row kernel runs."""
     sms = _sms()
     for K in (3072, 12288, 15360):
-        C, W, NC, smem = hopper.quantize_act_2l_fused_shape(4608, K, 32, 64, sms)
-        assert C * W * NC * 32 == K and 1 <= C <= 8 and W * 32 <= 320 and smem <= 227 * 1024, (K, C, W, NC)
+        C, S, smem = hopper.quantize_act_2l_fused_shape(4608, K, 32, 64, sms)
+        assert K % C == 0 and (K // C) % 64 == 0 and 2 <= C <= 8 and 1 <= S <= 4 and smem <= 227 * 1024, (K, C, S)
+        assert K == 15360 or S >= 2, (K, C, S)
     for R in (0, 8, 20, 128):
         assert hopper.quantize_act_2l_fused_shape(4608, 3072, R, 64, sms)[0] == 0, R
     before = hopper.quantize_act_2l_fused_mode()

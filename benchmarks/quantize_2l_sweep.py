@@ -1,0 +1,60 @@
+"""The fused quantizer's cost per row block: cluster size forced, token count swept, side by side with the per-row one.
+
+usage: python benchmarks/quantize_2l_sweep.py [--ks 3072,12288] [--ms 16,256,1024,4608] [--reps 30]
+
+For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), then the fused one
+(set_quantize_act_2l_fused(1, C)) at its cost model's cluster size ("C=0") and every forced size with a shape.
+Columns: cluster size and x stages, CTAs launched (clusters that fit x C), rounds of row blocks per cluster,
+us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
+perf-notes v2.16: a round of 16-row blocks costs ~12 us at K = 3072 and 12288, whatever the slice width.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from cuda_timing import time_graph
+from problems_2l import gemm_switches, hopper_extension
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in (("--ks", "3072,12288"), ("--ms", "16,256,1024,4608")):
+        ap.add_argument(name, default=default)
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    if (ext := hopper_extension("quantize_2l_sweep")) is None:
+        return 2
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    R, G = 32, 64
+    print(f"{torch.cuda.get_device_name()}: quantize_act_2l, us per call (CUDA graph), rank {R}, group {G}, {sms} SMs")
+    print(f"{'K':>6} {'M':>5} {'config':>8} {'C':>2} {'S':>2} {'CTAs':>5} {'rounds':>6} {'us':>8} {'us/round':>9}")
+    for K in [int(k) for k in args.ks.split(",")]:
+        smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
+        pd = (torch.randn(K, R, device="cuda") / K**0.5).to(torch.bfloat16)
+        one_round: dict[int, float] = {}
+        for M in [int(m) for m in args.ms.split(",")]:
+            xs = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16),) for _ in range(2)]
+            fn = lambda x: ext.quantize_act_2l(x, smooth, pd, G)  # noqa: E731
+            with gemm_switches(ext, fused_quant=0):
+                t = 1e3 * time_graph(fn, xs, args.reps)
+            print(f"{K:>6} {M:>5} {'per-row':>8} {'':>2} {'':>2} {'':>5} {'':>6} {t:8.1f}")
+            for C in (0, 2, 3, 4, 6, 8):
+                with gemm_switches(ext, fused_quant=1, quant_cluster=C):
+                    c, s, _ = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)
+                    if c == 0 or (C and c != C):
+                        continue
+                    t = 1e3 * time_graph(fn, xs, args.reps)
+                    ctas = ext.quantize_act_2l_fused_last_grid()
+                rounds = -(-((M + 15) // 16) // max(1, ctas // c))
+                if M == 16:
+                    one_round[C] = t
+                # (the model's own choice, C=0, may change with M: no per-round figure for it)
+                per = (t - one_round[C]) / (rounds - 1) if C and C in one_round and rounds > 1 else float("nan")
+                print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>2} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
