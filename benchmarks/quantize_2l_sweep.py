@@ -6,6 +6,8 @@ For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), th
 (set_quantize_act_2l_fused(1, C)) at its cost model's cluster size ("C=0") and every forced size with a shape.
 Columns: cluster size and x stages, CTAs launched (clusters that fit x C), rounds of row blocks per cluster,
 us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
+Then, at the cost model's cluster size, the timing-only probes (WRONG results, bfloat16 rank 32 only): "no-xchg"
+leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both.
 perf-notes v2.16: a round of 16-row blocks costs ~12 us at K = 3072 and 12288, whatever the slice width.
 """
 from __future__ import annotations
@@ -53,6 +55,14 @@ def main() -> int:
                 # (the model's own choice, C=0, may change with M: no per-round figure for it)
                 per = (t - one_round[C]) / (rounds - 1) if C and C in one_round and rounds > 1 else float("nan")
                 print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>2} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
+            before = ext.quantize_act_2l_fused_mode()
+            for probe, name in ((1, "no-xchg"), (2, "no-mma"), (3, "neither")):
+                ext.set_quantize_act_2l_fused(1, 0, probe)
+                try:
+                    t = 1e3 * time_graph(fn, xs, args.reps)
+                finally:
+                    ext.set_quantize_act_2l_fused(before, 0, 0)
+                print(f"{K:>6} {M:>5} {name:>8} {'':>2} {'':>2} {'':>5} {'':>6} {t:8.1f}")
     return 0
 
 

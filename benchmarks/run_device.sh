@@ -14,7 +14,8 @@
 #   verify: the fragment-order and persistent tests, compute-sanitizer, benchmarks/chain_breakdown.py (PROBE_MS)
 #   probe: no tests; benchmarks/chain_breakdown.py (PROBE_MS, default 256,1024), gemm_2l_plan_sweep.py at M = 256,
 #       gemm_2l_ksweep.py with the token tile forced to 128 and to 64 (KSWEEP_TILES)
-#   qsweep: benchmarks/quantize_2l_sweep.py (the fused quantizer's cluster size forced, M swept); qncu: Nsight
+#   qsweep: benchmarks/quantize_2l_sweep.py (the fused quantizer's cluster size forced, M swept, timing-only probes
+#       without its exchange / down projection); qncu: Nsight
 #       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)

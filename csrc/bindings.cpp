@@ -255,9 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const int R = (int)pd.size(1);
   const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0;
-  if (R > 0 && prop->major == 9 && aligned &&
+  if (R > 0 && prop->major == 9 && prop->minor == 0 && aligned &&
       svdq::quantize_act_2l_fused_supported((int)M, (int)K, R, (int)group_size, prop->multiProcessorCount)) {
-    // Hopper: one kernel reads x once for both the quantization and the down projection
+    // opt-in on Hopper: one kernel reads x once for both the quantization and the down projection
     lr = at::empty({M, R}, x.options());
     a.proj_down = pd.data_ptr();
     a.lr = lr.data_ptr();
@@ -532,8 +532,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "on weights widened once, so its main loop has no widening");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
-        "Hopper: the quantizer with the down projection fused (mode 1, default) or the per-row kernel + cuBLAS (0); "
-        "cluster > 0 forces that many CTAs per cluster where a shape exists (benchmarks)");
+        py::arg("probe") = 0,
+        "Hopper: the quantizer with the down projection fused (mode 1; measured slower, perf-notes v2.16) or the "
+        "per-row kernel + cuBLAS (0, the default); cluster > 0 forces that many CTAs per cluster where a shape exists; "
+        "probe 1 / 2 / 3 (benchmarks, bfloat16 rank 32, WRONG results): the fused kernel without its cluster exchange "
+        "/ without its down projection / without both");
   m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
   m.def("quantize_act_2l_fused_last_grid", &svdq::quantize_act_2l_fused_last_grid,
         "CTAs of the last fused quantizer launch (the clusters that fit at once, times the cluster size)");

@@ -101,13 +101,16 @@ __device__ __forceinline__ void rcp8(const float* rcp_s, int k, float (&rc)[8]) 
 }
 #endif
 
-template <typename T, int NT, int S>
+// PROBE (benchmarks only, timing with wrong results): bit 0 leaves out the cluster exchange (each CTA takes its own
+// row maxima, lr is not summed), bit 1 the down projection's mma loop
+template <typename T, int NT, int S, int PROBE = 0>
 __global__ void __launch_bounds__(kThreads, 1)
     quantize_act_2l_fused_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
                                  int8_t* __restrict__ xq, float* __restrict__ xscale, T* __restrict__ lr, int M,
                                  int K, int G, int C) {
 #if SVDQ_Q2LF_BODY
   constexpr int R = NT * 8;
+  constexpr bool kExchange = !(PROBE & 1), kMma = !(PROBE & 2);
   extern __shared__ __align__(128) unsigned char smem[];
   const int Ks = K / C;
   const Q2lfLayout L{Ks, G, C, R, S};
@@ -187,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // block j - 1 is consumed: its stage may be refilled
     issue(j + S - 1);
     cp_async_wait<S - 1>();
-    if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), expect);
+    if (kExchange && tid == 0) mbar_expect_tx(smem_u32(&bars[par]), expect);
     __syncthreads();  // block j is in shared memory for every thread
 
     for (int v = tid; v < nvec; v += kThreads) {  // group maxima of x * (1 / smooth); row maxima
@@ -204,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         atomicMax(&rmax[par * kRows + r], __float_as_uint(m));  // non-negative floats order as their bits
       }
     }
-    for (int task = warp; task < NT * kKSplit; task += kThreads / 32) {  // the down projection's partials
+    for (int task = warp; kMma && task < NT * kKSplit; task += kThreads / 32) {  // the down projection's partials
       const int nt = task % NT, ks = task / NT;
       const int steps = Ks / 16 / kKSplit;
       float acc[2][4] = {};
@@ -224,7 +227,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
     // this CTA's partials, 16 bytes at a time: low-rank quad q to rank q % C, the row maxima to every rank
-    for (int i = tid; i < kRows * R / 4 + kRows / 4; i += kThreads) {
+    for (int i = tid; kExchange && i < kRows * R / 4 + kRows / 4; i += kThreads) {
       if (i < kRows * R / 4) {
         const int r = i / (R / 4), qd = i - r * (R / 4);
         float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -246,7 +249,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int q = 0; q < C; ++q) st_async_v4(map_rank(dst, q), m, map_rank(&bars[par], q));
       }
     }
-    mbar_wait(smem_u32(&bars[par]), (j >> 1) & 1);
+    if constexpr (kExchange) {
+      mbar_wait(smem_u32(&bars[par]), (j >> 1) & 1);
+    } else {  // probe: this CTA's own row maxima in every slot
+      for (int i = tid; i < C * kRows; i += kThreads) got_max[par * C * kRows + i] = __uint_as_float(rmax[par * kRows + i % kRows]);
+      __syncthreads();
+      if (tid < kRows) rmax[par * kRows + tid] = 0u;
+    }
     const float* maxes = got_max + par * C * kRows;
     for (int i = tid; i < kRows * gpr; i += kThreads) {  // per (row, group): s_int and 1 / (s_row * s_int)
       const int r = i / gpr;
@@ -301,9 +310,23 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-template <typename T, int NT, int S>
+template <typename T, int NT, int S, int PROBE = 0>
 const void* kernel_ptr() {
-  return reinterpret_cast<const void*>(&quantize_act_2l_fused_kernel<T, NT, S>);
+  return reinterpret_cast<const void*>(&quantize_act_2l_fused_kernel<T, NT, S, PROBE>);
+}
+
+// the probes: bfloat16, rank 32 only
+const void* pick_probe(int probe, int S) {
+#define SVDQ_Q2LF_PROBE(P)                                                 \
+  if (probe == P) {                                                        \
+    if (S == 1) return kernel_ptr<__nv_bfloat16, 4, 1, P>();               \
+    if (S == 2) return kernel_ptr<__nv_bfloat16, 4, 2, P>();               \
+    if (S == 3) return kernel_ptr<__nv_bfloat16, 4, 3, P>();               \
+    return kernel_ptr<__nv_bfloat16, 4, 4, P>();                           \
+  }
+  SVDQ_Q2LF_PROBE(1) SVDQ_Q2LF_PROBE(2) SVDQ_Q2LF_PROBE(3)
+#undef SVDQ_Q2LF_PROBE
+  return nullptr;
 }
 
 template <typename T>
@@ -323,6 +346,7 @@ const void* pick_kernel(int NT, int S) {
 int g_last_grid = 0;      // CTAs of the last launch (benchmarks: clusters that fit x cluster size)
 int g_fused_mode = 0;     // 0: never (the default: measured slower, perf-notes v2.16), 1: where a shape exists
 int g_force_cluster = 0;  // benchmarks: force this cluster size (0: the cost model)
+int g_probe = 0;          // benchmarks: launch the PROBE kernels (bfloat16, rank 32; wrong results)
 constexpr size_t kSmemLimit = 227 * 1024;
 
 // Modelled time (ns) of one launch with this shape (the constants are rough: H200, perf-notes v2.16).
@@ -361,7 +385,8 @@ Q2lfShape q2lf_shape(int M, int K, int R, int G, int num_sms) {
   return best;
 }
 
-void set_quantize_act_2l_fused(int mode, int cluster) {
+void set_quantize_act_2l_fused(int mode, int cluster, int probe) {
+  g_probe = probe;
   g_fused_mode = mode;
   g_force_cluster = cluster;
 }
@@ -382,7 +407,8 @@ cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms
   if (s.C == 0) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;
   const bool bf = a.dtype == DType::kBF16;
-  const void* kern = bf ? pick_kernel<__nv_bfloat16>(a.R / 8, s.S) : pick_kernel<__half>(a.R / 8, s.S);
+  const void* kern = g_probe ? (bf && a.R == 32 ? pick_probe(g_probe, s.S) : nullptr)
+                     : bf ? pick_kernel<__nv_bfloat16>(a.R / 8, s.S) : pick_kernel<__half>(a.R / 8, s.S);
   if (!kern) return cudaErrorInvalidValue;
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);

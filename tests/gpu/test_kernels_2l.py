@@ -215,6 +215,26 @@ def test_quantize_act_2l_fused_cost_model_and_limits(hopper):
     assert hopper.quantize_act_2l_fused_mode() == before
 
 
+def test_quantize_act_2l_fused_probes_run_and_leave_the_kernel_exact(hopper):
+    """The timing-only probe kernels (benchmarks/quantize_2l_sweep.py: no exchange, no down projection) launch and
+    finish at a multi-round shape; the fused kernel after them is exact again."""
+    x, smooth, pd = _acts(700, 3072, 32, torch.bfloat16, seed=9)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    before = hopper.quantize_act_2l_fused_mode()
+    for probe in (1, 2, 3):
+        hopper.set_quantize_act_2l_fused(1, 0, probe)
+        try:
+            xq, xs, _ = hopper.quantize_act_2l(x, smooth, pd, 64)
+            torch.cuda.synchronize()
+        finally:
+            hopper.set_quantize_act_2l_fused(before, 0, 0)
+        if probe == 2:  # the exchange ran: the row maxima and so the quantized bytes are still right
+            assert torch.equal(xq, rq) and torch.equal(xs, rs)
+    with _fused_quant(hopper, 1):
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+
+
 def test_quantize_act_2l_fused_graph_capture_and_unaligned_proj_down(hopper):
     """Captured in a CUDA graph and replayed on new inputs; a proj_down view that is not 16-byte aligned takes the
     per-row path with the same results."""
