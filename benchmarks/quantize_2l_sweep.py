@@ -7,7 +7,10 @@ For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), th
 Columns: cluster size and x stages, CTAs launched (clusters that fit x C), rounds of row blocks per cluster,
 us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
 Then, at the cost model's cluster size, the timing-only probes (WRONG results, bfloat16 rank 32 only): "no-xchg"
-leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both.
+leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both; and
+"spin" (exact results) waits for the exchange by spinning on mbarrier.test_wait instead of try_wait; "cap-1" /
+"cap/2" launch one cluster fewer / half as many clusters as fit (if the occupancy query overstates what fits at
+once, the last clusters run as a second wave and the full grid is the slowest).
 perf-notes v2.16: a round of 16-row blocks costs ~12 us at K = 3072 and 12288, whatever the slice width.
 """
 from __future__ import annotations
@@ -56,13 +59,20 @@ def main() -> int:
                 per = (t - one_round[C]) / (rounds - 1) if C and C in one_round and rounds > 1 else float("nan")
                 print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>2} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
             before = ext.quantize_act_2l_fused_mode()
-            for probe, name in ((1, "no-xchg"), (2, "no-mma"), (3, "neither")):
-                ext.set_quantize_act_2l_fused(1, 0, probe)
+            with gemm_switches(ext, fused_quant=1):
+                c = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)[0]
+                fn(xs[0][0])
+                full = ext.quantize_act_2l_fused_last_grid() // max(c, 1)
+            runs = [(1, 0, "no-xchg"), (2, 0, "no-mma"), (3, 0, "neither"), (4, 0, "spin"),
+                    (0, max(1, full - 1), "cap-1"), (0, max(1, full // 2), "cap/2")]
+            for probe, cap, name in runs:
+                ext.set_quantize_act_2l_fused(1, 0, probe, cap)
                 try:
                     t = 1e3 * time_graph(fn, xs, args.reps)
+                    ctas = ext.quantize_act_2l_fused_last_grid()
                 finally:
-                    ext.set_quantize_act_2l_fused(before, 0, 0)
-                print(f"{K:>6} {M:>5} {name:>8} {'':>2} {'':>2} {'':>5} {'':>6} {t:8.1f}")
+                    ext.set_quantize_act_2l_fused(before, 0, 0, 0)
+                print(f"{K:>6} {M:>5} {name:>8} {'':>2} {'':>2} {ctas:>5} {'':>6} {t:8.1f}")
     return 0
 
 

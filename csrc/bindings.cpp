@@ -532,11 +532,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "on weights widened once, so its main loop has no widening");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
-        py::arg("probe") = 0,
+        py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1; measured slower, perf-notes v2.16) or the "
         "per-row kernel + cuBLAS (0, the default); cluster > 0 forces that many CTAs per cluster where a shape exists; "
-        "probe 1 / 2 / 3 (benchmarks, bfloat16 rank 32, WRONG results): the fused kernel without its cluster exchange "
-        "/ without its down projection / without both");
+        "probe (benchmarks, bfloat16 rank 32): 1 / 2 / 3 the fused kernel without its cluster exchange / without its "
+        "down projection / without both (WRONG results), 4 waiting for the exchange by spinning on test_wait (exact); "
+        "cap_clusters > 0: launch at most that many clusters (benchmarks: is there a second wave?)");
   m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
   m.def("quantize_act_2l_fused_last_grid", &svdq::quantize_act_2l_fused_last_grid,
         "CTAs of the last fused quantizer launch (the clusters that fit at once, times the cluster size)");

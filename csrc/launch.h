@@ -85,8 +85,9 @@ cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stre
 // Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)
 bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int num_sms);
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);
-// mode 0 off, 1 where a shape exists; cluster 0: the cost model's; probe > 0: timing-only kernels (benchmarks)
-void set_quantize_act_2l_fused(int mode, int cluster, int probe);
+// mode 0 off, 1 where a shape exists; cluster 0: the cost model's; probe > 0, cap_clusters > 0: benchmarks (the PROBE
+// kernels; at most that many clusters launched)
+void set_quantize_act_2l_fused(int mode, int cluster, int probe, int cap_clusters);
 int quantize_act_2l_fused_mode();
 int quantize_act_2l_fused_last_grid();  // CTAs of the last fused launch (benchmarks)
 struct Q2lfShape {

@@ -72,6 +72,13 @@ __device__ __forceinline__ void st_async_v4(uint32_t remote, const float4& v, ui
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
                ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(remote_bar) : "memory");
 }
+// whether the phase with this parity has completed, without suspending the thread (try_wait may)
+__device__ __forceinline__ bool mbar_test_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+               : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  return done != 0;
+}
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -101,8 +108,9 @@ __device__ __forceinline__ void rcp8(const float* rcp_s, int k, float (&rc)[8]) 
 }
 #endif
 
-// PROBE (benchmarks only, timing with wrong results): bit 0 leaves out the cluster exchange (each CTA takes its own
-// row maxima, lr is not summed), bit 1 the down projection's mma loop
+// PROBE (benchmarks only): bit 0 leaves out the cluster exchange (each CTA takes its own row maxima, lr is not
+// summed), bit 1 the down projection's mma loop (both: timing with wrong results); bit 2 waits for the exchange by
+// spinning on mbarrier.test_wait instead of try_wait (which may suspend the thread; results exact)
 template <typename T, int NT, int S, int PROBE = 0>
 __global__ void __launch_bounds__(kThreads, 1)
     quantize_act_2l_fused_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
@@ -110,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                  int K, int G, int C) {
 #if SVDQ_Q2LF_BODY
   constexpr int R = NT * 8;
-  constexpr bool kExchange = !(PROBE & 1), kMma = !(PROBE & 2);
+  constexpr bool kExchange = !(PROBE & 1), kMma = !(PROBE & 2), kSpin = (PROBE & 4) != 0;
   extern __shared__ __align__(128) unsigned char smem[];
   const int Ks = K / C;
   const Q2lfLayout L{Ks, G, C, R, S};
@@ -249,10 +257,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int q = 0; q < C; ++q) st_async_v4(map_rank(dst, q), m, map_rank(&bars[par], q));
       }
     }
-    if constexpr (kExchange) {
+    if constexpr (kExchange && kSpin) {
+      while (!mbar_test_wait(smem_u32(&bars[par]), (j >> 1) & 1)) {
+      }
+    } else if constexpr (kExchange) {
       mbar_wait(smem_u32(&bars[par]), (j >> 1) & 1);
     } else {  // probe: this CTA's own row maxima in every slot
-      for (int i = tid; i < C * kRows; i += kThreads) got_max[par * C * kRows + i] = __uint_as_float(rmax[par * kRows + i % kRows]);
+      for (int i = tid; i < C * kRows; i += kThreads)
+        got_max[par * C * kRows + i] = __uint_as_float(rmax[par * kRows + i % kRows]);
       __syncthreads();
       if (tid < kRows) rmax[par * kRows + tid] = 0u;
     }
@@ -324,7 +336,7 @@ const void* pick_probe(int probe, int S) {
     if (S == 3) return kernel_ptr<__nv_bfloat16, 4, 3, P>();               \
     return kernel_ptr<__nv_bfloat16, 4, 4, P>();                           \
   }
-  SVDQ_Q2LF_PROBE(1) SVDQ_Q2LF_PROBE(2) SVDQ_Q2LF_PROBE(3)
+  SVDQ_Q2LF_PROBE(1) SVDQ_Q2LF_PROBE(2) SVDQ_Q2LF_PROBE(3) SVDQ_Q2LF_PROBE(4)
 #undef SVDQ_Q2LF_PROBE
   return nullptr;
 }
@@ -346,7 +358,8 @@ const void* pick_kernel(int NT, int S) {
 int g_last_grid = 0;      // CTAs of the last launch (benchmarks: clusters that fit x cluster size)
 int g_fused_mode = 0;     // 0: never (the default: measured slower, perf-notes v2.16), 1: where a shape exists
 int g_force_cluster = 0;  // benchmarks: force this cluster size (0: the cost model)
-int g_probe = 0;          // benchmarks: launch the PROBE kernels (bfloat16, rank 32; wrong results)
+int g_probe = 0;          // benchmarks: launch the PROBE kernels (bfloat16, rank 32)
+int g_cap_clusters = 0;   // benchmarks: launch at most this many clusters (0: as many as fit at once)
 constexpr size_t kSmemLimit = 227 * 1024;
 
 // Modelled time (ns) of one launch with this shape (the constants are rough: H200, perf-notes v2.16).
@@ -385,8 +398,9 @@ Q2lfShape q2lf_shape(int M, int K, int R, int G, int num_sms) {
   return best;
 }
 
-void set_quantize_act_2l_fused(int mode, int cluster, int probe) {
+void set_quantize_act_2l_fused(int mode, int cluster, int probe, int cap_clusters) {
   g_probe = probe;
+  g_cap_clusters = cap_clusters;
   g_fused_mode = mode;
   g_force_cluster = cluster;
 }
@@ -444,6 +458,7 @@ cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms
     max_clusters = it->second;
   }
   if (max_clusters <= 0) return cudaErrorInvalidConfiguration;
+  if (g_cap_clusters > 0) max_clusters = std::min(max_clusters, g_cap_clusters);
   const int nrb = (a.M + kRows - 1) / kRows;
   cfg.gridDim = dim3(s.C * std::min(nrb, max_clusters));
   g_last_grid = (int)cfg.gridDim.x;

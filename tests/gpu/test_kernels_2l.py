@@ -216,22 +216,31 @@ def test_quantize_act_2l_fused_cost_model_and_limits(hopper):
 
 
 def test_quantize_act_2l_fused_probes_run_and_leave_the_kernel_exact(hopper):
-    """The timing-only probe kernels (benchmarks/quantize_2l_sweep.py: no exchange, no down projection) launch and
-    finish at a multi-round shape; the fused kernel after them is exact again."""
+    """The probe kernels (benchmarks/quantize_2l_sweep.py: no exchange, no down projection, a spinning wait) launch
+    and finish at a multi-round shape; the fused kernel after them is exact again, also with a single cluster
+    launched (cap_clusters = 1)."""
     x, smooth, pd = _acts(700, 3072, 32, torch.bfloat16, seed=9)
     rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
     before = hopper.quantize_act_2l_fused_mode()
-    for probe in (1, 2, 3):
+    for probe in (1, 2, 3, 4):
         hopper.set_quantize_act_2l_fused(1, 0, probe)
         try:
             xq, xs, _ = hopper.quantize_act_2l(x, smooth, pd, 64)
             torch.cuda.synchronize()
         finally:
             hopper.set_quantize_act_2l_fused(before, 0, 0)
-        if probe == 2:  # the exchange ran: the row maxima and so the quantized bytes are still right
+        if probe in (2, 4):  # the exchange ran (4: the whole kernel): the row maxima, so the bytes, are right
             assert torch.equal(xq, rq) and torch.equal(xs, rs)
     with _fused_quant(hopper, 1):
         xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+    hopper.set_quantize_act_2l_fused(1, 0, 0, 1)  # one cluster walks all 44 row blocks (parities, stages wrap)
+    try:
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+        C = hopper.quantize_act_2l_fused_shape(700, 3072, 32, 64, _sms())[0]
+        assert hopper.quantize_act_2l_fused_last_grid() == C
+    finally:
+        hopper.set_quantize_act_2l_fused(before, 0, 0, 0)
     assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
 
 
