@@ -251,11 +251,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   const at::Tensor pd = pd_in.contiguous();
   at::Tensor lr;
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   const int R = (int)pd.size(1);
-  const bool aligned = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0;
-  if (R > 0 && prop->major == 9 && prop->minor == 0 && aligned &&
+  const cudaDeviceProp* prop =
+      R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
+  if (prop && prop->major == 9 && prop->minor == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 &&
       svdq::quantize_act_2l_fused_supported((int)M, (int)K, R, (int)group_size, prop->multiProcessorCount)) {
     // opt-in on Hopper: one kernel reads x once for both the quantization and the down projection
     lr = at::empty({M, R}, x.options());

@@ -32,6 +32,18 @@ template <> struct Dt<__half> {
   }
 };
 
+// The low / high 16-bit value of a 32-bit word as float (exact)
+template <typename T>
+__device__ __forceinline__ float half_lo(uint32_t w) {
+  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w << 16);  // bfloat16: the high half of an fp32
+  else return Dt<T>::bits_to_f(w & 0xFFFFu);
+}
+template <typename T>
+__device__ __forceinline__ float half_hi(uint32_t w) {
+  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w & 0xFFFF0000u);
+  else return Dt<T>::bits_to_f(w >> 16);
+}
+
 // D += A(16x16, row) * B(16x8, col), 16-bit inputs, fp32 accumulate.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);

@@ -21,16 +21,6 @@ __global__ void rcp_kernel(const T* __restrict__ smooth, float* __restrict__ rcp
   if (k < K) rcp[k] = __frcp_rn(Dt<T>::to_f(smooth[k]));
 }
 
-template <typename T>
-__device__ __forceinline__ float half_lo(uint32_t w) {
-  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w << 16);  // bfloat16: the high half of an fp32
-  else return Dt<T>::bits_to_f(w & 0xFFFFu);
-}
-template <typename T>
-__device__ __forceinline__ float half_hi(uint32_t w) {
-  if constexpr (Dt<T>::kMax > 1e30f) return __uint_as_float(w & 0xFFFF0000u);
-  else return Dt<T>::bits_to_f(w >> 16);
-}
 
 template <typename T, int V, int G>
 __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const float* __restrict__ rcp,

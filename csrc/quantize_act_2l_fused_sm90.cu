@@ -94,13 +94,8 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if constexpr (Dt<T>::kMax > 1e30f) {  // bfloat16: the high half of an fp32
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
-    } else {
-      f[2 * i] = Dt<T>::bits_to_f(w[i] & 0xFFFFu);
-      f[2 * i + 1] = Dt<T>::bits_to_f(w[i] >> 16);
-    }
+    f[2 * i] = half_lo<T>(w[i]);
+    f[2 * i + 1] = half_hi<T>(w[i]);
   }
 }
 __device__ __forceinline__ void rcp8(const float* rcp_s, int k, float (&rc)[8]) {

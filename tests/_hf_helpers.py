@@ -94,3 +94,18 @@ def inject_random_lora(model: nn.Module, rank: int = 8, adapter: str = "t", std:
             if hasattr(m, "lora_B") and adapter in m.lora_B:
                 m.lora_B[adapter].weight.normal_(0, std)
     refresh(model)
+
+
+def quantize_joint_qkv(model: nn.Module, quant_format: str = "int4_2l", rank: int = 16, group_rank: int = 48) -> dict:
+    """Quantize a diffusers model in place with q/k/v jointly quantized (fusable; the other plain Linears left
+    16-bit); returns the model's test inputs (batch 1)."""
+    from svdquant_hf import SVDQuantConfig, qkv_groups, quantize_model
+    from svdquant_hf import testing as T
+    from svdquant_hf.quantizers.common import quantizable_linears
+
+    opts = SVDQuantConfig(quant_format=quant_format, rank=rank)
+    names = list(quantizable_linears(model, opts))
+    skip = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in names]
+    quantize_model(model, opts, progress=False, extra_skip=skip, shared_input_groups=qkv_groups(model, names),
+                   group_rank=group_rank)
+    return T.model_inputs(model, seed=5, batch=1)

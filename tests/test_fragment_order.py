@@ -13,17 +13,14 @@ from svdquant_hf import (
     SVDQuantConfig,
     SVDQuantLinear,
     fuse_shared_input_projections,
-    qkv_groups,
-    quantize_model,
     set_fragment_order,
     set_int8_weights,
     unfuse_shared_input_projections,
 )
 from svdquant_hf import testing as T
 from svdquant_hf.ops.layout_2l import fragment_order
-from svdquant_hf.quantizers.common import quantizable_linears
 
-from _hf_helpers import fullgraph_targets, inject_random_lora
+from _hf_helpers import fullgraph_targets, inject_random_lora, quantize_joint_qkv
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,12 +33,7 @@ def _quantized_flux(fmt: str = "int4_2l"):
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=2,
         joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False, axes_dims_rope=(16, 24, 24),
     )
-    opts = SVDQuantConfig(quant_format=fmt, rank=16)
-    names = list(quantizable_linears(model, opts))
-    skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
-    quantize_model(model, opts, progress=False, extra_skip=skip, shared_input_groups=qkv_groups(model, names),
-                   group_rank=48)
-    return model, T.model_inputs(model, seed=5, batch=1)
+    return model, quantize_joint_qkv(model, fmt)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from svdquant_hf import (
 )
 from svdquant_hf import testing as T
 from svdquant_hf.lora import testing as LT
-from svdquant_hf.quantizers.common import quantizable_linears
+
+from _hf_helpers import quantize_joint_qkv
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,12 +31,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def quantized():
     model = T.tiny_flux_transformer(3, in_channels=16)
-    opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
-    names = list(quantizable_linears(model, opts))
-    skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in names]
-    quantize_model(model, opts, progress=False, extra_skip=skip, shared_input_groups=qkv_groups(model, names),
-                   group_rank=48)
-    return model, T.model_inputs(model, seed=5, batch=1)
+    return model, quantize_joint_qkv(model)
 
 
 def test_fused_model_computes_the_same_and_keeps_its_checkpoint_keys(quantized):
