@@ -62,7 +62,7 @@ ALL_VARIANTS = (
     "svdq2l_w8p_regional", "svdq2l_w8p_graphs", "svdq2l_ts_regional", "svdq2l_w8p_ts_regional",
     "svdq2l_fused_w8p_ts_regional", "fp8mm", "fp8mm_regional", "fp8mm_graphs",
     "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs", "svdq2l_np_regional", "svdq2l_w8_np_regional",
-    "svdq2l_fo_regional", "svdq2l_fo_lora_regional",
+    "svdq2l_fo_regional", "svdq2l_fo_lora_regional", "svdq2l_fo_q1r_regional",
 )
 
 
@@ -314,7 +314,8 @@ def set_kernel_switches(name: str) -> None:
     loop (non-persistent), _w8ps the persistent kernels wherever they apply (set_gemm_2l_persistent(1); it contains
     _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
     problems_2l.gemm_switches),
-    _ts the epilogue's TMA store (off otherwise)."""
+    _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
+    v2.17; persistent CTAs otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -322,6 +323,8 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_w8_producer("_w8p" in name)
         ext.set_gemm_2l_persistent(1 if "_w8ps" in name else 0 if "_np" in name else -1)
         ext.set_gemm_2l_tma_store("_ts" in name)
+    if ext is not None and hasattr(ext, "set_quantize_act_2l_persistent"):
+        ext.set_quantize_act_2l_persistent(0 if "_q1r" in name else 1, 0)
 
 
 def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:

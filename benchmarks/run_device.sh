@@ -17,6 +17,8 @@
 #   qsweep: benchmarks/quantize_2l_sweep.py (the fused quantizer's cluster size forced, M swept, timing-only probes
 #       without its exchange / down projection); qncu: Nsight
 #       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K)
+#   q8: the persistent per-row quantizer (its tests, the other 2l tests, sanitizer, chain_breakdown.py; E2E=1: the
+#       whole model, bf16 / fp8 / int4_2l at 1024 px batch 1)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
@@ -35,6 +37,18 @@ rf_tests() {  # the fragment-order and persistent int4_2l tests (extra pytest fl
   local rc=$?
   echo "fragment-order tests rc=$rc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
   return $rc
+}
+q_tests() {  # the quantizer tests (-k "$1") first, then, if they pass, the other 2l tests and compute-sanitizer
+  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "$1" --timeout 60 > "$OUT/tests_q.log" 2>&1
+  local qrc=$?; echo "quantizer tests rc=$qrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -8
+  if [ "$qrc" = 0 ]; then
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+      -k "not quantize_act_2l and not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
+    echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -6
+    memcheck "$OUT/sanitize_memcheck.log"
+  fi
+  return $qrc
 }
 chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
   timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
@@ -107,20 +121,34 @@ if [ "$what" = 2l ] || [ "$what" = cpp ]; then
 fi
 if [ "$what" = q ]; then  # the fused quantizer: its tests first (a hang or fault there stops the call early)
   grep -E "quantize_act_2l_fused" /tmp/resusage.log | sed -E 's/.*kernelI//' | head -24
-  timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k "quantize_act_2l" --timeout 60 > "$OUT/tests_q.log" 2>&1
-  qrc=$?; echo "quantizer tests rc=$qrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -12
-  if [ "$qrc" = 0 ]; then
-    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-      -k "not quantize_act_2l and not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
-    echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
-    memcheck "$OUT/sanitize_memcheck.log"
+  q_tests "quantize_act_2l" && chain_breakdown "${PROBE_MS:-4608,256}"
+fi
+if [ "$what" = q8 ]; then  # the persistent per-row quantizer: its tests, the other 2l tests, sanitizer, the chain by
+  # part, then (E2E=1, wheels in .e2ewhl) the whole model at 1024 px batch 1
+  if q_tests "quantize_act_2l and not fused"; then
+    timeout 90 python3 benchmarks/quantize_2l_rows.py > "$OUT/quantize_2l_rows.log" 2>&1
+    echo "rows rc=$?"; tail -10 "$OUT/quantize_2l_rows.log"
     chain_breakdown "${PROBE_MS:-4608,256}"
+    if [ -n "${E2E:-}" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .e2ewhl/*.whl \
+        > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -3 /tmp/pip.log; }
+      PYTHONPATH=$PWD:/tmp/site timeout 280 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" \
+        --variants ${E2E_VARIANTS:-bf16,bf16_regional,fp8mm_regional,svdq2l_fo_q1r_regional,svdq2l_fo_regional} --res 1024 --batch 1 --iters 5 \
+        --warmup 1 > "$OUT/e2e.log" 2>&1
+      echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -14
+    fi
   fi
 fi
 if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)
+  timeout 100 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "quantize_act_2l_fused" --timeout 60 > "$OUT/tests_q.log" 2>&1
+  echo "fused quantizer tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -8
   timeout 200 python3 benchmarks/quantize_2l_sweep.py > "$OUT/quantize_2l_sweep.log" 2>&1
   echo "sweep rc=$?"; tail -60 "$OUT/quantize_2l_sweep.log"
+  (cd benchmarks && timeout 120 ncu --kernel-name regex:"quantize_act_2l_fused" --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section SourceCounters --section LaunchStats --section Occupancy \
+    python3 quantize_2l_ncu.py --k 3072 > "$OUT/ncu_qf_3072.txt" 2>&1)
+  echo "ncu rc=$?"; grep -E "Duration|Cluster|Waves|stall|Stall|cycles being|Achieved Occ" "$OUT/ncu_qf_3072.txt" | head -24
 fi
 if [ "$what" = qncu ]; then  # Nsight Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py)
   for k in ${QNCU_K:-12288 3072}; do

@@ -531,6 +531,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");
   m.def("quantize_act_2l_supported", &svdq::quantize_act_2l_supported, "K -> whether the 2l quantize kernel runs");
+  m.def("set_quantize_act_2l_persistent", &svdq::set_quantize_act_2l_persistent, py::arg("on"),
+        py::arg("max_ctas") = 0,
+        "the per-row quantizer: persistent CTAs with the next rows streaming into a shared-memory ring (on, the "
+        "default) or one CTA per row (0, the kernel before v2.17; benchmarks); max_ctas > 0 caps the persistent grid");
+  m.def("quantize_act_2l_last_ctas", &svdq::quantize_act_2l_last_ctas, "CTAs of the last per-row quantizer launch");
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1; measured slower, perf-notes v2.16) or the "

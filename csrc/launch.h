@@ -82,6 +82,9 @@ bool gemm_int4_mma(int group_size);
 
 bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
+// benchmarks / tests: on = 0 launches one CTA per row (the kernel before v2.17); max_ctas > 0 caps the persistent grid
+void set_quantize_act_2l_persistent(int on, int max_ctas);
+int quantize_act_2l_last_ctas();  // CTAs of the last per-row launch
 // Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)
 bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int num_sms);
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);

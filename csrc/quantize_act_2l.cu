@@ -1,14 +1,23 @@
 // Activation quantization for the two-level INT4 format (int4_2l), any architecture.
 //
 // The per-token scale needs the whole row's absmax before any value can be quantized, so one CTA owns
-// a token row and holds it in registers: V 16-byte vectors per thread, strided by the block size, so a
+// a token row at a time and holds it in registers: V 16-byte vectors per thread, strided by the block size, so a
 // group of G values sits in G/8 consecutive lanes. x is read once, multiplied by the fp32 reciprocal
 // of the smoothing factor (one small prep launch computes 1 / smooth for the whole call), reduced to
-// group and row maxima, and written as int8 q * s_int with the per-token fp32 scale. (A 16-row variant
+// group and row maxima, and written as int8 q * s_int with the per-token fp32 scale. From K = 8192 on, CTAs are
+// persistent (as many as fit at once): the next rows of a CTA stream into a shared-memory ring by cp.async while
+// it quantizes the current one, so the SM keeps loads in flight through the row-max barrier and the stores (one
+// CTA per row: 2.2 TB/s on H200 at 4608 x 12288, persistent 2.7: perf-notes v2.17). (A 16-row variant
 // with the low-rank down projection fused on mma.sync had to read x twice and ran 1.7-2x slower:
-// too few CTAs for the row-max dependency. The down projection stays on cuBLAS, in the binding.)
+// too few CTAs for the row-max dependency; the Hopper cluster variant is quantize_act_2l_fused_sm90.cu.
+// The down projection stays on cuBLAS, in the binding.)
 // Exact numerics: ops/reference.py quantize_act_2l_ref: s_row = amax / 112, s_int = clamp(ceil(amax_g /
 // amax * 16), 1, 16), q = clamp(rne(fl(fl(x * rcp) * (1 / (s_row * s_int)))), -8, 7).
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include "common.cuh"
 #include "launch.h"
 
@@ -22,82 +31,208 @@ __global__ void rcp_kernel(const T* __restrict__ smooth, float* __restrict__ rcp
 }
 
 
+// 16 bytes global -> shared, asynchronous where the architecture has cp.async (sm_80+), else a plain copy; each
+// thread copies exactly the vectors it reads back, so the ring needs no barrier, only the thread's own waits.
+__device__ __forceinline__ void row_copy16(uint4* dst, const uint4* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  cp_async16(smem_u32(dst), src, 16);
+#else
+  *dst = *src;
+#endif
+}
+__device__ __forceinline__ void row_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  cp_async_commit();
+#endif
+}
+__device__ __forceinline__ void row_wait(int pending) {  // at most `pending` (0 ... 2) of this thread's rows in flight
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (pending >= 2) cp_async_wait<2>();
+  else if (pending == 1) cp_async_wait<1>();
+  else cp_async_wait<0>();
+#endif
+}
+
+// Persistent: CTA b quantizes rows b, b + gridDim.x, ...; the next S - 1 of its rows stream into a ring of S
+// shared-memory rows while it quantizes the current one from registers.
 template <typename T, int V, int G>
 __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
-                                                               int K) {
+                                                               int M, int K, int S) {
   constexpr int VPG = G / 8;  // 16-byte vectors per group = consecutive lanes sharing a group
-  __shared__ float red[32];
-  const int m = blockIdx.x;
-  const int nthr = blockDim.x;
+  extern __shared__ uint4 ring[];  // [S][K / 8]
+  __shared__ float red[2][32];
+  const int nthr = blockDim.x, nwarps = nthr >> 5;
   const int tid = threadIdx.x;
-  const T* xr = x + (int64_t)m * K;
-  float xs[V][8];
-  float gmax[V];
-  float tmax = 0.f;
+  const int vpr = K / 8;
+  auto fetch = [&](int m, int stage) {  // row m into the ring (past the end: an empty group)
+    if (m < M) {
+      const uint4* src = reinterpret_cast<const uint4*>(x + (int64_t)m * K);
 #pragma unroll
-  for (int i = 0; i < V; ++i) {
-    const int v = tid + i * nthr;
-    const uint4 xv = *reinterpret_cast<const uint4*>(xr + v * 8);
-    const float4 r0 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8));
-    const float4 r1 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8 + 4));
-    const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-    const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+      for (int i = 0; i < V; ++i) row_copy16(ring + stage * vpr + tid + i * nthr, src + tid + i * nthr);
+    }
+    row_commit();
+  };
+  for (int s = 0; s < S - 1; ++s) fetch(blockIdx.x + s * gridDim.x, s);
+  int stage = 0;
+#pragma unroll 1
+  for (int m = blockIdx.x, j = 0; m < M; m += gridDim.x, ++j) {
+    if (S == 1) fetch(m, 0);  // no ring: this row, now
+    row_wait(S > 1 ? S - 2 : 0);
+    float xs[V][8];
+    float gmax[V];
+    float tmax = 0.f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int v = tid + i * nthr;
+      const uint4 xv = ring[stage * vpr + v];
+      const float4 r0 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8));
+      const float4 r1 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8 + 4));
+      const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+      const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+      float amax = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float xe = e & 1 ? half_hi<T>(xw[e >> 1]) : half_lo<T>(xw[e >> 1]);
+        xs[i][e] = __fmul_rn(xe, rc[e]);
+        amax = fmaxf(amax, fabsf(xs[i][e]));
+      }
+#pragma unroll
+      for (int o = 1; o < VPG; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      gmax[i] = amax;
+      tmax = fmaxf(tmax, amax);
+    }
+    if (S > 1) {  // the slot read one row ago is free: this thread's copies of its next row go there
+      fetch(m + (S - 1) * gridDim.x, stage == 0 ? S - 1 : stage - 1);
+      stage = stage + 1 == S ? 0 : stage + 1;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+    float* rw = red[j & 1];  // alternate rows: a thread a row ahead cannot overwrite what a slow one still reads
+    if ((tid & 31) == 0) rw[tid >> 5] = tmax;
+    __syncthreads();
     float amax = 0.f;
+    for (int w = 0; w < nwarps; ++w) amax = fmaxf(amax, rw[w]);
+    const float s_row = __fdiv_rn(amax, 112.f);
+    if (tid == 0) xscale[m] = s_row;
 #pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float xe = e & 1 ? half_hi<T>(xw[e >> 1]) : half_lo<T>(xw[e >> 1]);
-      xs[i][e] = __fmul_rn(xe, rc[e]);
-      amax = fmaxf(amax, fabsf(xs[i][e]));
+    for (int i = 0; i < V; ++i) {
+      const int v = tid + i * nthr;
+      int s_int = 1;
+      if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gmax[i], amax) * 16.f)));
+      const float scale = __fmul_rn(s_row, (float)s_int);
+      float inv = __frcp_rn(scale);
+      if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
+      int b[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        // clamp, then round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's
+        // complement), and (that word * s_int) has q * s_int in its low byte
+        const float p = fminf(7.f, fmaxf(-8.f, __fmul_rn(xs[i][e], inv)));
+        b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
+      }
+      const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+      const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+      *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
     }
-#pragma unroll
-    for (int o = 1; o < VPG; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    gmax[i] = amax;
-    tmax = fmaxf(tmax, amax);
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
-  if ((tid & 31) == 0) red[tid >> 5] = tmax;
-  __syncthreads();
-  if (tid < 32) {
-    float v = tid < (nthr >> 5) ? red[tid] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (tid == 0) red[0] = v;
+  row_wait(0);  // no copy outlives the CTA
+}
+
+int g_persistent = 1;  // 0: one CTA per row (the kernel before v2.17; benchmarks)
+int g_max_ctas = 0;    // > 0: at most this many CTAs (tests: one CTA walking many rows)
+int g_last_ctas = 0;   // CTAs of the last launch (benchmarks)
+// Persistent CTAs from this K on. Below it they gained nothing on H200 (4608 x 3072) and, holding every SM, kept
+// the side stream's down projection from overlapping the quantizer (+2.3 us a call); at K = 12288 -19 %.
+constexpr int kPersistentMinK = 8192;
+
+// Ring slots per CTA: up to four while the ring stays within 96 KB (two or more CTAs per SM) and the device's
+// per-block limit; one (no ring: each row loaded when its turn comes) for a CTA with a single row.
+int ring_rows(int K, int rows_per_cta, int smem_optin) {
+  const int row_bytes = K * 2;
+  smem_optin -= 1024;  // the kernel's static shared memory
+  for (int s = std::min(4, rows_per_cta); s > 1; --s)
+    if (s * row_bytes <= std::min(96 * 1024, smem_optin)) return s;
+  return 1;
+}
+
+struct DeviceLimits {
+  int sms = 0, smem_optin = 0;
+};
+// Per device: SMs and the per-block shared-memory opt-in; per (device, kernel, threads, shared bytes): the CTAs that
+// fit at once. The kernel's dynamic shared-memory limit is raised to the device's opt-in once, so no launch of
+// another ring size can leave it below what a later launch needs.
+cudaError_t launch_limits(const void* kern, int threads, size_t smem, int* ctas_fit, DeviceLimits* lim) {
+  static std::mutex mu;
+  static std::map<int, DeviceLimits> devices;
+  static std::map<std::pair<int, const void*>, bool> raised;
+  static std::map<std::tuple<int, const void*, int, size_t>, int> fits;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  auto d = devices.find(dev);
+  if (d == devices.end()) {
+    DeviceLimits l;
+    e = cudaDeviceGetAttribute(&l.sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&l.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (e != cudaSuccess) return e;
+    d = devices.emplace(dev, l).first;
   }
-  __syncthreads();
-  const float amax = red[0];
-  const float s_row = __fdiv_rn(amax, 112.f);
-  if (tid == 0) xscale[m] = s_row;
-#pragma unroll
-  for (int i = 0; i < V; ++i) {
-    const int v = tid + i * nthr;
-    int s_int = 1;
-    if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gmax[i], amax) * 16.f)));
-    const float scale = __fmul_rn(s_row, (float)s_int);
-    float inv = __frcp_rn(scale);
-    if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
-    int b[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      // clamp, then round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's
-      // complement), and (that word * s_int) has q * s_int in its low byte
-      const float p = fminf(7.f, fmaxf(-8.f, __fmul_rn(xs[i][e], inv)));
-      b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
-    }
-    const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-    const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-    *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
+  *lim = d->second;
+  if (kern == nullptr) return cudaSuccess;
+  if (!raised.count({dev, kern})) {  // the opt-in covers static and dynamic shared memory together
+    cudaFuncAttributes fa;
+    e = cudaFuncGetAttributes(&fa, kern);
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               lim->smem_optin - (int)fa.sharedSizeBytes);
+    if (e != cudaSuccess) return e;
+    raised[{dev, kern}] = true;
   }
+  const auto key = std::make_tuple(dev, kern, threads, smem);
+  auto it = fits.find(key);
+  if (it == fits.end()) {
+    int per_sm = 0;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, threads, smem);
+    if (e != cudaSuccess) return e;
+    it = fits.emplace(key, std::max(1, per_sm) * lim->sms).first;
+  }
+  *ctas_fit = it->second;
+  return cudaSuccess;
+}
+
+template <typename T, int V, int G>
+cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
+  const void* kern = reinterpret_cast<const void*>(&quantize_act_2l_kernel<T, V, G>);
+  DeviceLimits lim;
+  int fit = 0;
+  cudaError_t e = launch_limits(nullptr, 0, 0, &fit, &lim);
+  if (e != cudaSuccess) return e;
+  int ctas = a.M, S = 1;
+  if (g_persistent && (a.K >= kPersistentMinK || g_max_ctas > 0)) {
+    // the grid and the ring depend on each other: size the grid for the largest ring first
+    const int S0 = ring_rows(a.K, 4, lim.smem_optin);
+    e = launch_limits(kern, threads, (size_t)S0 * a.K * 2, &fit, &lim);
+    if (e != cudaSuccess) return e;
+    ctas = std::min(a.M, fit);
+    if (g_max_ctas > 0) ctas = std::min(ctas, g_max_ctas);
+    S = ring_rows(a.K, (a.M + ctas - 1) / ctas, lim.smem_optin);
+  }
+  const size_t smem = (size_t)S * a.K * 2;
+  e = launch_limits(kern, threads, smem, &fit, &lim);  // (raises the kernel's shared-memory limit once)
+  if (e != cudaSuccess) return e;
+  g_last_ctas = ctas;
+  quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), a.rcp, a.xq, a.xscale,
+                                                              a.M, a.K, S);
+  return cudaGetLastError();
 }
 
 template <typename T, int G>
 cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_t s) {
-  dim3 grid(a.M);
-  const T* x = static_cast<const T*>(a.x);
   switch (v) {
 #define SVDQ_Q2L_CASE(VV) \
-  case VV: quantize_act_2l_kernel<T, VV, G><<<grid, threads, 0, s>>>(x, a.rcp, a.xq, a.xscale, a.K); break;
+  case VV: return launch_vg<T, VV, G>(a, threads, s);
     SVDQ_Q2L_CASE(1)
     SVDQ_Q2L_CASE(2)
     SVDQ_Q2L_CASE(3)
@@ -109,7 +244,6 @@ cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_
 #undef SVDQ_Q2L_CASE
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 // Vectors per thread for a row of K values: the smallest V <= 8 with K / (8 V) threads a multiple of 32
@@ -125,6 +259,11 @@ int vectors_per_thread(int K) {
 }  // namespace
 
 bool quantize_act_2l_supported(int K) { return vectors_per_thread(K) > 0; }
+void set_quantize_act_2l_persistent(int on, int max_ctas) {
+  g_persistent = on ? 1 : 0;
+  g_max_ctas = max_ctas;
+}
+int quantize_act_2l_last_ctas() { return g_last_ctas; }
 
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream) {
   const int v = vectors_per_thread(a.K);

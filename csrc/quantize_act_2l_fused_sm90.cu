@@ -13,8 +13,10 @@
 //     4j .. 4j + 3 with j % C == q; then every CTA quantizes and stores its slice.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
-// Status: opt-in (set_quantize_act_2l_fused(1)); measured 2.5x slower than the per-row kernel + cuBLAS on H200, every
-// round of row blocks ~12 us whatever its size (perf-notes v2.16); the PROBE instances are there to find out why.
+// Status: opt-in (set_quantize_act_2l_fused(1)); measured 2.5x slower than the per-row kernel + cuBLAS on H200
+// (perf-notes v2.16). The PROBE instances (v2.17) put the cost in the row block's own pipeline, not in the cluster
+// exchange (-1 %) or the down projection (-18 %): without both it is still 2x the per-row kernel + cuBLAS, with 16
+// warps per SM at 0.45 instructions per scheduler and cycle and half its shared-memory wavefronts excess.
 #include <algorithm>
 #include <map>
 #include <mutex>

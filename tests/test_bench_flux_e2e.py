@@ -178,12 +178,12 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
 
 
 
-@pytest.mark.parametrize("name,producer,persistent,ts", [
-    ("svdq2l_regional", False, -1, False), ("svdq2l_w8p_regional", True, -1, False),
-    ("svdq2l_w8ps_regional", True, 1, False), ("svdq2l_w8p_ts_regional", True, -1, True),
-    ("svdq2l_np_regional", False, 0, False), ("svdq2l_w8_np_regional", False, 0, False),
-    ("svdq2l_w8_regional", False, -1, False)])
-def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts):
+@pytest.mark.parametrize("name,producer,persistent,ts,qp", [
+    ("svdq2l_regional", False, -1, False, 1), ("svdq2l_w8p_regional", True, -1, False, 1),
+    ("svdq2l_w8ps_regional", True, 1, False, 1), ("svdq2l_w8p_ts_regional", True, -1, True, 1),
+    ("svdq2l_np_regional", False, 0, False, 1), ("svdq2l_w8_np_regional", False, 0, False, 1),
+    ("svdq2l_w8_regional", False, -1, False, 1), ("svdq2l_fo_q1r_regional", False, -1, False, 0)])
+def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp):
     from svdquant_hf.ops import build
 
     class FakeExt:
@@ -191,6 +191,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
             self.calls = {}
 
         def __getattr__(self, attr):
+            if attr == "set_quantize_act_2l_persistent":
+                return lambda on, max_ctas: self.calls.__setitem__("quant_persistent", (on, max_ctas))
             if not attr.startswith("set_gemm_2l_"):
                 raise AttributeError(attr)
             return lambda on: self.calls.__setitem__(attr[len("set_gemm_2l_"):], on)
@@ -199,7 +201,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(build, "load_extension", lambda: fake)
     flux_e2e.set_kernel_switches(name)
-    assert fake.calls == {"w8_producer": producer, "persistent": persistent, "tma_store": ts}
+    assert fake.calls == {"w8_producer": producer, "persistent": persistent, "tma_store": ts,
+                          "quant_persistent": (qp, 0)}
     assert type(fake.calls["persistent"]) is int
 
 

@@ -35,6 +35,10 @@ for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 102
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
+    for max_ctas in (1, 3):  # the per-row quantizer's persistent CTAs walking many rows through their ring
+        ext.set_quantize_act_2l_persistent(1, max_ctas)
+        ext.quantize_act_2l(x, smooth, pd, gs)
+    ext.set_quantize_act_2l_persistent(1, 0)
     xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, gs)
     if gemm_2l_kernel_usable(ext, x.device):
         qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))

@@ -90,6 +90,32 @@ def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
     assert _rel(lr, rl) < 1e-2
 
 
+@pytest.mark.parametrize("persistent,max_ctas", [(1, 1), (1, 3), (1, 0), (0, 0)])
+@pytest.mark.parametrize("M,K", [(1, 3072), (37, 15360), (300, 3072), (9, 24576), (130, 256), (1000, 12288)])
+def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K):
+    """The per-row quantizer's persistent CTAs (rows streaming through a ring of 4 / 3 / 2 shared-memory slots by K,
+    none for a CTA with one row) are bit-exact: one CTA walking every row (the ring wraps many times), three, as many
+    as fit (persistent from K = 8192 on), and one CTA per row; the grid launched is what was asked for."""
+    x, smooth, pd = _acts(M, K, 0, torch.float16 if M % 2 else torch.bfloat16, seed=M * 7 + K)
+    ext.set_quantize_act_2l_persistent(persistent, max_ctas)
+    try:
+        xq, xs, _ = _quantize(ext, x, smooth, pd, 64)
+        ctas = ext.quantize_act_2l_last_ctas()
+    finally:
+        ext.set_quantize_act_2l_persistent(1, 0)
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xs, rs), "per-token scales differ"
+    assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    if max_ctas:
+        assert ctas == min(M, max_ctas)
+    elif not persistent or K < 8192:
+        assert ctas == M
+    else:
+        assert 1 <= ctas <= M
+        if M == 1000:  # a 72 KB ring: at most 3 CTAs per SM, so fewer CTAs than rows
+            assert ctas <= 3 * _sms() < M
+
+
 @pytest.mark.parametrize("R", [0, 8, 20, 48, 64])
 def test_quantize_act_2l_ranks(ext, R):
     x, smooth, pd = _acts(45, 1536, R, torch.bfloat16, seed=R)
