@@ -16,7 +16,8 @@
 #       gemm_2l_ksweep.py with the token tile forced to 128 and to 64 (KSWEEP_TILES)
 #   qsweep: benchmarks/quantize_2l_sweep.py (the fused quantizer's cluster size forced, M swept, timing-only probes
 #       without its exchange / down projection); qncu: Nsight
-#       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K)
+#       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K; QNCU_REGEX picks the
+#       kernels, QNCU_COUNT how many launches, QNCU_DETAILS=1 prints every section's details, e.g. the stall reasons)
 #   q8: the persistent per-row quantizer (its tests, the other 2l tests, sanitizer, chain_breakdown.py; E2E=1: the
 #       whole model, bf16 / fp8 / int4_2l at 1024 px batch 1)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
@@ -152,9 +153,11 @@ if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (bench
 fi
 if [ "$what" = qncu ]; then  # Nsight Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py)
   for k in ${QNCU_K:-12288 3072}; do
-    (cd benchmarks && timeout 120 ncu --kernel-name regex:"quantize_act_2l" --launch-skip 1 --launch-count 3 \
-      --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats \
-      --section MemoryWorkloadAnalysis --section SchedulerStats python3 quantize_2l_ncu.py --k "$k" > "$OUT/ncu_q_$k.txt" 2>&1)
+    (cd benchmarks && timeout 120 ncu --kernel-name regex:"${QNCU_REGEX:-quantize_act_2l}" --launch-skip 1 \
+      --launch-count ${QNCU_COUNT:-3} --section SpeedOfLight --section WarpStateStats --section Occupancy \
+      --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+      $([ -n "${QNCU_DETAILS:-}" ] && echo --print-details all) python3 quantize_2l_ncu.py --k "$k" \
+      > "$OUT/ncu_q_$k.txt" 2>&1)
     echo "ncu K=$k rc=$?"
     grep -E "quantize_act_2l|fused shape|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Issued Warp" \
       "$OUT/ncu_q_$k.txt" | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1<\2>/' | head -32
