@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine call: build the kernels (AOT, timed), resource usage, GPU tests (incl. compute-sanitizer),
 # then the GEMM benchmark. Logs go to $OUT; the short table prints last.
-# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|tile|w8]   (carry .bnbwhl for NF4 + diffusers)
+# usage (repo root): bash benchmarks/run_device.sh [tests|bench|tb|ncu|all|2l|ab|cpp|trace|tile|w8]   (carry .bnbwhl for NF4 + diffusers;
+#   carry .prebuilt, from benchmarks/prebuild_device.sh, to skip the build when it matches the tree)
 #   2l: the int4_2l kernels only (tests/gpu/test_kernels_2l.py, compute-sanitizer, the benchmark's int4_2l rows;
 #       LORA=1 adds benchmarks/lora_overhead.py --format int4_2l)
 #   ab: benchmarks/ab_2l.py (int4_2l chain, previous version vs now vs cuBLAS bf16) + gemm_2l_plan_sweep.py
@@ -73,11 +74,9 @@ python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cud
 nvcc --version | tail -1 >> /tmp/env.log
 cat /tmp/env.log
 
-t0=$(date +%s)
-python3 -m svdquant_hf.ops.build --aot --verbose > "$OUT/build.log" 2>&1
-echo "build rc=$? in $(( $(date +%s) - t0 )) s"
+. benchmarks/device_build.sh  # the carried .prebuilt kernels if they match the tree, else an AOT build here
 grep -iE "error|warning C75" "$OUT/build.log" | head -20
-so=$(ls /tmp/svdq_cache/kernels/*/svdquant_hf_kernels.so 2>/dev/null | head -1)
+so=$(ls ${SVDQUANT_HF_KERNELS_DIR:-/tmp/svdq_cache/kernels/*}/svdquant_hf_kernels.so 2>/dev/null | head -1)
 if [ -n "$so" ]; then
   cuobjdump -res-usage "$so" 2>/dev/null | grep -E "Function|REG" | paste - - | sed -E 's/Function ([^:]*):.*REG:([0-9]+).*SHARED:([0-9]+).*LOCAL:([0-9]+).*/\1 REG=\2 SHARED=\3 LOCAL=\4/' \
     | sed -E 's/_ZN4svdq[^_]*_GLOBAL__N__[0-9a-f_]*//' > /tmp/resusage.log

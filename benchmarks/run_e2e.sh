@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine call for the end-to-end FLUX.1-size benchmark (carry a wheel folder with diffusers,
-# importlib_metadata, torchao, bitsandbytes; e.g. WHEELS=.e2ewhl). Logs and JSON go to $OUT.
+# importlib_metadata, torchao, bitsandbytes; e.g. WHEELS=.e2ewhl; and .prebuilt from benchmarks/prebuild_device.sh
+# to skip the build). Logs and JSON go to $OUT.
 # usage (repo root): WHEELS=.e2ewhl bash benchmarks/run_e2e.sh [extra flux_e2e.py args]
 set -uo pipefail
 OUT=${OUT:-/tmp/svdq_out}
@@ -12,7 +13,5 @@ done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHEELS:-.e2ewhl}"/*.whl \
   > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -3 /tmp/pip.log; }
 export PYTHONPATH=$PWD:/tmp/site
-t0=$(date +%s)
-python3 -m svdquant_hf.ops.build --aot > "$OUT/build.log" 2>&1
-echo "build rc=$? in $(( $(date +%s) - t0 )) s"
+. benchmarks/device_build.sh  # the carried .prebuilt kernels if they match the tree, else an AOT build here
 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" "$@" 2>&1 | tee "$OUT/e2e.log" | grep -vE "^\{" | tail -40
