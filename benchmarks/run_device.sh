@@ -19,8 +19,8 @@
 #       without its exchange / down projection); qncu: Nsight
 #       Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py, QNCU_K; QNCU_REGEX picks the
 #       kernels, QNCU_COUNT how many launches, QNCU_DETAILS=1 prints every section's details, e.g. the stall reasons)
-#   q8: the persistent per-row quantizer (its tests, the other 2l tests, sanitizer, chain_breakdown.py; E2E=1: the
-#       whole model, bf16 / fp8 / int4_2l at 1024 px batch 1)
+#   q8: the persistent per-row quantizer (its tests, the other 2l tests, sanitizer, chain_breakdown.py; E2E=1 with
+#       WHEELS=.e2ewhl: the whole model, bf16 / fp8 / int4_2l at 1024 px batch 1)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
@@ -40,17 +40,25 @@ rf_tests() {  # the fragment-order and persistent int4_2l tests (extra pytest fl
   echo "fragment-order tests rc=$rc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_rf.log" | tail -12
   return $rc
 }
-q_tests() {  # the quantizer tests (-k "$1") first, then, if they pass, the other 2l tests and compute-sanitizer
+quant_tests() {  # the quantizer GPU tests -k "$1", stopping at the first failure; returns their rc
   timeout 150 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
     -o addopts="" -k "$1" --timeout 60 > "$OUT/tests_q.log" 2>&1
-  local qrc=$?; echo "quantizer tests rc=$qrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -8
-  if [ "$qrc" = 0 ]; then
-    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-      -k "not quantize_act_2l and not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
-    echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -6
-    memcheck "$OUT/sanitize_memcheck.log"
-  fi
-  return $qrc
+  local rc=$?; echo "quantizer tests rc=$rc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -8
+  return $rc
+}
+q_tests() {  # quant_tests "$1" first, then, if they pass, the other 2l tests and compute-sanitizer
+  quant_tests "$1" || return
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "not quantize_act_2l and not int8_weights" --timeout 60 > "$OUT/tests_2l.log" 2>&1
+  echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -6
+  memcheck "$OUT/sanitize_memcheck.log"
+}
+ncu_quant() {  # Nsight Compute on benchmarks/quantize_2l_ncu.py --k $1: kernels matching $2, $3 launches, into $4
+  local k=$1 regex=$2 count=$3 log=$4; shift 4  # (further ncu flags after them)
+  (cd benchmarks && timeout 120 ncu --kernel-name regex:"$regex" --launch-skip 1 --launch-count "$count" \
+    --section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats "$@" \
+    python3 quantize_2l_ncu.py --k "$k" > "$log" 2>&1)
+  echo "ncu K=$k rc=$?"
 }
 chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
   timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
@@ -129,35 +137,25 @@ if [ "$what" = q8 ]; then  # the persistent per-row quantizer: its tests, the ot
     timeout 90 python3 benchmarks/quantize_2l_rows.py > "$OUT/quantize_2l_rows.log" 2>&1
     echo "rows rc=$?"; tail -10 "$OUT/quantize_2l_rows.log"
     chain_breakdown "${PROBE_MS:-4608,256}"
-    if [ -n "${E2E:-}" ]; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .e2ewhl/*.whl \
-        > /tmp/pip.log 2>&1 || { echo "wheel install failed"; tail -3 /tmp/pip.log; }
-      PYTHONPATH=$PWD:/tmp/site timeout 280 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" \
-        --variants ${E2E_VARIANTS:-bf16,bf16_regional,fp8mm_regional,svdq2l_fo_q1r_regional,svdq2l_fo_regional} --res 1024 --batch 1 --iters 5 \
-        --warmup 1 > "$OUT/e2e.log" 2>&1
+    if [ -n "${E2E:-}" ]; then  # (needs WHEELS=.e2ewhl: diffusers, installed above)
+      timeout 280 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --iters 5 --warmup 1 \
+        --variants ${E2E_VARIANTS:-bf16,bf16_regional,fp8mm_regional,svdq2l_fo_q1r_regional,svdq2l_fo_regional} \
+        > "$OUT/e2e.log" 2>&1
       echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -14
     fi
   fi
 fi
 if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)
-  timeout 100 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k "quantize_act_2l_fused" --timeout 60 > "$OUT/tests_q.log" 2>&1
-  echo "fused quantizer tests rc=$?"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_q.log" | tail -8
+  quant_tests "quantize_act_2l_fused"
   timeout 200 python3 benchmarks/quantize_2l_sweep.py > "$OUT/quantize_2l_sweep.log" 2>&1
   echo "sweep rc=$?"; tail -60 "$OUT/quantize_2l_sweep.log"
-  (cd benchmarks && timeout 120 ncu --kernel-name regex:"quantize_act_2l_fused" --launch-skip 1 --launch-count 1 \
-    --section SpeedOfLight --section WarpStateStats --section SourceCounters --section LaunchStats --section Occupancy \
-    python3 quantize_2l_ncu.py --k 3072 > "$OUT/ncu_qf_3072.txt" 2>&1)
-  echo "ncu rc=$?"; grep -E "Duration|Cluster|Waves|stall|Stall|cycles being|Achieved Occ" "$OUT/ncu_qf_3072.txt" | head -24
+  ncu_quant 3072 quantize_act_2l_fused 1 "$OUT/ncu_qf_3072.txt" --section SourceCounters
+  grep -E "Duration|Cluster|Waves|stall|Stall|cycles being|Achieved Occ" "$OUT/ncu_qf_3072.txt" | head -24
 fi
 if [ "$what" = qncu ]; then  # Nsight Compute on the fused and the per-row quantizer (benchmarks/quantize_2l_ncu.py)
   for k in ${QNCU_K:-12288 3072}; do
-    (cd benchmarks && timeout 120 ncu --kernel-name regex:"${QNCU_REGEX:-quantize_act_2l}" --launch-skip 1 \
-      --launch-count ${QNCU_COUNT:-3} --section SpeedOfLight --section WarpStateStats --section Occupancy \
-      --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
-      $([ -n "${QNCU_DETAILS:-}" ] && echo --print-details all) python3 quantize_2l_ncu.py --k "$k" \
-      > "$OUT/ncu_q_$k.txt" 2>&1)
-    echo "ncu K=$k rc=$?"
+    ncu_quant "$k" "${QNCU_REGEX:-quantize_act_2l}" "${QNCU_COUNT:-3}" "$OUT/ncu_q_$k.txt" --section MemoryWorkloadAnalysis \
+      --section SchedulerStats $([ -n "${QNCU_DETAILS:-}" ] && echo --print-details all)
     grep -E "quantize_act_2l|fused shape|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|No Eligible|Issued Warp" \
       "$OUT/ncu_q_$k.txt" | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1<\2>/' | head -32
   done
