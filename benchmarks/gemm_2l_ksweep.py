@@ -1,6 +1,7 @@
 """What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
 
 usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20] [--tile 64|128|224|256]
+                                          [--rank 32] [--probes]
        python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
 The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
@@ -13,7 +14,9 @@ least-squares line through time(K) gives, per 128-deep K stage and per tile, slo
 waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced by its stages has a small
 intercept, one paced by per-tile work (prologue, epilogue) a large one. --tile forces every kernel's token tile:
 a register-fragment stage minus its warpgroup's own wgmma time (BT / 2 cycles at 4096 int8 MACs per clock) is the
-fixed part of a warpgroup's turn (perf-notes v2.14).
+fixed part of a warpgroup's turn (perf-notes v2.14). --probes: the register-fragment kernel against its epilogue
+probes (without the low-rank mma / the output's TMA store / the whole epilogue; timing only): what the fixed part
+per tile is made of.
 """
 from __future__ import annotations
 
@@ -85,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=3072)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--tile", type=int, default=0, help="force this token tile in every kernel (0: their plans)")
+    ap.add_argument("--rank", type=int, default=32, help="the low-rank branch's rank (0: none)")
+    ap.add_argument("--probes", action="store_true",
+                    help="only the register-fragment kernel and its epilogue probes (set_gemm_2l_probe: without the "
+                         "low-rank mma, without the output's TMA store, without the epilogue; timing only)")
     args = ap.parse_args(argv)
     if args.plot:
         plot(args.plot, args.out or args.plot.rsplit(".", 1)[0] + ".png")
@@ -105,13 +112,15 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"]
+    cols = (["packed_rf", "rf_nolr", "rf_nostore", "rf_noepi", "fp8"] if args.probes
+            else ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"])
+    probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3}
     rows: dict[str, list[float]] = {c: [] for c in cols}
-    print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N}, plan tile {bt} split {splits}, "
-          f"{waves} waves of {sms} SMs")
+    print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N} rank {args.rank}, plan tile {bt} "
+          f"split {splits}, {waves} waves of {sms} SMs")
     print(f"{'K':>6} | " + " ".join(f"{c:>9}" for c in cols))
     for K in ks:
-        p = random_2l(M, K, N, 32, gs)
+        p = random_2l(M, K, N, args.rank, gs)
         q = [ext.quantize_act_2l(x, p.smooth, p.proj_down, gs) for x in p.xs]
         w8 = weight_operand_2l(p.qweight, p.wscales, gs)
         packed = lambda xq, xs, lr: ext.w4a4_gemm_2l(xq, xs, p.qweight, p.wscales, p.wchannel, lr, p.proj_up,  # noqa: E731
@@ -125,9 +134,16 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
         for name, fn, prod, pers, cw in (("packed", packed, False, 0, 0), ("packed_ps", packed, False, 1, 0),
                                          ("packed_rf", frag, False, 1, 2), ("packed_rf3", frag, False, 1, 3),
                                          ("w8", wide, False, 0, 0), ("w8p", wide, True, 0, 0),
-                                         ("w8ps", wide, False, 1, 0)):
+                                         ("w8ps", wide, False, 1, 0), ("rf_nolr", frag, False, 1, 2),
+                                         ("rf_nostore", frag, False, 1, 2), ("rf_noepi", frag, False, 1, 2)):
+            if name not in cols:
+                continue
             with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile):
-                t[name] = time_graph(fn, q, args.reps)
+                ext.set_gemm_2l_probe(probe.get(name, 0))
+                try:
+                    t[name] = time_graph(fn, q, args.reps)
+                finally:
+                    ext.set_gemm_2l_probe(0)
         w = torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn)
         x8 = [(xq.to(torch.float8_e4m3fn),) for xq, _, _ in q]
         one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")
@@ -144,6 +160,8 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     for c in cols:
         a, b = fit([k / 128 for k in ks], rows[c])
         per = {"fp8": 1, "packed_rf3": waves3}.get(c, waves)
+        if c in probe or (args.probes and c == "packed_rf"):  # the persistent plan's 224-token tiles
+            per = -(-((N // 128) * -(-M // 224)) // sms)
         print(f"{c:>9}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
               + ("" if c != "fp8" else " (whole GEMM)"))
     return 0

@@ -121,6 +121,7 @@ int gemm_2l_persistent();
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model).
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
+void set_gemm_2l_probe(int probe);
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;

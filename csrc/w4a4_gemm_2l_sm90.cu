@@ -178,7 +178,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // TR: record per-stage clock64 timestamps of CTA (0, 0, 0) into `trace` (benchmarks/gemm_2l_trace.py); the
 // dispatched kernels are built with TR = false. W8: int8 weights (G is then unused), WS: the producer-warp loop
 // (see Tile2l), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
+// EP (timing probes of the persistent register-fragment kernel, wrong results; benchmarks/gemm_2l_ksweep.py
+// --probes): 1 without the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop.
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
+          int EP = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
@@ -193,6 +196,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
+  static_assert(EP == 0 || (RF && CW == 2), "the epilogue probes: the two-warpgroup register-fragment loop");
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
@@ -544,6 +548,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   else
     __syncthreads();
   stamp_acc(6);  // low-rank tile in shared memory
+  if constexpr (EP == 3) continue;
 
   if constexpr (!PS) wchA = wchannel[rowA], wchB = wchannel[rowB];
   // acc now holds fp32 bit patterns
@@ -563,7 +568,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     acc[4 * j + 3] = __float_as_int((__int2float_rn(acc[4 * j + 3]) * wchB) * x1);
   }
   stamp_acc(8);  // scales applied (their loads arrived)
-  for (int ks = 0; ks < R / 16; ++ks) {
+  for (int ks = 0; ks < (EP == 1 ? 0 : R / 16); ++ks) {
     uint32_t a[4];
     if (PS && ks < 2) {
 #pragma unroll
@@ -625,7 +630,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   if (ts) {
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
-    if ((tid & 127) == 0) {
+    if ((tid & 127) == 0 && EP != 2) {
       if constexpr (PS)
         tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
       else
@@ -668,9 +673,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
-template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
+template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
+          int EP = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW>;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP>;
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
@@ -755,6 +761,7 @@ int tile_bit(int bt) {
 int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
+int g_gemm_probe = 0;     // 1-3: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
@@ -816,6 +823,7 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
 }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
+void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 3 ? probe : 0; }
 
 
 
@@ -859,6 +867,12 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
+      if (a.frag && bf && g_gemm_probe && pp.tile_tokens == 224) {  // timing probes (wrong results)
+        using B = __nv_bfloat16;
+        if (g_gemm_probe == 1) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 1>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 2) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 2>(a, 1, nullptr, stream, num_sms);
+        return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
+      }
       if (a.frag)  // fragment order: the register-fragment loop
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true>(a, pp, stream, num_sms);

@@ -666,6 +666,30 @@ def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 
 
+def test_gemm_probes_run_and_leave_the_kernel_exact(hopper):
+    """The register-fragment GEMM's epilogue probes (benchmarks/gemm_2l_ksweep.py --probes: without the low-rank mma,
+    without the output's TMA store, without the epilogue) launch and finish over several tiles per CTA; the
+    no-low-rank probe gives the kernel's result without the branch (rank 0), and the kernel after them is exact."""
+    M, K, N, R = 4608, 768, 3072, 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=43)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=43)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    no_branch = _gemm(hopper, xq, xs, qw, wsc, wch, lr[:, :0], pu[:, :0], b, 64)
+    try:
+        for probe in (1, 2, 3):
+            hopper.set_gemm_2l_probe(probe)
+            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+            torch.cuda.synchronize()
+            if probe == 1:
+                assert torch.equal(y, no_branch)
+    finally:
+        hopper.set_gemm_2l_probe(0)
+    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    assert torch.equal(y, ref) and not torch.equal(ref, no_branch)
+
+
 def test_gemm_2l_rf_warpgroups_mode(hopper):
     """set_gemm_2l_rf_warpgroups: 0 (auto) by default; 2 and 3 kept, anything else back to auto."""
     assert hopper.gemm_2l_rf_warpgroups() == 0
