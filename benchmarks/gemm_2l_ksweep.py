@@ -15,8 +15,9 @@ waves, where waves = ceil(tiles / SMs) for the plan's token tile: a kernel paced
 intercept, one paced by per-tile work (prologue, epilogue) a large one. --tile forces every kernel's token tile:
 a register-fragment stage minus its warpgroup's own wgmma time (BT / 2 cycles at 4096 int8 MACs per clock) is the
 fixed part of a warpgroup's turn (perf-notes v2.14). --probes: the register-fragment kernel against its epilogue
-probes (without the low-rank mma / the output's TMA store / the whole epilogue; timing only): what the fixed part
-per tile is made of.
+probes (without the low-rank mma / the output's TMA store / the whole epilogue; timing only) and the low-rank branch
+by mma.sync (rf_mma) or with the consumer warpgroups meeting at CTA barriers around the epilogue (rf_coupled), the
+epilogue before v2.18 in two parts (exact): what the fixed part per tile is made of.
 """
 from __future__ import annotations
 
@@ -112,9 +113,9 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     bt, splits = ext.gemm_2l_plan(M, N, 3072, sms)
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
-    cols = (["packed_rf", "rf_nolr", "rf_nostore", "rf_noepi", "fp8"] if args.probes
+    cols = (["packed_rf", "rf_mma", "rf_coupled", "rf_nolr", "rf_nostore", "rf_noepi", "fp8"] if args.probes
             else ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"])
-    probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3}
+    probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3, "rf_mma": 4, "rf_coupled": 5}
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N} rank {args.rank}, plan tile {bt} "
           f"split {splits}, {waves} waves of {sms} SMs")
@@ -135,7 +136,8 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
                                          ("packed_rf", frag, False, 1, 2), ("packed_rf3", frag, False, 1, 3),
                                          ("w8", wide, False, 0, 0), ("w8p", wide, True, 0, 0),
                                          ("w8ps", wide, False, 1, 0), ("rf_nolr", frag, False, 1, 2),
-                                         ("rf_nostore", frag, False, 1, 2), ("rf_noepi", frag, False, 1, 2)):
+                                         ("rf_nostore", frag, False, 1, 2), ("rf_noepi", frag, False, 1, 2),
+                                         ("rf_mma", frag, False, 1, 2), ("rf_coupled", frag, False, 1, 2)):
             if name not in cols:
                 continue
             with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile):
@@ -149,6 +151,17 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
         one_a, one_b = torch.ones(M, 1, device="cuda"), torch.ones(1, N, device="cuda")
         t["fp8"] = time_graph(lambda a: torch._scaled_mm(a, w.t(), scale_a=one_a, scale_b=one_b,
                                                          out_dtype=torch.bfloat16, use_fast_accum=True), x8, args.reps)
+        if args.probes:  # the low-rank branch by wgmma (default) against mma.sync (probe 4): the same numbers?
+            xq, xs, lr = q[0]
+            y = frag(xq, xs, lr)
+            ext.set_gemm_2l_probe(4)
+            try:
+                y4 = frag(xq, xs, lr)
+            finally:
+                ext.set_gemm_2l_probe(0)
+            diff = (y.float() - y4.float()).abs()
+            print(f"  K={K}: wgmma vs mma.sync low-rank epilogue: {(y != y4).sum().item()} of {y.numel()} outputs "
+                  f"differ, max |diff| {diff.max().item():.3g} (|y| max {y.float().abs().max().item():.3g})")
         for c in cols:
             rows[c].append(1e3 * t[c])
         print(f"{K:>6} | " + " ".join(f"{1e3 * t[c]:>9.1f}" for c in cols))

@@ -23,7 +23,8 @@
 #       WHEELS=.e2ewhl: the whole model, bf16 / fp8 / int4_2l at 1024 px batch 1)
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
-#   ep: the GEMM's epilogue probes (their test, gemm_2l_ksweep.py --probes), op_host_overhead.py --profile; E2E=1 with
+#   ep: the GEMM's epilogue probes (their test, or the tests -k "$EP_TESTS" and compute-sanitizer; gemm_2l_ksweep.py
+#       --probes), op_host_overhead.py --profile (OP_HOST=0: not); E2E=1 with
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
@@ -149,13 +150,21 @@ if [ "$what" = q8 ]; then  # the persistent per-row quantizer: its tests, the ot
 fi
 if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host time per op pair, then (E2E=1, wheels
   # in WHEELS) the whole model each forward timed alone, back to back and as one CUDA graph (E2E_VARIANTS)
-  timeout 100 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" -k "gemm_probes" --timeout 60 > "$OUT/tests_probe.log" 2>&1
-  echo "probe tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_probe.log" | tail -4
+  timeout 200 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "${EP_TESTS:-gemm_probes}" --timeout 60 > "$OUT/tests_probe.log" 2>&1
+  echo "tests (-k ${EP_TESTS:-gemm_probes}) rc=$?"; grep -E "passed|failed|Error|assert|differ" "$OUT/tests_probe.log" | tail -12
+  if [ -n "${EP_TESTS:-}" ]; then
+    memcheck "$OUT/sanitize_memcheck.log"
+    timeout 150 compute-sanitizer --tool synccheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py \
+      > "$OUT/sanitize_synccheck.log" 2>&1
+    echo "compute-sanitizer synccheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_synccheck.log" | tail -1)"
+  fi
   (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py --probes --ks 768,1536,3072,6144 > "$OUT/ksweep_probes.log" 2>&1)
   echo "ksweep probes rc=$?"; tail -12 "$OUT/ksweep_probes.log"
-  timeout 90 python3 benchmarks/op_host_overhead.py --profile > "$OUT/op_host.log" 2>&1
-  echo "op_host rc=$?"; tail -30 "$OUT/op_host.log"
+  if [ "${OP_HOST:-1}" != 0 ]; then
+    timeout 90 python3 benchmarks/op_host_overhead.py --profile > "$OUT/op_host.log" 2>&1
+    echo "op_host rc=$?"; tail -30 "$OUT/op_host.log"
+  fi
   if [ -n "${E2E:-}" ]; then
     timeout 360 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --iters 6 --warmup 2 \
       --loop-too --profile \

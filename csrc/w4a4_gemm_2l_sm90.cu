@@ -92,14 +92,18 @@ struct Tile2l {
   static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = W8 ? 64 : 32;
-  static constexpr int kXsOff = BT * (kLrRank * 2 + 16);  // PS: the tile's token scales, after its low-rank tile
+  // PS: the low-rank tile [BT][kLrRank] as the epilogue wgmma's K-major B operand (rows of kLrRow bytes, swizzled by
+  // the row's width: 64 or 128 bytes; the mma.sync probe's rows are 16 bytes wider), then the tile's token scales
+  static constexpr int kLrRow = kLrRank * 2;
+  static constexpr int kXsOff = BT * (kLrRow + 16);
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
   static constexpr int kOutBytes = PS ? BT * 128 * CW : 0;  // PS: the output tile's staging for its TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
-  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages;  // a full (and with WS an empty) mbarrier per stage
+  // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
+  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0);
   static constexpr int kThreads = WS ? kConsumers + 128 : kConsumers;
   static constexpr int kSmem =
       kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
@@ -135,6 +139,40 @@ __device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
   d |= (uint64_t)(1024 >> 4) << 32;         // stride byte offset: next 8-row atom
   d |= (uint64_t)1 << 62;                   // 128-byte swizzle
   return d;
+}
+
+// The same for a K-major tile of 64-byte rows with 64-byte swizzle (8 rows x 64 bytes per atom).
+__device__ __forceinline__ uint64_t desc_k64(uint32_t saddr) {
+  uint64_t d = 0;
+  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);
+  d |= (uint64_t)1 << 16;
+  d |= (uint64_t)(512 >> 4) << 32;
+  d |= (uint64_t)2 << 62;  // 64-byte swizzle
+  return d;
+}
+
+// The persistent kernels' low-rank branch, d (fp32 bit patterns) += proj_up rows (A fragments up[ks]) x the low-rank
+// tile at desc (rank steps of 16: +32 bytes each): R / 16 wgmmas, waited for.
+template <typename T, int BT>
+__device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (&up)[4][4], uint64_t desc, int steps) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    if (ks >= steps) break;
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if constexpr (BT == 224) wgmma_bf16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 192) wgmma_bf16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 128) wgmma_bf16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
+      else wgmma_bf16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
+    } else {
+      if constexpr (BT == 224) wgmma_f16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 192) wgmma_f16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 128) wgmma_f16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
+      else wgmma_f16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
+    }
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
 }
 
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
@@ -179,7 +217,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // dispatched kernels are built with TR = false. W8: int8 weights (G is then unused), WS: the producer-warp loop
 // (see Tile2l), PS: that loop persistent (unsplit; the grid is at most one CTA per SM).
 // EP (timing probes of the persistent register-fragment kernel, wrong results; benchmarks/gemm_2l_ksweep.py
-// --probes): 1 without the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop.
+// --probes): 1 without the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop,
+// 4 the low-rank branch by mma.sync as before v2.18 (exact: the A/B of the wgmma epilogue), 5 the consumer warpgroups
+// meeting at CTA-wide barriers around the epilogue as before v2.18 (exact).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
@@ -197,6 +237,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
   static_assert(EP == 0 || (RF && CW == 2), "the epilogue probes: the two-warpgroup register-fragment loop");
+  constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
+  constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
@@ -228,6 +270,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   const uint32_t lr_region = out_region + Cfg::kOutBytes;
   const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
+  const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
@@ -242,6 +285,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
       for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
+    if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -381,6 +425,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     mark(i, 6);
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
+  int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
   const int n0 = PS ? (tile % row_tiles) * kTR : n0_blk;
   const int m0 = PS ? (tile / row_tiles) * BT : m0_blk;
@@ -388,13 +433,35 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   // stages are the next tile's)
   const int lr_stride = R * 2 + 16;
   const uint32_t lr_s = PS ? lr_region : sbase;
+  // the 16-byte chunk c (ranks 8c ..) of token row `row`: PS (the wgmma's B operand) chunk c ^ ((row / 2) % 4) of a
+  // 64-byte row (c ^ (row % 8) of a 128-byte one), else rows padded by 16 bytes for ldmatrix
+  auto lr_dst = [&](int row, int c) -> uint32_t {
+    if constexpr (PS && EP != 4)
+      return lr_s + row * Cfg::kLrRow + ((c ^ (Cfg::kLrRow == 64 ? (row >> 1) & 3 : row & 7)) << 4);
+    else
+      return lr_s + row * lr_stride + c * 16;
+  };
   auto load_lr_tile = [&] {
     const int chunks = R / 8;
     for (int i = tid; i < BT * chunks; i += kCT) {
       const int row = i / chunks, c = i % chunks;
       const int m = m0 + row;
-      cp_async16(lr_s + row * lr_stride + c * 16, lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
+      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
     }
+  };
+  // PS, decoupled: the last consumer warpgroup alone loads the low-rank tile and token scales of the tile at token m0n
+  // (once every other warpgroup is past the previous tile's low-rank step: barrier kLrFree), each thread's copies
+  // arriving on the mbarrier lr_full when they land; so no warpgroup waits for another's epilogue.
+  auto load_lr_async = [&](int m0n) {
+    const int chunks = R / 8, wtid = tid & 127;
+    for (int i = wtid; i < BT * chunks; i += 128) {
+      const int row = i / chunks, c = i % chunks;
+      const int m = m0n + row;
+      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
+    }
+    for (int i = wtid; i < BT; i += 128)
+      cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
   };
   const int rowA = n0 + rA, rowB = n0 + rB;
   auto load_up = [&](int ks, uint32_t (&a)[4]) {  // proj_up rows rowA / rowB, ranks ks*16 + 2t (+1, +8, +9)
@@ -416,11 +483,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   float wchA = 0.f, wchB = 0.f, bA = 0.f, bB = 0.f;
   uint32_t up0[4] = {}, up1[4] = {};
   if constexpr (PS) {
-    asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
-    load_lr_tile();
-    for (int i = tid; i < BT; i += kCT)
-      cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
-    cp_async_commit();
+    if constexpr (kCoupled) {
+      asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
+      load_lr_tile();
+      for (int i = tid; i < BT; i += kCT)
+        cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
+      cp_async_commit();
+    } else if (tile == (int)blockIdx.x && wg == CW - 1) {  // the first tile's; later ones at the previous epilogue
+      load_lr_async(m0);
+    }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
     if (R >= 16) load_up(0, up0);
@@ -542,13 +613,36 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     load_lr_tile();
     cp_async_commit();
   }
-  cp_async_wait<0>();
-  if constexpr (PS)
-    asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
-  else
-    __syncthreads();
+  if constexpr (PS && !kCoupled) {
+    mbar_wait(lr_full, lr_tiles & 1);
+    ++lr_tiles;
+    fence_proxy_async_smem();  // the copies (generic proxy) seen by the low-rank wgmmas (async proxy)
+  } else {
+    cp_async_wait<0>();
+    if constexpr (PS) {
+      asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
+      fence_proxy_async_smem();
+    } else {
+      __syncthreads();
+    }
+  }
   stamp_acc(6);  // low-rank tile in shared memory
-  if constexpr (EP == 3) continue;
+  // PS, decoupled: past the low-rank step the tile's lr / token scales are free: the others arrive, the loader waits
+  // for them and loads the next tile's
+  auto lr_free = [&] {
+    if constexpr (PS && !kCoupled) {
+      if (wg < CW - 1) {
+        asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
+      } else {
+        asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
+        if (tile + (int)gridDim.x < num_tiles) load_lr_async(((tile + (int)gridDim.x) / row_tiles) * BT);
+      }
+    }
+  };
+  if (EP == 3 && tile >= 0) {  // (a condition the front end cannot fold: no unreachable-code warning)
+    lr_free();
+    continue;
+  }
 
   if constexpr (!PS) wchA = wchannel[rowA], wchB = wchannel[rowB];
   // acc now holds fp32 bit patterns
@@ -568,7 +662,18 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     acc[4 * j + 3] = __float_as_int((__int2float_rn(acc[4 * j + 3]) * wchB) * x1);
   }
   stamp_acc(8);  // scales applied (their loads arrived)
-  for (int ks = 0; ks < (EP == 1 ? 0 : R / 16); ++ks) {
+  constexpr bool kLrWgmma = PS && EP != 4;
+  if constexpr (kLrWgmma) {  // the low-rank branch on the tensor cores: R / 16 wgmmas into the scaled accumulators
+    if (EP != 1 && R >= 16) {
+      uint32_t up[4][4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) up[0][e] = up0[e], up[1][e] = up1[e], up[2][e] = 0, up[3][e] = 0;
+      if (R >= 48) load_up(2, up[2]);
+      if (R >= 64) load_up(3, up[3]);
+      lowrank_wgmma<T, BT>(acc, up, Cfg::kLrRow == 64 ? desc_k64(lr_s) : desc_k128(lr_s), R / 16);
+    }
+  }
+  for (int ks = 0; ks < (kLrWgmma ? 0 : R / 16); ++ks) {
     uint32_t a[4];
     if (PS && ks < 2) {
 #pragma unroll
@@ -591,6 +696,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     }
   }
   stamp_acc(10);  // low-rank branch added
+  lr_free();
   if constexpr (!PS) {
     bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
     bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
@@ -761,7 +867,7 @@ int tile_bit(int bt) {
 int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
-int g_gemm_probe = 0;     // 1-3: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
+int g_gemm_probe = 0;     // 1-5: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
@@ -823,7 +929,7 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
 }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
-void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 3 ? probe : 0; }
+void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 5 ? probe : 0; }
 
 
 
@@ -871,6 +977,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         using B = __nv_bfloat16;
         if (g_gemm_probe == 1) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 1>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 2) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 2>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 4) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 4>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 5) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 5>(a, 1, nullptr, stream, num_sms);
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
       if (a.frag)  // fragment order: the register-fragment loop

@@ -668,8 +668,10 @@ def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
 
 def test_gemm_probes_run_and_leave_the_kernel_exact(hopper):
     """The register-fragment GEMM's epilogue probes (benchmarks/gemm_2l_ksweep.py --probes: without the low-rank mma,
-    without the output's TMA store, without the epilogue) launch and finish over several tiles per CTA; the
-    no-low-rank probe gives the kernel's result without the branch (rank 0), and the kernel after them is exact."""
+    without the output's TMA store, without the epilogue; the low-rank branch by mma.sync; CTA barriers around the
+    epilogue) launch and finish over several tiles per CTA; the no-low-rank probe gives the kernel's result without
+    the branch (rank 0), the mma.sync one the kernel's within rounding, the barrier one exactly, and the kernel after
+    them is exact."""
     M, K, N, R = 4608, 768, 3072, 32
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=43)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=43)
@@ -678,12 +680,16 @@ def test_gemm_probes_run_and_leave_the_kernel_exact(hopper):
     ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
     no_branch = _gemm(hopper, xq, xs, qw, wsc, wch, lr[:, :0], pu[:, :0], b, 64)
     try:
-        for probe in (1, 2, 3):
+        for probe in (1, 2, 3, 4, 5):
             hopper.set_gemm_2l_probe(probe)
             y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
             torch.cuda.synchronize()
             if probe == 1:
                 assert torch.equal(y, no_branch)
+            if probe == 4:  # the low-rank branch by mma.sync (the epilogue before v2.18): the same within rounding
+                assert torch.isfinite(y).all() and _rel(y, ref) < 1e-3
+            if probe == 5:  # the warpgroups meeting at CTA barriers around the epilogue (before v2.18): exact
+                assert torch.equal(y, ref)
     finally:
         hopper.set_gemm_2l_probe(0)
     y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
