@@ -24,7 +24,8 @@
 #   q: the quantizer with the down projection fused: the quantizer tests first, the other 2l tests, compute-sanitizer,
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   ep: the GEMM's epilogue probes (their test, or the tests -k "$EP_TESTS" and compute-sanitizer; gemm_2l_ksweep.py
-#       --probes), op_host_overhead.py --profile (OP_HOST=0: not); E2E=1 with
+#       --probes; KSWEEP=0: not), TILES=4096,4608: gemm_2l_tiles.py (256-token tiles or not), op_host_overhead.py
+#       --profile (OP_HOST=0: not); E2E=1 with
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
@@ -159,8 +160,14 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
       > "$OUT/sanitize_synccheck.log" 2>&1
     echo "compute-sanitizer synccheck rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize_synccheck.log" | tail -1)"
   fi
-  (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py --probes --ks 768,1536,3072,6144 > "$OUT/ksweep_probes.log" 2>&1)
-  echo "ksweep probes rc=$?"; tail -12 "$OUT/ksweep_probes.log"
+  if [ "${KSWEEP:-1}" != 0 ]; then
+    (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py --probes --ks 768,1536,3072,6144 > "$OUT/ksweep_probes.log" 2>&1)
+    echo "ksweep probes rc=$?"; tail -12 "$OUT/ksweep_probes.log"
+  fi
+  if [ -n "${TILES:-}" ]; then  # the register-fragment GEMM with and without 256-token tiles
+    (cd benchmarks && timeout 150 python3 gemm_2l_tiles.py --ms "$TILES" > "$OUT/gemm_2l_tiles.log" 2>&1)
+    echo "tiles rc=$?"; tail -18 "$OUT/gemm_2l_tiles.log"
+  fi
   if [ "${OP_HOST:-1}" != 0 ]; then
     timeout 90 python3 benchmarks/op_host_overhead.py --profile > "$OUT/op_host.log" 2>&1
     echo "op_host rc=$?"; tail -30 "$OUT/op_host.log"

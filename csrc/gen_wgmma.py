@@ -86,6 +86,6 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 
 if __name__ == "__main__":
     print(HEAD + "".join(wrapper(n) + wrapper_rs(n) for n in (64, 128, 192, 224, 256))
-          + "".join(wrapper_lowrank(n, name, ptx) for n in (64, 128, 192, 224) for name, ptx in (("bf16", "bf16"),
+          + "".join(wrapper_lowrank(n, name, ptx) for n in (64, 128, 192, 224, 256) for name, ptx in (("bf16", "bf16"),
                                                                                                  ("f16", "f16")))
           + TAIL, end="")

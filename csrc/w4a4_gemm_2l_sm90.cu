@@ -160,12 +160,14 @@ __device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (
   for (int ks = 0; ks < 4; ++ks) {
     if (ks >= steps) break;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if constexpr (BT == 224) wgmma_bf16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
+      if constexpr (BT == 256) wgmma_bf16_m64n256k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 224) wgmma_bf16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
       else if constexpr (BT == 192) wgmma_bf16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
       else if constexpr (BT == 128) wgmma_bf16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
       else wgmma_bf16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
     } else {
-      if constexpr (BT == 224) wgmma_f16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
+      if constexpr (BT == 256) wgmma_f16_m64n256k16_rs(d, up[ks], desc + 2 * ks);
+      else if constexpr (BT == 224) wgmma_f16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
       else if constexpr (BT == 192) wgmma_f16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
       else if constexpr (BT == 128) wgmma_f16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
       else wgmma_f16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
@@ -536,7 +538,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, fa[j], db0 + 2 * j);
+        if constexpr (BT == 256) wgmma_s8_m64n256k32_rs(acc, fa[j], db0 + 2 * j);
+        else if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, fa[j], db0 + 2 * j);
         else if constexpr (BT == 192) wgmma_s8_m64n192k32_rs(acc, fa[j], db0 + 2 * j);
         else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, fa[j], db0 + 2 * j);
         else wgmma_s8_m64n64k32_rs(acc, fa[j], db0 + 2 * j);
@@ -830,8 +833,9 @@ long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, grou
 
 template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
-  if constexpr (!PS) {  // PS plans leave out 256 (its accumulators and loop state would spill)
-    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, false, FO>(a, p.splits, g_trace, stream);
+  if constexpr (!PS || FO) {  // PS plans leave out 256 (its accumulators and loop state would spill), except the
+    // register-fragment loop's (no A tiles; 3 stages)
+    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
   }
   if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
   if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
@@ -949,6 +953,17 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     const long tiles = (long)(a.N / kRows) * ((a.M + pp.tile_tokens - 1) / pp.tile_tokens);
     const bool pays = p.splits == 1 && tiles >= 2L * num_sms && (!w8 || a.K <= kPsMaxK);
     const bool persistent = pp.splits == 1 && (g_persistent > 0 || pays);
+    // fragment order, persistent, two consumer warpgroups: the token tile by the register-fragment loop's own cost
+    // model (256 included: no A tiles; at 4096 tokens 256-token tiles fill 2.9 waves of 132 SMs, 224 3.5)
+    int bt2 = pp.tile_tokens;
+    if (persistent && a.frag) {
+      long c2 = -1;
+      for (int bt : kTiles)
+        if (g_plan_tiles & tile_bit(bt)) {
+          const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt);
+          if (c2 < 0 || c < c2) bt2 = bt, c2 = c;
+        }
+    }
     // fragment order, N a multiple of 192: three consumer warpgroups (192-row tiles) where the model says they
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
     // each)
@@ -960,7 +975,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         const long c = rf_cost(a.M, a.N, a.K, num_sms, 3, bt);
         if ((!g_rf3_tile || bt == g_rf3_tile) && (c3 < 0 || c < c3)) bt3 = bt, c3 = c;
       }
-      const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, pp.tile_tokens) : plan_ns * 177 / 100;
+      const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2) : plan_ns * 177 / 100;
       if (g_rf_warpgroups == 3 || c3 * 20 < now * 19) {
         if (bt3 == 192)
           return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
@@ -973,7 +988,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
-      if (a.frag && bf && g_gemm_probe && pp.tile_tokens == 224) {  // timing probes (wrong results)
+      if (a.frag && bf && g_gemm_probe && bt2 == 224) {  // timing probes (wrong results)
         using B = __nv_bfloat16;
         if (g_gemm_probe == 1) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 1>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 2) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 2>(a, 1, nullptr, stream, num_sms);
@@ -982,8 +997,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
       if (a.frag)  // fragment order: the register-fragment loop
-        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, pp, stream, num_sms)
-                  : launch_2l_tile<__half, 64, false, false, true, true, true>(a, pp, stream, num_sms);
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms);
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true>(a, pp, stream, num_sms)
                 : launch_2l_tile<__half, 64, false, false, true, true>(a, pp, stream, num_sms);
     }

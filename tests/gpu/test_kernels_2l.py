@@ -602,7 +602,7 @@ def _fo_launches_match(hopper, ref, xq, xs, qf, wsc, wch, lr, pu, b):
     return y
 
 
-@pytest.mark.parametrize("bt", [64, 128, 224])
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,K,N,R", [(1, 256, 128, 32), (97, 1024, 384, 0), (2000, 256, 3072, 16),
                                      (4097, 512, 1024, 32), (300, 1280, 896, 32), (4608, 3072, 3072, 32)])
@@ -650,7 +650,7 @@ def test_gemm_2l_fragment_order_three_warpgroups_bit_identical(hopper, bt, dtype
 
 
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4608, 15360, 3072), (256, 3072, 12288), (1, 3072, 3072),
-                                   (4608, 3072, 1152), (1024, 3072, 640)])
+                                   (4608, 3072, 1152), (1024, 3072, 640), (4096, 3072, 3072), (4096, 3072, 12288)])
 def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
     """Default switches: whatever the cost model picks (two or three warpgroups, or a non-persistent plan; N = 640
     has no 192-row tiles) gives the canonical default kernel's outputs bit for bit."""
