@@ -25,7 +25,7 @@
 #       benchmarks/chain_breakdown.py (PROBE_MS, default 4608,256: fused vs per-row columns)
 #   ep: the GEMM's epilogue probes (their test, or the tests -k "$EP_TESTS" and compute-sanitizer; gemm_2l_ksweep.py
 #       --probes; KSWEEP=0: not), TILES=4096,4608: gemm_2l_tiles.py (256-token tiles or not), op_host_overhead.py
-#       --profile (OP_HOST=0: not); E2E=1 with
+#       --profile (OP_HOST=0: not), OVERLAP=1: quantize_2l_overlap.py; E2E=1 with
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
@@ -163,6 +163,10 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
   if [ "${KSWEEP:-1}" != 0 ]; then
     (cd benchmarks && timeout 120 python3 gemm_2l_ksweep.py --probes --ks 768,1536,3072,6144 > "$OUT/ksweep_probes.log" 2>&1)
     echo "ksweep probes rc=$?"; tail -12 "$OUT/ksweep_probes.log"
+  fi
+  if [ -n "${OVERLAP:-}" ]; then  # the quantizer's down projection beside it at large K, or after it
+    (cd benchmarks && timeout 120 python3 quantize_2l_overlap.py > "$OUT/quantize_2l_overlap.log" 2>&1)
+    echo "overlap rc=$?"; tail -7 "$OUT/quantize_2l_overlap.log"
   fi
   if [ -n "${TILES:-}" ]; then  # the register-fragment GEMM with and without 256-token tiles
     (cd benchmarks && timeout 150 python3 gemm_2l_tiles.py --ms "$TILES" > "$OUT/gemm_2l_tiles.log" 2>&1)

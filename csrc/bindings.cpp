@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -98,7 +99,10 @@ const SideStream& side_stream(c10::DeviceIndex device) {
 }
 
 bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side stream
-constexpr int64_t kOverlapMaxBytes = 32 << 20;  // ... while x (16-bit) fits in L2 with room to spare
+// ... while x (16-bit) is at most this size: on the H200 the side stream pays at any size, in L2 (K = 3072) and past
+// it, where both kernels stream x from DRAM and neither takes all of the bandwidth alone (-3.5 to -4.6 % for the
+// quantizer and its down projection at K = 12288 / 15360, perf-notes v2.18)
+int64_t g_overlap_max_bytes = INT64_MAX;
 
 // Per-device arrival counters of the K-split low-rank reduction: zeroed once, reset by the kernel.
 at::Tensor lr_counters(const at::Tensor& like, int64_t n) {
@@ -268,10 +272,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   }
   if (pd.size(1) == 0) {
     lr = at::empty({M, 0}, x.options());
-  } else if (g_lr_overlap && M * K * 2 <= kOverlapMaxBytes) {
+  } else if (g_lr_overlap && M * K * 2 <= g_overlap_max_bytes) {
     // the low-rank down projection (cuBLAS, fp32 accumulation) on a side stream, concurrent with the
     // quantizer: both stream x, so while x fits in L2 the later reader finds it there (measured on H100:
-    // -8 % at 4608 x 3072, -33 % at M = 256..1024; no gain once x outgrows L2). Every tensor belongs to
+    // -8 % at 4608 x 3072, -33 % at M = 256..1024), and past L2 the two share the DRAM bandwidth that neither
+    // takes alone (H200: -3.5 to -4.6 % at K = 12288 / 15360, M = 4096 / 4608). Every tensor belongs to
     // the main stream (lr included: allocated here, written by mm_out) and the main stream waits for the
     // side stream before returning, so no later main-stream work can reuse their memory early: no
     // record_stream (whose deferred frees cost host time per call) is needed.
@@ -555,8 +560,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "M, K, R, group_size, num_sms -> (cluster CTAs, x stages, shared bytes) of the fused quantizer (cluster 0: it "
       "does not apply)");
   m.def(
-      "set_quantize_act_2l_overlap", [](bool on) { g_lr_overlap = on; },
-      "false: the down projection after the quantizer on the same stream (benchmarks)");
+      "set_quantize_act_2l_overlap",
+      [](bool on, int64_t max_bytes) {
+        g_lr_overlap = on;
+        g_overlap_max_bytes = max_bytes;
+      },
+      pybind11::arg("on"), pybind11::arg("max_bytes") = INT64_MAX,
+      "false: the down projection after the quantizer on the same stream (benchmarks); max_bytes: the side stream "
+      "only while x (16-bit) is at most this size (default: any size)");
   m.def(
       "gemm_2l_plan",
       [](int M, int N, int K, int sms) {
