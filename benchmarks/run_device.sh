@@ -27,6 +27,7 @@
 #       --probes; KSWEEP=0: not), TILES=4096,4608: gemm_2l_tiles.py (256-token tiles or not), op_host_overhead.py
 #       --profile (OP_HOST=0: not), OVERLAP=1: quantize_2l_overlap.py; E2E=1 with
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
+#   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -183,6 +184,9 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
       > "$OUT/e2e.log" 2>&1
     echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
   fi
+fi
+if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (kernels, PYTHONPATH, wheels)
+  eval "$CMD"
 fi
 if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)
   quant_tests "quantize_act_2l_fused"
