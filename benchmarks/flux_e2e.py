@@ -28,7 +28,8 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --variants bf16_regional_cg,svdq2l_fo_regional_cg  # _cg: the whole forward as one
-      CUDA graph (captured once per input set, then replayed: no host time per kernel; any variant + "_cg")
+      CUDA graph (captured once per input set, then replayed: no host time per kernel; any variant + "_cg");
+      "_g": the same through svdquant_hf.enable_cuda_graphs (inputs copied into the graph's buffers, outputs cloned)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -66,6 +67,7 @@ ALL_VARIANTS = (
     "svdq2l_w8ps_regional", "svdq2l_w8ps_graphs", "svdq2l_np_regional", "svdq2l_w8_np_regional",
     "svdq2l_fo_regional", "svdq2l_fo_lora_regional", "svdq2l_fo_q1r_regional",
     "bf16_regional_cg", "fp8mm_regional_cg", "svdq2l_fo_regional_cg", "svdq2l_fo_fused_regional_cg",
+    "bf16_regional_g", "fp8mm_regional_g", "svdq2l_fo_regional_g",
 )
 
 
@@ -365,6 +367,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         if device != "cuda":
             raise RuntimeError(f"{name}: CUDA graphs need a CUDA device")
         return GraphedForward(build_variant(name[: -len("_cg")], config, device, cap))
+    if name.endswith("_g"):  # the library's helper: inputs copied into the graph's buffers, outputs cloned
+        from svdquant_hf import enable_cuda_graphs
+
+        return enable_cuda_graphs(build_variant(name[: -len("_g")], config, device, cap))
     if name == "bf16_offload":
         model = build_model(config, device, home="cpu")
         model.enable_group_offload(torch.device(device), offload_device=torch.device("cpu"),

@@ -755,6 +755,48 @@ def test_linear_2l_fragment_order_same_outputs_compiled_too(hopper, M):
     assert all(torch.equal(sd[k].cpu(), v.cpu()) for k, v in state.items())
 
 
+def test_enable_cuda_graphs_replays_the_forward(hopper):
+    """svdquant_hf.enable_cuda_graphs on a two-layer int4_2l block: every call's outputs equal the eager forward's bit
+    for bit (new inputs copied into the graph's buffers), one graph per input signature (token count, a scalar
+    argument), earlier outputs are not overwritten by later replays, and disable_cuda_graphs restores the eager
+    forward."""
+    from svdquant_hf import SVDQuantLinear, disable_cuda_graphs, enable_cuda_graphs
+
+    K, R, gs = 3072, 32, 64
+
+    def layer(seed):
+        _, smooth, pd = _acts(1, K, R, torch.bfloat16, seed=seed)
+        qw, wsc, wch, pu, b = _weights(K, K, R, torch.bfloat16, gs, seed=seed)
+        lin = SVDQuantLinear(K, K, rank=R, quant_format="int4_2l", device="cuda")
+        lin.qweight, lin.wscales, lin.wchannel, lin.smooth_factor = qw, wsc, wch, smooth
+        lin.proj_down, lin.proj_up = pd, pu
+        lin.bias.data.copy_(b)
+        return lin
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = layer(51), layer(52)
+
+        def forward(self, x, scale: float, gate=None):
+            h = torch.nn.functional.gelu(self.fc1(x), approximate="tanh")
+            y = self.fc2(h) * scale
+            return (y if gate is None else y * gate,)
+
+    model = Block()
+    xs = [torch.randn(m, K, device="cuda", dtype=torch.bfloat16) for m in (300, 300, 512)]
+    with torch.no_grad():
+        want = [model(x, 0.5)[0] for x in xs] + [model(xs[0], 0.25)[0]]
+        assert enable_cuda_graphs(model) is model
+        got = [model(x, 0.5)[0] for x in xs] + [model(xs[0], 0.25)[0]]
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+        assert len(model._svdquant_cuda_graphs.graphs) == 3  # 300 and 512 tokens at 0.5, 300 at 0.25
+        disable_cuda_graphs(model)
+        assert not hasattr(model, "_svdquant_cuda_graphs") and "forward" not in vars(model)
+        assert torch.equal(model(xs[1], 0.5)[0], want[1])
+
+
 @pytest.mark.parametrize("splits", [1, 2, 8])
 @pytest.mark.parametrize("bt", [64, 128, 224, 256])
 @pytest.mark.parametrize("M,K,N", [(1, 1024, 128), (33, 256, 384), (300, 15360, 128), (515, 2048, 512)])
