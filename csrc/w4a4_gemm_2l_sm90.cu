@@ -877,7 +877,8 @@ int g_gemm_probe = 0;     // 1-5: the persistent register-fragment kernel's epil
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
 // tiles), a stage ~1525 at 192 tokens (~1290 at 128) and ~11600 fixed (~7800), so per MAC no faster than two:
 // they pay only where 192-row tiles fill the SMs better (M ~ 256, N = 9216 / 12288). One CTA per SM walks
-// ceil(tiles / SMs) tiles at most.
+// ceil(tiles / SMs) tiles at most. It also picks the two-warpgroup loop's token tile, 256 included (extrapolated from
+// the fit; measured 0.84-0.94x the 224-token plan at M = 4096, neutral at 4608: perf-notes v2.18).
 long rf_cost(int M, int N, int K, int num_sms, int cw, int bt) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt);
   const long stage = cw == 3 ? (bt == 192 ? 1525 : 1290) : 2L * bt + 700;
