@@ -13,6 +13,7 @@ needs ``disable_cuda_graphs`` and enabling again).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ class _GraphedForward:
         self.forward = forward
         self.warmup = warmup
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any, Any]] = {}
+        functools.update_wrapper(self, forward)  # inspect.signature(module.forward) still sees the real arguments
 
     def signature(self, leaves: list, spec) -> tuple:
         key = [str(spec)]

@@ -24,3 +24,13 @@ def test_enable_cuda_graphs_rejects_what_is_not_a_module_and_a_zero_warmup():
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="warmup must be >= 1"):
             enable_cuda_graphs(nn.Linear(4, 4).cuda(), warmup=0)
+
+
+def test_the_graphed_forward_keeps_the_module_signature():
+    """Pipelines that inspect transformer.forward's parameters see the real ones after enable_cuda_graphs."""
+    import inspect
+
+    from svdquant_hf.cuda_graphs import _GraphedForward
+
+    model = nn.Linear(4, 4)
+    assert inspect.signature(_GraphedForward(model, model.forward, 2)) == inspect.signature(model.forward)
