@@ -9,7 +9,8 @@ are read after the next replay overwrote them); one graph of the whole forward h
 
 The module must be graph-safe: no host synchronisation (``.item()``, data-dependent shapes), no randomness that
 must differ between calls, and its parameters unchanged between captures and replays (loading a LoRA afterwards
-needs ``disable_cuda_graphs`` and enabling again).
+needs ``disable_cuda_graphs`` and enabling again). Call it under one grad mode (``torch.no_grad`` as pipelines do, or
+``torch.inference_mode``): the static buffers are created in the mode of the first call.
 """
 from __future__ import annotations
 
