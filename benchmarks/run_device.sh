@@ -65,6 +65,12 @@ ncu_quant() {  # Nsight Compute on benchmarks/quantize_2l_ncu.py --k $1: kernels
     python3 quantize_2l_ncu.py --k "$k" > "$log" 2>&1)
   echo "ncu K=$k rc=$?"
 }
+flux_e2e_1024() {  # benchmarks/flux_e2e.py at 1024 px, batch 1: timeout $1, variants $2, further flags after them
+  local limit=$1 variants=$2; shift 2
+  timeout "$limit" python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --variants "$variants" \
+    "$@" > "$OUT/e2e.log" 2>&1
+  echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
+}
 chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
   timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
   echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
@@ -143,10 +149,8 @@ if [ "$what" = q8 ]; then  # the persistent per-row quantizer: its tests, the ot
     echo "rows rc=$?"; tail -10 "$OUT/quantize_2l_rows.log"
     chain_breakdown "${PROBE_MS:-4608,256}"
     if [ -n "${E2E:-}" ]; then  # (needs WHEELS=.e2ewhl: diffusers, installed above)
-      timeout 280 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --iters 5 --warmup 1 \
-        --variants ${E2E_VARIANTS:-bf16,bf16_regional,fp8mm_regional,svdq2l_fo_q1r_regional,svdq2l_fo_regional} \
-        > "$OUT/e2e.log" 2>&1
-      echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -14
+      flux_e2e_1024 280 "${E2E_VARIANTS:-bf16,bf16_regional,fp8mm_regional,svdq2l_fo_q1r_regional,svdq2l_fo_regional}" \
+        --iters 5 --warmup 1
     fi
   fi
 fi
@@ -178,11 +182,8 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
     echo "op_host rc=$?"; tail -30 "$OUT/op_host.log"
   fi
   if [ -n "${E2E:-}" ]; then
-    timeout 360 python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --iters 6 --warmup 2 \
-      --loop-too --profile \
-      --variants ${E2E_VARIANTS:-svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_regional} \
-      > "$OUT/e2e.log" 2>&1
-    echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
+    flux_e2e_1024 360 "${E2E_VARIANTS:-svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_regional}" \
+      --iters 6 --warmup 2 --loop-too --profile
   fi
 fi
 if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (kernels, PYTHONPATH, wheels)

@@ -33,40 +33,48 @@ __device__ __forceinline__ void wgmma_s8_m64n{n}k32_ss(int (&d)[{nd}], uint64_t 
 """
 
 
-def wrapper_rs(n: int) -> str:
-    nd = n // 2
+# A from registers: the int8 main loop (k32, s32 accumulators) and the persistent kernels' low-rank epilogue
+# (k16, bf16 / f16 inputs, f32 accumulators as bit patterns: 32-bit registers are untyped in PTX).
+RS_KINDS = {
+    "s8": dict(k=32, types="s32.s8.s8", imm="", doc="""A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
+// flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513)."""),
+    "bf16": dict(k=16, types="f32.bf16.bf16", imm=", 1, 1, 0", doc="""the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas."""),
+}
+RS_KINDS["f16"] = dict(RS_KINDS["bf16"], types="f32.f16.f16")
+TILES = (64, 128, 192, 224, 256)
+
+
+def wrapper_rs(n: int, kind: str) -> str:
+    spec = RS_KINDS[kind]
+    nd, k = n // 2, spec["k"]
     regs = ", ".join(f"%{i}" for i in range(nd))
     outs = ", ".join(f'"+r"(d[{i}])' for i in range(nd))
     a = ", ".join(f"%{nd + i}" for i in range(4))
     return f"""
-// D += A * B with d[{nd}] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
-// warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
-// flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
-__device__ __forceinline__ void wgmma_s8_m64n{n}k32_rs(int (&d)[{nd}], const uint32_t (&a)[4], uint64_t desc_b) {{
+// D += A * B with d[{nd}] per thread ({kind}, k{k}), {spec["doc"]}
+__device__ __forceinline__ void wgmma_{kind}_m64n{n}k{k}_rs(int (&d)[{nd}], const uint32_t (&a)[4], uint64_t desc_b) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 5}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k32.s32.s8.s8 {{{regs}}}, {{{a}}}, %{nd + 4}, p;\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k{k}.{spec["types"]} {{{regs}}}, {{{a}}}, %{nd + 4}, p{spec["imm"]};\\n}}\\n"
       : {outs}
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }}
 """
 
 
-def wrapper_lowrank(n: int, name: str, ptx: str) -> str:
-    nd = n // 2
-    regs = ", ".join(f"%{i}" for i in range(nd))
-    outs = ", ".join(f'"+r"(d[{i}])' for i in range(nd))
-    a = ", ".join(f"%{nd + i}" for i in range(4))
+def dispatch(name: str, params: str, args: str, suffix) -> str:
+    """template <int N> name(...): the wrapper for N tokens, chosen at compile time."""
+    chain = "\n".join(f"  {'if' if i == 0 else 'else if'} constexpr (N == {n}) {suffix(n)}({args});"
+                       for i, n in enumerate(TILES))
     return f"""
-// D(64 x {n}, f32) += A(64 x 16, {name}) * B({n} x 16, {name})^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
-__device__ __forceinline__ void wgmma_{name}_m64n{n}k16_rs(int (&d)[{nd}], const uint32_t (&a)[4], uint64_t desc_b) {{
-  asm volatile(
-      "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 5}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{regs}}}, {{{a}}}, %{nd + 4}, p, 1, 1, 0;\\n}}\\n"
-      : {outs}
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
+// {name}<N>: the instruction for an N-token tile (N in {", ".join(map(str, TILES))}).
+template <int N>
+__device__ __forceinline__ void {name}(int (&d)[N / 2], {params}) {{
+  static_assert(N == {" || N == ".join(map(str, TILES))}, "{name}: no wgmma wrapper for this tile");
+{chain}
 }}
 """
 
@@ -85,7 +93,11 @@ __device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.p
 """
 
 if __name__ == "__main__":
-    print(HEAD + "".join(wrapper(n) + wrapper_rs(n) for n in (64, 128, 192, 224, 256))
-          + "".join(wrapper_lowrank(n, name, ptx) for n in (64, 128, 192, 224, 256) for name, ptx in (("bf16", "bf16"),
-                                                                                                 ("f16", "f16")))
+    print(HEAD + "".join(wrapper(n) + wrapper_rs(n, "s8") for n in TILES)
+          + "".join(wrapper_rs(n, kind) for n in TILES for kind in ("bf16", "f16"))
+          + dispatch("wgmma_s8_ss", "uint64_t desc_a, uint64_t desc_b", "d, desc_a, desc_b",
+                     lambda n: f"wgmma_s8_m64n{n}k32_ss")
+          + "".join(dispatch(f"wgmma_{kind}_rs", "const uint32_t (&a)[4], uint64_t desc_b", "d, a, desc_b",
+                             lambda n, kind=kind: f"wgmma_{kind}_m64n{n}k{RS_KINDS[kind]['k']}_rs")
+                    for kind in ("s8", "bf16", "f16"))
           + TAIL, end="")

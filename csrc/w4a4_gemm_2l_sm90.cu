@@ -159,19 +159,8 @@ __device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
     if (ks >= steps) break;
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if constexpr (BT == 256) wgmma_bf16_m64n256k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 224) wgmma_bf16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 192) wgmma_bf16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 128) wgmma_bf16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
-      else wgmma_bf16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
-    } else {
-      if constexpr (BT == 256) wgmma_f16_m64n256k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 224) wgmma_f16_m64n224k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 192) wgmma_f16_m64n192k16_rs(d, up[ks], desc + 2 * ks);
-      else if constexpr (BT == 128) wgmma_f16_m64n128k16_rs(d, up[ks], desc + 2 * ks);
-      else wgmma_f16_m64n64k16_rs(d, up[ks], desc + 2 * ks);
-    }
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) wgmma_bf16_rs<BT>(d, up[ks], desc + 2 * ks);
+    else wgmma_f16_rs<BT>(d, up[ks], desc + 2 * ks);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -204,14 +193,7 @@ template <int BT>
 __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, uint64_t db0) {
   wgmma_fence();
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    // +32 bytes per k-step, in the descriptors' 16-byte address units
-    if constexpr (BT == 256) wgmma_s8_m64n256k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-    else if constexpr (BT == 224) wgmma_s8_m64n224k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-    else if constexpr (BT == 192) wgmma_s8_m64n192k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-    else if constexpr (BT == 128) wgmma_s8_m64n128k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-    else wgmma_s8_m64n64k32_ss(acc, da0 + 2 * j, db0 + 2 * j);
-  }
+  for (int j = 0; j < 4; ++j) wgmma_s8_ss<BT>(acc, da0 + 2 * j, db0 + 2 * j);  // +32 bytes per k-step (16-byte units)
   wgmma_commit();
 }
 
@@ -443,24 +425,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     else
       return lr_s + row * lr_stride + c * 16;
   };
-  auto load_lr_tile = [&] {
+  // the low-rank tile of the tile at token m0n, by the threads first, first + step, ... (rows past M zero-filled)
+  auto copy_lr_tile = [&](int m0n, int first, int step) {
     const int chunks = R / 8;
-    for (int i = tid; i < BT * chunks; i += kCT) {
-      const int row = i / chunks, c = i % chunks;
-      const int m = m0 + row;
-      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
-    }
-  };
-  // PS, decoupled: the last consumer warpgroup alone loads the low-rank tile and token scales of the tile at token m0n
-  // (once every other warpgroup is past the previous tile's low-rank step: barrier kLrFree), each thread's copies
-  // arriving on the mbarrier lr_full when they land; so no warpgroup waits for another's epilogue.
-  auto load_lr_async = [&](int m0n) {
-    const int chunks = R / 8, wtid = tid & 127;
-    for (int i = wtid; i < BT * chunks; i += 128) {
+    for (int i = first; i < BT * chunks; i += step) {
       const int row = i / chunks, c = i % chunks;
       const int m = m0n + row;
       cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
     }
+  };
+  auto load_lr_tile = [&] { copy_lr_tile(m0, tid, kCT); };
+  // PS, decoupled: the last consumer warpgroup alone loads the low-rank tile and token scales of the tile at token m0n
+  // (once every other warpgroup is past the previous tile's low-rank step: barrier kLrFree), each thread's copies
+  // arriving on the mbarrier lr_full when they land; so no warpgroup waits for another's epilogue.
+  auto load_lr_async = [&](int m0n) {
+    const int wtid = tid & 127;
+    copy_lr_tile(m0n, wtid, 128);
     for (int i = wtid; i < BT; i += 128)
       cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
@@ -537,13 +517,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
       const uint64_t db0 = desc_k128(stage);
       wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if constexpr (BT == 256) wgmma_s8_m64n256k32_rs(acc, fa[j], db0 + 2 * j);
-        else if constexpr (BT == 224) wgmma_s8_m64n224k32_rs(acc, fa[j], db0 + 2 * j);
-        else if constexpr (BT == 192) wgmma_s8_m64n192k32_rs(acc, fa[j], db0 + 2 * j);
-        else if constexpr (BT == 128) wgmma_s8_m64n128k32_rs(acc, fa[j], db0 + 2 * j);
-        else wgmma_s8_m64n64k32_rs(acc, fa[j], db0 + 2 * j);
-      }
+      for (int j = 0; j < 4; ++j) wgmma_s8_rs<BT>(acc, fa[j], db0 + 2 * j);
       wgmma_commit();
       if (wg < CW - 1) {
         if constexpr (CW == 2) asm volatile("bar.arrive %0, 256;\n" ::"n"(kTurn) : "memory");

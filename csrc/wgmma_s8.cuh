@@ -18,7 +18,7 @@ __device__ __forceinline__ void wgmma_s8_m64n64k32_ss(int (&d)[32], uint64_t des
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
 
-// D += A * B with d[32] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// D += A * B with d[32] per thread (s8, k32), A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
 // warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
 // flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
 __device__ __forceinline__ void wgmma_s8_m64n64k32_rs(int (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -40,7 +40,7 @@ __device__ __forceinline__ void wgmma_s8_m64n128k32_ss(int (&d)[64], uint64_t de
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
 
-// D += A * B with d[64] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// D += A * B with d[64] per thread (s8, k32), A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
 // warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
 // flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
 __device__ __forceinline__ void wgmma_s8_m64n128k32_rs(int (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -62,7 +62,7 @@ __device__ __forceinline__ void wgmma_s8_m64n192k32_ss(int (&d)[96], uint64_t de
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
 
-// D += A * B with d[96] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// D += A * B with d[96] per thread (s8, k32), A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
 // warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
 // flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
 __device__ __forceinline__ void wgmma_s8_m64n192k32_rs(int (&d)[96], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -84,7 +84,7 @@ __device__ __forceinline__ void wgmma_s8_m64n224k32_ss(int (&d)[112], uint64_t d
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
 
-// D += A * B with d[112] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// D += A * B with d[112] per thread (s8, k32), A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
 // warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
 // flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
 __device__ __forceinline__ void wgmma_s8_m64n224k32_rs(int (&d)[112], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -106,7 +106,7 @@ __device__ __forceinline__ void wgmma_s8_m64n256k32_ss(int (&d)[128], uint64_t d
       : "l"(desc_a), "l"(desc_b), "n"(1));
 }
 
-// D += A * B with d[128] per thread, A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
+// D += A * B with d[128] per thread (s8, k32), A from registers (a[0..3]: rows g / g + 8, k 4t.. / 16 + 4t.. of the
 // warp's 16 rows), B from shared memory. The caller must not write a[] while a wgmma reading it is in
 // flight (wgmma_wait first), or ptxas serializes the wgmmas (warning C7513).
 __device__ __forceinline__ void wgmma_s8_m64n256k32_rs(int (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -117,9 +117,9 @@ __device__ __forceinline__ void wgmma_s8_m64n256k32_rs(int (&d)[128], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 64, f32) += A(64 x 16, bf16) * B(64 x 16, bf16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[32] per thread (bf16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_bf16_m64n64k16_rs(int (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -128,9 +128,9 @@ __device__ __forceinline__ void wgmma_bf16_m64n64k16_rs(int (&d)[32], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 64, f32) += A(64 x 16, f16) * B(64 x 16, f16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[32] per thread (f16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_f16_m64n64k16_rs(int (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
@@ -139,9 +139,9 @@ __device__ __forceinline__ void wgmma_f16_m64n64k16_rs(int (&d)[32], const uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 128, f32) += A(64 x 16, bf16) * B(128 x 16, bf16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[64] per thread (bf16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_bf16_m64n128k16_rs(int (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -150,9 +150,9 @@ __device__ __forceinline__ void wgmma_bf16_m64n128k16_rs(int (&d)[64], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 128, f32) += A(64 x 16, f16) * B(128 x 16, f16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[64] per thread (f16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_f16_m64n128k16_rs(int (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -161,9 +161,9 @@ __device__ __forceinline__ void wgmma_f16_m64n128k16_rs(int (&d)[64], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 192, f32) += A(64 x 16, bf16) * B(192 x 16, bf16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[96] per thread (bf16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_bf16_m64n192k16_rs(int (&d)[96], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
@@ -172,9 +172,9 @@ __device__ __forceinline__ void wgmma_bf16_m64n192k16_rs(int (&d)[96], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 192, f32) += A(64 x 16, f16) * B(192 x 16, f16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[96] per thread (f16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_f16_m64n192k16_rs(int (&d)[96], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
@@ -183,9 +183,9 @@ __device__ __forceinline__ void wgmma_f16_m64n192k16_rs(int (&d)[96], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 224, f32) += A(64 x 16, bf16) * B(224 x 16, bf16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[112] per thread (bf16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_bf16_m64n224k16_rs(int (&d)[112], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %117, 0;\n"
@@ -194,9 +194,9 @@ __device__ __forceinline__ void wgmma_bf16_m64n224k16_rs(int (&d)[112], const ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 224, f32) += A(64 x 16, f16) * B(224 x 16, f16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[112] per thread (f16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_f16_m64n224k16_rs(int (&d)[112], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %117, 0;\n"
@@ -205,9 +205,9 @@ __device__ __forceinline__ void wgmma_f16_m64n224k16_rs(int (&d)[112], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 256, f32) += A(64 x 16, bf16) * B(256 x 16, bf16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[128] per thread (bf16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_bf16_m64n256k16_rs(int (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
@@ -216,15 +216,59 @@ __device__ __forceinline__ void wgmma_bf16_m64n256k16_rs(int (&d)[128], const ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
 }
 
-// D(64 x 256, f32) += A(64 x 16, f16) * B(256 x 16, f16)^T: the low-rank branch in an epilogue, A (proj_up) from
-// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory.
-// d holds fp32 bit patterns (32-bit registers are untyped in PTX), in the accumulator layout of the s8 wgmmas.
+// D += A * B with d[128] per thread (f16, k16), the low-rank branch in an epilogue: A (proj_up) from
+// registers (the mma.m16n8k16 A fragment of the warp's 16 rows), B (the low-rank tile) K-major in shared memory;
+// d holds fp32 bit patterns in the accumulator layout of the s8 wgmmas.
 __device__ __forceinline__ void wgmma_f16_m64n256k16_rs(int (&d)[128], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(1));
+}
+
+// wgmma_s8_ss<N>: the instruction for an N-token tile (N in 64, 128, 192, 224, 256).
+template <int N>
+__device__ __forceinline__ void wgmma_s8_ss(int (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+  static_assert(N == 64 || N == 128 || N == 192 || N == 224 || N == 256, "wgmma_s8_ss: no wgmma wrapper for this tile");
+  if constexpr (N == 64) wgmma_s8_m64n64k32_ss(d, desc_a, desc_b);
+  else if constexpr (N == 128) wgmma_s8_m64n128k32_ss(d, desc_a, desc_b);
+  else if constexpr (N == 192) wgmma_s8_m64n192k32_ss(d, desc_a, desc_b);
+  else if constexpr (N == 224) wgmma_s8_m64n224k32_ss(d, desc_a, desc_b);
+  else if constexpr (N == 256) wgmma_s8_m64n256k32_ss(d, desc_a, desc_b);
+}
+
+// wgmma_s8_rs<N>: the instruction for an N-token tile (N in 64, 128, 192, 224, 256).
+template <int N>
+__device__ __forceinline__ void wgmma_s8_rs(int (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  static_assert(N == 64 || N == 128 || N == 192 || N == 224 || N == 256, "wgmma_s8_rs: no wgmma wrapper for this tile");
+  if constexpr (N == 64) wgmma_s8_m64n64k32_rs(d, a, desc_b);
+  else if constexpr (N == 128) wgmma_s8_m64n128k32_rs(d, a, desc_b);
+  else if constexpr (N == 192) wgmma_s8_m64n192k32_rs(d, a, desc_b);
+  else if constexpr (N == 224) wgmma_s8_m64n224k32_rs(d, a, desc_b);
+  else if constexpr (N == 256) wgmma_s8_m64n256k32_rs(d, a, desc_b);
+}
+
+// wgmma_bf16_rs<N>: the instruction for an N-token tile (N in 64, 128, 192, 224, 256).
+template <int N>
+__device__ __forceinline__ void wgmma_bf16_rs(int (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  static_assert(N == 64 || N == 128 || N == 192 || N == 224 || N == 256, "wgmma_bf16_rs: no wgmma wrapper for this tile");
+  if constexpr (N == 64) wgmma_bf16_m64n64k16_rs(d, a, desc_b);
+  else if constexpr (N == 128) wgmma_bf16_m64n128k16_rs(d, a, desc_b);
+  else if constexpr (N == 192) wgmma_bf16_m64n192k16_rs(d, a, desc_b);
+  else if constexpr (N == 224) wgmma_bf16_m64n224k16_rs(d, a, desc_b);
+  else if constexpr (N == 256) wgmma_bf16_m64n256k16_rs(d, a, desc_b);
+}
+
+// wgmma_f16_rs<N>: the instruction for an N-token tile (N in 64, 128, 192, 224, 256).
+template <int N>
+__device__ __forceinline__ void wgmma_f16_rs(int (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  static_assert(N == 64 || N == 128 || N == 192 || N == 224 || N == 256, "wgmma_f16_rs: no wgmma wrapper for this tile");
+  if constexpr (N == 64) wgmma_f16_m64n64k16_rs(d, a, desc_b);
+  else if constexpr (N == 128) wgmma_f16_m64n128k16_rs(d, a, desc_b);
+  else if constexpr (N == 192) wgmma_f16_m64n192k16_rs(d, a, desc_b);
+  else if constexpr (N == 224) wgmma_f16_m64n224k16_rs(d, a, desc_b);
+  else if constexpr (N == 256) wgmma_f16_m64n256k16_rs(d, a, desc_b);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
