@@ -30,6 +30,8 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants bf16_regional_cg,svdq2l_fo_regional_cg  # _cg: the whole forward as one
       CUDA graph (captured once per input set, then replayed: no host time per kernel; any variant + "_cg");
       "_g": the same through svdquant_hf.enable_cuda_graphs (inputs copied into the graph's buffers, outputs cloned)
+  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional_cg,svdq2l_fo_ep_regional_cg  # _ep: GELU and the single
+      blocks' concatenation in the GEMMs' epilogue (svdquant_hf.fuse_epilogues)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -68,6 +70,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_regional", "svdq2l_fo_lora_regional", "svdq2l_fo_q1r_regional",
     "bf16_regional_cg", "fp8mm_regional_cg", "svdq2l_fo_regional_cg", "svdq2l_fo_fused_regional_cg",
     "bf16_regional_g", "fp8mm_regional_g", "svdq2l_fo_regional_g",
+    "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg",
 )
 
 
@@ -396,6 +399,10 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
             for m in model.modules():
                 if hasattr(m, "merge") and hasattr(m, "lora_A"):
                     m.merge()
+        if "_ep" in name:  # GELU (and single blocks' concatenation) in the GEMMs' epilogue (fuse_epilogues)
+            from svdquant_hf import fuse_epilogues
+
+            fuse_epilogues(model)
     elif name.startswith("fp8mm"):
         model = to_fp8_scaled_mm(build_model(config, device))
     elif name.startswith("fp8"):

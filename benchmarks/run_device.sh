@@ -27,6 +27,7 @@
 #       --probes; KSWEEP=0: not), TILES=4096,4608: gemm_2l_tiles.py (256-token tiles or not), op_host_overhead.py
 #       --profile (OP_HOST=0: not), OVERLAP=1: quantize_2l_overlap.py; E2E=1 with
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
+#   epi: the epilogue tests (GELU, prefix), the other 2l tests, memcheck, usage docs, then (E2E=1) the model fused / not
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
@@ -183,6 +184,20 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
   fi
   if [ -n "${E2E:-}" ]; then
     flux_e2e_1024 360 "${E2E_VARIANTS:-svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_regional}" \
+      --iters 6 --warmup 2 --loop-too --profile
+  fi
+fi
+if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues): the int4_2l and epilogue tests, memcheck,
+  # the usage docs' snippets (WHEELS=.slimwhl: diffusers), then (E2E=1) the whole model, fused against unfused
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py tests/test_epilogues.py \
+    -m "gpu or not gpu" -o addopts="" > "$OUT/tests.log" 2>&1
+  echo "tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests.log" | tail -12
+  memcheck "$OUT/memcheck.log"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_diffusers_usage_docs.py -o addopts="" \
+    > "$OUT/docs.log" 2>&1
+  echo "docs rc=$?"; tail -2 "$OUT/docs.log"
+  if [ -n "${E2E:-}" ]; then
+    flux_e2e_1024 330 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg}" \
       --iters 6 --warmup 2 --loop-too --profile
   fi
 fi

@@ -305,7 +305,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
 at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::Tensor& qw_in,
                    const at::Tensor& wsc_in, const at::Tensor& wch_in, const at::Tensor& lr_in,
                    const at::Tensor& pu_in, const c10::optional<at::Tensor>& bias_in, int64_t group_size,
-                   bool frag = false) {
+                   bool frag = false, int64_t act = 0, const c10::optional<at::Tensor>& prefix_in = c10::nullopt) {
   SVDQ_REQUIRE(xq_in.is_cuda() && xq_in.dim() == 2 && xq_in.scalar_type() == at::kChar,
                "svdquant w4a4_gemm_2l: xq must be a 2-D int8 CUDA tensor");
   SVDQ_REQUIRE(is_16bit(lr_in), "svdquant w4a4_gemm_2l: lr_act must be bfloat16 or float16");
@@ -338,14 +338,30 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
     SVDQ_REQUIRE(e.empty(), e);
     bias = prep(*bias_in);
   }
-  auto y = at::empty({M, N}, lr_in.options());
+  SVDQ_REQUIRE(act == 0 || act == 1, "svdquant w4a4_gemm_2l: activation must be 0 (none) or 1 (GELU tanh), got ", act);
+  // prefix [M, P]: the output is cat([prefix, y], 1), y written in place as the column block [P, P + N)
+  const int64_t P = prefix_in.has_value() ? prefix_in->size(1) : 0;
+  if (prefix_in.has_value()) {
+    SVDQ_REQUIRE(prefix_in->dim() == 2 && prefix_in->size(0) == M && P % 8 == 0,
+                 "svdquant w4a4_gemm_2l: prefix must be [", M, ", P] with P % 8 == 0");
+    const std::string e = mismatch(*prefix_in, xq_in, dt, "prefix");
+    SVDQ_REQUIRE(e.empty(), e);
+  }
+  auto y = at::empty({M, P + N}, lr_in.options());
   if (M == 0) return y;
+  if (P) {  // a pitched copy into the first P columns, ahead of the GEMM on the same stream
+    const at::Tensor pre = prep(*prefix_in);
+    const int64_t es = y.element_size();
+    const cudaError_t ce = cudaMemcpy2DAsync(y.data_ptr(), (P + N) * es, pre.data_ptr(), P * es, P * es, M,
+                                             cudaMemcpyDeviceToDevice, c10::cuda::getCurrentCUDAStream().stream());
+    SVDQ_REQUIRE(ce == cudaSuccess, "svdquant w4a4_gemm_2l: prefix copy failed: ", cudaGetErrorString(ce));
+  }
   at::Tensor xq = prep(xq_in), xs = prep(xs_in), qw = prep(qw_in), wsc = prep(wsc_in), wch = prep(wch_in);
   at::Tensor lr = prep(lr_in), pu = prep(pu_in);
   svdq::W4A4Gemm2lArgs a{dtype_of(lr, "lr_act"), xq.data_ptr<int8_t>(), xs.data_ptr<float>(), qw.data_ptr<int8_t>(),
                          w8 ? nullptr : wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
-                         bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), (int)M, (int)N, (int)K, (int)R,
-                         (int)group_size, frag && !w8};
+                         bias.defined() ? bias.data_ptr() : nullptr, static_cast<char*>(y.data_ptr()) + P * y.element_size(),
+                         (int)M, (int)N, (int)K, (int)R, (int)group_size, frag && !w8, P + N, (int)act};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
@@ -373,6 +389,19 @@ at::Tensor w4a4_gemm_2l_fo(const at::Tensor& xq, const at::Tensor& xs, const at:
   return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true);
 }
 
+// The same with an epilogue activation (0 none, 1 GELU tanh) and the output written after `prefix`'s columns:
+// cat([prefix, act(y)], 1) in one allocation (FLUX's single blocks: the attention output and the MLP's GELU).
+at::Tensor w4a4_gemm_2l_fo_ep(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                              const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                              const c10::optional<at::Tensor>& bias, int64_t group_size, int64_t act,
+                              const c10::optional<at::Tensor>& prefix) {
+  if (group_size == 0) {
+    g_last_error = "svdquant w4a4_gemm_2l_fo_ep: group_size must be 32, 64 or 128, got 0";
+    return {};
+  }
+  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true, act, prefix);
+}
+
 // The int4_2l GEMM on weights stored widened (int8 q * s_int, [N, K]; benchmarks/expanded layout experiments).
 at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& wq8, const at::Tensor& wch,
                         const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
@@ -386,7 +415,7 @@ at::Tensor w8a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
 // Inputs these kernels do not take go to the Python CUDA path (svdquant_hf/ops/cuda.py, handed over by
 // register_fallbacks): it raises the clear errors and runs the reference where needed.
 
-py::object* g_fallbacks = new py::object[4];  // leaked: no destructor runs after the interpreter is gone
+py::object* g_fallbacks = new py::object[5];  // leaked: no destructor runs after the interpreter is gone
 
 template <typename Ret, typename... Args>
 Ret python_fallback(int which, const char* op, const Args&... args) {
@@ -463,12 +492,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l_op(const at::Tens
 // gs 0: the int8-weight GEMM (qw [N, K], wsc unused); undefined when the kernel does not take the inputs.
 at::Tensor gemm_2l_if_taken(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
                             const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
-                            const c10::optional<at::Tensor>& bias, int64_t gs, bool frag = false) {
+                            const c10::optional<at::Tensor>& bias, int64_t gs, bool frag = false, int64_t act = 0,
+                            const c10::optional<at::Tensor>& prefix = c10::nullopt) {
   if (!gemm_2l_takes(xq, xs, qw, wsc, wch, lr, pu, bias, gs)) return {};
+  if ((act != 0 && act != 1) ||
+      (prefix.has_value() && !(prefix->dim() == 2 && prefix->size(0) == xq.size(0) && prefix->size(1) % 8 == 0 &&
+                               on(*prefix, xq, lr.scalar_type()))))
+    return {};
   const int64_t pad = -lr.size(1) & 15;  // the kernel reads the rank in steps of 16; zero columns add 0
   const at::Tensor lr16 = pad ? at::constant_pad_nd(lr, {0, pad}) : lr;
   const at::Tensor pu16 = pad ? at::constant_pad_nd(pu, {0, pad}) : pu;
-  return gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs, frag);
+  return gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, bias, gs, frag, act, prefix);
 }
 
 at::Tensor w4a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
@@ -491,6 +525,17 @@ at::Tensor w4a4_gemm_2l_fo_op(const at::Tensor& xq, const at::Tensor& xs, const 
   return python_fallback<at::Tensor>(3, "w4a4_gemm_2l_fo", xq, xs, qw, wsc, wch, lr, pu, bias, gs);
 }
 
+at::Tensor w4a4_gemm_2l_fo_ep_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw,
+                                 const at::Tensor& wsc, const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                                 const c10::optional<at::Tensor>& bias, int64_t gs, int64_t act,
+                                 const c10::optional<at::Tensor>& prefix) {
+  if (gs != 0) {
+    at::Tensor y = gemm_2l_if_taken(xq, xs, qw, wsc, wch, lr, pu, bias, gs, true, act, prefix);
+    if (y.defined()) return y;
+  }
+  return python_fallback<at::Tensor>(4, "w4a4_gemm_2l_fo_ep", xq, xs, qw, wsc, wch, lr, pu, bias, gs, act, prefix);
+}
+
 at::Tensor w8a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& w8, const at::Tensor& wch,
                            const at::Tensor& lr, const at::Tensor& pu, const c10::optional<at::Tensor>& bias) {
   at::Tensor y = gemm_2l_if_taken(xq, xs, w8, w8, wch, lr, pu, bias, 0);
@@ -499,11 +544,13 @@ at::Tensor w8a4_gemm_2l_op(const at::Tensor& xq, const at::Tensor& xs, const at:
 }
 
 // The Python CUDA paths, in the order of g_fallbacks.
-void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object gemm_2l_w8, py::object gemm_2l_fo) {
+void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object gemm_2l_w8, py::object gemm_2l_fo,
+                        py::object gemm_2l_fo_ep) {
   g_fallbacks[0] = std::move(quantize_2l);
   g_fallbacks[1] = std::move(gemm_2l);
   g_fallbacks[2] = std::move(gemm_2l_w8);
   g_fallbacks[3] = std::move(gemm_2l_fo);
+  g_fallbacks[4] = std::move(gemm_2l_fo_ep);
 }
 
 }  // namespace
@@ -513,6 +560,7 @@ TORCH_LIBRARY_IMPL(svdquant, CUDA, m) {
   m.impl("w4a4_gemm_2l", TORCH_FN(w4a4_gemm_2l_op));
   m.impl("w8a4_gemm_2l", TORCH_FN(w8a4_gemm_2l_op));
   m.impl("w4a4_gemm_2l_fo", TORCH_FN(w4a4_gemm_2l_fo_op));
+  m.impl("w4a4_gemm_2l_fo_ep", TORCH_FN(w4a4_gemm_2l_fo_ep_op));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -532,6 +580,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("w4a4_gemm_2l_fo", &w4a4_gemm_2l_fo,
         "w4a4_gemm_2l with qweight in fragment order (svdquant_hf.ops.layout_2l.fragment_order; sm_90a): the "
         "persistent kernel widens the weights into registers");
+  m.def("w4a4_gemm_2l_fo_ep", &w4a4_gemm_2l_fo_ep,
+        "w4a4_gemm_2l_fo, then activation (0 none, 1 GELU tanh) in the epilogue; with prefix [M, P]: cat([prefix, y], 1)");
   m.def("w8a4_gemm_2l", &w8a4_gemm_2l,
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");
@@ -608,6 +658,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("max_rank_2l") = svdq::kMaxRank2l;
   m.def("register_fallbacks", &register_fallbacks,
-        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo) for inputs the C++ op "
+        "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo, w4a4_gemm_2l_fo_ep) for "
+        "inputs the C++ op "
         "kernels do not take");
 }

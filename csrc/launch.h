@@ -63,6 +63,8 @@ struct W4A4Gemm2lArgs {
   void* y;                  // [M, N]
   int M, N, K, R, group_size;
   bool frag = false;        // qweight in fragment order (svdquant_hf/ops/layout_2l.py), else canonical
+  int64_t ldy = 0;          // y's row stride in elements (0: N); y may be a column block of a wider matrix
+  int act = 0;              // epilogue activation after the bias: 0 none, 1 GELU (tanh approximation)
 };
 
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.

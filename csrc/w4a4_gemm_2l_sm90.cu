@@ -166,6 +166,14 @@ __device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (
   wgmma_wait<0>();
 }
 
+// GELU, tanh approximation (torch's approximate="tanh"), as x * sigmoid(2u) = x / (1 + e^(-2u)),
+// u = sqrt(2 / pi) (x + 0.044715 x^3); ex2.approx and the fast divide: within ~1e-6 relative of the fp32 formula,
+// far below the 16-bit output's rounding (the limits hold: e^(-2u) -> inf gives -0, -> 0 gives x).
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = x * (0.7978845608f + 0.0356774081f * x * x);
+  return __fdividef(x, 1.f + __expf(-2.f * u));
+}
+
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
 // (left in flight: PS waits for it before the staging is rewritten, and before exit)
 __device__ __forceinline__ void tma_store_2d_async(const CUtensorMap* map, uint32_t src, int c0, int c1) {
@@ -212,7 +220,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
                              const float* __restrict__ xscale,
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
-                             int N, int K, int R, long long* __restrict__ trace, int tma_store) {
+                             int N, int K, int R, long long* __restrict__ trace, int tma_store, int64_t ldy,
+                             int act) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
@@ -693,8 +702,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   }
 #pragma unroll
   for (int j = 0; j < BT / 8; ++j) {
-    const uint32_t p0 = Dt<T>::pack2(__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA);
-    const uint32_t p1 = Dt<T>::pack2(__int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB);
+    float v[4] = {__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA,
+                  __int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB};
+    if (act == 1) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = gelu_tanh(v[e]);
+    }
+    const uint32_t p0 = Dt<T>::pack2(v[0], v[1]);
+    const uint32_t p1 = Dt<T>::pack2(v[2], v[3]);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
     const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
     if (ts) {
@@ -705,7 +720,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
     }
     const int m = m0 + j * 8 + g;
     if (m < M && j >= jlo && j < jhi) {
-      T* dst = y + (int64_t)m * N + nbase + 2 * t;
+      T* dst = y + (int64_t)m * ldy + nbase + 2 * t;
       *reinterpret_cast<uint32_t*>(dst) = q0;
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
     }
@@ -740,13 +755,14 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// Row-major uint8 matrix [rows, cols] (cols contiguous), tiles of box_rows x box_cols.
+// Row-major uint8 matrix [rows, cols] (cols contiguous, rows `stride` bytes apart; 0: cols), tiles of box_rows x
+// box_cols.
 bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint32_t box_rows, uint32_t box_cols,
-              CUtensorMapSwizzle swizzle) {
+              CUtensorMapSwizzle swizzle, uint64_t stride = 0) {
   auto fn = encode_fn();
   if (!fn) return false;
   const cuuint64_t dims[2] = {cols, rows};
-  const cuuint64_t strides[1] = {cols};
+  const cuuint64_t strides[1] = {stride ? stride : cols};
   const cuuint32_t box[2] = {box_cols, box_rows};
   const cuuint32_t elem[2] = {1, 1};
   return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem,
@@ -765,7 +781,9 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
   // (encoded only when used: each encoding is host time per call)
-  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+  const int64_t ldy = a.ldy ? a.ldy : a.N;
+  if ((g_tma_store || PS) &&
+      !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -800,7 +818,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.numAttrs = splits > 1 ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
-                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0);
+                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)

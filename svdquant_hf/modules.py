@@ -8,7 +8,7 @@ from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
 from .ops.layout_2l import STAGE_K, fragment_order
-from .ops.reference import nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref, weight_operand_2l
+from .ops.reference import EPILOGUE_ACTIVATIONS, nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref, weight_operand_2l
 from .ops.traced import quantize_act_2l_traced, trace_quantizer
 
 _INT8_WEIGHTS = "qweight_i8"  # SVDQuantLinear.set_int8_weights: the widened weights, a non-persistent buffer
@@ -124,11 +124,7 @@ class SVDQuantLinear(nn.Module):
 
     def forward_with_branch(self, x: torch.Tensor, proj_down: torch.Tensor, proj_up: torch.Tensor) -> torch.Tensor:
         """The forward pass with the given low-rank branch instead of the layer's own (LoRA folding)."""
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"SVDQuantLinear {self.layer_name or ''}: input has {x.shape[-1]} features, "
-                f"expected in_features={self.in_features}"
-            )
+        self._check_features(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(proj_up.dtype)  # the compute dtype, without a guard on the buffer
         bias = self.bias
@@ -143,8 +139,7 @@ class SVDQuantLinear(nn.Module):
                     x2, self.qweight, self.wscales, self.wchannel, proj_down, proj_up, bias, self.group_size
                 )
             else:  # on CUDA the dispatcher calls the extension's C++ kernels directly (ops/library.py)
-                quantize = quantize_act_2l_traced if trace_quantizer() else ops.quantize_act_2l
-                xq, xscale, lr = quantize(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
+                xq, xscale, lr = self._quantize_2l(x2, proj_down)
                 w8 = self._buffers.get(_INT8_WEIGHTS)
                 fo = self._buffers.get(_FRAG_WEIGHTS)
                 if w8 is not None:  # set_int8_weights: the same sums from the weights widened once
@@ -164,6 +159,48 @@ class SVDQuantLinear(nn.Module):
             xq, ascales, lr = ops.quantize_act(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
             y = ops.w4a4_gemm(xq, ascales, self.qweight, self.wscales, lr, proj_up, bias, self.group_size)
         return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def forward_fused(
+        self, x: torch.Tensor, activation: str | None = None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``activation(self(x))``, after ``prefix``'s features when given: ``cat([prefix, act(y)], -1)``.
+
+        With the weights in fragment order (set_fragment_order, no hooks on the layer) the activation runs in the
+        GEMM's epilogue on its fp32 result and the GEMM writes straight into the concatenation (one op,
+        ``w4a4_gemm_2l_fo_ep``); otherwise the layer runs as usual and torch ops follow. ``activation``: None or
+        "gelu_tanh" (GELU, tanh approximation)."""
+        if activation not in EPILOGUE_ACTIVATIONS:
+            raise ValueError(f"SVDQuantLinear {self.layer_name}: activation must be one of "
+                             f"{list(EPILOGUE_ACTIVATIONS)}, got {activation!r}")
+        if prefix is not None and prefix.shape[:-1] != x.shape[:-1]:
+            raise ValueError(f"SVDQuantLinear {self.layer_name}: prefix has shape {tuple(prefix.shape)}, its leading "
+                             f"dimensions must be the input's {tuple(x.shape[:-1])}")
+        fo = self._buffers.get(_FRAG_WEIGHTS)
+        hooked = self._forward_hooks or self._forward_pre_hooks or "_hf_hook" in self.__dict__
+        if fo is None or fo.device != x.device or hooked:
+            y = self(x)
+            if activation == "gelu_tanh":
+                y = torch.nn.functional.gelu(y, approximate="tanh")
+            return y if prefix is None else torch.cat([prefix.to(y.dtype), y], -1)
+        self._check_features(x)
+        lead = x.shape[:-1]
+        dtype = self.proj_up.dtype
+        xq, xscale, lr = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), self.proj_down)
+        p2 = None if prefix is None else prefix.reshape(-1, prefix.shape[-1]).to(dtype)
+        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, fo, self.wscales, self.wchannel, lr, self.proj_up, self.bias,
+                                   self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
+        return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+    def _check_features(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"SVDQuantLinear {self.layer_name or ''}: input has {x.shape[-1]} features, "
+                f"expected in_features={self.in_features}"
+            )
+
+    def _quantize_2l(self, x2: torch.Tensor, proj_down: torch.Tensor):
+        quantize = quantize_act_2l_traced if trace_quantizer() else ops.quantize_act_2l
+        return quantize(x2.contiguous(), self.smooth_factor, proj_down, self.group_size)
 
     def set_int8_weights(self, enabled: bool = True, packed_on_host: bool = False) -> bool:
         """Keep (or drop) an int8 copy of an int4_2l W4A4 layer's weights, q * s_int [N, K], for the GEMM on

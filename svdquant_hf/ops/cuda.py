@@ -12,7 +12,14 @@ import torch
 
 from . import build
 from .layout_2l import canonical_order
-from .reference import quantize_act_2l_ref, quantize_act_ref, w4a4_gemm_2l_ref, w4a4_gemm_ref, w8a4_gemm_2l_ref
+from .reference import (
+    quantize_act_2l_ref,
+    quantize_act_ref,
+    gemm_epilogue_ref,
+    w4a4_gemm_2l_ref,
+    w4a4_gemm_ref,
+    w8a4_gemm_2l_ref,
+)
 
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _KERNEL_GROUPS = (32, 64, 128)
@@ -192,9 +199,7 @@ def quantize_act_2l_cuda(
     return _dispatch("quantize_act_2l", supported, quantize_act_2l_ref, x, smooth, proj_down, group_size)
 
 
-def _packed_gemm_2l_cuda(op: str, fragment_order: bool, xq: torch.Tensor, xscale: torch.Tensor, qweight: torch.Tensor,
-                         wscales: torch.Tensor, wchannel: torch.Tensor, lr_act: torch.Tensor, proj_up: torch.Tensor,
-                         bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
+def _check_packed_2l_shapes(op: str, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> None:
     if xq.dim() != 2 or qweight.dim() != 2:
         raise ValueError(f"svdquant::{op}: xq and qweight must be 2-D")
     M, K = xq.shape
@@ -208,8 +213,14 @@ def _packed_gemm_2l_cuda(op: str, fragment_order: bool, xq: torch.Tensor, xscale
     if bias is not None:
         expected["bias"] = (bias, (N,))
     _require_shapes(op, expected, M, K, N, group_size)
-    ext = build.load_extension()
+
+
+def _packed_gemm_2l_cuda(op: str, fragment_order: bool, xq: torch.Tensor, xscale: torch.Tensor, qweight: torch.Tensor,
+                         wscales: torch.Tensor, wchannel: torch.Tensor, lr_act: torch.Tensor, proj_up: torch.Tensor,
+                         bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+    _check_packed_2l_shapes(op, *args)
+    ext = build.load_extension()
     if ext is None or not hasattr(ext, op) or not _gemm_2l_supported(ext, *args):
         if fragment_order:
             return w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), *args[3:])
@@ -231,6 +242,32 @@ def w4a4_gemm_2l_fo_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up
     """The same on packed weights in fragment order (ops/layout_2l.py)."""
     return _packed_gemm_2l_cuda("w4a4_gemm_2l_fo", True, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up,
                                 bias, group_size)
+
+
+def w4a4_gemm_2l_fo_ep_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size: int,
+                            activation: int, prefix: torch.Tensor | None) -> torch.Tensor:
+    """w4a4_gemm_2l_fo with its epilogue (ops/reference.py gemm_epilogue_ref): the kernel when it applies (a prefix
+    it cannot write in place is concatenated after it), else the reference."""
+    args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
+    _check_packed_2l_shapes("w4a4_gemm_2l_fo_ep", *args)
+    M = xq.shape[0]
+    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] != M):
+        raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: prefix has shape {tuple(prefix.shape)}, expected ({M}, P)")
+    if prefix is not None and prefix.device != xq.device:
+        raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: prefix is on {prefix.device}, the GEMM's inputs on {xq.device}")
+    if activation not in (0, 1):
+        raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: activation must be 0 (none) or 1 (GELU tanh), got {activation}")
+    ext = build.load_extension()
+    if ext is None or not hasattr(ext, "w4a4_gemm_2l_fo_ep") or not _gemm_2l_supported(ext, *args):
+        y32 = w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), *args[3:], fp32_out=True)
+        return gemm_epilogue_ref(y32, lr_act.dtype, activation, prefix)
+    lr_k, pu_k = _pad_rank16(lr_act, proj_up)
+    takes_prefix = prefix is None or (prefix.shape[1] % 8 == 0 and prefix.dtype == lr_act.dtype)
+    y = ext.w4a4_gemm_2l_fo_ep(xq, xscale, qweight, wscales, wchannel, lr_k, pu_k, bias, group_size, activation,
+                               prefix if takes_prefix else None)
+    if y is None:
+        raise ValueError(ext.last_error())
+    return y if takes_prefix else torch.cat([prefix.to(y.dtype), y], 1)
 
 
 def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, wchannel: torch.Tensor,
@@ -260,7 +297,8 @@ def w8a4_gemm_2l_cuda(xq: torch.Tensor, xscale: torch.Tensor, w8: torch.Tensor, 
 def _hand_over_fallbacks(ext) -> None:
     """The extension's C++ op kernels send the inputs they do not take to these Python paths."""
     if hasattr(ext, "register_fallbacks"):
-        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda, w8a4_gemm_2l_cuda, w4a4_gemm_2l_fo_cuda)
+        ext.register_fallbacks(quantize_act_2l_cuda, w4a4_gemm_2l_cuda, w8a4_gemm_2l_cuda, w4a4_gemm_2l_fo_cuda,
+                               w4a4_gemm_2l_fo_ep_cuda)
 
 
 build.on_load(_hand_over_fallbacks)

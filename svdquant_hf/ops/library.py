@@ -16,6 +16,7 @@ from .reference import (
     check_k_2l,
     quantize_act_2l_ref,
     quantize_act_ref,
+    gemm_epilogue_ref,
     w4a4_gemm_2l_ref,
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,
@@ -136,6 +137,34 @@ def _w4a4_gemm_2l_fo_impl(xq, xscale, qweight, wscales, wchannel, lr_act, proj_u
     return w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), wscales, wchannel, lr_act, proj_up, bias, group_size)
 
 
+# The same GEMM with an epilogue (ops/reference.py gemm_epilogue_ref): an activation on the fp32 result (0 none,
+# 1 GELU tanh) and, with prefix [M, P], the output cat([prefix, y], 1) written in one allocation.
+torch.library.define(
+    "svdquant::w4a4_gemm_2l_fo_ep",
+    "(Tensor xq, Tensor xscale, Tensor qweight, Tensor wscales, Tensor wchannel, Tensor lr_act, Tensor proj_up, "
+    "Tensor? bias, int group_size, int activation, Tensor? prefix) -> Tensor",
+    tags=_TAGS,
+)
+
+
+@torch.library.register_fake("svdquant::w4a4_gemm_2l_fo_ep")
+def _(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size, activation, prefix):
+    check_k_2l(xq.shape[1])
+    width = qweight.shape[0] + (prefix.shape[1] if prefix is not None else 0)
+    return lr_act.new_empty((xq.shape[0], width))
+
+
+@torch.library.impl("svdquant::w4a4_gemm_2l_fo_ep", "CompositeExplicitAutograd")
+def _w4a4_gemm_2l_fo_ep_impl(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size, activation,
+                             prefix):
+    if xq.is_cuda:
+        return _cuda.w4a4_gemm_2l_fo_ep_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size,
+                                             activation, prefix)
+    y32 = w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), wscales, wchannel, lr_act, proj_up, bias, group_size,
+                           fp32_out=True)
+    return gemm_epilogue_ref(y32, lr_act.dtype, activation, prefix)
+
+
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
 quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
 #: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
@@ -144,6 +173,8 @@ w4a4_gemm_2l = torch.ops.svdquant.w4a4_gemm_2l.default
 w8a4_gemm_2l = torch.ops.svdquant.w8a4_gemm_2l.default
 #: the same GEMM on packed weights in fragment order: qweight = layout_2l.fragment_order(canonical qweight).
 w4a4_gemm_2l_fo = torch.ops.svdquant.w4a4_gemm_2l_fo.default
+#: the fragment-order GEMM with its epilogue: cat([prefix, act(y)], 1) (prefix None: act(y)).
+w4a4_gemm_2l_fo_ep = torch.ops.svdquant.w4a4_gemm_2l_fo_ep.default
 
 
 

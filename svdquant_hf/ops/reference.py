@@ -190,10 +190,13 @@ def w4a4_gemm_2l_ref(
     proj_up: torch.Tensor,
     bias: torch.Tensor | None,
     group_size: int,
+    fp32_out: bool = False,
 ) -> torch.Tensor:
-    """y [M, N] in lr_act.dtype: (float32(exact int acc) * wchannel[n]) * xscale[m] + branch + bias."""
+    """y [M, N] in lr_act.dtype (fp32_out: before that rounding): (float32(exact int acc) * wchannel[n]) * xscale[m]
+    + branch + bias."""
     _check_gemm_2l_dtypes(xq, xscale, qweight, wscales, wchannel)
-    return w8a4_gemm_2l_ref(xq, xscale, weight_operand_2l(qweight, wscales, group_size), wchannel, lr_act, proj_up, bias)
+    w8 = weight_operand_2l(qweight, wscales, group_size)
+    return w8a4_gemm_2l_ref(xq, xscale, w8, wchannel, lr_act, proj_up, bias, fp32_out)
 
 
 def w8a4_gemm_2l_ref(
@@ -204,12 +207,42 @@ def w8a4_gemm_2l_ref(
     lr_act: torch.Tensor,
     proj_up: torch.Tensor,
     bias: torch.Tensor | None,
+    fp32_out: bool = False,
 ) -> torch.Tensor:
     """w4a4_gemm_2l_ref with the weights given widened (w8 = weight_operand_2l(qweight, wscales, G))."""
     check_k_2l(xq.shape[-1])
     acc = int_dot_exact(xq, w8)
     y = (acc.float() * wchannel.float().unsqueeze(0)) * xscale.float().unsqueeze(1)
-    return _add_branch_and_bias(y, lr_act, proj_up, bias).to(lr_act.dtype)
+    y = _add_branch_and_bias(y, lr_act, proj_up, bias)
+    return y if fp32_out else y.to(lr_act.dtype)
+
+
+#: epilogue activations of the int4_2l GEMM (w4a4_gemm_2l_fo_ep's ``activation``), by the codes the kernels take
+EPILOGUE_ACTIVATIONS = {None: 0, "gelu_tanh": 1}
+
+
+def gelu_tanh_ep(y: torch.Tensor) -> torch.Tensor:
+    """The epilogue's GELU (tanh approximation) in fp32, as the kernel writes it: y * sigmoid(2u) =
+    y / (1 + e^(-2u)), u = sqrt(2 / pi) (y + 0.044715 y^3) (the kernel's ex2 / divide approximations stay
+    within ~1e-6 relative of this: far below a 16-bit output's rounding)."""
+    y = y.float()
+    u = y * (0.7978845608 + 0.0356774081 * y * y)
+    return y / (1.0 + torch.exp(-2.0 * u))
+
+
+def gemm_epilogue_ref(
+    y32: torch.Tensor, dtype: torch.dtype, activation: int, prefix: torch.Tensor | None,
+    op: str = "svdquant::w4a4_gemm_2l_fo_ep",
+) -> torch.Tensor:
+    """The GEMM's epilogue on its fp32 result: the activation (0 none, 1 GELU tanh) before the rounding to
+    ``dtype``, and with ``prefix`` [M, P] the output cat([prefix, y], 1) [M, P + N]."""
+    if activation not in EPILOGUE_ACTIVATIONS.values():
+        raise ValueError(f"{op}: activation must be one of {sorted(EPILOGUE_ACTIVATIONS.values())} (none, GELU tanh), "
+                         f"got {activation}")
+    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] != y32.shape[0]):
+        raise ValueError(f"{op}: prefix has shape {tuple(prefix.shape)}, expected ({y32.shape[0]}, P)")
+    y = (gelu_tanh_ep(y32) if activation == 1 else y32).to(dtype)
+    return y if prefix is None else torch.cat([prefix.to(dtype), y], 1)
 
 
 def dequantize_weight_2l(

@@ -85,13 +85,13 @@ def test_loaded_extension_gets_the_python_fallbacks(fresh_state, monkeypatch):
     from types import SimpleNamespace
 
     calls = []
-    fake = SimpleNamespace(register_fallbacks=lambda q, g, g8, fo: calls.append((q, g, g8, fo)))
+    fake = SimpleNamespace(register_fallbacks=lambda q, g, g8, fo, ep: calls.append((q, g, g8, fo, ep)))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(build, "_load_prebuilt", lambda: fake)
     monkeypatch.setattr(build, "_on_load", list(build._on_load))
     assert build.load_extension() is fake
     assert calls == [(cuda.quantize_act_2l_cuda, cuda.w4a4_gemm_2l_cuda, cuda.w8a4_gemm_2l_cuda,
-                      cuda.w4a4_gemm_2l_fo_cuda)]
+                      cuda.w4a4_gemm_2l_fo_cuda, cuda.w4a4_gemm_2l_fo_ep_cuda)]
     seen = []
     build.on_load(seen.append)
     assert seen == [fake]

@@ -930,3 +930,63 @@ def test_w8a4_op_equals_the_packed_op(hopper, R):
     y4 = library.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
     y8 = library.w8a4_gemm_2l(xq, xs, weight_operand_2l(qw, wsc, gs), wch, lr, pu, b)
     assert torch.equal(y8, y4)
+
+
+@pytest.mark.parametrize("M,K,N,R,P", [(1, 256, 128, 32, 0), (7, 512, 384, 16, 64), (255, 1024, 768, 32, 8),
+                                       (1000, 3072, 1536, 32, 3072), (4097, 1024, 1152, 64, 128)])
+def test_gemm_2l_fo_epilogue_gelu_and_prefix_every_kernel(hopper, M, K, N, R, P):
+    """w4a4_gemm_2l_fo_ep in every kernel that runs fragment order (each token tile, K splits 1 / 2, persistent or
+    not, three warpgroups where N allows): without activation the output's GEMM columns are the plain GEMM's bits and
+    the prefix columns the prefix's; with GELU within 16-bit rounding of the reference (GELU on the fp32 result);
+    every element written (poisoned first)."""
+    from svdquant_hf.ops.reference import gemm_epilogue_ref
+
+    gs = 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=N + R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    qf = fragment_order(qw)
+    prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16) if P else None
+    ref = gemm_epilogue_ref(w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs, fp32_out=True), torch.bfloat16, 1, prefix)
+    plans = [(bt, s, p, 0) for bt, s, p in itertools.product(hopper.gemm_2l_tiles, (1, 2), (0, 1))]
+    plans += [(0, 0, 1, 3)] if N % 192 == 0 else []
+    for bt, splits, persistent, cw in plans:
+        with _forced_plan(hopper, bt, splits):
+            hopper.set_gemm_2l_persistent(persistent)
+            if cw:
+                hopper.set_gemm_2l_rf_warpgroups(cw, 0)
+            plain = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+            _poison(2 * M * (N + P) + 4096, 0xFF)
+            y0 = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 0, prefix)
+            _poison(2 * M * (N + P) + 4096, 0xFF)
+            y1 = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, prefix)
+        where = f"tile {bt}, splits {splits}, persistent {persistent}, warpgroups {cw or 'auto'}"
+        assert y0 is not None and y1 is not None, hopper.last_error()
+        assert y0.shape == (M, P + N) and torch.isfinite(y0).all() and torch.isfinite(y1).all(), where
+        assert torch.equal(y0[:, P:], plain), where
+        if P:
+            assert torch.equal(y0[:, :P], prefix) and torch.equal(y1[:, :P], prefix), where
+        torch.testing.assert_close(y1.float(), ref.float(), rtol=2**-7, atol=1e-3, msg=lambda m: f"{where}: {m}")
+
+
+def test_gemm_2l_fo_epilogue_op_dispatch_and_fallbacks(hopper):
+    """The dispatcher's op on CUDA: the C++ kernel for what it takes; a prefix it cannot write in place (P % 8 != 0)
+    concatenated after it by the Python path, the same values; bad activation codes a clear error."""
+    M, K, N, R, gs = 33, 512, 256, 32, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=5)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=6)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+    qf = fragment_order(qw)
+    op = library.w4a4_gemm_2l_fo_ep
+    gelu = op(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, None)
+    for P in (8, 12):
+        prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16)
+        y = op(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, prefix)
+        assert torch.equal(y[:, :P], prefix) and torch.equal(y[:, P:], gelu), P
+    with pytest.raises(ValueError, match="activation"):
+        op(xq, xs, qf, wsc, wch, lr, pu, b, gs, 2, None)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        f = torch.compile(lambda *a: op(*a), fullgraph=True)
+        assert torch.equal(f(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, None), gelu)
+        torch._dynamo.reset()

@@ -1,0 +1,188 @@
+"""GELU and FLUX single blocks' concatenation in the GEMM's epilogue (svdquant_hf.epilogues, w4a4_gemm_2l_fo_ep):
+the op's reference semantics, a fused tiny FLUX transformer against the unfused one (eager and compiled), exact
+unfusing, and the fallback when a LoRA wraps a layer."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svdquant_hf import (
+    SVDQuantConfig,
+    SVDQuantLinear,
+    fuse_epilogues,
+    quantize_model,
+    set_fragment_order,
+    unfuse_epilogues,
+)
+from svdquant_hf import testing as T
+from svdquant_hf.ops import library as ops
+from svdquant_hf.ops.layout_2l import fragment_order
+from svdquant_hf.ops.reference import gelu_tanh_ep, w4a4_gemm_2l_ref
+from svdquant_hf.quantizers.common import quantizable_linears
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def _gemm_inputs(M: int, K: int, N: int, R: int = 16, G: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    xq = (torch.randint(-8, 8, (M, K), generator=g) * torch.randint(1, 17, (M, K // G), generator=g)
+          .repeat_interleave(G, 1)).to(torch.int8)
+    xscale = torch.rand(M, generator=g) * 0.01 + 1e-3
+    qweight = torch.randint(-128, 128, (N, K // 2), generator=g).to(torch.int8)
+    wscales = torch.randint(1, 17, (K // G, N), generator=g).to(torch.uint8)
+    wchannel = torch.rand(N, generator=g) * 0.01 + 1e-3
+    lr = torch.randn(M, R, generator=g).to(torch.bfloat16)
+    up = (torch.randn(N, R, generator=g) * 0.1).to(torch.bfloat16)
+    bias = torch.randn(N, generator=g).to(torch.bfloat16)
+    return xq, xscale, qweight, wscales, wchannel, lr, up, bias, G
+
+
+def test_ep_op_reference_semantics():
+    xq, xs, qw, ws, wc, lr, up, bias, G = _gemm_inputs(37, 256, 128)
+    fo = fragment_order(qw)
+    plain = ops.w4a4_gemm_2l_fo(xq, xs, fo, ws, wc, lr, up, bias, G)
+    # no activation, no prefix: the fragment-order GEMM, bit for bit
+    assert torch.equal(ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 0, None), plain)
+    # GELU on the fp32 result, then one rounding
+    y32 = w4a4_gemm_2l_ref(xq, xs, qw, ws, wc, lr, up, bias, G, fp32_out=True)
+    assert torch.equal(y32.to(torch.bfloat16), plain)
+    ep = ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 1, None)
+    assert ep.dtype == torch.bfloat16 and ep.shape == (37, 128)
+    assert torch.equal(ep, gelu_tanh_ep(y32).to(torch.bfloat16))
+    # the kernel's formula is torch's tanh GELU
+    assert torch.allclose(gelu_tanh_ep(y32), F.gelu(y32, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    # and closer to it than GELU of the rounded output is
+    unfused = F.gelu(plain.float(), approximate="tanh")
+    assert _rel(ep, F.gelu(y32, approximate="tanh")) <= _rel(unfused, F.gelu(y32, approximate="tanh"))
+    # prefix: its columns first, exactly
+    prefix = torch.randn(37, 24).to(torch.bfloat16)
+    cat = ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 1, prefix)
+    assert cat.shape == (37, 24 + 128) and torch.equal(cat[:, :24], prefix) and torch.equal(cat[:, 24:], ep)
+
+
+def test_ep_op_rejects_bad_activation_and_prefix():
+    xq, xs, qw, ws, wc, lr, up, bias, G = _gemm_inputs(8, 128, 128)
+    fo = fragment_order(qw)
+    with pytest.raises(ValueError, match="activation"):
+        ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 7, None)
+    with pytest.raises(ValueError, match="prefix"):
+        ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 1, torch.zeros(9, 8, dtype=torch.bfloat16))
+
+
+def _tiny_flux(dtype=torch.bfloat16):
+    """A tiny FLUX transformer wide enough for the fragment order (128 features: 2 heads x 64)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=64,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
+        axes_dims_rope=(16, 24, 24),
+    ).to(dtype).eval()
+    opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
+    targets = quantizable_linears(model, opts)
+    skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in targets]
+    quantize_model(model, opts, progress=False, extra_skip=skip)
+    assert set_fragment_order(model) > 0
+    return model, T.model_inputs(model, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_flux()
+
+
+def test_fused_flux_matches_unfused_and_keeps_its_state_dict(tiny, monkeypatch):
+    model, inputs = tiny
+    fused = copy.deepcopy(model)
+    names = fuse_epilogues(fused)
+    assert {"transformer_blocks.0.ff.net.0", "transformer_blocks.0.ff_context.net.0",
+            "single_transformer_blocks.0", "single_transformer_blocks.1"} <= set(names)
+    assert fuse_epilogues(fused) == []  # idempotent
+    sd0, sd1 = model.state_dict(), fused.state_dict()
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    calls = []
+    real = ops.w4a4_gemm_2l_fo_ep
+
+    def counting(*args):
+        calls.append((args[-2], None if args[-1] is None else tuple(args[-1].shape)))
+        return real(*args)
+
+    monkeypatch.setattr(ops, "w4a4_gemm_2l_fo_ep", counting)
+    with torch.no_grad():
+        y0, y1 = model(**inputs)[0], fused(**inputs)[0]
+    assert 0 < _rel(y1, y0) < 2e-2  # GELU before the rounding instead of after it: close, not identical
+    n_tok = inputs["hidden_states"].shape[1] + inputs["encoder_hidden_states"].shape[1]
+    # ff and ff_context: GELU alone; each single block: GELU with the attention output (128 wide) as prefix
+    assert calls.count((1, None)) == 2 and calls.count((1, (n_tok, 128))) == 2
+    assert unfuse_epilogues(fused) == names
+    with torch.no_grad():
+        assert torch.equal(fused(**inputs)[0], y0)
+
+
+def test_fused_flux_compiles_to_the_same_outputs(tiny):
+    model, inputs = tiny
+    fused = copy.deepcopy(model)
+    fuse_epilogues(fused)
+    with torch.no_grad():
+        eager = fused(**inputs)[0]
+        compiled = torch.compile(fused, backend="aot_eager", fullgraph=True)(**inputs)[0]
+    assert torch.equal(compiled, eager)
+
+
+def test_fused_forward_falls_back_where_the_fused_path_does_not_apply(tiny):
+    base, inputs = tiny
+    fused = copy.deepcopy(base)
+    fuse_epilogues(fused)
+    # a wrapped proj_mlp (as a PEFT LoRA wraps it): the block's own forward
+    block = fused.single_transformer_blocks[0]
+    block.proj_mlp = torch.nn.Sequential(block.proj_mlp)
+    # canonical weights (no fragment order) in a feed-forward: its usual ops
+    set_fragment_order(fused.transformer_blocks[0].ff, False)
+    unfused = copy.deepcopy(fused)
+    unfuse_epilogues(unfused)
+    with torch.no_grad():
+        y_unfused = unfused(**inputs)[0]
+        # the second single block and ff_context still take the fused path: close, not identical
+        assert 0 < _rel(fused(**inputs)[0], y_unfused) < 2e-2
+        for name in ("single_transformer_blocks.1", "transformer_blocks.0.ff_context.net.0"):
+            unfuse_epilogues(dict(fused.named_modules())[name])
+        # what is left fused falls back: bit for bit the unfused model
+        assert torch.equal(fused(**inputs)[0], y_unfused)
+
+
+def test_forward_fused_errors_name_the_layer(tiny):
+    model, _ = tiny
+    layer = model.single_transformer_blocks[0].proj_mlp
+    assert isinstance(layer, SVDQuantLinear)
+    x = torch.randn(2, 5, layer.in_features, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        layer.forward_fused(x, "relu")
+    with pytest.raises(ValueError, match=r"prefix has shape \(2, 4, 8\)"):
+        layer.forward_fused(x, "gelu_tanh", prefix=torch.zeros(2, 4, 8, dtype=torch.bfloat16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_flux_on_the_gpu_matches_unfused_eager_and_compiled():
+    """The kernels' epilogue in a model: fused vs unfused within rounding, and Inductor-compiled fused vs eager fused."""
+    model, inputs = _tiny_flux()
+    model.cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    fused = copy.deepcopy(model)
+    fuse_epilogues(fused)
+    with torch.no_grad():
+        y0, y1 = model(**inputs)[0], fused(**inputs)[0]
+        assert torch.isfinite(y1).all() and _rel(y1, y0) < 2e-2
+        torch._dynamo.reset()
+        fused.compile_repeated_blocks(fullgraph=True)
+        assert _rel(fused(**inputs)[0], y1) < 1e-2
+        torch._dynamo.reset()
