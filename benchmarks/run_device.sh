@@ -193,11 +193,13 @@ if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues)
     -m "gpu or not gpu" -o addopts="" > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests.log" | tail -12
   memcheck "$OUT/memcheck.log"
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_diffusers_usage_docs.py -o addopts="" \
-    > "$OUT/docs.log" 2>&1
-  echo "docs rc=$?"; tail -2 "$OUT/docs.log"
+  if [ "${DOCS:-1}" != 0 ]; then
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_diffusers_usage_docs.py -o addopts="" \
+      > "$OUT/docs.log" 2>&1
+    echo "docs rc=$?"; tail -2 "$OUT/docs.log"
+  fi
   if [ -n "${E2E:-}" ]; then
-    flux_e2e_1024 330 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg}" \
+    flux_e2e_1024 ${E2E_LIMIT:-330} "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_regional_cg,bf16_regional_cg,fp8mm_regional_cg}" \
       --iters 6 --warmup 2 --loop-too --profile
   fi
 fi

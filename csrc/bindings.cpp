@@ -349,11 +349,11 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
   }
   auto y = at::empty({M, P + N}, lr_in.options());
   if (M == 0) return y;
-  if (P) {  // a pitched copy into the first P columns, ahead of the GEMM on the same stream
+  if (P) {  // the prefix into the first P columns, ahead of the GEMM on the same stream
     const at::Tensor pre = prep(*prefix_in);
     const int64_t es = y.element_size();
-    const cudaError_t ce = cudaMemcpy2DAsync(y.data_ptr(), (P + N) * es, pre.data_ptr(), P * es, P * es, M,
-                                             cudaMemcpyDeviceToDevice, c10::cuda::getCurrentCUDAStream().stream());
+    const cudaError_t ce = svdq::launch_copy_columns(y.data_ptr(), (P + N) * es, pre.data_ptr(), P * es, M, P * es,
+                                                     c10::cuda::getCurrentCUDAStream().stream());
     SVDQ_REQUIRE(ce == cudaSuccess, "svdquant w4a4_gemm_2l: prefix copy failed: ", cudaGetErrorString(ce));
   }
   at::Tensor xq = prep(xq_in), xs = prep(xs_in), qw = prep(qw_in), wsc = prep(wsc_in), wch = prep(wch_in);

@@ -127,5 +127,8 @@ void set_gemm_2l_probe(int probe);
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;
+// rows x row_bytes from src (rows lds_bytes apart) into dst (rows ldd_bytes apart): 16-byte vectors where aligned
+cudaError_t launch_copy_columns(void* dst, int64_t ldd_bytes, const void* src, int64_t lds_bytes, int64_t rows,
+                                int64_t row_bytes, cudaStream_t stream);
 
 }  // namespace svdq

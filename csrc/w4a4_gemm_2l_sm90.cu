@@ -743,6 +743,24 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
 #endif
 }
 
+// dst[r, c] = src[r, c] for c < n16 (16-byte units; rows ldd / lds units apart): a prefix's columns into the row
+// block before the GEMM's output (w4a4_gemm_2l_fo_ep), U rows per thread so that each has U loads in flight.
+template <int U>
+__global__ void copy_columns_kernel(uint4* __restrict__ dst, int64_t ldd, const uint4* __restrict__ src, int64_t lds,
+                                    int64_t rows, int n16) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= n16) return;
+  for (int64_t r0 = (int64_t)blockIdx.y * U; r0 < rows; r0 += (int64_t)gridDim.y * U) {
+    uint4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (r0 + u < rows) v[u] = __ldg(src + (r0 + u) * lds + c);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (r0 + u < rows) dst[(r0 + u) * ldd + c] = v[u];
+  }
+}
+
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
     void* p = nullptr;
@@ -1012,6 +1030,20 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       return bf ? launch_2l_plan<__nv_bfloat16, 128>(a, p, stream) : launch_2l_plan<__half, 128>(a, p, stream);
     default: return cudaErrorInvalidValue;
   }
+}
+
+cudaError_t launch_copy_columns(void* dst, int64_t ldd_bytes, const void* src, int64_t lds_bytes, int64_t rows,
+                                int64_t row_bytes, cudaStream_t stream) {
+  if (rows == 0 || row_bytes == 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16 || ldd_bytes % 16 ||
+      lds_bytes % 16 || row_bytes % 16)
+    return cudaMemcpy2DAsync(dst, ldd_bytes, src, lds_bytes, row_bytes, rows, cudaMemcpyDeviceToDevice, stream);
+  constexpr int kU = 4, kThreads = 128;
+  const int n16 = (int)(row_bytes / 16);
+  const dim3 grid((n16 + kThreads - 1) / kThreads, (unsigned)std::min<int64_t>((rows + kU - 1) / kU, 4096));
+  copy_columns_kernel<kU><<<grid, kThreads, 0, stream>>>(static_cast<uint4*>(dst), ldd_bytes / 16,
+                                                          static_cast<const uint4*>(src), lds_bytes / 16, rows, n16);
+  return cudaGetLastError();
 }
 
 }  // namespace svdq

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import SVDQuantOptions, hopper_present, name_matches
+from ..epilogues import fuse_epilogues
 from ..modules import SVDQuantLinear, set_fragment_order
 from ..quantize import set_submodule  # noqa: F401  (re-exported)
 
@@ -133,6 +134,18 @@ def hopper_fragment_order(model: nn.Module) -> int:
     return set_fragment_order(model)
 
 
+EPILOGUES_ENV = "SVDQUANT_HF_EPILOGUES"  # "0": loaded models keep GELU and FLUX's concatenation as separate ops
+
+
+def hopper_epilogues(model: nn.Module) -> list[str]:
+    """After loading on a machine with a Hopper GPU: GELU and FLUX single blocks' concatenation run in the 4-bit
+    GEMMs' epilogue (svdquant_hf.fuse_epilogues; the layers in fragment order take it). Off with
+    SVDQUANT_HF_EPILOGUES=0. Returns the fused modules' names."""
+    if os.environ.get(EPILOGUES_ENV, "1") == "0" or not hopper_present():
+        return []
+    return fuse_epilogues(model)
+
+
 def realign_cpu_tensors(model: nn.Module, alignment: int = 64) -> int:
     """Copy CPU tensors that sit unaligned inside memory-mapped checkpoint files into fresh memory.
 
@@ -221,6 +234,7 @@ __all__ = [
     "replace_with_svdquant_linear",
     "realign_cpu_tensors",
     "hopper_fragment_order",
+    "hopper_epilogues",
     "hopper_present",
     "FRAGMENT_ORDER_ENV",
     "set_submodule",

@@ -10,8 +10,9 @@
   concatenation kernel (which reads and writes the whole 15360-wide input).
 
 The fused path needs the layer's weights in fragment order (the Hopper GEMM; ``SVDQuantLinear.forward_fused``);
-otherwise, or when a LoRA wraps the layer (PEFT), the forward takes the usual ops, so fusing never changes what a
-model can do. Outputs differ from the unfused forward only by rounding (GELU on the fp32 result instead of on the
+otherwise the forward takes the usual ops, so fusing never changes what a model can do. LoRAs loaded later
+(svdquant's LoRA layer, lora/layer.py) stay fused: their factors ride on the fused GEMM's branch; any other wrapper
+around the layer takes the usual ops. Outputs differ from the unfused forward only by rounding (GELU on the fp32 result instead of on the
 rounded one). Parameters, buffers and state dicts are untouched; ``unfuse_epilogues`` restores the forwards.
 """
 from __future__ import annotations
@@ -39,8 +40,13 @@ def _is_flux_single_block(module: nn.Module) -> bool:
             and isinstance(act, nn.GELU) and act.approximate == "tanh")
 
 
+def _fusable(layer: nn.Module) -> bool:
+    """An SVDQuantLinear, or svdquant's LoRA layer around one (lora/layer.py): both have forward_fused."""
+    return type(layer) is SVDQuantLinear or type(layer).__name__ == "SVDQuantLoraLinear"
+
+
 def _gelu_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    if type(self.proj) is SVDQuantLinear:
+    if _fusable(self.proj):
         return self.proj.forward_fused(hidden_states, "gelu_tanh")
     return type(self).forward(self, hidden_states)
 
@@ -54,7 +60,7 @@ def _flux_single_block_forward(
     joint_attention_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's computation with ``proj_out``'s input made by ``proj_mlp`` itself: cat([attention, GELU(mlp)])."""
-    if type(self.proj_mlp) is not SVDQuantLinear:
+    if not _fusable(self.proj_mlp):
         return type(self).forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb,
                                   joint_attention_kwargs)
     n_txt = encoder_hidden_states.shape[1]

@@ -161,14 +161,18 @@ class SVDQuantLinear(nn.Module):
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def forward_fused(
-        self, x: torch.Tensor, activation: str | None = None, prefix: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        activation: str | None = None,
+        prefix: torch.Tensor | None = None,
+        branch: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``activation(self(x))``, after ``prefix``'s features when given: ``cat([prefix, act(y)], -1)``.
 
         With the weights in fragment order (set_fragment_order, no hooks on the layer) the activation runs in the
         GEMM's epilogue on its fp32 result and the GEMM writes straight into the concatenation (one op,
         ``w4a4_gemm_2l_fo_ep``); otherwise the layer runs as usual and torch ops follow. ``activation``: None or
-        "gelu_tanh" (GELU, tanh approximation)."""
+        "gelu_tanh" (GELU, tanh approximation); ``branch``: (proj_down, proj_up) instead of the layer's own (LoRA)."""
         if activation not in EPILOGUE_ACTIVATIONS:
             raise ValueError(f"SVDQuantLinear {self.layer_name}: activation must be one of "
                              f"{list(EPILOGUE_ACTIVATIONS)}, got {activation!r}")
@@ -177,17 +181,16 @@ class SVDQuantLinear(nn.Module):
                              f"dimensions must be the input's {tuple(x.shape[:-1])}")
         fo = self._buffers.get(_FRAG_WEIGHTS)
         hooked = self._forward_hooks or self._forward_pre_hooks or "_hf_hook" in self.__dict__
+        proj_down, proj_up = branch if branch is not None else (self.proj_down, self.proj_up)
         if fo is None or fo.device != x.device or hooked:
-            y = self(x)
-            if activation == "gelu_tanh":
-                y = torch.nn.functional.gelu(y, approximate="tanh")
-            return y if prefix is None else torch.cat([prefix.to(y.dtype), y], -1)
+            y = self(x) if branch is None else self.forward_with_branch(x, proj_down, proj_up)
+            return epilogue_after(y, activation, prefix)
         self._check_features(x)
         lead = x.shape[:-1]
         dtype = self.proj_up.dtype
-        xq, xscale, lr = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), self.proj_down)
+        xq, xscale, lr = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), proj_down)
         p2 = None if prefix is None else prefix.reshape(-1, prefix.shape[-1]).to(dtype)
-        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, fo, self.wscales, self.wchannel, lr, self.proj_up, self.bias,
+        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, fo, self.wscales, self.wchannel, lr, proj_up, self.bias,
                                    self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
         return y.reshape(*lead, y.shape[-1]).to(x.dtype)
 
@@ -267,6 +270,13 @@ class SVDQuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"{mode} {self.quant_format} g{self.group_size}, rank={self.rank}"
         )
+
+
+def epilogue_after(y: torch.Tensor, activation: str | None, prefix: torch.Tensor | None) -> torch.Tensor:
+    """forward_fused's result from a layer's plain output: the activation, then after ``prefix``'s features."""
+    if activation == "gelu_tanh":
+        y = torch.nn.functional.gelu(y, approximate="tanh")
+    return y if prefix is None else torch.cat([prefix.to(y.dtype), y], -1)
 
 
 def set_fragment_order(model: nn.Module, enabled: bool = True) -> int:

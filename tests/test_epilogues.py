@@ -77,16 +77,21 @@ def test_ep_op_rejects_bad_activation_and_prefix():
         ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 1, torch.zeros(9, 8, dtype=torch.bfloat16))
 
 
-def _tiny_flux(dtype=torch.bfloat16):
-    """A tiny FLUX transformer wide enough for the fragment order (128 features: 2 heads x 64)."""
+def _wide_flux(dtype=torch.bfloat16):
+    """A tiny FLUX transformer wide enough for the fragment order (128 features: 2 heads x 64), 16-bit."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=64,
         num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
         axes_dims_rope=(16, 24, 24),
     ).to(dtype).eval()
+
+
+def _tiny_flux(dtype=torch.bfloat16):
+    """_wide_flux quantized to int4_2l, its layers in fragment order; and its test inputs."""
+    model = _wide_flux(dtype)
     opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
     targets = quantizable_linears(model, opts)
     skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in targets]
@@ -157,6 +162,77 @@ def test_fused_forward_falls_back_where_the_fused_path_does_not_apply(tiny):
             unfuse_epilogues(dict(fused.named_modules())[name])
         # what is left fused falls back: bit for bit the unfused model
         assert torch.equal(fused(**inputs)[0], y_unfused)
+
+
+def _with_random_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """A rank-4 PEFT LoRA on every 4-bit layer (svdquant's LoRA layers, as load_lora_weights makes them)."""
+    peft = pytest.importorskip("peft")
+    from svdquant_hf.lora import refresh
+
+    targets = [n for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)]
+    peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=4, target_modules=targets), model, "t")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "lora_B") and "t" in m.lora_B:
+                w = m.lora_B["t"].weight
+                w.copy_(torch.randn(w.shape, generator=gen) * 0.05)
+    refresh(model)
+    return model
+
+
+def test_a_lora_loaded_after_fusing_rides_on_the_fused_gemm(tiny, monkeypatch):
+    base, inputs = tiny
+    fused = copy.deepcopy(base)
+    fuse_epilogues(fused)
+    fused, plain = _with_random_lora(fused), _with_random_lora(copy.deepcopy(base))
+    assert type(fused.single_transformer_blocks[0].proj_mlp).__name__ == "SVDQuantLoraLinear"
+    calls = []
+    real = ops.w4a4_gemm_2l_fo_ep
+
+    def counting(*args):
+        calls.append(args[6].shape[1])  # the branch's rank: the layer's 16 + the adapter's 4, padded to 16
+        return real(*args)
+
+    monkeypatch.setattr(ops, "w4a4_gemm_2l_fo_ep", counting)
+    with torch.no_grad():
+        y_base, y_plain, y_fused = base(**inputs)[0], plain(**inputs)[0], fused(**inputs)[0]
+    assert _rel(y_plain, y_base) > 1e-2  # the adapters act
+    assert 0 < _rel(y_fused, y_plain) < 2e-2
+    assert len(calls) == 4 and all(r > 16 for r in calls)
+
+
+def test_from_pretrained_fuses_them_on_hopper_unless_told_not_to(monkeypatch, tmp_path):
+    """The diffusers adapter fuses the epilogues of a model loaded on a Hopper machine (faked: the layers stay on the
+    CPU, where the op is the reference), not with SVDQUANT_HF_EPILOGUES=0 nor without Hopper; the state dict and the
+    saved checkpoint are the same either way."""
+    from diffusers import FluxTransformer2DModel
+
+    from svdquant_hf.quantizers import common
+
+    src = T.save_tiny_model(_wide_flux(), tmp_path / "fp")
+
+    def load():
+        cfg = SVDQuantConfig(quant_format="int4_2l", rank=16)
+        return FluxTransformer2DModel.from_pretrained(src, quantization_config=cfg, torch_dtype=torch.bfloat16)
+
+    def fused(model):
+        return [n for n, m in model.named_modules() if "forward" in vars(m)]
+
+    monkeypatch.setattr(common, "hopper_present", lambda: False)
+    plain = load()
+    assert fused(plain) == []
+    monkeypatch.setattr(common, "hopper_present", lambda: True)
+    monkeypatch.setenv("SVDQUANT_HF_EPILOGUES", "0")
+    assert fused(load()) == []
+    monkeypatch.delenv("SVDQUANT_HF_EPILOGUES")
+    model = load()
+    assert "single_transformer_blocks.0" in fused(model) and "transformer_blocks.0.ff.net.0" in fused(model)
+    inp = T.model_inputs(model, seed=2)
+    with torch.no_grad():
+        assert 0 < _rel(model(**inp)[0], plain(**inp)[0]) < 2e-2
+    sd, sd0 = model.state_dict(), plain.state_dict()
+    assert sd.keys() == sd0.keys() and all(torch.equal(sd[k], sd0[k]) for k in sd0)
 
 
 def test_forward_fused_errors_name_the_layer(tiny):

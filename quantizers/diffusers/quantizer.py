@@ -25,7 +25,13 @@ from ...config import FORMAT_TENSORS
 from ...formats.int4_2l import invalid_2l_tensor
 from ...modules import SVDQuantLinear
 from ...quantize import default_group_rank, qkv_groups
-from ..common import hopper_fragment_order, quantizable_linears, realign_cpu_tensors, replace_with_svdquant_linear
+from ..common import (
+    hopper_epilogues,
+    hopper_fragment_order,
+    quantizable_linears,
+    realign_cpu_tensors,
+    replace_with_svdquant_linear,
+)
 from ..config import SVDQuantConfig
 from .utils import SVDQUANT_TENSORS, AtomicSave, read_headers, svdquant_module_names, warn_reference_path
 
@@ -371,6 +377,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         self._group_weights.clear()
         realign_cpu_tensors(model)
         hopper_fragment_order(model)
+        hopper_epilogues(model)
         if "save_pretrained" not in vars(model):
             model.save_pretrained = AtomicSave(model)
         return model

@@ -23,7 +23,7 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ..modules import SVDQuantLinear
+from ..modules import SVDQuantLinear, epilogue_after
 from .branch import RANK_GRANULARITY, extend_branch
 
 _LIVE_DOWN, _LIVE_UP = "_lora_live_down", "_lora_live_up"
@@ -215,6 +215,15 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             return base(x, *args, **kwargs)
         finally:
             buffers["proj_down"], buffers["proj_up"] = saved
+
+    def forward_fused(
+        self, x: torch.Tensor, activation: str | None = None, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """SVDQuantLinear.forward_fused with the active adapters folded into the branch (svdquant_hf.epilogues)."""
+        base = self._modules["base_layer"]
+        if self.disable_adapters or not isinstance(base, SVDQuantLinear) or _has_hooks(base):
+            return epilogue_after(self(x), activation, prefix)
+        return base.forward_fused(x, activation, prefix, self._branch())
 
     # ---- fuse / unfuse -----------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
