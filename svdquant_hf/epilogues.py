@@ -77,15 +77,15 @@ def _flux_single_block_forward(
 def fuse_epilogues(model: nn.Module) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
-    Modules whose layer is not an SVDQuantLinear at fuse time are left alone; at run time the fused forward falls
+    Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time the fused forward falls
     back to the usual ops where the layer cannot take the fused path (see the module docstring)."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__:
             continue
-        if _is_diffusers_gelu_tanh(module) and isinstance(module.proj, SVDQuantLinear):
+        if _is_diffusers_gelu_tanh(module) and _fusable(module.proj):
             module.forward = types.MethodType(_gelu_forward, module)
-        elif _is_flux_single_block(module) and isinstance(module.proj_mlp, SVDQuantLinear):
+        elif _is_flux_single_block(module) and _fusable(module.proj_mlp):
             module.forward = types.MethodType(_flux_single_block_forward, module)
         else:
             continue

@@ -181,11 +181,18 @@ def _with_random_lora(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def test_a_lora_loaded_after_fusing_rides_on_the_fused_gemm(tiny, monkeypatch):
+@pytest.mark.parametrize("lora_first", [False, True])
+def test_a_lora_rides_on_the_fused_gemm(tiny, monkeypatch, lora_first):
+    """A LoRA loaded after fusing, or fused after loading it: the adapters ride on the fused GEMM's branch."""
     base, inputs = tiny
     fused = copy.deepcopy(base)
-    fuse_epilogues(fused)
-    fused, plain = _with_random_lora(fused), _with_random_lora(copy.deepcopy(base))
+    if lora_first:
+        fused = _with_random_lora(fused)
+        assert "single_transformer_blocks.0" in fuse_epilogues(fused)
+    else:
+        fuse_epilogues(fused)
+        fused = _with_random_lora(fused)
+    plain = _with_random_lora(copy.deepcopy(base))
     assert type(fused.single_transformer_blocks[0].proj_mlp).__name__ == "SVDQuantLoraLinear"
     calls = []
     real = ops.w4a4_gemm_2l_fo_ep
