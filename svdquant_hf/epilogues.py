@@ -1,6 +1,7 @@
 """Work after a 4-bit GEMM moved into its epilogue: GELU, and FLUX single blocks' MLP-attention concatenation.
 
-``fuse_epilogues(model)`` (opt-in, like ``set_fragment_order``) changes two kinds of modules' forward:
+``fuse_epilogues(model)`` (applied after loading on Hopper, like ``set_fragment_order``) changes two kinds of
+modules' forward:
 
 - diffusers' ``GELU`` activation (``approximate="tanh"``: FLUX's feed-forwards ``ff`` / ``ff_context``) whose ``proj``
   is an SVDQuantLinear: the GELU runs on the GEMM's fp32 result before it is rounded, so no separate GELU kernel
@@ -12,8 +13,10 @@
 The fused path needs the layer's weights in fragment order (the Hopper GEMM; ``SVDQuantLinear.forward_fused``);
 otherwise the forward takes the usual ops, so fusing never changes what a model can do. LoRAs loaded later
 (svdquant's LoRA layer, lora/layer.py) stay fused: their factors ride on the fused GEMM's branch; any other wrapper
-around the layer takes the usual ops. Outputs differ from the unfused forward only by rounding (GELU on the fp32 result instead of on the
-rounded one). Parameters, buffers and state dicts are untouched; ``unfuse_epilogues`` restores the forwards.
+around the layer takes the usual ops. A module whose forward another library has already wrapped (accelerate's or
+diffusers' hooks) is left alone. Outputs differ from the unfused forward only by rounding (GELU on the fp32 result
+instead of on the rounded one). Parameters, buffers and state dicts are untouched; ``unfuse_epilogues`` restores
+the forwards.
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def fuse_epilogues(model: nn.Module) -> list[str]:
     back to the usual ops where the layer cannot take the fused path (see the module docstring)."""
     names = []
     for name, module in model.named_modules():
-        if _MARK in module.__dict__:
+        if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
             continue
         if _is_diffusers_gelu_tanh(module) and _fusable(module.proj):
             module.forward = types.MethodType(_gelu_forward, module)
@@ -95,13 +98,19 @@ def fuse_epilogues(model: nn.Module) -> list[str]:
 
 
 def unfuse_epilogues(model: nn.Module) -> list[str]:
-    """Restore the forwards ``fuse_epilogues`` changed; returns the module names."""
-    names = []
-    for name, module in model.named_modules():
-        if module.__dict__.pop(_MARK, False):
-            module.__dict__.pop("forward", None)
-            names.append(name)
-    return names
+    """Restore the forwards ``fuse_epilogues`` changed; returns the module names.
+
+    A fused module whose forward something else has wrapped since (an offload hook) is refused, before anything
+    changes: removing the wrapper with the fusion would silently drop the hook."""
+    fused = [(n, m) for n, m in model.named_modules() if _MARK in m.__dict__]
+    for name, module in fused:
+        fwd = module.__dict__.get("forward")
+        if getattr(fwd, "__func__", None) not in (_gelu_forward, _flux_single_block_forward):
+            raise ValueError(f"unfuse_epilogues: {name or type(module).__name__}'s forward was wrapped after fusing "
+                             f"(an offload or other hook); remove that hook first")
+    for _, module in fused:
+        del module.__dict__[_MARK], module.__dict__["forward"]
+    return [n for n, _ in fused]
 
 
 __all__ = ["fuse_epilogues", "unfuse_epilogues"]

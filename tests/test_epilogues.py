@@ -242,6 +242,27 @@ def test_from_pretrained_fuses_them_on_hopper_unless_told_not_to(monkeypatch, tm
     assert sd.keys() == sd0.keys() and all(torch.equal(sd[k], sd0[k]) for k in sd0)
 
 
+def test_other_forward_wrappers_are_respected(tiny):
+    """A module whose forward another library wrapped (as accelerate's and diffusers' hooks do) is not fused; one
+    wrapped after fusing makes unfuse refuse, naming it, before anything changes."""
+    import functools
+
+    base, inputs = tiny
+    model = copy.deepcopy(base)
+    gelu = model.transformer_blocks[0].ff.net[0]
+    gelu.forward = functools.partial(type(gelu).forward, gelu)  # someone else's wrapper, before fusing
+    names = fuse_epilogues(model)
+    assert "transformer_blocks.0.ff.net.0" not in names and "single_transformer_blocks.0" in names
+    block = model.single_transformer_blocks[0]
+    fused_forward = block.forward
+    block.forward = lambda *a, **k: fused_forward(*a, **k)  # wrapped after fusing
+    with pytest.raises(ValueError, match="single_transformer_blocks.0's forward was wrapped"):
+        unfuse_epilogues(model)
+    assert "_svdquant_epilogue" in vars(model.single_transformer_blocks[1])  # nothing undone
+    with torch.no_grad():
+        model(**inputs)
+
+
 def test_forward_fused_errors_name_the_layer(tiny):
     model, _ = tiny
     layer = model.single_transformer_blocks[0].proj_mlp
