@@ -71,7 +71,7 @@ ALL_VARIANTS = (
     "bf16_regional_cg", "fp8mm_regional_cg", "svdq2l_fo_regional_cg", "svdq2l_fo_fused_regional_cg",
     "bf16_regional_g", "fp8mm_regional_g", "svdq2l_fo_regional_g",
     "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg", "svdq2l_fo_ep_lora_regional",
-    "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg",
+    "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
 )
 
 
@@ -324,7 +324,8 @@ def set_kernel_switches(name: str) -> None:
     _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
     problems_2l.gemm_switches),
     _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
-    v2.17; persistent CTAs otherwise)."""
+    v2.17; persistent CTAs otherwise); _wlr the register-fragment loop for branch ranks 33-64 (a LoRA; off
+    otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -332,6 +333,8 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_w8_producer("_w8p" in name)
         ext.set_gemm_2l_persistent(1 if "_w8ps" in name else 0 if "_np" in name else -1)
         ext.set_gemm_2l_tma_store("_ts" in name)
+    if ext is not None and hasattr(ext, "set_gemm_2l_rf_wide_lr"):
+        ext.set_gemm_2l_rf_wide_lr("_wlr" in name)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_persistent"):
         ext.set_quantize_act_2l_persistent(0 if "_q1r" in name else 1, 0)
 

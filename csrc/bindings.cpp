@@ -634,6 +634,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "1 wherever they apply, 0 never, -1 (default) where the plan is unsplit with >= 2 tiles per SM (int8 weights: "
         "and K <= 5120)");
   m.def("gemm_2l_persistent", &svdq::gemm_2l_persistent, "the persistent kernels' mode: 1, 0 or -1 (auto)");
+  m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
+        "the register-fragment loop for branch ranks 33-64 (a LoRA); off by default until GPU-tested");
+  m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");
   m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
         "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile");

@@ -123,6 +123,10 @@ int gemm_2l_persistent();
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model).
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
+// The register-fragment loop for branch ranks 33-64 (a LoRA on the rank-32 branch; instances with a 64-wide low-rank
+// tile); off: those ranks take the non-persistent kernels. Off by default until GPU-tested (perf-notes v2.19).
+void set_gemm_2l_rf_wide_lr(bool on);
+bool gemm_2l_rf_wide_lr();
 void set_gemm_2l_probe(int probe);
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();

@@ -80,8 +80,10 @@ constexpr int kSmemLimit = 227 * 1024;
 // loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the loop; it gives
 // its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168). PS (with WS):
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
-// CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles).
-template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2>
+// CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles). LR: the
+// persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
+// loop for branches of rank 33-64, i.e. with a LoRA).
+template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -91,7 +93,7 @@ struct Tile2l {
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
   static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
-  static constexpr int kLrRank = W8 ? 64 : 32;
+  static constexpr int kLrRank = LR ? LR : W8 ? 64 : 32;
   // PS: the low-rank tile [BT][kLrRank] as the epilogue wgmma's K-major B operand (rows of kLrRow bytes, swizzled by
   // the row's width: 64 or 128 bytes; the mma.sync probe's rows are 16 bytes wider), then the tile's token scales
   static constexpr int kLrRow = kLrRank * 2;
@@ -213,8 +215,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 4 the low-rank branch by mma.sync as before v2.18 (exact: the A/B of the wgmma epilogue), 5 the consumer warpgroups
 // meeting at CTA-wide barriers around the epilogue as before v2.18 (exact).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
-          int EP = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
+          int EP = 0, int LR = 0>
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -230,9 +232,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW>::kThreads, 1)
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
   static_assert(EP == 0 || (RF && CW == 2), "the epilogue probes: the two-warpgroup register-fragment loop");
+  static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
@@ -791,10 +794,10 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
-          int EP = 0>
+          int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
-  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW>;
+  auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
@@ -841,15 +844,18 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int LR = 0>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
   if constexpr (!PS || FO) {  // PS plans leave out 256 (its accumulators and loop state would spill), except the
     // register-fragment loop's (no A tiles; 3 stages)
-    if (p.tile_tokens == 256) return launch_2l<T, 256, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
+    if (p.tile_tokens == 256)
+      return launch_2l<T, 256, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
   }
-  if (p.tile_tokens == 224) return launch_2l<T, 224, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
-  if (p.tile_tokens == 128) return launch_2l<T, 128, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
-  return launch_2l<T, 64, G, TR, W8, WS, PS, FO>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 224)
+    return launch_2l<T, 224, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
+  if (p.tile_tokens == 128)
+    return launch_2l<T, 128, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
@@ -879,6 +885,7 @@ int tile_bit(int bt) {
   return 0;
 }
 int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
+bool g_rf_wide_lr = false;  // the register-fragment loop for branch ranks 33-64 (LR = 64; off until GPU-tested)
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_gemm_probe = 0;     // 1-5: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
@@ -944,6 +951,8 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
 }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
+void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
+bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 5 ? probe : 0; }
 
 
@@ -958,7 +967,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
   // nothing), and for int8 weights K <= kPsMaxK
   const bool w8 = a.group_size == 0;
   const int lr_rank = w8 ? Tile2l<64, true, true, true>::kLrRank : Tile2l<64, false, true, true>::kLrRank;
-  if (g_persistent != 0 && (w8 || (a.group_size == 64 && !g_trace)) && a.R <= lr_rank) {
+  constexpr int kWideLr = Tile2l<64, false, true, true, true, 2, 64>::kLrRank;
+  const bool wide_lr = a.frag && g_rf_wide_lr && a.R > lr_rank && a.R <= kWideLr;  // e.g. a LoRA on the branch
+  if (g_persistent != 0 && (w8 || (a.group_size == 64 && !g_trace)) && (a.R <= lr_rank || wide_lr)) {
     const int mask = g_plan_tiles & ~tile_bit(256);
     const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
     const long tiles = (long)(a.N / kRows) * ((a.M + pp.tile_tokens - 1) / pp.tile_tokens);
@@ -979,7 +990,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
     // each)
     // (a plan restricted to some token tiles by a test or benchmark keeps two, unless three are forced)
-    if (a.frag && a.N % 192 == 0 && (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15))) {
+    if (a.frag && !wide_lr && a.N % 192 == 0 &&
+        (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15))) {
       int bt3 = 0;
       long c3 = -1;
       for (int bt : {192, 128}) {
@@ -999,7 +1011,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (w8)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, true, true, true>(a, pp, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, true, true, true>(a, pp, stream, num_sms);
-      if (a.frag && bf && g_gemm_probe && bt2 == 224) {  // timing probes (wrong results)
+      if (a.frag && bf && g_gemm_probe && bt2 == 224 && !wide_lr) {  // timing probes (wrong results)
         using B = __nv_bfloat16;
         if (g_gemm_probe == 1) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 1>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 2) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 2>(a, 1, nullptr, stream, num_sms);
@@ -1007,6 +1019,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_gemm_probe == 5) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 5>(a, 1, nullptr, stream, num_sms);
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
+      if (wide_lr)
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
       if (a.frag)  // fragment order: the register-fragment loop
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms);

@@ -93,3 +93,24 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
     torch.cuda.synchronize()
     print("sanitize case: fused quantizer done")
 
+
+# the register-fragment loop's wide low-rank tile (branch ranks 33-64), off by default: forced on for one case
+if gemm_2l_kernel_usable(ext, torch.device("cuda")):
+    M, K, N, R, gs = 201, 512, 256, 48, 64
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+    pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
+    xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+    qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+    wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
+    pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
+    ext.set_gemm_2l_rf_wide_lr(True)
+    ext.set_gemm_2l_persistent(1)
+    for bt in ext.gemm_2l_tiles:
+        ext.set_gemm_2l_tile_tokens(bt)
+        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr, pu, None, gs)
+    ext.set_gemm_2l_rf_wide_lr(False)
+    ext.set_gemm_2l_persistent(-1)
+    ext.set_gemm_2l_tile_tokens(0)
+    torch.cuda.synchronize()
+    print("wide low-rank case done")
