@@ -23,8 +23,9 @@ and a bar chart when matplotlib is present.
   python benchmarks/flux_e2e.py --variants svdq2l_w8_regional,svdq2l_w8p_regional  # its producer-warp loop
   python benchmarks/flux_e2e.py --variants svdq2l_w8_np_regional,svdq2l_w8ps_regional  # persistent off / always
   python benchmarks/flux_e2e.py --variants svdq2l_np_regional,svdq2l_regional  # packed: not persistent / auto
-  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional  # packed weights in fragment order (set_fragment_order:
-      what from_pretrained gives on a machine with a Hopper GPU; the other svdq2l variants are in canonical order)
+  python benchmarks/flux_e2e.py --variants svdq2l_fo_regional  # packed weights in fragment order (set_fragment_order;
+      the other svdq2l variants are in canonical order); svdq2l_fo_ep_*: and the epilogues fused (fuse_epilogues),
+      i.e. what from_pretrained gives on a machine with a Hopper GPU
   python benchmarks/flux_e2e.py --variants svdq2l_regional,svdq2l_ts_regional  # the GEMM epilogue's TMA store
   python benchmarks/flux_e2e.py --variants fp8mm,fp8mm_regional  # fp8 rowwise in plain torch ops (_scaled_mm)
   python benchmarks/flux_e2e.py --variants bf16_regional_cg,svdq2l_fo_regional_cg  # _cg: the whole forward as one
@@ -55,9 +56,10 @@ FLUX_DEV = dict(
 TINY = dict(FLUX_DEV, num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=32,
             joint_attention_dim=128, pooled_projection_dim=64, axes_dims_rope=(8, 12, 12))
 TXT_TOKENS = 512
-# bf16, torchao fp8 and NF4 eager; bf16, fp8 and SVDQuant (int4_2l, the Hopper default) compiled the way that
+# bf16, torchao fp8 and NF4 eager; bf16, fp8 and SVDQuant (int4_2l in fragment order with the epilogues fused: what
+# from_pretrained gives on Hopper) compiled the way that
 # works under torch 2.11 (regional; torchao's fp8 subclass does not compile, so its plain-torch peer fp8mm)
-DEFAULT_VARIANTS = ("bf16", "bf16_regional", "fp8", "fp8mm_regional", "nf4", "svdq2l", "svdq2l_regional")
+DEFAULT_VARIANTS = ("bf16", "bf16_regional", "fp8", "fp8mm_regional", "nf4", "svdq2l_fo_ep", "svdq2l_fo_ep_regional")
 ALL_VARIANTS = (
     "bf16", "bf16_compile", "fp8", "fp8_compile", "nf4", "svdq", "svdq_compile", "svdq2l", "svdq2l_compile",
     "svdq2l_lora", "svdq2l_lora_compile", "svdq2l_lorafused_compile", "bf16_graphs", "svdq2l_graphs",
@@ -70,7 +72,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_regional", "svdq2l_fo_lora_regional", "svdq2l_fo_q1r_regional",
     "bf16_regional_cg", "fp8mm_regional_cg", "svdq2l_fo_regional_cg", "svdq2l_fo_fused_regional_cg",
     "bf16_regional_g", "fp8mm_regional_g", "svdq2l_fo_regional_g",
-    "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg", "svdq2l_fo_ep_lora_regional",
+    "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg", "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
 )
 
