@@ -72,7 +72,8 @@ ALL_VARIANTS = (
     "svdq2l_fo_regional", "svdq2l_fo_lora_regional", "svdq2l_fo_q1r_regional",
     "bf16_regional_cg", "fp8mm_regional_cg", "svdq2l_fo_regional_cg", "svdq2l_fo_fused_regional_cg",
     "bf16_regional_g", "fp8mm_regional_g", "svdq2l_fo_regional_g",
-    "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg", "svdq2l_fo_ep_lora_regional",
+    "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg",
+    "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
 )
 

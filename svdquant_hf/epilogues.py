@@ -80,8 +80,8 @@ def _flux_single_block_forward(
 def fuse_epilogues(model: nn.Module) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
-    Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time the fused forward falls
-    back to the usual ops where the layer cannot take the fused path (see the module docstring)."""
+    Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time
+    the fused forward falls back to the usual ops where the layer cannot take the fused path (module docstring)."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
