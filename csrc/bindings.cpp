@@ -378,28 +378,24 @@ at::Tensor w4a4_gemm_2l(const at::Tensor& xq, const at::Tensor& xs, const at::Te
   return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size);
 }
 
-// The same GEMM on packed weights in fragment order (SVDQuantLinear.set_fragment_order).
-at::Tensor w4a4_gemm_2l_fo(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
-                           const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
-                           const c10::optional<at::Tensor>& bias, int64_t group_size) {
+// The same GEMM on packed weights in fragment order (SVDQuantLinear.set_fragment_order), with an optional epilogue:
+// an activation (0 none, 1 GELU tanh) and the output written after `prefix`'s columns, cat([prefix, act(y)], 1) in
+// one allocation (FLUX's single blocks: the attention output and the MLP's GELU).
+at::Tensor w4a4_gemm_2l_fo_ep(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                              const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                              const c10::optional<at::Tensor>& bias, int64_t group_size, int64_t act = 0,
+                              const c10::optional<at::Tensor>& prefix = c10::nullopt) {
   if (group_size == 0) {
     g_last_error = "svdquant w4a4_gemm_2l_fo: group_size must be 32, 64 or 128, got 0";
     return {};
   }
-  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true);
+  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true, act, prefix);
 }
 
-// The same with an epilogue activation (0 none, 1 GELU tanh) and the output written after `prefix`'s columns:
-// cat([prefix, act(y)], 1) in one allocation (FLUX's single blocks: the attention output and the MLP's GELU).
-at::Tensor w4a4_gemm_2l_fo_ep(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
-                              const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
-                              const c10::optional<at::Tensor>& bias, int64_t group_size, int64_t act,
-                              const c10::optional<at::Tensor>& prefix) {
-  if (group_size == 0) {
-    g_last_error = "svdquant w4a4_gemm_2l_fo_ep: group_size must be 32, 64 or 128, got 0";
-    return {};
-  }
-  return gemm_2l(xq, xs, qw, wsc, wch, lr, pu, bias, group_size, true, act, prefix);
+at::Tensor w4a4_gemm_2l_fo(const at::Tensor& xq, const at::Tensor& xs, const at::Tensor& qw, const at::Tensor& wsc,
+                           const at::Tensor& wch, const at::Tensor& lr, const at::Tensor& pu,
+                           const c10::optional<at::Tensor>& bias, int64_t group_size) {
+  return w4a4_gemm_2l_fo_ep(xq, xs, qw, wsc, wch, lr, pu, bias, group_size);
 }
 
 // The int4_2l GEMM on weights stored widened (int8 q * s_int, [N, K]; benchmarks/expanded layout experiments).
@@ -662,6 +658,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("max_rank_2l") = svdq::kMaxRank2l;
   m.def("register_fallbacks", &register_fallbacks,
         "the Python CUDA paths (quantize_act_2l, w4a4_gemm_2l, w8a4_gemm_2l, w4a4_gemm_2l_fo, w4a4_gemm_2l_fo_ep) for "
-        "inputs the C++ op "
-        "kernels do not take");
+        "inputs the C++ op kernels do not take");
 }

@@ -180,9 +180,8 @@ class SVDQuantLinear(nn.Module):
             raise ValueError(f"SVDQuantLinear {self.layer_name}: prefix has shape {tuple(prefix.shape)}, its leading "
                              f"dimensions must be the input's {tuple(x.shape[:-1])}")
         fo = self._buffers.get(_FRAG_WEIGHTS)
-        hooked = self._forward_hooks or self._forward_pre_hooks or "_hf_hook" in self.__dict__
         proj_down, proj_up = branch if branch is not None else (self.proj_down, self.proj_up)
-        if fo is None or fo.device != x.device or hooked:
+        if fo is None or fo.device != x.device or has_call_hooks(self):
             y = self(x) if branch is None else self.forward_with_branch(x, proj_down, proj_up)
             return epilogue_after(y, activation, prefix)
         self._check_features(x)
@@ -270,6 +269,15 @@ class SVDQuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"{mode} {self.quant_format} g{self.group_size}, rank={self.rank}"
         )
+
+
+def has_call_hooks(module: nn.Module) -> bool:
+    """Forward hooks or an accelerate hook (offloading): calling the module is the only correct way in.
+
+    accelerate sets ``_hf_hook`` as a plain attribute: looked up in ``__dict__`` (a failed getattr goes
+    through nn.Module.__getattr__ and raises, and under torch.compile that runs on every call as a guard).
+    """
+    return bool(module._forward_hooks or module._forward_pre_hooks or "_hf_hook" in module.__dict__)
 
 
 def epilogue_after(y: torch.Tensor, activation: str | None, prefix: torch.Tensor | None) -> torch.Tensor:

@@ -23,19 +23,10 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from ..modules import SVDQuantLinear, epilogue_after
+from ..modules import SVDQuantLinear, epilogue_after, has_call_hooks
 from .branch import RANK_GRANULARITY, extend_branch
 
 _LIVE_DOWN, _LIVE_UP = "_lora_live_down", "_lora_live_up"
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    """Forward hooks or an accelerate hook (offloading): calling the module is the only correct way in.
-
-    accelerate sets ``_hf_hook`` as a plain attribute: looked up in ``__dict__`` (a failed getattr goes
-    through nn.Module.__getattr__ and raises, and under torch.compile that runs on every call as a guard).
-    """
-    return bool(module._forward_hooks or module._forward_pre_hooks or "_hf_hook" in module.__dict__)
 
 
 def _sync_after_load(module: "SVDQuantLoraLinear", incompatible_keys: Any) -> None:
@@ -204,7 +195,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
         branch = self._branch()
         if branch is None:
             return base(x, *args, **kwargs)
-        if isinstance(base, SVDQuantLinear) and not (_has_hooks(base) or args or kwargs):
+        if isinstance(base, SVDQuantLinear) and not (has_call_hooks(base) or args or kwargs):
             # the branch as arguments: nothing to swap and restore (under torch.compile, a swap is a side
             # effect that dynamo replays after every call of the graph)
             return base.forward_with_branch(x, *branch)
@@ -221,7 +212,7 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
     ) -> torch.Tensor:
         """SVDQuantLinear.forward_fused with the active adapters folded into the branch (svdquant_hf.epilogues)."""
         base = self._modules["base_layer"]
-        if self.disable_adapters or not isinstance(base, SVDQuantLinear) or _has_hooks(base):
+        if self.disable_adapters or not isinstance(base, SVDQuantLinear) or has_call_hooks(base):
             return epilogue_after(self(x), activation, prefix)
         return base.forward_fused(x, activation, prefix, self._branch())
 

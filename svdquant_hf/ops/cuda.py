@@ -13,9 +13,10 @@ import torch
 from . import build
 from .layout_2l import canonical_order
 from .reference import (
+    check_epilogue_args,
+    gemm_epilogue_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
-    gemm_epilogue_ref,
     w4a4_gemm_2l_ref,
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,
@@ -250,13 +251,9 @@ def w4a4_gemm_2l_fo_ep_cuda(xq, xscale, qweight, wscales, wchannel, lr_act, proj
     it cannot write in place is concatenated after it), else the reference."""
     args = (xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size)
     _check_packed_2l_shapes("w4a4_gemm_2l_fo_ep", *args)
-    M = xq.shape[0]
-    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] != M):
-        raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: prefix has shape {tuple(prefix.shape)}, expected ({M}, P)")
+    check_epilogue_args(xq.shape[0], activation, prefix)
     if prefix is not None and prefix.device != xq.device:
         raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: prefix is on {prefix.device}, the GEMM's inputs on {xq.device}")
-    if activation not in (0, 1):
-        raise ValueError(f"svdquant::w4a4_gemm_2l_fo_ep: activation must be 0 (none) or 1 (GELU tanh), got {activation}")
     ext = build.load_extension()
     if ext is None or not hasattr(ext, "w4a4_gemm_2l_fo_ep") or not _gemm_2l_supported(ext, *args):
         y32 = w4a4_gemm_2l_ref(xq, xscale, canonical_order(qweight), *args[3:], fp32_out=True)

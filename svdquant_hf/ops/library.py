@@ -14,9 +14,9 @@ from . import cuda as _cuda  # CUDA implementations (csrc/ kernels, built lazily
 from .layout_2l import canonical_order
 from .reference import (
     check_k_2l,
+    gemm_epilogue_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
-    gemm_epilogue_ref,
     w4a4_gemm_2l_ref,
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,

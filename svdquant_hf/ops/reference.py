@@ -230,17 +230,22 @@ def gelu_tanh_ep(y: torch.Tensor) -> torch.Tensor:
     return y / (1.0 + torch.exp(-2.0 * u))
 
 
-def gemm_epilogue_ref(
-    y32: torch.Tensor, dtype: torch.dtype, activation: int, prefix: torch.Tensor | None,
-    op: str = "svdquant::w4a4_gemm_2l_fo_ep",
-) -> torch.Tensor:
-    """The GEMM's epilogue on its fp32 result: the activation (0 none, 1 GELU tanh) before the rounding to
-    ``dtype``, and with ``prefix`` [M, P] the output cat([prefix, y], 1) [M, P + N]."""
+def check_epilogue_args(rows: int, activation: int, prefix: torch.Tensor | None) -> None:
+    """Clear errors for w4a4_gemm_2l_fo_ep's epilogue arguments (an activation code, a prefix [rows, P])."""
+    op = "svdquant::w4a4_gemm_2l_fo_ep"
     if activation not in EPILOGUE_ACTIVATIONS.values():
         raise ValueError(f"{op}: activation must be one of {sorted(EPILOGUE_ACTIVATIONS.values())} (none, GELU tanh), "
                          f"got {activation}")
-    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] != y32.shape[0]):
-        raise ValueError(f"{op}: prefix has shape {tuple(prefix.shape)}, expected ({y32.shape[0]}, P)")
+    if prefix is not None and (prefix.dim() != 2 or prefix.shape[0] != rows):
+        raise ValueError(f"{op}: prefix has shape {tuple(prefix.shape)}, expected ({rows}, P)")
+
+
+def gemm_epilogue_ref(
+    y32: torch.Tensor, dtype: torch.dtype, activation: int, prefix: torch.Tensor | None
+) -> torch.Tensor:
+    """The GEMM's epilogue on its fp32 result: the activation (0 none, 1 GELU tanh) before the rounding to
+    ``dtype``, and with ``prefix`` [M, P] the output cat([prefix, y], 1) [M, P + N]."""
+    check_epilogue_args(y32.shape[0], activation, prefix)
     y = (gelu_tanh_ep(y32) if activation == 1 else y32).to(dtype)
     return y if prefix is None else torch.cat([prefix.to(dtype), y], 1)
 
