@@ -75,6 +75,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg",
     "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
+    "svdq2l_fo_ep_lora_nowlr_regional_cg",
 )
 
 
@@ -327,8 +328,8 @@ def set_kernel_switches(name: str) -> None:
     _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
     problems_2l.gemm_switches),
     _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
-    v2.17; persistent CTAs otherwise); _wlr the register-fragment loop for branch ranks 33-64 (a LoRA; off
-    otherwise)."""
+    v2.17; persistent CTAs otherwise); _nowlr branch ranks 33-64 (a LoRA) in the non-persistent kernels (the
+    default before v2.20; the register-fragment loop with a 64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -337,7 +338,7 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_persistent(1 if "_w8ps" in name else 0 if "_np" in name else -1)
         ext.set_gemm_2l_tma_store("_ts" in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_wide_lr"):
-        ext.set_gemm_2l_rf_wide_lr("_wlr" in name)
+        ext.set_gemm_2l_rf_wide_lr("_nowlr" not in name)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_persistent"):
         ext.set_quantize_act_2l_persistent(0 if "_q1r" in name else 1, 0)
 

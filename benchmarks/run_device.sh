@@ -199,7 +199,7 @@ if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues)
     echo "docs rc=$?"; tail -2 "$OUT/docs.log"
   fi
   if [ -n "${E2E:-}" ]; then
-    flux_e2e_1024 ${E2E_LIMIT:-400} "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_ep_lora_wlr_regional_cg,svdq2l_fo_ep_lora_regional_cg}" \
+    flux_e2e_1024 ${E2E_LIMIT:-400} "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_ep_lora_regional_cg,svdq2l_fo_ep_lora_nowlr_regional_cg}" \
       --iters 6 --warmup 2 --loop-too --profile
   fi
 fi

@@ -885,7 +885,7 @@ int tile_bit(int bt) {
   return 0;
 }
 int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchmarks force or restrict)
-bool g_rf_wide_lr = false;  // the register-fragment loop for branch ranks 33-64 (LR = 64; off until GPU-tested)
+bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_gemm_probe = 0;     // 1-5: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)

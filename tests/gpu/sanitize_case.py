@@ -104,12 +104,10 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
     wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
     pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
-    ext.set_gemm_2l_rf_wide_lr(True)
     ext.set_gemm_2l_persistent(1)
     for bt in ext.gemm_2l_tiles:
         ext.set_gemm_2l_tile_tokens(bt)
         ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr, pu, None, gs)
-    ext.set_gemm_2l_rf_wide_lr(False)
     ext.set_gemm_2l_persistent(-1)
     ext.set_gemm_2l_tile_tokens(0)
     torch.cuda.synchronize()

@@ -996,23 +996,24 @@ def test_gemm_2l_fo_epilogue_op_dispatch_and_fallbacks(hopper):
 @pytest.mark.parametrize("M,K,N", [(1, 256, 128), (300, 1024, 384), (4097, 512, 256)])
 def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, M, K, N):
     """set_gemm_2l_rf_wide_lr: branches of rank 33-64 (a LoRA on the rank-32 branch) in the register-fragment loop's
-    instances with a 64-wide low-rank tile, each token tile, persistent forced: the canonical kernel's bits; off (the
-    default) they take the non-persistent kernels, as before."""
+    instances with a 64-wide low-rank tile (the default), each token tile, persistent forced: the canonical kernel's bits;
+    switched off they take the non-persistent kernels, with the same bits."""
     gs = 64
-    assert not hopper.gemm_2l_rf_wide_lr()
+    assert hopper.gemm_2l_rf_wide_lr()
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + R)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=R)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     qf = fragment_order(qw)
     ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
     try:
-        hopper.set_gemm_2l_rf_wide_lr(True)
-        for bt in hopper.gemm_2l_tiles:
-            with _forced_plan(hopper, bt, 1):
-                hopper.set_gemm_2l_persistent(1)
-                _poison(4 * M * N, 0xFF)
-                y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
-            assert y is not None, hopper.last_error()
-            assert torch.equal(y, ref), f"tile {bt}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
+        for wide in (True, False):
+            hopper.set_gemm_2l_rf_wide_lr(wide)
+            for bt in hopper.gemm_2l_tiles:
+                with _forced_plan(hopper, bt, 1):
+                    hopper.set_gemm_2l_persistent(1)
+                    _poison(4 * M * N, 0xFF)
+                    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+                assert y is not None, hopper.last_error()
+                assert torch.equal(y, ref), f"wide {wide}, tile {bt}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
     finally:
-        hopper.set_gemm_2l_rf_wide_lr(False)
+        hopper.set_gemm_2l_rf_wide_lr(True)
