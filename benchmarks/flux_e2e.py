@@ -32,7 +32,8 @@ and a bar chart when matplotlib is present.
       CUDA graph (captured once per input set, then replayed: no host time per kernel; any variant + "_cg");
       "_g": the same through svdquant_hf.enable_cuda_graphs (inputs copied into the graph's buffers, outputs cloned)
   python benchmarks/flux_e2e.py --variants svdq2l_fo_regional_cg,svdq2l_fo_ep_regional_cg  # _ep: GELU and the single
-      blocks' concatenation in the GEMMs' epilogue (svdquant_hf.fuse_epilogues)
+      blocks' concatenation in the GEMMs' epilogue, q/k/v (and proj_mlp) sharing one quantizer call
+      (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg",
     "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
-    "svdq2l_fo_ep_lora_nowlr_regional_cg",
+    "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg",
 )
 
 
@@ -328,8 +329,9 @@ def set_kernel_switches(name: str) -> None:
     _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
     problems_2l.gemm_switches),
     _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
-    v2.17; persistent CTAs otherwise); _nowlr branch ranks 33-64 (a LoRA) in the non-persistent kernels (the
-    default before v2.20; the register-fragment loop with a 64-wide low-rank tile otherwise)."""
+    v2.17; persistent CTAs otherwise); _nowlr branch
+    ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
+    64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -410,7 +412,7 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         if "_ep" in name:  # GELU (and single blocks' concatenation) in the GEMMs' epilogue (fuse_epilogues)
             from svdquant_hf import fuse_epilogues
 
-            fuse_epilogues(model)
+            fuse_epilogues(model, share_inputs="_ns" not in name)  # _ns: q/k/v (and proj_mlp) quantize one by one
     elif name.startswith("fp8mm"):
         model = to_fp8_scaled_mm(build_model(config, device))
     elif name.startswith("fp8"):

@@ -75,6 +75,16 @@ at::Tensor prep(const at::Tensor& t) {
   return c;
 }
 
+// t itself where its rows are contiguous and 16-byte aligned, only their stride wider than a row (a column block of
+// a wider matrix: the shared quantizer's low-rank activations, svdquant_hf/shared_input.py); else prep(t).
+at::Tensor prep_rows(const at::Tensor& t) {
+  const int64_t es = t.element_size();
+  if (t.dim() == 2 && t.size(0) > 1 && t.stride(1) == 1 && t.stride(0) >= t.size(1) && (t.stride(0) * es) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0)
+    return t;
+  return prep(t);
+}
+
 // One side stream per device for the down projection, and two events that fork it off the caller's
 // stream and join it back, reused by every call (a wait binds to the event's latest record when it is
 // enqueued, also under graph capture). A fresh pool stream per call cycled through the pool's streams,
@@ -357,11 +367,12 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
     SVDQ_REQUIRE(ce == cudaSuccess, "svdquant w4a4_gemm_2l: prefix copy failed: ", cudaGetErrorString(ce));
   }
   at::Tensor xq = prep(xq_in), xs = prep(xs_in), qw = prep(qw_in), wsc = prep(wsc_in), wch = prep(wch_in);
-  at::Tensor lr = prep(lr_in), pu = prep(pu_in);
+  at::Tensor lr = prep_rows(lr_in), pu = prep(pu_in);
   svdq::W4A4Gemm2lArgs a{dtype_of(lr, "lr_act"), xq.data_ptr<int8_t>(), xs.data_ptr<float>(), qw.data_ptr<int8_t>(),
                          w8 ? nullptr : wsc.data_ptr<uint8_t>(), wch.data_ptr<float>(), lr.data_ptr(), pu.data_ptr(),
                          bias.defined() ? bias.data_ptr() : nullptr, static_cast<char*>(y.data_ptr()) + P * y.element_size(),
-                         (int)M, (int)N, (int)K, (int)R, (int)group_size, frag && !w8, P + N, (int)act};
+                         (int)M, (int)N, (int)K, (int)R, (int)group_size, frag && !w8, P + N, (int)act,
+                         lr.stride(0)};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));

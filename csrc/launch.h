@@ -57,7 +57,7 @@ struct W4A4Gemm2lArgs {
   const int8_t* qweight;    // [N, K / 2]
   const uint8_t* wscales;   // [K / G, N] integer group scales in [1, 16]
   const float* wchannel;    // [N]
-  const void* lr;           // [M, R], R % 16 == 0
+  const void* lr;           // [M, R], R % 16 == 0, rows ldlr elements apart
   const void* proj_up;      // [N, R]
   const void* bias;         // [N] or nullptr
   void* y;                  // [M, N]
@@ -65,6 +65,7 @@ struct W4A4Gemm2lArgs {
   bool frag = false;        // qweight in fragment order (svdquant_hf/ops/layout_2l.py), else canonical
   int64_t ldy = 0;          // y's row stride in elements (0: N); y may be a column block of a wider matrix
   int act = 0;              // epilogue activation after the bias: 0 none, 1 GELU (tanh approximation)
+  int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
 };
 
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.

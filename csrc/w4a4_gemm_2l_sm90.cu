@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace, int tma_store, int64_t ldy,
-                             int act) {
+                             int act, int64_t ldlr) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     for (int i = first; i < BT * chunks; i += step) {
       const int row = i / chunks, c = i % chunks;
       const int m = m0n + row;
-      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * R + c * 8, m < M ? 16 : 0);
+      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
     }
   };
   auto load_lr_tile = [&] { copy_lr_tile(m0, tid, kCT); };
@@ -839,7 +839,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.numAttrs = splits > 1 ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
-                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act);
+                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)

@@ -9,6 +9,10 @@ modules' forward:
 - FLUX's ``FluxSingleTransformerBlock``: ``proj_mlp``'s GELU in its epilogue, and its output written after the
   attention output's columns in one allocation, i.e. ``proj_out``'s input ``cat([attn, gelu(mlp)])`` without the
   concatenation kernel (which reads and writes the whole 15360-wide input).
+- FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
+  identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
+  instead of four. The attention itself is diffusers' processor's computation (its norms, ``apply_rotary_emb`` and
+  ``dispatch_attention_fn``, the same functions); other processors, masks or extra arguments take the usual forward.
 
 The fused path needs the layer's weights in fragment order (the Hopper GEMM; ``SVDQuantLinear.forward_fused``);
 otherwise the forward takes the usual ops, so fusing never changes what a model can do. LoRAs loaded later
@@ -20,15 +24,20 @@ the forwards.
 """
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import shared_input
 from .modules import SVDQuantLinear
 
 _MARK = "_svdquant_epilogue"
+_SHARED = "_svdquant_shared_inputs"  # the groups of a module's layers that share one quantizer call (names)
+_QKV = ("to_q", "to_k", "to_v")
+_ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
 
 def _is_diffusers_gelu_tanh(module: nn.Module) -> bool:
@@ -41,6 +50,98 @@ def _is_flux_single_block(module: nn.Module) -> bool:
     return (type(module).__name__ == "FluxSingleTransformerBlock"
             and all(hasattr(module, n) for n in ("norm", "attn", "proj_mlp", "proj_out"))
             and isinstance(act, nn.GELU) and act.approximate == "tanh")
+
+
+def _is_flux_attention(module: nn.Module) -> bool:
+    return type(module).__name__ == "FluxAttention" and all(hasattr(module, n) for n in (*_QKV, "norm_q", "norm_k"))
+
+
+def _default_flux_processor(attn: nn.Module) -> bool:
+    """diffusers' own FluxAttnProcessor (not a subclass or another processor), on unfused projections."""
+    proc = getattr(attn, "processor", None)
+    home = sys.modules.get(type(attn).__module__)
+    return (home is not None and type(proc) is getattr(home, "FluxAttnProcessor", None)
+            and not getattr(attn, "fused_projections", False))
+
+
+def _sharing_groups(module: nn.Module, groups: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+    """The groups (dotted names under ``module``) whose layers all exist and share their input quantization."""
+    out = []
+    for names in groups:
+        layers = [module.get_submodule(n) if _has(module, n) else None for n in names]
+        if all(m is not None for m in layers) and shared_input.shares_input(layers):
+            out.append(names)
+    return tuple(out)
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _shared_group(module: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> list[nn.Module] | None:
+    """The layers of group ``names`` if it was found sharing at set-up and can take the shared path on ``x`` now."""
+    if names not in module.__dict__.get(_SHARED, ()):
+        return None
+    layers = [module.get_submodule(n) for n in names]
+    return layers if shared_input.ready(layers, x) else None
+
+
+def _projections(layers: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    return [m.forward_fused(x, quantized=q) for m, q in zip(layers, shared_input.quantize_shared(layers, x))]
+
+
+def _flux_attention_forward(
+    self: nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    image_rotary_emb: Any = None,
+    projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    **kwargs: Any,
+):
+    """FluxAttention with q/k/v from one shared quantizer call (or given: ``projections``, from a single block that
+    shared it with its MLP), then what diffusers' FluxAttnProcessor computes, with the functions it calls."""
+    usual = attention_mask is not None or bool(kwargs) or not _default_flux_processor(self)
+    if projections is not None:
+        if usual:
+            raise ValueError(f"{type(self).__name__}: given projections need diffusers' FluxAttnProcessor, no mask "
+                             f"and no further arguments")
+        img = list(projections)
+    else:
+        layers = None if usual else _shared_group(self, _QKV, hidden_states)
+        if layers is None:
+            return type(self).forward(self, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                                      **kwargs)
+        img = _projections(layers, hidden_states)
+    txt = None
+    if encoder_hidden_states is not None and self.added_kv_proj_dim is not None:
+        layers = _shared_group(self, _ADDED_QKV, encoder_hidden_states)
+        txt = (_projections(layers, encoder_hidden_states) if layers is not None
+               else [getattr(self, n)(encoder_hidden_states) for n in _ADDED_QKV])
+    home = sys.modules[type(self).__module__]
+    q, k, v = (t.unflatten(-1, (-1, self.head_dim)) for t in img)
+    q, k = self.norm_q(q), self.norm_k(k)
+    if txt is not None:
+        eq, ek, ev = (t.unflatten(-1, (-1, self.head_dim)) for t in txt)
+        eq, ek = self.norm_added_q(eq), self.norm_added_k(ek)
+        q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+    if image_rotary_emb is not None:
+        q = home.apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+        k = home.apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+    proc = self.processor
+    out = home.dispatch_attention_fn(q, k, v, attn_mask=None, backend=proc._attention_backend,
+                                     parallel_config=proc._parallel_config)
+    out = out.flatten(2, 3).to(q.dtype)
+    if encoder_hidden_states is None:
+        return out
+    n_txt = encoder_hidden_states.shape[1]
+    enc, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
+    out = self.to_out[1](self.to_out[0](out.contiguous()))
+    return out, self.to_add_out(enc.contiguous())
 
 
 def _fusable(layer: nn.Module) -> bool:
@@ -69,19 +170,31 @@ def _flux_single_block_forward(
     n_txt = encoder_hidden_states.shape[1]
     x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
     normed, gate = self.norm(x, emb=temb)
-    attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {}))
-    joint = self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn)
+    group = (*(f"attn.{n}" for n in _QKV), "proj_mlp")
+    layers = None
+    attn_forward = getattr(self.attn.__dict__.get("forward"), "__func__", None)
+    if not joint_attention_kwargs and attn_forward is _flux_attention_forward and _default_flux_processor(self.attn):
+        layers = _shared_group(self, group, normed)
+    if layers is None:
+        attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {}))
+        joint = self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn)
+    else:  # one quantizer call for q, k, v and the MLP
+        quantized = shared_input.quantize_shared(layers, normed)
+        qkv = tuple(m.forward_fused(normed, quantized=q) for m, q in zip(layers[:3], quantized[:3]))
+        attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, projections=qkv)
+        joint = self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn, quantized=quantized[3])
     x = x + gate.unsqueeze(1) * self.proj_out(joint)
     if x.dtype == torch.float16:
         x = x.clip(-65504, 65504)
     return x[:, :n_txt], x[:, n_txt:]
 
 
-def fuse_epilogues(model: nn.Module) -> list[str]:
+def fuse_epilogues(model: nn.Module, share_inputs: bool = True) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
     Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time
-    the fused forward falls back to the usual ops where the layer cannot take the fused path (module docstring)."""
+    the fused forward falls back to the usual ops where the layer cannot take the fused path (module docstring).
+    ``share_inputs``: FLUX attention's q/k/v (and single blocks' MLP) share one quantizer call where they can."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
@@ -90,11 +203,25 @@ def fuse_epilogues(model: nn.Module) -> list[str]:
             module.forward = types.MethodType(_gelu_forward, module)
         elif _is_flux_single_block(module) and _fusable(module.proj_mlp):
             module.forward = types.MethodType(_flux_single_block_forward, module)
+            _track_sharing(module, ((*(f"attn.{n}" for n in _QKV), "proj_mlp"),))
+        elif (share_inputs and _is_flux_attention(module)
+              and any(isinstance(getattr(module, n, None), SVDQuantLinear) for n in _QKV)):
+            module.forward = types.MethodType(_flux_attention_forward, module)
+            _track_sharing(module, (_QKV, _ADDED_QKV))
         else:
             continue
         module.__dict__[_MARK] = True
         names.append(name)
     return names
+
+
+def _track_sharing(module: nn.Module, groups: tuple[tuple[str, ...], ...]) -> None:
+    """Find the sharing groups now, and again whenever a state dict is loaded into the module (new smoothing)."""
+    def refresh(mod: nn.Module, incompatible_keys: Any = None) -> None:
+        mod.__dict__[_SHARED] = _sharing_groups(mod, groups)
+
+    refresh(module)
+    module.__dict__[_SHARED + "_hook"] = module.register_load_state_dict_post_hook(refresh)
 
 
 def unfuse_epilogues(model: nn.Module) -> list[str]:
@@ -105,11 +232,15 @@ def unfuse_epilogues(model: nn.Module) -> list[str]:
     fused = [(n, m) for n, m in model.named_modules() if _MARK in m.__dict__]
     for name, module in fused:
         fwd = module.__dict__.get("forward")
-        if getattr(fwd, "__func__", None) not in (_gelu_forward, _flux_single_block_forward):
+        if getattr(fwd, "__func__", None) not in (_gelu_forward, _flux_single_block_forward, _flux_attention_forward):
             raise ValueError(f"unfuse_epilogues: {name or type(module).__name__}'s forward was wrapped after fusing "
                              f"(an offload or other hook); remove that hook first")
     for _, module in fused:
         del module.__dict__[_MARK], module.__dict__["forward"]
+        module.__dict__.pop(_SHARED, None)
+        hook = module.__dict__.pop(_SHARED + "_hook", None)
+        if hook is not None:
+            hook.remove()
     return [n for n, _ in fused]
 
 

@@ -166,32 +166,44 @@ class SVDQuantLinear(nn.Module):
         activation: str | None = None,
         prefix: torch.Tensor | None = None,
         branch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``activation(self(x))``, after ``prefix``'s features when given: ``cat([prefix, act(y)], -1)``.
 
         With the weights in fragment order (set_fragment_order, no hooks on the layer) the activation runs in the
         GEMM's epilogue on its fp32 result and the GEMM writes straight into the concatenation (one op,
         ``w4a4_gemm_2l_fo_ep``); otherwise the layer runs as usual and torch ops follow. ``activation``: None or
-        "gelu_tanh" (GELU, tanh approximation); ``branch``: (proj_down, proj_up) instead of the layer's own (LoRA)."""
+        "gelu_tanh" (GELU, tanh approximation); ``branch``: (proj_down, proj_up) instead of the layer's own (LoRA);
+        ``quantized``: x already quantized for this layer, (xq, xscale, low-rank activations) (shared_input.py;
+        only where ``fused_path_ready(x)``)."""
         if activation not in EPILOGUE_ACTIVATIONS:
             raise ValueError(f"SVDQuantLinear {self.layer_name}: activation must be one of "
                              f"{list(EPILOGUE_ACTIVATIONS)}, got {activation!r}")
         if prefix is not None and prefix.shape[:-1] != x.shape[:-1]:
             raise ValueError(f"SVDQuantLinear {self.layer_name}: prefix has shape {tuple(prefix.shape)}, its leading "
                              f"dimensions must be the input's {tuple(x.shape[:-1])}")
-        fo = self._buffers.get(_FRAG_WEIGHTS)
         proj_down, proj_up = branch if branch is not None else (self.proj_down, self.proj_up)
-        if fo is None or fo.device != x.device or has_call_hooks(self):
+        if not self.fused_path_ready(x):
+            if quantized is not None:
+                raise ValueError(f"SVDQuantLinear {self.layer_name}: a pre-quantized input needs the fused path "
+                                 f"(weights in fragment order on the input's device, no hooks)")
             y = self(x) if branch is None else self.forward_with_branch(x, proj_down, proj_up)
             return epilogue_after(y, activation, prefix)
         self._check_features(x)
         lead = x.shape[:-1]
         dtype = self.proj_up.dtype
-        xq, xscale, lr = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), proj_down)
+        if quantized is None:
+            quantized = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), proj_down)
+        xq, xscale, lr = quantized
         p2 = None if prefix is None else prefix.reshape(-1, prefix.shape[-1]).to(dtype)
-        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, fo, self.wscales, self.wchannel, lr, proj_up, self.bias,
-                                   self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
+        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr, proj_up,
+                                   self.bias, self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
         return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+    def fused_path_ready(self, x: torch.Tensor) -> bool:
+        """Whether forward_fused runs the fused GEMM on ``x``: weights in fragment order on its device, no hooks."""
+        fo = self._buffers.get(_FRAG_WEIGHTS)
+        return fo is not None and fo.device == x.device and not has_call_hooks(self)
 
     def _check_features(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:

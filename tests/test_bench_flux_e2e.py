@@ -179,11 +179,11 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
 
 
 @pytest.mark.parametrize("name,producer,persistent,ts,qp,wlr", [
-    ("svdq2l_regional", False, -1, False, 1, False), ("svdq2l_w8p_regional", True, -1, False, 1, False),
-    ("svdq2l_w8ps_regional", True, 1, False, 1, False), ("svdq2l_w8p_ts_regional", True, -1, True, 1, False),
-    ("svdq2l_np_regional", False, 0, False, 1, False), ("svdq2l_w8_np_regional", False, 0, False, 1, False),
-    ("svdq2l_w8_regional", False, -1, False, 1, False), ("svdq2l_fo_q1r_regional", False, -1, False, 0, False),
-    ("svdq2l_fo_ep_lora_wlr_regional_cg", False, -1, False, 1, True)])
+    ("svdq2l_regional", False, -1, False, 1, True), ("svdq2l_w8p_regional", True, -1, False, 1, True),
+    ("svdq2l_w8ps_regional", True, 1, False, 1, True), ("svdq2l_w8p_ts_regional", True, -1, True, 1, True),
+    ("svdq2l_np_regional", False, 0, False, 1, True), ("svdq2l_w8_np_regional", False, 0, False, 1, True),
+    ("svdq2l_w8_regional", False, -1, False, 1, True), ("svdq2l_fo_q1r_regional", False, -1, False, 0, True),
+    ("svdq2l_fo_ep_lora_nowlr_regional_cg", False, -1, False, 1, False)])
 def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp, wlr):
     from svdquant_hf.ops import build
 

@@ -242,6 +242,79 @@ def test_from_pretrained_fuses_them_on_hopper_unless_told_not_to(monkeypatch, tm
     assert sd.keys() == sd0.keys() and all(torch.equal(sd[k], sd0[k]) for k in sd0)
 
 
+def _counting_quantizer(monkeypatch) -> list[int]:
+    """The rank of each quantizer call's down projection, recorded."""
+    calls, real = [], ops.quantize_act_2l
+
+    def counting(*args):
+        calls.append(args[2].shape[1])
+        return real(*args)
+
+    monkeypatch.setattr(ops, "quantize_act_2l", counting)
+    return calls
+
+
+def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
+    """Layers quantized alike share one quantizer call: q/k/v (and add_q/k/v) in the double block, q/k/v with
+    proj_mlp in each single block, with the bits of the unshared model, eager and compiled."""
+    base, inputs = tiny
+    shared, alone = copy.deepcopy(base), copy.deepcopy(base)
+    names = fuse_epilogues(shared)
+    assert {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"} <= set(names)
+    assert "transformer_blocks.0.attn" not in fuse_epilogues(alone, share_inputs=False)
+    calls = _counting_quantizer(monkeypatch)
+    with torch.no_grad():
+        y_alone = alone(**inputs)[0]
+        n_alone = len(calls)
+        calls.clear()
+        y_shared = shared(**inputs)[0]
+    # rank 16 a layer: q/k/v and add_q/k/v of the double block (48 each), q/k/v/proj_mlp of each single block (64)
+    assert calls.count(48) == 2 and calls.count(64) == 2 and calls.count(16) == len(calls) - 4
+    assert n_alone == len(calls) + 2 * 2 + 2 * 3
+    assert torch.equal(y_shared, y_alone)
+    with torch.no_grad():
+        compiled = torch.compile(shared, backend="aot_eager", fullgraph=True)(**inputs)[0]
+    assert torch.equal(compiled, y_shared)
+    assert set(unfuse_epilogues(shared)) == set(names)
+    assert all("_svdquant_shared_inputs" not in vars(m) for m in shared.modules())
+
+
+def test_sharing_follows_the_smoothing_and_the_layers(tiny, monkeypatch):
+    """A state dict with another smoothing for to_k ends its sharing (found again on load); a LoRA-wrapped layer, a
+    custom attention processor or a mask take the usual forward; all with the unshared model's bits."""
+    base, inputs = tiny
+    shared, alone = copy.deepcopy(base), copy.deepcopy(base)
+    fuse_epilogues(shared)
+    fuse_epilogues(alone, share_inputs=False)
+    sd = base.state_dict()
+    key = "single_transformer_blocks.0.attn.to_k.smooth_factor"
+    sd[key] = sd[key] * 1.5
+    shared.load_state_dict(sd)
+    alone.load_state_dict(sd)
+    assert vars(shared.single_transformer_blocks[0])["_svdquant_shared_inputs"] == ()
+    assert vars(shared.single_transformer_blocks[0].attn)["_svdquant_shared_inputs"] == ()
+    assert len(vars(shared.single_transformer_blocks[1])["_svdquant_shared_inputs"]) == 1
+    calls = _counting_quantizer(monkeypatch)
+    with torch.no_grad():
+        y = shared(**inputs)[0]
+        assert calls.count(64) == 1 and calls.count(48) == 2  # the first single block's four layers alone
+        assert torch.equal(y, alone(**inputs)[0])
+    blk = shared.transformer_blocks[0]
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+    class Custom(FluxAttnProcessor):
+        pass
+
+    blk.attn.set_processor(Custom())
+    alone.transformer_blocks[0].attn.set_processor(Custom())
+    with torch.no_grad():
+        assert torch.equal(shared(**inputs)[0], alone(**inputs)[0])
+    x = torch.randn(1, 5, blk.attn.to_q.in_features, dtype=torch.bfloat16)
+    qkv = tuple(torch.zeros(1, 5, 128, dtype=torch.bfloat16) for _ in range(3))
+    with pytest.raises(ValueError, match="given projections need"):
+        blk.attn(x, projections=qkv)
+
+
 def test_other_forward_wrappers_are_respected(tiny):
     """A module whose forward another library wrapped (as accelerate's and diffusers' hooks do) is not fused; one
     wrapped after fusing makes unfuse refuse, naming it, before anything changes."""

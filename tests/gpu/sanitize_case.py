@@ -94,7 +94,8 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
     print("sanitize case: fused quantizer done")
 
 
-# the register-fragment loop's wide low-rank tile (branch ranks 33-64), off by default: forced on for one case
+# the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
+# activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
 if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     M, K, N, R, gs = 201, 512, 256, 48, 64
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
@@ -108,6 +109,13 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     for bt in ext.gemm_2l_tiles:
         ext.set_gemm_2l_tile_tokens(bt)
         ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr, pu, None, gs)
+    pu16 = pu[:, :16].contiguous()
+    for persistent in (1, 0):
+        ext.set_gemm_2l_persistent(persistent)
+        for bt in ext.gemm_2l_tiles:
+            ext.set_gemm_2l_tile_tokens(bt)
+            ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr[:, 32:],
+                                pu16, None, gs)
     ext.set_gemm_2l_persistent(-1)
     ext.set_gemm_2l_tile_tokens(0)
     torch.cuda.synchronize()

@@ -992,6 +992,34 @@ def test_gemm_2l_fo_epilogue_op_dispatch_and_fallbacks(hopper):
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 256, 128), (300, 1024, 384), (4097, 512, 256)])
+def test_gemm_2l_low_rank_activations_as_columns_of_a_wider_matrix(hopper, M, K, N):
+    """The low-rank activations as a column block of a wider matrix (one quantizer call shared by several layers,
+    svdquant_hf/shared_input.py) are read in place: the bits of a contiguous copy, in every token tile, persistent or
+    not, split or not, canonical or fragment order, and through the epilogue op."""
+    R, gs = 32, 64
+    x, smooth, pd = _acts(M, K, 3 * R, torch.bfloat16, seed=M + 7)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=5)
+    xq, xs, lr_all = _quantize(hopper, x, smooth, pd, gs)
+    qf = fragment_order(qw)
+    for c in (1, 2):
+        lr = lr_all[:, c * R : (c + 1) * R]
+        assert M == 1 or not lr.is_contiguous()
+        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr.contiguous(), pu, b, gs)
+        assert torch.equal(_gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs), ref)
+        for bt, splits, persistent in itertools.product(hopper.gemm_2l_tiles, (1, 2), (1, 0)):
+            if persistent and splits > 1:
+                continue
+            with _forced_plan(hopper, bt, splits):
+                hopper.set_gemm_2l_persistent(persistent)
+                _poison(4 * M * N, 0xFF)
+                y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+            assert y is not None, hopper.last_error()
+            assert torch.equal(y, ref), f"tile {bt}, splits {splits}, persistent {persistent}: {(y != ref).sum()} differ"
+        ep = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, None)
+        assert torch.equal(ep, hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr.contiguous(), pu, b, gs, 1, None))
+
+
 @pytest.mark.parametrize("R", [48, 64])
 @pytest.mark.parametrize("M,K,N", [(1, 256, 128), (300, 1024, 384), (4097, 512, 256)])
 def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, M, K, N):
