@@ -33,7 +33,7 @@ and a bar chart when matplotlib is present.
       "_g": the same through svdquant_hf.enable_cuda_graphs (inputs copied into the graph's buffers, outputs cloned)
   python benchmarks/flux_e2e.py --variants svdq2l_fo_regional_cg,svdq2l_fo_ep_regional_cg  # _ep: GELU and the single
       blocks' concatenation in the GEMMs' epilogue, q/k/v (and proj_mlp) sharing one quantizer call
-      (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing
+      (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing; _nonr: without q/k's RMSNorm + RoPE as one op
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep", "svdq2l_fo_ep_regional", "svdq2l_fo_ep_regional_cg", "svdq2l_fo_ep_fused_regional_cg",
     "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
-    "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg",
+    "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg", "svdq2l_fo_ep_nonr_regional_cg",
 )
 
 
@@ -412,7 +412,8 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
         if "_ep" in name:  # GELU (and single blocks' concatenation) in the GEMMs' epilogue (fuse_epilogues)
             from svdquant_hf import fuse_epilogues
 
-            fuse_epilogues(model, share_inputs="_ns" not in name)  # _ns: q/k/v (and proj_mlp) quantize one by one
+            # _ns: q/k/v (and proj_mlp) quantize one by one; _nonr: q/k's RMSNorm and RoPE by the usual modules
+            fuse_epilogues(model, share_inputs="_ns" not in name, norm_rope="_nonr" not in name)
     elif name.startswith("fp8mm"):
         model = to_fp8_scaled_mm(build_model(config, device))
     elif name.startswith("fp8"):

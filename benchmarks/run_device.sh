@@ -189,7 +189,7 @@ if [ "$what" = ep ]; then  # the GEMM tile's fixed part by epilogue probe, host 
 fi
 if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues): the int4_2l and epilogue tests, memcheck,
   # the usage docs' snippets (WHEELS=.slimwhl: diffusers), then (E2E=1) the whole model, fused against unfused
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py tests/test_epilogues.py \
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py tests/test_epilogues.py tests/test_rms_norm_rope.py \
     -m "gpu or not gpu" -o addopts="" > "$OUT/tests.log" 2>&1
   echo "tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests.log" | tail -12
   memcheck "$OUT/memcheck.log"

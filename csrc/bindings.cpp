@@ -562,6 +562,33 @@ void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object g
 
 }  // namespace
 
+// FLUX's q / k: RMSNorm per head, then the rotary embedding, in one pass (svdquant::rms_norm_rope).
+at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& cos,
+                         const at::Tensor& sin) {
+  SVDQ_REQUIRE(x.is_cuda() && x.dim() == 4 && is_16bit(x) && x.is_contiguous(),
+               "svdquant rms_norm_rope: x must be a contiguous 4-D [B, S, H, D] bfloat16/float16 CUDA tensor");
+  const int64_t S = x.size(1), H = x.size(2), D = x.size(3);
+  SVDQ_REQUIRE(svdq::rms_norm_rope_supported((int)D), "svdquant rms_norm_rope: head dim ", D, " not supported");
+  SVDQ_REQUIRE(weight.dim() == 1 && weight.size(0) == D, "svdquant rms_norm_rope: weight must be [", D, "]");
+  const std::string e = mismatch(weight, x, x.scalar_type(), "weight");
+  SVDQ_REQUIRE(e.empty(), e);
+  for (const at::Tensor* t : {&cos, &sin}) {
+    SVDQ_REQUIRE(t->dim() == 2 && t->size(0) == S && t->size(1) == D && t->is_contiguous(),
+                 "svdquant rms_norm_rope: cos / sin must be contiguous [", S, ", ", D, "]");
+    const std::string m = mismatch(*t, x, at::kFloat, "cos / sin");
+    SVDQ_REQUIRE(m.empty(), m);
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor w = weight.contiguous();
+  auto y = at::empty_like(x);
+  const svdq::RmsNormRopeArgs a{dtype_of(x, "x"), x.data_ptr(), w.data_ptr(), cos.data_ptr<float>(),
+                                sin.data_ptr<float>(), y.data_ptr(), x.numel() / D, (int)S, (int)H, (int)D, (float)eps};
+  const cudaError_t err = svdq::launch_rms_norm_rope(a, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                                     c10::cuda::getCurrentCUDAStream().stream());
+  SVDQ_REQUIRE(err == cudaSuccess, "svdquant rms_norm_rope: launch failed: ", cudaGetErrorString(err));
+  return y;
+}
+
 TORCH_LIBRARY_IMPL(svdquant, CUDA, m) {
   m.impl("quantize_act_2l", TORCH_FN(quantize_act_2l_op));
   m.impl("w4a4_gemm_2l", TORCH_FN(w4a4_gemm_2l_op));
@@ -589,6 +616,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "persistent kernel widens the weights into registers");
   m.def("w4a4_gemm_2l_fo_ep", &w4a4_gemm_2l_fo_ep,
         "w4a4_gemm_2l_fo, then activation (0 none, 1 GELU tanh) in the epilogue; with prefix [M, P]: cat([prefix, y], 1)");
+  m.def("rms_norm_rope", &rms_norm_rope, "x [B, S, H, D], weight [D], eps, cos, sin [S, D] (fp32) -> RMSNorm per head, "
+        "then the rotary embedding (FLUX's q / k)");
   m.def("w8a4_gemm_2l", &w8a4_gemm_2l,
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");

@@ -68,6 +68,22 @@ struct W4A4Gemm2lArgs {
   int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
 };
 
+// Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)) of x [rows = tokens x H, D], token t at
+// position t % S of cos / sin [S, D] (fp32): FLUX's q / k after their projections (rms_norm_rope.cu).
+struct RmsNormRopeArgs {
+  DType dtype;
+  const void* x;       // [rows, D]
+  const void* weight;  // [D]
+  const float* cos;    // [S, D]
+  const float* sin;    // [S, D]
+  void* y;             // [rows, D]
+  int64_t rows;
+  int S, H, D;
+  float eps;
+};
+bool rms_norm_rope_supported(int D);
+cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);
+
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
 constexpr int kMaxFusedRank = 128;
 

@@ -11,8 +11,10 @@ modules' forward:
   concatenation kernel (which reads and writes the whole 15360-wide input).
 - FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
   identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
-  instead of four. The attention itself is diffusers' processor's computation (its norms, ``apply_rotary_emb`` and
-  ``dispatch_attention_fn``, the same functions); other processors, masks or extra arguments take the usual forward.
+  instead of four. The attention itself is diffusers' processor's computation (``dispatch_attention_fn``, the same
+  function), with q/k's RMSNorm (torch's) and rotary embedding in one op (``svdquant::rms_norm_rope``, the same
+  roundings: its reference is torch's rms_norm and diffusers' rotary formula); other processors, masks or extra
+  arguments take the usual forward.
 
 The fused path needs the layer's weights in fragment order (the Hopper GEMM; ``SVDQuantLinear.forward_fused``);
 otherwise the forward takes the usual ops, so fusing never changes what a model can do. LoRAs loaded later
@@ -33,9 +35,11 @@ from torch import nn
 
 from . import shared_input
 from .modules import SVDQuantLinear
+from .ops import library as ops
 
 _MARK = "_svdquant_epilogue"
 _SHARED = "_svdquant_shared_inputs"  # the groups of a module's layers that share one quantizer call (names)
+_NORM_ROPE = "_svdquant_norm_rope"  # whether the attention runs q/k's RMSNorm + RoPE as one op
 _QKV = ("to_q", "to_k", "to_v")
 _ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -124,14 +128,27 @@ def _flux_attention_forward(
                else [getattr(self, n)(encoder_hidden_states) for n in _ADDED_QKV])
     home = sys.modules[type(self).__module__]
     q, k, v = (t.unflatten(-1, (-1, self.head_dim)) for t in img)
-    q, k = self.norm_q(q), self.norm_k(k)
+    eq = ek = ev = None
     if txt is not None:
         eq, ek, ev = (t.unflatten(-1, (-1, self.head_dim)) for t in txt)
-        eq, ek = self.norm_added_q(eq), self.norm_added_k(ek)
-        q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
-    if image_rotary_emb is not None:
-        q = home.apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-        k = home.apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+    norms = (self.norm_q, self.norm_k) + (() if txt is None else (self.norm_added_q, self.norm_added_k))
+    if self.__dict__.get(_NORM_ROPE) and _norm_rope_fusable(norms, q, image_rotary_emb):  # one op per tensor
+        cos, sin = image_rotary_emb
+        n_txt = 0 if txt is None else eq.shape[1]
+        q, k = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos[n_txt:], sin[n_txt:])
+                for t, n in ((q, norms[0]), (k, norms[1])))
+        if txt is not None:
+            eq, ek = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos[:n_txt], sin[:n_txt])
+                      for t, n in ((eq, norms[2]), (ek, norms[3])))
+            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+    else:
+        q, k = self.norm_q(q), self.norm_k(k)
+        if txt is not None:
+            eq, ek = self.norm_added_q(eq), self.norm_added_k(ek)
+            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+        if image_rotary_emb is not None:
+            q = home.apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = home.apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
     proc = self.processor
     out = home.dispatch_attention_fn(q, k, v, attn_mask=None, backend=proc._attention_backend,
                                      parallel_config=proc._parallel_config)
@@ -142,6 +159,22 @@ def _flux_attention_forward(
     enc, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
     out = self.to_out[1](self.to_out[0](out.contiguous()))
     return out, self.to_add_out(enc.contiguous())
+
+
+def _norm_rope_fusable(norms: tuple[nn.Module, ...], q: torch.Tensor, rotary: Any) -> bool:
+    """Whether the RMSNorms (torch's, as FLUX's attention has them, with a weight of q's 16-bit dtype) and a (cos, sin)
+    rotary embedding of fp32 [tokens, head dim] can run as svdquant::rms_norm_rope."""
+    if not (isinstance(rotary, tuple) and len(rotary) == 2 and rotary[0].dtype == torch.float32
+            and rotary[0].dim() == 2 and rotary[0].shape[-1] == q.shape[-1] and q.dim() == 4):
+        return False
+    return q.dtype in (torch.bfloat16, torch.float16) and all(
+        type(n) is nn.RMSNorm and tuple(n.normalized_shape) == (q.shape[-1],) and n.weight is not None
+        and n.weight.dtype == q.dtype for n in norms)
+
+
+def _eps(norm: nn.Module, dtype: torch.dtype) -> float:
+    """The norm's epsilon (torch's RMSNorm without one takes the dtype's)."""
+    return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
 
 
 def _fusable(layer: nn.Module) -> bool:
@@ -189,12 +222,13 @@ def _flux_single_block_forward(
     return x[:, :n_txt], x[:, n_txt:]
 
 
-def fuse_epilogues(model: nn.Module, share_inputs: bool = True) -> list[str]:
+def fuse_epilogues(model: nn.Module, share_inputs: bool = True, norm_rope: bool = True) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
     Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time
     the fused forward falls back to the usual ops where the layer cannot take the fused path (module docstring).
-    ``share_inputs``: FLUX attention's q/k/v (and single blocks' MLP) share one quantizer call where they can."""
+    ``share_inputs``: FLUX attention's q/k/v (and single blocks' MLP) share one quantizer call where they can;
+    ``norm_rope``: and that attention runs q/k's RMSNorm and rotary embedding as one op (svdquant::rms_norm_rope)."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
@@ -207,6 +241,7 @@ def fuse_epilogues(model: nn.Module, share_inputs: bool = True) -> list[str]:
         elif (share_inputs and _is_flux_attention(module)
               and any(isinstance(getattr(module, n, None), SVDQuantLinear) for n in _QKV)):
             module.forward = types.MethodType(_flux_attention_forward, module)
+            module.__dict__[_NORM_ROPE] = norm_rope
             _track_sharing(module, (_QKV, _ADDED_QKV))
         else:
             continue
@@ -238,6 +273,7 @@ def unfuse_epilogues(model: nn.Module) -> list[str]:
     for _, module in fused:
         del module.__dict__[_MARK], module.__dict__["forward"]
         module.__dict__.pop(_SHARED, None)
+        module.__dict__.pop(_NORM_ROPE, None)
         hook = module.__dict__.pop(_SHARED + "_hook", None)
         if hook is not None:
             hook.remove()

@@ -256,18 +256,31 @@ def _counting_quantizer(monkeypatch) -> list[int]:
 
 def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
     """Layers quantized alike share one quantizer call: q/k/v (and add_q/k/v) in the double block, q/k/v with
-    proj_mlp in each single block, with the bits of the unshared model, eager and compiled."""
+    proj_mlp in each single block; q/k's RMSNorm and RoPE run as one op; all with the bits of the unshared model
+    (diffusers' modules), eager and compiled."""
     base, inputs = tiny
+    base = copy.deepcopy(base)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # q/k norms with weights other than ones (their rounding then shows)
+        for m in base.modules():
+            if isinstance(m, torch.nn.RMSNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
     shared, alone = copy.deepcopy(base), copy.deepcopy(base)
     names = fuse_epilogues(shared)
     assert {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"} <= set(names)
     assert "transformer_blocks.0.attn" not in fuse_epilogues(alone, share_inputs=False)
     calls = _counting_quantizer(monkeypatch)
+    norm_rope, real = [], ops.rms_norm_rope
+    monkeypatch.setattr(ops, "rms_norm_rope", lambda x, *a: norm_rope.append(x.shape[1]) or real(x, *a))
     with torch.no_grad():
         y_alone = alone(**inputs)[0]
         n_alone = len(calls)
+        assert norm_rope == []
         calls.clear()
         y_shared = shared(**inputs)[0]
+    # q/k's RMSNorm + RoPE in one op: image and text parts of the double block apart, each single block's q and k
+    n_img, n_txt = inputs["hidden_states"].shape[1], inputs["encoder_hidden_states"].shape[1]
+    assert sorted(norm_rope) == sorted([n_img, n_img, n_txt, n_txt] + [n_img + n_txt] * 4)
     # rank 16 a layer: q/k/v and add_q/k/v of the double block (48 each), q/k/v/proj_mlp of each single block (64)
     assert calls.count(48) == 2 and calls.count(64) == 2 and calls.count(16) == len(calls) - 4
     assert n_alone == len(calls) + 2 * 2 + 2 * 3

@@ -14,9 +14,11 @@ from . import build
 from .layout_2l import canonical_order
 from .reference import (
     check_epilogue_args,
+    check_rms_norm_rope_args,
     gemm_epilogue_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
+    rms_norm_rope_ref,
     w4a4_gemm_2l_ref,
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,
@@ -299,3 +301,17 @@ def _hand_over_fallbacks(ext) -> None:
 
 
 build.on_load(_hand_over_fallbacks)
+
+
+def rms_norm_rope_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
+                       sin: torch.Tensor) -> torch.Tensor:
+    """RMSNorm per head then the rotary embedding in one kernel (csrc/rms_norm_rope.cu) where it applies, else the
+    reference: head dims 64 / 128 / 256, 16-bit x and weight, fp32 cos / sin, all on x's GPU."""
+    check_rms_norm_rope_args(x, weight, cos, sin)
+
+    def supported(ext) -> bool:
+        return (x.dtype in _KERNEL_DTYPES and x.shape[-1] in (64, 128, 256)
+                and all(t.device == x.device for t in (weight, cos, sin)))
+
+    return _dispatch("rms_norm_rope", supported, rms_norm_rope_ref, x.contiguous(), weight, eps, cos.contiguous(),
+                     sin.contiguous())

@@ -17,6 +17,7 @@ from .reference import (
     gemm_epilogue_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
+    rms_norm_rope_ref,
     w4a4_gemm_2l_ref,
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,
@@ -165,6 +166,26 @@ def _w4a4_gemm_2l_fo_ep_impl(xq, xscale, qweight, wscales, wchannel, lr_act, pro
     return gemm_epilogue_ref(y32, lr_act.dtype, activation, prefix)
 
 
+# RMSNorm per head then the rotary embedding (FLUX's q / k; reference.rms_norm_rope_ref): one pass on CUDA.
+torch.library.define(
+    "svdquant::rms_norm_rope",
+    "(Tensor x, Tensor weight, float eps, Tensor cos, Tensor sin) -> Tensor",
+    tags=_TAGS,
+)
+
+
+@torch.library.register_fake("svdquant::rms_norm_rope")
+def _(x, weight, eps, cos, sin):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.impl("svdquant::rms_norm_rope", "CompositeExplicitAutograd")
+def _rms_norm_rope_impl(x, weight, eps, cos, sin):
+    if x.is_cuda:
+        return _cuda.rms_norm_rope_cuda(x, weight, eps, cos, sin)
+    return rms_norm_rope_ref(x, weight, eps, cos, sin)
+
+
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
 quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
 #: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
@@ -175,6 +196,5 @@ w8a4_gemm_2l = torch.ops.svdquant.w8a4_gemm_2l.default
 w4a4_gemm_2l_fo = torch.ops.svdquant.w4a4_gemm_2l_fo.default
 #: the fragment-order GEMM with its epilogue: cat([prefix, act(y)], 1) (prefix None: act(y)).
 w4a4_gemm_2l_fo_ep = torch.ops.svdquant.w4a4_gemm_2l_fo_ep.default
-
-
-
+#: RMSNorm per head (16-bit weight) then the rotary embedding: x [B, S, H, D], cos / sin [S, D] fp32.
+rms_norm_rope = torch.ops.svdquant.rms_norm_rope.default

@@ -250,6 +250,32 @@ def gemm_epilogue_ref(
     return y if prefix is None else torch.cat([prefix.to(dtype), y], 1)
 
 
+def rms_norm_rope_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """torch's RMSNorm per head (a 16-bit weight: FLUX's norm_q / norm_k) then diffusers' rotary embedding on pairs
+    (2i, 2i+1) (apply_rotary_emb, use_real), with their roundings: x [B, S, H, D], cos / sin [S, D] fp32."""
+    check_rms_norm_rope_args(x, weight, cos, sin)
+    h = torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    real, imag = h.reshape(*h.shape[:-1], -1, 2).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (h.float() * c + rotated.float() * s).to(h.dtype)
+
+
+def check_rms_norm_rope_args(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Clear errors for svdquant::rms_norm_rope's arguments."""
+    op = "svdquant::rms_norm_rope"
+    if x.dim() != 4 or x.shape[-1] % 2:
+        raise ValueError(f"{op}: x must be [B, S, H, D] with D even, got {tuple(x.shape)}")
+    S, D = x.shape[1], x.shape[3]
+    if tuple(weight.shape) != (D,) or weight.dtype != x.dtype:
+        raise ValueError(f"{op}: weight must be [{D}] in {x.dtype}, got {tuple(weight.shape)} in {weight.dtype}")
+    for name, t in (("cos", cos), ("sin", sin)):
+        if tuple(t.shape) != (S, D) or t.dtype != torch.float32:
+            raise ValueError(f"{op}: {name} must be float32 [{S}, {D}], got {t.dtype} {tuple(t.shape)}")
+
+
 def dequantize_weight_2l(
     qweight: torch.Tensor, wscales: torch.Tensor, wchannel: torch.Tensor, group_size: int
 ) -> torch.Tensor:

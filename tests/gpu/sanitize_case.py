@@ -120,3 +120,14 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     ext.set_gemm_2l_tile_tokens(0)
     torch.cuda.synchronize()
     print("wide low-rank case done")
+
+# q/k's RMSNorm + RoPE (rms_norm_rope.cu): each head dim, an odd token count, cos / sin rows at an offset
+if hasattr(ext, "rms_norm_rope"):
+    for D in (64, 128, 256):
+        S, H = 37, 3
+        x = torch.randn(2, S, H, D, device="cuda", generator=g).to(torch.bfloat16)
+        w = torch.rand(D, device="cuda", generator=g).to(torch.bfloat16)
+        table = torch.rand(S + 5, D, device="cuda", generator=g)
+        ext.rms_norm_rope(x, w, 1e-6, table[5:], table[5:])
+    torch.cuda.synchronize()
+    print("rms_norm_rope case done")
