@@ -579,10 +579,10 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, double e
     SVDQ_REQUIRE(m.empty(), m);
   }
   c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor w = weight.contiguous();
-  auto y = at::empty_like(x);
-  const svdq::RmsNormRopeArgs a{dtype_of(x, "x"), x.data_ptr(), w.data_ptr(), cos.data_ptr<float>(),
-                                sin.data_ptr<float>(), y.data_ptr(), x.numel() / D, (int)S, (int)H, (int)D, (float)eps};
+  const at::Tensor xa = prep(x), w = weight.contiguous(), ca = prep(cos), sa = prep(sin);  // 16-byte aligned
+  auto y = at::empty_like(xa);
+  const svdq::RmsNormRopeArgs a{dtype_of(x, "x"), xa.data_ptr(), w.data_ptr(), ca.data_ptr<float>(),
+                                sa.data_ptr<float>(), y.data_ptr(), x.numel() / D, (int)S, (int)H, (int)D, (float)eps};
   const cudaError_t err = svdq::launch_rms_norm_rope(a, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                                      c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant rms_norm_rope: launch failed: ", cudaGetErrorString(err));

@@ -3,50 +3,88 @@
 //   h = round16(x * rsqrt(mean(x^2) + eps) * w) (fp32 throughout, one rounding, as torch's fused rms_norm),
 //   y[2i] = round16(h[2i] cos[2i] - h[2i+1] sin[2i]), y[2i+1] = round16(h[2i+1] cos[2i+1] + h[2i] sin[2i+1])
 // (products and sums rounded separately, as the eager ops do). One warp per row of D = 32 E values; a block's
-// warps walk the rows of one token's heads, so the token's cos / sin stay in registers.
+// warps walk the rows of one token's heads (U at a time, their loads in flight together), so the token's cos / sin
+// stay in registers. Rows and cos / sin rows must be 16-byte aligned (the binding makes them so).
 #include "common.cuh"
 #include "launch.h"
 
 namespace svdq {
 namespace {
 
-template <typename T, int E>
+// W 32-bit words at p (16-byte aligned for W >= 4, else 4 W bytes) in as few loads / stores as possible
+template <int W>
+__device__ __forceinline__ void load_words(const void* p, uint32_t (&w)[W]) {
+  if constexpr (W % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < W / 4; ++i) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (W == 2) {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+  }
+}
+template <int W>
+__device__ __forceinline__ void store_words(void* p, const uint32_t (&w)[W]) {
+  if constexpr (W % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < W / 4; ++i) reinterpret_cast<uint4*>(p)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+  } else if constexpr (W == 2) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+  } else {
+    *reinterpret_cast<uint32_t*>(p) = w[0];
+  }
+}
+
+// U heads per warp per step: their loads are all in flight before the first is reduced
+template <typename T, int E, int U = 4>
 __global__ void __launch_bounds__(256) rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                             const float* __restrict__ cosv,
                                                             const float* __restrict__ sinv, T* __restrict__ y,
                                                             int64_t tokens, int S, int H, float eps) {
   constexpr int D = 32 * E;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   float wt[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) wt[e] = Dt<T>::to_f(w[lane * E + e]);
   for (int64_t tok = blockIdx.x; tok < tokens; tok += gridDim.x) {
-    const int s = (int)(tok % S);
-    float c[E], sn[E];
+    const int64_t col = (int64_t)(tok % S) * D + lane * E;
+    uint32_t cw[E], sw[E];
+    load_words<E>(cosv + col, cw);
+    load_words<E>(sinv + col, sw);
+    for (int h0 = warp; h0 < H; h0 += warps * U) {
+      uint32_t xw[U][E / 2];
 #pragma unroll
-    for (int e = 0; e < E; ++e) c[e] = cosv[(int64_t)s * D + lane * E + e], sn[e] = sinv[(int64_t)s * D + lane * E + e];
-    for (int h = warp; h < H; h += blockDim.x / 32) {
-      const int64_t base = (tok * H + h) * D + lane * E;
-      float v[E];
+      for (int u = 0; u < U; ++u)
+        if (h0 + u * warps < H) load_words<E / 2>(x + (tok * H + h0 + u * warps) * D + lane * E, xw[u]);
 #pragma unroll
-      for (int e = 0; e < E; e += 2) {
-        const uint32_t p = *reinterpret_cast<const uint32_t*>(x + base + e);
-        v[e] = Dt<T>::bits_to_f((uint16_t)(p & 0xFFFF));
-        v[e + 1] = Dt<T>::bits_to_f((uint16_t)(p >> 16));
-      }
-      float ss = 0.f;
+      for (int u = 0; u < U; ++u) {
+        const int h = h0 + u * warps;
+        if (h >= H) break;
+        float v[E];
 #pragma unroll
-      for (int e = 0; e < E; ++e) ss = __fadd_rn(ss, __fmul_rn(v[e], v[e]));
+        for (int e = 0; e < E; e += 2) v[e] = Dt<T>::bits_to_f(xw[u][e / 2] & 0xFFFFu), v[e + 1] = Dt<T>::bits_to_f(xw[u][e / 2] >> 16);
+        float ss = 0.f;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss = __fadd_rn(ss, __shfl_xor_sync(0xffffffffu, ss, o));
-      const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, (float)D), eps));
+        for (int e = 0; e < E; ++e) ss = __fadd_rn(ss, __fmul_rn(v[e], v[e]));
 #pragma unroll
-      for (int e = 0; e < E; ++e) v[e] = Dt<T>::to_f(Dt<T>::from_f(__fmul_rn(__fmul_rn(v[e], rstd), wt[e])));
+        for (int o = 16; o > 0; o >>= 1) ss = __fadd_rn(ss, __shfl_xor_sync(0xffffffffu, ss, o));
+        const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, (float)D), eps));
 #pragma unroll
-      for (int e = 0; e < E; e += 2) {
-        const float y0 = __fadd_rn(__fmul_rn(v[e], c[e]), __fmul_rn(-v[e + 1], sn[e]));
-        const float y1 = __fadd_rn(__fmul_rn(v[e + 1], c[e + 1]), __fmul_rn(v[e], sn[e + 1]));
-        *reinterpret_cast<uint32_t*>(y + base + e) = Dt<T>::pack2(y0, y1);
+        for (int e = 0; e < E; ++e) v[e] = Dt<T>::to_f(Dt<T>::from_f(__fmul_rn(__fmul_rn(v[e], rstd), wt[e])));
+        uint32_t out[E / 2];
+#pragma unroll
+        for (int e = 0; e < E; e += 2) {
+          const float c0 = __uint_as_float(cw[e]), c1 = __uint_as_float(cw[e + 1]);
+          const float s0 = __uint_as_float(sw[e]), s1 = __uint_as_float(sw[e + 1]);
+          const float y0 = __fadd_rn(__fmul_rn(v[e], c0), __fmul_rn(-v[e + 1], s0));
+          const float y1 = __fadd_rn(__fmul_rn(v[e + 1], c1), __fmul_rn(v[e], s1));
+          out[e / 2] = Dt<T>::pack2(y0, y1);
+        }
+        store_words<E / 2>(y + (tok * H + h) * D + lane * E, out);
       }
     }
   }
