@@ -562,16 +562,31 @@ void register_fallbacks(py::object quantize_2l, py::object gemm_2l, py::object g
 
 }  // namespace
 
-// FLUX's q / k: RMSNorm per head, then the rotary embedding, in one pass (svdquant::rms_norm_rope).
+// FLUX's q / k: RMSNorm per head, then the rotary embedding, in one pass (svdquant::rms_norm_rope); with a front
+// part (the text tokens' q / k, their own norm weight) the output is cat([front, x], 1), written in place.
 at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& cos,
-                         const at::Tensor& sin) {
+                         const at::Tensor& sin, const c10::optional<at::Tensor>& front,
+                         const c10::optional<at::Tensor>& front_weight) {
   SVDQ_REQUIRE(x.is_cuda() && x.dim() == 4 && is_16bit(x) && x.is_contiguous(),
                "svdquant rms_norm_rope: x must be a contiguous 4-D [B, S, H, D] bfloat16/float16 CUDA tensor");
-  const int64_t S = x.size(1), H = x.size(2), D = x.size(3);
+  const int64_t B = x.size(0), H = x.size(2), D = x.size(3);
+  SVDQ_REQUIRE(front.has_value() == front_weight.has_value(), "svdquant rms_norm_rope: front needs front_weight");
+  const int64_t S0 = front.has_value() ? front->size(1) : 0, S = S0 + x.size(1);
   SVDQ_REQUIRE(svdq::rms_norm_rope_supported((int)D), "svdquant rms_norm_rope: head dim ", D, " not supported");
-  SVDQ_REQUIRE(weight.dim() == 1 && weight.size(0) == D, "svdquant rms_norm_rope: weight must be [", D, "]");
-  const std::string e = mismatch(weight, x, x.scalar_type(), "weight");
-  SVDQ_REQUIRE(e.empty(), e);
+  std::vector<std::pair<const at::Tensor*, const char*>> weights{{&weight, "weight"}};
+  if (front.has_value()) {
+    SVDQ_REQUIRE(front->dim() == 4 && front->size(0) == B && front->size(2) == H && front->size(3) == D &&
+                     front->is_contiguous(),
+                 "svdquant rms_norm_rope: front must be a contiguous [", B, ", S0, ", H, ", ", D, "]");
+    const std::string e = mismatch(*front, x, x.scalar_type(), "front");
+    SVDQ_REQUIRE(e.empty(), e);
+    weights.push_back({&*front_weight, "front_weight"});
+  }
+  for (const auto& [t, name] : weights) {
+    SVDQ_REQUIRE(t->dim() == 1 && t->size(0) == D, "svdquant rms_norm_rope: ", name, " must be [", D, "]");
+    const std::string e = mismatch(*t, x, x.scalar_type(), name);
+    SVDQ_REQUIRE(e.empty(), e);
+  }
   for (const at::Tensor* t : {&cos, &sin}) {
     SVDQ_REQUIRE(t->dim() == 2 && t->size(0) == S && t->size(1) == D && t->is_contiguous(),
                  "svdquant rms_norm_rope: cos / sin must be contiguous [", S, ", ", D, "]");
@@ -580,9 +595,12 @@ at::Tensor rms_norm_rope(const at::Tensor& x, const at::Tensor& weight, double e
   }
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xa = prep(x), w = weight.contiguous(), ca = prep(cos), sa = prep(sin);  // 16-byte aligned
-  auto y = at::empty_like(xa);
-  const svdq::RmsNormRopeArgs a{dtype_of(x, "x"), xa.data_ptr(), w.data_ptr(), ca.data_ptr<float>(),
-                                sa.data_ptr<float>(), y.data_ptr(), x.numel() / D, (int)S, (int)H, (int)D, (float)eps};
+  const at::Tensor fa = front.has_value() ? prep(*front) : at::Tensor();
+  const at::Tensor fw = front.has_value() ? front_weight->contiguous() : at::Tensor();
+  auto y = at::empty({B, S, H, D}, x.options());
+  svdq::RmsNormRopeArgs a{dtype_of(x, "x"), xa.data_ptr(), w.data_ptr(), ca.data_ptr<float>(), sa.data_ptr<float>(),
+                          y.data_ptr(), B * S * H, (int)S, (int)H, (int)D, (float)eps};
+  if (front.has_value()) a.front = fa.data_ptr(), a.front_weight = fw.data_ptr(), a.S0 = (int)S0;
   const cudaError_t err = svdq::launch_rms_norm_rope(a, at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                                      c10::cuda::getCurrentCUDAStream().stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant rms_norm_rope: launch failed: ", cudaGetErrorString(err));
@@ -616,8 +634,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "persistent kernel widens the weights into registers");
   m.def("w4a4_gemm_2l_fo_ep", &w4a4_gemm_2l_fo_ep,
         "w4a4_gemm_2l_fo, then activation (0 none, 1 GELU tanh) in the epilogue; with prefix [M, P]: cat([prefix, y], 1)");
-  m.def("rms_norm_rope", &rms_norm_rope, "x [B, S, H, D], weight [D], eps, cos, sin [S, D] (fp32) -> RMSNorm per head, "
-        "then the rotary embedding (FLUX's q / k)");
+  m.def("rms_norm_rope", &rms_norm_rope, "x [B, S, H, D], weight [D], eps, cos, sin [S0 + S, D] (fp32), front "
+        "[B, S0, H, D] or None, front_weight -> RMSNorm per head, then the rotary embedding (FLUX's q / k), "
+        "cat([front, x], 1)", py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("cos"), py::arg("sin"),
+        py::arg("front") = py::none(), py::arg("front_weight") = py::none());
   m.def("w8a4_gemm_2l", &w8a4_gemm_2l,
         "xq, xscale, wq8 (int8 q * s_int [N, K]), wchannel, lr, proj_up, bias -> y (sm_90a): the int4_2l GEMM "
         "on weights widened once, so its main loop has no widening");

@@ -68,18 +68,22 @@ struct W4A4Gemm2lArgs {
   int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
 };
 
-// Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)) of x [rows = tokens x H, D], token t at
-// position t % S of cos / sin [S, D] (fp32): FLUX's q / k after their projections (rms_norm_rope.cu).
+// Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)): FLUX's q / k after their projections
+// (rms_norm_rope.cu). Output y [B, S, H, D] (rows = B S H), position s of cos / sin [S, D] (fp32); positions s < S0
+// come from front [B, S0, H, D] with front_weight, the others from x [B, S - S0, H, D] with weight.
 struct RmsNormRopeArgs {
   DType dtype;
-  const void* x;       // [rows, D]
+  const void* x;       // [B, S - S0, H, D]
   const void* weight;  // [D]
   const float* cos;    // [S, D]
   const float* sin;    // [S, D]
-  void* y;             // [rows, D]
+  void* y;             // [B, S, H, D]
   int64_t rows;
   int S, H, D;
   float eps;
+  const void* front = nullptr;         // [B, S0, H, D] or null (S0 = 0)
+  const void* front_weight = nullptr;  // [D]
+  int S0 = 0;
 };
 bool rms_norm_rope_supported(int D);
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);

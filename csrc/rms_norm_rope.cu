@@ -4,7 +4,8 @@
 //   y[2i] = round16(h[2i] cos[2i] - h[2i+1] sin[2i]), y[2i+1] = round16(h[2i+1] cos[2i+1] + h[2i] sin[2i+1])
 // (products and sums rounded separately, as the eager ops do). One warp per row of D = 32 E values; a block's
 // warps walk the rows of one token's heads (U at a time, their loads in flight together), so the token's cos / sin
-// stay in registers. Rows and cos / sin rows must be 16-byte aligned (the binding makes them so).
+// stay in registers. Rows and cos / sin rows must be 16-byte aligned (the binding makes them so). With a front part
+// (FLUX's double blocks: the text tokens' q / k) the output is the concatenation along the tokens, written in place.
 #include "common.cuh"
 #include "launch.h"
 
@@ -40,18 +41,31 @@ __device__ __forceinline__ void store_words(void* p, const uint32_t (&w)[W]) {
 }
 
 // U heads per warp per step: their loads are all in flight before the first is reduced
+// Output token t = (b, s) of S positions: s < S0 from front [B, S0, H, D] with weight w0, else from x [B, S - S0, H, D]
+// with weight w (front null: S0 = 0).
 template <typename T, int E, int U = 4>
 __global__ void __launch_bounds__(256) rms_norm_rope_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                            const T* __restrict__ front, const T* __restrict__ w0,
                                                             const float* __restrict__ cosv,
                                                             const float* __restrict__ sinv, T* __restrict__ y,
-                                                            int64_t tokens, int S, int H, float eps) {
+                                                            int64_t tokens, int S, int S0, int H, float eps) {
   constexpr int D = 32 * E;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  float wt[E];
+  float wt1[E], wt0[E];
 #pragma unroll
-  for (int e = 0; e < E; ++e) wt[e] = Dt<T>::to_f(w[lane * E + e]);
+  for (int e = 0; e < E; ++e) {
+    wt1[e] = Dt<T>::to_f(w[lane * E + e]);
+    wt0[e] = S0 ? Dt<T>::to_f(w0[lane * E + e]) : 0.f;
+  }
   for (int64_t tok = blockIdx.x; tok < tokens; tok += gridDim.x) {
-    const int64_t col = (int64_t)(tok % S) * D + lane * E;
+    const int s = (int)(tok % S);
+    const int64_t b = tok / S;
+    const bool first = s < S0;
+    const T* src = first ? front + (b * S0 + s) * H * D : x + (b * (S - S0) + s - S0) * H * D;
+    float wt[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) wt[e] = first ? wt0[e] : wt1[e];
+    const int64_t col = (int64_t)s * D + lane * E;
     uint32_t cw[E], sw[E];
     load_words<E>(cosv + col, cw);
     load_words<E>(sinv + col, sw);
@@ -59,7 +73,7 @@ __global__ void __launch_bounds__(256) rms_norm_rope_kernel(const T* __restrict_
       uint32_t xw[U][E / 2];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (h0 + u * warps < H) load_words<E / 2>(x + (tok * H + h0 + u * warps) * D + lane * E, xw[u]);
+        if (h0 + u * warps < H) load_words<E / 2>(src + (int64_t)(h0 + u * warps) * D + lane * E, xw[u]);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int h = h0 + u * warps;
@@ -94,14 +108,22 @@ template <typename T>
 cudaError_t launch_t(const RmsNormRopeArgs& a, int blocks, cudaStream_t stream) {
   const T* x = static_cast<const T*>(a.x);
   const T* w = static_cast<const T*>(a.weight);
+  const T* x0 = static_cast<const T*>(a.front);
+  const T* w0 = static_cast<const T*>(a.front_weight);
   T* y = static_cast<T*>(a.y);
   const int64_t tokens = a.rows / a.H;
+#define SVDQ_RNR_CASE(DD, EE)                                                                                        \
+  case DD:                                                                                                          \
+    rms_norm_rope_kernel<T, EE><<<blocks, 256, 0, stream>>>(x, w, x0, w0, a.cos, a.sin, y, tokens, a.S, a.S0, a.H, \
+                                                            a.eps);                                                 \
+    break;
   switch (a.D) {
-    case 64: rms_norm_rope_kernel<T, 2><<<blocks, 256, 0, stream>>>(x, w, a.cos, a.sin, y, tokens, a.S, a.H, a.eps); break;
-    case 128: rms_norm_rope_kernel<T, 4><<<blocks, 256, 0, stream>>>(x, w, a.cos, a.sin, y, tokens, a.S, a.H, a.eps); break;
-    case 256: rms_norm_rope_kernel<T, 8><<<blocks, 256, 0, stream>>>(x, w, a.cos, a.sin, y, tokens, a.S, a.H, a.eps); break;
+    SVDQ_RNR_CASE(64, 2)
+    SVDQ_RNR_CASE(128, 4)
+    SVDQ_RNR_CASE(256, 8)
     default: return cudaErrorInvalidValue;
   }
+#undef SVDQ_RNR_CASE
   return cudaGetLastError();
 }
 

@@ -134,13 +134,12 @@ def _flux_attention_forward(
     norms = (self.norm_q, self.norm_k) + (() if txt is None else (self.norm_added_q, self.norm_added_k))
     if self.__dict__.get(_NORM_ROPE) and _norm_rope_fusable(norms, q, image_rotary_emb):  # one op per tensor
         cos, sin = image_rotary_emb
-        n_txt = 0 if txt is None else eq.shape[1]
-        q, k = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos[n_txt:], sin[n_txt:])
-                for t, n in ((q, norms[0]), (k, norms[1])))
-        if txt is not None:
-            eq, ek = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos[:n_txt], sin[:n_txt])
-                      for t, n in ((eq, norms[2]), (ek, norms[3])))
-            q, k, v = torch.cat([eq, q], 1), torch.cat([ek, k], 1), torch.cat([ev, v], 1)
+        if txt is None:
+            q, k = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos, sin) for t, n in ((q, norms[0]), (k, norms[1])))
+        else:  # the text tokens' q / k first, with their own norms: the concatenation written by the same op
+            q = ops.rms_norm_rope(q, norms[0].weight, _eps(norms[0], q.dtype), cos, sin, eq, norms[2].weight)
+            k = ops.rms_norm_rope(k, norms[1].weight, _eps(norms[1], k.dtype), cos, sin, ek, norms[3].weight)
+            v = torch.cat([ev, v], 1)
     else:
         q, k = self.norm_q(q), self.norm_k(k)
         if txt is not None:
@@ -162,12 +161,13 @@ def _flux_attention_forward(
 
 
 def _norm_rope_fusable(norms: tuple[nn.Module, ...], q: torch.Tensor, rotary: Any) -> bool:
-    """Whether the RMSNorms (torch's, as FLUX's attention has them, with a weight of q's 16-bit dtype) and a (cos, sin)
-    rotary embedding of fp32 [tokens, head dim] can run as svdquant::rms_norm_rope."""
+    """Whether the RMSNorms (torch's, as FLUX's attention has them, with a weight of q's 16-bit dtype, one epsilon) and
+    a (cos, sin) rotary embedding of fp32 [tokens, head dim] can run as svdquant::rms_norm_rope."""
     if not (isinstance(rotary, tuple) and len(rotary) == 2 and rotary[0].dtype == torch.float32
             and rotary[0].dim() == 2 and rotary[0].shape[-1] == q.shape[-1] and q.dim() == 4):
         return False
-    return q.dtype in (torch.bfloat16, torch.float16) and all(
+    eps = {_eps(n, q.dtype) for n in norms if type(n) is nn.RMSNorm}
+    return q.dtype in (torch.bfloat16, torch.float16) and len(eps) == 1 and all(
         type(n) is nn.RMSNorm and tuple(n.normalized_shape) == (q.shape[-1],) and n.weight is not None
         and n.weight.dtype == q.dtype for n in norms)
 

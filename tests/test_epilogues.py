@@ -278,9 +278,10 @@ def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
         assert norm_rope == []
         calls.clear()
         y_shared = shared(**inputs)[0]
-    # q/k's RMSNorm + RoPE in one op: image and text parts of the double block apart, each single block's q and k
+    # q/k's RMSNorm + RoPE in one op: the double block's q and k (image tokens, the text ones as the front part), each
+    # single block's q and k
     n_img, n_txt = inputs["hidden_states"].shape[1], inputs["encoder_hidden_states"].shape[1]
-    assert sorted(norm_rope) == sorted([n_img, n_img, n_txt, n_txt] + [n_img + n_txt] * 4)
+    assert sorted(norm_rope) == sorted([n_img, n_img] + [n_img + n_txt] * 4)
     # rank 16 a layer: q/k/v and add_q/k/v of the double block (48 each), q/k/v/proj_mlp of each single block (64)
     assert calls.count(48) == 2 and calls.count(64) == 2 and calls.count(16) == len(calls) - 4
     assert n_alone == len(calls) + 2 * 2 + 2 * 3

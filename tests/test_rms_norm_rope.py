@@ -42,6 +42,27 @@ def test_reference_is_diffusers_bit_for_bit(dtype, B, S, H, D):
     assert torch.equal(ops.rms_norm_rope(x, w, 1e-6, cos, sin), ref)  # the op on the CPU is the reference
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_front_part_is_the_concatenation(dtype):
+    """With a front part (its own weight): cat of the two parts' norms, then the rotary embedding over all rows, as
+    FLUX's double blocks compute the text and image tokens' q / k."""
+    x, w, cos, sin = _inputs(2, 9, 3, 64, dtype, seed=4)
+    front, w0 = x[:, :4].contiguous(), (w.flip(0) * 0.7).to(dtype)
+    rest = x[:, 4:].contiguous()
+    out = ops.rms_norm_rope(rest, w, 1e-6, cos, sin, front, w0)
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    def norm(t, weight):
+        return torch.nn.functional.rms_norm(t, (64,), weight, 1e-6)
+
+    expected = apply_rotary_emb(torch.cat([norm(front, w0), norm(rest, w)], 1), (cos, sin), sequence_dim=1)
+    assert out.shape == x.shape and torch.equal(out, expected)
+    with pytest.raises(ValueError, match="front and front_weight go together"):
+        ops.rms_norm_rope(rest, w, 1e-6, cos, sin, front, None)
+    with pytest.raises(ValueError, match=r"cos must be float32 \[5, 64\]"):
+        ops.rms_norm_rope(rest, w, 1e-6, cos, sin, front[:, :0], w0)
+
+
 def test_errors_name_the_op_and_the_tensor():
     x, w, cos, sin = _inputs(1, 4, 2, 64, torch.bfloat16)
     with pytest.raises(ValueError, match=r"rms_norm_rope: x must be \[B, S, H, D\]"):
@@ -61,21 +82,27 @@ def test_compiles_without_graph_breaks():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("B,S,H,D", [(1, 4608, 24, 128), (2, 37, 3, 128), (1, 255, 5, 64), (3, 9, 2, 256)])
+@pytest.mark.parametrize("B,S,H,D", [(1, 4608, 24, 128), (2, 40, 3, 128), (2, 37, 3, 128), (1, 255, 5, 64),
+                                     (3, 9, 2, 256)])
 def test_kernel_matches_the_reference(dtype, B, S, H, D):
     """Within one 16-bit rounding of the reference (its sum of squares and rsqrt run in another order), nearly all
     outputs identical, every output written (the allocator's memory poisoned first), cos / sin rows taken from an
-    offset into a longer table (as the double blocks' image tokens do)."""
+    offset into a longer table, or a front part of 3 tokens with its own weight (as the double blocks' text q / k)."""
     from svdquant_hf.ops import build
 
     if build.load_extension() is None or not hasattr(build.load_extension(), "rms_norm_rope"):
         pytest.skip("the extension (with rms_norm_rope) is not built")
     x, w, cos, sin = _inputs(B, S + 3, H, D, dtype, seed=B + S, device="cuda")
-    x, cos, sin = x[:, 3:].contiguous(), cos[3:], sin[3:]
+    front, w0 = x[:, :3].contiguous(), w.flip(0).contiguous()
+    if S % 2:  # odd S: cos / sin rows at an offset (a table longer than the tokens)
+        x, cos, sin, front = x[:, 3:].contiguous(), cos[3:], sin[3:], None
+    else:  # even S: the first 3 tokens as the front part, with their own weight
+        x = x[:, 3:].contiguous()
     poison = torch.empty(2 * x.numel(), dtype=torch.uint8, device="cuda").fill_(0xFF)  # NaN in 16 bits
     del poison
-    y = ops.rms_norm_rope(x, w, 1e-6, cos, sin).cpu().float()
-    ref = rms_norm_rope_ref(x.cpu(), w.cpu(), 1e-6, cos.cpu(), sin.cpu()).float()
+    extra = () if front is None else (front, w0)
+    y = ops.rms_norm_rope(x, w, 1e-6, cos, sin, *extra).cpu().float()
+    ref = rms_norm_rope_ref(x.cpu(), w.cpu(), 1e-6, cos.cpu(), sin.cpu(), *(t.cpu() for t in extra)).float()
     assert torch.isfinite(y).all()
     assert float((y - ref).norm() / ref.norm()) < 4e-3
     assert float((y - ref).abs().max()) <= 2 ** -6 * float(ref.abs().max())

@@ -303,15 +303,17 @@ def _hand_over_fallbacks(ext) -> None:
 build.on_load(_hand_over_fallbacks)
 
 
-def rms_norm_rope_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
-                       sin: torch.Tensor) -> torch.Tensor:
-    """RMSNorm per head then the rotary embedding in one kernel (csrc/rms_norm_rope.cu) where it applies, else the
-    reference: head dims 64 / 128 / 256, 16-bit x and weight, fp32 cos / sin, all on x's GPU."""
-    check_rms_norm_rope_args(x, weight, cos, sin)
+def rms_norm_rope_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                       front: torch.Tensor | None = None, front_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm per head then the rotary embedding (after ``front``'s tokens) in one kernel (csrc/rms_norm_rope.cu)
+    where it applies, else the reference: head dims 64 / 128 / 256, 16-bit x and weights, fp32 cos / sin, all on
+    x's GPU."""
+    check_rms_norm_rope_args(x, weight, cos, sin, front, front_weight)
+    tensors = (weight, cos, sin) + (() if front is None else (front, front_weight))
 
     def supported(ext) -> bool:
         return (x.dtype in _KERNEL_DTYPES and x.shape[-1] in (64, 128, 256)
-                and all(t.device == x.device for t in (weight, cos, sin)))
+                and all(t.device == x.device for t in tensors))
 
     return _dispatch("rms_norm_rope", supported, rms_norm_rope_ref, x.contiguous(), weight, eps, cos.contiguous(),
-                     sin.contiguous())
+                     sin.contiguous(), None if front is None else front.contiguous(), front_weight)

@@ -166,24 +166,27 @@ def _w4a4_gemm_2l_fo_ep_impl(xq, xscale, qweight, wscales, wchannel, lr_act, pro
     return gemm_epilogue_ref(y32, lr_act.dtype, activation, prefix)
 
 
-# RMSNorm per head then the rotary embedding (FLUX's q / k; reference.rms_norm_rope_ref): one pass on CUDA.
+# RMSNorm per head then the rotary embedding (FLUX's q / k; reference.rms_norm_rope_ref), after a front part's tokens
+# (the double blocks' text q / k, their own weight) when given: one pass on CUDA.
 torch.library.define(
     "svdquant::rms_norm_rope",
-    "(Tensor x, Tensor weight, float eps, Tensor cos, Tensor sin) -> Tensor",
+    "(Tensor x, Tensor weight, float eps, Tensor cos, Tensor sin, Tensor? front=None, Tensor? front_weight=None) "
+    "-> Tensor",
     tags=_TAGS,
 )
 
 
 @torch.library.register_fake("svdquant::rms_norm_rope")
-def _(x, weight, eps, cos, sin):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
+def _(x, weight, eps, cos, sin, front=None, front_weight=None):
+    B, S, H, D = x.shape
+    return x.new_empty((B, S + (front.shape[1] if front is not None else 0), H, D))
 
 
 @torch.library.impl("svdquant::rms_norm_rope", "CompositeExplicitAutograd")
-def _rms_norm_rope_impl(x, weight, eps, cos, sin):
+def _rms_norm_rope_impl(x, weight, eps, cos, sin, front=None, front_weight=None):
     if x.is_cuda:
-        return _cuda.rms_norm_rope_cuda(x, weight, eps, cos, sin)
-    return rms_norm_rope_ref(x, weight, eps, cos, sin)
+        return _cuda.rms_norm_rope_cuda(x, weight, eps, cos, sin, front, front_weight)
+    return rms_norm_rope_ref(x, weight, eps, cos, sin, front, front_weight)
 
 
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
@@ -196,5 +199,5 @@ w8a4_gemm_2l = torch.ops.svdquant.w8a4_gemm_2l.default
 w4a4_gemm_2l_fo = torch.ops.svdquant.w4a4_gemm_2l_fo.default
 #: the fragment-order GEMM with its epilogue: cat([prefix, act(y)], 1) (prefix None: act(y)).
 w4a4_gemm_2l_fo_ep = torch.ops.svdquant.w4a4_gemm_2l_fo_ep.default
-#: RMSNorm per head (16-bit weight) then the rotary embedding: x [B, S, H, D], cos / sin [S, D] fp32.
+#: RMSNorm per head (16-bit weight) then the rotary embedding: x [B, S, H, D], cos / sin [S, D] fp32 (front: below).
 rms_norm_rope = torch.ops.svdquant.rms_norm_rope.default

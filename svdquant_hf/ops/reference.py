@@ -251,26 +251,53 @@ def gemm_epilogue_ref(
 
 
 def rms_norm_rope_ref(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    front: torch.Tensor | None = None,
+    front_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """torch's RMSNorm per head (a 16-bit weight: FLUX's norm_q / norm_k) then diffusers' rotary embedding on pairs
-    (2i, 2i+1) (apply_rotary_emb, use_real), with their roundings: x [B, S, H, D], cos / sin [S, D] fp32."""
-    check_rms_norm_rope_args(x, weight, cos, sin)
+    (2i, 2i+1) (apply_rotary_emb, use_real), with their roundings: x [B, S, H, D], cos / sin [S, D] fp32. With
+    ``front`` [B, S0, H, D] (its own weight; cos / sin then [S0 + S, D]): cat([front's, x's], 1), as FLUX's double
+    blocks concatenate the text tokens' q / k before the rotary embedding."""
+    check_rms_norm_rope_args(x, weight, cos, sin, front, front_weight)
     h = torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
+    if front is not None:
+        h = torch.cat([torch.nn.functional.rms_norm(front, (x.shape[-1],), front_weight, eps), h], 1)
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     real, imag = h.reshape(*h.shape[:-1], -1, 2).unbind(-1)
     rotated = torch.stack([-imag, real], dim=-1).flatten(3)
     return (h.float() * c + rotated.float() * s).to(h.dtype)
 
 
-def check_rms_norm_rope_args(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def check_rms_norm_rope_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    front: torch.Tensor | None = None,
+    front_weight: torch.Tensor | None = None,
+) -> None:
     """Clear errors for svdquant::rms_norm_rope's arguments."""
     op = "svdquant::rms_norm_rope"
     if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(f"{op}: x must be [B, S, H, D] with D even, got {tuple(x.shape)}")
-    S, D = x.shape[1], x.shape[3]
-    if tuple(weight.shape) != (D,) or weight.dtype != x.dtype:
-        raise ValueError(f"{op}: weight must be [{D}] in {x.dtype}, got {tuple(weight.shape)} in {weight.dtype}")
+    B, S, H, D = x.shape
+    if (front is None) != (front_weight is None):
+        raise ValueError(f"{op}: front and front_weight go together")
+    weights = [("weight", weight)]
+    if front is not None:
+        if front.dim() != 4 or (front.shape[0], front.shape[2], front.shape[3]) != (B, H, D) or front.dtype != x.dtype:
+            raise ValueError(f"{op}: front must be [{B}, S0, {H}, {D}] in {x.dtype}, got {tuple(front.shape)} in "
+                             f"{front.dtype}")
+        S += front.shape[1]
+        weights.append(("front_weight", front_weight))
+    for name, w in weights:
+        if tuple(w.shape) != (D,) or w.dtype != x.dtype:
+            raise ValueError(f"{op}: {name} must be [{D}] in {x.dtype}, got {tuple(w.shape)} in {w.dtype}")
     for name, t in (("cos", cos), ("sin", sin)):
         if tuple(t.shape) != (S, D) or t.dtype != torch.float32:
             raise ValueError(f"{op}: {name} must be float32 [{S}, {D}], got {t.dtype} {tuple(t.shape)}")

@@ -121,7 +121,7 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     torch.cuda.synchronize()
     print("wide low-rank case done")
 
-# q/k's RMSNorm + RoPE (rms_norm_rope.cu): each head dim, an odd token count, cos / sin rows at an offset
+# q/k's RMSNorm + RoPE (rms_norm_rope.cu): each head dim, an odd token count, cos / sin rows at an offset, a front part
 if hasattr(ext, "rms_norm_rope"):
     for D in (64, 128, 256):
         S, H = 37, 3
@@ -129,5 +129,6 @@ if hasattr(ext, "rms_norm_rope"):
         w = torch.rand(D, device="cuda", generator=g).to(torch.bfloat16)
         table = torch.rand(S + 5, D, device="cuda", generator=g)
         ext.rms_norm_rope(x, w, 1e-6, table[5:], table[5:])
+        ext.rms_norm_rope(x[:, 5:].contiguous(), w, 1e-6, table[:S], table[:S], x[:, :5].contiguous(), w)  # front
     torch.cuda.synchronize()
     print("rms_norm_rope case done")
