@@ -288,6 +288,8 @@ def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
     assert torch.equal(y_shared, y_alone)
     with torch.no_grad():
         compiled = torch.compile(shared, backend="aot_eager", fullgraph=True)(**inputs)[0]
+        batch = T.model_inputs(base, seed=4, batch=3)  # three images: the norm/RoPE op's front part per image
+        assert torch.equal(shared(**batch)[0], alone(**batch)[0])
     assert torch.equal(compiled, y_shared)
     assert set(unfuse_epilogues(shared)) == set(names)
     assert all("_svdquant_shared_inputs" not in vars(m) for m in shared.modules())
