@@ -11,7 +11,7 @@ modules' forward:
   concatenation kernel (which reads and writes the whole 15360-wide input).
 - FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
   identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
-  instead of four. The attention itself is diffusers' processor's computation (``dispatch_attention_fn``, the same
+  instead of four (layers that cannot share, e.g. with their own smoothing or a LoRA wrapper, are called one by one). The attention itself is diffusers' processor's computation (``dispatch_attention_fn``, the same
   function), with q/k's RMSNorm (torch's) and rotary embedding in one op (``svdquant::rms_norm_rope``, the same
   roundings: its reference is torch's rms_norm and diffusers' rotary formula); other processors, masks or extra
   arguments take the usual forward.
@@ -115,12 +115,13 @@ def _flux_attention_forward(
             raise ValueError(f"{type(self).__name__}: given projections need diffusers' FluxAttnProcessor, no mask "
                              f"and no further arguments")
         img = list(projections)
-    else:
-        layers = None if usual else _shared_group(self, _QKV, hidden_states)
-        if layers is None:
-            return type(self).forward(self, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
-                                      **kwargs)
-        img = _projections(layers, hidden_states)
+    elif usual:
+        return type(self).forward(self, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                                  **kwargs)
+    else:  # layers that cannot share (other smoothing, a LoRA wrapper) are called one by one
+        layers = _shared_group(self, _QKV, hidden_states)
+        img = (_projections(layers, hidden_states) if layers is not None
+               else [getattr(self, n)(hidden_states) for n in _QKV])
     txt = None
     if encoder_hidden_states is not None and self.added_kv_proj_dim is not None:
         layers = _shared_group(self, _ADDED_QKV, encoder_hidden_states)
@@ -237,12 +238,12 @@ def fuse_epilogues(model: nn.Module, share_inputs: bool = True, norm_rope: bool 
             module.forward = types.MethodType(_gelu_forward, module)
         elif _is_flux_single_block(module) and _fusable(module.proj_mlp):
             module.forward = types.MethodType(_flux_single_block_forward, module)
-            _track_sharing(module, ((*(f"attn.{n}" for n in _QKV), "proj_mlp"),))
-        elif (share_inputs and _is_flux_attention(module)
-              and any(isinstance(getattr(module, n, None), SVDQuantLinear) for n in _QKV)):
+            _track_sharing(module, ((*(f"attn.{n}" for n in _QKV), "proj_mlp"),) if share_inputs else ())
+        elif ((share_inputs or norm_rope) and _is_flux_attention(module)
+              and any(_fusable(getattr(module, n, None)) for n in _QKV)):
             module.forward = types.MethodType(_flux_attention_forward, module)
             module.__dict__[_NORM_ROPE] = norm_rope
-            _track_sharing(module, (_QKV, _ADDED_QKV))
+            _track_sharing(module, (_QKV, _ADDED_QKV) if share_inputs else ())
         else:
             continue
         module.__dict__[_MARK] = True

@@ -268,7 +268,7 @@ def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
     shared, alone = copy.deepcopy(base), copy.deepcopy(base)
     names = fuse_epilogues(shared)
     assert {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"} <= set(names)
-    assert "transformer_blocks.0.attn" not in fuse_epilogues(alone, share_inputs=False)
+    assert "transformer_blocks.0.attn" not in fuse_epilogues(alone, share_inputs=False, norm_rope=False)
     calls = _counting_quantizer(monkeypatch)
     norm_rope, real = [], ops.rms_norm_rope
     monkeypatch.setattr(ops, "rms_norm_rope", lambda x, *a: norm_rope.append(x.shape[1]) or real(x, *a))
@@ -301,7 +301,7 @@ def test_sharing_follows_the_smoothing_and_the_layers(tiny, monkeypatch):
     base, inputs = tiny
     shared, alone = copy.deepcopy(base), copy.deepcopy(base)
     fuse_epilogues(shared)
-    fuse_epilogues(alone, share_inputs=False)
+    fuse_epilogues(alone, share_inputs=False, norm_rope=False)
     sd = base.state_dict()
     key = "single_transformer_blocks.0.attn.to_k.smooth_factor"
     sd[key] = sd[key] * 1.5
@@ -311,10 +311,20 @@ def test_sharing_follows_the_smoothing_and_the_layers(tiny, monkeypatch):
     assert vars(shared.single_transformer_blocks[0].attn)["_svdquant_shared_inputs"] == ()
     assert len(vars(shared.single_transformer_blocks[1])["_svdquant_shared_inputs"]) == 1
     calls = _counting_quantizer(monkeypatch)
+    norm_rope, real = [], ops.rms_norm_rope
+    monkeypatch.setattr(ops, "rms_norm_rope", lambda x, *a: norm_rope.append(x.shape[1]) or real(x, *a))
     with torch.no_grad():
         y = shared(**inputs)[0]
         assert calls.count(64) == 1 and calls.count(48) == 2  # the first single block's four layers alone
+        assert len(norm_rope) == 6  # ... its q/k norm and RoPE still one op each
         assert torch.equal(y, alone(**inputs)[0])
+    only_norm_rope = copy.deepcopy(base)
+    fuse_epilogues(only_norm_rope, share_inputs=False)
+    only_norm_rope.load_state_dict(sd)
+    calls.clear()
+    with torch.no_grad():
+        assert torch.equal(only_norm_rope(**inputs)[0], alone(**inputs)[0])
+    assert 48 not in calls and 64 not in calls
     blk = shared.transformer_blocks[0]
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
