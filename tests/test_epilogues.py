@@ -389,3 +389,24 @@ def test_fused_flux_on_the_gpu_matches_unfused_eager_and_compiled():
         fused.compile_repeated_blocks(fullgraph=True)
         assert _rel(fused(**inputs)[0], y1) < 1e-2
         torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_quantizer_and_norm_rope_on_the_gpu(lora):
+    """On the GPU: the shared quantizer and the norm/RoPE kernel against the usual ops (diffusers' attention), within
+    rounding (the kernel's sum of squares, cuBLAS's down projection of another width); with a LoRA on every layer
+    (q/k/v called one by one, the norm/RoPE kernel still used) as well."""
+    model, inputs = _tiny_flux()
+    if lora:
+        model = _with_random_lora(model)
+    model.cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    plain, fused = copy.deepcopy(model), copy.deepcopy(model)
+    fuse_epilogues(plain, share_inputs=False, norm_rope=False)
+    names = fuse_epilogues(fused)
+    assert "single_transformer_blocks.0.attn" in names and "transformer_blocks.0.attn" in names
+    with torch.no_grad():
+        y0, y1 = plain(**inputs)[0], fused(**inputs)[0]
+    assert torch.isfinite(y1).all() and _rel(y1, y0) < 2e-2
