@@ -23,20 +23,9 @@ from .algorithm.groups import split_outputs
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .modules import SVDQuantLinear
+from .shared_input import quantize_alike
 
 FUSIONS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
-
-
-def _shares_input(mods: Sequence[nn.Module]) -> bool:
-    if not all(type(m) is SVDQuantLinear for m in mods):  # a PEFT-wrapped layer is not fused
-        return False
-    a = mods[0]
-    same = [(m.in_features, m.quant_format, m.group_size, m.weight_only, m.compute_dtype) for m in mods]
-    return (
-        len(set(same)) == 1
-        and all(torch.equal(m.smooth_factor, a.smooth_factor) for m in mods)
-        and (a.wtscale is None or all(torch.equal(m.wtscale, a.wtscale) for m in mods))
-    )
 
 
 def _shared_rank(mods: Sequence[SVDQuantLinear]) -> int:
@@ -155,7 +144,7 @@ def fuse_shared_input_projections(model: nn.Module) -> list[str]:
                     f"fuse_shared_input_projections"
                 )
         # diffusers' fused path computes every projection of the module from the fused layers: all or none
-        if not present or not all(_shares_input(mods) for _, _, mods in present):
+        if not present or not all(quantize_alike(mods) for _, _, mods in present):
             continue
         module._svdq_child_order = list(module._modules)
         for fused_name, members, mods in present:

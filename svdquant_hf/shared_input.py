@@ -17,13 +17,26 @@ from collections.abc import Sequence
 
 import torch
 
-from .fusion import _shares_input
 from .modules import SVDQuantLinear
 
 
+def quantize_alike(layers: Sequence[torch.nn.Module]) -> bool:
+    """Whether ``layers`` are plain SVDQuantLinear layers (no wrapper) that quantize a common input identically: the
+    same features, format, group size and compute dtype, and equal smoothing (a device sync)."""
+    if not all(type(m) is SVDQuantLinear for m in layers):
+        return False
+    a = layers[0]
+    same = [(m.in_features, m.quant_format, m.group_size, m.weight_only, m.compute_dtype) for m in layers]
+    return (
+        len(set(same)) == 1
+        and all(torch.equal(m.smooth_factor, a.smooth_factor) for m in layers)
+        and (a.wtscale is None or all(torch.equal(m.wtscale, a.wtscale) for m in layers))
+    )
+
+
 def shares_input(layers: Sequence[torch.nn.Module]) -> bool:
-    """Whether ``layers`` are plain int4_2l W4A4 SVDQuantLinear layers that quantize a common input identically."""
-    return (len(layers) > 1 and _shares_input(layers) and layers[0].quant_format == "int4_2l"
+    """Whether ``layers`` (two or more) can share one quantizer call: int4_2l W4A4 layers that quantize alike."""
+    return (len(layers) > 1 and quantize_alike(layers) and layers[0].quant_format == "int4_2l"
             and not layers[0].weight_only)
 
 
@@ -47,4 +60,4 @@ def quantize_shared(layers: Sequence[SVDQuantLinear], x: torch.Tensor) -> list[t
     return out
 
 
-__all__ = ["shares_input", "ready", "quantize_shared"]
+__all__ = ["quantize_alike", "shares_input", "ready", "quantize_shared"]
