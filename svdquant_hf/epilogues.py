@@ -11,10 +11,11 @@ modules' forward:
   concatenation kernel (which reads and writes the whole 15360-wide input).
 - FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
   identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
-  instead of four (layers that cannot share, e.g. with their own smoothing or a LoRA wrapper, are called one by one). The attention itself is diffusers' processor's computation (``dispatch_attention_fn``, the same
-  function), with q/k's RMSNorm (torch's) and rotary embedding in one op (``svdquant::rms_norm_rope``, the same
-  roundings: its reference is torch's rms_norm and diffusers' rotary formula); other processors, masks or extra
-  arguments take the usual forward.
+  instead of four (layers that cannot share, e.g. with their own smoothing or a LoRA wrapper, are called one by
+  one). The attention itself is diffusers' processor's computation (``dispatch_attention_fn``, the same function),
+  with q/k's RMSNorm (torch's) and rotary embedding in one op (``svdquant::rms_norm_rope``, the same roundings: its
+  reference is torch's rms_norm and diffusers' rotary formula); other processors, masks or extra arguments take the
+  usual forward.
 
 The fused path needs the layer's weights in fragment order (the Hopper GEMM; ``SVDQuantLinear.forward_fused``);
 otherwise the forward takes the usual ops, so fusing never changes what a model can do. LoRAs loaded later
@@ -72,18 +73,13 @@ def _sharing_groups(module: nn.Module, groups: tuple[tuple[str, ...], ...]) -> t
     """The groups (dotted names under ``module``) whose layers all exist and share their input quantization."""
     out = []
     for names in groups:
-        layers = [module.get_submodule(n) if _has(module, n) else None for n in names]
-        if all(m is not None for m in layers) and shared_input.shares_input(layers):
+        try:
+            layers = [module.get_submodule(n) for n in names]
+        except AttributeError:  # a member missing (a text-free attention has no add_*_proj)
+            continue
+        if shared_input.shares_input(layers):
             out.append(names)
     return tuple(out)
-
-
-def _has(module: nn.Module, name: str) -> bool:
-    try:
-        module.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
 
 
 def _shared_group(module: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> list[nn.Module] | None:
@@ -136,7 +132,8 @@ def _flux_attention_forward(
     if self.__dict__.get(_NORM_ROPE) and _norm_rope_fusable(norms, q, image_rotary_emb):  # one op per tensor
         cos, sin = image_rotary_emb
         if txt is None:
-            q, k = (ops.rms_norm_rope(t, n.weight, _eps(n, t.dtype), cos, sin) for t, n in ((q, norms[0]), (k, norms[1])))
+            q = ops.rms_norm_rope(q, norms[0].weight, _eps(norms[0], q.dtype), cos, sin)
+            k = ops.rms_norm_rope(k, norms[1].weight, _eps(norms[1], k.dtype), cos, sin)
         else:  # the text tokens' q / k first, with their own norms: the concatenation written by the same op
             q = ops.rms_norm_rope(q, norms[0].weight, _eps(norms[0], q.dtype), cos, sin, eq, norms[2].weight)
             k = ops.rms_norm_rope(k, norms[1].weight, _eps(norms[1], k.dtype), cos, sin, ek, norms[3].weight)
@@ -165,12 +162,13 @@ def _norm_rope_fusable(norms: tuple[nn.Module, ...], q: torch.Tensor, rotary: An
     """Whether the RMSNorms (torch's, as FLUX's attention has them, with a weight of q's 16-bit dtype, one epsilon) and
     a (cos, sin) rotary embedding of fp32 [tokens, head dim] can run as svdquant::rms_norm_rope."""
     if not (isinstance(rotary, tuple) and len(rotary) == 2 and rotary[0].dtype == torch.float32
-            and rotary[0].dim() == 2 and rotary[0].shape[-1] == q.shape[-1] and q.dim() == 4):
+            and rotary[0].dim() == 2 and rotary[0].shape[-1] == q.shape[-1] and q.dim() == 4
+            and q.dtype in (torch.bfloat16, torch.float16)):
         return False
-    eps = {_eps(n, q.dtype) for n in norms if type(n) is nn.RMSNorm}
-    return q.dtype in (torch.bfloat16, torch.float16) and len(eps) == 1 and all(
-        type(n) is nn.RMSNorm and tuple(n.normalized_shape) == (q.shape[-1],) and n.weight is not None
-        and n.weight.dtype == q.dtype for n in norms)
+    if not all(type(n) is nn.RMSNorm and tuple(n.normalized_shape) == (q.shape[-1],) and n.weight is not None
+               and n.weight.dtype == q.dtype for n in norms):
+        return False
+    return len({_eps(n, q.dtype) for n in norms}) == 1
 
 
 def _eps(norm: nn.Module, dtype: torch.dtype) -> float:
