@@ -33,7 +33,8 @@ and a bar chart when matplotlib is present.
       "_g": the same through svdquant_hf.enable_cuda_graphs (inputs copied into the graph's buffers, outputs cloned)
   python benchmarks/flux_e2e.py --variants svdq2l_fo_regional_cg,svdq2l_fo_ep_regional_cg  # _ep: GELU and the single
       blocks' concatenation in the GEMMs' epilogue, q/k/v (and proj_mlp) sharing one quantizer call
-      (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing; _nonr: without q/k's RMSNorm + RoPE as one op
+      (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing; _nonr: without q/k's RMSNorm + RoPE as one op;
+      _nr3: that op's previous kernel (version 3); _nogemv: a few tokens (AdaLN, M = batch) in the tile GEMM too
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import gc
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,6 +79,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_lora_regional",
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
     "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg", "svdq2l_fo_ep_nonr_regional_cg",
+    "svdq2l_fo_ep_nr3_regional_cg", "svdq2l_fo_ep_nogemv_regional_cg",
 )
 
 
@@ -286,7 +289,8 @@ def time_forward(
 # kernel-name substrings -> category, first match wins: Inductor's kernels first (it names a fused kernel after
 # the ops it feeds, e.g. triton_poi_fused_gelu_quantize_act_2l_3), then ours (their names also contain "gemm")
 KERNEL_CATEGORIES = (
-    ("triton", "triton (inductor)"), ("w4a4_gemm_2l", "svdq gemm 2l"), ("quantize_act_2l", "svdq quantize 2l"), ("w4a4_gemm", "svdq gemm int4"),
+    ("triton", "triton (inductor)"), ("w4a4_gemm_2l", "svdq gemm 2l"), ("gemv_2l", "svdq gemm 2l"),
+    ("quantize_act_2l", "svdq quantize 2l"), ("w4a4_gemm", "svdq gemm int4"),
     ("quantize_act", "svdq quantize int4"), ("flash", "attention"), ("fmha", "attention"),
     ("attention", "attention"), ("gemm", "cublas/cutlass gemm"),
     ("nvjet", "cublas/cutlass gemm"), ("xmma", "cublas/cutlass gemm"), ("cutlass", "cublas/cutlass gemm"),
@@ -320,7 +324,14 @@ def gpu_profile(model: nn.Module, inputs: dict) -> dict:
         if e.device_type == torch.autograd.DeviceType.CUDA:
             span = getattr(e, "time_range", None)  # kernel start / end on the profiler's clock (us)
             kernels.append((e.name, e.device_time, span.start if span else 0.0, span.end if span else 0.0))
-    return kernel_breakdown(kernels)
+    return kernel_breakdown(kernels) | {"sequence": sorted(kernels, key=lambda k: k[2])}
+
+
+def write_kernel_seq(path: Path, kernels: list[tuple[str, float, float, float]]) -> None:
+    """One line per kernel in start order: start (us from the first), duration (us), name (200 characters)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = kernels[0][2] if kernels else 0.0
+    path.write_text("".join(f"{k[2] - t0:.1f}\t{k[1]:.1f}\t{k[0][:200]}\n" for k in kernels))
 
 
 def set_kernel_switches(name: str) -> None:
@@ -329,7 +340,8 @@ def set_kernel_switches(name: str) -> None:
     _w8p: the producer loop where they do not), _np never (0), otherwise auto (-1, the default; see
     problems_2l.gemm_switches),
     _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
-    v2.17; persistent CTAs otherwise); _nowlr branch
+    v2.17; persistent CTAs otherwise); _nr3 rms_norm_rope's version-3 kernel; _nogemv the tile GEMM at every M (the
+    few-token kernel where measured faster otherwise); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
@@ -343,6 +355,10 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_rf_wide_lr("_nowlr" not in name)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_persistent"):
         ext.set_quantize_act_2l_persistent(0 if "_q1r" in name else 1, 0)
+    if ext is not None and hasattr(ext, "set_rms_norm_rope_version"):
+        ext.set_rms_norm_rope_version(3 if "_nr3" in name else 4)
+    if ext is not None and hasattr(ext, "set_gemv_2l_mode"):
+        ext.set_gemv_2l_mode(0 if "_nogemv" in name else -1)
 
 
 class GraphedForward(nn.Module):
@@ -477,6 +493,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="each forward timed alone (ms) and back to back (loop_ms) from the same model: one build")
     ap.add_argument("--profile", action="store_true",
                     help="also the summed kernel time of one forward (torch.profiler): how far eager is host-bound")
+    ap.add_argument("--kernel-seq", default=None, metavar="DIR",
+                    help="with --profile: each variant's kernels in launch order (start us, duration us, name) "
+                         "as DIR/<variant>_<res>_b<batch>.tsv")
     args = ap.parse_args(argv)
     config = TINY if args.tiny else FLUX_DEV
     dev = args.device
@@ -515,6 +534,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                         if args.profile:
                             prof = gpu_profile(model, inputs)
+                            seq = prof.pop("sequence")
+                            if args.kernel_seq:
+                                write_kernel_seq(Path(args.kernel_seq) / f"{variant}_{res}_b{batch}.tsv", seq)
                             row.update(gpu_busy_ms=prof["busy_ms"], gpu_span_ms=prof["span_ms"], kernels=prof)
                 except Exception as e:
                     row["error"] = f"{type(e).__name__}: {e}"[:300]

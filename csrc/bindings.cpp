@@ -374,7 +374,10 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
                          (int)M, (int)N, (int)K, (int)R, (int)group_size, frag && !w8, P + N, (int)act,
                          lr.stride(0)};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const cudaError_t err = svdq::launch_w4a4_gemm_2l(a, sms, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const bool gemv = svdq::gemv_2l_takes(a) && !svdq::gemm_2l_plan_forced();
+  const cudaError_t err = gemv ? svdq::launch_w4a4_gemv_2l(a, stream)
+                                                  : svdq::launch_w4a4_gemm_2l(a, sms, stream);
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
   return y;
 }
@@ -681,6 +684,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return std::make_tuple(p.tile_tokens, p.splits);
       },
       "M, N, K, num_sms -> (token tile, K splits) of the 2l GEMM");
+  m.def("set_rms_norm_rope_version", &svdq::set_rms_norm_rope_version, py::arg("version"),
+        "rms_norm_rope's kernel: 4 (default) a warp per token with 16-byte rows, 3 the previous one (benchmarks)");
+  m.def("rms_norm_rope_version", &svdq::rms_norm_rope_version, "see set_rms_norm_rope_version");
+  m.def("set_gemv_2l_mode", &svdq::set_gemv_2l_mode, py::arg("m"),
+        "the int4_2l GEMM's few-token kernel (dp4a weight stream): -1 where measured faster (default), 0 never, "
+        "1-8 for every M <= m");
+  m.def("gemv_2l_mode", &svdq::gemv_2l_mode, "see set_gemv_2l_mode");
+  m.def("gemv_2l_launches", &svdq::gemv_2l_launches, "how many times the few-token kernel was launched (tests)");
   m.def("set_gemm_2l_splits", &svdq::set_gemm_2l_splits, "force a 1/2/4/8-way K split (0: heuristic)");
   m.def("set_gemm_2l_w8_producer", &svdq::set_gemm_2l_w8_producer,
         "int8-weight GEMM: a producer warp on full/empty barriers per stage (True) or the shared loop (False)");

@@ -86,6 +86,8 @@ struct RmsNormRopeArgs {
   int S0 = 0;
 };
 bool rms_norm_rope_supported(int D);
+void set_rms_norm_rope_version(int v);  // 4 (default): a warp per token, 16-byte rows; 3: the previous kernel
+int rms_norm_rope_version();
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);
 
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
@@ -149,9 +151,20 @@ int gemm_2l_rf_warpgroups();
 void set_gemm_2l_rf_wide_lr(bool on);
 bool gemm_2l_rf_wide_lr();
 void set_gemm_2l_probe(int probe);
+// whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
+bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)
 bool gemm_2l_tma_store();
 constexpr int kMaxRank2l = 256;
+// A few tokens (w4a4_gemv_2l.cu, any architecture): a weight stream with dp4a instead of the tile GEMM; packed weights
+// with group 64, canonical or fragment order. set_gemv_2l_mode: -1 (default) where it was measured faster, 0 never,
+// m in 1..kGemvMaxTokens every M <= m (tests, benchmarks)
+constexpr int kGemvMaxTokens = 8;
+bool gemv_2l_takes(const W4A4Gemm2lArgs& a);
+cudaError_t launch_w4a4_gemv_2l(const W4A4Gemm2lArgs& a, cudaStream_t stream);
+void set_gemv_2l_mode(int m);
+int gemv_2l_mode();
+long long gemv_2l_launches();  // host-side count of its launches (tests: which kernel ran)
 // rows x row_bytes from src (rows lds_bytes apart) into dst (rows ldd_bytes apart): 16-byte vectors where aligned
 cudaError_t launch_copy_columns(void* dst, int64_t ldd_bytes, const void* src, int64_t lds_bytes, int64_t rows,
                                 int64_t row_bytes, cudaStream_t stream);

@@ -104,6 +104,70 @@ __global__ void __launch_bounds__(256) rms_norm_rope_kernel(const T* __restrict_
   }
 }
 
+// v4: one warp per token. A row of D values is D / 8 lanes' 16-byte vectors, so one load covers 256 / D of the
+// token's head rows; U such loads are in flight before the first row is reduced (FLUX, D = 128: 24 heads in 2
+// batches). The token's cos / sin and norm weight are read once per lane. Same formula as v3; the sum of squares
+// is reduced over the row's lanes in another order (both within one rounding of torch's).
+template <typename T, int D, int U = 6>
+__global__ void __launch_bounds__(128) rms_norm_rope_warp_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                                 const T* __restrict__ front, const T* __restrict__ w0,
+                                                                 const float* __restrict__ cosv,
+                                                                 const float* __restrict__ sinv, T* __restrict__ y,
+                                                                 int64_t tokens, int S, int S0, int H, float eps) {
+  constexpr int LPR = D / 8, RPL = 32 / LPR;  // lanes per row, rows per load
+  const int lane = threadIdx.x & 31;
+  const int64_t tok = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (tok >= tokens) return;
+  const int sub = lane / LPR, l = lane % LPR;
+  const int s = (int)(tok % S);
+  const int64_t b = tok / S;
+  const bool first = s < S0;
+  const T* src = first ? front + (b * S0 + s) * H * D : x + (b * (S - S0) + s - S0) * H * D;
+  const T* wp = first ? w0 : w;
+  float wt[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) wt[e] = Dt<T>::to_f(wp[l * 8 + e]);
+  uint32_t cw[8], sw[8];
+  load_words<8>(cosv + (int64_t)s * D + l * 8, cw);
+  load_words<8>(sinv + (int64_t)s * D + l * 8, sw);
+  for (int h0 = 0; h0 < H; h0 += U * RPL) {
+    uint32_t xw[U][4];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int h = h0 + u * RPL + sub;
+      if (h < H) load_words<4>(src + (int64_t)h * D + l * 8, xw[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (h0 + u * RPL >= H) break;  // uniform over the warp: no row of this load exists
+      const int h = h0 + u * RPL + sub;
+      float v[8];
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) v[e] = Dt<T>::bits_to_f(xw[u][e / 2] & 0xFFFFu), v[e + 1] = Dt<T>::bits_to_f(xw[u][e / 2] >> 16);
+      float ss = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) ss = __fadd_rn(ss, __fmul_rn(v[e], v[e]));
+#pragma unroll
+      for (int o = LPR / 2; o > 0; o >>= 1) ss = __fadd_rn(ss, __shfl_xor_sync(0xffffffffu, ss, o));
+      const float rstd = rsqrtf(__fadd_rn(__fdiv_rn(ss, (float)D), eps));
+#pragma unroll
+      for (int e = 0; e < 8; ++e) v[e] = Dt<T>::to_f(Dt<T>::from_f(__fmul_rn(__fmul_rn(v[e], rstd), wt[e])));
+      uint32_t out[4];
+#pragma unroll
+      for (int e = 0; e < 8; e += 2) {
+        const float c0 = __uint_as_float(cw[e]), c1 = __uint_as_float(cw[e + 1]);
+        const float s0 = __uint_as_float(sw[e]), s1 = __uint_as_float(sw[e + 1]);
+        const float y0 = __fadd_rn(__fmul_rn(v[e], c0), __fmul_rn(-v[e + 1], s0));
+        const float y1 = __fadd_rn(__fmul_rn(v[e + 1], c1), __fmul_rn(v[e], s1));
+        out[e / 2] = Dt<T>::pack2(y0, y1);
+      }
+      if (h < H) store_words<4>(y + (tok * H + h) * D + l * 8, out);
+    }
+  }
+}
+
+int g_version = 4;  // 3: one block per token at a time, E values per lane (benchmarks: set_rms_norm_rope_version)
+
 template <typename T>
 cudaError_t launch_t(const RmsNormRopeArgs& a, int blocks, cudaStream_t stream) {
   const T* x = static_cast<const T*>(a.x);
@@ -112,10 +176,15 @@ cudaError_t launch_t(const RmsNormRopeArgs& a, int blocks, cudaStream_t stream) 
   const T* w0 = static_cast<const T*>(a.front_weight);
   T* y = static_cast<T*>(a.y);
   const int64_t tokens = a.rows / a.H;
+  const unsigned warp_blocks = (unsigned)((tokens + 3) / 4);
 #define SVDQ_RNR_CASE(DD, EE)                                                                                        \
   case DD:                                                                                                          \
-    rms_norm_rope_kernel<T, EE><<<blocks, 256, 0, stream>>>(x, w, x0, w0, a.cos, a.sin, y, tokens, a.S, a.S0, a.H, \
-                                                            a.eps);                                                 \
+    if (g_version == 4)                                                                                             \
+      rms_norm_rope_warp_kernel<T, DD><<<warp_blocks, 128, 0, stream>>>(x, w, x0, w0, a.cos, a.sin, y, tokens, a.S, \
+                                                                       a.S0, a.H, a.eps);                           \
+    else                                                                                                            \
+      rms_norm_rope_kernel<T, EE><<<blocks, 256, 0, stream>>>(x, w, x0, w0, a.cos, a.sin, y, tokens, a.S, a.S0,   \
+                                                              a.H, a.eps);                                          \
     break;
   switch (a.D) {
     SVDQ_RNR_CASE(64, 2)
@@ -130,6 +199,8 @@ cudaError_t launch_t(const RmsNormRopeArgs& a, int blocks, cudaStream_t stream) 
 }  // namespace
 
 bool rms_norm_rope_supported(int D) { return D == 64 || D == 128 || D == 256; }
+void set_rms_norm_rope_version(int v) { g_version = v == 3 ? 3 : 4; }
+int rms_norm_rope_version() { return g_version; }
 
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream) {
   if (!rms_norm_rope_supported(a.D) || a.H <= 0 || a.rows % a.H) return cudaErrorInvalidValue;

@@ -168,14 +168,6 @@ __device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (
   wgmma_wait<0>();
 }
 
-// GELU, tanh approximation (torch's approximate="tanh"), as x * sigmoid(2u) = x / (1 + e^(-2u)),
-// u = sqrt(2 / pi) (x + 0.044715 x^3); ex2.approx and the fast divide: within ~1e-6 relative of the fp32 formula,
-// far below the 16-bit output's rounding (the limits hold: e^(-2u) -> inf gives -0, -> 0 gives x).
-__device__ __forceinline__ float gelu_tanh(float x) {
-  const float u = x * (0.7978845608f + 0.0356774081f * x * x);
-  return __fdividef(x, 1.f + __expf(-2.f * u));
-}
-
 // 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
 // (left in flight: PS waits for it before the staging is rewritten, and before exit)
 __device__ __forceinline__ void tma_store_2d_async(const CUtensorMap* map, uint32_t src, int c0, int c1) {
@@ -954,6 +946,10 @@ int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 5 ? probe : 0; }
+bool gemm_2l_plan_forced() {
+  return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||
+         g_trace || g_tma_store || g_w8_producer;
+}
 
 
 

@@ -117,6 +117,14 @@ def test_kernel_breakdown_categories_span_and_top():
     assert out["top_kernels"][0]["count"] == 2
 
 
+def test_kernel_sequence_file_is_in_start_order(tmp_path):
+    kernels = [("b_kernel", 5.0, 30.0, 35.0), ("a_kernel", 10.0, 12.5, 22.5)]
+    path = tmp_path / "seq" / "v_1024_b1.tsv"
+    flux_e2e.write_kernel_seq(path, sorted(kernels, key=lambda k: k[2]))
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    assert lines == [["0.0", "10.0", "a_kernel"], ["17.5", "5.0", "b_kernel"]]
+
+
 def test_state_bytes_counts_the_inner_tensors_of_wrapper_subclasses():
     """torchao's fp8 weights are wrapper tensor subclasses that own no storage: their inner tensors are counted
     (the first H200 table reported 0.01 GiB for the fp8 model)."""

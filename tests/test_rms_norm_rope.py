@@ -83,15 +83,31 @@ def test_compiles_without_graph_breaks():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,S,H,D", [(1, 4608, 24, 128), (2, 40, 3, 128), (2, 37, 3, 128), (1, 255, 5, 64),
-                                     (3, 9, 2, 256)])
-def test_kernel_matches_the_reference(dtype, B, S, H, D):
+                                     (3, 9, 2, 256), (1, 7, 13, 128), (2, 5, 7, 64)])
+@pytest.mark.parametrize("version", [4, 3])
+def test_kernel_matches_the_reference(dtype, B, S, H, D, version):
     """Within one 16-bit rounding of the reference (its sum of squares and rsqrt run in another order), nearly all
     outputs identical, every output written (the allocator's memory poisoned first), cos / sin rows taken from an
-    offset into a longer table, or a front part of 3 tokens with its own weight (as the double blocks' text q / k)."""
+    offset into a longer table, or a front part of 3 tokens with its own weight (as the double blocks' text q / k);
+    both kernels (4: a warp per token, the default; 3: the previous one), head counts that leave a warp's last load
+    part-filled (13 heads of 128, 7 of 64)."""
     from svdquant_hf.ops import build
 
-    if build.load_extension() is None or not hasattr(build.load_extension(), "rms_norm_rope"):
+    ext = build.load_extension()
+    if ext is None or not hasattr(ext, "rms_norm_rope"):
         pytest.skip("the extension (with rms_norm_rope) is not built")
+    if hasattr(ext, "set_rms_norm_rope_version"):
+        ext.set_rms_norm_rope_version(version)
+    elif version != 4:
+        pytest.skip("one kernel version in this build")
+    try:
+        _check_kernel(dtype, B, S, H, D)
+    finally:
+        if hasattr(ext, "set_rms_norm_rope_version"):
+            ext.set_rms_norm_rope_version(4)
+
+
+def _check_kernel(dtype, B, S, H, D):
     x, w, cos, sin = _inputs(B, S + 3, H, D, dtype, seed=B + S, device="cuda")
     front, w0 = x[:, :3].contiguous(), w.flip(0).contiguous()
     if S % 2:  # odd S: cos / sin rows at an offset (a table longer than the tokens)

@@ -28,7 +28,7 @@ print("sanitize case done", float(y.float().abs().sum()))
 # every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
 from svdquant_hf.ops.layout_2l import fragment_order  # noqa: E402
-from svdquant_hf.ops.reference import weight_operand_2l  # noqa: E402
+from svdquant_hf.ops.reference import quantize_act_2l_ref, weight_operand_2l  # noqa: E402
 
 for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
                           (700, 256, 3072, 32, 64), (201, 512, 768, 32, 64)]:
@@ -120,6 +120,29 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")):
     ext.set_gemm_2l_tile_tokens(0)
     torch.cuda.synchronize()
     print("wide low-rank case done")
+
+# the few-token kernel (w4a4_gemv_2l.cu, M <= 8): both weight orders, both dtypes, a bias, the GELU epilogue after a
+# prefix, low-rank activations as a column block of a wider matrix
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemv_2l_mode"):
+    ext.set_gemv_2l_mode(8)
+    launches = ext.gemv_2l_launches()
+    for dtype, (M, K, N, R) in [(torch.bfloat16, (1, 3072, 384, 32)), (torch.float16, (3, 256, 128, 16)),
+                                (torch.bfloat16, (8, 1152, 256, 64))]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
+        pd = torch.randn(K, 2 * R, device="cuda", generator=g).to(dtype)
+        xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, 64)  # K = 1152: not a multiple of 256 (the quantizer's)
+        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+        wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
+        wch = torch.rand(N, device="cuda", generator=g)
+        pu = torch.randn(N, R, device="cuda", generator=g).to(dtype)
+        b = torch.randn(N, device="cuda", generator=g).to(dtype)
+        ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr[:, R:], pu, b, 64)
+        pre = torch.randn(M, 24, device="cuda", generator=g).to(dtype)
+        ext.w4a4_gemm_2l_fo_ep(xq, xs, fragment_order(qw), wsc, wch, lr[:, :R], pu, None, 64, 1, pre)
+    ext.set_gemv_2l_mode(-1)
+    torch.cuda.synchronize()
+    print(f"few-token case done ({ext.gemv_2l_launches() - launches} launches)")
 
 # q/k's RMSNorm + RoPE (rms_norm_rope.cu): each head dim, an odd token count, cos / sin rows at an offset, a front part
 if hasattr(ext, "rms_norm_rope"):

@@ -73,6 +73,20 @@ def _forced_plan(ext, tile: int = 0, splits: int = 0):
         ext.set_gemm_2l_rf_warpgroups(0, 0)
 
 
+@contextlib.contextmanager
+def _gemv_mode(ext, mode: int):
+    """The few-token kernel (w4a4_gemv_2l.cu) forced for a block: 0 never (every M in the tile GEMM), m every M <= m."""
+    ext.set_gemv_2l_mode(mode)
+    try:
+        yield
+    finally:
+        ext.set_gemv_2l_mode(-1)
+
+
+def _tile_gemm(ext):
+    return _gemv_mode(ext, 0)
+
+
 def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
     _poison(4 * xq.shape[0] * qw.shape[0], 0xFF)  # NaN in bf16/fp16
     return ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
@@ -1005,8 +1019,11 @@ def test_gemm_2l_low_rank_activations_as_columns_of_a_wider_matrix(hopper, M, K,
     for c in (1, 2):
         lr = lr_all[:, c * R : (c + 1) * R]
         assert M == 1 or not lr.is_contiguous()
-        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr.contiguous(), pu, b, gs)
-        assert torch.equal(_gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs), ref)
+        with _tile_gemm(hopper):
+            ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr.contiguous(), pu, b, gs)
+            assert torch.equal(_gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs), ref)
+        few = _gemm(hopper, xq, xs, qw, wsc, wch, lr.contiguous(), pu, b, gs)  # the few-token kernel at M = 1
+        assert torch.equal(_gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs), few)
         for bt, splits, persistent in itertools.product(hopper.gemm_2l_tiles, (1, 2), (1, 0)):
             if persistent and splits > 1:
                 continue
@@ -1032,7 +1049,8 @@ def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, M, K
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=R)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     qf = fragment_order(qw)
-    ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
+    with _tile_gemm(hopper):
+        ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
     try:
         for wide in (True, False):
             hopper.set_gemm_2l_rf_wide_lr(wide)
@@ -1045,3 +1063,76 @@ def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, M, K
                 assert torch.equal(y, ref), f"wide {wide}, tile {bt}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
     finally:
         hopper.set_gemm_2l_rf_wide_lr(True)
+
+
+# --- the few-token kernel (csrc/w4a4_gemv_2l.cu): M <= 8, group 64, canonical or fragment order ---------------------
+
+
+@pytest.mark.parametrize("frag", [False, True], ids=["canonical", "fragment_order"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K,N,R", [(1, 3072, 18432, 32), (2, 128, 128, 16), (3, 1152, 384, 48), (5, 15360, 3072, 32),
+                                     (8, 3072, 9216, 64), (1, 256, 3072, 128)])
+def test_gemv_2l_matches_the_reference_and_writes_every_output(hopper, frag, dtype, M, K, N, R):
+    """A few tokens in the dp4a weight stream (forced for every M <= 8 here): within 16-bit rounding of the reference
+    (only the fp32 order of the low-rank sum differs from the tile GEMM), every element written (poisoned first,
+    three launches); no branch and no bias: the reference's bits (the integer part exact) and the tile GEMM's bits.
+    K = 128 and 1152 (1 and 9 stages over the block's 4 warps) take the reference quantizer (the kernel needs K %
+    256 == 0)."""
+    gs = 64
+    assert hopper.gemv_2l_mode() == -1
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=N + R)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs) if K % 256 == 0 else quantize_act_2l_ref(x, smooth, pd, gs)
+    w = fragment_order(qw) if frag else qw
+    run = hopper.w4a4_gemm_2l_fo if frag else hopper.w4a4_gemm_2l
+    ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs, fp32_out=True)
+    with _gemv_mode(hopper, 8):
+        launches = hopper.gemv_2l_launches()
+        for _ in range(3):
+            _poison(4 * M * N, 0xFF)
+            y = run(xq, xs, w, wsc, wch, lr, pu, b, gs)
+            assert y is not None, hopper.last_error()
+            assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+            torch.testing.assert_close(y.float(), ref.to(dtype).float(), rtol=2**-7, atol=1e-3)
+        assert hopper.gemv_2l_launches() - launches == 3
+        assert (y == ref.to(dtype)).float().mean() > 0.9
+        zero_pu = torch.zeros_like(pu)
+        exact = run(xq, xs, w, wsc, wch, lr, zero_pu, None, gs)
+    assert torch.equal(exact, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, zero_pu, None, gs))
+    with _tile_gemm(hopper):
+        assert torch.equal(run(xq, xs, w, wsc, wch, lr, zero_pu, None, gs), exact)
+
+
+@pytest.mark.parametrize("M,K", [(1, 3072), (2, 12288), (4, 3072), (4, 12288), (8, 3072), (9, 3072)])
+def test_gemv_2l_auto_mode_epilogue_and_columns(hopper, M, K):
+    """The default mode sends M <= 2, and M = 4 at K <= 4096, to the few-token kernel (where it was measured faster),
+    the rest to the tile GEMM; through the epilogue op (GELU, a prefix) and with the low-rank activations as a column
+    block of a wider matrix it gives what the tile GEMM gives within 16-bit rounding, the prefix's bits, and the bits
+    of a contiguous copy."""
+    from svdquant_hf.ops.reference import gemm_epilogue_ref
+
+    N, R, P, gs = 3072, 32, 64, 64
+    x, smooth, pd = _acts(M, K, 2 * R, torch.bfloat16, seed=M + 40)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=M + 41)
+    xq, xs, lr_all = _quantize(hopper, x, smooth, pd, gs)
+    lr = lr_all[:, R:]
+    qf = fragment_order(qw)
+    prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16)
+    ref = gemm_epilogue_ref(w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs, fp32_out=True), torch.bfloat16, 1,
+                            prefix)
+    _poison(2 * M * (N + P) + 4096, 0xFF)
+    launches = hopper.gemv_2l_launches()
+    y = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, prefix)
+    assert hopper.gemv_2l_launches() - launches == int(M <= 2 or (M <= 4 and K <= 4096))
+    assert torch.isfinite(y).all() and torch.equal(y[:, :P], prefix)
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2**-7, atol=1e-3)
+    assert torch.equal(y, hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr.contiguous(), pu, b, gs, 1, prefix))
+    with _gemv_mode(hopper, 8):
+        forced = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, prefix)
+    if M <= 8:
+        torch.testing.assert_close(forced.float(), ref.float(), rtol=2**-7, atol=1e-3)
+    launches = hopper.gemv_2l_launches()
+    with _tile_gemm(hopper):
+        tile = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, gs, 1, prefix)
+    assert hopper.gemv_2l_launches() == launches
+    torch.testing.assert_close(y.float(), tile.float(), rtol=2**-7, atol=1e-3)
