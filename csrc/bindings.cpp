@@ -241,11 +241,19 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
   return y;
 }
 
+// x2_in: the activations are cat([x_in, x2_in], 1), read in place (quantize_act_2l_cat; K1 = x_in's width % 8 == 0)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor& x_in, const at::Tensor& smooth_in,
-                                                               const at::Tensor& pd_in, int64_t group_size) {
+                                                               const at::Tensor& pd_in, int64_t group_size,
+                                                               const c10::optional<at::Tensor>& x2_in = c10::nullopt) {
   SVDQ_REQUIRE(x_in.is_cuda() && x_in.dim() == 2 && is_16bit(x_in),
                "svdquant quantize_act_2l: x must be a 2-D bfloat16/float16 CUDA tensor");
-  const int64_t M = x_in.size(0), K = x_in.size(1);
+  const int64_t M = x_in.size(0), K1 = x_in.size(1), K = K1 + (x2_in.has_value() ? x2_in->size(1) : 0);
+  if (x2_in.has_value()) {
+    SVDQ_REQUIRE(x2_in->dim() == 2 && x2_in->size(0) == M && K1 % 8 == 0,
+                 "svdquant quantize_act_2l_cat: b must be [", M, ", K2] and a's width a multiple of 8");
+    const std::string e = mismatch(*x2_in, x_in, x_in.scalar_type(), "b");
+    SVDQ_REQUIRE(e.empty(), e);
+  }
   SVDQ_REQUIRE(group_size == 32 || group_size == 64 || group_size == 128,
                "svdquant quantize_act_2l: group_size must be 32, 64 or 128, got ", group_size);
   SVDQ_REQUIRE(smooth_in.dim() == 1 && smooth_in.size(0) == K, "svdquant quantize_act_2l: smooth must be [", K, "]");
@@ -257,6 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   }
   SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   at::Tensor x = prep(x_in), smooth = prep(smooth_in);
+  const at::Tensor x2 = x2_in.has_value() ? prep(*x2_in) : at::Tensor();
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
   auto rcp = at::empty({K}, x.options().dtype(at::kFloat));
@@ -264,11 +273,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
                             xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   const at::Tensor pd = pd_in.contiguous();
+  if (x2.defined()) a.x2 = x2.data_ptr(), a.K1 = (int)K1;
+  // out = cat([x, x2], 1) @ pd: two cuBLAS calls for a pair, the wider part first (FLUX: the MLP's 12288 columns). On
+  // the side stream the first call overlaps the quantizer, the second waits for SMs the quantizer frees at its end
+  // (H200: with the attention's 3072 columns first, the MLP's part ran after the quantizer, +25 us)
+  const auto down_projection = [&](at::Tensor& out) {
+    if (!x2.defined()) return void(at::mm_out(out, x, pd));
+    const bool second_wider = K - K1 >= K1;
+    const at::Tensor& wide = second_wider ? x2 : x;
+    const at::Tensor& narrow = second_wider ? x : x2;
+    at::mm_out(out, wide, second_wider ? pd.narrow(0, K1, K - K1) : pd.narrow(0, 0, K1));
+    out.addmm_(narrow, second_wider ? pd.narrow(0, 0, K1) : pd.narrow(0, K1, K - K1));
+  };
   at::Tensor lr;
   const int R = (int)pd.size(1);
   const cudaDeviceProp* prop =
       R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
-  if (prop && prop->major == 9 && prop->minor == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+  if (prop && !x2.defined() && prop->major == 9 && prop->minor == 0 &&
+      reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 &&
       svdq::quantize_act_2l_fused_supported((int)M, (int)K, R, (int)group_size, prop->multiProcessorCount)) {
     // opt-in on Hopper: one kernel reads x once for both the quantization and the down projection
@@ -296,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
     {
       c10::cuda::CUDAStreamGuard on_side(side.stream);
-      at::mm_out(lr, x, pd);
+      down_projection(lr);
     }
     const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
     C10_CUDA_CHECK(cudaEventRecord(side.join, side.stream.stream()));
@@ -306,7 +328,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   }
   const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
-  if (pd.size(1)) lr = at::mm(x, pd);
+  if (pd.size(1)) {
+    lr = at::empty({M, pd.size(1)}, x.options());
+    down_projection(lr);
+  }
   return {xq, xscale, lr};
 }
 
@@ -629,7 +654,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_int4_mma", &svdq::gemm_int4_mma, "whether the int4 GEMM runs the 4-bit MMA for this group size");
   m.def("last_error", &last_error, "message of the last rejected call (calls return None on error)");
   m.attr("max_fused_rank") = svdq::kMaxFusedRank;
-  m.def("quantize_act_2l", &quantize_act_2l, "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
+  m.def(
+      "quantize_act_2l",
+      [](const at::Tensor& x, const at::Tensor& smooth, const at::Tensor& pd, int64_t gs) {
+        return quantize_act_2l(x, smooth, pd, gs);
+      },
+      "x, smooth, proj_down, group_size -> (xq, xscale, lr)");
+  m.def(
+      "quantize_act_2l_cat",
+      [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& smooth, const at::Tensor& pd, int64_t gs) {
+        return quantize_act_2l(a, smooth, pd, gs, b);
+      },
+      "quantize_act_2l of cat([a, b], 1), read in place: a, b, smooth, proj_down, group_size -> (xq, xscale, lr)");
   m.def("w4a4_gemm_2l", &w4a4_gemm_2l,
         "xq, xscale, qweight, wscales, wchannel, lr, proj_up, bias, group_size -> y (sm_90a)");
   m.def("w4a4_gemm_2l_fo", &w4a4_gemm_2l_fo,

@@ -48,6 +48,8 @@ struct QuantizeAct2lArgs {
   const void* proj_down = nullptr;  // [K, R]: the fused kernel (Hopper) computes lr = x @ proj_down too
   void* lr = nullptr;               // [M, R]
   int R = 0;
+  const void* x2 = nullptr;  // per-row kernel: the rows are cat([x [M, K1], x2 [M, K - K1]]), K1 % 8 == 0
+  int K1 = 0;
 };
 
 struct W4A4Gemm2lArgs {

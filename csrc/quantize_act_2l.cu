@@ -56,7 +56,9 @@ __device__ __forceinline__ void row_wait(int pending) {  // at most `pending` (0
 // Persistent: CTA b quantizes rows b, b + gridDim.x, ...; the next S - 1 of its rows stream into a ring of S
 // shared-memory rows while it quantizes the current one from registers.
 template <typename T, int V, int G>
-__global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const float* __restrict__ rcp,
+// x2 (K1 < K): the row is cat([x[m] (K1 values), x2[m] (K - K1 values)]), read in place (K1 % 8 == 0).
+__global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const T* __restrict__ x2,
+                                                               int K1, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
                                                                int M, int K, int S) {
   constexpr int VPG = G / 8;  // 16-byte vectors per group = consecutive lanes sharing a group
@@ -67,9 +69,13 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
   const int vpr = K / 8;
   auto fetch = [&](int m, int stage) {  // row m into the ring (past the end: an empty group)
     if (m < M) {
-      const uint4* src = reinterpret_cast<const uint4*>(x + (int64_t)m * K);
+      const uint4* src = reinterpret_cast<const uint4*>(x + (int64_t)m * K1);
+      const uint4* src2 = reinterpret_cast<const uint4*>(x2 + (int64_t)m * (K - K1)) - K1 / 8;
 #pragma unroll
-      for (int i = 0; i < V; ++i) row_copy16(ring + stage * vpr + tid + i * nthr, src + tid + i * nthr);
+      for (int i = 0; i < V; ++i) {
+        const int v = tid + i * nthr;
+        row_copy16(ring + stage * vpr + v, (v < K1 / 8 ? src : src2) + v);
+      }
     }
     row_commit();
   };
@@ -223,8 +229,9 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   e = launch_limits(kern, threads, smem, &fit, &lim);  // (raises the kernel's shared-memory limit once)
   if (e != cudaSuccess) return e;
   g_last_ctas = ctas;
-  quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), a.rcp, a.xq, a.xscale,
-                                                              a.M, a.K, S);
+  const int K1 = a.x2 ? a.K1 : a.K;
+  quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.x2),
+                                                              K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
   return cudaGetLastError();
 }
 

@@ -6,9 +6,10 @@ modules' forward:
 - diffusers' ``GELU`` activation (``approximate="tanh"``: FLUX's feed-forwards ``ff`` / ``ff_context``) whose ``proj``
   is an SVDQuantLinear: the GELU runs on the GEMM's fp32 result before it is rounded, so no separate GELU kernel
   reads and writes the 4x-wide hidden state.
-- FLUX's ``FluxSingleTransformerBlock``: ``proj_mlp``'s GELU in its epilogue, and its output written after the
-  attention output's columns in one allocation, i.e. ``proj_out``'s input ``cat([attn, gelu(mlp)])`` without the
-  concatenation kernel (which reads and writes the whole 15360-wide input).
+- FLUX's ``FluxSingleTransformerBlock``: ``proj_mlp``'s GELU in its epilogue, and ``proj_out``'s input
+  ``cat([attn, gelu(mlp)])`` never written: ``proj_out`` quantizes the two parts where they lie
+  (``svdquant::quantize_act_2l_cat``; with ``cat_in_place=False``, or a ``proj_out`` off the fused path,
+  ``proj_mlp`` writes its output after a copy of the attention's columns in one allocation instead).
 - FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
   identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
   instead of four (layers that cannot share, e.g. with their own smoothing or a LoRA wrapper, are called one by
@@ -41,6 +42,7 @@ from .ops import library as ops
 _MARK = "_svdquant_epilogue"
 _SHARED = "_svdquant_shared_inputs"  # the groups of a module's layers that share one quantizer call (names)
 _NORM_ROPE = "_svdquant_norm_rope"  # whether the attention runs q/k's RMSNorm + RoPE as one op
+_CAT_QUANTIZE = "_svdquant_cat_quantize"  # whether a single block's proj_out quantizes its two inputs in place
 _QKV = ("to_q", "to_k", "to_v")
 _ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -207,27 +209,38 @@ def _flux_single_block_forward(
     attn_forward = getattr(self.attn.__dict__.get("forward"), "__func__", None)
     if not joint_attention_kwargs and attn_forward is _flux_attention_forward and _default_flux_processor(self.attn):
         layers = _shared_group(self, group, normed)
+    # proj_out quantizes cat([attention, GELU(mlp)]) where it lies (no prefix copy), where it takes the fused path
+    cat_in_place = self.__dict__.get(_CAT_QUANTIZE) and type(self.proj_out) is SVDQuantLinear and \
+        self.proj_out.fused_path_ready(normed)
     if layers is None:
         attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {}))
-        joint = self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn)
+        mlp_kwargs = {}
     else:  # one quantizer call for q, k, v and the MLP
         quantized = shared_input.quantize_shared(layers, normed)
         qkv = tuple(m.forward_fused(normed, quantized=q) for m, q in zip(layers[:3], quantized[:3]))
         attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, projections=qkv)
-        joint = self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn, quantized=quantized[3])
-    x = x + gate.unsqueeze(1) * self.proj_out(joint)
+        mlp_kwargs = {"quantized": quantized[3]}
+    if cat_in_place:
+        out = self.proj_out.forward_cat(attn, self.proj_mlp.forward_fused(normed, "gelu_tanh", **mlp_kwargs))
+    else:
+        out = self.proj_out(self.proj_mlp.forward_fused(normed, "gelu_tanh", prefix=attn, **mlp_kwargs))
+    x = x + gate.unsqueeze(1) * out
     if x.dtype == torch.float16:
         x = x.clip(-65504, 65504)
     return x[:, :n_txt], x[:, n_txt:]
 
 
-def fuse_epilogues(model: nn.Module, share_inputs: bool = True, norm_rope: bool = True) -> list[str]:
+def fuse_epilogues(
+    model: nn.Module, share_inputs: bool = True, norm_rope: bool = True, cat_in_place: bool = True
+) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
     Modules whose layer is neither an SVDQuantLinear nor svdquant's LoRA layer on one are left alone; at run time
     the fused forward falls back to the usual ops where the layer cannot take the fused path (module docstring).
     ``share_inputs``: FLUX attention's q/k/v (and single blocks' MLP) share one quantizer call where they can;
-    ``norm_rope``: and that attention runs q/k's RMSNorm and rotary embedding as one op (svdquant::rms_norm_rope)."""
+    ``norm_rope``: and that attention runs q/k's RMSNorm and rotary embedding as one op (svdquant::rms_norm_rope);
+    ``cat_in_place``: single blocks' ``proj_out`` quantizes ``cat([attention, GELU(mlp)])`` where its two parts lie
+    (svdquant::quantize_act_2l_cat) instead of ``proj_mlp`` writing the concatenation after a copy of the attention."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
@@ -236,6 +249,7 @@ def fuse_epilogues(model: nn.Module, share_inputs: bool = True, norm_rope: bool 
             module.forward = types.MethodType(_gelu_forward, module)
         elif _is_flux_single_block(module) and _fusable(module.proj_mlp):
             module.forward = types.MethodType(_flux_single_block_forward, module)
+            module.__dict__[_CAT_QUANTIZE] = cat_in_place
             _track_sharing(module, ((*(f"attn.{n}" for n in _QKV), "proj_mlp"),) if share_inputs else ())
         elif ((share_inputs or norm_rope) and _is_flux_attention(module)
               and any(_fusable(getattr(module, n, None)) for n in _QKV)):
@@ -273,6 +287,7 @@ def unfuse_epilogues(model: nn.Module) -> list[str]:
         del module.__dict__[_MARK], module.__dict__["forward"]
         module.__dict__.pop(_SHARED, None)
         module.__dict__.pop(_NORM_ROPE, None)
+        module.__dict__.pop(_CAT_QUANTIZE, None)
         hook = module.__dict__.pop(_SHARED + "_hook", None)
         if hook is not None:
             hook.remove()

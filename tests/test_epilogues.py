@@ -89,12 +89,16 @@ def _wide_flux(dtype=torch.bfloat16):
     ).to(dtype).eval()
 
 
-def _tiny_flux(dtype=torch.bfloat16):
-    """_wide_flux quantized to int4_2l, its layers in fragment order; and its test inputs."""
+def _tiny_flux(dtype=torch.bfloat16, blocks_proj_out: bool = False):
+    """_wide_flux quantized to int4_2l, its layers in fragment order; and its test inputs. The top-level proj_out
+    stays 16-bit, by a name that also keeps the single blocks' proj_out 16-bit unless ``blocks_proj_out`` (then a
+    glob naming the top-level one alone)."""
     model = _wide_flux(dtype)
     opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
     targets = quantizable_linears(model, opts)
     skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in targets]
+    if blocks_proj_out:
+        skip = ["[p]roj_out" if n == "proj_out" else n for n in skip]
     quantize_model(model, opts, progress=False, extra_skip=skip)
     assert set_fragment_order(model) > 0
     return model, T.model_inputs(model, seed=3)
@@ -103,6 +107,45 @@ def _tiny_flux(dtype=torch.bfloat16):
 @pytest.fixture(scope="module")
 def tiny():
     return _tiny_flux()
+
+
+def test_cat_quantize_op_is_the_quantizer_on_the_concatenation():
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(7, 128, generator=g).to(torch.bfloat16), torch.randn(7, 384, generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(512, generator=g) + 0.5).to(torch.bfloat16)
+    pd = (torch.randn(512, 16, generator=g) / 20).to(torch.bfloat16)
+    got, ref = ops.quantize_act_2l_cat(a, b, smooth, pd, 64), ops.quantize_act_2l(torch.cat([a, b], 1), smooth, pd, 64)
+    assert all(torch.equal(x, y) for x, y in zip(got, ref))
+    with pytest.raises(ValueError, match="quantize_act_2l_cat: a and b must be 2-D with the same rows"):
+        ops.quantize_act_2l_cat(a, b[:5], smooth, pd, 64)
+    with pytest.raises(ValueError, match="share dtype"):
+        ops.quantize_act_2l_cat(a, b.half(), smooth, pd, 64)
+    compiled = torch.compile(lambda *t: ops.quantize_act_2l_cat(*t, 64), backend="aot_eager", fullgraph=True)
+    assert all(torch.equal(x, y) for x, y in zip(compiled(a, b, smooth, pd), ref))
+
+
+def test_single_blocks_proj_out_quantizes_its_two_inputs_in_place(monkeypatch):
+    """With the single blocks' proj_out quantized (FLUX.1's is), its input cat([attention, GELU(mlp)]) is quantized
+    where the two parts lie (svdquant::quantize_act_2l_cat, no prefix copy): the bits of the prefix route
+    (cat_in_place=False), eager and compiled; unfusing restores the usual forward."""
+    model, inputs = _tiny_flux(blocks_proj_out=True)
+    assert type(model.single_transformer_blocks[0].proj_out) is SVDQuantLinear
+    in_place, prefix = copy.deepcopy(model), copy.deepcopy(model)
+    fuse_epilogues(in_place)
+    fuse_epilogues(prefix, cat_in_place=False)
+    calls, real = [], ops.quantize_act_2l_cat
+    monkeypatch.setattr(ops, "quantize_act_2l_cat", lambda a, b, *r: calls.append((a.shape[1], b.shape[1])) or real(a, b, *r))
+    with torch.no_grad():
+        y_prefix = prefix(**inputs)[0]
+        assert calls == []
+        y = in_place(**inputs)[0]
+    assert calls == [(128, 512)] * 2  # each single block: attention (2 heads x 64) and the MLP (4 x 128)
+    assert torch.equal(y, y_prefix)
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert torch.equal(torch.compile(in_place, backend="aot_eager", fullgraph=True)(**inputs)[0], y)
+        unfuse_epilogues(in_place)
+        assert torch.equal(in_place(**inputs)[0], model(**inputs)[0])
 
 
 def test_fused_flux_matches_unfused_and_keeps_its_state_dict(tiny, monkeypatch):

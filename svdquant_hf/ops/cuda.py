@@ -13,9 +13,11 @@ import torch
 from . import build
 from .layout_2l import canonical_order
 from .reference import (
+    check_cat_parts,
     check_epilogue_args,
     check_rms_norm_rope_args,
     gemm_epilogue_ref,
+    quantize_act_2l_cat_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
     rms_norm_rope_ref,
@@ -200,6 +202,23 @@ def quantize_act_2l_cuda(
     _check_quantize_shapes(x, smooth, proj_down, "quantize_act_2l")
     supported = lambda ext: _quantize_2l_supported(ext, x, smooth, proj_down, group_size)  # noqa: E731
     return _dispatch("quantize_act_2l", supported, quantize_act_2l_ref, x, smooth, proj_down, group_size)
+
+
+def quantize_act_2l_cat_cuda(
+    a: torch.Tensor, b: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_act_2l of cat([a, b], 1): the extension reads both parts in place (no concatenation written)."""
+    check_cat_parts(a, b, "quantize_act_2l_cat")
+    K = a.shape[1] + b.shape[1]
+    if tuple(smooth.shape) != (K,) or proj_down.dim() != 2 or proj_down.shape[0] != K:
+        raise ValueError(f"svdquant::quantize_act_2l_cat: smooth {tuple(smooth.shape)} / proj_down "
+                         f"{tuple(proj_down.shape)} must be ({K},) / ({K}, R)")
+    def supported(ext) -> bool:
+        return (a.shape[1] % 8 == 0 and a.dtype in _KERNEL_DTYPES and smooth.dtype == a.dtype
+                and proj_down.dtype == a.dtype and group_size in _KERNEL_GROUPS and smooth.is_cuda
+                and proj_down.is_cuda and ext.quantize_act_2l_supported(K))
+
+    return _dispatch("quantize_act_2l_cat", supported, quantize_act_2l_cat_ref, a, b, smooth, proj_down, group_size)
 
 
 def _check_packed_2l_shapes(op: str, xq, xscale, qweight, wscales, wchannel, lr_act, proj_up, bias, group_size) -> None:

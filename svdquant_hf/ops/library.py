@@ -15,6 +15,7 @@ from .layout_2l import canonical_order
 from .reference import (
     check_k_2l,
     gemm_epilogue_ref,
+    quantize_act_2l_cat_ref,
     quantize_act_2l_ref,
     quantize_act_ref,
     rms_norm_rope_ref,
@@ -92,6 +93,29 @@ def _quantize_act_2l_impl(x, smooth, proj_down, group_size):
 @torch.library.register_fake("svdquant::quantize_act_2l")
 def _(x, smooth, proj_down, group_size):
     return _fake_activations(x, proj_down, x.new_empty((x.shape[0],), dtype=torch.float32))
+
+
+# cat([a, b], 1) quantized without being written (FLUX single blocks' proj_out input); a Python CUDA path only: its few
+# calls per forward run inside compiled graphs / CUDA graphs, where the host cost does not show
+torch.library.define(
+    "svdquant::quantize_act_2l_cat",
+    "(Tensor a, Tensor b, Tensor smooth, Tensor proj_down, int group_size) -> (Tensor, Tensor, Tensor)",
+    tags=_TAGS,
+)
+
+
+@torch.library.impl("svdquant::quantize_act_2l_cat", "CompositeExplicitAutograd")
+def _quantize_act_2l_cat_impl(a, b, smooth, proj_down, group_size):
+    if a.is_cuda:
+        return _cuda.quantize_act_2l_cat_cuda(a, b, smooth, proj_down, group_size)
+    return quantize_act_2l_cat_ref(a, b, smooth, proj_down, group_size)
+
+
+@torch.library.register_fake("svdquant::quantize_act_2l_cat")
+def _(a, b, smooth, proj_down, group_size):
+    rows, k = a.shape[0], a.shape[1] + b.shape[1]
+    return (a.new_empty((rows, k), dtype=torch.int8), a.new_empty((rows,), dtype=torch.float32),
+            a.new_empty((rows, proj_down.shape[1])))
 
 
 @torch.library.impl("svdquant::w4a4_gemm_2l", "CompositeExplicitAutograd")
@@ -191,6 +215,8 @@ def _rms_norm_rope_impl(x, weight, eps, cos, sin, front=None, front_weight=None)
 
 #: int4_2l activations: (xq int8 [M, K] = q * s_int, xscale fp32 [M], lr_act [M, R] in x.dtype).
 quantize_act_2l = torch.ops.svdquant.quantize_act_2l.default
+#: quantize_act_2l of cat([a, b], 1), the concatenation read in place (never written).
+quantize_act_2l_cat = torch.ops.svdquant.quantize_act_2l_cat.default
 #: int4_2l GEMM: y = (float32(exact int acc) * wchannel) * xscale + lr_act @ proj_up^T + bias.
 w4a4_gemm_2l = torch.ops.svdquant.w4a4_gemm_2l.default
 #: the same GEMM on the weights widened once: w8 = weight_operand_2l(qweight, wscales, G).

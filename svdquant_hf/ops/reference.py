@@ -170,6 +170,24 @@ def quantize_act_2l_ref(
     return combine_2l(q, s_int, group_size), s_row, lr
 
 
+def quantize_act_2l_cat_ref(
+    a: torch.Tensor, b: torch.Tensor, smooth: torch.Tensor, proj_down: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """quantize_act_2l_ref of cat([a, b], -1) (FLUX single blocks' proj_out input: attention and MLP)."""
+    check_cat_parts(a, b, "quantize_act_2l_cat")
+    return quantize_act_2l_ref(torch.cat([a, b], -1), smooth, proj_down, group_size)
+
+
+def check_cat_parts(a: torch.Tensor, b: torch.Tensor, op: str) -> None:
+    """Clear errors for two parts of a concatenation along the last dimension."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"svdquant::{op}: a and b must be 2-D with the same rows, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"svdquant::{op}: a and b must share dtype and device, got {a.dtype} on {a.device} and "
+                         f"{b.dtype} on {b.device}")
+
+
 def _check_gemm_2l_dtypes(xq, xscale, qweight, wscales, wchannel) -> None:
     expected = {
         "xq": (xq, torch.int8), "xscale": (xscale, torch.float32), "qweight": (qweight, torch.int8),

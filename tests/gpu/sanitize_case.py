@@ -144,6 +144,16 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemv_2l_mo
     torch.cuda.synchronize()
     print(f"few-token case done ({ext.gemv_2l_launches() - launches} launches)")
 
+# the quantizer reading cat([a, b], 1) in place: one CTA per row and persistent CTAs (K >= 8192), a 8-wide first part
+if hasattr(ext, "quantize_act_2l_cat"):
+    for M, K1, K2 in [(7, 8, 248), (37, 1024, 7168), (5, 3072, 12288)]:
+        x = torch.randn(M, K1 + K2, device="cuda", generator=g).to(torch.bfloat16)
+        smooth = (torch.rand(K1 + K2, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+        pd = torch.randn(K1 + K2, 32, device="cuda", generator=g).to(torch.bfloat16)
+        ext.quantize_act_2l_cat(x[:, :K1].contiguous(), x[:, K1:].contiguous(), smooth, pd, 64)
+    torch.cuda.synchronize()
+    print("cat quantizer case done")
+
 # q/k's RMSNorm + RoPE (rms_norm_rope.cu): each head dim, an odd token count, cos / sin rows at an offset, a front part
 if hasattr(ext, "rms_norm_rope"):
     for D in (64, 128, 256):

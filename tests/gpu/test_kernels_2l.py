@@ -130,6 +130,24 @@ def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K):
             assert ctas <= 3 * _sms() < M
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K1,K2", [(1, 3072, 12288), (7, 8, 248), (300, 3072, 12288), (4608, 3072, 12288),
+                                     (33, 128, 128), (5, 1024, 7168), (130, 3072, 3072)])
+def test_quantize_act_2l_cat_reads_the_concatenation_in_place(ext, dtype, M, K1, K2):
+    """quantize_act_2l_cat(a, b) (FLUX single blocks' proj_out input): xq and xscale bit-identical to the quantizer
+    on cat([a, b], 1) (one CTA per row below K = 8192, persistent CTAs with their ring from there), the low-rank
+    activations within 16-bit rounding (two cuBLAS calls instead of one), every output written; the op the same."""
+    x, smooth, pd = _acts(M, K1 + K2, 32, dtype, seed=M + K1)
+    a, b = x[:, :K1].contiguous(), x[:, K1:].contiguous()
+    rq, rs, rl = _quantize(ext, x, smooth, pd, 64)
+    _poison(2 * M * (K1 + K2) + 8 * M + 64 * M, 0x7F)
+    xq, xs, lr = ext.quantize_act_2l_cat(a, b, smooth, pd, 64)
+    assert torch.equal(xs, rs) and torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    assert _rel(lr, rl) < 1e-2
+    oq, os_, ol = library.quantize_act_2l_cat(a, b, smooth, pd, 64)
+    assert torch.equal(oq, rq) and torch.equal(os_, rs) and torch.equal(ol, lr)
+
+
 @pytest.mark.parametrize("R", [0, 8, 20, 48, 64])
 def test_quantize_act_2l_ranks(ext, R):
     x, smooth, pd = _acts(45, 1536, R, torch.bfloat16, seed=R)
