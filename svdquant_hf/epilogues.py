@@ -8,8 +8,9 @@ modules' forward:
   reads and writes the 4x-wide hidden state.
 - FLUX's ``FluxSingleTransformerBlock``: ``proj_mlp``'s GELU in its epilogue, and ``proj_out``'s input
   ``cat([attn, gelu(mlp)])`` never written: ``proj_out`` quantizes the two parts where they lie
-  (``svdquant::quantize_act_2l_cat``; with ``cat_in_place=False``, or a ``proj_out`` off the fused path,
-  ``proj_mlp`` writes its output after a copy of the attention's columns in one allocation instead).
+  (``svdquant::quantize_act_2l_cat``; a LoRA on ``proj_out`` rides on that GEMM's branch; with
+  ``cat_in_place=False``, or a ``proj_out`` off the fused path, ``proj_mlp`` writes its output after a copy of the
+  attention's columns in one allocation instead).
 - FLUX's ``FluxAttention`` with diffusers' default processor: q/k/v (and add_q/k/v) that quantize their common input
   identically share one quantizer call (shared_input.py), and in single blocks ``proj_mlp`` shares it too: one call
   instead of four (layers that cannot share, e.g. with their own smoothing or a LoRA wrapper, are called one by
@@ -210,7 +211,7 @@ def _flux_single_block_forward(
     if not joint_attention_kwargs and attn_forward is _flux_attention_forward and _default_flux_processor(self.attn):
         layers = _shared_group(self, group, normed)
     # proj_out quantizes cat([attention, GELU(mlp)]) where it lies (no prefix copy), where it takes the fused path
-    cat_in_place = self.__dict__.get(_CAT_QUANTIZE) and type(self.proj_out) is SVDQuantLinear and \
+    cat_in_place = self.__dict__.get(_CAT_QUANTIZE) and _fusable(self.proj_out) and \
         self.proj_out.fused_path_ready(normed)
     if layers is None:
         attn = self.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {}))

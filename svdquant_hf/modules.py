@@ -200,20 +200,24 @@ class SVDQuantLinear(nn.Module):
                                    self.bias, self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
         return y.reshape(*lead, y.shape[-1]).to(x.dtype)
 
-    def forward_cat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward_cat(
+        self, a: torch.Tensor, b: torch.Tensor, branch: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``self(cat([a, b], -1))``. On the fused path (``fused_path_ready``) the concatenation is quantized where it
-        lies (``svdquant::quantize_act_2l_cat``), never written; otherwise it is made and the layer runs as usual."""
+        lies (``svdquant::quantize_act_2l_cat``), never written; otherwise it is made and the layer runs as usual.
+        ``branch``: (proj_down, proj_up) instead of the layer's own (LoRA)."""
         if a.shape[:-1] != b.shape[:-1] or a.shape[-1] + b.shape[-1] != self.in_features:
             raise ValueError(f"SVDQuantLinear {self.layer_name}: inputs of shapes {tuple(a.shape)} and {tuple(b.shape)} "
                              f"do not concatenate to in_features={self.in_features}")
+        proj_down, proj_up = branch if branch is not None else (self.proj_down, self.proj_up)
         if not self.fused_path_ready(a) or trace_quantizer():
-            return self(torch.cat([a, b], -1))
-        lead, dtype = a.shape[:-1], self.proj_up.dtype
+            return self.forward_with_branch(torch.cat([a, b], -1), proj_down, proj_up)
+        lead, dtype = a.shape[:-1], proj_up.dtype
         xq, xscale, lr = ops.quantize_act_2l_cat(a.reshape(-1, a.shape[-1]).to(dtype).contiguous(),
                                                  b.reshape(-1, b.shape[-1]).to(dtype).contiguous(), self.smooth_factor,
-                                                 self.proj_down, self.group_size)
+                                                 proj_down, self.group_size)
         y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr,
-                                   self.proj_up, self.bias, self.group_size, 0, None)
+                                   proj_up, self.bias, self.group_size, 0, None)
         return y.reshape(*lead, y.shape[-1]).to(a.dtype)
 
     def fused_path_ready(self, x: torch.Tensor) -> bool:

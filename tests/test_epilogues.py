@@ -77,23 +77,23 @@ def test_ep_op_rejects_bad_activation_and_prefix():
         ops.w4a4_gemm_2l_fo_ep(xq, xs, fo, ws, wc, lr, up, bias, G, 1, torch.zeros(9, 8, dtype=torch.bfloat16))
 
 
-def _wide_flux(dtype=torch.bfloat16):
+def _wide_flux(dtype=torch.bfloat16, heads: int = 2):
     """A tiny FLUX transformer wide enough for the fragment order (128 features: 2 heads x 64), 16-bit."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
     return FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=64,
-        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
+        num_attention_heads=heads, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
         axes_dims_rope=(16, 24, 24),
     ).to(dtype).eval()
 
 
-def _tiny_flux(dtype=torch.bfloat16, blocks_proj_out: bool = False):
+def _tiny_flux(dtype=torch.bfloat16, blocks_proj_out: bool = False, heads: int = 2):
     """_wide_flux quantized to int4_2l, its layers in fragment order; and its test inputs. The top-level proj_out
     stays 16-bit, by a name that also keeps the single blocks' proj_out 16-bit unless ``blocks_proj_out`` (then a
     glob naming the top-level one alone)."""
-    model = _wide_flux(dtype)
+    model = _wide_flux(dtype, heads)
     opts = SVDQuantConfig(quant_format="int4_2l", rank=16)
     targets = quantizable_linears(model, opts)
     skip = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in targets]
@@ -124,12 +124,17 @@ def test_cat_quantize_op_is_the_quantizer_on_the_concatenation():
     assert all(torch.equal(x, y) for x, y in zip(compiled(a, b, smooth, pd), ref))
 
 
-def test_single_blocks_proj_out_quantizes_its_two_inputs_in_place(monkeypatch):
+@pytest.mark.parametrize("lora", [False, True])
+def test_single_blocks_proj_out_quantizes_its_two_inputs_in_place(monkeypatch, lora):
     """With the single blocks' proj_out quantized (FLUX.1's is), its input cat([attention, GELU(mlp)]) is quantized
-    where the two parts lie (svdquant::quantize_act_2l_cat, no prefix copy): the bits of the prefix route
-    (cat_in_place=False), eager and compiled; unfusing restores the usual forward."""
+    where the two parts lie (svdquant::quantize_act_2l_cat, no prefix copy), with a LoRA on every layer too (its
+    factors on the branch): the bits of the prefix route (cat_in_place=False), eager and compiled; unfusing restores
+    the usual forward."""
     model, inputs = _tiny_flux(blocks_proj_out=True)
     assert type(model.single_transformer_blocks[0].proj_out) is SVDQuantLinear
+    if lora:
+        model = _with_random_lora(model)
+        assert type(model.single_transformer_blocks[0].proj_out).__name__ == "SVDQuantLoraLinear"
     in_place, prefix = copy.deepcopy(model), copy.deepcopy(model)
     fuse_epilogues(in_place)
     fuse_epilogues(prefix, cat_in_place=False)
@@ -141,6 +146,14 @@ def test_single_blocks_proj_out_quantizes_its_two_inputs_in_place(monkeypatch):
         y = in_place(**inputs)[0]
     assert calls == [(128, 512)] * 2  # each single block: attention (2 heads x 64) and the MLP (4 x 128)
     assert torch.equal(y, y_prefix)
+    if lora:  # the adapters reach the output: without them it differs
+        wrappers = [m for m in in_place.modules() if type(m).__name__ == "SVDQuantLoraLinear"]
+        for m in wrappers:
+            m.enable_adapters(False)
+        with torch.no_grad():
+            assert not torch.equal(in_place(**inputs)[0], y)
+        for m in wrappers:
+            m.enable_adapters(True)
     monkeypatch.undo()
     with torch.no_grad():
         assert torch.equal(torch.compile(in_place, backend="aot_eager", fullgraph=True)(**inputs)[0], y)
@@ -453,3 +466,23 @@ def test_shared_quantizer_and_norm_rope_on_the_gpu(lora):
     with torch.no_grad():
         y0, y1 = plain(**inputs)[0], fused(**inputs)[0]
     assert torch.isfinite(y1).all() and _rel(y1, y0) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("lora", [False, True])
+def test_proj_out_input_quantized_in_place_on_the_gpu(lora):
+    """On the GPU (4 heads: proj_out's 1280 inputs are a width the quantizer kernel takes): single blocks' proj_out
+    through svdquant::quantize_act_2l_cat against the prefix route, within rounding (the down projection in two cuBLAS
+    calls), with a LoRA on every layer as well."""
+    model, inputs = _tiny_flux(blocks_proj_out=True, heads=4)
+    if lora:
+        model = _with_random_lora(model)
+    model.cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    in_place, prefix = copy.deepcopy(model), copy.deepcopy(model)
+    fuse_epilogues(in_place)
+    fuse_epilogues(prefix, cat_in_place=False)
+    with torch.no_grad():
+        y0, y1 = prefix(**inputs)[0], in_place(**inputs)[0]
+    assert torch.isfinite(y1).all() and _rel(y1, y0) < 1e-2

@@ -216,6 +216,18 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             return epilogue_after(self(x), activation, prefix)
         return base.forward_fused(x, activation, prefix, self._branch())
 
+    def forward_cat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """SVDQuantLinear.forward_cat with the active adapters folded into the branch (svdquant_hf.epilogues)."""
+        base = self._modules["base_layer"]
+        if self.disable_adapters or not isinstance(base, SVDQuantLinear) or has_call_hooks(base):
+            return self(torch.cat([a, b], -1))
+        return base.forward_cat(a, b, self._branch())
+
+    def fused_path_ready(self, x: torch.Tensor) -> bool:
+        """Whether forward_fused / forward_cat run the fused kernels on ``x`` (the base layer's path, adapters on)."""
+        base = self._modules["base_layer"]
+        return not self.disable_adapters and isinstance(base, SVDQuantLinear) and base.fused_path_ready(x)
+
     # ---- fuse / unfuse -----------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Make the concatenation permanent: the adapters become part of the layer's own branch."""
