@@ -44,6 +44,7 @@ _MARK = "_svdquant_epilogue"
 _SHARED = "_svdquant_shared_inputs"  # the groups of a module's layers that share one quantizer call (names)
 _NORM_ROPE = "_svdquant_norm_rope"  # whether the attention runs q/k's RMSNorm + RoPE as one op
 _CAT_QUANTIZE = "_svdquant_cat_quantize"  # whether a single block's proj_out quantizes its two inputs in place
+_SHARE_LORA = "_svdquant_share_lora"  # whether svdquant's LoRA layers join the shared quantizer call
 _QKV = ("to_q", "to_k", "to_v")
 _ADDED_QKV = ("add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -80,7 +81,7 @@ def _sharing_groups(module: nn.Module, groups: tuple[tuple[str, ...], ...]) -> t
             layers = [module.get_submodule(n) for n in names]
         except AttributeError:  # a member missing (a text-free attention has no add_*_proj)
             continue
-        if shared_input.shares_input(layers):
+        if shared_input.shares_input(layers, lora=module.__dict__.get(_SHARE_LORA, False)):
             out.append(names)
     return tuple(out)
 
@@ -90,7 +91,7 @@ def _shared_group(module: nn.Module, names: tuple[str, ...], x: torch.Tensor) ->
     if names not in module.__dict__.get(_SHARED, ()):
         return None
     layers = [module.get_submodule(n) for n in names]
-    return layers if shared_input.ready(layers, x) else None
+    return layers if shared_input.ready(layers, x, lora=module.__dict__.get(_SHARE_LORA, False)) else None
 
 
 def _projections(layers: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
@@ -232,7 +233,11 @@ def _flux_single_block_forward(
 
 
 def fuse_epilogues(
-    model: nn.Module, share_inputs: bool = True, norm_rope: bool = True, cat_in_place: bool = True
+    model: nn.Module,
+    share_inputs: bool = True,
+    norm_rope: bool = True,
+    cat_in_place: bool = True,
+    share_lora: bool = False,
 ) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
@@ -241,7 +246,9 @@ def fuse_epilogues(
     ``share_inputs``: FLUX attention's q/k/v (and single blocks' MLP) share one quantizer call where they can;
     ``norm_rope``: and that attention runs q/k's RMSNorm and rotary embedding as one op (svdquant::rms_norm_rope);
     ``cat_in_place``: single blocks' ``proj_out`` quantizes ``cat([attention, GELU(mlp)])`` where its two parts lie
-    (svdquant::quantize_act_2l_cat) instead of ``proj_mlp`` writing the concatenation after a copy of the attention."""
+    (svdquant::quantize_act_2l_cat) instead of ``proj_mlp`` writing the concatenation after a copy of the attention;
+    ``share_lora``: svdquant's LoRA layers join the shared quantizer call too, their adapters' down projections beside
+    the others' (opt-in until measured on a GPU; otherwise a LoRA-wrapped q/k/v quantizes on its own)."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)
@@ -251,11 +258,13 @@ def fuse_epilogues(
         elif _is_flux_single_block(module) and _fusable(module.proj_mlp):
             module.forward = types.MethodType(_flux_single_block_forward, module)
             module.__dict__[_CAT_QUANTIZE] = cat_in_place
+            module.__dict__[_SHARE_LORA] = share_lora
             _track_sharing(module, ((*(f"attn.{n}" for n in _QKV), "proj_mlp"),) if share_inputs else ())
         elif ((share_inputs or norm_rope) and _is_flux_attention(module)
               and any(_fusable(getattr(module, n, None)) for n in _QKV)):
             module.forward = types.MethodType(_flux_attention_forward, module)
             module.__dict__[_NORM_ROPE] = norm_rope
+            module.__dict__[_SHARE_LORA] = share_lora
             _track_sharing(module, (_QKV, _ADDED_QKV) if share_inputs else ())
         else:
             continue
@@ -289,6 +298,7 @@ def unfuse_epilogues(model: nn.Module) -> list[str]:
         module.__dict__.pop(_SHARED, None)
         module.__dict__.pop(_NORM_ROPE, None)
         module.__dict__.pop(_CAT_QUANTIZE, None)
+        module.__dict__.pop(_SHARE_LORA, None)
         hook = module.__dict__.pop(_SHARED + "_hook", None)
         if hook is not None:
             hook.remove()

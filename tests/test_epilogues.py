@@ -351,6 +351,45 @@ def test_q_k_v_and_the_mlp_share_one_quantizer_call(tiny, monkeypatch):
     assert all("_svdquant_shared_inputs" not in vars(m) for m in shared.modules())
 
 
+@pytest.mark.parametrize("lora_first", [False, True])
+def test_lora_layers_share_the_quantizer_call_when_asked(tiny, monkeypatch, lora_first):
+    """fuse_epilogues(share_lora=True): svdquant's LoRA layers around q/k/v (and proj_mlp) join the shared quantizer
+    call, their adapters' down projections beside the others' (LoRA loaded before or after fusing): the unshared
+    model's bits, eager and compiled; with the adapters off the group falls back to calls one by one."""
+    base, inputs = tiny
+    shared, alone = copy.deepcopy(base), copy.deepcopy(base)
+
+    def same_lora(model):  # the same adapter weights in both models (peft draws lora_A from the global generator)
+        torch.manual_seed(11)
+        return _with_random_lora(model)
+
+    if lora_first:
+        shared, alone = same_lora(shared), same_lora(alone)
+    fuse_epilogues(shared, share_lora=True)
+    fuse_epilogues(alone, share_inputs=False)
+    if not lora_first:
+        shared, alone = same_lora(shared), same_lora(alone)
+    calls = _counting_quantizer(monkeypatch)
+    with torch.no_grad():
+        y_alone = alone(**inputs)[0]
+        n_alone = len(calls)
+        calls.clear()
+        y = shared(**inputs)[0]
+    # the double block's q/k/v and add_q/k/v, each single block's q/k/v + proj_mlp: one call each, ranks 16 + 4 -> 32
+    assert calls.count(3 * 32) == 2 and calls.count(4 * 32) == 2 and n_alone == len(calls) + 2 * 2 + 2 * 3
+    assert torch.equal(y, y_alone)
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert torch.equal(torch.compile(shared, backend="aot_eager", fullgraph=True)(**inputs)[0], y)
+    wrappers = [m for m in shared.modules() if type(m).__name__ == "SVDQuantLoraLinear"]
+    for m in wrappers:
+        m.enable_adapters(False)
+    calls = _counting_quantizer(monkeypatch)
+    with torch.no_grad():
+        shared(**inputs)
+    assert 3 * 32 not in calls and 4 * 32 not in calls and 3 * 16 not in calls
+
+
 def test_sharing_follows_the_smoothing_and_the_layers(tiny, monkeypatch):
     """A state dict with another smoothing for to_k ends its sharing (found again on load); a LoRA-wrapped layer, a
     custom attention processor or a mask take the usual forward; all with the unshared model's bits."""
@@ -485,4 +524,22 @@ def test_proj_out_input_quantized_in_place_on_the_gpu(lora):
     fuse_epilogues(prefix, cat_in_place=False)
     with torch.no_grad():
         y0, y1 = prefix(**inputs)[0], in_place(**inputs)[0]
+    assert torch.isfinite(y1).all() and _rel(y1, y0) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lora_layers_in_the_shared_quantizer_on_the_gpu():
+    """On the GPU: share_lora=True (the LoRA layers' branches side by side in one quantizer call, each GEMM reading its
+    rank-32 column block in place) against LoRA layers quantizing one by one, within rounding."""
+    model, inputs = _tiny_flux()
+    torch.manual_seed(11)
+    model = _with_random_lora(model).cuda()
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    shared, alone = copy.deepcopy(model), copy.deepcopy(model)
+    fuse_epilogues(shared, share_lora=True)
+    fuse_epilogues(alone, share_inputs=False)
+    assert vars(shared.transformer_blocks[0].attn)["_svdquant_shared_inputs"]
+    with torch.no_grad():
+        y0, y1 = alone(**inputs)[0], shared(**inputs)[0]
     assert torch.isfinite(y1).all() and _rel(y1, y0) < 1e-2

@@ -208,13 +208,18 @@ class SVDQuantLoraLinear(nn.Module, LoraLayer):
             buffers["proj_down"], buffers["proj_up"] = saved
 
     def forward_fused(
-        self, x: torch.Tensor, activation: str | None = None, prefix: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        activation: str | None = None,
+        prefix: torch.Tensor | None = None,
+        quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """SVDQuantLinear.forward_fused with the active adapters folded into the branch (svdquant_hf.epilogues)."""
+        """SVDQuantLinear.forward_fused with the active adapters folded into the branch (svdquant_hf.epilogues);
+        ``quantized``: x already quantized with that branch's down projection (shared_input.py)."""
         base = self._modules["base_layer"]
         if self.disable_adapters or not isinstance(base, SVDQuantLinear) or has_call_hooks(base):
             return epilogue_after(self(x), activation, prefix)
-        return base.forward_fused(x, activation, prefix, self._branch())
+        return base.forward_fused(x, activation, prefix, self._branch(), quantized)
 
     def forward_cat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """SVDQuantLinear.forward_cat with the active adapters folded into the branch (svdquant_hf.epilogues)."""
