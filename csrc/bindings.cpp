@@ -401,8 +401,7 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const bool gemv = svdq::gemv_2l_takes(a) && !svdq::gemm_2l_plan_forced();
-  const cudaError_t err = gemv ? svdq::launch_w4a4_gemv_2l(a, stream)
-                                                  : svdq::launch_w4a4_gemm_2l(a, sms, stream);
+  const cudaError_t err = gemv ? svdq::launch_w4a4_gemv_2l(a, stream) : svdq::launch_w4a4_gemm_2l(a, sms, stream);
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
   return y;
 }

@@ -194,11 +194,16 @@ class SVDQuantLinear(nn.Module):
         dtype = self.proj_up.dtype
         if quantized is None:
             quantized = self._quantize_2l(x.reshape(-1, self.in_features).to(dtype), proj_down)
-        xq, xscale, lr = quantized
         p2 = None if prefix is None else prefix.reshape(-1, prefix.shape[-1]).to(dtype)
-        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr, proj_up,
-                                   self.bias, self.group_size, EPILOGUE_ACTIVATIONS[activation], p2)
+        y = self._gemm_fused(quantized, proj_up, activation, p2)
         return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+    def _gemm_fused(self, quantized: tuple[torch.Tensor, torch.Tensor, torch.Tensor], proj_up: torch.Tensor,
+                    activation: str | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """The fragment-order GEMM with its epilogue on an input already quantized: [rows, (P +) out_features]."""
+        xq, xscale, lr = quantized
+        return ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr,
+                                      proj_up, self.bias, self.group_size, EPILOGUE_ACTIVATIONS[activation], prefix)
 
     def forward_cat(
         self, a: torch.Tensor, b: torch.Tensor, branch: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -212,13 +217,12 @@ class SVDQuantLinear(nn.Module):
         proj_down, proj_up = branch if branch is not None else (self.proj_down, self.proj_up)
         if not self.fused_path_ready(a) or trace_quantizer():
             return self.forward_with_branch(torch.cat([a, b], -1), proj_down, proj_up)
-        lead, dtype = a.shape[:-1], proj_up.dtype
-        xq, xscale, lr = ops.quantize_act_2l_cat(a.reshape(-1, a.shape[-1]).to(dtype).contiguous(),
-                                                 b.reshape(-1, b.shape[-1]).to(dtype).contiguous(), self.smooth_factor,
-                                                 proj_down, self.group_size)
-        y = ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr,
-                                   proj_up, self.bias, self.group_size, 0, None)
-        return y.reshape(*lead, y.shape[-1]).to(a.dtype)
+        dtype = proj_up.dtype
+        quantized = ops.quantize_act_2l_cat(a.reshape(-1, a.shape[-1]).to(dtype).contiguous(),
+                                            b.reshape(-1, b.shape[-1]).to(dtype).contiguous(), self.smooth_factor,
+                                            proj_down, self.group_size)
+        y = self._gemm_fused(quantized, proj_up)
+        return y.reshape(*a.shape[:-1], y.shape[-1]).to(a.dtype)
 
     def fused_path_ready(self, x: torch.Tensor) -> bool:
         """Whether forward_fused runs the fused GEMM on ``x``: weights in fragment order on its device, no hooks."""
