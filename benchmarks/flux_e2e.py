@@ -36,7 +36,8 @@ and a bar chart when matplotlib is present.
       (svdquant_hf.fuse_epilogues); _ep_ns: without that sharing; _nonr: without q/k's RMSNorm + RoPE as one op;
       _nr3: that op's previous kernel (version 3); _nogemv: a few tokens (AdaLN, M = batch) in the tile GEMM too;
       _ncat: single blocks' proj_out input written as a concatenation (proj_mlp after a copy of the attention) instead
-      of quantized where its two parts lie; _lsh: svdquant's LoRA layers join the shared quantizer call (opt-in)
+      of quantized where its two parts lie; _nlsh: svdquant's LoRA layers quantize their input one by one instead of
+      joining the shared quantizer call
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
     "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg", "svdq2l_fo_ep_nonr_regional_cg",
     "svdq2l_fo_ep_nr3_regional_cg", "svdq2l_fo_ep_nogemv_regional_cg", "svdq2l_fo_ep_ncat_regional_cg",
-    "svdq2l_fo_ep_lora_lsh_regional_cg",
+    "svdq2l_fo_ep_lora_nlsh_regional_cg",
 )
 
 
@@ -433,7 +434,7 @@ def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
 
             # _ns: q/k/v (and proj_mlp) quantize one by one; _nonr: q/k's RMSNorm and RoPE by the usual modules
             fuse_epilogues(model, share_inputs="_ns" not in name, norm_rope="_nonr" not in name,
-                           cat_in_place="_ncat" not in name, share_lora="_lsh" in name)
+                           cat_in_place="_ncat" not in name, share_lora="_nlsh" not in name)
     elif name.startswith("fp8mm"):
         model = to_fp8_scaled_mm(build_model(config, device))
     elif name.startswith("fp8"):

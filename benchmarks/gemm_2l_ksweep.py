@@ -1,7 +1,7 @@
 """What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
 
 usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20] [--tile 64|128|224|256]
-                                          [--rank 32] [--probes]
+                                          [--rank 32] [--probes | --widen]
        python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
 The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
@@ -17,7 +17,10 @@ a register-fragment stage minus its warpgroup's own wgmma time (BT / 2 cycles at
 fixed part of a warpgroup's turn (perf-notes v2.14). --probes: the register-fragment kernel against its epilogue
 probes (without the low-rank mma / the output's TMA store / the whole epilogue; timing only) and the low-rank branch
 by mma.sync (rf_mma) or with the consumer warpgroups meeting at CTA barriers around the epilogue (rf_coupled), the
-epilogue before v2.18 in two parts (exact): what the fixed part per tile is made of.
+epilogue before v2.18 in two parts (exact): what the fixed part per tile is made of. --widen (with --tile 224): the
+register-fragment kernel against the same kernel with the widening before v2.22 (rf_widen1) and with none
+(rf_nowiden: the loaded words used as fragments), both timing only, and int8 weights (w8ps): what a stage's
+widening costs.
 """
 from __future__ import annotations
 
@@ -93,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", action="store_true",
                     help="only the register-fragment kernel and its epilogue probes (set_gemm_2l_probe: without the "
                          "low-rank mma, without the output's TMA store, without the epilogue; timing only)")
+    ap.add_argument("--widen", action="store_true",
+                    help="only the register-fragment kernel against its widening probes (6: the widening before "
+                         "v2.22, 7: none; timing only) and int8 weights; use with --tile 224")
     args = ap.parse_args(argv)
     if args.plot:
         plot(args.plot, args.out or args.plot.rsplit(".", 1)[0] + ".png")
@@ -114,8 +120,10 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     waves = -(-((N // 128) * -(-M // bt) * splits) // sms)  # the plan at K = 3072 (small M: it may differ by K)
     ks = [int(k) for k in args.ks.split(",")]
     cols = (["packed_rf", "rf_mma", "rf_coupled", "rf_nolr", "rf_nostore", "rf_noepi", "fp8"] if args.probes
+            else ["packed_rf", "rf_widen1", "rf_nowiden", "w8ps", "fp8"] if args.widen
             else ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"])
-    probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3, "rf_mma": 4, "rf_coupled": 5}
+    probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3, "rf_mma": 4, "rf_coupled": 5, "rf_widen1": 6,
+             "rf_nowiden": 7}
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N} rank {args.rank}, plan tile {bt} "
           f"split {splits}, {waves} waves of {sms} SMs")
@@ -137,7 +145,8 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
                                          ("w8", wide, False, 0, 0), ("w8p", wide, True, 0, 0),
                                          ("w8ps", wide, False, 1, 0), ("rf_nolr", frag, False, 1, 2),
                                          ("rf_nostore", frag, False, 1, 2), ("rf_noepi", frag, False, 1, 2),
-                                         ("rf_mma", frag, False, 1, 2), ("rf_coupled", frag, False, 1, 2)):
+                                         ("rf_mma", frag, False, 1, 2), ("rf_coupled", frag, False, 1, 2),
+                                         ("rf_widen1", frag, False, 1, 2), ("rf_nowiden", frag, False, 1, 2)):
             if name not in cols:
                 continue
             with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile):
@@ -173,7 +182,7 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     for c in cols:
         a, b = fit([k / 128 for k in ks], rows[c])
         per = {"fp8": 1, "packed_rf3": waves3}.get(c, waves)
-        if c in probe or (args.probes and c == "packed_rf"):  # the persistent plan's 224-token tiles
+        if c in probe or ((args.probes or args.widen) and c == "packed_rf"):  # the persistent plan's 224-token tiles
             per = -(-((N // 128) * -(-M // 224)) // sms)
         print(f"{c:>9}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
               + ("" if c != "fp8" else " (whole GEMM)"))

@@ -745,7 +745,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "
-        "by mma.sync, 5 CTA barriers around the epilogue (4, 5: the epilogue before v2.18; exact); 0 off");
+        "by mma.sync, 5 CTA barriers around the epilogue (4, 5: the epilogue before v2.18; exact), 6 the widening before "
+        "v2.22, 7 no widening; 0 off");
   m.def("gemm_2l_rf_warpgroups", &svdq::gemm_2l_rf_warpgroups, "the register-fragment loop's warpgroups: 0 (auto), 2, 3");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");

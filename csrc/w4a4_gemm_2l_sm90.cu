@@ -205,7 +205,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // EP (timing probes of the persistent register-fragment kernel, wrong results; benchmarks/gemm_2l_ksweep.py
 // --probes): 1 without the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop,
 // 4 the low-rank branch by mma.sync as before v2.18 (exact: the A/B of the wgmma epilogue), 5 the consumer warpgroups
-// meeting at CTA-wide barriers around the epilogue as before v2.18 (exact).
+// meeting at CTA-wide barriers around the epilogue as before v2.18 (exact), 6 the widening before v2.22 (widen8 on
+// signed nibbles: wrong values on today's fragment order, the same instructions), 7 no widening (the loaded words
+// used as fragments).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -365,11 +367,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       const int r = wg * 64 + rw;  // row inside the CTA tile
       uint32_t o[8];
       if constexpr (FO) {
-        const WidenConst wc = widen_const(sc[gi_base * kTR + r]);
+        const FoConst fc = fo_const(sc[gi_base * kTR + r]);
 #pragma unroll
         for (int t = 0; t < 4; ++t) {  // o[0..3]: k 32 jj .. 32 jj + 15, o[4..7]: the next 16
           const uint32_t w = *reinterpret_cast<const uint32_t*>(wt + r * 64 + ((t ^ ((r >> 1) & 3)) << 4) + 4 * jj);
-          widen8(w, wc, o[t], o[4 + t]);
+          widen8_fo(w, fc, o[t], o[4 + t]);
         }
       } else {
         const uint4 pk = *reinterpret_cast<const uint4*>(wt + r * 64 + ((jj ^ ((r >> 1) & 3)) << 4));
@@ -507,7 +509,16 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       const int buf = i % NS;
       const uint32_t stage = sbase + buf * Cfg::kStageBytes;
       uint32_t fa[4][4];
-      frag_widen<G>(nw, nsc, fa);
+      if constexpr (EP == 6) {
+        frag_widen_v1<G>(nw, nsc, fa);
+      } else if constexpr (EP == 7) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) fa[j][h] = nw[h][j], fa[j][2 + h] = nw[h][j] ^ nsc[h][(32 * j) / G];
+      } else {
+        frag_widen<G>(nw, nsc, fa);
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -880,7 +891,7 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
-int g_gemm_probe = 0;     // 1-5: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
+int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
@@ -945,7 +956,7 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
-void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 5 ? probe : 0; }
+void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
 bool gemm_2l_plan_forced() {
   return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||
          g_trace || g_tma_store || g_w8_producer;
@@ -1013,6 +1024,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_gemm_probe == 2) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 2>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 4) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 4>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 5) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 5>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 6) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 6>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 7) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 7>(a, 1, nullptr, stream, num_sms);
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
       if (wide_lr)

@@ -237,7 +237,7 @@ def fuse_epilogues(
     share_inputs: bool = True,
     norm_rope: bool = True,
     cat_in_place: bool = True,
-    share_lora: bool = False,
+    share_lora: bool = True,
 ) -> list[str]:
     """Move GELU (and FLUX single blocks' concatenation) into the 4-bit GEMMs' epilogue; returns the module names.
 
@@ -248,7 +248,7 @@ def fuse_epilogues(
     ``cat_in_place``: single blocks' ``proj_out`` quantizes ``cat([attention, GELU(mlp)])`` where its two parts lie
     (svdquant::quantize_act_2l_cat) instead of ``proj_mlp`` writing the concatenation after a copy of the attention;
     ``share_lora``: svdquant's LoRA layers join the shared quantizer call too, their adapters' down projections beside
-    the others' (opt-in until measured on a GPU; otherwise a LoRA-wrapped q/k/v quantizes on its own)."""
+    the others' (``False``: a LoRA-wrapped q/k/v quantizes its input on its own)."""
     names = []
     for name, module in model.named_modules():
         if _MARK in module.__dict__ or "forward" in module.__dict__:  # fused, or another wrapper (an offload hook)

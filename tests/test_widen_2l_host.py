@@ -114,8 +114,9 @@ def test_fragments_match_the_wgmma_a_fragment_layout(tmp_path, G, frag):
 
 
 def test_fragment_order_round_trip_and_row_slices():
-    """canonical_order inverts fragment_order; the order permutes bytes inside each row's 64-byte stage only (so
-    row slices and concatenations commute with it); bad shapes are refused with the tensor named."""
+    """canonical_order inverts fragment_order; the order maps bytes inside each row's 64-byte stage only, each
+    offset by 8 in both nibbles (so row slices and concatenations commute with it); bad shapes are refused with the
+    tensor named."""
     g = torch.Generator().manual_seed(3)
     qw = torch.randint(-128, 128, (40, 3 * 64), generator=g, dtype=torch.int8)
     fo = fragment_order(qw)
@@ -125,9 +126,10 @@ def test_fragment_order_round_trip_and_row_slices():
     for r in (0, 17):
         for st in range(3):
             seg = slice(64 * st, 64 * st + 64)
-            assert sorted(fo[r, seg].tolist()) == sorted(qw[r, seg].tolist())
-    # byte 16 t + 4 j + 2 h + b <- canonical 16 j + 8 h + 2 t + b
-    assert fo[0, 16 * 1 + 4 * 2 + 2 * 1 + 0].item() == qw[0, 16 * 2 + 8 * 1 + 2 * 1 + 0].item()
+            assert sorted(torch.bitwise_xor(fo[r, seg], -120).tolist()) == sorted(qw[r, seg].tolist())
+    # byte 16 t + 4 j + 2 b + h <- canonical 16 j + 8 h + 2 t + b, XOR 0x88
+    for t, j, b, h in ((1, 2, 0, 1), (3, 0, 1, 0), (2, 3, 1, 1)):
+        assert (fo[0, 16 * t + 4 * j + 2 * b + h].item() & 0xFF) == (qw[0, 16 * j + 8 * h + 2 * t + b].item() & 0xFF) ^ 0x88
     with pytest.raises(ValueError, match="qweight"):
         fragment_order(torch.zeros(4, 48, dtype=torch.int8))
 

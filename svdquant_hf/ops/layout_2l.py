@@ -2,10 +2,11 @@
 
 Fragment order: within each row's 64 bytes of a 128-deep K stage, the bytes are regrouped so that the
 wgmma A-fragment words of lane group t (lane % 4) for the stage's four 32-deep k-steps are 16 consecutive
-bytes: byte 16 t + 4 j + 2 h + b holds canonical byte 16 j + 8 h + 2 t + b (j k-step, h 0 / 1 for k 4t.. /
-16 + 4t.., b 0 / 1 the byte of a nibble pair). The register-fragment GEMM kernel then loads a row's words
-for a whole stage with one 16-byte load (csrc/widen_2l.cuh, frag_stage). A permutation inside each row's
-stage, so it commutes with slicing or concatenating rows.
+bytes: byte 16 t + 4 j + 2 b + h holds canonical byte 16 j + 8 h + 2 t + b (j k-step, h 0 / 1 for k 4t.. /
+16 + 4t.., b 0 / 1 the byte of a nibble pair), and every nibble is stored offset by 8 (q + 8, i.e. each byte
+XOR 0x88). The register-fragment GEMM kernel then loads a row's words for a whole stage with one 16-byte load
+and widens a word with two nibbles per integer multiply (csrc/widen_2l.cuh, widen8_fo). A byte-wise map
+inside each row's stage, so it commutes with slicing or concatenating rows.
 """
 from __future__ import annotations
 
@@ -23,15 +24,19 @@ def _check(qweight: torch.Tensor) -> tuple[int, int]:
     return qweight.shape[0], qweight.shape[1] // (STAGE_K // 2)
 
 
+_OFFSET = -120  # 0x88 as int8: both nibbles of a byte offset by 8
+
+
 def fragment_order(qweight: torch.Tensor) -> torch.Tensor:
     """Canonical packed weights [N, K/2] -> fragment order (a new contiguous tensor of the same shape)."""
     n, stages = _check(qweight)
     v = qweight.reshape(n, stages, 4, 2, 4, 2)  # canonical byte 16 j + 8 h + 2 t + b: (j, h, t, b)
-    return v.permute(0, 1, 4, 2, 3, 5).reshape(qweight.shape).contiguous()  # -> (t, j, h, b)
+    v = v.permute(0, 1, 4, 2, 5, 3).reshape(qweight.shape)  # -> (t, j, b, h)
+    return torch.bitwise_xor(v, _OFFSET).contiguous()
 
 
 def canonical_order(qweight: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fragment_order`."""
     n, stages = _check(qweight)
-    v = qweight.reshape(n, stages, 4, 4, 2, 2)  # (t, j, h, b)
-    return v.permute(0, 1, 3, 4, 2, 5).reshape(qweight.shape).contiguous()  # -> (j, h, t, b)
+    v = torch.bitwise_xor(qweight, _OFFSET).reshape(n, stages, 4, 4, 2, 2)  # (t, j, b, h)
+    return v.permute(0, 1, 3, 5, 2, 4).reshape(qweight.shape).contiguous()  # -> (j, h, t, b)
