@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 #include <tuple>
+#include <unordered_map>
 
 #include "launch.h"
 
@@ -106,6 +107,57 @@ const SideStream& side_stream(c10::DeviceIndex device) {
     s = made;
   }
   return *s;
+}
+
+// 1 / smooth per smoothing-factor tensor, computed once: a prep launch per quantizer call cost ~2 us on the critical
+// path of each of a FLUX.1 forward's ~420 calls (perf-notes v2.22). Keyed by the tensor's impl, held weakly (an entry
+// whose tensor died is dropped), and valid while its version counter, data pointer, dtype and length are unchanged,
+// so an in-place change or a new tensor recomputes. A miss during CUDA graph capture computes into the graph as before
+// and is not cached (the graph's memory is not the cache's); a graph captured on a hit reads the cached values.
+bool g_rcp_cache = true;
+struct RcpEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+  uint32_t version;
+  const void* data;
+  at::ScalarType dtype;
+  int64_t K;
+  at::Tensor rcp;
+};
+
+// rcp for smooth_in (the caller's tensor; `smooth` its contiguous form) and whether it already holds 1 / smooth.
+std::pair<at::Tensor, bool> smooth_rcp(const at::Tensor& smooth_in, const at::Tensor& smooth, cudaStream_t stream) {
+  const int64_t K = smooth.size(0);
+  auto fresh = [&] { return at::empty({K}, smooth.options().dtype(at::kFloat)); };
+  if (!g_rcp_cache) return {fresh(), false};
+  static std::mutex mu;
+  static std::unordered_map<const c10::TensorImpl*, RcpEntry> cache;
+  c10::TensorImpl* impl = smooth_in.unsafeGetTensorImpl();
+  const uint32_t version = impl->version_counter().current_version();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(impl);
+  if (it != cache.end()) {
+    const RcpEntry& e = it->second;
+    if (!e.impl.expired() && e.version == version && e.data == smooth_in.data_ptr() &&
+        e.dtype == smooth_in.scalar_type() && e.K == K)
+      return {e.rcp, true};
+    cache.erase(it);
+  }
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) return {fresh(), false};
+  for (auto e = cache.begin(); e != cache.end();) e = e->second.impl.expired() ? cache.erase(e) : std::next(e);
+  at::Tensor rcp = fresh();
+  C10_CUDA_CHECK(svdq::launch_smooth_rcp(dtype_of(smooth, "smooth"), smooth.data_ptr(), rcp.data_ptr<float>(), (int)K,
+                                         stream));
+  // once per layer, so that callers on any stream find it ready (relaxed: another thread's capture does not forbid it)
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  const cudaError_t synced = cudaStreamSynchronize(stream);
+  C10_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  C10_CUDA_CHECK(synced);
+  cache.emplace(impl, RcpEntry{c10::weak_intrusive_ptr<c10::TensorImpl>(smooth_in.getIntrusivePtr()), version,
+                               smooth_in.data_ptr(), smooth_in.scalar_type(), K, rcp});
+  return {rcp, true};
 }
 
 bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side stream
@@ -268,10 +320,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const at::Tensor x2 = x2_in.has_value() ? prep(*x2_in) : at::Tensor();
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
-  auto rcp = at::empty({K}, x.options().dtype(at::kFloat));
+  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+  const auto [rcp, rcp_ready] = smooth_rcp(smooth_in, smooth, main.stream());
   svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), rcp.data_ptr<float>(),
                             xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
-  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+  a.rcp_ready = rcp_ready;
   const at::Tensor pd = pd_in.contiguous();
   if (x2.defined()) a.x2 = x2.data_ptr(), a.K1 = (int)K1;
   // out = cat([x, x2], 1) @ pd: two cuBLAS calls for a pair, the wider part first (FLUX: the MLP's 12288 columns). On
@@ -712,6 +765,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("on"), pybind11::arg("max_bytes") = INT64_MAX,
       "false: the down projection after the quantizer on the same stream (benchmarks); max_bytes: the side stream "
       "only while x (16-bit) is at most this size (default: any size)");
+  m.def(
+      "set_smooth_rcp_cache", [](bool on) { g_rcp_cache = on; }, pybind11::arg("on"),
+      "quantize_act_2l: 1 / smooth cached per smoothing-factor tensor (default) or computed by a launch per call");
   m.def(
       "gemm_2l_plan",
       [](int M, int N, int K, int sms) {

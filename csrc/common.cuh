@@ -127,6 +127,16 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t a) {
   return d;
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Four 8x8 b16 matrices in mma fragment layout (thread l: row l / 4, columns 2 (l % 4), + 1 of each), stored
+// transposed: lane 8 k + i gives the shared-memory address of row i of matrix k's transpose (16 bytes).
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b),
+               "r"(c), "r"(d)
+               : "memory");
+}
+#endif
+
 // Reciprocal refined to the accuracy the division below needs (nvcc's own div.rn fast path).
 __device__ __forceinline__ float rcp_refined(float b) {
   float y;

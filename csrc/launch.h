@@ -41,7 +41,7 @@ struct QuantizeAct2lArgs {
   DType dtype;
   const void* x;       // [M, K]
   const void* smooth;  // [K]
-  float* rcp;          // workspace [K]: 1 / smooth
+  float* rcp;          // [K]: 1 / smooth (workspace, computed by the launch unless rcp_ready)
   int8_t* xq;          // [M, K] values q * s_int in [-128, 112]
   float* xscale;       // [M]
   int M, K, group_size;
@@ -50,6 +50,7 @@ struct QuantizeAct2lArgs {
   int R = 0;
   const void* x2 = nullptr;  // per-row kernel: the rows are cat([x [M, K1], x2 [M, K - K1]]), K1 % 8 == 0
   int K1 = 0;
+  bool rcp_ready = false;  // rcp already holds 1 / smooth (cached per smoothing factor by the binding)
 };
 
 struct W4A4Gemm2lArgs {
@@ -109,6 +110,8 @@ bool gemm_int4_mma(int group_size);
 
 bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
+// rcp[k] = 1 / smooth[k] (fp32, round to nearest), the quantizer's prep launch
+cudaError_t launch_smooth_rcp(DType dtype, const void* smooth, float* rcp, int K, cudaStream_t stream);
 // benchmarks / tests: on = 0 launches one CTA per row (the kernel before v2.17); max_ctas > 0 caps the persistent grid
 void set_quantize_act_2l_persistent(int on, int max_ctas);
 int quantize_act_2l_last_ctas();  // CTAs of the last per-row launch

@@ -3,8 +3,9 @@
 // The per-token scale needs the whole row's absmax before any value can be quantized, so one CTA owns
 // a token row at a time and holds it in registers: V 16-byte vectors per thread, strided by the block size, so a
 // group of G values sits in G/8 consecutive lanes. x is read once, multiplied by the fp32 reciprocal
-// of the smoothing factor (one small prep launch computes 1 / smooth for the whole call), reduced to
-// group and row maxima, and written as int8 q * s_int with the per-token fp32 scale. From K = 8192 on, CTAs are
+// of the smoothing factor (one small prep launch computes 1 / smooth; the binding caches it per smoothing factor, so
+// that launch runs once per layer), reduced to group and row maxima, and written as int8 q * s_int with the
+// per-token fp32 scale. From K = 8192 on, CTAs are
 // persistent (as many as fit at once): the next rows of a CTA stream into a shared-memory ring by cp.async while
 // it quantizes the current one, so the SM keeps loads in flight through the row-max barrier and the stores (one
 // CTA per row: 2.2 TB/s on H200 at 4608 x 12288, persistent 2.7: perf-notes v2.17). (A 16-row variant
@@ -266,6 +267,14 @@ int vectors_per_thread(int K) {
 }  // namespace
 
 bool quantize_act_2l_supported(int K) { return vectors_per_thread(K) > 0; }
+
+cudaError_t launch_smooth_rcp(DType dtype, const void* smooth, float* rcp, int K, cudaStream_t stream) {
+  if (dtype == DType::kBF16)
+    rcp_kernel<__nv_bfloat16><<<(K + 255) / 256, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(smooth), rcp, K);
+  else
+    rcp_kernel<__half><<<(K + 255) / 256, 256, 0, stream>>>(static_cast<const __half*>(smooth), rcp, K);
+  return cudaGetLastError();
+}
 void set_quantize_act_2l_persistent(int on, int max_ctas) {
   g_persistent = on ? 1 : 0;
   g_max_ctas = max_ctas;
@@ -277,9 +286,10 @@ cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stre
   if (v == 0) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;
   const bool bf = a.dtype == DType::kBF16;
-  if (bf) rcp_kernel<__nv_bfloat16><<<(a.K + 255) / 256, 256, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(a.smooth), a.rcp, a.K);
-  else rcp_kernel<__half><<<(a.K + 255) / 256, 256, 0, stream>>>(static_cast<const __half*>(a.smooth), a.rcp, a.K);
+  if (!a.rcp_ready) {
+    const cudaError_t e = launch_smooth_rcp(a.dtype, a.smooth, a.rcp, a.K, stream);
+    if (e != cudaSuccess) return e;
+  }
   const int threads = a.K / 8 / v;
   switch (a.group_size) {
     case 32: return bf ? launch_v<__nv_bfloat16, 32>(a, v, threads, stream) : launch_v<__half, 32>(a, v, threads, stream);

@@ -434,10 +434,16 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // the low-rank tile of the tile at token m0n, by the threads first, first + step, ... (rows past M zero-filled)
   auto copy_lr_tile = [&](int m0n, int first, int step) {
     const int chunks = R / 8;
-    for (int i = first; i < BT * chunks; i += step) {
-      const int row = i / chunks, c = i % chunks;
+    if (chunks == 0) return;
+    auto copy = [&](int row, int c) {
       const int m = m0n + row;
       cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+    };
+    if (step % chunks == 0) {  // each thread keeps one chunk column (ranks 16, 32, 64): no division per copy
+      const int c = first % chunks, rstep = step / chunks;
+      for (int row = first / chunks; row < BT; row += rstep) copy(row, c);
+    } else {
+      for (int i = first; i < BT * chunks; i += step) copy(i / chunks, i % chunks);
     }
   };
   auto load_lr_tile = [&] { copy_lr_tile(m0, tid, kCT); };
@@ -706,24 +712,35 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
   }
-#pragma unroll
-  for (int j = 0; j < BT / 8; ++j) {
+  // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
+  // j*8 + 2t, + 1
+  auto packed = [&](int j, uint32_t& p0, uint32_t& p1) {
     float v[4] = {__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA,
                   __int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB};
     if (act == 1) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) v[e] = gelu_tanh(v[e]);
     }
-    const uint32_t p0 = Dt<T>::pack2(v[0], v[1]);
-    const uint32_t p1 = Dt<T>::pack2(v[2], v[3]);
+    p0 = Dt<T>::pack2(v[0], v[1]);
+    p1 = Dt<T>::pack2(v[2], v[3]);
+  };
+  if (ts) {  // two token octets per stmatrix: the transposes of (p0, p1) of octets j and j + 1
+    const int k = lane >> 3, i = lane & 7;  // this lane addresses row i of matrix k
+    const uint32_t dst = stage_out + i * 128 + ((((2 * warp + (k & 1)) ^ i)) << 4) + (k >> 1) * 8 * 128;
+#pragma unroll
+    for (int j = 0; j < BT / 8; j += 2) {
+      uint32_t a0, a1, b0, b1;
+      packed(j, a0, a1);
+      packed(j + 1, b0, b1);
+      stmatrix_x4_trans(dst + j * 8 * 128, a0, a1, b0, b1);  // row j*8 + i (+ 8) of the staging: chunk 2 warp (+1) ^ i
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < (ts ? 0 : BT / 8); ++j) {
+    uint32_t p0, p1;
+    packed(j, p0, p1);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
     const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
-    if (ts) {
-      const uint32_t row = stage_out + (j * 8 + g) * 128 + 4 * t;  // chunk 2 warp (+1) of the row, swizzled by g
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + (((2 * warp) ^ g) << 4)), "r"(q0) : "memory");
-      asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row + (((2 * warp + 1) ^ g) << 4)), "r"(q1) : "memory");
-      continue;
-    }
     const int m = m0 + j * 8 + g;
     if (m < M && j >= jlo && j < jhi) {
       T* dst = y + (int64_t)m * ldy + nbase + 2 * t;

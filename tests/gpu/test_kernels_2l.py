@@ -171,6 +171,51 @@ def test_quantize_act_2l_side_stream_overlap_and_graph_capture(ext):
     _check_graph_replay(ext, x, smooth, pd, seed=22)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantize_act_2l_smooth_reciprocal_cached_per_tensor(ext, dtype):
+    """1 / smooth is cached per smoothing-factor tensor: bit-identical to the launch per call, recomputed after an
+    in-place change of the tensor and for a new tensor (same address reused), computed into the graph (not cached) on a
+    miss during CUDA graph capture, read from the cache when a graph is captured on a hit."""
+    x, smooth, pd = _acts(37, 3072, 32, dtype, seed=31)
+
+    def uncached(s):
+        ext.set_smooth_rcp_cache(False)
+        try:
+            return ext.quantize_act_2l(x, s, pd, 64)
+        finally:
+            ext.set_smooth_rcp_cache(True)
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+    first, again = _quantize(ext, x, smooth, pd, 64), _quantize(ext, x, smooth, pd, 64)  # miss, then hit
+    assert same(first, again) and same(first, uncached(smooth))
+    assert torch.equal(first[0], quantize_act_2l_ref(x, smooth, pd, 64)[0])
+    smooth.mul_(1.75)  # in place: the version counter moves
+    changed = _quantize(ext, x, smooth, pd, 64)
+    assert same(changed, uncached(smooth)) and not torch.equal(changed[0], first[0])
+    smooth.data = (smooth * 0.5).contiguous()  # new storage under the same tensor object
+    assert same(_quantize(ext, x, smooth, pd, 64), uncached(smooth))
+    for _ in range(3):  # new tensors, freed right after: an address reused must not hit a stale entry
+        other = (torch.rand_like(smooth, dtype=torch.float32) * 2 + 0.5).to(dtype)
+        assert same(_quantize(ext, x, other, pd, 64), uncached(other))
+        del other
+    fresh = smooth.clone()  # first seen during capture
+    for s in (fresh, smooth):
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            if s is smooth:
+                ext.quantize_act_2l(x, s, pd, 64)  # warm: a hit inside the capture
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            out = ext.quantize_act_2l(x, s, pd, 64)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert same(out, uncached(s))
+
+
 def _check_graph_replay(ext, x, smooth, pd, seed):
     """quantize_act_2l captured in a CUDA graph (after a warm-up on a side stream), replayed on new inputs."""
     static_x = x.clone()
