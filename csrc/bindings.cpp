@@ -128,7 +128,8 @@ struct RcpEntry {
 std::pair<at::Tensor, bool> smooth_rcp(const at::Tensor& smooth_in, const at::Tensor& smooth, cudaStream_t stream) {
   const int64_t K = smooth.size(0);
   auto fresh = [&] { return at::empty({K}, smooth.options().dtype(at::kFloat)); };
-  if (!g_rcp_cache) return {fresh(), false};
+  // inference tensors have no version counter to tell an in-place change: computed per call, as before the cache
+  if (!g_rcp_cache || smooth_in.is_inference()) return {fresh(), false};
   static std::mutex mu;
   static std::unordered_map<const c10::TensorImpl*, RcpEntry> cache;
   c10::TensorImpl* impl = smooth_in.unsafeGetTensorImpl();

@@ -200,6 +200,11 @@ def test_quantize_act_2l_smooth_reciprocal_cached_per_tensor(ext, dtype):
         other = (torch.rand_like(smooth, dtype=torch.float32) * 2 + 0.5).to(dtype)
         assert same(_quantize(ext, x, other, pd, 64), uncached(other))
         del other
+    with torch.inference_mode():  # an inference tensor (no version counter): computed per call, not cached
+        inf = smooth * 1.25
+        assert same(_quantize(ext, x, inf, pd, 64), uncached(inf))
+        inf.mul_(0.5)
+        assert same(_quantize(ext, x, inf, pd, 64), uncached(inf))
     fresh = smooth.clone()  # first seen during capture
     for s in (fresh, smooth):
         graph = torch.cuda.CUDAGraph()
