@@ -793,6 +793,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "1 wherever they apply, 0 never, -1 (default) where the plan is unsplit with >= 2 tiles per SM (int8 weights: "
         "and K <= 5120)");
   m.def("gemm_2l_persistent", &svdq::gemm_2l_persistent, "the persistent kernels' mode: 1, 0 or -1 (auto)");
+  m.def("set_gemm_2l_rf_by_cost", &svdq::set_gemm_2l_rf_by_cost, pybind11::arg("on"),
+        "fragment order: the persistent register-fragment GEMM wherever its cost model beats the plan's kernel, also "
+        "at split or under-filled plans (opt-in until GPU-tested)");
+  m.def("gemm_2l_rf_by_cost", &svdq::gemm_2l_rf_by_cost, "whether set_gemm_2l_rf_by_cost is on");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");

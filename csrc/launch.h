@@ -155,6 +155,8 @@ int gemm_2l_rf_warpgroups();
 // tile); off: those ranks take the non-persistent kernels. Off by default until GPU-tested (perf-notes v2.19).
 void set_gemm_2l_rf_wide_lr(bool on);
 bool gemm_2l_rf_wide_lr();
+void set_gemm_2l_rf_by_cost(bool on);
+bool gemm_2l_rf_by_cost();
 void set_gemm_2l_probe(int probe);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

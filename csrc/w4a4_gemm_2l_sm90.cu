@@ -908,6 +908,9 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
+// the register-fragment loop wherever rf_cost beats the plan's kernel, not only where the plan is unsplit with two
+// tiles per SM (opt-in until GPU-tested; measured at GEMM level in perf-notes v2.22: 0.78-0.84x at M = 512 / 1024)
+bool g_rf_by_cost = false;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
@@ -973,6 +976,8 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
+void set_gemm_2l_rf_by_cost(bool on) { g_rf_by_cost = on; }
+bool gemm_2l_rf_by_cost() { return g_rf_by_cost; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
 bool gemm_2l_plan_forced() {
   return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||
@@ -998,17 +1003,21 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     const Gemm2lPlan pp = plan_among(a.M, a.N, a.K, num_sms, mask ? mask : tile_bit(224));
     const long tiles = (long)(a.N / kRows) * ((a.M + pp.tile_tokens - 1) / pp.tile_tokens);
     const bool pays = p.splits == 1 && tiles >= 2L * num_sms && (!w8 || a.K <= kPsMaxK);
-    const bool persistent = pp.splits == 1 && (g_persistent > 0 || pays);
+    bool persistent = pp.splits == 1 && (g_persistent > 0 || pays);
     // fragment order, persistent, two consumer warpgroups: the token tile by the register-fragment loop's own cost
     // model (256 included: no A tiles; at 4096 tokens 256-token tiles fill 2.9 waves of 132 SMs, 224 3.5)
     int bt2 = pp.tile_tokens;
-    if (persistent && a.frag) {
+    if (a.frag) {
       long c2 = -1;
       for (int bt : kTiles)
         if (g_plan_tiles & tile_bit(bt)) {
           const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt);
           if (c2 < 0 || c < c2) bt2 = bt, c2 = c;
         }
+      // opt-in (set_gemm_2l_rf_by_cost): also where the plan splits K or has fewer than two tiles per SM, wherever
+      // the model puts the register-fragment loop below the plan's kernel (its model in ns, ~1.77 cycles each)
+      if (g_rf_by_cost && g_persistent < 0 && g_force_splits <= 1 && c2 >= 0 && c2 * 100 < plan_ns * 177)
+        persistent = true;
     }
     // fragment order, N a multiple of 192: three consumer warpgroups (192-row tiles) where the model says they
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles

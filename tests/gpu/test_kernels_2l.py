@@ -748,6 +748,30 @@ def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 
 
+@pytest.mark.parametrize("M,K,N,R", [(256, 3072, 3072, 32), (512, 3072, 3072, 32), (512, 3072, 9216, 32),
+                                     (1024, 12288, 3072, 32), (1024, 15360, 3072, 32), (97, 3072, 3072, 64),
+                                     (512, 12288, 3072, 32), (33, 768, 640, 16)])
+def test_gemm_2l_fragment_order_rf_by_cost_bit_identical(hopper, M, K, N, R):
+    """set_gemm_2l_rf_by_cost(True) (opt-in): the register-fragment loop also where the plan splits K or under-fills
+    the SMs, wherever its cost model says so (perf-notes v2.22: M = 512 / 1024); the canonical default kernel's
+    outputs bit for bit, every output written, and the switch back off afterwards."""
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N + 47)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=K + 47)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    qf = fragment_order(qw)
+    hopper.set_gemm_2l_rf_by_cost(True)
+    try:
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    finally:
+        hopper.set_gemm_2l_rf_by_cost(False)
+    assert y is not None, hopper.last_error()
+    assert not hopper.gemm_2l_rf_by_cost()
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
 def test_gemm_probes_run_and_leave_the_kernel_exact(hopper):
     """The register-fragment GEMM's epilogue probes (benchmarks/gemm_2l_ksweep.py --probes: without the low-rank mma,
     without the output's TMA store, without the epilogue; the low-rank branch by mma.sync; CTA barriers around the

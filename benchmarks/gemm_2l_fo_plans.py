@@ -1,0 +1,78 @@
+"""The fragment-order GEMM's plans at a few hundred tokens, against the default's pick (sm_90a).
+
+usage: python benchmarks/gemm_2l_fo_plans.py [--ms 512,256,1024] [--reps 20] [--rounds 2]
+
+FLUX.1's text stream runs its GEMMs at M = 512 (batch 1), where few tiles under-fill 132 SMs and the choice among
+kernels decides the time. For each M and FLUX.1 (K, N) this times w4a4_gemm_2l_fo alone (CUDA graphs, inputs
+pre-quantized, rank 32) with: the default ("auto": the register-fragment cost model `rf_cost` and the non-persistent
+plan), the persistent two-warpgroup loop forced at each token tile ("rf2_<tile>"), three warpgroups on 192-row tiles
+("rf3_<tile>", where N % 192 == 0) and the non-persistent kernels ("np": the plan's tile and K split), in alternating
+order over --rounds, and prints the medians, the best and default / best (1.00: the default picked the best).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+from cuda_timing import time_graph
+from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
+
+from svdquant_hf.ops.layout_2l import fragment_order
+
+
+def candidates(N: int) -> list[tuple[str, dict, int]]:
+    """(name, gemm_switches arguments, forced token tile or 0)."""
+    out = [("auto", {}, 0), ("np", {"persistent": 0}, 0)]
+    out += [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
+    if N % 192 == 0:
+        out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ms", default="512,256,1024")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    ext = hopper_extension("gemm_2l_fo_plans")
+    if ext is None:
+        return 2
+    print(f"{torch.cuda.get_device_name()}: w4a4_gemm_2l_fo alone, us (CUDA graph), rank 32, median of {args.rounds} "
+          "alternating rounds")
+    for M in (int(m) for m in args.ms.split(",")):
+        for K, N in FLUX_SHAPES:
+            p = random_2l(M, K, N, 32, 64)
+            q = [ext.quantize_act_2l(x, p.smooth, p.proj_down, 64) for x in p.xs]
+            qf = fragment_order(p.qweight)
+
+            def gemm(xq, xs, lr):
+                return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
+
+            cands = candidates(N)
+            times: dict[str, list[float]] = {c[0]: [] for c in cands}
+            for r in range(args.rounds):
+                for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):
+                    with gemm_switches(ext, **switches):
+                        ext.set_gemm_2l_tile_tokens(bt)
+                        ext.set_gemm_2l_splits(1 if bt else 0)  # a forced tile unsplit: the persistent kernel runs
+                        try:
+                            times[name].append(1e3 * time_graph(gemm, q, args.reps))
+                        finally:
+                            ext.set_gemm_2l_splits(0)
+                            ext.set_gemm_2l_tile_tokens(0)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            best = min(med, key=med.get)
+            row = " ".join(f"{k}={v:.1f}" for k, v in med.items())
+            print(f"M={M:5d} K={K:5d} N={N:5d} | {row} | best {best}, auto/best {med['auto'] / med[best]:.2f}",
+                  flush=True)
+            del p, q, qf
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
