@@ -109,8 +109,8 @@ const SideStream& side_stream(c10::DeviceIndex device) {
   return *s;
 }
 
-// 1 / smooth per smoothing-factor tensor, computed once: a prep launch per quantizer call cost ~2 us on the critical
-// path of each of a FLUX.1 forward's ~420 calls (perf-notes v2.22). Keyed by the tensor's impl, held weakly (an entry
+// 1 / smooth per smoothing-factor tensor, computed once: a prep launch per quantizer call, ~420 a FLUX.1 forward,
+// took ~1.2 ms of its GPU time (H200, perf-notes v2.22). Keyed by the tensor's impl, held weakly (an entry
 // whose tensor died is dropped), and valid while its version counter, data pointer, dtype and length are unchanged,
 // so an in-place change or a new tensor recomputes. A miss during CUDA graph capture computes into the graph as before
 // and is not cached (the graph's memory is not the cache's); a graph captured on a hit reads the cached values.
@@ -322,10 +322,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
-  const auto [rcp, rcp_ready] = smooth_rcp(smooth_in, smooth, main.stream());
-  svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), rcp.data_ptr<float>(),
+  svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), nullptr,
                             xq.data_ptr<int8_t>(), xscale.data_ptr<float>(), (int)M, (int)K, (int)group_size};
-  a.rcp_ready = rcp_ready;
   const at::Tensor pd = pd_in.contiguous();
   if (x2.defined()) a.x2 = x2.data_ptr(), a.K1 = (int)K1;
   // out = cat([x, x2], 1) @ pd: two cuBLAS calls for a pair, the wider part first (FLUX: the MLP's 12288 columns). On
@@ -356,6 +354,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: fused launch failed: ", cudaGetErrorString(err));
     return {xq, xscale, lr};
   }
+  // the per-row kernel's 1 / smooth (the fused kernel computes its own)
+  const auto [rcp, rcp_ready] = smooth_rcp(smooth_in, smooth, main.stream());
+  a.rcp = rcp.data_ptr<float>();
+  a.rcp_ready = rcp_ready;
   if (pd.size(1) == 0) {
     lr = at::empty({M, 0}, x.options());
   } else if (g_lr_overlap && M * K * 2 <= g_overlap_max_bytes) {

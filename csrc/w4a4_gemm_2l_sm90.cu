@@ -909,7 +909,8 @@ bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 // the register-fragment loop wherever rf_cost beats the plan's kernel, not only where the plan is unsplit with two
-// tiles per SM (opt-in until GPU-tested; measured at GEMM level in perf-notes v2.22: 0.78-0.84x at M = 512 / 1024)
+// tiles per SM (opt-in until GPU-tested; the kernels it would pick, forced, took 0.82-0.84x the default's time at
+// three M = 512 / 1024 shapes: perf-notes v2.22)
 bool g_rf_by_cost = false;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
@@ -1007,7 +1008,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // fragment order, persistent, two consumer warpgroups: the token tile by the register-fragment loop's own cost
     // model (256 included: no A tiles; at 4096 tokens 256-token tiles fill 2.9 waves of 132 SMs, 224 3.5)
     int bt2 = pp.tile_tokens;
-    if (a.frag) {
+    if (a.frag && (persistent || g_rf_by_cost)) {
       long c2 = -1;
       for (int bt : kTiles)
         if (g_plan_tiles & tile_bit(bt)) {
