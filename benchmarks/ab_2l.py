@@ -1,6 +1,6 @@
 """Interleaved A/B timing of the int4_2l chain (quantize_act_2l + w4a4_gemm_2l): earlier versions vs now.
 
-usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30] [--no-w8] [--no-ts]
+usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30] [--no-w8] [--no-ts] [--cols now,fo,bf16]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
@@ -15,13 +15,17 @@ Columns (us per call, CUDA graph):
           or three consumer warpgroups as its cost model picks; "fo2" the same with two warpgroups only (v2.14);
           "fo_fq" fo with the quantizer that fuses the down projection (x read once; set_quantize_act_2l_fused: its lr
           differs from cuBLAS's in fp32 rounding, so fo_fq is checked within 1e-2 of now, not for bit identity);
+          "fo_rbc" fo with set_gemm_2l_rf_by_cost (the register-fragment loop, unsplit or split over a cluster,
+          wherever its cost models beat the plan's kernel);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
           per stage, no CTA barrier in the loop); "w8ps" int8 weights persistent wherever it applies (one CTA
           per SM walking the tiles; branch rank <= 64); "w8a" int8 weights with the default switches (auto);
   peers in the same rounds: "bf16" cuBLAS x @ w.T + bias, "fp8" torch._scaled_mm rowwise (e4m3, fast
-          accumulation; the activation cast not counted).
+          accumulation; the activation cast not counted), "fp8d" the same with the activations' rowwise cast timed
+          too (torch.compile'd amax + scale + cast, as a dynamic fp8 linear does; like for like with our chain,
+          which quantizes its activations).
 Then ratios of the medians (a/b > 1: b faster). Bit-identity of every configuration with "now" is checked on
 every shape before timing.
 """
@@ -51,16 +55,17 @@ SWITCHED = {
     "fo": ("frag", {}),
     "fo2": ("frag", {"rf_warpgroups": 2}),
     "fo_fq": ("frag", {"fused_quant": 1}),
+    "fo_rbc": ("frag", {"rf_by_cost": True}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
     "w8ps": ("int8", {"persistent": 1}),
     "w8a": ("int8", {}),
 }
-COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8"]
+COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq"}  # the fused quantizer's lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
-          ("fo", "fo_fq"),
+          ("fo", "fo_fq"), ("fo", "fo_rbc"), ("bf16", "fo_rbc"), ("fp8", "fo_rbc"), ("fp8d", "fo_rbc"), ("fp8d", "fo"),
           ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
@@ -92,6 +97,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernels (w8a4_gemm_2l)")
     ap.add_argument("--no-ts", action="store_true", help="leave out the TMA-store epilogue")
+    ap.add_argument("--cols", default="", help="only these columns (comma-separated; default: all)")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
@@ -100,12 +106,17 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds (odd ones in reverse order); bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
-    cols, ratios = COLS, RATIOS  # the table's columns and ratio columns
+    keep = set(args.cols.split(",")) - {""} or set(COLS)
+    if "now" not in keep:
+        keep.add("now")  # the bit-identity reference
+    cols = [c for c in COLS if c in keep and not (c.startswith("w8") and args.no_w8) and not (c == "ts" and args.no_ts)]
+    ratios = [(a, b) for a, b in RATIOS if a in cols and b in cols]
+    quant8 = torch.compile(rowwise_e4m3, dynamic=False) if "fp8d" in cols else None
     print(f"{'M':>5} {'K':>6} {'N':>6} | " + " ".join(f"{c:>8}" for c in cols) + " | " +
           " ".join(f"{a + '/' + b:>9}" for a, b in ratios))
     default = CONFIGS["now"]
     switched = {name: (wt, kw) for name, (wt, kw) in SWITCHED.items()
-                if (w8_on or wt != "int8") and not (args.no_ts and kw.get("tma_store"))}
+                if (w8_on or wt != "int8") and not (args.no_ts and kw.get("tma_store")) and name in cols}
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
         for K, N in FLUX_SHAPES:
@@ -137,6 +148,8 @@ def main() -> int:
 
             outs = {}
             for name, cfg in CONFIGS.items():
+                if name not in cols:
+                    continue
                 configure(ext, *cfg)
                 try:
                     outs[name] = chain(p.xs[0])
@@ -161,6 +174,10 @@ def main() -> int:
 
             dense = lambda x, w=w: torch.nn.functional.linear(x, w, bias)  # noqa: E731
 
+            def fp8d(x, wf8=wf8, sw=sw):
+                x8, sx = quant8(x)
+                return torch._scaled_mm(x8, wf8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=dt, use_fast_accum=True)
+
             def timed(name: str) -> float:
                 """us per call of column `name`, under its configuration or switches."""
                 if name in CONFIGS:
@@ -172,6 +189,8 @@ def main() -> int:
                 if name in SWITCHED:
                     return (float("nan") if name not in switched else
                             run_switched(name, lambda fn: 1e3 * time_graph(fn, xs, args.reps)))
+                if name == "fp8d":
+                    return 1e3 * time_graph(fp8d, xs, args.reps)
                 return 1e3 * (time_graph(dense, xs, args.reps) if name == "bf16" else time_graph(fp8, x8s, args.reps))
 
             times: dict[str, list[float]] = {c: [] for c in cols}

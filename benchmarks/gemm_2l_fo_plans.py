@@ -1,12 +1,14 @@
 """The fragment-order GEMM's plans at a few hundred tokens, against the default's pick (sm_90a).
 
-usage: python benchmarks/gemm_2l_fo_plans.py [--ms 512,256,1024] [--reps 20] [--rounds 2]
+usage: python benchmarks/gemm_2l_fo_plans.py [--ms 512,256,1024] [--reps 20] [--rounds 2] [--splits]
 
 FLUX.1's text stream runs its GEMMs at M = 512 (batch 1), where few tiles under-fill 132 SMs and the choice among
 kernels decides the time. For each M and FLUX.1 (K, N) this times w4a4_gemm_2l_fo alone (CUDA graphs, inputs
 pre-quantized, rank 32) with: the default ("auto": the register-fragment cost model `rf_cost` and the non-persistent
-plan), the persistent two-warpgroup loop forced at each token tile ("rf2_<tile>"), three warpgroups on 192-row tiles
-("rf3_<tile>", where N % 192 == 0) and the non-persistent kernels ("np": the plan's tile and K split), in alternating
+plan), "rbc" (`set_gemm_2l_rf_by_cost(True)`: the register-fragment loop, unsplit or split over a cluster, wherever
+its cost models beat the plan), the persistent two-warpgroup loop forced at each token tile ("rf2_<tile>"), three
+warpgroups on 192-row tiles ("rf3_<tile>", where N % 192 == 0), the non-persistent kernels ("np": the plan's tile and
+K split) and with --splits the register-fragment loop split over a cluster ("rs<tile>x<CTAs>"), in alternating
 order over --rounds, and prints the medians, the best and default / best (1.00: the default picked the best).
 """
 from __future__ import annotations
@@ -23,13 +25,19 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
-def candidates(N: int) -> list[tuple[str, dict, int]]:
+def candidates(N: int, splits: bool = False) -> list[tuple[str, dict, int]]:
     """(name, gemm_switches arguments, forced token tile or 0)."""
-    out = [("auto", {}, 0), ("np", {"persistent": 0}, 0)]
+    out = [("auto", {}, 0), ("rbc", {"rf_by_cost": True}, 0), ("np", {"persistent": 0}, 0)]
     out += [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
     if N % 192 == 0:
         out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]
+    if splits:
+        out += [(f"rs{bt}x{s}", {"rf_splits": s}, bt) for bt, s in SPLITS]
     return out
+
+
+# the register-fragment loop split over a cluster: (token tile, CTAs per cluster) forced with --splits
+SPLITS = [(256, 2), (256, 4), (256, 5), (256, 8), (128, 2), (128, 3), (128, 4), (64, 2)]
 
 
 def main() -> int:
@@ -37,6 +45,7 @@ def main() -> int:
     ap.add_argument("--ms", default="512,256,1024")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--splits", action="store_true", help="also the split register-fragment loop, forced (SPLITS)")
     args = ap.parse_args()
     ext = hopper_extension("gemm_2l_fo_plans")
     if ext is None:
@@ -52,13 +61,14 @@ def main() -> int:
             def gemm(xq, xs, lr):
                 return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
 
-            cands = candidates(N)
+            cands = candidates(N, args.splits)
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):
                     with gemm_switches(ext, **switches):
                         ext.set_gemm_2l_tile_tokens(bt)
-                        ext.set_gemm_2l_splits(1 if bt else 0)  # a forced tile unsplit: the persistent kernel runs
+                        # a forced tile unsplit: the persistent kernel runs (a forced cluster split is the RF loop's own)
+                        ext.set_gemm_2l_splits(1 if bt else 0)
                         try:
                             times[name].append(1e3 * time_graph(gemm, q, args.reps))
                         finally:

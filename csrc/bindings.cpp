@@ -799,6 +799,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fragment order: the persistent register-fragment GEMM wherever its cost model beats the plan's kernel, also "
         "at split or under-filled plans (opt-in until GPU-tested)");
   m.def("gemm_2l_rf_by_cost", &svdq::gemm_2l_rf_by_cost, "whether set_gemm_2l_rf_by_cost is on");
+  m.def("set_gemm_2l_rf_splits", &svdq::set_gemm_2l_rf_splits, pybind11::arg("s"),
+        "fragment order: the register-fragment GEMM with K split over a cluster of s CTAs, one tile each: 0 (default) "
+        "where its cost model says so (with set_gemm_2l_rf_by_cost), 1 never, 2-8 forced");
+  m.def("gemm_2l_rf_splits", &svdq::gemm_2l_rf_splits, "the split register-fragment GEMM's mode (0, 1 or 2-8)");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");

@@ -157,6 +157,10 @@ void set_gemm_2l_rf_wide_lr(bool on);
 bool gemm_2l_rf_wide_lr();
 void set_gemm_2l_rf_by_cost(bool on);
 bool gemm_2l_rf_by_cost();
+// The register-fragment loop with K split over a cluster of CTAs, one tile each (a few hundred tokens): 0 where its
+// cost model says so (with set_gemm_2l_rf_by_cost), 1 never, 2-8 forced.
+void set_gemm_2l_rf_splits(int s);
+int gemm_2l_rf_splits();
 void set_gemm_2l_probe(int probe);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

@@ -233,6 +233,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
+  // split (RF, one tile per CTA): the int32 partials meet in the drained stages and the output staging after them
+  static_assert(!RF || Cfg::kAcc * kCT * 4 <= NS * Cfg::kStageBytes + Cfg::kOutBytes, "split exchange: no room");
   constexpr int GPS = kBK / G;  // groups per stage
   extern __shared__ uint8_t smem_raw[];
   // 1024-byte alignment for the swizzled tiles; indexing smem_raw keeps the loads in the shared window (LDS)
@@ -249,7 +251,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const int KT = K / kBK;
   const int row_tiles = N / kTR;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
-  const int splits = gridDim.z, z = blockIdx.z;  // cluster (1, 1, splits): rank z
+  constexpr bool kSplits = !PS || (RF && CW == 2 && EP == 0);  // the kernels that may run split
+  const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
 
@@ -288,7 +291,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
         if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
-            for (int kt = 0; kt < KT; ++kt, ++i) {
+            for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
               if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
               load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kTR);
             }
@@ -299,7 +302,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
           }
         }
       }
-      if constexpr (PS) return;  // the consumers meet only each other (named barrier kBarAll)
+      if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
+        if (splits > 1) {
+          cooperative_groups::this_cluster().sync();
+          cooperative_groups::this_cluster().sync();
+        }
+        return;
+      }
       __syncthreads();
       if (gridDim.z > 1) {
         cooperative_groups::this_cluster().sync();
@@ -585,25 +594,55 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
   if (splits > 1) {
+    // Every CTA's partials go to its shared memory as [octet j][thread] int4 (the stages are drained); CTA z sums
+    // octets jlo .. jhi - 1 of all of them, a batch of octets per peer by 16-byte loads of distributed shared memory
+    // in flight together, into its own buffer, and takes its octets back from there.
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
-    int* red = reinterpret_cast<int*>(smem);  // [kAcc][kCT]: the stages are drained
+    // PS (RF, split): no CTA barrier after the loop, so the other warpgroup's last wgmmas may still read a stage
+    if constexpr (PS) asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
+    auto red_at = [&](int j) { return sbase + (uint32_t)(j * kCT + tid) * 16; };
 #pragma unroll
-    for (int i = 0; i < Cfg::kAcc; ++i) red[i * kCT + tid] = acc[i];
+    for (int j = 0; j < JB; ++j)
+      asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(red_at(j)), "r"(acc[4 * j]), "r"(acc[4 * j + 1]),
+                   "r"(acc[4 * j + 2]), "r"(acc[4 * j + 3]) : "memory");
     cluster.sync();
     jlo = z * JB / splits;
     jhi = (z + 1) * JB / splits;
-    for (int q = 0; q < splits; ++q) {
-      if (q == z) continue;
-      const int* other = cluster.map_shared_rank(red, q);
+    constexpr int kB = 4;  // octets per batch
+    for (int j0 = jlo; j0 < jhi; j0 += kB) {
+      int sum[kB][4];
 #pragma unroll
-      for (int j = 0; j < JB; ++j) {
-        if (j >= jlo && j < jhi) {
+      for (int u = 0; u < kB; ++u)
+        if (j0 + u < jhi)
+          asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=r"(sum[u][0]), "=r"(sum[u][1]), "=r"(sum[u][2]), "=r"(sum[u][3]) : "r"(red_at(j0 + u)) : "memory");
+      for (int q = 1; q < splits; ++q) {
+        uint32_t peer;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(peer) : "r"(red_at(j0)), "r"((z + q) % splits));
+        int v[kB][4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) acc[4 * j + e] += other[(4 * j + e) * kCT + tid];
-        }
+        for (int u = 0; u < kB; ++u)
+          if (j0 + u < jhi)
+            asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(v[u][0]), "=r"(v[u][1]), "=r"(v[u][2]), "=r"(v[u][3]) : "r"(peer + u * kCT * 16) : "memory");
+#pragma unroll
+        for (int u = 0; u < kB; ++u)
+          if (j0 + u < jhi)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sum[u][e] += v[u][e];
       }
+#pragma unroll
+      for (int u = 0; u < kB; ++u)
+        if (j0 + u < jhi)
+          asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(red_at(j0 + u)), "r"(sum[u][0]), "r"(sum[u][1]),
+                       "r"(sum[u][2]), "r"(sum[u][3]) : "memory");
     }
+#pragma unroll
+    for (int j = 0; j < JB; ++j)
+      if (j >= jlo && j < jhi)
+        asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(acc[4 * j]), "=r"(acc[4 * j + 1]), "=r"(acc[4 * j + 2]), "=r"(acc[4 * j + 3]) : "r"(red_at(j)) : "memory");
     cluster.sync();  // nobody reads this CTA's shared memory any more: the epilogue may reuse it
   }
 
@@ -752,9 +791,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
     if ((tid & 127) == 0 && EP != 2) {
-      if constexpr (PS)
-        tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
-      else
+      if constexpr (PS) {
+        if (splits == 1) {
+          tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
+        } else {  // split (RF): this CTA's token octets, boxes of 8 rows (the staging is 1024-aligned per octet)
+          for (int j = jlo; j < jhi && m0 + 8 * j < M; ++j)
+            tma_store_2d_async(&tm_y, stage_out + j * 1024, (n0 + wg * 64) * 2, m0 + 8 * j);
+        }
+      } else
         tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
     }
   }
@@ -820,11 +864,11 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
-  // tma_store: the output as bytes [M, 2 N], boxes of BT rows x 128 bytes (64 elements), 128-byte swizzle
-  // (encoded only when used: each encoding is host time per call)
+  // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
+  // elements), 128-byte swizzle (encoded only when used: each encoding is host time per call)
   const int64_t ldy = a.ldy ? a.ldy : a.N;
-  if ((g_tma_store || PS) &&
-      !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, BT, 128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
+  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : BT, 128,
+                                       CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -843,9 +887,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(a.N / rows, (a.M + BT - 1) / BT, splits);
-  if constexpr (PS) {  // unsplit; one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...
+  if constexpr (PS) {  // unsplit: one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...; split (the
+    // register-fragment loop): one tile per CTA, its K range by blockIdx.z
     const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT);
-    cfg.gridDim = dim3((unsigned)std::min<long>(tiles, num_sms > 0 ? num_sms : tiles), 1, 1);
+    cfg.gridDim = dim3((unsigned)(splits > 1 ? tiles : std::min<long>(tiles, num_sms > 0 ? num_sms : tiles)), 1, splits);
   }
   cfg.blockDim = dim3(Cfg::kThreads);
   cfg.dynamicSmemBytes = smem;
@@ -912,6 +957,9 @@ int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token 
 // tiles per SM (opt-in until GPU-tested; the kernels it would pick, forced, took 0.82-0.84x the default's time at
 // three M = 512 / 1024 shapes: perf-notes v2.22)
 bool g_rf_by_cost = false;
+// the register-fragment loop with K split over a cluster, one tile per CTA (few tiles: M of a few hundred tokens):
+// 0 where rf_split_cost beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
+int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
@@ -925,6 +973,17 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt) {
   const long stage = cw == 3 ? (bt == 192 ? 1525 : 1290) : 2L * bt + 700;
   const long fixed = cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt;
   return (tiles + num_sms - 1) / num_sms * ((K / kBK) * stage + fixed);
+}
+
+// The same split over a cluster of s CTAs along K (one tile each): a CTA runs ceil(KT / s) stages, a tile's fixed
+// part, and the exchange of the int32 partials. Fitted on H200 (perf-notes v2.23, gemm_2l_fo_plans.py --splits, M =
+// 256 / 512, 128- and 256-token tiles, 2 and 4 CTAs, before the exchange by 16-byte batches): a stage ~2 BT + 700
+// cycles when a CTA has one tile, the exchange ~1500 + 12 BT (s - 1). CTAs run in waves of one per SM.
+long rf_split_cost(int M, int N, int K, int num_sms, int bt, int s) {
+  const long tiles = (long)(N / 128) * ((M + bt - 1) / bt);
+  const long waves = (tiles * s + num_sms - 1) / num_sms;
+  const long stages = (K / kBK + s - 1) / s;
+  return waves * (stages * (2L * bt + 700) + 1000 + 37L * bt + 1500 + 12L * bt * (s - 1));
 }
 
 }  // namespace
@@ -979,9 +1038,12 @@ void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
 void set_gemm_2l_rf_by_cost(bool on) { g_rf_by_cost = on; }
 bool gemm_2l_rf_by_cost() { return g_rf_by_cost; }
+void set_gemm_2l_rf_splits(int s) { g_rf_splits = s >= 1 && s <= 8 ? s : 0; }
+int gemm_2l_rf_splits() { return g_rf_splits; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
 bool gemm_2l_plan_forced() {
   return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||
+         g_rf_splits > 1 ||
          g_trace || g_tma_store || g_w8_producer;
 }
 
@@ -1008,6 +1070,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // fragment order, persistent, two consumer warpgroups: the token tile by the register-fragment loop's own cost
     // model (256 included: no A tiles; at 4096 tokens 256-token tiles fill 2.9 waves of 132 SMs, 224 3.5)
     int bt2 = pp.tile_tokens;
+    const bool persistent0 = persistent;  // before set_gemm_2l_rf_by_cost's widening
     if (a.frag && (persistent || g_rf_by_cost)) {
       long c2 = -1;
       for (int bt : kTiles)
@@ -1020,26 +1083,51 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (g_rf_by_cost && g_persistent < 0 && g_force_splits <= 1 && c2 >= 0 && c2 * 100 < plan_ns * 177)
         persistent = true;
     }
+    const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2) : plan_ns * 177 / 100;
+    // fragment order: the register-fragment loop with K split over a cluster, one tile per CTA (few tiles), where
+    // rf_split_cost beats what runs otherwise by 5 % (with set_gemm_2l_rf_by_cost), or forced
+    int bts = 0, ss = 0;
+    long cs = -1;
+    if (a.frag && !w8 && g_force_splits <= 1 && (g_rf_splits > 1 || (g_rf_splits == 0 && g_rf_by_cost && g_persistent < 0))) {
+      for (int bt : kTiles) {
+        if (!(g_plan_tiles & tile_bit(bt))) continue;
+        for (int sp = 2; sp <= 8; ++sp) {  // the model: 2 or 4 (clusters of 5 and 8 ran as two waves: v2.23)
+          if ((g_rf_splits > 1 ? sp != g_rf_splits : sp != 2 && sp != 4) || sp > a.K / kBK || sp > bt / 8) continue;
+          const long c = rf_split_cost(a.M, a.N, a.K, num_sms, bt, sp);
+          if (cs < 0 || c < cs) bts = bt, ss = sp, cs = c;
+        }
+      }
+      if (ss && g_rf_splits == 0 && cs * 20 >= now * 19) ss = 0;
+    }
     // fragment order, N a multiple of 192: three consumer warpgroups (192-row tiles) where the model says they
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
     // each)
     // (a plan restricted to some token tiles by a test or benchmark keeps two, unless three are forced)
     if (a.frag && !wide_lr && a.N % 192 == 0 &&
-        (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15))) {
+        (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15 && g_rf_splits <= 1))) {
       int bt3 = 0;
       long c3 = -1;
       for (int bt : {192, 128}) {
         const long c = rf_cost(a.M, a.N, a.K, num_sms, 3, bt);
         if ((!g_rf3_tile || bt == g_rf3_tile) && (c3 < 0 || c < c3)) bt3 = bt, c3 = c;
       }
-      const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2) : plan_ns * 177 / 100;
-      if (g_rf_warpgroups == 3 || c3 * 20 < now * 19) {
+      // (against the plan's kernel where only set_gemm_2l_rf_by_cost made the loop persistent: there the two-warpgroup
+      // model favours itself, e.g. 1.08x slower than three at M = 256 x 12288, perf-notes v2.23)
+      const long now3 = persistent0 || !persistent ? now : plan_ns * 177 / 100;
+      if (g_rf_warpgroups == 3 || c3 * 20 < (ss ? std::min(now3, cs) : now3) * 19) {
         if (bt3 == 192)
           return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
                     : launch_2l<__half, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms);
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms);
       }
+    }
+    if (ss) {  // split (one tile per CTA)
+      if (wide_lr)
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bts, ss}, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bts, ss}, stream, num_sms);
+      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bts, ss}, stream, num_sms)
+                : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bts, ss}, stream, num_sms);
     }
     if (persistent) {
       if (w8)

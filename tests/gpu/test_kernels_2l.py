@@ -748,13 +748,45 @@ def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 
 
+@pytest.mark.parametrize("bt", [64, 128, 224, 256])
+@pytest.mark.parametrize("splits", [2, 3, 5, 8])
+@pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 1, 1024, 128, 32), (torch.bfloat16, 97, 3072, 384, 0),
+                                           (torch.bfloat16, 255, 12288, 3072, 32), (torch.float16, 300, 1280, 896, 16),
+                                           (torch.bfloat16, 256, 3072, 3072, 64), (torch.float16, 513, 2048, 768, 32)])
+def test_gemm_2l_fragment_order_split_register_loop_bit_identical(hopper, bt, splits, dtype, M, K, N, R):
+    """The register-fragment loop with K split over a cluster of CTAs (set_gemm_2l_rf_splits: one tile per CTA,
+    the int32 partials summed in distributed shared memory, each CTA storing its token octets) equals the unsplit
+    loop at the same token tile bit for bit, every element written (poisoned first), over three launches; cluster
+    sizes 2-8 (3 and 5: not powers of two), tiles of M past its end, rank 0, 16, 32 and 64 (the wide low-rank tile)."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + bt + splits + 53)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=bt + R + 53, bias=R != 16)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    with _forced_plan(hopper, bt, 1):
+        hopper.set_gemm_2l_persistent(1)
+        hopper.set_gemm_2l_rf_warpgroups(2, 0)
+        _poison(4 * M * N, 0xFF)
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+        assert torch.isfinite(ref).all(), "unwritten (NaN-poisoned) outputs, unsplit register-fragment loop"
+        hopper.set_gemm_2l_rf_splits(splits)
+        try:
+            assert hopper.gemm_2l_rf_splits() == splits
+            y = _fo_launches_match(hopper, ref, xq, xs, qf, wsc, wch, lr, pu, b)
+        finally:
+            hopper.set_gemm_2l_rf_splits(0)
+    want = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    assert _rel(y, want) < 1e-2
+
+
 @pytest.mark.parametrize("M,K,N,R", [(256, 3072, 3072, 32), (512, 3072, 3072, 32), (512, 3072, 9216, 32),
                                      (1024, 12288, 3072, 32), (1024, 15360, 3072, 32), (97, 3072, 3072, 64),
-                                     (512, 12288, 3072, 32), (33, 768, 640, 16)])
+                                     (512, 12288, 3072, 32), (33, 768, 640, 16), (256, 12288, 3072, 32),
+                                     (256, 15360, 3072, 32), (255, 12288, 3072, 64), (256, 3072, 12288, 32)])
 def test_gemm_2l_fragment_order_rf_by_cost_bit_identical(hopper, M, K, N, R):
     """set_gemm_2l_rf_by_cost(True) (opt-in): the register-fragment loop also where the plan splits K or under-fills
-    the SMs, wherever its cost model says so (perf-notes v2.22: M = 512 / 1024); the canonical default kernel's
-    outputs bit for bit, every output written, and the switch back off afterwards."""
+    the SMs, unsplit or split over a cluster, wherever its cost model says so (perf-notes v2.22-v2.23: M = 256 / 512 /
+    1024); the canonical default kernel's outputs bit for bit, every output written, and the switch back off
+    afterwards."""
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N + 47)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=K + 47)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
