@@ -37,8 +37,10 @@ and a bar chart when matplotlib is present.
       _nr3: that op's previous kernel (version 3); _nogemv: a few tokens (AdaLN, M = batch) in the tile GEMM too;
       _ncat: single blocks' proj_out input written as a concatenation (proj_mlp after a copy of the attention) instead
       of quantized where its two parts lie; _nlsh: svdquant's LoRA layers quantize their input one by one instead of
-      joining the shared quantizer call; _nrc: 1 / smooth by a launch per quantizer call (not cached); _rbc: the
-      register-fragment GEMM wherever its cost model beats the plan's kernel (opt-in)
+      joining the shared quantizer call; _nrc: 1 / smooth by a launch per quantizer call (not cached); _nrbc: the
+      register-fragment GEMM only where the plan is unsplit with two tiles per SM (set_gemm_2l_rf_by_cost(False), the
+      rule before v2.23); _dcb: the quantizer's down
+      projection by cuBLAS at every M (our few-token kernel at M <= 512 otherwise)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -84,7 +86,8 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_lora_regional_cg", "svdq2l_fo_lora_regional_cg", "svdq2l_fo_ep_lora_wlr_regional_cg",
     "svdq2l_fo_ep_lora_nowlr_regional_cg", "svdq2l_fo_ep_ns_regional_cg", "svdq2l_fo_ep_nonr_regional_cg",
     "svdq2l_fo_ep_nr3_regional_cg", "svdq2l_fo_ep_nogemv_regional_cg", "svdq2l_fo_ep_ncat_regional_cg",
-    "svdq2l_fo_ep_lora_nlsh_regional_cg", "svdq2l_fo_ep_nrc_regional_cg", "svdq2l_fo_ep_rbc_regional_cg",
+    "svdq2l_fo_ep_lora_nlsh_regional_cg", "svdq2l_fo_ep_nrc_regional_cg", "svdq2l_fo_ep_nrbc_regional_cg",
+    "svdq2l_fo_ep_dcb_regional_cg", "svdq2l_fo_ep_nrbc_dcb_regional_cg",
 )
 
 
@@ -347,8 +350,9 @@ def set_kernel_switches(name: str) -> None:
     _ts the epilogue's TMA store (off otherwise); _q1r the per-row quantizer at one CTA per row (the kernel before
     v2.17; persistent CTAs otherwise); _nr3 rms_norm_rope's version-3 kernel; _nogemv the tile GEMM at every M (the
     few-token kernel where measured faster otherwise); _nrc 1 / smooth computed by a launch per quantizer call (cached
-    per smoothing factor otherwise); _rbc the register-fragment GEMM wherever its cost model says (set_gemm_2l_rf_by_cost,
-    opt-in); _nowlr branch
+    per smoothing factor otherwise); _nrbc the register-fragment GEMM only where the plan is unsplit with two tiles per SM
+    (set_gemm_2l_rf_by_cost(False); wherever its cost models say otherwise, the default since v2.23); _dcb the quantizer's down projection by cuBLAS at every M (our few-token kernel at M <= 512 otherwise);
+    _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
@@ -369,7 +373,9 @@ def set_kernel_switches(name: str) -> None:
     if ext is not None and hasattr(ext, "set_smooth_rcp_cache"):
         ext.set_smooth_rcp_cache("_nrc" not in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_by_cost"):
-        ext.set_gemm_2l_rf_by_cost("_rbc" in name)
+        ext.set_gemm_2l_rf_by_cost("_nrbc" not in name)
+    if ext is not None and hasattr(ext, "set_lowrank_down_max_tokens"):
+        ext.set_lowrank_down_max_tokens(0 if "_dcb" in name else 512)
 
 
 class GraphedForward(nn.Module):

@@ -5,8 +5,8 @@ usage: python benchmarks/gemm_2l_fo_plans.py [--ms 512,256,1024] [--reps 20] [--
 FLUX.1's text stream runs its GEMMs at M = 512 (batch 1), where few tiles under-fill 132 SMs and the choice among
 kernels decides the time. For each M and FLUX.1 (K, N) this times w4a4_gemm_2l_fo alone (CUDA graphs, inputs
 pre-quantized, rank 32) with: the default ("auto": the register-fragment cost model `rf_cost` and the non-persistent
-plan), "rbc" (`set_gemm_2l_rf_by_cost(True)`: the register-fragment loop, unsplit or split over a cluster, wherever
-its cost models beat the plan), the persistent two-warpgroup loop forced at each token tile ("rf2_<tile>"), three
+plan; since v2.23 with `set_gemm_2l_rf_by_cost(True)`: the register-fragment loop, unsplit or split over a cluster,
+wherever its cost models beat the plan), "nrbc" (that switch off: the rule before v2.23), the persistent two-warpgroup loop forced at each token tile ("rf2_<tile>"), three
 warpgroups on 192-row tiles ("rf3_<tile>", where N % 192 == 0), the non-persistent kernels ("np": the plan's tile and
 K split) and with --splits the register-fragment loop split over a cluster ("rs<tile>x<CTAs>"), in alternating
 order over --rounds, and prints the medians, the best and default / best (1.00: the default picked the best).
@@ -27,7 +27,7 @@ from svdquant_hf.ops.layout_2l import fragment_order
 
 def candidates(N: int, splits: bool = False) -> list[tuple[str, dict, int]]:
     """(name, gemm_switches arguments, forced token tile or 0)."""
-    out = [("auto", {}, 0), ("rbc", {"rf_by_cost": True}, 0), ("np", {"persistent": 0}, 0)]
+    out = [("auto", {}, 0), ("nrbc", {"rf_by_cost": False}, 0), ("np", {"persistent": 0}, 0)]
     out += [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
     if N % 192 == 0:
         out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]

@@ -57,7 +57,8 @@ def hopper_extension(script: str):
 @contextmanager
 def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False,
                   rf_warpgroups: int = 0, rf3_tile: int = 0, fused_quant: int | None = None,
-                  quant_cluster: int = 0, rf_by_cost: bool = False, rf_splits: int = 0) -> Iterator[None]:
+                  quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
+                  down_cublas: bool = False) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -68,8 +69,10 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     2, or 3 wherever N % 192 == 0), rf3_tile: the three-warpgroup loop's token tile (128 / 192; 0 the model).
     fused_quant: quantize_act_2l with the down projection fused (1) or the per-row kernel and cuBLAS's down
     projection (0); None: as it is; quant_cluster: the fused quantizer's cluster size (0: its cost model).
-    rf_by_cost: the register-fragment loop wherever its cost model beats the plan's kernel (as it is after the block).
+    rf_by_cost: the register-fragment loop wherever its cost models beat the plan's kernel (the default: on), False only
+    where the plan is unsplit with two tiles per SM; None: as it is (as it was after the block).
     rf_splits: 2-8 forces the register-fragment loop with K split over a cluster of that many CTAs (0 after the block).
+    down_cublas: the quantizer's down projection by cuBLAS at every M (not our few-token kernel; as before after it).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -78,8 +81,10 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     ext.set_gemm_2l_tma_store(tma_store)
     ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile)
     rbc_before = ext.gemm_2l_rf_by_cost()
-    ext.set_gemm_2l_rf_by_cost(rf_by_cost or rbc_before)
+    ext.set_gemm_2l_rf_by_cost(rbc_before if rf_by_cost is None else rf_by_cost)
     ext.set_gemm_2l_rf_splits(rf_splits)
+    down_before = ext.lowrank_down_max_tokens()
+    ext.set_lowrank_down_max_tokens(0 if down_cublas else down_before)
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
@@ -92,3 +97,4 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_quantize_act_2l_fused(fused_before, 0)
         ext.set_gemm_2l_rf_by_cost(rbc_before)
         ext.set_gemm_2l_rf_splits(0)
+        ext.set_lowrank_down_max_tokens(down_before)

@@ -295,6 +295,15 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
 }
 
 // x2_in: the activations are cat([x_in, x2_in], 1), read in place (quantize_act_2l_cat; K1 = x_in's width % 8 == 0)
+// Whether the down projection x @ pd takes our few-token kernel: its shapes, contiguous 16-byte-aligned operands, and an
+// sm_90 device (the kernel is built for sm_90a only)
+bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
+  if (!svdq::lowrank_down_takes(M, K, (int)pd.size(1)) || !x.is_contiguous() || !pd.is_contiguous()) return false;
+  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16) return false;
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return prop->major == 9 && prop->minor == 0;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor& x_in, const at::Tensor& smooth_in,
                                                                const at::Tensor& pd_in, int64_t group_size,
                                                                const c10::optional<at::Tensor>& x2_in = c10::nullopt) {
@@ -329,13 +338,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   // out = cat([x, x2], 1) @ pd: two cuBLAS calls for a pair, the wider part first (FLUX: the MLP's 12288 columns). On
   // the side stream the first call overlaps the quantizer, the second waits for SMs the quantizer frees at its end
   // (H200: with the attention's 3072 columns first, the MLP's part ran after the quantizer, +25 us)
-  const auto down_projection = [&](at::Tensor& out) {
-    if (!x2.defined()) return void(at::mm_out(out, x, pd));
+  const auto down_projection = [&](at::Tensor& out) -> cudaError_t {
+    if (!x2.defined() && lowrank_down_ok(x, pd, (int)M, (int)K))  // a few tokens: our one kernel
+      return svdq::launch_lowrank_down(dtype_of(x, "x"), x.data_ptr(), pd.data_ptr(), out.data_ptr(), (int)M, (int)K,
+                                       (int)pd.size(1), at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                                       c10::cuda::getCurrentCUDAStream().stream());
+    if (!x2.defined()) {
+      at::mm_out(out, x, pd);
+      return cudaSuccess;
+    }
     const bool second_wider = K - K1 >= K1;
     const at::Tensor& wide = second_wider ? x2 : x;
     const at::Tensor& narrow = second_wider ? x : x2;
     at::mm_out(out, wide, second_wider ? pd.narrow(0, K1, K - K1) : pd.narrow(0, 0, K1));
     out.addmm_(narrow, second_wider ? pd.narrow(0, 0, K1) : pd.narrow(0, K1, K - K1));
+    return cudaSuccess;
   };
   at::Tensor lr;
   const int R = (int)pd.size(1);
@@ -372,21 +389,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     const SideStream& side = side_stream(x.device().index());
     C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
     C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
+    cudaError_t derr;
     {
       c10::cuda::CUDAStreamGuard on_side(side.stream);
-      down_projection(lr);
+      derr = down_projection(lr);
     }
     const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
     C10_CUDA_CHECK(cudaEventRecord(side.join, side.stream.stream()));
     C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), side.join, 0));
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
+    SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
     return {xq, xscale, lr};
   }
   const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
   if (pd.size(1)) {
     lr = at::empty({M, pd.size(1)}, x.options());
-    down_projection(lr);
+    const cudaError_t derr = down_projection(lr);
+    SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
   }
   return {xq, xscale, lr};
 }
@@ -803,6 +823,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fragment order: the register-fragment GEMM with K split over a cluster of s CTAs, one tile each: 0 (default) "
         "where its cost model says so (with set_gemm_2l_rf_by_cost), 1 never, 2-8 forced");
   m.def("gemm_2l_rf_splits", &svdq::gemm_2l_rf_splits, "the split register-fragment GEMM's mode (0, 1 or 2-8)");
+  m.def("set_lowrank_down_max_tokens", &svdq::set_lowrank_down_max_tokens, pybind11::arg("m"),
+        pybind11::arg("wide") = false,
+        "quantize_act_2l's down projection by our one kernel (sm_90a) for M <= m tokens (default 512), cuBLAS above; "
+        "0: cuBLAS always; by default at K <= 4096 and rank <= 64 only, wide=True: every K and ranks 96 / 128 too");
+  m.def("lowrank_down_max_tokens", &svdq::lowrank_down_max_tokens, "the few-token down projection's token limit");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");

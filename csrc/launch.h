@@ -155,12 +155,24 @@ int gemm_2l_rf_warpgroups();
 // tile); off: those ranks take the non-persistent kernels. Off by default until GPU-tested (perf-notes v2.19).
 void set_gemm_2l_rf_wide_lr(bool on);
 bool gemm_2l_rf_wide_lr();
+// Fragment order: the register-fragment loop wherever its cost models (unsplit, or K split over a cluster) beat the
+// plan's kernel (default on; off: only where the plan is unsplit with two tiles per SM).
 void set_gemm_2l_rf_by_cost(bool on);
 bool gemm_2l_rf_by_cost();
 // The register-fragment loop with K split over a cluster of CTAs, one tile each (a few hundred tokens): 0 where its
 // cost model says so (with set_gemm_2l_rf_by_cost), 1 never, 2-8 forced.
 void set_gemm_2l_rf_splits(int s);
 int gemm_2l_rf_splits();
+// The low-rank down projection lr = x @ proj_down at a few tokens (lowrank_down_sm90.cu, sm_90a): one kernel instead of
+// cuBLAS's split-K GEMM and reduction. Takes M <= the limit (default 512; 0: never), K % 128 == 0, K <= 4096 and R <= 64
+// by default (R 16 / 32 / 48 / 64; 96 and 128 too, and any K, where the limit is set explicitly: the kernel reads
+// proj_down once per 16 tokens, so cuBLAS wins at large K x R); x
+// [M, K], proj_down [K, R] and lr [M, R] contiguous, 16-byte aligned.
+bool lowrank_down_takes(int M, int K, int R);
+void set_lowrank_down_max_tokens(int m, bool wide = false);
+int lowrank_down_max_tokens();
+cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
+                                cudaStream_t stream);
 void set_gemm_2l_probe(int probe);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

@@ -953,10 +953,10 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
-// the register-fragment loop wherever rf_cost beats the plan's kernel, not only where the plan is unsplit with two
-// tiles per SM (opt-in until GPU-tested; the kernels it would pick, forced, took 0.82-0.84x the default's time at
-// three M = 512 / 1024 shapes: perf-notes v2.22)
-bool g_rf_by_cost = false;
+// the register-fragment loop, unsplit or split over a cluster, wherever its cost models beat the plan's kernel, not
+// only where the plan is unsplit with two tiles per SM (H200, perf-notes v2.23: 0.84-0.93x the GEMM's time at M = 256 /
+// 512 / 1024 where it differs, neutral elsewhere and on the whole model; on by default since)
+bool g_rf_by_cost = true;
 // the register-fragment loop with K split over a cluster, one tile per CTA (few tiles: M of a few hundred tokens):
 // 0 where rf_split_cost beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
@@ -977,13 +977,13 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt) {
 
 // The same split over a cluster of s CTAs along K (one tile each): a CTA runs ceil(KT / s) stages, a tile's fixed
 // part, and the exchange of the int32 partials. Fitted on H200 (perf-notes v2.23, gemm_2l_fo_plans.py --splits, M =
-// 256 / 512, 128- and 256-token tiles, 2 and 4 CTAs, before the exchange by 16-byte batches): a stage ~2 BT + 700
-// cycles when a CTA has one tile, the exchange ~1500 + 12 BT (s - 1). CTAs run in waves of one per SM.
+// 256 / 512, 128- and 256-token tiles, 2 and 4 CTAs): a stage ~2 BT + 700 cycles when a CTA has one tile, the
+// exchange ~2500 + 6 BT (s - 1). CTAs run in waves of one per SM.
 long rf_split_cost(int M, int N, int K, int num_sms, int bt, int s) {
   const long tiles = (long)(N / 128) * ((M + bt - 1) / bt);
   const long waves = (tiles * s + num_sms - 1) / num_sms;
   const long stages = (K / kBK + s - 1) / s;
-  return waves * (stages * (2L * bt + 700) + 1000 + 37L * bt + 1500 + 12L * bt * (s - 1));
+  return waves * (stages * (2L * bt + 700) + 1000 + 37L * bt + 2500 + 6L * bt * (s - 1));
 }
 
 }  // namespace
@@ -1078,7 +1078,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
           const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt);
           if (c2 < 0 || c < c2) bt2 = bt, c2 = c;
         }
-      // opt-in (set_gemm_2l_rf_by_cost): also where the plan splits K or has fewer than two tiles per SM, wherever
+      // set_gemm_2l_rf_by_cost (default): also where the plan splits K or has fewer than two tiles per SM, wherever
       // the model puts the register-fragment loop below the plan's kernel (its model in ns, ~1.77 cycles each)
       if (g_rf_by_cost && g_persistent < 0 && g_force_splits <= 1 && c2 >= 0 && c2 * 100 < plan_ns * 177)
         persistent = true;

@@ -192,7 +192,7 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
     ("svdq2l_np_regional", False, 0, False, 1, True), ("svdq2l_w8_np_regional", False, 0, False, 1, True),
     ("svdq2l_w8_regional", False, -1, False, 1, True), ("svdq2l_fo_q1r_regional", False, -1, False, 0, True),
     ("svdq2l_fo_ep_lora_nowlr_regional_cg", False, -1, False, 1, False),
-    ("svdq2l_fo_ep_rbc_regional_cg", False, -1, False, 1, True)])
+    ("svdq2l_fo_ep_nrbc_regional_cg", False, -1, False, 1, True)])
 def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp, wlr):
     from svdquant_hf.ops import build
 
@@ -212,7 +212,7 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     monkeypatch.setattr(build, "load_extension", lambda: fake)
     flux_e2e.set_kernel_switches(name)
     assert fake.calls == {"w8_producer": producer, "persistent": persistent, "tma_store": ts,
-                          "quant_persistent": (qp, 0), "rf_wide_lr": wlr, "rf_by_cost": "_rbc" in name}
+                          "quant_persistent": (qp, 0), "rf_wide_lr": wlr, "rf_by_cost": "_nrbc" not in name}
     assert type(fake.calls["persistent"]) is int
 
 

@@ -39,11 +39,16 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
         def __getattr__(self, attr):
             if attr == "quantize_act_2l_fused_mode":
                 return lambda: self.state.get("set_quantize_act_2l_fused", (0, 0))[0]
+            if attr == "gemm_2l_rf_by_cost":
+                return lambda: self.state.get("set_gemm_2l_rf_by_cost", False)
+            if attr == "lowrank_down_max_tokens":
+                return lambda: self.state.get("set_lowrank_down_max_tokens", 512)
             return lambda *args: self.state.__setitem__(attr, args[0] if len(args) == 1 else args)
 
     ext = Ext()
     defaults = {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1, "set_gemm_2l_tma_store": False,
-                "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0)}
+                "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0), "set_gemm_2l_rf_by_cost": False,
+                "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -61,6 +66,10 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1
+    assert ext.state == defaults
+    with problems_2l.gemm_switches(ext, rf_by_cost=True, rf_splits=4, down_cublas=True):
+        assert ext.state == {**defaults, "set_gemm_2l_rf_by_cost": True, "set_gemm_2l_rf_splits": 4,
+                             "set_lowrank_down_max_tokens": 0}
     assert ext.state == defaults
 
 

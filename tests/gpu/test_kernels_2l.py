@@ -104,6 +104,34 @@ def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
     assert _rel(lr, rl) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("R", [16, 32, 48, 64, 96, 128, 80])
+@pytest.mark.parametrize("M,K", [(1, 3072), (7, 256), (255, 15360), (256, 3072), (300, 12288), (512, 1280),
+                                 (513, 3072), (97, 768)])
+def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K):
+    """quantize_act_2l's down projection by our one kernel (sm_90a: M <= 512, K % 128 == 0, R 16 / 32 / 48 / 64 / 96 /
+    128 with the limit set explicitly (wide); by default K <= 4096 and R <= 64; cuBLAS otherwise, e.g. R = 80, M = 513): lr written everywhere (poisoned first), within fp32 summation-order rounding
+    of cuBLAS's lr (the limit at 0) and within 16-bit rounding of the fp32 reference; xq and xscale unchanged."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + R + 61)
+    limit = ext.lowrank_down_max_tokens()
+    ext.set_lowrank_down_max_tokens(0)
+    try:
+        cq, cs, cl = _quantize(ext, x, smooth, pd, 64)
+    finally:
+        ext.set_lowrank_down_max_tokens(limit)
+    assert ext.lowrank_down_max_tokens() == 512
+    ext.set_lowrank_down_max_tokens(512, True)  # every K and R 96 / 128 too
+    try:
+        q, s, lr = _quantize(ext, x, smooth, pd, 64)
+        torch.cuda.synchronize()
+    finally:
+        ext.set_lowrank_down_max_tokens(512)
+    assert lr.shape == (M, R) and torch.isfinite(lr).all(), "unwritten (poisoned) low-rank activations"
+    assert torch.equal(q, cq) and torch.equal(s, cs)
+    assert _rel(lr, cl) < 1e-3, f"off cuBLAS's down projection by {_rel(lr, cl):.2e}"
+    assert _rel(lr, quantize_act_2l_ref(x, smooth, pd, 64)[2]) < 1e-2
+
+
 @pytest.mark.parametrize("persistent,max_ctas", [(1, 1), (1, 3), (1, 0), (0, 0)])
 @pytest.mark.parametrize("M,K", [(1, 3072), (37, 15360), (300, 3072), (9, 24576), (130, 256), (1000, 12288)])
 def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K):
@@ -783,23 +811,25 @@ def test_gemm_2l_fragment_order_split_register_loop_bit_identical(hopper, bt, sp
                                      (512, 12288, 3072, 32), (33, 768, 640, 16), (256, 12288, 3072, 32),
                                      (256, 15360, 3072, 32), (255, 12288, 3072, 64), (256, 3072, 12288, 32)])
 def test_gemm_2l_fragment_order_rf_by_cost_bit_identical(hopper, M, K, N, R):
-    """set_gemm_2l_rf_by_cost(True) (opt-in): the register-fragment loop also where the plan splits K or under-fills
-    the SMs, unsplit or split over a cluster, wherever its cost model says so (perf-notes v2.22-v2.23: M = 256 / 512 /
-    1024); the canonical default kernel's outputs bit for bit, every output written, and the switch back off
-    afterwards."""
+    """set_gemm_2l_rf_by_cost(True) (the default since v2.23): the register-fragment loop also where the plan splits K
+    or under-fills the SMs, unsplit or split over a cluster, wherever its cost model says so (M = 256 / 512 / 1024);
+    the canonical default kernel's outputs bit for bit, every output written; off, the same bits again."""
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N + 47)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=K + 47)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
     qf = fragment_order(qw)
-    hopper.set_gemm_2l_rf_by_cost(True)
+    assert hopper.gemm_2l_rf_by_cost()
+    _poison(4 * M * N, 0xFF)
+    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    hopper.set_gemm_2l_rf_by_cost(False)
     try:
         _poison(4 * M * N, 0xFF)
-        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+        off = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
     finally:
-        hopper.set_gemm_2l_rf_by_cost(False)
-    assert y is not None, hopper.last_error()
-    assert not hopper.gemm_2l_rf_by_cost()
+        hopper.set_gemm_2l_rf_by_cost(True)
+    assert y is not None and off is not None, hopper.last_error()
+    assert torch.equal(off, ref), f"off: {(off != ref).sum().item()} of {off.numel()} outputs differ"
     assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 

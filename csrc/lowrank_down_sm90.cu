@@ -1,0 +1,183 @@
+// The low-rank branch's down projection at a few hundred tokens (Hopper): lr[M, R] = x[M, K] @ proj_down[K, R],
+// fp32 accumulation, one rounding to 16 bits at the end (the reference's numerics up to the fp32 summation order).
+//
+// cuBLAS runs this skinny product (R = 16 .. 128) as a split-K GEMM plus a reduction kernel, ~7 us at M = 256
+// (perf-notes v2.15), longer than the quantizer it overlaps on the side stream. Here one kernel: a CTA takes 16
+// token rows and a K slice of a cluster of S CTAs (S = 1, 2, 4 or 8: the row blocks times S fill the SMs), streams
+// its slice in stages of 128 (x rows and proj_down rows by cp.async, four stages in flight), and its four warps
+// take two 16-deep k-steps of each stage on mma.sync m16n8k16 (x by ldmatrix, proj_down by ldmatrix.trans). The
+// warps' partials meet in shared memory, the cluster's in distributed shared memory, where CTA z rounds and stores
+// the z-th share of the 16 x R outputs.
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <mutex>
+
+#include "common.cuh"
+#include "launch.h"
+
+namespace svdq {
+namespace {
+
+constexpr int kDownKC = 128;     // K per stage
+constexpr int kDownStages = 4;   // stages in flight
+constexpr int kDownThreads = 128;
+
+template <int R>
+struct DownCfg {
+  static constexpr int kXRow = kDownKC * 2 + 16;  // bytes per x row in shared memory (padded: ldmatrix conflict-free)
+  static constexpr int kPRow = R * 2 + 16;        // bytes per proj_down row
+  static constexpr int kXBytes = 16 * kXRow;
+  static constexpr int kStage = kXBytes + kDownKC * kPRow;
+  static constexpr int kRed = 4 * 16 * R * 4;  // the four warps' fp32 partials
+  static constexpr int kSmem = kDownStages * kStage + kRed;
+};
+
+template <typename T, int R>
+__global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __restrict__ x, const T* __restrict__ pd,
+                                                                   T* __restrict__ lr, int M, int K) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using C = DownCfg<R>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t sb = smem_u32(smem);
+  const int S = gridDim.x, z = blockIdx.x;  // cluster (S, 1, 1): rank z takes K slice z
+  const int m0 = blockIdx.y * 16;
+  const int units = K / kDownKC, u0 = z * units / S, n = (z + 1) * units / S - u0;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  auto load = [&](int c) {  // stage c of this CTA's slice (rows past M zero-filled)
+    const uint32_t st = sb + (c % kDownStages) * C::kStage;
+    const int k0 = (u0 + c) * kDownKC;
+#pragma unroll
+    for (int i = tid; i < 16 * kDownKC / 8; i += kDownThreads) {
+      const int row = i / (kDownKC / 8), ch = i % (kDownKC / 8), m = m0 + row;
+      cp_async16(st + row * C::kXRow + ch * 16, x + (int64_t)min(m, M - 1) * K + k0 + ch * 8, m < M ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = tid; i < kDownKC * R / 8; i += kDownThreads) {
+      const int row = i / (R / 8), ch = i % (R / 8);
+      cp_async16(st + C::kXBytes + row * C::kPRow + ch * 16, pd + (int64_t)(k0 + row) * R + ch * 8, 16);
+    }
+  };
+  float acc[R / 8][4] = {};
+#pragma unroll
+  for (int c = 0; c < kDownStages - 1; ++c) {
+    if (c < n) load(c);
+    cp_async_commit();
+  }
+  for (int c = 0; c < n; ++c) {
+    cp_async_wait<kDownStages - 2>();
+    __syncthreads();  // stage c landed for every thread; every warp is past stage c - 1, whose buffer is refilled next
+    if (c + kDownStages - 1 < n) load(c + kDownStages - 1);
+    cp_async_commit();
+    const uint32_t st = sb + (c % kDownStages) * C::kStage;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {  // warp w: k-steps 2w and 2w + 1 of the stage's eight
+      const int kk = (2 * warp + ks) * 16;
+      uint32_t a[4];
+      ldmatrix_x4(a, st + (lane & 15) * C::kXRow + (kk + (lane >> 4) * 8) * 2);
+#pragma unroll
+      for (int nt = 0; nt < R / 8; ++nt) {
+        uint32_t b0, b1;
+        ldmatrix_x2_trans(b0, b1, st + C::kXBytes + (kk + (lane & 15)) * C::kPRow + nt * 16);
+        mma_16816<T>(acc[nt], a, b0, b1);
+      }
+    }
+  }
+  // the warps' partials [warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3] row g + 8)
+  float* red = reinterpret_cast<float*>(smem + kDownStages * C::kStage);
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < R / 8; ++nt) {
+    float* r0 = red + (warp * 16 + g) * R + nt * 8 + 2 * t;
+    r0[0] = acc[nt][0], r0[1] = acc[nt][1], r0[8 * R] = acc[nt][2], r0[8 * R + 1] = acc[nt][3];
+  }
+  __syncthreads();
+  for (int i = tid; i < 16 * R; i += kDownThreads) red[i] += red[i + 16 * R] + red[i + 32 * R] + red[i + 48 * R];
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  if (S > 1) cluster.sync();
+  else __syncthreads();
+  for (int i = z * 16 * R / S + tid; i < (z + 1) * 16 * R / S; i += kDownThreads) {
+    float v = 0.f;
+    for (int q = 0; q < S; ++q) v += q == z ? red[i] : cluster.map_shared_rank(red, q)[i];
+    const int m = m0 + i / R;
+    if (m < M) lr[(int64_t)m * R + i % R] = Dt<T>::from_f(v);
+  }
+  if (S > 1) cluster.sync();  // the peers have read this CTA's partials
+#endif
+}
+
+int g_down_max_tokens = 512;  // the kernel for M <= this (0: cuBLAS always)
+bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
+
+template <typename T, int R>
+cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, cudaStream_t stream) {
+  auto kern = lowrank_down_kernel<T, R>;
+  constexpr int smem = DownCfg<R>::kSmem;
+  static std::once_flag set[64];
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev < 64) {
+    std::call_once(set[dev], [&] { e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); });
+    if (e != cudaSuccess) return e;
+  }
+  const int rows = (M + 15) / 16, units = K / kDownKC;
+  int S = 1;
+  while (S < 8 && rows * S * 2 <= num_sms && S * 2 <= units) S *= 2;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(S, rows, 1);
+  cfg.blockDim = dim3(kDownThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = S;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = S > 1 ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K);
+}
+
+template <typename T>
+cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
+                          cudaStream_t stream) {
+  switch (R) {
+    case 16: return launch_down<T, 16>(x, pd, lr, M, K, num_sms, stream);
+    case 32: return launch_down<T, 32>(x, pd, lr, M, K, num_sms, stream);
+    case 48: return launch_down<T, 48>(x, pd, lr, M, K, num_sms, stream);
+    case 64: return launch_down<T, 64>(x, pd, lr, M, K, num_sms, stream);
+    case 96: return launch_down<T, 96>(x, pd, lr, M, K, num_sms, stream);  // q / k / v sharing one call
+    case 128: return launch_down<T, 128>(x, pd, lr, M, K, num_sms, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+bool lowrank_down_takes(int M, int K, int R) {
+#ifdef SVDQ_BUILT_SM90A
+  // by default where measured faster than cuBLAS (H200, perf-notes v2.23: the chain at M = 256 0.95x at K = 3072,
+  // 1.06x at K >= 12288): K <= 4096, R <= 64
+  const bool r_ok = R == 16 || R == 32 || R == 48 || R == 64 || (g_down_wide && (R == 96 || R == 128));
+  return M > 0 && M <= g_down_max_tokens && K % kDownKC == 0 && (g_down_wide || K <= 4096) && r_ok;
+#else
+  (void)M, (void)K, (void)R;
+  return false;
+#endif
+}
+void set_lowrank_down_max_tokens(int m, bool wide) {
+  g_down_max_tokens = std::max(m, 0);
+  g_down_wide = wide;
+}
+int lowrank_down_max_tokens() { return g_down_max_tokens; }
+
+cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
+                                cudaStream_t stream) {
+  if (!lowrank_down_takes(M, K, R)) return cudaErrorInvalidValue;
+  return dtype == DType::kBF16 ? launch_down_r<__nv_bfloat16>(x, pd, lr, M, K, R, num_sms, stream)
+                               : launch_down_r<__half>(x, pd, lr, M, K, R, num_sms, stream);
+}
+
+}  // namespace svdq
