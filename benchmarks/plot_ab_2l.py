@@ -14,7 +14,9 @@ SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persiste
           "w8a": "int8 copy (default switches)", "fo": "packed, fragment order (default on Hopper)",
           "fo2": "fragment order, two consumer warpgroups only",
           "w8mc": "int8 copy, CTA pairs (multicast)",
-          "fp8": "fp8 _scaled_mm (GEMM only)"}
+          "fo_nrbc": "fragment order, rf_by_cost off (before v2.23)",
+          "fo_cb": "fragment order, cuBLAS down projection", "fo_dw": "fragment order, few-token down projection at every K",
+          "fp8": "fp8 _scaled_mm (GEMM only)", "fp8d": "fp8 _scaled_mm with its activation cast"}
 
 
 def parse(text: str) -> tuple[str, list[dict]]:
