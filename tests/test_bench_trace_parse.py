@@ -43,6 +43,8 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 return lambda: self.state.get("set_gemm_2l_rf_by_cost", False)
             if attr == "lowrank_down_max_tokens":
                 return lambda: self.state.get("set_lowrank_down_max_tokens", 512)
+            if attr == "set_lowrank_down_max_tokens":
+                return lambda m, wide=False: self.state.__setitem__(attr, m if not wide else (m, wide))
             return lambda *args: self.state.__setitem__(attr, args[0] if len(args) == 1 else args)
 
     ext = Ext()
