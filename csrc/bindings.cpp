@@ -828,6 +828,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "quantize_act_2l's down projection by our one kernel (sm_90a) for M <= m tokens (default 512), cuBLAS above; "
         "0: cuBLAS always; by default at K <= 4096 and rank <= 64 only, wide=True: every K and ranks 96 / 128 too");
   m.def("lowrank_down_max_tokens", &svdq::lowrank_down_max_tokens, "the few-token down projection's token limit");
+  m.def("set_lowrank_down_deep", &svdq::set_lowrank_down_deep, pybind11::arg("on"),
+        "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");
+  m.def("lowrank_down_deep", &svdq::lowrank_down_deep, "whether set_lowrank_down_deep is on");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");

@@ -171,6 +171,8 @@ int gemm_2l_rf_splits();
 bool lowrank_down_takes(int M, int K, int R);
 void set_lowrank_down_max_tokens(int m, bool wide = false);
 int lowrank_down_max_tokens();
+void set_lowrank_down_deep(bool on);  // up to 8 stages in flight instead of 4 (opt-in: not yet measured)
+bool lowrank_down_deep();
 cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                                 cudaStream_t stream);
 void set_gemm_2l_probe(int probe);

@@ -20,24 +20,28 @@ namespace svdq {
 namespace {
 
 constexpr int kDownKC = 128;     // K per stage
-constexpr int kDownStages = 4;   // stages in flight
 constexpr int kDownThreads = 128;
 
-template <int R>
+// Deep (opt-in, set_lowrank_down_deep; not yet measured): up to 8 stages in flight within ~192 KB instead of 4 (4 were
+// latency-bound at K >= 12288, perf-notes v2.23)
+template <int R, bool Deep = false>
 struct DownCfg {
   static constexpr int kXRow = kDownKC * 2 + 16;  // bytes per x row in shared memory (padded: ldmatrix conflict-free)
   static constexpr int kPRow = R * 2 + 16;        // bytes per proj_down row
   static constexpr int kXBytes = 16 * kXRow;
   static constexpr int kStage = kXBytes + kDownKC * kPRow;
   static constexpr int kRed = 4 * 16 * R * 4;  // the four warps' fp32 partials
-  static constexpr int kSmem = kDownStages * kStage + kRed;
+  static constexpr int kDeepFit = (192 * 1024 - kRed) / kStage;
+  static constexpr int kStages = !Deep ? 4 : kDeepFit > 8 ? 8 : kDeepFit;
+  static constexpr int kSmem = kStages * kStage + kRed;
 };
 
-template <typename T, int R>
+template <typename T, int R, bool Deep>
 __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __restrict__ x, const T* __restrict__ pd,
                                                                    T* __restrict__ lr, int M, int K) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using C = DownCfg<R>;
+  using C = DownCfg<R, Deep>;
+  constexpr int kDownStages = C::kStages;
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t sb = smem_u32(smem);
   const int S = gridDim.x, z = blockIdx.x;  // cluster (S, 1, 1): rank z takes K slice z
@@ -84,7 +88,7 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
     }
   }
   // the warps' partials [warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3] row g + 8)
-  float* red = reinterpret_cast<float*>(smem + kDownStages * C::kStage);
+  float* red = reinterpret_cast<float*>(smem + C::kStages * C::kStage);
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < R / 8; ++nt) {
@@ -108,12 +112,13 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
 }
 
 int g_down_max_tokens = 512;  // the kernel for M <= this (0: cuBLAS always)
+bool g_down_deep = false;     // the deep instances (up to 8 stages in flight)
 bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
 
-template <typename T, int R>
+template <typename T, int R, bool Deep>
 cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, cudaStream_t stream) {
-  auto kern = lowrank_down_kernel<T, R>;
-  constexpr int smem = DownCfg<R>::kSmem;
+  auto kern = lowrank_down_kernel<T, R, Deep>;
+  constexpr int smem = DownCfg<R, Deep>::kSmem;
   static std::once_flag set[64];
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -140,18 +145,25 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K);
 }
 
-template <typename T>
+template <typename T, bool Deep>
 cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                           cudaStream_t stream) {
   switch (R) {
-    case 16: return launch_down<T, 16>(x, pd, lr, M, K, num_sms, stream);
-    case 32: return launch_down<T, 32>(x, pd, lr, M, K, num_sms, stream);
-    case 48: return launch_down<T, 48>(x, pd, lr, M, K, num_sms, stream);
-    case 64: return launch_down<T, 64>(x, pd, lr, M, K, num_sms, stream);
-    case 96: return launch_down<T, 96>(x, pd, lr, M, K, num_sms, stream);  // q / k / v sharing one call
-    case 128: return launch_down<T, 128>(x, pd, lr, M, K, num_sms, stream);
+    case 16: return launch_down<T, 16, Deep>(x, pd, lr, M, K, num_sms, stream);
+    case 32: return launch_down<T, 32, Deep>(x, pd, lr, M, K, num_sms, stream);
+    case 48: return launch_down<T, 48, Deep>(x, pd, lr, M, K, num_sms, stream);
+    case 64: return launch_down<T, 64, Deep>(x, pd, lr, M, K, num_sms, stream);
+    case 96: return launch_down<T, 96, Deep>(x, pd, lr, M, K, num_sms, stream);  // q / k / v sharing one call
+    case 128: return launch_down<T, 128, Deep>(x, pd, lr, M, K, num_sms, stream);
     default: return cudaErrorInvalidValue;
   }
+}
+
+template <typename T>
+cudaError_t launch_down_typed(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
+                              cudaStream_t stream) {
+  return g_down_deep ? launch_down_r<T, true>(x, pd, lr, M, K, R, num_sms, stream)
+                     : launch_down_r<T, false>(x, pd, lr, M, K, R, num_sms, stream);
 }
 
 }  // namespace
@@ -172,12 +184,14 @@ void set_lowrank_down_max_tokens(int m, bool wide) {
   g_down_wide = wide;
 }
 int lowrank_down_max_tokens() { return g_down_max_tokens; }
+void set_lowrank_down_deep(bool on) { g_down_deep = on; }
+bool lowrank_down_deep() { return g_down_deep; }
 
 cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                                 cudaStream_t stream) {
   if (!lowrank_down_takes(M, K, R)) return cudaErrorInvalidValue;
-  return dtype == DType::kBF16 ? launch_down_r<__nv_bfloat16>(x, pd, lr, M, K, R, num_sms, stream)
-                               : launch_down_r<__half>(x, pd, lr, M, K, R, num_sms, stream);
+  return dtype == DType::kBF16 ? launch_down_typed<__nv_bfloat16>(x, pd, lr, M, K, R, num_sms, stream)
+                               : launch_down_typed<__half>(x, pd, lr, M, K, R, num_sms, stream);
 }
 
 }  // namespace svdq

@@ -43,6 +43,8 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 return lambda: self.state.get("set_gemm_2l_rf_by_cost", False)
             if attr == "lowrank_down_max_tokens":
                 return lambda: self.state.get("set_lowrank_down_max_tokens", 512)
+            if attr == "lowrank_down_deep":
+                return lambda: self.state.get("set_lowrank_down_deep", False)
             if attr == "set_lowrank_down_max_tokens":
                 return lambda m, wide=False: self.state.__setitem__(attr, m if not wide else (m, wide))
             return lambda *args: self.state.__setitem__(attr, args[0] if len(args) == 1 else args)
@@ -50,7 +52,8 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     ext = Ext()
     defaults = {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1, "set_gemm_2l_tma_store": False,
                 "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0), "set_gemm_2l_rf_by_cost": False,
-                "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512}
+                "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512,
+                "set_lowrank_down_deep": False}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -69,9 +72,9 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1
     assert ext.state == defaults
-    with problems_2l.gemm_switches(ext, rf_by_cost=True, rf_splits=4, down_cublas=True):
+    with problems_2l.gemm_switches(ext, rf_by_cost=True, rf_splits=4, down_cublas=True, down_deep=True):
         assert ext.state == {**defaults, "set_gemm_2l_rf_by_cost": True, "set_gemm_2l_rf_splits": 4,
-                             "set_lowrank_down_max_tokens": 0}
+                             "set_lowrank_down_max_tokens": 0, "set_lowrank_down_deep": True}
     assert ext.state == defaults
 
 

@@ -104,14 +104,16 @@ def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
     assert _rel(lr, rl) < 1e-2
 
 
+@pytest.mark.parametrize("deep", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("R", [16, 32, 48, 64, 96, 128, 80])
 @pytest.mark.parametrize("M,K", [(1, 3072), (7, 256), (255, 15360), (256, 3072), (300, 12288), (512, 1280),
                                  (513, 3072), (97, 768)])
-def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K):
+def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K, deep):
     """quantize_act_2l's down projection by our one kernel (sm_90a: M <= 512, K % 128 == 0, R 16 / 32 / 48 / 64 / 96 /
     128 with the limit set explicitly (wide); by default K <= 4096 and R <= 64; cuBLAS otherwise, e.g. R = 80, M = 513): lr written everywhere (poisoned first), within fp32 summation-order rounding
-    of cuBLAS's lr (the limit at 0) and within 16-bit rounding of the fp32 reference; xq and xscale unchanged."""
+    of cuBLAS's lr (the limit at 0) and within 16-bit rounding of the fp32 reference; xq and xscale unchanged; with up
+    to 8 stages in flight (set_lowrank_down_deep, opt-in) as well."""
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + R + 61)
     limit = ext.lowrank_down_max_tokens()
     ext.set_lowrank_down_max_tokens(0)
@@ -121,11 +123,13 @@ def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K):
         ext.set_lowrank_down_max_tokens(limit)
     assert ext.lowrank_down_max_tokens() == 512
     ext.set_lowrank_down_max_tokens(512, True)  # every K and R 96 / 128 too
+    ext.set_lowrank_down_deep(deep)
     try:
         q, s, lr = _quantize(ext, x, smooth, pd, 64)
         torch.cuda.synchronize()
     finally:
         ext.set_lowrank_down_max_tokens(512)
+        ext.set_lowrank_down_deep(False)
     assert lr.shape == (M, R) and torch.isfinite(lr).all(), "unwritten (poisoned) low-rank activations"
     assert torch.equal(q, cq) and torch.equal(s, cs)
     assert _rel(lr, cl) < 1e-3, f"off cuBLAS's down projection by {_rel(lr, cl):.2e}"
