@@ -816,8 +816,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "and K <= 5120)");
   m.def("gemm_2l_persistent", &svdq::gemm_2l_persistent, "the persistent kernels' mode: 1, 0 or -1 (auto)");
   m.def("set_gemm_2l_rf_by_cost", &svdq::set_gemm_2l_rf_by_cost, pybind11::arg("on"),
-        "fragment order: the persistent register-fragment GEMM wherever its cost model beats the plan's kernel, also "
-        "at split or under-filled plans (opt-in until GPU-tested)");
+        "fragment order: the register-fragment GEMM (unsplit, or K split over a cluster) wherever its cost model beats "
+        "the plan's kernel, also at split or under-filled plans (default on; off: only unsplit plans with >= 2 tiles "
+        "per SM)");
   m.def("gemm_2l_rf_by_cost", &svdq::gemm_2l_rf_by_cost, "whether set_gemm_2l_rf_by_cost is on");
   m.def("set_gemm_2l_rf_splits", &svdq::set_gemm_2l_rf_splits, pybind11::arg("s"),
         "fragment order: the register-fragment GEMM with K split over a cluster of s CTAs, one tile each: 0 (default) "

@@ -958,7 +958,7 @@ int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token 
 // 512 / 1024 where it differs, neutral elsewhere and on the whole model; on by default since)
 bool g_rf_by_cost = true;
 // the register-fragment loop with K split over a cluster, one tile per CTA (few tiles: M of a few hundred tokens):
-// 0 where rf_split_cost beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
+// 0 where rf_cost with s > 1 beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 
@@ -968,22 +968,15 @@ int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epil
 // they pay only where 192-row tiles fill the SMs better (M ~ 256, N = 9216 / 12288). One CTA per SM walks
 // ceil(tiles / SMs) tiles at most. It also picks the two-warpgroup loop's token tile, 256 included (extrapolated from
 // the fit; measured 0.84-0.94x the 224-token plan at M = 4096, neutral at 4608: perf-notes v2.18).
-long rf_cost(int M, int N, int K, int num_sms, int cw, int bt) {
-  const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt);
+// Split over a cluster of s CTAs along K (two warpgroups, one tile per CTA): a CTA runs ceil(KT / s) stages, the tile's
+// fixed part and the exchange of the int32 partials, ~2500 + 6 BT (s - 1) cycles; CTAs in waves of one per SM (fitted
+// on H200, perf-notes v2.23, gemm_2l_fo_plans.py --splits at M = 256 / 512, where a one-tile CTA's stage was also ~2 BT
+// + 700).
+long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1) {
+  const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
   const long stage = cw == 3 ? (bt == 192 ? 1525 : 1290) : 2L * bt + 700;
-  const long fixed = cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt;
-  return (tiles + num_sms - 1) / num_sms * ((K / kBK) * stage + fixed);
-}
-
-// The same split over a cluster of s CTAs along K (one tile each): a CTA runs ceil(KT / s) stages, a tile's fixed
-// part, and the exchange of the int32 partials. Fitted on H200 (perf-notes v2.23, gemm_2l_fo_plans.py --splits, M =
-// 256 / 512, 128- and 256-token tiles, 2 and 4 CTAs): a stage ~2 BT + 700 cycles when a CTA has one tile, the
-// exchange ~2500 + 6 BT (s - 1). CTAs run in waves of one per SM.
-long rf_split_cost(int M, int N, int K, int num_sms, int bt, int s) {
-  const long tiles = (long)(N / 128) * ((M + bt - 1) / bt);
-  const long waves = (tiles * s + num_sms - 1) / num_sms;
-  const long stages = (K / kBK + s - 1) / s;
-  return waves * (stages * (2L * bt + 700) + 1000 + 37L * bt + 2500 + 6L * bt * (s - 1));
+  const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
+  return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
 }
 
 }  // namespace
@@ -1085,7 +1078,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     }
     const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2) : plan_ns * 177 / 100;
     // fragment order: the register-fragment loop with K split over a cluster, one tile per CTA (few tiles), where
-    // rf_split_cost beats what runs otherwise by 5 % (with set_gemm_2l_rf_by_cost), or forced
+    // its cost beats what runs otherwise by 5 % (with set_gemm_2l_rf_by_cost), or forced
     int bts = 0, ss = 0;
     long cs = -1;
     if (a.frag && !w8 && g_force_splits <= 1 && (g_rf_splits > 1 || (g_rf_splits == 0 && g_rf_by_cost && g_persistent < 0))) {
@@ -1093,7 +1086,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (!(g_plan_tiles & tile_bit(bt))) continue;
         for (int sp = 2; sp <= 8; ++sp) {  // the model: 2 or 4 (clusters of 5 and 8 ran as two waves: v2.23)
           if ((g_rf_splits > 1 ? sp != g_rf_splits : sp != 2 && sp != 4) || sp > a.K / kBK || sp > bt / 8) continue;
-          const long c = rf_split_cost(a.M, a.N, a.K, num_sms, bt, sp);
+          const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt, sp);
           if (cs < 0 || c < cs) bts = bt, ss = sp, cs = c;
         }
       }
