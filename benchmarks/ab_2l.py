@@ -20,7 +20,10 @@ Columns (us per call, CUDA graph):
           beat the plan's kernel); "fo_cb" fo with the down projection by cuBLAS at every M
           (not our few-token kernel, lowrank_down_sm90.cu; its lr rounds differently, so checked within 1e-2); "fo_dw"
           fo with that kernel at every K and ranks 96 / 128 too (M <= 512; by default K <= 4096, rank <= 64); "fo_dw8"
-          the same with up to 8 stages in flight (set_lowrank_down_deep, opt-in);
+          the same with up to 8 stages in flight (set_lowrank_down_deep, opt-in); "fo_pdl" fo with programmatic
+          dependent launch (set_pdl, opt-in: each kernel may start under the previous one's tail, the graph's chains
+          back to back included); "fo_r3" fo with rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 /
+          1250 cycles at 128 / 192 tokens for 1290 / 1525: set_gemm_2l_rf3_stage);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -63,6 +66,8 @@ SWITCHED = {
     "fo_cb": ("frag", {"down_cublas": True}),
     "fo_dw": ("frag", {"down_wide": True}),
     "fo_dw8": ("frag", {"down_wide": True, "down_deep": True}),
+    "fo_pdl": ("frag", {"pdl": True}),
+    "fo_r3": ("frag", {"rf3_stage": (1100, 1250)}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -73,7 +78,7 @@ COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8"}  # the fused quantizer's lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_r3", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

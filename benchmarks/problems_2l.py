@@ -58,7 +58,8 @@ def hopper_extension(script: str):
 def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: bool = False,
                   rf_warpgroups: int = 0, rf3_tile: int = 0, fused_quant: int | None = None,
                   quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
-                  down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False) -> Iterator[None]:
+                  down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False,
+                  pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0)) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -75,6 +76,10 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     down_cublas: the quantizer's down projection by cuBLAS at every M (not our few-token kernel; as before after it);
     down_wide: our few-token kernel at every K and ranks 96 / 128 too (M <= 512; the default rule after the block);
     down_deep: that kernel with up to 8 stages in flight (set_lowrank_down_deep; off after the block).
+    pdl: programmatic dependent launch (set_pdl: the GEMM, the few-token weight stream and the quantizer start under the
+    previous kernel's tail; off after the block).
+    rf3_stage: the register-fragment cost model's three-warpgroup stage cycles at 128 / 192 tokens ((0, 0): the fit;
+    the fit after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -88,6 +93,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     down_before = ext.lowrank_down_max_tokens()
     ext.set_lowrank_down_max_tokens(0 if down_cublas else down_before, down_wide)
     ext.set_lowrank_down_deep(down_deep)
+    ext.set_pdl(pdl)
+    ext.set_gemm_2l_rf3_stage(*rf3_stage)
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
@@ -102,3 +109,5 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf_splits(0)
         ext.set_lowrank_down_max_tokens(down_before, False)
         ext.set_lowrank_down_deep(False)
+        ext.set_pdl(False)
+        ext.set_gemm_2l_rf3_stage(0, 0)

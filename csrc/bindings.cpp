@@ -832,12 +832,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_lowrank_down_deep", &svdq::set_lowrank_down_deep, pybind11::arg("on"),
         "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");
   m.def("lowrank_down_deep", &svdq::lowrank_down_deep, "whether set_lowrank_down_deep is on");
+  m.def("set_pdl", &svdq::set_pdl, pybind11::arg("on"),
+        "programmatic dependent launch (sm_90+, opt-in: not yet measured): the int4_2l GEMM, the few-token weight "
+        "stream and the per-row quantizer may start under the previous kernel's tail (their set-up, and the weight "
+        "stream's first weights, before they wait for its writes); off (default): plain stream order");
+  m.def("pdl", &svdq::pdl, "whether set_pdl is on");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");
   m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
         "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile");
+  m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
+        "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the fitted "
+        "1290 / 1525; benchmarks A/B a refit)");
+  m.def("gemm_2l_rf3_stage", &svdq::gemm_2l_rf3_stage, "the three-warpgroup stage cycles in use, [at 128, at 192]");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

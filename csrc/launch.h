@@ -93,6 +93,15 @@ void set_rms_norm_rope_version(int v);  // 4 (default): a warp per token, 16-byt
 int rms_norm_rope_version();
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);
 
+// Programmatic dependent launch (pdl.cuh; sm_90+, opt-in until measured on a GPU): the int4_2l GEMM, the few-token
+// weight stream and the per-row quantizer are launched so that each may start under the tail of the kernel before it
+// on the stream (the GEMM's barriers, descriptors and first weight tiles before it waits for that kernel's writes);
+// the kernels before them (the quantizer, the few-token down projection, the prefix copy, the GEMM) signal at their
+// start. Off: plain stream order (the default).
+void set_pdl(bool on);
+bool pdl();
+bool pdl_device();  // whether the current device can take it (compute capability 9.0 or newer; cached per device)
+
 // Largest rank the fused down projection handles; larger ranks are computed outside the kernel.
 constexpr int kMaxFusedRank = 128;
 
@@ -151,6 +160,10 @@ int gemm_2l_persistent();
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model).
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
+// rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the v2.15 fit, 1290 / 1525; v2.23's
+// sweep suggests ~1100 / ~1250, not yet A/B-tested at M = 4608), and the values in use
+void set_gemm_2l_rf3_stage(int at128, int at192);
+std::vector<int> gemm_2l_rf3_stage();
 // The register-fragment loop for branch ranks 33-64 (a LoRA on the rank-32 branch; instances with a 64-wide low-rank
 // tile); off: those ranks take the non-persistent kernels. Off by default until GPU-tested (perf-notes v2.19).
 void set_gemm_2l_rf_wide_lr(bool on);

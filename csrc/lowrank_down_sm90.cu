@@ -15,6 +15,7 @@
 
 #include "common.cuh"
 #include "launch.h"
+#include "pdl.cuh"
 
 namespace svdq {
 namespace {
@@ -48,6 +49,8 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
   const int m0 = blockIdx.y * 16;
   const int units = K / kDownKC, u0 = z * units / S, n = (z + 1) * units / S - u0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  pdl_wait();
+  pdl_trigger();  // (set_pdl) the GEMM after it may be scheduled as SMs free up
   auto load = [&](int c) {  // stage c of this CTA's slice (rows past M zero-filled)
     const uint32_t st = sb + (c % kDownStages) * C::kStage;
     const int k0 = (u0 + c) * kDownKC;

@@ -15,12 +15,14 @@
 // Exact numerics: ops/reference.py quantize_act_2l_ref: s_row = amax / 112, s_int = clamp(ceil(amax_g /
 // amax * 16), 1, 16), q = clamp(rne(fl(fl(x * rcp) * (1 / (s_row * s_int)))), -8, 7).
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
 
 #include "common.cuh"
 #include "launch.h"
+#include "pdl.cuh"
 
 namespace svdq {
 namespace {
@@ -68,6 +70,8 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
   const int nthr = blockDim.x, nwarps = nthr >> 5;
   const int tid = threadIdx.x;
   const int vpr = K / 8;
+  pdl_wait();     // (set_pdl) x, rcp and the outputs' memory belong to the kernels before this one
+  pdl_trigger();  // the GEMM after it may be scheduled as SMs free up
   auto fetch = [&](int m, int stage) {  // row m into the ring (past the end: an empty group)
     if (m < M) {
       const uint4* src = reinterpret_cast<const uint4*>(x + (int64_t)m * K1);
@@ -231,9 +235,22 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   if (e != cudaSuccess) return e;
   g_last_ctas = ctas;
   const int K1 = a.x2 ? a.K1 : a.K;
-  quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.x2),
-                                                              K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
-  return cudaGetLastError();
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = {};
+  cfg.numAttrs = pdl_launch_attr(attr, 0);
+  if (cfg.numAttrs == 0) {
+    quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.x2),
+                                                                K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
+    return cudaGetLastError();
+  }
+  cfg.gridDim = dim3(ctas);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, quantize_act_2l_kernel<T, V, G>, static_cast<const T*>(a.x),
+                            static_cast<const T*>(a.x2), K1, static_cast<const float*>(a.rcp), a.xq, a.xscale, a.M,
+                            a.K, S);
 }
 
 template <typename T, int G>
@@ -280,6 +297,25 @@ void set_quantize_act_2l_persistent(int on, int max_ctas) {
   g_max_ctas = max_ctas;
 }
 int quantize_act_2l_last_ctas() { return g_last_ctas; }
+
+namespace {
+std::atomic<bool> g_pdl{false};
+}  // namespace
+void set_pdl(bool on) { g_pdl = on; }
+bool pdl() { return g_pdl; }
+bool pdl_device() {
+  static std::atomic<int> capable[64] = {};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev >= 64) return false;
+  int c = capable[dev];
+  if (c == 0) {
+    int major = 0;
+    c = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 ? 2 : 1;
+    capable[dev] = c;
+  }
+  return c == 2;
+}
 
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream) {
   const int v = vectors_per_thread(a.K);

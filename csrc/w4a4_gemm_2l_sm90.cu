@@ -56,6 +56,7 @@
 
 #include "common.cuh"
 #include "launch.h"
+#include "pdl.cuh"
 #include "wgmma_s8.cuh"
 #include "widen_2l.cuh"
 
@@ -282,6 +283,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  pdl_wait();     // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
+  pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
     if (tid >= kCT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
       // the consumers' CTA and cluster barriers, and out
@@ -815,6 +818,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
 template <int U>
 __global__ void copy_columns_kernel(uint4* __restrict__ dst, int64_t ldd, const uint4* __restrict__ src, int64_t lds,
                                     int64_t rows, int n16) {
+  pdl_wait();
+  pdl_trigger();  // (set_pdl) the GEMM after it may be scheduled as SMs free up
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= n16) return;
   for (int64_t r0 = (int64_t)blockIdx.y * U; r0 < rows; r0 += (int64_t)gridDim.y * U) {
@@ -895,13 +900,13 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.blockDim = dim3(Cfg::kThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
+  cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R);
@@ -961,6 +966,7 @@ bool g_rf_by_cost = true;
 // 0 where rf_cost with s > 1 beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
+int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the v2.15 fit)
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
@@ -974,7 +980,8 @@ int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epil
 // + 700).
 long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
-  const long stage = cw == 3 ? (bt == 192 ? 1525 : 1290) : 2L * bt + 700;
+  const long stage3 = bt == 192 ? (g_rf3_stage[1] ? g_rf3_stage[1] : 1525) : (g_rf3_stage[0] ? g_rf3_stage[0] : 1290);
+  const long stage = cw == 3 ? stage3 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
 }
@@ -1027,6 +1034,13 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
 }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
+void set_gemm_2l_rf3_stage(int at128, int at192) {
+  g_rf3_stage[0] = at128 > 0 ? at128 : 0;
+  g_rf3_stage[1] = at192 > 0 ? at192 : 0;
+}
+std::vector<int> gemm_2l_rf3_stage() {
+  return {g_rf3_stage[0] ? g_rf3_stage[0] : 1290, g_rf3_stage[1] ? g_rf3_stage[1] : 1525};
+}
 void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
 void set_gemm_2l_rf_by_cost(bool on) { g_rf_by_cost = on; }

@@ -12,6 +12,7 @@
 #include "common.cuh"
 #include "gemv_2l.cuh"
 #include "launch.h"
+#include "pdl.cuh"
 
 namespace svdq {
 namespace {
@@ -29,8 +30,9 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
   return v;
 }
 
-// Group size 64: a stage holds groups 2 s and 2 s + 1 (gemv_chunk_dot).
-template <typename T, int MT, bool kFrag>
+// Group size 64: a stage holds groups 2 s and 2 s + 1 (gemv_chunk_dot). kPdl (set_pdl): launched to start under the
+// previous kernel's tail, it requests its first U stages' weights and scales before waiting for that kernel's writes.
+template <typename T, int MT, bool kFrag, bool kPdl = false>
 __global__ void __launch_bounds__(kWarps * 32) gemv_2l_kernel(W4A4Gemm2lArgs a) {
   constexpr int U = MT <= 2 ? 4 : 2;  // stages in flight per lane (8 at M <= 2 measured slower: 72 registers)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, kk = lane % 4;
@@ -60,6 +62,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_2l_kernel(W4A4Gemm2lArgs a) 
         sc1[u] = __ldg(a.wscales + static_cast<int64_t>(2 * s + 1) * a.N + n);
       }
     }
+    // kPdl: the first stages' weights are in flight; xq, xscale, lr and y's memory belong to the kernels before this one
+    if (kPdl && base == s_begin) pdl_wait();
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (base + u >= s_end) break;
@@ -71,6 +75,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_2l_kernel(W4A4Gemm2lArgs a) 
         acc[m] += gemv_chunk_dot<kFrag>(w, xs, kk, sc0[u], sc1[u]);
       }
     }
+  }
+  if constexpr (kPdl) {
+    if (s_begin >= s_end) pdl_wait();  // a warp without stages (K < 512) reads the epilogue's operands too
+    pdl_trigger();
   }
   __shared__ int part[kWarps][kRowsPerBlock][MT];
 #pragma unroll
@@ -104,14 +112,29 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_2l_kernel(W4A4Gemm2lArgs a) 
   static_cast<T*>(a.y)[o_m * ldy + o_n] = Dt<T>::from_f(c);
 }
 
+template <typename T, int MT, bool kFrag>
+cudaError_t launch_mt(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
+  const dim3 grid(a.N / kRowsPerBlock), block(kWarps * 32);
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = {};
+  cfg.numAttrs = pdl_launch_attr(attr, 0);
+  if (cfg.numAttrs == 0) {
+    gemv_2l_kernel<T, MT, kFrag><<<grid, block, 0, stream>>>(a);
+    return cudaGetLastError();
+  }
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, gemv_2l_kernel<T, MT, kFrag, true>, a);
+}
+
 template <typename T, bool kFrag>
 cudaError_t launch_typed(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
-  const dim3 grid(a.N / kRowsPerBlock), block(kWarps * 32);
-  if (a.M <= 1) gemv_2l_kernel<T, 1, kFrag><<<grid, block, 0, stream>>>(a);
-  else if (a.M <= 2) gemv_2l_kernel<T, 2, kFrag><<<grid, block, 0, stream>>>(a);
-  else if (a.M <= 4) gemv_2l_kernel<T, 4, kFrag><<<grid, block, 0, stream>>>(a);
-  else gemv_2l_kernel<T, 8, kFrag><<<grid, block, 0, stream>>>(a);
-  return cudaGetLastError();
+  if (a.M <= 1) return launch_mt<T, 1, kFrag>(a, stream);
+  if (a.M <= 2) return launch_mt<T, 2, kFrag>(a, stream);
+  if (a.M <= 4) return launch_mt<T, 4, kFrag>(a, stream);
+  return launch_mt<T, 8, kFrag>(a, stream);
 }
 
 int g_gemv_mode = -1;  // -1 auto (gemv_2l_takes), 0 never, m > 0: every M <= m

@@ -1,4 +1,6 @@
 """Small kernel run for compute-sanitizer (memcheck): awkward M, N, K and rank so every guard is hit."""
+import os
+
 import torch
 
 from svdquant_hf.formats.int4 import pack_int4
@@ -6,6 +8,8 @@ from svdquant_hf.ops import build
 
 ext = build.load_extension()
 assert ext is not None
+if os.environ.get("SANITIZE_PDL") == "1":  # every kernel that can, launched with programmatic dependent launch
+    ext.set_pdl(True)
 g = torch.Generator(device="cuda").manual_seed(3)
 for dtype, gs, (M, K, N, R) in [
     (torch.bfloat16, 64, (7, 192, 40, 40)),
