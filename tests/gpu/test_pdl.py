@@ -67,33 +67,37 @@ def _graph(fn, *static):
 @pytest.mark.parametrize("M,K,layers", [(1, 3072, 3), (2, 256, 4), (7, 768, 3), (256, 3072, 4), (300, 1024, 4),
                                         (1024, 3072, 3), (4097, 512, 3), (300, 12288, 2)])
 def test_pdl_layer_stack_bit_identical_eager_and_in_a_graph(hopper, frag, M, K, layers):
-    """Layers whose GEMM feeds the next quantizer, PDL on against off: the same bits eagerly and replayed from a CUDA
-    graph on fresh inputs (the few-token weight stream at M <= 2, split and persistent GEMMs, the quantizer's side
-    stream and its persistent ring at K = 12288 all take part)."""
+    """Layers whose GEMM feeds the next quantizer, PDL on against off: the same bits eagerly, and replayed from a CUDA
+    graph captured with PDL against one captured without it, on two input sets (the few-token weight stream at M <= 2,
+    split and persistent GEMMs, the quantizer's side stream and its persistent ring at K = 12288 all take part; the
+    graphs are compared with each other, so cuBLAS's down projection runs the same way on both sides)."""
     dtype = torch.bfloat16
     stack = _layers(M, K, layers, dtype, 32, seed=M + K)
     if frag:
         stack = [(s, p, fragment_order(q), *rest) for s, p, q, *rest in stack]
-    x, _, _ = _acts(M, K, 32, dtype, seed=M + K + 1)
+    xs = [_acts(M, K, 32, dtype, seed=M + K + i)[0] for i in (1, 2)]
     scale = torch.full((K,), 0.5, device="cuda", dtype=dtype)
-    with _pdl(hopper, False):
-        ref = _forward(hopper, x, scale, stack, frag)
-    assert torch.isfinite(ref).all()
-    with _pdl(hopper, True):
-        assert hopper.pdl()
-        for _ in range(2):
-            _poison(4 * M * K, 0xFF)
-            assert torch.equal(_forward(hopper, x, scale, stack, frag), ref), "eager, PDL on"
-        static_x = x.clone()
-        graph, out = _graph(lambda t: _forward(hopper, t, scale, stack, frag), static_x)
-    x2, _, _ = _acts(M, K, 32, dtype, seed=M + K + 2)
-    with _pdl(hopper, False):
-        ref2 = _forward(hopper, x2, scale, stack, frag)
-    for inp, want in ((x2, ref2), (x, ref)):
-        static_x.copy_(inp)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(out, want), "graph captured with PDL on"
+    outs = {}
+    for on in (False, True):
+        with _pdl(hopper, on):
+            assert hopper.pdl() == on
+            eager = []
+            for x in xs:
+                _poison(4 * M * K, 0xFF)
+                eager.append(_forward(hopper, x, scale, stack, frag))
+            static_x = xs[0].clone()
+            graph, out = _graph(lambda t: _forward(hopper, t, scale, stack, frag), static_x)
+        replayed = []
+        for x in (xs[1], xs[0]):
+            static_x.copy_(x)
+            graph.replay()
+            torch.cuda.synchronize()
+            replayed.append(out.clone())
+        outs[on] = (eager, replayed)
+    (eager_off, graph_off), (eager_on, graph_on) = outs[False], outs[True]
+    assert all(torch.isfinite(y).all() for y in eager_off + graph_off)
+    assert all(torch.equal(a, b) for a, b in zip(eager_off, eager_on)), "eager, PDL on against off"
+    assert all(torch.equal(a, b) for a, b in zip(graph_off, graph_on)), "CUDA graph, PDL on against off"
 
 
 @pytest.mark.parametrize("M,K,N,R,P", [(1, 256, 128, 32, 64), (7, 512, 384, 16, 64), (255, 1024, 768, 32, 8),
