@@ -23,7 +23,8 @@ Columns (us per call, CUDA graph):
           the same with up to 8 stages in flight (set_lowrank_down_deep, opt-in); "fo_pdl" fo with programmatic
           dependent launch (set_pdl, opt-in: each kernel may start under the previous one's tail, the graph's chains
           back to back included); "fo_r3" fo with rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 /
-          1250 cycles at 128 / 192 tokens for 1290 / 1525: set_gemm_2l_rf3_stage);
+          1250 cycles at 128 / 192 tokens for 1290 / 1525: set_gemm_2l_rf3_stage); "fo_ql" fo with the per-row
+          quantizer's lean form (set_quantize_act_2l_lean: the same bits, fewer instructions);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -68,6 +69,7 @@ SWITCHED = {
     "fo_dw8": ("frag", {"down_wide": True, "down_deep": True}),
     "fo_pdl": ("frag", {"pdl": True}),
     "fo_r3": ("frag", {"rf3_stage": (1100, 1250)}),
+    "fo_ql": ("frag", {"lean_quant": True}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -78,7 +80,7 @@ COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8"}  # the fused quantizer's lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_r3", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_r3", "fo"), ("fo_ql", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

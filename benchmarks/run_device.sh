@@ -29,17 +29,20 @@
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   epi: the epilogue tests (GELU, prefix), the other 2l tests, memcheck, usage docs, then (E2E=1) the model fused / not
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
-#   pdl: programmatic dependent launch (set_pdl, perf-notes v2.24): its tests first (tests/gpu/test_pdl.py; nothing more
-#       if they fail), the 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on, ab_2l.py (BENCH_MS, default
-#       1,256,512,4608; ROUNDS) with the fo_pdl and fo_r3 columns, gemv_2l.py --ms 1 --hot --orders; E2E=1 with WHEELS:
-#       the model with and without _pdl, fp8 and bf16 regional, each as one CUDA graph
+#   v224: what the thirteenth session wrote without a GPU (perf-notes v2.24): programmatic dependent launch (set_pdl)
+#       and the lean quantizer (set_quantize_act_2l_lean). Their tests first (tests/gpu/test_pdl.py, the 2l tests -k
+#       lean; nothing more if they fail), the other 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on,
+#       ab_2l.py (BENCH_MS, default 1,256,512,4608; ROUNDS) with fo_pdl, fo_r3 and fo_ql, quantize_2l_rows.py at
+#       4608 tokens, gemv_2l.py --ms 1 --hot --orders; E2E=1 with WHEELS: the model plain, _pdl, _ql, _pdl_ql, fp8 and
+#       bf16 regional, each as one CUDA graph
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/svdq_out}
 mkdir -p "$OUT"
-memcheck() {  # compute-sanitizer memcheck of tests/gpu/sanitize_case.py into the log $1 (SANITIZE_PDL=1: with set_pdl)
+memcheck() {  # compute-sanitizer memcheck of tests/gpu/sanitize_case.py into the log $1 (SANITIZE_PDL=1: with set_pdl and
+  # the lean quantizer)
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 tests/gpu/sanitize_case.py > "$1" 2>&1
   echo "compute-sanitizer memcheck rc=$? $(grep -E 'ERROR SUMMARY' "$1" | tail -1)"
 }
@@ -278,23 +281,25 @@ if [ "$what" = rf ]; then
     -k "not fragment_order and not packed_persistent" --timeout 60 > "$OUT/tests_2l.log" 2>&1
   echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -8
 fi
-if [ "$what" = pdl ]; then  # programmatic dependent launch: correctness first, then the A/B
-  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_pdl.py -m "gpu or not gpu" \
-    -o addopts="" --timeout 90 > "$OUT/tests_pdl.log" 2>&1
-  pdlrc=$?; echo "pdl tests rc=$pdlrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_pdl.log" | tail -8
-  if [ "$pdlrc" = 0 ]; then
+if [ "$what" = v224 ]; then  # PDL and the lean quantizer: correctness first, then the A/B
+  timeout 240 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_pdl.py \
+    tests/gpu/test_kernels_2l.py -k "pdl or lean" -m "gpu or not gpu" -o addopts="" --timeout 90 > "$OUT/tests_new.log" 2>&1
+  newrc=$?; echo "new tests rc=$newrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_new.log" | tail -8
+  if [ "$newrc" = 0 ]; then
     timeout 260 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py tests/test_epilogues.py \
-      tests/test_rms_norm_rope.py -m "gpu or not gpu" -o addopts="" > "$OUT/tests_2l.log" 2>&1
+      tests/test_rms_norm_rope.py -m "gpu or not gpu" -o addopts="" -k "not lean" > "$OUT/tests_2l.log" 2>&1
     echo "2l tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -6
     memcheck "$OUT/sanitize_memcheck.log"
     SANITIZE_PDL=1 memcheck "$OUT/sanitize_memcheck_pdl.log"
     timeout 300 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-1,256,512,4608} --rounds ${ROUNDS:-2} \
-      --cols now,fo,fo_pdl,fo_r3,bf16,fp8d > "$OUT/ab_2l.log" 2>&1
+      --cols now,fo,fo_pdl,fo_r3,fo_ql,bf16,fp8d > "$OUT/ab_2l.log" 2>&1
     echo "ab rc=$?"; tail -21 "$OUT/ab_2l.log"
+    timeout 120 python3 benchmarks/quantize_2l_rows.py --ms 4608 > "$OUT/quantize_2l_rows.log" 2>&1
+    echo "rows rc=$?"; tail -4 "$OUT/quantize_2l_rows.log"
     (cd benchmarks && timeout 90 python3 gemv_2l.py --ms 1 --hot --orders > "$OUT/gemv_2l_hot.log" 2>&1)
     echo "gemv hot rc=$?"; tail -7 "$OUT/gemv_2l_hot.log"
     if [ -n "${E2E:-}" ]; then
-      flux_e2e_1024 300 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pdl_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
+      flux_e2e_1024 330 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pdl_regional_cg,svdq2l_fo_ep_ql_regional_cg,svdq2l_fo_ep_pdl_ql_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
         --iters 5 --warmup 1
     fi
   fi

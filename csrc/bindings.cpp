@@ -832,6 +832,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_lowrank_down_deep", &svdq::set_lowrank_down_deep, pybind11::arg("on"),
         "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");
   m.def("lowrank_down_deep", &svdq::lowrank_down_deep, "whether set_lowrank_down_deep is on");
+  m.def("set_quantize_act_2l_lean", &svdq::set_quantize_act_2l_lean, pybind11::arg("on"),
+        "the per-row quantizer's lean form (opt-in: not yet measured): the row's 16 scale reciprocals looked up by "
+        "shuffle, no clamp where it cannot bind; the same bits");
+  m.def("quantize_act_2l_lean", &svdq::quantize_act_2l_lean, "whether set_quantize_act_2l_lean is on");
   m.def("set_pdl", &svdq::set_pdl, pybind11::arg("on"),
         "programmatic dependent launch (sm_90+, opt-in: not yet measured): the int4_2l GEMM, the few-token weight "
         "stream and the per-row quantizer may start under the previous kernel's tail (their set-up, and the weight "

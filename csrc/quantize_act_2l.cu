@@ -19,6 +19,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
@@ -58,8 +59,9 @@ __device__ __forceinline__ void row_wait(int pending) {  // at most `pending` (0
 
 // Persistent: CTA b quantizes rows b, b + gridDim.x, ...; the next S - 1 of its rows stream into a ring of S
 // shared-memory rows while it quantizes the current one from registers.
-template <typename T, int V, int G>
-// x2 (K1 < K): the row is cat([x[m] (K1 values), x2[m] (K - K1 values)]), read in place (K1 % 8 == 0).
+template <typename T, int V, int G, bool kLean = false>
+// x2 (K1 < K): the row is cat([x[m] (K1 values), x2[m] (K - K1 values)]), read in place (K1 % 8 == 0). kLean: see
+// store_row (set_quantize_act_2l_lean, opt-in).
 __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const T* __restrict__ x2,
                                                                int K1, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
@@ -126,31 +128,52 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
     for (int w = 0; w < nwarps; ++w) amax = fmaxf(amax, rw[w]);
     const float s_row = __fdiv_rn(amax, 112.f);
     if (tid == 0) xscale[m] = s_row;
+    // Lean (kLean): lane l holds 1 / (s_row (l % 16 + 1)), the 16 reciprocals a row can need, each computed as the
+    // reference does; and no clamp where the row's amax is finite and s_row normal: there s_int >= 16 gmax / amax
+    // bounds |x / scale| by 7 (1 + 5 2^-24), so rounding gives [-7, 7] and the clamp never binds.
+    auto store_row = [&](auto lean, auto clamp, float inv_tab) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const int v = tid + i * nthr;
-      int s_int = 1;
-      if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gmax[i], amax) * 16.f)));
-      const float scale = __fmul_rn(s_row, (float)s_int);
-      float inv = __frcp_rn(scale);
-      if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
-      int b[8];
+      for (int i = 0; i < V; ++i) {
+        const int v = tid + i * nthr;
+        int s_int = 1;
+        if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gmax[i], amax) * 16.f)));
+        float inv;
+        if constexpr (decltype(lean)::value) {
+          inv = __shfl_sync(0xffffffffu, inv_tab, s_int - 1);
+        } else {
+          const float scale = __fmul_rn(s_row, (float)s_int);
+          inv = __frcp_rn(scale);
+          if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
+        }
+        int b[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        // clamp, then round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's
-        // complement), and (that word * s_int) has q * s_int in its low byte
-        const float p = fminf(7.f, fmaxf(-8.f, __fmul_rn(xs[i][e], inv)));
-        b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
+        for (int e = 0; e < 8; ++e) {
+          // clamp, then round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's
+          // complement), and (that word * s_int) has q * s_int in its low byte
+          float p = __fmul_rn(xs[i][e], inv);
+          if constexpr (decltype(clamp)::value) p = fminf(7.f, fmaxf(-8.f, p));
+          b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
+        }
+        const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+        const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+        *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
       }
-      const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-      const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-      *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
+    };
+    if constexpr (kLean) {
+      const float sc = __fmul_rn(s_row, (float)((tid & 15) + 1));
+      float inv_tab = __frcp_rn(sc);
+      if (!(sc > 0.f) || isinf(inv_tab)) inv_tab = 0.f;
+      if (amax >= 0x1p-100f && amax <= 3.40282347e38f) store_row(std::true_type{}, std::false_type{}, inv_tab);
+      else store_row(std::true_type{}, std::true_type{}, inv_tab);
+    } else {
+      store_row(std::false_type{}, std::true_type{}, 0.f);
     }
   }
   row_wait(0);  // no copy outlives the CTA
 }
 
 int g_persistent = 1;  // 0: one CTA per row (the kernel before v2.17; benchmarks)
+bool g_lean = false;   // the lean kernel (kLean; set_quantize_act_2l_lean, opt-in until measured)
 int g_max_ctas = 0;    // > 0: at most this many CTAs (tests: one CTA walking many rows)
 int g_last_ctas = 0;   // CTAs of the last launch (benchmarks)
 // Persistent CTAs from this K on. Below it they gained nothing on H200 (4608 x 3072) and, holding every SM, kept
@@ -213,9 +236,9 @@ cudaError_t launch_limits(const void* kern, int threads, size_t smem, int* ctas_
   return cudaSuccess;
 }
 
-template <typename T, int V, int G>
+template <typename T, int V, int G, bool kLean>
 cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
-  const void* kern = reinterpret_cast<const void*>(&quantize_act_2l_kernel<T, V, G>);
+  const void* kern = reinterpret_cast<const void*>(&quantize_act_2l_kernel<T, V, G, kLean>);
   DeviceLimits lim;
   int fit = 0;
   cudaError_t e = launch_limits(nullptr, 0, 0, &fit, &lim);
@@ -239,8 +262,8 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   cudaLaunchConfig_t cfg = {};
   cfg.numAttrs = pdl_launch_attr(attr, 0);
   if (cfg.numAttrs == 0) {
-    quantize_act_2l_kernel<T, V, G><<<ctas, threads, smem, s>>>(static_cast<const T*>(a.x), static_cast<const T*>(a.x2),
-                                                                K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
+    quantize_act_2l_kernel<T, V, G, kLean><<<ctas, threads, smem, s>>>(
+        static_cast<const T*>(a.x), static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
     return cudaGetLastError();
   }
   cfg.gridDim = dim3(ctas);
@@ -248,7 +271,7 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, quantize_act_2l_kernel<T, V, G>, static_cast<const T*>(a.x),
+  return cudaLaunchKernelEx(&cfg, quantize_act_2l_kernel<T, V, G, kLean>, static_cast<const T*>(a.x),
                             static_cast<const T*>(a.x2), K1, static_cast<const float*>(a.rcp), a.xq, a.xscale, a.M,
                             a.K, S);
 }
@@ -257,7 +280,7 @@ template <typename T, int G>
 cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_t s) {
   switch (v) {
 #define SVDQ_Q2L_CASE(VV) \
-  case VV: return launch_vg<T, VV, G>(a, threads, s);
+  case VV: return g_lean ? launch_vg<T, VV, G, true>(a, threads, s) : launch_vg<T, VV, G, false>(a, threads, s);
     SVDQ_Q2L_CASE(1)
     SVDQ_Q2L_CASE(2)
     SVDQ_Q2L_CASE(3)
@@ -297,6 +320,8 @@ void set_quantize_act_2l_persistent(int on, int max_ctas) {
   g_max_ctas = max_ctas;
 }
 int quantize_act_2l_last_ctas() { return g_last_ctas; }
+void set_quantize_act_2l_lean(bool on) { g_lean = on; }
+bool quantize_act_2l_lean() { return g_lean; }
 
 namespace {
 std::atomic<bool> g_pdl{false};

@@ -193,7 +193,8 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
     ("svdq2l_w8_regional", False, -1, False, 1, True), ("svdq2l_fo_q1r_regional", False, -1, False, 0, True),
     ("svdq2l_fo_ep_lora_nowlr_regional_cg", False, -1, False, 1, False),
     ("svdq2l_fo_ep_nrbc_regional_cg", False, -1, False, 1, True), ("svdq2l_fo_ep_pdl_regional_cg", False, -1, False, 1, True),
-    ("svdq2l_fo_ep_r3_regional_cg", False, -1, False, 1, True), ("svdq2l_fo_ep_nr3_regional_cg", False, -1, False, 1, True)])
+    ("svdq2l_fo_ep_r3_regional_cg", False, -1, False, 1, True), ("svdq2l_fo_ep_nr3_regional_cg", False, -1, False, 1, True),
+    ("svdq2l_fo_ep_pdl_ql_regional_cg", False, -1, False, 1, True)])
 def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp, wlr):
     from svdquant_hf.ops import build
 
@@ -204,8 +205,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
         def __getattr__(self, attr):
             if attr == "set_quantize_act_2l_persistent":
                 return lambda on, max_ctas: self.calls.__setitem__("quant_persistent", (on, max_ctas))
-            if attr == "set_pdl":
-                return lambda on: self.calls.__setitem__("pdl", on)
+            if attr in ("set_pdl", "set_quantize_act_2l_lean"):
+                return lambda on: self.calls.__setitem__(attr[4:], on)
             if not attr.startswith("set_gemm_2l_"):
                 raise AttributeError(attr)
             return lambda *args: self.calls.__setitem__(attr[len("set_gemm_2l_"):], args if len(args) > 1 else args[0])
@@ -216,7 +217,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
     flux_e2e.set_kernel_switches(name)
     assert fake.calls == {"w8_producer": producer, "persistent": persistent, "tma_store": ts,
                           "quant_persistent": (qp, 0), "rf_wide_lr": wlr, "rf_by_cost": "_nrbc" not in name,
-                          "pdl": "_pdl" in name, "rf3_stage": (1100, 1250) if "_r3_" in name else (0, 0)}
+                          "pdl": "_pdl" in name, "rf3_stage": (1100, 1250) if "_r3_" in name else (0, 0),
+                          "quantize_act_2l_lean": "_ql" in name}
     assert type(fake.calls["persistent"]) is int
 
 

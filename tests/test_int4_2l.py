@@ -16,6 +16,7 @@ from svdquant_hf import SVDQuantLinear, SVDQuantOptions
 from svdquant_hf.algorithm import quantize_weight, relative_output_error
 from svdquant_hf.algorithm.lowrank import lowrank_weight_smoothed
 from svdquant_hf.algorithm.twolevel import quantize_weight_2l
+from svdquant_hf.formats.int4_2l import group_absmax, reciprocal_or_zero, second_level_scales
 from svdquant_hf.formats import (
     combine_2l,
     dequantize_int4_2l,
@@ -155,6 +156,37 @@ def test_tiny_and_subnormal_rows_never_give_nan() -> None:
     assert int(q[2, 7]) == 7 and int(s_int[2, 0]) == 16
     q_ref, _, _ = rule_fp32(x.numpy(), 32)
     assert np.array_equal(q.numpy(), q_ref)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_the_clamp_never_binds_on_finite_rows_above_2_pow_minus_100(group: int) -> None:
+    """The lean per-row quantizer (csrc/quantize_act_2l.cu, set_quantize_act_2l_lean) leaves out the clamp to [-8, 7]
+    where a row's amax lies in [2^-100, FLT_MAX]: there s_int >= 16 amax_g / amax and every rounding is of a normal
+    number, so |x * inv| <= 7 (1 + 5 * 2^-24) and rounding gives [-7, 7] already. Checked on the rule's own fp32 ops
+    for rows spanning that range: Gaussian, heavy-tailed, one outlier, groups at exactly k / 16 of the row's absmax
+    and one ulp either side of it."""
+    g = torch.Generator().manual_seed(group)
+    k = 16 * group
+    rows = [torch.randn(64, k, generator=g), torch.randn(64, k, generator=g) ** 5,
+            torch.randn(64, k, generator=g) * (torch.rand(64, k, generator=g) < 0.01)]
+    steps = torch.zeros(48, k)
+    for j in range(16):
+        steps[:, j * group] = (j + 1) / 16
+    steps[16:32] = torch.nextafter(steps[16:32], torch.full_like(steps[16:32], 1.0))
+    steps[32:48] = torch.nextafter(steps[32:48], torch.zeros_like(steps[32:48]))
+    steps[:, 15 * group] = 1.0  # the row's absmax: the other groups at (j + 1) / 16 of it, or one ulp off
+    rows.append(steps + torch.randn(48, k, generator=g) * 1e-9 * (torch.rand(48, k, generator=g) < 0.3))
+    x = torch.cat(rows)
+    x = x / x.abs().amax(dim=1, keepdim=True)
+    exps = torch.linspace(-99.5, 127.5, x.shape[0]).floor()
+    for xs in (x * torch.exp2(exps).unsqueeze(1), x * 3.4e38, x * 2.0**-100):
+        xs = xs.float()
+        amax_g, amax = group_absmax(xs, group)
+        assert torch.isfinite(amax).all() and (amax >= 2.0**-100).all()
+        s_row = amax / torch.full_like(amax, 112.0)
+        inv = reciprocal_or_zero(s_row.unsqueeze(-1) * second_level_scales(amax_g, amax).float())
+        p = xs.reshape(xs.shape[0], -1, group) * inv.unsqueeze(-1)
+        assert p.abs().max() <= 7 * (1 + 5 * 2.0**-24)
 
 
 def test_bad_group_is_named() -> None:

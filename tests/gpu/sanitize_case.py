@@ -8,8 +8,9 @@ from svdquant_hf.ops import build
 
 ext = build.load_extension()
 assert ext is not None
-if os.environ.get("SANITIZE_PDL") == "1":  # every kernel that can, launched with programmatic dependent launch
+if os.environ.get("SANITIZE_PDL") == "1":  # the opt-ins of perf-notes v2.24: programmatic dependent launch, lean quantizer
     ext.set_pdl(True)
+    ext.set_quantize_act_2l_lean(True)
 g = torch.Generator(device="cuda").manual_seed(3)
 for dtype, gs, (M, K, N, R) in [
     (torch.bfloat16, 64, (7, 192, 40, 40)),

@@ -92,12 +92,26 @@ def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
     return ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
 
 
+@contextlib.contextmanager
+def _lean(ext, on: bool):  # noqa: F811
+    """The per-row quantizer's lean form (set_quantize_act_2l_lean) on or off for a block; off after it."""
+    ext.set_quantize_act_2l_lean(on)
+    try:
+        yield
+    finally:
+        ext.set_quantize_act_2l_lean(False)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gs", [32, 64, 128])
 @pytest.mark.parametrize("M,K", [(1, 256), (7, 3072), (255, 15360), (4097, 3072), (33, 12288), (64, 768)])
-def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K):
+def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K, lean):
+    """The per-row quantizer bit-exact against the reference; lean: its opt-in form (scale reciprocals by table, no
+    clamp where it cannot bind) too."""
     x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + gs)
-    xq, xs, lr = _quantize(ext, x, smooth, pd, gs)
+    with _lean(ext, lean):
+        xq, xs, lr = _quantize(ext, x, smooth, pd, gs)
     rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
     assert torch.equal(xs, rs), "per-token scales differ"
     assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
@@ -136,16 +150,47 @@ def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K, deep):
     assert _rel(lr, quantize_act_2l_ref(x, smooth, pd, 64)[2]) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("K", [256, 3072, 12288, 15360])
+def test_quantize_act_2l_lean_at_the_ends_of_the_range(ext, dtype, K):
+    """The lean quantizer on rows at the edges of its unclamped path: all zero, tiny (amax below 2^-100: the clamped
+    path, subnormal scales), half the dtype's maximum (doubled in one column by the smoothing), a group at exactly k / 16
+    of the row's absmax for every k (and next to it), a single nonzero value, and an ordinary row; bit-exact against
+    the reference."""
+    g = torch.Generator(device="cuda").manual_seed(K)
+    big = torch.finfo(dtype).max
+    rows = [torch.zeros(K), torch.randn(K, generator=g, device="cuda").cpu() * 1e-34,
+            torch.randn(K, generator=g, device="cuda").cpu() * 1e-37,  # bf16: s_row = amax / 112 is subnormal
+            torch.full((K,), big / 2) * torch.randn(K, generator=g, device="cuda").cpu().sign(),
+            torch.randn(K, generator=g, device="cuda").cpu() * 1e3]
+    steps = torch.zeros(K)
+    for k in range(1, 17):
+        steps[(k - 1) * 64 % K] = k  # group (k - 1) holds k: its s_int is exactly k (groups of 64)
+    rows += [steps, steps * (1 + 2**-7), torch.zeros(K).index_fill_(0, torch.tensor([K // 3]), -3.0)]
+    x = torch.stack(rows).to(dtype).cuda()
+    smooth = torch.ones(K, device="cuda", dtype=dtype)
+    smooth[-1] = 0.5  # x / smooth doubles the last column: still finite for the row at half the dtype's maximum
+    pd = torch.randn(K, 16, device="cuda", dtype=dtype) / K**0.5
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
+    for lean in (False, True):
+        with _lean(ext, lean):
+            xq, xs, _ = _quantize(ext, x, smooth, pd, 64)
+        assert torch.equal(xs, rs), f"lean={lean}: per-token scales differ"
+        assert torch.equal(xq, rq), f"lean={lean}: {(xq != rq).sum().item()} activation bytes differ"
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
 @pytest.mark.parametrize("persistent,max_ctas", [(1, 1), (1, 3), (1, 0), (0, 0)])
 @pytest.mark.parametrize("M,K", [(1, 3072), (37, 15360), (300, 3072), (9, 24576), (130, 256), (1000, 12288)])
-def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K):
+def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K, lean):
     """The per-row quantizer's persistent CTAs (rows streaming through a ring of 4 / 3 / 2 shared-memory slots by K,
     none for a CTA with one row) are bit-exact: one CTA walking every row (the ring wraps many times), three, as many
     as fit (persistent from K = 8192 on), and one CTA per row; the grid launched is what was asked for."""
     x, smooth, pd = _acts(M, K, 0, torch.float16 if M % 2 else torch.bfloat16, seed=M * 7 + K)
     ext.set_quantize_act_2l_persistent(persistent, max_ctas)
     try:
-        xq, xs, _ = _quantize(ext, x, smooth, pd, 64)
+        with _lean(ext, lean):
+            xq, xs, _ = _quantize(ext, x, smooth, pd, 64)
         ctas = ext.quantize_act_2l_last_ctas()
     finally:
         ext.set_quantize_act_2l_persistent(1, 0)
