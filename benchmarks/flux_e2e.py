@@ -43,7 +43,8 @@ and a bar chart when matplotlib is present.
       projection by cuBLAS at every M (our few-token kernel at M <= 512 otherwise); _pdl: programmatic dependent
       launch (set_pdl: the GEMM, the few-token weight stream and the quantizer start under the previous kernel's tail);
       _r3: rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 / 1250 cycles); _ql: the per-row quantizer's
-      lean form (set_quantize_act_2l_lean)
+      lean form (set_quantize_act_2l_lean); _ipdl (any variant, the peers too): Inductor's Triton kernels with
+      programmatic dependent launch (torch._inductor.config.triton.enable_pdl)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
 from __future__ import annotations
@@ -92,6 +93,8 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_lora_nlsh_regional_cg", "svdq2l_fo_ep_nrc_regional_cg", "svdq2l_fo_ep_nrbc_regional_cg",
     "svdq2l_fo_ep_dcb_regional_cg", "svdq2l_fo_ep_nrbc_dcb_regional_cg", "svdq2l_fo_ep_pdl_regional_cg",
     "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_ql_regional_cg", "svdq2l_fo_ep_pdl_ql_regional_cg",
+    "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_pdl_ql_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
+    "bf16_ipdl_regional_cg",
 )
 
 
@@ -420,6 +423,16 @@ class GraphedForward(nn.Module):
         return out
 
 
+def set_inductor_pdl(on: bool) -> bool:
+    """_ipdl: Inductor's Triton kernels generated and launched with programmatic dependent launch (torch's
+    ``_inductor.config.triton.enable_pdl``, read when a graph is compiled; sm_90+). Returns whether torch has it."""
+    triton_cfg = getattr(torch._inductor.config, "triton", None)
+    if triton_cfg is None or not hasattr(triton_cfg, "enable_pdl"):
+        return False
+    triton_cfg.enable_pdl = on
+    return True
+
+
 def build_variant(name: str, config: dict, device: str, cap: bool) -> nn.Module:
     if name.endswith("_cg"):
         if device != "cuda":
@@ -538,6 +551,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in args.variants.split(","):
         row_base = dict(variant=variant, device=gpu, cap_gib=args.memory_cap_gib, timing="loop" if args.loop else "each")
         set_trace_quantizer("_tq" in variant)  # read when the compiled graph is traced (first call)
+        set_inductor_pdl("_ipdl" in variant)  # read when it is compiled
         # each variant compiles from scratch: dynamo's cache is per code object, so the blocks' forward would
         # otherwise carry the previous variants' graphs (a guard failure per variant and shape) to the limit
         torch._dynamo.reset()
@@ -575,6 +589,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 del inputs
         del model
         set_trace_quantizer(False)
+        set_inductor_pdl(False)
         gc.collect()
         if dev == "cuda":
             torch.cuda.empty_cache()

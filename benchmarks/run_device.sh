@@ -34,7 +34,7 @@
 #       lean; nothing more if they fail), the other 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on,
 #       ab_2l.py (BENCH_MS, default 1,256,512,4608; ROUNDS) with fo_pdl, fo_r3 and fo_ql, quantize_2l_rows.py at
 #       4608 tokens, gemv_2l.py --ms 1 --hot --orders; E2E=1 with WHEELS: the model plain, _pdl, _ql, _pdl_ql, fp8 and
-#       bf16 regional, each as one CUDA graph
+#       bf16 regional, each as one CUDA graph (E2E_VARIANTS for others, e.g. the _ipdl ones: Inductor's own PDL)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail

@@ -248,3 +248,17 @@ def test_fragment_order_variant_holds_it_and_runs():
     with torch.inference_mode():
         out = model(**inputs)[0]
     assert torch.isfinite(out).all()
+
+
+def test_inductor_pdl_follows_the_variant_and_is_reset(monkeypatch):
+    """_ipdl sets torch._inductor.config.triton.enable_pdl for that variant's compilation only (where torch has it)."""
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(inductor_config.triton, "enable_pdl"):
+        assert flux_e2e.set_inductor_pdl(True) is False
+        return
+    monkeypatch.setattr(inductor_config.triton, "enable_pdl", False)
+    assert flux_e2e.set_inductor_pdl(True) and inductor_config.triton.enable_pdl is True
+    assert flux_e2e.set_inductor_pdl(False) and inductor_config.triton.enable_pdl is False
+    assert {"bf16_ipdl_regional_cg", "fp8mm_ipdl_regional_cg", "svdq2l_fo_ep_ipdl_regional_cg"} <= set(
+        flux_e2e.ALL_VARIANTS)
