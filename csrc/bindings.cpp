@@ -838,8 +838,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act_2l_lean", &svdq::quantize_act_2l_lean, "whether set_quantize_act_2l_lean is on");
   m.def("set_pdl", &svdq::set_pdl, pybind11::arg("on"),
         "programmatic dependent launch (sm_90+, opt-in: not yet measured): the int4_2l GEMM, the few-token weight "
-        "stream and the per-row quantizer may start under the previous kernel's tail (their set-up, and the weight "
-        "stream's first weights, before they wait for its writes); off (default): plain stream order");
+        "stream, the per-row quantizer and the few-token down projection may start under the previous kernel's tail "
+        "(their set-up, and the weight stream's first weights, before they wait for its writes); off (default): "
+        "plain stream order");
   m.def("pdl", &svdq::pdl, "whether set_pdl is on");
   m.def("set_gemm_2l_rf_wide_lr", &svdq::set_gemm_2l_rf_wide_lr, pybind11::arg("on"),
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");

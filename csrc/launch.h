@@ -94,8 +94,8 @@ int rms_norm_rope_version();
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);
 
 // Programmatic dependent launch (pdl.cuh; sm_90+, opt-in until measured on a GPU): the int4_2l GEMM, the few-token
-// weight stream and the per-row quantizer are launched so that each may start under the tail of the kernel before it
-// on the stream (the GEMM's barriers, descriptors and first weight tiles before it waits for that kernel's writes);
+// weight stream, the per-row quantizer and the few-token down projection are launched so that each may start under the
+// tail of the kernel before it on the stream (the GEMM's barriers, descriptors and first weight tiles before it waits for that kernel's writes);
 // the kernels before them (the quantizer, the few-token down projection, the prefix copy, the GEMM) signal at their
 // start. Off: plain stream order (the default).
 void set_pdl(bool on);

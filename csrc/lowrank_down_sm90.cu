@@ -49,8 +49,8 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
   const int m0 = blockIdx.y * 16;
   const int units = K / kDownKC, u0 = z * units / S, n = (z + 1) * units / S - u0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  pdl_wait();
-  pdl_trigger();  // (set_pdl) the GEMM after it may be scheduled as SMs free up
+  pdl_wait();      // (set_pdl) x comes from the kernel before this one, which may still use lr's memory
+  pdl_trigger();  // the GEMM after it may be scheduled as SMs free up
   auto load = [&](int c) {  // stage c of this CTA's slice (rows past M zero-filled)
     const uint32_t st = sb + (c % kDownStages) * C::kStage;
     const int k0 = (u0 + c) * kDownKC;
@@ -138,13 +138,15 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   cfg.blockDim = dim3(kDownThreads);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = S;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = S > 1 ? 1 : 0;
+  // (set_pdl) under a CUDA graph its edge from x's producer may become programmatic; eagerly the side stream's event
+  // keeps it a full dependency
+  cfg.numAttrs = pdl_launch_attr(attr, S > 1 ? 1 : 0);
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K);
 }
 
