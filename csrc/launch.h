@@ -95,9 +95,9 @@ cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStre
 
 // Programmatic dependent launch (pdl.cuh; sm_90+, opt-in until measured on a GPU): the int4_2l GEMM, the few-token
 // weight stream, the per-row quantizer and the few-token down projection are launched so that each may start under the
-// tail of the kernel before it on the stream (the GEMM's barriers, descriptors and first weight tiles before it waits for that kernel's writes);
-// the kernels before them (the quantizer, the few-token down projection, the prefix copy, the GEMM) signal at their
-// start. Off: plain stream order (the default).
+// tail of the kernel before it on the stream (their set-up, and the weight stream's first weights, before they wait for
+// that kernel's writes); the quantizer, the down projection, the prefix copy and the GEMM signal at their start. Off:
+// plain stream order (the default).
 void set_pdl(bool on);
 bool pdl();
 bool pdl_device();  // whether the current device can take it (compute capability 9.0 or newer; cached per device)
@@ -126,7 +126,7 @@ void set_quantize_act_2l_persistent(int on, int max_ctas);
 int quantize_act_2l_last_ctas();  // CTAs of the last per-row launch
 // The per-row kernel's lean form (opt-in until measured, perf-notes v2.24): a row's 16 possible 1 / (s_row s_int) computed
 // once (a lane each) and looked up by shuffle instead of a reciprocal per 8 values, and no clamp where it cannot bind
-// (finite rows with amax >= 2^-100); bit-identical to the reference by construction, ~20 % fewer instructions
+// (finite rows with amax >= 2^-100); bit-identical to the reference by construction, ~20 % fewer instructions (counted)
 void set_quantize_act_2l_lean(bool on);
 bool quantize_act_2l_lean();
 // Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)

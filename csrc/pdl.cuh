@@ -7,6 +7,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "launch.h"
 
 namespace svdq {
@@ -30,6 +32,26 @@ inline unsigned pdl_launch_attr(cudaLaunchAttribute* attrs, unsigned n) {
   attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attrs[n].val.programmaticStreamSerializationAllowed = 1;
   return n + 1;
+}
+
+// plain<<<grid, block, smem, stream>>>(args...) where set_pdl is off or the device lacks PDL (the launch as before);
+// otherwise with_pdl (the same kernel, or its PDL form) launched with the attribute.
+template <typename... P, typename... A>
+cudaError_t launch_plain_or_pdl(void (*plain)(P...), void (*with_pdl)(P...), dim3 grid, dim3 block, size_t smem,
+                                cudaStream_t stream, A&&... args) {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg = {};
+  cfg.numAttrs = pdl_launch_attr(attr, 0);
+  if (cfg.numAttrs == 0) {
+    plain<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+    return cudaGetLastError();
+  }
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, with_pdl, std::forward<A>(args)...);
 }
 
 }  // namespace svdq

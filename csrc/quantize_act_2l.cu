@@ -258,22 +258,9 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   if (e != cudaSuccess) return e;
   g_last_ctas = ctas;
   const int K1 = a.x2 ? a.K1 : a.K;
-  cudaLaunchAttribute attr[1];
-  cudaLaunchConfig_t cfg = {};
-  cfg.numAttrs = pdl_launch_attr(attr, 0);
-  if (cfg.numAttrs == 0) {
-    quantize_act_2l_kernel<T, V, G, kLean><<<ctas, threads, smem, s>>>(
-        static_cast<const T*>(a.x), static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
-    return cudaGetLastError();
-  }
-  cfg.gridDim = dim3(ctas);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, quantize_act_2l_kernel<T, V, G, kLean>, static_cast<const T*>(a.x),
-                            static_cast<const T*>(a.x2), K1, static_cast<const float*>(a.rcp), a.xq, a.xscale, a.M,
-                            a.K, S);
+  const auto kernel = quantize_act_2l_kernel<T, V, G, kLean>;
+  return launch_plain_or_pdl(kernel, kernel, dim3(ctas), dim3(threads), smem, s, static_cast<const T*>(a.x),
+                             static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
 }
 
 template <typename T, int G>

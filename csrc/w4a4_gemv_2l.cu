@@ -114,19 +114,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_2l_kernel(W4A4Gemm2lArgs a) 
 
 template <typename T, int MT, bool kFrag>
 cudaError_t launch_mt(const W4A4Gemm2lArgs& a, cudaStream_t stream) {
-  const dim3 grid(a.N / kRowsPerBlock), block(kWarps * 32);
-  cudaLaunchAttribute attr[1];
-  cudaLaunchConfig_t cfg = {};
-  cfg.numAttrs = pdl_launch_attr(attr, 0);
-  if (cfg.numAttrs == 0) {
-    gemv_2l_kernel<T, MT, kFrag><<<grid, block, 0, stream>>>(a);
-    return cudaGetLastError();
-  }
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, gemv_2l_kernel<T, MT, kFrag, true>, a);
+  return launch_plain_or_pdl(gemv_2l_kernel<T, MT, kFrag>, gemv_2l_kernel<T, MT, kFrag, true>,
+                             dim3(a.N / kRowsPerBlock), dim3(kWarps * 32), 0, stream, a);
 }
 
 template <typename T, bool kFrag>
