@@ -83,6 +83,79 @@ def tiny_t5_encoder(seed: int = 0, vocab_size: int = 160):
     return T5EncoderModel(cfg).eval()
 
 
+def _tiny_llm_text_config(vocab_size: int) -> dict:
+    """The decoder text config shared by the LLM text encoders below: 64 wide, 4 query / 2 key-value heads of
+    16, MLP 192, 2 layers."""
+    return dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, tie_word_embeddings=False,
+    )
+
+
+def tiny_qwen3_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """Qwen3Model, what Z-Image's pipeline runs as its text encoder (it reads ``hidden_states[-2]``)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    _seeded(seed)
+    return Qwen3Model(Qwen3Config(**_tiny_llm_text_config(vocab_size))).eval()
+
+
+def tiny_qwen2_5_vl_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """Qwen2_5_VLForConditionalGeneration (Qwen-Image's text encoder) with a 2-block, 64-wide vision tower
+    (patch 14, temporal patch 2, 2 x 2 merge) and token ids 250-253 for image / video / vision start / end."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    _seeded(seed)
+    text = _tiny_llm_text_config(vocab_size)
+    text.pop("head_dim")
+    text.pop("tie_word_embeddings")
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=64, fullatt_block_indexes=[1],
+        ),
+        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
+        tie_word_embeddings=False,
+    )
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def tiny_mistral3_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """Mistral3ForConditionalGeneration (FLUX.2's text encoder) with a 2-layer, 64-wide Pixtral vision tower
+    (patch 14, images of 56) and its 2 x 2 patch-merging projector; image token id 250."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    _seeded(seed)
+    text = _tiny_llm_text_config(vocab_size)
+    text.pop("tie_word_embeddings")
+    cfg = Mistral3Config(
+        text_config=dict(model_type="mistral", sliding_window=None, **text),
+        vision_config=dict(
+            model_type="pixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            head_dim=16, patch_size=14, image_size=56, num_channels=3,
+        ),
+        image_token_index=250, spatial_merge_size=2, vision_feature_layer=-1, multimodal_projector_bias=False,
+        tie_word_embeddings=False,
+    )
+    return Mistral3ForConditionalGeneration(cfg).eval()
+
+
+def tiny_umt5_encoder(seed: int = 0, vocab_size: int = 256):
+    """UMT5EncoderModel (Wan's text encoder): 64 wide, 4 heads of 16, gated-GELU MLP 128, 2 layers."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    _seeded(seed)
+    cfg = UMT5Config(
+        vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+    )
+    return UMT5EncoderModel(cfg).eval()
+
+
 def tiny_vae(seed: int = 0, latent_channels: int = 4):
     from diffusers import AutoencoderKL
 
@@ -295,6 +368,10 @@ __all__ = [
     "tiny_sana_transformer",
     "tiny_sd3_transformer",
     "tiny_sdxl_unet",
+    "tiny_mistral3_text_encoder",
+    "tiny_qwen2_5_vl_text_encoder",
+    "tiny_qwen3_text_encoder",
     "tiny_t5_encoder",
+    "tiny_umt5_encoder",
     "tiny_vae",
 ]

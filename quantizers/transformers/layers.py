@@ -17,8 +17,12 @@ QUANT_TENSORS = ("qweight", "wscales", "smooth_factor", "proj_down", "proj_up")
 # the other tensors an SVDQuant layer may store: bias and the format-specific ones (wtscale, wchannel)
 OPTIONAL_TENSORS = ("bias", *FORMAT_TENSORS)
 
-# Output projections kept in 16 bits by default (small, and they shape the pooled embedding).
-DEFAULT_TRANSFORMERS_SKIP = ("text_projection", "visual_projection", "lm_head")
+# Kept in 16 bits by default: output projections (small, and they shape the pooled embedding), and the vision
+# tower and projector of vision-language text encoders (Qwen2.5-VL for Qwen-Image, Mistral 3 for FLUX.2): a
+# text-to-image pipeline never runs them, and image-prompted ones (Qwen-Image-Edit) lose accuracy there.
+DEFAULT_TRANSFORMERS_SKIP = (
+    "text_projection", "visual_projection", "lm_head", "visual", "vision_tower", "multi_modal_projector",
+)
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -24,6 +24,7 @@ from ...modules import SVDQuantLinear
 from ..common import hopper_fragment_order, realign_cpu_tensors
 from ..diffusers.utils import atomic_save, warn_reference_path
 from .config import SVDQuantTransformersConfig
+from .keys import renamed_checkpoint_infos
 from .layers import (
     OPTIONAL_TENSORS,
     QUANT_TENSORS,
@@ -126,7 +127,9 @@ class SVDQuantHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         dtype = getattr(self, "dtype", None) or kwargs.get("dtype")
         if self.pre_quantized:
-            infos = read_checkpoint_tensors(kwargs.get("checkpoint_files"))
+            infos = renamed_checkpoint_infos(
+                model, read_checkpoint_tensors(kwargs.get("checkpoint_files")), self, QUANT_TENSORS + OPTIONAL_TENSORS
+            )
             layers = prequantized_layers(model, infos, self.options)
             if not layers:
                 raise QuantizationError(
