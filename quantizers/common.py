@@ -39,11 +39,20 @@ FAMILY_SKIPS: dict[str, tuple[str, ...]] = {
     "SanaTransformer2DModel": (
         "patch_embed.*", "time_embed.*", "caption_projection.*", "norm_out.*", "proj_out",
     ),
+    # FLUX.2 computes each stream's AdaLN modulation once, outside the blocks, for all of them (FLUX.1 has one per
+    # block): an error there would reach every block at once, for one token a step, so it stays 16-bit.
+    "Flux2Transformer2DModel": (
+        "x_embedder", "context_embedder", "time_guidance_embed.*", "double_stream_modulation_img.*",
+        "double_stream_modulation_txt.*", "single_stream_modulation.*", "norm_out.*", "proj_out",
+    ),
+    # Wan: time / text (/ image) embedders and the one modulation projection all blocks share (time_proj)
+    "WanTransformer3DModel": ("condition_embedder.*", "proj_out"),
 }
 
 # For any other model: the same roles under their usual diffusers names.
 GENERIC_SKIPS: tuple[str, ...] = (
     "x_embedder", "context_embedder", "pos_embed.*", "patch_embed.*", "time_text_embed.*", "time_embed.*",
+    "time_guidance_embed.*", "condition_embedder.*",
     "time_embedding.*", "add_embedding.*", "caption_projection.*", "adaln_single.*", "norm_out.*",
     "proj_out", "lm_head", "*.time_emb_proj",
 )

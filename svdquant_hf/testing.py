@@ -239,6 +239,34 @@ def tiny_sana_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     return _cast(model, dtype)
 
 
+def tiny_flux2_transformer(seed: int = 0, dtype: torch.dtype = torch.float32, guidance_embeds: bool = True):
+    """Flux2Transformer2DModel (FLUX.2): width 64 (2 heads x 32), SwiGLU 192, 1 double + 1 single block, text
+    dim 64, four RoPE axes (T, H, W, L); guidance embedding as FLUX.2-dev (False: the klein models)."""
+    from diffusers import Flux2Transformer2DModel
+
+    _seeded(seed)
+    model = Flux2Transformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+        joint_attention_dim=64, timestep_guidance_channels=64, mlp_ratio=3.0, axes_dims_rope=(8, 8, 8, 8),
+        guidance_embeds=guidance_embeds,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_wan_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """WanTransformer3DModel (Wan 2.1 / 2.2 text-to-video): width 64 (2 heads x 32), FFN 128, 2 blocks, text dim
+    64, 16 latent channels, patches of (1, 2, 2)."""
+    from diffusers import WanTransformer3DModel
+
+    _seeded(seed)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
+        text_dim=64, freq_dim=256, ffn_dim=128, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        eps=1e-6, rope_max_seq_len=32,
+    )
+    return _cast(model, dtype)
+
+
 def tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
     """A complete random FluxPipeline (CLIP + T5 + transformer + VAE + scheduler) built offline."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -291,7 +319,10 @@ def save_tiny_model(model: torch.nn.Module, path: str | os.PathLike | None = Non
 def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
     """Deterministic random forward kwargs for the tiny denoisers above (by class name)."""
     g = torch.Generator().manual_seed(seed)
-    dtype = next(model.parameters()).dtype
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():  # the compute dtype: most weights' (some modules may be kept in fp32)
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    dtype = max(counts, key=counts.get)
     name = type(model).__name__
     cfg = model.config
 
@@ -342,11 +373,33 @@ def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
             "timestep": t,
             "return_dict": False,
         }
+    if name == "Flux2Transformer2DModel":  # as Flux2Pipeline: 4 x 4 latent tokens, 4-axis int ids (T, H, W, L)
+        n_txt, z = 7, torch.arange(1)
+        img_ids = torch.cartesian_prod(z, torch.arange(4), torch.arange(4), z)
+        txt_ids = torch.cartesian_prod(z, z, z, torch.arange(n_txt))
+        return {
+            "hidden_states": rnd(batch, 16, cfg.in_channels),
+            "encoder_hidden_states": rnd(batch, n_txt, cfg.joint_attention_dim),
+            "timestep": (t / 1000).to(dtype),
+            "guidance": torch.full((batch,), 4.0) if cfg.guidance_embeds else None,
+            "img_ids": img_ids.expand(batch, -1, -1),
+            "txt_ids": txt_ids.expand(batch, -1, -1),
+            "return_dict": False,
+        }
+    if name == "WanTransformer3DModel":  # video latents: 2 frames of 8 x 8 (32 tokens after the patches)
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 2, 8, 8),
+            "timestep": t,
+            "encoder_hidden_states": rnd(batch, 7, cfg.text_dim),
+            "return_dict": False,
+        }
     raise ValueError(f"model_inputs: no inputs known for {name}")
 
 
 TINY_BUILDERS = {
     "flux": tiny_flux_transformer,
+    "flux2": tiny_flux2_transformer,
+    "wan": tiny_wan_transformer,
     "pixart": tiny_pixart_transformer,
     "sdxl": tiny_sdxl_unet,
     "sd3": tiny_sd3_transformer,
@@ -363,6 +416,7 @@ __all__ = [
     "t5_tokenizer",
     "tiny_clip_text_model",
     "tiny_flux_pipeline",
+    "tiny_flux2_transformer",
     "tiny_flux_transformer",
     "tiny_pixart_transformer",
     "tiny_sana_transformer",
@@ -374,4 +428,5 @@ __all__ = [
     "tiny_t5_encoder",
     "tiny_umt5_encoder",
     "tiny_vae",
+    "tiny_wan_transformer",
 ]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import (
+    Flux2Transformer2DModel,
     FluxTransformer2DModel,
     PixArtTransformer2DModel,
     SanaTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
+    WanTransformer3DModel,
 )
 
 from svdquant_hf import SVDQuantConfig
@@ -23,6 +25,8 @@ from _hf_helpers import materialize, plain_linears, rel_err, svd_layers
 BF16 = torch.bfloat16
 CLASSES = {
     "flux": FluxTransformer2DModel,
+    "flux2": Flux2Transformer2DModel,
+    "wan": WanTransformer3DModel,
     "pixart": PixArtTransformer2DModel,
     "sdxl": UNet2DConditionModel,
     "sd3": SD3Transformer2DModel,
@@ -35,16 +39,23 @@ MUST_SKIP = {
     "sdxl": ["time_embedding.linear_1", "add_embedding.linear_1", "down_blocks.0.resnets.0.time_emb_proj"],
     "sd3": ["context_embedder", "proj_out", "norm_out.linear", "time_text_embed.timestep_embedder.linear_1"],
     "sana": ["proj_out", "caption_projection.linear_1", "time_embed.linear", "time_embed.emb.timestep_embedder.linear_1"],
+    "flux2": ["x_embedder", "context_embedder", "time_guidance_embed.guidance_embedder.linear_1",
+              "double_stream_modulation_img.linear", "single_stream_modulation.linear", "norm_out.linear", "proj_out"],
+    "wan": ["condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1",
+            "condition_embedder.time_embedder.linear_1", "proj_out"],
 }
 # relative output error bound of data-free W4A4 on these random models (measured about half of it;
 # SDXL's GEGLU outputs carry 25-30x outliers that only calibrated smoothing removes)
-MAX_REL_ERR = {"flux": 0.03, "pixart": 0.04, "sdxl": 0.2, "sd3": 0.03, "sana": 0.08}
+MAX_REL_ERR = {"flux": 0.03, "pixart": 0.04, "sdxl": 0.2, "sd3": 0.03, "sana": 0.08, "flux2": 0.02, "wan": 0.04}
 MUST_QUANTIZE = {
     "flux": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.net.2", "single_transformer_blocks.0.proj_out"],
     "pixart": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_k", "transformer_blocks.0.ff.net.2"],
     "sdxl": ["down_blocks.1.attentions.0.proj_in", "up_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v"],
     "sd3": ["transformer_blocks.0.attn.add_k_proj", "transformer_blocks.1.ff.net.2", "transformer_blocks.0.norm1.linear"],
     "sana": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_out.0"],
+    "flux2": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.linear_in",
+              "single_transformer_blocks.0.attn.to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out"],
+    "wan": ["blocks.0.attn1.to_q", "blocks.1.attn2.to_k", "blocks.0.ffn.net.0.proj", "blocks.1.ffn.net.2"],
 }
 
 

@@ -1,4 +1,4 @@
-"""LoRA on SVDQuant models of other families (SD3, SDXL UNet, SANA; PixArt through PEFT directly)."""
+"""LoRA on SVDQuant models of other families (SD3, SDXL UNet, SANA, FLUX.2, Wan; PixArt through PEFT directly)."""
 from __future__ import annotations
 
 import copy
@@ -35,10 +35,10 @@ def fwd(model, inputs):
         return model(**inputs)[0]
 
 
-@pytest.mark.parametrize("family", ["sd3", "sdxl", "sana"])
+@pytest.mark.parametrize("family", ["sd3", "sdxl", "sana", "flux2", "wan"])
 def test_family_lora_matches_16bit(family):
     ref = T.TINY_BUILDERS[family](seed=4)
-    q = quantize(copy.deepcopy(ref), only="" if family == "sd3" else "attn")
+    q = quantize(copy.deepcopy(ref), only="" if family in ("sd3", "flux2") else "attn")
     inputs = T.model_inputs(ref, seed=6)
     y_ref0, y_q0 = fwd(ref, inputs), fwd(q, inputs)
     err_base = rel(y_q0, y_ref0)
