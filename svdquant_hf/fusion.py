@@ -196,4 +196,50 @@ def fused_member_names(model: nn.Module) -> dict[str, str]:
     return out
 
 
-__all__ = ["fuse_shared_input_projections", "unfuse_shared_input_projections", "fused_member_names"]
+def _is_svdquant(layer: nn.Module | None) -> bool:
+    """An SVDQuant layer, or a LoRA wrapper around one."""
+    return isinstance(layer, SVDQuantLinear) or isinstance(getattr(layer, "base_layer", None), SVDQuantLinear)
+
+
+def _fuse_projections(self: nn.Module) -> None:
+    """diffusers' ``fuse_projections`` for an attention module holding SVDQuant layers (bound per instance by
+    ``route_diffusers_fusion``): the members fuse as ``fuse_shared_input_projections`` fuses them."""
+    if getattr(self, "fused_projections", False):
+        return
+    if not any(_is_svdquant(self._modules.get(n)) for _, ms in FUSIONS for n in ms):
+        return type(self).fuse_projections(self)
+    if not fuse_shared_input_projections(self):
+        raise ValueError(
+            f"{type(self).__name__}: its q/k/v projections cannot be fused: all of them must be SVDQuant layers that "
+            f"quantize their input alike (the same smoothing), with no LoRA adapter loaded"
+        )
+
+
+def _unfuse_projections(self: nn.Module) -> None:
+    if list(_fused_layers(self)):
+        unfuse_shared_input_projections(self)
+    else:
+        type(self).unfuse_projections(self)
+
+
+def route_diffusers_fusion(model: nn.Module) -> int:
+    """Make diffusers' ``fuse_qkv_projections`` / ``unfuse_qkv_projections`` work on a quantized model: each
+    attention module with fusable projections that holds SVDQuant layers fuses them as
+    ``fuse_shared_input_projections`` does (diffusers' own method concatenates 16-bit weights, which SVDQuant
+    layers do not have). Returns the number of modules routed."""
+    import types
+
+    routed = 0
+    for module in model.modules():
+        if getattr(type(module), "_supports_qkv_fusion", False) is not True:
+            continue
+        if not any(_is_svdquant(module._modules.get(n)) for _, ms in FUSIONS for n in ms):
+            continue
+        module.fuse_projections = types.MethodType(_fuse_projections, module)
+        module.unfuse_projections = types.MethodType(_unfuse_projections, module)
+        routed += 1
+    return routed
+
+
+__all__ = ["fuse_shared_input_projections", "unfuse_shared_input_projections", "fused_member_names",
+           "route_diffusers_fusion"]

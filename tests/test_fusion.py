@@ -267,3 +267,31 @@ def test_quantize_on_load_joint_qkv_names_a_missing_member(sharded_16bit, tmp_pa
     with pytest.raises(Exception, match=r"transformer_blocks\.0\.attn\.to_k"):
         FluxTransformer2DModel.from_pretrained(path, quantization_config=SVDQuantConfig(rank=8, joint_qkv=True),
                                                torch_dtype=torch.bfloat16)
+
+
+def test_diffusers_fuse_qkv_projections_on_a_quantized_model(tmp_path):
+    """diffusers' own fuse_qkv_projections / unfuse_qkv_projections (which concatenate 16-bit weights) work on a
+    model quantized on load: its attention modules fuse their SVDQuant layers (same outputs, exact unfuse); with a
+    LoRA loaded, fusing asks for the LoRA to be merged or unloaded first."""
+    from diffusers import FluxTransformer2DModel
+
+    src = T.save_tiny_model(T.tiny_flux_transformer(seed=7), tmp_path / "fp")
+    q = FluxTransformer2DModel.from_pretrained(src, quantization_config=SVDQuantConfig(), torch_dtype=torch.bfloat16)
+    inputs = T.model_inputs(q, seed=3)
+    with torch.no_grad():
+        y0 = q(**inputs)[0]
+    q.fuse_qkv_projections()
+    double, single = q.transformer_blocks[0].attn, q.single_transformer_blocks[0].attn
+    for attn in (double, single):
+        assert attn.fused_projections and isinstance(attn.to_qkv, SVDQuantLinear) and not hasattr(attn, "to_q")
+    assert isinstance(double.to_added_qkv, SVDQuantLinear)
+    with torch.no_grad():
+        assert torch.equal(q(**inputs)[0], y0)
+    q.unfuse_qkv_projections()
+    assert not double.fused_projections and isinstance(double.to_q, SVDQuantLinear) and not hasattr(double, "to_qkv")
+    with torch.no_grad():
+        assert torch.equal(q(**inputs)[0], y0)
+
+    q.load_lora_adapter(LT.peft_lora(q, rank=8, seed=1, strength=0.3, prefix=None, include=("attn",)), prefix=None)
+    with pytest.raises(ValueError, match="LoRA adapters are loaded"):
+        q.fuse_qkv_projections()

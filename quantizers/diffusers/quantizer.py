@@ -23,6 +23,7 @@ from ...algorithm.groups import concat_group, split_outputs
 from ...algorithm.svdquant import quantize_weight
 from ...config import FORMAT_TENSORS
 from ...formats.int4_2l import invalid_2l_tensor
+from ...fusion import route_diffusers_fusion
 from ...modules import SVDQuantLinear
 from ...quantize import default_group_rank, qkv_groups
 from ..common import (
@@ -378,6 +379,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         realign_cpu_tensors(model)
         hopper_fragment_order(model)
         hopper_epilogues(model)
+        route_diffusers_fusion(model)
         if "save_pretrained" not in vars(model):
             model.save_pretrained = AtomicSave(model)
         return model
