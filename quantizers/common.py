@@ -47,6 +47,11 @@ FAMILY_SKIPS: dict[str, tuple[str, ...]] = {
     ),
     # Wan: time / text (/ image) embedders and the one modulation projection all blocks share (time_proj)
     "WanTransformer3DModel": ("condition_embedder.*", "proj_out"),
+    "QwenImageTransformer2DModel": ("img_in", "txt_in", "time_text_embed.*", "norm_out.*", "proj_out"),
+    # Z-Image: its timestep embedder reads its first linear's weight dtype, so it must stay an nn.Linear anyway
+    "ZImageTransformer2DModel": (
+        "all_x_embedder.*", "cap_embedder.*", "siglip_embedder.*", "t_embedder.*", "all_final_layer.*",
+    ),
 }
 
 # For any other model: the same roles under their usual diffusers names.

@@ -267,6 +267,32 @@ def tiny_wan_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     return _cast(model, dtype)
 
 
+def tiny_qwenimage_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """QwenImageTransformer2DModel (Qwen-Image): width 64 (2 heads x 32), MLP 256, 2 blocks, text dim 64, 16
+    latent channels in 2 x 2 patches, RoPE axes (8, 12, 12)."""
+    from diffusers import QwenImageTransformer2DModel
+
+    _seeded(seed)
+    model = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=32, num_attention_heads=2,
+        joint_attention_dim=64, guidance_embeds=False, axes_dims_rope=(8, 12, 12),
+    )
+    return _cast(model, dtype)
+
+
+def tiny_zimage_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """ZImageTransformer2DModel (Z-Image): width 192 (6 heads x 32; its SwiGLU width is 8 / 3 of it, 512 here, so
+    every linear takes groups of 64), 1 noise + 1 context refiner block, 2 main layers, caption dim 64."""
+    from diffusers import ZImageTransformer2DModel
+
+    _seeded(seed)
+    model = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=192, n_layers=2, n_refiner_layers=1,
+        n_heads=6, n_kv_heads=6, qk_norm=True, cap_feat_dim=64, axes_dims=[8, 12, 12], axes_lens=[256, 64, 64],
+    )
+    return _cast(model, dtype)
+
+
 def tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
     """A complete random FluxPipeline (CLIP + T5 + transformer + VAE + scheduler) built offline."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -393,13 +419,35 @@ def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
             "encoder_hidden_states": rnd(batch, 7, cfg.text_dim),
             "return_dict": False,
         }
+    if name == "QwenImageTransformer2DModel":  # as QwenImagePipeline: an 8 x 8 latent in 2 x 2 patches, masked text
+        n_txt = 7
+        mask = torch.zeros(batch, n_txt, dtype=torch.long)
+        for i in range(batch):
+            mask[i, : n_txt - i % 3] = 1
+        return {
+            "hidden_states": rnd(batch, 16, cfg.in_channels),
+            "encoder_hidden_states": rnd(batch, n_txt, cfg.joint_attention_dim),
+            "encoder_hidden_states_mask": None if mask.all() else mask,
+            "timestep": (t / 1000).to(dtype),
+            "img_shapes": [[(1, 4, 4)]] * batch,
+            "return_dict": False,
+        }
+    if name == "ZImageTransformer2DModel":  # as ZImagePipeline: per-sample lists, captions without padding
+        return {
+            "x": [rnd(cfg.in_channels, 1, 8, 8) for _ in range(batch)],
+            "t": ((1000 - t) / 1000).to(dtype),
+            "cap_feats": [rnd(7 - i % 3, cfg.cap_feat_dim) for i in range(batch)],
+            "return_dict": False,
+        }
     raise ValueError(f"model_inputs: no inputs known for {name}")
 
 
 TINY_BUILDERS = {
     "flux": tiny_flux_transformer,
     "flux2": tiny_flux2_transformer,
+    "qwenimage": tiny_qwenimage_transformer,
     "wan": tiny_wan_transformer,
+    "zimage": tiny_zimage_transformer,
     "pixart": tiny_pixart_transformer,
     "sdxl": tiny_sdxl_unet,
     "sd3": tiny_sd3_transformer,
@@ -419,6 +467,7 @@ __all__ = [
     "tiny_flux2_transformer",
     "tiny_flux_transformer",
     "tiny_pixart_transformer",
+    "tiny_qwenimage_transformer",
     "tiny_sana_transformer",
     "tiny_sd3_transformer",
     "tiny_sdxl_unet",
@@ -429,4 +478,5 @@ __all__ = [
     "tiny_umt5_encoder",
     "tiny_vae",
     "tiny_wan_transformer",
+    "tiny_zimage_transformer",
 ]
