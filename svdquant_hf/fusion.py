@@ -25,7 +25,26 @@ from .config import SVDQuantOptions
 from .modules import SVDQuantLinear
 from .shared_input import quantize_alike
 
-FUSIONS = (("to_qkv", ("to_q", "to_k", "to_v")), ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")))
+# diffusers' fused layers and their members: self-attention fuses q/k/v, cross-attention k/v only (its q reads
+# another input); the added (context) projections fuse q/k/v (FLUX) or, without add_q_proj, k/v (Wan's image input)
+FUSIONS = (
+    ("to_qkv", ("to_q", "to_k", "to_v")),
+    ("to_kv", ("to_k", "to_v")),
+    ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
+    ("to_added_kv", ("add_k_proj", "add_v_proj")),
+)
+
+
+def _fusion_groups(module: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """The fusions diffusers' fused path of ``module`` reads (see FUSIONS)."""
+    present = lambda n: module._modules.get(n) is not None  # noqa: E731
+    groups = dict(FUSIONS)
+    out = [("to_kv", groups["to_kv"]) if getattr(module, "is_cross_attention", False) else ("to_qkv", groups["to_qkv"])]
+    if present("add_q_proj"):
+        out.append(("to_added_qkv", groups["to_added_qkv"]))
+    elif present("add_k_proj"):
+        out.append(("to_added_kv", groups["to_added_kv"]))
+    return out
 
 
 def _shared_rank(mods: Sequence[SVDQuantLinear]) -> int:
@@ -134,7 +153,7 @@ def fuse_shared_input_projections(model: nn.Module) -> list[str]:
     for parent_name, module in list(model.named_modules()):
         if getattr(type(module), "_supports_qkv_fusion", False) is not True or getattr(module, "fused_projections", True):
             continue  # only diffusers attention classes whose processors take the fused path
-        present = [(f, ms, [module._modules.get(n) for n in ms]) for f, ms in FUSIONS]
+        present = [(f, ms, [module._modules.get(n) for n in ms]) for f, ms in _fusion_groups(module)]
         present = [(f, ms, mods) for f, ms, mods in present if all(m is not None for m in mods)]
         for _, members, mods in present:
             if any(hasattr(m, "base_layer") for m in mods):
@@ -201,13 +220,13 @@ def _is_svdquant(layer: nn.Module | None) -> bool:
     return isinstance(layer, SVDQuantLinear) or isinstance(getattr(layer, "base_layer", None), SVDQuantLinear)
 
 
-def _fuse_projections(self: nn.Module) -> None:
+def _fuse_projections(self: nn.Module, *args, **kwargs) -> None:
     """diffusers' ``fuse_projections`` for an attention module holding SVDQuant layers (bound per instance by
     ``route_diffusers_fusion``): the members fuse as ``fuse_shared_input_projections`` fuses them."""
     if getattr(self, "fused_projections", False):
         return
     if not any(_is_svdquant(self._modules.get(n)) for _, ms in FUSIONS for n in ms):
-        return type(self).fuse_projections(self)
+        return type(self).fuse_projections(self, *args, **kwargs)
     if not fuse_shared_input_projections(self):
         raise ValueError(
             f"{type(self).__name__}: its q/k/v projections cannot be fused: all of them must be SVDQuant layers that "
@@ -215,28 +234,40 @@ def _fuse_projections(self: nn.Module) -> None:
         )
 
 
-def _unfuse_projections(self: nn.Module) -> None:
+def _unfuse_projections(self: nn.Module, *args, **kwargs) -> None:
     if list(_fused_layers(self)):
         unfuse_shared_input_projections(self)
     else:
-        type(self).unfuse_projections(self)
+        type(self).unfuse_projections(self, *args, **kwargs)
+
+
+def _refuse_projections(self: nn.Module, *args, **kwargs) -> None:
+    raise ValueError(
+        f"{type(self).__name__}: fusing the projections of SVDQuant layers is supported for diffusers' attention "
+        f"classes with a fused path (AttentionModuleMixin, e.g. FLUX / FLUX.2 / Wan), not this one; run the model "
+        f"unfused (each 4-bit layer is one fused quantize + GEMM already)"
+    )
 
 
 def route_diffusers_fusion(model: nn.Module) -> int:
     """Make diffusers' ``fuse_qkv_projections`` / ``unfuse_qkv_projections`` work on a quantized model: each
     attention module with fusable projections that holds SVDQuant layers fuses them as
     ``fuse_shared_input_projections`` does (diffusers' own method concatenates 16-bit weights, which SVDQuant
-    layers do not have). Returns the number of modules routed."""
+    layers do not have); attention classes without diffusers' fused path (SD3's) refuse with a clear error
+    instead. Returns the number of modules routed."""
     import types
 
     routed = 0
     for module in model.modules():
-        if getattr(type(module), "_supports_qkv_fusion", False) is not True:
+        if not hasattr(module, "fuse_projections"):
             continue
         if not any(_is_svdquant(module._modules.get(n)) for _, ms in FUSIONS for n in ms):
             continue
-        module.fuse_projections = types.MethodType(_fuse_projections, module)
-        module.unfuse_projections = types.MethodType(_unfuse_projections, module)
+        if getattr(type(module), "_supports_qkv_fusion", False) is True:
+            module.fuse_projections = types.MethodType(_fuse_projections, module)
+            module.unfuse_projections = types.MethodType(_unfuse_projections, module)
+        else:  # e.g. SD3's Attention: its fused processor needs the 16-bit weights concatenated
+            module.fuse_projections = types.MethodType(_refuse_projections, module)
         routed += 1
     return routed
 

@@ -295,3 +295,32 @@ def test_diffusers_fuse_qkv_projections_on_a_quantized_model(tmp_path):
     q.load_lora_adapter(LT.peft_lora(q, rank=8, seed=1, strength=0.3, prefix=None, include=("attn",)), prefix=None)
     with pytest.raises(ValueError, match="LoRA adapters are loaded"):
         q.fuse_qkv_projections()
+
+
+@pytest.mark.parametrize("family", ["wan", "flux2", "sd3"])
+def test_diffusers_fuse_qkv_projections_on_other_families(family, tmp_path):
+    """Wan fuses its self-attention's q/k/v (to_qkv) and its cross-attention's k/v (to_kv), FLUX.2 its double blocks'
+    projections: same outputs, exact unfuse; SD3's attention class (no fused path for these layers) refuses with a
+    clear error before anything changes."""
+    model = T.TINY_BUILDERS[family](seed=7)
+    cls = type(model)
+    q = cls.from_pretrained(T.save_tiny_model(model, tmp_path / "fp"), quantization_config=SVDQuantConfig(),
+                            torch_dtype=torch.bfloat16)
+    inputs = T.model_inputs(q, seed=3)
+    with torch.no_grad():
+        y0 = q(**inputs)[0]
+    if family == "sd3":
+        with pytest.raises(ValueError, match="Attention: fusing the projections of SVDQuant layers is supported"):
+            q.fuse_qkv_projections()
+        return
+    q.fuse_qkv_projections()
+    fused = {n.rsplit(".", 1)[-1] for n, m in q.named_modules() if hasattr(m, "fused_members")}
+    assert fused == ({"to_qkv", "to_kv"} if family == "wan" else {"to_qkv", "to_added_qkv"})
+    if family == "wan":
+        assert isinstance(q.blocks[0].attn2.to_q, SVDQuantLinear) and not hasattr(q.blocks[0].attn2, "to_k")
+    with torch.no_grad():
+        assert torch.equal(q(**inputs)[0], y0)
+    q.unfuse_qkv_projections()
+    assert not any(hasattr(m, "fused_members") for m in q.modules())
+    with torch.no_grad():
+        assert torch.equal(q(**inputs)[0], y0)
