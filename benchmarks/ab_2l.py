@@ -1,6 +1,7 @@
 """Interleaved A/B timing of the int4_2l chain (quantize_act_2l + w4a4_gemm_2l): earlier versions vs now.
 
 usage: python benchmarks/ab_2l.py [--ms 4608,256] [--rounds 5] [--reps 30] [--no-w8] [--no-ts] [--cols now,fo,bf16]
+       [--shapes K:N,...]
 
 Single timings of the fused chain drifted by up to 20 % within one run on H100 (clocks under a long
 GEMM load); here each configuration is timed in alternation, --rounds times, and the medians compared.
@@ -22,9 +23,11 @@ Columns (us per call, CUDA graph):
           fo with that kernel at every K and ranks 96 / 128 too (M <= 512; by default K <= 4096, rank <= 64); "fo_dw8"
           the same with up to 8 stages in flight (set_lowrank_down_deep, opt-in); "fo_pdl" fo with programmatic
           dependent launch (set_pdl, opt-in: each kernel may start under the previous one's tail, the graph's chains
-          back to back included); "fo_r3" fo with rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 /
-          1250 cycles at 128 / 192 tokens for 1290 / 1525: set_gemm_2l_rf3_stage); "fo_ql" fo with the per-row
-          quantizer's lean form (set_quantize_act_2l_lean: the same bits, fewer instructions);
+          back to back included); "fo_m0" fo with v2.24's three-warpgroup choice (set_gemm_2l_rf3_model(0): the v2.15
+          stage fit, 1290 / 1525 cycles at 128 / 192 tokens; v2.25 refitted it to 1100 / 1250 and compares against the
+          two-warpgroup model); "fo_nql" fo with the per-row
+          quantizer's plain form (set_quantize_act_2l_lean(False); the lean form, the same bits in fewer instructions, is
+          the default since v2.25); "fo_rq" fo with the quantizer by the reference ops (what K not a multiple of 256 ran before v2.25);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -49,7 +52,7 @@ from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 
 from svdquant_hf.ops.layout_2l import fragment_order
-from svdquant_hf.ops.reference import weight_operand_2l
+from svdquant_hf.ops.reference import quantize_act_2l_ref, weight_operand_2l
 
 # (side-stream overlap, forced splits, token tiles the plan may pick, persistent kernels: 1, 0 or -1 auto, fused quantizer)
 CONFIGS = {
@@ -68,19 +71,19 @@ SWITCHED = {
     "fo_dw": ("frag", {"down_wide": True}),
     "fo_dw8": ("frag", {"down_wide": True, "down_deep": True}),
     "fo_pdl": ("frag", {"pdl": True}),
-    "fo_r3": ("frag", {"rf3_stage": (1100, 1250)}),
-    "fo_ql": ("frag", {"lean_quant": True}),
+    "fo_m0": ("frag", {"rf3_model": 0}),
+    "fo_nql": ("frag", {"lean_quant": False}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
     "w8ps": ("int8", {"persistent": 1}),
     "w8a": ("int8", {}),
 }
-COLS = [*CONFIGS, *SWITCHED, "bf16", "fp8", "fp8d"]
-APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8"}  # the fused quantizer's lr rounds differently from cuBLAS's
+COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
+APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_r3", "fo"), ("fo_ql", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 
@@ -112,11 +115,14 @@ def main() -> int:
     ap.add_argument("--no-w8", action="store_true", help="leave out the int8-weight kernels (w8a4_gemm_2l)")
     ap.add_argument("--no-ts", action="store_true", help="leave out the TMA-store epilogue")
     ap.add_argument("--cols", default="", help="only these columns (comma-separated; default: all)")
+    ap.add_argument("--shapes", default="", help="K:N pairs instead of FLUX.1's (e.g. 2432:2432,2432:9728 for SD3.5 "
+                    "Large, 1152:1152,1152:4608 for PixArt)")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
         return 2
     dt, R, gs = torch.bfloat16, 32, 64
+    shapes = [tuple(int(v) for v in kn.split(":")) for kn in args.shapes.split(",")] if args.shapes else FLUX_SHAPES
     print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds (odd ones in reverse order); bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
@@ -136,7 +142,7 @@ def main() -> int:
                 if (w8_on or wt != "int8") and not (args.no_ts and kw.get("tma_store")) and name in cols}
     bad = 0
     for M in [int(m) for m in args.ms.split(",")]:
-        for K, N in FLUX_SHAPES:
+        for K, N in shapes:
             p = random_2l(M, K, N, R, gs)
             xs = [(x,) for x in p.xs]
             smooth, pd, pu, bias = p.smooth, p.proj_down, p.proj_up, p.bias
@@ -157,6 +163,10 @@ def main() -> int:
                 xq, xsc, lr = ext.quantize_act_2l(x, smooth, pd, gs)
                 return ext.w4a4_gemm_2l_fo(xq, xsc, qf, wsc, wch, lr, pu, bias, gs)
 
+            def chain_fo_rq(x, qf=qf):
+                xq, xsc, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+                return ext.w4a4_gemm_2l_fo(xq, xsc, qf, wsc, wch, lr, pu, bias, gs)
+
             def run_switched(name: str, fn_of):
                 """fn_of(the column's chain) under the column's switches (gemm_switches: defaults after)."""
                 wt, kw = switched[name]
@@ -174,6 +184,8 @@ def main() -> int:
                     configure(ext, *default)
             for name in switched:
                 outs[name] = run_switched(name, lambda fn: fn(p.xs[0]))
+            if "fo_rq" in cols:
+                outs["fo_rq"] = chain_fo_rq(p.xs[0])
             for name, y in outs.items():
                 if name in APPROX:
                     rel = ((y.float() - outs["now"].float()).norm() / outs["now"].float().norm()).item()
@@ -208,6 +220,8 @@ def main() -> int:
                             run_switched(name, lambda fn: 1e3 * time_graph(fn, xs, args.reps)))
                 if name == "fp8d":
                     return 1e3 * time_graph(fp8d, xs, args.reps)
+                if name == "fo_rq":
+                    return 1e3 * time_graph(chain_fo_rq, xs, args.reps)
                 return 1e3 * (time_graph(dense, xs, args.reps) if name == "bf16" else time_graph(fp8, x8s, args.reps))
 
             times: dict[str, list[float]] = {c: [] for c in cols}

@@ -42,8 +42,8 @@ and a bar chart when matplotlib is present.
       rule before v2.23); _dcb: the quantizer's down
       projection by cuBLAS at every M (our few-token kernel at M <= 512 otherwise); _pdl: programmatic dependent
       launch (set_pdl: the GEMM, the few-token weight stream and the quantizer start under the previous kernel's tail);
-      _r3: rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 / 1250 cycles); _ql: the per-row quantizer's
-      lean form (set_quantize_act_2l_lean); _ipdl (any variant, the peers too): Inductor's Triton kernels with
+      _r3: rf_cost's three-warpgroup stage refitted to v2.23's sweep (1100 / 1250 cycles); _nql: the per-row quantizer's
+      plain form (set_quantize_act_2l_lean(False); the lean form is the default since v2.25); _ipdl (any variant, the peers too): Inductor's Triton kernels with
       programmatic dependent launch (torch._inductor.config.triton.enable_pdl)
   python benchmarks/flux_e2e.py --tiny --device cpu   # smoke test of the script itself
 """
@@ -92,8 +92,8 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_nr3_regional_cg", "svdq2l_fo_ep_nogemv_regional_cg", "svdq2l_fo_ep_ncat_regional_cg",
     "svdq2l_fo_ep_lora_nlsh_regional_cg", "svdq2l_fo_ep_nrc_regional_cg", "svdq2l_fo_ep_nrbc_regional_cg",
     "svdq2l_fo_ep_dcb_regional_cg", "svdq2l_fo_ep_nrbc_dcb_regional_cg", "svdq2l_fo_ep_pdl_regional_cg",
-    "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_ql_regional_cg", "svdq2l_fo_ep_pdl_ql_regional_cg",
-    "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_pdl_ql_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
+    "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_nql_regional_cg", "svdq2l_fo_ep_pdl_nql_regional_cg",
+    "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
     "bf16_ipdl_regional_cg",
 )
 
@@ -360,8 +360,9 @@ def set_kernel_switches(name: str) -> None:
     per smoothing factor otherwise); _nrbc the register-fragment GEMM only where the plan is unsplit with two tiles per SM
     (set_gemm_2l_rf_by_cost(False); wherever its cost models say otherwise, the default since v2.23); _dcb the quantizer's down projection by cuBLAS at every M (our few-token kernel at M <= 512 otherwise);
     _pdl programmatic dependent launch (set_pdl; off otherwise); _r3 rf_cost's three-warpgroup stage refitted (1100 /
-    1250 cycles, set_gemm_2l_rf3_stage; the v2.15 fit otherwise); _ql the per-row quantizer's lean form
-    (set_quantize_act_2l_lean; off otherwise); _nowlr branch
+    1250 cycles, set_gemm_2l_rf3_stage; the model's otherwise); _m0 the three-warpgroup choice of v2.24
+    (set_gemm_2l_rf3_model(0); v2.25's otherwise); _nql the per-row quantizer's plain form
+    (set_quantize_act_2l_lean(False); its lean form otherwise, the default since v2.25); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
@@ -389,8 +390,10 @@ def set_kernel_switches(name: str) -> None:
         ext.set_pdl("_pdl" in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf3_stage"):
         ext.set_gemm_2l_rf3_stage(*((1100, 1250) if "_r3" in name else (0, 0)))
+    if ext is not None and hasattr(ext, "set_gemm_2l_rf3_model"):
+        ext.set_gemm_2l_rf3_model(0 if "_m0" in name else 1)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_lean"):
-        ext.set_quantize_act_2l_lean("_ql" in name)
+        ext.set_quantize_act_2l_lean("_nql" not in name)
 
 
 class GraphedForward(nn.Module):

@@ -59,7 +59,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   rf_warpgroups: int = 0, rf3_tile: int = 0, fused_quant: int | None = None,
                   quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
                   down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False,
-                  pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = False) -> Iterator[None]:
+                  pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
+                  rf3_model: int = 1) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -78,9 +79,11 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     down_deep: that kernel with up to 8 stages in flight (set_lowrank_down_deep; off after the block).
     pdl: programmatic dependent launch (set_pdl: the GEMM, the few-token weight stream and the quantizer start under the
     previous kernel's tail; off after the block).
-    rf3_stage: the register-fragment cost model's three-warpgroup stage cycles at 128 / 192 tokens ((0, 0): the fit;
-    the fit after the block).
-    lean_quant: the per-row quantizer's lean form (set_quantize_act_2l_lean; off after the block).
+    rf3_stage: the register-fragment cost model's three-warpgroup stage cycles at 128 / 192 tokens ((0, 0): the
+    model's; the model's after the block). rf3_model: the three-warpgroup choice (set_gemm_2l_rf3_model: 1 v2.25's, the
+    default, 0 v2.24's; 1 after the block).
+    lean_quant: the per-row quantizer's lean form (set_quantize_act_2l_lean; the default since v2.25, on after the
+    block); False: the plain form.
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -96,6 +99,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     ext.set_lowrank_down_deep(down_deep)
     ext.set_pdl(pdl)
     ext.set_gemm_2l_rf3_stage(*rf3_stage)
+    ext.set_gemm_2l_rf3_model(rf3_model)
     ext.set_quantize_act_2l_lean(lean_quant)
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
@@ -113,4 +117,5 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_lowrank_down_deep(False)
         ext.set_pdl(False)
         ext.set_gemm_2l_rf3_stage(0, 0)
-        ext.set_quantize_act_2l_lean(False)
+        ext.set_gemm_2l_rf3_model(1)
+        ext.set_quantize_act_2l_lean(True)

@@ -31,8 +31,8 @@ def main() -> int:
         return 2
     print(f"{torch.cuda.get_device_name()}: per-row quantize_act_2l (rank 0, bfloat16, group 64), us per call")
     lean_ok = hasattr(ext, "set_quantize_act_2l_lean")
-    modes = (("1row", 0, 0, False), ("default", 1, 0, False), ("persist", 1, 1 << 30, False))
-    modes += (("lean", 1, 0, True),) if lean_ok else ()
+    modes = (("1row", 0, 0, True), ("default", 1, 0, True), ("persist", 1, 1 << 30, True))
+    modes += (("plain", 1, 0, False),) if lean_ok else ()  # the form before v2.25's lean default
     print(f"{'K':>6} {'M':>5} | " + " ".join(f"{n:>7}" for n, *_ in modes) + f" {'CTAs':>5} | GB/s: "
           + " / ".join(n for n, *_ in modes))
     for K in [int(k) for k in args.ks.split(",")]:
@@ -51,7 +51,7 @@ def main() -> int:
                 finally:
                     ext.set_quantize_act_2l_persistent(1, 0)
                     if lean_ok:
-                        ext.set_quantize_act_2l_lean(False)
+                        ext.set_quantize_act_2l_lean(True)
             moved = M * K * 3 + M * 4
             print(f"{K:>6} {M:>5} | " + " ".join(f"{t[n]:7.1f}" for n, *_ in modes) + f" {ctas:>5} | "
                   + " / ".join(f"{moved / t[n] / 1e3:5.0f}" for n, *_ in modes))

@@ -32,9 +32,17 @@
 #   v224: what the thirteenth session wrote without a GPU (perf-notes v2.24): programmatic dependent launch (set_pdl)
 #       and the lean quantizer (set_quantize_act_2l_lean). Their tests first (tests/gpu/test_pdl.py, the 2l tests -k
 #       lean; nothing more if they fail), the other 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on,
-#       ab_2l.py (BENCH_MS, default 1,256,512,4608; ROUNDS) with fo_pdl, fo_r3 and fo_ql, quantize_2l_rows.py at
+#       ab_2l.py (BENCH_MS, default 1,256,512,4608; ROUNDS) with fo_pdl, fo_r3 and fo_ql (now fo_m0 and fo_nql: both became defaults), quantize_2l_rows.py at
 #       4608 tokens, gemv_2l.py --ms 1 --hot --orders; E2E=1 with WHEELS: the model plain, _pdl, _ql, _pdl_ql, fp8 and
 #       bf16 regional, each as one CUDA graph (E2E_VARIANTS for others, e.g. the _ipdl ones: Inductor's own PDL)
+#   v225: the quantizer at any K that is a multiple of 8 (the block's last warp past the row) and the lean form by
+#       default: the quantizer / linear / few-token / auto-warpgroup tests at the new K first (nothing more if they
+#       fail), the other 2l / epilogue / norm-RoPE / PDL tests, memcheck with the defaults and with PDL on and the plain
+#       form, ab_2l.py on SD3.5 Large's and PixArt's shapes (now, fo, fo_rq: the reference quantizer those K ran before,
+#       fo_nql, bf16, fp8d) and on FLUX.1's at 256 and 4608 tokens (fo, fo_nql, bf16, fp8d)
+#   rf3: the three-warpgroup choice of v2.25 (set_gemm_2l_rf3_model): its tests and the other warpgroup / cost-model
+#       tests, ab_2l.py at 512, 1024, 4096 and 4608 tokens (fo against fo_m0, v2.24's choice; bf16, fp8d), then the model
+#       (default, _m0, fp8, bf16 regional, each as one CUDA graph)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -292,16 +300,50 @@ if [ "$what" = v224 ]; then  # PDL and the lean quantizer: correctness first, th
     memcheck "$OUT/sanitize_memcheck.log"
     SANITIZE_PDL=1 memcheck "$OUT/sanitize_memcheck_pdl.log"
     timeout 300 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-1,256,512,4608} --rounds ${ROUNDS:-2} \
-      --cols now,fo,fo_pdl,fo_r3,fo_ql,bf16,fp8d > "$OUT/ab_2l.log" 2>&1
+      --cols now,fo,fo_pdl,fo_m0,fo_nql,bf16,fp8d > "$OUT/ab_2l.log" 2>&1
     echo "ab rc=$?"; tail -21 "$OUT/ab_2l.log"
     timeout 120 python3 benchmarks/quantize_2l_rows.py --ms 4608 > "$OUT/quantize_2l_rows.log" 2>&1
     echo "rows rc=$?"; tail -4 "$OUT/quantize_2l_rows.log"
     (cd benchmarks && timeout 90 python3 gemv_2l.py --ms 1 --hot --orders > "$OUT/gemv_2l_hot.log" 2>&1)
     echo "gemv hot rc=$?"; tail -7 "$OUT/gemv_2l_hot.log"
     if [ -n "${E2E:-}" ]; then
-      flux_e2e_1024 330 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pdl_regional_cg,svdq2l_fo_ep_ql_regional_cg,svdq2l_fo_ep_pdl_ql_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
+      flux_e2e_1024 330 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pdl_regional_cg,svdq2l_fo_ep_nql_regional_cg,svdq2l_fo_ep_pdl_nql_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
         --iters 5 --warmup 1
     fi
+  fi
+fi
+if [ "$what" = v225 ]; then  # the quantizer at any K % 8 == 0, the lean form by default
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" -k "quantize_act_2l and not fused or linear_2l or gemv_2l or auto_warpgroups" --timeout 90 \
+    > "$OUT/tests_new.log" 2>&1
+  newrc=$?; echo "new tests rc=$newrc"; grep -E "passed|failed|Error|assert|Timeout" "$OUT/tests_new.log" | tail -8
+  if [ "$newrc" = 0 ]; then
+    timeout 230 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py tests/gpu/test_pdl.py \
+      tests/test_epilogues.py tests/test_rms_norm_rope.py -m "gpu or not gpu" -o addopts="" --timeout 90 \
+      -k "not (quantize_act_2l and not fused or linear_2l or gemv_2l or auto_warpgroups)" > "$OUT/tests_2l.log" 2>&1
+    echo "other tests rc=$?"; grep -E "passed|failed|Error|assert" "$OUT/tests_2l.log" | tail -6
+    memcheck "$OUT/sanitize_memcheck.log"
+    SANITIZE_PDL=1 memcheck "$OUT/sanitize_memcheck_pdl.log"
+    if [ -z "${NO_BENCH:-}" ]; then
+      timeout 200 python3 benchmarks/ab_2l.py --ms 256,4096 --rounds 2 --cols now,fo,fo_rq,fo_nql,bf16,fp8d \
+        --shapes 2432:2432,2432:9728,9728:2432,1152:1152,1152:4608,4608:1152 > "$OUT/ab_2l_sd35_pixart.log" 2>&1
+      echo "ab sd3.5/pixart rc=$?"; tail -13 "$OUT/ab_2l_sd35_pixart.log"
+      timeout 150 python3 benchmarks/ab_2l.py --ms 256,4608 --rounds 2 --cols now,fo,fo_nql,bf16,fp8d \
+        > "$OUT/ab_2l_flux.log" 2>&1
+      echo "ab flux rc=$?"; tail -11 "$OUT/ab_2l_flux.log"
+    fi
+  fi
+fi
+if [ "$what" = rf3 ]; then  # v2.25's three-warpgroup choice against v2.24's
+  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "rf3_models or auto_warpgroups or rf_by_cost or three_warpgroups or rf_warpgroups" --timeout 90 > "$OUT/tests_rf3.log" 2>&1
+  rc=$?; echo "rf3 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_rf3.log" | tail -5
+  if [ "$rc" = 0 ]; then
+    timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-512,1024,4096,4608} --rounds ${ROUNDS:-3} \
+      --cols now,fo,fo_m0,bf16,fp8d > "$OUT/ab_2l_rf3.log" 2>&1
+    echo "ab rc=$?"; tail -21 "$OUT/ab_2l_rf3.log"
+    flux_e2e_1024 300 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_m0_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
+      --iters 5 --warmup 1
   fi
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part

@@ -325,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     const std::string e = mismatch(t, x_in, x_in.scalar_type(), name);
     SVDQ_REQUIRE(e.empty(), e);
   }
+  SVDQ_REQUIRE(K % group_size == 0, "svdquant quantize_act_2l: K=", K, " is not a multiple of group_size=", group_size);
   SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   at::Tensor x = prep(x_in), smooth = prep(smooth_in);
   const at::Tensor x2 = x2_in.has_value() ? prep(*x2_in) : at::Tensor();
@@ -585,7 +586,7 @@ bool quantize_2l_takes(const at::Tensor& x, const at::Tensor& smooth, const at::
   if (!(x.is_cuda() && x.dim() == 2 && is_16bit(x))) return false;
   const int64_t K = x.size(1);
   return (gs == 32 || gs == 64 || gs == 128) && smooth.dim() == 1 && smooth.size(0) == K && pd.dim() == 2 &&
-         pd.size(0) == K && on(smooth, x, x.scalar_type()) && on(pd, x, x.scalar_type()) &&
+         pd.size(0) == K && K % gs == 0 && on(smooth, x, x.scalar_type()) && on(pd, x, x.scalar_type()) &&
          svdq::quantize_act_2l_supported((int)K);
 }
 
@@ -833,11 +834,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");
   m.def("lowrank_down_deep", &svdq::lowrank_down_deep, "whether set_lowrank_down_deep is on");
   m.def("set_quantize_act_2l_lean", &svdq::set_quantize_act_2l_lean, pybind11::arg("on"),
-        "the per-row quantizer's lean form (opt-in: not yet measured): the row's 16 scale reciprocals looked up by "
+        "the per-row quantizer's lean form (on by default): the row's 16 scale reciprocals looked up by "
         "shuffle, no clamp where it cannot bind; the same bits");
   m.def("quantize_act_2l_lean", &svdq::quantize_act_2l_lean, "whether set_quantize_act_2l_lean is on");
   m.def("set_pdl", &svdq::set_pdl, pybind11::arg("on"),
-        "programmatic dependent launch (sm_90+, opt-in: not yet measured): the int4_2l GEMM, the few-token weight "
+        "programmatic dependent launch (sm_90+, opt-in: the FLUX.1 forward measured no faster): the int4_2l GEMM, the few-token weight "
         "stream, the per-row quantizer and the few-token down projection may start under the previous kernel's tail "
         "(their set-up, and the weight stream's first weights, before they wait for its writes); off (default): "
         "plain stream order");
@@ -849,9 +850,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
         "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
-        "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the fitted "
-        "1290 / 1525; benchmarks A/B a refit)");
+        "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "
+        "see set_gemm_2l_rf3_model)");
   m.def("gemm_2l_rf3_stage", &svdq::gemm_2l_rf3_stage, "the three-warpgroup stage cycles in use, [at 128, at 192]");
+  m.def("set_gemm_2l_rf3_model", &svdq::set_gemm_2l_rf3_model, pybind11::arg("version"),
+        "the three-warpgroup choice: 1 (default, v2.25) stages of 1100 / 1250 cycles and three warpgroups only where "
+        "they beat the two-warpgroup loop's model; 0 the v2.24 rule (1290 / 1525, against the plan's kernel)");
+  m.def("gemm_2l_rf3_model", &svdq::gemm_2l_rf3_model, "the three-warpgroup choice in use (set_gemm_2l_rf3_model)");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

@@ -117,7 +117,7 @@ void set_gemm_int4_mma(int mode);
 int gemm_int4_mma_mode();
 bool gemm_int4_mma(int group_size);
 
-bool quantize_act_2l_supported(int K);  // K % 256 == 0 and a row fits one CTA
+bool quantize_act_2l_supported(int K);  // K % 8 == 0 and a row fits one CTA (K <= 32768)
 cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stream);
 // rcp[k] = 1 / smooth[k] (fp32, round to nearest), the quantizer's prep launch
 cudaError_t launch_smooth_rcp(DType dtype, const void* smooth, float* rcp, int K, cudaStream_t stream);
@@ -165,10 +165,13 @@ int gemm_2l_persistent();
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model).
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
-// rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the v2.15 fit, 1290 / 1525; v2.23's
-// sweep suggests ~1100 / ~1250, not yet A/B-tested at M = 4608), and the values in use
+// rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the model's, set_gemm_2l_rf3_model:
+// 1100 / 1250 since v2.25, the v2.15 fit 1290 / 1525 before), and the values in use
 void set_gemm_2l_rf3_stage(int at128, int at192);
 std::vector<int> gemm_2l_rf3_stage();
+// the three-warpgroup choice (1: v2.25's refit against the two-warpgroup model, the default; 0: v2.24's)
+void set_gemm_2l_rf3_model(int version);
+int gemm_2l_rf3_model();
 // The register-fragment loop for branch ranks 33-64 (a LoRA on the rank-32 branch; instances with a 64-wide low-rank
 // tile); off: those ranks take the non-persistent kernels. Off by default until GPU-tested (perf-notes v2.19).
 void set_gemm_2l_rf_wide_lr(bool on);

@@ -59,9 +59,10 @@ __device__ __forceinline__ void row_wait(int pending) {  // at most `pending` (0
 
 // Persistent: CTA b quantizes rows b, b + gridDim.x, ...; the next S - 1 of its rows stream into a ring of S
 // shared-memory rows while it quantizes the current one from registers.
-template <typename T, int V, int G, bool kLean = false>
+template <typename T, int V, int G, bool kLean = false, bool kPartial = false>
 // x2 (K1 < K): the row is cat([x[m] (K1 values), x2[m] (K - K1 values)]), read in place (K1 % 8 == 0). kLean: see
-// store_row (set_quantize_act_2l_lean, opt-in).
+// store_row (set_quantize_act_2l_lean, on by default). kPartial: the block's last warp reaches past the row (K / 8 not
+// a multiple of 32 V); its lanes there load zeros and store nothing.
 __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const T* __restrict__ x2,
                                                                int K1, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const int v = tid + i * nthr;
-        row_copy16(ring + stage * vpr + v, (v < K1 / 8 ? src : src2) + v);
+        if (!kPartial || v < vpr) row_copy16(ring + stage * vpr + v, (v < K1 / 8 ? src : src2) + v);
       }
     }
     row_commit();
@@ -98,9 +99,10 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
 #pragma unroll
     for (int i = 0; i < V; ++i) {
       const int v = tid + i * nthr;
-      const uint4 xv = ring[stage * vpr + v];
-      const float4 r0 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8));
-      const float4 r1 = __ldg(reinterpret_cast<const float4*>(rcp + v * 8 + 4));
+      const bool in_row = !kPartial || v < vpr;
+      const uint4 xv = in_row ? ring[stage * vpr + v] : make_uint4(0u, 0u, 0u, 0u);
+      const float4 r0 = in_row ? __ldg(reinterpret_cast<const float4*>(rcp + v * 8)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 r1 = in_row ? __ldg(reinterpret_cast<const float4*>(rcp + v * 8 + 4)) : make_float4(0.f, 0.f, 0.f, 0.f);
       const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
       const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
       float amax = 0.f;
@@ -156,7 +158,7 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
         }
         const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
         const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-        *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
+        if (!kPartial || v < vpr) *reinterpret_cast<uint2*>(xq + (int64_t)m * K + v * 8) = make_uint2(w0, w1);
       }
     };
     if constexpr (kLean) {
@@ -173,7 +175,7 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
 }
 
 int g_persistent = 1;  // 0: one CTA per row (the kernel before v2.17; benchmarks)
-bool g_lean = false;   // the lean kernel (kLean; set_quantize_act_2l_lean, opt-in until measured)
+bool g_lean = true;    // the lean kernel (kLean; set_quantize_act_2l_lean; on by default since v2.25: the same bits, -3 to -12 %)
 int g_max_ctas = 0;    // > 0: at most this many CTAs (tests: one CTA walking many rows)
 int g_last_ctas = 0;   // CTAs of the last launch (benchmarks)
 // Persistent CTAs from this K on. Below it they gained nothing on H200 (4608 x 3072) and, holding every SM, kept
@@ -236,9 +238,9 @@ cudaError_t launch_limits(const void* kern, int threads, size_t smem, int* ctas_
   return cudaSuccess;
 }
 
-template <typename T, int V, int G, bool kLean>
+template <typename T, int V, int G, bool kLean, bool kPartial = false>
 cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
-  const void* kern = reinterpret_cast<const void*>(&quantize_act_2l_kernel<T, V, G, kLean>);
+  const void* kern = reinterpret_cast<const void*>(&quantize_act_2l_kernel<T, V, G, kLean, kPartial>);
   DeviceLimits lim;
   int fit = 0;
   cudaError_t e = launch_limits(nullptr, 0, 0, &fit, &lim);
@@ -258,7 +260,7 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   if (e != cudaSuccess) return e;
   g_last_ctas = ctas;
   const int K1 = a.x2 ? a.K1 : a.K;
-  const auto kernel = quantize_act_2l_kernel<T, V, G, kLean>;
+  const auto kernel = quantize_act_2l_kernel<T, V, G, kLean, kPartial>;
   return launch_plain_or_pdl(kernel, kernel, dim3(ctas), dim3(threads), smem, s, static_cast<const T*>(a.x),
                              static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
 }
@@ -266,8 +268,11 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
 template <typename T, int G>
 cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_t s) {
   switch (v) {
-#define SVDQ_Q2L_CASE(VV) \
-  case VV: return g_lean ? launch_vg<T, VV, G, true>(a, threads, s) : launch_vg<T, VV, G, false>(a, threads, s);
+// (a block reaching past the row: the lean form only, whose bits are the plain one's)
+#define SVDQ_Q2L_CASE(VV)                                                                                      \
+  case VV:                                                                                                     \
+    if (threads * VV != a.K / 8) return launch_vg<T, VV, G, true, true>(a, threads, s);                        \
+    return g_lean ? launch_vg<T, VV, G, true>(a, threads, s) : launch_vg<T, VV, G, false>(a, threads, s);
     SVDQ_Q2L_CASE(1)
     SVDQ_Q2L_CASE(2)
     SVDQ_Q2L_CASE(3)
@@ -281,13 +286,22 @@ cudaError_t launch_v(const QuantizeAct2lArgs& a, int v, int threads, cudaStream_
   }
 }
 
-// Vectors per thread for a row of K values: the smallest V <= 8 with K / (8 V) threads a multiple of 32
-// and at most 256 (else at most 512); 0 when no such block exists.
+// Threads for V vectors each over a row of vpr vectors: whole warps (the group reductions shuffle over full warps).
+int threads_for(int vpr, int v) { return (vpr + 32 * v - 1) / (32 * v) * 32; }
+
+// Vectors per thread for a row of K values: the smallest V <= 8 with K / (8 V) threads a multiple of 32 and at most
+// 256 (else at most 512); where none exists (K / 8 not a multiple of 32 V, e.g. PixArt's 1152, SD3.5 Large's 2432),
+// the smallest V whose ceil(K / (8 V)) threads, rounded up to whole warps, are at most 256 (else 512): the last
+// warp's lanes past the row idle. 0 when K is not a positive multiple of 8 or the row does not fit one CTA.
 int vectors_per_thread(int K) {
-  if (K <= 0 || K % 256) return 0;
+  if (K <= 0 || K % 8) return 0;
+  const int vpr = K / 8;
   for (int limit : {256, 512})
     for (int v = 1; v <= 8; ++v)
-      if ((K / 8) % v == 0 && (K / 8 / v) % 32 == 0 && K / 8 / v <= limit) return v;
+      if (vpr % v == 0 && (vpr / v) % 32 == 0 && vpr / v <= limit) return v;
+  for (int limit : {256, 512})
+    for (int v = 1; v <= 8; ++v)
+      if (threads_for(vpr, v) <= limit) return v;
   return 0;
 }
 
@@ -338,7 +352,8 @@ cudaError_t launch_quantize_act_2l(const QuantizeAct2lArgs& a, cudaStream_t stre
     const cudaError_t e = launch_smooth_rcp(a.dtype, a.smooth, a.rcp, a.K, stream);
     if (e != cudaSuccess) return e;
   }
-  const int threads = a.K / 8 / v;
+  if (a.K % a.group_size) return cudaErrorInvalidValue;
+  const int threads = threads_for(a.K / 8, v);
   switch (a.group_size) {
     case 32: return bf ? launch_v<__nv_bfloat16, 32>(a, v, threads, stream) : launch_v<__half, 32>(a, v, threads, stream);
     case 64: return bf ? launch_v<__nv_bfloat16, 64>(a, v, threads, stream) : launch_v<__half, 64>(a, v, threads, stream);

@@ -966,7 +966,13 @@ bool g_rf_by_cost = true;
 // 0 where rf_cost with s > 1 beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
-int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the v2.15 fit)
+int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the model's)
+// The three-warpgroup choice: 1 (v2.25, default) a stage of 1100 / 1250 cycles at 128 / 192 tokens (refitted to v2.23's
+// sweep) and three warpgroups only where they beat the two-warpgroup loop's model; 0 (v2.24) the v2.15 fit (1290 /
+// 1525), and where only set_gemm_2l_rf_by_cost made the loop persistent, against the plan's kernel instead. H200,
+// perf-notes v2.25: 1 is 0.91-0.95x at 4608 x 3072 x 3072 / 12288 x 3072 and 512 x 3072 x 12288; the refit alone took
+// three warpgroups at 512 x 3072 x 3072 too, 1.14x slower, which the comparison with the two-warpgroup model excludes.
+int g_rf3_model = 1;
 
 // The register-fragment loop's cost in cycles, fitted on H200 (perf-notes v2.15, gemm_2l_ksweep.py): two consumer
 // warpgroups, a stage ~2 BT + 700 and a tile's fixed part ~1000 + 37 BT (--tile 224 / 128 / 64); three (192-row
@@ -980,7 +986,8 @@ int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 /
 // + 700).
 long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
-  const long stage3 = bt == 192 ? (g_rf3_stage[1] ? g_rf3_stage[1] : 1525) : (g_rf3_stage[0] ? g_rf3_stage[0] : 1290);
+  const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
+  const long stage3 = g_rf3_stage[bt == 192] ? g_rf3_stage[bt == 192] : fit3;
   const long stage = cw == 3 ? stage3 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
@@ -1039,8 +1046,11 @@ void set_gemm_2l_rf3_stage(int at128, int at192) {
   g_rf3_stage[1] = at192 > 0 ? at192 : 0;
 }
 std::vector<int> gemm_2l_rf3_stage() {
-  return {g_rf3_stage[0] ? g_rf3_stage[0] : 1290, g_rf3_stage[1] ? g_rf3_stage[1] : 1525};
+  return {g_rf3_stage[0] ? g_rf3_stage[0] : g_rf3_model ? 1100 : 1290,
+          g_rf3_stage[1] ? g_rf3_stage[1] : g_rf3_model ? 1250 : 1525};
 }
+void set_gemm_2l_rf3_model(int version) { g_rf3_model = version == 0 ? 0 : 1; }
+int gemm_2l_rf3_model() { return g_rf3_model; }
 void set_gemm_2l_rf_wide_lr(bool on) { g_rf_wide_lr = on; }
 bool gemm_2l_rf_wide_lr() { return g_rf_wide_lr; }
 void set_gemm_2l_rf_by_cost(bool on) { g_rf_by_cost = on; }
@@ -1118,9 +1128,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         const long c = rf_cost(a.M, a.N, a.K, num_sms, 3, bt);
         if ((!g_rf3_tile || bt == g_rf3_tile) && (c3 < 0 || c < c3)) bt3 = bt, c3 = c;
       }
-      // (against the plan's kernel where only set_gemm_2l_rf_by_cost made the loop persistent: there the two-warpgroup
-      // model favours itself, e.g. 1.08x slower than three at M = 256 x 12288, perf-notes v2.23)
-      const long now3 = persistent0 || !persistent ? now : plan_ns * 177 / 100;
+      // (g_rf3_model 0: against the plan's kernel where only set_gemm_2l_rf_by_cost made the loop persistent: with the
+      // v2.15 fit the two-warpgroup model favoured itself, e.g. 1.08x slower than three at M = 256 x 12288, v2.23)
+      const long now3 = g_rf3_model || persistent0 || !persistent ? now : plan_ns * 177 / 100;
       if (g_rf_warpgroups == 3 || c3 * 20 < (ss ? std::min(now3, cs) : now3) * 19) {
         if (bt3 == 192)
           return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)

@@ -54,7 +54,8 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0), "set_gemm_2l_rf_by_cost": False,
                 "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512,
                 "set_lowrank_down_deep": False, "set_pdl": False,
-                "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": False}
+                "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": True,
+                "set_gemm_2l_rf3_model": 1}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -77,9 +78,9 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
         assert ext.state == {**defaults, "set_gemm_2l_rf_by_cost": True, "set_gemm_2l_rf_splits": 4,
                              "set_lowrank_down_max_tokens": 0, "set_lowrank_down_deep": True}
     assert ext.state == defaults
-    with problems_2l.gemm_switches(ext, pdl=True, rf3_stage=(1100, 1250), lean_quant=True):
+    with problems_2l.gemm_switches(ext, pdl=True, rf3_stage=(1100, 1250), lean_quant=False, rf3_model=0):
         assert ext.state == {**defaults, "set_pdl": True, "set_gemm_2l_rf3_stage": (1100, 1250),
-                             "set_quantize_act_2l_lean": True}
+                             "set_quantize_act_2l_lean": False, "set_gemm_2l_rf3_model": 0}
     assert ext.state == defaults
 
 

@@ -148,6 +148,7 @@ def _quantize_2l_supported(ext, x: torch.Tensor, smooth: torch.Tensor, proj_down
         and smooth.is_cuda
         and proj_down.is_cuda
         and proj_down.dim() == 2
+        and x.shape[1] % group_size == 0
         and ext.quantize_act_2l_supported(x.shape[1])
     )
 

@@ -8,9 +8,10 @@ from svdquant_hf.ops import build
 
 ext = build.load_extension()
 assert ext is not None
-if os.environ.get("SANITIZE_PDL") == "1":  # the opt-ins of perf-notes v2.24: programmatic dependent launch, lean quantizer
+# SANITIZE_PDL=1: programmatic dependent launch (opt-in) and the quantizer's plain form (the lean one is the default)
+if os.environ.get("SANITIZE_PDL") == "1":
     ext.set_pdl(True)
-    ext.set_quantize_act_2l_lean(True)
+    ext.set_quantize_act_2l_lean(False)
 g = torch.Generator(device="cuda").manual_seed(3)
 for dtype, gs, (M, K, N, R) in [
     (torch.bfloat16, 64, (7, 192, 40, 40)),
@@ -33,10 +34,10 @@ print("sanitize case done", float(y.float().abs().sum()))
 # every token tile, K splits)
 from svdquant_hf.ops.cuda import gemm_2l_kernel_usable  # noqa: E402
 from svdquant_hf.ops.layout_2l import fragment_order  # noqa: E402
-from svdquant_hf.ops.reference import quantize_act_2l_ref, weight_operand_2l  # noqa: E402
+from svdquant_hf.ops.reference import weight_operand_2l  # noqa: E402
 
 for M, K, N, R, gs in [(7, 256, 128, 16, 64), (130, 512, 256, 32, 32), (300, 1024, 384, 0, 128), (17, 1280, 128, 48, 64),
-                          (700, 256, 3072, 32, 64), (201, 512, 768, 32, 64)]:
+                          (700, 256, 3072, 32, 64), (201, 512, 768, 32, 64), (5, 1152, 128, 16, 64), (9, 2432, 128, 32, 32)]:
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
     pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
@@ -136,7 +137,7 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemv_2l_mo
         x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
         smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
         pd = torch.randn(K, 2 * R, device="cuda", generator=g).to(dtype)
-        xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, 64)  # K = 1152: not a multiple of 256 (the quantizer's)
+        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)  # K = 1152: the quantizer's last warp past the row
         qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
         wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
         wch = torch.rand(N, device="cuda", generator=g)

@@ -94,21 +94,25 @@ def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
 
 @contextlib.contextmanager
 def _lean(ext, on: bool):  # noqa: F811
-    """The per-row quantizer's lean form (set_quantize_act_2l_lean) on or off for a block; off after it."""
+    """The per-row quantizer's lean form (set_quantize_act_2l_lean, on by default) on or off for a block; the form
+    before it restored after it."""
+    before = ext.quantize_act_2l_lean()
     ext.set_quantize_act_2l_lean(on)
     try:
         yield
     finally:
-        ext.set_quantize_act_2l_lean(False)
+        ext.set_quantize_act_2l_lean(before)
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("gs", [32, 64, 128])
-@pytest.mark.parametrize("M,K", [(1, 256), (7, 3072), (255, 15360), (4097, 3072), (33, 12288), (64, 768)])
+@pytest.mark.parametrize("M,K", [(1, 256), (7, 3072), (255, 15360), (4097, 3072), (33, 12288), (64, 768),
+                                 (5, 1152), (300, 2432), (3, 384), (17, 8320), (1, 31872)])
 def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K, lean):
-    """The per-row quantizer bit-exact against the reference; lean: its opt-in form (scale reciprocals by table, no
-    clamp where it cannot bind) too."""
+    """The per-row quantizer bit-exact against the reference; lean: its default form (scale reciprocals by table, no
+    clamp where it cannot bind), plain: the form before it. K / 8 not a multiple of 32 V (PixArt's 1152, SD3.5 Large's
+    2432, 384, 8320 persistent, 31872 with 512 threads): the block's last warp reaches past the row."""
     x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + gs)
     with _lean(ext, lean):
         xq, xs, lr = _quantize(ext, x, smooth, pd, gs)
@@ -181,7 +185,8 @@ def test_quantize_act_2l_lean_at_the_ends_of_the_range(ext, dtype, K):
 
 @pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
 @pytest.mark.parametrize("persistent,max_ctas", [(1, 1), (1, 3), (1, 0), (0, 0)])
-@pytest.mark.parametrize("M,K", [(1, 3072), (37, 15360), (300, 3072), (9, 24576), (130, 256), (1000, 12288)])
+@pytest.mark.parametrize("M,K", [(1, 3072), (37, 15360), (300, 3072), (9, 24576), (130, 256), (1000, 12288),
+                                 (41, 8320), (6, 2432)])
 def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K, lean):
     """The per-row quantizer's persistent CTAs (rows streaming through a ring of 4 / 3 / 2 shared-memory slots by K,
     none for a CTA with one row) are bit-exact: one CTA walking every row (the ring wraps many times), three, as many
@@ -209,7 +214,7 @@ def test_quantize_act_2l_persistent_ring(ext, persistent, max_ctas, M, K, lean):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,K1,K2", [(1, 3072, 12288), (7, 8, 248), (300, 3072, 12288), (4608, 3072, 12288),
-                                     (33, 128, 128), (5, 1024, 7168), (130, 3072, 3072)])
+                                     (33, 128, 128), (5, 1024, 7168), (130, 3072, 3072), (9, 1152, 1280)])
 def test_quantize_act_2l_cat_reads_the_concatenation_in_place(ext, dtype, M, K1, K2):
     """quantize_act_2l_cat(a, b) (FLUX single blocks' proj_out input): xq and xscale bit-identical to the quantizer
     on cat([a, b], 1) (one CTA per row below K = 8192, persistent CTAs with their ring from there), the low-rank
@@ -318,9 +323,24 @@ def _check_graph_replay(ext, x, smooth, pd, seed):
     return x2, ref
 
 
+@pytest.mark.parametrize("gs", [32, 64])
+@pytest.mark.parametrize("M,K", [(5, 192), (130, 2240), (1, 64), (9, 16448)])
+def test_quantize_act_2l_k_not_a_multiple_of_128(ext, gs, M, K):
+    """K a multiple of the group only (SANA's 2240, 192, 64; 16448 = 257 x 64, persistent, 416 threads of 5 vectors):
+    the kernel, bit-exact, through the op too."""
+    x, smooth, pd = _acts(M, K, 16, torch.bfloat16, seed=K + gs)
+    assert ext.quantize_act_2l_supported(K)
+    xq, xs, _ = _quantize(ext, x, smooth, pd, gs)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xs, rs) and torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    oq, os_, ol = library.quantize_act_2l(x, smooth, pd, gs)
+    assert torch.equal(oq, rq) and torch.equal(os_, rs) and _rel(ol, rl) < 1e-2
+
+
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
-    x, smooth, pd = _acts(5, 192, 16, torch.bfloat16, seed=3)  # K % 256 != 0: reference path
-    assert not ext.quantize_act_2l_supported(192)
+    K = 33024  # 4128 vectors: more than 512 threads of 8
+    x, smooth, pd = _acts(5, K, 16, torch.bfloat16, seed=3)
+    assert not ext.quantize_act_2l_supported(K)
     out = library.quantize_act_2l(x, smooth, pd, 64)
     ref = quantize_act_2l_ref(x, smooth, pd, 64)
     assert all(torch.equal(a, b) for a, b in zip(out[:2], ref[:2]))
@@ -531,15 +551,17 @@ def test_gemm_2l_flux_shapes(hopper, K, N, M):
     assert _rel(y, ref) < 1e-2
 
 
-@pytest.mark.parametrize("dtype,R,M,bias", [(torch.bfloat16, 32, 300, True), (torch.float16, 20, 1, False),
-                                              (torch.bfloat16, 64, 4097, True)])
-def test_linear_2l_eager_matches_the_kernels_called_directly(hopper, dtype, R, M, bias):
+@pytest.mark.parametrize("dtype,R,M,bias,K", [(torch.bfloat16, 32, 300, True, 3072), (torch.float16, 20, 1, False, 3072),
+                                                (torch.bfloat16, 64, 4097, True, 3072), (torch.bfloat16, 32, 333, True, 2432),
+                                                (torch.float16, 32, 77, False, 1152)])
+def test_linear_2l_eager_matches_the_kernels_called_directly(hopper, dtype, R, M, bias, K):
     """SVDQuantLinear in eager mode (the ops, dispatched to the C++ kernels) = the extension's functions
-    called directly, bit for bit (odd rank 20: padded to 32 in C++ there, in Python here)."""
+    called directly, bit for bit (odd rank 20: padded to 32 in C++ there, in Python here); SD3.5 Large's K = 2432 and
+    PixArt's 1152 in the kernels too (the quantizer's block reaching past the row), equal to the reference's bits."""
     from svdquant_hf import SVDQuantLinear
     from svdquant_hf.ops.cuda import _pad_rank16
 
-    K, N, gs = 3072, 384, 64
+    N, gs = 384, 64
     x, smooth, pd = _acts(M, K, R, dtype, seed=R + M)
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=R, bias=bias)
     layer = SVDQuantLinear(K, N, bias=bias, rank=R, quant_format="int4_2l", dtype=dtype, device="cuda")
@@ -550,6 +572,8 @@ def test_linear_2l_eager_matches_the_kernels_called_directly(hopper, dtype, R, M
     with torch.no_grad():
         y = layer(x)
     xq, xs, lr = hopper.quantize_act_2l(x, smooth, pd, gs)
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs)
     lr16, pu16 = _pad_rank16(lr, pu)
     assert torch.equal(y, hopper.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr16, pu16, layer.bias, gs))
 
@@ -809,7 +833,8 @@ def test_gemm_2l_fragment_order_three_warpgroups_bit_identical(hopper, bt, dtype
 
 
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4608, 15360, 3072), (256, 3072, 12288), (1, 3072, 3072),
-                                   (4608, 3072, 1152), (1024, 3072, 640), (4096, 3072, 3072), (4096, 3072, 12288)])
+                                   (4608, 3072, 1152), (1024, 3072, 640), (4096, 3072, 3072), (4096, 3072, 12288),
+                                   (4250, 2432, 2432), (333, 9728, 2432), (4096, 1152, 4608), (4096, 4608, 1152)])
 def test_gemm_2l_fragment_order_auto_warpgroups_bit_identical(hopper, M, K, N):
     """Default switches: whatever the cost model picks (two or three warpgroups, or a non-persistent plan; N = 640
     has no 192-row tiles) gives the canonical default kernel's outputs bit for bit."""
@@ -922,6 +947,33 @@ def test_gemm_2l_rf_warpgroups_mode(hopper):
             assert hopper.gemm_2l_rf_warpgroups() == want
     finally:
         hopper.set_gemm_2l_rf_warpgroups(0, 0)
+
+
+@pytest.mark.parametrize("M,K,N", [(512, 3072, 3072), (512, 3072, 12288), (1024, 3072, 9216), (4608, 12288, 3072),
+                                   (4096, 3072, 9216)])
+def test_gemm_2l_rf3_models_bit_identical(hopper, M, K, N):
+    """set_gemm_2l_rf3_model: 1 by default (stages of 1100 / 1250 cycles), 0 the v2.24 fit (1290 / 1525); at shapes
+    where the two choose different warpgroup counts, the same bits as the canonical default kernel, every output
+    written."""
+    assert hopper.gemm_2l_rf3_model() == 1 and list(hopper.gemm_2l_rf3_stage()) == [1100, 1250]
+    R = 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + N + 53)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=K + 53)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, 64)
+    qf = fragment_order(qw)
+    outs = []
+    try:
+        for model in (0, 1):
+            hopper.set_gemm_2l_rf3_model(model)
+            assert list(hopper.gemm_2l_rf3_stage()) == ([1290, 1525] if model == 0 else [1100, 1250])
+            _poison(4 * M * N, 0xFF)
+            outs.append(hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+    finally:
+        hopper.set_gemm_2l_rf3_model(1)
+    for model, y in enumerate(outs):
+        assert y is not None, hopper.last_error()
+        assert torch.equal(y, ref), f"model {model}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
 
 
 @pytest.mark.parametrize("gs", [32, 64, 128])
@@ -1087,7 +1139,10 @@ ext = build.load_extension()
 x = torch.randn(4, 192, device="cuda", dtype=torch.bfloat16)
 s = torch.ones(192, device="cuda", dtype=torch.bfloat16)
 pd = torch.zeros(192, 16, device="cuda", dtype=torch.bfloat16)
-for args in [(x, s, pd, 64), (x, s[:-1], pd, 64)]:
+big = torch.randn(2, 33024, device="cuda", dtype=torch.bfloat16)
+big_s = torch.ones(33024, device="cuda", dtype=torch.bfloat16)
+big_pd = torch.zeros(33024, 16, device="cuda", dtype=torch.bfloat16)
+for args in [(x, s, pd, 128), (x, s[:-1], pd, 64), (big, big_s, big_pd, 64)]:
     out = ext.quantize_act_2l(*args)
     print("REJECTED", out is None or out[0] is None, ext.last_error())
 """
@@ -1102,8 +1157,9 @@ def test_raw_extension_rejects_bad_input_with_a_message(ext):  # noqa: F811
     r = subprocess.run([sys.executable, "-c", _REJECTED], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"the process died with {r.returncode}: {r.stderr[-800:]}"
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("REJECTED")]
-    assert lines == ["REJECTED True svdquant quantize_act_2l: K=192 not supported",
-                     "REJECTED True svdquant quantize_act_2l: smooth must be [192]"], r.stdout
+    assert lines == ["REJECTED True svdquant quantize_act_2l: K=192 is not a multiple of group_size=128",
+                     "REJECTED True svdquant quantize_act_2l: smooth must be [192]",
+                     "REJECTED True svdquant quantize_act_2l: K=33024 not supported"], r.stdout
 
 
 def test_int8_weights_with_packed_on_host_keep_outputs_and_free_gpu_memory(hopper):
@@ -1279,13 +1335,12 @@ def test_gemv_2l_matches_the_reference_and_writes_every_output(hopper, frag, dty
     """A few tokens in the dp4a weight stream (forced for every M <= 8 here): within 16-bit rounding of the reference
     (only the fp32 order of the low-rank sum differs from the tile GEMM), every element written (poisoned first,
     three launches); no branch and no bias: the reference's bits (the integer part exact) and the tile GEMM's bits.
-    K = 128 and 1152 (1 and 9 stages over the block's 4 warps) take the reference quantizer (the kernel needs K %
-    256 == 0)."""
+    K = 128 and 1152: 1 and 9 stages over the block's 4 warps."""
     gs = 64
     assert hopper.gemv_2l_mode() == -1
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=N + R)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs) if K % 256 == 0 else quantize_act_2l_ref(x, smooth, pd, gs)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     w = fragment_order(qw) if frag else qw
     run = hopper.w4a4_gemm_2l_fo if frag else hopper.w4a4_gemm_2l
     ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs, fp32_out=True)
