@@ -52,6 +52,22 @@ FAMILY_SKIPS: dict[str, tuple[str, ...]] = {
     "ZImageTransformer2DModel": (
         "all_x_embedder.*", "cap_embedder.*", "siglip_embedder.*", "t_embedder.*", "all_final_layer.*",
     ),
+    # Chroma: no per-block AdaLN linears; its approximator computes every block's modulation once, from the timestep
+    "ChromaTransformer2DModel": ("x_embedder", "context_embedder", "distilled_guidance_layer.*", "proj_out"),
+    # HunyuanVideo's context_embedder is a token refiner: its own embedders stay 16-bit, its blocks are quantized
+    "HunyuanVideoTransformer3DModel": (
+        "context_embedder.time_text_embed.*", "context_embedder.proj_in", "time_text_embed.*", "norm_out.*", "proj_out",
+    ),
+    # LTX-Video names its patch embedder proj_in
+    "LTXVideoTransformer3DModel": ("proj_in", "time_embed.*", "caption_projection.*", "proj_out"),
+    # CogView4: the timestep + size/crop embedder every block's modulation reads
+    "CogView4Transformer2DModel": ("patch_embed.*", "time_condition_embed.*", "norm_out.*", "proj_out"),
+    # Lumina 2: timestep + caption embedders; norm_out holds the final modulation and the output projection
+    "Lumina2Transformer2DModel": ("x_embedder", "time_caption_embed.*", "norm_out.*"),
+    # HiDream: timestep / pooled-text / patch embedders, the per-block caption projections, the final layer
+    "HiDreamImageTransformer2DModel": (
+        "t_embedder.*", "p_embedder.*", "x_embedder.*", "caption_projection.*", "final_layer.*",
+    ),
 }
 
 # For any other model: the same roles under their usual diffusers names.

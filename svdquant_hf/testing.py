@@ -293,6 +293,89 @@ def tiny_zimage_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     return _cast(model, dtype)
 
 
+def tiny_chroma_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """ChromaTransformer2DModel (Chroma1): width 64 (2 heads x 32), 1 double + 1 single block, text dim 64, 64 packed
+    latent channels, its modulation approximator 64 -> 128 (2 layers) -> 64."""
+    from diffusers import ChromaTransformer2DModel
+
+    _seeded(seed)
+    model = ChromaTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
+        joint_attention_dim=64, axes_dims_rope=(8, 12, 12), approximator_num_channels=64, approximator_hidden_dim=128,
+        approximator_layers=2,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_hunyuanvideo_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """HunyuanVideoTransformer3DModel: width 64 (2 heads x 32), MLP 256, 1 token-refiner + 1 double + 1 single
+    block, text and pooled dims 64, 16 latent channels in (1, 2, 2) patches, guidance embedding."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    _seeded(seed)
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=32, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+        guidance_embeds=True, text_embed_dim=64, pooled_projection_dim=64, rope_axes_dim=(8, 12, 12),
+    )
+    return _cast(model, dtype)
+
+
+def tiny_ltxvideo_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """LTXVideoTransformer3DModel (LTX-Video 0.9): width 64 (2 heads x 32), FFN 256, 2 blocks, text dim 64, 64 latent
+    channels, patch 1 x 1 x 1."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    _seeded(seed)
+    model = LTXVideoTransformer3DModel(
+        in_channels=64, out_channels=64, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=32,
+        cross_attention_dim=64, num_layers=2, caption_channels=64,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_cogview4_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """CogView4Transformer2DModel: width 64 (2 heads x 32), FFN 256, 2 blocks, text dim 64, time embedding 64, size
+    conditions 3 x 2 x 32, 16 latent channels in 2 x 2 patches."""
+    from diffusers import CogView4Transformer2DModel
+
+    _seeded(seed)
+    model = CogView4Transformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=32, num_attention_heads=2,
+        text_embed_dim=64, time_embed_dim=64, condition_dim=32, pos_embed_max_size=16, sample_size=16,
+        rope_axes_dim=(16, 16),
+    )
+    return _cast(model, dtype)
+
+
+def tiny_lumina2_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """Lumina2Transformer2DModel (Lumina-Image 2.0): width 128 (4 query / 2 key-value heads of 32), SwiGLU 384, 1 noise
+    + 1 context refiner block, 2 main layers, caption dim 64, 16 latent channels in 2 x 2 patches."""
+    from diffusers import Lumina2Transformer2DModel
+
+    _seeded(seed)
+    model = Lumina2Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, hidden_size=128, num_layers=2, num_refiner_layers=1,
+        num_attention_heads=4, num_kv_heads=2, multiple_of=64, axes_dim_rope=(8, 12, 12), axes_lens=(64, 32, 32),
+        cap_feat_dim=64,
+    )
+    return _cast(model, dtype)
+
+
+def tiny_hidream_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """HiDreamImageTransformer2DModel (HiDream-I1): width 128 (4 heads x 32), 1 double + 1 single block, each a MoE of
+    4 routed experts (top 2) and a shared one, T5 / Llama-3 / pooled dims 64, 16 latent channels in 2 x 2 patches."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    _seeded(seed)
+    model = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=32,
+        num_attention_heads=4, caption_channels=[64, 64], text_emb_dim=64, num_routed_experts=4,
+        num_activated_experts=2, axes_dims_rope=(16, 8, 8), max_resolution=(16, 16), llama_layers=[1, 2],
+    )
+    return _cast(model, dtype)
+
+
 def tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
     """A complete random FluxPipeline (CLIP + T5 + transformer + VAE + scheduler) built offline."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -439,11 +522,88 @@ def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
             "cap_feats": [rnd(7 - i % 3, cfg.cap_feat_dim) for i in range(batch)],
             "return_dict": False,
         }
+    def text_mask(n_txt: int) -> torch.Tensor:  # an int mask, later samples padded more
+        mask = torch.zeros(batch, n_txt, dtype=torch.long)
+        for i in range(batch):
+            mask[i, : n_txt - 2 - i % 3] = 1
+        return mask
+
+    if name == "ChromaTransformer2DModel":  # as ChromaPipeline: 4 x 4 packed tokens, a (B, txt + img) boolean mask
+        n_img, n_txt = 16, 7
+        img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
+        mask = torch.ones(batch, n_txt + n_img, dtype=torch.bool)
+        for i in range(batch):
+            mask[i, n_txt - i % 3: n_txt] = False
+        return {
+            "hidden_states": rnd(batch, n_img, cfg.in_channels),
+            "encoder_hidden_states": rnd(batch, n_txt, cfg.joint_attention_dim),
+            "timestep": (t / 1000).to(dtype),
+            "img_ids": img_ids.reshape(-1, 3),
+            "txt_ids": torch.zeros(n_txt, 3),
+            "attention_mask": mask,
+            "return_dict": False,
+        }
+    if name == "HunyuanVideoTransformer3DModel":  # 2 frames of 8 x 8 latents, guidance * 1000 as the pipeline
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 2, 8, 8),
+            "timestep": t.to(dtype),
+            "encoder_hidden_states": rnd(batch, 8, cfg.text_embed_dim),
+            "encoder_attention_mask": text_mask(8),
+            "pooled_projections": rnd(batch, cfg.pooled_projection_dim),
+            "guidance": torch.full((batch,), 6000.0).to(dtype),
+            "return_dict": False,
+        }
+    if name == "LTXVideoTransformer3DModel":  # packed latents: 2 frames of 4 x 4 tokens
+        return {
+            "hidden_states": rnd(batch, 32, cfg.in_channels),
+            "encoder_hidden_states": rnd(batch, 8, cfg.caption_channels),
+            "timestep": t,
+            "encoder_attention_mask": text_mask(8),
+            "num_frames": 2,
+            "height": 4,
+            "width": 4,
+            "rope_interpolation_scale": (8 / 25, 32, 32),
+            "return_dict": False,
+        }
+    if name == "CogView4Transformer2DModel":  # the pipeline pads prompts to a multiple of 16 tokens
+        size = torch.tensor([[64.0, 64.0]] * batch).to(dtype)
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": rnd(batch, 16, cfg.text_embed_dim),
+            "timestep": t,
+            "original_size": size,
+            "target_size": size.clone(),
+            "crop_coords": torch.zeros(batch, 2).to(dtype),
+            "return_dict": False,
+        }
+    if name == "Lumina2Transformer2DModel":  # timestep 1 - t / 1000 as the pipeline
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "timestep": 1 - t / 1000,
+            "encoder_hidden_states": rnd(batch, 8, cfg.cap_feat_dim),
+            "encoder_attention_mask": text_mask(8),
+            "return_dict": False,
+        }
+    if name == "HiDreamImageTransformer2DModel":  # Llama-3's hidden states of every layer stacked: (3, B, 8, D)
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "timesteps": t,
+            "encoder_hidden_states_t5": rnd(batch, 8, cfg.caption_channels[0]),
+            "encoder_hidden_states_llama3": rnd(3, batch, 8, cfg.caption_channels[1]),
+            "pooled_embeds": rnd(batch, cfg.text_emb_dim),
+            "return_dict": False,
+        }
     raise ValueError(f"model_inputs: no inputs known for {name}")
 
 
 TINY_BUILDERS = {
     "flux": tiny_flux_transformer,
+    "chroma": tiny_chroma_transformer,
+    "hunyuanvideo": tiny_hunyuanvideo_transformer,
+    "ltxvideo": tiny_ltxvideo_transformer,
+    "cogview4": tiny_cogview4_transformer,
+    "lumina2": tiny_lumina2_transformer,
+    "hidream": tiny_hidream_transformer,
     "flux2": tiny_flux2_transformer,
     "qwenimage": tiny_qwenimage_transformer,
     "wan": tiny_wan_transformer,
@@ -462,7 +622,13 @@ __all__ = [
     "save_tiny_flux_pipeline",
     "save_tiny_model",
     "t5_tokenizer",
+    "tiny_chroma_transformer",
     "tiny_clip_text_model",
+    "tiny_cogview4_transformer",
+    "tiny_hidream_transformer",
+    "tiny_hunyuanvideo_transformer",
+    "tiny_ltxvideo_transformer",
+    "tiny_lumina2_transformer",
     "tiny_flux_pipeline",
     "tiny_flux2_transformer",
     "tiny_flux_transformer",

@@ -7,8 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import (
+    ChromaTransformer2DModel,
+    CogView4Transformer2DModel,
     Flux2Transformer2DModel,
     FluxTransformer2DModel,
+    HiDreamImageTransformer2DModel,
+    HunyuanVideoTransformer3DModel,
+    LTXVideoTransformer3DModel,
+    Lumina2Transformer2DModel,
     PixArtTransformer2DModel,
     QwenImageTransformer2DModel,
     SanaTransformer2DModel,
@@ -35,6 +41,12 @@ CLASSES = {
     "sdxl": UNet2DConditionModel,
     "sd3": SD3Transformer2DModel,
     "sana": SanaTransformer2DModel,
+    "chroma": ChromaTransformer2DModel,
+    "hunyuanvideo": HunyuanVideoTransformer3DModel,
+    "ltxvideo": LTXVideoTransformer3DModel,
+    "cogview4": CogView4Transformer2DModel,
+    "lumina2": Lumina2Transformer2DModel,
+    "hidream": HiDreamImageTransformer2DModel,
 }
 # layers that must stay 16-bit by default in each family (embedders, conditioning, final projection)
 MUST_SKIP = {
@@ -50,12 +62,24 @@ MUST_SKIP = {
     "qwenimage": ["img_in", "txt_in", "time_text_embed.timestep_embedder.linear_1", "norm_out.linear", "proj_out"],
     "zimage": ["all_x_embedder.2-1", "cap_embedder.1", "t_embedder.mlp.0", "all_final_layer.2-1.linear",
                "all_final_layer.2-1.adaLN_modulation.1"],
+    "chroma": ["x_embedder", "context_embedder", "distilled_guidance_layer.in_proj",
+               "distilled_guidance_layer.layers.0.linear_1", "distilled_guidance_layer.out_proj", "proj_out"],
+    "hunyuanvideo": ["context_embedder.proj_in", "context_embedder.time_text_embed.timestep_embedder.linear_1",
+                     "time_text_embed.guidance_embedder.linear_1", "norm_out.linear", "proj_out"],
+    "ltxvideo": ["proj_in", "time_embed.linear", "caption_projection.linear_1", "proj_out"],
+    "cogview4": ["patch_embed.proj", "patch_embed.text_proj", "time_condition_embed.condition_embedder.linear_1",
+                 "norm_out.linear", "proj_out"],
+    "lumina2": ["x_embedder", "time_caption_embed.timestep_embedder.linear_1", "time_caption_embed.caption_embedder.1",
+                "norm_out.linear_1", "norm_out.linear_2"],
+    "hidream": ["x_embedder.proj", "t_embedder.timestep_embedder.linear_1", "p_embedder.pooled_embedder.linear_1",
+                "caption_projection.0.linear", "final_layer.linear", "final_layer.adaLN_modulation.1"],
 }
 # relative output error bound of data-free W4A4 on these random models (measured about half of it;
 # SDXL's GEGLU outputs carry 25-30x outliers that only calibrated smoothing removes; Z-Image ~0.10: its gated,
 # normalised blocks carry each layer's error to the output)
 MAX_REL_ERR = {"flux": 0.03, "pixart": 0.04, "sdxl": 0.2, "sd3": 0.03, "sana": 0.08, "flux2": 0.02, "wan": 0.04,
-               "qwenimage": 0.03, "zimage": 0.15}
+               "qwenimage": 0.03, "zimage": 0.15, "chroma": 0.04, "hunyuanvideo": 0.025, "ltxvideo": 0.03,
+               "cogview4": 0.02, "lumina2": 0.12, "hidream": 0.02}
 MUST_QUANTIZE = {
     "flux": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.net.2", "single_transformer_blocks.0.proj_out"],
     "pixart": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_k", "transformer_blocks.0.ff.net.2"],
@@ -69,6 +93,15 @@ MUST_QUANTIZE = {
                   "transformer_blocks.0.img_mod.1", "transformer_blocks.1.txt_mlp.net.2"],
     "zimage": ["noise_refiner.0.attention.to_q", "context_refiner.0.feed_forward.w2", "layers.1.adaLN_modulation.0",
                "layers.0.feed_forward.w3"],
+    "chroma": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_k_proj",
+               "single_transformer_blocks.0.proj_mlp", "single_transformer_blocks.0.proj_out"],
+    "hunyuanvideo": ["context_embedder.token_refiner.refiner_blocks.0.attn.to_q", "transformer_blocks.0.norm1.linear",
+                     "single_transformer_blocks.0.proj_out"],
+    "ltxvideo": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_k", "transformer_blocks.0.ff.net.2"],
+    "cogview4": ["transformer_blocks.0.norm1.linear", "transformer_blocks.1.attn1.to_v", "transformer_blocks.0.ff.net.2"],
+    "lumina2": ["noise_refiner.0.attn.to_q", "context_refiner.0.feed_forward.linear_2", "layers.1.norm1.linear"],
+    "hidream": ["double_stream_blocks.0.block.adaLN_modulation.1", "double_stream_blocks.0.block.attn1.to_q_t",
+                "single_stream_blocks.0.block.ff_i.experts.1.w2", "single_stream_blocks.0.block.ff_i.shared_experts.w1"],
 }
 
 
@@ -110,3 +143,26 @@ def test_family_quantize_on_load_and_reload(family, tmp_path):
     materialize(back)
     with torch.no_grad():
         assert torch.equal(first_output(q, inp), first_output(back, inp))
+
+
+@pytest.mark.parametrize("family", ["chroma", "ltxvideo", "hidream"])
+def test_family_skips_beat_the_generic_list(family, tmp_path, monkeypatch):
+    """Where a family names its embedders / shared modulation its own way, the generic list leaves them 4-bit and the
+    output error grows (Chroma's modulation approximator, LTX-Video's proj_in embedder, HiDream's t / p / x embedders
+    and caption projections): its own list at least 1.5x closer to 16-bit on the tiny model."""
+    from svdquant_hf.quantizers import common
+
+    cls = CLASSES[family]
+    src = save_tiny_model(TINY_BUILDERS[family](seed=7), tmp_path / "fp")
+    ref = cls.from_pretrained(src, torch_dtype=BF16)
+    inp = model_inputs(ref, seed=3)
+    errs = {}
+    with torch.no_grad():
+        y_ref = first_output(ref, inp)
+        errs["family"] = rel_err(first_output(cls.from_pretrained(src, quantization_config=SVDQuantConfig(),
+                                                                  torch_dtype=BF16), inp), y_ref)
+        monkeypatch.delitem(common.FAMILY_SKIPS, cls.__name__)
+        assert default_skip_patterns(cls) == list(common.GENERIC_SKIPS)
+        errs["generic"] = rel_err(first_output(cls.from_pretrained(src, quantization_config=SVDQuantConfig(),
+                                                                   torch_dtype=BF16), inp), y_ref)
+    assert errs["family"] * 1.5 < errs["generic"], errs

@@ -1,5 +1,5 @@
-"""LoRA on SVDQuant models of other families (SD3, SDXL UNet, SANA, FLUX.2, Wan, Qwen-Image, Z-Image; PixArt through
-PEFT directly)."""
+"""LoRA on SVDQuant models of other families (SD3, SDXL UNet, SANA, FLUX.2, Wan, Qwen-Image, Z-Image, Chroma,
+HunyuanVideo, LTX-Video, CogView4, Lumina 2, HiDream; PixArt through PEFT directly)."""
 from __future__ import annotations
 
 import copy
@@ -40,6 +40,12 @@ LORA_CASES = {
     "wan": ("attn", ("attn", "ff", "proj")),
     "qwenimage": ("", ("attn", "mlp", "mod")),
     "zimage": ("", ("attention", "feed_forward", "adaLN")),
+    "chroma": ("", ("attn", "ff")),
+    "hunyuanvideo": ("", ("attn", "ff", "proj", "norm")),
+    "ltxvideo": ("", ("attn", "ff")),
+    "cogview4": ("", ("attn", "ff", "norm1")),
+    "lumina2": ("", ("attn", "feed_forward")),
+    "hidream": ("", ("attn1", "ff_i", "ff_t")),
 }
 
 
