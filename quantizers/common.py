@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import SVDQuantOptions, hopper_present, name_matches
 from ..epilogues import fuse_epilogues
+from ..kernel_coverage import describe_gaps
 from ..modules import SVDQuantLinear, set_fragment_order
 from ..quantize import set_submodule  # noqa: F401  (re-exported)
 
@@ -176,6 +177,17 @@ def hopper_epilogues(model: nn.Module) -> list[str]:
     return fuse_epilogues(model)
 
 
+def warn_kernel_gaps(model: nn.Module) -> str | None:
+    """After loading on a CUDA machine: one warning naming how many 4-bit layers the fused kernels do not take on
+    this GPU and why (svdquant_hf.kernel_gaps); returns it (None when every layer is covered or there is no GPU)."""
+    if not torch.cuda.is_available():
+        return None
+    message = describe_gaps(model)
+    if message:
+        logger.warning(message)
+    return message
+
+
 def realign_cpu_tensors(model: nn.Module, alignment: int = 64) -> int:
     """Copy CPU tensors that sit unaligned inside memory-mapped checkpoint files into fresh memory.
 
@@ -264,6 +276,7 @@ __all__ = [
     "replace_with_svdquant_linear",
     "realign_cpu_tensors",
     "hopper_fragment_order",
+    "warn_kernel_gaps",
     "hopper_epilogues",
     "hopper_present",
     "FRAGMENT_ORDER_ENV",

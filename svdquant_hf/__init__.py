@@ -12,6 +12,7 @@ from .pipeline import quantize_pipeline  # noqa: E402
 from .fusion import fuse_shared_input_projections, unfuse_shared_input_projections  # noqa: E402
 from .cuda_graphs import disable_cuda_graphs, enable_cuda_graphs  # noqa: E402
 from .epilogues import fuse_epilogues, unfuse_epilogues  # noqa: E402
+from .kernel_coverage import kernel_gaps  # noqa: E402
 from .quantize import qkv_groups, quantize_model  # noqa: E402
 from .quantizers import register as _register_integrations  # noqa: E402
 from .quantizers.config import SVDQuantConfig  # noqa: E402  (a diffusers QuantizationConfigMixin)
@@ -23,4 +24,5 @@ _register_integrations()
 __version__ = "0.1.0"
 __all__ = ["SVDQuantConfig", "SVDQuantOptions", "SVDQuantLinear", "QuantizationError", "quantize_model", "qkv_groups", "quantize_pipeline",
            "fuse_shared_input_projections", "unfuse_shared_input_projections", "set_int8_weights",
-           "set_fragment_order", "enable_cuda_graphs", "disable_cuda_graphs", "fuse_epilogues", "unfuse_epilogues"]
+           "set_fragment_order", "enable_cuda_graphs", "disable_cuda_graphs", "fuse_epilogues", "unfuse_epilogues",
+           "kernel_gaps"]

@@ -32,6 +32,7 @@ from ..common import (
     quantizable_linears,
     realign_cpu_tensors,
     replace_with_svdquant_linear,
+    warn_kernel_gaps,
 )
 from ..config import SVDQuantConfig
 from .utils import SVDQUANT_TENSORS, AtomicSave, read_headers, svdquant_module_names, warn_reference_path
@@ -379,6 +380,7 @@ class SVDQuantDiffusersQuantizer(DiffusersQuantizer):
         realign_cpu_tensors(model)
         hopper_fragment_order(model)
         hopper_epilogues(model)
+        warn_kernel_gaps(model)
         route_diffusers_fusion(model)
         if "save_pretrained" not in vars(model):
             model.save_pretrained = AtomicSave(model)

@@ -21,7 +21,7 @@ from ...algorithm.svdquant import QuantizationError, quantize_weight
 from ...config import SVDQuantOptions
 from ...formats.int4_2l import MAX_K_2L, invalid_2l_tensor
 from ...modules import SVDQuantLinear
-from ..common import hopper_fragment_order, realign_cpu_tensors
+from ..common import hopper_fragment_order, realign_cpu_tensors, warn_kernel_gaps
 from ..diffusers.utils import atomic_save, warn_reference_path
 from .config import SVDQuantTransformersConfig
 from .keys import renamed_checkpoint_infos
@@ -197,6 +197,7 @@ class SVDQuantHfQuantizer(HfQuantizer):
         self.pre_quantized = True
         realign_cpu_tensors(model)
         hopper_fragment_order(model)
+        warn_kernel_gaps(model)
         make_save_atomic(model)
         return model
 

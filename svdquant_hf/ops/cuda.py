@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 
 from . import build
+from .kernel_shapes import KERNEL_DTYPES as _KERNEL_DTYPES
+from .kernel_shapes import KERNEL_GROUPS as _KERNEL_GROUPS
+from .kernel_shapes import gemm_2l_shape_ok
 from .layout_2l import canonical_order
 from .reference import (
     check_cat_parts,
@@ -25,9 +28,6 @@ from .reference import (
     w4a4_gemm_ref,
     w8a4_gemm_2l_ref,
 )
-
-_KERNEL_DTYPES = (torch.bfloat16, torch.float16)
-_KERNEL_GROUPS = (32, 64, 128)
 
 
 def kernels_available() -> bool:
@@ -170,9 +170,7 @@ def _gemm_2l_operands_ok(ext, xq, xscale, weight, wchannel, lr_act, proj_up, bia
         and weight.dtype == torch.int8
         and xscale.dtype == torch.float32
         and wchannel.dtype == torch.float32
-        and K % 128 == 0
-        and N % 128 == 0
-        and K <= 65536
+        and gemm_2l_shape_ok(K, N)
         and lr_act.shape[-1] <= ext.max_rank_2l
         and all(t.is_cuda for t in (xscale, weight, wchannel, lr_act, proj_up))
         and gemm_2l_kernel_usable(ext, xq.device)

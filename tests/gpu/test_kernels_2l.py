@@ -337,6 +337,29 @@ def test_quantize_act_2l_k_not_a_multiple_of_128(ext, gs, M, K):
     assert torch.equal(oq, rq) and torch.equal(os_, rs) and _rel(ol, rl) < 1e-2
 
 
+def test_kernel_shape_rules_match_the_extension(ext):
+    """ops/kernel_shapes.py (kernel_gaps, the dispatcher) says what the compiled quantizer says, K by K; and a layer
+    kernel_gaps names on this GPU still gives the reference's bits."""
+    from svdquant_hf import SVDQuantLinear, kernel_gaps
+    from svdquant_hf.ops.kernel_shapes import quantizer_2l_takes
+
+    for K in [*range(8, 4096, 8), *range(4096, 40000, 136), 32768, 32776]:
+        assert quantizer_2l_takes(K, 32) == bool(ext.quantize_act_2l_supported(K)), K
+    layer = SVDQuantLinear(192, 128, rank=16, quant_format="int4_2l", device="cuda")  # K % 128 == 64
+    x, smooth, pd = _acts(5, 192, 16, torch.bfloat16, seed=9)
+    qw, wsc, wch, pu, b = _weights(128, 192, 16, torch.bfloat16, 64, seed=9)
+    layer.qweight, layer.wscales, layer.wchannel, layer.smooth_factor = qw, wsc, wch, smooth
+    layer.proj_down, layer.proj_up = pd, pu
+    layer.bias.data.copy_(b)
+    gaps = kernel_gaps(torch.nn.ModuleDict({"l": layer}))
+    if gemm_2l_kernel_usable(ext, x.device):
+        assert gaps == {"l": "in_features 192 is not a multiple of 128 (up to 65536)"}
+    with torch.no_grad():
+        y = layer(x)
+    xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert _rel(y, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, layer.bias, 64)) < 1e-2
+
+
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
     K = 33024  # 4128 vectors: more than 512 threads of 8
     x, smooth, pd = _acts(5, K, 16, torch.bfloat16, seed=3)
