@@ -36,6 +36,7 @@ class ComponentInfo:
     dtypes: dict[str, int] = field(default_factory=dict)  # dtype -> bytes
     files: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    hopper_gaps: dict[str, int] = field(default_factory=dict)  # reason -> layers the Hopper kernels do not take
 
 
 @dataclass
@@ -115,11 +116,39 @@ def _component_from_folder(folder: Path, name: str) -> ComponentInfo:
     comp = ComponentInfo(name, config.get("_class_name") or (config.get("architectures") or [None])[0],
                          qc.get("quant_method"), {k: v for k, v in qc.items() if k != "quant_method"})
     files = sorted(folder.glob("*.safetensors"))
-    for f in files:
-        _summarize(comp, read_header(f))
+    headers = [read_header(f) for f in files]
+    for f, header in zip(files, headers):
+        _summarize(comp, header)
         comp.files.append(f.name)
     comp.ranks = sorted(set(comp.ranks))
+    _hopper_coverage(comp, headers)
     return comp
+
+
+_DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def _hopper_coverage(comp: ComponentInfo, headers: list[dict[str, Any]]) -> None:
+    """comp.hopper_gaps from the layers' shapes: which the fused kernels would not take on an H100 / H200."""
+    if comp.quant_method != "svdquant":
+        return
+    from svdquant_hf.ops.kernel_shapes import HOPPER, shape_gap
+
+    entries = {k: v for h in headers for k, v in h.items() if k != "__metadata__"}
+    opts = comp.options
+    gaps: Counter[str] = Counter()
+    for key, q in entries.items():
+        if not key.endswith(".qweight"):
+            continue
+        up = entries.get(key[: -len("qweight")] + "proj_up")
+        if up is None or len(q["shape"]) != 2:
+            continue
+        reason = shape_gap(q["shape"][1] * 2, q["shape"][0], up["shape"][1], opts.get("group_size", 64),
+                           opts.get("quant_format", "int4"), bool(opts.get("weight_only")),
+                           _DTYPE_NAMES.get(up["dtype"], up["dtype"]), HOPPER)
+        if reason:
+            gaps[reason] += 1
+    comp.hopper_gaps = dict(gaps)
 
 
 def _read_sidecar(folder: Path) -> dict[str, Any]:
@@ -208,10 +237,12 @@ def describe_hub(repo_id: str, revision: str | None = None, token: str | bool | 
         qc = config.get("quantization_config") or {}
         comp = ComponentInfo(name, config.get("_class_name") or (config.get("architectures") or [None])[0],
                              qc.get("quant_method"), {k: v for k, v in qc.items() if k != "quant_method"})
-        for fname, header in headers(folder):
+        found = headers(folder)
+        for fname, header in found:
             _summarize(comp, header)
             comp.files.append(fname)
         comp.ranks = sorted(set(comp.ranks))
+        _hopper_coverage(comp, [h for _, h in found])
         return comp
 
     if "model_index.json" in files:
@@ -261,6 +292,11 @@ def format_info(info: CheckpointInfo) -> str:
                 f"      {c.quantized_layers} quantized layers, ranks {c.ranks or '-'}, "
                 f"{human_bytes(c.quantized_bytes)} in quantized layers"
             )
+            if c.quant_method == "svdquant" and c.quantized_layers:
+                gaps = sum(c.hopper_gaps.values())
+                lines.append(f"      on Hopper: {c.quantized_layers - gaps} of {c.quantized_layers} layers in the fused "
+                             f"kernels" + ("" if not gaps else ", the rest on the reference ops: " + "; ".join(
+                                 f"{n} x {r}" for r, n in sorted(c.hopper_gaps.items()))))
         else:
             lines.append("      not quantized")
         lines.append("      dtypes: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(c.dtypes.items())))

@@ -13,48 +13,13 @@ import torch
 from torch import nn
 
 from .modules import SVDQuantLinear
-from .ops.kernel_shapes import (
-    GEMM_2L_MAX_K,
-    GEMM_2L_MAX_RANK,
-    GEMM_2L_STAGE_K,
-    KERNEL_DTYPES,
-    KERNEL_GROUPS,
-    QUANTIZER_MAX_K,
-    gemm_2l_shape_ok,
-    quantizer_2l_takes,
-)
-
-HOPPER = (9, 0)
+from .ops.kernel_shapes import HOPPER, gemm_2l_shape_ok, quantizer_2l_takes, shape_gap
 
 
 def layer_gap(layer: SVDQuantLinear, capability: tuple[int, int]) -> str | None:
     """Why the fused kernels do not take this layer on a GPU of compute ``capability``; None when they do."""
-    k, n, gs = layer.in_features, layer.out_features, layer.group_size
-    dtype = layer.proj_up.dtype
-    if layer.quant_format == "nvfp4":
-        return "NVFP4 has no CUDA kernel"
-    if layer.weight_only:
-        return "W4A16 (weight-only) layers run the reference ops"
-    if dtype not in KERNEL_DTYPES:
-        return f"compute dtype {str(dtype).removeprefix('torch.')}: the kernels take bfloat16 / float16"
-    if gs not in KERNEL_GROUPS:
-        return f"group size {gs}: the kernels take 32, 64 or 128"
-    if capability < (8, 0):
-        return f"compute capability {capability[0]}.{capability[1]}: the kernels need 8.0 or newer"
-    if layer.quant_format == "int4":
-        return None if n % 8 == 0 else f"out_features {n} is not a multiple of 8"
-    if not quantizer_2l_takes(k, gs):
-        return f"in_features {k}: the quantizer kernel takes multiples of 8 up to {QUANTIZER_MAX_K}"
-    if capability != HOPPER:
-        return "the int4_2l GEMM kernel is Hopper-only (sm_90a); elsewhere the exact int8 reference GEMM runs"
-    if k % GEMM_2L_STAGE_K or k > GEMM_2L_MAX_K:
-        return f"in_features {k} is not a multiple of {GEMM_2L_STAGE_K} (up to {GEMM_2L_MAX_K})"
-    if n % GEMM_2L_STAGE_K:
-        return f"out_features {n} is not a multiple of {GEMM_2L_STAGE_K}"
-    rank = layer.proj_up.shape[-1]
-    if rank > GEMM_2L_MAX_RANK:
-        return f"low-rank branch of rank {rank} (LoRAs folded in): the GEMM takes up to {GEMM_2L_MAX_RANK}"
-    return None
+    return shape_gap(layer.in_features, layer.out_features, layer.proj_up.shape[-1], layer.group_size,
+                     layer.quant_format, layer.weight_only, str(layer.proj_up.dtype).removeprefix("torch."), capability)
 
 
 def _capability(capability: tuple[int, int] | None) -> tuple[int, int]:
@@ -94,4 +59,4 @@ def describe_gaps(model: nn.Module, capability: tuple[int, int] | None = None) -
             f"kernels (same results, slower): {parts}")
 
 
-__all__ = ["describe_gaps", "gemm_2l_shape_ok", "kernel_gaps", "layer_gap", "quantizer_2l_takes"]
+__all__ = ["HOPPER", "describe_gaps", "gemm_2l_shape_ok", "kernel_gaps", "layer_gap", "quantizer_2l_takes"]

@@ -67,6 +67,33 @@ def test_info_reads_headers_only_and_counts_layers(quantized_dir):
     assert all(c.quant_method is None for c in info.components if c.name != "transformer")
     text = format_info(info)
     assert "transformer" in text and f"{tr.quantized_layers} quantized layers" in text
+    fmt = tr.options["quant_format"]
+    assert fmt in ("int4", "int4_2l")
+    if fmt == "int4":  # the int4 kernels (sm_80+) take every layer of 8-row multiples
+        assert tr.hopper_gaps == {}
+        assert f"on Hopper: {tr.quantized_layers} of {tr.quantized_layers} layers in the fused kernels" in text
+
+
+def test_info_names_the_layers_the_hopper_kernels_would_not_take(tmp_path):
+    """int4_2l on the tiny SD3 model: its 64-wide layers are outside the Hopper GEMM (K and N multiples of 128);
+    counted by reason from the headers, as kernel_gaps counts them on the loaded model."""
+    from diffusers import SD3Transformer2DModel
+
+    from svdquant_hf import SVDQuantConfig, kernel_gaps
+    from svdquant_hf.testing import TINY_BUILDERS, save_tiny_model
+
+    src = save_tiny_model(TINY_BUILDERS["sd3"](seed=1), tmp_path / "fp")
+    q = SD3Transformer2DModel.from_pretrained(src, quantization_config=SVDQuantConfig(quant_format="int4_2l"),
+                                              torch_dtype=torch.bfloat16)
+    q.save_pretrained(tmp_path / "q")
+    (c,) = describe_local(tmp_path / "q").components
+    want: dict[str, int] = {}
+    for reason in kernel_gaps(q, capability=(9, 0)).values():
+        want[reason] = want.get(reason, 0) + 1
+    assert c.hopper_gaps == want and sum(want.values()) == c.quantized_layers
+    text = format_info(describe_local(tmp_path / "q"))
+    assert f"on Hopper: 0 of {c.quantized_layers} layers in the fused kernels" in text
+    assert "in_features 64 is not a multiple of 128" in text
 
 
 def test_info_on_hub_uses_configs_and_headers_only(quantized_dir):
@@ -86,8 +113,8 @@ def test_info_on_hub_uses_configs_and_headers_only(quantized_dir):
     downloaded = {c.args[1] for c in api.hf_hub_download.call_args_list}
     assert all(name.endswith(".json") for name in downloaded)  # configs only, never weights
     local = describe_local(quantized_dir)
-    assert [(c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes) for c in info.components] == [
-        (c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes) for c in local.components]
+    assert [(c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes, c.hopper_gaps) for c in info.components] == [
+        (c.name, c.quantized_layers, c.ranks, c.bytes, c.dtypes, c.hopper_gaps) for c in local.components]
     assert info.kind == "pipeline" and info.base_model == "acme/tiny-flux"
 
 
