@@ -93,12 +93,33 @@ def _tiny_llm_text_config(vocab_size: int) -> dict:
     )
 
 
-def tiny_qwen3_text_encoder(seed: int = 0, vocab_size: int = 256):
-    """Qwen3Model, what Z-Image's pipeline runs as its text encoder (it reads ``hidden_states[-2]``)."""
-    from transformers import Qwen3Config, Qwen3Model
+def _tiny_decoder(arch: str, seed: int, vocab_size: int):
+    """transformers' ``{arch}Model`` with the shared tiny decoder config."""
+    import transformers
 
     _seeded(seed)
-    return Qwen3Model(Qwen3Config(**_tiny_llm_text_config(vocab_size))).eval()
+    config = getattr(transformers, f"{arch}Config")(**_tiny_llm_text_config(vocab_size))
+    return getattr(transformers, f"{arch}Model")(config).eval()
+
+
+def tiny_qwen3_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """Qwen3Model, what Z-Image's pipeline runs as its text encoder (it reads ``hidden_states[-2]``)."""
+    return _tiny_decoder("Qwen3", seed, vocab_size)
+
+
+def tiny_llama_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """LlamaModel, the text encoder of HunyuanVideo (a LLaVA-Llama-3) and HiDream-I1 (Llama-3.1)."""
+    return _tiny_decoder("Llama", seed, vocab_size)
+
+
+def tiny_gemma2_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """Gemma2Model, Lumina 2's text encoder (Gemma-2-2B)."""
+    return _tiny_decoder("Gemma2", seed, vocab_size)
+
+
+def tiny_glm_text_encoder(seed: int = 0, vocab_size: int = 256):
+    """GlmModel, CogView4's text encoder (GLM-4-9B; its MLP's gate and up projections are one linear)."""
+    return _tiny_decoder("Glm", seed, vocab_size)
 
 
 def tiny_qwen2_5_vl_text_encoder(seed: int = 0, vocab_size: int = 256):
@@ -630,6 +651,9 @@ __all__ = [
     "tiny_ltxvideo_transformer",
     "tiny_lumina2_transformer",
     "tiny_flux_pipeline",
+    "tiny_gemma2_text_encoder",
+    "tiny_glm_text_encoder",
+    "tiny_llama_text_encoder",
     "tiny_flux2_transformer",
     "tiny_flux_transformer",
     "tiny_pixart_transformer",
