@@ -16,6 +16,10 @@ SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persiste
           "w8mc": "int8 copy, CTA pairs (multicast)",
           "fo_nrbc": "fragment order, rf_by_cost off (before v2.23)",
           "fo_cb": "fragment order, cuBLAS down projection", "fo_dw": "fragment order, few-token down projection at every K",
+          "fo_pdl": "fragment order, programmatic dependent launch", "fo_r3": "fragment order, refitted stage (v2.24)",
+          "fo_ql": "fragment order, lean quantizer (v2.24 opt-in)", "fo_nql": "fragment order, plain quantizer",
+          "fo_m0": "fragment order, v2.24's warpgroup choice",
+          "fo_rq": "fragment order, reference quantizer (before v2.25)",
           "fp8": "fp8 _scaled_mm (GEMM only)", "fp8d": "fp8 _scaled_mm with its activation cast"}
 
 
