@@ -65,6 +65,10 @@ FAMILY_SKIPS: dict[str, tuple[str, ...]] = {
     "CogView4Transformer2DModel": ("patch_embed.*", "time_condition_embed.*", "norm_out.*", "proj_out"),
     # Lumina 2: timestep + caption embedders; norm_out holds the final modulation and the output projection
     "Lumina2Transformer2DModel": ("x_embedder", "time_caption_embed.*", "norm_out.*"),
+    # CogVideoX 1.5: the frame-offset embedder adds to the timestep embedding every block's modulation reads
+    "CogVideoXTransformer3DModel": ("patch_embed.*", "time_embedding.*", "ofs_embedding.*", "norm_out.*", "proj_out"),
+    # AuraFlow: its timestep MLP (time_step_proj) feeds every block's modulation
+    "AuraFlowTransformer2DModel": ("pos_embed.*", "context_embedder", "time_step_proj.*", "norm_out.*", "proj_out"),
     # HiDream: timestep / pooled-text / patch embedders, the per-block caption projections, the final layer
     "HiDreamImageTransformer2DModel": (
         "t_embedder.*", "p_embedder.*", "x_embedder.*", "caption_projection.*", "final_layer.*",

@@ -190,6 +190,14 @@ def tiny_vae(seed: int = 0, latent_channels: int = 4):
     ).eval()
 
 
+def _tiny_diffusers(class_name: str, seed: int, dtype: torch.dtype, **config) -> torch.nn.Module:
+    """diffusers' ``class_name`` with ``config``, seeded, cast to ``dtype``, in eval mode."""
+    import diffusers
+
+    _seeded(seed)
+    return _cast(getattr(diffusers, class_name)(**config), dtype)
+
+
 def tiny_flux_transformer(
     seed: int = 0, in_channels: int = 16, dtype: torch.dtype = torch.float32, num_layers: int = 1,
     num_single_layers: int = 1,
@@ -237,15 +245,12 @@ def tiny_sdxl_unet(seed: int = 0, dtype: torch.dtype = torch.float32):
 
 
 def tiny_sd3_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
-    from diffusers import SD3Transformer2DModel
-
-    _seeded(seed)
-    model = SD3Transformer2DModel(
+    return _tiny_diffusers(
+        "SD3Transformer2DModel", seed, dtype,
         sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=32,
         num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=64, pooled_projection_dim=64,
         out_channels=4, pos_embed_max_size=16,
     )
-    return _cast(model, dtype)
 
 
 def tiny_sana_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -317,84 +322,110 @@ def tiny_zimage_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
 def tiny_chroma_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """ChromaTransformer2DModel (Chroma1): width 64 (2 heads x 32), 1 double + 1 single block, text dim 64, 64 packed
     latent channels, its modulation approximator 64 -> 128 (2 layers) -> 64."""
-    from diffusers import ChromaTransformer2DModel
-
-    _seeded(seed)
-    model = ChromaTransformer2DModel(
+    return _tiny_diffusers(
+        "ChromaTransformer2DModel", seed, dtype,
         patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32, num_attention_heads=2,
         joint_attention_dim=64, axes_dims_rope=(8, 12, 12), approximator_num_channels=64, approximator_hidden_dim=128,
         approximator_layers=2,
     )
-    return _cast(model, dtype)
 
 
 def tiny_hunyuanvideo_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """HunyuanVideoTransformer3DModel: width 64 (2 heads x 32), MLP 256, 1 token-refiner + 1 double + 1 single
     block, text and pooled dims 64, 16 latent channels in (1, 2, 2) patches, guidance embedding."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    _seeded(seed)
-    model = HunyuanVideoTransformer3DModel(
+    return _tiny_diffusers(
+        "HunyuanVideoTransformer3DModel", seed, dtype,
         in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=32, num_layers=1,
         num_single_layers=1, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
         guidance_embeds=True, text_embed_dim=64, pooled_projection_dim=64, rope_axes_dim=(8, 12, 12),
     )
-    return _cast(model, dtype)
 
 
 def tiny_ltxvideo_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """LTXVideoTransformer3DModel (LTX-Video 0.9): width 64 (2 heads x 32), FFN 256, 2 blocks, text dim 64, 64 latent
     channels, patch 1 x 1 x 1."""
-    from diffusers import LTXVideoTransformer3DModel
-
-    _seeded(seed)
-    model = LTXVideoTransformer3DModel(
+    return _tiny_diffusers(
+        "LTXVideoTransformer3DModel", seed, dtype,
         in_channels=64, out_channels=64, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=32,
         cross_attention_dim=64, num_layers=2, caption_channels=64,
     )
-    return _cast(model, dtype)
 
 
 def tiny_cogview4_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """CogView4Transformer2DModel: width 64 (2 heads x 32), FFN 256, 2 blocks, text dim 64, time embedding 64, size
     conditions 3 x 2 x 32, 16 latent channels in 2 x 2 patches."""
-    from diffusers import CogView4Transformer2DModel
-
-    _seeded(seed)
-    model = CogView4Transformer2DModel(
+    return _tiny_diffusers(
+        "CogView4Transformer2DModel", seed, dtype,
         patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=32, num_attention_heads=2,
         text_embed_dim=64, time_embed_dim=64, condition_dim=32, pos_embed_max_size=16, sample_size=16,
         rope_axes_dim=(16, 16),
     )
-    return _cast(model, dtype)
 
 
 def tiny_lumina2_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """Lumina2Transformer2DModel (Lumina-Image 2.0): width 128 (4 query / 2 key-value heads of 32), SwiGLU 384, 1 noise
     + 1 context refiner block, 2 main layers, caption dim 64, 16 latent channels in 2 x 2 patches."""
-    from diffusers import Lumina2Transformer2DModel
-
-    _seeded(seed)
-    model = Lumina2Transformer2DModel(
+    return _tiny_diffusers(
+        "Lumina2Transformer2DModel", seed, dtype,
         sample_size=16, patch_size=2, in_channels=16, hidden_size=128, num_layers=2, num_refiner_layers=1,
         num_attention_heads=4, num_kv_heads=2, multiple_of=64, axes_dim_rope=(8, 12, 12), axes_lens=(64, 32, 32),
         cap_feat_dim=64,
     )
-    return _cast(model, dtype)
 
 
 def tiny_hidream_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
     """HiDreamImageTransformer2DModel (HiDream-I1): width 128 (4 heads x 32), 1 double + 1 single block, each a MoE of
     4 routed experts (top 2) and a shared one, T5 / Llama-3 / pooled dims 64, 16 latent channels in 2 x 2 patches."""
-    from diffusers import HiDreamImageTransformer2DModel
-
-    _seeded(seed)
-    model = HiDreamImageTransformer2DModel(
+    return _tiny_diffusers(
+        "HiDreamImageTransformer2DModel", seed, dtype,
         patch_size=2, in_channels=16, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=32,
         num_attention_heads=4, caption_channels=[64, 64], text_emb_dim=64, num_routed_experts=4,
         num_activated_experts=2, axes_dims_rope=(16, 8, 8), max_resolution=(16, 16), llama_layers=[1, 2],
     )
-    return _cast(model, dtype)
+
+
+def tiny_cogvideox_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """CogVideoXTransformer3DModel in CogVideoX 1.5 image-to-video's layout: width 64 (2 heads x 32), 2 blocks, time /
+    frame-offset embeddings 64, text dim 64, 32 latent channels in (16 noise + 16 image), (2, 2, 2) patches."""
+    return _tiny_diffusers(
+        "CogVideoXTransformer3DModel", seed, dtype,
+        num_attention_heads=2, attention_head_dim=32, in_channels=32, out_channels=16, time_embed_dim=64,
+        ofs_embed_dim=64, text_embed_dim=64, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
+        patch_size=2, patch_size_t=2, max_text_seq_length=8, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=False, patch_bias=False,
+    )
+
+
+def tiny_mochi_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """MochiTransformer3DModel: width 192 (3 heads x 64; its SwiGLU width 8 / 3 of it, 512), 2 blocks, text dim 64,
+    12 latent channels in 2 x 2 patches."""
+    return _tiny_diffusers(
+        "MochiTransformer3DModel", seed, dtype,
+        patch_size=2, num_attention_heads=3, attention_head_dim=64, num_layers=2, pooled_projection_dim=192,
+        in_channels=12, text_embed_dim=64, time_embed_dim=256, max_sequence_length=8,
+    )
+
+
+def tiny_auraflow_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """AuraFlowTransformer2DModel: width 64 (2 heads x 32), 1 joint + 1 single block, text dim 64, 4 latent channels
+    in 2 x 2 patches."""
+    return _tiny_diffusers(
+        "AuraFlowTransformer2DModel", seed, dtype,
+        sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1, num_single_dit_layers=1,
+        attention_head_dim=32, num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=64,
+        out_channels=4, pos_embed_max_size=64,
+    )
+
+
+def tiny_sanavideo_transformer(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """SanaVideoTransformer3DModel: width 64 (2 heads x 32), convolutional FFN, 2 blocks, caption dim 64, 16 latent
+    channels in (1, 2, 2) patches."""
+    return _tiny_diffusers(
+        "SanaVideoTransformer3DModel", seed, dtype,
+        in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=32, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=32, cross_attention_dim=64, caption_channels=64,
+        mlp_ratio=2.5, sample_size=8, patch_size=(1, 2, 2), rope_max_seq_len=32,
+    )
 
 
 def tiny_flux_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32):
@@ -614,6 +645,47 @@ def model_inputs(model: torch.nn.Module, seed: int = 0, batch: int = 1) -> dict:
             "pooled_embeds": rnd(batch, cfg.text_emb_dim),
             "return_dict": False,
         }
+    if name == "CogVideoXTransformer3DModel":  # frames first: (B, 4, C, 8, 8) -> 32 tokens; 3-D RoPE as the pipeline
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+        p, p_t = cfg.patch_size, cfg.patch_size_t
+        rope = get_3d_rotary_pos_embed(
+            embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(8 // p, 8 // p),
+            temporal_size=(4 + p_t - 1) // p_t, grid_type="slice",
+            max_size=(cfg.sample_height // p, cfg.sample_width // p),
+        )
+        return {
+            "hidden_states": rnd(batch, 4, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": rnd(batch, 8, cfg.text_embed_dim),
+            "timestep": t.long(),
+            "ofs": torch.full((1,), 2.0).to(dtype) if cfg.ofs_embed_dim else None,
+            "image_rotary_emb": rope,
+            "return_dict": False,
+        }
+    if name == "MochiTransformer3DModel":
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 2, 8, 8),
+            "encoder_hidden_states": rnd(batch, 8, cfg.text_embed_dim),
+            "timestep": t.to(dtype),
+            "encoder_attention_mask": text_mask(8).bool(),
+            "return_dict": False,
+        }
+    if name == "AuraFlowTransformer2DModel":  # the pipeline zeroes padded text tokens and passes no mask
+        txt = rnd(batch, 8, cfg.joint_attention_dim) * text_mask(8)[..., None].to(dtype)
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 8, 8),
+            "encoder_hidden_states": txt,
+            "timestep": (t / 1000).to(dtype),
+            "return_dict": False,
+        }
+    if name == "SanaVideoTransformer3DModel":
+        return {
+            "hidden_states": rnd(batch, cfg.in_channels, 2, 8, 8),
+            "encoder_hidden_states": rnd(batch, 8, cfg.caption_channels),
+            "encoder_attention_mask": text_mask(8),
+            "timestep": t,
+            "return_dict": False,
+        }
     raise ValueError(f"model_inputs: no inputs known for {name}")
 
 
@@ -625,6 +697,10 @@ TINY_BUILDERS = {
     "cogview4": tiny_cogview4_transformer,
     "lumina2": tiny_lumina2_transformer,
     "hidream": tiny_hidream_transformer,
+    "cogvideox": tiny_cogvideox_transformer,
+    "mochi": tiny_mochi_transformer,
+    "auraflow": tiny_auraflow_transformer,
+    "sanavideo": tiny_sanavideo_transformer,
     "flux2": tiny_flux2_transformer,
     "qwenimage": tiny_qwenimage_transformer,
     "wan": tiny_wan_transformer,
@@ -643,13 +719,17 @@ __all__ = [
     "save_tiny_flux_pipeline",
     "save_tiny_model",
     "t5_tokenizer",
+    "tiny_auraflow_transformer",
     "tiny_chroma_transformer",
+    "tiny_cogvideox_transformer",
     "tiny_clip_text_model",
     "tiny_cogview4_transformer",
     "tiny_hidream_transformer",
     "tiny_hunyuanvideo_transformer",
     "tiny_ltxvideo_transformer",
     "tiny_lumina2_transformer",
+    "tiny_mochi_transformer",
+    "tiny_sanavideo_transformer",
     "tiny_flux_pipeline",
     "tiny_gemma2_text_encoder",
     "tiny_glm_text_encoder",

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import (
+    AuraFlowTransformer2DModel,
     ChromaTransformer2DModel,
+    CogVideoXTransformer3DModel,
     CogView4Transformer2DModel,
     Flux2Transformer2DModel,
     FluxTransformer2DModel,
@@ -15,9 +17,11 @@ from diffusers import (
     HunyuanVideoTransformer3DModel,
     LTXVideoTransformer3DModel,
     Lumina2Transformer2DModel,
+    MochiTransformer3DModel,
     PixArtTransformer2DModel,
     QwenImageTransformer2DModel,
     SanaTransformer2DModel,
+    SanaVideoTransformer3DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
     WanTransformer3DModel,
@@ -47,6 +51,10 @@ CLASSES = {
     "cogview4": CogView4Transformer2DModel,
     "lumina2": Lumina2Transformer2DModel,
     "hidream": HiDreamImageTransformer2DModel,
+    "cogvideox": CogVideoXTransformer3DModel,
+    "mochi": MochiTransformer3DModel,
+    "auraflow": AuraFlowTransformer2DModel,
+    "sanavideo": SanaVideoTransformer3DModel,
 }
 # layers that must stay 16-bit by default in each family (embedders, conditioning, final projection)
 MUST_SKIP = {
@@ -73,13 +81,22 @@ MUST_SKIP = {
                 "norm_out.linear_1", "norm_out.linear_2"],
     "hidream": ["x_embedder.proj", "t_embedder.timestep_embedder.linear_1", "p_embedder.pooled_embedder.linear_1",
                 "caption_projection.0.linear", "final_layer.linear", "final_layer.adaLN_modulation.1"],
+    "cogvideox": ["patch_embed.proj", "patch_embed.text_proj", "time_embedding.linear_1", "ofs_embedding.linear_1",
+                  "norm_out.linear", "proj_out"],
+    "mochi": ["time_embed.timestep_embedder.linear_1", "time_embed.pooler.to_q", "time_embed.caption_proj",
+              "norm_out.linear", "proj_out"],
+    "auraflow": ["context_embedder", "time_step_proj.linear_1", "time_step_proj.linear_2", "norm_out.linear",
+                 "proj_out"],
+    "sanavideo": ["caption_projection.linear_1", "time_embed.linear", "time_embed.emb.timestep_embedder.linear_1",
+                  "proj_out"],
 }
 # relative output error bound of data-free W4A4 on these random models (measured about half of it;
 # SDXL's GEGLU outputs carry 25-30x outliers that only calibrated smoothing removes; Z-Image ~0.10: its gated,
 # normalised blocks carry each layer's error to the output)
 MAX_REL_ERR = {"flux": 0.03, "pixart": 0.04, "sdxl": 0.2, "sd3": 0.03, "sana": 0.08, "flux2": 0.02, "wan": 0.04,
                "qwenimage": 0.03, "zimage": 0.15, "chroma": 0.04, "hunyuanvideo": 0.025, "ltxvideo": 0.03,
-               "cogview4": 0.02, "lumina2": 0.12, "hidream": 0.02}
+               "cogview4": 0.02, "lumina2": 0.12, "hidream": 0.02, "cogvideox": 0.02, "mochi": 0.12, "auraflow": 0.01,
+               "sanavideo": 0.07}
 MUST_QUANTIZE = {
     "flux": ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff_context.net.2", "single_transformer_blocks.0.proj_out"],
     "pixart": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_k", "transformer_blocks.0.ff.net.2"],
@@ -102,6 +119,12 @@ MUST_QUANTIZE = {
     "lumina2": ["noise_refiner.0.attn.to_q", "context_refiner.0.feed_forward.linear_2", "layers.1.norm1.linear"],
     "hidream": ["double_stream_blocks.0.block.adaLN_modulation.1", "double_stream_blocks.0.block.attn1.to_q_t",
                 "single_stream_blocks.0.block.ff_i.experts.1.w2", "single_stream_blocks.0.block.ff_i.shared_experts.w1"],
+    "cogvideox": ["transformer_blocks.0.norm1.linear", "transformer_blocks.1.attn1.to_q", "transformer_blocks.0.ff.net.2"],
+    "mochi": ["transformer_blocks.0.attn1.add_q_proj", "transformer_blocks.0.norm1_context.linear",
+              "transformer_blocks.1.ff.net.2"],
+    "auraflow": ["joint_transformer_blocks.0.norm1.linear", "joint_transformer_blocks.0.ff_context.out_projection",
+                 "single_transformer_blocks.0.attn.to_q"],
+    "sanavideo": ["transformer_blocks.0.attn1.to_q", "transformer_blocks.1.attn2.to_out.0"],
 }
 
 
@@ -145,11 +168,11 @@ def test_family_quantize_on_load_and_reload(family, tmp_path):
         assert torch.equal(first_output(q, inp), first_output(back, inp))
 
 
-@pytest.mark.parametrize("family", ["chroma", "ltxvideo", "hidream"])
+@pytest.mark.parametrize("family", ["chroma", "ltxvideo", "hidream", "auraflow"])
 def test_family_skips_beat_the_generic_list(family, tmp_path, monkeypatch):
     """Where a family names its embedders / shared modulation its own way, the generic list leaves them 4-bit and the
     output error grows (Chroma's modulation approximator, LTX-Video's proj_in embedder, HiDream's t / p / x embedders
-    and caption projections): its own list at least 1.5x closer to 16-bit on the tiny model."""
+    and caption projections, AuraFlow's time_step_proj): its own list at least 1.5x closer to 16-bit on the tiny model."""
     from svdquant_hf.quantizers import common
 
     cls = CLASSES[family]

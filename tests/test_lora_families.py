@@ -1,5 +1,6 @@
 """LoRA on SVDQuant models of other families (SD3, SDXL UNet, SANA, FLUX.2, Wan, Qwen-Image, Z-Image, Chroma,
-HunyuanVideo, LTX-Video, CogView4, Lumina 2, HiDream; PixArt through PEFT directly)."""
+HunyuanVideo, LTX-Video, CogView4, Lumina 2, HiDream, CogVideoX, Mochi, AuraFlow, SANA-Video; PixArt through PEFT
+directly)."""
 from __future__ import annotations
 
 import copy
@@ -46,6 +47,10 @@ LORA_CASES = {
     "cogview4": ("", ("attn", "ff", "norm1")),
     "lumina2": ("", ("attn", "feed_forward")),
     "hidream": ("", ("attn1", "ff_i", "ff_t")),
+    "cogvideox": ("", ("attn1", "ff")),
+    "mochi": ("", ("attn1", "ff")),
+    "auraflow": ("", ("attn", "ff")),
+    "sanavideo": ("", ("attn1", "attn2")),
 }
 
 
