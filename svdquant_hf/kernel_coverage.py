@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .modules import SVDQuantLinear
-from .ops.kernel_shapes import HOPPER, gemm_2l_shape_ok, quantizer_2l_takes, shape_gap
+from .ops.kernel_shapes import shape_gap
 
 
 def layer_gap(layer: SVDQuantLinear, capability: tuple[int, int]) -> str | None:
@@ -59,4 +59,4 @@ def describe_gaps(model: nn.Module, capability: tuple[int, int] | None = None) -
             f"kernels (same results, slower): {parts}")
 
 
-__all__ = ["HOPPER", "describe_gaps", "gemm_2l_shape_ok", "kernel_gaps", "layer_gap", "quantizer_2l_takes"]
+__all__ = ["describe_gaps", "kernel_gaps", "layer_gap"]

@@ -46,9 +46,9 @@ def shape_gap(in_features: int, out_features: int, rank: int, group_size: int, q
         return f"in_features {k}: the quantizer kernel takes multiples of 8 up to {QUANTIZER_MAX_K}"
     if tuple(capability) != HOPPER:
         return "the int4_2l GEMM kernel is Hopper-only (sm_90a); elsewhere the exact int8 reference GEMM runs"
-    if k % GEMM_2L_STAGE_K or k > GEMM_2L_MAX_K:
-        return f"in_features {k} is not a multiple of {GEMM_2L_STAGE_K} (up to {GEMM_2L_MAX_K})"
-    if n % GEMM_2L_STAGE_K:
+    if not gemm_2l_shape_ok(k, n):  # which of the two
+        if k % GEMM_2L_STAGE_K or k > GEMM_2L_MAX_K:
+            return f"in_features {k} is not a multiple of {GEMM_2L_STAGE_K} (up to {GEMM_2L_MAX_K})"
         return f"out_features {n} is not a multiple of {GEMM_2L_STAGE_K}"
     if rank > GEMM_2L_MAX_RANK:
         return f"low-rank branch of rank {rank} (LoRAs folded in): the GEMM takes up to {GEMM_2L_MAX_RANK}"
