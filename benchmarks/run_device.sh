@@ -43,6 +43,9 @@
 #   rf3: the three-warpgroup choice of v2.25 (set_gemm_2l_rf3_model): its tests and the other warpgroup / cost-model
 #       tests, ab_2l.py at 512, 1024, 4096 and 4608 tokens (fo against fo_m0, v2.24's choice; bf16, fp8d), then the model
 #       (default, _m0, fp8, bf16 regional, each as one CUDA graph)
+#   v226: layers padded to the GEMM's 128-wide tiles (set_fragment_order): their GPU tests and the linear ones,
+#       then benchmarks/linear_padded.py (padded against the reference GEMM they ran before, bf16) and
+#       benchmarks/chain_timeline.py (each kernel of a graph-replayed chain, by torch.profiler; TIMELINE_MS)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -344,6 +347,17 @@ if [ "$what" = rf3 ]; then  # v2.25's three-warpgroup choice against v2.24's
     echo "ab rc=$?"; tail -21 "$OUT/ab_2l_rf3.log"
     flux_e2e_1024 300 "${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_m0_regional_cg,fp8mm_regional_cg,bf16_regional_cg}" \
       --iters 5 --warmup 1
+  fi
+fi
+if [ "$what" = v226 ]; then  # layers padded to the GEMM's tiles; where a chain's time goes (kernel timeline)
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "padded or shape_rules or unsupported_k or linear_2l" --timeout 90 > "$OUT/tests_v226.log" 2>&1
+  rc=$?; echo "v226 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v226.log" | tail -5
+  if [ "$rc" = 0 ] && [ -z "${NO_BENCH:-}" ]; then
+    (cd benchmarks && timeout 150 python3 linear_padded.py --ms ${PAD_MS:-1024,4096} > "$OUT/linear_padded.log" 2>&1)
+    echo "linear_padded rc=$?"; tail -6 "$OUT/linear_padded.log"
+    (cd benchmarks && timeout 200 python3 chain_timeline.py --ms ${TIMELINE_MS:-256,512,4608} > "$OUT/chain_timeline.log" 2>&1)
+    echo "timeline rc=$?"; tail -17 "$OUT/chain_timeline.log"
   fi
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part

@@ -833,6 +833,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_lowrank_down_deep", &svdq::set_lowrank_down_deep, pybind11::arg("on"),
         "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");
   m.def("lowrank_down_deep", &svdq::lowrank_down_deep, "whether set_lowrank_down_deep is on");
+  m.def("set_lowrank_down_splits", &svdq::set_lowrank_down_splits, pybind11::arg("s"),
+        "the few-token down projection's cluster size along K forced to s (1, 2, 4, 8; 0: its rule)");
+  m.def("lowrank_down_splits", &svdq::lowrank_down_splits, "the forced cluster size (0: the rule)");
   m.def("set_quantize_act_2l_lean", &svdq::set_quantize_act_2l_lean, pybind11::arg("on"),
         "the per-row quantizer's lean form (on by default): the row's 16 scale reciprocals looked up by "
         "shuffle, no clamp where it cannot bind; the same bits");

@@ -194,6 +194,8 @@ void set_lowrank_down_max_tokens(int m, bool wide = false);
 int lowrank_down_max_tokens();
 void set_lowrank_down_deep(bool on);  // up to 8 stages in flight instead of 4 (opt-in: not yet measured)
 bool lowrank_down_deep();
+void set_lowrank_down_splits(int s);  // the cluster size along K forced (1, 2, 4, 8; 0: the rule)
+int lowrank_down_splits();
 cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                                 cudaStream_t stream);
 void set_gemm_2l_probe(int probe);

@@ -115,6 +115,7 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
 }
 
 int g_down_max_tokens = 512;  // the kernel for M <= this (0: cuBLAS always)
+int g_down_splits = 0;        // the cluster size along K: 0 the rule below, 1, 2, 4 or 8 forced (benchmarks)
 bool g_down_deep = false;     // the deep instances (up to 8 stages in flight)
 bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
 
@@ -133,6 +134,7 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   const int rows = (M + 15) / 16, units = K / kDownKC;
   int S = 1;
   while (S < 8 && rows * S * 2 <= num_sms && S * 2 <= units) S *= 2;
+  if (g_down_splits) S = std::min(g_down_splits, units);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(S, rows, 1);
   cfg.blockDim = dim3(kDownThreads);
@@ -190,6 +192,8 @@ void set_lowrank_down_max_tokens(int m, bool wide) {
 }
 int lowrank_down_max_tokens() { return g_down_max_tokens; }
 void set_lowrank_down_deep(bool on) { g_down_deep = on; }
+void set_lowrank_down_splits(int s) { g_down_splits = s == 1 || s == 2 || s == 4 || s == 8 ? s : 0; }
+int lowrank_down_splits() { return g_down_splits; }
 bool lowrank_down_deep() { return g_down_deep; }
 
 cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,

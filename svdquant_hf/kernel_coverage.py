@@ -13,13 +13,21 @@ import torch
 from torch import nn
 
 from .modules import SVDQuantLinear
-from .ops.kernel_shapes import shape_gap
+from .ops.kernel_shapes import HOPPER, shape_gap
 
 
 def layer_gap(layer: SVDQuantLinear, capability: tuple[int, int]) -> str | None:
     """Why the fused kernels do not take this layer on a GPU of compute ``capability``; None when they do."""
-    return shape_gap(layer.in_features, layer.out_features, layer.proj_up.shape[-1], layer.group_size,
-                     layer.quant_format, layer.weight_only, str(layer.proj_up.dtype).removeprefix("torch."), capability)
+    gap = shape_gap(layer.in_features, layer.out_features, layer.proj_up.shape[-1], layer.group_size,
+                    layer.quant_format, layer.weight_only, str(layer.proj_up.dtype).removeprefix("torch."), capability)
+    features = (layer.in_features, layer.out_features)
+    if gap is None and tuple(capability) == HOPPER and layer.kernel_shape() != features:
+        if layer.holds_int8_weights:
+            return f"features {features[0]} x {features[1]} (not multiples of 128) with the int8 weight copy"
+        if not layer.holds_fragment_order:  # a layer set up by hand: loading on Hopper pads it
+            return (f"features {features[0]} x {features[1]} are not multiples of 128: set_fragment_order(model) "
+                    f"pads them to the GEMM's tiles")
+    return gap
 
 
 def _capability(capability: tuple[int, int] | None) -> tuple[int, int]:

@@ -7,12 +7,16 @@ from torch import nn
 from .algorithm.svdquant import QuantizedWeights
 from .config import SVDQuantOptions
 from .ops import library as ops
-from .ops.layout_2l import STAGE_K, fragment_order
+from .ops.kernel_shapes import padded_to_tile
+from .ops.layout_2l import fragment_order, kernel_padded
 from .ops.reference import EPILOGUE_ACTIVATIONS, nvfp4_linear_ref, w4a16_2l_linear_ref, w4a16_linear_ref, weight_operand_2l
 from .ops.traced import quantize_act_2l_traced, trace_quantizer
 
 _INT8_WEIGHTS = "qweight_i8"  # SVDQuantLinear.set_int8_weights: the widened weights, a non-persistent buffer
 _FRAG_WEIGHTS = "qweight_fo"  # SVDQuantLinear.set_fragment_order: the packed weights in the GEMM's order, non-persistent
+# set_fragment_order on a layer whose in/out features are not multiples of the GEMM's 128-wide tile: these operands
+# padded with zeros to it (non-persistent buffers, "<name>_kp"), so the Hopper kernels take the layer
+_PADDED = ("wscales", "wchannel", "bias", "proj_up")
 
 
 class SVDQuantLinear(nn.Module):
@@ -146,9 +150,10 @@ class SVDQuantLinear(nn.Module):
                     y = ops.w8a4_gemm_2l(xq, xscale, w8, self.wchannel, lr, proj_up, bias)
                 elif fo is not None and fo.device == x2.device:  # set_fragment_order: the weights in the kernel's
                     # order (an offloading hook that brought only the canonical weights takes the branch below)
-                    y = ops.w4a4_gemm_2l_fo(
-                        xq, xscale, fo, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
-                    )
+                    xq, wscales, wchannel, up, bias = self._kernel_operands(xq, proj_up)
+                    y = ops.w4a4_gemm_2l_fo(xq, xscale, fo, wscales, wchannel, lr, up, bias, self.group_size)
+                    if y.shape[1] != self.out_features:  # rows padded to the kernel's tile
+                        y = y[:, : self.out_features].contiguous()
                 else:
                     y = ops.w4a4_gemm_2l(
                         xq, xscale, self.qweight, self.wscales, self.wchannel, lr, proj_up, bias, self.group_size
@@ -205,6 +210,21 @@ class SVDQuantLinear(nn.Module):
         return ops.w4a4_gemm_2l_fo_ep(xq, xscale, self._buffers[_FRAG_WEIGHTS], self.wscales, self.wchannel, lr,
                                       proj_up, self.bias, self.group_size, EPILOGUE_ACTIVATIONS[activation], prefix)
 
+    def kernel_shape(self) -> tuple[int, int]:
+        """(in, out) features as the Hopper GEMM takes them: rounded up to its 128-wide K stage and row tile."""
+        return padded_to_tile(self.in_features), padded_to_tile(self.out_features)
+
+    def _kernel_operands(self, xq: torch.Tensor, proj_up: torch.Tensor):
+        """(xq, wscales, wchannel, proj_up, bias) for the fragment-order GEMM: with the weights padded to the kernel's
+        tile (set_fragment_order), xq's columns and a branch other than the layer's own padded with zeros per call."""
+        if "wscales_kp" not in self._buffers:
+            return xq, self.wscales, self.wchannel, proj_up, self.bias
+        k, n = self.kernel_shape()
+        if k != self.in_features:
+            xq = torch.nn.functional.pad(xq, (0, k - self.in_features))
+        up = self.proj_up_kp if proj_up is self.proj_up else torch.nn.functional.pad(proj_up, (0, 0, 0, n - proj_up.shape[0]))
+        return xq, self.wscales_kp, self.wchannel_kp, up, self._buffers.get("bias_kp")
+
     def forward_cat(
         self, a: torch.Tensor, b: torch.Tensor, branch: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
@@ -227,7 +247,8 @@ class SVDQuantLinear(nn.Module):
     def fused_path_ready(self, x: torch.Tensor) -> bool:
         """Whether forward_fused runs the fused GEMM on ``x``: weights in fragment order on its device, no hooks."""
         fo = self._buffers.get(_FRAG_WEIGHTS)
-        return fo is not None and fo.device == x.device and not has_call_hooks(self)
+        return (fo is not None and fo.device == x.device and not has_call_hooks(self)
+                and "wscales_kp" not in self._buffers)  # a layer padded to the tiles takes the plain path
 
     def _check_features(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:
@@ -266,9 +287,13 @@ class SVDQuantLinear(nn.Module):
         """A state dict holds canonical weights: the fragment-order copy is rebuilt from what was loaded."""
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         fo = self._buffers.get(_FRAG_WEIGHTS)
-        if fo is not None and prefix + "qweight" in state_dict:
-            self._buffers[_FRAG_WEIGHTS] = fragment_order(self.qweight).to(fo.device)
-            self.qweight = self.qweight.cpu()
+        if fo is not None and any(prefix + name in state_dict for name in ("qweight", *_PADDED)):
+            self._hold_fragment_order(fo.device)
+
+    @property
+    def holds_int8_weights(self) -> bool:
+        """Whether the layer's GEMM reads the int8 weight copy (set_int8_weights)."""
+        return _INT8_WEIGHTS in self._buffers
 
     @property
     def holds_fragment_order(self) -> bool:
@@ -281,23 +306,45 @@ class SVDQuantLinear(nn.Module):
         0.74 us on H200; docs/perf-notes.md v2.14). Outputs are unchanged. The reordered copy (a non-persistent
         buffer, same bytes as ``qweight``) takes the weights' place on their device; the canonical ``qweight``
         moves to host memory, where ``state_dict()``, saving and the reference path keep reading it, and stays
-        there across ``.to()``. Layers whose in_features is not a multiple of 128 keep the canonical order.
+        there across ``.to()``. Where in_features or out_features is not a multiple of 128, the copy and the
+        operands the GEMM reads (scales, branch, bias) are padded with zeros to the kernel's tiles (``kernel_shape``):
+        the activations are padded per call and the output's extra columns sliced off, the same result (such a layer
+        runs its epilogues, GELU and concatenations, as torch ops after the GEMM: ``fused_path_ready`` is False).
         A layer holding the int8 copy (set_int8_weights) keeps it instead. Returns whether the layer now holds
         the fragment order."""
         fo = self._buffers.get(_FRAG_WEIGHTS)
-        usable = (self.quant_format == "int4_2l" and not self.weight_only and self.in_features % STAGE_K == 0
-                  and _INT8_WEIGHTS not in self._buffers)
+        usable = self.quant_format == "int4_2l" and not self.weight_only and _INT8_WEIGHTS not in self._buffers
         if not enabled or not usable:
             if fo is not None:
-                self._buffers.pop(_FRAG_WEIGHTS)
-                self._non_persistent_buffers_set.discard(_FRAG_WEIGHTS)
+                for name in (_FRAG_WEIGHTS, *(p + "_kp" for p in _PADDED)):
+                    self._buffers.pop(name, None)
+                    self._non_persistent_buffers_set.discard(name)
                 self.qweight = self.qweight.to(fo.device)
             return False
         if fo is None:
-            self.register_buffer(_FRAG_WEIGHTS, fragment_order(self.qweight), persistent=False)
-            if not self.qweight.is_meta:
-                self.qweight = self.qweight.cpu()
+            self._hold_fragment_order(self.qweight.device)
         return True
+
+    def _hold_fragment_order(self, device: torch.device) -> None:
+        """The fragment-order copy of the canonical ``qweight`` on ``device`` (and the padded operands where the
+        features are not multiples of the kernel's tile); the canonical bytes to host memory."""
+        k, n = self.kernel_shape()
+        pad = (k, n) != (self.in_features, self.out_features)
+        qweight = self.qweight.to(device)
+        fo = fragment_order(kernel_padded(qweight, n, k // 2) if pad else qweight)
+        self.register_buffer(_FRAG_WEIGHTS, fo, persistent=False)
+        for name in _PADDED:
+            self._buffers.pop(name + "_kp", None)
+            self._non_persistent_buffers_set.discard(name + "_kp")
+        if pad:
+            g = self.group_size
+            padded = {"wscales": kernel_padded(self.wscales, k // g, n, value=1), "wchannel": kernel_padded(self.wchannel, n),
+                      "proj_up": kernel_padded(self.proj_up, n), "bias": None if self.bias is None else kernel_padded(self.bias.data, n)}
+            for name, t in padded.items():
+                if t is not None:
+                    self.register_buffer(name + "_kp", t, persistent=False)
+        if not self.qweight.is_meta:
+            self.qweight = self.qweight.cpu()
 
     def extra_repr(self) -> str:
         mode = "W4A16" if self.weight_only else "W4A4"

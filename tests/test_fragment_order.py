@@ -112,12 +112,57 @@ def test_fused_layers_keep_it_and_unfuse_back(quantized):
 
 
 def test_layers_that_cannot_hold_it_say_so():
-    K64 = SVDQuantLinear(64, 32, quant_format="int4_2l")  # K not a multiple of a 128-deep stage
     int4 = SVDQuantLinear(128, 32, quant_format="int4")
     w4a16 = SVDQuantLinear(128, 32, quant_format="int4_2l", weight_only=True)
-    ok = SVDQuantLinear(128, 32, quant_format="int4_2l")
-    assert [m.set_fragment_order() for m in (K64, int4, w4a16, ok)] == [False, False, False, True]
-    assert not any(m.holds_fragment_order for m in (K64, int4, w4a16)) and ok.holds_fragment_order
+    ok = SVDQuantLinear(128, 128, quant_format="int4_2l")
+    K64 = SVDQuantLinear(64, 32, quant_format="int4_2l")  # K and N not on the 128-wide tiles: padded
+    assert [m.set_fragment_order() for m in (int4, w4a16, ok, K64)] == [False, False, True, True]
+    assert not any(m.holds_fragment_order for m in (int4, w4a16)) and ok.holds_fragment_order
+    assert "wscales_kp" not in ok._buffers and K64.qweight_fo.shape == (128, 64) and K64.wscales_kp.shape == (2, 128)
+    assert K64.set_fragment_order(False) is False and not any(k.endswith("_kp") for k in K64._buffers)
+
+
+def _random_2l_layer(k: int, n: int, gs: int = 64, rank: int = 16, seed: int = 0) -> SVDQuantLinear:
+    from svdquant_hf.formats.int4 import pack_int4
+
+    g = torch.Generator().manual_seed(seed)
+    layer = SVDQuantLinear(k, n, rank=rank, group_size=gs, quant_format="int4_2l")
+    layer.qweight = pack_int4(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g))
+    layer.wscales = torch.randint(1, 17, (k // gs, n), dtype=torch.uint8, generator=g)
+    layer.wchannel = torch.rand(n, generator=g) * 1e-2
+    layer.smooth_factor = (torch.rand(k, generator=g) + 0.5).bfloat16()
+    layer.proj_down = (torch.randn(k, rank, generator=g) / k**0.5).bfloat16()
+    layer.proj_up = (torch.randn(n, rank, generator=g) / rank**0.5).bfloat16()
+    layer.bias.data = torch.randn(n, generator=g).bfloat16()
+    return layer
+
+
+@pytest.mark.parametrize("k, n, gs", [(192, 200, 64), (2240, 2240, 64), (160, 136, 32), (320, 128, 64), (256, 72, 128)])
+def test_padded_layers_give_the_unpadded_bits(k, n, gs, tmp_path):
+    """K / N off the GEMM's 128-wide tiles (SANA's 2240, PixArt-like widths): the padded fragment-order layer gives
+    the canonical layer's bits, through forward, a LoRA-style branch of its own, the fused entry points, a state dict
+    round trip and a device move; the padded operands are not saved."""
+    layer = _random_2l_layer(k, n, gs, seed=k + n)
+    x = torch.randn(2, 9, k, generator=torch.Generator().manual_seed(1)).bfloat16()
+    pd2, pu2 = layer.proj_down * 0.5, torch.randn(n, 16, generator=torch.Generator().manual_seed(2)).bfloat16()
+    with torch.no_grad():
+        ref, ref_branch = layer(x), layer.forward_with_branch(x, pd2, pu2)
+        ref_gelu = torch.nn.functional.gelu(ref, approximate="tanh")
+        state = {key: v.clone() for key, v in layer.state_dict().items()}
+        assert layer.set_fragment_order()
+        assert layer.kernel_shape() == (-(-k // 128) * 128, -(-n // 128) * 128)
+        assert torch.equal(layer(x), ref) and torch.equal(layer.forward_with_branch(x, pd2, pu2), ref_branch)
+        assert torch.equal(layer.forward_fused(x, "gelu_tanh"), ref_gelu)
+        half = k // 2
+        assert torch.equal(layer.forward_cat(x[..., :half], x[..., half:]), ref)
+        sd = layer.state_dict()
+        assert sd.keys() == state.keys() and all(torch.equal(sd[key], state[key]) for key in state)
+        other = _random_2l_layer(k, n, gs, seed=99)
+        other.set_fragment_order()
+        other.load_state_dict(state)  # the padded operands rebuilt from what was loaded
+        assert torch.equal(other(x), ref)
+        moved = copy.deepcopy(layer).to("meta")
+        assert all(moved._buffers[key].is_meta for key in moved._buffers if key.endswith(("_fo", "_kp")))
 
 
 def _fake_hopper(monkeypatch):
@@ -145,9 +190,8 @@ def test_from_pretrained_holds_it_on_hopper_unless_told_not_to(monkeypatch, tmp_
     assert not any(m.holds_fragment_order for m in _layers(load()))
     monkeypatch.delenv("SVDQUANT_HF_FRAGMENT_ORDER")
     model = load()
-    held = [m.holds_fragment_order for m in _layers(model)]
-    assert any(held)
-    assert held == [m.in_features % 128 == 0 for m in _layers(model)]
+    assert all(m.holds_fragment_order for m in _layers(model))  # those not on the GEMM's tiles padded to them
+    assert any(m.kernel_shape() != (m.in_features, m.out_features) for m in _layers(model))
     inp = T.model_inputs(model, seed=2)
     with torch.no_grad():
         assert torch.equal(model(**inp)[0], plain(**inp)[0])

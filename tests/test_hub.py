@@ -74,26 +74,30 @@ def test_info_reads_headers_only_and_counts_layers(quantized_dir):
         assert f"on Hopper: {tr.quantized_layers} of {tr.quantized_layers} layers in the fused kernels" in text
 
 
-def test_info_names_the_layers_the_hopper_kernels_would_not_take(tmp_path):
-    """int4_2l on the tiny SD3 model: its 64-wide layers are outside the Hopper GEMM (K and N multiples of 128);
-    counted by reason from the headers, as kernel_gaps counts them on the loaded model."""
+@pytest.mark.parametrize("weight_only", [False, True])
+def test_info_names_the_layers_the_hopper_kernels_would_not_take(tmp_path, weight_only):
+    """int4_2l on the tiny SD3 model, counted by reason from the headers as kernel_gaps counts them on the model loaded
+    on Hopper (set_fragment_order): its 64-wide W4A4 layers are padded to the GEMM's tiles, so all are covered; W4A16
+    layers are all named."""
     from diffusers import SD3Transformer2DModel
 
-    from svdquant_hf import SVDQuantConfig, kernel_gaps
+    from svdquant_hf import SVDQuantConfig, kernel_gaps, set_fragment_order
     from svdquant_hf.testing import TINY_BUILDERS, save_tiny_model
 
     src = save_tiny_model(TINY_BUILDERS["sd3"](seed=1), tmp_path / "fp")
-    q = SD3Transformer2DModel.from_pretrained(src, quantization_config=SVDQuantConfig(quant_format="int4_2l"),
-                                              torch_dtype=torch.bfloat16)
+    cfg = SVDQuantConfig(quant_format="int4_2l", weight_only=weight_only)
+    q = SD3Transformer2DModel.from_pretrained(src, quantization_config=cfg, torch_dtype=torch.bfloat16)
     q.save_pretrained(tmp_path / "q")
     (c,) = describe_local(tmp_path / "q").components
+    set_fragment_order(q)  # what loading on Hopper does
     want: dict[str, int] = {}
     for reason in kernel_gaps(q, capability=(9, 0)).values():
         want[reason] = want.get(reason, 0) + 1
-    assert c.hopper_gaps == want and sum(want.values()) == c.quantized_layers
+    assert c.hopper_gaps == want and sum(want.values()) == (c.quantized_layers if weight_only else 0)
     text = format_info(describe_local(tmp_path / "q"))
-    assert f"on Hopper: 0 of {c.quantized_layers} layers in the fused kernels" in text
-    assert "in_features 64 is not a multiple of 128" in text
+    covered = 0 if weight_only else c.quantized_layers
+    assert f"on Hopper: {covered} of {c.quantized_layers} layers in the fused kernels" in text
+    assert ("W4A16 (weight-only) layers run the reference ops" in text) == weight_only
 
 
 def test_info_on_hub_uses_configs_and_headers_only(quantized_dir):

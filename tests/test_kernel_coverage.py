@@ -28,7 +28,7 @@ def model() -> nn.Module:
         "flux_qkv": layer(3072, 9216),
         "flux_fc2": layer(12288, 3072),
         "sd35_large": layer(2432, 2432),  # the quantizer's partial block (v2.25): covered
-        "sana_attn": layer(2240, 2240),  # K % 128 == 64: the GEMM's gap
+        "sana_attn": layer(2240, 2240),  # K % 128 == 64: padded to the GEMM's tiles in fragment order
         "odd_out": layer(3072, 200),
         "lora_heavy": layer(3072, 3072, rank=288),
         "w4a16": layer(3072, 3072, weight_only=True),
@@ -41,8 +41,9 @@ def model() -> nn.Module:
 def test_kernel_gaps_on_hopper_name_each_layer_and_its_reason():
     gaps = kernel_gaps(model(), capability=HOPPER)
     assert set(gaps) == {"sana_attn", "odd_out", "lora_heavy", "w4a16", "nvfp4", "fp32"}
-    assert gaps["sana_attn"] == "in_features 2240 is not a multiple of 128 (up to 65536)"
-    assert gaps["odd_out"] == "out_features 200 is not a multiple of 128"
+    hint = "are not multiples of 128: set_fragment_order(model) pads them to the GEMM's tiles"
+    assert gaps["sana_attn"] == f"features 2240 x 2240 {hint}"
+    assert gaps["odd_out"] == f"features 3072 x 200 {hint}"
     assert "rank 288" in gaps["lora_heavy"]
     assert "weight-only" in gaps["w4a16"] and "NVFP4" in gaps["nvfp4"] and "float32" in gaps["fp32"]
 
@@ -57,8 +58,27 @@ def test_kernel_gaps_elsewhere_int4_2l_gemm_is_hopper_only():
 def test_describe_gaps_counts_reasons_with_an_example():
     text = describe_gaps(model(), capability=HOPPER)
     assert text.startswith("SVDQuant: 6 of 10 4-bit layers run the reference ops")
-    assert "1 x in_features 2240 is not a multiple of 128 (up to 65536) (e.g. sana_attn)" in text
+    assert "1 x features 2240 x 2240 are not multiples of 128" in text and "(e.g. sana_attn)" in text
     assert describe_gaps(nn.ModuleDict({"a": layer(3072, 3072)}), capability=HOPPER) is None
+
+
+def test_fragment_order_pads_the_layers_the_gemm_tiles_do_not_divide():
+    """What loading on Hopper does (set_fragment_order): layers of any K / N (multiples of the group and of 8) take
+    the kernels, padded to the 128-wide tiles; the int8 weight copy is not padded; K past the quantizer's limit stays
+    out."""
+    from svdquant_hf import set_fragment_order
+
+    m = model()
+    set_fragment_order(m)
+    gaps = kernel_gaps(m, capability=HOPPER)
+    assert set(gaps) == {"lora_heavy", "w4a16", "nvfp4", "fp32"}
+    assert m["sana_attn"].kernel_shape() == (2304, 2304) and m["odd_out"].kernel_shape() == (3072, 256)
+    assert m["sana_attn"].qweight_fo.shape == (2304, 1152) and m["sana_attn"].wscales_kp.shape == (36, 2304)
+    w8 = SVDQuantLinear(2240, 2240, quant_format="int4_2l")
+    w8.set_int8_weights()
+    assert kernel_gaps(nn.ModuleDict({"w8": w8}), capability=HOPPER) == {
+        "w8": "features 2240 x 2240 (not multiples of 128) with the int8 weight copy"}
+    assert "up to 32768" in kernel_gaps(nn.ModuleDict({"huge": layer(32768 + 64, 128)}), HOPPER)["huge"]
 
 
 def test_without_cuda_the_capability_must_be_given(monkeypatch):
@@ -103,4 +123,4 @@ def test_loading_calls_the_warning_which_logs_once_on_a_gpu(tmp_path, monkeypatc
         message = common.warn_kernel_gaps(q)
     n = sum(isinstance(m, SVDQuantLinear) for m in q.modules())
     assert [r.getMessage() for r in caplog.records] == [message]
-    assert f"{n} of {n} 4-bit layers" in message and "not a multiple of 128" in message
+    assert f"{n} of {n} 4-bit layers" in message and "not multiples of 128" in message

@@ -25,10 +25,16 @@ def gemm_2l_shape_ok(in_features: int, out_features: int) -> bool:
     return k % GEMM_2L_STAGE_K == 0 and n % GEMM_2L_STAGE_K == 0 and 0 < k <= GEMM_2L_MAX_K
 
 
+def padded_to_tile(features: int) -> int:
+    """``features`` rounded up to the Hopper GEMM's 128-wide K stage / row tile (the fragment-order layers' padding)."""
+    return -(-features // GEMM_2L_STAGE_K) * GEMM_2L_STAGE_K
+
+
 def shape_gap(in_features: int, out_features: int, rank: int, group_size: int, quant_format: str, weight_only: bool,
               dtype: str, capability: tuple[int, int]) -> str | None:
     """Why the fused kernels do not take a 4-bit layer of these shapes (``dtype``: the compute dtype's name, e.g.
-    "bfloat16") on a GPU of compute ``capability``; None when they do."""
+    "bfloat16") on a GPU of compute ``capability``, as the layer is set up when loaded there (on Hopper: in fragment
+    order, padded to the GEMM's tiles); None when they do."""
     k, n, gs = in_features, out_features, group_size
     if quant_format == "nvfp4":
         return "NVFP4 has no CUDA kernel"
@@ -46,10 +52,8 @@ def shape_gap(in_features: int, out_features: int, rank: int, group_size: int, q
         return f"in_features {k}: the quantizer kernel takes multiples of 8 up to {QUANTIZER_MAX_K}"
     if tuple(capability) != HOPPER:
         return "the int4_2l GEMM kernel is Hopper-only (sm_90a); elsewhere the exact int8 reference GEMM runs"
-    if not gemm_2l_shape_ok(k, n):  # which of the two
-        if k % GEMM_2L_STAGE_K or k > GEMM_2L_MAX_K:
-            return f"in_features {k} is not a multiple of {GEMM_2L_STAGE_K} (up to {GEMM_2L_MAX_K})"
-        return f"out_features {n} is not a multiple of {GEMM_2L_STAGE_K}"
+    # any other K and N: padded to the GEMM's tiles (padded_to_tile; SVDQuantLinear.set_fragment_order), and the
+    # quantizer's K limit is below the GEMM's
     if rank > GEMM_2L_MAX_RANK:
         return f"low-rank branch of rank {rank} (LoRAs folded in): the GEMM takes up to {GEMM_2L_MAX_RANK}"
     return None

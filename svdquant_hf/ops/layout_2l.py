@@ -40,3 +40,12 @@ def canonical_order(qweight: torch.Tensor) -> torch.Tensor:
     n, stages = _check(qweight)
     v = torch.bitwise_xor(qweight, _OFFSET).reshape(n, stages, 4, 4, 2, 2)  # (t, j, b, h)
     return v.permute(0, 1, 3, 5, 2, 4).reshape(qweight.shape).contiguous()  # -> (j, h, t, b)
+
+
+def kernel_padded(t: torch.Tensor, rows: int, cols: int | None = None, value: int = 0) -> torch.Tensor:
+    """``t`` (1-D or 2-D) padded with ``value`` at the end to ``rows`` (and ``cols``): a layer's operands grown to the
+    Hopper GEMM's 128-wide tiles. Zero activations in the padded K columns make the padded weights add exactly 0, and
+    zero weight rows give output columns that are sliced off, so the result is the unpadded product's."""
+    if t.dim() == 1:
+        return torch.nn.functional.pad(t, (0, rows - t.shape[0]), value=value)
+    return torch.nn.functional.pad(t, (0, (cols or t.shape[1]) - t.shape[1], 0, rows - t.shape[0]), value=value)

@@ -353,11 +353,63 @@ def test_kernel_shape_rules_match_the_extension(ext):
     layer.bias.data.copy_(b)
     gaps = kernel_gaps(torch.nn.ModuleDict({"l": layer}))
     if gemm_2l_kernel_usable(ext, x.device):
-        assert gaps == {"l": "in_features 192 is not a multiple of 128 (up to 65536)"}
+        assert gaps == {"l": "features 192 x 128 are not multiples of 128: set_fragment_order(model) pads them to the "
+                             "GEMM's tiles"}
     with torch.no_grad():
         y = layer(x)
     xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, 64)
     assert _rel(y, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, layer.bias, 64)) < 1e-2
+    layer.set_fragment_order()
+    assert kernel_gaps(torch.nn.ModuleDict({"l": layer})) == {}
+
+
+@pytest.mark.parametrize("K, N, gs", [(2240, 2240, 64), (192, 200, 64), (1152, 4608 + 64, 32), (320, 384, 64)])
+@pytest.mark.parametrize("M", [1, 7, 255, 1030])
+def test_padded_fragment_order_layer_runs_the_kernels(hopper, monkeypatch, K, N, gs, M):
+    """A layer whose K / N the GEMM's 128-wide tiles do not divide (SANA 1600M's 2240), padded by set_fragment_order:
+    the Hopper kernels run (the reference GEMM is never called), the activations are quantized to the reference's
+    bits, the output is the kernel's on the padded operands, sliced, and within bf16 rounding of the reference for
+    the unpadded layer; every element written (poisoned first); eagerly and from a CUDA graph."""
+    from svdquant_hf import SVDQuantLinear
+    from svdquant_hf.ops import cuda as ops_cuda
+    from svdquant_hf.ops.layout_2l import kernel_padded
+
+    layer = SVDQuantLinear(K, N, rank=32, group_size=gs, quant_format="int4_2l", device="cuda")
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=K + N + M)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, gs, seed=K + N)
+    layer.qweight, layer.wscales, layer.wchannel, layer.smooth_factor = qw, wsc, wch, smooth
+    layer.proj_down, layer.proj_up = pd, pu
+    layer.bias.data.copy_(b)
+    assert layer.set_fragment_order()
+    kp, np_ = layer.kernel_shape()
+    assert (kp, np_) == (-(-K // 128) * 128, -(-N // 128) * 128) != (K, N)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference GEMM ran")
+
+    def expected(x):
+        xq, xs, lr = quantize_act_2l_ref(x, smooth, pd, gs)
+        ref = w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, gs)
+        kq, ks, lr = hopper.quantize_act_2l(x, smooth, pd, gs)  # lr: the kernels' down projection (fp32 sum order)
+        assert torch.equal(kq, xq) and torch.equal(ks, xs)
+        direct = hopper.w4a4_gemm_2l_fo(kernel_padded(xq, M, kp), xs, layer.qweight_fo, layer.wscales_kp,
+                                        layer.wchannel_kp, lr, layer.proj_up_kp, layer.bias_kp, gs)[:, :N]
+        return ref, direct
+
+    monkeypatch.setattr(ops_cuda, "w4a4_gemm_2l_ref", no_reference)
+    with torch.no_grad():
+        _poison(4 * M * np_ + 2 * M * kp, 0x7F)
+        y = layer(x)
+        ref, direct = expected(x)
+        assert y.shape == (M, N) and y.is_contiguous() and torch.isfinite(y).all()
+        assert torch.equal(y, direct) and _rel(y, ref) < 1e-2
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            yg = layer(x)
+        x.copy_(x.flip(0) * 0.5)
+        g.replay()
+        ref, direct = expected(x)
+        assert torch.equal(yg, direct) and _rel(yg, ref) < 1e-2
 
 
 def test_quantize_act_2l_unsupported_k_falls_back(ext):
