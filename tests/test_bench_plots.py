@@ -77,3 +77,17 @@ def test_tile_trace_parts_add_up_to_the_tile_and_chart(tmp_path):
     assert parts["stages"] > 3 * parts["bias+stores"] > 0  # the stages dominate; every part was stamped
     out = tmp_path / "tile.png"
     assert plot_tile_trace.main([str(PERF / "gemm_2l_trace_tile_h200.json"), "--out", str(out)]) == 0 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_chain_timeline_reads_the_stored_log(tmp_path):
+    """chain_timeline.py's table -> rows whose parts fit in their span, and a chart."""
+    import plot_chain_timeline
+
+    device, rows = plot_chain_timeline.parse((PERF / "chain_timeline_h100.txt").read_text())
+    assert device == "NVIDIA H100 80GB HBM3" and len(rows) == 15
+    assert {r["M"] for r in rows} == {256, 512, 4608}
+    for r in rows:
+        assert r["gemm"] + max(r["quant"], r["down"]) <= r["span"] and r["bf16"] > 0
+    out = tmp_path / "timeline.png"
+    assert plot_chain_timeline.main([str(PERF / "chain_timeline_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

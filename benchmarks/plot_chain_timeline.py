@@ -1,0 +1,70 @@
+"""Stacked bars of a chain_timeline.py log: where one quantize + GEMM chain's time goes, next to cuBLAS bf16.
+
+usage: python benchmarks/plot_chain_timeline.py docs/perf/chain_timeline_h100.txt [--out docs/perf/chain_timeline_h100.png]
+
+Per (M, K, N): the critical path as the log's parts in order (the longer of the quantizer and the down projection,
+then the GEMM, then the rest of the span: gaps and the part of the shorter kernel not hidden), and bf16's bar beside.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def parse(text: str) -> tuple[str, list[dict]]:
+    """(device, rows of {M, K, N, quant, down, gemm, span, gaps, bf16}) from chain_timeline.py's printed table."""
+    lines = text.splitlines()
+    device = next((ln.split(":")[0] for ln in lines if ": one chain per CUDA graph" in ln), "")
+    rows = []
+    for ln in lines:
+        m = re.match(r"\s*(\d+)\s+(\d+)\s+(\d+)\s+\|\s*([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+\|\s*([\d.]+)",
+                     ln)
+        if m:
+            M, K, N = (int(v) for v in m.groups()[:3])
+            quant, down, gemm, span, gaps, bf16 = (float(v) for v in m.groups()[3:])
+            rows.append(dict(M=M, K=K, N=N, quant=quant, down=down, gemm=gemm, span=span, gaps=gaps, bf16=bf16))
+    if not rows:
+        raise ValueError("no chain_timeline.py table in the log")
+    return device, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    with open(args.log) as f:
+        device, rows = parse(f.read())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = sorted({r["M"] for r in rows})
+    fig, axes = plt.subplots(1, len(ms), figsize=(5.5 * len(ms), 4.2), squeeze=False)
+    for ax, M in zip(axes[0], ms):
+        sel = [r for r in rows if r["M"] == M]
+        x = range(len(sel))
+        before = [max(r["quant"], r["down"]) for r in sel]  # what the GEMM waits for (cuBLAS's down: "down" 0)
+        gemm = [r["gemm"] for r in sel]
+        rest = [max(r["span"] - b - g, 0.0) for r, b, g in zip(sel, before, gemm)]
+        ax.bar([i - 0.2 for i in x], before, 0.4, label="quantizer / down projection (longer)", color="#4c72b0")
+        ax.bar([i - 0.2 for i in x], gemm, 0.4, bottom=before, label="4-bit GEMM", color="#55a868")
+        ax.bar([i - 0.2 for i in x], rest, 0.4, bottom=[b + g for b, g in zip(before, gemm)],
+               label="gaps and unhidden rest", color="#c44e52")
+        ax.bar([i + 0.2 for i in x], [r["bf16"] for r in sel], 0.4, label="cuBLAS bf16", color="#8c8c8c")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([f"{r['K']}x{r['N']}" for r in sel], rotation=30, fontsize=8)
+        ax.set_title(f"M = {M}")
+        ax.set_ylabel("us per chain (CUDA graph)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{device}: one int4_2l chain's kernels by torch.profiler (benchmarks/chain_timeline.py)")
+    fig.tight_layout()
+    out = args.out or re.sub(r"\.txt$", "", args.log) + ".png"
+    fig.savefig(out, dpi=110)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
