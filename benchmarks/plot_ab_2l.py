@@ -4,8 +4,9 @@ usage: python benchmarks/plot_ab_2l.py docs/perf/ab_2l_w8_h200.txt [--out docs/p
 """
 from __future__ import annotations
 
-import argparse
 import re
+
+from plot_util import log_args, pyplot
 
 # column name in the log -> label in the chart (the columns a log lacks are left out; w8pts and w8mc: older logs)
 SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persistent", "ps": "packed, persistent",
@@ -43,15 +44,8 @@ def parse(text: str) -> tuple[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("log")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    args = log_args(__doc__, argv)
+    plt = pyplot()
     device, rows = parse(open(args.log).read())
     series = [c for c in SERIES if rows and c in rows[0] and rows[0][c] == rows[0][c]]  # present and not NaN
     fig, ax = plt.subplots(figsize=(12, 4))

@@ -7,8 +7,9 @@ then the GEMM, then the rest of the span: gaps and the part of the shorter kerne
 """
 from __future__ import annotations
 
-import argparse
 import re
+
+from plot_util import log_args, pyplot
 
 
 def parse(text: str) -> tuple[str, list[dict]]:
@@ -29,17 +30,10 @@ def parse(text: str) -> tuple[str, list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("log")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
+    args = log_args(__doc__, argv)
     with open(args.log) as f:
         device, rows = parse(f.read())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ms = sorted({r["M"] for r in rows})
     fig, axes = plt.subplots(1, len(ms), figsize=(5.5 * len(ms), 4.2), squeeze=False)
     for ax, M in zip(axes[0], ms):

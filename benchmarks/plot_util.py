@@ -1,0 +1,22 @@
+"""What the plotting scripts share: the command line of a log-to-chart script, and pyplot without a display."""
+from __future__ import annotations
+
+import argparse
+
+
+def log_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """`script LOG [--out PNG]`."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log")
+    ap.add_argument("--out", default=None)
+    return ap.parse_args(argv)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
