@@ -73,6 +73,8 @@ SWITCHED = {
     "fo_pdl": ("frag", {"pdl": True}),
     "fo_m0": ("frag", {"rf3_model": 0}),
     "fo_nql": ("frag", {"lean_quant": False}),
+    "fo_qc12": ("frag", {"quant_chunk_bytes": 12 << 20}),
+    "fo_qc24": ("frag", {"quant_chunk_bytes": 24 << 20}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -80,10 +82,10 @@ SWITCHED = {
     "w8a": ("int8", {}),
 }
 COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
-APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq"}  # their lr rounds differently from cuBLAS's
+APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

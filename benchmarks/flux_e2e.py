@@ -362,7 +362,8 @@ def set_kernel_switches(name: str) -> None:
     _pdl programmatic dependent launch (set_pdl; off otherwise); _r3 rf_cost's three-warpgroup stage refitted (1100 /
     1250 cycles, set_gemm_2l_rf3_stage; the model's otherwise); _m0 the three-warpgroup choice of v2.24
     (set_gemm_2l_rf3_model(0); v2.25's otherwise); _nql the per-row quantizer's plain form
-    (set_quantize_act_2l_lean(False); its lean form otherwise, the default since v2.25); _nowlr branch
+    (set_quantize_act_2l_lean(False); its lean form otherwise, the default since v2.25); _qc24 the quantizer and its
+    down projection in row chunks of ~24 MB of x (set_quantize_act_2l_chunk_bytes; whole otherwise); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise)."""
     from svdquant_hf.ops import build
@@ -394,6 +395,8 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_rf3_model(0 if "_m0" in name else 1)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_lean"):
         ext.set_quantize_act_2l_lean("_nql" not in name)
+    if ext is not None and hasattr(ext, "set_quantize_act_2l_chunk_bytes"):
+        ext.set_quantize_act_2l_chunk_bytes(24 << 20 if "_qc24" in name else 0)
 
 
 class GraphedForward(nn.Module):

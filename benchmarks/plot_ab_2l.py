@@ -21,6 +21,7 @@ SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persiste
           "fo_ql": "fragment order, lean quantizer (v2.24 opt-in)", "fo_nql": "fragment order, plain quantizer",
           "fo_m0": "fragment order, v2.24's warpgroup choice",
           "fo_rq": "fragment order, reference quantizer (before v2.25)",
+          "fo_qc12": "fragment order, quantizer in 12 MB row chunks", "fo_qc24": "fragment order, quantizer in 24 MB row chunks",
           "fp8": "fp8 _scaled_mm (GEMM only)", "fp8d": "fp8 _scaled_mm with its activation cast"}
 
 

@@ -60,7 +60,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
                   down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False,
                   pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
-                  rf3_model: int = 1) -> Iterator[None]:
+                  rf3_model: int = 1, quant_chunk_bytes: int = 0) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -84,6 +84,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     default, 0 v2.24's; 1 after the block).
     lean_quant: the per-row quantizer's lean form (set_quantize_act_2l_lean; the default since v2.25, on after the
     block); False: the plain form.
+    quant_chunk_bytes: the quantizer and its side-stream down projection in row chunks of about this many bytes of x
+    (set_quantize_act_2l_chunk_bytes; 0, the default, after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -101,6 +103,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     ext.set_gemm_2l_rf3_stage(*rf3_stage)
     ext.set_gemm_2l_rf3_model(rf3_model)
     ext.set_quantize_act_2l_lean(lean_quant)
+    ext.set_quantize_act_2l_chunk_bytes(quant_chunk_bytes)
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
@@ -119,3 +122,4 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf3_stage(0, 0)
         ext.set_gemm_2l_rf3_model(1)
         ext.set_quantize_act_2l_lean(True)
+        ext.set_quantize_act_2l_chunk_bytes(0)

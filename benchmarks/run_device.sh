@@ -46,6 +46,9 @@
 #   v226: layers padded to the GEMM's 128-wide tiles (set_fragment_order): their GPU tests and the linear ones,
 #       then benchmarks/linear_padded.py (padded against the reference GEMM they ran before, bf16) and
 #       benchmarks/chain_timeline.py (each kernel of a graph-replayed chain, by torch.profiler; TIMELINE_MS)
+#   v227: the quantizer and its down projection in row chunks (set_quantize_act_2l_chunk_bytes, opt-in): its tests and
+#       the side-stream ones, ab_2l.py at 4608 and 1024 tokens (fo against fo_qc12 / fo_qc24; bf16, fp8d), then
+#       benchmarks/lowrank_down_sweep.py (the few-token down projection's cluster size and depth against cuBLAS)
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -358,6 +361,19 @@ if [ "$what" = v226 ]; then  # layers padded to the GEMM's tiles; where a chain'
     echo "linear_padded rc=$?"; tail -6 "$OUT/linear_padded.log"
     (cd benchmarks && timeout 200 python3 chain_timeline.py --ms ${TIMELINE_MS:-256,512,4608} > "$OUT/chain_timeline.log" 2>&1)
     echo "timeline rc=$?"; tail -17 "$OUT/chain_timeline.log"
+  fi
+fi
+if [ "$what" = v227 ]; then  # the quantizer in row chunks; the few-token down projection's sweep
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
+  rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
+  if [ "$rc" = 0 ] && [ -z "${NO_BENCH:-}" ]; then
+    (cd benchmarks && timeout 220 python3 ab_2l.py --ms ${BENCH_MS:-4608,1024} --rounds ${ROUNDS:-3} \
+      --cols now,fo,fo_qc12,fo_qc24,bf16,fp8d > "$OUT/ab_2l_v227.log" 2>&1)
+    echo "ab_2l rc=$?"; grep -vE "Profiler|warn" "$OUT/ab_2l_v227.log" | tail -12
+    (cd benchmarks && timeout 130 python3 lowrank_down_sweep.py --ms ${SWEEP_MS:-256,512} 2>&1 \
+      | grep -v "Profiler clears\|_warn_once" > "$OUT/lowrank_down_sweep.log")
+    echo "sweep rc=$?"; tail -7 "$OUT/lowrank_down_sweep.log"
   fi
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part

@@ -166,6 +166,10 @@ bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side str
 // it, where both kernels stream x from DRAM and neither takes all of the bandwidth alone (-3.5 to -4.6 % for the
 // quantizer and its down projection at K = 12288 / 15360, perf-notes v2.18)
 int64_t g_overlap_max_bytes = INT64_MAX;
+// (opt-in, set_quantize_act_2l_chunk_bytes; 0: off) past this size of x the pair runs in row chunks of about this many
+// bytes of x, each chunk's down projection beside its quantizer, so that the later of the two readers finds the chunk
+// in L2 instead of both streaming all of x from DRAM (at 4608 x 12288 the pair moves x twice: perf-notes v2.26)
+int64_t g_chunk_bytes = 0;
 
 // Per-device arrival counters of the K-split low-rank reduction: zeroed once, reset by the kernel.
 at::Tensor lr_counters(const at::Tensor& like, int64_t n) {
@@ -339,22 +343,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   // out = cat([x, x2], 1) @ pd: two cuBLAS calls for a pair, the wider part first (FLUX: the MLP's 12288 columns). On
   // the side stream the first call overlaps the quantizer, the second waits for SMs the quantizer frees at its end
   // (H200: with the attention's 3072 columns first, the MLP's part ran after the quantizer, +25 us)
-  const auto down_projection = [&](at::Tensor& out) -> cudaError_t {
-    if (!x2.defined() && lowrank_down_ok(x, pd, (int)M, (int)K))  // a few tokens: our one kernel
-      return svdq::launch_lowrank_down(dtype_of(x, "x"), x.data_ptr(), pd.data_ptr(), out.data_ptr(), (int)M, (int)K,
+  // rows [r0, r0 + m) of x (and x2) @ pd into out's rows
+  const auto down_rows = [&](at::Tensor& out_all, int64_t r0, int64_t m) -> cudaError_t {
+    const at::Tensor xr = x.narrow(0, r0, m), x2r = x2.defined() ? x2.narrow(0, r0, m) : x2;
+    at::Tensor out = out_all.narrow(0, r0, m);
+    if (!x2.defined() && lowrank_down_ok(xr, pd, (int)m, (int)K))  // a few tokens: our one kernel
+      return svdq::launch_lowrank_down(dtype_of(x, "x"), xr.data_ptr(), pd.data_ptr(), out.data_ptr(), (int)m, (int)K,
                                        (int)pd.size(1), at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                                        c10::cuda::getCurrentCUDAStream().stream());
     if (!x2.defined()) {
-      at::mm_out(out, x, pd);
+      at::mm_out(out, xr, pd);
       return cudaSuccess;
     }
     const bool second_wider = K - K1 >= K1;
-    const at::Tensor& wide = second_wider ? x2 : x;
-    const at::Tensor& narrow = second_wider ? x : x2;
+    const at::Tensor& wide = second_wider ? x2r : xr;
+    const at::Tensor& narrow = second_wider ? xr : x2r;
     at::mm_out(out, wide, second_wider ? pd.narrow(0, K1, K - K1) : pd.narrow(0, 0, K1));
     out.addmm_(narrow, second_wider ? pd.narrow(0, 0, K1) : pd.narrow(0, K1, K - K1));
     return cudaSuccess;
   };
+  const auto down_projection = [&](at::Tensor& out) { return down_rows(out, 0, M); };
   at::Tensor lr;
   const int R = (int)pd.size(1);
   const cudaDeviceProp* prop =
@@ -390,12 +398,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     const SideStream& side = side_stream(x.device().index());
     C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
     C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
-    cudaError_t derr;
-    {
-      c10::cuda::CUDAStreamGuard on_side(side.stream);
-      derr = down_projection(lr);
+    cudaError_t derr = cudaSuccess, err = cudaSuccess;
+    // one chunk: all rows, or (set_quantize_act_2l_chunk_bytes) runs of a multiple of 128 rows; chunk i + 1's down
+    // projection starts once chunk i's quantizer is done, so the two kernels read each chunk at about the same time
+    const int64_t row_bytes = K * 2;
+    const int64_t chunk = g_chunk_bytes > 0 && M * row_bytes > g_chunk_bytes
+                              ? std::max<int64_t>(128, g_chunk_bytes / row_bytes / 128 * 128)
+                              : M;
+    for (int64_t r0 = 0; r0 < M; r0 += chunk) {
+      const int64_t m = std::min(chunk, M - r0);
+      if (r0 > 0) {
+        C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
+        C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
+      }
+      {
+        c10::cuda::CUDAStreamGuard on_side(side.stream);
+        const cudaError_t e = down_rows(lr, r0, m);
+        if (derr == cudaSuccess) derr = e;
+      }
+      svdq::QuantizeAct2lArgs ac = a;
+      ac.x = static_cast<const char*>(a.x) + r0 * (x2.defined() ? K1 : K) * 2;
+      if (x2.defined()) ac.x2 = static_cast<const char*>(a.x2) + r0 * (K - K1) * 2;
+      ac.xq = a.xq + r0 * K;
+      ac.xscale = a.xscale + r0;
+      ac.M = (int)m;
+      ac.rcp_ready = a.rcp_ready || r0 > 0;  // the first chunk's launch computed it on this stream
+      const cudaError_t e = svdq::launch_quantize_act_2l(ac, main.stream());
+      if (err == cudaSuccess) err = e;
     }
-    const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
     C10_CUDA_CHECK(cudaEventRecord(side.join, side.stream.stream()));
     C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), side.join, 0));
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
@@ -789,6 +819,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       pybind11::arg("on"), pybind11::arg("max_bytes") = INT64_MAX,
       "false: the down projection after the quantizer on the same stream (benchmarks); max_bytes: the side stream "
       "only while x (16-bit) is at most this size (default: any size)");
+  m.def(
+      "set_quantize_act_2l_chunk_bytes", [](int64_t n) { g_chunk_bytes = std::max<int64_t>(n, 0); },
+      pybind11::arg("n"),
+      "quantize_act_2l past n bytes of x (16-bit): the quantizer and its side-stream down projection in row chunks of "
+      "about n bytes, each chunk read by both while in L2 (0: off, the default; opt-in until measured)");
+  m.def("quantize_act_2l_chunk_bytes", [] { return g_chunk_bytes; }, "set_quantize_act_2l_chunk_bytes's value");
   m.def(
       "set_smooth_rcp_cache", [](bool on) { g_rcp_cache = on; }, pybind11::arg("on"),
       "quantize_act_2l: 1 / smooth cached per smoothing-factor tensor (default) or computed by a launch per call");

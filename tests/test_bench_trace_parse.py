@@ -55,7 +55,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512,
                 "set_lowrank_down_deep": False, "set_pdl": False,
                 "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": True,
-                "set_gemm_2l_rf3_model": 1}
+                "set_gemm_2l_rf3_model": 1, "set_quantize_act_2l_chunk_bytes": 0}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -70,6 +70,9 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, fused_quant=1, quant_cluster=4):
         assert ext.state == {**defaults, "set_quantize_act_2l_fused": (1, 4)}
+    assert ext.state == defaults
+    with problems_2l.gemm_switches(ext, quant_chunk_bytes=24 << 20):
+        assert ext.state == {**defaults, "set_quantize_act_2l_chunk_bytes": 24 << 20}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext):
         assert ext.state["set_gemm_2l_persistent"] == -1

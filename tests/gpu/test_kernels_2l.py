@@ -253,6 +253,46 @@ def test_quantize_act_2l_side_stream_overlap_and_graph_capture(ext):
     _check_graph_replay(ext, x, smooth, pd, seed=22)
 
 
+@contextlib.contextmanager
+def _chunked(ext, n_bytes: int):
+    ext.set_quantize_act_2l_chunk_bytes(n_bytes)
+    try:
+        yield
+    finally:
+        ext.set_quantize_act_2l_chunk_bytes(0)
+
+
+@pytest.mark.parametrize("cat", [False, True])
+@pytest.mark.parametrize("M,K,rows", [(1000, 3072, 128), (4097, 1152, 384), (300, 15360, 128), (129, 2432, 128),
+                                      (513, 12288, 256)])
+def test_quantize_act_2l_in_row_chunks(ext, cat, M, K, rows):
+    """set_quantize_act_2l_chunk_bytes: the quantizer and its side-stream down projection run in row chunks (the last
+    one short; M = 300 / 513 take our few-token down projection per chunk): xq and xscale bit-identical to one call,
+    every row written (poisoned first), lr within fp32 summation-order rounding of cuBLAS's whole-M product; the
+    cat form (FLUX's proj_out input) too; and captured in a CUDA graph, replayed on new inputs."""
+    assert ext.quantize_act_2l_chunk_bytes() == 0, "off by default"
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K + 71)
+    k1 = K // 5 // 64 * 64 if cat else 0
+    a, b = x[:, :k1].contiguous(), x[:, k1:].contiguous()
+
+    def call():
+        _poison(2 * M * K + 8 * M + 64 * M, 0x7F)
+        if cat:
+            return ext.quantize_act_2l_cat(a, b, smooth, pd, 64)
+        return ext.quantize_act_2l(x, smooth, pd, 64)
+
+    whole = call()
+    with _chunked(ext, rows * K * 2 + 100):  # rows per chunk: n_bytes // (2 K) rounded down to 128s
+        parts = call()
+        torch.cuda.synchronize()
+        assert torch.equal(parts[0], whole[0]) and torch.equal(parts[1], whole[1])
+        assert torch.isfinite(parts[2]).all() and _rel(parts[2], whole[2]) < 1e-3
+        if not cat:
+            _check_graph_replay(ext, x, smooth, pd, seed=M + 5)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(parts[0], rq) and torch.equal(parts[1], rs) and _rel(parts[2], rl) < 1e-2
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_quantize_act_2l_smooth_reciprocal_cached_per_tensor(ext, dtype):
     """1 / smooth is cached per smoothing-factor tensor: bit-identical to the launch per call, recomputed after an
