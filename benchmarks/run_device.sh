@@ -369,7 +369,7 @@ if [ "$what" = v227 ]; then  # the quantizer in row chunks; the few-token down p
   rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
   if [ "$rc" = 0 ] && [ -z "${NO_BENCH:-}" ]; then
     (cd benchmarks && timeout 220 python3 ab_2l.py --ms ${BENCH_MS:-4608,1024} --rounds ${ROUNDS:-3} \
-      --cols now,fo,fo_qc12,fo_qc24,bf16,fp8d > "$OUT/ab_2l_v227.log" 2>&1)
+      --cols ${V227_COLS:-now,fo,fo_qc12,fo_qc24,bf16,fp8d} > "$OUT/ab_2l_v227.log" 2>&1)
     echo "ab_2l rc=$?"; grep -vE "Profiler|warn" "$OUT/ab_2l_v227.log" | tail -12
     (cd benchmarks && timeout 130 python3 lowrank_down_sweep.py --ms ${SWEEP_MS:-256,512} 2>&1 \
       | grep -v "Profiler clears\|_warn_once" > "$OUT/lowrank_down_sweep.log")
