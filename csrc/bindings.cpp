@@ -396,8 +396,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     // record_stream (whose deferred frees cost host time per call) is needed.
     lr = at::empty({M, pd.size(1)}, x.options());
     const SideStream& side = side_stream(x.device().index());
-    C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
-    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
     cudaError_t derr = cudaSuccess, err = cudaSuccess;
     // one chunk: all rows, or (set_quantize_act_2l_chunk_bytes) runs of a multiple of 128 rows; chunk i + 1's down
     // projection starts once chunk i's quantizer is done, so the two kernels read each chunk at about the same time
@@ -407,10 +405,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
                               : M;
     for (int64_t r0 = 0; r0 < M; r0 += chunk) {
       const int64_t m = std::min(chunk, M - r0);
-      if (r0 > 0) {
-        C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
-        C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
-      }
+      C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
+      C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
       {
         c10::cuda::CUDAStreamGuard on_side(side.stream);
         const cudaError_t e = down_rows(lr, r0, m);
