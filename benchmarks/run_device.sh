@@ -49,6 +49,8 @@
 #   v227: the quantizer and its down projection in row chunks (set_quantize_act_2l_chunk_bytes, opt-in): its tests and
 #       the side-stream ones, ab_2l.py at 4608 and 1024 tokens (fo against fo_qc12 / fo_qc24; bf16, fp8d), then
 #       benchmarks/lowrank_down_sweep.py (the few-token down projection's cluster size and depth against cuBLAS)
+#   v228: v227's tests, ab_2l.py at 4608 tokens (BENCH_MS; fo, fo_qc24, bf16, fp8d), then the whole model at 1024 px
+#       (WHEELS=.slimwhl; default, bf16 eager, bf16 / fp8 regional, _qc24; E2E_VARIANTS) in what is left of V228_LIMIT s
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -375,6 +377,21 @@ if [ "$what" = v227 ]; then  # the quantizer in row chunks; the few-token down p
       | grep -v "Profiler clears\|_warn_once" > "$OUT/lowrank_down_sweep.log")
     echo "sweep rc=$?"; tail -7 "$OUT/lowrank_down_sweep.log"
   fi
+fi
+if [ "$what" = v228 ]; then  # v227's tests and A/B at 4608 tokens, then the model with bf16 eager (#7's goals, this GPU)
+  t0=$SECONDS
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
+  rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
+  variants=${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,bf16,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_ep_qc24_regional_cg}
+  if [ "$rc" = 0 ]; then
+    (cd benchmarks && timeout 150 python3 ab_2l.py --ms ${BENCH_MS:-4608} --rounds ${ROUNDS:-2} \
+      --cols ${V227_COLS:-fo,fo_qc24,bf16,fp8d} > "$OUT/ab_2l_v227.log" 2>&1)
+    echo "ab_2l rc=$?"; grep -vE "Profiler|warn" "$OUT/ab_2l_v227.log" | tail -8
+  else
+    variants=${variants//,svdq2l_fo_ep_qc24_regional_cg/}
+  fi
+  flux_e2e_1024 $(( ${V228_LIMIT:-540} - (SECONDS - t0) )) "$variants" --iters 5 --warmup 1
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part
   rf_tests
