@@ -386,7 +386,7 @@ def set_kernel_switches(name: str) -> None:
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_by_cost"):
         ext.set_gemm_2l_rf_by_cost("_nrbc" not in name)
     if ext is not None and hasattr(ext, "set_lowrank_down_max_tokens"):
-        ext.set_lowrank_down_max_tokens(0 if "_dcb" in name else 512)
+        ext.set_lowrank_down_max_tokens(0 if "_dcb" in name else -1)
     if ext is not None and hasattr(ext, "set_pdl"):
         ext.set_pdl("_pdl" in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf3_stage"):

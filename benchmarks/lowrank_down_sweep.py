@@ -6,7 +6,7 @@ quantize_act_2l (the per-row quantizer on the main stream, the down projection x
 captured as one CUDA graph and replayed under torch.profiler: per configuration the down projection's kernels (summed),
 the quantizer's and the span from the first start to the last end, medians in us. The span is what the GEMM after it
 waits for. Configurations: "cublas" (set_lowrank_down_max_tokens(0)), "auto" (the default rule: our kernel for
-K <= 4096, its cluster size by its rule), "s1".."s8" our kernel at every K with the cluster size forced, "+deep" with
+M <= 256, K <= 4096, its cluster size by its rule), "s1".."s8" our kernel at every K with the cluster size forced, "+deep" with
 up to 8 stages in flight (set_lowrank_down_deep).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ CONFIGS = ["cublas", "auto", "s1", "s2", "s4", "s8", "s4+deep", "s8+deep"]
 
 
 def configure(ext, name: str) -> None:
-    ext.set_lowrank_down_max_tokens(512, False)
+    ext.set_lowrank_down_max_tokens(-1, False)  # the default
     ext.set_lowrank_down_splits(0)
     ext.set_lowrank_down_deep(False)
     if name == "cublas":

@@ -51,6 +51,9 @@
 #       benchmarks/lowrank_down_sweep.py (the few-token down projection's cluster size and depth against cuBLAS)
 #   v228: v227's tests, ab_2l.py at 4608 tokens (BENCH_MS; fo, fo_qc24, bf16, fp8d), then the whole model at 1024 px
 #       (WHEELS=.slimwhl; default, bf16 eager, bf16 / fp8 regional, _qc24; E2E_VARIANTS) in what is left of V228_LIMIT s
+#   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
+#       each kernel of the default chain (benchmarks/chain_ncu.py) at NCU_SHAPES (default 256 tokens, 3072 x 3072 and
+#       3072 x 9216), clocks not locked
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -392,6 +395,21 @@ if [ "$what" = v228 ]; then  # v227's tests and A/B at 4608 tokens, then the mod
     variants=${variants//,svdq2l_fo_ep_qc24_regional_cg/}
   fi
   flux_e2e_1024 $(( ${V228_LIMIT:-540} - (SECONDS - t0) )) "$variants" --iters 5 --warmup 1
+fi
+if [ "$what" = chainncu ]; then  # the down projection's token limit at 512; each kernel of the chain at 256 tokens
+  (cd benchmarks && timeout 100 python3 ab_2l.py --ms ${BENCH_MS:-512} --rounds ${ROUNDS:-3} \
+    --cols ${AB_COLS:-fo,fo_cb,bf16,fp8d} > "$OUT/ab_2l_512.log" 2>&1)
+  echo "ab_2l rc=$?"; grep -vE "Profiler|warn" "$OUT/ab_2l_512.log" | tail -7
+  for shape in ${NCU_SHAPES:-256,3072,3072 256,3072,9216}; do
+    log="$OUT/ncu_chain_${shape//,/x}.txt"
+    (cd benchmarks && timeout 120 ncu --clock-control none --kernel-name regex:"lowrank_down|quantize_act_2l|w4a4_gemm_2l" \
+      --launch-skip 6 --launch-count 3 --section SpeedOfLight --section LaunchStats --section Occupancy \
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+      python3 chain_ncu.py ${shape//,/ } > "$log" 2>&1)
+    echo "ncu $shape rc=$?"
+    grep -E "^  [a-z_0-9:]+.*\(|Duration|Elapsed Cycles|Compute \(SM\) Throughput|DRAM Throughput|Grid Size|Cluster Size|Achieved Occupancy|Warp Cycles Per Issued|No Eligible" "$log" \
+      | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1/' | head -36
+  done
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part
   rf_tests

@@ -859,8 +859,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf_splits", &svdq::gemm_2l_rf_splits, "the split register-fragment GEMM's mode (0, 1 or 2-8)");
   m.def("set_lowrank_down_max_tokens", &svdq::set_lowrank_down_max_tokens, pybind11::arg("m"),
         pybind11::arg("wide") = false,
-        "quantize_act_2l's down projection by our one kernel (sm_90a) for M <= m tokens (default 512), cuBLAS above; "
-        "0: cuBLAS always; by default at K <= 4096 and rank <= 64 only, wide=True: every K and ranks 96 / 128 too");
+        "quantize_act_2l's down projection by our one kernel (sm_90a) for M <= m tokens (default 256; m < 0 restores "
+        "it), cuBLAS above; 0: cuBLAS always; by default at K <= 4096 and rank <= 64 only, wide=True: every K and ranks 96 / 128 too");
   m.def("lowrank_down_max_tokens", &svdq::lowrank_down_max_tokens, "the few-token down projection's token limit");
   m.def("set_lowrank_down_deep", &svdq::set_lowrank_down_deep, pybind11::arg("on"),
         "the few-token down projection with up to 8 stages in flight instead of 4 (opt-in: not yet measured)");

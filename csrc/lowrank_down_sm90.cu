@@ -114,7 +114,8 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
 #endif
 }
 
-int g_down_max_tokens = 512;  // the kernel for M <= this (0: cuBLAS always)
+constexpr int kDownDefaultTokens = 256;  // measured: cuBLAS is 0-4 % faster at 512 tokens on the H100 (perf-notes v2.28)
+int g_down_max_tokens = kDownDefaultTokens;  // the kernel for M <= this (0: cuBLAS always)
 int g_down_splits = 0;        // the cluster size along K: 0 the rule below, 1, 2, 4 or 8 forced (benchmarks)
 bool g_down_deep = false;     // the deep instances (up to 8 stages in flight)
 bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
@@ -178,7 +179,7 @@ cudaError_t launch_down_typed(const void* x, const void* pd, void* lr, int M, in
 bool lowrank_down_takes(int M, int K, int R) {
 #ifdef SVDQ_BUILT_SM90A
   // by default where measured faster than cuBLAS (H200, perf-notes v2.23: the chain at M = 256 0.95x at K = 3072,
-  // 1.06x at K >= 12288): K <= 4096, R <= 64
+  // 1.06x at K >= 12288; H100, v2.28: 1.00-1.04x slower at M = 512): M <= 256, K <= 4096, R <= 64
   const bool r_ok = R == 16 || R == 32 || R == 48 || R == 64 || (g_down_wide && (R == 96 || R == 128));
   return M > 0 && M <= g_down_max_tokens && K % kDownKC == 0 && (g_down_wide || K <= 4096) && r_ok;
 #else
@@ -187,7 +188,7 @@ bool lowrank_down_takes(int M, int K, int R) {
 #endif
 }
 void set_lowrank_down_max_tokens(int m, bool wide) {
-  g_down_max_tokens = std::max(m, 0);
+  g_down_max_tokens = m < 0 ? kDownDefaultTokens : m;
   g_down_wide = wide;
 }
 int lowrank_down_max_tokens() { return g_down_max_tokens; }

@@ -42,7 +42,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
             if attr == "gemm_2l_rf_by_cost":
                 return lambda: self.state.get("set_gemm_2l_rf_by_cost", False)
             if attr == "lowrank_down_max_tokens":
-                return lambda: self.state.get("set_lowrank_down_max_tokens", 512)
+                return lambda: self.state.get("set_lowrank_down_max_tokens", 256)
             if attr == "lowrank_down_deep":
                 return lambda: self.state.get("set_lowrank_down_deep", False)
             if attr == "set_lowrank_down_max_tokens":
@@ -52,7 +52,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     ext = Ext()
     defaults = {"set_gemm_2l_w8_producer": False, "set_gemm_2l_persistent": -1, "set_gemm_2l_tma_store": False,
                 "set_gemm_2l_rf_warpgroups": (0, 0), "set_quantize_act_2l_fused": (0, 0), "set_gemm_2l_rf_by_cost": False,
-                "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 512,
+                "set_gemm_2l_rf_splits": 0, "set_lowrank_down_max_tokens": 256,
                 "set_lowrank_down_deep": False, "set_pdl": False,
                 "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": True,
                 "set_gemm_2l_rf3_model": 1, "set_quantize_act_2l_chunk_bytes": 0}

@@ -129,9 +129,10 @@ def test_quantize_act_2l_bit_exact(ext, dtype, gs, M, K, lean):
                                  (513, 3072), (97, 768)])
 def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K, deep):
     """quantize_act_2l's down projection by our one kernel (sm_90a: M <= 512, K % 128 == 0, R 16 / 32 / 48 / 64 / 96 /
-    128 with the limit set explicitly (wide); by default K <= 4096 and R <= 64; cuBLAS otherwise, e.g. R = 80, M = 513): lr written everywhere (poisoned first), within fp32 summation-order rounding
-    of cuBLAS's lr (the limit at 0) and within 16-bit rounding of the fp32 reference; xq and xscale unchanged; with up
-    to 8 stages in flight (set_lowrank_down_deep, opt-in) as well."""
+    128 with the limit set explicitly (wide); by default M <= 256, K <= 4096 and R <= 64; cuBLAS otherwise, e.g.
+    R = 80, M = 513): lr written everywhere (poisoned first), within fp32 summation-order rounding of cuBLAS's lr (the
+    limit at 0) and within 16-bit rounding of the fp32 reference; xq and xscale unchanged; with up to 8 stages in
+    flight (set_lowrank_down_deep, opt-in) as well."""
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + R + 61)
     limit = ext.lowrank_down_max_tokens()
     ext.set_lowrank_down_max_tokens(0)
@@ -139,15 +140,16 @@ def test_quantize_act_2l_few_token_down_projection(ext, dtype, R, M, K, deep):
         cq, cs, cl = _quantize(ext, x, smooth, pd, 64)
     finally:
         ext.set_lowrank_down_max_tokens(limit)
-    assert ext.lowrank_down_max_tokens() == 512
+    assert ext.lowrank_down_max_tokens() == 256
     ext.set_lowrank_down_max_tokens(512, True)  # every K and R 96 / 128 too
     ext.set_lowrank_down_deep(deep)
     try:
         q, s, lr = _quantize(ext, x, smooth, pd, 64)
         torch.cuda.synchronize()
     finally:
-        ext.set_lowrank_down_max_tokens(512)
+        ext.set_lowrank_down_max_tokens(-1)  # the default
         ext.set_lowrank_down_deep(False)
+    assert ext.lowrank_down_max_tokens() == 256
     assert lr.shape == (M, R) and torch.isfinite(lr).all(), "unwritten (poisoned) low-rank activations"
     assert torch.equal(q, cq) and torch.equal(s, cs)
     assert _rel(lr, cl) < 1e-3, f"off cuBLAS's down projection by {_rel(lr, cl):.2e}"
@@ -267,9 +269,10 @@ def _chunked(ext, n_bytes: int):
                                       (513, 12288, 256)])
 def test_quantize_act_2l_in_row_chunks(ext, cat, M, K, rows):
     """set_quantize_act_2l_chunk_bytes: the quantizer and its side-stream down projection run in row chunks (the last
-    one short; M = 300 / 513 take our few-token down projection per chunk): xq and xscale bit-identical to one call,
-    every row written (poisoned first), lr within fp32 summation-order rounding of cuBLAS's whole-M product; the
-    cat form (FLUX's proj_out input) too; and captured in a CUDA graph, replayed on new inputs."""
+    one short; M = 1000 in runs of 128 rows takes our few-token down projection per run, the others cuBLAS's): xq and
+    xscale bit-identical to one call, every row written (poisoned first), lr within fp32 summation-order rounding of
+    cuBLAS's whole-M product; the cat form (FLUX's proj_out input) too; and captured in a CUDA graph, replayed on new
+    inputs."""
     assert ext.quantize_act_2l_chunk_bytes() == 0, "off by default"
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K + 71)
     k1 = K // 5 // 64 * 64 if cat else 0
