@@ -162,12 +162,13 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
                                                          out_dtype=torch.bfloat16, use_fast_accum=True), x8, args.reps)
         if args.probes:  # the low-rank branch by wgmma (default) against mma.sync (probe 4): the same numbers?
             xq, xs, lr = q[0]
-            y = frag(xq, xs, lr)
-            ext.set_gemm_2l_probe(4)
-            try:
-                y4 = frag(xq, xs, lr)
-            finally:
-                ext.set_gemm_2l_probe(0)
+            with gemm_switches(ext, persistent=1, rf_warpgroups=2):  # the loop that has the probes
+                y = frag(xq, xs, lr)
+                ext.set_gemm_2l_probe(4)
+                try:
+                    y4 = frag(xq, xs, lr)
+                finally:
+                    ext.set_gemm_2l_probe(0)
             diff = (y.float() - y4.float()).abs()
             print(f"  K={K}: wgmma vs mma.sync low-rank epilogue: {(y != y4).sum().item()} of {y.numel()} outputs "
                   f"differ, max |diff| {diff.max().item():.3g} (|y| max {y.float().abs().max().item():.3g})")

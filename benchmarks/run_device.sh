@@ -54,6 +54,8 @@
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
 #       each kernel of the default chain (benchmarks/chain_ncu.py) at NCU_SHAPES (default 256 tokens, 3072 x 3072 and
 #       3072 x 9216), clocks not locked
+#   gpumarked: (WHEELS=.slimwhl: diffusers) the gpu-marked tests outside tests/gpu (diffusers pipelines on the GPU,
+#       epilogues, memory, calibration), each failure's reason listed (-rfE), then the epilogue probe test
 #   rf: the register-fragment kernel on weights stored in fragment order: its tests and the persistent ones first,
 #       the other 2l tests, compute-sanitizer, ab_2l.py (BENCH_MS, ROUNDS; no TMA-store column), gemm_2l_ksweep.py
 set -uo pipefail
@@ -410,6 +412,14 @@ if [ "$what" = chainncu ]; then  # the down projection's token limit at 512; eac
     grep -E "^  [a-z_0-9:]+.*\(|Duration|Elapsed Cycles|Compute \(SM\) Throughput|DRAM Throughput|Grid Size|Cluster Size|Achieved Occupancy|Warp Cycles Per Issued|No Eligible" "$log" \
       | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1/' | head -36
   done
+fi
+if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
+  timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \
+    -o addopts="" --timeout 180 > "$OUT/tests_gpu_marked.log" 2>&1
+  echo "gpu-marked tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_gpu_marked.log" | tail -12
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "gemm_probes" --timeout 60 > "$OUT/tests_probes.log" 2>&1
+  echo "probe test rc=$?"; grep -E "passed|failed|Error" "$OUT/tests_probes.log" | tail -3
 fi
 if [ "$what" = verify ]; then  # the fragment-order / persistent tests, compute-sanitizer, the chain by part
   rf_tests
