@@ -37,6 +37,20 @@ def svd_layers(model: nn.Module) -> dict[str, SVDQuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)}
 
 
+def tensors_off_the_gpu(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, device) of every parameter and buffer not on a CUDA device, except what Hopper's fragment order keeps
+    in host memory by design: the canonical ``qweight`` of a layer whose GEMM reads its GPU copy ``qweight_fo``."""
+    layers = svd_layers(model)
+    off = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        owner, _, attr = name.rpartition(".")
+        if attr == "qweight" and owner in layers and layers[owner].holds_fragment_order:
+            continue
+        if t.device.type != "cuda":
+            off.append((name, str(t.device)))
+    return off
+
+
 def fullgraph_targets(model: nn.Module, inputs: dict) -> tuple[torch.Tensor, list[str]]:
     """Compile ``model`` with fullgraph=True and a recording backend: (output, the one graph's call targets).
 

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file as load_np, save_file as save_np
 from svdquant_hf import SVDQuantConfig
 from svdquant_hf.testing import flux_inputs, save_tiny_flux_pipeline
 
-from _hf_helpers import materialize, run_fresh, svd_layers
+from _hf_helpers import materialize, run_fresh, svd_layers, tensors_off_the_gpu
 
 COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
 
@@ -153,21 +153,8 @@ def test_device_map_cuda_quantize_on_load_gpu(pipe_dir):
     the reference path read it there)."""
     from diffusers import FluxTransformer2DModel
 
-    from svdquant_hf.modules import SVDQuantLinear
-
     m = FluxTransformer2DModel.from_pretrained(
         pipe_dir, subfolder="transformer", quantization_config=SVDQuantConfig(), torch_dtype=torch.bfloat16,
         device_map="cuda",
     )
-    layers = {n: mod for n, mod in m.named_modules() if isinstance(mod, SVDQuantLinear)}
-    assert layers
-    on_host = []
-    for name, t in [*m.named_parameters(), *m.named_buffers()]:
-        owner, _, attr = name.rpartition(".")
-        held = owner in layers and layers[owner].holds_fragment_order
-        if t.device.type != "cuda" and not (held and attr == "qweight"):
-            on_host.append((name, str(t.device)))
-    assert not on_host, f"tensors left off the GPU: {on_host[:5]}"
-    for layer in layers.values():
-        if layer.holds_fragment_order:
-            assert layer.qweight_fo.is_cuda and layer.qweight.device.type == "cpu"
+    assert svd_layers(m) and not tensors_off_the_gpu(m), tensors_off_the_gpu(m)[:5]
