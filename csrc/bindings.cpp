@@ -168,7 +168,8 @@ bool g_lr_overlap = true;  // quantize_act_2l: the down projection on a side str
 int64_t g_overlap_max_bytes = INT64_MAX;
 // (opt-in, set_quantize_act_2l_chunk_bytes; 0: off) past this size of x the pair runs in row chunks of about this many
 // bytes of x, each chunk's down projection beside its quantizer, so that the later of the two readers finds the chunk
-// in L2 instead of both streaming all of x from DRAM (at 4608 x 12288 the pair moves x twice: perf-notes v2.26)
+// in L2 instead of both streaming all of x from DRAM (at 4608 x 12288 the pair moves x twice: perf-notes v2.26);
+// measured 2-5 % slower for the chain on the H100 (v2.27's outcome), so off
 int64_t g_chunk_bytes = 0;
 
 // Per-device arrival counters of the K-split low-rank reduction: zeroed once, reset by the kernel.
@@ -819,7 +820,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "set_quantize_act_2l_chunk_bytes", [](int64_t n) { g_chunk_bytes = std::max<int64_t>(n, 0); },
       pybind11::arg("n"),
       "quantize_act_2l past n bytes of x (16-bit): the quantizer and its side-stream down projection in row chunks of "
-      "about n bytes, each chunk read by both while in L2 (0: off, the default; opt-in until measured)");
+      "about n bytes, each chunk read by both while in L2 (0: off, the default; measured 2-5 % slower on the H100, perf-notes v2.27)");
   m.def("quantize_act_2l_chunk_bytes", [] { return g_chunk_bytes; }, "set_quantize_act_2l_chunk_bytes's value");
   m.def(
       "set_smooth_rcp_cache", [](bool on) { g_rcp_cache = on; }, pybind11::arg("on"),
