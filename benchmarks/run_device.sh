@@ -100,6 +100,12 @@ flux_e2e_1024() {  # benchmarks/flux_e2e.py at 1024 px, batch 1: timeout $1, var
     "$@" > "$OUT/e2e.log" 2>&1
   echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
 }
+v227_tests() {  # the chunked quantizer's tests and the side-stream ones; returns their rc
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
+    -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
+  local rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
+  return $rc
+}
 chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
   timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
   echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
@@ -371,9 +377,7 @@ if [ "$what" = v226 ]; then  # layers padded to the GEMM's tiles; where a chain'
   fi
 fi
 if [ "$what" = v227 ]; then  # the quantizer in row chunks; the few-token down projection's sweep
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-    -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
-  rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
+  v227_tests; rc=$?
   if [ "$rc" = 0 ] && [ -z "${NO_BENCH:-}" ]; then
     (cd benchmarks && timeout 220 python3 ab_2l.py --ms ${BENCH_MS:-4608,1024} --rounds ${ROUNDS:-3} \
       --cols ${V227_COLS:-now,fo,fo_qc12,fo_qc24,bf16,fp8d} > "$OUT/ab_2l_v227.log" 2>&1)
@@ -385,9 +389,7 @@ if [ "$what" = v227 ]; then  # the quantizer in row chunks; the few-token down p
 fi
 if [ "$what" = v228 ]; then  # v227's tests and A/B at 4608 tokens, then the model with bf16 eager (#7's goals, this GPU)
   t0=$SECONDS
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
-    -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
-  rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
+  v227_tests; rc=$?
   variants=${E2E_VARIANTS:-svdq2l_fo_ep_regional_cg,bf16,bf16_regional_cg,fp8mm_regional_cg,svdq2l_fo_ep_qc24_regional_cg}
   if [ "$rc" = 0 ]; then
     (cd benchmarks && timeout 150 python3 ab_2l.py --ms ${BENCH_MS:-4608} --rounds ${ROUNDS:-2} \

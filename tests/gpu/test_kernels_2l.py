@@ -74,13 +74,18 @@ def _forced_plan(ext, tile: int = 0, splits: int = 0):
 
 
 @contextlib.contextmanager
-def _gemv_mode(ext, mode: int):
-    """The few-token kernel (w4a4_gemv_2l.cu) forced for a block: 0 never (every M in the tile GEMM), m every M <= m."""
-    ext.set_gemv_2l_mode(mode)
+def _switched(setter, value, after):
+    """setter(value) for a block, setter(after) after it, also when the block fails."""
+    setter(value)
     try:
         yield
     finally:
-        ext.set_gemv_2l_mode(-1)
+        setter(after)
+
+
+def _gemv_mode(ext, mode: int):
+    """The few-token kernel (w4a4_gemv_2l.cu) forced for a block: 0 never (every M in the tile GEMM), m every M <= m."""
+    return _switched(ext.set_gemv_2l_mode, mode, -1)
 
 
 def _tile_gemm(ext):
@@ -92,16 +97,10 @@ def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
     return ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
 
 
-@contextlib.contextmanager
-def _lean(ext, on: bool):  # noqa: F811
+def _lean(ext, on: bool):
     """The per-row quantizer's lean form (set_quantize_act_2l_lean, on by default) on or off for a block; the form
     before it restored after it."""
-    before = ext.quantize_act_2l_lean()
-    ext.set_quantize_act_2l_lean(on)
-    try:
-        yield
-    finally:
-        ext.set_quantize_act_2l_lean(before)
+    return _switched(ext.set_quantize_act_2l_lean, on, ext.quantize_act_2l_lean())
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["plain", "lean"])
@@ -255,13 +254,8 @@ def test_quantize_act_2l_side_stream_overlap_and_graph_capture(ext):
     _check_graph_replay(ext, x, smooth, pd, seed=22)
 
 
-@contextlib.contextmanager
 def _chunked(ext, n_bytes: int):
-    ext.set_quantize_act_2l_chunk_bytes(n_bytes)
-    try:
-        yield
-    finally:
-        ext.set_quantize_act_2l_chunk_bytes(0)
+    return _switched(ext.set_quantize_act_2l_chunk_bytes, n_bytes, 0)
 
 
 @pytest.mark.parametrize("cat", [False, True])
