@@ -60,7 +60,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
                   down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False,
                   pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
-                  rf3_model: int = 1, quant_chunk_bytes: int = 0) -> Iterator[None]:
+                  rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -86,6 +86,9 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     block); False: the plain form.
     quant_chunk_bytes: the quantizer and its side-stream down projection in row chunks of about this many bytes of x
     (set_quantize_act_2l_chunk_bytes; 0, the default, after the block).
+    lr_chain: the chained down projection at M <= 256 (set_lr_chain: after the quantizer on its stream, under the main
+    loop of the GEMM that reads its lr): 1 wherever the shape allows, 0 never, -1 by its rule (the default); None: as
+    it is (as it was after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -104,6 +107,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     ext.set_gemm_2l_rf3_model(rf3_model)
     ext.set_quantize_act_2l_lean(lean_quant)
     ext.set_quantize_act_2l_chunk_bytes(quant_chunk_bytes)
+    chain_before = ext.lr_chain()
+    ext.set_lr_chain(chain_before if lr_chain is None else int(lr_chain))
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
@@ -123,3 +128,4 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf3_model(1)
         ext.set_quantize_act_2l_lean(True)
         ext.set_quantize_act_2l_chunk_bytes(0)
+        ext.set_lr_chain(chain_before)

@@ -51,6 +51,10 @@
 #       benchmarks/lowrank_down_sweep.py (the few-token down projection's cluster size and depth against cuBLAS)
 #   v228: v227's tests, ab_2l.py at 4608 tokens (BENCH_MS; fo, fo_qc24, bf16, fp8d), then the whole model at 1024 px
 #       (WHEELS=.slimwhl; default, bf16 eager, bf16 / fp8 regional, _qc24; E2E_VARIANTS) in what is left of V228_LIMIT s
+#   v229: the chained down projection (set_lr_chain; perf-notes v2.29): its tests first (tests/gpu/test_lr_chain.py;
+#       nothing more if they fail), the whole tests/gpu suite, ab_2l.py at BENCH_MS (default 256,128; fo with the
+#       default rule, fo_lc forced, fo_nlc off, bf16, fp8d), chain_timeline.py at 256 tokens with the chain off and by its
+#       rule, memcheck with it forced (SANITIZE_CHAIN=1), the GPU memory test of a full-size FLUX.1 block (WHEELS=.slimwhl)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
 #       each kernel of the default chain (benchmarks/chain_ncu.py) at NCU_SHAPES (default 256 tokens, 3072 x 3072 and
 #       3072 x 9216), clocks not locked
@@ -414,6 +418,28 @@ if [ "$what" = chainncu ]; then  # the down projection's token limit at 512; eac
     grep -E "^  [a-z_0-9:]+.*\(|Duration|Elapsed Cycles|Compute \(SM\) Throughput|DRAM Throughput|Grid Size|Cluster Size|Achieved Occupancy|Warp Cycles Per Issued|No Eligible" "$log" \
       | sed -E 's/void svdq::\(anonymous namespace\)::([a-z0-9_]+)<([^>]*)>.*/\1/' | head -36
   done
+fi
+if [ "$what" = v229 ]; then  # the chained down projection: its tests, the whole GPU suite, then A/B at a few hundred tokens
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_chain.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 > "$OUT/tests_v229.log" 2>&1
+  rc=$?; echo "chain tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v229.log" | tail -8
+  if [ $rc = 0 ]; then
+    t0=$(date +%s)
+    timeout 250 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
+      -o addopts="" > "$OUT/tests.log" 2>&1
+    echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
+    timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,128} --rounds ${ROUNDS:-3} \
+      --cols fo,fo_lc,fo_nlc,bf16,fp8d > "$OUT/ab_2l_v229.log" 2>&1
+    echo "ab_2l rc=$?"; tail -11 "$OUT/ab_2l_v229.log"
+    timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain 0 > "$OUT/chain_timeline_v229.log" 2>&1
+    timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain -1 > "$OUT/chain_timeline_v229_lc.log" 2>&1
+    echo "timeline rc=$?"; tail -5 "$OUT/chain_timeline_v229.log"; tail -5 "$OUT/chain_timeline_v229_lc.log"
+    SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
+    grep -E "chained down projection case" "$OUT/sanitize_memcheck_chain.log" | tail -1
+    timeout 80 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_memory.py -m gpu -o addopts="" --timeout 70 \
+      > "$OUT/tests_memory_gpu.log" 2>&1
+    echo "memory gpu test rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_memory_gpu.log" | tail -3
+  fi
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
   timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \

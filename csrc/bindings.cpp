@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -302,11 +303,49 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
 // x2_in: the activations are cat([x_in, x2_in], 1), read in place (quantize_act_2l_cat; K1 = x_in's width % 8 == 0)
 // Whether the down projection x @ pd takes our few-token kernel: its shapes, contiguous 16-byte-aligned operands, and an
 // sm_90 device (the kernel is built for sm_90a only)
+bool sm90(const at::Tensor& x) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
+  return prop->major == 9 && prop->minor == 0;
+}
 bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
   if (!svdq::lowrank_down_takes(M, K, (int)pd.size(1)) || !x.is_contiguous() || !pd.is_contiguous()) return false;
   if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16) return false;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   return prop->major == 9 && prop->minor == 0;
+}
+
+// The last quantize_act_2l call of this thread: its stream, xq, lr, proj_down, M and whether it chained its down
+// projection (set_lr_chain). A GEMM on the same stream given exactly these xq and lr takes them late where chained
+// (W4A4Gemm2lArgs::lr_late): it starts as soon as the down projection lets it (the quantizer done) and waits for lr
+// before its epilogue; any other GEMM, or one after another quantizer call, launches as before. The GEMM also leaves
+// its grid under (proj_down, M): set_lr_chain's rule (-1) chains a later call with that proj_down and M only where the
+// side stream would run our few-token kernel too (M <= 256, K <= 4096, rank <= 64: the chained kernel sums the same
+// slices in the same order, so lr and every output are the same bits either way; past that K our kernel on so few CTAs
+// is slower than the GEMM it hides under, perf-notes v2.29) and that GEMM was a persistent kernel leaving at least one
+// SM per 16 tokens free.
+bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K);
+struct LrChainRecord {
+  cudaStream_t stream = nullptr;
+  const void* xq = nullptr;
+  const void* lr = nullptr;
+  const void* pd = nullptr;
+  int64_t M = 0;
+  bool chained = false;
+};
+thread_local LrChainRecord g_chain_record;
+std::mutex g_chain_mu;
+std::map<std::pair<const void*, int64_t>, svdq::Gemm2lLaunch> g_chain_learned;  // (proj_down, M) -> its GEMM's launch
+
+// The down projection's CTA budget where it is chained (0: not chained); x, pd: the operands as the kernel reads them
+int chain_ctas(const at::Tensor& x, const at::Tensor& pd, const at::Tensor& pd_in, int64_t M, int64_t K) {
+  const int mode = svdq::lr_chain();
+  if (mode > 0) return 32;
+  if (mode == 0 || !lowrank_down_ok(x, pd, (int)M, (int)K)) return 0;
+  std::lock_guard<std::mutex> lock(g_chain_mu);
+  const auto it = g_chain_learned.find({pd_in.data_ptr(), M});
+  if (it == g_chain_learned.end() || !it->second.persistent) return 0;
+  const long free = at::cuda::getCurrentDeviceProperties()->multiProcessorCount - it->second.ctas;
+  return free >= (M + 15) / 16 ? (int)free : 0;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor& x_in, const at::Tensor& smooth_in,
@@ -334,7 +373,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   SVDQ_REQUIRE(svdq::quantize_act_2l_supported((int)K), "svdquant quantize_act_2l: K=", K, " not supported");
   at::Tensor x = prep(x_in), smooth = prep(smooth_in);
   const at::Tensor x2 = x2_in.has_value() ? prep(*x2_in) : at::Tensor();
+  g_chain_record = {};
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
+  const auto remember = [&](const at::Tensor& lr, bool chained) {
+    g_chain_record = {c10::cuda::getCurrentCUDAStream().stream(), xq.data_ptr(), lr.data_ptr(), pd_in.data_ptr(), M,
+                      chained};
+  };
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), nullptr,
@@ -387,6 +431,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   a.rcp_ready = rcp_ready;
   if (pd.size(1) == 0) {
     lr = at::empty({M, 0}, x.options());
+  } else if (const int ctas = !x2.defined() && g_chunk_bytes == 0 && svdq::lowrank_down_chain_takes((int)M, (int)K, R) &&
+                                      pd.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                                      reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 && sm90(x)
+                                  ? chain_ctas(x, pd, pd_in, M, K)
+                                  : 0) {
+    // set_lr_chain, a few tokens: the down projection after the quantizer on this stream, beside it (launched
+    // programmatically) and, for the GEMM that reads these xq and lr, under that GEMM's main loop
+    lr = at::empty({M, R}, x.options());
+    const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
+    SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
+    const cudaError_t derr = svdq::launch_lowrank_down_chain(
+        dtype_of(x, "x"), x.data_ptr(), pd.data_ptr(), lr.data_ptr(), (int)M, (int)K, R,
+        at::cuda::getCurrentDeviceProperties()->multiProcessorCount, ctas, main.stream());
+    SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
+    remember(lr, true);
+    return {xq, xscale, lr};
   } else if (g_lr_overlap && M * K * 2 <= g_overlap_max_bytes) {
     // the low-rank down projection (cuBLAS, fp32 accumulation) on a side stream, concurrent with the
     // quantizer: both stream x, so while x fits in L2 the later reader finds it there (measured on H100:
@@ -427,6 +487,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), side.join, 0));
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
     SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
+    remember(lr, false);
     return {xq, xscale, lr};
   }
   const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
@@ -436,6 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
     const cudaError_t derr = down_projection(lr);
     SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
   }
+  remember(lr, false);
   return {xq, xscale, lr};
 }
 
@@ -504,9 +566,20 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
                          lr.stride(0)};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const LrChainRecord rec = g_chain_record;
+  const bool from_record = rec.lr && rec.stream == stream && rec.xq == a.xq && rec.lr == a.lr;
+  if (from_record) {
+    a.lr_late = rec.chained && !P;  // (with a prefix, its copy runs between: nothing to gain)
+    g_chain_record = {};
+  }
   const bool gemv = svdq::gemv_2l_takes(a) && !svdq::gemm_2l_plan_forced();
   const cudaError_t err = gemv ? svdq::launch_w4a4_gemv_2l(a, stream) : svdq::launch_w4a4_gemm_2l(a, sms, stream);
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
+  if (from_record) {  // set_lr_chain's rule: what this GEMM left free, for the next call with this proj_down and M
+    std::lock_guard<std::mutex> lock(g_chain_mu);
+    if (g_chain_learned.size() > 65536) g_chain_learned.clear();  // (pointers of freed layers: a bound, not a cache)
+    g_chain_learned[{rec.pd, rec.M}] = gemv ? svdq::Gemm2lLaunch{} : svdq::gemm_2l_last_launch();
+  }
   return y;
 }
 
@@ -873,6 +946,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the per-row quantizer's lean form (on by default): the row's 16 scale reciprocals looked up by "
         "shuffle, no clamp where it cannot bind; the same bits");
   m.def("quantize_act_2l_lean", &svdq::quantize_act_2l_lean, "whether set_quantize_act_2l_lean is on");
+  m.def("set_lr_chain", &svdq::set_lr_chain, pybind11::arg("mode"),
+        "quantize_act_2l at M <= 256 (Hopper): the down projection after the quantizer on the same stream, beside it by "
+        "programmatic launch, and under the main loop of the GEMM that reads its xq and lr (that GEMM waits for lr only "
+        "before its epilogue). -1 (default): where the GEMM that read this proj_down's lr at this M last time was a "
+        "persistent kernel leaving an SM per 16 tokens free, and K <= 4096; 0: never (the side stream); 1: wherever the "
+        "shape allows, on 32 CTAs");
+  m.def("lr_chain", &svdq::lr_chain, "set_lr_chain's mode: -1, 0 or 1");
+  m.def(
+      "lr_chain_forget",
+      [] {
+        std::lock_guard<std::mutex> lock(g_chain_mu);
+        g_chain_learned.clear();
+      },
+      "forget what set_lr_chain's rule learned from the GEMMs so far (tests)");
+  m.def("gemm_2l_late_launches", &svdq::gemm_2l_late_launches,
+        "how many GEMM launches took their low-rank tile late (after the chained down projection; tests)");
   m.def("set_pdl", &svdq::set_pdl, pybind11::arg("on"),
         "programmatic dependent launch (sm_90+, opt-in: the FLUX.1 forward measured no faster): the int4_2l GEMM, the few-token weight "
         "stream, the per-row quantizer and the few-token down projection may start under the previous kernel's tail "

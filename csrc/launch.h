@@ -69,6 +69,8 @@ struct W4A4Gemm2lArgs {
   int64_t ldy = 0;          // y's row stride in elements (0: N); y may be a column block of a wider matrix
   int act = 0;              // epilogue activation after the bias: 0 none, 1 GELU (tanh approximation)
   int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
+  bool lr_late = false;     // lr comes from the chained down projection just before (set_lr_chain): the persistent
+                            // kernels start at once and wait for lr only before their epilogue
 };
 
 // Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)): FLUX's q / k after their projections
@@ -198,6 +200,26 @@ void set_lowrank_down_splits(int s);  // the cluster size along K forced (1, 2, 
 int lowrank_down_splits();
 cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                                 cudaStream_t stream);
+// The chained down projection (perf-notes v2.29): at M <= 256 (Hopper, K % 128 == 0, R 16 / 32 / 48 / 64 / 96 / 128)
+// the quantizer's down projection follows it on the same stream instead of a side stream, on at most max_ctas CTAs,
+// launched programmatically so that it runs beside the quantizer (the side path's K slices, num_sms deciding them, folded
+// onto fewer CTAs: the same lr bits); it lets the GEMM after it start once the quantizer
+// is done, and that GEMM (W4A4Gemm2lArgs::lr_late, the persistent kernels) waits for lr only before its epilogue, so
+// the down projection runs under the GEMM's main loop on SMs the GEMM leaves free instead of before it.
+// set_lr_chain: -1 (default) where the binding's rule says it pays, 0 never, 1 wherever the shape allows (32 CTAs).
+void set_lr_chain(int mode);
+int lr_chain();
+bool lowrank_down_chain_takes(int M, int K, int R);  // the mode is not 0 and the shape fits
+cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
+                                      int num_sms, int max_ctas, cudaStream_t stream);
+// the last int4_2l tile-GEMM launch (this thread): its CTAs and whether it was a persistent kernel (which can take lr
+// late)
+struct Gemm2lLaunch {
+  long ctas = 0;
+  bool persistent = false;
+};
+Gemm2lLaunch gemm_2l_last_launch();
+long long gemm_2l_late_launches();  // host-side count of GEMM launches with lr_late taken (tests)
 void set_gemm_2l_probe(int probe);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

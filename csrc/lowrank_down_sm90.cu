@@ -8,6 +8,12 @@
 // take two 16-deep k-steps of each stage on mma.sync m16n8k16 (x by ldmatrix, proj_down by ldmatrix.trans). The
 // warps' partials meet in shared memory, the cluster's in distributed shared memory, where CTA z rounds and stores
 // the z-th share of the 16 x R outputs.
+// Chain (set_lr_chain, Hopper, M <= 256): the kernel follows the quantizer on the same stream, launched programmatically
+// (PDL), so it starts while the quantizer runs; a fifth warp waits for the quantizer to complete and only then signals
+// the GEMM after it, which may therefore start on the SMs this kernel leaves free, read the quantizer's outputs at
+// once, and wait for lr (its pdl_wait) only before its epilogue. This kernel's completion implies the quantizer's.
+// The binding picks it and its CTA budget (bindings.cpp: where the GEMM that read this proj_down's lr last time left
+// SMs free).
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -34,12 +40,13 @@ struct DownCfg {
   static constexpr int kRed = 4 * 16 * R * 4;  // the four warps' fp32 partials
   static constexpr int kDeepFit = (192 * 1024 - kRed) / kStage;
   static constexpr int kStages = !Deep ? 4 : kDeepFit > 8 ? 8 : kDeepFit;
-  static constexpr int kSmem = kStages * kStage + kRed;
+  static constexpr int kSmem = kStages * kStage + kRed;  // + V 16 R 4 bytes of slices' partials (launch_down)
 };
 
-template <typename T, int R, bool Deep>
-__global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __restrict__ x, const T* __restrict__ pd,
-                                                                   T* __restrict__ lr, int M, int K) {
+template <typename T, int R, bool Deep, bool Chain = false>
+__global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowrank_down_kernel(const T* __restrict__ x,
+                                                                        const T* __restrict__ pd, T* __restrict__ lr,
+                                                                        int M, int K, int V) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using C = DownCfg<R, Deep>;
   constexpr int kDownStages = C::kStages;
@@ -47,10 +54,33 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
   const uint32_t sb = smem_u32(smem);
   const int S = gridDim.x, z = blockIdx.x;  // cluster (S, 1, 1): rank z takes K slice z
   const int m0 = blockIdx.y * 16;
-  const int units = K / kDownKC, u0 = z * units / S, n = (z + 1) * units / S - u0;
+  // V slices per CTA (Chain: the side path's cluster of S V CTAs folded onto S): slice q of S V takes the stages
+  // [q units / (S V), (q + 1) units / (S V)), its partial summed as that path's CTA q sums it, so lr is bit for bit
+  // the side path's
+  const int SV = S * V, units = K / kDownKC, u0 = z * V * units / SV, n = (z + 1) * V * units / SV - u0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  pdl_wait();      // (set_pdl) x comes from the kernel before this one, which may still use lr's memory
-  pdl_trigger();  // the GEMM after it may be scheduled as SMs free up
+  namespace cg = cooperative_groups;
+  if constexpr (Chain) {
+    // x was complete before the quantizer started, and lr's memory was allocated after its launch: the four warps
+    // need not wait. The fifth waits for the quantizer, then lets the GEMM start, then meets the cluster's barriers.
+    if (tid >= kDownThreads) {
+      pdl_wait();
+      pdl_trigger();
+      if (S > 1) {
+        cg::this_cluster().sync();
+        cg::this_cluster().sync();
+      }
+      return;
+    }
+  } else {
+    pdl_wait();      // (set_pdl) x comes from the kernel before this one, which may still use lr's memory
+    pdl_trigger();  // the GEMM after it may be scheduled as SMs free up
+  }
+  // the four computing warps' barrier (Chain: the fifth is waiting for the quantizer meanwhile)
+  auto sync4 = [] {
+    if constexpr (Chain) asm volatile("bar.sync 1, %0;\n" ::"n"(kDownThreads) : "memory");
+    else __syncthreads();
+  };
   auto load = [&](int c) {  // stage c of this CTA's slice (rows past M zero-filled)
     const uint32_t st = sb + (c % kDownStages) * C::kStage;
     const int k0 = (u0 + c) * kDownKC;
@@ -66,6 +96,25 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
     }
   };
   float acc[R / 8][4] = {};
+  // the warps' partials [warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3] row g + 8), then
+  // the CTA's slices' partials [V][16][R]
+  float* red = reinterpret_cast<float*>(smem + C::kStages * C::kStage);
+  float* slots = red + 4 * 16 * R;
+  const int g = lane >> 2, t = lane & 3;
+  auto flush = [&](int v) {  // slice v's partial: the four warps' sums, w0 + ((w1 + w2) + w3)
+#pragma unroll
+    for (int nt = 0; nt < R / 8; ++nt) {
+      float* r0 = red + (warp * 16 + g) * R + nt * 8 + 2 * t;
+      r0[0] = acc[nt][0], r0[1] = acc[nt][1], r0[8 * R] = acc[nt][2], r0[8 * R + 1] = acc[nt][3];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    }
+    sync4();
+    for (int i = tid; i < 16 * R; i += kDownThreads)
+      slots[v * 16 * R + i] = red[i] + (red[i + 16 * R] + red[i + 32 * R] + red[i + 48 * R]);
+    sync4();  // red may take the next slice's partials
+  };
+  int v = 0, vend = (z * V + 1) * units / SV - u0;  // the slice in progress and the stage after its last
 #pragma unroll
   for (int c = 0; c < kDownStages - 1; ++c) {
     if (c < n) load(c);
@@ -73,7 +122,7 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
   }
   for (int c = 0; c < n; ++c) {
     cp_async_wait<kDownStages - 2>();
-    __syncthreads();  // stage c landed for every thread; every warp is past stage c - 1, whose buffer is refilled next
+    sync4();  // stage c landed for every thread; every warp is past stage c - 1, whose buffer is refilled next
     if (c + kDownStages - 1 < n) load(c + kDownStages - 1);
     cp_async_commit();
     const uint32_t st = sb + (c % kDownStages) * C::kStage;
@@ -89,26 +138,23 @@ __global__ void __launch_bounds__(kDownThreads) lowrank_down_kernel(const T* __r
         mma_16816<T>(acc[nt], a, b0, b1);
       }
     }
+    if (c + 1 == vend) {
+      flush(v);
+      ++v;
+      vend = (z * V + v + 1) * units / SV - u0;
+    }
   }
-  // the warps' partials [warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3] row g + 8)
-  float* red = reinterpret_cast<float*>(smem + C::kStages * C::kStage);
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int nt = 0; nt < R / 8; ++nt) {
-    float* r0 = red + (warp * 16 + g) * R + nt * 8 + 2 * t;
-    r0[0] = acc[nt][0], r0[1] = acc[nt][1], r0[8 * R] = acc[nt][2], r0[8 * R + 1] = acc[nt][3];
-  }
-  __syncthreads();
-  for (int i = tid; i < 16 * R; i += kDownThreads) red[i] += red[i + 16 * R] + red[i + 32 * R] + red[i + 48 * R];
-  namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   if (S > 1) cluster.sync();
-  else __syncthreads();
+  else sync4();
   for (int i = z * 16 * R / S + tid; i < (z + 1) * 16 * R / S; i += kDownThreads) {
-    float v = 0.f;
-    for (int q = 0; q < S; ++q) v += q == z ? red[i] : cluster.map_shared_rank(red, q)[i];
+    float sum = 0.f;
+    for (int q = 0; q < SV; ++q) {  // in slice order, as the side path's CTAs
+      const float* sl = slots + (q % V) * 16 * R;
+      sum += q / V == z ? sl[i] : cluster.map_shared_rank(sl, q / V)[i];
+    }
     const int m = m0 + i / R;
-    if (m < M) lr[(int64_t)m * R + i % R] = Dt<T>::from_f(v);
+    if (m < M) lr[(int64_t)m * R + i % R] = Dt<T>::from_f(sum);
   }
   if (S > 1) cluster.sync();  // the peers have read this CTA's partials
 #endif
@@ -119,50 +165,77 @@ int g_down_max_tokens = kDownDefaultTokens;  // the kernel for M <= this (0: cuB
 int g_down_splits = 0;        // the cluster size along K: 0 the rule below, 1, 2, 4 or 8 forced (benchmarks)
 bool g_down_deep = false;     // the deep instances (up to 8 stages in flight)
 bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
+int g_lr_chain = -1;  // set_lr_chain: -1 where it pays (the binding's rule), 0 never, 1 wherever the shape allows
+constexpr int kChainMaxTokens = 256;
 
-template <typename T, int R, bool Deep>
-cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, cudaStream_t stream) {
-  auto kern = lowrank_down_kernel<T, R, Deep>;
-  constexpr int smem = DownCfg<R, Deep>::kSmem;
+// The side path's cluster size: S = 1, 2, 4 or 8 CTAs per 16 rows along K, row blocks x S filling the SMs (or forced).
+// Chain: the same S slices (so the same lr bits) on at most max_ctas CTAs (the SMs the GEMM after it leaves free): a
+// cluster of P (a power of two dividing S, rows x P <= max_ctas), V = S / P slices each; launched programmatically after
+// the quantizer (the attribute whatever set_pdl says, where the device has it).
+template <typename T, int R, bool Deep, bool Chain = false>
+cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, int max_ctas,
+                        cudaStream_t stream) {
+  auto kern = lowrank_down_kernel<T, R, Deep, Chain>;
+  constexpr int kSlice = 16 * R * 4;  // a slice's partials in shared memory
+  constexpr int kVmaxFit = (227 * 1024 - DownCfg<R, Deep>::kSmem) / kSlice;
+  constexpr int kVmax = kVmaxFit > 8 ? 8 : kVmaxFit;  // slices per CTA that fit (>= 1 for every instance)
+  static_assert(kVmax >= 1, "no room for a slice's partials");
+  constexpr int smem_max = DownCfg<R, Deep>::kSmem + kVmax * kSlice;
   static std::once_flag set[64];
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
   if (dev < 64) {
-    std::call_once(set[dev], [&] { e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); });
+    std::call_once(set[dev], [&] { e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_max); });
     if (e != cudaSuccess) return e;
   }
   const int rows = (M + 15) / 16, units = K / kDownKC;
   int S = 1;
   while (S < 8 && rows * S * 2 <= num_sms && S * 2 <= units) S *= 2;
   if (g_down_splits) S = std::min(g_down_splits, units);
+  int P = S, V = 1;
+  if constexpr (Chain) {
+    P = 1;
+    while (S % (P * 2) == 0 && (rows * P * 2 <= max_ctas || S / P > kVmax)) P *= 2;
+    V = S / P;
+  }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(S, rows, 1);
-  cfg.blockDim = dim3(kDownThreads);
-  cfg.dynamicSmemBytes = smem;
+  cfg.gridDim = dim3(P, rows, 1);
+  cfg.blockDim = dim3(Chain ? kDownThreads + 32 : kDownThreads);
+  cfg.dynamicSmemBytes = DownCfg<R, Deep>::kSmem + V * kSlice;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = S;
+  attr[0].val.clusterDim.x = P;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  // (set_pdl) under a CUDA graph its edge from x's producer may become programmatic; eagerly the side stream's event
-  // keeps it a full dependency
-  cfg.numAttrs = pdl_launch_attr(attr, S > 1 ? 1 : 0);
-  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K);
+  if constexpr (Chain) {
+    cfg.numAttrs = P > 1 ? 1 : 0;
+    if (pdl_device()) {
+      attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+      ++cfg.numAttrs;
+    }
+  } else {
+    // (set_pdl) under a CUDA graph its edge from x's producer may become programmatic; eagerly the side stream's event
+    // keeps it a full dependency
+    cfg.numAttrs = pdl_launch_attr(attr, P > 1 ? 1 : 0);
+  }
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K,
+                            V);
 }
 
-template <typename T, bool Deep>
-cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
+template <typename T, bool Deep, bool Chain = false>
+cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms, int max_ctas,
                           cudaStream_t stream) {
   switch (R) {
-    case 16: return launch_down<T, 16, Deep>(x, pd, lr, M, K, num_sms, stream);
-    case 32: return launch_down<T, 32, Deep>(x, pd, lr, M, K, num_sms, stream);
-    case 48: return launch_down<T, 48, Deep>(x, pd, lr, M, K, num_sms, stream);
-    case 64: return launch_down<T, 64, Deep>(x, pd, lr, M, K, num_sms, stream);
-    case 96: return launch_down<T, 96, Deep>(x, pd, lr, M, K, num_sms, stream);  // q / k / v sharing one call
-    case 128: return launch_down<T, 128, Deep>(x, pd, lr, M, K, num_sms, stream);
+    case 16: return launch_down<T, 16, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 32: return launch_down<T, 32, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 48: return launch_down<T, 48, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 64: return launch_down<T, 64, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 96: return launch_down<T, 96, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);  // q / k / v sharing one call
+    case 128: return launch_down<T, 128, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -170,11 +243,30 @@ cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K,
 template <typename T>
 cudaError_t launch_down_typed(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms,
                               cudaStream_t stream) {
-  return g_down_deep ? launch_down_r<T, true>(x, pd, lr, M, K, R, num_sms, stream)
-                     : launch_down_r<T, false>(x, pd, lr, M, K, R, num_sms, stream);
+  return g_down_deep ? launch_down_r<T, true>(x, pd, lr, M, K, R, num_sms, 0, stream)
+                     : launch_down_r<T, false>(x, pd, lr, M, K, R, num_sms, 0, stream);
 }
 
 }  // namespace
+
+bool lowrank_down_chain_takes(int M, int K, int R) {
+#ifdef SVDQ_BUILT_SM90A
+  return g_lr_chain != 0 && M > 0 && M <= kChainMaxTokens && K % kDownKC == 0 &&
+         (R == 16 || R == 32 || R == 48 || R == 64 || R == 96 || R == 128);
+#else
+  (void)M, (void)K, (void)R;
+  return false;
+#endif
+}
+void set_lr_chain(int mode) { g_lr_chain = mode < 0 ? -1 : mode > 0 ? 1 : 0; }
+int lr_chain() { return g_lr_chain; }
+cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
+                                      int num_sms, int max_ctas, cudaStream_t stream) {
+  if (!lowrank_down_chain_takes(M, K, R) || max_ctas < 1) return cudaErrorInvalidValue;
+  return dtype == DType::kBF16
+             ? launch_down_r<__nv_bfloat16, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream)
+             : launch_down_r<__half, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream);
+}
 
 bool lowrank_down_takes(int M, int K, int R) {
 #ifdef SVDQ_BUILT_SM90A

@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace, int tma_store, int64_t ldy,
-                             int act, int64_t ldlr) {
+                             int act, int64_t ldlr, int late) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
@@ -283,7 +283,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  pdl_wait();     // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
+  // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
+  // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
+  // comes after a wait in the producer's idle warps, and the consumers wait before they store y
+  const bool lr_late = PS && EP == 0 && late;
+  if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
     if (tid >= kCT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
@@ -304,6 +308,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
             load_stage(i);
           }
         }
+      } else if (lr_late && tid >= kCT + 32) {
+        // warps 1-3: the first tile's low-rank tile and token scales once the down projection is done, into the memory
+        // the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on lr_full when their
+        // copies land, and warp 1's 32 at once (the barrier counts 128)
+        pdl_wait();
+        const int ct = tid - kCT - 32, m0f = ((int)blockIdx.x / row_tiles) * BT, chunks = R / 8;
+        for (int i = ct; i < BT * chunks; i += 96) {
+          const int row = i / chunks, c = i % chunks, m = m0f + row;
+          const uint32_t dst =
+              lr_region + row * Cfg::kLrRow + ((c ^ (Cfg::kLrRow == 64 ? (row >> 1) & 3 : row & 7)) << 4);
+          cp_async16(dst, lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+        }
+        for (int i = ct; i < BT; i += 96)
+          cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0f + i, M - 1), m0f + i < M ? 4 : 0);
+        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
+        if (tid < kCT + 64) mbar_arrive(lr_full);
       }
       if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
         if (splits > 1) {
@@ -495,8 +515,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       for (int i = tid; i < BT; i += kCT)
         cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
       cp_async_commit();
-    } else if (tile == (int)blockIdx.x && wg == CW - 1) {  // the first tile's; later ones at the previous epilogue
-      load_lr_async(m0);
+    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late) {  // the first tile's; later ones at the previous
+      load_lr_async(m0);                                                   // epilogue (late: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -655,6 +675,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   }
   if constexpr (PS && !kCoupled) {
     mbar_wait(lr_full, lr_tiles & 1);
+    if (lr_late && lr_tiles == 0) pdl_wait();  // the down projection is done (so the wait is short): y may be written
     ++lr_tiles;
     fence_proxy_async_smem();  // the copies (generic proxy) seen by the low-rank wgmmas (async proxy)
   } else {
@@ -861,6 +882,8 @@ bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, 
 }
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
+long long g_late_launches = 0;  // launches with a late low-rank tile (tests: which path ran)
+thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
@@ -906,10 +929,22 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0);
+  g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
+  // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
+  const int late = PS && EP == 0 && a.lr_late && pdl_device() ? 1 : 0;
+  cfg.numAttrs = splits > 1 ? 1 : 0;
+  if (late) {
+    attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+    ++cfg.numAttrs;
+    ++g_late_launches;
+  } else {
+    cfg.numAttrs = pdl_launch_attr(attr, cfg.numAttrs);
+  }
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
-                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R);
+                            a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
+                            late);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1058,6 +1093,8 @@ bool gemm_2l_rf_by_cost() { return g_rf_by_cost; }
 void set_gemm_2l_rf_splits(int s) { g_rf_splits = s >= 1 && s <= 8 ? s : 0; }
 int gemm_2l_rf_splits() { return g_rf_splits; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
+long long gemm_2l_late_launches() { return g_late_launches; }
+Gemm2lLaunch gemm_2l_last_launch() { return g_last_launch; }
 bool gemm_2l_plan_forced() {
   return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||
          g_rf_splits > 1 ||

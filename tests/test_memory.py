@@ -62,12 +62,14 @@ class AliveMeter:
         monkeypatch.setattr(qmod.SVDQuantDiffusersQuantizer, "_quantize_layer", wrapped)
 
 
-def layer_ratio(q: nn.Module) -> tuple[int, int]:
-    """(quantized bytes, bf16 bytes of the same layers: weight + bias)."""
+def layer_ratio(q: nn.Module, device: str | None = None) -> tuple[int, int]:
+    """(quantized bytes, bf16 bytes of the same layers: weight + bias); device: count only tensors there (on Hopper a
+    layer's GEMM reads its fragment-order copy of the weights on the GPU, and the canonical ones wait in host memory)."""
     qb = fb = 0
     for m in q.modules():
         if isinstance(m, SVDQuantLinear):
-            qb += tensor_bytes(m)
+            qb += sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()]
+                      if not t.is_meta and (device is None or t.device.type == device))
             fb += 2 * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
     return qb, fb
 
@@ -177,7 +179,7 @@ def test_full_size_flux_block_gpu_peak_while_loading(tmp_path):
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() - base
     final = torch.cuda.memory_allocated() - base
-    qb, fb = layer_ratio(q)
+    qb, fb = layer_ratio(q, "cuda")
     print(
         f"\nGPU quantize-on-load of the full-size FLUX.1 block ({torch.cuda.get_device_name()}): {dt:.1f} s\n"
         f"  bf16 model {bf16_total / 2**20:.1f} MiB; quantized model on GPU {final / 2**20:.1f} MiB "

@@ -12,6 +12,9 @@ assert ext is not None
 if os.environ.get("SANITIZE_PDL") == "1":
     ext.set_pdl(True)
     ext.set_quantize_act_2l_lean(False)
+# SANITIZE_CHAIN=1: the chained down projection forced wherever the shape allows (set_lr_chain(1)), GEMMs taking lr late
+if os.environ.get("SANITIZE_CHAIN") == "1":
+    ext.set_lr_chain(1)
 g = torch.Generator(device="cuda").manual_seed(3)
 for dtype, gs, (M, K, N, R) in [
     (torch.bfloat16, 64, (7, 192, 40, 40)),
@@ -171,3 +174,29 @@ if hasattr(ext, "rms_norm_rope"):
         ext.rms_norm_rope(x[:, 5:].contiguous(), w, 1e-6, table[:S], table[:S], x[:, :5].contiguous(), w)  # front
     torch.cuda.synchronize()
     print("rms_norm_rope case done")
+
+# the chained down projection (set_lr_chain) and GEMMs taking lr late: the persistent kernels unsplit, split over a
+# cluster and with three warpgroups, an awkward M, a rank-96 quantizer call read as a column block
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_chain"):
+    ext.set_lr_chain(1)
+    late = ext.gemm_2l_late_launches()
+    for M, K, N, R, forced in [(130, 1024, 256, 32, {}), (77, 512, 384, 32, {"rf_splits": 2}),
+                               (200, 768, 384, 96, {"rf_warpgroups": 3}), (256, 384, 256, 16, {})]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+        pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
+        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+        wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
+        wch = torch.rand(N, device="cuda", generator=g)
+        pu = torch.randn(N, min(R, 32), device="cuda", generator=g).to(torch.bfloat16)
+        ext.set_gemm_2l_rf_splits(forced.get("rf_splits", 0))
+        ext.set_gemm_2l_rf_warpgroups(forced.get("rf_warpgroups", 0), 0)
+        ext.set_gemm_2l_persistent(1)
+        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
+        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr[:, :min(R, 32)], pu, None, 64)
+    ext.set_gemm_2l_rf_splits(0)
+    ext.set_gemm_2l_rf_warpgroups(0, 0)
+    ext.set_gemm_2l_persistent(-1)
+    ext.set_lr_chain(-1)
+    torch.cuda.synchronize()
+    print(f"chained down projection case done ({ext.gemm_2l_late_launches() - late} late GEMMs)")
