@@ -55,6 +55,9 @@
 #       nothing more if they fail), the whole tests/gpu suite, ab_2l.py at BENCH_MS (default 256,128; fo with the
 #       default rule, fo_lc forced, fo_nlc off, bf16, fp8d), chain_timeline.py at 256 tokens with the chain off and by its
 #       rule, memcheck with it forced (SANITIZE_CHAIN=1), the GPU memory test of a full-size FLUX.1 block (WHEELS=.slimwhl)
+#   v229b: v229 after a change to the down projection's kernel: its tests, the few-token / side-stream / PDL / padded
+#       tests, memcheck with the chain forced, ab_2l.py (V229_COLS, default fo, fo_ld: deep instances, fo_lc, fo_nlc,
+#       bf16, fp8d), chain_timeline.py at 256 tokens by the rule
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
 #       each kernel of the default chain (benchmarks/chain_ncu.py) at NCU_SHAPES (default 256 tokens, 3072 x 3072 and
 #       3072 x 9216), clocks not locked
@@ -429,7 +432,7 @@ if [ "$what" = v229 ]; then  # the chained down projection: its tests, the whole
       -o addopts="" > "$OUT/tests.log" 2>&1
     echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
     timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,128} --rounds ${ROUNDS:-3} \
-      --cols fo,fo_lc,fo_nlc,bf16,fp8d > "$OUT/ab_2l_v229.log" 2>&1
+      --cols ${V229_COLS:-fo,fo_lc,fo_nlc,bf16,fp8d} > "$OUT/ab_2l_v229.log" 2>&1
     echo "ab_2l rc=$?"; tail -11 "$OUT/ab_2l_v229.log"
     timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain 0 > "$OUT/chain_timeline_v229.log" 2>&1
     timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain -1 > "$OUT/chain_timeline_v229_lc.log" 2>&1
@@ -439,6 +442,24 @@ if [ "$what" = v229 ]; then  # the chained down projection: its tests, the whole
     timeout 80 python3 -m pytest -q -rfE -p no:cacheprovider tests/test_memory.py -m gpu -o addopts="" --timeout 70 \
       > "$OUT/tests_memory_gpu.log" 2>&1
     echo "memory gpu test rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_memory_gpu.log" | tail -3
+  fi
+fi
+if [ "$what" = v229b ]; then  # the chained down projection after a change to its kernel: its tests, the few-token down
+  # projection's and the side stream's, memcheck, then the A/B at a few hundred tokens and the timeline by the rule
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_chain.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 > "$OUT/tests_v229.log" 2>&1
+  rc=$?; echo "chain tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v229.log" | tail -8
+  if [ $rc = 0 ]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pdl.py tests/gpu/test_kernels_2l.py \
+      -m "gpu or not gpu" -o addopts="" -k "pdl or few_token_down or side_stream or in_row_chunks or padded" \
+      --timeout 60 > "$OUT/tests_v229b.log" 2>&1
+    echo "pdl / down / side-stream tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v229b.log" | tail -5
+    SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
+    timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,128} --rounds ${ROUNDS:-3} \
+      --cols ${V229_COLS:-fo,fo_ld,fo_lc,fo_nlc,bf16,fp8d} > "$OUT/ab_2l_v229.log" 2>&1
+    echo "ab_2l rc=$?"; tail -11 "$OUT/ab_2l_v229.log"
+    timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain -1 > "$OUT/chain_timeline_v229_lc.log" 2>&1
+    echo "timeline rc=$?"; tail -5 "$OUT/chain_timeline_v229_lc.log"
   fi
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason

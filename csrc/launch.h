@@ -95,7 +95,7 @@ void set_rms_norm_rope_version(int v);  // 4 (default): a warp per token, 16-byt
 int rms_norm_rope_version();
 cudaError_t launch_rms_norm_rope(const RmsNormRopeArgs& a, int num_sms, cudaStream_t stream);
 
-// Programmatic dependent launch (pdl.cuh; sm_90+, opt-in until measured on a GPU): the int4_2l GEMM, the few-token
+// Programmatic dependent launch (pdl.cuh; sm_90+, opt-in: measured no faster on the model, perf-notes v2.25): the int4_2l GEMM, the few-token
 // weight stream, the per-row quantizer and the few-token down projection are launched so that each may start under the
 // tail of the kernel before it on the stream (their set-up, and the weight stream's first weights, before they wait for
 // that kernel's writes); the quantizer, the down projection, the prefix copy and the GEMM signal at their start. Off:
@@ -126,7 +126,7 @@ cudaError_t launch_smooth_rcp(DType dtype, const void* smooth, float* rcp, int K
 // benchmarks / tests: on = 0 launches one CTA per row (the kernel before v2.17); max_ctas > 0 caps the persistent grid
 void set_quantize_act_2l_persistent(int on, int max_ctas);
 int quantize_act_2l_last_ctas();  // CTAs of the last per-row launch
-// The per-row kernel's lean form (opt-in until measured, perf-notes v2.24): a row's 16 possible 1 / (s_row s_int) computed
+// The per-row kernel's lean form (the default since v2.25, perf-notes v2.24-v2.25): a row's 16 possible 1 / (s_row s_int) computed
 // once (a lane each) and looked up by shuffle instead of a reciprocal per 8 values, and no clamp where it cannot bind
 // (finite rows with amax >= 2^-100); bit-identical to the reference by construction, ~20 % fewer instructions (counted)
 void set_quantize_act_2l_lean(bool on);
@@ -187,14 +187,14 @@ bool gemm_2l_rf_by_cost();
 void set_gemm_2l_rf_splits(int s);
 int gemm_2l_rf_splits();
 // The low-rank down projection lr = x @ proj_down at a few tokens (lowrank_down_sm90.cu, sm_90a): one kernel instead of
-// cuBLAS's split-K GEMM and reduction. Takes M <= the limit (default 512; 0: never), K % 128 == 0, K <= 4096 and R <= 64
+// cuBLAS's split-K GEMM and reduction. Takes M <= the limit (default 256; 0: never), K % 128 == 0, K <= 4096 and R <= 64
 // by default (R 16 / 32 / 48 / 64; 96 and 128 too, and any K, where the limit is set explicitly: the kernel reads
 // proj_down once per 16 tokens, so cuBLAS wins at large K x R); x
 // [M, K], proj_down [K, R] and lr [M, R] contiguous, 16-byte aligned.
 bool lowrank_down_takes(int M, int K, int R);
 void set_lowrank_down_max_tokens(int m, bool wide = false);
 int lowrank_down_max_tokens();
-void set_lowrank_down_deep(bool on);  // up to 8 stages in flight instead of 4 (opt-in: not yet measured)
+void set_lowrank_down_deep(bool on);  // up to 8 stages in flight instead of 4 (opt-in: mixed, perf-notes v2.29)
 bool lowrank_down_deep();
 void set_lowrank_down_splits(int s);  // the cluster size along K forced (1, 2, 4, 8; 0: the rule)
 int lowrank_down_splits();

@@ -29,7 +29,8 @@ namespace {
 constexpr int kDownKC = 128;     // K per stage
 constexpr int kDownThreads = 128;
 
-// Deep (opt-in, set_lowrank_down_deep; not yet measured): up to 8 stages in flight within ~192 KB instead of 4 (4 were
+// Deep (opt-in, set_lowrank_down_deep; measured mixed, perf-notes v2.29: -5 % chained at 3072 x 3072, +10 % on the side
+// stream at 3072 x 12288, 256 tokens): up to 8 stages in flight within ~192 KB instead of 4 (4 were
 // latency-bound at K >= 12288, perf-notes v2.23)
 template <int R, bool Deep = false>
 struct DownCfg {
@@ -40,7 +41,7 @@ struct DownCfg {
   static constexpr int kRed = 4 * 16 * R * 4;  // the four warps' fp32 partials
   static constexpr int kDeepFit = (192 * 1024 - kRed) / kStage;
   static constexpr int kStages = !Deep ? 4 : kDeepFit > 8 ? 8 : kDeepFit;
-  static constexpr int kSmem = kStages * kStage + kRed;  // + V 16 R 4 bytes of slices' partials (launch_down)
+  static constexpr int kSmem = kStages * kStage + kRed;  // + (V - 1) kRed for V slices per CTA (launch_down)
 };
 
 template <typename T, int R, bool Deep, bool Chain = false>
@@ -96,23 +97,18 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
     }
   };
   float acc[R / 8][4] = {};
-  // the warps' partials [warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3] row g + 8), then
-  // the CTA's slices' partials [V][16][R]
+  // per slice v, the warps' partials [v][warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3]
+  // row g + 8), each warp writing its own as its slice ends (no barrier in the loop)
   float* red = reinterpret_cast<float*>(smem + C::kStages * C::kStage);
-  float* slots = red + 4 * 16 * R;
   const int g = lane >> 2, t = lane & 3;
-  auto flush = [&](int v) {  // slice v's partial: the four warps' sums, w0 + ((w1 + w2) + w3)
+  auto flush = [&](int v) {
 #pragma unroll
     for (int nt = 0; nt < R / 8; ++nt) {
-      float* r0 = red + (warp * 16 + g) * R + nt * 8 + 2 * t;
+      float* r0 = red + ((v * 4 + warp) * 16 + g) * R + nt * 8 + 2 * t;
       r0[0] = acc[nt][0], r0[1] = acc[nt][1], r0[8 * R] = acc[nt][2], r0[8 * R + 1] = acc[nt][3];
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
     }
-    sync4();
-    for (int i = tid; i < 16 * R; i += kDownThreads)
-      slots[v * 16 * R + i] = red[i] + (red[i + 16 * R] + red[i + 32 * R] + red[i + 48 * R]);
-    sync4();  // red may take the next slice's partials
   };
   int v = 0, vend = (z * V + 1) * units / SV - u0;  // the slice in progress and the stage after its last
 #pragma unroll
@@ -144,15 +140,27 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
       vend = (z * V + v + 1) * units / SV - u0;
     }
   }
+  sync4();
+  for (int v = 0; v < V; ++v) {  // slice v's partial, in place of warp 0's: w0 + ((w1 + w2) + w3)
+    float* rv = red + v * 4 * 16 * R;
+    for (int i = tid; i < 16 * R; i += kDownThreads) rv[i] += rv[i + 16 * R] + rv[i + 32 * R] + rv[i + 48 * R];
+  }
   cg::cluster_group cluster = cg::this_cluster();
   if (S > 1) cluster.sync();
   else sync4();
   for (int i = z * 16 * R / S + tid; i < (z + 1) * 16 * R / S; i += kDownThreads) {
-    float sum = 0.f;
-    for (int q = 0; q < SV; ++q) {  // in slice order, as the side path's CTAs
-      const float* sl = slots + (q % V) * 16 * R;
-      sum += q / V == z ? sl[i] : cluster.map_shared_rank(sl, q / V)[i];
+    float part[8];  // every slice's partial requested before any is added (one round trip to the peers)
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      if (q < SV) {
+        const float* sl = red + (q % V) * 4 * 16 * R;
+        part[q] = q / V == z ? sl[i] : cluster.map_shared_rank(sl, q / V)[i];
+      }
     }
+    float sum = 0.f;
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (q < SV) sum += part[q];  // in slice order, as the side path's CTAs add them
     const int m = m0 + i / R;
     if (m < M) lr[(int64_t)m * R + i % R] = Dt<T>::from_f(sum);
   }
@@ -176,11 +184,11 @@ template <typename T, int R, bool Deep, bool Chain = false>
 cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, int max_ctas,
                         cudaStream_t stream) {
   auto kern = lowrank_down_kernel<T, R, Deep, Chain>;
-  constexpr int kSlice = 16 * R * 4;  // a slice's partials in shared memory
-  constexpr int kVmaxFit = (227 * 1024 - DownCfg<R, Deep>::kSmem) / kSlice;
+  constexpr int kSlice = DownCfg<R, Deep>::kRed;  // a slice's four warp partials in shared memory (one in kSmem)
+  constexpr int kVmaxFit = (227 * 1024 - DownCfg<R, Deep>::kSmem) / kSlice + 1;
   constexpr int kVmax = kVmaxFit > 8 ? 8 : kVmaxFit;  // slices per CTA that fit (>= 1 for every instance)
   static_assert(kVmax >= 1, "no room for a slice's partials");
-  constexpr int smem_max = DownCfg<R, Deep>::kSmem + kVmax * kSlice;
+  constexpr int smem_max = DownCfg<R, Deep>::kSmem + (kVmax - 1) * kSlice;
   static std::once_flag set[64];
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -202,7 +210,7 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(P, rows, 1);
   cfg.blockDim = dim3(Chain ? kDownThreads + 32 : kDownThreads);
-  cfg.dynamicSmemBytes = DownCfg<R, Deep>::kSmem + V * kSlice;
+  cfg.dynamicSmemBytes = DownCfg<R, Deep>::kSmem + (V - 1) * kSlice;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -263,6 +271,10 @@ int lr_chain() { return g_lr_chain; }
 cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
                                       int num_sms, int max_ctas, cudaStream_t stream) {
   if (!lowrank_down_chain_takes(M, K, R) || max_ctas < 1) return cudaErrorInvalidValue;
+  if (g_down_deep)
+    return dtype == DType::kBF16
+               ? launch_down_r<__nv_bfloat16, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream)
+               : launch_down_r<__half, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream);
   return dtype == DType::kBF16
              ? launch_down_r<__nv_bfloat16, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream)
              : launch_down_r<__half, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream);

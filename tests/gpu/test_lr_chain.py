@@ -36,17 +36,18 @@ def _gemm(ext, xq, xs, qf, w, lr, gs=64):
     return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
 
 
+@pytest.mark.parametrize("deep", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("R", [16, 32, 96])
 @pytest.mark.parametrize("M,K", [(1, 3072), (7, 256), (100, 3072), (255, 12288), (256, 3072), (256, 15360),
                                  (257, 3072)])
-def test_chained_quantizer_gives_the_same_xq_and_lr(hopper, dtype, R, M, K):
+def test_chained_quantizer_gives_the_same_xq_and_lr(hopper, dtype, R, M, K, deep):
     """xq and xscale bit for bit the side-stream path's; lr written everywhere, bit for bit the side stream's where that
     runs our few-token kernel too (M <= 256, K <= 4096, rank <= 64: the same K slices summed in the same order on fewer
     CTAs), else within fp32 summation order of cuBLAS's; M = 257 keeps the side stream."""
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + R)
     cq, cs, cl = _quantize(hopper, x, smooth, pd)
-    with _chain(hopper):
+    with _chain(hopper), _switched(hopper.set_lowrank_down_deep, deep, False):  # (deep: more stages in flight)
         q, s, lr = _quantize(hopper, x, smooth, pd)
         torch.cuda.synchronize()
     assert lr.shape == (M, R) and torch.isfinite(lr).all(), "unwritten (poisoned) low-rank activations"
