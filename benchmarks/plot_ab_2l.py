@@ -22,6 +22,8 @@ SERIES = {"now": "int4_2l packed (canonical order)", "np": "packed, not persiste
           "fo_m0": "fragment order, v2.24's warpgroup choice",
           "fo_rq": "fragment order, reference quantizer (before v2.25)",
           "fo_qc12": "fragment order, quantizer in 12 MB row chunks", "fo_qc24": "fragment order, quantizer in 24 MB row chunks",
+          "fo_lc": "fragment order, down projection chained everywhere", "fo_nlc": "fragment order, down projection on the side stream",
+          "fo_ld": "fragment order, deep down projection",
           "fp8": "fp8 _scaled_mm (GEMM only)", "fp8d": "fp8 _scaled_mm with its activation cast"}
 
 
