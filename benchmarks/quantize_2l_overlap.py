@@ -5,8 +5,10 @@ usage: python benchmarks/quantize_2l_overlap.py [--shapes 4608x15360,4608x12288,
 Rank 32, bfloat16, group 64, us per call under CUDA graphs (the down projection included), in alternating order
 over three rounds. Columns: "l2only" the rule before v2.18 (the side stream only while x is at most 32 MiB:
 set_quantize_act_2l_overlap(True, max_bytes)), "default" the side stream at any size (persistent CTAs from K = 8192),
-"ovl_1r" the same with one CTA per row (so cuBLAS's blocks can interleave with the quantizer's). Past L2 both kernels
-stream x from DRAM; the H200's ~4.8 TB/s is more than either takes alone.
+"ovl_1r" the same with one CTA per row (so cuBLAS's blocks can interleave with the quantizer's), "alone" the quantizer
+without a down projection (rank 0): what the pair would cost with the down projection off its critical path (e.g. under
+the GEMM, perf-notes v2.29). Past L2 both kernels stream x from DRAM; the H200's ~4.8 TB/s is more than either takes
+alone.
 """
 from __future__ import annotations
 
@@ -28,15 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     ext = hopper_extension("quantize_2l_overlap")
     if ext is None:
         return 2
-    modes = {"l2only": (32 << 20, 1), "default": (1 << 62, 1), "ovl_1r": (1 << 62, 0)}
+    modes = {"l2only": (32 << 20, 1), "default": (1 << 62, 1), "ovl_1r": (1 << 62, 0), "alone": (1 << 62, 1)}
     print(f"{torch.cuda.get_device_name()}: quantize_act_2l + down projection (rank 32), us per call")
-    print(f"{'M':>5} {'K':>6} | " + " ".join(f"{m:>8}" for m in modes) + " | default/l2only ovl_1r/l2only")
+    print(f"{'M':>5} {'K':>6} | " + " ".join(f"{m:>8}" for m in modes)
+          + " | default/l2only ovl_1r/l2only alone/default")
     for shape in args.shapes.split(","):
         M, K = (int(v) for v in shape.split("x"))
         torch.manual_seed(M + K)
         xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
         smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
         pd = (torch.randn(K, 32, device="cuda") / K**0.5).to(torch.bfloat16)
+        pd0 = pd[:, :0].contiguous()  # rank 0: no down projection
         times: dict[str, list[float]] = {m: [] for m in modes}
         for r in range(3):
             for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
@@ -44,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                 ext.set_quantize_act_2l_overlap(True, max_bytes)
                 ext.set_quantize_act_2l_persistent(persistent, 0)
                 try:
-                    times[name].append(1e3 * time_graph(lambda x: ext.quantize_act_2l(x, smooth, pd, 64),
+                    p = pd0 if name == "alone" else pd
+                    times[name].append(1e3 * time_graph(lambda x, p=p: ext.quantize_act_2l(x, smooth, p, 64),
                                                         [(x,) for x in xs], args.reps))
                 finally:
                     ext.set_quantize_act_2l_overlap(True)
                     ext.set_quantize_act_2l_persistent(1, 0)
         med = {m: statistics.median(v) for m, v in times.items()}
         print(f"{M:>5} {K:>6} | " + " ".join(f"{med[m]:>8.1f}" for m in modes)
-              + f" | {med['default'] / med['l2only']:>14.3f} {med['ovl_1r'] / med['l2only']:>13.3f}", flush=True)
+              + f" | {med['default'] / med['l2only']:>14.3f} {med['ovl_1r'] / med['l2only']:>13.3f}"
+              + f" {med['alone'] / med['default']:>13.3f}", flush=True)
     return 0
 
 

@@ -58,6 +58,8 @@
 #   v229b: v229 after a change to the down projection's kernel: its tests, the few-token / side-stream / PDL / padded
 #       tests, memcheck with the chain forced, ab_2l.py (V229_COLS, default fo, fo_ld: deep instances, fo_lc, fo_nlc,
 #       bf16, fp8d), chain_timeline.py at 256 tokens by the rule
+#   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
+#       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
 #       each kernel of the default chain (benchmarks/chain_ncu.py) at NCU_SHAPES (default 256 tokens, 3072 x 3072 and
 #       3072 x 9216), clocks not locked
@@ -461,6 +463,11 @@ if [ "$what" = v229b ]; then  # the chained down projection after a change to it
     timeout 60 python3 benchmarks/chain_timeline.py --ms 256 --lr-chain -1 > "$OUT/chain_timeline_v229_lc.log" 2>&1
     echo "timeline rc=$?"; tail -5 "$OUT/chain_timeline_v229_lc.log"
   fi
+fi
+if [ "$what" = v230 ]; then  # perf-notes v2.29's next step 1, its first measurement: at 4608 tokens, what the quantizer's
+  # down projection costs the pair (quantize_2l_overlap.py's "alone": rank 0), on this GPU
+  timeout 200 python3 benchmarks/quantize_2l_overlap.py > "$OUT/quantize_2l_overlap.log" 2>&1
+  echo "overlap rc=$?"; tail -6 "$OUT/quantize_2l_overlap.log"
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
   timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \
