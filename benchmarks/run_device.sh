@@ -115,6 +115,12 @@ v227_tests() {  # the chunked quantizer's tests and the side-stream ones; return
   local rc=$?; echo "v227 tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v227.log" | tail -5
   return $rc
 }
+chain_tests() {  # tests/gpu/test_lr_chain.py (the chained down projection), stopping at the first failure; returns their rc
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_chain.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 > "$OUT/tests_v229.log" 2>&1
+  local rc=$?; echo "chain tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v229.log" | tail -8
+  return $rc
+}
 chain_breakdown() {  # benchmarks/chain_breakdown.py at the token counts $1
   timeout 150 python3 benchmarks/chain_breakdown.py --ms "$1" > "$OUT/chain_breakdown.log" 2>&1
   echo "breakdown rc=$?"; tail -16 "$OUT/chain_breakdown.log"
@@ -425,10 +431,7 @@ if [ "$what" = chainncu ]; then  # the down projection's token limit at 512; eac
   done
 fi
 if [ "$what" = v229 ]; then  # the chained down projection: its tests, the whole GPU suite, then A/B at a few hundred tokens
-  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_chain.py -m "gpu or not gpu" \
-    -o addopts="" --timeout 60 > "$OUT/tests_v229.log" 2>&1
-  rc=$?; echo "chain tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v229.log" | tail -8
-  if [ $rc = 0 ]; then
+  if chain_tests; then
     t0=$(date +%s)
     timeout 250 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
       -o addopts="" > "$OUT/tests.log" 2>&1
@@ -448,10 +451,7 @@ if [ "$what" = v229 ]; then  # the chained down projection: its tests, the whole
 fi
 if [ "$what" = v229b ]; then  # the chained down projection after a change to its kernel: its tests, the few-token down
   # projection's and the side stream's, memcheck, then the A/B at a few hundred tokens and the timeline by the rule
-  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_chain.py -m "gpu or not gpu" \
-    -o addopts="" --timeout 60 > "$OUT/tests_v229.log" 2>&1
-  rc=$?; echo "chain tests rc=$rc"; grep -E "passed|failed|Error|assert" "$OUT/tests_v229.log" | tail -8
-  if [ $rc = 0 ]; then
+  if chain_tests; then
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pdl.py tests/gpu/test_kernels_2l.py \
       -m "gpu or not gpu" -o addopts="" -k "pdl or few_token_down or side_stream or in_row_chunks or padded" \
       --timeout 60 > "$OUT/tests_v229b.log" 2>&1

@@ -303,15 +303,17 @@ at::Tensor w4a4_gemm(const at::Tensor& xq_in, const at::Tensor& asc_in, const at
 // x2_in: the activations are cat([x_in, x2_in], 1), read in place (quantize_act_2l_cat; K1 = x_in's width % 8 == 0)
 // Whether the down projection x @ pd takes our few-token kernel: its shapes, contiguous 16-byte-aligned operands, and an
 // sm_90 device (the kernel is built for sm_90a only)
-bool sm90(const at::Tensor& x) {
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
-  return prop->major == 9 && prop->minor == 0;
+bool is_sm90(const at::Tensor& t) {
+  const cudaDeviceProp* p = at::cuda::getDeviceProperties(t.device().index());
+  return p->major == 9 && p->minor == 0;
+}
+// x and pd as that kernel (plain or chained) reads them: contiguous, 16-byte aligned, on an sm_90 device
+bool lowrank_down_operands_ok(const at::Tensor& x, const at::Tensor& pd) {
+  return x.is_contiguous() && pd.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 && is_sm90(x);
 }
 bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
-  if (!svdq::lowrank_down_takes(M, K, (int)pd.size(1)) || !x.is_contiguous() || !pd.is_contiguous()) return false;
-  if (reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 || reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16) return false;
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return prop->major == 9 && prop->minor == 0;
+  return svdq::lowrank_down_takes(M, K, (int)pd.size(1)) && lowrank_down_operands_ok(x, pd);
 }
 
 // The last quantize_act_2l call of this thread: its stream, xq, lr, proj_down, M and whether it chained its down
@@ -323,24 +325,25 @@ bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
 // slices in the same order, so lr and every output are the same bits either way; past that K our kernel on so few CTAs
 // is slower than the GEMM it hides under, perf-notes v2.29) and that GEMM was a persistent kernel leaving at least one
 // SM per 16 tokens free.
-bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K);
 struct LrChainRecord {
   cudaStream_t stream = nullptr;
   const void* xq = nullptr;
   const void* lr = nullptr;
   const void* pd = nullptr;
   int64_t M = 0;
+  bool chainable = false;  // the call could have chained (its GEMM's launch is worth learning)
   bool chained = false;
 };
 thread_local LrChainRecord g_chain_record;
 std::mutex g_chain_mu;
 std::map<std::pair<const void*, int64_t>, svdq::Gemm2lLaunch> g_chain_learned;  // (proj_down, M) -> its GEMM's launch
 
-// The down projection's CTA budget where it is chained (0: not chained); x, pd: the operands as the kernel reads them
-int chain_ctas(const at::Tensor& x, const at::Tensor& pd, const at::Tensor& pd_in, int64_t M, int64_t K) {
+// The down projection's CTA budget where a call that could chain (lowrank_down_chain_takes, operands as the kernel
+// reads them) chains (0: not chained)
+int chain_ctas(const at::Tensor& pd_in, int64_t M, int64_t K, int R) {
   const int mode = svdq::lr_chain();
   if (mode > 0) return 32;
-  if (mode == 0 || !lowrank_down_ok(x, pd, (int)M, (int)K)) return 0;
+  if (mode == 0 || !svdq::lowrank_down_takes((int)M, (int)K, R)) return 0;
   std::lock_guard<std::mutex> lock(g_chain_mu);
   const auto it = g_chain_learned.find({pd_in.data_ptr(), M});
   if (it == g_chain_learned.end() || !it->second.persistent) return 0;
@@ -375,10 +378,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const at::Tensor x2 = x2_in.has_value() ? prep(*x2_in) : at::Tensor();
   g_chain_record = {};
   auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
-  const auto remember = [&](const at::Tensor& lr, bool chained) {
-    g_chain_record = {c10::cuda::getCurrentCUDAStream().stream(), xq.data_ptr(), lr.data_ptr(), pd_in.data_ptr(), M,
-                      chained};
-  };
   auto xscale = at::empty({M}, x.options().dtype(at::kFloat));
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
   svdq::QuantizeAct2lArgs a{dtype_of(x, "x"), x.data_ptr(), smooth.data_ptr(), nullptr,
@@ -410,6 +409,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   const auto down_projection = [&](at::Tensor& out) { return down_rows(out, 0, M); };
   at::Tensor lr;
   const int R = (int)pd.size(1);
+  // (set_lr_chain) whether this call may chain its down projection; the record of it for the GEMM after it
+  const bool chainable = !x2.defined() && g_chunk_bytes == 0 && svdq::lowrank_down_chain_takes((int)M, (int)K, R) &&
+                         lowrank_down_operands_ok(x, pd);
+  const auto remember = [&](const at::Tensor& lr, bool chained) {
+    g_chain_record = {c10::cuda::getCurrentCUDAStream().stream(), xq.data_ptr(), lr.data_ptr(), pd_in.data_ptr(), M,
+                      chainable, chained};
+  };
   const cudaDeviceProp* prop =
       R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
   if (prop && !x2.defined() && prop->major == 9 && prop->minor == 0 &&
@@ -431,11 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   a.rcp_ready = rcp_ready;
   if (pd.size(1) == 0) {
     lr = at::empty({M, 0}, x.options());
-  } else if (const int ctas = !x2.defined() && g_chunk_bytes == 0 && svdq::lowrank_down_chain_takes((int)M, (int)K, R) &&
-                                      pd.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-                                      reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 && sm90(x)
-                                  ? chain_ctas(x, pd, pd_in, M, K)
-                                  : 0) {
+  } else if (const int ctas = chainable ? chain_ctas(pd_in, M, K, R) : 0) {
     // set_lr_chain, a few tokens: the down projection after the quantizer on this stream, beside it (launched
     // programmatically) and, for the GEMM that reads these xq and lr, under that GEMM's main loop
     lr = at::empty({M, R}, x.options());
@@ -575,7 +577,7 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
   const bool gemv = svdq::gemv_2l_takes(a) && !svdq::gemm_2l_plan_forced();
   const cudaError_t err = gemv ? svdq::launch_w4a4_gemv_2l(a, stream) : svdq::launch_w4a4_gemm_2l(a, sms, stream);
   SVDQ_REQUIRE(err == cudaSuccess, "svdquant w4a4_gemm_2l: launch failed: ", cudaGetErrorString(err));
-  if (from_record) {  // set_lr_chain's rule: what this GEMM left free, for the next call with this proj_down and M
+  if (from_record && rec.chainable) {  // set_lr_chain's rule: what this GEMM left free, for the next such call
     std::lock_guard<std::mutex> lock(g_chain_mu);
     if (g_chain_learned.size() > 65536) g_chain_learned.clear();  // (pointers of freed layers: a bound, not a cache)
     g_chain_learned[{rec.pd, rec.M}] = gemv ? svdq::Gemm2lLaunch{} : svdq::gemm_2l_last_launch();
@@ -644,11 +646,6 @@ Ret python_fallback(int which, const char* op, const Args&... args) {
 
 bool on(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
   return t.device() == like.device() && t.scalar_type() == dtype;
-}
-
-bool is_sm90(const at::Tensor& t) {
-  const cudaDeviceProp* p = at::cuda::getDeviceProperties(t.device().index());
-  return p->major == 9 && p->minor == 0;
 }
 
 // gs 0: qw holds the weights widened to int8 [N, K] (w8a4_gemm_2l), wsc is not read.

@@ -218,18 +218,9 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
-  if constexpr (Chain) {
-    cfg.numAttrs = P > 1 ? 1 : 0;
-    if (pdl_device()) {
-      attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
-      ++cfg.numAttrs;
-    }
-  } else {
-    // (set_pdl) under a CUDA graph its edge from x's producer may become programmatic; eagerly the side stream's event
-    // keeps it a full dependency
-    cfg.numAttrs = pdl_launch_attr(attr, P > 1 ? 1 : 0);
-  }
+  // Chain: programmatic whatever set_pdl says. Else (set_pdl) under a CUDA graph its edge from x's producer may become
+  // programmatic; eagerly the side stream's event keeps it a full dependency
+  cfg.numAttrs = pdl_launch_attr(attr, P > 1 ? 1 : 0, Chain);
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K,
                             V);
 }

@@ -25,10 +25,10 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// Appends the PDL launch attribute at attrs[n] where set_pdl is on and the current device is sm_90+; returns the new
-// attribute count.
-inline unsigned pdl_launch_attr(cudaLaunchAttribute* attrs, unsigned n) {
-  if (!pdl() || !pdl_device()) return n;
+// Appends the PDL launch attribute at attrs[n] where set_pdl is on (or `force`: the chained down projection and the
+// GEMM after it, set_lr_chain) and the current device is sm_90+; returns the new attribute count.
+inline unsigned pdl_launch_attr(cudaLaunchAttribute* attrs, unsigned n, bool force = false) {
+  if (!(force || pdl()) || !pdl_device()) return n;
   attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attrs[n].val.programmaticStreamSerializationAllowed = 1;
   return n + 1;

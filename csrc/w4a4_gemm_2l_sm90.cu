@@ -932,15 +932,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
   const int late = PS && EP == 0 && a.lr_late && pdl_device() ? 1 : 0;
-  cfg.numAttrs = splits > 1 ? 1 : 0;
-  if (late) {
-    attr[cfg.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[cfg.numAttrs].val.programmaticStreamSerializationAllowed = 1;
-    ++cfg.numAttrs;
-    ++g_late_launches;
-  } else {
-    cfg.numAttrs = pdl_launch_attr(attr, cfg.numAttrs);
-  }
+  if (late) ++g_late_launches;
+  cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,

@@ -53,7 +53,7 @@ def _weights(N, K, R, dtype, gs, seed, bias=True):
     return qweight, wscales, wchannel, pu, b
 
 
-def _quantize(ext, x, smooth, pd, gs):
+def _quantize(ext, x, smooth, pd, gs=64):
     M, K = x.shape
     _poison(2 * M * K + 8 * M + 2 * M * pd.shape[1], 0x7F)  # 127 is not a q * s_int value
     return ext.quantize_act_2l(x, smooth, pd, gs)

@@ -11,7 +11,7 @@ from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref
 
 from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,12 +22,6 @@ pytestmark = [
 def _chain(ext, mode: int = 1):
     """set_lr_chain(mode) for a block (1: wherever the shape allows, 0: never, -1: its rule), as before after it."""
     return _switched(ext.set_lr_chain, mode, ext.lr_chain())
-
-
-def _quantize(ext, x, smooth, pd, gs=64):
-    M, K = x.shape
-    _poison(2 * M * K + 8 * M + 2 * M * pd.shape[1], 0x7F)
-    return ext.quantize_act_2l(x, smooth, pd, gs)
 
 
 def _gemm(ext, xq, xs, qf, w, lr, gs=64):
