@@ -15,7 +15,9 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
   --fused adds "chain_fq" / "q_fq": the chain / the quantizer with the Hopper cluster quantizer that fuses the
            down projection (set_quantize_act_2l_fused(1); measured slower, perf-notes v2.16-v2.17);
   "empty"  one trivial kernel (a graph node's floor);
-  "bf16"   cuBLAS x @ w.T + bias, the bar's peer.
+  "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
+  --fp8 adds #7's peer by part: "cast" the activations' rowwise e4m3 cast (torch.compile'd amax + scale + cast, as in
+           ab_2l.py's fp8d), "fp8" torch._scaled_mm rowwise alone, "fp8d" the two together.
 """
 from __future__ import annotations
 
@@ -36,8 +38,15 @@ def main() -> int:
     ap.add_argument("--ms", default="256")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--fused", action="store_true", help="add the fused (cluster) quantizer's columns")
+    ap.add_argument("--fp8", action="store_true", help="add fp8 _scaled_mm's parts: the cast, the GEMM, both")
     args = ap.parse_args()
-    cols = COLS + (["chain_fq", "q_fq"] if args.fused else [])
+    cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
+    quant8 = None
+    if args.fp8:
+        from ab_2l import rowwise_e4m3
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        quant8 = torch.compile(rowwise_e4m3, dynamic=False)
     ext = hopper_extension("chain_breakdown")
     if ext is None:
         return 2
@@ -74,6 +83,16 @@ def main() -> int:
                     t[c] = 1e3 * time_graph(fns[f][0], fns[f][1], args.reps)
             finally:
                 ext.set_quantize_act_2l_persistent(1)
+            if quant8 is not None:
+                wf8, sw = rowwise_e4m3(w)
+
+                def fp8(x8, sx, wf8=wf8, sw=sw):
+                    return torch._scaled_mm(x8, wf8.t(), scale_a=sx, scale_b=sw.t(), out_dtype=torch.bfloat16,
+                                            use_fast_accum=True)
+
+                t["cast"] = 1e3 * time_graph(quant8, xs, args.reps)
+                t["fp8"] = 1e3 * time_graph(fp8, [quant8(x) for x in p.xs], args.reps)
+                t["fp8d"] = 1e3 * time_graph(lambda x: fp8(*quant8(x)), xs, args.reps)
             if args.fused:
                 with gemm_switches(ext, fused_quant=1):
                     t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)

@@ -60,7 +60,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   quant_cluster: int = 0, rf_by_cost: bool | None = None, rf_splits: int = 0,
                   down_cublas: bool = False, down_wide: bool = False, down_deep: bool = False,
                   pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
-                  rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None) -> Iterator[None]:
+                  rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None,
+                  down_beside: int | None = None) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -89,6 +90,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     lr_chain: the chained down projection at M <= 256 (set_lr_chain: after the quantizer on its stream, under the main
     loop of the GEMM that reads its lr): 1 wherever the shape allows, 0 never, -1 by its rule (the default); None: as
     it is (as it was after the block).
+    down_beside: the down projection beside the persistent quantizer at many tokens (set_lowrank_down_beside: 1
+    wherever the shape fits, 0 never, -1 by its rule); None: as it is (as it was after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -109,6 +112,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     ext.set_quantize_act_2l_chunk_bytes(quant_chunk_bytes)
     chain_before = ext.lr_chain()
     ext.set_lr_chain(chain_before if lr_chain is None else int(lr_chain))
+    beside_before = ext.lowrank_down_beside()
+    ext.set_lowrank_down_beside(beside_before if down_beside is None else int(down_beside))
     fused_before = ext.quantize_act_2l_fused_mode()
     ext.set_quantize_act_2l_fused(fused_before if fused_quant is None else fused_quant, quant_cluster)
     try:
@@ -129,3 +134,4 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_quantize_act_2l_lean(True)
         ext.set_quantize_act_2l_chunk_bytes(0)
         ext.set_lr_chain(chain_before)
+        ext.set_lowrank_down_beside(beside_before)

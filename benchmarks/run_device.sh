@@ -58,6 +58,14 @@
 #   v229b: v229 after a change to the down projection's kernel: its tests, the few-token / side-stream / PDL / padded
 #       tests, memcheck with the chain forced, ab_2l.py (V229_COLS, default fo, fo_ld: deep instances, fo_lc, fo_nlc,
 #       bf16, fp8d), chain_timeline.py at 256 tokens by the rule
+#   v231: the final build of v2.29 verified (chain tests, tests/gpu, memcheck with the chain forced), then
+#       benchmarks/quantize_2l_cap.py (the persistent quantizer with fewer CTAs than fit, alone and with its down projection)
+#   v232: the down projection beside the persistent quantizer (set_lowrank_down_beside): its tests (nothing more if they
+#       fail), the whole tests/gpu suite, memcheck, benchmarks/down_beside_sweep.py, ab_2l.py at 4608 tokens (fo, fo_bs,
+#       fo_nbs, bf16, fp8d)
+#   v232b: v232's tests after a fix of the sanitizer case (beside, chain, test_kernels.py with its sanitizer test), memcheck
+#   v232c: memcheck with the beside case, then benchmarks/chain_breakdown.py --ms 4608 --fp8 (the chain's parts against
+#       fp8's cast and _scaled_mm)
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
@@ -468,6 +476,51 @@ if [ "$what" = v230 ]; then  # perf-notes v2.29's next step 1, its first measure
   # down projection costs the pair (quantize_2l_overlap.py's "alone": rank 0), on this GPU
   timeout 200 python3 benchmarks/quantize_2l_overlap.py > "$OUT/quantize_2l_overlap.log" 2>&1
   echo "overlap rc=$?"; tail -6 "$OUT/quantize_2l_overlap.log"
+fi
+if [ "$what" = v231 ]; then  # the twentieth session's first call: the final build of v2.29 verified (the chain tests, the whole
+  # GPU suite, memcheck with the chain forced), then the persistent quantizer's grid capped (quantize_2l_cap.py)
+  chain_tests
+  t0=$(date +%s)
+  timeout 260 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
+    -o addopts="" > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
+  SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
+  (cd benchmarks && timeout 120 python3 quantize_2l_cap.py > "$OUT/quantize_2l_cap.log" 2>&1)
+  echo "cap rc=$?"; tail -12 "$OUT/quantize_2l_cap.log"
+fi
+if [ "$what" = v232 ]; then  # the down projection beside the persistent quantizer (perf-notes v2.30): its tests first
+  # (nothing more if they fail), the whole GPU suite, memcheck, then the sweep and the chain at 4608 tokens
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_down_beside.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 > "$OUT/tests_beside.log" 2>&1
+  rc=$?; echo "beside tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_beside.log" | tail -8
+  if [ $rc = 0 ]; then
+    t0=$(date +%s)
+    timeout 260 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
+      -o addopts="" > "$OUT/tests.log" 2>&1
+    echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -1
+    (cd benchmarks && timeout 150 python3 down_beside_sweep.py ${SWEEP_ARGS:-} > "$OUT/down_beside_sweep.log" 2>&1)
+    echo "sweep rc=$?"; tail -5 "$OUT/down_beside_sweep.log"
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608} --rounds ${ROUNDS:-2} \
+      --cols ${V232_COLS:-fo,fo_bs,fo_nbs,bf16,fp8d} > "$OUT/ab_2l_v232.log" 2>&1
+    echo "ab_2l rc=$?"; tail -8 "$OUT/ab_2l_v232.log"
+  fi
+fi
+if [ "$what" = v232b ]; then  # v232's tests again after a test fix: the beside tests, the chain tests, memcheck
+  timeout 200 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_down_beside.py \
+    tests/gpu/test_lr_chain.py tests/gpu/test_kernels.py -m "gpu or not gpu" -o addopts="" --timeout 120 \
+    > "$OUT/tests_beside.log" 2>&1
+  echo "beside / chain / sanitizer tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_beside.log" | tail -6
+  memcheck "$OUT/sanitize_memcheck.log"
+  grep -E "beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -1
+fi
+if [ "$what" = v232c ]; then  # memcheck with the beside case (after the sanitizer case's fix), then #7's peer by part
+  # at 4608 tokens: the chain's parts against fp8's cast and _scaled_mm (chain_breakdown.py --fp8)
+  memcheck "$OUT/sanitize_memcheck.log"
+  grep -E "beside the quantizer done|Error|assert" "$OUT/sanitize_memcheck.log" | tail -3
+  (cd benchmarks && timeout 200 python3 chain_breakdown.py --ms 4608 --fp8 --reps 20 > "$OUT/chain_breakdown_4608.log" 2>&1)
+  echo "breakdown rc=$?"; tail -7 "$OUT/chain_breakdown_4608.log"
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
   timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \

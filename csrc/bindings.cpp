@@ -315,6 +315,17 @@ bool lowrank_down_operands_ok(const at::Tensor& x, const at::Tensor& pd) {
 bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
   return svdq::lowrank_down_takes(M, K, (int)pd.size(1)) && lowrank_down_operands_ok(x, pd);
 }
+// Whether quantize_act_2l takes the down projection beside the quantizer (its rule, the side stream on, chunking off,
+// operands 16-byte aligned and contiguous).
+bool beside_ok(const at::Tensor& x, const at::Tensor& x2, const at::Tensor& pd, int64_t M, int64_t K, int64_t K1,
+               int R) {
+  if (!g_lr_overlap || g_chunk_bytes != 0 || M * K * 2 > g_overlap_max_bytes) return false;
+  if (!svdq::lowrank_down_beside_takes((int)M, (int)K, x2.defined() ? (int)K1 : (int)K, R, M * K * 2,
+                                       at::cuda::getCurrentDeviceProperties()->l2CacheSize))
+    return false;
+  if (x2.defined() && (!x2.is_contiguous() || reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 != 0)) return false;
+  return lowrank_down_operands_ok(x, pd);
+}
 
 // The last quantize_act_2l call of this thread: its stream, xq, lr, proj_down, M and whether it chained its down
 // projection (set_lr_chain). A GEMM on the same stream given exactly these xq and lr takes them late where chained
@@ -448,6 +459,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
         at::cuda::getCurrentDeviceProperties()->multiProcessorCount, ctas, main.stream());
     SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
     remember(lr, true);
+    return {xq, xscale, lr};
+  } else if (beside_ok(x, x2, pd, M, K, K1, R)) {
+    // many tokens past L2 (Hopper): the down projection beside the persistent quantizer on the CTAs it leaves free,
+    // each 64-row block once the quantizer has read it (set_lowrank_down_beside; perf-notes v2.30), on the side
+    // stream; its tensors belong to the main stream, which waits for the side stream (as in the branch below).
+    lr = at::empty({M, R}, x.options());
+    // the items' partials [items, M, R] (fp32), then the call's counters (2 per 64-row block), zeroed here
+    const int64_t np = svdq::lowrank_down_beside_items((int)K) * M * R, nc = 2 * svdq::lowrank_down_beside_blocks((int)M);
+    at::Tensor work = at::empty({np + nc}, x.options().dtype(at::kFloat));
+    int* counters = reinterpret_cast<int*>(work.data_ptr<float>() + np);
+    C10_CUDA_CHECK(cudaMemsetAsync(counters, 0, nc * sizeof(int), main.stream()));
+    const SideStream& side = side_stream(x.device().index());
+    C10_CUDA_CHECK(cudaEventRecord(side.fork, main.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream.stream(), side.fork, 0));
+    // the quantizer first (the down projection waits for its rows, so it must not run without it), on (1 - share) of
+    // the CTAs that fit; the down projection's CTAs take the room left
+    a.leave = svdq::lowrank_down_beside_share();
+    a.ready = counters;
+    const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
+    const cudaError_t derr =
+        err != cudaSuccess ? err
+                           : svdq::launch_lowrank_down_beside(
+                                 dtype_of(x, "x"), x.data_ptr(), x2.defined() ? x2.data_ptr() : nullptr,
+                                 x2.defined() ? (int)K1 : (int)K, pd.data_ptr(), lr.data_ptr(), work.data_ptr<float>(),
+                                 counters, (int)M, (int)K, R,
+                                 svdq::lowrank_down_beside_ctas(at::cuda::getCurrentDeviceProperties()->multiProcessorCount),
+                                 side.stream.stream());
+    C10_CUDA_CHECK(cudaEventRecord(side.join, side.stream.stream()));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(main.stream(), side.join, 0));
+    SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
+    SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
+    remember(lr, false);
     return {xq, xscale, lr};
   } else if (g_lr_overlap && M * K * 2 <= g_overlap_max_bytes) {
     // the low-rank down projection (cuBLAS, fp32 accumulation) on a side stream, concurrent with the
@@ -892,6 +935,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "quantize_act_2l past n bytes of x (16-bit): the quantizer and its side-stream down projection in row chunks of "
       "about n bytes, each chunk read by both while in L2 (0: off, the default; measured 2-5 % slower on the H100, perf-notes v2.27)");
   m.def("quantize_act_2l_chunk_bytes", [] { return g_chunk_bytes; }, "set_quantize_act_2l_chunk_bytes's value");
+  m.def("set_lowrank_down_beside", &svdq::set_lowrank_down_beside, pybind11::arg("mode"), pybind11::arg("share") = -1.0,
+        pybind11::arg("ctas") = 0,
+        "quantize_act_2l at many tokens (Hopper): the down projection beside the persistent quantizer on the CTAs it "
+        "leaves free, each 64-row block once the quantizer has read it, so x is read from L2 (perf-notes v2.30). -1: "
+        "where K >= 8192 and x is larger than L2; 0: never (cuBLAS on the side stream); 1: wherever the shape fits "
+        "(rank 16 / 32 / 48 / 64, K and the cat's first width multiples of 128). share >= 0: the quantizer's share of "
+        "CTAs left free (default 0.2); ctas > 0: the down projection's CTAs forced (0: share x 2 x SMs)");
+  m.def("lowrank_down_beside", &svdq::lowrank_down_beside, "set_lowrank_down_beside's mode");
+  m.def("lowrank_down_beside_launches", &svdq::lowrank_down_beside_launches,
+        "how many quantize_act_2l calls took the down projection beside the quantizer (tests)");
   m.def(
       "set_smooth_rcp_cache", [](bool on) { g_rcp_cache = on; }, pybind11::arg("on"),
       "quantize_act_2l: 1 / smooth cached per smoothing-factor tensor (default) or computed by a launch per call");

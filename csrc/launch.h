@@ -51,6 +51,8 @@ struct QuantizeAct2lArgs {
   const void* x2 = nullptr;  // per-row kernel: the rows are cat([x [M, K1], x2 [M, K - K1]]), K1 % 8 == 0
   int K1 = 0;
   bool rcp_ready = false;  // rcp already holds 1 / smooth (cached per smoothing factor by the binding)
+  float leave = 0.f;  // persistent grid: this share of the CTAs that fit is left to a kernel beside it (side stream)
+  int* ready = nullptr;  // per 64-row block, +1 per row once read (the down projection beside it follows these)
 };
 
 struct W4A4Gemm2lArgs {
@@ -210,6 +212,22 @@ cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void
 void set_lr_chain(int mode);
 int lr_chain();
 bool lowrank_down_chain_takes(int M, int K, int R);  // the mode is not 0 and the shape fits
+// The down projection beside the persistent quantizer at many tokens (lowrank_down_sm90.cu; perf-notes v2.30): on the
+// CTAs the quantizer leaves free, each 64-row block once the quantizer has read it (x from L2). x2 / K1: the rows are
+// cat([x, x2]) (K1 = K: x alone; K1 % 128 == 0). set_lowrank_down_beside: -1 the rule (K >= 8192, x larger than L2),
+// 0 never (cuBLAS on the side stream), 1 wherever the shape fits (tests); share: the quantizer's CTAs left free;
+// ctas > 0 forces the down projection's CTAs.
+bool lowrank_down_beside_takes(int M, int K, int K1, int R, int64_t x_bytes, int64_t l2_bytes);
+void set_lowrank_down_beside(int mode, double share, int ctas);
+int lowrank_down_beside();
+float lowrank_down_beside_share();
+int lowrank_down_beside_ctas(int num_sms);
+int lowrank_down_beside_items(int K);   // K-ranges per 64-row block (the partials' workspace is [items, M, R] fp32)
+int lowrank_down_beside_blocks(int M);  // 64-row blocks: counters holds 2 x this many ints, zeroed before the call
+long long lowrank_down_beside_launches();  // launches so far (tests)
+cudaError_t launch_lowrank_down_beside(DType dtype, const void* x, const void* x2, int K1, const void* pd, void* lr,
+                                       float* part, int* counters, int M, int K, int R, int ctas,
+                                       cudaStream_t stream);
 cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
                                       int num_sms, int max_ctas, cudaStream_t stream);
 // the last int4_2l tile-GEMM launch (this thread): its CTAs and whether it was a persistent kernel (which can take lr

@@ -17,6 +17,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 
 #include "common.cuh"
@@ -168,6 +169,122 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
 #endif
 }
 
+// Beside the quantizer at many tokens (set_lowrank_down_beside; perf-notes v2.30): past L2, cuBLAS's down projection
+// streamed all of x from DRAM a second time after the persistent quantizer (which holds every SM) had read it. Here
+// a persistent kernel on the CTAs the quantizer leaves free takes items (a block of 64 token rows, one of Q K-ranges),
+// block by block, each once the quantizer has read the block's rows (its per-block counter `ready`, a timing hint
+// only: nothing here reads what the quantizer writes), so it reads x from L2 right behind the quantizer. An item
+// streams its K-range in stages of 128 (x rows and proj_down rows by cp.async, three stages in flight); warp w takes
+// the 16 rows w % 4 and k-steps 4 (w / 4) .. + 3 of each stage on mma.sync m16n8k16; the item's partial (warp pairs
+// added) goes to `part` [Q][M][R] (fp32), and the block's last item to finish (counter `done`) adds the Q partials in
+// K order, rounds and stores lr. The counters are the call's own (zeroed before both kernels). The quantizer never
+// waits for this kernel, so neither can deadlock whichever runs first.
+constexpr int kRowsBlock = 64;     // token rows per item
+constexpr int kRowsThreads = 256;  // eight warps: four 16-row tiles x two halves of a stage's k-steps
+
+template <int R>
+struct RowsCfg {
+  static constexpr int kXRow = kDownKC * 2 + 16;  // bytes per x row in shared memory (padded: ldmatrix conflict-free)
+  static constexpr int kPRow = R * 2 + 16;
+  static constexpr int kXBytes = kRowsBlock * kXRow;
+  static constexpr int kStage = kXBytes + kDownKC * kPRow;
+  static constexpr int kStages = 3;
+  static constexpr int kSmem = kStages * kStage;
+  static_assert(8 * 16 * R * 4 <= kSmem, "the warps' partials reuse the stages");
+};
+
+template <typename T, int R>
+__global__ void __launch_bounds__(kRowsThreads) lowrank_down_rows_kernel(const T* __restrict__ x,
+                                                                         const T* __restrict__ x2, int K1,
+                                                                         const T* __restrict__ pd, T* __restrict__ lr,
+                                                                         float* __restrict__ part, const int* ready,
+                                                                         int* done, int M, int K, int Q) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using C = RowsCfg<R>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ int s_last;
+  const uint32_t sb = smem_u32(smem);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int mt = warp & 3, kh = warp >> 2;
+  const int units = K / kDownKC, items = (M + kRowsBlock - 1) / kRowsBlock * Q;
+  pdl_wait();
+  pdl_trigger();
+  for (int it = blockIdx.x; it < items; it += gridDim.x) {
+    const int b = it / Q, q = it % Q, m0 = b * kRowsBlock, rows = min(kRowsBlock, M - m0);
+    const int u0 = q * units / Q, n = (q + 1) * units / Q - u0;
+    if (tid == 0 && ready)  // the quantizer has read these rows: they are in L2
+      while (*reinterpret_cast<const volatile int*>(ready + b) < rows) __nanosleep(200);
+    __syncthreads();
+    auto load = [&](int c) {  // stage c of the item (rows past M zero-filled); stages never straddle K1
+      const uint32_t st = sb + (c % C::kStages) * C::kStage;
+      const int k0 = (u0 + c) * kDownKC;
+      const T* src = k0 < K1 ? x + k0 : x2 + (k0 - K1);
+      const int64_t ld = k0 < K1 ? K1 : K - K1;
+      for (int i = tid; i < kRowsBlock * (kDownKC / 8); i += kRowsThreads) {
+        const int row = i / (kDownKC / 8), ch = i % (kDownKC / 8), m = m0 + row;
+        cp_async16(st + row * C::kXRow + ch * 16, src + (int64_t)min(m, M - 1) * ld + ch * 8, m < M ? 16 : 0);
+      }
+      for (int i = tid; i < kDownKC * R / 8; i += kRowsThreads) {
+        const int row = i / (R / 8), ch = i % (R / 8);
+        cp_async16(st + C::kXBytes + row * C::kPRow + ch * 16, pd + (int64_t)(k0 + row) * R + ch * 8, 16);
+      }
+    };
+    float acc[R / 8][4] = {};
+#pragma unroll
+    for (int c = 0; c < C::kStages - 1; ++c) {
+      if (c < n) load(c);
+      cp_async_commit();
+    }
+    for (int c = 0; c < n; ++c) {
+      cp_async_wait<C::kStages - 2>();
+      __syncthreads();  // stage c landed for every thread; every warp is past stage c - 1, refilled next
+      if (c + C::kStages - 1 < n) load(c + C::kStages - 1);
+      cp_async_commit();
+      const uint32_t st = sb + (c % C::kStages) * C::kStage;
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const int kk = (4 * kh + ks) * 16;
+        uint32_t a[4];
+        ldmatrix_x4(a, st + (mt * 16 + (lane & 15)) * C::kXRow + (kk + (lane >> 4) * 8) * 2);
+#pragma unroll
+        for (int nt = 0; nt < R / 8; ++nt) {
+          uint32_t b0, b1;
+          ldmatrix_x2_trans(b0, b1, st + C::kXBytes + (kk + (lane & 15)) * C::kPRow + nt * 16);
+          mma_16816<T>(acc[nt], a, b0, b1);
+        }
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is past the last stage: the stages hold the warps' partials [warp][16][R] now
+    float* red = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int nt = 0; nt < R / 8; ++nt) {
+      float* r0 = red + (warp * 16 + g) * R + nt * 8 + 2 * t;
+      r0[0] = acc[nt][0], r0[1] = acc[nt][1], r0[8 * R] = acc[nt][2], r0[8 * R + 1] = acc[nt][3];
+    }
+    __syncthreads();
+    float* dst = part + ((int64_t)q * M + m0) * R;  // the item's partial: the first half of its k-steps, then the second
+    for (int i = tid; i < rows * R; i += kRowsThreads) {
+      const int row = i / R, w = row >> 4, r = row & 15, col = i % R;
+      dst[i] = red[(w * 16 + r) * R + col] + red[((w + 4) * 16 + r) * R + col];
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(done + b, 1) == Q - 1;
+    __syncthreads();
+    if (s_last) {  // every item of the block has stored its partial: their sum in K order
+      __threadfence();
+      for (int i = tid; i < rows * R; i += kRowsThreads) {
+        float sum = 0.f;
+        for (int qq = 0; qq < Q; ++qq) sum += __ldcg(part + ((int64_t)qq * M + m0) * R + i);
+        lr[(int64_t)m0 * R + i] = Dt<T>::from_f(sum);
+      }
+    }
+    __syncthreads();  // s_last and the partials' memory are reused by the next item
+  }
+#endif
+}
+
 constexpr int kDownDefaultTokens = 256;  // measured: cuBLAS is 0-4 % faster at 512 tokens on the H100 (perf-notes v2.28)
 int g_down_max_tokens = kDownDefaultTokens;  // the kernel for M <= this (0: cuBLAS always)
 int g_down_splits = 0;        // the cluster size along K: 0 the rule below, 1, 2, 4 or 8 forced (benchmarks)
@@ -246,6 +363,53 @@ cudaError_t launch_down_typed(const void* x, const void* pd, void* lr, int M, in
                      : launch_down_r<T, false>(x, pd, lr, M, K, R, num_sms, 0, stream);
 }
 
+// Items per 64-row block: K-ranges of about 12 stages (1536 of K), so a block's items finish soon after the quantizer
+// has read it and the last block's add little after the quantizer's end.
+int rows_items(int K) { return std::max(1, K / kDownKC / 12); }
+
+template <typename T, int R>
+cudaError_t launch_rows(const void* x, const void* x2, int K1, const void* pd, void* lr, float* part, const int* ready,
+                        int* done, int M, int K, int ctas, cudaStream_t stream) {
+  auto kern = lowrank_down_rows_kernel<T, R>;
+  static std::once_flag set[64];
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= 64) return cudaErrorInvalidDevice;
+  std::call_once(set[dev], [&] {
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, RowsCfg<R>::kSmem);
+  });
+  if (e != cudaSuccess) return e;
+  const int Q = rows_items(K), items = (M + kRowsBlock - 1) / kRowsBlock * Q;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(std::max(1, std::min(ctas, items)));
+  cfg.blockDim = dim3(kRowsThreads);
+  cfg.dynamicSmemBytes = RowsCfg<R>::kSmem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_launch_attr(attr, 0, false);
+  return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(x2), K1,
+                            static_cast<const T*>(pd), static_cast<T*>(lr), part, ready, done, M, K, Q);
+}
+
+template <typename T>
+cudaError_t launch_rows_r(const void* x, const void* x2, int K1, const void* pd, void* lr, float* part,
+                          const int* ready, int* done, int M, int K, int R, int ctas, cudaStream_t stream) {
+  switch (R) {
+    case 16: return launch_rows<T, 16>(x, x2, K1, pd, lr, part, ready, done, M, K, ctas, stream);
+    case 32: return launch_rows<T, 32>(x, x2, K1, pd, lr, part, ready, done, M, K, ctas, stream);
+    case 48: return launch_rows<T, 48>(x, x2, K1, pd, lr, part, ready, done, M, K, ctas, stream);
+    case 64: return launch_rows<T, 64>(x, x2, K1, pd, lr, part, ready, done, M, K, ctas, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+int g_down_beside = 0;  // set_lowrank_down_beside: -1 the rule, 0 never (cuBLAS on the side stream), 1 wherever it fits
+float g_beside_share = 0.2f;  // the quantizer's CTAs left to the down projection beside it
+int g_beside_ctas = 0;         // > 0: the down projection's CTAs forced
+std::atomic<long long> g_beside_launches{0};  // (tests: which path ran)
+
 }  // namespace
 
 bool lowrank_down_chain_takes(int M, int K, int R) {
@@ -297,6 +461,42 @@ cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void
   if (!lowrank_down_takes(M, K, R)) return cudaErrorInvalidValue;
   return dtype == DType::kBF16 ? launch_down_typed<__nv_bfloat16>(x, pd, lr, M, K, R, num_sms, stream)
                                : launch_down_typed<__half>(x, pd, lr, M, K, R, num_sms, stream);
+}
+
+
+bool lowrank_down_beside_takes(int M, int K, int K1, int R, int64_t x_bytes, int64_t l2_bytes) {
+#ifdef SVDQ_BUILT_SM90A
+  if (g_down_beside == 0 || M <= 0 || K % kDownKC || K1 % kDownKC) return false;
+  if (!(R == 16 || R == 32 || R == 48 || R == 64)) return false;
+  // the rule: past L2 (where cuBLAS's down projection reads x from DRAM again) and where the quantizer is persistent
+  return g_down_beside == 1 || (K >= 8192 && x_bytes > l2_bytes);
+#else
+  (void)M, (void)K, (void)K1, (void)R, (void)x_bytes, (void)l2_bytes;
+  return false;
+#endif
+}
+void set_lowrank_down_beside(int mode, double share, int ctas) {
+  g_down_beside = mode < 0 ? -1 : mode > 0 ? 1 : 0;
+  if (share >= 0.0) g_beside_share = (float)std::min(std::max(share, 0.0), 0.9);
+  g_beside_ctas = std::max(ctas, 0);
+}
+int lowrank_down_beside() { return g_down_beside; }
+float lowrank_down_beside_share() { return g_beside_share; }
+int lowrank_down_beside_ctas(int num_sms) {
+  return g_beside_ctas > 0 ? g_beside_ctas : std::max(8, (int)(g_beside_share * 2 * num_sms + 0.5f));
+}
+int lowrank_down_beside_items(int K) { return rows_items(K); }
+long long lowrank_down_beside_launches() { return g_beside_launches; }
+int lowrank_down_beside_blocks(int M) { return (M + kRowsBlock - 1) / kRowsBlock; }
+cudaError_t launch_lowrank_down_beside(DType dtype, const void* x, const void* x2, int K1, const void* pd, void* lr,
+                                       float* part, int* counters, int M, int K, int R, int ctas,
+                                       cudaStream_t stream) {
+  const int* ready = counters;
+  int* done = counters + lowrank_down_beside_blocks(M);
+  ++g_beside_launches;
+  return dtype == DType::kBF16
+             ? launch_rows_r<__nv_bfloat16>(x, x2, K1, pd, lr, part, ready, done, M, K, R, ctas, stream)
+             : launch_rows_r<__half>(x, x2, K1, pd, lr, part, ready, done, M, K, R, ctas, stream);
 }
 
 }  // namespace svdq

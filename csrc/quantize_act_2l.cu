@@ -66,7 +66,7 @@ template <typename T, int V, int G, bool kLean = false, bool kPartial = false>
 __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restrict__ x, const T* __restrict__ x2,
                                                                int K1, const float* __restrict__ rcp,
                                                                int8_t* __restrict__ xq, float* __restrict__ xscale,
-                                                               int M, int K, int S) {
+                                                               int M, int K, int S, int* ready) {
   constexpr int VPG = G / 8;  // 16-byte vectors per group = consecutive lanes sharing a group
   extern __shared__ uint4 ring[];  // [S][K / 8]
   __shared__ float red[2][32];
@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(512) quantize_act_2l_kernel(const T* __restric
     float* rw = red[j & 1];  // alternate rows: a thread a row ahead cannot overwrite what a slow one still reads
     if ((tid & 31) == 0) rw[tid >> 5] = tmax;
     __syncthreads();
+    if (ready && tid == 0) atomicAdd(ready + (m >> 6), 1);  // row m is read: the down projection beside may follow
     float amax = 0.f;
     for (int w = 0; w < nwarps; ++w) amax = fmaxf(amax, rw[w]);
     const float s_row = __fdiv_rn(amax, 112.f);
@@ -252,6 +253,7 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
     e = launch_limits(kern, threads, (size_t)S0 * a.K * 2, &fit, &lim);
     if (e != cudaSuccess) return e;
     ctas = std::min(a.M, fit);
+    if (a.leave > 0.f) ctas = std::min(ctas, std::max(1, (int)((1.f - a.leave) * fit)));
     if (g_max_ctas > 0) ctas = std::min(ctas, g_max_ctas);
     S = ring_rows(a.K, (a.M + ctas - 1) / ctas, lim.smem_optin);
   }
@@ -262,7 +264,7 @@ cudaError_t launch_vg(const QuantizeAct2lArgs& a, int threads, cudaStream_t s) {
   const int K1 = a.x2 ? a.K1 : a.K;
   const auto kernel = quantize_act_2l_kernel<T, V, G, kLean, kPartial>;
   return launch_plain_or_pdl(kernel, kernel, dim3(ctas), dim3(threads), smem, s, static_cast<const T*>(a.x),
-                             static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S);
+                             static_cast<const T*>(a.x2), K1, a.rcp, a.xq, a.xscale, a.M, a.K, S, a.ready);
 }
 
 template <typename T, int G>

@@ -102,6 +102,29 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
     torch.cuda.synchronize()
     print("sanitize case: fused quantizer done")
 
+# the down projection beside the quantizer (set_lowrank_down_beside forced): awkward M (a last block of 3 rows), ranks
+# 16 / 64, fp16, the cat form, one CTA walking every item and more CTAs than items; persistent quantizer or not
+if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability() == (9, 0):
+    before, chain_before, fused_before = ext.lowrank_down_beside(), ext.lr_chain(), ext.quantize_act_2l_fused_mode()
+    ext.set_lr_chain(0)  # (its rule may have learned a proj_down address reused here: M <= 256 would chain)
+    ext.set_quantize_act_2l_fused(0)  # (the case above leaves the fused quantizer on, which would take these calls)
+    for dtype, (M, K, R, k1, ctas) in [(torch.bfloat16, (131, 1280, 16, 0, 1)), (torch.float16, (67, 8192, 64, 0, 0)),
+                                         (torch.bfloat16, (200, 1536, 32, 384, 500))]:
+        ext.set_lowrank_down_beside(1, -1.0, ctas)
+        x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
+        pd = torch.randn(K, R, device="cuda", generator=g).to(dtype)
+        n0 = ext.lowrank_down_beside_launches()
+        if k1:
+            ext.quantize_act_2l_cat(x[:, :k1].contiguous(), x[:, k1:].contiguous(), smooth, pd, 64)
+        else:
+            ext.quantize_act_2l(x, smooth, pd, 64)
+        assert ext.lowrank_down_beside_launches() == n0 + 1
+    ext.set_lowrank_down_beside(before, -1.0, 0)
+    ext.set_lr_chain(chain_before)
+    ext.set_quantize_act_2l_fused(fused_before)
+    torch.cuda.synchronize()
+    print("sanitize case: down projection beside the quantizer done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
