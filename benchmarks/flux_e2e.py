@@ -94,7 +94,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_dcb_regional_cg", "svdq2l_fo_ep_nrbc_dcb_regional_cg", "svdq2l_fo_ep_pdl_regional_cg",
     "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_nql_regional_cg", "svdq2l_fo_ep_pdl_nql_regional_cg",
     "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
-    "bf16_ipdl_regional_cg",
+    "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg",
 )
 
 
@@ -365,7 +365,8 @@ def set_kernel_switches(name: str) -> None:
     (set_quantize_act_2l_lean(False); its lean form otherwise, the default since v2.25); _qc24 the quantizer and its
     down projection in row chunks of ~24 MB of x (set_quantize_act_2l_chunk_bytes; whole otherwise); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
-    64-wide low-rank tile otherwise)."""
+    64-wide low-rank tile otherwise); _lead the register-fragment loop's leading turns at 224-token tiles
+    (set_gemm_2l_rf_lead; named-barrier turns otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -397,6 +398,8 @@ def set_kernel_switches(name: str) -> None:
         ext.set_quantize_act_2l_lean("_nql" not in name)
     if ext is not None and hasattr(ext, "set_quantize_act_2l_chunk_bytes"):
         ext.set_quantize_act_2l_chunk_bytes(24 << 20 if "_qc24" in name else 0)
+    if ext is not None and hasattr(ext, "set_gemm_2l_rf_lead"):
+        ext.set_gemm_2l_rf_lead("_lead" in name)
 
 
 class GraphedForward(nn.Module):

@@ -66,6 +66,10 @@
 #   v232b: v232's tests after a fix of the sanitizer case (beside, chain, test_kernels.py with its sanitizer test), memcheck
 #   v232c: memcheck with the beside case, then benchmarks/chain_breakdown.py --ms 4608 --fp8 (the chain's parts against
 #       fp8's cast and _scaled_mm)
+#   v233: the register-fragment loop's leading turns (set_gemm_2l_rf_lead): its tests (nothing more if they fail), the
+#       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
+#   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
+#       leading turns (flux_e2e.py _lead)
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
@@ -521,6 +525,29 @@ if [ "$what" = v232c ]; then  # memcheck with the beside case (after the sanitiz
   grep -E "beside the quantizer done|Error|assert" "$OUT/sanitize_memcheck.log" | tail -3
   (cd benchmarks && timeout 200 python3 chain_breakdown.py --ms 4608 --fp8 --reps 20 > "$OUT/chain_breakdown_4608.log" 2>&1)
   echo "breakdown rc=$?"; tail -7 "$OUT/chain_breakdown_4608.log"
+fi
+if [ "$what" = v233 ]; then  # the register-fragment loop's leading turns (set_gemm_2l_rf_lead, perf-notes v2.30): its
+  # tests first (nothing more if they fail), the fragment-order tests, memcheck, then the chain at 4608 / 4096 tokens
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf_lead.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 > "$OUT/tests_lead.log" 2>&1
+  rc=$?; echo "lead tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_lead.log" | tail -6
+  if [ $rc = 0 ]; then
+    rf_tests
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "leading turns done|Error" "$OUT/sanitize_memcheck.log" | tail -2
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096} --rounds ${ROUNDS:-3} \
+      --cols ${V233_COLS:-fo,fo_lead,bf16,fp8d} > "$OUT/ab_2l_v233.log" 2>&1
+    echo "ab_2l rc=$?"; tail -12 "$OUT/ab_2l_v233.log"
+  fi
+fi
+if [ "$what" = v233b ]; then  # the final tree (leading turns at 224-token tiles only): the lead and beside tests, memcheck,
+  # then (WHEELS=.slimwhl) the model with and without the leading turns
+  timeout 200 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_rf_lead.py tests/gpu/test_down_beside.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_final.log" 2>&1
+  echo "lead / beside tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_final.log" | tail -4
+  memcheck "$OUT/sanitize_memcheck.log"
+  grep -E "leading turns done|beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -2
+  flux_e2e_1024 ${E2E_LIMIT:-200} svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_lead_regional_cg --iters ${E2E_ITERS:-10} --warmup 2
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
   timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \

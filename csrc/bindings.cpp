@@ -1033,6 +1033,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the three-warpgroup choice: 1 (default, v2.25) stages of 1100 / 1250 cycles and three warpgroups only where "
         "they beat the two-warpgroup loop's model; 0 the v2.24 rule (1290 / 1525, against the plan's kernel)");
   m.def("gemm_2l_rf3_model", &svdq::gemm_2l_rf3_model, "the three-warpgroup choice in use (set_gemm_2l_rf3_model)");
+  m.def("set_gemm_2l_rf_lead", &svdq::set_gemm_2l_rf_lead, pybind11::arg("on"),
+        "the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (opt-in, perf-notes "
+        "v2.30b): per-warp counts of stages issued instead of named barriers, warpgroup 0 up to NS - 2 stages ahead, so "
+        "each runs on alone through the other's tile epilogue; the same bits");
+  m.def("gemm_2l_rf_lead", &svdq::gemm_2l_rf_lead, "whether set_gemm_2l_rf_lead is on");
+  m.def("gemm_2l_rf_lead_launches", &svdq::gemm_2l_rf_lead_launches, "GEMM launches with leading turns (tests)");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

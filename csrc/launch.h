@@ -239,6 +239,12 @@ struct Gemm2lLaunch {
 Gemm2lLaunch gemm_2l_last_launch();
 long long gemm_2l_late_launches();  // host-side count of GEMM launches with lr_late taken (tests)
 void set_gemm_2l_probe(int probe);
+// The unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (opt-in; perf-notes v2.30b):
+// per-warp counts of stages issued instead of named barriers, warpgroup 0 up to NS - 2 stages ahead, so each runs on
+// alone through the other's epilogue. The same bits.
+void set_gemm_2l_rf_lead(bool on);
+bool gemm_2l_rf_lead();
+long long gemm_2l_rf_lead_launches();  // (tests)
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

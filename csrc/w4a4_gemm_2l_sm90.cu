@@ -208,7 +208,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 4 the low-rank branch by mma.sync as before v2.18 (exact: the A/B of the wgmma epilogue), 5 the consumer warpgroups
 // meeting at CTA-wide barriers around the epilogue as before v2.18 (exact), 6 the widening before v2.22 (widen8 on
 // signed nibbles: wrong values on today's fragment order, the same instructions), 7 no widening (the loaded words
-// used as fragments).
+// used as fragments); 8 (exact, not a probe: set_gemm_2l_rf_lead) the turns as per-warp counts of stages issued, so
+// warpgroup 0 may lead by NS - 2 stages and each warpgroup runs on alone while the other is in its tile's epilogue.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -281,6 +282,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  // EP 8 (set_gemm_2l_rf_lead): the register-fragment loop's turns as per-warp counts of stages issued, [warpgroup][warp]
+  int* lead_cnt = nullptr;
+  if constexpr (EP == 8) {
+    __shared__ int s_lead[8];
+    lead_cnt = s_lead;
+    if (tid < 8) s_lead[tid] = 0;
   }
   __syncthreads();
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
@@ -535,6 +543,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     // waited for (registers no wgmma reads: no serialization), so the widening after the wait starts from them.
     const bool more = tile + (int)gridDim.x < num_tiles;
     constexpr int kTurn = kBarAll + 1;  // CW turn barriers after the consumers' (4, 5 with two warpgroups)
+    constexpr int kLead = NS - 2;       // EP 8: warpgroup 0's lead in stages (the ring holds both and the next)
+    auto lead_wait = [&](int from, int count) {  // EP 8: until warpgroup `from`'s same warp has issued `count` stages
+      if (lane == 0) {
+        const volatile int* c = lead_cnt + from * 4 + warp;
+        while (*c < count) {
+        }
+      }
+      __syncwarp();
+    };
     uint32_t nw[2][4], nsc[2][128 / G];
     auto fetch = [&](int i) {
       const int buf = i % NS;
@@ -562,8 +579,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
 #pragma unroll
         for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(fa[j][e])::"memory");
       // turn barrier kTurn + w: warpgroup w has issued its wgmmas (w < CW - 1: of stage i for w + 1; the last
-      // one: of stage i - 1 for warpgroup 0)
-      if (wg > 0) {
+      // one: of stage i - 1 for warpgroup 0). EP 8: per warp (the warps of a sub-partition's tensor core), warpgroup 1
+      // issues stage i after warpgroup 0 has, warpgroup 0 stage i after warpgroup 1 has issued stage i - 1 - kLead:
+      // warpgroup 0 may lead by kLead stages, so each runs on alone while the other is in its tile's epilogue (the
+      // stage ring bounds the lead: kLead = NS - 2)
+      if constexpr (EP == 8) {
+        if (wg > 0) lead_wait(0, i + 1);
+        else if (i > kLead) lead_wait(1, i - kLead);
+      } else if (wg > 0) {
         if constexpr (CW == 2) asm volatile("bar.sync %0, 256;\n" ::"n"(kTurn) : "memory");
         else asm volatile("bar.sync %0, 256;\n" ::"r"(kTurn + wg - 1) : "memory");
       } else if (i > 0) asm volatile("bar.sync %0, 256;\n" ::"n"(kTurn + CW - 1) : "memory");
@@ -572,7 +595,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
 #pragma unroll
       for (int j = 0; j < 4; ++j) wgmma_s8_rs<BT>(acc, fa[j], db0 + 2 * j);
       wgmma_commit();
-      if (wg < CW - 1) {
+      if constexpr (EP == 8) {
+        __syncwarp();
+        if (lane == 0) {  // this warp's count: only it writes it
+          volatile int* c = lead_cnt + wg * 4 + warp;
+          *c = *c + 1;
+        }
+      } else if (wg < CW - 1) {
         if constexpr (CW == 2) asm volatile("bar.arrive %0, 256;\n" ::"n"(kTurn) : "memory");
         else asm volatile("bar.arrive %0, 256;\n" ::"r"(kTurn + wg) : "memory");
       } else if (i + 1 < done + NK || more) asm volatile("bar.arrive %0, 256;\n" ::"n"(kTurn + CW - 1) : "memory");
@@ -994,6 +1023,8 @@ bool g_rf_by_cost = true;
 // 0 where rf_cost with s > 1 beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
+bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
+long long g_lead_launches = 0;  // (tests: which kernel ran)
 int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the model's)
 // The three-warpgroup choice: 1 (v2.25, default) a stage of 1100 / 1250 cycles at 128 / 192 tokens (refitted to v2.23's
 // sweep) and three warpgroups only where they beat the two-warpgroup loop's model; 0 (v2.24) the v2.15 fit (1290 /
@@ -1086,6 +1117,9 @@ bool gemm_2l_rf_by_cost() { return g_rf_by_cost; }
 void set_gemm_2l_rf_splits(int s) { g_rf_splits = s >= 1 && s <= 8 ? s : 0; }
 int gemm_2l_rf_splits() { return g_rf_splits; }
 void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
+void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
+bool gemm_2l_rf_lead() { return g_rf_lead; }
+long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
 long long gemm_2l_late_launches() { return g_late_launches; }
 Gemm2lLaunch gemm_2l_last_launch() { return g_last_launch; }
 bool gemm_2l_plan_forced() {
@@ -1193,6 +1227,13 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (wide_lr)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
+      // leading turns (opt-in; 224-token tiles only: at 256 the three-stage ring allows a lead of one stage, measured
+      // 1.11-1.17x slower at 4096 tokens, perf-notes v2.30b)
+      if (a.frag && g_rf_lead && bt2 == 224 && !a.lr_late) {
+        ++g_lead_launches;
+        return bf ? launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 8>(a, 1, nullptr, stream, num_sms)
+                  : launch_2l<__half, 224, 64, false, false, true, true, true, 2, 8>(a, 1, nullptr, stream, num_sms);
+      }
       if (a.frag)  // fragment order: the register-fragment loop
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms);

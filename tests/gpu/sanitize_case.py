@@ -126,6 +126,31 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
     torch.cuda.synchronize()
     print("sanitize case: down projection beside the quantizer done")
 
+# the register-fragment loop with leading turns (set_gemm_2l_rf_lead): persistent, 224-token tiles, K of 2 and 12
+# stages (fewer and more stages per tile than the lead)
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_rf_lead"):
+    for M, K, N in [(300, 256, 512), (450, 1536, 256)]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+        pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
+        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
+        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+        wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
+        pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
+        ext.set_gemm_2l_persistent(1)
+        ext.set_gemm_2l_splits(1)
+        ext.set_gemm_2l_rf_lead(True)
+        n0 = ext.gemm_2l_rf_lead_launches()
+        ext.set_gemm_2l_tile_tokens(224)
+        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr, pu, None, 64)
+        assert ext.gemm_2l_rf_lead_launches() == n0 + 1
+        ext.set_gemm_2l_rf_lead(False)
+        ext.set_gemm_2l_persistent(-1)
+        ext.set_gemm_2l_splits(0)
+        ext.set_gemm_2l_tile_tokens(0)
+    torch.cuda.synchronize()
+    print("sanitize case: leading turns done")
+
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
 if gemm_2l_kernel_usable(ext, torch.device("cuda")):
