@@ -91,3 +91,18 @@ def test_plot_chain_timeline_reads_the_stored_log(tmp_path):
     out = tmp_path / "timeline.png"
     assert plot_chain_timeline.main([str(PERF / "chain_timeline_h100.txt"), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_down_beside_reads_the_stored_sweep(tmp_path):
+    """down_beside_sweep.py's table -> a row per shape with a value per column (the quantizer alone the fastest), and a
+    chart."""
+    import plot_down_beside
+
+    title, cols, rows = plot_down_beside.parse((PERF / "down_beside_sweep_v232_h100.txt").read_text())
+    assert title.startswith("NVIDIA H100") and cols[:2] == ["side", "alone"] and len(cols) == 6
+    assert list(rows) == ["4608x12288", "4608x15360c", "4096x12288"]
+    for values in rows.values():
+        assert len(values) == len(cols) and min(values) == values[1] > 0
+    out = tmp_path / "beside.png"
+    assert plot_down_beside.main([str(PERF / "down_beside_sweep_v232_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
