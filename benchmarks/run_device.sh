@@ -70,6 +70,7 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   life: benchmarks/gemm_2l_tile_life.py (the persistent register-fragment GEMM's tile steps by clock64 stamps)
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
@@ -548,6 +549,10 @@ if [ "$what" = v233b ]; then  # the final tree (leading turns at 224-token tiles
   memcheck "$OUT/sanitize_memcheck.log"
   grep -E "leading turns done|beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -2
   flux_e2e_1024 ${E2E_LIMIT:-200} svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_lead_regional_cg --iters ${E2E_ITERS:-10} --warmup 2
+fi
+if [ "$what" = life ]; then  # a persistent tile's life (benchmarks/gemm_2l_tile_life.py: clock64 stamps per step)
+  (cd benchmarks && timeout 120 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)
+  echo "tile life rc=$?"; tail -8 "$OUT/tile_life.log"
 fi
 if [ "$what" = gpumarked ]; then  # the gpu-marked tests outside tests/gpu, with each failure's reason
   timeout ${GPUMARKED_LIMIT:-400} python3 -m pytest -q -rfE -p no:cacheprovider tests -m gpu --ignore=tests/gpu \

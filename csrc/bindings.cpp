@@ -1039,6 +1039,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "each runs on alone through the other's tile epilogue; the same bits");
   m.def("gemm_2l_rf_lead", &svdq::gemm_2l_rf_lead, "whether set_gemm_2l_rf_lead is on");
   m.def("gemm_2l_rf_lead_launches", &svdq::gemm_2l_rf_lead_launches, "GEMM launches with leading turns (tests)");
+  m.def(
+      "set_gemm_2l_tile_life", [](int64_t ptr) { svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr)); },
+      "benchmarks: the persistent register-fragment GEMM (bfloat16, 224-token tiles) stamps clock64 at each tile's steps "
+      "into the int64 buffer at this address, [4 CTAs][2 warpgroups][8 tiles][8 steps] (0: off)");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

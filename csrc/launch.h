@@ -245,6 +245,9 @@ void set_gemm_2l_probe(int probe);
 void set_gemm_2l_rf_lead(bool on);
 bool gemm_2l_rf_lead();
 long long gemm_2l_rf_lead_launches();  // (tests)
+// benchmarks/gemm_2l_tile_life.py: the persistent two-warpgroup register-fragment GEMM (bfloat16, 224-token tiles) stamping
+// clock64 at its tiles' steps into this int64 buffer (4 CTAs x 2 warpgroups x 8 tiles x 8; nullptr: off). The same bits.
+void set_gemm_2l_tile_life(long long* stamps);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

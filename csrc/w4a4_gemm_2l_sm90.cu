@@ -209,7 +209,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // meeting at CTA-wide barriers around the epilogue as before v2.18 (exact), 6 the widening before v2.22 (widen8 on
 // signed nibbles: wrong values on today's fragment order, the same instructions), 7 no widening (the loaded words
 // used as fragments); 8 (exact, not a probe: set_gemm_2l_rf_lead) the turns as per-warp counts of stages issued, so
-// warpgroup 0 may lead by NS - 2 stages and each warpgroup runs on alone while the other is in its tile's epilogue.
+// warpgroup 0 may lead by NS - 2 stages and each warpgroup runs on alone while the other is in its tile's epilogue;
+// 9 (exact, set_gemm_2l_tile_life) the default loop stamping its tiles' steps (see `life` below).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -381,9 +382,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     }
   };
   stamp(0);
+  // EP 9 (set_gemm_2l_tile_life, benchmarks/gemm_2l_tile_life.py; exact): each consumer warpgroup's first thread in the
+  // first kLifeCtas CTAs stamps clock64 at its tile's steps, for its first kLifeTiles tiles, into
+  // trace[((CTA * 2 + warpgroup) * kLifeTiles + tile) * 8 + step]: 0 tile start, 1 first stage issued, 2 main loop
+  // done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6 output stored (TMA issued)
+  constexpr int kLifeCtas = 4, kLifeTiles = 8;
+  int life_n = 0;  // the tile's index among this CTA's
+  auto life = [&](int step) {
+    if constexpr (EP == 9) {
+      if (trace && (int)blockIdx.x < kLifeCtas && (tid & 127) == 0 && life_n < kLifeTiles)
+        trace[(((int)blockIdx.x * 2 + wg) * kLifeTiles + life_n) * 8 + step] = clock64();
+    }
+  };
   auto stamp_acc = [&](int slot) {  // an epilogue step: not before the accumulators' last writes
-    if constexpr (TR) asm volatile("" ::"r"(acc[0]), "r"(acc[Cfg::kAcc - 1]));
+    if constexpr (TR || EP == 9) asm volatile("" ::"r"(acc[0]), "r"(acc[Cfg::kAcc - 1]));
     stamp(slot);
+    life(slot / 2);
   };
 
   if (!WS && tid == 0)
@@ -457,6 +471,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
+  if constexpr (EP == 9) {
+    life_n = (tile - (int)blockIdx.x) / (int)gridDim.x;
+    life(0);
+  }
   const int n0 = PS ? (tile % row_tiles) * kTR : n0_blk;
   const int m0 = PS ? (tile / row_tiles) * BT : m0_blk;
   // the low-rank activations into shared memory: [BT][R], rows padded by 16 bytes (PS: memory of its own, the
@@ -595,6 +613,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
 #pragma unroll
       for (int j = 0; j < 4; ++j) wgmma_s8_rs<BT>(acc, fa[j], db0 + 2 * j);
       wgmma_commit();
+      if constexpr (EP == 9) {
+        if (i == done) life(1);
+      }
       if constexpr (EP == 8) {
         __syncwarp();
         if (lane == 0) {  // this warp's count: only it writes it
@@ -855,6 +876,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
         tma_store_2d(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
     }
   }
+  life(6);
   }  // tiles
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
     if ((tid & 127) == 0) tma_store_wait_read();
@@ -1025,6 +1047,7 @@ int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
 bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
 long long g_lead_launches = 0;  // (tests: which kernel ran)
+long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 kernel's stamps go here
 int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the model's)
 // The three-warpgroup choice: 1 (v2.25, default) a stage of 1100 / 1250 cycles at 128 / 192 tokens (refitted to v2.23's
 // sweep) and three warpgroups only where they beat the two-warpgroup loop's model; 0 (v2.24) the v2.15 fit (1290 /
@@ -1120,6 +1143,7 @@ void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? pr
 void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
 bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
+void set_gemm_2l_tile_life(long long* stamps) { g_life = stamps; }
 long long gemm_2l_late_launches() { return g_late_launches; }
 Gemm2lLaunch gemm_2l_last_launch() { return g_last_launch; }
 bool gemm_2l_plan_forced() {
@@ -1227,6 +1251,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (wide_lr)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
+      if (a.frag && bf && g_life && bt2 == 224 && !a.lr_late)  // a tile's life by clock64 stamps (benchmarks)
+        return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 9>(a, 1, g_life, stream, num_sms);
       // leading turns (opt-in; 224-token tiles only: at 256 the three-stage ring allows a lead of one stage, measured
       // 1.11-1.17x slower at 4096 tokens, perf-notes v2.30b)
       if (a.frag && g_rf_lead && bt2 == 224 && !a.lr_late) {

@@ -104,3 +104,22 @@ def test_ab_rounds_alternate_the_column_order():
     # over two rounds every column is timed once right after each of its two neighbours
     followers = {(o[i - 1], o[i]) for o in orders[:2] for i in range(1, len(o))}
     assert all((a, b) in followers and (b, a) in followers for a, b in zip(cols, cols[1:]))
+
+
+def test_tile_life_summary_medians_each_step_per_warpgroup():
+    """gemm_2l_tile_life.summarize on synthetic stamps: a tile every 20000 cycles, its steps at fixed offsets, warpgroup 1
+    600 cycles behind; the first tile (the pipeline's fill) and unstamped CTAs left out."""
+    import gemm_2l_tile_life as life
+
+    s = torch.zeros(life.CTAS, life.WGS, life.TILES, life.STEPS, dtype=torch.int64)
+    offsets = [0, 300, 15300, 15500, 15900, 16400, 17000]  # start, first stage, loop end, lr, scales, low-rank, stored
+    for c in range(2):  # CTAs 2 and 3 never stamped (e.g. fewer tiles than CTAs)
+        for w in range(life.WGS):
+            for t in range(life.TILES):
+                base = 1_000 + 20_000 * t + 600 * w + (9_000_000 if t == 0 else 0)  # tile 0 off: left out
+                s[c, w, t, :7] = torch.tensor(offsets) + base
+    r = life.summarize(s)
+    for w in ("wg0", "wg1"):
+        assert r[w] == {"loop": 15000, "lr wait": 200, "scales": 400, "low-rank": 500, "store": 600,
+                        "to next": 20000 - 17000 + 300}
+    assert r["lag"] == {"loop end": 600}
