@@ -17,7 +17,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import hopper_extension
+from problems_2l import hopper_extension, quantizer_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         cat = shape.endswith("c")
         M, K = (int(v) for v in shape.rstrip("c").split("x"))
-        torch.manual_seed(M + K)
-        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+        xs, smooth, pd, pd0 = quantizer_inputs(M, K)
         parts = [(x[:, :3072].contiguous(), x[:, 3072:].contiguous()) for x in xs]
-        smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
-        pd = (torch.randn(K, 32, device="cuda") / K**0.5).to(torch.bfloat16)
-        pd0 = pd[:, :0].contiguous()
 
         def call(i, p):
             if cat:

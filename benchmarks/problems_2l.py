@@ -41,6 +41,16 @@ def random_2l(M: int, K: int, N: int, rank: int = 32, group_size: int = 64, sets
     )
 
 
+def quantizer_inputs(M: int, K: int, rank: int = 32):
+    """The quantizer benchmarks' inputs (bfloat16, seeded by M + K): two activation sets [M, K], smoothing factors,
+    proj_down [K, rank] and its rank-0 slice (a call without a down projection)."""
+    torch.manual_seed(M + K)
+    xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
+    pd = (torch.randn(K, rank, device="cuda") / K**0.5).to(torch.bfloat16)
+    return xs, smooth, pd, pd[:, :0].contiguous()
+
+
 def hopper_extension(script: str):
     """The built extension if it has the sm_90a kernels and this is a Hopper GPU, else None (says why)."""
     import sys

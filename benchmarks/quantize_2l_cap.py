@@ -17,7 +17,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import hopper_extension
+from problems_2l import hopper_extension, quantizer_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'M':>5} {'K':>6} {'frac':>5} {'ctas':>5} | {'alone':>7} {'pair':>7} {'mm':>7} | alone/alone(1) pair/pair(1)")
     for shape in args.shapes.split(","):
         M, K = (int(v) for v in shape.split("x"))
-        torch.manual_seed(M + K)
-        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-        smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
-        pd = (torch.randn(K, 32, device="cuda") / K**0.5).to(torch.bfloat16)
-        pd0 = pd[:, :0].contiguous()
+        xs, smooth, pd, pd0 = quantizer_inputs(M, K)
         ext.set_quantize_act_2l_persistent(1, 0)
         ext.quantize_act_2l(xs[0], smooth, pd0, 64)
         torch.cuda.synchronize()

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from problems_2l import hopper_extension
+from problems_2l import hopper_extension, quantizer_inputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
           + " | default/l2only ovl_1r/l2only alone/default")
     for shape in args.shapes.split(","):
         M, K = (int(v) for v in shape.split("x"))
-        torch.manual_seed(M + K)
-        xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
-        smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
-        pd = (torch.randn(K, 32, device="cuda") / K**0.5).to(torch.bfloat16)
-        pd0 = pd[:, :0].contiguous()  # rank 0: no down projection
+        xs, smooth, pd, pd0 = quantizer_inputs(M, K)  # pd0: rank 0, no down projection
         times: dict[str, list[float]] = {m: [] for m in modes}
         for r in range(3):
             for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):

@@ -319,7 +319,8 @@ bool lowrank_down_ok(const at::Tensor& x, const at::Tensor& pd, int M, int K) {
 // operands 16-byte aligned and contiguous).
 bool beside_ok(const at::Tensor& x, const at::Tensor& x2, const at::Tensor& pd, int64_t M, int64_t K, int64_t K1,
                int R) {
-  if (!g_lr_overlap || g_chunk_bytes != 0 || M * K * 2 > g_overlap_max_bytes) return false;
+  if (svdq::lowrank_down_beside() == 0 || !g_lr_overlap || g_chunk_bytes != 0 || M * K * 2 > g_overlap_max_bytes)
+    return false;  // (off, the default: no device-property lookup per call)
   if (!svdq::lowrank_down_beside_takes((int)M, (int)K, x2.defined() ? (int)K1 : (int)K, R, M * K * 2,
                                        at::cuda::getCurrentDeviceProperties()->l2CacheSize))
     return false;
