@@ -94,7 +94,8 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_dcb_regional_cg", "svdq2l_fo_ep_nrbc_dcb_regional_cg", "svdq2l_fo_ep_pdl_regional_cg",
     "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_nql_regional_cg", "svdq2l_fo_ep_pdl_nql_regional_cg",
     "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
-    "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg",
+    "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg", "svdq2l_fo_ep_pipe_regional_cg",
+    "svdq2l_fo_ep_pp_regional_cg",
 )
 
 
@@ -366,7 +367,9 @@ def set_kernel_switches(name: str) -> None:
     down projection in row chunks of ~24 MB of x (set_quantize_act_2l_chunk_bytes; whole otherwise); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise); _lead the register-fragment loop's leading turns at 224-token tiles
-    (set_gemm_2l_rf_lead; named-barrier turns otherwise)."""
+    (set_gemm_2l_rf_lead; named-barrier turns otherwise); _pipe the register-fragment loop pipelined within each
+    warpgroup (set_gemm_2l_rf_pipelined; named-barrier turns otherwise); _pp the GEMM's consumer warpgroups in ping-pong
+    over 128 x 128 tiles wherever that kernel takes the layer (set_gemm_2l_rf_pingpong; off otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -400,6 +403,10 @@ def set_kernel_switches(name: str) -> None:
         ext.set_quantize_act_2l_chunk_bytes(24 << 20 if "_qc24" in name else 0)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_lead"):
         ext.set_gemm_2l_rf_lead("_lead" in name)
+    if ext is not None and hasattr(ext, "set_gemm_2l_rf_pipelined"):
+        ext.set_gemm_2l_rf_pipelined("_pipe" in name)
+    if ext is not None and hasattr(ext, "set_gemm_2l_rf_pingpong"):
+        ext.set_gemm_2l_rf_pingpong("_pp_" in name or name.endswith("_pp"))
 
 
 class GraphedForward(nn.Module):

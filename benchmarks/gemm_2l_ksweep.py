@@ -1,7 +1,7 @@
 """What a K stage and what a tile's fixed part cost: the int4_2l GEMMs alone at M = 4608, N = 3072 over K.
 
 usage: python benchmarks/gemm_2l_ksweep.py [--ks 768,1536,3072,6144,12288] [--reps 20] [--tile 64|128|224|256]
-                                          [--rank 32] [--probes | --widen]
+                                          [--rank 32] [--probes | --widen | --pipelined]
        python benchmarks/gemm_2l_ksweep.py --plot LOG [--out PNG]   (a stored run's chart; no GPU)
 
 The activations are quantized once outside the timing; each GEMM and torch._scaled_mm fp8 rowwise is timed
@@ -20,7 +20,12 @@ by mma.sync (rf_mma) or with the consumer warpgroups meeting at CTA barriers aro
 epilogue before v2.18 in two parts (exact): what the fixed part per tile is made of. --widen (with --tile 224): the
 register-fragment kernel against the same kernel with the widening before v2.22 (rf_widen1) and with none
 (rf_nowiden: the loaded words used as fragments), both timing only, and int8 weights (w8ps): what a stage's
-widening costs.
+widening costs. --pipelined: the register-fragment kernel with turns against the same loop pipelined within each
+warpgroup (rf_pipe, set_gemm_2l_rf_pipelined; the same bits): whether the turns or something else set a stage's pace;
+and rf_pipe_wg0, the pipelined loop with warpgroup 1 idle in it (probe 8, timing only): whether one warpgroup alone keeps
+the tensor cores busy (then its stage is half of rf_pipe's), which a ping-pong of warpgroups over tiles needs; and
+rf_pp, that ping-pong (set_gemm_2l_rf_pingpong: 128 x 128 tiles, each warpgroup's epilogue under the other's loop; its
+"fixed per tile" is per warpgroup tile, near zero if the epilogues hide).
 """
 from __future__ import annotations
 
@@ -96,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probes", action="store_true",
                     help="only the register-fragment kernel and its epilogue probes (set_gemm_2l_probe: without the "
                          "low-rank mma, without the output's TMA store, without the epilogue; timing only)")
+    ap.add_argument("--pipelined", action="store_true",
+                    help="only the register-fragment kernel with turns against it pipelined within each warpgroup "
+                         "(set_gemm_2l_rf_pipelined), and fp8")
     ap.add_argument("--widen", action="store_true",
                     help="only the register-fragment kernel against its widening probes (6: the widening before "
                          "v2.22, 7: none; timing only) and int8 weights; use with --tile 224")
@@ -121,9 +129,10 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     ks = [int(k) for k in args.ks.split(",")]
     cols = (["packed_rf", "rf_mma", "rf_coupled", "rf_nolr", "rf_nostore", "rf_noepi", "fp8"] if args.probes
             else ["packed_rf", "rf_widen1", "rf_nowiden", "w8ps", "fp8"] if args.widen
+            else ["packed_rf", "rf_pipe", "rf_pipe_wg0", "rf_pp", "fp8"] if args.pipelined
             else ["packed", "packed_ps", "packed_rf", "packed_rf3", "w8", "w8p", "w8ps", "fp8"])
     probe = {"rf_nolr": 1, "rf_nostore": 2, "rf_noepi": 3, "rf_mma": 4, "rf_coupled": 5, "rf_widen1": 6,
-             "rf_nowiden": 7}
+             "rf_nowiden": 7, "rf_pipe_wg0": 8}
     rows: dict[str, list[float]] = {c: [] for c in cols}
     print(f"{torch.cuda.get_device_name()}: GEMM alone, us (CUDA graph), M={M} N={N} rank {args.rank}, plan tile {bt} "
           f"split {splits}, {waves} waves of {sms} SMs")
@@ -146,10 +155,13 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
                                          ("w8ps", wide, False, 1, 0), ("rf_nolr", frag, False, 1, 2),
                                          ("rf_nostore", frag, False, 1, 2), ("rf_noepi", frag, False, 1, 2),
                                          ("rf_mma", frag, False, 1, 2), ("rf_coupled", frag, False, 1, 2),
-                                         ("rf_widen1", frag, False, 1, 2), ("rf_nowiden", frag, False, 1, 2)):
+                                         ("rf_widen1", frag, False, 1, 2), ("rf_nowiden", frag, False, 1, 2),
+                                         ("rf_pipe", frag, False, 1, 2), ("rf_pipe_wg0", frag, False, 1, 2),
+                                         ("rf_pp", frag, False, 1, 2)):
             if name not in cols:
                 continue
-            with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile):
+            with gemm_switches(ext, producer=prod, persistent=pers, rf_warpgroups=cw, rf3_tile=rf3_tile,
+                               rf_pipelined=name == "rf_pipe", rf_pingpong=name == "rf_pp"):  # (rf_pipe_wg0: probe 8)
                 ext.set_gemm_2l_probe(probe.get(name, 0))
                 try:
                     t[name] = time_graph(fn, q, args.reps)
@@ -183,8 +195,10 @@ def sweep(ext, args, M: int, N: int, gs: int, sms: int) -> int:
     for c in cols:
         a, b = fit([k / 128 for k in ks], rows[c])
         per = {"fp8": 1, "packed_rf3": waves3}.get(c, waves)
-        if c in probe or ((args.probes or args.widen) and c == "packed_rf"):  # the persistent plan's 224-token tiles
-            per = -(-((N // 128) * -(-M // 224)) // sms)
+        if c == "rf_pp":  # its own 128 x 128 tiles, two per CTA at a time: tiles / (2 SMs) per warpgroup
+            per = -(-((N // 128) * -(-M // 128)) // (2 * sms))
+        elif c in probe or c == "rf_pipe" or ((args.probes or args.widen or args.pipelined) and c == "packed_rf"):
+            per = -(-((N // 128) * -(-M // (args.tile or 224))) // sms)  # the persistent plan's tiles (224 at 4608)
         print(f"{c:>9}: {b / per:7.3f} us per stage, {a / per:7.2f} us fixed per tile"
               + ("" if c != "fp8" else " (whole GEMM)"))
     return 0

@@ -71,6 +71,12 @@
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
 #   life: benchmarks/gemm_2l_tile_life.py (the persistent register-fragment GEMM's tile steps by clock64 stamps)
+#   v234: the register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined) and the ping-pong GEMM
+#       (set_gemm_2l_rf_pingpong), perf-notes v2.31: their tests (nothing more if they fail), ab_2l.py at 4608 / 4096 /
+#       256 tokens (fo, fo_pipe, fo_pp, bf16, fp8d),
+#       gemm_2l_ksweep.py --pipelined --tile 224 (a stage and a tile's fixed part with and without turns), the tile life
+#       (gemm_2l_tile_life.py), memcheck; v234b: the whole tests/gpu suite; v234m: (WHEELS=.slimwhl) the model by
+#       default, with each (flux_e2e.py _pipe, _pp) and fp8 compiled
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
@@ -549,6 +555,33 @@ if [ "$what" = v233b ]; then  # the final tree (leading turns at 224-token tiles
   memcheck "$OUT/sanitize_memcheck.log"
   grep -E "leading turns done|beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -2
   flux_e2e_1024 ${E2E_LIMIT:-200} svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_lead_regional_cg --iters ${E2E_ITERS:-10} --warmup 2
+fi
+if [ "$what" = v234 ]; then  # the register-fragment loop pipelined within each warpgroup (perf-notes v2.31): its tests
+  # first (nothing more if they fail), the tile life, the whole GPU suite, memcheck, then the chain side by side
+  timeout 240 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf_pipelined.py \
+    tests/gpu/test_rf_pingpong.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_pipelined.log" 2>&1
+  rc=$?; echo "pipelined / ping-pong tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_pipelined.log" | tail -6
+  if [ $rc = 0 ]; then
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,256} --rounds ${ROUNDS:-3} \
+      --cols ${V234_COLS:-fo,fo_pipe,fo_pp,bf16,fp8d} > "$OUT/ab_2l_v234.log" 2>&1
+    echo "ab_2l rc=$?"; tail -16 "$OUT/ab_2l_v234.log"
+    (cd benchmarks && timeout 100 python3 gemm_2l_ksweep.py --pipelined --tile 224 > "$OUT/ksweep_pipelined.log" 2>&1)
+    echo "ksweep rc=$?"; tail -4 "$OUT/ksweep_pipelined.log"
+    (cd benchmarks && timeout 100 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)
+    echo "tile life rc=$?"; tail -8 "$OUT/tile_life.log"
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "pipelined register-fragment loop done|ping-pong GEMM done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+fi
+if [ "$what" = v234b ]; then  # the whole GPU suite on the tree with the pipelined loop
+  t0=$(date +%s)
+  timeout 500 python3 -m pytest -q --maxfail=20 -p no:cacheprovider tests/gpu -m "gpu or not gpu" --timeout 230 \
+    -o addopts="" > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
+fi
+if [ "$what" = v234m ]; then  # the model with and without the pipelined register-fragment loop
+  flux_e2e_1024 ${E2E_LIMIT:-300} ${V234M_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pipe_regional_cg,svdq2l_fo_ep_pp_regional_cg,fp8mm_regional_cg} \
+    --iters ${E2E_ITERS:-10} --warmup 2
 fi
 if [ "$what" = life ]; then  # a persistent tile's life (benchmarks/gemm_2l_tile_life.py: clock64 stamps per step)
   (cd benchmarks && timeout 120 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)

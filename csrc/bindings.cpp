@@ -1040,6 +1040,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "each runs on alone through the other's tile epilogue; the same bits");
   m.def("gemm_2l_rf_lead", &svdq::gemm_2l_rf_lead, "whether set_gemm_2l_rf_lead is on");
   m.def("gemm_2l_rf_lead_launches", &svdq::gemm_2l_rf_lead_launches, "GEMM launches with leading turns (tests)");
+  m.def("set_gemm_2l_rf_pipelined", &svdq::set_gemm_2l_rf_pipelined, pybind11::arg("on"),
+        "the two-warpgroup register-fragment loop pipelined within each warpgroup (opt-in until measured, perf-notes "
+        "v2.31): each k-step's wgmma its own commit group, the next k-step widened under the three in flight, no turns "
+        "between the warpgroups; wherever that loop runs with a branch of rank <= 32 (any token tile, unsplit or split, "
+        "chained); the same bits");
+  m.def("gemm_2l_rf_pipelined", &svdq::gemm_2l_rf_pipelined, "whether set_gemm_2l_rf_pipelined is on");
+  m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("on"),
+        "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in until measured, perf-notes "
+        "v2.31): each warpgroup computes whole tiles, so one's epilogue runs under the other's main loop; every tile GEMM "
+        "it takes (fragment order, group 64, branch rank 0 / 16 / 32, lr not late); the same bits");
+  m.def("gemm_2l_rf_pingpong", &svdq::gemm_2l_rf_pingpong, "whether set_gemm_2l_rf_pingpong is on");
+  m.def("gemm_2l_rf_pingpong_launches", &svdq::gemm_2l_rf_pingpong_launches, "GEMM launches of the ping-pong kernel (tests)");
+  m.def("gemm_2l_rf_pipelined_launches", &svdq::gemm_2l_rf_pipelined_launches,
+        "GEMM launches of the pipelined register-fragment loop (tests)");
   m.def(
       "set_gemm_2l_tile_life", [](int64_t ptr) { svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr)); },
       "benchmarks: the persistent register-fragment GEMM (bfloat16, 224-token tiles) stamps clock64 at each tile's steps "
@@ -1048,7 +1062,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "
         "by mma.sync, 5 CTA barriers around the epilogue (4, 5: the epilogue before v2.18; exact), 6 the widening before "
-        "v2.22, 7 no widening; 0 off");
+        "v2.22, 7 no widening, 8 the loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined) with warpgroup 1 "
+        "idle in it (one warpgroup's pace alone); 0 off");
   m.def("gemm_2l_rf_warpgroups", &svdq::gemm_2l_rf_warpgroups, "the register-fragment loop's warpgroups: 0 (auto), 2, 3");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");

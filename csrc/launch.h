@@ -245,6 +245,21 @@ void set_gemm_2l_probe(int probe);
 void set_gemm_2l_rf_lead(bool on);
 bool gemm_2l_rf_lead();
 long long gemm_2l_rf_lead_launches();  // (tests)
+// The two-warpgroup register-fragment loop pipelined within each warpgroup (opt-in until measured; perf-notes v2.31):
+// each k-step's wgmma its own commit group, the next k-step widened under the three in flight, no turns between the
+// warpgroups; wherever that loop runs with a branch of rank <= 32 (any token tile, unsplit or split over a cluster,
+// after the chained down projection too; the 64-wide low-rank tile and three warpgroups keep their turns). The same bits.
+void set_gemm_2l_rf_pipelined(bool on);
+bool gemm_2l_rf_pipelined();
+long long gemm_2l_rf_pipelined_launches();  // (tests)
+// The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in until
+// measured, perf-notes v2.31): where set_gemm_2l_rf_pingpong is on, every tile GEMM it takes (fragment order, group
+// 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late) runs it. The same bits as the two-warpgroup kernel.
+void set_gemm_2l_rf_pingpong(bool on);
+bool gemm_2l_rf_pingpong();
+long long gemm_2l_rf_pingpong_launches();  // (tests)
+bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a);
+cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms);
 // benchmarks/gemm_2l_tile_life.py: the persistent two-warpgroup register-fragment GEMM (bfloat16, 224-token tiles) stamping
 // clock64 at its tiles' steps into this int64 buffer (4 CTAs x 2 warpgroups x 8 tiles x 8; nullptr: off). The same bits.
 void set_gemm_2l_tile_life(long long* stamps);

@@ -57,6 +57,8 @@
 #include "common.cuh"
 #include "launch.h"
 #include "pdl.cuh"
+#include "rf_loop.cuh"
+#include "tma_sm90.cuh"
 #include "wgmma_s8.cuh"
 #include "widen_2l.cuh"
 
@@ -113,84 +115,6 @@ struct Tile2l {
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
-// Loads issued where they stand (volatile), read-only path; the thread waits only where the value is used.
-__device__ __forceinline__ float ldg_nc_f32(const float* p) {
-  float v;
-  asm volatile("ld.global.nc.f32 %0, [%1];\n" : "=f"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ uint32_t ldg_nc_u32(const void* p) {
-  uint32_t v;
-  asm volatile("ld.global.nc.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
-  return v;
-}
-template <typename T>
-__device__ __forceinline__ uint32_t ldg_nc_u16(const T* p) {
-  unsigned short v;
-  asm volatile("ld.global.nc.b16 %0, [%1];\n" : "=h"(v) : "l"(p));
-  return v;
-}
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-
-// Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle (8 rows x 128 bytes per atom).
-__device__ __forceinline__ uint64_t desc_k128(uint32_t saddr) {
-  uint64_t d = 0;
-  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);  // start address
-  d |= (uint64_t)1 << 16;                   // leading byte offset (unused for swizzled K-major)
-  d |= (uint64_t)(1024 >> 4) << 32;         // stride byte offset: next 8-row atom
-  d |= (uint64_t)1 << 62;                   // 128-byte swizzle
-  return d;
-}
-
-// The same for a K-major tile of 64-byte rows with 64-byte swizzle (8 rows x 64 bytes per atom).
-__device__ __forceinline__ uint64_t desc_k64(uint32_t saddr) {
-  uint64_t d = 0;
-  d |= (uint64_t)((saddr & 0x3FFFF) >> 4);
-  d |= (uint64_t)1 << 16;
-  d |= (uint64_t)(512 >> 4) << 32;
-  d |= (uint64_t)2 << 62;  // 64-byte swizzle
-  return d;
-}
-
-// The persistent kernels' low-rank branch, d (fp32 bit patterns) += proj_up rows (A fragments up[ks]) x the low-rank
-// tile at desc (rank steps of 16: +32 bytes each): R / 16 wgmmas, waited for.
-template <typename T, int BT>
-__device__ __forceinline__ void lowrank_wgmma(int (&d)[BT / 2], const uint32_t (&up)[4][4], uint64_t desc, int steps) {
-  wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) {
-    if (ks >= steps) break;
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) wgmma_bf16_rs<BT>(d, up[ks], desc + 2 * ks);
-    else wgmma_f16_rs<BT>(d, up[ks], desc + 2 * ks);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-}
-
-// 2-D tile store from shared memory (inner coordinate c0 in elements, outer c1 in rows), as a bulk group.
-// (left in flight: PS waits for it before the staging is rewritten, and before exit)
-__device__ __forceinline__ void tma_store_2d_async(const CUtensorMap* map, uint32_t src, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
-               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(src) : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-// The shared memory of the bulk stores in flight has been read: it may be rewritten, or the CTA may exit.
-__device__ __forceinline__ void tma_store_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-}
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int c0, int c1) {
-  tma_store_2d_async(map, src, c0, c1);
-  tma_store_wait_read();
-}
-// 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
-}
-
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
 __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, uint64_t db0) {
@@ -210,7 +134,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // signed nibbles: wrong values on today's fragment order, the same instructions), 7 no widening (the loaded words
 // used as fragments); 8 (exact, not a probe: set_gemm_2l_rf_lead) the turns as per-warp counts of stages issued, so
 // warpgroup 0 may lead by NS - 2 stages and each warpgroup runs on alone while the other is in its tile's epilogue;
-// 9 (exact, set_gemm_2l_tile_life) the default loop stamping its tiles' steps (see `life` below).
+// 9 (exact, set_gemm_2l_tile_life) the default loop stamping its tiles' steps (see `life` below); 10 (exact, not a
+// probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own wgmmas, no turns; 11 (probe 8)
+// 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one warpgroup's pace alone.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -254,7 +180,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const int KT = K / kBK;
   const int row_tiles = N / kTR;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
-  constexpr bool kSplits = !PS || (RF && CW == 2 && EP == 0);  // the kernels that may run split
+  constexpr bool kSplits = !PS || (RF && CW == 2 && (EP == 0 || EP == 10));  // the kernels that may run split
   const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
@@ -295,7 +221,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
-  const bool lr_late = PS && EP == 0 && late;
+  const bool lr_late = PS && (EP == 0 || EP == 10) && late;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -554,8 +480,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   if constexpr (RF) {
     // Register fragments (weights in fragment order, ops/layout_2l.py: a row's words for the whole stage are one
     // 16-byte load): A is widened into registers, so a stage moves 32 KB less through shared memory than with A
-    // tiles. ptxas serializes a warpgroup's wgmmas when it defines a wgmma input while an earlier group is in
-    // flight (v2.8), so each warpgroup runs widen -> 4 wgmmas -> wait<0>, and the two take turns (named barriers
+    // tiles. ptxas serializes a warpgroup's wgmmas when it defines a wgmma input while an earlier group of the stage
+    // is in flight (v2.8; EP 10 below: not when each wgmma is its own group and the last reader of the registers
+    // written is waited for), so each warpgroup runs widen -> 4 wgmmas -> wait<0>, and the two take turns (named barriers
     // 4 and 5: WG0 stage i, WG1 stage i, WG0 stage i + 1, ...) so one widens while the other's wgmmas run; the
     // turns run on across this CTA's tiles. The next stage's bytes are loaded before this stage's wgmmas are
     // waited for (registers no wgmma reads: no serialization), so the widening after the wait starts from them.
@@ -577,6 +504,29 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
+    if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
+      for (int i = done; i < done + NK; ++i) {
+        mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+        if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
+      }
+    } else if constexpr (EP == 10 || EP == 11) {
+      // pipelined within the warpgroup (set_gemm_2l_rf_pipelined, rf_loop.cuh): no turns, the two warpgroups run on
+      // independently, bound only by the stage ring
+      uint32_t fa[4][4];
+      auto widen_step = [&](int j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) widen8_fo(nw[h][j], fo_const(nsc[h][(32 * j) / G]), fa[j][h], fa[j][2 + h]);
+      };
+      auto issue = [&](int i, int j) {
+        wgmma_fence();
+        wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
+        wgmma_commit();
+      };
+      auto release = [&](int i) {
+        if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
+      };
+      rf_pipelined_loop(done, NK, fetch, widen_step, issue, release);
+    } else {
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
       const int buf = i % NS;
@@ -630,6 +580,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       wgmma_wait<0>();
       if (lane == 0) mbar_arrive(empty_bars + 8 * buf);  // this warp is done with the stage
     }
+    }  // EP != 10
   } else if constexpr (WS) {  // consumers: no CTA barrier in the loop; a warp releases a stage when its wgmmas are done
     const int base = PS ? done : 0;
     for (int i = base; i < base + NK; ++i) {
@@ -827,31 +778,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   }
   // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
   // j*8 + 2t, + 1
-  auto packed = [&](int j, uint32_t& p0, uint32_t& p1) {
-    float v[4] = {__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA,
-                  __int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB};
-    if (act == 1) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) v[e] = gelu_tanh(v[e]);
-    }
-    p0 = Dt<T>::pack2(v[0], v[1]);
-    p1 = Dt<T>::pack2(v[2], v[3]);
-  };
-  if (ts) {  // two token octets per stmatrix: the transposes of (p0, p1) of octets j and j + 1
-    const int k = lane >> 3, i = lane & 7;  // this lane addresses row i of matrix k
-    const uint32_t dst = stage_out + i * 128 + ((((2 * warp + (k & 1)) ^ i)) << 4) + (k >> 1) * 8 * 128;
-#pragma unroll
-    for (int j = 0; j < BT / 8; j += 2) {
-      uint32_t a0, a1, b0, b1;
-      packed(j, a0, a1);
-      packed(j + 1, b0, b1);
-      stmatrix_x4_trans(dst + j * 8 * 128, a0, a1, b0, b1);  // row j*8 + i (+ 8) of the staging: chunk 2 warp (+1) ^ i
-    }
-  }
+  if (ts) stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
 #pragma unroll
   for (int j = 0; j < (ts ? 0 : BT / 8); ++j) {
     uint32_t p0, p1;
-    packed(j, p0, p1);
+    pack_octet<T>(acc, j, bA, bB, act, p0, p1);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
     const uint32_t q1 = movmatrix_trans(p1);  // token j*8+g, rows nbase + 8 + 2t, +1
     const int m = m0 + j * 8 + g;
@@ -905,33 +836,6 @@ __global__ void copy_columns_kernel(uint4* __restrict__ dst, int64_t ldd, const 
   }
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      p = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
-// Row-major uint8 matrix [rows, cols] (cols contiguous, rows `stride` bytes apart; 0: cols), tiles of box_rows x
-// box_cols.
-bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint32_t box_rows, uint32_t box_cols,
-              CUtensorMapSwizzle swizzle, uint64_t stride = 0) {
-  auto fn = encode_fn();
-  if (!fn) return false;
-  const cuuint64_t dims[2] = {cols, rows};
-  const cuuint64_t strides[1] = {stride ? stride : cols};
-  const cuuint32_t box[2] = {box_cols, box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem,
-            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 long long g_late_launches = 0;  // launches with a late low-rank tile (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
@@ -982,7 +886,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  const int late = PS && EP == 0 && a.lr_late && pdl_device() ? 1 : 0;
+  const int late = PS && (EP == 0 || EP == 10) && a.lr_late && pdl_device() ? 1 : 0;
   if (late) ++g_late_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
@@ -993,18 +897,19 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
 
-template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int LR = 0>
+template <typename T, int G, bool TR, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int LR = 0,
+          int EP = 0>
 cudaError_t launch_2l_tile(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms = 0) {
   if constexpr (!PS || FO) {  // PS plans leave out 256 (its accumulators and loop state would spill), except the
     // register-fragment loop's (no A tiles; 3 stages)
     if (p.tile_tokens == 256)
-      return launch_2l<T, 256, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
+      return launch_2l<T, 256, G, TR, W8, WS, PS, FO, 2, EP, LR>(a, p.splits, g_trace, stream, num_sms);
   }
   if (p.tile_tokens == 224)
-    return launch_2l<T, 224, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
+    return launch_2l<T, 224, G, TR, W8, WS, PS, FO, 2, EP, LR>(a, p.splits, g_trace, stream, num_sms);
   if (p.tile_tokens == 128)
-    return launch_2l<T, 128, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
-  return launch_2l<T, 64, G, TR, W8, WS, PS, FO, 2, 0, LR>(a, p.splits, g_trace, stream, num_sms);
+    return launch_2l<T, 128, G, TR, W8, WS, PS, FO, 2, EP, LR>(a, p.splits, g_trace, stream, num_sms);
+  return launch_2l<T, 64, G, TR, W8, WS, PS, FO, 2, EP, LR>(a, p.splits, g_trace, stream, num_sms);
 }
 
 template <typename T, int G>
@@ -1044,10 +949,14 @@ bool g_rf_by_cost = true;
 // the register-fragment loop with K split over a cluster, one tile per CTA (few tiles: M of a few hundred tokens):
 // 0 where rf_cost with s > 1 beats the other kernels (with g_rf_by_cost), 1 never, 2-8 forced (tests, benchmarks)
 int g_rf_splits = 0;
-int g_gemm_probe = 0;     // 1-7: the persistent register-fragment kernel's epilogue probes (bfloat16, 224 tokens)
+int g_gemm_probe = 0;     // 1-8: the persistent register-fragment kernel's probes (bfloat16, 224 tokens)
 bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
 long long g_lead_launches = 0;  // (tests: which kernel ran)
 long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 kernel's stamps go here
+// the two-warpgroup register-fragment loop (branch rank <= 32, unsplit or split, any token tile) pipelined within each
+// warpgroup (EP 10, opt-in until measured: perf-notes v2.31)
+bool g_rf_pipelined = false;
+long long g_pipelined_launches = 0;  // (tests: which kernel ran)
 int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the model's)
 // The three-warpgroup choice: 1 (v2.25, default) a stage of 1100 / 1250 cycles at 128 / 192 tokens (refitted to v2.23's
 // sweep) and three warpgroups only where they beat the two-warpgroup loop's model; 0 (v2.24) the v2.15 fit (1290 /
@@ -1139,11 +1048,26 @@ void set_gemm_2l_rf_by_cost(bool on) { g_rf_by_cost = on; }
 bool gemm_2l_rf_by_cost() { return g_rf_by_cost; }
 void set_gemm_2l_rf_splits(int s) { g_rf_splits = s >= 1 && s <= 8 ? s : 0; }
 int gemm_2l_rf_splits() { return g_rf_splits; }
-void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 7 ? probe : 0; }
+void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 8 ? probe : 0; }
 void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
 bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
 void set_gemm_2l_tile_life(long long* stamps) { g_life = stamps; }
+void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
+// The two-warpgroup register-fragment loop (fragment order, branch rank <= 32) on the plan's token tile and K split:
+// with turns (EP 0), or pipelined within each warpgroup (EP 10, set_gemm_2l_rf_pipelined)
+static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms) {
+  const bool bf = a.dtype == DType::kBF16;
+  if (g_rf_pipelined) {
+    ++g_pipelined_launches;
+    return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms)
+              : launch_2l_tile<__half, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms);
+  }
+  return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, p, stream, num_sms)
+            : launch_2l_tile<__half, 64, false, false, true, true, true>(a, p, stream, num_sms);
+}
+bool gemm_2l_rf_pipelined() { return g_rf_pipelined; }
+long long gemm_2l_rf_pipelined_launches() { return g_pipelined_launches; }
 long long gemm_2l_late_launches() { return g_late_launches; }
 Gemm2lLaunch gemm_2l_last_launch() { return g_last_launch; }
 bool gemm_2l_plan_forced() {
@@ -1155,6 +1079,9 @@ bool gemm_2l_plan_forced() {
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
+  // ping-pong consumers (opt-in): every GEMM that kernel takes, unless a probe, trace or stamp kernel is asked for
+  if (gemm_2l_rf_pingpong() && gemm_2l_pingpong_takes(a) && !g_trace && !g_gemm_probe && !g_life)
+    return launch_w4a4_gemm_2l_pingpong(a, stream, num_sms);
   long plan_ns = 0;
   const Gemm2lPlan p = plan_among(a.M, a.N, a.K, num_sms, g_plan_tiles, &plan_ns);
   const bool bf = a.dtype == DType::kBF16;
@@ -1231,8 +1158,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (wide_lr)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bts, ss}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bts, ss}, stream, num_sms);
-      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bts, ss}, stream, num_sms)
-                : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bts, ss}, stream, num_sms);
+      return launch_rf(a, {bts, ss}, stream, num_sms);
     }
     if (persistent) {
       if (w8)
@@ -1246,6 +1172,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_gemm_probe == 5) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 5>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 6) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 6>(a, 1, nullptr, stream, num_sms);
         if (g_gemm_probe == 7) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 7>(a, 1, nullptr, stream, num_sms);
+        if (g_gemm_probe == 8) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 11>(a, 1, nullptr, stream, num_sms);
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
       if (wide_lr)
@@ -1261,8 +1188,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                   : launch_2l<__half, 224, 64, false, false, true, true, true, 2, 8>(a, 1, nullptr, stream, num_sms);
       }
       if (a.frag)  // fragment order: the register-fragment loop
-        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms)
-                  : launch_2l_tile<__half, 64, false, false, true, true, true>(a, {bt2, 1}, stream, num_sms);
+        return launch_rf(a, {bt2, 1}, stream, num_sms);
       return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true>(a, pp, stream, num_sms)
                 : launch_2l_tile<__half, 64, false, false, true, true>(a, pp, stream, num_sms);
     }

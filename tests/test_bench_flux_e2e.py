@@ -196,7 +196,9 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
     ("svdq2l_fo_ep_r3_regional_cg", False, -1, False, 1, True), ("svdq2l_fo_ep_nr3_regional_cg", False, -1, False, 1, True),
     ("svdq2l_fo_ep_pdl_nql_regional_cg", False, -1, False, 1, True),
     ("svdq2l_fo_ep_m0_regional_cg", False, -1, False, 1, True),
-    ("svdq2l_fo_ep_lead_regional_cg", False, -1, False, 1, True)])
+    ("svdq2l_fo_ep_lead_regional_cg", False, -1, False, 1, True),
+    ("svdq2l_fo_ep_pipe_regional_cg", False, -1, False, 1, True),
+    ("svdq2l_fo_ep_pp_regional_cg", False, -1, False, 1, True)])
 def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp, wlr):
     from svdquant_hf.ops import build
 
@@ -221,7 +223,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
                           "quant_persistent": (qp, 0), "rf_wide_lr": wlr, "rf_by_cost": "_nrbc" not in name,
                           "pdl": "_pdl" in name, "rf3_stage": (1100, 1250) if "_r3_" in name else (0, 0),
                           "rf3_model": 0 if "_m0" in name else 1,
-                          "quantize_act_2l_lean": "_nql" not in name, "rf_lead": "_lead" in name}
+                          "quantize_act_2l_lean": "_nql" not in name, "rf_lead": "_lead" in name,
+                          "rf_pipelined": "_pipe" in name, "rf_pingpong": "_pp_" in name}
     assert type(fake.calls["persistent"]) is int
 
 

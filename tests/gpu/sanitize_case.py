@@ -126,30 +126,54 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
     torch.cuda.synchronize()
     print("sanitize case: down projection beside the quantizer done")
 
-# the register-fragment loop with leading turns (set_gemm_2l_rf_lead): persistent, 224-token tiles, K of 2 and 12
-# stages (fewer and more stages per tile than the lead)
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_rf_lead"):
-    for M, K, N in [(300, 256, 512), (450, 1536, 256)]:
+
+def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True) -> None:
+    """The fragment-order GEMM with the opt-in kernel set_gemm_2l_<switch> on, once per (M, K, N, R, tile): asserts
+    that kernel ran. forced_tile: the persistent unsplit plan on that token tile (else the kernel's own tiles, and a
+    GELU epilogue after a 64-column prefix)."""
+    for M, K, N, R, tile in shapes:
         x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
         smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
-        pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
+        pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
         xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
         qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
         wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
-        pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
-        ext.set_gemm_2l_persistent(1)
-        ext.set_gemm_2l_splits(1)
-        ext.set_gemm_2l_rf_lead(True)
-        n0 = ext.gemm_2l_rf_lead_launches()
-        ext.set_gemm_2l_tile_tokens(224)
-        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, torch.rand(N, device="cuda", generator=g), lr, pu, None, 64)
-        assert ext.gemm_2l_rf_lead_launches() == n0 + 1
-        ext.set_gemm_2l_rf_lead(False)
+        pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
+        wch = torch.rand(N, device="cuda", generator=g)
+        if forced_tile:
+            ext.set_gemm_2l_persistent(1)
+            ext.set_gemm_2l_splits(1)
+            ext.set_gemm_2l_tile_tokens(tile)
+        getattr(ext, f"set_gemm_2l_{switch}")(True)
+        n0 = getattr(ext, f"gemm_2l_{switch}_launches")()
+        if forced_tile:
+            ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
+        else:
+            pre = torch.randn(M, 64, device="cuda", generator=g).to(torch.bfloat16)
+            ext.w4a4_gemm_2l_fo_ep(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64, 1, pre)
+        assert getattr(ext, f"gemm_2l_{switch}_launches")() == n0 + 1
+        getattr(ext, f"set_gemm_2l_{switch}")(False)
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
     torch.cuda.synchronize()
+
+
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_rf_pingpong"):
+    # the register-fragment loop with leading turns (set_gemm_2l_rf_lead): persistent, 224-token tiles, K of 2 and 12
+    # stages (fewer and more stages per tile than the lead)
+    _fragment_order_gemm_case("rf_lead", [(300, 256, 512, 32, 224), (450, 1536, 256, 32, 224)])
     print("sanitize case: leading turns done")
+    # the loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined): 224- and 256-token tiles, K of 1 and 12
+    # stages (a CTA's tiles of one stage each let one warpgroup run tiles ahead of the other)
+    _fragment_order_gemm_case("rf_pipelined", [(300, 128, 512, 32, 224), (450, 1536, 256, 32, 256),
+                                               (1100, 128, 1024, 32, 256)])
+    print("sanitize case: pipelined register-fragment loop done")
+    # the consumer warpgroups in ping-pong (set_gemm_2l_rf_pingpong): a CTA's tiles of one stage (a warpgroup a tile
+    # ahead of the other), 12 stages, an odd tile count per CTA, rank 16; GELU after a prefix
+    _fragment_order_gemm_case("rf_pingpong", [(300, 128, 512, 32, 0), (450, 1536, 256, 32, 0),
+                                              (1100, 256, 384, 16, 0)], forced_tile=False)
+    print("sanitize case: ping-pong GEMM done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

@@ -77,6 +77,7 @@ def test_hopper_builds_as_sm90a():
     assert with_arch_features(["8.0", "8.9", "9.0"]) == ["8.0", "8.9", "9.0a"]
     assert with_arch_features(["8.6"]) == ["8.6"]
     assert "w4a4_gemm_2l_sm90.cu" in SOURCES and "quantize_act_2l.cu" in SOURCES
+    assert "w4a4_gemm_2l_pingpong_sm90.cu" in SOURCES
 
 
 def test_loaded_extension_gets_the_python_fallbacks(fresh_state, monkeypatch):

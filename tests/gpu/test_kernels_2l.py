@@ -97,6 +97,26 @@ def _gemm(ext, xq, xs, qw, wsc, wch, lr, pu, b, gs):
     return ext.w4a4_gemm_2l(xq, xs, qw, wsc, wch, lr, pu, b, gs)
 
 
+def _gemm_fo(ext, xq, xs, qf, w, lr, gs=64):
+    """The fragment-order GEMM (qf) with w = (wscales, wchannel, proj_up, bias), its output poisoned first."""
+    wsc, wch, pu, b = w
+    _poison(2 * xq.shape[0] * qf.shape[0], 0xFF)  # 0xFFFF: a NaN in bf16 and fp16
+    return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+
+
+def _captured(call):
+    """call() once on a side stream (a warm-up), then captured there into a CUDA graph: (the graph, its output)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            y = call()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph, y
+
+
 def _lean(ext, on: bool):
     """The per-row quantizer's lean form (set_quantize_act_2l_lean, on by default) on or off for a block; the form
     before it restored after it."""

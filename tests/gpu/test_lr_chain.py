@@ -10,8 +10,9 @@ import torch
 from svdquant_hf.ops.layout_2l import fragment_order
 from svdquant_hf.ops.reference import quantize_act_2l_ref, w4a4_gemm_2l_ref
 
-from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
+from test_kernels import _rel, ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _gemm_fo as _gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,12 +23,6 @@ pytestmark = [
 def _chain(ext, mode: int = 1):
     """set_lr_chain(mode) for a block (1: wherever the shape allows, 0: never, -1: its rule), as before after it."""
     return _switched(ext.set_lr_chain, mode, ext.lr_chain())
-
-
-def _gemm(ext, xq, xs, qf, w, lr, gs=64):
-    wsc, wch, pu, b = w
-    _poison(2 * xq.shape[0] * qf.shape[0], 0xFF)  # 0xFFFF: a NaN in bf16 and fp16
-    return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
 
 
 @pytest.mark.parametrize("deep", [False, True])

@@ -11,19 +11,14 @@ import torch
 
 from svdquant_hf.ops.layout_2l import fragment_order
 
-from test_kernels import _poison, ext  # noqa: F401  (ext: the fixture)
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _gemm_fo as _gemm
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-def _gemm(ext, xq, xs, qf, w, lr, gs=64):
-    wsc, wch, pu, b = w
-    _poison(2 * xq.shape[0] * qf.shape[0], 0xFF)  # 0xFFFF: a NaN in bf16 and fp16
-    return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
 
 
 @pytest.mark.parametrize("tile", [224])

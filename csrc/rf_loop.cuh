@@ -1,0 +1,36 @@
+// The register-fragment main loop pipelined within one warpgroup (perf-notes v2.31), shared by the two-warpgroup kernel
+// (set_gemm_2l_rf_pipelined) and the ping-pong kernel. Each k-step's wgmmas are one commit group; after issuing one,
+// the warpgroup waits until at most three groups are in flight, which completes the group four back (the last reader
+// of the fragments it widens next), then widens the next k-step under the three. ptxas keeps these wgmmas
+// unserialized (one IGMMA and WARPGROUP.DEPBAR.LE 3 per k-step in the SASS), unlike a stage-level double buffer (v2.8).
+#pragma once
+#include "wgmma_s8.cuh"
+
+namespace svdq {
+
+// Stages first .. first + count - 1 of the ring, four k-steps each: fetch(i) waits for stage i and loads its weight
+// words, widen(j) widens k-step j of the words last loaded into its fragments, issue(i, j) issues k-step j of stage i
+// (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete (at the next stage's third
+// k-step; the last stage after the loop, when every group is complete).
+template <typename Fetch, typename Widen, typename Issue, typename Release>
+__device__ __forceinline__ void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue,
+                                                  Release&& release) {
+  fetch(first);
+  widen(0);
+  for (int i = first; i < first + count; ++i) {
+    const bool next = i + 1 < first + count;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      issue(i, j);
+      if (j == 3 && next) fetch(i + 1);
+      wgmma_wait<3>();
+      if (j == 2 && i > first) release(i - 1);
+      if (j < 3) widen(j + 1);
+      else if (next) widen(0);
+    }
+  }
+  wgmma_wait<0>();
+  release(first + count - 1);
+}
+
+}  // namespace svdq

@@ -1,0 +1,123 @@
+"""The register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined, Hopper, opt-in): each k-step's
+wgmma is a commit group of its own and the next k-step is widened under the three in flight, with no turns between the
+two consumer warpgroups. The int32 sums are exact, so only the order in which wgmmas reach the tensor cores changes:
+the output must be the default kernel's bits (outputs poisoned first). The shapes cover tiles of one stage (a warpgroup
+may then run whole tiles ahead of the other, bound by the stage ring), many tiles per CTA, 96 stages, awkward M, and
+both token tiles the loop takes (224: four stages in the ring, 256: three)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdquant_hf.ops.layout_2l import fragment_order
+
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _captured, _gemm_fo as _gemm
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _forced(ext, tile):
+    ext.set_gemm_2l_persistent(1)
+    ext.set_gemm_2l_tile_tokens(tile)
+    ext.set_gemm_2l_splits(1)  # (a plan may split K over few tiles; the persistent kernels run unsplit plans)
+
+
+def _released(ext):
+    ext.set_gemm_2l_persistent(-1)
+    ext.set_gemm_2l_tile_tokens(0)
+    ext.set_gemm_2l_splits(0)
+
+
+@pytest.mark.parametrize("tile", [64, 128, 224, 256])
+@pytest.mark.parametrize("dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4096, 3072, 768), (8192, 128, 3072), (1000, 256, 768),
+                                   (4097, 1536, 384), (300, 12288, 256), (37, 640, 128)])
+def test_pipelined_loop_gives_the_same_bits(hopper, tile, dtype, bias, M, K, N):
+    x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=M + N, bias=bias)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    _forced(hopper, tile)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        n0 = hopper.gemm_2l_rf_pipelined_launches()
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+            out = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+            again = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        torch.cuda.synchronize()
+    finally:
+        _released(hopper)
+    assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 2, "the pipelined kernel ran"
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref) and torch.equal(again, ref)
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (255, 12288, 768), (64, 1536, 256), (129, 512, 384)])
+def test_pipelined_loop_split_over_a_cluster_gives_the_same_bits(hopper, splits, M, K, N):
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K + N + splits)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    hopper.set_gemm_2l_rf_splits(splits)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        n0 = hopper.gemm_2l_rf_pipelined_launches()
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+            out = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        torch.cuda.synchronize()
+    finally:
+        hopper.set_gemm_2l_rf_splits(0)
+    assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 1, "the pipelined kernel ran"
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (256, 3072, 3072), (200, 12288, 3072)])
+def test_pipelined_loop_takes_the_low_rank_tile_late(hopper, M, K, N):
+    """After the chained down projection (set_lr_chain(1)) the GEMM starts before lr is complete and loads its first
+    low-rank tile late: the bits of the in-order GEMM on a copy of lr."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        n0, p0 = hopper.gemm_2l_late_launches(), hopper.gemm_2l_rf_pipelined_launches()
+        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        y = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        late, pipelined = hopper.gemm_2l_late_launches() - n0, hopper.gemm_2l_rf_pipelined_launches() - p0
+        in_order = _gemm(hopper, xq, xs, qf, w, lr.clone())
+        torch.cuda.synchronize()
+    if late == 0 or pipelined == 0:
+        pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
+    assert torch.isfinite(in_order).all()
+    assert torch.equal(y, in_order)
+
+
+def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
+    M, K, N = 2000, 1024, 1536
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=7)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=8)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    _forced(hopper, 224)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+            n0 = hopper.gemm_2l_rf_pipelined_launches()
+            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+            assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 2, "warmed up and captured the pipelined kernel"
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        _released(hopper)
+    assert torch.equal(y, ref)
+
+
+def test_pipelined_loop_is_off_by_default(hopper):
+    assert hopper.gemm_2l_rf_pipelined() is False
