@@ -109,9 +109,11 @@ __device__ __forceinline__ void pack_octet(const int (&acc)[N], int j, float bA,
 // A warpgroup's 64 rows x BT tokens (this thread's acc, bias added, GELU'd where act == 1) into the output staging at
 // `out` as [token][64] rows of 128 bytes with the 128-byte swizzle, two token octets per stmatrix (the transposes of
 // octets j and j + 1; conflict-free: a warp's 8 tokens land in 8 different 16-byte chunks), for one TMA store.
+// (device pass of sm_90 only: stmatrix)
 template <typename T, int BT>
 __device__ __forceinline__ void stage_output(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
                                              float bB, int act) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int k = lane >> 3, i = lane & 7;  // this lane addresses row i of matrix k
   const uint32_t dst = out + i * 128 + ((((2 * warp + (k & 1)) ^ i)) << 4) + (k >> 1) * 8 * 128;
 #pragma unroll
@@ -121,6 +123,7 @@ __device__ __forceinline__ void stage_output(const int (&acc)[BT / 2], uint32_t 
     pack_octet<T>(acc, j + 1, bA, bB, act, b0, b1);
     stmatrix_x4_trans(dst + j * 8 * 128, a0, a1, b0, b1);  // row j*8 + i (+ 8) of the staging: chunk 2 warp (+1) ^ i
   }
+#endif
 }
 
 inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
