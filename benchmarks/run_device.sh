@@ -72,11 +72,11 @@
 #       leading turns (flux_e2e.py _lead)
 #   life: benchmarks/gemm_2l_tile_life.py (the persistent register-fragment GEMM's tile steps by clock64 stamps)
 #   v234: the register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined) and the ping-pong GEMM
-#       (set_gemm_2l_rf_pingpong), perf-notes v2.31: their tests (nothing more if they fail), ab_2l.py at 4608 / 4096 /
-#       256 tokens (fo, fo_pipe, fo_pp, bf16, fp8d),
-#       gemm_2l_ksweep.py --pipelined --tile 224 (a stage and a tile's fixed part with and without turns), the tile life
-#       (gemm_2l_tile_life.py), memcheck; v234b: the whole tests/gpu suite; v234m: (WHEELS=.slimwhl) the model by
-#       default, with each (flux_e2e.py _pipe, _pp) and fp8 compiled
+#       (set_gemm_2l_rf_pingpong), perf-notes v2.31: their tests (a kernel whose tests fail is not timed), ab_2l.py at
+#       4608 / 4096 tokens (fo, fo_pipe, fo_pp, bf16, fp8d), gemm_2l_ksweep.py --pipelined --tile 224 (a stage and a
+#       tile's fixed part with and without turns, one warpgroup alone, ping-pong); v234c: ab_2l.py at 256 / 1024 tokens,
+#       the tile life (gemm_2l_tile_life.py), memcheck; v234b: the whole tests/gpu suite; v234m: (WHEELS=.slimwhl) the
+#       model by default, with each (flux_e2e.py _pipe, _pp) and fp8 compiled
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
 #   chainncu: ab_2l.py at 512 tokens (fo against fo_cb: the few-token down projection's limit), then Nsight Compute on
@@ -556,22 +556,32 @@ if [ "$what" = v233b ]; then  # the final tree (leading turns at 224-token tiles
   grep -E "leading turns done|beside the quantizer done" "$OUT/sanitize_memcheck.log" | tail -2
   flux_e2e_1024 ${E2E_LIMIT:-200} svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_lead_regional_cg --iters ${E2E_ITERS:-10} --warmup 2
 fi
-if [ "$what" = v234 ]; then  # the register-fragment loop pipelined within each warpgroup (perf-notes v2.31): its tests
-  # first (nothing more if they fail), the tile life, the whole GPU suite, memcheck, then the chain side by side
-  timeout 240 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf_pipelined.py \
-    tests/gpu/test_rf_pingpong.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_pipelined.log" 2>&1
-  rc=$?; echo "pipelined / ping-pong tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_pipelined.log" | tail -6
-  if [ $rc = 0 ]; then
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,256} --rounds ${ROUNDS:-3} \
-      --cols ${V234_COLS:-fo,fo_pipe,fo_pp,bf16,fp8d} > "$OUT/ab_2l_v234.log" 2>&1
-    echo "ab_2l rc=$?"; tail -16 "$OUT/ab_2l_v234.log"
+if [ "$what" = v234 ]; then  # the register-fragment loop pipelined within each warpgroup and the ping-pong GEMM (perf-notes
+  # v2.31): each one's tests first (a kernel whose tests fail is not timed), the chain side by side, the K sweep, the tile
+  # life, memcheck
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf_pipelined.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_pipelined.log" 2>&1
+  rc1=$?; echo "pipelined tests rc=$rc1"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_pipelined.log" | tail -5
+  timeout 200 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf_pingpong.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_pingpong.log" 2>&1
+  rc2=$?; echo "ping-pong tests rc=$rc2"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" "$OUT/tests_pingpong.log" | tail -5
+  cols=fo; [ $rc1 = 0 ] && cols=$cols,fo_pipe; [ $rc2 = 0 ] && cols=$cols,fo_pp
+  timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096} --rounds ${ROUNDS:-2} \
+    --cols ${V234_COLS:-$cols,bf16,fp8d} > "$OUT/ab_2l_v234.log" 2>&1
+  echo "ab_2l rc=$?"; tail -12 "$OUT/ab_2l_v234.log"
+  if [ $rc1 = 0 ] && [ $rc2 = 0 ]; then
     (cd benchmarks && timeout 100 python3 gemm_2l_ksweep.py --pipelined --tile 224 > "$OUT/ksweep_pipelined.log" 2>&1)
-    echo "ksweep rc=$?"; tail -4 "$OUT/ksweep_pipelined.log"
-    (cd benchmarks && timeout 100 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)
-    echo "tile life rc=$?"; tail -8 "$OUT/tile_life.log"
-    memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "pipelined register-fragment loop done|ping-pong GEMM done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+    echo "ksweep rc=$?"; tail -6 "$OUT/ksweep_pipelined.log"
   fi
+fi
+if [ "$what" = v234c ]; then  # v234's second call: the chain at 256 / 1024 tokens, the tile life, memcheck
+  timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,1024} --rounds ${ROUNDS:-2} \
+    --cols ${V234_COLS:-fo,fo_pipe,fo_pp,bf16,fp8d} > "$OUT/ab_2l_v234c.log" 2>&1
+  echo "ab_2l rc=$?"; tail -12 "$OUT/ab_2l_v234c.log"
+  (cd benchmarks && timeout 100 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)
+  echo "tile life rc=$?"; tail -8 "$OUT/tile_life.log"
+  memcheck "$OUT/sanitize_memcheck.log"
+  grep -E "pipelined register-fragment loop done|ping-pong GEMM done|Error" "$OUT/sanitize_memcheck.log" | tail -3
 fi
 if [ "$what" = v234b ]; then  # the whole GPU suite on the tree with the pipelined loop
   t0=$(date +%s)
