@@ -259,7 +259,9 @@ void set_gemm_2l_rf_pingpong(bool on);
 bool gemm_2l_rf_pingpong();
 long long gemm_2l_rf_pingpong_launches();  // (tests)
 bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a);
-cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms);
+// life: nullptr, or int64 [4 CTAs][2 warpgroups][8 tiles][8 steps] for clock64 stamps (set_gemm_2l_tile_life)
+cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms,
+                                         long long* life = nullptr);
 // benchmarks/gemm_2l_tile_life.py: the persistent two-warpgroup register-fragment GEMM (bfloat16, 224-token tiles) stamping
 // clock64 at its tiles' steps into this int64 buffer (4 CTAs x 2 warpgroups x 8 tiles x 8; nullptr: off). The same bits.
 void set_gemm_2l_tile_life(long long* stamps);

@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
                                  const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                                  const float* __restrict__ xscale, const float* __restrict__ wchannel,
                                  const T* __restrict__ lr, const T* __restrict__ proj_up, const T* __restrict__ bias,
-                                 int M, int N, int K, int R, int act, int64_t ldlr) {
+                                 int M, int N, int K, int R, int act, int64_t ldlr, long long* __restrict__ life) {
 #if SVDQ_PP_BODY
   using C = PingPong;
   constexpr int BT = C::kBT, NS = C::kStages, G = C::kG;
@@ -126,6 +126,12 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(my_lr_full) : "memory");
   };
   const int r0 = warp * 16 + g;  // this thread's rows: r0, r0 + 8 (half 0), 64 + r0, 72 + r0 (half 1)
+  // life (benchmarks/gemm_2l_tile_life.py --pingpong; the same bits): each warpgroup's first thread in the first 4 CTAs
+  // stamps clock64 at its first 8 tiles' steps into life[((CTA * 2 + warpgroup) * 8 + tile) * 8 + step]: 0 tile start,
+  // 1 first stage landed, 2 main loop done, 3 low-rank tile landed, 4 half 0's scales and branch, 5 half 1's, 6 stored
+  auto stamp = [&](int n, int step) {
+    if (life && (int)blockIdx.x < 4 && wtid == 0 && n < 8) life[(((int)blockIdx.x * 2 + wg) * 8 + n) * 8 + step] = clock64();
+  };
   int lr_phase = 0;
   const int first = blockIdx.x + wg * gridDim.x;
   if (first < num_tiles) load_lr((first / row_tiles) * BT);
@@ -135,6 +141,7 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
     if (tile >= num_tiles) break;
     const int m0 = (tile / row_tiles) * BT, n0 = (tile % row_tiles) * C::kRows;
     const int base = k * KT;  // the tile's first stage in the ring's count
+    stamp(k >> 1, 0);
 
     int acc0[BT / 2], acc1[BT / 2];
 #pragma unroll
@@ -165,12 +172,18 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
     auto release = [&](int i) {
       if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
     };
-    rf_pipelined_loop(base, KT, fetch, widen_step, issue, release);
+    auto fetch_first_stamped = [&](int i) {
+      fetch(i);
+      if (i == base) stamp(k >> 1, 1);
+    };
+    rf_pipelined_loop(base, KT, fetch_first_stamped, widen_step, issue, release);
+    stamp(k >> 1, 2);
 
     // the epilogue, per 64-row half: scales, low-rank branch, bias (+ GELU), staging, TMA store
     mbar_wait(my_lr_full, lr_phase & 1);
     ++lr_phase;
     fence_proxy_async_smem();  // the copies (generic proxy) seen by the low-rank wgmmas (async proxy)
+    stamp(k >> 1, 3);
     auto scale_and_branch = [&](int (&acc)[BT / 2], int h) {
       const int rowA = n0 + h * 64 + r0, rowB = rowA + 8;
       const float wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
@@ -197,7 +210,9 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
       }
     };
     scale_and_branch(acc0, 0);
+    stamp(k >> 1, 4);
     scale_and_branch(acc1, 1);
+    stamp(k >> 1, 5);
     const int next_tile = tile + 2 * gridDim.x;  // this warpgroup's next: its low-rank tile may come now
     if (next_tile < num_tiles) load_lr((next_tile / row_tiles) * BT);
 
@@ -217,6 +232,7 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
       tma_store_2d_async(&tm_y, out_region + (2 * wg) * BT * 128, n0 * 2, m0);
       tma_store_2d_async(&tm_y, out_region + (2 * wg + 1) * BT * 128, (n0 + 64) * 2, m0);
     }
+    stamp(k >> 1, 6);
   }
   if (wtid == 0) tma_store_wait_read();  // the last stores have read the staging: the CTA may exit
 #endif
@@ -238,7 +254,7 @@ bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a) {
 
 namespace {
 template <typename T>
-cudaError_t launch_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms) {
+cudaError_t launch_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms, long long* life) {
   using C = PingPong;
   auto kern = w4a4_gemm_2l_pingpong_kernel<T>;
   CUtensorMap tm_x, tm_w, tm_s, tm_y;
@@ -268,14 +284,14 @@ cudaError_t launch_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int nu
   cfg.numAttrs = pdl_launch_attr(attr, 0);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), a.M, a.N, a.K, a.R, a.act,
-                            a.ldlr ? a.ldlr : (int64_t)a.R);
+                            a.ldlr ? a.ldlr : (int64_t)a.R, life);
 }
 }  // namespace
 
-cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms) {
+cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms, long long* life) {
   ++g_pingpong_launches;
-  return a.dtype == DType::kBF16 ? launch_pingpong<__nv_bfloat16>(a, stream, num_sms)
-                                 : launch_pingpong<__half>(a, stream, num_sms);
+  return a.dtype == DType::kBF16 ? launch_pingpong<__nv_bfloat16>(a, stream, num_sms, life)
+                                 : launch_pingpong<__half>(a, stream, num_sms, life);
 }
 
 }  // namespace svdq

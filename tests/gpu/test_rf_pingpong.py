@@ -116,3 +116,28 @@ def test_pingpong_is_off_by_default_and_keeps_to_its_shapes(hopper):
         torch.cuda.synchronize()
         assert hopper.gemm_2l_rf_pingpong_launches() == n0
     assert _rel(out, w4a4_gemm_2l_ref(xq, xs, qw, wsc, wch, lr, pu, b, 64)) < 1e-2
+
+
+def test_pingpong_stamps_its_tiles_steps_in_order(hopper):
+    """set_gemm_2l_tile_life with the ping-pong kernel (benchmarks/gemm_2l_tile_life.py --pingpong): each warpgroup's
+    stamped tiles have their seven steps in order, and the output keeps its bits."""
+    M, K, N = 4608, 1024, 3072  # 864 tiles: CTAs 0-3 have 7, so each warpgroup at least 3
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=21)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=22)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    stamps = torch.zeros(4, 2, 8, 8, dtype=torch.int64, device="cuda")
+    with _switched(hopper.set_gemm_2l_rf_pingpong, True, False):
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        hopper.set_gemm_2l_tile_life(stamps.data_ptr())
+        try:
+            out = _gemm(hopper, xq, xs, qf, w, lr).clone()
+            torch.cuda.synchronize()
+        finally:
+            hopper.set_gemm_2l_tile_life(0)
+    assert torch.equal(out, ref)
+    steps = stamps[:, :, :3, :7].cpu()
+    assert (steps > 0).all(), "a step of a stamped tile was not stamped"
+    assert (steps[..., 1:] >= steps[..., :-1]).all(), "a tile's steps out of order"
+    assert (steps[:, :, 1:, 0] >= steps[:, :, :-1, 6]).all(), "a warpgroup's tiles overlap"
+    assert (stamps[:, :, 4:].cpu() == 0).all(), "stamps past a warpgroup's tiles"
