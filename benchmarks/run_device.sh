@@ -75,7 +75,8 @@
 #       (set_gemm_2l_rf_pingpong), perf-notes v2.31: their tests (a kernel whose tests fail is not timed), ab_2l.py at
 #       4608 / 4096 tokens (fo, fo_pipe, fo_pp, bf16, fp8d), gemm_2l_ksweep.py --pipelined --tile 224 (a stage and a
 #       tile's fixed part with and without turns, one warpgroup alone, ping-pong); v234c: ab_2l.py at 256 / 1024 tokens,
-#       the tile life (gemm_2l_tile_life.py, also --pingpong), memcheck; v234b: the whole tests/gpu suite; v234m: (WHEELS=.slimwhl) the
+#       the tile life (gemm_2l_tile_life.py, also --pingpong), every GEMM plan at 256 tokens with and without the
+#       pipelined loop (gemm_2l_fo_plans.py --splits --pipelined), memcheck; v234b: the whole tests/gpu suite; v234m: (WHEELS=.slimwhl) the
 #       model by default, with each (flux_e2e.py _pipe, _pp) and fp8 compiled
 #   v230: benchmarks/quantize_2l_overlap.py (the quantizer with its side-stream down projection against the quantizer
 #       alone at 4608 tokens: what a down projection off the critical path would save)
@@ -582,6 +583,9 @@ if [ "$what" = v234c ]; then  # v234's second call: the chain at 256 / 1024 toke
   echo "tile life rc=$?"; tail -8 "$OUT/tile_life.log"
   (cd benchmarks && timeout 100 python3 gemm_2l_tile_life.py --pingpong > "$OUT/tile_life_pingpong.log" 2>&1)
   echo "ping-pong tile life rc=$?"; tail -8 "$OUT/tile_life_pingpong.log"
+  (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms 256 --rounds 2 --splits --pipelined \
+    > "$OUT/fo_plans_256_pipelined.log" 2>&1)
+  echo "plans rc=$?"; cut -c1-40,400- "$OUT/fo_plans_256_pipelined.log" | tail -6
   memcheck "$OUT/sanitize_memcheck.log"
   grep -E "pipelined register-fragment loop done|ping-pong GEMM done|Error" "$OUT/sanitize_memcheck.log" | tail -3
 fi
