@@ -130,3 +130,43 @@ def test_tile_life_summary_medians_each_step_per_warpgroup():
         assert r[w] == {"loop": 15000, "lr wait": 200, "scales": 400, "low-rank": 500, "store": 600,
                         "to next": 20000 - 17000 + 300}
     assert r["lag"] == {"loop end": 600}
+
+
+def test_fo_plans_candidates_with_the_pipelined_loop_name_real_switches():
+    """gemm_2l_fo_plans.py --pipelined: every two-warpgroup candidate again with rf_pipelined (its twin's switches and
+    token tile otherwise), the ping-pong GEMM once, unique names, and every candidate's switches accepted by
+    gemm_switches (a misspelt switch would fail on the device after the build)."""
+    import inspect
+
+    import gemm_2l_fo_plans
+    import problems_2l
+
+    plain = gemm_2l_fo_plans.candidates(3072, splits=True)
+    both = gemm_2l_fo_plans.candidates(3072, splits=True, pipelined=True)
+    names = [n for n, _, _ in both]
+    assert len(names) == len(set(names))
+    assert not any("rf_pipelined" in sw or "rf_pingpong" in sw for _, sw, _ in plain)
+    by_name = {n: (sw, bt) for n, sw, bt in both}
+    twins = [n for n in names if n.startswith("p_")]
+    assert {t[2:] for t in twins} == {"auto"} | {n for n in names if n.startswith(("rf2_", "rs"))}
+    for t in twins:
+        sw, bt = by_name[t]
+        assert sw == {**by_name[t[2:]][0], "rf_pipelined": True} and bt == by_name[t[2:]][1]
+    assert by_name["pp"] == ({"rf_pingpong": True}, 0)
+    sig = inspect.signature(problems_2l.gemm_switches)
+    for _, sw, _ in both:
+        sig.bind(object(), **sw)
+
+
+def test_ab_2l_switched_columns_name_real_switches():
+    """Every column ab_2l.py times under gemm_switches passes keywords gemm_switches takes (fo_pipe, fo_pp included)."""
+    import inspect
+
+    import ab_2l
+    import problems_2l
+
+    sig = inspect.signature(problems_2l.gemm_switches)
+    assert {"fo_pipe", "fo_pp"} <= set(ab_2l.SWITCHED)
+    for name, (weights, switches) in ab_2l.SWITCHED.items():
+        assert weights in ("packed", "int8", "frag"), name
+        sig.bind(object(), **switches)
