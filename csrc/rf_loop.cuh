@@ -3,18 +3,35 @@
 // the warpgroup waits until at most three groups are in flight, which completes the group four back (the last reader
 // of the fragments it widens next), then widens the next k-step under the three. ptxas keeps these wgmmas
 // unserialized (one IGMMA and WARPGROUP.DEPBAR.LE 3 per k-step in the SASS), unlike a stage-level double buffer (v2.8).
+// The loop is plain code around four callbacks and the waits, so it also compiles for the host: there rf_wait calls a
+// function the including file defines, and tests/test_rf_loop_host.py checks the loop's order against PTX's rule for
+// wgmma inputs (no register written while a group that reads it may be in flight) with a simulated group queue.
 #pragma once
+#if defined(__CUDACC__)
 #include "wgmma_s8.cuh"
+#define SVDQ_RF_HD __device__ __forceinline__
+#else
+#define SVDQ_RF_HD inline
+void rf_host_wait(int in_flight);  // (host tests) complete the oldest groups until at most in_flight remain
+#endif
 
 namespace svdq {
+
+template <int N>
+SVDQ_RF_HD void rf_wait() {
+#if defined(__CUDACC__)
+  wgmma_wait<N>();
+#else
+  rf_host_wait(N);
+#endif
+}
 
 // Stages first .. first + count - 1 of the ring, four k-steps each: fetch(i) waits for stage i and loads its weight
 // words, widen(j) widens k-step j of the words last loaded into its fragments, issue(i, j) issues k-step j of stage i
 // (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete (at the next stage's third
 // k-step; the last stage after the loop, when every group is complete).
 template <typename Fetch, typename Widen, typename Issue, typename Release>
-__device__ __forceinline__ void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue,
-                                                  Release&& release) {
+SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue, Release&& release) {
   fetch(first);
   widen(0);
   for (int i = first; i < first + count; ++i) {
@@ -23,13 +40,13 @@ __device__ __forceinline__ void rf_pipelined_loop(int first, int count, Fetch&& 
     for (int j = 0; j < 4; ++j) {
       issue(i, j);
       if (j == 3 && next) fetch(i + 1);
-      wgmma_wait<3>();
+      rf_wait<3>();
       if (j == 2 && i > first) release(i - 1);
       if (j < 3) widen(j + 1);
       else if (next) widen(0);
     }
   }
-  wgmma_wait<0>();
+  rf_wait<0>();
   release(first + count - 1);
 }
 
