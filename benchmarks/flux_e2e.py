@@ -369,7 +369,8 @@ def set_kernel_switches(name: str) -> None:
     64-wide low-rank tile otherwise); _lead the register-fragment loop's leading turns at 224-token tiles
     (set_gemm_2l_rf_lead; named-barrier turns otherwise); _pipe the register-fragment loop pipelined within each
     warpgroup (set_gemm_2l_rf_pipelined; named-barrier turns otherwise); _pp the GEMM's consumer warpgroups in ping-pong
-    over 128 x 128 tiles wherever that kernel takes the layer (set_gemm_2l_rf_pingpong; off otherwise)."""
+    over 128 x 128 tiles wherever that kernel takes the layer and it has two tiles per SM (set_gemm_2l_rf_pingpong(2);
+    off otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -406,7 +407,7 @@ def set_kernel_switches(name: str) -> None:
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_pipelined"):
         ext.set_gemm_2l_rf_pipelined("_pipe" in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_pingpong"):
-        ext.set_gemm_2l_rf_pingpong("_pp_" in name or name.endswith("_pp"))
+        ext.set_gemm_2l_rf_pingpong(2 if "_pp_" in name or name.endswith("_pp") else 0)
 
 
 class GraphedForward(nn.Module):

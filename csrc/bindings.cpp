@@ -1046,11 +1046,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "between the warpgroups; wherever that loop runs with a branch of rank <= 32 (any token tile, unsplit or split, "
         "chained); the same bits");
   m.def("gemm_2l_rf_pipelined", &svdq::gemm_2l_rf_pipelined, "whether set_gemm_2l_rf_pipelined is on");
-  m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("on"),
+  m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("mode"),
         "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in until measured, perf-notes "
-        "v2.31): each warpgroup computes whole tiles, so one's epilogue runs under the other's main loop; every tile GEMM "
-        "it takes (fragment order, group 64, branch rank 0 / 16 / 32, lr not late); the same bits");
-  m.def("gemm_2l_rf_pingpong", &svdq::gemm_2l_rf_pingpong, "whether set_gemm_2l_rf_pingpong is on");
+        "v2.31): each warpgroup computes whole tiles, so one's epilogue runs under the other's main loop; 0 off, 1 (or "
+        "True) every tile GEMM it takes (fragment order, group 64, branch rank 0 / 16 / 32, lr not late), 2 those with at "
+        "least two tiles per SM; the same bits");
+  m.def("gemm_2l_rf_pingpong", &svdq::gemm_2l_rf_pingpong, "set_gemm_2l_rf_pingpong's mode (0: off)");
   m.def("gemm_2l_rf_pingpong_launches", &svdq::gemm_2l_rf_pingpong_launches, "GEMM launches of the ping-pong kernel (tests)");
   m.def("gemm_2l_rf_pipelined_launches", &svdq::gemm_2l_rf_pipelined_launches,
         "GEMM launches of the pipelined register-fragment loop (tests)");

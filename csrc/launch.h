@@ -253,12 +253,13 @@ void set_gemm_2l_rf_pipelined(bool on);
 bool gemm_2l_rf_pipelined();
 long long gemm_2l_rf_pipelined_launches();  // (tests)
 // The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in until
-// measured, perf-notes v2.31): where set_gemm_2l_rf_pingpong is on, every tile GEMM it takes (fragment order, group
-// 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late) runs it. The same bits as the two-warpgroup kernel.
-void set_gemm_2l_rf_pingpong(bool on);
-bool gemm_2l_rf_pingpong();
+// measured, perf-notes v2.31). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
+// order, group 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late), 2 those with at least two tiles per SM (a tile
+// for each warpgroup of every CTA). The same bits as the two-warpgroup kernel.
+void set_gemm_2l_rf_pingpong(int mode);
+int gemm_2l_rf_pingpong();
 long long gemm_2l_rf_pingpong_launches();  // (tests)
-bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a);
+bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a, int num_sms);  // (with the mode set)
 // life: nullptr, or int64 [4 CTAs][2 warpgroups][8 tiles][8 steps] for clock64 stamps (set_gemm_2l_tile_life)
 cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms,
                                          long long* life = nullptr);

@@ -240,16 +240,19 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
 
 }  // namespace
 
-bool g_pingpong = false;
+int g_pingpong = 0;  // 0 off, 1 every GEMM it takes, 2 those with a tile for each warpgroup of every CTA
 long long g_pingpong_launches = 0;  // (tests: which kernel ran)
 
-void set_gemm_2l_rf_pingpong(bool on) { g_pingpong = on; }
-bool gemm_2l_rf_pingpong() { return g_pingpong; }
+void set_gemm_2l_rf_pingpong(int mode) { g_pingpong = mode == 1 || mode == 2 ? mode : 0; }
+int gemm_2l_rf_pingpong() { return g_pingpong; }
 long long gemm_2l_rf_pingpong_launches() { return g_pingpong_launches; }
 
-bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a) {
-  return a.frag && a.group_size == 64 && a.N % PingPong::kRows == 0 && a.K % PingPong::kBK == 0 &&
-         (a.R == 0 || a.R == 16 || a.R == 32) && !a.lr_late && a.M > 0;
+bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a, int num_sms) {
+  if (!(a.frag && a.group_size == 64 && a.N % PingPong::kRows == 0 && a.K % PingPong::kBK == 0 &&
+        (a.R == 0 || a.R == 16 || a.R == 32) && !a.lr_late && a.M > 0))
+    return false;
+  const long tiles = (long)(a.N / PingPong::kRows) * ((a.M + PingPong::kBT - 1) / PingPong::kBT);
+  return g_pingpong == 1 || (g_pingpong == 2 && tiles >= 2L * num_sms);
 }
 
 namespace {

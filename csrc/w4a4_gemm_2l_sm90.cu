@@ -1079,9 +1079,9 @@ bool gemm_2l_plan_forced() {
 
 
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream) {
-  // ping-pong consumers (opt-in): every GEMM that kernel takes, unless a probe or trace kernel is asked for (with
+  // ping-pong consumers (opt-in): the GEMMs its mode takes, unless a probe or trace kernel is asked for (with
   // set_gemm_2l_tile_life it stamps its tiles' steps)
-  if (gemm_2l_rf_pingpong() && gemm_2l_pingpong_takes(a) && !g_trace && !g_gemm_probe)
+  if (gemm_2l_rf_pingpong() && gemm_2l_pingpong_takes(a, num_sms) && !g_trace && !g_gemm_probe)
     return launch_w4a4_gemm_2l_pingpong(a, stream, num_sms, g_life);
   long plan_ns = 0;
   const Gemm2lPlan p = plan_among(a.M, a.N, a.K, num_sms, g_plan_tiles, &plan_ns);

@@ -224,7 +224,7 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
                           "pdl": "_pdl" in name, "rf3_stage": (1100, 1250) if "_r3_" in name else (0, 0),
                           "rf3_model": 0 if "_m0" in name else 1,
                           "quantize_act_2l_lean": "_nql" not in name, "rf_lead": "_lead" in name,
-                          "rf_pipelined": "_pipe" in name, "rf_pingpong": "_pp_" in name}
+                          "rf_pipelined": "_pipe" in name, "rf_pingpong": 2 if "_pp_" in name else 0}
     assert type(fake.calls["persistent"]) is int
 
 

@@ -104,8 +104,19 @@ def test_pingpong_replays_from_a_cuda_graph(hopper):
 
 
 def test_pingpong_is_off_by_default_and_keeps_to_its_shapes(hopper):
-    """Off unless asked; asked, a branch of rank 48 (the 64-wide low-rank tile) keeps the other kernels."""
-    assert hopper.gemm_2l_rf_pingpong() is False
+    """Off unless asked; asked, a branch of rank 48 (the 64-wide low-rank tile) keeps the other kernels, and mode 2
+    takes only GEMMs with a tile for each warpgroup of every CTA (at least two per SM)."""
+    assert hopper.gemm_2l_rf_pingpong() == 0
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for M, N, taken in [(128 * sms, 256, True), (128 * sms - 128, 256, False)]:  # 2 SMs' tiles, one tile fewer
+        K = 256
+        x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M)
+        qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N)
+        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        with _switched(hopper.set_gemm_2l_rf_pingpong, 2, 0):
+            n0 = hopper.gemm_2l_rf_pingpong_launches()
+            _gemm(hopper, xq, xs, fragment_order(qw), (wsc, wch, pu, b), lr)
+            assert hopper.gemm_2l_rf_pingpong_launches() == n0 + taken, (M, N)
     M, K, N, R = 512, 512, 256, 48
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=3)
     qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=4)
