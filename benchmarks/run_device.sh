@@ -596,7 +596,7 @@ if [ "$what" = v234b ]; then  # the whole GPU suite on the tree with the pipelin
   echo "tests/gpu rc=$? in $(( $(date +%s) - t0 )) s"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -8
 fi
 if [ "$what" = v234m ]; then  # the model with and without the pipelined register-fragment loop
-  flux_e2e_1024 ${E2E_LIMIT:-300} ${V234M_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pipe_regional_cg,svdq2l_fo_ep_pp_regional_cg,fp8mm_regional_cg} \
+  flux_e2e_1024 ${E2E_LIMIT:-450} ${V234M_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pipe_regional_cg,svdq2l_fo_ep_pp_regional_cg,fp8mm_regional_cg} \
     --iters ${E2E_ITERS:-10} --warmup 2
 fi
 if [ "$what" = life ]; then  # a persistent tile's life (benchmarks/gemm_2l_tile_life.py: clock64 stamps per step)
