@@ -1136,8 +1136,11 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
     // each)
     // (a plan restricted to some token tiles by a test or benchmark keeps two, unless three are forced)
+    // (with set_gemm_2l_rf_pipelined the two-warpgroup loop, pipelined, runs where the model would pick three, which
+    // keep their turns: the pipelined loop's A/B against today's choice; three forced still run)
     if (a.frag && !wide_lr && a.N % 192 == 0 &&
-        (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15 && g_rf_splits <= 1))) {
+        (g_rf_warpgroups == 3 ||
+         (g_rf_warpgroups == 0 && g_plan_tiles == 15 && g_rf_splits <= 1 && !g_rf_pipelined))) {
       int bt3 = 0;
       long c3 = -1;
       for (int bt : {192, 128}) {

@@ -121,3 +121,23 @@ def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
 
 def test_pipelined_loop_is_off_by_default(hopper):
     assert hopper.gemm_2l_rf_pipelined() is False
+
+
+@pytest.mark.parametrize("M,K,N,persistent", [(4608, 3072, 3072, True), (4608, 3072, 12288, True),
+                                              (512, 3072, 9216, False)])
+def test_pipelined_loop_runs_where_the_model_picks_three_warpgroups(hopper, M, K, N, persistent):
+    """With no plan forced, set_gemm_2l_rf_pipelined runs the pipelined two-warpgroup loop also where the cost model
+    picks three consumer warpgroups today (N % 192 == 0: FLUX.1's shapes at 4608 tokens, where the plan is surely
+    persistent), with the default's bits; at 512 tokens whatever runs instead keeps the bits."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+    with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        n0 = hopper.gemm_2l_rf_pipelined_launches()
+        out = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        ran = hopper.gemm_2l_rf_pipelined_launches() - n0
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)
+    assert ran == 1 or not persistent, "the pipelined kernel did not run"
