@@ -247,8 +247,9 @@ bool gemm_2l_rf_lead();
 long long gemm_2l_rf_lead_launches();  // (tests)
 // The two-warpgroup register-fragment loop pipelined within each warpgroup (opt-in until measured; perf-notes v2.31):
 // each k-step's wgmma its own commit group, the next k-step widened under the three in flight, no turns between the
-// warpgroups; wherever that loop runs with a branch of rank <= 32 (any token tile, unsplit or split over a cluster,
-// after the chained down projection too; the 64-wide low-rank tile and three warpgroups keep their turns). The same bits.
+// warpgroups; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token tile, unsplit or split
+// over a cluster, after the chained down projection too; three warpgroups; the 64-wide low-rank tile keeps its turns).
+// The same bits.
 void set_gemm_2l_rf_pipelined(bool on);
 bool gemm_2l_rf_pipelined();
 long long gemm_2l_rf_pipelined_launches();  // (tests)

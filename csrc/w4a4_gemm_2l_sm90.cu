@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && CW == 2), "the epilogue probes: the two-warpgroup register-fragment loop");
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10)), "probes and variants: the register-fragment loop");
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
@@ -953,8 +953,8 @@ int g_gemm_probe = 0;     // 1-8: the persistent register-fragment kernel's prob
 bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
 long long g_lead_launches = 0;  // (tests: which kernel ran)
 long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 kernel's stamps go here
-// the two-warpgroup register-fragment loop (branch rank <= 32, unsplit or split, any token tile) pipelined within each
-// warpgroup (EP 10, opt-in until measured: perf-notes v2.31)
+// the register-fragment loop (two warpgroups: unsplit or split, any token tile; three: 128 / 192 tokens; branch rank
+// <= 32) pipelined within each warpgroup (EP 10, opt-in until measured: perf-notes v2.31)
 bool g_rf_pipelined = false;
 long long g_pipelined_launches = 0;  // (tests: which kernel ran)
 int g_rf3_stage[2] = {0, 0};  // rf_cost's three-warpgroup stage cycles at 128 / 192 tokens (0: the model's)
@@ -1136,11 +1136,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles
     // each)
     // (a plan restricted to some token tiles by a test or benchmark keeps two, unless three are forced)
-    // (with set_gemm_2l_rf_pipelined the two-warpgroup loop, pipelined, runs where the model would pick three, which
-    // keep their turns: the pipelined loop's A/B against today's choice; three forced still run)
+    // (set_gemm_2l_rf_pipelined: three warpgroups pipelined too, EP 10)
     if (a.frag && !wide_lr && a.N % 192 == 0 &&
-        (g_rf_warpgroups == 3 ||
-         (g_rf_warpgroups == 0 && g_plan_tiles == 15 && g_rf_splits <= 1 && !g_rf_pipelined))) {
+        (g_rf_warpgroups == 3 || (g_rf_warpgroups == 0 && g_plan_tiles == 15 && g_rf_splits <= 1))) {
       int bt3 = 0;
       long c3 = -1;
       for (int bt : {192, 128}) {
@@ -1151,6 +1149,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       // v2.15 fit the two-warpgroup model favoured itself, e.g. 1.08x slower than three at M = 256 x 12288, v2.23)
       const long now3 = g_rf3_model || persistent0 || !persistent ? now : plan_ns * 177 / 100;
       if (g_rf_warpgroups == 3 || c3 * 20 < (ss ? std::min(now3, cs) : now3) * 19) {
+        if (g_rf_pipelined) {
+          ++g_pipelined_launches;
+          if (bt3 == 192)
+            return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
+                      : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);
+          return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
+                    : launch_2l<__half, 128, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);
+        }
         if (bt3 == 192)
           return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms)
                     : launch_2l<__half, 192, 64, false, false, true, true, true, 3>(a, 1, nullptr, stream, num_sms);

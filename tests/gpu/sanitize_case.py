@@ -127,10 +127,10 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
     print("sanitize case: down projection beside the quantizer done")
 
 
-def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True) -> None:
+def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, warpgroups: int = 0) -> None:
     """The fragment-order GEMM with the opt-in kernel set_gemm_2l_<switch> on, once per (M, K, N, R, tile): asserts
     that kernel ran. forced_tile: the persistent unsplit plan on that token tile (else the kernel's own tiles, and a
-    GELU epilogue after a 64-column prefix)."""
+    GELU epilogue after a 64-column prefix); warpgroups 3: three consumer warpgroups on that token tile instead."""
     for M, K, N, R, tile in shapes:
         x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
         smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
@@ -140,7 +140,9 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True) -> 
         wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
         pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
         wch = torch.rand(N, device="cuda", generator=g)
-        if forced_tile:
+        if warpgroups:
+            ext.set_gemm_2l_rf_warpgroups(warpgroups, tile)
+        elif forced_tile:
             ext.set_gemm_2l_persistent(1)
             ext.set_gemm_2l_splits(1)
             ext.set_gemm_2l_tile_tokens(tile)
@@ -156,6 +158,7 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True) -> 
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
+        ext.set_gemm_2l_rf_warpgroups(0, 0)
     torch.cuda.synchronize()
 
 
@@ -168,6 +171,7 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     # stages (a CTA's tiles of one stage each let one warpgroup run tiles ahead of the other)
     _fragment_order_gemm_case("rf_pipelined", [(300, 128, 512, 32, 224), (450, 1536, 256, 32, 256),
                                                (1100, 128, 1024, 32, 256)])
+    _fragment_order_gemm_case("rf_pipelined", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 128)], warpgroups=3)
     print("sanitize case: pipelined register-fragment loop done")
     # the consumer warpgroups in ping-pong (set_gemm_2l_rf_pingpong): a CTA's tiles of one stage (a warpgroup a tile
     # ahead of the other), 12 stages, an odd tile count per CTA, rank 16; GELU after a prefix

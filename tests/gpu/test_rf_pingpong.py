@@ -4,7 +4,7 @@ alternating between them. Its epilogue is the two-warpgroup kernel's, per 64-row
 kernel's bits at 128-token tiles (outputs poisoned first), and within bf16 rounding of the reference. Shapes: one and
 many tiles per CTA (an odd count leaves one warpgroup a tile more), one K stage and 96, ranks 0 / 16 / 32, awkward M,
 with and without bias, GELU, an output row stride (a column block of a wider matrix) and low-rank activations read as
-a column block; a CUDA graph replay; the rule (what it takes, and off by default)."""
+a column block; a CUDA graph replay; the rule (what it takes, and off by default); its clock64 stamps."""
 from __future__ import annotations
 
 import pytest

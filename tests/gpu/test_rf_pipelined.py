@@ -2,8 +2,10 @@
 wgmma is a commit group of its own and the next k-step is widened under the three in flight, with no turns between the
 two consumer warpgroups. The int32 sums are exact, so only the order in which wgmmas reach the tensor cores changes:
 the output must be the default kernel's bits (outputs poisoned first). The shapes cover tiles of one stage (a warpgroup
-may then run whole tiles ahead of the other, bound by the stage ring), many tiles per CTA, 96 stages, awkward M, and
-both token tiles the loop takes (224: four stages in the ring, 256: three)."""
+may then run whole tiles ahead of the other, bound by the stage ring), many tiles per CTA, 96 stages, awkward M, every
+token tile (224: four stages in the ring, 256: three), K split over a cluster (one tile per CTA, the int32 partials
+exchanged after the loop), the GEMM chained after the quantizer's down projection (its low-rank tile late), and three
+consumer warpgroups (192-row tiles), forced and where the cost model picks them."""
 from __future__ import annotations
 
 import pytest
@@ -123,12 +125,35 @@ def test_pipelined_loop_is_off_by_default(hopper):
     assert hopper.gemm_2l_rf_pipelined() is False
 
 
+@pytest.mark.parametrize("tile", [128, 192])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (300, 12288, 384), (37, 640, 192)])
+def test_pipelined_three_warpgroups_give_the_same_bits(hopper, tile, dtype, M, K, N):
+    """Three consumer warpgroups (192-row tiles, forced) pipelined: the bits of the three-warpgroup loop with turns."""
+    x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + N + tile)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    hopper.set_gemm_2l_rf_warpgroups(3, tile)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        n0 = hopper.gemm_2l_rf_pipelined_launches()
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+            out = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        torch.cuda.synchronize()
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+    assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 1, "the pipelined kernel ran"
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
 @pytest.mark.parametrize("M,K,N,persistent", [(4608, 3072, 3072, True), (4608, 3072, 12288, True),
                                               (512, 3072, 9216, False)])
 def test_pipelined_loop_runs_where_the_model_picks_three_warpgroups(hopper, M, K, N, persistent):
-    """With no plan forced, set_gemm_2l_rf_pipelined runs the pipelined two-warpgroup loop also where the cost model
-    picks three consumer warpgroups today (N % 192 == 0: FLUX.1's shapes at 4608 tokens, where the plan is surely
-    persistent), with the default's bits; at 512 tokens whatever runs instead keeps the bits."""
+    """With no plan forced, set_gemm_2l_rf_pipelined runs where the cost model's choice runs, three consumer
+    warpgroups included (N % 192 == 0: FLUX.1's shapes at 4608 tokens, where the plan is surely persistent), with the
+    default's bits; at 512 tokens whatever runs keeps the bits."""
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
