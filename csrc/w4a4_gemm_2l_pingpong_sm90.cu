@@ -155,11 +155,8 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
       frag_load<G, C::kRows>(wt, wt + C::kWBytes, 64 + r0, t, nw1, ns1);
     };
     auto widen_step = [&](int j) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        widen8_fo(nw0[h][j], fo_const(ns0[h][(32 * j) / G]), fa0[j][h], fa0[j][2 + h]);
-        widen8_fo(nw1[h][j], fo_const(ns1[h][(32 * j) / G]), fa1[j][h], fa1[j][2 + h]);
-      }
+      frag_widen_step<G>(nw0, ns0, j, fa0[j]);
+      frag_widen_step<G>(nw1, ns1, j, fa1[j]);
     };
     // each k-step's two wgmmas (rows 0-63 and 64-127 against the same activations) one commit group (rf_loop.cuh)
     auto issue = [&](int i, int j) {

@@ -513,10 +513,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       // pipelined within the warpgroup (set_gemm_2l_rf_pipelined, rf_loop.cuh): no turns, the two warpgroups run on
       // independently, bound only by the stage ring
       uint32_t fa[4][4];
-      auto widen_step = [&](int j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) widen8_fo(nw[h][j], fo_const(nsc[h][(32 * j) / G]), fa[j][h], fa[j][2 + h]);
-      };
+      auto widen_step = [&](int j) { frag_widen_step<G>(nw, nsc, j, fa[j]); };
       auto issue = [&](int i, int j) {
         wgmma_fence();
         wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);

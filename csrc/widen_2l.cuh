@@ -128,6 +128,14 @@ SVDQ_HD void frag_widen(const uint32_t (&w)[2][4], const uint32_t (&s)[2][128 / 
     for (int j = 0; j < 4; ++j) widen8_fo(w[h][j], fo_const(s[h][(32 * j) / G]), a[j][h], a[j][2 + h]);
 }
 
+// k-step j of frag_widen alone, a[j] of rows r0 and r0 + 8 (the pipelined loop widens one k-step at a time under the
+// previous k-steps' wgmmas: csrc/rf_loop.cuh).
+template <int G>
+SVDQ_HD void frag_widen_step(const uint32_t (&w)[2][4], const uint32_t (&s)[2][128 / G], int j, uint32_t (&a)[4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) widen8_fo(w[h][j], fo_const(s[h][(32 * j) / G]), a[h], a[2 + h]);
+}
+
 // The previous widening on the same words (signed nibbles, canonical byte order inside a word): wrong values on
 // today's fragment order, kept only as the GEMM's timing probe 6 (perf-notes v2.22).
 template <int G>

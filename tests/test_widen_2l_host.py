@@ -34,10 +34,16 @@ int main() {
     for (int lane = 0; lane < 32; ++lane)
       for (int j = 0; j < 4; ++j) {
         uint32_t a[4];
-#ifdef HFRAG  // the tile is in fragment order: one frag_stage call per thread gives all four k-steps
+#ifdef HFRAG  // the tile is in fragment order: one frag_stage call per thread gives all four k-steps (and
+              // frag_widen_step, k-step by k-step, the same)
         uint32_t f[4][4];
         svdq::frag_stage<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, f);
         for (int e = 0; e < 4; ++e) a[e] = f[j][e];
+        uint32_t lw[2][4], ls[2][128 / HG], step[4];  // the pipelined loop's one k-step at a time: the same fragments
+        svdq::frag_load<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, lw, ls);
+        svdq::frag_widen_step<HG>(lw, ls, j, step);
+        for (int e = 0; e < 4; ++e)
+          if (step[e] != a[e]) return 3;
 #else
         svdq::gather_frag<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, j, a);
 #endif

@@ -104,6 +104,16 @@ def _gemm_fo(ext, xq, xs, qf, w, lr, gs=64):
     return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
 
 
+def _fo_problem(ext, M, K, N, dtype, act_seed, weight_seed, bias=True, R=32):
+    """A fragment-order GEMM's inputs, the activations quantized: (xq, xscale, lr, qweight, its fragment order,
+    (wscales, wchannel, proj_up, bias))."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=act_seed)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=weight_seed, bias=bias)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(ext, x, smooth, pd)
+    return xq, xs, lr, qw, qf, (wsc, wch, pu, b)
+
+
 def _captured(call):
     """call() once on a side stream (a warm-up), then captured there into a CUDA graph: (the graph, its output)."""
     stream = torch.cuda.Stream()

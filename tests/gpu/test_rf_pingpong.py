@@ -15,7 +15,7 @@ from svdquant_hf.ops.reference import w4a4_gemm_2l_ref
 
 from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _gemm_fo as _gemm
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -88,10 +88,7 @@ def test_pingpong_epilogue_options_give_the_same_bits(hopper):
 
 def test_pingpong_replays_from_a_cuda_graph(hopper):
     M, K, N = 2000, 1024, 1536
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=7)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=8)
-    qf = fragment_order(qw)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 7, 8)
     ref = _two_warpgroups_at_128(hopper, lambda: _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone())
     with _switched(hopper.set_gemm_2l_rf_pingpong, True, False):
         n0 = hopper.gemm_2l_rf_pingpong_launches()
@@ -110,12 +107,10 @@ def test_pingpong_is_off_by_default_and_keeps_to_its_shapes(hopper):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for M, N, taken in [(128 * sms, 256, True), (128 * sms - 128, 256, False)]:  # 2 SMs' tiles, one tile fewer
         K = 256
-        x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M)
-        qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N)
-        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M, N)
         with _switched(hopper.set_gemm_2l_rf_pingpong, 2, 0):
             n0 = hopper.gemm_2l_rf_pingpong_launches()
-            _gemm(hopper, xq, xs, fragment_order(qw), (wsc, wch, pu, b), lr)
+            _gemm(hopper, xq, xs, qf, w, lr)
             assert hopper.gemm_2l_rf_pingpong_launches() == n0 + taken, (M, N)
     M, K, N, R = 512, 512, 256, 48
     x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=3)
@@ -133,10 +128,7 @@ def test_pingpong_stamps_its_tiles_steps_in_order(hopper):
     """set_gemm_2l_tile_life with the ping-pong kernel (benchmarks/gemm_2l_tile_life.py --pingpong): each warpgroup's
     stamped tiles have their seven steps in order, and the output keeps its bits."""
     M, K, N = 4608, 1024, 3072  # 864 tiles: CTAs 0-3 have 7, so each warpgroup at least 3
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=21)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=22)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 21, 22)
     stamps = torch.zeros(4, 2, 8, 8, dtype=torch.int64, device="cuda")
     with _switched(hopper.set_gemm_2l_rf_pingpong, True, False):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()

@@ -15,7 +15,7 @@ from svdquant_hf.ops.layout_2l import fragment_order
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _gemm_fo as _gemm
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,10 +40,7 @@ def _released(ext):
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4096, 3072, 768), (8192, 128, 3072), (1000, 256, 768),
                                    (4097, 1536, 384), (300, 12288, 256), (37, 640, 128)])
 def test_pipelined_loop_gives_the_same_bits(hopper, tile, dtype, bias, M, K, N):
-    x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + N)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=M + N, bias=bias)
-    qf = fragment_order(qw)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, dtype, M + K + N, M + N, bias=bias)
     _forced(hopper, tile)
     try:
         ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
@@ -62,10 +59,7 @@ def test_pipelined_loop_gives_the_same_bits(hopper, tile, dtype, bias, M, K, N):
 @pytest.mark.parametrize("splits", [2, 4])
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (255, 12288, 768), (64, 1536, 256), (129, 512, 384)])
 def test_pipelined_loop_split_over_a_cluster_gives_the_same_bits(hopper, splits, M, K, N):
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K + N + splits)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
-    qf = fragment_order(qw)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + splits, M + N)
     hopper.set_gemm_2l_rf_splits(splits)
     try:
         ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
@@ -102,10 +96,7 @@ def test_pipelined_loop_takes_the_low_rank_tile_late(hopper, M, K, N):
 
 def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
     M, K, N = 2000, 1024, 1536
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=7)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=8)
-    qf = fragment_order(qw)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 7, 8)
     _forced(hopper, 224)
     try:
         ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
@@ -130,10 +121,7 @@ def test_pipelined_loop_is_off_by_default(hopper):
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (300, 12288, 384), (37, 640, 192)])
 def test_pipelined_three_warpgroups_give_the_same_bits(hopper, tile, dtype, M, K, N):
     """Three consumer warpgroups (192-row tiles, forced) pipelined: the bits of the three-warpgroup loop with turns."""
-    x, smooth, pd = _acts(M, K, 32, dtype, seed=M + K + N + tile)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=M + N)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, M + N)
     hopper.set_gemm_2l_rf_warpgroups(3, tile)
     try:
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
@@ -154,10 +142,7 @@ def test_pipelined_loop_runs_where_the_model_picks_three_warpgroups(hopper, M, K
     """With no plan forced, set_gemm_2l_rf_pipelined runs where the cost model's choice runs, three consumer
     warpgroups included (N % 192 == 0: FLUX.1's shapes at 4608 tokens, where the plan is surely persistent), with the
     default's bits; at 512 tokens whatever runs keeps the bits."""
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + N)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd)
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + N, K + N)
     ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
     with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
         n0 = hopper.gemm_2l_rf_pipelined_launches()
