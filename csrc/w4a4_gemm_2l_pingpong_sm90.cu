@@ -10,7 +10,8 @@
 // two-warpgroup kernel's pipelined loop does (set_gemm_2l_rf_pipelined): its rows' fragment-order words widened into
 // wgmma registers one k-step ahead, each k-step's two wgmmas (rows 0-63 and 64-127 against the same activations) one
 // commit group, three groups in flight. The other warpgroup's tile follows in the ring, so while one warpgroup is in
-// its epilogue the other's stages are already loaded and its wgmmas run alone. Each warpgroup has its own low-rank
+// its epilogue the other's stages are already loaded and its wgmmas run alone (a hand-off mbarrier keeps the main
+// loops in the ring's order: see below). Each warpgroup has its own low-rank
 // tile and token scales (cp.async, an mbarrier per warpgroup, the next own tile's requested once its low-rank step is
 // done) and its own output staging (TMA stores left in flight under its next tile).
 //
@@ -76,14 +77,14 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
   const uint32_t sbase = smem_u32(smem);
   const uint32_t out_region = sbase + NS * C::kStageBytes;
   const uint32_t lr_base = out_region + C::kOutBytes;
-  const uint32_t bars = lr_base + 2 * C::kLrBytes;  // full [NS], empty [NS], low-rank tile landed [2]
-  const uint32_t empty_bars = bars + 8 * NS, lr_full = empty_bars + 8 * NS;
+  const uint32_t bars = lr_base + 2 * C::kLrBytes;  // full [NS], empty [NS], low-rank tile landed [2], hand-off
+  const uint32_t empty_bars = bars + 8 * NS, lr_full = empty_bars + 8 * NS, handoff = lr_full + 16;
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int KT = K / C::kBK, row_tiles = N / C::kRows, num_tiles = row_tiles * ((M + BT - 1) / BT);
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1), mbar_init(empty_bars + 8 * s, 4);
-    mbar_init(lr_full, 128), mbar_init(lr_full + 8, 128);
+    mbar_init(lr_full, 128), mbar_init(lr_full + 8, 128), mbar_init(handoff, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
@@ -169,9 +170,14 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
     auto release = [&](int i) {
       if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
     };
+    // A full barrier's parity names its current phase or the one before, so a warpgroup must not wait on a stage while
+    // an earlier phase of that buffer is pending: the CTA's tile k's first stage is waited on only once tile k - 1's
+    // last one has landed (the hand-off barrier's phase k - 1, completed by the other warpgroup's last fetch).
+    if (k > 0) mbar_wait(handoff, (k - 1) & 1);
     auto fetch_first_stamped = [&](int i) {
       fetch(i);
       if (i == base) stamp(k >> 1, 1);
+      if (i == base + KT - 1 && wtid == 0) mbar_arrive(handoff);
     };
     rf_pipelined_loop(base, KT, fetch_first_stamped, widen_step, issue, release);
     stamp(k >> 1, 2);
@@ -210,11 +216,10 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
     stamp(k >> 1, 4);
     scale_and_branch(acc1, 1);
     stamp(k >> 1, 5);
+    if (wtid == 0) tma_store_wait_read();  // this warpgroup's previous stores have read the staging
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // ... and all its threads have read lr_s
     const int next_tile = tile + 2 * gridDim.x;  // this warpgroup's next: its low-rank tile may come now
     if (next_tile < num_tiles) load_lr((next_tile / row_tiles) * BT);
-
-    if (wtid == 0) tma_store_wait_read();  // this warpgroup's previous stores have read the staging
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
     auto stage_half = [&](const int (&acc)[BT / 2], int h) {
       const int rowA = n0 + h * 64 + r0;
       const float bA = bias ? Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)) : 0.f;
