@@ -101,7 +101,9 @@ def _gemm_fo(ext, xq, xs, qf, w, lr, gs=64):
     """The fragment-order GEMM (qf) with w = (wscales, wchannel, proj_up, bias), its output poisoned first."""
     wsc, wch, pu, b = w
     _poison(2 * xq.shape[0] * qf.shape[0], 0xFF)  # 0xFFFF: a NaN in bf16 and fp16
-    return ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+    y = ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
+    assert y is not None, ext.last_error()
+    return y
 
 
 def _fo_problem(ext, M, K, N, dtype, act_seed, weight_seed, bias=True, R=32):
