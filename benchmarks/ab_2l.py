@@ -37,7 +37,8 @@ Columns (us per call, CUDA graph):
           "fo_lead" fo with the register-fragment loop's leading turns (set_gemm_2l_rf_lead: each warpgroup runs on
           alone through the other's tile epilogue; the same bits); "fo_pipe" fo with the register-fragment loop
           pipelined within each warpgroup (set_gemm_2l_rf_pipelined: the next k-step widened under the warpgroup's own
-          wgmmas, no turns; the same bits); "fo_pp" fo with the GEMM's consumer warpgroups in ping-pong over 128 x 128
+          wgmmas, no turns; the same bits; the default since v2.32, so fo itself); "fo_turns" fo with the warpgroups
+          taking turns instead (the default before v2.32); "fo_pp" fo with the GEMM's consumer warpgroups in ping-pong over 128 x 128
           tiles (set_gemm_2l_rf_pingpong: one's epilogue under the other's main loop; the same bits);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
@@ -93,6 +94,7 @@ SWITCHED = {
     "fo_nbs": ("frag", {"down_beside": 0}),
     "fo_lead": ("frag", {"rf_lead": True}),
     "fo_pipe": ("frag", {"rf_pipelined": True}),
+    "fo_turns": ("frag", {"rf_pipelined": False}),
     "fo_pp": ("frag", {"rf_pingpong": True}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),

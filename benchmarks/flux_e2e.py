@@ -95,6 +95,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_r3_regional_cg", "svdq2l_fo_ep_nql_regional_cg", "svdq2l_fo_ep_pdl_nql_regional_cg",
     "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
     "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg", "svdq2l_fo_ep_pipe_regional_cg",
+    "svdq2l_fo_ep_turns_regional_cg",
     "svdq2l_fo_ep_pp_regional_cg",
 )
 
@@ -367,8 +368,9 @@ def set_kernel_switches(name: str) -> None:
     down projection in row chunks of ~24 MB of x (set_quantize_act_2l_chunk_bytes; whole otherwise); _nowlr branch
     ranks 33-64 (a LoRA) in the non-persistent kernels (the default before v2.20; the register-fragment loop with a
     64-wide low-rank tile otherwise); _lead the register-fragment loop's leading turns at 224-token tiles
-    (set_gemm_2l_rf_lead; named-barrier turns otherwise); _pipe the register-fragment loop pipelined within each
-    warpgroup (set_gemm_2l_rf_pipelined; named-barrier turns otherwise); _pp the GEMM's consumer warpgroups in ping-pong
+    (set_gemm_2l_rf_lead; named-barrier turns otherwise); _turns the register-fragment loop's warpgroups taking turns by
+    named barriers (set_gemm_2l_rf_pipelined(False): the default before v2.32; pipelined within each warpgroup
+    otherwise; _pipe, the same as the default since, is kept as a name); _pp the GEMM's consumer warpgroups in ping-pong
     over 128 x 128 tiles wherever that kernel takes the layer and it has two tiles per SM (set_gemm_2l_rf_pingpong(2);
     off otherwise)."""
     from svdquant_hf.ops import build
@@ -405,7 +407,7 @@ def set_kernel_switches(name: str) -> None:
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_lead"):
         ext.set_gemm_2l_rf_lead("_lead" in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_pipelined"):
-        ext.set_gemm_2l_rf_pipelined("_pipe" in name)
+        ext.set_gemm_2l_rf_pipelined("_turns" not in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_pingpong"):
         ext.set_gemm_2l_rf_pingpong(2 if "_pp_" in name or name.endswith("_pp") else 0)
 

@@ -72,7 +72,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
                   rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None,
                   down_beside: int | None = None, rf_lead: bool = False,
-                  rf_pipelined: bool = False, rf_pingpong: int = 0) -> Iterator[None]:
+                  rf_pipelined: bool = True, rf_pingpong: int = 0) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -104,8 +104,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     down_beside: the down projection beside the persistent quantizer at many tokens (set_lowrank_down_beside: 1
     wherever the shape fits, 0 never, -1 by its rule); None: as it is (as it was after the block).
     rf_lead: the register-fragment loop with leading turns (set_gemm_2l_rf_lead; off after the block).
-    rf_pipelined: the register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined; off after the
-    block). rf_pingpong: the GEMM with its consumer warpgroups in ping-pong (set_gemm_2l_rf_pingpong: 1 or True every GEMM
+    rf_pipelined: the register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined, the default since
+    perf-notes v2.32; False: the warpgroups take turns; on after the block). rf_pingpong: the GEMM with its consumer warpgroups in ping-pong (set_gemm_2l_rf_pingpong: 1 or True every GEMM
     it takes, 2 those with two tiles per SM; off after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
@@ -157,6 +157,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_lowrank_down_beside(beside_before)
         ext.set_gemm_2l_rf_lead(False)
         if hasattr(ext, "set_gemm_2l_rf_pipelined"):
-            ext.set_gemm_2l_rf_pipelined(False)
+            ext.set_gemm_2l_rf_pipelined(True)
         if hasattr(ext, "set_gemm_2l_rf_pingpong"):
             ext.set_gemm_2l_rf_pingpong(0)

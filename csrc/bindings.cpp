@@ -1041,10 +1041,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf_lead", &svdq::gemm_2l_rf_lead, "whether set_gemm_2l_rf_lead is on");
   m.def("gemm_2l_rf_lead_launches", &svdq::gemm_2l_rf_lead_launches, "GEMM launches with leading turns (tests)");
   m.def("set_gemm_2l_rf_pipelined", &svdq::set_gemm_2l_rf_pipelined, pybind11::arg("on"),
-        "the two-warpgroup register-fragment loop pipelined within each warpgroup (opt-in until measured, perf-notes "
-        "v2.31): each k-step's wgmma its own commit group, the next k-step widened under the three in flight, no turns "
-        "between the warpgroups; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token tile, "
-        "unsplit or split, chained; three warpgroups); the same bits");
+        "the register-fragment loop pipelined within each warpgroup (on by default since perf-notes v2.32; False: the "
+        "warpgroups take turns by named barriers): each k-step's wgmma its own commit group, the next k-step widened "
+        "under the three in flight; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token "
+        "tile, unsplit or split, chained; three warpgroups); the same bits");
   m.def("gemm_2l_rf_pipelined", &svdq::gemm_2l_rf_pipelined, "whether set_gemm_2l_rf_pipelined is on");
   m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("mode"),
         "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in until measured, perf-notes "

@@ -61,7 +61,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": True,
                 "set_gemm_2l_rf3_model": 1, "set_quantize_act_2l_chunk_bytes": 0, "set_lr_chain": -1,
                 "set_lowrank_down_beside": 0, "set_gemm_2l_rf_lead": False,
-                "set_gemm_2l_rf_pipelined": False, "set_gemm_2l_rf_pingpong": 0}
+                "set_gemm_2l_rf_pipelined": True, "set_gemm_2l_rf_pingpong": 0}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -77,8 +77,8 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext, fused_quant=1, quant_cluster=4):
         assert ext.state == {**defaults, "set_quantize_act_2l_fused": (1, 4)}
     assert ext.state == defaults
-    with problems_2l.gemm_switches(ext, rf_pipelined=True):
-        assert ext.state == {**defaults, "set_gemm_2l_rf_pipelined": True}
+    with problems_2l.gemm_switches(ext, rf_pipelined=False):
+        assert ext.state == {**defaults, "set_gemm_2l_rf_pipelined": False}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, rf_pingpong=True):
         assert ext.state == {**defaults, "set_gemm_2l_rf_pingpong": 1}
@@ -132,26 +132,26 @@ def test_tile_life_summary_medians_each_step_per_warpgroup():
     assert r["lag"] == {"loop end": 600}
 
 
-def test_fo_plans_candidates_with_the_pipelined_loop_name_real_switches():
-    """gemm_2l_fo_plans.py --pipelined: every two-warpgroup candidate again with rf_pipelined (its twin's switches and
-    token tile otherwise), the ping-pong GEMM once, unique names, and every candidate's switches accepted by
-    gemm_switches (a misspelt switch would fail on the device after the build)."""
+def test_fo_plans_candidates_with_turns_name_real_switches():
+    """gemm_2l_fo_plans.py --turns: every two-warpgroup candidate again with the warpgroups taking turns (rf_pipelined
+    off: its twin's switches and token tile otherwise), the ping-pong GEMM once, unique names, and every candidate's
+    switches accepted by gemm_switches (a misspelt switch would fail on the device after the build)."""
     import inspect
 
     import gemm_2l_fo_plans
     import problems_2l
 
     plain = gemm_2l_fo_plans.candidates(3072, splits=True)
-    both = gemm_2l_fo_plans.candidates(3072, splits=True, pipelined=True)
+    both = gemm_2l_fo_plans.candidates(3072, splits=True, turns=True)
     names = [n for n, _, _ in both]
     assert len(names) == len(set(names))
     assert not any("rf_pipelined" in sw or "rf_pingpong" in sw for _, sw, _ in plain)
     by_name = {n: (sw, bt) for n, sw, bt in both}
-    twins = [n for n in names if n.startswith("p_")]
+    twins = [n for n in names if n.startswith("t_")]
     assert {t[2:] for t in twins} == {"auto"} | {n for n in names if n.startswith(("rf2_", "rs"))}
     for t in twins:
         sw, bt = by_name[t]
-        assert sw == {**by_name[t[2:]][0], "rf_pipelined": True} and bt == by_name[t[2:]][1]
+        assert sw == {**by_name[t[2:]][0], "rf_pipelined": False} and bt == by_name[t[2:]][1]
     assert by_name["pp"] == ({"rf_pingpong": True}, 0)
     sig = inspect.signature(problems_2l.gemm_switches)
     for _, sw, _ in both:

@@ -128,7 +128,7 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
 
 
 def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, warpgroups: int = 0) -> None:
-    """The fragment-order GEMM with the opt-in kernel set_gemm_2l_<switch> on, once per (M, K, N, R, tile): asserts
+    """The fragment-order GEMM with the kernel set_gemm_2l_<switch> on (as before after it), once per (M, K, N, R, tile): asserts
     that kernel ran. forced_tile: the persistent unsplit plan on that token tile (else the kernel's own tiles, and a
     GELU epilogue after a 64-column prefix); warpgroups 3: three consumer warpgroups on that token tile instead."""
     for M, K, N, R, tile in shapes:
@@ -146,6 +146,7 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, war
             ext.set_gemm_2l_persistent(1)
             ext.set_gemm_2l_splits(1)
             ext.set_gemm_2l_tile_tokens(tile)
+        before = getattr(ext, f"gemm_2l_{switch}")()
         getattr(ext, f"set_gemm_2l_{switch}")(True)
         n0 = getattr(ext, f"gemm_2l_{switch}_launches")()
         if forced_tile:
@@ -154,7 +155,7 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, war
             pre = torch.randn(M, 64, device="cuda", generator=g).to(torch.bfloat16)
             ext.w4a4_gemm_2l_fo_ep(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64, 1, pre)
         assert getattr(ext, f"gemm_2l_{switch}_launches")() == n0 + 1
-        getattr(ext, f"set_gemm_2l_{switch}")(False)
+        getattr(ext, f"set_gemm_2l_{switch}")(before)
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)

@@ -1,7 +1,8 @@
-"""The register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined, Hopper, opt-in): each k-step's
+"""The register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined, Hopper, on by default since
+perf-notes v2.32; off: the named-barrier turns between the consumer warpgroups): each k-step's
 wgmma is a commit group of its own and the next k-step is widened under the three in flight, with no turns between the
 two consumer warpgroups. The int32 sums are exact, so only the order in which wgmmas reach the tensor cores changes:
-the output must be the default kernel's bits (outputs poisoned first). The shapes cover tiles of one stage (a warpgroup
+the output must be the turns' bits (outputs poisoned first). The shapes cover tiles of one stage (a warpgroup
 may then run whole tiles ahead of the other, bound by the stage ring), many tiles per CTA, 96 stages, awkward M, every
 token tile (224: four stages in the ring, 256: three), K split over a cluster (one tile per CTA, the int32 partials
 exchanged after the loop), the GEMM chained after the quantizer's down projection (its low-rank tile late), and three
@@ -29,6 +30,12 @@ def _forced(ext, tile):
     ext.set_gemm_2l_splits(1)  # (a plan may split K over few tiles; the persistent kernels run unsplit plans)
 
 
+def _by_turns(ext, *args):
+    """The reference: the same GEMM with the turns (set_gemm_2l_rf_pipelined(False) for the call), a copy."""
+    with _switched(ext.set_gemm_2l_rf_pipelined, False, True):
+        return _gemm(ext, *args).clone()
+
+
 def _released(ext):
     ext.set_gemm_2l_persistent(-1)
     ext.set_gemm_2l_tile_tokens(0)
@@ -43,9 +50,9 @@ def test_pipelined_loop_gives_the_same_bits(hopper, tile, dtype, bias, M, K, N):
     xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, dtype, M + K + N, M + N, bias=bias)
     _forced(hopper, tile)
     try:
-        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        ref = _by_turns(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         n0 = hopper.gemm_2l_rf_pipelined_launches()
-        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
             out = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
             again = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         torch.cuda.synchronize()
@@ -62,9 +69,9 @@ def test_pipelined_loop_split_over_a_cluster_gives_the_same_bits(hopper, splits,
     xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + splits, M + N)
     hopper.set_gemm_2l_rf_splits(splits)
     try:
-        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        ref = _by_turns(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         n0 = hopper.gemm_2l_rf_pipelined_launches()
-        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
             out = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         torch.cuda.synchronize()
     finally:
@@ -81,12 +88,12 @@ def test_pipelined_loop_takes_the_low_rank_tile_late(hopper, M, K, N):
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
         n0, p0 = hopper.gemm_2l_late_launches(), hopper.gemm_2l_rf_pipelined_launches()
         xq, xs, lr = _quantize(hopper, x, smooth, pd)
         y = _gemm(hopper, xq, xs, qf, w, lr).clone()
         late, pipelined = hopper.gemm_2l_late_launches() - n0, hopper.gemm_2l_rf_pipelined_launches() - p0
-        in_order = _gemm(hopper, xq, xs, qf, w, lr.clone())
+        in_order = _by_turns(hopper, xq, xs, qf, w, lr.clone())
         torch.cuda.synchronize()
     if late == 0 or pipelined == 0:
         pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
@@ -99,8 +106,8 @@ def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
     xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 7, 8)
     _forced(hopper, 224)
     try:
-        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
-        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        ref = _by_turns(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
             n0 = hopper.gemm_2l_rf_pipelined_launches()
             graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
             assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 2, "warmed up and captured the pipelined kernel"
@@ -112,8 +119,8 @@ def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
     assert torch.equal(y, ref)
 
 
-def test_pipelined_loop_is_off_by_default(hopper):
-    assert hopper.gemm_2l_rf_pipelined() is False
+def test_pipelined_loop_is_on_by_default(hopper):
+    assert hopper.gemm_2l_rf_pipelined() is True
 
 
 @pytest.mark.parametrize("tile", [128, 192])
@@ -124,9 +131,9 @@ def test_pipelined_three_warpgroups_give_the_same_bits(hopper, tile, dtype, M, K
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, M + N)
     hopper.set_gemm_2l_rf_warpgroups(3, tile)
     try:
-        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        ref = _by_turns(hopper, xq, xs, qf, w, lr).clone()
         n0 = hopper.gemm_2l_rf_pipelined_launches()
-        with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+        with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
             out = _gemm(hopper, xq, xs, qf, w, lr).clone()
         torch.cuda.synchronize()
     finally:
@@ -143,8 +150,8 @@ def test_pipelined_loop_runs_where_the_model_picks_three_warpgroups(hopper, M, K
     warpgroups included (N % 192 == 0: FLUX.1's shapes at 4608 tokens, where the plan is surely persistent), with the
     default's bits; at 512 tokens whatever runs keeps the bits."""
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + N, K + N)
-    ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-    with _switched(hopper.set_gemm_2l_rf_pipelined, True, False):
+    ref = _by_turns(hopper, xq, xs, qf, w, lr).clone()
+    with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
         n0 = hopper.gemm_2l_rf_pipelined_launches()
         out = _gemm(hopper, xq, xs, qf, w, lr).clone()
         ran = hopper.gemm_2l_rf_pipelined_launches() - n0
