@@ -1047,8 +1047,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tile, unsplit or split, chained; three warpgroups); the same bits");
   m.def("gemm_2l_rf_pipelined", &svdq::gemm_2l_rf_pipelined, "whether set_gemm_2l_rf_pipelined is on");
   m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("mode"),
-        "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in until measured, perf-notes "
-        "v2.31): each warpgroup computes whole tiles, so one's epilogue runs under the other's main loop; 0 off, 1 (or "
+        "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in; measured slower than the "
+        "default, perf-notes v2.32): each warpgroup computes whole tiles, so one's epilogue runs under the other's main loop; 0 off, 1 (or "
         "True) every tile GEMM it takes (fragment order, group 64, branch rank 0 / 16 / 32, lr not late), 2 those with at "
         "least two tiles per SM; the same bits");
   m.def("gemm_2l_rf_pingpong", &svdq::gemm_2l_rf_pingpong, "set_gemm_2l_rf_pingpong's mode (0: off)");

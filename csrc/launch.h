@@ -245,16 +245,15 @@ void set_gemm_2l_probe(int probe);
 void set_gemm_2l_rf_lead(bool on);
 bool gemm_2l_rf_lead();
 long long gemm_2l_rf_lead_launches();  // (tests)
-// The two-warpgroup register-fragment loop pipelined within each warpgroup (opt-in until measured; perf-notes v2.31):
-// each k-step's wgmma its own commit group, the next k-step widened under the three in flight, no turns between the
-// warpgroups; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token tile, unsplit or split
+// The register-fragment loop pipelined within each warpgroup (the default since perf-notes v2.32; off: the warpgroups
+// take turns): each k-step's wgmma its own commit group, the next k-step widened under the three in flight; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token tile, unsplit or split
 // over a cluster, after the chained down projection too; three warpgroups; the 64-wide low-rank tile keeps its turns).
 // The same bits.
 void set_gemm_2l_rf_pipelined(bool on);
 bool gemm_2l_rf_pipelined();
 long long gemm_2l_rf_pipelined_launches();  // (tests)
-// The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in until
-// measured, perf-notes v2.31). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
+// The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in,
+// measured 1.26-1.41x slower than the default on the H100, perf-notes v2.32). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
 // order, group 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late), 2 those with at least two tiles per SM (a tile
 // for each warpgroup of every CTA). The same bits as the two-warpgroup kernel.
 void set_gemm_2l_rf_pingpong(int mode);

@@ -1,7 +1,8 @@
 // The int4_2l GEMM (w4a4_gemm_2l_sm90.cu's numerics, the same bits) with its two consumer warpgroups in ping-pong:
 // each computes whole 128-row x 128-token tiles alone, the CTA's tiles alternating between them, so one warpgroup's
 // epilogue (scales, low-rank branch, bias, output) runs under the other's main loop and the tensor cores do not wait
-// for it. Opt-in until measured (set_gemm_2l_rf_pingpong; perf-notes v2.31).
+// for it. Opt-in (set_gemm_2l_rf_pingpong; perf-notes v2.31): measured 1.26-1.41x slower than the default on the H100
+// (v2.32), since one warpgroup alone drives the tensor cores at only ~50 % of their rate.
 //
 // Persistent, one CTA per SM: a producer warpgroup's thread loads every stage of the CTA's tiles t = blockIdx.x,
 // + gridDim.x, ... in order by TMA (activations 128 x 128 bytes, the weights' packed fragment-order tile 128 x 64
