@@ -1,19 +1,23 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
-usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,4608x3072x12288] [--pingpong]
+usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
+       [--lr-producer] [--pingpong]
 
-The default kernel at 224-token tiles (bfloat16, group 64, rank 32), built with stamps (set_gemm_2l_tile_life: the
-same bits): for the first 4 CTAs, each consumer warpgroup's first thread stamps its first 8 tiles at 0 tile start, 1
-first stage issued, 2 main loop done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6
-output stored. Printed per warpgroup, medians over CTAs and tiles (the first tile apart), in cycles: the main loop
-(1 -> 2), each epilogue step, the turn from one tile's end to the next tile's first stage, and warpgroup 1's lag behind
-warpgroup 0 at the loop's end. Where the tensor cores idle per tile is about the epilogue's span less what the other
-warpgroup overlaps (perf-notes v2.30b's next step).
+The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
+consumer warpgroups on 224-token tiles, or with --warpgroups 3 three on 192-token tiles (the default at 4608 tokens).
+For the first 4 CTAs, each consumer warpgroup's first thread stamps its first 8 tiles into shared memory (copied out at
+the end: a global store would make the epilogue's proxy fence wait for it) at 0 tile start, 7 first stage landed,
+1 first k-step issued, 2 main loop done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added,
+6 output stored. Printed per warpgroup, medians over CTAs and tiles (the first tile apart), in cycles: "stage wait"
+(0 -> 7), "first issue" (7 -> 1), the main loop (1 -> 2), each epilogue step, the turn from one tile's end to the next
+tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup 0 at the loop's end.
+--turns: the warpgroups taking turns (set_gemm_2l_rf_pipelined(False), two warpgroups; the loop before v2.32).
+--lr-producer: the low-rank tiles loaded by the producer's idle warps (set_gemm_2l_lr_by_producer).
 --pingpong: the ping-pong GEMM instead (set_gemm_2l_rf_pingpong, 128 x 128 tiles, each warpgroup its own tiles; perf-notes
 v2.31), stamped at its steps: 0 tile start, 1 first stage landed, 2 main loop done, 3 low-rank tile landed, 4 half 0's
-scales and branch, 5 half 1's, 6 stored. Its columns: loop, lr wait, "scales" = half 0, "low-rank" = half 1, store,
-and "to next" = from a tile's store to the warpgroup's next tile's first stage, i.e. the other warpgroup's turn; the
-lag column then compares the two warpgroups' different tiles (not a lag).
+scales and branch, 5 half 1's, 6 stored (no step 7: "stage wait" is 0 -> 1 and "first issue" empty). Its columns:
+"scales" = half 0, "low-rank" = half 1; "to next" = from a tile's store to the warpgroup's next tile's start, i.e. the
+other warpgroup's turn; the lag columns then compare different tiles (not a lag).
 """
 from __future__ import annotations
 
@@ -23,40 +27,52 @@ import sys
 
 import torch
 
-CTAS, WGS, TILES, STEPS = 4, 2, 8, 8
-PARTS = ["loop", "lr wait", "scales", "low-rank", "store", "to next"]
+CTAS, TILES, STEPS = 4, 8, 8
+WGS = 2  # the two-warpgroup kernels' stamps per CTA (three with --warpgroups 3)
+PARTS = ["stage wait", "first issue", "loop", "lr wait", "scales", "low-rank", "store", "to next"]
 
 
 def summarize(stamps: torch.Tensor) -> dict[str, dict[str, float]]:
-    """stamps [CTAS, WGS, TILES, STEPS] (0 where not stamped) -> {"wg0"/"wg1"/"lag": {part: median cycles}}."""
+    """stamps [CTAS, warpgroups, TILES, STEPS] (0 where not stamped) -> {"wg<w>": {part: median cycles}, "lag": {"wg<w>":
+    median cycles behind warpgroup 0 at the loop's end}}. Step 7 (first stage landed) absent (0 everywhere): the stage
+    wait is 0 -> 1 and the first issue is left empty."""
     s = stamps.to(torch.int64).tolist()
-    out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in PARTS} for w in range(WGS)}
-    lag: list[float] = []
-    for c in range(CTAS):
-        for w in range(WGS):
-            for t in range(1, TILES):  # the first tile has the pipeline's fill
+    wgs = len(s[0])
+    out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in PARTS} for w in range(wgs)}
+    lag: dict[str, list[float]] = {f"wg{w}": [] for w in range(1, wgs)}
+    for c in range(len(s)):
+        for w in range(wgs):
+            for t in range(1, len(s[c][w])):  # the first tile has the pipeline's fill
                 st = s[c][w][t]
                 if not all(st[:7]):
                     continue
-                parts = [st[2] - st[1], st[3] - st[2], st[4] - st[3], st[5] - st[4], st[6] - st[5]]
-                nxt = s[c][w][t + 1][1] - st[6] if t + 1 < TILES and s[c][w][t + 1][1] else None
+                landed = st[7] if len(st) > 7 and st[7] else None
+                wait = (landed if landed else st[1]) - st[0]
+                issue = st[1] - landed if landed else None
+                parts = [wait, issue, st[2] - st[1], st[3] - st[2], st[4] - st[3], st[5] - st[4], st[6] - st[5]]
+                nxt = s[c][w][t + 1][0] - st[6] if t + 1 < len(s[c][w]) and s[c][w][t + 1][0] else None
                 for p, v in zip(PARTS, parts + [nxt]):
                     if v is not None:
                         out[f"wg{w}"][p].append(v)
-        for t in range(1, TILES):
-            if s[c][0][t][2] and s[c][1][t][2]:
-                lag.append(s[c][1][t][2] - s[c][0][t][2])
+        for w in range(1, wgs):
+            for t in range(1, len(s[c][w])):
+                if s[c][0][t][2] and s[c][w][t][2]:
+                    lag[f"wg{w}"].append(s[c][w][t][2] - s[c][0][t][2])
     res = {k: {p: statistics.median(v) if v else float("nan") for p, v in d.items()} for k, d in out.items()}
-    res["lag"] = {"loop end": statistics.median(lag) if lag else float("nan")}
+    res["lag"] = {k: statistics.median(v) if v else float("nan") for k, v in lag.items()}
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4608x3072x3072,4608x3072x12288,4608x12288x3072")
+    ap.add_argument("--warpgroups", type=int, choices=(2, 3), default=2,
+                    help="2: 224-token tiles; 3: three consumer warpgroups on 192-token tiles")
+    ap.add_argument("--turns", action="store_true", help="the warpgroups taking turns (two warpgroups)")
+    ap.add_argument("--lr-producer", action="store_true", help="set_gemm_2l_lr_by_producer")
     ap.add_argument("--pingpong", action="store_true", help="the ping-pong GEMM (set_gemm_2l_rf_pingpong)")
     args = ap.parse_args(argv)
-    from problems_2l import hopper_extension, random_2l
+    from problems_2l import gemm_switches, hopper_extension, random_2l
 
     from svdquant_hf.ops.layout_2l import fragment_order
 
@@ -65,39 +81,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.pingpong and not hasattr(ext, "set_gemm_2l_rf_pingpong"):
         return 2
-    kind = "ping-pong 128 x 128" if args.pingpong else "224-token"
+    if args.lr_producer and not hasattr(ext, "set_gemm_2l_lr_by_producer"):
+        return 2
+    wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
+    kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else "224-token") + (
+        ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "")
     print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
-    print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>9}" for p in PARTS) + " | wg1 lag at loop end")
+    print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in PARTS) + " | lag behind wg0 at loop end")
     for shape in args.shapes.split(","):
         M, K, N = (int(v) for v in shape.split("x"))
         p = random_2l(M, K, N)
         qf = fragment_order(p.qweight)
         xq, xs, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
-        stamps = torch.zeros(CTAS, WGS, TILES, STEPS, dtype=torch.int64, device="cuda")
+        stamps = torch.zeros(CTAS, wgs, TILES, STEPS, dtype=torch.int64, device="cuda")
 
         def gemm():
             return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
 
         ref = gemm()
-        if args.pingpong:
-            ext.set_gemm_2l_rf_pingpong(True)
-        else:
-            ext.set_gemm_2l_tile_tokens(224)
-        ext.set_gemm_2l_tile_life(stamps.data_ptr())
-        try:
-            for _ in range(3):  # the last call's stamps
-                y = gemm()
-            torch.cuda.synchronize()
-        finally:
-            ext.set_gemm_2l_tile_life(0)
-            ext.set_gemm_2l_tile_tokens(0)
-            if args.pingpong:
-                ext.set_gemm_2l_rf_pingpong(False)
+        switches = {"rf_pipelined": not args.turns, "rf_pingpong": args.pingpong, "lr_by_producer": args.lr_producer}
+        if wgs == 3:
+            switches.update(rf_warpgroups=3, rf3_tile=192)
+        with gemm_switches(ext, **switches):
+            if wgs == 2 and not args.pingpong:
+                ext.set_gemm_2l_tile_tokens(224)
+            ext.set_gemm_2l_tile_life(stamps.data_ptr())
+            try:
+                for _ in range(3):  # the last call's stamps
+                    y = gemm()
+                torch.cuda.synchronize()
+            finally:
+                ext.set_gemm_2l_tile_life(0)
+                ext.set_gemm_2l_tile_tokens(0)
         same = torch.equal(y, ref)
         r = summarize(stamps.cpu())
-        for w in ("wg0", "wg1"):
-            print(f"{shape:>16} {w:>3} | " + " ".join(f"{r[w][p]:>9.0f}" for p in PARTS)
-                  + (f" | {r['lag']['loop end']:.0f}" if w == "wg1" else f" | same bits: {same}"), flush=True)
+        for w in range(wgs):
+            tail = f" | {r['lag'][f'wg{w}']:.0f}" if w else f" | same bits: {same}"
+            print(f"{shape:>16} wg{w} | " + " ".join(f"{r[f'wg{w}'][p]:>11.0f}" for p in PARTS) + tail, flush=True)
     return 0
 
 

@@ -252,6 +252,12 @@ long long gemm_2l_rf_lead_launches();  // (tests)
 void set_gemm_2l_rf_pipelined(bool on);
 bool gemm_2l_rf_pipelined();
 long long gemm_2l_rf_pipelined_launches();  // (tests)
+// The register-fragment kernels' low-rank tiles and token scales loaded by the producer warpgroup's idle warps 1-3
+// (after every consumer's low-rank step) rather than by the last consumer warpgroup, whose copies its output's proxy
+// fence would wait for (opt-in until measured, perf-notes v2.33). The same bits.
+void set_gemm_2l_lr_by_producer(bool on);
+bool gemm_2l_lr_by_producer();
+long long gemm_2l_lr_by_producer_launches();  // (tests)
 // The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in,
 // measured 1.26-1.41x slower than the default on the H100, perf-notes v2.32). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
 // order, group 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late), 2 those with at least two tiles per SM (a tile

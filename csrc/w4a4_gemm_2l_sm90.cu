@@ -134,9 +134,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // signed nibbles: wrong values on today's fragment order, the same instructions), 7 no widening (the loaded words
 // used as fragments); 8 (exact, not a probe: set_gemm_2l_rf_lead) the turns as per-warp counts of stages issued, so
 // warpgroup 0 may lead by NS - 2 stages and each warpgroup runs on alone while the other is in its tile's epilogue;
-// 9 (exact, set_gemm_2l_tile_life) the default loop stamping its tiles' steps (see `life` below); 10 (exact, not a
-// probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own wgmmas, no turns; 11 (probe 8)
-// 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one warpgroup's pace alone.
+// 9 (exact, set_gemm_2l_tile_life with set_gemm_2l_rf_pipelined(False)) the turns stamping their tiles' steps (see
+// `life` below); 10 (exact, not a probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own
+// wgmmas, no turns; 11 (probe 8) 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one
+// warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -154,7 +155,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10)), "probes and variants: the register-fragment loop");
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || EP == 12)), "probes and variants: the register-fragment loop");
+  constexpr bool kPipe = EP == 10 || EP == 11 || EP == 12;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kLife = EP == 9 || EP == 12;                 // a tile's life by clock64 stamps
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12;    // the dispatched kernels and their stamped twin
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const int KT = K / kBK;
   const int row_tiles = N / kTR;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
-  constexpr bool kSplits = !PS || (RF && CW == 2 && (EP == 0 || EP == 10));  // the kernels that may run split
+  constexpr bool kSplits = !PS || (RF && CW == 2 && kExact);  // the kernels that may run split
   const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
@@ -221,7 +225,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
-  const bool lr_late = PS && (EP == 0 || EP == 10) && late;
+  const bool lr_late = PS && kExact && (late & 1);
+  // (set_gemm_2l_lr_by_producer) the producer's warps 1-3 load every tile's low-rank tile and token scales, so no
+  // consumer issues a copy that its epilogue's proxy fence (MEMBAR.ALL.CTA) would wait for
+  const bool lr_prod = PS && RF && !kCoupled && kExact && (late & 2);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -243,22 +250,31 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
             load_stage(i);
           }
         }
-      } else if (lr_late && tid >= kCT + 32) {
-        // warps 1-3: the first tile's low-rank tile and token scales once the down projection is done, into the memory
-        // the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on lr_full when their
-        // copies land, and warp 1's 32 at once (the barrier counts 128)
-        pdl_wait();
-        const int ct = tid - kCT - 32, m0f = ((int)blockIdx.x / row_tiles) * BT, chunks = R / 8;
-        for (int i = ct; i < BT * chunks; i += 96) {
-          const int row = i / chunks, c = i % chunks, m = m0f + row;
-          const uint32_t dst =
-              lr_region + row * Cfg::kLrRow + ((c ^ (Cfg::kLrRow == 64 ? (row >> 1) & 3 : row & 7)) << 4);
-          cp_async16(dst, lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+      } else if ((lr_late || lr_prod) && tid >= kCT + 32) {
+        // warps 1-3: the low-rank tile and token scales (late: the first tile's, once the down projection is done;
+        // lr_prod: every tile's, each once the consumers are past the previous tile's low-rank step: barrier kLrFree)
+        // into the memory the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on
+        // lr_full when their copies land, and warp 1's 32 at once (the barrier counts 128)
+        const int ct = tid - kCT - 32, chunks = R / 8;
+        for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+          if (tile != (int)blockIdx.x) {
+            if (!lr_prod) break;
+            asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
+          } else if (lr_late) {
+            pdl_wait();
+          }
+          const int m0f = (tile / row_tiles) * BT;
+          for (int i = ct; i < BT * chunks; i += 96) {
+            const int row = i / chunks, c = i % chunks, m = m0f + row;
+            const uint32_t dst =
+                lr_region + row * Cfg::kLrRow + ((c ^ (Cfg::kLrRow == 64 ? (row >> 1) & 3 : row & 7)) << 4);
+            cp_async16(dst, lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+          }
+          for (int i = ct; i < BT; i += 96)
+            cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0f + i, M - 1), m0f + i < M ? 4 : 0);
+          asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
+          if (tid < kCT + 64) mbar_arrive(lr_full);
         }
-        for (int i = ct; i < BT; i += 96)
-          cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0f + i, M - 1), m0f + i < M ? 4 : 0);
-        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
-        if (tid < kCT + 64) mbar_arrive(lr_full);
       }
       if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
         if (splits > 1) {
@@ -308,20 +324,28 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     }
   };
   stamp(0);
-  // EP 9 (set_gemm_2l_tile_life, benchmarks/gemm_2l_tile_life.py; exact): each consumer warpgroup's first thread in the
-  // first kLifeCtas CTAs stamps clock64 at its tile's steps, for its first kLifeTiles tiles, into
-  // trace[((CTA * 2 + warpgroup) * kLifeTiles + tile) * 8 + step]: 0 tile start, 1 first stage issued, 2 main loop
-  // done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6 output stored (TMA issued)
+  // EP 9 / 12 (set_gemm_2l_tile_life, benchmarks/gemm_2l_tile_life.py; exact): each consumer warpgroup's first thread
+  // stamps clock64 at its first kLifeTiles tiles' steps into shared memory (a global store would make the epilogue's
+  // proxy fence wait for it), and the first kLifeCtas CTAs copy them out at the end to
+  // trace[((CTA * CW + warpgroup) * kLifeTiles + tile) * 8 + step]: 0 tile start, 1 first k-step issued, 2 main loop
+  // done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6 output stored (TMA issued),
+  // 7 the tile's first stage landed
   constexpr int kLifeCtas = 4, kLifeTiles = 8;
   int life_n = 0;  // the tile's index among this CTA's
+  long long* life_s = nullptr;
+  if constexpr (kLife) {
+    __shared__ long long s_life[CW * kLifeTiles * 8];
+    life_s = s_life;
+    if ((tid & 127) == 0)  // this warpgroup's stamps: only this thread writes and reads them
+      for (int i = 0; i < kLifeTiles * 8; ++i) s_life[wg * kLifeTiles * 8 + i] = 0;
+  }
   auto life = [&](int step) {
-    if constexpr (EP == 9) {
-      if (trace && (int)blockIdx.x < kLifeCtas && (tid & 127) == 0 && life_n < kLifeTiles)
-        trace[(((int)blockIdx.x * 2 + wg) * kLifeTiles + life_n) * 8 + step] = clock64();
+    if constexpr (kLife) {
+      if ((tid & 127) == 0 && life_n < kLifeTiles) life_s[(wg * kLifeTiles + life_n) * 8 + step] = clock64();
     }
   };
   auto stamp_acc = [&](int slot) {  // an epilogue step: not before the accumulators' last writes
-    if constexpr (TR || EP == 9) asm volatile("" ::"r"(acc[0]), "r"(acc[Cfg::kAcc - 1]));
+    if constexpr (TR || kLife) asm volatile("" ::"r"(acc[0]), "r"(acc[Cfg::kAcc - 1]));
     stamp(slot);
     life(slot / 2);
   };
@@ -397,7 +421,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
   for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
-  if constexpr (EP == 9) {
+  if constexpr (kLife) {
     life_n = (tile - (int)blockIdx.x) / (int)gridDim.x;
     life(0);
   }
@@ -467,8 +491,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       for (int i = tid; i < BT; i += kCT)
         cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
       cp_async_commit();
-    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late) {  // the first tile's; later ones at the previous
-      load_lr_async(m0);                                                   // epilogue (late: the producer's warps)
+    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
+      load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -501,6 +525,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     auto fetch = [&](int i) {
       const int buf = i % NS;
       mbar_wait(bars + 8 * buf, (i / NS) & 1);
+      if constexpr (kLife) {
+        if (i == done) life(7);
+      }
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
@@ -509,7 +536,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
         mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       }
-    } else if constexpr (EP == 10 || EP == 11) {
+    } else if constexpr (kPipe) {
       // pipelined within the warpgroup (set_gemm_2l_rf_pipelined, rf_loop.cuh): no turns, the two warpgroups run on
       // independently, bound only by the stage ring
       uint32_t fa[4][4];
@@ -518,6 +545,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
         wgmma_fence();
         wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
         wgmma_commit();
+        if constexpr (kLife) {
+          if (i == done && j == 0) life(1);
+        }
       };
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
@@ -690,7 +720,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // for them and loads the next tile's
   auto lr_free = [&] {
     if constexpr (PS && !kCoupled) {
-      if (wg < CW - 1) {
+      if (lr_prod) {  // the producer's warps wait for every consumer's arrival, then load the next tile's
+        if (tile + (int)gridDim.x < num_tiles)
+          asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
+      } else if (wg < CW - 1) {
         asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
       } else {
         asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
@@ -809,6 +842,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
     if ((tid & 127) == 0) tma_store_wait_read();
   }
+  if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
+    if (trace && (int)blockIdx.x < kLifeCtas && (tid & 127) == 0)
+      for (int i = 0; i < kLifeTiles * 8; ++i)
+        trace[((int)blockIdx.x * CW + wg) * kLifeTiles * 8 + i] = life_s[wg * kLifeTiles * 8 + i];
+  }
   stamp(2);
 #endif
 }
@@ -835,6 +873,10 @@ __global__ void copy_columns_kernel(uint4* __restrict__ dst, int64_t ldd, const 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 long long g_late_launches = 0;  // launches with a late low-rank tile (tests: which path ran)
+// the register-fragment kernels' low-rank tiles loaded by the producer warpgroup's idle warps rather than by the last
+// consumer warpgroup (perf-notes v2.33; opt-in until measured)
+bool g_lr_producer = false;
+long long g_lr_producer_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -883,13 +925,16 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  const int late = PS && (EP == 0 || EP == 10) && a.lr_late && pdl_device() ? 1 : 0;
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12;
+  const int late = PS && kExact && a.lr_late && pdl_device() ? 1 : 0;
   if (late) ++g_late_launches;
+  const int lr_prod = PS && FO && kExact && g_lr_producer ? 2 : 0;  // (set_gemm_2l_lr_by_producer)
+  if (lr_prod) ++g_lr_producer_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late);
+                            late | lr_prod);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1052,6 +1097,9 @@ bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
 void set_gemm_2l_tile_life(long long* stamps) { g_life = stamps; }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
+void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
+bool gemm_2l_lr_by_producer() { return g_lr_producer; }
+long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
 // The two-warpgroup register-fragment loop (fragment order, branch rank <= 32) on the plan's token tile and K split:
 // with turns (EP 0), or pipelined within each warpgroup (EP 10, set_gemm_2l_rf_pipelined)
 static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms) {
@@ -1147,6 +1195,11 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       // v2.15 fit the two-warpgroup model favoured itself, e.g. 1.08x slower than three at M = 256 x 12288, v2.23)
       const long now3 = g_rf3_model || persistent0 || !persistent ? now : plan_ns * 177 / 100;
       if (g_rf_warpgroups == 3 || c3 * 20 < (ss ? std::min(now3, cs) : now3) * 19) {
+        if (g_rf_pipelined && bf && g_life && !a.lr_late) {  // a tile's life by clock64 stamps (benchmarks)
+          if (bt3 == 192)
+            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 12>(a, 1, g_life, stream, num_sms);
+          return launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 3, 12>(a, 1, g_life, stream, num_sms);
+        }
         if (g_rf_pipelined) {
           ++g_pipelined_launches;
           if (bt3 == 192)
@@ -1186,8 +1239,11 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (wide_lr)
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
-      if (a.frag && bf && g_life && bt2 == 224 && !a.lr_late)  // a tile's life by clock64 stamps (benchmarks)
+      if (a.frag && bf && g_life && bt2 == 224 && !a.lr_late) {  // a tile's life by clock64 stamps (benchmarks)
+        if (g_rf_pipelined)
+          return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 12>(a, 1, g_life, stream, num_sms);
         return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 9>(a, 1, g_life, stream, num_sms);
+      }
       // leading turns (opt-in; 224-token tiles only: at 256 the three-stage ring allows a lead of one stage, measured
       // 1.11-1.17x slower at 4096 tokens, perf-notes v2.30b)
       if (a.frag && g_rf_lead && bt2 == 224 && !a.lr_late) {

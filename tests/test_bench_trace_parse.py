@@ -61,7 +61,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_rf3_stage": (0, 0), "set_quantize_act_2l_lean": True,
                 "set_gemm_2l_rf3_model": 1, "set_quantize_act_2l_chunk_bytes": 0, "set_lr_chain": -1,
                 "set_lowrank_down_beside": 0, "set_gemm_2l_rf_lead": False,
-                "set_gemm_2l_rf_pipelined": True, "set_gemm_2l_rf_pingpong": 0}
+                "set_gemm_2l_rf_pipelined": True, "set_gemm_2l_rf_pingpong": 0, "set_gemm_2l_lr_by_producer": False}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -82,6 +82,9 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, rf_pingpong=True):
         assert ext.state == {**defaults, "set_gemm_2l_rf_pingpong": 1}
+    assert ext.state == defaults
+    with problems_2l.gemm_switches(ext, lr_by_producer=True):
+        assert ext.state == {**defaults, "set_gemm_2l_lr_by_producer": True}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, quant_chunk_bytes=24 << 20):
         assert ext.state == {**defaults, "set_quantize_act_2l_chunk_bytes": 24 << 20}
@@ -114,22 +117,32 @@ def test_ab_rounds_alternate_the_column_order():
 
 
 def test_tile_life_summary_medians_each_step_per_warpgroup():
-    """gemm_2l_tile_life.summarize on synthetic stamps: a tile every 20000 cycles, its steps at fixed offsets, warpgroup 1
-    600 cycles behind; the first tile (the pipeline's fill) and unstamped CTAs left out."""
+    """gemm_2l_tile_life.summarize on synthetic stamps: a tile every 20000 cycles, its steps at fixed offsets, warpgroup w
+    600 w cycles behind; the first tile (the pipeline's fill) and unstamped CTAs left out. Three warpgroups with step 7
+    (first stage landed) split the wait before the first k-step; two without it (the ping-pong kernel's stamps) leave
+    the first issue empty."""
+    import math
+
     import gemm_2l_tile_life as life
 
-    s = torch.zeros(life.CTAS, life.WGS, life.TILES, life.STEPS, dtype=torch.int64)
-    offsets = [0, 300, 15300, 15500, 15900, 16400, 17000]  # start, first stage, loop end, lr, scales, low-rank, stored
-    for c in range(2):  # CTAs 2 and 3 never stamped (e.g. fewer tiles than CTAs)
-        for w in range(life.WGS):
-            for t in range(life.TILES):
-                base = 1_000 + 20_000 * t + 600 * w + (9_000_000 if t == 0 else 0)  # tile 0 off: left out
-                s[c, w, t, :7] = torch.tensor(offsets) + base
-    r = life.summarize(s)
-    for w in ("wg0", "wg1"):
-        assert r[w] == {"loop": 15000, "lr wait": 200, "scales": 400, "low-rank": 500, "store": 600,
-                        "to next": 20000 - 17000 + 300}
-    assert r["lag"] == {"loop end": 600}
+    # start, first k-step issued, loop end, lr, scales, low-rank, stored, first stage landed
+    offsets = [0, 300, 15300, 15500, 15900, 16400, 17000, 120]
+    for wgs, steps in ((3, 8), (2, 7)):
+        s = torch.zeros(life.CTAS, wgs, life.TILES, life.STEPS, dtype=torch.int64)
+        for c in range(2):  # CTAs 2 and 3 never stamped (e.g. fewer tiles than CTAs)
+            for w in range(wgs):
+                for t in range(life.TILES):
+                    base = 1_000 + 20_000 * t + 600 * w + (9_000_000 if t == 0 else 0)  # tile 0 off: left out
+                    s[c, w, t, :steps] = torch.tensor(offsets[:steps]) + base
+        r = life.summarize(s)
+        assert set(r) == {f"wg{w}" for w in range(wgs)} | {"lag"}
+        for w in range(wgs):
+            got = dict(r[f"wg{w}"])
+            issue = got.pop("first issue")
+            assert got == {"stage wait": 120 if steps == 8 else 300, "loop": 15000, "lr wait": 200, "scales": 400,
+                           "low-rank": 500, "store": 600, "to next": 20000 - 17000}
+            assert issue == 180 if steps == 8 else math.isnan(issue)
+        assert r["lag"] == {f"wg{w}": 600 * w for w in range(1, wgs)}
 
 
 def test_fo_plans_candidates_with_turns_name_real_switches():

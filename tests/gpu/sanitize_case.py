@@ -179,6 +179,13 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("rf_pingpong", [(300, 128, 512, 32, 0), (450, 1536, 256, 32, 0),
                                               (1100, 256, 384, 16, 0)], forced_tile=False)
     print("sanitize case: ping-pong GEMM done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_lr_by_producer"):
+    # the low-rank tiles loaded by the producer's warps (set_gemm_2l_lr_by_producer): many one-stage tiles per CTA, ranks
+    # 0 / 16 / 32, rows past M, three warpgroups
+    _fragment_order_gemm_case("lr_by_producer", [(300, 128, 512, 32, 224), (450, 1536, 256, 16, 256),
+                                                 (1100, 128, 1024, 0, 64)])
+    _fragment_order_gemm_case("lr_by_producer", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 128)], warpgroups=3)
+    print("sanitize case: low-rank tiles by the producer done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

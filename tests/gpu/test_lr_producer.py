@@ -1,0 +1,186 @@
+"""The register-fragment kernels' low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer,
+Hopper, opt-in; perf-notes v2.33) rather than by the last consumer warpgroup. Only who copies the low-rank tile and the
+token scales into shared memory changes (and when: after every consumer's low-rank step of the previous tile), so the
+output must be the default's bits (outputs poisoned first): two warpgroups on every token tile with many tiles per CTA,
+three warpgroups, the turns, K split over a cluster (one tile per CTA), the low-rank tile late after the chained down
+projection, ranks 0 / 16 / 64 (the 64-wide low-rank tile), CUDA-graph replay. Also the stamped twin of the default loop
+(set_gemm_2l_tile_life): its steps in order, with and without the switch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdquant_hf.ops.layout_2l import fragment_order
+
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _by_producer(ext, *args):
+    """The GEMM with set_gemm_2l_lr_by_producer(True) for the call, a copy, and how many launches took that path."""
+    n0 = ext.gemm_2l_lr_by_producer_launches()
+    with _switched(ext.set_gemm_2l_lr_by_producer, True, False):
+        y = _gemm(ext, *args).clone()
+    return y, ext.gemm_2l_lr_by_producer_launches() - n0
+
+
+def _forced(ext, tile):
+    ext.set_gemm_2l_persistent(1)
+    ext.set_gemm_2l_tile_tokens(tile)
+    ext.set_gemm_2l_splits(1)
+
+
+def _released(ext):
+    ext.set_gemm_2l_persistent(-1)
+    ext.set_gemm_2l_tile_tokens(0)
+    ext.set_gemm_2l_splits(0)
+
+
+def test_lr_by_producer_is_off_by_default(hopper):
+    assert hopper.gemm_2l_lr_by_producer() is False
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+@pytest.mark.parametrize("tile", [64, 128, 224, 256])
+@pytest.mark.parametrize("M,K,N,dtype,bias", [(4608, 1536, 3072, torch.bfloat16, True),
+                                              (4097, 640, 384, torch.float16, False),
+                                              (1000, 256, 768, torch.bfloat16, True),
+                                              (37, 640, 128, torch.bfloat16, False)])
+def test_two_warpgroups_give_the_same_bits(hopper, pipelined, tile, M, K, N, dtype, bias):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, M + N, bias=bias)
+    _forced(hopper, tile)
+    try:
+        with _switched(hopper.set_gemm_2l_rf_pipelined, pipelined, True):
+            ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+            out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        torch.cuda.synchronize()
+    finally:
+        _released(hopper)
+    assert ran == 1, "the producer's warps did not load the low-rank tiles"
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("tile", [128, 192])
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (37, 640, 384)])
+def test_three_warpgroups_give_the_same_bits(hopper, tile, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + tile, M + N)
+    hopper.set_gemm_2l_rf_warpgroups(3, tile)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        torch.cuda.synchronize()
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (129, 512, 384)])
+def test_split_over_a_cluster_gives_the_same_bits(hopper, splits, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + splits, M + N)
+    hopper.set_gemm_2l_rf_splits(splits)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        torch.cuda.synchronize()
+    finally:
+        hopper.set_gemm_2l_rf_splits(0)
+    assert ran == 1
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("R", [0, 16, 64])
+def test_every_branch_rank_gives_the_same_bits(hopper, R):
+    """Rank 0 (token scales only), 16, and 64 (the 64-wide low-rank tile, a LoRA on the branch)."""
+    M, K, N = 3000, 1024, 1536
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + R, N + R, R=R)
+    _forced(hopper, 224 if R <= 32 else 128)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        torch.cuda.synchronize()
+    finally:
+        _released(hopper)
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (256, 3072, 3072), (200, 12288, 3072)])
+def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
+    """After the chained down projection (set_lr_chain(1)) the producer's warps wait for it before the first tile's
+    copies: the bits of the in-order GEMM on a copy of lr."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=7 * M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_lr_by_producer, True, False):
+        n0, p0 = hopper.gemm_2l_late_launches(), hopper.gemm_2l_lr_by_producer_launches()
+        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        y = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        late, prod = hopper.gemm_2l_late_launches() - n0, hopper.gemm_2l_lr_by_producer_launches() - p0
+    in_order = _gemm(hopper, xq, xs, qf, w, lr.clone()).clone()
+    torch.cuda.synchronize()
+    if late == 0 or prod == 0:
+        pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
+    assert torch.isfinite(in_order).all()
+    assert torch.equal(y, in_order)
+
+
+def test_replays_from_a_cuda_graph(hopper):
+    M, K, N = 2000, 1024, 1536
+    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 17, 18)
+    _forced(hopper, 224)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
+        with _switched(hopper.set_gemm_2l_lr_by_producer, True, False):
+            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        _released(hopper)
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("lr_producer", [False, True])
+@pytest.mark.parametrize("warpgroups", [2, 3])
+def test_stamped_default_loop_keeps_the_bits_and_orders_its_steps(hopper, warpgroups, lr_producer):
+    """set_gemm_2l_tile_life on the pipelined loop (benchmarks/gemm_2l_tile_life.py): two warpgroups on 224-token tiles
+    or three on 192; each warpgroup's stamped tiles have their eight steps in order (start, first stage landed, first
+    k-step issued, loop end, low-rank tile, scales, branch, stored), its tiles one after another."""
+    M, K, N = 4608, 1024, 3072
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 31 + warpgroups, 32)
+    stamps = torch.zeros(4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
+    ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+    if warpgroups == 3:
+        hopper.set_gemm_2l_rf_warpgroups(3, 192)
+    else:
+        hopper.set_gemm_2l_tile_tokens(224)
+    hopper.set_gemm_2l_lr_by_producer(lr_producer)
+    hopper.set_gemm_2l_tile_life(stamps.data_ptr())
+    try:
+        out = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        torch.cuda.synchronize()
+    finally:
+        hopper.set_gemm_2l_tile_life(0)
+        hopper.set_gemm_2l_lr_by_producer(False)
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.equal(out, ref)
+    tiles = (N // (64 * warpgroups)) * -(-M // (192 if warpgroups == 3 else 224))
+    per_cta = tiles // torch.cuda.get_device_properties(0).multi_processor_count  # CTAs 0-3 have at least this many
+    assert per_cta >= 2
+    s = stamps[:, :, : min(per_cta, 8)].cpu()
+    order = s[..., [0, 7, 1, 2, 3, 4, 5, 6]]
+    assert (order > 0).all(), "a step of a stamped tile was not stamped"
+    assert (order[..., 1:] >= order[..., :-1]).all(), "a tile's steps out of order"
+    assert (s[:, :, 1:, 0] >= s[:, :, :-1, 6]).all(), "a warpgroup's tiles overlap"
