@@ -116,6 +116,36 @@ def _fo_problem(ext, M, K, N, dtype, act_seed, weight_seed, bias=True, R=32):
     return xq, xs, lr, qw, qf, (wsc, wch, pu, b)
 
 
+def _late_gemm(ext, M, K, N, switch: str, reference):
+    """The GEMM after the chained down projection (set_lr_chain(1): its first low-rank tile late) with
+    set_gemm_2l_<switch>(True) for the call: (its output, reference(ext, xq, xs, qf, w, a copy of lr): the in-order GEMM,
+    whether both the late path and the switched kernel ran)."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    count = getattr(ext, f"gemm_2l_{switch}_launches")
+    with _switched(ext.set_lr_chain, 1, ext.lr_chain()), _switched(getattr(ext, f"set_gemm_2l_{switch}"), True,
+                                                                    getattr(ext, f"gemm_2l_{switch}")()):
+        n0, p0 = ext.gemm_2l_late_launches(), count()
+        xq, xs, lr = _quantize(ext, x, smooth, pd)
+        y = _gemm_fo(ext, xq, xs, qf, w, lr).clone()
+        ran = ext.gemm_2l_late_launches() > n0 and count() > p0
+    in_order = reference(ext, xq, xs, qf, w, lr.clone())
+    torch.cuda.synchronize()
+    return y, in_order, ran
+
+
+def _stamped(ext, stamps, call):
+    """call() with set_gemm_2l_tile_life(stamps) (off after it, also when it fails), synchronized: its result."""
+    ext.set_gemm_2l_tile_life(stamps.data_ptr())
+    try:
+        out = call()
+        torch.cuda.synchronize()
+    finally:
+        ext.set_gemm_2l_tile_life(0)
+    return out
+
+
 def _captured(call):
     """call() once on a side stream (a warm-up), then captured there into a CUDA graph: (the graph, its output)."""
     stream = torch.cuda.Stream()

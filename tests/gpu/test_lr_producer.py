@@ -10,11 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svdquant_hf.ops.layout_2l import fragment_order
-
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
+from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_gemm, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -119,17 +117,8 @@ def test_every_branch_rank_gives_the_same_bits(hopper, R):
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
     """After the chained down projection (set_lr_chain(1)) the producer's warps wait for it before the first tile's
     copies: the bits of the in-order GEMM on a copy of lr."""
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=7 * M + K + N)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_lr_by_producer, True, False):
-        n0, p0 = hopper.gemm_2l_late_launches(), hopper.gemm_2l_lr_by_producer_launches()
-        xq, xs, lr = _quantize(hopper, x, smooth, pd)
-        y = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        late, prod = hopper.gemm_2l_late_launches() - n0, hopper.gemm_2l_lr_by_producer_launches() - p0
-    in_order = _gemm(hopper, xq, xs, qf, w, lr.clone()).clone()
-    torch.cuda.synchronize()
-    if late == 0 or prod == 0:
+    y, in_order, ran = _late_gemm(hopper, M, K, N, "lr_by_producer", lambda e, *args: _gemm(e, *args).clone())
+    if not ran:
         pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
@@ -165,14 +154,10 @@ def test_stamped_default_loop_keeps_the_bits_and_orders_its_steps(hopper, warpgr
         hopper.set_gemm_2l_rf_warpgroups(3, 192)
     else:
         hopper.set_gemm_2l_tile_tokens(224)
-    hopper.set_gemm_2l_lr_by_producer(lr_producer)
-    hopper.set_gemm_2l_tile_life(stamps.data_ptr())
     try:
-        out = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        torch.cuda.synchronize()
+        with _switched(hopper.set_gemm_2l_lr_by_producer, lr_producer, False):
+            out = _stamped(hopper, stamps, lambda: _gemm(hopper, xq, xs, qf, w, lr).clone())
     finally:
-        hopper.set_gemm_2l_tile_life(0)
-        hopper.set_gemm_2l_lr_by_producer(False)
         hopper.set_gemm_2l_rf_warpgroups(0, 0)
         hopper.set_gemm_2l_tile_tokens(0)
     assert torch.equal(out, ref)

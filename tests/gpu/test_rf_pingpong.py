@@ -15,7 +15,7 @@ from svdquant_hf.ops.reference import w4a4_gemm_2l_ref
 
 from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -132,12 +132,7 @@ def test_pingpong_stamps_its_tiles_steps_in_order(hopper):
     stamps = torch.zeros(4, 2, 8, 8, dtype=torch.int64, device="cuda")
     with _switched(hopper.set_gemm_2l_rf_pingpong, True, False):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        hopper.set_gemm_2l_tile_life(stamps.data_ptr())
-        try:
-            out = _gemm(hopper, xq, xs, qf, w, lr).clone()
-            torch.cuda.synchronize()
-        finally:
-            hopper.set_gemm_2l_tile_life(0)
+        out = _stamped(hopper, stamps, lambda: _gemm(hopper, xq, xs, qf, w, lr).clone())
     assert torch.equal(out, ref)
     steps = stamps[:, :, :3, :7].cpu()
     assert (steps > 0).all(), "a step of a stamped tile was not stamped"

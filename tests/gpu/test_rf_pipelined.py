@@ -12,11 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svdquant_hf.ops.layout_2l import fragment_order
-
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _quantize, _switched, _weights, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm
+from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -85,17 +83,8 @@ def test_pipelined_loop_split_over_a_cluster_gives_the_same_bits(hopper, splits,
 def test_pipelined_loop_takes_the_low_rank_tile_late(hopper, M, K, N):
     """After the chained down projection (set_lr_chain(1)) the GEMM starts before lr is complete and loads its first
     low-rank tile late: the bits of the in-order GEMM on a copy of lr."""
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _switched(hopper.set_lr_chain, 1, hopper.lr_chain()), _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
-        n0, p0 = hopper.gemm_2l_late_launches(), hopper.gemm_2l_rf_pipelined_launches()
-        xq, xs, lr = _quantize(hopper, x, smooth, pd)
-        y = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        late, pipelined = hopper.gemm_2l_late_launches() - n0, hopper.gemm_2l_rf_pipelined_launches() - p0
-        in_order = _by_turns(hopper, xq, xs, qf, w, lr.clone())
-        torch.cuda.synchronize()
-    if late == 0 or pipelined == 0:
+    y, in_order, ran = _late_gemm(hopper, M, K, N, "rf_pipelined", lambda e, *args: _by_turns(e, *args))
+    if not ran:
         pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
