@@ -72,7 +72,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   pdl: bool = False, rf3_stage: tuple[int, int] = (0, 0), lean_quant: bool = True,
                   rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None,
                   down_beside: int | None = None, rf_lead: bool = False,
-                  rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False) -> Iterator[None]:
+                  rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False,
+                  l2_prefetch: bool = False) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -108,6 +109,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     perf-notes v2.32; False: the warpgroups take turns; on after the block). rf_pingpong: the GEMM with its consumer warpgroups in ping-pong (set_gemm_2l_rf_pingpong: 1 or True every GEMM
     it takes, 2 those with two tiles per SM; off after the block). lr_by_producer: the register-fragment kernels'
     low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer; off after the block).
+    l2_prefetch: the producer asking L2 for the next tile's first stages halfway through each tile
+    (set_gemm_2l_l2_prefetch; off after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -135,6 +138,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf_pingpong(int(rf_pingpong))
     if hasattr(ext, "set_gemm_2l_lr_by_producer"):
         ext.set_gemm_2l_lr_by_producer(lr_by_producer)
+    if hasattr(ext, "set_gemm_2l_l2_prefetch"):
+        ext.set_gemm_2l_l2_prefetch(l2_prefetch)
     beside_before = ext.lowrank_down_beside()
     ext.set_lowrank_down_beside(beside_before if down_beside is None else int(down_beside))
     fused_before = ext.quantize_act_2l_fused_mode()
@@ -165,3 +170,5 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
             ext.set_gemm_2l_rf_pingpong(0)
         if hasattr(ext, "set_gemm_2l_lr_by_producer"):
             ext.set_gemm_2l_lr_by_producer(False)
+        if hasattr(ext, "set_gemm_2l_l2_prefetch"):
+            ext.set_gemm_2l_l2_prefetch(False)

@@ -1059,13 +1059,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment kernels' low-rank tiles and token scales loaded by the producer warpgroup's idle warps "
         "rather than by the last consumer warpgroup (opt-in until measured, perf-notes v2.33); the same bits");
   m.def("gemm_2l_lr_by_producer", &svdq::gemm_2l_lr_by_producer, "whether set_gemm_2l_lr_by_producer is on");
+  m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
+        "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
+        "(opt-in until measured, perf-notes v2.33); the same bits");
+  m.def("gemm_2l_l2_prefetch", &svdq::gemm_2l_l2_prefetch, "whether set_gemm_2l_l2_prefetch is on");
+  m.def("gemm_2l_l2_prefetch_launches", &svdq::gemm_2l_l2_prefetch_launches,
+        "GEMM launches whose producer prefetched the next tiles' first stages into L2 (tests)");
   m.def("gemm_2l_lr_by_producer_launches", &svdq::gemm_2l_lr_by_producer_launches,
         "GEMM launches with the low-rank tiles loaded by the producer's warps (tests)");
   m.def(
-      "set_gemm_2l_tile_life", [](int64_t ptr) { svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr)); },
+      "set_gemm_2l_tile_life",
+      [](int64_t ptr, bool no_store) { svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr), no_store); },
       "benchmarks: the persistent register-fragment GEMM (bfloat16; two warpgroups on 224-token tiles, or three) stamps "
       "clock64 at each tile's steps into the int64 buffer at this address, [4 CTAs][warpgroups][8 tiles][8 steps] "
-      "(0: off); the pipelined loop, or with set_gemm_2l_rf_pipelined(False) the turns (two warpgroups only)");
+      "(0: off); the pipelined loop, or with set_gemm_2l_rf_pipelined(False) the turns (two warpgroups only); no_store "
+      "(a timing probe, wrong results): the pipelined loop's stamped kernel does not write its output",
+      pybind11::arg("ptr"), pybind11::arg("no_store") = false);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

@@ -258,6 +258,12 @@ long long gemm_2l_rf_pipelined_launches();  // (tests)
 void set_gemm_2l_lr_by_producer(bool on);
 bool gemm_2l_lr_by_producer();
 long long gemm_2l_lr_by_producer_launches();  // (tests)
+// The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
+// through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
+// perf-notes v2.33). The same bits.
+void set_gemm_2l_l2_prefetch(bool on);
+bool gemm_2l_l2_prefetch();
+long long gemm_2l_l2_prefetch_launches();  // (tests)
 // The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in,
 // measured 1.26-1.41x slower than the default on the H100, perf-notes v2.32). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
 // order, group 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late), 2 those with at least two tiles per SM (a tile
@@ -269,9 +275,10 @@ bool gemm_2l_pingpong_takes(const W4A4Gemm2lArgs& a, int num_sms);  // (with the
 // life: nullptr, or int64 [4 CTAs][2 warpgroups][8 tiles][8 steps] for clock64 stamps (set_gemm_2l_tile_life)
 cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t stream, int num_sms,
                                          long long* life = nullptr);
-// benchmarks/gemm_2l_tile_life.py: the persistent two-warpgroup register-fragment GEMM (bfloat16, 224-token tiles) stamping
-// clock64 at its tiles' steps into this int64 buffer (4 CTAs x 2 warpgroups x 8 tiles x 8; nullptr: off). The same bits.
-void set_gemm_2l_tile_life(long long* stamps);
+// benchmarks/gemm_2l_tile_life.py: the persistent register-fragment GEMM (bfloat16; two warpgroups on 224-token tiles, or
+// three) stamping clock64 at its tiles' steps into this int64 buffer (4 CTAs x its warpgroups x 8 tiles x 8; nullptr:
+// off). The same bits; no_store (a timing probe): the pipelined loop's stamped kernel leaves its output unwritten.
+void set_gemm_2l_tile_life(long long* stamps, bool no_store = false);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

@@ -84,6 +84,11 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t sr
   tma_store_2d_async(map, src, c0, c1);
   tma_store_wait_read();
 }
+// 2-D tile brought into L2 only (inner coordinate c0 in elements, outer c1 in rows): no shared memory, no completion.
+__device__ __forceinline__ void tma_prefetch_l2_2d(const CUtensorMap* map, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
+               ::"l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1) : "memory");
+}
 // 2-D tile load (inner coordinate c0 in elements, outer c1 in rows), completing on mbarrier `bar`.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
   asm volatile(

@@ -229,6 +229,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // (set_gemm_2l_lr_by_producer) the producer's warps 1-3 load every tile's low-rank tile and token scales, so no
   // consumer issues a copy that its epilogue's proxy fence (MEMBAR.ALL.CTA) would wait for
   const bool lr_prod = PS && RF && !kCoupled && kExact && (late & 2);
+  // (set_gemm_2l_l2_prefetch) halfway through a tile's stages the producer asks L2 for the next tile's first stages
+  const bool l2_prefetch = PS && RF && kExact && (late & 4);
+  // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
+  const bool life_no_store = EP == 12 && (late & 8);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -243,6 +247,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
             for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
               if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
               load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kTR);
+              if (l2_prefetch && kt == kt_lo + NK / 2 && tile + (int)gridDim.x < num_tiles) {
+                const int nt = tile + (int)gridDim.x, m0n = (nt / row_tiles) * BT, n0n = (nt % row_tiles) * kTR;
+                for (int s = 0; s < NS + 2 && s < NK; ++s) {
+                  tma_prefetch_l2_2d(&tm_x, (kt_lo + s) * kBK, m0n);
+                  tma_prefetch_l2_2d(&tm_w, (kt_lo + s) * (kBK / 2), n0n);
+                  tma_prefetch_l2_2d(&tm_s, n0n, (kt_lo + s) * GPS);
+                }
+              }
             }
         } else {
           for (int i = 0; i < NK; ++i) {
@@ -825,7 +837,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   if (ts) {
     fence_proxy_async_smem();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
-    if ((tid & 127) == 0 && EP != 2) {
+    if ((tid & 127) == 0 && EP != 2 && !life_no_store) {
       if constexpr (PS) {
         if (splits == 1) {
           tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
@@ -877,6 +889,11 @@ long long g_late_launches = 0;  // launches with a late low-rank tile (tests: wh
 // consumer warpgroup (perf-notes v2.33; opt-in until measured)
 bool g_lr_producer = false;
 long long g_lr_producer_launches = 0;  // (tests: which path ran)
+// the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile
+// (perf-notes v2.33; opt-in until measured)
+bool g_l2_prefetch = false;
+long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
+bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -930,11 +947,14 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? 2 : 0;  // (set_gemm_2l_lr_by_producer)
   if (lr_prod) ++g_lr_producer_launches;
+  const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? 4 : 0;  // (set_gemm_2l_l2_prefetch)
+  if (l2_prefetch) ++g_l2_prefetch_launches;
+  const int no_store = EP == 12 && g_life_no_store ? 8 : 0;  // (a timing probe of the stamped kernel)
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod);
+                            late | lr_prod | l2_prefetch | no_store);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -994,7 +1014,7 @@ int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-8: the persistent register-fragment kernel's probes (bfloat16, 224 tokens)
 bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
 long long g_lead_launches = 0;  // (tests: which kernel ran)
-long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 kernel's stamps go here
+long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 / 12 kernels' stamps go here
 // the register-fragment loop (two warpgroups: unsplit or split, any token tile; three: 128 / 192 tokens; branch rank
 // <= 32) pipelined within each warpgroup (EP 10; perf-notes v2.31) rather than the warpgroups taking turns: on by
 // default since v2.32 (H100: a 224-token stage 6 % shorter, the chain 0.95-1.01x at 4096 / 4608 tokens, the same bits)
@@ -1095,11 +1115,17 @@ void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 8 ? pr
 void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
 bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
-void set_gemm_2l_tile_life(long long* stamps) { g_life = stamps; }
+void set_gemm_2l_tile_life(long long* stamps, bool no_store) {
+  g_life = stamps;
+  g_life_no_store = stamps && no_store;
+}
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
+void set_gemm_2l_l2_prefetch(bool on) { g_l2_prefetch = on; }
+bool gemm_2l_l2_prefetch() { return g_l2_prefetch; }
+long long gemm_2l_l2_prefetch_launches() { return g_l2_prefetch_launches; }
 // The two-warpgroup register-fragment loop (fragment order, branch rank <= 32) on the plan's token tile and K split:
 // with turns (EP 0), or pipelined within each warpgroup (EP 10, set_gemm_2l_rf_pipelined)
 static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms) {

@@ -186,6 +186,12 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
                                                  (1100, 128, 1024, 0, 64)])
     _fragment_order_gemm_case("lr_by_producer", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 128)], warpgroups=3)
     print("sanitize case: low-rank tiles by the producer done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_l2_prefetch"):
+    # the producer's L2 prefetch of the next tile's first stages (set_gemm_2l_l2_prefetch): rows and stages past the
+    # matrices' ends in the last tiles, two and three warpgroups
+    _fragment_order_gemm_case("l2_prefetch", [(300, 128, 512, 32, 224), (450, 1536, 256, 16, 256)])
+    _fragment_order_gemm_case("l2_prefetch", [(450, 1536, 384, 32, 192)], warpgroups=3)
+    print("sanitize case: L2 prefetch done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
