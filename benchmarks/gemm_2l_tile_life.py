@@ -1,7 +1,7 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
-       [--lr-producer] [--l2-prefetch] [--no-store] [--pingpong]
+       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--pingpong]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles, or with --warpgroups 3 three on 192-token tiles (the default at 4608 tokens).
@@ -14,6 +14,7 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --turns: the warpgroups taking turns (set_gemm_2l_rf_pipelined(False), two warpgroups; the loop before v2.32).
 --lr-producer: the low-rank tiles loaded by the producer's idle warps (set_gemm_2l_lr_by_producer).
 --l2-prefetch: the producer asking L2 for the next tile's first stages halfway through each tile (set_gemm_2l_l2_prefetch).
+--spread-store: the output in 32-token pieces over the next tile's stages (set_gemm_2l_spread_store).
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
 --pingpong: the ping-pong GEMM instead (set_gemm_2l_rf_pingpong, 128 x 128 tiles, each warpgroup its own tiles; perf-notes
 v2.31), stamped at its steps: 0 tile start, 1 first stage landed, 2 main loop done, 3 low-rank tile landed, 4 half 0's
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", action="store_true", help="the warpgroups taking turns (two warpgroups)")
     ap.add_argument("--lr-producer", action="store_true", help="set_gemm_2l_lr_by_producer")
     ap.add_argument("--l2-prefetch", action="store_true", help="set_gemm_2l_l2_prefetch")
+    ap.add_argument("--spread-store", action="store_true", help="set_gemm_2l_spread_store")
     ap.add_argument("--no-store", action="store_true", help="a probe: the output not written (pipelined loop only)")
     ap.add_argument("--pingpong", action="store_true", help="the ping-pong GEMM (set_gemm_2l_rf_pingpong)")
     args = ap.parse_args(argv)
@@ -86,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.pingpong and not hasattr(ext, "set_gemm_2l_rf_pingpong"):
         return 2
     if (args.lr_producer and not hasattr(ext, "set_gemm_2l_lr_by_producer")) or (
-            args.l2_prefetch and not hasattr(ext, "set_gemm_2l_l2_prefetch")):
+            args.l2_prefetch and not hasattr(ext, "set_gemm_2l_l2_prefetch")) or (
+            args.spread_store and not hasattr(ext, "set_gemm_2l_spread_store")):
         return 2
     wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
     kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else "224-token") + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
-        ", L2 prefetch" if args.l2_prefetch else "") + (", no output (probe)" if args.no_store else "")
+        ", L2 prefetch" if args.l2_prefetch else "") + (", output in pieces" if args.spread_store else "") + (
+        ", no output (probe)" if args.no_store else "")
     print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
     print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in PARTS) + " | lag behind wg0 at loop end")
     for shape in args.shapes.split(","):
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ref = gemm()
         switches = {"rf_pipelined": not args.turns, "rf_pingpong": args.pingpong, "lr_by_producer": args.lr_producer,
-                    "l2_prefetch": args.l2_prefetch}
+                    "l2_prefetch": args.l2_prefetch, "spread_store": args.spread_store}
         if wgs == 3:
             switches.update(rf_warpgroups=3, rf3_tile=192)
         with gemm_switches(ext, **switches):

@@ -73,7 +73,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None,
                   down_beside: int | None = None, rf_lead: bool = False,
                   rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False,
-                  l2_prefetch: bool = False) -> Iterator[None]:
+                  l2_prefetch: bool = False, spread_store: bool = False) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -110,7 +110,9 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     it takes, 2 those with two tiles per SM; off after the block). lr_by_producer: the register-fragment kernels'
     low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer; off after the block).
     l2_prefetch: the producer asking L2 for the next tile's first stages halfway through each tile
-    (set_gemm_2l_l2_prefetch; off after the block).
+    (set_gemm_2l_l2_prefetch; off after the block). spread_store: the pipelined loop's output in 32-token pieces over the
+    next tile's stages (set_gemm_2l_spread_store; bfloat16 at 224-token two-warpgroup or 192-token three-warpgroup
+    tiles; off after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -140,6 +142,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_lr_by_producer(lr_by_producer)
     if hasattr(ext, "set_gemm_2l_l2_prefetch"):
         ext.set_gemm_2l_l2_prefetch(l2_prefetch)
+    if hasattr(ext, "set_gemm_2l_spread_store"):
+        ext.set_gemm_2l_spread_store(spread_store)
     beside_before = ext.lowrank_down_beside()
     ext.set_lowrank_down_beside(beside_before if down_beside is None else int(down_beside))
     fused_before = ext.quantize_act_2l_fused_mode()
@@ -172,3 +176,5 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
             ext.set_gemm_2l_lr_by_producer(False)
         if hasattr(ext, "set_gemm_2l_l2_prefetch"):
             ext.set_gemm_2l_l2_prefetch(False)
+        if hasattr(ext, "set_gemm_2l_spread_store"):
+            ext.set_gemm_2l_spread_store(False)

@@ -70,6 +70,10 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v235: perf-notes v2.33's opt-in switches at the tile boundary (set_gemm_2l_l2_prefetch, set_gemm_2l_spread_store,
+#       set_gemm_2l_lr_by_producer): their tests (nothing timed if they fail), the tile life at 4608 x 3072 x 3072 of both
+#       default kernels with each and with the no-output probe, ab_2l.py (BENCH_MS, default 4608; fo, fo_pf, fo_ss,
+#       fo_lrp, bf16, fp8d), memcheck, then the whole tests/gpu suite
 #   life: benchmarks/gemm_2l_tile_life.py (the persistent register-fragment GEMM's tile steps by clock64 stamps)
 #   v234: the register-fragment loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined) and the ping-pong GEMM
 #       (set_gemm_2l_rf_pingpong), perf-notes v2.31: their tests (a kernel whose tests fail is not timed), ab_2l.py at
@@ -598,6 +602,26 @@ fi
 if [ "$what" = v234m ]; then  # the model with and without the pipelined register-fragment loop
   flux_e2e_1024 ${E2E_LIMIT:-450} ${V234M_VARIANTS:-svdq2l_fo_ep_regional_cg,svdq2l_fo_ep_pipe_regional_cg,svdq2l_fo_ep_pp_regional_cg,fp8mm_regional_cg} \
     --iters ${E2E_ITERS:-10} --warmup 2
+fi
+if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile boundary, then the whole suite
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_l2_prefetch.py tests/gpu/test_spread_store.py \
+    tests/gpu/test_lr_producer.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v235.log" 2>&1
+  rc=$?; echo "v235 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v235.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    for a in "" "--l2-prefetch" "--spread-store" "--no-store" "--warpgroups 3" "--warpgroups 3 --l2-prefetch" \
+        "--warpgroups 3 --spread-store" "--warpgroups 3 --no-store"; do
+      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
+      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-150; cat "$OUT/life.log" >> "$OUT/tile_life_v235.log"
+    done
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608} --cols fo,fo_pf,fo_ss,fo_lrp,bf16,fp8d --rounds 3 \
+      > "$OUT/ab_v235.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+    --timeout 120 > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
 fi
 if [ "$what" = life ]; then  # a persistent tile's life (benchmarks/gemm_2l_tile_life.py: clock64 stamps per step)
   (cd benchmarks && timeout 120 python3 gemm_2l_tile_life.py ${LIFE_ARGS:-} > "$OUT/tile_life.log" 2>&1)

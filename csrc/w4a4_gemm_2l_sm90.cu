@@ -137,7 +137,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 9 (exact, set_gemm_2l_tile_life with set_gemm_2l_rf_pipelined(False)) the turns stamping their tiles' steps (see
 // `life` below); 10 (exact, not a probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own
 // wgmmas, no turns; 11 (probe 8) 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one
-// warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups.
+// warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups;
+// 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -155,10 +156,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || EP == 12)), "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP == 10 || EP == 11 || EP == 12;  // the pipelined loop (rf_loop.cuh)
-  constexpr bool kLife = EP == 9 || EP == 12;                 // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12;    // the dispatched kernels and their stamped twin
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || EP == 12 || EP == 13)),
+                "probes and variants: the register-fragment loop");
+  constexpr bool kPipe = EP == 10 || EP == 11 || EP == 12 || EP == 13;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13;  // the dispatched kernels and their twins
+  constexpr bool kSpreadable = PS && RF && (EP == 12 || EP == 13);      // set_gemm_2l_spread_store's instances
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
@@ -354,6 +357,28 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   auto life = [&](int step) {
     if constexpr (kLife) {
       if ((tid & 127) == 0 && life_n < kLifeTiles) life_s[(wg * kLifeTiles + life_n) * 8 + step] = clock64();
+    }
+  };
+  // (set_gemm_2l_spread_store; the pipelined loop, unsplit) a tile's output goes out in 32-token pieces, one per stage
+  // of the warpgroup's next tile, rather than by one TMA store where every CTA's tile ends at about the same time: each
+  // warpgroup's first thread keeps what is left to store in shared memory (pieces left, staging address, column byte,
+  // first token), and stores the rest before the staging is rewritten and before exit
+  const bool spread = kSpreadable && splits == 1 && (late & 16);
+  int* pend = nullptr;
+  if constexpr (kSpreadable) {
+    __shared__ int s_pend[CW][4];
+    pend = s_pend[wg];
+    if ((tid & 127) == 0) pend[0] = 0;
+  }
+  auto store_piece = [&] {  // (the warpgroup's first thread) the previous tile's next piece
+    const int left = pend[0], p = BT / 32 - left, m = pend[3] + 32 * p;
+    if (m < M) tma_store_2d_async(&tm_y, (uint32_t)pend[1] + p * 4096, pend[2], m);
+    pend[0] = left - 1;
+  };
+  auto flush_pieces = [&] {
+    if constexpr (kSpreadable) {
+      if (spread && (tid & 127) == 0)
+        while (pend[0] > 0) store_piece();
     }
   };
   auto stamp_acc = [&](int slot) {  // an epilogue step: not before the accumulators' last writes
@@ -559,6 +584,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
         wgmma_commit();
         if constexpr (kLife) {
           if (i == done && j == 0) life(1);
+        }
+        if constexpr (kSpreadable) {
+          if (spread && j == 0 && (tid & 127) == 0 && pend[0] > 0) store_piece();
         }
       };
       auto release = [&](int i) {
@@ -815,6 +843,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const bool ts = PS || (tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes);
   const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128;
   if constexpr (PS) {  // the previous tile's store has read the staging
+    flush_pieces();
     if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
   }
@@ -839,7 +868,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
     if ((tid & 127) == 0 && EP != 2 && !life_no_store) {
       if constexpr (PS) {
-        if (splits == 1) {
+        if (spread) {  // out during the next tile's stages (or before the staging is rewritten, or before exit)
+          pend[0] = BT / 32, pend[1] = (int)stage_out, pend[2] = (n0 + wg * 64) * 2, pend[3] = m0;
+        } else if (splits == 1) {
           tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
         } else {  // split (RF): this CTA's token octets, boxes of 8 rows (the staging is 1024-aligned per octet)
           for (int j = jlo; j < jhi && m0 + 8 * j < M; ++j)
@@ -852,6 +883,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   life(6);
   }  // tiles
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
+    flush_pieces();
     if ((tid & 127) == 0) tma_store_wait_read();
   }
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
@@ -893,6 +925,10 @@ long long g_lr_producer_launches = 0;  // (tests: which path ran)
 // (perf-notes v2.33; opt-in until measured)
 bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
+// the pipelined loop's output stored in 32-token pieces over the next tile's stages (perf-notes v2.33; opt-in until
+// measured)
+bool g_spread_store = false;
+long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
@@ -906,8 +942,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
   // elements), 128-byte swizzle (encoded only when used: each encoding is host time per call)
   const int64_t ldy = a.ldy ? a.ldy : a.N;
-  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : BT, 128,
-                                       CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
+  // (set_gemm_2l_spread_store) boxes of 32 tokens: the pipelined loop's output in pieces
+  const int spread = PS && FO && (EP == 12 || EP == 13) && splits == 1 && g_spread_store ? 16 : 0;
+  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : spread ? 32 : BT,
+                                       128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -942,7 +980,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12;
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13;
   const int late = PS && kExact && a.lr_late && pdl_device() ? 1 : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? 2 : 0;  // (set_gemm_2l_lr_by_producer)
@@ -950,11 +988,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? 4 : 0;  // (set_gemm_2l_l2_prefetch)
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = EP == 12 && g_life_no_store ? 8 : 0;  // (a timing probe of the stamped kernel)
+  if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store);
+                            late | lr_prod | l2_prefetch | no_store | spread);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1126,12 +1165,17 @@ long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
 void set_gemm_2l_l2_prefetch(bool on) { g_l2_prefetch = on; }
 bool gemm_2l_l2_prefetch() { return g_l2_prefetch; }
 long long gemm_2l_l2_prefetch_launches() { return g_l2_prefetch_launches; }
+void set_gemm_2l_spread_store(bool on) { g_spread_store = on; }
+bool gemm_2l_spread_store() { return g_spread_store; }
+long long gemm_2l_spread_store_launches() { return g_spread_store_launches; }
 // The two-warpgroup register-fragment loop (fragment order, branch rank <= 32) on the plan's token tile and K split:
 // with turns (EP 0), or pipelined within each warpgroup (EP 10, set_gemm_2l_rf_pipelined)
 static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms) {
   const bool bf = a.dtype == DType::kBF16;
   if (g_rf_pipelined) {
     ++g_pipelined_launches;
+    if (g_spread_store && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one instance)
+      return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 13>(a, 1, nullptr, stream, num_sms);
     return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms)
               : launch_2l_tile<__half, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms);
   }
@@ -1228,6 +1272,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         }
         if (g_rf_pipelined) {
           ++g_pipelined_launches;
+          if (g_spread_store && bf && bt3 == 192)  // (its one three-warpgroup instance)
+            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 13>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)
             return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
                       : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);

@@ -135,6 +135,32 @@ def _late_gemm(ext, M, K, N, switch: str, reference):
     return y, in_order, ran
 
 
+def _graph_replayed(ext, switch: str, reference, seed: int):
+    """The fragment-order GEMM (2000 x 1024 x 1536, persistent on 224-token tiles, bfloat16) warmed up and captured into
+    a CUDA graph with set_gemm_2l_<switch>(True), then replayed into its NaN-filled output: (that output,
+    reference(ext, xq, xs, qf, w, lr) computed before, the switched kernel's launches)."""
+    xq, xs, lr, _, qf, w = _fo_problem(ext, 2000, 1024, 1536, torch.bfloat16, seed, seed + 1)
+    wsc, wch, pu, b = w
+    ext.set_gemm_2l_persistent(1)
+    ext.set_gemm_2l_tile_tokens(224)
+    ext.set_gemm_2l_splits(1)
+    count = getattr(ext, f"gemm_2l_{switch}_launches")
+    try:
+        ref = reference(ext, xq, xs, qf, w, lr).clone()
+        n0 = count()
+        with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")()):
+            graph, y = _captured(lambda: ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+        launches = count() - n0
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    finally:
+        ext.set_gemm_2l_persistent(-1)
+        ext.set_gemm_2l_tile_tokens(0)
+        ext.set_gemm_2l_splits(0)
+    return y, ref, launches
+
+
 def _stamped(ext, stamps, call):
     """call() with set_gemm_2l_tile_life(stamps) (off after it, also when it fails), synchronized: its result."""
     ext.set_gemm_2l_tile_life(stamps.data_ptr())

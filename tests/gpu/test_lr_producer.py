@@ -12,7 +12,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -125,20 +125,9 @@ def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
 
 
 def test_replays_from_a_cuda_graph(hopper):
-    M, K, N = 2000, 1024, 1536
-    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 17, 18)
-    _forced(hopper, 224)
-    try:
-        ref = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
-        with _switched(hopper.set_gemm_2l_lr_by_producer, True, False):
-            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-    finally:
-        _released(hopper)
+    y, ref, launches = _graph_replayed(hopper, "lr_by_producer", _gemm, 17)
+    assert launches == 2
     assert torch.equal(y, ref)
-
 
 @pytest.mark.parametrize("lr_producer", [False, True])
 @pytest.mark.parametrize("warpgroups", [2, 3])

@@ -14,7 +14,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_gemm
+from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -91,22 +91,9 @@ def test_pipelined_loop_takes_the_low_rank_tile_late(hopper, M, K, N):
 
 
 def test_pipelined_loop_replays_from_a_cuda_graph(hopper):
-    M, K, N = 2000, 1024, 1536
-    xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, torch.bfloat16, 7, 8)
-    _forced(hopper, 224)
-    try:
-        ref = _by_turns(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
-        with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
-            n0 = hopper.gemm_2l_rf_pipelined_launches()
-            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
-            assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 2, "warmed up and captured the pipelined kernel"
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-    finally:
-        _released(hopper)
+    y, ref, launches = _graph_replayed(hopper, "rf_pipelined", lambda e, *args: _by_turns(e, *args), 7)
+    assert launches == 2, "warmed up and captured the pipelined kernel"
     assert torch.equal(y, ref)
-
 
 def test_pipelined_loop_is_on_by_default(hopper):
     assert hopper.gemm_2l_rf_pipelined() is True
