@@ -134,16 +134,13 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     chain_before = ext.lr_chain()
     ext.set_lr_chain(chain_before if lr_chain is None else int(lr_chain))
     ext.set_gemm_2l_rf_lead(rf_lead)
-    if hasattr(ext, "set_gemm_2l_rf_pipelined"):
-        ext.set_gemm_2l_rf_pipelined(rf_pipelined)
-    if hasattr(ext, "set_gemm_2l_rf_pingpong"):
-        ext.set_gemm_2l_rf_pingpong(int(rf_pingpong))
-    if hasattr(ext, "set_gemm_2l_lr_by_producer"):
-        ext.set_gemm_2l_lr_by_producer(lr_by_producer)
-    if hasattr(ext, "set_gemm_2l_l2_prefetch"):
-        ext.set_gemm_2l_l2_prefetch(l2_prefetch)
-    if hasattr(ext, "set_gemm_2l_spread_store"):
-        ext.set_gemm_2l_spread_store(spread_store)
+    # switches an older build may lack: (value in the block, value after it)
+    optional = {"set_gemm_2l_rf_pipelined": (rf_pipelined, True), "set_gemm_2l_rf_pingpong": (int(rf_pingpong), 0),
+                "set_gemm_2l_lr_by_producer": (lr_by_producer, False), "set_gemm_2l_l2_prefetch": (l2_prefetch, False),
+                "set_gemm_2l_spread_store": (spread_store, False)}
+    optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
+    for name, (during, _) in optional.items():
+        getattr(ext, name)(during)
     beside_before = ext.lowrank_down_beside()
     ext.set_lowrank_down_beside(beside_before if down_beside is None else int(down_beside))
     fused_before = ext.quantize_act_2l_fused_mode()
@@ -168,13 +165,5 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_lr_chain(chain_before)
         ext.set_lowrank_down_beside(beside_before)
         ext.set_gemm_2l_rf_lead(False)
-        if hasattr(ext, "set_gemm_2l_rf_pipelined"):
-            ext.set_gemm_2l_rf_pipelined(True)
-        if hasattr(ext, "set_gemm_2l_rf_pingpong"):
-            ext.set_gemm_2l_rf_pingpong(0)
-        if hasattr(ext, "set_gemm_2l_lr_by_producer"):
-            ext.set_gemm_2l_lr_by_producer(False)
-        if hasattr(ext, "set_gemm_2l_l2_prefetch"):
-            ext.set_gemm_2l_l2_prefetch(False)
-        if hasattr(ext, "set_gemm_2l_spread_store"):
-            ext.set_gemm_2l_spread_store(False)
+        for name, (_, after) in optional.items():
+            getattr(ext, name)(after)

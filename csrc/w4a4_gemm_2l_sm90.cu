@@ -115,6 +115,13 @@ struct Tile2l {
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
+// The kernel's `flags` argument (the launch sets those its switches and plan allow; each kernel honours its own):
+constexpr int kFlagLrLate = 1;       // the low-rank tile late, after the chained down projection (set_lr_chain)
+constexpr int kFlagLrProducer = 2;   // set_gemm_2l_lr_by_producer
+constexpr int kFlagL2Prefetch = 4;   // set_gemm_2l_l2_prefetch
+constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a probe of the stamped kernel
+constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
+
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
 __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, uint64_t db0) {
@@ -148,7 +155,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace, int tma_store, int64_t ldy,
-                             int act, int64_t ldlr, int late) {
+                             int act, int64_t ldlr, int flags) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
@@ -228,14 +235,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
-  const bool lr_late = PS && kExact && (late & 1);
+  const bool lr_late = PS && kExact && (flags & kFlagLrLate);
   // (set_gemm_2l_lr_by_producer) the producer's warps 1-3 load every tile's low-rank tile and token scales, so no
   // consumer issues a copy that its epilogue's proxy fence (MEMBAR.ALL.CTA) would wait for
-  const bool lr_prod = PS && RF && !kCoupled && kExact && (late & 2);
+  const bool lr_prod = PS && RF && !kCoupled && kExact && (flags & kFlagLrProducer);
   // (set_gemm_2l_l2_prefetch) halfway through a tile's stages the producer asks L2 for the next tile's first stages
-  const bool l2_prefetch = PS && RF && kExact && (late & 4);
+  const bool l2_prefetch = PS && RF && kExact && (flags & kFlagL2Prefetch);
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
-  const bool life_no_store = EP == 12 && (late & 8);
+  const bool life_no_store = EP == 12 && (flags & kFlagNoStore);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -363,7 +370,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // of the warpgroup's next tile, rather than by one TMA store where every CTA's tile ends at about the same time: each
   // warpgroup's first thread keeps what is left to store in shared memory (pieces left, staging address, column byte,
   // first token), and stores the rest before the staging is rewritten and before exit
-  const bool spread = kSpreadable && splits == 1 && (late & 16);
+  const bool spread = kSpreadable && splits == 1 && (flags & kFlagSpreadStore);
   int* pend = nullptr;
   if constexpr (kSpreadable) {
     __shared__ int s_pend[CW][4];
@@ -943,7 +950,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   // elements), 128-byte swizzle (encoded only when used: each encoding is host time per call)
   const int64_t ldy = a.ldy ? a.ldy : a.N;
   // (set_gemm_2l_spread_store) boxes of 32 tokens: the pipelined loop's output in pieces
-  const int spread = PS && FO && (EP == 12 || EP == 13) && splits == 1 && g_spread_store ? 16 : 0;
+  const int spread = PS && FO && (EP == 12 || EP == 13) && splits == 1 && g_spread_store ? kFlagSpreadStore : 0;
   if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : spread ? 32 : BT,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
@@ -981,13 +988,13 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
   constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13;
-  const int late = PS && kExact && a.lr_late && pdl_device() ? 1 : 0;
+  const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
-  const int lr_prod = PS && FO && kExact && g_lr_producer ? 2 : 0;  // (set_gemm_2l_lr_by_producer)
+  const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
   if (lr_prod) ++g_lr_producer_launches;
-  const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? 4 : 0;  // (set_gemm_2l_l2_prefetch)
+  const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
-  const int no_store = EP == 12 && g_life_no_store ? 8 : 0;  // (a timing probe of the stamped kernel)
+  const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),

@@ -60,10 +60,17 @@ def _quantize(ext, x, smooth, pd, gs=64):
 
 
 @contextlib.contextmanager
-def _forced_plan(ext, tile: int = 0, splits: int = 0):
-    """Token tile and K split forced for a block; the plan, and the persistent kernels' auto mode, after it."""
+def _forced_plan(ext, tile: int = 0, splits: int = 0, persistent: int | None = None,
+                 warpgroups: tuple[int, int] | None = None):
+    """Token tile and K split forced for a block (and the persistent kernels' mode, the register-fragment loop's
+    warpgroups and their tile, where given); the plan, the persistent kernels' auto mode and the warpgroups' model
+    after it."""
     ext.set_gemm_2l_tile_tokens(tile)
     ext.set_gemm_2l_splits(splits)
+    if persistent is not None:
+        ext.set_gemm_2l_persistent(persistent)
+    if warpgroups is not None:
+        ext.set_gemm_2l_rf_warpgroups(*warpgroups)
     try:
         yield
     finally:
@@ -141,11 +148,8 @@ def _graph_replayed(ext, switch: str, reference, seed: int):
     reference(ext, xq, xs, qf, w, lr) computed before, the switched kernel's launches)."""
     xq, xs, lr, _, qf, w = _fo_problem(ext, 2000, 1024, 1536, torch.bfloat16, seed, seed + 1)
     wsc, wch, pu, b = w
-    ext.set_gemm_2l_persistent(1)
-    ext.set_gemm_2l_tile_tokens(224)
-    ext.set_gemm_2l_splits(1)
     count = getattr(ext, f"gemm_2l_{switch}_launches")
-    try:
+    with _forced_plan(ext, 224, 1, persistent=1):
         ref = reference(ext, xq, xs, qf, w, lr).clone()
         n0 = count()
         with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")()):
@@ -154,10 +158,6 @@ def _graph_replayed(ext, switch: str, reference, seed: int):
         y.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-    finally:
-        ext.set_gemm_2l_persistent(-1)
-        ext.set_gemm_2l_tile_tokens(0)
-        ext.set_gemm_2l_splits(0)
     return y, ref, launches
 
 

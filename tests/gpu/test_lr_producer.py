@@ -12,7 +12,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,18 +28,6 @@ def _by_producer(ext, *args):
     return y, ext.gemm_2l_lr_by_producer_launches() - n0
 
 
-def _forced(ext, tile):
-    ext.set_gemm_2l_persistent(1)
-    ext.set_gemm_2l_tile_tokens(tile)
-    ext.set_gemm_2l_splits(1)
-
-
-def _released(ext):
-    ext.set_gemm_2l_persistent(-1)
-    ext.set_gemm_2l_tile_tokens(0)
-    ext.set_gemm_2l_splits(0)
-
-
 def test_lr_by_producer_is_off_by_default(hopper):
     assert hopper.gemm_2l_lr_by_producer() is False
 
@@ -52,14 +40,11 @@ def test_lr_by_producer_is_off_by_default(hopper):
                                               (37, 640, 128, torch.bfloat16, False)])
 def test_two_warpgroups_give_the_same_bits(hopper, pipelined, tile, M, K, N, dtype, bias):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, M + N, bias=bias)
-    _forced(hopper, tile)
-    try:
+    with _forced_plan(hopper, tile, 1, persistent=1):
         with _switched(hopper.set_gemm_2l_rf_pipelined, pipelined, True):
             ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
             out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
         torch.cuda.synchronize()
-    finally:
-        _released(hopper)
     assert ran == 1, "the producer's warps did not load the low-rank tiles"
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
@@ -101,13 +86,10 @@ def test_every_branch_rank_gives_the_same_bits(hopper, R):
     """Rank 0 (token scales only), 16, and 64 (the 64-wide low-rank tile, a LoRA on the branch)."""
     M, K, N = 3000, 1024, 1536
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + R, N + R, R=R)
-    _forced(hopper, 224 if R <= 32 else 128)
-    try:
+    with _forced_plan(hopper, 224 if R <= 32 else 128, 1, persistent=1):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
         out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
         torch.cuda.synchronize()
-    finally:
-        _released(hopper)
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)

@@ -14,18 +14,12 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-def _forced(ext, tile):
-    ext.set_gemm_2l_persistent(1)
-    ext.set_gemm_2l_tile_tokens(tile)
-    ext.set_gemm_2l_splits(1)  # (a plan may split K over few tiles; the persistent kernels run unsplit plans)
 
 
 def _by_turns(ext, *args):
@@ -34,28 +28,19 @@ def _by_turns(ext, *args):
         return _gemm(ext, *args).clone()
 
 
-def _released(ext):
-    ext.set_gemm_2l_persistent(-1)
-    ext.set_gemm_2l_tile_tokens(0)
-    ext.set_gemm_2l_splits(0)
-
-
 @pytest.mark.parametrize("tile", [64, 128, 224, 256])
 @pytest.mark.parametrize("dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4096, 3072, 768), (8192, 128, 3072), (1000, 256, 768),
                                    (4097, 1536, 384), (300, 12288, 256), (37, 640, 128)])
 def test_pipelined_loop_gives_the_same_bits(hopper, tile, dtype, bias, M, K, N):
     xq, xs, lr, _, qf, (wsc, wch, pu, b) = _fo_problem(hopper, M, K, N, dtype, M + K + N, M + N, bias=bias)
-    _forced(hopper, tile)
-    try:
+    with _forced_plan(hopper, tile, 1, persistent=1):
         ref = _by_turns(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         n0 = hopper.gemm_2l_rf_pipelined_launches()
         with _switched(hopper.set_gemm_2l_rf_pipelined, True, True):
             out = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
             again = _gemm(hopper, xq, xs, qf, (wsc, wch, pu, b), lr).clone()
         torch.cuda.synchronize()
-    finally:
-        _released(hopper)
     assert hopper.gemm_2l_rf_pipelined_launches() == n0 + 2, "the pipelined kernel ran"
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref) and torch.equal(again, ref)

@@ -12,7 +12,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -20,20 +20,8 @@ pytestmark = [
 ]
 
 
-def _plan(ext, warpgroups):
-    if warpgroups == 3:
-        ext.set_gemm_2l_rf_warpgroups(3, 192)
-    else:
-        ext.set_gemm_2l_persistent(1)
-        ext.set_gemm_2l_tile_tokens(224)
-        ext.set_gemm_2l_splits(1)
-
-
-def _released(ext):
-    ext.set_gemm_2l_rf_warpgroups(0, 0)
-    ext.set_gemm_2l_persistent(-1)
-    ext.set_gemm_2l_tile_tokens(0)
-    ext.set_gemm_2l_splits(0)
+# the pieces' two instances: two warpgroups on 224-token tiles (persistent, unsplit), three on 192
+_PLANS = {2: {"tile": 224, "splits": 1, "persistent": 1}, 3: {"warpgroups": (3, 192)}}
 
 
 def test_spread_store_is_off_by_default(hopper):
@@ -46,8 +34,7 @@ def test_spread_store_is_off_by_default(hopper):
 def test_pieces_give_the_same_bits(hopper, others, warpgroups, M, K, N):
     """others: with the low-rank tiles by the producer and the L2 prefetch on too."""
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + warpgroups, M + N)
-    _plan(hopper, warpgroups)
-    try:
+    with _forced_plan(hopper, **_PLANS[warpgroups]):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
         n0 = hopper.gemm_2l_spread_store_launches()
         with _switched(hopper.set_gemm_2l_spread_store, True, False), \
@@ -56,8 +43,6 @@ def test_pieces_give_the_same_bits(hopper, others, warpgroups, M, K, N):
             out = _gemm(hopper, xq, xs, qf, w, lr).clone()
             again = _gemm(hopper, xq, xs, qf, w, lr).clone()
         torch.cuda.synchronize()
-    finally:
-        _released(hopper)
     assert hopper.gemm_2l_spread_store_launches() == n0 + 2, "the pieces' kernel did not run"
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref) and torch.equal(again, ref)
@@ -65,7 +50,7 @@ def test_pieces_give_the_same_bits(hopper, others, warpgroups, M, K, N):
 
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (200, 12288, 3072)])
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
-    with _switched(lambda cw_tile: hopper.set_gemm_2l_rf_warpgroups(*cw_tile), (3, 192), (0, 0)):
+    with _forced_plan(hopper, **_PLANS[3]):
         y, in_order, ran = _late_gemm(hopper, M, K, N, "spread_store", lambda e, *args: _gemm(e, *args).clone())
     if not ran:
         pytest.skip(f"the plan at {M} x {K} x {N} is not the pieces' kernel taking lr late here")
@@ -83,13 +68,10 @@ def test_stamped_kernel_stores_in_pieces_with_the_same_bits(hopper, warpgroups):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 71, 72)
     stamps = torch.zeros(4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
     ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-    _plan(hopper, warpgroups)
-    try:
+    with _forced_plan(hopper, **_PLANS[warpgroups]):
         n0 = hopper.gemm_2l_spread_store_launches()
         with _switched(hopper.set_gemm_2l_spread_store, True, False):
             out = _stamped(hopper, stamps, lambda: _gemm(hopper, xq, xs, qf, w, lr).clone())
-    finally:
-        _released(hopper)
     assert hopper.gemm_2l_spread_store_launches() == n0 + 1
     assert torch.equal(out, ref)
     assert (stamps[:, :, :2, [0, 7, 1, 2, 3, 4, 5, 6]] > 0).all()
