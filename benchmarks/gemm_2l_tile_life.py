@@ -1,7 +1,7 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
-       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--pingpong]
+       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--pingpong] [--substeps]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles, or with --warpgroups 3 three on 192-token tiles (the default at 4608 tokens).
@@ -16,6 +16,9 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --l2-prefetch: the producer asking L2 for the next tile's first stages halfway through each tile (set_gemm_2l_l2_prefetch).
 --spread-store: the output in 32-token pieces over the next tile's stages (set_gemm_2l_spread_store).
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
+--substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
+tile freed for the next tile's loads, the staging free, the output staged, the proxy fence, the warpgroup's barrier,
+the TMA store issued.
 --pingpong: the ping-pong GEMM instead (set_gemm_2l_rf_pingpong, 128 x 128 tiles, each warpgroup its own tiles; perf-notes
 v2.31), stamped at its steps: 0 tile start, 1 first stage landed, 2 main loop done, 3 low-rank tile landed, 4 half 0's
 scales and branch, 5 half 1's, 6 stored (no step 7: "stage wait" is 0 -> 1 and "first issue" empty). Its columns:
@@ -33,6 +36,26 @@ import torch
 CTAS, TILES, STEPS = 4, 8, 8
 WGS = 2  # the two-warpgroup kernels' stamps per CTA (three with --warpgroups 3)
 PARTS = ["stage wait", "first issue", "loop", "lr wait", "scales", "low-rank", "store", "to next"]
+# --substeps: the store step (low-rank branch added -> output stored) by its sub-steps: the low-rank tile freed for the
+# next tile's loads (lr_free), the previous tile's store has read the staging, the output staged (bias, conversion,
+# stmatrix), the proxy fence passed, the warpgroup's barrier passed, the TMA store issued
+SUBPARTS = ["lr free", "staging free", "stage out", "fence", "barrier", "tma issue"]
+
+
+def summarize_substeps(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[str, float]]:
+    """stamps and sub [CTAS, warpgroups, TILES, STEPS] (sub: steps 8 .. 12 as 0 .. 4; 0 where not stamped) -> {"wg<w>":
+    {subpart: median cycles}} over CTAs and tiles, the first tile left out."""
+    s, u = stamps.to(torch.int64).tolist(), sub.to(torch.int64).tolist()
+    out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in SUBPARTS} for w in range(len(s[0]))}
+    for c in range(len(s)):
+        for w in range(len(s[c])):
+            for t in range(1, len(s[c][w])):
+                chain = [s[c][w][t][5]] + u[c][w][t][:5] + [s[c][w][t][6]]
+                if not all(chain):
+                    continue
+                for p, a, b in zip(SUBPARTS, chain, chain[1:]):
+                    out[f"wg{w}"][p].append(b - a)
+    return {k: {p: statistics.median(v) if v else float("nan") for p, v in d.items()} for k, d in out.items()}
 
 
 def summarize(stamps: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -77,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spread-store", action="store_true", help="set_gemm_2l_spread_store")
     ap.add_argument("--no-store", action="store_true", help="a probe: the output not written (pipelined loop only)")
     ap.add_argument("--pingpong", action="store_true", help="the ping-pong GEMM (set_gemm_2l_rf_pingpong)")
+    ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
     args = ap.parse_args(argv)
     from problems_2l import gemm_switches, hopper_extension, random_2l
 
@@ -103,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         p = random_2l(M, K, N)
         qf = fragment_order(p.qweight)
         xq, xs, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
-        stamps = torch.zeros(CTAS, wgs, TILES, STEPS, dtype=torch.int64, device="cuda")
+        both = torch.zeros(2, CTAS, wgs, TILES, STEPS, dtype=torch.int64, device="cuda")
+        stamps, sub = both[0], both[1]
+        substeps = args.substeps and not args.pingpong
 
         def gemm():
             return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
@@ -116,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         with gemm_switches(ext, **switches):
             if wgs == 2 and not args.pingpong:
                 ext.set_gemm_2l_tile_tokens(224)
-            ext.set_gemm_2l_tile_life(stamps.data_ptr(), args.no_store)
+            ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps)
             try:
                 for _ in range(3):  # the last call's stamps
                     y = gemm()
@@ -129,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         for w in range(wgs):
             tail = f" | {r['lag'][f'wg{w}']:.0f}" if w else f" | same bits: {same}"
             print(f"{shape:>16} wg{w} | " + " ".join(f"{r[f'wg{w}'][p]:>11.0f}" for p in PARTS) + tail, flush=True)
+        if substeps:
+            q = summarize_substeps(stamps.cpu(), sub.cpu())
+            print(f"{'store by sub-step':>20} | " + " ".join(f"{p:>12}" for p in SUBPARTS))
+            for w in range(wgs):
+                print(f"{shape:>16} wg{w} | " + " ".join(f"{q[f'wg{w}'][p]:>12.0f}" for p in SUBPARTS), flush=True)
     return 0
 
 

@@ -121,6 +121,7 @@ constexpr int kFlagLrProducer = 2;   // set_gemm_2l_lr_by_producer
 constexpr int kFlagL2Prefetch = 4;   // set_gemm_2l_l2_prefetch
 constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a probe of the stamped kernel
 constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
+constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -243,6 +244,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const bool l2_prefetch = PS && RF && kExact && (flags & kFlagL2Prefetch);
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = EP == 12 && (flags & kFlagNoStore);
+  const bool life_sub = kLife && (flags & kFlagLifeSub);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -351,19 +353,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // proxy fence wait for it), and the first kLifeCtas CTAs copy them out at the end to
   // trace[((CTA * CW + warpgroup) * kLifeTiles + tile) * 8 + step]: 0 tile start, 1 first k-step issued, 2 main loop
   // done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6 output stored (TMA issued),
-  // 7 the tile's first stage landed
+  // 7 the tile's first stage landed; with life_sub also the epilogue's sub-steps 8 .. 12 (8 the low-rank tile freed,
+  // 9 the output staging free, 10 the output staged, 11 the proxy fence passed, 12 the warpgroup's barrier passed) at
+  // trace[kLifeCtas * CW * kLifeTiles * 8 + the same index + step - 8]
   constexpr int kLifeCtas = 4, kLifeTiles = 8;
   int life_n = 0;  // the tile's index among this CTA's
   long long* life_s = nullptr;
   if constexpr (kLife) {
-    __shared__ long long s_life[CW * kLifeTiles * 8];
+    __shared__ long long s_life[CW * kLifeTiles * 16];
     life_s = s_life;
     if ((tid & 127) == 0)  // this warpgroup's stamps: only this thread writes and reads them
-      for (int i = 0; i < kLifeTiles * 8; ++i) s_life[wg * kLifeTiles * 8 + i] = 0;
+      for (int i = 0; i < kLifeTiles * 16; ++i) s_life[wg * kLifeTiles * 16 + i] = 0;
   }
   auto life = [&](int step) {
     if constexpr (kLife) {
-      if ((tid & 127) == 0 && life_n < kLifeTiles) life_s[(wg * kLifeTiles + life_n) * 8 + step] = clock64();
+      if ((tid & 127) == 0 && life_n < kLifeTiles && (step < 8 || life_sub))
+        life_s[(wg * kLifeTiles + life_n) * 16 + step] = clock64();
     }
   };
   // (set_gemm_2l_spread_store; the pipelined loop, unsplit) a tile's output goes out in 32-token pieces, one per stage
@@ -836,6 +841,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   }
   stamp_acc(10);  // low-rank branch added
   lr_free();
+  life(8);
   if constexpr (!PS) {
     bA = bias ? Dt<T>::to_f(bias[rowA]) : 0.f;
     bB = bias ? Dt<T>::to_f(bias[rowB]) : 0.f;
@@ -854,6 +860,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
   }
+  life(9);
   // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
   // j*8 + 2t, + 1
   if (ts) stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
@@ -871,8 +878,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     }
   }
   if (ts) {
+    life(10);
     fence_proxy_async_smem();
+    life(11);
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's output tile is in shared memory
+    life(12);
     if ((tid & 127) == 0 && EP != 2 && !life_no_store) {
       if constexpr (PS) {
         if (spread) {  // out during the next tile's stages (or before the staging is rewritten, or before exit)
@@ -895,8 +905,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   }
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
     if (trace && (int)blockIdx.x < kLifeCtas && (tid & 127) == 0)
-      for (int i = 0; i < kLifeTiles * 8; ++i)
-        trace[((int)blockIdx.x * CW + wg) * kLifeTiles * 8 + i] = life_s[wg * kLifeTiles * 8 + i];
+      for (int i = 0; i < kLifeTiles * 8; ++i) {
+        const int at = ((int)blockIdx.x * CW + wg) * kLifeTiles * 8 + i, from = (wg * kLifeTiles + i / 8) * 16 + i % 8;
+        trace[at] = life_s[from];
+        if (life_sub) trace[kLifeCtas * CW * kLifeTiles * 8 + at] = life_s[from + 8];
+      }
   }
   stamp(2);
 #endif
@@ -937,6 +950,7 @@ long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_spread_store = false;
 long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
+bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -995,12 +1009,13 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
+  const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread);
+                            late | lr_prod | l2_prefetch | no_store | spread | life_sub);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1161,9 +1176,10 @@ void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 8 ? pr
 void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
 bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
-void set_gemm_2l_tile_life(long long* stamps, bool no_store) {
+void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps) {
   g_life = stamps;
   g_life_no_store = stamps && no_store;
+  g_life_sub = stamps && substeps;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }

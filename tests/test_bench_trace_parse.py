@@ -147,6 +147,29 @@ def test_tile_life_summary_medians_each_step_per_warpgroup():
         assert r["lag"] == {f"wg{w}": 600 * w for w in range(1, wgs)}
 
 
+def test_tile_life_substeps_split_the_store_step():
+    """gemm_2l_tile_life.summarize_substeps on synthetic stamps: the store step (5 -> 6) cut by sub-steps 8 .. 12 at
+    fixed offsets gives each sub-part's median; the first tile and tiles missing a sub-step are left out."""
+    import gemm_2l_tile_life as life
+
+    main = torch.zeros(life.CTAS, 2, life.TILES, life.STEPS, dtype=torch.int64)
+    sub = torch.zeros_like(main)
+    cuts = [100, 250, 1250, 1900, 2000]  # lr free, staging free, staged, fence, barrier (after step 5)
+    for w in range(2):
+        for t in range(life.TILES):
+            base = 1_000 + 20_000 * t + 300 * w
+            main[0, w, t, 5], main[0, w, t, 6] = base, base + 2_100 + 50 * w
+            sub[0, w, t, :5] = torch.tensor(cuts) + base + (7_000 if t == 0 else 0)
+    sub[0, 1, 3, 2] = 0  # a missing sub-step: the tile is left out
+    main[0, 1, 4, 6] += 1_000_000  # and so would this one be were it not kept: it changes only the TMA issue part
+    r = life.summarize_substeps(main, sub)
+    assert r["wg0"] == {"lr free": 100, "staging free": 150, "stage out": 1000, "fence": 650, "barrier": 100,
+                        "tma issue": 100}
+    assert {k: v for k, v in r["wg1"].items() if k != "tma issue"} == {
+        "lr free": 100, "staging free": 150, "stage out": 1000, "fence": 650, "barrier": 100}
+    assert r["wg1"]["tma issue"] == 150  # median of 150 x 5 and one 1_000_150 (tiles 1-7 less tile 3)
+
+
 def test_fo_plans_candidates_with_turns_name_real_switches():
     """gemm_2l_fo_plans.py --turns: every two-warpgroup candidate again with the warpgroups taking turns (rf_pipelined
     off: its twin's switches and token tile otherwise), the ping-pong GEMM once, unique names, and every candidate's

@@ -101,3 +101,34 @@ def test_tile_life_probe_without_output_stamps_and_writes_nothing(hopper, warpgr
     assert (order > 0).all() and (order[..., 1:] >= order[..., :-1]).all()
     again = _stamped(hopper, torch.zeros_like(stamps), lambda: _gemm(hopper, xq, xs, qf, w, lr).clone())
     assert torch.isfinite(again).all(), "the stamped kernel without the probe writes its output again"
+
+
+@pytest.mark.parametrize("warpgroups", [2, 3])
+def test_tile_life_substeps_keep_the_bits_and_stamp_in_order(hopper, warpgroups):
+    """set_gemm_2l_tile_life(.., substeps=True): the stamped kernel's output is still the default's bits, the buffer's
+    second half gets the store step's sub-steps 8 .. 12 between steps 5 and 6, and without substeps it stays 0."""
+    M, K, N = 4608, 768, 3072
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 53, 54)
+    ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+    both = torch.zeros(2, 4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
+    if warpgroups == 3:
+        hopper.set_gemm_2l_rf_warpgroups(3, 192)
+    else:
+        hopper.set_gemm_2l_tile_tokens(224)
+    try:
+        hopper.set_gemm_2l_tile_life(both.data_ptr(), False, True)
+        out = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        torch.cuda.synchronize()
+        hopper.set_gemm_2l_tile_life(0)
+        plain = torch.zeros_like(both)
+        _stamped(hopper, plain, lambda: _gemm(hopper, xq, xs, qf, w, lr))
+    finally:
+        hopper.set_gemm_2l_tile_life(0)
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert torch.equal(out, ref)
+    main, sub = both[0, :, :, :2].cpu(), both[1, :, :, :2].cpu()
+    chain = torch.cat([main[..., 5:6], sub[..., :5], main[..., 6:7]], dim=-1)
+    assert (chain > 0).all() and (chain[..., 1:] >= chain[..., :-1]).all()
+    assert (sub[..., 5:] == 0).all()
+    assert (plain[1] == 0).all(), "sub-steps stamped without substeps"
