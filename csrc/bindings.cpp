@@ -1059,10 +1059,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment kernels' low-rank tiles and token scales loaded by the producer warpgroup's idle warps "
         "rather than by the last consumer warpgroup (opt-in until measured, perf-notes v2.33); the same bits");
   m.def("gemm_2l_lr_by_producer", &svdq::gemm_2l_lr_by_producer, "whether set_gemm_2l_lr_by_producer is on");
-  m.def("set_gemm_2l_early_read", &svdq::set_gemm_2l_early_read, pybind11::arg("on"),
-        "the persistent kernels wait for the previous tile's output store to have read its staging before the next "
-        "tile's low-rank copies are issued (default on, perf-notes v2.34; False: after them, as before); the same bits");
-  m.def("gemm_2l_early_read", &svdq::gemm_2l_early_read, "whether set_gemm_2l_early_read is on");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

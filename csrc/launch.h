@@ -256,11 +256,6 @@ long long gemm_2l_rf_pipelined_launches();  // (tests)
 // (after every consumer's low-rank step) rather than by the last consumer warpgroup, whose copies its output's proxy
 // fence would wait for (opt-in until measured, perf-notes v2.33). The same bits.
 void set_gemm_2l_lr_by_producer(bool on);
-// The persistent kernels wait for the previous tile's TMA store to have read the output staging before the last
-// consumer warpgroup issues the next tile's low-rank copies (the wait shares their scoreboard; default since v2.34);
-// False: after them, as before (A/B). The same bits.
-void set_gemm_2l_early_read(bool on);
-bool gemm_2l_early_read();
 bool gemm_2l_lr_by_producer();
 long long gemm_2l_lr_by_producer_launches();  // (tests)
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway

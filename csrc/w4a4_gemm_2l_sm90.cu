@@ -122,7 +122,6 @@ constexpr int kFlagL2Prefetch = 4;   // set_gemm_2l_l2_prefetch
 constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a probe of the stamped kernel
 constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
-constexpr int kFlagReadLate = 64;    // set_gemm_2l_early_read(False): the staging's read waited for after lr_free (A/B)
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -841,11 +840,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     }
   }
   stamp_acc(10);  // low-rank branch added
-  // PS: the previous tile's TMA store has long read the staging, but `cp.async.bulk.wait_group.read` waits on the same
-  // scoreboard as cp.async (DEPBAR SB0): after lr_free the last consumer warpgroup's wait would also wait for the next
-  // tile's low-rank copies it has just issued, an L2 round trip. So it is waited for before them.
-  const bool early_read = PS && !spread && !(flags & kFlagReadLate);
-  if (early_read && (tid & 127) == 0) tma_store_wait_read();
   lr_free();
   life(8);
   if constexpr (!PS) {
@@ -863,7 +857,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128;
   if constexpr (PS) {  // the previous tile's store has read the staging
     flush_pieces();
-    if (!early_read && (tid & 127) == 0) tma_store_wait_read();
+    if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
   }
   life(9);
@@ -957,7 +951,6 @@ bool g_spread_store = false;
 long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
-bool g_early_read = true;      // set_gemm_2l_early_read: the staging's read waited for before the low-rank copies (v2.34)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1017,13 +1010,12 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
-  const int read_late = g_early_read ? 0 : kFlagReadLate;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | read_late);
+                            late | lr_prod | l2_prefetch | no_store | spread | life_sub);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1191,8 +1183,6 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps) {
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
-void set_gemm_2l_early_read(bool on) { g_early_read = on; }
-bool gemm_2l_early_read() { return g_early_read; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
 void set_gemm_2l_l2_prefetch(bool on) { g_l2_prefetch = on; }
