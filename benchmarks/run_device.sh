@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v237: perf-notes v2.34's g.46 (the output staging with GELU-or-not decided once): its tests and the GELU epilogue
+#       test (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
+#       --act-in-loop, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_ail, bf16, fp8d), memcheck, the whole tests/gpu
 #   v236: perf-notes v2.34's store step by sub-steps: the tile-life tests, then gemm_2l_tile_life.py --substeps at
 #       4608 x 3072 x 3072 for both default kernels, each also with --lr-producer and --no-store, and the
 #       three-warpgroup kernel at 4608 x 12288 x 3072 (as run in v2.34 at commit e850666 it also timed g.45, since
@@ -622,6 +625,24 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+    --timeout 120 > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+fi
+if [ "$what" = v237 ]; then  # perf-notes v2.34's g.46, then the whole suite
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py \
+    -m "gpu or not gpu" -o addopts="" -k "same_bits or act_in_loop or epilogue_gelu" --timeout 90 > "$OUT/tests_v237.log" 2>&1
+  rc=$?; echo "v237 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v237.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    for a in "" "--act-in-loop" "--warpgroups 3" "--warpgroups 3 --act-in-loop"; do
+      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --substeps --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
+      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/tile_life_v237.log"
+    done
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_ail,bf16,fp8d --rounds 3 \
+      > "$OUT/ab_v237.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v237.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
+    memcheck "$OUT/sanitize_memcheck.log"
   fi
   timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
     --timeout 120 > "$OUT/tests.log" 2>&1

@@ -1059,6 +1059,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment kernels' low-rank tiles and token scales loaded by the producer warpgroup's idle warps "
         "rather than by the last consumer warpgroup (opt-in until measured, perf-notes v2.33); the same bits");
   m.def("gemm_2l_lr_by_producer", &svdq::gemm_2l_lr_by_producer, "whether set_gemm_2l_lr_by_producer is on");
+  m.def("set_gemm_2l_act_in_loop", &svdq::set_gemm_2l_act_in_loop, pybind11::arg("on"),
+        "the tile kernels' output staging as before perf-notes v2.34 (GELU tested per octet; A/B only); the same bits");
+  m.def("gemm_2l_act_in_loop", &svdq::gemm_2l_act_in_loop, "whether set_gemm_2l_act_in_loop is on");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

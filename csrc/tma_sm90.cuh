@@ -97,13 +97,13 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 }
 
 // Token octet j of a warp's accumulators (fp32 bit patterns: rows g and g + 8, tokens 8 j + 2 t and + 1) plus the rows'
-// biases, GELU'd where act == 1, packed as two T pairs: p0 of row g, p1 of row g + 8.
-template <typename T, int N>
+// biases, GELU'd where act == 1 (kAct 0 / 1: known at compile time), packed as two T pairs: p0 of row g, p1 of row g + 8.
+template <typename T, int N, int kAct = -1>
 __device__ __forceinline__ void pack_octet(const int (&acc)[N], int j, float bA, float bB, int act, uint32_t& p0,
                                            uint32_t& p1) {
   float v[4] = {__int_as_float(acc[4 * j]) + bA, __int_as_float(acc[4 * j + 1]) + bA,
                 __int_as_float(acc[4 * j + 2]) + bB, __int_as_float(acc[4 * j + 3]) + bB};
-  if (act == 1) {
+  if (kAct == 1 || (kAct < 0 && act == 1)) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = gelu_tanh(v[e]);
   }
@@ -114,21 +114,30 @@ __device__ __forceinline__ void pack_octet(const int (&acc)[N], int j, float bA,
 // A warpgroup's 64 rows x BT tokens (this thread's acc, bias added, GELU'd where act == 1) into the output staging at
 // `out` as [token][64] rows of 128 bytes with the 128-byte swizzle, two token octets per stmatrix (the transposes of
 // octets j and j + 1; conflict-free: a warp's 8 tokens land in 8 different 16-byte chunks), for one TMA store.
+// kAct: 0 no GELU, 1 GELU, -1 decided per octet from `act` (the layout before perf-notes v2.34, kept for its A/B: ptxas
+// lays each GELU body inline, so with act = 0 a warp jumps over ~1 KB of cold code per octet pair).
 // (device pass of sm_90 only: stmatrix)
-template <typename T, int BT>
-__device__ __forceinline__ void stage_output(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
-                                             float bB, int act) {
+template <typename T, int BT, int kAct>
+__device__ __forceinline__ void stage_output_as(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
+                                                float bB, int act) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int k = lane >> 3, i = lane & 7;  // this lane addresses row i of matrix k
   const uint32_t dst = out + i * 128 + ((((2 * warp + (k & 1)) ^ i)) << 4) + (k >> 1) * 8 * 128;
 #pragma unroll
   for (int j = 0; j < BT / 8; j += 2) {
     uint32_t a0, a1, b0, b1;
-    pack_octet<T>(acc, j, bA, bB, act, a0, a1);
-    pack_octet<T>(acc, j + 1, bA, bB, act, b0, b1);
+    pack_octet<T, BT / 2, kAct>(acc, j, bA, bB, act, a0, a1);
+    pack_octet<T, BT / 2, kAct>(acc, j + 1, bA, bB, act, b0, b1);
     stmatrix_x4_trans(dst + j * 8 * 128, a0, a1, b0, b1);  // row j*8 + i (+ 8) of the staging: chunk 2 warp (+1) ^ i
   }
 #endif
+}
+// The same with `act` decided once: two straight-line bodies, so the one that runs is contiguous code.
+template <typename T, int BT>
+__device__ __forceinline__ void stage_output(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
+                                             float bB, int act) {
+  if (act == 1) stage_output_as<T, BT, 1>(acc, out, warp, lane, bA, bB, act);
+  else stage_output_as<T, BT, 0>(acc, out, warp, lane, bA, bB, act);
 }
 
 inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {

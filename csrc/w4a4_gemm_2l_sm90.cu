@@ -122,6 +122,7 @@ constexpr int kFlagL2Prefetch = 4;   // set_gemm_2l_l2_prefetch
 constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a probe of the stamped kernel
 constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
+constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -863,7 +864,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   life(9);
   // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
   // j*8 + 2t, + 1
-  if (ts) stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
+  if (ts) {
+    if (flags & kFlagActInLoop) stage_output_as<T, BT, -1>(acc, stage_out, warp, lane, bA, bB, act);
+    else stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
+  }
 #pragma unroll
   for (int j = 0; j < (ts ? 0 : BT / 8); ++j) {
     uint32_t p0, p1;
@@ -951,6 +955,7 @@ bool g_spread_store = false;
 long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
+bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1010,12 +1015,13 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
+  const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread | life_sub);
+                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1183,6 +1189,8 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps) {
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
+void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
+bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
 void set_gemm_2l_l2_prefetch(bool on) { g_l2_prefetch = on; }
