@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   stalls: where the default GEMM's warps stall, per SASS instruction (perf-notes v2.34's next step 1): Nsight Compute's
+#       SourceCounters and WarpStateStats on benchmarks/chain_ncu.py at STALL_SHAPE (default 4608 3072 3072), clocks not
+#       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines)
 #   v237: perf-notes v2.34's g.46 (the output staging with GELU-or-not decided once): its tests and the GELU epilogue
 #       test (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
 #       --act-in-loop, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_ail, bf16, fp8d), memcheck, the whole tests/gpu
@@ -629,6 +632,17 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
     --timeout 120 > "$OUT/tests.log" 2>&1
   echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+fi
+if [ "$what" = stalls ]; then  # per-instruction stall sampling of the default GEMM
+  (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
+    --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$OUT/gemm_stalls" \
+    python3 chain_ncu.py ${STALL_SHAPE:-4608 3072 3072} > "$OUT/ncu_stalls.log" 2>&1)
+  echo "ncu rc=$?"; tail -3 "$OUT/ncu_stalls.log"
+  ncu --import "$OUT/gemm_stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_stalls_sass.csv" 2>&1
+  echo "source page rc=$? ($(wc -l < "$OUT/gemm_stalls_sass.csv") lines)"; head -c 600 "$OUT/gemm_stalls_sass.csv"; echo
+  ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --section WarpStateStats > "$OUT/gemm_stalls_details.txt" 2>&1
+  grep -E "Stall|Warp Cycles" "$OUT/gemm_stalls_details.txt" | head -20
+  python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
 fi
 if [ "$what" = v237 ]; then  # perf-notes v2.34's g.46, then the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py \

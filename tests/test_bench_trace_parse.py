@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -208,3 +209,33 @@ def test_ab_2l_switched_columns_name_real_switches():
     for name, (weights, switches) in ab_2l.SWITCHED.items():
         assert weights in ("packed", "int8", "frag"), name
         sig.bind(object(), **switches)
+
+
+def test_ncu_sass_stalls_reads_the_source_page_by_column_name():
+    """ncu_sass_stalls on a CSV shaped like `ncu --page source --csv --print-source sass`: preamble lines before the
+    header, columns found by name whatever their order, quoted numbers with thousands separators, rows without an
+    address skipped; shares by opcode (predicates and modifiers stripped), the hottest lines in address order, and the
+    stall-reason columns summed."""
+    import ncu_sass_stalls as st
+
+    rows = [["==PROF== Disconnected"],
+            ["# Address", "Source", "Instructions Executed", "Warp Stall Sampling (All Samples)",
+             "Warp Stall Sampling (Not-issued Samples)", "stall_long_sb", "stall_barrier"],
+            ["0x0010", "HGMMA.64x192x32.S32.S8 R24, gdesc[UR8], R24", "10", "1,000", "900", "0", "0"],
+            ["0x0020", "WARPGROUP.DEPBAR.LE gsb0, 0x1", "10", "3000", "2900", "0", "0"],
+            ["", "(a source line)", "", "77", "", "", ""],
+            ["0x0030", "@!P0 SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], R3", "5", "500", "500", "500", "0"],
+            ["0x0040", "BAR.SYNC.DEFER_BLOCKING 0x8, 0x180", "1", "500", "500", "0", "300"],
+            ["0x0050", "IMAD R1, R2, R3, RZ", "99", "0", "0", "0", "100"]]
+    lines = st.parse(rows)
+    assert [x.address for x in lines] == [0x10, 0x20, 0x30, 0x40, 0x50]
+    assert [x.opcode for x in lines] == ["HGMMA", "WARPGROUP", "SYNCS", "BAR", "IMAD"]
+    assert lines[0].samples == 1000 and lines[1].not_issued == 2900
+    s = st.summarize(lines, top=3)
+    assert s["total"] == 5000
+    assert s["by_opcode"][:2] == [("WARPGROUP", 0.6), ("HGMMA", 0.2)]
+    assert [a for a, _, _ in s["top"]] == [0x10, 0x20, 0x30]  # ties keep the CSV's order
+    assert s["top"][1] == (0x20, "WARPGROUP.DEPBAR.LE gsb0, 0x1", 0.6)
+    assert s["reasons"] == {"stall_long_sb": 500 / 900, "stall_barrier": 400 / 900}
+    with pytest.raises(ValueError, match="SourceCounters"):
+        st.parse([["Address", "Source", "Instructions Executed"], ["0x0", "NOP", "1"]])

@@ -1,0 +1,123 @@
+"""Where a kernel's warps stall, per SASS instruction: a summary of Nsight Compute's source page.
+
+usage: ncu --clock-control none --section SourceCounters --section WarpStateStats -o rep ... python3 chain_ncu.py M K N
+       ncu --import rep.ncu-rep --page source --csv --print-source sass > sass.csv
+       python benchmarks/ncu_sass_stalls.py sass.csv [--top 40]
+
+Reads the CSV's address, SASS text and warp-stall-sampling columns (found by name, so that other columns in between
+do not matter), and prints: the total samples, the share by opcode (HGMMA, WARPGROUP.DEPBAR, SYNCS, BAR, LDS, ...),
+and the instructions holding the most samples with their share and their address, in address order within the top,
+so that runs of hot instructions (a loop's waits) read as one block. Every stall-reason column the CSV has (names with
+"stall" in them) is summed too.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SassLine:
+    address: int
+    text: str
+    samples: float
+    not_issued: float = 0.0
+    reasons: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def opcode(self) -> str:
+        """The opcode without predicate and modifiers: "@!P0 SYNCS.ARRIVE.TRANS64 [R1]" -> "SYNCS"."""
+        words = [w for w in self.text.split() if not w.startswith("@")]
+        return words[0].split(".")[0] if words else ""
+
+
+def _number(cell: str) -> float:
+    cell = cell.strip().replace(",", "")
+    try:
+        return float(cell)
+    except ValueError:
+        return 0.0
+
+
+def _address(cell: str) -> int | None:
+    cell = cell.strip()
+    try:
+        return int(cell, 16) if cell.lower().startswith("0x") else int(cell)
+    except ValueError:
+        return None
+
+
+def parse(rows: list[list[str]]) -> list[SassLine]:
+    """The CSV's rows (header first, possibly after lines that are not the table) -> its SASS lines. Columns: the
+    first whose name has "address", the first named "source" (else one with "source" in it), all-samples = the first
+    with "sampling" and "all" (else the first with "sampling"), not-issued = one with "sampling" and "not"; reason
+    columns = names with "stall" that are not the sampling columns."""
+    head_at = next((i for i, r in enumerate(rows) if any("address" in c.lower() for c in r)
+                    and any("source" in c.lower() for c in r)), None)
+    if head_at is None:
+        raise ValueError("no header with an address and a source column: is this `--page source --csv`?")
+    head = [c.strip().lower() for c in rows[head_at]]
+
+    def find(pred, default=None):
+        return next((i for i, c in enumerate(head) if pred(c)), default)
+
+    addr = find(lambda c: "address" in c)
+    src = find(lambda c: c == "source", find(lambda c: "source" in c))
+    allc = find(lambda c: "sampling" in c and "all" in c, find(lambda c: "sampling" in c))
+    notc = find(lambda c: "sampling" in c and "not" in c)
+    if allc is None:
+        raise ValueError("no warp stall sampling column: collect with --section SourceCounters")
+    reasons = [i for i, c in enumerate(head) if "stall" in c and i not in (allc, notc)]
+    out = []
+    for r in rows[head_at + 1:]:
+        if len(r) <= max(addr, src, allc):
+            continue
+        a = _address(r[addr])
+        if a is None:
+            continue
+        out.append(SassLine(a, r[src].strip(), _number(r[allc]), _number(r[notc]) if notc is not None else 0.0,
+                            {rows[head_at][i].strip(): _number(r[i]) for i in reasons if i < len(r)}))
+    return out
+
+
+def summarize(lines: list[SassLine], top: int = 40) -> dict:
+    """{"total": samples, "by_opcode": [(opcode, share)], "top": [(address, text, share)] in address order,
+    "reasons": {name: share}}; shares of the total samples."""
+    total = sum(x.samples for x in lines) or 1.0
+    ops = Counter()
+    for x in lines:
+        ops[x.opcode] += x.samples
+    hot = sorted(sorted(lines, key=lambda x: -x.samples)[:top], key=lambda x: x.address)
+    reasons = Counter()
+    for x in lines:
+        reasons.update(x.reasons)
+    rsum = sum(reasons.values()) or 1.0
+    return {"total": sum(x.samples for x in lines),
+            "by_opcode": [(o, s / total) for o, s in ops.most_common(12)],
+            "top": [(x.address, x.text, x.samples / total) for x in hot],
+            "reasons": {k: v / rsum for k, v in reasons.most_common(12)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv")
+    ap.add_argument("--top", type=int, default=40)
+    args = ap.parse_args(argv)
+    with open(args.csv, newline="") as f:
+        rows = list(csv.reader(f))
+    s = summarize(parse(rows), args.top)
+    print(f"warp stall samples: {s['total']:.0f}")
+    print("by opcode: " + ", ".join(f"{o} {100 * v:.1f}%" for o, v in s["by_opcode"]))
+    if s["reasons"]:
+        print("by reason: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["reasons"].items()))
+    print(f"the {len(s['top'])} hottest instructions, in address order:")
+    for a, text, share in s["top"]:
+        print(f"  {a:#07x} {100 * share:5.1f}%  {text[:110]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
