@@ -256,12 +256,12 @@ long long gemm_2l_rf_pipelined_launches();  // (tests)
 // (after every consumer's low-rank step) rather than by the last consumer warpgroup, whose copies its output's proxy
 // fence would wait for (opt-in until measured, perf-notes v2.33). The same bits.
 void set_gemm_2l_lr_by_producer(bool on);
+bool gemm_2l_lr_by_producer();
+long long gemm_2l_lr_by_producer_launches();  // (tests)
 // The tile kernels' output staging as before perf-notes v2.34 (GELU or not tested per octet, each GELU body inline
 // between the octets), for A/B against the default (the test made once, two straight-line bodies). The same bits.
 void set_gemm_2l_act_in_loop(bool on);
 bool gemm_2l_act_in_loop();
-bool gemm_2l_lr_by_producer();
-long long gemm_2l_lr_by_producer_launches();  // (tests)
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.
