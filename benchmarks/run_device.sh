@@ -70,6 +70,10 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v238: perf-notes v2.34's g.47 (the last warpgroup's low-rank copies unrolled) and the stall sampling: g.47's tests
+#       (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
+#       --lr-unrolled, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_lru, fp8d), memcheck, the stalls target below, the
+#       whole tests/gpu
 #   stalls: where the default GEMM's warps stall, per SASS instruction (perf-notes v2.34's next step 1): Nsight Compute's
 #       SourceCounters and WarpStateStats on benchmarks/chain_ncu.py at STALL_SHAPE (default 4608 3072 3072), clocks not
 #       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines)
@@ -633,6 +637,23 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     --timeout 120 > "$OUT/tests.log" 2>&1
   echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
 fi
+if [ "$what" = v238 ]; then  # perf-notes v2.34's g.47, then the stall sampling and the whole suite
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_unrolled.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 90 > "$OUT/tests_v238.log" 2>&1
+  rc=$?; echo "v238 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v238.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    for a in "" "--lr-unrolled" "--warpgroups 3" "--warpgroups 3 --lr-unrolled"; do
+      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --substeps --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
+      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/tile_life_v238.log"
+    done
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_lru,fp8d --rounds 3 \
+      > "$OUT/ab_v238.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v238.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "copies unrolled done|Error" "$OUT/sanitize_memcheck.log" | tail -2
+  fi
+  what=stalls
+fi
 if [ "$what" = stalls ]; then  # per-instruction stall sampling of the default GEMM
   (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
     --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$OUT/gemm_stalls" \
@@ -643,6 +664,11 @@ if [ "$what" = stalls ]; then  # per-instruction stall sampling of the default G
   ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --section WarpStateStats > "$OUT/gemm_stalls_details.txt" 2>&1
   grep -E "Stall|Warp Cycles" "$OUT/gemm_stalls_details.txt" | head -20
   python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
+fi
+if [ "${1:-}" = v238 ]; then  # v238: the whole suite last
+  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+    --timeout 120 > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
 fi
 if [ "$what" = v237 ]; then  # perf-notes v2.34's g.46, then the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py \

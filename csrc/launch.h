@@ -262,6 +262,13 @@ long long gemm_2l_lr_by_producer_launches();  // (tests)
 // between the octets), for A/B against the default (the test made once, two straight-line bodies). The same bits.
 void set_gemm_2l_act_in_loop(bool on);
 bool gemm_2l_act_in_loop();
+// The persistent kernels' last consumer warpgroup issues the next tile's low-rank copies unrolled, with the chunk
+// count fixed by the tile's rank (the same copies in the same order; opt-in until measured, perf-notes v2.34 g.47):
+// instances of the pipelined loop at bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit,
+// and the stamped kernel (set_gemm_2l_tile_life); other plans run as without it.
+void set_gemm_2l_lr_unrolled(bool on);
+bool gemm_2l_lr_unrolled();
+long long gemm_2l_lr_unrolled_launches();  // (tests)
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.

@@ -123,6 +123,7 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
+constexpr int kFlagLrUnrolled = 128; // set_gemm_2l_lr_unrolled: the last consumer warpgroup's low-rank copies unrolled
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -147,7 +148,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // `life` below); 10 (exact, not a probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own
 // wgmmas, no turns; 11 (probe 8) 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one
 // warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups;
-// 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too).
+// 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too);
+// 14 (exact, set_gemm_2l_lr_unrolled) 10 with the last consumer warpgroup's low-rank copies unrolled (12 can too).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -165,11 +167,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || EP == 12 || EP == 13)),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || EP == 12 || EP == 13 || EP == 14)),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP == 10 || EP == 11 || EP == 12 || EP == 13;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP == 10 || EP == 11 || EP == 12 || EP == 13 || EP == 14;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13;  // the dispatched kernels and their twins
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13 || EP == 14;  // the dispatched kernels, twins
   constexpr bool kSpreadable = PS && RF && (EP == 12 || EP == 13);      // set_gemm_2l_spread_store's instances
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -508,11 +510,31 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // PS, decoupled: the last consumer warpgroup alone loads the low-rank tile and token scales of the tile at token m0n
   // (once every other warpgroup is past the previous tile's low-rank step: barrier kLrFree), each thread's copies
   // arriving on the mbarrier lr_full when they land; so no warpgroup waits for another's epilogue.
+  // (set_gemm_2l_lr_unrolled, at the rank the tile's memory is for) the same copies in the same order with the chunk
+  // count known at compile time: BT / kRstep of them per thread, unrolled, rather than loops over runtime counts, whose
+  // code runs once per tile (perf-notes v2.34: the last warpgroup spends 1.0-1.6k cycles here)
+  const bool lr_unrolled = (EP == 14 || (EP == 12 && (flags & kFlagLrUnrolled))) && R == Cfg::kLrRank;
   auto load_lr_async = [&](int m0n) {
     const int wtid = tid & 127;
-    copy_lr_tile(m0n, wtid, 128);
-    for (int i = wtid; i < BT; i += 128)
-      cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+    if (lr_unrolled) {
+      constexpr int kChunks = Cfg::kLrRank / 8, kRstep = 128 / kChunks;
+      static_assert(BT % kRstep == 0, "each thread copies the same number of the tile's rows");
+      const int c = wtid % kChunks, r0 = wtid / kChunks;
+#pragma unroll
+      for (int k = 0; k < BT / kRstep; ++k) {
+        const int row = r0 + k * kRstep, m = m0n + row;
+        cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+      }
+#pragma unroll
+      for (int k = 0; k < (BT + 127) / 128; ++k) {
+        const int i = wtid + 128 * k;
+        if (i < BT) cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+      }
+    } else {
+      copy_lr_tile(m0n, wtid, 128);
+      for (int i = wtid; i < BT; i += 128)
+        cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+    }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
   };
   const int rowA = n0 + rA, rowB = n0 + rB;
@@ -956,6 +978,8 @@ long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
+bool g_lr_unrolled = false;    // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; opt-in until measured)
+long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1006,7 +1030,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13;
+  constexpr bool kExact = EP == 0 || EP == 10 || EP == 12 || EP == 13 || EP == 14;
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1016,12 +1040,14 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
+  const int lr_unrolled = EP == 12 && g_lr_unrolled ? kFlagLrUnrolled : 0;
+  if ((EP == 14 || lr_unrolled) && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop);
+                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop | lr_unrolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1190,6 +1216,9 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps) {
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
 void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
+void set_gemm_2l_lr_unrolled(bool on) { g_lr_unrolled = on; }
+bool gemm_2l_lr_unrolled() { return g_lr_unrolled; }
+long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1207,6 +1236,8 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
     ++g_pipelined_launches;
     if (g_spread_store && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 13>(a, 1, nullptr, stream, num_sms);
+    if (g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one two-warpgroup instance)
+      return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
     return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms)
               : launch_2l_tile<__half, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms);
   }
@@ -1305,6 +1336,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
           ++g_pipelined_launches;
           if (g_spread_store && bf && bt3 == 192)  // (its one three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 13>(a, 1, nullptr, stream, num_sms);
+          if (g_lr_unrolled && bf && bt3 == 192)  // (its one three-warpgroup instance)
+            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 14>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)
             return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
                       : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);

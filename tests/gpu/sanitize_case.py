@@ -198,6 +198,12 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("spread_store", [(300, 128, 512, 32, 224), (450, 1536, 256, 16, 224)])
     _fragment_order_gemm_case("spread_store", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
     print("sanitize case: output in pieces done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_lr_unrolled"):
+    # the last warpgroup's low-rank copies unrolled (set_gemm_2l_lr_unrolled): many one-stage tiles per CTA, the last
+    # token tile's rows past M (clamped copies), two and three warpgroups
+    _fragment_order_gemm_case("lr_unrolled", [(300, 128, 512, 32, 224), (1000, 128, 768, 32, 224)])
+    _fragment_order_gemm_case("lr_unrolled", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
+    print("sanitize case: low-rank copies unrolled done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

@@ -1,0 +1,94 @@
+"""The last consumer warpgroup's copies of the next tile's low-rank tile and token scales unrolled
+(set_gemm_2l_lr_unrolled, Hopper, opt-in; perf-notes v2.34's g.47): the same copies in the same order, with the chunk
+count fixed by the rank the tile's memory is for, in instances of the pipelined loop (bfloat16, 224-token two-warpgroup
+and 192-token three-warpgroup tiles, unsplit) and the stamped kernel. The output must be the default's bits (outputs
+poisoned first), with many tiles per CTA, a ragged last token tile, rank 16 (the loops as before: not counted), the
+low-rank tile late after the chained down projection, CUDA-graph replay, and in the stamped kernel."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _unrolled(ext, *args):
+    """The GEMM with set_gemm_2l_lr_unrolled(True) for the call, a copy, and how many launches ran the unrolled copies."""
+    n0 = ext.gemm_2l_lr_unrolled_launches()
+    with _switched(ext.set_gemm_2l_lr_unrolled, True, False):
+        y = _gemm(ext, *args).clone()
+    return y, ext.gemm_2l_lr_unrolled_launches() - n0
+
+
+def test_lr_unrolled_is_off_by_default(hopper):
+    assert hopper.gemm_2l_lr_unrolled() is False
+
+
+@pytest.mark.parametrize("R", [32, 16])
+@pytest.mark.parametrize("M,K,N", [(4608, 1536, 3072), (4097, 640, 384), (1000, 256, 768)])
+def test_two_warpgroups_give_the_same_bits(hopper, R, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + R, N + R, R=R)
+    with _forced_plan(hopper, 224, 1, persistent=1):
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _unrolled(hopper, xq, xs, qf, w, lr)
+    assert ran == (1 if R == 32 else 0)
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (37, 640, 384)])
+def test_three_warpgroups_give_the_same_bits(hopper, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N, M + 2 * N)
+    hopper.set_gemm_2l_rf_warpgroups(3, 192)
+    try:
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _unrolled(hopper, xq, xs, qf, w, lr)
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (200, 12288, 3072)])
+def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
+    y, in_order, ran = _late_gemm(hopper, M, K, N, "lr_unrolled", lambda e, *args: _gemm(e, *args).clone())
+    if not ran:
+        pytest.skip(f"the plan at {M} x {K} x {N} is not an unrolled instance taking lr late here")
+    assert torch.isfinite(in_order).all()
+    assert torch.equal(y, in_order)
+
+
+def test_replays_from_a_cuda_graph(hopper):
+    y, ref, launches = _graph_replayed(hopper, "lr_unrolled", _gemm, 19)
+    assert launches == 2
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("warpgroups", [2, 3])
+def test_stamped_kernel_with_unrolled_copies_keeps_the_bits(hopper, warpgroups):
+    M, K, N = 4608, 1024, 3072
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 41 + warpgroups, 42)
+    ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+    stamps = torch.zeros(4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
+    if warpgroups == 3:
+        hopper.set_gemm_2l_rf_warpgroups(3, 192)
+    else:
+        hopper.set_gemm_2l_tile_tokens(224)
+    n0 = hopper.gemm_2l_lr_unrolled_launches()
+    try:
+        with _switched(hopper.set_gemm_2l_lr_unrolled, True, False):
+            out = _stamped(hopper, stamps, lambda: _gemm(hopper, xq, xs, qf, w, lr).clone())
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+        hopper.set_gemm_2l_tile_tokens(0)
+    assert hopper.gemm_2l_lr_unrolled_launches() - n0 == 1
+    assert torch.equal(out, ref)
+    assert (stamps[:, :, :2, [0, 7, 1, 2, 3, 4, 5, 6]] > 0).all()
