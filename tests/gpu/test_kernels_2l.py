@@ -142,6 +142,16 @@ def _late_gemm(ext, M, K, N, switch: str, reference):
     return y, in_order, ran
 
 
+def _switched_gemm(ext, switch: str, *args):
+    """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(True) for the call (off after it), a copy
+    of its output, and how many launches took the switch's path (gemm_2l_<switch>_launches)."""
+    count = getattr(ext, f"gemm_2l_{switch}_launches")
+    n0 = count()
+    with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, False):
+        y = _gemm_fo(ext, *args).clone()
+    return y, count() - n0
+
+
 def _graph_replayed(ext, switch: str, reference, seed: int):
     """The fragment-order GEMM (2000 x 1024 x 1536, persistent on 224-token tiles, bfloat16) warmed up and captured into
     a CUDA graph with set_gemm_2l_<switch>(True), then replayed into its NaN-filled output: (that output,

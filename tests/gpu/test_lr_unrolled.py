@@ -12,6 +12,7 @@ import torch
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
 from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _switched_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,10 +22,7 @@ pytestmark = [
 
 def _unrolled(ext, *args):
     """The GEMM with set_gemm_2l_lr_unrolled(True) for the call, a copy, and how many launches ran the unrolled copies."""
-    n0 = ext.gemm_2l_lr_unrolled_launches()
-    with _switched(ext.set_gemm_2l_lr_unrolled, True, False):
-        y = _gemm(ext, *args).clone()
-    return y, ext.gemm_2l_lr_unrolled_launches() - n0
+    return _switched_gemm(ext, "lr_unrolled", *args)
 
 
 def test_lr_unrolled_is_off_by_default(hopper):
