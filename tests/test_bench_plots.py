@@ -106,3 +106,23 @@ def test_plot_down_beside_reads_the_stored_sweep(tmp_path):
     out = tmp_path / "beside.png"
     assert plot_down_beside.main([str(PERF / "down_beside_sweep_v232_h100.txt"), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_tile_life_reads_the_stored_log(tmp_path):
+    """plot_tile_life on the stored v2.34 tile-life log: ten warpgroup rows (two kernels, each with and without the
+    old staging layout), each with its main parts and the store step's sub-steps as printed; and a PNG."""
+    import plot_tile_life
+
+    device, rows = plot_tile_life.tile_life_rows(PERF / "gemm_2l_tile_life_v237_h100.txt")
+    assert device == "NVIDIA H100 80GB HBM3" and len(rows) == 10
+    labels = [label for label, _ in rows]
+    assert labels[0] == "224-token, 4608x3072x3072 wg0"
+    assert labels[2] == "224-token, act in the loop, 4608x3072x3072 wg0"
+    assert labels[-1] == "three-warpgroup 192-token, act in the loop, 4608x3072x3072 wg2"
+    first, old = rows[0][1], rows[2][1]
+    assert set(first) == set(plot_tile_life.MAIN) | set(plot_tile_life.SUBPARTS)
+    assert (first["loop"], first["store"], first["stage out"]) == (28370, 1745, 444)
+    assert old["stage out"] == 2660
+    out = tmp_path / "life.png"
+    assert plot_tile_life.main([str(PERF / "gemm_2l_tile_life_v237_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
