@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from plot_util import log_args, pyplot
+from plot_util import log_args, pyplot, save_figure
 
 
 def parse(text: str) -> tuple[str, list[dict]]:
@@ -53,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("us per chain (CUDA graph)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{device}: one int4_2l chain's kernels by torch.profiler (benchmarks/chain_timeline.py)")
-    fig.tight_layout()
-    out = args.out or re.sub(r"\.txt$", "", args.log) + ".png"
-    fig.savefig(out, dpi=110)
-    print(out)
+    save_figure(fig, args.out, args.log)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from plot_util import log_args, pyplot
+from plot_util import log_args, pyplot, save_figure
 
 
 def parse(text: str) -> tuple[str, list[str], dict[str, list[float]]]:
@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_ylabel("us per call (lower is better)")
     ax.set_title(title.split(":")[0] + ": quantizer + down projection, rank 32", fontsize=10)
     ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    out = args.out or args.log.rsplit(".", 1)[0] + ".png"
-    fig.savefig(out, dpi=110)
-    print(out)
+    save_figure(fig, args.out, args.log)
     return 0
 
 

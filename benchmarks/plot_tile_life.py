@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from plot_util import log_args, pyplot
+from plot_util import log_args, pyplot, save_figure
 
 # the parts outside the main loop, in a tile's order; "store" is replaced by SUBPARTS where the log has them
 OUTSIDE = ["stage wait", "first issue", "lr wait", "scales", "low-rank", "store", "to next"]
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlim(0, widest * 1.15)
     ax.set_title(f"{device}: where a persistent int4_2l GEMM tile's fixed part goes", fontsize=10)
     ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.45, -0.08))
-    fig.tight_layout()
-    out = args.out or str(Path(args.log).with_suffix(".png"))
-    fig.savefig(out, dpi=100)
-    print(out)
+    save_figure(fig, args.out, args.log)
     return 0
 
 

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from plot_util import save_figure
+
 PARTS = ["to first data", "stages", "lr tile", "scales", "low-rank", "bias+stores"]
 
 
@@ -48,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("us (one CTA, clock64 / measured clock)")
     ax.set_title(f"{device}: one int4_2l GEMM tile's life (packed, bf16, group 64, rank 32)", fontsize=10)
     ax.legend(fontsize=8, ncol=3, loc="upper right")
-    fig.tight_layout()
-    out = args.out or str(Path(args.json).with_suffix(".png"))
-    fig.savefig(out, dpi=100)
-    print(out)
+    save_figure(fig, args.out, args.json)
     return 0
 
 

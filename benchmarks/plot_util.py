@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def log_args(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
@@ -20,3 +21,12 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, out: str | None, source: str | Path) -> str:
+    """Lay the figure out and write it to `out`, or beside `source` as .png; print and return the path."""
+    fig.tight_layout()
+    path = out or str(Path(source).with_suffix(".png"))
+    fig.savefig(path, dpi=110)
+    print(path)
+    return path
