@@ -147,6 +147,31 @@ flux_e2e_1024() {  # benchmarks/flux_e2e.py at 1024 px, batch 1: timeout $1, var
     "$@" > "$OUT/e2e.log" 2>&1
   echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
 }
+gpu_suite() {  # the whole tests/gpu suite into $OUT/tests.log
+  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+    --timeout 120 > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+}
+life_runs() {  # benchmarks/gemm_2l_tile_life.py with flags $2 once per variant after them (at 4608 x 3072 x 3072 unless
+  # the variant names --shapes), each printed and all appended to $OUT/$1
+  local log=$1 flags=$2 a sh; shift 2
+  for a in "$@"; do
+    case "$a" in *--shapes*) sh="" ;; *) sh="--shapes 4608x3072x3072" ;; esac
+    (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py $flags $sh $a > "$OUT/life.log" 2>&1)
+    echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/$log"
+  done
+}
+gemm_stalls() {  # Nsight Compute's per-instruction stall sampling of the default GEMM at STALL_SHAPE, summarized
+  (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
+    --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$OUT/gemm_stalls" \
+    python3 chain_ncu.py ${STALL_SHAPE:-4608 3072 3072} > "$OUT/ncu_stalls.log" 2>&1)
+  echo "ncu rc=$?"; tail -3 "$OUT/ncu_stalls.log"
+  ncu --import "$OUT/gemm_stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_stalls_sass.csv" 2>&1
+  echo "source page rc=$? ($(wc -l < "$OUT/gemm_stalls_sass.csv") lines)"; head -c 600 "$OUT/gemm_stalls_sass.csv"; echo
+  ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --section WarpStateStats > "$OUT/gemm_stalls_details.txt" 2>&1
+  grep -E "Stall|Warp Cycles" "$OUT/gemm_stalls_details.txt" | head -20
+  python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
+}
 v227_tests() {  # the chunked quantizer's tests and the side-stream ones; returns their rc
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" \
     -k "in_row_chunks or side_stream or cat_reads" --timeout 60 > "$OUT/tests_v227.log" 2>&1
@@ -622,83 +647,54 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     tests/gpu/test_lr_producer.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v235.log" 2>&1
   rc=$?; echo "v235 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v235.log" | tail -6
   if [ $rc -eq 0 ]; then
-    for a in "" "--l2-prefetch" "--spread-store" "--no-store" "--warpgroups 3" "--warpgroups 3 --l2-prefetch" \
-        "--warpgroups 3 --spread-store" "--warpgroups 3 --no-store"; do
-      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
-      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-150; cat "$OUT/life.log" >> "$OUT/tile_life_v235.log"
-    done
+    life_runs tile_life_v235.log "" "" "--l2-prefetch" "--spread-store" "--no-store" "--warpgroups 3" \
+      "--warpgroups 3 --l2-prefetch" "--warpgroups 3 --spread-store" "--warpgroups 3 --no-store"
     timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608} --cols fo,fo_pf,fo_ss,fo_lrp,bf16,fp8d --rounds 3 \
       > "$OUT/ab_v235.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
-  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
-    --timeout 120 > "$OUT/tests.log" 2>&1
-  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  gpu_suite
 fi
 if [ "$what" = v238 ]; then  # perf-notes v2.34's g.47, then the stall sampling and the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_unrolled.py -m "gpu or not gpu" \
     -o addopts="" --timeout 90 > "$OUT/tests_v238.log" 2>&1
   rc=$?; echo "v238 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v238.log" | tail -6
   if [ $rc -eq 0 ]; then
-    for a in "" "--lr-unrolled" "--warpgroups 3" "--warpgroups 3 --lr-unrolled"; do
-      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --substeps --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
-      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/tile_life_v238.log"
-    done
+    life_runs tile_life_v238.log --substeps "" "--lr-unrolled" "--warpgroups 3" "--warpgroups 3 --lr-unrolled"
     timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_lru,fp8d --rounds 3 \
       > "$OUT/ab_v238.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v238.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "copies unrolled done|Error" "$OUT/sanitize_memcheck.log" | tail -2
   fi
-  what=stalls
+  gemm_stalls
+  gpu_suite
 fi
 if [ "$what" = stalls ]; then  # per-instruction stall sampling of the default GEMM
-  (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
-    --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$OUT/gemm_stalls" \
-    python3 chain_ncu.py ${STALL_SHAPE:-4608 3072 3072} > "$OUT/ncu_stalls.log" 2>&1)
-  echo "ncu rc=$?"; tail -3 "$OUT/ncu_stalls.log"
-  ncu --import "$OUT/gemm_stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_stalls_sass.csv" 2>&1
-  echo "source page rc=$? ($(wc -l < "$OUT/gemm_stalls_sass.csv") lines)"; head -c 600 "$OUT/gemm_stalls_sass.csv"; echo
-  ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --section WarpStateStats > "$OUT/gemm_stalls_details.txt" 2>&1
-  grep -E "Stall|Warp Cycles" "$OUT/gemm_stalls_details.txt" | head -20
-  python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
-fi
-if [ "${1:-}" = v238 ]; then  # v238: the whole suite last
-  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
-    --timeout 120 > "$OUT/tests.log" 2>&1
-  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  gemm_stalls
 fi
 if [ "$what" = v237 ]; then  # perf-notes v2.34's g.46, then the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py \
     -m "gpu or not gpu" -o addopts="" -k "same_bits or act_in_loop or epilogue_gelu" --timeout 90 > "$OUT/tests_v237.log" 2>&1
   rc=$?; echo "v237 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v237.log" | tail -6
   if [ $rc -eq 0 ]; then
-    for a in "" "--act-in-loop" "--warpgroups 3" "--warpgroups 3 --act-in-loop"; do
-      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --substeps --shapes 4608x3072x3072 $a > "$OUT/life.log" 2>&1)
-      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/tile_life_v237.log"
-    done
+    life_runs tile_life_v237.log --substeps "" "--act-in-loop" "--warpgroups 3" "--warpgroups 3 --act-in-loop"
     timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_ail,bf16,fp8d --rounds 3 \
       > "$OUT/ab_v237.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v237.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
     memcheck "$OUT/sanitize_memcheck.log"
   fi
-  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
-    --timeout 120 > "$OUT/tests.log" 2>&1
-  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  gpu_suite
 fi
 if [ "$what" = v236 ]; then  # perf-notes v2.34: the store step by its sub-steps
   timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_l2_prefetch.py tests/gpu/test_lr_producer.py \
     -m "gpu or not gpu" -o addopts="" -k "tile_life" --timeout 60 > "$OUT/tests_v236.log" 2>&1
   rc=$?; echo "tile-life tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v236.log" | tail -6
   if [ $rc -eq 0 ]; then
-    for a in "" "--lr-producer" "--no-store" "--warpgroups 3" "--warpgroups 3 --lr-producer" "--warpgroups 3 --no-store" \
-        "--warpgroups 3 --shapes 4608x12288x3072"; do
-      case "$a" in *--shapes*) sh="" ;; *) sh="--shapes 4608x3072x3072" ;; esac
-      (cd benchmarks && timeout 40 python3 gemm_2l_tile_life.py --substeps $sh $a > "$OUT/life.log" 2>&1)
-      echo "life [$a] rc=$?"; tail -n +3 "$OUT/life.log" | cut -c1-160; cat "$OUT/life.log" >> "$OUT/tile_life_v236.log"
-    done
+    life_runs tile_life_v236.log --substeps "" "--lr-producer" "--no-store" "--warpgroups 3" "--warpgroups 3 --lr-producer" \
+      "--warpgroups 3 --no-store" "--warpgroups 3 --shapes 4608x12288x3072"
   fi
 fi
 if [ "$what" = life ]; then  # a persistent tile's life (benchmarks/gemm_2l_tile_life.py: clock64 stamps per step)

@@ -491,19 +491,24 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     else
       return lr_s + row * lr_stride + c * 16;
   };
-  // the low-rank tile of the tile at token m0n, by the threads first, first + step, ... (rows past M zero-filled)
+  // chunk c of token row `row` of the low-rank tile at token m0n (rows past M zero-filled), and that tile's token
+  // scale i (PS: into the low-rank tile's memory)
+  auto copy_lr_chunk = [&](int m0n, int row, int c) {
+    const int m = m0n + row;
+    cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
+  };
+  auto copy_xs = [&](int m0n, int i) {
+    cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+  };
+  // the low-rank tile of the tile at token m0n, by the threads first, first + step, ...
   auto copy_lr_tile = [&](int m0n, int first, int step) {
     const int chunks = R / 8;
     if (chunks == 0) return;
-    auto copy = [&](int row, int c) {
-      const int m = m0n + row;
-      cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
-    };
     if (step % chunks == 0) {  // each thread keeps one chunk column (ranks 16, 32, 64): no division per copy
       const int c = first % chunks, rstep = step / chunks;
-      for (int row = first / chunks; row < BT; row += rstep) copy(row, c);
+      for (int row = first / chunks; row < BT; row += rstep) copy_lr_chunk(m0n, row, c);
     } else {
-      for (int i = first; i < BT * chunks; i += step) copy(i / chunks, i % chunks);
+      for (int i = first; i < BT * chunks; i += step) copy_lr_chunk(m0n, i / chunks, i % chunks);
     }
   };
   auto load_lr_tile = [&] { copy_lr_tile(m0, tid, kCT); };
@@ -521,19 +526,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       static_assert(BT % kRstep == 0, "each thread copies the same number of the tile's rows");
       const int c = wtid % kChunks, r0 = wtid / kChunks;
 #pragma unroll
-      for (int k = 0; k < BT / kRstep; ++k) {
-        const int row = r0 + k * kRstep, m = m0n + row;
-        cp_async16(lr_dst(row, c), lr + (int64_t)min(m, M - 1) * ldlr + c * 8, m < M ? 16 : 0);
-      }
+      for (int k = 0; k < BT / kRstep; ++k) copy_lr_chunk(m0n, r0 + k * kRstep, c);
 #pragma unroll
-      for (int k = 0; k < (BT + 127) / 128; ++k) {
-        const int i = wtid + 128 * k;
-        if (i < BT) cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
-      }
+      for (int k = 0; k < (BT + 127) / 128; ++k)
+        if (wtid + 128 * k < BT) copy_xs(m0n, wtid + 128 * k);
     } else {
       copy_lr_tile(m0n, wtid, 128);
-      for (int i = wtid; i < BT; i += 128)
-        cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0n + i, M - 1), m0n + i < M ? 4 : 0);
+      for (int i = wtid; i < BT; i += 128) copy_xs(m0n, i);
     }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
   };
@@ -560,8 +559,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
     if constexpr (kCoupled) {
       asm volatile("bar.sync %0, %1;\n" ::"n"(kBarAll), "n"(kCT) : "memory");
       load_lr_tile();
-      for (int i = tid; i < BT; i += kCT)
-        cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0 + i, M - 1), m0 + i < M ? 4 : 0);
+      for (int i = tid; i < BT; i += kCT) copy_xs(m0, i);
       cp_async_commit();
     } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
       load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)

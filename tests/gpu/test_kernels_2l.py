@@ -142,6 +142,15 @@ def _late_gemm(ext, M, K, N, switch: str, reference):
     return y, in_order, ran
 
 
+def _late_or_skip(ext, M, K, N, switch: str, what: str):
+    """_late_gemm with the in-order GEMM as the reference: (the switched GEMM's output, the reference); skips where the
+    plan at that shape is not `what` taking the low-rank tile late."""
+    y, in_order, ran = _late_gemm(ext, M, K, N, switch, lambda e, *args: _gemm_fo(e, *args).clone())
+    if not ran:
+        pytest.skip(f"the plan at {M} x {K} x {N} is not {what} taking lr late here")
+    return y, in_order
+
+
 def _switched_gemm(ext, switch: str, *args):
     """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(True) for the call (off after it), a copy
     of its output, and how many launches took the switch's path (gemm_2l_<switch>_launches)."""

@@ -12,18 +12,13 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_or_skip, _stamped
 from test_kernels_2l import _switched_gemm
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-def _by_producer(ext, *args):
-    """The GEMM with set_gemm_2l_lr_by_producer(True) for the call, a copy, and how many launches took that path."""
-    return _switched_gemm(ext, "lr_by_producer", *args)
 
 
 def test_lr_by_producer_is_off_by_default(hopper):
@@ -41,7 +36,7 @@ def test_two_warpgroups_give_the_same_bits(hopper, pipelined, tile, M, K, N, dty
     with _forced_plan(hopper, tile, 1, persistent=1):
         with _switched(hopper.set_gemm_2l_rf_pipelined, pipelined, True):
             ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-            out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+            out, ran = _switched_gemm(hopper, "lr_by_producer", xq, xs, qf, w, lr)
         torch.cuda.synchronize()
     assert ran == 1, "the producer's warps did not load the low-rank tiles"
     assert torch.isfinite(ref).all()
@@ -55,7 +50,7 @@ def test_three_warpgroups_give_the_same_bits(hopper, tile, M, K, N):
     hopper.set_gemm_2l_rf_warpgroups(3, tile)
     try:
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        out, ran = _switched_gemm(hopper, "lr_by_producer", xq, xs, qf, w, lr)
         torch.cuda.synchronize()
     finally:
         hopper.set_gemm_2l_rf_warpgroups(0, 0)
@@ -71,7 +66,7 @@ def test_split_over_a_cluster_gives_the_same_bits(hopper, splits, M, K, N):
     hopper.set_gemm_2l_rf_splits(splits)
     try:
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        out, ran = _switched_gemm(hopper, "lr_by_producer", xq, xs, qf, w, lr)
         torch.cuda.synchronize()
     finally:
         hopper.set_gemm_2l_rf_splits(0)
@@ -86,7 +81,7 @@ def test_every_branch_rank_gives_the_same_bits(hopper, R):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + R, N + R, R=R)
     with _forced_plan(hopper, 224 if R <= 32 else 128, 1, persistent=1):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _by_producer(hopper, xq, xs, qf, w, lr)
+        out, ran = _switched_gemm(hopper, "lr_by_producer", xq, xs, qf, w, lr)
         torch.cuda.synchronize()
     assert ran == 1
     assert torch.isfinite(ref).all()
@@ -97,9 +92,7 @@ def test_every_branch_rank_gives_the_same_bits(hopper, R):
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
     """After the chained down projection (set_lr_chain(1)) the producer's warps wait for it before the first tile's
     copies: the bits of the in-order GEMM on a copy of lr."""
-    y, in_order, ran = _late_gemm(hopper, M, K, N, "lr_by_producer", lambda e, *args: _gemm(e, *args).clone())
-    if not ran:
-        pytest.skip(f"the plan at {M} x {K} x {N} is not the register-fragment loop taking lr late here")
+    y, in_order = _late_or_skip(hopper, M, K, N, "lr_by_producer", "the register-fragment loop")
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
 

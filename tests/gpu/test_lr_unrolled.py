@@ -11,18 +11,13 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_or_skip, _stamped
 from test_kernels_2l import _switched_gemm
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-def _unrolled(ext, *args):
-    """The GEMM with set_gemm_2l_lr_unrolled(True) for the call, a copy, and how many launches ran the unrolled copies."""
-    return _switched_gemm(ext, "lr_unrolled", *args)
 
 
 def test_lr_unrolled_is_off_by_default(hopper):
@@ -35,7 +30,7 @@ def test_two_warpgroups_give_the_same_bits(hopper, R, M, K, N):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + R, N + R, R=R)
     with _forced_plan(hopper, 224, 1, persistent=1):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _unrolled(hopper, xq, xs, qf, w, lr)
+        out, ran = _switched_gemm(hopper, "lr_unrolled", xq, xs, qf, w, lr)
     assert ran == (1 if R == 32 else 0)
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
@@ -47,7 +42,7 @@ def test_three_warpgroups_give_the_same_bits(hopper, M, K, N):
     hopper.set_gemm_2l_rf_warpgroups(3, 192)
     try:
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _unrolled(hopper, xq, xs, qf, w, lr)
+        out, ran = _switched_gemm(hopper, "lr_unrolled", xq, xs, qf, w, lr)
     finally:
         hopper.set_gemm_2l_rf_warpgroups(0, 0)
     assert ran == 1
@@ -57,9 +52,7 @@ def test_three_warpgroups_give_the_same_bits(hopper, M, K, N):
 
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (200, 12288, 3072)])
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
-    y, in_order, ran = _late_gemm(hopper, M, K, N, "lr_unrolled", lambda e, *args: _gemm(e, *args).clone())
-    if not ran:
-        pytest.skip(f"the plan at {M} x {K} x {N} is not an unrolled instance taking lr late here")
+    y, in_order = _late_or_skip(hopper, M, K, N, "lr_unrolled", "an unrolled instance")
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
 

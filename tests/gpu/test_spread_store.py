@@ -12,7 +12,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _stamped
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_or_skip, _stamped
 
 pytestmark = [
     pytest.mark.gpu,
@@ -51,9 +51,7 @@ def test_pieces_give_the_same_bits(hopper, others, warpgroups, M, K, N):
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 9216), (200, 12288, 3072)])
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
     with _forced_plan(hopper, **_PLANS[3]):
-        y, in_order, ran = _late_gemm(hopper, M, K, N, "spread_store", lambda e, *args: _gemm(e, *args).clone())
-    if not ran:
-        pytest.skip(f"the plan at {M} x {K} x {N} is not the pieces' kernel taking lr late here")
+        y, in_order = _late_or_skip(hopper, M, K, N, "spread_store", "the pieces' kernel")
     assert torch.equal(y, in_order)
 
 
