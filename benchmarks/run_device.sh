@@ -70,10 +70,14 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v239: perf-notes v2.35: g.47 the default (the low-rank copies unrolled; fo_lrr / --lr-rolled the loops of before)
+#       and g.48 (set_gemm_2l_fetch_halves): both tests (nothing timed if they fail), the tile life with --substeps of
+#       both default kernels with and without --fetch-halves, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_fh, fo_lrr,
+#       bf16, fp8d), memcheck, the whole tests/gpu
 #   v238: perf-notes v2.34's g.47 (the last warpgroup's low-rank copies unrolled) and the stall sampling: g.47's tests
-#       (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
-#       --lr-unrolled, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_lru, fp8d), memcheck, the stalls target below, the
-#       whole tests/gpu
+#       (nothing timed if they fail), the tile life with --substeps of both default kernels with and without g.47
+#       (--lr-rolled: the default since v2.35), ab_2l.py (BENCH_MS, default 4608,256; fo, fo_lrr, fp8d), memcheck, the
+#       stalls target below, the whole tests/gpu (as run in v2.35 at commit b5ccdec, g.47 was opt-in: --lr-unrolled, fo_lru)
 #   stalls: where the default GEMM's warps stall, per SASS instruction (perf-notes v2.34's next step 1): Nsight Compute's
 #       SourceCounters and WarpStateStats on benchmarks/chain_ncu.py at STALL_SHAPE (default 4608 3072 3072), clocks not
 #       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines)
@@ -657,13 +661,27 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   fi
   gpu_suite
 fi
+if [ "$what" = v239 ]; then  # perf-notes v2.35's g.47 as the default and g.48, then the whole suite
+  timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_unrolled.py tests/gpu/test_fetch_halves.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 90 > "$OUT/tests_v239.log" 2>&1
+  rc=$?; echo "v239 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v239.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    life_runs tile_life_v239.log --substeps "" "--fetch-halves" "--warpgroups 3" "--warpgroups 3 --fetch-halves"
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_fh,fo_lrr,bf16,fp8d --rounds 3 \
+      > "$OUT/ab_v239.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v239.log" | grep -E "^ +[0-9]|M +K" | cut -c1-180
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "words in halves done|copies unrolled done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
 if [ "$what" = v238 ]; then  # perf-notes v2.34's g.47, then the stall sampling and the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_unrolled.py -m "gpu or not gpu" \
     -o addopts="" --timeout 90 > "$OUT/tests_v238.log" 2>&1
   rc=$?; echo "v238 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v238.log" | tail -6
   if [ $rc -eq 0 ]; then
-    life_runs tile_life_v238.log --substeps "" "--lr-unrolled" "--warpgroups 3" "--warpgroups 3 --lr-unrolled"
-    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_lru,fp8d --rounds 3 \
+    life_runs tile_life_v238.log --substeps "" "--lr-rolled" "--warpgroups 3" "--warpgroups 3 --lr-rolled"
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_lrr,fp8d --rounds 3 \
       > "$OUT/ab_v238.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v238.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
     memcheck "$OUT/sanitize_memcheck.log"

@@ -1063,12 +1063,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the tile kernels' output staging as before perf-notes v2.34 (GELU tested per octet; A/B only); the same bits");
   m.def("gemm_2l_act_in_loop", &svdq::gemm_2l_act_in_loop, "whether set_gemm_2l_act_in_loop is on");
   m.def("set_gemm_2l_lr_unrolled", &svdq::set_gemm_2l_lr_unrolled, pybind11::arg("on"),
-        "the persistent kernels' last consumer warpgroup issues the next tile's low-rank copies unrolled (the same copies; "
-        "bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit, and the stamped kernel; opt-in "
-        "until measured, perf-notes v2.34)");
+        "the pipelined persistent kernels' last consumer warpgroup issues the next tile's low-rank copies unrolled (on "
+        "by default since perf-notes v2.35; off: the loops over runtime counts of before, for A/B, in bfloat16 "
+        "224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit, and the stamped kernel); the same bits");
   m.def("gemm_2l_lr_unrolled", &svdq::gemm_2l_lr_unrolled, "whether set_gemm_2l_lr_unrolled is on");
   m.def("gemm_2l_lr_unrolled_launches", &svdq::gemm_2l_lr_unrolled_launches,
         "GEMM launches whose low-rank copies ran unrolled (tests)");
+  m.def("set_gemm_2l_fetch_halves", &svdq::set_gemm_2l_fetch_halves, pybind11::arg("on"),
+        "the pipelined persistent kernels fetch each stage's weight words in two halves, under the previous stage's last "
+        "wgmmas (bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit, and the stamped kernel; "
+        "opt-in until measured, perf-notes v2.35); the same bits");
+  m.def("gemm_2l_fetch_halves", &svdq::gemm_2l_fetch_halves, "whether set_gemm_2l_fetch_halves is on");
+  m.def("gemm_2l_fetch_halves_launches", &svdq::gemm_2l_fetch_halves_launches,
+        "GEMM launches whose main loop fetched the weight words in halves (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

@@ -204,6 +204,12 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("lr_unrolled", [(300, 128, 512, 32, 224), (1000, 128, 768, 32, 224)])
     _fragment_order_gemm_case("lr_unrolled", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
     print("sanitize case: low-rank copies unrolled done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_fetch_halves"):
+    # the weight words in halves under the stage before's wgmmas (set_gemm_2l_fetch_halves): one-, two- and
+    # twelve-stage tiles, the last token tile's rows past M, two and three warpgroups
+    _fragment_order_gemm_case("fetch_halves", [(300, 128, 512, 32, 224), (1000, 256, 768, 32, 224)])
+    _fragment_order_gemm_case("fetch_halves", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
+    print("sanitize case: weight words in halves done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

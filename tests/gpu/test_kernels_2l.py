@@ -152,11 +152,11 @@ def _late_or_skip(ext, M, K, N, switch: str, what: str):
 
 
 def _switched_gemm(ext, switch: str, *args):
-    """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(True) for the call (off after it), a copy
-    of its output, and how many launches took the switch's path (gemm_2l_<switch>_launches)."""
+    """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(True) for the call (as before after it),
+    a copy of its output, and how many launches took the switch's path (gemm_2l_<switch>_launches)."""
     count = getattr(ext, f"gemm_2l_{switch}_launches")
     n0 = count()
-    with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, False):
+    with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")()):
         y = _gemm_fo(ext, *args).clone()
     return y, count() - n0
 
