@@ -1,7 +1,7 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
-       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--act-in-loop] [--lr-rolled] [--fetch-halves]
+       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--act-in-loop] [--lr-rolled]
        [--pingpong] [--substeps]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
@@ -19,7 +19,6 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
---fetch-halves: each stage's weight words fetched in two halves under the stage before's wgmmas (set_gemm_2l_fetch_halves).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
 tile freed for the next tile's loads, the staging free, the output staged, the proxy fence, the warpgroup's barrier,
 the TMA store issued.
@@ -108,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="the output staging as before v2.34 (set_gemm_2l_act_in_loop)")
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
-    ap.add_argument("--fetch-halves", action="store_true",
-                    help="each stage's weight words fetched in halves (set_gemm_2l_fetch_halves)")
     ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
     args = ap.parse_args(argv)
     from problems_2l import gemm_switches, hopper_extension, random_2l
@@ -125,16 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             args.l2_prefetch and not hasattr(ext, "set_gemm_2l_l2_prefetch")) or (
             args.spread_store and not hasattr(ext, "set_gemm_2l_spread_store")) or (
             args.act_in_loop and not hasattr(ext, "set_gemm_2l_act_in_loop")) or (
-            args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")) or (
-            args.fetch_halves and not hasattr(ext, "set_gemm_2l_fetch_halves")):
+            args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")):
         return 2
     wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
     kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else "224-token") + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
         ", L2 prefetch" if args.l2_prefetch else "") + (", output in pieces" if args.spread_store else "") + (
         ", no output (probe)" if args.no_store else "") + (", act in the loop" if args.act_in_loop else "") + (
-        ", lr copies in loops" if args.lr_rolled else "") + (
-        ", words in halves" if args.fetch_halves else "")
+        ", lr copies in loops" if args.lr_rolled else "")
     print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
     print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in PARTS) + " | lag behind wg0 at loop end")
     for shape in args.shapes.split(","):
@@ -152,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = gemm()
         switches = {"rf_pipelined": not args.turns, "rf_pingpong": args.pingpong, "lr_by_producer": args.lr_producer,
                     "l2_prefetch": args.l2_prefetch, "spread_store": args.spread_store, "act_in_loop": args.act_in_loop,
-                    "lr_unrolled": not args.lr_rolled, "fetch_halves": args.fetch_halves}
+                    "lr_unrolled": not args.lr_rolled}
         if wgs == 3:
             switches.update(rf_warpgroups=3, rf3_tile=192)
         with gemm_switches(ext, **switches):

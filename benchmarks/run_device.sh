@@ -70,10 +70,13 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
-#   v239: perf-notes v2.35: g.47 the default (the low-rank copies unrolled; fo_lrr / --lr-rolled the loops of before)
-#       and g.48 (set_gemm_2l_fetch_halves): both tests (nothing timed if they fail), the tile life with --substeps of
-#       both default kernels with and without --fetch-halves, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_fh, fo_lrr,
-#       bf16, fp8d), memcheck, the whole tests/gpu
+#   v242: after v241's unfinished suite: tests/gpu/test_rf_pingpong.py alone (pytest-timeout's thread method, so a hang
+#       names its test), ab_2l.py at 4608 tokens (fo, fo_rel2), then the whole tests/gpu
+#   v241: perf-notes v2.35's g.49 as the default (each stage released after the next stage's first k-step): the release
+#       tests, the 2l kernel tests, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_rel2, bf16, fp8d), the tile life with
+#       --substeps of both default kernels, memcheck, the stall sampling (stalls), the whole tests/gpu
+#       (v240 timed g.49 while opt-in, columns fo_rel1 / fo_rel0, and v239 at commit 2a19983 g.48, the weight words in
+#       halves, 16-23 % slower and since removed; both targets are gone with their switches)
 #   v238: perf-notes v2.34's g.47 (the last warpgroup's low-rank copies unrolled) and the stall sampling: g.47's tests
 #       (nothing timed if they fail), the tile life with --substeps of both default kernels with and without g.47
 #       (--lr-rolled: the default since v2.35), ab_2l.py (BENCH_MS, default 4608,256; fo, fo_lrr, fp8d), memcheck, the
@@ -661,17 +664,26 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   fi
   gpu_suite
 fi
-if [ "$what" = v239 ]; then  # perf-notes v2.35's g.47 as the default and g.48, then the whole suite
-  timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_lr_unrolled.py tests/gpu/test_fetch_halves.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 90 > "$OUT/tests_v239.log" 2>&1
-  rc=$?; echo "v239 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v239.log" | tail -6
+if [ "$what" = v242 ]; then  # the ping-pong tests alone, one more A/B of g.49, the whole suite
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_rf_pingpong.py -m "gpu or not gpu" -o addopts="" \
+    --timeout 60 --timeout-method=thread > "$OUT/tests_pingpong.log" 2>&1
+  echo "pingpong tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed|Timeout|File .*test_" "$OUT/tests_pingpong.log" | tail -8
+  timeout 150 python3 benchmarks/ab_2l.py --ms 4608 --cols fo,fo_rel2 --rounds 3 > "$OUT/ab_v242.log" 2>&1
+  echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v242.log" | grep -E "^ +[0-9]|M +K" | cut -c1-140
+  gpu_suite
+fi
+if [ "$what" = v241 ]; then  # perf-notes v2.35's g.49 as the default, then the stall sampling and the whole suite
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_release_step.py tests/gpu/test_lr_unrolled.py \
+    tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" --timeout 90 > "$OUT/tests_v241.log" 2>&1
+  rc=$?; echo "v241 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v241.log" | tail -6
   if [ $rc -eq 0 ]; then
-    life_runs tile_life_v239.log --substeps "" "--fetch-halves" "--warpgroups 3" "--warpgroups 3 --fetch-halves"
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_fh,fo_lrr,bf16,fp8d --rounds 3 \
-      > "$OUT/ab_v239.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v239.log" | grep -E "^ +[0-9]|M +K" | cut -c1-180
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_rel2,bf16,fp8d --rounds 3 \
+      > "$OUT/ab_v241.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v241.log" | grep -E "^ +[0-9]|M +K" | cut -c1-180
+    life_runs tile_life_v241.log --substeps "" "--warpgroups 3"
     memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "words in halves done|copies unrolled done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+    grep -E "later release done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+    gemm_stalls
   fi
   gpu_suite
 fi

@@ -1069,13 +1069,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_lr_unrolled", &svdq::gemm_2l_lr_unrolled, "whether set_gemm_2l_lr_unrolled is on");
   m.def("gemm_2l_lr_unrolled_launches", &svdq::gemm_2l_lr_unrolled_launches,
         "GEMM launches whose low-rank copies ran unrolled (tests)");
-  m.def("set_gemm_2l_fetch_halves", &svdq::set_gemm_2l_fetch_halves, pybind11::arg("on"),
-        "the pipelined persistent kernels fetch each stage's weight words in two halves, under the previous stage's last "
-        "wgmmas (bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit, and the stamped kernel; "
-        "opt-in until measured, perf-notes v2.35); the same bits");
-  m.def("gemm_2l_fetch_halves", &svdq::gemm_2l_fetch_halves, "whether set_gemm_2l_fetch_halves is on");
-  m.def("gemm_2l_fetch_halves_launches", &svdq::gemm_2l_fetch_halves_launches,
-        "GEMM launches whose main loop fetched the weight words in halves (tests)");
+  m.def("set_gemm_2l_release_step", &svdq::set_gemm_2l_release_step, pybind11::arg("j"),
+        "the pipelined persistent kernels give each stage back to the producer after the next stage's k-step j, waiting "
+        "there until j + 1 wgmma groups remain in flight: 0 (the default since perf-notes v2.35), or 2 as before / 1 "
+        "(A/B: bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit); the same bits");
+  m.def("gemm_2l_release_step", &svdq::gemm_2l_release_step, "set_gemm_2l_release_step's k-step");
+  m.def("gemm_2l_release_step_launches", &svdq::gemm_2l_release_step_launches,
+        "GEMM launches of the later-release instances (release step 1 or 2; tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

@@ -28,10 +28,13 @@ SVDQ_RF_HD void rf_wait() {
 
 // Stages first .. first + count - 1 of the ring, four k-steps each: fetch(i) waits for stage i and loads its weight
 // words, widen(j) widens k-step j of the words last loaded into its fragments, issue(i, j) issues k-step j of stage i
-// (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete (at the next stage's third
-// k-step; the last stage after the loop, when every group is complete).
-template <typename Fetch, typename Widen, typename Issue, typename Release>
+// (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete: after the next stage's k-step
+// kRelease, waiting there until kRelease + 1 groups remain in flight (0, the default since perf-notes v2.35's g.49: its
+// first, which gives the producer two k-steps more lead for the loads than 2, the third, where the wait that keeps three
+// groups in flight already completes stage i); the last stage after the loop, when every group is complete.
+template <int kRelease = 0, typename Fetch, typename Widen, typename Issue, typename Release>
 SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue, Release&& release) {
+  static_assert(kRelease >= 0 && kRelease <= 2, "a stage is released at one of the next stage's first three k-steps");
   fetch(first);
   widen(0);
   for (int i = first; i < first + count; ++i) {
@@ -40,36 +43,10 @@ SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& w
     for (int j = 0; j < 4; ++j) {
       issue(i, j);
       if (j == 3 && next) fetch(i + 1);
-      rf_wait<3>();
-      if (j == 2 && i > first) release(i - 1);
-      if (j < 3) widen(j + 1);
-      else if (next) widen(0);
-    }
-  }
-  rf_wait<0>();
-  release(first + count - 1);
-}
-
-// rf_pipelined_loop with each stage's weight words fetched in two halves (perf-notes v2.35's g.48): fetch_half(i, 0)
-// waits for stage i and loads the words of its k-steps 0-1, fetch_half(i, 1) those of k-steps 2-3, each into the
-// registers the same k-steps of the stage before were widened from: the next stage's first half right after this
-// stage's third k-step is issued, its second half after the fourth. So the first half lands under this stage's
-// fourth widening and wgmmas instead of being waited for at the next stage's first widening (v2.35's stall sampling:
-// ~12 % of the consumer warps' time there).
-template <typename FetchHalf, typename Widen, typename Issue, typename Release>
-SVDQ_RF_HD void rf_pipelined_loop_halves(int first, int count, FetchHalf&& fetch_half, Widen&& widen, Issue&& issue,
-                                         Release&& release) {
-  fetch_half(first, 0);
-  fetch_half(first, 1);
-  widen(0);
-  for (int i = first; i < first + count; ++i) {
-    const bool next = i + 1 < first + count;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      issue(i, j);
-      if (next && j >= 2) fetch_half(i + 1, j - 2);
-      rf_wait<3>();
-      if (j == 2 && i > first) release(i - 1);
+      // at k-step kRelease, groups (i, 0 .. kRelease) may stay in flight: stage i - 1's are then complete
+      if (kRelease == 2 || j != kRelease || i == first) rf_wait<3>();
+      else rf_wait<kRelease + 1>();
+      if (j == kRelease && i > first) release(i - 1);
       if (j < 3) widen(j + 1);
       else if (next) widen(0);
     }

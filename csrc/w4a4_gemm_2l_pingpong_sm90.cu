@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(PingPong::kThreads, 1)
       if (i == base) stamp(k >> 1, 1);
       if (i == base + KT - 1 && wtid == 0) mbar_arrive(handoff);
     };
-    rf_pipelined_loop(base, KT, fetch_first_stamped, widen_step, issue, release);
+    rf_pipelined_loop<2>(base, KT, fetch_first_stamped, widen_step, issue, release);  // (release as before v2.35)
     stamp(k >> 1, 2);
 
     // the epilogue, per 64-row half: scales, low-rank branch, bias (+ GELU), staging, TMA store

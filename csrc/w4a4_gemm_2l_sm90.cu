@@ -124,7 +124,6 @@ constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
-constexpr int kFlagFetchHalves = 256; // set_gemm_2l_fetch_halves: each stage's weight words fetched in two halves
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -151,8 +150,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups;
 // 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too);
 // 14 (exact, set_gemm_2l_lr_unrolled(False)) 10 with the last consumer warpgroup's low-rank copies in loops over
-// runtime counts, as before v2.35 (12 can too; A/B); 15 (exact, set_gemm_2l_fetch_halves) 10 with each stage's weight
-// words fetched in two halves under the stage before's last wgmmas (rf_pipelined_loop_halves; 12 can too).
+// runtime counts, as before v2.35 (12 can too; A/B); 15 and 16 (exact, set_gemm_2l_release_step(2 / 1)) 10 releasing
+// each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
@@ -170,11 +169,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 15))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 16))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 15;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 16;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 15);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 16);  // the dispatched kernels, twins
   constexpr bool kSpreadable = PS && RF && (EP == 12 || EP == 13);      // set_gemm_2l_spread_store's instances
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -604,19 +603,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
-    auto fetch_half = [&](int i, int half) {  // (rf_pipelined_loop_halves) half 0 waits for stage i
-      const int buf = i % NS;
-      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
-      if (half == 0) {
-        mbar_wait(bars + 8 * buf, (i / NS) & 1);
-        if constexpr (kLife) {
-          if (i == done) life(7);
-        }
-        frag_load_half<G, kTR, 0>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
-      } else {
-        frag_load_half<G, kTR, 1>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
-      }
-    };
     if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
       for (int i = done; i < done + NK; ++i) {
         mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
@@ -641,10 +627,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      if (EP == 15 || (EP == 12 && (flags & kFlagFetchHalves)))
-        rf_pipelined_loop_halves(done, NK, fetch_half, widen_step, issue, release);
-      else
-        rf_pipelined_loop(done, NK, fetch, widen_step, issue, release);
+      rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
     } else {
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
@@ -997,8 +980,8 @@ bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
-bool g_fetch_halves = false;   // set_gemm_2l_fetch_halves (perf-notes v2.35's g.48; opt-in until measured)
-long long g_fetch_halves_launches = 0;  // (tests: which path ran)
+int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before)
+long long g_release_step_launches = 0;  // (tests: launches of the later-release instances, A/B)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1049,7 +1032,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 15);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 16);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1060,17 +1043,15 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = EP == 12 && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 15 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 16 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
-  const int fetch_halves = EP == 12 && g_fetch_halves ? kFlagFetchHalves : 0;
-  if (EP == 15 || fetch_halves) ++g_fetch_halves_launches;
+  if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop | lr_rolled |
-                                fetch_halves);
+                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop | lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1242,9 +1223,9 @@ void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
 void set_gemm_2l_lr_unrolled(bool on) { g_lr_unrolled = on; }
 bool gemm_2l_lr_unrolled() { return g_lr_unrolled; }
 long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
-void set_gemm_2l_fetch_halves(bool on) { g_fetch_halves = on; }
-bool gemm_2l_fetch_halves() { return g_fetch_halves; }
-long long gemm_2l_fetch_halves_launches() { return g_fetch_halves_launches; }
+void set_gemm_2l_release_step(int j) { g_release_step = j == 1 || j == 2 ? j : 0; }
+int gemm_2l_release_step() { return g_release_step; }
+long long gemm_2l_release_step_launches() { return g_release_step_launches; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1262,8 +1243,10 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
     ++g_pipelined_launches;
     if (g_spread_store && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 13>(a, 1, nullptr, stream, num_sms);
-    if (g_fetch_halves && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one two-warpgroup instance)
-      return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 15>(a, 1, nullptr, stream, num_sms);
+    if (g_release_step > 0 && bf && p.tile_tokens == 224 && p.splits == 1)  // (its two-warpgroup instances)
+      return g_release_step == 2
+                 ? launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 15>(a, 1, nullptr, stream, num_sms)
+                 : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
     return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms)
@@ -1364,8 +1347,10 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
           ++g_pipelined_launches;
           if (g_spread_store && bf && bt3 == 192)  // (its one three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 13>(a, 1, nullptr, stream, num_sms);
-          if (g_fetch_halves && bf && bt3 == 192)  // (its one three-warpgroup instance)
-            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 15>(a, 1, nullptr, stream, num_sms);
+          if (g_release_step > 0 && bf && bt3 == 192)  // (its three-warpgroup instances)
+            return g_release_step == 2
+                       ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 15>(a, 1, nullptr, stream, num_sms)
+                       : launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 16>(a, 1, nullptr, stream, num_sms);
           if (!g_lr_unrolled && bf && bt3 == 192)  // (the rolled copies' three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 14>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)

@@ -120,28 +120,6 @@ SVDQ_HD void frag_load(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint
   }
 }
 
-// frag_load's words of k-steps 2 kHalf and 2 kHalf + 1 (one 8-byte load per row) and the group scales they use
-// (rf_pipelined_loop_halves).
-template <int G, int kRows, int kHalf>
-SVDQ_HD void frag_load_half(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint32_t (&w)[2][4],
-                            uint32_t (&s)[2][128 / G]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = r0 + 8 * h;
-    const uint8_t* c = wt + packed_chunk_offset(r, t) + 8 * kHalf;
-#if defined(__CUDA_ARCH__)
-    const uint2 v = *reinterpret_cast<const uint2*>(c);
-    w[h][2 * kHalf] = v.x, w[h][2 * kHalf + 1] = v.y;
-#else
-    for (int e = 0; e < 2; ++e)
-      w[h][2 * kHalf + e] = (uint32_t)c[4 * e] | ((uint32_t)c[4 * e + 1] << 8) | ((uint32_t)c[4 * e + 2] << 16) |
-                            ((uint32_t)c[4 * e + 3] << 24);
-#endif
-#pragma unroll
-    for (int g = (64 * kHalf) / G; g <= (64 * kHalf + 32) / G; ++g) s[h][g] = sc[g * kRows + r];
-  }
-}
-
 template <int G>
 SVDQ_HD void frag_widen(const uint32_t (&w)[2][4], const uint32_t (&s)[2][128 / G], uint32_t (&a)[4][4]) {
 #pragma unroll

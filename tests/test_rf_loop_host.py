@@ -7,9 +7,8 @@ wgmma.wait_group N does) and checks, for tiles of 1 to 96 stages starting anywhe
   in-flight wgmma must not be written; ptxas serializes, or the result is undefined);
 - issue(i, j) reads the fragments widened from stage i's words, fetched before;
 - release(i) comes once all of stage i's groups are complete, each stage exactly once, in order;
-- the loop keeps four groups issued before each wait (three in flight while it widens), so it does pipeline.
-The same for rf_pipelined_loop_halves, whose fetch_half(i, h) loads stage i's words of k-steps 2h and 2h + 1: half 0
-first (it waits for the stage), stages in order, and never over words of the stage before that are not yet widened.
+- the loop keeps four groups issued before each wait (three in flight while it widens), so it does pipeline;
+- with kRelease = 0 (the default), 1 or 2, stage i is released right after the next stage's k-step kRelease is issued.
 """
 from __future__ import annotations
 
@@ -48,27 +47,16 @@ static bool flying(int i, int j) {
 
 int main(int argc, char** argv) {
   const int first = atoi(argv[1]), count = atoi(argv[2]);
-  int words = -1, half_words[2] = {-1, -1}, next_fetch = first, next_release = first, issued = 0;
+  int words = -1, next_fetch = first, next_release = first, issued = 0;
   int from[4] = {-1, -1, -1, -1}, reader[4][2] = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}};
   std::vector<int> done(count, 0);
   auto fetch = [&](int i) {
     if (i != next_fetch) fail("fetch out of order", i, next_fetch);
     words = i, ++next_fetch;
   };
-  auto fetch_half = [&](int i, int h) {
-    if (h == 0 ? i != next_fetch : half_words[0] != i || half_words[1] != (i > first ? i - 1 : -1))
-      fail("half fetched out of order", i, h);
-    if (i > first && (from[2 * h] != i - 1 || from[2 * h + 1] != i - 1)) fail("half fetched over unwidened words", i, h);
-    half_words[h] = i;
-    if (h == 0) ++next_fetch;
-  };
   auto widen = [&](int j) {
     if (reader[j][0] >= 0 && flying(reader[j][0], reader[j][1])) fail("widened under its reader", reader[j][0], j);
-#ifdef HALVES
-    from[j] = half_words[j / 2];
-#else
     from[j] = words;
-#endif
   };
   auto issue = [&](int i, int j) {
     if (from[j] != i) fail("issued fragments of another stage", i, j);
@@ -79,15 +67,12 @@ int main(int argc, char** argv) {
   };
   auto release = [&](int i) {
     if (i != next_release) fail("released out of order", i, next_release);
+    if (i + 1 < first + count && issued != (i + 1 - first) * 4 + HREL + 1) fail("released at another k-step", i, issued);
     for (int j = 0; j < 4; ++j)
       if (flying(i, j)) fail("released with a group in flight", i, j);
     done[i - first] = 1, ++next_release;
   };
-#ifdef HALVES
-  svdq::rf_pipelined_loop_halves(first, count, fetch_half, widen, issue, release);
-#else
-  svdq::rf_pipelined_loop(first, count, fetch, widen, issue, release);
-#endif
+  svdq::rf_pipelined_loop<HREL>(first, count, fetch, widen, issue, release);
   if (issued != 4 * count) fail("groups issued", issued, 4 * count);
   for (int s = 0; s < count; ++s)
     if (!done[s]) fail("stage never released", first + s, 0);
@@ -102,16 +87,15 @@ def _compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
-@pytest.fixture(scope="module", params=["whole", "halves"])
+@pytest.fixture(scope="module", params=[2, 1, 0], ids=lambda r: f"release{r}")
 def harness(tmp_path_factory, request):
     if _compiler() is None:
         pytest.skip("needs a C++ compiler")
     d = tmp_path_factory.mktemp("rf_loop")
     (d / "harness.cpp").write_text(HARNESS)
     exe = d / "rf_loop"
-    subprocess.run([_compiler(), "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{CSRC}", str(d / "harness.cpp"),
-                    *(["-DHALVES"] if request.param == "halves" else []), "-o", str(exe)], check=True,
-                   capture_output=True)
+    subprocess.run([_compiler(), "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{CSRC}", f"-DHREL={request.param}",
+                    str(d / "harness.cpp"), "-o", str(exe)], check=True, capture_output=True)
     return exe
 
 

@@ -35,7 +35,7 @@ int main() {
       for (int j = 0; j < 4; ++j) {
         uint32_t a[4];
 #ifdef HFRAG  // the tile is in fragment order: one frag_stage call per thread gives all four k-steps (and
-              // frag_widen_step, k-step by k-step, the same, also from words loaded in halves: frag_load_half)
+              // frag_widen_step, k-step by k-step, the same)
         uint32_t f[4][4];
         svdq::frag_stage<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, f);
         for (int e = 0; e < 4; ++e) a[e] = f[j][e];
@@ -44,16 +44,6 @@ int main() {
         svdq::frag_widen_step<HG>(lw, ls, j, step);
         for (int e = 0; e < 4; ++e)
           if (step[e] != a[e]) return 3;
-        uint32_t hw[2][4], hs[2][128 / HG];  // the same words and scales loaded in two halves (over garbage)
-        for (int h = 0; h < 2; ++h) {
-          for (int e = 0; e < 4; ++e) hw[h][e] = 0xdeadbeefu;
-          for (int g = 0; g < 128 / HG; ++g) hs[h][g] = 0xdeadbeefu;
-        }
-        svdq::frag_load_half<HG, HROWS, 0>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, hw, hs);
-        svdq::frag_load_half<HG, HROWS, 1>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, hw, hs);
-        svdq::frag_widen_step<HG>(hw, hs, j, step);
-        for (int e = 0; e < 4; ++e)
-          if (step[e] != a[e]) return 4;
 #else
         svdq::gather_frag<HG, HROWS>(wt.data(), sc.data(), 16 * w + lane / 4, lane % 4, j, a);
 #endif

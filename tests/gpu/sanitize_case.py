@@ -127,8 +127,9 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
     print("sanitize case: down projection beside the quantizer done")
 
 
-def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, warpgroups: int = 0) -> None:
-    """The fragment-order GEMM with the kernel set_gemm_2l_<switch> on (as before after it), once per (M, K, N, R, tile): asserts
+def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, warpgroups: int = 0,
+                              switch_value=True) -> None:
+    """The fragment-order GEMM with set_gemm_2l_<switch>(switch_value) (as before after it), once per (M, K, N, R, tile): asserts
     that kernel ran. forced_tile: the persistent unsplit plan on that token tile (else the kernel's own tiles, and a
     GELU epilogue after a 64-column prefix); warpgroups 3: three consumer warpgroups on that token tile instead."""
     for M, K, N, R, tile in shapes:
@@ -147,7 +148,7 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, war
             ext.set_gemm_2l_splits(1)
             ext.set_gemm_2l_tile_tokens(tile)
         before = getattr(ext, f"gemm_2l_{switch}")()
-        getattr(ext, f"set_gemm_2l_{switch}")(True)
+        getattr(ext, f"set_gemm_2l_{switch}")(switch_value)
         n0 = getattr(ext, f"gemm_2l_{switch}_launches")()
         if forced_tile:
             ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
@@ -204,12 +205,16 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("lr_unrolled", [(300, 128, 512, 32, 224), (1000, 128, 768, 32, 224)])
     _fragment_order_gemm_case("lr_unrolled", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
     print("sanitize case: low-rank copies unrolled done")
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_fetch_halves"):
-    # the weight words in halves under the stage before's wgmmas (set_gemm_2l_fetch_halves): one-, two- and
-    # twelve-stage tiles, the last token tile's rows past M, two and three warpgroups
-    _fragment_order_gemm_case("fetch_halves", [(300, 128, 512, 32, 224), (1000, 256, 768, 32, 224)])
-    _fragment_order_gemm_case("fetch_halves", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
-    print("sanitize case: weight words in halves done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_release_step"):
+    # each stage released at the next stage's third / second k-step as before (set_gemm_2l_release_step; the default
+    # first k-step runs in the other cases): one-, two- and twelve-stage tiles, the last token tile's rows past M, two
+    # and three warpgroups
+    for step in (2, 1):
+        _fragment_order_gemm_case("release_step", [(300, 128, 512, 32, 224), (1000, 256, 768, 32, 224)],
+                                  switch_value=step)
+        _fragment_order_gemm_case("release_step", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)],
+                                  warpgroups=3, switch_value=step)
+    print("sanitize case: later release done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
