@@ -126,3 +126,19 @@ def test_plot_tile_life_reads_the_stored_log(tmp_path):
     out = tmp_path / "life.png"
     assert plot_tile_life.main([str(PERF / "gemm_2l_tile_life_v237_h100.txt"), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_switch_ab_ratios_of_the_stored_logs(tmp_path):
+    """plot_switch_ab.py: before / after per 4608-token shape from stored ab_2l.py logs, a bad column named, a chart."""
+    import plot_switch_ab
+
+    label, vals = plot_switch_ab.ratios(f"{PERF / 'ab_2l_v239_h100.txt'}:fo:fo_fh:g.48", 4608)
+    assert label == "g.48" and [s for s, _ in vals][:2] == ["3072x3072", "3072x12288"]
+    assert vals[0][1] == pytest.approx(102.6 / 118.7)  # g.48 slower: below 1
+    _, few = plot_switch_ab.ratios(f"{PERF / 'ab_2l_v241_h100.txt'}:fo_rel2:fo:x", 256)
+    assert len(few) == 5 and few[0][1] == pytest.approx(22.8 / 23.0)
+    with pytest.raises(ValueError, match="no column 'fo_zz'"):
+        plot_switch_ab.ratios(f"{PERF / 'ab_2l_v241_h100.txt'}:fo_zz:fo:x", 4608)
+    out = tmp_path / "ab.png"
+    assert plot_switch_ab.main([f"{PERF / 'ab_2l_v242_h100.txt'}:fo_rel2:fo:g.49", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
