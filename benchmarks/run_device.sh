@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v243: perf-notes v2.35's g.50 (set_gemm_2l_out_halves: the three-warpgroup 192-token kernel's output staged in two
+#       halves, a fourth stage): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,256; fo,
+#       fo_oh, fp8d), memcheck, the whole tests/gpu (SUITE=0: not the suite)
 #   v242: after v241's unfinished suite: tests/gpu/test_rf_pingpong.py alone (pytest-timeout's thread method, so a hang
 #       names its test), ab_2l.py at 4608 tokens (fo, fo_rel2), then the whole tests/gpu
 #   v241: perf-notes v2.35's g.49 as the default (each stage released after the next stage's first k-step): the release
@@ -663,6 +666,19 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
+fi
+if [ "$what" = v243 ]; then  # perf-notes v2.35's g.50, then the whole suite
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_halves.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_v243.log" 2>&1
+  rc=$?; echo "v243 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v243.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_oh,fp8d --rounds 3 \
+      > "$OUT/ab_v243.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v243.log" | grep -E "^ +[0-9]|M +K" | cut -c1-160
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "output in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  [ "${SUITE:-1}" = 1 ] && gpu_suite
 fi
 if [ "$what" = v242 ]; then  # the ping-pong tests alone, one more A/B of g.49, the whole suite
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_rf_pingpong.py -m "gpu or not gpu" -o addopts="" \

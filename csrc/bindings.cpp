@@ -1076,6 +1076,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_release_step", &svdq::gemm_2l_release_step, "set_gemm_2l_release_step's k-step");
   m.def("gemm_2l_release_step_launches", &svdq::gemm_2l_release_step_launches,
         "GEMM launches of the later-release instances (release step 1 or 2; tests)");
+  m.def("set_gemm_2l_out_halves", &svdq::set_gemm_2l_out_halves, pybind11::arg("on"),
+        "the three-warpgroup 192-token persistent kernel stages and stores its output in two token halves through half "
+        "the memory, which gives its stage ring a fourth stage (bfloat16, unsplit; opt-in until measured, perf-notes "
+        "v2.35); the same bits");
+  m.def("gemm_2l_out_halves", &svdq::gemm_2l_out_halves, "whether set_gemm_2l_out_halves is on");
+  m.def("gemm_2l_out_halves_launches", &svdq::gemm_2l_out_halves_launches,
+        "GEMM launches of the output-in-halves instance (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

@@ -114,30 +114,38 @@ __device__ __forceinline__ void pack_octet(const int (&acc)[N], int j, float bA,
 // A warpgroup's 64 rows x BT tokens (this thread's acc, bias added, GELU'd where act == 1) into the output staging at
 // `out` as [token][64] rows of 128 bytes with the 128-byte swizzle, two token octets per stmatrix (the transposes of
 // octets j and j + 1; conflict-free: a warp's 8 tokens land in 8 different 16-byte chunks), for one TMA store.
-// kAct: 0 no GELU, 1 GELU, -1 decided per octet from `act` (the layout before perf-notes v2.34, kept for its A/B: ptxas
-// lays each GELU body inline, so with act = 0 a warp jumps over ~1 KB of cold code per octet pair).
-// (device pass of sm_90 only: stmatrix)
-template <typename T, int BT, int kAct>
-__device__ __forceinline__ void stage_output_as(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
+// stage_octets_as: token octets J0 .. J1 - 1 only (an even count), from the staging's first row (an output staged in
+// parts through less memory). kAct: 0 no GELU, 1 GELU, -1 decided per octet from `act` (the layout before perf-notes
+// v2.34, kept for its A/B: ptxas lays each GELU body inline, so with act = 0 a warp jumps over ~1 KB of cold code per
+// octet pair). (device pass of sm_90 only: stmatrix)
+template <typename T, int BT, int kAct, int J0, int J1>
+__device__ __forceinline__ void stage_octets_as(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
                                                 float bB, int act) {
+  static_assert(J0 % 2 == 0 && J1 % 2 == 0 && J0 < J1 && J1 <= BT / 8, "whole octet pairs of the tile");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int k = lane >> 3, i = lane & 7;  // this lane addresses row i of matrix k
   const uint32_t dst = out + i * 128 + ((((2 * warp + (k & 1)) ^ i)) << 4) + (k >> 1) * 8 * 128;
 #pragma unroll
-  for (int j = 0; j < BT / 8; j += 2) {
+  for (int j = J0; j < J1; j += 2) {
     uint32_t a0, a1, b0, b1;
     pack_octet<T, BT / 2, kAct>(acc, j, bA, bB, act, a0, a1);
     pack_octet<T, BT / 2, kAct>(acc, j + 1, bA, bB, act, b0, b1);
-    stmatrix_x4_trans(dst + j * 8 * 128, a0, a1, b0, b1);  // row j*8 + i (+ 8) of the staging: chunk 2 warp (+1) ^ i
+    stmatrix_x4_trans(dst + (j - J0) * 8 * 128, a0, a1, b0, b1);  // row (j-J0)*8 + i (+ 8): chunk 2 warp (+1) ^ i
   }
 #endif
 }
-// The same with `act` decided once: two straight-line bodies, so the one that runs is contiguous code.
-template <typename T, int BT>
+template <typename T, int BT, int kAct>
+__device__ __forceinline__ void stage_output_as(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
+                                                float bB, int act) {
+  stage_octets_as<T, BT, kAct, 0, BT / 8>(acc, out, warp, lane, bA, bB, act);
+}
+// The same with `act` decided once: two straight-line bodies, so the one that runs is contiguous code (octets J0 ..
+// J1 - 1, as stage_octets_as).
+template <typename T, int BT, int J0 = 0, int J1 = BT / 8>
 __device__ __forceinline__ void stage_output(const int (&acc)[BT / 2], uint32_t out, int warp, int lane, float bA,
                                              float bB, int act) {
-  if (act == 1) stage_output_as<T, BT, 1>(acc, out, warp, lane, bA, bB, act);
-  else stage_output_as<T, BT, 0>(acc, out, warp, lane, bA, bB, act);
+  if (act == 1) stage_octets_as<T, BT, 1, J0, J1>(acc, out, warp, lane, bA, bB, act);
+  else stage_octets_as<T, BT, 0, J0, J1>(acc, out, warp, lane, bA, bB, act);
 }
 
 inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {

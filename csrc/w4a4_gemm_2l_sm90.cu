@@ -85,8 +85,10 @@ constexpr int kSmemLimit = 227 * 1024;
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
 // CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles). LR: the
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
-// loop for branches of rank 33-64, i.e. with a LoRA).
-template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0>
+// loop for branches of rank 33-64, i.e. with a LoRA). HO: (PS) the output staged in two token halves through half the
+// memory, which leaves room for one more stage in the three-warpgroup 192-token tile (perf-notes v2.35's g.50).
+template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
+          bool HO = false>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -102,7 +104,7 @@ struct Tile2l {
   static constexpr int kLrRow = kLrRank * 2;
   static constexpr int kXsOff = BT * (kLrRow + 16);
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
-  static constexpr int kOutBytes = PS ? BT * 128 * CW : 0;  // PS: the output tile's staging for its TMA stores
+  static constexpr int kOutBytes = PS ? BT * 128 * CW / (HO ? 2 : 1) : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
@@ -151,10 +153,12 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too);
 // 14 (exact, set_gemm_2l_lr_unrolled(False)) 10 with the last consumer warpgroup's low-rank copies in loops over
 // runtime counts, as before v2.35 (12 can too; A/B); 15 and 16 (exact, set_gemm_2l_release_step(2 / 1)) 10 releasing
-// each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first.
+// each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first;
+// 17 (exact, set_gemm_2l_out_halves) 10 staging and storing its output in two token halves through half the memory,
+// which gives the three-warpgroup 192-token tile a fourth stage.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -169,17 +173,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 16))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 17))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 16;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 17;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 16);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);  // the dispatched kernels, twins
   constexpr bool kSpreadable = PS && RF && (EP == 12 || EP == 13);      // set_gemm_2l_spread_store's instances
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
+  constexpr bool kHalves = EP == 17;  // the output staged and stored in two token halves (g.50)
+  static_assert(!kHalves || (PS && BT % 32 == 0), "halves of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
   // split (RF, one tile per CTA): the int32 partials meet in the drained stages and the output staging after them
@@ -877,7 +883,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   // leaves the store in flight under the next tile's stages (waited for before the staging is rewritten).
   const int lr_bytes = (BT * lr_stride + 1023) / 1024 * 1024;
   const bool ts = PS || (tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes);
-  const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128;
+  const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128 / (kHalves ? 2 : 1);
   if constexpr (PS) {  // the previous tile's store has read the staging
     flush_pieces();
     if ((tid & 127) == 0) tma_store_wait_read();
@@ -886,12 +892,26 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
   life(9);
   // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
   // j*8 + 2t, + 1
-  if (ts) {
+  if constexpr (kHalves) {  // stage, store, wait until the store has read it, stage and store the second half
+    const int col = (n0 + wg * 64) * 2;
+    stage_output<T, BT, 0, BT / 16>(acc, stage_out, warp, lane, bA, bB, act);
+    fence_proxy_async_smem();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if ((tid & 127) == 0) {
+      tma_store_2d_async(&tm_y, stage_out, col, m0);
+      tma_store_wait_read();
+    }
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    stage_output<T, BT, BT / 16, BT / 8>(acc, stage_out, warp, lane, bA, bB, act);
+    fence_proxy_async_smem();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if ((tid & 127) == 0 && m0 + BT / 2 < M) tma_store_2d_async(&tm_y, stage_out, col, m0 + BT / 2);
+  } else if (ts) {
     if (flags & kFlagActInLoop) stage_output_as<T, BT, -1>(acc, stage_out, warp, lane, bA, bB, act);
     else stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
   }
 #pragma unroll
-  for (int j = 0; j < (ts ? 0 : BT / 8); ++j) {
+  for (int j = 0; j < (ts || kHalves ? 0 : BT / 8); ++j) {
     uint32_t p0, p1;
     pack_octet<T>(acc, j, bA, bB, act, p0, p1);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
@@ -903,7 +923,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR>::kThreads, 
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
     }
   }
-  if (ts) {
+  if (ts && !kHalves) {
     life(10);
     fence_proxy_async_smem();
     life(11);
@@ -982,13 +1002,15 @@ bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before)
 long long g_release_step_launches = 0;  // (tests: launches of the later-release instances, A/B)
+bool g_out_halves = false;     // set_gemm_2l_out_halves (perf-notes v2.35's g.50; opt-in until measured)
+long long g_out_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -996,7 +1018,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int64_t ldy = a.ldy ? a.ldy : a.N;
   // (set_gemm_2l_spread_store) boxes of 32 tokens: the pipelined loop's output in pieces
   const int spread = PS && FO && (EP == 12 || EP == 13) && splits == 1 && g_spread_store ? kFlagSpreadStore : 0;
-  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : spread ? 32 : BT,
+  constexpr int kBox = EP == 17 ? BT / 2 : BT;  // (set_gemm_2l_out_halves) boxes of half a tile's tokens
+  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : spread ? 32 : kBox,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -1032,7 +1055,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 16);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1043,9 +1066,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = EP == 12 && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 16 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 17 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
+  if (EP == 17) ++g_out_halves_launches;
   if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
@@ -1226,6 +1250,9 @@ long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
 void set_gemm_2l_release_step(int j) { g_release_step = j == 1 || j == 2 ? j : 0; }
 int gemm_2l_release_step() { return g_release_step; }
 long long gemm_2l_release_step_launches() { return g_release_step_launches; }
+void set_gemm_2l_out_halves(bool on) { g_out_halves = on; }
+bool gemm_2l_out_halves() { return g_out_halves; }
+long long gemm_2l_out_halves_launches() { return g_out_halves_launches; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1353,6 +1380,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                        : launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 16>(a, 1, nullptr, stream, num_sms);
           if (!g_lr_unrolled && bf && bt3 == 192)  // (the rolled copies' three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 14>(a, 1, nullptr, stream, num_sms);
+          if (g_out_halves && bf && bt3 == 192)  // (its one instance; the A/B switches of older kernels above first)
+            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)
             return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
                       : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);

@@ -215,6 +215,12 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
         _fragment_order_gemm_case("release_step", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)],
                                   warpgroups=3, switch_value=step)
     print("sanitize case: later release done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_out_halves"):
+    # the three-warpgroup kernel's output in two token halves, four stages (set_gemm_2l_out_halves): one- and
+    # twelve-stage tiles, a last token tile that ends in its first half and one that ends in its second
+    _fragment_order_gemm_case("out_halves", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192),
+                                             (4000, 640, 1152, 32, 192)], warpgroups=3)
+    print("sanitize case: output in halves done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

@@ -161,17 +161,17 @@ def _switched_gemm(ext, switch: str, *args):
     return y, count() - n0
 
 
-def _graph_replayed(ext, switch: str, reference, seed: int):
-    """The fragment-order GEMM (2000 x 1024 x 1536, persistent on 224-token tiles, bfloat16) warmed up and captured into
-    a CUDA graph with set_gemm_2l_<switch>(True), then replayed into its NaN-filled output: (that output,
-    reference(ext, xq, xs, qf, w, lr) computed before, the switched kernel's launches)."""
+def _graph_replayed(ext, switch: str, reference, seed: int, value=True, forced: bool = True):
+    """The fragment-order GEMM (2000 x 1024 x 1536, bfloat16; forced: persistent on 224-token tiles, else the plan as
+    set) warmed up and captured into a CUDA graph with set_gemm_2l_<switch>(value), then replayed into its NaN-filled
+    output: (that output, reference(ext, xq, xs, qf, w, lr) computed before, the switched kernel's launches)."""
     xq, xs, lr, _, qf, w = _fo_problem(ext, 2000, 1024, 1536, torch.bfloat16, seed, seed + 1)
     wsc, wch, pu, b = w
     count = getattr(ext, f"gemm_2l_{switch}_launches")
-    with _forced_plan(ext, 224, 1, persistent=1):
+    with _forced_plan(ext, 224, 1, persistent=1) if forced else contextlib.nullcontext():
         ref = reference(ext, xq, xs, qf, w, lr).clone()
         n0 = count()
-        with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")()):
+        with _switched(getattr(ext, f"set_gemm_2l_{switch}"), value, getattr(ext, f"gemm_2l_{switch}")()):
             graph, y = _captured(lambda: ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
         launches = count() - n0
         y.fill_(float("nan"))

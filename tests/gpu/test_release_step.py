@@ -11,7 +11,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
-from test_kernels_2l import _captured, _fo_problem, _forced_plan, _gemm_fo as _gemm, _late_gemm
+from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,15 +74,6 @@ def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
 
 
 def test_replays_from_a_cuda_graph(hopper):
-    xq, xs, lr, _, qf, w = _fo_problem(hopper, 2000, 1024, 1536, torch.bfloat16, 29, 30)
-    wsc, wch, pu, b = w
-    with _forced_plan(hopper, 224, 1, persistent=1):
-        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        n0 = hopper.gemm_2l_release_step_launches()
-        with _switched(hopper.set_gemm_2l_release_step, 2, 0):
-            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
-        assert hopper.gemm_2l_release_step_launches() - n0 == 2
-        y.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
+    y, ref, launches = _graph_replayed(hopper, "release_step", _gemm, 29, value=2)
+    assert launches == 2
     assert torch.equal(y, ref)
