@@ -42,8 +42,7 @@ Columns (us per call, CUDA graph):
           tiles (set_gemm_2l_rf_pingpong: one's epilogue under the other's main loop; the same bits); "fo_lrp" fo with
           the low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer; the same bits);
           "fo_pf" fo with the producer asking L2 for the next tile's first stages halfway through each tile
-          (set_gemm_2l_l2_prefetch; the same bits); "fo_ss" fo with the output stored in 32-token pieces over the next
-          tile's stages (set_gemm_2l_spread_store; the same bits); "fo_ail" fo with the output staging as before v2.34
+          (set_gemm_2l_l2_prefetch; the same bits); "fo_ail" fo with the output staging as before v2.34
           (set_gemm_2l_act_in_loop: GELU tested per octet; the same bits); "fo_lrr" fo with the last warpgroup's
           low-rank copies in loops over runtime counts as before v2.35 (set_gemm_2l_lr_unrolled(False); the same bits); "fo_rel2" / "fo_rel1" fo
           releasing each stage at the next stage's third k-step as before v2.35 / its second (set_gemm_2l_release_step(2
@@ -107,7 +106,6 @@ SWITCHED = {
     "fo_pp": ("frag", {"rf_pingpong": True}),
     "fo_lrp": ("frag", {"lr_by_producer": True}),
     "fo_pf": ("frag", {"l2_prefetch": True}),
-    "fo_ss": ("frag", {"spread_store": True}),
     "fo_ail": ("frag", {"act_in_loop": True}),
     "fo_lrr": ("frag", {"lr_unrolled": False}),
     "fo_rel2": ("frag", {"release_step": 2}),
@@ -123,7 +121,7 @@ COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24", "fo_lc", "fo_nlc", "fo_bs", "fo_nbs"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ss", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_oh", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_oh", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

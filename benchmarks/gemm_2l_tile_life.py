@@ -1,7 +1,7 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
-       [--lr-producer] [--l2-prefetch] [--spread-store] [--no-store] [--act-in-loop] [--lr-rolled]
+       [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
        [--pingpong] [--substeps]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
@@ -15,7 +15,6 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --turns: the warpgroups taking turns (set_gemm_2l_rf_pipelined(False), two warpgroups; the loop before v2.32).
 --lr-producer: the low-rank tiles loaded by the producer's idle warps (set_gemm_2l_lr_by_producer).
 --l2-prefetch: the producer asking L2 for the next tile's first stages halfway through each tile (set_gemm_2l_l2_prefetch).
---spread-store: the output in 32-token pieces over the next tile's stages (set_gemm_2l_spread_store).
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", action="store_true", help="the warpgroups taking turns (two warpgroups)")
     ap.add_argument("--lr-producer", action="store_true", help="set_gemm_2l_lr_by_producer")
     ap.add_argument("--l2-prefetch", action="store_true", help="set_gemm_2l_l2_prefetch")
-    ap.add_argument("--spread-store", action="store_true", help="set_gemm_2l_spread_store")
     ap.add_argument("--no-store", action="store_true", help="a probe: the output not written (pipelined loop only)")
     ap.add_argument("--pingpong", action="store_true", help="the ping-pong GEMM (set_gemm_2l_rf_pingpong)")
     ap.add_argument("--act-in-loop", action="store_true",
@@ -120,14 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if (args.lr_producer and not hasattr(ext, "set_gemm_2l_lr_by_producer")) or (
             args.l2_prefetch and not hasattr(ext, "set_gemm_2l_l2_prefetch")) or (
-            args.spread_store and not hasattr(ext, "set_gemm_2l_spread_store")) or (
             args.act_in_loop and not hasattr(ext, "set_gemm_2l_act_in_loop")) or (
             args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")):
         return 2
     wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
     kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else "224-token") + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
-        ", L2 prefetch" if args.l2_prefetch else "") + (", output in pieces" if args.spread_store else "") + (
+        ", L2 prefetch" if args.l2_prefetch else "") + (
         ", no output (probe)" if args.no_store else "") + (", act in the loop" if args.act_in_loop else "") + (
         ", lr copies in loops" if args.lr_rolled else "")
     print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
@@ -146,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ref = gemm()
         switches = {"rf_pipelined": not args.turns, "rf_pingpong": args.pingpong, "lr_by_producer": args.lr_producer,
-                    "l2_prefetch": args.l2_prefetch, "spread_store": args.spread_store, "act_in_loop": args.act_in_loop,
+                    "l2_prefetch": args.l2_prefetch, "act_in_loop": args.act_in_loop,
                     "lr_unrolled": not args.lr_rolled}
         if wgs == 3:
             switches.update(rf_warpgroups=3, rf3_tile=192)

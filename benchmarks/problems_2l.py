@@ -73,7 +73,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   rf3_model: int = 1, quant_chunk_bytes: int = 0, lr_chain: int | None = None,
                   down_beside: int | None = None, rf_lead: bool = False,
                   rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False,
-                  l2_prefetch: bool = False, spread_store: bool = False, act_in_loop: bool = False,
+                  l2_prefetch: bool = False, act_in_loop: bool = False,
                   lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = False) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
@@ -111,9 +111,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     it takes, 2 those with two tiles per SM; off after the block). lr_by_producer: the register-fragment kernels'
     low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer; off after the block).
     l2_prefetch: the producer asking L2 for the next tile's first stages halfway through each tile
-    (set_gemm_2l_l2_prefetch; off after the block). spread_store: the pipelined loop's output in 32-token pieces over the
-    next tile's stages (set_gemm_2l_spread_store; bfloat16 at 224-token two-warpgroup or 192-token three-warpgroup
-    tiles; off after the block). act_in_loop: the output staging as before v2.34 (set_gemm_2l_act_in_loop; off after). lr_unrolled: the last
+    (set_gemm_2l_l2_prefetch; off after the block). act_in_loop: the output staging as before v2.34 (set_gemm_2l_act_in_loop; off after). lr_unrolled: the last
     consumer warpgroup's low-rank copies unrolled (set_gemm_2l_lr_unrolled, the default since v2.35; False: in loops as
     before; on after the block). release_step: the k-step of the next stage after which the pipelined loop gives a
     stage back (set_gemm_2l_release_step: 0, the default since v2.35, or 1 / 2 as before; 0 after the block).
@@ -143,7 +141,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     # switches an older build may lack: (value in the block, value after it)
     optional = {"set_gemm_2l_rf_pipelined": (rf_pipelined, True), "set_gemm_2l_rf_pingpong": (int(rf_pingpong), 0),
                 "set_gemm_2l_lr_by_producer": (lr_by_producer, False), "set_gemm_2l_l2_prefetch": (l2_prefetch, False),
-                "set_gemm_2l_spread_store": (spread_store, False), "set_gemm_2l_act_in_loop": (act_in_loop, False),
+                "set_gemm_2l_act_in_loop": (act_in_loop, False),
                 "set_gemm_2l_lr_unrolled": (lr_unrolled, True),
                 "set_gemm_2l_release_step": (release_step, 0),
                 "set_gemm_2l_out_halves": (out_halves, False)}

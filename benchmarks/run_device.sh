@@ -94,7 +94,8 @@
 #       4608 x 3072 x 3072 for both default kernels, each also with --lr-producer and --no-store, and the
 #       three-warpgroup kernel at 4608 x 12288 x 3072 (as run in v2.34 at commit e850666 it also timed g.45, since
 #       removed)
-#   v235: perf-notes v2.33's opt-in switches at the tile boundary (set_gemm_2l_l2_prefetch, set_gemm_2l_spread_store,
+#   v235 (as run at commit 2954bff; g.44, set_gemm_2l_spread_store, removed in v2.35, so now without its parts):
+#       perf-notes v2.33's opt-in switches at the tile boundary (set_gemm_2l_l2_prefetch, set_gemm_2l_spread_store,
 #       set_gemm_2l_lr_by_producer): their tests (nothing timed if they fail), the tile life at 4608 x 3072 x 3072 of both
 #       default kernels with each and with the no-output probe, ab_2l.py (BENCH_MS, default 4608; fo, fo_pf, fo_ss,
 #       fo_lrp, bf16, fp8d), memcheck, then the whole tests/gpu suite
@@ -653,13 +654,13 @@ if [ "$what" = v234m ]; then  # the model with and without the pipelined registe
     --iters ${E2E_ITERS:-10} --warmup 2
 fi
 if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile boundary, then the whole suite
-  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_l2_prefetch.py tests/gpu/test_spread_store.py \
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_l2_prefetch.py \
     tests/gpu/test_lr_producer.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v235.log" 2>&1
   rc=$?; echo "v235 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_v235.log" | tail -6
   if [ $rc -eq 0 ]; then
-    life_runs tile_life_v235.log "" "" "--l2-prefetch" "--spread-store" "--no-store" "--warpgroups 3" \
-      "--warpgroups 3 --l2-prefetch" "--warpgroups 3 --spread-store" "--warpgroups 3 --no-store"
-    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608} --cols fo,fo_pf,fo_ss,fo_lrp,bf16,fp8d --rounds 3 \
+    life_runs tile_life_v235.log "" "" "--l2-prefetch" "--no-store" "--warpgroups 3" \
+      "--warpgroups 3 --l2-prefetch" "--warpgroups 3 --no-store"
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608} --cols fo,fo_pf,fo_lrp,bf16,fp8d --rounds 3 \
       > "$OUT/ab_v235.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"

@@ -1087,13 +1087,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");
   m.def("gemm_2l_l2_prefetch", &svdq::gemm_2l_l2_prefetch, "whether set_gemm_2l_l2_prefetch is on");
-  m.def("set_gemm_2l_spread_store", &svdq::set_gemm_2l_spread_store, pybind11::arg("on"),
-        "the pipelined register-fragment loop's output stored in 32-token pieces over the next tile's stages rather than "
-        "at once where every CTA's tile ends (opt-in until measured, perf-notes v2.33; bfloat16, two warpgroups on "
-        "224-token tiles or three on 192, and the stamped kernel); the same bits");
-  m.def("gemm_2l_spread_store", &svdq::gemm_2l_spread_store, "whether set_gemm_2l_spread_store is on");
-  m.def("gemm_2l_spread_store_launches", &svdq::gemm_2l_spread_store_launches,
-        "GEMM launches that stored their output in pieces (tests)");
   m.def("gemm_2l_l2_prefetch_launches", &svdq::gemm_2l_l2_prefetch_launches,
         "GEMM launches whose producer prefetched the next tiles' first stages into L2 (tests)");
   m.def("gemm_2l_lr_by_producer_launches", &svdq::gemm_2l_lr_by_producer_launches,

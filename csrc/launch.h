@@ -285,9 +285,6 @@ long long gemm_2l_l2_prefetch_launches();  // (tests)
 // next tile, rather than by one TMA store at the tile's end, when every CTA's tile ends at about the same time (opt-in
 // until measured, perf-notes v2.33; its instances: bfloat16, two warpgroups on 224-token tiles or three on 192, and
 // the stamped kernel). The same bits.
-void set_gemm_2l_spread_store(bool on);
-bool gemm_2l_spread_store();
-long long gemm_2l_spread_store_launches();  // (tests)
 // The GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (w4a4_gemm_2l_pingpong_sm90.cu; opt-in,
 // measured 1.26-1.41x slower than the default on the H100, perf-notes v2.32). set_gemm_2l_rf_pingpong: 0 off (the default), 1 every tile GEMM it takes (fragment
 // order, group 64, N % 128 == 0, branch rank 0 / 16 / 32, lr not late), 2 those with at least two tiles per SM (a tile

@@ -122,7 +122,6 @@ constexpr int kFlagLrLate = 1;       // the low-rank tile late, after the chaine
 constexpr int kFlagLrProducer = 2;   // set_gemm_2l_lr_by_producer
 constexpr int kFlagL2Prefetch = 4;   // set_gemm_2l_l2_prefetch
 constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a probe of the stamped kernel
-constexpr int kFlagSpreadStore = 16; // set_gemm_2l_spread_store (the output map's boxes are then 32 tokens)
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
@@ -150,7 +149,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // `life` below); 10 (exact, not a probe: set_gemm_2l_rf_pipelined) each warpgroup widening the next k-step under its own
 // wgmmas, no turns; 11 (probe 8) 10 with warpgroup 1 idle in the main loop (it waits for and releases each stage): one
 // warpgroup's pace alone; 12 (exact, set_gemm_2l_tile_life) 10 stamping its tiles' steps, two or three warpgroups;
-// 13 (exact, set_gemm_2l_spread_store) 10 storing its output in pieces over the next tile's stages (12 can too);
+// 13 (removed in v2.35: g.44, the output stored in pieces over the next tile's stages, measured neutral);
 // 14 (exact, set_gemm_2l_lr_unrolled(False)) 10 with the last consumer warpgroup's low-rank copies in loops over
 // runtime counts, as before v2.35 (12 can too; A/B); 15 and 16 (exact, set_gemm_2l_release_step(2 / 1)) 10 releasing
 // each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first;
@@ -178,7 +177,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   constexpr bool kPipe = EP >= 10 && EP <= 17;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
   constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);  // the dispatched kernels, twins
-  constexpr bool kSpreadable = PS && RF && (EP == 12 || EP == 13);      // set_gemm_2l_spread_store's instances
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
@@ -380,28 +378,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
     if constexpr (kLife) {
       if ((tid & 127) == 0 && life_n < kLifeTiles && (step < 8 || life_sub))
         life_s[(wg * kLifeTiles + life_n) * 16 + step] = clock64();
-    }
-  };
-  // (set_gemm_2l_spread_store; the pipelined loop, unsplit) a tile's output goes out in 32-token pieces, one per stage
-  // of the warpgroup's next tile, rather than by one TMA store where every CTA's tile ends at about the same time: each
-  // warpgroup's first thread keeps what is left to store in shared memory (pieces left, staging address, column byte,
-  // first token), and stores the rest before the staging is rewritten and before exit
-  const bool spread = kSpreadable && splits == 1 && (flags & kFlagSpreadStore);
-  int* pend = nullptr;
-  if constexpr (kSpreadable) {
-    __shared__ int s_pend[CW][4];
-    pend = s_pend[wg];
-    if ((tid & 127) == 0) pend[0] = 0;
-  }
-  auto store_piece = [&] {  // (the warpgroup's first thread) the previous tile's next piece
-    const int left = pend[0], p = BT / 32 - left, m = pend[3] + 32 * p;
-    if (m < M) tma_store_2d_async(&tm_y, (uint32_t)pend[1] + p * 4096, pend[2], m);
-    pend[0] = left - 1;
-  };
-  auto flush_pieces = [&] {
-    if constexpr (kSpreadable) {
-      if (spread && (tid & 127) == 0)
-        while (pend[0] > 0) store_piece();
     }
   };
   auto stamp_acc = [&](int slot) {  // an epilogue step: not before the accumulators' last writes
@@ -625,9 +601,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
         wgmma_commit();
         if constexpr (kLife) {
           if (i == done && j == 0) life(1);
-        }
-        if constexpr (kSpreadable) {
-          if (spread && j == 0 && (tid & 127) == 0 && pend[0] > 0) store_piece();
         }
       };
       auto release = [&](int i) {
@@ -885,7 +858,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   const bool ts = PS || (tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes);
   const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128 / (kHalves ? 2 : 1);
   if constexpr (PS) {  // the previous tile's store has read the staging
-    flush_pieces();
     if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
   }
@@ -931,9 +903,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
     life(12);
     if ((tid & 127) == 0 && EP != 2 && !life_no_store) {
       if constexpr (PS) {
-        if (spread) {  // out during the next tile's stages (or before the staging is rewritten, or before exit)
-          pend[0] = BT / 32, pend[1] = (int)stage_out, pend[2] = (n0 + wg * 64) * 2, pend[3] = m0;
-        } else if (splits == 1) {
+        if (splits == 1) {
           tma_store_2d_async(&tm_y, stage_out, (n0 + wg * 64) * 2, m0);
         } else {  // split (RF): this CTA's token octets, boxes of 8 rows (the staging is 1024-aligned per octet)
           for (int j = jlo; j < jhi && m0 + 8 * j < M; ++j)
@@ -946,7 +916,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   life(6);
   }  // tiles
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
-    flush_pieces();
     if ((tid & 127) == 0) tma_store_wait_read();
   }
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
@@ -993,8 +962,6 @@ bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 // the pipelined loop's output stored in 32-token pieces over the next tile's stages (perf-notes v2.33; opt-in until
 // measured)
-bool g_spread_store = false;
-long long g_spread_store_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
@@ -1016,10 +983,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
   // elements), 128-byte swizzle (encoded only when used: each encoding is host time per call)
   const int64_t ldy = a.ldy ? a.ldy : a.N;
-  // (set_gemm_2l_spread_store) boxes of 32 tokens: the pipelined loop's output in pieces
-  const int spread = PS && FO && (EP == 12 || EP == 13) && splits == 1 && g_spread_store ? kFlagSpreadStore : 0;
   constexpr int kBox = EP == 17 ? BT / 2 : BT;  // (set_gemm_2l_out_halves) boxes of half a tile's tokens
-  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : spread ? 32 : kBox,
+  if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : kBox,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
   const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
@@ -1070,12 +1035,11 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17) ++g_out_halves_launches;
-  if (spread) ++g_spread_store_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | spread | life_sub | act_in_loop | lr_rolled);
+                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1259,17 +1223,12 @@ long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
 void set_gemm_2l_l2_prefetch(bool on) { g_l2_prefetch = on; }
 bool gemm_2l_l2_prefetch() { return g_l2_prefetch; }
 long long gemm_2l_l2_prefetch_launches() { return g_l2_prefetch_launches; }
-void set_gemm_2l_spread_store(bool on) { g_spread_store = on; }
-bool gemm_2l_spread_store() { return g_spread_store; }
-long long gemm_2l_spread_store_launches() { return g_spread_store_launches; }
 // The two-warpgroup register-fragment loop (fragment order, branch rank <= 32) on the plan's token tile and K split:
 // with turns (EP 0), or pipelined within each warpgroup (EP 10, set_gemm_2l_rf_pipelined)
 static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t stream, int num_sms) {
   const bool bf = a.dtype == DType::kBF16;
   if (g_rf_pipelined) {
     ++g_pipelined_launches;
-    if (g_spread_store && bf && p.tile_tokens == 224 && p.splits == 1)  // (its one instance)
-      return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 13>(a, 1, nullptr, stream, num_sms);
     if (g_release_step > 0 && bf && p.tile_tokens == 224 && p.splits == 1)  // (its two-warpgroup instances)
       return g_release_step == 2
                  ? launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 15>(a, 1, nullptr, stream, num_sms)
@@ -1372,8 +1331,6 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         }
         if (g_rf_pipelined) {
           ++g_pipelined_launches;
-          if (g_spread_store && bf && bt3 == 192)  // (its one three-warpgroup instance)
-            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 13>(a, 1, nullptr, stream, num_sms);
           if (g_release_step > 0 && bf && bt3 == 192)  // (its three-warpgroup instances)
             return g_release_step == 2
                        ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 15>(a, 1, nullptr, stream, num_sms)

@@ -193,12 +193,6 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("l2_prefetch", [(300, 128, 512, 32, 224), (450, 1536, 256, 16, 256)])
     _fragment_order_gemm_case("l2_prefetch", [(450, 1536, 384, 32, 192)], warpgroups=3)
     print("sanitize case: L2 prefetch done")
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_spread_store"):
-    # the output in 32-token pieces over the next tile's stages (set_gemm_2l_spread_store): tiles of one stage (pieces
-    # left over for the next epilogue), the last tile's rows past M, two and three warpgroups
-    _fragment_order_gemm_case("spread_store", [(300, 128, 512, 32, 224), (450, 1536, 256, 16, 224)])
-    _fragment_order_gemm_case("spread_store", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)], warpgroups=3)
-    print("sanitize case: output in pieces done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_lr_unrolled"):
     # the last warpgroup's low-rank copies unrolled (set_gemm_2l_lr_unrolled): many one-stage tiles per CTA, the last
     # token tile's rows past M (clamped copies), two and three warpgroups
