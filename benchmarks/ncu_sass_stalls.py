@@ -8,12 +8,16 @@ Reads the CSV's address, SASS text and warp-stall-sampling columns (found by nam
 do not matter), and prints: the total samples, the share by opcode (HGMMA, WARPGROUP.DEPBAR, SYNCS, BAR, LDS, ...),
 and the instructions holding the most samples with their share and their address, in address order within the top,
 so that runs of hot instructions (a loop's waits) read as one block. Every stall-reason column the CSV has (names with
-"stall" in them) is summed too.
+"stall" in them) is summed too. With the "Instructions Executed" column it also counts each mbarrier wait's misses:
+ptxas compiles `mbarrier.try_wait` in a loop as a first try in line and a retry loop out of line (a TRYWAIT and a
+branch back to it), so the retry loop's exits are the waits that found the phase incomplete. (The samples alone hide
+this: a warp sleeping inside a try-wait is sampled on the instruction after it, as `long_sb`.)
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,12 +30,31 @@ class SassLine:
     samples: float
     not_issued: float = 0.0
     reasons: dict[str, float] = field(default_factory=dict)
+    executed: float = 0.0
 
     @property
     def opcode(self) -> str:
         """The opcode without predicate and modifiers: "@!P0 SYNCS.ARRIVE.TRANS64 [R1]" -> "SYNCS"."""
         words = [w for w in self.text.split() if not w.startswith("@")]
         return words[0].split(".")[0] if words else ""
+
+    @property
+    def branch_target(self) -> int | None:
+        """A BRA's target address ("@!P0 BRA 0x7f5b...a10" -> 0x7f5b...a10), else None."""
+        m = re.search(r"\bBRA\s+(0x[0-9a-fA-F]+)", self.text)
+        return int(m.group(1), 16) if m else None
+
+
+@dataclass
+class BarrierWait:
+    """An mbarrier wait: its first try (address), its retry loop (address), how often it ran (waits), how many of
+    those found the phase incomplete (missed: the retry loop's exits) and the retry tries those took (retries)."""
+    first: int
+    retry: int
+    text: str
+    waits: float
+    missed: float
+    retries: float
 
 
 def _number(cell: str) -> float:
@@ -68,6 +91,7 @@ def parse(rows: list[list[str]]) -> list[SassLine]:
     src = find(lambda c: c == "source", find(lambda c: "source" in c))
     allc = find(lambda c: "sampling" in c and "all" in c, find(lambda c: "sampling" in c))
     notc = find(lambda c: "sampling" in c and "not" in c)
+    exe = find(lambda c: c == "instructions executed")
     if allc is None:
         raise ValueError("no warp stall sampling column: collect with --section SourceCounters")
     reasons = [i for i, c in enumerate(head) if "stall" in c and i not in (allc, notc)]
@@ -79,7 +103,40 @@ def parse(rows: list[list[str]]) -> list[SassLine]:
         if a is None:
             continue
         out.append(SassLine(a, r[src].strip(), _number(r[allc]), _number(r[notc]) if notc is not None else 0.0,
-                            {rows[head_at][i].strip(): _number(r[i]) for i in reasons if i < len(r)}))
+                            {rows[head_at][i].strip(): _number(r[i]) for i in reasons if i < len(r)},
+                            _number(r[exe]) if exe is not None and exe < len(r) else 0.0))
+    return out
+
+
+def barrier_waits(lines: list[SassLine], reach: int = 0x40) -> list[BarrierWait]:
+    """The mbarrier waits compiled as a first try in line and a retry loop out of line. A retry loop: a predicated
+    branch back by at most `reach` bytes over a TRYWAIT; its exits are the executions of the instruction after that
+    branch. A first try: a TRYWAIT outside every retry loop whose next predicated branch (within 16 instructions) goes to
+    a retry loop's start."""
+    by_addr = {x.address: i for i, x in enumerate(lines)}
+    loops = {}  # start address -> (TRYWAIT line, exits)
+    inside = set()
+    for i, x in enumerate(lines):
+        t = x.branch_target
+        if t is None or not x.text.lstrip().startswith("@") or not (0 <= x.address - t <= reach) or t not in by_addr:
+            continue
+        body = lines[by_addr[t]:i + 1]
+        tw = next((y for y in body if "TRYWAIT" in y.text), None)
+        if tw is None:
+            continue
+        loops[t] = (tw, lines[i + 1].executed if i + 1 < len(lines) else 0.0)
+        inside.update(y.address for y in body)
+    out = []
+    for i, x in enumerate(lines):
+        if "TRYWAIT" not in x.text or x.address in inside:
+            continue
+        for y in lines[i + 1:i + 17]:
+            t = y.branch_target
+            if t is not None and y.text.lstrip().startswith("@"):
+                if t in loops:
+                    tw, exits = loops[t]
+                    out.append(BarrierWait(x.address, t, x.text, x.executed, exits, tw.executed))
+                break
     return out
 
 
@@ -116,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the {len(s['top'])} hottest instructions, in address order:")
     for a, text, share in s["top"]:
         print(f"  {a:#07x} {100 * share:5.1f}%  {text[:110]}")
+    waits = [w for w in barrier_waits(parse(rows)) if w.waits > 0]
+    if waits:
+        print("mbarrier waits (first try in line, retry loop out of line), by how often they missed:")
+        for w in sorted(waits, key=lambda w: -w.missed):
+            per = f", {w.retries / w.missed:.1f} retries each" if w.missed else ""
+            print(f"  {w.first:#07x} {w.waits:10.0f} waits, {w.missed:9.0f} missed ({100 * w.missed / w.waits:4.1f} %){per}"
+                  f"  {w.text.strip()[:70]}")
     return 0
 
 

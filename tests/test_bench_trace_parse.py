@@ -240,3 +240,30 @@ def test_ncu_sass_stalls_reads_the_source_page_by_column_name():
     assert s["reasons"] == {"stall_long_sb": 500 / 900, "stall_barrier": 400 / 900}
     with pytest.raises(ValueError, match="SourceCounters"):
         st.parse([["Address", "Source", "Instructions Executed"], ["0x0", "NOP", "1"]])
+
+
+def test_ncu_sass_stalls_counts_each_mbarrier_waits_misses():
+    """barrier_waits: a first try in line paired with its out-of-line retry loop (a predicated branch back over a
+    TRYWAIT, here with a YIELD first) by the first try's predicated branch; the loop's exits are the misses. A TRYWAIT
+    whose branch goes elsewhere, and a backward branch over no TRYWAIT, are not waits."""
+    import ncu_sass_stalls as st
+
+    head = ["Address", "Source", "Instructions Executed", "Warp Stall Sampling (All Samples)"]
+    body = [["0x100", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR19+0x31c00], R7", "1000", "3"],
+            ["0x110", "ULEA UR17, UR22, UR17, 0x18", "1000", "9"],
+            ["0x120", "@!P0  BRA 0x900", "1000", "40"],
+            ["0x130", "LDS.128 R8, [R20]", "1000", "1"],
+            ["0x140", "SYNCS.PHASECHK.TRANS64.TRYWAIT P1, [R2+URZ+0x31c18], R3", "50", "0"],
+            ["0x150", "@!P1  BRA 0x400", "50", "0"],
+            ["0x160", "IADD3 R1, R1, 0x1, RZ", "10", "0"],
+            ["0x170", "@P2  BRA 0x160", "10", "0"],
+            ["0x900", "YIELD", "420", "0"],
+            ["0x910", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR19+0x31c00], R7", "420", "0"],
+            ["0x920", "@!P0  BRA 0x900", "420", "2"],
+            ["0x930", "BRA 0x130", "120", "0"]]
+    lines = st.parse([head, *body])
+    assert lines[0].executed == 1000 and lines[2].branch_target == 0x900 and lines[1].branch_target is None
+    waits = st.barrier_waits(lines)
+    assert len(waits) == 1
+    w = waits[0]
+    assert (w.first, w.retry, w.waits, w.missed, w.retries) == (0x100, 0x900, 1000, 120, 420)
