@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with open(args.csv, newline="") as f:
         rows = list(csv.reader(f))
-    s = summarize(parse(rows), args.top)
+    lines = parse(rows)
+    s = summarize(lines, args.top)
     print(f"warp stall samples: {s['total']:.0f}")
     print("by opcode: " + ", ".join(f"{o} {100 * v:.1f}%" for o, v in s["by_opcode"]))
     if s["reasons"]:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"the {len(s['top'])} hottest instructions, in address order:")
     for a, text, share in s["top"]:
         print(f"  {a:#07x} {100 * share:5.1f}%  {text[:110]}")
-    waits = [w for w in barrier_waits(parse(rows)) if w.waits > 0]
+    waits = [w for w in barrier_waits(lines) if w.waits > 0]
     if waits:
         print("mbarrier waits (first try in line, retry loop out of line), by how often they missed:")
         for w in sorted(waits, key=lambda w: -w.missed):

@@ -111,9 +111,9 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     it takes, 2 those with two tiles per SM; off after the block). lr_by_producer: the register-fragment kernels'
     low-rank tiles loaded by the producer warpgroup's idle warps (set_gemm_2l_lr_by_producer; off after the block).
     l2_prefetch: the producer asking L2 for the next tile's first stages halfway through each tile
-    (set_gemm_2l_l2_prefetch; off after the block). act_in_loop: the output staging as before v2.34 (set_gemm_2l_act_in_loop; off after). lr_unrolled: the last
-    consumer warpgroup's low-rank copies unrolled (set_gemm_2l_lr_unrolled, the default since v2.35; False: in loops as
-    before; on after the block). release_step: the k-step of the next stage after which the pipelined loop gives a
+    (set_gemm_2l_l2_prefetch; off after the block). act_in_loop: the output staging as before v2.34
+    (set_gemm_2l_act_in_loop; off after). lr_unrolled: the last consumer warpgroup's low-rank copies unrolled
+    (set_gemm_2l_lr_unrolled, the default since v2.35; False: in loops as before; on after the block). release_step: the k-step of the next stage after which the pipelined loop gives a
     stage back (set_gemm_2l_release_step: 0, the default since v2.35, or 1 / 2 as before; 0 after the block).
     out_halves: the three-warpgroup 192-token kernel's output staged in two token halves, its ring a stage deeper
     (set_gemm_2l_out_halves; off after the block).

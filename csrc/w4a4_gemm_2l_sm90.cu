@@ -960,8 +960,6 @@ long long g_lr_producer_launches = 0;  // (tests: which path ran)
 // (perf-notes v2.33; opt-in until measured)
 bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
-// the pipelined loop's output stored in 32-token pieces over the next tile's stages (perf-notes v2.33; opt-in until
-// measured)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)

@@ -32,6 +32,14 @@ def hopper(ext):  # noqa: F811
     return ext
 
 
+@pytest.fixture
+def three_warpgroups(hopper):
+    """hopper with three consumer warpgroups on 192-token tiles forced for the test (the cost model's choice after)."""
+    hopper.set_gemm_2l_rf_warpgroups(3, 192)
+    yield hopper
+    hopper.set_gemm_2l_rf_warpgroups(0, 0)
+
+
 def _acts(M, K, R, dtype, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = (torch.randn(M, K, device="cuda", generator=g) * 2).to(dtype)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _switched, hopper, three_warpgroups  # noqa: F401  (the fixtures)
 from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_or_skip, _stamped
 
 pytestmark = [
@@ -49,13 +49,10 @@ def test_two_warpgroups_give_the_same_bits(hopper, R, M, K, N):
 
 
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (37, 640, 384)])
-def test_three_warpgroups_give_the_same_bits(hopper, M, K, N):
-    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N, M + 2 * N)
-    hopper.set_gemm_2l_rf_warpgroups(3, 192)
-    try:
-        out, ran, rolled = _default_and_rolled(hopper, xq, xs, qf, w, lr)
-    finally:
-        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+def test_three_warpgroups_give_the_same_bits(three_warpgroups, M, K, N):
+    ext = three_warpgroups
+    xq, xs, lr, _, qf, w = _fo_problem(ext, M, K, N, torch.bfloat16, M + K + N, M + 2 * N)
+    out, ran, rolled = _default_and_rolled(ext, xq, xs, qf, w, lr)
     assert ran == 1
     assert torch.isfinite(rolled).all()
     assert torch.equal(out, rolled)

@@ -9,20 +9,13 @@ import pytest
 import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _switched, hopper, three_warpgroups  # noqa: F401  (the fixtures)
 from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _graph_replayed, _late_gemm, _poison
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-@pytest.fixture
-def three_warpgroups(hopper):
-    hopper.set_gemm_2l_rf_warpgroups(3, 192)
-    yield hopper
-    hopper.set_gemm_2l_rf_warpgroups(0, 0)
 
 
 def _ep(ext, xq, xs, qf, w, lr, act, prefix):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _switched, hopper, three_warpgroups  # noqa: F401  (the fixtures)
 from test_kernels_2l import _fo_problem, _forced_plan, _gemm_fo as _gemm, _graph_replayed, _late_gemm
 
 pytestmark = [
@@ -48,14 +48,11 @@ def test_two_warpgroups_give_the_same_bits(hopper, step, M, K, N):
 
 @pytest.mark.parametrize("step", [2, 1])
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (1000, 256, 768), (37, 640, 384), (450, 128, 384)])
-def test_three_warpgroups_give_the_same_bits(hopper, step, M, K, N):
-    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + N + step, 2 * N + 1)
-    hopper.set_gemm_2l_rf_warpgroups(3, 192)
-    try:
-        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        out, ran = _released_at(hopper, step, xq, xs, qf, w, lr)
-    finally:
-        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+def test_three_warpgroups_give_the_same_bits(three_warpgroups, step, M, K, N):
+    ext = three_warpgroups
+    xq, xs, lr, _, qf, w = _fo_problem(ext, M, K, N, torch.bfloat16, M + K + N + step, 2 * N + 1)
+    ref = _gemm(ext, xq, xs, qf, w, lr).clone()
+    out, ran = _released_at(ext, step, xq, xs, qf, w, lr)
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
