@@ -74,7 +74,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   down_beside: int | None = None, rf_lead: bool = False,
                   rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False,
                   l2_prefetch: bool = False, act_in_loop: bool = False,
-                  lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = False) -> Iterator[None]:
+                  lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -116,7 +116,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     (set_gemm_2l_lr_unrolled, the default since v2.35; False: in loops as before; on after the block). release_step: the k-step of the next stage after which the pipelined loop gives a
     stage back (set_gemm_2l_release_step: 0, the default since v2.35, or 1 / 2 as before; 0 after the block).
     out_halves: the three-warpgroup 192-token kernel's output staged in two token halves, its ring a stage deeper
-    (set_gemm_2l_out_halves; off after the block).
+    (set_gemm_2l_out_halves, the default since v2.36; False: three stages as before; on after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -144,7 +144,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                 "set_gemm_2l_act_in_loop": (act_in_loop, False),
                 "set_gemm_2l_lr_unrolled": (lr_unrolled, True),
                 "set_gemm_2l_release_step": (release_step, 0),
-                "set_gemm_2l_out_halves": (out_halves, False)}
+                "set_gemm_2l_out_halves": (out_halves, True)}
     optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
     for name, (during, _) in optional.items():
         getattr(ext, name)(during)

@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v244: g.50 as the default (branch g50-default, perf-notes v2.35's Next 1): the halves, low-rank-copy, release,
+#       staging and 2l kernel tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,256; fo, fo_3s, bf16,
+#       fp8d), memcheck, the whole tests/gpu
 #   v243: perf-notes v2.35's g.50 (set_gemm_2l_out_halves: the three-warpgroup 192-token kernel's output staged in two
 #       halves, a fourth stage): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,256; fo,
 #       fo_oh, fp8d), memcheck, the whole tests/gpu (SUITE=0: not the suite)
@@ -665,6 +668,20 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
+if [ "$what" = v244 ]; then  # g.50 as the default, then the whole suite
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_halves.py tests/gpu/test_lr_unrolled.py \
+    tests/gpu/test_release_step.py tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
+    -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_v244.log" 2>&1
+  rc=$?; echo "v244 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v244.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_3s,bf16,fp8d --rounds 3 \
+      > "$OUT/ab_v244.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v244.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "output in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
 fi

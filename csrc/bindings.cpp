@@ -1078,8 +1078,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "GEMM launches of the later-release instances (release step 1 or 2; tests)");
   m.def("set_gemm_2l_out_halves", &svdq::set_gemm_2l_out_halves, pybind11::arg("on"),
         "the three-warpgroup 192-token persistent kernel stages and stores its output in two token halves through half "
-        "the memory, which gives its stage ring a fourth stage (bfloat16, unsplit; opt-in until measured, perf-notes "
-        "v2.35); the same bits");
+        "the memory, which gives its stage ring a fourth stage (unsplit; the default since perf-notes v2.36, measured "
+        "3-7 % faster in v2.35; off: the three-stage kernel, for A/B); the same bits");
   m.def("gemm_2l_out_halves", &svdq::gemm_2l_out_halves, "whether set_gemm_2l_out_halves is on");
   m.def("gemm_2l_out_halves_launches", &svdq::gemm_2l_out_halves_launches,
         "GEMM launches of the output-in-halves instance (tests)");

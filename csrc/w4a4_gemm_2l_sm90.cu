@@ -153,8 +153,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 14 (exact, set_gemm_2l_lr_unrolled(False)) 10 with the last consumer warpgroup's low-rank copies in loops over
 // runtime counts, as before v2.35 (12 can too; A/B); 15 and 16 (exact, set_gemm_2l_release_step(2 / 1)) 10 releasing
 // each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first;
-// 17 (exact, set_gemm_2l_out_halves) 10 staging and storing its output in two token halves through half the memory,
-// which gives the three-warpgroup 192-token tile a fourth stage.
+// 17 (exact, the default for 192-token three-warpgroup tiles since v2.36; set_gemm_2l_out_halves(False): 10 there) 10
+// staging and storing its output in two token halves through half the memory, which gives that tile a fourth stage.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::kThreads, 1)
@@ -967,7 +967,7 @@ bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before)
 long long g_release_step_launches = 0;  // (tests: launches of the later-release instances, A/B)
-bool g_out_halves = false;     // set_gemm_2l_out_halves (perf-notes v2.35's g.50; opt-in until measured)
+bool g_out_halves = true;      // set_gemm_2l_out_halves (perf-notes v2.35's g.50; the default since v2.36)
 long long g_out_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
@@ -1335,8 +1335,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                        : launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 16>(a, 1, nullptr, stream, num_sms);
           if (!g_lr_unrolled && bf && bt3 == 192)  // (the rolled copies' three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 14>(a, 1, nullptr, stream, num_sms);
-          if (g_out_halves && bf && bt3 == 192)  // (its one instance; the A/B switches of older kernels above first)
-            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms);
+          if (g_out_halves && bt3 == 192)  // (the A/B switches of older kernels above first)
+            return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms)
+                      : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)
             return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms)
                       : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 10>(a, 1, nullptr, stream, num_sms);
