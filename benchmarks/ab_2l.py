@@ -47,7 +47,9 @@ Columns (us per call, CUDA graph):
           low-rank copies in loops over runtime counts as before v2.35 (set_gemm_2l_lr_unrolled(False); the same bits); "fo_rel2" / "fo_rel1" fo
           releasing each stage at the next stage's third k-step as before v2.35 / its second (set_gemm_2l_release_step(2
           / 1); the same bits); "fo_3s" fo with the three-warpgroup 192-token kernel on three stages, its output staged
-          whole, as before v2.36 (set_gemm_2l_out_halves(False); the same bits);
+          whole, as before v2.36 (set_gemm_2l_out_halves(False); the same bits); "fo_256w" fo with the two-warpgroup
+          256-token tile on three stages, its output staged whole, as before v2.36 (set_gemm_2l_out_pieces(256, 1);
+          the same bits);
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -111,6 +113,7 @@ SWITCHED = {
     "fo_rel2": ("frag", {"release_step": 2}),
     "fo_rel1": ("frag", {"release_step": 1}),
     "fo_3s": ("frag", {"out_halves": False}),
+    "fo_256w": ("frag", {"out_pieces": (256, 1)}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),

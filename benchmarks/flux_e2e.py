@@ -96,7 +96,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
     "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg", "svdq2l_fo_ep_pipe_regional_cg",
     "svdq2l_fo_ep_turns_regional_cg",
-    "svdq2l_fo_ep_pp_regional_cg",
+    "svdq2l_fo_ep_pp_regional_cg", "svdq2l_fo_ep_1p_regional_cg",
 )
 
 
@@ -372,7 +372,8 @@ def set_kernel_switches(name: str) -> None:
     named barriers (set_gemm_2l_rf_pipelined(False): the default before v2.32; pipelined within each warpgroup
     otherwise; _pipe, the same as the default since, is kept as a name); _pp the GEMM's consumer warpgroups in ping-pong
     over 128 x 128 tiles wherever that kernel takes the layer and it has two tiles per SM (set_gemm_2l_rf_pingpong(2);
-    off otherwise)."""
+    off otherwise); _1p the GEMM's 256- and 192-token tiles on three stages, their output staged in one piece
+    (set_gemm_2l_out_pieces(tile, 1): before v2.35's g.50 and v2.36's g.51; in halves, four stages, otherwise)."""
     from svdquant_hf.ops import build
 
     ext = build.load_extension() if torch.cuda.is_available() else None
@@ -410,6 +411,9 @@ def set_kernel_switches(name: str) -> None:
         ext.set_gemm_2l_rf_pipelined("_turns" not in name)
     if ext is not None and hasattr(ext, "set_gemm_2l_rf_pingpong"):
         ext.set_gemm_2l_rf_pingpong(2 if "_pp_" in name or name.endswith("_pp") else 0)
+    if ext is not None and hasattr(ext, "set_gemm_2l_out_pieces"):
+        for tile in (256, 192):
+            ext.set_gemm_2l_out_pieces(tile, 1 if "_1p" in name else 2)
 
 
 class GraphedForward(nn.Module):

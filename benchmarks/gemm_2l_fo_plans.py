@@ -1,6 +1,7 @@
 """The fragment-order GEMM's plans at a few hundred tokens, against the default's pick (sm_90a).
 
 usage: python benchmarks/gemm_2l_fo_plans.py [--ms 512,256,1024] [--reps 20] [--rounds 2] [--splits] [--turns]
+       [--pieces]
 
 FLUX.1's text stream runs its GEMMs at M = 512 (batch 1), where few tiles under-fill 132 SMs and the choice among
 kernels decides the time. For each M and FLUX.1 (K, N) this times w4a4_gemm_2l_fo alone (CUDA graphs, inputs
@@ -13,6 +14,8 @@ order over --rounds, and prints the medians, the best and default / best (1.00: 
 The register-fragment loop is pipelined within each warpgroup by default (set_gemm_2l_rf_pipelined, perf-notes
 v2.32); --turns adds each two-warpgroup register-fragment candidate again with the warpgroups taking turns instead
 ("t_" before its name; "t_auto" the default plan so), and the ping-pong GEMM ("pp": set_gemm_2l_rf_pingpong).
+--pieces adds the two-warpgroup 256-token and three-warpgroup 192-token tiles with their output staged whole, on three
+stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1)).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
-def candidates(N: int, splits: bool = False, turns: bool = False) -> list[tuple[str, dict, int]]:
+def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False) -> list[tuple[str, dict, int]]:
     """(name, gemm_switches arguments, forced token tile or 0)."""
     out = [("auto", {}, 0), ("nrbc", {"rf_by_cost": False}, 0), ("np", {"persistent": 0}, 0)]
     rf2 = [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
@@ -37,6 +40,10 @@ def candidates(N: int, splits: bool = False, turns: bool = False) -> list[tuple[
     if N % 192 == 0:
         out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]
     out += rs
+    if pieces:  # the output staged whole, three stages, as before v2.36 (set_gemm_2l_out_pieces(tile, 1))
+        out += [("rf2_256w", {"persistent": 1, "rf_warpgroups": 2, "out_pieces": (256, 1)}, 256)]
+        if N % 192 == 0:
+            out += [("rf3_192w", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": 192, "out_halves": False}, 0)]
     if turns:
         out += [(f"t_{name}", {**sw, "rf_pipelined": False}, bt) for name, sw, bt in [("auto", {}, 0)] + rf2 + rs]
         out += [("pp", {"rf_pingpong": True}, 0)]
@@ -53,6 +60,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--splits", action="store_true", help="also the split register-fragment loop, forced (SPLITS)")
+    ap.add_argument("--pieces", action="store_true",
+                    help="also rf2_256 and rf3_192 with their output staged whole (rf2_256w, rf3_192w: three stages)")
     ap.add_argument("--turns", action="store_true",
                     help="also the two-warpgroup candidates with the warpgroups taking turns, and the ping-pong GEMM")
     args = ap.parse_args()
@@ -70,7 +79,7 @@ def main() -> int:
             def gemm(xq, xs, lr):
                 return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
 
-            cands = candidates(N, args.splits, args.turns)
+            cands = candidates(N, args.splits, args.turns, args.pieces)
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):

@@ -74,7 +74,8 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   down_beside: int | None = None, rf_lead: bool = False,
                   rf_pipelined: bool = True, rf_pingpong: int = 0, lr_by_producer: bool = False,
                   l2_prefetch: bool = False, act_in_loop: bool = False,
-                  lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True) -> Iterator[None]:
+                  lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True,
+                  out_pieces: tuple[int, int] | None = None) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -117,6 +118,9 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     stage back (set_gemm_2l_release_step: 0, the default since v2.35, or 1 / 2 as before; 0 after the block).
     out_halves: the three-warpgroup 192-token kernel's output staged in two token halves, its ring a stage deeper
     (set_gemm_2l_out_halves, the default since v2.36; False: three stages as before; on after the block).
+    out_pieces: (tile, pieces) for set_gemm_2l_out_pieces after out_halves: (256, 1) two warpgroups' 256-token tiles on
+    three stages, their output staged whole, as before v2.36 (g.51 off); None: as out_halves says for the 192-token
+    tile (after the block: both tiles in halves, the defaults).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -148,6 +152,10 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
     for name, (during, _) in optional.items():
         getattr(ext, name)(during)
+    if hasattr(ext, "set_gemm_2l_out_pieces"):
+        pieces = out_pieces if out_pieces is not None else (192, 2 if out_halves else 1)
+        if ext.set_gemm_2l_out_pieces(*pieces) is False:
+            raise ValueError(f"set_gemm_2l_out_pieces{pieces}: not a tile and piece count of the kernels")
     beside_before = ext.lowrank_down_beside()
     ext.set_lowrank_down_beside(beside_before if down_beside is None else int(down_beside))
     fused_before = ext.quantize_act_2l_fused_mode()
@@ -174,3 +182,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf_lead(False)
         for name, (_, after) in optional.items():
             getattr(ext, name)(after)
+        if hasattr(ext, "set_gemm_2l_out_pieces"):
+            ext.set_gemm_2l_out_pieces(256, 2)
+            ext.set_gemm_2l_out_pieces(192, 2)

@@ -70,6 +70,11 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v246: g.51 the default with the cost model's 256-token stage refitted (perf-notes v2.36): g.51's, g.50's and the 2l
+#       kernel tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,4096,1024,512,256; fo, fo_256w, bf16,
+#       fp8d), gemm_2l_fo_plans.py --pieces (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
+#       (v245 timed g.51 while opt-in and g.52, the three-warpgroup tile in quarters, 1-3 % slower and removed: columns
+#       fo_oh256 / fo_oq and plans rf2_256h / rf3_192q; the target is gone with them)
 #   v244: g.50 as the default (branch g50-default, perf-notes v2.35's Next 1): the halves, low-rank-copy, release,
 #       staging and 2l kernel tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,256; fo, fo_3s, bf16,
 #       fp8d), memcheck, the whole tests/gpu
@@ -160,6 +165,15 @@ flux_e2e_1024() {  # benchmarks/flux_e2e.py at 1024 px, batch 1: timeout $1, var
   timeout "$limit" python3 benchmarks/flux_e2e.py --out "$OUT/flux_e2e.json" --res 1024 --batch 1 --variants "$variants" \
     "$@" > "$OUT/e2e.log" 2>&1
   echo "e2e rc=$?"; grep -vE "^\{" "$OUT/e2e.log" | tail -16
+}
+plans_table() {  # the rows of a gemm_2l_fo_plans.py log $1 with only the candidates named after it, and the best
+  local log=$1; shift
+  grep -E "^M=" "$log" | python3 -c "
+import re, sys
+for line in sys.stdin:
+    head, row, tail = line.split('|')
+    d = {k: float(v) for k, v in re.findall(r'(\S+)=([\d.]+)', row)}
+    print(head.strip(), ' '.join(f'{k}={d[k]:.1f}' for k in sys.argv[1:] if k in d), '|', tail.strip())" "$@"
 }
 gpu_suite() {  # the whole tests/gpu suite into $OUT/tests.log
   timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
@@ -668,6 +682,23 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
+if [ "$what" = v246 ]; then  # g.51 the default, the cost model refitted, then the whole suite
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py \
+    tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread \
+    > "$OUT/tests_v246.log" 2>&1
+  rc=$?; echo "v246 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v246.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,1024,512,256} --cols fo,fo_256w,bf16,fp8d \
+      --rounds 3 > "$OUT/ab_v246.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v246.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+    (cd benchmarks && timeout 120 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --pieces \
+      > "$OUT/fo_plans_v246.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v246.log" auto rf2_256 rf2_256w rf3_128 rf3_192
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "output in pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
 fi

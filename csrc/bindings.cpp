@@ -1082,7 +1082,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "3-7 % faster in v2.35; off: the three-stage kernel, for A/B); the same bits");
   m.def("gemm_2l_out_halves", &svdq::gemm_2l_out_halves, "whether set_gemm_2l_out_halves is on");
   m.def("gemm_2l_out_halves_launches", &svdq::gemm_2l_out_halves_launches,
-        "GEMM launches of the output-in-halves instance (tests)");
+        "GEMM launches of the output-in-halves instances (either tile) (tests)");
+  m.def("set_gemm_2l_out_pieces", &svdq::set_gemm_2l_out_pieces, pybind11::arg("tile"), pybind11::arg("pieces"),
+        "the persistent register-fragment kernels' output staged and stored in token pieces through 1 / pieces of the "
+        "memory, the rest given to the stage ring: tile 256 (two warpgroups, unsplit; g.51) or 192 (three warpgroups; "
+        "g.50); 2 (the default since perf-notes v2.36: halves, a fourth stage) or 1 (the whole output, three stages, "
+        "for A/B); the same bits. Returns False (nothing changed) for other tiles or counts");
+  m.def("gemm_2l_out_pieces", &svdq::gemm_2l_out_pieces, pybind11::arg("tile"),
+        "set_gemm_2l_out_pieces' count for the 256- or 192-token tile");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

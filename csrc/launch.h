@@ -275,6 +275,8 @@ long long gemm_2l_release_step_launches();  // (tests)
 void set_gemm_2l_out_halves(bool on);
 bool gemm_2l_out_halves();
 long long gemm_2l_out_halves_launches();  // (tests)
+bool set_gemm_2l_out_pieces(int tile, int pieces);
+int gemm_2l_out_pieces(int tile);
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.

@@ -85,10 +85,10 @@ constexpr int kSmemLimit = 227 * 1024;
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
 // CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles). LR: the
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
-// loop for branches of rank 33-64, i.e. with a LoRA). HO: (PS) the output staged in two token halves through half the
-// memory, which leaves room for one more stage in the three-warpgroup 192-token tile (perf-notes v2.35's g.50).
+// loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
+// the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          bool HO = false>
+          int OP = 1>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -104,7 +104,7 @@ struct Tile2l {
   static constexpr int kLrRow = kLrRank * 2;
   static constexpr int kXsOff = BT * (kLrRow + 16);
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
-  static constexpr int kOutBytes = PS ? BT * 128 * CW / (HO ? 2 : 1) : 0;  // PS: the output's staging for TMA stores
+  static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
@@ -125,6 +125,9 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
+
+// The token pieces a kernel variant stages its output in (EP 17: halves; see the kernel).
+__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 ? 2 : 1; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -153,11 +156,13 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 14 (exact, set_gemm_2l_lr_unrolled(False)) 10 with the last consumer warpgroup's low-rank copies in loops over
 // runtime counts, as before v2.35 (12 can too; A/B); 15 and 16 (exact, set_gemm_2l_release_step(2 / 1)) 10 releasing
 // each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first;
-// 17 (exact, the default for 192-token three-warpgroup tiles since v2.36; set_gemm_2l_out_halves(False): 10 there) 10
-// staging and storing its output in two token halves through half the memory, which gives that tile a fourth stage.
+// 17 (exact, the default for three warpgroups' 192-token tiles (g.50) and two warpgroups' unsplit 256-token tiles
+// (g.51) since v2.36; set_gemm_2l_out_pieces(tile, 1): 10 there) 10 staging and storing its output in two token halves
+// through half the memory, which gives those tiles a fourth stage (18, the three-warpgroup tile in quarters for a fifth,
+// g.52, measured 1-3 % slower in v2.36 and removed).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -180,10 +185,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
-  constexpr bool kHalves = EP == 17;  // the output staged and stored in two token halves (g.50)
-  static_assert(!kHalves || (PS && BT % 32 == 0), "halves of whole octet pairs, persistent only");
+  constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
+  static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
   // split (RF, one tile per CTA): the int32 partials meet in the drained stages and the output staging after them
@@ -856,7 +861,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   // leaves the store in flight under the next tile's stages (waited for before the staging is rewritten).
   const int lr_bytes = (BT * lr_stride + 1023) / 1024 * 1024;
   const bool ts = PS || (tma_store && splits == 1 && lr_bytes + BT * 256 <= NS * Cfg::kStageBytes);
-  const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128 / (kHalves ? 2 : 1);
+  const uint32_t stage_out = (PS ? out_region : sbase + lr_bytes) + wg * BT * 128 / kPieces;
   if constexpr (PS) {  // the previous tile's store has read the staging
     if ((tid & 127) == 0) tma_store_wait_read();
     asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
@@ -864,26 +869,29 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
   life(9);
   // the tile's values in the fragment layout, bias (and GELU) added: p0 rows nbase + g, p1 rows nbase + 8 + g, tokens
   // j*8 + 2t, + 1
-  if constexpr (kHalves) {  // stage, store, wait until the store has read it, stage and store the second half
+  if constexpr (kPieces > 1) {  // piece by piece: stage, store, wait until the store has read it, the next piece
     const int col = (n0 + wg * 64) * 2;
-    stage_output<T, BT, 0, BT / 16>(acc, stage_out, warp, lane, bA, bB, act);
-    fence_proxy_async_smem();
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-    if ((tid & 127) == 0) {
-      tma_store_2d_async(&tm_y, stage_out, col, m0);
-      tma_store_wait_read();
-    }
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-    stage_output<T, BT, BT / 16, BT / 8>(acc, stage_out, warp, lane, bA, bB, act);
-    fence_proxy_async_smem();
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-    if ((tid & 127) == 0 && m0 + BT / 2 < M) tma_store_2d_async(&tm_y, stage_out, col, m0 + BT / 2);
+    constexpr int kPT = BT / kPieces;  // tokens per piece
+    auto piece = [&](auto at) {
+      constexpr int P = decltype(at)::value;
+      stage_output<T, BT, P * kPT / 8, (P + 1) * kPT / 8>(acc, stage_out, warp, lane, bA, bB, act);
+      fence_proxy_async_smem();
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+      if ((tid & 127) == 0 && (P == 0 || m0 + P * kPT < M)) {
+        tma_store_2d_async(&tm_y, stage_out, col, m0 + P * kPT);
+        if (P + 1 < kPieces) tma_store_wait_read();
+      }
+      if (P + 1 < kPieces) asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    };
+    static_assert(kPieces == 2, "halves");
+    piece(std::integral_constant<int, 0>{});
+    piece(std::integral_constant<int, 1>{});
   } else if (ts) {
     if (flags & kFlagActInLoop) stage_output_as<T, BT, -1>(acc, stage_out, warp, lane, bA, bB, act);
     else stage_output<T, BT>(acc, stage_out, warp, lane, bA, bB, act);
   }
 #pragma unroll
-  for (int j = 0; j < (ts || kHalves ? 0 : BT / 8); ++j) {
+  for (int j = 0; j < (ts || kPieces > 1 ? 0 : BT / 8); ++j) {
     uint32_t p0, p1;
     pack_octet<T>(acc, j, bA, bB, act, p0, p1);
     const uint32_t q0 = movmatrix_trans(p0);  // token j*8+g, rows nbase + 2t, +1
@@ -895,7 +903,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>::
       *reinterpret_cast<uint32_t*>(dst + 8) = q1;
     }
   }
-  if (ts && !kHalves) {
+  if (ts && kPieces == 1) {
     life(10);
     fence_proxy_async_smem();
     life(11);
@@ -967,7 +975,9 @@ bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before)
 long long g_release_step_launches = 0;  // (tests: launches of the later-release instances, A/B)
-bool g_out_halves = true;      // set_gemm_2l_out_halves (perf-notes v2.35's g.50; the default since v2.36)
+// set_gemm_2l_out_pieces: the token pieces the output is staged in (2 by default since v2.36; 1 for A/B), [0] two
+// warpgroups' unsplit 256-token tiles (g.51), [1] three warpgroups' 192-token tiles (g.50)
+int g_out_pieces[2] = {2, 2};
 long long g_out_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
@@ -975,13 +985,13 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, EP == 17>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
   // elements), 128-byte swizzle (encoded only when used: each encoding is host time per call)
   const int64_t ldy = a.ldy ? a.ldy : a.N;
-  constexpr int kBox = EP == 17 ? BT / 2 : BT;  // (set_gemm_2l_out_halves) boxes of half a tile's tokens
+  constexpr int kBox = BT / out_pieces(EP);  // (set_gemm_2l_out_pieces) boxes of a piece's tokens
   if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : kBox,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
@@ -1029,7 +1039,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = EP == 12 && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 17 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 18 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17) ++g_out_halves_launches;
@@ -1125,7 +1135,9 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
   const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
   const long stage3 = g_rf3_stage[bt == 192] ? g_rf3_stage[bt == 192] : fit3;
-  const long stage = cw == 3 ? stage3 : 2L * bt + 700;
+  // (two warpgroups' unsplit 256-token tile with its output in halves, g.51: ~1000, refitted in v2.36 to
+  // gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it runs 8-15 % faster than with three stages)
+  const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && g_out_pieces[0] == 2 ? 1000 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
 }
@@ -1212,9 +1224,15 @@ long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
 void set_gemm_2l_release_step(int j) { g_release_step = j == 1 || j == 2 ? j : 0; }
 int gemm_2l_release_step() { return g_release_step; }
 long long gemm_2l_release_step_launches() { return g_release_step_launches; }
-void set_gemm_2l_out_halves(bool on) { g_out_halves = on; }
-bool gemm_2l_out_halves() { return g_out_halves; }
+void set_gemm_2l_out_halves(bool on) { g_out_pieces[1] = on ? 2 : 1; }
+bool gemm_2l_out_halves() { return g_out_pieces[1] == 2; }
 long long gemm_2l_out_halves_launches() { return g_out_halves_launches; }
+bool set_gemm_2l_out_pieces(int tile, int pieces) {
+  if (tile == 256 && (pieces == 1 || pieces == 2)) return g_out_pieces[0] = pieces, true;
+  if (tile == 192 && (pieces == 1 || pieces == 2)) return g_out_pieces[1] = pieces, true;
+  return false;
+}
+int gemm_2l_out_pieces(int tile) { return tile == 256 ? g_out_pieces[0] : tile == 192 ? g_out_pieces[1] : 1; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1233,6 +1251,9 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
                  : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
+    if (g_out_pieces[0] == 2 && p.tile_tokens == 256 && p.splits == 1)  // g.51: four stages, not three (v2.36)
+      return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 17>(a, 1, nullptr, stream, num_sms)
+                : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 17>(a, 1, nullptr, stream, num_sms);
     return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms)
               : launch_2l_tile<__half, 64, false, false, true, true, true, 0, 10>(a, p, stream, num_sms);
   }
@@ -1335,7 +1356,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                        : launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 16>(a, 1, nullptr, stream, num_sms);
           if (!g_lr_unrolled && bf && bt3 == 192)  // (the rolled copies' three-warpgroup instance)
             return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 14>(a, 1, nullptr, stream, num_sms);
-          if (g_out_halves && bt3 == 192)  // (the A/B switches of older kernels above first)
+          if (g_out_pieces[1] == 2 && bt3 == 192)  // (the A/B switches of older kernels above first)
             return bf ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms)
                       : launch_2l<__half, 192, 64, false, false, true, true, true, 3, 17>(a, 1, nullptr, stream, num_sms);
           if (bt3 == 192)

@@ -142,3 +142,10 @@ def test_plot_switch_ab_ratios_of_the_stored_logs(tmp_path):
     out = tmp_path / "ab.png"
     assert plot_switch_ab.main([f"{PERF / 'ab_2l_v242_h100.txt'}:fo_rel2:fo:g.49", "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+    many = tmp_path / "many.png"  # several token counts in one chart: every log must have them all
+    assert plot_switch_ab.main([f"{PERF / 'ab_2l_v246_h100.txt'}:fo_256w:fo:g.51", "--ms", "4608,4096,1024,512,256",
+                                "--out", str(many)]) == 0
+    assert many.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="the same shapes"):
+        plot_switch_ab.main([f"{PERF / 'ab_2l_v246_h100.txt'}:fo_256w:fo:g.51",
+                             f"{PERF / 'ab_2l_v244_h100.txt'}:fo_3s:fo:g.50", "--ms", "4608,4096", "--out", str(many)])

@@ -128,10 +128,15 @@ if hasattr(ext, "set_lowrank_down_beside") and torch.cuda.get_device_capability(
 
 
 def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, warpgroups: int = 0,
-                              switch_value=True) -> None:
-    """The fragment-order GEMM with set_gemm_2l_<switch>(switch_value) (as before after it), once per (M, K, N, R, tile): asserts
-    that kernel ran. forced_tile: the persistent unsplit plan on that token tile (else the kernel's own tiles, and a
-    GELU epilogue after a 64-column prefix); warpgroups 3: three consumer warpgroups on that token tile instead."""
+                              switch_value=True, counter: str = "") -> None:
+    """The fragment-order GEMM with set_gemm_2l_<switch>(switch_value) (as before after it; a tuple value: the setter's
+    leading arguments and the value, the getter's leading arguments the same), once per (M, K, N, R, tile): asserts that
+    kernel ran (gemm_2l_<counter or switch>_launches). forced_tile: the persistent unsplit plan on that token tile (else
+    the kernel's own tiles, and a GELU epilogue after a 64-column prefix); warpgroups 3: three consumer warpgroups on
+    that token tile instead."""
+    lead = switch_value[:-1] if isinstance(switch_value, tuple) else ()
+    value = switch_value[-1] if isinstance(switch_value, tuple) else switch_value
+    launches = getattr(ext, f"gemm_2l_{counter or switch}_launches")
     for M, K, N, R, tile in shapes:
         x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
         smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
@@ -147,16 +152,16 @@ def _fragment_order_gemm_case(switch: str, shapes, forced_tile: bool = True, war
             ext.set_gemm_2l_persistent(1)
             ext.set_gemm_2l_splits(1)
             ext.set_gemm_2l_tile_tokens(tile)
-        before = getattr(ext, f"gemm_2l_{switch}")()
-        getattr(ext, f"set_gemm_2l_{switch}")(switch_value)
-        n0 = getattr(ext, f"gemm_2l_{switch}_launches")()
+        before = getattr(ext, f"gemm_2l_{switch}")(*lead)
+        getattr(ext, f"set_gemm_2l_{switch}")(*lead, value)
+        n0 = launches()
         if forced_tile:
             ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
         else:
             pre = torch.randn(M, 64, device="cuda", generator=g).to(torch.bfloat16)
             ext.w4a4_gemm_2l_fo_ep(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64, 1, pre)
-        assert getattr(ext, f"gemm_2l_{switch}_launches")() == n0 + 1
-        getattr(ext, f"set_gemm_2l_{switch}")(before)
+        assert launches() == n0 + 1
+        getattr(ext, f"set_gemm_2l_{switch}")(*lead, before)
         ext.set_gemm_2l_persistent(-1)
         ext.set_gemm_2l_splits(0)
         ext.set_gemm_2l_tile_tokens(0)
@@ -215,6 +220,12 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("out_halves", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192),
                                              (4000, 640, 1152, 32, 192)], warpgroups=3)
     print("sanitize case: output in halves done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_out_pieces"):
+    # two warpgroups' 256-token tiles in halves (g.51, set_gemm_2l_out_pieces(256, 2)): one- and many-stage tiles, last
+    # token tiles ending in either half
+    _fragment_order_gemm_case("out_pieces", [(300, 128, 512, 32, 256), (4000, 640, 1152, 32, 256)],
+                              switch_value=(256, 2), counter="out_halves")
+    print("sanitize case: output in pieces done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

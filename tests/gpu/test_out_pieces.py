@@ -1,0 +1,142 @@
+"""Two warpgroups' unsplit 256-token tiles staging and storing their output in two token halves through half the
+memory, which gives their stage ring a fourth stage (Hopper; perf-notes v2.36's g.51, the default since;
+set_gemm_2l_out_pieces(256, 1) runs the three-stage kernel of before; the three-warpgroup 192-token tile's halves, g.50,
+are tests/gpu/test_out_halves.py). Both must give the same bits (outputs poisoned first), in bfloat16 and float16: tiles
+of one and many stages, many tiles per CTA, last token tiles ending in either half, GELU and a concatenated prefix, the
+low-rank tile late after the chained down projection, and CUDA-graph replay."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import hopper  # noqa: F401,F811  (the fixture)
+from test_kernels_2l import _acts, _captured, _fo_problem, _forced_plan, _gemm_fo, _poison, _quantize, _weights
+
+from svdquant_hf.ops.layout_2l import fragment_order
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+# tile -> (the forced plan's arguments, the launch counter of the pieces' instance, the pieces to test)
+KERNELS = {256: (dict(tile=256, splits=1, persistent=1, warpgroups=(2, 0)), "gemm_2l_out_halves_launches", 2)}
+
+
+@contextlib.contextmanager
+def _out_pieces(kernels, tile: int, pieces: int):
+    before = kernels.gemm_2l_out_pieces(tile)
+    assert kernels.set_gemm_2l_out_pieces(tile, pieces)
+    try:
+        yield
+    finally:
+        kernels.set_gemm_2l_out_pieces(tile, before)
+
+
+def _in_pieces_and_whole(kernels, tile: int, call):
+    """(call()'s output with the tile's output in pieces, that instance's launches in it, its output in one piece), the
+    tile's kernel forced for both."""
+    plan, counter, pieces = KERNELS[tile]
+    count = getattr(kernels, counter)
+    with _forced_plan(kernels, **plan):
+        with _out_pieces(kernels, tile, pieces):
+            n0 = count()
+            y = call()
+            ran = count() - n0
+        with _out_pieces(kernels, tile, 1):
+            n1 = count()
+            ref = call()
+            assert count() == n1
+    return y, ran, ref
+
+
+def test_out_pieces_defaults_and_bad_counts(hopper):
+    assert hopper.gemm_2l_out_pieces(256) == 2  # g.51 and g.50, the defaults since v2.36
+    assert hopper.gemm_2l_out_pieces(192) == 2
+    assert hopper.gemm_2l_out_halves() is True
+    for tile, pieces in [(224, 2), (256, 4), (192, 4), (192, 3), (128, 2), (192, 0)]:
+        assert hopper.set_gemm_2l_out_pieces(tile, pieces) is False
+    assert (hopper.gemm_2l_out_pieces(256), hopper.gemm_2l_out_pieces(192)) == (2, 2)
+
+
+@pytest.mark.parametrize("tile", [256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+# M % 256: 0, 160 (second half), 76 (first), 194 (second), 37, 1
+@pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4000, 640, 1152), (1100, 128, 768), (450, 1536, 384),
+                                   (37, 640, 384), (4097, 256, 384)])
+def test_the_pieces_give_the_same_bits(hopper, tile, dtype, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, 3 * N + 1)
+    out, ran, ref = _in_pieces_and_whole(hopper, tile, lambda: _gemm_fo(hopper, xq, xs, qf, w, lr).clone())
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("tile", [256])
+@pytest.mark.parametrize("act", [0, 1])
+@pytest.mark.parametrize("M,K,N,P", [(4608, 1024, 3072, 0), (1000, 640, 384, 64)])
+def test_gelu_and_a_prefix_keep_the_bits(hopper, tile, act, M, K, N, P):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + N + act, N + P)
+    wsc, wch, pu, b = w
+    prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16) if P else None
+
+    def call():
+        _poison(2 * M * (N + P) + 4096, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, 64, act, prefix)
+        assert y is not None, hopper.last_error()
+        return y.clone()
+
+    out, ran, ref = _in_pieces_and_whole(hopper, tile, call)
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("tile,M,K,N", [(256, 256, 3072, 3072), (256, 200, 12288, 3072), (256, 130, 3072, 9216)])
+def test_the_low_rank_tile_late_keeps_the_bits(hopper, tile, M, K, N):
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    plan, counter, pieces = KERNELS[tile]
+    count = getattr(hopper, counter)
+    chain = hopper.lr_chain()
+    with _forced_plan(hopper, **plan):
+        hopper.set_lr_chain(1)
+        try:
+            with _out_pieces(hopper, tile, pieces):
+                n0, p0 = hopper.gemm_2l_late_launches(), count()
+                xq, xs, lr = _quantize(hopper, x, smooth, pd)
+                y = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+                ran = hopper.gemm_2l_late_launches() > n0 and count() > p0
+        finally:
+            hopper.set_lr_chain(chain)
+        with _out_pieces(hopper, tile, 1):
+            in_order = _gemm_fo(hopper, xq, xs, qf, w, lr.clone()).clone()
+    torch.cuda.synchronize()
+    if not ran:
+        pytest.skip(f"the {tile}-token kernel at {M} x {K} x {N} did not take the low-rank tile late here")
+    assert torch.isfinite(in_order).all()
+    assert torch.equal(y, in_order)
+
+
+@pytest.mark.parametrize("tile", [256])
+def test_replays_from_a_cuda_graph(hopper, tile):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, 2000, 1024, 1536, torch.bfloat16, 41 + tile, 42)
+    wsc, wch, pu, b = w
+    plan, counter, pieces = KERNELS[tile]
+    count = getattr(hopper, counter)
+    with _forced_plan(hopper, **plan):
+        with _out_pieces(hopper, tile, 1):
+            ref = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+        with _out_pieces(hopper, tile, pieces):
+            n0 = count()
+            graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+            launches = count() - n0
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    assert launches == 2
+    assert torch.equal(y, ref)
