@@ -158,13 +158,16 @@ def main() -> int:
     ap.add_argument("--cols", default="", help="only these columns (comma-separated; default: all)")
     ap.add_argument("--shapes", default="", help="K:N pairs instead of FLUX.1's (e.g. 2432:2432,2432:9728 for SD3.5 "
                     "Large, 1152:1152,1152:4608 for PixArt)")
+    ap.add_argument("--rank", type=int, default=32,
+                    help="the low-rank branch's rank (48 or 64: a LoRA folded into the rank-32 branch, the 64-wide "
+                         "low-rank tile's kernels)")
     args = ap.parse_args()
     ext = hopper_extension("ab_2l")
     if ext is None:
         return 2
-    dt, R, gs = torch.bfloat16, 32, 64
+    dt, R, gs = torch.bfloat16, args.rank, 64
     shapes = [tuple(int(v) for v in kn.split(":")) for kn in args.shapes.split(",")] if args.shapes else FLUX_SHAPES
-    print(f"{torch.cuda.get_device_name()}: int4_2l chain, us per call (CUDA graph), median of {args.rounds} "
+    print(f"{torch.cuda.get_device_name()}: int4_2l chain (rank {R}), us per call (CUDA graph), median of {args.rounds} "
           f"interleaved rounds (odd ones in reverse order); bf16 = cuBLAS x @ w.T + bias, fp8 = _scaled_mm rowwise, same rounds")
     w8_on = not args.no_w8
     keep = set(args.cols.split(",")) - {""} or set(COLS)

@@ -96,7 +96,7 @@ ALL_VARIANTS = (
     "svdq2l_fo_ep_ipdl_regional_cg", "svdq2l_fo_ep_m0_regional_cg", "svdq2l_fo_ep_m0_nql_regional_cg", "svdq2l_fo_ep_pdl_ipdl_regional_cg", "fp8mm_ipdl_regional_cg",
     "bf16_ipdl_regional_cg", "svdq2l_fo_ep_lead_regional_cg", "svdq2l_fo_ep_pipe_regional_cg",
     "svdq2l_fo_ep_turns_regional_cg",
-    "svdq2l_fo_ep_pp_regional_cg", "svdq2l_fo_ep_1p_regional_cg",
+    "svdq2l_fo_ep_pp_regional_cg", "svdq2l_fo_ep_1p_regional_cg", "svdq2l_fo_ep_lora_turns_regional_cg",
 )
 
 

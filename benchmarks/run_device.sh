@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v247: perf-notes v2.36's g.53 (a LoRA's ranks 33-64 on the pipelined loop, the 224-token tile in halves): the wide
+#       low-rank tile's tests with g.50's and g.51's (nothing timed if they fail), ab_2l.py --rank 64 (BENCH_MS, default
+#       4608,4096,1024,256; fo, fo_turns, fp8d), memcheck, the whole tests/gpu
 #   v246: g.51 the default with the cost model's 256-token stage refitted (perf-notes v2.36): g.51's, g.50's and the 2l
 #       kernel tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 4608,4096,1024,512,256; fo, fo_256w, bf16,
 #       fp8d), gemm_2l_fo_plans.py --pieces (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
@@ -682,6 +685,20 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
+if [ "$what" = v247 ]; then  # g.53: a LoRA's ranks on the pipelined loop, then the whole suite
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/gpu/test_kernels_2l.py::test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py -m "gpu or not gpu" -o addopts="" --timeout 60 \
+    --timeout-method=thread > "$OUT/tests_v247.log" 2>&1
+  rc=$?; echo "v247 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v247.log" | tail -6
+  if [ $rc -eq 0 ]; then
+    timeout 200 python3 benchmarks/ab_2l.py --rank 64 --ms ${BENCH_MS:-4608,4096,1024,256} --cols fo,fo_turns,fp8d \
+      --rounds 3 > "$OUT/ab_v247.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v247.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "wide low-rank case done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
 fi

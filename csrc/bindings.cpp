@@ -1044,7 +1044,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment loop pipelined within each warpgroup (on by default since perf-notes v2.32; False: the "
         "warpgroups take turns by named barriers): each k-step's wgmma its own commit group, the next k-step widened "
         "under the three in flight; wherever that loop runs with a branch of rank <= 32 (two warpgroups at any token "
-        "tile, unsplit or split, chained; three warpgroups); the same bits");
+        "tile, unsplit or split, chained; three warpgroups) and, since perf-notes v2.36, with ranks 33-64 (a LoRA: the "
+        "64-wide low-rank tile, unsplit, its 224-token tile with the output in halves); the same bits");
   m.def("gemm_2l_rf_pipelined", &svdq::gemm_2l_rf_pipelined, "whether set_gemm_2l_rf_pipelined is on");
   m.def("set_gemm_2l_rf_pingpong", &svdq::set_gemm_2l_rf_pingpong, pybind11::arg("mode"),
         "the GEMM with its two consumer warpgroups in ping-pong over 128 x 128 tiles (opt-in; measured slower than the "

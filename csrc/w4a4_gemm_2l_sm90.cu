@@ -182,7 +182,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   constexpr bool kPipe = EP >= 10 && EP <= 17;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
   constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);  // the dispatched kernels, twins
-  static_assert(LR == 0 || (RF && CW == 2 && EP == 0 && LR == 64), "wide low-rank tiles: the register-fragment loop");
+  static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
+                "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
@@ -1131,13 +1132,13 @@ int g_rf3_model = 1;
 // fixed part and the exchange of the int32 partials, ~2500 + 6 BT (s - 1) cycles; CTAs in waves of one per SM (fitted
 // on H200, perf-notes v2.23, gemm_2l_fo_plans.py --splits at M = 256 / 512, where a one-tile CTA's stage was also ~2 BT
 // + 700).
-long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1) {
+long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1, bool halves256 = false) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
   const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
   const long stage3 = g_rf3_stage[bt == 192] ? g_rf3_stage[bt == 192] : fit3;
-  // (two warpgroups' unsplit 256-token tile with its output in halves, g.51: ~1000, refitted in v2.36 to
-  // gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it runs 8-15 % faster than with three stages)
-  const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && g_out_pieces[0] == 2 ? 1000 : 2L * bt + 700;
+  // (halves256: two warpgroups' unsplit 256-token tile runs with its output in halves, g.51: ~1000, refitted in v2.36
+  // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it runs 8-15 % faster than with three stages)
+  const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && halves256 ? 1000 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
 }
@@ -1298,11 +1299,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // model (256 included: no A tiles; at 4096 tokens 256-token tiles fill 2.9 waves of 132 SMs, 224 3.5)
     int bt2 = pp.tile_tokens;
     const bool persistent0 = persistent;  // before set_gemm_2l_rf_by_cost's widening
+    // whether a 256-token tile would run launch_rf's instance with the output in halves (g.51): not the wide low-rank
+    // tile's kernel (a LoRA's ranks), nor the turns of before v2.32
+    const bool halves256 = !wide_lr && g_rf_pipelined && g_out_pieces[0] == 2;
     if (a.frag && (persistent || g_rf_by_cost)) {
       long c2 = -1;
       for (int bt : kTiles)
         if (g_plan_tiles & tile_bit(bt)) {
-          const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt);
+          const long c = rf_cost(a.M, a.N, a.K, num_sms, 2, bt, 1, halves256);
           if (c2 < 0 || c < c2) bt2 = bt, c2 = c;
         }
       // set_gemm_2l_rf_by_cost (default): also where the plan splits K or has fewer than two tiles per SM, wherever
@@ -1310,7 +1314,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (g_rf_by_cost && g_persistent < 0 && g_force_splits <= 1 && c2 >= 0 && c2 * 100 < plan_ns * 177)
         persistent = true;
     }
-    const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2) : plan_ns * 177 / 100;
+    const long now = persistent ? rf_cost(a.M, a.N, a.K, num_sms, 2, bt2, 1, halves256) : plan_ns * 177 / 100;
     // fragment order: the register-fragment loop with K split over a cluster, one tile per CTA (few tiles), where
     // its cost beats what runs otherwise by 5 % (with set_gemm_2l_rf_by_cost), or forced
     int bts = 0, ss = 0;
@@ -1393,9 +1397,17 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_gemm_probe == 8) return launch_2l<B, 224, 64, false, false, true, true, true, 2, 11>(a, 1, nullptr, stream, num_sms);
         return launch_2l<B, 224, 64, false, false, true, true, true, 2, 3>(a, 1, nullptr, stream, num_sms);
       }
-      if (wide_lr)
-        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
-                  : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
+      if (wide_lr) {  // a LoRA's ranks: since v2.36 the pipelined loop too (g.53), 224-token tiles in halves (4 stages)
+        if (!g_rf_pipelined)
+          return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms)
+                    : launch_2l_tile<__half, 64, false, false, true, true, true, 64>(a, {bt2, 1}, stream, num_sms);
+        ++g_pipelined_launches;
+        if (bt2 == 224)
+          return bf ? launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 17, 64>(a, 1, nullptr, stream, num_sms)
+                    : launch_2l<__half, 224, 64, false, false, true, true, true, 2, 17, 64>(a, 1, nullptr, stream, num_sms);
+        return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64, 10>(a, {bt2, 1}, stream, num_sms)
+                  : launch_2l_tile<__half, 64, false, false, true, true, true, 64, 10>(a, {bt2, 1}, stream, num_sms);
+      }
       if (a.frag && bf && g_life && bt2 == 224 && !a.lr_late) {  // a tile's life by clock64 stamps (benchmarks)
         if (g_rf_pipelined)
           return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 12>(a, 1, g_life, stream, num_sms);

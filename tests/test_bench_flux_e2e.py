@@ -199,7 +199,8 @@ def test_fp8_scaled_mm_variant_replaces_every_linear_and_runs():
     ("svdq2l_fo_ep_lead_regional_cg", False, -1, False, 1, True),
     ("svdq2l_fo_ep_pipe_regional_cg", False, -1, False, 1, True),
     ("svdq2l_fo_ep_turns_regional_cg", False, -1, False, 1, True),
-    ("svdq2l_fo_ep_pp_regional_cg", False, -1, False, 1, True)])
+    ("svdq2l_fo_ep_pp_regional_cg", False, -1, False, 1, True),
+    ("svdq2l_fo_ep_1p_regional_cg", False, -1, False, 1, True)])
 def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, persistent, ts, qp, wlr):
     from svdquant_hf.ops import build
 
@@ -225,7 +226,8 @@ def test_kernel_switches_follow_the_variant_name(monkeypatch, name, producer, pe
                           "pdl": "_pdl" in name, "rf3_stage": (1100, 1250) if "_r3_" in name else (0, 0),
                           "rf3_model": 0 if "_m0" in name else 1,
                           "quantize_act_2l_lean": "_nql" not in name, "rf_lead": "_lead" in name,
-                          "rf_pipelined": "_turns" not in name, "rf_pingpong": 2 if "_pp_" in name else 0}
+                          "rf_pipelined": "_turns" not in name, "rf_pingpong": 2 if "_pp_" in name else 0,
+                          "out_pieces": (192, 1 if "_1p_" in name else 2)}  # (the last of its calls: 256, then 192)
     assert type(fake.calls["persistent"]) is int
 
 

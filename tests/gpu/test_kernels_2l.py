@@ -1527,31 +1527,41 @@ def test_gemm_2l_low_rank_activations_as_columns_of_a_wider_matrix(hopper, M, K,
 
 
 @pytest.mark.parametrize("R", [48, 64])
-@pytest.mark.parametrize("M,K,N", [(1, 256, 128), (300, 1024, 384), (4097, 512, 256)])
-def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, M, K, N):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M,K,N", [(1, 256, 128), (300, 1024, 384), (4097, 512, 256), (4000, 640, 384)])
+def test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical(hopper, R, dtype, M, K, N):
     """set_gemm_2l_rf_wide_lr: branches of rank 33-64 (a LoRA on the rank-32 branch) in the register-fragment loop's
-    instances with a 64-wide low-rank tile (the default), each token tile, persistent forced: the canonical kernel's bits;
-    switched off they take the non-persistent kernels, with the same bits."""
+    instances with a 64-wide low-rank tile (the default), each token tile, persistent forced, pipelined within each
+    warpgroup (since perf-notes v2.36, g.53; 224-token tiles with the output in halves, last tiles ending in either half)
+    and with the warpgroups taking turns as before: the canonical kernel's bits; switched off they take the
+    non-persistent kernels, with the same bits."""
     gs = 64
-    assert hopper.gemm_2l_rf_wide_lr()
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=M + R)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, gs, seed=R)
+    assert hopper.gemm_2l_rf_wide_lr() and hopper.gemm_2l_rf_pipelined()
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + R)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, gs, seed=R)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
     qf = fragment_order(qw)
     with _tile_gemm(hopper):
         ref = _gemm(hopper, xq, xs, qw, wsc, wch, lr, pu, b, gs)
     try:
-        for wide in (True, False):
+        for wide, pipelined in ((True, True), (True, False), (False, True)):
             hopper.set_gemm_2l_rf_wide_lr(wide)
+            hopper.set_gemm_2l_rf_pipelined(pipelined)
             for bt in hopper.gemm_2l_tiles:
-                with _forced_plan(hopper, bt, 1):
+                n0, h0 = hopper.gemm_2l_rf_pipelined_launches(), hopper.gemm_2l_out_halves_launches()
+                with _forced_plan(hopper, bt, 1), _tile_gemm(hopper):
                     hopper.set_gemm_2l_persistent(1)
                     _poison(4 * M * N, 0xFF)
                     y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, gs)
                 assert y is not None, hopper.last_error()
-                assert torch.equal(y, ref), f"wide {wide}, tile {bt}: {(y != ref).sum().item()} of {y.numel()} outputs differ"
+                assert torch.equal(y, ref), (f"wide {wide}, pipelined {pipelined}, tile {bt}: "
+                                             f"{(y != ref).sum().item()} of {y.numel()} outputs differ")
+                if wide:
+                    assert hopper.gemm_2l_rf_pipelined_launches() - n0 == int(pipelined)
+                    assert hopper.gemm_2l_out_halves_launches() - h0 == int(pipelined and bt == 224)
     finally:
         hopper.set_gemm_2l_rf_wide_lr(True)
+        hopper.set_gemm_2l_rf_pipelined(True)
 
 
 # --- the few-token kernel (csrc/w4a4_gemv_2l.cu): M <= 8, group 64, canonical or fragment order ---------------------
