@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v249: perf-notes v2.36's g.54 (set_gemm_2l_split_halves, opt-in: the 256-token split kernel's output in halves, a
+#       fourth stage): its tests and g.51's (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo, fo_sh,
+#       bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
 #   v247: perf-notes v2.36's g.53 (a LoRA's ranks 33-64 on the pipelined loop, the 224-token tile in halves): the wide
 #       low-rank tile's tests with g.50's and g.51's (nothing timed if they fail), ab_2l.py --rank 64 (BENCH_MS, default
 #       4608,4096,1024,256; fo, fo_turns, fp8d), memcheck, the whole tests/gpu
@@ -177,6 +180,16 @@ for line in sys.stdin:
     head, row, tail = line.split('|')
     d = {k: float(v) for k, v in re.findall(r'(\S+)=([\d.]+)', row)}
     print(head.strip(), ' '.join(f'{k}={d[k]:.1f}' for k in sys.argv[1:] if k in d), '|', tail.strip())" "$@"
+}
+tests_then_ab() {  # $1 a target's name, $2 its test paths (space-separated), the rest ab_2l.py's arguments: the tests
+  # into $OUT/tests_$1.log (-x), and only if they pass ab_2l.py into $OUT/ab_$1.log; returns the tests' rc
+  local name=$1 paths=$2 rc; shift 2
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider $paths -m "gpu or not gpu" -o addopts="" --timeout 60 \
+    --timeout-method=thread > "$OUT/tests_$name.log" 2>&1
+  rc=$?; echo "$name tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_$name.log" | tail -6
+  [ $rc -eq 0 ] || return $rc
+  timeout 240 python3 benchmarks/ab_2l.py "$@" > "$OUT/ab_$name.log" 2>&1
+  echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_$name.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
 }
 gpu_suite() {  # the whole tests/gpu suite into $OUT/tests.log
   timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
@@ -688,29 +701,28 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   fi
   gpu_suite
 fi
+if [ "$what" = v249 ]; then  # g.54 (opt-in), then the whole suite
+  if tests_then_ab v249 "tests/gpu/test_out_pieces.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_sh,bf16,fp8d --rounds 3; then
+    (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --pieces \
+      > "$OUT/fo_plans_v249.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v249.log" auto rs256x2 rs256x2h rs256x4 rs256x4h
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "split kernel in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
 if [ "$what" = v247 ]; then  # g.53: a LoRA's ranks on the pipelined loop, then the whole suite
-  timeout 300 python3 -m pytest -q -x -p no:cacheprovider \
-    tests/gpu/test_kernels_2l.py::test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py -m "gpu or not gpu" -o addopts="" --timeout 60 \
-    --timeout-method=thread > "$OUT/tests_v247.log" 2>&1
-  rc=$?; echo "v247 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v247.log" | tail -6
-  if [ $rc -eq 0 ]; then
-    timeout 200 python3 benchmarks/ab_2l.py --rank 64 --ms ${BENCH_MS:-4608,4096,1024,256} --cols fo,fo_turns,fp8d \
-      --rounds 3 > "$OUT/ab_v247.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v247.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+  if tests_then_ab v247 "tests/gpu/test_kernels_2l.py::test_gemm_2l_fragment_order_wide_low_rank_tile_bit_identical
+      tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py" --rank 64 --ms ${BENCH_MS:-4608,4096,1024,256} \
+      --cols fo,fo_turns,fp8d --rounds 3; then
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "wide low-rank case done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
 fi
 if [ "$what" = v246 ]; then  # g.51 the default, the cost model refitted, then the whole suite
-  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py \
-    tests/gpu/test_kernels_2l.py -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread \
-    > "$OUT/tests_v246.log" 2>&1
-  rc=$?; echo "v246 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v246.log" | tail -6
-  if [ $rc -eq 0 ]; then
-    timeout 280 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,1024,512,256} --cols fo,fo_256w,bf16,fp8d \
-      --rounds 3 > "$OUT/ab_v246.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v246.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+  if tests_then_ab v246 "tests/gpu/test_out_pieces.py tests/gpu/test_out_halves.py tests/gpu/test_kernels_2l.py" \
+      --ms ${BENCH_MS:-4608,4096,1024,512,256} --cols fo,fo_256w,bf16,fp8d --rounds 3; then
     (cd benchmarks && timeout 120 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --pieces \
       > "$OUT/fo_plans_v246.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v246.log" auto rf2_256 rf2_256w rf3_128 rf3_192
@@ -720,14 +732,9 @@ if [ "$what" = v246 ]; then  # g.51 the default, the cost model refitted, then t
   gpu_suite
 fi
 if [ "$what" = v244 ]; then  # g.50 as the default, then the whole suite
-  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_halves.py tests/gpu/test_lr_unrolled.py \
-    tests/gpu/test_release_step.py tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py -m "gpu or not gpu" \
-    -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_v244.log" 2>&1
-  rc=$?; echo "v244 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|Timeout" "$OUT/tests_v244.log" | tail -6
-  if [ $rc -eq 0 ]; then
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,256} --cols fo,fo_3s,bf16,fp8d --rounds 3 \
-      > "$OUT/ab_v244.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v244.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+  if tests_then_ab v244 "tests/gpu/test_out_halves.py tests/gpu/test_lr_unrolled.py tests/gpu/test_release_step.py
+      tests/gpu/test_act_hoisted.py tests/gpu/test_kernels_2l.py" --ms ${BENCH_MS:-4608,256} --cols fo,fo_3s,bf16,fp8d \
+      --rounds 3; then
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "output in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi

@@ -1091,6 +1091,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for A/B); the same bits. Returns False (nothing changed) for other tiles or counts");
   m.def("gemm_2l_out_pieces", &svdq::gemm_2l_out_pieces, pybind11::arg("tile"),
         "set_gemm_2l_out_pieces' count for the 256- or 192-token tile");
+  m.def("set_gemm_2l_split_halves", &svdq::set_gemm_2l_split_halves, pybind11::arg("on"),
+        "two warpgroups' 256-token register-fragment kernel with K split over a cluster (a few hundred tokens) staging "
+        "its output in halves, each CTA storing only its own octets, which gives it a fourth stage (opt-in until "
+        "measured, perf-notes v2.36's g.54); the same bits");
+  m.def("gemm_2l_split_halves", &svdq::gemm_2l_split_halves, "whether set_gemm_2l_split_halves is on");
+  m.def("gemm_2l_split_halves_launches", &svdq::gemm_2l_split_halves_launches,
+        "GEMM launches of the split kernel with its output in halves (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

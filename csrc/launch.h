@@ -277,6 +277,12 @@ bool gemm_2l_out_halves();
 long long gemm_2l_out_halves_launches();  // (tests)
 bool set_gemm_2l_out_pieces(int tile, int pieces);
 int gemm_2l_out_pieces(int tile);
+// Two warpgroups' 256-token register-fragment kernel with K split over a cluster staging its output in halves, each
+// CTA storing only its own octets, which gives it a fourth stage (g.54; opt-in until measured, perf-notes v2.36). The
+// same bits.
+void set_gemm_2l_split_halves(bool on);
+bool gemm_2l_split_halves();
+long long gemm_2l_split_halves_launches();  // (tests)
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.

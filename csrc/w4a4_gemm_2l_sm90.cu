@@ -126,8 +126,8 @@ constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
 
-// The token pieces a kernel variant stages its output in (EP 17: halves; see the kernel).
-__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 ? 2 : 1; }
+// The token pieces a kernel variant stages its output in (EP 17, 18: halves; see the kernel).
+__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 ? 2 : 1; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -158,8 +158,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // each stage at the next stage's third k-step as before v2.35 / its second (rf_pipelined_loop's kRelease), not its first;
 // 17 (exact, the default for three warpgroups' 192-token tiles (g.50) and two warpgroups' unsplit 256-token tiles
 // (g.51) since v2.36; set_gemm_2l_out_pieces(tile, 1): 10 there) 10 staging and storing its output in two token halves
-// through half the memory, which gives those tiles a fourth stage (18, the three-warpgroup tile in quarters for a fifth,
-// g.52, measured 1-3 % slower in v2.36 and removed).
+// through half the memory, which gives those tiles a fourth stage (the three-warpgroup tile in quarters for a fifth,
+// g.52, measured 1-3 % slower in v2.36 and removed); 18 (exact, set_gemm_2l_split_halves, g.54, opt-in until measured)
+// 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
+// (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -177,11 +179,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 17))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 18))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 17;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 18;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 18);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -189,6 +191,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
+  constexpr bool kSplitPieces = EP == 18;  // (g.54) split over a cluster too: each CTA stores its octets from them
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
@@ -874,11 +877,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     const int col = (n0 + wg * 64) * 2;
     constexpr int kPT = BT / kPieces;  // tokens per piece
     auto piece = [&](auto at) {
-      constexpr int P = decltype(at)::value;
-      stage_output<T, BT, P * kPT / 8, (P + 1) * kPT / 8>(acc, stage_out, warp, lane, bA, bB, act);
+      constexpr int P = decltype(at)::value, J0 = P * kPT / 8, J1 = (P + 1) * kPT / 8;
+      // (split, EP 18) a CTA stores only its octets jlo .. jhi - 1, from the piece(s) that hold them
+      if (kSplitPieces && splits > 1 && (jhi <= J0 || jlo >= J1)) return;
+      stage_output<T, BT, J0, J1>(acc, stage_out, warp, lane, bA, bB, act);
       fence_proxy_async_smem();
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-      if ((tid & 127) == 0 && (P == 0 || m0 + P * kPT < M)) {
+      if (kSplitPieces && splits > 1) {
+        if ((tid & 127) == 0) {  // boxes of 8 rows (the split's tensor map), octet j at (j - J0) KB of the staging
+          for (int j = max(jlo, J0); j < min(jhi, J1) && m0 + 8 * j < M; ++j)
+            tma_store_2d_async(&tm_y, stage_out + (j - J0) * 1024, col, m0 + 8 * j);
+          if (P + 1 < kPieces) tma_store_wait_read();
+        }
+      } else if ((tid & 127) == 0 && (P == 0 || m0 + P * kPT < M)) {
         tma_store_2d_async(&tm_y, stage_out, col, m0 + P * kPT);
         if (P + 1 < kPieces) tma_store_wait_read();
       }
@@ -980,6 +991,8 @@ long long g_release_step_launches = 0;  // (tests: launches of the later-release
 // warpgroups' unsplit 256-token tiles (g.51), [1] three warpgroups' 192-token tiles (g.50)
 int g_out_pieces[2] = {2, 2};
 long long g_out_halves_launches = 0;  // (tests: which path ran)
+bool g_split_halves = false;           // set_gemm_2l_split_halves (g.54; opt-in until measured)
+long long g_split_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1029,7 +1042,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 17);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 18);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1044,6 +1057,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17) ++g_out_halves_launches;
+  if (EP == 18) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
@@ -1234,6 +1248,9 @@ bool set_gemm_2l_out_pieces(int tile, int pieces) {
   return false;
 }
 int gemm_2l_out_pieces(int tile) { return tile == 256 ? g_out_pieces[0] : tile == 192 ? g_out_pieces[1] : 1; }
+void set_gemm_2l_split_halves(bool on) { g_split_halves = on; }
+bool gemm_2l_split_halves() { return g_split_halves; }
+long long gemm_2l_split_halves_launches() { return g_split_halves_launches; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1252,6 +1269,9 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
                  : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
+    if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54 (opt-in): the split kernel's fourth stage
+      return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms)
+                : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms);
     if (g_out_pieces[0] == 2 && p.tile_tokens == 256 && p.splits == 1)  // g.51: four stages, not three (v2.36)
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 17>(a, 1, nullptr, stream, num_sms)
                 : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 17>(a, 1, nullptr, stream, num_sms);

@@ -226,6 +226,16 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("out_pieces", [(300, 128, 512, 32, 256), (4000, 640, 1152, 32, 256)],
                               switch_value=(256, 2), counter="out_halves")
     print("sanitize case: output in pieces done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_split_halves"):
+    # the 256-token split kernel's output in halves (g.54, set_gemm_2l_split_halves): two CTAs (one half each), three
+    # (one CTA in both halves), rows past M
+    for s_ in (2, 3):
+        ext.set_gemm_2l_rf_warpgroups(2, 0)
+        ext.set_gemm_2l_rf_splits(s_)
+        _fragment_order_gemm_case("split_halves", [(300, 1280, 512, 32, 256)])
+    ext.set_gemm_2l_rf_splits(0)
+    ext.set_gemm_2l_rf_warpgroups(0, 0)
+    print("sanitize case: split kernel in halves done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
