@@ -1,11 +1,13 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
-usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--turns]
+usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--tile 224|256] [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
        [--pingpong] [--substeps]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
-consumer warpgroups on 224-token tiles, or with --warpgroups 3 three on 192-token tiles (the default at 4608 tokens).
+consumer warpgroups on 224-token tiles (--tile 256: on 256-token tiles, the default at 4096 tokens), or with
+--warpgroups 3 three on 192-token tiles (the default at 4608 tokens). Since perf-notes v2.36 the 192- and 256-token
+tiles' stamped kernels have the defaults' layout (the output staged in halves, a fourth stage: EP 19).
 For the first 4 CTAs, each consumer warpgroup's first thread stamps its first 8 tiles into shared memory (copied out at
 the end: a global store would make the epilogue's proxy fence wait for it) at 0 tile start, 7 first stage landed,
 1 first k-step issued, 2 main loop done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added,
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4608x3072x3072,4608x3072x12288,4608x12288x3072")
     ap.add_argument("--warpgroups", type=int, choices=(2, 3), default=2,
-                    help="2: 224-token tiles; 3: three consumer warpgroups on 192-token tiles")
+                    help="2: 224-token tiles (or --tile); 3: three consumer warpgroups on 192-token tiles")
+    ap.add_argument("--tile", type=int, choices=(224, 256), default=224, help="two warpgroups' token tile")
     ap.add_argument("--turns", action="store_true", help="the warpgroups taking turns (two warpgroups)")
     ap.add_argument("--lr-producer", action="store_true", help="set_gemm_2l_lr_by_producer")
     ap.add_argument("--l2-prefetch", action="store_true", help="set_gemm_2l_l2_prefetch")
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")):
         return 2
     wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
-    kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else "224-token") + (
+    kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else
+            f"{args.tile}-token") + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
         ", L2 prefetch" if args.l2_prefetch else "") + (
         ", no output (probe)" if args.no_store else "") + (", act in the loop" if args.act_in_loop else "") + (
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             switches.update(rf_warpgroups=3, rf3_tile=192)
         with gemm_switches(ext, **switches):
             if wgs == 2 and not args.pingpong:
-                ext.set_gemm_2l_tile_tokens(224)
+                ext.set_gemm_2l_tile_tokens(args.tile)
             ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps)
             try:
                 for _ in range(3):  # the last call's stamps

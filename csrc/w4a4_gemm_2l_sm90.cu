@@ -126,8 +126,8 @@ constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
 
-// The token pieces a kernel variant stages its output in (EP 17, 18: halves; see the kernel).
-__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 ? 2 : 1; }
+// The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
+__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 || ep == 19 ? 2 : 1; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -161,7 +161,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // through half the memory, which gives those tiles a fourth stage (the three-warpgroup tile in quarters for a fifth,
 // g.52, measured 1-3 % slower in v2.36 and removed); 18 (exact, set_gemm_2l_split_halves, g.54, opt-in until measured)
 // 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
-// (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too.
+// (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too; 19 (exact,
+// set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
+// their output in halves) 12 on 17's layout, so the tile life describes the default kernels.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -179,11 +181,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 18))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 19))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 18;  // the pipelined loop (rf_loop.cuh)
-  constexpr bool kLife = EP == 9 || EP == 12;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 18);  // the dispatched kernels, twins
+  constexpr bool kPipe = EP >= 10 && EP <= 19;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kStamped = EP == 12 || EP == 19;                       // the pipelined loop's stamped twins
+  constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -261,7 +264,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (set_gemm_2l_l2_prefetch) halfway through a tile's stages the producer asks L2 for the next tile's first stages
   const bool l2_prefetch = PS && RF && kExact && (flags & kFlagL2Prefetch);
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
-  const bool life_no_store = EP == 12 && (flags & kFlagNoStore);
+  const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
@@ -511,7 +514,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // The pipelined loop's kernels, at the rank the tile's memory is for: the copies with the chunk count known at compile
   // time, BT / kRstep of them per thread, unrolled (perf-notes v2.35: the loops over runtime counts that EP 14 keeps
   // cost the last warpgroup 1.0-1.6k cycles per tile)
-  const bool lr_unrolled = kPipe && EP != 14 && !(EP == 12 && (flags & kFlagLrRolled)) && R == Cfg::kLrRank;
+  const bool lr_unrolled = kPipe && EP != 14 && !(kStamped && (flags & kFlagLrRolled)) && R == Cfg::kLrRank;
   auto load_lr_async = [&](int m0n) {
     const int wtid = tid & 127;
     if (lr_unrolled) {
@@ -881,9 +884,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       // (split, EP 18) a CTA stores only its octets jlo .. jhi - 1, from the piece(s) that hold them
       if (kSplitPieces && splits > 1 && (jhi <= J0 || jlo >= J1)) return;
       stage_output<T, BT, J0, J1>(acc, stage_out, warp, lane, bA, bB, act);
+      if (P + 1 == kPieces) life(10);  // (the stamped twin: the last piece's sub-steps)
       fence_proxy_async_smem();
+      if (P + 1 == kPieces) life(11);
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-      if (kSplitPieces && splits > 1) {
+      if (P + 1 == kPieces) life(12);
+      if (life_no_store) {
+      } else if (kSplitPieces && splits > 1) {
         if ((tid & 127) == 0) {  // boxes of 8 rows (the split's tensor map), octet j at (j - J0) KB of the staging
           for (int j = max(jlo, J0); j < min(jhi, J1) && m0 + 8 * j < M; ++j)
             tma_store_2d_async(&tm_y, stage_out + (j - J0) * 1024, col, m0 + 8 * j);
@@ -980,8 +987,8 @@ long long g_lr_producer_launches = 0;  // (tests: which path ran)
 // (perf-notes v2.33; opt-in until measured)
 bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
-bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 kernel leaves its output unwritten (probe)
-bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 kernels stamp epilogue sub-steps too
+bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
+bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1042,21 +1049,22 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 18);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
   if (lr_prod) ++g_lr_producer_launches;
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
-  const int no_store = EP == 12 && g_life_no_store ? kFlagNoStore : 0;
-  const int life_sub = (EP == 9 || EP == 12) && g_life_sub ? kFlagLifeSub : 0;
+  constexpr bool kStampedEp = EP == 12 || EP == 19;
+  const int no_store = kStampedEp && g_life_no_store ? kFlagNoStore : 0;
+  const int life_sub = (EP == 9 || kStampedEp) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
-  const int lr_rolled = EP == 12 && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 18 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  const int lr_rolled = kStampedEp && !g_lr_unrolled ? kFlagLrRolled : 0;
+  constexpr bool kPipeEp = EP >= 10 && EP <= 19 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
-  if (EP == 17) ++g_out_halves_launches;
+  if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
@@ -1122,7 +1130,7 @@ int g_rf_splits = 0;
 int g_gemm_probe = 0;     // 1-8: the persistent register-fragment kernel's probes (bfloat16, 224 tokens)
 bool g_rf_lead = false;   // the unsplit two-warpgroup register-fragment loop at 224 tokens with leading turns (EP 8)
 long long g_lead_launches = 0;  // (tests: which kernel ran)
-long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 / 12 kernels' stamps go here
+long long* g_life = nullptr;    // set_gemm_2l_tile_life: the EP 9 / 12 / 19 kernels' stamps go here
 // the register-fragment loop (two warpgroups: unsplit or split, any token tile; three: 128 / 192 tokens; branch rank
 // <= 32) pipelined within each warpgroup (EP 10; perf-notes v2.31) rather than the warpgroups taking turns: on by
 // default since v2.32 (H100: a 224-token stage 6 % shorter, the chain 0.95-1.01x at 4096 / 4608 tokens, the same bits)
@@ -1369,7 +1377,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (g_rf_warpgroups == 3 || c3 * 20 < (ss ? std::min(now3, cs) : now3) * 19) {
         if (g_rf_pipelined && bf && g_life && !a.lr_late) {  // a tile's life by clock64 stamps (benchmarks)
           if (bt3 == 192)
-            return launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 12>(a, 1, g_life, stream, num_sms);
+            return g_out_pieces[1] == 2
+                       ? launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 19>(a, 1, g_life, stream, num_sms)
+                       : launch_2l<__nv_bfloat16, 192, 64, false, false, true, true, true, 3, 12>(a, 1, g_life, stream, num_sms);
           return launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 3, 12>(a, 1, g_life, stream, num_sms);
         }
         if (g_rf_pipelined) {
@@ -1428,6 +1438,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 64, 10>(a, {bt2, 1}, stream, num_sms)
                   : launch_2l_tile<__half, 64, false, false, true, true, true, 64, 10>(a, {bt2, 1}, stream, num_sms);
       }
+      if (a.frag && bf && g_life && bt2 == 256 && g_rf_pipelined && g_out_pieces[0] == 2 && !a.lr_late)  // (stamps)
+        return launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 19>(a, 1, g_life, stream, num_sms);
       if (a.frag && bf && g_life && bt2 == 224 && !a.lr_late) {  // a tile's life by clock64 stamps (benchmarks)
         if (g_rf_pipelined)
           return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 12>(a, 1, g_life, stream, num_sms);

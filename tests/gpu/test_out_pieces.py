@@ -173,3 +173,36 @@ def test_the_split_kernel_in_halves_gives_the_same_bits(hopper, splits, dtype, M
     assert ran == 1
     assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+@pytest.mark.parametrize("warpgroups,tile", [(3, 192), (2, 256)])
+def test_the_stamped_twin_has_the_halves_layout(hopper, warpgroups, tile):
+    """set_gemm_2l_tile_life on the default layouts (EP 19: the 192-token three-warpgroup and the 256-token two-warpgroup
+    tiles with their output in halves, so benchmarks/gemm_2l_tile_life.py describes the default kernels): the
+    default's bits, a halves instance launched, every stamped tile's steps in order, and the store's sub-steps in
+    order between steps 5 and 6."""
+    M, K, N = 4608, 1024, 3072
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 71 + tile, 72)
+    ref = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+    both = torch.zeros(2, 4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
+    plan = (dict(persistent=1, warpgroups=(3, 192)) if warpgroups == 3 else
+            dict(tile=256, splits=1, persistent=1, warpgroups=(2, 0)))
+    with _forced_plan(hopper, **plan):
+        n0 = hopper.gemm_2l_out_halves_launches()
+        hopper.set_gemm_2l_tile_life(both.data_ptr(), False, True)
+        try:
+            out = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+            torch.cuda.synchronize()
+        finally:
+            hopper.set_gemm_2l_tile_life(0)
+        ran = hopper.gemm_2l_out_halves_launches() - n0
+    assert ran == 1
+    assert torch.equal(out, ref)
+    main, sub = both[0].cpu(), both[1].cpu()
+    tiles = (N // (64 * warpgroups)) * -(-M // tile)
+    per_cta = tiles // torch.cuda.get_device_properties(0).multi_processor_count  # CTAs 0-3 have at least this many
+    assert per_cta >= 2
+    order = main[:, :, : min(per_cta, 8)][..., [0, 7, 1, 2, 3, 4, 5, 6]]
+    assert (order > 0).all() and (order[..., 1:] >= order[..., :-1]).all(), "a stamped tile's steps out of order"
+    chain = torch.cat([main[:, :, :2, 5:6], sub[:, :, :2, :5], main[:, :, :2, 6:7]], dim=-1)
+    assert (chain > 0).all() and (chain[..., 1:] >= chain[..., :-1]).all(), "the store's sub-steps out of order"
