@@ -1,0 +1,168 @@
+"""The fragment-order GEMM's plan choice, mirrored in Python and scored against measured plans (no GPU needed).
+
+usage: python benchmarks/rf_cost_fit.py LOG[@COLUMN=CANDIDATE,...] [LOG ...] [--halves] [--stage256 1000] [--grid]
+
+LOG: gemm_2l_fo_plans.py output (each shape's time for every candidate plan, and "auto", the kernel's own choice).
+`choose` mirrors launch_w4a4_gemm_2l's choice for fragment-order weights with branch rank <= 32 and the default
+switches (csrc/w4a4_gemm_2l_sm90.cu: plan_among, rf_cost, the split and three-warpgroup rules); --halves: with the
+256-token two-warpgroup tile's output in halves (g.51, the default since perf-notes v2.36: its stage costs
+--stage256 cycles, 1000). Prints per shape the mirror's pick, its measured time, the best plan, and the regret (time
+of the pick / best - 1); their sum (a shape in several logs: the first log's row). LOG@COLUMN=CANDIDATE renames that
+log's columns, all at once (e.g. call 3 of v2.36 timed g.51 as rf2_256h while it was opt-in: @rf2_256=rf2_256w,
+rf2_256h=rf2_256 swaps them); --grid sweeps the 256-token stage and fixed part and prints the lowest summed regrets (how
+v2.36 refitted the stage)."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+
+SMS = 132  # H100 SXM
+KBK = 128  # K per stage
+TILES = (256, 224, 128, 64)  # the plan's token tiles, in order of preference
+
+
+@dataclass(frozen=True)
+class Model:
+    halves256: bool = True  # g.51: the unsplit 256-token two-warpgroup tile runs with its output in halves
+    stage256: int = 1000  # its stage then (cycles)
+    fixed256: int | None = None  # its fixed part per tile (None: the two-warpgroup fit, 1000 + 37 x 256)
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def rf_cost(model: Model, M: int, N: int, K: int, cw: int, bt: int, s: int = 1) -> int:
+    """rf_cost: the register-fragment loop's cycles on SMS SMs (cw consumer warpgroups, token tile bt, K split s)."""
+    tiles = (N // (64 * cw)) * _ceil(M, bt) * s
+    if cw == 3:
+        stage, fixed = (1250, 11600) if bt == 192 else (1100, 7800)
+    elif bt == 256 and s == 1 and model.halves256:
+        stage = model.stage256
+        fixed = 1000 + 37 * bt if model.fixed256 is None else model.fixed256
+    else:
+        stage, fixed = 2 * bt + 700, 1000 + 37 * bt
+    if s > 1:
+        fixed += 2500 + 6 * bt * (s - 1)
+    return _ceil(tiles, SMS) * (_ceil(K // KBK, s) * stage + fixed)
+
+
+def plan_among(M: int, N: int, K: int, tiles_allowed: tuple[int, ...]) -> tuple[tuple[int, int], int]:
+    """plan_among: the non-persistent kernels' (token tile, K split) and their modelled cost (ns)."""
+    kt = K // KBK
+    best, best_cost = None, -1
+    for bt in TILES:
+        if bt not in tiles_allowed:
+            continue
+        best = best or (bt, 1)
+        tiles = (N // 128) * _ceil(M, bt)
+        for s in (1, 2, 4, 8):
+            if s > kt:
+                continue
+            cost = _ceil(tiles * s, SMS) * ((65 if s > 1 else 35) * bt + 720 * _ceil(kt, s))
+            if best_cost < 0 or cost < best_cost:
+                best, best_cost = (bt, s), cost
+    return best, best_cost
+
+
+def choose(M: int, N: int, K: int, model: Model = Model()) -> str:
+    """The plan the kernel picks, named as gemm_2l_fo_plans.py names its candidates (rf2_<tile>, rf3_<tile>,
+    rs<tile>x<CTAs>, np)."""
+    p, plan_ns = plan_among(M, N, K, TILES)
+    pp, _ = plan_among(M, N, K, (224, 128, 64))
+    pays = p[1] == 1 and (N // 128) * _ceil(M, pp[0]) >= 2 * SMS
+    persistent = pp[1] == 1 and pays
+    c2, bt2 = -1, pp[0]
+    for bt in TILES:
+        c = rf_cost(model, M, N, K, 2, bt)
+        if c2 < 0 or c < c2:
+            bt2, c2 = bt, c
+    if c2 * 100 < plan_ns * 177:
+        persistent = True
+    now = rf_cost(model, M, N, K, 2, bt2) if persistent else plan_ns * 177 // 100
+    bts = ss = 0
+    cs = -1
+    for bt in TILES:
+        for sp in (2, 4):
+            if sp > K // KBK or sp > bt // 8:
+                continue
+            c = rf_cost(model, M, N, K, 2, bt, sp)
+            if cs < 0 or c < cs:
+                bts, ss, cs = bt, sp, c
+    if ss and cs * 20 >= now * 19:
+        ss = 0
+    if N % 192 == 0:
+        bt3, c3 = 0, -1
+        for bt in (192, 128):
+            c = rf_cost(model, M, N, K, 3, bt)
+            if c3 < 0 or c < c3:
+                bt3, c3 = bt, c
+        if c3 * 20 < (min(now, cs) if ss else now) * 19:
+            return f"rf3_{bt3}"
+    if ss:
+        return f"rs{bts}x{ss}"
+    return f"rf2_{bt2}" if persistent else "np"
+
+
+def parse(text: str, rename: dict[str, str] | None = None) -> list[tuple[int, int, int, dict[str, float]]]:
+    """gemm_2l_fo_plans.py's rows: (M, K, N, {candidate: us}); rename: {log column: candidate name}, all at once (so
+    rf2_256=rf2_256w and rf2_256h=rf2_256 swap two columns)."""
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("M="):
+            continue
+        head, row = line.split("|")[:2]
+        M, K, N = (int(v) for v in re.findall(r"\d+", head))
+        times = {(rename or {}).get(k, k): float(v) for k, v in re.findall(r"(\S+)=([\d.]+)", row)}
+        rows.append((M, K, N, times))
+    return rows
+
+
+def regrets(rows, model: Model) -> tuple[float, list[tuple[int, int, int, str, float | None, float]]]:
+    """(the summed regret over the rows whose pick was timed, [(M, K, N, pick, its time or None, best time)])."""
+    total, out = 0.0, []
+    for M, K, N, times in rows:
+        pick = choose(M, N, K, model)
+        best = min(v for k, v in times.items() if k not in ("auto", "nrbc"))
+        t = times.get(pick)
+        if t is not None:
+            total += t / best - 1
+        out.append((M, K, N, pick, t, best))
+    return total, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logs", nargs="+", help="LOG[@COLUMN=CANDIDATE,...]")
+    ap.add_argument("--halves", action="store_true", help="the 256-token tile in halves (g.51)")
+    ap.add_argument("--stage256", type=int, default=1000)
+    ap.add_argument("--grid", action="store_true", help="sweep the 256-token tile's stage and fixed part")
+    args = ap.parse_args(argv)
+    rows, seen = [], set()
+    for spec in args.logs:
+        log, _, renames = spec.partition("@")
+        rename = dict(r.split("=", 1) for r in renames.split(",") if r)
+        with open(log) as f:
+            for r in parse(f.read(), rename):
+                if r[:3] not in seen:  # a shape in several logs: the first log's row
+                    seen.add(r[:3])
+                    rows.append(r)
+    model = Model(halves256=args.halves, stage256=args.stage256)
+    total, out = regrets(rows, model)
+    for M, K, N, pick, t, best in out:
+        shown = f"{t:8.1f}" if t is not None else "  (not timed)"
+        print(f"M={M:5d} K={K:5d} N={N:5d} | pick {pick:>9} {shown} | best {best:8.1f}"
+              + (f" | regret {t / best - 1:.3f}" if t is not None else ""))
+    print(f"summed regret {total:.3f} over {sum(t is not None for *_, t, _ in out)} shapes")
+    if args.grid:
+        grid = sorted((regrets(rows, Model(True, s, f))[0], s, f)
+                      for s in range(900, 1301, 20) for f in range(2000, 14001, 1000))
+        for r, s, f in grid[:8]:
+            print(f"stage256 {s:5d} fixed256 {f:6d}: summed regret {r:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
