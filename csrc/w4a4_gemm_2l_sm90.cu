@@ -889,7 +889,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if (P + 1 == kPieces) life(11);
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
       if (P + 1 == kPieces) life(12);
-      if (life_no_store) {
+      if (life_no_store) {  // (the stamped twin's probe: nothing stored)
       } else if (kSplitPieces && splits > 1) {
         if ((tid & 127) == 0) {  // boxes of 8 rows (the split's tensor map), octet j at (j - J0) KB of the staging
           for (int j = max(jlo, J0); j < min(jhi, J1) && m0 + 8 * j < M; ++j)
