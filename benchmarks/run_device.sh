@@ -72,7 +72,9 @@
 #       leading turns (flux_e2e.py _lead)
 #   v249: perf-notes v2.36's g.54 (set_gemm_2l_split_halves, opt-in: the 256-token split kernel's output in halves, a
 #       fourth stage): its tests and g.51's (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo, fo_sh,
-#       bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
+#       bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), the tile life of the default
+#       kernels on their four-stage layout (EP 19, perf-notes v2.36's Next 2: --substeps, three warpgroups at 4608 x 3072
+#       x 3072 and x 12288 x 3072, the 256-token tile at 4096 x 3072 x 3072; LIFE=0: not), memcheck, the whole tests/gpu
 #   v247: perf-notes v2.36's g.53 (a LoRA's ranks 33-64 on the pipelined loop, the 224-token tile in halves): the wide
 #       low-rank tile's tests with g.50's and g.51's (nothing timed if they fail), ab_2l.py --rank 64 (BENCH_MS, default
 #       4608,4096,1024,256; fo, fo_turns, fp8d), memcheck, the whole tests/gpu
@@ -706,6 +708,8 @@ if [ "$what" = v249 ]; then  # g.54 (opt-in), then the whole suite
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --pieces \
       > "$OUT/fo_plans_v249.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v249.log" auto rs256x2 rs256x2h rs256x4 rs256x4h
+    [ "${LIFE:-1}" = 0 ] || life_runs tile_life_v249.log --substeps "--warpgroups 3" \
+      "--warpgroups 3 --shapes 4608x12288x3072" "--tile 256 --shapes 4096x3072x3072"
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "split kernel in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
