@@ -1159,7 +1159,7 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1, bool h
   const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
   const long stage3 = g_rf3_stage[bt == 192] ? g_rf3_stage[bt == 192] : fit3;
   // (halves256: two warpgroups' unsplit 256-token tile runs with its output in halves, g.51: ~1000, refitted in v2.36
-  // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it runs 8-15 % faster than with three stages)
+  // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it takes 9-16 % less time than with three stages)
   const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && halves256 ? 1000 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
