@@ -128,6 +128,8 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 || ep == 19 ? 2 : 1; }
+// The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || ep == 19; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -184,7 +186,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 19))),
                 "probes and variants: the register-fragment loop");
   constexpr bool kPipe = EP >= 10 && EP <= 19;  // the pipelined loop (rf_loop.cuh)
-  constexpr bool kStamped = EP == 12 || EP == 19;                       // the pipelined loop's stamped twins
+  constexpr bool kStamped = stamped(EP);
   constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
   constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
@@ -889,16 +891,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if (P + 1 == kPieces) life(11);
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
       if (P + 1 == kPieces) life(12);
-      if (life_no_store) {  // (the stamped twin's probe: nothing stored)
-      } else if (kSplitPieces && splits > 1) {
-        if ((tid & 127) == 0) {  // boxes of 8 rows (the split's tensor map), octet j at (j - J0) KB of the staging
+      if ((tid & 127) == 0 && !life_no_store) {  // (the stamped twin's probe stores nothing)
+        if (kSplitPieces && splits > 1) {  // boxes of 8 rows (the split's tensor map), octet j at (j - J0) KB
           for (int j = max(jlo, J0); j < min(jhi, J1) && m0 + 8 * j < M; ++j)
             tma_store_2d_async(&tm_y, stage_out + (j - J0) * 1024, col, m0 + 8 * j);
           if (P + 1 < kPieces) tma_store_wait_read();
+        } else if (P == 0 || m0 + P * kPT < M) {
+          tma_store_2d_async(&tm_y, stage_out, col, m0 + P * kPT);
+          if (P + 1 < kPieces) tma_store_wait_read();
         }
-      } else if ((tid & 127) == 0 && (P == 0 || m0 + P * kPT < M)) {
-        tma_store_2d_async(&tm_y, stage_out, col, m0 + P * kPT);
-        if (P + 1 < kPieces) tma_store_wait_read();
       }
       if (P + 1 < kPieces) asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
     };
@@ -1056,11 +1057,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (lr_prod) ++g_lr_producer_launches;
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
-  constexpr bool kStampedEp = EP == 12 || EP == 19;
-  const int no_store = kStampedEp && g_life_no_store ? kFlagNoStore : 0;
-  const int life_sub = (EP == 9 || kStampedEp) && g_life_sub ? kFlagLifeSub : 0;
+  const int no_store = stamped(EP) && g_life_no_store ? kFlagNoStore : 0;
+  const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
-  const int lr_rolled = kStampedEp && !g_lr_unrolled ? kFlagLrRolled : 0;
+  const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
   constexpr bool kPipeEp = EP >= 10 && EP <= 19 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;

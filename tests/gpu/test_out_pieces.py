@@ -23,31 +23,30 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-# tile -> (the forced plan's arguments, the launch counter of the pieces' instance, the pieces to test)
-KERNELS = {256: (dict(tile=256, splits=1, persistent=1, warpgroups=(2, 0)), "gemm_2l_out_halves_launches", 2)}
+TILE256 = dict(tile=256, splits=1, persistent=1, warpgroups=(2, 0))  # the forced plan: two warpgroups, 256 tokens
 
 
 @contextlib.contextmanager
-def _out_pieces(kernels, tile: int, pieces: int):
-    before = kernels.gemm_2l_out_pieces(tile)
-    assert kernels.set_gemm_2l_out_pieces(tile, pieces)
+def _out_pieces(kernels, pieces: int):
+    """The 256-token tile's output in `pieces` for a block (as before after it)."""
+    before = kernels.gemm_2l_out_pieces(256)
+    assert kernels.set_gemm_2l_out_pieces(256, pieces)
     try:
         yield
     finally:
-        kernels.set_gemm_2l_out_pieces(tile, before)
+        kernels.set_gemm_2l_out_pieces(256, before)
 
 
-def _in_pieces_and_whole(kernels, tile: int, call):
-    """(call()'s output with the tile's output in pieces, that instance's launches in it, its output in one piece), the
-    tile's kernel forced for both."""
-    plan, counter, pieces = KERNELS[tile]
-    count = getattr(kernels, counter)
-    with _forced_plan(kernels, **plan):
-        with _out_pieces(kernels, tile, pieces):
+def _in_halves_and_whole(kernels, call):
+    """(call()'s output with the 256-token tile's output in halves, the halves instance's launches in it, its output in
+    one piece), that tile's kernel forced for both."""
+    count = kernels.gemm_2l_out_halves_launches
+    with _forced_plan(kernels, **TILE256):
+        with _out_pieces(kernels, 2):
             n0 = count()
             y = call()
             ran = count() - n0
-        with _out_pieces(kernels, tile, 1):
+        with _out_pieces(kernels, 1):
             n1 = count()
             ref = call()
             assert count() == n1
@@ -63,23 +62,21 @@ def test_out_pieces_defaults_and_bad_counts(hopper):
     assert (hopper.gemm_2l_out_pieces(256), hopper.gemm_2l_out_pieces(192)) == (2, 2)
 
 
-@pytest.mark.parametrize("tile", [256])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 # M % 256: 0, 160 (second half), 76 (first), 194 (second), 37, 1
 @pytest.mark.parametrize("M,K,N", [(4608, 3072, 3072), (4000, 640, 1152), (1100, 128, 768), (450, 1536, 384),
                                    (37, 640, 384), (4097, 256, 384)])
-def test_the_pieces_give_the_same_bits(hopper, tile, dtype, M, K, N):
-    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + tile, 3 * N + 1)
-    out, ran, ref = _in_pieces_and_whole(hopper, tile, lambda: _gemm_fo(hopper, xq, xs, qf, w, lr).clone())
+def test_the_pieces_give_the_same_bits(hopper, dtype, M, K, N):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, dtype, M + K + N + 256, 3 * N + 1)
+    out, ran, ref = _in_halves_and_whole(hopper, lambda: _gemm_fo(hopper, xq, xs, qf, w, lr).clone())
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("tile", [256])
 @pytest.mark.parametrize("act", [0, 1])
 @pytest.mark.parametrize("M,K,N,P", [(4608, 1024, 3072, 0), (1000, 640, 384, 64)])
-def test_gelu_and_a_prefix_keep_the_bits(hopper, tile, act, M, K, N, P):
+def test_gelu_and_a_prefix_keep_the_bits(hopper, act, M, K, N, P):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + N + act, N + P)
     wsc, wch, pu, b = w
     prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16) if P else None
@@ -90,49 +87,46 @@ def test_gelu_and_a_prefix_keep_the_bits(hopper, tile, act, M, K, N, P):
         assert y is not None, hopper.last_error()
         return y.clone()
 
-    out, ran, ref = _in_pieces_and_whole(hopper, tile, call)
+    out, ran, ref = _in_halves_and_whole(hopper, call)
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("tile,M,K,N", [(256, 256, 3072, 3072), (256, 200, 12288, 3072), (256, 130, 3072, 9216)])
-def test_the_low_rank_tile_late_keeps_the_bits(hopper, tile, M, K, N):
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (200, 12288, 3072), (130, 3072, 9216)])
+def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    plan, counter, pieces = KERNELS[tile]
-    count = getattr(hopper, counter)
+    count = hopper.gemm_2l_out_halves_launches
     chain = hopper.lr_chain()
-    with _forced_plan(hopper, **plan):
+    with _forced_plan(hopper, **TILE256):
         hopper.set_lr_chain(1)
         try:
-            with _out_pieces(hopper, tile, pieces):
+            with _out_pieces(hopper, 2):
                 n0, p0 = hopper.gemm_2l_late_launches(), count()
                 xq, xs, lr = _quantize(hopper, x, smooth, pd)
                 y = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
                 ran = hopper.gemm_2l_late_launches() > n0 and count() > p0
         finally:
             hopper.set_lr_chain(chain)
-        with _out_pieces(hopper, tile, 1):
+        with _out_pieces(hopper, 1):
             in_order = _gemm_fo(hopper, xq, xs, qf, w, lr.clone()).clone()
     torch.cuda.synchronize()
     if not ran:
-        pytest.skip(f"the {tile}-token kernel at {M} x {K} x {N} did not take the low-rank tile late here")
+        pytest.skip(f"the 256-token kernel at {M} x {K} x {N} did not take the low-rank tile late here")
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
 
 
-@pytest.mark.parametrize("tile", [256])
-def test_replays_from_a_cuda_graph(hopper, tile):
-    xq, xs, lr, _, qf, w = _fo_problem(hopper, 2000, 1024, 1536, torch.bfloat16, 41 + tile, 42)
+def test_replays_from_a_cuda_graph(hopper):
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, 2000, 1024, 1536, torch.bfloat16, 41 + 256, 42)
     wsc, wch, pu, b = w
-    plan, counter, pieces = KERNELS[tile]
-    count = getattr(hopper, counter)
-    with _forced_plan(hopper, **plan):
-        with _out_pieces(hopper, tile, 1):
+    count = hopper.gemm_2l_out_halves_launches
+    with _forced_plan(hopper, **TILE256):
+        with _out_pieces(hopper, 1):
             ref = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
-        with _out_pieces(hopper, tile, pieces):
+        with _out_pieces(hopper, 2):
             n0 = count()
             graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
             launches = count() - n0
@@ -156,7 +150,7 @@ def test_the_split_kernel_in_halves_gives_the_same_bits(hopper, splits, dtype, M
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
     assert hopper.gemm_2l_split_halves() is False
-    with _forced_plan(hopper, 256, 1, persistent=1, warpgroups=(2, 0)):
+    with _forced_plan(hopper, **TILE256):
         hopper.set_gemm_2l_rf_splits(splits)
         try:
             _poison(4 * M * N, 0xFF)
@@ -185,8 +179,7 @@ def test_the_stamped_twin_has_the_halves_layout(hopper, warpgroups, tile):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 71 + tile, 72)
     ref = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
     both = torch.zeros(2, 4, warpgroups, 8, 8, dtype=torch.int64, device="cuda")
-    plan = (dict(persistent=1, warpgroups=(3, 192)) if warpgroups == 3 else
-            dict(tile=256, splits=1, persistent=1, warpgroups=(2, 0)))
+    plan = dict(persistent=1, warpgroups=(3, 192)) if warpgroups == 3 else TILE256
     with _forced_plan(hopper, **plan):
         n0 = hopper.gemm_2l_out_halves_launches()
         hopper.set_gemm_2l_tile_life(both.data_ptr(), False, True)
