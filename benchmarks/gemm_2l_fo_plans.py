@@ -16,7 +16,8 @@ v2.32); --turns adds each two-warpgroup register-fragment candidate again with t
 ("t_" before its name; "t_auto" the default plan so), and the ping-pong GEMM ("pp": set_gemm_2l_rf_pingpong).
 --pieces adds the two-warpgroup 256-token and three-warpgroup 192-token tiles with their output staged whole, on three
 stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1)), and the 256-token split kernel over 2
-/ 4 CTAs with its output in halves ("rs256x2h", "rs256x4h"; set_gemm_2l_split_halves, g.54).
+/ 4 CTAs the same way, as before v2.37 ("rs256x2w", "rs256x4w"; set_gemm_2l_split_halves(False); call 1 of
+v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h").
 """
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool =
     if N % 192 == 0:
         out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]
     out += rs
-    if pieces:  # the output staged whole, three stages, as before v2.36 (set_gemm_2l_out_pieces(tile, 1)); the split
-        # 256-token kernel in halves (set_gemm_2l_split_halves, g.54)
+    if pieces:  # the output staged whole, three stages, as before v2.36 / v2.37 (set_gemm_2l_out_pieces(tile, 1),
+        # set_gemm_2l_split_halves(False))
         out += [("rf2_256w", {"persistent": 1, "rf_warpgroups": 2, "out_pieces": (256, 1)}, 256)]
-        out += [(f"rs256x{s}h", {"rf_splits": s, "split_halves": True}, 256) for s in (2, 4)]
+        out += [(f"rs256x{s}w", {"rf_splits": s, "split_halves": False}, 256) for s in (2, 4)]
         if N % 192 == 0:
             out += [("rf3_192w", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": 192, "out_halves": False}, 0)]
     if turns:

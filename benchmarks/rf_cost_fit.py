@@ -1,16 +1,18 @@
 """The fragment-order GEMM's plan choice, mirrored in Python and scored against measured plans (no GPU needed).
 
 usage: python benchmarks/rf_cost_fit.py LOG[@COLUMN=CANDIDATE,...] [LOG ...] [--halves] [--stage256 1000] [--grid]
+       [--split-halves] [--split-stage256 1212] [--split-grid]
 
 LOG: gemm_2l_fo_plans.py output (each shape's time for every candidate plan, and "auto", the kernel's own choice).
 `choose` mirrors launch_w4a4_gemm_2l's choice for fragment-order weights with branch rank <= 32 and the default
 switches (csrc/w4a4_gemm_2l_sm90.cu: plan_among, rf_cost, the split and three-warpgroup rules); --halves: with the
 256-token two-warpgroup tile's output in halves (g.51, the default since perf-notes v2.36: its stage costs
---stage256 cycles, 1000). Prints per shape the mirror's pick, its measured time, the best plan, and the regret (time
+--stage256 cycles, 1000); --split-halves: with the 256-token split kernel's output in halves too (g.54: its stage
+--split-stage256 cycles). Prints per shape the mirror's pick, its measured time, the best plan, and the regret (time
 of the pick / best - 1); their sum (a shape in several logs: the first log's row). LOG@COLUMN=CANDIDATE renames that
 log's columns, all at once (e.g. call 3 of v2.36 timed g.51 as rf2_256h while it was opt-in: @rf2_256=rf2_256w,
 rf2_256h=rf2_256 swaps them); --grid sweeps the 256-token stage and fixed part and prints the lowest summed regrets (how
-v2.36 refitted the stage)."""
+v2.36 refitted the stage); --split-grid sweeps the split kernel's stage with its halves."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +30,8 @@ class Model:
     halves256: bool = True  # g.51: the unsplit 256-token two-warpgroup tile runs with its output in halves
     stage256: int = 1000  # its stage then (cycles)
     fixed256: int | None = None  # its fixed part per tile (None: the two-warpgroup fit, 1000 + 37 x 256)
+    split_halves: bool = False  # g.54: the 256-token split kernel runs with its output in halves
+    split_stage256: int = 1212  # its stage then (cycles)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -42,6 +46,8 @@ def rf_cost(model: Model, M: int, N: int, K: int, cw: int, bt: int, s: int = 1) 
     elif bt == 256 and s == 1 and model.halves256:
         stage = model.stage256
         fixed = 1000 + 37 * bt if model.fixed256 is None else model.fixed256
+    elif bt == 256 and s > 1 and model.split_halves:
+        stage, fixed = model.split_stage256, 1000 + 37 * bt
     else:
         stage, fixed = 2 * bt + 700, 1000 + 37 * bt
     if s > 1:
@@ -138,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("logs", nargs="+", help="LOG[@COLUMN=CANDIDATE,...]")
     ap.add_argument("--halves", action="store_true", help="the 256-token tile in halves (g.51)")
     ap.add_argument("--stage256", type=int, default=1000)
+    ap.add_argument("--split-halves", action="store_true", help="the 256-token split kernel in halves (g.54)")
+    ap.add_argument("--split-stage256", type=int, default=1212)
     ap.add_argument("--grid", action="store_true", help="sweep the 256-token tile's stage and fixed part")
+    ap.add_argument("--split-grid", action="store_true", help="sweep the 256-token split kernel's stage")
     args = ap.parse_args(argv)
     rows, seen = [], set()
     for spec in args.logs:
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r[:3] not in seen:  # a shape in several logs: the first log's row
                     seen.add(r[:3])
                     rows.append(r)
-    model = Model(halves256=args.halves, stage256=args.stage256)
+    model = Model(halves256=args.halves, stage256=args.stage256, split_halves=args.split_halves,
+                  split_stage256=args.split_stage256)
     total, out = regrets(rows, model)
     for M, K, N, pick, t, best in out:
         shown = f"{t:8.1f}" if t is not None else "  (not timed)"
@@ -161,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
                       for s in range(900, 1301, 20) for f in range(2000, 14001, 1000))
         for r, s, f in grid[:8]:
             print(f"stage256 {s:5d} fixed256 {f:6d}: summed regret {r:.3f}")
+    if args.split_grid:
+        for s in range(800, 1301, 20):
+            m = Model(args.halves, args.stage256, split_halves=True, split_stage256=s)
+            r, out = regrets(rows, m)
+            untimed = sum(t is None for *_, t, _ in out)
+            print(f"split_stage256 {s:5d}: summed regret {r:.3f}, {untimed} picks not timed")
     return 0
 
 

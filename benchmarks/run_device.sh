@@ -70,11 +70,11 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
-#   v249: perf-notes v2.36's g.54 (set_gemm_2l_split_halves, opt-in: the 256-token split kernel's output in halves, a
-#       fourth stage): its tests and g.51's (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo, fo_sh,
-#       bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), the tile life of the default
-#       kernels on their four-stage layout (EP 19, perf-notes v2.36's Next 2: --substeps, three warpgroups at 4608 x 3072
-#       x 3072 and x 12288 x 3072, the 256-token tile at 4096 x 3072 x 3072; LIFE=0: not), memcheck, the whole tests/gpu
+#   v250: g.54 the default (perf-notes v2.37: the 256-token split kernel's output in halves, a fourth stage): its tests,
+#       g.51's and the split register-loop tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
+#       fo_sw, bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), memcheck, the whole
+#       tests/gpu (v249, as run at commit 3da84be, timed g.54 while opt-in, columns fo_sh / rs256x{2,4}h, and the tile
+#       life of the default kernels on EP 19)
 #   v247: perf-notes v2.36's g.53 (a LoRA's ranks 33-64 on the pipelined loop, the 224-token tile in halves): the wide
 #       low-rank tile's tests with g.50's and g.51's (nothing timed if they fail), ab_2l.py --rank 64 (BENCH_MS, default
 #       4608,4096,1024,256; fo, fo_turns, fp8d), memcheck, the whole tests/gpu
@@ -703,13 +703,13 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   fi
   gpu_suite
 fi
-if [ "$what" = v249 ]; then  # g.54 (opt-in), then the whole suite
-  if tests_then_ab v249 "tests/gpu/test_out_pieces.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_sh,bf16,fp8d --rounds 3; then
+if [ "$what" = v250 ]; then  # g.54 the default, then the whole suite
+  if tests_then_ab v250 "tests/gpu/test_out_pieces.py
+      tests/gpu/test_kernels_2l.py::test_gemm_2l_fragment_order_split_register_loop_bit_identical" \
+      --ms ${BENCH_MS:-512,256} --cols fo,fo_sw,bf16,fp8d --rounds 3; then
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --pieces \
-      > "$OUT/fo_plans_v249.log" 2>&1)
-    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v249.log" auto rs256x2 rs256x2h rs256x4 rs256x4h
-    [ "${LIFE:-1}" = 0 ] || life_runs tile_life_v249.log --substeps "--warpgroups 3" \
-      "--warpgroups 3 --shapes 4608x12288x3072" "--tile 256 --shapes 4096x3072x3072"
+      > "$OUT/fo_plans_v250.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v250.log" auto rs256x2 rs256x2w rs256x4 rs256x4w
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "split kernel in halves done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi

@@ -161,8 +161,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 17 (exact, the default for three warpgroups' 192-token tiles (g.50) and two warpgroups' unsplit 256-token tiles
 // (g.51) since v2.36; set_gemm_2l_out_pieces(tile, 1): 10 there) 10 staging and storing its output in two token halves
 // through half the memory, which gives those tiles a fourth stage (the three-warpgroup tile in quarters for a fifth,
-// g.52, measured 1-3 % slower in v2.36 and removed); 18 (exact, set_gemm_2l_split_halves, g.54, opt-in until measured)
-// 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
+// g.52, measured 1-3 % slower in v2.36 and removed); 18 (exact, the default since v2.37, g.54;
+// set_gemm_2l_split_halves(false): 0 there) 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
 // (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too; 19 (exact,
 // set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
 // their output in halves) 12 on 17's layout, so the tile life describes the default kernels.
@@ -999,7 +999,7 @@ long long g_release_step_launches = 0;  // (tests: launches of the later-release
 // warpgroups' unsplit 256-token tiles (g.51), [1] three warpgroups' 192-token tiles (g.50)
 int g_out_pieces[2] = {2, 2};
 long long g_out_halves_launches = 0;  // (tests: which path ran)
-bool g_split_halves = false;           // set_gemm_2l_split_halves (g.54; opt-in until measured)
+bool g_split_halves = true;            // set_gemm_2l_split_halves (g.54, the default since v2.37)
 long long g_split_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
@@ -1159,7 +1159,9 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1, bool h
   const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
   const long stage3 = g_rf3_stage[bt == 192] ? g_rf3_stage[bt == 192] : fit3;
   // (halves256: two warpgroups' unsplit 256-token tile runs with its output in halves, g.51: ~1000, refitted in v2.36
-  // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it takes 9-16 % less time than with three stages)
+  // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it takes 9-16 % less time than with three stages; the
+  // split kernel in halves, g.54, keeps 2 BT + 700: the mirror, benchmarks/rf_cost_fit.py, picks the best timed plan
+  // at all 25 shapes with any split stage from 1080 cycles up, v2.37)
   const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && halves256 ? 1000 : 2L * bt + 700;
   const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
@@ -1277,7 +1279,7 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
                  : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
-    if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54 (opt-in): the split kernel's fourth stage
+    if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54: the split kernel's fourth stage (v2.37)
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms)
                 : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms);
     if (g_out_pieces[0] == 2 && p.tile_tokens == 256 && p.splits == 1)  // g.51: four stages, not three (v2.36)

@@ -37,13 +37,7 @@ def test_the_refit_regrets_as_reported():
     """Against g.51's kernel: the model before summed 0.56 of regret over the 23 timed shapes, the refitted one 0.11 (its
     512 / 256-token picks timed on three stages only) and nothing where call 4 timed them with the halves."""
     def total(model, *logs):
-        rows, seen = [], set()
-        for text, rename in logs:
-            for r in rf_cost_fit.parse(text, rename):
-                if r[:3] not in seen:
-                    seen.add(r[:3])
-                    rows.append(r)
-        return rf_cost_fit.regrets(rows, model)
+        return rf_cost_fit.regrets(_rows(*logs), model)
     before, _ = total(rf_cost_fit.Model(halves256=False), (OPT_IN.read_text(), SWAP), (BEFORE.read_text(), None))
     after, _ = total(rf_cost_fit.Model(halves256=True), (OPT_IN.read_text(), SWAP), (BEFORE.read_text(), None))
     assert before == pytest.approx(0.561, abs=2e-3)
@@ -63,3 +57,32 @@ def test_the_cli_prints_each_shape_and_the_grid(capsys):
     assert rf_cost_fit.main([f"{OPT_IN}@rf2_256=rf2_256w,rf2_256h=rf2_256", "--halves", "--grid"]) == 0
     out = capsys.readouterr().out
     assert out.count("M=") == 15 and "summed regret" in out and "stage256" in out
+
+
+G54 = PERF / "gemm_2l_fo_plans_v249_h100.txt"  # v2.37 call 1: g.54 timed as rs256x{2,4}h while opt-in
+G54_SWAP = {"rs256x2": "rs256x2w", "rs256x2h": "rs256x2", "rs256x4": "rs256x4w", "rs256x4h": "rs256x4"}
+
+
+def _rows(*logs):
+    rows, seen = [], set()
+    for text, rename in logs:
+        for r in rf_cost_fit.parse(text, rename):
+            if r[:3] not in seen:
+                seen.add(r[:3])
+                rows.append(r)
+    return rows
+
+
+@pytest.mark.parametrize("stage,regret", [(1212, 0.0), (1080, 0.0), (1060, 0.045)])
+def test_the_split_halves_keep_the_split_stage(stage, regret):
+    """g.54 (v2.37): with the split kernel in halves, the model's split stage (2 x 256 + 700 = 1212 cycles) still picks
+    the best timed plan at all 25 shapes; a stage below 1080 cycles would move a shape to a slower plan."""
+    rows = _rows((G54.read_text(), G54_SWAP), (OPT_IN.read_text(), SWAP))
+    model = rf_cost_fit.Model(halves256=True, split_halves=True, split_stage256=stage)
+    total, picks = rf_cost_fit.regrets(rows, model)
+    assert len(picks) == 25 and all(t is not None for *_, t, _ in picks)
+    assert total == pytest.approx(regret, abs=2e-3)
+    # the split shapes (512 / 256 tokens x K >= 12288) pick the split kernel, now in halves, the fastest there
+    for M, K, N, pick, t, best in picks:
+        if M <= 512 and K >= 12288:
+            assert pick.startswith("rs256x") and t == best, (M, K, N, pick, t, best)

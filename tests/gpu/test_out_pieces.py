@@ -3,8 +3,8 @@ memory, which gives their stage ring a fourth stage (Hopper; perf-notes v2.36's 
 set_gemm_2l_out_pieces(256, 1) runs the three-stage kernel of before; the three-warpgroup 192-token tile's halves, g.50,
 are tests/gpu/test_out_halves.py). Both must give the same bits (outputs poisoned first), in bfloat16 and float16: tiles
 of one and many stages, many tiles per CTA, last token tiles ending in either half, GELU and a concatenated prefix, the
-low-rank tile late after the chained down projection, and CUDA-graph replay. Also the split kernel's halves (g.54,
-opt-in: set_gemm_2l_split_halves)."""
+low-rank tile late after the chained down projection, and CUDA-graph replay. Also the split kernel's halves (g.54, the
+default since v2.37; set_gemm_2l_split_halves(False) runs the three-stage split kernel)."""
 from __future__ import annotations
 
 import contextlib
@@ -142,29 +142,31 @@ def test_replays_from_a_cuda_graph(hopper):
                                            (torch.float16, 300, 1280, 896, 16), (torch.bfloat16, 513, 2048, 768, 0),
                                            (torch.float16, 200, 3072, 384, 32)])
 def test_the_split_kernel_in_halves_gives_the_same_bits(hopper, splits, dtype, M, K, N, R):
-    """set_gemm_2l_split_halves (g.54, opt-in): the 256-token register-fragment loop with K split over a cluster of 2-8
-    CTAs staging its output in halves, each CTA storing only its own token octets (three CTAs: one CTA's octets in both
-    halves), equals the three-stage split kernel bit for bit, every element written (poisoned first)."""
+    """set_gemm_2l_split_halves (g.54, the default since v2.37): the 256-token register-fragment loop with K split over a
+    cluster of 2-8 CTAs staging its output in halves, each CTA storing only its own token octets (three CTAs: one CTA's
+    octets in both halves), equals the three-stage split kernel bit for bit, every element written (poisoned first)."""
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + splits + 61)
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=K + R + 61, bias=R != 16)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
-    assert hopper.gemm_2l_split_halves() is False
+    assert hopper.gemm_2l_split_halves() is True
     with _forced_plan(hopper, **TILE256):
         hopper.set_gemm_2l_rf_splits(splits)
         try:
+            hopper.set_gemm_2l_split_halves(False)
+            n0 = hopper.gemm_2l_split_halves_launches()
             _poison(4 * M * N, 0xFF)
             ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
-            n0 = hopper.gemm_2l_split_halves_launches()
+            ran_whole = hopper.gemm_2l_split_halves_launches() - n0
             hopper.set_gemm_2l_split_halves(True)
             _poison(4 * M * N, 0xFF)
             y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
             ran = hopper.gemm_2l_split_halves_launches() - n0
         finally:
-            hopper.set_gemm_2l_split_halves(False)
+            hopper.set_gemm_2l_split_halves(True)
             hopper.set_gemm_2l_rf_splits(0)
     assert y is not None, hopper.last_error()
-    assert ran == 1
+    assert (ran_whole, ran) == (0, 1)
     assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
     assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
 
