@@ -1,7 +1,9 @@
 """The Hopper default chain (quantize_act_2l, then w4a4_gemm_2l_fo) at one shape, a few calls: a target for ncu.
 
 usage: ncu --kernel-name regex:"lowrank_down|quantize_act_2l|w4a4_gemm_2l" --launch-skip 6 --launch-count 3 \
-           python benchmarks/chain_ncu.py M K N [--calls 4]
+           python benchmarks/chain_ncu.py M K N [--calls 4] [--plan NAME]
+
+--plan: the GEMM on one of gemm_2l_fo_plans.py's candidates (with its splits), e.g. rs256x4, instead of its own choice.
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import argparse
 
 import torch
 
-from problems_2l import hopper_extension, random_2l
+from gemm_2l_fo_plans import candidates
+from problems_2l import gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
@@ -17,6 +20,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("shape", type=int, nargs=3, metavar=("M", "K", "N"))
     ap.add_argument("--calls", type=int, default=4)
+    ap.add_argument("--plan", default="auto", help="a gemm_2l_fo_plans.py candidate (with --splits)")
     args = ap.parse_args()
     ext = hopper_extension("chain_ncu")
     if ext is None:
@@ -24,10 +28,22 @@ def main() -> int:
     M, K, N = args.shape
     p = random_2l(M, K, N, sets=1)
     qf = fragment_order(p.qweight)
-    for _ in range(args.calls):
-        xq, xsc, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
-        ext.w4a4_gemm_2l_fo(xq, xsc, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
-    torch.cuda.synchronize()
+    plans = {c[0]: c for c in candidates(N, splits=True)}
+    if args.plan not in plans:
+        ap.error(f"--plan {args.plan}: not one of {sorted(plans)}")
+    _, switches, bt = plans[args.plan]
+    with gemm_switches(ext, **switches):
+        ext.set_gemm_2l_tile_tokens(bt)
+        ext.set_gemm_2l_splits(1 if bt else 0)
+        try:
+            for _ in range(args.calls):
+                xq, xsc, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
+                y = ext.w4a4_gemm_2l_fo(xq, xsc, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
+                assert y is not None, ext.last_error()
+            torch.cuda.synchronize()
+        finally:
+            ext.set_gemm_2l_splits(0)
+            ext.set_gemm_2l_tile_tokens(0)
     print("done", M, K, N)
     return 0
 
