@@ -17,8 +17,7 @@ v2.32); --turns adds each two-warpgroup register-fragment candidate again with t
 --pieces adds the two-warpgroup 256-token and three-warpgroup 192-token tiles with their output staged whole, on three
 stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1)), and the 256-token split kernel over 2
 / 4 CTAs the same way, as before v2.37 ("rs256x2w", "rs256x4w"; set_gemm_2l_split_halves(False); call 1 of
-v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h"). --bulk adds each split candidate again with its exchange
-by bulk reductions ("<name>b"; set_gemm_2l_split_bulk, g.55).
+v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h").
 """
 from __future__ import annotations
 
@@ -34,14 +33,11 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
-def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False,
-               bulk: bool = False) -> list[tuple[str, dict, int]]:
+def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False) -> list[tuple[str, dict, int]]:
     """(name, gemm_switches arguments, forced token tile or 0)."""
     out = [("auto", {}, 0), ("nrbc", {"rf_by_cost": False}, 0), ("np", {"persistent": 0}, 0)]
     rf2 = [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
     rs = [(f"rs{bt}x{s}", {"rf_splits": s}, bt) for bt, s in SPLITS] if splits else []
-    if bulk:  # the split exchange by bulk reductions (set_gemm_2l_split_bulk, g.55)
-        rs += [(f"{name}b", {**sw, "split_bulk": True}, bt) for name, sw, bt in rs]
     out += rf2
     if N % 192 == 0:
         out += [(f"rf3_{bt}", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": bt}, 0) for bt in (128, 192)]
@@ -70,7 +66,6 @@ def main() -> int:
     ap.add_argument("--splits", action="store_true", help="also the split register-fragment loop, forced (SPLITS)")
     ap.add_argument("--pieces", action="store_true",
                     help="also rf2_256 and rf3_192 with their output staged whole (rf2_256w, rf3_192w: three stages)")
-    ap.add_argument("--bulk", action="store_true", help="also each split candidate with its exchange by bulk reductions")
     ap.add_argument("--turns", action="store_true",
                     help="also the two-warpgroup candidates with the warpgroups taking turns, and the ping-pong GEMM")
     args = ap.parse_args()
@@ -88,7 +83,7 @@ def main() -> int:
             def gemm(xq, xs, lr):
                 return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
 
-            cands = candidates(N, args.splits, args.turns, args.pieces, args.bulk)
+            cands = candidates(N, args.splits, args.turns, args.pieces)
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):

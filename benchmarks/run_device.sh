@@ -70,10 +70,10 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
-#   v251: perf-notes v2.37's g.55 (set_gemm_2l_split_bulk, opt-in: the split exchange by bulk reductions): its tests
-#       (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo, fo_sb, bf16, fp8d), few_token_fixed.py
-#       at 256 x 3072 (each split plan with and without), gemm_2l_fo_plans.py --splits --bulk (PLANS_MS, default
-#       512,256), memcheck, the whole tests/gpu
+#   splitncu: Nsight Compute on the GEMM alone at 256 x K x 3072 (K 512 and 3072) for rf2_64, rs128x2 and rs256x4
+#       (benchmarks/chain_ncu.py --plan): duration, elapsed and SM-active cycles, launch and cluster occupancy, the
+#       lines into $OUT/ncu_<plan>_<K>.log (perf-notes v2.37's call 6: where the split plans' fixed part is not)
+#   (v251, as run at commit d90dce6, timed g.55, the split exchange by bulk reductions: no gain, removed in v2.37)
 #   v250: g.54 the default (perf-notes v2.37: the 256-token split kernel's output in halves, a fourth stage): its tests,
 #       g.51's and the split register-loop tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
 #       fo_sw, bf16, fp8d), gemm_2l_fo_plans.py --splits --pieces (PLANS_MS, default 512,256), memcheck, the whole
@@ -707,18 +707,18 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
   fi
   gpu_suite
 fi
-if [ "$what" = v251 ]; then  # g.55 (opt-in), then the whole suite
-  if tests_then_ab v251 "tests/gpu/test_split_bulk.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_sb,bf16,fp8d --rounds 3; then
-    (cd benchmarks && timeout 120 python3 few_token_fixed.py \
-      --plans auto,rs128x2,rs128x2b,rs256x2,rs256x2b,rs256x4,rs256x4b,rs64x2,rs64x2b > "$OUT/few_token_fixed_v251.log" 2>&1)
-    echo "few-token rc=$?"; tail -13 "$OUT/few_token_fixed_v251.log"
-    (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --bulk \
-      > "$OUT/fo_plans_v251.log" 2>&1)
-    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v251.log" auto rs256x2 rs256x2b rs256x4 rs256x4b rs128x2 rs128x2b
-    memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "bulk reductions done|Error" "$OUT/sanitize_memcheck.log" | tail -3
-  fi
-  gpu_suite
+if [ "$what" = splitncu ]; then  # where a split plan's fixed part goes: Nsight Compute, GEMM alone, three plans
+  for plan in rf2_64 rs128x2 rs256x4; do
+    for K in 512 3072; do
+      (cd benchmarks && timeout 90 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
+        --launch-count 1 --section SpeedOfLight --section LaunchStats --section Occupancy \
+        --metrics sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_elapsed.max,sm__ctas_launched.sum \
+        python3 chain_ncu.py 256 $K 3072 --plan $plan --calls 4 > "$OUT/ncu_${plan}_$K.log" 2>&1)
+      echo "== $plan K=$K rc=$?"
+      grep -E "Duration|Elapsed Cycles|sm__cycles_active|Cluster Size|Max Active Clusters|Grid Size" \
+        "$OUT/ncu_${plan}_$K.log" | sed 's/  */ /g'
+    done
+  done
 fi
 if [ "$what" = v250 ]; then  # g.54 the default, then the whole suite
   if tests_then_ab v250 "tests/gpu/test_out_pieces.py

@@ -1096,13 +1096,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "its output in halves, each CTA storing only its own octets, which gives it a fourth stage (g.54, the default "
         "since perf-notes v2.37: 6-13 % less GEMM time; False: three stages as before, for A/B); the same bits");
   m.def("gemm_2l_split_halves", &svdq::gemm_2l_split_halves, "whether set_gemm_2l_split_halves is on");
-  m.def("set_gemm_2l_split_bulk", &svdq::set_gemm_2l_split_bulk, pybind11::arg("on"),
-        "the split kernels' exchange of int32 partials by bulk reductions (cp.reduce.async.bulk .add into the owning "
-        "CTA's shared memory) instead of loads of distributed shared memory (g.55, opt-in until measured); the same "
-        "bits");
-  m.def("gemm_2l_split_bulk", &svdq::gemm_2l_split_bulk, "whether set_gemm_2l_split_bulk is on");
-  m.def("gemm_2l_split_bulk_launches", &svdq::gemm_2l_split_bulk_launches,
-        "split GEMM launches with the bulk-reduction exchange (tests)");
   m.def("gemm_2l_split_halves_launches", &svdq::gemm_2l_split_halves_launches,
         "GEMM launches of the split kernel with its output in halves (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),

@@ -283,12 +283,6 @@ int gemm_2l_out_pieces(int tile);
 void set_gemm_2l_split_halves(bool on);
 bool gemm_2l_split_halves();
 long long gemm_2l_split_halves_launches();  // (tests)
-// The split kernels' exchange of int32 partials by bulk reductions into the owning CTA's shared memory (the TMA unit's
-// cp.reduce.async.bulk .add, completing on an mbarrier) instead of 16-byte loads of distributed shared memory (g.55;
-// opt-in until measured). The same bits.
-void set_gemm_2l_split_bulk(bool on);
-bool gemm_2l_split_bulk();
-long long gemm_2l_split_bulk_launches();  // (tests)
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.

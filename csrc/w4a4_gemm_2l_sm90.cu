@@ -127,9 +127,7 @@ constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tes
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
-__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 || ep == 19 || ep == 21 ? 2 : 1; }
-// The split kernels exchanging their partials by bulk reductions (set_gemm_2l_split_bulk, g.55): EP 10's and 18's twins.
-__host__ __device__ constexpr bool split_bulk(int ep) { return ep == 20 || ep == 21; }
+__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 || ep == 19 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || ep == 19; }
 
@@ -164,12 +162,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // (g.51) since v2.36; set_gemm_2l_out_pieces(tile, 1): 10 there) 10 staging and storing its output in two token halves
 // through half the memory, which gives those tiles a fourth stage (the three-warpgroup tile in quarters for a fifth,
 // g.52, measured 1-3 % slower in v2.36 and removed); 18 (exact, the default since v2.37, g.54;
-// set_gemm_2l_split_halves(false): 10 there) 17 for two warpgroups' 256-token tiles with K split over a cluster: each
-// CTA stages and stores only its own octets (at most half the tile for two CTAs or more), which gives the split kernel
-// a fourth stage too; 19 (exact, set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the
-// 256-token two-warpgroup tiles with their output in halves) 12 on 17's layout, so the tile life describes the default
-// kernels; 20 / 21 (exact, set_gemm_2l_split_bulk, g.55, opt-in until measured) 10 / 18 split over a cluster with the
-// partials exchanged by bulk reductions (split_bulk below; own instances, so the defaults' code is unchanged).
+// set_gemm_2l_split_halves(false): 0 there) 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
+// (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too; 19 (exact,
+// set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
+// their output in halves) 12 on 17's layout, so the tile life describes the default kernels.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -187,12 +183,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 21))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 19))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 21;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 19;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kStamped = stamped(EP);
   constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -200,7 +196,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
-  constexpr bool kSplitPieces = EP == 18 || EP == 21;  // (g.54) split over a cluster too: each CTA stores its octets
+  constexpr bool kSplitPieces = EP == 18;  // (g.54) split over a cluster too: each CTA stores its octets from them
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
@@ -729,64 +725,37 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     for (int j = 0; j < JB; ++j)
       asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(red_at(j)), "r"(acc[4 * j]), "r"(acc[4 * j + 1]),
                    "r"(acc[4 * j + 2]), "r"(acc[4 * j + 3]) : "memory");
-    if constexpr (split_bulk(EP)) {
-      jlo = z * JB / splits;
-      jhi = (z + 1) * JB / splits;
-      // (g.55) the peers add their partials of this CTA's octets into its buffer by bulk reductions (the TMA unit's
-      // int32 adds: the same sums in any order), which complete on stage 0's barrier (the stages are drained), re-armed
-      const uint32_t red_bar = bars;
-      fence_proxy_async_smem();  // this thread's partials seen by the bulk reductions (async proxy)
-      if (tid == 0) {
-        asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(red_bar) : "memory");
-        mbar_init(red_bar, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        mbar_expect_tx(red_bar, (uint32_t)((splits - 1) * (jhi - jlo) * kCT * 16));
-      }
-      cluster.sync();  // every CTA's partials and barrier in place
-      if (tid == 0)
-        for (int q = 1; q < splits; ++q) {
-          const int p = (z + q) % splits, plo = p * JB / splits, phi = (p + 1) * JB / splits;
-          uint32_t dst, bar;
-          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(dst) : "r"(red_at(plo)), "r"(p));
-          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(bar) : "r"(red_bar), "r"(p));
-          asm volatile(
-              "cp.reduce.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes.add.u32 [%0], [%1], %2, "
-              "[%3];\n" ::"r"(dst), "r"(red_at(plo)), "r"((uint32_t)((phi - plo) * kCT * 16)), "r"(bar) : "memory");
-        }
-      mbar_wait(red_bar, 0);
-    } else {
-      cluster.sync();
-      jlo = z * JB / splits;
-      jhi = (z + 1) * JB / splits;
-      constexpr int kB = 4;  // octets per batch
-      for (int j0 = jlo; j0 < jhi; j0 += kB) {
-        int sum[kB][4];
+    cluster.sync();
+    jlo = z * JB / splits;
+    jhi = (z + 1) * JB / splits;
+    constexpr int kB = 4;  // octets per batch
+    for (int j0 = jlo; j0 < jhi; j0 += kB) {
+      int sum[kB][4];
+#pragma unroll
+      for (int u = 0; u < kB; ++u)
+        if (j0 + u < jhi)
+          asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=r"(sum[u][0]), "=r"(sum[u][1]), "=r"(sum[u][2]), "=r"(sum[u][3]) : "r"(red_at(j0 + u)) : "memory");
+      for (int q = 1; q < splits; ++q) {
+        uint32_t peer;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(peer) : "r"(red_at(j0)), "r"((z + q) % splits));
+        int v[kB][4];
 #pragma unroll
         for (int u = 0; u < kB; ++u)
           if (j0 + u < jhi)
-            asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-                         : "=r"(sum[u][0]), "=r"(sum[u][1]), "=r"(sum[u][2]), "=r"(sum[u][3]) : "r"(red_at(j0 + u)) : "memory");
-        for (int q = 1; q < splits; ++q) {
-          uint32_t peer;
-          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(peer) : "r"(red_at(j0)), "r"((z + q) % splits));
-          int v[kB][4];
-#pragma unroll
-          for (int u = 0; u < kB; ++u)
-            if (j0 + u < jhi)
-              asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-                           : "=r"(v[u][0]), "=r"(v[u][1]), "=r"(v[u][2]), "=r"(v[u][3]) : "r"(peer + u * kCT * 16) : "memory");
-#pragma unroll
-          for (int u = 0; u < kB; ++u)
-            if (j0 + u < jhi)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) sum[u][e] += v[u][e];
-        }
+            asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(v[u][0]), "=r"(v[u][1]), "=r"(v[u][2]), "=r"(v[u][3]) : "r"(peer + u * kCT * 16) : "memory");
 #pragma unroll
         for (int u = 0; u < kB; ++u)
           if (j0 + u < jhi)
-            asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(red_at(j0 + u)), "r"(sum[u][0]), "r"(sum[u][1]),
-                         "r"(sum[u][2]), "r"(sum[u][3]) : "memory");
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sum[u][e] += v[u][e];
       }
+#pragma unroll
+      for (int u = 0; u < kB; ++u)
+        if (j0 + u < jhi)
+          asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(red_at(j0 + u)), "r"(sum[u][0]), "r"(sum[u][1]),
+                       "r"(sum[u][2]), "r"(sum[u][3]) : "memory");
     }
 #pragma unroll
     for (int j = 0; j < JB; ++j)
@@ -1031,8 +1000,6 @@ long long g_release_step_launches = 0;  // (tests: launches of the later-release
 int g_out_pieces[2] = {2, 2};
 long long g_out_halves_launches = 0;  // (tests: which path ran)
 bool g_split_halves = true;            // set_gemm_2l_split_halves (g.54, the default since v2.37)
-bool g_split_bulk = false;             // set_gemm_2l_split_bulk (g.55; opt-in until measured)
-long long g_split_bulk_launches = 0;   // (tests: which path ran)
 long long g_split_halves_launches = 0;  // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
@@ -1083,7 +1050,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1094,12 +1061,11 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 21 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 19 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
-  if (EP == 18 || EP == 21) ++g_split_halves_launches;
-  if (split_bulk(EP)) ++g_split_bulk_launches;
+  if (EP == 18) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
@@ -1295,9 +1261,6 @@ int gemm_2l_out_pieces(int tile) { return tile == 256 ? g_out_pieces[0] : tile =
 void set_gemm_2l_split_halves(bool on) { g_split_halves = on; }
 bool gemm_2l_split_halves() { return g_split_halves; }
 long long gemm_2l_split_halves_launches() { return g_split_halves_launches; }
-void set_gemm_2l_split_bulk(bool on) { g_split_bulk = on; }
-bool gemm_2l_split_bulk() { return g_split_bulk; }
-long long gemm_2l_split_bulk_launches() { return g_split_bulk_launches; }
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1316,13 +1279,6 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
                  : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
-    if (g_split_bulk && p.splits > 1) {  // g.55 (opt-in): the split exchange by bulk reductions, EP 10's / 18's twins
-      if (g_split_halves && p.tile_tokens == 256)
-        return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 21>(a, p.splits, nullptr, stream, num_sms)
-                  : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 21>(a, p.splits, nullptr, stream, num_sms);
-      return bf ? launch_2l_tile<__nv_bfloat16, 64, false, false, true, true, true, 0, 20>(a, p, stream, num_sms)
-                : launch_2l_tile<__half, 64, false, false, true, true, true, 0, 20>(a, p, stream, num_sms);
-    }
     if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54: the split kernel's fourth stage (v2.37)
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms)
                 : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms);

@@ -65,8 +65,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_rf_pipelined": True, "set_gemm_2l_rf_pingpong": 0, "set_gemm_2l_lr_by_producer": False,
                 "set_gemm_2l_l2_prefetch": False, "set_gemm_2l_act_in_loop": False,
                 "set_gemm_2l_lr_unrolled": True, "set_gemm_2l_release_step": 0, "set_gemm_2l_out_halves": True,
-                "set_gemm_2l_out_pieces": (192, 2), "set_gemm_2l_split_halves": True,
-                "set_gemm_2l_split_bulk": False}
+                "set_gemm_2l_out_pieces": (192, 2), "set_gemm_2l_split_halves": True}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -200,25 +199,6 @@ def test_fo_plans_candidates_with_turns_name_real_switches():
     assert by_name["pp"] == ({"rf_pingpong": True}, 0)
     sig = inspect.signature(problems_2l.gemm_switches)
     for _, sw, _ in both:
-        sig.bind(object(), **sw)
-
-
-def test_fo_plans_bulk_candidates_twin_every_split_plan():
-    """gemm_2l_fo_plans.py --bulk: each split candidate again with split_bulk (g.55), its token tile and CTAs the same,
-    no unsplit plan twinned, every switch accepted by gemm_switches."""
-    import inspect
-
-    import gemm_2l_fo_plans
-    import problems_2l
-
-    plain = {n: (sw, bt) for n, sw, bt in gemm_2l_fo_plans.candidates(3072, splits=True)}
-    bulk = {n: (sw, bt) for n, sw, bt in gemm_2l_fo_plans.candidates(3072, splits=True, bulk=True)}
-    twins = set(bulk) - set(plain)
-    assert twins == {n + "b" for n in plain if n.startswith("rs")} and len(twins) == len(gemm_2l_fo_plans.SPLITS)
-    for t in twins:
-        assert bulk[t] == ({**plain[t[:-1]][0], "split_bulk": True}, plain[t[:-1]][1])
-    sig = inspect.signature(problems_2l.gemm_switches)
-    for sw, _ in bulk.values():
         sig.bind(object(), **sw)
 
 

@@ -236,16 +236,6 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     ext.set_gemm_2l_rf_splits(0)
     ext.set_gemm_2l_rf_warpgroups(0, 0)
     print("sanitize case: split kernel in halves done")
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_split_bulk"):
-    # the split exchange by bulk reductions (g.55, set_gemm_2l_split_bulk): clusters of 2, 3 (unequal octet ranges) and
-    # 8, the 64- and 256-token tiles, rows past M
-    for s_, tile in ((2, 256), (3, 256), (8, 64)):
-        ext.set_gemm_2l_rf_warpgroups(2, 0)
-        ext.set_gemm_2l_rf_splits(s_)
-        _fragment_order_gemm_case("split_bulk", [(300, 1280, 512, 32, tile)])
-    ext.set_gemm_2l_rf_splits(0)
-    ext.set_gemm_2l_rf_warpgroups(0, 0)
-    print("sanitize case: split exchange by bulk reductions done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included
