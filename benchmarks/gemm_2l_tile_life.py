@@ -2,7 +2,7 @@
 
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--tile 224|256] [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
-       [--pingpong] [--substeps]
+       [--pingpong] [--substeps] [--splits 2..8]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles (--tile 256: on 256-token tiles, the default at 4096 tokens), or with
@@ -23,6 +23,11 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
 tile freed for the next tile's loads, the staging free, the output staged, the proxy fence, the warpgroup's barrier,
 the TMA store issued.
+--splits S: the 256-token tile with K split over a cluster of S CTAs (the few-token plans rs256xS; EP 20, EP 18
+stamped), one tile per CTA, the first 4 CTAs of the first clusters (CTA = tile x S + rank): the split CTA's whole life,
+per warpgroup, medians over those CTAs: "prologue" (the kernel's entry -> its tile's start), "stage wait", "first
+issue", "loop", "exchange" (loop end -> the cluster's partials summed and its last barrier passed), "lr wait", "scales",
+"low-rank", "store" (-> TMA issued), "drain" (-> the store has read the staging: the CTA may exit).
 --pingpong: the ping-pong GEMM instead (set_gemm_2l_rf_pingpong, 128 x 128 tiles, each warpgroup its own tiles; perf-notes
 v2.31), stamped at its steps: 0 tile start, 1 first stage landed, 2 main loop done, 3 low-rank tile landed, 4 half 0's
 scales and branch, 5 half 1's, 6 stored (no step 7: "stage wait" is 0 -> 1 and "first issue" empty). Its columns:
@@ -44,6 +49,40 @@ PARTS = ["stage wait", "first issue", "loop", "lr wait", "scales", "low-rank", "
 # next tile's loads (lr_free), the previous tile's store has read the staging, the output staged (bias, conversion,
 # stmatrix), the proxy fence passed, the warpgroup's barrier passed, the TMA store issued
 SUBPARTS = ["lr free", "staging free", "stage out", "fence", "barrier", "tma issue"]
+# --splits: a split CTA's one tile, its steps in order (sub-step indices + 8: 14 entry, 13 exchange done, 15 drained)
+SPLIT_PARTS = ["prologue", "stage wait", "first issue", "loop", "exchange", "lr wait", "scales", "low-rank", "store",
+               "drain"]
+SPLIT_STEPS = [14, 0, 7, 1, 2, 13, 3, 4, 5, 6, 15]
+
+
+def summarize_split(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[str, float]]:
+    """stamps and sub [CTAS, warpgroups, TILES, STEPS] of the split kernel (tile 0 only; sub: steps 8 .. 15) ->
+    {"wg<w>": {part: median cycles over the CTAs}}; a CTA missing any step is left out."""
+    s, u = stamps.to(torch.int64).tolist(), sub.to(torch.int64).tolist()
+    out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in SPLIT_PARTS} for w in range(len(s[0]))}
+    for c in range(len(s)):
+        for w in range(len(s[c])):
+            at = [s[c][w][0][k] if k < 8 else u[c][w][0][k - 8] for k in SPLIT_STEPS]
+            if not all(at):
+                continue
+            for p, a, b in zip(SPLIT_PARTS, at, at[1:]):
+                out[f"wg{w}"][p].append(b - a)
+    return {k: {p: statistics.median(v) if v else float("nan") for p, v in d.items()} for k, d in out.items()}
+
+
+def split_by_cta(stamps: torch.Tensor, sub: torch.Tensor, part: str = "exchange") -> list[list[int]]:
+    """One part of each stamped split CTA's life, [CTA][warpgroup] in cycles (0 where a step is missing): whether the
+    cluster's CTAs spend it alike (a fixed cost) or one waits for another (a skew)."""
+    s, u = stamps.to(torch.int64).tolist(), sub.to(torch.int64).tolist()
+    i = SPLIT_PARTS.index(part)
+    out = []
+    for c in range(len(s)):
+        row = []
+        for w in range(len(s[c])):
+            a, b = (s[c][w][0][k] if k < 8 else u[c][w][0][k - 8] for k in SPLIT_STEPS[i:i + 2])
+            row.append(b - a if a and b else 0)
+        out.append(row)
+    return out
 
 
 def summarize_substeps(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -109,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
     ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
+    ap.add_argument("--splits", type=int, default=0, choices=range(2, 9), metavar="2..8",
+                    help="the 256-token tile split over a cluster of this many CTAs (a split CTA's whole life)")
     args = ap.parse_args(argv)
+    if args.splits and (args.warpgroups == 3 or args.pingpong or args.turns):
+        ap.error("--splits: two warpgroups, the pipelined loop")
     from problems_2l import gemm_switches, hopper_extension, random_2l
 
     from svdquant_hf.ops.layout_2l import fragment_order
@@ -125,14 +168,19 @@ def main(argv: list[str] | None = None) -> int:
             args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")):
         return 2
     wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
+    tile = 256 if args.splits else args.tile
     kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else
-            f"{args.tile}-token") + (
+            f"{tile}-token" + (f" split over {args.splits} CTAs" if args.splits else "")) + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
         ", L2 prefetch" if args.l2_prefetch else "") + (
         ", no output (probe)" if args.no_store else "") + (", act in the loop" if args.act_in_loop else "") + (
         ", lr copies in loops" if args.lr_rolled else "")
-    print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
-    print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in PARTS) + " | lag behind wg0 at loop end")
+    if args.splits:
+        print(f"{torch.cuda.get_device_name()}: a {kind} CTA's life, cycles (medians over the first 4 CTAs)")
+        print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in SPLIT_PARTS))
+    else:
+        print(f"{torch.cuda.get_device_name()}: a {kind} tile's life, cycles (medians over 4 CTAs x tiles 2-8)")
+        print(f"{'shape':>16} {'wg':>3} | " + " ".join(f"{p:>11}" for p in PARTS) + " | lag behind wg0 at loop end")
     for shape in args.shapes.split(","):
         M, K, N = (int(v) for v in shape.split("x"))
         p = random_2l(M, K, N)
@@ -140,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         xq, xs, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
         both = torch.zeros(2, CTAS, wgs, TILES, STEPS, dtype=torch.int64, device="cuda")
         stamps, sub = both[0], both[1]
-        substeps = args.substeps and not args.pingpong
+        substeps = (args.substeps or bool(args.splits)) and not args.pingpong
 
         def gemm():
             return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
@@ -153,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             switches.update(rf_warpgroups=3, rf3_tile=192)
         with gemm_switches(ext, **switches):
             if wgs == 2 and not args.pingpong:
-                ext.set_gemm_2l_tile_tokens(args.tile)
+                ext.set_gemm_2l_tile_tokens(tile)
+            if args.splits:  # a forced tile unsplit by the plan; the cluster split is the register-fragment loop's own
+                ext.set_gemm_2l_splits(1)
+                ext.set_gemm_2l_rf_splits(args.splits)
             ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps)
             try:
                 for _ in range(3):  # the last call's stamps
@@ -161,8 +212,20 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             finally:
                 ext.set_gemm_2l_tile_life(0)
+                ext.set_gemm_2l_rf_splits(0)
+                ext.set_gemm_2l_splits(0)
                 ext.set_gemm_2l_tile_tokens(0)
         same = torch.equal(y, ref)
+        if args.splits:
+            q = summarize_split(stamps.cpu(), sub.cpu())
+            for w in range(wgs):
+                tail = f" | same bits: {same}" if w == 0 else ""
+                print(f"{shape:>16} wg{w} | " + " ".join(f"{q[f'wg{w}'][p]:>11.0f}" for p in SPLIT_PARTS) + tail,
+                      flush=True)
+            for part in ("loop", "exchange"):
+                cells = " ".join("/".join(str(v) for v in row) for row in split_by_cta(stamps.cpu(), sub.cpu(), part))
+                print(f"{'':>16} {part} by CTA (wg0/wg1): {cells}", flush=True)
+            continue
         r = summarize(stamps.cpu())
         for w in range(wgs):
             tail = f" | {r['lag'][f'wg{w}']:.0f}" if w else f" | same bits: {same}"

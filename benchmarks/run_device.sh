@@ -70,6 +70,9 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   splitlife: a split CTA's whole life (perf-notes v2.37's Next 1: EP 20, the 256-token split kernel stamped):
+#       tests/gpu/test_out_pieces.py (nothing timed if it fails), gemm_2l_tile_life.py --splits 2 and 4 at
+#       SPLIT_SHAPES (default 256x3072x3072,256x12288x3072,512x12288x3072), the whole tests/gpu
 #   splitncu: Nsight Compute on the GEMM alone at 256 x K x 3072 (K 512 and 3072) for rf2_64, rs128x2 and rs256x4
 #       (benchmarks/chain_ncu.py --plan): duration, elapsed and SM-active cycles, launch and cluster occupancy, the
 #       lines into $OUT/ncu_<plan>_<K>.log (perf-notes v2.37's call 6: where the split plans' fixed part is not)
@@ -704,6 +707,19 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
+if [ "$what" = splitlife ]; then  # where a split CTA's life goes, by its stamps, then the whole suite
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_pieces.py -m "gpu or not gpu" -o addopts="" \
+    --timeout 60 > "$OUT/tests_splitlife.log" 2>&1
+  rc=$?; echo "splitlife tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_splitlife.log" | tail -4
+  if [ $rc -eq 0 ]; then
+    for s in 2 4; do
+      (cd benchmarks && timeout 90 python3 gemm_2l_tile_life.py --splits $s \
+        --shapes ${SPLIT_SHAPES:-256x3072x3072,256x12288x3072,512x12288x3072} > "$OUT/split_life_$s.log" 2>&1)
+      echo "split life x$s rc=$?"; cat "$OUT/split_life_$s.log" | cut -c1-170
+    done
   fi
   gpu_suite
 fi

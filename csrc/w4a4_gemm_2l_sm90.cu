@@ -127,9 +127,9 @@ constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tes
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
-__host__ __device__ constexpr int out_pieces(int ep) { return ep == 17 || ep == 18 || ep == 19 ? 2 : 1; }
+__host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || ep == 19; }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || ep == 19 || ep == 20; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -165,7 +165,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // set_gemm_2l_split_halves(false): 0 there) 17 for two warpgroups' 256-token tiles with K split over a cluster: each CTA stages and stores only its own octets
 // (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too; 19 (exact,
 // set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
-// their output in halves) 12 on 17's layout, so the tile life describes the default kernels.
+// their output in halves) 12 on 17's layout, so the tile life describes the default kernels; 20 (exact, set_gemm_2l_tile_life with the 256-token
+// tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -183,12 +184,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 19))),
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 20))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 19;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 20;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kStamped = stamped(EP);
   constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 20);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -196,13 +197,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
-  constexpr bool kSplitPieces = EP == 18;  // (g.54) split over a cluster too: each CTA stores its octets from them
+  constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
   // split (RF, one tile per CTA): the int32 partials meet in the drained stages and the output staging after them
   static_assert(!RF || Cfg::kAcc * kCT * 4 <= NS * Cfg::kStageBytes + Cfg::kOutBytes, "split exchange: no room");
   constexpr int GPS = kBK / G;  // groups per stage
+  long long t_entry = 0;  // (EP 20's stamps) the kernel's entry
+  if constexpr (kLife) t_entry = clock64();
   extern __shared__ uint8_t smem_raw[];
   // 1024-byte alignment for the swizzled tiles; indexing smem_raw keeps the loads in the shared window (LDS)
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
@@ -377,16 +380,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // trace[((CTA * CW + warpgroup) * kLifeTiles + tile) * 8 + step]: 0 tile start, 1 first k-step issued, 2 main loop
   // done, 3 low-rank tile in shared memory, 4 scales applied, 5 low-rank branch added, 6 output stored (TMA issued),
   // 7 the tile's first stage landed; with life_sub also the epilogue's sub-steps 8 .. 12 (8 the low-rank tile freed,
-  // 9 the output staging free, 10 the output staged, 11 the proxy fence passed, 12 the warpgroup's barrier passed) at
-  // trace[kLifeCtas * CW * kLifeTiles * 8 + the same index + step - 8]
+  // 9 the output staging free, 10 the output staged, 11 the proxy fence passed, 12 the warpgroup's barrier passed; and
+  // for EP 20 split over a cluster, its one tile: 13 the cluster's exchange done, 14 the kernel's entry, 15 the last
+  // store read) at trace[kLifeCtas * CW * kLifeTiles * 8 + the same index + step - 8]; CTA = blockIdx.x x splits + rank
   constexpr int kLifeCtas = 4, kLifeTiles = 8;
   int life_n = 0;  // the tile's index among this CTA's
   long long* life_s = nullptr;
   if constexpr (kLife) {
     __shared__ long long s_life[CW * kLifeTiles * 16];
     life_s = s_life;
-    if ((tid & 127) == 0)  // this warpgroup's stamps: only this thread writes and reads them
+    if ((tid & 127) == 0) {  // this warpgroup's stamps: only this thread writes and reads them
       for (int i = 0; i < kLifeTiles * 16; ++i) s_life[wg * kLifeTiles * 16 + i] = 0;
+      if (life_sub && splits > 1) s_life[wg * kLifeTiles * 16 + 14] = t_entry;
+    }
   }
   auto life = [&](int step) {
     if constexpr (kLife) {
@@ -763,6 +769,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
                      : "=r"(acc[4 * j]), "=r"(acc[4 * j + 1]), "=r"(acc[4 * j + 2]), "=r"(acc[4 * j + 3]) : "r"(red_at(j)) : "memory");
     cluster.sync();  // nobody reads this CTA's shared memory any more: the epilogue may reuse it
+    life(13);
   }
 
   if constexpr (!PS) {  // the stages are drained: the low-rank tile goes where they were
@@ -947,9 +954,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if ((tid & 127) == 0) tma_store_wait_read();
   }
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
-    if (trace && (int)blockIdx.x < kLifeCtas && (tid & 127) == 0)
+    if (splits > 1) life(15);
+    const int life_cta = (int)blockIdx.x * splits + z;
+    if (trace && life_cta < kLifeCtas && (tid & 127) == 0)
       for (int i = 0; i < kLifeTiles * 8; ++i) {
-        const int at = ((int)blockIdx.x * CW + wg) * kLifeTiles * 8 + i, from = (wg * kLifeTiles + i / 8) * 16 + i % 8;
+        const int at = (life_cta * CW + wg) * kLifeTiles * 8 + i, from = (wg * kLifeTiles + i / 8) * 16 + i % 8;
         trace[at] = life_s[from];
         if (life_sub) trace[kLifeCtas * CW * kLifeTiles * 8 + at] = life_s[from + 8];
       }
@@ -1050,7 +1059,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 19);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 20);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1061,11 +1070,11 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 19 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 20 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
-  if (EP == 18) ++g_split_halves_launches;
+  if (EP == 18 || EP == 20) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
@@ -1279,6 +1288,8 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
                  : launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 16>(a, 1, nullptr, stream, num_sms);
     if (!g_lr_unrolled && bf && p.tile_tokens == 224 && p.splits == 1)  // (the rolled copies' two-warpgroup instance)
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
+    if (g_life && bf && g_split_halves && p.tile_tokens == 256 && p.splits > 1 && !a.lr_late)  // (stamps, EP 20)
+      return launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 20>(a, p.splits, g_life, stream, num_sms);
     if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54: the split kernel's fourth stage (v2.37)
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms)
                 : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms);

@@ -153,6 +153,32 @@ def test_tile_life_summary_medians_each_step_per_warpgroup():
         assert r["lag"] == {f"wg{w}": 600 * w for w in range(1, wgs)}
 
 
+def test_tile_life_of_a_split_cta_orders_its_whole_life():
+    """gemm_2l_tile_life.summarize_split on synthetic stamps of the split kernel (one tile per CTA, tile 0): the kernel's
+    entry (sub-step 14), the tile's steps, the exchange (13) between the loop's end and the low-rank tile, the drain
+    (15) after the store; per-CTA gaps as medians; a CTA missing its exchange stamp left out."""
+    import gemm_2l_tile_life as life
+
+    main = torch.zeros(life.CTAS, 2, life.TILES, life.STEPS, dtype=torch.int64)
+    sub = torch.zeros_like(main)
+    # entry, start, landed, first issue, loop end, exchange, lr, scales, low-rank, stored, drained
+    at = [0, 900, 2400, 2600, 9600, 16600, 16800, 17400, 17900, 20300, 20500]
+    for c in range(3):
+        for w in range(2):
+            t = [v + 50_000 * c + 10 * w * (i > 0) for i, v in enumerate(at)]
+            main[c, w, 0, [0, 7, 1, 2, 3, 4, 5, 6]] = torch.tensor([t[1], t[2], t[3], t[4], t[6], t[7], t[8], t[9]])
+            sub[c, w, 0, [6, 5, 7]] = torch.tensor([t[0], t[5], t[10]])
+    sub[2, 1, 0, 5] = 0  # CTA 2's second warpgroup without its exchange stamp: left out
+    main[2, 1, 0, 2] += 10**6  # (so its loop, huge here, cannot reach the medians)
+    r = life.summarize_split(main, sub)
+    want = {"prologue": 900, "stage wait": 1500, "first issue": 200, "loop": 7000, "exchange": 7000, "lr wait": 200,
+            "scales": 600, "low-rank": 500, "store": 2400, "drain": 200}
+    assert r["wg0"] == want
+    assert r["wg1"] == {**want, "prologue": 910}
+    assert life.split_by_cta(main, sub) == [[7000, 7000], [7000, 7000], [7000, 0], [0, 0]]
+    assert life.split_by_cta(main, sub, "drain") == [[200, 200]] * 3 + [[0, 0]]
+
+
 def test_tile_life_substeps_split_the_store_step():
     """gemm_2l_tile_life.summarize_substeps on synthetic stamps: the store step (5 -> 6) cut by sub-steps 8 .. 12 at
     fixed offsets gives each sub-part's median; the first tile and tiles missing a sub-step are left out."""

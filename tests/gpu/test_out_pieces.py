@@ -201,3 +201,34 @@ def test_the_stamped_twin_has_the_halves_layout(hopper, warpgroups, tile):
     assert (order > 0).all() and (order[..., 1:] >= order[..., :-1]).all(), "a stamped tile's steps out of order"
     chain = torch.cat([main[:, :, :2, 5:6], sub[:, :, :2, :5], main[:, :, :2, 6:7]], dim=-1)
     assert (chain > 0).all() and (chain[..., 1:] >= chain[..., :-1]).all(), "the store's sub-steps out of order"
+
+
+@pytest.mark.parametrize("splits", [2, 3, 4])
+def test_the_stamped_split_kernel_records_a_ctas_whole_life(hopper, splits):
+    """set_gemm_2l_tile_life with the 256-token tile split over a cluster (EP 20: EP 18 stamped; benchmarks/
+    gemm_2l_tile_life.py --splits): the split kernel's bits, a split-halves instance launched, and for the first four
+    CTAs (tile x splits + rank) every step of their one tile in order, from the kernel's entry through the exchange to
+    the store's drain."""
+    M, K, N = 300, 3072, 768
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, 77 + splits, 78)
+    both = torch.zeros(2, 4, 2, 8, 8, dtype=torch.int64, device="cuda")
+    with _forced_plan(hopper, **TILE256):
+        hopper.set_gemm_2l_rf_splits(splits)
+        try:
+            ref = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+            n0 = hopper.gemm_2l_split_halves_launches()
+            hopper.set_gemm_2l_tile_life(both.data_ptr(), False, True)
+            out = _gemm_fo(hopper, xq, xs, qf, w, lr).clone()
+            torch.cuda.synchronize()
+        finally:
+            hopper.set_gemm_2l_tile_life(0)
+            hopper.set_gemm_2l_rf_splits(0)
+        ran = hopper.gemm_2l_split_halves_launches() - n0
+    assert ran == 1
+    assert torch.equal(out, ref)
+    main, sub = both[0].cpu(), both[1].cpu()
+    # entry, start, first stage landed, first k-step, loop end, exchange done, lr, scales, low-rank, stored, drained
+    life = torch.cat([sub[:, :, 0, 6:7], main[:, :, 0, [0, 7, 1, 2]], sub[:, :, 0, 5:6], main[:, :, 0, 3:7],
+                      sub[:, :, 0, 7:8]], dim=-1)
+    assert (life > 0).all() and (life[..., 1:] >= life[..., :-1]).all(), "a split CTA's steps out of order"
+    assert (main[:, :, 1:] == 0).all(), "a split CTA has one tile"
