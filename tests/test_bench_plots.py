@@ -149,3 +149,22 @@ def test_plot_switch_ab_ratios_of_the_stored_logs(tmp_path):
     with pytest.raises(ValueError, match="the same shapes"):
         plot_switch_ab.main([f"{PERF / 'ab_2l_v246_h100.txt'}:fo_256w:fo:g.51",
                              f"{PERF / 'ab_2l_v244_h100.txt'}:fo_3s:fo:g.50", "--ms", "4608,4096", "--out", str(many)])
+
+
+def test_plot_split_life_reads_the_stored_logs(tmp_path):
+    """plot_split_life on the stored call-7 logs (v2.37): warpgroup 0's row per shape, every part as printed, a log
+    of another kind refused by name; and a PNG."""
+    import plot_split_life
+
+    device, rows = plot_split_life.split_life_rows(PERF / "split_life_x4_h100.txt")
+    assert device == "NVIDIA H100 80GB HBM3"
+    assert [label for label, _ in rows] == ["4 CTAs, 256x3072x3072", "4 CTAs, 256x12288x3072", "4 CTAs, 512x12288x3072"]
+    first = rows[0][1]
+    assert list(first) == plot_split_life.PARTS
+    assert (first["loop"], first["exchange"], first["drain"]) == (6416, 10355, 114)
+    with pytest.raises(ValueError, match="no split-CTA rows"):
+        plot_split_life.split_life_rows(PERF / "gemm_2l_tile_life_v237_h100.txt")
+    out = tmp_path / "split.png"
+    assert plot_split_life.main([str(PERF / "split_life_x2_h100.txt"), str(PERF / "split_life_x4_h100.txt"),
+                                 "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
