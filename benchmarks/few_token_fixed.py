@@ -5,8 +5,8 @@ usage: python benchmarks/few_token_fixed.py [--m 256] [--n 3072] [--ks 128,256,5
 Times w4a4_gemm_2l_fo alone (CUDA graph, rank 32) for each plan at one M and N over a sweep of K, with cuBLAS bf16
 (x @ w.T) and an empty launch (a one-element add: the graph's per-kernel floor) beside it, in alternating order; then
 fits time = fixed + per_stage x K / 128 per plan by least squares and prints both with the fit's worst residual. A
-fixed part near the whole time means a few-token design has to cut launch, prologue, first-load and epilogue costs,
-not the loop.
+fixed part near the whole time means a few-token design has to cut launch, prologue, first-load, exchange and epilogue
+costs, not the loop.
 """
 from __future__ import annotations
 
