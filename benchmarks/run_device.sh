@@ -70,6 +70,10 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
+#       "this") and another tree's, packed there as `tar -cJf .pbother/prebuilt.tar.xz .prebuilt` (~8 MB; carry both
+#       .prebuilt and .pbother), ab_2l.py (BENCH_MS, default 4608,4096,256; fo, bf16) three times per build,
+#       alternating, the build chosen by SVDQUANT_HF_KERNELS_DIR, then benchmarks/ab_builds_table.py (fo: this / other)
 #   splitlife: a split CTA's whole life (perf-notes v2.37's Next 1: EP 20, the 256-token split kernel stamped):
 #       tests/gpu/test_out_pieces.py (nothing timed if it fails), gemm_2l_tile_life.py --splits 2 and 4 at
 #       SPLIT_SHAPES (default 256x3072x3072,256x12288x3072,512x12288x3072), the whole tests/gpu
@@ -709,6 +713,18 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
+fi
+if [ "$what" = abbuilds ]; then  # this tree's kernels against another build's, alternating in one call
+  mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
+  for r in 1 2 3; do
+    for b in this other; do
+      dir=$PWD/.prebuilt; [ $b = other ] && dir=/tmp/pbother/.prebuilt
+      SVDQUANT_HF_KERNELS_DIR=$dir timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,256} \
+        --cols fo,bf16 --rounds 1 > "$OUT/ab_builds/abx_${b}_$r.log" 2>&1
+      echo "ab $b $r rc=$?"
+    done
+  done
+  python3 benchmarks/ab_builds_table.py "$OUT/ab_builds" --builds this,other
 fi
 if [ "$what" = splitlife ]; then  # where a split CTA's life goes, by its stamps, then the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_pieces.py -m "gpu or not gpu" -o addopts="" \
