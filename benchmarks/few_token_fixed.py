@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m", type=int, default=256)
     ap.add_argument("--n", type=int, default=3072)
     ap.add_argument("--ks", default="128,256,512,1024,2048,3072")
-    ap.add_argument("--plans", default=DEFAULT_PLANS, help="gemm_2l_fo_plans.py's candidate names (with --splits)")
+    ap.add_argument("--plans", default=DEFAULT_PLANS, help="gemm_2l_fo_plans.py's candidate names (with --splits --one)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if ext is None:
         return 2
     M, N, ks = args.m, args.n, [int(k) for k in args.ks.split(",")]
-    by_name = {c[0]: c for c in candidates(N, splits=True)}
+    by_name = {c[0]: c for c in candidates(N, splits=True, one=True)}
     unknown = [p for p in args.plans.split(",") if p not in by_name]
     if unknown:
         print(f"unknown plans {unknown}; known: {sorted(by_name)}", file=sys.stderr)

@@ -18,6 +18,8 @@ v2.32); --turns adds each two-warpgroup register-fragment candidate again with t
 stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1)), and the 256-token split kernel over 2
 / 4 CTAs the same way, as before v2.37 ("rs256x2w", "rs256x4w"; set_gemm_2l_split_halves(False); call 1 of
 v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h").
+--one adds one consumer warpgroup on 64-row tiles of 128 / 256 tokens (g.56, set_gemm_2l_rf_warpgroups(1, tile)):
+"rf1_128", "rf1_256", and split over a cluster "rs1_128x2", "rs1_256x2", "rs1_256x4".
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
-def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False) -> list[tuple[str, dict, int]]:
+def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False,
+               one: bool = False) -> list[tuple[str, dict, int]]:
     """(name, gemm_switches arguments, forced token tile or 0)."""
     out = [("auto", {}, 0), ("nrbc", {"rf_by_cost": False}, 0), ("np", {"persistent": 0}, 0)]
     rf2 = [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
@@ -48,6 +51,10 @@ def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool =
         out += [(f"rs256x{s}w", {"rf_splits": s, "split_halves": False}, 256) for s in (2, 4)]
         if N % 192 == 0:
             out += [("rf3_192w", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": 192, "out_halves": False}, 0)]
+    if one:  # one consumer warpgroup on 64-row tiles (g.56, set_gemm_2l_rf_warpgroups(1, tile)), unsplit and split
+        out += [(f"rf1_{bt}", {"rf_warpgroups": 1, "rf3_tile": bt}, 0) for bt in (128, 256)]
+        out += [(f"rs1_{bt}x{s}", {"rf_warpgroups": 1, "rf3_tile": bt, "rf_splits": s}, 0)
+                for bt, s in ((128, 2), (256, 2), (256, 4))]
     if turns:
         out += [(f"t_{name}", {**sw, "rf_pipelined": False}, bt) for name, sw, bt in [("auto", {}, 0)] + rf2 + rs]
         out += [("pp", {"rf_pingpong": True}, 0)]
@@ -66,6 +73,8 @@ def main() -> int:
     ap.add_argument("--splits", action="store_true", help="also the split register-fragment loop, forced (SPLITS)")
     ap.add_argument("--pieces", action="store_true",
                     help="also rf2_256 and rf3_192 with their output staged whole (rf2_256w, rf3_192w: three stages)")
+    ap.add_argument("--one", action="store_true",
+                    help="also one consumer warpgroup on 64-row tiles (g.56: rf1_<tile>, split rs1_<tile>x<CTAs>)")
     ap.add_argument("--turns", action="store_true",
                     help="also the two-warpgroup candidates with the warpgroups taking turns, and the ping-pong GEMM")
     args = ap.parse_args()
@@ -83,7 +92,7 @@ def main() -> int:
             def gemm(xq, xs, lr):
                 return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
 
-            cands = candidates(N, args.splits, args.turns, args.pieces)
+            cands = candidates(N, args.splits, args.turns, args.pieces, args.one)
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):

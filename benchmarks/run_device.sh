@@ -70,6 +70,10 @@
 #       fragment-order tests, memcheck, ab_2l.py at 4608 / 4096 tokens (fo, fo_lead, bf16, fp8d)
 #   v233b: the final tree: the lead and beside tests, memcheck, then (WHEELS=.slimwhl) the model with and without the
 #       leading turns (flux_e2e.py _lead)
+#   v252: perf-notes v2.37's g.56 (set_gemm_2l_rf_warpgroups(1, tile), opt-in: one consumer warpgroup on 64-row tiles,
+#       #4's few-token candidate): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
+#       fo_1w, fo_1w2, bf16, fp8d), few_token_fixed.py at 256 x 3072 (auto, rs128x2, rs256x4 and the one-warpgroup
+#       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
 #       "this") and another tree's, packed there as `tar -cJf .pbother/prebuilt.tar.xz .prebuilt` (~8 MB; carry both
 #       .prebuilt and .pbother), ab_2l.py (BENCH_MS, default 4608,4096,256; fo, bf16) three times per build,
@@ -711,6 +715,20 @@ if [ "$what" = v235 ]; then  # perf-notes v2.33's opt-in switches at the tile bo
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v235.log" | tail -8 | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "prefetch done|pieces done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  gpu_suite
+fi
+if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
+  if tests_then_ab v252 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_1w,fo_1w2,bf16,fp8d \
+      --rounds 3; then
+    (cd benchmarks && timeout 120 python3 few_token_fixed.py \
+      --plans auto,rs128x2,rs256x4,rf1_128,rf1_256,rs1_128x2,rs1_256x2,rs1_256x4 > "$OUT/few_token_fixed_v252.log" 2>&1)
+    echo "few-token rc=$?"; tail -12 "$OUT/few_token_fixed_v252.log"
+    (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
+      > "$OUT/fo_plans_v252.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v252.log" auto rs128x2 rs256x4 rf1_128 rf1_256 rs1_256x2 rs1_256x4
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "one warpgroup done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
 fi

@@ -1025,7 +1025,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");
   m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
-        "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile");
+        "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile. 1 (g.56, opt-in until "
+        "measured): one warpgroup on 64-row tiles of `tile` tokens (128, else 256), branch ranks <= 32, persistent or "
+        "split by set_gemm_2l_rf_splits; the same bits");
+  m.def("gemm_2l_rf1_launches", &svdq::gemm_2l_rf1_launches, "GEMM launches of the one-warpgroup kernels (tests)");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "
         "see set_gemm_2l_rf3_model)");
@@ -1123,7 +1126,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "by mma.sync, 5 CTA barriers around the epilogue (4, 5: the epilogue before v2.18; exact), 6 the widening before "
         "v2.22, 7 no widening, 8 the loop pipelined within each warpgroup (set_gemm_2l_rf_pipelined) with warpgroup 1 "
         "idle in it (one warpgroup's pace alone); 0 off");
-  m.def("gemm_2l_rf_warpgroups", &svdq::gemm_2l_rf_warpgroups, "the register-fragment loop's warpgroups: 0 (auto), 2, 3");
+  m.def("gemm_2l_rf_warpgroups", &svdq::gemm_2l_rf_warpgroups, "the register-fragment loop's warpgroups: 0 (auto), 1, 2, 3");
   m.def("set_gemm_2l_tma_store", &svdq::set_gemm_2l_tma_store,
         "int4_2l GEMMs: write the output tile by TMA store from shared memory (True) or per-thread stores (False)");
   m.def("gemm_2l_tma_store", &svdq::gemm_2l_tma_store, "whether the int4_2l GEMMs store their output by TMA");

@@ -166,9 +166,12 @@ bool gemm_2l_w8_producer();
 void set_gemm_2l_persistent(int mode);
 int gemm_2l_persistent();
 // Weights in fragment order, persistent: the register-fragment loop's consumer warpgroups (0: the cost model picks
-// 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model).
+// 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model). 1 (g.56,
+// opt-in until measured): one consumer warpgroup on 64-row tiles of `tile` tokens (128, else 256), for branch ranks
+// <= 32, persistent or split over a cluster by set_gemm_2l_rf_splits; the same bits.
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
+long long gemm_2l_rf1_launches();  // (tests)
 // rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the model's, set_gemm_2l_rf3_model:
 // 1100 / 1250 since v2.25, the v2.15 fit 1290 / 1525 before), and the values in use
 void set_gemm_2l_rf3_stage(int at128, int at192);

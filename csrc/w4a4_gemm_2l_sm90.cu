@@ -83,7 +83,8 @@ constexpr int kSmemLimit = 227 * 1024;
 // loads on per-stage full/empty mbarriers, so the consumers never meet at a CTA barrier in the loop; it gives
 // its registers to them (setmaxnreg 40 / 232: 9 warps alone would cap everyone at 168). PS (with WS):
 // persistent, the output staged for TMA stores left in flight, the low-rank tile in memory of its own.
-// CW: consumer warpgroups, 64 weight rows each (3 only for the register-fragment loop: 192-row tiles). LR: the
+// CW: consumer warpgroups, 64 weight rows each (3 and 1 only for the register-fragment loop: 192- and 64-row tiles;
+// one, g.56, for a few hundred tokens: the fewest weights widened per stage for a tile's tokens). LR: the
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
@@ -183,7 +184,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!WS || W8 || PS, "packed weights take the producer-warp loop only persistent");
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
-  static_assert(CW == 2 || (RF && CW == 3), "three consumer warpgroups: the register-fragment loop only");
+  static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
+  static_assert(CW != 1 || (PS && EP == 10 && LR == 0), "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
   static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 20))),
                 "probes and variants: the register-fragment loop");
   constexpr bool kPipe = EP >= 10 && EP <= 20;  // the pipelined loop (rf_loop.cuh)
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const int KT = K / kBK;
   const int row_tiles = N / kTR;
   const int num_tiles = PS ? row_tiles * ((M + BT - 1) / BT) : 1;
-  constexpr bool kSplits = !PS || (RF && CW == 2 && kExact);  // the kernels that may run split
+  constexpr bool kSplits = !PS || (RF && CW <= 2 && kExact);  // the kernels that may run split
   const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
@@ -1129,6 +1131,8 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
+int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
+long long g_rf1_launches = 0;  // (tests: which path ran)
 // the register-fragment loop, unsplit or split over a cluster, wherever its cost models beat the plan's kernel, not
 // only where the plan is unsplit with two tiles per SM (H200, perf-notes v2.23: 0.84-0.93x the GEMM's time at M = 256 /
 // 512 / 1024 where it differs, neutral elsewhere and on the whole model; on by default since)
@@ -1220,9 +1224,11 @@ bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
 int gemm_2l_persistent() { return g_persistent; }
 void set_gemm_2l_rf_warpgroups(int cw, int tile) {
-  g_rf_warpgroups = cw == 2 || cw == 3 ? cw : 0;
-  g_rf3_tile = tile == 128 || tile == 192 ? tile : 0;
+  g_rf_warpgroups = cw >= 1 && cw <= 3 ? cw : 0;
+  g_rf3_tile = cw != 1 && (tile == 128 || tile == 192) ? tile : 0;
+  g_rf1_tile = cw == 1 && tile == 128 ? 128 : 256;
 }
+long long gemm_2l_rf1_launches() { return g_rf1_launches; }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 void set_gemm_2l_rf3_stage(int at128, int at192) {
   g_rf3_stage[0] = at128 > 0 ? at128 : 0;
@@ -1370,6 +1376,18 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         }
       }
       if (ss && g_rf_splits == 0 && cs * 20 >= now * 19) ss = 0;
+    }
+    // (g.56, forced only: set_gemm_2l_rf_warpgroups(1, tile)) one consumer warpgroup on 64-row tiles of 128 / 256
+    // tokens, persistent or split over a cluster (set_gemm_2l_rf_splits), pipelined (perf-notes v2.37's Next 1)
+    if (a.frag && !wide_lr && !w8 && g_rf_warpgroups == 1 && g_rf_pipelined && !g_life) {
+      const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, g_rf1_tile / 8)) : 1;
+      ++g_pipelined_launches;
+      ++g_rf1_launches;
+      if (g_rf1_tile == 128)
+        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
+                  : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);
+      return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
+                : launch_2l<__half, 256, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);
     }
     // fragment order, N a multiple of 192: three consumer warpgroups (192-row tiles) where the model says they
     // beat what runs otherwise by 5 % (the two-warpgroup loop, or the plan's kernel: its model in ns, ~1.77 cycles

@@ -124,6 +124,24 @@ def test_ab_rounds_alternate_the_column_order():
     assert all((a, b) in followers and (b, a) in followers for a, b in zip(cols, cols[1:]))
 
 
+def test_fo_plans_one_warpgroup_candidates():
+    """gemm_2l_fo_plans.py --one: the one-warpgroup kernels (g.56) unsplit at 128 / 256 tokens and split over 2 / 4 CTAs,
+    no forced plan tile (the switch carries the tile), every switch accepted by gemm_switches."""
+    import inspect
+
+    import gemm_2l_fo_plans
+    import problems_2l
+
+    plain = {n for n, _, _ in gemm_2l_fo_plans.candidates(3072, splits=True)}
+    one = {n: (sw, bt) for n, sw, bt in gemm_2l_fo_plans.candidates(3072, splits=True, one=True)}
+    assert set(one) - plain == {"rf1_128", "rf1_256", "rs1_128x2", "rs1_256x2", "rs1_256x4"}
+    assert one["rs1_256x4"] == ({"rf_warpgroups": 1, "rf3_tile": 256, "rf_splits": 4}, 0)
+    assert one["rf1_128"] == ({"rf_warpgroups": 1, "rf3_tile": 128}, 0)
+    sig = inspect.signature(problems_2l.gemm_switches)
+    for sw, _ in one.values():
+        sig.bind(object(), **sw)
+
+
 def test_tile_life_summary_medians_each_step_per_warpgroup():
     """gemm_2l_tile_life.summarize on synthetic stamps: a tile every 20000 cycles, its steps at fixed offsets, warpgroup w
     600 w cycles behind; the first tile (the pipeline's fill) and unstamped CTAs left out. Three warpgroups with step 7

@@ -236,6 +236,28 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     ext.set_gemm_2l_rf_splits(0)
     ext.set_gemm_2l_rf_warpgroups(0, 0)
     print("sanitize case: split kernel in halves done")
+if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemm_2l_rf1_launches"):
+    # one consumer warpgroup on 64-row tiles (g.56, set_gemm_2l_rf_warpgroups(1, tile)): 128- and 256-token tiles,
+    # persistent (several tiles per CTA) and split over 2 / 3 CTAs, rows past M
+    M, K, N, R, gs = 300, 1280, 512, 32, 64
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+    pd = torch.randn(K, R, device="cuda", generator=g).to(torch.bfloat16)
+    xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, gs)
+    qf = fragment_order(pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8)))
+    wsc = torch.randint(1, 17, (K // gs, N), device="cuda", generator=g, dtype=torch.uint8)
+    pu = torch.randn(N, R, device="cuda", generator=g).to(torch.bfloat16)
+    wch = torch.rand(N, device="cuda", generator=g)
+    n0 = ext.gemm_2l_rf1_launches()
+    for tile, s_ in ((128, 1), (256, 1), (256, 2), (128, 3)):
+        ext.set_gemm_2l_rf_warpgroups(1, tile)
+        ext.set_gemm_2l_rf_splits(s_)
+        ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, None, gs)
+    ext.set_gemm_2l_rf_splits(0)
+    ext.set_gemm_2l_rf_warpgroups(0, 0)
+    torch.cuda.synchronize()
+    assert ext.gemm_2l_rf1_launches() == n0 + 4
+    print("sanitize case: one warpgroup done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

@@ -1,0 +1,89 @@
+"""One consumer warpgroup on 64-row tiles (Hopper; perf-notes v2.37's g.56, set_gemm_2l_rf_warpgroups(1, tile),
+opt-in): the register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or
+split over a cluster of 2-4 CTAs. Integer sums, so the same bits as the default kernels (outputs poisoned first):
+both dtypes, ranks 0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from test_kernels import ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import hopper  # noqa: F401,F811  (the fixture)
+from test_kernels_2l import _acts, _captured, _poison, _quantize, _weights
+
+from svdquant_hf.ops.layout_2l import fragment_order
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@contextlib.contextmanager
+def _one_warpgroup(kernels, tile: int, splits: int):
+    """One consumer warpgroup on `tile` tokens, split over `splits` CTAs (1: persistent), for a block."""
+    kernels.set_gemm_2l_rf_warpgroups(1, tile)
+    kernels.set_gemm_2l_rf_splits(splits if splits > 1 else 0)
+    try:
+        yield
+    finally:
+        kernels.set_gemm_2l_rf_splits(0)
+        kernels.set_gemm_2l_rf_warpgroups(0, 0)
+
+
+@pytest.mark.parametrize("tile", [128, 256])
+@pytest.mark.parametrize("splits", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 7, 1024, 128, 32), (torch.bfloat16, 255, 3072, 384, 0),
+                                           (torch.float16, 300, 1280, 896, 16), (torch.bfloat16, 256, 3072, 3072, 32),
+                                           (torch.bfloat16, 513, 2048, 768, 32)])
+def test_one_warpgroup_gives_the_same_bits(hopper, tile, splits, dtype, M, K, N, R):
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + tile + splits + 81)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=tile + R + 81, bias=R != 16)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    _poison(4 * M * N, 0xFF)
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    n0 = hopper.gemm_2l_rf1_launches()
+    with _one_warpgroup(hopper, tile, splits):
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    assert y is not None, hopper.last_error()
+    assert hopper.gemm_2l_rf1_launches() - n0 == 1
+    assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+def test_one_warpgroup_is_not_taken_by_a_lora_rank(hopper):
+    """Ranks 33-64 (a LoRA on the branch) keep the two-warpgroup wide low-rank kernels: the switch is not taken."""
+    M, K, N, R = 300, 1024, 384, 64
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=82)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=82)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    n0 = hopper.gemm_2l_rf1_launches()
+    with _one_warpgroup(hopper, 256, 1):
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    assert hopper.gemm_2l_rf1_launches() == n0
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_one_warpgroup_replays_from_a_cuda_graph(hopper, splits):
+    """Captured with one warpgroup, replayed on new inputs: the default kernels' bits for those inputs."""
+    M, K, N, R = 256, 3072, 3072, 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=83)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=83)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    with _one_warpgroup(hopper, 256, splits):
+        graph, out = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+    x2, _, _ = _acts(M, K, R, torch.bfloat16, seed=84)
+    xq2, xs2, lr2 = _quantize(hopper, x2, smooth, pd, 64)
+    xq.copy_(xq2), xs.copy_(xs2), lr.copy_(lr2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
+    assert torch.equal(out, want)
