@@ -1,6 +1,7 @@
 """A tile's life in the persistent register-fragment GEMM: clock64 stamps at each tile's steps, per warpgroup.
 
-usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 2|3] [--tile 224|256] [--turns]
+usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 1|2|3] [--tile 128|224|256]
+       [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
        [--pingpong] [--substeps] [--splits 2..8]
 
@@ -23,8 +24,10 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
 tile freed for the next tile's loads, the staging free, the output staged, the proxy fence, the warpgroup's barrier,
 the TMA store issued.
+--warpgroups 1: one consumer warpgroup on 64-row tiles of --tile 128 or 256 tokens (g.56, set_gemm_2l_rf_warpgroups(1,
+tile); EP 21, EP 10 stamped), persistent, or with --splits split over a cluster.
 --splits S: the 256-token tile with K split over a cluster of S CTAs (the few-token plans rs256xS; EP 20, EP 18
-stamped), one tile per CTA, the first 4 CTAs of the first clusters (CTA = tile x S + rank): the split CTA's whole life,
+stamped; with --warpgroups 1, EP 21), one tile per CTA, the first 4 CTAs of the first clusters (CTA = tile x S + rank): the split CTA's whole life,
 per warpgroup, medians over those CTAs: "prologue" (the kernel's entry -> its tile's start), "stage wait", "first
 issue", "loop", "exchange" (loop end -> the cluster's partials summed and its last barrier passed), "lr wait", "scales",
 "low-rank", "store" (-> TMA issued), "drain" (-> the store has read the staging: the CTA may exit).
@@ -135,9 +138,11 @@ def summarize(stamps: torch.Tensor) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="4608x3072x3072,4608x3072x12288,4608x12288x3072")
-    ap.add_argument("--warpgroups", type=int, choices=(2, 3), default=2,
-                    help="2: 224-token tiles (or --tile); 3: three consumer warpgroups on 192-token tiles")
-    ap.add_argument("--tile", type=int, choices=(224, 256), default=224, help="two warpgroups' token tile")
+    ap.add_argument("--warpgroups", type=int, choices=(1, 2, 3), default=2,
+                    help="2: 224-token tiles (or --tile); 3: three consumer warpgroups on 192-token tiles; 1: one on "
+                         "64-row tiles of --tile 128 / 256 tokens (g.56)")
+    ap.add_argument("--tile", type=int, choices=(128, 224, 256), default=0,
+                    help="the token tile: two warpgroups' 224 (default) or 256, one warpgroup's 128 or 256 (default)")
     ap.add_argument("--turns", action="store_true", help="the warpgroups taking turns (two warpgroups)")
     ap.add_argument("--lr-producer", action="store_true", help="set_gemm_2l_lr_by_producer")
     ap.add_argument("--l2-prefetch", action="store_true", help="set_gemm_2l_l2_prefetch")
@@ -152,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the 256-token tile split over a cluster of this many CTAs (a split CTA's whole life)")
     args = ap.parse_args(argv)
     if args.splits and (args.warpgroups == 3 or args.pingpong or args.turns):
-        ap.error("--splits: two warpgroups, the pipelined loop")
+        ap.error("--splits: one or two warpgroups, the pipelined loop")
+    if args.warpgroups == 1 and (args.pingpong or args.turns or args.tile == 224):
+        ap.error("--warpgroups 1: the pipelined loop on 128- or 256-token tiles")
+    if args.warpgroups == 2 and args.tile == 128:
+        ap.error("--tile 128: one warpgroup only (--warpgroups 1)")
+    if args.splits and args.warpgroups == 2 and args.tile not in (0, 256):
+        ap.error("--splits with two warpgroups: the 256-token tile")
     from problems_2l import gemm_switches, hopper_extension, random_2l
 
     from svdquant_hf.ops.layout_2l import fragment_order
@@ -167,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             args.act_in_loop and not hasattr(ext, "set_gemm_2l_act_in_loop")) or (
             args.lr_rolled and not hasattr(ext, "set_gemm_2l_lr_unrolled")):
         return 2
-    wgs = 3 if args.warpgroups == 3 and not args.pingpong else WGS
-    tile = 256 if args.splits else args.tile
+    wgs = WGS if args.pingpong else args.warpgroups
+    tile = args.tile or (224 if wgs == 2 and not args.splits else 256)
     kind = ("ping-pong 128 x 128" if args.pingpong else "three-warpgroup 192-token" if wgs == 3 else
-            f"{tile}-token" + (f" split over {args.splits} CTAs" if args.splits else "")) + (
+            ("one-warpgroup " if wgs == 1 else "") + f"{tile}-token"
+            + (f" split over {args.splits} CTAs" if args.splits else "")) + (
         ", turns" if args.turns else "") + (", lr by the producer" if args.lr_producer else "") + (
         ", L2 prefetch" if args.l2_prefetch else "") + (
         ", no output (probe)" if args.no_store else "") + (", act in the loop" if args.act_in_loop else "") + (
@@ -199,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                     "lr_unrolled": not args.lr_rolled}
         if wgs == 3:
             switches.update(rf_warpgroups=3, rf3_tile=192)
+        elif wgs == 1:
+            switches.update(rf_warpgroups=1, rf3_tile=tile)
         with gemm_switches(ext, **switches):
             if wgs == 2 and not args.pingpong:
                 ext.set_gemm_2l_tile_tokens(tile)
             if args.splits:  # a forced tile unsplit by the plan; the cluster split is the register-fragment loop's own
-                ext.set_gemm_2l_splits(1)
+                if wgs == 2:
+                    ext.set_gemm_2l_splits(1)
                 ext.set_gemm_2l_rf_splits(args.splits)
             ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps)
             try:

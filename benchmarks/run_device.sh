@@ -73,7 +73,9 @@
 #   v252: perf-notes v2.37's g.56 (set_gemm_2l_rf_warpgroups(1, tile), opt-in: one consumer warpgroup on 64-row tiles,
 #       #4's few-token candidate): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
 #       fo_1w, fo_1w2, bf16, fp8d), few_token_fixed.py at 256 x 3072 (auto, rs128x2, rs256x4 and the one-warpgroup
-#       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), memcheck, the whole tests/gpu
+#       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), the tile life at 256 x 3072 x 3072 of
+#       one warpgroup (persistent and split over 2) and of the two-warpgroup split over 2 (LIFE=0: not), memcheck,
+#       the whole tests/gpu
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
 #       "this") and another tree's, packed there as `tar -cJf .pbother/prebuilt.tar.xz .prebuilt` (~8 MB; carry both
 #       .prebuilt and .pbother), ab_2l.py (BENCH_MS, default 4608,4096,256; fo, bf16) three times per build,
@@ -727,6 +729,8 @@ if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v252.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v252.log" auto rs128x2 rs256x4 rf1_128 rf1_256 rs1_256x2 rs1_256x4
+    [ "${LIFE:-1}" = 0 ] || life_runs tile_life_v252.log --substeps "--warpgroups 1 --tile 256 --shapes 256x3072x3072" \
+      "--warpgroups 1 --tile 256 --splits 2 --shapes 256x3072x3072" "--splits 2 --shapes 256x3072x3072"
     memcheck "$OUT/sanitize_memcheck.log"
     grep -E "one warpgroup done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi

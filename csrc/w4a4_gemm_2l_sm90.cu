@@ -130,7 +130,7 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || ep == 19 || ep == 20; }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 21); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -167,7 +167,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // (at most half the tile for two CTAs or more), which gives the split kernel a fourth stage too; 19 (exact,
 // set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
 // their output in halves) 12 on 17's layout, so the tile life describes the default kernels; 20 (exact, set_gemm_2l_tile_life with the 256-token
-// tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters.
+// tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters; 21
+// (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -185,13 +186,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
-  static_assert(CW != 1 || (PS && EP == 10 && LR == 0), "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 20))),
+  static_assert(CW != 1 || (PS && (EP == 10 || EP == 21) && LR == 0),
+                "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
+  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 21))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 20;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = EP >= 10 && EP <= 21;  // the pipelined loop (rf_loop.cuh)
   constexpr bool kStamped = stamped(EP);
   constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 20);  // the dispatched kernels, twins
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -1061,7 +1063,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 20);
+  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1072,7 +1074,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 20 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = EP >= 10 && EP <= 21 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
@@ -1379,10 +1381,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     }
     // (g.56, forced only: set_gemm_2l_rf_warpgroups(1, tile)) one consumer warpgroup on 64-row tiles of 128 / 256
     // tokens, persistent or split over a cluster (set_gemm_2l_rf_splits), pipelined (perf-notes v2.37's Next 1)
-    if (a.frag && !wide_lr && !w8 && g_rf_warpgroups == 1 && g_rf_pipelined && !g_life) {
+    if (a.frag && !wide_lr && !w8 && g_rf_warpgroups == 1 && g_rf_pipelined) {
       const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, g_rf1_tile / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
+      if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
+        return g_rf1_tile == 128
+                   ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
+                   : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
       if (g_rf1_tile == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);

@@ -87,3 +87,29 @@ def test_one_warpgroup_replays_from_a_cuda_graph(hopper, splits):
     torch.cuda.synchronize()
     want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_the_stamped_one_warpgroup_kernel(hopper, splits):
+    """set_gemm_2l_tile_life with one warpgroup (EP 21: EP 10 stamped; gemm_2l_tile_life.py --warpgroups 1): the same
+    bits, and each stamped CTA's first tile's steps in order (split: from the kernel's entry to the store's drain)."""
+    M, K, N, R = 300, 2048, 768, 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=85 + splits)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=85)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    both = torch.zeros(2, 4, 1, 8, 8, dtype=torch.int64, device="cuda")
+    with _one_warpgroup(hopper, 256, splits):
+        hopper.set_gemm_2l_tile_life(both.data_ptr(), False, True)
+        try:
+            out = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+            torch.cuda.synchronize()
+        finally:
+            hopper.set_gemm_2l_tile_life(0)
+    assert torch.equal(out, ref)
+    main, sub = both[0].cpu(), both[1].cpu()
+    steps = main[:, :, 0][..., [0, 7, 1, 2, 3, 4, 5, 6]]
+    if splits > 1:  # entry, the tile's steps with the exchange after the loop, drained
+        steps = torch.cat([sub[:, :, 0, 6:7], steps[..., :4], sub[:, :, 0, 5:6], steps[..., 4:], sub[:, :, 0, 7:8]], -1)
+    assert (steps > 0).all() and (steps[..., 1:] >= steps[..., :-1]).all(), "a stamped tile's steps out of order"
