@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from gemm_2l_fo_plans import candidates
-from problems_2l import gemm_switches, hopper_extension, random_2l
+from gemm_2l_fo_plans import candidates, plan_forced
+from problems_2l import hopper_extension, random_2l
 from svdquant_hf.ops.layout_2l import fragment_order
 
 
@@ -32,18 +32,12 @@ def main() -> int:
     if args.plan not in plans:
         ap.error(f"--plan {args.plan}: not one of {sorted(plans)}")
     _, switches, bt = plans[args.plan]
-    with gemm_switches(ext, **switches):
-        ext.set_gemm_2l_tile_tokens(bt)
-        ext.set_gemm_2l_splits(1 if bt else 0)
-        try:
-            for _ in range(args.calls):
-                xq, xsc, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
-                y = ext.w4a4_gemm_2l_fo(xq, xsc, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
-                assert y is not None, ext.last_error()
-            torch.cuda.synchronize()
-        finally:
-            ext.set_gemm_2l_splits(0)
-            ext.set_gemm_2l_tile_tokens(0)
+    with plan_forced(ext, switches, bt):
+        for _ in range(args.calls):
+            xq, xsc, lr = ext.quantize_act_2l(p.xs[0], p.smooth, p.proj_down, p.group_size)
+            y = ext.w4a4_gemm_2l_fo(xq, xsc, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, p.group_size)
+            assert y is not None, ext.last_error()
+        torch.cuda.synchronize()
     print("done", M, K, N)
     return 0
 

@@ -17,8 +17,8 @@ import sys
 import torch
 
 from cuda_timing import time_graph
-from gemm_2l_fo_plans import candidates
-from problems_2l import gemm_switches, hopper_extension, random_2l
+from gemm_2l_fo_plans import candidates, plan_forced
+from problems_2l import hopper_extension, random_2l
 
 from svdquant_hf.ops.layout_2l import fragment_order
 
@@ -70,16 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, switches, bt in (plans if r % 2 == 0 else plans[::-1]):
                 if switches.get("rf_splits", 0) > K // 128:  # more CTAs than stages: not a plan at this K
                     continue
-                with gemm_switches(ext, **switches):
-                    ext.set_gemm_2l_tile_tokens(bt)
-                    ext.set_gemm_2l_splits(1 if bt else 0)
-                    try:
-                        if gemm(*q[0]) is None:
-                            raise RuntimeError(f"{name} at K={K}: {ext.last_error()}")
-                        times[name][K].append(1e3 * time_graph(gemm, q, args.reps))
-                    finally:
-                        ext.set_gemm_2l_splits(0)
-                        ext.set_gemm_2l_tile_tokens(0)
+                with plan_forced(ext, switches, bt):
+                    if gemm(*q[0]) is None:
+                        raise RuntimeError(f"{name} at K={K}: {ext.last_error()}")
+                    times[name][K].append(1e3 * time_graph(gemm, q, args.reps))
             times["bf16"][K].append(1e3 * time_graph(lambda x: x @ w.T, [(x,) for x in p.xs], args.reps))
             times["empty"][K].append(1e3 * time_graph(lambda t: t.add_(1), [(one,)] * 3, args.reps))
         torch.cuda.empty_cache()

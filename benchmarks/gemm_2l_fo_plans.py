@@ -24,8 +24,10 @@ v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -60,6 +62,20 @@ def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool =
         out += [("pp", {"rf_pingpong": True}, 0)]
     return out
 
+
+
+@contextlib.contextmanager
+def plan_forced(ext, switches: dict, bt: int) -> Iterator[None]:
+    """One candidate (its gemm_switches arguments and forced token tile) for a block, the defaults after it. A forced
+    tile runs unsplit by the plan (the persistent kernel); a forced cluster split is the register-fragment loop's own."""
+    with gemm_switches(ext, **switches):
+        ext.set_gemm_2l_tile_tokens(bt)
+        ext.set_gemm_2l_splits(1 if bt else 0)
+        try:
+            yield
+        finally:
+            ext.set_gemm_2l_splits(0)
+            ext.set_gemm_2l_tile_tokens(0)
 
 # the register-fragment loop split over a cluster: (token tile, CTAs per cluster) forced with --splits
 SPLITS = [(256, 2), (256, 4), (256, 5), (256, 8), (128, 2), (128, 3), (128, 4), (64, 2)]
@@ -96,15 +112,8 @@ def main() -> int:
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):
-                    with gemm_switches(ext, **switches):
-                        ext.set_gemm_2l_tile_tokens(bt)
-                        # a forced tile unsplit: the persistent kernel runs (a forced cluster split is the RF loop's own)
-                        ext.set_gemm_2l_splits(1 if bt else 0)
-                        try:
-                            times[name].append(1e3 * time_graph(gemm, q, args.reps))
-                        finally:
-                            ext.set_gemm_2l_splits(0)
-                            ext.set_gemm_2l_tile_tokens(0)
+                    with plan_forced(ext, switches, bt):
+                        times[name].append(1e3 * time_graph(gemm, q, args.reps))
             med = {k: statistics.median(v) for k, v in times.items()}
             best = min(med, key=med.get)
             row = " ".join(f"{k}={v:.1f}" for k, v in med.items())

@@ -58,6 +58,11 @@ SPLIT_PARTS = ["prologue", "stage wait", "first issue", "loop", "exchange", "lr 
 SPLIT_STEPS = [14, 0, 7, 1, 2, 13, 3, 4, 5, 6, 15]
 
 
+def _split_stamps(s: list, u: list, c: int, w: int, steps: list[int]) -> list[int]:
+    """CTA c's warpgroup w's stamps at `steps` of its one tile (steps 8 and up from the sub-step half)."""
+    return [s[c][w][0][k] if k < 8 else u[c][w][0][k - 8] for k in steps]
+
+
 def summarize_split(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[str, float]]:
     """stamps and sub [CTAS, warpgroups, TILES, STEPS] of the split kernel (tile 0 only; sub: steps 8 .. 15) ->
     {"wg<w>": {part: median cycles over the CTAs}}; a CTA missing any step is left out."""
@@ -65,7 +70,7 @@ def summarize_split(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[s
     out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in SPLIT_PARTS} for w in range(len(s[0]))}
     for c in range(len(s)):
         for w in range(len(s[c])):
-            at = [s[c][w][0][k] if k < 8 else u[c][w][0][k - 8] for k in SPLIT_STEPS]
+            at = _split_stamps(s, u, c, w, SPLIT_STEPS)
             if not all(at):
                 continue
             for p, a, b in zip(SPLIT_PARTS, at, at[1:]):
@@ -82,7 +87,7 @@ def split_by_cta(stamps: torch.Tensor, sub: torch.Tensor, part: str = "exchange"
     for c in range(len(s)):
         row = []
         for w in range(len(s[c])):
-            a, b = (s[c][w][0][k] if k < 8 else u[c][w][0][k - 8] for k in SPLIT_STEPS[i:i + 2])
+            a, b = _split_stamps(s, u, c, w, SPLIT_STEPS[i:i + 2])
             row.append(b - a if a and b else 0)
         out.append(row)
     return out

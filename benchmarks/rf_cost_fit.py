@@ -126,6 +126,17 @@ def parse(text: str, rename: dict[str, str] | None = None) -> list[tuple[int, in
     return rows
 
 
+def merged(tables) -> list[tuple[int, int, int, dict[str, float]]]:
+    """The rows of several parsed logs in order, a shape in several logs taken from the first."""
+    rows, seen = [], set()
+    for table in tables:
+        for r in table:
+            if r[:3] not in seen:
+                seen.add(r[:3])
+                rows.append(r)
+    return rows
+
+
 def regrets(rows, model: Model) -> tuple[float, list[tuple[int, int, int, str, float | None, float]]]:
     """(the summed regret over the rows whose pick was timed, [(M, K, N, pick, its time or None, best time)])."""
     total, out = 0.0, []
@@ -149,15 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", action="store_true", help="sweep the 256-token tile's stage and fixed part")
     ap.add_argument("--split-grid", action="store_true", help="sweep the 256-token split kernel's stage")
     args = ap.parse_args(argv)
-    rows, seen = [], set()
+    tables = []
     for spec in args.logs:
         log, _, renames = spec.partition("@")
         rename = dict(r.split("=", 1) for r in renames.split(",") if r)
         with open(log) as f:
-            for r in parse(f.read(), rename):
-                if r[:3] not in seen:  # a shape in several logs: the first log's row
-                    seen.add(r[:3])
-                    rows.append(r)
+            tables.append(parse(f.read(), rename))
+    rows = merged(tables)  # a shape in several logs: the first log's row
     model = Model(halves256=args.halves, stage256=args.stage256, split_halves=args.split_halves,
                   split_stage256=args.split_stage256)
     total, out = regrets(rows, model)

@@ -131,6 +131,9 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 21); }
+// The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 21; }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 21); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -188,12 +191,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
   static_assert(CW != 1 || (PS && (EP == 10 || EP == 21) && LR == 0),
                 "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
-  static_assert(EP == 0 || (RF && (CW == 2 || EP == 10 || (EP >= 12 && EP <= 21))),
+  static_assert(EP == 0 || (RF && (CW == 2 || exact(EP))),
                 "probes and variants: the register-fragment loop");
-  constexpr bool kPipe = EP >= 10 && EP <= 21;  // the pipelined loop (rf_loop.cuh)
+  constexpr bool kPipe = pipelined(EP);
   constexpr bool kStamped = stamped(EP);
-  constexpr bool kLife = EP == 9 || kStamped;                           // a tile's life by clock64 stamps
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);  // the dispatched kernels, twins
+  constexpr bool kLife = EP == 9 || kStamped;  // a tile's life by clock64 stamps
+  constexpr bool kExact = exact(EP);  // the dispatched kernels, twins
   static_assert(LR == 0 || (RF && CW == 2 && (EP == 0 || EP == 10 || EP == 17) && LR == 64),
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
@@ -1063,7 +1066,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.attrs = attr;
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
-  constexpr bool kExact = EP == 0 || EP == 10 || (EP >= 12 && EP <= 21);
+  constexpr bool kExact = exact(EP);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
@@ -1074,7 +1077,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
-  constexpr bool kPipeEp = EP >= 10 && EP <= 21 && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
+  constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;

@@ -111,6 +111,19 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext, lr_chain=0):
         assert ext.state == {**defaults, "set_lr_chain": 0}
     assert ext.state == defaults  # (back to what it was before the block)
+    # gemm_2l_fo_plans.plan_forced: a candidate's switches and its forced tile (unsplit by the plan), all undone after
+    import gemm_2l_fo_plans
+
+    try:
+        with gemm_2l_fo_plans.plan_forced(ext, {"rf_splits": 4}, 256):
+            assert ext.state == {**defaults, "set_gemm_2l_rf_splits": 4, "set_gemm_2l_tile_tokens": 256,
+                                 "set_gemm_2l_splits": 1}
+            raise RuntimeError("a failing call")
+    except RuntimeError:
+        pass
+    assert ext.state == {**defaults, "set_gemm_2l_tile_tokens": 0, "set_gemm_2l_splits": 0}
+    with gemm_2l_fo_plans.plan_forced(ext, {}, 0):
+        assert ext.state["set_gemm_2l_splits"] == 0 and ext.state["set_gemm_2l_tile_tokens"] == 0
 
 
 def test_ab_rounds_alternate_the_column_order():

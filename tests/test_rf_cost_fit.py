@@ -64,13 +64,7 @@ G54_SWAP = {"rs256x2": "rs256x2w", "rs256x2h": "rs256x2", "rs256x4": "rs256x4w",
 
 
 def _rows(*logs):
-    rows, seen = [], set()
-    for text, rename in logs:
-        for r in rf_cost_fit.parse(text, rename):
-            if r[:3] not in seen:
-                seen.add(r[:3])
-                rows.append(r)
-    return rows
+    return rf_cost_fit.merged(rf_cost_fit.parse(text, rename) for text, rename in logs)
 
 
 @pytest.mark.parametrize("stage,regret", [(1212, 0.0), (1080, 0.0), (1060, 0.045)])
