@@ -76,6 +76,11 @@
 #       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), the tile life at 256 x 3072 x 3072 of
 #       one warpgroup (persistent and split over 2) and of the two-warpgroup split over 2 (LIFE=0: not), memcheck,
 #       the whole tests/gpu
+#   v253: v252 with perf-notes v2.38's g.57 (set_gemm_2l_split_l2, opt-in: the 256-token split kernel exchanging its
+#       partials through L2): both switches' tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256;
+#       fo, fo_1w, fo_1w2, fo_l2x, bf16, fp8d), few_token_fixed.py at 256 x 3072 (the split plans both ways and the
+#       one-warpgroup plans), gemm_2l_fo_plans.py --splits --one --pieces (PLANS_MS, default 512,256), the tile life
+#       as v252 (LIFE=0: not), memcheck, the whole tests/gpu (SUITE=0: not)
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
 #       "this") and another tree's, packed there as `tar -cJf .pbother/prebuilt.tar.xz .prebuilt` (~8 MB; carry both
 #       .prebuilt and .pbother), ab_2l.py (BENCH_MS, default 4608,4096,256; fo, bf16) three times per build,
@@ -735,6 +740,24 @@ if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
     grep -E "one warpgroup done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
   gpu_suite
+fi
+if [ "$what" = v253 ]; then  # g.56 and g.57 (both opt-in), then the whole suite
+  if tests_then_ab v253 "tests/gpu/test_one_warpgroup.py tests/gpu/test_split_l2.py" --ms ${BENCH_MS:-512,256} \
+      --cols fo,fo_1w,fo_1w2,fo_l2x,bf16,fp8d --rounds 3; then
+    (cd benchmarks && timeout 120 python3 few_token_fixed.py \
+      --plans auto,rs128x2,rs256x2,rs256x2l,rs256x4,rs256x4l,rf1_128,rf1_256,rs1_128x2,rs1_256x2,rs1_256x4 \
+      > "$OUT/few_token_fixed_v253.log" 2>&1)
+    echo "few-token rc=$?"; tail -14 "$OUT/few_token_fixed_v253.log"
+    (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
+      --pieces > "$OUT/fo_plans_v253.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v253.log" auto rs128x2 rs256x2 rs256x2l rs256x4 rs256x4l rf1_128 \
+      rf1_256 rs1_256x2 rs1_256x4
+    [ "${LIFE:-1}" = 0 ] || life_runs tile_life_v253.log --substeps "--warpgroups 1 --tile 256 --shapes 256x3072x3072" \
+      "--warpgroups 1 --tile 256 --splits 2 --shapes 256x3072x3072" "--splits 2 --shapes 256x3072x3072"
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "one warpgroup done|through L2 done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+  fi
+  [ "${SUITE:-1}" = 0 ] || gpu_suite
 fi
 if [ "$what" = abbuilds ]; then  # this tree's kernels against another build's, alternating in one call
   mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother

@@ -612,6 +612,12 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
                          lr.stride(0)};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor xws;  // (set_gemm_2l_split_l2) room for splits of up to 4 at a few hundred tokens, where they run
+  if (svdq::gemm_2l_split_l2() && frag && !w8 && M <= 1024) {
+    a.xws_bytes = svdq::gemm_2l_split_l2_bytes(M, N, 4);
+    xws = at::empty({a.xws_bytes / 4}, xq.options().dtype(at::kInt));
+    a.xws = xws.data_ptr();
+  }
   const LrChainRecord rec = g_chain_record;
   const bool from_record = rec.lr && rec.stream == stream && rec.xq == a.xq && rec.lr == a.lr;
   if (from_record) {
@@ -1101,6 +1107,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_split_halves", &svdq::gemm_2l_split_halves, "whether set_gemm_2l_split_halves is on");
   m.def("gemm_2l_split_halves_launches", &svdq::gemm_2l_split_halves_launches,
         "GEMM launches of the split kernel with its output in halves (tests)");
+  m.def("set_gemm_2l_split_l2", &svdq::set_gemm_2l_split_l2, pybind11::arg("on"),
+        "the 256-token split kernel (g.54's) exchanging its int32 partials through L2, a workspace allocated per call, "
+        "instead of distributed shared memory (g.57, opt-in until measured, perf-notes v2.38); the same bits");
+  m.def("gemm_2l_split_l2", &svdq::gemm_2l_split_l2, "whether set_gemm_2l_split_l2 is on");
+  m.def("gemm_2l_split_l2_launches", &svdq::gemm_2l_split_l2_launches,
+        "GEMM launches of the split kernel exchanging through L2 (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

@@ -155,6 +155,23 @@ def test_fo_plans_one_warpgroup_candidates():
         sig.bind(object(), **sw)
 
 
+def test_fo_plans_pieces_include_the_l2_exchange():
+    """gemm_2l_fo_plans.py --pieces: the 256-token split kernel over 2 / 4 CTAs also with its exchange through L2
+    (g.57), on the forced 256-token tile, every switch accepted by gemm_switches."""
+    import inspect
+
+    import gemm_2l_fo_plans
+    import problems_2l
+
+    cands = {n: (sw, bt) for n, sw, bt in gemm_2l_fo_plans.candidates(3072, splits=True, pieces=True)}
+    assert cands["rs256x2l"] == ({"rf_splits": 2, "split_l2": True}, 256)
+    assert cands["rs256x4l"] == ({"rf_splits": 4, "split_l2": True}, 256)
+    assert "rs256x2l" not in {n for n, _, _ in gemm_2l_fo_plans.candidates(3072, splits=True)}
+    sig = inspect.signature(problems_2l.gemm_switches)
+    for sw, _ in cands.values():
+        sig.bind(object(), **sw)
+
+
 def test_tile_life_summary_medians_each_step_per_warpgroup():
     """gemm_2l_tile_life.summarize on synthetic stamps: a tile every 20000 cycles, its steps at fixed offsets, warpgroup w
     600 w cycles behind; the first tile (the pipeline's fill) and unstamped CTAs left out. Three warpgroups with step 7
