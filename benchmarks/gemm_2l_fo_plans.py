@@ -17,8 +17,8 @@ v2.32); --turns adds each two-warpgroup register-fragment candidate again with t
 --pieces adds the two-warpgroup 256-token and three-warpgroup 192-token tiles with their output staged whole, on three
 stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1)), and the 256-token split kernel over 2
 / 4 CTAs the same way, as before v2.37 ("rs256x2w", "rs256x4w"; set_gemm_2l_split_halves(False); call 1 of
-v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h"); with it, that kernel exchanging its partials through L2
-("rs256x2l", "rs256x4l"; g.57, set_gemm_2l_split_l2).
+v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h"; v2.38's call 1 timed g.57, that kernel exchanging its
+partials through L2, as "rs256x2l" / "rs256x4l": slower, removed).
 --one adds one consumer warpgroup on 64-row tiles of 128 / 256 tokens (g.56, set_gemm_2l_rf_warpgroups(1, tile)):
 "rf1_128", "rf1_256", and split over a cluster "rs1_128x2", "rs1_256x2", "rs1_256x4".
 """
@@ -52,7 +52,6 @@ def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool =
         # set_gemm_2l_split_halves(False))
         out += [("rf2_256w", {"persistent": 1, "rf_warpgroups": 2, "out_pieces": (256, 1)}, 256)]
         out += [(f"rs256x{s}w", {"rf_splits": s, "split_halves": False}, 256) for s in (2, 4)]
-        out += [(f"rs256x{s}l", {"rf_splits": s, "split_l2": True}, 256) for s in (2, 4)]  # g.57: through L2
         if N % 192 == 0:
             out += [("rf3_192w", {"persistent": 1, "rf_warpgroups": 3, "rf3_tile": 192, "out_halves": False}, 0)]
     if one:  # one consumer warpgroup on 64-row tiles (g.56, set_gemm_2l_rf_warpgroups(1, tile)), unsplit and split

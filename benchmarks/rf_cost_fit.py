@@ -1,7 +1,8 @@
 """The fragment-order GEMM's plan choice, mirrored in Python and scored against measured plans (no GPU needed).
 
 usage: python benchmarks/rf_cost_fit.py LOG[@COLUMN=CANDIDATE,...] [LOG ...] [--halves] [--stage256 1000] [--grid]
-       [--split-halves] [--split-stage256 1212] [--split-grid]
+       [--split-halves] [--split-stage256 1212] [--split-grid] [--one] [--one-stage 560,740] [--one-fixed 4500,5400]
+       [--one-grid]
 
 LOG: gemm_2l_fo_plans.py output (each shape's time for every candidate plan, and "auto", the kernel's own choice).
 `choose` mirrors launch_w4a4_gemm_2l's choice for fragment-order weights with branch rank <= 32 and the default
@@ -12,7 +13,10 @@ switches (csrc/w4a4_gemm_2l_sm90.cu: plan_among, rf_cost, the split and three-wa
 of the pick / best - 1); their sum (a shape in several logs: the first log's row). LOG@COLUMN=CANDIDATE renames that
 log's columns, all at once (e.g. call 3 of v2.36 timed g.51 as rf2_256h while it was opt-in: @rf2_256=rf2_256w,
 rf2_256h=rf2_256 swaps them); --grid sweeps the 256-token stage and fixed part and prints the lowest summed regrets (how
-v2.36 refitted the stage); --split-grid sweeps the split kernel's stage with its halves."""
+v2.36 refitted the stage); --split-grid sweeps the split kernel's stage with its halves. --one: one consumer
+warpgroup's 64-row tiles a candidate at M <= 512 (g.56, the kernel's rule since v2.38: taken where rf_cost puts them 5 %
+below everything else), their stage and fixed cycles at 128 / 256 tokens by --one-stage / --one-fixed; --one-grid
+sweeps those (how v2.38 chose them)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +36,12 @@ class Model:
     fixed256: int | None = None  # its fixed part per tile (None: the two-warpgroup fit, 1000 + 37 x 256)
     split_halves: bool = False  # g.54: the 256-token split kernel runs with its output in halves
     split_stage256: int = 1212  # its stage then (cycles)
+    one: bool = False  # g.56: one consumer warpgroup on 64-row tiles of 128 / 256 tokens, at M <= ONE_MAX_M
+    one_stage: tuple[int, int] = (560, 740)  # its stage at 128 / 256 tokens (cycles)
+    one_fixed: tuple[int, int] = (4500, 5400)  # its fixed part per tile at 128 / 256 tokens (the kernel's, v2.38)
+
+
+ONE_MAX_M = 512  # g.56's tiles are a candidate only up to two 256-token tiles (the shapes it was timed at)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -41,7 +51,9 @@ def _ceil(a: int, b: int) -> int:
 def rf_cost(model: Model, M: int, N: int, K: int, cw: int, bt: int, s: int = 1) -> int:
     """rf_cost: the register-fragment loop's cycles on SMS SMs (cw consumer warpgroups, token tile bt, K split s)."""
     tiles = (N // (64 * cw)) * _ceil(M, bt) * s
-    if cw == 3:
+    if cw == 1:
+        stage, fixed = model.one_stage[bt == 256], model.one_fixed[bt == 256]
+    elif cw == 3:
         stage, fixed = (1250, 11600) if bt == 192 else (1100, 7800)
     elif bt == 256 and s == 1 and model.halves256:
         stage = model.stage256
@@ -99,14 +111,19 @@ def choose(M: int, N: int, K: int, model: Model = Model()) -> str:
                 bts, ss, cs = bt, sp, c
     if ss and cs * 20 >= now * 19:
         ss = 0
+    bt3, c3 = 0, -1
     if N % 192 == 0:
-        bt3, c3 = 0, -1
         for bt in (192, 128):
             c = rf_cost(model, M, N, K, 3, bt)
             if c3 < 0 or c < c3:
                 bt3, c3 = bt, c
-        if c3 * 20 < (min(now, cs) if ss else now) * 19:
-            return f"rf3_{bt3}"
+    if model.one and M <= ONE_MAX_M:
+        bt1, c1 = min(((bt, rf_cost(model, M, N, K, 1, bt)) for bt in (128, 256)), key=lambda v: v[1])
+        rival = min(c for c in (now, cs if ss else -1, c3) if c >= 0)
+        if c1 * 20 < rival * 19:
+            return f"rf1_{bt1}"
+    if c3 >= 0 and c3 * 20 < (min(now, cs) if ss else now) * 19:
+        return f"rf3_{bt3}"
     if ss:
         return f"rs{bts}x{ss}"
     return f"rf2_{bt2}" if persistent else "np"
@@ -159,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-stage256", type=int, default=1212)
     ap.add_argument("--grid", action="store_true", help="sweep the 256-token tile's stage and fixed part")
     ap.add_argument("--split-grid", action="store_true", help="sweep the 256-token split kernel's stage")
+    ap.add_argument("--one", action="store_true", help="one warpgroup's tiles a candidate at M <= 512 (g.56)")
+    ap.add_argument("--one-stage", default="560,740", help="its stage cycles at 128,256 tokens")
+    ap.add_argument("--one-fixed", default="4500,5400", help="its fixed cycles per tile at 128,256 tokens")
+    ap.add_argument("--one-grid", action="store_true", help="sweep one warpgroup's stages and fixed parts")
     args = ap.parse_args(argv)
     tables = []
     for spec in args.logs:
@@ -167,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(log) as f:
             tables.append(parse(f.read(), rename))
     rows = merged(tables)  # a shape in several logs: the first log's row
+    pair = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     model = Model(halves256=args.halves, stage256=args.stage256, split_halves=args.split_halves,
-                  split_stage256=args.split_stage256)
+                  split_stage256=args.split_stage256, one=args.one, one_stage=pair(args.one_stage),
+                  one_fixed=pair(args.one_fixed))
     total, out = regrets(rows, model)
     for M, K, N, pick, t, best in out:
         shown = f"{t:8.1f}" if t is not None else "  (not timed)"
@@ -186,6 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             r, out = regrets(rows, m)
             untimed = sum(t is None for *_, t, _ in out)
             print(f"split_stage256 {s:5d}: summed regret {r:.3f}, {untimed} picks not timed")
+    if args.one_grid:
+        fits = []
+        for s128 in range(400, 1001, 40):
+            for s256 in range(500, 1301, 40):
+                for f in range(1000, 10001, 1000):
+                    m = Model(args.halves, args.stage256, None, args.split_halves, args.split_stage256, True,
+                              (s128, s256), (f, f + 900))
+                    r, out = regrets(rows, m)
+                    fits.append((r, sum(t is None for *_, t, _ in out), s128, s256, f))
+        for r, untimed, s128, s256, f in sorted(fits)[:8]:
+            print(f"one_stage {s128:4d},{s256:4d} one_fixed {f:5d},{f + 900:5d}: summed regret {r:.3f}, "
+                  f"{untimed} picks not timed")
     return 0
 
 

@@ -76,11 +76,12 @@
 #       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), the tile life at 256 x 3072 x 3072 of
 #       one warpgroup (persistent and split over 2) and of the two-warpgroup split over 2 (LIFE=0: not), memcheck,
 #       the whole tests/gpu
-#   v253: v252 with perf-notes v2.38's g.57 (set_gemm_2l_split_l2, opt-in: the 256-token split kernel exchanging its
-#       partials through L2): both switches' tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256;
-#       fo, fo_1w, fo_1w2, fo_l2x, bf16, fp8d), few_token_fixed.py at 256 x 3072 (the split plans both ways and the
-#       one-warpgroup plans), gemm_2l_fo_plans.py --splits --one --pieces (PLANS_MS, default 512,256), the tile life
-#       as v252 (LIFE=0: not), memcheck, the whole tests/gpu (SUITE=0: not)
+#   v255: perf-notes v2.38's g.56 by the cost model (set_gemm_2l_rf1_auto, the default: one warpgroup's tiles at M <=
+#       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
+#       default 512,256; fo, fo_no1w, bf16, fp8d), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto
+#       against the best plan), the whole tests/gpu (SUITE=0: not)
+#   (v253, as run at commit 24c1ac4 with SUITE=0: v252 with g.57, the split exchange through L2, measured slower and
+#       removed in v2.38: column fo_l2x, plans rs256x{2,4}l)
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
 #       "this") and another tree's, packed there as `tar -cJf .pbother/prebuilt.tar.xz .prebuilt` (~8 MB; carry both
 #       .prebuilt and .pbother), ab_2l.py (BENCH_MS, default 4608,4096,256; fo, bf16) three times per build,
@@ -741,21 +742,12 @@ if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
   fi
   gpu_suite
 fi
-if [ "$what" = v253 ]; then  # g.56 and g.57 (both opt-in), then the whole suite
-  if tests_then_ab v253 "tests/gpu/test_one_warpgroup.py tests/gpu/test_split_l2.py" --ms ${BENCH_MS:-512,256} \
-      --cols fo,fo_1w,fo_1w2,fo_l2x,bf16,fp8d --rounds 3; then
-    (cd benchmarks && timeout 120 python3 few_token_fixed.py \
-      --plans auto,rs128x2,rs256x2,rs256x2l,rs256x4,rs256x4l,rf1_128,rf1_256,rs1_128x2,rs1_256x2,rs1_256x4 \
-      > "$OUT/few_token_fixed_v253.log" 2>&1)
-    echo "few-token rc=$?"; tail -14 "$OUT/few_token_fixed_v253.log"
+if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, then the whole suite
+  if tests_then_ab v255 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_no1w,bf16,fp8d \
+      --rounds 3; then
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
-      --pieces > "$OUT/fo_plans_v253.log" 2>&1)
-    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v253.log" auto rs128x2 rs256x2 rs256x2l rs256x4 rs256x4l rf1_128 \
-      rf1_256 rs1_256x2 rs1_256x4
-    [ "${LIFE:-1}" = 0 ] || life_runs tile_life_v253.log --substeps "--warpgroups 1 --tile 256 --shapes 256x3072x3072" \
-      "--warpgroups 1 --tile 256 --splits 2 --shapes 256x3072x3072" "--splits 2 --shapes 256x3072x3072"
-    memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "one warpgroup done|through L2 done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+      > "$OUT/fo_plans_v255.log" 2>&1)
+    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
   [ "${SUITE:-1}" = 0 ] || gpu_suite
 fi

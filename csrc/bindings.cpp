@@ -612,12 +612,6 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
                          lr.stride(0)};
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor xws;  // (set_gemm_2l_split_l2) room for splits of up to 4 at a few hundred tokens, where they run
-  if (svdq::gemm_2l_split_l2() && frag && !w8 && M <= 1024) {
-    a.xws_bytes = svdq::gemm_2l_split_l2_bytes(M, N, 4);
-    xws = at::empty({a.xws_bytes / 4}, xq.options().dtype(at::kInt));
-    a.xws = xws.data_ptr();
-  }
   const LrChainRecord rec = g_chain_record;
   const bool from_record = rec.lr && rec.stream == stream && rec.xq == a.xq && rec.lr == a.lr;
   if (from_record) {
@@ -1031,10 +1025,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");
   m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
-        "the cost model picks; tile 128 or 192 forces the three-warpgroup loop's token tile. 1 (g.56, opt-in until "
-        "measured): one warpgroup on 64-row tiles of `tile` tokens (128, else 256), branch ranks <= 32, persistent or "
-        "split by set_gemm_2l_rf_splits; the same bits");
+        "the cost model picks (one warpgroup too at M <= 512: set_gemm_2l_rf1_auto); tile 128 or 192 forces the "
+        "three-warpgroup loop's token tile. 1 (g.56): one warpgroup on 64-row tiles of `tile` tokens (128, else 256), "
+        "branch ranks <= 32, persistent or split by set_gemm_2l_rf_splits; the same bits");
   m.def("gemm_2l_rf1_launches", &svdq::gemm_2l_rf1_launches, "GEMM launches of the one-warpgroup kernels (tests)");
+  m.def("set_gemm_2l_rf1_auto", &svdq::set_gemm_2l_rf1_auto, pybind11::arg("on"),
+        "one consumer warpgroup's 64-row tiles (g.56) also where the register-fragment cost model puts them 5 % below "
+        "every other kernel, at M <= 512 (the default since perf-notes v2.38: 256 / 512 x 3072 x 3072); False: only "
+        "when forced by set_gemm_2l_rf_warpgroups(1, tile), as before; the same bits");
+  m.def("gemm_2l_rf1_auto", &svdq::gemm_2l_rf1_auto, "whether set_gemm_2l_rf1_auto is on");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "
         "see set_gemm_2l_rf3_model)");
@@ -1107,12 +1106,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_split_halves", &svdq::gemm_2l_split_halves, "whether set_gemm_2l_split_halves is on");
   m.def("gemm_2l_split_halves_launches", &svdq::gemm_2l_split_halves_launches,
         "GEMM launches of the split kernel with its output in halves (tests)");
-  m.def("set_gemm_2l_split_l2", &svdq::set_gemm_2l_split_l2, pybind11::arg("on"),
-        "the 256-token split kernel (g.54's) exchanging its int32 partials through L2, a workspace allocated per call, "
-        "instead of distributed shared memory (g.57, opt-in until measured, perf-notes v2.38); the same bits");
-  m.def("gemm_2l_split_l2", &svdq::gemm_2l_split_l2, "whether set_gemm_2l_split_l2 is on");
-  m.def("gemm_2l_split_l2_launches", &svdq::gemm_2l_split_l2_launches,
-        "GEMM launches of the split kernel exchanging through L2 (tests)");
   m.def("set_gemm_2l_l2_prefetch", &svdq::set_gemm_2l_l2_prefetch, pybind11::arg("on"),
         "the register-fragment kernels' producer asking L2 for the next tile's first stages halfway through each tile "
         "(opt-in until measured, perf-notes v2.33); the same bits");

@@ -73,8 +73,6 @@ struct W4A4Gemm2lArgs {
   int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
   bool lr_late = false;     // lr comes from the chained down projection just before (set_lr_chain): the persistent
                             // kernels start at once and wait for lr only before their epilogue
-  void* xws = nullptr;      // (set_gemm_2l_split_l2) the split exchange's workspace through L2, xws_bytes long
-  int64_t xws_bytes = 0;
 };
 
 // Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)): FLUX's q / k after their projections
@@ -174,6 +172,9 @@ int gemm_2l_persistent();
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
+// (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (default on since perf-notes v2.38)
+void set_gemm_2l_rf1_auto(bool on);
+bool gemm_2l_rf1_auto();
 // rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the model's, set_gemm_2l_rf3_model:
 // 1100 / 1250 since v2.25, the v2.15 fit 1290 / 1525 before), and the values in use
 void set_gemm_2l_rf3_stage(int at128, int at192);
@@ -288,12 +289,6 @@ int gemm_2l_out_pieces(int tile);
 void set_gemm_2l_split_halves(bool on);
 bool gemm_2l_split_halves();
 long long gemm_2l_split_halves_launches();  // (tests)
-// (g.57, opt-in) the 256-token split kernel exchanging its partials through L2 (a workspace the binding allocates,
-// gemm_2l_split_l2_bytes long) instead of distributed shared memory
-void set_gemm_2l_split_l2(bool on);
-bool gemm_2l_split_l2();
-long long gemm_2l_split_l2_launches();  // (tests)
-int64_t gemm_2l_split_l2_bytes(int64_t M, int64_t N, int splits);
 // The register-fragment kernels' producer asking L2 for the next tile's first stages (cp.async.bulk.prefetch) halfway
 // through each tile, so they are there when the ring frees their slots at the tile's end (opt-in until measured,
 // perf-notes v2.33). The same bits.

@@ -128,12 +128,12 @@ constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tes
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
-__host__ __device__ constexpr int out_pieces(int ep) { return (ep >= 17 && ep <= 20) || ep == 22 ? 2 : 1; }
+__host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 21); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 22; }
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 22); }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 21; }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 21); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -171,9 +171,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
 // their output in halves) 12 on 17's layout, so the tile life describes the default kernels; 20 (exact, set_gemm_2l_tile_life with the 256-token
 // tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters; 21
-// (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split; 22 (exact,
-// set_gemm_2l_split_l2, g.57) 18 exchanging its int32 partials through L2 instead of distributed shared memory: each
-// CTA stores the octets its peers finish into a workspace passed as `trace`, one cluster barrier, each loads its own.
+// (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -206,8 +204,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
-  constexpr bool kSplitPieces = EP == 18 || EP == 20 || EP == 22;  // (g.54) split over a cluster too: each CTA stores its octets
-  constexpr bool kSplitL2 = EP == 22;  // (g.57) the split's exchange through L2
+  constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
   constexpr int kBarAll = 1 + CW;  // named barrier of all consumers (1 .. CW: each warpgroup's own)
   constexpr int NS = Cfg::kStages;
@@ -339,7 +336,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
         if (splits > 1) {
           cooperative_groups::this_cluster().sync();
-          if constexpr (!kSplitL2) cooperative_groups::this_cluster().sync();
+          cooperative_groups::this_cluster().sync();
         }
         return;
       }
@@ -728,35 +725,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
-  if (kSplitL2 && splits > 1) {
-    // (g.57) CTA z finishes octets jlo .. jhi - 1: each CTA stores every other octet straight from its registers into
-    // the workspace (`trace`) at [tile][owner q][sender's slot (z - q - 1) mod splits][octet - q's first][thread],
-    // one cluster barrier (release / acquire at cluster scope: the peers' stores are visible), then loads its own
-    pdl_wait();  // (late) the kernels before are done, and with them any earlier user of this workspace
-    int4* const ws = reinterpret_cast<int4*>(trace);
-    const int jmax = (JB + splits - 1) / splits;
-    const int64_t tile_q = (int64_t)blockIdx.x * splits;
-    jlo = z * JB / splits;
-    jhi = (z + 1) * JB / splits;
-#pragma unroll
-    for (int j = 0; j < JB; ++j) {
-      if (j >= jlo && j < jhi) continue;
-      const int q = ((j + 1) * splits - 1) / JB, slot = (z - q - 1 + splits) % splits;
-      __stcg(ws + (((tile_q + q) * (splits - 1) + slot) * jmax + j - q * JB / splits) * kCT + tid,
-             make_int4(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3]));
-    }
-    cooperative_groups::this_cluster().sync();
-    for (int p = 0; p + 1 < splits; ++p) {  // sender (z + p + 1) mod splits wrote slot p
-      const int4* src = ws + ((tile_q + z) * (splits - 1) + p) * jmax * kCT + tid;
-#pragma unroll
-      for (int j = 0; j < JB; ++j)
-        if (j >= jlo && j < jhi) {
-          const int4 v = __ldcg(src + (j - jlo) * kCT);
-          acc[4 * j] += v.x, acc[4 * j + 1] += v.y, acc[4 * j + 2] += v.z, acc[4 * j + 3] += v.w;
-        }
-    }
-    life(13);
-  } else if (splits > 1) {
+  if (splits > 1) {
     // Every CTA's partials go to its shared memory as [octet j][thread] int4 (the stages are drained); CTA z sums
     // octets jlo .. jhi - 1 of all of them, a batch of octets per peer by 16-byte loads of distributed shared memory
     // in flight together, into its own buffer, and takes its octets back from there.
@@ -1048,8 +1017,6 @@ int g_out_pieces[2] = {2, 2};
 long long g_out_halves_launches = 0;  // (tests: which path ran)
 bool g_split_halves = true;            // set_gemm_2l_split_halves (g.54, the default since v2.37)
 long long g_split_halves_launches = 0;  // (tests: which path ran)
-bool g_split_l2 = false;                // set_gemm_2l_split_l2 (g.57, opt-in until measured)
-long long g_split_l2_launches = 0;      // (tests: which path ran)
 thread_local Gemm2lLaunch g_last_launch;  // the last tile-GEMM launch (the binding learns the chain's rule from it)
 
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
@@ -1115,7 +1082,6 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18 || EP == 20) ++g_split_halves_launches;
-  if (EP == 22) ++g_split_l2_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
@@ -1172,6 +1138,10 @@ int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
 long long g_rf1_launches = 0;  // (tests: which path ran)
+// one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56: the default
+// since perf-notes v2.38; set_gemm_2l_rf1_auto(false): forced only, as before)
+bool g_rf1_auto = true;
+constexpr int kOneMaxM = 512;  // (the token counts it was timed at: one or two 256-token tiles)
 // the register-fragment loop, unsplit or split over a cluster, wherever its cost models beat the plan's kernel, not
 // only where the plan is unsplit with two tiles per SM (H200, perf-notes v2.23: 0.84-0.93x the GEMM's time at M = 256 /
 // 512 / 1024 where it differs, neutral elsewhere and on the whole model; on by default since)
@@ -1205,7 +1175,9 @@ int g_rf3_model = 1;
 // Split over a cluster of s CTAs along K (two warpgroups, one tile per CTA): a CTA runs ceil(KT / s) stages, the tile's
 // fixed part and the exchange of the int32 partials, ~2500 + 6 BT (s - 1) cycles; CTAs in waves of one per SM (fitted
 // on H200, perf-notes v2.23, gemm_2l_fo_plans.py --splits at M = 256 / 512, where a one-tile CTA's stage was also ~2 BT
-// + 700).
+// + 700). One consumer warpgroup (64-row tiles, g.56; fitted on H100, perf-notes v2.38, benchmarks/rf_cost_fit.py
+// --one-grid on gemm_2l_fo_plans.py at 256 / 512 tokens): a stage ~560 cycles at 128 tokens, ~740 at 256 (as
+// few_token_fixed.py measured them), a tile's fixed part 4500 / 5400 (the middle of the fits that pick the best plan).
 long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1, bool halves256 = false) {
   const long tiles = (long)(N / (64 * cw)) * ((M + bt - 1) / bt) * s;
   const long fit3 = g_rf3_model ? (bt == 192 ? 1250 : 1100) : (bt == 192 ? 1525 : 1290);
@@ -1214,8 +1186,10 @@ long rf_cost(int M, int N, int K, int num_sms, int cw, int bt, int s = 1, bool h
   // to gemm_2l_fo_plans.py at 4608 / 4096 / 1024 tokens, where it takes 9-16 % less time than with three stages; the
   // split kernel in halves, g.54, keeps 2 BT + 700: the mirror, benchmarks/rf_cost_fit.py, picks the best timed plan
   // at all 25 shapes with any split stage from 1080 cycles up, v2.37)
-  const long stage = cw == 3 ? stage3 : bt == 256 && s == 1 && halves256 ? 1000 : 2L * bt + 700;
-  const long fixed = (cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) + (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
+  const long stage = cw == 1 ? (bt == 256 ? 740 : 560)
+                     : cw == 3 ? stage3 : bt == 256 && s == 1 && halves256 ? 1000 : 2L * bt + 700;
+  const long fixed = (cw == 1 ? (bt == 256 ? 5400 : 4500) : cw == 3 ? (bt == 192 ? 11600 : 7800) : 1000 + 37L * bt) +
+                     (s > 1 ? 2500 + 6L * bt * (s - 1) : 0);
   return (tiles + num_sms - 1) / num_sms * ((K / kBK + s - 1) / s * stage + fixed);
 }
 
@@ -1268,6 +1242,8 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf1_tile = cw == 1 && tile == 128 ? 128 : 256;
 }
 long long gemm_2l_rf1_launches() { return g_rf1_launches; }
+void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
+bool gemm_2l_rf1_auto() { return g_rf1_auto; }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
 void set_gemm_2l_rf3_stage(int at128, int at192) {
   g_rf3_stage[0] = at128 > 0 ? at128 : 0;
@@ -1315,15 +1291,6 @@ int gemm_2l_out_pieces(int tile) { return tile == 256 ? g_out_pieces[0] : tile =
 void set_gemm_2l_split_halves(bool on) { g_split_halves = on; }
 bool gemm_2l_split_halves() { return g_split_halves; }
 long long gemm_2l_split_halves_launches() { return g_split_halves_launches; }
-void set_gemm_2l_split_l2(bool on) { g_split_l2 = on; }
-bool gemm_2l_split_l2() { return g_split_l2; }
-long long gemm_2l_split_l2_launches() { return g_split_l2_launches; }
-// (g.57) the L2 exchange's workspace for 256-token tiles of M x N split over `splits` CTAs (EP 22's layout)
-int64_t gemm_2l_split_l2_bytes(int64_t M, int64_t N, int splits) {
-  constexpr int JB = 256 / 8, kCT = 256;
-  const int64_t tiles = (N / 128) * ((M + 255) / 256);
-  return splits < 2 ? 0 : tiles * splits * (splits - 1) * ((JB + splits - 1) / splits) * kCT * 16;
-}
 bool gemm_2l_act_in_loop() { return g_act_in_loop; }
 bool gemm_2l_lr_by_producer() { return g_lr_producer; }
 long long gemm_2l_lr_by_producer_launches() { return g_lr_producer_launches; }
@@ -1344,12 +1311,6 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
       return launch_2l<__nv_bfloat16, 224, 64, false, false, true, true, true, 2, 14>(a, 1, nullptr, stream, num_sms);
     if (g_life && bf && g_split_halves && p.tile_tokens == 256 && p.splits > 1 && !a.lr_late)  // (stamps, EP 20)
       return launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 20>(a, p.splits, g_life, stream, num_sms);
-    if (g_split_l2 && g_split_halves && p.tile_tokens == 256 && p.splits > 1 && a.xws &&
-        a.xws_bytes >= gemm_2l_split_l2_bytes(a.M, a.N, p.splits)) {  // g.57: the exchange through L2 (EP 22)
-      long long* ws = reinterpret_cast<long long*>(a.xws);
-      return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 22>(a, p.splits, ws, stream, num_sms)
-                : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 22>(a, p.splits, ws, stream, num_sms);
-    }
     if (g_split_halves && p.tile_tokens == 256 && p.splits > 1)  // g.54: the split kernel's fourth stage (v2.37)
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms)
                 : launch_2l<__half, 256, 64, false, false, true, true, true, 2, 18>(a, p.splits, nullptr, stream, num_sms);
@@ -1431,17 +1392,32 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       }
       if (ss && g_rf_splits == 0 && cs * 20 >= now * 19) ss = 0;
     }
-    // (g.56, forced only: set_gemm_2l_rf_warpgroups(1, tile)) one consumer warpgroup on 64-row tiles of 128 / 256
-    // tokens, persistent or split over a cluster (set_gemm_2l_rf_splits), pipelined (perf-notes v2.37's Next 1)
-    if (a.frag && !wide_lr && !w8 && g_rf_warpgroups == 1 && g_rf_pipelined) {
-      const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, g_rf1_tile / 8)) : 1;
+    // (g.56) one consumer warpgroup on 64-row tiles of 128 / 256 tokens, pipelined: forced (set_gemm_2l_rf_warpgroups(1,
+    // tile); persistent or split over a cluster, set_gemm_2l_rf_splits), or persistent at M <= kOneMaxM where its
+    // model beats what runs otherwise and the three-warpgroup loop by 5 % (perf-notes v2.38: 256 / 512 x 3072 x 3072)
+    int bt1 = g_rf1_tile;
+    bool one = g_rf_warpgroups == 1;
+    if (g_rf1_auto && g_rf_warpgroups == 0 && a.M <= kOneMaxM && g_plan_tiles == 15 && g_rf_splits <= 1 &&
+        g_rf_by_cost && g_persistent < 0 && g_force_splits <= 1 && !g_trace && !g_gemm_probe) {
+      long c1 = -1;
+      for (int bt : {128, 256}) {
+        const long c = rf_cost(a.M, a.N, a.K, num_sms, 1, bt);
+        if (c1 < 0 || c < c1) bt1 = bt, c1 = c;
+      }
+      long rival = ss ? std::min(now, cs) : now;
+      if (a.N % 192 == 0)
+        for (int bt : {192, 128}) rival = std::min(rival, rf_cost(a.M, a.N, a.K, num_sms, 3, bt));
+      one = c1 * 20 < rival * 19;
+    }
+    if (a.frag && !wide_lr && !w8 && one && g_rf_pipelined) {
+      const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, bt1 / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
       if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
-        return g_rf1_tile == 128
+        return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
                    : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
-      if (g_rf1_tile == 128)
+      if (bt1 == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);
       return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)

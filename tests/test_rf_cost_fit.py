@@ -80,3 +80,28 @@ def test_the_split_halves_keep_the_split_stage(stage, regret):
     for M, K, N, pick, t, best in picks:
         if M <= 512 and K >= 12288:
             assert pick.startswith("rs256x") and t == best, (M, K, N, pick, t, best)
+
+
+G56 = PERF / "gemm_2l_fo_plans_v253_h100.txt"  # v2.38 call 1: every plan at 512 / 256 tokens, g.56's included
+ONE = rf_cost_fit.Model(halves256=True, split_halves=True, one=True)  # the kernel's constants since v2.38
+
+
+def test_one_warpgroup_is_picked_where_it_was_timed_best():
+    """g.56 by the cost model (v2.38): over call 1's 10 shapes and v2.37 / v2.36's 15, one warpgroup's tiles are picked
+    at 256 / 512 x 3072 x 3072 (the fastest plans there) and nowhere else; the summed regret drops by those two shapes'
+    (0.628 -> 0.444) and every pick was timed."""
+    rows = _rows((G56.read_text(), None), (G54.read_text(), G54_SWAP), (BEFORE.read_text(), None))
+    without = rf_cost_fit.Model(halves256=True, split_halves=True)
+    before, _ = rf_cost_fit.regrets(rows, without)
+    after, picks = rf_cost_fit.regrets(rows, ONE)
+    ones = {(M, K, N): pick for M, K, N, pick, _, _ in picks if pick.startswith("rf1_")}
+    assert ones == {(256, 3072, 3072): "rf1_128", (512, 3072, 3072): "rf1_256"}
+    assert all(t is not None for *_, t, _ in picks)
+    assert all(t == best for M, K, N, _, t, best in picks if (M, K, N) in ones)
+    assert before - after == pytest.approx(0.184, abs=2e-3)
+
+
+def test_one_warpgroup_only_at_a_few_hundred_tokens():
+    assert rf_cost_fit.choose(256, 3072, 3072, ONE) == "rf1_128"
+    assert not rf_cost_fit.choose(1024, 3072, 3072, ONE).startswith("rf1_")  # past ONE_MAX_M
+    assert not rf_cost_fit.choose(512, 3072, 3072, rf_cost_fit.Model(halves256=True, split_halves=True)).startswith("rf1_")

@@ -236,16 +236,6 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     ext.set_gemm_2l_rf_splits(0)
     ext.set_gemm_2l_rf_warpgroups(0, 0)
     print("sanitize case: split kernel in halves done")
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_split_l2"):
-    # the 256-token split kernel's exchange through L2 (g.57, set_gemm_2l_split_l2): two, three and four CTAs, rows
-    # past M (the workspace's last tile)
-    for s_ in (2, 3, 4):
-        ext.set_gemm_2l_rf_warpgroups(2, 0)
-        ext.set_gemm_2l_rf_splits(s_)
-        _fragment_order_gemm_case("split_l2", [(300, 1280, 512, 32, 256)])
-    ext.set_gemm_2l_rf_splits(0)
-    ext.set_gemm_2l_rf_warpgroups(0, 0)
-    print("sanitize case: split exchange through L2 done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemm_2l_rf1_launches"):
     # one consumer warpgroup on 64-row tiles (g.56, set_gemm_2l_rf_warpgroups(1, tile)): 128- and 256-token tiles,
     # persistent (several tiles per CTA) and split over 2 / 3 CTAs, rows past M

@@ -1169,10 +1169,10 @@ def test_gemm_probes_run_and_leave_the_kernel_exact(hopper):
 
 
 def test_gemm_2l_rf_warpgroups_mode(hopper):
-    """set_gemm_2l_rf_warpgroups: 0 (auto) by default; 2 and 3 kept, anything else back to auto."""
+    """set_gemm_2l_rf_warpgroups: 0 (auto) by default; 1 (g.56), 2 and 3 kept, anything else back to auto."""
     assert hopper.gemm_2l_rf_warpgroups() == 0
     try:
-        for cw, want in ((3, 3), (2, 2), (4, 0), (1, 0), (-1, 0)):
+        for cw, want in ((3, 3), (2, 2), (1, 1), (4, 0), (0, 0), (-1, 0)):
             hopper.set_gemm_2l_rf_warpgroups(cw, 192)
             assert hopper.gemm_2l_rf_warpgroups() == want
     finally:

@@ -1,7 +1,8 @@
-"""One consumer warpgroup on 64-row tiles (Hopper; perf-notes v2.37's g.56, set_gemm_2l_rf_warpgroups(1, tile),
-opt-in): the register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or
-split over a cluster of 2-4 CTAs. Integer sums, so the same bits as the default kernels (outputs poisoned first):
-both dtypes, ranks 0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay."""
+"""One consumer warpgroup on 64-row tiles (Hopper; perf-notes v2.37's g.56, set_gemm_2l_rf_warpgroups(1, tile)): the
+register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or split over a
+cluster of 2-4 CTAs. Integer sums, so the same bits as the other kernels (outputs poisoned first): both dtypes, ranks
+0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. Since v2.38 the cost model also takes it at M <=
+512 where it wins (set_gemm_2l_rf1_auto): at 256 / 512 x 3072 x 3072, with the low-rank tile late too."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,16 @@ def _one_warpgroup(kernels, tile: int, splits: int):
         kernels.set_gemm_2l_rf_warpgroups(0, 0)
 
 
+@contextlib.contextmanager
+def _auto_off(kernels):
+    """The cost model without one warpgroup's tiles (set_gemm_2l_rf1_auto(False)), for a block."""
+    kernels.set_gemm_2l_rf1_auto(False)
+    try:
+        yield
+    finally:
+        kernels.set_gemm_2l_rf1_auto(True)
+
+
 @pytest.mark.parametrize("tile", [128, 256])
 @pytest.mark.parametrize("splits", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 7, 1024, 128, 32), (torch.bfloat16, 255, 3072, 384, 0),
@@ -44,7 +55,8 @@ def test_one_warpgroup_gives_the_same_bits(hopper, tile, splits, dtype, M, K, N,
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
     _poison(4 * M * N, 0xFF)
-    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    with _auto_off(hopper):
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
     n0 = hopper.gemm_2l_rf1_launches()
     with _one_warpgroup(hopper, tile, splits):
         _poison(4 * M * N, 0xFF)
@@ -113,3 +125,52 @@ def test_the_stamped_one_warpgroup_kernel(hopper, splits):
     if splits > 1:  # entry, the tile's steps with the exchange after the loop, drained
         steps = torch.cat([sub[:, :, 0, 6:7], steps[..., :4], sub[:, :, 0, 5:6], steps[..., 4:], sub[:, :, 0, 7:8]], -1)
     assert (steps > 0).all() and (steps[..., 1:] >= steps[..., :-1]).all(), "a stamped tile's steps out of order"
+
+
+# (M, K, N, whether the cost model takes one warpgroup there): perf-notes v2.38's call 1 timed it best at the first two
+@pytest.mark.parametrize("M,K,N,one", [(256, 3072, 3072, True), (512, 3072, 3072, True), (200, 3072, 3072, True),
+                                       (512, 3072, 12288, False), (256, 12288, 3072, False), (1024, 3072, 3072, False)])
+def test_the_cost_model_takes_one_warpgroup_where_it_wins(hopper, M, K, N, one):
+    assert hopper.gemm_2l_rf1_auto() is True
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N + 87)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + 87)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    with _auto_off(hopper):
+        n0 = hopper.gemm_2l_rf1_launches()
+        _poison(4 * M * N, 0xFF)
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+        assert hopper.gemm_2l_rf1_launches() == n0
+    _poison(4 * M * N, 0xFF)
+    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    assert hopper.gemm_2l_rf1_launches() - n0 == int(one)
+    assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("M", [256, 130])
+def test_one_warpgroup_with_the_low_rank_tile_late(hopper, M):
+    """The chained down projection (set_lr_chain: lr comes from the kernel just before, the GEMM waits for it only
+    before its epilogue) with the cost model's one-warpgroup tile: the bits of the two-warpgroup kernels."""
+    K, N = 3072, 3072
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + 89)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=89)
+    qf = fragment_order(qw)
+    chain = hopper.lr_chain()
+    hopper.set_lr_chain(1)
+    try:
+        n0, l0 = hopper.gemm_2l_rf1_launches(), hopper.gemm_2l_late_launches()
+        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+        ran = hopper.gemm_2l_rf1_launches() - n0, hopper.gemm_2l_late_launches() - l0
+    finally:
+        hopper.set_lr_chain(chain)
+    torch.cuda.synchronize()
+    with _auto_off(hopper):
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
+    assert ran[0] == 1
+    if ran[1] == 0:
+        pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
+    assert torch.isfinite(y).all()
+    assert torch.equal(y, ref)
