@@ -78,8 +78,8 @@
 #       the whole tests/gpu
 #   v255: perf-notes v2.38's g.56 by the cost model (set_gemm_2l_rf1_auto, the default: one warpgroup's tiles at M <=
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
-#       default 512,256; fo, fo_no1w, bf16, fp8d), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto
-#       against the best plan), the whole tests/gpu (SUITE=0: not)
+#       default 512,256; fo, fo_no1w, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
+#       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
 #   (v253, as run at commit 24c1ac4 with SUITE=0: v252 with g.57, the split exchange through L2, measured slower and
 #       removed in v2.38: column fo_l2x, plans rs256x{2,4}l)
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
@@ -742,14 +742,14 @@ if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
   fi
   gpu_suite
 fi
-if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, then the whole suite
+if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole suite, then the plans
   if tests_then_ab v255 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_no1w,bf16,fp8d \
-      --rounds 3; then
+      --rounds ${ROUNDS:-3}; then
+    [ "${SUITE:-1}" = 0 ] || gpu_suite
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
-  [ "${SUITE:-1}" = 0 ] || gpu_suite
 fi
 if [ "$what" = abbuilds ]; then  # this tree's kernels against another build's, alternating in one call
   mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
