@@ -76,9 +76,9 @@
 #       plans), gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256), the tile life at 256 x 3072 x 3072 of
 #       one warpgroup (persistent and split over 2) and of the two-warpgroup split over 2 (LIFE=0: not), memcheck,
 #       the whole tests/gpu
-#   v255: perf-notes v2.38's g.56 by the cost model (set_gemm_2l_rf1_auto, the default: one warpgroup's tiles at M <=
+#   v255: perf-notes v2.38's g.56 by the cost model (set_gemm_2l_rf1_auto, opt-in: one warpgroup's tiles at M <=
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
-#       default 512,256; fo, fo_no1w, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
+#       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
 #   (v253, as run at commit 24c1ac4 with SUITE=0: v252 with g.57, the split exchange through L2, measured slower and
 #       removed in v2.38: column fo_l2x, plans rs256x{2,4}l)
@@ -743,7 +743,7 @@ if [ "$what" = v252 ]; then  # g.56 (opt-in), then the whole suite
   gpu_suite
 fi
 if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole suite, then the plans
-  if tests_then_ab v255 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_no1w,bf16,fp8d \
+  if tests_then_ab v255 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_1wa,bf16,fp8d \
       --rounds ${ROUNDS:-3}; then
     [ "${SUITE:-1}" = 0 ] || gpu_suite
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \

@@ -1031,8 +1031,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf1_launches", &svdq::gemm_2l_rf1_launches, "GEMM launches of the one-warpgroup kernels (tests)");
   m.def("set_gemm_2l_rf1_auto", &svdq::set_gemm_2l_rf1_auto, pybind11::arg("on"),
         "one consumer warpgroup's 64-row tiles (g.56) also where the register-fragment cost model puts them 5 % below "
-        "every other kernel, at M <= 512 (the default since perf-notes v2.38: 256 / 512 x 3072 x 3072); False: only "
-        "when forced by set_gemm_2l_rf_warpgroups(1, tile), as before; the same bits");
+        "every other kernel, at M <= 512 (perf-notes v2.38: the best plan at 256 / 512 x 3072 x 3072; opt-in until "
+        "timed as a default); False (the default): only when forced by set_gemm_2l_rf_warpgroups(1, tile); the same bits");
   m.def("gemm_2l_rf1_auto", &svdq::gemm_2l_rf1_auto, "whether set_gemm_2l_rf1_auto is on");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "

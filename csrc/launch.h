@@ -172,7 +172,7 @@ int gemm_2l_persistent();
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
-// (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (default on since perf-notes v2.38)
+// (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; opt-in until timed)
 void set_gemm_2l_rf1_auto(bool on);
 bool gemm_2l_rf1_auto();
 // rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the model's, set_gemm_2l_rf3_model:

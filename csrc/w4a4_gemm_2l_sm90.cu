@@ -1138,9 +1138,9 @@ int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
 long long g_rf1_launches = 0;  // (tests: which path ran)
-// one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56: the default
-// since perf-notes v2.38; set_gemm_2l_rf1_auto(false): forced only, as before)
-bool g_rf1_auto = true;
+// one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56 by the cost
+// model, perf-notes v2.38: opt-in until run_device.sh v255 times it as a whole; off: forced only)
+bool g_rf1_auto = false;
 constexpr int kOneMaxM = 512;  // (the token counts it was timed at: one or two 256-token tiles)
 // the register-fragment loop, unsplit or split over a cluster, wherever its cost models beat the plan's kernel, not
 // only where the plan is unsplit with two tiles per SM (H200, perf-notes v2.23: 0.84-0.93x the GEMM's time at M = 256 /

@@ -168,3 +168,23 @@ def test_plot_split_life_reads_the_stored_logs(tmp_path):
     assert plot_split_life.main([str(PERF / "split_life_x2_h100.txt"), str(PERF / "split_life_x4_h100.txt"),
                                  "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_fo_plans_groups_the_stored_sweep(tmp_path):
+    """plot_fo_plans on the stored v2.38 sweep: per shape the best two/three-warpgroup and one-warpgroup plans as ratios
+    to the best of all (one of them 1.0), one warpgroup best at 256 / 512 x 3072 x 3072 only; a sweep without the
+    one-warpgroup plans refused by name; and a PNG."""
+    import plot_fo_plans
+
+    rows = plot_fo_plans.plan_ratios(PERF / "gemm_2l_fo_plans_v253_h100.txt")
+    assert len(rows) == 10
+    for shape, ratios, names in rows:
+        assert set(ratios) == set(plot_fo_plans.GROUPS)
+        assert min(ratios["two / three warpgroups"], ratios["one warpgroup"]) == 1.0
+    wins = {shape: names["one warpgroup"] for shape, r, names in rows if r["one warpgroup"] == 1.0}
+    assert wins == {"512 x 3072 x 3072": "rf1_256", "256 x 3072 x 3072": "rf1_128"}
+    with pytest.raises(ValueError, match="no one-warpgroup plan"):
+        plot_fo_plans.plan_ratios(PERF / "gemm_2l_fo_plans_v250_h100.txt")
+    out = tmp_path / "plans.png"
+    assert plot_fo_plans.main([str(PERF / "gemm_2l_fo_plans_v253_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

@@ -1,8 +1,8 @@
 """One consumer warpgroup on 64-row tiles (Hopper; perf-notes v2.37's g.56, set_gemm_2l_rf_warpgroups(1, tile)): the
 register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or split over a
 cluster of 2-4 CTAs. Integer sums, so the same bits as the other kernels (outputs poisoned first): both dtypes, ranks
-0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. Since v2.38 the cost model also takes it at M <=
-512 where it wins (set_gemm_2l_rf1_auto): at 256 / 512 x 3072 x 3072, with the low-rank tile late too."""
+0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. With set_gemm_2l_rf1_auto (v2.38, opt-in) the
+cost model also takes it at M <= 512 where it wins: at 256 / 512 x 3072 x 3072, with the low-rank tile late too."""
 from __future__ import annotations
 
 import contextlib
@@ -35,13 +35,13 @@ def _one_warpgroup(kernels, tile: int, splits: int):
 
 
 @contextlib.contextmanager
-def _auto_off(kernels):
-    """The cost model without one warpgroup's tiles (set_gemm_2l_rf1_auto(False)), for a block."""
-    kernels.set_gemm_2l_rf1_auto(False)
+def _auto(kernels, on: bool):
+    """The cost model with (or without) one warpgroup's tiles (set_gemm_2l_rf1_auto), for a block; off after it."""
+    kernels.set_gemm_2l_rf1_auto(on)
     try:
         yield
     finally:
-        kernels.set_gemm_2l_rf1_auto(True)
+        kernels.set_gemm_2l_rf1_auto(False)
 
 
 @pytest.mark.parametrize("tile", [128, 256])
@@ -55,7 +55,7 @@ def test_one_warpgroup_gives_the_same_bits(hopper, tile, splits, dtype, M, K, N,
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
     _poison(4 * M * N, 0xFF)
-    with _auto_off(hopper):
+    with _auto(hopper, False):
         ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
     n0 = hopper.gemm_2l_rf1_launches()
     with _one_warpgroup(hopper, tile, splits):
@@ -131,18 +131,18 @@ def test_the_stamped_one_warpgroup_kernel(hopper, splits):
 @pytest.mark.parametrize("M,K,N,one", [(256, 3072, 3072, True), (512, 3072, 3072, True), (200, 3072, 3072, True),
                                        (512, 3072, 12288, False), (256, 12288, 3072, False), (1024, 3072, 3072, False)])
 def test_the_cost_model_takes_one_warpgroup_where_it_wins(hopper, M, K, N, one):
-    assert hopper.gemm_2l_rf1_auto() is True
+    assert hopper.gemm_2l_rf1_auto() is False  # opt-in (v2.38)
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N + 87)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + 87)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
-    with _auto_off(hopper):
-        n0 = hopper.gemm_2l_rf1_launches()
-        _poison(4 * M * N, 0xFF)
-        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
-        assert hopper.gemm_2l_rf1_launches() == n0
+    n0 = hopper.gemm_2l_rf1_launches()
     _poison(4 * M * N, 0xFF)
-    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    assert hopper.gemm_2l_rf1_launches() == n0
+    with _auto(hopper, True):
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
     assert hopper.gemm_2l_rf1_launches() - n0 == int(one)
     assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
     assert torch.equal(y, ref)
@@ -159,16 +159,16 @@ def test_one_warpgroup_with_the_low_rank_tile_late(hopper, M):
     chain = hopper.lr_chain()
     hopper.set_lr_chain(1)
     try:
-        n0, l0 = hopper.gemm_2l_rf1_launches(), hopper.gemm_2l_late_launches()
-        xq, xs, lr = _quantize(hopper, x, smooth, pd)
-        _poison(4 * M * N, 0xFF)
-        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
-        ran = hopper.gemm_2l_rf1_launches() - n0, hopper.gemm_2l_late_launches() - l0
+        with _auto(hopper, True):
+            n0, l0 = hopper.gemm_2l_rf1_launches(), hopper.gemm_2l_late_launches()
+            xq, xs, lr = _quantize(hopper, x, smooth, pd)
+            _poison(4 * M * N, 0xFF)
+            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+            ran = hopper.gemm_2l_rf1_launches() - n0, hopper.gemm_2l_late_launches() - l0
     finally:
         hopper.set_lr_chain(chain)
     torch.cuda.synchronize()
-    with _auto_off(hopper):
-        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
     assert ran[0] == 1
     if ran[1] == 0:
         pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
