@@ -93,14 +93,14 @@ def split_by_cta(stamps: torch.Tensor, sub: torch.Tensor, part: str = "exchange"
     return out
 
 
-def summarize_substeps(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dict[str, float]]:
+def summarize_substeps(stamps: torch.Tensor, sub: torch.Tensor, first: int = 1) -> dict[str, dict[str, float]]:
     """stamps and sub [CTAS, warpgroups, TILES, STEPS] (sub: steps 8 .. 12 as 0 .. 4; 0 where not stamped) -> {"wg<w>":
-    {subpart: median cycles}} over CTAs and tiles, the first tile left out."""
+    {subpart: median cycles}} over CTAs and tiles from tile `first` (1: the first tile left out)."""
     s, u = stamps.to(torch.int64).tolist(), sub.to(torch.int64).tolist()
     out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in SUBPARTS} for w in range(len(s[0]))}
     for c in range(len(s)):
         for w in range(len(s[c])):
-            for t in range(1, len(s[c][w])):
+            for t in range(first, len(s[c][w])):
                 chain = [s[c][w][t][5]] + u[c][w][t][:5] + [s[c][w][t][6]]
                 if not all(chain):
                     continue
@@ -109,17 +109,18 @@ def summarize_substeps(stamps: torch.Tensor, sub: torch.Tensor) -> dict[str, dic
     return {k: {p: statistics.median(v) if v else float("nan") for p, v in d.items()} for k, d in out.items()}
 
 
-def summarize(stamps: torch.Tensor) -> dict[str, dict[str, float]]:
+def summarize(stamps: torch.Tensor, first: int = 1) -> dict[str, dict[str, float]]:
     """stamps [CTAS, warpgroups, TILES, STEPS] (0 where not stamped) -> {"wg<w>": {part: median cycles}, "lag": {"wg<w>":
-    median cycles behind warpgroup 0 at the loop's end}}. Step 7 (first stage landed) absent (0 everywhere): the stage
-    wait is 0 -> 1 and the first issue is left empty."""
+    median cycles behind warpgroup 0 at the loop's end}} over the tiles from `first` (1: the first tile, with the
+    pipeline's fill, left out; 0 where every CTA has one tile). Step 7 (first stage landed) absent (0 everywhere): the
+    stage wait is 0 -> 1 and the first issue is left empty."""
     s = stamps.to(torch.int64).tolist()
     wgs = len(s[0])
     out: dict[str, dict[str, list[float]]] = {f"wg{w}": {p: [] for p in PARTS} for w in range(wgs)}
     lag: dict[str, list[float]] = {f"wg{w}": [] for w in range(1, wgs)}
     for c in range(len(s)):
         for w in range(wgs):
-            for t in range(1, len(s[c][w])):  # the first tile has the pipeline's fill
+            for t in range(first, len(s[c][w])):
                 st = s[c][w][t]
                 if not all(st[:7]):
                     continue
@@ -132,7 +133,7 @@ def summarize(stamps: torch.Tensor) -> dict[str, dict[str, float]]:
                     if v is not None:
                         out[f"wg{w}"][p].append(v)
         for w in range(1, wgs):
-            for t in range(1, len(s[c][w])):
+            for t in range(first, len(s[c][w])):
                 if s[c][0][t][2] and s[c][w][t][2]:
                     lag[f"wg{w}"].append(s[c][w][t][2] - s[c][0][t][2])
     res = {k: {p: statistics.median(v) if v else float("nan") for p, v in d.items()} for k, d in out.items()}
@@ -246,12 +247,15 @@ def main(argv: list[str] | None = None) -> int:
                 cells = " ".join("/".join(str(v) for v in row) for row in split_by_cta(stamps.cpu(), sub.cpu(), part))
                 print(f"{'':>16} {part} by CTA (wg0/wg1): {cells}", flush=True)
             continue
-        r = summarize(stamps.cpu())
+        first = 1 if bool(stamps[:, :, 1:, 0].any()) else 0  # one tile per CTA (a few hundred tokens): that tile
+        r = summarize(stamps.cpu(), first)
         for w in range(wgs):
             tail = f" | {r['lag'][f'wg{w}']:.0f}" if w else f" | same bits: {same}"
+            if not first and not w:
+                tail += " | one tile per CTA: its first (the pipeline's fill in it)"
             print(f"{shape:>16} wg{w} | " + " ".join(f"{r[f'wg{w}'][p]:>11.0f}" for p in PARTS) + tail, flush=True)
         if substeps:
-            q = summarize_substeps(stamps.cpu(), sub.cpu())
+            q = summarize_substeps(stamps.cpu(), sub.cpu(), first)
             print(f"{'store by sub-step':>20} | " + " ".join(f"{p:>12}" for p in SUBPARTS))
             for w in range(wgs):
                 print(f"{shape:>16} wg{w} | " + " ".join(f"{q[f'wg{w}'][p]:>12.0f}" for p in SUBPARTS), flush=True)

@@ -185,6 +185,22 @@ def test_tile_life_summary_medians_each_step_per_warpgroup():
         assert r["lag"] == {f"wg{w}": 600 * w for w in range(1, wgs)}
 
 
+def test_tile_life_summary_of_one_tile_per_cta():
+    """Where every CTA has one tile (e.g. one warpgroup's 256-token tiles at 256 x 3072 x 3072: 48 CTAs), the default
+    summary has nothing to median (NaN) and first=0 takes that tile, fill included."""
+    import math
+
+    import gemm_2l_tile_life as life
+
+    s = torch.zeros(life.CTAS, 1, life.TILES, life.STEPS, dtype=torch.int64)
+    for c in range(life.CTAS):
+        s[c, 0, 0, :8] = torch.tensor([0, 2000, 12000, 12200, 12800, 13500, 16500, 1500]) + 1000 * (c + 1)
+    assert all(math.isnan(v) for v in life.summarize(s)["wg0"].values())
+    got = life.summarize(s, first=0)["wg0"]
+    assert (got["stage wait"], got["first issue"], got["loop"], got["store"]) == (1500, 500, 10000, 3000)
+    assert math.isnan(got["to next"])
+
+
 def test_tile_life_of_a_split_cta_orders_its_whole_life():
     """gemm_2l_tile_life.summarize_split on synthetic stamps of the split kernel (one tile per CTA, tile 0): the kernel's
     entry (sub-step 14), the tile's steps, the exchange (13) between the loop's end and the low-rank tile, the drain
