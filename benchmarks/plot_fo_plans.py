@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xticks(range(len(rows)), [s for s, _, _ in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("GEMM time / the best plan's")
     ax.set_ylim(0.9, max(max(r.values()) for _, r, _ in rows) + 0.35)
-    first = Path(args.log).read_text().splitlines()[0] if Path(args.log).read_text() else ""
-    ax.set_title(f"the kernel's plan, the best two- / three-warpgroup plan and the best one-warpgroup plan\n{first[:110]}",
+    head = (Path(args.log).read_text().splitlines() or [""])[0]  # the sweep's device and method
+    ax.set_title(f"the kernel's plan, the best two- / three-warpgroup plan and the best one-warpgroup plan\n{head[:110]}",
                  fontsize=9)
     ax.legend(fontsize=8)
     save_figure(fig, args.out, args.log)

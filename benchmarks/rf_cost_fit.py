@@ -14,9 +14,10 @@ of the pick / best - 1); their sum (a shape in several logs: the first log's row
 log's columns, all at once (e.g. call 3 of v2.36 timed g.51 as rf2_256h while it was opt-in: @rf2_256=rf2_256w,
 rf2_256h=rf2_256 swaps them); --grid sweeps the 256-token stage and fixed part and prints the lowest summed regrets (how
 v2.36 refitted the stage); --split-grid sweeps the split kernel's stage with its halves. --one: one consumer
-warpgroup's 64-row tiles a candidate at M <= 512 (g.56, the kernel's rule since v2.38: taken where rf_cost puts them 5 %
-below everything else), their stage and fixed cycles at 128 / 256 tokens by --one-stage / --one-fixed; --one-grid
-sweeps those (how v2.38 chose them)."""
+warpgroup's 64-row tiles a candidate at M <= 512 (g.56, the kernel's rule with set_gemm_2l_rf1_auto, v2.38: taken
+where rf_cost puts them 5 % below everything else), their stage and fixed cycles at 128 / 256 tokens by --one-stage /
+--one-fixed; --one-grid sweeps the two stages and the fixed part, the 256-token one 900 cycles above the 128-token one
+(how v2.38 chose them)."""
 from __future__ import annotations
 
 import argparse
@@ -167,6 +168,12 @@ def regrets(rows, model: Model) -> tuple[float, list[tuple[int, int, int, str, f
     return total, out
 
 
+def _pair(text: str) -> tuple[int, int]:
+    """"560,740" -> (560, 740): a value at 128 and at 256 tokens."""
+    a, b = (int(v) for v in text.split(","))
+    return a, b
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logs", nargs="+", help="LOG[@COLUMN=CANDIDATE,...]")
@@ -188,10 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(log) as f:
             tables.append(parse(f.read(), rename))
     rows = merged(tables)  # a shape in several logs: the first log's row
-    pair = lambda v: tuple(int(x) for x in v.split(","))  # noqa: E731
     model = Model(halves256=args.halves, stage256=args.stage256, split_halves=args.split_halves,
-                  split_stage256=args.split_stage256, one=args.one, one_stage=pair(args.one_stage),
-                  one_fixed=pair(args.one_fixed))
+                  split_stage256=args.split_stage256, one=args.one, one_stage=_pair(args.one_stage),
+                  one_fixed=_pair(args.one_fixed))
     total, out = regrets(rows, model)
     for M, K, N, pick, t, best in out:
         shown = f"{t:8.1f}" if t is not None else "  (not timed)"
@@ -214,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         for s128 in range(400, 1001, 40):
             for s256 in range(500, 1301, 40):
                 for f in range(1000, 10001, 1000):
-                    m = Model(args.halves, args.stage256, None, args.split_halves, args.split_stage256, True,
-                              (s128, s256), (f, f + 900))
+                    m = Model(halves256=args.halves, stage256=args.stage256, split_halves=args.split_halves,
+                              split_stage256=args.split_stage256, one=True, one_stage=(s128, s256),
+                              one_fixed=(f, f + 900))
                     r, out = regrets(rows, m)
                     fits.append((r, sum(t is None for *_, t, _ in out), s128, s256, f))
         for r, untimed, s128, s256, f in sorted(fits)[:8]:

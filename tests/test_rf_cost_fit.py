@@ -83,7 +83,7 @@ def test_the_split_halves_keep_the_split_stage(stage, regret):
 
 
 G56 = PERF / "gemm_2l_fo_plans_v253_h100.txt"  # v2.38 call 1: every plan at 512 / 256 tokens, g.56's included
-ONE = rf_cost_fit.Model(halves256=True, split_halves=True, one=True)  # the kernel's constants since v2.38
+ONE = rf_cost_fit.Model(halves256=True, split_halves=True, one=True)  # the kernel's with set_gemm_2l_rf1_auto (v2.38)
 
 
 def test_one_warpgroup_is_picked_where_it_was_timed_best():
