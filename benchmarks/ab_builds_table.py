@@ -14,28 +14,23 @@ import statistics
 import sys
 from pathlib import Path
 
-_HEADER = re.compile(r"^\s+M\s+K\s+N \|")
-_ROW = re.compile(r"^\s+(\d+)\s+(\d+)\s+(\d+) \|([^|]*)\|")
+from plot_ab_2l import parse
+
 _NAME = re.compile(r"^abx_(?P<build>[A-Za-z0-9]+)_(?P<round>\d+)\.log$")
 
 
 def read_log(path: Path, col: str) -> dict[tuple[int, int, int], float]:
     """{(M, K, N): the column's value} of one ab_2l.py log; the column must be in its header."""
-    cols: list[str] | None = None
-    out: dict[tuple[int, int, int], float] = {}
-    for line in path.read_text().splitlines():
-        if _HEADER.match(line):
-            cols = line.split("|")[1].split()
-            if col not in cols:
-                raise ValueError(f"{path.name}: no column {col!r} (columns: {', '.join(cols)})")
-            continue
-        m = _ROW.match(line)
-        if m and cols:
-            vals = dict(zip(cols, (float(v) for v in m.group(4).split())))
-            out[(int(m.group(1)), int(m.group(2)), int(m.group(3)))] = vals[col]
-    if not out:
+    try:
+        _, rows = parse(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path.name}: {e}") from None
+    if not rows:
         raise ValueError(f"{path.name}: no ab_2l.py rows")
-    return out
+    if col not in rows[0]:
+        cols = [c for c in rows[0] if c not in ("M", "K", "N")]
+        raise ValueError(f"{path.name}: no column {col!r} (columns: {', '.join(cols)})")
+    return {(r["M"], r["K"], r["N"]): r[col] for r in rows}
 
 
 def table(logdir: Path, col: str = "fo", builds: tuple[str, str] | None = None):

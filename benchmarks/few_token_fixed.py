@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if ext is None:
         return 2
     M, N, ks = args.m, args.n, [int(k) for k in args.ks.split(",")]
-    by_name = {c[0]: c for c in candidates(N, splits=True, one=True, pieces=True)}
+    by_name = {c[0]: c for c in candidates(N, splits=True, one=True)}
     unknown = [p for p in args.plans.split(",") if p not in by_name]
     if unknown:
         print(f"unknown plans {unknown}; known: {sorted(by_name)}", file=sys.stderr)
