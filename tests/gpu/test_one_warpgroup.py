@@ -2,7 +2,9 @@
 register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or split over a
 cluster of 2-4 CTAs. Integer sums, so the same bits as the other kernels (outputs poisoned first): both dtypes, ranks
 0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. With set_gemm_2l_rf1_auto (v2.38, opt-in) the
-cost model also takes it at M <= 512 where it wins: at 256 / 512 x 3072 x 3072, with the low-rank tile late too."""
+cost model also takes it at M <= 512 where it wins: at 256 / 512 x 3072 x 3072, with the low-rank tile late too.
+g.58 (perf-notes v2.39; set_gemm_2l_rf_warpgroups(1, tile, per_sm=2)): two such CTAs to an SM on 64- or 128-token
+tiles, each in half the shared memory and registers; the same bits."""
 from __future__ import annotations
 
 import contextlib
@@ -165,6 +167,83 @@ def test_one_warpgroup_with_the_low_rank_tile_late(hopper, M):
             _poison(4 * M * N, 0xFF)
             y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
             ran = hopper.gemm_2l_rf1_launches() - n0, hopper.gemm_2l_late_launches() - l0
+    finally:
+        hopper.set_lr_chain(chain)
+    torch.cuda.synchronize()
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
+    assert ran[0] == 1
+    if ran[1] == 0:
+        pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
+    assert torch.isfinite(y).all()
+    assert torch.equal(y, ref)
+
+
+@contextlib.contextmanager
+def _two_per_sm(kernels, tile: int):
+    """One consumer warpgroup on `tile` tokens, two CTAs to an SM (g.58), for a block."""
+    kernels.set_gemm_2l_rf_warpgroups(1, tile, 2)
+    try:
+        yield
+    finally:
+        kernels.set_gemm_2l_rf_warpgroups(0, 0)
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+@pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 7, 1024, 128, 32), (torch.bfloat16, 255, 3072, 384, 0),
+                                           (torch.float16, 300, 1280, 896, 16), (torch.bfloat16, 256, 3072, 3072, 32),
+                                           (torch.bfloat16, 1030, 1024, 2048, 32)])
+def test_two_ctas_per_sm_give_the_same_bits(hopper, tile, dtype, M, K, N, R):
+    """Tiles past M, ranks 0 / 16 / 32, and (1030 x 2048) more tiles than two CTAs per SM hold: several per CTA."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + tile + 91)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=tile + R + 91, bias=R != 16)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    _poison(4 * M * N, 0xFF)
+    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    n0 = hopper.gemm_2l_rf1_two_launches()
+    with _two_per_sm(hopper, tile):
+        _poison(4 * M * N, 0xFF)
+        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    assert y is not None, hopper.last_error()
+    assert hopper.gemm_2l_rf1_two_launches() - n0 == 1
+    assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
+    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
+
+
+def test_two_ctas_per_sm_replay_from_a_cuda_graph(hopper):
+    """Captured two to an SM on 64-token tiles, replayed on new inputs: the default kernels' bits for those inputs."""
+    M, K, N, R = 256, 3072, 3072, 32
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=93)
+    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=93)
+    qf = fragment_order(qw)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    with _two_per_sm(hopper, 64):
+        graph, out = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
+    x2, _, _ = _acts(M, K, R, torch.bfloat16, seed=94)
+    xq2, xs2, lr2 = _quantize(hopper, x2, smooth, pd, 64)
+    xq.copy_(xq2), xs.copy_(xs2), lr.copy_(lr2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
+    assert torch.equal(out, want)
+
+
+def test_two_ctas_per_sm_with_the_low_rank_tile_late(hopper):
+    """The chained down projection (lr from the kernel just before, waited for only before the epilogue) on 64-token
+    tiles two to an SM: the bits of the default kernels."""
+    M, K, N = 256, 3072, 3072
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=95)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=95)
+    qf = fragment_order(qw)
+    chain = hopper.lr_chain()
+    hopper.set_lr_chain(1)
+    try:
+        with _two_per_sm(hopper, 64):
+            n0, l0 = hopper.gemm_2l_rf1_two_launches(), hopper.gemm_2l_late_launches()
+            xq, xs, lr = _quantize(hopper, x, smooth, pd)
+            _poison(4 * M * N, 0xFF)
+            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+            ran = hopper.gemm_2l_rf1_two_launches() - n0, hopper.gemm_2l_late_launches() - l0
     finally:
         hopper.set_lr_chain(chain)
     torch.cuda.synchronize()
