@@ -253,3 +253,32 @@ def test_two_ctas_per_sm_with_the_low_rank_tile_late(hopper):
         pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
     assert torch.isfinite(y).all()
     assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("tile,per_sm", [(128, 1), (256, 1), (64, 2), (128, 2)])
+@pytest.mark.parametrize("M,K,N,P", [(300, 1024, 768, 0), (512, 3072, 3072, 3072), (77, 2048, 640, 24)])
+def test_one_warpgroup_epilogue_gelu_and_prefix(hopper, tile, per_sm, M, K, N, P):
+    """w4a4_gemm_2l_fo_ep (GELU, FLUX's concatenation) on one warpgroup's tiles: without activation the GEMM columns
+    are the two-warpgroup kernels' bits and the prefix columns the prefix's, with GELU the same bits as there too;
+    every element written (poisoned first)."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N + 97)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=N + 97)
+    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    qf = fragment_order(qw)
+    prefix = torch.randn(M, P, device="cuda").to(torch.bfloat16) if P else None
+    with _auto(hopper, False):
+        want = [hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, 64, act, prefix).clone() for act in (0, 1)]
+    n0 = hopper.gemm_2l_rf1_launches()
+    hopper.set_gemm_2l_rf_warpgroups(1, tile, per_sm)
+    try:
+        got = []
+        for act in (0, 1):
+            _poison(2 * M * (N + P) + 4096, 0xFF)
+            got.append(hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, 64, act, prefix))
+    finally:
+        hopper.set_gemm_2l_rf_warpgroups(0, 0)
+    assert hopper.gemm_2l_rf1_launches() - n0 == 2
+    for act, (y, w) in enumerate(zip(got, want)):
+        assert y is not None, hopper.last_error()
+        assert y.shape == (M, P + N) and torch.isfinite(y).all(), f"act {act}: unwritten outputs"
+        assert torch.equal(y, w), f"act {act}: {(y != w).sum().item()} of {y.numel()} outputs differ"
