@@ -20,8 +20,7 @@ stages as before v2.36 ("rf2_256w", "rf3_192w"; set_gemm_2l_out_pieces(tile, 1))
 v2.37 timed g.54 while opt-in as "rs256x2h" / "rs256x4h"; v2.38's call 1 timed g.57, that kernel exchanging its
 partials through L2, as "rs256x2l" / "rs256x4l": slower, removed).
 --one adds one consumer warpgroup on 64-row tiles of 128 / 256 tokens (g.56, set_gemm_2l_rf_warpgroups(1, tile)):
-"rf1_128", "rf1_256", split over a cluster "rs1_128x2", "rs1_256x2", "rs1_256x4", and two such CTAs to an SM on
-tiles of 64 / 128 tokens (g.58, set_gemm_2l_rf_warpgroups(1, tile, per_sm=2)): "rf1d_64", "rf1d_128".
+"rf1_128", "rf1_256", and split over a cluster "rs1_128x2", "rs1_256x2", "rs1_256x4".
 """
 from __future__ import annotations
 
@@ -40,8 +39,8 @@ from svdquant_hf.ops.layout_2l import fragment_order
 
 
 def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool = False,
-               one: bool = False, two_per_sm: bool = True) -> list[tuple[str, dict, int]]:
-    """(name, gemm_switches arguments, forced token tile or 0); two_per_sm: with one, g.58's candidates too."""
+               one: bool = False) -> list[tuple[str, dict, int]]:
+    """(name, gemm_switches arguments, forced token tile or 0)."""
     out = [("auto", {}, 0), ("nrbc", {"rf_by_cost": False}, 0), ("np", {"persistent": 0}, 0)]
     rf2 = [(f"rf2_{bt}", {"persistent": 1, "rf_warpgroups": 2}, bt) for bt in (64, 128, 224, 256)]
     rs = [(f"rs{bt}x{s}", {"rf_splits": s}, bt) for bt, s in SPLITS] if splits else []
@@ -59,8 +58,6 @@ def candidates(N: int, splits: bool = False, turns: bool = False, pieces: bool =
         out += [(f"rf1_{bt}", {"rf_warpgroups": 1, "rf3_tile": bt}, 0) for bt in (128, 256)]
         out += [(f"rs1_{bt}x{s}", {"rf_warpgroups": 1, "rf3_tile": bt, "rf_splits": s}, 0)
                 for bt, s in ((128, 2), (256, 2), (256, 4))]
-        if two_per_sm:
-            out += [(f"rf1d_{bt}", {"rf_warpgroups": 1, "rf3_tile": bt, "rf1_per_sm": 2}, 0) for bt in (64, 128)]
     if turns:
         out += [(f"t_{name}", {**sw, "rf_pipelined": False}, bt) for name, sw, bt in [("auto", {}, 0)] + rf2 + rs]
         out += [("pp", {"rf_pingpong": True}, 0)]
@@ -112,8 +109,7 @@ def main() -> int:
             def gemm(xq, xs, lr):
                 return ext.w4a4_gemm_2l_fo(xq, xs, qf, p.wscales, p.wchannel, lr, p.proj_up, p.bias, 64)
 
-            cands = candidates(N, args.splits, args.turns, args.pieces, args.one,
-                               hasattr(ext, "gemm_2l_rf1_two_launches"))  # (g.58's build)
+            cands = candidates(N, args.splits, args.turns, args.pieces, args.one)
             times: dict[str, list[float]] = {c[0]: [] for c in cands}
             for r in range(args.rounds):
                 for name, switches, bt in (cands if r % 2 == 0 else cands[::-1]):

@@ -76,7 +76,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   l2_prefetch: bool = False, act_in_loop: bool = False,
                   lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True,
                   out_pieces: tuple[int, int] | None = None, split_halves: bool = True,
-                  rf1_auto: bool = False, rf1_per_sm: int = 1) -> Iterator[None]:
+                  rf1_auto: bool = True) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -124,18 +124,15 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     tile (after the block: both tiles in halves, the defaults). split_halves: the 256-token split kernel's output in
     halves, a fourth stage (set_gemm_2l_split_halves, g.54, the default since v2.37; False: three stages as before; on
     after the block). rf1_auto: one warpgroup's 64-row tiles also where the cost model picks them, at M <= 512
-    (set_gemm_2l_rf1_auto, g.56 by the cost model, v2.38, opt-in; off after the block). rf1_per_sm: with
-    rf_warpgroups 1, 2 puts two of its CTAs on an SM (g.58, tiles of 64 or 128 tokens; rf3_tile 64 implies it).
+    (set_gemm_2l_rf1_auto, g.56 by the cost model, v2.38, the default since v2.39; False: only where forced; on after
+    the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
     ext.set_gemm_2l_w8_producer(producer)
     ext.set_gemm_2l_persistent(persistent)
     ext.set_gemm_2l_tma_store(tma_store)
-    if rf1_per_sm != 1:  # (a build before g.58 takes two arguments)
-        ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile, rf1_per_sm)
-    else:
-        ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile)
+    ext.set_gemm_2l_rf_warpgroups(rf_warpgroups, rf3_tile)
     rbc_before = ext.gemm_2l_rf_by_cost()
     ext.set_gemm_2l_rf_by_cost(rbc_before if rf_by_cost is None else rf_by_cost)
     ext.set_gemm_2l_rf_splits(rf_splits)
@@ -158,7 +155,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                 "set_gemm_2l_release_step": (release_step, 0),
                 "set_gemm_2l_out_halves": (out_halves, True),
                 "set_gemm_2l_split_halves": (split_halves, True),
-                "set_gemm_2l_rf1_auto": (rf1_auto, False)}
+                "set_gemm_2l_rf1_auto": (rf1_auto, True)}
     optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
     for name, (during, _) in optional.items():
         getattr(ext, name)(during)

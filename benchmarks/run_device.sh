@@ -80,11 +80,11 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v258: perf-notes v2.39's g.58 (one warpgroup's tiles two CTAs to an SM, 64 / 128 tokens, forced) with v255's
-#       g.56-by-the-cost-model: test_one_warpgroup.py (nothing timed if it fails), ab_2l.py (BENCH_MS, default 512,256;
-#       fo, fo_1wa, fo_1x64, fo_1x128, bf16, fp8d; ROUNDS, default 3), gemm_2l_fo_plans.py --splits --one (PLANS_MS,
-#       default 512,256), chain_timeline.py at 256 x 3072 x 3072 (default, --one 128, --one 64x2), memcheck, the whole
-#       tests/gpu (SUITE=0: not)
+#   v259: g.56 by the cost model as the default (perf-notes v2.39): the one-warpgroup, chained down projection, producer
+#       low-rank, pipelined-loop and PDL tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
+#       fo_n1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not)
+#   (v258, as run at commit e022abd with SUITE=0: v255's g.56-by-the-cost-model with g.58, one warpgroup's tiles two
+#       CTAs to an SM, measured neutral and removed in v2.39: columns fo_1x64 / fo_1x128, plans rf1d_64 / rf1d_128)
 #   (v253, as run at commit 24c1ac4 with SUITE=0: v252 with g.57, the split exchange through L2, measured slower and
 #       removed in v2.38: column fo_l2x, plans rs256x{2,4}l)
 #   abbuilds: two kernel builds against each other in one call (perf-notes v2.37's call 3): the tree's .prebuilt (build
@@ -756,19 +756,10 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v258 ]; then  # g.58 forced and g.56 by the cost model: tests, the chain, the plans, memcheck, the suite
-  if tests_then_ab v258 "tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-512,256} \
-      --cols fo,fo_1wa,fo_1x64,fo_1x128,bf16,fp8d --rounds ${ROUNDS:-3}; then
-    (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
-      > "$OUT/fo_plans_v258.log" 2>&1)
-    echo "plans rc=$?"; plans_table "$OUT/fo_plans_v258.log" auto rs128x2 rf1_128 rf1_256 rf1d_64 rf1d_128
-    for one in "" 128 64x2; do  # the chain's kernels at 256 x 3072 x 3072: the default, g.56's tile, g.58's
-      (cd benchmarks && timeout 60 python3 chain_timeline.py --ms 256 --shapes 3072:3072 ${one:+--one $one} \
-        >> "$OUT/chain_timeline_v258.log" 2>&1)
-      echo "timeline [$one] rc=$?"; grep -E "^ +256" "$OUT/chain_timeline_v258.log" | tail -1
-    done
-    memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "two to an SM done" "$OUT/sanitize_memcheck.log" | tail -1
+if [ "$what" = v259 ]; then  # g.56 by the cost model, the default: the tests it touches, the chain, the suite
+  if tests_then_ab v259 "tests/gpu/test_one_warpgroup.py tests/gpu/test_lr_chain.py tests/gpu/test_lr_producer.py \
+      tests/gpu/test_rf_pipelined.py tests/gpu/test_pdl.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_n1wa,bf16,fp8d \
+      --rounds ${ROUNDS:-3}; then
     [ "${SUITE:-1}" = 0 ] || gpu_suite
   fi
 fi

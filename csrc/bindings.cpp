@@ -1024,19 +1024,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the register-fragment loop for branch ranks 33-64 (a LoRA); on by default, off sends them to the non-persistent kernels");
   m.def("gemm_2l_rf_wide_lr", &svdq::gemm_2l_rf_wide_lr, "whether branch ranks 33-64 take the register-fragment loop");
   m.def("set_gemm_2l_rf_warpgroups", &svdq::set_gemm_2l_rf_warpgroups, pybind11::arg("cw"), pybind11::arg("tile") = 0,
-        pybind11::arg("per_sm") = 1,
         "weights in fragment order, persistent: 3 consumer warpgroups (192-row tiles, N % 192 == 0) or 2; 0 (default): "
         "the cost model picks (one warpgroup too at M <= 512: set_gemm_2l_rf1_auto); tile 128 or 192 forces the "
         "three-warpgroup loop's token tile. 1 (g.56): one warpgroup on 64-row tiles of `tile` tokens (128, else 256), "
-        "branch ranks <= 32, persistent or split by set_gemm_2l_rf_splits; the same bits. per_sm 2 (g.58): two such "
-        "CTAs to an SM, tiles of 64 tokens (tile 64 implies it) or 128, persistent, unsplit");
+        "branch ranks <= 32, persistent or split by set_gemm_2l_rf_splits; the same bits");
   m.def("gemm_2l_rf1_launches", &svdq::gemm_2l_rf1_launches, "GEMM launches of the one-warpgroup kernels (tests)");
-  m.def("gemm_2l_rf1_two_launches", &svdq::gemm_2l_rf1_two_launches,
-        "GEMM launches of the one-warpgroup kernels two to an SM (g.58; tests)");
   m.def("set_gemm_2l_rf1_auto", &svdq::set_gemm_2l_rf1_auto, pybind11::arg("on"),
         "one consumer warpgroup's 64-row tiles (g.56) also where the register-fragment cost model puts them 5 % below "
-        "every other kernel, at M <= 512 (perf-notes v2.38: the best plan at 256 / 512 x 3072 x 3072; opt-in until "
-        "timed as a default); False (the default): only when forced by set_gemm_2l_rf_warpgroups(1, tile); the same bits");
+        "every other kernel, at M <= 512 (perf-notes v2.38: the best plan at 256 / 512 x 3072 x 3072; the default "
+        "since v2.39); False: only when forced by set_gemm_2l_rf_warpgroups(1, tile); the same bits");
   m.def("gemm_2l_rf1_auto", &svdq::gemm_2l_rf1_auto, "whether set_gemm_2l_rf1_auto is on");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "

@@ -169,10 +169,9 @@ int gemm_2l_persistent();
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model). 1 (g.56,
 // opt-in until measured): one consumer warpgroup on 64-row tiles of `tile` tokens (128, else 256), for branch ranks
 // <= 32, persistent or split over a cluster by set_gemm_2l_rf_splits; the same bits.
-void set_gemm_2l_rf_warpgroups(int cw, int tile, int per_sm);
+void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
-long long gemm_2l_rf1_two_launches();  // (tests: g.58's)
 // (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; opt-in until timed)
 void set_gemm_2l_rf1_auto(bool on);
 bool gemm_2l_rf1_auto();

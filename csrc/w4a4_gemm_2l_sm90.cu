@@ -77,7 +77,6 @@ namespace {
 constexpr int kBK = 128;     // K (bytes of activations) per stage
 constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kSmemLimit = 227 * 1024;
-constexpr int kSmemLimit2 = 113 * 1024;  // a CTA's shared memory where two share an SM (228 KB, 1 KB each reserved)
 
 // W8: the weights are stored widened (int8 q * s_int, [N, K]) and loaded by TMA straight into the stage as
 // the wgmma A tiles: no group scales, no widening, no separate A tiles. WS: a third warpgroup issues the
@@ -88,10 +87,9 @@ constexpr int kSmemLimit2 = 113 * 1024;  // a CTA's shared memory where two shar
 // one, g.56, for a few hundred tokens: the fewest weights widened per stage for a tile's tokens). LR: the
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
-// the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52). OCC: CTAs
-// per SM (2: g.58, one warpgroup's tiles two to an SM, each in half the shared memory and registers).
+// the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1, int OCC = 1>
+          int OP = 1>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -109,8 +107,7 @@ struct Tile2l {
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
   static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
-      ((OCC == 2 ? kSmemLimit2 : kSmemLimit) - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) /
-      kStageBytes;
+      (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
@@ -132,13 +129,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
-// The CTAs a kernel variant shares an SM with (EP 22, g.58: one warpgroup's tiles two to an SM).
-__host__ __device__ constexpr int ctas_per_sm(int ep) { return ep == 22 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 21); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 22; }
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 22); }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 21; }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 21); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -179,7 +174,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, ctas_per_sm(EP))
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -194,9 +189,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
-  static_assert(CW != 1 || (PS && (EP == 10 || EP == 21 || EP == 22) && LR == 0),
+  static_assert(CW != 1 || (PS && (EP == 10 || EP == 21) && LR == 0),
                 "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
-  static_assert(EP != 22 || (CW == 1 && BT <= 128), "two CTAs per SM (g.58): one warpgroup, 64 or 128 tokens");
   static_assert(EP == 0 || (RF && (CW == 2 || exact(EP))),
                 "probes and variants: the register-fragment loop");
   constexpr bool kPipe = pipelined(EP);
@@ -207,8 +201,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), ctas_per_sm(EP)>;
-  static_assert(ctas_per_sm(EP) == 1 || Cfg::kSmem <= kSmemLimit2, "two CTAs per SM: no room");
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
@@ -356,9 +349,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       return;
     }
     // CW = 3: 512 threads, 128 x 24 + 384 x 160 registers
-    // two CTAs per SM (EP 22): 256 threads in half the registers, 128 x 40 + 128 x 216
     if constexpr (CW == 3) asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n");
-    else if constexpr (ctas_per_sm(EP) == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n");
     else asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   }
 
@@ -1032,7 +1023,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), ctas_per_sm(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1059,11 +1050,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(a.N / rows, (a.M + BT - 1) / BT, splits);
-  if constexpr (PS) {  // unsplit: one CTA per SM at most (EP 22: two), each walking tiles blockIdx.x, + gridDim.x, ...;
-    // split (the register-fragment loop): one tile per CTA, its K range by blockIdx.z
+  if constexpr (PS) {  // unsplit: one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...; split (the
+    // register-fragment loop): one tile per CTA, its K range by blockIdx.z
     const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT);
-    const long slots = num_sms > 0 ? (long)num_sms * ctas_per_sm(EP) : tiles;
-    cfg.gridDim = dim3((unsigned)(splits > 1 ? tiles : std::min<long>(tiles, slots)), 1, splits);
+    cfg.gridDim = dim3((unsigned)(splits > 1 ? tiles : std::min<long>(tiles, num_sms > 0 ? num_sms : tiles)), 1, splits);
   }
   cfg.blockDim = dim3(Cfg::kThreads);
   cfg.dynamicSmemBytes = smem;
@@ -1146,12 +1136,12 @@ int g_plan_tiles = 15;  // the token tiles the plan may choose (tests and benchm
 bool g_rf_wide_lr = true;  // the register-fragment loop for branch ranks 33-64 (LR = 64), e.g. a LoRA on the branch
 int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 3 consumer warpgroups, 2 or 3 forced
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
-int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56), 64
-int g_rf1_per_sm = 1;     // set_gemm_2l_rf_warpgroups(1, tile, per_sm): 2 (g.58, tiles of 64 or 128 tokens: EP 22)
-long long g_rf1_launches = 0, g_rf1_two_launches = 0;  // (tests: which path ran)
+int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
+long long g_rf1_launches = 0;  // (tests: which path ran)
 // one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56 by the cost
-// model, perf-notes v2.38: opt-in until run_device.sh v255 times it as a whole; off: forced only)
-bool g_rf1_auto = false;
+// model, perf-notes v2.38; the default since v2.39: the chain 0.88x / 0.97x at 256 / 512 x 3072 x 3072, elsewhere the
+// same picks; off: forced only)
+bool g_rf1_auto = true;
 constexpr int kOneMaxM = 512;  // (the token counts it was timed at: one or two 256-token tiles)
 // the register-fragment loop, unsplit or split over a cluster, wherever its cost models beat the plan's kernel, not
 // only where the plan is unsplit with two tiles per SM (H200, perf-notes v2.23: 0.84-0.93x the GEMM's time at M = 256 /
@@ -1247,14 +1237,12 @@ bool gemm_2l_tma_store() { return g_tma_store; }
 bool gemm_2l_w8_producer() { return g_w8_producer; }
 void set_gemm_2l_persistent(int mode) { g_persistent = mode < 0 ? -1 : (mode > 0 ? 1 : 0); }
 int gemm_2l_persistent() { return g_persistent; }
-void set_gemm_2l_rf_warpgroups(int cw, int tile, int per_sm) {
+void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf_warpgroups = cw >= 1 && cw <= 3 ? cw : 0;
   g_rf3_tile = cw != 1 && (tile == 128 || tile == 192) ? tile : 0;
-  g_rf1_tile = cw == 1 && (tile == 64 || tile == 128) ? tile : 256;
-  g_rf1_per_sm = cw == 1 && (tile == 64 || (tile == 128 && per_sm == 2)) ? 2 : 1;
+  g_rf1_tile = cw == 1 && tile == 128 ? 128 : 256;
 }
 long long gemm_2l_rf1_launches() { return g_rf1_launches; }
-long long gemm_2l_rf1_two_launches() { return g_rf1_two_launches; }
 void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
 bool gemm_2l_rf1_auto() { return g_rf1_auto; }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
@@ -1426,14 +1414,6 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, bt1 / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
-      if (g_rf1_per_sm == 2 && g_rf_warpgroups == 1) {  // (g.58) two CTAs per SM, persistent, unstamped, unsplit
-        ++g_rf1_two_launches;
-        if (bt1 == 64)
-          return bf ? launch_2l<__nv_bfloat16, 64, 64, false, false, true, true, true, 1, 22>(a, 1, nullptr, stream, num_sms)
-                    : launch_2l<__half, 64, 64, false, false, true, true, true, 1, 22>(a, 1, nullptr, stream, num_sms);
-        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 22>(a, 1, nullptr, stream, num_sms)
-                  : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 22>(a, 1, nullptr, stream, num_sms);
-      }
       if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)

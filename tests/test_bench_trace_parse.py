@@ -66,7 +66,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_l2_prefetch": False, "set_gemm_2l_act_in_loop": False,
                 "set_gemm_2l_lr_unrolled": True, "set_gemm_2l_release_step": 0, "set_gemm_2l_out_halves": True,
                 "set_gemm_2l_out_pieces": (192, 2), "set_gemm_2l_split_halves": True,
-                "set_gemm_2l_rf1_auto": False}
+                "set_gemm_2l_rf1_auto": True}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -78,9 +78,6 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     with problems_2l.gemm_switches(ext, persistent=0, tma_store=True, rf_warpgroups=3, rf3_tile=192):
         assert ext.state == {**defaults, "set_gemm_2l_persistent": 0, "set_gemm_2l_tma_store": True,
                              "set_gemm_2l_rf_warpgroups": (3, 192)}
-    assert ext.state == defaults
-    with problems_2l.gemm_switches(ext, rf_warpgroups=1, rf3_tile=64, rf1_per_sm=2):  # (g.58: a third argument)
-        assert ext.state == {**defaults, "set_gemm_2l_rf_warpgroups": (1, 64, 2)}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, fused_quant=1, quant_cluster=4):
         assert ext.state == {**defaults, "set_quantize_act_2l_fused": (1, 4)}
@@ -143,7 +140,7 @@ def test_ab_rounds_alternate_the_column_order():
 
 def test_fo_plans_one_warpgroup_candidates():
     """gemm_2l_fo_plans.py --one: the one-warpgroup kernels (g.56) unsplit at 128 / 256 tokens and split over 2 / 4 CTAs,
-    two to an SM at 64 / 128 tokens (g.58), no forced plan tile (the switch carries the tile), every switch accepted by gemm_switches."""
+    no forced plan tile (the switch carries the tile), every switch accepted by gemm_switches."""
     import inspect
 
     import gemm_2l_fo_plans
@@ -151,12 +148,9 @@ def test_fo_plans_one_warpgroup_candidates():
 
     plain = {n for n, _, _ in gemm_2l_fo_plans.candidates(3072, splits=True)}
     one = {n: (sw, bt) for n, sw, bt in gemm_2l_fo_plans.candidates(3072, splits=True, one=True)}
-    assert set(one) - plain == {"rf1_128", "rf1_256", "rs1_128x2", "rs1_256x2", "rs1_256x4", "rf1d_64", "rf1d_128"}
+    assert set(one) - plain == {"rf1_128", "rf1_256", "rs1_128x2", "rs1_256x2", "rs1_256x4"}
     assert one["rs1_256x4"] == ({"rf_warpgroups": 1, "rf3_tile": 256, "rf_splits": 4}, 0)
     assert one["rf1_128"] == ({"rf_warpgroups": 1, "rf3_tile": 128}, 0)
-    assert one["rf1d_64"] == ({"rf_warpgroups": 1, "rf3_tile": 64, "rf1_per_sm": 2}, 0)  # g.58: two CTAs to an SM
-    older = {n for n, _, _ in gemm_2l_fo_plans.candidates(3072, splits=True, one=True, two_per_sm=False)}
-    assert older == set(one) - {"rf1d_64", "rf1d_128"}  # (a build before g.58)
     sig = inspect.signature(problems_2l.gemm_switches)
     for sw, _ in one.values():
         sig.bind(object(), **sw)

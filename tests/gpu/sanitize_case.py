@@ -258,15 +258,6 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "gemm_2l_rf
     torch.cuda.synchronize()
     assert ext.gemm_2l_rf1_launches() == n0 + 4
     print("sanitize case: one warpgroup done")
-    if hasattr(ext, "gemm_2l_rf1_two_launches"):  # (g.58) two such CTAs to an SM, 64- and 128-token tiles
-        n2 = ext.gemm_2l_rf1_two_launches()
-        for tile in (64, 128):
-            ext.set_gemm_2l_rf_warpgroups(1, tile, 2)
-            ext.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, None, gs)
-        ext.set_gemm_2l_rf_warpgroups(0, 0)
-        torch.cuda.synchronize()
-        assert ext.gemm_2l_rf1_two_launches() == n2 + 2
-        print("sanitize case: one warpgroup two to an SM done")
 
 # the register-fragment loop's wide low-rank tile (branch ranks 33-64, the default), each token tile; then low-rank
 # activations read as a column block of a wider matrix (ldlr: the shared quantizer's), the last rows included

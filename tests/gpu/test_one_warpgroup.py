@@ -2,9 +2,8 @@
 register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or split over a
 cluster of 2-4 CTAs. Integer sums, so the same bits as the other kernels (outputs poisoned first): both dtypes, ranks
 0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. With set_gemm_2l_rf1_auto (v2.38, opt-in) the
-cost model also takes it at M <= 512 where it wins: at 256 / 512 x 3072 x 3072, with the low-rank tile late too.
-g.58 (perf-notes v2.39; set_gemm_2l_rf_warpgroups(1, tile, per_sm=2)): two such CTAs to an SM on 64- or 128-token
-tiles, each in half the shared memory and registers; the same bits."""
+cost model also takes it at M <= 512 where it wins (the default since v2.39): at 256 / 512 x 3072 x 3072, with the
+low-rank tile late too."""
 from __future__ import annotations
 
 import contextlib
@@ -38,12 +37,13 @@ def _one_warpgroup(kernels, tile: int, splits: int):
 
 @contextlib.contextmanager
 def _auto(kernels, on: bool):
-    """The cost model with (or without) one warpgroup's tiles (set_gemm_2l_rf1_auto), for a block; off after it."""
+    """The cost model with (or without) one warpgroup's tiles (set_gemm_2l_rf1_auto), for a block; the default (on)
+    after it."""
     kernels.set_gemm_2l_rf1_auto(on)
     try:
         yield
     finally:
-        kernels.set_gemm_2l_rf1_auto(False)
+        kernels.set_gemm_2l_rf1_auto(True)
 
 
 @pytest.mark.parametrize("tile", [128, 256])
@@ -99,7 +99,8 @@ def test_one_warpgroup_replays_from_a_cuda_graph(hopper, splits):
     xq.copy_(xq2), xs.copy_(xs2), lr.copy_(lr2)
     graph.replay()
     torch.cuda.synchronize()
-    want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
+    with _auto(hopper, False):  # the two-warpgroup kernels' bits
+        want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
     assert torch.equal(out, want)
 
 
@@ -133,18 +134,18 @@ def test_the_stamped_one_warpgroup_kernel(hopper, splits):
 @pytest.mark.parametrize("M,K,N,one", [(256, 3072, 3072, True), (512, 3072, 3072, True), (200, 3072, 3072, True),
                                        (512, 3072, 12288, False), (256, 12288, 3072, False), (1024, 3072, 3072, False)])
 def test_the_cost_model_takes_one_warpgroup_where_it_wins(hopper, M, K, N, one):
-    assert hopper.gemm_2l_rf1_auto() is False  # opt-in (v2.38)
+    assert hopper.gemm_2l_rf1_auto() is True  # the default since v2.39
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + N + 87)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=K + 87)
     xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     qf = fragment_order(qw)
     n0 = hopper.gemm_2l_rf1_launches()
     _poison(4 * M * N, 0xFF)
-    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
+    with _auto(hopper, False):
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
     assert hopper.gemm_2l_rf1_launches() == n0
-    with _auto(hopper, True):
-        _poison(4 * M * N, 0xFF)
-        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
+    _poison(4 * M * N, 0xFF)
+    y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
     assert hopper.gemm_2l_rf1_launches() - n0 == int(one)
     assert torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
     assert torch.equal(y, ref)
@@ -170,7 +171,8 @@ def test_one_warpgroup_with_the_low_rank_tile_late(hopper, M):
     finally:
         hopper.set_lr_chain(chain)
     torch.cuda.synchronize()
-    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
+    with _auto(hopper, False):  # (the default takes one warpgroup here since v2.39)
+        ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
     assert ran[0] == 1
     if ran[1] == 0:
         pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
@@ -178,86 +180,9 @@ def test_one_warpgroup_with_the_low_rank_tile_late(hopper, M):
     assert torch.equal(y, ref)
 
 
-@contextlib.contextmanager
-def _two_per_sm(kernels, tile: int):
-    """One consumer warpgroup on `tile` tokens, two CTAs to an SM (g.58), for a block."""
-    kernels.set_gemm_2l_rf_warpgroups(1, tile, 2)
-    try:
-        yield
-    finally:
-        kernels.set_gemm_2l_rf_warpgroups(0, 0)
-
-
-@pytest.mark.parametrize("tile", [64, 128])
-@pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 7, 1024, 128, 32), (torch.bfloat16, 255, 3072, 384, 0),
-                                           (torch.float16, 300, 1280, 896, 16), (torch.bfloat16, 256, 3072, 3072, 32),
-                                           (torch.bfloat16, 1030, 1024, 2048, 32)])
-def test_two_ctas_per_sm_give_the_same_bits(hopper, tile, dtype, M, K, N, R):
-    """Tiles past M, ranks 0 / 16 / 32, and (1030 x 2048) more tiles than two CTAs per SM hold: several per CTA."""
-    x, smooth, pd = _acts(M, K, R, dtype, seed=M + tile + 91)
-    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=tile + R + 91, bias=R != 16)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
-    qf = fragment_order(qw)
-    _poison(4 * M * N, 0xFF)
-    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
-    n0 = hopper.gemm_2l_rf1_two_launches()
-    with _two_per_sm(hopper, tile):
-        _poison(4 * M * N, 0xFF)
-        y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64)
-    assert y is not None, hopper.last_error()
-    assert hopper.gemm_2l_rf1_two_launches() - n0 == 1
-    assert torch.isfinite(ref).all() and torch.isfinite(y).all(), "unwritten (NaN-poisoned) outputs"
-    assert torch.equal(y, ref), f"{(y != ref).sum().item()} of {y.numel()} outputs differ"
-
-
-def test_two_ctas_per_sm_replay_from_a_cuda_graph(hopper):
-    """Captured two to an SM on 64-token tiles, replayed on new inputs: the default kernels' bits for those inputs."""
-    M, K, N, R = 256, 3072, 3072, 32
-    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=93)
-    qw, wsc, wch, pu, b = _weights(N, K, R, torch.bfloat16, 64, seed=93)
-    qf = fragment_order(qw)
-    xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
-    with _two_per_sm(hopper, 64):
-        graph, out = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
-    x2, _, _ = _acts(M, K, R, torch.bfloat16, seed=94)
-    xq2, xs2, lr2 = _quantize(hopper, x2, smooth, pd, 64)
-    xq.copy_(xq2), xs.copy_(xs2), lr.copy_(lr2)
-    graph.replay()
-    torch.cuda.synchronize()
-    want = hopper.w4a4_gemm_2l_fo(xq2, xs2, qf, wsc, wch, lr2, pu, b, 64)
-    assert torch.equal(out, want)
-
-
-def test_two_ctas_per_sm_with_the_low_rank_tile_late(hopper):
-    """The chained down projection (lr from the kernel just before, waited for only before the epilogue) on 64-token
-    tiles two to an SM: the bits of the default kernels."""
-    M, K, N = 256, 3072, 3072
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=95)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=95)
-    qf = fragment_order(qw)
-    chain = hopper.lr_chain()
-    hopper.set_lr_chain(1)
-    try:
-        with _two_per_sm(hopper, 64):
-            n0, l0 = hopper.gemm_2l_rf1_two_launches(), hopper.gemm_2l_late_launches()
-            xq, xs, lr = _quantize(hopper, x, smooth, pd)
-            _poison(4 * M * N, 0xFF)
-            y = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64).clone()
-            ran = hopper.gemm_2l_rf1_two_launches() - n0, hopper.gemm_2l_late_launches() - l0
-    finally:
-        hopper.set_lr_chain(chain)
-    torch.cuda.synchronize()
-    ref = hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr.clone(), pu, b, 64).clone()
-    assert ran[0] == 1
-    if ran[1] == 0:
-        pytest.skip(f"the GEMM at {M} x {K} x {N} did not take the low-rank tile late here")
-    assert torch.isfinite(y).all()
-    assert torch.equal(y, ref)
-
-
-@pytest.mark.parametrize("tile,per_sm", [(128, 1), (256, 1), (64, 2), (128, 2)])
+@pytest.mark.parametrize("tile", [128, 256])
 @pytest.mark.parametrize("M,K,N,P", [(300, 1024, 768, 0), (512, 3072, 3072, 3072), (77, 2048, 640, 24)])
-def test_one_warpgroup_epilogue_gelu_and_prefix(hopper, tile, per_sm, M, K, N, P):
+def test_one_warpgroup_epilogue_gelu_and_prefix(hopper, tile, M, K, N, P):
     """w4a4_gemm_2l_fo_ep (GELU, FLUX's concatenation) on one warpgroup's tiles: without activation the GEMM columns
     are the two-warpgroup kernels' bits and the prefix columns the prefix's, with GELU the same bits as there too;
     every element written (poisoned first)."""
@@ -269,7 +194,7 @@ def test_one_warpgroup_epilogue_gelu_and_prefix(hopper, tile, per_sm, M, K, N, P
     with _auto(hopper, False):
         want = [hopper.w4a4_gemm_2l_fo_ep(xq, xs, qf, wsc, wch, lr, pu, b, 64, act, prefix).clone() for act in (0, 1)]
     n0 = hopper.gemm_2l_rf1_launches()
-    hopper.set_gemm_2l_rf_warpgroups(1, tile, per_sm)
+    hopper.set_gemm_2l_rf_warpgroups(1, tile)
     try:
         got = []
         for act in (0, 1):
