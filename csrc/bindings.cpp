@@ -998,6 +998,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the per-row quantizer's lean form (on by default): the row's 16 scale reciprocals looked up by "
         "shuffle, no clamp where it cannot bind; the same bits");
   m.def("quantize_act_2l_lean", &svdq::quantize_act_2l_lean, "whether set_quantize_act_2l_lean is on");
+  m.def("set_lr_chain_pipes", &svdq::set_lr_chain_pipes, pybind11::arg("pipes"),
+        "the chained down projection (set_lr_chain) with this many groups of four warps per CTA, each streaming its "
+        "own slices of the CTA's K range on a ring of its own (g.59, perf-notes v2.39): 2 (ranks <= 64, an even slice "
+        "count) or 1 (the default); the same bits");
+  m.def("lr_chain_pipes", &svdq::lr_chain_pipes, "set_lr_chain_pipes's setting");
+  m.def("lr_chain_pipes_launches", &svdq::lr_chain_pipes_launches,
+        "chained down projections launched with two groups of warps (tests)");
   m.def("set_lr_chain", &svdq::set_lr_chain, pybind11::arg("mode"),
         "quantize_act_2l at M <= 256 (Hopper): the down projection after the quantizer on the same stream, beside it by "
         "programmatic launch, and under the main loop of the GEMM that reads its xq and lr (that GEMM waits for lr only "

@@ -217,6 +217,9 @@ cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void
 // set_lr_chain: -1 (default) where the binding's rule says it pays, 0 never, 1 wherever the shape allows (32 CTAs).
 void set_lr_chain(int mode);
 int lr_chain();
+void set_lr_chain_pipes(int pipes);  // (g.59) the chained down projection's groups of four warps per CTA: 1 or 2
+int lr_chain_pipes();
+long long lr_chain_pipes_launches();  // (tests)
 bool lowrank_down_chain_takes(int M, int K, int R);  // the mode is not 0 and the shape fits
 // The down projection beside the persistent quantizer at many tokens (lowrank_down_sm90.cu; perf-notes v2.30): on the
 // CTAs the quantizer leaves free, each 64-row block once the quantizer has read it (x from L2). x2 / K1: the rows are

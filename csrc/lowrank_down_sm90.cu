@@ -45,27 +45,32 @@ struct DownCfg {
   static constexpr int kSmem = kStages * kStage + kRed;  // + (V - 1) kRed for V slices per CTA (launch_down)
 };
 
-template <typename T, int R, bool Deep, bool Chain = false>
-__global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowrank_down_kernel(const T* __restrict__ x,
-                                                                        const T* __restrict__ pd, T* __restrict__ lr,
-                                                                        int M, int K, int V) {
+// Pipes (Chain, g.59): the CTA's V slices taken by that many groups of four warps at once, each group on its own
+// ring of stages (V / Pipes slices each), so a CTA streams its K range Pipes times as wide; the same lr bits.
+template <typename T, int R, bool Deep, bool Chain = false, int Pipes = 1>
+__global__ void __launch_bounds__(Chain ? Pipes * kDownThreads + 32 : kDownThreads) lowrank_down_kernel(
+    const T* __restrict__ x, const T* __restrict__ pd, T* __restrict__ lr, int M, int K, int V) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(Pipes == 1 || (Chain && !Deep && Pipes == 2), "two rings: the chained kernel's plain instances");
   using C = DownCfg<R, Deep>;
   constexpr int kDownStages = C::kStages;
+  constexpr int kCompute = Pipes * kDownThreads;  // the computing threads
   extern __shared__ __align__(128) uint8_t smem[];
-  const uint32_t sb = smem_u32(smem);
+  const int tid = threadIdx.x, pipe = Pipes > 1 ? tid / kDownThreads : 0;
+  const uint32_t sb = smem_u32(smem) + pipe * kDownStages * C::kStage;  // this group's ring
   const int S = gridDim.x, z = blockIdx.x;  // cluster (S, 1, 1): rank z takes K slice z
   const int m0 = blockIdx.y * 16;
   // V slices per CTA (Chain: the side path's cluster of S V CTAs folded onto S): slice q of S V takes the stages
   // [q units / (S V), (q + 1) units / (S V)), its partial summed as that path's CTA q sums it, so lr is bit for bit
-  // the side path's
-  const int SV = S * V, units = K / kDownKC, u0 = z * V * units / SV, n = (z + 1) * V * units / SV - u0;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // the side path's. Group `pipe` takes slices [pipe V / Pipes, (pipe + 1) V / Pipes) of the CTA's.
+  const int SV = S * V, units = K / kDownKC, v0 = pipe * V / Pipes;
+  const int u0 = (z * V + v0) * units / SV, n = (z * V + (pipe + 1) * V / Pipes) * units / SV - u0;
+  const int ptid = Pipes > 1 ? tid % kDownThreads : tid, warp = ptid >> 5, lane = tid & 31;
   namespace cg = cooperative_groups;
   if constexpr (Chain) {
     // x was complete before the quantizer started, and lr's memory was allocated after its launch: the four warps
     // need not wait. The fifth waits for the quantizer, then lets the GEMM start, then meets the cluster's barriers.
-    if (tid >= kDownThreads) {
+    if (tid >= kCompute) {
       pdl_wait();
       pdl_trigger();
       if (S > 1) {
@@ -78,21 +83,26 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
     pdl_wait();      // (set_pdl) x comes from the kernel before this one, which may still use lr's memory
     pdl_trigger();  // the GEMM after it may be scheduled as SMs free up
   }
-  // the four computing warps' barrier (Chain: the fifth is waiting for the quantizer meanwhile)
-  auto sync4 = [] {
-    if constexpr (Chain) asm volatile("bar.sync 1, %0;\n" ::"n"(kDownThreads) : "memory");
+  // a group's four computing warps' barrier (Chain: the fifth is waiting for the quantizer meanwhile), and all
+  // computing warps' (one group: the same)
+  auto sync4 = [pipe] {
+    if constexpr (Chain) asm volatile("bar.sync %0, %1;\n" ::"r"(1 + pipe), "n"(kDownThreads) : "memory");
     else __syncthreads();
+  };
+  auto sync_all = [&] {
+    if constexpr (Pipes > 1) asm volatile("bar.sync 3, %0;\n" ::"n"(kCompute) : "memory");
+    else sync4();
   };
   auto load = [&](int c) {  // stage c of this CTA's slice (rows past M zero-filled)
     const uint32_t st = sb + (c % kDownStages) * C::kStage;
     const int k0 = (u0 + c) * kDownKC;
 #pragma unroll
-    for (int i = tid; i < 16 * kDownKC / 8; i += kDownThreads) {
+    for (int i = ptid; i < 16 * kDownKC / 8; i += kDownThreads) {
       const int row = i / (kDownKC / 8), ch = i % (kDownKC / 8), m = m0 + row;
       cp_async16(st + row * C::kXRow + ch * 16, x + (int64_t)min(m, M - 1) * K + k0 + ch * 8, m < M ? 16 : 0);
     }
 #pragma unroll
-    for (int i = tid; i < kDownKC * R / 8; i += kDownThreads) {
+    for (int i = ptid; i < kDownKC * R / 8; i += kDownThreads) {
       const int row = i / (R / 8), ch = i % (R / 8);
       cp_async16(st + C::kXBytes + row * C::kPRow + ch * 16, pd + (int64_t)(k0 + row) * R + ch * 8, 16);
     }
@@ -100,7 +110,7 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
   float acc[R / 8][4] = {};
   // per slice v, the warps' partials [v][warp][16][R] (fragment: acc[nt][0, 1] row g, columns 8 nt + 2t, + 1; [2, 3]
   // row g + 8), each warp writing its own as its slice ends (no barrier in the loop)
-  float* red = reinterpret_cast<float*>(smem + C::kStages * C::kStage);
+  float* red = reinterpret_cast<float*>(smem + Pipes * C::kStages * C::kStage);
   const int g = lane >> 2, t = lane & 3;
   auto flush = [&](int v) {
 #pragma unroll
@@ -111,7 +121,7 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
       for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
     }
   };
-  int v = 0, vend = (z * V + 1) * units / SV - u0;  // the slice in progress and the stage after its last
+  int v = v0, vend = (z * V + v0 + 1) * units / SV - u0;  // the slice in progress and the stage after its last
 #pragma unroll
   for (int c = 0; c < kDownStages - 1; ++c) {
     if (c < n) load(c);
@@ -141,15 +151,15 @@ __global__ void __launch_bounds__(Chain ? kDownThreads + 32 : kDownThreads) lowr
       vend = (z * V + v + 1) * units / SV - u0;
     }
   }
-  sync4();
+  sync_all();
   for (int v = 0; v < V; ++v) {  // slice v's partial, in place of warp 0's: w0 + ((w1 + w2) + w3)
     float* rv = red + v * 4 * 16 * R;
-    for (int i = tid; i < 16 * R; i += kDownThreads) rv[i] += rv[i + 16 * R] + rv[i + 32 * R] + rv[i + 48 * R];
+    for (int i = tid; i < 16 * R; i += kCompute) rv[i] += rv[i + 16 * R] + rv[i + 32 * R] + rv[i + 48 * R];
   }
   cg::cluster_group cluster = cg::this_cluster();
   if (S > 1) cluster.sync();
-  else sync4();
-  for (int i = z * 16 * R / S + tid; i < (z + 1) * 16 * R / S; i += kDownThreads) {
+  else sync_all();
+  for (int i = z * 16 * R / S + tid; i < (z + 1) * 16 * R / S; i += kCompute) {
     float part[8];  // every slice's partial requested before any is added (one round trip to the peers)
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
@@ -291,21 +301,24 @@ int g_down_splits = 0;        // the cluster size along K: 0 the rule below, 1, 
 bool g_down_deep = false;     // the deep instances (up to 8 stages in flight)
 bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and R 96 / 128 too
 int g_lr_chain = -1;  // set_lr_chain: -1 where it pays (the binding's rule), 0 never, 1 wherever the shape allows
+int g_chain_pipes = 1;  // set_lr_chain_pipes: the chained kernel's groups of four warps per CTA (2: g.59, opt-in)
+long long g_chain_pipes_launches = 0;  // (tests: which kernel ran)
 constexpr int kChainMaxTokens = 256;
 
 // The side path's cluster size: S = 1, 2, 4 or 8 CTAs per 16 rows along K, row blocks x S filling the SMs (or forced).
 // Chain: the same S slices (so the same lr bits) on at most max_ctas CTAs (the SMs the GEMM after it leaves free): a
 // cluster of P (a power of two dividing S, rows x P <= max_ctas), V = S / P slices each; launched programmatically after
 // the quantizer (the attribute whatever set_pdl says, where the device has it).
-template <typename T, int R, bool Deep, bool Chain = false>
+template <typename T, int R, bool Deep, bool Chain = false, int Pipes = 1>
 cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, int max_ctas,
                         cudaStream_t stream) {
-  auto kern = lowrank_down_kernel<T, R, Deep, Chain>;
+  auto kern = lowrank_down_kernel<T, R, Deep, Chain, Pipes>;
   constexpr int kSlice = DownCfg<R, Deep>::kRed;  // a slice's four warp partials in shared memory (one in kSmem)
-  constexpr int kVmaxFit = (227 * 1024 - DownCfg<R, Deep>::kSmem) / kSlice + 1;
+  constexpr int kRing = (Pipes - 1) * DownCfg<R, Deep>::kStages * DownCfg<R, Deep>::kStage;  // (g.59) more rings
+  constexpr int kVmaxFit = (227 * 1024 - DownCfg<R, Deep>::kSmem - kRing) / kSlice + 1;
   constexpr int kVmax = kVmaxFit > 8 ? 8 : kVmaxFit;  // slices per CTA that fit (>= 1 for every instance)
   static_assert(kVmax >= 1, "no room for a slice's partials");
-  constexpr int smem_max = DownCfg<R, Deep>::kSmem + (kVmax - 1) * kSlice;
+  constexpr int smem_max = DownCfg<R, Deep>::kSmem + kRing + (kVmax - 1) * kSlice;
   static std::once_flag set[64];
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -323,11 +336,17 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
     P = 1;
     while (S % (P * 2) == 0 && (rows * P * 2 <= max_ctas || S / P > kVmax)) P *= 2;
     V = S / P;
+    if constexpr (!Deep && Pipes == 1 && R <= 64) {  // (g.59) two groups of warps, V / 2 slices each
+      if (g_chain_pipes == 2 && V % 2 == 0) {
+        ++g_chain_pipes_launches;
+        return launch_down<T, R, Deep, Chain, 2>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+      }
+    }
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(P, rows, 1);
-  cfg.blockDim = dim3(Chain ? kDownThreads + 32 : kDownThreads);
-  cfg.dynamicSmemBytes = DownCfg<R, Deep>::kSmem + (V - 1) * kSlice;
+  cfg.blockDim = dim3(Chain ? Pipes * kDownThreads + 32 : kDownThreads);
+  cfg.dynamicSmemBytes = DownCfg<R, Deep>::kSmem + kRing + (V - 1) * kSlice;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -423,6 +442,9 @@ bool lowrank_down_chain_takes(int M, int K, int R) {
 }
 void set_lr_chain(int mode) { g_lr_chain = mode < 0 ? -1 : mode > 0 ? 1 : 0; }
 int lr_chain() { return g_lr_chain; }
+void set_lr_chain_pipes(int pipes) { g_chain_pipes = pipes == 2 ? 2 : 1; }
+int lr_chain_pipes() { return g_chain_pipes; }
+long long lr_chain_pipes_launches() { return g_chain_pipes_launches; }
 cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
                                       int num_sms, int max_ctas, cudaStream_t stream) {
   if (!lowrank_down_chain_takes(M, K, R) || max_ctas < 1) return cudaErrorInvalidValue;

@@ -165,3 +165,60 @@ def test_the_default_rule_learns_from_the_gemm(hopper, M, K, N, chains):
         assert late == (1 if chains else 0)
     assert torch.equal(y1, ref) and torch.equal(y2, ref)  # (chained or not: the same bits)
     assert torch.equal(y2, _gemm(hopper, xq, xs, qf, w, lr.clone()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("R", [16, 32, 48, 64, 96])
+@pytest.mark.parametrize("M,K", [(7, 256), (100, 3072), (256, 3072), (255, 12288), (130, 2048)])
+def test_two_groups_of_warps_give_the_same_lr(hopper, dtype, R, M, K):
+    """set_lr_chain_pipes(2) (g.59): the chained kernel's slices taken by two groups of four warps, each on its own ring:
+    xq, xscale and lr bit for bit the one-group kernel's; taken where a CTA has an even slice count (256 / 255 / 100
+    tokens here: 4, 4 and 2 slices), ranks <= 64."""
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + K + R + 11)
+    with _chain(hopper):
+        q1, s1, l1 = _quantize(hopper, x, smooth, pd)
+        n0 = hopper.lr_chain_pipes_launches()
+        with _switched(hopper.set_lr_chain_pipes, 2, 1):
+            q2, s2, l2 = _quantize(hopper, x, smooth, pd)
+            torch.cuda.synchronize()
+        ran = hopper.lr_chain_pipes_launches() - n0
+    assert hopper.lr_chain_pipes() == 1
+    if R <= 64 and (M, K) in {(100, 3072), (256, 3072), (255, 12288)}:
+        assert ran == 1
+    if R > 64:
+        assert ran == 0
+    assert torch.isfinite(l2).all(), "unwritten (poisoned) low-rank activations"
+    assert torch.equal(q2, q1) and torch.equal(s2, s1)
+    assert torch.equal(l2, l1), f"{(l2 != l1).sum().item()} low-rank activations differ from one group's"
+
+
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (256, 3072, 9216)])
+def test_two_groups_of_warps_under_a_late_gemm(hopper, M, K, N):
+    """The late GEMM (lr waited for only before its epilogue) after the two-group chained kernel: the in-order bits,
+    eagerly and from a CUDA graph replayed on new activations."""
+    R, dtype = 32, torch.bfloat16
+    x, smooth, pd = _acts(M, K, R, dtype, seed=M + N + 13)
+    qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=N + 13)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    with _chain(hopper), _switched(hopper.set_lr_chain_pipes, 2, 1):
+        n0, p0 = hopper.gemm_2l_late_launches(), hopper.lr_chain_pipes_launches()
+        xq, xs, lr = _quantize(hopper, x, smooth, pd)
+        y = _gemm(hopper, xq, xs, qf, w, lr)
+        late, pipes = hopper.gemm_2l_late_launches() - n0, hopper.lr_chain_pipes_launches() - p0
+        in_order = _gemm(hopper, xq, xs, qf, w, lr.clone())
+        xin = x.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gq, gs, glr = hopper.quantize_act_2l(xin, smooth, pd, 64)
+            gy = hopper.w4a4_gemm_2l_fo(gq, gs, qf, wsc, wch, glr, pu, b, 64)
+        x2 = _acts(M, K, R, dtype, seed=M + N + 14)[0]
+        xin.copy_(x2)
+        gy.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    assert late == 1 and pipes == 1
+    assert torch.isfinite(y).all(), "unwritten (poisoned) outputs"
+    assert torch.equal(y, in_order), f"{(y != in_order).sum().item()} outputs differ from the in-order GEMM"
+    q2, s2, lr2 = hopper.quantize_act_2l(x2, smooth, pd, 64)
+    y2 = hopper.w4a4_gemm_2l_fo(q2, s2, qf, wsc, wch, lr2, pu, b, 64)
+    assert torch.equal(glr, lr2) and torch.equal(gy, y2), "graph replay: outputs differ"
