@@ -84,8 +84,8 @@
 #       low-rank, pipelined-loop and PDL tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
 #       fo_n1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not)
 #   v260: perf-notes v2.39's g.59 (set_lr_chain_pipes(2): the chained down projection's CTAs on two rings at once):
-#       test_lr_chain.py (nothing timed if it fails), ab_2l.py (BENCH_MS, default 256,128; fo, fo_lp2, fo_nlc, bf16,
-#       fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) with one and two rings,
+#       test_lr_chain.py and test_one_warpgroup.py (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128;
+#       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) with one and two rings,
 #       memcheck with the chain forced, the whole tests/gpu (SUITE=0: not)
 #   (v258, as run at commit e022abd with SUITE=0: v255's g.56-by-the-cost-model with g.58, one warpgroup's tiles two
 #       CTAs to an SM, measured neutral and removed in v2.39: columns fo_1x64 / fo_1x128, plans rf1d_64 / rf1d_128)
@@ -768,8 +768,8 @@ if [ "$what" = v259 ]; then  # g.56 by the cost model, the default: the tests it
   fi
 fi
 if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings per CTA
-  if tests_then_ab v260 "tests/gpu/test_lr_chain.py" --ms ${BENCH_MS:-256,128} --cols fo,fo_lp2,fo_nlc,bf16,fp8d \
-      --rounds ${ROUNDS:-3}; then
+  if tests_then_ab v260 "tests/gpu/test_lr_chain.py tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-256,128} \
+      --cols fo,fo_lp2,fo_nlc,bf16,fp8d --rounds ${ROUNDS:-3}; then
     for p in 1 2; do
       (cd benchmarks && timeout 60 python3 chain_timeline.py --ms 256 --shapes 3072:3072,3072:9216 --pipes $p 2>&1 \
         | grep -v "Profiler clears\|_warn_once" >> "$OUT/chain_timeline_v260.log")
