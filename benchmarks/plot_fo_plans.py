@@ -19,7 +19,7 @@ def _group(plan: str) -> str | None:
     """Which bar a candidate plan belongs to (None: not a plan, e.g. "nrbc", the model without a switch)."""
     if plan == "auto":
         return "auto"
-    if plan.startswith(("rf1_", "rs1_", "rf1d_")):  # (rf1d_: two to an SM, g.58)
+    if plan.startswith(("rf1_", "rs1_", "rf1d_")):  # (rf1d_: two CTAs to an SM, g.58, in v258's log; removed)
         return "one warpgroup"
     if plan.startswith(("rf2_", "rf3_", "rs", "np")):
         return "two / three warpgroups"

@@ -80,13 +80,11 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v259: g.56 by the cost model as the default (perf-notes v2.39): the one-warpgroup, chained down projection, producer
-#       low-rank, pipelined-loop and PDL tests (nothing timed if they fail), ab_2l.py (BENCH_MS, default 512,256; fo,
-#       fo_n1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not)
 #   v260: perf-notes v2.39's g.59 (set_lr_chain_pipes(2): the chained down projection's CTAs on two rings at once):
 #       test_lr_chain.py and test_one_warpgroup.py (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128;
-#       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) with one and two rings,
-#       memcheck with the chain forced, the whole tests/gpu (SUITE=0: not)
+#       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x
+#       9216) with one and two rings, memcheck with the chain forced, the whole tests/gpu (SUITE=0: not; with it, the
+#       suite under g.56's default, which v2.39 could not run)
 #   (v258, as run at commit e022abd with SUITE=0: v255's g.56-by-the-cost-model with g.58, one warpgroup's tiles two
 #       CTAs to an SM, measured neutral and removed in v2.39: columns fo_1x64 / fo_1x128, plans rf1d_64 / rf1d_128)
 #   (v253, as run at commit 24c1ac4 with SUITE=0: v252 with g.57, the split exchange through L2, measured slower and
@@ -758,13 +756,6 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
-  fi
-fi
-if [ "$what" = v259 ]; then  # g.56 by the cost model, the default: the tests it touches, the chain, the suite
-  if tests_then_ab v259 "tests/gpu/test_one_warpgroup.py tests/gpu/test_lr_chain.py tests/gpu/test_lr_producer.py \
-      tests/gpu/test_rf_pipelined.py tests/gpu/test_pdl.py" --ms ${BENCH_MS:-512,256} --cols fo,fo_n1wa,bf16,fp8d \
-      --rounds ${ROUNDS:-3}; then
-    [ "${SUITE:-1}" = 0 ] || gpu_suite
   fi
 fi
 if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings per CTA

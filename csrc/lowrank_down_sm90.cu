@@ -42,7 +42,8 @@ struct DownCfg {
   static constexpr int kRed = 4 * 16 * R * 4;  // the four warps' fp32 partials
   static constexpr int kDeepFit = (192 * 1024 - kRed) / kStage;
   static constexpr int kStages = !Deep ? 4 : kDeepFit > 8 ? 8 : kDeepFit;
-  static constexpr int kSmem = kStages * kStage + kRed;  // + (V - 1) kRed for V slices per CTA (launch_down)
+  static constexpr int kSmem = kStages * kStage + kRed;  // + (V - 1) kRed for V slices per CTA, + a ring per group
+                                                         // past the first (launch_down)
 };
 
 // Pipes (Chain, g.59): the CTA's V slices taken by that many groups of four warps at once, each group on its own

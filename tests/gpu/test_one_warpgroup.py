@@ -1,9 +1,9 @@
 """One consumer warpgroup on 64-row tiles (Hopper; perf-notes v2.37's g.56, set_gemm_2l_rf_warpgroups(1, tile)): the
 register-fragment loop, pipelined, widening 64 weight rows per stage for 128 or 256 tokens, persistent or split over a
 cluster of 2-4 CTAs. Integer sums, so the same bits as the other kernels (outputs poisoned first): both dtypes, ranks
-0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay. With set_gemm_2l_rf1_auto (v2.38, opt-in) the
-cost model also takes it at M <= 512 where it wins (the default since v2.39): at 256 / 512 x 3072 x 3072, with the
-low-rank tile late too."""
+0 / 16 / 32, rows past M, several tiles per CTA, CUDA-graph replay, the epilogue's GELU and prefix. With
+set_gemm_2l_rf1_auto (v2.38; on by default since v2.39) the cost model also takes it at M <= 512 where it wins: at 256
+/ 512 x 3072 x 3072, with the low-rank tile late too."""
 from __future__ import annotations
 
 import contextlib
