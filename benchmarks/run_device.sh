@@ -80,6 +80,11 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
+#   v261: perf-notes v2.40's g.59 as the default and g.60 (set_lr_chain_early: the chained GEMM started under the
+#       quantizer): test_lr_chain.py (nothing timed if it fails), ab_2l.py (BENCH_MS, default 256,128; fo, fo_early,
+#       fo_lp1, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) without and
+#       with --early, memcheck with the chain forced (its two-ring and early cases must launch), the whole tests/gpu
+#       (SUITE=0: not)
 #   v260: perf-notes v2.39's g.59 (set_lr_chain_pipes(2): the chained down projection's CTAs on two rings at once):
 #       test_lr_chain.py and test_one_warpgroup.py (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128;
 #       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x
@@ -756,6 +761,19 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
+  fi
+fi
+if [ "$what" = v261 ]; then  # g.59 the default; g.60: the chained GEMM started under the quantizer
+  if tests_then_ab v261 "tests/gpu/test_lr_chain.py" --ms ${BENCH_MS:-256,128} \
+      --cols fo,fo_early,fo_lp1,bf16,fp8d --rounds ${ROUNDS:-3}; then
+    for e in "" --early; do
+      (cd benchmarks && timeout 60 python3 chain_timeline.py --ms 256 --shapes 3072:3072,3072:9216 $e 2>&1 \
+        | grep -v "Profiler clears\|_warn_once" >> "$OUT/chain_timeline_v261.log")
+      echo "timeline [$e] rc=$?"; grep -E "^ +256" "$OUT/chain_timeline_v261.log" | tail -2
+    done
+    SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
+    grep -E "in two groups done|early GEMMs done|Error" "$OUT/sanitize_memcheck_chain.log" | tail -3
+    [ "${SUITE:-1}" = 0 ] || gpu_suite
   fi
 fi
 if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings per CTA
