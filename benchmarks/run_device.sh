@@ -84,7 +84,7 @@
 #       quantizer): test_lr_chain.py (nothing timed if it fails), ab_2l.py (BENCH_MS, default 256,128; fo, fo_early,
 #       fo_lp1, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) without and
 #       with --early, memcheck with the chain forced (its two-ring and early cases must launch), the whole tests/gpu
-#       (SUITE=0: not)
+#       twice, as it is and with g.60 on (SVDQUANT_HF_TEST_LR_CHAIN_EARLY=1) (SUITE=0: not)
 #   v260: perf-notes v2.39's g.59 (set_lr_chain_pipes(2): the chained down projection's CTAs on two rings at once):
 #       test_lr_chain.py and test_one_warpgroup.py (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128;
 #       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x
@@ -774,6 +774,11 @@ if [ "$what" = v261 ]; then  # g.59 the default; g.60: the chained GEMM started 
     SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
     grep -E "in two groups done|early GEMMs done|Error" "$OUT/sanitize_memcheck_chain.log" | tail -3
     [ "${SUITE:-1}" = 0 ] || gpu_suite
+    if [ "${SUITE:-1}" != 0 ]; then  # and the suite with g.60 on wherever a chain runs
+      mv "$OUT/tests.log" "$OUT/tests_default.log"
+      SVDQUANT_HF_TEST_LR_CHAIN_EARLY=1 gpu_suite
+      mv "$OUT/tests.log" "$OUT/tests_early.log"
+    fi
   fi
 fi
 if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings per CTA

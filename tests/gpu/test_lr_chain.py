@@ -67,7 +67,7 @@ def test_late_gemm_gives_the_in_order_bits(hopper, dtype, M, K, N, late, pipes, 
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
     with _chain(hopper), _switched(hopper.set_lr_chain_pipes, pipes, hopper.lr_chain_pipes()), \
-            _switched(hopper.set_lr_chain_early, early, False):
+            _switched(hopper.set_lr_chain_early, early, hopper.lr_chain_early()):
         n0, p0, e0 = hopper.gemm_2l_late_launches(), hopper.lr_chain_pipes_launches(), hopper.gemm_2l_early_launches()
         xq, xs, lr = _quantize(hopper, x, smooth, pd)
         y = _gemm(hopper, xq, xs, qf, w, lr)
@@ -112,7 +112,7 @@ def test_early_follows_the_quantizer_call_not_the_switch(hopper, on_at_quantize)
     x, smooth, pd = _acts(M, K, 32, dtype, seed=41)
     qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=42)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _chain(hopper), _switched(hopper.set_lr_chain_early, on_at_quantize, False):
+    with _chain(hopper), _switched(hopper.set_lr_chain_early, on_at_quantize, hopper.lr_chain_early()):
         e0, n0 = hopper.gemm_2l_early_launches(), hopper.gemm_2l_late_launches()
         xq, xs, lr = _quantize(hopper, x, smooth, pd)
         hopper.set_lr_chain_early(not on_at_quantize)
