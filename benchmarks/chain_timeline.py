@@ -1,7 +1,7 @@
 """Where a graph-replayed int4_2l chain's time goes, kernel by kernel (torch.profiler inside CUDA graph replays).
 
 usage: python benchmarks/chain_timeline.py [--ms 256,4608] [--shapes K:N,...] [--replays 20] [--lr-chain -1|0|1]
-       [--one TILE] [--pipes 1|2] [--early]
+       [--one TILE] [--pipes 1|2]
 
 For each shape: the default chain (quantize_act_2l + w4a4_gemm_2l_fo, the model's path) and cuBLAS bf16 x @ w.T + bias,
 each captured as one CUDA graph of one call and replayed. Per kernel: its median duration; per chain: the span from the
@@ -10,8 +10,7 @@ them (launch latency between dependent graph nodes). Medians over the replays, i
 projection's mode (set_lr_chain: at M <= 256 after the quantizer on its stream, under the GEMM's main loop; -1 its rule,
 the default, learned from the warm-up calls; 0 never; 1 wherever the shape allows). --one: the GEMM on one consumer
 warpgroup's tiles of TILE tokens, 128 or 256 (set_gemm_2l_rf_warpgroups(1, TILE), g.56). --pipes: the chained down
-projection's rings per CTA (set_lr_chain_pipes; 2, g.59, the default since v2.40; 1 as before). --early: the GEMM
-after the chained down projection started under the quantizer (set_lr_chain_early, g.60).
+projection's rings per CTA (set_lr_chain_pipes; 2, g.59, the default since v2.40; 1 as before).
 """
 from __future__ import annotations
 
@@ -79,7 +78,6 @@ def main() -> int:
     ap.add_argument("--lr-chain", type=int, default=-1, choices=[-1, 0, 1])
     ap.add_argument("--one", type=int, default=0, help="one warpgroup's token tile (128 or 256)")
     ap.add_argument("--pipes", type=int, default=2, choices=[1, 2], help="the chained down projection's rings per CTA")
-    ap.add_argument("--early", action="store_true", help="the chained GEMM started under the quantizer (g.60)")
     args = ap.parse_args()
     ext = hopper_extension("chain_timeline")
     if ext is None:
@@ -89,11 +87,8 @@ def main() -> int:
         ext.set_gemm_2l_rf_warpgroups(1, args.one)
     if hasattr(ext, "set_lr_chain_pipes"):
         ext.set_lr_chain_pipes(args.pipes)
-    if args.early:
-        ext.set_lr_chain_early(True)
     shapes = [tuple(int(v) for v in kn.split(":")) for kn in args.shapes.split(",")] if args.shapes else FLUX_SHAPES
     one = (f", one warpgroup {args.one}" if args.one else "") + f", {args.pipes} ring{'s' if args.pipes > 1 else ''}"
-    one += ", early" if args.early else ""
     print(f"{torch.cuda.get_device_name()} (lr chain mode {args.lr_chain}{one}): one chain per CUDA graph replay, "
           f"kernels by torch.profiler, us "
           f"(median of {args.replays} replays); span = first start to last end, gaps = span not covered by a kernel")

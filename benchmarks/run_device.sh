@@ -80,11 +80,12 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v261: perf-notes v2.40's g.59 as the default and g.60 (set_lr_chain_early: the chained GEMM started under the
-#       quantizer): test_lr_chain.py (nothing timed if it fails), ab_2l.py (BENCH_MS, default 256,128; fo, fo_early,
-#       fo_lp1, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x 9216) without and
-#       with --early, memcheck with the chain forced (its two-ring and early cases must launch), the whole tests/gpu
-#       twice, as it is and with g.60 on (SVDQUANT_HF_TEST_LR_CHAIN_EARLY=1) (SUITE=0: not)
+#   v262: perf-notes v2.40's tree after g.60's removal (g.59 the default): test_lr_chain.py and test_one_warpgroup.py
+#       (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128; fo, fo_lp1, bf16, fp8d; ROUNDS, default 2),
+#       the one-warpgroup default GEMM's tile life with sub-steps at 256 x 3072 x 3072 (128-token tiles) and 512 x
+#       3072 x 3072 (256-token tiles), memcheck with the chain forced, the whole tests/gpu (SUITE=0: not)
+#   (v261, as run at commit 7ffd41e: v2.40's g.59 as the default and g.60, the chained GEMM started under the quantizer,
+#       measured neutral and removed: column fo_early, chain_timeline.py --early, the suite a second time with g.60 on)
 #   v260: perf-notes v2.39's g.59 (set_lr_chain_pipes(2): the chained down projection's CTAs on two rings at once):
 #       test_lr_chain.py and test_one_warpgroup.py (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128;
 #       fo, fo_lp2, fo_nlc, bf16, fp8d; ROUNDS, default 3), chain_timeline.py at 256 tokens (3072 x 3072, 3072 x
@@ -763,22 +764,14 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v261 ]; then  # g.59 the default; g.60: the chained GEMM started under the quantizer
-  if tests_then_ab v261 "tests/gpu/test_lr_chain.py" --ms ${BENCH_MS:-256,128} \
-      --cols fo,fo_early,fo_lp1,bf16,fp8d --rounds ${ROUNDS:-3}; then
-    for e in "" --early; do
-      (cd benchmarks && timeout 60 python3 chain_timeline.py --ms 256 --shapes 3072:3072,3072:9216 $e 2>&1 \
-        | grep -v "Profiler clears\|_warn_once" >> "$OUT/chain_timeline_v261.log")
-      echo "timeline [$e] rc=$?"; grep -E "^ +256" "$OUT/chain_timeline_v261.log" | tail -2
-    done
+if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes
+  if tests_then_ab v262 "tests/gpu/test_lr_chain.py tests/gpu/test_one_warpgroup.py" --ms ${BENCH_MS:-256,128} \
+      --cols fo,fo_lp1,bf16,fp8d --rounds ${ROUNDS:-2}; then
+    life_runs tile_life_v262.log "--warpgroups 1 --substeps" "--tile 128 --shapes 256x3072x3072" \
+      "--tile 256 --shapes 512x3072x3072"
     SANITIZE_CHAIN=1 memcheck "$OUT/sanitize_memcheck_chain.log"
-    grep -E "in two groups done|early GEMMs done|Error" "$OUT/sanitize_memcheck_chain.log" | tail -3
+    grep -E "in two groups done|Error" "$OUT/sanitize_memcheck_chain.log" | tail -2
     [ "${SUITE:-1}" = 0 ] || gpu_suite
-    if [ "${SUITE:-1}" != 0 ]; then  # and the suite with g.60 on wherever a chain runs
-      mv "$OUT/tests.log" "$OUT/tests_default.log"
-      SVDQUANT_HF_TEST_LR_CHAIN_EARLY=1 gpu_suite
-      mv "$OUT/tests.log" "$OUT/tests_early.log"
-    fi
   fi
 fi
 if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings per CTA

@@ -345,7 +345,6 @@ struct LrChainRecord {
   int64_t M = 0;
   bool chainable = false;  // the call could have chained (its GEMM's launch is worth learning)
   bool chained = false;
-  const int* qdone = nullptr;  // (set_lr_chain_early) the call's flag: its GEMM may start under the quantizer
 };
 thread_local LrChainRecord g_chain_record;
 std::mutex g_chain_mu;
@@ -425,9 +424,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   // (set_lr_chain) whether this call may chain its down projection; the record of it for the GEMM after it
   const bool chainable = !x2.defined() && g_chunk_bytes == 0 && svdq::lowrank_down_chain_takes((int)M, (int)K, R) &&
                          lowrank_down_operands_ok(x, pd);
-  const auto remember = [&](const at::Tensor& lr, bool chained, const int* qdone = nullptr) {
+  const auto remember = [&](const at::Tensor& lr, bool chained) {
     g_chain_record = {c10::cuda::getCurrentCUDAStream().stream(), xq.data_ptr(), lr.data_ptr(), pd_in.data_ptr(), M,
-                      chainable, chained, qdone};
+                      chainable, chained};
   };
   const cudaDeviceProp* prop =
       R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
@@ -453,17 +452,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   } else if (const int ctas = chainable ? chain_ctas(pd_in, M, K, R) : 0) {
     // set_lr_chain, a few tokens: the down projection after the quantizer on this stream, beside it (launched
     // programmatically) and, for the GEMM that reads these xq and lr, under that GEMM's main loop
-    // (set_lr_chain_early) the call's flag after lr's elements, in the same allocation (M R 2 bytes: a multiple of 32)
-    const bool early = svdq::lr_chain_early();
-    lr = early ? at::empty({M * R + 16}, x.options()).narrow(0, 0, M * R).view({M, R}) : at::empty({M, R}, x.options());
-    int* qdone = early ? reinterpret_cast<int*>(static_cast<char*>(lr.data_ptr()) + M * R * lr.element_size()) : nullptr;
+    lr = at::empty({M, R}, x.options());
     const cudaError_t err = svdq::launch_quantize_act_2l(a, main.stream());
     SVDQ_REQUIRE(err == cudaSuccess, "svdquant quantize_act_2l: launch failed: ", cudaGetErrorString(err));
     const cudaError_t derr = svdq::launch_lowrank_down_chain(
         dtype_of(x, "x"), x.data_ptr(), pd.data_ptr(), lr.data_ptr(), (int)M, (int)K, R,
-        at::cuda::getCurrentDeviceProperties()->multiProcessorCount, ctas, main.stream(), qdone);
+        at::cuda::getCurrentDeviceProperties()->multiProcessorCount, ctas, main.stream());
     SVDQ_REQUIRE(derr == cudaSuccess, "svdquant quantize_act_2l: down projection failed: ", cudaGetErrorString(derr));
-    remember(lr, true, qdone);
+    remember(lr, true);
     return {xq, xscale, lr};
   } else if (beside_ok(x, x2, pd, M, K, K1, R)) {
     // many tokens past L2 (Hopper): the down projection beside the persistent quantizer on the CTAs it leaves free,
@@ -620,7 +616,6 @@ at::Tensor gemm_2l(const at::Tensor& xq_in, const at::Tensor& xs_in, const at::T
   const bool from_record = rec.lr && rec.stream == stream && rec.xq == a.xq && rec.lr == a.lr;
   if (from_record) {
     a.lr_late = rec.chained && !P;  // (with a prefix, its copy runs between: nothing to gain)
-    a.qdone = a.lr_late ? rec.qdone : nullptr;
     g_chain_record = {};
   }
   const bool gemv = svdq::gemv_2l_takes(a) && !svdq::gemm_2l_plan_forced();
@@ -1008,13 +1003,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "own slices of the CTA's K range on a ring of its own (g.59, perf-notes v2.39 / v2.40): 2 (the default; taken at "
         "ranks <= 64 and an even slice count) or 1; the same bits");
   m.def("lr_chain_pipes", &svdq::lr_chain_pipes, "set_lr_chain_pipes's setting");
-  m.def("set_lr_chain_early", &svdq::set_lr_chain_early, pybind11::arg("on"),
-        "(g.60, opt-in until measured) the chained down projection (set_lr_chain) lets the GEMM that reads its xq and "
-        "lr start at once, under the quantizer: that GEMM's prologue and first stages' weights come before the quantizer "
-        "is done, its activations after (a flag of the call); the same bits");
-  m.def("lr_chain_early", &svdq::lr_chain_early, "whether set_lr_chain_early is on");
-  m.def("gemm_2l_early_launches", &svdq::gemm_2l_early_launches,
-        "GEMM launches that started under the quantizer (set_lr_chain_early; tests)");
   m.def("lr_chain_pipes_launches", &svdq::lr_chain_pipes_launches,
         "chained down projections launched with two groups of warps (tests)");
   m.def("set_lr_chain", &svdq::set_lr_chain, pybind11::arg("mode"),

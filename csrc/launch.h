@@ -73,8 +73,6 @@ struct W4A4Gemm2lArgs {
   int64_t ldlr = 0;         // lr's row stride in elements (0: R; a multiple of 8): a column block of a wider matrix
   bool lr_late = false;     // lr comes from the chained down projection just before (set_lr_chain): the persistent
                             // kernels start at once and wait for lr only before their epilogue
-  const int* qdone = nullptr;  // (lr_late, g.60) that down projection started this GEMM under the quantizer and
-                               // sets *qdone once xq is written: the persistent kernels load xq only after it
 };
 
 // Per-head RMSNorm (weight) then rotary embedding (pairs (2i, 2i+1)): FLUX's q / k after their projections
@@ -222,12 +220,6 @@ int lr_chain();
 void set_lr_chain_pipes(int pipes);  // (g.59) the chained down projection's groups of four warps per CTA: 1 or 2
 int lr_chain_pipes();
 long long lr_chain_pipes_launches();  // (tests)
-// (g.60, opt-in until measured) the chained down projection lets the GEMM after it start at once, under the quantizer,
-// and sets a flag of the call (after lr's elements) once the quantizer is done; that GEMM (lr_late, W4A4Gemm2lArgs::
-// qdone) takes its first stages' weights at once and their activations after the flag. The same bits.
-void set_lr_chain_early(bool on);
-bool lr_chain_early();
-long long gemm_2l_early_launches();  // (tests) late GEMM launches started under the quantizer
 bool lowrank_down_chain_takes(int M, int K, int R);  // the mode is not 0 and the shape fits
 // The down projection beside the persistent quantizer at many tokens (lowrank_down_sm90.cu; perf-notes v2.30): on the
 // CTAs the quantizer leaves free, each 64-row block once the quantizer has read it (x from L2). x2 / K1: the rows are
@@ -245,9 +237,8 @@ long long lowrank_down_beside_launches();  // launches so far (tests)
 cudaError_t launch_lowrank_down_beside(DType dtype, const void* x, const void* x2, int K1, const void* pd, void* lr,
                                        float* part, int* counters, int M, int K, int R, int ctas,
                                        cudaStream_t stream);
-// qdone (set_lr_chain_early): the call's flag, set once the quantizer is done (nullptr: not early)
 cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
-                                      int num_sms, int max_ctas, cudaStream_t stream, int* qdone = nullptr);
+                                      int num_sms, int max_ctas, cudaStream_t stream);
 // the last int4_2l tile-GEMM launch (this thread): its CTAs and whether it was a persistent kernel (which can take lr
 // late)
 struct Gemm2lLaunch {

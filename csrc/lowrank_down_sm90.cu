@@ -12,9 +12,6 @@
 // (PDL), so it starts while the quantizer runs; a fifth warp waits for the quantizer to complete and only then signals
 // the GEMM after it, which may therefore start on the SMs this kernel leaves free, read the quantizer's outputs at
 // once, and wait for lr (its pdl_wait) only before its epilogue. This kernel's completion implies the quantizer's.
-// Early (set_lr_chain_early, g.60): the fifth warp lets the GEMM start at once and, once the quantizer is done, sets
-// the call's flag `qdone` (zeroed first, before the GEMM may start), which that GEMM waits for before it reads xq: its
-// prologue and its first stages' weights come under the quantizer.
 // The binding picks it and its CTA budget (bindings.cpp: where the GEMM that read this proj_down's lr last time left
 // SMs free).
 #include <cooperative_groups.h>
@@ -53,7 +50,7 @@ struct DownCfg {
 // ring of stages (V / Pipes slices each), so a CTA streams its K range Pipes times as wide; the same lr bits.
 template <typename T, int R, bool Deep, bool Chain = false, int Pipes = 1>
 __global__ void __launch_bounds__(Chain ? Pipes * kDownThreads + 32 : kDownThreads) lowrank_down_kernel(
-    const T* __restrict__ x, const T* __restrict__ pd, T* __restrict__ lr, int M, int K, int V, int* qdone) {
+    const T* __restrict__ x, const T* __restrict__ pd, T* __restrict__ lr, int M, int K, int V) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(Pipes == 1 || (Chain && !Deep && Pipes == 2), "two rings: the chained kernel's plain instances");
   using C = DownCfg<R, Deep>;
@@ -75,23 +72,8 @@ __global__ void __launch_bounds__(Chain ? Pipes * kDownThreads + 32 : kDownThrea
     // x was complete before the quantizer started, and lr's memory was allocated after its launch: the four warps
     // need not wait. The fifth waits for the quantizer, then lets the GEMM start, then meets the cluster's barriers.
     if (tid >= kCompute) {
-      if (qdone) {  // (g.60) the flag zeroed where the GEMM can see it before that GEMM may start; set once xq is written
-        const bool setter = tid == kCompute && blockIdx.x == 0 && blockIdx.y == 0;
-        if (setter) {
-          *reinterpret_cast<volatile int*>(qdone) = 0;
-          __threadfence();
-        }
-        __syncwarp();
-        pdl_trigger();
-        pdl_wait();
-        if (setter) {
-          __threadfence();
-          asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(qdone), "r"(1) : "memory");
-        }
-      } else {
-        pdl_wait();
-        pdl_trigger();
-      }
+      pdl_wait();
+      pdl_trigger();
       if (S > 1) {
         cg::this_cluster().sync();
         cg::this_cluster().sync();
@@ -322,7 +304,6 @@ bool g_down_wide = false;     // set_lowrank_down_max_tokens called: every K and
 int g_lr_chain = -1;  // set_lr_chain: -1 where it pays (the binding's rule), 0 never, 1 wherever the shape allows
 int g_chain_pipes = 2;  // set_lr_chain_pipes: the chained kernel's groups of four warps per CTA (g.59, perf-notes v2.40)
 long long g_chain_pipes_launches = 0;  // (tests: which kernel ran)
-bool g_chain_early = false;  // set_lr_chain_early (g.60, opt-in until measured)
 constexpr int kChainMaxTokens = 256;
 
 // The side path's cluster size: S = 1, 2, 4 or 8 CTAs per 16 rows along K, row blocks x S filling the SMs (or forced).
@@ -331,7 +312,7 @@ constexpr int kChainMaxTokens = 256;
 // the quantizer (the attribute whatever set_pdl says, where the device has it).
 template <typename T, int R, bool Deep, bool Chain = false, int Pipes = 1>
 cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, int num_sms, int max_ctas,
-                        cudaStream_t stream, int* qdone = nullptr) {
+                        cudaStream_t stream) {
   auto kern = lowrank_down_kernel<T, R, Deep, Chain, Pipes>;
   constexpr int kSlice = DownCfg<R, Deep>::kRed;  // a slice's four warp partials in shared memory (one in kSmem)
   constexpr int kRing = (Pipes - 1) * DownCfg<R, Deep>::kStages * DownCfg<R, Deep>::kStage;  // (g.59) more rings
@@ -359,7 +340,7 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
     if constexpr (!Deep && Pipes == 1 && R <= 64) {  // (g.59) two groups of warps, V / 2 slices each
       if (g_chain_pipes == 2 && V % 2 == 0) {
         ++g_chain_pipes_launches;
-        return launch_down<T, R, Deep, Chain, 2>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
+        return launch_down<T, R, Deep, Chain, 2>(x, pd, lr, M, K, num_sms, max_ctas, stream);
       }
     }
   }
@@ -378,19 +359,19 @@ cudaError_t launch_down(const void* x, const void* pd, void* lr, int M, int K, i
   // programmatic; eagerly the side stream's event keeps it a full dependency
   cfg.numAttrs = pdl_launch_attr(attr, P > 1 ? 1 : 0, Chain);
   return cudaLaunchKernelEx(&cfg, kern, static_cast<const T*>(x), static_cast<const T*>(pd), static_cast<T*>(lr), M, K,
-                            V, Chain ? qdone : nullptr);
+                            V);
 }
 
 template <typename T, bool Deep, bool Chain = false>
 cudaError_t launch_down_r(const void* x, const void* pd, void* lr, int M, int K, int R, int num_sms, int max_ctas,
-                          cudaStream_t stream, int* qdone = nullptr) {
+                          cudaStream_t stream) {
   switch (R) {
-    case 16: return launch_down<T, 16, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
-    case 32: return launch_down<T, 32, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
-    case 48: return launch_down<T, 48, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
-    case 64: return launch_down<T, 64, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
-    case 96: return launch_down<T, 96, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);  // q / k / v in one call
-    case 128: return launch_down<T, 128, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream, qdone);
+    case 16: return launch_down<T, 16, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 32: return launch_down<T, 32, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 48: return launch_down<T, 48, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 64: return launch_down<T, 64, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
+    case 96: return launch_down<T, 96, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);  // q / k / v sharing one call
+    case 128: return launch_down<T, 128, Deep, Chain>(x, pd, lr, M, K, num_sms, max_ctas, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -465,18 +446,16 @@ int lr_chain() { return g_lr_chain; }
 void set_lr_chain_pipes(int pipes) { g_chain_pipes = pipes == 2 ? 2 : 1; }
 int lr_chain_pipes() { return g_chain_pipes; }
 long long lr_chain_pipes_launches() { return g_chain_pipes_launches; }
-void set_lr_chain_early(bool on) { g_chain_early = on; }
-bool lr_chain_early() { return g_chain_early; }
 cudaError_t launch_lowrank_down_chain(DType dtype, const void* x, const void* pd, void* lr, int M, int K, int R,
-                                      int num_sms, int max_ctas, cudaStream_t stream, int* qdone) {
+                                      int num_sms, int max_ctas, cudaStream_t stream) {
   if (!lowrank_down_chain_takes(M, K, R) || max_ctas < 1) return cudaErrorInvalidValue;
   if (g_down_deep)
     return dtype == DType::kBF16
-               ? launch_down_r<__nv_bfloat16, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream, qdone)
-               : launch_down_r<__half, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream, qdone);
+               ? launch_down_r<__nv_bfloat16, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream)
+               : launch_down_r<__half, true, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream);
   return dtype == DType::kBF16
-             ? launch_down_r<__nv_bfloat16, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream, qdone)
-             : launch_down_r<__half, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream, qdone);
+             ? launch_down_r<__nv_bfloat16, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream)
+             : launch_down_r<__half, false, true>(x, pd, lr, M, K, R, num_sms, max_ctas, stream);
 }
 
 bool lowrank_down_takes(int M, int K, int R) {

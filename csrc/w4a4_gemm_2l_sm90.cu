@@ -126,7 +126,6 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
-constexpr int kFlagEarly = 256;      // (with kFlagLrLate) started under the quantizer: xq only once *qdone (g.60)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
@@ -182,7 +181,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                              const float* __restrict__ wchannel, const T* __restrict__ lr,
                              const T* __restrict__ proj_up, const T* __restrict__ bias, T* __restrict__ y, int M,
                              int N, int K, int R, long long* __restrict__ trace, int tma_store, int64_t ldy,
-                             int act, int64_t ldlr, int flags, const int* __restrict__ qdone) {
+                             int act, int64_t ldlr, int flags) {
 #if SVDQ_SM90A_BODY
   static_assert(!WS || !TR, "the producer-warp loop is untraced");
   static_assert(!PS || WS, "the persistent kernel is the producer-warp loop's");
@@ -252,14 +251,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
   };
   auto load_stage = [&](int i) { load_at(i % NS, kt_lo + i, m0_blk, n0_blk); };  // i counts this CTA's stages
-  // (early) a stage's weights and scales first, its activations later (once xq is written): one barrier, its bytes
-  auto load_w_at = [&](int buf, int kt, int tn0) {
-    const uint32_t act = sbase + buf * Cfg::kStageBytes;
-    const uint32_t bar = bars + 8 * buf;
-    mbar_expect_tx(bar, kTxBytes);
-    tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
-    if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
-  };
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
@@ -287,9 +278,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
-  // (g.60, set_lr_chain_early) launched while the quantizer still runs: the first tile's first stages take their
-  // weights at once and their activations once the down projection's waiting warp has set *qdone (the quantizer done)
-  const bool early = lr_late && (flags & kFlagEarly);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -300,21 +288,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if (tid == kCT) {
         if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
-          const int ahead = early ? (NK < NS ? NK : NS) : 0;  // (early) the stages whose weights come first
-          if (early) {
-            const int m0f = (blockIdx.x / row_tiles) * BT, n0f = (blockIdx.x % row_tiles) * kTR;  // its first tile
-            for (int s = 0; s < ahead; ++s) load_w_at(s, kt_lo + s, n0f);
-            int ready = 0;
-            do {
-              asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(ready) : "l"(qdone) : "memory");
-            } while (!ready && (__nanosleep(64), true));
-            asm volatile("fence.proxy.async.global;\n" ::: "memory");  // the TMA reads after the flag's acquire
-            for (int s = 0; s < ahead; ++s) tma_load_2d(sbase + s * Cfg::kStageBytes, &tm_x, (kt_lo + s) * kBK, m0f,
-                                                        bars + 8 * s);
-          }
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
             for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
-              if (i < ahead) continue;
               if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
               load_at(i % NS, kt, (tile / row_tiles) * BT, (tile % row_tiles) * kTR);
               if (l2_prefetch && kt == kt_lo + NK / 2 && tile + (int)gridDim.x < num_tiles) {
@@ -1021,7 +996,6 @@ __global__ void copy_columns_kernel(uint4* __restrict__ dst, int64_t ldd, const 
 
 bool g_tma_store = false;  // the epilogue's TMA store (off until measured)
 long long g_late_launches = 0;  // launches with a late low-rank tile (tests: which path ran)
-long long g_early_launches = 0;  // of those, launches started under the quantizer (g.60; tests)
 // the register-fragment kernels' low-rank tiles loaded by the producer warpgroup's idle warps rather than by the last
 // consumer warpgroup (perf-notes v2.33; opt-in until measured)
 bool g_lr_producer = false;
@@ -1095,9 +1069,6 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   constexpr bool kExact = exact(EP);
   const int late = PS && kExact && a.lr_late && pdl_device() ? kFlagLrLate : 0;
   if (late) ++g_late_launches;
-  // early (g.60): the down projection before it let it start under the quantizer and will set a.qdone
-  const int early = late && a.qdone ? kFlagEarly : 0;
-  if (early) ++g_early_launches;
   const int lr_prod = PS && FO && kExact && g_lr_producer ? kFlagLrProducer : 0;
   if (lr_prod) ++g_lr_producer_launches;
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
@@ -1115,8 +1086,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | early | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled,
-                            early ? a.qdone : nullptr);
+                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1357,7 +1327,6 @@ static cudaError_t launch_rf(const W4A4Gemm2lArgs& a, Gemm2lPlan p, cudaStream_t
 bool gemm_2l_rf_pipelined() { return g_rf_pipelined; }
 long long gemm_2l_rf_pipelined_launches() { return g_pipelined_launches; }
 long long gemm_2l_late_launches() { return g_late_launches; }
-long long gemm_2l_early_launches() { return g_early_launches; }
 Gemm2lLaunch gemm_2l_last_launch() { return g_last_launch; }
 bool gemm_2l_plan_forced() {
   return g_plan_tiles != 15 || g_force_splits || g_persistent == 1 || g_rf_warpgroups || g_rf3_tile || g_gemm_probe ||

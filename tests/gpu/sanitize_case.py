@@ -358,7 +358,7 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_cha
     ext.set_lr_chain(-1)
     torch.cuda.synchronize()
     print(f"chained down projection case done ({ext.gemm_2l_late_launches() - late} late GEMMs)")
-    if hasattr(ext, "set_lr_chain_pipes"):  # (g.59) the chained kernel with two groups of warps, under late GEMMs
+    if hasattr(ext, "set_lr_chain_pipes"):  # (g.59, the default) the chained kernel's two groups of warps, late GEMMs
         ext.set_lr_chain(1)
         ext.set_lr_chain_pipes(2)
         p0 = ext.lr_chain_pipes_launches()
@@ -377,26 +377,3 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_cha
         torch.cuda.synchronize()
         assert ext.lr_chain_pipes_launches() > p0, "no chained down projection ran on two rings"
         print(f"chained down projection in two groups done ({ext.lr_chain_pipes_launches() - p0} launches)")
-    if hasattr(ext, "set_lr_chain_early"):  # (g.60) the late GEMMs started under the quantizer, waiting for its flag
-        ext.set_lr_chain(1)
-        ext.set_lr_chain_early(True)
-        e0 = ext.gemm_2l_early_launches()
-        for M, K, N, forced in [(256, 3072, 3072, {}), (77, 512, 384, {"rf_splits": 2}), (130, 1024, 9216, {})]:
-            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
-            pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
-            qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
-            wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
-            wch = torch.rand(N, device="cuda", generator=g)
-            pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
-            ext.set_gemm_2l_rf_splits(forced.get("rf_splits", 0))
-            ext.set_gemm_2l_persistent(1)
-            xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
-            ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
-        ext.set_gemm_2l_rf_splits(0)
-        ext.set_gemm_2l_persistent(-1)
-        ext.set_lr_chain_early(False)
-        ext.set_lr_chain(-1)
-        torch.cuda.synchronize()
-        assert ext.gemm_2l_early_launches() > e0, "no GEMM started under the quantizer"
-        print(f"early GEMMs done ({ext.gemm_2l_early_launches() - e0} launches)")

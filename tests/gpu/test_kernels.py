@@ -32,8 +32,6 @@ AWKWARD_M = [1, 7, 255, 4097]
 def ext():
     mod = build.load_extension()
     assert mod is not None, "the CUDA kernels did not build on this GPU machine"
-    if os.environ.get("SVDQUANT_HF_TEST_LR_CHAIN_EARLY") == "1" and hasattr(mod, "set_lr_chain_early"):
-        mod.set_lr_chain_early(True)  # (the suite with an opt-in on: run_device.sh's suite_early)
     return mod
 
 

@@ -53,26 +53,23 @@ GEMMS = [(256, 3072, 3072, None), (256, 3072, 9216, True), (255, 12288, 3072, Tr
          (100, 15360, 3072, None), (9, 3072, 3072, None), (1, 3072, 3072, False)]
 
 
-@pytest.mark.parametrize("pipes,early", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("pipes", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M,K,N,late", GEMMS)
-def test_late_gemm_gives_the_in_order_bits(hopper, dtype, M, K, N, late, pipes, early):
+def test_late_gemm_gives_the_in_order_bits(hopper, dtype, M, K, N, late, pipes):
     """quantize (chained) then the GEMM at once: the GEMM takes lr late where a persistent kernel runs, and its output
     is bit for bit the same GEMM's on a copy of lr (launched in order), within 1e-2 of the reference; eagerly and from
     a CUDA graph replayed on new activations. pipes 2: the chained kernel on two rings per CTA (set_lr_chain_pipes,
-    g.59, the default), taken at 256 x 3072 (four slices per CTA). early: the late GEMM started under the quantizer,
-    its activations loaded after the call's flag (set_lr_chain_early, g.60), every late launch an early one."""
+    g.59, the default), taken at 256 x 3072 (four slices per CTA)."""
     R = 32
     x, smooth, pd = _acts(M, K, R, dtype, seed=3 * M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, R, dtype, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _chain(hopper), _switched(hopper.set_lr_chain_pipes, pipes, hopper.lr_chain_pipes()), \
-            _switched(hopper.set_lr_chain_early, early, hopper.lr_chain_early()):
-        n0, p0, e0 = hopper.gemm_2l_late_launches(), hopper.lr_chain_pipes_launches(), hopper.gemm_2l_early_launches()
+    with _chain(hopper), _switched(hopper.set_lr_chain_pipes, pipes, hopper.lr_chain_pipes()):
+        n0, p0 = hopper.gemm_2l_late_launches(), hopper.lr_chain_pipes_launches()
         xq, xs, lr = _quantize(hopper, x, smooth, pd)
         y = _gemm(hopper, xq, xs, qf, w, lr)
         n1 = hopper.gemm_2l_late_launches()
-        assert hopper.gemm_2l_early_launches() - e0 == (n1 - n0 if early else 0)
         if pipes == 2 and (M, K) == (256, 3072):
             assert n1 - n0 == 1 and hopper.lr_chain_pipes_launches() - p0 == 1
         in_order = _gemm(hopper, xq, xs, qf, w, lr.clone())
@@ -90,7 +87,7 @@ def test_late_gemm_gives_the_in_order_bits(hopper, dtype, M, K, N, late, pipes, 
         with torch.cuda.graph(graph):
             gq, gs, glr = hopper.quantize_act_2l(xin, smooth, pd, 64)
             gy = hopper.w4a4_gemm_2l_fo(gq, gs, qf, wsc, wch, glr, pu, b, 64)
-        for seed in (7, 9):  # (early: the call's flag set in one replay must be cleared for the next)
+        for seed in (7, 9):  # (two replays on new activations)
             x2 = _acts(M, K, R, dtype, seed=seed * M + K + N)[0]
             xin.copy_(x2)
             gy.fill_(float("nan"))
@@ -100,33 +97,6 @@ def test_late_gemm_gives_the_in_order_bits(hopper, dtype, M, K, N, late, pipes, 
             y2 = hopper.w4a4_gemm_2l_fo(q2, s2, qf, wsc, wch, lr2, pu, b, 64)
             assert torch.equal(gq, q2) and torch.equal(gs, s2) and torch.equal(glr, lr2)
             assert torch.equal(gy, y2), f"graph replay: {(gy != y2).sum().item()} outputs differ"
-
-
-@pytest.mark.parametrize("on_at_quantize", [True, False])
-def test_early_follows_the_quantizer_call_not_the_switch(hopper, on_at_quantize):
-    """set_lr_chain_early flipped between the quantizer call and its GEMM: the GEMM starts early exactly when the down
-    projection before it was launched early (it then needs the call's flag before reading xq), never from the switch
-    alone; the in-order bits either way. Also the next chain after an early one, on fresh memory, and a second GEMM on
-    the same early call's outputs (launched in order)."""
-    M, K, N, dtype = 256, 3072, 3072, torch.bfloat16
-    x, smooth, pd = _acts(M, K, 32, dtype, seed=41)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, dtype, 64, seed=42)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _chain(hopper), _switched(hopper.set_lr_chain_early, on_at_quantize, hopper.lr_chain_early()):
-        e0, n0 = hopper.gemm_2l_early_launches(), hopper.gemm_2l_late_launches()
-        xq, xs, lr = _quantize(hopper, x, smooth, pd)
-        hopper.set_lr_chain_early(not on_at_quantize)
-        y = _gemm(hopper, xq, xs, qf, w, lr)
-        assert hopper.gemm_2l_late_launches() - n0 == 1
-        assert hopper.gemm_2l_early_launches() - e0 == (1 if on_at_quantize else 0)
-        again = _gemm(hopper, xq, xs, qf, w, lr)  # (not the last chained call's GEMM any more: in order)
-        hopper.set_lr_chain_early(True)
-        x2 = _acts(M, K, 32, dtype, seed=43)[0]
-        q2, s2, l2 = _quantize(hopper, x2, smooth, pd)
-        y2 = _gemm(hopper, q2, s2, qf, w, l2)
-        torch.cuda.synchronize()
-    assert torch.equal(y, _gemm(hopper, xq, xs, qf, w, lr.clone())) and torch.equal(again, y)
-    assert torch.equal(y2, _gemm(hopper, q2, s2, qf, w, l2.clone()))
 
 
 def test_late_gemm_reads_a_column_block_of_a_shared_lr(hopper):
