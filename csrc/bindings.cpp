@@ -1123,15 +1123,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "GEMM launches with the low-rank tiles loaded by the producer's warps (tests)");
   m.def(
       "set_gemm_2l_tile_life",
-      [](int64_t ptr, bool no_store, bool substeps) {
-        svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr), no_store, substeps);
+      [](int64_t ptr, bool no_store, bool substeps, int loop_probe) {
+        svdq::set_gemm_2l_tile_life(reinterpret_cast<long long*>(ptr), no_store, substeps, loop_probe);
       },
       "benchmarks: the persistent register-fragment GEMM (bfloat16; two warpgroups on 224-token tiles, or three) stamps "
       "clock64 at each tile's steps into the int64 buffer at this address, [4 CTAs][warpgroups][8 tiles][8 steps] "
       "(0: off); the pipelined loop, or with set_gemm_2l_rf_pipelined(False) the turns (two warpgroups only); no_store "
       "(a timing probe, wrong results): the pipelined loop's stamped kernel does not write its output; substeps: the "
-      "buffer is twice that, its second half the epilogue's sub-steps (the stamped kernels of the pipelined loop)",
-      pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false);
+      "buffer is twice that, its second half the epilogue's sub-steps (the stamped kernels of the pipelined loop); "
+      "loop_probe (timing probes, wrong results): 1 the pipelined loop without widening (the loaded words as "
+      "fragments), 2 without its wgmmas",
+      pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
+      pybind11::arg("loop_probe") = 0);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

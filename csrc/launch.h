@@ -317,7 +317,7 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // three) stamping clock64 at its tiles' steps into this int64 buffer (4 CTAs x its warpgroups x 8 tiles x 8; nullptr:
 // off). The same bits; no_store (a timing probe): the pipelined loop's stamped kernel leaves its output unwritten;
 // substeps: the buffer is twice that, and its second half gets the epilogue's sub-steps (8 .. 15 as 0 .. 7).
-void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false);
+void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

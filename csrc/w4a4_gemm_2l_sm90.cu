@@ -126,6 +126,8 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
+constexpr int kFlagNoWiden = 256;    // set_gemm_2l_tile_life(.., loop_probe=1): probe, the stamped loop, no widening
+constexpr int kFlagNoMma = 512;      // set_gemm_2l_tile_life(.., loop_probe=2): probe, the stamped loop, no wgmmas
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
@@ -278,6 +280,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
+  // (timing probes of the stamped pipelined loop, wrong results) its k-steps' fragments the loaded words themselves
+  // (no widening; probe 7's mapping), or its k-steps without wgmmas (the widening and the ring alone)
+  const bool probe_no_widen = kStamped && (flags & kFlagNoWiden);
+  const bool probe_no_mma = kStamped && (flags & kFlagNoMma);
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -621,10 +627,22 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       // pipelined within the warpgroup (set_gemm_2l_rf_pipelined, rf_loop.cuh): no turns, the two warpgroups run on
       // independently, bound only by the stage ring
       uint32_t fa[4][4];
-      auto widen_step = [&](int j) { frag_widen_step<G>(nw, nsc, j, fa[j]); };
+      auto widen_step = [&](int j) {
+        if (kStamped && probe_no_widen) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) fa[j][h] = nw[h][j], fa[j][2 + h] = nw[h][j] ^ nsc[h][(32 * j) / G];
+        } else {
+          frag_widen_step<G>(nw, nsc, j, fa[j]);
+        }
+      };
       auto issue = [&](int i, int j) {
-        wgmma_fence();
-        wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
+        if (kStamped && probe_no_mma) {  // (the fragments kept live; an empty commit group keeps the loop's waits)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) asm volatile("" ::"r"(fa[j][e]) : "memory");
+        } else {
+          wgmma_fence();
+          wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
+        }
         wgmma_commit();
         if constexpr (kLife) {
           if (i == done && j == 0) life(1);
@@ -1006,6 +1024,7 @@ bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
+int g_life_probe = 0;          // set_gemm_2l_tile_life(.., loop_probe): 1 no widening, 2 no wgmmas (stamped kernels)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1074,6 +1093,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = stamped(EP) && g_life_no_store ? kFlagNoStore : 0;
+  const int loop_probe = !stamped(EP) ? 0 : g_life_probe == 1 ? kFlagNoWiden : g_life_probe == 2 ? kFlagNoMma : 0;
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
@@ -1086,7 +1106,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
+                            late | lr_prod | l2_prefetch | no_store | loop_probe | life_sub | act_in_loop |
+                                lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1266,10 +1287,11 @@ void set_gemm_2l_probe(int probe) { g_gemm_probe = probe >= 1 && probe <= 8 ? pr
 void set_gemm_2l_rf_lead(bool on) { g_rf_lead = on; }
 bool gemm_2l_rf_lead() { return g_rf_lead; }
 long long gemm_2l_rf_lead_launches() { return g_lead_launches; }
-void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps) {
+void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int loop_probe) {
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
+  g_life_probe = stamps && (loop_probe == 1 || loop_probe == 2) ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
