@@ -19,8 +19,9 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --lr-producer: the low-rank tiles loaded by the producer's idle warps (set_gemm_2l_lr_by_producer).
 --l2-prefetch: the producer asking L2 for the next tile's first stages halfway through each tile (set_gemm_2l_l2_prefetch).
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
---probe: timing probes of the loop (its bits then differ): no-widen, the loaded weight words used as fragments as they
-are (no widening); no-mma, the k-steps without their wgmmas (the widening and the stage ring alone).
+--probe: timing probes of the one-warpgroup loop (EP 22 / 23, persistent; its bits then differ): no-widen, the loaded
+weight words used as fragments as they are (no widening); no-mma, the k-steps without their wgmmas (the widening and
+the stage ring alone).
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--splits: one or two warpgroups, the pipelined loop")
     if args.warpgroups == 1 and (args.pingpong or args.turns or args.tile == 224):
         ap.error("--warpgroups 1: the pipelined loop on 128- or 256-token tiles")
-    if args.probe and (args.turns or args.pingpong):
-        ap.error("--probe: the pipelined loop's stamped kernels")
+    if args.probe and (args.warpgroups != 1 or args.splits):
+        ap.error("--probe: the one-warpgroup stamped kernel, persistent (--warpgroups 1, no --splits)")
     if args.warpgroups == 2 and args.tile == 128:
         ap.error("--tile 128: one warpgroup only (--warpgroups 1)")
     if args.splits and args.warpgroups == 2 and args.tile not in (0, 256):

@@ -80,10 +80,12 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v263: where a lone warpgroup's stage goes (perf-notes v2.40): the stamped-kernel tests (nothing timed if they
+#   v264: where a lone warpgroup's stage goes (perf-notes v2.40): the stamped-kernel tests (nothing timed if they
 #       fail), then the tile life of the one-warpgroup default GEMM at 256 x 3072 x 3072 (128-token tiles) and 512 x
-#       3072 x 3072 (256-token tiles), and of the three-warpgroup default at 4608 x 3072 x 3072, each as it is and with
-#       the loop probes no-widen and no-mma (gemm_2l_tile_life.py --probe)
+#       3072 x 3072 (256-token tiles), each as it is and with the loop probes no-widen and no-mma (EP 22 / 23,
+#       gemm_2l_tile_life.py --probe)
+#   (v263, as run at commit 0b96ce6: the same with the probes as runtime branches in every stamped kernel, which
+#       slowed their loops by 17-49 %; replaced by EP 22 / 23)
 #   v262: perf-notes v2.40's tree after g.60's removal (g.59 the default): test_lr_chain.py and test_one_warpgroup.py
 #       (nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,128; fo, fo_lp1, bf16, fp8d; ROUNDS, default 2),
 #       the one-warpgroup default GEMM's tile life with sub-steps at 256 x 3072 x 3072 (128-token tiles) and 512 x
@@ -768,15 +770,14 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v263 ]; then  # the loop probes of the stamped kernels
+if [ "$what" = v264 ]; then  # the one-warpgroup kernel's loop probes
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v263.log" 2>&1
-  rc=$?; echo "v263 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v263.log" | tail -4
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v264.log" 2>&1
+  rc=$?; echo "v264 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v264.log" | tail -4
   if [ $rc -eq 0 ]; then
-    for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072" \
-        "--warpgroups 3:4608x3072x3072"; do
+    for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v263.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
+      life_runs tile_life_v264.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
     done
   fi
 fi

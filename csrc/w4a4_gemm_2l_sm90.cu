@@ -126,16 +126,15 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
-constexpr int kFlagNoWiden = 256;    // set_gemm_2l_tile_life(.., loop_probe=1): probe, the stamped loop, no widening
-constexpr int kFlagNoMma = 512;      // set_gemm_2l_tile_life(.., loop_probe=2): probe, the stamped loop, no wgmmas
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 21); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 23); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 21; }
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 21); }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 23; }
+// (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 23); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -173,7 +172,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // set_gemm_2l_tile_life on the layouts of 17: the 192-token three-warpgroup and the 256-token two-warpgroup tiles with
 // their output in halves) 12 on 17's layout, so the tile life describes the default kernels; 20 (exact, set_gemm_2l_tile_life with the 256-token
 // tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters; 21
-// (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split.
+// (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split; 22 and 23 (timing
+// probes, set_gemm_2l_tile_life(.., loop_probe 1 / 2); perf-notes v2.40) 21 persistent with its k-steps unwidened / without
+// their wgmmas.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -191,7 +192,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
-  static_assert(CW != 1 || (PS && (EP == 10 || EP == 21) && LR == 0),
+  static_assert(CW != 1 || (PS && (EP == 10 || EP >= 21) && LR == 0),
                 "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
   static_assert(EP == 0 || (RF && (CW == 2 || exact(EP))),
                 "probes and variants: the register-fragment loop");
@@ -280,10 +281,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
-  // (timing probes of the stamped pipelined loop, wrong results) its k-steps' fragments the loaded words themselves
-  // (no widening; probe 7's mapping), or its k-steps without wgmmas (the widening and the ring alone)
-  const bool probe_no_widen = kStamped && (flags & kFlagNoWiden);
-  const bool probe_no_mma = kStamped && (flags & kFlagNoMma);
+  // (EP 22 / 23: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no widening;
+  // probe 7's mapping), or its k-steps without wgmmas (the widening and the stage ring alone)
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -628,7 +628,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       // independently, bound only by the stage ring
       uint32_t fa[4][4];
       auto widen_step = [&](int j) {
-        if (kStamped && probe_no_widen) {
+        if constexpr (kNoWiden) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) fa[j][h] = nw[h][j], fa[j][2 + h] = nw[h][j] ^ nsc[h][(32 * j) / G];
         } else {
@@ -636,7 +636,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         }
       };
       auto issue = [&](int i, int j) {
-        if (kStamped && probe_no_mma) {  // (the fragments kept live; an empty commit group keeps the loop's waits)
+        if constexpr (kNoMma) {  // (the fragments kept live; an empty commit group keeps the loop's waits)
 #pragma unroll
           for (int e = 0; e < 4; ++e) asm volatile("" ::"r"(fa[j][e]) : "memory");
         } else {
@@ -1024,7 +1024,7 @@ bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
-int g_life_probe = 0;          // set_gemm_2l_tile_life(.., loop_probe): 1 no widening, 2 no wgmmas (stamped kernels)
+int g_life_probe = 0;  // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1093,7 +1093,6 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int l2_prefetch = PS && FO && kExact && g_l2_prefetch ? kFlagL2Prefetch : 0;
   if (l2_prefetch) ++g_l2_prefetch_launches;
   const int no_store = stamped(EP) && g_life_no_store ? kFlagNoStore : 0;
-  const int loop_probe = !stamped(EP) ? 0 : g_life_probe == 1 ? kFlagNoWiden : g_life_probe == 2 ? kFlagNoMma : 0;
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
@@ -1106,8 +1105,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | loop_probe | life_sub | act_in_loop |
-                                lr_rolled);
+                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1436,6 +1434,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, bt1 / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22 / 23: the loop probes)
+        using B = __nv_bfloat16;
+        if (g_life_probe == 1)
+          return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 22>(a, 1, g_life, stream, num_sms)
+                            : launch_2l<B, 256, 64, false, false, true, true, true, 1, 22>(a, 1, g_life, stream, num_sms);
+        return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 23>(a, 1, g_life, stream, num_sms)
+                          : launch_2l<B, 256, 64, false, false, true, true, true, 1, 23>(a, 1, g_life, stream, num_sms);
+      }
       if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
