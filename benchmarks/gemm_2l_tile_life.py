@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
     ap.add_argument("--probe", choices=("no-widen", "no-mma"), default=None,
-                    help="a timing probe of the pipelined loop: no widening, or no wgmmas (wrong results)")
+                    help="a timing probe of the one-warpgroup loop: no widening, or no wgmmas (wrong results)")
     ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
     ap.add_argument("--splits", type=int, default=0, choices=range(2, 9), metavar="2..8",
                     help="the 256-token tile split over a cluster of this many CTAs (a split CTA's whole life)")

@@ -316,7 +316,9 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // benchmarks/gemm_2l_tile_life.py: the persistent register-fragment GEMM (bfloat16; two warpgroups on 224-token tiles, or
 // three) stamping clock64 at its tiles' steps into this int64 buffer (4 CTAs x its warpgroups x 8 tiles x 8; nullptr:
 // off). The same bits; no_store (a timing probe): the pipelined loop's stamped kernel leaves its output unwritten;
-// substeps: the buffer is twice that, and its second half gets the epilogue's sub-steps (8 .. 15 as 0 .. 7).
+// substeps: the buffer is twice that, and its second half gets the epilogue's sub-steps (8 .. 15 as 0 .. 7);
+// loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22) or
+// without its wgmmas (2, EP 23).
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
