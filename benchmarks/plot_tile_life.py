@@ -1,10 +1,12 @@
 """Chart a stored tile-life log (benchmarks/gemm_2l_tile_life.py, with --substeps): per kernel variant and warpgroup,
-the cycles of a tile outside its main loop, the store step split into its sub-steps where the log has them.
+the cycles of a tile outside its main loop, the store step split into its sub-steps where the log has them. Where a
+CTA has one tile only (the log's "to next" is nan: a few hundred tokens), the bar is the whole tile, its main loop too.
 
 usage: python benchmarks/plot_tile_life.py docs/perf/gemm_2l_tile_life_v237_h100.txt [--out PNG]
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -50,27 +52,38 @@ def main(argv: list[str] | None = None) -> int:
     args = log_args(__doc__, argv)
     plt = pyplot()
     device, rows = tile_life_rows(args.log)
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 2.2))
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 2.8))
     colors = {p: f"C{i % 10}" for i, p in enumerate([p for p in OUTSIDE if p != "store"] + SUBPARTS + ["store"])}
+    colors["loop"] = "#b0b0b0"
+    whole = False
     seen: set[str] = set()
     widest = 0.0
     for i, (_, parts) in enumerate(rows):
         left = 0.0
         store = SUBPARTS if all(p in parts for p in SUBPARTS) else ["store"]
         order = [q for p in OUTSIDE for q in (store if p == "store" else [p])]
+        one_tile = math.isnan(parts["to next"])  # (one tile per CTA: no next tile; the loop is drawn too)
+        if one_tile:
+            order = ["stage wait", "first issue", "loop"] + [q for q in order if q not in ("stage wait", "first issue",
+                                                                                          "to next")]
+            whole = True
         for p in order:
             ax.barh(i, parts[p], left=left, color=colors[p], label=p if p not in seen else None,
                     hatch="//" if p in SUBPARTS else None, edgecolor="white", linewidth=0.3)
             seen.add(p)
             left += parts[p]
-        ax.text(left + 80, i, f"loop {parts['loop'] / 1e3:.1f}k", va="center", fontsize=7)
+        if not one_tile:
+            ax.text(left + 80, i, f"loop {parts['loop'] / 1e3:.1f}k", va="center", fontsize=7)
         widest = max(widest, left)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("cycles per tile outside the main loop (medians; the store step by sub-steps, hatched)", fontsize=8)
+    ax.set_xlabel(("cycles per tile (one tile per CTA: the whole tile, main loop grey; medians; the store step by "
+                   "sub-steps, hatched)") if whole else
+                  "cycles per tile outside the main loop (medians; the store step by sub-steps, hatched)", fontsize=8)
     ax.set_xlim(0, widest * 1.15)
-    ax.set_title(f"{device}: where a persistent int4_2l GEMM tile's fixed part goes", fontsize=10)
-    ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.45, -0.08))
+    ax.set_title(f"{device}: where a persistent int4_2l GEMM tile's " + ("time" if whole else "fixed part") + " goes "
+                 "(benchmarks/gemm_2l_tile_life.py)", fontsize=10)
+    ax.legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.45, -0.2))
     save_figure(fig, args.out, args.log)
     return 0
 
