@@ -48,6 +48,17 @@ def tile_life_rows(path: str | Path) -> tuple[str, list[tuple[str, dict[str, flo
     return device, rows
 
 
+def bar_parts(parts: dict[str, float]) -> list[tuple[str, float]]:
+    """A row's bar, in a tile's order: the parts outside the main loop (the store by sub-steps where the log has them);
+    where the CTA has one tile ("to next" nan), the whole tile: the main loop too, no "to next"."""
+    store = SUBPARTS if all(p in parts for p in SUBPARTS) else ["store"]
+    order = [q for p in OUTSIDE for q in (store if p == "store" else [p])]
+    if math.isnan(parts["to next"]):
+        order = ["stage wait", "first issue", "loop"] + [q for q in order if q not in ("stage wait", "first issue",
+                                                                                      "to next")]
+    return [(p, parts[p]) for p in order]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = log_args(__doc__, argv)
     plt = pyplot()
@@ -60,18 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     widest = 0.0
     for i, (_, parts) in enumerate(rows):
         left = 0.0
-        store = SUBPARTS if all(p in parts for p in SUBPARTS) else ["store"]
-        order = [q for p in OUTSIDE for q in (store if p == "store" else [p])]
         one_tile = math.isnan(parts["to next"])  # (one tile per CTA: no next tile; the loop is drawn too)
-        if one_tile:
-            order = ["stage wait", "first issue", "loop"] + [q for q in order if q not in ("stage wait", "first issue",
-                                                                                          "to next")]
-            whole = True
-        for p in order:
-            ax.barh(i, parts[p], left=left, color=colors[p], label=p if p not in seen else None,
+        whole = whole or one_tile
+        for p, cycles in bar_parts(parts):
+            ax.barh(i, cycles, left=left, color=colors[p], label=p if p not in seen else None,
                     hatch="//" if p in SUBPARTS else None, edgecolor="white", linewidth=0.3)
             seen.add(p)
-            left += parts[p]
+            left += cycles
         if not one_tile:
             ax.text(left + 80, i, f"loop {parts['loop'] / 1e3:.1f}k", va="center", fontsize=7)
         widest = max(widest, left)

@@ -93,6 +93,43 @@ def test_plot_chain_timeline_reads_the_stored_log(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_chain_timeline_labels_the_runs_of_a_log(tmp_path):
+    """A log of two runs (v260: one ring, then two rings): each row carries its run's label, and what precedes the GEMM
+    (span - GEMM - gaps) is the quantizer's time where the down projection runs chained under the GEMM."""
+    import plot_chain_timeline
+
+    device, rows = plot_chain_timeline.parse((PERF / "chain_timeline_v260_h100.txt").read_text())
+    assert device == "NVIDIA H100 80GB HBM3"
+    assert [r["run"] for r in rows] == ["run 1", "run 1", "2 rings", "2 rings"]
+    two = rows[2]
+    assert (two["K"], two["N"], two["down"], two["gemm"]) == (3072, 3072, 8.6, 13.1)
+    assert two["span"] - two["gemm"] - two["gaps"] == pytest.approx(3.3)  # ~ the quantizer's 2.9 and its launch
+    out = tmp_path / "runs.png"
+    assert plot_chain_timeline.main([str(PERF / "chain_timeline_v260_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_tile_life_draws_a_one_tile_log_whole(tmp_path):
+    """A tile-life log of one tile per CTA ("to next" printed as nan, v262): rows parse with the nan, and the chart is
+    drawn (the whole tile, loop included) rather than failing on it."""
+    import math
+
+    import plot_tile_life
+
+    device, rows = plot_tile_life.tile_life_rows(PERF / "tile_life_v262_h100.txt")
+    assert device == "NVIDIA H100 80GB HBM3" and len(rows) == 2
+    parts = rows[0][1]
+    assert parts["loop"] == 16532 and math.isnan(parts["to next"]) and parts["stage out"] == 456
+    bar = dict(plot_tile_life.bar_parts(parts))
+    assert "to next" not in bar and bar["loop"] == 16532 and list(bar)[:3] == ["stage wait", "first issue", "loop"]
+    assert sum(bar.values()) == 1160 + 255 + 16532 + 145 + 246 + 313 + (198 + 91 + 456 + 33 + 32 + 224)
+    many = dict(plot_tile_life.bar_parts(plot_tile_life.tile_life_rows(PERF / "gemm_2l_tile_life_v237_h100.txt")[1][0][1]))
+    assert "loop" not in many and "to next" in many  # (several tiles per CTA: the parts outside the loop only)
+    out = tmp_path / "one_tile.png"
+    assert plot_tile_life.main([str(PERF / "tile_life_v262_h100.txt"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_plot_down_beside_reads_the_stored_sweep(tmp_path):
     """down_beside_sweep.py's table -> a row per shape with a value per column (the quantizer alone the fastest), and a
     chart."""
