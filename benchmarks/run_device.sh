@@ -83,7 +83,9 @@
 #   v264: where a lone warpgroup's stage goes (perf-notes v2.40): the stamped-kernel tests (nothing timed if they
 #       fail), then the tile life of the one-warpgroup default GEMM at 256 x 3072 x 3072 (128-token tiles) and 512 x
 #       3072 x 3072 (256-token tiles), each as it is and with the loop probes no-widen and no-mma (EP 22 / 23,
-#       gemm_2l_tile_life.py --probe)
+#       gemm_2l_tile_life.py --probe); then g.61 (set_gemm_2l_rf1_widening): its tests (nothing timed if they fail),
+#       ab_2l.py (BENCH_MS, default 256,512; fo, fo_ww, bf16, fp8d; ROUNDS, default 2), memcheck with it on
+#       (SANITIZE_WW=1)
 #   (v263, as run at commit 0b96ce6: the same with the probes as runtime branches in every stamped kernel, which
 #       slowed their loops by 17-49 %; replaced by EP 22 / 23)
 #   v262: perf-notes v2.40's tree after g.60's removal (g.59 the default): test_lr_chain.py and test_one_warpgroup.py
@@ -779,6 +781,11 @@ if [ "$what" = v264 ]; then  # the one-warpgroup kernel's loop probes
       sh="--shapes ${run#*:}"
       life_runs tile_life_v264.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
     done
+  fi
+  if tests_then_ab v264ww "tests/gpu/test_rf1_widening.py" --ms ${BENCH_MS:-256,512} --cols fo,fo_ww,bf16,fp8d \
+      --rounds ${ROUNDS:-2}; then
+    SANITIZE_WW=1 memcheck "$OUT/sanitize_memcheck_ww.log"
+    grep -E "widening warpgroup done|Error" "$OUT/sanitize_memcheck_ww.log" | tail -2
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes

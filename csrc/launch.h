@@ -320,6 +320,11 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22) or
 // without its wgmmas (2, EP 23).
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
+// (g.61, opt-in until measured) the one-warpgroup kernel (g.56, unsplit, group 64) with a second warpgroup that widens
+// each stage's weights into shared-memory A tiles, the consumer on shared-memory wgmmas (EP 24); the same bits
+void set_gemm_2l_rf1_widening(bool on);
+bool gemm_2l_rf1_widening();
+long long gemm_2l_rf1_widening_launches();  // (tests)
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

@@ -89,7 +89,7 @@ constexpr int kSmemLimit = 227 * 1024;
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1>
+          int OP = 1, int WW = 0>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -97,7 +97,8 @@ struct Tile2l {
   static constexpr int kWBytes = W8 ? kTileRows * kBK : kTileRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kTileRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
+  static constexpr int kABytes = W8 || (PS && FO && !WW) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
+  // (WW, g.61: a warpgroup widening the weights into four A tiles for the one consumer warpgroup's wgmmas)
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = LR ? LR : W8 ? 64 : 32;
   // PS: the low-rank tile [BT][kLrRank] as the epilogue wgmma's K-major B operand (rows of kLrRow bytes, swizzled by
@@ -107,12 +108,12 @@ struct Tile2l {
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
   static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
-      (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
+      (kSmemLimit - 1024 - (WS ? 128 : 64) - (WW ? 64 : 0) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
-  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0);
-  static constexpr int kThreads = WS ? kConsumers + 128 : kConsumers;
+  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0) + (WW ? 64 : 0);  // WW: A tiles full, free
+  static constexpr int kThreads = WS ? kConsumers + 128 * (1 + WW) : kConsumers;
   static constexpr int kSmem =
       kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
@@ -131,10 +132,12 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 23); }
+// (g.61) the one-warpgroup kernel with a widening warpgroup: its weights into shared-memory A tiles (see the kernel).
+__host__ __device__ constexpr int widening(int ep) { return ep == 24 ? 1 : 0; }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 23; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 24; }
 // (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 23); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 24); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -177,7 +180,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // their wgmmas.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -204,8 +207,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
+  // (EP 24, g.61) threads kCT .. kCT + 127 widen each stage's weights into A tile i % kNA (shared memory) for the one
+  // consumer warpgroup's shared-memory wgmmas; the producer warpgroup after them (kPT)
+  constexpr bool kWW = widening(EP) == 1;
+  constexpr int kPT = kCT + (kWW ? 128 : 0), kNA = 4;
+  static_assert(!kWW || (CW == 1 && PS && FO && G == 64), "the widening warpgroup: one consumer warpgroup, group 64");
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
@@ -244,6 +252,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
+  const uint32_t a_full = lr_full + 8, a_free = a_full + 8 * kNA;  // (kWW) A tile s widened / free again
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
@@ -257,8 +266,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32 + (kWW ? 4 : 0));  // (+ the widening warps)
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
+    if constexpr (kWW)
+      for (int s = 0; s < kNA; ++s) mbar_init(a_full + 8 * s, 4), mbar_init(a_free + 8 * s, 4);  // a warp each
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   // EP 8 (set_gemm_2l_rf_lead): the register-fragment loop's turns as per-warp counts of stages issued, [warpgroup][warp]
@@ -287,11 +298,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
-    if (tid >= kCT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
+    if (tid >= kPT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
       // the consumers' CTA and cluster barriers, and out
       if constexpr (CW == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
       else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-      if (tid == kCT) {
+      if (tid == kPT) {
         if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
@@ -313,12 +324,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
             load_stage(i);
           }
         }
-      } else if ((lr_late || lr_prod) && tid >= kCT + 32) {
+      } else if ((lr_late || lr_prod) && tid >= kPT + 32) {
         // warps 1-3: the low-rank tile and token scales (late: the first tile's, once the down projection is done;
         // lr_prod: every tile's, each once the consumers are past the previous tile's low-rank step: barrier kLrFree)
         // into the memory the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on
         // lr_full when their copies land, and warp 1's 32 at once (the barrier counts 128)
-        const int ct = tid - kCT - 32, chunks = R / 8;
+        const int ct = tid - kPT - 32, chunks = R / 8;
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
           if (tile != (int)blockIdx.x) {
             if (!lr_prod) break;
@@ -336,7 +347,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
           for (int i = ct; i < BT; i += 96)
             cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0f + i, M - 1), m0f + i < M ? 4 : 0);
           asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
-          if (tid < kCT + 64) mbar_arrive(lr_full);
+          if (tid < kPT + 64) mbar_arrive(lr_full);
         }
       }
       if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
@@ -430,14 +441,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // 4-byte loads (conflict-free under the swizzle) instead of one 16-byte load.
   const int wtid = tid & 127, jj = wtid & 3, rp = wtid >> 2;
   const int gi_base = (jj * 32) / G;
-  auto convert_stage = [&](int i, uint32_t a_tile) {
+  auto convert_stage = [&](int i, uint32_t a_tile, int wg_row) {  // wg_row: the warpgroup's first row in the tile
     const int buf = i % NS;
     const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
     const uint8_t* sc = wt + Cfg::kWBytes;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int rw = rp + 32 * i;  // row inside the warpgroup's tile
-      const int r = wg * 64 + rw;  // row inside the CTA tile
+      const int r = wg_row + rw;  // row inside the CTA tile
       uint32_t o[8];
       if constexpr (FO) {
         const FoConst fc = fo_const(sc[gi_base * kTR + r]);
@@ -461,6 +472,27 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     }
   };
 
+  // (EP 24, g.61) the widening warpgroup: each stage's 64 weight rows into A tile i % kNA once the consumer has freed
+  // it (its wgmmas of stage i - kNA done), then the tile's and the stage's arrivals (the weights are read; the
+  // consumer still reads the stage's activations), across this CTA's tiles
+  if constexpr (kWW) {
+    if (tid >= kCT) {
+      const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;
+      for (int i = 0; i < NK * ((num_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x); ++i) {
+        mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+        if (i >= kNA) mbar_wait(a_free + 8 * (i % kNA), (i / kNA - 1) & 1);
+        convert_stage(i, a_tiles + (i % kNA) * Cfg::kABytes, 0);
+        fence_proxy_async_smem();  // the generic stores before the wgmmas' (async proxy) reads
+        __syncwarp();
+        if (lane == 0) {
+          mbar_arrive(a_full + 8 * (i % kNA));
+          mbar_arrive(empty_bars + 8 * (i % NS));
+        }
+      }
+      return;
+    }
+  }
+
   // One K stage: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
   auto stage_step = [&](int i, uint32_t a_tile) {
     mark(i, 0);
@@ -474,7 +506,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if constexpr (W8) {  // this warpgroup's 64 rows of the stage's weight tile, as TMA wrote them
       a_tile = sbase + (i % NS) * Cfg::kStageBytes + Cfg::kActBytes + wg * 64 * kBK;
     } else {
-      convert_stage(i, a_tile);
+      convert_stage(i, a_tile, wg * 64);
       fence_proxy_async_smem();
       mark(i, 3);
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
@@ -618,7 +650,27 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
-    if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
+    if constexpr (kWW) {
+      // (g.61) shared-memory wgmmas on the widened A tiles: each stage's group in flight while the next is waited for;
+      // a stage and its A tile given back once that group is complete
+      const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;
+      auto give_back = [&](int i) {
+        if (lane == 0) {
+          mbar_arrive(empty_bars + 8 * (i % NS));
+          mbar_arrive(a_free + 8 * (i % kNA));
+        }
+      };
+      for (int i = done; i < done + NK; ++i) {
+        mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+        mbar_wait(a_full + 8 * (i % kNA), (i / kNA) & 1);
+        wgmma_stage<BT>(acc, desc_k128(a_tiles + (i % kNA) * Cfg::kABytes),
+                        desc_k128(sbase + (i % NS) * Cfg::kStageBytes));
+        wgmma_wait<1>();
+        if (i > done) give_back(i - 1);
+      }
+      wgmma_wait<0>();
+      give_back(done + NK - 1);
+    } else if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
       for (int i = done; i < done + NK; ++i) {
         mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
@@ -716,7 +768,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if constexpr (!W8) {  // packed: widened into the warpgroup's A tile i & 1, once every warp of the warpgroup
         a_tile = a_base + (i & 1) * Cfg::kABytes;  // is past its wait for stage i - 2's wgmmas (which read it)
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));
-        convert_stage(i, a_tile);
+        convert_stage(i, a_tile, wg * 64);
         fence_proxy_async_smem();
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
       }
@@ -1024,6 +1076,8 @@ bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
+bool g_rf1_widening = false;  // set_gemm_2l_rf1_widening (g.61, opt-in until measured)
+long long g_rf1_widening_launches = 0;  // (tests: which kernel ran)
 int g_life_probe = 0;  // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1042,7 +1096,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1292,6 +1346,9 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life_probe = stamps && (loop_probe == 1 || loop_probe == 2) ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
+void set_gemm_2l_rf1_widening(bool on) { g_rf1_widening = on; }
+bool gemm_2l_rf1_widening() { return g_rf1_widening; }
+long long gemm_2l_rf1_widening_launches() { return g_rf1_widening_launches; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
 void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
 void set_gemm_2l_lr_unrolled(bool on) { g_lr_unrolled = on; }
@@ -1446,6 +1503,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
                    : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
+      if (g_rf1_widening && s1 == 1 && a.group_size == 64) {  // (g.61, opt-in) the widening warpgroup
+        ++g_rf1_widening_launches;
+        if (bt1 == 128)
+          return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms)
+                    : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms);
+        return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms)
+                  : launch_2l<__half, 256, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms);
+      }
       if (bt1 == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);

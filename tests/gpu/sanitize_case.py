@@ -377,3 +377,27 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_cha
         torch.cuda.synchronize()
         assert ext.lr_chain_pipes_launches() > p0, "no chained down projection ran on two rings"
         print(f"chained down projection in two groups done ({ext.lr_chain_pipes_launches() - p0} launches)")
+
+# (g.61, SANITIZE_WW=1) the one-warpgroup kernel with its widening warpgroup: 128- and 256-token tiles, rows past M,
+# several tiles per CTA, the low-rank tile late after the chained down projection
+if os.environ.get("SANITIZE_WW") == "1" and hasattr(ext, "set_gemm_2l_rf1_widening"):
+    w0 = ext.gemm_2l_rf1_widening_launches()
+    ext.set_gemm_2l_rf1_widening(True)
+    for tile, (M, K, N), chain in [(128, (130, 1024, 256), 0), (256, (300, 384, 640), 0), (128, (256, 3072, 3072), 1)]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+        pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
+        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+        wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
+        wch = torch.rand(N, device="cuda", generator=g)
+        pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
+        ext.set_gemm_2l_rf_warpgroups(1, tile)
+        ext.set_lr_chain(chain)
+        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
+        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
+    ext.set_lr_chain(-1)
+    ext.set_gemm_2l_rf_warpgroups(0, 0)
+    ext.set_gemm_2l_rf1_widening(False)
+    torch.cuda.synchronize()
+    assert ext.gemm_2l_rf1_widening_launches() - w0 == 3, "the widening warpgroup's kernel did not run each time"
+    print("widening warpgroup done")
