@@ -333,6 +333,19 @@ if hasattr(ext, "rms_norm_rope"):
     torch.cuda.synchronize()
     print("rms_norm_rope case done")
 
+def _rank32_problem(M: int, K: int, N: int):
+    """A bfloat16 rank-32 layer's inputs: x, smooth, proj_down, packed int4 weights, integer group scales, channel
+    scales, proj_up."""
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+    pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
+    qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
+    wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
+    wch = torch.rand(N, device="cuda", generator=g)
+    pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
+    return x, smooth, pd, qw, wsc, wch, pu
+
+
 # the chained down projection (set_lr_chain) and GEMMs taking lr late: the persistent kernels unsplit, split over a
 # cluster and with three warpgroups, an awkward M, a rank-96 quantizer call read as a column block
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_chain"):
@@ -363,13 +376,7 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_cha
         ext.set_lr_chain_pipes(2)
         p0 = ext.lr_chain_pipes_launches()
         for M, K, N in [(130, 1024, 256), (256, 3072, 384), (100, 768, 256), (256, 3072, 3072)]:
-            x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-            smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
-            pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
-            qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
-            wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
-            wch = torch.rand(N, device="cuda", generator=g)
-            pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
+            x, smooth, pd, qw, wsc, wch, pu = _rank32_problem(M, K, N)
             xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
             ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
         ext.set_lr_chain_pipes(2)
@@ -384,13 +391,7 @@ if os.environ.get("SANITIZE_WW") == "1" and hasattr(ext, "set_gemm_2l_rf1_wideni
     w0 = ext.gemm_2l_rf1_widening_launches()
     ext.set_gemm_2l_rf1_widening(True)
     for tile, (M, K, N), chain in [(128, (130, 1024, 256), 0), (256, (300, 384, 640), 0), (128, (256, 3072, 3072), 1)]:
-        x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
-        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
-        pd = torch.randn(K, 32, device="cuda", generator=g).to(torch.bfloat16)
-        qw = pack_int4(torch.randint(-8, 8, (N, K), device="cuda", generator=g, dtype=torch.int8))
-        wsc = torch.randint(1, 17, (K // 64, N), device="cuda", generator=g, dtype=torch.uint8)
-        wch = torch.rand(N, device="cuda", generator=g)
-        pu = torch.randn(N, 32, device="cuda", generator=g).to(torch.bfloat16)
+        x, smooth, pd, qw, wsc, wch, pu = _rank32_problem(M, K, N)
         ext.set_gemm_2l_rf_warpgroups(1, tile)
         ext.set_lr_chain(chain)
         xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
