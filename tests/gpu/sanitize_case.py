@@ -333,6 +333,7 @@ if hasattr(ext, "rms_norm_rope"):
     torch.cuda.synchronize()
     print("rms_norm_rope case done")
 
+
 def _rank32_problem(M: int, K: int, N: int):
     """A bfloat16 rank-32 layer's inputs: x, smooth, proj_down, packed int4 weights, integer group scales, channel
     scales, proj_up."""
