@@ -167,12 +167,12 @@ void set_gemm_2l_persistent(int mode);
 int gemm_2l_persistent();
 // Weights in fragment order, persistent: the register-fragment loop's consumer warpgroups (0: the cost model picks
 // 2 or 3, 2 or 3 forced; 3 needs N % 192 == 0) and, with three, the token tile (128 or 192; 0: the model). 1 (g.56,
-// opt-in until measured): one consumer warpgroup on 64-row tiles of `tile` tokens (128, else 256), for branch ranks
-// <= 32, persistent or split over a cluster by set_gemm_2l_rf_splits; the same bits.
+// forced): one consumer warpgroup on 64-row tiles of `tile` tokens (128, else 256), for branch ranks <= 32, persistent
+// or split over a cluster by set_gemm_2l_rf_splits; the same bits.
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
-// (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; opt-in until timed)
+// (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; on by default since v2.39)
 void set_gemm_2l_rf1_auto(bool on);
 bool gemm_2l_rf1_auto();
 // rf_cost's stage of the three-warpgroup loop in cycles at 128 / 192 tokens (0: the model's, set_gemm_2l_rf3_model:
@@ -217,7 +217,7 @@ cudaError_t launch_lowrank_down(DType dtype, const void* x, const void* pd, void
 // set_lr_chain: -1 (default) where the binding's rule says it pays, 0 never, 1 wherever the shape allows (32 CTAs).
 void set_lr_chain(int mode);
 int lr_chain();
-void set_lr_chain_pipes(int pipes);  // (g.59) the chained down projection's groups of four warps per CTA: 1 or 2
+void set_lr_chain_pipes(int pipes);  // (g.59) the chained down projection's groups of four warps per CTA: 2 (default) or 1
 int lr_chain_pipes();
 long long lr_chain_pipes_launches();  // (tests)
 bool lowrank_down_chain_takes(int M, int K, int R);  // the mode is not 0 and the shape fits

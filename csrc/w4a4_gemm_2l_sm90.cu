@@ -253,6 +253,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const uint32_t empty_bars = bars + 8 * NS;
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
   const uint32_t a_full = lr_full + 8, a_free = a_full + 8 * kNA;  // (kWW) A tile s widened / free again
+  const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;  // (kWW) the kNA A tiles, after the stages
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
@@ -477,18 +478,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // consumer still reads the stage's activations), across this CTA's tiles
   if constexpr (kWW) {
     if (tid >= kCT) {
-      const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;
-      for (int i = 0; i < NK * ((num_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x); ++i) {
-        mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
-        if (i >= kNA) mbar_wait(a_free + 8 * (i % kNA), (i / kNA - 1) & 1);
-        convert_stage(i, a_tiles + (i % kNA) * Cfg::kABytes, 0);
-        fence_proxy_async_smem();  // the generic stores before the wgmmas' (async proxy) reads
-        __syncwarp();
-        if (lane == 0) {
-          mbar_arrive(a_full + 8 * (i % kNA));
-          mbar_arrive(empty_bars + 8 * (i % NS));
+      int i = 0;  // the stage count runs on over this CTA's tiles, as the producer's does
+      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
+        for (int kt = 0; kt < NK; ++kt, ++i) {
+          mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+          if (i >= kNA) mbar_wait(a_free + 8 * (i % kNA), (i / kNA - 1) & 1);
+          convert_stage(i, a_tiles + (i % kNA) * Cfg::kABytes, 0);
+          fence_proxy_async_smem();  // the generic stores before the wgmmas' (async proxy) reads
+          __syncwarp();
+          if (lane == 0) {
+            mbar_arrive(a_full + 8 * (i % kNA));
+            mbar_arrive(empty_bars + 8 * (i % NS));
+          }
         }
-      }
       return;
     }
   }
@@ -653,7 +655,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if constexpr (kWW) {
       // (g.61) shared-memory wgmmas on the widened A tiles: each stage's group in flight while the next is waited for;
       // a stage and its A tile given back once that group is complete
-      const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;
       auto give_back = [&](int i) {
         if (lane == 0) {
           mbar_arrive(empty_bars + 8 * (i % NS));
