@@ -80,12 +80,13 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v264: where a lone warpgroup's stage goes (perf-notes v2.40): the stamped-kernel tests (nothing timed if they
-#       fail), then the tile life of the one-warpgroup default GEMM at 256 x 3072 x 3072 (128-token tiles) and 512 x
-#       3072 x 3072 (256-token tiles), each as it is and with the loop probes no-widen and no-mma (EP 22 / 23,
-#       gemm_2l_tile_life.py --probe); then g.61 (set_gemm_2l_rf1_widening): its tests (nothing timed if they fail),
-#       ab_2l.py (BENCH_MS, default 256,512; fo, fo_ww, bf16, fp8d; ROUNDS, default 2), memcheck with it on
-#       (SANITIZE_WW=1)
+#   v265: where a lone warpgroup's stage goes (perf-notes v2.40-v2.41): the stamped-kernel tests (nothing timed if
+#       they fail), then the tile life of the one-warpgroup default GEMM at 256 x 3072 x 3072 (128-token tiles) and 512
+#       x 3072 x 3072 (256-token tiles), each as it is and with the loop probes no-widen and no-mma (EP 22 / 23,
+#       gemm_2l_tile_life.py --probe); then g.61 (set_gemm_2l_rf1_widening) and g.62 (set_gemm_2l_rf1_ksplit): their
+#       tests (tests/gpu/test_rf1_variants.py; nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,512; fo,
+#       fo_ww, fo_ks, bf16, fp8d; ROUNDS, default 2), memcheck with both on (SANITIZE_WW=1 SANITIZE_KS=1)
+#   (v264, the same without g.62, never ran: every start was refused)
 #   (v263, as run at commit 0b96ce6: the same with the probes as runtime branches in every stamped kernel, which
 #       slowed their loops by 17-49 %; replaced by EP 22 / 23)
 #   v262: perf-notes v2.40's tree after g.60's removal (g.59 the default): test_lr_chain.py and test_one_warpgroup.py
@@ -772,20 +773,20 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v264 ]; then  # the one-warpgroup kernel's loop probes
+if [ "$what" = v265 ]; then  # the one-warpgroup kernel's loop probes, then g.61 and g.62
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v264.log" 2>&1
-  rc=$?; echo "v264 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v264.log" | tail -4
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v265.log" 2>&1
+  rc=$?; echo "v265 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v265.log" | tail -4
   if [ $rc -eq 0 ]; then
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v264.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
+      life_runs tile_life_v265.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
     done
   fi
-  if tests_then_ab v264ww "tests/gpu/test_rf1_widening.py" --ms ${BENCH_MS:-256,512} --cols fo,fo_ww,bf16,fp8d \
+  if tests_then_ab v265v "tests/gpu/test_rf1_variants.py" --ms ${BENCH_MS:-256,512} --cols fo,fo_ww,fo_ks,bf16,fp8d \
       --rounds ${ROUNDS:-2}; then
-    SANITIZE_WW=1 memcheck "$OUT/sanitize_memcheck_ww.log"
-    grep -E "widening warpgroup done|Error" "$OUT/sanitize_memcheck_ww.log" | tail -2
+    SANITIZE_WW=1 SANITIZE_KS=1 memcheck "$OUT/sanitize_memcheck_v.log"
+    grep -E "rf1_widening done|rf1_ksplit done|Error" "$OUT/sanitize_memcheck_v.log" | tail -3
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes

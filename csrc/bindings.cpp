@@ -1142,6 +1142,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_rf1_widening", &svdq::gemm_2l_rf1_widening, "whether set_gemm_2l_rf1_widening is on");
   m.def("gemm_2l_rf1_widening_launches", &svdq::gemm_2l_rf1_widening_launches,
         "GEMM launches of the one-warpgroup kernel with the widening warpgroup (tests)");
+  m.def("set_gemm_2l_rf1_ksplit", &svdq::set_gemm_2l_rf1_ksplit, pybind11::arg("on"),
+        "(g.62, perf-notes v2.41; opt-in until measured) the one-consumer-warpgroup GEMM's 128-token tiles (g.56; "
+        "unsplit, group 64) on two consumer warpgroups that split each tile's K stage by stage, the second's int32 "
+        "partials summed by the first; the same bits");
+  m.def("gemm_2l_rf1_ksplit", &svdq::gemm_2l_rf1_ksplit, "whether set_gemm_2l_rf1_ksplit is on");
+  m.def("gemm_2l_rf1_ksplit_launches", &svdq::gemm_2l_rf1_ksplit_launches,
+        "GEMM launches of the one-warpgroup tiles on two warpgroups with K split (tests)");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

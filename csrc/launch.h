@@ -325,6 +325,12 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool subste
 void set_gemm_2l_rf1_widening(bool on);
 bool gemm_2l_rf1_widening();
 long long gemm_2l_rf1_widening_launches();  // (tests)
+// (g.62, opt-in until measured) the one-warpgroup kernel's 128-token tiles (unsplit, group 64) on two consumer
+// warpgroups that split each tile's K stage by stage, warpgroup 1's int32 partials summed by warpgroup 0 (EP 25); the
+// same bits
+void set_gemm_2l_rf1_ksplit(bool on);
+bool gemm_2l_rf1_ksplit();
+long long gemm_2l_rf1_ksplit_launches();  // (tests)
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

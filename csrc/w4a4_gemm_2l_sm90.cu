@@ -88,10 +88,11 @@ constexpr int kSmemLimit = 227 * 1024;
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
+// KS (g.62): the two consumer warpgroups share one 64-row tile, K split between them stage by stage.
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1, int WW = 0>
+          int OP = 1, int WW = 0, int KS = 0>
 struct Tile2l {
-  static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
+  static constexpr int kTileRows = KS ? 64 : 64 * CW;  // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kTileRows * kBK : kTileRows * kBK / 2;
@@ -106,16 +107,18 @@ struct Tile2l {
   static constexpr int kLrRow = kLrRank * 2;
   static constexpr int kXsOff = BT * (kLrRow + 16);
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
-  static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
+  static constexpr int kOutBytes = PS ? BT * 2 * kTileRows / OP : 0;  // PS: the output's staging for TMA stores
+  static constexpr int kXBytes = KS ? BT / 2 * 4 * 128 : 0;  // (KS) warpgroup 1's int32 partials for warpgroup 0
   static constexpr int kStagesFit =
-      (kSmemLimit - 1024 - (WS ? 128 : 64) - (WW ? 64 : 0) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
+      (kSmemLimit - 1024 - (WS ? 128 : 64) - (WW ? 64 : 0) - 4 * kABytes - kLrBytes - kOutBytes - kXBytes) /
+      kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0) + (WW ? 64 : 0);  // WW: A tiles full, free
   static constexpr int kThreads = WS ? kConsumers + 128 * (1 + WW) : kConsumers;
   static constexpr int kSmem =
-      kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
+      kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kXBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
@@ -134,10 +137,12 @@ __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 23); }
 // (g.61) the one-warpgroup kernel with a widening warpgroup: its weights into shared-memory A tiles (see the kernel).
 __host__ __device__ constexpr int widening(int ep) { return ep == 24 ? 1 : 0; }
+// (g.62) two consumer warpgroups on one 64-row tile, K split between them (see the kernel).
+__host__ __device__ constexpr int ksplit(int ep) { return ep == 25 ? 1 : 0; }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 24; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 25; }
 // (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 24); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 25); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -180,7 +185,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // their wgmmas.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -207,13 +212,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   // (EP 24, g.61) threads kCT .. kCT + 127 widen each stage's weights into A tile i % kNA (shared memory) for the one
   // consumer warpgroup's shared-memory wgmmas; the producer warpgroup after them (kPT)
   constexpr bool kWW = widening(EP) == 1;
   constexpr int kPT = kCT + (kWW ? 128 : 0), kNA = 4;
   static_assert(!kWW || (CW == 1 && PS && FO && G == 64), "the widening warpgroup: one consumer warpgroup, group 64");
+  // (EP 25, g.62) both consumer warpgroups on the tile's 64 rows, warpgroup w taking its stages done + w, + 2, ...; after
+  // the loop warpgroup 1 hands its int32 partials to warpgroup 0 through shared memory (exact: one integer sum) and goes
+  // on to its next tile, while warpgroup 0 alone runs the epilogue and loads the low-rank tiles
+  constexpr bool kKS = ksplit(EP) == 1;
+  static_assert(!kKS || (CW == 2 && PS && FO && LR == 0), "K split within the CTA: two warpgroups, fragment order");
+  constexpr int kXFull = 2 + 2 * CW + 1, kXFree = kXFull + 1;  // (kKS) named barriers after kLrFree
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
@@ -249,7 +260,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (PS: the output tile's staging, then the low-rank tile's own memory, between the stages and the barriers)
   const uint32_t out_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   const uint32_t lr_region = out_region + Cfg::kOutBytes;
-  const uint32_t bars = lr_region + Cfg::kLrBytes;
+  const uint32_t x_region = lr_region + Cfg::kLrBytes;  // (kKS) the partials' hand-over, [octet][thread] int4
+  const uint32_t bars = x_region + Cfg::kXBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
   const uint32_t a_full = lr_full + 8, a_free = a_full + 8 * kNA;  // (kWW) A tile s widened / free again
@@ -267,7 +279,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32 + (kWW ? 4 : 0));  // (+ the widening warps)
+      for (int s = 0; s < NS; ++s)  // (+ the widening warps; K split: a stage is one warpgroup's)
+        mbar_init(empty_bars + 8 * s, kKS ? 4 : kCT / 32 + (kWW ? 4 : 0));
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
     if constexpr (kWW)
       for (int s = 0; s < kNA; ++s) mbar_init(a_full + 8 * s, 4), mbar_init(a_free + 8 * s, 4);  // a warp each
@@ -287,7 +300,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const bool lr_late = PS && kExact && (flags & kFlagLrLate);
   // (set_gemm_2l_lr_by_producer) the producer's warps 1-3 load every tile's low-rank tile and token scales, so no
   // consumer issues a copy that its epilogue's proxy fence (MEMBAR.ALL.CTA) would wait for
-  const bool lr_prod = PS && RF && !kCoupled && kExact && (flags & kFlagLrProducer);
+  const bool lr_prod = PS && RF && !kCoupled && kExact && !kKS && (flags & kFlagLrProducer);
   // (set_gemm_2l_l2_prefetch) halfway through a tile's stages the producer asks L2 for the next tile's first stages
   const bool l2_prefetch = PS && RF && kExact && (flags & kFlagL2Prefetch);
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
@@ -374,7 +387,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   int acc[Cfg::kAcc] = {};  // zeroed per tile below; initialised here for the tracing stamps' reads
 
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
-  const int rA = wg * 64 + warp * 16 + g;
+  const int rA = (kKS ? 0 : wg * 64) + warp * 16 + g;
   const int rB = rA + 8;
   // two int8 A tiles per warpgroup (double buffer), after the stages
   const uint32_t a_base = sbase + NS * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
@@ -612,8 +625,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       load_lr_tile();
       for (int i = tid; i < BT; i += kCT) copy_xs(m0, i);
       cp_async_commit();
-    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
-      load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)
+    } else if (tile == (int)blockIdx.x && wg == (kKS ? 0 : CW - 1) && !lr_late && !lr_prod) {
+      load_lr_async(m0);  // the first tile's; later ones at the previous epilogue (late, lr_prod: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -704,7 +717,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      if constexpr (kKS) {  // (g.62) this warpgroup's stages: done + wg, done + wg + 2, ...
+        auto at = [&](int n) { return done + wg + 2 * n; };
+        if (NK > wg)
+          rf_pipelined_loop(
+              0, (NK - wg + 1) / 2, [&](int n) { fetch(at(n)); }, widen_step, [&](int n, int j) { issue(at(n), j); },
+              [&](int n) { release(at(n)); });
+      } else {
+        rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      }
     } else {
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
@@ -793,6 +814,28 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   } else {
     __syncthreads();
   }
+  if constexpr (kKS) {  // (g.62) warpgroup 1's partials to warpgroup 0, which sums them into its own
+    auto x_at = [&](int j) { return x_region + (uint32_t)(j * 128 + (tid & 127)) * 16; };
+    if (wg == 1) {  // (the hand-over memory is free once warpgroup 0 has read the previous tile's)
+      if (tile != (int)blockIdx.x) asm volatile("bar.sync %0, 256;\n" ::"n"(kXFree) : "memory");
+#pragma unroll
+      for (int j = 0; j < Cfg::kAcc / 4; ++j)
+        asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(x_at(j)), "r"(acc[4 * j]), "r"(acc[4 * j + 1]),
+                     "r"(acc[4 * j + 2]), "r"(acc[4 * j + 3]) : "memory");
+      asm volatile("bar.arrive %0, 256;\n" ::"n"(kXFull) : "memory");
+      continue;  // the next tile's stages
+    }
+    asm volatile("bar.sync %0, 256;\n" ::"n"(kXFull) : "memory");
+#pragma unroll
+    for (int j = 0; j < Cfg::kAcc / 4; ++j) {
+      int v[4];
+      asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(x_at(j)) : "memory");
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[4 * j + e] += v[e];
+    }
+    if (tile + (int)gridDim.x < num_tiles) asm volatile("bar.arrive %0, 256;\n" ::"n"(kXFree) : "memory");
+  }
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
   int jlo = 0, jhi = JB;      // the blocks this CTA finishes and stores
@@ -872,7 +915,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // PS, decoupled: past the low-rank step the tile's lr / token scales are free: the others arrive, the loader waits
   // for them and loads the next tile's
   auto lr_free = [&] {
-    if constexpr (PS && !kCoupled) {
+    if constexpr (kKS) {  // (g.62) warpgroup 0 alone reads the tile's: the next tile's may come at once
+      if (tile + (int)gridDim.x < num_tiles) load_lr_async(((tile + (int)gridDim.x) / row_tiles) * BT);
+    } else if constexpr (PS && !kCoupled) {
       if (lr_prod) {  // the producer's warps wait for every consumer's arrival, then load the next tile's
         if (tile + (int)gridDim.x < num_tiles)
           asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
@@ -1079,6 +1124,8 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 bool g_rf1_widening = false;  // set_gemm_2l_rf1_widening (g.61, opt-in until measured)
 long long g_rf1_widening_launches = 0;  // (tests: which kernel ran)
+bool g_rf1_ksplit = false;  // set_gemm_2l_rf1_ksplit (g.62, opt-in until measured)
+long long g_rf1_ksplit_launches = 0;  // (tests: which kernel ran)
 int g_life_probe = 0;  // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1097,7 +1144,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1350,6 +1397,9 @@ void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_rf1_widening(bool on) { g_rf1_widening = on; }
 bool gemm_2l_rf1_widening() { return g_rf1_widening; }
 long long gemm_2l_rf1_widening_launches() { return g_rf1_widening_launches; }
+void set_gemm_2l_rf1_ksplit(bool on) { g_rf1_ksplit = on; }
+bool gemm_2l_rf1_ksplit() { return g_rf1_ksplit; }
+long long gemm_2l_rf1_ksplit_launches() { return g_rf1_ksplit_launches; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
 void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
 void set_gemm_2l_lr_unrolled(bool on) { g_lr_unrolled = on; }
@@ -1504,6 +1554,11 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
                    : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
+      if (g_rf1_ksplit && s1 == 1 && bt1 == 128 && a.group_size == 64) {  // (g.62, opt-in) two warpgroups, K split
+        ++g_rf1_ksplit_launches;
+        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 2, 25>(a, 1, nullptr, stream, num_sms)
+                  : launch_2l<__half, 128, 64, false, false, true, true, true, 2, 25>(a, 1, nullptr, stream, num_sms);
+      }
       if (g_rf1_widening && s1 == 1 && a.group_size == 64) {  // (g.61, opt-in) the widening warpgroup
         ++g_rf1_widening_launches;
         if (bt1 == 128)
