@@ -58,10 +58,10 @@ def _gemm(kernels, xq, xs, qf, w, lr, act=None):
 @pytest.mark.parametrize("dtype,M,K,N,R", [(torch.bfloat16, 7, 1024, 128, 32), (torch.bfloat16, 255, 3072, 384, 0),
                                            (torch.float16, 300, 1280, 896, 16), (torch.bfloat16, 256, 3072, 3072, 32),
                                            (torch.bfloat16, 2000, 2048, 768, 32), (torch.float16, 513, 384, 256, 32),
-                                           (torch.bfloat16, 97, 128, 192, 32), (torch.bfloat16, 1500, 640, 320, 16)])
+                                           (torch.bfloat16, 97, 128, 256, 32), (torch.bfloat16, 1500, 640, 1536, 16)])
 def test_the_variant_gives_the_same_bits(hopper, variant, tile, dtype, M, K, N, R):
     """Against the one-warpgroup register-fragment kernel (the same tile) on the same inputs; 2000 x 2048 x 768,
-    513 x 384 x 256 and 1500 x 640 x 320 give CTAs several tiles (the rings' phases carried across them; K = 384 / 640:
+    513 x 384 x 256 and 1500 x 640 x 1536 give CTAs several tiles (the rings' phases carried across them; K = 384 / 640:
     three / five stages a tile); K = 128, one stage: the K split's second warpgroup has none."""
     x, smooth, pd = _acts(M, K, R, dtype, seed=M + tile + 91)
     w = _weights(N, K, R, dtype, 64, seed=tile + R + 91, bias=R != 16)
