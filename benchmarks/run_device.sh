@@ -80,14 +80,13 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v265: where a lone warpgroup's stage goes (perf-notes v2.40-v2.41): the stamped-kernel tests (nothing timed if
-#       they fail), then the tile life of the one-warpgroup default GEMM at 256 x 3072 x 3072 (128-token tiles) and 512
-#       x 3072 x 3072 (256-token tiles), each as it is and with the loop probes no-widen and no-mma (EP 22 / 23,
-#       gemm_2l_tile_life.py --probe); then g.61 (set_gemm_2l_rf1_widening) and g.62 (set_gemm_2l_rf1_ksplit): their
-#       tests (tests/gpu/test_rf1_variants.py; nothing timed if they fail), ab_2l.py (BENCH_MS, default 256,512; fo,
-#       fo_ww, fo_ks, bf16, fp8d; ROUNDS, default 2), memcheck with both on (SANITIZE_WW=1 SANITIZE_KS=1)
-#   v265b: v265 without the tile life (its first call ran the probes; a test shape the binding rejects stopped it)
-#   (v264, the same without g.62, never ran: every start was refused)
+#   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
+#       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
+#       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
+#       tiles, without wgmmas, without both)
+#   (v265 / v265b, as run at commits f1b5940 / 419c469: the tile life with the probes no-widen and no-mma, then g.61
+#       and g.62 (set_gemm_2l_rf1_widening / _ksplit): their tests, ab_2l.py with fo_ww / fo_ks, memcheck; both
+#       measured slower and removed in v2.41. v264, the same without g.62, never ran)
 #   (v263, as run at commit 0b96ce6: the same with the probes as runtime branches in every stamped kernel, which
 #       slowed their loops by 17-49 %; replaced by EP 22 / 23)
 #   v262: perf-notes v2.40's tree after g.60's removal (g.59 the default): test_lr_chain.py and test_one_warpgroup.py
@@ -774,20 +773,16 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v265 ] || [ "$what" = v265b ]; then  # the one-warpgroup kernel's loop probes (v265b: not), g.61, g.62
+if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes without the activation loads
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v265.log" 2>&1
-  rc=$?; echo "v265 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v265.log" | tail -4
-  if [ $rc -eq 0 ] && [ "$what" = v265 ]; then
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v266.log" 2>&1
+  rc=$?; echo "v266 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v266.log" | tail -4
+  if [ $rc -eq 0 ]; then
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v265.log "${run%%:*}" "$sh" "$sh --probe no-widen" "$sh --probe no-mma"
+      life_runs tile_life_v266.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
+        "$sh --probe no-act-mma"
     done
-  fi
-  if tests_then_ab v265v "tests/gpu/test_rf1_variants.py" --ms ${BENCH_MS:-256,512} --cols fo,fo_ww,fo_ks,bf16,fp8d \
-      --rounds ${ROUNDS:-2}; then
-    SANITIZE_WW=1 SANITIZE_KS=1 memcheck "$OUT/sanitize_memcheck_v.log"
-    grep -E "rf1_widening done|rf1_ksplit done|Error" "$OUT/sanitize_memcheck_v.log" | tail -3
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes

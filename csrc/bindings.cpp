@@ -1132,23 +1132,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "(a timing probe, wrong results): the pipelined loop's stamped kernel does not write its output; substeps: the "
       "buffer is twice that, its second half the epilogue's sub-steps (the stamped kernels of the pipelined loop); "
       "loop_probe (timing probes, wrong results; the one-warpgroup kernel, persistent): 1 its loop without widening "
-      "(the loaded words as fragments), 2 without its wgmmas",
+      "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);
-  m.def("set_gemm_2l_rf1_widening", &svdq::set_gemm_2l_rf1_widening, pybind11::arg("on"),
-        "(g.61, perf-notes v2.40; opt-in until measured) the one-consumer-warpgroup GEMM (g.56; unsplit, group 64) with "
-        "a second warpgroup widening each stage's weights into shared-memory A tiles and the consumer on "
-        "shared-memory wgmmas, so its stage no longer waits on the widening; the same bits");
-  m.def("gemm_2l_rf1_widening", &svdq::gemm_2l_rf1_widening, "whether set_gemm_2l_rf1_widening is on");
-  m.def("gemm_2l_rf1_widening_launches", &svdq::gemm_2l_rf1_widening_launches,
-        "GEMM launches of the one-warpgroup kernel with the widening warpgroup (tests)");
-  m.def("set_gemm_2l_rf1_ksplit", &svdq::set_gemm_2l_rf1_ksplit, pybind11::arg("on"),
-        "(g.62, perf-notes v2.41; opt-in until measured) the one-consumer-warpgroup GEMM's 128-token tiles (g.56; "
-        "unsplit, group 64) on two consumer warpgroups that split each tile's K stage by stage, the second's int32 "
-        "partials summed by the first; the same bits");
-  m.def("gemm_2l_rf1_ksplit", &svdq::gemm_2l_rf1_ksplit, "whether set_gemm_2l_rf1_ksplit is on");
-  m.def("gemm_2l_rf1_ksplit_launches", &svdq::gemm_2l_rf1_ksplit_launches,
-        "GEMM launches of the one-warpgroup tiles on two warpgroups with K split (tests)");
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),
         "timing probes of the persistent register-fragment GEMM (bfloat16, 224-token tiles; wrong results): 1 without "
         "the low-rank mma, 2 without the output's TMA store, 3 without the epilogue after the K loop, 4 the low-rank branch "

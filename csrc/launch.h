@@ -317,20 +317,9 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // three) stamping clock64 at its tiles' steps into this int64 buffer (4 CTAs x its warpgroups x 8 tiles x 8; nullptr:
 // off). The same bits; no_store (a timing probe): the pipelined loop's stamped kernel leaves its output unwritten;
 // substeps: the buffer is twice that, and its second half gets the epilogue's sub-steps (8 .. 15 as 0 .. 7);
-// loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22) or
-// without its wgmmas (2, EP 23).
+// loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22),
+// without its wgmmas (2, EP 23), without its activation tiles' loads (3, EP 24) or without both (4, EP 25).
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
-// (g.61, opt-in until measured) the one-warpgroup kernel (g.56, unsplit, group 64) with a second warpgroup that widens
-// each stage's weights into shared-memory A tiles, the consumer on shared-memory wgmmas (EP 24); the same bits
-void set_gemm_2l_rf1_widening(bool on);
-bool gemm_2l_rf1_widening();
-long long gemm_2l_rf1_widening_launches();  // (tests)
-// (g.62, opt-in until measured) the one-warpgroup kernel's 128-token tiles (unsplit, group 64) on two consumer
-// warpgroups that split each tile's K stage by stage, warpgroup 1's int32 partials summed by warpgroup 0 (EP 25); the
-// same bits
-void set_gemm_2l_rf1_ksplit(bool on);
-bool gemm_2l_rf1_ksplit();
-long long gemm_2l_rf1_ksplit_launches();  // (tests)
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();
 void set_gemm_2l_tma_store(bool on);  // the int4_2l GEMM epilogue's output by TMA store (default off)

@@ -88,18 +88,16 @@ constexpr int kSmemLimit = 227 * 1024;
 // persistent kernels' low-rank tile width (0: 64 for int8 weights, 32 for packed ones; 64: the register-fragment
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
-// KS (g.62): the two consumer warpgroups share one 64-row tile, K split between them stage by stage.
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1, int WW = 0, int KS = 0>
+          int OP = 1>
 struct Tile2l {
-  static constexpr int kTileRows = KS ? 64 : 64 * CW;  // weight rows per CTA tile
+  static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
   static constexpr int kActBytes = BT * kBK;
   static constexpr int kWBytes = W8 ? kTileRows * kBK : kTileRows * kBK / 2;
   static constexpr int kScBytes = W8 ? 0 : 4 * kTileRows;  // up to kBK / 32 groups per stage
   static constexpr int kStageBytes = ((kActBytes + kWBytes + kScBytes + 1023) / 1024) * 1024;
-  static constexpr int kABytes = W8 || (PS && FO && !WW) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
-  // (WW, g.61: a warpgroup widening the weights into four A tiles for the one consumer warpgroup's wgmmas)
+  static constexpr int kABytes = W8 || (PS && FO) ? 0 : 64 * kBK;  // a warpgroup's int8 A tile, per buffer
   // PS: the largest branch rank whose low-rank tile has memory of its own (packed: 32, or 2 stages would be left)
   static constexpr int kLrRank = LR ? LR : W8 ? 64 : 32;
   // PS: the low-rank tile [BT][kLrRank] as the epilogue wgmma's K-major B operand (rows of kLrRow bytes, swizzled by
@@ -107,18 +105,16 @@ struct Tile2l {
   static constexpr int kLrRow = kLrRank * 2;
   static constexpr int kXsOff = BT * (kLrRow + 16);
   static constexpr int kLrBytes = PS ? (kXsOff + BT * 4 + 1023) / 1024 * 1024 : 0;
-  static constexpr int kOutBytes = PS ? BT * 2 * kTileRows / OP : 0;  // PS: the output's staging for TMA stores
-  static constexpr int kXBytes = KS ? BT / 2 * 4 * 128 : 0;  // (KS) warpgroup 1's int32 partials for warpgroup 0
+  static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
-      (kSmemLimit - 1024 - (WS ? 128 : 64) - (WW ? 64 : 0) - 4 * kABytes - kLrBytes - kOutBytes - kXBytes) /
-      kStageBytes;
+      (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
   static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
-  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0) + (WW ? 64 : 0);  // WW: A tiles full, free
-  static constexpr int kThreads = WS ? kConsumers + 128 * (1 + WW) : kConsumers;
+  static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0);
+  static constexpr int kThreads = WS ? kConsumers + 128 : kConsumers;
   static constexpr int kSmem =
-      kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kXBytes + kBarBytes + 1024;  // + alignment
+      kStages * kStageBytes + 4 * kABytes + kOutBytes + kLrBytes + kBarBytes + 1024;  // + alignment
   static constexpr int kAcc = BT / 2;                          // int32 accumulators per thread
 };
 
@@ -134,11 +130,7 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 23); }
-// (g.61) the one-warpgroup kernel with a widening warpgroup: its weights into shared-memory A tiles (see the kernel).
-__host__ __device__ constexpr int widening(int ep) { return ep == 24 ? 1 : 0; }
-// (g.62) two consumer warpgroups on one 64-row tile, K split between them (see the kernel).
-__host__ __device__ constexpr int ksplit(int ep) { return ep == 25 ? 1 : 0; }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 25); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
 __host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 25; }
 // (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
@@ -182,10 +174,11 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // tile split over a cluster) 18 stamped the same way, one tile per CTA, the first CTAs of the first clusters; 21
 // (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split; 22 and 23 (timing
 // probes, set_gemm_2l_tile_life(.., loop_probe 1 / 2); perf-notes v2.40) 21 persistent with its k-steps unwidened / without
-// their wgmmas.
+// their wgmmas; 24 and 25 (timing probes, loop_probe 3 / 4; v2.41) 21 persistent with no activation tiles loaded (the
+// wgmmas read the stages' stale bytes) / and without wgmmas too. (24 and 25 were v2.40-v2.41's g.61 and g.62, removed.)
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -212,19 +205,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
-  // (EP 24, g.61) threads kCT .. kCT + 127 widen each stage's weights into A tile i % kNA (shared memory) for the one
-  // consumer warpgroup's shared-memory wgmmas; the producer warpgroup after them (kPT)
-  constexpr bool kWW = widening(EP) == 1;
-  constexpr int kPT = kCT + (kWW ? 128 : 0), kNA = 4;
-  static_assert(!kWW || (CW == 1 && PS && FO && G == 64), "the widening warpgroup: one consumer warpgroup, group 64");
-  // (EP 25, g.62) both consumer warpgroups on the tile's 64 rows, warpgroup w taking its stages done + w, + 2, ...; after
-  // the loop warpgroup 1 hands its int32 partials to warpgroup 0 through shared memory (exact: one integer sum) and goes
-  // on to its next tile, while warpgroup 0 alone runs the epilogue and loads the low-rank tiles
-  constexpr bool kKS = ksplit(EP) == 1;
-  static_assert(!kKS || (CW == 2 && PS && FO && LR == 0), "K split within the CTA: two warpgroups, fragment order");
-  constexpr int kXFull = 2 + 2 * CW + 1, kXFree = kXFull + 1;  // (kKS) named barriers after kLrFree
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
   static_assert(kPieces == 1 || (PS && BT % (16 * kPieces) == 0), "pieces of whole octet pairs, persistent only");
@@ -260,18 +242,16 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (PS: the output tile's staging, then the low-rank tile's own memory, between the stages and the barriers)
   const uint32_t out_region = sbase + NS * Cfg::kStageBytes + 4 * Cfg::kABytes;
   const uint32_t lr_region = out_region + Cfg::kOutBytes;
-  const uint32_t x_region = lr_region + Cfg::kLrBytes;  // (kKS) the partials' hand-over, [octet][thread] int4
-  const uint32_t bars = x_region + Cfg::kXBytes;
+  const uint32_t bars = lr_region + Cfg::kLrBytes;
   const uint32_t empty_bars = bars + 8 * NS;
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
-  const uint32_t a_full = lr_full + 8, a_free = a_full + 8 * kNA;  // (kWW) A tile s widened / free again
-  const uint32_t a_tiles = sbase + NS * Cfg::kStageBytes;  // (kWW) the kNA A tiles, after the stages
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
+  constexpr bool kNoAct = EP == 24 || EP == 25;  // (EP 21's loop probes) the stages without their activation tiles
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
-    mbar_expect_tx(bar, kTxBytes);
-    tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
+    mbar_expect_tx(bar, kNoAct ? kTxBytes - Cfg::kActBytes : kTxBytes);
+    if constexpr (!kNoAct) tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
   };
@@ -279,11 +259,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s)  // (+ the widening warps; K split: a stage is one warpgroup's)
-        mbar_init(empty_bars + 8 * s, kKS ? 4 : kCT / 32 + (kWW ? 4 : 0));
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
-    if constexpr (kWW)
-      for (int s = 0; s < kNA; ++s) mbar_init(a_full + 8 * s, 4), mbar_init(a_free + 8 * s, 4);  // a warp each
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   // EP 8 (set_gemm_2l_rf_lead): the register-fragment loop's turns as per-warp counts of stages issued, [warpgroup][warp]
@@ -300,23 +277,23 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const bool lr_late = PS && kExact && (flags & kFlagLrLate);
   // (set_gemm_2l_lr_by_producer) the producer's warps 1-3 load every tile's low-rank tile and token scales, so no
   // consumer issues a copy that its epilogue's proxy fence (MEMBAR.ALL.CTA) would wait for
-  const bool lr_prod = PS && RF && !kCoupled && kExact && !kKS && (flags & kFlagLrProducer);
+  const bool lr_prod = PS && RF && !kCoupled && kExact && (flags & kFlagLrProducer);
   // (set_gemm_2l_l2_prefetch) halfway through a tile's stages the producer asks L2 for the next tile's first stages
   const bool l2_prefetch = PS && RF && kExact && (flags & kFlagL2Prefetch);
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
-  // (EP 22 / 23: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no widening;
-  // probe 7's mapping), or its k-steps without wgmmas (the widening and the stage ring alone)
-  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23;
+  // (EP 22 / 23 / 25: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
+  // widening; probe 7's mapping), or its k-steps without wgmmas (the widening and the stage ring alone)
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
-    if (tid >= kPT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
+    if (tid >= kCT) {  // the producer: stage i into buffer i % NS once the consumers released it, then
       // the consumers' CTA and cluster barriers, and out
       if constexpr (CW == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
       else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-      if (tid == kPT) {
+      if (tid == kCT) {
         if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
@@ -338,12 +315,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
             load_stage(i);
           }
         }
-      } else if ((lr_late || lr_prod) && tid >= kPT + 32) {
+      } else if ((lr_late || lr_prod) && tid >= kCT + 32) {
         // warps 1-3: the low-rank tile and token scales (late: the first tile's, once the down projection is done;
         // lr_prod: every tile's, each once the consumers are past the previous tile's low-rank step: barrier kLrFree)
         // into the memory the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on
         // lr_full when their copies land, and warp 1's 32 at once (the barrier counts 128)
-        const int ct = tid - kPT - 32, chunks = R / 8;
+        const int ct = tid - kCT - 32, chunks = R / 8;
         for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
           if (tile != (int)blockIdx.x) {
             if (!lr_prod) break;
@@ -361,7 +338,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
           for (int i = ct; i < BT; i += 96)
             cp_async4(lr_region + Cfg::kXsOff + 4 * i, xscale + min(m0f + i, M - 1), m0f + i < M ? 4 : 0);
           asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(lr_full) : "memory");
-          if (tid < kPT + 64) mbar_arrive(lr_full);
+          if (tid < kCT + 64) mbar_arrive(lr_full);
         }
       }
       if constexpr (PS) {  // the consumers meet only each other (named barrier kBarAll); split: the cluster's exchange
@@ -387,7 +364,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   int acc[Cfg::kAcc] = {};  // zeroed per tile below; initialised here for the tracing stamps' reads
 
   // this thread's two weight rows inside the CTA tile (rows g and g + 8 of its warp's 16)
-  const int rA = (kKS ? 0 : wg * 64) + warp * 16 + g;
+  const int rA = wg * 64 + warp * 16 + g;
   const int rB = rA + 8;
   // two int8 A tiles per warpgroup (double buffer), after the stages
   const uint32_t a_base = sbase + NS * Cfg::kStageBytes + wg * 2 * Cfg::kABytes;
@@ -455,14 +432,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // 4-byte loads (conflict-free under the swizzle) instead of one 16-byte load.
   const int wtid = tid & 127, jj = wtid & 3, rp = wtid >> 2;
   const int gi_base = (jj * 32) / G;
-  auto convert_stage = [&](int i, uint32_t a_tile, int wg_row) {  // wg_row: the warpgroup's first row in the tile
+  auto convert_stage = [&](int i, uint32_t a_tile) {
     const int buf = i % NS;
     const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
     const uint8_t* sc = wt + Cfg::kWBytes;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int rw = rp + 32 * i;  // row inside the warpgroup's tile
-      const int r = wg_row + rw;  // row inside the CTA tile
+      const int r = wg * 64 + rw;  // row inside the CTA tile
       uint32_t o[8];
       if constexpr (FO) {
         const FoConst fc = fo_const(sc[gi_base * kTR + r]);
@@ -486,28 +463,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     }
   };
 
-  // (EP 24, g.61) the widening warpgroup: each stage's 64 weight rows into A tile i % kNA once the consumer has freed
-  // it (its wgmmas of stage i - kNA done), then the tile's and the stage's arrivals (the weights are read; the
-  // consumer still reads the stage's activations), across this CTA's tiles
-  if constexpr (kWW) {
-    if (tid >= kCT) {
-      int i = 0;  // the stage count runs on over this CTA's tiles, as the producer's does
-      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
-        for (int kt = 0; kt < NK; ++kt, ++i) {
-          mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
-          if (i >= kNA) mbar_wait(a_free + 8 * (i % kNA), (i / kNA - 1) & 1);
-          convert_stage(i, a_tiles + (i % kNA) * Cfg::kABytes, 0);
-          fence_proxy_async_smem();  // the generic stores before the wgmmas' (async proxy) reads
-          __syncwarp();
-          if (lane == 0) {
-            mbar_arrive(a_full + 8 * (i % kNA));
-            mbar_arrive(empty_bars + 8 * (i % NS));
-          }
-        }
-      return;
-    }
-  }
-
   // One K stage: A from the warpgroup's shared-memory tile a_tile (widened while the previous stage's wgmmas run).
   auto stage_step = [&](int i, uint32_t a_tile) {
     mark(i, 0);
@@ -521,7 +476,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if constexpr (W8) {  // this warpgroup's 64 rows of the stage's weight tile, as TMA wrote them
       a_tile = sbase + (i % NS) * Cfg::kStageBytes + Cfg::kActBytes + wg * 64 * kBK;
     } else {
-      convert_stage(i, a_tile, wg * 64);
+      convert_stage(i, a_tile);
       fence_proxy_async_smem();
       mark(i, 3);
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
@@ -625,8 +580,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       load_lr_tile();
       for (int i = tid; i < BT; i += kCT) copy_xs(m0, i);
       cp_async_commit();
-    } else if (tile == (int)blockIdx.x && wg == (kKS ? 0 : CW - 1) && !lr_late && !lr_prod) {
-      load_lr_async(m0);  // the first tile's; later ones at the previous epilogue (late, lr_prod: the producer's warps)
+    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
+      load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -665,26 +620,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
-    if constexpr (kWW) {
-      // (g.61) shared-memory wgmmas on the widened A tiles: each stage's group in flight while the next is waited for;
-      // a stage and its A tile given back once that group is complete
-      auto give_back = [&](int i) {
-        if (lane == 0) {
-          mbar_arrive(empty_bars + 8 * (i % NS));
-          mbar_arrive(a_free + 8 * (i % kNA));
-        }
-      };
-      for (int i = done; i < done + NK; ++i) {
-        mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
-        mbar_wait(a_full + 8 * (i % kNA), (i / kNA) & 1);
-        wgmma_stage<BT>(acc, desc_k128(a_tiles + (i % kNA) * Cfg::kABytes),
-                        desc_k128(sbase + (i % NS) * Cfg::kStageBytes));
-        wgmma_wait<1>();
-        if (i > done) give_back(i - 1);
-      }
-      wgmma_wait<0>();
-      give_back(done + NK - 1);
-    } else if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
+    if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
       for (int i = done; i < done + NK; ++i) {
         mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
@@ -717,15 +653,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      if constexpr (kKS) {  // (g.62) this warpgroup's stages: done + wg, done + wg + 2, ...
-        auto at = [&](int n) { return done + wg + 2 * n; };
-        if (NK > wg)
-          rf_pipelined_loop(
-              0, (NK - wg + 1) / 2, [&](int n) { fetch(at(n)); }, widen_step, [&](int n, int j) { issue(at(n), j); },
-              [&](int n) { release(at(n)); });
-      } else {
-        rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
-      }
+      rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
     } else {
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
@@ -790,7 +718,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if constexpr (!W8) {  // packed: widened into the warpgroup's A tile i & 1, once every warp of the warpgroup
         a_tile = a_base + (i & 1) * Cfg::kABytes;  // is past its wait for stage i - 2's wgmmas (which read it)
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));
-        convert_stage(i, a_tile, wg * 64);
+        convert_stage(i, a_tile);
         fence_proxy_async_smem();
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg));  // the warpgroup's A tile is complete
       }
@@ -813,28 +741,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if (!RF && lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
   } else {
     __syncthreads();
-  }
-  if constexpr (kKS) {  // (g.62) warpgroup 1's partials to warpgroup 0, which sums them into its own
-    auto x_at = [&](int j) { return x_region + (uint32_t)(j * 128 + (tid & 127)) * 16; };
-    if (wg == 1) {  // (the hand-over memory is free once warpgroup 0 has read the previous tile's)
-      if (tile != (int)blockIdx.x) asm volatile("bar.sync %0, 256;\n" ::"n"(kXFree) : "memory");
-#pragma unroll
-      for (int j = 0; j < Cfg::kAcc / 4; ++j)
-        asm volatile("st.shared.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"r"(x_at(j)), "r"(acc[4 * j]), "r"(acc[4 * j + 1]),
-                     "r"(acc[4 * j + 2]), "r"(acc[4 * j + 3]) : "memory");
-      asm volatile("bar.arrive %0, 256;\n" ::"n"(kXFull) : "memory");
-      continue;  // the next tile's stages
-    }
-    asm volatile("bar.sync %0, 256;\n" ::"n"(kXFull) : "memory");
-#pragma unroll
-    for (int j = 0; j < Cfg::kAcc / 4; ++j) {
-      int v[4];
-      asm volatile("ld.shared.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-                   : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(x_at(j)) : "memory");
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[4 * j + e] += v[e];
-    }
-    if (tile + (int)gridDim.x < num_tiles) asm volatile("bar.arrive %0, 256;\n" ::"n"(kXFree) : "memory");
   }
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
@@ -915,9 +821,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // PS, decoupled: past the low-rank step the tile's lr / token scales are free: the others arrive, the loader waits
   // for them and loads the next tile's
   auto lr_free = [&] {
-    if constexpr (kKS) {  // (g.62) warpgroup 0 alone reads the tile's: the next tile's may come at once
-      if (tile + (int)gridDim.x < num_tiles) load_lr_async(((tile + (int)gridDim.x) / row_tiles) * BT);
-    } else if constexpr (PS && !kCoupled) {
+    if constexpr (PS && !kCoupled) {
       if (lr_prod) {  // the producer's warps wait for every consumer's arrival, then load the next tile's
         if (tile + (int)gridDim.x < num_tiles)
           asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
@@ -1122,11 +1026,9 @@ bool g_l2_prefetch = false;
 long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
-bool g_rf1_widening = false;  // set_gemm_2l_rf1_widening (g.61, opt-in until measured)
-long long g_rf1_widening_launches = 0;  // (tests: which kernel ran)
-bool g_rf1_ksplit = false;  // set_gemm_2l_rf1_ksplit (g.62, opt-in until measured)
-long long g_rf1_ksplit_launches = 0;  // (tests: which kernel ran)
-int g_life_probe = 0;  // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23)
+// set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
+// loads (24), 4 neither activation loads nor wgmmas (25)
+int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1144,7 +1046,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), widening(EP), ksplit(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1391,15 +1293,9 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && (loop_probe == 1 || loop_probe == 2) ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 4 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
-void set_gemm_2l_rf1_widening(bool on) { g_rf1_widening = on; }
-bool gemm_2l_rf1_widening() { return g_rf1_widening; }
-long long gemm_2l_rf1_widening_launches() { return g_rf1_widening_launches; }
-void set_gemm_2l_rf1_ksplit(bool on) { g_rf1_ksplit = on; }
-bool gemm_2l_rf1_ksplit() { return g_rf1_ksplit; }
-long long gemm_2l_rf1_ksplit_launches() { return g_rf1_ksplit_launches; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
 void set_gemm_2l_act_in_loop(bool on) { g_act_in_loop = on; }
 void set_gemm_2l_lr_unrolled(bool on) { g_lr_unrolled = on; }
@@ -1542,31 +1438,22 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, bt1 / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22 / 23: the loop probes)
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-25: the loop probes)
         using B = __nv_bfloat16;
-        if (g_life_probe == 1)
-          return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 22>(a, 1, g_life, stream, num_sms)
-                            : launch_2l<B, 256, 64, false, false, true, true, true, 1, 22>(a, 1, g_life, stream, num_sms);
-        return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 23>(a, 1, g_life, stream, num_sms)
-                          : launch_2l<B, 256, 64, false, false, true, true, true, 1, 23>(a, 1, g_life, stream, num_sms);
+        auto probe = [&](auto ep) {
+          constexpr int E = decltype(ep)::value;
+          return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, E>(a, 1, g_life, stream, num_sms)
+                            : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, 1, g_life, stream, num_sms);
+        };
+        if (g_life_probe == 1) return probe(std::integral_constant<int, 22>{});
+        if (g_life_probe == 2) return probe(std::integral_constant<int, 23>{});
+        if (g_life_probe == 3) return probe(std::integral_constant<int, 24>{});
+        return probe(std::integral_constant<int, 25>{});
       }
       if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
                    : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
-      if (g_rf1_ksplit && s1 == 1 && bt1 == 128 && a.group_size == 64) {  // (g.62, opt-in) two warpgroups, K split
-        ++g_rf1_ksplit_launches;
-        return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 2, 25>(a, 1, nullptr, stream, num_sms)
-                  : launch_2l<__half, 128, 64, false, false, true, true, true, 2, 25>(a, 1, nullptr, stream, num_sms);
-      }
-      if (g_rf1_widening && s1 == 1 && a.group_size == 64) {  // (g.61, opt-in) the widening warpgroup
-        ++g_rf1_widening_launches;
-        if (bt1 == 128)
-          return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms)
-                    : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms);
-        return bf ? launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms)
-                  : launch_2l<__half, 256, 64, false, false, true, true, true, 1, 24>(a, 1, nullptr, stream, num_sms);
-      }
       if (bt1 == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);

@@ -385,26 +385,3 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_lr_cha
         torch.cuda.synchronize()
         assert ext.lr_chain_pipes_launches() > p0, "no chained down projection ran on two rings"
         print(f"chained down projection in two groups done ({ext.lr_chain_pipes_launches() - p0} launches)")
-
-# (g.61, SANITIZE_WW=1; g.62, SANITIZE_KS=1) the one-warpgroup kernel with its widening warpgroup / its 128-token
-# tiles on two warpgroups splitting K: rows past M, several tiles per CTA (K = 384: three stages, unequal shares), the
-# low-rank tile late after the chained down projection
-for env, name, cases in [("SANITIZE_WW", "rf1_widening", [(128, (130, 1024, 256), 0), (256, (300, 384, 640), 0)]),
-                         ("SANITIZE_KS", "rf1_ksplit", [(128, (130, 1024, 256), 0), (128, (2000, 384, 640), 0)])]:
-    if os.environ.get(env) != "1" or not hasattr(ext, f"set_gemm_2l_{name}"):
-        continue
-    launches = getattr(ext, f"gemm_2l_{name}_launches")
-    w0 = launches()
-    getattr(ext, f"set_gemm_2l_{name}")(True)
-    for tile, (M, K, N), chain in [*cases, (128, (256, 3072, 3072), 1)]:
-        x, smooth, pd, qw, wsc, wch, pu = _rank32_problem(M, K, N)
-        ext.set_gemm_2l_rf_warpgroups(1, tile)
-        ext.set_lr_chain(chain)
-        xq, xs, lr = ext.quantize_act_2l(x, smooth, pd, 64)
-        ext.w4a4_gemm_2l_fo(xq, xs, fragment_order(qw), wsc, wch, lr, pu, None, 64)
-    ext.set_lr_chain(-1)
-    ext.set_gemm_2l_rf_warpgroups(0, 0)
-    getattr(ext, f"set_gemm_2l_{name}")(False)
-    torch.cuda.synchronize()
-    assert launches() - w0 == 3, f"the {name} kernel did not run each time"
-    print(f"{name} done")
