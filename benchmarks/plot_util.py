@@ -27,6 +27,6 @@ def save_figure(fig, out: str | None, source: str | Path) -> str:
     """Lay the figure out and write it to `out`, or beside `source` as .png; print and return the path."""
     fig.tight_layout()
     path = out or str(Path(source).with_suffix(".png"))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # (long row labels and a legend below the axes)
     print(path)
     return path
