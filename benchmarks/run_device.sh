@@ -83,7 +83,8 @@
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
-#       tiles, without wgmmas, without both)
+#       tiles, without wgmmas (its widening now kept), without both) and rel2 (EP 26, exact: each stage given back at
+#       the next one's third k-step)
 #   (v265 / v265b, as run at commits f1b5940 / 419c469: the tile life with the probes no-widen and no-mma, then g.61
 #       and g.62 (set_gemm_2l_rf1_widening / _ksplit): their tests, ab_2l.py with fo_ww / fo_ks, memcheck; both
 #       measured slower and removed in v2.41. v264, the same without g.62, never ran)
@@ -781,7 +782,7 @@ if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes wit
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
       life_runs tile_life_v266.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
-        "$sh --probe no-act-mma"
+        "$sh --probe no-act-mma" "$sh --probe rel2"
     done
   fi
 fi

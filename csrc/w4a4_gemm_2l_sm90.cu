@@ -130,11 +130,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 25); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 25; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 26; }
 // (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 25); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 26); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -175,7 +175,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // (exact, set_gemm_2l_tile_life with one consumer warpgroup, g.56) 10 stamped, persistent or split; 22 and 23 (timing
 // probes, set_gemm_2l_tile_life(.., loop_probe 1 / 2); perf-notes v2.40) 21 persistent with its k-steps unwidened / without
 // their wgmmas; 24 and 25 (timing probes, loop_probe 3 / 4; v2.41) 21 persistent with no activation tiles loaded (the
-// wgmmas read the stages' stale bytes) / and without wgmmas too. (24 and 25 were v2.40-v2.41's g.61 and g.62, removed.)
+// wgmmas read the stages' stale bytes) / and without wgmmas too (24 and 25 were v2.40-v2.41's g.61 and g.62, removed);
+// 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
+// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -629,6 +631,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       // pipelined within the warpgroup (set_gemm_2l_rf_pipelined, rf_loop.cuh): no turns, the two warpgroups run on
       // independently, bound only by the stage ring
       uint32_t fa[4][4];
+      uint32_t sink = 0;  // (EP 23 / 25)
       auto widen_step = [&](int j) {
         if constexpr (kNoWiden) {
 #pragma unroll
@@ -638,9 +641,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         }
       };
       auto issue = [&](int i, int j) {
-        if constexpr (kNoMma) {  // (the fragments kept live; an empty commit group keeps the loop's waits)
+        if constexpr (kNoMma) {  // (the fragments folded into a sink, so the widening stays; an empty commit group keeps
+          // the loop's waits. v2.40's probe kept them by an empty asm, which ptxas saw through: no widening, v2.41)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) asm volatile("" ::"r"(fa[j][e]) : "memory");
+          for (int e = 0; e < 4; ++e) sink ^= fa[j][e];
         } else {
           wgmma_fence();
           wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
@@ -653,7 +657,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      rf_pipelined_loop<EP == 15 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      if constexpr (kNoMma) {
+        if (sink == 0x9e3779b9u) acc[0] ^= 1;  // (a use the compiler cannot fold)
+      }
     } else {
     fetch(done);
     for (int i = done; i < done + NK; ++i) {
@@ -1027,7 +1034,7 @@ long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
-// loads (24), 4 neither activation loads nor wgmmas (25)
+// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26)
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1293,7 +1300,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 4 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 5 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1448,7 +1455,8 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_life_probe == 1) return probe(std::integral_constant<int, 22>{});
         if (g_life_probe == 2) return probe(std::integral_constant<int, 23>{});
         if (g_life_probe == 3) return probe(std::integral_constant<int, 24>{});
-        return probe(std::integral_constant<int, 25>{});
+        if (g_life_probe == 4) return probe(std::integral_constant<int, 25>{});
+        return probe(std::integral_constant<int, 26>{});
       }
       if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
         return bt1 == 128
