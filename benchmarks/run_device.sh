@@ -84,7 +84,8 @@
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
 #       tiles, without wgmmas (its widening now kept), without both) and rel2 (EP 26, exact: each stage given back at
-#       the next one's third k-step)
+#       the next one's third k-step); then ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2: set_gemm_2l_release_step(2),
+#       which now takes the one-warpgroup tiles too, bf16, fp8d; ROUNDS, default 2) and memcheck
 #   (v265 / v265b, as run at commits f1b5940 / 419c469: the tile life with the probes no-widen and no-mma, then g.61
 #       and g.62 (set_gemm_2l_rf1_widening / _ksplit): their tests, ab_2l.py with fo_ww / fo_ks, memcheck; both
 #       measured slower and removed in v2.41. v264, the same without g.62, never ran)
@@ -774,9 +775,9 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes without the activation loads
+if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes; the later release on one warpgroup
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v266.log" 2>&1
+    tests/gpu/test_release_step.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v266.log" 2>&1
   rc=$?; echo "v266 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v266.log" | tail -4
   if [ $rc -eq 0 ]; then
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
@@ -784,6 +785,11 @@ if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes wit
       life_runs tile_life_v266.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
         "$sh --probe no-act-mma" "$sh --probe rel2"
     done
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_rel2,bf16,fp8d --rounds ${ROUNDS:-2} \
+      > "$OUT/ab_v266.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v266.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+    memcheck "$OUT/sanitize_memcheck.log"
+    grep -E "later release done|Error" "$OUT/sanitize_memcheck.log" | tail -2
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes

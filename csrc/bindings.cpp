@@ -1088,7 +1088,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_release_step", &svdq::set_gemm_2l_release_step, pybind11::arg("j"),
         "the pipelined persistent kernels give each stage back to the producer after the next stage's k-step j, waiting "
         "there until j + 1 wgmma groups remain in flight: 0 (the default since perf-notes v2.35), or 2 as before / 1 "
-        "(A/B: bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit); the same bits");
+        "(A/B: bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit; 2 also the one-warpgroup "
+        "tiles, unsplit, v2.41); the same bits");
   m.def("gemm_2l_release_step", &svdq::gemm_2l_release_step, "set_gemm_2l_release_step's k-step");
   m.def("gemm_2l_release_step_launches", &svdq::gemm_2l_release_step_launches,
         "GEMM launches of the later-release instances (release step 1 or 2; tests)");

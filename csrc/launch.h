@@ -278,6 +278,8 @@ bool gemm_2l_act_in_loop();
 void set_gemm_2l_lr_unrolled(bool on);
 bool gemm_2l_lr_unrolled();
 long long gemm_2l_lr_unrolled_launches();  // (tests)
+// the pipelined kernels give each stage back after the next stage's k-step j (0, the default, v2.35), or 2 / 1 (A/B:
+// bfloat16 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit; 2 also the one-warpgroup tiles, v2.41)
 void set_gemm_2l_release_step(int j);
 int gemm_2l_release_step();
 long long gemm_2l_release_step_launches();  // (tests)

@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   static_assert(!FO || !W8, "fragment order is a layout of packed weights");
   constexpr bool RF = PS && FO;  // the persistent kernel on fragment order: its register-fragment loop
   static_assert(CW == 2 || (RF && (CW == 1 || CW == 3)), "one or three consumer warpgroups: the register-fragment loop");
-  static_assert(CW != 1 || (PS && (EP == 10 || EP >= 21) && LR == 0),
+  static_assert(CW != 1 || (PS && (EP == 10 || EP == 15 || EP >= 21) && LR == 0),
                 "one consumer warpgroup (g.56): the pipelined loop, rank <= 32");
   static_assert(EP == 0 || (RF && (CW == 2 || exact(EP))),
                 "probes and variants: the register-fragment loop");
@@ -1039,7 +1039,8 @@ int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
-int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before)
+int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before; v2.41:
+                               // 2 for the unsplit one-warpgroup tiles too)
 long long g_release_step_launches = 0;  // (tests: launches of the later-release instances, A/B)
 // set_gemm_2l_out_pieces: the token pieces the output is staged in (2 by default since v2.36; 1 for A/B), [0] two
 // warpgroups' unsplit 256-token tiles (g.51), [1] three warpgroups' 192-token tiles (g.50)
@@ -1462,6 +1463,10 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return bt1 == 128
                    ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
                    : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
+      if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
+        return bt1 == 128
+                   ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 15>(a, 1, nullptr, stream, num_sms)
+                   : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 15>(a, 1, nullptr, stream, num_sms);
       if (bt1 == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);

@@ -208,13 +208,16 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     print("sanitize case: low-rank copies unrolled done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_release_step"):
     # each stage released at the next stage's third / second k-step as before (set_gemm_2l_release_step; the default
-    # first k-step runs in the other cases): one-, two- and twelve-stage tiles, the last token tile's rows past M, two
-    # and three warpgroups
+    # first k-step runs in the other cases): one-, two- and twelve-stage tiles, the last token tile's rows past M, one,
+    # two and three warpgroups
     for step in (2, 1):
         _fragment_order_gemm_case("release_step", [(300, 128, 512, 32, 224), (1000, 256, 768, 32, 224)],
                                   switch_value=step)
         _fragment_order_gemm_case("release_step", [(450, 1536, 384, 32, 192), (1100, 128, 768, 32, 192)],
                                   warpgroups=3, switch_value=step)
+    # (v2.41) step 2 on one warpgroup's 128- and 256-token tiles
+    _fragment_order_gemm_case("release_step", [(300, 128, 512, 32, 128), (1000, 256, 768, 32, 256)], warpgroups=1,
+                              switch_value=2)
     print("sanitize case: later release done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_out_halves"):
     # the three-warpgroup kernel's output in two token halves, four stages (set_gemm_2l_out_halves): one- and

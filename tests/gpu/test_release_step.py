@@ -1,7 +1,9 @@
 """When the pipelined loop gives each stage back to the producer (set_gemm_2l_release_step, Hopper; perf-notes v2.35's
 g.49): by default after stage i + 1's first k-step, waiting there until one wgmma group remains in flight; 2 as before
 v2.35 (after its third, under the usual wait for three) or 1 (its second) in instances of the pipelined loop
-(bfloat16, 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit) for A/B. Each must give the default's
+(bfloat16, 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit; 2 also the one-warpgroup 128- and
+256-token tiles, unsplit, v2.41: a lone warpgroup has nobody to cover the drain at a stage's first k-step) for A/B.
+Each must give the default's
 bits (outputs poisoned first), with tiles of one, two and many stages, many tiles per CTA, a ragged last token tile,
 the low-rank tile late after the chained down projection, and CUDA-graph replay."""
 from __future__ import annotations
@@ -53,6 +55,20 @@ def test_three_warpgroups_give_the_same_bits(three_warpgroups, step, M, K, N):
     xq, xs, lr, _, qf, w = _fo_problem(ext, M, K, N, torch.bfloat16, M + K + N + step, 2 * N + 1)
     ref = _gemm(ext, xq, xs, qf, w, lr).clone()
     out, ran = _released_at(ext, step, xq, xs, qf, w, lr)
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("tile", [128, 256])
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (1000, 256, 768), (37, 640, 384), (300, 128, 1536)])
+def test_one_warpgroup_gives_the_same_bits(hopper, tile, M, K, N):
+    """Release step 2 on one warpgroup's tiles (set_gemm_2l_rf_warpgroups(1, tile)): the default's bits; 1000 x 256 x 768
+    and 300 x 128 x 1536 give CTAs several tiles (one or two stages each)."""
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + tile, N + 5)
+    with _switched(lambda on: hopper.set_gemm_2l_rf_warpgroups(on, tile), 1, 0):
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        out, ran = _released_at(hopper, 2, xq, xs, qf, w, lr)
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
