@@ -133,7 +133,7 @@ __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
 __host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 26; }
-// (22 and 23, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
+// (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
 __host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 26); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.

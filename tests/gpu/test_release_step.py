@@ -3,9 +3,8 @@ g.49): by default after stage i + 1's first k-step, waiting there until one wgmm
 v2.35 (after its third, under the usual wait for three) or 1 (its second) in instances of the pipelined loop
 (bfloat16, 224-token two-warpgroup and 192-token three-warpgroup tiles, unsplit; 2 also the one-warpgroup 128- and
 256-token tiles, unsplit, v2.41: a lone warpgroup has nobody to cover the drain at a stage's first k-step) for A/B.
-Each must give the default's
-bits (outputs poisoned first), with tiles of one, two and many stages, many tiles per CTA, a ragged last token tile,
-the low-rank tile late after the chained down projection, and CUDA-graph replay."""
+Each must give the default's bits (outputs poisoned first), with tiles of one, two and many stages, many tiles per
+CTA, a ragged last token tile, the low-rank tile late after the chained down projection, and CUDA-graph replay."""
 from __future__ import annotations
 
 import pytest
