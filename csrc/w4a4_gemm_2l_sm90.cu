@@ -1446,27 +1446,24 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       const int s1 = g_rf_splits > 1 ? std::min(g_rf_splits, std::min(a.K / kBK, bt1 / 8)) : 1;
       ++g_pipelined_launches;
       ++g_rf1_launches;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-25: the loop probes)
+      // the bfloat16 instances of variant EP on the token tile (stamps, probes, A/B)
+      auto bf16_instance = [&](auto ep, int splits, long long* life) {
+        constexpr int E = decltype(ep)::value;
         using B = __nv_bfloat16;
-        auto probe = [&](auto ep) {
-          constexpr int E = decltype(ep)::value;
-          return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, E>(a, 1, g_life, stream, num_sms)
-                            : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, 1, g_life, stream, num_sms);
-        };
-        if (g_life_probe == 1) return probe(std::integral_constant<int, 22>{});
-        if (g_life_probe == 2) return probe(std::integral_constant<int, 23>{});
-        if (g_life_probe == 3) return probe(std::integral_constant<int, 24>{});
-        if (g_life_probe == 4) return probe(std::integral_constant<int, 25>{});
-        return probe(std::integral_constant<int, 26>{});
+        return bt1 == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms)
+                          : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
+      };
+      using std::integral_constant;
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-26: the loop probes)
+        if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
+        if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
+        if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
+        if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
+        return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
-      if (g_life && bf && !a.lr_late)  // (stamps, EP 21)
-        return bt1 == 128
-                   ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms)
-                   : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 21>(a, s1, g_life, stream, num_sms);
+      if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
       if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
-        return bt1 == 128
-                   ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 15>(a, 1, nullptr, stream, num_sms)
-                   : launch_2l<__nv_bfloat16, 256, 64, false, false, true, true, true, 1, 15>(a, 1, nullptr, stream, num_sms);
+        return bf16_instance(integral_constant<int, 15>{}, 1, nullptr);
       if (bt1 == 128)
         return bf ? launch_2l<__nv_bfloat16, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms)
                   : launch_2l<__half, 128, 64, false, false, true, true, true, 1, 10>(a, s1, nullptr, stream, num_sms);
