@@ -80,6 +80,10 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
+#   v267: v266 with the deep ring (perf-notes v2.42: set_gemm_2l_rf1_stages(0), the one-warpgroup tiles' ring as deep as
+#       fits, 9 stages at 128 tokens): the stamped-kernel, release-step and deep-ring tests (nothing timed if they fail),
+#       the tile life as v266 plus --probe deep, ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2, fo_deep, bf16, fp8d;
+#       ROUNDS, default 2), memcheck
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -775,21 +779,24 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes; the later release on one warpgroup
-  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    tests/gpu/test_release_step.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v266.log" 2>&1
-  rc=$?; echo "v266 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v266.log" | tail -4
+if [ "$what" = v266 ] || [ "$what" = v267 ]; then  # what paces the one-warpgroup loop: the probes; the later release
+  # and (v267) the deep ring on one warpgroup
+  deep=""; [ "$what" = v267 ] && deep=tests/gpu/test_rf1_stages.py
+  timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
+    tests/gpu/test_release_step.py $deep -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_$what.log" 2>&1
+  rc=$?; echo "$what tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_$what.log" | tail -4
   if [ $rc -eq 0 ]; then
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v266.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
-        "$sh --probe no-act-mma" "$sh --probe rel2"
+      life_runs tile_life_$what.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
+        "$sh --probe no-act-mma" "$sh --probe rel2" ${deep:+"$sh --probe deep"}
     done
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_rel2,bf16,fp8d --rounds ${ROUNDS:-2} \
-      > "$OUT/ab_v266.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v266.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
+    cols=fo,fo_rel2,bf16,fp8d; [ -n "$deep" ] && cols=fo,fo_rel2,fo_deep,bf16,fp8d
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols $cols --rounds ${ROUNDS:-2} \
+      > "$OUT/ab_$what.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_$what.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
     memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "later release done|Error" "$OUT/sanitize_memcheck.log" | tail -2
+    grep -E "later release done|deep ring done|Error" "$OUT/sanitize_memcheck.log" | tail -3
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes

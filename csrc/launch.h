@@ -283,6 +283,11 @@ long long gemm_2l_lr_unrolled_launches();  // (tests)
 void set_gemm_2l_release_step(int j);
 int gemm_2l_release_step();
 long long gemm_2l_release_step_launches();  // (tests)
+// the one-warpgroup tiles' stage ring: at most 6 stages (the default), or 0: as many as the memory holds (A/B, v2.42:
+// bfloat16, unsplit; 9 stages at 128 tokens, 4 at 256)
+void set_gemm_2l_rf1_stages(int cap);
+int gemm_2l_rf1_stages();
+long long gemm_2l_rf1_deep_launches();  // (tests)
 void set_gemm_2l_out_halves(bool on);
 bool gemm_2l_out_halves();
 long long gemm_2l_out_halves_launches();  // (tests)

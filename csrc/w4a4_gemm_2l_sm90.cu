@@ -89,7 +89,7 @@ constexpr int kSmemLimit = 227 * 1024;
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1>
+          int OP = 1, int SC = 6>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -108,7 +108,7 @@ struct Tile2l {
   static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
-  static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
+  static constexpr int kStages = kStagesFit > SC ? SC : kStagesFit;  // SC: the ring's cap (stage_cap)
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0);
@@ -129,12 +129,14 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
+// The most stages a variant's ring holds (EP 27, 28: as many as fit, for the one-warpgroup tile; see the kernel).
+__host__ __device__ constexpr int stage_cap(int ep) { return ep == 27 || ep == 28 ? 16 : 6; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26) || ep == 28; }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 26; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 28; }
 // (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 26); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 28); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -177,10 +179,12 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // their wgmmas; 24 and 25 (timing probes, loop_probe 3 / 4; v2.41) 21 persistent with no activation tiles loaded (the
 // wgmmas read the stages' stale bytes) / and without wgmmas too (24 and 25 were v2.40-v2.41's g.61 and g.62, removed);
 // 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
-// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups.
+// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (exact, set_gemm_2l_rf1_stages(0); v2.42)
+// 10 with one warpgroup and a ring of as many stages as fit (9 at 128 tokens) instead of at most 6; 28 (exact,
+// set_gemm_2l_tile_life with it) 21 on that ring.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -207,7 +211,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
@@ -1034,8 +1038,11 @@ long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
-// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26)
+// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
+// 6 the ring as deep as the memory holds (28)
 int g_life_probe = 0;
+bool g_rf1_deep = false;  // set_gemm_2l_rf1_stages(0): the one-warpgroup tiles' ring as deep as fits (EP 27; A/B, v2.42)
+long long g_rf1_deep_launches = 0;  // (tests: which path ran)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1054,7 +1061,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1111,6 +1118,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
+  if (EP == 27) ++g_rf1_deep_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18 || EP == 20) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
@@ -1301,7 +1309,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 5 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 6 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1311,6 +1319,9 @@ bool gemm_2l_lr_unrolled() { return g_lr_unrolled; }
 long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
 void set_gemm_2l_release_step(int j) { g_release_step = j == 1 || j == 2 ? j : 0; }
 int gemm_2l_release_step() { return g_release_step; }
+void set_gemm_2l_rf1_stages(int cap) { g_rf1_deep = cap == 0; }
+int gemm_2l_rf1_stages() { return g_rf1_deep ? 0 : 6; }
+long long gemm_2l_rf1_deep_launches() { return g_rf1_deep_launches; }
 long long gemm_2l_release_step_launches() { return g_release_step_launches; }
 void set_gemm_2l_out_halves(bool on) { g_out_pieces[1] = on ? 2 : 1; }
 bool gemm_2l_out_halves() { return g_out_pieces[1] == 2; }
@@ -1459,9 +1470,12 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
+        if (g_life_probe == 6) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
+      if (g_rf1_deep && bf && s1 == 1)  // (A/B, v2.42: the ring as deep as the memory holds)
+        return bf16_instance(integral_constant<int, 27>{}, 1, nullptr);
       if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
         return bf16_instance(integral_constant<int, 15>{}, 1, nullptr);
       if (bt1 == 128)
