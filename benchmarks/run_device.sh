@@ -84,6 +84,9 @@
 #       fits, 9 stages at 128 tokens): the stamped-kernel, release-step and deep-ring tests (nothing timed if they fail),
 #       the tile life as v266 plus --probe deep, ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2, fo_deep, bf16, fp8d;
 #       ROUNDS, default 2), memcheck
+#   v268: v267, then (only if those tests passed) the activations' multicast over CTA pairs (set_gemm_2l_rf1_multicast,
+#       v2.42): its tests (nothing more timed if they fail), the tile life --probe mc at 256 / 512 x 3072 x 3072, ab_2l.py
+#       (BENCH_MS; fo, fo_mc, bf16), and memcheck (which also runs the deep-ring and multicast cases)
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -779,9 +782,9 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v266 ] || [ "$what" = v267 ]; then  # what paces the one-warpgroup loop: the probes; the later release
+if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what paces the one-warpgroup loop: the probes; the later release
   # and (v267) the deep ring on one warpgroup
-  deep=""; [ "$what" = v267 ] && deep=tests/gpu/test_rf1_stages.py
+  deep=""; [ "$what" != v266 ] && deep=tests/gpu/test_rf1_stages.py
   timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
     tests/gpu/test_release_step.py $deep -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_$what.log" 2>&1
   rc=$?; echo "$what tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_$what.log" | tail -4
@@ -795,8 +798,23 @@ if [ "$what" = v266 ] || [ "$what" = v267 ]; then  # what paces the one-warpgrou
     timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols $cols --rounds ${ROUNDS:-2} \
       > "$OUT/ab_$what.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_$what.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
+    if [ "$what" = v268 ]; then
+      timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf1_multicast.py -m "gpu or not gpu" \
+        -o addopts="" --timeout 60 > "$OUT/tests_mc.log" 2>&1
+      mrc=$?; echo "multicast tests rc=$mrc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_mc.log" | tail -4
+      if [ $mrc -eq 0 ]; then
+        for sh in 256x3072x3072 512x3072x3072; do
+          tile=128; [ $sh = 512x3072x3072 ] && tile=256
+          life_runs tile_life_mc.log "--warpgroups 1 --tile $tile" "--shapes $sh --probe mc"
+        done
+        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,bf16 --rounds ${ROUNDS:-2} \
+          > "$OUT/ab_mc.log" 2>&1
+        echo "ab mc rc=$?"; grep -vE "^\{" "$OUT/ab_mc.log" | grep -E "^ +[0-9]|M +K" | cut -c1-150
+      fi
+    fi
+    [ "$what" = v268 ] && [ "$mrc" != 0 ] && export SANITIZE_NO_MC=1
     memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "later release done|deep ring done|Error" "$OUT/sanitize_memcheck.log" | tail -3
+    grep -E "later release done|deep ring done|multicast done|Error" "$OUT/sanitize_memcheck.log" | tail -4
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes
