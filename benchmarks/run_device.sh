@@ -84,9 +84,10 @@
 #       fits, 9 stages at 128 tokens): the stamped-kernel, release-step and deep-ring tests (nothing timed if they fail),
 #       the tile life as v266 plus --probe deep, ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2, fo_deep, bf16, fp8d;
 #       ROUNDS, default 2), memcheck
-#   v268: v267, then (only if those tests passed) the activations' multicast over CTA pairs (set_gemm_2l_rf1_multicast,
-#       v2.42): its tests (nothing more timed if they fail), the tile life --probe mc at 256 / 512 x 3072 x 3072, ab_2l.py
-#       (BENCH_MS; fo, fo_mc, bf16), and memcheck (which also runs the deep-ring and multicast cases)
+#   v268: v267, then (only if those tests passed) the activations' multicast over clusters of 2 / 4 CTAs
+#       (set_gemm_2l_rf1_multicast, v2.42): its tests (nothing more timed if they fail), the tile life --probe mc / mc4
+#       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, bf16), and memcheck (which also runs the
+#       deep-ring and multicast cases)
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -805,9 +806,9 @@ if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what 
       if [ $mrc -eq 0 ]; then
         for sh in 256x3072x3072 512x3072x3072; do
           tile=128; [ $sh = 512x3072x3072 ] && tile=256
-          life_runs tile_life_mc.log "--warpgroups 1 --tile $tile" "--shapes $sh --probe mc"
+          life_runs tile_life_mc.log "--warpgroups 1 --tile $tile" "--shapes $sh --probe mc" "--shapes $sh --probe mc4"
         done
-        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,bf16 --rounds ${ROUNDS:-2} \
+        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,fo_mc4,bf16 --rounds ${ROUNDS:-2} \
           > "$OUT/ab_mc.log" 2>&1
         echo "ab mc rc=$?"; grep -vE "^\{" "$OUT/ab_mc.log" | grep -E "^ +[0-9]|M +K" | cut -c1-150
       fi

@@ -1096,11 +1096,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gemm_2l_rf1_stages", &svdq::set_gemm_2l_rf1_stages, pybind11::arg("cap"),
         "the one-warpgroup persistent kernel's stage ring: at most 6 stages (the default), or 0 for as many as the "
         "memory holds (A/B, perf-notes v2.42: bfloat16, unsplit; 9 at 128-token tiles); the same bits");
-  m.def("set_gemm_2l_rf1_multicast", &svdq::set_gemm_2l_rf1_multicast, pybind11::arg("on"),
-        "the one-warpgroup persistent kernel in CTA pairs on neighbouring row tiles of a token tile, each CTA loading half "
-        "of every stage's activation tile and multicasting it to both (A/B, perf-notes v2.42: bfloat16, unsplit; off by "
-        "default); the same bits");
-  m.def("gemm_2l_rf1_multicast", &svdq::gemm_2l_rf1_multicast, "whether set_gemm_2l_rf1_multicast is on");
+  m.def("set_gemm_2l_rf1_multicast", &svdq::set_gemm_2l_rf1_multicast, pybind11::arg("ctas"),
+        "the one-warpgroup persistent kernel in clusters of `ctas` (2 or 4; 0: off, the default) CTAs on neighbouring "
+        "row tiles of a token tile, each loading its share of every stage's activation tile and multicasting it to all "
+        "(A/B, perf-notes v2.42: bfloat16, unsplit; 4 where N / 64 is a multiple of 4, else pairs); the same bits");
+  m.def("gemm_2l_rf1_multicast", &svdq::gemm_2l_rf1_multicast, "set_gemm_2l_rf1_multicast's cluster size (0: off)");
   m.def("gemm_2l_rf1_multicast_launches", &svdq::gemm_2l_rf1_multicast_launches,
         "GEMM launches of the one-warpgroup kernel in multicast pairs (tests)");
   m.def("gemm_2l_rf1_stages", &svdq::gemm_2l_rf1_stages, "set_gemm_2l_rf1_stages's cap (0: as many as fit)");
@@ -1148,7 +1148,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "loop_probe (timing probes, wrong results; the one-warpgroup kernel, persistent): 1 its loop without widening "
       "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both; "
       "5 (exact) each stage given back at the next stage's third k-step; 6 (exact) the ring as deep as the memory holds; "
-      "7 (exact) CTA pairs sharing the activation tiles by multicast",
+      "7 / 8 (exact) CTA pairs / fours sharing the activation tiles by multicast",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),

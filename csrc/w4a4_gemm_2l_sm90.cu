@@ -132,13 +132,16 @@ __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 
 // The most stages a variant's ring holds (EP 27, 28: as many as fit, for the one-warpgroup tile; see the kernel).
 __host__ __device__ constexpr int stage_cap(int ep) { return ep == 27 || ep == 28 ? 16 : 6; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26) || ep == 28 || ep == 30; }
+__host__ __device__ constexpr bool stamped(int ep) {
+  return ep == 12 || (ep >= 19 && ep <= 26) || ep == 28 || ep == 30 || ep == 32;
+}
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 30; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 32; }
 // (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 30); }
-// The one-warpgroup kernels in CTA pairs sharing each stage's activation tile by multicast (EP 29, 30; see the kernel).
-__host__ __device__ constexpr bool act_multicast(int ep) { return ep == 29 || ep == 30; }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 32); }
+// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30 pairs, 31, 32
+// fours; see the kernel), or 0.
+__host__ __device__ constexpr int act_multicast(int ep) { return ep == 29 || ep == 30 ? 2 : ep == 31 || ep == 32 ? 4 : 0; }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -187,7 +190,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // clusters of two CTAs on neighbouring row tiles of the same token tile: each CTA's producer loads half of every
 // stage's activation tile and multicasts it to both, and each stage is given back to both producers (its empty barrier
 // counts both CTAs' consumer warps), so the pair reads the activations from L2 once instead of twice; 30 (exact,
-// set_gemm_2l_tile_life with it) 21 the same way.
+// set_gemm_2l_tile_life with it) 21 the same way; 31 / 32 (exact) 29 / 30 in clusters of four (a quarter each).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>::kThreads, 1)
@@ -259,16 +262,17 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   constexpr bool kNoAct = EP == 24 || EP == 25;  // (EP 21's loop probes) the stages without their activation tiles
-  constexpr bool kMc = act_multicast(EP);
+  constexpr int kMcN = act_multicast(EP);  // CTAs sharing the activation tiles (0: none)
+  constexpr bool kMc = kMcN > 0;
   static_assert(!kMc || (CW == 1 && RF), "the activations' multicast: one warpgroup's register-fragment loop");
-  const uint32_t mc_rank = kMc ? cooperative_groups::this_cluster().block_rank() : 0;  // (kMc) this CTA's rank in its pair
+  const uint32_t mc_rank = kMc ? cooperative_groups::this_cluster().block_rank() : 0;  // (kMc) this CTA's rank
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kNoAct ? kTxBytes - Cfg::kActBytes : kTxBytes);
-    if constexpr (kMc)  // this CTA's half of the token rows (tm_x's box is half the tile), into both CTAs
-      tma_load_2d_multicast(act + mc_rank * (Cfg::kActBytes / 2), &tm_x, kt * kBK, tm0 + (int)mc_rank * (BT / 2), bar,
-                            0x3);
+    if constexpr (kMc)  // this CTA's share of the token rows (tm_x's box is BT / kMcN rows), into every CTA's stage
+      tma_load_2d_multicast(act + mc_rank * (Cfg::kActBytes / kMcN), &tm_x, kt * kBK, tm0 + (int)mc_rank * (BT / kMcN),
+                            bar, (1u << kMcN) - 1);
     else if constexpr (!kNoAct) tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
@@ -277,7 +281,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, (kMc ? 2 : 1) * kCT / 32);  // (kMc: both CTAs')
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, (kMc ? kMcN : 1) * kCT / 32);  // (kMc: every CTA's)
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -289,7 +293,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if (tid < 8) s_lead[tid] = 0;
   }
   __syncthreads();
-  if constexpr (kMc) cooperative_groups::this_cluster().sync();  // both CTAs' barriers initialised before any multicast
+  if constexpr (kMc) cooperative_groups::this_cluster().sync();  // every CTA's barriers initialised before any multicast
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
@@ -673,13 +677,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         }
       };
       auto release = [&](int i) {
-        if (lane == 0) {
-          if constexpr (kMc) {  // both producers multicast into this stage
-            mbar_arrive(empty_bars + 8 * (i % NS));
-            mbar_arrive_cluster(empty_bars + 8 * (i % NS), mc_rank ^ 1);
-          } else {
-            mbar_arrive(empty_bars + 8 * (i % NS));
-          }
+        if constexpr (kMc) {  // every producer of the cluster multicasts into this stage: lane c tells CTA rank + c
+          if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
+          else if (lane < kMcN) mbar_arrive_cluster(empty_bars + 8 * (i % NS), (mc_rank + lane) % kMcN);
+        } else {
+          if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
         }
       };
       rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
@@ -1012,7 +1014,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
     if ((tid & 127) == 0) tma_store_wait_read();
   }
-  // (kMc) the other CTA's consumers may still arrive on this CTA's barriers: it exits only once both are done
+  // (kMc) the other CTAs' consumers may still arrive on this CTA's barriers: it exits only once all are done
   if constexpr (kMc) cooperative_groups::this_cluster().sync();
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
     if (splits > 1) life(15);
@@ -1062,9 +1064,9 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
 // loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the ring as deep as the memory holds (28), 7 CTA pairs sharing the activation tiles by multicast (30)
+// 6 the ring as deep as the memory holds (28), 7 / 8 CTA pairs / fours sharing the activation tiles by multicast (30 / 32)
 int g_life_probe = 0;
-bool g_rf1_mc = false;  // set_gemm_2l_rf1_multicast: one warpgroup's tiles in CTA pairs sharing the activations (EP 29)
+int g_rf1_mc = 0;  // set_gemm_2l_rf1_multicast: one warpgroup's tiles in clusters of 2 / 4 sharing the activations (EP 29)
 long long g_rf1_mc_launches = 0;  // (tests: which path ran)
 bool g_rf1_deep = false;  // set_gemm_2l_rf1_stages(0): the one-warpgroup tiles' ring as deep as fits (EP 27; A/B, v2.42)
 long long g_rf1_deep_launches = 0;  // (tests: which path ran)
@@ -1096,8 +1098,9 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : kBox,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
-  constexpr bool kMc = act_multicast(EP);  // (a CTA pair: each CTA loads half of the activation tile's rows)
-  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, kMc ? BT / 2 : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  constexpr int kMcN = act_multicast(EP);  // (a cluster of kMcN CTAs: each loads BT / kMcN of the activation rows)
+  constexpr bool kMc = kMcN > 0;
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, kMc ? BT / kMcN : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, rows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
@@ -1124,21 +1127,22 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kMc ? 2 : 1;
+  attr[0].val.clusterDim.x = kMc ? kMcN : 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  if constexpr (kMc) {  // pairs on neighbouring row tiles (N / 64 is even): an even grid, no more pairs than fit at once
+  if constexpr (kMc) {  // clusters on neighbouring row tiles (N / 64 a multiple of kMcN: the dispatcher's check): a grid
+    // of whole clusters, no more than fit at once
     static int fit[64] = {};  // per device, asked once (host time)
-    int pairs = dev < 64 ? fit[dev] : 0;
-    if (pairs == 0) {
+    int clusters = dev < 64 ? fit[dev] : 0;
+    if (clusters == 0) {
       cfg.numAttrs = 1;
-      e = cudaOccupancyMaxActiveClusters(&pairs, kern, &cfg);
+      e = cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg);
       if (e != cudaSuccess) return e;
-      if (pairs < 1) return cudaErrorInvalidConfiguration;
-      if (dev < 64) fit[dev] = pairs;
+      if (clusters < 1) return cudaErrorInvalidConfiguration;
+      if (dev < 64) fit[dev] = clusters;
     }
-    cfg.gridDim.x = std::min<unsigned>(cfg.gridDim.x & ~1u, 2u * (unsigned)pairs);
+    cfg.gridDim.x = std::min<unsigned>(cfg.gridDim.x / kMcN * kMcN, (unsigned)(kMcN * clusters));
   }
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
@@ -1157,7 +1161,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
   if (EP == 27) ++g_rf1_deep_launches;
-  if (EP == 29) ++g_rf1_mc_launches;
+  if (EP == 29 || EP == 31) ++g_rf1_mc_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18 || EP == 20) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 || kMc ? 1 : 0, late);
@@ -1348,7 +1352,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 7 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 8 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1361,8 +1365,8 @@ int gemm_2l_release_step() { return g_release_step; }
 void set_gemm_2l_rf1_stages(int cap) { g_rf1_deep = cap == 0; }
 int gemm_2l_rf1_stages() { return g_rf1_deep ? 0 : 6; }
 long long gemm_2l_rf1_deep_launches() { return g_rf1_deep_launches; }
-void set_gemm_2l_rf1_multicast(bool on) { g_rf1_mc = on; }
-bool gemm_2l_rf1_multicast() { return g_rf1_mc; }
+void set_gemm_2l_rf1_multicast(int ctas) { g_rf1_mc = ctas == 2 || ctas == 4 ? ctas : 0; }
+int gemm_2l_rf1_multicast() { return g_rf1_mc; }
 long long gemm_2l_rf1_multicast_launches() { return g_rf1_mc_launches; }
 long long gemm_2l_release_step_launches() { return g_release_step_launches; }
 void set_gemm_2l_out_halves(bool on) { g_out_pieces[1] = on ? 2 : 1; }
@@ -1514,13 +1518,15 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
         if (g_life_probe == 7) return bf16_instance(integral_constant<int, 30>{}, 1, g_life);
+        if (g_life_probe == 8 && (a.N / 64) % 4 == 0) return bf16_instance(integral_constant<int, 32>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
       if (g_rf1_deep && bf && s1 == 1)  // (A/B, v2.42: the ring as deep as the memory holds)
         return bf16_instance(integral_constant<int, 27>{}, 1, nullptr);
-      if (g_rf1_mc && bf && s1 == 1)  // (A/B, v2.42: CTA pairs sharing the activation tiles by multicast)
-        return bf16_instance(integral_constant<int, 29>{}, 1, nullptr);
+      if (g_rf1_mc == 4 && bf && s1 == 1 && (a.N / 64) % 4 == 0)  // (A/B, v2.42: clusters of four sharing the
+        return bf16_instance(integral_constant<int, 31>{}, 1, nullptr);       // activation tiles by multicast; pairs)
+      if (g_rf1_mc && bf && s1 == 1) return bf16_instance(integral_constant<int, 29>{}, 1, nullptr);
       if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
         return bf16_instance(integral_constant<int, 15>{}, 1, nullptr);
       if (bt1 == 128)

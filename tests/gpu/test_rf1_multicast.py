@@ -1,8 +1,9 @@
-"""One warpgroup's tiles in CTA pairs sharing each stage's activation tile by multicast (set_gemm_2l_rf1_multicast,
-Hopper; perf-notes v2.42, opt-in for A/B: bfloat16, unsplit). The two CTAs of a pair take neighbouring row tiles of
-the same token tile; each loads half of every stage's activation rows into both. The pairs must give the default's
-bits (outputs poisoned first) with one-, two- and many-stage tiles, many tiles per CTA (more pairs than fit at once),
-a ragged last token tile, the low-rank tile late after the chained down projection, and CUDA-graph replay."""
+"""One warpgroup's tiles in clusters of two or four CTAs sharing each stage's activation tile by multicast
+(set_gemm_2l_rf1_multicast(2 / 4), Hopper; perf-notes v2.42, opt-in for A/B: bfloat16, unsplit; four where N / 64 is a
+multiple of four, else pairs). The CTAs of a cluster take neighbouring row tiles of the same token tile; each loads its
+share of every stage's activation rows into all of them. The clusters must give the default's bits (outputs poisoned
+first) with one-, two- and many-stage tiles, many tiles per CTA (more clusters than fit at once), a ragged last token
+tile, the low-rank tile late after the chained down projection, and CUDA-graph replay."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (the fixtures)
-from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_or_skip
+from test_kernels_2l import _acts, _captured, _fo_problem, _gemm_fo as _gemm, _quantize, _weights
+
+from svdquant_hf.ops.layout_2l import fragment_order
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,25 +21,29 @@ pytestmark = [
 ]
 
 
-def _one_warpgroup(ext, tile: int):
-    return _switched(lambda on: ext.set_gemm_2l_rf_warpgroups(on, tile), 1, 0)
+def _one_warpgroup(gpu, tile: int):
+    return _switched(lambda on: gpu.set_gemm_2l_rf_warpgroups(on, tile), 1, 0)
 
 
 def test_off_by_default(hopper):
-    assert hopper.gemm_2l_rf1_multicast() is False
+    assert hopper.gemm_2l_rf1_multicast() == 0
+    hopper.set_gemm_2l_rf1_multicast(3)  # not a cluster size of the kernels: off
+    assert hopper.gemm_2l_rf1_multicast() == 0
 
 
+@pytest.mark.parametrize("ctas", [2, 4])
 @pytest.mark.parametrize("tile", [128, 256])
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (1000, 256, 768), (37, 640, 384), (300, 128, 1536),
-                                   (130, 12288, 3072), (4608, 256, 3072)])
-def test_pairs_give_the_same_bits(hopper, tile, M, K, N):
+                                   (130, 12288, 3072), (4608, 256, 3072), (200, 512, 640)])
+def test_clusters_give_the_same_bits(hopper, ctas, tile, M, K, N):
     """1000 x 256 x 768, 300 x 128 x 1536 and 4608 x 256 x 3072 give CTAs several tiles (4608 tokens: more tiles than
-    pairs fit at once); 37 and 130 tokens end in a ragged token tile, whose second half (rows past M) one CTA loads."""
+    clusters fit at once); 37 and 130 tokens end in a ragged token tile, whose last share (rows past M) one CTA loads;
+    N = 384 and 640 (6 and 10 row tiles) take pairs where four are asked for."""
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + tile + 13, N + 17)
     with _one_warpgroup(hopper, tile):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
         n0 = hopper.gemm_2l_rf1_multicast_launches()
-        with _switched(hopper.set_gemm_2l_rf1_multicast, True, False):
+        with _switched(hopper.set_gemm_2l_rf1_multicast, ctas, 0):
             out = _gemm(hopper, xq, xs, qf, w, lr).clone()
         ran = hopper.gemm_2l_rf1_multicast_launches() - n0
     assert ran == 1
@@ -44,20 +51,40 @@ def test_pairs_give_the_same_bits(hopper, tile, M, K, N):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("ctas", [2, 4])
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (256, 3072, 9216)])
-def test_the_low_rank_tile_late_keeps_the_bits(hopper, M, K, N):
-    y, in_order = _late_or_skip(hopper, M, K, N, "rf1_multicast", "the one-warpgroup kernel")
+def test_the_low_rank_tile_late_keeps_the_bits(hopper, ctas, M, K, N):
+    y, in_order = _late_multicast(hopper, M, K, N, ctas)
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
 
 
-def test_replays_from_a_cuda_graph(hopper):
+def _late_multicast(gpu, M, K, N, ctas):
+    """The GEMM after the chained down projection (its first low-rank tile late) in clusters of `ctas`, and the in-order
+    default GEMM on the same operands; skips where the plan is not the one-warpgroup kernel taking lr late."""
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N + ctas)
+    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
+    qf, w = fragment_order(qw), (wsc, wch, pu, b)
+    with _switched(gpu.set_lr_chain, 1, gpu.lr_chain()), _switched(gpu.set_gemm_2l_rf1_multicast, ctas, 0):
+        n0, p0 = gpu.gemm_2l_late_launches(), gpu.gemm_2l_rf1_multicast_launches()
+        xq, xs, lr = _quantize(gpu, x, smooth, pd)
+        y = _gemm(gpu, xq, xs, qf, w, lr).clone()
+        ran = gpu.gemm_2l_late_launches() > n0 and gpu.gemm_2l_rf1_multicast_launches() > p0
+    in_order = _gemm(gpu, xq, xs, qf, w, lr.clone()).clone()
+    torch.cuda.synchronize()
+    if not ran:
+        pytest.skip(f"the plan at {M} x {K} x {N} is not the one-warpgroup kernel taking lr late here")
+    return y, in_order
+
+
+@pytest.mark.parametrize("ctas", [2, 4])
+def test_replays_from_a_cuda_graph(hopper, ctas):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, 512, 1024, 1536, torch.bfloat16, 41, 42)
     wsc, wch, pu, b = w
     with _one_warpgroup(hopper, 128):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
         n0 = hopper.gemm_2l_rf1_multicast_launches()
-        with _switched(hopper.set_gemm_2l_rf1_multicast, True, False):
+        with _switched(hopper.set_gemm_2l_rf1_multicast, ctas, 0):
             graph, y = _captured(lambda: hopper.w4a4_gemm_2l_fo(xq, xs, qf, wsc, wch, lr, pu, b, 64))
         assert hopper.gemm_2l_rf1_multicast_launches() > n0
         y.fill_(float("nan"))
