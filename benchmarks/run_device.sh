@@ -87,7 +87,7 @@
 #   v268: v267, then (only if those tests passed) the activations' multicast over clusters of 2 / 4 CTAs
 #       (set_gemm_2l_rf1_multicast, v2.42): its tests (nothing more timed if they fail), the tile life --probe mc / mc4
 #       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, bf16), and memcheck (which also runs the
-#       deep-ring and multicast cases)
+#       deep-ring and multicast cases; MEMCHECK=0: not)
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -814,8 +814,10 @@ if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what 
       fi
     fi
     [ "$what" = v268 ] && [ "$mrc" != 0 ] && export SANITIZE_NO_MC=1
-    memcheck "$OUT/sanitize_memcheck.log"
-    grep -E "later release done|deep ring done|multicast done|Error" "$OUT/sanitize_memcheck.log" | tail -4
+    if [ "${MEMCHECK:-1}" != 0 ]; then
+      memcheck "$OUT/sanitize_memcheck.log"
+      grep -E "later release done|deep ring done|multicast done|Error" "$OUT/sanitize_memcheck.log" | tail -4
+    fi
   fi
 fi
 if [ "$what" = v262 ]; then  # g.59 the default, g.60 removed; where the one-warpgroup tile's fixed part goes
