@@ -88,9 +88,9 @@
 #       (set_gemm_2l_rf1_multicast, v2.42): its tests (nothing more timed if they fail), the tile life --probe mc / mc4
 #       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, bf16), and memcheck (which also runs the
 #       deep-ring and multicast cases; MEMCHECK=0: not)
-#   v268s: v268 short: the tile life at 256 x 3072 x 3072 (as is, no-act-mma, no-act, rel2, deep, mc, mc4; each run checks
-#       its bits against the default kernel's), ab_2l.py (BENCH_MS, default 256; fo, fo_rel2, fo_deep, fo_mc, fo_mc4,
-#       bf16); no tests, no memcheck
+#   v268s: v268 short: the tile life at 256 x 3072 x 3072 (as is, deep, mc, mc4; each run checks its bits against the
+#       default kernel's), ab_2l.py (BENCH_MS, default 256; fo, fo_rel2, fo_deep, fo_mc, fo_mc4, bf16), then the tile
+#       life's rel2, no-act-mma and no-act; no tests, no memcheck
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -787,14 +787,13 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
   fi
 fi
 if [ "$what" = v268s ]; then  # v268 short (little device time left): the tile life's same-bits check stands for the tests
-  for run in "--warpgroups 1 --tile 128:256x3072x3072"; do
-    sh="--shapes ${run#*:}"
-    life_runs tile_life_v268s.log "${run%%:*}" "$sh" "$sh --probe no-act-mma" "$sh --probe no-act" "$sh --probe rel2" \
-      "$sh --probe deep" "$sh --probe mc" "$sh --probe mc4"
-  done
+  sh="--shapes 256x3072x3072"  # the levers first, then the chain, then the diagnosis (a short call may end early)
+  life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh" "$sh --probe deep" "$sh --probe mc" "$sh --probe mc4"
   timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256} --cols fo,fo_rel2,fo_deep,fo_mc,fo_mc4,bf16 \
     --rounds ${ROUNDS:-2} > "$OUT/ab_v268s.log" 2>&1
   echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v268s.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
+  life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh --probe rel2" "$sh --probe no-act-mma" \
+    "$sh --probe no-act"
 fi
 if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what paces the one-warpgroup loop: the probes; the later release
   # and (v267) the deep ring on one warpgroup
