@@ -1518,7 +1518,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
         if (g_life_probe == 7) return bf16_instance(integral_constant<int, 30>{}, 1, g_life);
-        if (g_life_probe == 8 && (a.N / 64) % 4 == 0) return bf16_instance(integral_constant<int, 32>{}, 1, g_life);
+        if (g_life_probe == 8)  // (fours where N / 64 is a multiple of four, else pairs, as the dispatched kernels)
+          return (a.N / 64) % 4 == 0 ? bf16_instance(integral_constant<int, 32>{}, 1, g_life)
+                                     : bf16_instance(integral_constant<int, 30>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
