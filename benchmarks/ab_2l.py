@@ -47,9 +47,10 @@ Columns (us per call, CUDA graph):
           low-rank copies in loops over runtime counts as before v2.35 (set_gemm_2l_lr_unrolled(False); the same bits); "fo_rel2" / "fo_rel1" fo
           releasing each stage at the next stage's third k-step as before v2.35 / its second (set_gemm_2l_release_step(2
           / 1; since v2.41 step 2 takes the one-warpgroup tiles too; the same bits); "fo_deep" fo with the one-warpgroup
-          tiles' ring as deep as the memory holds (set_gemm_2l_rf1_stages(0), v2.42; the same bits); "fo_mc" fo with the
-          one-warpgroup tiles in CTA pairs sharing each stage's activation tile by multicast (set_gemm_2l_rf1_multicast(2),
-          v2.42; the same bits); "fo_mc4" the same in clusters of four (set_gemm_2l_rf1_multicast(4)); "fo_3s" fo with the three-warpgroup 192-token kernel on three stages, its output staged
+          tiles' ring as deep as the memory holds (set_gemm_2l_rf1_stages(0), v2.42; the same bits); "fo_mc" fo with
+          the one-warpgroup tiles in CTA pairs sharing each stage's activation tile by multicast
+          (set_gemm_2l_rf1_multicast(2), v2.42; the same bits); "fo_mc4" the same in clusters of four
+          (set_gemm_2l_rf1_multicast(4)); "fo_3s" fo with the three-warpgroup 192-token kernel on three stages, its output staged
           whole, as before v2.36 (set_gemm_2l_out_halves(False); the same bits); "fo_256w" fo with the two-warpgroup
           256-token tile on three stages, its output staged whole, as before v2.36 (set_gemm_2l_out_pieces(256, 1);
           the same bits); "fo_sw" fo with the 256-token split kernel on three stages, its output staged whole, as

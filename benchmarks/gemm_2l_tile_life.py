@@ -24,8 +24,8 @@ weight words used as fragments as they are (no widening); no-mma, the k-steps wi
 the stage ring alone); no-act, the stages without their activation tiles (the weights and scales alone loaded, the
 wgmmas on stale bytes); no-act-mma, both of the last two; rel2 (exact), each stage given back at the next one's third
 k-step (no wait<1> at a stage's first k-step); deep (exact), the ring as deep as the memory holds (EP 28: 9 stages at
-128-token tiles, not 6); mc / mc4 (exact), CTA pairs / clusters of four sharing each stage's activation tile by multicast (EP 30 /
-32).
+128-token tiles, not 6); mc / mc4 (exact), CTA pairs / clusters of four sharing each stage's activation tile by
+multicast (EP 30 / 32; pairs where N / 64 is not a multiple of four).
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank

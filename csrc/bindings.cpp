@@ -1102,7 +1102,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(A/B, perf-notes v2.42: bfloat16, unsplit; 4 where N / 64 is a multiple of 4, else pairs); the same bits");
   m.def("gemm_2l_rf1_multicast", &svdq::gemm_2l_rf1_multicast, "set_gemm_2l_rf1_multicast's cluster size (0: off)");
   m.def("gemm_2l_rf1_multicast_launches", &svdq::gemm_2l_rf1_multicast_launches,
-        "GEMM launches of the one-warpgroup kernel in multicast pairs (tests)");
+        "GEMM launches of the one-warpgroup kernel in multicast clusters (tests)");
   m.def("gemm_2l_rf1_stages", &svdq::gemm_2l_rf1_stages, "set_gemm_2l_rf1_stages's cap (0: as many as fit)");
   m.def("gemm_2l_rf1_deep_launches", &svdq::gemm_2l_rf1_deep_launches,
         "GEMM launches of the one-warpgroup kernel on the deep ring (tests)");
@@ -1147,7 +1147,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "buffer is twice that, its second half the epilogue's sub-steps (the stamped kernels of the pipelined loop); "
       "loop_probe (timing probes, wrong results; the one-warpgroup kernel, persistent): 1 its loop without widening "
       "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both; "
-      "5 (exact) each stage given back at the next stage's third k-step; 6 (exact) the ring as deep as the memory holds; "
+      "5 (exact) each stage given back at the next stage's third k-step; 6 (exact) the ring as deep as the memory "
+      "holds; "
       "7 / 8 (exact) CTA pairs / fours sharing the activation tiles by multicast",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);

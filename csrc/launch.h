@@ -288,9 +288,9 @@ long long gemm_2l_release_step_launches();  // (tests)
 void set_gemm_2l_rf1_stages(int cap);
 int gemm_2l_rf1_stages();
 long long gemm_2l_rf1_deep_launches();  // (tests)
-// the one-warpgroup tiles in clusters of `ctas` (2 or 4; 0 off, the default) CTAs on neighbouring row tiles, each loading
-// its share of every stage's activation tile and multicasting it to all (A/B, v2.42: bfloat16, unsplit; 4 where N / 64
-// is a multiple of 4, else pairs)
+// the one-warpgroup tiles in clusters of `ctas` (2 or 4; 0 off, the default) CTAs on neighbouring row tiles, each
+// loading its share of every stage's activation tile and multicasting it to all (A/B, v2.42: bfloat16, unsplit; 4 where
+// N / 64 is a multiple of 4, else pairs)
 void set_gemm_2l_rf1_multicast(int ctas);
 int gemm_2l_rf1_multicast();
 long long gemm_2l_rf1_multicast_launches();  // (tests)

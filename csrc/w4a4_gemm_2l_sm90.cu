@@ -139,9 +139,11 @@ __host__ __device__ constexpr bool stamped(int ep) {
 __host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 32; }
 // (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
 __host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 32); }
-// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30 pairs, 31, 32
-// fours; see the kernel), or 0.
-__host__ __device__ constexpr int act_multicast(int ep) { return ep == 29 || ep == 30 ? 2 : ep == 31 || ep == 32 ? 4 : 0; }
+// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30 pairs, 31,
+// 32 fours; see the kernel), or 0.
+__host__ __device__ constexpr int act_multicast(int ep) {
+  return ep == 29 || ep == 30 ? 2 : ep == 31 || ep == 32 ? 4 : 0;
+}
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -293,7 +295,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if (tid < 8) s_lead[tid] = 0;
   }
   __syncthreads();
-  if constexpr (kMc) cooperative_groups::this_cluster().sync();  // every CTA's barriers initialised before any multicast
+  if constexpr (kMc) cooperative_groups::this_cluster().sync();  // all CTAs' barriers initialised before any multicast
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
@@ -1064,11 +1066,13 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
 // loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the ring as deep as the memory holds (28), 7 / 8 CTA pairs / fours sharing the activation tiles by multicast (30 / 32)
+// 6 the ring as deep as the memory holds (28), 7 / 8 CTA pairs / fours sharing the activation tiles by multicast (30 /
+// 32)
 int g_life_probe = 0;
-int g_rf1_mc = 0;  // set_gemm_2l_rf1_multicast: one warpgroup's tiles in clusters of 2 / 4 sharing the activations (EP 29)
+// set_gemm_2l_rf1_multicast: one warpgroup's tiles in clusters of 2 / 4 sharing the activations (EP 29 / 31; A/B, v2.42)
+int g_rf1_mc = 0;
 long long g_rf1_mc_launches = 0;  // (tests: which path ran)
-bool g_rf1_deep = false;  // set_gemm_2l_rf1_stages(0): the one-warpgroup tiles' ring as deep as fits (EP 27; A/B, v2.42)
+bool g_rf1_deep = false;  // set_gemm_2l_rf1_stages(0): the one-warpgroup ring as deep as fits (EP 27; A/B, v2.42)
 long long g_rf1_deep_launches = 0;  // (tests: which path ran)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1131,8 +1135,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  if constexpr (kMc) {  // clusters on neighbouring row tiles (N / 64 a multiple of kMcN: the dispatcher's check): a grid
-    // of whole clusters, no more than fit at once
+  if constexpr (kMc) {  // clusters on neighbouring row tiles (N / 64 a multiple of kMcN: the dispatcher's check): a
+    // grid of whole clusters, no more than fit at once
     static int fit[64] = {};  // per device, asked once (host time)
     int clusters = dev < 64 ? fit[dev] : 0;
     if (clusters == 0) {
