@@ -1515,6 +1515,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
+      const bool fours = (a.N / 64) % 4 == 0;  // (multicast) clusters of four fit the row tiles; else pairs
       if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-26: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
@@ -1522,17 +1523,17 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
         if (g_life_probe == 7) return bf16_instance(integral_constant<int, 30>{}, 1, g_life);
-        if (g_life_probe == 8)  // (fours where N / 64 is a multiple of four, else pairs, as the dispatched kernels)
-          return (a.N / 64) % 4 == 0 ? bf16_instance(integral_constant<int, 32>{}, 1, g_life)
-                                     : bf16_instance(integral_constant<int, 30>{}, 1, g_life);
+        if (g_life_probe == 8)
+          return fours ? bf16_instance(integral_constant<int, 32>{}, 1, g_life)
+                       : bf16_instance(integral_constant<int, 30>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
       if (g_rf1_deep && bf && s1 == 1)  // (A/B, v2.42: the ring as deep as the memory holds)
         return bf16_instance(integral_constant<int, 27>{}, 1, nullptr);
-      if (g_rf1_mc == 4 && bf && s1 == 1 && (a.N / 64) % 4 == 0)  // (A/B, v2.42: clusters of four sharing the
-        return bf16_instance(integral_constant<int, 31>{}, 1, nullptr);       // activation tiles by multicast; pairs)
-      if (g_rf1_mc && bf && s1 == 1) return bf16_instance(integral_constant<int, 29>{}, 1, nullptr);
+      if (g_rf1_mc && bf && s1 == 1)  // (A/B, v2.42: clusters sharing the activation tiles by multicast)
+        return g_rf1_mc == 4 && fours ? bf16_instance(integral_constant<int, 31>{}, 1, nullptr)
+                                      : bf16_instance(integral_constant<int, 29>{}, 1, nullptr);
       if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
         return bf16_instance(integral_constant<int, 15>{}, 1, nullptr);
       if (bt1 == 128)

@@ -11,9 +11,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (the fixtures)
-from test_kernels_2l import _acts, _captured, _fo_problem, _gemm_fo as _gemm, _quantize, _weights
-
-from svdquant_hf.ops.layout_2l import fragment_order
+from test_kernels_2l import _captured, _fo_problem, _gemm_fo as _gemm, _late_or_skip, _switched_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,10 +40,7 @@ def test_clusters_give_the_same_bits(hopper, ctas, tile, M, K, N):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + tile + 13, N + 17)
     with _one_warpgroup(hopper, tile):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        n0 = hopper.gemm_2l_rf1_multicast_launches()
-        with _switched(hopper.set_gemm_2l_rf1_multicast, ctas, 0):
-            out = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        ran = hopper.gemm_2l_rf1_multicast_launches() - n0
+        out, ran = _switched_gemm(hopper, "rf1_multicast", xq, xs, qf, w, lr, value=ctas)
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
@@ -54,27 +49,9 @@ def test_clusters_give_the_same_bits(hopper, ctas, tile, M, K, N):
 @pytest.mark.parametrize("ctas", [2, 4])
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (256, 3072, 9216)])
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, ctas, M, K, N):
-    y, in_order = _late_multicast(hopper, M, K, N, ctas)
+    y, in_order = _late_or_skip(hopper, M, K, N, "rf1_multicast", "the one-warpgroup kernel", value=ctas)
     assert torch.isfinite(in_order).all()
     assert torch.equal(y, in_order)
-
-
-def _late_multicast(gpu, M, K, N, ctas):
-    """The GEMM after the chained down projection (its first low-rank tile late) in clusters of `ctas`, and the in-order
-    default GEMM on the same operands; skips where the plan is not the one-warpgroup kernel taking lr late."""
-    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N + ctas)
-    qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
-    qf, w = fragment_order(qw), (wsc, wch, pu, b)
-    with _switched(gpu.set_lr_chain, 1, gpu.lr_chain()), _switched(gpu.set_gemm_2l_rf1_multicast, ctas, 0):
-        n0, p0 = gpu.gemm_2l_late_launches(), gpu.gemm_2l_rf1_multicast_launches()
-        xq, xs, lr = _quantize(gpu, x, smooth, pd)
-        y = _gemm(gpu, xq, xs, qf, w, lr).clone()
-        ran = gpu.gemm_2l_late_launches() > n0 and gpu.gemm_2l_rf1_multicast_launches() > p0
-    in_order = _gemm(gpu, xq, xs, qf, w, lr.clone()).clone()
-    torch.cuda.synchronize()
-    if not ran:
-        pytest.skip(f"the plan at {M} x {K} x {N} is not the one-warpgroup kernel taking lr late here")
-    return y, in_order
 
 
 @pytest.mark.parametrize("ctas", [2, 4])

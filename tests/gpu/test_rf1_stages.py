@@ -9,7 +9,7 @@ import torch
 
 from test_kernels import ext  # noqa: F401  (ext: the fixture)
 from test_kernels_2l import _switched, hopper  # noqa: F401  (the fixtures)
-from test_kernels_2l import _fo_problem, _gemm_fo as _gemm
+from test_kernels_2l import _fo_problem, _gemm_fo as _gemm, _switched_gemm
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,10 +32,7 @@ def test_the_deep_ring_gives_the_same_bits(hopper, tile, M, K, N):
     xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + tile + 7, N + 11)
     with _switched(lambda on: hopper.set_gemm_2l_rf_warpgroups(on, tile), 1, 0):
         ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        n0 = hopper.gemm_2l_rf1_deep_launches()
-        with _switched(hopper.set_gemm_2l_rf1_stages, 0, 6):
-            out = _gemm(hopper, xq, xs, qf, w, lr).clone()
-        ran = hopper.gemm_2l_rf1_deep_launches() - n0
+        out, ran = _switched_gemm(hopper, "rf1_stages", xq, xs, qf, w, lr, value=0, counter="rf1_deep")
     assert ran == 1
     assert torch.isfinite(ref).all()
     assert torch.equal(out, ref)
