@@ -86,10 +86,12 @@
 #       ROUNDS, default 2), memcheck
 #   v268: v267, then (only if those tests passed) the activations' multicast over clusters of 2 / 4 CTAs
 #       (set_gemm_2l_rf1_multicast, v2.42): its tests (nothing more timed if they fail), the tile life --probe mc / mc4
-#       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, bf16), and memcheck (which also runs the
+#       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, fo_dmc, fo_dmc4 (v2.43: both levers at
+#       once), bf16), and memcheck (which also runs the
 #       deep-ring and multicast cases; MEMCHECK=0: not)
 #   v268s: v268 short: the tile life at 256 x 3072 x 3072 (as is, deep, mc, mc4; each run checks its bits against the
-#       default kernel's), ab_2l.py (BENCH_MS, default 256; fo, fo_rel2, fo_deep, fo_mc, fo_mc4, bf16), then the tile
+#       default kernel's), ab_2l.py (BENCH_MS, default 256; fo, fo_rel2, fo_deep, fo_mc, fo_mc4, fo_dmc, fo_dmc4,
+#       bf16), then the tile
 #       life's rel2, no-act-mma and no-act; no tests, no memcheck
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
@@ -789,7 +791,7 @@ fi
 if [ "$what" = v268s ]; then  # v268 short (little device time left): the tile life's same-bits check stands for the tests
   sh="--shapes 256x3072x3072"  # the levers first, then the chain, then the diagnosis (a short call may end early)
   life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh" "$sh --probe deep" "$sh --probe mc" "$sh --probe mc4"
-  timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256} --cols fo,fo_rel2,fo_deep,fo_mc,fo_mc4,bf16 \
+  timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256} --cols fo,fo_rel2,fo_deep,fo_mc,fo_mc4,fo_dmc,fo_dmc4,bf16 \
     --rounds ${ROUNDS:-2} > "$OUT/ab_v268s.log" 2>&1
   echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v268s.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
   life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh --probe rel2" "$sh --probe no-act-mma" \
@@ -820,9 +822,9 @@ if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what 
           tile=128; [ $sh = 512x3072x3072 ] && tile=256
           life_runs tile_life_mc.log "--warpgroups 1 --tile $tile" "--shapes $sh --probe mc" "--shapes $sh --probe mc4"
         done
-        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,fo_mc4,bf16 --rounds ${ROUNDS:-2} \
+        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,fo_mc4,fo_dmc,fo_dmc4,bf16 --rounds ${ROUNDS:-2} \
           > "$OUT/ab_mc.log" 2>&1
-        echo "ab mc rc=$?"; grep -vE "^\{" "$OUT/ab_mc.log" | grep -E "^ +[0-9]|M +K" | cut -c1-150
+        echo "ab mc rc=$?"; grep -vE "^\{" "$OUT/ab_mc.log" | grep -E "^ +[0-9]|M +K" | cut -c1-230
       fi
     fi
     [ "$what" = v268 ] && [ "$mrc" != 0 ] && export SANITIZE_NO_MC=1

@@ -129,20 +129,20 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
-// The most stages a variant's ring holds (EP 27, 28: as many as fit, for the one-warpgroup tile; see the kernel).
-__host__ __device__ constexpr int stage_cap(int ep) { return ep == 27 || ep == 28 ? 16 : 6; }
+// The most stages a variant's ring holds (EP 27, 28, 33, 34: as many as fit, for the one-warpgroup tile; see the kernel).
+__host__ __device__ constexpr int stage_cap(int ep) { return ep == 27 || ep == 28 || ep == 33 || ep == 34 ? 16 : 6; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) {
   return ep == 12 || (ep >= 19 && ep <= 26) || ep == 28 || ep == 30 || ep == 32;
 }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 32; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 34; }
 // (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 32); }
-// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30 pairs, 31,
-// 32 fours; see the kernel), or 0.
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 34); }
+// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30, 33 pairs,
+// 31, 32, 34 fours; see the kernel), or 0.
 __host__ __device__ constexpr int act_multicast(int ep) {
-  return ep == 29 || ep == 30 ? 2 : ep == 31 || ep == 32 ? 4 : 0;
+  return ep == 29 || ep == 30 || ep == 33 ? 2 : ep == 31 || ep == 32 || ep == 34 ? 4 : 0;
 }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
@@ -192,7 +192,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // clusters of two CTAs on neighbouring row tiles of the same token tile: each CTA's producer loads half of every
 // stage's activation tile and multicasts it to both, and each stage is given back to both producers (its empty barrier
 // counts both CTAs' consumer warps), so the pair reads the activations from L2 once instead of twice; 30 (exact,
-// set_gemm_2l_tile_life with it) 21 the same way; 31 / 32 (exact) 29 / 30 in clusters of four (a quarter each).
+// set_gemm_2l_tile_life with it) 21 the same way; 31 / 32 (exact) 29 / 30 in clusters of four (a quarter each); 33 / 34
+// (exact, v2.43: set_gemm_2l_rf1_stages(0) and set_gemm_2l_rf1_multicast(2 / 4) together) 29 / 31 on 27's deep ring.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>::kThreads, 1)
@@ -1164,8 +1165,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
-  if (EP == 27) ++g_rf1_deep_launches;
-  if (EP == 29 || EP == 31) ++g_rf1_mc_launches;
+  if (EP == 27 || EP == 33 || EP == 34) ++g_rf1_deep_launches;
+  if (EP == 29 || EP == 31 || EP == 33 || EP == 34) ++g_rf1_mc_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18 || EP == 20) ++g_split_halves_launches;
   cfg.numAttrs = pdl_launch_attr(attr, splits > 1 || kMc ? 1 : 0, late);
@@ -1529,6 +1530,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
+      if (g_rf1_deep && g_rf1_mc && bf && s1 == 1)  // (A/B, v2.43: both levers at once)
+        return g_rf1_mc == 4 && fours ? bf16_instance(integral_constant<int, 34>{}, 1, nullptr)
+                                      : bf16_instance(integral_constant<int, 33>{}, 1, nullptr);
       if (g_rf1_deep && bf && s1 == 1)  // (A/B, v2.42: the ring as deep as the memory holds)
         return bf16_instance(integral_constant<int, 27>{}, 1, nullptr);
       if (g_rf1_mc && bf && s1 == 1)  // (A/B, v2.42: clusters sharing the activation tiles by multicast)

@@ -234,6 +234,14 @@ if (gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_
         _fragment_order_gemm_case("rf1_multicast", [(300, 128, 512, 32, 128), (1000, 256, 768, 32, 128),
                                                     (130, 6144, 512, 32, 128), (37, 256, 512, 32, 256)],
                                   warpgroups=1, switch_value=ctas)
+    # (v2.43) both at once: the clusters on the deep ring (EP 33 / 34)
+    ext.set_gemm_2l_rf1_stages(0)
+    try:
+        for ctas in (2, 4):
+            _fragment_order_gemm_case("rf1_multicast", [(1000, 256, 768, 32, 128), (130, 6144, 512, 32, 128)],
+                                      warpgroups=1, switch_value=ctas)
+    finally:
+        ext.set_gemm_2l_rf1_stages(6)
     print("sanitize case: activation multicast done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_out_halves"):
     # the three-warpgroup kernel's output in two token halves, four stages (set_gemm_2l_out_halves): one- and

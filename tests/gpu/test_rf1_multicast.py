@@ -47,6 +47,24 @@ def test_clusters_give_the_same_bits(hopper, ctas, tile, M, K, N):
 
 
 @pytest.mark.parametrize("ctas", [2, 4])
+@pytest.mark.parametrize("tile", [128, 256])
+@pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (130, 12288, 3072), (37, 640, 384)])
+def test_clusters_on_the_deep_ring_give_the_same_bits(hopper, ctas, tile, M, K, N):
+    """Both levers at once (set_gemm_2l_rf1_stages(0) with the multicast: EP 33 / 34): 130 x 12288 goes round the
+    nine-stage ring ten times; N = 384 takes pairs where four are asked for."""
+    xq, xs, lr, _, qf, w = _fo_problem(hopper, M, K, N, torch.bfloat16, M + K + tile + 7, N + 5)
+    with _one_warpgroup(hopper, tile):
+        ref = _gemm(hopper, xq, xs, qf, w, lr).clone()
+        d0 = hopper.gemm_2l_rf1_deep_launches()
+        with _switched(hopper.set_gemm_2l_rf1_stages, 0, 6):
+            out, ran = _switched_gemm(hopper, "rf1_multicast", xq, xs, qf, w, lr, value=ctas)
+        assert hopper.gemm_2l_rf1_deep_launches() == d0 + 1
+    assert ran == 1
+    assert torch.isfinite(ref).all()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("ctas", [2, 4])
 @pytest.mark.parametrize("M,K,N", [(256, 3072, 3072), (256, 3072, 9216)])
 def test_the_low_rank_tile_late_keeps_the_bits(hopper, ctas, M, K, N):
     y, in_order = _late_or_skip(hopper, M, K, N, "rf1_multicast", "the one-warpgroup kernel", value=ctas)
