@@ -162,7 +162,9 @@
 #       stalls target below, the whole tests/gpu (as run in v2.35 at commit b5ccdec, g.47 was opt-in: --lr-unrolled, fo_lru)
 #   stalls: where the default GEMM's warps stall, per SASS instruction (perf-notes v2.34's next step 1): Nsight Compute's
 #       SourceCounters and WarpStateStats on benchmarks/chain_ncu.py at STALL_SHAPE (default 4608 3072 3072), clocks not
-#       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines)
+#       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines);
+#       NCU_PIPES=1: also the issue slots and each pipe's utilization (ComputeWorkloadAnalysis, InstructionStats,
+#       SchedulerStats)
 #   v237: perf-notes v2.34's g.46 (the output staging with GELU-or-not decided once): its tests and the GELU epilogue
 #       test (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
 #       --act-in-loop, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_ail, bf16, fp8d), memcheck, the whole tests/gpu
@@ -268,14 +270,31 @@ life_runs() {  # benchmarks/gemm_2l_tile_life.py with flags $2 once per variant 
   done
 }
 gemm_stalls() {  # Nsight Compute's per-instruction stall sampling of the default GEMM at STALL_SHAPE, summarized
+  # (NCU_PIPES=1: also the issue-slot and per-pipe utilization sections, their details printed)
+  local extra=""
+  [ "${NCU_PIPES:-0}" = 1 ] && extra="--section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats"
   (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
-    --launch-count 1 --section SourceCounters --section WarpStateStats -f -o "$OUT/gemm_stalls" \
+    --launch-count 1 --section SourceCounters --section WarpStateStats $extra -f -o "$OUT/gemm_stalls" \
     python3 chain_ncu.py ${STALL_SHAPE:-4608 3072 3072} > "$OUT/ncu_stalls.log" 2>&1)
   echo "ncu rc=$?"; tail -3 "$OUT/ncu_stalls.log"
   ncu --import "$OUT/gemm_stalls.ncu-rep" --page source --csv --print-source sass > "$OUT/gemm_stalls_sass.csv" 2>&1
   echo "source page rc=$? ($(wc -l < "$OUT/gemm_stalls_sass.csv") lines)"; head -c 600 "$OUT/gemm_stalls_sass.csv"; echo
   ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --section WarpStateStats > "$OUT/gemm_stalls_details.txt" 2>&1
   grep -E "Stall|Warp Cycles" "$OUT/gemm_stalls_details.txt" | head -20
+  if [ -n "$extra" ]; then
+    ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --print-details all > "$OUT/gemm_pipes_details.txt" 2>&1
+    ncu --import "$OUT/gemm_stalls.ncu-rep" --page raw --csv > "$OUT/gemm_pipes_raw.csv" 2>&1
+    grep -iE "issue|ipc|pipe|utiliz|eligible|active warps|executed instructions" "$OUT/gemm_pipes_details.txt" | head -40
+    python3 - "$OUT/gemm_pipes_raw.csv" <<'PYEOF'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+if len(rows) >= 3:
+    names, vals = rows[0], rows[2]
+    keep = [(n, v) for n, v in zip(names, vals) if "pipe" in n and "pct_of_peak_sustained_active" in n and v not in ("", "0")]
+    for n, v in sorted(keep, key=lambda t: -float(t[1].replace(",", "") or 0))[:16]:
+        print(f"  {n}: {v}")
+PYEOF
+  fi
   python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
 }
 v227_tests() {  # the chunked quantizer's tests and the side-stream ones; returns their rc
