@@ -46,12 +46,7 @@ Columns (us per call, CUDA graph):
           (set_gemm_2l_act_in_loop: GELU tested per octet; the same bits); "fo_lrr" fo with the last warpgroup's
           low-rank copies in loops over runtime counts as before v2.35 (set_gemm_2l_lr_unrolled(False); the same bits); "fo_rel2" / "fo_rel1" fo
           releasing each stage at the next stage's third k-step as before v2.35 / its second (set_gemm_2l_release_step(2
-          / 1; since v2.41 step 2 takes the one-warpgroup tiles too; the same bits); "fo_deep" fo with the one-warpgroup
-          tiles' ring as deep as the memory holds (set_gemm_2l_rf1_stages(0), v2.42; the same bits); "fo_mc" fo with
-          the one-warpgroup tiles in CTA pairs sharing each stage's activation tile by multicast
-          (set_gemm_2l_rf1_multicast(2), v2.42; the same bits); "fo_mc4" the same in clusters of four
-          (set_gemm_2l_rf1_multicast(4)); "fo_dmc" / "fo_dmc4" both at once, pairs / fours on the deep ring (v2.43);
-          "fo_3s" fo with the three-warpgroup 192-token kernel on three stages, its output staged
+          / 1; since v2.41 step 2 takes the one-warpgroup tiles too; the same bits); "fo_3s" fo with the three-warpgroup 192-token kernel on three stages, its output staged
           whole, as before v2.36 (set_gemm_2l_out_halves(False); the same bits); "fo_256w" fo with the two-warpgroup
           256-token tile on three stages, its output staged whole, as before v2.36 (set_gemm_2l_out_pieces(256, 1);
           the same bits); "fo_sw" fo with the 256-token split kernel on three stages, its output staged whole, as
@@ -124,11 +119,6 @@ SWITCHED = {
     "fo_lrr": ("frag", {"lr_unrolled": False}),
     "fo_rel2": ("frag", {"release_step": 2}),
     "fo_rel1": ("frag", {"release_step": 1}),
-    "fo_deep": ("frag", {"rf1_stages": 0}),
-    "fo_mc": ("frag", {"rf1_multicast": 2}),
-    "fo_mc4": ("frag", {"rf1_multicast": 4}),
-    "fo_dmc": ("frag", {"rf1_stages": 0, "rf1_multicast": 2}),
-    "fo_dmc4": ("frag", {"rf1_stages": 0, "rf1_multicast": 4}),
     "fo_3s": ("frag", {"out_halves": False}),
     "fo_256w": ("frag", {"out_pieces": (256, 1)}),
     "fo_sw": ("frag", {"split_halves": False}),
@@ -148,7 +138,7 @@ COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24", "fo_lc", "fo_nlc", "fo_bs", "fo_nbs"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_deep", "fo"), ("fo_mc", "fo"), ("fo_mc4", "fo"), ("fo_dmc", "fo"), ("fo_dmc4", "fo"), ("fo_3s", "fo"), ("fo_256w", "fo"), ("fo_sw", "fo"), ("fo_1w", "fo"), ("fo_1w2", "fo"), ("fo_1wa", "fo"), ("fo_n1wa", "fo"), ("fo_lp2", "fo"), ("fo_lp1", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_3s", "fo"), ("fo_256w", "fo"), ("fo_sw", "fo"), ("fo_1w", "fo"), ("fo_1w2", "fo"), ("fo_1wa", "fo"), ("fo_n1wa", "fo"), ("fo_lp2", "fo"), ("fo_lp1", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

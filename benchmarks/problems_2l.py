@@ -76,8 +76,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   l2_prefetch: bool = False, act_in_loop: bool = False,
                   lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True,
                   out_pieces: tuple[int, int] | None = None, split_halves: bool = True,
-                  rf1_auto: bool = True, lr_chain_pipes: int = 2, rf1_stages: int = 6,
-                  rf1_multicast: int = 0) -> Iterator[None]:
+                  rf1_auto: bool = True, lr_chain_pipes: int = 2) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -128,9 +127,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     (set_gemm_2l_rf1_auto, g.56 by the cost model, v2.38, the default since v2.39; False: only where forced; on after
     the block). lr_chain_pipes: the chained down projection's groups of four warps per CTA (set_lr_chain_pipes, g.59,
     v2.39: 2 streams a CTA's slices on two rings at once, the default since v2.40; 1: one ring; 2 after the block).
-    rf1_stages: the one-warpgroup tiles' stage ring (set_gemm_2l_rf1_stages: at most 6, the default; 0 as many as the
-    memory holds, v2.42; 6 after the block). rf1_multicast: the one-warpgroup tiles in clusters of 2 or 4 CTAs sharing
-    each stage's activation tile by multicast (set_gemm_2l_rf1_multicast, v2.42; 0, off, after the block).
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -161,9 +157,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                 "set_gemm_2l_out_halves": (out_halves, True),
                 "set_gemm_2l_split_halves": (split_halves, True),
                 "set_gemm_2l_rf1_auto": (rf1_auto, True),
-                "set_lr_chain_pipes": (lr_chain_pipes, 2),
-                "set_gemm_2l_rf1_stages": (rf1_stages, 6),
-                "set_gemm_2l_rf1_multicast": (rf1_multicast, 0)}
+                "set_lr_chain_pipes": (lr_chain_pipes, 2)}
     optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
     for name, (during, _) in optional.items():
         getattr(ext, name)(during)

@@ -80,25 +80,16 @@
 #       512 where rf_cost puts them 5 % below the rest): its tests (nothing timed if they fail), ab_2l.py (BENCH_MS,
 #       default 512,256; fo, fo_1wa, bf16, fp8d; ROUNDS, default 3), the whole tests/gpu (SUITE=0: not),
 #       gemm_2l_fo_plans.py --splits --one (PLANS_MS, default 512,256: auto against the best plan)
-#   v267: v266 with the deep ring (perf-notes v2.42: set_gemm_2l_rf1_stages(0), the one-warpgroup tiles' ring as deep as
-#       fits, 9 stages at 128 tokens): the stamped-kernel, release-step and deep-ring tests (nothing timed if they fail),
-#       the tile life as v266 plus --probe deep, ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2, fo_deep, bf16, fp8d;
-#       ROUNDS, default 2), memcheck
-#   v268: v267, then (only if those tests passed) the activations' multicast over clusters of 2 / 4 CTAs
-#       (set_gemm_2l_rf1_multicast, v2.42): its tests (nothing more timed if they fail), the tile life --probe mc / mc4
-#       at 256 / 512 x 3072 x 3072, ab_2l.py (BENCH_MS; fo, fo_mc, fo_mc4, fo_dmc, fo_dmc4 (v2.43: both levers at
-#       once), bf16), and memcheck (which also runs the
-#       deep-ring and multicast cases; MEMCHECK=0: not)
-#   v268s: v268 short: the tile life at 256 x 3072 x 3072 (as is, deep, mc, mc4; each run checks its bits against the
-#       default kernel's), ab_2l.py (BENCH_MS, default 256; fo, fo_rel2, fo_deep, fo_mc, fo_mc4, fo_dmc, fo_dmc4,
-#       bf16), then the tile
-#       life's rel2, no-act-mma and no-act; no tests, no memcheck
+#   (v268, as run at commit 417e0e4 with MEMCHECK=0: v266 with v2.42's deep ring (set_gemm_2l_rf1_stages(0)) and the
+#       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
+#       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
+#       removed in v2.43; v267 and v268s were its subsets)
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
 #       tiles, without wgmmas (its widening now kept), without both) and rel2 (EP 26, exact: each stage given back at
 #       the next one's third k-step); then ab_2l.py (BENCH_MS, default 256,512; fo, fo_rel2: set_gemm_2l_release_step(2),
-#       which now takes the one-warpgroup tiles too, bf16, fp8d; ROUNDS, default 2) and memcheck
+#       which now takes the one-warpgroup tiles too, bf16, fp8d; ROUNDS, default 2) and memcheck (MEMCHECK=0: not)
 #   (v265 / v265b, as run at commits f1b5940 / 419c469: the tile life with the probes no-widen and no-mma, then g.61
 #       and g.62 (set_gemm_2l_rf1_widening / _ksplit): their tests, ab_2l.py with fo_ww / fo_ks, memcheck; both
 #       measured slower and removed in v2.41. v264, the same without g.62, never ran)
@@ -807,49 +798,22 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v268s ]; then  # v268 short (little device time left): the tile life's same-bits check stands for the tests
-  sh="--shapes 256x3072x3072"  # the levers first, then the chain, then the diagnosis (a short call may end early)
-  life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh" "$sh --probe deep" "$sh --probe mc" "$sh --probe mc4"
-  timeout 200 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256} --cols fo,fo_rel2,fo_deep,fo_mc,fo_mc4,fo_dmc,fo_dmc4,bf16 \
-    --rounds ${ROUNDS:-2} > "$OUT/ab_v268s.log" 2>&1
-  echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v268s.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
-  life_runs tile_life_v268s.log "--warpgroups 1 --tile 128" "$sh --probe rel2" "$sh --probe no-act-mma" \
-    "$sh --probe no-act"
-fi
-if [ "$what" = v266 ] || [ "$what" = v267 ] || [ "$what" = v268 ]; then  # what paces the one-warpgroup loop: the probes; the later release
-  # and (v267) the deep ring on one warpgroup
-  deep=""; [ "$what" != v266 ] && deep=tests/gpu/test_rf1_stages.py
-  timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
-    tests/gpu/test_release_step.py $deep -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_$what.log" 2>&1
-  rc=$?; echo "$what tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_$what.log" | tail -4
+if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes; the later release on one warpgroup
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \
+    tests/gpu/test_release_step.py -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_v266.log" 2>&1
+  rc=$?; echo "v266 tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_v266.log" | tail -4
   if [ $rc -eq 0 ]; then
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_$what.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
-        "$sh --probe no-act-mma" "$sh --probe rel2" ${deep:+"$sh --probe deep"}
+      life_runs tile_life_v266.log "${run%%:*}" "$sh" "$sh --probe no-act" "$sh --probe no-mma" \
+        "$sh --probe no-act-mma" "$sh --probe rel2"
     done
-    cols=fo,fo_rel2,bf16,fp8d; [ -n "$deep" ] && cols=fo,fo_rel2,fo_deep,bf16,fp8d
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols $cols --rounds ${ROUNDS:-2} \
-      > "$OUT/ab_$what.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_$what.log" | grep -E "^ +[0-9]|M +K" | cut -c1-190
-    if [ "$what" = v268 ]; then
-      timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_rf1_multicast.py -m "gpu or not gpu" \
-        -o addopts="" --timeout 60 > "$OUT/tests_mc.log" 2>&1
-      mrc=$?; echo "multicast tests rc=$mrc"; grep -E "^(FAILED|ERROR)|passed|failed|Error" "$OUT/tests_mc.log" | tail -4
-      if [ $mrc -eq 0 ]; then
-        for sh in 256x3072x3072 512x3072x3072; do
-          tile=128; [ $sh = 512x3072x3072 ] && tile=256
-          life_runs tile_life_mc.log "--warpgroups 1 --tile $tile" "--shapes $sh --probe mc" "--shapes $sh --probe mc4"
-        done
-        timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_mc,fo_mc4,fo_dmc,fo_dmc4,bf16 --rounds ${ROUNDS:-2} \
-          > "$OUT/ab_mc.log" 2>&1
-        echo "ab mc rc=$?"; grep -vE "^\{" "$OUT/ab_mc.log" | grep -E "^ +[0-9]|M +K" | cut -c1-230
-      fi
-    fi
-    [ "$what" = v268 ] && [ "$mrc" != 0 ] && export SANITIZE_NO_MC=1
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --cols fo,fo_rel2,bf16,fp8d --rounds ${ROUNDS:-2} \
+      > "$OUT/ab_v266.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v266.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
     if [ "${MEMCHECK:-1}" != 0 ]; then
       memcheck "$OUT/sanitize_memcheck.log"
-      grep -E "later release done|deep ring done|multicast done|Error" "$OUT/sanitize_memcheck.log" | tail -4
+      grep -E "later release done|Error" "$OUT/sanitize_memcheck.log" | tail -2
     fi
   fi
 fi

@@ -1093,19 +1093,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_2l_release_step", &svdq::gemm_2l_release_step, "set_gemm_2l_release_step's k-step");
   m.def("gemm_2l_release_step_launches", &svdq::gemm_2l_release_step_launches,
         "GEMM launches of the later-release instances (release step 1 or 2; tests)");
-  m.def("set_gemm_2l_rf1_stages", &svdq::set_gemm_2l_rf1_stages, pybind11::arg("cap"),
-        "the one-warpgroup persistent kernel's stage ring: at most 6 stages (the default), or 0 for as many as the "
-        "memory holds (A/B, perf-notes v2.42: bfloat16, unsplit; 9 at 128-token tiles); the same bits");
-  m.def("set_gemm_2l_rf1_multicast", &svdq::set_gemm_2l_rf1_multicast, pybind11::arg("ctas"),
-        "the one-warpgroup persistent kernel in clusters of `ctas` (2 or 4; 0: off, the default) CTAs on neighbouring "
-        "row tiles of a token tile, each loading its share of every stage's activation tile and multicasting it to all "
-        "(A/B, perf-notes v2.42: bfloat16, unsplit; 4 where N / 64 is a multiple of 4, else pairs); the same bits");
-  m.def("gemm_2l_rf1_multicast", &svdq::gemm_2l_rf1_multicast, "set_gemm_2l_rf1_multicast's cluster size (0: off)");
-  m.def("gemm_2l_rf1_multicast_launches", &svdq::gemm_2l_rf1_multicast_launches,
-        "GEMM launches of the one-warpgroup kernel in multicast clusters (tests)");
-  m.def("gemm_2l_rf1_stages", &svdq::gemm_2l_rf1_stages, "set_gemm_2l_rf1_stages's cap (0: as many as fit)");
-  m.def("gemm_2l_rf1_deep_launches", &svdq::gemm_2l_rf1_deep_launches,
-        "GEMM launches of the one-warpgroup kernel on the deep ring (tests)");
   m.def("set_gemm_2l_out_halves", &svdq::set_gemm_2l_out_halves, pybind11::arg("on"),
         "the three-warpgroup 192-token persistent kernel stages and stores its output in two token halves through half "
         "the memory, which gives its stage ring a fourth stage (unsplit; the default since perf-notes v2.36, measured "
@@ -1147,9 +1134,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "buffer is twice that, its second half the epilogue's sub-steps (the stamped kernels of the pipelined loop); "
       "loop_probe (timing probes, wrong results; the one-warpgroup kernel, persistent): 1 its loop without widening "
       "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both; "
-      "5 (exact) each stage given back at the next stage's third k-step; 6 (exact) the ring as deep as the memory "
-      "holds; "
-      "7 / 8 (exact) CTA pairs / fours sharing the activation tiles by multicast",
+      "5 (exact) each stage given back at the next stage's third k-step",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),

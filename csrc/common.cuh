@@ -189,13 +189,6 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
-// a plain arrive on the mbarrier at offset bar of the cluster's CTA `cta` (release at CTA scope, as a local arrive:
-// it orders this CTA's own reads of the stage; .cluster scope would cost a MEMBAR.ALL.GPU per arrive)
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
-  asm volatile(
-      "{\n.reg .b32 at;\nmapa.shared::cluster.u32 at, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [at];\n}\n" ::"r"(bar), "r"(cta) : "memory");
-}
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
       "{\n.reg .pred done;\nWAIT_%=:\n"

@@ -283,17 +283,6 @@ long long gemm_2l_lr_unrolled_launches();  // (tests)
 void set_gemm_2l_release_step(int j);
 int gemm_2l_release_step();
 long long gemm_2l_release_step_launches();  // (tests)
-// the one-warpgroup tiles' stage ring: at most 6 stages (the default), or 0: as many as the memory holds (A/B, v2.42:
-// bfloat16, unsplit; 9 stages at 128 tokens, 4 at 256)
-void set_gemm_2l_rf1_stages(int cap);
-int gemm_2l_rf1_stages();
-long long gemm_2l_rf1_deep_launches();  // (tests)
-// the one-warpgroup tiles in clusters of `ctas` (2 or 4; 0 off, the default) CTAs on neighbouring row tiles, each
-// loading its share of every stage's activation tile and multicasting it to all (A/B, v2.42: bfloat16, unsplit; 4 where
-// N / 64 is a multiple of 4, else pairs)
-void set_gemm_2l_rf1_multicast(int ctas);
-int gemm_2l_rf1_multicast();
-long long gemm_2l_rf1_multicast_launches();  // (tests)
 void set_gemm_2l_out_halves(bool on);
 bool gemm_2l_out_halves();
 long long gemm_2l_out_halves_launches();  // (tests)

@@ -96,16 +96,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-// The same multicast: the tile lands at offset dst of each CTA of the cluster whose rank bit is set in cta_mask,
-// completing on the mbarrier at offset bar of each.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1,
-                                                      uint32_t bar, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%2, %3}], [%4], %5;\n"
-      ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask) : "memory");
-}
-
 // Token octet j of a warp's accumulators (fp32 bit patterns: rows g and g + 8, tokens 8 j + 2 t and + 1) plus the rows'
 // biases, GELU'd where act == 1 (kAct 0 / 1: known at compile time), packed as two T pairs: p0 of row g, p1 of row g + 8.
 template <typename T, int N, int kAct = -1>

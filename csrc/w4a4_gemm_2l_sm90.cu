@@ -89,7 +89,7 @@ constexpr int kSmemLimit = 227 * 1024;
 // loop for branches of rank 33-64, i.e. with a LoRA). OP: (PS) the output staged in OP token pieces through 1 / OP of
 // the memory, which leaves room for more stages (perf-notes v2.35's g.50: halves, v2.36's g.51 / g.52).
 template <int BT, bool W8 = false, bool WS = false, bool PS = false, bool FO = false, int CW = 2, int LR = 0,
-          int OP = 1, int SC = 6>
+          int OP = 1>
 struct Tile2l {
   static constexpr int kTileRows = 64 * CW;   // weight rows per CTA tile
   static constexpr int kConsumers = 128 * CW;  // consumer threads
@@ -108,7 +108,7 @@ struct Tile2l {
   static constexpr int kOutBytes = PS ? BT * 128 * CW / OP : 0;  // PS: the output's staging for TMA stores
   static constexpr int kStagesFit =
       (kSmemLimit - 1024 - (WS ? 128 : 64) - 4 * kABytes - kLrBytes - kOutBytes) / kStageBytes;
-  static constexpr int kStages = kStagesFit > SC ? SC : kStagesFit;  // SC: the ring's cap (stage_cap)
+  static constexpr int kStages = kStagesFit > 6 ? 6 : kStagesFit;
   static constexpr int kAhead = kStages - 2;  // the shared loop's stages loaded ahead
   // a full (and with WS an empty) mbarrier per stage; PS: one more, the low-rank tile's arrival
   static constexpr int kBarBytes = (WS ? 16 : 8) * kStages + (PS ? 8 : 0);
@@ -129,21 +129,12 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
-// The most stages a variant's ring holds (EP 27, 28, 33, 34: as many as fit, for the one-warpgroup tile; see the kernel).
-__host__ __device__ constexpr int stage_cap(int ep) { return ep == 27 || ep == 28 || ep == 33 || ep == 34 ? 16 : 6; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) {
-  return ep == 12 || (ep >= 19 && ep <= 26) || ep == 28 || ep == 30 || ep == 32;
-}
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 34; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 26; }
 // (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 34); }
-// The CTAs of a cluster sharing each stage's activation tile by multicast (one-warpgroup kernels: EP 29, 30, 33 pairs,
-// 31, 32, 34 fours; see the kernel), or 0.
-__host__ __device__ constexpr int act_multicast(int ep) {
-  return ep == 29 || ep == 30 || ep == 33 ? 2 : ep == 31 || ep == 32 || ep == 34 ? 4 : 0;
-}
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 26); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -186,17 +177,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // their wgmmas; 24 and 25 (timing probes, loop_probe 3 / 4; v2.41) 21 persistent with no activation tiles loaded (the
 // wgmmas read the stages' stale bytes) / and without wgmmas too (24 and 25 were v2.40-v2.41's g.61 and g.62, removed);
 // 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
-// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (exact, set_gemm_2l_rf1_stages(0); v2.42)
-// 10 with one warpgroup and a ring of as many stages as fit (9 at 128 tokens) instead of at most 6; 28 (exact,
-// set_gemm_2l_tile_life with it) 21 on that ring; 29 (exact, set_gemm_2l_rf1_multicast; v2.42) 10 with one warpgroup in
-// clusters of two CTAs on neighbouring row tiles of the same token tile: each CTA's producer loads half of every
-// stage's activation tile and multicasts it to both, and each stage is given back to both producers (its empty barrier
-// counts both CTAs' consumer warps), so the pair reads the activations from L2 once instead of twice; 30 (exact,
-// set_gemm_2l_tile_life with it) 21 the same way; 31 / 32 (exact) 29 / 30 in clusters of four (a quarter each); 33 / 34
-// (exact, v2.43: set_gemm_2l_rf1_stages(0) and set_gemm_2l_rf1_multicast(2 / 4) together) 29 / 31 on 27's deep ring.
+// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
-__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>::kThreads, 1)
+__global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
     w4a4_gemm_2l_sm90_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                              const __grid_constant__ CUtensorMap tm_s, const __grid_constant__ CUtensorMap tm_y,
                              const float* __restrict__ xscale,
@@ -223,7 +207,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
                 "wide low-rank tiles: the register-fragment loop, turns or pipelined");
   constexpr bool kCoupled = !PS || EP == 5;  // the consumers meet at CTA-wide barriers around the epilogue
   constexpr int kLrFree = 2 + 2 * CW;        // PS: named barrier after the turn barriers (kBarAll + 1 .. kBarAll + CW)
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int kTR = Cfg::kTileRows, kCT = Cfg::kConsumers;
   constexpr int kPieces = out_pieces(EP);  // the output staged and stored in token pieces (g.50, g.51: halves)
   constexpr bool kSplitPieces = EP == 18 || EP == 20;  // (g.54) split over a cluster too: each CTA stores its octets
@@ -265,18 +249,11 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const uint32_t lr_full = empty_bars + 8 * NS;  // PS: the low-rank tile and token scales of this tile have landed
   constexpr uint32_t kTxBytes = Cfg::kActBytes + Cfg::kWBytes + (W8 ? 0 : GPS * kTR);
   constexpr bool kNoAct = EP == 24 || EP == 25;  // (EP 21's loop probes) the stages without their activation tiles
-  constexpr int kMcN = act_multicast(EP);  // CTAs sharing the activation tiles (0: none)
-  constexpr bool kMc = kMcN > 0;
-  static_assert(!kMc || (CW == 1 && RF), "the activations' multicast: one warpgroup's register-fragment loop");
-  const uint32_t mc_rank = kMc ? cooperative_groups::this_cluster().block_rank() : 0;  // (kMc) this CTA's rank
   auto load_at = [&](int buf, int kt, int tm0, int tn0) {  // one thread
     const uint32_t act = sbase + buf * Cfg::kStageBytes;
     const uint32_t bar = bars + 8 * buf;
     mbar_expect_tx(bar, kNoAct ? kTxBytes - Cfg::kActBytes : kTxBytes);
-    if constexpr (kMc)  // this CTA's share of the token rows (tm_x's box is BT / kMcN rows), into every CTA's stage
-      tma_load_2d_multicast(act + mc_rank * (Cfg::kActBytes / kMcN), &tm_x, kt * kBK, tm0 + (int)mc_rank * (BT / kMcN),
-                            bar, (1u << kMcN) - 1);
-    else if constexpr (!kNoAct) tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
+    if constexpr (!kNoAct) tma_load_2d(act, &tm_x, kt * kBK, tm0, bar);
     tma_load_2d(act + Cfg::kActBytes, &tm_w, kt * (W8 ? kBK : kBK / 2), tn0, bar);
     if constexpr (!W8) tma_load_2d(act + Cfg::kActBytes + Cfg::kWBytes, &tm_s, tn0, kt * GPS, bar);
   };
@@ -284,7 +261,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if (tid == 0) {
     for (int s = 0; s < NS; ++s) mbar_init(bars + 8 * s, 1);
     if constexpr (WS)
-      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, (kMc ? kMcN : 1) * kCT / 32);  // (kMc: every CTA's)
+      for (int s = 0; s < NS; ++s) mbar_init(empty_bars + 8 * s, kCT / 32);
     if constexpr (PS) mbar_init(lr_full, 128);  // one arrival per thread of the loading warpgroup
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -296,7 +273,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if (tid < 8) s_lead[tid] = 0;
   }
   __syncthreads();
-  if constexpr (kMc) cooperative_groups::this_cluster().sync();  // all CTAs' barriers initialised before any multicast
   // late (PS, the chained down projection before it: set_lr_chain): xq and xscale are complete when this kernel starts
   // (the down projection lets it start only once the quantizer is done), lr is not: the first tile's low-rank tile
   // comes after a wait in the producer's idle warps, and the consumers wait before they store y
@@ -372,7 +348,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
           cooperative_groups::this_cluster().sync();
           cooperative_groups::this_cluster().sync();
         }
-        if constexpr (kMc) cooperative_groups::this_cluster().sync();  // (the consumers' exit below)
         return;
       }
       __syncthreads();
@@ -680,12 +655,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         }
       };
       auto release = [&](int i) {
-        if constexpr (kMc) {  // every producer of the cluster multicasts into this stage: lane c tells CTA rank + c
-          if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
-          else if (lane < kMcN) mbar_arrive_cluster(empty_bars + 8 * (i % NS), (mc_rank + lane) % kMcN);
-        } else {
-          if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
-        }
+        if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
       rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
       if constexpr (kNoMma) {
@@ -1017,8 +987,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   if constexpr (PS) {  // the last store has read the staging: the CTA may exit
     if ((tid & 127) == 0) tma_store_wait_read();
   }
-  // (kMc) the other CTAs' consumers may still arrive on this CTA's barriers: it exits only once all are done
-  if constexpr (kMc) cooperative_groups::this_cluster().sync();
   if constexpr (kLife) {  // this warpgroup's stamps, written by this thread, out
     if (splits > 1) life(15);
     const int life_cta = (int)blockIdx.x * splits + z;
@@ -1066,15 +1034,8 @@ long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
-// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the ring as deep as the memory holds (28), 7 / 8 CTA pairs / fours sharing the activation tiles by multicast (30 /
-// 32)
+// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26)
 int g_life_probe = 0;
-// set_gemm_2l_rf1_multicast: one warpgroup's tiles in clusters of 2 / 4 sharing the activations (EP 29 / 31; A/B, v2.42)
-int g_rf1_mc = 0;
-long long g_rf1_mc_launches = 0;  // (tests: which path ran)
-bool g_rf1_deep = false;  // set_gemm_2l_rf1_stages(0): the one-warpgroup ring as deep as fits (EP 27; A/B, v2.42)
-long long g_rf1_deep_launches = 0;  // (tests: which path ran)
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
@@ -1093,7 +1054,7 @@ template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS 
           int EP = 0, int LR = 0>
 cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cudaStream_t stream, int num_sms = 0) {
   auto kern = w4a4_gemm_2l_sm90_kernel<T, BT, G, TR, W8, WS, PS, FO, CW, EP, LR>;
-  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP), stage_cap(EP)>;
+  using Cfg = Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>;
   constexpr int smem = Cfg::kSmem, rows = Cfg::kTileRows;
   CUtensorMap tm_x, tm_w, tm_s, tm_y = {};
   // tma_store: the output as bytes [M, 2 N], boxes of BT rows (PS split: 8, a token octet) x 128 bytes (64
@@ -1103,9 +1064,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   if ((g_tma_store || PS) && !make_map(&tm_y, a.y, a.M, (uint64_t)a.N * 2, PS && splits > 1 ? 8 : kBox,
                                        128, CU_TENSOR_MAP_SWIZZLE_128B, (uint64_t)ldy * 2))
     return cudaErrorInvalidValue;
-  constexpr int kMcN = act_multicast(EP);  // (a cluster of kMcN CTAs: each loads BT / kMcN of the activation rows)
-  constexpr bool kMc = kMcN > 0;
-  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, kMc ? BT / kMcN : BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
+  const bool maps = make_map(&tm_x, a.xq, a.M, a.K, BT, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                     (W8 ? make_map(&tm_w, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B) &&
                               make_map(&tm_s, a.qweight, a.N, a.K, rows, kBK, CU_TENSOR_MAP_SWIZZLE_128B)
                         : make_map(&tm_w, a.qweight, a.N, a.K / 2, rows, kBK / 2, CU_TENSOR_MAP_SWIZZLE_64B) &&
@@ -1132,23 +1091,10 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kMc ? kMcN : 1;
+  attr[0].val.clusterDim.x = 1;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = splits;
   cfg.attrs = attr;
-  if constexpr (kMc) {  // clusters on neighbouring row tiles (N / 64 a multiple of kMcN: the dispatcher's check): a
-    // grid of whole clusters, no more than fit at once
-    static int fit[64] = {};  // per device, asked once (host time)
-    int clusters = dev < 64 ? fit[dev] : 0;
-    if (clusters == 0) {
-      cfg.numAttrs = 1;
-      e = cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg);
-      if (e != cudaSuccess) return e;
-      if (clusters < 1) return cudaErrorInvalidConfiguration;
-      if (dev < 64) fit[dev] = clusters;
-    }
-    cfg.gridDim.x = std::min<unsigned>(cfg.gridDim.x / kMcN * kMcN, (unsigned)(kMcN * clusters));
-  }
   g_last_launch = {(long)cfg.gridDim.x * cfg.gridDim.y * cfg.gridDim.z, PS};
   // late: after the chained down projection (set_lr_chain), launched programmatically whatever set_pdl says
   constexpr bool kExact = exact(EP);
@@ -1165,11 +1111,9 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
-  if (EP == 27 || EP == 33 || EP == 34) ++g_rf1_deep_launches;
-  if (EP == 29 || EP == 31 || EP == 33 || EP == 34) ++g_rf1_mc_launches;
   if (EP == 17 || EP == 19) ++g_out_halves_launches;
   if (EP == 18 || EP == 20) ++g_split_halves_launches;
-  cfg.numAttrs = pdl_launch_attr(attr, splits > 1 || kMc ? 1 : 0, late);
+  cfg.numAttrs = pdl_launch_attr(attr, splits > 1 ? 1 : 0, late);
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
@@ -1357,7 +1301,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 8 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 5 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1367,12 +1311,6 @@ bool gemm_2l_lr_unrolled() { return g_lr_unrolled; }
 long long gemm_2l_lr_unrolled_launches() { return g_lr_unrolled_launches; }
 void set_gemm_2l_release_step(int j) { g_release_step = j == 1 || j == 2 ? j : 0; }
 int gemm_2l_release_step() { return g_release_step; }
-void set_gemm_2l_rf1_stages(int cap) { g_rf1_deep = cap == 0; }
-int gemm_2l_rf1_stages() { return g_rf1_deep ? 0 : 6; }
-long long gemm_2l_rf1_deep_launches() { return g_rf1_deep_launches; }
-void set_gemm_2l_rf1_multicast(int ctas) { g_rf1_mc = ctas == 2 || ctas == 4 ? ctas : 0; }
-int gemm_2l_rf1_multicast() { return g_rf1_mc; }
-long long gemm_2l_rf1_multicast_launches() { return g_rf1_mc_launches; }
 long long gemm_2l_release_step_launches() { return g_release_step_launches; }
 void set_gemm_2l_out_halves(bool on) { g_out_pieces[1] = on ? 2 : 1; }
 bool gemm_2l_out_halves() { return g_out_pieces[1] == 2; }
@@ -1516,28 +1454,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
-      const bool fours = (a.N / 64) % 4 == 0;  // (multicast) clusters of four fit the row tiles; else pairs
       if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-26: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
-        if (g_life_probe == 6) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
-        if (g_life_probe == 7) return bf16_instance(integral_constant<int, 30>{}, 1, g_life);
-        if (g_life_probe == 8)
-          return fours ? bf16_instance(integral_constant<int, 32>{}, 1, g_life)
-                       : bf16_instance(integral_constant<int, 30>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
-      if (g_rf1_deep && g_rf1_mc && bf && s1 == 1)  // (A/B, v2.43: both levers at once)
-        return g_rf1_mc == 4 && fours ? bf16_instance(integral_constant<int, 34>{}, 1, nullptr)
-                                      : bf16_instance(integral_constant<int, 33>{}, 1, nullptr);
-      if (g_rf1_deep && bf && s1 == 1)  // (A/B, v2.42: the ring as deep as the memory holds)
-        return bf16_instance(integral_constant<int, 27>{}, 1, nullptr);
-      if (g_rf1_mc && bf && s1 == 1)  // (A/B, v2.42: clusters sharing the activation tiles by multicast)
-        return g_rf1_mc == 4 && fours ? bf16_instance(integral_constant<int, 31>{}, 1, nullptr)
-                                      : bf16_instance(integral_constant<int, 29>{}, 1, nullptr);
       if (g_release_step == 2 && bf && s1 == 1)  // (A/B, v2.41: each stage given back at the next one's third k-step)
         return bf16_instance(integral_constant<int, 15>{}, 1, nullptr);
       if (bt1 == 128)

@@ -66,8 +66,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_l2_prefetch": False, "set_gemm_2l_act_in_loop": False,
                 "set_gemm_2l_lr_unrolled": True, "set_gemm_2l_release_step": 0, "set_gemm_2l_out_halves": True,
                 "set_gemm_2l_out_pieces": (192, 2), "set_gemm_2l_split_halves": True,
-                "set_gemm_2l_rf1_auto": True, "set_lr_chain_pipes": 2, "set_gemm_2l_rf1_stages": 6,
-                "set_gemm_2l_rf1_multicast": 0}
+                "set_gemm_2l_rf1_auto": True, "set_lr_chain_pipes": 2}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}

@@ -219,30 +219,6 @@ if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2
     _fragment_order_gemm_case("release_step", [(300, 128, 512, 32, 128), (1000, 256, 768, 32, 256)], warpgroups=1,
                               switch_value=2)
     print("sanitize case: later release done")
-if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_rf1_stages"):
-    # (v2.42) one warpgroup's tiles on a ring as deep as fits (set_gemm_2l_rf1_stages(0)): one-, two- and 48-stage
-    # tiles (many times round the ring of 9), the last token tile's rows past M
-    _fragment_order_gemm_case("rf1_stages", [(300, 128, 512, 32, 128), (1000, 256, 768, 32, 128),
-                                             (130, 6144, 512, 32, 128), (300, 256, 512, 32, 256)], warpgroups=1,
-                              switch_value=0, counter="rf1_deep")
-    print("sanitize case: deep ring done")
-if (gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_rf1_multicast")
-        and not os.environ.get("SANITIZE_NO_MC")):  # (run_device.sh v268: not where its tests failed)
-    # (v2.42) one warpgroup's tiles in clusters of 2 / 4 sharing the activations by multicast: one-, two- and 48-stage
-    # tiles, many tiles per CTA, the last token tile's last shares past M (N = 768 with four: pairs)
-    for ctas in (2, 4):
-        _fragment_order_gemm_case("rf1_multicast", [(300, 128, 512, 32, 128), (1000, 256, 768, 32, 128),
-                                                    (130, 6144, 512, 32, 128), (37, 256, 512, 32, 256)],
-                                  warpgroups=1, switch_value=ctas)
-    # (v2.43) both at once: the clusters on the deep ring (EP 33 / 34)
-    ext.set_gemm_2l_rf1_stages(0)
-    try:
-        for ctas in (2, 4):
-            _fragment_order_gemm_case("rf1_multicast", [(1000, 256, 768, 32, 128), (130, 6144, 512, 32, 128)],
-                                      warpgroups=1, switch_value=ctas)
-    finally:
-        ext.set_gemm_2l_rf1_stages(6)
-    print("sanitize case: activation multicast done")
 if gemm_2l_kernel_usable(ext, torch.device("cuda")) and hasattr(ext, "set_gemm_2l_out_halves"):
     # the three-warpgroup kernel's output in two token halves, four stages (set_gemm_2l_out_halves): one- and
     # twelve-stage tiles, a last token tile that ends in its first half and one that ends in its second
