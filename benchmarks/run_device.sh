@@ -281,9 +281,14 @@ import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
 if len(rows) >= 3:
     names, vals = rows[0], rows[2]
-    keep = [(n, v) for n, v in zip(names, vals) if "pipe" in n and "pct_of_peak_sustained_active" in n and v not in ("", "0")]
-    for n, v in sorted(keep, key=lambda t: -float(t[1].replace(",", "") or 0))[:16]:
-        print(f"  {n}: {v}")
+    def num(v):
+        try:
+            return float(v.replace(",", ""))
+        except ValueError:
+            return None
+    keep = [(n, num(v)) for n, v in zip(names, vals) if "pipe" in n and "pct_of_peak_sustained_active" in n]
+    for n, v in sorted([k for k in keep if k[1]], key=lambda t: -t[1])[:16]:
+        print(f"  {n}: {v:.1f} %")
 PYEOF
   fi
   python3 benchmarks/ncu_sass_stalls.py "$OUT/gemm_stalls_sass.csv" --top 50
