@@ -154,8 +154,8 @@
 #   stalls: where the default GEMM's warps stall, per SASS instruction (perf-notes v2.34's next step 1): Nsight Compute's
 #       SourceCounters and WarpStateStats on benchmarks/chain_ncu.py at STALL_SHAPE (default 4608 3072 3072), clocks not
 #       locked, its source page as CSV, then benchmarks/ncu_sass_stalls.py (by opcode, by reason, the hottest lines);
-#       NCU_PIPES=1: also the issue slots and each pipe's utilization (ComputeWorkloadAnalysis, InstructionStats,
-#       SchedulerStats)
+#       NCU_PIPES=1: also the issue slots, each pipe's utilization and the shared-memory throughput
+#       (ComputeWorkloadAnalysis, InstructionStats, SchedulerStats, MemoryWorkloadAnalysis)
 #   v237: perf-notes v2.34's g.46 (the output staging with GELU-or-not decided once): its tests and the GELU epilogue
 #       test (nothing timed if they fail), the tile life with --substeps of both default kernels with and without
 #       --act-in-loop, ab_2l.py (BENCH_MS, default 4608,256; fo, fo_ail, bf16, fp8d), memcheck, the whole tests/gpu
@@ -261,9 +261,9 @@ life_runs() {  # benchmarks/gemm_2l_tile_life.py with flags $2 once per variant 
   done
 }
 gemm_stalls() {  # Nsight Compute's per-instruction stall sampling of the default GEMM at STALL_SHAPE, summarized
-  # (NCU_PIPES=1: also the issue-slot and per-pipe utilization sections, their details printed)
+  # (NCU_PIPES=1: also the issue slots, each pipe's utilization and the memory (shared-memory) throughput, printed)
   local extra=""
-  [ "${NCU_PIPES:-0}" = 1 ] && extra="--section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats"
+  [ "${NCU_PIPES:-0}" = 1 ] && extra="--section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats --section MemoryWorkloadAnalysis"
   (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"w4a4_gemm_2l" --launch-skip 2 \
     --launch-count 1 --section SourceCounters --section WarpStateStats $extra -f -o "$OUT/gemm_stalls" \
     python3 chain_ncu.py ${STALL_SHAPE:-4608 3072 3072} > "$OUT/ncu_stalls.log" 2>&1)
@@ -275,7 +275,8 @@ gemm_stalls() {  # Nsight Compute's per-instruction stall sampling of the defaul
   if [ -n "$extra" ]; then
     ncu --import "$OUT/gemm_stalls.ncu-rep" --page details --print-details all > "$OUT/gemm_pipes_details.txt" 2>&1
     ncu --import "$OUT/gemm_stalls.ncu-rep" --page raw --csv > "$OUT/gemm_pipes_raw.csv" 2>&1
-    grep -iE "issue|ipc|pipe|utiliz|eligible|active warps|executed instructions" "$OUT/gemm_pipes_details.txt" | head -40
+    grep -iE "issue|ipc|pipe|utiliz|eligible|active warps|executed instructions|shared|bank" \
+      "$OUT/gemm_pipes_details.txt" | head -50
     python3 - "$OUT/gemm_pipes_raw.csv" <<'PYEOF'
 import csv, sys
 rows = list(csv.reader(open(sys.argv[1])))
