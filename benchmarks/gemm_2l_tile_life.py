@@ -3,7 +3,7 @@
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 1|2|3] [--tile 128|224|256]
        [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
-       [--pingpong] [--substeps] [--splits 2..8] [--probe no-widen|no-mma|no-act|no-act-mma|rel2]
+       [--pingpong] [--substeps] [--splits 2..8] [--probe no-widen|no-mma|no-act|no-act-mma|rel2|ss-a]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles (--tile 256: on 256-token tiles, the default at 4096 tokens), or with
@@ -19,11 +19,13 @@ tile's start ("to next", 6 -> next 0), and each warpgroup's lag behind warpgroup
 --lr-producer: the low-rank tiles loaded by the producer's idle warps (set_gemm_2l_lr_by_producer).
 --l2-prefetch: the producer asking L2 for the next tile's first stages halfway through each tile (set_gemm_2l_l2_prefetch).
 --no-store: a timing probe, the output not written (its bits then differ): what the output's traffic costs the others.
---probe: timing probes of the one-warpgroup loop (EP 22-25, persistent; its bits then differ): no-widen, the loaded
+--probe: timing probes of the one-warpgroup loop (EP 22-25, 27, persistent; its bits then differ): no-widen, the loaded
 weight words used as fragments as they are (no widening); no-mma, the k-steps without their wgmmas (the widening and
 the stage ring alone); no-act, the stages without their activation tiles (the weights and scales alone loaded, the
 wgmmas on stale bytes); no-act-mma, both of the last two; rel2 (exact), each stage given back at the next one's third
-k-step (no wait<1> at a stage's first k-step).
+k-step (no wait<1> at a stage's first k-step); ss-a, the wgmmas' A operand from shared memory (the stage's first 64
+activation rows) instead of the widened registers, the widening kept: the same tensor work without the
+register-sourced operand (v2.43).
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
@@ -163,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the output staging as before v2.34 (set_gemm_2l_act_in_loop)")
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
-    ap.add_argument("--probe", choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2"), default=None,
+    ap.add_argument("--probe", choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2", "ss-a"), default=None,
                     help="a timing probe of the one-warpgroup loop: no widening, no wgmmas, no activation loads, "
-                         "neither activation loads nor wgmmas (wrong results), or (exact) each stage given back at "
-                         "the next one's third k-step")
+                         "neither activation loads nor wgmmas, the wgmmas' A from shared memory (wrong results), or "
+                         "(exact) each stage given back at the next one's third k-step")
     ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
     ap.add_argument("--splits", type=int, default=0, choices=range(2, 9), metavar="2..8",
                     help="the 256-token tile split over a cluster of this many CTAs (a split CTA's whole life)")
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 if wgs == 2:
                     ext.set_gemm_2l_splits(1)
                 ext.set_gemm_2l_rf_splits(args.splits)
-            probe = {None: 0, "no-widen": 1, "no-mma": 2, "no-act": 3, "no-act-mma": 4, "rel2": 5}[args.probe]
+            probe = {None: 0, "no-widen": 1, "no-mma": 2, "no-act": 3, "no-act-mma": 4, "rel2": 5, "ss-a": 6}[args.probe]
             if probe:
                 ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps, probe)
             else:  # (an older build's binding has no loop_probe)

@@ -84,6 +84,10 @@
 #       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
+#   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
+#       3072 x 3072 as it is and with the loop probes ss-a (EP 27: the wgmmas' A operand from shared memory, the
+#       widening kept) and no-act-mma, then the stall sampling with NCU_PIPES=1 at STALL_SHAPE (default 256 3072 3072)
+#       (~2-3 minutes)
 #   v266: what paces the one-warpgroup loop (perf-notes v2.41): the stamped-kernel tests (nothing timed if they fail),
 #       then its tile life at 256 x 3072 x 3072 (128-token tiles) and 512 x 3072 x 3072 (256-token tiles), as it is and
 #       with the loop probes no-act, no-mma and no-act-mma (EP 24 / 23 / 25: the stages without their activation
@@ -803,6 +807,15 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
+fi
+if [ "$what" = v269 ]; then  # perf-notes v2.43: the one-warpgroup stage's coupling: the ss-a probe, then the stall sampling
+  for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
+    sh="--shapes ${run#*:}"
+    life_runs tile_life_v269.log "${run%%:*}" "$sh" "$sh --probe ss-a" "$sh --probe no-act-mma"
+  done
+  rm -f "$OUT/life.log"
+  STALL_SHAPE=${STALL_SHAPE:-256 3072 3072} NCU_PIPES=1 gemm_stalls
+  rm -f "$OUT/gemm_pipes_raw.csv"  # (parsed above; at most 8 files come back)
 fi
 if [ "$what" = v266 ]; then  # what paces the one-warpgroup loop: the probes; the later release on one warpgroup
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_one_warpgroup.py tests/gpu/test_out_pieces.py \

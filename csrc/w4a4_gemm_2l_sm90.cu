@@ -130,11 +130,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 26); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 27); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 26; }
-// (22-25, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 26); }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 27; }
+// (22-25 and 27, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 27); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -177,7 +177,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // their wgmmas; 24 and 25 (timing probes, loop_probe 3 / 4; v2.41) 21 persistent with no activation tiles loaded (the
 // wgmmas read the stages' stale bytes) / and without wgmmas too (24 and 25 were v2.40-v2.41's g.61 and g.62, removed);
 // 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
-// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups.
+// wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (timing probe, loop_probe 6; v2.43) 21
+// persistent with its wgmmas' A operand from shared memory (the stage's first 64 activation rows) instead of the
+// widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -287,7 +289,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const bool life_sub = kLife && (flags & kFlagLifeSub);
   // (EP 22 / 23 / 25: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
   // widening; probe 7's mapping), or its k-steps without wgmmas (the widening and the stage ring alone)
-  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25;
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -645,6 +647,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
           // the loop's waits. v2.40's probe kept them by an empty asm, which ptxas saw through: no widening, v2.41)
 #pragma unroll
           for (int e = 0; e < 4; ++e) sink ^= fa[j][e];
+        } else if constexpr (kSsA) {  // (A: the stage's first 64 activation rows, laid out as B's; the widening sunk)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sink ^= fa[j][e];
+          const uint64_t db = desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j;
+          wgmma_fence();
+          wgmma_s8_ss<BT>(acc, db, db);
         } else {
           wgmma_fence();
           wgmma_s8_rs<BT>(acc, fa[j], desc_k128(sbase + (i % NS) * Cfg::kStageBytes) + 2 * j);
@@ -658,7 +666,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
       rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
-      if constexpr (kNoMma) {
+      if constexpr (kNoMma || kSsA) {
         if (sink == 0x9e3779b9u) acc[0] ^= 1;  // (a use the compiler cannot fold)
       }
     } else {
@@ -1301,7 +1309,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 5 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 6 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1454,11 +1462,12 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-26: the loop probes)
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-27: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
+        if (g_life_probe == 6) return bf16_instance(integral_constant<int, 27>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
