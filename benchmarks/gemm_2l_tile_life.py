@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 if wgs == 2:
                     ext.set_gemm_2l_splits(1)
                 ext.set_gemm_2l_rf_splits(args.splits)
-            probe = {None: 0, "no-widen": 1, "no-mma": 2, "no-act": 3, "no-act-mma": 4, "rel2": 5, "ss-a": 6}[args.probe]
+            probe = {None: 0, "no-widen": 1, "no-mma": 2, "no-act": 3, "no-act-mma": 4, "rel2": 5,
+                     "ss-a": 6}[args.probe]
             if probe:
                 ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps, probe)
             else:  # (an older build's binding has no loop_probe)

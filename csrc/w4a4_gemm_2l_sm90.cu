@@ -287,8 +287,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (set_gemm_2l_tile_life(stamps, no_store=True); a timing probe, wrong results) the stamped kernel without its output
   const bool life_no_store = kStamped && (flags & kFlagNoStore);
   const bool life_sub = kLife && (flags & kFlagLifeSub);
-  // (EP 22 / 23 / 25: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
-  // widening; probe 7's mapping), or its k-steps without wgmmas (the widening and the stage ring alone)
+  // (EP 22 / 23 / 25 / 27: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
+  // widening; probe 7's mapping), its k-steps without wgmmas (the widening and the stage ring alone), or its wgmmas'
+  // A operand from shared memory
   constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
