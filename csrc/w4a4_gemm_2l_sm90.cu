@@ -1043,7 +1043,8 @@ long long g_l2_prefetch_launches = 0;  // (tests: which path ran)
 bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12 / 19 kernels leave their output unwritten
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
-// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26)
+// loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
+// 6 the wgmmas' A operand from shared memory (27)
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)

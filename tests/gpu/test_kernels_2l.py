@@ -131,15 +131,15 @@ def _fo_problem(ext, M, K, N, dtype, act_seed, weight_seed, bias=True, R=32):
     return xq, xs, lr, qw, qf, (wsc, wch, pu, b)
 
 
-def _late_gemm(ext, M, K, N, switch: str, reference, value=True):
+def _late_gemm(ext, M, K, N, switch: str, reference):
     """The GEMM after the chained down projection (set_lr_chain(1): its first low-rank tile late) with
-    set_gemm_2l_<switch>(value) for the call: (its output, reference(ext, xq, xs, qf, w, a copy of lr): the in-order GEMM,
+    set_gemm_2l_<switch>(True) for the call: (its output, reference(ext, xq, xs, qf, w, a copy of lr): the in-order GEMM,
     whether both the late path and the switched kernel ran)."""
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
     count = getattr(ext, f"gemm_2l_{switch}_launches")
-    with _switched(ext.set_lr_chain, 1, ext.lr_chain()), _switched(getattr(ext, f"set_gemm_2l_{switch}"), value,
+    with _switched(ext.set_lr_chain, 1, ext.lr_chain()), _switched(getattr(ext, f"set_gemm_2l_{switch}"), True,
                                                                     getattr(ext, f"gemm_2l_{switch}")()):
         n0, p0 = ext.gemm_2l_late_launches(), count()
         xq, xs, lr = _quantize(ext, x, smooth, pd)
@@ -150,21 +150,21 @@ def _late_gemm(ext, M, K, N, switch: str, reference, value=True):
     return y, in_order, ran
 
 
-def _late_or_skip(ext, M, K, N, switch: str, what: str, value=True):
+def _late_or_skip(ext, M, K, N, switch: str, what: str):
     """_late_gemm with the in-order GEMM as the reference: (the switched GEMM's output, the reference); skips where the
     plan at that shape is not `what` taking the low-rank tile late."""
-    y, in_order, ran = _late_gemm(ext, M, K, N, switch, lambda e, *args: _gemm_fo(e, *args).clone(), value)
+    y, in_order, ran = _late_gemm(ext, M, K, N, switch, lambda e, *args: _gemm_fo(e, *args).clone())
     if not ran:
         pytest.skip(f"the plan at {M} x {K} x {N} is not {what} taking lr late here")
     return y, in_order
 
 
-def _switched_gemm(ext, switch: str, *args, value=True, counter: str = ""):
-    """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(value) for the call (as before after
-    it), a copy of its output, and how many launches took the switch's path (gemm_2l_<counter or switch>_launches)."""
-    count = getattr(ext, f"gemm_2l_{counter or switch}_launches")
+def _switched_gemm(ext, switch: str, *args):
+    """The fragment-order GEMM (_gemm_fo's arguments) with set_gemm_2l_<switch>(True) for the call (as before after it),
+    a copy of its output, and how many launches took the switch's path (gemm_2l_<switch>_launches)."""
+    count = getattr(ext, f"gemm_2l_{switch}_launches")
     n0 = count()
-    with _switched(getattr(ext, f"set_gemm_2l_{switch}"), value, getattr(ext, f"gemm_2l_{switch}")()):
+    with _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")()):
         y = _gemm_fo(ext, *args).clone()
     return y, count() - n0
 
