@@ -84,6 +84,13 @@
 #       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
+#   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
+#       instead of 11, the GEMV's fragment path without its byte permutes): the whole tests/gpu on this build (nothing
+#       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
+#       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py
+#       (BENCH_MS, default 256,512,4608; fo, bf16) twice each, alternating, and the one-warpgroup tile life at 256 / 512
+#       x 3072 x 3072 for both; then v269's probes (ss-a, no-act-mma) and the stall sampling on this build
+#       (~7-8 minutes)
 #   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
 #       3072 x 3072 as it is and with the loop probes ss-a (EP 27: the wgmmas' A operand from shared memory, the
 #       widening kept) and no-act-mma, then the stall sampling with NCU_PIPES=1 at STALL_SHAPE (default 256 3072 3072)
@@ -806,6 +813,39 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
+  fi
+fi
+if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main's build, then v269's probes on it
+  timeout 280 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+    --timeout 120 > "$OUT/tests.log" 2>&1
+  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  if grep -qE "^[0-9]+ passed" <(grep -E "passed|failed" "$OUT/tests.log" | tail -1) && \
+     ! grep -qE "failed|error" <(tail -1 "$OUT/tests.log"); then
+    mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
+    for r in 1 2; do
+      for b in this other; do
+        dir=$PWD/.prebuilt pp=$PYTHONPATH; [ $b = other ] && dir=/tmp/pbother/.prebuilt pp=/tmp/pbother:$PYTHONPATH
+        PYTHONPATH=$pp SVDQUANT_HF_KERNELS_DIR=$dir timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512,4608} \
+          --cols fo,bf16 --rounds 1 > "$OUT/ab_builds/abx_${b}_$r.log" 2>&1
+        echo "ab $b $r rc=$?"
+      done
+    done
+    python3 benchmarks/ab_builds_table.py "$OUT/ab_builds" --builds this,other | tee "$OUT/ab_builds_v270.txt"
+    for b in this other; do
+      dir=$PWD/.prebuilt pp=$PYTHONPATH; [ $b = other ] && dir=/tmp/pbother/.prebuilt pp=/tmp/pbother:$PYTHONPATH
+      for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
+        sh="--shapes ${run#*:}"
+        echo "== tile life, build $b"
+        (export PYTHONPATH=$pp SVDQUANT_HF_KERNELS_DIR=$dir; life_runs tile_life_v270.log "${run%%:*}" "$sh")
+      done
+    done
+    for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
+      sh="--shapes ${run#*:}"
+      life_runs tile_life_v270.log "${run%%:*}" "$sh --probe ss-a" "$sh --probe no-act-mma"
+    done
+    rm -f "$OUT/life.log"
+    STALL_SHAPE=${STALL_SHAPE:-256 3072 3072} NCU_PIPES=1 gemm_stalls
+    rm -f "$OUT/gemm_pipes_raw.csv" "$OUT/gemm_stalls.ncu-rep"
   fi
 fi
 if [ "$what" = v269 ]; then  # perf-notes v2.43: the one-warpgroup stage's coupling: the ss-a probe, then the stall sampling

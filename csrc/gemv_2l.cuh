@@ -34,9 +34,8 @@ SVDQ_HD int gemv_dot_word(uint32_t w, uint32_t xe, uint32_t xo) {
 // Sum over chunk kk (16 bytes, 32 weights) of one row's 128-deep stage of q * s_int * x, exact. xs: the stage's
 // 128 activation bytes; sc0 / sc1: the row's integer scales of the stage's groups (group size 64).
 // Canonical order: chunk kk is k 32 kk .. + 31, word j its k 8 j .. + 7 (low nibble first), so the chunk lies in
-// group kk / 2. Fragment order (ops/layout_2l.py): word j of chunk kk holds k0 = 32 j + 4 kk as bytes (k0, k0 + 1),
-// (k0 + 16, + 17), (k0 + 2, + 3), (k0 + 18, + 19), nibbles offset by 8; words 0-1 lie in the first group, 2-3 in
-// the second.
+// group kk / 2. Fragment order (ops/layout_2l.py): byte b of word j of chunk kk holds k0 + b (low nibble) and
+// k0 + 16 + b (high), k0 = 32 j + 4 kk; words 0-1 lie in the first group, 2-3 in the second.
 template <bool kFrag>
 SVDQ_HD int gemv_chunk_dot(const uint32_t (&w)[4], const int8_t* xs, int kk, uint32_t sc0, uint32_t sc1) {
   int d[4];
@@ -45,7 +44,7 @@ SVDQ_HD int gemv_chunk_dot(const uint32_t (&w)[4], const int8_t* xs, int kk, uin
     const int k0 = kFrag ? 32 * j + 4 * kk : 32 * kk + 8 * j;
     const uint32_t a = load_u32_hd(xs + k0), b = load_u32_hd(xs + k0 + (kFrag ? 16 : 4));
     if (kFrag)
-      d[j] = gemv_dot_word(w[j] ^ 0x88888888u, byte_perm_hd(a, b, 0x6240), byte_perm_hd(a, b, 0x7351));
+      d[j] = gemv_dot_word(w[j], a, b);
     else
       d[j] = gemv_dot_word(w[j], byte_perm_hd(a, b, 0x6420), byte_perm_hd(a, b, 0x7531));
   }

@@ -49,25 +49,20 @@ SVDQ_HD void widen8(uint32_t w, const WidenConst& c, uint32_t& lo, uint32_t& hi)
   hi = byte_perm_hd(ev, od, 0x7362);
 }
 
-// Fragment order (ops/layout_2l.py) stores each nibble offset by 8 (u = q + 8, so u * s <= 240 never borrows) and a
-// word's bytes as (k 0 1) (k 16 17) (k 2 3) (k 18 19) of its lane's two k-quads. Per group scale s: the multipliers
-// s and 256 s, and the byte c = (256 - 8 s) at bytes 1 and 3, so that u * s + c = q * s (mod 256) there.
+// Fragment order (ops/layout_2l.py): byte b of a word holds k b (low nibble) and k 16 + b (high nibble) of its lane's
+// two k-quads, each nibble n the two's complement of q. Per byte, n s (<= 240) plus 8 b3 (32 - 2 s) (b3 = n's bit 3;
+// <= 240) is q s + 256 b3 in [0, 255]: no byte carries into the next, so one 32-bit multiply-add serves four bytes.
 struct FoConst {
-  uint32_t s, s256, c;
+  uint32_t s, c8;
 };
-SVDQ_HD FoConst fo_const(uint32_t s) { return {s, s << 8, (256u - 8u * s) * 0x01000100u}; }
+SVDQ_HD FoConst fo_const(uint32_t s) { return {s, 32u - 2u * s}; }
 
-// One fragment-order word -> lo = q * s of k 0..3, hi = k 16..19 (int8 bytes). Two nibbles per multiply, one in
-// each 16-bit half, their products landing in bytes 1 and 3; a carry out of byte 1 reaches only bit 16, which the
-// upper product leaves zero below bit 24. 11 integer instructions for 8 weights (widen8: ~17).
+// One fragment-order word -> lo = q * s of k 0..3, hi = k 16..19 (int8 bytes): 9 integer instructions for 8 weights
+// (widen8: ~17).
 SVDQ_HD void widen8_fo(uint32_t w, const FoConst& c, uint32_t& lo, uint32_t& hi) {
   const uint32_t w4 = w >> 4;
-  const uint32_t a = (w & 0x000F000Fu) * c.s256 + c.c;   // k 0, k 2
-  const uint32_t b = (w4 & 0x000F000Fu) * c.s256 + c.c;  // k 1, k 3
-  const uint32_t e = (w & 0x0F000F00u) * c.s + c.c;      // k 16, k 18
-  const uint32_t d = (w4 & 0x0F000F00u) * c.s + c.c;     // k 17, k 19
-  lo = byte_perm_hd(a, b, 0x7351);
-  hi = byte_perm_hd(e, d, 0x7351);
+  lo = (w & 0x08080808u) * c.c8 + (w & 0x0F0F0F0Fu) * c.s;
+  hi = (w4 & 0x08080808u) * c.c8 + (w4 & 0x0F0F0F0Fu) * c.s;
 }
 
 // Byte offset of the 16-byte chunk `jj` (k 32 jj .. 32 jj + 31) of row r in the packed weight tile as
@@ -146,11 +141,11 @@ SVDQ_HD void frag_widen_v1(const uint32_t (&w)[2][4], const uint32_t (&s)[2][128
     for (int j = 0; j < 4; ++j) widen8(w[h][j], widen_const(s[h][(32 * j) / G]), a[j][h], a[j][2 + h]);
 }
 
-// The packed weight tile in fragment order (the persistent register-fragment loop's layout): within each
-// row's 64 bytes of a stage, byte 16 t + 4 j + b holds canonical byte 16 j + 2 t + {0, 8, 1, 9}[b] (the k's of
-// gather_frag's word for k-step j and lane t % 4 == t, middle bytes swapped) with its nibbles offset by 8;
-// TMA's 64-byte swizzle on top. So a thread's words for all four k-steps are one 16-byte load per row. frag_stage: the thread's
-// fragments a[j][0..3] (as gather_frag's a for k-step j) of rows r0 and r0 + 8.
+// The packed weight tile in fragment order (the persistent register-fragment loop's layout): within each row's 64
+// bytes of a stage, word 4 t + j (bytes 16 t + 4 j .. + 3) holds the k's of gather_frag's word for k-step j and lane
+// t % 4 == t, nibble-interleaved as widen8_fo reads them; TMA's 64-byte swizzle on top. So a thread's words for all
+// four k-steps are one 16-byte load per row. frag_stage: the thread's fragments a[j][0..3] (as gather_frag's a for
+// k-step j) of rows r0 and r0 + 8.
 template <int G, int kRows>
 SVDQ_HD void frag_stage(const uint8_t* wt, const uint8_t* sc, int r0, int t, uint32_t (&a)[4][4]) {
   uint32_t w[2][4], s[2][128 / G];

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdquant_hf.formats.int4 import pack_int4
+from svdquant_hf.formats.int4 import pack_int4, unpack_int4
 from svdquant_hf.ops.layout_2l import canonical_order, fragment_order
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -120,22 +120,24 @@ def test_fragments_match_the_wgmma_a_fragment_layout(tmp_path, G, frag):
 
 
 def test_fragment_order_round_trip_and_row_slices():
-    """canonical_order inverts fragment_order; the order maps bytes inside each row's 64-byte stage only, each
-    offset by 8 in both nibbles (so row slices and concatenations commute with it); bad shapes are refused with the
-    tensor named."""
+    """canonical_order inverts fragment_order; the order maps nibbles inside each row's 64-byte stage only (so row
+    slices and concatenations commute with it), byte 16 t + 4 j + e holding k 32 j + 4 t + e and 32 j + 16 + 4 t + e;
+    bad shapes are refused with the tensor named."""
     g = torch.Generator().manual_seed(3)
     qw = torch.randint(-128, 128, (40, 3 * 64), generator=g, dtype=torch.int8)
     fo = fragment_order(qw)
     assert not torch.equal(fo, qw)
     assert torch.equal(canonical_order(fo), qw)
     assert torch.equal(fragment_order(qw[8:24]), fo[8:24])
+    q, qf = unpack_int4(qw), unpack_int4(fo)
     for r in (0, 17):
         for st in range(3):
-            seg = slice(64 * st, 64 * st + 64)
-            assert sorted(torch.bitwise_xor(fo[r, seg], -120).tolist()) == sorted(qw[r, seg].tolist())
-    # byte 16 t + 4 j + 2 b + h <- canonical 16 j + 8 h + 2 t + b, XOR 0x88
-    for t, j, b, h in ((1, 2, 0, 1), (3, 0, 1, 0), (2, 3, 1, 1)):
-        assert (fo[0, 16 * t + 4 * j + 2 * b + h].item() & 0xFF) == (qw[0, 16 * j + 8 * h + 2 * t + b].item() & 0xFF) ^ 0x88
+            seg = slice(128 * st, 128 * st + 128)
+            assert sorted(qf[r, seg].tolist()) == sorted(q[r, seg].tolist())
+            for t, j, e in ((1, 2, 0), (3, 0, 3), (2, 3, 1), (0, 1, 2)):
+                byte = 128 * st + 2 * (16 * t + 4 * j + e)
+                assert qf[r, byte].item() == q[r, 128 * st + 32 * j + 4 * t + e].item()
+                assert qf[r, byte + 1].item() == q[r, 128 * st + 32 * j + 16 + 4 * t + e].item()
     with pytest.raises(ValueError, match="qweight"):
         fragment_order(torch.zeros(4, 48, dtype=torch.int8))
 

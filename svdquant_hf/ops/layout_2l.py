@@ -1,11 +1,10 @@
 """Kernel layouts of the int4_2l packed weights (the checkpoint keeps the canonical layout, docs/format.md).
 
-Fragment order: within each row's 64 bytes of a 128-deep K stage, the bytes are regrouped so that the
-wgmma A-fragment words of lane group t (lane % 4) for the stage's four 32-deep k-steps are 16 consecutive
-bytes: byte 16 t + 4 j + 2 b + h holds canonical byte 16 j + 8 h + 2 t + b (j k-step, h 0 / 1 for k 4t.. /
-16 + 4t.., b 0 / 1 the byte of a nibble pair), and every nibble is stored offset by 8 (q + 8, i.e. each byte
-XOR 0x88). The register-fragment GEMM kernel then loads a row's words for a whole stage with one 16-byte load
-and widens a word with two nibbles per integer multiply (csrc/widen_2l.cuh, widen8_fo). A byte-wise map
+Fragment order: within each row's 128-deep K stage (64 bytes), the wgmma A-fragment words of lane group t (lane % 4)
+for the stage's four 32-deep k-steps are 16 consecutive bytes: byte 16 t + 4 j + e holds k 32 j + 4 t + e in its low
+nibble and k 32 j + 16 + 4 t + e in its high nibble (j the k-step, e 0..3), two's complement as in the canonical
+bytes. The register-fragment GEMM kernel then loads a row's words for a whole stage with one 16-byte load and widens
+a word to its two fragment registers with four bytes per integer multiply-add (csrc/widen_2l.cuh, widen8_fo). A map
 inside each row's stage, so it commutes with slicing or concatenating rows.
 """
 from __future__ import annotations
@@ -24,22 +23,30 @@ def _check(qweight: torch.Tensor) -> tuple[int, int]:
     return qweight.shape[0], qweight.shape[1] // (STAGE_K // 2)
 
 
-_OFFSET = -120  # 0x88 as int8: both nibbles of a byte offset by 8
+def _nibbles(qweight: torch.Tensor) -> torch.Tensor:
+    """Packed bytes [N, K/2] -> the K nibbles as uint8 in [0, 15] (low nibble first)."""
+    b = qweight.view(torch.uint8)
+    return torch.stack([b & 0xF, b >> 4], dim=-1).reshape(qweight.shape[0], -1)
+
+
+def _packed(nibbles: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_nibbles`."""
+    v = nibbles.reshape(nibbles.shape[0], -1, 2)
+    return (v[..., 0] | (v[..., 1] << 4)).view(torch.int8)
 
 
 def fragment_order(qweight: torch.Tensor) -> torch.Tensor:
     """Canonical packed weights [N, K/2] -> fragment order (a new contiguous tensor of the same shape)."""
     n, stages = _check(qweight)
-    v = qweight.reshape(n, stages, 4, 2, 4, 2)  # canonical byte 16 j + 8 h + 2 t + b: (j, h, t, b)
-    v = v.permute(0, 1, 4, 2, 5, 3).reshape(qweight.shape)  # -> (t, j, b, h)
-    return torch.bitwise_xor(v, _OFFSET).contiguous()
+    v = _nibbles(qweight).reshape(n, stages, 4, 2, 4, 4)  # k 32 j + 16 h + 4 t + e: (j, h, t, e)
+    return _packed(v.permute(0, 1, 4, 2, 5, 3).reshape(n, -1)).contiguous()  # -> (t, j, e, h)
 
 
 def canonical_order(qweight: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fragment_order`."""
     n, stages = _check(qweight)
-    v = torch.bitwise_xor(qweight, _OFFSET).reshape(n, stages, 4, 4, 2, 2)  # (t, j, b, h)
-    return v.permute(0, 1, 3, 5, 2, 4).reshape(qweight.shape).contiguous()  # -> (j, h, t, b)
+    v = _nibbles(qweight).reshape(n, stages, 4, 4, 4, 2)  # (t, j, e, h)
+    return _packed(v.permute(0, 1, 3, 5, 2, 4).reshape(n, -1)).contiguous()  # -> (j, h, t, e)
 
 
 def kernel_padded(t: torch.Tensor, rows: int, cols: int | None = None, value: int = 0) -> torch.Tensor:
