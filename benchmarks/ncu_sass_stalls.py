@@ -2,7 +2,7 @@
 
 usage: ncu --clock-control none --section SourceCounters --section WarpStateStats -o rep ... python3 chain_ncu.py M K N
        ncu --import rep.ncu-rep --page source --csv --print-source sass > sass.csv
-       python benchmarks/ncu_sass_stalls.py sass.csv [--top 40]
+       python benchmarks/ncu_sass_stalls.py sass.csv [--top 40] [--range 0x7f..8b10:0x7f..94b0]
 
 Reads the CSV's address, SASS text and warp-stall-sampling columns (found by name, so that other columns in between
 do not matter), and prints: the total samples, the share by opcode (HGMMA, WARPGROUP.DEPBAR, SYNCS, BAR, LDS, ...),
@@ -11,7 +11,9 @@ so that runs of hot instructions (a loop's waits) read as one block. Every stall
 "stall" in them) is summed too. With the "Instructions Executed" column it also counts each mbarrier wait's misses:
 ptxas compiles `mbarrier.try_wait` in a loop as a first try in line and a retry loop out of line (a TRYWAIT and a
 branch back to it), so the retry loop's exits are the waits that found the phase incomplete. (The samples alone hide
-this: a warp sleeping inside a try-wait is sampled on the instruction after it, as `long_sb`.)
+this: a warp sleeping inside a try-wait is sampled on the instruction after it, as `long_sb`.) With --range FIRST:LAST
+(addresses as the CSV gives them, both included) it also summarizes that span alone, e.g. a main loop from its first
+instruction to its back branch, with the span's share of all samples.
 """
 from __future__ import annotations
 
@@ -158,22 +160,42 @@ def summarize(lines: list[SassLine], top: int = 40) -> dict:
             "reasons": {k: v / rsum for k, v in reasons.most_common(12)}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("csv")
-    ap.add_argument("--top", type=int, default=40)
-    args = ap.parse_args(argv)
-    with open(args.csv, newline="") as f:
-        rows = list(csv.reader(f))
-    lines = parse(rows)
-    s = summarize(lines, args.top)
-    print(f"warp stall samples: {s['total']:.0f}")
+def in_range(lines: list[SassLine], span: str) -> list[SassLine]:
+    """The lines whose address lies in "FIRST:LAST" (hex or decimal, both included)."""
+    first, sep, last = span.partition(":")
+    lo, hi = _address(first), _address(last)
+    if not sep or lo is None or hi is None or lo > hi:
+        raise ValueError(f"--range: expected FIRST:LAST addresses, first <= last, got {span!r}")
+    return [x for x in lines if lo <= x.address <= hi]
+
+
+def _print_summary(s: dict) -> None:
     print("by opcode: " + ", ".join(f"{o} {100 * v:.1f}%" for o, v in s["by_opcode"]))
     if s["reasons"]:
         print("by reason: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in s["reasons"].items()))
     print(f"the {len(s['top'])} hottest instructions, in address order:")
     for a, text, share in s["top"]:
         print(f"  {a:#07x} {100 * share:5.1f}%  {text[:110]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--range", default=None, help="FIRST:LAST: also summarize the lines between these addresses")
+    args = ap.parse_args(argv)
+    with open(args.csv, newline="") as f:
+        rows = list(csv.reader(f))
+    lines = parse(rows)
+    s = summarize(lines, args.top)
+    print(f"warp stall samples: {s['total']:.0f}")
+    _print_summary(s)
+    if args.range:
+        part = in_range(lines, args.range)
+        r = summarize(part, args.top)
+        print(f"range {args.range}: {len(part)} instructions, {r['total']:.0f} samples "
+              f"({100 * r['total'] / (s['total'] or 1.0):.1f} % of all); shares below are of the range")
+        _print_summary(r)
     waits = [w for w in barrier_waits(lines) if w.waits > 0]
     if waits:
         print("mbarrier waits (first try in line, retry loop out of line), by how often they missed:")

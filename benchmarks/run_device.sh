@@ -87,10 +87,9 @@
 #   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
 #       instead of 11, the GEMV's fragment path without its byte permutes): the whole tests/gpu on this build (nothing
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
-#       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py
-#       (BENCH_MS, default 256,512,4608; fo, bf16) twice each, alternating, and the one-warpgroup tile life at 256 / 512
-#       x 3072 x 3072 for both; then v269's probes (ss-a, no-act-mma) and the stall sampling on this build
-#       (~7-8 minutes)
+#       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py (BENCH_MS, default 256,512,4608; fo,
+#       bf16) AB_ROUNDS (default 2) times each, alternating, and the one-warpgroup tile life at 256 / 512 x 3072 x 3072
+#       for both; then v269's probes (ss-a, no-act-mma) and the stall sampling on this build (~5-6 minutes)
 #   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
 #       3072 x 3072 as it is and with the loop probes ss-a (EP 27: the wgmmas' A operand from shared memory, the
 #       widening kept) and no-act-mma, then the stall sampling with NCU_PIPES=1 at STALL_SHAPE (default 256 3072 3072)
@@ -822,7 +821,10 @@ if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main
   if grep -qE "^[0-9]+ passed" <(grep -E "passed|failed" "$OUT/tests.log" | tail -1) && \
      ! grep -qE "failed|error" <(tail -1 "$OUT/tests.log"); then
     mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
-    for r in 1 2; do
+    for d in quantizers csrc:_csrc hub_scripts; do  # the package-dir mapping, as above (these parts from this tree)
+      [ -e "/tmp/pbother/svdquant_hf/${d#*:}" ] || ln -s "$PWD/${d%%:*}" "/tmp/pbother/svdquant_hf/${d#*:}"
+    done
+    for r in $(seq ${AB_ROUNDS:-2}); do
       for b in this other; do
         dir=$PWD/.prebuilt pp=$PYTHONPATH; [ $b = other ] && dir=/tmp/pbother/.prebuilt pp=/tmp/pbother:$PYTHONPATH
         PYTHONPATH=$pp SVDQUANT_HF_KERNELS_DIR=$dir timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512,4608} \

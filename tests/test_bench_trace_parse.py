@@ -318,6 +318,12 @@ def test_ncu_sass_stalls_reads_the_source_page_by_column_name():
     assert s["reasons"] == {"stall_long_sb": 500 / 900, "stall_barrier": 400 / 900}
     with pytest.raises(ValueError, match="SourceCounters"):
         st.parse([["Address", "Source", "Instructions Executed"], ["0x0", "NOP", "1"]])
+    part = st.in_range(lines, "0x20:0x40")  # a span, both ends included
+    assert [x.address for x in part] == [0x20, 0x30, 0x40]
+    assert st.summarize(part)["total"] == 4000
+    for bad in ("0x40:0x20", "0x20", "x:0x40"):
+        with pytest.raises(ValueError, match="--range"):
+            st.in_range(lines, bad)
 
 
 def test_ncu_sass_stalls_counts_each_mbarrier_waits_misses():
