@@ -321,7 +321,9 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // substeps: the buffer is twice that, and its second half gets the epilogue's sub-steps (8 .. 15 as 0 .. 7);
 // loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22),
 // without its wgmmas (2, EP 23), without its activation tiles' loads (3, EP 24) or without both (4, EP 25); 5 (EP 26,
-// exact): its stages given back at the next stage's third k-step rather than its first.
+// exact): its stages given back at the next stage's third k-step rather than its first; 6 (EP 27) its wgmmas' A operand
+// from shared memory; 7 (EP 28, exact) each next stage's full barrier waited for at k-step 1
+// (rf_pipelined_loop_split<.., true>).
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

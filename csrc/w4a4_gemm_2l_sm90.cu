@@ -130,11 +130,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 27); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 28); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 27; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 28; }
 // (22-25 and 27, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 27); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 28); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -179,7 +179,10 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
 // wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (timing probe, loop_probe 6; v2.43) 21
 // persistent with its wgmmas' A operand from shared memory (the stage's first 64 activation rows) instead of the
-// widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand.
+// widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand;
+// 28 (exact, loop_probe 7; v2.44's g.68) 21 persistent with each next stage's full barrier waited for at k-step 1
+// (rf_pipelined_loop_split<.., true>) and its words and scales loaded from 32-bit shared addresses computed once, so the
+// loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (EP 22 / 23 / 25 / 27: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
   // widening; probe 7's mapping), its k-steps without wgmmas (the widening and the stage ring alone), or its wgmmas'
   // A operand from shared memory
-  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27;
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27, kEarly = EP == 28;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -666,7 +669,38 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      if constexpr (kEarly) {
+        // the thread's word and scale offsets inside a stage, fixed: a stage's loads are then its base plus constants
+        const uint32_t stages = sbase + Cfg::kActBytes;
+        uint32_t w_off[2], s_off[2][128 / G];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          w_off[h] = packed_chunk_offset(rA + 8 * h, t);
+#pragma unroll
+          for (int g = 0; g < 128 / G; ++g) s_off[h][g] = Cfg::kWBytes + g * kTR + rA + 8 * h;
+        }
+        auto wait = [&](int i) {
+          mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+          if constexpr (kLife) {
+            if (i == done) life(7);
+          }
+        };
+        auto load = [&](int i) {
+          const uint32_t base = stages + (i % NS) * Cfg::kStageBytes;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(nw[h][0]), "=r"(nw[h][1]), "=r"(nw[h][2]), "=r"(nw[h][3])
+                         : "r"(base + w_off[h]));
+#pragma unroll
+            for (int g = 0; g < 128 / G; ++g)
+              asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(nsc[h][g]) : "r"(base + s_off[h][g]));
+          }
+        };
+        rf_pipelined_loop_split<0, true>(done, NK, wait, load, widen_step, issue, release);
+      } else {
+        rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
+      }
       if constexpr (kNoMma || kSsA) {
         if (sink == 0x9e3779b9u) acc[0] ^= 1;  // (a use the compiler cannot fold)
       }
@@ -1044,7 +1078,7 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
 // loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the wgmmas' A operand from shared memory (27)
+// 6 the wgmmas' A operand from shared memory (27), 7 (exact) the next stage's barrier waited for at k-step 1 (28)
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1311,7 +1345,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 6 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 7 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1464,12 +1498,13 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-27: the loop probes)
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-28: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 27>{}, 1, g_life);
+        if (g_life_probe == 7) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
