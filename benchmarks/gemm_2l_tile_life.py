@@ -25,8 +25,8 @@ the stage ring alone); no-act, the stages without their activation tiles (the we
 wgmmas on stale bytes); no-act-mma, both of the last two; rel2 (exact), each stage given back at the next one's third
 k-step (no wait<1> at a stage's first k-step); ss-a, the wgmmas' A operand from shared memory (the stage's first 64
 activation rows) instead of the widened registers, the widening kept: the same tensor work without the
-register-sourced operand (v2.43); early (exact, EP 28, v2.44's g.68), each next stage's full barrier waited for at k-step
-1 instead of 3 and its loads from 32-bit shared addresses.
+register-sourced operand (v2.43); early (exact, EP 28, v2.44's g.68), each next stage's full barrier waited for at
+k-step 1 instead of 3 and its loads from 32-bit shared addresses.
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank

@@ -64,7 +64,8 @@ SVDQ_RF_HD void rf_pipelined_loop_split(int first, int count, Wait&& wait, Load&
 
 // The same with the stage's fetch as one callback, fetch(i): it waits for stage i and loads its words.
 template <int kRelease = 0, typename Fetch, typename Widen, typename Issue, typename Release>
-SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue, Release&& release) {
+SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue,
+                                  Release&& release) {
   rf_pipelined_loop_split<kRelease>(first, count, [](int) {}, fetch, widen, issue, release);
 }
 

@@ -181,8 +181,8 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // persistent with its wgmmas' A operand from shared memory (the stage's first 64 activation rows) instead of the
 // widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand;
 // 28 (exact, loop_probe 7; v2.44's g.68) 21 persistent with each next stage's full barrier waited for at k-step 1
-// (rf_pipelined_loop_split<.., true>) and its words and scales loaded from 32-bit shared addresses computed once, so the
-// loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage.
+// (rf_pipelined_loop_split<.., true>) and its words and scales loaded from 32-bit shared addresses computed once, so
+// the loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
