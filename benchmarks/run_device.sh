@@ -89,7 +89,7 @@
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
 #       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py (BENCH_MS, default 256,512,4608; fo,
 #       bf16) AB_ROUNDS (default 2) times each, alternating, and the one-warpgroup tile life at 256 / 512 x 3072 x 3072
-#       for both; then g.68 (--probe early: EP 28, exact), v269's probes (ss-a, no-act-mma) and the stall sampling on
+#       for both; then g.68 (--probe early / early-loads: EP 28 / 29, exact), v269's probes (ss-a, no-act-mma) and the stall sampling on
 #       this build (~5-6 minutes; as run at commit 9e10b78 with AB_ROUNDS=1, without early and with the older package's
 #       import failing)
 #   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
@@ -845,7 +845,8 @@ if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main
     done
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v270.log "${run%%:*}" "$sh --probe early" "$sh --probe ss-a" "$sh --probe no-act-mma"
+      life_runs tile_life_v270.log "${run%%:*}" "$sh --probe early" "$sh --probe early-loads" "$sh --probe ss-a" \
+        "$sh --probe no-act-mma"
     done
     rm -f "$OUT/life.log"
     STALL_SHAPE=${STALL_SHAPE:-256 3072 3072} NCU_PIPES=1 gemm_stalls

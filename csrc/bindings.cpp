@@ -1136,7 +1136,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both; "
       "5 (exact) each stage given back at the next stage's third k-step, 6 its wgmmas' A operand from shared memory "
       "(the stage's first 64 activation rows) instead of the widened registers, the widening kept; 7 (exact) each next "
-      "stage's full barrier waited for two k-steps earlier, its loads from 32-bit shared addresses (g.68)",
+      "stage's full barrier waited for two k-steps earlier, its loads from 32-bit shared addresses (g.68), 8 (exact) "
+      "its words and scales loaded there too, into a second set of registers",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),

@@ -323,7 +323,7 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // without its wgmmas (2, EP 23), without its activation tiles' loads (3, EP 24) or without both (4, EP 25); 5 (EP 26,
 // exact): its stages given back at the next stage's third k-step rather than its first; 6 (EP 27) its wgmmas' A operand
 // from shared memory; 7 (EP 28, exact) each next stage's full barrier waited for at k-step 1
-// (rf_pipelined_loop_split<.., true>).
+// (rf_pipelined_loop_split<.., true>); 8 (EP 29, exact) its words and scales loaded there too.
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

@@ -130,11 +130,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 28); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 29); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 28; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 29; }
 // (22-25 and 27, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 28); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 29); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -182,7 +182,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand;
 // 28 (exact, loop_probe 7; v2.44's g.68) 21 persistent with each next stage's full barrier waited for at k-step 1
 // (rf_pipelined_loop_split<.., true>) and its words and scales loaded from 32-bit shared addresses computed once, so
-// the loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage.
+// the loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage; 29 (exact, loop_probe 8;
+// g.68's second half) 28 with the next stage's words and scales loaded at its wait too, into a second register set
+// copied in at k-step 3, so their latency is hidden under the widening of k-steps 2 and 3.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -293,7 +295,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (EP 22 / 23 / 25 / 27: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
   // widening; probe 7's mapping), its k-steps without wgmmas (the widening and the stage ring alone), or its wgmmas'
   // A operand from shared memory
-  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27, kEarly = EP == 28;
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27, kEarly = EP == 28 || EP == 29;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -679,22 +681,37 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
 #pragma unroll
           for (int g = 0; g < 128 / G; ++g) s_off[h][g] = Cfg::kWBytes + g * kTR + rA + 8 * h;
         }
+        auto load_into = [&](int i, uint32_t (&w)[2][4], uint32_t (&sc)[2][128 / G]) {
+          const uint32_t base = stages + (i % NS) * Cfg::kStageBytes;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(w[h][0]), "=r"(w[h][1]), "=r"(w[h][2]), "=r"(w[h][3])
+                         : "r"(base + w_off[h]));
+#pragma unroll
+            for (int g = 0; g < 128 / G; ++g)
+              asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(sc[h][g]) : "r"(base + s_off[h][g]));
+          }
+        };
+        uint32_t ew[2][4], esc[2][128 / G];  // (EP 29) the next stage's words and scales, loaded at its wait
         auto wait = [&](int i) {
           mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
           if constexpr (kLife) {
             if (i == done) life(7);
           }
+          if constexpr (EP == 29) load_into(i, ew, esc);
         };
         auto load = [&](int i) {
-          const uint32_t base = stages + (i % NS) * Cfg::kStageBytes;
+          if constexpr (EP == 29) {
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                         : "=r"(nw[h][0]), "=r"(nw[h][1]), "=r"(nw[h][2]), "=r"(nw[h][3])
-                         : "r"(base + w_off[h]));
+            for (int h = 0; h < 2; ++h) {
 #pragma unroll
-            for (int g = 0; g < 128 / G; ++g)
-              asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(nsc[h][g]) : "r"(base + s_off[h][g]));
+              for (int j = 0; j < 4; ++j) nw[h][j] = ew[h][j];
+#pragma unroll
+              for (int g = 0; g < 128 / G; ++g) nsc[h][g] = esc[h][g];
+            }
+          } else {
+            load_into(i, nw, nsc);
           }
         };
         rf_pipelined_loop_split<0, true>(done, NK, wait, load, widen_step, issue, release);
@@ -1078,7 +1095,8 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
 // loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the wgmmas' A operand from shared memory (27), 7 (exact) the next stage's barrier waited for at k-step 1 (28)
+// 6 the wgmmas' A operand from shared memory (27), 7 (exact) the next stage's barrier waited for at k-step 1 (28), 8
+// (exact) its words and scales loaded there too (29)
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1345,7 +1363,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 7 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 8 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1498,13 +1516,14 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-28: the loop probes)
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-29: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 27>{}, 1, g_life);
         if (g_life_probe == 7) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
+        if (g_life_probe == 8) return bf16_instance(integral_constant<int, 29>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)
