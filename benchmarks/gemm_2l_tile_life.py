@@ -3,7 +3,8 @@
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 1|2|3] [--tile 128|224|256]
        [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
-       [--pingpong] [--substeps] [--splits 2..8] [--probe no-widen|no-mma|no-act|no-act-mma|rel2|ss-a|early|early-loads]
+       [--pingpong] [--substeps] [--splits 2..8]
+       [--probe no-widen|no-mma|no-act|no-act-mma|rel2|ss-a|early|early-loads]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles (--tile 256: on 256-token tiles, the default at 4096 tokens), or with
@@ -167,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the output staging as before v2.34 (set_gemm_2l_act_in_loop)")
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
-    ap.add_argument("--probe", choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2", "ss-a", "early",
-                                                "early-loads"),
-                    default=None,
+    ap.add_argument("--probe", default=None,
+                    choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2", "ss-a", "early", "early-loads"),
                     help="a timing probe of the one-warpgroup loop: no widening, no wgmmas, no activation loads, "
                          "neither activation loads nor wgmmas, the wgmmas' A from shared memory (wrong results), or "
                          "(exact) each stage given back at the next one's third k-step, or (exact) the next stage's "

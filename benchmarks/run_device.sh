@@ -89,9 +89,9 @@
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
 #       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py (BENCH_MS, default 256,512,4608; fo,
 #       bf16) AB_ROUNDS (default 2) times each, alternating, and the one-warpgroup tile life at 256 / 512 x 3072 x 3072
-#       for both; then g.68 (--probe early / early-loads: EP 28 / 29, exact), v269's probes (ss-a, no-act-mma) and the stall sampling on
-#       this build (~5-6 minutes; as run at commit 9e10b78 with AB_ROUNDS=1, without early and with the older package's
-#       import failing)
+#       for both; then g.68 (--probe early / early-loads: EP 28 / 29, exact), v269's probes (ss-a, no-act-mma) and
+#       the stall sampling on this build (~5-6 minutes; as run at commit 9e10b78 with AB_ROUNDS=1, without g.68 and
+#       with the older package's import failing)
 #   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
 #       3072 x 3072 as it is and with the loop probes ss-a (EP 27: the wgmmas' A operand from shared memory, the
 #       widening kept) and no-act-mma, then the stall sampling with NCU_PIPES=1 at STALL_SHAPE (default 256 3072 3072)
