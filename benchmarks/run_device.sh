@@ -258,10 +258,43 @@ tests_then_ab() {  # $1 a target's name, $2 its test paths (space-separated), th
   timeout 240 python3 benchmarks/ab_2l.py "$@" > "$OUT/ab_$name.log" 2>&1
   echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_$name.log" | grep -E "^ +[0-9]|M +K" | cut -c1-170
 }
-gpu_suite() {  # the whole tests/gpu suite into $OUT/tests.log
-  timeout 200 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
+gpu_suite() {  # the whole tests/gpu suite into $OUT/tests.log (timeout $1 s, default 200); returns its rc
+  timeout "${1:-200}" python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
     --timeout 120 > "$OUT/tests.log" 2>&1
-  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  local rc=$?
+  echo "tests/gpu rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  return $rc
+}
+other_build() {  # .pbother/prebuilt.tar.xz (another tree's .prebuilt, and its svdquant_hf if packed) into /tmp/pbother
+  mkdir -p /tmp/pbother && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
+  if [ -d /tmp/pbother/svdquant_hf ]; then  # its package-dir mapping, as above (these parts from this tree)
+    for d in quantizers csrc:_csrc hub_scripts; do
+      [ -e "/tmp/pbother/svdquant_hf/${d#*:}" ] || ln -s "$PWD/${d%%:*}" "/tmp/pbother/svdquant_hf/${d#*:}"
+    done
+  fi
+}
+with_build() {  # the command after $1 with build $1's kernels (this | other), and the other tree's package if packed
+  local b=$1; shift
+  if [ "$b" = other ]; then
+    (export SVDQUANT_HF_KERNELS_DIR=/tmp/pbother/.prebuilt
+     [ -d /tmp/pbother/svdquant_hf ] && export PYTHONPATH=/tmp/pbother:$PYTHONPATH
+     "$@")
+  else
+    (export SVDQUANT_HF_KERNELS_DIR=$PWD/.prebuilt; "$@")
+  fi
+}
+ab_builds() {  # ab_2l.py (fo, bf16) at token counts $2, $1 rounds of both builds alternating, then their table
+  local r b
+  mkdir -p "$OUT/ab_builds"
+  for r in $(seq "$1"); do
+    for b in this other; do
+      with_build $b timeout 150 python3 benchmarks/ab_2l.py --ms "$2" --cols fo,bf16 --rounds 1 \
+        > "$OUT/ab_builds/abx_${b}_$r.log" 2>&1
+      echo "ab $b $r rc=$?"
+    done
+  done
+  python3 benchmarks/ab_builds_table.py "$OUT/ab_builds" --builds this,other > "$OUT/ab_builds.txt"
+  cat "$OUT/ab_builds.txt"
 }
 life_runs() {  # benchmarks/gemm_2l_tile_life.py with flags $2 once per variant after them (at 4608 x 3072 x 3072 unless
   # the variant names --shapes), each printed and all appended to $OUT/$1
@@ -816,31 +849,15 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
-if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main's build, then v269's probes on it
-  timeout 280 python3 -m pytest -q --maxfail=10 -p no:cacheprovider tests/gpu -m "gpu or not gpu" -o addopts="" \
-    --timeout 120 > "$OUT/tests.log" 2>&1
-  echo "tests/gpu rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
-  if grep -qE "^[0-9]+ passed" <(grep -E "passed|failed" "$OUT/tests.log" | tail -1) && \
-     ! grep -qE "failed|error" <(tail -1 "$OUT/tests.log"); then
-    mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
-    for d in quantizers csrc:_csrc hub_scripts; do  # the package-dir mapping, as above (these parts from this tree)
-      [ -e "/tmp/pbother/svdquant_hf/${d#*:}" ] || ln -s "$PWD/${d%%:*}" "/tmp/pbother/svdquant_hf/${d#*:}"
-    done
-    for r in $(seq ${AB_ROUNDS:-2}); do
-      for b in this other; do
-        dir=$PWD/.prebuilt pp=$PYTHONPATH; [ $b = other ] && dir=/tmp/pbother/.prebuilt pp=/tmp/pbother:$PYTHONPATH
-        PYTHONPATH=$pp SVDQUANT_HF_KERNELS_DIR=$dir timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512,4608} \
-          --cols fo,bf16 --rounds 1 > "$OUT/ab_builds/abx_${b}_$r.log" 2>&1
-        echo "ab $b $r rc=$?"
-      done
-    done
-    python3 benchmarks/ab_builds_table.py "$OUT/ab_builds" --builds this,other | tee "$OUT/ab_builds_v270.txt"
+if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main's build, then g.68 and v269's probes
+  if gpu_suite 280; then
+    other_build
+    ab_builds ${AB_ROUNDS:-2} ${BENCH_MS:-256,512,4608}
     for b in this other; do
-      dir=$PWD/.prebuilt pp=$PYTHONPATH; [ $b = other ] && dir=/tmp/pbother/.prebuilt pp=/tmp/pbother:$PYTHONPATH
       for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
         sh="--shapes ${run#*:}"
         echo "== tile life, build $b"
-        (export PYTHONPATH=$pp SVDQUANT_HF_KERNELS_DIR=$dir; life_runs tile_life_v270.log "${run%%:*}" "$sh")
+        with_build $b life_runs tile_life_v270.log "${run%%:*}" "$sh"
       done
     done
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
@@ -905,16 +922,8 @@ if [ "$what" = v260 ]; then  # g.59: the chained down projection on two rings pe
   fi
 fi
 if [ "$what" = abbuilds ]; then  # this tree's kernels against another build's, alternating in one call
-  mkdir -p /tmp/pbother "$OUT/ab_builds" && tar -xJf .pbother/prebuilt.tar.xz -C /tmp/pbother
-  for r in 1 2 3; do
-    for b in this other; do
-      dir=$PWD/.prebuilt; [ $b = other ] && dir=/tmp/pbother/.prebuilt
-      SVDQUANT_HF_KERNELS_DIR=$dir timeout 150 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-4608,4096,256} \
-        --cols fo,bf16 --rounds 1 > "$OUT/ab_builds/abx_${b}_$r.log" 2>&1
-      echo "ab $b $r rc=$?"
-    done
-  done
-  python3 benchmarks/ab_builds_table.py "$OUT/ab_builds" --builds this,other
+  other_build
+  ab_builds 3 ${BENCH_MS:-4608,4096,256}
 fi
 if [ "$what" = splitlife ]; then  # where a split CTA's life goes, by its stamps, then the whole suite
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_out_pieces.py -m "gpu or not gpu" -o addopts="" \

@@ -621,13 +621,15 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       __syncwarp();
     };
     uint32_t nw[2][4], nsc[2][128 / G];
-    auto fetch = [&](int i) {
-      const int buf = i % NS;
-      mbar_wait(bars + 8 * buf, (i / NS) & 1);
+    auto wait_stage = [&](int i) {
+      mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
       if constexpr (kLife) {
         if (i == done) life(7);
       }
-      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
+    };
+    auto fetch = [&](int i) {
+      wait_stage(i);
+      const uint8_t* wt = smem + (i % NS) * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
     if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
@@ -695,10 +697,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         };
         uint32_t ew[2][4], esc[2][128 / G];  // (EP 29) the next stage's words and scales, loaded at its wait
         auto wait = [&](int i) {
-          mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
-          if constexpr (kLife) {
-            if (i == done) life(7);
-          }
+          wait_stage(i);
           if constexpr (EP == 29) load_into(i, ew, esc);
         };
         auto load = [&](int i) {
