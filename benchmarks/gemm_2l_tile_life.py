@@ -3,8 +3,7 @@
 usage: python benchmarks/gemm_2l_tile_life.py [--shapes 4608x3072x3072,...] [--warpgroups 1|2|3] [--tile 128|224|256]
        [--turns]
        [--lr-producer] [--l2-prefetch] [--no-store] [--act-in-loop] [--lr-rolled]
-       [--pingpong] [--substeps] [--splits 2..8]
-       [--probe no-widen|no-mma|no-act|no-act-mma|rel2|ss-a|early|early-loads]
+       [--pingpong] [--substeps] [--splits 2..8] [--probe no-widen|no-mma|no-act|no-act-mma|rel2|ss-a]
 
 The default loop (pipelined within each warpgroup) built with stamps (set_gemm_2l_tile_life: the same bits): two
 consumer warpgroups on 224-token tiles (--tile 256: on 256-token tiles, the default at 4096 tokens), or with
@@ -26,9 +25,7 @@ the stage ring alone); no-act, the stages without their activation tiles (the we
 wgmmas on stale bytes); no-act-mma, both of the last two; rel2 (exact), each stage given back at the next one's third
 k-step (no wait<1> at a stage's first k-step); ss-a, the wgmmas' A operand from shared memory (the stage's first 64
 activation rows) instead of the widened registers, the widening kept: the same tensor work without the
-register-sourced operand (v2.43); early (exact, EP 28, v2.44's g.68), each next stage's full barrier waited for at
-k-step 1 instead of 3 and its loads from 32-bit shared addresses; early-loads (exact, EP 29), its words and scales
-loaded there too, into a second set of registers.
+register-sourced operand (v2.43).
 --act-in-loop: the output staging as before v2.34 (GELU tested per octet: set_gemm_2l_act_in_loop).
 --lr-rolled: the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False)).
 --substeps: also the store step by sub-steps (set_gemm_2l_tile_life(.., substeps=True), the same bits): the low-rank
@@ -168,12 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the output staging as before v2.34 (set_gemm_2l_act_in_loop)")
     ap.add_argument("--lr-rolled", action="store_true",
                     help="the last warpgroup's low-rank copies in loops as before v2.35 (set_gemm_2l_lr_unrolled(False))")
-    ap.add_argument("--probe", default=None,
-                    choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2", "ss-a", "early", "early-loads"),
+    ap.add_argument("--probe", choices=("no-widen", "no-mma", "no-act", "no-act-mma", "rel2", "ss-a"), default=None,
                     help="a timing probe of the one-warpgroup loop: no widening, no wgmmas, no activation loads, "
                          "neither activation loads nor wgmmas, the wgmmas' A from shared memory (wrong results), or "
-                         "(exact) each stage given back at the next one's third k-step, or (exact) the next stage's "
-                         "barrier waited for at k-step 1 (and its words loaded there: early-loads)")
+                         "(exact) each stage given back at the next one's third k-step")
     ap.add_argument("--substeps", action="store_true", help="also the store step by its sub-steps (not --pingpong)")
     ap.add_argument("--splits", type=int, default=0, choices=range(2, 9), metavar="2..8",
                     help="the 256-token tile split over a cluster of this many CTAs (a split CTA's whole life)")
@@ -246,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                     ext.set_gemm_2l_splits(1)
                 ext.set_gemm_2l_rf_splits(args.splits)
             probe = {None: 0, "no-widen": 1, "no-mma": 2, "no-act": 3, "no-act-mma": 4, "rel2": 5,
-                     "ss-a": 6, "early": 7, "early-loads": 8}[args.probe]
+                     "ss-a": 6}[args.probe]
             if probe:
                 ext.set_gemm_2l_tile_life(both.data_ptr(), args.no_store, substeps, probe)
             else:  # (an older build's binding has no loop_probe)

@@ -84,14 +84,18 @@
 #       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
+#   v271: perf-notes v2.45's g.69 (one warpgroup's tiles as stream-K, opt-in): the whole tests/gpu (nothing timed if
+#       it fails), then ab_2l.py at 256 / 512 tokens (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32) and
+#       fo_sk128a / fo_sk256a (on every SM) against fo, bf16 and fp8d (ROUNDS, default 2), then #7's GEMM level at
+#       4608 tokens (fo, bf16, fp8d) on g.66's kernels (~4 minutes)
 #   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
 #       instead of 11, the GEMV's fragment path without its byte permutes): the whole tests/gpu on this build (nothing
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
 #       `tar -cJf .pbother/prebuilt.tar.xz .prebuilt svdquant_hf`): ab_2l.py (BENCH_MS, default 256,512,4608; fo,
 #       bf16) AB_ROUNDS (default 2) times each, alternating, and the one-warpgroup tile life at 256 / 512 x 3072 x 3072
-#       for both; then g.68 (--probe early / early-loads: EP 28 / 29, exact), v269's probes (ss-a, no-act-mma) and
-#       the stall sampling on this build (~5-6 minutes; as run at commit 9e10b78 with AB_ROUNDS=1, without g.68 and
-#       with the older package's import failing)
+#       for both; then v269's probes (ss-a, no-act-mma) and the stall sampling on this build (~5 minutes; as run at
+#       commit 9e10b78 with AB_ROUNDS=1 and the older package's import failing, and at a7520f3 with g.68's probes
+#       early / early-loads, EP 28 / 29, since removed)
 #   v269: what couples the one-warpgroup loop's wgmmas to its warps (perf-notes v2.43): the tile life at 256 / 512 x
 #       3072 x 3072 as it is and with the loop probes ss-a (EP 27: the wgmmas' A operand from shared memory, the
 #       widening kept) and no-act-mma, then the stall sampling with NCU_PIPES=1 at STALL_SHAPE (default 256 3072 3072)
@@ -849,6 +853,16 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
   fi
 fi
+if [ "$what" = v271 ]; then  # g.69: stream-K for one warpgroup's tiles at a few hundred tokens; #7's GEMM level
+  if gpu_suite 280; then
+    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --rounds ${ROUNDS:-2} \
+      --cols fo,fo_sk128,fo_sk256,fo_sk128a,fo_sk256a,bf16,fp8d > "$OUT/ab_v271.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v271.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
+    timeout 150 python3 benchmarks/ab_2l.py --ms 4608 --rounds ${ROUNDS:-2} --cols fo,bf16,fp8d \
+      > "$OUT/ab_v271_4608.log" 2>&1
+    echo "ab 4608 rc=$?"; grep -vE "^\{" "$OUT/ab_v271_4608.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
+  fi
+fi
 if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main's build, then g.68 and v269's probes
   if gpu_suite 280; then
     other_build
@@ -862,8 +876,7 @@ if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main
     done
     for run in "--warpgroups 1 --tile 128:256x3072x3072" "--warpgroups 1 --tile 256:512x3072x3072"; do
       sh="--shapes ${run#*:}"
-      life_runs tile_life_v270.log "${run%%:*}" "$sh --probe early" "$sh --probe early-loads" "$sh --probe ss-a" \
-        "$sh --probe no-act-mma"
+      life_runs tile_life_v270.log "${run%%:*}" "$sh --probe ss-a" "$sh --probe no-act-mma"
     done
     rm -f "$OUT/life.log"
     STALL_SHAPE=${STALL_SHAPE:-256 3072 3072} NCU_PIPES=1 gemm_stalls

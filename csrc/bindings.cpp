@@ -1041,6 +1041,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "every other kernel, at M <= 512 (perf-notes v2.38: the best plan at 256 / 512 x 3072 x 3072; the default "
         "since v2.39); False: only when forced by set_gemm_2l_rf_warpgroups(1, tile); the same bits");
   m.def("gemm_2l_rf1_auto", &svdq::gemm_2l_rf1_auto, "whether set_gemm_2l_rf1_auto is on");
+  m.def("set_gemm_2l_stream_k", &svdq::set_gemm_2l_stream_k, pybind11::arg("tile"), pybind11::arg("leave") = 0,
+        "(g.69, opt-in) one consumer warpgroup's tiles of `tile` tokens (128 or 256; 0: off) as stream-K at M <= 512 "
+        "(bfloat16, ranks <= 32): the grid's CTAs, one per SM less `leave`, take equal runs of the tiles' stages and a "
+        "tile's owner adds the others' int32 partials from a workspace; the same bits. One stream at a time");
+  m.def("gemm_2l_stream_k_launches", &svdq::gemm_2l_stream_k_launches,
+        "GEMM launches of the stream-K kernel (tests)");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "
         "see set_gemm_2l_rf3_model)");
@@ -1135,9 +1141,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "loop_probe (timing probes, wrong results; the one-warpgroup kernel, persistent): 1 its loop without widening "
       "(the loaded words as fragments), 2 without its wgmmas, 3 without its activation tiles' loads, 4 without both; "
       "5 (exact) each stage given back at the next stage's third k-step, 6 its wgmmas' A operand from shared memory "
-      "(the stage's first 64 activation rows) instead of the widened registers, the widening kept; 7 (exact) each next "
-      "stage's full barrier waited for two k-steps earlier, its loads from 32-bit shared addresses (g.68), 8 (exact) "
-      "its words and scales loaded there too, into a second set of registers",
+      "(the stage's first 64 activation rows) instead of the widened registers, the widening kept",
       pybind11::arg("ptr"), pybind11::arg("no_store") = false, pybind11::arg("substeps") = false,
       pybind11::arg("loop_probe") = 0);
   m.def("set_gemm_2l_probe", &svdq::set_gemm_2l_probe, pybind11::arg("probe"),

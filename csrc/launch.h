@@ -172,6 +172,10 @@ int gemm_2l_persistent();
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
+// (g.69, opt-in) one warpgroup's tiles of `tile` tokens (128 or 256; 0: off) as stream-K wherever one warpgroup may run
+// (M <= 512, bfloat16, ranks <= 32), on the SMs less `leave`: the CTAs share the tiles' stages equally; the same bits
+void set_gemm_2l_stream_k(int tile, int leave);
+long long gemm_2l_stream_k_launches();  // (tests)
 // (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; on by default since v2.39)
 void set_gemm_2l_rf1_auto(bool on);
 bool gemm_2l_rf1_auto();
@@ -322,8 +326,7 @@ cudaError_t launch_w4a4_gemm_2l_pingpong(const W4A4Gemm2lArgs& a, cudaStream_t s
 // loop_probe (timing probes, wrong results): the one-warpgroup persistent kernel's loop without widening (1, EP 22),
 // without its wgmmas (2, EP 23), without its activation tiles' loads (3, EP 24) or without both (4, EP 25); 5 (EP 26,
 // exact): its stages given back at the next stage's third k-step rather than its first; 6 (EP 27) its wgmmas' A operand
-// from shared memory; 7 (EP 28, exact) each next stage's full barrier waited for at k-step 1
-// (rf_pipelined_loop_split<.., true>); 8 (EP 29, exact) its words and scales loaded there too.
+// from shared memory.
 void set_gemm_2l_tile_life(long long* stamps, bool no_store = false, bool substeps = false, int loop_probe = 0);
 // whether a test or benchmark has forced or restricted the tile GEMM's plan or kernel (then a few tokens take it too)
 bool gemm_2l_plan_forced();

@@ -26,30 +26,23 @@ SVDQ_RF_HD void rf_wait() {
 #endif
 }
 
-// Stages first .. first + count - 1 of the ring, four k-steps each, the stage's fetch in two parts: wait(i) waits for
-// stage i, load(i) loads its weight words; widen(j) widens k-step j of the words last loaded into its fragments,
-// issue(i, j) issues k-step j of stage i (fence, wgmmas, commit), release(i) gives stage i back once its groups are
-// complete: after the next stage's k-step kRelease, waiting there until kRelease + 1 groups remain in flight (0, the
-// default since perf-notes v2.35's g.49: its first, which gives the producer two k-steps more lead for the loads than
-// 2, the third, where the wait that keeps three groups in flight already completes stage i); the last stage after the
-// loop, when every group is complete. The next stage is loaded after the current one's last k-step is issued, and
-// waited for right before that (kEarly false) or right after its k-step 1 is issued (kEarly, perf-notes v2.44's g.68,
-// EP 28: the barrier's check then runs under the widening of k-steps 2 and 3).
-template <int kRelease = 0, bool kEarly = false, typename Wait, typename Load, typename Widen, typename Issue,
-          typename Release>
-SVDQ_RF_HD void rf_pipelined_loop_split(int first, int count, Wait&& wait, Load&& load, Widen&& widen, Issue&& issue,
-                                        Release&& release) {
+// Stages first .. first + count - 1 of the ring, four k-steps each: fetch(i) waits for stage i and loads its weight
+// words, widen(j) widens k-step j of the words last loaded into its fragments, issue(i, j) issues k-step j of stage i
+// (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete: after the next stage's k-step
+// kRelease, waiting there until kRelease + 1 groups remain in flight (0, the default since perf-notes v2.35's g.49: its
+// first, which gives the producer two k-steps more lead for the loads than 2, the third, where the wait that keeps three
+// groups in flight already completes stage i); the last stage after the loop, when every group is complete.
+template <int kRelease = 0, typename Fetch, typename Widen, typename Issue, typename Release>
+SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue, Release&& release) {
   static_assert(kRelease >= 0 && kRelease <= 2, "a stage is released at one of the next stage's first three k-steps");
-  wait(first);
-  load(first);
+  fetch(first);
   widen(0);
   for (int i = first; i < first + count; ++i) {
     const bool next = i + 1 < first + count;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       issue(i, j);
-      if (j == (kEarly ? 1 : 3) && next) wait(i + 1);
-      if (j == 3 && next) load(i + 1);
+      if (j == 3 && next) fetch(i + 1);
       // at k-step kRelease, groups (i, 0 .. kRelease) may stay in flight: stage i - 1's are then complete
       if (kRelease == 2 || j != kRelease || i == first) rf_wait<3>();
       else rf_wait<kRelease + 1>();
@@ -60,13 +53,6 @@ SVDQ_RF_HD void rf_pipelined_loop_split(int first, int count, Wait&& wait, Load&
   }
   rf_wait<0>();
   release(first + count - 1);
-}
-
-// The same with the stage's fetch as one callback, fetch(i): it waits for stage i and loads its words.
-template <int kRelease = 0, typename Fetch, typename Widen, typename Issue, typename Release>
-SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue,
-                                  Release&& release) {
-  rf_pipelined_loop_split<kRelease>(first, count, [](int) {}, fetch, widen, issue, release);
 }
 
 }  // namespace svdq

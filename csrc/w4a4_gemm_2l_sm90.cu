@@ -52,12 +52,14 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
+#include <mutex>
 #include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
 #include "pdl.cuh"
 #include "rf_loop.cuh"
+#include "stream_k.cuh"
 #include "tma_sm90.cuh"
 #include "wgmma_s8.cuh"
 #include "widen_2l.cuh"
@@ -130,11 +132,11 @@ constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
-__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 29); }
+__host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 27); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 29; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 28; }
 // (22-25 and 27, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 29); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 28); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -180,11 +182,9 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (timing probe, loop_probe 6; v2.43) 21
 // persistent with its wgmmas' A operand from shared memory (the stage's first 64 activation rows) instead of the
 // widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand;
-// 28 (exact, loop_probe 7; v2.44's g.68) 21 persistent with each next stage's full barrier waited for at k-step 1
-// (rf_pipelined_loop_split<.., true>) and its words and scales loaded from 32-bit shared addresses computed once, so
-// the loop no longer rebuilds the shared window's base (an S2UR of the CTA id) at each stage; 29 (exact, loop_probe 8;
-// g.68's second half) 28 with the next stage's words and scales loaded at its wait too, into a second register set
-// copied in at k-step 3, so their latency is hidden under the widening of k-steps 2 and 3.
+// 28 (exact, set_gemm_2l_stream_k; v2.45's g.69) 10 with one consumer warpgroup as stream-K: the grid's CTAs take equal
+// runs of the (tile, stage) units and a tile begun by one CTA is finished by the next ones, whose int32 partials its
+// owner adds from a workspace (passed as `trace`) before its epilogue (stream_k.cuh).
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -245,6 +245,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
+  // (EP 28, stream-K; stream_k.cuh) this CTA's run of the tiles' stages, u_lo .. u_hi - 1, and the tiles it owns
+  // (finishes and stores), own_lo .. own_hi - 1 (own_lo num_tiles: none); a run's first segment, where it starts
+  // inside a tile, leaves its int32 partials in the workspace (flag and slot blockIdx.x) for that tile's owner
+  constexpr bool kSK = EP == 28;
+  const SkRuns runs{(int64_t)num_tiles * KT, (int)gridDim.x, KT};
+  const int u_lo = kSK ? runs.lo(blockIdx.x) : 0, u_hi = kSK ? runs.lo(blockIdx.x + 1) : 0;
+  const int own_hi = kSK ? runs.own_hi(blockIdx.x) : 0;
+  const int own_lo = kSK && runs.own_lo(blockIdx.x) < own_hi ? runs.own_lo(blockIdx.x) : num_tiles;
+  auto next_owned = [&](int tile) { return tile + 1 < own_hi ? tile + 1 : num_tiles; };  // (stream-K)
+  static_assert(!kSK || (CW == 1 && RF), "stream-K: the one-warpgroup register-fragment kernel");
+  int* const sk_flags = kSK ? reinterpret_cast<int*>(trace) : nullptr;  // one per CTA, kSkFlagBytes apart
+  int4* const sk_parts =  // [CTA][kAcc / 4][128]
+      kSK ? reinterpret_cast<int4*>(reinterpret_cast<char*>(trace) + kSkMaxCtas * kSkFlagBytes) : nullptr;
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
@@ -295,7 +308,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   // (EP 22 / 23 / 25 / 27: EP 21's loop probes, wrong results) its k-steps' fragments the loaded words themselves (no
   // widening; probe 7's mapping), its k-steps without wgmmas (the widening and the stage ring alone), or its wgmmas'
   // A operand from shared memory
-  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27, kEarly = EP == 28 || EP == 29;
+  constexpr bool kNoWiden = EP == 22, kNoMma = EP == 23 || EP == 25, kSsA = EP == 27;
   if (!lr_late) pdl_wait();  // (set_pdl) xq, xscale and lr come from the kernels before this one, which may still use y's memory
   pdl_trigger();  // the kernel after this one may be scheduled as SMs free up
   if constexpr (WS) {
@@ -304,7 +317,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if constexpr (CW == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
       else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
       if (tid == kCT) {
-        if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
+        if constexpr (kSK) {  // the CTA's run of units
+          int i = 0;
+          for (int u = u_lo; u < u_hi; ++u, ++i) {
+            if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
+            const SkSegment sg = runs.segment(u, u_hi);
+            load_at(i % NS, sg.kt, (sg.tile / row_tiles) * BT, (sg.tile % row_tiles) * kTR);
+          }
+        } else if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
             for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
@@ -331,8 +351,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         // into the memory the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on
         // lr_full when their copies land, and warp 1's 32 at once (the barrier counts 128)
         const int ct = tid - kCT - 32, chunks = R / 8;
-        for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-          if (tile != (int)blockIdx.x) {
+        for (int tile = kSK ? own_lo : blockIdx.x; tile < num_tiles;
+             tile = kSK ? next_owned(tile) : tile + gridDim.x) {
+          if (tile != (kSK ? own_lo : (int)blockIdx.x)) {
             if (!lr_prod) break;
             asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
           } else if (lr_late) {
@@ -501,7 +522,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
-  for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
+  int sk_u = u_lo;  // (stream-K) the next segment's first unit
+  for (int tile = kSK ? (u_lo < u_hi ? u_lo / KT : num_tiles) : PS ? blockIdx.x : 0; tile < num_tiles;
+       tile = kSK ? (sk_u < u_hi ? sk_u / KT : num_tiles) : tile + (PS ? gridDim.x : 1)) {
+  const SkSegment sg = kSK ? runs.segment(sk_u, u_hi) : SkSegment{tile, 0, NK};  // (stream-K) the segment
+  const int seg_kt = sg.kt, nk = sg.nk;
+  if constexpr (kSK) sk_u += nk;
   if constexpr (kLife) {
     life_n = (tile - (int)blockIdx.x) / (int)gridDim.x;
     life(0);
@@ -590,8 +616,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       load_lr_tile();
       for (int i = tid; i < BT; i += kCT) copy_xs(m0, i);
       cp_async_commit();
-    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
-      load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)
+    } else if (tile == (kSK ? own_lo : (int)blockIdx.x) && wg == CW - 1 && !lr_late && !lr_prod) {
+      load_lr_async(m0);  // the first tile's; later ones at the previous epilogue (late, lr_prod: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -621,15 +647,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       __syncwarp();
     };
     uint32_t nw[2][4], nsc[2][128 / G];
-    auto wait_stage = [&](int i) {
-      mbar_wait(bars + 8 * (i % NS), (i / NS) & 1);
+    auto fetch = [&](int i) {
+      const int buf = i % NS;
+      mbar_wait(bars + 8 * buf, (i / NS) & 1);
       if constexpr (kLife) {
         if (i == done) life(7);
       }
-    };
-    auto fetch = [&](int i) {
-      wait_stage(i);
-      const uint8_t* wt = smem + (i % NS) * Cfg::kStageBytes + Cfg::kActBytes;
+      const uint8_t* wt = smem + buf * Cfg::kStageBytes + Cfg::kActBytes;
       frag_load<G, kTR>(wt, wt + Cfg::kWBytes, rA, t, nw, nsc);
     };
     if (EP == 11 && wg == 1) {  // probe: this warpgroup only takes each stage and releases it
@@ -673,50 +697,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      if constexpr (kEarly) {
-        // the thread's word and scale offsets inside a stage, fixed: a stage's loads are then its base plus constants
-        const uint32_t stages = sbase + Cfg::kActBytes;
-        uint32_t w_off[2], s_off[2][128 / G];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          w_off[h] = packed_chunk_offset(rA + 8 * h, t);
-#pragma unroll
-          for (int g = 0; g < 128 / G; ++g) s_off[h][g] = Cfg::kWBytes + g * kTR + rA + 8 * h;
-        }
-        auto load_into = [&](int i, uint32_t (&w)[2][4], uint32_t (&sc)[2][128 / G]) {
-          const uint32_t base = stages + (i % NS) * Cfg::kStageBytes;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                         : "=r"(w[h][0]), "=r"(w[h][1]), "=r"(w[h][2]), "=r"(w[h][3])
-                         : "r"(base + w_off[h]));
-#pragma unroll
-            for (int g = 0; g < 128 / G; ++g)
-              asm volatile("ld.shared.u8 %0, [%1];\n" : "=r"(sc[h][g]) : "r"(base + s_off[h][g]));
-          }
-        };
-        uint32_t ew[2][4], esc[2][128 / G];  // (EP 29) the next stage's words and scales, loaded at its wait
-        auto wait = [&](int i) {
-          wait_stage(i);
-          if constexpr (EP == 29) load_into(i, ew, esc);
-        };
-        auto load = [&](int i) {
-          if constexpr (EP == 29) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#pragma unroll
-              for (int j = 0; j < 4; ++j) nw[h][j] = ew[h][j];
-#pragma unroll
-              for (int g = 0; g < 128 / G; ++g) nsc[h][g] = esc[h][g];
-            }
-          } else {
-            load_into(i, nw, nsc);
-          }
-        };
-        rf_pipelined_loop_split<0, true>(done, NK, wait, load, widen_step, issue, release);
-      } else {
-        rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
-      }
+      rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, nk, fetch, widen_step, issue, release);
       if constexpr (kNoMma || kSsA) {
         if (sink == 0x9e3779b9u) acc[0] ^= 1;  // (a use the compiler cannot fold)
       }
@@ -803,10 +784,48 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   wgmma_wait<0>();
   stamp_acc(4);  // main loop done
   if constexpr (PS) {
-    done += NK;
+    done += nk;
     if (!RF && lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
   } else {
     __syncthreads();
+  }
+  if constexpr (kSK) {  // stream-K: a segment begun inside its tile leaves its partials there; the owner adds them
+    constexpr int kQ = Cfg::kAcc / 4;  // the thread's accumulators as int4
+    if (seg_kt > 0) {
+      int4* part = sk_parts + (size_t)blockIdx.x * kQ * 128 + wtid;
+#pragma unroll
+      for (int q = 0; q < kQ; ++q)
+        asm volatile("st.global.cg.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"l"(part + q * 128), "r"(acc[4 * q]),
+                     "r"(acc[4 * q + 1]), "r"(acc[4 * q + 2]), "r"(acc[4 * q + 3]) : "memory");
+      __threadfence();
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+      if (wtid == 0)
+        asm volatile("st.release.gpu.global.s32 [%0], 1;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * blockIdx.x) : "memory");
+      continue;
+    }
+    if (nk < KT) {  // the tile's other segments: the runs of the CTAs after this one that start inside it
+      const int c_end = runs.contrib_end(tile);
+      for (int c = blockIdx.x + 1; c < c_end; ++c) {
+        const int* flag = sk_flags + kSkFlagBytes / 4 * c;
+        int f = 0;
+        do {
+          asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(f) : "l"(flag) : "memory");
+        } while (f == 0);
+        const int4* part = sk_parts + (size_t)c * kQ * 128 + wtid;
+#pragma unroll
+        for (int q = 0; q < kQ; ++q) {
+          int v[4];
+          asm volatile("ld.global.cg.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "l"(part + q * 128) : "memory");
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[4 * q + e] += v[e];
+        }
+      }
+      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // every thread has read them: flags back to 0
+      if (wtid == 0)
+        for (int d = blockIdx.x + 1; d < c_end; ++d)
+          asm volatile("st.relaxed.gpu.global.s32 [%0], 0;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * d) : "memory");
+    }
   }
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
@@ -889,13 +908,14 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   auto lr_free = [&] {
     if constexpr (PS && !kCoupled) {
       if (lr_prod) {  // the producer's warps wait for every consumer's arrival, then load the next tile's
-        if (tile + (int)gridDim.x < num_tiles)
+        if ((kSK ? next_owned(tile) : tile + (int)gridDim.x) < num_tiles)
           asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
       } else if (wg < CW - 1) {
         asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
       } else {
         asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
-        if (tile + (int)gridDim.x < num_tiles) load_lr_async(((tile + (int)gridDim.x) / row_tiles) * BT);
+        const int next = kSK ? next_owned(tile) : tile + (int)gridDim.x;
+        if (next < num_tiles) load_lr_async((next / row_tiles) * BT);
       }
     }
   };
@@ -1094,8 +1114,7 @@ bool g_life_no_store = false;  // set_gemm_2l_tile_life(.., no_store): the EP 12
 bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 / 12 / 19 kernels stamp sub-steps too
 // set_gemm_2l_tile_life(.., loop_probe): EP 21's loop probes, 1 no widening (EP 22), 2 no wgmmas (23), 3 no activation
 // loads (24), 4 neither activation loads nor wgmmas (25), 5 each stage given back at the next one's third k-step (26),
-// 6 the wgmmas' A operand from shared memory (27), 7 (exact) the next stage's barrier waited for at k-step 1 (28), 8
-// (exact) its words and scales loaded there too (29)
+// 6 the wgmmas' A operand from shared memory (27)
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
@@ -1144,7 +1163,8 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.gridDim = dim3(a.N / rows, (a.M + BT - 1) / BT, splits);
   if constexpr (PS) {  // unsplit: one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...; split (the
     // register-fragment loop): one tile per CTA, its K range by blockIdx.z
-    const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT);
+    // (EP 28, stream-K) num_sms CTAs share the tiles' stages, at most one stage each
+    const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT) * (EP == 28 ? a.K / kBK : 1);
     cfg.gridDim = dim3((unsigned)(splits > 1 ? tiles : std::min<long>(tiles, num_sms > 0 ? num_sms : tiles)), 1, splits);
   }
   cfg.blockDim = dim3(Cfg::kThreads);
@@ -1230,6 +1250,11 @@ int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
 long long g_rf1_launches = 0;  // (tests: which path ran)
+// (g.69, opt-in) set_gemm_2l_stream_k: one warpgroup's tiles of this many tokens (128 / 256; 0 off) as stream-K at
+// M <= kOneMaxM, on the SMs less g_stream_k_leave (room for the chained down projection)
+int g_stream_k_tile = 0, g_stream_k_leave = 0;
+long long g_stream_k_launches = 0;  // (tests: which path ran)
+std::mutex g_stream_k_mu;
 // one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56 by the cost
 // model, perf-notes v2.38; the default since v2.39: the chain 0.88x / 0.97x at 256 / 512 x 3072 x 3072, elsewhere the
 // same picks; off: forced only)
@@ -1335,6 +1360,39 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf1_tile = cw == 1 && tile == 128 ? 128 : 256;
 }
 long long gemm_2l_rf1_launches() { return g_rf1_launches; }
+void set_gemm_2l_stream_k(int tile, int leave) {
+  g_stream_k_tile = tile == 128 || tile == 256 ? tile : 0;
+  g_stream_k_leave = leave > 0 ? leave : 0;
+}
+long long gemm_2l_stream_k_launches() { return g_stream_k_launches; }
+// The stream-K kernel's workspace on the current device for `ctas` CTAs (stream_k.cuh): kSkMaxCtas flags (zero between
+// launches: each owner resets the flags it waited for), then a slot of 64 x 256 int32 partials per CTA. Allocated once,
+// outside stream capture (nullptr while capturing before then: the caller runs the kernel without stream-K). Launches
+// of it on two streams at once would share the flags: stream-K is for one stream at a time.
+long long* stream_k_workspace(int ctas, cudaStream_t stream) {
+  constexpr size_t kFlags = (size_t)kSkMaxCtas * kSkFlagBytes, kPerCta = 64 * 256 * 4;
+  if (ctas > kSkMaxCtas) return nullptr;
+  static void* ws[64] = {};
+  static int cap[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64) return nullptr;
+  std::lock_guard<std::mutex> lock(g_stream_k_mu);
+  if (ws[dev] && cap[dev] >= ctas) return static_cast<long long*>(ws[dev]);
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess || st != cudaStreamCaptureStatusNone) return nullptr;
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int n = std::min(kSkMaxCtas, std::max(ctas, sms));
+  void* p = nullptr;
+  if (cudaDeviceSynchronize() != cudaSuccess || cudaMalloc(&p, kFlags + kPerCta * n) != cudaSuccess) return nullptr;
+  if (cudaMemset(p, 0, kFlags) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
+    cudaFree(p);
+    return nullptr;
+  }
+  if (ws[dev]) cudaFree(ws[dev]);  // (after the synchronization: no launch uses it any more)
+  ws[dev] = p, cap[dev] = n;
+  return static_cast<long long*>(p);
+}
 void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
 bool gemm_2l_rf1_auto() { return g_rf1_auto; }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
@@ -1362,7 +1420,7 @@ void set_gemm_2l_tile_life(long long* stamps, bool no_store, bool substeps, int 
   g_life = stamps;
   g_life_no_store = stamps && no_store;
   g_life_sub = stamps && substeps;
-  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 8 ? loop_probe : 0;
+  g_life_probe = stamps && loop_probe >= 1 && loop_probe <= 6 ? loop_probe : 0;
 }
 void set_gemm_2l_rf_pipelined(bool on) { g_rf_pipelined = on; }
 void set_gemm_2l_lr_by_producer(bool on) { g_lr_producer = on; }
@@ -1489,6 +1547,18 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // (g.56) one consumer warpgroup on 64-row tiles of 128 / 256 tokens, pipelined: forced (set_gemm_2l_rf_warpgroups(1,
     // tile); persistent or split over a cluster, set_gemm_2l_rf_splits), or persistent at M <= kOneMaxM where its
     // model beats what runs otherwise and the three-warpgroup loop by 5 % (perf-notes v2.38: 256 / 512 x 3072 x 3072)
+    // (g.69, opt-in) one warpgroup's tiles as stream-K at M <= kOneMaxM: every CTA takes an equal run of the tiles'
+    // stages, so none idles where the tiles are fewer than the SMs (bfloat16; the same bits)
+    if (g_stream_k_tile && a.frag && !wide_lr && !w8 && bf && g_rf_pipelined && a.M <= kOneMaxM && !g_life &&
+        !g_gemm_probe && g_rf_warpgroups == 0 && g_rf_splits <= 1 && g_force_splits <= 1) {
+      const int ctas = std::max(1, num_sms - g_stream_k_leave);
+      if (long long* ws = stream_k_workspace(ctas, stream)) {
+        ++g_stream_k_launches, ++g_pipelined_launches, ++g_rf1_launches;
+        using B = __nv_bfloat16;
+        return g_stream_k_tile == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas)
+                                      : launch_2l<B, 256, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
+      }
+    }
     int bt1 = g_rf1_tile;
     bool one = g_rf_warpgroups == 1;
     if (g_rf1_auto && g_rf_warpgroups == 0 && a.M <= kOneMaxM && g_plan_tiles == 15 && g_rf_splits <= 1 &&
@@ -1515,14 +1585,12 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
                           : launch_2l<B, 256, 64, false, false, true, true, true, 1, E>(a, splits, life, stream, num_sms);
       };
       using std::integral_constant;
-      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-29: the loop probes)
+      if (g_life && bf && !a.lr_late && g_life_probe && s1 == 1) {  // (stamps, EP 22-27: the loop probes)
         if (g_life_probe == 1) return bf16_instance(integral_constant<int, 22>{}, 1, g_life);
         if (g_life_probe == 2) return bf16_instance(integral_constant<int, 23>{}, 1, g_life);
         if (g_life_probe == 3) return bf16_instance(integral_constant<int, 24>{}, 1, g_life);
         if (g_life_probe == 4) return bf16_instance(integral_constant<int, 25>{}, 1, g_life);
         if (g_life_probe == 6) return bf16_instance(integral_constant<int, 27>{}, 1, g_life);
-        if (g_life_probe == 7) return bf16_instance(integral_constant<int, 28>{}, 1, g_life);
-        if (g_life_probe == 8) return bf16_instance(integral_constant<int, 29>{}, 1, g_life);
         return bf16_instance(integral_constant<int, 26>{}, 1, g_life);
       }
       if (g_life && bf && !a.lr_late) return bf16_instance(integral_constant<int, 21>{}, s1, g_life);  // (stamps)

@@ -9,8 +9,6 @@ wgmma.wait_group N does) and checks, for tiles of 1 to 96 stages starting anywhe
 - release(i) comes once all of stage i's groups are complete, each stage exactly once, in order;
 - the loop keeps four groups issued before each wait (three in flight while it widens), so it does pipeline;
 - with kRelease = 0 (the default), 1 or 2, stage i is released right after the next stage's k-step kRelease is issued.
-The same checks run on rf_pipelined_loop_split<.., true> (EP 28), whose fetch is a wait and a load: each stage waited for once,
-in order, before its words are loaded, the next stage's wait right after the current stage's k-step 1 is issued.
 """
 from __future__ import annotations
 
@@ -52,16 +50,9 @@ int main(int argc, char** argv) {
   int words = -1, next_fetch = first, next_release = first, issued = 0;
   int from[4] = {-1, -1, -1, -1}, reader[4][2] = {{-1, -1}, {-1, -1}, {-1, -1}, {-1, -1}};
   std::vector<int> done(count, 0);
-  int next_wait = first;
   auto fetch = [&](int i) {
     if (i != next_fetch) fail("fetch out of order", i, next_fetch);
-    if (EARLY && i != next_wait - 1) fail("loaded before its wait", i, next_wait);
     words = i, ++next_fetch;
-  };
-  auto wait = [&](int i) {
-    if (i != next_wait) fail("waited out of order", i, next_wait);
-    if (i > first && issued != (i - 1 - first) * 4 + 2) fail("waited at another k-step", i, issued);
-    ++next_wait;
   };
   auto widen = [&](int j) {
     if (reader[j][0] >= 0 && flying(reader[j][0], reader[j][1])) fail("widened under its reader", reader[j][0], j);
@@ -81,12 +72,7 @@ int main(int argc, char** argv) {
       if (flying(i, j)) fail("released with a group in flight", i, j);
     done[i - first] = 1, ++next_release;
   };
-#if EARLY
-  svdq::rf_pipelined_loop_split<HREL, true>(first, count, wait, fetch, widen, issue, release);
-  if (next_wait != first + count) fail("stages waited for", next_wait - first, count);
-#else
   svdq::rf_pipelined_loop<HREL>(first, count, fetch, widen, issue, release);
-#endif
   if (issued != 4 * count) fail("groups issued", issued, 4 * count);
   for (int s = 0; s < count; ++s)
     if (!done[s]) fail("stage never released", first + s, 0);
@@ -101,16 +87,14 @@ def _compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 
 
-@pytest.fixture(scope="module", params=[(2, 0), (1, 0), (0, 0), (0, 1), (2, 1)],
-                ids=lambda p: f"release{p[0]}" + ("-early" if p[1] else ""))
+@pytest.fixture(scope="module", params=[2, 1, 0], ids=lambda r: f"release{r}")
 def harness(tmp_path_factory, request):
     if _compiler() is None:
         pytest.skip("needs a C++ compiler")
     d = tmp_path_factory.mktemp("rf_loop")
     (d / "harness.cpp").write_text(HARNESS)
     exe = d / "rf_loop"
-    subprocess.run([_compiler(), "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{CSRC}", f"-DHREL={request.param[0]}",
-                    f"-DEARLY={request.param[1]}",
+    subprocess.run([_compiler(), "-std=c++17", "-O1", "-Wno-unknown-pragmas", f"-I{CSRC}", f"-DHREL={request.param}",
                     str(d / "harness.cpp"), "-o", str(exe)], check=True, capture_output=True)
     return exe
 
