@@ -85,7 +85,7 @@
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
 #   v271: perf-notes v2.45's g.69 (one warpgroup's tiles as stream-K, opt-in): the whole tests/gpu (nothing timed if
-#       it fails), then ab_2l.py at 256 / 512 tokens (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32) and
+#       it fails; SUITE=0: its own tests and the one-warpgroup kernel's), then ab_2l.py at 256 / 512 tokens (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32) and
 #       fo_sk128a / fo_sk256a (on every SM) against fo, bf16 and fp8d (ROUNDS, default 2), then #7's GEMM level at
 #       4608 tokens (fo, bf16, fp8d) on g.66's kernels (~4 minutes)
 #   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
@@ -854,7 +854,14 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
   fi
 fi
 if [ "$what" = v271 ]; then  # g.69: stream-K for one warpgroup's tiles at a few hundred tokens; #7's GEMM level
-  if gpu_suite 280; then
+  if [ "${SUITE:-1}" = 0 ]; then  # (its own tests and the one-warpgroup kernel's only)
+    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_stream_k.py tests/gpu/test_one_warpgroup.py \
+      -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests.log" 2>&1
+    sk_rc=$?; echo "stream-K tests rc=$sk_rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  else
+    gpu_suite 280; sk_rc=$?
+  fi
+  if [ $sk_rc -eq 0 ]; then
     timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --rounds ${ROUNDS:-2} \
       --cols fo,fo_sk128,fo_sk256,fo_sk128a,fo_sk256a,bf16,fp8d > "$OUT/ab_v271.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v271.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
