@@ -795,9 +795,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       int4* part = sk_parts + (size_t)blockIdx.x * kQ * 128 + wtid;
 #pragma unroll
       for (int q = 0; q < kQ; ++q)
-        asm volatile("st.global.cg.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"l"(part + q * 128), "r"(acc[4 * q]),
+        asm volatile("st.relaxed.gpu.global.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"l"(part + q * 128), "r"(acc[4 * q]),
                      "r"(acc[4 * q + 1]), "r"(acc[4 * q + 2]), "r"(acc[4 * q + 3]) : "memory");
-      __threadfence();
+      // every thread's stores before the barrier, then one thread's release (cumulative): no fence per thread
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
       if (wtid == 0)
         asm volatile("st.release.gpu.global.s32 [%0], 1;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * blockIdx.x) : "memory");
@@ -806,16 +806,19 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
     if (nk < KT) {  // the tile's other segments: the runs of the CTAs after this one that start inside it
       const int c_end = runs.contrib_end(tile);
       for (int c = blockIdx.x + 1; c < c_end; ++c) {
-        const int* flag = sk_flags + kSkFlagBytes / 4 * c;
-        int f = 0;
-        do {
-          asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(f) : "l"(flag) : "memory");
-        } while (f == 0);
+        if (wtid == 0) {  // one thread acquires the flag; the barrier orders the others' loads after it
+          const int* flag = sk_flags + kSkFlagBytes / 4 * c;
+          int f = 0;
+          do {
+            asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(f) : "l"(flag) : "memory");
+          } while (f == 0);
+        }
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         const int4* part = sk_parts + (size_t)c * kQ * 128 + wtid;
 #pragma unroll
         for (int q = 0; q < kQ; ++q) {
           int v[4];
-          asm volatile("ld.global.cg.v4.s32 {%0, %1, %2, %3}, [%4];\n"
+          asm volatile("ld.relaxed.gpu.global.v4.s32 {%0, %1, %2, %3}, [%4];\n"
                        : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "l"(part + q * 128) : "memory");
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[4 * q + e] += v[e];
