@@ -85,9 +85,11 @@
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
 #   v271: perf-notes v2.45's g.69 (one warpgroup's tiles as stream-K, opt-in): the whole tests/gpu (nothing timed if
-#       it fails; SUITE=0: its own tests and the one-warpgroup kernel's), then ab_2l.py at 256 / 512 tokens (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32) and
-#       fo_sk128a / fo_sk256a (on every SM) against fo and bf16 (ROUNDS, default 2; SK_COLS other columns), then #7's GEMM level at
-#       4608 tokens (fo, bf16, fp8d) on g.66's kernels (~4 minutes)
+#       it fails; SUITE=0: its own tests and the one-warpgroup kernel's), then ab_2l.py at 256 / 512 tokens
+#       (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32), fo_sk128l36 (less 36: no exchange at 256 x 3072 x
+#       3072 on an H100) and fo_sk128a / fo_sk256a (on every SM) against fo and bf16 (ROUNDS, default 2; SK_COLS:
+#       other columns), then (AB4608=0: not) #7's GEMM level at 4608 tokens (fo, bf16, fp8d) (~4 minutes; run at
+#       4a50ce9 with SUITE=0 AB4608=0 on g.69's first form)
 #   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
 #       instead of 11, the GEMV's fragment path without its byte permutes): the whole tests/gpu on this build (nothing
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
@@ -863,7 +865,7 @@ if [ "$what" = v271 ]; then  # g.69: stream-K for one warpgroup's tiles at a few
   fi
   if [ $sk_rc -eq 0 ]; then
     timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --rounds ${ROUNDS:-2} \
-      --cols ${SK_COLS:-fo,fo_sk128,fo_sk256,fo_sk128a,fo_sk256a,bf16} > "$OUT/ab_v271.log" 2>&1
+      --cols ${SK_COLS:-fo,fo_sk128,fo_sk128l36,fo_sk256,fo_sk128a,fo_sk256a,bf16} > "$OUT/ab_v271.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v271.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
     [ "${AB4608:-1}" = 0 ] || timeout 150 python3 benchmarks/ab_2l.py --ms 4608 --rounds ${ROUNDS:-2} --cols fo,bf16,fp8d \
       > "$OUT/ab_v271_4608.log" 2>&1
