@@ -30,10 +30,11 @@ SVDQ_RF_HD void rf_wait() {
 // words, widen(j) widens k-step j of the words last loaded into its fragments, issue(i, j) issues k-step j of stage i
 // (fence, wgmmas, commit), release(i) gives stage i back once its groups are complete: after the next stage's k-step
 // kRelease, waiting there until kRelease + 1 groups remain in flight (0, the default since perf-notes v2.35's g.49: its
-// first, which gives the producer two k-steps more lead for the loads than 2, the third, where the wait that keeps three
-// groups in flight already completes stage i); the last stage after the loop, when every group is complete.
+// first, which gives the producer two k-steps more lead for the loads than 2, the third, where the wait that keeps
+// three groups in flight already completes stage i); the last stage after the loop, when every group is complete.
 template <int kRelease = 0, typename Fetch, typename Widen, typename Issue, typename Release>
-SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue, Release&& release) {
+SVDQ_RF_HD void rf_pipelined_loop(int first, int count, Fetch&& fetch, Widen&& widen, Issue&& issue,
+                                  Release&& release) {
   static_assert(kRelease >= 0 && kRelease <= 2, "a stage is released at one of the next stage's first three k-steps");
   fetch(first);
   widen(0);

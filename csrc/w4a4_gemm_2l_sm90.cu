@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
             const SkSegment sg = runs.segment(u, u_hi);
             load_at(i % NS, sg.kt, (sg.tile / row_tiles) * BT, (sg.tile % row_tiles) * kTR);
           }
-        } else if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
+        } else if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start now
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
             for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
@@ -1558,8 +1558,9 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
       if (long long* ws = stream_k_workspace(ctas, stream)) {
         ++g_stream_k_launches, ++g_pipelined_launches, ++g_rf1_launches;
         using B = __nv_bfloat16;
-        return g_stream_k_tile == 128 ? launch_2l<B, 128, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas)
-                                      : launch_2l<B, 256, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
+        if (g_stream_k_tile == 128)
+          return launch_2l<B, 128, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
+        return launch_2l<B, 256, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
       }
     }
     int bt1 = g_rf1_tile;

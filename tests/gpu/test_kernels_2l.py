@@ -140,7 +140,8 @@ def _late_gemm(ext, M, K, N, switch: str, reference, block=None):
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
     count = getattr(ext, f"gemm_2l_{switch}_launches")
-    on = block() if block else _switched(getattr(ext, f"set_gemm_2l_{switch}"), True, getattr(ext, f"gemm_2l_{switch}")())
+    on = block() if block else _switched(getattr(ext, f"set_gemm_2l_{switch}"), True,
+                                         getattr(ext, f"gemm_2l_{switch}")())
     with _switched(ext.set_lr_chain, 1, ext.lr_chain()), on:
         n0, p0 = ext.gemm_2l_late_launches(), count()
         xq, xs, lr = _quantize(ext, x, smooth, pd)
