@@ -1368,32 +1368,28 @@ void set_gemm_2l_stream_k(int tile, int leave) {
   g_stream_k_leave = leave > 0 ? leave : 0;
 }
 long long gemm_2l_stream_k_launches() { return g_stream_k_launches; }
-// The stream-K kernel's workspace on the current device for `ctas` CTAs (stream_k.cuh): kSkMaxCtas flags (zero between
-// launches: each owner resets the flags it waited for), then a slot of 64 x 256 int32 partials per CTA. Allocated once,
-// outside stream capture (nullptr while capturing before then: the caller runs the kernel without stream-K). Launches
-// of it on two streams at once would share the flags: stream-K is for one stream at a time.
-long long* stream_k_workspace(int ctas, cudaStream_t stream) {
+// The stream-K kernel's workspace on the current device (stream_k.cuh), for a grid of at most its SM count: kSkMaxCtas
+// flags (zero between launches: each owner resets the flags it waited for), then a slot of 64 x 256 int32 partials per
+// SM. Allocated once, outside stream capture (nullptr while capturing before then: the caller runs the kernel without
+// stream-K). Launches on two streams at once would share the flags: stream-K is for one stream at a time.
+long long* stream_k_workspace(cudaStream_t stream) {
   constexpr size_t kFlags = (size_t)kSkMaxCtas * kSkFlagBytes, kPerCta = 64 * 256 * 4;
-  if (ctas > kSkMaxCtas) return nullptr;
   static void* ws[64] = {};
-  static int cap[64] = {};
-  int dev = 0;
+  int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64) return nullptr;
   std::lock_guard<std::mutex> lock(g_stream_k_mu);
-  if (ws[dev] && cap[dev] >= ctas) return static_cast<long long*>(ws[dev]);
+  if (ws[dev]) return static_cast<long long*>(ws[dev]);
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &st) != cudaSuccess || st != cudaStreamCaptureStatusNone) return nullptr;
-  int sms = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const int n = std::min(kSkMaxCtas, std::max(ctas, sms));
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms > kSkMaxCtas)
+    return nullptr;
   void* p = nullptr;
-  if (cudaDeviceSynchronize() != cudaSuccess || cudaMalloc(&p, kFlags + kPerCta * n) != cudaSuccess) return nullptr;
+  if (cudaMalloc(&p, kFlags + kPerCta * sms) != cudaSuccess) return nullptr;
   if (cudaMemset(p, 0, kFlags) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
     cudaFree(p);
     return nullptr;
   }
-  if (ws[dev]) cudaFree(ws[dev]);  // (after the synchronization: no launch uses it any more)
-  ws[dev] = p, cap[dev] = n;
+  ws[dev] = p;
   return static_cast<long long*>(p);
 }
 void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
@@ -1555,7 +1551,7 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     if (g_stream_k_tile && a.frag && !wide_lr && !w8 && bf && g_rf_pipelined && a.M <= kOneMaxM && !g_life &&
         !g_gemm_probe && g_rf_warpgroups == 0 && g_rf_splits <= 1 && g_force_splits <= 1) {
       const int ctas = std::max(1, num_sms - g_stream_k_leave);
-      if (long long* ws = stream_k_workspace(ctas, stream)) {
+      if (long long* ws = stream_k_workspace(stream)) {
         ++g_stream_k_launches, ++g_pipelined_launches, ++g_rf1_launches;
         using B = __nv_bfloat16;
         if (g_stream_k_tile == 128)
