@@ -84,6 +84,10 @@
 #       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
+#   v272: where g.69's time goes (perf-notes v2.46): the stream-K / one-warpgroup tests (nothing timed if they fail),
+#       then benchmarks/stream_k_sweep.py (SK_SHAPES, default 256x3072x3072,512x3072x3072,256x12288x3072; SK_CTAS,
+#       default 96,100,112,124,132): the GEMM alone, default plan vs stream-K exact vs without its exchange (probe),
+#       then one stamped launch per row (each CTA's steps in clock64)
 #   v271: perf-notes v2.45's g.69 (one warpgroup's tiles as stream-K, opt-in): the whole tests/gpu (nothing timed if
 #       it fails; SUITE=0: its own tests and the one-warpgroup kernel's), then ab_2l.py at 256 / 512 tokens
 #       (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32), fo_sk128l36 (less 36: no exchange at 256 x 3072 x
@@ -853,6 +857,16 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
+  fi
+fi
+if [ "$what" = v272 ]; then  # g.69's cost apart: the partition's runs against its exchange, the GEMM alone
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_stream_k.py tests/gpu/test_one_warpgroup.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests.log" 2>&1
+  sk_rc=$?; echo "stream-K tests rc=$sk_rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
+  if [ $sk_rc -eq 0 ]; then
+    timeout 300 python3 benchmarks/stream_k_sweep.py --shapes ${SK_SHAPES:-256x3072x3072,512x3072x3072,256x12288x3072} \
+      --ctas ${SK_CTAS:-96,100,112,124,132} --rounds ${ROUNDS:-2} > "$OUT/stream_k_sweep.log" 2>&1
+    echo "sweep rc=$?"; cut -c1-160 "$OUT/stream_k_sweep.log" | tail -40
   fi
 fi
 if [ "$what" = v271 ]; then  # g.69: stream-K for one warpgroup's tiles at a few hundred tokens; #7's GEMM level

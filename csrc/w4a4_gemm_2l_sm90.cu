@@ -128,6 +128,8 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
+constexpr int kFlagSkNoExchange = 256;  // set_gemm_2l_stream_k_probe(1): EP 28 without its exchange (a timing probe)
+constexpr int kFlagSkStamps = 512;      // set_gemm_2l_stream_k_probe(2): EP 28 stamping its exchange's steps (exact)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
@@ -258,6 +260,18 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   int* const sk_flags = kSK ? reinterpret_cast<int*>(trace) : nullptr;  // one per CTA, kSkFlagBytes apart
   int4* const sk_parts =  // [CTA][kAcc / 4][128]
       kSK ? reinterpret_cast<int4*>(reinterpret_cast<char*>(trace) + kSkMaxCtas * kSkFlagBytes) : nullptr;
+  // (set_gemm_2l_stream_k_probe(2), exact) the first consumer thread's clock64 at the run's steps (slots 0-6, see
+  // gemm_2l_stream_k_stamps), %globaltimer at its start and end (10, 11), into its flag's line past the flag's sector
+  const bool sk_stamps = kSK && (flags & kFlagSkStamps);
+  auto sk_stamp = [&](int i, bool global_time = false) {
+    if constexpr (kSK) {
+      if (sk_stamps && tid == 0) {
+        long long v = clock64();
+        if (global_time) asm volatile("mov.u64 %0, %globaltimer;" : "=l"(v));
+        reinterpret_cast<long long*>(sk_flags + kSkFlagBytes / 4 * blockIdx.x)[4 + i] = v;
+      }
+    }
+  };
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
@@ -523,6 +537,9 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
   int sk_u = u_lo;  // (stream-K) the next segment's first unit
+  if (sk_stamps && tid == 0)  // (the steps this run takes overwrite them; the others read 0)
+    for (int i = 1; i <= 5; ++i) reinterpret_cast<long long*>(sk_flags + kSkFlagBytes / 4 * blockIdx.x)[4 + i] = 0;
+  sk_stamp(0), sk_stamp(11, true);
   for (int tile = kSK ? (u_lo < u_hi ? u_lo / KT : num_tiles) : PS ? blockIdx.x : 0; tile < num_tiles;
        tile = kSK ? (sk_u < u_hi ? sk_u / KT : num_tiles) : tile + (PS ? gridDim.x : 1)) {
   const SkSegment sg = kSK ? runs.segment(sk_u, u_hi) : SkSegment{tile, 0, NK};  // (stream-K) the segment
@@ -791,7 +808,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   }
   if constexpr (kSK) {  // stream-K: a segment begun inside its tile leaves its partials there; the owner adds them
     constexpr int kQ = Cfg::kAcc / 4;  // the thread's accumulators as int4
+    const bool exchange = !(flags & kFlagSkNoExchange);  // (the probe: wrong sums, the partition's cost alone)
     if (seg_kt > 0) {
+      sk_stamp(1);
+      if (!exchange) continue;
       int4* part = sk_parts + (size_t)blockIdx.x * kQ * 128 + wtid;
 #pragma unroll
       for (int q = 0; q < kQ; ++q)
@@ -801,10 +821,12 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
       if (wtid == 0)
         asm volatile("st.release.gpu.global.s32 [%0], 1;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * blockIdx.x) : "memory");
+      sk_stamp(2);
       continue;
     }
-    if (nk < KT) {  // the tile's other segments: the runs of the CTAs after this one that start inside it
+    if (nk < KT && exchange) {  // the tile's other segments: the runs of the CTAs after this one that start inside it
       const int c_end = runs.contrib_end(tile);
+      sk_stamp(3);
       for (int c = blockIdx.x + 1; c < c_end; ++c) {
         if (wtid == 0) {  // one thread acquires the flag; the barrier orders the others' loads after it
           const int* flag = sk_flags + kSkFlagBytes / 4 * c;
@@ -812,6 +834,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
           do {
             asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(f) : "l"(flag) : "memory");
           } while (f == 0);
+          sk_stamp(4);
         }
         asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
         const int4* part = sk_parts + (size_t)c * kQ * 128 + wtid;
@@ -828,6 +851,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if (wtid == 0)
         for (int d = blockIdx.x + 1; d < c_end; ++d)
           asm volatile("st.relaxed.gpu.global.s32 [%0], 0;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * d) : "memory");
+      sk_stamp(5);
     }
   }
 
@@ -1079,6 +1103,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         if (life_sub) trace[kLifeCtas * CW * kLifeTiles * 8 + at] = life_s[from + 8];
       }
   }
+  sk_stamp(6), sk_stamp(10, true);
   stamp(2);
 #endif
 }
@@ -1121,6 +1146,7 @@ bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
+int g_stream_k_probe = 0;  // set_gemm_2l_stream_k_probe: EP 28 without its exchange (1) or stamped (2)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before; v2.41:
                                // 2 for the unsplit one-warpgroup tiles too)
@@ -1192,6 +1218,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
+  const int sk_probe = EP != 28 ? 0 : g_stream_k_probe == 1 ? kFlagSkNoExchange : g_stream_k_probe == 2 ? kFlagSkStamps : 0;
   constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
@@ -1201,7 +1228,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
+                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled | sk_probe);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1368,6 +1395,7 @@ void set_gemm_2l_stream_k(int tile, int leave) {
   g_stream_k_leave = leave > 0 ? leave : 0;
 }
 long long gemm_2l_stream_k_launches() { return g_stream_k_launches; }
+void set_gemm_2l_stream_k_probe(int mode) { g_stream_k_probe = mode == 1 || mode == 2 ? mode : 0; }
 // The stream-K kernel's workspace on the current device (stream_k.cuh), for a grid of at most its SM count: kSkMaxCtas
 // flags (zero between launches: each owner resets the flags it waited for), then a slot of 64 x 256 int32 partials per
 // SM. Allocated once, outside stream capture (nullptr while capturing before then: the caller runs the kernel without
@@ -1391,6 +1419,20 @@ long long* stream_k_workspace(cudaStream_t stream) {
   }
   ws[dev] = p;
   return static_cast<long long*>(p);
+}
+// The stamps of the last stamped stream-K launch (set_gemm_2l_stream_k_probe(2)) on the current device, 12 per CTA:
+// clock64 at 0 the run's start, 1 its first segment's loop done (a contributor's), 2 that segment's partials released,
+// 3 the owner's own segment done, 4 the last contributor's flag seen, 5 their partials added, 6 the run's end (its
+// last store read), 0 for a step not taken; %globaltimer (ns) at 10 the end and 11 the start
+std::vector<long long> gemm_2l_stream_k_stamps(int ctas) {
+  long long* ws = stream_k_workspace(nullptr);
+  if (!ws || ctas <= 0 || ctas > kSkMaxCtas) return {};
+  std::vector<long long> lines((size_t)ctas * kSkFlagBytes / 8), out;
+  if (cudaDeviceSynchronize() != cudaSuccess ||
+      cudaMemcpy(lines.data(), ws, lines.size() * 8, cudaMemcpyDeviceToHost) != cudaSuccess)
+    return {};
+  for (int c = 0; c < ctas; ++c) out.insert(out.end(), lines.begin() + c * 16 + 4, lines.begin() + c * 16 + 16);
+  return out;
 }
 void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
 bool gemm_2l_rf1_auto() { return g_rf1_auto; }

@@ -110,3 +110,59 @@ def test_stream_k_with_the_low_rank_tile_late(hopper, M):
         pytest.skip(f"the GEMM at {M} x 3072 x 3072 did not take both stream-K and the low-rank tile late here")
     assert torch.isfinite(y).all()
     assert torch.equal(y, in_order)
+
+
+def test_the_exchange_probe_drops_only_the_exchange(hopper):
+    """set_gemm_2l_stream_k_probe(1) (benchmarks/stream_k_sweep.py's `nx`) runs the partition without its exchange:
+    the tiles one CTA computes whole keep their bits, exactly the tiles cut between CTAs (computed here as
+    stream_k.cuh cuts them) lose the others' partials; off again, the exact bits come back. 96 tiles of 24 stages on
+    60 CTAs: runs of 38-39 stages, some tiles whole, some cut."""
+    M, K, N, ctas = 256, 3072, 3072, 60
+    args = _problem(hopper, M, K, N, 32, seed=99)
+    ref = hopper.w4a4_gemm_2l_fo(*args, 64).clone()
+    with _stream_k(hopper, 128, _leave_for(hopper, ctas)):
+        hopper.set_gemm_2l_stream_k_probe(1)
+        try:
+            probe = hopper.w4a4_gemm_2l_fo(*args, 64).clone()
+        finally:
+            hopper.set_gemm_2l_stream_k_probe(0)
+        exact = hopper.w4a4_gemm_2l_fo(*args, 64)
+    assert torch.equal(exact, ref)
+    row_tiles, stages = N // 64, K // 128
+    units = (M // 128) * row_tiles * stages
+    lo = [c * units // ctas for c in range(ctas + 1)]
+    whole = {t for t in range(units // stages)
+             if any(lo[c] <= t * stages and (t + 1) * stages <= lo[c + 1] for c in range(ctas))}
+    differ = (probe != ref).view(M // 128, 128, row_tiles, 64).any(dim=3).any(dim=1).flatten()  # tile t: [t]
+    assert 0 < len(whole) < units // stages
+    assert {t for t in range(units // stages) if not differ[t]} == whole
+
+
+def test_the_stamped_run_is_exact_and_stamps_each_step_in_order(hopper):
+    """set_gemm_2l_stream_k_probe(2): the exact bits, and per CTA clock64 stamps in their order (start <= a
+    contributor's segment done <= released; own segment done <= last flag seen <= partials added <= end), taken by
+    exactly the CTAs the partition (computed here) makes contributors and waiting owners."""
+    M, K, N, ctas = 256, 3072, 3072, 60
+    args = _problem(hopper, M, K, N, 32, seed=101)
+    ref = hopper.w4a4_gemm_2l_fo(*args, 64).clone()
+    with _stream_k(hopper, 128, _leave_for(hopper, ctas)):
+        hopper.set_gemm_2l_stream_k_probe(2)
+        try:
+            y = hopper.w4a4_gemm_2l_fo(*args, 64)
+            raw = hopper.gemm_2l_stream_k_stamps(ctas)
+        finally:
+            hopper.set_gemm_2l_stream_k_probe(0)
+    assert torch.equal(y, ref)
+    assert len(raw) == 12 * ctas
+    stages = K // 128
+    units = (M // 128) * (N // 64) * stages
+    lo = [c * units // ctas for c in range(ctas + 1)]
+    for c in range(ctas):
+        start, seg1, rel, own, seen, added, end = raw[12 * c:12 * c + 7]
+        contributes = lo[c] % stages != 0
+        waits = lo[c + 1] % stages != 0 and lo[c + 1] // stages * stages >= lo[c]  # its run ends inside a tile it owns
+        assert (seg1 != 0) == contributes and (rel != 0) == contributes, c
+        assert (own != 0) == waits and (seen != 0) == waits and (added != 0) == waits, c
+        steps = [start] + ([seg1, rel] if contributes else []) + ([own, seen, added] if waits else []) + [end]
+        assert steps == sorted(steps), (c, steps)
+        assert raw[12 * c + 11] <= raw[12 * c + 10], c  # %globaltimer: start <= end
