@@ -57,10 +57,6 @@ Columns (us per call, CUDA graph):
           v2.39, so fo itself), "fo_n1wa" fo without it, as before v2.39 (the same bits); "fo_lp2" fo with the
           chained down projection's CTAs streaming their slices on two rings at once (set_lr_chain_pipes(2), g.59; the
           default since v2.40, so fo itself), "fo_lp1" fo on one ring, as before v2.40 (the same bits);
-          "fo_sk128" / "fo_sk256" fo with one warpgroup's 128- / 256-token tiles as stream-K at M <= 512 on the SMs
-          less 32 (set_gemm_2l_stream_k(tile, 32), g.69: room for the chained down projection), "fo_sk128a" /
-          "fo_sk256a" on every SM (the chain then not taken), "fo_sk128l36" on the SMs less 36 (on an H100 at 256 x
-          3072 x 3072 one whole tile per CTA: stream-K's kernel without its exchange); the same bits;
   "ts"    now with the non-persistent epilogue's output written by TMA store;
   "w8"    the weights stored widened to int8 (w8a4_gemm_2l: 2x the weight bytes, no widening in the GEMM), the
           shared main loop, not persistent; "w8p" the same with its producer-warpgroup loop (full/empty barriers
@@ -132,11 +128,6 @@ SWITCHED = {
     "fo_n1wa": ("frag", {"rf1_auto": False}),
     "fo_lp2": ("frag", {"lr_chain_pipes": 2}),
     "fo_lp1": ("frag", {"lr_chain_pipes": 1}),
-    "fo_sk128": ("frag", {"stream_k": (128, 32)}),
-    "fo_sk256": ("frag", {"stream_k": (256, 32)}),
-    "fo_sk128a": ("frag", {"stream_k": (128, 0)}),
-    "fo_sk256a": ("frag", {"stream_k": (256, 0)}),
-    "fo_sk128l36": ("frag", {"stream_k": (128, 36)}),
     "ts": ("packed", {"tma_store": True}),
     "w8": ("int8", {"persistent": 0}),
     "w8p": ("int8", {"producer": True, "persistent": 0}),
@@ -147,7 +138,7 @@ COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
 APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24", "fo_lc", "fo_nlc", "fo_bs", "fo_nbs"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
           ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
-          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_3s", "fo"), ("fo_256w", "fo"), ("fo_sw", "fo"), ("fo_1w", "fo"), ("fo_1w2", "fo"), ("fo_1wa", "fo"), ("fo_n1wa", "fo"), ("fo_lp2", "fo"), ("fo_lp1", "fo"), ("fo_sk128", "fo"), ("fo_sk256", "fo"), ("fo_sk128a", "fo"), ("fo_sk256a", "fo"), ("fo_sk128l36", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
+          ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_3s", "fo"), ("fo_256w", "fo"), ("fo_sw", "fo"), ("fo_1w", "fo"), ("fo_1w2", "fo"), ("fo_1wa", "fo"), ("fo_n1wa", "fo"), ("fo_lp2", "fo"), ("fo_lp1", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 
 

@@ -76,8 +76,7 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
                   l2_prefetch: bool = False, act_in_loop: bool = False,
                   lr_unrolled: bool = True, release_step: int = 0, out_halves: bool = True,
                   out_pieces: tuple[int, int] | None = None, split_halves: bool = True,
-                  rf1_auto: bool = True, lr_chain_pipes: int = 2,
-                  stream_k: tuple[int, int] = (0, 0)) -> Iterator[None]:
+                  rf1_auto: bool = True, lr_chain_pipes: int = 2) -> Iterator[None]:
     """The int4_2l GEMMs' global switches for a block of calls, back to the defaults after it.
 
     producer: the int8-weight GEMM's producer-warp main loop (non-persistent; False: the shared loop).
@@ -128,8 +127,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     (set_gemm_2l_rf1_auto, g.56 by the cost model, v2.38, the default since v2.39; False: only where forced; on after
     the block). lr_chain_pipes: the chained down projection's groups of four warps per CTA (set_lr_chain_pipes, g.59,
     v2.39: 2 streams a CTA's slices on two rings at once, the default since v2.40; 1: one ring; 2 after the block).
-    stream_k: (tile, leave) for set_gemm_2l_stream_k (g.69, v2.45, opt-in): one warpgroup's 128- / 256-token tiles as
-    stream-K at M <= 512 on the SMs less `leave`; (0, 0), off, after the block.
     After the block: producer and tma_store off, persistent -1 (auto), rf_warpgroups 0 (auto), the fused quantizer's
     mode as before the block.
     """
@@ -164,10 +161,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
     optional = {name: v for name, v in optional.items() if hasattr(ext, name)}
     for name, (during, _) in optional.items():
         getattr(ext, name)(during)
-    if hasattr(ext, "set_gemm_2l_stream_k"):  # (an older build lacks it)
-        ext.set_gemm_2l_stream_k(*stream_k)
-    elif stream_k != (0, 0):
-        raise ValueError("set_gemm_2l_stream_k: not in this build")
     if hasattr(ext, "set_gemm_2l_out_pieces"):
         pieces = out_pieces if out_pieces is not None else (192, 2 if out_halves else 1)
         if ext.set_gemm_2l_out_pieces(*pieces) is False:
@@ -198,8 +191,6 @@ def gemm_switches(ext, producer: bool = False, persistent: int = -1, tma_store: 
         ext.set_gemm_2l_rf_lead(False)
         for name, (_, after) in optional.items():
             getattr(ext, name)(after)
-        if hasattr(ext, "set_gemm_2l_stream_k"):
-            ext.set_gemm_2l_stream_k(0, 0)
         if hasattr(ext, "set_gemm_2l_out_pieces"):
             ext.set_gemm_2l_out_pieces(256, 2)
             ext.set_gemm_2l_out_pieces(192, 2)

@@ -84,16 +84,9 @@
 #       activations' multicast over clusters of 2 / 4 CTAs (set_gemm_2l_rf1_multicast), also both at once: their tests,
 #       the tile life with --probe deep / mc / mc4, ab_2l.py fo_deep / fo_mc / fo_mc4 / fo_dmc / fo_dmc4; all slower,
 #       removed in v2.43; v267 and v268s were its subsets)
-#   v272: where g.69's time goes (perf-notes v2.46): the stream-K / one-warpgroup tests (nothing timed if they fail),
-#       then benchmarks/stream_k_sweep.py (SK_SHAPES, default 256x3072x3072,512x3072x3072,256x12288x3072; SK_CTAS,
-#       default 96,100,112,124,132): the GEMM alone, default plan vs stream-K exact vs without its exchange (probe),
-#       then one stamped launch per row (each CTA's steps in clock64)
-#   v271: perf-notes v2.45's g.69 (one warpgroup's tiles as stream-K, opt-in): the whole tests/gpu (nothing timed if
-#       it fails; SUITE=0: its own tests and the one-warpgroup kernel's), then ab_2l.py at 256 / 512 tokens
-#       (BENCH_MS) with fo_sk128 / fo_sk256 (on the SMs less 32), fo_sk128l36 (less 36: no exchange at 256 x 3072 x
-#       3072 on an H100) and fo_sk128a / fo_sk256a (on every SM) against fo and bf16 (ROUNDS, default 2; SK_COLS:
-#       other columns), then (AB4608=0: not) #7's GEMM level at 4608 tokens (fo, bf16, fp8d) (~4 minutes; run at
-#       4a50ce9 with SUITE=0 AB4608=0 on g.69's first form)
+#   (v271 / v272, as run at commits 4a50ce9, a33b5d9 and 4750c3b: g.69, one warpgroup's tiles as stream-K, in the
+#       chain by ab_2l.py and alone by benchmarks/stream_k_sweep.py with its no-exchange probe and stamps; measured
+#       slower and removed in perf-notes v2.46)
 #   v270: perf-notes v2.44's g.66 (the fragment order's nibbles interleaved so one word widens in 9 integer instructions
 #       instead of 11, the GEMV's fragment path without its byte permutes): the whole tests/gpu on this build (nothing
 #       timed if it fails), then this build against another tree's, kernels and Python package (carry .pbother: there
@@ -857,35 +850,6 @@ if [ "$what" = v255 ]; then  # g.56 by the cost model at M <= 512, the whole sui
     (cd benchmarks && timeout 150 python3 gemm_2l_fo_plans.py --ms ${PLANS_MS:-512,256} --rounds 2 --splits --one \
       > "$OUT/fo_plans_v255.log" 2>&1)
     echo "plans rc=$?"; plans_table "$OUT/fo_plans_v255.log" auto nrbc rs128x2 rf1_128 rf1_256
-  fi
-fi
-if [ "$what" = v272 ]; then  # g.69's cost apart: the partition's runs against its exchange, the GEMM alone
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_stream_k.py tests/gpu/test_one_warpgroup.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests.log" 2>&1
-  sk_rc=$?; echo "stream-K tests rc=$sk_rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
-  if [ $sk_rc -eq 0 ]; then
-    timeout 300 python3 benchmarks/stream_k_sweep.py --shapes ${SK_SHAPES:-256x3072x3072,512x3072x3072,256x12288x3072} \
-      --ctas ${SK_CTAS:-96,100,112,124,132} --rounds ${ROUNDS:-2} > "$OUT/stream_k_sweep.log" 2>&1
-    echo "sweep rc=$?"; cut -c1-160 "$OUT/stream_k_sweep.log" | tail -40
-  fi
-fi
-if [ "$what" = v271 ]; then  # g.69: stream-K for one warpgroup's tiles at a few hundred tokens; #7's GEMM level
-  if [ "${SUITE:-1}" = 0 ]; then  # (its own tests and the one-warpgroup kernel's only)
-    timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_stream_k.py tests/gpu/test_one_warpgroup.py \
-      -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests.log" 2>&1
-    sk_rc=$?; echo "stream-K tests rc=$sk_rc"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests.log" | tail -6
-  else
-    gpu_suite 280; sk_rc=$?
-  fi
-  if [ $sk_rc -eq 0 ]; then
-    timeout 240 python3 benchmarks/ab_2l.py --ms ${BENCH_MS:-256,512} --rounds ${ROUNDS:-2} \
-      --cols ${SK_COLS:-fo,fo_sk128,fo_sk128l36,fo_sk256,fo_sk128a,fo_sk256a,bf16} > "$OUT/ab_v271.log" 2>&1
-    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_v271.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
-    if [ "${AB4608:-1}" != 0 ]; then
-      timeout 150 python3 benchmarks/ab_2l.py --ms 4608 --rounds ${ROUNDS:-2} --cols fo,bf16,fp8d \
-        > "$OUT/ab_v271_4608.log" 2>&1
-      echo "ab 4608 rc=$?"; grep -vE "^\{" "$OUT/ab_v271_4608.log" | grep -E "^ +[0-9]|M +K" | cut -c1-200
-    fi
   fi
 fi
 if [ "$what" = v270 ]; then  # g.66: the interleaved fragment order against main's build, then v269's probes

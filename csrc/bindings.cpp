@@ -1041,20 +1041,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "every other kernel, at M <= 512 (perf-notes v2.38: the best plan at 256 / 512 x 3072 x 3072; the default "
         "since v2.39); False: only when forced by set_gemm_2l_rf_warpgroups(1, tile); the same bits");
   m.def("gemm_2l_rf1_auto", &svdq::gemm_2l_rf1_auto, "whether set_gemm_2l_rf1_auto is on");
-  m.def("set_gemm_2l_stream_k", &svdq::set_gemm_2l_stream_k, pybind11::arg("tile"), pybind11::arg("leave") = 0,
-        "(g.69, opt-in) one consumer warpgroup's tiles of `tile` tokens (128 or 256; 0: off) as stream-K at M <= 512 "
-        "(bfloat16, ranks <= 32): the grid's CTAs, one per SM less `leave`, take equal runs of the tiles' stages and a "
-        "tile's owner adds the others' int32 partials from a workspace; the same bits. One stream at a time");
-  m.def("set_gemm_2l_stream_k_probe", &svdq::set_gemm_2l_stream_k_probe, pybind11::arg("mode"),
-        "the stream-K kernel's probes (benchmarks/stream_k_sweep.py): 1 without its exchange (no partials stored, no "
-        "owner waits for or adds them; wrong results, a timing probe), 2 stamping its steps (exact; "
-        "gemm_2l_stream_k_stamps), 0 off");
-  m.def("gemm_2l_stream_k_stamps", &svdq::gemm_2l_stream_k_stamps, pybind11::arg("ctas"),
-        "the last stamped stream-K launch's stamps, 12 per CTA (synchronizes): clock64 at its run's start, first "
-        "segment done, partials released, own segment done, last flag seen, partials added, end; slots 7-9 unused; "
-        "%globaltimer at the end and the start");
-  m.def("gemm_2l_stream_k_launches", &svdq::gemm_2l_stream_k_launches,
-        "GEMM launches of the stream-K kernel (tests)");
   m.def("set_gemm_2l_rf3_stage", &svdq::set_gemm_2l_rf3_stage, pybind11::arg("at128"), pybind11::arg("at192"),
         "the register-fragment cost model's three-warpgroup stage in cycles at 128 / 192 tokens (0, 0: the model's, "
         "see set_gemm_2l_rf3_model)");

@@ -172,12 +172,6 @@ int gemm_2l_persistent();
 void set_gemm_2l_rf_warpgroups(int cw, int tile);
 int gemm_2l_rf_warpgroups();
 long long gemm_2l_rf1_launches();  // (tests)
-// (g.69, opt-in) one warpgroup's tiles of `tile` tokens (128 or 256; 0: off) as stream-K wherever one warpgroup may run
-// (M <= 512, bfloat16, ranks <= 32), on the SMs less `leave`: the CTAs share the tiles' stages equally; the same bits
-void set_gemm_2l_stream_k(int tile, int leave);
-void set_gemm_2l_stream_k_probe(int mode);
-std::vector<long long> gemm_2l_stream_k_stamps(int ctas);
-long long gemm_2l_stream_k_launches();  // (tests)
 // (g.56) one warpgroup's tiles also chosen by the cost model at M <= 512 (perf-notes v2.38; on by default since v2.39)
 void set_gemm_2l_rf1_auto(bool on);
 bool gemm_2l_rf1_auto();

@@ -52,14 +52,12 @@
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
-#include <mutex>
 #include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
 #include "pdl.cuh"
 #include "rf_loop.cuh"
-#include "stream_k.cuh"
 #include "tma_sm90.cuh"
 #include "wgmma_s8.cuh"
 #include "widen_2l.cuh"
@@ -128,17 +126,15 @@ constexpr int kFlagNoStore = 8;      // set_gemm_2l_tile_life(.., no_store): a p
 constexpr int kFlagLifeSub = 32;     // set_gemm_2l_tile_life(.., substeps): the stamped kernel's epilogue sub-steps too
 constexpr int kFlagActInLoop = 64;   // set_gemm_2l_act_in_loop: the staging tests act per octet (before v2.34; A/B)
 constexpr int kFlagLrRolled = 128;   // set_gemm_2l_lr_unrolled(False): the low-rank copies in loops (before v2.35; A/B)
-constexpr int kFlagSkNoExchange = 256;  // set_gemm_2l_stream_k_probe(1): EP 28 without its exchange (a timing probe)
-constexpr int kFlagSkStamps = 512;      // set_gemm_2l_stream_k_probe(2): EP 28 stamping its exchange's steps (exact)
 
 // The token pieces a kernel variant stages its output in (EP 17, 18, 19: halves; see the kernel).
 __host__ __device__ constexpr int out_pieces(int ep) { return ep >= 17 && ep <= 20 ? 2 : 1; }
 // The pipelined loop's twins stamping a tile's life (set_gemm_2l_tile_life; see the kernel).
 __host__ __device__ constexpr bool stamped(int ep) { return ep == 12 || (ep >= 19 && ep <= 27); }
 // The kernels on the pipelined loop (rf_loop.cuh), and those with the dispatched kernels' exact numerics (not probes).
-__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 28; }
+__host__ __device__ constexpr bool pipelined(int ep) { return ep >= 10 && ep <= 27; }
 // (22-25 and 27, EP 21's loop probes, count as its twins here: the features it has they have; only their loops differ)
-__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 28); }
+__host__ __device__ constexpr bool exact(int ep) { return ep == 0 || ep == 10 || (ep >= 12 && ep <= 27); }
 
 // One K stage of 128 on the tensor cores: four m64nBTk32 wgmmas, A and B from shared memory, committed as a group.
 template <int BT>
@@ -183,10 +179,7 @@ __device__ __forceinline__ void wgmma_stage(int (&acc)[BT / 2], uint64_t da0, ui
 // 26 (exact, loop_probe 5; v2.41) 21 persistent giving each stage back at the next one's third k-step (kRelease 2: no
 // wait<1> at a stage's first k-step), as EP 15 does for three warpgroups; 27 (timing probe, loop_probe 6; v2.43) 21
 // persistent with its wgmmas' A operand from shared memory (the stage's first 64 activation rows) instead of the
-// widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand;
-// 28 (exact, set_gemm_2l_stream_k; v2.45's g.69) 10 with one consumer warpgroup as stream-K: the grid's CTAs take equal
-// runs of the (tile, stage) units and a tile begun by one CTA is finished by the next ones, whose int32 partials its
-// owner adds from a workspace (passed as `trace`) before its epilogue (stream_k.cuh).
+// widened registers, the widening kept (folded into a sink): the same tensor work without the register-sourced operand.
 template <typename T, int BT, int G, bool TR, bool W8, bool WS = false, bool PS = false, bool FO = false, int CW = 2,
           int EP = 0, int LR = 0>
 __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(EP)>::kThreads, 1)
@@ -247,31 +240,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   const int splits = kSplits ? (int)gridDim.z : 1, z = kSplits ? (int)blockIdx.z : 0;  // cluster (1, 1, splits): rank z
   const int kt_lo = (int)((int64_t)z * KT / splits);
   const int NK = (int)((int64_t)(z + 1) * KT / splits) - kt_lo;  // stages of this CTA
-  // (EP 28, stream-K; stream_k.cuh) this CTA's run of the tiles' stages, u_lo .. u_hi - 1, and the tiles it owns
-  // (finishes and stores), own_lo .. own_hi - 1 (own_lo num_tiles: none); a run's first segment, where it starts
-  // inside a tile, leaves its int32 partials in the workspace (flag and slot blockIdx.x) for that tile's owner
-  constexpr bool kSK = EP == 28;
-  const SkRuns runs{(int64_t)num_tiles * KT, (int)gridDim.x, KT};
-  const int u_lo = kSK ? runs.lo(blockIdx.x) : 0, u_hi = kSK ? runs.lo(blockIdx.x + 1) : 0;
-  const int own_hi = kSK ? runs.own_hi(blockIdx.x) : 0;
-  const int own_lo = kSK && runs.own_lo(blockIdx.x) < own_hi ? runs.own_lo(blockIdx.x) : num_tiles;
-  auto next_owned = [&](int tile) { return tile + 1 < own_hi ? tile + 1 : num_tiles; };  // (stream-K)
-  static_assert(!kSK || (CW == 1 && RF), "stream-K: the one-warpgroup register-fragment kernel");
-  int* const sk_flags = kSK ? reinterpret_cast<int*>(trace) : nullptr;  // one per CTA, kSkFlagBytes apart
-  int4* const sk_parts =  // [CTA][kAcc / 4][128]
-      kSK ? reinterpret_cast<int4*>(reinterpret_cast<char*>(trace) + kSkMaxCtas * kSkFlagBytes) : nullptr;
-  // (set_gemm_2l_stream_k_probe(2), exact) the first consumer thread's clock64 at the run's steps (slots 0-6, see
-  // gemm_2l_stream_k_stamps), %globaltimer at its start and end (10, 11), into its flag's line past the flag's sector
-  const bool sk_stamps = kSK && (flags & kFlagSkStamps);
-  auto sk_stamp = [&](int i, bool global_time = false) {
-    if constexpr (kSK) {
-      if (sk_stamps && tid == 0) {
-        long long v = clock64();
-        if (global_time) asm volatile("mov.u64 %0, %globaltimer;" : "=l"(v));
-        reinterpret_cast<long long*>(sk_flags + kSkFlagBytes / 4 * blockIdx.x)[4 + i] = v;
-      }
-    }
-  };
 
   // one mbarrier per stage (TMA bytes arrived), after the stages and the A tiles; WS: then one per stage
   // that the eight consumer warps arrive on once its wgmmas are done (the buffer may be refilled)
@@ -331,14 +299,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       if constexpr (CW == 3) asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
       else asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
       if (tid == kCT) {
-        if constexpr (kSK) {  // the CTA's run of units
-          int i = 0;
-          for (int u = u_lo; u < u_hi; ++u, ++i) {
-            if (i >= NS) mbar_wait(empty_bars + 8 * (i % NS), (i / NS - 1) & 1);
-            const SkSegment sg = runs.segment(u, u_hi);
-            load_at(i % NS, sg.kt, (sg.tile / row_tiles) * BT, (sg.tile % row_tiles) * kTR);
-          }
-        } else if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start now
+        if constexpr (PS) {  // the stage count runs on over this CTA's tiles: the next tile's loads start at once
           int i = 0;
           for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x)
             for (int kt = kt_lo; kt < kt_lo + NK; ++kt, ++i) {  // split (RF): this CTA's K range of its one tile
@@ -365,9 +326,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         // into the memory the consumers' epilogue reads (the layout of lr_dst below); 96 copying threads' arrivals on
         // lr_full when their copies land, and warp 1's 32 at once (the barrier counts 128)
         const int ct = tid - kCT - 32, chunks = R / 8;
-        for (int tile = kSK ? own_lo : blockIdx.x; tile < num_tiles;
-             tile = kSK ? next_owned(tile) : tile + gridDim.x) {
-          if (tile != (kSK ? own_lo : (int)blockIdx.x)) {
+        for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+          if (tile != (int)blockIdx.x) {
             if (!lr_prod) break;
             asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
           } else if (lr_late) {
@@ -536,15 +496,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   };
   int done = 0;  // PS: stages consumed by this CTA's earlier tiles
   int lr_tiles = 0;  // PS, decoupled: tiles whose low-rank tile arrived (the mbarrier's phase)
-  int sk_u = u_lo;  // (stream-K) the next segment's first unit
-  if (sk_stamps && tid == 0)  // (the steps this run takes overwrite them; the others read 0)
-    for (int i = 1; i <= 5; ++i) reinterpret_cast<long long*>(sk_flags + kSkFlagBytes / 4 * blockIdx.x)[4 + i] = 0;
-  sk_stamp(0), sk_stamp(11, true);
-  for (int tile = kSK ? (u_lo < u_hi ? u_lo / KT : num_tiles) : PS ? blockIdx.x : 0; tile < num_tiles;
-       tile = kSK ? (sk_u < u_hi ? sk_u / KT : num_tiles) : tile + (PS ? gridDim.x : 1)) {
-  const SkSegment sg = kSK ? runs.segment(sk_u, u_hi) : SkSegment{tile, 0, NK};  // (stream-K) the segment
-  const int seg_kt = sg.kt, nk = sg.nk;
-  if constexpr (kSK) sk_u += nk;
+  for (int tile = PS ? blockIdx.x : 0; tile < num_tiles; tile += PS ? gridDim.x : 1) {
   if constexpr (kLife) {
     life_n = (tile - (int)blockIdx.x) / (int)gridDim.x;
     life(0);
@@ -633,8 +585,8 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       load_lr_tile();
       for (int i = tid; i < BT; i += kCT) copy_xs(m0, i);
       cp_async_commit();
-    } else if (tile == (kSK ? own_lo : (int)blockIdx.x) && wg == CW - 1 && !lr_late && !lr_prod) {
-      load_lr_async(m0);  // the first tile's; later ones at the previous epilogue (late, lr_prod: the producer's warps)
+    } else if (tile == (int)blockIdx.x && wg == CW - 1 && !lr_late && !lr_prod) {  // the first tile's; later ones at
+      load_lr_async(m0);  // the previous epilogue (late, lr_prod: the producer's warps)
     }
     wchA = ldg_nc_f32(wchannel + rowA), wchB = ldg_nc_f32(wchannel + rowB);
     if (bias) bA = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowA)), bB = Dt<T>::bits_to_f(ldg_nc_u16(bias + rowB));
@@ -714,7 +666,7 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
       auto release = [&](int i) {
         if (lane == 0) mbar_arrive(empty_bars + 8 * (i % NS));
       };
-      rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, nk, fetch, widen_step, issue, release);
+      rf_pipelined_loop<EP == 15 || EP == 26 ? 2 : EP == 16 ? 1 : 0>(done, NK, fetch, widen_step, issue, release);
       if constexpr (kNoMma || kSsA) {
         if (sink == 0x9e3779b9u) acc[0] ^= 1;  // (a use the compiler cannot fold)
       }
@@ -801,58 +753,10 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   wgmma_wait<0>();
   stamp_acc(4);  // main loop done
   if constexpr (PS) {
-    done += nk;
+    done += NK;
     if (!RF && lane == 0) mbar_arrive(empty_bars + 8 * ((done - 1) % NS));  // the last stage: the next tile may load
   } else {
     __syncthreads();
-  }
-  if constexpr (kSK) {  // stream-K: a segment begun inside its tile leaves its partials there; the owner adds them
-    constexpr int kQ = Cfg::kAcc / 4;  // the thread's accumulators as int4
-    const bool exchange = !(flags & kFlagSkNoExchange);  // (the probe: wrong sums, the partition's cost alone)
-    if (seg_kt > 0) {
-      sk_stamp(1);
-      if (!exchange) continue;
-      int4* part = sk_parts + (size_t)blockIdx.x * kQ * 128 + wtid;
-#pragma unroll
-      for (int q = 0; q < kQ; ++q)
-        asm volatile("st.relaxed.gpu.global.v4.s32 [%0], {%1, %2, %3, %4};\n" ::"l"(part + q * 128), "r"(acc[4 * q]),
-                     "r"(acc[4 * q + 1]), "r"(acc[4 * q + 2]), "r"(acc[4 * q + 3]) : "memory");
-      // every thread's stores before the barrier, then one thread's release (cumulative): no fence per thread
-      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-      if (wtid == 0)
-        asm volatile("st.release.gpu.global.s32 [%0], 1;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * blockIdx.x) : "memory");
-      sk_stamp(2);
-      continue;
-    }
-    if (nk < KT && exchange) {  // the tile's other segments: the runs of the CTAs after this one that start inside it
-      const int c_end = runs.contrib_end(tile);
-      sk_stamp(3);
-      for (int c = blockIdx.x + 1; c < c_end; ++c) {
-        if (wtid == 0) {  // one thread acquires the flag; the barrier orders the others' loads after it
-          const int* flag = sk_flags + kSkFlagBytes / 4 * c;
-          int f = 0;
-          do {
-            asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(f) : "l"(flag) : "memory");
-          } while (f == 0);
-          sk_stamp(4);
-        }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-        const int4* part = sk_parts + (size_t)c * kQ * 128 + wtid;
-#pragma unroll
-        for (int q = 0; q < kQ; ++q) {
-          int v[4];
-          asm volatile("ld.relaxed.gpu.global.v4.s32 {%0, %1, %2, %3}, [%4];\n"
-                       : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "l"(part + q * 128) : "memory");
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[4 * q + e] += v[e];
-        }
-      }
-      asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");  // every thread has read them: flags back to 0
-      if (wtid == 0)
-        for (int d = blockIdx.x + 1; d < c_end; ++d)
-          asm volatile("st.relaxed.gpu.global.s32 [%0], 0;\n" ::"l"(sk_flags + kSkFlagBytes / 4 * d) : "memory");
-      sk_stamp(5);
-    }
   }
 
   constexpr int JB = BT / 8;  // 8-token column blocks of the tile
@@ -935,14 +839,13 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
   auto lr_free = [&] {
     if constexpr (PS && !kCoupled) {
       if (lr_prod) {  // the producer's warps wait for every consumer's arrival, then load the next tile's
-        if ((kSK ? next_owned(tile) : tile + (int)gridDim.x) < num_tiles)
+        if (tile + (int)gridDim.x < num_tiles)
           asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT + 96) : "memory");
       } else if (wg < CW - 1) {
         asm volatile("bar.arrive %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
       } else {
         asm volatile("bar.sync %0, %1;\n" ::"n"(kLrFree), "n"(kCT) : "memory");
-        const int next = kSK ? next_owned(tile) : tile + (int)gridDim.x;
-        if (next < num_tiles) load_lr_async((next / row_tiles) * BT);
+        if (tile + (int)gridDim.x < num_tiles) load_lr_async(((tile + (int)gridDim.x) / row_tiles) * BT);
       }
     }
   };
@@ -1103,7 +1006,6 @@ __global__ void __launch_bounds__(Tile2l<BT, W8, WS, PS, FO, CW, LR, out_pieces(
         if (life_sub) trace[kLifeCtas * CW * kLifeTiles * 8 + at] = life_s[from + 8];
       }
   }
-  sk_stamp(6), sk_stamp(10, true);
   stamp(2);
 #endif
 }
@@ -1146,7 +1048,6 @@ bool g_life_sub = false;       // set_gemm_2l_tile_life(.., substeps): the EP 9 
 int g_life_probe = 0;
 bool g_act_in_loop = false;    // set_gemm_2l_act_in_loop: the output staging as before v2.34 (A/B)
 bool g_lr_unrolled = true;     // set_gemm_2l_lr_unrolled (perf-notes v2.34's g.47; the default since v2.35)
-int g_stream_k_probe = 0;  // set_gemm_2l_stream_k_probe: EP 28 without its exchange (1) or stamped (2)
 long long g_lr_unrolled_launches = 0;  // (tests: which path ran)
 int g_release_step = 0;        // set_gemm_2l_release_step (perf-notes v2.35's g.49: 0 the default, 2 as before; v2.41:
                                // 2 for the unsplit one-warpgroup tiles too)
@@ -1192,8 +1093,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   cfg.gridDim = dim3(a.N / rows, (a.M + BT - 1) / BT, splits);
   if constexpr (PS) {  // unsplit: one CTA per SM at most, each walking tiles blockIdx.x, + gridDim.x, ...; split (the
     // register-fragment loop): one tile per CTA, its K range by blockIdx.z
-    // (EP 28, stream-K) num_sms CTAs share the tiles' stages, at most one stage each
-    const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT) * (EP == 28 ? a.K / kBK : 1);
+    const long tiles = (long)(a.N / rows) * ((a.M + BT - 1) / BT);
     cfg.gridDim = dim3((unsigned)(splits > 1 ? tiles : std::min<long>(tiles, num_sms > 0 ? num_sms : tiles)), 1, splits);
   }
   cfg.blockDim = dim3(Cfg::kThreads);
@@ -1218,7 +1118,6 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   const int life_sub = (EP == 9 || stamped(EP)) && g_life_sub ? kFlagLifeSub : 0;
   const int act_in_loop = g_act_in_loop ? kFlagActInLoop : 0;
   const int lr_rolled = stamped(EP) && !g_lr_unrolled ? kFlagLrRolled : 0;
-  const int sk_probe = EP != 28 ? 0 : g_stream_k_probe == 1 ? kFlagSkNoExchange : g_stream_k_probe == 2 ? kFlagSkStamps : 0;
   constexpr bool kPipeEp = pipelined(EP) && EP != 14;  // the pipelined loop's kernels but EP 14 (rolled copies)
   if (PS && kPipeEp && !lr_rolled && !lr_prod && a.R == Cfg::kLrRank) ++g_lr_unrolled_launches;
   if (EP == 15 || EP == 16) ++g_release_step_launches;
@@ -1228,7 +1127,7 @@ cudaError_t launch_2l(const W4A4Gemm2lArgs& a, int splits, long long* trace, cud
   return cudaLaunchKernelEx(&cfg, kern, tm_x, tm_w, tm_s, tm_y, a.xscale, a.wchannel, static_cast<const T*>(a.lr),
                             static_cast<const T*>(a.proj_up), static_cast<const T*>(a.bias), static_cast<T*>(a.y),
                             a.M, a.N, a.K, a.R, trace, g_tma_store ? 1 : 0, ldy, a.act, a.ldlr ? a.ldlr : (int64_t)a.R,
-                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled | sk_probe);
+                            late | lr_prod | l2_prefetch | no_store | life_sub | act_in_loop | lr_rolled);
 }
 
 long long* g_trace = nullptr;  // set: launch the tracing kernel (bfloat16, group 64 only)
@@ -1280,11 +1179,6 @@ int g_rf_warpgroups = 0;  // the register-fragment loop: 0 the model picks 2 or 
 int g_rf3_tile = 0;       // 128 or 192 forces the three-warpgroup loop's token tile (0: the model)
 int g_rf1_tile = 256;     // set_gemm_2l_rf_warpgroups(1, tile): one warpgroup's token tile, 128 or 256 (g.56)
 long long g_rf1_launches = 0;  // (tests: which path ran)
-// (g.69, opt-in) set_gemm_2l_stream_k: one warpgroup's tiles of this many tokens (128 / 256; 0 off) as stream-K at
-// M <= kOneMaxM, on the SMs less g_stream_k_leave (room for the chained down projection)
-int g_stream_k_tile = 0, g_stream_k_leave = 0;
-long long g_stream_k_launches = 0;  // (tests: which path ran)
-std::mutex g_stream_k_mu;
 // one warpgroup's tiles also where rf_cost puts them 5 % below every other kernel, at M <= kOneMaxM (g.56 by the cost
 // model, perf-notes v2.38; the default since v2.39: the chain 0.88x / 0.97x at 256 / 512 x 3072 x 3072, elsewhere the
 // same picks; off: forced only)
@@ -1390,50 +1284,6 @@ void set_gemm_2l_rf_warpgroups(int cw, int tile) {
   g_rf1_tile = cw == 1 && tile == 128 ? 128 : 256;
 }
 long long gemm_2l_rf1_launches() { return g_rf1_launches; }
-void set_gemm_2l_stream_k(int tile, int leave) {
-  g_stream_k_tile = tile == 128 || tile == 256 ? tile : 0;
-  g_stream_k_leave = leave > 0 ? leave : 0;
-}
-long long gemm_2l_stream_k_launches() { return g_stream_k_launches; }
-void set_gemm_2l_stream_k_probe(int mode) { g_stream_k_probe = mode == 1 || mode == 2 ? mode : 0; }
-// The stream-K kernel's workspace on the current device (stream_k.cuh), for a grid of at most its SM count: kSkMaxCtas
-// flags (zero between launches: each owner resets the flags it waited for), then a slot of 64 x 256 int32 partials per
-// SM. Allocated once, outside stream capture (nullptr while capturing before then: the caller runs the kernel without
-// stream-K). Launches on two streams at once would share the flags: stream-K is for one stream at a time.
-long long* stream_k_workspace(cudaStream_t stream) {
-  constexpr size_t kFlags = (size_t)kSkMaxCtas * kSkFlagBytes, kPerCta = 64 * 256 * 4;
-  static void* ws[64] = {};
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev >= 64) return nullptr;
-  std::lock_guard<std::mutex> lock(g_stream_k_mu);
-  if (ws[dev]) return static_cast<long long*>(ws[dev]);
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess || st != cudaStreamCaptureStatusNone) return nullptr;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms > kSkMaxCtas)
-    return nullptr;
-  void* p = nullptr;
-  if (cudaMalloc(&p, kFlags + kPerCta * sms) != cudaSuccess) return nullptr;
-  if (cudaMemset(p, 0, kFlags) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
-    cudaFree(p);
-    return nullptr;
-  }
-  ws[dev] = p;
-  return static_cast<long long*>(p);
-}
-// The stamps of the last stamped stream-K launch (set_gemm_2l_stream_k_probe(2)) on the current device, 12 per CTA:
-// clock64 at 0 the run's start, 1 its first segment's loop done (a contributor's), 2 that segment's partials released,
-// 3 the owner's own segment done, 4 the last contributor's flag seen, 5 their partials added, 6 the run's end (its
-// last store read), 0 for a step not taken; %globaltimer (ns) at 10 the end and 11 the start
-std::vector<long long> gemm_2l_stream_k_stamps(int ctas) {
-  long long* ws = stream_k_workspace(nullptr);
-  if (!ws || ctas <= 0 || ctas > kSkMaxCtas) return {};
-  std::vector<long long> lines((size_t)ctas * kSkFlagBytes / 8), out;
-  if (cudaDeviceSynchronize() != cudaSuccess ||
-      cudaMemcpy(lines.data(), ws, lines.size() * 8, cudaMemcpyDeviceToHost) != cudaSuccess)
-    return {};
-  for (int c = 0; c < ctas; ++c) out.insert(out.end(), lines.begin() + c * 16 + 4, lines.begin() + c * 16 + 16);
-  return out;
-}
 void set_gemm_2l_rf1_auto(bool on) { g_rf1_auto = on; }
 bool gemm_2l_rf1_auto() { return g_rf1_auto; }
 int gemm_2l_rf_warpgroups() { return g_rf_warpgroups; }
@@ -1588,19 +1438,6 @@ cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream
     // (g.56) one consumer warpgroup on 64-row tiles of 128 / 256 tokens, pipelined: forced (set_gemm_2l_rf_warpgroups(1,
     // tile); persistent or split over a cluster, set_gemm_2l_rf_splits), or persistent at M <= kOneMaxM where its
     // model beats what runs otherwise and the three-warpgroup loop by 5 % (perf-notes v2.38: 256 / 512 x 3072 x 3072)
-    // (g.69, opt-in) one warpgroup's tiles as stream-K at M <= kOneMaxM: every CTA takes an equal run of the tiles'
-    // stages, so none idles where the tiles are fewer than the SMs (bfloat16; the same bits)
-    if (g_stream_k_tile && a.frag && !wide_lr && !w8 && bf && g_rf_pipelined && a.M <= kOneMaxM && !g_life &&
-        !g_gemm_probe && g_rf_warpgroups == 0 && g_rf_splits <= 1 && g_force_splits <= 1) {
-      const int ctas = std::max(1, num_sms - g_stream_k_leave);
-      if (long long* ws = stream_k_workspace(stream)) {
-        ++g_stream_k_launches, ++g_pipelined_launches, ++g_rf1_launches;
-        using B = __nv_bfloat16;
-        if (g_stream_k_tile == 128)
-          return launch_2l<B, 128, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
-        return launch_2l<B, 256, 64, false, false, true, true, true, 1, 28>(a, 1, ws, stream, ctas);
-      }
-    }
     int bt1 = g_rf1_tile;
     bool one = g_rf_warpgroups == 1;
     if (g_rf1_auto && g_rf_warpgroups == 0 && a.M <= kOneMaxM && g_plan_tiles == 15 && g_rf_splits <= 1 &&

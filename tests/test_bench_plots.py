@@ -225,3 +225,22 @@ def test_plot_fo_plans_groups_the_stored_sweep(tmp_path):
     out = tmp_path / "plans.png"
     assert plot_fo_plans.main([str(PERF / "gemm_2l_fo_plans_v253_h100.txt"), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_stream_k_reads_the_stored_sweep(tmp_path):
+    """The stored stream-K sweep -> per (shape, tile) its five grids with fo / sk / nx, the exchange never free (sk >
+    nx wherever the partition cuts tiles, i.e. beyond 96 CTAs), and a chart."""
+    import plot_stream_k
+
+    log = PERF / "stream_k_sweep_v272_h100.txt"
+    title, series = plot_stream_k.parse(log.read_text())
+    assert title.startswith("NVIDIA H100")
+    assert set(series) == {(s, t) for s in ("256x3072x3072", "512x3072x3072", "256x12288x3072") for t in (128, 256)}
+    for pts in series.values():
+        assert [p[0] for p in pts] == [96, 100, 112, 124, 132]
+        assert all(sk > nx for ctas, _, sk, nx in pts if ctas > 96)
+    out = tmp_path / "sk.png"
+    assert plot_stream_k.main([str(log), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError):
+        plot_stream_k.parse("no table here")

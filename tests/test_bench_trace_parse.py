@@ -66,7 +66,7 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
                 "set_gemm_2l_l2_prefetch": False, "set_gemm_2l_act_in_loop": False,
                 "set_gemm_2l_lr_unrolled": True, "set_gemm_2l_release_step": 0, "set_gemm_2l_out_halves": True,
                 "set_gemm_2l_out_pieces": (192, 2), "set_gemm_2l_split_halves": True,
-                "set_gemm_2l_rf1_auto": True, "set_lr_chain_pipes": 2, "set_gemm_2l_stream_k": (0, 0)}
+                "set_gemm_2l_rf1_auto": True, "set_lr_chain_pipes": 2}
     try:
         with problems_2l.gemm_switches(ext, producer=True, persistent=1):
             assert ext.state == {**defaults, "set_gemm_2l_w8_producer": True, "set_gemm_2l_persistent": 1}
@@ -74,9 +74,6 @@ def test_gemm_switches_are_on_inside_the_block_and_back_to_the_defaults_after_it
     except RuntimeError:
         pass
     # producer loop and TMA store off, the persistent kernels and the warpgroup choice back to auto, not off
-    assert ext.state == defaults
-    with problems_2l.gemm_switches(ext, stream_k=(256, 32)):
-        assert ext.state == {**defaults, "set_gemm_2l_stream_k": (256, 32)}
     assert ext.state == defaults
     with problems_2l.gemm_switches(ext, persistent=0, tma_store=True, rf_warpgroups=3, rf3_tile=192):
         assert ext.state == {**defaults, "set_gemm_2l_persistent": 0, "set_gemm_2l_tma_store": True,

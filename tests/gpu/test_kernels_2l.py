@@ -131,18 +131,16 @@ def _fo_problem(ext, M, K, N, dtype, act_seed, weight_seed, bias=True, R=32):
     return xq, xs, lr, qw, qf, (wsc, wch, pu, b)
 
 
-def _late_gemm(ext, M, K, N, switch: str, reference, block=None):
+def _late_gemm(ext, M, K, N, switch: str, reference):
     """The GEMM after the chained down projection (set_lr_chain(1): its first low-rank tile late) with
-    set_gemm_2l_<switch>(True) for the call (or inside block(), a context manager that sets the switch): (its output,
-    reference(ext, xq, xs, qf, w, a copy of lr): the in-order GEMM, whether both the late path and the switched kernel
-    ran)."""
+    set_gemm_2l_<switch>(True) for the call: (its output, reference(ext, xq, xs, qf, w, a copy of lr): the in-order GEMM,
+    whether both the late path and the switched kernel ran)."""
     x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=5 * M + K + N)
     qw, wsc, wch, pu, b = _weights(N, K, 32, torch.bfloat16, 64, seed=M + N)
     qf, w = fragment_order(qw), (wsc, wch, pu, b)
     count = getattr(ext, f"gemm_2l_{switch}_launches")
-    on = block() if block else _switched(getattr(ext, f"set_gemm_2l_{switch}"), True,
-                                         getattr(ext, f"gemm_2l_{switch}")())
-    with _switched(ext.set_lr_chain, 1, ext.lr_chain()), on:
+    with _switched(ext.set_lr_chain, 1, ext.lr_chain()), _switched(getattr(ext, f"set_gemm_2l_{switch}"), True,
+                                                                    getattr(ext, f"gemm_2l_{switch}")()):
         n0, p0 = ext.gemm_2l_late_launches(), count()
         xq, xs, lr = _quantize(ext, x, smooth, pd)
         y = _gemm_fo(ext, xq, xs, qf, w, lr).clone()
