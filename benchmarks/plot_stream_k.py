@@ -14,7 +14,7 @@ Key = tuple[str, int]  # ("MxKxN", token tile)
 
 
 def parse(text: str) -> tuple[str, dict[Key, list[tuple[int, float, float, float]]]]:
-    """(device line, {(shape, tile): [(ctas, fo, sk, nx), ...]}) of a stream_k_sweep.py log."""
+    """(device line, {(shape, tile): [(ctas, fo, sk, nx), ...]}) of a stream_k_sweep.py log (commit 4750c3b)."""
     lines = text.splitlines()
     title = next((ln for ln in lines if ln.startswith("NVIDIA") or ": the GEMM alone" in ln), "")
     series: dict[Key, list[tuple[int, float, float, float]]] = {}
