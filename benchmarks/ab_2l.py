@@ -15,7 +15,8 @@ Columns (us per call, CUDA graph):
           w4a4_gemm_2l_fo, default switches: the persistent kernel's register-fragment loop where it runs, with two
           or three consumer warpgroups as its cost model picks; "fo2" the same with two warpgroups only (v2.14);
           "fo_fq" fo with the quantizer that fuses the down projection (x read once; set_quantize_act_2l_fused: its lr
-          differs from cuBLAS's in fp32 rounding, so fo_fq is checked within 1e-2 of now, not for bit identity);
+          differs from cuBLAS's in fp32 rounding, so fo_fq is checked within 1e-2 of now, not for bit identity); "fo_fc"
+          the same with the fixed-column fused quantizer (set_quantize_act_2l_fused(2), perf-notes v2.47);
           "fo_nrbc" fo with set_gemm_2l_rf_by_cost(False) (the register-fragment loop only where the plan is unsplit
           with two tiles per SM; on by default since v2.23: unsplit or split over a cluster wherever its cost models
           beat the plan's kernel); "fo_cb" fo with the down projection by cuBLAS at every M
@@ -95,6 +96,7 @@ SWITCHED = {
     "fo": ("frag", {}),
     "fo2": ("frag", {"rf_warpgroups": 2}),
     "fo_fq": ("frag", {"fused_quant": 1}),
+    "fo_fc": ("frag", {"fused_quant": 2}),
     "fo_nrbc": ("frag", {"rf_by_cost": False}),
     "fo_cb": ("frag", {"down_cublas": True}),
     "fo_dw": ("frag", {"down_wide": True}),
@@ -135,9 +137,9 @@ SWITCHED = {
     "w8a": ("int8", {}),
 }
 COLS = [*CONFIGS, *SWITCHED, "fo_rq", "bf16", "fp8", "fp8d"]
-APPROX = {"fo_fq", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24", "fo_lc", "fo_nlc", "fo_bs", "fo_nbs"}  # their lr rounds differently from cuBLAS's
+APPROX = {"fo_fq", "fo_fc", "fo_cb", "fo_dw", "fo_dw8", "fo_rq", "fo_qc12", "fo_qc24", "fo_lc", "fo_nlc", "fo_bs", "fo_nbs"}  # their lr rounds differently from cuBLAS's
 RATIOS = [("now", "v2.5"), ("bf16", "now"), ("fp8", "now"), ("now", "np"), ("ps", "np"), ("fo", "now"), ("fo", "fo2"),
-          ("fo", "fo_fq"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
+          ("fo", "fo_fq"), ("fo", "fo_fc"), ("fp8d", "fo_fc"), ("fo", "fo_nrbc"), ("fo", "fo_cb"), ("fo_dw", "fo_cb"), ("fo_dw8", "fo_cb"), ("fp8d", "fo"),
           ("fo_pdl", "fo"), ("fo_m0", "fo"), ("fo_nql", "fo"), ("fo_qc12", "fo"), ("fo_qc24", "fo"), ("fo_lc", "fo_nlc"), ("fo", "fo_nlc"), ("fo_ld", "fo"), ("fo_bs", "fo_nbs"), ("fo_lead", "fo"), ("fp8d", "fo_lead"), ("fo_pipe", "fo"), ("fp8d", "fo_pipe"), ("bf16", "fo_pipe"), ("fo_pp", "fo"), ("fp8d", "fo_pp"), ("fo_lrp", "fo"), ("fp8d", "fo_lrp"), ("fo_pf", "fo"), ("fo_ail", "fo"), ("fo_lrr", "fo"), ("fo_rel2", "fo"), ("fo_rel1", "fo"), ("fo_3s", "fo"), ("fo_256w", "fo"), ("fo_sw", "fo"), ("fo_1w", "fo"), ("fo_1w2", "fo"), ("fo_1wa", "fo"), ("fo_n1wa", "fo"), ("fo_lp2", "fo"), ("fo_lp1", "fo"), ("bf16", "fo_pp"), ("fo", "fo_nbs"), ("fp8d", "fo_bs"), ("bf16", "fo_lc"), ("fo_rq", "fo"), ("bf16", "fo_pdl"), ("bf16", "fo"), ("fp8", "fo"), ("bf16", "w8a"),
           ("fp8", "w8a"), ("bf16", "w8"), ("fp8", "w8"), ("w8ps", "w8"), ("w8a", "w8"), ("w8p", "w8")]
 

@@ -1,6 +1,6 @@
 """Where the int4_2l chain's time goes at one M: each part timed alone under CUDA graphs, side by side.
 
-usage: python benchmarks/chain_breakdown.py [--ms 256] [--reps 30] [--fused]
+usage: python benchmarks/chain_breakdown.py [--ms 256] [--reps 30] [--fused [MODE]] [--fp8]
 
 Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order, default switches):
   "chain"  quantize_act_2l + w4a4_gemm_2l_fo (what SVDQuantLinear runs on Hopper);
@@ -12,8 +12,9 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
   "down" cuBLAS x @ proj_down alone;
   "gemm"   w4a4_gemm_2l_fo alone (its plan: two or three consumer warpgroups as the cost model picks, or not
            persistent);
-  --fused adds "chain_fq" / "q_fq": the chain / the quantizer with the Hopper cluster quantizer that fuses the
-           down projection (set_quantize_act_2l_fused(1); measured slower, perf-notes v2.16-v2.17);
+  --fused [MODE] adds "chain_fq" / "q_fq": the chain / the quantizer with a Hopper cluster quantizer that fuses the
+           down projection (set_quantize_act_2l_fused(MODE): 1, q.7, measured slower in perf-notes v2.16-v2.17; 2,
+           threads on fixed columns, v2.47);
   "empty"  one trivial kernel (a graph node's floor);
   "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
   --fp8 adds #7's peer by part: "cast" the activations' rowwise e4m3 cast (torch.compile'd amax + scale + cast, as in
@@ -37,7 +38,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="256")
     ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--fused", action="store_true", help="add the fused (cluster) quantizer's columns")
+    ap.add_argument("--fused", type=int, nargs="?", const=1, default=0,
+                    help="add a fused (cluster) quantizer's columns: mode 1 (q.7) or 2 (fixed columns)")
     ap.add_argument("--fp8", action="store_true", help="add fp8 _scaled_mm's parts: the cast, the GEMM, both")
     args = ap.parse_args()
     cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
@@ -94,7 +96,7 @@ def main() -> int:
                 t["fp8"] = 1e3 * time_graph(fp8, [quant8(x) for x in p.xs], args.reps)
                 t["fp8d"] = 1e3 * time_graph(lambda x: fp8(*quant8(x)), xs, args.reps)
             if args.fused:
-                with gemm_switches(ext, fused_quant=1):
+                with gemm_switches(ext, fused_quant=args.fused):
                     t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                     t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out

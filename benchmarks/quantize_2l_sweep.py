@@ -1,13 +1,15 @@
 """The fused quantizer's cost per row block: cluster size forced, token count swept, side by side with the per-row one.
 
-usage: python benchmarks/quantize_2l_sweep.py [--ks 3072,12288] [--ms 16,256,1024,4608] [--reps 30]
+usage: python benchmarks/quantize_2l_sweep.py [--ks 3072,12288] [--ms 16,256,1024,4608] [--reps 30] [--mode 1]
 
-For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), then the fused one
-(set_quantize_act_2l_fused(1, C)) at its cost model's cluster size ("C=0") and every forced size with a shape.
-Columns: cluster size and x stages, CTAs launched (clusters that fit x C), rounds of row blocks per cluster,
-us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
-Then, at the cost model's cluster size, the timing-only probes (WRONG results, bfloat16 rank 32 only): "no-xchg"
-leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both; and
+For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), "q_only" the per-row quantizer alone
+(rank 0: no down projection; the floor a fused quantizer aims at), then the fused one of --mode (1: q.7; 2: threads
+on fixed columns, perf-notes v2.47; set_quantize_act_2l_fused(mode, C)) at its rule's cluster size ("C=0") and
+every forced size with a shape.
+Columns: cluster size and x stages (mode 2: rows per thread), CTAs launched (clusters that fit x C), rounds of row
+blocks per cluster, us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
+Then (mode 1), at the cost model's cluster size, the timing-only probes (WRONG results, bfloat16 rank 32 only):
+"no-xchg" leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both; and
 "spin" (exact results) waits for the exchange by spinning on mbarrier.test_wait instead of try_wait; "cap-1" /
 "cap/2" launch one cluster fewer / half as many clusters as fit (if the occupancy query overstates what fits at
 once, the last clusters run as a second wave and the full grid is the slowest).
@@ -28,12 +30,14 @@ def main() -> int:
     for name, default in (("--ks", "3072,12288"), ("--ms", "16,256,1024,4608")):
         ap.add_argument(name, default=default)
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--mode", type=int, default=1, choices=(1, 2))
     args = ap.parse_args()
     if (ext := hopper_extension("quantize_2l_sweep")) is None:
         return 2
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     R, G = 32, 64
-    print(f"{torch.cuda.get_device_name()}: quantize_act_2l, us per call (CUDA graph), rank {R}, group {G}, {sms} SMs")
+    print(f"{torch.cuda.get_device_name()}: quantize_act_2l, us per call (CUDA graph), rank {R}, group {G}, {sms} SMs, "
+          f"fused mode {args.mode}")
     print(f"{'K':>6} {'M':>5} {'config':>8} {'C':>2} {'S':>2} {'CTAs':>5} {'rounds':>6} {'us':>8} {'us/round':>9}")
     for K in [int(k) for k in args.ks.split(",")]:
         smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
@@ -45,10 +49,17 @@ def main() -> int:
             with gemm_switches(ext, fused_quant=0):
                 t = 1e3 * time_graph(fn, xs, args.reps)
             print(f"{K:>6} {M:>5} {'per-row':>8} {'':>2} {'':>2} {'':>5} {'':>6} {t:8.1f}")
-            for C in (0, 2, 3, 4, 6, 8):
-                with gemm_switches(ext, fused_quant=1, quant_cluster=C):
-                    c, s, _ = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)
-                    if c == 0 or (C and c != C):
+            pd0 = pd[:, :0].contiguous()
+            with gemm_switches(ext, fused_quant=0):
+                t = 1e3 * time_graph(lambda x: ext.quantize_act_2l(x, smooth, pd0, G), xs, args.reps)
+            print(f"{K:>6} {M:>5} {'q_only':>8} {'':>2} {'':>2} {'':>5} {'':>6} {t:8.1f}")
+            for C in ((0, 2, 3, 4, 6, 8) if args.mode == 1 else (0, 4, 8, 16)):
+                with gemm_switches(ext, fused_quant=args.mode, quant_cluster=C):
+                    if args.mode == 1:
+                        c, s, _ = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)
+                    else:  # (s: rows per thread)
+                        c, _, s, _ = ext.quantize_act_2l_cols_shape(M, K, R, G, C)
+                    if c == 0 or (C and c != C) or not ext.quantize_act_2l_fused_applies(M, K, R, G):
                         continue
                     t = 1e3 * time_graph(fn, xs, args.reps)
                     ctas = ext.quantize_act_2l_fused_last_grid()
@@ -58,6 +69,8 @@ def main() -> int:
                 # (the model's own choice, C=0, may change with M: no per-round figure for it)
                 per = (t - one_round[C]) / (rounds - 1) if C and C in one_round and rounds > 1 else float("nan")
                 print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>2} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
+            if args.mode != 1:
+                continue
             before = ext.quantize_act_2l_fused_mode()
             with gemm_switches(ext, fused_quant=1):
                 c = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)[0]

@@ -29,6 +29,10 @@
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   epi: the epilogue tests (GELU, prefix), the other 2l tests, memcheck, usage docs, then (E2E=1) the model fused / not
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
+#   cols: the fixed-column fused quantizer (set_quantize_act_2l_fused(2), perf-notes v2.47): its tests
+#       (tests/gpu/test_quantize_cols.py; nothing timed if they fail), q.7's tests, quantize_2l_sweep.py --mode 2 at
+#       K = 3072, 12288, 15360 (COLS_MS, default 16,1024,4608), chain_breakdown.py --fused 2 --fp8 at 4608 tokens,
+#       ab_2l.py (COLS_AB_MS, default 4608,1024; fo, fo_fc, bf16, fp8d)
 #   v224: what the thirteenth session wrote without a GPU (perf-notes v2.24): programmatic dependent launch (set_pdl)
 #       and the lean quantizer (set_quantize_act_2l_lean). Their tests first (tests/gpu/test_pdl.py, the 2l tests -k
 #       lean; nothing more if they fail), the other 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on,
@@ -487,6 +491,21 @@ if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues)
 fi
 if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (kernels, PYTHONPATH, wheels)
   eval "$CMD"
+fi
+if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then its speed beside the per-row pair
+  timeout 300 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_quantize_cols.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_cols.log" 2>&1
+  rc=$?; echo "cols tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_cols.log" | tail -10
+  if [ $rc -eq 0 ]; then
+    quant_tests "quantize_act_2l_fused"
+    (cd benchmarks && timeout 150 python3 quantize_2l_sweep.py --mode 2 --ks 3072,12288,15360 --ms ${COLS_MS:-16,1024,4608} \
+      --reps 20) > "$OUT/qsweep_cols.log" 2>&1
+    echo "sweep rc=$?"; grep -vE "^\{" "$OUT/qsweep_cols.log" | tail -30
+    (cd benchmarks && timeout 150 python3 chain_breakdown.py --ms 4608 --fused 2 --fp8 --reps 20) > "$OUT/breakdown_cols.log" 2>&1
+    echo "breakdown rc=$?"; tail -8 "$OUT/breakdown_cols.log" | cut -c1-230
+    timeout 200 python3 benchmarks/ab_2l.py --ms ${COLS_AB_MS:-4608,1024} --rounds 2 --cols fo,fo_fc,bf16,fp8d > "$OUT/ab_cols.log" 2>&1
+    echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_cols.log" | tail -16 | cut -c1-200
+  fi
 fi
 if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)
   quant_tests "quantize_act_2l_fused"

@@ -136,7 +136,7 @@ bool quantize_act_2l_lean();
 // Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)
 bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int num_sms);
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);
-// mode 0 off, 1 where a shape exists; cluster 0: the cost model's; probe > 0, cap_clusters > 0: benchmarks (the PROBE
+// mode 0 off, 1 (q.7) or 2 (the fixed-column kernel) where a shape exists; cluster 0: the cost model's; probe > 0, cap_clusters > 0: benchmarks (the PROBE
 // kernels; at most that many clusters launched)
 void set_quantize_act_2l_fused(int mode, int cluster, int probe, int cap_clusters);
 int quantize_act_2l_fused_mode();
@@ -146,6 +146,17 @@ struct Q2lfShape {
   size_t smem = 0;
 };
 Q2lfShape q2lf_shape(int M, int K, int R, int group_size, int num_sms);
+// Hopper, the fused quantizer with threads on fixed columns (quantize_act_2l_cols_sm90.cu; set_quantize_act_2l_fused
+// mode 2): cluster size C (0: no shape), warps per row group W, rows per thread RPT, threads and shared bytes per CTA
+struct Q2lcShape {
+  int C = 0, W = 0, RPT = 0, threads = 0;
+  size_t smem = 0;
+};
+Q2lcShape q2lc_shape(int M, int K, int R, int group_size, int force_cluster);
+bool quantize_act_2l_cols_supported(int M, int K, int R, int group_size, int num_sms, int force_cluster);
+// grid: the CTAs launched (clusters that fit, at most cap_clusters > 0, times C)
+cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms, int force_cluster, int cap_clusters,
+                                        int* grid, cudaStream_t stream);
 // sm_90a only (N % 128 == 0, K % 128 == 0, R % 16 == 0, R <= kMaxRank2l)
 cudaError_t launch_w4a4_gemm_2l(const W4A4Gemm2lArgs& a, int num_sms, cudaStream_t stream);
 struct Gemm2lPlan {

@@ -23,6 +23,7 @@
 #include <tuple>
 
 #include "common.cuh"
+#include "fused_quant_sm90.cuh"
 #include "launch.h"
 
 namespace svdq {
@@ -57,25 +58,6 @@ struct Q2lfLayout {
 };
 
 #if SVDQ_Q2LF_BODY  // the device helpers exist only where the kernel body does
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ uint32_t map_rank(const void* local, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_u32(local)), "r"(rank));
-  return remote;
-}
-// 16 bytes into a peer's shared memory, completing as transaction bytes on its mbarrier: no fence, so the
-// sender's loads in flight (the next blocks) are not waited for
-__device__ __forceinline__ void st_async_v4(uint32_t remote, const float4& v, uint32_t remote_bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
-               ::"r"(remote), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(remote_bar) : "memory");
-}
 // whether the phase with this parity has completed, without suspending the thread (try_wait may)
 __device__ __forceinline__ bool mbar_test_wait(uint32_t bar, uint32_t parity) {
   uint32_t done;
@@ -84,15 +66,6 @@ __device__ __forceinline__ bool mbar_test_wait(uint32_t bar, uint32_t parity) {
   return done != 0;
 }
 
-template <typename T>
-__device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = half_lo<T>(w[i]);
-    f[2 * i + 1] = half_hi<T>(w[i]);
-  }
-}
 __device__ __forceinline__ void rcp8(const float* rcp_s, int k, float (&rc)[8]) {
   const float4 a = *reinterpret_cast<const float4*>(rcp_s + k);
   const float4 b = *reinterpret_cast<const float4*>(rcp_s + k + 4);
@@ -151,24 +124,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   for (int j = 0; j < S - 1; ++j) issue(j);  // under the prologue
 
-  // proj_down slice, transposed: pt[n][k - kbase]
-  constexpr int kBatch = 4;  // loads in flight per thread
-  for (int e0 = 0; e0 < Ks * NT; e0 += kBatch * kThreads) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int e = e0 + u * kThreads + tid, kl = e / NT;
-      if (e < Ks * NT) v[u] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)(kbase + kl) * R + (e - kl * NT) * 8));
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int e = e0 + u * kThreads + tid, kl = e / NT, nt = e - kl * NT;
-      if (e >= Ks * NT) break;
-      const T* vv = reinterpret_cast<const T*>(&v[u]);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + kl] = vv[i];
-    }
-  }
+  load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);  // pt[n][k - kbase]
   for (int k = tid; k < Ks; k += kThreads) rcp_s[k] = __frcp_rn(Dt<T>::to_f(smooth[kbase + k]));
   if (tid < 2 * kRows) rmax[tid] = 0u;
   if (tid == 0) {
@@ -348,7 +304,8 @@ const void* pick_kernel(int NT, int S) {
 }
 
 int g_last_grid = 0;      // CTAs of the last launch (benchmarks: clusters that fit x cluster size)
-int g_fused_mode = 0;     // 0: never (the default: measured slower, perf-notes v2.16), 1: where a shape exists
+int g_fused_mode = 0;     // 0: never (the default), 1: q.7 where a shape exists (measured slower, perf-notes v2.16),
+                          // 2: the fixed-column kernel (quantize_act_2l_cols_sm90.cu) where a shape exists
 int g_force_cluster = 0;  // benchmarks: force this cluster size (0: the cost model)
 int g_probe = 0;          // benchmarks: launch the PROBE kernels (bfloat16, rank 32)
 int g_cap_clusters = 0;   // benchmarks: launch at most this many clusters (0: as many as fit at once)
@@ -401,6 +358,7 @@ int quantize_act_2l_fused_last_grid() { return g_last_grid; }
 
 bool quantize_act_2l_fused_supported(int M, int K, int R, int G, int num_sms) {
 #ifdef SVDQ_BUILT_SM90A
+  if (g_fused_mode == 2) return quantize_act_2l_cols_supported(M, K, R, G, num_sms, g_force_cluster);
   return g_fused_mode != 0 && q2lf_shape(M, K, R, G, num_sms).C > 0;
 #else
   (void)M, (void)K, (void)R, (void)G, (void)num_sms;
@@ -409,6 +367,7 @@ bool quantize_act_2l_fused_supported(int M, int K, int R, int G, int num_sms) {
 }
 
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream) {
+  if (g_fused_mode == 2) return launch_quantize_act_2l_cols(a, num_sms, g_force_cluster, g_cap_clusters, &g_last_grid, stream);
   const Q2lfShape s = q2lf_shape(a.M, a.K, a.R, a.group_size, num_sms);
   if (s.C == 0) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;

@@ -1,0 +1,117 @@
+"""The fused quantizer with threads on fixed columns (set_quantize_act_2l_fused(2), Hopper): x read once for the
+quantization and the down projection, a cluster of C CTAs splitting K. Outputs are poisoned first; xq and xscale must
+be the reference's bits (and the per-row kernel's), lr within 16-bit rounding of the fp32 reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdquant_hf.ops.reference import quantize_act_2l_ref
+
+from test_kernels import _rel, ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _quantize, hopper  # noqa: F401  (a fixture)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_chain(ext):  # noqa: F811
+    """The chained down projection off (it takes a few-token call before the fused path is asked)."""
+    before = ext.lr_chain()
+    ext.set_lr_chain(0)
+    yield
+    ext.set_lr_chain(before)
+
+
+def _check(hopper, M, K, R, gs, dtype=torch.bfloat16, cluster=0, seed=0):  # noqa: F811
+    x, smooth, pd = _acts(M, K, R, dtype, seed=seed or M + K + gs + R)
+    with _fused_quant(hopper, 2, cluster):
+        assert hopper.quantize_act_2l_fused_mode() == 2 and hopper.quantize_act_2l_fused_applies(M, K, R, gs)
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+        grid = hopper.quantize_act_2l_fused_last_grid()
+    C = hopper.quantize_act_2l_cols_shape(M, K, R, gs, cluster)[0]
+    assert grid > 0 and grid % C == 0, f"the fixed-column kernel did not run (grid {grid}, C {C})"
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xs, rs), "per-token scales differ"
+    assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    assert lr.shape == (M, R) and _rel(lr, rl) < 1e-2
+    return xq, xs, lr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (7, 3072, 32), (255, 15360, 32), (4097, 3072, 32), (33, 12288, 32),
+                                   (300, 12288, 16), (129, 3072, 64), (64, 768, 48), (17, 256, 32), (1000, 1536, 64),
+                                   (200, 12288, 64), (90, 9216, 32), (600, 12288, 32)])
+def test_cols_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
+    """Bits of the reference at awkward M, FLUX.1's K (12288: eight rows a thread on 384 threads; 15360 and rank 64
+    at 12288: clusters of 16), every group size and rank; the per-row kernel's bits too."""
+    C, threads, rpt, smem = hopper.quantize_act_2l_cols_shape(M, K, R, gs)
+    if C == 0 or not _fits(hopper, M, K, R, gs):
+        assert not (gs == 64 and K in (3072, 12288) and R <= 32), f"no shape for K={K} R={R}"
+        pytest.skip(f"no fixed-column shape here (C={C}): the per-row kernel runs")
+    assert K % C == 0 and threads % 32 == 0 and rpt in (4, 8) and smem <= 227 * 1024
+    xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
+    with _fused_quant(hopper, 0):
+        pq, ps, pl = _quantize(hopper, *_acts(M, K, R, dtype, seed=M + K + gs + R), gs)
+    assert torch.equal(pq, xq) and torch.equal(ps, xs) and _rel(lr, pl) < 1e-2
+
+
+def _fits(hopper, M, K, R, gs, cluster=0):  # noqa: F811
+    """Whether the fixed-column kernel takes this call on this GPU (a cluster of 16 may not be schedulable)."""
+    with _fused_quant(hopper, 2, cluster):
+        return hopper.quantize_act_2l_fused_applies(M, K, R, gs)
+
+
+@pytest.mark.parametrize("C", [4, 8, 16])
+def test_cols_every_cluster_size(hopper, C):
+    """Clusters of 4, 8 and 16 CTAs (16: non-portable, where the GPU schedules it) give the same bytes."""
+    M, K, R = 150, 3072, 32
+    assert hopper.quantize_act_2l_cols_shape(M, K, R, 64, C)[0] == C
+    if C == 16 and not _fits(hopper, M, K, R, 64, C):
+        pytest.skip("no cluster of 16 fits this GPU")
+    _check(hopper, M, K, R, 64, cluster=C)
+
+
+def test_cols_one_cluster_walks_every_block(hopper):
+    """A single cluster (cap_clusters = 1) takes all 38 row blocks: both x stages, both barrier parities and their
+    phases wrap many times."""
+    x, smooth, pd = _acts(600, 12288, 32, torch.bfloat16, seed=3)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    before = hopper.quantize_act_2l_fused_mode()
+    hopper.set_quantize_act_2l_fused(2, 0, 0, 1)
+    try:
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+        assert hopper.quantize_act_2l_fused_last_grid() == hopper.quantize_act_2l_cols_shape(600, 12288, 32, 64)[0]
+    finally:
+        hopper.set_quantize_act_2l_fused(before, 0, 0, 0)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+
+
+def test_cols_graph_capture_and_extreme_rows(hopper):
+    """Captured in a CUDA graph and replayed on new inputs; rows of huge, tiny and zero amax (the clamped path)."""
+    x, smooth, pd = _acts(300, 12288, 32, torch.bfloat16, seed=5)
+    with _fused_quant(hopper, 2):
+        _check_graph_replay(hopper, x, smooth, pd, seed=6)
+    x[5] = 1e-38
+    x[6] = 0
+    x[7, :100] = 3e38
+    x[8, 3] = 1e-30
+    with _fused_quant(hopper, 2):
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xs, rs) and torch.equal(xq, rq)
+
+
+def test_cols_shape_rule(hopper):
+    """The rule: clusters of 8 where a slice fits (FLUX.1's K = 3072, 12288 at rank 32), 16 where it does not (15360);
+    the shared memory within the H100's 227 KB; no shape at ranks the kernel lacks."""
+    assert hopper.quantize_act_2l_cols_shape(4608, 3072, 32, 64)[:3] == (8, 256, 4)
+    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64)[:3] == (8, 384, 8)
+    assert hopper.quantize_act_2l_cols_shape(4608, 15360, 32, 64)[:3] == (16, 512, 4)
+    for R in (0, 8, 20, 128):
+        assert hopper.quantize_act_2l_cols_shape(4608, 3072, R, 64)[0] == 0, R
+    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64, 4)[0] == 0  # a slice of 3072 does not fit
