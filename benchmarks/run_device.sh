@@ -494,7 +494,7 @@ if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (k
 fi
 if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then its speed beside the per-row pair
   timeout 300 python3 -X faulthandler -m pytest -q -x -p no:cacheprovider tests/gpu/test_quantize_cols.py \
-    -m "gpu or not gpu" -o addopts="" --timeout 60 > "$OUT/tests_cols.log" 2>&1
+    -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_cols.log" 2>&1
   rc=$?; echo "cols tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_cols.log" | tail -10
   if [ $rc -eq 0 ]; then
     quant_tests "quantize_act_2l_fused"

@@ -106,7 +106,9 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
       mbar_expect_tx(smem_u32(&bars[b]), max_bytes);
-      mbar_expect_tx(smem_u32(&bars[2 + b]), lr_bytes);
+      // (a rank owning no quad has no lr phases: re-armed with 0 bytes, a phase would complete at once and run a
+      // parity ahead of threads still waiting on the last one)
+      if (lr_bytes) mbar_expect_tx(smem_u32(&bars[2 + b]), lr_bytes);
     }
   }
   __syncthreads();
@@ -223,6 +225,7 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
       if (col && m < M) *reinterpret_cast<uint2*>(xq + (int64_t)m * K + kbase + c * 8) = make_uint2(w0, w1);
     }
 
+    if (!lr_bytes) continue;
     mbar_wait(smem_u32(&bars[2 + par]), phase);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);
     for (int i = tid; i < kRows * qpr; i += blockDim.x) {  // the low-rank quads this rank owns, summed in rank order
@@ -279,6 +282,26 @@ Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
 }
 
 namespace {
+// A launch of `grid` CTAs in clusters of s.C (attrs points into the object: not copyable)
+struct ClusterLaunch {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  ClusterLaunch(const Q2lcShape& s, int grid, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = s.C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(s.threads);
+    cfg.dynamicSmemBytes = s.smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 // per (device, kernel, cluster size, shared bytes): the clusters that fit at once (the attributes set once)
 int clusters_fit(const void* kern, const Q2lcShape& s, int num_sms, cudaError_t* err) {
   static std::mutex mu;
@@ -293,19 +316,9 @@ int clusters_fit(const void* kern, const Q2lcShape& s, int num_sms, cudaError_t*
   *err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemLimit);
   if (*err == cudaSuccess && s.C > 8) *err = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (*err != cudaSuccess) return 0;
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = s.C;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(s.C * std::max(1, num_sms / s.C));
-  cfg.blockDim = dim3(s.threads);
-  cfg.dynamicSmemBytes = s.smem;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  ClusterLaunch l(s, s.C * std::max(1, num_sms / s.C), nullptr);
   int n = 0;
-  *err = cudaOccupancyMaxActiveClusters(&n, kern, &cfg);
+  *err = cudaOccupancyMaxActiveClusters(&n, kern, &l.cfg);
   if (*err != cudaSuccess) return 0;
   fits.emplace(key, n);
   return n;
@@ -340,20 +353,9 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   if (e != cudaSuccess) return e;
   if (max_clusters <= 0) return cudaErrorInvalidConfiguration;
   if (cap_clusters > 0) max_clusters = std::min(max_clusters, cap_clusters);
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = s.C;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
   const int nrb = (a.M + kRows - 1) / kRows;
-  cfg.gridDim = dim3(s.C * std::min(nrb, max_clusters));
-  cfg.blockDim = dim3(s.threads);
-  cfg.dynamicSmemBytes = s.smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  *grid = (int)cfg.gridDim.x;
+  ClusterLaunch l(s, s.C * std::min(nrb, max_clusters), stream);
+  *grid = (int)l.cfg.gridDim.x;
   int M = a.M, K = a.K, G = a.group_size, C = s.C, W = s.W;
   const void* x = a.x;
   const void* smooth = a.smooth;
@@ -362,7 +364,7 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   float* xscale = a.xscale;
   void* lr = a.lr;
   void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &W};
-  return cudaLaunchKernelExC(&cfg, kern, args);
+  return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 
 }  // namespace svdq
