@@ -6,7 +6,7 @@ For each K and M: the per-row quantizer + cuBLAS down projection ("per-row"), "q
 (rank 0: no down projection; the floor a fused quantizer aims at), then the fused one of --mode (1: q.7; 2: threads
 on fixed columns, perf-notes v2.47; set_quantize_act_2l_fused(mode, C)) at its rule's cluster size ("C=0") and
 every forced size with a shape.
-Columns: cluster size and x stages (mode 2: rows per thread), CTAs launched (clusters that fit x C), rounds of row
+Columns: cluster size and x stages (mode 2: threads per CTA), CTAs launched (clusters that fit x C), rounds of row
 blocks per cluster, us per call (CUDA graph), and us per round over the M = 16 call's (one round: launch and prologue).
 Then (mode 1), at the cost model's cluster size, the timing-only probes (WRONG results, bfloat16 rank 32 only):
 "no-xchg" leaves out the cluster exchange (st.async + mbarrier wait), "no-mma" the down projection, "neither" both; and
@@ -57,8 +57,8 @@ def main() -> int:
                 with gemm_switches(ext, fused_quant=args.mode, quant_cluster=C):
                     if args.mode == 1:
                         c, s, _ = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)
-                    else:  # (s: rows per thread)
-                        c, _, s, _ = ext.quantize_act_2l_cols_shape(M, K, R, G, C)
+                    else:  # (s: threads per CTA)
+                        c, s, _ = ext.quantize_act_2l_cols_shape(M, K, R, G, C)
                     if c == 0 or (C and c != C) or not ext.quantize_act_2l_fused_applies(M, K, R, G):
                         continue
                     t = 1e3 * time_graph(fn, xs, args.reps)
@@ -68,7 +68,7 @@ def main() -> int:
                     one_round[C] = t
                 # (the model's own choice, C=0, may change with M: no per-round figure for it)
                 per = (t - one_round[C]) / (rounds - 1) if C and C in one_round and rounds > 1 else float("nan")
-                print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>2} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
+                print(f"{K:>6} {M:>5} {'C=' + str(C):>8} {c:>2} {s:>3} {ctas:>5} {rounds:>6} {t:8.1f} {per:9.2f}")
             if args.mode != 1:
                 continue
             before = ext.quantize_act_2l_fused_mode()

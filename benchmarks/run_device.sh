@@ -32,7 +32,8 @@
 #   cols: the fixed-column fused quantizer (set_quantize_act_2l_fused(2), perf-notes v2.47): its tests
 #       (tests/gpu/test_quantize_cols.py; nothing timed if they fail), q.7's tests, quantize_2l_sweep.py --mode 2 at
 #       K = 3072, 12288, 15360 (COLS_MS, default 16,1024,4608), chain_breakdown.py --fused 2 --fp8 at 4608 tokens,
-#       ab_2l.py (COLS_AB_MS, default 4608,1024; fo, fo_fc, bf16, fp8d)
+#       ab_2l.py (COLS_AB_MS, default 4608,1024; fo, fo_fc, bf16, fp8d); COLS_NCU=1: then Nsight Compute's stalls by
+#       SASS instruction at K = 12288 (quantize_2l_ncu.py --mode 2, ncu_sass_stalls.py)
 #   v224: what the thirteenth session wrote without a GPU (perf-notes v2.24): programmatic dependent launch (set_pdl)
 #       and the lean quantizer (set_quantize_act_2l_lean). Their tests first (tests/gpu/test_pdl.py, the 2l tests -k
 #       lean; nothing more if they fail), the other 2l / epilogue / norm-RoPE tests, memcheck with PDL off and on,
@@ -505,6 +506,18 @@ if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then
     echo "breakdown rc=$?"; tail -8 "$OUT/breakdown_cols.log" | cut -c1-230
     timeout 200 python3 benchmarks/ab_2l.py --ms ${COLS_AB_MS:-4608,1024} --rounds 2 --cols fo,fo_fc,bf16,fp8d > "$OUT/ab_cols.log" 2>&1
     echo "ab rc=$?"; grep -vE "^\{" "$OUT/ab_cols.log" | tail -16 | cut -c1-200
+    if [ "${COLS_NCU:-0}" = 1 ]; then  # where its warps stall, per SASS instruction (K = 12288, 4608 tokens)
+      (cd benchmarks && timeout 200 ncu --clock-control none --kernel-name regex:"quantize_act_2l_cols" --launch-skip 1 \
+        --launch-count 1 --section SourceCounters --section WarpStateStats --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy -f -o "$OUT/cols" \
+        python3 quantize_2l_ncu.py --mode 2 --k 12288 > "$OUT/ncu_cols.log" 2>&1)
+      echo "ncu rc=$?"
+      ncu --import "$OUT/cols.ncu-rep" --page source --csv --print-source sass > "$OUT/cols_sass.csv" 2>&1
+      ncu --import "$OUT/cols.ncu-rep" --page details > "$OUT/cols_details.txt" 2>&1
+      grep -E "Duration|DRAM Throughput|Warp Cycles Per Issued|Registers Per|Achieved Active|Max Active Clusters" \
+        "$OUT/cols_details.txt" | head -8
+      python3 benchmarks/ncu_sass_stalls.py "$OUT/cols_sass.csv" --top 25 | head -14
+    fi
   fi
 fi
 if [ "$what" = qsweep ]; then  # the fused quantizer's cost per row block (benchmarks/quantize_2l_sweep.py)

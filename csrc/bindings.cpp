@@ -934,10 +934,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "quantize_act_2l_cols_shape",
       [](int M, int K, int R, int G, int cluster) {
         const svdq::Q2lcShape s = svdq::q2lc_shape(M, K, R, G, cluster);
-        return std::make_tuple(s.C, s.threads, s.RPT, (int64_t)s.smem);
+        return std::make_tuple(s.C, s.threads, (int64_t)s.smem);
       },
       py::arg("M"), py::arg("K"), py::arg("R"), py::arg("group_size"), py::arg("cluster") = 0,
-      "M, K, R, group_size, forced cluster size (0: its rule) -> (cluster CTAs, threads, rows per thread, shared bytes) "
+      "M, K, R, group_size, forced cluster size (0: its rule) -> (cluster CTAs, threads, shared bytes) "
       "of the fixed-column fused quantizer (mode 2; cluster 0: it does not apply)");
   m.def(
       "set_quantize_act_2l_overlap",

@@ -147,9 +147,9 @@ struct Q2lfShape {
 };
 Q2lfShape q2lf_shape(int M, int K, int R, int group_size, int num_sms);
 // Hopper, the fused quantizer with threads on fixed columns (quantize_act_2l_cols_sm90.cu; set_quantize_act_2l_fused
-// mode 2): cluster size C (0: no shape), warps per row group W, rows per thread RPT, threads and shared bytes per CTA
+// mode 2): cluster size C (0: no shape), threads and shared bytes per CTA
 struct Q2lcShape {
-  int C = 0, W = 0, RPT = 0, threads = 0;
+  int C = 0, threads = 0;
   size_t smem = 0;
 };
 Q2lcShape q2lc_shape(int M, int K, int R, int group_size, int force_cluster);

@@ -1,17 +1,20 @@
-// Activation quantization for int4_2l with the low-rank down projection fused, threads on fixed columns (Hopper).
+// Activation quantization for int4_2l with the low-rank down projection fused, one thread per 64 values of a row
+// (Hopper).
 //
 // As in quantize_act_2l_fused_sm90.cu (q.7), a cluster of C CTAs owns 16 token rows at a time, CTA `rank` the K
 // slice [rank Ks, (rank + 1) Ks) with that slice of proj_down resident in shared memory, so x is read from DRAM
 // once for the quantization and for lr = x @ proj_down. q.7 ran 2.5x the per-row kernel's time by its per-element
-// work (perf-notes v2.17, v2.46); here each part of that work is gone:
-//   - thread (rg, c) owns the 16-byte column vector c of the slice in rows rg, rg + RG, ... (RPT rows) of every
-//     block, so its eight 1 / smooth values stay in registers for the whole launch, and its x * (1 / smooth) values
-//     stay in registers from the group maxima to the quantization: x is read from shared memory once by its thread
-//     and once by ldmatrix for the mma (the stage is swizzled: vector c of row r at c ^ (r % 8));
-//   - two CTA barriers a block (the stage has landed; the maxima and the mma partials are written);
-//   - the row maxima go to every peer (st.async, completing on its mbarrier) before the down projection's mma, and
-//     are waited for after it; the low-rank partials go to the rank owning their quad and are waited for after the
-//     quantization; the x stage of block j + 2 is requested as soon as block j's is read.
+// work (perf-notes v2.17, v2.46); here:
+//   - thread t owns unit u = t % UR (64 values: 8 vectors) of row t / UR of every block (UR = Ks / 64 units a row):
+//     its x * (1 / smooth) values stay in registers from the group maxima to the quantization, so each thread reads
+//     x from shared memory once (and ldmatrix once, for the mma), and the row's work (its maximum over the cluster,
+//     the divisions, the reciprocal) is done once per 64 values;
+//   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
+//     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
+//   - two CTA barriers a block (the stage has landed; the units' maxima and the mma partials are written);
+//   - the row maxima go to every peer (st.async, completing on its mbarrier) right after the second barrier and are
+//     waited for before the quantization; the low-rank partials go to the rank owning their quad and are waited for
+//     after it; the x stage of block j + 2 is requested as soon as block j's is read.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
 // Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47).
@@ -27,68 +30,74 @@
 namespace svdq {
 namespace {
 
-constexpr int kRows = 16;  // token rows per block (one mma m16 tile)
+constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
+constexpr int kMmaWarps = 8;   // warps taking the down projection's k-steps (their partials: 2 KB each at rank 32)
+constexpr int kMaxThreads = 512;
 
-// Byte offsets of the shared-memory buffers (all multiples of 16). W: warps per row group; NW: warps.
+// Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice.
 struct Q2lcLayout {
-  int Ks, C, R, W, NW;
+  int Ks, C, R;
+  __host__ __device__ int ur() const { return Ks / 64; }
   __host__ __device__ int xr() const { return Ks + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
   __host__ __device__ int qpr() const { return (R / 4 + C - 1) / C; }  // low-rank quads per rank
   __host__ __device__ size_t pt() const { return 0; }  // [R][xr] proj_down^T slice
   __host__ __device__ size_t xs() const { return (size_t)R * xr() * 2; }  // [2][16][Ks] x stages (swizzled)
-  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [NW][16][R] f32
-  __host__ __device__ size_t wred() const { return red() + (size_t)NW * kRows * R * 4; }  // [16][W] f32
-  __host__ __device__ size_t gmx() const { return wred() + ((size_t)kRows * W * 4 + 15) / 16 * 16; }  // [2][16][C]
+  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [kMmaWarps][16][R] f32
+  __host__ __device__ size_t rcp() const { return red() + (size_t)kMmaWarps * kRows * R * 4; }  // [Ks] f32, swizzled
+  __host__ __device__ size_t umax() const { return rcp() + (size_t)Ks * 4; }  // [16][UR] f32 units' maxima
+  __host__ __device__ size_t gmx() const { return umax() + ((size_t)kRows * ur() * 4 + 15) / 16 * 16; }  // [2][16][C]
   __host__ __device__ size_t glr() const { return gmx() + (size_t)2 * kRows * C * 4; }  // [2][C][16][qpr] float4
   __host__ __device__ size_t bars() const { return glr() + (size_t)2 * C * kRows * qpr() * 16; }  // max[2], lr[2]
   __host__ __device__ size_t total() const { return bars() + 32; }
 };
 
-template <int RPT>
-constexpr int max_threads() {  // eight rows a thread: 64 fp32 values live from the maxima to the quantization
-  return RPT == 8 ? 384 : 512;
+// Vector c (16 bytes) of row r of a stage: its byte offset, swizzled by its unit and row.
+__host__ __device__ __forceinline__ uint32_t stage_off(int r, int c, int Ks) {
+  return (uint32_t)(r * Ks * 2 + ((c ^ (((c >> 3) + r) & 7)) << 4));
 }
 
-template <typename T, int NT, int RPT>
-__global__ void __launch_bounds__(max_threads<RPT>(), 1)
+template <typename T, int NT>
+__global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
                                 int8_t* __restrict__ xq, float* __restrict__ xscale, T* __restrict__ lr, int M, int K,
-                                int G, int C, int W) {
+                                int G, int C) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int R = NT * 8, RG = kRows / RPT;
+  constexpr int R = NT * 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const int Ks = K / C, VS = Ks / 8, nwarps = blockDim.x >> 5;
-  const Q2lcLayout L{Ks, C, R, W, nwarps};
-  const int XR = L.xr(), qpr = L.qpr();
+  const int Ks = K / C, VS = Ks / 8;
+  const Q2lcLayout L{Ks, C, R};
+  const int XR = L.xr(), qpr = L.qpr(), UR = L.ur();
   T* pt = reinterpret_cast<T*>(smem + L.pt());
   const uint32_t xs_s = smem_u32(smem + L.xs());
   float* red = reinterpret_cast<float*>(smem + L.red());
-  float* wred = reinterpret_cast<float*>(smem + L.wred());
+  float4* rcp_s = reinterpret_cast<float4*>(smem + L.rcp());
+  float* umax = reinterpret_cast<float*>(smem + L.umax());
   float* gmx = reinterpret_cast<float*>(smem + L.gmx());
   float4* glr = reinterpret_cast<float4*>(smem + L.glr());
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());  // [0, 1]: row maxima, [2, 3]: low-rank partials
   const uint32_t rank = cluster_rank();
   const int kbase = (int)rank * Ks;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int rg = tid / (W * 32), c = tid - rg * W * 32;  // row group; column vector of the slice
-  const bool col = c < VS;                                // (the last warp of a group may reach past the slice)
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nthr = blockDim.x;
+  const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
+  const bool unit = tid < kRows * UR;            // (the last warp may reach past the block's units)
   const int clusters = gridDim.x / C, cid = blockIdx.x / C;
   const int nrb = (M + kRows - 1) / kRows;
   const int nblk = (nrb - cid + clusters - 1) / clusters;  // this cluster's row blocks (the grid has cid < nrb)
-  const int vpg = G / 8;                                   // vectors per group: consecutive lanes
   // low-rank quads this rank owns (quad q goes to rank q % C) and the bytes each phase of its barriers receives
   const int owned = (int)rank < R / 4 ? (R / 4 - (int)rank + C - 1) / C : 0;
   const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(owned * kRows * 16 * C);
 
-  auto issue = [&](int j) {  // this thread's vectors of the cluster's j-th row block into stage j % 2
-    if (j < nblk && col) {
+  const int r_ld = tid / VS, c_ld = tid - r_ld * VS, dr_ld = nthr / VS, dc_ld = nthr - dr_ld * VS;
+  auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2, coalesced: thread t takes vectors t + i nthr
+    if (j < nblk) {
       const int row0 = (cid + j * clusters) * kRows;
       const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
-#pragma unroll
-      for (int i = 0; i < RPT; ++i) {
-        const int r = rg + RG * i, m = row0 + r;
+      for (int r = r_ld, c = c_ld; r < kRows; r += dr_ld, c += dc_ld) {  // (vector r VS + c, stepping by nthr)
+        if (c >= VS) c -= VS, ++r;
+        if (r >= kRows) break;
+        const int m = row0 + r;
         const T* src = m < M ? x + (int64_t)m * K + kbase + c * 8 : x;
-        cp_async16(st + r * Ks * 2 + ((c ^ (r & 7)) << 4), src, m < M ? 16 : 0);
+        cp_async16(st + stage_off(r, c, Ks), src, m < M ? 16 : 0);
       }
     }
     cp_async_commit();
@@ -96,10 +105,14 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
   issue(0);
   issue(1);
   load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);
-  float rc[8];
-  {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) rc[e] = col ? __frcp_rn(Dt<T>::to_f(smooth[kbase + c * 8 + e])) : 0.f;
+  for (int i = tid; i < Ks / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
+    const int u = i >> 4, k = i & 15;
+    float4 v;
+    v.x = __frcp_rn(Dt<T>::to_f(smooth[kbase + 4 * i]));
+    v.y = __frcp_rn(Dt<T>::to_f(smooth[kbase + 4 * i + 1]));
+    v.z = __frcp_rn(Dt<T>::to_f(smooth[kbase + 4 * i + 2]));
+    v.w = __frcp_rn(Dt<T>::to_f(smooth[kbase + 4 * i + 3]));
+    rcp_s[u * 16 + (k ^ (u & 7))] = v;
   }
   if (tid == 0) {
     for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
@@ -121,39 +134,47 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
     const int row0 = (cid + j * clusters) * kRows;
     const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
     cp_async_wait<1>();
-    __syncthreads();  // block j's stage has landed for every thread (the mma reads all of it)
+    __syncthreads();  // block j's stage has landed for every thread
 
-    float v[RPT][8], gm[RPT];
+    float v[64];    // this thread's unit: x * (1 / smooth)
+    float gm[2] = {0.f, 0.f};  // its groups' maxima (G = 32: two; 64: one; 128: half of one, completed by a shuffle)
+    if (unit) {
 #pragma unroll
-    for (int i = 0; i < RPT; ++i) {  // x * (1 / smooth), group maxima, the warp's row maxima
-      const int r = rg + RG * i;
-      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-      if (col) asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                            : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
-                            : "r"(st + r * Ks * 2 + ((c ^ (r & 7)) << 4)));
-      float f[8];
-      unpack8<T>(raw, f);
-      float m = 0.f;
+      for (int q = 0; q < 8; ++q) {
+        uint4 raw;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                     : "r"(st + stage_off(ur, 8 * uu + q, Ks)));
+        float f[8];
+        unpack8<T>(raw, f);
+        const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
+        const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
+        const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        v[i][e] = __fmul_rn(f[e], rc[e]);
-        m = fmaxf(m, fabsf(v[i][e]));
+        for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
       }
-      for (int o = 1; o < vpg; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      gm[i] = m;
-      for (int o = vpg; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      if (lane == 0) wred[r * W + warp % W] = m;
+      float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+      for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
+#pragma unroll
+      for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
+      const float um = fmaxf(m0, m1);
+      umax[ur * UR + uu] = um;
+      gm[0] = G == 32 ? m0 : um;
+      gm[1] = m1;
     }
+    // (G = 128: Ks / 64 is even, so threads t and t ^ 1 hold the two halves of one group of a row)
+    if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
 
-    {  // the down projection's partial over this warp's k-steps of the slice
+    if (warp < kMmaWarps) {  // the down projection's partial over this warp's k-steps of the slice
       float acc[NT][4] = {};
-      const int steps = Ks / 16, s1 = (warp + 1) * steps / nwarps;
+      const int mw = min(kMmaWarps, nthr >> 5);
+      const int steps = Ks / 16, s1 = (warp + 1) * steps / mw;
       const int arow = lane & 15;
-      const uint32_t a_row = st + arow * Ks * 2;
       const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
-      for (int s = warp * steps / nwarps; s < s1; ++s) {
+      for (int s = warp * steps / mw; s < s1; ++s) {
         uint32_t a[4];
-        ldmatrix_x4(a, a_row + (((2 * s + (lane >> 4)) ^ (arow & 7)) << 4));
+        ldmatrix_x4(a, st + stage_off(arow, 2 * s + (lane >> 4), Ks));
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
           uint32_t b[4];
@@ -170,18 +191,19 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
         *reinterpret_cast<float2*>(pp + 8 * R) = make_float2(acc[nt][2], acc[nt][3]);
       }
     }
-    __syncthreads();  // the warps' row maxima and partials are written; block j's stage is read
+    __syncthreads();  // the units' maxima and the warps' partials are written; block j's stage is read
 
-    for (int i = tid; i < kRows * C; i += blockDim.x) {  // this CTA's maximum of row i % 16 to rank i / 16
+    for (int i = tid; i < kRows * C; i += nthr) {  // this CTA's maximum of row i % 16 to rank i / 16
       const int r = i & (kRows - 1), q = i >> 4;
       float m = 0.f;
-      for (int w = 0; w < W; ++w) m = fmaxf(m, wred[r * W + w]);
+      for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[r * UR + w]);
       st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
     }
-    for (int i = tid; i < kRows * R / 4; i += blockDim.x) {  // this CTA's low-rank quads to their owners
+    for (int i = tid; i < kRows * R / 4; i += nthr) {  // this CTA's low-rank quads to their owners
       const int r = i / (R / 4), qd = i - r * (R / 4);
+      const int mw = min(kMmaWarps, nthr >> 5);
       float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int w = 0; w < nwarps; ++w) {
+      for (int w = 0; w < mw; ++w) {
         const float4 p = *reinterpret_cast<const float4*>(red + (w * kRows + r) * R + qd * 4);
         s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
       }
@@ -193,42 +215,57 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
 
     mbar_wait(smem_u32(&bars[par]), phase);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
-#pragma unroll
-    for (int i = 0; i < RPT; ++i) {  // quantize block j from registers
-      const int r = rg + RG * i, m = row0 + r;
-      const float4* mx = reinterpret_cast<const float4*>(gmx + (par * kRows + r) * C);
+    const int m = row0 + ur;
+    if (unit && m < M) {  // quantize this thread's unit of block j from registers
+      const float4* mx = reinterpret_cast<const float4*>(gmx + (par * kRows + ur) * C);
       float amax = 0.f;
       for (int q = 0; q < C / 4; ++q) {
         const float4 w4 = mx[q];
         amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
       }
       const float s_row = __fdiv_rn(amax, 112.f);
-      if (rank == 0 && c == 0 && m < M) xscale[m] = s_row;
-      int s_int = 1;
-      if (amax > 0.f) s_int = min(16, max(1, (int)ceilf(__fdiv_rn(gm[i], amax) * 16.f)));
-      const float scale = __fmul_rn(s_row, (float)s_int);
-      float inv = __frcp_rn(scale);
-      if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
+      if (rank == 0 && uu == 0) xscale[m] = s_row;
+      int s_int[2];
+      float inv[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        s_int[h] = 1;
+        if (amax > 0.f) s_int[h] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[h], amax) * 16.f)));
+        const float scale = __fmul_rn(s_row, (float)s_int[h]);
+        inv[h] = __frcp_rn(scale);
+        if (!(scale > 0.f) || isinf(inv[h])) inv[h] = 0.f;  // as the reference: 0 where 1 / scale is not finite
+        if (G != 32) {
+          s_int[1] = s_int[0], inv[1] = inv[0];
+          break;
+        }
+      }
       // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
       const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
-      int b[8];
+      uint32_t w[16];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
-        // (that word * s_int) has q * s_int in its low byte
-        float p = __fmul_rn(v[i][e], inv);
-        if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
-        b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int;
+      for (int q = 0; q < 8; ++q) {
+        const int h = q >> 2;
+        int b[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
+          // (that word * s_int) has q * s_int in its low byte
+          float p = __fmul_rn(v[8 * q + e], inv[h]);
+          if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
+          b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
+        }
+        w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+        w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
       }
-      const uint32_t w0 = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-      const uint32_t w1 = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-      if (col && m < M) *reinterpret_cast<uint2*>(xq + (int64_t)m * K + kbase + c * 8) = make_uint2(w0, w1);
+      uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + kbase + uu * 64);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
     }
 
     if (!lr_bytes) continue;
     mbar_wait(smem_u32(&bars[2 + par]), phase);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);
-    for (int i = tid; i < kRows * qpr; i += blockDim.x) {  // the low-rank quads this rank owns, summed in rank order
+    for (int i = tid; i < kRows * qpr; i += nthr) {  // the low-rank quads this rank owns, summed in rank order
       const int r = i / qpr, slot = i - r * qpr, qd = slot * C + (int)rank;
       if (qd >= R / 4 || row0 + r >= M) continue;
       float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -245,17 +282,15 @@ __global__ void __launch_bounds__(max_threads<RPT>(), 1)
 #endif
 }
 
-template <typename T, int NT, int RPT>
-const void* kernel_ptr() {
-  return reinterpret_cast<const void*>(&quantize_act_2l_cols_kernel<T, NT, RPT>);
-}
 template <typename T>
-const void* pick_kernel(int NT, int RPT) {
-#define SVDQ_Q2LC(NTV)                                                                      \
-  if (NT == NTV) return RPT == 4 ? kernel_ptr<T, NTV, 4>() : kernel_ptr<T, NTV, 8>();
-  SVDQ_Q2LC(2) SVDQ_Q2LC(4) SVDQ_Q2LC(6) SVDQ_Q2LC(8)
-#undef SVDQ_Q2LC
-  return nullptr;
+const void* pick_kernel(int NT) {
+  switch (NT) {
+    case 2: return reinterpret_cast<const void*>(&quantize_act_2l_cols_kernel<T, 2>);
+    case 4: return reinterpret_cast<const void*>(&quantize_act_2l_cols_kernel<T, 4>);
+    case 6: return reinterpret_cast<const void*>(&quantize_act_2l_cols_kernel<T, 6>);
+    case 8: return reinterpret_cast<const void*>(&quantize_act_2l_cols_kernel<T, 8>);
+    default: return nullptr;
+  }
 }
 
 constexpr size_t kSmemLimit = 227 * 1024;
@@ -269,14 +304,12 @@ Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
   for (int C : {8, 16, 4}) {  // the portable size first; 16 where a slice of 8 does not fit
     if (force_cluster && C != force_cluster) continue;
     if (K % C || (K / C) % 64 || (K / C) % G) continue;
-    const int Ks = K / C, W = (Ks / 8 + 31) / 32;
-    // RPT = 4 (four row groups) where 4 W warps fit the block, else 8 (two)
-    const int rpt = 4 * W * 32 <= max_threads<4>() ? 4 : 2 * W * 32 <= max_threads<8>() ? 8 : 0;
-    if (rpt == 0) continue;
-    const int threads = kRows / rpt * W * 32;
-    const size_t smem = Q2lcLayout{Ks, C, R, W, threads / 32}.total();
+    const int Ks = K / C;
+    const int threads = (kRows * (Ks / 64) + 31) / 32 * 32;  // one a 64-value unit of the block's rows
+    if (threads > kMaxThreads) continue;
+    const size_t smem = Q2lcLayout{Ks, C, R}.total();
     if (smem > kSmemLimit) continue;
-    return Q2lcShape{C, W, rpt, threads, smem};
+    return Q2lcShape{C, threads, smem};
   }
   return best;
 }
@@ -325,7 +358,8 @@ int clusters_fit(const void* kern, const Q2lcShape& s, int num_sms, cudaError_t*
 }
 
 const void* kernel_for(DType dtype, int R, const Q2lcShape& s) {
-  return dtype == DType::kBF16 ? pick_kernel<__nv_bfloat16>(R / 8, s.RPT) : pick_kernel<__half>(R / 8, s.RPT);
+  (void)s;
+  return dtype == DType::kBF16 ? pick_kernel<__nv_bfloat16>(R / 8) : pick_kernel<__half>(R / 8);
 }
 }  // namespace
 
@@ -356,14 +390,14 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   const int nrb = (a.M + kRows - 1) / kRows;
   ClusterLaunch l(s, s.C * std::min(nrb, max_clusters), stream);
   *grid = (int)l.cfg.gridDim.x;
-  int M = a.M, K = a.K, G = a.group_size, C = s.C, W = s.W;
+  int M = a.M, K = a.K, G = a.group_size, C = s.C;
   const void* x = a.x;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
   int8_t* xq = a.xq;
   float* xscale = a.xscale;
   void* lr = a.lr;
-  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &W};
+  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C};
   return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 

@@ -47,13 +47,13 @@ def _check(hopper, M, K, R, gs, dtype=torch.bfloat16, cluster=0, seed=0):  # noq
                                    (300, 12288, 16), (129, 3072, 64), (64, 768, 48), (17, 256, 32), (1000, 1536, 64),
                                    (200, 12288, 64), (90, 9216, 32), (600, 12288, 32)])
 def test_cols_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
-    """Bits of the reference at awkward M, FLUX.1's K (12288: eight rows a thread on 384 threads; 15360 and rank 64
-    at 12288: clusters of 16), every group size and rank; the per-row kernel's bits too."""
-    C, threads, rpt, smem = hopper.quantize_act_2l_cols_shape(M, K, R, gs)
+    """Bits of the reference at awkward M, FLUX.1's K (12288: 384 threads, one a 64-value unit; 15360 and rank 64 at
+    12288: clusters of 16), every group size and rank; the per-row kernel's bits too."""
+    C, threads, smem = hopper.quantize_act_2l_cols_shape(M, K, R, gs)
     if C == 0 or not _fits(hopper, M, K, R, gs):
         assert not (gs == 64 and K in (3072, 12288) and R <= 32), f"no shape for K={K} R={R}"
         pytest.skip(f"no fixed-column shape here (C={C}): the per-row kernel runs")
-    assert K % C == 0 and threads % 32 == 0 and rpt in (4, 8) and smem <= 227 * 1024
+    assert K % C == 0 and threads == -(-16 * (K // C // 64) // 32) * 32 and smem <= 227 * 1024
     xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
     with _fused_quant(hopper, 0):
         pq, ps, pl = _quantize(hopper, *_acts(M, K, R, dtype, seed=M + K + gs + R), gs)
@@ -107,11 +107,12 @@ def test_cols_graph_capture_and_extreme_rows(hopper):
 
 
 def test_cols_shape_rule(hopper):
-    """The rule: clusters of 8 where a slice fits (FLUX.1's K = 3072, 12288 at rank 32), 16 where it does not (15360);
-    the shared memory within the H100's 227 KB; no shape at ranks the kernel lacks."""
-    assert hopper.quantize_act_2l_cols_shape(4608, 3072, 32, 64)[:3] == (8, 256, 4)
-    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64)[:3] == (8, 384, 8)
-    assert hopper.quantize_act_2l_cols_shape(4608, 15360, 32, 64)[:3] == (16, 512, 4)
+    """The rule: clusters of 8 where a slice fits (FLUX.1's K = 3072, 12288 at rank 32), 16 where it does not (15360),
+    a thread for each 64-value unit of the block's 16 rows (whole warps); the shared memory within the H100's 227 KB;
+    no shape at ranks the kernel lacks."""
+    assert hopper.quantize_act_2l_cols_shape(4608, 3072, 32, 64)[:2] == (8, 96)
+    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64)[:2] == (8, 384)
+    assert hopper.quantize_act_2l_cols_shape(4608, 15360, 32, 64)[:2] == (16, 256)
     for R in (0, 8, 20, 128):
         assert hopper.quantize_act_2l_cols_shape(4608, 3072, R, 64)[0] == 0, R
     assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64, 4)[0] == 0  # a slice of 3072 does not fit
