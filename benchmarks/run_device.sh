@@ -31,7 +31,8 @@
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
 #   cols: the fixed-column fused quantizer (set_quantize_act_2l_fused(2), perf-notes v2.47): its tests
 #       (tests/gpu/test_quantize_cols.py; nothing timed if they fail), q.7's tests, quantize_2l_sweep.py --mode 2 at
-#       K = 3072, 12288, 15360 (COLS_MS, default 16,1024,4608), chain_breakdown.py --fused 2 --fp8 at 4608 tokens,
+#       K = 3072, 12288, 15360 (COLS_MS, default 16,1024,4608), quantize_cols_stamps.py (a block's steps in cycles),
+#       chain_breakdown.py --fused 2 --fp8 at 4608 tokens,
 #       ab_2l.py (COLS_AB_MS, default 4608,1024; fo, fo_fc, bf16, fp8d); COLS_NCU=1: then Nsight Compute's stalls by
 #       SASS instruction at K = 12288 (quantize_2l_ncu.py --mode 2, ncu_sass_stalls.py)
 #   v224: what the thirteenth session wrote without a GPU (perf-notes v2.24): programmatic dependent launch (set_pdl)
@@ -502,6 +503,8 @@ if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then
     (cd benchmarks && timeout 150 python3 quantize_2l_sweep.py --mode 2 --ks 3072,12288,15360 --ms ${COLS_MS:-16,1024,4608} \
       --reps 20) > "$OUT/qsweep_cols.log" 2>&1
     echo "sweep rc=$?"; grep -vE "^\{" "$OUT/qsweep_cols.log" | tail -30
+    (cd benchmarks && timeout 100 python3 quantize_cols_stamps.py --ks 3072,12288,15360) > "$OUT/stamps_cols.log" 2>&1
+    echo "stamps rc=$?"; tail -5 "$OUT/stamps_cols.log"
     (cd benchmarks && timeout 150 python3 chain_breakdown.py --ms 4608 --fused 2 --fp8 --reps 20) > "$OUT/breakdown_cols.log" 2>&1
     echo "breakdown rc=$?"; tail -8 "$OUT/breakdown_cols.log" | cut -c1-230
     timeout 200 python3 benchmarks/ab_2l.py --ms ${COLS_AB_MS:-4608,1024} --rounds 2 --cols fo,fo_fc,bf16,fp8d > "$OUT/ab_cols.log" 2>&1

@@ -931,6 +931,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "M, K, R, group_size -> whether the fused quantizer of the current mode takes such a call on this GPU (mode 2: "
       "also whether its cluster is schedulable here)");
   m.def(
+      "set_quantize_act_2l_cols_stamps",
+      [](int64_t ptr) { svdq::set_quantize_act_2l_cols_stamps(reinterpret_cast<long long*>(ptr)); },
+      py::arg("data_ptr"),
+      "benchmarks: the fixed-column fused quantizer's thread 0 of each CTA writes clock64 at each step of its first "
+      "blocks into this int64 CUDA buffer (data_ptr; 0: off; layout: quantize_act_2l_cols_stamp_layout)");
+  m.def("quantize_act_2l_cols_stamp_layout", &svdq::quantize_act_2l_cols_stamp_layout,
+        "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
+  m.def(
       "quantize_act_2l_cols_shape",
       [](int M, int K, int R, int G, int cluster) {
         const svdq::Q2lcShape s = svdq::q2lc_shape(M, K, R, G, cluster);

@@ -154,6 +154,10 @@ struct Q2lcShape {
 };
 Q2lcShape q2lc_shape(int M, int K, int R, int group_size, int force_cluster);
 bool quantize_act_2l_cols_supported(int M, int K, int R, int group_size, int num_sms, int force_cluster);
+// benchmarks: thread 0 of each CTA writes clock64 at each step of its first blocks into stamps (nullptr: off);
+// layout: blocks * 100 + steps, stamps[(cta * blocks + block) * steps + step]
+void set_quantize_act_2l_cols_stamps(long long* stamps);
+int quantize_act_2l_cols_stamp_layout();
 // grid: the CTAs launched (clusters that fit, at most cap_clusters > 0, times C)
 cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms, int force_cluster, int cap_clusters,
                                         int* grid, cudaStream_t stream);

@@ -11,10 +11,11 @@
 //     the divisions, the reciprocal) is done once per 64 values;
 //   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
 //     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
-//   - two CTA barriers a block (the stage has landed; the units' maxima and the mma partials are written);
-//   - the row maxima go to every peer (st.async, completing on its mbarrier) right after the second barrier and are
-//     waited for before the quantization; the low-rank partials go to the rank owning their quad and are waited for
-//     after it; the x stage of block j + 2 is requested as soon as block j's is read.
+//   - three CTA barriers a block (the stage has landed; the units' maxima are written; the mma partials are);
+//   - the row maxima go to every peer (st.async, completing on its mbarrier) after the second barrier, so the
+//     exchange runs under the down projection's mma, and are waited for before the quantization; the low-rank
+//     partials go to the rank owning their quad and are waited for after it; the x stage of block j + 2 is requested
+//     as soon as block j's is read, by 2 VS threads taking one column vector of every other row each.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
 // Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47).
@@ -33,6 +34,10 @@ namespace {
 constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
 constexpr int kMmaWarps = 8;   // warps taking the down projection's k-steps (their partials: 2 KB each at rank 32)
 constexpr int kMaxThreads = 512;
+// stamps (benchmarks): steps 0-10 of a block (before the stage wait, after it, after the first barrier, after the
+// units' pass, after the second barrier, after the mma, after the third barrier, after the sends and the next
+// stage's loads, after the maxima's wait, after the quantization, after the partials' wait) for the first blocks
+constexpr int kStampBlocks = 64, kStampSteps = 11;
 
 // Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice.
 struct Q2lcLayout {
@@ -60,7 +65,7 @@ template <typename T, int NT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
                                 int8_t* __restrict__ xq, float* __restrict__ xscale, T* __restrict__ lr, int M, int K,
-                                int G, int C) {
+                                int G, int C, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = NT * 8;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -86,18 +91,24 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   // low-rank quads this rank owns (quad q goes to rank q % C) and the bytes each phase of its barriers receives
   const int owned = (int)rank < R / 4 ? (R / 4 - (int)rank + C - 1) / C : 0;
   const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(owned * kRows * 16 * C);
+  // (benchmarks, set_quantize_act_2l_cols_stamps) thread 0's clock at step p of its CTA's block j < kStampBlocks
+  auto stamp = [&](int j, int p) {
+    if (stamps && tid == 0 && j < kStampBlocks) stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
+  };
 
-  const int r_ld = tid / VS, c_ld = tid - r_ld * VS, dr_ld = nthr / VS, dc_ld = nthr - dr_ld * VS;
-  auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2, coalesced: thread t takes vectors t + i nthr
-    if (j < nblk) {
+  // loads: threads t < 2 VS take column vector t % VS of rows t / VS, + 2, ... (each warp's 32 vectors coalesced)
+  const bool loader = tid < 2 * VS;
+  const int c_ld = tid % VS, r_ld = tid / VS;
+  auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
+    if (j < nblk && loader) {
       const int row0 = (cid + j * clusters) * kRows;
       const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
-      for (int r = r_ld, c = c_ld; r < kRows; r += dr_ld, c += dc_ld) {  // (vector r VS + c, stepping by nthr)
-        if (c >= VS) c -= VS, ++r;
-        if (r >= kRows) break;
-        const int m = row0 + r;
-        const T* src = m < M ? x + (int64_t)m * K + kbase + c * 8 : x;
-        cp_async16(st + stage_off(r, c, Ks), src, m < M ? 16 : 0);
+      const T* src = x + (int64_t)(row0 + r_ld) * K + kbase + c_ld * 8;
+#pragma unroll
+      for (int i = 0; i < kRows / 2; ++i) {
+        const int r = r_ld + 2 * i;
+        const bool in = row0 + r < M;
+        cp_async16(st + stage_off(r, c_ld, Ks), in ? src + (int64_t)2 * i * K : x, in ? 16 : 0);
       }
     }
     cp_async_commit();
@@ -133,8 +144,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const uint32_t phase = (j >> 1) & 1;
     const int row0 = (cid + j * clusters) * kRows;
     const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+    stamp(j, 0);
     cp_async_wait<1>();
+    stamp(j, 1);
     __syncthreads();  // block j's stage has landed for every thread
+    stamp(j, 2);
 
     float v[64];    // this thread's unit: x * (1 / smooth)
     float gm[2] = {0.f, 0.f};  // its groups' maxima (G = 32: two; 64: one; 128: half of one, completed by a shuffle)
@@ -166,6 +180,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     // (G = 128: Ks / 64 is even, so threads t and t ^ 1 hold the two halves of one group of a row)
     if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
 
+    stamp(j, 3);
+    __syncthreads();  // the units' maxima are written
+    stamp(j, 4);
+    // this CTA's maximum of row i % 16 to rank i / 16, by the last threads (the mma's warps are the first), so that
+    // the exchange runs under the down projection
+    for (int i = nthr - 1 - tid; i < kRows * C; i += nthr) {
+      const int r = i & (kRows - 1), q = i >> 4;
+      float m = 0.f;
+#pragma unroll 4
+      for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[r * UR + w]);
+      st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
+    }
+
     if (warp < kMmaWarps) {  // the down projection's partial over this warp's k-steps of the slice
       float acc[NT][4] = {};
       const int mw = min(kMmaWarps, nthr >> 5);
@@ -191,14 +218,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         *reinterpret_cast<float2*>(pp + 8 * R) = make_float2(acc[nt][2], acc[nt][3]);
       }
     }
-    __syncthreads();  // the units' maxima and the warps' partials are written; block j's stage is read
-
-    for (int i = tid; i < kRows * C; i += nthr) {  // this CTA's maximum of row i % 16 to rank i / 16
-      const int r = i & (kRows - 1), q = i >> 4;
-      float m = 0.f;
-      for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[r * UR + w]);
-      st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
-    }
+    stamp(j, 5);
+    __syncthreads();  // the warps' partials are written; block j's stage is read
+    stamp(j, 6);
     for (int i = tid; i < kRows * R / 4; i += nthr) {  // this CTA's low-rank quads to their owners
       const int r = i / (R / 4), qd = i - r * (R / 4);
       const int mw = min(kMmaWarps, nthr >> 5);
@@ -213,7 +235,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
     issue(j + 2);  // into the stage just read
 
+    stamp(j, 7);
     mbar_wait(smem_u32(&bars[par]), phase);
+    stamp(j, 8);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
     const int m = row0 + ur;
     if (unit && m < M) {  // quantize this thread's unit of block j from registers
@@ -262,8 +286,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
     }
 
+    stamp(j, 9);
     if (!lr_bytes) continue;
     mbar_wait(smem_u32(&bars[2 + par]), phase);
+    stamp(j, 10);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);
     for (int i = tid; i < kRows * qpr; i += nthr) {  // the low-rank quads this rank owns, summed in rank order
       const int r = i / qpr, slot = i - r * qpr, qd = slot * C + (int)rank;
@@ -294,8 +320,12 @@ const void* pick_kernel(int NT) {
 }
 
 constexpr size_t kSmemLimit = 227 * 1024;
+long long* g_stamps = nullptr;  // set_quantize_act_2l_cols_stamps
 
 }  // namespace
+
+void set_quantize_act_2l_cols_stamps(long long* stamps) { g_stamps = stamps; }
+int quantize_act_2l_cols_stamp_layout() { return kStampBlocks * 100 + kStampSteps; }
 
 Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
   (void)M;
@@ -397,7 +427,8 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   int8_t* xq = a.xq;
   float* xscale = a.xscale;
   void* lr = a.lr;
-  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C};
+  long long* stamps = g_stamps;
+  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &stamps};
   return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 

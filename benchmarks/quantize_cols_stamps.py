@@ -1,0 +1,82 @@
+"""Where a block's time goes in the fixed-column fused quantizer (set_quantize_act_2l_fused(2)), by clock stamps.
+
+usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [--calls 3]
+
+With set_quantize_act_2l_cols_stamps, thread 0 of every CTA writes clock64 at eleven steps of each of its first
+blocks (quantize_act_2l_cols_sm90.cu: before the stage wait, after it, after the first barrier, after the units'
+pass, after the second barrier, after the mma, after the third barrier, after the sends and the next stage's loads,
+after the row maxima's wait, after the quantization, after the low-rank partials' wait). Per shape it prints each
+step's cycles (the difference to the step before, median over CTAs and blocks, the first block left out), and the
+block's period (step 0 to the next block's step 0). Cycles are SM clocks; thread 0 sees its own waits only.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+STEPS = ["stage wait", "barrier 1", "units' pass", "barrier 2", "mma (warp 0)", "barrier 3", "sends + loads",
+         "maxima wait", "quantization", "partials wait"]
+
+
+def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
+    """Median cycles of each step and of the block's period. stamps: [ctas, blocks, 11] clock64 values; nblk: [ctas]
+    blocks each CTA ran (stamps past them, or past the buffer's blocks, are ignored). Blocks 1 .. n - 2 are used (the
+    first fills the pipeline; the last has no next block for its period). The partials' step is left out where a
+    CTA's rank owns no low-rank quad (its stamp stays 0)."""
+    ctas, blocks, steps = stamps.shape
+    assert steps == len(STEPS) + 1, stamps.shape
+    out: dict[str, list[float]] = {k: [] for k in [*STEPS, "period"]}
+    for c in range(ctas):
+        n = min(int(nblk[c]), blocks)
+        for j in range(1, n - 1):
+            s = stamps[c, j].tolist()
+            for p, name in enumerate(STEPS):
+                if name == "partials wait" and s[p + 1] == 0:
+                    continue
+                out[name].append(s[p + 1] - s[p])
+            out["period"].append(stamps[c, j + 1, 0].item() - s[0])
+    return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ms", default="4608")
+    ap.add_argument("--ks", default="3072,12288")
+    ap.add_argument("--calls", type=int, default=3)
+    args = ap.parse_args()
+    from problems_2l import gemm_switches, hopper_extension
+
+    if (ext := hopper_extension("quantize_cols_stamps")) is None:
+        return 2
+    layout = ext.quantize_act_2l_cols_stamp_layout()
+    blocks, steps = layout // 100, layout % 100
+    R, G = 32, 64
+    print(f"{torch.cuda.get_device_name()}: fixed-column fused quantizer, cycles per step (median), rank {R}, group {G}")
+    print(f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{s[:12]:>12}" for s in [*STEPS, "period"]))
+    for M in [int(m) for m in args.ms.split(",")]:
+        for K in [int(k) for k in args.ks.split(",")]:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
+            pd = (torch.randn(K, R, device="cuda") / K**0.5).to(torch.bfloat16)
+            C = ext.quantize_act_2l_cols_shape(M, K, R, G)[0]
+            with gemm_switches(ext, fused_quant=2):
+                ext.quantize_act_2l(x, smooth, pd, G)  # the grid
+                ctas = ext.quantize_act_2l_fused_last_grid()
+                buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
+                ext.set_quantize_act_2l_cols_stamps(buf.data_ptr())
+                try:
+                    for _ in range(args.calls):  # the last call's stamps stay
+                        ext.quantize_act_2l(x, smooth, pd, G)
+                    torch.cuda.synchronize()
+                finally:
+                    ext.set_quantize_act_2l_cols_stamps(0)
+            clusters, nrb = ctas // C, (M + 15) // 16
+            nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
+            t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
+            print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:12.0f}" for s in [*STEPS, "period"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
