@@ -10,21 +10,13 @@ import torch
 from svdquant_hf.ops.reference import quantize_act_2l_ref
 
 from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _check_graph_replay, _switched, hopper  # noqa: F401  (hopper: the fixture)
+from test_kernels_2l import _acts, _check_graph_replay, _switched, hopper, no_lr_chain  # noqa: F401  (fixtures)
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("no_lr_chain"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_chain(ext):  # noqa: F811
-    """The chained down projection off (its rule may have learned a proj_down address these tests reuse)."""
-    before = ext.lr_chain()
-    ext.set_lr_chain(0)
-    yield
-    ext.set_lr_chain(before)
 
 
 def _beside(ext, mode: int = 1, ctas: int = 0):

@@ -33,6 +33,16 @@ def hopper(ext):  # noqa: F811
 
 
 @pytest.fixture
+def no_lr_chain(ext):  # noqa: F811
+    """The chained down projection off for a test (its rule may have learned a proj_down address the test reuses, and
+    it takes a few-token call before the side-stream, beside or fused paths are asked)."""
+    before = ext.lr_chain()
+    ext.set_lr_chain(0)
+    yield
+    ext.set_lr_chain(before)
+
+
+@pytest.fixture
 def three_warpgroups(hopper):
     """hopper with three consumer warpgroups on 192-token tiles forced for the test (the cost model's choice after)."""
     hopper.set_gemm_2l_rf_warpgroups(3, 192)

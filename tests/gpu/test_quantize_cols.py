@@ -9,21 +9,13 @@ import torch
 from svdquant_hf.ops.reference import quantize_act_2l_ref
 
 from test_kernels import _rel, ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _quantize, hopper  # noqa: F401  (a fixture)
+from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _quantize, hopper, no_lr_chain  # noqa: F401
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("no_lr_chain"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_chain(ext):  # noqa: F811
-    """The chained down projection off (it takes a few-token call before the fused path is asked)."""
-    before = ext.lr_chain()
-    ext.set_lr_chain(0)
-    yield
-    ext.set_lr_chain(before)
 
 
 def _check(hopper, M, K, R, gs, dtype=torch.bfloat16, cluster=0, seed=0):  # noqa: F811
