@@ -244,3 +244,22 @@ def test_plot_stream_k_reads_the_stored_sweep(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError):
         plot_stream_k.parse("no table here")
+
+
+def test_plot_quantize_cols_reads_the_stored_stamps(tmp_path):
+    """The stored q.8 stamps (perf-notes v2.47) -> three shapes, ten steps each whose sum stays within the block's
+    period (the rest is the owners' low-rank sums and the loop's turn), the loads never late; and a chart."""
+    import plot_quantize_cols
+
+    log = PERF / "cols_v3_s37_h100.txt"
+    title, rows = plot_quantize_cols.parse(log.read_text())
+    assert title.startswith("NVIDIA H100")
+    assert [r[0].split("\n")[0] for r in rows] == ["4608 x 3072", "4608 x 12288", "4608 x 15360"]
+    for _, cycles, period in rows:
+        assert len(cycles) == 10 and 0.7 * period < sum(cycles) < period
+        assert cycles[0] < 100  # the stage wait
+    out = tmp_path / "cols.png"
+    assert plot_quantize_cols.main([str(log), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError):
+        plot_quantize_cols.parse("no table here")
