@@ -28,7 +28,7 @@ def main() -> int:
     pd = torch.randn(K, 32, device="cuda", dtype=torch.bfloat16) / K**0.5
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print("fused shape (C, S, smem):", ext.quantize_act_2l_fused_shape(M, K, 32, 64, sms))
-    print("fixed-column shape (C, threads, rows per thread, smem):", ext.quantize_act_2l_cols_shape(M, K, 32, 64))
+    print("fixed-column shape (C, threads, smem, mma warps):", ext.quantize_act_2l_cols_shape(M, K, 32, 64))
     for fused in (args.mode, 0):
         with gemm_switches(ext, fused_quant=fused):
             for _ in range(args.calls):

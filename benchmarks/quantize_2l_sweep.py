@@ -58,7 +58,7 @@ def main() -> int:
                     if args.mode == 1:
                         c, s, _ = ext.quantize_act_2l_fused_shape(M, K, R, G, sms)
                     else:  # (s: threads per CTA)
-                        c, s, _ = ext.quantize_act_2l_cols_shape(M, K, R, G, C)
+                        c, s, _, _ = ext.quantize_act_2l_cols_shape(M, K, R, G, C)
                     if c == 0 or (C and c != C) or not ext.quantize_act_2l_fused_applies(M, K, R, G):
                         continue
                     t = 1e3 * time_graph(fn, xs, args.reps)

@@ -1,13 +1,14 @@
 """Where a block's time goes in the fixed-column fused quantizer (set_quantize_act_2l_fused(2)), by clock stamps.
 
-usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [--calls 3]
+usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [--calls 3] [--clusters 0,16]
 
 With set_quantize_act_2l_cols_stamps, thread 0 of every CTA writes clock64 at eleven steps of each of its first
 blocks (quantize_act_2l_cols_sm90.cu: before the stage wait, after it, after the first barrier, after the units'
 pass, after the second barrier, after the mma, after the third barrier, after the sends and the next stage's loads,
 after the row maxima's wait, after the quantization, after the low-rank partials' wait). Per shape it prints each
 step's cycles (the difference to the step before, median over CTAs and blocks, the first block left out), and the
-block's period (step 0 to the next block's step 0). Cycles are SM clocks; thread 0 sees its own waits only.
+block's period (step 0 to the next block's step 0), for each cluster size of --clusters (0: the rule's; a forced size
+without a shape or not schedulable is left out). Cycles are SM clocks; thread 0 sees its own waits only.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def main() -> int:
     ap.add_argument("--ms", default="4608")
     ap.add_argument("--ks", default="3072,12288")
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--clusters", default="0")
     args = ap.parse_args()
     from problems_2l import gemm_switches, hopper_extension
 
@@ -59,22 +61,25 @@ def main() -> int:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
             pd = (torch.randn(K, R, device="cuda") / K**0.5).to(torch.bfloat16)
-            C = ext.quantize_act_2l_cols_shape(M, K, R, G)[0]
-            with gemm_switches(ext, fused_quant=2):
-                ext.quantize_act_2l(x, smooth, pd, G)  # the grid
-                ctas = ext.quantize_act_2l_fused_last_grid()
-                buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
-                ext.set_quantize_act_2l_cols_stamps(buf.data_ptr())
-                try:
-                    for _ in range(args.calls):  # the last call's stamps stay
-                        ext.quantize_act_2l(x, smooth, pd, G)
-                    torch.cuda.synchronize()
-                finally:
-                    ext.set_quantize_act_2l_cols_stamps(0)
-            clusters, nrb = ctas // C, (M + 15) // 16
-            nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
-            t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
-            print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:12.0f}" for s in [*STEPS, "period"]))
+            for cluster in [int(c) for c in args.clusters.split(",")]:
+                C = ext.quantize_act_2l_cols_shape(M, K, R, G, cluster)[0]
+                with gemm_switches(ext, fused_quant=2, quant_cluster=cluster):
+                    if C == 0 or not ext.quantize_act_2l_fused_applies(M, K, R, G):
+                        continue
+                    ext.quantize_act_2l(x, smooth, pd, G)  # the grid
+                    ctas = ext.quantize_act_2l_fused_last_grid()
+                    buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
+                    ext.set_quantize_act_2l_cols_stamps(buf.data_ptr())
+                    try:
+                        for _ in range(args.calls):  # the last call's stamps stay
+                            ext.quantize_act_2l(x, smooth, pd, G)
+                        torch.cuda.synchronize()
+                    finally:
+                        ext.set_quantize_act_2l_cols_stamps(0)
+                clusters, nrb = ctas // C, (M + 15) // 16
+                nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
+                t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
+                print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:12.0f}" for s in [*STEPS, "period"]))
     return 0
 
 

@@ -908,7 +908,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
         "threads on fixed columns: perf-notes v2.47) or the per-row kernel + cuBLAS (0, the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
-        "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / without its "
+        "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "
+        "without its "
         "down projection / without both (WRONG results), 4 waiting for the exchange by spinning on test_wait (exact); "
         "cap_clusters > 0: launch at most that many clusters (benchmarks: is there a second wave?)");
   m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
@@ -942,10 +943,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "quantize_act_2l_cols_shape",
       [](int M, int K, int R, int G, int cluster) {
         const svdq::Q2lcShape s = svdq::q2lc_shape(M, K, R, G, cluster);
-        return std::make_tuple(s.C, s.threads, (int64_t)s.smem);
+        return std::make_tuple(s.C, s.threads, (int64_t)s.smem, s.mma_warps);
       },
       py::arg("M"), py::arg("K"), py::arg("R"), py::arg("group_size"), py::arg("cluster") = 0,
-      "M, K, R, group_size, forced cluster size (0: its rule) -> (cluster CTAs, threads, shared bytes) "
+      "M, K, R, group_size, forced cluster size (0: its rule) -> (cluster CTAs, threads, shared bytes, the warps "
+      "taking the down projection's mma) "
       "of the fixed-column fused quantizer (mode 2; cluster 0: it does not apply)");
   m.def(
       "set_quantize_act_2l_overlap",

@@ -1,6 +1,6 @@
-// Device helpers of the two fused quantizers (quantize_act_2l_fused_sm90.cu, quantize_act_2l_cols_sm90.cu): thread-block
-// cluster rank and barrier, distributed shared memory addresses, asynchronous stores into a peer's shared memory that
-// complete on its mbarrier, 16-bit unpacking and the resident proj_down slice.
+// Device helpers of the two fused quantizers (quantize_act_2l_fused_sm90.cu, quantize_act_2l_cols_sm90.cu):
+// thread-block cluster rank and barrier, distributed shared memory addresses, asynchronous stores into a peer's shared
+// memory that complete on its mbarrier, 16-bit unpacking and the resident proj_down slice.
 #pragma once
 #include <cstdint>
 

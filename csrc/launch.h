@@ -136,8 +136,8 @@ bool quantize_act_2l_lean();
 // Hopper: x read once for the quantization and the down projection (quantize_act_2l_fused_sm90.cu)
 bool quantize_act_2l_fused_supported(int M, int K, int R, int group_size, int num_sms);
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream);
-// mode 0 off, 1 (q.7) or 2 (the fixed-column kernel) where a shape exists; cluster 0: the cost model's; probe > 0, cap_clusters > 0: benchmarks (the PROBE
-// kernels; at most that many clusters launched)
+// mode 0 off, 1 (q.7) or 2 (the fixed-column kernel) where a shape exists; cluster 0: the cost model's / the rule's;
+// probe > 0 (mode 1), cap_clusters > 0: benchmarks (the PROBE kernels; at most that many clusters launched)
 void set_quantize_act_2l_fused(int mode, int cluster, int probe, int cap_clusters);
 int quantize_act_2l_fused_mode();
 int quantize_act_2l_fused_last_grid();  // CTAs of the last fused launch (benchmarks)
@@ -147,9 +147,9 @@ struct Q2lfShape {
 };
 Q2lfShape q2lf_shape(int M, int K, int R, int group_size, int num_sms);
 // Hopper, the fused quantizer with threads on fixed columns (quantize_act_2l_cols_sm90.cu; set_quantize_act_2l_fused
-// mode 2): cluster size C (0: no shape), threads and shared bytes per CTA
+// mode 2): cluster size C (0: no shape), threads, the warps taking the down projection's mma, shared bytes per CTA
 struct Q2lcShape {
-  int C = 0, threads = 0;
+  int C = 0, threads = 0, mma_warps = 0;
   size_t smem = 0;
 };
 Q2lcShape q2lc_shape(int M, int K, int R, int group_size, int force_cluster);

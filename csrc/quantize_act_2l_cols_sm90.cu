@@ -32,23 +32,25 @@ namespace svdq {
 namespace {
 
 constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
-constexpr int kMmaWarps = 8;   // warps taking the down projection's k-steps (their partials: 2 KB each at rank 32)
+constexpr int kMmaWarps = 8;  // at most this many warps take the down projection's k-steps (2 KB partials at rank 32)
+constexpr size_t kTwoPerSm = 113 * 1024;  // the shared memory that lets two CTAs share an SM (228 KB, 1 KB each kept)
 constexpr int kMaxThreads = 512;
 // stamps (benchmarks): steps 0-10 of a block (before the stage wait, after it, after the first barrier, after the
 // units' pass, after the second barrier, after the mma, after the third barrier, after the sends and the next
 // stage's loads, after the maxima's wait, after the quantization, after the partials' wait) for the first blocks
 constexpr int kStampBlocks = 64, kStampSteps = 11;
 
-// Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice.
+// Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice; MW: the
+// warps taking the down projection's k-steps.
 struct Q2lcLayout {
-  int Ks, C, R;
+  int Ks, C, R, MW;
   __host__ __device__ int ur() const { return Ks / 64; }
   __host__ __device__ int xr() const { return Ks + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
   __host__ __device__ int qpr() const { return (R / 4 + C - 1) / C; }  // low-rank quads per rank
   __host__ __device__ size_t pt() const { return 0; }  // [R][xr] proj_down^T slice
   __host__ __device__ size_t xs() const { return (size_t)R * xr() * 2; }  // [2][16][Ks] x stages (swizzled)
-  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [kMmaWarps][16][R] f32
-  __host__ __device__ size_t rcp() const { return red() + (size_t)kMmaWarps * kRows * R * 4; }  // [Ks] f32, swizzled
+  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [MW][16][R] f32
+  __host__ __device__ size_t rcp() const { return red() + (size_t)MW * kRows * R * 4; }  // [Ks] f32, swizzled
   __host__ __device__ size_t umax() const { return rcp() + (size_t)Ks * 4; }  // [16][UR] f32 units' maxima
   __host__ __device__ size_t gmx() const { return umax() + ((size_t)kRows * ur() * 4 + 15) / 16 * 16; }  // [2][16][C]
   __host__ __device__ size_t glr() const { return gmx() + (size_t)2 * kRows * C * 4; }  // [2][C][16][qpr] float4
@@ -65,12 +67,12 @@ template <typename T, int NT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
                                 int8_t* __restrict__ xq, float* __restrict__ xscale, T* __restrict__ lr, int M, int K,
-                                int G, int C, long long* __restrict__ stamps) {
+                                int G, int C, int MW, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = NT * 8;
   extern __shared__ __align__(128) unsigned char smem[];
   const int Ks = K / C, VS = Ks / 8;
-  const Q2lcLayout L{Ks, C, R};
+  const Q2lcLayout L{Ks, C, R, MW};
   const int XR = L.xr(), qpr = L.qpr(), UR = L.ur();
   T* pt = reinterpret_cast<T*>(smem + L.pt());
   const uint32_t xs_s = smem_u32(smem + L.xs());
@@ -93,7 +95,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(owned * kRows * 16 * C);
   // (benchmarks, set_quantize_act_2l_cols_stamps) thread 0's clock at step p of its CTA's block j < kStampBlocks
   auto stamp = [&](int j, int p) {
-    if (stamps && tid == 0 && j < kStampBlocks) stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
+    if (stamps && tid == 0 && j < kStampBlocks)
+      stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
 
   // loads: threads t < 2 VS take column vector t % VS of rows t / VS, + 2, ... (each warp's 32 vectors coalesced)
@@ -193,29 +196,37 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
     }
 
-    if (warp < kMmaWarps) {  // the down projection's partial over this warp's k-steps of the slice
-      float acc[NT][4] = {};
-      const int mw = min(kMmaWarps, nthr >> 5);
-      const int steps = Ks / 16, s1 = (warp + 1) * steps / mw;
+    if (warp < MW) {  // the down projection's partial over this warp's k-steps of the slice
+      // (rank <= 32) two accumulator sets, even and odd k-steps: two dependent chains of mma instead of one
+      constexpr int kSets = NT <= 4 ? 2 : 1;
+      float acc[2][NT][4] = {};
+      const int steps = Ks / 16, s1 = (warp + 1) * steps / MW;
       const int arow = lane & 15;
       const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
-      for (int s = warp * steps / mw; s < s1; ++s) {
+      auto kstep = [&](int s, float(&ac)[NT][4]) {
         uint32_t a[4];
         ldmatrix_x4(a, st + stage_off(arow, 2 * s + (lane >> 4), Ks));
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
           uint32_t b[4];
           ldmatrix_x4(b, b_base + (p * 16 * XR + s * 16) * 2);
-          mma_16816<T>(acc[2 * p], a, b[0], b[1]);
-          mma_16816<T>(acc[2 * p + 1], a, b[2], b[3]);
+          mma_16816<T>(ac[2 * p], a, b[0], b[1]);
+          mma_16816<T>(ac[2 * p + 1], a, b[2], b[3]);
         }
+      };
+      int s = warp * steps / MW;
+      for (; kSets == 2 && s + 1 < s1; s += 2) {
+        kstep(s, acc[0]);
+        kstep(s + 1, acc[kSets - 1]);
       }
+      for (; s < s1; ++s) kstep(s, acc[0]);
       const int g = lane >> 2, t = lane & 3;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         float* pp = red + (warp * kRows + g) * R + nt * 8 + 2 * t;
-        *reinterpret_cast<float2*>(pp) = make_float2(acc[nt][0], acc[nt][1]);
-        *reinterpret_cast<float2*>(pp + 8 * R) = make_float2(acc[nt][2], acc[nt][3]);
+        *reinterpret_cast<float2*>(pp) = make_float2(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1]);
+        *reinterpret_cast<float2*>(pp + 8 * R) =
+            make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
       }
     }
     stamp(j, 5);
@@ -223,9 +234,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     stamp(j, 6);
     for (int i = tid; i < kRows * R / 4; i += nthr) {  // this CTA's low-rank quads to their owners
       const int r = i / (R / 4), qd = i - r * (R / 4);
-      const int mw = min(kMmaWarps, nthr >> 5);
       float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int w = 0; w < mw; ++w) {
+      for (int w = 0; w < MW; ++w) {
         const float4 p = *reinterpret_cast<const float4*>(red + (w * kRows + r) * R + qd * 4);
         s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
       }
@@ -337,9 +347,17 @@ Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
     const int Ks = K / C;
     const int threads = (kRows * (Ks / 64) + 31) / 32 * 32;  // one a 64-value unit of the block's rows
     if (threads > kMaxThreads) continue;
-    const size_t smem = Q2lcLayout{Ks, C, R}.total();
+    // the mma's warps: all (up to 8), or as few as let two CTAs share an SM, whose phases then overlap
+    const int mw0 = std::min(kMmaWarps, threads / 32);
+    int mw = mw0;
+    for (int w : {mw0, 4, 2, 1})
+      if (w <= mw0 && Q2lcLayout{Ks, C, R, w}.total() <= kTwoPerSm) {
+        mw = w;
+        break;
+      }
+    const size_t smem = Q2lcLayout{Ks, C, R, mw}.total();
     if (smem > kSmemLimit) continue;
-    return Q2lcShape{C, threads, smem};
+    return Q2lcShape{C, threads, mw, smem};
   }
   return best;
 }
@@ -377,7 +395,8 @@ int clusters_fit(const void* kern, const Q2lcShape& s, int num_sms, cudaError_t*
   auto it = fits.find(key);
   if (it != fits.end()) return it->second;
   *err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemLimit);
-  if (*err == cudaSuccess && s.C > 8) *err = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (*err == cudaSuccess && s.C > 8)
+    *err = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (*err != cudaSuccess) return 0;
   ClusterLaunch l(s, s.C * std::max(1, num_sms / s.C), nullptr);
   int n = 0;
@@ -420,7 +439,7 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   const int nrb = (a.M + kRows - 1) / kRows;
   ClusterLaunch l(s, s.C * std::min(nrb, max_clusters), stream);
   *grid = (int)l.cfg.gridDim.x;
-  int M = a.M, K = a.K, G = a.group_size, C = s.C;
+  int M = a.M, K = a.K, G = a.group_size, C = s.C, MW = s.mma_warps;
   const void* x = a.x;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
@@ -428,7 +447,7 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &stamps};
+  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &MW, &stamps};
   return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 

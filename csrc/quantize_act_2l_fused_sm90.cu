@@ -367,7 +367,8 @@ bool quantize_act_2l_fused_supported(int M, int K, int R, int G, int num_sms) {
 }
 
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream) {
-  if (g_fused_mode == 2) return launch_quantize_act_2l_cols(a, num_sms, g_force_cluster, g_cap_clusters, &g_last_grid, stream);
+  if (g_fused_mode == 2)
+    return launch_quantize_act_2l_cols(a, num_sms, g_force_cluster, g_cap_clusters, &g_last_grid, stream);
   const Q2lfShape s = q2lf_shape(a.M, a.K, a.R, a.group_size, num_sms);
   if (s.C == 0) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;
