@@ -65,5 +65,24 @@ __device__ __forceinline__ void load_proj_down_t(T* pt, const T* __restrict__ pd
     }
   }
 }
+
+// The low-rank quads rank `rank` of a cluster of C owns (quad q at rank q % C): each summed over the C senders' slots
+// in rank order, rounded once and stored to lr (rows row0 ... of the 16-row block; past M skipped). got: this parity's
+// [C][16][qpr] float4 slots. All threads of the block take part.
+template <typename T, int R>
+__device__ __forceinline__ void store_owned_quads(const float4* got, int C, int qpr, int rank, int row0, int M,
+                                                  T* __restrict__ lr) {
+  for (int i = threadIdx.x; i < 16 * qpr; i += blockDim.x) {
+    const int r = i / qpr, slot = i - r * qpr, qd = slot * C + rank;
+    if (qd >= R / 4 || row0 + r >= M) continue;
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < C; ++q) {
+      const float4 p = got[(q * 16 + r) * qpr + slot];
+      s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
+    }
+    *reinterpret_cast<uint2*>(lr + (int64_t)(row0 + r) * R + qd * 4) =
+        make_uint2(Dt<T>::pack2(s.x, s.y), Dt<T>::pack2(s.z, s.w));
+  }
+}
 #endif
 }  // namespace svdq

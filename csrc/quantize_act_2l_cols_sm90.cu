@@ -301,17 +301,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     mbar_wait(smem_u32(&bars[2 + par]), phase);
     stamp(j, 10);
     if (tid == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);
-    for (int i = tid; i < kRows * qpr; i += nthr) {  // the low-rank quads this rank owns, summed in rank order
-      const int r = i / qpr, slot = i - r * qpr, qd = slot * C + (int)rank;
-      if (qd >= R / 4 || row0 + r >= M) continue;
-      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int q = 0; q < C; ++q) {
-        const float4 p = glr[((par * C + q) * kRows + r) * qpr + slot];
-        s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
-      }
-      *reinterpret_cast<uint2*>(lr + (int64_t)(row0 + r) * R + qd * 4) =
-          make_uint2(Dt<T>::pack2(s.x, s.y), Dt<T>::pack2(s.z, s.w));
-    }
+    store_owned_quads<T, R>(glr + par * C * kRows * qpr, C, qpr, (int)rank, row0, M, lr);
   }
   cp_async_wait<0>();
   cluster_barrier();  // no CTA leaves while a peer's stores to it may be in flight

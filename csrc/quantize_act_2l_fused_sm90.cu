@@ -228,17 +228,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (!(scale > 0.f) || isinf(inv)) inv = 0.f;  // as the reference: 0 where 1 / scale is not finite
       gsc[i] = make_float2(__int_as_float(s_int), inv);
     }
-    for (int i = tid; i < kRows * qpr; i += kThreads) {  // the low-rank quads this rank owns
-      const int r = i / qpr, slot = i - r * qpr, qd = slot * C + (int)rank;
-      if (qd >= R / 4 || row0 + r >= M) continue;
-      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int q = 0; q < C; ++q) {
-        const float4 v = got_lr[((par * C + q) * kRows + r) * qpr + slot];
-        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
-      }
-      *reinterpret_cast<uint2*>(lr + (int64_t)(row0 + r) * R + qd * 4) =
-          make_uint2(Dt<T>::pack2(s.x, s.y), Dt<T>::pack2(s.z, s.w));
-    }
+    store_owned_quads<T, R>(got_lr + par * C * kRows * qpr, C, qpr, (int)rank, row0, M, lr);
     if (rank == 0 && tid < kRows && row0 + tid < M) {
       float amax = 0.f;
       for (int q = 0; q < C; ++q) amax = fmaxf(amax, maxes[q * kRows + tid]);
