@@ -909,8 +909,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "threads on fixed columns: perf-notes v2.47) or the per-row kernel + cuBLAS (0, the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
         "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "
-        "without its "
-        "down projection / without both (WRONG results), 4 waiting for the exchange by spinning on test_wait (exact); "
+        "without its down projection / without both (WRONG results), 4 waiting for the exchange by spinning on "
+        "test_wait (exact); "
         "cap_clusters > 0: launch at most that many clusters (benchmarks: is there a second wave?)");
   m.def("quantize_act_2l_fused_mode", &svdq::quantize_act_2l_fused_mode, "1: the fused quantizer where it applies");
   m.def("quantize_act_2l_fused_last_grid", &svdq::quantize_act_2l_fused_last_grid,

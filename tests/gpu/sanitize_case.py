@@ -99,11 +99,13 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
             ext.set_quantize_act_2l_fused(1, C)
             if ext.quantize_act_2l_fused_shape(M, K, R, 64, sms)[0] == C:
                 ext.quantize_act_2l(x, smooth, pd, 64)
-    # the fixed-column fused quantizer (mode 2): clusters of 4 / 8 / 16 where they apply, a last block of 5 rows
+    # the fixed-column fused quantizer (mode 2): clusters of 4 / 8 / 16 where they apply, a last block of 5 rows, the
+    # one-warp mma of two CTAs an SM (clusters of 16 at 12288 x rank 32)
     chain_before = ext.lr_chain()
     ext.set_lr_chain(0)  # (a few-token call would chain before the fused path is asked)
     for dtype, (M, K, R, C) in [(torch.bfloat16, (37, 3072, 32, 8)), (torch.float16, (21, 12288, 64, 0)),
-                                (torch.bfloat16, (5, 3072, 16, 16)), (torch.bfloat16, (53, 768, 48, 4))]:
+                                (torch.bfloat16, (5, 3072, 16, 16)), (torch.bfloat16, (53, 768, 48, 4)),
+                                (torch.bfloat16, (19, 12288, 32, 16))]:
         x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
         smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
         pd = torch.randn(K, R, device="cuda", generator=g).to(dtype)
