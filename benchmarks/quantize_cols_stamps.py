@@ -2,13 +2,15 @@
 
 usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [--calls 3] [--clusters 0,16]
 
-With set_quantize_act_2l_cols_stamps, thread 0 of every CTA writes clock64 at eleven steps of each of its first
-blocks (quantize_act_2l_cols_sm90.cu: before the stage wait, after it, after the first barrier, after the units'
-pass, after the second barrier, after the mma, after the third barrier, after the sends and the next stage's loads,
-after the row maxima's wait, after the quantization, after the low-rank partials' wait). Per shape it prints each
-step's cycles (the difference to the step before, median over CTAs and blocks, the first block left out), and the
-block's period (step 0 to the next block's step 0), for each cluster size of --clusters (0: the rule's; a forced size
-without a shape or not schedulable is left out). Cycles are SM clocks; thread 0 sees its own waits only.
+With set_quantize_act_2l_cols_stamps, two threads of every CTA write clock64 at the steps of each of its first blocks
+(quantize_act_2l_cols_sm90.cu): thread 0 for the unit warps (stamps 0-7: before the stage wait, after it, after the
+units' pass, after their barrier, after the row maxima's sends, after their wait, after the quantization, after the
+stage's release and the next loads) and the first mma thread for the mma warps (8-14: before the stage wait, after it,
+after the mma, after the mma warps' barrier, after the partials' sends, after their wait, after the owners' sums). Per
+shape it prints each step's cycles (the difference of its two stamps, median over CTAs and blocks, the first block left
+out) and each group's period (its first stamp to the next block's), for each cluster size of --clusters (0: the
+rule's; a forced size without a shape or not schedulable is left out). Cycles are SM clocks; a thread sees its own
+waits only.
 """
 from __future__ import annotations
 
@@ -16,27 +18,30 @@ import argparse
 
 import torch
 
-STEPS = ["stage wait", "barrier 1", "units' pass", "barrier 2", "mma (warp 0)", "barrier 3", "sends + loads",
-         "maxima wait", "quantization", "partials wait"]
+# (name, from stamp, to stamp) of the unit warps' steps, then the mma warps'
+UNIT_STEPS = [("stage wait", 0, 1), ("units' pass", 1, 2), ("barrier", 2, 3), ("maxima sends", 3, 4),
+              ("maxima wait", 4, 5), ("quantization", 5, 6), ("release + loads", 6, 7)]
+MMA_STEPS = [("mma: stage wait", 8, 9), ("mma", 9, 10), ("mma barrier", 10, 11), ("partials' sends", 11, 12),
+             ("partials wait", 12, 13), ("owners' sums", 13, 14)]
+STAMPS = 15
+COLUMNS = [n for n, _, _ in UNIT_STEPS] + ["period (units)"] + [n for n, _, _ in MMA_STEPS] + ["period (mma)"]
 
 
 def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
-    """Median cycles of each step and of the block's period. stamps: [ctas, blocks, 11] clock64 values; nblk: [ctas]
+    """Median cycles of each step and of each group's period. stamps: [ctas, blocks, 15] clock64 values; nblk: [ctas]
     blocks each CTA ran (stamps past them, or past the buffer's blocks, are ignored). Blocks 1 .. n - 2 are used (the
-    first fills the pipeline; the last has no next block for its period). The partials' step is left out where a
-    CTA's rank owns no low-rank quad (its stamp stays 0)."""
+    first fills the pipeline; the last has no next block for its period)."""
     ctas, blocks, steps = stamps.shape
-    assert steps == len(STEPS) + 1, stamps.shape
-    out: dict[str, list[float]] = {k: [] for k in [*STEPS, "period"]}
+    assert steps == STAMPS, stamps.shape
+    out: dict[str, list[float]] = {k: [] for k in COLUMNS}
     for c in range(ctas):
         n = min(int(nblk[c]), blocks)
         for j in range(1, n - 1):
             s = stamps[c, j].tolist()
-            for p, name in enumerate(STEPS):
-                if name == "partials wait" and s[p + 1] == 0:
-                    continue
-                out[name].append(s[p + 1] - s[p])
-            out["period"].append(stamps[c, j + 1, 0].item() - s[0])
+            for name, a, b in UNIT_STEPS + MMA_STEPS:
+                out[name].append(s[b] - s[a])
+            out["period (units)"].append(stamps[c, j + 1, 0].item() - s[0])
+            out["period (mma)"].append(stamps[c, j + 1, 8].item() - s[8])
     return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
 
 
@@ -55,7 +60,8 @@ def main() -> int:
     blocks, steps = layout // 100, layout % 100
     R, G = 32, 64
     print(f"{torch.cuda.get_device_name()}: fixed-column fused quantizer, cycles per step (median), rank {R}, group {G}")
-    print(f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{s[:12]:>12}" for s in [*STEPS, "period"]))
+    assert steps == STAMPS, f"the extension stamps {steps} steps, this script reads {STAMPS}"
+    print(f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{s[:14]:>14}" for s in COLUMNS))
     for M in [int(m) for m in args.ms.split(",")]:
         for K in [int(k) for k in args.ks.split(",")]:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -79,7 +85,7 @@ def main() -> int:
                 clusters, nrb = ctas // C, (M + 15) // 16
                 nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
                 t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
-                print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:12.0f}" for s in [*STEPS, "period"]))
+                print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:14.0f}" for s in COLUMNS))
     return 0
 
 

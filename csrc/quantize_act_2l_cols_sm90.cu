@@ -11,11 +11,15 @@
 //     the divisions, the reciprocal) is done once per 64 values;
 //   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
 //     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
-//   - three CTA barriers a block (the stage has landed; the units' maxima are written; the mma partials are);
-//   - the row maxima go to every peer (st.async, completing on its mbarrier) after the second barrier, so the
-//     exchange runs under the down projection's mma, and are waited for before the quantization; the low-rank
-//     partials go to the rank owning their quad and are waited for after it; the x stage of block j + 2 is requested
-//     as soon as block j's is read, by 2 VS threads taking one column vector of every other row each.
+//   - warp-specialized (v5): the unit warps take the units' pass, the row maxima's exchange and the quantization;
+//     1-4 mma warps of their own take the down projection's mma on the same stage, sum their partials and send each
+//     16-byte piece (row, quad) to the rank owning it, which sums the cluster's and stores lr. The two run side by
+//     side, meeting only at the stage: mbarriers say a stage has landed (the copies' own arrivals) and that the mma
+//     warps have read it; a named barrier a block in each group;
+//   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
+//     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
+//     stage of block j + 2 is requested once block j's is read, by the 2 VS unit threads taking one column vector
+//     of every other row each.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
 // Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47).
@@ -32,36 +36,69 @@ namespace svdq {
 namespace {
 
 constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
-constexpr int kMmaWarps = 8;  // at most this many warps take the down projection's k-steps (2 KB partials at rank 32)
+constexpr int kMmaWarps = 4;  // at most this many warps take the down projection's k-steps
 constexpr size_t kTwoPerSm = 113 * 1024;  // the shared memory that lets two CTAs share an SM (228 KB, 1 KB each kept)
 constexpr int kMaxThreads = 512;
-// stamps (benchmarks): steps 0-10 of a block (before the stage wait, after it, after the first barrier, after the
-// units' pass, after the second barrier, after the mma, after the third barrier, after the sends and the next
-// stage's loads, after the maxima's wait, after the quantization, after the partials' wait) for the first blocks
-constexpr int kStampBlocks = 64, kStampSteps = 11;
+// stamps (benchmarks), the first blocks' steps: thread 0 (unit warps) 0-7: before the stage wait, after it, after
+// the units' pass, after their barrier, after the maxima's sends, after their wait, after the quantization, after the
+// stage's release and the next loads; the first mma thread 8-14: before the stage wait, after it, after the mma,
+// after the mma warps' barrier, after the partials' sends, after their wait, after the owners' sums
+constexpr int kStampBlocks = 64, kStampSteps = 15;
 
 // Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice; MW: the
-// warps taking the down projection's k-steps.
+// mma warps.
 struct Q2lcLayout {
   int Ks, C, R, MW;
   __host__ __device__ int ur() const { return Ks / 64; }
+  __host__ __device__ int ut() const { return (kRows * ur() + 31) / 32 * 32; }  // the unit warps' threads
   __host__ __device__ int xr() const { return Ks + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
-  __host__ __device__ int qpr() const { return (R / 4 + C - 1) / C; }  // low-rank quads per rank
+  __host__ __device__ int ppr() const { return kRows * R / 4 / C; }  // low-rank pieces (float4) per rank
   __host__ __device__ size_t pt() const { return 0; }  // [R][xr] proj_down^T slice
   __host__ __device__ size_t xs() const { return (size_t)R * xr() * 2; }  // [2][16][Ks] x stages (swizzled)
-  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [MW][16][R] f32
-  __host__ __device__ size_t rcp() const { return red() + (size_t)MW * kRows * R * 4; }  // [Ks] f32, swizzled
-  __host__ __device__ size_t umax() const { return rcp() + (size_t)Ks * 4; }  // [16][UR] f32 units' maxima
-  __host__ __device__ size_t gmx() const { return umax() + ((size_t)kRows * ur() * 4 + 15) / 16 * 16; }  // [2][16][C]
-  __host__ __device__ size_t glr() const { return gmx() + (size_t)2 * kRows * C * 4; }  // [2][C][16][qpr] float4
-  __host__ __device__ size_t bars() const { return glr() + (size_t)2 * C * kRows * qpr() * 16; }  // max[2], lr[2]
-  __host__ __device__ size_t total() const { return bars() + 32; }
+  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [2][MW][16][R] f32
+  __host__ __device__ size_t rcp() const { return red() + (size_t)2 * MW * kRows * R * 4; }  // [Ks] f32, swizzled
+  // [2][16][UR] f32 units' maxima (by parity: a thread may still read block j's while another writes block j + 1's)
+  __host__ __device__ size_t umax() const { return rcp() + (size_t)Ks * 4; }
+  // [2][16][C] the row maxima from the cluster
+  __host__ __device__ size_t gmx() const { return umax() + ((size_t)2 * kRows * ur() * 4 + 15) / 16 * 16; }
+  __host__ __device__ size_t glr() const { return gmx() + (size_t)2 * kRows * C * 4; }  // [2][C][ppr] float4
+  __host__ __device__ size_t bars() const { return glr() + (size_t)2 * C * ppr() * 16; }  // 8 mbarriers
+  __host__ __device__ size_t total() const { return bars() + 64; }
 };
 
 // Vector c (16 bytes) of row r of a stage: its byte offset, swizzled by its unit and row.
 __host__ __device__ __forceinline__ uint32_t stage_off(int r, int c, int Ks) {
   return (uint32_t)(r * Ks * 2 + ((c ^ (((c >> 3) + r) & 7)) << 4));
 }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// This thread's cp.async copies, once complete, arrive on `bar` (one of its expected arrivals)
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// The low-rank pieces rank `rank` owns (piece p: row p / (R / 4), quad p % (R / 4), owned by rank p % C at slot
+// p / C): each summed over the C senders' slots in rank order, rounded once and stored to lr (rows past M skipped).
+// got: this parity's [C][ppr] float4 slots; threads t of n take part.
+template <typename T, int R>
+__device__ __forceinline__ void store_owned_pieces(const float4* got, int C, int ppr, int rank, int row0, int M,
+                                                   T* __restrict__ lr, int t, int n) {
+  for (int slot = t; slot < ppr; slot += n) {
+    const int p = slot * C + rank, r = p / (R / 4), qd = p - r * (R / 4);
+    if (row0 + r >= M) continue;
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int q = 0; q < C; ++q) {
+      const float4 v = got[q * ppr + slot];
+      s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+    }
+    *reinterpret_cast<uint2*>(lr + (int64_t)(row0 + r) * R + qd * 4) =
+        make_uint2(Dt<T>::pack2(s.x, s.y), Dt<T>::pack2(s.z, s.w));
+  }
+}
+#endif
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
@@ -73,7 +110,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   extern __shared__ __align__(128) unsigned char smem[];
   const int Ks = K / C, VS = Ks / 8;
   const Q2lcLayout L{Ks, C, R, MW};
-  const int XR = L.xr(), qpr = L.qpr(), UR = L.ur();
+  const int XR = L.xr(), ppr = L.ppr(), UR = L.ur(), UT = L.ut();
   T* pt = reinterpret_cast<T*>(smem + L.pt());
   const uint32_t xs_s = smem_u32(smem + L.xs());
   float* red = reinterpret_cast<float*>(smem + L.red());
@@ -81,41 +118,51 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   float* umax = reinterpret_cast<float*>(smem + L.umax());
   float* gmx = reinterpret_cast<float*>(smem + L.gmx());
   float4* glr = reinterpret_cast<float4*>(smem + L.glr());
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());  // [0, 1]: row maxima, [2, 3]: low-rank partials
+  // [0, 1]: the row maxima, [2, 3]: the low-rank partials (both from the cluster), [4, 5]: a stage has landed, [6, 7]:
+  // the mma warps have read a stage
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());
   const uint32_t rank = cluster_rank();
   const int kbase = (int)rank * Ks;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nthr = blockDim.x;
-  const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
-  const bool unit = tid < kRows * UR;            // (the last warp may reach past the block's units)
   const int clusters = gridDim.x / C, cid = blockIdx.x / C;
   const int nrb = (M + kRows - 1) / kRows;
   const int nblk = (nrb - cid + clusters - 1) / clusters;  // this cluster's row blocks (the grid has cid < nrb)
-  // low-rank quads this rank owns (quad q goes to rank q % C) and the bytes each phase of its barriers receives
-  const int owned = (int)rank < R / 4 ? (R / 4 - (int)rank + C - 1) / C : 0;
-  const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(owned * kRows * 16 * C);
-  // (benchmarks, set_quantize_act_2l_cols_stamps) thread 0's clock at step p of its CTA's block j < kStampBlocks
+  const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(ppr * 16 * C);
+  // (benchmarks, set_quantize_act_2l_cols_stamps) the clock of thread 0 (steps 0-7) and of the first mma thread
+  // (8-14) at step p of its CTA's block j < kStampBlocks
   auto stamp = [&](int j, int p) {
-    if (stamps && tid == 0 && j < kStampBlocks)
+    if (stamps && (tid == 0 || tid == UT) && j < kStampBlocks)
       stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
 
-  // loads: threads t < 2 VS take column vector t % VS of rows t / VS, + 2, ... (each warp's 32 vectors coalesced)
-  const bool loader = tid < 2 * VS;
+  // loads: the 16 UR = 2 VS unit threads take column vector t % VS of rows t / VS, + 2, ... (each warp's 32 vectors
+  // coalesced); their copies' completions arrive on the stage's barrier
+  const bool unit = tid < kRows * UR;
   const int c_ld = tid % VS, r_ld = tid / VS;
   auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
-    if (j < nblk && loader) {
-      const int row0 = (cid + j * clusters) * kRows;
-      const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
-      const T* src = x + (int64_t)(row0 + r_ld) * K + kbase + c_ld * 8;
+    if (j >= nblk || !unit) return;
+    const int row0 = (cid + j * clusters) * kRows;
+    const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
+    const T* src = x + (int64_t)(row0 + r_ld) * K + kbase + c_ld * 8;
 #pragma unroll
-      for (int i = 0; i < kRows / 2; ++i) {
-        const int r = r_ld + 2 * i;
-        const bool in = row0 + r < M;
-        cp_async16(st + stage_off(r, c_ld, Ks), in ? src + (int64_t)2 * i * K : x, in ? 16 : 0);
-      }
+    for (int i = 0; i < kRows / 2; ++i) {
+      const int r = r_ld + 2 * i;
+      const bool in = row0 + r < M;
+      cp_async16(st + stage_off(r, c_ld, Ks), in ? src + (int64_t)2 * i * K : x, in ? 16 : 0);
     }
-    cp_async_commit();
+    cp_async_arrive_noinc(smem_u32(&bars[4 + (j & 1)]));
   };
+  if (tid == 0) {
+    for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
+    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), kRows * UR);
+    for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), MW);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
+      mbar_expect_tx(smem_u32(&bars[b]), max_bytes);
+      mbar_expect_tx(smem_u32(&bars[2 + b]), lr_bytes);
+    }
+  }
+  __syncthreads();  // the barriers are initialized before any copy arrives on them
   issue(0);
   issue(1);
   load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);
@@ -128,81 +175,136 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     v.w = __frcp_rn(Dt<T>::to_f(smooth[kbase + 4 * i + 3]));
     rcp_s[u * 16 + (k ^ (u & 7))] = v;
   }
-  if (tid == 0) {
-    for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
-      mbar_expect_tx(smem_u32(&bars[b]), max_bytes);
-      // (a rank owning no quad has no lr phases: re-armed with 0 bytes, a phase would complete at once and run a
-      // parity ahead of threads still waiting on the last one)
-      if (lr_bytes) mbar_expect_tx(smem_u32(&bars[2 + b]), lr_bytes);
-    }
-  }
   __syncthreads();
   cluster_barrier();  // every CTA of the cluster runs, its barriers armed, before any remote store
 
+  if (tid < UT) {
+    // the unit warps: each thread's unit of a block through its row's maxima to the 4-bit values; then the stage's
+    // next block is loaded (once the mma warps have read it too)
+    const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
 #pragma unroll 1
-  for (int j = 0; j < nblk; ++j) {
-    const int par = j & 1;
-    const uint32_t phase = (j >> 1) & 1;
-    const int row0 = (cid + j * clusters) * kRows;
-    const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
-    stamp(j, 0);
-    cp_async_wait<1>();
-    stamp(j, 1);
-    __syncthreads();  // block j's stage has landed for every thread
-    stamp(j, 2);
+    for (int j = 0; j < nblk; ++j) {
+      const int par = j & 1;
+      const uint32_t phase = (j >> 1) & 1;
+      const int row0 = (cid + j * clusters) * kRows;
+      const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+      stamp(j, 0);
+      mbar_wait(smem_u32(&bars[4 + par]), phase);
+      stamp(j, 1);
 
-    float v[64];    // this thread's unit: x * (1 / smooth)
-    float gm[2] = {0.f, 0.f};  // its groups' maxima (G = 32: two; 64: one; 128: half of one, completed by a shuffle)
-    if (unit) {
+      float v[64];    // this thread's unit: x * (1 / smooth)
+      float gm[2] = {0.f, 0.f};  // its groups' maxima (G = 32: two; 64: one; 128: half of one, completed by a shuffle)
+      if (unit) {
 #pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        uint4 raw;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                     : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
-                     : "r"(st + stage_off(ur, 8 * uu + q, Ks)));
-        float f[8];
-        unpack8<T>(raw, f);
-        const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
-        const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
-        const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+        for (int q = 0; q < 8; ++q) {
+          uint4 raw;
+          asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                       : "r"(st + stage_off(ur, 8 * uu + q, Ks)));
+          float f[8];
+          unpack8<T>(raw, f);
+          const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
+          const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
+          const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
+          for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
+        }
+        float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+        for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
+#pragma unroll
+        for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
+        const float um = fmaxf(m0, m1);
+        umax[(par * kRows + ur) * UR + uu] = um;
+        gm[0] = G == 32 ? m0 : um;
+        gm[1] = m1;
       }
-      float m0 = 0.f, m1 = 0.f;
-#pragma unroll
-      for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
-#pragma unroll
-      for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
-      const float um = fmaxf(m0, m1);
-      umax[ur * UR + uu] = um;
-      gm[0] = G == 32 ? m0 : um;
-      gm[1] = m1;
-    }
-    // (G = 128: Ks / 64 is even, so threads t and t ^ 1 hold the two halves of one group of a row)
-    if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
+      // (G = 128: Ks / 64 is even, so threads t and t ^ 1 hold the two halves of one group of a row)
+      if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
 
-    stamp(j, 3);
-    __syncthreads();  // the units' maxima are written
-    stamp(j, 4);
-    // this CTA's maximum of row i % 16 to rank i / 16, by the last threads (the mma's warps are the first), so that
-    // the exchange runs under the down projection
-    for (int i = nthr - 1 - tid; i < kRows * C; i += nthr) {
-      const int r = i & (kRows - 1), q = i >> 4;
-      float m = 0.f;
+      stamp(j, 2);
+      named_barrier(1, UT);  // the units' maxima are written
+      stamp(j, 3);
+      for (int i = tid; i < kRows * C; i += UT) {  // this CTA's maximum of row i % 16 to rank i / 16
+        const int r = i & (kRows - 1), q = i >> 4;
+        float m = 0.f;
 #pragma unroll 4
-      for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[r * UR + w]);
-      st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
+        for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[(par * kRows + r) * UR + w]);
+        st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
+      }
+      stamp(j, 4);
+      mbar_wait(smem_u32(&bars[par]), phase);
+      stamp(j, 5);
+      if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
+      const int m = row0 + ur;
+      if (unit && m < M) {  // quantize this thread's unit of block j from registers
+        const float4* mx = reinterpret_cast<const float4*>(gmx + (par * kRows + ur) * C);
+        float amax = 0.f;
+        for (int q = 0; q < C / 4; ++q) {
+          const float4 w4 = mx[q];
+          amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
+        }
+        const float s_row = __fdiv_rn(amax, 112.f);
+        if (rank == 0 && uu == 0) xscale[m] = s_row;
+        int s_int[2];
+        float inv[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          s_int[h] = 1;
+          if (amax > 0.f) s_int[h] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[h], amax) * 16.f)));
+          const float scale = __fmul_rn(s_row, (float)s_int[h]);
+          inv[h] = __frcp_rn(scale);
+          if (!(scale > 0.f) || isinf(inv[h])) inv[h] = 0.f;  // as the reference: 0 where 1 / scale is not finite
+          if (G != 32) {
+            s_int[1] = s_int[0], inv[1] = inv[0];
+            break;
+          }
+        }
+        // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
+        const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
+        uint32_t w[16];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const int h = q >> 2;
+          int b[8];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
+            // (that word * s_int) has q * s_int in its low byte
+            float p = __fmul_rn(v[8 * q + e], inv[h]);
+            if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
+            b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
+          }
+          w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+          w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + kbase + uu * 64);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+      }
+      stamp(j, 6);
+      if (unit && j + 2 < nblk) mbar_wait(smem_u32(&bars[6 + par]), phase);  // the mma warps have read the stage
+      issue(j + 2);
+      stamp(j, 7);
     }
-
-    if (warp < MW) {  // the down projection's partial over this warp's k-steps of the slice
-      // (rank <= 32) two accumulator sets, even and odd k-steps: two dependent chains of mma instead of one
-      constexpr int kSets = NT <= 4 ? 2 : 1;
+  } else {
+    // the mma warps: the down projection's partial over each warp's k-steps of the slice, summed over the warps and
+    // sent to the pieces' owners, who sum the cluster's partials and store lr
+    const int mw = warp - UT / 32, mt = tid - UT, mthreads = 32 * MW;
+    constexpr int kSets = NT <= 4 ? 2 : 1;  // (rank <= 32) even and odd k-steps on two accumulator sets
+    const int steps = Ks / 16, s0 = mw * steps / MW, s1 = (mw + 1) * steps / MW;
+    const int arow = lane & 15;
+    const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
+#pragma unroll 1
+    for (int j = 0; j < nblk; ++j) {
+      const int par = j & 1;
+      const uint32_t phase = (j >> 1) & 1;
+      const int row0 = (cid + j * clusters) * kRows;
+      const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+      stamp(j, 8);
+      mbar_wait(smem_u32(&bars[4 + par]), phase);
+      stamp(j, 9);
       float acc[2][NT][4] = {};
-      const int steps = Ks / 16, s1 = (warp + 1) * steps / MW;
-      const int arow = lane & 15;
-      const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
       auto kstep = [&](int s, float(&ac)[NT][4]) {
         uint32_t a[4];
         ldmatrix_x4(a, st + stage_off(arow, 2 * s + (lane >> 4), Ks));
@@ -214,94 +316,44 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
           mma_16816<T>(ac[2 * p + 1], a, b[2], b[3]);
         }
       };
-      int s = warp * steps / MW;
+      int s = s0;
       for (; kSets == 2 && s + 1 < s1; s += 2) {
         kstep(s, acc[0]);
         kstep(s + 1, acc[kSets - 1]);
       }
       for (; s < s1; ++s) kstep(s, acc[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_u32(&bars[6 + par]));  // this warp is done with the stage
       const int g = lane >> 2, t = lane & 3;
+      float* rp = red + (size_t)par * MW * kRows * R;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        float* pp = red + (warp * kRows + g) * R + nt * 8 + 2 * t;
+        float* pp = rp + (mw * kRows + g) * R + nt * 8 + 2 * t;
         *reinterpret_cast<float2*>(pp) = make_float2(acc[0][nt][0] + acc[1][nt][0], acc[0][nt][1] + acc[1][nt][1]);
         *reinterpret_cast<float2*>(pp + 8 * R) =
             make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
       }
-    }
-    stamp(j, 5);
-    __syncthreads();  // the warps' partials are written; block j's stage is read
-    stamp(j, 6);
-    for (int i = tid; i < kRows * R / 4; i += nthr) {  // this CTA's low-rank quads to their owners
-      const int r = i / (R / 4), qd = i - r * (R / 4);
-      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int w = 0; w < MW; ++w) {
-        const float4 p = *reinterpret_cast<const float4*>(red + (w * kRows + r) * R + qd * 4);
-        s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
-      }
-      const int owner = qd % C;
-      st_async_v4(map_rank(glr + ((par * C + (int)rank) * kRows + r) * qpr + qd / C, owner), s,
-                  map_rank(&bars[2 + par], owner));
-    }
-    issue(j + 2);  // into the stage just read
-
-    stamp(j, 7);
-    mbar_wait(smem_u32(&bars[par]), phase);
-    stamp(j, 8);
-    if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
-    const int m = row0 + ur;
-    if (unit && m < M) {  // quantize this thread's unit of block j from registers
-      const float4* mx = reinterpret_cast<const float4*>(gmx + (par * kRows + ur) * C);
-      float amax = 0.f;
-      for (int q = 0; q < C / 4; ++q) {
-        const float4 w4 = mx[q];
-        amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
-      }
-      const float s_row = __fdiv_rn(amax, 112.f);
-      if (rank == 0 && uu == 0) xscale[m] = s_row;
-      int s_int[2];
-      float inv[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        s_int[h] = 1;
-        if (amax > 0.f) s_int[h] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[h], amax) * 16.f)));
-        const float scale = __fmul_rn(s_row, (float)s_int[h]);
-        inv[h] = __frcp_rn(scale);
-        if (!(scale > 0.f) || isinf(inv[h])) inv[h] = 0.f;  // as the reference: 0 where 1 / scale is not finite
-        if (G != 32) {
-          s_int[1] = s_int[0], inv[1] = inv[0];
-          break;
+      stamp(j, 10);
+      named_barrier(2, mthreads);  // the warps' partials are written
+      stamp(j, 11);
+      // piece p (row p / (R / 4), quad p % (R / 4)) of this CTA's partial to rank p % C, slot p / C
+      for (int p = mt; p < kRows * R / 4; p += mthreads) {
+        float4 acc4 = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int w = 0; w < MW; ++w) {
+          const float4 q4 = *reinterpret_cast<const float4*>(rp + w * kRows * R + p * 4);
+          acc4.x += q4.x, acc4.y += q4.y, acc4.z += q4.z, acc4.w += q4.w;
         }
+        const int owner = p % C;
+        st_async_v4(map_rank(glr + (par * C + (int)rank) * ppr + p / C, owner), acc4,
+                    map_rank(&bars[2 + par], owner));
       }
-      // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
-      const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
-      uint32_t w[16];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        const int h = q >> 2;
-        int b[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
-          // (that word * s_int) has q * s_int in its low byte
-          float p = __fmul_rn(v[8 * q + e], inv[h]);
-          if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
-          b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
-        }
-        w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-        w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-      }
-      uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + kbase + uu * 64);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+      stamp(j, 12);
+      mbar_wait(smem_u32(&bars[2 + par]), phase);
+      stamp(j, 13);
+      if (mt == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);  // block j + 2's phase
+      store_owned_pieces<T, R>(glr + par * C * ppr, C, ppr, (int)rank, row0, M, lr, mt, mthreads);
+      stamp(j, 14);
     }
-
-    stamp(j, 9);
-    if (!lr_bytes) continue;
-    mbar_wait(smem_u32(&bars[2 + par]), phase);
-    stamp(j, 10);
-    if (tid == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);
-    store_owned_quads<T, R>(glr + par * C * kRows * qpr, C, qpr, (int)rank, row0, M, lr);
   }
   cp_async_wait<0>();
   cluster_barrier();  // no CTA leaves while a peer's stores to it may be in flight
@@ -335,19 +387,20 @@ Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
     if (force_cluster && C != force_cluster) continue;
     if (K % C || (K / C) % 64 || (K / C) % G) continue;
     const int Ks = K / C;
-    const int threads = (kRows * (Ks / 64) + 31) / 32 * 32;  // one a 64-value unit of the block's rows
-    if (threads > kMaxThreads) continue;
-    // the mma's warps: all (up to 8), or as few as let two CTAs share an SM, whose phases then overlap
-    const int mw0 = std::min(kMmaWarps, threads / 32);
+    const int ut = Q2lcLayout{Ks, C, R, 1}.ut();  // a thread for each 64-value unit of the block's rows
+    // the mma warps: one for each 16 of the slice's k-steps, at most 4 and as many as the CTA's threads leave; fewer
+    // where that lets two CTAs share an SM
+    const int mw0 = std::min({kMmaWarps, std::max(1, Ks / 256), (kMaxThreads - ut) / 32});
+    if (mw0 < 1) continue;
     int mw = mw0;
-    for (int w : {mw0, 4, 2, 1})
-      if (w <= mw0 && Q2lcLayout{Ks, C, R, w}.total() <= kTwoPerSm) {
+    for (int w : {mw0, 2, 1})
+      if (w <= mw0 && Q2lcLayout{Ks, C, R, w}.total() <= kTwoPerSm && ut + 32 * w <= kMaxThreads / 2) {
         mw = w;
         break;
       }
     const size_t smem = Q2lcLayout{Ks, C, R, mw}.total();
     if (smem > kSmemLimit) continue;
-    return Q2lcShape{C, threads, mw, smem};
+    return Q2lcShape{C, ut + 32 * mw, mw, smem};
   }
   return best;
 }

@@ -45,8 +45,9 @@ def test_cols_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
     if C == 0 or not _fits(hopper, M, K, R, gs):
         assert not (gs == 64 and K in (3072, 12288) and R <= 32), f"no shape for K={K} R={R}"
         pytest.skip(f"no fixed-column shape here (C={C}): the per-row kernel runs")
-    assert K % C == 0 and threads == -(-16 * (K // C // 64) // 32) * 32 and smem <= 227 * 1024
-    assert 1 <= mma_warps <= min(8, threads // 32)
+    unit_threads = -(-16 * (K // C // 64) // 32) * 32  # one a 64-value unit of the block's rows, whole warps
+    assert K % C == 0 and threads == unit_threads + 32 * mma_warps <= 512 and smem <= 227 * 1024
+    assert 1 <= mma_warps <= 4
     xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
     with _fused_quant(hopper, 0):
         pq, ps, pl = _quantize(hopper, *_acts(M, K, R, dtype, seed=M + K + gs + R), gs)
@@ -62,8 +63,8 @@ def _fits(hopper, M, K, R, gs, cluster=0):  # noqa: F811
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [1, 255, 4097])
 def test_cols_two_ctas_an_sm(hopper, dtype, M):
-    """Clusters of 16 at 12288 x rank 32 (forced): one warp takes the down projection's 48 k-steps, so that a CTA needs
-    113 KB and two share an SM; the same bytes (where the GPU schedules such clusters)."""
+    """Clusters of 16 at 12288 x rank 32 (forced): one mma warp takes the down projection's 48 k-steps, so that a CTA
+    needs 113 KB and 224 threads and two share an SM; the same bytes (where the GPU schedules such clusters)."""
     assert hopper.quantize_act_2l_cols_shape(M, 12288, 32, 64, 16)[3] == 1
     if not _fits(hopper, M, 12288, 32, 64, 16):
         pytest.skip("no cluster of 16 fits this GPU")
@@ -112,16 +113,15 @@ def test_cols_graph_capture_and_extreme_rows(hopper):
 
 def test_cols_shape_rule(hopper):
     """The rule: clusters of 8 where a slice fits (FLUX.1's K = 3072, 12288 at rank 32), 16 where it does not (15360),
-    a thread for each 64-value unit of the block's 16 rows (whole warps); the shared memory within the H100's 227 KB,
-    and within 113 KB (two CTAs an SM) where fewer warps on the mma get it there; no shape at ranks the kernel
-    lacks."""
-    assert hopper.quantize_act_2l_cols_shape(4608, 3072, 32, 64)[:2] == (8, 96)
-    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64)[:2] == (8, 384)
-    assert hopper.quantize_act_2l_cols_shape(4608, 15360, 32, 64)[:2] == (16, 256)
+    a thread for each 64-value unit of the block's 16 rows (whole warps) and 1-4 mma warps after them (one for each
+    16 k-steps of the slice, within 512 threads); the shared memory within the H100's 227 KB, and within 113 KB (two
+    CTAs an SM) where fewer mma warps get it there; no shape at ranks the kernel lacks."""
+    shape = hopper.quantize_act_2l_cols_shape
+    assert shape(4608, 3072, 32, 64) == (8, 96 + 32, 61248, 1)
+    assert shape(4608, 12288, 32, 64) == (8, 384 + 4 * 32, 227904, 4)
+    assert shape(4608, 15360, 32, 64) == (16, 256 + 3 * 32, 147648, 3)
     for R in (0, 8, 20, 128):
-        assert hopper.quantize_act_2l_cols_shape(4608, 3072, R, 64)[0] == 0, R
-    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64, 4)[0] == 0  # a slice of 3072 does not fit
-    # all 8 warps on the mma where one CTA holds the SM anyway; at clusters of 16 (slices of 768) one warp, so that
-    # two CTAs fit an SM (113 KB each)
-    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64)[2:] == (226336, 8)
-    assert hopper.quantize_act_2l_cols_shape(4608, 12288, 32, 64, 16)[1:] == (192, 114976, 1)
+        assert shape(4608, 3072, R, 64)[0] == 0, R
+    assert shape(4608, 12288, 32, 64, 4)[0] == 0  # a slice of 3072 does not fit
+    # clusters of 16 at 12288 (slices of 768): one mma warp, so that two CTAs fit an SM (113 KB and 224 threads each)
+    assert shape(4608, 12288, 32, 64, 16) == (16, 192 + 32, 113728, 1)
