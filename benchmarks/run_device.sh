@@ -505,7 +505,7 @@ if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then
     echo "sweep rc=$?"; grep -vE "^\{" "$OUT/qsweep_cols.log" | tail -30
     (cd benchmarks && timeout 100 python3 quantize_cols_stamps.py --ks 3072,12288,15360 --clusters 0,16) \
       > "$OUT/stamps_cols.log" 2>&1
-    echo "stamps rc=$?"; tail -5 "$OUT/stamps_cols.log"
+    echo "stamps rc=$?"; tail -8 "$OUT/stamps_cols.log"
     (cd benchmarks && timeout 150 python3 chain_breakdown.py --ms 4608 --fused 2 --fp8 --reps 20) > "$OUT/breakdown_cols.log" 2>&1
     echo "breakdown rc=$?"; tail -8 "$OUT/breakdown_cols.log" | cut -c1-230
     timeout 200 python3 benchmarks/ab_2l.py --ms ${COLS_AB_MS:-4608,1024} --rounds 2 --cols fo,fo_fc,bf16,fp8d > "$OUT/ab_cols.log" 2>&1
