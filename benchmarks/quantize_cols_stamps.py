@@ -3,10 +3,10 @@
 usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [--calls 3] [--clusters 0,16]
 
 With set_quantize_act_2l_cols_stamps, two threads of every CTA write clock64 at the steps of each of its first blocks
-(quantize_act_2l_cols_sm90.cu): thread 0 for the unit warps (stamps 0-7: before the stage wait, after it, after the
-units' pass, after their barrier, after the row maxima's sends, after their wait, after the quantization, after the
-stage's release and the next loads) and the first mma thread for the mma warps (8-14: before the stage wait, after it,
-after the mma, after the mma warps' barrier, after the partials' sends, after their wait, after the owners' sums). Per
+(quantize_act_2l_cols_sm90.cu): thread 0 for the unit warps (stamps 0-6: before the stage wait, after it, after the
+units' pass, after their barrier, after the row maxima's sends, after their wait, after the quantization) and the first
+mma thread for the mma warps (7-14: before the stage wait, after it, after the mma, after the mma warps' barrier, after
+the partials' sends, after the stage's release and the next loads, after the partials' wait, after the owners' sums). Per
 shape it prints each step's cycles (the difference of its two stamps, median over CTAs and blocks, the first block left
 out) and each group's period (its first stamp to the next block's), for each cluster size of --clusters (0: the
 rule's; a forced size without a shape or not schedulable is left out). Cycles are SM clocks; a thread sees its own
@@ -20,9 +20,9 @@ import torch
 
 # (name, from stamp, to stamp) of the unit warps' steps, then the mma warps'
 UNIT_STEPS = [("stage wait", 0, 1), ("units' pass", 1, 2), ("barrier", 2, 3), ("maxima sends", 3, 4),
-              ("maxima wait", 4, 5), ("quantization", 5, 6), ("release + loads", 6, 7)]
-MMA_STEPS = [("mma: stage wait", 8, 9), ("mma", 9, 10), ("mma barrier", 10, 11), ("partials' sends", 11, 12),
-             ("partials wait", 12, 13), ("owners' sums", 13, 14)]
+              ("maxima wait", 4, 5), ("quantization", 5, 6)]
+MMA_STEPS = [("mma: stage wait", 7, 8), ("mma", 8, 9), ("mma barrier", 9, 10), ("partials' sends", 10, 11),
+             ("release + loads", 11, 12), ("partials wait", 12, 13), ("owners' sums", 13, 14)]
 STAMPS = 15
 COLUMNS = [n for n, _, _ in UNIT_STEPS] + ["period (units)"] + [n for n, _, _ in MMA_STEPS] + ["period (mma)"]
 
@@ -41,7 +41,7 @@ def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
             for name, a, b in UNIT_STEPS + MMA_STEPS:
                 out[name].append(s[b] - s[a])
             out["period (units)"].append(stamps[c, j + 1, 0].item() - s[0])
-            out["period (mma)"].append(stamps[c, j + 1, 8].item() - s[8])
+            out["period (mma)"].append(stamps[c, j + 1, 7].item() - s[7])
     return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
 
 

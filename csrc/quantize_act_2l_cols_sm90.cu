@@ -11,15 +11,15 @@
 //     the divisions, the reciprocal) is done once per 64 values;
 //   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
 //     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
-//   - warp-specialized (v5): the unit warps take the units' pass, the row maxima's exchange and the quantization;
-//     1-4 mma warps of their own take the down projection's mma on the same stage, sum their partials and send each
-//     16-byte piece (row, quad) to the rank owning it, which sums the cluster's and stores lr. The two run side by
-//     side, meeting only at the stage: mbarriers say a stage has landed (the copies' own arrivals) and that the mma
-//     warps have read it; a named barrier a block in each group;
+//   - warp-specialized (v5, v6): the unit warps take the units' pass, the row maxima's exchange and the
+//     quantization; 1-4 mma warps of their own take the down projection's mma on the same stage, sum their partials,
+//     send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr) and load the
+//     stages. The two groups run side by side and meet only at the stage: mbarriers say that a stage has landed (the
+//     copies' own arrivals) and that the unit warps have read it; a named barrier a block in each group; every wait
+//     suspends its warp (a polling warp slows the others: v2.48);
 //   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
 //     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
-//     stage of block j + 2 is requested once block j's is read, by the 2 VS unit threads taking one column vector
-//     of every other row each.
+//     stage of block j + 2 is requested once block j's is read.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
 // Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47).
@@ -39,10 +39,10 @@ constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
 constexpr int kMmaWarps = 4;  // at most this many warps take the down projection's k-steps
 constexpr size_t kTwoPerSm = 113 * 1024;  // the shared memory that lets two CTAs share an SM (228 KB, 1 KB each kept)
 constexpr int kMaxThreads = 512;
-// stamps (benchmarks), the first blocks' steps: thread 0 (unit warps) 0-7: before the stage wait, after it, after
-// the units' pass, after their barrier, after the maxima's sends, after their wait, after the quantization, after the
-// stage's release and the next loads; the first mma thread 8-14: before the stage wait, after it, after the mma,
-// after the mma warps' barrier, after the partials' sends, after their wait, after the owners' sums
+// stamps (benchmarks), the first blocks' steps: thread 0 (unit warps) 0-6: before the stage wait, after it, after
+// the units' pass, after their barrier, after the maxima's sends, after their wait, after the quantization; the first
+// mma thread 7-14: before the stage wait, after it, after the mma, after the mma warps' barrier, after the partials'
+// sends, after the stage's release and the next loads, after the partials' wait, after the owners' sums
 constexpr int kStampBlocks = 64, kStampSteps = 15;
 
 // Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice; MW: the
@@ -75,6 +75,14 @@ __host__ __device__ __forceinline__ uint32_t stage_off(int r, int c, int Ks) {
 // This thread's cp.async copies, once complete, arrive on `bar` (one of its expected arrivals)
 __device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits for the phase of `parity` to complete, the thread suspended meanwhile (a time hint, as CUTLASS's barriers: a
+// warp polling try_wait without one takes issue slots and the shared-memory pipe from the warps working beside it)
+__device__ __forceinline__ void mbar_wait_suspended(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity), "r"(0x989680) : "memory");
 }
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -119,7 +127,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   float* gmx = reinterpret_cast<float*>(smem + L.gmx());
   float4* glr = reinterpret_cast<float4*>(smem + L.glr());
   // [0, 1]: the row maxima, [2, 3]: the low-rank partials (both from the cluster), [4, 5]: a stage has landed, [6, 7]:
-  // the mma warps have read a stage
+  // the unit warps have read a stage
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());
   const uint32_t rank = cluster_rank();
   const int kbase = (int)rank * Ks;
@@ -128,34 +136,33 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int nrb = (M + kRows - 1) / kRows;
   const int nblk = (nrb - cid + clusters - 1) / clusters;  // this cluster's row blocks (the grid has cid < nrb)
   const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(ppr * 16 * C);
-  // (benchmarks, set_quantize_act_2l_cols_stamps) the clock of thread 0 (steps 0-7) and of the first mma thread
-  // (8-14) at step p of its CTA's block j < kStampBlocks
+  // (benchmarks, set_quantize_act_2l_cols_stamps) the clock of thread 0 (steps 0-6) and of the first mma thread
+  // (7-14) at step p of its CTA's block j < kStampBlocks
   auto stamp = [&](int j, int p) {
     if (stamps && (tid == 0 || tid == UT) && j < kStampBlocks)
       stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
 
-  // loads: the 16 UR = 2 VS unit threads take column vector t % VS of rows t / VS, + 2, ... (each warp's 32 vectors
-  // coalesced); their copies' completions arrive on the stage's barrier
+  // loads, by the mma threads: vector e = mt + i MT of the stage (row e / VS, column vector e % VS; each warp's 32
+  // vectors coalesced); their copies' completions arrive on the stage's barrier
   const bool unit = tid < kRows * UR;
-  const int c_ld = tid % VS, r_ld = tid / VS;
+  const int mt = tid - UT, mthreads = nthr - UT;
   auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
-    if (j >= nblk || !unit) return;
+    if (j >= nblk) return;
     const int row0 = (cid + j * clusters) * kRows;
     const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
-    const T* src = x + (int64_t)(row0 + r_ld) * K + kbase + c_ld * 8;
-#pragma unroll
-    for (int i = 0; i < kRows / 2; ++i) {
-      const int r = r_ld + 2 * i;
+    int r = mt / VS, c = mt - r * VS;
+    for (int e = mt; e < kRows * VS; e += mthreads) {
       const bool in = row0 + r < M;
-      cp_async16(st + stage_off(r, c_ld, Ks), in ? src + (int64_t)2 * i * K : x, in ? 16 : 0);
+      cp_async16(st + stage_off(r, c, Ks), in ? x + (int64_t)(row0 + r) * K + kbase + c * 8 : x, in ? 16 : 0);
+      for (c += mthreads; c >= VS; c -= VS) ++r;
     }
     cp_async_arrive_noinc(smem_u32(&bars[4 + (j & 1)]));
   };
   if (tid == 0) {
     for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
-    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), kRows * UR);
-    for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), MW);
+    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), nthr - UT);
+    for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
       mbar_expect_tx(smem_u32(&bars[b]), max_bytes);
@@ -163,8 +170,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
   }
   __syncthreads();  // the barriers are initialized before any copy arrives on them
-  issue(0);
-  issue(1);
+  if (tid >= UT) {
+    issue(0);
+    issue(1);
+  }
   load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);
   for (int i = tid; i < Ks / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
     const int u = i >> 4, k = i & 15;
@@ -179,8 +188,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   cluster_barrier();  // every CTA of the cluster runs, its barriers armed, before any remote store
 
   if (tid < UT) {
-    // the unit warps: each thread's unit of a block through its row's maxima to the 4-bit values; then the stage's
-    // next block is loaded (once the mma warps have read it too)
+    // the unit warps: each thread's unit of a block through its row's maxima to the 4-bit values
     const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
@@ -189,7 +197,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       const int row0 = (cid + j * clusters) * kRows;
       const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
       stamp(j, 0);
-      mbar_wait(smem_u32(&bars[4 + par]), phase);
+      mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
       stamp(j, 1);
 
       float v[64];    // this thread's unit: x * (1 / smooth)
@@ -223,17 +231,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
 
       stamp(j, 2);
-      named_barrier(1, UT);  // the units' maxima are written
+      named_barrier(1, UT);  // the units' maxima are written, the stage is read
+      if (tid == 0) mbar_arrive(smem_u32(&bars[6 + par]));
       stamp(j, 3);
-      for (int i = tid; i < kRows * C; i += UT) {  // this CTA's maximum of row i % 16 to rank i / 16
-        const int r = i & (kRows - 1), q = i >> 4;
+      for (int i = tid; i < kRows * 8; i += UT) {  // this CTA's row maxima, 8 lanes a row, to every rank
+        const int r = i >> 3, part = i & 7;
         float m = 0.f;
-#pragma unroll 4
-        for (int w = 0; w < UR; ++w) m = fmaxf(m, umax[(par * kRows + r) * UR + w]);
-        st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
+        for (int w = part; w < UR; w += 8) m = fmaxf(m, umax[(par * kRows + r) * UR + w]);
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+        for (int q = part; q < C; q += 8)
+          st_async_f32(map_rank(gmx + (par * kRows + r) * C + rank, q), m, map_rank(&bars[par], q));
       }
       stamp(j, 4);
-      mbar_wait(smem_u32(&bars[par]), phase);
+      mbar_wait_suspended(smem_u32(&bars[par]), phase);
       stamp(j, 5);
       if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
       const int m = row0 + ur;
@@ -283,14 +295,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
       }
       stamp(j, 6);
-      if (unit && j + 2 < nblk) mbar_wait(smem_u32(&bars[6 + par]), phase);  // the mma warps have read the stage
-      issue(j + 2);
-      stamp(j, 7);
     }
   } else {
     // the mma warps: the down projection's partial over each warp's k-steps of the slice, summed over the warps and
     // sent to the pieces' owners, who sum the cluster's partials and store lr
-    const int mw = warp - UT / 32, mt = tid - UT, mthreads = 32 * MW;
+    const int mw = warp - UT / 32;
     constexpr int kSets = NT <= 4 ? 2 : 1;  // (rank <= 32) even and odd k-steps on two accumulator sets
     const int steps = Ks / 16, s0 = mw * steps / MW, s1 = (mw + 1) * steps / MW;
     const int arow = lane & 15;
@@ -301,9 +310,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       const uint32_t phase = (j >> 1) & 1;
       const int row0 = (cid + j * clusters) * kRows;
       const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+      stamp(j, 7);
+      mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
       stamp(j, 8);
-      mbar_wait(smem_u32(&bars[4 + par]), phase);
-      stamp(j, 9);
       float acc[2][NT][4] = {};
       auto kstep = [&](int s, float(&ac)[NT][4]) {
         uint32_t a[4];
@@ -322,8 +331,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         kstep(s + 1, acc[kSets - 1]);
       }
       for (; s < s1; ++s) kstep(s, acc[0]);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(smem_u32(&bars[6 + par]));  // this warp is done with the stage
       const int g = lane >> 2, t = lane & 3;
       float* rp = red + (size_t)par * MW * kRows * R;
 #pragma unroll
@@ -333,9 +340,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         *reinterpret_cast<float2*>(pp + 8 * R) =
             make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
       }
+      stamp(j, 9);
+      named_barrier(2, mthreads);  // the warps' partials are written, the stage is read
       stamp(j, 10);
-      named_barrier(2, mthreads);  // the warps' partials are written
-      stamp(j, 11);
       // piece p (row p / (R / 4), quad p % (R / 4)) of this CTA's partial to rank p % C, slot p / C
       for (int p = mt; p < kRows * R / 4; p += mthreads) {
         float4 acc4 = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -347,8 +354,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         st_async_v4(map_rank(glr + (par * C + (int)rank) * ppr + p / C, owner), acc4,
                     map_rank(&bars[2 + par], owner));
       }
+      stamp(j, 11);
+      if (j + 2 < nblk) {  // block j + 2 into the stage, once the unit warps have read it too
+        mbar_wait_suspended(smem_u32(&bars[6 + par]), phase);
+        issue(j + 2);
+      }
       stamp(j, 12);
-      mbar_wait(smem_u32(&bars[2 + par]), phase);
+      mbar_wait_suspended(smem_u32(&bars[2 + par]), phase);
       stamp(j, 13);
       if (mt == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);  // block j + 2's phase
       store_owned_pieces<T, R>(glr + par * C * ppr, C, ppr, (int)rank, row0, M, lr, mt, mthreads);
