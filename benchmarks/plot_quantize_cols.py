@@ -1,15 +1,15 @@
-"""Chart of the fixed-column fused quantizer's block, step by step (perf-notes v2.48): per shape, two bars, the unit
-warps' and the mma warps' median cycles in each step of a block (benchmarks/quantize_cols_stamps.py's table), stacked,
-each with its group's period (the rest of it: the loop's turn, not stamped).
+"""Chart of the fixed-column fused quantizer's block, step by step (perf-notes v2.48): per shape, a bar for each group
+of warps (units, mma, producer) with its median cycles in each step of a block (benchmarks/quantize_cols_stamps.py's
+table), stacked, and its period (the rest of it: the loop's turn, not stamped).
 
-usage: python benchmarks/plot_quantize_cols.py docs/perf/cols_v5_s38_h100.txt [--out PNG]
+usage: python benchmarks/plot_quantize_cols.py docs/perf/cols_v7_s38_h100.txt [--out PNG]
 """
 from __future__ import annotations
 
 import sys
 
 from plot_util import log_args, pyplot, save_figure
-from quantize_cols_stamps import COLUMNS, MMA_STEPS, UNIT_STEPS
+from quantize_cols_stamps import COLUMNS, GROUPS
 
 
 def parse(text: str) -> tuple[str, list[tuple[str, dict[str, float]]]]:
@@ -35,13 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     args = log_args(__doc__, argv)
     title, rows = parse(open(args.log).read())
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(10, 1.6 + 1.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.75 * len(GROUPS) * len(rows)))
     colors = plt.get_cmap("tab20").colors
     ticks, labels = [], []
     for i, (label, t) in enumerate(rows):
-        for g, (group, steps, period) in enumerate([("units", UNIT_STEPS, "period (units)"),
-                                                     ("mma", MMA_STEPS, "period (mma)")]):
-            y = 2.4 * i + g
+        for g, (group, steps, period) in enumerate(GROUPS):
+            y = (len(GROUPS) + 0.4) * i + g
             left = 0.0
             for p, (name, _, _) in enumerate(steps):
                 ax.barh(y, t[name], left=left, color=colors[(p + 7 * g) % 20], label=name if i == 0 else None)
@@ -52,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             labels.append(f"{label.splitlines()[0]}, {group}\n{label.splitlines()[1]}")
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("SM cycles (thread 0 and the first mma thread of each CTA, median over CTAs and blocks)")
-    ax.set_title(f"{title.split(':')[0]}: a block of the fixed-column fused quantizer (v5, warp-specialized), "
+    ax.set_xlabel("SM cycles (the first thread of each group and CTA, median over CTAs and blocks)")
+    ax.set_title(f"{title.split(':')[0]}: a block of the fixed-column fused quantizer (warp-specialized), "
                  "4608 tokens, rank 32\n(bash benchmarks/run_device.sh cols: quantize_cols_stamps.py)", fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=5, fontsize=7)
     save_figure(fig, args.out, args.log)

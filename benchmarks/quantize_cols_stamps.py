@@ -4,9 +4,10 @@ usage: python benchmarks/quantize_cols_stamps.py [--ms 4608] [--ks 3072,12288] [
 
 With set_quantize_act_2l_cols_stamps, two threads of every CTA write clock64 at the steps of each of its first blocks
 (quantize_act_2l_cols_sm90.cu): thread 0 for the unit warps (stamps 0-6: before the stage wait, after it, after the
-units' pass, after their barrier, after the row maxima's sends, after their wait, after the quantization) and the first
-mma thread for the mma warps (7-14: before the stage wait, after it, after the mma, after the mma warps' barrier, after
-the partials' sends, after the stage's release and the next loads, after the partials' wait, after the owners' sums). Per
+units' pass, after their barrier, after the row maxima's sends, after their wait, after the quantization), the first
+mma thread for the mma warps (7-13: before the stage wait, after it, after the mma, after the mma warps' barrier, after
+the partials' sends, after their wait, after the owners' sums) and the producer warp's lane 0 (14-16, at block j the
+loads of block j + 2: before the stage's release, after it, after the loads' issue). Per
 shape it prints each step's cycles (the difference of its two stamps, median over CTAs and blocks, the first block left
 out) and each group's period (its first stamp to the next block's), for each cluster size of --clusters (0: the
 rule's; a forced size without a shape or not schedulable is left out). Cycles are SM clocks; a thread sees its own
@@ -18,30 +19,36 @@ import argparse
 
 import torch
 
-# (name, from stamp, to stamp) of the unit warps' steps, then the mma warps'
+# (name, from stamp, to stamp) of each group's steps, and its period's column (its first stamp to the next block's)
 UNIT_STEPS = [("stage wait", 0, 1), ("units' pass", 1, 2), ("barrier", 2, 3), ("maxima sends", 3, 4),
               ("maxima wait", 4, 5), ("quantization", 5, 6)]
 MMA_STEPS = [("mma: stage wait", 7, 8), ("mma", 8, 9), ("mma barrier", 9, 10), ("partials' sends", 10, 11),
-             ("release + loads", 11, 12), ("partials wait", 12, 13), ("owners' sums", 13, 14)]
-STAMPS = 15
-COLUMNS = [n for n, _, _ in UNIT_STEPS] + ["period (units)"] + [n for n, _, _ in MMA_STEPS] + ["period (mma)"]
+             ("partials wait", 11, 12), ("owners' sums", 12, 13)]
+PRODUCER_STEPS = [("release wait", 14, 15), ("loads' issue", 15, 16)]
+GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
+          ("producer", PRODUCER_STEPS, "period (producer)")]
+STAMPS = 17
+COLUMNS = [c for _, steps, period in GROUPS for c in [*(n for n, _, _ in steps), period]]
 
 
 def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
-    """Median cycles of each step and of each group's period. stamps: [ctas, blocks, 15] clock64 values; nblk: [ctas]
+    """Median cycles of each step and of each group's period. stamps: [ctas, blocks, 17] clock64 values; nblk: [ctas]
     blocks each CTA ran (stamps past them, or past the buffer's blocks, are ignored). Blocks 1 .. n - 2 are used (the
-    first fills the pipeline; the last has no next block for its period)."""
+    first fills the pipeline; the last has no next block for its period); the producer's 1 .. n - 4 (its block j loads
+    block j + 2, so it stamps blocks 0 .. n - 3)."""
     ctas, blocks, steps = stamps.shape
     assert steps == STAMPS, stamps.shape
     out: dict[str, list[float]] = {k: [] for k in COLUMNS}
     for c in range(ctas):
         n = min(int(nblk[c]), blocks)
-        for j in range(1, n - 1):
-            s = stamps[c, j].tolist()
-            for name, a, b in UNIT_STEPS + MMA_STEPS:
-                out[name].append(s[b] - s[a])
-            out["period (units)"].append(stamps[c, j + 1, 0].item() - s[0])
-            out["period (mma)"].append(stamps[c, j + 1, 7].item() - s[7])
+        for group, group_steps, period in GROUPS:
+            last = min(n - 2, int(nblk[c]) - 4) if group == "producer" else n - 2
+            first = group_steps[0][1]
+            for j in range(1, last + 1):
+                s = stamps[c, j].tolist()
+                for name, a, b in group_steps:
+                    out[name].append(s[b] - s[a])
+                out[period].append(stamps[c, j + 1, first].item() - s[first])
     return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
 
 

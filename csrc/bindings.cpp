@@ -430,7 +430,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   };
   const cudaDeviceProp* prop =
       R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
-  if (prop && !x2.defined() && prop->major == 9 && prop->minor == 0 &&
+  // (the concatenation's two parts: the fixed-column kernel only, mode 2)
+  const bool parts_ok = !x2.defined() || (svdq::quantize_act_2l_fused_mode() == 2 &&
+                                          reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0);
+  if (prop && parts_ok && prop->major == 9 && prop->minor == 0 &&
       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
       reinterpret_cast<uintptr_t>(pd.data_ptr()) % 16 == 0 &&
       svdq::quantize_act_2l_fused_supported((int)M, (int)K, R, (int)group_size, prop->multiProcessorCount)) {

@@ -48,7 +48,8 @@ struct QuantizeAct2lArgs {
   const void* proj_down = nullptr;  // [K, R]: the fused kernel (Hopper) computes lr = x @ proj_down too
   void* lr = nullptr;               // [M, R]
   int R = 0;
-  const void* x2 = nullptr;  // per-row kernel: the rows are cat([x [M, K1], x2 [M, K - K1]]), K1 % 8 == 0
+  // the per-row and fixed-column kernels: the rows are cat([x [M, K1], x2 [M, K - K1]]), K1 % 8 == 0
+  const void* x2 = nullptr;
   int K1 = 0;
   bool rcp_ready = false;  // rcp already holds 1 / smooth (cached per smoothing factor by the binding)
   float leave = 0.f;  // persistent grid: this share of the CTAs that fit is left to a kernel beside it (side stream)

@@ -11,12 +11,13 @@
 //     the divisions, the reciprocal) is done once per 64 values;
 //   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
 //     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
-//   - warp-specialized (v5, v6): the unit warps take the units' pass, the row maxima's exchange and the
-//     quantization; 1-4 mma warps of their own take the down projection's mma on the same stage, sum their partials,
-//     send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr) and load the
-//     stages. The two groups run side by side and meet only at the stage: mbarriers say that a stage has landed (the
-//     copies' own arrivals) and that the unit warps have read it; a named barrier a block in each group; every wait
-//     suspends its warp (a polling warp slows the others: v2.48);
+//   - warp-specialized (v5-v7): the unit warps take the units' pass, the row maxima's exchange and the
+//     quantization; 1-3 mma warps of their own take the down projection's mma on the same stage, sum their partials
+//     and send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr); a
+//     producer warp loads the stages (its copies stall while the SM's requests are in flight, so it holds no other
+//     work: v2.48). The groups run side by side and meet only at the stage: mbarriers say that a stage has landed (the
+//     copies' own arrivals) and that the unit and mma warps have read it; a named barrier a block in each group; every
+//     wait suspends its warp (a polling warp slows the others: v2.48);
 //   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
 //     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
 //     stage of block j + 2 is requested once block j's is read.
@@ -36,14 +37,15 @@ namespace svdq {
 namespace {
 
 constexpr int kRows = 16;      // token rows per block (one mma m16 tile)
-constexpr int kMmaWarps = 4;  // at most this many warps take the down projection's k-steps
+constexpr int kMmaWarps = 3;  // at most this many warps take the down projection's k-steps
 constexpr size_t kTwoPerSm = 113 * 1024;  // the shared memory that lets two CTAs share an SM (228 KB, 1 KB each kept)
 constexpr int kMaxThreads = 512;
 // stamps (benchmarks), the first blocks' steps: thread 0 (unit warps) 0-6: before the stage wait, after it, after
 // the units' pass, after their barrier, after the maxima's sends, after their wait, after the quantization; the first
-// mma thread 7-14: before the stage wait, after it, after the mma, after the mma warps' barrier, after the partials'
-// sends, after the stage's release and the next loads, after the partials' wait, after the owners' sums
-constexpr int kStampBlocks = 64, kStampSteps = 15;
+// mma thread 7-13: before the stage wait, after it, after the mma, after the mma warps' barrier, after the partials'
+// sends, after their wait, after the owners' sums; the producer (block j: its loads of block j + 2) 14-16: before
+// the stage's release, after it, after the loads' issue
+constexpr int kStampBlocks = 64, kStampSteps = 17;
 
 // Byte offsets of the shared-memory buffers (all multiples of 16). UR: 64-value units a row of the slice; MW: the
 // mma warps.
@@ -110,9 +112,9 @@ __device__ __forceinline__ void store_owned_pieces(const float4* got, int C, int
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
-    quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ smooth, const T* __restrict__ pd,
-                                int8_t* __restrict__ xq, float* __restrict__ xscale, T* __restrict__ lr, int M, int K,
-                                int G, int C, int MW, long long* __restrict__ stamps) {
+    quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ x2, int K1, const T* __restrict__ smooth,
+                                const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
+                                T* __restrict__ lr, int M, int K, int G, int C, int MW, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = NT * 8;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -127,7 +129,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   float* gmx = reinterpret_cast<float*>(smem + L.gmx());
   float4* glr = reinterpret_cast<float4*>(smem + L.glr());
   // [0, 1]: the row maxima, [2, 3]: the low-rank partials (both from the cluster), [4, 5]: a stage has landed, [6, 7]:
-  // the unit warps have read a stage
+  // the unit and mma warps have read a stage
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());
   const uint32_t rank = cluster_rank();
   const int kbase = (int)rank * Ks;
@@ -136,33 +138,35 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int nrb = (M + kRows - 1) / kRows;
   const int nblk = (nrb - cid + clusters - 1) / clusters;  // this cluster's row blocks (the grid has cid < nrb)
   const uint32_t max_bytes = (uint32_t)(C * kRows * 4), lr_bytes = (uint32_t)(ppr * 16 * C);
-  // (benchmarks, set_quantize_act_2l_cols_stamps) the clock of thread 0 (steps 0-6) and of the first mma thread
-  // (7-14) at step p of its CTA's block j < kStampBlocks
+  // (benchmarks, set_quantize_act_2l_cols_stamps) the clock of thread 0 (steps 0-6), the first mma thread (7-13) and
+  // the producer's lane 0 (14-16) at step p of its CTA's block j < kStampBlocks
   auto stamp = [&](int j, int p) {
-    if (stamps && (tid == 0 || tid == UT) && j < kStampBlocks)
+    if (stamps && (tid == 0 || tid == UT || tid == UT + 32 * MW) && j < kStampBlocks)
       stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
 
-  // loads, by the mma threads: vector e = mt + i MT of the stage (row e / VS, column vector e % VS; each warp's 32
-  // vectors coalesced); their copies' completions arrive on the stage's barrier
+  // the warps: unit warps [0, UT / 32), mma warps [UT / 32, UT / 32 + MW), the producer warp last
+  const int mt = tid - UT, mthreads = 32 * MW;
   const bool unit = tid < kRows * UR;
-  const int mt = tid - UT, mthreads = nthr - UT;
+  // loads, by the producer warp: vector e = lane + 32 i of the stage (row e / VS, column vector e % VS; each of its
+  // instructions 32 vectors, coalesced); its copies' completions arrive on the stage's barrier
   auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
-    if (j >= nblk) return;
     const int row0 = (cid + j * clusters) * kRows;
     const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
-    int r = mt / VS, c = mt - r * VS;
-    for (int e = mt; e < kRows * VS; e += mthreads) {
+    int r = lane / VS, c = lane - r * VS;
+    for (int e = lane; e < kRows * VS; e += 32) {
       const bool in = row0 + r < M;
-      cp_async16(st + stage_off(r, c, Ks), in ? x + (int64_t)(row0 + r) * K + kbase + c * 8 : x, in ? 16 : 0);
-      for (c += mthreads; c >= VS; c -= VS) ++r;
+      const int k = kbase + c * 8;  // (the rows are cat([x, x2]): columns k < K1 in x, the rest in x2)
+      const T* src = k < K1 ? x + (int64_t)(row0 + r) * K1 + k : x2 + (int64_t)(row0 + r) * (K - K1) + (k - K1);
+      cp_async16(st + stage_off(r, c, Ks), in ? src : x, in ? 16 : 0);
+      for (c += 32; c >= VS; c -= VS) ++r;
     }
     cp_async_arrive_noinc(smem_u32(&bars[4 + (j & 1)]));
   };
   if (tid == 0) {
     for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
-    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), nthr - UT);
-    for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), 1);
+    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), 32);      // the producer's lanes
+    for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), 1 + MW);  // thread 0 and each mma warp
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
       mbar_expect_tx(smem_u32(&bars[b]), max_bytes);
@@ -170,10 +174,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
   }
   __syncthreads();  // the barriers are initialized before any copy arrives on them
-  if (tid >= UT) {
-    issue(0);
-    issue(1);
-  }
+  if (warp == nthr / 32 - 1)
+    for (int j = 0; j < 2 && j < nblk; ++j) issue(j);
   load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);
   for (int i = tid; i < Ks / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
     const int u = i >> 4, k = i & 15;
@@ -296,7 +298,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       }
       stamp(j, 6);
     }
-  } else {
+  } else if (mt < mthreads) {
     // the mma warps: the down projection's partial over each warp's k-steps of the slice, summed over the warps and
     // sent to the pieces' owners, who sum the cluster's partials and store lr
     const int mw = warp - UT / 32;
@@ -331,6 +333,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         kstep(s + 1, acc[kSets - 1]);
       }
       for (; s < s1; ++s) kstep(s, acc[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_u32(&bars[6 + par]));  // this warp is done with the stage
       const int g = lane >> 2, t = lane & 3;
       float* rp = red + (size_t)par * MW * kRows * R;
 #pragma unroll
@@ -341,7 +345,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
             make_float2(acc[0][nt][2] + acc[1][nt][2], acc[0][nt][3] + acc[1][nt][3]);
       }
       stamp(j, 9);
-      named_barrier(2, mthreads);  // the warps' partials are written, the stage is read
+      named_barrier(2, mthreads);  // the warps' partials are written
       stamp(j, 10);
       // piece p (row p / (R / 4), quad p % (R / 4)) of this CTA's partial to rank p % C, slot p / C
       for (int p = mt; p < kRows * R / 4; p += mthreads) {
@@ -355,16 +359,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
                     map_rank(&bars[2 + par], owner));
       }
       stamp(j, 11);
-      if (j + 2 < nblk) {  // block j + 2 into the stage, once the unit warps have read it too
-        mbar_wait_suspended(smem_u32(&bars[6 + par]), phase);
-        issue(j + 2);
-      }
-      stamp(j, 12);
       mbar_wait_suspended(smem_u32(&bars[2 + par]), phase);
-      stamp(j, 13);
+      stamp(j, 12);
       if (mt == 0) mbar_expect_tx(smem_u32(&bars[2 + par]), lr_bytes);  // block j + 2's phase
       store_owned_pieces<T, R>(glr + par * C * ppr, C, ppr, (int)rank, row0, M, lr, mt, mthreads);
+      stamp(j, 13);
+    }
+  } else {
+    // the producer warp: block j + 2 into block j's stage once both groups have read it
+#pragma unroll 1
+    for (int j = 0; j + 2 < nblk; ++j) {
       stamp(j, 14);
+      mbar_wait_suspended(smem_u32(&bars[6 + (j & 1)]), (j >> 1) & 1);
+      stamp(j, 15);
+      issue(j + 2);
+      stamp(j, 16);
     }
   }
   cp_async_wait<0>();
@@ -400,19 +409,19 @@ Q2lcShape q2lc_shape(int M, int K, int R, int G, int force_cluster) {
     if (K % C || (K / C) % 64 || (K / C) % G) continue;
     const int Ks = K / C;
     const int ut = Q2lcLayout{Ks, C, R, 1}.ut();  // a thread for each 64-value unit of the block's rows
-    // the mma warps: one for each 16 of the slice's k-steps, at most 4 and as many as the CTA's threads leave; fewer
-    // where that lets two CTAs share an SM
-    const int mw0 = std::min({kMmaWarps, std::max(1, Ks / 256), (kMaxThreads - ut) / 32});
+    // the mma warps: one for each 16 of the slice's k-steps, at most 3 and as many as the CTA's threads leave beside
+    // the producer warp; fewer where that lets two CTAs share an SM
+    const int mw0 = std::min({kMmaWarps, std::max(1, Ks / 256), (kMaxThreads - ut - 32) / 32});
     if (mw0 < 1) continue;
     int mw = mw0;
     for (int w : {mw0, 2, 1})
-      if (w <= mw0 && Q2lcLayout{Ks, C, R, w}.total() <= kTwoPerSm && ut + 32 * w <= kMaxThreads / 2) {
+      if (w <= mw0 && Q2lcLayout{Ks, C, R, w}.total() <= kTwoPerSm && ut + 32 * w + 32 <= kMaxThreads / 2) {
         mw = w;
         break;
       }
     const size_t smem = Q2lcLayout{Ks, C, R, mw}.total();
     if (smem > kSmemLimit) continue;
-    return Q2lcShape{C, ut + 32 * mw, mw, smem};
+    return Q2lcShape{C, ut + 32 * mw + 32, mw, smem};
   }
   return best;
 }
@@ -496,13 +505,15 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   *grid = (int)l.cfg.gridDim.x;
   int M = a.M, K = a.K, G = a.group_size, C = s.C, MW = s.mma_warps;
   const void* x = a.x;
+  const void* x2 = a.x2;
+  int K1 = a.x2 ? a.K1 : a.K;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
   int8_t* xq = a.xq;
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  void* args[] = {&x, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &MW, &stamps};
+  void* args[] = {&x, &x2, &K1, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &MW, &stamps};
   return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 

@@ -10,37 +10,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quantize_cols_stamps as qcs  # noqa: E402
 
 
-def _stamps(ctas: int, blocks: int, unit: list[int], mma: list[int]) -> torch.Tensor:
-    """Each CTA's blocks back to back, both groups from the same start: the unit warps' step p takes unit[p] cycles
-    (CTA c's maxima wait, p = 4, (c + 1) times longer), the mma warps' step p mma[p]; the next block starts when the
-    slower group is done, 5 cycles later."""
+def _stamps(ctas: int, blocks: int, nblk: list[int], unit: list[int], mma: list[int], prod: list[int]) -> torch.Tensor:
+    """Each CTA's blocks back to back, every group from the same start: the unit warps' step p takes unit[p] cycles
+    (CTA c's maxima wait, p = 4, (c + 1) times longer), the mma warps' mma[p], the producer's prod[p] (it stamps
+    blocks 0 .. n - 3 only); the next block starts when the slowest group is done, 5 cycles later."""
     s = torch.zeros(ctas, blocks, qcs.STAMPS, dtype=torch.int64)
     for c in range(ctas):
         t = 1000 * c
-        for j in range(blocks):
-            s[c, j, 0] = s[c, j, 7] = t
-            tu = tm = t
-            for p, d in enumerate(unit):
-                tu += d * (c + 1 if p == 4 else 1)
-                s[c, j, p + 1] = tu
-            for p, d in enumerate(mma):
-                tm += d
-                s[c, j, 8 + p] = tm
-            t = max(tu, tm) + 5
+        for j in range(min(blocks, nblk[c])):
+            ends = []
+            for first, steps in [(0, unit), (7, mma), (14, prod)]:
+                if first == 14 and j > nblk[c] - 3:
+                    continue
+                tt = s[c, j, first] = t
+                for p, d in enumerate(steps):
+                    tt += d * (c + 1 if first == 0 and p == 4 else 1)
+                    s[c, j, first + 1 + p] = tt
+                ends.append(tt)
+            t = max(ends) + 5
     return s
 
 
 def test_step_table_medians_each_step_and_each_groups_period():
-    unit, mma = [10, 20, 30, 40, 50, 60], [11, 22, 33, 44, 55, 166, 177]
-    s = qcs.step_table(_stamps(3, 8, unit, mma), torch.tensor([8, 8, 6]))
+    unit, mma, prod = [10, 20, 30, 40, 50, 60], [11, 22, 33, 44, 155, 166], [7, 9]
+    nblk = [8, 8, 6]
+    s = qcs.step_table(_stamps(3, 8, nblk, unit, mma, prod), torch.tensor(nblk))
     assert [s[n] for n, _, _ in qcs.UNIT_STEPS] == [10, 20, 30, 40, 100, 60]  # CTA 1's maxima wait: the median
     assert [s[n] for n, _, _ in qcs.MMA_STEPS] == mma
-    assert s["period (units)"] == s["period (mma)"] == sum(mma) + 5  # the mma warps are the slower group here
+    assert [s[n] for n, _, _ in qcs.PRODUCER_STEPS] == prod
+    # the mma warps are the slowest group: every group's period is theirs
+    assert s["period (units)"] == s["period (mma)"] == s["period (producer)"] == sum(mma) + 5
     assert set(s) == set(qcs.COLUMNS)
 
 
 def test_step_table_ignores_blocks_past_the_buffer_and_unrun_blocks():
-    s = _stamps(2, 4, [1] * 6, [1] * 7)
+    s = _stamps(2, 4, [9, 2], [1] * 6, [1] * 6, [1] * 2)
     s[1, 2:] = -10**9  # CTA 1 ran 2 blocks only: its later stamps are garbage
     t = qcs.step_table(s, torch.tensor([9, 2]))  # CTA 0 ran more blocks than the buffer holds
-    assert t["stage wait"] == 1 and t["period (units)"] == 7 + 5  # CTA 0's blocks 1, 2 only (the mma group the slower)
+    assert t["stage wait"] == 1 and t["period (units)"] == 6 + 5  # CTA 0's blocks 1, 2 only
+    assert t["release wait"] == 1 and t["period (producer)"] == 6 + 5  # its producer's blocks 1, 2 (of 0 .. 6)

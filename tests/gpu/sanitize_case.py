@@ -100,7 +100,7 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
             if ext.quantize_act_2l_fused_shape(M, K, R, 64, sms)[0] == C:
                 ext.quantize_act_2l(x, smooth, pd, 64)
     # the fixed-column fused quantizer (mode 2): clusters of 4 / 8 / 16 where they apply, a last block of 5 rows, the
-    # one-warp mma of two CTAs an SM (clusters of 16 at 12288 x rank 32)
+    # one-warp mma of two CTAs an SM (clusters of 16 at 12288 x rank 32), the concatenation
     chain_before = ext.lr_chain()
     ext.set_lr_chain(0)  # (a few-token call would chain before the fused path is asked)
     for dtype, (M, K, R, C) in [(torch.bfloat16, (37, 3072, 32, 8)), (torch.float16, (21, 12288, 64, 0)),
@@ -112,6 +112,13 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
         ext.set_quantize_act_2l_fused(2, C)
         if ext.quantize_act_2l_fused_applies(M, K, R, 64):
             ext.quantize_act_2l(x, smooth, pd, 64)
+    # its concatenation form (the seam inside a slice: 15360 at C = 16, slices of 960)
+    x = torch.randn(23, 15360, device="cuda", generator=g).to(torch.bfloat16)
+    smooth = (torch.rand(15360, device="cuda", generator=g) + 0.5).to(torch.bfloat16)
+    pd = torch.randn(15360, 32, device="cuda", generator=g).to(torch.bfloat16)
+    ext.set_quantize_act_2l_fused(2, 0)
+    if ext.quantize_act_2l_fused_applies(23, 15360, 32, 64):
+        ext.quantize_act_2l_cat(x[:, :3072].contiguous(), x[:, 3072:].contiguous(), smooth, pd, 64)
     ext.set_lr_chain(chain_before)
     # (left on, it took the later chain cases' quantizer calls, so their chained down projections never ran: v2.40)
     ext.set_quantize_act_2l_fused(fused_before, 0)

@@ -46,8 +46,8 @@ def test_cols_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
         assert not (gs == 64 and K in (3072, 12288) and R <= 32), f"no shape for K={K} R={R}"
         pytest.skip(f"no fixed-column shape here (C={C}): the per-row kernel runs")
     unit_threads = -(-16 * (K // C // 64) // 32) * 32  # one a 64-value unit of the block's rows, whole warps
-    assert K % C == 0 and threads == unit_threads + 32 * mma_warps <= 512 and smem <= 227 * 1024
-    assert 1 <= mma_warps <= 4
+    assert K % C == 0 and threads == unit_threads + 32 * mma_warps + 32 <= 512 and smem <= 227 * 1024  # + producer
+    assert 1 <= mma_warps <= 3
     xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
     with _fused_quant(hopper, 0):
         pq, ps, pl = _quantize(hopper, *_acts(M, K, R, dtype, seed=M + K + gs + R), gs)
@@ -64,7 +64,7 @@ def _fits(hopper, M, K, R, gs, cluster=0):  # noqa: F811
 @pytest.mark.parametrize("M", [1, 255, 4097])
 def test_cols_two_ctas_an_sm(hopper, dtype, M):
     """Clusters of 16 at 12288 x rank 32 (forced): one mma warp takes the down projection's 48 k-steps, so that a CTA
-    needs 113 KB and 224 threads and two share an SM; the same bytes (where the GPU schedules such clusters)."""
+    needs 113 KB and 256 threads and two share an SM; the same bytes (where the GPU schedules such clusters)."""
     assert hopper.quantize_act_2l_cols_shape(M, 12288, 32, 64, 16)[3] == 1
     if not _fits(hopper, M, 12288, 32, 64, 16):
         pytest.skip("no cluster of 16 fits this GPU")
@@ -113,15 +113,40 @@ def test_cols_graph_capture_and_extreme_rows(hopper):
 
 def test_cols_shape_rule(hopper):
     """The rule: clusters of 8 where a slice fits (FLUX.1's K = 3072, 12288 at rank 32), 16 where it does not (15360),
-    a thread for each 64-value unit of the block's 16 rows (whole warps) and 1-4 mma warps after them (one for each
-    16 k-steps of the slice, within 512 threads); the shared memory within the H100's 227 KB, and within 113 KB (two
-    CTAs an SM) where fewer mma warps get it there; no shape at ranks the kernel lacks."""
+    a thread for each 64-value unit of the block's 16 rows (whole warps), 1-3 mma warps after them (one for each
+    16 k-steps of the slice) and a producer warp, within 512 threads; the shared memory within the H100's 227 KB, and
+    within 113 KB (two CTAs an SM) where fewer mma warps get it there; no shape at ranks the kernel lacks."""
     shape = hopper.quantize_act_2l_cols_shape
-    assert shape(4608, 3072, 32, 64) == (8, 96 + 32, 61248, 1)
-    assert shape(4608, 12288, 32, 64) == (8, 384 + 4 * 32, 227904, 4)
-    assert shape(4608, 15360, 32, 64) == (16, 256 + 3 * 32, 147648, 3)
+    assert shape(4608, 3072, 32, 64) == (8, 96 + 32 + 32, 61248, 1)
+    assert shape(4608, 12288, 32, 64) == (8, 384 + 3 * 32 + 32, 223808, 3)
+    assert shape(4608, 15360, 32, 64) == (16, 256 + 3 * 32 + 32, 147648, 3)
     for R in (0, 8, 20, 128):
         assert shape(4608, 3072, R, 64)[0] == 0, R
     assert shape(4608, 12288, 32, 64, 4)[0] == 0  # a slice of 3072 does not fit
-    # clusters of 16 at 12288 (slices of 768): one mma warp, so that two CTAs fit an SM (113 KB and 224 threads each)
-    assert shape(4608, 12288, 32, 64, 16) == (16, 192 + 32, 113728, 1)
+    # clusters of 16 at 12288 (slices of 768): one mma warp, so that two CTAs fit an SM (113 KB and 256 threads each)
+    assert shape(4608, 12288, 32, 64, 16) == (16, 192 + 32 + 32, 113728, 1)
+
+
+@pytest.mark.parametrize("M,K1,K2", [(255, 3072, 12288), (33, 1536, 1536), (100, 520, 1016)])
+def test_cols_reads_the_concatenation_in_place(hopper, M, K1, K2):
+    """quantize_act_2l_cat (FLUX.1's single blocks: the attention's 3072 columns beside the MLP's 12288) in the
+    fixed-column kernel: the reference's bits of cat([x1, x2]), with the seam inside a slice (15360 at C = 16: slices
+    of 960; 1536 at C = 8: slices of 192, 520 a multiple of 8 only) and on a slice's edge (3072 at C = 8)."""
+    K = K1 + K2
+    x, smooth, pd = _acts(M, K, 32, torch.bfloat16, seed=M + K1)
+    C = hopper.quantize_act_2l_cols_shape(M, K, 32, 64)[0]
+    if C == 0 or not _fits(hopper, M, K, 32, 64):
+        pytest.skip("no schedulable cluster for this shape")
+    before = hopper.quantize_act_2l_fused_mode()
+    try:
+        hopper.set_quantize_act_2l_fused(2, 0, 0, 2)
+        _quantize(hopper, x[:32], smooth, pd, 64)  # two clusters
+        assert hopper.quantize_act_2l_fused_last_grid() == 2 * C
+        hopper.set_quantize_act_2l_fused(2, 0, 0, 1)  # one cluster: grid == C says this kernel took the call
+        xq, xs, lr = hopper.quantize_act_2l_cat(x[:, :K1].contiguous(), x[:, K1:].contiguous(), smooth, pd, 64)
+        assert hopper.quantize_act_2l_fused_last_grid() == C
+    finally:
+        hopper.set_quantize_act_2l_fused(before, 0, 0, 0)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xs, rs) and torch.equal(xq, rq)
+    assert _rel(lr, rl) < 1e-2
