@@ -52,6 +52,14 @@ def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
     return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
 
 
+HEADER = f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{c[:14]:>14}" for c in COLUMNS)
+
+
+def table_row(M: int, K: int, C: int, ctas: int, t: dict[str, float]) -> str:
+    """One shape's line of the printed table (step_table's values in COLUMNS order)."""
+    return f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[c]:14.0f}" for c in COLUMNS)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="4608")
@@ -68,7 +76,7 @@ def main() -> int:
     R, G = 32, 64
     print(f"{torch.cuda.get_device_name()}: fixed-column fused quantizer, cycles per step (median), rank {R}, group {G}")
     assert steps == STAMPS, f"the extension stamps {steps} steps, this script reads {STAMPS}"
-    print(f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{s[:14]:>14}" for s in COLUMNS))
+    print(HEADER)
     for M in [int(m) for m in args.ms.split(",")]:
         for K in [int(k) for k in args.ks.split(",")]:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -92,7 +100,7 @@ def main() -> int:
                 clusters, nrb = ctas // C, (M + 15) // 16
                 nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
                 t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
-                print(f"{M:>5} {K:>6} {C:>3} {ctas:>5} | " + " ".join(f"{t[s]:14.0f}" for s in COLUMNS))
+                print(table_row(M, K, C, ctas, t))
     return 0
 
 

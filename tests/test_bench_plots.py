@@ -246,18 +246,28 @@ def test_plot_stream_k_reads_the_stored_sweep(tmp_path):
         plot_stream_k.parse("no table here")
 
 
-def test_plot_quantize_cols_reads_the_stored_stamps(tmp_path):
-    """The stored q.8 stamps (perf-notes v2.47) -> three shapes, ten steps each whose sum stays within the block's
-    period (the rest is the owners' low-rank sums and the loop's turn), the loads never late; and a chart."""
+def test_plot_quantize_cols_reads_the_stamps_table(tmp_path):
+    """quantize_cols_stamps.py's printed table (a step table of synthetic stamps: the stage a block, each group's steps
+    5 cycles longer at each later block) -> each shape's steps and periods, by group; and a chart."""
     import plot_quantize_cols
+    import quantize_cols_stamps as qcs
+    import torch
 
-    log = PERF / "cols_v3_s37_h100.txt"
-    title, rows = plot_quantize_cols.parse(log.read_text())
+    ctas, blocks = 4, 6
+    stamps = torch.zeros(ctas, blocks, qcs.STAMPS, dtype=torch.int64)
+    for j in range(blocks):
+        stamps[:, j] = 10_000 * j + torch.arange(qcs.STAMPS) * (100 + 5 * j)
+    t = qcs.step_table(stamps, torch.full((ctas,), blocks))
+    text = "\n".join(["NVIDIA H100 80GB HBM3: fixed-column fused quantizer, cycles per step (median), rank 32, group 64",
+                      qcs.HEADER, qcs.table_row(4608, 12288, 8, 120, t), qcs.table_row(4608, 3072, 8, 360, t)])
+    title, rows = plot_quantize_cols.parse(text)
     assert title.startswith("NVIDIA H100")
-    assert [r[0].split("\n")[0] for r in rows] == ["4608 x 3072", "4608 x 12288", "4608 x 15360"]
-    for _, cycles, period in rows:
-        assert len(cycles) == 10 and 0.7 * period < sum(cycles) < period
-        assert cycles[0] < 100  # the stage wait
+    assert [r[0].split("\n") for r in rows] == [["4608 x 12288", "C = 8, 120 CTAs"], ["4608 x 3072", "C = 8, 360 CTAs"]]
+    got = rows[0][1]
+    assert list(got) == qcs.COLUMNS and (got["period (units)"], got["period (mma)"]) == (10_000, 10_000 + 7 * 5)
+    assert got["stage wait"] == 110  # the median of blocks 1 .. 4 (105, 110, 115, 120: the lower middle)
+    log = tmp_path / "cols.txt"
+    log.write_text(text)
     out = tmp_path / "cols.png"
     assert plot_quantize_cols.main([str(log), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
