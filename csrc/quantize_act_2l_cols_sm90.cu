@@ -23,7 +23,7 @@
 //     stage of block j + 2 is requested once block j's is read.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
-// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47).
+// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.48).
 #include <algorithm>
 #include <map>
 #include <mutex>
