@@ -909,7 +909,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
-        "threads on fixed columns: perf-notes v2.47) or the per-row kernel + cuBLAS (0, the default); cluster > 0 "
+        "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.48) or the per-row kernel + cuBLAS (0, "
+        "the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
         "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "
         "without its down projection / without both (WRONG results), 4 waiting for the exchange by spinning on "
@@ -938,8 +939,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "set_quantize_act_2l_cols_stamps",
       [](int64_t ptr) { svdq::set_quantize_act_2l_cols_stamps(reinterpret_cast<long long*>(ptr)); },
       py::arg("data_ptr"),
-      "benchmarks: the fixed-column fused quantizer's thread 0 of each CTA writes clock64 at each step of its first "
-      "blocks into this int64 CUDA buffer (data_ptr; 0: off; layout: quantize_act_2l_cols_stamp_layout)");
+      "benchmarks: the fixed-column fused quantizer's first thread of each group of warps (units, mma, producer) of "
+      "each CTA writes clock64 at each of its steps of its first blocks into this int64 CUDA buffer (data_ptr; 0: off; "
+      "layout: quantize_act_2l_cols_stamp_layout)");
   m.def("quantize_act_2l_cols_stamp_layout", &svdq::quantize_act_2l_cols_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

@@ -39,8 +39,8 @@ def _check(hopper, M, K, R, gs, dtype=torch.bfloat16, cluster=0, seed=0):  # noq
                                    (300, 12288, 16), (129, 3072, 64), (64, 768, 48), (17, 256, 32), (1000, 1536, 64),
                                    (200, 12288, 64), (90, 9216, 32), (600, 12288, 32)])
 def test_cols_matches_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
-    """Bits of the reference at awkward M, FLUX.1's K (12288: 384 threads, one a 64-value unit; 15360 and rank 64 at
-    12288: clusters of 16), every group size and rank; the per-row kernel's bits too."""
+    """Bits of the reference at awkward M, FLUX.1's K (12288: 384 unit threads, one a 64-value unit; 15360 and rank 64
+    at 12288: clusters of 16), every group size and rank; the per-row kernel's bits too."""
     C, threads, smem, mma_warps = hopper.quantize_act_2l_cols_shape(M, K, R, gs)
     if C == 0 or not _fits(hopper, M, K, R, gs):
         assert not (gs == 64 and K in (3072, 12288) and R <= 32), f"no shape for K={K} R={R}"
