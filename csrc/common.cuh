@@ -178,6 +178,10 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+// This thread's cp.async copies, once complete, arrive on mbarrier `bar` (counted in its expected arrivals)
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
 
 // mbarriers (sm_90): init, arrive with expected transaction bytes, plain arrive, wait on a phase's parity
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -194,5 +198,13 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "{\n.reg .pred done;\nWAIT_%=:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
       "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// mbar_wait with the thread suspended meanwhile (a time hint, as CUTLASS's barriers): for warps that wait long beside
+// warps that work, which a polling try_wait would take issue slots and the shared-memory pipe from (perf-notes v2.48)
+__device__ __forceinline__ void mbar_wait_suspended(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity), "r"(0x989680) : "memory");
 }
 }  // namespace svdq

@@ -74,18 +74,6 @@ __host__ __device__ __forceinline__ uint32_t stage_off(int r, int c, int Ks) {
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// This thread's cp.async copies, once complete, arrive on `bar` (one of its expected arrivals)
-__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-// Waits for the phase of `parity` to complete, the thread suspended meanwhile (a time hint, as CUTLASS's barriers: a
-// warp polling try_wait without one takes issue slots and the shared-memory pipe from the warps working beside it)
-__device__ __forceinline__ void mbar_wait_suspended(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar), "r"(parity), "r"(0x989680) : "memory");
-}
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -145,23 +133,34 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
 
+  // the cluster's j-th row block: its stage and barrier parity, the barriers' phase, its first row, its stage's address
+  struct Block {
+    int par;
+    uint32_t phase;
+    int row0;
+    uint32_t st;
+  };
+  auto block = [&](int j) {
+    return Block{j & 1, (uint32_t)(j >> 1) & 1, (cid + j * clusters) * kRows,
+                 xs_s + (uint32_t)((j & 1) * kRows * Ks * 2)};
+  };
+
   // the warps: unit warps [0, UT / 32), mma warps [UT / 32, UT / 32 + MW), the producer warp last
   const int mt = tid - UT, mthreads = 32 * MW;
   const bool unit = tid < kRows * UR;
   // loads, by the producer warp: vector e = lane + 32 i of the stage (row e / VS, column vector e % VS; each of its
   // instructions 32 vectors, coalesced); its copies' completions arrive on the stage's barrier
   auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
-    const int row0 = (cid + j * clusters) * kRows;
-    const uint32_t st = xs_s + (uint32_t)((j & 1) * kRows * Ks * 2);
+    const Block b = block(j);
     int r = lane / VS, c = lane - r * VS;
     for (int e = lane; e < kRows * VS; e += 32) {
-      const bool in = row0 + r < M;
+      const bool in = b.row0 + r < M;
       const int k = kbase + c * 8;  // (the rows are cat([x, x2]): columns k < K1 in x, the rest in x2)
-      const T* src = k < K1 ? x + (int64_t)(row0 + r) * K1 + k : x2 + (int64_t)(row0 + r) * (K - K1) + (k - K1);
-      cp_async16(st + stage_off(r, c, Ks), in ? src : x, in ? 16 : 0);
+      const T* src = k < K1 ? x + (int64_t)(b.row0 + r) * K1 + k : x2 + (int64_t)(b.row0 + r) * (K - K1) + (k - K1);
+      cp_async16(b.st + stage_off(r, c, Ks), in ? src : x, in ? 16 : 0);
       for (c += 32; c >= VS; c -= VS) ++r;
     }
-    cp_async_arrive_noinc(smem_u32(&bars[4 + (j & 1)]));
+    cp_async_arrive_noinc(smem_u32(&bars[4 + b.par]));
   };
   if (tid == 0) {
     for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
@@ -194,10 +193,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
-      const int par = j & 1;
-      const uint32_t phase = (j >> 1) & 1;
-      const int row0 = (cid + j * clusters) * kRows;
-      const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+      const auto [par, phase, row0, st] = block(j);
       stamp(j, 0);
       mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
       stamp(j, 1);
@@ -308,17 +304,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
-      const int par = j & 1;
-      const uint32_t phase = (j >> 1) & 1;
-      const int row0 = (cid + j * clusters) * kRows;
-      const uint32_t st = xs_s + (uint32_t)(par * kRows * Ks * 2);
+      const auto [par, phase, row0, st] = block(j);
       stamp(j, 7);
       mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
       stamp(j, 8);
       float acc[2][NT][4] = {};
-      auto kstep = [&](int s, float(&ac)[NT][4]) {
+      auto kstep = [&](uint32_t stage, int s, float(&ac)[NT][4]) {
         uint32_t a[4];
-        ldmatrix_x4(a, st + stage_off(arow, 2 * s + (lane >> 4), Ks));
+        ldmatrix_x4(a, stage + stage_off(arow, 2 * s + (lane >> 4), Ks));
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
           uint32_t b[4];
@@ -329,10 +322,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       };
       int s = s0;
       for (; kSets == 2 && s + 1 < s1; s += 2) {
-        kstep(s, acc[0]);
-        kstep(s + 1, acc[kSets - 1]);
+        kstep(st, s, acc[0]);
+        kstep(st, s + 1, acc[kSets - 1]);
       }
-      for (; s < s1; ++s) kstep(s, acc[0]);
+      for (; s < s1; ++s) kstep(st, s, acc[0]);
       __syncwarp();
       if (lane == 0) mbar_arrive(smem_u32(&bars[6 + par]));  // this warp is done with the stage
       const int g = lane >> 2, t = lane & 3;
