@@ -430,8 +430,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_act_2l(const at::Tensor&
   };
   const cudaDeviceProp* prop =
       R > 0 && svdq::quantize_act_2l_fused_mode() ? at::cuda::getCurrentDeviceProperties() : nullptr;  // opt-in
-  // (the concatenation's two parts: the fixed-column kernel only, mode 2)
-  const bool parts_ok = !x2.defined() || (svdq::quantize_act_2l_fused_mode() == 2 &&
+  // (the concatenation's two parts: the fixed-column kernel only, mode 2, with the seam between its 64-value units)
+  const bool parts_ok = !x2.defined() || (svdq::quantize_act_2l_fused_mode() == 2 && K1 > 0 && K1 % 64 == 0 &&
                                           reinterpret_cast<uintptr_t>(x2.data_ptr()) % 16 == 0);
   if (prop && parts_ok && prop->major == 9 && prop->minor == 0 &&
       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&

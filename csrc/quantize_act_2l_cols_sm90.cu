@@ -9,21 +9,23 @@
 //     its x * (1 / smooth) values stay in registers from the group maxima to the quantization, so each thread reads
 //     x from shared memory once (and ldmatrix once, for the mma), and the row's work (its maximum over the cluster,
 //     the divisions, the reciprocal) is done once per 64 values;
-//   - the stage is swizzled (vector c of row r at c ^ ((c / 8 + r) % 8)) so that both the threads' 16-byte reads and
-//     ldmatrix's are conflict-free; 1 / smooth is swizzled the same way by unit;
+//   - a stage is [unit][16 rows][128 bytes], loaded by TMA (a box of 64 values x 16 rows a unit) with the 128-byte
+//     swizzle (vector c of row r at c ^ (r % 8)); a unit's 16 rows go to 16 consecutive threads, so both the threads'
+//     16-byte reads (8 rows of one unit a phase) and ldmatrix's (8 rows of one vector) are conflict-free; 1 / smooth is
+//     swizzled by unit (a phase's threads read one address);
 //   - warp-specialized (v5-v7): the unit warps take the units' pass, the row maxima's exchange and the
 //     quantization; 1-3 mma warps of their own take the down projection's mma on the same stage, sum their partials
-//     and send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr); a
-//     producer warp loads the stages (its copies stall while the SM's requests are in flight, so it holds no other
-//     work: v2.48). The groups run side by side and meet only at the stage: mbarriers say that a stage has landed (the
-//     copies' own arrivals) and that the unit and mma warps have read it; a named barrier a block in each group; every
-//     wait suspends its warp (a polling warp slows the others: v2.48);
+//     and send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr); one
+//     thread of a producer warp loads the stages by TMA (v8: a warp's cp.async copies stall while the SM's requests
+//     are in flight, ~22k cycles a 48 KB stage from one warp: v2.49). The groups run side by side and meet only at the
+//     stage: mbarriers say that a stage has landed (the TMA's bytes) and that the unit and mma warps have read it; a
+//     named barrier a block in each group; every wait suspends its warp (a polling warp slows the others: v2.48);
 //   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
 //     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
 //     stage of block j + 2 is requested once block j's is read.
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
-// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.48).
+// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.49).
 #include <algorithm>
 #include <map>
 #include <mutex>
@@ -32,6 +34,7 @@
 #include "common.cuh"
 #include "fused_quant_sm90.cuh"
 #include "launch.h"
+#include "tma_sm90.cuh"
 
 namespace svdq {
 namespace {
@@ -55,9 +58,10 @@ struct Q2lcLayout {
   __host__ __device__ int ut() const { return (kRows * ur() + 31) / 32 * 32; }  // the unit warps' threads
   __host__ __device__ int xr() const { return Ks + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
   __host__ __device__ int ppr() const { return kRows * R / 4 / C; }  // low-rank pieces (float4) per rank
-  __host__ __device__ size_t pt() const { return 0; }  // [R][xr] proj_down^T slice
-  __host__ __device__ size_t xs() const { return (size_t)R * xr() * 2; }  // [2][16][Ks] x stages (swizzled)
-  __host__ __device__ size_t red() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [2][MW][16][R] f32
+  // [2][UR][16][128 B] x stages (128-byte swizzle: at a 1024-byte boundary, as the base)
+  __host__ __device__ size_t xs() const { return 0; }
+  __host__ __device__ size_t pt() const { return xs() + (size_t)2 * kRows * Ks * 2; }  // [R][xr] proj_down^T slice
+  __host__ __device__ size_t red() const { return pt() + (size_t)R * xr() * 2; }  // [2][MW][16][R] f32
   __host__ __device__ size_t rcp() const { return red() + (size_t)2 * MW * kRows * R * 4; }  // [Ks] f32, swizzled
   // [2][16][UR] f32 units' maxima (by parity: a thread may still read block j's while another writes block j + 1's)
   __host__ __device__ size_t umax() const { return rcp() + (size_t)Ks * 4; }
@@ -65,12 +69,12 @@ struct Q2lcLayout {
   __host__ __device__ size_t gmx() const { return umax() + ((size_t)2 * kRows * ur() * 4 + 15) / 16 * 16; }
   __host__ __device__ size_t glr() const { return gmx() + (size_t)2 * kRows * C * 4; }  // [2][C][ppr] float4
   __host__ __device__ size_t bars() const { return glr() + (size_t)2 * C * ppr() * 16; }  // 8 mbarriers
-  __host__ __device__ size_t total() const { return bars() + 64; }
+  __host__ __device__ size_t total() const { return bars() + 64 + 1024; }  // (+ the base's alignment to 1024)
 };
 
-// Vector c (16 bytes) of row r of a stage: its byte offset, swizzled by its unit and row.
-__host__ __device__ __forceinline__ uint32_t stage_off(int r, int c, int Ks) {
-  return (uint32_t)(r * Ks * 2 + ((c ^ (((c >> 3) + r) & 7)) << 4));
+// Vector c (16 bytes) of row r of a stage: its byte offset (unit c / 8's box, row r, TMA's 128-byte swizzle).
+__host__ __device__ __forceinline__ uint32_t stage_off(int r, int c) {
+  return (uint32_t)((c >> 3) * (kRows * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -100,13 +104,15 @@ __device__ __forceinline__ void store_owned_pieces(const float4* got, int C, int
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
-    quantize_act_2l_cols_kernel(const T* __restrict__ x, const T* __restrict__ x2, int K1, const T* __restrict__ smooth,
+    quantize_act_2l_cols_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tx2, int K1,
+                                const T* __restrict__ smooth,
                                 const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
                                 T* __restrict__ lr, int M, int K, int G, int C, int MW, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int R = NT * 8;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int Ks = K / C, VS = Ks / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // the stages' swizzle
+  const int Ks = K / C;
   const Q2lcLayout L{Ks, C, R, MW};
   const int XR = L.xr(), ppr = L.ppr(), UR = L.ur(), UT = L.ut();
   T* pt = reinterpret_cast<T*>(smem + L.pt());
@@ -148,23 +154,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   // the warps: unit warps [0, UT / 32), mma warps [UT / 32, UT / 32 + MW), the producer warp last
   const int mt = tid - UT, mthreads = 32 * MW;
   const bool unit = tid < kRows * UR;
-  // loads, by the producer warp: vector e = lane + 32 i of the stage (row e / VS, column vector e % VS; each of its
-  // instructions 32 vectors, coalesced); its copies' completions arrive on the stage's barrier
-  auto issue = [&](int j) {  // the cluster's j-th row block into stage j % 2
+  // loads, by one thread: the cluster's j-th row block into stage j % 2, a TMA box a unit (rows past M zero-filled),
+  // completing on the stage's barrier; the rows are cat([x, x2]): units at columns k < K1 from x, the rest from x2
+  auto issue = [&](int j) {
     const Block b = block(j);
-    int r = lane / VS, c = lane - r * VS;
-    for (int e = lane; e < kRows * VS; e += 32) {
-      const bool in = b.row0 + r < M;
-      const int k = kbase + c * 8;  // (the rows are cat([x, x2]): columns k < K1 in x, the rest in x2)
-      const T* src = k < K1 ? x + (int64_t)(b.row0 + r) * K1 + k : x2 + (int64_t)(b.row0 + r) * (K - K1) + (k - K1);
-      cp_async16(b.st + stage_off(r, c, Ks), in ? src : x, in ? 16 : 0);
-      for (c += 32; c >= VS; c -= VS) ++r;
+    const uint32_t bar = smem_u32(&bars[4 + b.par]);
+    mbar_expect_tx(bar, (uint32_t)(kRows * Ks * 2));
+    for (int u = 0; u < UR; ++u) {
+      const int k = kbase + 64 * u;
+      if (k < K1) tma_load_2d(b.st + u * (kRows * 128), &tx, 2 * k, b.row0, bar);
+      else tma_load_2d(b.st + u * (kRows * 128), &tx2, 2 * (k - K1), b.row0, bar);
     }
-    cp_async_arrive_noinc(smem_u32(&bars[4 + b.par]));
   };
   if (tid == 0) {
     for (int b = 0; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1);
-    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), 32);      // the producer's lanes
+    for (int b = 4; b < 6; ++b) mbar_init(smem_u32(&bars[b]), 1);       // the producer's arrival (+ the bytes)
     for (int b = 6; b < 8; ++b) mbar_init(smem_u32(&bars[b]), 1 + MW);  // thread 0 and each mma warp
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     for (int b = 0; b < 2; ++b) {  // blocks 0 and 1
@@ -173,7 +177,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
   }
   __syncthreads();  // the barriers are initialized before any copy arrives on them
-  if (warp == nthr / 32 - 1)
+  if (warp == nthr / 32 - 1 && lane == 0)
     for (int j = 0; j < 2 && j < nblk; ++j) issue(j);
   load_proj_down_t<T, NT>(pt, pd, kbase, Ks, XR);
   for (int i = tid; i < Ks / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
@@ -190,7 +194,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 
   if (tid < UT) {
     // the unit warps: each thread's unit of a block through its row's maxima to the 4-bit values
-    const int ur = tid / UR, uu = tid - ur * UR;  // this thread's row of the block and unit of the row
+    const int ur = tid & 15, uu = tid >> 4;  // this thread's row of the block and unit of the row
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
       const auto [par, phase, row0, st] = block(j);
@@ -206,7 +210,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
           uint4 raw;
           asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                        : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
-                       : "r"(st + stage_off(ur, 8 * uu + q, Ks)));
+                       : "r"(st + stage_off(ur, 8 * uu + q)));
           float f[8];
           unpack8<T>(raw, f);
           const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
@@ -225,8 +229,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         gm[0] = G == 32 ? m0 : um;
         gm[1] = m1;
       }
-      // (G = 128: Ks / 64 is even, so threads t and t ^ 1 hold the two halves of one group of a row)
-      if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 1));
+      // (G = 128: Ks / 64 is even, so threads t and t ^ 16 hold the two halves of one group of a row)
+      if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 16));
 
       stamp(j, 2);
       named_barrier(1, UT);  // the units' maxima are written, the stage is read
@@ -311,7 +315,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       float acc[2][NT][4] = {};
       auto kstep = [&](uint32_t stage, int s, float(&ac)[NT][4]) {
         uint32_t a[4];
-        ldmatrix_x4(a, stage + stage_off(arow, 2 * s + (lane >> 4), Ks));
+        ldmatrix_x4(a, stage + stage_off(arow, 2 * s + (lane >> 4)));
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
           uint32_t b[4];
@@ -358,8 +362,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       store_owned_pieces<T, R>(glr + par * C * ppr, C, ppr, (int)rank, row0, M, lr, mt, mthreads);
       stamp(j, 13);
     }
-  } else {
-    // the producer warp: block j + 2 into block j's stage once both groups have read it
+  } else if (lane == 0) {
+    // the producer warp's first thread: block j + 2 into block j's stage once both groups have read it
 #pragma unroll 1
     for (int j = 0; j + 2 < nblk; ++j) {
       stamp(j, 14);
@@ -369,7 +373,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamp(j, 16);
     }
   }
-  cp_async_wait<0>();
   cluster_barrier();  // no CTA leaves while a peer's stores to it may be in flight
 #endif
 }
@@ -497,16 +500,21 @@ cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms,
   ClusterLaunch l(s, s.C * std::min(nrb, max_clusters), stream);
   *grid = (int)l.cfg.gridDim.x;
   int M = a.M, K = a.K, G = a.group_size, C = s.C, MW = s.mma_warps;
-  const void* x = a.x;
-  const void* x2 = a.x2;
   int K1 = a.x2 ? a.K1 : a.K;
+  // x (and x2) as byte matrices [M, 2 K1] ([M, 2 (K - K1)]), a box a 64-value unit of 16 rows
+  CUtensorMap tx, tx2;
+  if (K1 % 64 || !make_map(&tx, a.x, (uint64_t)M, (uint64_t)K1 * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+    return cudaErrorInvalidValue;
+  tx2 = tx;
+  if (K > K1 && !make_map(&tx2, a.x2, (uint64_t)M, (uint64_t)(K - K1) * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+    return cudaErrorInvalidValue;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
   int8_t* xq = a.xq;
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  void* args[] = {&x, &x2, &K1, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &MW, &stamps};
+  void* args[] = {&tx, &tx2, &K1, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &C, &MW, &stamps};
   return cudaLaunchKernelExC(&l.cfg, kern, args);
 }
 
