@@ -2,7 +2,7 @@
 of warps (units, mma, producer) with its median cycles in each step of a block (benchmarks/quantize_cols_stamps.py's
 table), stacked, and its period (the rest of it: the loop's turn, not stamped).
 
-usage: python benchmarks/plot_quantize_cols.py docs/perf/cols_v7_s38_h100.txt [--out PNG]
+usage: python benchmarks/plot_quantize_cols.py docs/perf/cols_v7_s39_h100.txt [--out PNG]
 """
 from __future__ import annotations
 
