@@ -23,6 +23,8 @@
 //   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
 //     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
 //     stage of block j + 2 is requested once block j's is read.
+// (v8b, measured slower and reverted (v2.49): the mma warps' next k-step fragments requested before this step's mma,
+// 3.6k -> 6.4k cycles a block; xq stores filling whole sectors by a lane pair's chunk swap, quantization 4.2k -> 4.7k.)
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
 // Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.49).
@@ -251,7 +253,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamp(j, 5);
       if (tid == 0) mbar_expect_tx(smem_u32(&bars[par]), max_bytes);  // block j + 2's phase
       const int m = row0 + ur;
-      uint32_t w[16] = {};  // this thread's unit as 64 bytes
       if (unit && m < M) {  // quantize this thread's unit of block j from registers
         const float4* mx = reinterpret_cast<const float4*>(gmx + (par * kRows + ur) * C);
         float amax = 0.f;
@@ -277,6 +278,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         }
         // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
         const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
+        uint32_t w[16];
 #pragma unroll
         for (int q = 0; q < 8; ++q) {
           const int h = q >> 2;
@@ -292,31 +294,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
           w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
           w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
         }
-      }
-      // the stores: a row's units 2i and 2i + 1 (lanes l and l ^ 16) are 128 contiguous bytes; the pair swaps two
-      // 16-byte chunks so that each store instruction fills whole 32-byte sectors (v8b): chunk c = 2k + hi of the
-      // even unit, then of the odd one, the even lane's own and the odd lane's received first, then the converse
-      const int hi = uu & 1;
-      uint32_t got[8];
-#pragma unroll
-      for (int k = 0; k < 2; ++k)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          got[4 * k + e] = __shfl_xor_sync(0xffffffffu, hi ? w[8 * k + e] : w[8 * k + 4 + e], 16);
-      int8_t* row = xq + (int64_t)m * K + kbase;
-      if (m < M && (uu | 1) < UR) {  // both units of the pair
-        uint4* lo = reinterpret_cast<uint4*>(row + (uu & ~1) * 64);
-#pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int c = 2 * k + hi;
-          const uint4 own = hi ? make_uint4(w[8 * k + 4], w[8 * k + 5], w[8 * k + 6], w[8 * k + 7])
-                               : make_uint4(w[8 * k], w[8 * k + 1], w[8 * k + 2], w[8 * k + 3]);
-          const uint4 rcv = make_uint4(got[4 * k], got[4 * k + 1], got[4 * k + 2], got[4 * k + 3]);
-          lo[c] = hi ? rcv : own;
-          lo[4 + c] = hi ? own : rcv;
-        }
-      } else if (unit && m < M) {  // the last unit of an odd count: its own 64 bytes
-        uint4* dst = reinterpret_cast<uint4*>(row + uu * 64);
+        uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + kbase + uu * 64);
 #pragma unroll
         for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
       }
@@ -337,41 +315,23 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
       stamp(j, 8);
       float acc[2][NT][4] = {};
-      // k-step s's fragments (x from the stage, proj_down^T from its slice), and its mma on them: the fragments of
-      // step s + 1 are requested before step s's mma (v8b: a k-step's ldmatrix-to-mma latency was its cost, ~113
-      // cycles a k-step at 12288)
-      struct Frags {
-        uint32_t a[4], b[NT / 2][4];
-      };
-      auto load = [&](uint32_t stage, int s, Frags& f) {
-        ldmatrix_x4(f.a, stage + stage_off(arow, 2 * s + (lane >> 4)));
-#pragma unroll
-        for (int p = 0; p < NT / 2; ++p) ldmatrix_x4(f.b[p], b_base + (p * 16 * XR + s * 16) * 2);
-      };
-      auto mma = [&](const Frags& f, float(&ac)[NT][4]) {
+      auto kstep = [&](uint32_t stage, int s, float(&ac)[NT][4]) {
+        uint32_t a[4];
+        ldmatrix_x4(a, stage + stage_off(arow, 2 * s + (lane >> 4)));
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
-          mma_16816<T>(ac[2 * p], f.a, f.b[p][0], f.b[p][1]);
-          mma_16816<T>(ac[2 * p + 1], f.a, f.b[p][2], f.b[p][3]);
+          uint32_t b[4];
+          ldmatrix_x4(b, b_base + (p * 16 * XR + s * 16) * 2);
+          mma_16816<T>(ac[2 * p], a, b[0], b[1]);
+          mma_16816<T>(ac[2 * p + 1], a, b[2], b[3]);
         }
       };
-      Frags f0, f1;  // f0 holds step s at the loop's top
-      if constexpr (kSets == 2) {
-        int s = s0;
-        if (s < s1) load(st, s, f0);
-        for (; s + 1 < s1; s += 2) {
-          load(st, s + 1, f1);
-          mma(f0, acc[0]);
-          if (s + 2 < s1) load(st, s + 2, f0);
-          mma(f1, acc[1]);
-        }
-        if (s < s1) mma(f0, acc[0]);
-      } else {  // (rank > 32: two steps' fragments would spill)
-        for (int s = s0; s < s1; ++s) {
-          load(st, s, f0);
-          mma(f0, acc[0]);
-        }
+      int s = s0;
+      for (; kSets == 2 && s + 1 < s1; s += 2) {
+        kstep(st, s, acc[0]);
+        kstep(st, s + 1, acc[kSets - 1]);
       }
+      for (; s < s1; ++s) kstep(st, s, acc[0]);
       __syncwarp();
       if (lane == 0) mbar_arrive(smem_u32(&bars[6 + par]));  // this warp is done with the stage
       const int g = lane >> 2, t = lane & 3;
