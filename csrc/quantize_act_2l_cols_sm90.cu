@@ -13,13 +13,14 @@
 //     swizzle (vector c of row r at c ^ (r % 8)); a unit's 16 rows go to 16 consecutive threads, so both the threads'
 //     16-byte reads (8 rows of one unit a phase) and ldmatrix's (8 rows of one vector) are conflict-free; 1 / smooth is
 //     swizzled by unit (a phase's threads read one address);
-//   - warp-specialized (v5-v7): the unit warps take the units' pass, the row maxima's exchange and the
+//   - warp-specialized (v5-v8): the unit warps take the units' pass, the row maxima's exchange and the
 //     quantization; 1-3 mma warps of their own take the down projection's mma on the same stage, sum their partials
 //     and send each 16-byte piece (row, quad) to the rank owning it (which sums the cluster's and stores lr); one
-//     thread of a producer warp loads the stages by TMA (v8: a warp's cp.async copies stall while the SM's requests
-//     are in flight, ~22k cycles a 48 KB stage from one warp: v2.49). The groups run side by side and meet only at the
-//     stage: mbarriers say that a stage has landed (the TMA's bytes) and that the unit and mma warps have read it; a
-//     named barrier a block in each group; every wait suspends its warp (a polling warp slows the others: v2.48);
+//     thread of a producer warp loads the stages by TMA (v8: a warp's cp.async issue is bounded by the warp, so v7's
+//     producer warp took ~22k cycles to request a 48 KB stage; 24 TMA boxes take ~2.9k: v2.49). The groups run side
+//     by side and meet only at the stage: mbarriers say that a stage has landed (the TMA's bytes) and that the unit
+//     and mma warps have read it; a named barrier a block in each group; every wait suspends its warp (a polling
+//     warp slows the others: v2.48);
 //   - the row maxima go to every peer and the low-rank pieces to their owners by st.async, completing on the
 //     receiver's mbarrier; every rank owns pieces, so every rank's mma warps wait on the cluster each block; the x
 //     stage of block j + 2 is requested once block j's is read.
