@@ -909,7 +909,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
-        "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.48) or the per-row kernel + cuBLAS (0, "
+        "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.49) or the per-row kernel + cuBLAS (0, "
         "the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
         "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "

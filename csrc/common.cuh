@@ -178,10 +178,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
-// This thread's cp.async copies, once complete, arrive on mbarrier `bar` (counted in its expected arrivals)
-__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
 
 // mbarriers (sm_90): init, arrive with expected transaction bytes, plain arrive, wait on a phase's parity
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {

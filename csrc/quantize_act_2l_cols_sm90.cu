@@ -153,6 +153,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     return Block{j & 1, (uint32_t)(j >> 1) & 1, (cid + j * clusters) * kRows,
                  xs_s + (uint32_t)((j & 1) * kRows * Ks * 2)};
   };
+  // block j once its stage has landed (stamps p before the wait and p + 1 after it): the unit and the mma warps
+  auto landed = [&](int j, int p) {
+    const Block b = block(j);
+    stamp(j, p);
+    mbar_wait_suspended(smem_u32(&bars[4 + b.par]), b.phase);
+    stamp(j, p + 1);
+    return b;
+  };
 
   // the warps: unit warps [0, UT / 32), mma warps [UT / 32, UT / 32 + MW), the producer warp last
   const int mt = tid - UT, mthreads = 32 * MW;
@@ -200,10 +208,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int ur = tid & 15, uu = tid >> 4;  // this thread's row of the block and unit of the row
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
-      const auto [par, phase, row0, st] = block(j);
-      stamp(j, 0);
-      mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
-      stamp(j, 1);
+      const auto [par, phase, row0, st] = landed(j, 0);
 
       float v[64];    // this thread's unit: x * (1 / smooth)
       float gm[2] = {0.f, 0.f};  // its groups' maxima (G = 32: two; 64: one; 128: half of one, completed by a shuffle)
@@ -311,10 +316,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
-      const auto [par, phase, row0, st] = block(j);
-      stamp(j, 7);
-      mbar_wait_suspended(smem_u32(&bars[4 + par]), phase);
-      stamp(j, 8);
+      const auto [par, phase, row0, st] = landed(j, 7);
       float acc[2][NT][4] = {};
       auto kstep = [&](uint32_t stage, int s, float(&ac)[NT][4]) {
         uint32_t a[4];
