@@ -14,7 +14,8 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
            persistent);
   --fused [MODE] adds "chain_fq" / "q_fq": the chain / the quantizer with a Hopper cluster quantizer that fuses the
            down projection (set_quantize_act_2l_fused(MODE): 1, q.7, measured slower in perf-notes v2.16-v2.17; 2,
-           threads on fixed columns, v2.47);
+           threads on fixed columns, v2.47; --cols-tuning a,b,c,d: mode 2 under set_quantize_act_2l_cols_tuning,
+           perf-notes v2.50);
   "empty"  one trivial kernel (a graph node's floor);
   "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
   --fp8 adds #7's peer by part: "cast" the activations' rowwise e4m3 cast (torch.compile'd amax + scale + cast, as in
@@ -41,6 +42,8 @@ def main() -> int:
     ap.add_argument("--fused", type=int, nargs="?", const=1, default=0,
                     help="add a fused (cluster) quantizer's columns: mode 1 (q.7) or 2 (fixed columns)")
     ap.add_argument("--fp8", action="store_true", help="add fp8 _scaled_mm's parts: the cast, the GEMM, both")
+    ap.add_argument("--cols-tuning", default="",
+                    help="stagger_cycles,stagger_phases,probe,mma_sets for the fused mode 2 columns")
     args = ap.parse_args()
     cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
     quant8 = None
@@ -96,9 +99,15 @@ def main() -> int:
                 t["fp8"] = 1e3 * time_graph(fp8, [quant8(x) for x in p.xs], args.reps)
                 t["fp8d"] = 1e3 * time_graph(lambda x: fp8(*quant8(x)), xs, args.reps)
             if args.fused:
-                with gemm_switches(ext, fused_quant=args.fused):
-                    t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
-                    t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
+                before = ext.quantize_act_2l_cols_tuning()
+                if args.cols_tuning:
+                    ext.set_quantize_act_2l_cols_tuning(*(int(v) for v in args.cols_tuning.split(",")))
+                try:
+                    with gemm_switches(ext, fused_quant=args.fused):
+                        t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
+                        t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
+                finally:
+                    ext.set_quantize_act_2l_cols_tuning(*before)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out
             print(f"{M:>5} {K:>6} {N:>6} | " + " ".join(f"{t[c]:7.1f}" for c in cols)
                   + f" | {t['quant'] + t['gemm']:9.1f}  {t['bf16'] / t['chain']:9.2f}  {moved / t['q_only'] / 1e3:11.0f}"

@@ -66,15 +66,30 @@ def main() -> int:
     ap.add_argument("--ks", default="3072,12288")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--clusters", default="0")
+    ap.add_argument("--tuning", default="0,1,0,0",
+                    help="stagger_cycles,stagger_phases,probe,mma_sets (set_quantize_act_2l_cols_tuning)")
     args = ap.parse_args()
-    from problems_2l import gemm_switches, hopper_extension
+    tuning = tuple(int(v) for v in args.tuning.split(","))
+    from problems_2l import hopper_extension
 
     if (ext := hopper_extension("quantize_cols_stamps")) is None:
         return 2
     layout = ext.quantize_act_2l_cols_stamp_layout()
     blocks, steps = layout // 100, layout % 100
     R, G = 32, 64
-    print(f"{torch.cuda.get_device_name()}: fixed-column fused quantizer, cycles per step (median), rank {R}, group {G}")
+    print(f"{torch.cuda.get_device_name()}: fixed-column fused quantizer, cycles per step (median), rank {R}, group {G}, "
+          f"tuning {tuning}")
+    before = ext.quantize_act_2l_cols_tuning()
+    ext.set_quantize_act_2l_cols_tuning(*tuning)
+    try:
+        return _tables(ext, args, blocks, steps, R, G)
+    finally:
+        ext.set_quantize_act_2l_cols_tuning(*before)
+
+
+def _tables(ext, args, blocks: int, steps: int, R: int, G: int) -> int:
+    from problems_2l import gemm_switches
+
     assert steps == STAMPS, f"the extension stamps {steps} steps, this script reads {STAMPS}"
     print(HEADER)
     for M in [int(m) for m in args.ms.split(",")]:

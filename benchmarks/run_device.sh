@@ -29,6 +29,10 @@
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   epi: the epilogue tests (GELU, prefix), the other 2l tests, memcheck, usage docs, then (E2E=1) the model fused / not
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
+#   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
+#       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
+#       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
+#       chain_breakdown.py --fused 2 --fp8 at 4608 tokens under KNOBS_CHAIN (default 4000,2,0,0)
 #   cols: the fixed-column fused quantizer (set_quantize_act_2l_fused(2), perf-notes v2.47): its tests
 #       (tests/gpu/test_quantize_cols.py; nothing timed if one hangs), q.7's tests, quantize_2l_sweep.py --mode 2 at
 #       K = 3072, 12288, 15360 (COLS_MS, default 16,1024,4608), quantize_cols_stamps.py (a block's steps in cycles),
@@ -493,6 +497,25 @@ if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues)
 fi
 if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (kernels, PYTHONPATH, wheels)
   eval "$CMD"
+fi
+if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps
+  timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_cols.log" 2>&1
+  rc=$?; echo "cols tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_cols.log" | tail -10
+  if [ $rc -ne 124 ] && ! grep -q "Timeout" "$OUT/tests_cols.log"; then
+    (cd benchmarks && timeout 240 python3 quantize_cols_knobs.py --ks 3072,12288,15360 --ms ${KNOBS_MS:-4608,1024} \
+      --rounds ${KNOBS_ROUNDS:-3} ${KNOBS_VARIANTS:+--variants "$KNOBS_VARIANTS"}) > "$OUT/knobs.log" 2>&1
+    echo "knobs rc=$?"
+    for t in 0,1,0,0 ${KNOBS_STAMPS:-4000,2,0,0 0,1,0,4 0,1,1,0}; do
+      (cd benchmarks && timeout 60 python3 quantize_cols_stamps.py --ks 3072,12288,15360 --tuning $t) \
+        > "$OUT/stamps_${t//,/_}.log" 2>&1
+      echo "== stamps $t rc=$?"; tail -3 "$OUT/stamps_${t//,/_}.log" | cut -c1-330
+    done
+    (cd benchmarks && timeout 150 python3 chain_breakdown.py --ms 4608 --fused 2 --fp8 --reps 20 \
+      --cols-tuning ${KNOBS_CHAIN:-4000,2,0,0}) > "$OUT/breakdown_knobs.log" 2>&1
+    echo "breakdown rc=$?"; tail -6 "$OUT/breakdown_knobs.log" | cut -c1-230
+    grep -vE "^\{" "$OUT/knobs.log" | tail -24
+  fi
 fi
 if [ "$what" = cols ]; then  # the fixed-column fused quantizer: its tests, then its speed beside the per-row pair
   timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py \

@@ -942,6 +942,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "benchmarks: the fixed-column fused quantizer's first thread of each group of warps (units, mma, producer) of "
       "each CTA writes clock64 at each of its steps of its first blocks into this int64 CUDA buffer (data_ptr; 0: off; "
       "layout: quantize_act_2l_cols_stamp_layout)");
+  m.def(
+      "set_quantize_act_2l_cols_tuning",
+      [](int stagger_cycles, int stagger_phases, int probe, int mma_sets) {
+        TORCH_CHECK(stagger_cycles >= 0 && stagger_phases >= 1 && (probe == 0 || probe == 1) &&
+                        (mma_sets == 0 || mma_sets == 4),
+                    "set_quantize_act_2l_cols_tuning: stagger_cycles >= 0, stagger_phases >= 1, probe 0 / 1, mma_sets "
+                    "0 / 4");
+        svdq::set_quantize_act_2l_cols_tuning({stagger_cycles, stagger_phases, probe, mma_sets});
+      },
+      py::arg("stagger_cycles") = 0, py::arg("stagger_phases") = 1, py::arg("probe") = 0, py::arg("mma_sets") = 0,
+      "benchmarks, the fixed-column fused quantizer (perf-notes v2.50): cluster c starts its loads (c % "
+      "stagger_phases) x stagger_cycles SM clocks late; probe 1 leaves xq unwritten (WRONG results; timing only); "
+      "mma_sets 4: rank <= 32's down projection on four accumulator sets (0: two, the default)");
+  m.def(
+      "quantize_act_2l_cols_tuning",
+      []() {
+        const svdq::Q2lcTuning t = svdq::quantize_act_2l_cols_tuning();
+        return std::make_tuple(t.stagger_cycles, t.stagger_phases, t.probe, t.mma_sets);
+      },
+      "(stagger_cycles, stagger_phases, probe, mma_sets) of set_quantize_act_2l_cols_tuning");
   m.def("quantize_act_2l_cols_stamp_layout", &svdq::quantize_act_2l_cols_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

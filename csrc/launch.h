@@ -159,6 +159,14 @@ bool quantize_act_2l_cols_supported(int M, int K, int R, int group_size, int num
 // layout: blocks * 100 + steps, stamps[(cta * blocks + block) * steps + step]
 void set_quantize_act_2l_cols_stamps(long long* stamps);
 int quantize_act_2l_cols_stamp_layout();
+// benchmarks (perf-notes v2.50): cluster c starts its loads (c % stagger_phases) x stagger_cycles late; probe 1 leaves
+// xq unwritten (WRONG results: a timing diagnostic); mma_sets 4 runs rank <= 32's down projection on four accumulator
+// sets (0: two, the default)
+struct Q2lcTuning {
+  int stagger_cycles = 0, stagger_phases = 1, probe = 0, mma_sets = 0;
+};
+void set_quantize_act_2l_cols_tuning(const Q2lcTuning& t);
+Q2lcTuning quantize_act_2l_cols_tuning();
 // grid: the CTAs launched (clusters that fit, at most cap_clusters > 0, times C)
 cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms, int force_cluster, int cap_clusters,
                                         int* grid, cudaStream_t stream);

@@ -49,3 +49,17 @@ def test_step_table_ignores_blocks_past_the_buffer_and_unrun_blocks():
     t = qcs.step_table(s, torch.tensor([9, 2]))  # CTA 0 ran more blocks than the buffer holds
     assert t["stage wait"] == 1 and t["period (units)"] == 6 + 5  # CTA 0's blocks 1, 2 only
     assert t["release wait"] == 1 and t["period (producer)"] == 6 + 5  # its producer's blocks 1, 2 (of 0 .. 6)
+
+
+def test_knobs_variants_parse_and_refuse_bad_ones():
+    """benchmarks/quantize_cols_knobs.py's --variants: name:stagger_cycles,stagger_phases,probe,mma_sets items, in
+    order; an item without four values is refused by name."""
+    import pytest
+
+    import quantize_cols_knobs as knobs
+
+    got = knobs.parse_variants("v8:0,1,0,0; st2:4000,2,0,0;;m4:0,1,0,4")
+    assert got == [("v8", (0, 1, 0, 0)), ("st2", (4000, 2, 0, 0)), ("m4", (0, 1, 0, 4))]
+    assert [n for n, _ in knobs.parse_variants(knobs.DEFAULT)][:3] == ["v8", "nostore", "mma4"]
+    with pytest.raises(SystemExit, match="st3"):
+        knobs.parse_variants("v8:0,1,0,0;st3:4000,2")

@@ -3,6 +3,8 @@ quantization and the down projection, a cluster of C CTAs splitting K. Outputs a
 be the reference's bits (and the per-row kernel's), lr within 16-bit rounding of the fp32 reference."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -151,3 +153,44 @@ def test_cols_reads_the_concatenation_in_place(hopper, M, K1, K2):
     rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
     assert torch.equal(xs, rs) and torch.equal(xq, rq)
     assert _rel(lr, rl) < 1e-2
+
+
+@contextlib.contextmanager
+def _tuning(hopper, stagger_cycles=0, stagger_phases=1, probe=0, mma_sets=0):  # noqa: F811
+    """set_quantize_act_2l_cols_tuning for a block, the tuning before it restored after it."""
+    before = hopper.quantize_act_2l_cols_tuning()
+    hopper.set_quantize_act_2l_cols_tuning(stagger_cycles, stagger_phases, probe, mma_sets)
+    try:
+        yield
+    finally:
+        hopper.set_quantize_act_2l_cols_tuning(*before)
+
+
+@pytest.mark.parametrize("tuning", [(3000, 2, 0, 0), (1000, 4, 0, 0), (0, 1, 0, 4), (2500, 3, 0, 4)])
+@pytest.mark.parametrize("M,K,R", [(1000, 12288, 32), (4097, 3072, 32), (301, 15360, 16), (77, 3072, 64)])
+def test_cols_tuning_keeps_the_bits(hopper, tuning, M, K, R):
+    """The clusters' staggered starts and the four accumulator sets (rank <= 32; rank 64 ignores it) change only
+    timing: xq and xscale stay the reference's bits, lr within 16-bit rounding; the tuning reads back."""
+    with _tuning(hopper, *tuning):
+        assert hopper.quantize_act_2l_cols_tuning() == tuning
+        if not _fits(hopper, M, K, R, 64):
+            pytest.skip("no schedulable cluster for this shape")
+        _check(hopper, M, K, R, 64)
+    assert hopper.quantize_act_2l_cols_tuning() == (0, 1, 0, 0)
+
+
+def test_cols_store_probe_leaves_xq_unwritten(hopper):
+    """probe 1 (a timing diagnostic) computes xq but stores (almost) none of it: the poisoned bytes stay, while xscale
+    and lr are still written; bad tuning values are refused by name."""
+    M, K, R = 600, 12288, 32
+    if not _fits(hopper, M, K, R, 64):
+        pytest.skip("no schedulable cluster for this shape")
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=11)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    with _tuning(hopper, probe=1), _fused_quant(hopper, 2):
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    assert (xq == 127).float().mean().item() > 0.99, "the probe wrote xq"
+    assert torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+    for bad in [(-1, 1, 0, 0), (0, 0, 0, 0), (0, 1, 2, 0), (0, 1, 0, 3)]:
+        with pytest.raises(RuntimeError, match="set_quantize_act_2l_cols_tuning"):
+            hopper.set_quantize_act_2l_cols_tuning(*bad)
