@@ -29,6 +29,8 @@
 #       WHEELS: the whole model, each forward alone, back to back and as one CUDA graph (_cg variants; E2E_VARIANTS)
 #   epi: the epilogue tests (GELU, prefix), the other 2l tests, memcheck, usage docs, then (E2E=1) the model fused / not
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
+#   s40: q.9, the fused quantizer in CTA pairs (set_quantize_act_2l_fused(3), perf-notes v2.50): its tests,
+#       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -497,6 +499,18 @@ if [ "$what" = epi ]; then  # the GEMM epilogue's GELU / prefix (fuse_epilogues)
 fi
 if [ "$what" = cmd ]; then  # any command ($CMD) in this script's environment (kernels, PYTHONPATH, wheels)
   eval "$CMD"
+fi
+if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tests and chain, then what knobs runs
+  timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_pairs.py \
+    -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_pairs.log" 2>&1
+  rc=$?; echo "pairs tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_pairs.log" | tail -10
+  if [ $rc -ne 124 ] && ! grep -q "Timeout" "$OUT/tests_pairs.log"; then
+    (cd benchmarks && timeout 200 python3 chain_breakdown.py --ms 4608,1024,256 --fused 3 --fp8 --reps 20) \
+      > "$OUT/breakdown_pairs.log" 2>&1
+    echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-230
+  fi
+  memcheck "$OUT/memcheck.log"
+  what=knobs
 fi
 if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps
   timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py \

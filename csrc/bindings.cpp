@@ -909,7 +909,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
-        "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.49) or the per-row kernel + cuBLAS (0, "
+        "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.49; mode 3, K <= 3072 in CTA pairs, "
+        "v2.50) or the per-row kernel + cuBLAS (0, "
         "the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
         "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "
@@ -964,6 +965,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "(stagger_cycles, stagger_phases, probe, mma_sets) of set_quantize_act_2l_cols_tuning");
   m.def("quantize_act_2l_cols_stamp_layout", &svdq::quantize_act_2l_cols_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
+  m.def(
+      "quantize_act_2l_pairs_shape",
+      [](int M, int K, int R, int G) {
+        const svdq::Q2lpShape s = svdq::q2lp_shape(M, K, R, G);
+        return std::make_tuple(s.threads, s.mma_warps, (int64_t)s.smem);
+      },
+      py::arg("M"), py::arg("K"), py::arg("R"), py::arg("group_size"),
+      "M, K, R, group_size -> (threads, the warps taking the down projection's mma, shared bytes) of the fused "
+      "quantizer in CTA pairs (mode 3, K <= 3072, rank 16 / 32; threads 0: it does not apply)");
   m.def(
       "quantize_act_2l_cols_shape",
       [](int M, int K, int R, int G, int cluster) {

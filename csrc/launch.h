@@ -167,6 +167,17 @@ struct Q2lcTuning {
 };
 void set_quantize_act_2l_cols_tuning(const Q2lcTuning& t);
 Q2lcTuning quantize_act_2l_cols_tuning();
+// Hopper, the fused quantizer for K <= 3072 in CTA pairs (quantize_act_2l_pairs_sm90.cu; set_quantize_act_2l_fused
+// mode 3): threads, the warps taking the down projection's mma, shared bytes per CTA (threads 0: no shape)
+struct Q2lpShape {
+  int threads = 0, mma_warps = 0;
+  size_t smem = 0;
+};
+Q2lpShape q2lp_shape(int M, int K, int R, int group_size);
+bool quantize_act_2l_pairs_supported(int M, int K, int R, int group_size);
+// grid: 2 x the pairs launched (one CTA an SM, at most cap_pairs > 0 pairs)
+cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms, int cap_pairs, int* grid,
+                                         cudaStream_t stream);
 // grid: the CTAs launched (clusters that fit, at most cap_clusters > 0, times C)
 cudaError_t launch_quantize_act_2l_cols(const QuantizeAct2lArgs& a, int num_sms, int force_cluster, int cap_clusters,
                                         int* grid, cudaStream_t stream);

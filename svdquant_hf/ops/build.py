@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 EXT_NAME = "svdquant_hf_kernels"
 SOURCES = ("bindings.cpp", "quantize_act.cu", "w4a4_gemm.cu", "quantize_act_2l.cu", "quantize_act_2l_fused_sm90.cu",
            "quantize_act_2l_cols_sm90.cu", "w4a4_gemm_2l_sm90.cu", "w4a4_gemm_2l_pingpong_sm90.cu", "w4a4_gemv_2l.cu", "rms_norm_rope.cu",
-           "lowrank_down_sm90.cu")
+           "lowrank_down_sm90.cu", "quantize_act_2l_pairs_sm90.cu")
 HEADERS = ("common.cuh", "launch.h", "pdl.cuh", "rf_loop.cuh", "tma_sm90.cuh", "wgmma_s8.cuh", "widen_2l.cuh",
            "gemv_2l.cuh", "fused_quant_sm90.cuh")
 

@@ -119,6 +119,16 @@ if getattr(ext, "sm90a_built", False) and torch.cuda.get_device_capability() == 
     ext.set_quantize_act_2l_fused(2, 0)
     if ext.quantize_act_2l_fused_applies(23, 15360, 32, 64):
         ext.quantize_act_2l_cat(x[:, :3072].contiguous(), x[:, 3072:].contiguous(), smooth, pd, 64)
+    # the CTA pairs (mode 3, K <= 3072): a last block of 5 rows, rank 16, a small K, one pair walking several blocks
+    for dtype, (M, K, R, cap) in [(torch.bfloat16, (37, 3072, 32, 0)), (torch.float16, (21, 1152, 16, 0)),
+                                  (torch.bfloat16, (77, 3072, 32, 1))]:
+        x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+        smooth = (torch.rand(K, device="cuda", generator=g) + 0.5).to(dtype)
+        pd = torch.randn(K, R, device="cuda", generator=g).to(dtype)
+        ext.set_quantize_act_2l_fused(3, 0, 0, cap)
+        if ext.quantize_act_2l_fused_applies(M, K, R, 64):
+            ext.quantize_act_2l(x, smooth, pd, 64)
+    ext.set_quantize_act_2l_fused(0, 0, 0, 0)
     ext.set_lr_chain(chain_before)
     # (left on, it took the later chain cases' quantizer calls, so their chained down projections never ran: v2.40)
     ext.set_quantize_act_2l_fused(fused_before, 0)

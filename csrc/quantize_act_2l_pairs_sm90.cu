@@ -1,0 +1,355 @@
+// Activation quantization for int4_2l with the low-rank down projection fused, for K up to 3072 (Hopper; q.9,
+// perf-notes v2.50; opt-in: set_quantize_act_2l_fused(3)).
+//
+// Two CTAs take each 8-row block of x, CTA h = blockIdx.x % 2 of a pair:
+//   - both load the block's whole rows (the second reader finds them in L2), by TMA into [unit][8 rows][128 B] with
+//     the 128-byte swizzle, two stages;
+//   - CTA h keeps proj_down's columns [R/2 h, R/2 (h + 1)) resident (transposed, as mma's B operand) and computes
+//     those columns of lr for the block's 8 rows (mma.m16n8k16 with rows 8-15 of A zero);
+//   - CTA h quantizes rows 4h .. 4h + 3 of the block: a whole row is in its shared memory, so the row's maximum is a
+//     sum over its own threads (no cluster, no exchange: q.7 / q.8's cost at small K).
+// x is read from DRAM once; a CTA holds K x R/2 x 2 bytes of proj_down and two 8 x K x 2-byte stages, so K <= 3072 at
+// rank 32. Thread t < 4 K / 64 owns row t % 4 of unit t / 4 (64 values): its x * (1 / smooth) stays in registers from
+// the group maxima to the quantization (q.8's per-element work). Warp-specialized: unit warps, mma warps and one
+// producer thread meet at the stages' mbarriers (landed; read by both groups).
+// xq and xscale: the exact numerics of ops/reference.py quantize_act_2l_ref (the per-row kernel's bits); lr in fp32,
+// summed in another order than cuBLAS (within 16-bit rounding of the reference).
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "common.cuh"
+#include "fused_quant_sm90.cuh"
+#include "launch.h"
+#include "tma_sm90.cuh"
+
+namespace svdq {
+namespace {
+
+constexpr int kRows = 8;      // token rows a block (the upper half of mma's m16 tile is zero)
+constexpr int kQRows = 4;     // rows each CTA of a pair quantizes
+constexpr int kMmaWarps = 8;  // at most this many warps take the down projection's k-steps
+constexpr int kMaxThreads = 512;
+constexpr size_t kSmemLimit = 227 * 1024;
+
+// Byte offsets of the shared-memory buffers. RH: proj_down columns a CTA keeps (R / 2).
+struct Q2lpLayout {
+  int K, RH, MW;
+  __host__ __device__ int ur() const { return K / 64; }
+  __host__ __device__ int ut() const { return (kQRows * ur() + 31) / 32 * 32; }  // the unit warps' threads
+  __host__ __device__ int xr() const { return K + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
+  __host__ __device__ size_t xs() const { return 0; }   // [2][UR][8][128 B] (at a 1024-byte boundary)
+  __host__ __device__ size_t pt() const { return xs() + (size_t)2 * kRows * K * 2; }   // [RH][xr]
+  __host__ __device__ size_t rcp() const { return pt() + (size_t)RH * xr() * 2; }      // [K] f32, swizzled
+  __host__ __device__ size_t red() const { return rcp() + (size_t)K * 4; }              // [MW][8][RH] f32
+  __host__ __device__ int urp() const { return (ur() + 3) / 4 * 4; }  // a row's unit maxima, padded to float4s
+  __host__ __device__ size_t umax() const { return red() + (size_t)MW * kRows * RH * 4; }  // [2][4][URP] f32
+  __host__ __device__ size_t bars() const { return umax() + (size_t)2 * kQRows * urp() * 4; }
+  __host__ __device__ size_t total() const { return bars() + 32 + 1024; }  // 4 mbarriers (+ the base's alignment)
+};
+
+// Vector c (16 bytes) of row r of a stage: unit c / 8's box, row r, TMA's 128-byte swizzle.
+__host__ __device__ __forceinline__ uint32_t stage_off8(int r, int c) {
+  return (uint32_t)((c >> 3) * (kRows * 128) + r * 128 + (((c & 7) ^ r) << 4));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+#endif
+
+template <typename T, int NTH>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const T* __restrict__ smooth,
+                                 const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
+                                 T* __restrict__ lr, int M, int K, int G, int MW) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int RH = NTH * 8, R = 2 * RH;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // the stages' swizzle
+  const Q2lpLayout L{K, RH, MW};
+  const int XR = L.xr(), UR = L.ur(), UT = L.ut(), URP = L.urp();
+  T* pt = reinterpret_cast<T*>(smem + L.pt());
+  const uint32_t xs_s = smem_u32(smem + L.xs());
+  float4* rcp_s = reinterpret_cast<float4*>(smem + L.rcp());
+  float* red = reinterpret_cast<float*>(smem + L.red());
+  float* umax = reinterpret_cast<float*>(smem + L.umax());
+  // [0, 1]: a stage has landed; [2, 3]: the unit and mma warps have read it
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());
+  const int h = blockIdx.x & 1, pairs = gridDim.x >> 1, pid = blockIdx.x >> 1;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nthr = blockDim.x;
+  const int nb = (M + kRows - 1) / kRows;
+  const int nblk = (nb - pid + pairs - 1) / pairs;  // this pair's blocks (the grid has pid < nb)
+  const int mt = tid - UT, mthreads = 32 * MW;
+
+  auto stage = [&](int j) { return xs_s + (uint32_t)((j & 1) * kRows * K * 2); };
+  auto row0_of = [&](int j) { return (pid + j * pairs) * kRows; };
+  // the pair's j-th block into stage j % 2, a TMA box a 64-value unit (rows past M zero-filled, counted as bytes)
+  auto issue = [&](int j) {
+    const uint32_t bar = smem_u32(&bars[j & 1]);
+    mbar_expect_tx(bar, (uint32_t)(kRows * K * 2));
+    for (int u = 0; u < UR; ++u) tma_load_2d(stage(j) + u * (kRows * 128), &tx, 128 * u, row0_of(j), bar);
+  };
+  if (tid == 0) {
+    for (int b = 0; b < 2; ++b) mbar_init(smem_u32(&bars[b]), 1);       // the producer's arrival (+ the bytes)
+    for (int b = 2; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1 + MW);  // thread 0 and each mma warp
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (warp == nthr / 32 - 1 && lane == 0)
+    for (int j = 0; j < 2 && j < nblk; ++j) issue(j);
+  // proj_down's columns [RH h, RH (h + 1)) transposed: pt[n * XR + k]
+  for (int e = tid; e < K * NTH; e += nthr) {
+    const int k = e / NTH, nt = e - k * NTH;
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
+    const T* vv = reinterpret_cast<const T*>(&v);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
+  }
+  for (int i = tid; i < K / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
+    const int u = i >> 4, k = i & 15;
+    float4 v;
+    v.x = __frcp_rn(Dt<T>::to_f(smooth[4 * i]));
+    v.y = __frcp_rn(Dt<T>::to_f(smooth[4 * i + 1]));
+    v.z = __frcp_rn(Dt<T>::to_f(smooth[4 * i + 2]));
+    v.w = __frcp_rn(Dt<T>::to_f(smooth[4 * i + 3]));
+    rcp_s[u * 16 + (k ^ (u & 7))] = v;
+  }
+  __syncthreads();
+
+  if (tid < UT) {
+    // the unit warps: each thread's unit of its row through the row's maximum to the 4-bit values
+    const int qr = tid & 3, uu = tid >> 2, br = kQRows * h + qr;  // the row among the CTA's 4, in the block
+    const bool unit = tid < kQRows * UR;
+#pragma unroll 1
+    for (int j = 0; j < nblk; ++j) {
+      const int par = j & 1;
+      mbar_wait_suspended(smem_u32(&bars[par]), (j >> 1) & 1);
+      const uint32_t st = stage(j);
+      float v[64];  // this thread's unit: x * (1 / smooth)
+      float gm[2] = {0.f, 0.f};
+      if (unit) {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          uint4 raw;
+          asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                       : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                       : "r"(st + stage_off8(br, 8 * uu + q)));
+          float f[8];
+          unpack8<T>(raw, f);
+          const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
+          const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
+          const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
+        }
+        float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+        for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
+#pragma unroll
+        for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
+        const float um = fmaxf(m0, m1);
+        umax[(par * kQRows + qr) * URP + uu] = um;
+        gm[0] = G == 32 ? m0 : um;
+        gm[1] = m1;
+      }
+      // (G = 128: UR is even, so threads t and t ^ 4 hold the two halves of one group of a row)
+      if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 4));
+      named_barrier(1, UT);  // the units' maxima are written, the stage is read
+      if (tid == 0) mbar_arrive(smem_u32(&bars[2 + par]));
+      const int m = row0_of(j) + br;
+      if (unit && m < M) {
+        const float* mr = umax + (par * kQRows + qr) * URP;
+        float amax = 0.f;
+        for (int q = 0; q < UR / 4; ++q) {
+          const float4 w4 = reinterpret_cast<const float4*>(mr)[q];
+          amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
+        }
+        for (int q = UR / 4 * 4; q < UR; ++q) amax = fmaxf(amax, mr[q]);
+        const float s_row = __fdiv_rn(amax, 112.f);
+        if (uu == 0) xscale[m] = s_row;
+        int s_int[2];
+        float inv[2];
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+          s_int[g] = 1;
+          if (amax > 0.f) s_int[g] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[g], amax) * 16.f)));
+          const float scale = __fmul_rn(s_row, (float)s_int[g]);
+          inv[g] = __frcp_rn(scale);
+          if (!(scale > 0.f) || isinf(inv[g])) inv[g] = 0.f;  // as the reference: 0 where 1 / scale is not finite
+          if (G != 32) {
+            s_int[1] = s_int[0], inv[1] = inv[0];
+            break;
+          }
+        }
+        // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
+        const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
+        uint32_t w[16];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const int g = q >> 2;
+          int b[8];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
+            // (that word * s_int) has q * s_int in its low byte
+            float p = __fmul_rn(v[8 * q + e], inv[g]);
+            if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
+            b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[g];
+          }
+          w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+          w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + uu * 64);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+      }
+    }
+  } else if (mt < mthreads) {
+    // the mma warps: lr's RH columns of the block's 8 rows over each warp's k-steps, summed over the warps
+    const int mw = warp - UT / 32;
+    constexpr int kSets = 4;  // k-step s of a run of four on accumulator set s % 4 (four k-steps in flight)
+    const int steps = K / 16, s0 = mw * steps / MW, s1 = (mw + 1) * steps / MW;
+    const int arow = lane & 7, avec = (lane >> 3) & 1;
+    const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
+#pragma unroll 1
+    for (int j = 0; j < nblk; ++j) {
+      const int par = j & 1;
+      mbar_wait_suspended(smem_u32(&bars[par]), (j >> 1) & 1);
+      const uint32_t st = stage(j);
+      float acc[kSets][NTH][4] = {};
+      auto kstep = [&](int s, float(&ac)[NTH][4]) {
+        uint32_t a[4];
+        ldmatrix_x2(a[0], a[2], st + stage_off8(arow, 2 * s + avec));
+        a[1] = 0u, a[3] = 0u;
+#pragma unroll
+        for (int p = 0; p < (NTH + 1) / 2; ++p) {
+          uint32_t b[4];
+          if (2 * p + 1 < NTH) {
+            ldmatrix_x4(b, b_base + (p * 16 * XR + s * 16) * 2);
+          } else {
+            ldmatrix_x2(b[0], b[1], b_base + (p * 16 * XR + s * 16) * 2);
+            b[2] = b[3] = 0u;
+          }
+          mma_16816<T>(ac[2 * p], a, b[0], b[1]);
+          if (2 * p + 1 < NTH) mma_16816<T>(ac[(2 * p + 1) % NTH], a, b[2], b[3]);
+        }
+      };
+      int s = s0;
+      for (; s + kSets - 1 < s1; s += kSets) {
+#pragma unroll
+        for (int i = 0; i < kSets; ++i) kstep(s + i, acc[i]);
+      }
+      for (; s < s1; ++s) kstep(s, acc[0]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(smem_u32(&bars[2 + par]));  // this warp is done with the stage
+#pragma unroll
+      for (int i = 1; i < kSets; ++i)
+#pragma unroll
+        for (int nt = 0; nt < NTH; ++nt) acc[0][nt][0] += acc[i][nt][0], acc[0][nt][1] += acc[i][nt][1];
+      const int g = lane >> 2, t = lane & 3;  // rows g (c0, c1); rows g + 8 (c2, c3) are the zero half
+#pragma unroll
+      for (int nt = 0; nt < NTH; ++nt)
+        *reinterpret_cast<float2*>(red + (mw * kRows + g) * RH + nt * 8 + 2 * t) =
+            make_float2(acc[0][nt][0], acc[0][nt][1]);
+      named_barrier(2, mthreads);  // the warps' partials are written
+      const int row0 = row0_of(j);
+      for (int p = mt; p < kRows * RH / 2; p += mthreads) {  // a pair of columns of a row: summed in warp order
+        const int r = p / (RH / 2), c = 2 * (p - r * (RH / 2));
+        float2 sum = make_float2(0.f, 0.f);
+        for (int w = 0; w < MW; ++w) {
+          const float2 q2 = *reinterpret_cast<const float2*>(red + (w * kRows + r) * RH + c);
+          sum.x += q2.x, sum.y += q2.y;
+        }
+        if (row0 + r < M)
+          *reinterpret_cast<uint32_t*>(lr + (int64_t)(row0 + r) * R + RH * h + c) = Dt<T>::pack2(sum.x, sum.y);
+      }
+      named_barrier(2, mthreads);  // read before the next block's partials
+    }
+  } else if (lane == 0) {
+    // the producer warp's first thread: block j + 2 into block j's stage once both groups have read it
+#pragma unroll 1
+    for (int j = 0; j + 2 < nblk; ++j) {
+      mbar_wait_suspended(smem_u32(&bars[2 + (j & 1)]), (j >> 1) & 1);
+      issue(j + 2);
+    }
+  }
+#endif
+}
+
+template <typename T>
+const void* pick_kernel(int R) {
+  switch (R) {
+    case 16: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 1>);
+    case 32: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2>);
+    default: return nullptr;
+  }
+}
+
+const void* kernel_for(DType dtype, int R) {
+  return dtype == DType::kBF16 ? pick_kernel<__nv_bfloat16>(R) : pick_kernel<__half>(R);
+}
+
+}  // namespace
+
+Q2lpShape q2lp_shape(int M, int K, int R, int G) {
+  (void)M;
+  Q2lpShape s;
+  if ((R != 16 && R != 32) || K <= 0 || K % 64 || (G != 32 && G != 64 && G != 128) || K % G) return s;
+  const int ut = Q2lpLayout{K, R / 2, 1}.ut();
+  const int mw = std::min(kMmaWarps, (kMaxThreads - ut - 32) / 32);
+  if (mw < 1) return s;
+  const size_t smem = Q2lpLayout{K, R / 2, mw}.total();
+  if (smem > kSmemLimit) return s;
+  return Q2lpShape{ut + 32 * mw + 32, mw, smem};
+}
+
+bool quantize_act_2l_pairs_supported(int M, int K, int R, int G) {
+#ifdef SVDQ_BUILT_SM90A
+  return q2lp_shape(M, K, R, G).threads > 0;
+#else
+  (void)M, (void)K, (void)R, (void)G;
+  return false;
+#endif
+}
+
+cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms, int cap_pairs, int* grid,
+                                         cudaStream_t stream) {
+  const Q2lpShape s = q2lp_shape(a.M, a.K, a.R, a.group_size);
+  if (s.threads == 0 || a.x2) return cudaErrorInvalidValue;
+  if (a.M == 0) return cudaSuccess;
+  const void* kern = kernel_for(a.dtype, a.R);
+  if (!kern) return cudaErrorInvalidValue;
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*>, bool> attr_set;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!attr_set[std::make_tuple(dev, kern)]) {
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kSmemLimit);
+      if (e != cudaSuccess) return e;
+      attr_set[std::make_tuple(dev, kern)] = true;
+    }
+  }
+  const int nb = (a.M + kRows - 1) / kRows;
+  int pairs = std::max(1, std::min(nb, num_sms / 2));  // one CTA an SM (its shared memory)
+  if (cap_pairs > 0) pairs = std::min(pairs, cap_pairs);
+  *grid = 2 * pairs;
+  int M = a.M, K = a.K, G = a.group_size, MW = s.mma_warps;
+  CUtensorMap tx;  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows
+  if (!make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+    return cudaErrorInvalidValue;
+  const void* smooth = a.smooth;
+  const void* pd = a.proj_down;
+  int8_t* xq = a.xq;
+  float* xscale = a.xscale;
+  void* lr = a.lr;
+  void* args[] = {&tx, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW};
+  return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
+}
+
+}  // namespace svdq

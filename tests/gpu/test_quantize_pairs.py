@@ -1,0 +1,98 @@
+"""The fused quantizer for K <= 3072 in CTA pairs (set_quantize_act_2l_fused(3), Hopper; perf-notes v2.50): two CTAs
+take each 8-row block, each computing half of lr's columns and quantizing half of the rows, x read from DRAM once.
+Outputs are poisoned first; xq and xscale must be the reference's bits (and the per-row kernel's), lr within 16-bit
+rounding of the fp32 reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svdquant_hf.ops.reference import quantize_act_2l_ref
+
+from test_kernels import _rel, ext  # noqa: F401  (ext: the fixture)
+from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _quantize, hopper, no_lr_chain  # noqa: F401
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.usefixtures("no_lr_chain"),
+]
+
+
+def _check(hopper, M, K, R, gs, dtype=torch.bfloat16, seed=0):  # noqa: F811
+    x, smooth, pd = _acts(M, K, R, dtype, seed=seed or M + K + gs + R)
+    with _fused_quant(hopper, 3):
+        assert hopper.quantize_act_2l_fused_applies(M, K, R, gs)
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, gs)
+        grid = hopper.quantize_act_2l_fused_last_grid()
+    assert grid == 2 * min((M + 7) // 8, torch.cuda.get_device_properties(0).multi_processor_count // 2), grid
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, gs)
+    assert torch.equal(xs, rs), "per-token scales differ"
+    assert torch.equal(xq, rq), f"{(xq != rq).sum().item()} activation bytes differ"
+    assert lr.shape == (M, R) and _rel(lr, rl) < 1e-2
+    return xq, xs, lr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (7, 3072, 32), (255, 3072, 32), (4097, 3072, 32), (33, 3072, 16),
+                                   (300, 1536, 32), (129, 768, 32), (17, 256, 32), (1000, 1152, 16), (90, 2432, 32),
+                                   (4608, 3072, 32)])
+def test_pairs_match_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
+    """Bits of the reference at awkward M (a last block of 1-7 rows, more blocks than pairs), FLUX.1's K = 3072 and
+    smaller K (units a row not a multiple of 4: 1152 / 2432), every group size, ranks 16 and 32; the per-row kernel's
+    bits too."""
+    if K % gs:
+        pytest.skip("K is not a multiple of the group")
+    threads, mma_warps, smem = hopper.quantize_act_2l_pairs_shape(M, K, R, gs)
+    assert threads == -(-4 * (K // 64) // 32) * 32 + 32 * mma_warps + 32 <= 512 and 1 <= mma_warps <= 8
+    assert smem <= 227 * 1024
+    xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
+    with _fused_quant(hopper, 0):
+        pq, ps, pl = _quantize(hopper, *_acts(M, K, R, dtype, seed=M + K + gs + R), gs)
+    assert torch.equal(pq, xq) and torch.equal(ps, xs) and _rel(lr, pl) < 1e-2
+
+
+def test_pairs_shape_rule(hopper):
+    """K up to 3072 (two 8 x K stages and K x R/2 of proj_down fit 227 KB), multiples of 64, ranks 16 and 32 only;
+    elsewhere mode 3 leaves the call to the per-row pair."""
+    shape = hopper.quantize_act_2l_pairs_shape
+    assert shape(4608, 3072, 32, 64)[0] == 192 + 8 * 32 + 32
+    for K, R in [(3136, 32), (12288, 32), (3072, 64), (3072, 48), (3000, 32), (3072, 0)]:
+        assert shape(4608, K, R, 64) == (0, 0, 0), (K, R)
+    x, smooth, pd = _acts(64, 12288, 32, torch.bfloat16, seed=1)
+    with _fused_quant(hopper, 3):
+        assert not hopper.quantize_act_2l_fused_applies(64, 12288, 32, 64)
+        xq, xs, _ = _quantize(hopper, x, smooth, pd, 64)  # the per-row pair
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs)
+
+
+def test_pairs_graph_capture_and_extreme_rows(hopper):
+    """Captured in a CUDA graph and replayed on new inputs; rows of huge, tiny and zero amax (the clamped path)."""
+    x, smooth, pd = _acts(300, 3072, 32, torch.bfloat16, seed=5)
+    with _fused_quant(hopper, 3):
+        _check_graph_replay(hopper, x, smooth, pd, seed=6)
+    x[5] = 1e-38
+    x[6] = 0
+    x[7, :100] = 1e37
+    x[8, 3] = 1e-30
+    with _fused_quant(hopper, 3):
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
+    assert torch.equal(xs, rs) and torch.equal(xq, rq)
+
+
+def test_pairs_few_ctas_walk_every_block(hopper):
+    """One pair (cap_clusters = 1) takes all 75 blocks of 600 rows: both stages and both barrier phases wrap many
+    times."""
+    x, smooth, pd = _acts(600, 3072, 32, torch.bfloat16, seed=3)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    before = hopper.quantize_act_2l_fused_mode()
+    hopper.set_quantize_act_2l_fused(3, 0, 0, 1)
+    try:
+        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+        assert hopper.quantize_act_2l_fused_last_grid() == 2
+    finally:
+        hopper.set_quantize_act_2l_fused(before, 0, 0, 0)
+    assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
