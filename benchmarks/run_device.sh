@@ -31,6 +31,7 @@
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
 #   s40: q.9, the fused quantizer in CTA pairs (set_quantize_act_2l_fused(3), perf-notes v2.50): its tests,
 #       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
+#       (S40_KNOBS=0: only the q.8 tuning tests instead)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -510,7 +511,11 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
     echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-230
   fi
   memcheck "$OUT/memcheck.log"
-  what=knobs
+  if [ "${S40_KNOBS:-1}" = 1 ]; then what=knobs; else
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py -m "gpu or not gpu" \
+      -o addopts="" -k "tuning or probe" --timeout 60 > "$OUT/tests_cols.log" 2>&1
+    echo "cols tuning tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_cols.log" | tail -4
+  fi
 fi
 if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps
   timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py \

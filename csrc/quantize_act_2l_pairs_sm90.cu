@@ -8,10 +8,12 @@
 //     those columns of lr for the block's 8 rows (mma.m16n8k16 with rows 8-15 of A zero);
 //   - CTA h quantizes rows 4h .. 4h + 3 of the block: a whole row is in its shared memory, so the row's maximum is a
 //     sum over its own threads (no cluster, no exchange: q.7 / q.8's cost at small K).
-// x is read from DRAM once; a CTA holds K x R/2 x 2 bytes of proj_down and two 8 x K x 2-byte stages, so K <= 3072 at
-// rank 32. Thread t < 4 K / 64 owns row t % 4 of unit t / 4 (64 values): its x * (1 / smooth) stays in registers from
-// the group maxima to the quantization (q.8's per-element work). Warp-specialized: unit warps, mma warps and one
-// producer thread meet at the stages' mbarriers (landed; read by both groups).
+// x is read from DRAM once; a CTA holds K x R/2 x 2 bytes of proj_down, two 8 x K x 2-byte stages and its 4 rows of
+// xq, so K <= 3072 at rank 32. Thread t < 4 K / 64 owns row t % 4 of unit t / 4 (64 values): its x * (1 / smooth)
+// stays in registers from the group maxima to the quantization (q.8's per-element work); its xq bytes are staged in
+// shared memory and each row goes out as one bulk copy (v2: q.8's scattered 16-byte stores were ~2k cycles of its
+// quantization, v2.50). Warp-specialized: unit warps, mma warps and one producer thread meet at the stages' mbarriers
+// (landed; read by both groups).
 // xq and xscale: the exact numerics of ops/reference.py quantize_act_2l_ref (the per-row kernel's bits); lr in fp32,
 // summed in another order than cuBLAS (within 16-bit rounding of the reference).
 #include <algorithm>
@@ -45,7 +47,9 @@ struct Q2lpLayout {
   __host__ __device__ size_t red() const { return rcp() + (size_t)K * 4; }              // [MW][8][RH] f32
   __host__ __device__ int urp() const { return (ur() + 3) / 4 * 4; }  // a row's unit maxima, padded to float4s
   __host__ __device__ size_t umax() const { return red() + (size_t)MW * kRows * RH * 4; }  // [2][4][URP] f32
-  __host__ __device__ size_t bars() const { return umax() + (size_t)2 * kQRows * urp() * 4; }
+  __host__ __device__ int xqr() const { return K + 16; }  // bytes a staged xq row (+16: conflict-free writes)
+  __host__ __device__ size_t xqs() const { return umax() + (size_t)2 * kQRows * urp() * 4; }  // [4][xqr] int8
+  __host__ __device__ size_t bars() const { return xqs() + (size_t)kQRows * xqr(); }
   __host__ __device__ size_t total() const { return bars() + 32 + 1024; }  // 4 mbarriers (+ the base's alignment)
 };
 
@@ -57,6 +61,11 @@ __host__ __device__ __forceinline__ uint32_t stage_off8(int r, int c) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// `bytes` (a multiple of 16) from shared memory to global memory by the bulk-copy unit, as a bulk group
+__device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src), "r"(bytes)
+               : "memory");
 }
 #endif
 
@@ -100,13 +109,23 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   __syncthreads();
   if (warp == nthr / 32 - 1 && lane == 0)
     for (int j = 0; j < 2 && j < nblk; ++j) issue(j);
-  // proj_down's columns [RH h, RH (h + 1)) transposed: pt[n * XR + k]
-  for (int e = tid; e < K * NTH; e += nthr) {
-    const int k = e / NTH, nt = e - k * NTH;
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
-    const T* vv = reinterpret_cast<const T*>(&v);
+  // proj_down's columns [RH h, RH (h + 1)) transposed: pt[n * XR + k] (kBatch loads in flight a thread)
+  constexpr int kBatch = 8;
+  for (int e0 = 0; e0 < K * NTH; e0 += kBatch * nthr) {
+    uint4 v[kBatch];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
+      if (e < K * NTH) v[b] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
+      if (e >= K * NTH) break;
+      const T* vv = reinterpret_cast<const T*>(&v[b]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
+    }
   }
   for (int i = tid; i < K / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
     const int u = i >> 4, k = i & 15;
@@ -120,9 +139,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   __syncthreads();
 
   if (tid < UT) {
-    // the unit warps: each thread's unit of its row through the row's maximum to the 4-bit values
+    // the unit warps: each thread's unit of its row through the row's maximum to the 4-bit values, staged in shared
+    // memory (xqs) and stored a whole row at a time by the bulk-copy unit (thread 0), so no thread waits on them
     const int qr = tid & 3, uu = tid >> 2, br = kQRows * h + qr;  // the row among the CTA's 4, in the block
     const bool unit = tid < kQRows * UR;
+    const uint32_t xqs = smem_u32(smem + L.xqs());
+    const int XQR = L.xqr();
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
       const int par = j & 1;
@@ -157,7 +179,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       }
       // (G = 128: UR is even, so threads t and t ^ 4 hold the two halves of one group of a row)
       if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 4));
-      named_barrier(1, UT);  // the units' maxima are written, the stage is read
+      if (tid == 0) tma_store_wait_read();  // the previous block's staged xq has been read
+      named_barrier(1, UT);  // the units' maxima are written, the stage is read, the xq staging is free
       if (tid == 0) mbar_arrive(smem_u32(&bars[2 + par]));
       const int m = row0_of(j) + br;
       if (unit && m < M) {
@@ -202,11 +225,22 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
           w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
           w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
         }
-        uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + uu * 64);
+        const uint32_t dst = xqs + qr * XQR + uu * 64;
 #pragma unroll
-        for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+        for (int q = 0; q < 4; ++q)
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 16 * q), "r"(w[4 * q]),
+                       "r"(w[4 * q + 1]), "r"(w[4 * q + 2]), "r"(w[4 * q + 3])
+                       : "memory");
+      }
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the staging, visible to the bulk copies
+      named_barrier(3, UT);
+      if (tid == 0) {
+        const int r0 = row0_of(j) + kQRows * h;
+        for (int r = 0; r < kQRows && r0 + r < M; ++r) bulk_store(xq + (int64_t)(r0 + r) * K, xqs + r * XQR, K);
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
       }
     }
+    if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // before the CTA exits
   } else if (mt < mthreads) {
     // the mma warps: lr's RH columns of the block's 8 rows over each warp's k-steps, summed over the warps
     const int mw = warp - UT / 32;

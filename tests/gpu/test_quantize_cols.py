@@ -180,8 +180,8 @@ def test_cols_tuning_keeps_the_bits(hopper, tuning, M, K, R):
 
 
 def test_cols_store_probe_leaves_xq_unwritten(hopper):
-    """probe 1 (a timing diagnostic) computes xq but stores (almost) none of it: the poisoned bytes stay, while xscale
-    and lr are still written; bad tuning values are refused by name."""
+    """probe 1 (a timing diagnostic) computes xq but stores (almost) none of it: whatever the output's memory held stays
+    (not this input's xq), while xscale and lr are still written; bad tuning values are refused by name."""
     M, K, R = 600, 12288, 32
     if not _fits(hopper, M, K, R, 64):
         pytest.skip("no schedulable cluster for this shape")
@@ -189,7 +189,7 @@ def test_cols_store_probe_leaves_xq_unwritten(hopper):
     rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
     with _tuning(hopper, probe=1), _fused_quant(hopper, 2):
         xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
-    assert (xq == 127).float().mean().item() > 0.99, "the probe wrote xq"
+    assert (xq != rq).float().mean().item() > 0.5, "the probe wrote xq"
     assert torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
     for bad in [(-1, 1, 0, 0), (0, 0, 0, 0), (0, 1, 2, 0), (0, 1, 0, 3)]:
         with pytest.raises(RuntimeError, match="set_quantize_act_2l_cols_tuning"):

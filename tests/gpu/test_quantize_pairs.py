@@ -54,10 +54,10 @@ def test_pairs_match_reference_and_per_row_kernel(hopper, dtype, gs, M, K, R):
 
 
 def test_pairs_shape_rule(hopper):
-    """K up to 3072 (two 8 x K stages and K x R/2 of proj_down fit 227 KB), multiples of 64, ranks 16 and 32 only;
-    elsewhere mode 3 leaves the call to the per-row pair."""
+    """K up to 3072 (two 8 x K stages, K x R/2 of proj_down and 4 rows of staged xq fit 227 KB), multiples of 64, ranks
+    16 and 32 only; elsewhere mode 3 leaves the call to the per-row pair."""
     shape = hopper.quantize_act_2l_pairs_shape
-    assert shape(4608, 3072, 32, 64)[0] == 192 + 8 * 32 + 32
+    assert shape(4608, 3072, 32, 64) == (192 + 8 * 32 + 32, 8, 228192)
     for K, R in [(3136, 32), (12288, 32), (3072, 64), (3072, 48), (3000, 32), (3072, 0)]:
         assert shape(4608, K, R, 64) == (0, 0, 0), (K, R)
     x, smooth, pd = _acts(64, 12288, 32, torch.bfloat16, seed=1)
