@@ -31,7 +31,8 @@
 #   cmd: the command in $CMD, after the set-up (kernels loaded or built, PYTHONPATH, wheels)
 #   s40: q.9, the fused quantizer in CTA pairs (set_quantize_act_2l_fused(3), perf-notes v2.50): its tests,
 #       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
-#       (S40_KNOBS=0: only the q.8 tuning tests instead)
+#       (S40_KNOBS=0: only the q.8 tuning tests instead); S40_MS (default 4608,1024,256); S40_SUITE="-1 0": then the
+#       whole tests/gpu suite with SVDQ_TEST_FUSED_QUANT at each of those modes (tests/gpu/conftest.py)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -506,7 +507,7 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
     -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_pairs.log" 2>&1
   rc=$?; echo "pairs tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_pairs.log" | tail -10
   if [ $rc -ne 124 ] && ! grep -q "Timeout" "$OUT/tests_pairs.log"; then
-    (cd benchmarks && timeout 200 python3 chain_breakdown.py --ms 4608,1024,256 --fused 3 --fp8 --reps 20) \
+    (cd benchmarks && timeout 240 python3 chain_breakdown.py --ms ${S40_MS:-4608,1024,256} --fused 3 --fp8 --reps 20) \
       > "$OUT/breakdown_pairs.log" 2>&1
     echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-230
   fi
@@ -516,6 +517,9 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
       -o addopts="" -k "tuning or probe" --timeout 60 > "$OUT/tests_cols.log" 2>&1
     echo "cols tuning tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_cols.log" | tail -4
   fi
+  for mode in ${S40_SUITE:-}; do  # the whole tests/gpu suite starting from fused-quantizer mode $mode
+    SVDQ_TEST_FUSED_QUANT=$mode gpu_suite 240; mv "$OUT/tests.log" "$OUT/tests_mode$mode.log"
+  done
 fi
 if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps
   timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider tests/gpu/test_quantize_cols.py \

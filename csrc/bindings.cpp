@@ -910,7 +910,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
         "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.49; mode 3, K <= 3072 in CTA pairs, "
-        "v2.50) or the per-row kernel + cuBLAS (0, "
+        "v2.50; -1, mode 3 from set_quantize_act_2l_pairs_min_tokens tokens where it applies) or the per-row kernel + "
+        "cuBLAS (0, "
         "the default); cluster > 0 "
         "forces that many CTAs per cluster where a shape exists; "
         "probe (benchmarks, bfloat16 rank 32, mode 1): 1 / 2 / 3 the fused kernel without its cluster exchange / "
@@ -965,6 +966,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "(stagger_cycles, stagger_phases, probe, mma_sets) of set_quantize_act_2l_cols_tuning");
   m.def("quantize_act_2l_cols_stamp_layout", &svdq::quantize_act_2l_cols_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
+  m.def(
+      "set_quantize_act_2l_pairs_min_tokens",
+      [](int m) {
+        TORCH_CHECK(m >= 1, "set_quantize_act_2l_pairs_min_tokens: m >= 1, got ", m);
+        svdq::set_quantize_act_2l_pairs_min_tokens(m);
+      },
+      py::arg("m"), "set_quantize_act_2l_fused mode -1: the CTA-pair quantizer (mode 3) from m tokens");
+  m.def("quantize_act_2l_pairs_min_tokens", &svdq::quantize_act_2l_pairs_min_tokens,
+        "the tokens from which set_quantize_act_2l_fused mode -1 takes the CTA-pair quantizer");
   m.def(
       "quantize_act_2l_pairs_shape",
       [](int M, int K, int R, int G) {

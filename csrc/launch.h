@@ -175,6 +175,9 @@ struct Q2lpShape {
 };
 Q2lpShape q2lp_shape(int M, int K, int R, int group_size);
 bool quantize_act_2l_pairs_supported(int M, int K, int R, int group_size);
+// set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
+void set_quantize_act_2l_pairs_min_tokens(int m);
+int quantize_act_2l_pairs_min_tokens();
 // grid: 2 x the pairs launched (one CTA an SM, at most cap_pairs > 0 pairs)
 cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms, int cap_pairs, int* grid,
                                          cudaStream_t stream);

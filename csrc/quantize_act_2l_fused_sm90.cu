@@ -296,7 +296,9 @@ const void* pick_kernel(int NT, int S) {
 int g_last_grid = 0;      // CTAs of the last launch (benchmarks: clusters that fit x cluster size)
 int g_fused_mode = 0;     // 0: never (the default), 1: q.7 where a shape exists (measured slower, perf-notes v2.16),
                           // 2: the fixed-column kernel (quantize_act_2l_cols_sm90.cu) where a shape exists,
-                          // 3: CTA pairs (quantize_act_2l_pairs_sm90.cu) where K <= 3072
+                          // 3: CTA pairs (quantize_act_2l_pairs_sm90.cu) where K <= 3072,
+                          // -1: mode 3 where it applies from g_pairs_min_tokens tokens, else the per-row pair
+int g_pairs_min_tokens = 1024;  // (mode -1; set_quantize_act_2l_pairs_min_tokens)
 int g_force_cluster = 0;  // benchmarks: force this cluster size (0: the cost model)
 int g_probe = 0;          // benchmarks: launch the PROBE kernels (bfloat16, rank 32)
 int g_cap_clusters = 0;   // benchmarks: launch at most this many clusters (0: as many as fit at once)
@@ -345,13 +347,16 @@ void set_quantize_act_2l_fused(int mode, int cluster, int probe, int cap_cluster
   g_force_cluster = cluster;
 }
 int quantize_act_2l_fused_mode() { return g_fused_mode; }
+void set_quantize_act_2l_pairs_min_tokens(int m) { g_pairs_min_tokens = m; }
+int quantize_act_2l_pairs_min_tokens() { return g_pairs_min_tokens; }
 int quantize_act_2l_fused_last_grid() { return g_last_grid; }
 
 bool quantize_act_2l_fused_supported(int M, int K, int R, int G, int num_sms) {
 #ifdef SVDQ_BUILT_SM90A
   if (g_fused_mode == 2) return quantize_act_2l_cols_supported(M, K, R, G, num_sms, g_force_cluster);
   if (g_fused_mode == 3) return quantize_act_2l_pairs_supported(M, K, R, G);
-  return g_fused_mode != 0 && q2lf_shape(M, K, R, G, num_sms).C > 0;
+  if (g_fused_mode == -1) return M >= g_pairs_min_tokens && quantize_act_2l_pairs_supported(M, K, R, G);
+  return g_fused_mode > 0 && q2lf_shape(M, K, R, G, num_sms).C > 0;
 #else
   (void)M, (void)K, (void)R, (void)G, (void)num_sms;
   return false;
@@ -361,7 +366,8 @@ bool quantize_act_2l_fused_supported(int M, int K, int R, int G, int num_sms) {
 cudaError_t launch_quantize_act_2l_fused(const QuantizeAct2lArgs& a, int num_sms, cudaStream_t stream) {
   if (g_fused_mode == 2)
     return launch_quantize_act_2l_cols(a, num_sms, g_force_cluster, g_cap_clusters, &g_last_grid, stream);
-  if (g_fused_mode == 3) return launch_quantize_act_2l_pairs(a, num_sms, g_cap_clusters, &g_last_grid, stream);
+  if (g_fused_mode == 3 || g_fused_mode == -1)
+    return launch_quantize_act_2l_pairs(a, num_sms, g_cap_clusters, &g_last_grid, stream);
   const Q2lfShape s = q2lf_shape(a.M, a.K, a.R, a.group_size, num_sms);
   if (s.C == 0) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;

@@ -96,3 +96,26 @@ def test_pairs_few_ctas_walk_every_block(hopper):
     finally:
         hopper.set_quantize_act_2l_fused(before, 0, 0, 0)
     assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+
+
+def test_auto_mode_takes_pairs_from_its_token_threshold(hopper):
+    """Mode -1: the CTA pairs from set_quantize_act_2l_pairs_min_tokens tokens where they apply (K <= 3072, ranks
+    16 / 32), the per-row pair below it and elsewhere; the same bits either way; a threshold below 1 is refused."""
+    before = hopper.quantize_act_2l_pairs_min_tokens()
+    try:
+        hopper.set_quantize_act_2l_pairs_min_tokens(300)
+        with _fused_quant(hopper, -1):
+            assert hopper.quantize_act_2l_fused_mode() == -1
+            assert not hopper.quantize_act_2l_fused_applies(299, 3072, 32, 64)
+            assert hopper.quantize_act_2l_fused_applies(300, 3072, 32, 64)
+            assert not hopper.quantize_act_2l_fused_applies(4608, 12288, 32, 64)
+            assert not hopper.quantize_act_2l_fused_applies(4608, 3072, 64, 64)
+            for M in (299, 301):
+                x, smooth, pd = _acts(M, 3072, 32, torch.bfloat16, seed=M)
+                xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+                rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+                assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+        with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_min_tokens"):
+            hopper.set_quantize_act_2l_pairs_min_tokens(0)
+    finally:
+        hopper.set_quantize_act_2l_pairs_min_tokens(before)
