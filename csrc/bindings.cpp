@@ -906,7 +906,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the per-row quantizer: persistent CTAs with the next rows streaming into a shared-memory ring (on, the "
         "default) or one CTA per row (0, the kernel before v2.17; benchmarks); max_ctas > 0 caps the persistent grid");
   m.def("quantize_act_2l_last_ctas", &svdq::quantize_act_2l_last_ctas, "CTAs of the last per-row quantizer launch");
-  m.def("set_quantize_act_2l_fused", &svdq::set_quantize_act_2l_fused, py::arg("mode"), py::arg("cluster") = 0,
+  m.def(
+      "set_quantize_act_2l_fused",
+      [](int mode, int cluster, int probe, int cap_clusters) {
+        TORCH_CHECK(mode >= -1 && mode <= 3, "set_quantize_act_2l_fused: mode -1, 0, 1, 2 or 3, got ", mode);
+        svdq::set_quantize_act_2l_fused(mode, cluster, probe, cap_clusters);
+      },
+      py::arg("mode"), py::arg("cluster") = 0,
         py::arg("probe") = 0, py::arg("cap_clusters") = 0,
         "Hopper: the quantizer with the down projection fused (mode 1, q.7: measured slower, perf-notes v2.16; mode 2, "
         "threads on fixed columns, quantize_act_2l_cat too: perf-notes v2.47-v2.49; mode 3, K <= 3072 in CTA pairs, "

@@ -117,5 +117,8 @@ def test_auto_mode_takes_pairs_from_its_token_threshold(hopper):
                 assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
         with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_min_tokens"):
             hopper.set_quantize_act_2l_pairs_min_tokens(0)
+        for bad in (-2, 4):
+            with pytest.raises(RuntimeError, match="set_quantize_act_2l_fused: mode"):
+                hopper.set_quantize_act_2l_fused(bad)
     finally:
         hopper.set_quantize_act_2l_pairs_min_tokens(before)
