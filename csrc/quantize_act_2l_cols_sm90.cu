@@ -28,7 +28,7 @@
 // 3.6k -> 6.4k cycles a block; xq stores filling whole sectors by a lane pair's chunk swap, quantization 4.2k -> 4.7k.)
 // Exact numerics of ops/reference.py quantize_act_2l_ref for xq and xscale (bit-identical to the per-row kernel);
 // lr accumulates in fp32 in another order than cuBLAS (within 16-bit rounding of the reference).
-// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.49).
+// Opt-in: set_quantize_act_2l_fused(2) (perf-notes v2.47-v2.49); timing knobs: set_quantize_act_2l_cols_tuning (v2.50).
 #include <algorithm>
 #include <map>
 #include <mutex>
