@@ -1,6 +1,7 @@
-// Device helpers of the two fused quantizers (quantize_act_2l_fused_sm90.cu, quantize_act_2l_cols_sm90.cu):
-// thread-block cluster rank and barrier, distributed shared memory addresses, asynchronous stores into a peer's shared
-// memory that complete on its mbarrier, 16-bit unpacking and the resident proj_down slice.
+// Device helpers of the fused quantizers (quantize_act_2l_fused_sm90.cu, quantize_act_2l_cols_sm90.cu,
+// quantize_act_2l_pairs_sm90.cu): thread-block cluster rank and barrier, distributed shared memory addresses,
+// asynchronous stores into a peer's shared memory that complete on its mbarrier, 16-bit unpacking, the resident
+// proj_down slice, and one thread's 64-value unit from the stage to its int8 values.
 #pragma once
 #include <cstdint>
 
@@ -63,6 +64,68 @@ __device__ __forceinline__ void load_proj_down_t(T* pt, const T* __restrict__ pd
 #pragma unroll
       for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + kl] = vv[i];
     }
+  }
+}
+
+// A thread's 64-value unit uu of a stage: v = x * (1 / smooth) (vector q of the unit at shared address addr(q), 1 /
+// smooth swizzled by unit: float4 k of unit uu at rcp_s[uu * 16 + (k ^ (uu % 8))]); m0 / m1: max |v| of its halves.
+template <typename T, typename Addr>
+__device__ __forceinline__ void unit_pass(Addr addr, const float4* rcp_s, int uu, float (&v)[64], float& m0, float& m1) {
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    uint4 raw;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                 : "r"(addr(q)));
+    float f[8];
+    unpack8<T>(raw, f);
+    const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
+    const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
+    const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
+  }
+  m0 = 0.f, m1 = 0.f;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
+#pragma unroll
+  for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
+}
+
+// The unit's int8 values q * s_int against its row's maximum amax, packed four to a word into w (the exact numerics of
+// ops/reference.py quantize_act_2l_ref); gm: its group maxima (G = 32: two groups, else gm[0]); s_row = amax / 112.
+__device__ __forceinline__ void quantize_unit(const float (&v)[64], const float (&gm)[2], float amax, float s_row, int G,
+                                              uint32_t (&w)[16]) {
+  int s_int[2];
+  float inv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    s_int[h] = 1;
+    if (amax > 0.f) s_int[h] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[h], amax) * 16.f)));
+    const float scale = __fmul_rn(s_row, (float)s_int[h]);
+    inv[h] = __frcp_rn(scale);
+    if (!(scale > 0.f) || isinf(inv[h])) inv[h] = 0.f;  // as the reference: 0 where 1 / scale is not finite
+    if (G != 32) {
+      s_int[1] = s_int[0], inv[1] = inv[0];
+      break;
+    }
+  }
+  // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
+  const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const int h = q >> 2;
+    int b[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
+      // (that word * s_int) has q * s_int in its low byte
+      float p = __fmul_rn(v[8 * q + e], inv[h]);
+      if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
+      b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
+    }
+    w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+    w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
   }
 }
 

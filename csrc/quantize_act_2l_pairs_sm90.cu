@@ -153,25 +153,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       float v[64];  // this thread's unit: x * (1 / smooth)
       float gm[2] = {0.f, 0.f};
       if (unit) {
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          uint4 raw;
-          asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                       : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
-                       : "r"(st + stage_off8(br, 8 * uu + q)));
-          float f[8];
-          unpack8<T>(raw, f);
-          const float4 r0 = rcp_s[uu * 16 + ((2 * q) ^ (uu & 7))];
-          const float4 r1 = rcp_s[uu * 16 + ((2 * q + 1) ^ (uu & 7))];
-          const float rc[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
-#pragma unroll
-          for (int e = 0; e < 8; ++e) v[8 * q + e] = __fmul_rn(f[e], rc[e]);
-        }
-        float m0 = 0.f, m1 = 0.f;
-#pragma unroll
-        for (int e = 0; e < 32; ++e) m0 = fmaxf(m0, fabsf(v[e]));
-#pragma unroll
-        for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
+        float m0, m1;
+        unit_pass<T>([&](int q) { return st + stage_off8(br, 8 * uu + q); }, rcp_s, uu, v, m0, m1);
         const float um = fmaxf(m0, m1);
         umax[(par * kQRows + qr) * URP + uu] = um;
         gm[0] = G == 32 ? m0 : um;
@@ -193,38 +176,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         for (int q = UR / 4 * 4; q < UR; ++q) amax = fmaxf(amax, mr[q]);
         const float s_row = __fdiv_rn(amax, 112.f);
         if (uu == 0) xscale[m] = s_row;
-        int s_int[2];
-        float inv[2];
-#pragma unroll
-        for (int g = 0; g < 2; ++g) {
-          s_int[g] = 1;
-          if (amax > 0.f) s_int[g] = min(16, max(1, (int)ceilf(__fdiv_rn(gm[g], amax) * 16.f)));
-          const float scale = __fmul_rn(s_row, (float)s_int[g]);
-          inv[g] = __frcp_rn(scale);
-          if (!(scale > 0.f) || isinf(inv[g])) inv[g] = 0.f;  // as the reference: 0 where 1 / scale is not finite
-          if (G != 32) {
-            s_int[1] = s_int[0], inv[1] = inv[0];
-            break;
-          }
-        }
-        // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
-        const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
         uint32_t w[16];
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const int g = q >> 2;
-          int b[8];
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
-            // (that word * s_int) has q * s_int in its low byte
-            float p = __fmul_rn(v[8 * q + e], inv[g]);
-            if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
-            b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[g];
-          }
-          w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-          w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-        }
+        quantize_unit(v, gm, amax, s_row, G, w);
         const uint32_t dst = xqs + qr * XQR + uu * 64;
 #pragma unroll
         for (int q = 0; q < 4; ++q)

@@ -98,19 +98,25 @@ def test_cols_one_cluster_walks_every_block(hopper):
     assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
 
 
-def test_cols_graph_capture_and_extreme_rows(hopper):
-    """Captured in a CUDA graph and replayed on new inputs; rows of huge, tiny and zero amax (the clamped path)."""
-    x, smooth, pd = _acts(300, 12288, 32, torch.bfloat16, seed=5)
-    with _fused_quant(hopper, 2):
+def check_graph_capture_and_extreme_rows(hopper, mode, K):  # noqa: F811
+    """A fused mode's quantizer at 300 x K captured in a CUDA graph and replayed on new inputs; then rows of huge, tiny
+    and zero amax (the clamped path): the reference's bits."""
+    x, smooth, pd = _acts(300, K, 32, torch.bfloat16, seed=5)
+    with _fused_quant(hopper, mode):
         _check_graph_replay(hopper, x, smooth, pd, seed=6)
     x[5] = 1e-38
     x[6] = 0
     x[7, :100] = 1e37
     x[8, 3] = 1e-30
-    with _fused_quant(hopper, 2):
+    with _fused_quant(hopper, mode):
         xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
     rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
     assert torch.equal(xs, rs) and torch.equal(xq, rq)
+
+
+def test_cols_graph_capture_and_extreme_rows(hopper):
+    """Captured in a CUDA graph and replayed on new inputs; rows of huge, tiny and zero amax (the clamped path)."""
+    check_graph_capture_and_extreme_rows(hopper, 2, 12288)
 
 
 def test_cols_shape_rule(hopper):

@@ -10,7 +10,8 @@ import torch
 from svdquant_hf.ops.reference import quantize_act_2l_ref
 
 from test_kernels import _rel, ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _quantize, hopper, no_lr_chain  # noqa: F401
+from test_kernels_2l import _acts, _fused_quant, _quantize, hopper, no_lr_chain  # noqa: F401
+from test_quantize_cols import check_graph_capture_and_extreme_rows
 
 pytestmark = [
     pytest.mark.gpu,
@@ -70,17 +71,7 @@ def test_pairs_shape_rule(hopper):
 
 def test_pairs_graph_capture_and_extreme_rows(hopper):
     """Captured in a CUDA graph and replayed on new inputs; rows of huge, tiny and zero amax (the clamped path)."""
-    x, smooth, pd = _acts(300, 3072, 32, torch.bfloat16, seed=5)
-    with _fused_quant(hopper, 3):
-        _check_graph_replay(hopper, x, smooth, pd, seed=6)
-    x[5] = 1e-38
-    x[6] = 0
-    x[7, :100] = 1e37
-    x[8, 3] = 1e-30
-    with _fused_quant(hopper, 3):
-        xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
-    rq, rs, _ = quantize_act_2l_ref(x, smooth, pd, 64)
-    assert torch.equal(xs, rs) and torch.equal(xq, rq)
+    check_graph_capture_and_extreme_rows(hopper, 3, 3072)
 
 
 def test_pairs_few_ctas_walk_every_block(hopper):
