@@ -31,17 +31,19 @@ STAMPS = 17
 COLUMNS = [c for _, steps, period in GROUPS for c in [*(n for n, _, _ in steps), period]]
 
 
-def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
-    """Median cycles of each step and of each group's period. stamps: [ctas, blocks, 17] clock64 values; nblk: [ctas]
-    blocks each CTA ran (stamps past them, or past the buffer's blocks, are ignored). Blocks 1 .. n - 2 are used (the
-    first fills the pipeline; the last has no next block for its period); the producer's 1 .. n - 4 (its block j loads
-    block j + 2, so it stamps blocks 0 .. n - 3)."""
-    ctas, blocks, steps = stamps.shape
-    assert steps == STAMPS, stamps.shape
-    out: dict[str, list[float]] = {k: [] for k in COLUMNS}
+def step_table(stamps: torch.Tensor, nblk: torch.Tensor, groups=None) -> dict[str, float]:
+    """Median cycles of each step and of each group's period. stamps: [ctas, blocks, steps] clock64 values; nblk:
+    [ctas] blocks each CTA ran (stamps past them, or past the buffer's blocks, are ignored); groups: (name, steps,
+    period column) as GROUPS (this kernel's, the default). Blocks 1 .. n - 2 are used (the first fills the pipeline;
+    the last has no next block for its period); the producer's 1 .. n - 4 (its block j loads block j + 2, so it stamps
+    blocks 0 .. n - 3)."""
+    groups = GROUPS if groups is None else groups
+    columns = [c for _, steps, period in groups for c in [*(n for n, _, _ in steps), period]]
+    ctas, blocks, _ = stamps.shape
+    out: dict[str, list[float]] = {k: [] for k in columns}
     for c in range(ctas):
         n = min(int(nblk[c]), blocks)
-        for group, group_steps, period in GROUPS:
+        for group, group_steps, period in groups:
             last = min(n - 2, int(nblk[c]) - 4) if group == "producer" else n - 2
             first = group_steps[0][1]
             for j in range(1, last + 1):
@@ -50,6 +52,19 @@ def step_table(stamps: torch.Tensor, nblk: torch.Tensor) -> dict[str, float]:
                     out[name].append(s[b] - s[a])
                 out[period].append(stamps[c, j + 1, first].item() - s[first])
     return {k: float(torch.tensor(v, dtype=torch.float64).median()) if v else float("nan") for k, v in out.items()}
+
+
+def stamped_calls(set_stamps, ctas: int, blocks: int, steps: int, call, calls: int) -> torch.Tensor:
+    """[ctas, blocks, steps] stamps of the last of `calls` calls of `call` with set_stamps(buffer) on (off after)."""
+    buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
+    set_stamps(buf.data_ptr())
+    try:
+        for _ in range(calls):  # the last call's stamps stay
+            call()
+        torch.cuda.synchronize()
+    finally:
+        set_stamps(0)
+    return buf.view(ctas, blocks, steps).cpu()
 
 
 HEADER = f"{'M':>5} {'K':>6} {'C':>3} {'CTAs':>5} | " + " ".join(f"{c[:14]:>14}" for c in COLUMNS)
@@ -104,17 +119,11 @@ def _tables(ext, args, blocks: int, steps: int, R: int, G: int) -> int:
                         continue
                     ext.quantize_act_2l(x, smooth, pd, G)  # the grid
                     ctas = ext.quantize_act_2l_fused_last_grid()
-                    buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
-                    ext.set_quantize_act_2l_cols_stamps(buf.data_ptr())
-                    try:
-                        for _ in range(args.calls):  # the last call's stamps stay
-                            ext.quantize_act_2l(x, smooth, pd, G)
-                        torch.cuda.synchronize()
-                    finally:
-                        ext.set_quantize_act_2l_cols_stamps(0)
+                    st = stamped_calls(ext.set_quantize_act_2l_cols_stamps, ctas, blocks, steps,
+                                       lambda: ext.quantize_act_2l(x, smooth, pd, G), args.calls)
                 clusters, nrb = ctas // C, (M + 15) // 16
                 nblk = torch.tensor([(nrb - c // C + clusters - 1) // clusters for c in range(ctas)])
-                t = step_table(buf.view(ctas, blocks, steps).cpu(), nblk)
+                t = step_table(st, nblk)
                 print(table_row(M, K, C, ctas, t))
     return 0
 

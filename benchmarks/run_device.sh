@@ -32,7 +32,8 @@
 #   s40: q.9, the fused quantizer in CTA pairs (set_quantize_act_2l_fused(3), perf-notes v2.50): its tests,
 #       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
 #       (S40_KNOBS=0: only the q.8 tuning tests instead); S40_MS (default 4608,1024,256); S40_SUITE="-1 0": then the
-#       whole tests/gpu suite with SVDQ_TEST_FUSED_QUANT at each of those modes (tests/gpu/conftest.py)
+#       whole tests/gpu suite with SVDQ_TEST_FUSED_QUANT at each of those modes (tests/gpu/conftest.py); then (forty-first
+#       session) benchmarks/quantize_pairs_stamps.py at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (0,4,2)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -510,6 +511,9 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
     (cd benchmarks && timeout 240 python3 chain_breakdown.py --ms ${S40_MS:-4608,1024,256} --fused 3 --fp8 --reps 20) \
       > "$OUT/breakdown_pairs.log" 2>&1
     echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-230
+    (cd benchmarks && timeout 120 python3 quantize_pairs_stamps.py --ms ${S41_STAMP_MS:-4608,1024} --ks 1024,3072 \
+      --mma-warps ${S41_MW:-0,4,2}) > "$OUT/stamps_pairs.log" 2>&1
+    echo "stamps (pairs) rc=$?"; tail -14 "$OUT/stamps_pairs.log" | cut -c1-330
   fi
   memcheck "$OUT/memcheck.log"
   if [ "${S40_KNOBS:-1}" = 1 ]; then what=knobs; else

@@ -982,6 +982,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_act_2l_pairs_min_tokens", &svdq::quantize_act_2l_pairs_min_tokens,
         "the tokens from which set_quantize_act_2l_fused mode -1 takes the CTA-pair quantizer");
   m.def(
+      "set_quantize_act_2l_pairs_stamps",
+      [](int64_t ptr) { svdq::set_quantize_act_2l_pairs_stamps(reinterpret_cast<long long*>(ptr)); },
+      py::arg("data_ptr"),
+      "benchmarks: the CTA-pair quantizer's first thread of each group of warps (units, mma, producer) of each CTA "
+      "writes clock64 at each of its steps of its first blocks into this int64 CUDA buffer (data_ptr; 0: off; layout: "
+      "quantize_act_2l_pairs_stamp_layout)");
+  m.def(
+      "set_quantize_act_2l_pairs_mma_warps",
+      [](int n) {
+        TORCH_CHECK(n >= 0 && n <= 16, "set_quantize_act_2l_pairs_mma_warps: n in 0..16, got ", n);
+        svdq::set_quantize_act_2l_pairs_mma_warps(n);
+      },
+      py::arg("n"), "benchmarks: the CTA-pair quantizer's down projection on at most n warps (0: the rule's 8; the "
+      "threads left beside the unit warps cap it too)");
+  m.def("quantize_act_2l_pairs_stamp_layout", &svdq::quantize_act_2l_pairs_stamp_layout,
+        "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
+  m.def(
       "quantize_act_2l_pairs_shape",
       [](int M, int K, int R, int G) {
         const svdq::Q2lpShape s = svdq::q2lp_shape(M, K, R, G);

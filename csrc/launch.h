@@ -175,6 +175,9 @@ struct Q2lpShape {
 };
 Q2lpShape q2lp_shape(int M, int K, int R, int group_size);
 bool quantize_act_2l_pairs_supported(int M, int K, int R, int group_size);
+void set_quantize_act_2l_pairs_stamps(long long* stamps);  // benchmarks (0: off)
+int quantize_act_2l_pairs_stamp_layout();
+void set_quantize_act_2l_pairs_mma_warps(int n);  // benchmarks: at most n mma warps (0: the rule's 8)
 // set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
 void set_quantize_act_2l_pairs_min_tokens(int m);
 int quantize_act_2l_pairs_min_tokens();

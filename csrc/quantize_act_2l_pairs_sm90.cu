@@ -34,6 +34,12 @@ constexpr int kQRows = 4;     // rows each CTA of a pair quantizes
 constexpr int kMmaWarps = 8;  // at most this many warps take the down projection's k-steps
 constexpr int kMaxThreads = 512;
 constexpr size_t kSmemLimit = 227 * 1024;
+// stamps (benchmarks), the first blocks' steps: thread 0 (unit warps) 0-6: before the stage wait, after it, after the
+// units' pass, after their barrier, after the quantization, after the staging's barrier, after the bulk stores' issue;
+// the first mma thread 7-12: before the stage wait, after it, after the k-steps, after the partials' barrier, after
+// the sums, after the second barrier; the producer (block j: its loads of block j + 2) 13-15: before the stage's
+// release, after it, after the loads' issue; thread 0 at block 0 only, 16-17: the kernel's start, the prologue's end
+constexpr int kStampBlocks = 64, kStampSteps = 18;
 
 // Byte offsets of the shared-memory buffers. RH: proj_down columns a CTA keeps (R / 2).
 struct Q2lpLayout {
@@ -73,7 +79,7 @@ template <typename T, int NTH>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const T* __restrict__ smooth,
                                  const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
-                                 T* __restrict__ lr, int M, int K, int G, int MW) {
+                                 T* __restrict__ lr, int M, int K, int G, int MW, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int RH = NTH * 8, R = 2 * RH;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -92,6 +98,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int nb = (M + kRows - 1) / kRows;
   const int nblk = (nb - pid + pairs - 1) / pairs;  // this pair's blocks (the grid has pid < nb)
   const int mt = tid - UT, mthreads = 32 * MW;
+  auto stamp = [&](int j, int p) {  // (benchmarks) thread 0, the first mma thread and the producer's lane 0
+    if (stamps && (tid == 0 || (p < 16 && (tid == UT || tid == nthr - 32))) && j < kStampBlocks)
+      stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
+  };
+  stamp(0, 16);
 
   auto stage = [&](int j) { return xs_s + (uint32_t)((j & 1) * kRows * K * 2); };
   auto row0_of = [&](int j) { return (pid + j * pairs) * kRows; };
@@ -137,6 +148,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     rcp_s[u * 16 + (k ^ (u & 7))] = v;
   }
   __syncthreads();
+  stamp(0, 17);
 
   if (tid < UT) {
     // the unit warps: each thread's unit of its row through the row's maximum to the 4-bit values, staged in shared
@@ -148,7 +160,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
       const int par = j & 1;
+      stamp(j, 0);
       mbar_wait_suspended(smem_u32(&bars[par]), (j >> 1) & 1);
+      stamp(j, 1);
       const uint32_t st = stage(j);
       float v[64];  // this thread's unit: x * (1 / smooth)
       float gm[2] = {0.f, 0.f};
@@ -160,10 +174,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         gm[0] = G == 32 ? m0 : um;
         gm[1] = m1;
       }
+      stamp(j, 2);
       // (G = 128: UR is even, so threads t and t ^ 4 hold the two halves of one group of a row)
       if (G == 128) gm[0] = fmaxf(gm[0], __shfl_xor_sync(0xffffffffu, gm[0], 4));
       if (tid == 0) tma_store_wait_read();  // the previous block's staged xq has been read
       named_barrier(1, UT);  // the units' maxima are written, the stage is read, the xq staging is free
+      stamp(j, 3);
       if (tid == 0) mbar_arrive(smem_u32(&bars[2 + par]));
       const int m = row0_of(j) + br;
       if (unit && m < M) {
@@ -185,13 +201,16 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
                        "r"(w[4 * q + 1]), "r"(w[4 * q + 2]), "r"(w[4 * q + 3])
                        : "memory");
       }
+      stamp(j, 4);
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the staging, visible to the bulk copies
       named_barrier(3, UT);
+      stamp(j, 5);
       if (tid == 0) {
         const int r0 = row0_of(j) + kQRows * h;
         for (int r = 0; r < kQRows && r0 + r < M; ++r) bulk_store(xq + (int64_t)(r0 + r) * K, xqs + r * XQR, K);
         asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
       }
+      stamp(j, 6);
     }
     if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // before the CTA exits
   } else if (mt < mthreads) {
@@ -204,7 +223,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
       const int par = j & 1;
+      stamp(j, 7);
       mbar_wait_suspended(smem_u32(&bars[par]), (j >> 1) & 1);
+      stamp(j, 8);
       const uint32_t st = stage(j);
       float acc[kSets][NTH][4] = {};
       auto kstep = [&](int s, float(&ac)[NTH][4]) {
@@ -231,6 +252,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       }
       for (; s < s1; ++s) kstep(s, acc[0]);
       __syncwarp();
+      stamp(j, 9);
       if (lane == 0) mbar_arrive(smem_u32(&bars[2 + par]));  // this warp is done with the stage
 #pragma unroll
       for (int i = 1; i < kSets; ++i)
@@ -242,6 +264,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         *reinterpret_cast<float2*>(red + (mw * kRows + g) * RH + nt * 8 + 2 * t) =
             make_float2(acc[0][nt][0], acc[0][nt][1]);
       named_barrier(2, mthreads);  // the warps' partials are written
+      stamp(j, 10);
       const int row0 = row0_of(j);
       for (int p = mt; p < kRows * RH / 2; p += mthreads) {  // a pair of columns of a row: summed in warp order
         const int r = p / (RH / 2), c = 2 * (p - r * (RH / 2));
@@ -253,14 +276,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         if (row0 + r < M)
           *reinterpret_cast<uint32_t*>(lr + (int64_t)(row0 + r) * R + RH * h + c) = Dt<T>::pack2(sum.x, sum.y);
       }
+      stamp(j, 11);
       named_barrier(2, mthreads);  // read before the next block's partials
+      stamp(j, 12);
     }
   } else if (lane == 0) {
     // the producer warp's first thread: block j + 2 into block j's stage once both groups have read it
 #pragma unroll 1
     for (int j = 0; j + 2 < nblk; ++j) {
+      stamp(j, 13);
       mbar_wait_suspended(smem_u32(&bars[2 + (j & 1)]), (j >> 1) & 1);
+      stamp(j, 14);
       issue(j + 2);
+      stamp(j, 15);
     }
   }
 #endif
@@ -279,14 +307,21 @@ const void* kernel_for(DType dtype, int R) {
   return dtype == DType::kBF16 ? pick_kernel<__nv_bfloat16>(R) : pick_kernel<__half>(R);
 }
 
+long long* g_stamps = nullptr;  // set_quantize_act_2l_pairs_stamps
+int g_mma_warps = 0;            // set_quantize_act_2l_pairs_mma_warps
+
 }  // namespace
+
+void set_quantize_act_2l_pairs_stamps(long long* stamps) { g_stamps = stamps; }
+int quantize_act_2l_pairs_stamp_layout() { return kStampBlocks * 100 + kStampSteps; }
+void set_quantize_act_2l_pairs_mma_warps(int n) { g_mma_warps = n; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
   (void)M;
   Q2lpShape s;
   if ((R != 16 && R != 32) || K <= 0 || K % 64 || (G != 32 && G != 64 && G != 128) || K % G) return s;
   const int ut = Q2lpLayout{K, R / 2, 1}.ut();
-  const int mw = std::min(kMmaWarps, (kMaxThreads - ut - 32) / 32);
+  const int mw = std::min(g_mma_warps > 0 ? g_mma_warps : kMmaWarps, (kMaxThreads - ut - 32) / 32);
   if (mw < 1) return s;
   const size_t smem = Q2lpLayout{K, R / 2, mw}.total();
   if (smem > kSmemLimit) return s;
@@ -335,7 +370,8 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   int8_t* xq = a.xq;
   float* xscale = a.xscale;
   void* lr = a.lr;
-  void* args[] = {&tx, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW};
+  long long* stamps = g_stamps;
+  void* args[] = {&tx, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &stamps};
   return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
 }
 

@@ -10,21 +10,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quantize_cols_stamps as qcs  # noqa: E402
 
 
-def _stamps(ctas: int, blocks: int, nblk: list[int], unit: list[int], mma: list[int], prod: list[int]) -> torch.Tensor:
+def _stamps(ctas: int, blocks: int, nblk: list[int], unit: list[int], mma: list[int], prod: list[int],
+            starts: tuple[int, int, int] = (0, 7, 14), stamps: int = qcs.STAMPS) -> torch.Tensor:
     """Each CTA's blocks back to back, every group from the same start: the unit warps' step p takes unit[p] cycles
     (CTA c's maxima wait, p = 4, (c + 1) times longer), the mma warps' mma[p], the producer's prod[p] (it stamps
-    blocks 0 .. n - 3 only); the next block starts when the slowest group is done, 5 cycles later."""
-    s = torch.zeros(ctas, blocks, qcs.STAMPS, dtype=torch.int64)
+    blocks 0 .. n - 3 only); the next block starts when the slowest group is done, 5 cycles later. starts: each
+    group's first stamp (the default: the fixed-column kernel's layout)."""
+    s = torch.zeros(ctas, blocks, stamps, dtype=torch.int64)
     for c in range(ctas):
         t = 1000 * c
         for j in range(min(blocks, nblk[c])):
             ends = []
-            for first, steps in [(0, unit), (7, mma), (14, prod)]:
-                if first == 14 and j > nblk[c] - 3:
+            for first, steps in zip(starts, [unit, mma, prod]):
+                if first == starts[2] and j > nblk[c] - 3:
                     continue
                 tt = s[c, j, first] = t
                 for p, d in enumerate(steps):
-                    tt += d * (c + 1 if first == 0 and p == 4 else 1)
+                    tt += d * (c + 1 if first == starts[0] and p == 4 else 1)
                     s[c, j, first + 1 + p] = tt
                 ends.append(tt)
             t = max(ends) + 5
@@ -63,3 +65,18 @@ def test_knobs_variants_parse_and_refuse_bad_ones():
     assert [n for n, _ in knobs.parse_variants(knobs.DEFAULT)][:3] == ["v8", "nostore", "mma4"]
     with pytest.raises(SystemExit, match="st3"):
         knobs.parse_variants("v8:0,1,0,0;st3:4000,2")
+
+
+def test_step_table_reads_the_pair_quantizers_groups():
+    """benchmarks/quantize_pairs_stamps.py's groups (units 0-6, mma 7-12, producer 13-15 of 18 stamps) through the
+    same table."""
+    import quantize_pairs_stamps as qps
+
+    unit, mma, prod = [10, 20, 30, 40, 50, 60], [11, 22, 33, 44, 55], [7, 9]
+    nblk = [8, 8, 6]
+    st = _stamps(3, 8, nblk, unit, mma, prod, starts=(0, 7, 13), stamps=qps.STAMPS)
+    t = qcs.step_table(st, torch.tensor(nblk), qps.GROUPS)
+    assert [t[n] for n, _, _ in qps.UNIT_STEPS] == [10, 20, 30, 40, 100, 60]
+    assert [t[n] for n, _, _ in qps.MMA_STEPS] == mma and [t[n] for n, _, _ in qps.PRODUCER_STEPS] == prod
+    assert t["period (units)"] == t["period (mma)"] == 10 + 20 + 30 + 40 + 100 + 60 + 5  # CTA 1's: the median
+    assert set(t) | {"us", "prologue", "first wait"} == set(qps.COLUMNS)

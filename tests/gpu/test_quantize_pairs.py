@@ -113,3 +113,38 @@ def test_auto_mode_takes_pairs_from_its_token_threshold(hopper):
                 hopper.set_quantize_act_2l_fused(bad)
     finally:
         hopper.set_quantize_act_2l_pairs_min_tokens(before)
+
+
+@pytest.mark.parametrize("mma_warps", [1, 3, 5])
+def test_pairs_fewer_mma_warps_and_stamps_keep_the_bits(hopper, mma_warps):
+    """The benchmarks' knobs: fewer mma warps (each takes more k-steps; 5 splits K = 1152's 72 unevenly) and the clock
+    stamps leave the bits as they are, and the stamps of every CTA's first block are in program order."""
+    M, K, R = 4097, 1152, 32  # at least 3 blocks a pair: the producer stamps too
+    x, smooth, pd = _acts(M, K, R, torch.bfloat16, seed=mma_warps)
+    rq, rs, rl = quantize_act_2l_ref(x, smooth, pd, 64)
+    layout = hopper.quantize_act_2l_pairs_stamp_layout()
+    blocks, steps = layout // 100, layout % 100
+    hopper.set_quantize_act_2l_pairs_mma_warps(mma_warps)
+    try:
+        assert hopper.quantize_act_2l_pairs_shape(M, K, R, 64)[1] == mma_warps
+        with _fused_quant(hopper, 3):
+            _quantize(hopper, x, smooth, pd, 64)
+            ctas = hopper.quantize_act_2l_fused_last_grid()
+            buf = torch.zeros(ctas * blocks * steps, device="cuda", dtype=torch.int64)
+            hopper.set_quantize_act_2l_pairs_stamps(buf.data_ptr())
+            try:
+                xq, xs, lr = _quantize(hopper, x, smooth, pd, 64)
+                torch.cuda.synchronize()
+            finally:
+                hopper.set_quantize_act_2l_pairs_stamps(0)
+    finally:
+        hopper.set_quantize_act_2l_pairs_mma_warps(0)
+    assert hopper.quantize_act_2l_pairs_shape(M, K, R, 64)[1] == 8
+    assert torch.equal(xq, rq) and torch.equal(xs, rs) and _rel(lr, rl) < 1e-2
+    first = buf.view(ctas, blocks, steps)[:, 0].cpu()
+    for a, b in [(16, 17), (17, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (7, 8), (8, 9), (9, 10),
+                 (10, 11), (11, 12), (13, 14), (14, 15)]:
+        assert bool((first[:, b] >= first[:, a]).all()), (a, b)
+    assert bool((first[:, [0, 7, 13, 16]] > 0).all())
+    with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_mma_warps"):
+        hopper.set_quantize_act_2l_pairs_mma_warps(17)

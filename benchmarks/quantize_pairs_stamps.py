@@ -1,0 +1,99 @@
+"""Where a block's time goes in the CTA-pair fused quantizer (set_quantize_act_2l_fused(3), q.9), by clock stamps.
+
+usage: python benchmarks/quantize_pairs_stamps.py [--ms 4608] [--ks 1024,3072] [--calls 3] [--mma-warps 0,4]
+
+With set_quantize_act_2l_pairs_stamps, three threads of every CTA write clock64 at the steps of each of its first
+blocks (quantize_act_2l_pairs_sm90.cu): thread 0 for the unit warps (stamps 0-6: before the stage wait, after it, after
+the units' pass, after their barrier, after the quantization, after the staging's barrier, after the bulk stores'
+issue), the first mma thread for the mma warps (7-12: before the stage wait, after it, after the k-steps, after the
+partials' barrier, after the sums, after the second barrier) and the producer's lane 0 (13-15, at block j the loads of
+block j + 2: before the stage's release, after it, after the loads' issue); thread 0 also stamps the kernel's start
+(16) and the prologue's end (17) at block 0. Per shape it prints each step's cycles (median over CTAs and blocks, the
+first block left out), each group's period, the prologue and the first block's wait, and the kernel's time (CUDA
+events, median of --calls, L2 flushed before each), for each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0: the rule's).
+Cycles are SM clocks; a thread sees its own waits only.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from quantize_cols_stamps import stamped_calls, step_table
+
+UNIT_STEPS = [("stage wait", 0, 1), ("units' pass", 1, 2), ("barrier", 2, 3), ("quantization", 3, 4),
+              ("staging barrier", 4, 5), ("stores' issue", 5, 6)]
+MMA_STEPS = [("mma: stage wait", 7, 8), ("k-steps", 8, 9), ("partials barrier", 9, 10), ("sums", 10, 11),
+             ("sums barrier", 11, 12)]
+PRODUCER_STEPS = [("release wait", 13, 14), ("loads' issue", 14, 15)]
+GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
+          ("producer", PRODUCER_STEPS, "period (producer)")]
+STAMPS = 18
+COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ms", default="4608")
+    ap.add_argument("--ks", default="1024,3072")
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--mma-warps", default="0")
+    args = ap.parse_args()
+    from problems_2l import hopper_extension
+
+    if (ext := hopper_extension("quantize_pairs_stamps")) is None:
+        return 2
+    layout = ext.quantize_act_2l_pairs_stamp_layout()
+    blocks, steps = layout // 100, layout % 100
+    assert steps == STAMPS, f"the extension stamps {steps} steps, this script reads {STAMPS}"
+    R, G = 32, 64
+    print(f"{torch.cuda.get_device_name()}: CTA-pair fused quantizer (q.9), cycles per step (median), rank {R}, "
+          f"group {G}")
+    print(f"{'M':>5} {'K':>5} {'MW':>3} {'CTAs':>5} | " + " ".join(f"{c[:12]:>12}" for c in COLUMNS))
+    try:
+        for mw in [int(v) for v in args.mma_warps.split(",")]:
+            ext.set_quantize_act_2l_pairs_mma_warps(mw)
+            _shapes(ext, args, blocks, steps, R, G)
+    finally:
+        ext.set_quantize_act_2l_pairs_mma_warps(0)
+    return 0
+
+
+def _shapes(ext, args, blocks: int, steps: int, R: int, G: int) -> None:
+    from problems_2l import gemm_switches
+
+    for M in [int(m) for m in args.ms.split(",")]:
+        for K in [int(k) for k in args.ks.split(",")]:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            smooth = (torch.rand(K, device="cuda") + 0.5).to(torch.bfloat16)
+            pd = (torch.randn(K, R, device="cuda") / K**0.5).to(torch.bfloat16)
+            with gemm_switches(ext, fused_quant=3):
+                if not ext.quantize_act_2l_fused_applies(M, K, R, G):
+                    print(f"{M:>5} {K:>5}: q.9 does not apply")
+                    continue
+                ext.quantize_act_2l(x, smooth, pd, G)
+                ctas = ext.quantize_act_2l_fused_last_grid()
+                times, flush = [], torch.empty(128 << 20, device="cuda", dtype=torch.uint8)
+                for _ in range(args.calls):  # unstamped, timed, x out of L2 (128 MB written first)
+                    flush.zero_()
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    ext.quantize_act_2l(x, smooth, pd, G)
+                    b.record()
+                    torch.cuda.synchronize()
+                    times.append(a.elapsed_time(b) * 1e3)
+                st = stamped_calls(ext.set_quantize_act_2l_pairs_stamps, ctas, blocks, steps,
+                                   lambda: ext.quantize_act_2l(x, smooth, pd, G), args.calls)
+            pairs, nb = ctas // 2, (M + 7) // 8
+            nblk = torch.tensor([(nb - c // 2 + pairs - 1) // pairs for c in range(ctas)])
+            t = step_table(st, nblk, GROUPS)
+            t["us"] = sorted(times)[len(times) // 2]
+            t["prologue"] = float((st[:, 0, 17] - st[:, 0, 16]).double().median())
+            t["first wait"] = float((st[:, 0, 1] - st[:, 0, 0]).double().median())
+            mw = ext.quantize_act_2l_pairs_shape(M, K, R, G)[1]
+            print(f"{M:>5} {K:>5} {mw:>3} {ctas:>5} | " + " ".join(f"{t[c]:12.1f}" if c == "us" else f"{t[c]:12.0f}"
+                                                                    for c in COLUMNS))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
