@@ -44,8 +44,10 @@ def main() -> int:
     ap.add_argument("--fp8", action="store_true", help="add fp8 _scaled_mm's parts: the cast, the GEMM, both")
     ap.add_argument("--cols-tuning", default="",
                     help="stagger_cycles,stagger_phases,probe,mma_sets for the fused mode 2 columns")
+    ap.add_argument("--pairs-v3", action="store_true",
+                    help="with --fused 3 / -1: add chain_v3 / q_v3, the CTA-pair quantizer's v3 (proj_down by TMA)")
     args = ap.parse_args()
-    cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
+    cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["chain_v3", "q_v3"] if args.pairs_v3 else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
     quant8 = None
     if args.fp8:
         from ab_2l import rowwise_e4m3
@@ -106,6 +108,13 @@ def main() -> int:
                     with gemm_switches(ext, fused_quant=args.fused):
                         t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                         t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
+                        if args.pairs_v3:
+                            ext.set_quantize_act_2l_pairs_pd_tma(True)
+                            try:
+                                t["q_v3"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
+                                t["chain_v3"] = 1e3 * time_graph(chain, xs, args.reps)
+                            finally:
+                                ext.set_quantize_act_2l_pairs_pd_tma(False)
                 finally:
                     ext.set_quantize_act_2l_cols_tuning(*before)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out

@@ -33,7 +33,8 @@
 #       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
 #       (S40_KNOBS=0: only the q.8 tuning tests instead); S40_MS (default 4608,1024,256); S40_SUITE="-1 0": then the
 #       whole tests/gpu suite with SVDQ_TEST_FUSED_QUANT at each of those modes (tests/gpu/conftest.py); then (forty-first
-#       session) benchmarks/quantize_pairs_stamps.py at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (0,4,2)
+#       session) benchmarks/quantize_pairs_stamps.py at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (0,4,2),
+#       both forms (v2, v3: proj_down by TMA), and the chain with v3 too (chain_breakdown.py --pairs-v3)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -508,12 +509,13 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
     -m "gpu or not gpu" -o addopts="" --timeout 60 --timeout-method=thread > "$OUT/tests_pairs.log" 2>&1
   rc=$?; echo "pairs tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_pairs.log" | tail -10
   if [ $rc -ne 124 ] && ! grep -q "Timeout" "$OUT/tests_pairs.log"; then
-    (cd benchmarks && timeout 240 python3 chain_breakdown.py --ms ${S40_MS:-4608,1024,256} --fused 3 --fp8 --reps 20) \
+    (cd benchmarks && timeout 240 python3 chain_breakdown.py --ms ${S40_MS:-4608,1024,256} --fused 3 --fp8 --reps 20 \
+      --pairs-v3) \
       > "$OUT/breakdown_pairs.log" 2>&1
-    echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-230
+    echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-320
     (cd benchmarks && timeout 120 python3 quantize_pairs_stamps.py --ms ${S41_STAMP_MS:-4608,1024} --ks 1024,3072 \
       --mma-warps ${S41_MW:-0,4,2}) > "$OUT/stamps_pairs.log" 2>&1
-    echo "stamps (pairs) rc=$?"; tail -14 "$OUT/stamps_pairs.log" | cut -c1-330
+    echo "stamps (pairs) rc=$?"; tail -26 "$OUT/stamps_pairs.log" | cut -c1-330
   fi
   memcheck "$OUT/memcheck.log"
   if [ "${S40_KNOBS:-1}" = 1 ]; then what=knobs; else

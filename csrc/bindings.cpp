@@ -996,6 +996,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       py::arg("n"), "benchmarks: the CTA-pair quantizer's down projection on at most n warps (0: the rule's 8; the "
       "threads left beside the unit warps cap it too)");
+  m.def("set_quantize_act_2l_pairs_pd_tma", &svdq::set_quantize_act_2l_pairs_pd_tma, py::arg("on"),
+        "the CTA-pair quantizer's form: True, v3 (proj_down's columns loaded by TMA as they lie and read by "
+        "ldmatrix.trans); False, v2 (every thread loads them and stores them transposed; the default)");
+  m.def("quantize_act_2l_pairs_pd_tma", &svdq::quantize_act_2l_pairs_pd_tma,
+        "whether the CTA-pair quantizer loads proj_down by TMA (v3; set_quantize_act_2l_pairs_pd_tma)");
   m.def("quantize_act_2l_pairs_stamp_layout", &svdq::quantize_act_2l_pairs_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

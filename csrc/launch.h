@@ -178,6 +178,9 @@ bool quantize_act_2l_pairs_supported(int M, int K, int R, int group_size);
 void set_quantize_act_2l_pairs_stamps(long long* stamps);  // benchmarks (0: off)
 int quantize_act_2l_pairs_stamp_layout();
 void set_quantize_act_2l_pairs_mma_warps(int n);  // benchmarks: at most n mma warps (0: the rule's 8)
+// v3: proj_down's columns by TMA, read by ldmatrix.trans (false: v2's transposing prologue, the default)
+void set_quantize_act_2l_pairs_pd_tma(bool on);
+bool quantize_act_2l_pairs_pd_tma();
 // set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
 void set_quantize_act_2l_pairs_min_tokens(int m);
 int quantize_act_2l_pairs_min_tokens();

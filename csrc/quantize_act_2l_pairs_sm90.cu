@@ -4,8 +4,10 @@
 // Two CTAs take each 8-row block of x, CTA h = blockIdx.x % 2 of a pair:
 //   - both load the block's whole rows (the second reader finds them in L2), by TMA into [unit][8 rows][128 B] with
 //     the 128-byte swizzle, two stages;
-//   - CTA h keeps proj_down's columns [R/2 h, R/2 (h + 1)) resident (transposed, as mma's B operand) and computes
-//     those columns of lr for the block's 8 rows (mma.m16n8k16 with rows 8-15 of A zero);
+//   - CTA h keeps proj_down's columns [R/2 h, R/2 (h + 1)) resident and computes those columns of lr for the block's
+//     8 rows (mma.m16n8k16 with rows 8-15 of A zero). v3 (set_quantize_act_2l_pairs_pd_tma(1)) loads them by TMA as
+//     they lie, [k][R/2] (the 32-byte swizzle at rank 32), and ldmatrix.trans makes them mma's B operand; v2 loads
+//     them with every thread and stores them transposed, [R/2][k];
 //   - CTA h quantizes rows 4h .. 4h + 3 of the block: a whole row is in its shared memory, so the row's maximum is a
 //     sum over its own threads (no cluster, no exchange: q.7 / q.8's cost at small K).
 // x is read from DRAM once; a CTA holds K x R/2 x 2 bytes of proj_down, two 8 x K x 2-byte stages and its 4 rows of
@@ -41,14 +43,17 @@ constexpr size_t kSmemLimit = 227 * 1024;
 // release, after it, after the loads' issue; thread 0 at block 0 only, 16-17: the kernel's start, the prologue's end
 constexpr int kStampBlocks = 64, kStampSteps = 18;
 
+constexpr int kPdBox = 64;  // proj_down rows a TMA box (K is a multiple of 64)
+
 // Byte offsets of the shared-memory buffers. RH: proj_down columns a CTA keeps (R / 2).
 struct Q2lpLayout {
   int K, RH, MW;
   __host__ __device__ int ur() const { return K / 64; }
   __host__ __device__ int ut() const { return (kQRows * ur() + 31) / 32 * 32; }  // the unit warps' threads
-  __host__ __device__ int xr() const { return K + 8; }  // 16-bit elements per proj_down^T row (+16 B: ldmatrix)
   __host__ __device__ size_t xs() const { return 0; }   // [2][UR][8][128 B] (at a 1024-byte boundary)
-  __host__ __device__ size_t pt() const { return xs() + (size_t)2 * kRows * K * 2; }   // [RH][xr]
+  __host__ __device__ int xr() const { return K + 8; }  // v2: 16-bit elements per proj_down^T row (+16 B: ldmatrix)
+  // v2: [RH][xr]; v3: [K][RH] (1024-aligned); the larger, v2's, either way
+  __host__ __device__ size_t pt() const { return xs() + (size_t)2 * kRows * K * 2; }
   __host__ __device__ size_t rcp() const { return pt() + (size_t)RH * xr() * 2; }      // [K] f32, swizzled
   __host__ __device__ size_t red() const { return rcp() + (size_t)K * 4; }              // [MW][8][RH] f32
   __host__ __device__ int urp() const { return (ur() + 3) / 4 * 4; }  // a row's unit maxima, padded to float4s
@@ -56,7 +61,7 @@ struct Q2lpLayout {
   __host__ __device__ int xqr() const { return K + 16; }  // bytes a staged xq row (+16: conflict-free writes)
   __host__ __device__ size_t xqs() const { return umax() + (size_t)2 * kQRows * urp() * 4; }  // [4][xqr] int8
   __host__ __device__ size_t bars() const { return xqs() + (size_t)kQRows * xqr(); }
-  __host__ __device__ size_t total() const { return bars() + 32 + 1024; }  // 4 mbarriers (+ the base's alignment)
+  __host__ __device__ size_t total() const { return bars() + 48 + 1024; }  // 5 mbarriers (+ the base's alignment)
 };
 
 // Vector c (16 bytes) of row r of a stage: unit c / 8's box, row r, TMA's 128-byte swizzle.
@@ -75,23 +80,23 @@ __device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t byt
 }
 #endif
 
-template <typename T, int NTH>
+template <typename T, int NTH, bool kTmaPd>
 __global__ void __launch_bounds__(kMaxThreads, 1)
-    quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const T* __restrict__ smooth,
-                                 const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
+    quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tp,
+                                 const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
                                  T* __restrict__ lr, int M, int K, int G, int MW, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr int RH = NTH * 8, R = 2 * RH;
+  constexpr int RH = NTH * 8, R = 2 * RH, RB = RH * 2;  // RB: bytes a resident proj_down row
   extern __shared__ __align__(128) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);  // the stages' swizzle
   const Q2lpLayout L{K, RH, MW};
-  const int XR = L.xr(), UR = L.ur(), UT = L.ut(), URP = L.urp();
-  T* pt = reinterpret_cast<T*>(smem + L.pt());
+  const int UR = L.ur(), UT = L.ut(), URP = L.urp(), XR = L.xr();
+  const uint32_t pt_s = smem_u32(smem + L.pt());
   const uint32_t xs_s = smem_u32(smem + L.xs());
   float4* rcp_s = reinterpret_cast<float4*>(smem + L.rcp());
   float* red = reinterpret_cast<float*>(smem + L.red());
   float* umax = reinterpret_cast<float*>(smem + L.umax());
-  // [0, 1]: a stage has landed; [2, 3]: the unit and mma warps have read it
+  // [0, 1]: a stage has landed; [2, 3]: the unit and mma warps have read it; [4]: proj_down's columns have landed
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L.bars());
   const int h = blockIdx.x & 1, pairs = gridDim.x >> 1, pid = blockIdx.x >> 1;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, nthr = blockDim.x;
@@ -115,27 +120,37 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   if (tid == 0) {
     for (int b = 0; b < 2; ++b) mbar_init(smem_u32(&bars[b]), 1);       // the producer's arrival (+ the bytes)
     for (int b = 2; b < 4; ++b) mbar_init(smem_u32(&bars[b]), 1 + MW);  // thread 0 and each mma warp
+    mbar_init(smem_u32(&bars[4]), 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  if (warp == nthr / 32 - 1 && lane == 0)
-    for (int j = 0; j < 2 && j < nblk; ++j) issue(j);
-  // proj_down's columns [RH h, RH (h + 1)) transposed: pt[n * XR + k] (kBatch loads in flight a thread)
-  constexpr int kBatch = 8;
-  for (int e0 = 0; e0 < K * NTH; e0 += kBatch * nthr) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
-      if (e < K * NTH) v[b] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
+  if (warp == nthr / 32 - 1 && lane == 0) {  // the first stage, (v3) proj_down's columns [RH h, RH (h + 1)), the second
+    if (nblk > 0) issue(0);
+    if constexpr (kTmaPd) {
+      const uint32_t bar = smem_u32(&bars[4]);
+      mbar_expect_tx(bar, (uint32_t)(K * RB));
+      for (int k0 = 0; k0 < K; k0 += kPdBox) tma_load_2d(pt_s + k0 * RB, &tp, RB * h, k0, bar);
     }
+    if (nblk > 1) issue(1);
+  }
+  if constexpr (!kTmaPd) {  // v2: proj_down's columns transposed, pt[n * XR + k] (kBatch loads in flight a thread)
+    T* pt = reinterpret_cast<T*>(smem + L.pt());
+    constexpr int kBatch = 8;
+    for (int e0 = 0; e0 < K * NTH; e0 += kBatch * nthr) {
+      uint4 v[kBatch];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
-      if (e >= K * NTH) break;
-      const T* vv = reinterpret_cast<const T*>(&v[b]);
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
+        if (e < K * NTH) v[b] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
+      }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
+      for (int b = 0; b < kBatch; ++b) {
+        const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
+        if (e >= K * NTH) break;
+        const T* vv = reinterpret_cast<const T*>(&v[b]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
+      }
     }
   }
   for (int i = tid; i < K / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
@@ -219,7 +234,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     constexpr int kSets = 4;  // k-step s of a run of four on accumulator set s % 4 (four k-steps in flight)
     const int steps = K / 16, s0 = mw * steps / MW, s1 = (mw + 1) * steps / MW;
     const int arow = lane & 7, avec = (lane >> 3) & 1;
-    const uint32_t b_base = smem_u32(pt + ((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8);
+    // matrix i = lane / 8 of a k-step's B. v3: rows k = 8 (i % 2) + lane % 8, the 16-byte chunk i / 2 of the row (at
+    // rank 32 under the 32-byte swizzle: chunk c of row k sits at c ^ (k / 4 % 2)); v2: rows n = 8 (i / 2) + lane % 8,
+    // k from 8 (i % 2)
+    const int br = (lane & 7) + 8 * ((lane >> 3) & 1);
+    const uint32_t b_base =
+        kTmaPd ? pt_s + br * RB + (NTH == 2 ? (((lane >> 4) ^ ((lane >> 2) & 1)) * 16) : 0)
+               : pt_s + (((lane & 7) + (lane >> 4) * 8) * XR + ((lane >> 3) & 1) * 8) * 2;
+    if constexpr (kTmaPd) mbar_wait_suspended(smem_u32(&bars[4]), 0);
 #pragma unroll 1
     for (int j = 0; j < nblk; ++j) {
       const int par = j & 1;
@@ -232,17 +254,16 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         uint32_t a[4];
         ldmatrix_x2(a[0], a[2], st + stage_off8(arow, 2 * s + avec));
         a[1] = 0u, a[3] = 0u;
-#pragma unroll
-        for (int p = 0; p < (NTH + 1) / 2; ++p) {
-          uint32_t b[4];
-          if (2 * p + 1 < NTH) {
-            ldmatrix_x4(b, b_base + (p * 16 * XR + s * 16) * 2);
-          } else {
-            ldmatrix_x2(b[0], b[1], b_base + (p * 16 * XR + s * 16) * 2);
-            b[2] = b[3] = 0u;
-          }
-          mma_16816<T>(ac[2 * p], a, b[0], b[1]);
-          if (2 * p + 1 < NTH) mma_16816<T>(ac[(2 * p + 1) % NTH], a, b[2], b[3]);
+        uint32_t b[4];
+        if constexpr (NTH == 2) {
+          if constexpr (kTmaPd) ldmatrix_x4_trans(b, b_base + s * 16 * RB);
+          else ldmatrix_x4(b, b_base + s * 32);
+          mma_16816<T>(ac[0], a, b[0], b[1]);
+          mma_16816<T>(ac[NTH - 1], a, b[2], b[3]);
+        } else {
+          if constexpr (kTmaPd) ldmatrix_x2_trans(b[0], b[1], b_base + s * 16 * RB);
+          else ldmatrix_x2(b[0], b[1], b_base + s * 32);
+          mma_16816<T>(ac[0], a, b[0], b[1]);
         }
       };
       int s = s0;
@@ -294,27 +315,31 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 #endif
 }
 
-template <typename T>
+template <typename T, bool kTmaPd>
 const void* pick_kernel(int R) {
   switch (R) {
-    case 16: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 1>);
-    case 32: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2>);
+    case 16: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 1, kTmaPd>);
+    case 32: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2, kTmaPd>);
     default: return nullptr;
   }
 }
 
-const void* kernel_for(DType dtype, int R) {
-  return dtype == DType::kBF16 ? pick_kernel<__nv_bfloat16>(R) : pick_kernel<__half>(R);
+const void* kernel_for(DType dtype, int R, bool tma_pd) {
+  if (dtype == DType::kBF16) return tma_pd ? pick_kernel<__nv_bfloat16, true>(R) : pick_kernel<__nv_bfloat16, false>(R);
+  return tma_pd ? pick_kernel<__half, true>(R) : pick_kernel<__half, false>(R);
 }
 
 long long* g_stamps = nullptr;  // set_quantize_act_2l_pairs_stamps
 int g_mma_warps = 0;            // set_quantize_act_2l_pairs_mma_warps
+bool g_pd_tma = false;          // set_quantize_act_2l_pairs_pd_tma
 
 }  // namespace
 
 void set_quantize_act_2l_pairs_stamps(long long* stamps) { g_stamps = stamps; }
 int quantize_act_2l_pairs_stamp_layout() { return kStampBlocks * 100 + kStampSteps; }
 void set_quantize_act_2l_pairs_mma_warps(int n) { g_mma_warps = n; }
+void set_quantize_act_2l_pairs_pd_tma(bool on) { g_pd_tma = on; }
+bool quantize_act_2l_pairs_pd_tma() { return g_pd_tma; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
   (void)M;
@@ -342,7 +367,7 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   const Q2lpShape s = q2lp_shape(a.M, a.K, a.R, a.group_size);
   if (s.threads == 0 || a.x2) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;
-  const void* kern = kernel_for(a.dtype, a.R);
+  const void* kern = kernel_for(a.dtype, a.R, g_pd_tma);
   if (!kern) return cudaErrorInvalidValue;
   static std::mutex mu;
   static std::map<std::tuple<int, const void*>, bool> attr_set;
@@ -362,8 +387,12 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   if (cap_pairs > 0) pairs = std::min(pairs, cap_pairs);
   *grid = 2 * pairs;
   int M = a.M, K = a.K, G = a.group_size, MW = s.mma_warps;
-  CUtensorMap tx;  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows
-  if (!make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B))
+  CUtensorMap tx, tp;  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows; proj_down as [K, 2 R], a box
+  // kPdBox rows of one CTA's half
+  const int RB = a.R;  // bytes of R / 2 16-bit columns
+  if (!make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !make_map(&tp, a.proj_down, (uint64_t)K, (uint64_t)a.R * 2, kPdBox, RB,
+                RB == 32 ? CU_TENSOR_MAP_SWIZZLE_32B : CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
@@ -371,7 +400,7 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  void* args[] = {&tx, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &stamps};
+  void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &stamps};
   return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
 }
 

@@ -58,7 +58,7 @@ def test_pairs_shape_rule(hopper):
     """K up to 3072 (two 8 x K stages, K x R/2 of proj_down and 4 rows of staged xq fit 227 KB), multiples of 64, ranks
     16 and 32 only; elsewhere mode 3 leaves the call to the per-row pair."""
     shape = hopper.quantize_act_2l_pairs_shape
-    assert shape(4608, 3072, 32, 64) == (192 + 8 * 32 + 32, 8, 228192)
+    assert shape(4608, 3072, 32, 64) == (192 + 8 * 32 + 32, 8, 228208)
     for K, R in [(3136, 32), (12288, 32), (3072, 64), (3072, 48), (3000, 32), (3072, 0)]:
         assert shape(4608, K, R, 64) == (0, 0, 0), (K, R)
     x, smooth, pd = _acts(64, 12288, 32, torch.bfloat16, seed=1)
@@ -148,3 +148,23 @@ def test_pairs_fewer_mma_warps_and_stamps_keep_the_bits(hopper, mma_warps):
     assert bool((first[:, [0, 7, 13, 16]] > 0).all())
     with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_mma_warps"):
         hopper.set_quantize_act_2l_pairs_mma_warps(17)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (255, 3072, 32), (4097, 3072, 32), (33, 3072, 16), (1000, 1152, 16),
+                                   (90, 2432, 32), (600, 192, 32)])
+def test_pairs_v3_tma_proj_down_matches_reference(hopper, dtype, gs, M, K, R):
+    """v3 (set_quantize_act_2l_pairs_pd_tma): proj_down's columns by TMA ([k][R/2], 32-byte swizzle at rank 32, none
+    at 16) and ldmatrix.trans: the reference's bits and v2's, lr too."""
+    if K % gs:
+        pytest.skip("K is not a multiple of the group")
+    assert not hopper.quantize_act_2l_pairs_pd_tma()
+    v2 = _check(hopper, M, K, R, gs, dtype)
+    hopper.set_quantize_act_2l_pairs_pd_tma(True)
+    try:
+        assert hopper.quantize_act_2l_pairs_pd_tma()
+        xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
+    finally:
+        hopper.set_quantize_act_2l_pairs_pd_tma(False)
+    assert torch.equal(xq, v2[0]) and torch.equal(xs, v2[1]) and torch.equal(lr, v2[2])  # the same mma, same order
