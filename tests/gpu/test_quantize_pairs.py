@@ -159,12 +159,13 @@ def test_pairs_v3_tma_proj_down_matches_reference(hopper, dtype, gs, M, K, R):
     at 16) and ldmatrix.trans: the reference's bits and v2's, lr too."""
     if K % gs:
         pytest.skip("K is not a multiple of the group")
-    assert not hopper.quantize_act_2l_pairs_pd_tma()
-    v2 = _check(hopper, M, K, R, gs, dtype)
-    hopper.set_quantize_act_2l_pairs_pd_tma(True)
+    before = hopper.quantize_act_2l_pairs_pd_tma()  # (SVDQ_TEST_PAIRS_V3 may have set it)
     try:
+        hopper.set_quantize_act_2l_pairs_pd_tma(False)
+        v2 = _check(hopper, M, K, R, gs, dtype)
+        hopper.set_quantize_act_2l_pairs_pd_tma(True)
         assert hopper.quantize_act_2l_pairs_pd_tma()
         xq, xs, lr = _check(hopper, M, K, R, gs, dtype)
     finally:
-        hopper.set_quantize_act_2l_pairs_pd_tma(False)
+        hopper.set_quantize_act_2l_pairs_pd_tma(before)
     assert torch.equal(xq, v2[0]) and torch.equal(xs, v2[1]) and torch.equal(lr, v2[2])  # the same mma, same order
