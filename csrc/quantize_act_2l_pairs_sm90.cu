@@ -1,11 +1,11 @@
 // Activation quantization for int4_2l with the low-rank down projection fused, for K up to 3072 (Hopper; q.9,
-// perf-notes v2.50; opt-in: set_quantize_act_2l_fused(3)).
+// perf-notes v2.50-v2.51; opt-in: set_quantize_act_2l_fused(3)).
 //
 // Two CTAs take each 8-row block of x, CTA h = blockIdx.x % 2 of a pair:
 //   - both load the block's whole rows (the second reader finds them in L2), by TMA into [unit][8 rows][128 B] with
 //     the 128-byte swizzle, two stages;
 //   - CTA h keeps proj_down's columns [R/2 h, R/2 (h + 1)) resident and computes those columns of lr for the block's
-//     8 rows (mma.m16n8k16 with rows 8-15 of A zero). v3 (set_quantize_act_2l_pairs_pd_tma(1)) loads them by TMA as
+//     8 rows (mma.m16n8k16 with rows 8-15 of A zero). v3 (set_quantize_act_2l_pairs_pd_tma(True)) loads them by TMA as
 //     they lie, [k][R/2] (the 32-byte swizzle at rank 32), and ldmatrix.trans makes them mma's B operand; v2 loads
 //     them with every thread and stores them transposed, [R/2][k];
 //   - CTA h quantizes rows 4h .. 4h + 3 of the block: a whole row is in its shared memory, so the row's maximum is a
@@ -83,8 +83,9 @@ __device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t byt
 template <typename T, int NTH, bool kTmaPd>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tp,
-                                 const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq, float* __restrict__ xscale,
-                                 T* __restrict__ lr, int M, int K, int G, int MW, long long* __restrict__ stamps) {
+                                 const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq,
+                                 float* __restrict__ xscale, T* __restrict__ lr, int M, int K, int G, int MW,
+                                 long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int RH = NTH * 8, R = 2 * RH, RB = RH * 2;  // RB: bytes a resident proj_down row
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -325,7 +326,8 @@ const void* pick_kernel(int R) {
 }
 
 const void* kernel_for(DType dtype, int R, bool tma_pd) {
-  if (dtype == DType::kBF16) return tma_pd ? pick_kernel<__nv_bfloat16, true>(R) : pick_kernel<__nv_bfloat16, false>(R);
+  if (dtype == DType::kBF16)
+    return tma_pd ? pick_kernel<__nv_bfloat16, true>(R) : pick_kernel<__nv_bfloat16, false>(R);
   return tma_pd ? pick_kernel<__half, true>(R) : pick_kernel<__half, false>(R);
 }
 
@@ -387,12 +389,13 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   if (cap_pairs > 0) pairs = std::min(pairs, cap_pairs);
   *grid = 2 * pairs;
   int M = a.M, K = a.K, G = a.group_size, MW = s.mma_warps;
-  CUtensorMap tx, tp;  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows; proj_down as [K, 2 R], a box
-  // kPdBox rows of one CTA's half
-  const int RB = a.R;  // bytes of R / 2 16-bit columns
+  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows; (v3) proj_down as [K, 2 R], a box kPdBox rows of
+  // one CTA's half (RB = R bytes: R / 2 16-bit columns)
+  CUtensorMap tx, tp = {};
+  const int RB = a.R;
   if (!make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B) ||
-      !make_map(&tp, a.proj_down, (uint64_t)K, (uint64_t)a.R * 2, kPdBox, RB,
-                RB == 32 ? CU_TENSOR_MAP_SWIZZLE_32B : CU_TENSOR_MAP_SWIZZLE_NONE))
+      (g_pd_tma && !make_map(&tp, a.proj_down, (uint64_t)K, (uint64_t)a.R * 2, kPdBox, RB,
+                             RB == 32 ? CU_TENSOR_MAP_SWIZZLE_32B : CU_TENSOR_MAP_SWIZZLE_NONE)))
     return cudaErrorInvalidValue;
   const void* smooth = a.smooth;
   const void* pd = a.proj_down;
