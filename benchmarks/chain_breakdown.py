@@ -1,6 +1,6 @@
 """Where the int4_2l chain's time goes at one M: each part timed alone under CUDA graphs, side by side.
 
-usage: python benchmarks/chain_breakdown.py [--ms 256] [--reps 30] [--fused [MODE]] [--fp8]
+usage: python benchmarks/chain_breakdown.py [--ms 256] [--reps 30] [--fused [MODE]] [--fp8] [--pairs-forms v3,t]
 
 Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order, default switches):
   "chain"  quantize_act_2l + w4a4_gemm_2l_fo (what SVDQuantLinear runs on Hopper);
@@ -15,7 +15,8 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
   --fused [MODE] adds "chain_fq" / "q_fq": the chain / the quantizer with a Hopper cluster quantizer that fuses the
            down projection (set_quantize_act_2l_fused(MODE): 1, q.7, measured slower in perf-notes v2.16-v2.17; 2,
            threads on fixed columns, v2.47; --cols-tuning a,b,c,d: mode 2 under set_quantize_act_2l_cols_tuning,
-           perf-notes v2.50);
+           perf-notes v2.50; 3 / -1, q.9 in CTA pairs, v2.50-v2.51: --pairs-forms v3,t,v3t adds its other forms'
+           columns, chain_<form> / q_<form>);
   "empty"  one trivial kernel (a graph node's floor);
   "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
   --fp8 adds #7's peer by part: "cast" the activations' rowwise e4m3 cast (torch.compile'd amax + scale + cast, as in
@@ -34,6 +35,9 @@ from svdquant_hf.ops.layout_2l import fragment_order
 
 COLS = ["chain", "chain_1r", "quant", "q_1r", "q_only", "qo_1r", "down", "gemm", "empty", "bf16"]
 
+# the CTA-pair quantizer's forms beside its default (v2): (proj_down by TMA, the down projection transposed)
+PAIR_FORMS = {"v3": (True, False), "t": (False, True), "v3t": (True, True)}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +48,16 @@ def main() -> int:
     ap.add_argument("--fp8", action="store_true", help="add fp8 _scaled_mm's parts: the cast, the GEMM, both")
     ap.add_argument("--cols-tuning", default="",
                     help="stagger_cycles,stagger_phases,probe,mma_sets for the fused mode 2 columns")
-    ap.add_argument("--pairs-v3", action="store_true",
-                    help="with --fused 3 / -1: add chain_v3 / q_v3, the CTA-pair quantizer's v3 (proj_down by TMA)")
+    ap.add_argument("--pairs-forms", default="",
+                    help="with --fused 3 / -1: add chain_<f> / q_<f> for each CTA-pair quantizer form f of v3 "
+                         "(proj_down by TMA), t (the down projection transposed), v3t (both)")
     args = ap.parse_args()
-    cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + (["chain_v3", "q_v3"] if args.pairs_v3 else []) + (["cast", "fp8", "fp8d"] if args.fp8 else [])
+    forms = [f for f in args.pairs_forms.split(",") if f]
+    bad = [f for f in forms if f not in PAIR_FORMS]
+    if bad:
+        raise SystemExit(f"--pairs-forms: unknown {bad}; choose from {sorted(PAIR_FORMS)}")
+    cols = COLS + (["chain_fq", "q_fq"] if args.fused else []) + [c for f in forms for c in (f"chain_{f}", f"q_{f}")]
+    cols += ["cast", "fp8", "fp8d"] if args.fp8 else []
     quant8 = None
     if args.fp8:
         from ab_2l import rowwise_e4m3
@@ -108,13 +118,15 @@ def main() -> int:
                     with gemm_switches(ext, fused_quant=args.fused):
                         t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                         t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
-                        if args.pairs_v3:
-                            ext.set_quantize_act_2l_pairs_pd_tma(True)
+                        for f in forms:
+                            ext.set_quantize_act_2l_pairs_pd_tma(PAIR_FORMS[f][0])
+                            ext.set_quantize_act_2l_pairs_lr_t(PAIR_FORMS[f][1])
                             try:
-                                t["q_v3"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
-                                t["chain_v3"] = 1e3 * time_graph(chain, xs, args.reps)
+                                t[f"q_{f}"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
+                                t[f"chain_{f}"] = 1e3 * time_graph(chain, xs, args.reps)
                             finally:
                                 ext.set_quantize_act_2l_pairs_pd_tma(False)
+                                ext.set_quantize_act_2l_pairs_lr_t(False)
                 finally:
                     ext.set_quantize_act_2l_cols_tuning(*before)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out

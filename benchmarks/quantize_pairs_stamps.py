@@ -1,6 +1,7 @@
 """Where a block's time goes in the CTA-pair fused quantizer (set_quantize_act_2l_fused(3), q.9), by clock stamps.
 
-usage: python benchmarks/quantize_pairs_stamps.py [--ms 4608] [--ks 1024,3072] [--calls 3] [--mma-warps 0,4] [--forms 2,3]
+usage: python benchmarks/quantize_pairs_stamps.py [--ms 4608] [--ks 1024,3072] [--calls 3] [--mma-warps 0,4]
+       [--forms v2,v3,t,v3t]
 
 With set_quantize_act_2l_pairs_stamps, three threads of every CTA write clock64 at the steps of each of its first
 blocks (quantize_act_2l_pairs_sm90.cu): thread 0 for the unit warps (stamps 0-6: before the stage wait, after it, after
@@ -10,9 +11,10 @@ partials' barrier, after the sums, after the second barrier) and the producer's 
 block j + 2: before the stage's release, after it, after the loads' issue); thread 0 also stamps the kernel's start
 (16) and the prologue's end (17) at block 0. Per shape it prints each step's cycles (median over CTAs and blocks, the
 first block left out), each group's period, the prologue and the first block's wait, and the kernel's time (CUDA
-events, median of --calls, L2 flushed before each), for each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0: the rule's) and each of --forms (2: v2, proj_down
-loaded and transposed by every thread; 3: v3, by TMA, set_quantize_act_2l_pairs_pd_tma).
-Cycles are SM clocks; a thread sees its own waits only.
+events, median of --calls, L2 flushed before each), for each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0:
+the rule's) and each of --forms (v2: proj_down loaded and transposed by every thread; v3: by TMA,
+set_quantize_act_2l_pairs_pd_tma; t / v3t: v2 / v3 with the down projection transposed,
+set_quantize_act_2l_pairs_lr_t). Cycles are SM clocks; a thread sees its own waits only.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ PRODUCER_STEPS = [("release wait", 13, 14), ("loads' issue", 14, 15)]
 GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
           ("producer", PRODUCER_STEPS, "period (producer)")]
 STAMPS = 18
+FORMS = {"v2": (False, False), "v3": (True, False), "t": (False, True), "v3t": (True, True)}  # (pd_tma, lr_t)
 COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
 
 
@@ -39,7 +42,7 @@ def main() -> int:
     ap.add_argument("--ks", default="1024,3072")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--mma-warps", default="0")
-    ap.add_argument("--forms", default="2,3")
+    ap.add_argument("--forms", default="v2,v3,t,v3t")
     args = ap.parse_args()
     from problems_2l import hopper_extension
 
@@ -51,20 +54,24 @@ def main() -> int:
     R, G = 32, 64
     print(f"{torch.cuda.get_device_name()}: CTA-pair fused quantizer (q.9), cycles per step (median), rank {R}, "
           f"group {G}")
-    print(f"{'v':>2} {'M':>5} {'K':>5} {'MW':>3} {'CTAs':>5} | " + " ".join(f"{c[:12]:>12}" for c in COLUMNS))
+    print(f"{'form':>4} {'M':>5} {'K':>5} {'MW':>3} {'CTAs':>5} | " + " ".join(f"{c[:12]:>12}" for c in COLUMNS))
     try:
-        for form in [int(v) for v in args.forms.split(",")]:
-            ext.set_quantize_act_2l_pairs_pd_tma(form == 3)
+        for form in args.forms.split(","):
+            if form not in FORMS:
+                raise SystemExit(f"--forms: unknown {form!r}; choose from {sorted(FORMS)}")
+            ext.set_quantize_act_2l_pairs_pd_tma(FORMS[form][0])
+            ext.set_quantize_act_2l_pairs_lr_t(FORMS[form][1])
             for mw in [int(v) for v in args.mma_warps.split(",")]:
                 ext.set_quantize_act_2l_pairs_mma_warps(mw)
                 _shapes(ext, args, blocks, steps, R, G, form)
     finally:
         ext.set_quantize_act_2l_pairs_mma_warps(0)
         ext.set_quantize_act_2l_pairs_pd_tma(False)
+        ext.set_quantize_act_2l_pairs_lr_t(False)
     return 0
 
 
-def _shapes(ext, args, blocks: int, steps: int, R: int, G: int, form: int) -> None:
+def _shapes(ext, args, blocks: int, steps: int, R: int, G: int, form: str) -> None:
     from problems_2l import gemm_switches
 
     for M in [int(m) for m in args.ms.split(",")]:
@@ -96,8 +103,8 @@ def _shapes(ext, args, blocks: int, steps: int, R: int, G: int, form: int) -> No
             t["prologue"] = float((st[:, 0, 17] - st[:, 0, 16]).double().median())
             t["first wait"] = float((st[:, 0, 1] - st[:, 0, 0]).double().median())
             mw = ext.quantize_act_2l_pairs_shape(M, K, R, G)[1]
-            print(f"{form:>2} {M:>5} {K:>5} {mw:>3} {ctas:>5} | " + " ".join(f"{t[c]:12.1f}" if c == "us" else f"{t[c]:12.0f}"
-                                                                    for c in COLUMNS))
+            cells = " ".join(f"{t[c]:12.1f}" if c == "us" else f"{t[c]:12.0f}" for c in COLUMNS)
+            print(f"{form:>4} {M:>5} {K:>5} {mw:>3} {ctas:>5} | {cells}")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@
 #       chain_breakdown.py --fused 3 --fp8 at 4608, 1024 and 256 tokens, memcheck, then everything knobs runs
 #       (S40_KNOBS=0: only the q.8 tuning tests instead); S40_MS (default 4608,1024,256); S40_SUITE="-1 0": then the
 #       whole tests/gpu suite with SVDQ_TEST_FUSED_QUANT at each of those modes (tests/gpu/conftest.py). Since the
-#       forty-first session the chain has q.9's v3 columns too (chain_breakdown.py --pairs-v3: proj_down by TMA), and
-#       after it benchmarks/quantize_pairs_stamps.py runs at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps
-#       (default 0,4,2), both forms; S41_V3=1: the suites with the v3 form (conftest.py's SVDQ_TEST_PAIRS_V3)
+#       forty-first session the chain has q.9's other forms' columns too (chain_breakdown.py --pairs-forms S41_FORMS,
+#       default v3,t,v3t: proj_down by TMA, the down projection transposed, both), and after it
+#       benchmarks/quantize_pairs_stamps.py runs at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (default
+#       0,4,2), each form; S41_V3=1 / S41_LRT=1: the suites with those forms (conftest.py's SVDQ_TEST_PAIRS_V3 / _LRT)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -511,7 +512,7 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
   rc=$?; echo "pairs tests rc=$rc"; grep -E "^(FAILED|ERROR)|passed|failed|Error|assert|Timeout" "$OUT/tests_pairs.log" | tail -10
   if [ $rc -ne 124 ] && ! grep -q "Timeout" "$OUT/tests_pairs.log"; then
     (cd benchmarks && timeout 240 python3 chain_breakdown.py --ms ${S40_MS:-4608,1024,256} --fused 3 --fp8 --reps 20 \
-      --pairs-v3) \
+      --pairs-forms ${S41_FORMS:-v3,t,v3t}) \
       > "$OUT/breakdown_pairs.log" 2>&1
     echo "breakdown (pairs) rc=$?"; tail -16 "$OUT/breakdown_pairs.log" | cut -c1-320
     (cd benchmarks && timeout 120 python3 quantize_pairs_stamps.py --ms ${S41_STAMP_MS:-4608,1024} --ks 1024,3072 \
@@ -525,8 +526,8 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
     echo "cols tuning tests rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests_cols.log" | tail -4
   fi
   for mode in ${S40_SUITE:-}; do  # the whole tests/gpu suite starting from fused-quantizer mode $mode
-    SVDQ_TEST_PAIRS_V3=${S41_V3:-0} SVDQ_TEST_FUSED_QUANT=$mode gpu_suite 240
-    mv "$OUT/tests.log" "$OUT/tests_mode$mode${S41_V3:+_v3$S41_V3}.log"
+    SVDQ_TEST_PAIRS_V3=${S41_V3:-0} SVDQ_TEST_PAIRS_LRT=${S41_LRT:-0} SVDQ_TEST_FUSED_QUANT=$mode gpu_suite 240
+    mv "$OUT/tests.log" "$OUT/tests_mode$mode${S41_V3:+_v3$S41_V3}${S41_LRT:+_t$S41_LRT}.log"
   done
 fi
 if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps

@@ -1001,6 +1001,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "ldmatrix.trans); False, v2 (every thread loads them and stores them transposed; the default)");
   m.def("quantize_act_2l_pairs_pd_tma", &svdq::quantize_act_2l_pairs_pd_tma,
         "whether the CTA-pair quantizer loads proj_down by TMA (v3; set_quantize_act_2l_pairs_pd_tma)");
+  m.def("set_quantize_act_2l_pairs_lr_t", &svdq::set_quantize_act_2l_pairs_lr_t, py::arg("on"),
+        "the CTA-pair quantizer's down projection at rank 32: True, transposed (lr^T = proj_down^T x^T, one mma a "
+        "k-step with no zero half); False, x's 8 rows as the upper half of m16 tiles (two mmas a k-step; the default)");
+  m.def("quantize_act_2l_pairs_lr_t", &svdq::quantize_act_2l_pairs_lr_t,
+        "whether the CTA-pair quantizer's down projection runs transposed (set_quantize_act_2l_pairs_lr_t)");
   m.def("quantize_act_2l_pairs_stamp_layout", &svdq::quantize_act_2l_pairs_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

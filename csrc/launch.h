@@ -181,6 +181,9 @@ void set_quantize_act_2l_pairs_mma_warps(int n);  // benchmarks: at most n mma w
 // v3: proj_down's columns by TMA, read by ldmatrix.trans (false: v2's transposing prologue, the default)
 void set_quantize_act_2l_pairs_pd_tma(bool on);
 bool quantize_act_2l_pairs_pd_tma();
+// rank 32: the down projection transposed, lr^T = proj_down^T x^T (one full mma a k-step; false: two half-zero ones)
+void set_quantize_act_2l_pairs_lr_t(bool on);
+bool quantize_act_2l_pairs_lr_t();
 // set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
 void set_quantize_act_2l_pairs_min_tokens(int m);
 int quantize_act_2l_pairs_min_tokens();

@@ -8,6 +8,9 @@
 //     8 rows (mma.m16n8k16 with rows 8-15 of A zero). v3 (set_quantize_act_2l_pairs_pd_tma(True)) loads them by TMA as
 //     they lie, [k][R/2] (the 32-byte swizzle at rank 32), and ldmatrix.trans makes them mma's B operand; v2 loads
 //     them with every thread and stores them transposed, [R/2][k];
+//   - at rank 32 the down projection can also run transposed (set_quantize_act_2l_pairs_lr_t(True), v2.51):
+//     lr^T = proj_down^T x^T, proj_down's 16 columns as mma's 16 rows and the block's 8 rows as its n = 8, so no half
+//     of an mma is zero and a k-step is one mma instead of two;
 //   - CTA h quantizes rows 4h .. 4h + 3 of the block: a whole row is in its shared memory, so the row's maximum is a
 //     sum over its own threads (no cluster, no exchange: q.7 / q.8's cost at small K).
 // x is read from DRAM once; a CTA holds K x R/2 x 2 bytes of proj_down, two 8 x K x 2-byte stages and its 4 rows of
@@ -80,7 +83,7 @@ __device__ __forceinline__ void bulk_store(void* dst, uint32_t src, uint32_t byt
 }
 #endif
 
-template <typename T, int NTH, bool kTmaPd>
+template <typename T, int NTH, bool kTmaPd, bool kLrT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tp,
                                  const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq,
@@ -252,6 +255,15 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       const uint32_t st = stage(j);
       float acc[kSets][NTH][4] = {};
       auto kstep = [&](int s, float(&ac)[NTH][4]) {
+        if constexpr (kLrT) {  // (rank 32) B: the stage's 8 rows x 16 k; A: proj_down^T's 16 columns x 16 k
+          uint32_t xb0, xb1, p[4];
+          ldmatrix_x2(xb0, xb1, st + stage_off8(arow, 2 * s + avec));
+          if constexpr (kTmaPd) ldmatrix_x4_trans(p, b_base + s * 16 * RB);
+          else ldmatrix_x4(p, b_base + s * 32);
+          const uint32_t a[4] = {p[0], p[2], p[1], p[3]};  // (columns, k): (0-7, 0-7), (8-15, 0-7), (0-7, 8-15), ...
+          mma_16816<T>(ac[0], a, xb0, xb1);
+          return;
+        }
         uint32_t a[4];
         ldmatrix_x2(a[0], a[2], st + stage_off8(arow, 2 * s + avec));
         a[1] = 0u, a[3] = 0u;
@@ -276,15 +288,27 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       __syncwarp();
       stamp(j, 9);
       if (lane == 0) mbar_arrive(smem_u32(&bars[2 + par]));  // this warp is done with the stage
+      const int g = lane >> 2, t = lane & 3;
+      if constexpr (kLrT) {  // c0 / c1: column g of rows 2t / 2t + 1; c2 / c3: column g + 8 of them
 #pragma unroll
-      for (int i = 1; i < kSets; ++i)
+        for (int i = 1; i < kSets; ++i)
 #pragma unroll
-        for (int nt = 0; nt < NTH; ++nt) acc[0][nt][0] += acc[i][nt][0], acc[0][nt][1] += acc[i][nt][1];
-      const int g = lane >> 2, t = lane & 3;  // rows g (c0, c1); rows g + 8 (c2, c3) are the zero half
+          for (int e = 0; e < 4; ++e) acc[0][0][e] += acc[i][0][e];
+        float* rw = red + mw * kRows * RH;
+        rw[2 * t * RH + g] = acc[0][0][0];
+        rw[(2 * t + 1) * RH + g] = acc[0][0][1];
+        rw[2 * t * RH + g + 8] = acc[0][0][2];
+        rw[(2 * t + 1) * RH + g + 8] = acc[0][0][3];
+      } else {  // rows g (c0, c1); rows g + 8 (c2, c3) are the zero half
 #pragma unroll
-      for (int nt = 0; nt < NTH; ++nt)
-        *reinterpret_cast<float2*>(red + (mw * kRows + g) * RH + nt * 8 + 2 * t) =
-            make_float2(acc[0][nt][0], acc[0][nt][1]);
+        for (int i = 1; i < kSets; ++i)
+#pragma unroll
+          for (int nt = 0; nt < NTH; ++nt) acc[0][nt][0] += acc[i][nt][0], acc[0][nt][1] += acc[i][nt][1];
+#pragma unroll
+        for (int nt = 0; nt < NTH; ++nt)
+          *reinterpret_cast<float2*>(red + (mw * kRows + g) * RH + nt * 8 + 2 * t) =
+              make_float2(acc[0][nt][0], acc[0][nt][1]);
+      }
       named_barrier(2, mthreads);  // the warps' partials are written
       stamp(j, 10);
       const int row0 = row0_of(j);
@@ -317,23 +341,26 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 }
 
 template <typename T, bool kTmaPd>
-const void* pick_kernel(int R) {
+const void* pick_kernel(int R, bool lr_t) {  // (lr_t: rank 32 only)
   switch (R) {
-    case 16: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 1, kTmaPd>);
-    case 32: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2, kTmaPd>);
+    case 16: return reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 1, kTmaPd, false>);
+    case 32:
+      return lr_t ? reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2, kTmaPd, true>)
+                  : reinterpret_cast<const void*>(&quantize_act_2l_pairs_kernel<T, 2, kTmaPd, false>);
     default: return nullptr;
   }
 }
 
-const void* kernel_for(DType dtype, int R, bool tma_pd) {
+const void* kernel_for(DType dtype, int R, bool tma_pd, bool lr_t) {
   if (dtype == DType::kBF16)
-    return tma_pd ? pick_kernel<__nv_bfloat16, true>(R) : pick_kernel<__nv_bfloat16, false>(R);
-  return tma_pd ? pick_kernel<__half, true>(R) : pick_kernel<__half, false>(R);
+    return tma_pd ? pick_kernel<__nv_bfloat16, true>(R, lr_t) : pick_kernel<__nv_bfloat16, false>(R, lr_t);
+  return tma_pd ? pick_kernel<__half, true>(R, lr_t) : pick_kernel<__half, false>(R, lr_t);
 }
 
 long long* g_stamps = nullptr;  // set_quantize_act_2l_pairs_stamps
 int g_mma_warps = 0;            // set_quantize_act_2l_pairs_mma_warps
 bool g_pd_tma = false;          // set_quantize_act_2l_pairs_pd_tma
+bool g_lr_t = false;            // set_quantize_act_2l_pairs_lr_t
 
 }  // namespace
 
@@ -342,6 +369,8 @@ int quantize_act_2l_pairs_stamp_layout() { return kStampBlocks * 100 + kStampSte
 void set_quantize_act_2l_pairs_mma_warps(int n) { g_mma_warps = n; }
 void set_quantize_act_2l_pairs_pd_tma(bool on) { g_pd_tma = on; }
 bool quantize_act_2l_pairs_pd_tma() { return g_pd_tma; }
+void set_quantize_act_2l_pairs_lr_t(bool on) { g_lr_t = on; }
+bool quantize_act_2l_pairs_lr_t() { return g_lr_t; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
   (void)M;
@@ -369,7 +398,7 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   const Q2lpShape s = q2lp_shape(a.M, a.K, a.R, a.group_size);
   if (s.threads == 0 || a.x2) return cudaErrorInvalidValue;
   if (a.M == 0) return cudaSuccess;
-  const void* kern = kernel_for(a.dtype, a.R, g_pd_tma);
+  const void* kern = kernel_for(a.dtype, a.R, g_pd_tma, g_lr_t);
   if (!kern) return cudaErrorInvalidValue;
   static std::mutex mu;
   static std::map<std::tuple<int, const void*>, bool> attr_set;

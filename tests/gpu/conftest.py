@@ -1,7 +1,8 @@
 """GPU-suite switches. SVDQ_TEST_FUSED_QUANT=<mode> runs the whole suite with set_quantize_act_2l_fused(mode) as the
 starting mode (e.g. -1, the CTA-pair quantizer from its token threshold: perf-notes v2.50), so a candidate default is
-tested everywhere before it becomes one; tests that set a mode restore this one after them. SVDQ_TEST_PAIRS_V3=1 does
-the same for the CTA-pair quantizer's v3 form (set_quantize_act_2l_pairs_pd_tma, perf-notes v2.51)."""
+tested everywhere before it becomes one; tests that set a mode restore this one after them. SVDQ_TEST_PAIRS_V3=1 and
+SVDQ_TEST_PAIRS_LRT=1 do the same for the CTA-pair quantizer's v3 form and its transposed down projection
+(set_quantize_act_2l_pairs_pd_tma / _lr_t, perf-notes v2.51)."""
 from __future__ import annotations
 
 import os
@@ -13,20 +14,24 @@ import pytest
 def _fused_quant_mode():
     mode = os.environ.get("SVDQ_TEST_FUSED_QUANT")
     v3 = os.environ.get("SVDQ_TEST_PAIRS_V3") == "1"
-    if not mode and not v3:
+    lr_t = os.environ.get("SVDQ_TEST_PAIRS_LRT") == "1"
+    if not mode and not v3 and not lr_t:
         yield
         return
     from svdquant_hf.ops import build
 
     ext = build.load_extension()
     if ext is None:
-        pytest.fail("SVDQ_TEST_FUSED_QUANT / SVDQ_TEST_PAIRS_V3 is set but the CUDA kernels did not load")
+        pytest.fail("SVDQ_TEST_FUSED_QUANT / SVDQ_TEST_PAIRS_V3 / _LRT is set but the CUDA kernels did not load")
     before, before_v3 = ext.quantize_act_2l_fused_mode(), ext.quantize_act_2l_pairs_pd_tma()
+    before_t = ext.quantize_act_2l_pairs_lr_t()
     if mode:
         ext.set_quantize_act_2l_fused(int(mode))
     ext.set_quantize_act_2l_pairs_pd_tma(v3 or before_v3)
+    ext.set_quantize_act_2l_pairs_lr_t(lr_t or before_t)
     try:
         yield
     finally:
         ext.set_quantize_act_2l_fused(before)
         ext.set_quantize_act_2l_pairs_pd_tma(before_v3)
+        ext.set_quantize_act_2l_pairs_lr_t(before_t)

@@ -169,3 +169,27 @@ def test_pairs_v3_tma_proj_down_matches_reference(hopper, dtype, gs, M, K, R):
     finally:
         hopper.set_quantize_act_2l_pairs_pd_tma(before)
     assert torch.equal(xq, v2[0]) and torch.equal(xs, v2[1]) and torch.equal(lr, v2[2])  # the same mma, same order
+
+
+@pytest.mark.parametrize("pd_tma", [False, True])
+@pytest.mark.parametrize("gs", [32, 64, 128])
+@pytest.mark.parametrize("M,K", [(1, 3072), (255, 3072), (4097, 3072), (90, 2432), (600, 192), (4608, 3072)])
+def test_pairs_transposed_down_projection_matches_reference(hopper, pd_tma, gs, M, K):
+    """set_quantize_act_2l_pairs_lr_t (rank 32): lr^T = proj_down^T x^T, one mma a k-step with no zero half, with
+    either form of the resident proj_down: the reference's xq / xscale bits, lr within 16-bit rounding of the reference
+    and of the untransposed product (the same products, summed by the mma in its own order)."""
+    if K % gs:
+        pytest.skip("K is not a multiple of the group")
+    before = hopper.quantize_act_2l_pairs_pd_tma(), hopper.quantize_act_2l_pairs_lr_t()
+    try:
+        hopper.set_quantize_act_2l_pairs_pd_tma(pd_tma)
+        hopper.set_quantize_act_2l_pairs_lr_t(False)
+        _, _, lr_n = _check(hopper, M, K, 32, gs)
+        hopper.set_quantize_act_2l_pairs_lr_t(True)
+        assert hopper.quantize_act_2l_pairs_lr_t()
+        _, _, lr_t = _check(hopper, M, K, 32, gs)
+        _, _, lr16 = _check(hopper, M, K, 16, gs)  # rank 16 keeps the untransposed kernel
+    finally:
+        hopper.set_quantize_act_2l_pairs_pd_tma(before[0])
+        hopper.set_quantize_act_2l_pairs_lr_t(before[1])
+    assert _rel(lr_t, lr_n) < 1e-3 and lr16.shape == (M, 16)
