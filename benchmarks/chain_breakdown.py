@@ -118,6 +118,7 @@ def main() -> int:
                     with gemm_switches(ext, fused_quant=args.fused):
                         t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                         t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
+                        form = ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t()
                         for f in forms:
                             ext.set_quantize_act_2l_pairs_pd_tma(PAIR_FORMS[f][0])
                             ext.set_quantize_act_2l_pairs_lr_t(PAIR_FORMS[f][1])
@@ -125,8 +126,8 @@ def main() -> int:
                                 t[f"q_{f}"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                                 t[f"chain_{f}"] = 1e3 * time_graph(chain, xs, args.reps)
                             finally:
-                                ext.set_quantize_act_2l_pairs_pd_tma(False)
-                                ext.set_quantize_act_2l_pairs_lr_t(False)
+                                ext.set_quantize_act_2l_pairs_pd_tma(form[0])
+                                ext.set_quantize_act_2l_pairs_lr_t(form[1])
                 finally:
                     ext.set_quantize_act_2l_cols_tuning(*before)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out

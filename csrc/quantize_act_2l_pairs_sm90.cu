@@ -255,28 +255,22 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       const uint32_t st = stage(j);
       float acc[kSets][NTH][4] = {};
       auto kstep = [&](int s, float(&ac)[NTH][4]) {
-        if constexpr (kLrT) {  // (rank 32) B: the stage's 8 rows x 16 k; A: proj_down^T's 16 columns x 16 k
-          uint32_t xb0, xb1, p[4];
-          ldmatrix_x2(xb0, xb1, st + stage_off8(arow, 2 * s + avec));
+        uint32_t x0, x1, p[4];  // the stage's 8 rows x 16 k; the resident proj_down's 16 k x RH columns
+        ldmatrix_x2(x0, x1, st + stage_off8(arow, 2 * s + avec));
+        if constexpr (NTH == 2) {
           if constexpr (kTmaPd) ldmatrix_x4_trans(p, b_base + s * 16 * RB);
           else ldmatrix_x4(p, b_base + s * 32);
-          const uint32_t a[4] = {p[0], p[2], p[1], p[3]};  // (columns, k): (0-7, 0-7), (8-15, 0-7), (0-7, 8-15), ...
-          mma_16816<T>(ac[0], a, xb0, xb1);
-          return;
-        }
-        uint32_t a[4];
-        ldmatrix_x2(a[0], a[2], st + stage_off8(arow, 2 * s + avec));
-        a[1] = 0u, a[3] = 0u;
-        uint32_t b[4];
-        if constexpr (NTH == 2) {
-          if constexpr (kTmaPd) ldmatrix_x4_trans(b, b_base + s * 16 * RB);
-          else ldmatrix_x4(b, b_base + s * 32);
-          mma_16816<T>(ac[0], a, b[0], b[1]);
-          mma_16816<T>(ac[NTH - 1], a, b[2], b[3]);
         } else {
-          if constexpr (kTmaPd) ldmatrix_x2_trans(b[0], b[1], b_base + s * 16 * RB);
-          else ldmatrix_x2(b[0], b[1], b_base + s * 32);
-          mma_16816<T>(ac[0], a, b[0], b[1]);
+          if constexpr (kTmaPd) ldmatrix_x2_trans(p[0], p[1], b_base + s * 16 * RB);
+          else ldmatrix_x2(p[0], p[1], b_base + s * 32);
+        }
+        if constexpr (kLrT) {  // (rank 32) A: proj_down^T's 16 columns (m16), B: the rows (n8)
+          const uint32_t a[4] = {p[0], p[2], p[1], p[3]};  // (columns, k): (0-7, 0-7), (8-15, 0-7), (0-7, 8-15), ...
+          mma_16816<T>(ac[0], a, x0, x1);
+        } else {  // A: the rows in the upper half (rows 8-15 zero), B: each 8 columns of proj_down
+          const uint32_t a[4] = {x0, 0u, x1, 0u};
+          mma_16816<T>(ac[0], a, p[0], p[1]);
+          if constexpr (NTH == 2) mma_16816<T>(ac[1], a, p[2], p[3]);
         }
       };
       int s = s0;
