@@ -43,18 +43,21 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   }
 }
 
-// The CTA's slice of proj_down [K, 8 NT], rows [kbase, kbase + Ks), transposed into shared memory: pt[n * XR + k]
-// (rows of XR >= Ks 16-bit elements, as the mma's B operand is loaded by ldmatrix). All threads of the block take part.
-template <typename T, int NT>
-__device__ __forceinline__ void load_proj_down_t(T* pt, const T* __restrict__ pd, int kbase, int Ks, int XR) {
-  constexpr int R = NT * 8, kBatch = 4;  // loads in flight per thread
+// The CTA's slice of proj_down, 8 NT columns from pd (rows ld elements apart: 8 NT, or more where pd starts at a
+// column of a wider proj_down), rows [kbase, kbase + Ks), transposed into shared memory: pt[n * XR + k] (rows of XR >=
+// Ks 16-bit elements, as the mma's B operand is loaded by ldmatrix). kBatch: loads in flight per thread. All threads of
+// the block take part.
+template <typename T, int NT, int kBatch = 4>
+__device__ __forceinline__ void load_proj_down_t(T* pt, const T* __restrict__ pd, int kbase, int Ks, int XR,
+                                                 int ld = NT * 8) {
   const int nthr = blockDim.x, tid = threadIdx.x;
   for (int e0 = 0; e0 < Ks * NT; e0 += kBatch * nthr) {
     uint4 v[kBatch];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int e = e0 + u * nthr + tid, kl = e / NT;
-      if (e < Ks * NT) v[u] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)(kbase + kl) * R + (e - kl * NT) * 8));
+      if (e < Ks * NT)
+        v[u] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)(kbase + kl) * ld + (e - kl * NT) * 8));
     }
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {

@@ -137,26 +137,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
     if (nblk > 1) issue(1);
   }
-  if constexpr (!kTmaPd) {  // v2: proj_down's columns transposed, pt[n * XR + k] (kBatch loads in flight a thread)
-    T* pt = reinterpret_cast<T*>(smem + L.pt());
-    constexpr int kBatch = 8;
-    for (int e0 = 0; e0 < K * NTH; e0 += kBatch * nthr) {
-      uint4 v[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
-        if (e < K * NTH) v[b] = __ldg(reinterpret_cast<const uint4*>(pd + (int64_t)k * R + RH * h + nt * 8));
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int e = e0 + b * nthr + tid, k = e / NTH, nt = e - k * NTH;
-        if (e >= K * NTH) break;
-        const T* vv = reinterpret_cast<const T*>(&v[b]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) pt[(nt * 8 + i) * XR + k] = vv[i];
-      }
-    }
-  }
+  if constexpr (!kTmaPd)  // v2: proj_down's columns [RH h, RH (h + 1)) transposed, pt[n * XR + k]
+    load_proj_down_t<T, NTH, 8>(reinterpret_cast<T*>(smem + L.pt()), pd + RH * h, 0, K, XR, R);
   for (int i = tid; i < K / 4; i += nthr) {  // 1 / smooth, float4 k of unit u at u * 16 + (k ^ (u % 8))
     const int u = i >> 4, k = i & 15;
     float4 v;
