@@ -15,8 +15,8 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
   --fused [MODE] adds "chain_fq" / "q_fq": the chain / the quantizer with a Hopper cluster quantizer that fuses the
            down projection (set_quantize_act_2l_fused(MODE): 1, q.7, measured slower in perf-notes v2.16-v2.17; 2,
            threads on fixed columns, v2.47; --cols-tuning a,b,c,d: mode 2 under set_quantize_act_2l_cols_tuning,
-           perf-notes v2.50; 3 / -1, q.9 in CTA pairs, v2.50-v2.51: --pairs-forms v3,t,v3t adds its other forms'
-           columns, chain_<form> / q_<form>);
+           perf-notes v2.50; 3 / -1, q.9 in CTA pairs, v2.50-v2.52: --pairs-forms v3,t,b,bp2 adds its other forms'
+           columns, chain_<form> / q_<form>: quantize_pairs_stamps.FORMS);
   "empty"  one trivial kernel (a graph node's floor);
   "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
   --fp8 adds #7's peer by part: "cast" the activations' rowwise e4m3 cast (torch.compile'd amax + scale + cast, as in
@@ -30,13 +30,13 @@ import torch
 
 from cuda_timing import time_graph
 from problems_2l import FLUX_SHAPES, gemm_switches, hopper_extension, random_2l
+from quantize_pairs_stamps import FORMS as PAIR_FORMS, pair_form, set_pair_form
 
 from svdquant_hf.ops.layout_2l import fragment_order
 
 COLS = ["chain", "chain_1r", "quant", "q_1r", "q_only", "qo_1r", "down", "gemm", "empty", "bf16"]
 
 # the CTA-pair quantizer's forms beside its default (v2): (proj_down by TMA, the down projection transposed)
-PAIR_FORMS = {"v3": (True, False), "t": (False, True), "v3t": (True, True)}
 
 
 def main() -> int:
@@ -49,8 +49,9 @@ def main() -> int:
     ap.add_argument("--cols-tuning", default="",
                     help="stagger_cycles,stagger_phases,probe,mma_sets for the fused mode 2 columns")
     ap.add_argument("--pairs-forms", default="",
-                    help="with --fused 3 / -1: add chain_<f> / q_<f> for each CTA-pair quantizer form f of v3 "
-                         "(proj_down by TMA), t (the down projection transposed), v3t (both)")
+                    help="with --fused 3 / -1: add chain_<f> / q_<f> for each CTA-pair quantizer form f "
+                         "(quantize_pairs_stamps.FORMS: v3, proj_down by TMA; t, the down projection transposed; b, "
+                         "x's block as one 3-D box; p2, L2 prefetch two blocks ahead; their combinations)")
     args = ap.parse_args()
     forms = [f for f in args.pairs_forms.split(",") if f]
     bad = [f for f in forms if f not in PAIR_FORMS]
@@ -118,16 +119,14 @@ def main() -> int:
                     with gemm_switches(ext, fused_quant=args.fused):
                         t["q_fq"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                         t["chain_fq"] = 1e3 * time_graph(chain, xs, args.reps)
-                        form = ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t()
+                        form = pair_form(ext)
                         for f in forms:
-                            ext.set_quantize_act_2l_pairs_pd_tma(PAIR_FORMS[f][0])
-                            ext.set_quantize_act_2l_pairs_lr_t(PAIR_FORMS[f][1])
+                            set_pair_form(ext, PAIR_FORMS[f])
                             try:
                                 t[f"q_{f}"] = 1e3 * time_graph(fns["quant"][0], xs, args.reps)
                                 t[f"chain_{f}"] = 1e3 * time_graph(chain, xs, args.reps)
                             finally:
-                                ext.set_quantize_act_2l_pairs_pd_tma(form[0])
-                                ext.set_quantize_act_2l_pairs_lr_t(form[1])
+                                set_pair_form(ext, form)
                 finally:
                     ext.set_quantize_act_2l_cols_tuning(*before)
             moved = M * K * 3 + M * 4  # x in, int8 out, the token scales out

@@ -14,7 +14,9 @@ first block left out), each group's period, the prologue and the first block's w
 events, median of --calls, L2 flushed before each), for each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0:
 the rule's) and each of --forms (v2: proj_down loaded and transposed by every thread; v3: by TMA,
 set_quantize_act_2l_pairs_pd_tma; t / v3t: v2 / v3 with the down projection transposed,
-set_quantize_act_2l_pairs_lr_t). Cycles are SM clocks; a thread sees its own waits only.
+set_quantize_act_2l_pairs_lr_t; b / v3b: x's block as one 3-D TMA box, p2: blocks prefetched into L2 two ahead of
+their loads, bp2 / bp4 / v3bp2: both, set_quantize_act_2l_pairs_loads, perf-notes v2.52). Cycles are SM clocks; a thread
+sees its own waits only.
 """
 from __future__ import annotations
 
@@ -32,7 +34,22 @@ PRODUCER_STEPS = [("release wait", 13, 14), ("loads' issue", 14, 15)]
 GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
           ("producer", PRODUCER_STEPS, "period (producer)")]
 STAMPS = 18
-FORMS = {"v2": (False, False), "v3": (True, False), "t": (False, True), "v3t": (True, True)}  # (pd_tma, lr_t)
+# q.9's forms: (pd_tma, lr_t, box3d, ahead) (set_quantize_act_2l_pairs_pd_tma / _lr_t / _loads)
+FORMS = {"v2": (False, False, False, 0), "v3": (True, False, False, 0), "t": (False, True, False, 0),
+         "v3t": (True, True, False, 0), "b": (False, False, True, 0), "p2": (False, False, False, 2),
+         "bp2": (False, False, True, 2), "bp4": (False, False, True, 4), "v3b": (True, False, True, 0),
+         "v3bp2": (True, False, True, 2)}
+
+
+def pair_form(ext) -> tuple[bool, bool, bool, int]:
+    """The CTA-pair quantizer's form now, as FORMS' tuples."""
+    return (ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t(), *ext.quantize_act_2l_pairs_loads())
+
+
+def set_pair_form(ext, form: tuple[bool, bool, bool, int]) -> None:
+    ext.set_quantize_act_2l_pairs_pd_tma(form[0])
+    ext.set_quantize_act_2l_pairs_lr_t(form[1])
+    ext.set_quantize_act_2l_pairs_loads(form[2], form[3])
 COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
 
 
@@ -59,15 +76,13 @@ def main() -> int:
         for form in args.forms.split(","):
             if form not in FORMS:
                 raise SystemExit(f"--forms: unknown {form!r}; choose from {sorted(FORMS)}")
-            ext.set_quantize_act_2l_pairs_pd_tma(FORMS[form][0])
-            ext.set_quantize_act_2l_pairs_lr_t(FORMS[form][1])
+            set_pair_form(ext, FORMS[form])
             for mw in [int(v) for v in args.mma_warps.split(",")]:
                 ext.set_quantize_act_2l_pairs_mma_warps(mw)
                 _shapes(ext, args, blocks, steps, R, G, form)
     finally:
         ext.set_quantize_act_2l_pairs_mma_warps(0)
-        ext.set_quantize_act_2l_pairs_pd_tma(False)
-        ext.set_quantize_act_2l_pairs_lr_t(False)
+        set_pair_form(ext, FORMS["v2"])
     return 0
 
 

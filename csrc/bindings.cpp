@@ -1006,6 +1006,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "k-step with no zero half); False, x's 8 rows as the upper half of m16 tiles (two mmas a k-step; the default)");
   m.def("quantize_act_2l_pairs_lr_t", &svdq::quantize_act_2l_pairs_lr_t,
         "whether the CTA-pair quantizer's down projection runs transposed (set_quantize_act_2l_pairs_lr_t)");
+  m.def(
+      "set_quantize_act_2l_pairs_loads",
+      [](bool box3d, int ahead) {
+        TORCH_CHECK(ahead >= 0 && ahead <= 8, "set_quantize_act_2l_pairs_loads: ahead in 0..8 blocks, got ", ahead);
+        svdq::set_quantize_act_2l_pairs_loads(box3d, ahead);
+      },
+      py::arg("box3d"), py::arg("ahead"),
+      "the CTA-pair quantizer's loads of x: box3d, a block's 8 rows as one 3-D TMA box ([unit][row][128 B]) instead "
+      "of a box a 64-value unit; ahead > 0, the first CTA of each pair brings the block `ahead` blocks past the one "
+      "it loads into L2 (a TMA prefetch). The same bits either way (default False, 0)");
+  m.def(
+      "quantize_act_2l_pairs_loads",
+      []() { return py::make_tuple(svdq::quantize_act_2l_pairs_box3d(), svdq::quantize_act_2l_pairs_ahead()); },
+      "(box3d, ahead): the CTA-pair quantizer's loads of x (set_quantize_act_2l_pairs_loads)");
   m.def("quantize_act_2l_pairs_stamp_layout", &svdq::quantize_act_2l_pairs_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

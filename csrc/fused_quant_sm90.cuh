@@ -95,6 +95,28 @@ __device__ __forceinline__ void unit_pass(Addr addr, const float4* rcp_s, int uu
   for (int e = 32; e < 64; ++e) m1 = fmaxf(m1, fabsf(v[e]));
 }
 
+// A unit's 64 values times their half's 1 / scale, rounded half-even, (kClamp) clamped to [-8, 7], times the half's
+// s_int, packed four int8 to a word.
+template <bool kClamp>
+__device__ __forceinline__ void quantize_unit_body(const float (&v)[64], const float (&inv)[2], const int (&s_int)[2],
+                                                   uint32_t (&w)[16]) {
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const int h = q >> 2;
+    int b[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
+      // (that word * s_int) has q * s_int in its low byte
+      float p = __fmul_rn(v[8 * q + e], inv[h]);
+      if (kClamp) p = fminf(7.f, fmaxf(-8.f, p));
+      b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
+    }
+    w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
+    w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
+  }
+}
+
 // The unit's int8 values q * s_int against its row's maximum amax, packed four to a word into w (the exact numerics of
 // ops/reference.py quantize_act_2l_ref); gm: its group maxima (G = 32: two groups, else gm[0]); s_row = amax / 112.
 __device__ __forceinline__ void quantize_unit(const float (&v)[64], const float (&gm)[2], float amax, float s_row, int G,
@@ -113,23 +135,10 @@ __device__ __forceinline__ void quantize_unit(const float (&v)[64], const float 
       break;
     }
   }
-  // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7)
-  const bool clamp = !(amax >= 0x1p-100f && amax <= 3.40282347e38f);
-#pragma unroll
-  for (int q = 0; q < 8; ++q) {
-    const int h = q >> 2;
-    int b[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      // round half-even by adding 1.5 * 2^23: the low byte of the sum's bits is q (two's complement), and
-      // (that word * s_int) has q * s_int in its low byte
-      float p = __fmul_rn(v[8 * q + e], inv[h]);
-      if (clamp) p = fminf(7.f, fmaxf(-8.f, p));
-      b[e] = __float_as_int(__fadd_rn(p, 12582912.f)) * s_int[h];
-    }
-    w[2 * q] = __byte_perm(__byte_perm(b[0], b[1], 0x0040), __byte_perm(b[2], b[3], 0x0040), 0x5410);
-    w[2 * q + 1] = __byte_perm(__byte_perm(b[4], b[5], 0x0040), __byte_perm(b[6], b[7], 0x0040), 0x5410);
-  }
+  // no clamp where the row's amax is finite and s_row normal (quantize_act_2l.cu's lean form: |q| <= 7); two bodies,
+  // so that the usual one issues no (predicated-off) clamps
+  if (amax >= 0x1p-100f && amax <= 3.40282347e38f) quantize_unit_body<false>(v, inv, s_int, w);
+  else quantize_unit_body<true>(v, inv, s_int, w);
 }
 
 // The low-rank quads rank `rank` of a cluster of C owns (quad q at rank q % C): each summed over the C senders' slots

@@ -184,6 +184,11 @@ bool quantize_act_2l_pairs_pd_tma();
 // rank 32: the down projection transposed, lr^T = proj_down^T x^T (one full mma a k-step; false: two half-zero ones)
 void set_quantize_act_2l_pairs_lr_t(bool on);
 bool quantize_act_2l_pairs_lr_t();
+// benchmarks (perf-notes v2.52): x's block as one 3-D TMA box instead of a box a unit; blocks brought into L2 `ahead`
+// of their loads (0: none)
+void set_quantize_act_2l_pairs_loads(bool box3d, int ahead);
+bool quantize_act_2l_pairs_box3d();
+int quantize_act_2l_pairs_ahead();
 // set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
 void set_quantize_act_2l_pairs_min_tokens(int m);
 int quantize_act_2l_pairs_min_tokens();

@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tp,
                                  const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq,
                                  float* __restrict__ xscale, T* __restrict__ lr, int M, int K, int G, int MW,
-                                 long long* __restrict__ stamps) {
+                                 int loads, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int RH = NTH * 8, R = 2 * RH, RB = RH * 2;  // RB: bytes a resident proj_down row
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -115,11 +115,22 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 
   auto stage = [&](int j) { return xs_s + (uint32_t)((j & 1) * kRows * K * 2); };
   auto row0_of = [&](int j) { return (pid + j * pairs) * kRows; };
-  // the pair's j-th block into stage j % 2, a TMA box a 64-value unit (rows past M zero-filled, counted as bytes)
+  // the pair's j-th block into stage j % 2, a TMA box a 64-value unit, or (loads bit 0) one 3-D box [unit][row][128 B]
+  // for the whole block (rows past M zero-filled, counted as bytes)
+  const bool box3d = loads & 1;
+  const int ahead = loads >> 8;  // (CTA 0 of a pair) blocks brought into L2 this far ahead of the loads
   auto issue = [&](int j) {
     const uint32_t bar = smem_u32(&bars[j & 1]);
     mbar_expect_tx(bar, (uint32_t)(kRows * K * 2));
-    for (int u = 0; u < UR; ++u) tma_load_2d(stage(j) + u * (kRows * 128), &tx, 128 * u, row0_of(j), bar);
+    if (box3d) tma_load_3d(stage(j), &tx, 0, row0_of(j), 0, bar);
+    else
+      for (int u = 0; u < UR; ++u) tma_load_2d(stage(j) + u * (kRows * 128), &tx, 128 * u, row0_of(j), bar);
+  };
+  auto prefetch = [&](int j) {
+    if (ahead == 0 || h == 1 || j >= nblk) return;
+    if (box3d) tma_prefetch_l2_3d(&tx, 0, row0_of(j), 0);
+    else
+      for (int u = 0; u < UR; ++u) tma_prefetch_l2_2d(&tx, 128 * u, row0_of(j));
   };
   if (tid == 0) {
     for (int b = 0; b < 2; ++b) mbar_init(smem_u32(&bars[b]), 1);       // the producer's arrival (+ the bytes)
@@ -136,6 +147,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       for (int k0 = 0; k0 < K; k0 += kPdBox) tma_load_2d(pt_s + k0 * RB, &tp, RB * h, k0, bar);
     }
     if (nblk > 1) issue(1);
+    for (int j = 2; j < 2 + ahead; ++j) prefetch(j);
   }
   if constexpr (!kTmaPd)  // v2: proj_down's columns [RH h, RH (h + 1)) transposed, pt[n * XR + k]
     load_proj_down_t<T, NTH, 8>(reinterpret_cast<T*>(smem + L.pt()), pd + RH * h, 0, K, XR, R);
@@ -310,6 +322,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       mbar_wait_suspended(smem_u32(&bars[2 + (j & 1)]), (j >> 1) & 1);
       stamp(j, 14);
       issue(j + 2);
+      prefetch(j + 2 + ahead);
       stamp(j, 15);
     }
   }
@@ -337,6 +350,8 @@ long long* g_stamps = nullptr;  // set_quantize_act_2l_pairs_stamps
 int g_mma_warps = 0;            // set_quantize_act_2l_pairs_mma_warps
 bool g_pd_tma = false;          // set_quantize_act_2l_pairs_pd_tma
 bool g_lr_t = false;            // set_quantize_act_2l_pairs_lr_t
+bool g_box3d = false;           // set_quantize_act_2l_pairs_loads
+int g_ahead = 0;
 
 }  // namespace
 
@@ -347,6 +362,9 @@ void set_quantize_act_2l_pairs_pd_tma(bool on) { g_pd_tma = on; }
 bool quantize_act_2l_pairs_pd_tma() { return g_pd_tma; }
 void set_quantize_act_2l_pairs_lr_t(bool on) { g_lr_t = on; }
 bool quantize_act_2l_pairs_lr_t() { return g_lr_t; }
+void set_quantize_act_2l_pairs_loads(bool box3d, int ahead) { g_box3d = box3d, g_ahead = ahead; }
+bool quantize_act_2l_pairs_box3d() { return g_box3d; }
+int quantize_act_2l_pairs_ahead() { return g_ahead; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
   (void)M;
@@ -394,11 +412,15 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   if (cap_pairs > 0) pairs = std::min(pairs, cap_pairs);
   *grid = 2 * pairs;
   int M = a.M, K = a.K, G = a.group_size, MW = s.mma_warps;
-  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows; (v3) proj_down as [K, 2 R], a box kPdBox rows of
-  // one CTA's half (RB = R bytes: R / 2 16-bit columns)
+  // x as a byte matrix [M, 2 K], a box a 64-value unit of 8 rows, or (g_box3d) as [K / 64 units][M rows][128 B]
+  // (strides 128 B and 2 K B), a box the block's every unit; (v3) proj_down as [K, 2 R], a box kPdBox rows of one
+  // CTA's half (RB = R bytes: R / 2 16-bit columns)
   CUtensorMap tx, tp = {};
   const int RB = a.R;
-  if (!make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B) ||
+  const bool x_ok = g_box3d ? make_map_3d(&tx, a.x, {128, (uint64_t)M, (uint64_t)K / 64}, {(uint64_t)K * 2, 128},
+                                          {128, (uint32_t)kRows, (uint32_t)K / 64}, CU_TENSOR_MAP_SWIZZLE_128B)
+                            : make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B);
+  if (!x_ok ||
       (g_pd_tma && !make_map(&tp, a.proj_down, (uint64_t)K, (uint64_t)a.R * 2, kPdBox, RB,
                              RB == 32 ? CU_TENSOR_MAP_SWIZZLE_32B : CU_TENSOR_MAP_SWIZZLE_NONE)))
     return cudaErrorInvalidValue;
@@ -408,7 +430,8 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &stamps};
+  int loads = (g_box3d ? 1 : 0) | g_ahead << 8;
+  void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &loads, &stamps};
   return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
 }
 

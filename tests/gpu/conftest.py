@@ -2,7 +2,8 @@
 starting mode (e.g. -1, the CTA-pair quantizer from its token threshold: perf-notes v2.50), so a candidate default is
 tested everywhere before it becomes one; tests that set a mode restore this one after them. SVDQ_TEST_PAIRS_V3=1 and
 SVDQ_TEST_PAIRS_LRT=1 do the same for the CTA-pair quantizer's v3 form and its transposed down projection
-(set_quantize_act_2l_pairs_pd_tma / _lr_t, perf-notes v2.51)."""
+(set_quantize_act_2l_pairs_pd_tma / _lr_t, perf-notes v2.51), and SVDQ_TEST_PAIRS_LOADS=<box3d>,<ahead> for its loads
+(set_quantize_act_2l_pairs_loads, v2.52)."""
 from __future__ import annotations
 
 import os
@@ -15,23 +16,28 @@ def _fused_quant_mode():
     mode = os.environ.get("SVDQ_TEST_FUSED_QUANT")
     v3 = os.environ.get("SVDQ_TEST_PAIRS_V3") == "1"
     lr_t = os.environ.get("SVDQ_TEST_PAIRS_LRT") == "1"
-    if not mode and not v3 and not lr_t:
+    loads = os.environ.get("SVDQ_TEST_PAIRS_LOADS")
+    if not mode and not v3 and not lr_t and not loads:
         yield
         return
     from svdquant_hf.ops import build
 
     ext = build.load_extension()
     if ext is None:
-        pytest.fail("SVDQ_TEST_FUSED_QUANT / SVDQ_TEST_PAIRS_V3 / _LRT is set but the CUDA kernels did not load")
+        pytest.fail("SVDQ_TEST_FUSED_QUANT / SVDQ_TEST_PAIRS_V3 / _LRT / _LOADS is set but the CUDA kernels did not load")
     before, before_v3 = ext.quantize_act_2l_fused_mode(), ext.quantize_act_2l_pairs_pd_tma()
-    before_t = ext.quantize_act_2l_pairs_lr_t()
+    before_t, before_loads = ext.quantize_act_2l_pairs_lr_t(), ext.quantize_act_2l_pairs_loads()
     if mode:
         ext.set_quantize_act_2l_fused(int(mode))
     ext.set_quantize_act_2l_pairs_pd_tma(v3 or before_v3)
     ext.set_quantize_act_2l_pairs_lr_t(lr_t or before_t)
+    if loads:
+        box3d, ahead = loads.split(",")
+        ext.set_quantize_act_2l_pairs_loads(box3d == "1", int(ahead))
     try:
         yield
     finally:
         ext.set_quantize_act_2l_fused(before)
         ext.set_quantize_act_2l_pairs_pd_tma(before_v3)
         ext.set_quantize_act_2l_pairs_lr_t(before_t)
+        ext.set_quantize_act_2l_pairs_loads(*before_loads)

@@ -10,13 +10,21 @@ import torch
 from svdquant_hf.ops.reference import quantize_act_2l_ref
 
 from test_kernels import _poison, _rel, ext  # noqa: F401  (ext: the fixture)
-from test_kernels_2l import _acts, _check_graph_replay, _switched, hopper, no_lr_chain  # noqa: F401  (fixtures)
+from test_kernels_2l import _acts, _check_graph_replay, _fused_quant, _switched, hopper, no_lr_chain  # noqa: F401
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.usefixtures("no_lr_chain"),
+    pytest.mark.usefixtures("no_lr_chain", "per_row_quantizer"),
 ]
+
+
+@pytest.fixture
+def per_row_quantizer(hopper):  # noqa: F811
+    """The per-row quantizer for every test here (the suite may start from a fused mode: conftest.py), since the down
+    projection beside it is what these tests ask for."""
+    with _fused_quant(hopper, 0):
+        yield
 
 
 def _beside(ext, mode: int = 1, ctas: int = 0):

@@ -193,3 +193,31 @@ def test_pairs_transposed_down_projection_matches_reference(hopper, pd_tma, gs, 
         hopper.set_quantize_act_2l_pairs_pd_tma(before[0])
         hopper.set_quantize_act_2l_pairs_lr_t(before[1])
     assert _rel(lr_t, lr_n) < 1e-3 and lr16.shape == (M, 16)
+
+
+@pytest.mark.parametrize("box3d,ahead", [(True, 0), (False, 2), (True, 3)])
+@pytest.mark.parametrize("gs", [32, 64])
+@pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (255, 3072, 32), (4097, 3072, 32), (33, 3072, 16), (1000, 1152, 16),
+                                   (600, 192, 32), (4608, 3072, 32)])
+def test_pairs_loads_keep_the_bits(hopper, box3d, ahead, gs, M, K, R):  # noqa: F811
+    """set_quantize_act_2l_pairs_loads (perf-notes v2.52): x's block as one 3-D TMA box ([unit][row][128 B], rows past M
+    zero-filled) and / or blocks prefetched into L2 ahead of their loads: the reference's bits and the default loads'
+    bits, lr too (the same data in the same shared-memory layout)."""
+    before = hopper.quantize_act_2l_pairs_loads()
+    try:
+        hopper.set_quantize_act_2l_pairs_loads(False, 0)
+        base = _check(hopper, M, K, R, gs)
+        hopper.set_quantize_act_2l_pairs_loads(box3d, ahead)
+        assert hopper.quantize_act_2l_pairs_loads() == (box3d, ahead)
+        xq, xs, lr = _check(hopper, M, K, R, gs)
+    finally:
+        hopper.set_quantize_act_2l_pairs_loads(*before)
+    assert torch.equal(xq, base[0]) and torch.equal(xs, base[1]) and torch.equal(lr, base[2])
+
+
+def test_pairs_loads_refuse_a_bad_distance(hopper):  # noqa: F811
+    before = hopper.quantize_act_2l_pairs_loads()
+    for bad in (-1, 9):
+        with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_loads"):
+            hopper.set_quantize_act_2l_pairs_loads(True, bad)
+    assert hopper.quantize_act_2l_pairs_loads() == before
