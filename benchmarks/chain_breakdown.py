@@ -36,8 +36,6 @@ from svdquant_hf.ops.layout_2l import fragment_order
 
 COLS = ["chain", "chain_1r", "quant", "q_1r", "q_only", "qo_1r", "down", "gemm", "empty", "bf16"]
 
-# the CTA-pair quantizer's forms beside its default (v2): (proj_down by TMA, the down projection transposed)
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

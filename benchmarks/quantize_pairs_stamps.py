@@ -34,6 +34,7 @@ PRODUCER_STEPS = [("release wait", 13, 14), ("loads' issue", 14, 15)]
 GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
           ("producer", PRODUCER_STEPS, "period (producer)")]
 STAMPS = 18
+COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
 # q.9's forms: (pd_tma, lr_t, box3d, ahead) (set_quantize_act_2l_pairs_pd_tma / _lr_t / _loads)
 FORMS = {"v2": (False, False, False, 0), "v3": (True, False, False, 0), "t": (False, True, False, 0),
          "v3t": (True, True, False, 0), "b": (False, False, True, 0), "p2": (False, False, False, 2),
@@ -50,7 +51,6 @@ def set_pair_form(ext, form: tuple[bool, bool, bool, int]) -> None:
     ext.set_quantize_act_2l_pairs_pd_tma(form[0])
     ext.set_quantize_act_2l_pairs_lr_t(form[1])
     ext.set_quantize_act_2l_pairs_loads(form[2], form[3])
-COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
 
 
 def main() -> int:

@@ -216,6 +216,7 @@ def test_pairs_loads_keep_the_bits(hopper, box3d, ahead, gs, M, K, R):  # noqa: 
 
 
 def test_pairs_loads_refuse_a_bad_distance(hopper):  # noqa: F811
+    """A prefetch distance outside 0..8 blocks is refused by name and leaves the loads as they were."""
     before = hopper.quantize_act_2l_pairs_loads()
     for bad in (-1, 9):
         with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_loads"):
