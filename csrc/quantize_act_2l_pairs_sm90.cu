@@ -417,8 +417,9 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   // CTA's half (RB = R bytes: R / 2 16-bit columns)
   CUtensorMap tx, tp = {};
   const int RB = a.R;
-  const bool x_ok = g_box3d ? make_map_3d(&tx, a.x, {128, (uint64_t)M, (uint64_t)K / 64}, {(uint64_t)K * 2, 128},
-                                          {128, (uint32_t)kRows, (uint32_t)K / 64}, CU_TENSOR_MAP_SWIZZLE_128B)
+  const bool x_ok = g_box3d ? make_map_u8<3>(&tx, a.x, {128, (cuuint64_t)M, (cuuint64_t)K / 64},
+                                             {(cuuint64_t)K * 2, 128}, {128, (cuuint32_t)kRows, (cuuint32_t)K / 64},
+                                             CU_TENSOR_MAP_SWIZZLE_128B)
                             : make_map(&tx, a.x, (uint64_t)M, (uint64_t)K * 2, kRows, 128, CU_TENSOR_MAP_SWIZZLE_128B);
   if (!x_ok ||
       (g_pd_tma && !make_map(&tp, a.proj_down, (uint64_t)K, (uint64_t)a.R * 2, kPdBox, RB,

@@ -172,34 +172,25 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// Row-major uint8 matrix [rows, cols] (cols contiguous, rows `stride` bytes apart; 0: cols), tiles of box_rows x
-// box_cols.
-inline bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint32_t box_rows,
-                     uint32_t box_cols, CUtensorMapSwizzle swizzle, uint64_t stride = 0) {
+// A uint8 tensor map of rank N (dims innermost first, dims[0] contiguous; strides of dims 1 .. N-1 in bytes, in any
+// order), tiles of box.
+template <int N>
+inline bool make_map_u8(CUtensorMap* map, const void* base, const cuuint64_t (&dims)[N],
+                        const cuuint64_t (&strides)[N - 1], const cuuint32_t (&box)[N], CUtensorMapSwizzle swizzle) {
   auto fn = encode_fn();
   if (!fn) return false;
-  const cuuint64_t dims[2] = {cols, rows};
-  const cuuint64_t strides[1] = {stride ? stride : cols};
-  const cuuint32_t box[2] = {box_cols, box_rows};
-  const cuuint32_t elem[2] = {1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem,
+  cuuint32_t elem[N];
+  for (int i = 0; i < N; ++i) elem[i] = 1;
+  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, N, const_cast<void*>(base), dims, strides, box, elem,
             CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// uint8 tensor of three dimensions (innermost first: dims[0] contiguous bytes; strides: dims 1 and 2, in bytes, in
-// any order), tiles of box[0] x box[1] x box[2].
-inline bool make_map_3d(CUtensorMap* map, const void* base, const uint64_t (&dims)[3], const uint64_t (&strides)[2],
-                        const uint32_t (&box)[3], CUtensorMapSwizzle swizzle) {
-  auto fn = encode_fn();
-  if (!fn) return false;
-  const cuuint64_t d[3] = {dims[0], dims[1], dims[2]};
-  const cuuint64_t st[2] = {strides[0], strides[1]};
-  const cuuint32_t b[3] = {box[0], box[1], box[2]};
-  const cuuint32_t elem[3] = {1, 1, 1};
-  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(base), d, st, b, elem,
-            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+// Row-major uint8 matrix [rows, cols] (cols contiguous, rows `stride` bytes apart; 0: cols), tiles of box_rows x
+// box_cols.
+inline bool make_map(CUtensorMap* map, const void* base, uint64_t rows, uint64_t cols, uint32_t box_rows,
+                     uint32_t box_cols, CUtensorMapSwizzle swizzle, uint64_t stride = 0) {
+  return make_map_u8<2>(map, base, {cols, rows}, {stride ? stride : cols}, {box_cols, box_rows}, swizzle);
 }
 
 }  // namespace svdq
