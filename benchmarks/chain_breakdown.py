@@ -15,7 +15,7 @@ Per FLUX.1 shape (us per call, CUDA-graph device time, weights in fragment order
   --fused [MODE] adds "chain_fq" / "q_fq": the chain / the quantizer with a Hopper cluster quantizer that fuses the
            down projection (set_quantize_act_2l_fused(MODE): 1, q.7, measured slower in perf-notes v2.16-v2.17; 2,
            threads on fixed columns, v2.47; --cols-tuning a,b,c,d: mode 2 under set_quantize_act_2l_cols_tuning,
-           perf-notes v2.50; 3 / -1, q.9 in CTA pairs, v2.50-v2.52: --pairs-forms v3,t,b,bp2 adds its other forms'
+           perf-notes v2.50; 3 / -1, q.9 in CTA pairs, v2.50-v2.53: --pairs-forms v3,t,b,bdw adds its other forms'
            columns, chain_<form> / q_<form>: quantize_pairs_stamps.FORMS);
   "empty"  one trivial kernel (a graph node's floor);
   "bf16"   cuBLAS x @ w.T + bias, the bar's peer;
@@ -49,7 +49,8 @@ def main() -> int:
     ap.add_argument("--pairs-forms", default="",
                     help="with --fused 3 / -1: add chain_<f> / q_<f> for each CTA-pair quantizer form f "
                          "(quantize_pairs_stamps.FORMS: v3, proj_down by TMA; t, the down projection transposed; b, "
-                         "x's block as one 3-D box; p2, L2 prefetch two blocks ahead; their combinations)")
+                         "x's block as one 3-D box; p2, L2 prefetch two blocks ahead; d, the unit threads' own xq stores; w, "
+                         "a row's maximum by shuffles; their combinations)")
     args = ap.parse_args()
     forms = [f for f in args.pairs_forms.split(",") if f]
     bad = [f for f in forms if f not in PAIR_FORMS]

@@ -9,14 +9,16 @@ the units' pass, after their barrier, after the quantization, after the staging'
 issue), the first mma thread for the mma warps (7-12: before the stage wait, after it, after the k-steps, after the
 partials' barrier, after the sums, after the second barrier) and the producer's lane 0 (13-15, at block j the loads of
 block j + 2: before the stage's release, after it, after the loads' issue); thread 0 also stamps the kernel's start
-(16) and the prologue's end (17) at block 0. Per shape it prints each step's cycles (median over CTAs and blocks, the
-first block left out), each group's period, the prologue and the first block's wait, and the kernel's time (CUDA
-events, median of --calls, L2 flushed before each), for each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0:
-the rule's) and each of --forms (v2: proj_down loaded and transposed by every thread; v3: by TMA,
-set_quantize_act_2l_pairs_pd_tma; t / v3t: v2 / v3 with the down projection transposed,
-set_quantize_act_2l_pairs_lr_t; b / v3b: x's block as one 3-D TMA box, p2: blocks prefetched into L2 two ahead of
-their loads, bp2 / bp4 / v3bp2: both, set_quantize_act_2l_pairs_loads, perf-notes v2.52). Cycles are SM clocks; a thread
-sees its own waits only.
+(16) and the prologue's end (17) at block 0, and the global timer at its start and end (18-19). Per shape it prints
+each step's cycles (median over CTAs and blocks, the first block left out), each group's period, the prologue and the
+first block's wait, the kernel's time (CUDA events, median of --calls, L2 flushed before each) and, in us from the
+global timer, the CTAs' start skew, a CTA's time (median, max) and the span from the first start to the last end; for
+each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0: the rule's) and each of --forms (FORMS; v2: proj_down
+loaded and transposed by every thread; v3: by TMA, set_quantize_act_2l_pairs_pd_tma; t: the down projection
+transposed, set_quantize_act_2l_pairs_lr_t; b: x's block as one 3-D TMA box, p2 / p4: blocks prefetched into L2 two /
+four ahead of their loads, set_quantize_act_2l_pairs_loads, perf-notes v2.52; d: the unit threads store their own xq
+bytes, w: a row's maximum by shuffles, set_quantize_act_2l_pairs_units, v2.53; combined as in bdw). Cycles are SM
+clocks; a thread sees its own waits only.
 """
 from __future__ import annotations
 
@@ -33,24 +35,29 @@ MMA_STEPS = [("mma: stage wait", 7, 8), ("k-steps", 8, 9), ("partials barrier", 
 PRODUCER_STEPS = [("release wait", 13, 14), ("loads' issue", 14, 15)]
 GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (mma)"),
           ("producer", PRODUCER_STEPS, "period (producer)")]
-STAMPS = 18
-COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]]
-# q.9's forms: (pd_tma, lr_t, box3d, ahead) (set_quantize_act_2l_pairs_pd_tma / _lr_t / _loads)
-FORMS = {"v2": (False, False, False, 0), "v3": (True, False, False, 0), "t": (False, True, False, 0),
-         "v3t": (True, True, False, 0), "b": (False, False, True, 0), "p2": (False, False, False, 2),
-         "bp2": (False, False, True, 2), "bp4": (False, False, True, 4), "v3b": (True, False, True, 0),
-         "v3bp2": (True, False, True, 2)}
+STAMPS = 20
+SPAN = ["start skew", "CTA median", "CTA max", "span"]  # us, from the global timer (stamps 18-19)
+COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]] + SPAN
+# q.9's forms: (pd_tma, lr_t, box3d, ahead, direct_stores, warp_max) (set_quantize_act_2l_pairs_pd_tma / _lr_t /
+# _loads / _units); d: the unit threads store their own xq bytes, w: a row's maximum by shuffles (perf-notes v2.53)
+F, T = False, True
+FORMS = {"v2": (F, F, F, 0, F, F), "v3": (T, F, F, 0, F, F), "t": (F, T, F, 0, F, F), "v3t": (T, T, F, 0, F, F),
+         "b": (F, F, T, 0, F, F), "p2": (F, F, F, 2, F, F), "bp2": (F, F, T, 2, F, F), "bp4": (F, F, T, 4, F, F),
+         "v3b": (T, F, T, 0, F, F), "v3bp2": (T, F, T, 2, F, F), "bd": (F, F, T, 0, T, F), "bw": (F, F, T, 0, F, T),
+         "bdw": (F, F, T, 0, T, T), "v3bdw": (T, F, T, 0, T, T), "v3tbdw": (T, T, T, 0, T, T)}
 
 
-def pair_form(ext) -> tuple[bool, bool, bool, int]:
+def pair_form(ext) -> tuple[bool, bool, bool, int, bool, bool]:
     """The CTA-pair quantizer's form now, as FORMS' tuples."""
-    return (ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t(), *ext.quantize_act_2l_pairs_loads())
+    return (ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t(), *ext.quantize_act_2l_pairs_loads(),
+            *ext.quantize_act_2l_pairs_units())
 
 
-def set_pair_form(ext, form: tuple[bool, bool, bool, int]) -> None:
+def set_pair_form(ext, form: tuple[bool, bool, bool, int, bool, bool]) -> None:
     ext.set_quantize_act_2l_pairs_pd_tma(form[0])
     ext.set_quantize_act_2l_pairs_lr_t(form[1])
     ext.set_quantize_act_2l_pairs_loads(form[2], form[3])
+    ext.set_quantize_act_2l_pairs_units(form[4], form[5])
 
 
 def main() -> int:
@@ -117,8 +124,12 @@ def _shapes(ext, args, blocks: int, steps: int, R: int, G: int, form: str) -> No
             t["us"] = sorted(times)[len(times) // 2]
             t["prologue"] = float((st[:, 0, 17] - st[:, 0, 16]).double().median())
             t["first wait"] = float((st[:, 0, 1] - st[:, 0, 0]).double().median())
+            t0, t1 = st[:, 0, 18].double(), st[:, 0, 19].double()  # ns, one clock for every SM
+            t["start skew"] = float(t0.max() - t0.min()) / 1e3
+            t["CTA median"], t["CTA max"] = float((t1 - t0).median()) / 1e3, float((t1 - t0).max()) / 1e3
+            t["span"] = float(t1.max() - t0.min()) / 1e3
             mw = ext.quantize_act_2l_pairs_shape(M, K, R, G)[1]
-            cells = " ".join(f"{t[c]:12.1f}" if c == "us" else f"{t[c]:12.0f}" for c in COLUMNS)
+            cells = " ".join(f"{t[c]:12.1f}" if c == "us" or c in SPAN else f"{t[c]:12.0f}" for c in COLUMNS)
             print(f"{form:>4} {M:>5} {K:>5} {mw:>3} {ctas:>5} | {cells}")
 
 

@@ -36,8 +36,9 @@
 #       forty-first session the chain has q.9's other forms' columns too (chain_breakdown.py --pairs-forms S41_FORMS,
 #       default v3,t,v3t: proj_down by TMA, the down projection transposed, both), and after it
 #       benchmarks/quantize_pairs_stamps.py runs at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (default
-#       0,4,2), each form of S42_STAMP_FORMS (default v2,v3,t,v3t); S41_V3=1 / S41_LRT=1 / S42_LOADS=box3d,ahead: the
-#       suites with those forms (conftest.py's SVDQ_TEST_PAIRS_V3 / _LRT / _LOADS; the loads: perf-notes v2.52)
+#       0,4,2), each form of S42_STAMP_FORMS (default v2,v3,t,v3t); S41_V3=1 / S41_LRT=1 / S42_LOADS=box3d,ahead /
+#       S43_UNITS=direct,warp_max: the suites with those forms (conftest.py's SVDQ_TEST_PAIRS_V3 / _LRT / _LOADS /
+#       _UNITS; the loads: perf-notes v2.52; the units: v2.53)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and
 #       quantize_cols_stamps.py with the default tuning and each of KNOBS_STAMPS (stagger_cycles,phases,probe,mma_sets),
@@ -528,8 +529,9 @@ if [ "$what" = s40 ]; then  # the fortieth session (perf-notes v2.50): q.9's tes
   fi
   for mode in ${S40_SUITE:-}; do  # the whole tests/gpu suite starting from fused-quantizer mode $mode
     SVDQ_TEST_PAIRS_V3=${S41_V3:-0} SVDQ_TEST_PAIRS_LRT=${S41_LRT:-0} SVDQ_TEST_PAIRS_LOADS=${S42_LOADS:-} \
+      SVDQ_TEST_PAIRS_UNITS=${S43_UNITS:-} \
       SVDQ_TEST_FUSED_QUANT=$mode gpu_suite 240
-    mv "$OUT/tests.log" "$OUT/tests_mode$mode${S41_V3:+_v3$S41_V3}${S41_LRT:+_t$S41_LRT}${S42_LOADS:+_l${S42_LOADS/,/_}}.log"
+    mv "$OUT/tests.log" "$OUT/tests_mode$mode${S41_V3:+_v3$S41_V3}${S41_LRT:+_t$S41_LRT}${S42_LOADS:+_l${S42_LOADS/,/_}}${S43_UNITS:+_u${S43_UNITS/,/_}}.log"
   done
 fi
 if [ "$what" = knobs ]; then  # the fixed-column quantizer's tuning knobs (perf-notes v2.50): tests, times, stamps

@@ -17,7 +17,7 @@
 // xq, so K <= 3072 at rank 32. Thread t < 4 K / 64 owns row t % 4 of unit t / 4 (64 values): its x * (1 / smooth)
 // stays in registers from the group maxima to the quantization (q.8's per-element work); its xq bytes are staged in
 // shared memory and each row goes out as one bulk copy (v2: q.8's scattered 16-byte stores were ~2k cycles of its
-// quantization, v2.50). Warp-specialized: unit warps, mma warps and one producer thread meet at the stages' mbarriers
+// quantization, v2.50), or (set_quantize_act_2l_pairs_units, v2.53) stored by the thread itself. Warp-specialized: unit warps, mma warps and one producer thread meet at the stages' mbarriers
 // (landed; read by both groups).
 // xq and xscale: the exact numerics of ops/reference.py quantize_act_2l_ref (the per-row kernel's bits); lr in fp32,
 // summed in another order than cuBLAS (within 16-bit rounding of the reference).
@@ -43,8 +43,9 @@ constexpr size_t kSmemLimit = 227 * 1024;
 // units' pass, after their barrier, after the quantization, after the staging's barrier, after the bulk stores' issue;
 // the first mma thread 7-12: before the stage wait, after it, after the k-steps, after the partials' barrier, after
 // the sums, after the second barrier; the producer (block j: its loads of block j + 2) 13-15: before the stage's
-// release, after it, after the loads' issue; thread 0 at block 0 only, 16-17: the kernel's start, the prologue's end
-constexpr int kStampBlocks = 64, kStampSteps = 18;
+// release, after it, after the loads' issue; thread 0 at block 0 only, 16-17: the kernel's start, the prologue's end,
+// and 18-19: %globaltimer (ns, one clock for all SMs) at its start and after its last store
+constexpr int kStampBlocks = 64, kStampSteps = 20;
 
 constexpr int kPdBox = 64;  // proj_down rows a TMA box (K is a multiple of 64)
 
@@ -88,7 +89,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     quantize_act_2l_pairs_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ CUtensorMap tp,
                                  const T* __restrict__ smooth, const T* __restrict__ pd, int8_t* __restrict__ xq,
                                  float* __restrict__ xscale, T* __restrict__ lr, int M, int K, int G, int MW,
-                                 int loads, long long* __restrict__ stamps) {
+                                 int form, long long* __restrict__ stamps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int RH = NTH * 8, R = 2 * RH, RB = RH * 2;  // RB: bytes a resident proj_down row
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -111,14 +112,25 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     if (stamps && (tid == 0 || (p < 16 && (tid == UT || tid == nthr - 32))) && j < kStampBlocks)
       stamps[((int64_t)blockIdx.x * kStampBlocks + j) * kStampSteps + p] = clock64();
   };
+  auto gstamp = [&](int p) {  // (benchmarks) thread 0: the global timer
+    if (stamps && tid == 0) {
+      long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+      stamps[(int64_t)blockIdx.x * kStampBlocks * kStampSteps + p] = t;
+    }
+  };
+  gstamp(18);
   stamp(0, 16);
 
   auto stage = [&](int j) { return xs_s + (uint32_t)((j & 1) * kRows * K * 2); };
   auto row0_of = [&](int j) { return (pid + j * pairs) * kRows; };
-  // the pair's j-th block into stage j % 2, a TMA box a 64-value unit, or (loads bit 0) one 3-D box [unit][row][128 B]
+  // the pair's j-th block into stage j % 2, a TMA box a 64-value unit, or (form bit 0) one 3-D box [unit][row][128 B]
   // for the whole block (rows past M zero-filled, counted as bytes)
-  const bool box3d = loads & 1;
-  const int ahead = loads >> 8;  // (CTA 0 of a pair) blocks brought into L2 this far ahead of the loads
+  const bool box3d = form & 1;
+  // (form bit 1) each unit thread stores its own 64 xq bytes (four 16-byte stores), no staging, no bulk copies;
+  // (bit 2) a row's maximum by shuffles within each unit warp, so a thread reads one maximum a warp, not one a unit
+  const bool direct = form & 2, warp_max = form & 4;
+  const int ahead = form >> 8;  // (CTA 0 of a pair) blocks brought into L2 this far ahead of the loads
   auto issue = [&](int j) {
     const uint32_t bar = smem_u32(&bars[j & 1]);
     mbar_expect_tx(bar, (uint32_t)(kRows * K * 2));
@@ -178,14 +190,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamp(j, 1);
       const uint32_t st = stage(j);
       float v[64];  // this thread's unit: x * (1 / smooth)
-      float gm[2] = {0.f, 0.f};
+      float gm[2] = {0.f, 0.f}, um = 0.f;
       if (unit) {
         float m0, m1;
         unit_pass<T>([&](int q) { return st + stage_off8(br, 8 * uu + q); }, rcp_s, uu, v, m0, m1);
-        const float um = fmaxf(m0, m1);
-        umax[(par * kQRows + qr) * URP + uu] = um;
+        um = fmaxf(m0, m1);
+        if (!warp_max) umax[(par * kQRows + qr) * URP + uu] = um;
         gm[0] = G == 32 ? m0 : um;
         gm[1] = m1;
+      }
+      if (warp_max) {  // lanes with the same row: lane % 4 (units lane / 4 of the warp's eight)
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) um = fmaxf(um, __shfl_xor_sync(0xffffffffu, um, o));
+        if (lane < kQRows) umax[(par * kQRows + qr) * URP + warp] = um;
       }
       stamp(j, 2);
       // (G = 128: UR is even, so threads t and t ^ 4 hold the two halves of one group of a row)
@@ -198,23 +215,38 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       if (unit && m < M) {
         const float* mr = umax + (par * kQRows + qr) * URP;
         float amax = 0.f;
-        for (int q = 0; q < UR / 4; ++q) {
-          const float4 w4 = reinterpret_cast<const float4*>(mr)[q];
-          amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
+        if (warp_max) {
+          for (int w = 0; w < UT / 32; ++w) amax = fmaxf(amax, mr[w]);
+        } else {
+          for (int q = 0; q < UR / 4; ++q) {
+            const float4 w4 = reinterpret_cast<const float4*>(mr)[q];
+            amax = fmaxf(amax, fmaxf(fmaxf(w4.x, w4.y), fmaxf(w4.z, w4.w)));
+          }
+          for (int q = UR / 4 * 4; q < UR; ++q) amax = fmaxf(amax, mr[q]);
         }
-        for (int q = UR / 4 * 4; q < UR; ++q) amax = fmaxf(amax, mr[q]);
         const float s_row = __fdiv_rn(amax, 112.f);
         if (uu == 0) xscale[m] = s_row;
         uint32_t w[16];
         quantize_unit(v, gm, amax, s_row, G, w);
-        const uint32_t dst = xqs + qr * XQR + uu * 64;
+        if (direct) {
+          uint4* dst = reinterpret_cast<uint4*>(xq + (int64_t)m * K + uu * 64);
 #pragma unroll
-        for (int q = 0; q < 4; ++q)
-          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 16 * q), "r"(w[4 * q]),
-                       "r"(w[4 * q + 1]), "r"(w[4 * q + 2]), "r"(w[4 * q + 3])
-                       : "memory");
+          for (int q = 0; q < 4; ++q) dst[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+        } else {
+          const uint32_t dst = xqs + qr * XQR + uu * 64;
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + 16 * q), "r"(w[4 * q]),
+                         "r"(w[4 * q + 1]), "r"(w[4 * q + 2]), "r"(w[4 * q + 3])
+                         : "memory");
+        }
       }
       stamp(j, 4);
+      if (direct) {  // (no staging: umax's parity j % 2 is rewritten at block j + 2, past block j + 1's barrier)
+        stamp(j, 5);
+        stamp(j, 6);
+        continue;
+      }
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the staging, visible to the bulk copies
       named_barrier(3, UT);
       stamp(j, 5);
@@ -226,6 +258,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamp(j, 6);
     }
     if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // before the CTA exits
+    gstamp(19);
   } else if (mt < mthreads) {
     // the mma warps: lr's RH columns of the block's 8 rows over each warp's k-steps, summed over the warps
     const int mw = warp - UT / 32;
@@ -352,6 +385,8 @@ bool g_pd_tma = false;          // set_quantize_act_2l_pairs_pd_tma
 bool g_lr_t = false;            // set_quantize_act_2l_pairs_lr_t
 bool g_box3d = false;           // set_quantize_act_2l_pairs_loads
 int g_ahead = 0;
+bool g_direct = false;          // set_quantize_act_2l_pairs_units
+bool g_warp_max = false;
 
 }  // namespace
 
@@ -365,6 +400,9 @@ bool quantize_act_2l_pairs_lr_t() { return g_lr_t; }
 void set_quantize_act_2l_pairs_loads(bool box3d, int ahead) { g_box3d = box3d, g_ahead = ahead; }
 bool quantize_act_2l_pairs_box3d() { return g_box3d; }
 int quantize_act_2l_pairs_ahead() { return g_ahead; }
+void set_quantize_act_2l_pairs_units(bool direct_stores, bool warp_max) { g_direct = direct_stores, g_warp_max = warp_max; }
+bool quantize_act_2l_pairs_direct_stores() { return g_direct; }
+bool quantize_act_2l_pairs_warp_max() { return g_warp_max; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
   (void)M;
@@ -431,8 +469,8 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  int loads = (g_box3d ? 1 : 0) | g_ahead << 8;
-  void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &loads, &stamps};
+  int form = (g_box3d ? 1 : 0) | (g_direct ? 2 : 0) | (g_warp_max ? 4 : 0) | g_ahead << 8;
+  void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &form, &stamps};
   return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
 }
 
