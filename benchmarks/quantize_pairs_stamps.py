@@ -60,6 +60,13 @@ def set_pair_form(ext, form: tuple[bool, bool, bool, int, bool, bool]) -> None:
     ext.set_quantize_act_2l_pairs_units(form[4], form[5])
 
 
+def span_columns(st: torch.Tensor) -> dict[str, float]:
+    """SPAN from each CTA's global-timer stamps at its start and end (stamps 18 / 19 of its first block, ns), in us."""
+    t0, t1 = st[:, 0, 18].double(), st[:, 0, 19].double()
+    return {"start skew": float(t0.max() - t0.min()) / 1e3, "CTA median": float((t1 - t0).median()) / 1e3,
+            "CTA max": float((t1 - t0).max()) / 1e3, "span": float(t1.max() - t0.min()) / 1e3}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ms", default="4608")
@@ -124,10 +131,7 @@ def _shapes(ext, args, blocks: int, steps: int, R: int, G: int, form: str) -> No
             t["us"] = sorted(times)[len(times) // 2]
             t["prologue"] = float((st[:, 0, 17] - st[:, 0, 16]).double().median())
             t["first wait"] = float((st[:, 0, 1] - st[:, 0, 0]).double().median())
-            t0, t1 = st[:, 0, 18].double(), st[:, 0, 19].double()  # ns, one clock for every SM
-            t["start skew"] = float(t0.max() - t0.min()) / 1e3
-            t["CTA median"], t["CTA max"] = float((t1 - t0).median()) / 1e3, float((t1 - t0).max()) / 1e3
-            t["span"] = float(t1.max() - t0.min()) / 1e3
+            t.update(span_columns(st))
             mw = ext.quantize_act_2l_pairs_shape(M, K, R, G)[1]
             cells = " ".join(f"{t[c]:12.1f}" if c == "us" or c in SPAN else f"{t[c]:12.0f}" for c in COLUMNS)
             print(f"{form:>4} {M:>5} {K:>5} {mw:>3} {ctas:>5} | {cells}")

@@ -68,7 +68,7 @@ def test_knobs_variants_parse_and_refuse_bad_ones():
 
 
 def test_step_table_reads_the_pair_quantizers_groups():
-    """benchmarks/quantize_pairs_stamps.py's groups (units 0-6, mma 7-12, producer 13-15 of 18 stamps) through the
+    """benchmarks/quantize_pairs_stamps.py's groups (units 0-6, mma 7-12, producer 13-15 of 20 stamps) through the
     same table."""
     import quantize_pairs_stamps as qps
 
@@ -79,4 +79,15 @@ def test_step_table_reads_the_pair_quantizers_groups():
     assert [t[n] for n, _, _ in qps.UNIT_STEPS] == [10, 20, 30, 40, 100, 60]
     assert [t[n] for n, _, _ in qps.MMA_STEPS] == mma and [t[n] for n, _, _ in qps.PRODUCER_STEPS] == prod
     assert t["period (units)"] == t["period (mma)"] == 10 + 20 + 30 + 40 + 100 + 60 + 5  # CTA 1's: the median
-    assert set(t) | {"us", "prologue", "first wait"} == set(qps.COLUMNS)
+    assert set(t) | {"us", "prologue", "first wait"} | set(qps.SPAN) == set(qps.COLUMNS)
+
+
+def test_span_columns_read_the_global_timer():
+    """The CTAs' start skew, their time (median, max) and the kernel's span, in us, from stamps 18 / 19 in ns."""
+    import quantize_pairs_stamps as qps
+
+    st = torch.zeros(3, 4, qps.STAMPS, dtype=torch.int64)
+    st[:, 0, 18] = torch.tensor([1_000_000, 1_002_000, 1_001_000])
+    st[:, 0, 19] = torch.tensor([1_030_000, 1_040_000, 1_031_000])
+    st[:, 1, 18] = 5  # another block's slot: not read
+    assert qps.span_columns(st) == {"start skew": 2.0, "CTA median": 30.0, "CTA max": 38.0, "span": 40.0}
