@@ -49,8 +49,9 @@ def main() -> int:
     ap.add_argument("--pairs-forms", default="",
                     help="with --fused 3 / -1: add chain_<f> / q_<f> for each CTA-pair quantizer form f "
                          "(quantize_pairs_stamps.FORMS: v3, proj_down by TMA; t, the down projection transposed; b, "
-                         "x's block as one 3-D box; p2, L2 prefetch two blocks ahead; d, the unit threads' own xq stores; w, "
-                         "a row's maximum by shuffles; their combinations)")
+                         "x's block as one 3-D box; p2, L2 prefetch two blocks ahead; d, the unit threads' own xq stores; c, "
+                         "the staged xq copied out by the unit threads; w, a row's maximum by shuffles; their "
+                         "combinations)")
     args = ap.parse_args()
     forms = [f for f in args.pairs_forms.split(",") if f]
     bad = [f for f in forms if f not in PAIR_FORMS]

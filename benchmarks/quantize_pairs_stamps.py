@@ -17,8 +17,8 @@ each of --mma-warps (set_quantize_act_2l_pairs_mma_warps; 0: the rule's) and eac
 loaded and transposed by every thread; v3: by TMA, set_quantize_act_2l_pairs_pd_tma; t: the down projection
 transposed, set_quantize_act_2l_pairs_lr_t; b: x's block as one 3-D TMA box, p2 / p4: blocks prefetched into L2 two /
 four ahead of their loads, set_quantize_act_2l_pairs_loads, perf-notes v2.52; d: the unit threads store their own xq
-bytes, w: a row's maximum by shuffles, set_quantize_act_2l_pairs_units, v2.53; combined as in bdw). Cycles are SM
-clocks; a thread sees its own waits only.
+bytes, c: the staged rows copied out by all unit threads, w: a row's maximum by shuffles,
+set_quantize_act_2l_pairs_units, v2.53; combined as in bdw). Cycles are SM clocks; a thread sees its own waits only.
 """
 from __future__ import annotations
 
@@ -38,22 +38,24 @@ GROUPS = [("units", UNIT_STEPS, "period (units)"), ("mma", MMA_STEPS, "period (m
 STAMPS = 20
 SPAN = ["start skew", "CTA median", "CTA max", "span"]  # us, from the global timer (stamps 18-19)
 COLUMNS = ["us", "prologue", "first wait"] + [c for _, s, p in GROUPS for c in [*(n for n, _, _ in s), p]] + SPAN
-# q.9's forms: (pd_tma, lr_t, box3d, ahead, direct_stores, warp_max) (set_quantize_act_2l_pairs_pd_tma / _lr_t /
-# _loads / _units); d: the unit threads store their own xq bytes, w: a row's maximum by shuffles (perf-notes v2.53)
+# q.9's forms: (pd_tma, lr_t, box3d, ahead, stores, warp_max) (set_quantize_act_2l_pairs_pd_tma / _lr_t / _loads /
+# _units); d: the unit threads store their own xq bytes (stores 1), c: the staged rows copied out by all unit threads
+# (stores 2), w: a row's maximum by shuffles (perf-notes v2.53)
 F, T = False, True
-FORMS = {"v2": (F, F, F, 0, F, F), "v3": (T, F, F, 0, F, F), "t": (F, T, F, 0, F, F), "v3t": (T, T, F, 0, F, F),
-         "b": (F, F, T, 0, F, F), "p2": (F, F, F, 2, F, F), "bp2": (F, F, T, 2, F, F), "bp4": (F, F, T, 4, F, F),
-         "v3b": (T, F, T, 0, F, F), "v3bp2": (T, F, T, 2, F, F), "bd": (F, F, T, 0, T, F), "bw": (F, F, T, 0, F, T),
-         "bdw": (F, F, T, 0, T, T), "v3bdw": (T, F, T, 0, T, T), "v3tbdw": (T, T, T, 0, T, T)}
+FORMS = {"v2": (F, F, F, 0, 0, F), "v3": (T, F, F, 0, 0, F), "t": (F, T, F, 0, 0, F), "v3t": (T, T, F, 0, 0, F),
+         "b": (F, F, T, 0, 0, F), "p2": (F, F, F, 2, 0, F), "bp2": (F, F, T, 2, 0, F), "bp4": (F, F, T, 4, 0, F),
+         "v3b": (T, F, T, 0, 0, F), "v3bp2": (T, F, T, 2, 0, F), "bd": (F, F, T, 0, 1, F), "bw": (F, F, T, 0, 0, T),
+         "bdw": (F, F, T, 0, 1, T), "v3bdw": (T, F, T, 0, 1, T), "v3tbdw": (T, T, T, 0, 1, T),
+         "bc": (F, F, T, 0, 2, F), "bcw": (F, F, T, 0, 2, T), "v3bcw": (T, F, T, 0, 2, T), "v3tbcw": (T, T, T, 0, 2, T)}
 
 
-def pair_form(ext) -> tuple[bool, bool, bool, int, bool, bool]:
+def pair_form(ext) -> tuple[bool, bool, bool, int, int, bool]:
     """The CTA-pair quantizer's form now, as FORMS' tuples."""
     return (ext.quantize_act_2l_pairs_pd_tma(), ext.quantize_act_2l_pairs_lr_t(), *ext.quantize_act_2l_pairs_loads(),
             *ext.quantize_act_2l_pairs_units())
 
 
-def set_pair_form(ext, form: tuple[bool, bool, bool, int, bool, bool]) -> None:
+def set_pair_form(ext, form: tuple[bool, bool, bool, int, int, bool]) -> None:
     ext.set_quantize_act_2l_pairs_pd_tma(form[0])
     ext.set_quantize_act_2l_pairs_lr_t(form[1])
     ext.set_quantize_act_2l_pairs_loads(form[2], form[3])

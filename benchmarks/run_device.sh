@@ -37,7 +37,7 @@
 #       default v3,t,v3t: proj_down by TMA, the down projection transposed, both), and after it
 #       benchmarks/quantize_pairs_stamps.py runs at S41_STAMP_MS (default 4608,1024) with S41_MW mma warps (default
 #       0,4,2), each form of S42_STAMP_FORMS (default v2,v3,t,v3t); S41_V3=1 / S41_LRT=1 / S42_LOADS=box3d,ahead /
-#       S43_UNITS=direct,warp_max: the suites with those forms (conftest.py's SVDQ_TEST_PAIRS_V3 / _LRT / _LOADS /
+#       S43_UNITS=stores,warp_max: the suites with those forms (conftest.py's SVDQ_TEST_PAIRS_V3 / _LRT / _LOADS /
 #       _UNITS; the loads: perf-notes v2.52; the units: v2.53)
 #   knobs: the fixed-column quantizer's tuning (set_quantize_act_2l_cols_tuning, perf-notes v2.50): its tests, then
 #       benchmarks/quantize_cols_knobs.py (KNOBS_MS, default 4608,1024; KNOBS_VARIANTS; KNOBS_ROUNDS) and

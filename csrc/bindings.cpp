@@ -1020,17 +1020,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "quantize_act_2l_pairs_loads",
       []() { return py::make_tuple(svdq::quantize_act_2l_pairs_box3d(), svdq::quantize_act_2l_pairs_ahead()); },
       "(box3d, ahead): the CTA-pair quantizer's loads of x (set_quantize_act_2l_pairs_loads)");
-  m.def("set_quantize_act_2l_pairs_units", &svdq::set_quantize_act_2l_pairs_units, py::arg("direct_stores"),
-        py::arg("warp_max"),
-        "the CTA-pair quantizer's unit threads: direct_stores, each stores its 64 xq bytes itself instead of staging "
-        "them for one bulk copy a row; warp_max, a row's maximum by shuffles within each warp, then one value a warp "
-        "from shared memory instead of one a unit. The same bits either way (default False, False)");
+  m.def(
+      "set_quantize_act_2l_pairs_units",
+      [](int stores, bool warp_max) {
+        TORCH_CHECK(stores >= 0 && stores <= 2, "set_quantize_act_2l_pairs_units: stores is 0, 1 or 2, got ", stores);
+        svdq::set_quantize_act_2l_pairs_units(stores, warp_max);
+      },
+      py::arg("stores"), py::arg("warp_max"),
+      "the CTA-pair quantizer's unit threads: stores, how xq leaves (0: staged in shared memory, one bulk copy a row "
+      "by thread 0; 1: each thread stores its own 64 bytes; 2: staged, then copied out by all unit threads, "
+      "consecutive threads on consecutive 16 bytes); warp_max, a row's maximum by shuffles within each warp, then one "
+      "value a warp from shared memory instead of one a unit. The same bits either way (default 0, False)");
   m.def(
       "quantize_act_2l_pairs_units",
       []() {
-        return py::make_tuple(svdq::quantize_act_2l_pairs_direct_stores(), svdq::quantize_act_2l_pairs_warp_max());
+        return py::make_tuple(svdq::quantize_act_2l_pairs_stores(), svdq::quantize_act_2l_pairs_warp_max());
       },
-      "(direct_stores, warp_max): the CTA-pair quantizer's unit threads (set_quantize_act_2l_pairs_units)");
+      "(stores, warp_max): the CTA-pair quantizer's unit threads (set_quantize_act_2l_pairs_units)");
   m.def("quantize_act_2l_pairs_stamp_layout", &svdq::quantize_act_2l_pairs_stamp_layout,
         "blocks * 100 + steps of the stamp buffer: stamps[(cta * blocks + block) * steps + step]");
   m.def(

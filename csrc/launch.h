@@ -189,10 +189,11 @@ bool quantize_act_2l_pairs_lr_t();
 void set_quantize_act_2l_pairs_loads(bool box3d, int ahead);
 bool quantize_act_2l_pairs_box3d();
 int quantize_act_2l_pairs_ahead();
-// benchmarks (perf-notes v2.53): the unit threads store their xq bytes themselves (no staging, no bulk copies); a row's
-// maximum by shuffles within each unit warp (one shared-memory maximum a warp instead of one a unit)
-void set_quantize_act_2l_pairs_units(bool direct_stores, bool warp_max);
-bool quantize_act_2l_pairs_direct_stores();
+// benchmarks (perf-notes v2.53): xq's stores, 0 thread 0's bulk copy a staged row, 1 each unit thread its own bytes
+// (no staging), 2 the staged rows copied out by all unit threads; a row's maximum by shuffles within each unit warp
+// (one shared-memory maximum a warp instead of one a unit)
+void set_quantize_act_2l_pairs_units(int stores, bool warp_max);
+int quantize_act_2l_pairs_stores();
 bool quantize_act_2l_pairs_warp_max();
 // set_quantize_act_2l_fused mode -1 takes q.9 from this many tokens
 void set_quantize_act_2l_pairs_min_tokens(int m);

@@ -127,9 +127,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   // the pair's j-th block into stage j % 2, a TMA box a 64-value unit, or (form bit 0) one 3-D box [unit][row][128 B]
   // for the whole block (rows past M zero-filled, counted as bytes)
   const bool box3d = form & 1;
-  // (form bit 1) each unit thread stores its own 64 xq bytes (four 16-byte stores), no staging, no bulk copies;
-  // (bit 2) a row's maximum by shuffles within each unit warp, so a thread reads one maximum a warp, not one a unit
-  const bool direct = form & 2, warp_max = form & 4;
+  // xq's stores: (form bit 1) each unit thread stores its own 64 bytes (four 16-byte stores), no staging; (bit 3) the
+  // staged rows copied out by all unit threads, 16 bytes each a turn, consecutive threads on consecutive bytes;
+  // otherwise thread 0's bulk copy a row. (bit 2) a row's maximum by shuffles within each unit warp, so a thread reads
+  // one maximum a warp, not one a unit
+  const bool direct = form & 2, warp_max = form & 4, warp_copy = form & 8;
   const int ahead = form >> 8;  // (CTA 0 of a pair) blocks brought into L2 this far ahead of the loads
   auto issue = [&](int j) {
     const uint32_t bar = smem_u32(&bars[j & 1]);
@@ -244,6 +246,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       stamp(j, 4);
       if (direct) {  // (no staging: umax's parity j % 2 is rewritten at block j + 2, past block j + 1's barrier)
         stamp(j, 5);
+        stamp(j, 6);
+        continue;
+      }
+      if (warp_copy) {  // (the staging is rewritten after block j + 1's barrier, which these copies precede)
+        named_barrier(3, UT);
+        stamp(j, 5);
+        const int r0 = row0_of(j) + kQRows * h;
+        for (int r = 0; r < kQRows && r0 + r < M; ++r)
+          for (int col = tid; col < K / 16; col += UT) {
+            uint4 v;
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                         : "r"(xqs + r * XQR + col * 16));
+            reinterpret_cast<uint4*>(xq + (int64_t)(r0 + r) * K)[col] = v;
+          }
         stamp(j, 6);
         continue;
       }
@@ -385,7 +402,7 @@ bool g_pd_tma = false;          // set_quantize_act_2l_pairs_pd_tma
 bool g_lr_t = false;            // set_quantize_act_2l_pairs_lr_t
 bool g_box3d = false;           // set_quantize_act_2l_pairs_loads
 int g_ahead = 0;
-bool g_direct = false;          // set_quantize_act_2l_pairs_units
+int g_stores = 0;               // set_quantize_act_2l_pairs_units
 bool g_warp_max = false;
 
 }  // namespace
@@ -400,8 +417,8 @@ bool quantize_act_2l_pairs_lr_t() { return g_lr_t; }
 void set_quantize_act_2l_pairs_loads(bool box3d, int ahead) { g_box3d = box3d, g_ahead = ahead; }
 bool quantize_act_2l_pairs_box3d() { return g_box3d; }
 int quantize_act_2l_pairs_ahead() { return g_ahead; }
-void set_quantize_act_2l_pairs_units(bool direct_stores, bool warp_max) { g_direct = direct_stores, g_warp_max = warp_max; }
-bool quantize_act_2l_pairs_direct_stores() { return g_direct; }
+void set_quantize_act_2l_pairs_units(int stores, bool warp_max) { g_stores = stores, g_warp_max = warp_max; }
+int quantize_act_2l_pairs_stores() { return g_stores; }
 bool quantize_act_2l_pairs_warp_max() { return g_warp_max; }
 
 Q2lpShape q2lp_shape(int M, int K, int R, int G) {
@@ -469,7 +486,7 @@ cudaError_t launch_quantize_act_2l_pairs(const QuantizeAct2lArgs& a, int num_sms
   float* xscale = a.xscale;
   void* lr = a.lr;
   long long* stamps = g_stamps;
-  int form = (g_box3d ? 1 : 0) | (g_direct ? 2 : 0) | (g_warp_max ? 4 : 0) | g_ahead << 8;
+  int form = (g_box3d ? 1 : 0) | (g_stores == 1 ? 2 : g_stores == 2 ? 8 : 0) | (g_warp_max ? 4 : 0) | g_ahead << 8;
   void* args[] = {&tx, &tp, &smooth, &pd, &xq, &xscale, &lr, &M, &K, &G, &MW, &form, &stamps};
   return cudaLaunchKernel(kern, dim3(*grid), dim3(s.threads), args, s.smem, stream);
 }

@@ -3,7 +3,7 @@ starting mode (e.g. -1, the CTA-pair quantizer from its token threshold: perf-no
 tested everywhere before it becomes one; tests that set a mode restore this one after them. SVDQ_TEST_PAIRS_V3=1 and
 SVDQ_TEST_PAIRS_LRT=1 do the same for the CTA-pair quantizer's v3 form and its transposed down projection
 (set_quantize_act_2l_pairs_pd_tma / _lr_t, perf-notes v2.51), and SVDQ_TEST_PAIRS_LOADS=<box3d>,<ahead> for its loads
-(set_quantize_act_2l_pairs_loads, v2.52), SVDQ_TEST_PAIRS_UNITS=<direct_stores>,<warp_max> for its unit threads
+(set_quantize_act_2l_pairs_loads, v2.52), SVDQ_TEST_PAIRS_UNITS=<stores>,<warp_max> for its unit threads
 (set_quantize_act_2l_pairs_units, v2.53)."""
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def _fused_quant_mode():
         box3d, ahead = loads.split(",")
         ext.set_quantize_act_2l_pairs_loads(box3d == "1", int(ahead))
     if units:
-        direct, warp_max = units.split(",")
-        ext.set_quantize_act_2l_pairs_units(direct == "1", warp_max == "1")
+        stores, warp_max = units.split(",")
+        ext.set_quantize_act_2l_pairs_units(int(stores), warp_max == "1")
     try:
         yield
     finally:

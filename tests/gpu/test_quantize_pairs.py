@@ -215,29 +215,39 @@ def test_pairs_loads_keep_the_bits(hopper, box3d, ahead, gs, M, K, R):  # noqa: 
     assert torch.equal(xq, base[0]) and torch.equal(xs, base[1]) and torch.equal(lr, base[2])
 
 
-@pytest.mark.parametrize("direct,warp_max", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("stores,warp_max", [(1, False), (2, False), (0, True), (1, True), (2, True)])
 @pytest.mark.parametrize("gs", [32, 64, 128])
 @pytest.mark.parametrize("M,K,R", [(1, 3072, 32), (255, 3072, 32), (4097, 3072, 32), (33, 3072, 16), (1000, 1152, 16),
                                    (90, 2432, 32), (600, 192, 32), (4608, 3072, 32)])
-def test_pairs_units_keep_the_bits(hopper, direct, warp_max, gs, M, K, R):  # noqa: F811
-    """set_quantize_act_2l_pairs_units (perf-notes v2.53): the unit threads storing their xq bytes themselves and / or a
-    row's maximum by shuffles within each warp (units a row not a multiple of 8: 1152, 2432, 192; a last block of 1-7
-    rows): the reference's bits on poisoned outputs and the default units' bits, lr too; then, with both, rows of
-    huge, tiny and zero amax (the clamped path) and a CUDA graph's replay."""
+def test_pairs_units_keep_the_bits(hopper, stores, warp_max, gs, M, K, R):  # noqa: F811
+    """set_quantize_act_2l_pairs_units (perf-notes v2.53): xq stored by each unit thread itself (1) or staged and copied
+    out by all unit threads (2), and / or a row's maximum by shuffles within each warp (units a row not a multiple of
+    8: 1152, 2432, 192; a last block of 1-7 rows): the reference's bits on poisoned outputs and the default units'
+    bits, lr too; then, with a store form and the shuffles, rows of huge, tiny and zero amax (the clamped path) and a
+    CUDA graph's replay."""
     if K % gs:
         pytest.skip("K is not a multiple of the group")
     before = hopper.quantize_act_2l_pairs_units()
     try:
-        hopper.set_quantize_act_2l_pairs_units(False, False)
+        hopper.set_quantize_act_2l_pairs_units(0, False)
         base = _check(hopper, M, K, R, gs)
-        hopper.set_quantize_act_2l_pairs_units(direct, warp_max)
-        assert hopper.quantize_act_2l_pairs_units() == (direct, warp_max)
+        hopper.set_quantize_act_2l_pairs_units(stores, warp_max)
+        assert hopper.quantize_act_2l_pairs_units() == (stores, warp_max)
         xq, xs, lr = _check(hopper, M, K, R, gs)
-        if direct and warp_max and M == 255 and gs == 64:
+        if stores and warp_max and M == 255 and gs == 64:
             check_graph_capture_and_extreme_rows(hopper, 3, K)
     finally:
         hopper.set_quantize_act_2l_pairs_units(*before)
     assert torch.equal(xq, base[0]) and torch.equal(xs, base[1]) and torch.equal(lr, base[2])
+
+
+def test_pairs_units_refuse_a_bad_store_form(hopper):  # noqa: F811
+    """A store form other than 0, 1 or 2 is refused by name and leaves the units as they were."""
+    before = hopper.quantize_act_2l_pairs_units()
+    for bad in (-1, 3):
+        with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_units"):
+            hopper.set_quantize_act_2l_pairs_units(bad, True)
+    assert hopper.quantize_act_2l_pairs_units() == before
 
 
 def test_pairs_loads_refuse_a_bad_distance(hopper):  # noqa: F811
