@@ -241,19 +241,13 @@ def test_pairs_units_keep_the_bits(hopper, stores, warp_max, gs, M, K, R):  # no
     assert torch.equal(xq, base[0]) and torch.equal(xs, base[1]) and torch.equal(lr, base[2])
 
 
-def test_pairs_units_refuse_a_bad_store_form(hopper):  # noqa: F811
-    """A store form other than 0, 1 or 2 is refused by name and leaves the units as they were."""
-    before = hopper.quantize_act_2l_pairs_units()
-    for bad in (-1, 3):
-        with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_units"):
-            hopper.set_quantize_act_2l_pairs_units(bad, True)
-    assert hopper.quantize_act_2l_pairs_units() == before
-
-
-def test_pairs_loads_refuse_a_bad_distance(hopper):  # noqa: F811
-    """A prefetch distance outside 0..8 blocks is refused by name and leaves the loads as they were."""
-    before = hopper.quantize_act_2l_pairs_loads()
-    for bad in (-1, 9):
-        with pytest.raises(RuntimeError, match="set_quantize_act_2l_pairs_loads"):
-            hopper.set_quantize_act_2l_pairs_loads(True, bad)
-    assert hopper.quantize_act_2l_pairs_loads() == before
+@pytest.mark.parametrize("what,bad_args", [("loads", [(True, -1), (True, 9)]), ("units", [(-1, True), (3, True)])])
+def test_pairs_forms_refuse_bad_values(hopper, what, bad_args):  # noqa: F811
+    """A prefetch distance outside 0..8 blocks, a store form other than 0, 1 or 2: refused by the setter's name,
+    leaving the form as it was."""
+    setter, getter = getattr(hopper, f"set_quantize_act_2l_pairs_{what}"), getattr(hopper, f"quantize_act_2l_pairs_{what}")
+    before = getter()
+    for args in bad_args:
+        with pytest.raises(RuntimeError, match=f"set_quantize_act_2l_pairs_{what}"):
+            setter(*args)
+    assert getter() == before
