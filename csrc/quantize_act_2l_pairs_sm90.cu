@@ -17,8 +17,9 @@
 // xq, so K <= 3072 at rank 32. Thread t < 4 K / 64 owns row t % 4 of unit t / 4 (64 values): its x * (1 / smooth)
 // stays in registers from the group maxima to the quantization (q.8's per-element work); its xq bytes are staged in
 // shared memory and each row goes out as one bulk copy (v2: q.8's scattered 16-byte stores were ~2k cycles of its
-// quantization, v2.50), or (set_quantize_act_2l_pairs_units, v2.53) stored by the thread itself. Warp-specialized: unit warps, mma warps and one producer thread meet at the stages' mbarriers
-// (landed; read by both groups).
+// quantization, v2.50), or (set_quantize_act_2l_pairs_units, v2.53) are stored by the thread itself or copied out of
+// the staging by all unit threads. Warp-specialized: unit warps, mma warps and one producer thread meet at the
+// stages' mbarriers (landed; read by both groups).
 // xq and xscale: the exact numerics of ops/reference.py quantize_act_2l_ref (the per-row kernel's bits); lr in fp32,
 // summed in another order than cuBLAS (within 16-bit rounding of the reference).
 #include <algorithm>
